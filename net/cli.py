@@ -1,0 +1,216 @@
+"""`crema`: the command line, mirroring the `caffe` tool where it has a verb.
+
+    crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--top K] [--json]
+    crema time MODEL.prototxt [--weights W] [--batch N] [--iterations N]
+    crema inspect MODEL.prototxt [--weights W]
+    crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
+
+User mistakes (a broken prototxt, a corrupt caffemodel, a non-image file, shapes that do not fit)
+print one line `crema: error: ...` and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _error(msg: str) -> int:
+    print(f"crema: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def load_labels(path: str | None, count: int) -> list[str]:
+    """Labels one per line (synset_words.txt style); missing file -> class indices as labels."""
+    if path is None:
+        return [str(i) for i in range(count)]
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read labels file {path}: {exc.strerror}") from None
+    labels = [line.strip() for line in lines if line.strip()]
+    if len(labels) != count:
+        raise ValueError(f"labels file {path} has {len(labels)} labels, the model outputs {count} classes")
+    return labels
+
+
+def preprocess_for(net, preset: str | None):
+    """The Preprocess that fits the net's first input: a named preset, or chosen by channel count."""
+    from .preprocess import PRESETS, preset as get_preset
+
+    shape = net.blob(net.inputs[0]).shape
+    if len(shape) != 4:
+        raise ValueError(f"input '{net.inputs[0]}' has shape {shape}; classify needs an (N, C, H, W) image input")
+    size = (shape[2], shape[3])
+    if preset is not None:
+        pre = get_preset(preset)
+    else:
+        pre = PRESETS["lenet"] if shape[1] == 1 else PRESETS["caffenet"]
+    if pre.size != size:
+        resize = None
+        if pre.resize is not None:
+            resize = tuple(round(s * r / p) for s, r, p in zip(size, pre.resize, pre.size))
+        pre = pre.replace(size=size, resize=resize)
+    return pre
+
+
+def classify(net, images: list[str], labels: list[str] | None, top: int, preset: str | None = None,
+             batch: int = 16) -> list[dict]:
+    """Top-k predictions for each image path: [{"image", "predictions": [{"index","label","prob"}]}]."""
+    from .preprocess import load_image
+
+    pre = preprocess_for(net, preset)
+    results = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        x = np.stack([pre(load_image(path)) for path in chunk])
+        out = net.forward(**{net.inputs[0]: x})
+        probs = out[net.outputs[-1]].reshape(len(chunk), -1)
+        if labels is None:
+            labels = [str(i) for i in range(probs.shape[1])]
+        for path, p in zip(chunk, probs):
+            order = np.argsort(-p, kind="stable")[:top]
+            preds = [{"index": int(i), "label": labels[i], "prob": float(p[i])} for i in order]
+            results.append({"image": path, "predictions": preds})
+    return results
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .net import Net
+
+    net = Net.load(args.model, args.weights, phase="test")
+    out_shape = net.blob(net.outputs[-1]).shape
+    labels = load_labels(args.labels, int(np.prod(out_shape[1:]))) if args.labels else None
+    results = classify(net, args.images, labels, args.top, args.preset)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for p in r["predictions"]:
+            print(f"  {p['prob']:.4f}  {p['index']:>4}  {p['label']}")
+    return 0
+
+
+def _load_with_batch(args: argparse.Namespace):
+    from .net import Net
+
+    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0)
+    if getattr(args, "batch", None):
+        for name in net.inputs:
+            shape = net.blob(name).shape
+            net.set_input(name, np.zeros((args.batch, *shape[1:]), dtype=np.float32))
+        net.reshape()
+    return net
+
+
+def cmd_time(args: argparse.Namespace) -> int:
+    net = _load_with_batch(args)
+    rng = np.random.default_rng(0)
+    for name in net.inputs:
+        net.set_input(name, rng.standard_normal(net.blob(name).shape).astype(np.float32))
+    t0 = time.perf_counter()
+    net.forward()
+    first = time.perf_counter() - t0
+    per_layer = net.time_forward(iterations=args.iterations, warmup=0)
+    batch = net.blob(net.inputs[0]).shape[0] if net.inputs else 1
+    if args.json:
+        print(json.dumps({"layers": [{"name": layer.name, "type": layer.type, "forward_ms": ms}
+                                     for layer, ms in zip(net.layers, per_layer)],
+                          "forward_ms": sum(per_layer), "first_forward_ms": 1000 * first, "batch": batch}))
+        return 0
+    print(f"net '{net.name}': batch {batch}, {args.iterations} iterations "
+          f"(first forward incl. JIT/cache load: {1000 * first:.1f} ms)")
+    width = max(len(layer.name) for layer in net.layers)
+    for layer, ms in zip(net.layers, per_layer):
+        print(f"{layer.name:>{width}}  {layer.type:<14} forward: {ms:9.3f} ms.")
+    total = sum(per_layer)
+    print(f"Average Forward pass: {total:.3f} ms ({1000 * batch / total if total else 0:.1f} images/s).")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    net = _load_with_batch(args)
+    rows = net.summary()
+    print(f"net '{net.name}': inputs {net.inputs}, outputs {net.outputs}")
+    print(f"{'layer':<16} {'type':<14} {'top shape':<24} {'params':<32} {'count':>12}")
+    for r in rows:
+        tops = ", ".join(str(s) for _, s in r["tops"])
+        params = ", ".join("x".join(map(str, s)) for s in r["params"])
+        print(f"{r['name']:<16} {r['type']:<14} {tops:<24} {params:<32} {r['count']:>12,}")
+    total = sum(r["count"] for r in rows)
+    print(f"total parameters: {total:,} ({total * 4 / 1e6:.1f} MB as float32)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .caffemodel import load_caffemodel, save_caffemodel
+    from .prototxt_loader import format_text, load_net_prototxt
+
+    if args.out_prototxt:
+        Path(args.out_prototxt).write_text(format_text(load_net_prototxt(args.model)), encoding="utf-8")
+        print(f"wrote {args.out_prototxt} (upgraded to the current format)")
+    if args.weights and args.out_weights:
+        save_caffemodel(args.out_weights, load_caffemodel(args.weights))
+        print(f"wrote {args.out_weights} (upgraded to the current format)")
+    if not (args.out_prototxt or (args.weights and args.out_weights)):
+        return _error("nothing to do: give --out-prototxt, or WEIGHTS and --out-weights")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crema", description="Caffe models on crema's own kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="top-K classes for images")
+    p.add_argument("model", help="deploy .prototxt")
+    p.add_argument("weights", help=".caffemodel")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--labels", help="labels file, one class per line")
+    p.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    p.add_argument("--preset", help="preprocessing preset (caffenet, lenet, ...); default: by input channels")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("time", help="per-layer forward timing, like `caffe time`")
+    p.add_argument("model")
+    p.add_argument("--weights")
+    p.add_argument("--batch", type=int, help="batch size (default: the prototxt's)")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("inspect", help="layers, shapes and parameter counts")
+    p.add_argument("model")
+    p.add_argument("--weights")
+    p.add_argument("--batch", type=int)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="upgrade old (V0/V1) prototxt / caffemodel files to the current format")
+    p.add_argument("model")
+    p.add_argument("weights", nargs="?")
+    p.add_argument("--out-prototxt")
+    p.add_argument("--out-weights")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "top", 1) < 1 or getattr(args, "iterations", 1) < 1 or (getattr(args, "batch", 1) or 1) < 1:
+        return _error("--top, --iterations and --batch must be >= 1")
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Layers: thin objects over the kernels, with Caffe's interface.
+
+Every layer is built from its LayerParameter (`net.schema.Message`) and implements
+`setup(bottom, top)` (check counts, create parameter blobs), `reshape(bottom, top)` (shape the
+tops from the bottoms' shapes only) and `forward(bottom, top)`. Bottoms and tops are `Blob`s;
+an in-place layer gets the same Blob as bottom and top. `self.blobs` holds the learnable
+parameters in Caffe's order ([weight, bias]).
+
+Layers register under their prototxt type name; `create_layer` looks them up and names the known
+types when one is missing. Backward passes arrive with training (a later issue).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from kernels import activations, conv, elementwise, fc, lrn, pool
+
+from .blob import Blob
+from .fillers import fill
+from .schema import Message
+
+LAYERS: dict[str, type["Layer"]] = {}
+
+
+def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
+    def deco(cls: type[Layer]) -> type[Layer]:
+        cls.type = type_name
+        LAYERS[type_name] = cls
+        return cls
+
+    return deco
+
+
+def create_layer(param: Message, phase: str, rng: np.random.Generator) -> "Layer":
+    cls = LAYERS.get(param.type)
+    if cls is None:
+        known = ", ".join(sorted(LAYERS))
+        raise ValueError(f"layer '{param.name}': unknown layer type {param.type!r} (known types: {known})")
+    return cls(param, phase, rng)
+
+
+class Layer:
+    """Base class. Subclasses set `num_bottom`/`num_top` (None = any, checked in `setup`)."""
+
+    type: ClassVar[str] = ""
+    num_bottom: ClassVar[int | tuple[int, int] | None] = 1
+    num_top: ClassVar[int | tuple[int, int] | None] = 1
+
+    def __init__(self, param: Message, phase: str, rng: np.random.Generator) -> None:
+        self.param = param
+        self.name: str = param.name
+        self.phase: str = param.phase if param.has("phase") else phase
+        self.rng = rng
+        self.blobs: list[Blob] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+    def error(self, what: str) -> ValueError:
+        return ValueError(f"{self.type} '{self.name}': {what}")
+
+    def _check_count(self, kind: str, n: int, rule: int | tuple[int, int] | None) -> None:
+        if rule is None:
+            return
+        lo, hi = (rule, rule) if isinstance(rule, int) else rule
+        if not lo <= n <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise self.error(f"expected {want} {kind}(s), got {n}")
+
+    def _param_blob(self, index: int, shape: tuple[int, ...], filler: Message) -> Blob:
+        blob = Blob(f"{self.name}.{index}", shape)
+        blob.data[...] = fill(filler, shape, self.rng)
+        return blob
+
+    # -- Caffe's interface -------------------------------------------------------------------
+    def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self._check_count("bottom", len(bottom), self.num_bottom)
+        self._check_count("top", len(top), self.num_top)
+        self.layer_setup(bottom, top)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """Per-type set-up: parameter checks and parameter blobs."""
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for b, t in zip(bottom, top):
+            t.reshape(b.shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        raise NotImplementedError
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        raise NotImplementedError(f"{self.type} '{self.name}': backward is not implemented yet")
+
+
+def _spatial(values: list[int], h: int | None, w: int | None, has_hw: bool, default: int, what: str,
+             layer: Layer) -> tuple[int, int]:
+    """Caffe's per-axis parameter rule: explicit _h/_w, else one value for both, else one per axis."""
+    if has_hw:
+        if values:
+            raise layer.error(f"give either {what} or {what}_h/{what}_w, not both")
+        return int(h), int(w)
+    if not values:
+        return default, default
+    if len(values) == 1:
+        return int(values[0]), int(values[0])
+    if len(values) == 2:
+        return int(values[0]), int(values[1])
+    raise layer.error(f"{what} must have 1 or 2 values for 2-D convolution, got {len(values)}")
+
+
+# ---------------------------------------------------------------------------------------------
+@register("Input")
+class InputLayer(Layer):
+    num_bottom = 0
+    num_top = None
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        shapes = self.param.input_param.shape
+        if len(shapes) not in (0, 1, len(top)):
+            raise self.error(f"input_param has {len(shapes)} shapes for {len(top)} tops (give 1 or one per top)")
+        self.shapes = [tuple(int(d) for d in (shapes[0] if len(shapes) == 1 else shapes[i]).dim)
+                       for i in range(len(top))] if shapes else [t.shape for t in top]
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        # Inputs keep whatever shape they were given (Net.forward reshapes them to the fed arrays).
+        for t, shape in zip(top, self.shapes):
+            if t.data.size == 0 and t.shape != shape:
+                t.reshape(shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        pass
+
+
+@register("Convolution")
+class ConvolutionLayer(Layer):
+    num_top = None
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.convolution_param
+        if len(top) != len(bottom):
+            raise self.error(f"needs one top per bottom, got {len(bottom)} bottoms and {len(top)} tops")
+        if p.num_output <= 0:
+            raise self.error("convolution_param.num_output must be > 0")
+        if p.axis != 1:
+            raise self.error(f"only axis 1 (NCHW) is supported, got axis {p.axis}")
+        self.kernel = _spatial(p.kernel_size, p.kernel_h, p.kernel_w, p.has("kernel_h") or p.has("kernel_w"), 0,
+                               "kernel_size", self)
+        if min(self.kernel) <= 0:
+            raise self.error("kernel size must be given and > 0 (kernel_size or kernel_h/kernel_w)")
+        self.stride = _spatial(p.stride, p.stride_h, p.stride_w, p.has("stride_h") or p.has("stride_w"), 1,
+                               "stride", self)
+        self.pad = _spatial(p.pad, p.pad_h, p.pad_w, p.has("pad_h") or p.has("pad_w"), 0, "pad", self)
+        self.dilation = _spatial(p.dilation, None, None, False, 1, "dilation", self)
+        if min(self.stride) <= 0 or min(self.dilation) <= 0:
+            raise self.error("stride and dilation must be > 0")
+        self.group = int(p.group)
+        channels = bottom[0].shape[1] if len(bottom[0].shape) == 4 else 0
+        if self.group <= 0 or channels % self.group or p.num_output % self.group:
+            raise self.error(f"group {self.group} must divide both input channels ({channels}) "
+                             f"and num_output ({p.num_output})")
+        wshape = (int(p.num_output), channels // self.group, *self.kernel)
+        self.blobs = [self._param_blob(0, wshape, p.weight_filler)]
+        if p.bias_term:
+            self.blobs.append(self._param_blob(1, (int(p.num_output),), p.bias_filler))
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        w = self.blobs[0].data
+        for b, t in zip(bottom, top):
+            if len(b.shape) != 4 or b.shape[1] != w.shape[1] * self.group:
+                raise self.error(f"expected input of shape (N, {w.shape[1] * self.group}, H, W), got {b.shape}")
+            try:
+                oh, ow = conv.conv2d_output_shape(b.shape[2:], self.kernel, self.stride, self.pad, self.dilation)
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
+            t.reshape((b.shape[0], w.shape[0], oh, ow))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        w = self.blobs[0].data
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        for bb, t in zip(bottom, top):
+            t.data = conv.conv2d_forward(bb.data, w, b, stride=self.stride, pad=self.pad,
+                                         dilation=self.dilation, group=self.group)
+
+
+@register("InnerProduct")
+class InnerProductLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.inner_product_param
+        if p.num_output <= 0:
+            raise self.error("inner_product_param.num_output must be > 0")
+        self.axis = p.axis % len(bottom[0].shape) if bottom[0].shape else 0
+        k = int(np.prod(bottom[0].shape[self.axis:]))
+        self.transpose = bool(p.transpose)
+        wshape = (k, int(p.num_output)) if self.transpose else (int(p.num_output), k)
+        self.blobs = [self._param_blob(0, wshape, p.weight_filler)]
+        if p.bias_term:
+            self.blobs.append(self._param_blob(1, (int(p.num_output),), p.bias_filler))
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        shape = bottom[0].shape
+        k = int(np.prod(shape[self.axis:]))
+        w = self.blobs[0].data
+        want = w.shape[0] if self.transpose else w.shape[1]
+        if k != want:
+            raise self.error(f"input {shape} flattens to {k} features from axis {self.axis}, weights expect {want}")
+        n = w.shape[1] if self.transpose else w.shape[0]
+        top[0].reshape((*shape[: self.axis], n))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        top[0].data = fc.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
+                                               transpose=self.transpose)
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.pooling_param
+        if p.pool not in ("MAX", "AVE"):
+            raise self.error(f"pool method {p.pool} is not supported (MAX, AVE)")
+        self.method = p.pool
+        self.global_pooling = bool(p.global_pooling)
+        if self.global_pooling:
+            if p.has("kernel_size") or p.has("kernel_h") or p.has("kernel_w"):
+                raise self.error("global_pooling and a kernel size cannot both be given")
+        elif p.has("kernel_h") != p.has("kernel_w"):
+            raise self.error("give both kernel_h and kernel_w")
+        elif not (p.has("kernel_size") or p.has("kernel_h")):
+            raise self.error("kernel_size (or kernel_h and kernel_w) is required")
+        k = (p.kernel_h, p.kernel_w) if p.has("kernel_h") else (p.kernel_size, p.kernel_size)
+        self.stride = (p.stride_h, p.stride_w) if p.has("stride_h") else (p.stride, p.stride)
+        self.pad = (p.pad_h, p.pad_w) if p.has("pad_h") else (p.pad, p.pad)
+        self.kernel = tuple(int(v) for v in k)
+        self.round_mode = p.round_mode
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.error("global pooling needs pad 0 and stride 1")
+        if not self.global_pooling:
+            if min(self.kernel) <= 0 or min(self.stride) <= 0:
+                raise self.error(f"kernel {self.kernel} and stride {self.stride} must be > 0")
+            if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+                raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise self.error(f"expected a 4-D input (N, C, H, W), got {shape}")
+        if self.global_pooling:
+            self.kernel = (shape[2], shape[3])
+        oh, ow = pool.pool2d_output_shape(shape[2:], self.kernel, self.stride, self.pad, self.round_mode)
+        top[0].reshape((shape[0], shape[1], oh, ow))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = pool.pool2d_forward(bottom[0].data, method=self.method, kernel=self.kernel, stride=self.stride,
+                                          pad=self.pad, round_mode=self.round_mode)
+
+
+@register("LRN")
+class LRNLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.lrn_param
+        if p.local_size % 2 == 0 or p.local_size <= 0:
+            raise self.error(f"local_size must be odd and > 0, got {p.local_size}")
+        self.kw = dict(local_size=int(p.local_size), alpha=float(p.alpha), beta=float(p.beta), k=float(p.k),
+                       region=p.norm_region)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if len(bottom[0].shape) != 4:
+            raise self.error(f"expected a 4-D input (N, C, H, W), got {bottom[0].shape}")
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = lrn.lrn_forward(bottom[0].data, **self.kw)
+
+
+@register("ReLU")
+class ReLULayer(Layer):
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        x = bottom[0].data
+        out = x if top[0] is bottom[0] else top[0].data
+        top[0].data = activations.relu_forward(x, float(self.param.relu_param.negative_slope), out=out)
+
+
+@register("Sigmoid")
+class SigmoidLayer(Layer):
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = activations.sigmoid_forward(bottom[0].data)
+
+
+@register("TanH")
+class TanHLayer(Layer):
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = activations.tanh_forward(bottom[0].data)
+
+
+@register("Dropout")
+class DropoutLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.ratio = float(self.param.dropout_param.dropout_ratio)
+        if not 0.0 <= self.ratio < 1.0:
+            raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.phase == "TEST":
+            if top[0] is not bottom[0]:
+                top[0].data = bottom[0].data.copy()
+            return
+        top[0].data, self.mask = activations.dropout_forward(bottom[0].data, self.ratio, train=True, rng=self.rng)
+
+
+@register("Softmax")
+class SoftmaxLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.axis = int(self.param.softmax_param.axis)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        ndim = len(bottom[0].shape)
+        if not -ndim <= self.axis < ndim:
+            raise self.error(f"axis {self.axis} out of range for input {bottom[0].shape}")
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = activations.softmax_forward(bottom[0].data, axis=self.axis % bottom[0].data.ndim)
+
+
+@register("Concat")
+class ConcatLayer(Layer):
+    num_bottom = (1, 1 << 30)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.concat_param
+        if p.has("axis") and p.has("concat_dim"):
+            raise self.error("give either axis or concat_dim, not both")
+        self.axis = int(p.concat_dim) if p.has("concat_dim") else int(p.axis)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        first = bottom[0].shape
+        axis = self.axis % len(first)
+        total = 0
+        for b in bottom:
+            if len(b.shape) != len(first) or any(b.shape[i] != first[i] for i in range(len(first)) if i != axis):
+                raise self.error(f"all inputs must match except on axis {axis}: {first} vs {b.shape}")
+            total += b.shape[axis]
+        top[0].reshape((*first[:axis], total, *first[axis + 1:]))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = elementwise.concat_forward([b.data for b in bottom], axis=self.axis % bottom[0].data.ndim)
+
+
+@register("Eltwise")
+class EltwiseLayer(Layer):
+    num_bottom = (2, 1 << 30)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.eltwise_param
+        self.op = p.operation
+        self.coeffs = [float(c) for c in p.coeff] or None
+        if self.coeffs is not None and self.op != "SUM":
+            raise self.error("coeff is only allowed with operation SUM")
+        if self.coeffs is not None and len(self.coeffs) != len(bottom):
+            raise self.error(f"needs one coeff per bottom: {len(self.coeffs)} coeffs, {len(bottom)} bottoms")
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for b in bottom[1:]:
+            if b.shape != bottom[0].shape:
+                raise self.error(f"all inputs must have the same shape: {bottom[0].shape} vs {b.shape}")
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = elementwise.eltwise_forward([b.data for b in bottom], operation=self.op, coeffs=self.coeffs)
+
+
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.batch_norm_param
+        self.use_global = p.use_global_stats if p.has("use_global_stats") else self.phase == "TEST"
+        self.eps = float(p.eps)
+        channels = bottom[0].shape[1] if len(bottom[0].shape) > 1 else 1
+        zero = Message("FillerParameter")
+        self.blobs = [self._param_blob(0, (channels,), zero), self._param_blob(1, (channels,), zero),
+                      self._param_blob(2, (1,), zero)]
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if not self.use_global:
+            raise self.error("training-mode batch statistics arrive with training; set use_global_stats: true")
+        top[0].data = elementwise.batchnorm_forward_inference(
+            bottom[0].data, self.blobs[0].data, self.blobs[1].data, float(self.blobs[2].data.reshape(-1)[0]),
+            eps=self.eps)
+
+
+def _axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) -> tuple[int, ...]:
+    axis = axis % len(shape) if shape else 0
+    end = len(shape) if num_axes == -1 else axis + num_axes
+    if end > len(shape):
+        raise layer.error(f"axis {axis} with num_axes {num_axes} does not fit input {shape}")
+    return tuple(shape[axis:end])
+
+
+@register("Scale")
+class ScaleLayer(Layer):
+    num_bottom = (1, 2)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.scale_param
+        self.axis = int(p.axis)
+        gshape = _axes_shape(self, bottom[0].shape, self.axis, int(p.num_axes))
+        filler = p.filler if p.has("filler") else Message("FillerParameter", value=1.0)
+        self.blobs = [] if len(bottom) == 2 else [self._param_blob(0, gshape, filler)]
+        if p.bias_term:
+            self.blobs.append(self._param_blob(len(self.blobs), gshape, p.bias_filler))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        gamma = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
+        beta = self.blobs[-1].data if self.param.scale_param.bias_term else None
+        top[0].data = elementwise.scale_forward(bottom[0].data, gamma, beta, axis=self.axis % bottom[0].data.ndim)
+
+
+@register("Bias")
+class BiasLayer(Layer):
+    num_bottom = (1, 2)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.bias_param
+        self.axis = int(p.axis)
+        if len(bottom) == 1:
+            self.blobs = [self._param_blob(0, _axes_shape(self, bottom[0].shape, self.axis, int(p.num_axes)),
+                                           p.filler)]
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        beta = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
+        top[0].data = elementwise.bias_forward(bottom[0].data, beta, axis=self.axis % bottom[0].data.ndim)
+
+
+@register("Flatten")
+class FlattenLayer(Layer):
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.flatten_param
+        shape = bottom[0].shape
+        start, end = p.axis % len(shape), p.end_axis % len(shape)
+        if end < start:
+            raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for input {shape}")
+        top[0].reshape((*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:]))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = bottom[0].data.reshape(top[0].shape)
+
+
+@register("Reshape")
+class ReshapeLayer(Layer):
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.reshape_param
+        shape = bottom[0].shape
+        axis = p.axis % (len(shape) + 1) if p.axis < 0 else p.axis
+        end = len(shape) if p.num_axes == -1 else axis + p.num_axes
+        dims = [int(d) for d in p.shape.dim]
+        new = [shape[axis + i] if d == 0 else d for i, d in enumerate(dims)]
+        if new.count(-1) > 1:
+            raise self.error("at most one -1 in reshape_param.shape")
+        out = [*shape[:axis], *new, *shape[end:]]
+        if -1 in out:
+            known = int(np.prod([d for d in out if d != -1]))
+            out[out.index(-1)] = int(np.prod(shape)) // max(known, 1)
+        if int(np.prod(out)) != int(np.prod(shape)):
+            raise self.error(f"cannot reshape {shape} to {tuple(out)}")
+        top[0].reshape(tuple(out))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = bottom[0].data.reshape(top[0].shape)
+
+
+@register("Split")
+class SplitLayer(Layer):
+    num_top = (1, 1 << 30)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for t in top:
+            t.reshape(bottom[0].shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for t in top:
+            t.data = bottom[0].data

@@ -1,0 +1,28 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def randomize(net, seed: int = 0, bias: float = 0.1) -> None:
+    """Fill every parameter with scaled Gaussian weights (He-style, so activations neither vanish
+    nor explode through a deep net) and small random biases."""
+    rng = np.random.default_rng(seed)
+    for name in net.params:
+        params = net.params[name]
+        w = params[0]
+        fan_in = w[0].size if w.ndim > 1 else 1
+        w[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=w.shape)
+        for b in params[1:]:
+            b[...] = rng.normal(0.0, bias, size=b.shape)
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
