@@ -79,19 +79,27 @@ def bench_net(name: str, batches: list[int], iters: int, budget_s: float, workdi
             if not err <= 1e-5:
                 print(f"MISMATCH {name} batch {batch}: crema vs {ref_name} max |dprob| = {err:.3g} > 1e-5")
                 sys.exit(1)
-        fns = {"crema": lambda: net.forward(data=x)} | {k: (lambda f=f: f(x)) for k, f in refs.items()}
+        fns = {"crema": lambda x=x: net.forward(data=x)} | {k: (lambda f=f, x=x: f(x)) for k, f in refs.items()}
         n = max(3, min(iters, int(200 / batch) + 3))
         times = _time_interleaved(fns, n, budget_s)
         med = {k: float(np.median(v)) for k, v in times.items()}
         best_ref = min(med[k] for k in refs)
-        row = {"net": name, "batch": batch, "first_call_s": first, "median_s": med,
-               "min_s": {k: float(np.min(v)) for k, v in times.items()}, "runs": times,
-               "ratio_vs_fastest": best_ref / med["crema"]}
+        row = {
+            "net": name,
+            "batch": batch,
+            "first_call_s": first,
+            "median_s": med,
+            "min_s": {k: float(np.min(v)) for k, v in times.items()},
+            "runs": times,
+            "ratio_vs_fastest": best_ref / med["crema"],
+        }
         rows.append(row)
         ratios = "  ".join(f"{med[k] / med['crema']:.2f}x {k}" for k in refs)
-        print(f"{name:<8} fwd cpu N={batch:<6}| {1000 * med['crema']:9.2f} ms (min {1000 * row['min_s']['crema']:8.2f})"
-              f" | {batch / med['crema']:9.1f} img/s | torch {batch / med['torch']:9.1f} img/s"
-              f" | opencv {batch / med['opencv']:9.1f} img/s | {ratios} | first call {first:.2f} s")
+        print(
+            f"{name:<8} fwd cpu N={batch:<6}| {1000 * med['crema']:9.2f} ms (min {1000 * row['min_s']['crema']:8.2f})"
+            f" | {batch / med['crema']:9.1f} img/s | torch {batch / med['torch']:9.1f} img/s"
+            f" | opencv {batch / med['opencv']:9.1f} img/s | {ratios} | first call {first:.2f} s"
+        )
     return rows
 
 
@@ -113,8 +121,10 @@ def bench_startup(workdir: Path) -> dict:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
         walls.append(time.perf_counter() - t0)
-    print(f"startup: new process -> first classification: first run {walls[0]:.2f} s, "
-          f"warm cache {min(walls[1:]):.2f} s (target < 3 s)")
+    print(
+        f"startup: new process -> first classification: first run {walls[0]:.2f} s, "
+        f"warm cache {min(walls[1:]):.2f} s (target < 3 s)"
+    )
     return {"first_s": walls[0], "warm_s": min(walls[1:])}
 
 
@@ -129,8 +139,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def bench_memory() -> dict:
-    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(MODELS["caffenet"])], check=True,
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(MODELS["caffenet"])],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     peak_mb = int(out.stdout.split()[-1]) / 1024
     print(f"memory: CaffeNet forward batch 10 peak RSS {peak_mb:.0f} MB (target < 1536 MB)")
     return {"caffenet_b10_peak_rss_mb": peak_mb}
@@ -153,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"threads": pinned, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets:
-            result["rows"] += bench_net(name, args.batches or DEFAULT_BATCHES[name], args.iters, args.budget,
-                                        Path(tmp))
+            result["rows"] += bench_net(name, args.batches or DEFAULT_BATCHES[name], args.iters, args.budget, Path(tmp))
         if args.startup:
             result["startup"] = bench_startup(Path(tmp))
     if args.memory:

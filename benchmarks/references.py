@@ -3,7 +3,7 @@ OpenCV DNN. Used only in benchmarks and tests, never by crema itself."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,8 +22,11 @@ def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
         if kind == "Convolution":
             w = torch.from_numpy(layer.blobs[0].data.copy())
             b = torch.from_numpy(layer.blobs[1].data.copy()) if len(layer.blobs) > 1 else None
-            steps.append(lambda x, w=w, b=b, L=layer: F.conv2d(x, w, b, stride=L.stride, padding=L.pad,
-                                                                 dilation=L.dilation, groups=L.group))
+            steps.append(
+                lambda x, w=w, b=b, L=layer: F.conv2d(
+                    x, w, b, stride=L.stride, padding=L.pad, dilation=L.dilation, groups=L.group
+                )
+            )
         elif kind == "Pooling":
             if layer.method == "MAX":
                 steps.append(lambda x, L=layer: F.max_pool2d(x, L.kernel, L.stride, L.pad, ceil_mode=True))
@@ -33,8 +36,7 @@ def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
             kw = layer.kw
             if kw["region"] != "ACROSS_CHANNELS":
                 raise ValueError("torch reference supports ACROSS_CHANNELS LRN only")
-            steps.append(lambda x, kw=kw: F.local_response_norm(x, kw["local_size"], kw["alpha"], kw["beta"],
-                                                                kw["k"]))
+            steps.append(lambda x, kw=kw: F.local_response_norm(x, kw["local_size"], kw["alpha"], kw["beta"], kw["k"]))
         elif kind == "ReLU":
             steps.append(F.relu)
         elif kind == "InnerProduct":

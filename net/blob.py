@@ -11,7 +11,7 @@ class Blob:
     `reshape` keeps the buffer when the element count does not change, like Caffe's Blob::Reshape.
     """
 
-    __slots__ = ("name", "data", "_diff")
+    __slots__ = ("_diff", "data", "name")
 
     def __init__(self, name: str, shape: tuple[int, ...] = (0,)) -> None:
         self.name = name

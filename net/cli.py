@@ -41,7 +41,8 @@ def load_labels(path: str | None, count: int) -> list[str]:
 
 def preprocess_for(net, preset: str | None):
     """The Preprocess that fits the net's first input: a named preset, or chosen by channel count."""
-    from .preprocess import PRESETS, preset as get_preset
+    from .preprocess import PRESETS
+    from .preprocess import preset as get_preset
 
     shape = net.blob(net.inputs[0]).shape
     if len(shape) != 4:
@@ -59,15 +60,16 @@ def preprocess_for(net, preset: str | None):
     return pre
 
 
-def classify(net, images: list[str], labels: list[str] | None, top: int, preset: str | None = None,
-             batch: int = 16) -> list[dict]:
+def classify(
+    net, images: list[str], labels: list[str] | None, top: int, preset: str | None = None, batch: int = 16
+) -> list[dict]:
     """Top-k predictions for each image path: [{"image", "predictions": [{"index","label","prob"}]}]."""
     from .preprocess import load_image
 
     pre = preprocess_for(net, preset)
     results = []
     for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
+        chunk = images[start : start + batch]
         x = np.stack([pre(load_image(path)) for path in chunk])
         out = net.forward(**{net.inputs[0]: x})
         probs = out[net.outputs[-1]].reshape(len(chunk), -1)
@@ -120,12 +122,24 @@ def cmd_time(args: argparse.Namespace) -> int:
     per_layer = net.time_forward(iterations=args.iterations, warmup=0)
     batch = net.blob(net.inputs[0]).shape[0] if net.inputs else 1
     if args.json:
-        print(json.dumps({"layers": [{"name": layer.name, "type": layer.type, "forward_ms": ms}
-                                     for layer, ms in zip(net.layers, per_layer)],
-                          "forward_ms": sum(per_layer), "first_forward_ms": 1000 * first, "batch": batch}))
+        print(
+            json.dumps(
+                {
+                    "layers": [
+                        {"name": layer.name, "type": layer.type, "forward_ms": ms}
+                        for layer, ms in zip(net.layers, per_layer)
+                    ],
+                    "forward_ms": sum(per_layer),
+                    "first_forward_ms": 1000 * first,
+                    "batch": batch,
+                }
+            )
+        )
         return 0
-    print(f"net '{net.name}': batch {batch}, {args.iterations} iterations "
-          f"(first forward incl. JIT/cache load: {1000 * first:.1f} ms)")
+    print(
+        f"net '{net.name}': batch {batch}, {args.iterations} iterations "
+        f"(first forward incl. JIT/cache load: {1000 * first:.1f} ms)"
+    )
     width = max(len(layer.name) for layer in net.layers)
     for layer, ms in zip(net.layers, per_layer):
         print(f"{layer.name:>{width}}  {layer.type:<14} forward: {ms:9.3f} ms.")

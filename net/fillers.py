@@ -34,7 +34,7 @@ def fill(filler: Message, shape: tuple[int, ...], rng: np.random.Generator) -> n
     """A float32 array of `shape` drawn as `filler` (a FillerParameter Message) says."""
     kind = filler.type
     if kind == "constant":
-        out = np.full(shape, filler.value, dtype=np.float64)
+        return np.full(shape, filler.value, dtype=np.float32)
     elif kind == "uniform":
         out = rng.uniform(filler.min, filler.max, size=shape)
     elif kind == "gaussian":

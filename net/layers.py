@@ -12,7 +12,8 @@ types when one is missing. Backward passes arrive with training (a later issue).
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -22,10 +23,10 @@ from .blob import Blob
 from .fillers import fill
 from .schema import Message
 
-LAYERS: dict[str, type["Layer"]] = {}
+LAYERS: dict[str, type[Layer]] = {}
 
 
-def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
+def register(type_name: str) -> Callable[[type[Layer]], type[Layer]]:
     def deco(cls: type[Layer]) -> type[Layer]:
         cls.type = type_name
         LAYERS[type_name] = cls
@@ -34,7 +35,7 @@ def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
     return deco
 
 
-def create_layer(param: Message, phase: str, rng: np.random.Generator) -> "Layer":
+def create_layer(param: Message, phase: str, rng: np.random.Generator) -> Layer:
     cls = LAYERS.get(param.type)
     if cls is None:
         known = ", ".join(sorted(LAYERS))
@@ -69,8 +70,8 @@ class Layer:
             raise self.error(f"expected {want} {kind}(s), got {n}")
 
     def _param_blob(self, index: int, shape: tuple[int, ...], filler: Message) -> Blob:
-        blob = Blob(f"{self.name}.{index}", shape)
-        blob.data[...] = fill(filler, shape, self.rng)
+        blob = Blob(f"{self.name}.{index}")
+        blob.data = fill(filler, shape, self.rng)
         return blob
 
     # -- Caffe's interface -------------------------------------------------------------------
@@ -93,8 +94,9 @@ class Layer:
         raise NotImplementedError(f"{self.type} '{self.name}': backward is not implemented yet")
 
 
-def _spatial(values: list[int], h: int | None, w: int | None, has_hw: bool, default: int, what: str,
-             layer: Layer) -> tuple[int, int]:
+def _spatial(
+    values: list[int], h: int | None, w: int | None, has_hw: bool, default: int, what: str, layer: Layer
+) -> tuple[int, int]:
     """Caffe's per-axis parameter rule: explicit _h/_w, else one value for both, else one per axis."""
     if has_hw:
         if values:
@@ -119,8 +121,11 @@ class InputLayer(Layer):
         shapes = self.param.input_param.shape
         if len(shapes) not in (0, 1, len(top)):
             raise self.error(f"input_param has {len(shapes)} shapes for {len(top)} tops (give 1 or one per top)")
-        self.shapes = [tuple(int(d) for d in (shapes[0] if len(shapes) == 1 else shapes[i]).dim)
-                       for i in range(len(top))] if shapes else [t.shape for t in top]
+        self.shapes = (
+            [tuple(int(d) for d in (shapes[0] if len(shapes) == 1 else shapes[i]).dim) for i in range(len(top))]
+            if shapes
+            else [t.shape for t in top]
+        )
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         # Inputs keep whatever shape they were given (Net.forward reshapes them to the fed arrays).
@@ -144,12 +149,14 @@ class ConvolutionLayer(Layer):
             raise self.error("convolution_param.num_output must be > 0")
         if p.axis != 1:
             raise self.error(f"only axis 1 (NCHW) is supported, got axis {p.axis}")
-        self.kernel = _spatial(p.kernel_size, p.kernel_h, p.kernel_w, p.has("kernel_h") or p.has("kernel_w"), 0,
-                               "kernel_size", self)
+        self.kernel = _spatial(
+            p.kernel_size, p.kernel_h, p.kernel_w, p.has("kernel_h") or p.has("kernel_w"), 0, "kernel_size", self
+        )
         if min(self.kernel) <= 0:
             raise self.error("kernel size must be given and > 0 (kernel_size or kernel_h/kernel_w)")
-        self.stride = _spatial(p.stride, p.stride_h, p.stride_w, p.has("stride_h") or p.has("stride_w"), 1,
-                               "stride", self)
+        self.stride = _spatial(
+            p.stride, p.stride_h, p.stride_w, p.has("stride_h") or p.has("stride_w"), 1, "stride", self
+        )
         self.pad = _spatial(p.pad, p.pad_h, p.pad_w, p.has("pad_h") or p.has("pad_w"), 0, "pad", self)
         self.dilation = _spatial(p.dilation, None, None, False, 1, "dilation", self)
         if min(self.stride) <= 0 or min(self.dilation) <= 0:
@@ -157,8 +164,9 @@ class ConvolutionLayer(Layer):
         self.group = int(p.group)
         channels = bottom[0].shape[1] if len(bottom[0].shape) == 4 else 0
         if self.group <= 0 or channels % self.group or p.num_output % self.group:
-            raise self.error(f"group {self.group} must divide both input channels ({channels}) "
-                             f"and num_output ({p.num_output})")
+            raise self.error(
+                f"group {self.group} must divide both input channels ({channels}) and num_output ({p.num_output})"
+            )
         wshape = (int(p.num_output), channels // self.group, *self.kernel)
         self.blobs = [self._param_blob(0, wshape, p.weight_filler)]
         if p.bias_term:
@@ -179,8 +187,9 @@ class ConvolutionLayer(Layer):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
         for bb, t in zip(bottom, top):
-            t.data = conv.conv2d_forward(bb.data, w, b, stride=self.stride, pad=self.pad,
-                                         dilation=self.dilation, group=self.group)
+            t.data = conv.conv2d_forward(
+                bb.data, w, b, stride=self.stride, pad=self.pad, dilation=self.dilation, group=self.group
+            )
 
 
 @register("InnerProduct")
@@ -190,7 +199,7 @@ class InnerProductLayer(Layer):
         if p.num_output <= 0:
             raise self.error("inner_product_param.num_output must be > 0")
         self.axis = p.axis % len(bottom[0].shape) if bottom[0].shape else 0
-        k = int(np.prod(bottom[0].shape[self.axis:]))
+        k = int(np.prod(bottom[0].shape[self.axis :]))
         self.transpose = bool(p.transpose)
         wshape = (k, int(p.num_output)) if self.transpose else (int(p.num_output), k)
         self.blobs = [self._param_blob(0, wshape, p.weight_filler)]
@@ -199,7 +208,7 @@ class InnerProductLayer(Layer):
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         shape = bottom[0].shape
-        k = int(np.prod(shape[self.axis:]))
+        k = int(np.prod(shape[self.axis :]))
         w = self.blobs[0].data
         want = w.shape[0] if self.transpose else w.shape[1]
         if k != want:
@@ -209,8 +218,9 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         b = self.blobs[1].data if len(self.blobs) > 1 else None
-        top[0].data = fc.inner_product_forward(bottom[0].data, self.blobs[0].data, b, axis=self.axis,
-                                               transpose=self.transpose)
+        top[0].data = fc.inner_product_forward(
+            bottom[0].data, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose
+        )
 
 
 @register("Pooling")
@@ -251,8 +261,14 @@ class PoolingLayer(Layer):
         top[0].reshape((shape[0], shape[1], oh, ow))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = pool.pool2d_forward(bottom[0].data, method=self.method, kernel=self.kernel, stride=self.stride,
-                                          pad=self.pad, round_mode=self.round_mode)
+        top[0].data = pool.pool2d_forward(
+            bottom[0].data,
+            method=self.method,
+            kernel=self.kernel,
+            stride=self.stride,
+            pad=self.pad,
+            round_mode=self.round_mode,
+        )
 
 
 @register("LRN")
@@ -261,8 +277,13 @@ class LRNLayer(Layer):
         p = self.param.lrn_param
         if p.local_size % 2 == 0 or p.local_size <= 0:
             raise self.error(f"local_size must be odd and > 0, got {p.local_size}")
-        self.kw = dict(local_size=int(p.local_size), alpha=float(p.alpha), beta=float(p.beta), k=float(p.k),
-                       region=p.norm_region)
+        self.kw = {
+            "local_size": int(p.local_size),
+            "alpha": float(p.alpha),
+            "beta": float(p.beta),
+            "k": float(p.k),
+            "region": p.norm_region,
+        }
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         if len(bottom[0].shape) != 4:
@@ -341,7 +362,7 @@ class ConcatLayer(Layer):
             if len(b.shape) != len(first) or any(b.shape[i] != first[i] for i in range(len(first)) if i != axis):
                 raise self.error(f"all inputs must match except on axis {axis}: {first} vs {b.shape}")
             total += b.shape[axis]
-        top[0].reshape((*first[:axis], total, *first[axis + 1:]))
+        top[0].reshape((*first[:axis], total, *first[axis + 1 :]))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = elementwise.concat_forward([b.data for b in bottom], axis=self.axis % bottom[0].data.ndim)
@@ -378,15 +399,22 @@ class BatchNormLayer(Layer):
         self.eps = float(p.eps)
         channels = bottom[0].shape[1] if len(bottom[0].shape) > 1 else 1
         zero = Message("FillerParameter")
-        self.blobs = [self._param_blob(0, (channels,), zero), self._param_blob(1, (channels,), zero),
-                      self._param_blob(2, (1,), zero)]
+        self.blobs = [
+            self._param_blob(0, (channels,), zero),
+            self._param_blob(1, (channels,), zero),
+            self._param_blob(2, (1,), zero),
+        ]
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if not self.use_global:
             raise self.error("training-mode batch statistics arrive with training; set use_global_stats: true")
         top[0].data = elementwise.batchnorm_forward_inference(
-            bottom[0].data, self.blobs[0].data, self.blobs[1].data, float(self.blobs[2].data.reshape(-1)[0]),
-            eps=self.eps)
+            bottom[0].data,
+            self.blobs[0].data,
+            self.blobs[1].data,
+            float(self.blobs[2].data.reshape(-1)[0]),
+            eps=self.eps,
+        )
 
 
 def _axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) -> tuple[int, ...]:
@@ -424,8 +452,7 @@ class BiasLayer(Layer):
         p = self.param.bias_param
         self.axis = int(p.axis)
         if len(bottom) == 1:
-            self.blobs = [self._param_blob(0, _axes_shape(self, bottom[0].shape, self.axis, int(p.num_axes)),
-                                           p.filler)]
+            self.blobs = [self._param_blob(0, _axes_shape(self, bottom[0].shape, self.axis, int(p.num_axes)), p.filler)]
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         beta = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
@@ -440,7 +467,7 @@ class FlattenLayer(Layer):
         start, end = p.axis % len(shape), p.end_axis % len(shape)
         if end < start:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for input {shape}")
-        top[0].reshape((*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:]))
+        top[0].reshape((*shape[:start], int(np.prod(shape[start : end + 1])), *shape[end + 1 :]))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = bottom[0].data.reshape(top[0].shape)

@@ -16,9 +16,8 @@ layers by name with Caffe's legacy-aware shape check (§7.3).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -81,8 +80,16 @@ def _phase(phase: str) -> str:
 class Net:
     """A network built from a NetParameter. Use `Net.load` for files."""
 
-    def __init__(self, param: Message, *, phase: str = "test", level: int = 0, stages: tuple[str, ...] = (),
-                 seed: int | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        param: Message,
+        *,
+        phase: str = "test",
+        level: int = 0,
+        stages: tuple[str, ...] = (),
+        seed: int | None = None,
+        device: str = "cpu",
+    ) -> None:
         from .upgrade import filter_net
 
         if device != "cpu":
@@ -113,7 +120,9 @@ class Net:
             for name in lp.bottom:
                 if name not in self._blobs:
                     have = ", ".join(self._blobs) or "none"
-                    raise NetError(f"{where}: bottom '{name}' is not produced by any earlier layer (blobs so far: {have})")
+                    raise NetError(
+                        f"{where}: bottom '{name}' is not produced by any earlier layer (blobs so far: {have})"
+                    )
                 bottom.append(self._blobs[name])
                 available.pop(name, None)
             top = []
@@ -139,19 +148,27 @@ class Net:
         self.outputs: list[str] = list(available)
 
     @classmethod
-    def load(cls, prototxt: str | Path, weights: str | Path | None = None, phase: str = "test", *,
-             level: int = 0, stages: tuple[str, ...] = (), seed: int | None = None, device: str = "cpu") -> "Net":
+    def load(
+        cls,
+        prototxt: str | Path,
+        weights: str | Path | None = None,
+        phase: str = "test",
+        *,
+        level: int = 0,
+        stages: tuple[str, ...] = (),
+        seed: int | None = None,
+        device: str = "cpu",
+    ) -> Net:
         """Build a net from a text prototxt and, if given, copy weights from a binary caffemodel."""
         from .prototxt_loader import load_net_prototxt
 
-        net = cls(load_net_prototxt(str(prototxt)), phase=phase, level=level, stages=stages, seed=seed,
-                  device=device)
+        net = cls(load_net_prototxt(str(prototxt)), phase=phase, level=level, stages=stages, seed=seed, device=device)
         if weights is not None:
             net.copy_from(weights)
         return net
 
     @classmethod
-    def from_string(cls, text: str, **kwargs) -> "Net":
+    def from_string(cls, text: str, **kwargs) -> Net:
         from .prototxt_loader import parse_text
         from .upgrade import upgrade_net
 
@@ -172,13 +189,17 @@ class Net:
             if target is None:
                 continue
             if len(src.blobs) != len(target.blobs):
-                raise NetError(f"{source}: layer '{src.name}' has {len(src.blobs)} blobs in the file, "
-                               f"the net's {target.type} layer expects {len(target.blobs)}")
+                raise NetError(
+                    f"{source}: layer '{src.name}' has {len(src.blobs)} blobs in the file, "
+                    f"the net's {target.type} layer expects {len(target.blobs)}"
+                )
             for i, (blob_proto, blob) in enumerate(zip(src.blobs, target.blobs)):
                 values = blob_to_array(blob_proto)
                 if not blob_shape_matches(blob_proto, blob.shape):
-                    raise NetError(f"{source}: layer '{src.name}' blob {i} has shape {values.shape} in the file, "
-                                   f"the net expects {blob.shape} (rename the layer to learn it from scratch)")
+                    raise NetError(
+                        f"{source}: layer '{src.name}' blob {i} has shape {values.shape} in the file, "
+                        f"the net expects {blob.shape} (rename the layer to learn it from scratch)"
+                    )
                 blob.data[...] = values.reshape(blob.shape)
 
     def to_proto(self) -> Message:
@@ -213,8 +234,9 @@ class Net:
         arr = np.ascontiguousarray(value, dtype=np.float32)
         blob = self._blobs[name]
         if arr.ndim != blob.data.ndim:
-            raise ValueError(f"input '{name}': expected {blob.data.ndim} dimensions like {blob.shape}, "
-                             f"got shape {arr.shape}")
+            raise ValueError(
+                f"input '{name}': expected {blob.data.ndim} dimensions like {blob.shape}, got shape {arr.shape}"
+            )
         blob.data = arr if arr is not value else arr.copy()
 
     def forward(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -256,11 +278,16 @@ class Net:
         """One row per layer: name, type, bottoms, tops with shapes, parameter shapes and count."""
         rows = []
         for layer, bottom, top in zip(self.layers, self.bottoms, self.tops):
-            rows.append({
-                "name": layer.name, "type": layer.type,
-                "bottoms": [b.name for b in bottom], "tops": [(t.name, t.shape) for t in top],
-                "params": [b.shape for b in layer.blobs], "count": sum(b.count for b in layer.blobs),
-            })
+            rows.append(
+                {
+                    "name": layer.name,
+                    "type": layer.type,
+                    "bottoms": [b.name for b in bottom],
+                    "tops": [(t.name, t.shape) for t in top],
+                    "params": [b.shape for b in layer.blobs],
+                    "count": sum(b.count for b in layer.blobs),
+                }
+            )
         return rows
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ def lenet_files(tmp_path):
     images = []
     for i in range(3):
         img = np.zeros((40, 40), np.uint8)
-        img[8 + i:30, 15:22 + i] = 255
+        img[8 + i : 30, 15 : 22 + i] = 255
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(img).save(path)
         images.append(str(path))
@@ -80,11 +80,17 @@ def test_non_image_is_a_clean_error(lenet_files, tmp_path, capsys):
 def test_errors_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text("layer { name: 'x' type: 'ReLU' \n")
-    proc = subprocess.run([sys.executable, "-m", "net.cli", "inspect", str(bad)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "net.cli", "inspect", str(bad)], capture_output=True, text=True, cwd=ROOT, check=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("crema: error:") and "bad.prototxt" in proc.stderr
     assert "Traceback" not in proc.stderr
-    missing = subprocess.run([sys.executable, "-m", "net.cli", "inspect", str(tmp_path / "nope.prototxt")],
-                             capture_output=True, text=True, cwd=ROOT)
+    missing = subprocess.run(
+        [sys.executable, "-m", "net.cli", "inspect", str(tmp_path / "nope.prototxt")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert missing.returncode == 2 and "nope.prototxt" in missing.stderr

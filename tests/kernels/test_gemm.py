@@ -1,0 +1,87 @@
+"""kernels.gemm against a float64 reference (and NumPy's matmul as a second opinion)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.gemm import KC, MR, NR, gemm, gemm_ref
+
+RTOL = 1e-5  # float32 accumulation over K <= ~600: max |err| <= RTOL * sqrt(K) * max|ref| holds with margin
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray, k: int) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32
+    tol = RTOL * np.sqrt(k) * max(float(np.abs(want).max()), 1.0)
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    assert err <= tol, f"max abs err {err:.3e} > tol {tol:.3e}"
+
+
+SHAPES = [
+    (1, 1, 1),
+    (MR, NR, 4),
+    (MR + 1, NR + 1, 3),
+    (7, 33, KC + 5),
+    (67, 45, 83),
+    (130, 300, 2 * KC + 1),
+    (3, 200, 17),
+    (257, 2, 9),
+]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_matches_reference(m: int, n: int, k: int, trans_a: bool, trans_b: bool) -> None:
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = gemm(a.T.copy() if trans_a else a, b.T.copy() if trans_b else b, trans_a=trans_a, trans_b=trans_b)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    _assert_close(got, want, k)
+
+
+def test_reference_is_matmul() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((5, 7), dtype=np.float32)
+    b = rng.standard_normal((7, 3), dtype=np.float32)
+    np.testing.assert_allclose(gemm_ref(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gemm_ref(a.T, b.T, trans_a=True, trans_b=True), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_out_and_accumulate() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((19, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 41), dtype=np.float32)
+    out = rng.standard_normal((19, 41), dtype=np.float32)
+    start = out.astype(np.float64)
+    res = gemm(a, b, out=out, accumulate=True)
+    assert res is out
+    _assert_close(out, start + a.astype(np.float64) @ b, 300)
+    gemm(a, b, out=out)  # overwrite
+    _assert_close(out, a.astype(np.float64) @ b, 300)
+
+
+def test_non_contiguous_and_float64_inputs_are_converted() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 30))  # float64
+    b = rng.standard_normal((60, 50)).astype(np.float32)[::2, ::2]  # (30, 25), strided
+    _assert_close(gemm(a, b), a @ b.astype(np.float64), 30)
+
+
+def test_k_zero_and_empty() -> None:
+    assert np.all(gemm(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)) == 0)
+    assert gemm(np.zeros((0, 5), np.float32), np.zeros((5, 4), np.float32)).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"a": np.zeros((3, 4)), "b": np.zeros((5, 2))}, "inner dimensions"),
+        ({"a": np.zeros(3), "b": np.zeros((3, 2))}, "2-D"),
+        ({"a": np.zeros((3, 4)), "b": np.zeros((4, 2)), "out": np.zeros((3, 2))}, "out"),
+        ({"a": np.zeros((3, 4)), "b": np.zeros((4, 2)), "accumulate": True}, "accumulate"),
+    ],
+)
+def test_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        gemm(**kwargs)
