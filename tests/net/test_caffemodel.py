@@ -4,7 +4,6 @@ our encoder against an independent reader (OpenCV DNN's Caffe importer)."""
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import time
 
@@ -25,8 +24,6 @@ from net.caffemodel import (
 )
 from net.schema import Message
 from net.wire import varint_bytes
-
-HAVE_UPGRADE = importlib.util.find_spec("net.upgrade") is not None
 
 
 def key(num: int, wt: int) -> bytes:
@@ -291,7 +288,6 @@ def test_v1_layers_round_trip_with_enums():
     assert again.layers[0].blobs[1].num == 1 and again.layers[0].blobs[1].width == 96
 
 
-@pytest.mark.skipif(not HAVE_UPGRADE, reason="net.upgrade not written yet")
 def test_save_and_load_caffemodel_upgrades_v1(tmp_path):
     net = Message("NetParameter", name="old")
     ip = net.add("layers", name="ip", type="INNER_PRODUCT", bottom=["x"], top=["ip"])

@@ -169,7 +169,8 @@ def test_mean_from_npy_and_binaryproto(tmp_path) -> None:
     want = preset("caffenet").replace(mean=mean)(rgb)
     np.save(tmp_path / "mean.npy", mean)
     np.testing.assert_array_equal(preset("caffenet").replace(mean=str(tmp_path / "mean.npy"))(rgb), want)
-    caffemodel = pytest.importorskip("net.caffemodel", reason="net/caffemodel.py (binaryproto I/O) not available")
+    from net import caffemodel
+
     caffemodel.save_binaryproto(tmp_path / "mean.binaryproto", mean[None])
     pre = preset("caffenet").replace(mean=tmp_path / "mean.binaryproto")
     np.testing.assert_array_equal(pre(rgb), want)
