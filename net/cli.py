@@ -211,13 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-prototxt")
     p.add_argument("--out-weights")
     p.set_defaults(func=cmd_convert)
+
+    # Commands that live beside the code they drive: each module has `add_commands(sub)`, which adds
+    # its sub-parsers with `set_defaults(func=...)`; a func returns the exit status.
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
+
+
+# One line per module that adds `crema` verbs (data, train/test, serve/index, ...).
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "top", 1) < 1 or getattr(args, "iterations", 1) < 1 or (getattr(args, "batch", 1) or 1) < 1:
-        return _error("--top, --iterations and --batch must be >= 1")
+    for flag in ("top", "iterations", "batch"):
+        value = getattr(args, flag, None)
+        if isinstance(value, int) and value < 1:
+            return _error(f"--{flag} must be >= 1, got {value}")
     try:
         return args.func(args)
     except (ValueError, OSError) as exc:
