@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # One line per module that adds `crema` verbs (data, train/test, serve/index, ...).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "net.train_cli",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

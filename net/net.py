@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLoss, Accuracy)
 from .blob import Blob
 from .layers import Layer, create_layer
 from .schema import Message
@@ -70,6 +71,61 @@ class _Params(Mapping):
         return len(self._layers)
 
 
+def split_blob_name(blob: str, layer: str, top_index: int, k: int) -> str:
+    return f"{blob}_{layer}_{top_index}_split_{k}"
+
+
+def insert_splits(param: Message) -> Message:
+    """Caffe's automatic Split layers (caffe_facts §5.4): a top consumed by more than one later bottom
+    (a non-zero loss weight counts as one more consumer) gets a Split layer right after its producer,
+    and the consumers read its tops in order. The loss weight moves to the last split top, which no
+    layer consumes, so the backward pass sums every consumer's gradient with the loss's."""
+    last_top: dict[str, tuple[int, int]] = {}
+    source: dict[tuple[int, int], tuple[int, int]] = {}
+    consumers: dict[tuple[int, int], int] = {}
+    for i, lp in enumerate(param.layer):
+        for j, name in enumerate(lp.bottom):
+            if name in last_top:
+                source[(i, j)] = last_top[name]
+                consumers[last_top[name]] = consumers.get(last_top[name], 0) + 1
+        for j, name in enumerate(lp.top):
+            last_top[name] = (i, j)
+            if j < len(lp.loss_weight) and lp.loss_weight[j] != 0:
+                consumers[(i, j)] = consumers.get((i, j), 0) + 1
+    if all(n <= 1 for n in consumers.values()):
+        return param
+    out = param.copy()
+    out.clear("layer")
+    used: dict[tuple[int, int], int] = {}
+    for i, lp in enumerate(param.layer):
+        new = lp.copy()
+        bottoms = list(new.bottom)
+        for j, name in enumerate(bottoms):
+            src = source.get((i, j))
+            if src is not None and consumers[src] > 1:
+                k = used.get(src, 0)
+                used[src] = k + 1
+                bottoms[j] = split_blob_name(name, param.layer[src[0]].name, src[1], k)
+        new.bottom = bottoms
+        weights = list(new.loss_weight)
+        split_weights: dict[int, float] = {}
+        for j in range(len(new.top)):
+            if consumers.get((i, j), 0) > 1 and j < len(weights) and weights[j] != 0:
+                split_weights[j] = weights[j]
+                weights[j] = 0.0
+        if split_weights:
+            new.loss_weight = weights
+        out.layer.append(new)
+        for j, name in enumerate(lp.top):
+            n = consumers.get((i, j), 0)
+            if n > 1:
+                split = out.add("layer", name=f"{name}_{lp.name}_{j}_split", type="Split", bottom=[name])
+                split.top = [split_blob_name(name, lp.name, j, k) for k in range(n)]
+                if j in split_weights:
+                    split.loss_weight = [0.0] * (n - 1) + [split_weights[j]]
+    return out
+
+
 def _phase(phase: str) -> str:
     key = phase.lower()
     if key not in PHASES:
@@ -96,6 +152,7 @@ class Net:
             raise RuntimeError(f"device {device!r} is not available: this build runs on the CPU only")
         self.phase = _phase(phase)
         self.param = filter_net(param, self.phase, level, tuple(stages))
+        self._built = insert_splits(self.param)
         self.name: str = self.param.name
         self.rng = np.random.default_rng(seed)
         self._blobs: dict[str, Blob] = {}
@@ -103,14 +160,16 @@ class Net:
         self.bottoms: list[list[Blob]] = []
         self.tops: list[list[Blob]] = []
         self.inputs: list[str] = []
+        self.loss_weights: list[list[float]] = []
         self._build()
+        self._plan_backward()
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
     # -- construction ------------------------------------------------------------------------
     def _build(self) -> None:
         available: dict[str, None] = {}
-        for lp in self.param.layer:
+        for lp in self._built.layer:
             where = f"layer '{lp.name}' ({lp.type})"
             try:
                 layer = create_layer(lp, self.phase, self.rng)
@@ -145,7 +204,60 @@ class Net:
             self.layers.append(layer)
             self.bottoms.append(bottom)
             self.tops.append(top)
+            self.loss_weights.append(self._layer_loss_weights(lp, layer, where))
         self.outputs: list[str] = list(available)
+
+    @staticmethod
+    def _layer_loss_weights(lp: Message, layer: Layer, where: str) -> list[float]:
+        if lp.loss_weight:
+            if len(lp.loss_weight) != len(lp.top):
+                raise NetError(
+                    f"{where}: loss_weight must be given once per top ({len(lp.top)}), got {len(lp.loss_weight)}"
+                )
+            return [float(w) for w in lp.loss_weight]
+        weights = [0.0] * len(lp.top)
+        default = getattr(layer, "default_loss_weight", 0.0)
+        if weights and default:
+            weights[0] = default
+        return weights
+
+    def _plan_backward(self) -> None:
+        """Which layers run backward and to which bottoms (caffe_facts §5.8): a layer needs backward if a
+        bottom needs it or it has a parameter with lr_mult != 0 (or force_backward), and it leads to a loss."""
+        need_blob: set[int] = set()
+        force = bool(self.param.force_backward)
+        need_layer = []
+        for layer, bottom, top, lp in zip(self.layers, self.bottoms, self.tops, self._built.layer):
+            specs = list(lp.param)
+            layer.param_needs_grad = [
+                (float(specs[j].lr_mult) if j < len(specs) else 1.0) != 0.0 for j in range(len(layer.blobs))
+            ]
+            need = any(id(b) in need_blob for b in bottom) or any(layer.param_needs_grad)
+            need = need or (force and bool(bottom) and layer.type not in ("Accuracy",))
+            need_layer.append(need)
+            if need:
+                need_blob.update(id(t) for t in top)
+        # Keep only layers whose tops reach a loss.
+        under_loss: set[int] = set()
+        self.backward_layers: list[int] = []
+        self.propagate_down: list[list[bool]] = [[] for _ in self.layers]
+        for i in reversed(range(len(self.layers))):
+            tops = self.tops[i]
+            reaches = any(w != 0 for w in self.loss_weights[i]) or any(id(t) in under_loss for t in tops)
+            if reaches:
+                under_loss.update(id(b) for b in self.bottoms[i])
+            lp = self._built.layer[i]
+            pd = []
+            for j, b in enumerate(self.bottoms[i]):
+                want = id(b) in need_blob and (j >= len(lp.propagate_down) or bool(lp.propagate_down[j]))
+                pd.append(want and reaches and self.layers[i].type != "Accuracy")
+            self.propagate_down[i] = pd
+            if need_layer[i] and reaches and (any(pd) or any(self.layers[i].param_needs_grad)):
+                self.backward_layers.append(i)
+        self.backward_layers.reverse()
+        self.loss_tops = [
+            (self.tops[i][j], w) for i in range(len(self.layers)) for j, w in enumerate(self.loss_weights[i]) if w != 0
+        ]
 
     @classmethod
     def load(
@@ -207,9 +319,10 @@ class Net:
         from .caffemodel import array_to_blob
 
         out = self.param.copy()
-        for lp, layer in zip(out.layer, self.layers):
+        by_name = {layer.name: layer for layer in self.layers}
+        for lp in out.layer:
             lp.clear("blobs")
-            for blob in layer.blobs:
+            for blob in by_name[lp.name].blobs if lp.name in by_name else []:
                 lp.blobs.append(array_to_blob(blob.data))
         return out
 
@@ -260,6 +373,80 @@ class Net:
                 t0 = time.perf_counter()
                 layer.forward(bottom, top)
                 timings[i] += time.perf_counter() - t0
+
+    # -- training ----------------------------------------------------------------------------
+    def forward_loss(self, timings: list[float] | None = None) -> float:
+        """Run every layer on the current inputs (data layers fetch their next batch) and return the
+        weighted loss, sum over loss tops of loss_weight * sum(top)."""
+        self._run(timings)
+        loss = 0.0
+        for blob, weight in self.loss_tops:
+            loss += weight * float(np.sum(blob.data, dtype=np.float64))
+        return loss
+
+    def backward(self, timings: list[float] | None = None) -> None:
+        """Backpropagate from every loss top: its diff is set to the loss weight; each layer that needs
+        backward then overwrites its bottoms' diffs and accumulates into its parameters' diffs."""
+        for blob, weight in self.loss_tops:
+            blob.diff = np.full(blob.shape, weight, dtype=np.float32)
+        for i in reversed(self.backward_layers):
+            t0 = time.perf_counter() if timings is not None else 0.0
+            self.layers[i].backward(self.tops[i], self.propagate_down[i], self.bottoms[i])
+            if timings is not None:
+                timings[i] += time.perf_counter() - t0
+
+    def forward_backward(self) -> float:
+        loss = self.forward_loss()
+        self.backward()
+        return loss
+
+    def learnable(self) -> list[tuple[str, int, Blob, float, float]]:
+        """(layer name, blob index, Blob, lr_mult, decay_mult) for every parameter blob, in layer order;
+        shared blobs (the same Blob in two layers) appear once."""
+        out = []
+        seen: set[int] = set()
+        for layer, lp in zip(self.layers, self._built.layer):
+            specs = list(lp.param)
+            for j, blob in enumerate(layer.blobs):
+                if id(blob) in seen:
+                    continue
+                seen.add(id(blob))
+                lr = float(specs[j].lr_mult) if j < len(specs) else 1.0
+                decay = float(specs[j].decay_mult) if j < len(specs) else 1.0
+                out.append((layer.name, j, blob, lr, decay))
+        return out
+
+    def clear_param_diffs(self) -> None:
+        for layer in self.layers:
+            for blob in layer.blobs:
+                blob.diff[...] = 0.0
+
+    def share_weights_from(self, other: Net) -> None:
+        """Use `other`'s parameter Blobs in every layer of the same name (Caffe's ShareTrainedLayersWith:
+        the test net sees the train net's current weights without copies)."""
+        source = {layer.name: layer for layer in other.layers if layer.blobs}
+        for layer in self.layers:
+            src = source.get(layer.name)
+            if src is None or not layer.blobs:
+                continue
+            if len(src.blobs) != len(layer.blobs) or any(a.shape != b.shape for a, b in zip(src.blobs, layer.blobs)):
+                raise NetError(
+                    f"layer '{layer.name}': cannot share weights, shapes {[b.shape for b in src.blobs]} vs "
+                    f"{[b.shape for b in layer.blobs]}"
+                )
+            layer.blobs = list(src.blobs)
+
+    def first_nonfinite(self) -> str | None:
+        """Name the first layer (in forward order) whose output holds NaN or inf, with the blob."""
+        for layer, top in zip(self.layers, self.tops):
+            for t in top:
+                if t.data.size and not np.all(np.isfinite(t.data)):
+                    return f"layer '{layer.name}' ({layer.type}), top '{t.name}'"
+        for layer in self.layers:
+            for j, b in enumerate(layer.blobs):
+                if not np.all(np.isfinite(b.data)):
+                    return f"layer '{layer.name}' ({layer.type}), parameter {j}"
+        return None
 
     def time_forward(self, iterations: int = 10, warmup: int = 1) -> list[float]:
         """Average forward milliseconds per layer over `iterations` runs on the current inputs."""

@@ -602,6 +602,9 @@ MESSAGES: dict[str, list[Field]] = {
         _f("learned_net", 2, "string"),
         _r("history", 3, "BlobProto"),
         _f("current_step", 4, "int32", 0),
+        # crema's own: JSON with the data layers' positions and the RNG states, so that a resumed run
+        # sees exactly the batches an uninterrupted one would. Caffe skips the unknown field.
+        _f("crema_resume", 1000, "bytes"),
     ],
 }
 MESSAGES.update({name: fields for name, fields in _FILLER_AND_PARAMS})

@@ -1,0 +1,94 @@
+"""`crema train` and `crema test`, as `caffe train` / `caffe test` do them.
+
+    crema train --solver examples/mnist/lenet_solver.prototxt [--weights W.caffemodel] [--snapshot S.solverstate]
+    crema test --model examples/mnist/lenet_train_test.prototxt --weights W.caffemodel --iterations 100
+
+`train` prints Caffe's log lines (loss, lr, test outputs), a progress bar on a terminal, and writes
+`<snapshot_prefix>_log.csv` and `<snapshot_prefix>_chart.png` (training loss and test accuracy against
+iterations). Ctrl-C snapshots and stops; `--snapshot` resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .solver import Solver, SolverError, TrainingDiverged
+
+    if args.weights and args.snapshot:
+        raise ValueError("give either --weights (fine-tune) or --snapshot (resume), not both")
+    from .prototxt_loader import load_solver_prototxt
+
+    param = load_solver_prototxt(args.solver)
+    if args.iterations is not None:
+        param.max_iter = args.iterations
+    if args.seed is not None:
+        param.random_seed = args.seed
+    if args.prefix:
+        param.snapshot_prefix = args.prefix
+    prefix = param.snapshot_prefix
+    solver = Solver(param, source=args.solver, log_csv=f"{prefix}_log.csv", progress=not args.no_progress)
+    if args.weights:
+        for w in args.weights.split(","):
+            solver.net.copy_from(w)
+    try:
+        solver.solve(resume=args.snapshot)
+    except TrainingDiverged as exc:
+        print(f"crema: error: training diverged: {exc}", file=sys.stderr)
+        return 3
+    except SolverError:
+        raise
+    finally:
+        if solver.records:
+            from .plot import plot_training
+
+            solver._write_csv()
+            plot_training(solver.records, f"{prefix}_chart.png")
+            print(f"Log: {prefix}_log.csv  Chart: {prefix}_chart.png", flush=True)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .net import Net
+
+    net = Net.load(args.model, args.weights, phase="test")
+    sums: dict[str, np.ndarray] = {}
+    weights = {t.name: net.loss_weights[i][j] for i, tops in enumerate(net.tops) for j, t in enumerate(tops)}
+    for it in range(args.iterations):
+        net.forward_loss()
+        parts = []
+        for name in net.outputs:
+            value = net.blobs[name].astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + value
+            if value.size == 1:
+                parts.append(f"{name} = {float(value):.6g}")
+        print(f"Batch {it}, " + ", ".join(parts), flush=True)
+    for name in net.outputs:
+        mean = np.ravel(sums[name] / args.iterations)
+        for v in mean:
+            w = weights.get(name, 0.0)
+            tail = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
+            print(f"{name} = {float(v):.6g}{tail}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a net with a Caffe solver definition, like `caffe train`")
+    p.add_argument("--solver", required=True, help="solver .prototxt")
+    p.add_argument("--weights", help="initialise from these .caffemodel weights (comma-separated for several)")
+    p.add_argument("--snapshot", help="resume from this .solverstate")
+    p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--seed", type=int, help="override random_seed")
+    p.add_argument("--prefix", help="override snapshot_prefix")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score a model on its TEST-phase data, like `caffe test`")
+    p.add_argument("--model", required=True, help="net .prototxt with TEST-phase data and metrics")
+    p.add_argument("--weights", required=True, help=".caffemodel")
+    p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    p.set_defaults(func=cmd_test)
