@@ -1,14 +1,21 @@
-"""Activations: ReLU, Sigmoid, TanH, Softmax, Dropout (Caffe semantics, float32, any rank).
+"""Activations: ReLU, Sigmoid, TanH, Softmax, Dropout (Caffe semantics, float32, any rank), forward and backward.
 
 Each op has a NumPy reference (`*_ref`, float64 where rounding matters) and a Numba kernel over the flat array
-(elementwise ops) or over (outer, C, inner) slices (softmax). Elementwise ops accept `out=x` for in-place use, as
-Caffe's in-place ReLU/Dropout layers do. Backward passes will sit next to each forward.
+(elementwise ops) or over (outer, C, inner) slices (softmax). Elementwise ops accept `out=x` (forward) or `out=dy`
+(backward) for in-place use, as Caffe's in-place ReLU/Dropout/Sigmoid/TanH layers do. ReLU, the hot one, runs a
+serial kernel below SERIAL_BELOW elements (LeNet's relu1 is 64 x 500), where a parallel launch costs more than it
+saves. Every backward OVERWRITES dx (none of these ops has parameters).
 
-Caffe semantics (caffe_facts.md 4.5-4.7):
-  ReLU     y = max(x, 0) + negative_slope * min(x, 0)
+Caffe semantics (caffe_facts.md 4.5-4.7), forward / backward:
+  ReLU     y = max(x, 0) + negative_slope * min(x, 0)  /  dx = dy * (x > 0 ? 1 : negative_slope) (slope at x == 0);
+           in place the forward output stands in for x: y > 0 iff x > 0 when negative_slope >= 0
   Sigmoid  y = 0.5 * tanh(0.5 * x) + 0.5   (Caffe's CPU form; equals 1 / (1 + exp(-x)) without overflow)
+           /  dx = dy * y * (1 - y), from the output y
+  TanH     y = tanh(x)  /  dx = dy * (1 - y^2), from the output y
   Softmax  along `axis`: subtract the max, exp, divide by the sum, independently for every other index
-  Dropout  TEST: y = x (a copy). TRAIN: mask ~ Bernoulli(1 - ratio), y = x * mask / (1 - ratio).
+           /  dx = y * (dy - sum_axis(dy * y)), from the output y
+  Dropout  TEST: y = x (a copy). TRAIN: mask ~ Bernoulli(1 - ratio), y = x * mask / (1 - ratio)
+           /  TRAIN: dx = dy * mask / (1 - ratio) with the forward's mask; TEST: dx = dy
 """
 
 from __future__ import annotations
@@ -17,17 +24,34 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = [
+    "dropout_backward",
+    "dropout_backward_ref",
     "dropout_forward",
     "dropout_forward_ref",
+    "relu_backward",
+    "relu_backward_ref",
     "relu_forward",
     "relu_forward_ref",
+    "sigmoid_backward",
+    "sigmoid_backward_ref",
     "sigmoid_forward",
     "sigmoid_forward_ref",
+    "softmax_backward",
+    "softmax_backward_ref",
     "softmax_forward",
     "softmax_forward_ref",
+    "tanh_backward",
+    "tanh_backward_ref",
     "tanh_forward",
     "tanh_forward_ref",
 ]
+
+SERIAL_BELOW = 1 << 16  # elements: smaller elementwise ReLU calls run a serial kernel
+
+
+def _ref_dtype(x: np.ndarray) -> np.dtype:
+    """References return float64 for float64 input (finite-difference checks), float32 otherwise."""
+    return np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
 
 
 def _check(x: np.ndarray, what: str) -> None:
@@ -38,16 +62,33 @@ def _check(x: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: expected a C-contiguous array, got strides {x.strides} (use np.ascontiguousarray)")
 
 
-def _out_like(x: np.ndarray, out: np.ndarray | None, what: str) -> np.ndarray:
+def _out_like(x: np.ndarray, out: np.ndarray | None, what: str, name: str = "x") -> np.ndarray:
     """A fresh array like x, or `out` after checking it (it may be x itself for in-place use)."""
     if out is None:
         return np.empty_like(x)
     _check(out, f"{what} out")
     if out.shape != x.shape:
         raise ValueError(f"{what} out: expected shape {x.shape}, got {out.shape}")
-    if out.ctypes.data != x.ctypes.data and np.shares_memory(out, x):
-        raise ValueError(f"{what} out: must be x itself (same memory) or not overlap x")
+    if np.shares_memory(out, x) and _address(out) != _address(x):
+        raise ValueError(f"{what} out: must be {name} itself (same memory) or not overlap {name}")
     return out
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _grad_args(dy: np.ndarray, other: np.ndarray, out: np.ndarray | None, what: str, name: str) -> np.ndarray:
+    """Check a backward's dy and its saved array (`name`: x, y or mask) and return dx: `out` (which may be dy itself,
+    for in-place layers, or overlap nothing) or a new array."""
+    _check(dy, f"{what} backward dy")
+    if not isinstance(other, np.ndarray) or other.shape != dy.shape or not other.flags.c_contiguous:
+        got = f"shape {other.shape}" if isinstance(other, np.ndarray) else type(other).__name__
+        raise ValueError(f"{what} backward {name}: expected a C-contiguous array of dy's shape {dy.shape}, got {got}")
+    dx = _out_like(dy, out, f"{what} backward", "dy")
+    if np.shares_memory(dx, other) and _address(dx) != _address(other):
+        raise ValueError(f"{what} backward out: may be {name} itself or dy itself, but overlaps {name}")
+    return dx
 
 
 # -- ReLU ----------------------------------------------------------------------------------------
@@ -55,6 +96,11 @@ def relu_forward_ref(x: np.ndarray, negative_slope: float = 0.0) -> np.ndarray:
     """x (any shape) float32 -> y = max(x, 0) + negative_slope * min(x, 0), same shape."""
     slope = np.float32(negative_slope)
     return np.maximum(x, np.float32(0)) + slope * np.minimum(x, np.float32(0))
+
+
+def relu_backward_ref(dy: np.ndarray, x: np.ndarray, negative_slope: float = 0.0) -> np.ndarray:
+    """dy, x (any shape) -> dx = dy * (1 if x > 0 else negative_slope) in float64."""
+    return dy.astype(np.float64) * np.where(x > 0, 1.0, float(np.float32(negative_slope)))
 
 
 @njit(cache=True, parallel=True)
@@ -65,6 +111,28 @@ def _relu_flat(x, y, slope):  # pragma: no cover - compiled
         y[i] = max(v, zero) + slope * min(v, zero)
 
 
+@njit(cache=True)
+def _relu_flat_serial(x, y, slope):  # pragma: no cover - compiled
+    zero = np.float32(0.0)
+    for i in range(x.size):
+        v = x[i]
+        y[i] = max(v, zero) + slope * min(v, zero)
+
+
+@njit(cache=True, parallel=True)
+def _relu_grad_flat(dy, x, slope, dx):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(dy.size):
+        dx[i] = dy[i] * (one if x[i] > 0 else slope)  # a product, as Caffe: 0 * inf stays NaN
+
+
+@njit(cache=True)
+def _relu_grad_flat_serial(dy, x, slope, dx):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in range(dy.size):
+        dx[i] = dy[i] * (one if x[i] > 0 else slope)
+
+
 def relu_forward(x: np.ndarray, negative_slope: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
     """Caffe ReLU (leaky when negative_slope != 0). x float32 C-contiguous, any shape -> y same shape.
 
@@ -72,15 +140,32 @@ def relu_forward(x: np.ndarray, negative_slope: float = 0.0, out: np.ndarray | N
     """
     _check(x, "ReLU input")
     out = _out_like(x, out, "ReLU")
-    _relu_flat(x.reshape(-1), out.reshape(-1), np.float32(negative_slope))
+    kernel = _relu_flat_serial if x.size < SERIAL_BELOW else _relu_flat
+    kernel(x.reshape(-1), out.reshape(-1), np.float32(negative_slope))
     return out
+
+
+def relu_backward(
+    dy: np.ndarray, x: np.ndarray, negative_slope: float = 0.0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Gradient of ReLU: dx = dy * (1 if x > 0 else negative_slope), OVERWRITTEN into a new array or `out`.
+
+    dy, x: float32 C-contiguous, same shape. x is the forward input, or the forward output when the layer ran in
+    place (valid for negative_slope >= 0, where y > 0 iff x > 0; Caffe does the same). `out` may be dy itself or x
+    itself (in place) or a separate array.
+    """
+    _check(x, "ReLU backward x")
+    dx = _grad_args(dy, x, out, "ReLU", "x")
+    kernel = _relu_grad_flat_serial if dy.size < SERIAL_BELOW else _relu_grad_flat
+    kernel(dy.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1))
+    return dx
 
 
 # -- Sigmoid and TanH ------------------------------------------------------------------------------
 def sigmoid_forward_ref(x: np.ndarray) -> np.ndarray:
     """x (any shape) float32 -> 1 / (1 + exp(-x)) computed in float64, returned as float32."""
     with np.errstate(over="ignore"):
-        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(_ref_dtype(x))
 
 
 @njit(cache=True, parallel=True)
@@ -98,9 +183,32 @@ def sigmoid_forward(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def sigmoid_backward_ref(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dy, y (the forward output) -> dx = dy * y * (1 - y) in float64."""
+    y64 = y.astype(np.float64)
+    return dy.astype(np.float64) * y64 * (1.0 - y64)
+
+
+@njit(cache=True, parallel=True)
+def _sigmoid_grad_flat(dy, y, dx):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(dy.size):
+        s = y[i]
+        dx[i] = dy[i] * s * (one - s)
+
+
+def sigmoid_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of Sigmoid from its output y: dx = dy * y * (1 - y), OVERWRITTEN. dy, y float32 C-contiguous, same
+    shape; `out` may be dy or y itself (in place)."""
+    _check(y, "Sigmoid backward y")
+    dx = _grad_args(dy, y, out, "Sigmoid", "y")
+    _sigmoid_grad_flat(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
 def tanh_forward_ref(x: np.ndarray) -> np.ndarray:
     """x (any shape) float32 -> tanh(x) computed in float64, returned as float32."""
-    return np.tanh(x.astype(np.float64)).astype(np.float32)
+    return np.tanh(x.astype(np.float64)).astype(_ref_dtype(x))
 
 
 @njit(cache=True, parallel=True)
@@ -117,6 +225,29 @@ def tanh_forward(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def tanh_backward_ref(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dy, y (the forward output) -> dx = dy * (1 - y^2) in float64."""
+    y64 = y.astype(np.float64)
+    return dy.astype(np.float64) * (1.0 - y64 * y64)
+
+
+@njit(cache=True, parallel=True)
+def _tanh_grad_flat(dy, y, dx):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    for i in prange(dy.size):
+        t = y[i]
+        dx[i] = dy[i] * (one - t * t)
+
+
+def tanh_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of TanH from its output y: dx = dy * (1 - y^2), OVERWRITTEN. dy, y float32 C-contiguous, same shape;
+    `out` may be dy or y itself (in place)."""
+    _check(y, "TanH backward y")
+    dx = _grad_args(dy, y, out, "TanH", "y")
+    _tanh_grad_flat(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    return dx
+
+
 # -- Softmax -------------------------------------------------------------------------------------
 def _softmax_axis(x: np.ndarray, axis: int) -> int:
     if not -x.ndim <= axis < x.ndim:
@@ -128,7 +259,7 @@ def softmax_forward_ref(x: np.ndarray, axis: int = 1) -> np.ndarray:
     """x float32 (any rank) -> softmax along `axis` in float64, returned as float32."""
     z = x.astype(np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(_ref_dtype(x))
 
 
 @njit(cache=True, parallel=True)
@@ -166,6 +297,40 @@ def softmax_forward(x: np.ndarray, axis: int = 1, out: np.ndarray | None = None)
     return out
 
 
+def softmax_backward_ref(dy: np.ndarray, y: np.ndarray, axis: int = 1) -> np.ndarray:
+    """dy, y (the forward output) -> dx = y * (dy - sum_axis(dy * y)) in float64."""
+    g, y64 = dy.astype(np.float64), y.astype(np.float64)
+    return y64 * (g - (g * y64).sum(axis=axis, keepdims=True))
+
+
+@njit(cache=True, parallel=True)
+def _softmax_grad_slices(dy, y, dx):  # pragma: no cover - compiled
+    """dy, y, dx (outer, C, inner): dx = y * (dy - sum_C(dy * y)), the sum in float64; dx may be dy."""
+    outer, c, inner = dy.shape
+    for o in prange(outer):
+        dot = np.zeros(inner, dtype=np.float64)
+        for cc in range(c):
+            for i in range(inner):
+                dot[i] += np.float64(dy[o, cc, i]) * np.float64(y[o, cc, i])
+        for cc in range(c):
+            for i in range(inner):
+                dx[o, cc, i] = (dy[o, cc, i] - np.float32(dot[i])) * y[o, cc, i]
+
+
+def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of Softmax along `axis` from its output y: dx = y * (dy - sum_axis(dy * y)), OVERWRITTEN.
+
+    dy, y float32 C-contiguous, same shape (any rank >= 1); `out` may be dy or y itself (in place)."""
+    _check(y, "Softmax backward y")
+    dx = _grad_args(dy, y, out, "Softmax", "y")
+    axis = _softmax_axis(y, axis)
+    if y.size == 0:
+        return dx
+    shape3 = (int(np.prod(y.shape[:axis])), y.shape[axis], int(np.prod(y.shape[axis + 1 :])))
+    _softmax_grad_slices(dy.reshape(shape3), y.reshape(shape3), dx.reshape(shape3))
+    return dx
+
+
 # -- Dropout -------------------------------------------------------------------------------------
 def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
@@ -177,7 +342,7 @@ def dropout_forward_ref(x: np.ndarray, ratio: float, mask: np.ndarray | None = N
     _check_ratio(ratio)
     if mask is None:
         return x.copy()
-    return np.where(mask, x * np.float32(1.0 / (1.0 - ratio)), np.float32(0)).astype(np.float32)
+    return np.where(mask, x * np.float32(1.0 / (1.0 - ratio)), np.float32(0)).astype(_ref_dtype(x))
 
 
 @njit(cache=True, parallel=True)
@@ -205,3 +370,38 @@ def dropout_forward(
     y = np.empty_like(x)
     _dropout_flat(x.reshape(-1), mask.reshape(-1), np.float32(1.0 / (1.0 - ratio)), y.reshape(-1))
     return y, mask
+
+
+def dropout_backward_ref(dy: np.ndarray, ratio: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """TEST (mask None): dy in float64. TRAIN: dy * mask / (1 - ratio) in float64."""
+    _check_ratio(ratio)
+    g = dy.astype(np.float64)
+    return g if mask is None else g * mask * float(np.float32(1.0 / (1.0 - ratio)))
+
+
+@njit(cache=True, parallel=True)
+def _dropout_grad_flat(dy, mask, scale, dx):  # pragma: no cover - compiled
+    zero = np.float32(0.0)
+    for i in prange(dy.size):
+        dx[i] = dy[i] * (scale if mask[i] else zero)  # a product, as Caffe (dy * mask * scale)
+
+
+def dropout_backward(
+    dy: np.ndarray, ratio: float, mask: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Gradient of Dropout, OVERWRITTEN into a new array or `out` (which may be dy itself, in place).
+
+    TEST (mask None): dx = dy. TRAIN: dx = dy * mask / (1 - ratio), with the bool mask `dropout_forward` returned.
+    """
+    _check_ratio(ratio)
+    if mask is None:
+        _check(dy, "Dropout backward dy")
+        dx = _out_like(dy, out, "Dropout backward", "dy")
+        if _address(dx) != _address(dy):
+            dx[...] = dy
+        return dx
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+        raise ValueError(f"Dropout backward mask: expected a bool array, got {getattr(mask, 'dtype', type(mask))}")
+    dx = _grad_args(dy, mask, out, "Dropout", "mask")
+    _dropout_grad_flat(dy.reshape(-1), mask.reshape(-1), np.float32(1.0 / (1.0 - ratio)), dx.reshape(-1))
+    return dx

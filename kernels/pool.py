@@ -1,35 +1,60 @@
-"""2-D max and average pooling with Caffe's exact semantics (NCHW, float32).
+"""2-D max and average pooling with Caffe's exact semantics (NCHW, float32): forward and backward.
 
 Kernels, in the order they appear:
-  0. `pool2d_forward_ref`   NumPy reference: one vectorised (N, C) reduction per output position.
-  1. `_max_pool_planes`     Numba, prange over the N*C planes, row-buffer loops (see the note above it).
-  2. `_ave_pool_planes`     Numba, same loop nest, Caffe's AVE divisor.
-Public: `pool2d_output_shape`, `pool2d_forward`, `global_pool_forward`. The backward pass will sit next to the
-forward (`pool2d_backward(dy, x, ...)`, re-walking the same windows to find the first maximum), so the forward
-here keeps no argmax.
+  0. `pool2d_forward_ref`, `pool2d_backward_ref`  NumPy references (one vectorised (N, C) step per output position;
+                            the backward in float64).
+  1. `_interior_kernels(kh, kw, sh, sw)`  Numba, prange over the N*C planes, for the outputs whose window lies
+                            wholly inside the image: the window size and stride are compile-time constants (one
+                            cached compilation per entry of SPECIALISED), so the window loops unroll and the
+                            compiler vectorises across outputs. MAX, MAX recording the argmax, AVE.
+  2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
+                            runtime parameters; for window shapes outside SPECIALISED they do every output.
+  3. `_max_backward_planes`  Numba, prange over planes: zero dx, then route each top gradient to its argmax.
+  4. AVE backward: the interior kernel zeroes dx and spreads dy / divisor over the interior windows, then
+     `_ave_backward_border` does the border windows (or everything, zeroing first, for other window shapes).
+Public: `pool2d_output_shape`, `pool2d_forward` (optionally recording the argmax `mask`), `pool2d_backward`,
+`global_pool_forward`, `global_pool_backward`.
 
 Caffe rules (caffe_facts.md 4.2), per spatial axis:
   out  = ceil((in + 2*pad - k) / stride) + 1      (FLOOR mode: floor)
   then, only if pad > 0: out -= 1 when (out - 1) * stride >= in + pad.
-  MAX: window clipped to the image, padding is never a candidate, strict '>' so the first maximum wins; a window
-       with no real pixel (possible only with pad 0 and stride > kernel) gives -FLT_MAX, as in Caffe.
+  MAX: window clipped to the image, padding is never a candidate, strict '>' against a running maximum that starts
+       at -FLT_MAX, so the first maximum in row-major window order wins and NaN never wins; a window with no
+       candidate (no real pixel, possible only with pad 0 and stride > kernel, or only NaN / values <= -FLT_MAX)
+       gives -FLT_MAX and argmax -1, and its gradient goes nowhere. The argmax mask holds h * W + w within the
+       input plane (Caffe's `max_idx_`), int32. Backward: dx[argmax] += dy (windows may overlap).
   AVE: divisor = (hend - hstart) * (wend - wstart) with ends clipped to in + pad *before* clipping to the image;
        the sum runs over real pixels only. An empty window gives 0 / divisor as in Caffe (-0.0, or NaN when the
-       divisor is 0).
+       divisor is 0). Backward: every real pixel of a window gets dy / divisor (accumulated over windows).
+Backward overwrites dx (it is an input gradient; pooling has no parameters).
 
-Timing: `CREMA_BENCH=1 python -m pytest tests/kernels/test_pool.py -q -s -k timing` prints pool1/pool2/pool5.
+Timing (forward and backward of LeNet's and CaffeNet's pooling layers against torch):
+`python -m benchmarks.bench_layers --threads 2`.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["global_pool_forward", "pool2d_forward", "pool2d_forward_ref", "pool2d_output_shape"]
+__all__ = [
+    "global_pool_backward",
+    "global_pool_forward",
+    "pool2d_backward",
+    "pool2d_backward_ref",
+    "pool2d_forward",
+    "pool2d_forward_ref",
+    "pool2d_output_shape",
+]
 
 NEG_FLT_MAX = np.float32(-np.finfo(np.float32).max)
 METHODS = ("MAX", "AVE")
 ROUND_MODES = ("CEIL", "FLOOR")
+# (kh, kw, sh, sw) with compile-time specialised interior kernels: LeNet (2, 2, 2, 2), CaffeNet/AlexNet/VGG-style
+# (3, 3, 2, 2) and (2, 2, 2, 2), stride-1 3x3 (GoogLeNet). Other shapes run the generic border kernel everywhere.
+SPECIALISED = frozenset({(2, 2, 2, 2), (3, 3, 2, 2), (2, 2, 1, 1), (3, 3, 1, 1)})
 
 
 # -- parameters and shapes ---------------------------------------------------------------------
@@ -78,94 +103,348 @@ def pool2d_output_shape(in_hw: tuple[int, int], kernel, stride, pad, round_mode:
     return oh, ow
 
 
+def _check_array(a: np.ndarray, what: str, dtype=np.float32) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 4:
+        got = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what}: expected a 4-D {np.dtype(dtype).name} array (N, C, H, W), got {got}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a C-contiguous array, got strides {a.strides} (use np.ascontiguousarray)")
+
+
 def _check_input(x: np.ndarray, what: str = "pooling input") -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
-        got = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise ValueError(f"{what}: expected a 4-D float32 array (N, C, H, W), got {got}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{what}: expected a C-contiguous array, got strides {x.strides} (use np.ascontiguousarray)")
+    _check_array(x, what)
 
 
-# -- 0. NumPy reference ------------------------------------------------------------------------
+def _interior(size: int, out: int, k: int, s: int, p: int) -> tuple[int, int]:
+    """Outputs [lo, hi) along one axis whose window [o*s - p, o*s - p + k) lies inside [0, size)."""
+    lo = min(-(-p // s), out)
+    hi = min(out, (size - k + p) // s + 1) if size - k + p >= 0 else 0
+    return lo, max(lo, hi)
+
+
+# -- 0. NumPy references -------------------------------------------------------------------------
+def _ref_dtype(x: np.ndarray) -> np.dtype:
+    """References return float64 for float64 input (finite differences), float32 otherwise."""
+    return np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+
+
+def _windows(h: int, w: int, k, s, p, oh: int, ow: int):
+    """Yield (i, j, h0, h1, w0, w1, divisor): clipped window rows [h0, h1), columns [w0, w1) and the AVE divisor."""
+    for i in range(oh):
+        hs = i * s[0] - p[0]
+        he = min(hs + k[0], h + p[0])
+        for j in range(ow):
+            ws = j * s[1] - p[1]
+            we = min(ws + k[1], w + p[1])
+            yield i, j, max(hs, 0), min(he, h), max(ws, 0), min(we, w), (he - hs) * (we - ws)
+
+
+def _max_ref(win: np.ndarray, h0: int, w0: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Caffe's running strict-'>' maximum over a window block (N, C, wh, ww): (values, argmax h * W + w or -1)."""
+    n, c, wh, ww = win.shape
+    if win.size == 0:
+        return np.full((n, c), NEG_FLT_MAX, win.dtype), np.full((n, c), -1, np.int32)
+    flat = win.reshape(n, c, wh * ww)
+    with np.errstate(invalid="ignore"):
+        cand = np.where(flat > NEG_FLT_MAX, flat, -np.inf)  # NaN and values <= -FLT_MAX never win
+    a = cand.argmax(axis=2)  # first maximum in row-major order
+    best = np.take_along_axis(cand, a[..., None], axis=2)[..., 0]
+    ok = best > -np.inf
+    idx = np.where(ok, (h0 + a // ww) * width + w0 + a % ww, -1).astype(np.int32)
+    return np.where(ok, best, NEG_FLT_MAX).astype(win.dtype), idx
+
+
 def pool2d_forward_ref(
-    x: np.ndarray, *, method: str = "MAX", kernel=(2, 2), stride=(1, 1), pad=(0, 0), round_mode: str = "CEIL"
+    x: np.ndarray,
+    *,
+    method: str = "MAX",
+    kernel=(2, 2),
+    stride=(1, 1),
+    pad=(0, 0),
+    round_mode: str = "CEIL",
+    return_mask: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Plain reference: x (N, C, H, W) float32 -> y (N, C, oh, ow) float32, Caffe semantics (module doc). A float64
+    x gives a float64 y (for finite-difference checks).
+
+    With return_mask (MAX only), returns (y, mask): mask (N, C, oh, ow) int32, the argmax h * W + w or -1.
+    """
+    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    if return_mask and method != "MAX":
+        raise ValueError(f"pooling: return_mask needs method MAX, got {method!r}")
+    n, c, h, w = x.shape
+    oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
+    y = np.empty((n, c, oh, ow), dtype=_ref_dtype(x))
+    mask = np.empty((n, c, oh, ow), dtype=np.int32)
+    for i, j, h0, h1, w0, w1, divisor in _windows(h, w, k, s, p, oh, ow):
+        win = x[:, :, h0:h1, w0:w1]
+        if method == "MAX":
+            y[:, :, i, j], mask[:, :, i, j] = _max_ref(win, h0, w0, w)
+        else:
+            total = win.sum(axis=(2, 3), dtype=np.float64).astype(y.dtype)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y[:, :, i, j] = total / y.dtype.type(divisor)
+    return (y, mask) if return_mask else y
+
+
+def pool2d_backward_ref(
+    dy: np.ndarray,
+    x: np.ndarray,
+    *,
+    method: str = "MAX",
+    kernel=(2, 2),
+    stride=(1, 1),
+    pad=(0, 0),
+    round_mode: str = "CEIL",
 ) -> np.ndarray:
-    """Plain reference: x (N, C, H, W) float32 -> y (N, C, oh, ow) float32, Caffe semantics (module doc)."""
+    """Plain reference backward in float64: dy (N, C, oh, ow), x (N, C, H, W) the forward input -> dx (N, C, H, W)
+    float64. MAX routes each dy to its window's first maximum in x; AVE spreads dy / divisor over the real pixels."""
     k, s, p = _check_params(kernel, stride, pad, method, round_mode)
     n, c, h, w = x.shape
     oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
-    y = np.empty((n, c, oh, ow), dtype=np.float32)
-    for i in range(oh):
-        h0 = i * s[0] - p[0]
-        h1 = min(h0 + k[0], h + p[0])
-        for j in range(ow):
-            w0 = j * s[1] - p[1]
-            w1 = min(w0 + k[1], w + p[1])
-            win = x[:, :, max(h0, 0) : min(h1, h), max(w0, 0) : min(w1, w)]
-            if method == "MAX":
-                y[:, :, i, j] = win.max(axis=(2, 3)) if win.size else NEG_FLT_MAX
-            else:
-                total = win.sum(axis=(2, 3), dtype=np.float64).astype(np.float32)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    y[:, :, i, j] = total / np.float32((h1 - h0) * (w1 - w0))
-    return y
+    if dy.shape != (n, c, oh, ow):
+        raise ValueError(f"pooling backward: expected dy of shape {(n, c, oh, ow)}, got {dy.shape}")
+    g = dy.astype(np.float64)
+    dx = np.zeros((n, c, h * w))
+    rows = np.arange(n)[:, None]
+    chans = np.arange(c)[None, :]
+    for i, j, h0, h1, w0, w1, divisor in _windows(h, w, k, s, p, oh, ow):
+        if method == "MAX":
+            _, idx = _max_ref(x[:, :, h0:h1, w0:w1], h0, w0, w)
+            ok = idx >= 0
+            dx[rows, chans, np.maximum(idx, 0)] += np.where(ok, g[:, :, i, j], 0.0)  # one (n, c) pair per index
+        elif h1 > h0 and w1 > w0:
+            dx.reshape(n, c, h, w)[:, :, h0:h1, w0:w1] += (g[:, :, i, j] / divisor)[:, :, None, None]
+    return dx.reshape(n, c, h, w)
 
 
-# -- 1, 2. Numba kernels over (P, H, W) planes ----------------------------------------------------
-# Row-buffer formulation: for one output row, walk the window offsets (hh, dw) in row-major order and update a
-# buffer of all `ow` outputs at once. Each output still sees its candidates in Caffe's row-major window order (so
-# the first maximum wins and AVE sums in Caffe's order), but the innermost loop is a branch-free select/add over
-# outputs, which LLVM vectorises: about 3.5x faster than one scalar window loop per output.
-@njit(cache=True)
-def _col_range(dw, pw, sw, width, ow):  # pragma: no cover - compiled
-    """Outputs j whose window column j*sw - pw + dw lies inside [0, width): returns (jlo, jhi, offset)."""
-    off = dw - pw
-    jlo = (-off + sw - 1) // sw if off < 0 else 0
-    jhi = min(ow, (width - 1 - off) // sw + 1)
-    return jlo, jhi, off
+# -- 1. interior kernels, specialised on the window shape ----------------------------------------
+# Indices are uint64 so Numba emits no negative-index wraparound code; with constant KH/KW/SH/SW the window loops
+# unroll and the loop over output columns vectorises (LeNet pool1: about 8x faster than runtime window sizes).
+@cache
+def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
+    KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the closures below
+    U = np.uint64
+
+    @njit(cache=True, parallel=True)
+    def max_fwd(x, y, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
+        nj = U(j1 - j0)
+        for q in prange(x.shape[0]):
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    m = NEG_FLT_MAX
+                    for dh in range(KH):
+                        for dw in range(KW):
+                            v = x[q, h0 + U(dh), w0 + U(dw)]
+                            m = v if v > m else m  # noqa: FURB136 (Caffe's strict >, NaN never wins)
+                    y[q, i, U(j0) + jj] = m
+
+    @njit(cache=True, parallel=True)
+    def max_fwd_mask(x, y, mask, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
+        width = x.shape[2]
+        nj = U(j1 - j0)
+        for q in prange(x.shape[0]):
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    m = NEG_FLT_MAX
+                    idx = -1
+                    for dh in range(KH):
+                        for dw in range(KW):
+                            v = x[q, h0 + U(dh), w0 + U(dw)]
+                            if v > m:
+                                m = v
+                                idx = np.int64((h0 + U(dh)) * U(width) + w0 + U(dw))
+                    y[q, i, U(j0) + jj] = m
+                    mask[q, i, U(j0) + jj] = idx
+
+    @njit(cache=True, parallel=True)
+    def ave_fwd(x, y, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
+        nj = U(j1 - j0)
+        divisor = np.float32(KH * KW)
+        for q in prange(x.shape[0]):
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    acc = np.float32(0.0)
+                    for dh in range(KH):
+                        for dw in range(KW):
+                            acc += x[q, h0 + U(dh), w0 + U(dw)]
+                    y[q, i, U(j0) + jj] = acc / divisor
+
+    @njit(cache=True, parallel=True)
+    def ave_bwd(dy, dx, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
+        """Zero each dx plane, then add dy / (KH * KW) over the interior windows."""
+        nj = U(j1 - j0)
+        divisor = np.float32(KH * KW)
+        height, width = dx.shape[1], dx.shape[2]
+        for q in prange(dx.shape[0]):
+            for hh in range(height):
+                for ww in range(width):
+                    dx[q, hh, ww] = np.float32(0.0)
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    g = dy[q, i, U(j0) + jj] / divisor
+                    for dh in range(KH):
+                        for dw in range(KW):
+                            dx[q, h0 + U(dh), w0 + U(dw)] += g
+
+    return max_fwd, max_fwd_mask, ave_fwd, ave_bwd
+
+
+# -- 2. border kernels: clipped windows, runtime parameters --------------------------------------
+@njit(cache=True, inline="always")
+def _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width):  # pragma: no cover - compiled
+    w0 = j * sw - pw
+    w1 = min(w0 + kw, width)
+    w0 = max(w0, 0)
+    m = NEG_FLT_MAX
+    idx = -1
+    for hh in range(h0, h1):
+        for ww in range(w0, w1):
+            v = x[q, hh, ww]
+            if v > m:
+                m = v
+                idx = hh * width + ww
+    y[q, i, j] = m
+    if record:
+        mask[q, i, j] = idx
 
 
 @njit(cache=True, parallel=True)
-def _max_pool_planes(x, y, kh, kw, sh, sw, ph, pw):  # pragma: no cover - compiled
+def _max_border(x, y, mask, record, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
+    """Every output outside the interior rectangle [i0, i1) x [j0, j1) (which may be empty)."""
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for q in prange(planes):
-        m = np.empty(ow, dtype=np.float32)
         for i in range(oh):
             h0 = i * sh - ph
             h1 = min(h0 + kh, height)
-            m[:] = NEG_FLT_MAX
-            for hh in range(max(h0, 0), h1):
-                for dw in range(kw):
-                    jlo, jhi, off = _col_range(dw, pw, sw, width, ow)
-                    for j in range(jlo, jhi):
-                        v = x[q, hh, j * sw + off]
-                        m[j] = v if v > m[j] else m[j]  # noqa: FURB136 (Caffe's strict >, NaN never wins)
-            y[q, i, :] = m
+            h0 = max(h0, 0)
+            lo, hi = (j0, j1) if i0 <= i < i1 else (ow, ow)
+            for j in range(lo):
+                _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width)
+            for j in range(hi, ow):
+                _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width)
+
+
+@njit(cache=True, inline="always")
+def _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width):  # pragma: no cover - compiled
+    ws = j * sw - pw
+    we = min(ws + kw, width + pw)
+    divisor = np.float32((he - hs) * (we - ws))
+    acc = np.float32(0.0)
+    for hh in range(max(hs, 0), min(he, height)):
+        for ww in range(max(ws, 0), min(we, width)):
+            acc += x[q, hh, ww]
+    y[q, i, j] = acc / divisor
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ave_pool_planes(x, y, kh, kw, sh, sw, ph, pw):  # pragma: no cover - compiled
+def _ave_border(x, y, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for q in prange(planes):
-        acc = np.empty(ow, dtype=np.float32)
         for i in range(oh):
-            h0 = i * sh - ph
-            h1 = min(h0 + kh, height + ph)
-            acc[:] = 0.0
-            for hh in range(max(h0, 0), min(h1, height)):
-                for dw in range(kw):
-                    jlo, jhi, off = _col_range(dw, pw, sw, width, ow)
-                    for j in range(jlo, jhi):
-                        acc[j] += x[q, hh, j * sw + off]
-            for j in range(ow):
-                w0 = j * sw - pw
-                w1 = min(w0 + kw, width + pw)
-                y[q, i, j] = acc[j] / np.float32((h1 - h0) * (w1 - w0))
+            hs = i * sh - ph
+            he = min(hs + kh, height + ph)
+            lo, hi = (j0, j1) if i0 <= i < i1 else (ow, ow)
+            for j in range(lo):
+                _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width)
+            for j in range(hi, ow):
+                _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width)
+
+
+# -- 3, 4. backward kernels ------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _max_backward_planes(dy, mask, dx):  # pragma: no cover - compiled
+    """dy, mask (P, oh*ow); dx (P, H*W): dx = 0, then dx[q, mask[q, t]] += dy[q, t] (mask -1: dropped)."""
+    planes, size = dx.shape
+    outs = dy.shape[1]
+    zero = np.float32(0.0)
+    for q in prange(planes):
+        for t in range(size):
+            dx[q, t] = zero
+        for t in range(outs):
+            idx = mask[q, t]
+            if idx >= 0:
+                dx[q, idx] += dy[q, t]
+
+
+@njit(cache=True, inline="always")
+def _ave_spread(dy, dx, q, i, j, hs, he, kw, sw, pw, height, width):  # pragma: no cover - compiled
+    ws = j * sw - pw
+    we = min(ws + kw, width + pw)
+    g = dy[q, i, j] / np.float32((he - hs) * (we - ws))
+    for hh in range(max(hs, 0), min(he, height)):
+        for ww in range(max(ws, 0), min(we, width)):
+            dx[q, hh, ww] += g
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _ave_backward_border(dy, dx, zero, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
+    """dy (P, oh, ow); dx (P, H, W): (dx = 0 when `zero`), then every window outside the interior rectangle adds
+    dy / divisor to its real pixels."""
+    planes, height, width = dx.shape
+    oh, ow = dy.shape[1], dy.shape[2]
+    for q in prange(planes):
+        if zero:
+            for hh in range(height):
+                for ww in range(width):
+                    dx[q, hh, ww] = np.float32(0.0)
+        for i in range(oh):
+            hs = i * sh - ph
+            he = min(hs + kh, height + ph)
+            lo, hi = (j0, j1) if i0 <= i < i1 else (ow, ow)
+            for j in range(lo):
+                _ave_spread(dy, dx, q, i, j, hs, he, kw, sw, pw, height, width)
+            for j in range(hi, ow):
+                _ave_spread(dy, dx, q, i, j, hs, he, kw, sw, pw, height, width)
 
 
 # -- public ------------------------------------------------------------------------------------
+def _regions(x3, y3, k, s, p) -> tuple[tuple | None, tuple[int, int, int, int], bool]:
+    """(interior kernels or None, interior rectangle (i0, i1, j0, j1), whether border outputs remain)."""
+    height, width = x3.shape[1:]
+    oh, ow = y3.shape[1:]
+    i0, i1 = _interior(height, oh, k[0], s[0], p[0])
+    j0, j1 = _interior(width, ow, k[1], s[1], p[1])
+    if (k[0], k[1], s[0], s[1]) not in SPECIALISED or i0 == i1 or j0 == j1:
+        return None, (0, 0, 0, 0), True
+    return _interior_kernels(k[0], k[1], s[0], s[1]), (i0, i1, j0, j1), (i0, i1, j0, j1) != (0, oh, 0, ow)
+
+
+def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
+    """One forward over (P, H, W) planes: the interior kernel when specialised, the border kernel for the rest."""
+    kernels, rect, border = _regions(x3, y3, k, s, p)
+    if kernels is not None:
+        max_fwd, max_fwd_mask, ave_fwd, _ = kernels
+        if method == "AVE":
+            ave_fwd(x3, y3, *rect, p[0], p[1])
+        elif mask3 is None:
+            max_fwd(x3, y3, *rect, p[0], p[1])
+        else:
+            max_fwd_mask(x3, y3, mask3, *rect, p[0], p[1])
+    if not border:
+        return
+    args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect)
+    if method == "AVE":
+        _ave_border(x3, y3, *args)
+    else:
+        record = mask3 is not None
+        _max_border(x3, y3, mask3 if record else np.empty((0, 0, 0), np.int32), record, *args)
+
+
 def pool2d_forward(
     x: np.ndarray,
     *,
@@ -175,11 +454,15 @@ def pool2d_forward(
     pad=(0, 0),
     round_mode: str = "CEIL",
     out: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Caffe MAX/AVE pooling. x (N, C, H, W) float32 C-contiguous -> y (N, C, oh, ow) float32.
 
     kernel, stride, pad: int or (h, w); round_mode "CEIL" | "FLOOR". `out`, when given, must be a C-contiguous
-    float32 array of the output shape (not aliasing x); it is filled and returned.
+    float32 array of the output shape (not aliasing x); it is filled and returned. `mask` (MAX only), when given,
+    must be a C-contiguous int32 array of the output shape: it receives each output's argmax as h * W + w in its
+    input plane (-1 for a window with no candidate), for `pool2d_backward`. Without a mask the forward does no
+    argmax bookkeeping.
     """
     _check_input(x)
     k, s, p = _check_params(kernel, stride, pad, method, round_mode)
@@ -191,17 +474,99 @@ def pool2d_forward(
         _check_input(out, "pooling out")
         if out.shape != (n, c, oh, ow):
             raise ValueError(f"pooling out: expected shape {(n, c, oh, ow)}, got {out.shape}")
+    if mask is not None:
+        if method != "MAX":
+            raise ValueError(f"pooling mask: only MAX pooling records an argmax, got method {method!r}")
+        _check_array(mask, "pooling mask", np.int32)
+        if mask.shape != (n, c, oh, ow):
+            raise ValueError(f"pooling mask: expected shape {(n, c, oh, ow)}, got {mask.shape}")
     if x.size == 0:
         return out
-    kernel_fn = _max_pool_planes if method == "MAX" else _ave_pool_planes
-    kernel_fn(x.reshape(n * c, h, w), out.reshape(n * c, oh, ow), k[0], k[1], s[0], s[1], p[0], p[1])
+    m3 = None if mask is None else mask.reshape(n * c, oh, ow)
+    _run_forward(x.reshape(n * c, h, w), out.reshape(n * c, oh, ow), m3, method, k, s, p)
     return out
 
 
-def global_pool_forward(x: np.ndarray, method: str = "MAX", out: np.ndarray | None = None) -> np.ndarray:
+def pool2d_backward(
+    dy: np.ndarray,
+    x: np.ndarray | tuple[int, int, int, int],
+    *,
+    method: str = "MAX",
+    kernel=(2, 2),
+    stride=(1, 1),
+    pad=(0, 0),
+    round_mode: str = "CEIL",
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Gradient of `pool2d_forward` with respect to its input; dx is OVERWRITTEN (not accumulated).
+
+    dy (N, C, oh, ow) float32 C-contiguous, the top gradient. x: the forward input (N, C, H, W) float32, or just its
+    shape. MAX routes each dy to the window's argmax: from `mask` (as recorded by `pool2d_forward(..., mask=...)`)
+    when given, else recomputed from x (which must then be the array). AVE spreads dy / divisor over the window's
+    real pixels. Returns dx (N, C, H, W) float32, written into `out` when given (C-contiguous, not aliasing dy).
+    """
+    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    _check_array(dy, "pooling backward dy")
+    shape = tuple(int(v) for v in (x.shape if isinstance(x, np.ndarray) else x))
+    if len(shape) != 4:
+        raise ValueError(f"pooling backward: expected the input shape (N, C, H, W), got {shape}")
+    n, c, h, w = shape
+    oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
+    if dy.shape != (n, c, oh, ow):
+        raise ValueError(f"pooling backward dy: expected shape {(n, c, oh, ow)} for input {shape}, got {dy.shape}")
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    else:
+        _check_array(out, "pooling backward out")
+        if out.shape != shape:
+            raise ValueError(f"pooling backward out: expected shape {shape}, got {out.shape}")
+        if np.shares_memory(out, dy):
+            raise ValueError("pooling backward out: must not overlap dy")
+    if out.size == 0:
+        return out
+    if method == "AVE":
+        dy3, dx3 = dy.reshape(n * c, oh, ow), out.reshape(n * c, h, w)
+        kernels, rect, border = _regions(dx3, dy3, k, s, p)
+        if kernels is not None:
+            kernels[3](dy3, dx3, *rect, p[0], p[1])
+        if border:
+            _ave_backward_border(dy3, dx3, kernels is None, k[0], k[1], s[0], s[1], p[0], p[1], *rect)
+        return out
+    if mask is None:
+        if not isinstance(x, np.ndarray):
+            raise ValueError("pooling backward: MAX needs the argmax mask or the forward input x (got only a shape)")
+        _check_input(x)
+        mask = np.empty(dy.shape, dtype=np.int32)
+        pool2d_forward(x, method="MAX", kernel=k, stride=s, pad=p, round_mode=round_mode, mask=mask)
+    else:
+        _check_array(mask, "pooling backward mask", np.int32)
+        if mask.shape != dy.shape:
+            raise ValueError(f"pooling backward mask: expected shape {dy.shape} (as dy), got {mask.shape}")
+    _max_backward_planes(dy.reshape(n * c, oh * ow), mask.reshape(n * c, oh * ow), out.reshape(n * c, h * w))
+    return out
+
+
+def global_pool_forward(
+    x: np.ndarray, method: str = "MAX", out: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Global pooling (Caffe `global_pooling: true`): kernel (H, W), stride 1, pad 0.
 
-    x (N, C, H, W) float32 -> y (N, C, 1, 1) float32.
+    x (N, C, H, W) float32 -> y (N, C, 1, 1) float32; `mask` as in `pool2d_forward`.
     """
     _check_input(x)
-    return pool2d_forward(x, method=method, kernel=x.shape[2:], stride=(1, 1), pad=(0, 0), out=out)
+    return pool2d_forward(x, method=method, kernel=x.shape[2:], stride=(1, 1), pad=(0, 0), out=out, mask=mask)
+
+
+def global_pool_backward(
+    dy: np.ndarray,
+    x: np.ndarray | tuple[int, int, int, int],
+    method: str = "MAX",
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Gradient of `global_pool_forward`: dy (N, C, 1, 1) -> dx (N, C, H, W) float32, overwritten."""
+    shape = x.shape if isinstance(x, np.ndarray) else tuple(x)
+    if len(shape) != 4:
+        raise ValueError(f"global pooling backward: expected the input shape (N, C, H, W), got {tuple(shape)}")
+    return pool2d_backward(dy, x, method=method, kernel=shape[2:], stride=(1, 1), pad=(0, 0), mask=mask, out=out)

@@ -1,14 +1,30 @@
 """Pooling: Caffe's output-size rule, Numba kernels vs the NumPy reference, hand-checked edges, torch where it
-agrees. Tolerances: MAX is exact (a selection), AVE max abs error <= 1e-6 on N(0, 1) data."""
+agrees. Tolerances: MAX is exact (a selection), AVE max abs error <= 1e-6 on N(0, 1) data.
+
+Backward: the float64 reference against central differences of the float64 reference forward (h = 1e-6, distinct
+values spaced 1e-2 apart for MAX so no perturbation changes an argmax; |a - n| <= 1e-7 + 1e-6 * max(|a|, |n|, 1));
+the Numba backward against the reference (MAX masks equal; gradients max abs error <= 1e-6 on N(0, 1) dy)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kernels.pool import NEG_FLT_MAX, global_pool_forward, pool2d_forward, pool2d_forward_ref, pool2d_output_shape
+from kernels.pool import (
+    NEG_FLT_MAX,
+    SPECIALISED,
+    global_pool_backward,
+    global_pool_forward,
+    pool2d_backward,
+    pool2d_backward_ref,
+    pool2d_forward,
+    pool2d_forward_ref,
+    pool2d_output_shape,
+)
 
 AVE_ATOL = 1e-6
+GRAD_ATOL = 1e-6  # Numba backward vs the float64 reference, N(0, 1) top gradients
+FD_H, FD_ATOL, FD_RTOL = 1e-6, 1e-7, 1e-6
 
 
 # -- output shape ----------------------------------------------------------------------------------
@@ -84,6 +100,11 @@ CONFIGS = [
     (1, 1, 1, 1, (1, 1), (1, 1), (0, 0), "CEIL"),
     (2, 4, 7, 5, (7, 5), (1, 1), (0, 0), "CEIL"),  # global
     (4, 8, 55, 55, (3, 3), (2, 2), (0, 0), "CEIL"),  # CaffeNet pool1 plane size
+    (2, 3, 24, 24, (2, 2), (2, 2), (0, 0), "CEIL"),  # LeNet pool1: all interior (specialised kernel only)
+    (2, 2, 7, 9, (2, 2), (2, 2), (1, 1), "CEIL"),  # specialised interior plus padded border
+    (2, 2, 9, 8, (3, 3), (2, 2), (1, 1), "FLOOR"),
+    (1, 3, 6, 5, (3, 3), (1, 1), (1, 1), "CEIL"),
+    (2, 2, 5, 7, (2, 2), (1, 1), (0, 0), "CEIL"),
 ]
 
 
@@ -171,3 +192,188 @@ def test_against_torch(method: str) -> None:
         assert np.max(np.abs(y - t)) <= (0.0 if method == "MAX" else AVE_ATOL), (h, w, k, s, p, mode)
         compared += 1
     assert compared >= 20
+
+
+# -- backward -------------------------------------------------------------------------------------
+def _distinct(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Distinct values 1e-2 apart in random order (no ties, no argmax change under a 1e-6 perturbation)."""
+    n = int(np.prod(shape))
+    return ((np.random.default_rng(seed).permutation(n) - n / 2) * 1e-2).reshape(shape)
+
+
+def _numeric_grad(f, x: np.ndarray, h: float = FD_H) -> np.ndarray:
+    """Central differences of the scalar f at x (float64), one coordinate at a time."""
+    g = np.zeros_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = f(x)
+        flat[i] = old - h
+        down = f(x)
+        flat[i] = old
+        gf[i] = (up - down) / (2 * h)
+    return g
+
+
+def _assert_fd(analytic: np.ndarray, numeric: np.ndarray) -> None:
+    bound = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
+    worst = np.max(np.abs(analytic - numeric) - bound)
+    assert worst <= 0, f"finite differences disagree by {np.max(np.abs(analytic - numeric)):.3g}"
+
+
+FD_CONFIGS = [
+    (2, 2, 5, 6, (2, 2), (2, 2), (0, 0), "CEIL"),  # ceil: last column window clipped
+    (1, 2, 6, 7, (3, 3), (2, 2), (1, 1), "CEIL"),  # padding, window overhanging the padding (AVE divisor clip)
+    (2, 1, 7, 5, (3, 2), (1, 2), (1, 0), "FLOOR"),  # overlapping rows
+    (1, 2, 9, 9, (2, 2), (3, 3), (0, 0), "CEIL"),  # stride > kernel: pixels in no window
+    (1, 1, 4, 4, (1, 1), (2, 2), (0, 0), "CEIL"),  # empty last window
+    (1, 2, 5, 4, (5, 4), (1, 1), (0, 0), "CEIL"),  # global
+]
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("cfg", FD_CONFIGS, ids=lambda c: "x".join(map(str, c[:4])) + f"-k{c[4]}s{c[5]}p{c[6]}{c[7]}")
+def test_backward_ref_matches_finite_differences(method: str, cfg: tuple) -> None:
+    n, c, h, w, k, s, p, mode = cfg
+    kw = {"method": method, "kernel": k, "stride": s, "pad": p, "round_mode": mode}
+    x = _distinct((n, c, h, w), seed=h * w)
+    y = pool2d_forward_ref(x, **kw)
+    assert y.dtype == np.float64
+    dy = np.random.default_rng(5).standard_normal(y.shape)
+    # Windows with no pixel (MAX: -FLT_MAX, AVE: 0/0 = NaN) are constants with no gradient; they are left out of the
+    # loss, where -FLT_MAX would swamp the differences.
+    live = np.isfinite(y) & (y != NEG_FLT_MAX)
+    dy[~live] = 0.0
+    numeric = _numeric_grad(lambda v: float(np.sum(np.where(live, pool2d_forward_ref(v, **kw), 0.0) * dy)), x)
+    _assert_fd(pool2d_backward_ref(dy, x, **kw), numeric)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c[:4])) + f"-k{c[4]}s{c[5]}p{c[6]}{c[7]}")
+def test_backward_matches_reference(method: str, cfg: tuple) -> None:
+    n, c, h, w, k, s, p, mode = cfg
+    kw = {"method": method, "kernel": k, "stride": s, "pad": p, "round_mode": mode}
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[..., ::3, ::2] = np.round(x[..., ::3, ::2])  # ties: the first maximum must win in both
+    oh, ow = pool2d_output_shape((h, w), k, s, p, mode)
+    dy = rng.standard_normal((n, c, oh, ow)).astype(np.float32)
+    ref = pool2d_backward_ref(dy, x, **kw)
+    if method == "MAX":
+        mask = np.full((n, c, oh, ow), -7, np.int32)
+        y = pool2d_forward(x, **kw, mask=mask)
+        want_y, want_mask = pool2d_forward_ref(x, **kw, return_mask=True)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(mask, want_mask)
+        dx = pool2d_backward(dy, x.shape, **kw, mask=mask)
+        np.testing.assert_array_equal(pool2d_backward(dy, x, **kw), dx)  # argmax recomputed from x
+    else:
+        dx = pool2d_backward(dy, x.shape, **kw)
+    assert dx.shape == x.shape and dx.dtype == np.float32 and dx.flags.c_contiguous
+    assert np.max(np.abs(dx - ref)) <= GRAD_ATOL
+
+
+def test_specialised_shapes_are_covered() -> None:
+    covered = {(c[4][0], c[4][1], c[5][0], c[5][1]) for c in CONFIGS}
+    assert SPECIALISED <= covered  # every compile-time specialised kernel is checked above
+    assert covered - SPECIALISED  # and so is the generic path
+
+
+def test_max_backward_hand_checked() -> None:
+    # Overlapping 3x3 windows, stride 1, pad 1 on a 3x3 plane: the centre maximum wins all nine windows.
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 100.0
+    dy = np.ones((1, 1, 3, 3), np.float32)
+    dx = pool2d_backward(dy, x, kernel=3, stride=1, pad=1)
+    want = np.zeros((3, 3), np.float32)
+    want[1, 1] = 9.0
+    np.testing.assert_array_equal(dx[0, 0], want)
+    # Ties: 2x2 windows of equal values route to the first (top-left) pixel; Caffe's mask index is h * W + w.
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    mask = np.empty((1, 1, 2, 2), np.int32)
+    pool2d_forward(x, kernel=2, stride=2, mask=mask)
+    np.testing.assert_array_equal(mask[0, 0], [[0, 2], [8, 10]])
+    dx = pool2d_backward(np.ones((1, 1, 2, 2), np.float32), x.shape, kernel=2, stride=2, mask=mask)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_max_nan_and_empty_window_get_no_gradient() -> None:
+    x = np.full((1, 1, 4, 4), np.nan, np.float32)
+    x[0, 0, 0, 1] = 1.0
+    mask = np.empty((1, 1, 3, 3), np.int32)
+    y = pool2d_forward(x, kernel=1, stride=2, mask=mask)  # 3x3 outputs, the last row/column windows are empty
+    assert y[0, 0, 0, 0] == NEG_FLT_MAX and mask[0, 0, 0, 0] == -1  # NaN never wins
+    assert (mask[0, 0, 2, :] == -1).all() and (mask[0, 0, :, 2] == -1).all()
+    dx = pool2d_backward(np.ones((1, 1, 3, 3), np.float32), x.shape, kernel=1, stride=2, mask=mask)
+    np.testing.assert_array_equal(dx, np.zeros_like(x))
+    mask2 = np.empty((1, 1, 2, 2), np.int32)
+    pool2d_forward(x, kernel=2, stride=2, mask=mask2)
+    assert mask2[0, 0, 0, 0] == 1 and (mask2.reshape(-1)[1:] == -1).all()
+
+
+def test_ave_backward_hand_checked() -> None:
+    # H = W = 6, k 3, s 2, pad 1 (see test_ave_divisor_hand_checked): window rows [-1, 2) [1, 4) [3, 6) [5, 7) with
+    # divisors 3 3 3 2 per axis. Pixel (0, 0) is only in window (0, 0): 1/9. Row 5 is in windows 2 and 3.
+    dy = np.ones((1, 1, 4, 4), np.float32)
+    dx = pool2d_backward(dy, (1, 1, 6, 6), method="AVE", kernel=3, stride=2, pad=1)
+    np.testing.assert_allclose(dx[0, 0, 0, 0], 1 / 9, rtol=1e-6)
+    np.testing.assert_allclose(dx[0, 0, 5, 5], (1 / 3 + 1 / 2) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        dx, pool2d_backward_ref(dy, np.zeros((1, 1, 6, 6)), method="AVE", kernel=3, stride=2, pad=1), rtol=0, atol=1e-7
+    )
+
+
+def test_global_backward() -> None:
+    x = np.random.default_rng(8).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    dy = np.random.default_rng(9).standard_normal((2, 3, 1, 1)).astype(np.float32)
+    dx = global_pool_backward(dy, x, "MAX")
+    flat = x.reshape(6, 20)
+    want = np.zeros((6, 20), np.float32)
+    want[np.arange(6), flat.argmax(axis=1)] = dy.reshape(6)
+    np.testing.assert_array_equal(dx.reshape(6, 20), want)
+    mask = np.empty((2, 3, 1, 1), np.int32)
+    global_pool_forward(x, "MAX", mask=mask)
+    np.testing.assert_array_equal(global_pool_backward(dy, x.shape, "MAX", mask=mask), dx)
+    dx = global_pool_backward(dy, x.shape, "AVE")
+    np.testing.assert_allclose(dx, np.broadcast_to(dy / np.float32(20), x.shape), rtol=0, atol=1e-8)
+
+
+def test_backward_out_and_bad_arguments() -> None:
+    x = np.random.default_rng(10).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    dy = np.ones((2, 2, 3, 3), np.float32)
+    out = np.full_like(x, np.nan)
+    assert pool2d_backward(dy, x, kernel=2, stride=2, out=out) is out
+    np.testing.assert_array_equal(out, pool2d_backward_ref(dy, x, kernel=2, stride=2).astype(np.float32))
+    with pytest.raises(ValueError, match="expected shape"):
+        pool2d_backward(np.ones((2, 2, 2, 2), np.float32), x, kernel=2, stride=2)
+    with pytest.raises(ValueError, match="mask or the forward input"):
+        pool2d_backward(dy, x.shape, kernel=2, stride=2)
+    with pytest.raises(ValueError, match="int32"):
+        pool2d_backward(dy, x, kernel=2, stride=2, mask=np.zeros((2, 2, 3, 3), np.int64))
+    with pytest.raises(ValueError, match="only MAX"):
+        pool2d_forward(x, method="AVE", kernel=2, stride=2, mask=np.zeros((2, 2, 3, 3), np.int32))
+    with pytest.raises(ValueError, match="mask: expected shape"):
+        pool2d_forward(x, kernel=2, stride=2, mask=np.zeros((2, 2, 2, 2), np.int32))
+    with pytest.raises(ValueError, match="overlap"):
+        big = np.zeros((2, 2, 6, 6), np.float32)
+        pool2d_backward(big[:, :, :3, :3].copy(), x, kernel=2, stride=2, out=big)  # fine: a copy
+        pool2d_backward(big.reshape(-1)[:36].reshape(2, 2, 3, 3), x, kernel=2, stride=2, out=big)
+
+
+def test_backward_against_torch() -> None:
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(11).standard_normal((3, 4, 13, 11)).astype(np.float32)
+    compared = 0
+    for k, s, p in (((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)), ((3, 2), (1, 2), (1, 0))):
+        ours = pool2d_output_shape(x.shape[2:], k, s, p)
+        tx = torch.from_numpy(x).requires_grad_()
+        ty = torch.nn.functional.max_pool2d(tx, k, s, p, ceil_mode=True)
+        if tuple(ty.shape[2:]) != ours:
+            continue
+        dy = np.random.default_rng(12).standard_normal(ty.shape).astype(np.float32)
+        ty.backward(torch.from_numpy(dy))
+        dx = pool2d_backward(dy, x, kernel=k, stride=s, pad=p)
+        assert np.max(np.abs(dx - tx.grad.numpy())) <= GRAD_ATOL
+        compared += 1
+    assert compared == 3
