@@ -1,0 +1,485 @@
+"""The crema web app: the search page and its JSON API (Starlette; `crema serve` runs it under uvicorn).
+
+    app = create_app(model, gallery=gallery, web=WebSearch(BingClient()), config=AppConfig(batching=True))
+
+Routes:
+    GET  /                              the page (server/static/index.html), static files under /static/
+    POST /api/search[?page=N]           multipart `image` or JSON {"url": ...} -> predictions, web, similar
+    GET  /api/web?q=LABEL&page=N        more web results (the page's "more" button)
+    GET  /api/gallery/{id}/thumb        gallery thumbnail; /api/gallery/{id}/image[?download=1] the picture
+    GET  /api/health, /api/models, /api/openapi.json
+
+Request flow of /api/search: the body is read by hand, counting bytes against the upload limit (413 as soon
+as it is passed; the Content-Length header is checked first); URLs are fetched by scraper.fetch.fetch_url
+(SSRF-safe); decoding and preprocessing run in a worker thread; the forward pass goes through the
+MicroBatcher (one inference thread, concurrent requests batched); the web search runs while the gallery is
+ranked. Every error is JSON {"error": "plain words"} with a 4xx status (5xx only for upstream failures of a
+URL fetch and for bugs). Client file names are never used: gallery files are addressed by integer id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from net.preprocess import ImageError
+
+from .batcher import MicroBatcher
+from .gallery import Gallery
+from .model import Model
+from .multipart import MultipartError, parse_multipart, parse_options_header
+from .openapi import openapi_spec
+from .web import WebSearch
+
+__all__ = ["STATIC_DIR", "ApiError", "AppConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
+MAX_JSON_BODY = 64 * 1024
+MAX_PAGE = 20
+FORMATS_HINT = "send a JPEG, PNG, GIF, BMP or WEBP image"
+
+
+class ApiError(Exception):
+    """An error answered as JSON {"error": message} with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class AppConfig:
+    """Limits and knobs of one app.
+
+    max_upload      bytes of one image (upload or fetched URL); the multipart body may be 64 KiB larger
+    max_pixels      decoded width * height limit (decompression bombs), besides Pillow's own guard
+    top_k           predictions returned; similar_k: gallery images returned
+    url_timeout     seconds for fetching a URL (all redirects); allow_private_urls: tests only
+    batching        micro-batching on/off; max_batch, window_ms: its batch size and waiting window
+    threads         Numba threads for the inference thread's parallel kernels (None: Numba's default, all
+                    cores); 1 avoids fork-join stalls on a machine crowded with other work
+    web_query       template for the web query, "{label}" = the top label's first synonym; None: automatic
+                    ("handwritten digit {label}" when every label is a number, else "{label}")
+    """
+
+    max_upload: int = 10_000_000
+    max_pixels: int = 40_000_000
+    top_k: int = 5
+    similar_k: int = 12
+    url_timeout: float = 10.0
+    allow_private_urls: bool = False
+    batching: bool = True
+    max_batch: int = 32
+    window_ms: float = 5.0
+    web_query: str | None = None
+    warmup: bool = True
+    threads: int | None = None
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _ms(t0: float, t1: float) -> float:
+    return round(1000.0 * (t1 - t0), 3)
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refusing (413) a declared or actual size above `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, f"bad Content-Length header {declared!r}") from None
+        if size > limit:
+            raise ApiError(413, f"{what} is too large: {size:,} bytes, the limit is {limit:,} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, f"{what} is too large: more than the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _image_error(exc: ImageError, source: str) -> ApiError:
+    problem = exc.problem
+    if "too large" in problem:
+        return ApiError(413, f"{source}: {problem}")
+    if "not allowed" in problem or "not an image" in problem:
+        return ApiError(415, f"{source}: {problem}; {FORMATS_HINT}")
+    if "empty" in problem:
+        return ApiError(400, f"{source}: {problem}; {FORMATS_HINT}")
+    return ApiError(400, f"{source}: {problem}")
+
+
+def _page(request: Request) -> int:
+    raw = request.query_params.get("page", "0")
+    try:
+        page = int(raw)
+    except ValueError:
+        raise ApiError(400, f"page must be a whole number 0..{MAX_PAGE}, got {raw!r}") from None
+    if not 0 <= page <= MAX_PAGE:
+        raise ApiError(400, f"page must be in 0..{MAX_PAGE}, got {page}")
+    return page
+
+
+def _default_fetcher(url: str, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
+    from scraper.fetch import fetch_url
+
+    return fetch_url(url, max_bytes=max_bytes, timeout=timeout, allow_private=allow_private).data
+
+
+# -- the app ---------------------------------------------------------------------------------------------------
+class _State:
+    """Everything the handlers share (kept on app.state.crema)."""
+
+    def __init__(
+        self,
+        model: Model,
+        gallery: Gallery | None,
+        gallery_note: str | None,
+        web: WebSearch,
+        config: AppConfig,
+        fetcher: Callable[..., bytes],
+    ) -> None:
+        self.model = model
+        self.gallery = gallery
+        self.gallery_note = gallery_note
+        self.web = web
+        self.config = config
+        self.fetcher = fetcher
+        self.batcher = MicroBatcher(
+            self.infer_batch,
+            max_batch=config.max_batch,
+            window_ms=config.window_ms,
+            enabled=config.batching,
+            adaptive=True,
+        )
+        self.model_info = model.info()
+        self._threads_set = False
+        template = config.web_query
+        if template is None:
+            digits = all(label.strip().isdigit() for label in model.labels)
+            template = "handwritten digit {label}" if digits else "{label}"
+        self.web_template = template
+
+    def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), gallery ids (N, k) and
+        scores (N, k); the gallery is ranked for the whole batch with one matrix product."""
+        if self.config.threads and not self._threads_set:
+            import numba
+
+            numba.set_num_threads(min(self.config.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
+            self._threads_set = True
+        probs, feats = self.model.infer(x)
+        if self.gallery is None:
+            return probs, np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
+        ids, scores = self.gallery.search_batch(feats, self.config.similar_k)
+        return probs, ids, scores
+
+    def web_query(self, index: int) -> str:
+        return self.web_template.replace("{label}", self.model.query_label(index))
+
+    async def load_input(self, request: Request) -> tuple[bytes, str]:
+        """(image bytes, how to name it in errors) from a multipart upload or a JSON {"url"} body."""
+        cfg = self.config
+        content_type = request.headers.get("content-type", "")
+        kind, _ = parse_options_header(content_type)
+        if kind == "multipart/form-data":
+            body = await _read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload")
+            try:
+                parts = parse_multipart(body, content_type)
+            except MultipartError as exc:
+                raise ApiError(400, f"the upload is not valid multipart/form-data: {exc}") from None
+            part = parts.get("image")
+            if part is None:
+                raise ApiError(400, "the form has no file field named 'image'")
+            if len(part.data) > cfg.max_upload:
+                raise ApiError(
+                    413, f"the uploaded image is too large: {len(part.data):,} bytes, the limit is {cfg.max_upload:,}"
+                )
+            return part.data, "the uploaded file"
+        if kind == "application/json":
+            body = await _read_body(request, MAX_JSON_BODY, "the JSON body")
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                raise ApiError(400, 'the body is not valid JSON; send {"url": "https://..."}') from None
+            url = obj.get("url") if isinstance(obj, dict) else None
+            if not isinstance(url, str) or not url.strip():
+                raise ApiError(400, 'the JSON body needs a "url" string, e.g. {"url": "https://example.com/cat.jpg"}')
+            return await self.fetch(url.strip()), f"the image at {url.strip()[:200]}"
+        raise ApiError(
+            415,
+            f"unsupported Content-Type {kind or '(none)'}: upload the image as multipart/form-data "
+            'with a field named "image", or send JSON {"url": "..."}',
+        )
+
+    async def fetch(self, url: str) -> bytes:
+        from scraper.fetch import FetchError, TooLargeError, UnsafeURLError
+
+        cfg = self.config
+        try:
+            return await run_in_threadpool(
+                self.fetcher,
+                url,
+                max_bytes=cfg.max_upload,
+                timeout=cfg.url_timeout,
+                allow_private=cfg.allow_private_urls,
+            )
+        except UnsafeURLError as exc:
+            raise ApiError(400, f"this URL cannot be fetched: {exc}") from None
+        except TooLargeError:
+            raise ApiError(413, f"the image at this URL is larger than the {cfg.max_upload:,} byte limit") from None
+        except FetchError as exc:
+            msg = str(exc)
+            status = 504 if "timed out" in msg or "timeout" in msg.lower() else 502
+            raise ApiError(status, f"could not fetch the image: {msg}") from None
+        except ValueError as exc:
+            raise ApiError(400, f"bad URL: {exc}") from None
+
+    def similar(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
+        if self.gallery is None:
+            return []
+        hits = self.gallery.hits(ids, scores)
+        for hit in hits:
+            hit["thumb_url"] = f"/api/gallery/{hit['id']}/thumb"
+            hit["image_url"] = f"/api/gallery/{hit['id']}/image"
+        return hits
+
+
+def _state(request: Request) -> _State:
+    return request.app.state.crema
+
+
+async def search(request: Request) -> Response:
+    st = _state(request)
+    t0 = time.perf_counter()
+    page = _page(request)
+    st.batcher.expect()  # adaptive micro-batching: a batch forming now may wait (within its window) for us
+    try:
+        data, source = await st.load_input(request)
+        t_read = time.perf_counter()
+        try:
+            x = await run_in_threadpool(st.model.preprocess, data, max_pixels=st.config.max_pixels)
+        except ImageError as exc:
+            raise _image_error(exc, source) from None
+    except BaseException:
+        st.batcher.unexpect()
+        raise
+    t_decode = time.perf_counter()
+    probs, ids, scores, batch_size, batch_ms = await st.batcher.run(x, expected=True)
+    t_infer = time.perf_counter()
+    predictions = st.model.top(probs, st.config.top_k)
+    query = st.web_query(predictions[0]["index"])
+    web_task = asyncio.ensure_future(st.web.search(query, page))
+    similar = st.similar(ids, scores)
+    t_similar = time.perf_counter()
+    web, web_error = await web_task
+    t_web = time.perf_counter()
+    return JSONResponse(
+        {
+            "predictions": predictions,
+            "query": query,
+            "page": page,
+            "web": web,
+            "web_error": web_error,
+            "similar": similar,
+            "similar_error": st.gallery_note if st.gallery is None else None,
+            "model": st.model_info,
+            "batch_size": batch_size,
+            "timings_ms": {
+                "read": _ms(t0, t_read),
+                "decode": _ms(t_read, t_decode),
+                "infer": _ms(t_decode, t_infer),
+                "forward": round(batch_ms, 3),
+                "similar": _ms(t_infer, t_similar),
+                "web": _ms(t_infer, t_web),
+                "total": _ms(t0, t_web),
+            },
+        }
+    )
+
+
+async def web_more(request: Request) -> Response:
+    st = _state(request)
+    query = " ".join(request.query_params.get("q", "").split())
+    if not query or len(query) > 200:
+        raise ApiError(400, "q must be 1..200 characters: the words to search for")
+    page = _page(request)
+    web, web_error = await st.web.search(query, page)
+    return JSONResponse({"query": query, "page": page, "web": web, "web_error": web_error})
+
+
+def _gallery_or_404(request: Request) -> tuple[Gallery, int]:
+    st = _state(request)
+    if st.gallery is None:
+        raise ApiError(404, "this server has no gallery")
+    return st.gallery, int(request.path_params["id"])
+
+
+async def gallery_thumb(request: Request) -> Response:
+    gallery, i = _gallery_or_404(request)
+    try:
+        data, media = await run_in_threadpool(gallery.thumbnail, i)
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0])) from None
+    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+
+async def gallery_image(request: Request) -> Response:
+    gallery, i = _gallery_or_404(request)
+    try:
+        body, media, name = await run_in_threadpool(gallery.image, i)
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0])) from None
+    disposition = "attachment" if request.query_params.get("download") == "1" else "inline"
+    headers = {"Content-Disposition": f'{disposition}; filename="{name}"', "Cache-Control": "public, max-age=3600"}
+    if isinstance(body, Path):
+        return FileResponse(body, media_type=media, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
+async def health(request: Request) -> Response:
+    st = _state(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": st.model.name,
+            "gallery": st.gallery.summary() if st.gallery is not None else None,
+            "gallery_note": st.gallery_note,
+            "web": st.web.status(),
+            "batching": st.batcher.stats(),
+        }
+    )
+
+
+async def models(request: Request) -> Response:
+    st = _state(request)
+    return JSONResponse({"models": [st.model_info], "default": st.model.name})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_spec(_state(request).config.max_upload))
+
+
+async def index_page(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+# -- errors and headers --------------------------------------------------------------------------------------------
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    words = {404: f"not found: {request.url.path}", 405: f"method {request.method} is not allowed here"}
+    return JSONResponse(
+        {"error": words.get(exc.status_code, str(exc.detail))}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
+
+
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob: https: http:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding nosniff, a Content-Security-Policy and a referrer policy to every response."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"content-security-policy", CSP.encode()),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    model: Model,
+    *,
+    gallery: Gallery | None = None,
+    gallery_note: str | None = None,
+    web: WebSearch | None = None,
+    config: AppConfig | None = None,
+    fetcher: Callable[..., bytes] | None = None,
+) -> Starlette:
+    """The Starlette app serving `model` (see the module docstring).
+
+    gallery: ranked by cosine similarity (None: `similar` is [] and `similar_error` gives `gallery_note`).
+    web: the web search (None: off, every answer says so in `web_error`). fetcher(url, *, max_bytes, timeout,
+    allow_private) -> bytes fetches {"url"} queries (default scraper.fetch.fetch_url).
+    """
+    config = config or AppConfig()
+    web = web or WebSearch(None)
+    st = _State(model, gallery, gallery_note, web, config, fetcher or _default_fetcher)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.warmup:  # JIT / cache load before the first user waits on it
+            await st.batcher.run(np.zeros(model.input_shape, dtype=np.float32))
+            st.batcher.sizes.clear()
+        try:
+            yield
+        finally:
+            st.batcher.close()
+            st.web.close()
+
+    routes = [
+        Route("/", index_page, methods=["GET"]),
+        Route("/api/search", search, methods=["POST"]),
+        Route("/api/web", web_more, methods=["GET"]),
+        Route("/api/gallery/{id:int}/thumb", gallery_thumb, methods=["GET"]),
+        Route("/api/gallery/{id:int}/image", gallery_image, methods=["GET"]),
+        Route("/api/health", health, methods=["GET"]),
+        Route("/api/models", models, methods=["GET"]),
+        Route("/api/openapi.json", openapi, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    app.add_middleware(_SecurityHeaders)
+    app.state.crema = st
+    return app

@@ -1,0 +1,181 @@
+"""`crema serve`, `crema index` and `crema download`: the web app's command-line verbs.
+
+    crema serve [--host 127.0.0.1] [--port 8000] [--model M --weights W --labels L] [--gallery DIR]
+                [--bing-url URL] [--no-web] [--no-batching] [--cache DIR] [--feature-blob NAME]
+    crema index DIR [--model M --weights W] [--out INDEX] [--batch 32]
+    crema download caffenet [--url URL] [--out PATH] [--sha1 HEX]
+
+Without --model, serve and index use the embedded default model, LeNet (models/lenet/), whose default
+gallery is the MNIST test set (indexed once into the cache folder). A model given with --model needs
+--weights; its labels default to synset_words.txt or labels.txt beside the prototxt when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .model import DEFAULT_MODEL_DIR, Model
+
+__all__ = ["add_commands", "cmd_download", "cmd_index", "cmd_serve", "load_model"]
+
+
+def _error(msg: str) -> int:
+    print(f"crema: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="deploy .prototxt (default: the embedded LeNet, models/lenet/deploy.prototxt)")
+    p.add_argument("--weights", help=".caffemodel (required with --model)")
+    p.add_argument("--labels", help="labels file, one class per line (synset_words.txt style accepted)")
+    p.add_argument("--preset", help="preprocessing preset (default: lenet-auto for 1 channel, else caffenet)")
+    p.add_argument("--feature-blob", help="blob whose values are the similarity features (default: classifier input)")
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """The model named by --model/--weights/--labels, or the default LeNet; ValueError says what is missing."""
+    if args.model is None:
+        if args.weights is not None or args.labels is not None:
+            raise ValueError("--weights and --labels go with --model; without --model the default LeNet is used")
+        weights = DEFAULT_MODEL_DIR / "lenet.caffemodel"
+        if not weights.is_file():
+            raise ValueError(
+                f"the default model's weights {weights} are missing: train LeNet on MNIST with "
+                f"`crema train --solver examples/mnist/lenet_solver.prototxt` and copy the final snapshot there, "
+                f"or serve another model with --model M --weights W"
+            )
+        return Model.load(
+            DEFAULT_MODEL_DIR / "deploy.prototxt",
+            weights,
+            DEFAULT_MODEL_DIR / "labels.txt",
+            preset=args.preset,
+            feature_blob=args.feature_blob,
+        )
+    if args.weights is None:
+        raise ValueError(f"--model {args.model} needs --weights (a .caffemodel; see `crema download`)")
+    labels = args.labels
+    if labels is None:
+        for name in ("synset_words.txt", "labels.txt"):
+            if (Path(args.model).parent / name).is_file():
+                labels = Path(args.model).parent / name
+                break
+    return Model.load(args.model, args.weights, labels, preset=args.preset, feature_blob=args.feature_blob)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .app import AppConfig, create_app
+    from .gallery import open_gallery
+    from .web import WebSearch
+
+    if not 0 <= args.port <= 65535:
+        return _error(f"--port must be 0..65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        return _error(f"--threads must be >= 1, got {args.threads}")
+    if args.max_upload_mb <= 0 or args.max_batch < 1 or args.batch_window_ms < 0 or args.switch_interval_ms <= 0:
+        return _error("--max-upload-mb and --switch-interval-ms must be > 0, --max-batch >= 1, --batch-window-ms >= 0")
+    model = load_model(args)
+    print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
+    gallery, note = open_gallery(model, args.gallery, args.cache)
+    if gallery is not None:
+        print(f"crema: gallery {gallery.manifest.get('name')} ({len(gallery)} images) from {gallery.path}", flush=True)
+    else:
+        print(f"crema: {note}", flush=True)
+    if args.no_web:
+        web = WebSearch(None, off_reason="web search is turned off on this server (--no-web)")
+    else:
+        from scraper.bing import BingClient
+
+        # Fewer, quicker retries than the client's defaults: a user is waiting on this page (offline, the
+        # first search gives up after ~1 s and the circuit breaker skips Bing for the next 30 s).
+        web = WebSearch(BingClient(args.bing_url, retries=2, backoff=0.25))
+    config = AppConfig(
+        max_upload=int(args.max_upload_mb * 1_000_000),
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        window_ms=args.batch_window_ms,
+        threads=args.threads,
+    )
+    app = create_app(model, gallery=gallery, gallery_note=note, web=web, config=config)
+    # Numba's parallel kernels give up the GIL while their threads work; getting it back waits out the
+    # switch interval whenever the event loop thread is busy (a convoy: LeNet's forward went from 0.5 ms
+    # to ~100 ms under load at Python's default 5 ms). A short interval keeps the inference thread moving.
+    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    print(f"crema: open http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .gallery import build_index
+
+    if args.batch < 1 or args.thumb_size < 16:
+        return _error("--batch must be >= 1 and --thumb-size >= 16")
+    model = load_model(args)
+    gallery = build_index(args.dir, model, args.out, batch=args.batch, thumb_size=args.thumb_size)
+    skipped = gallery.manifest.get("skipped", [])
+    print(f"indexed {len(gallery)} images ({gallery.dim}-d '{model.feature_blob}' features) into {gallery.path}")
+    for s in skipped[:10]:
+        print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)
+    if len(skipped) > 10:
+        print(f"  ... and {len(skipped) - 10} more skipped", file=sys.stderr)
+    print(f"serve it with: crema serve --gallery {gallery.path}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import DownloadError, download_weights
+
+    try:
+        path = download_weights(args.name, url=args.url, out=args.out, sha1=args.sha1)
+    except DownloadError as exc:
+        return _error(str(exc))
+    print(f"saved {path}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `serve`, `index` and `download` to crema's sub-command parser."""
+    p = sub.add_parser("serve", help="run the image-search web app (page + JSON API)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _model_args(p)
+    p.add_argument("--gallery", help="gallery: an index from `crema index`, or an image folder (indexed on start)")
+    p.add_argument("--cache", help="cache folder for gallery indexes (default $CREMA_CACHE or ~/.cache/crema)")
+    p.add_argument("--bing-url", help="Bing base URL (default $CREMA_BING_URL or https://www.bing.com)")
+    p.add_argument("--no-web", action="store_true", help="turn web (Bing) search off")
+    p.add_argument("--no-batching", action="store_true", help="one forward pass per request (no micro-batching)")
+    p.add_argument("--max-batch", type=int, default=32, help="micro-batch size limit (default 32)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batch waiting window (default 5 ms)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image accepted, MB (default 10)")
+    p.add_argument("--threads", type=int, help="Numba threads for inference (default: all cores)")
+    p.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=0.5,
+        help="the server process's GIL switch interval (default 0.5 ms; Python's 5 ms stalls inference under load)",
+    )
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="index an image folder for similar-image search")
+    p.add_argument("dir", help="folder of images (sub-folders name the labels)")
+    _model_args(p)
+    p.add_argument("--out", help="index folder to write (default DIR/.crema-index)")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--thumb-size", type=int, default=128, help="thumbnail size in pixels (default 128)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("download", help="download official model weights (SHA-1 checked)")
+    p.add_argument("name", choices=["caffenet"], help="which weights")
+    p.add_argument("--url", help="download from this mirror instead of the official URL")
+    p.add_argument("--out", help="file or folder to save to (default models/caffenet/)")
+    p.add_argument("--sha1", help="expected SHA-1 (default: the official file's)")
+    p.set_defaults(func=cmd_download)

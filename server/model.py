@@ -1,0 +1,194 @@
+"""A Caffe classifier loaded for serving: net + preprocessing + labels + the blob that gives features.
+
+    model = Model.load("models/lenet/deploy.prototxt", "models/lenet/lenet.caffemodel", "models/lenet/labels.txt")
+    x = model.preprocess(image_bytes)        # (C, H, W) float32, e.g. (1, 28, 28)
+    probs, feats = model.infer(x[None])      # (N, K) class probabilities, (N, D) L2-normalised features
+    model.top(probs[0], 5)                   # [{"index", "label", "prob"}, ...]
+
+Features come from the classifier's input: the bottom of the last layer that has parameters (LeNet: `ip1`
+after its in-place ReLU, 500-d; CaffeNet: `fc7`, 4096-d), or the blob named by `feature_blob`.
+
+`Model.infer` runs `Net.forward`, which writes the net's blobs: call it from one thread at a time (the
+server's micro-batcher owns a single inference thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from net import Net
+from net.cli import load_labels, preprocess_for
+from net.preprocess import Preprocess, load_image
+
+__all__ = ["ALLOWED_FORMATS", "DEFAULT_MODEL_DIR", "Model", "default_feature_blob", "display_label", "file_sha1"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = ROOT / "models" / "lenet"
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+_WNID = re.compile(r"^n\d{8}\s+")
+
+
+def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-1 of a file's bytes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def display_label(line: str) -> str:
+    """A labels-file line as shown to people: synset_words.txt's WordNet id stripped
+    ("n02123045 tabby, tabby cat" -> "tabby, tabby cat"); other lines unchanged."""
+    return _WNID.sub("", line.strip(), count=1)
+
+
+def default_feature_blob(net: Net) -> str:
+    """The classifier's input blob: the first bottom of the last layer that has parameters."""
+    for layer, bottom in zip(reversed(net.layers), reversed(net.bottoms)):
+        if layer.blobs and bottom:
+            return bottom[0].name
+    raise ValueError(f"net '{net.name}': no layer with parameters, so no feature blob; pass --feature-blob NAME")
+
+
+@dataclass(frozen=True)
+class _Files:
+    prototxt: Path
+    weights: Path
+    labels: Path | None
+
+
+class Model:
+    """A loaded classifier; see the module docstring. Build it with `Model.load`."""
+
+    def __init__(
+        self,
+        net: Net,
+        *,
+        pre: Preprocess,
+        labels: list[str],
+        feature_blob: str,
+        preset: str,
+        files: _Files,
+        name: str | None = None,
+    ) -> None:
+        self.net = net
+        self.pre = pre
+        self.labels = labels
+        self.feature_blob = feature_blob
+        self.preset = preset
+        self.files = files
+        self.name = name or net.name or files.prototxt.stem
+        self.input = net.inputs[0]
+        self.output = net.outputs[-1]
+        last = net.layers[-1]
+        self._softmax = last.type != "Softmax"  # a net that ends in logits gets a softmax here
+        self.input_shape: tuple[int, int, int] = tuple(net.blob(self.input).shape[1:])  # type: ignore[assignment]
+        self.num_classes = len(labels)
+        self.feature_dim = int(np.prod(net.blob(feature_blob).shape[1:]))
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        prototxt: str | Path,
+        weights: str | Path,
+        labels: str | Path | None = None,
+        *,
+        preset: str | None = None,
+        feature_blob: str | None = None,
+        name: str | None = None,
+    ) -> Model:
+        """Load a deploy prototxt + caffemodel (+ labels, one per line). Raises ValueError naming the missing or
+        mismatched file; the preset defaults to "lenet-auto" for 1-channel inputs and "caffenet" otherwise."""
+        prototxt, weights = Path(prototxt), Path(weights)
+        for what, path in (("model prototxt", prototxt), ("weights", weights), ("labels", labels)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{what} file {path} not found")
+        net = Net.load(prototxt, weights, phase="test")
+        if len(net.inputs) != 1:
+            raise ValueError(f"{prototxt}: expected one input blob, got {net.inputs}")
+        shape = net.blob(net.inputs[0]).shape
+        if len(shape) != 4:
+            raise ValueError(f"{prototxt}: input '{net.inputs[0]}' has shape {shape}, expected (N, C, H, W)")
+        preset = preset or ("lenet-auto" if shape[1] == 1 else "caffenet")
+        pre = preprocess_for(net, preset)
+        classes = int(np.prod(net.blob(net.outputs[-1]).shape[1:]))
+        raw = load_labels(str(labels) if labels is not None else None, classes)
+        if feature_blob is None:
+            feature_blob = default_feature_blob(net)
+        elif feature_blob not in net.blobs:
+            raise ValueError(f"{prototxt}: no blob named {feature_blob!r} for features (blobs: {', '.join(net.blobs)})")
+        files = _Files(prototxt, weights, Path(labels) if labels is not None else None)
+        return cls(
+            net,
+            pre=pre,
+            labels=[display_label(s) for s in raw],
+            feature_blob=feature_blob,
+            preset=preset,
+            files=files,
+            name=name,
+        )
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def preprocess(self, image: bytes | np.ndarray, *, max_pixels: int = 40_000_000) -> np.ndarray:
+        """An encoded image (bytes, allow-listed formats only) or an (H, W[, 3]) array -> (C, H, W) float32.
+        Raises net.preprocess.ImageError for bytes that are not a usable image."""
+        if isinstance(image, np.ndarray):
+            return self.pre(image)
+        return self.pre(load_image(image, max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS))
+
+    # -- inference -------------------------------------------------------------------------------------
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x: (N, C, H, W) float32 -> (probs (N, K) float32, features (N, D) float32 with unit L2 rows)."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"model '{self.name}': expected input (N, {self.input_shape}), got shape {x.shape}")
+        out = self.net.forward(**{self.input: x})[self.output].reshape(len(x), -1)
+        if self._softmax:
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        feats = self.net.blobs[self.feature_blob].reshape(len(x), -1).astype(np.float32, copy=True)
+        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32, copy=False), feats
+
+    def top(self, probs: np.ndarray, k: int = 5) -> list[dict]:
+        """probs: (K,) -> the k most probable classes [{"index", "label", "prob"}], ties by lower index."""
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [{"index": int(i), "label": self.labels[i], "prob": float(probs[i])} for i in order]
+
+    def query_label(self, index: int) -> str:
+        """The words to search the web for: the label's first synonym ("tabby, tabby cat" -> "tabby")."""
+        return self.labels[index].split(",")[0].strip()
+
+    # -- identity --------------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """SHA-1 over the prototxt, the weights, the feature blob and the preprocessing: gallery indexes built
+        with another fingerprint hold features that do not compare with this model's."""
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            h.update(self.files.prototxt.read_bytes())
+            h.update(file_sha1(self.files.weights).encode())
+            h.update(f"|{self.feature_blob}|{self.preset}|{self.pre.size}|{self.pre.resize}".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def info(self) -> dict:
+        """What /api/models reports: file names (not full paths), shapes, preset, feature blob."""
+        return {
+            "name": self.name,
+            "prototxt": self.files.prototxt.name,
+            "weights": self.files.weights.name,
+            "labels": self.files.labels.name if self.files.labels else None,
+            "input_shape": list(self.input_shape),
+            "classes": self.num_classes,
+            "preset": self.preset,
+            "feature_blob": self.feature_blob,
+            "feature_dim": self.feature_dim,
+            "fingerprint": self.fingerprint[:16],
+        }

@@ -1,0 +1,228 @@
+"""The API's OpenAPI 3.1 description, written by hand (served at GET /api/openapi.json)."""
+
+from __future__ import annotations
+
+__all__ = ["openapi_spec"]
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _schema(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_spec(max_upload: int = 10_000_000) -> dict:
+    """The OpenAPI document; `max_upload` is the server's upload limit in bytes."""
+    mb = f"{max_upload / 1e6:g} MB"
+    page = {
+        "name": "page",
+        "in": "query",
+        "required": False,
+        "description": "Page of web results, 0-based (0..20).",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 20, "default": 0},
+    }
+    item_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "crema image search",
+            "version": "1",
+            "description": (
+                "Classify an image with a Caffe CNN running on crema's own kernels, find web images of the "
+                "predicted label (Bing Images) and the most similar images of a local gallery (cosine "
+                'similarity of penultimate-layer features). Errors are JSON objects {"error": "..."}.'
+            ),
+        },
+        "paths": {
+            "/api/search": {
+                "post": {
+                    "summary": "Search by image",
+                    "description": (
+                        f"Send the image as a multipart upload (field `image`, at most {mb}, JPEG/PNG/GIF/BMP/"
+                        'WEBP) or as JSON {"url": "https://..."} (fetched by the server; private, loopback '
+                        "and link-local addresses are refused). When web search is unavailable the answer "
+                        "still holds predictions and similar images, and `web_error` says why."
+                    ),
+                    "parameters": [page],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {"image": {"type": "string", "format": "binary"}},
+                                }
+                            },
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["url"],
+                                    "properties": {"url": {"type": "string", "format": "uri"}},
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_schema("SearchResult"), "Predictions, web results and similar images"),
+                        "400": _ERROR,
+                        "413": _ERROR,
+                        "415": _ERROR,
+                        "502": _ERROR,
+                        "504": _ERROR,
+                    },
+                }
+            },
+            "/api/web": {
+                "get": {
+                    "summary": "More web results for a label (paging)",
+                    "parameters": [
+                        {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 200}},
+                        page,
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "query": {"type": "string"},
+                                    "page": {"type": "integer"},
+                                    "web": {"type": "array", "items": _schema("WebResult")},
+                                    "web_error": {"type": ["string", "null"]},
+                                },
+                            },
+                            "One page of web results",
+                        ),
+                        "400": _ERROR,
+                    },
+                }
+            },
+            "/api/health": {
+                "get": {
+                    "summary": "Liveness and component status",
+                    "responses": {"200": _json({"type": "object"}, "status, model, gallery, web, batching stats")},
+                }
+            },
+            "/api/models": {
+                "get": {
+                    "summary": "The model being served",
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"models": {"type": "array", "items": _schema("Model")}}},
+                            "Models",
+                        )
+                    },
+                }
+            },
+            "/api/gallery/{id}/thumb": {
+                "get": {
+                    "summary": "Thumbnail of a gallery image",
+                    "parameters": [item_id],
+                    "responses": {"200": {"description": "PNG or JPEG image"}, "404": _ERROR},
+                }
+            },
+            "/api/gallery/{id}/image": {
+                "get": {
+                    "summary": "A gallery image at full size",
+                    "parameters": [
+                        item_id,
+                        {
+                            "name": "download",
+                            "in": "query",
+                            "required": False,
+                            "description": "1: send as an attachment (Content-Disposition)",
+                            "schema": {"type": "integer", "enum": [0, 1]},
+                        },
+                    ],
+                    "responses": {"200": {"description": "The image file"}, "404": _ERROR},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
+            },
+        },
+        "components": {
+            "responses": {
+                "Error": _json(
+                    {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                    "The problem in plain words",
+                )
+            },
+            "schemas": {
+                "Prediction": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "label": {"type": "string"},
+                        "prob": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+                "WebResult": {
+                    "type": "object",
+                    "properties": {
+                        "image_url": {"type": "string"},
+                        "thumb_url": {"type": "string"},
+                        "page_url": {"type": "string"},
+                        "title": {"type": "string"},
+                        "source": {"type": "string"},
+                    },
+                },
+                "Similar": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "thumb_url": {"type": "string"},
+                        "image_url": {"type": "string"},
+                        "score": {"type": "number", "description": "cosine similarity, -1..1"},
+                        "label": {"type": ["string", "null"]},
+                    },
+                },
+                "Model": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "prototxt": {"type": "string"},
+                        "weights": {"type": "string"},
+                        "labels": {"type": ["string", "null"]},
+                        "input_shape": {"type": "array", "items": {"type": "integer"}},
+                        "classes": {"type": "integer"},
+                        "preset": {"type": "string"},
+                        "feature_blob": {"type": "string"},
+                        "feature_dim": {"type": "integer"},
+                        "fingerprint": {"type": "string"},
+                    },
+                },
+                "SearchResult": {
+                    "type": "object",
+                    "required": ["predictions", "web", "web_error", "similar", "model", "timings_ms"],
+                    "properties": {
+                        "predictions": {"type": "array", "items": _schema("Prediction")},
+                        "query": {"type": "string", "description": "the words searched on the web"},
+                        "page": {"type": "integer"},
+                        "web": {"type": "array", "items": _schema("WebResult")},
+                        "web_error": {"type": ["string", "null"]},
+                        "similar": {"type": "array", "items": _schema("Similar")},
+                        "similar_error": {"type": ["string", "null"]},
+                        "model": _schema("Model"),
+                        "batch_size": {"type": "integer", "description": "requests in this forward pass"},
+                        "timings_ms": {
+                            "type": "object",
+                            "description": (
+                                "read: body / URL fetch; decode: decoding + preprocessing; infer: waiting in the "
+                                "micro-batch queue + forward + gallery ranking; forward: the batch's forward and "
+                                "ranking alone; similar: building the list; web: Bing (runs beside similar); total"
+                            ),
+                            "properties": {
+                                k: {"type": "number"}
+                                for k in ("read", "decode", "infer", "forward", "similar", "web", "total")
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }

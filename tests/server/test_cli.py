@@ -1,0 +1,83 @@
+"""`crema index` and `crema serve` from the command line; the served app over real HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import numpy as np
+
+from net.cli import main
+from tests.conftest import ROOT
+from tests.server.conftest import digit, png_bytes
+
+
+def test_index_command(lenet_files, digit_folder, tmp_path, capsys):
+    out = tmp_path / "idx"
+    args = [
+        "index",
+        str(digit_folder),
+        "--model",
+        str(lenet_files["prototxt"]),
+        "--weights",
+        str(lenet_files["weights"]),
+    ]
+    assert main([*args, "--out", str(out), "--batch", "16"]) == 0
+    captured = capsys.readouterr()
+    assert "indexed 90 images (500-d 'ip1' features)" in captured.out
+    assert "indexing" in captured.err and "100.0%" in captured.err  # the progress bar
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 90 and np.load(out / "features.npy").shape == (90, 500)
+
+
+def test_index_errors(lenet_files, tmp_path, capsys):
+    model = ["--model", str(lenet_files["prototxt"]), "--weights", str(lenet_files["weights"])]
+    assert main(["index", str(tmp_path / "nope"), *model]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["index", str(tmp_path), *model, "--feature-blob", "nope"]) == 2
+    assert "no blob named 'nope'" in capsys.readouterr().err
+    assert main(["index", str(tmp_path), "--model", str(lenet_files["prototxt"])]) == 2
+    assert "needs --weights" in capsys.readouterr().err
+
+
+def test_serve_without_default_weights(tmp_path, monkeypatch, capsys):
+    import server.cli
+
+    shutil.copy(ROOT / "models/lenet/deploy.prototxt", tmp_path / "deploy.prototxt")
+    monkeypatch.setattr(server.cli, "DEFAULT_MODEL_DIR", tmp_path)
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crema: error: the default model's weights") and "lenet.caffemodel are missing" in err
+
+
+def test_serve_argument_errors(lenet_files, capsys):
+    assert main(["serve", "--model", str(lenet_files["prototxt"])]) == 2
+    assert "needs --weights" in capsys.readouterr().err
+    assert main(["serve", "--weights", str(lenet_files["weights"])]) == 2
+    assert "go with --model" in capsys.readouterr().err
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_served_app_over_http(crema_server):
+    """The real thing: uvicorn, the real Bing client against the fake Bing, the real URL fetcher."""
+    with httpx.Client(base_url=crema_server.url, timeout=60) as c:
+        health = c.get("/api/health").json()
+        assert health["status"] == "ok" and health["gallery"]["count"] == 90 and health["web"]["enabled"]
+        r = c.post("/api/search", files={"image": ("d.png", png_bytes(digit(4)), "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["predictions"]) == 5 and body["similar"][0]["label"] == "4"
+        assert body["similar"][0]["score"] > 0.999  # the identical picture s11.png is in the gallery
+        assert body["web_error"] is None and len(body["web"]) == 6
+        assert body["web"][0]["image_url"] == f"{crema_server.bing.url}/img/0.png"
+        more = c.get("/api/web", params={"q": body["query"], "page": 1}).json()
+        assert more["web_error"] is None and more["web"][0]["title"] == "digit picture 24"  # first = page * 24
+        thumb = c.get(body["similar"][0]["thumb_url"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] in ("image/png", "image/jpeg")
+        # the real fetcher refuses our own loopback address
+        refused = c.post("/api/search", json={"url": f"{crema_server.bing.url}/img/1.png"})
+        assert refused.status_code == 400 and "loopback" in refused.json()["error"]
+        page = c.get("/")
+        assert page.status_code == 200 and "crema" in page.text
