@@ -1,7 +1,7 @@
 """`crema`: the command line, mirroring the `caffe` tool where it has a verb.
 
-    crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--top K] [--json]
-    crema time MODEL.prototxt [--weights W] [--batch N] [--iterations N]
+    crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--top K] [--json] [--device gpu]
+    crema time MODEL.prototxt [--weights W] [--batch N] [--iterations N] [--device gpu]
     crema inspect MODEL.prototxt [--weights W]
     crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
 
@@ -85,7 +85,7 @@ def classify(
 def cmd_classify(args: argparse.Namespace) -> int:
     from .net import Net
 
-    net = Net.load(args.model, args.weights, phase="test")
+    net = Net.load(args.model, args.weights, phase="test", device=args.device)
     out_shape = net.blob(net.outputs[-1]).shape
     labels = load_labels(args.labels, int(np.prod(out_shape[1:]))) if args.labels else None
     results = classify(net, args.images, labels, args.top, args.preset)
@@ -102,7 +102,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def _load_with_batch(args: argparse.Namespace):
     from .net import Net
 
-    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0)
+    device = getattr(args, "device", "cpu")
+    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0, device=device)
     if getattr(args, "batch", None):
         for name in net.inputs:
             shape = net.blob(name).shape
@@ -177,6 +178,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICES = ("cpu", "gpu")
+DEVICE_HELP = "cpu (default) or gpu (crema's CUDA kernels; needs CuPy and a CUDA device)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crema", description="Caffe models on crema's own kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
     p.add_argument("--preset", help="preprocessing preset (caffenet, lenet, ...); default: by input channels")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("time", help="per-layer forward timing, like `caffe time`")
@@ -197,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch size (default: the prototxt's)")
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("inspect", help="layers, shapes and parameter counts")
@@ -224,10 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 # One line per module that adds `crema` verbs (data, train/test, serve/index, ...).
 COMMAND_MODULES: list[str] = [
     "net.train_cli",
+    "server.cli",
+    "net.datasets",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kernels.gpu import GPUBackendError
+
     args = build_parser().parse_args(argv)
     for flag in ("top", "iterations", "batch"):
         value = getattr(args, flag, None)
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"--{flag} must be >= 1, got {value}")
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, GPUBackendError) as exc:
         return _error(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLoss, Accuracy)
 from .blob import Blob
+from .device import check_device, prepare, synchronize, to_device, to_host
 from .layers import Layer, create_layer
 from .schema import Message
 
@@ -148,8 +149,7 @@ class Net:
     ) -> None:
         from .upgrade import filter_net
 
-        if device != "cpu":
-            raise RuntimeError(f"device {device!r} is not available: this build runs on the CPU only")
+        self.device = check_device(device)  # RuntimeError for 'gpu' without CuPy or a visible device
         self.phase = _phase(phase)
         self.param = filter_net(param, self.phase, level, tuple(stages))
         self._built = insert_splits(self.param)
@@ -162,6 +162,8 @@ class Net:
         self.inputs: list[str] = []
         self.loss_weights: list[list[float]] = []
         self._build()
+        if self.device != "cpu":
+            prepare(self)  # inference layers only; conv + in-place ReLU fused
         self._plan_backward()
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
@@ -362,16 +364,20 @@ class Net:
             reshape |= self._blobs[name].shape != old
         if reshape:
             self.reshape()
+        if self.device != "cpu":
+            to_device(self)  # weights once, inputs every call; activations then stay on the device
         self._run(None)
-        return {name: self._blobs[name].data.copy() for name in self.outputs}
+        return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
     def _run(self, timings: list[float] | None) -> None:
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
                 layer.forward(bottom, top)
             else:
+                synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion
                 t0 = time.perf_counter()
                 layer.forward(bottom, top)
+                synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
 
     # -- training ----------------------------------------------------------------------------

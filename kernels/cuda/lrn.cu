@@ -1,0 +1,69 @@
+// crema GPU local response normalisation (Caffe LRN) forward, NCHW float32 (caffe_facts §4.3, kernels/lrn.py).
+// CUDA C for NVRTC (no #include), loaded by kernels/gpu.py.
+//
+// Kernels (n = local_size, odd; r = (n - 1) / 2):
+//   1. lrn_across   ACROSS_CHANNELS: one thread per (image, pixel), walking the channels with a running float64 sum
+//                   of squares (add the channel entering the window, drop the one leaving) in the CPU kernel's order;
+//                   scale = float(k + alpha / n * sum); y = x * scale^-beta. Coalesced along pixels.
+//   2. lrn_within   WITHIN_CHANNEL: one thread per output, the n x n window (zero padded) summed in float64;
+//                   scale = float(1 + alpha / n^2 * sum) (k is ignored, as in Caffe).
+// scale^-beta has the CPU's fast paths: beta 0.75 -> 1 / sqrt(s sqrt(s)), 1 -> 1 / s, 0.5 -> 1 / sqrt(s).
+// Index arithmetic is 32-bit: the launcher splits the images so each launch has < 2^31 elements.
+
+__device__ __forceinline__ float pow_neg(float s, float beta) {
+    if (beta == 0.75f) return 1.0f / sqrtf(s * sqrtf(s));
+    if (beta == 1.0f) return 1.0f / s;
+    if (beta == 0.5f) return 1.0f / sqrtf(s);
+    return powf(s, -beta);
+}
+
+// x, y (N, C, P) with P = H * W.
+extern "C" __global__ void lrn_across(const float* __restrict__ x, float* __restrict__ y, int N, int C, int P,
+                                      int size, double alpha_over_n, float beta, double k) {
+    const int r = (size - 1) / 2;
+    const int total = N * P;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const int b = t / P, p = t - b * P;
+        const float* xp = x + b * C * P + p;
+        float* yp = y + b * C * P + p;
+        double acc = 0.0;
+        for (int c = 0; c < min(r, C); ++c) {
+            const double v = (double)xp[c * P];
+            acc += v * v;
+        }
+        for (int c = 0; c < C; ++c) {
+            const int head = c + r, tail = c - r - 1;
+            if (head < C) {
+                const double v = (double)xp[head * P];
+                acc += v * v;
+            }
+            if (tail >= 0) {
+                const double v = (double)xp[tail * P];
+                acc -= v * v;
+            }
+            const float s = (float)(k + alpha_over_n * acc);
+            yp[c * P] = xp[c * P] * pow_neg(s, beta);
+        }
+    }
+}
+
+// x, y (planes, H, W).
+extern "C" __global__ void lrn_within(const float* __restrict__ x, float* __restrict__ y, int planes, int H, int W,
+                                      int size, double alpha_over_n2, float beta) {
+    const int r = (size - 1) / 2;
+    const int total = planes * H * W;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const int j = t % W, rest = t / W;
+        const int i = rest % H, q = rest / H;
+        const float* plane = x + q * H * W;
+        double sum = 0.0;
+        for (int ii = max(i - r, 0); ii < min(i + r + 1, H); ++ii) {
+            for (int jj = max(j - r, 0); jj < min(j + r + 1, W); ++jj) {
+                const double v = (double)plane[ii * W + jj];
+                sum += v * v;
+            }
+        }
+        const float s = (float)(1.0 + alpha_over_n2 * sum);
+        y[t] = x[t] * pow_neg(s, beta);
+    }
+}
