@@ -1,24 +1,40 @@
 """2-D convolution (Caffe semantics: cross-correlation, zero padding, groups, dilation), NCHW float32.
 
-Kernels:
+Kernels (forward, then backward):
 
-0. ``conv2d_forward_ref`` - plain NumPy in float64: one tensordot per kernel offset (i, j) and group.
-1. ``_im2col_packed``     - im2col written straight into the packed-B layout of ``kernels.gemm``
-                            (``(ceil(P/NR), K, NR)`` with K = C/g*kh*kw, P = OH*OW) one NR-pixel sliver at a
-                            time, as runs along output rows (plain copies when stride is 1), so there is no
-                            separate im2col matrix and no second packing pass.
-2. ``_conv_batch``        - parallel over images (each thread owns one im2col workspace) and serial GEMM
-                            tiles per image and group: for batches (LeNet 64/10000, CaffeNet 10).
-3. ``_im2col_all_groups`` + ``_conv_tiles`` - one image at a time: im2col of all groups with slivers over
-                            threads, then GEMM tiles of all groups as (group, row block, column block) tasks
-                            over threads: for batch 1 and batches that do not split evenly over the threads.
+0. ``conv2d_forward_ref`` / ``conv2d_backward_ref`` - plain NumPy in float64: one tensordot per kernel offset
+                          (i, j) and group, forward and its transpose.
+1. ``_im2col_sliver``   - one NR-pixel sliver of im2col, written straight into the packed-B layout of
+                          ``kernels.gemm`` (``(ceil(P/NR), K, NR)``, K = C/g*kh*kw, P = OH*OW), so there is no
+                          separate im2col matrix and no second packing pass. The source is the image with its
+                          padding made explicit (``_pad_copy``, skipped when pad is 0), so every copy is an
+                          unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table:
+                          2.5x faster than cutting slivers into clipped runs (LeNet conv2 at batch 64: 0.7 vs 1.7 ms).
+2. ``_conv_batch``      - forward, parallel over chunks of images (each thread owns its workspaces), serial GEMM
+                          tiles per image and group: for batches (LeNet 64, CaffeNet 10).
+3. ``_im2col_all_groups`` + ``_conv_tiles`` - forward of one image at a time: im2col slivers over threads, then
+                          (group, row block, column block) GEMM tasks over threads: batch 1 and uneven batches.
+4. ``_conv_bwd_params`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
+                          threads: big batches give each thread a chunk of images and its own partial dW (summed at
+                          the end); small ones split the columns of dW (parts of K) instead. Several images go into
+                          one GEMM (inner dimension nb*P ~ KC: LeNet conv2 6 x 64 pixels) from a transposed packed
+                          im2col (``_im2col_t_sliver``: NR kernel offsets per sliver, one gather per pixel) and dy
+                          rows packed as A (``_pack_dy_rows``, which also sums db).
+5. ``_conv_bwd_data``   - dx as (image, group, block of input channels) tasks over threads: dcols = W_g^T @ dy_g for
+                          the block's rows (W^T packed once, ``_pack_weights_t``), then ``_col2im`` scatter-adds them
+                          into a zeroed (padded) image; channel blocks only when images x groups are fewer than
+                          threads. Workspaces are per thread (``numba.get_thread_id``).
 
 Weights are packed per call into MR-row slivers (``_pack_weights``); bias is added when the first K panel
-is stored, so the output is written once per K panel and never pre-filled. The packed im2col workspace is
-kept per Python thread and reused across calls (CaffeNet conv1 at 2 threads: 2 x 4.4 MB).
+is stored, so the output is written once per K panel and never pre-filled. Workspaces are kept per Python
+thread and reused across calls (CaffeNet conv1 forward at 2 threads: 2 x 2.2 MB).
 
-Public: ``conv2d_output_shape(in_hw, kernel, stride, pad, dilation) -> (oh, ow)`` and
-``conv2d_forward(x, w, b, *, stride, pad, dilation, group, out) -> y``.
+Numba caches compiled code per source file: the GEMM constants (MR, NR, KC) are frozen into this module's cache,
+so after changing them in ``kernels/gemm.py`` delete ``kernels/__pycache__/conv.*`` as well.
+
+Public: ``conv2d_output_shape(in_hw, kernel, stride, pad, dilation) -> (oh, ow)``,
+``conv2d_forward(x, w, b, *, stride, pad, dilation, group, out) -> y`` and
+``conv2d_backward(dy, x, w, *, stride, pad, dilation, group, dx, dw, db, need_dx, need_dw, need_db) -> (dx, dw, db)``.
 
 Benchmark (checks against the reference first, then times each CaffeNet/LeNet layer against torch):
 ``python -m benchmarks.bench_kernels --threads 2``.
@@ -26,236 +42,238 @@ Benchmark (checks against the reference first, then times each CaffeNet/LeNet la
 
 from __future__ import annotations
 
-import threading
+import math
 
 import numba
 import numpy as np
 from numba import carray, njit, prange
 
 from kernels.gemm import (
+    KC,
     MR,
     NR,
+    Workspace,
+    _block,
     _gemm_tiles_serial,
-    _micro,
     _pack_rows_sliver,
     _stack_empty,
     packed_a_size,
     packed_b_size,
 )
 
-MC_CONV = 64  # rows of C (output channels) per parallel task in _conv_single (multiple of MR)
-NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_single (multiple of NR)
-KC_CONV = 384  # K panel depth
-KW_MAX = 16  # kernel widths up to this use a per-sliver table of clipped runs in _im2col_sliver
-RUN_TAB = NR * KW_MAX  # entries of that table (a literal for the stack allocation)
+MC_CONV = 64  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR)
+NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
+KC_CONV = 384  # K panel depth in _conv_tiles
+
+
+def _geometry(x_shape, w_shape, stride, pad, dilation):
+    """Shapes of a convolution: (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow)."""
+    n, c, h, wd = x_shape
+    m, cg, kh, kw = w_shape
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(pad, "pad"), _pair(dilation, "dilation")
+    oh, ow = conv2d_output_shape((h, wd), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    return (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow)
+
+
+def _offset_slices(i: int, j: int, kh_step: tuple[int, int], out_hw: tuple[int, int], stride: tuple[int, int]):
+    """(rows, cols) slices of the padded input seen by kernel offset (i, j): x_pad[.., i*dh + oh*sh, j*dw + ow*sw]."""
+    (dh, dw), (oh, ow), (sh, sw) = kh_step, out_hw, stride
+    return slice(i * dh, i * dh + (oh - 1) * sh + 1, sh), slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
 
 
 def conv2d_forward_ref(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group: int = 1
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    *,
+    stride=(1, 1),
+    pad=(0, 0),
+    dilation=(1, 1),
+    group: int = 1,
+    dtype: type = np.float32,
 ) -> np.ndarray:
-    """Reference convolution in float64 (returned as float32).
+    """Reference convolution computed in float64, returned as `dtype` (float32 unless asked otherwise).
 
     x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None. Returns y: (N, M, OH, OW) with
     y[n,m,oh,ow] = b[m] + sum_{c,i,j} w[m,c,i,j] * x_pad[n, g(m)*C/group + c, oh*sh + i*dh, ow*sw + j*dw].
     """
     x64 = np.asarray(x, np.float64)
     w64 = np.asarray(w, np.float64)
-    n, c, h, wd = x64.shape
-    m, cg, kh, kw = w64.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
-    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = _geometry(x64.shape, w64.shape, stride, pad, dilation)
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
     xp[:, :, ph : ph + h, pw : pw + wd] = x64
     mg = m // group
-    y = np.zeros((n, m, oh, ow))
+    y = np.zeros((n, m, *out_hw))
     for g in range(group):
         xg = xp[:, g * cg : (g + 1) * cg]
         for i in range(kh):
             for j in range(kw):
-                xs = xg[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+                xs = xg[(slice(None), slice(None), *_offset_slices(i, j, dil, out_hw, st))]
                 # (Mg, Cg) . (N, Cg, OH, OW) over Cg -> (Mg, N, OH, OW)
                 y[:, g * mg : (g + 1) * mg] += np.tensordot(
                     w64[g * mg : (g + 1) * mg, :, i, j], xs, axes=([1], [1])
                 ).transpose(1, 0, 2, 3)
     if b is not None:
         y += np.asarray(b, np.float64).reshape(1, m, 1, 1)
-    return y.astype(np.float32)
+    return y.astype(dtype)
 
 
-@njit(cache=True, boundscheck=False, inline="always")
-def _copy_run(dv, o, xv, src, sw, ln, lo, hi):
-    """dv[o + t] = xv[src + t*sw] for t in [lo, hi), zero for t in [0, lo) and [hi, ln).
+def conv2d_backward_ref(
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride=(1, 1),
+    pad=(0, 0),
+    dilation=(1, 1),
+    group: int = 1,
+    bias: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reference gradients of conv2d_forward_ref in float64: returns (dx, dw, db) as float64 arrays.
 
-    Indices are cast to unsigned (they are >= 0 here) so Numba emits no negative-index wraparound and the
-    stride-1 copy vectorises; no array views are made (each costs atomic reference counting).
+    dy: (N, M, OH, OW), the gradient of a scalar loss with respect to y; x: (N, C, H, W); w: (M, C/group, kh, kw).
+    dx: (N, C, H, W) = sum over (i, j) of w[:, :, i, j]^T dy scattered back to the input pixels each offset read
+    (padding cropped); dw: (M, C/group, kh, kw) = sum_{n,oh,ow} dy * x_pad window; db: (M,) = sum_{n,oh,ow} dy,
+    or None when `bias` is False.
     """
-    for t in range(lo):
-        dv[np.uint64(o + t)] = 0.0
-    if sw == 1:
-        for t in range(lo, hi):
-            dv[np.uint64(o + t)] = xv[np.uint64(src + t)]
-    else:
-        for t in range(lo, hi):
-            dv[np.uint64(o + t)] = xv[np.uint64(src + t * sw)]
-    for t in range(hi, ln):
-        dv[np.uint64(o + t)] = 0.0
+    dy64 = np.asarray(dy, np.float64)
+    x64 = np.asarray(x, np.float64)
+    w64 = np.asarray(w, np.float64)
+    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = _geometry(x64.shape, w64.shape, stride, pad, dilation)
+    if dy64.shape != (n, m, *out_hw):
+        raise ValueError(f"conv2d_backward_ref: expected dy of shape {(n, m, *out_hw)}, got {dy64.shape}")
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph : ph + h, pw : pw + wd] = x64
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w64)
+    mg = m // group
+    for g in range(group):
+        dyg = dy64[:, g * mg : (g + 1) * mg]  # (N, Mg, OH, OW)
+        for i in range(kh):
+            for j in range(kw):
+                win = (slice(None), slice(g * cg, (g + 1) * cg), *_offset_slices(i, j, dil, out_hw, st))
+                # (N, Mg, OH, OW) . (N, Cg, OH, OW) over N, OH, OW -> (Mg, Cg)
+                dw[g * mg : (g + 1) * mg, :, i, j] = np.tensordot(dyg, xp[win], axes=([0, 2, 3], [0, 2, 3]))
+                # (N, Mg, OH, OW) . (Mg, Cg) over Mg -> (N, OH, OW, Cg)
+                dxp[win] += np.tensordot(dyg, w64[g * mg : (g + 1) * mg, :, i, j], axes=([1], [0])).transpose(
+                    0, 3, 1, 2
+                )
+    db = dy64.sum(axis=(0, 2, 3)) if bias else None
+    return dxp[:, :, ph : ph + h, pw : pw + wd].copy(), dw, db
+
+
+# --------------------------------------------------------------------------------------------- im2col / col2im
+@njit(cache=True, boundscheck=False)
+def _pad_copy(xf, x_off, cg, h, wd, ph, pw, dst):
+    """dst[:cg*HP*WP] = the cg channels at xf[x_off:] (each (H, W)) inside a zero border of (ph, pw)."""
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    for t in range(cg * hp * wp):
+        dst[t] = 0.0
+    for c in range(cg):
+        for r in range(h):
+            d = (c * hp + ph + r) * wp + pw
+            s = x_off + (c * h + r) * wd
+            for t in range(wd):
+                dst[np.uint64(d + t)] = xf[np.uint64(s + t)]
 
 
 @njit(cache=True, boundscheck=False)
-def _im2col_sliver(xf, x_off, h, wd, cg, kh, kw, sh, sw, ph, pw, dh, dw, ow_n, npix, dst, d_off, s):
+def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, dst, d_off, s):
     """Sliver s (pixels p = s*NR + j) of the packed im2col of one image and group, into dst[d_off:].
 
-    xf[x_off + (c*H + ih)*W + iw] is channel c of the group; writes dst[d_off + (s*K + k)*NR + j] =
-    x_pad[c, oh*sh + i*dh, ow*sw + jj*dw] for k = (c*kh + i)*kw + jj, p = oh*OW + ow, zero for p >= P.
-    The sliver's pixels are cut into runs along output rows; each run reads one input row (stride sw).
+    src[s_off + (c*HP + ih)*WP + iw] is the padded input (HP, WP) of channel c of the group; writes
+    dst[d_off + (s*K + k)*NR + j] = src[.., oh*sh + i*dh, ow*sw + jj*dw] for k = (c*kh + i)*kw + jj,
+    p = oh*OW + ow, and zero for p >= P.
     """
-    seg_oh = carray(_stack_empty(NR, np.int64), (NR,))
-    seg_ow = carray(_stack_empty(NR, np.int64), (NR,))
-    seg_j = carray(_stack_empty(NR, np.int64), (NR,))
-    seg_len = carray(_stack_empty(NR, np.int64), (NR,))
-    p = s * NR
-    end = min(p + NR, npix)
-    nseg = 0
-    while p < end:
+    base = carray(_stack_empty(NR, np.int64), (NR,))
+    valid = min(NR, npix - s * NR)
+    for j in range(NR):
+        p = s * NR + min(j, valid - 1)
         oh = p // ow_n
-        ow = p - oh * ow_n
-        seg_oh[nseg], seg_ow[nseg], seg_j[nseg] = oh, ow, p - s * NR
-        seg_len[nseg] = min(ow_n - ow, end - p)
-        p += seg_len[nseg]
-        nseg += 1
-    tail = end - s * NR
-    # Clipped [lo, hi) of every (run, jj): they depend on neither channel nor kernel row, so the integer
-    # divisions are done once per sliver, not once per copied run.
-    lo_tab = carray(_stack_empty(RUN_TAB, np.int64), (RUN_TAB,))
-    hi_tab = carray(_stack_empty(RUN_TAB, np.int64), (RUN_TAB,))
-    for q in range(nseg):
-        for jj in range(min(kw, KW_MAX)):
-            iw0 = seg_ow[q] * sw + jj * dw - pw
-            lo = min(max((sw - 1 - iw0) // sw, 0), seg_len[q])  # first t with iw0 + t*sw >= 0
-            lo_tab[q * KW_MAX + jj] = lo
-            hi_tab[q * KW_MAX + jj] = max(min((wd - 1 - iw0) // sw + 1, seg_len[q]), lo)  # first t past W
-    xv = xf[x_off:]
-    dv = dst[d_off + s * cg * kh * kw * NR :]
+        base[j] = s_off + oh * sh * wp + (p - oh * ow_n) * sw
+    k_all = cg * kh * kw
+    dv = dst[d_off + s * k_all * NR :]
+    o = 0
     for c in range(cg):
         for i in range(kh):
+            row = (c * hp + i * dh) * wp
             for jj in range(kw):
-                o = ((c * kh + i) * kw + jj) * NR
-                for q in range(nseg):
-                    ln = seg_len[q]
-                    ih = seg_oh[q] * sh - ph + i * dh
-                    iw0 = seg_ow[q] * sw + jj * dw - pw  # input column of the run's first pixel
-                    if ih < 0 or ih >= h:
-                        lo = hi = ln
-                    elif jj < KW_MAX:
-                        lo = lo_tab[q * KW_MAX + jj]
-                        hi = hi_tab[q * KW_MAX + jj]
-                    else:
-                        lo = min(max((sw - 1 - iw0) // sw, 0), ln)
-                        hi = max(min((wd - 1 - iw0) // sw + 1, ln), lo)
-                    _copy_run(dv, o + seg_j[q], xv, (c * h + ih) * wd + iw0, sw, ln, lo, hi)
-                for j in range(tail, NR):
-                    dv[o + j] = 0.0
+                off = row + jj * dw
+                # Unsigned indices: no negative-index wraparound code, so the gather vectorises.
+                for j in range(NR):
+                    dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
+                o += NR
+    if valid < NR:
+        for k in range(k_all):
+            for j in range(valid, NR):
+                dv[k * NR + j] = 0.0
 
 
 @njit(cache=True, boundscheck=False)
-def _im2col_packed(xf, x_off, h, wd, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, dst, d_off):
+def _im2col_packed(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, dst, d_off):
     """All slivers of one image and group (see _im2col_sliver): dst[d_off:] gets (ceil(P/NR), K, NR)."""
     npix = oh_n * ow_n
     for s in range((npix + NR - 1) // NR):
-        _im2col_sliver(xf, x_off, h, wd, cg, kh, kw, sh, sw, ph, pw, dh, dw, ow_n, npix, dst, d_off, s)
+        _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, dst, d_off, s)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_batch(x, ap, a_size, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, nchunks):
-    """All images, nchunks contiguous chunks of images in parallel; ws[t] is chunk t's packed-B workspace.
+@njit(cache=True, boundscheck=False)
+def _im2col_t_sliver(src, s_off, img_stride, n_imgs, hp, wp, kh, kw, sh, sw, dh, dw, oh_n, ow_n, k_all, dst, d_off, s):
+    """Sliver s (kernel offsets k = s*NR + j) of the transposed im2col of n_imgs images, packed as GEMM B.
 
-    x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
+    src[s_off + img*img_stride + (c*HP + ih)*WP + iw] is the padded input of image img, channel c of the group.
+    Writes dst[d_off + q*NR + j] = cols[k, q] for q = (img*OH + oh)*OW + ow < Q = n_imgs*OH*OW, zero for k >= K.
     """
-    n_img, c, h, wd = x.shape
-    cg = c // group
-    xf = x.reshape(-1)
-    m = bias.shape[0]
-    mg = m // group
-    k_all = cg * kh * kw
-    npix = oh_n * ow_n
-    for t in prange(nchunks):
-        for n in range(t * n_img // nchunks, (t + 1) * n_img // nchunks):
-            for g in range(group):
-                _im2col_packed(
-                    xf, (n * c + g * cg) * h * wd, h, wd, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws[t], 0
-                )
-                _gemm_tiles_serial(
-                    ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg
-                )
+    koff = carray(_stack_empty(NR, np.int64), (NR,))
+    valid = min(NR, k_all - s * NR)
+    khw = kh * kw
+    for j in range(NR):
+        k = s * NR + min(j, valid - 1)
+        c = k // khw
+        i = (k - c * khw) // kw
+        koff[j] = (c * hp + i * dh) * wp + (k - c * khw - i * kw) * dw
+    q_all = n_imgs * oh_n * ow_n
+    dv = dst[d_off:]
+    o = 0
+    for img in range(n_imgs):
+        for oh in range(oh_n):
+            b0 = s_off + img * img_stride + oh * sh * wp
+            for ow in range(ow_n):
+                b = b0 + ow * sw
+                for j in range(NR):
+                    dv[np.uint64(o + j)] = src[np.uint64(b + koff[j])]
+                o += NR
+    if valid < NR:
+        for q in range(q_all):
+            for j in range(valid, NR):
+                dv[q * NR + j] = 0.0
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _im2col_all_groups(x, n, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, bp, b_size):
-    """Packed im2col of every group of image n into bp[g*b_size:], (group, sliver) pairs over threads."""
-    _, c, h, wd = x.shape
-    cg = c // group
-    xf = x.reshape(-1)
-    npix = oh_n * ow_n
-    nt = (npix + NR - 1) // NR
-    for q in prange(group * nt):
-        g = q // nt
-        _im2col_sliver(
-            xf,
-            (n * c + g * cg) * h * wd,
-            h,
-            wd,
-            cg,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-            ow_n,
-            npix,
-            bp,
-            g * b_size,
-            q - g * nt,
-        )
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _col2im(dcols, npix, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, t_off):
+    """tgt[t_off + (c*HP + oh*sh + i*dh)*WP + ow*sw + jj*dw] += dcols[k*P + oh*OW + ow], k = (c*kh + i)*kw + jj.
+
+    Row by row of dcols (consecutive adds never overlap: overlapping ones stall store forwarding), unsigned offsets
+    and no views (25% faster than slicing a view per row).
+    """
+    k = 0
+    for c in range(cg):
+        for i in range(kh):
+            for jj in range(kw):
+                off = t_off + (c * hp + i * dh) * wp + jj * dw
+                for oh in range(oh_n):
+                    to = np.uint64(off + oh * sh * wp)
+                    so = np.uint64(k * npix + oh * ow_n)
+                    if sw == 1:
+                        for ow in range(ow_n):
+                            tgt[to + np.uint64(ow)] += dcols[so + np.uint64(ow)]
+                    else:
+                        for ow in range(ow_n):
+                            tgt[to + np.uint64(ow * sw)] += dcols[so + np.uint64(ow)]
+                k += 1
 
 
-@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _conv_tiles(ap, a_size, bp, b_size, bias, y, y_off, group, k_all, npix):
-    """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads."""
-    mg = bias.shape[0] // group
-    bm = (mg + MC_CONV - 1) // MC_CONV
-    bn = (npix + NC_CONV - 1) // NC_CONV
-    for t in prange(group * bm * bn):  # column block fastest: contiguous task ranges get equal work
-        g = t // (bm * bn)
-        r = t - g * bm * bn
-        i0 = (r // bn) * MC_CONV
-        j0 = (r % bn) * NC_CONV
-        for pc in range(0, k_all, KC_CONV):
-            kc = min(KC_CONV, k_all - pc)
-            for jr in range(j0 // NR, (min(j0 + NC_CONV, npix) + NR - 1) // NR):
-                nr = min(NR, npix - jr * NR)
-                for ir in range(i0 // MR, (min(i0 + MC_CONV, mg) + MR - 1) // MR):
-                    mr = min(MR, mg - ir * MR)
-                    _micro(
-                        kc,
-                        ap,
-                        g * a_size + (ir * k_all + pc) * MR,
-                        bp,
-                        g * b_size + (jr * k_all + pc) * NR,
-                        y,
-                        y_off + (g * mg + ir * MR) * npix + jr * NR,
-                        npix,
-                        mr,
-                        nr,
-                        pc > 0,
-                        bias,
-                        g * mg + ir * MR,
-                    )
-
-
+# --------------------------------------------------------------------------------------------- packing
 @njit(cache=True, parallel=True, boundscheck=False)
 def _pack_weights(w2, group, ap, a_size):
     """Pack each group's rows of w2 (M, K) into MR-row slivers at ap[g*a_size:], (group, sliver) over threads."""
@@ -267,18 +285,267 @@ def _pack_weights(w2, group, ap, a_size):
         _pack_rows_sliver(w2, g * mg, mg, ap[g * a_size :], MR, q - g * mt, k_all)
 
 
-class _Workspace(threading.local):
-    """Per-Python-thread scratch buffer for packed im2col columns, grown on demand and reused across calls."""
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pack_weights_t(w2, group, apt, at_size):
+    """W_g^T (K x Mg) of every group as GEMM A: apt[g*at_size + (s*Mg + r)*MR + i] = w2[g*Mg + r, s*MR + i]."""
+    mg = w2.shape[0] // group
+    k_all = w2.shape[1]
+    st = (k_all + MR - 1) // MR
+    for q in prange(group * st):
+        g = q // st
+        s = q - g * st
+        for r in range(mg):
+            o = g * at_size + (s * mg + r) * MR
+            for i in range(MR):
+                k = s * MR + i
+                apt[o + i] = w2[g * mg + r, k] if k < k_all else 0.0
 
-    buf: np.ndarray = np.empty(0, np.float32)
 
-    def get(self, size: int) -> np.ndarray:
-        if self.buf.size < size:
-            self.buf = np.empty(size, np.float32)
-        return self.buf[:size]
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _pack_dy_rows(dyf, n0, n_imgs, m_all, g0, mg, npix, pack, add_db, dst, db):
+    """dy rows of channels g0.. g0+mg of images n0.. as GEMM A (Mg x Q, Q = n_imgs*P), and their sums into db.
+
+    pack: dst[(s*Q + q)*MR + i] = dy[n0 + img, g0 + s*MR + i, p] (q = img*P + p, zero past row mg).
+    add_db: db[g0 + r] += sum over images and pixels of dy[., g0 + r, .].
+    """
+    if not (pack or add_db):
+        return
+    q_all = n_imgs * npix
+    for s in range((mg + MR - 1) // MR):
+        for i in range(MR):
+            r = s * MR + i
+            o = s * q_all * MR + i
+            if r >= mg:
+                if pack:
+                    for q in range(q_all):
+                        dst[o + q * MR] = 0.0
+                continue
+            acc = np.float32(0.0)
+            for img in range(n_imgs):
+                src = ((n0 + img) * m_all + g0 + r) * npix
+                qb = o + img * npix * MR
+                for p in range(npix):
+                    v = dyf[np.uint64(src + p)]
+                    acc += v
+                    if pack:
+                        dst[np.uint64(qb + p * MR)] = v
+            if add_db:
+                db[g0 + r] += acc
 
 
-_WORKSPACE = _Workspace()
+@njit(cache=True, boundscheck=False)
+def _pack_dy_cols(dyf, off, mg, npix, dst):
+    """dy (Mg x P at dyf[off:], row stride P) as GEMM B: dst[(s*Mg + r)*NR + j] = dy[r, s*NR + j], zero past P."""
+    for s in range((npix + NR - 1) // NR):
+        j0 = s * NR
+        wdt = min(NR, npix - j0)
+        for r in range(mg):
+            o = (s * mg + r) * NR
+            src = off + r * npix + j0
+            for j in range(wdt):
+                dst[np.uint64(o + j)] = dyf[np.uint64(src + j)]
+            for j in range(wdt, NR):
+                dst[o + j] = 0.0
+
+
+# --------------------------------------------------------------------------------------------- forward drivers
+@njit(cache=True, parallel=True, boundscheck=False)
+def _conv_batch(x, ap, a_size, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks):
+    """All images, nchunks contiguous chunks of images in parallel; ws[t] is chunk t's packed-B workspace and
+    pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0).
+
+    x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
+    """
+    n_img, c, h, wd = x.shape
+    cg = c // group
+    xf = x.reshape(-1)
+    m = bias.shape[0]
+    mg = m // group
+    k_all = cg * kh * kw
+    npix = oh_n * ow_n
+    padded = ph > 0 or pw > 0
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    for t in prange(nchunks):
+        for n in range(t * n_img // nchunks, (t + 1) * n_img // nchunks):
+            for g in range(group):
+                x_off = (n * c + g * cg) * h * wd
+                if padded:
+                    _pad_copy(xf, x_off, cg, h, wd, ph, pw, pads[t])
+                src = pads[t] if padded else xf
+                _im2col_packed(src, 0 if padded else x_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, ws[t], 0)
+                _gemm_tiles_serial(
+                    ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg
+                )
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, bp, b_size):
+    """Packed im2col of every group of one padded image src (C, HP, WP) into bp[g*b_size:], slivers over threads."""
+    npix = oh_n * ow_n
+    nt = (npix + NR - 1) // NR
+    for q in prange(group * nt):
+        g = q // nt
+        _im2col_sliver(
+            src, g * cg * hp * wp, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, bp, g * b_size, q - g * nt
+        )
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _conv_tiles(ap, a_size, bp, b_size, bias, y, y_off, group, k_all, npix):
+    """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads."""
+    mg = bias.shape[0] // group
+    bm = (mg + MC_CONV - 1) // MC_CONV
+    bn = (npix + NC_CONV - 1) // NC_CONV
+    for t in prange(group * bm * bn):  # column block fastest: contiguous task ranges get equal work
+        g = t // (bm * bn)
+        r = t - g * bm * bn
+        i0 = (r // bn) * MC_CONV
+        j0 = (r % bn) * NC_CONV
+        for pc in range(0, k_all, KC_CONV):
+            _block(
+                ap[g * a_size :],
+                0,
+                bp[g * b_size :],
+                0,
+                y,
+                y_off + g * mg * npix,
+                npix,
+                mg,
+                npix,
+                k_all,
+                pc,
+                min(KC_CONV, k_all - pc),
+                i0,
+                min(i0 + MC_CONV, mg),
+                j0,
+                min(j0 + NC_CONV, npix),
+                pc > 0,
+                bias,
+                g * mg,
+            )
+
+
+# --------------------------------------------------------------------------------------------- backward drivers
+@njit(cache=True, parallel=True, boundscheck=False)
+def _conv_bwd_params(
+    x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need_dw, need_db, nchunks, nkp, dwp, dbp, ws_a, ws_b, pads
+):
+    """dW and db, as (image chunk, group, K part) tasks over threads: dwp[t] (M*K,) += dy_g @ cols_g^T over chunk t's
+    images, in the columns of the task's part of K (slivers of NR kernel offsets); dbp[t] (M,) += sum(dy).
+
+    x: (N, C, H, W); dy: (N, M, OH, OW). Images go nb at a time into one GEMM (inner dimension nb*P); the running
+    thread's ws_a, ws_b hold the packed dy rows and transposed im2col, pads its nb padded images (pad > 0).
+    Chunks of images give each thread its own partial dW (big batches); parts of K split one chunk (batch 1).
+    """
+    n_img, c, h, wd = x.shape
+    _, m, oh_n, ow_n = dy.shape
+    cg = c // group
+    mg = m // group
+    k_all = cg * kh * kw
+    npix = oh_n * ow_n
+    ns = (k_all + NR - 1) // NR
+    padded = ph > 0 or pw > 0
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    xf = x.reshape(-1)
+    dyf = dy.reshape(-1)
+    for q in prange(nchunks * group * nkp):
+        tid = numba.get_thread_id()
+        t = q // (group * nkp)
+        g = (q // nkp) % group
+        kp = q % nkp
+        s0 = kp * ns // nkp
+        s1 = (kp + 1) * ns // nkp
+        n_end = (t + 1) * n_img // nchunks
+        for n0 in range(t * n_img // nchunks, n_end, nb):
+            cnt = min(nb, n_end - n0)
+            q_all = cnt * npix
+            # db once per (chunk, group): by the task holding the first part of K
+            _pack_dy_rows(dyf, n0, cnt, m, g * mg, mg, npix, need_dw, need_db and kp == 0, ws_a[tid], dbp[t])
+            if not need_dw or s1 == s0:
+                continue
+            x_off = (n0 * c + g * cg) * h * wd
+            if padded:
+                for img in range(cnt):
+                    _pad_copy(xf, x_off + img * c * h * wd, cg, h, wd, ph, pw, pads[tid][img * cg * hp * wp :])
+            src = pads[tid] if padded else xf
+            s_off = 0 if padded else x_off
+            img_stride = cg * hp * wp if padded else c * h * wd
+            for s in range(s0, s1):
+                _im2col_t_sliver(
+                    src,
+                    s_off,
+                    img_stride,
+                    cnt,
+                    hp,
+                    wp,
+                    kh,
+                    kw,
+                    sh,
+                    sw,
+                    dh,
+                    dw,
+                    oh_n,
+                    ow_n,
+                    k_all,
+                    ws_b[tid],
+                    (s - s0) * q_all * NR,
+                    s,
+                )
+            n_cols = min(k_all, s1 * NR) - s0 * NR
+            _gemm_tiles_serial(
+                ws_a[tid], ws_b[tid], dwp[t], g * mg * k_all + s0 * NR, k_all, mg, n_cols, q_all, True, dbp[t], 0
+            )
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _conv_bwd_data(dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, cb, dx, ws_b, ws_c, pads):
+    """dx (N, C, H, W), overwritten, as (image, group, block of cb channels) tasks over threads: dcols = rows of
+    W_g^T @ dy_g for the block's channels (the running thread's ws_c), then col2im into a zeroed image (its pads
+    when pad > 0, cropped into dx; dx itself otherwise).
+
+    apt: W^T of every group packed as GEMM A (at_size each, see _pack_weights_t); zeros: >= ceil(K/MR)*MR zeros;
+    cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group.
+    """
+    n_img, m, oh_n, ow_n = dy.shape
+    c = cg * group
+    mg = m // group
+    khw = kh * kw
+    npix = oh_n * ow_n
+    nblk = (cg + cb - 1) // cb
+    padded = ph > 0 or pw > 0
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    dyf = dy.reshape(-1)
+    dxf = dx.reshape(-1)
+    for q in prange(n_img * group * nblk):
+        tid = numba.get_thread_id()
+        n = q // (group * nblk)
+        g = (q // nblk) % group
+        c0 = (q % nblk) * cb
+        nc = min(cb, cg - c0)
+        _pack_dy_cols(dyf, (n * m + g * mg) * npix, mg, npix, ws_b[tid])
+        _gemm_tiles_serial(
+            apt[g * at_size + c0 * khw * mg :], ws_b[tid], ws_c[tid], 0, npix, nc * khw, npix, mg, False, zeros, 0
+        )
+        x_off = (n * c + g * cg + c0) * h * wd
+        if padded:
+            tgt = pads[tid]
+            for i in range(nc * hp * wp):
+                tgt[i] = 0.0
+            _col2im(ws_c[tid], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, 0)
+            for ci in range(nc):
+                for r in range(h):
+                    src = (ci * hp + ph + r) * wp + pw
+                    dst = x_off + (ci * h + r) * wd
+                    for i in range(wd):
+                        dxf[dst + i] = tgt[src + i]
+        else:
+            for i in range(nc * h * wd):
+                dxf[x_off + i] = 0.0
+            _col2im(ws_c[tid], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, h, wd, dxf, x_off)
+
+
+# --------------------------------------------------------------------------------------------- public
+_WORKSPACE = Workspace()  # conv's own buffers: separate from gemm's, which an IP layer may use in between
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -329,6 +596,16 @@ def _check_conv_args(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: 
         raise ValueError(f"conv2d: expected bias of shape ({m},), got {b.shape}")
 
 
+def _check_out(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`arr` if it is a C-contiguous float32 array of `shape`, else ValueError naming it."""
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        got = f"{arr.dtype} {arr.shape} (c_contiguous={arr.flags.c_contiguous})" if isinstance(arr, np.ndarray) else arr
+        raise ValueError(f"conv2d: expected {name} to be a C-contiguous float32 array of shape {shape}, got {got}")
+    if not arr.flags.writeable:
+        raise ValueError(f"conv2d: {name} is read-only")
+    return arr
+
+
 def conv2d_forward(
     x: np.ndarray,
     w: np.ndarray,
@@ -342,7 +619,7 @@ def conv2d_forward(
 ) -> np.ndarray:
     """Convolution forward (Caffe semantics), float32.
 
-    x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None; stride/pad/dilation: (h, w) pairs.
+    x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None; stride/pad/dilation: (h, w) pairs or ints.
     Returns y: (N, M, OH, OW) float32, written into `out` when given (C-contiguous float32 of that shape).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -350,16 +627,10 @@ def conv2d_forward(
     b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     group = int(group)
     _check_conv_args(x, w, b, group)
-    n, _, h, wd = x.shape
-    m, cg, kh, kw = w.shape
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(pad, "pad"), _pair(dilation, "dilation")
-    oh, ow = conv2d_output_shape((h, wd), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    if out is None:
-        out = np.empty((n, m, oh, ow), np.float32)
-    elif out.shape != (n, m, oh, ow) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(
-            f"conv2d: expected out to be C-contiguous float32 of shape {(n, m, oh, ow)}, got {out.dtype} {out.shape}"
-        )
+    (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
+        x.shape, w.shape, stride, pad, dilation
+    )
+    out = np.empty((n, m, oh, ow), np.float32) if out is None else _check_out(out, (n, m, oh, ow), "out")
     if out.size == 0:
         return out
     mg, k_all, npix = m // group, cg * kh * kw, oh * ow
@@ -367,16 +638,150 @@ def conv2d_forward(
     ap = np.empty(group * a_size, np.float32)
     _pack_weights(w.reshape(m, k_all), group, ap, a_size)
     bias = np.zeros(m, np.float32) if b is None else b
-    geom = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    hp, wp = h + 2 * ph, wd + 2 * pw
     threads = numba.get_num_threads()
     y = out.reshape(-1)
     if n >= 4 * threads or n % threads == 0:
         chunks = min(threads, n)
-        ws = _WORKSPACE.get(chunks * b_size).reshape(chunks, b_size)
-        _conv_batch(x, ap, a_size, bias, y, group, *geom, ws, chunks)
+        pad_size = cg * hp * wp if ph or pw else 1
+        ws, pads = _WORKSPACE.get(chunks * b_size, chunks * pad_size)
+        geom = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        _conv_batch(x, ap, a_size, bias, y, group, *geom, ws.reshape(chunks, b_size), pads.reshape(chunks, -1), chunks)
     else:
-        bp = _WORKSPACE.get(group * b_size)
+        bp, pbuf = _WORKSPACE.get(group * b_size, c * hp * wp)
+        xf = x.reshape(-1)
         for i in range(n):
-            _im2col_all_groups(x, i, group, *geom, bp, b_size)
+            if ph or pw:
+                _pad_copy(xf, i * c * h * wd, c, h, wd, ph, pw, pbuf)
+                src = pbuf
+            else:
+                src = xf[i * c * h * wd : (i + 1) * c * h * wd]
+            _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size)
             _conv_tiles(ap, a_size, bp, b_size, bias, y, i * m * npix, group, k_all, npix)
     return out
+
+
+def conv2d_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride=1,
+    pad=0,
+    dilation=1,
+    group: int = 1,
+    dx: np.ndarray | None = None,
+    dw: np.ndarray | None = None,
+    db: np.ndarray | None = None,
+    need_dx: bool = True,
+    need_dw: bool = True,
+    need_db: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Convolution backward (Caffe semantics), float32: gradients of a loss L given dy = dL/dy.
+
+    dy: (N, M, OH, OW); x: (N, C, H, W), the forward input; w: (M, C/group, kh, kw); stride/pad/dilation as in
+    conv2d_forward. Returns (dx, dw, db):
+      dx: (N, C, H, W), OVERWRITTEN: written into `dx` when given, else a new array; None when need_dx is False.
+          dx must not share memory with dy.
+      dw: (M, C/group, kh, kw), ACCUMULATED: dw += dL/dw (a zeroed array is allocated when dw is None);
+          None when need_dw is False.
+      db: (M,), ACCUMULATED like dw; None when need_db is False (pass need_db=False for a convolution without bias).
+    Arrays passed in must be C-contiguous float32 of those shapes; passing one whose need_* flag is False is an error.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    group = int(group)
+    _check_conv_args(x, w, None, group)
+    (n, _, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dil_w), (oh, ow) = _geometry(
+        x.shape, w.shape, stride, pad, dilation
+    )
+    if dy.shape != (n, m, oh, ow):
+        raise ValueError(f"conv2d_backward: expected dy of shape {(n, m, oh, ow)} (N, M, OH, OW), got {dy.shape}")
+    for name, arr, need in (("dx", dx, need_dx), ("dw", dw, need_dw), ("db", db, need_db)):
+        if arr is not None and not need:
+            raise ValueError(f"conv2d_backward: {name} was given but need_{name} is False")
+    if need_dx:
+        dx = np.empty(x.shape, np.float32) if dx is None else _check_out(dx, x.shape, "dx")
+        if np.shares_memory(dx, dy):
+            raise ValueError("conv2d_backward: dx shares memory with dy; pass a separate dx array")
+    if need_dw:
+        dw = np.zeros(w.shape, np.float32) if dw is None else _check_out(dw, w.shape, "dw")
+    if need_db:
+        db = np.zeros(m, np.float32) if db is None else _check_out(db, (m,), "db")
+    if dy.size == 0:
+        if need_dx:
+            dx[...] = 0.0
+        return dx, dw, db
+    mg, k_all, npix = m // group, cg * kh * kw, oh * ow
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    pad_size = cg * hp * wp if ph or pw else 1
+    geom = (kh, kw, sh, sw, ph, pw, dh, dil_w)
+    threads = numba.get_num_threads()
+    if need_dw or need_db:
+        ns = -(-k_all // NR)
+        if n >= 4 * threads or n % threads == 0:  # chunks of images, one partial dW each
+            chunks, nkp = min(threads, n), 1
+        else:  # one chunk; parts of K (disjoint columns of dW) over threads
+            chunks, nkp = 1, min(ns, -(-threads // group))
+        nb = max(1, min(KC // npix, -(-n // chunks)))  # images per dW GEMM: inner dimension nb*P up to KC
+        a_len, b_len = packed_a_size(mg, nb * npix), -(-ns // nkp) * NR * nb * npix
+        ws_a, ws_b, pads = _WORKSPACE.get(threads * a_len, threads * b_len, threads * nb * pad_size)
+        direct = chunks == 1  # accumulate straight into dw and db
+        dwp = dw.reshape(1, -1) if need_dw and direct else np.zeros((chunks, m * k_all if need_dw else 1), np.float32)
+        dbp = db.reshape(1, -1) if need_db and direct else np.zeros((chunks, m), np.float32)
+        _conv_bwd_params(
+            x,
+            dy,
+            group,
+            *geom,
+            nb,
+            need_dw,
+            need_db,
+            chunks,
+            nkp,
+            dwp,
+            dbp,
+            ws_a.reshape(threads, a_len),
+            ws_b.reshape(threads, b_len),
+            pads.reshape(threads, -1),
+        )
+        if not direct:
+            if need_dw:
+                dw2 = dw.reshape(-1)
+                for t in range(chunks):
+                    dw2 += dwp[t]
+            if need_db:
+                for t in range(chunks):
+                    db += dbp[t]
+    if need_dx:
+        at_size = packed_a_size(k_all, mg)
+        apt = np.empty(group * at_size, np.float32)
+        _pack_weights_t(w.reshape(m, k_all), group, apt, at_size)
+        zeros = np.zeros(-(-k_all // MR) * MR, np.float32)
+        cb = cg  # channels per task: all of the group, or a split when images x groups are too few for the threads
+        if n * group < threads:
+            unit = MR // math.gcd(kh * kw, MR)  # blocks must start on a packed sliver of W^T: cb*kh*kw % MR == 0
+            blocks = -(-threads // (n * group))  # channel blocks per (image, group) to occupy every thread
+            per_block = -(-cg // blocks)
+            cb = min(cg, -(-per_block // unit) * unit)  # rounded up to the unit
+        b_len = packed_b_size(mg, npix)
+        pad_len = cb * hp * wp if ph or pw else 1
+        ws_b, ws_c, pads = _WORKSPACE.get(threads * b_len, threads * cb * kh * kw * npix, threads * pad_len)
+        _conv_bwd_data(
+            dy,
+            apt,
+            at_size,
+            zeros,
+            group,
+            cg,
+            h,
+            wd,
+            *geom,
+            cb,
+            dx,
+            ws_b.reshape(threads, b_len),
+            ws_c.reshape(threads, -1),
+            pads.reshape(threads, pad_len),
+        )
+    return dx, dw, db

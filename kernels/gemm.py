@@ -3,32 +3,42 @@
 Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the reference we time against):
 
 1. ``gemm_ref``      - a sum of K rank-1 updates in float64 (no BLAS call), the obviously-correct reference.
-2. ``_micro``        - the register-blocked micro-kernel: an MR x NR = 8 x 32 tile of C held in a stack array
-                       that LLVM promotes to 16 zmm registers; per k step it broadcasts 8 values of A and
-                       multiplies them by two 16-wide vectors of B (16 FMAs for 2 vector loads + 8 broadcasts).
+2. ``_block``        - the macro kernel: every tile of a block of C with the register-blocked micro-kernel inline:
+                       an MR x NR = 4 x 16 tile of C held in a stack array that LLVM promotes to 8 ymm registers;
+                       per k step it broadcasts 4 values of A and multiplies them by two 8-wide vectors of B (8 FMAs
+                       for 2 vector loads + 4 broadcasts). 8 accumulators cover the FMA latency x 2 pipes of AVX2
+                       cores, and 8 + 2 + 4 registers fit the 16 ymm registers; larger tiles (8 x 32, 6 x 16) made
+                       LLVM spill: 2.5x slower on this AVX2 machine (Zen 3): 77 vs 32 GFLOP/s per core, OpenBLAS ~85.
+                       Inline rather than a call per tile: +30% at K = 50 (LeNet conv2's input gradient), +40% at
+                       K = 25 (conv1's forward).
 3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
                        slivers ``(ceil(N/NR), K, NR)``, zero padded, so the micro-kernel reads contiguous memory
                        whatever the transposes are. ``kernels.conv`` writes im2col straight into the B format.
+                       An untransposed operand that is used once per block (one column block of C for A, one row
+                       block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
 4. ``_gemm_tiles_parallel`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
                        ``prange`` over the blocks; ``_gemm_tiles_serial`` is the same loop nest for callers that are
                        themselves parallel (convolution over a batch).
 
-Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``.
+Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
+per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
 
 Benchmark: ``python -m benchmarks.bench_kernels --threads 2`` (checks against the reference first).
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
-MR = 8  # rows of the micro tile (the eight a0..a7 broadcasts in _micro are written out for this value)
-NR = 32  # columns of the micro tile: two 16-float AVX-512 vectors (four AVX2 vectors)
+MR = 4  # rows of the micro tile (the four a0..a3 broadcasts in _block are written out for this value)
+NR = 16  # columns of the micro tile: two 8-float AVX2 vectors
 MN = MR * NR
-KC = 384  # depth of one panel: an A sliver (KC x MR, 12 KB) stays in L1, a B sliver (KC x NR, 48 KB) in L2
+KC = 384  # depth of one panel: an A sliver (KC x MR, 6 KB) and a B sliver (KC x NR, 24 KB) stay in L1
 MC = 64  # rows of C per parallel task (multiple of MR)
 NC = 256  # columns of C per parallel task (multiple of NR)
 
@@ -61,70 +71,6 @@ def _stack_empty(typingctx, size, dtype):
         return cgutils.alloca_once(builder, context.get_value_type(dtype.dtype), size=n)
 
     return types.CPointer(dtype.dtype)(size, dtype), impl
-
-
-@njit(cache=True, fastmath=True, boundscheck=False)
-def _micro(kc, ap, a_off, bp, b_off, c, c_off, ldc, mr, nr, load_c, bias, bias_off):
-    """One MR x NR tile of C (flat, row stride ldc, valid part mr x nr) from packed slivers.
-
-    ap[a_off + k*MR + i] = op(A)[i, k], bp[b_off + k*NR + j] = op(B)[k, j] for k < kc.
-    load_c: C += A@B; otherwise C = A@B + bias[bias_off + i].
-    """
-    acc = carray(_stack_empty(MN, np.float32), (MN,))
-    for j in range(MN):
-        acc[j] = 0.0
-    # Views starting at the offsets: indices below are then provably >= 0, so Numba's negative-index
-    # wraparound folds away and LLVM emits plain vector loads (with signed offsets it emits gathers).
-    av = ap[a_off:]
-    bv = bp[b_off:]
-    cv = c[c_off:]
-    for k in range(kc):
-        o = k * MR
-        a0 = av[o]
-        a1 = av[o + 1]
-        a2 = av[o + 2]
-        a3 = av[o + 3]
-        a4 = av[o + 4]
-        a5 = av[o + 5]
-        a6 = av[o + 6]
-        a7 = av[o + 7]
-        ob = k * NR
-        for j in range(NR):
-            bj = bv[ob + j]
-            acc[j] += a0 * bj
-            acc[NR + j] += a1 * bj
-            acc[2 * NR + j] += a2 * bj
-            acc[3 * NR + j] += a3 * bj
-            acc[4 * NR + j] += a4 * bj
-            acc[5 * NR + j] += a5 * bj
-            acc[6 * NR + j] += a6 * bj
-            acc[7 * NR + j] += a7 * bj
-    _write_tile(acc, cv, ldc, mr, nr, load_c, bias[bias_off:])
-
-
-@njit(cache=True, fastmath=True, boundscheck=False)
-def _write_tile(acc, cv, ldc, mr, nr, load_c, bias):
-    """cv[i*ldc + j] (+)= acc[i*NR + j] for the valid mr x nr part; bias[i] is added when storing."""
-    if mr == MR and nr == NR:
-        for i in range(MR):
-            r = i * ldc
-            if load_c:
-                for j in range(NR):
-                    cv[r + j] += acc[i * NR + j]
-            else:
-                bi = bias[i]
-                for j in range(NR):
-                    cv[r + j] = acc[i * NR + j] + bi
-    else:
-        for i in range(mr):
-            r = i * ldc
-            if load_c:
-                for j in range(nr):
-                    cv[r + j] += acc[i * NR + j]
-            else:
-                bi = bias[i]
-                for j in range(nr):
-                    cv[r + j] = acc[i * NR + j] + bi
 
 
 @njit(cache=True, boundscheck=False)
@@ -179,32 +125,59 @@ def _pack_panel_parallel(src, rows_major, n, dst, width):
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _block(ap, bp, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1, load_c, bias, bias_off):
+def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1, load_c, bias, bias_off):
     """C[i0:i1, j0:j1] (+)= op(A)[i0:i1, pc:pc+kc] @ op(B)[pc:pc+kc, j0:j1]; i0, j0 multiples of MR, NR.
 
-    C is flat (m x n valid, row stride ldc, starting at c_off). Bias (when not load_c) is bias[bias_off + row].
+    The macro kernel: every MR x NR tile of the block in turn, with the micro-kernel written inline (no call per
+    tile: a call cost ~100 cycles, a third of a tile at LeNet's K = 25..50). C is flat (m x n valid, row stride ldc,
+    from c_off). load_c: C += A@B; otherwise C = A@B + bias[bias_off + row].
+    Operands (K = k_all): lda == 0: A packed, ap[(ir*K + k)*MR + i] = op(A)[ir*MR + i, k]; lda > 0: A row-major,
+    ap[r*lda + k] (rows past m re-read row m-1, never stored). ldb == 0: B packed, bp[(jr*K + k)*NR + j] =
+    op(B)[k, jr*NR + j]; ldb > 0: B row-major, bp[k*ldb + col] (the caller makes sure whole NR-wide rows exist).
+    Offsets are unsigned, so Numba's negative-index wraparound folds away and LLVM emits plain vector loads, and
+    no array views are made (each costs atomic reference counting).
     """
+    acc = carray(_stack_empty(MN, np.float32), (MN,))
+    aks = np.uint64(MR if lda == 0 else 1)
+    bks = np.uint64(NR if ldb == 0 else ldb)
     for jr in range(j0 // NR, (j1 + NR - 1) // NR):
         nr = min(NR, n - jr * NR)
-        b_off = (jr * k_all + pc) * NR
+        bo = np.uint64((jr * k_all + pc) * NR if ldb == 0 else pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            a_off = (ir * k_all + pc) * MR
-            _micro(
-                kc,
-                ap,
-                a_off,
-                bp,
-                b_off,
-                c,
-                c_off + ir * MR * ldc + jr * NR,
-                ldc,
-                mr,
-                nr,
-                load_c,
-                bias,
-                bias_off + ir * MR,
-            )
+            if lda == 0:
+                o0 = np.uint64((ir * k_all + pc) * MR)
+                o1, o2, o3 = o0 + np.uint64(1), o0 + np.uint64(2), o0 + np.uint64(3)
+            else:
+                o0 = np.uint64(ir * MR * lda + pc)
+                o1 = np.uint64((ir * MR + min(1, mr - 1)) * lda + pc)
+                o2 = np.uint64((ir * MR + min(2, mr - 1)) * lda + pc)
+                o3 = np.uint64((ir * MR + min(3, mr - 1)) * lda + pc)
+            for j in range(MN):
+                acc[j] = 0.0
+            for k in range(kc):
+                ka = np.uint64(k) * aks
+                a0 = ap[o0 + ka]
+                a1 = ap[o1 + ka]
+                a2 = ap[o2 + ka]
+                a3 = ap[o3 + ka]
+                ob = bo + np.uint64(k) * bks
+                for j in range(NR):
+                    bj = bp[ob + np.uint64(j)]
+                    acc[j] += a0 * bj
+                    acc[NR + j] += a1 * bj
+                    acc[2 * NR + j] += a2 * bj
+                    acc[3 * NR + j] += a3 * bj
+            co = np.uint64(c_off + ir * MR * ldc + jr * NR)
+            for i in range(mr):
+                r = co + np.uint64(i * ldc)
+                if load_c:
+                    for j in range(nr):
+                        c[r + np.uint64(j)] += acc[i * NR + j]
+                else:
+                    bi = bias[bias_off + ir * MR + i]
+                    for j in range(nr):
+                        c[r + np.uint64(j)] = acc[i * NR + j] + bi
 
 
 @njit(cache=True, boundscheck=False)
@@ -215,7 +188,9 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
         for i0 in range(0, m, MC):
             _block(
                 ap,
+                0,
                 bp,
+                0,
                 c,
                 c_off,
                 ldc,
@@ -235,8 +210,9 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _gemm_tiles_parallel(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off):
-    """Whole C from packed ap/bp, MC x NC blocks of C spread over threads; each block walks all K panels."""
+def _gemm_tiles_parallel(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off):
+    """Whole C from ap/bp (packed, or row-major: see _block), MC x NC blocks of C spread over threads; each block
+    walks all K panels."""
     bm = (m + MC - 1) // MC
     bn = (n + NC - 1) // NC
     for t in prange(bm * bn):
@@ -246,7 +222,48 @@ def _gemm_tiles_parallel(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, b
         j1 = min(j0 + NC, n)
         for pc in range(0, k_all, KC):
             kc = min(KC, k_all - pc)
-            _block(ap, bp, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0, bias, bias_off)
+            _block(
+                ap,
+                lda,
+                bp,
+                ldb,
+                c,
+                c_off,
+                ldc,
+                m,
+                n,
+                k_all,
+                pc,
+                kc,
+                i0,
+                i1,
+                j0,
+                j1,
+                accumulate or pc > 0,
+                bias,
+                bias_off,
+            )
+
+
+class Workspace(threading.local):
+    """Per-Python-thread float32 scratch memory, grown on demand and reused across calls: fresh large arrays
+    come from mmap, and first-touch page faults on every call cost more than packing small operands."""
+
+    buf: np.ndarray = np.empty(0, np.float32)
+
+    def get(self, *sizes: int) -> list[np.ndarray]:
+        """Disjoint uninitialised float32 views of the given sizes (valid until the next get on this thread)."""
+        total = sum(sizes)
+        if self.buf.size < total:
+            self.buf = np.empty(total, np.float32)
+        views, o = [], 0
+        for size in sizes:
+            views.append(self.buf[o : o + size])
+            o += size
+        return views
+
+
+_WORKSPACE = Workspace()
 
 
 def packed_a_size(m: int, k: int) -> int:
@@ -304,10 +321,20 @@ def gemm(
         if not accumulate:
             out[...] = 0.0
         return out
-    ap = np.empty(packed_a_size(m, k), np.float32)
-    bp = np.empty(packed_b_size(k, n), np.float32)
-    _pack_panel_parallel(a, not trans_a, m, ap, MR)
-    _pack_panel_parallel(b, trans_b, n, bp, NR)
-    zeros = np.zeros(-(-m // MR) * MR, np.float32)
-    _gemm_tiles_parallel(ap, bp, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0)
+    # Pack an operand only where it pays: op(A) = a (row-major) is read in place when there is one block of columns
+    # (each A row then streams once); op(B) = b (row-major, whole NR-wide rows) when there is one block of rows or one
+    # K panel (few rows of B). Packing W costs as much as the GEMM at LeNet's ip1 (M = 64): 0.8 -> 0.5 ms for dx.
+    # Large square products keep both packed (read in place, B's rows would thrash L1 and the TLB: 2x slower).
+    pack_a = trans_a or n > NC
+    pack_b = trans_b or n % NR != 0 or (m > MC and k > KC)
+    a_len = packed_a_size(m, k) if pack_a else 0
+    ap, bp, zeros = _WORKSPACE.get(a_len, packed_b_size(k, n) if pack_b else 0, -(-m // MR) * MR)
+    zeros[:] = 0.0
+    if pack_a:
+        _pack_panel_parallel(a, not trans_a, m, ap, MR)
+    if pack_b:
+        _pack_panel_parallel(b, trans_b, n, bp, NR)
+    a_arg, lda = (ap, 0) if pack_a else (a.reshape(-1), k)
+    b_arg, ldb = (bp, 0) if pack_b else (b.reshape(-1), n)
+    _gemm_tiles_parallel(a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0)
     return out

@@ -20,6 +20,7 @@ import numpy as np
 from kernels import activations, conv, elementwise, fc, lrn, pool
 
 from .blob import Blob
+from .device import kernels_for
 from .fillers import fill
 from .schema import Message
 
@@ -139,7 +140,9 @@ class InputLayer(Layer):
 
 @register("Convolution")
 class ConvolutionLayer(Layer):
+    num_bottom = (1, 1 << 30)  # several bottoms share the weights, one top each (checked in layer_setup)
     num_top = None
+    fused_relu = False  # set by net.device.prepare on GPU nets: the next in-place ReLU runs in the epilogue
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.convolution_param
@@ -187,8 +190,42 @@ class ConvolutionLayer(Layer):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
         for bb, t in zip(bottom, top):
-            t.data = conv.conv2d_forward(
-                bb.data, w, b, stride=self.stride, pad=self.pad, dilation=self.dilation, group=self.group
+            t.data = kernels_for(bb.data).conv2d_forward(
+                bb.data,
+                w,
+                b,
+                stride=self.stride,
+                pad=self.pad,
+                dilation=self.dilation,
+                group=self.group,
+                relu=self.fused_relu,
+            )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[i].diff is overwritten where propagate_down[i]; the weight and bias diffs accumulate the gradients
+        of every bottom (all share the weights), each only where self.param_needs_grad (set by the Net from
+        lr_mult != 0; all True when absent) says so."""
+        needs = getattr(self, "param_needs_grad", None) or [True] * len(self.blobs)
+        need_dw = bool(needs[0])
+        need_db = len(self.blobs) > 1 and bool(needs[1])
+        w = self.blobs[0].data
+        for t, bb, down in zip(top, bottom, propagate_down):
+            if not (down or need_dw or need_db):
+                continue
+            conv.conv2d_backward(
+                t.diff,
+                bb.data,
+                w,
+                stride=self.stride,
+                pad=self.pad,
+                dilation=self.dilation,
+                group=self.group,
+                dx=bb.diff if down else None,
+                dw=self.blobs[0].diff if need_dw else None,
+                db=self.blobs[1].diff if need_db else None,
+                need_dx=bool(down),
+                need_dw=need_dw,
+                need_db=need_db,
             )
 
 
@@ -218,13 +255,55 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         b = self.blobs[1].data if len(self.blobs) > 1 else None
-        top[0].data = fc.inner_product_forward(
+        top[0].data = kernels_for(bottom[0].data).inner_product_forward(
             bottom[0].data, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose
         )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]; the weight and bias diffs accumulate, each only
+        where self.param_needs_grad (set by the Net from lr_mult != 0; all True when absent) says so."""
+        needs = getattr(self, "param_needs_grad", None) or [True] * len(self.blobs)
+        need_dw = bool(needs[0])
+        need_db = len(self.blobs) > 1 and bool(needs[1])
+        down = bool(propagate_down[0])
+        if not (down or need_dw or need_db):
+            return
+        fc.inner_product_backward(
+            top[0].diff,
+            bottom[0].data,
+            self.blobs[0].data,
+            axis=self.axis,
+            transpose=self.transpose,
+            dx=bottom[0].diff if down else None,
+            dw=self.blobs[0].diff if need_dw else None,
+            db=self.blobs[1].diff if need_db else None,
+            need_dx=down,
+            need_dw=need_dw,
+            need_db=need_db,
+        )
+
+
+def _diff_out(blob: Blob) -> np.ndarray:
+    """The blob's diff buffer for a backward to overwrite (a fresh one if it is not float32 C-contiguous)."""
+    d = blob.diff
+    if d.dtype != np.float32 or not d.flags.c_contiguous:
+        d = blob.diff = np.empty(blob.shape, dtype=np.float32)
+    return d
+
+
+def _param_needs(layer: Layer, count: int) -> list[bool]:
+    """Which parameter blobs want gradients: the Net's `param_needs_grad` (lr_mult != 0), all when it is unset."""
+    needs = getattr(layer, "param_needs_grad", None)
+    return [True] * count if needs is None else [bool(v) for v in needs]
 
 
 @register("Pooling")
 class PoolingLayer(Layer):
+    """MAX / AVE pooling. At TRAIN a MAX layer records the argmax of every output (an int32 mask, Caffe's max_idx_)
+    for the backward; elsewhere the backward recomputes it from the bottom data."""
+
+    mask: np.ndarray | None = None
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.pooling_param
         if p.pool not in ("MAX", "AVE"):
@@ -261,13 +340,37 @@ class PoolingLayer(Layer):
         top[0].reshape((shape[0], shape[1], oh, ow))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = pool.pool2d_forward(
+        mask = None
+        if self.method == "MAX" and self.phase == "TRAIN":
+            if self.mask is None or self.mask.shape != top[0].shape:
+                self.mask = np.empty(top[0].shape, dtype=np.int32)
+            mask = self.mask
+        else:
+            self.mask = None
+        top[0].data = kernels_for(bottom[0].data).pool2d_forward(
             bottom[0].data,
             method=self.method,
             kernel=self.kernel,
             stride=self.stride,
             pad=self.pad,
             round_mode=self.round_mode,
+            mask=mask,
+        )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]; pooling has no parameters."""
+        if not propagate_down[0]:
+            return
+        pool.pool2d_backward(
+            top[0].diff,
+            bottom[0].data,
+            method=self.method,
+            kernel=self.kernel,
+            stride=self.stride,
+            pad=self.pad,
+            round_mode=self.round_mode,
+            mask=self.mask,
+            out=_diff_out(bottom[0]),
         )
 
 
@@ -291,31 +394,67 @@ class LRNLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = lrn.lrn_forward(bottom[0].data, **self.kw)
+        self.x = bottom[0].data  # kept for the backward, which needs the input even when the layer runs in place
+        top[0].data = kernels_for(self.x).lrn_forward(self.x, **self.kw)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]; LRN has no parameters."""
+        if not propagate_down[0]:
+            return
+        if top[0] is bottom[0]:  # dx cannot be written over dy here
+            bottom[0].diff = lrn.lrn_backward(top[0].diff, self.x, **self.kw)
+        else:
+            lrn.lrn_backward(top[0].diff, self.x, **self.kw, out=_diff_out(bottom[0]))
 
 
 @register("ReLU")
 class ReLULayer(Layer):
+    fused = False  # set by net.device.prepare on GPU nets: the Convolution before it applies the ReLU
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.fused:
+            return
         x = bottom[0].data
         out = x if top[0] is bottom[0] else top[0].data
-        top[0].data = activations.relu_forward(x, float(self.param.relu_param.negative_slope), out=out)
+        top[0].data = kernels_for(x).relu_forward(x, float(self.param.relu_param.negative_slope), out=out)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]. In place (top is bottom) the bottom data holds the
+        output, which has the input's sign for negative_slope >= 0, and dx is written over dy, as in Caffe."""
+        if propagate_down[0]:
+            slope = float(self.param.relu_param.negative_slope)
+            activations.relu_backward(top[0].diff, bottom[0].data, slope, out=_diff_out(bottom[0]))
 
 
 @register("Sigmoid")
 class SigmoidLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = activations.sigmoid_forward(bottom[0].data)
+        top[0].data = kernels_for(bottom[0].data).sigmoid_forward(bottom[0].data)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
+        if propagate_down[0]:
+            activations.sigmoid_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
 
 
 @register("TanH")
 class TanHLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = activations.tanh_forward(bottom[0].data)
+        top[0].data = kernels_for(bottom[0].data).tanh_forward(bottom[0].data)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
+        if propagate_down[0]:
+            activations.tanh_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
 
 
 @register("Dropout")
 class DropoutLayer(Layer):
+    """Inverted dropout. At TRAIN the forward draws a fresh mask from self.rng (the net's Generator) and keeps it
+    for the backward; at TEST both passes are the identity."""
+
+    mask: np.ndarray | None = None
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.ratio = float(self.param.dropout_param.dropout_ratio)
         if not 0.0 <= self.ratio < 1.0:
@@ -323,10 +462,21 @@ class DropoutLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if self.phase == "TEST":
+            self.mask = None
             if top[0] is not bottom[0]:
                 top[0].data = bottom[0].data.copy()
             return
         top[0].data, self.mask = activations.dropout_forward(bottom[0].data, self.ratio, train=True, rng=self.rng)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]: dy * mask / (1 - ratio) with the forward's mask at
+        TRAIN, dy at TEST (nothing to do in place)."""
+        if not propagate_down[0]:
+            return
+        mask = self.mask if self.phase != "TEST" else None
+        if mask is not None and mask.shape != top[0].shape:
+            raise self.error(f"backward needs the mask of a TRAIN forward of shape {top[0].shape}, got {mask.shape}")
+        activations.dropout_backward(top[0].diff, self.ratio, mask, out=_diff_out(bottom[0]))
 
 
 @register("Softmax")
@@ -341,7 +491,13 @@ class SoftmaxLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = activations.softmax_forward(bottom[0].data, axis=self.axis % bottom[0].data.ndim)
+        top[0].data = kernels_for(bottom[0].data).softmax_forward(bottom[0].data, axis=self.axis % bottom[0].data.ndim)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
+        if propagate_down[0]:
+            y = top[0].data
+            activations.softmax_backward(top[0].diff, y, axis=self.axis % y.ndim, out=_diff_out(bottom[0]))
 
 
 @register("Concat")
@@ -365,7 +521,18 @@ class ConcatLayer(Layer):
         top[0].reshape((*first[:axis], total, *first[axis + 1 :]))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = elementwise.concat_forward([b.data for b in bottom], axis=self.axis % bottom[0].data.ndim)
+        top[0].data = kernels_for(bottom[0].data).concat_forward(
+            [b.data for b in bottom], axis=self.axis % bottom[0].data.ndim
+        )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[i].diff is overwritten with its slice of the top diff where propagate_down[i]."""
+        axis = self.axis % len(top[0].shape)
+        sizes = [b.shape[axis] for b in bottom]
+        grads = elementwise.concat_backward(top[0].diff, sizes, axis, propagate_down=propagate_down)
+        for b, g in zip(bottom, grads):
+            if g is not None:
+                b.diff = g
 
 
 @register("Eltwise")
@@ -388,7 +555,24 @@ class EltwiseLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = elementwise.eltwise_forward([b.data for b in bottom], operation=self.op, coeffs=self.coeffs)
+        """At TRAIN a MAX layer records the winning bottom per element for the backward (Caffe's max_idx_)."""
+        self.xs = [b.data for b in bottom]  # kept for PROD/MAX backward, also when top is one of the bottoms
+        self.mask = None
+        if self.op == "MAX" and self.phase == "TRAIN":
+            self.mask = np.empty(bottom[0].shape, dtype=np.int32)
+        top[0].data = kernels_for(self.xs[0]).eltwise_forward(
+            self.xs, operation=self.op, coeffs=self.coeffs, mask=self.mask
+        )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[i].diff is overwritten where propagate_down[i] (SUM: coeff * dy, PROD: dy * the other inputs, MAX:
+        dy where bottom i won)."""
+        grads = elementwise.eltwise_backward(
+            top[0].diff, self.xs, self.op, self.coeffs, mask=self.mask, propagate_down=propagate_down
+        )
+        for b, g in zip(bottom, grads):
+            if g is not None:
+                b.diff = g
 
 
 @register("BatchNorm")
@@ -408,7 +592,7 @@ class BatchNormLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if not self.use_global:
             raise self.error("training-mode batch statistics arrive with training; set use_global_stats: true")
-        top[0].data = elementwise.batchnorm_forward_inference(
+        top[0].data = kernels_for(bottom[0].data).batchnorm_forward_inference(
             bottom[0].data,
             self.blobs[0].data,
             self.blobs[1].data,
@@ -441,7 +625,37 @@ class ScaleLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         gamma = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
         beta = self.blobs[-1].data if self.param.scale_param.bias_term else None
-        top[0].data = elementwise.scale_forward(bottom[0].data, gamma, beta, axis=self.axis % bottom[0].data.ndim)
+        self.x = bottom[0].data  # the input, kept for dgamma (the forward writes a new array, so in place works)
+        top[0].data = kernels_for(self.x).scale_forward(self.x, gamma, beta, axis=self.axis % self.x.ndim)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff (dy * gamma) is overwritten when propagate_down[0]; with gamma as bottom[1], its diff is
+        overwritten too when propagate_down[1]. Parameter diffs (gamma, beta) accumulate where
+        self.param_needs_grad allows (all when it is unset)."""
+        two = len(bottom) == 2
+        needs = _param_needs(self, len(self.blobs))
+        bias = self.param.scale_param.bias_term
+        need_dx = bool(propagate_down[0])
+        need_dgamma = bool(propagate_down[1]) if two else needs[0]
+        need_dbeta = bool(bias and needs[-1])
+        if not (need_dx or need_dgamma or need_dbeta):
+            return
+        gamma = bottom[1].data if two else self.blobs[0].data
+        dy = top[0].diff
+        _, dgamma, _ = elementwise.scale_backward(
+            dy,
+            self.x,
+            gamma,
+            self.axis % dy.ndim,
+            need_dx=need_dx,
+            need_dgamma=need_dgamma,
+            need_dbeta=need_dbeta,
+            out=_diff_out(bottom[0]) if need_dx else None,
+            dgamma=None if two or not need_dgamma else self.blobs[0].diff,
+            dbeta=self.blobs[-1].diff if need_dbeta else None,
+        )
+        if two and need_dgamma:
+            bottom[1].diff = dgamma.reshape(bottom[1].shape)
 
 
 @register("Bias")
@@ -456,7 +670,31 @@ class BiasLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         beta = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
-        top[0].data = elementwise.bias_forward(bottom[0].data, beta, axis=self.axis % bottom[0].data.ndim)
+        top[0].data = kernels_for(bottom[0].data).bias_forward(
+            bottom[0].data, beta, axis=self.axis % bottom[0].data.ndim
+        )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff (= dy) is overwritten when propagate_down[0]; with beta as bottom[1], its diff is overwritten
+        when propagate_down[1]; otherwise the beta diff accumulates where self.param_needs_grad allows."""
+        two = len(bottom) == 2
+        need_dx = bool(propagate_down[0])
+        need_dbeta = bool(propagate_down[1]) if two else _param_needs(self, 1)[0]
+        if not (need_dx or need_dbeta):
+            return
+        beta = bottom[1].data if two else self.blobs[0].data
+        dy = top[0].diff
+        _, dbeta = elementwise.bias_backward(
+            dy,
+            beta,
+            self.axis % dy.ndim,
+            need_dx=need_dx,
+            need_dbeta=need_dbeta,
+            out=_diff_out(bottom[0]) if need_dx else None,
+            dbeta=None if two or not need_dbeta else self.blobs[0].diff,
+        )
+        if two and need_dbeta:
+            bottom[1].diff = dbeta.reshape(bottom[1].shape)
 
 
 @register("Flatten")
@@ -471,6 +709,11 @@ class FlattenLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = bottom[0].data.reshape(top[0].shape)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff becomes the top diff reshaped (a view, as Caffe shares the diff)."""
+        if propagate_down[0]:
+            bottom[0].diff = top[0].diff.reshape(bottom[0].shape)
 
 
 @register("Reshape")
@@ -495,6 +738,11 @@ class ReshapeLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = bottom[0].data.reshape(top[0].shape)
 
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff becomes the top diff reshaped (a view, as Caffe shares the diff)."""
+        if propagate_down[0]:
+            bottom[0].diff = top[0].diff.reshape(bottom[0].shape)
+
 
 @register("Split")
 class SplitLayer(Layer):
@@ -507,3 +755,11 @@ class SplitLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         for t in top:
             t.data = bottom[0].data
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten with the sum of the tops' diffs when propagate_down[0]."""
+        if propagate_down[0]:
+            elementwise.split_backward([t.diff for t in top], out=_diff_out(bottom[0]))
+
+
+from . import data_layer  # noqa: F401  (registers "Data")

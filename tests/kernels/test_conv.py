@@ -1,11 +1,21 @@
-"""kernels.conv against its float64 NumPy reference (and torch.nn.functional.conv2d when torch imports)."""
+"""kernels.conv against its float64 NumPy reference (and torch.nn.functional.conv2d when torch imports).
+
+Backward: the NumPy reference against float64 central differences of the NumPy forward, then the Numba
+backward (float32) against that reference, then the overwrite (dx) / accumulate (dw, db) contract.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kernels.conv import conv2d_forward, conv2d_forward_ref, conv2d_output_shape
+from kernels.conv import (
+    conv2d_backward,
+    conv2d_backward_ref,
+    conv2d_forward,
+    conv2d_forward_ref,
+    conv2d_output_shape,
+)
 
 RTOL = 1e-5  # max |err| <= RTOL * sqrt(K) * max|ref|, K = C/group*kh*kw terms summed in float32
 
@@ -124,3 +134,197 @@ def test_matches_torch() -> None:
                 groups=group,
             ).numpy()
         _assert_close(got, want.astype(np.float64), ws[1] * ws[2] * ws[3])
+
+
+# ---------------------------------------------------------------------------------------------- backward
+# (a) Finite differences. L = sum(g * y(x, w, b)) is linear in each of x, w, b, so float64 central differences
+# with step FD_EPS are exact up to rounding (~1e-16 * |L| / FD_EPS ~ 1e-11 here). Tolerance per element:
+# |analytic - numeric| <= FD_ATOL + FD_RTOL * max(|analytic|, |numeric|, 1).
+FD_EPS, FD_ATOL, FD_RTOL = 1e-3, 1e-8, 1e-7
+
+# (b) Numba float32 against the float64 reference: max |err| <= RTOL_BWD * sqrt(n) * max(max|ref|, 1) where n is
+# the number of products summed into one element (dx: M/group*kh*kw, dw and db: N*OH*OW). Measured at 2 threads
+# over BWD_CASES: max |err| / max|ref| = 2.3e-7 (dx), 5.4e-7 (dw), 3.1e-7 (db), at most 0.2 of this tolerance.
+RTOL_BWD = 2e-7
+
+FD_CASES = [  # x shape, w shape, stride, pad, dilation, group
+    ((2, 3, 6, 5), (4, 3, 3, 2), (1, 1), (0, 0), (1, 1), 1),
+    ((1, 4, 7, 6), (6, 2, 3, 3), (2, 1), (1, 2), (1, 1), 2),  # batch 1, groups, padding
+    ((2, 2, 7, 7), (3, 2, 2, 2), (1, 2), (1, 0), (2, 3), 1),  # dilation
+    ((2, 3, 5, 5), (2, 3, 1, 1), (3, 3), (0, 0), (1, 1), 1),  # stride > kernel: some inputs get no gradient
+]
+
+
+def _fd_grad(f, a: np.ndarray) -> np.ndarray:
+    """Central differences of the scalar f() with respect to every element of a (perturbed in place)."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        v = flat[i]
+        flat[i] = v + FD_EPS
+        up = f()
+        flat[i] = v - FD_EPS
+        down = f()
+        flat[i] = v
+        gflat[i] = (up - down) / (2 * FD_EPS)
+    return grad
+
+
+def _assert_fd(analytic: np.ndarray, numeric: np.ndarray, what: str) -> None:
+    assert analytic.shape == numeric.shape, what
+    tol = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
+    bad = np.abs(analytic - numeric) > tol
+    assert not bad.any(), f"{what}: {bad.sum()} elements off, max diff {np.abs(analytic - numeric).max():.3e}"
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,dil,group", FD_CASES)
+def test_backward_ref_matches_finite_differences(xs, ws, stride, pad, dil, group) -> None:
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0])
+    kw = {"stride": stride, "pad": pad, "dilation": dil, "group": group}
+    g = rng.standard_normal(conv2d_forward_ref(x, w, b, dtype=np.float64, **kw).shape)
+
+    def loss() -> float:
+        return float(np.sum(g * conv2d_forward_ref(x, w, b, dtype=np.float64, **kw)))
+
+    dx, dw, db = conv2d_backward_ref(g, x, w, **kw)
+    assert dx.dtype == dw.dtype == db.dtype == np.float64
+    _assert_fd(dx, _fd_grad(loss, x), "dx")
+    _assert_fd(dw, _fd_grad(loss, w), "dw")
+    _assert_fd(db, _fd_grad(loss, b), "db")
+    assert conv2d_backward_ref(g, x, w, bias=False, **kw)[2] is None
+
+
+BWD_CASES = [  # x shape, w shape, stride, pad, dilation, group
+    ((2, 3, 9, 11), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),
+    ((1, 4, 10, 9), (6, 2, 3, 2), (2, 1), (1, 2), (1, 1), 2),  # batch 1, groups, rectangular kernel
+    ((3, 5, 12, 12), (7, 5, 3, 3), (1, 2), (2, 1), (2, 2), 1),  # dilation, 3 images over 2 threads
+    ((1, 6, 7, 7), (4, 6, 1, 1), (3, 3), (0, 0), (1, 1), 1),  # stride > kernel
+    ((2, 6, 8, 5), (9, 2, 2, 3), (3, 2), (1, 1), (1, 1), 3),  # 3 groups, odd sizes
+    ((5, 1, 28, 28), (20, 1, 5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet conv1: P = 576 > KC, K = 25
+    ((9, 20, 12, 12), (50, 20, 5, 5), (1, 1), (0, 0), (1, 1), 1),  # LeNet conv2: several images per dW GEMM
+    ((2, 3, 35, 35), (8, 3, 11, 11), (4, 4), (0, 0), (1, 1), 1),  # CaffeNet conv1-like
+    ((1, 3, 4, 4), (2, 3, 3, 3), (1, 1), (3, 3), (1, 1), 1),  # padding larger than the image
+    ((3, 40, 6, 6), (70, 40, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # M, K not multiples of the tiles
+    ((7, 3, 3, 3), (5, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),  # 1x1 output: many images per dW GEMM
+    ((2, 96, 27, 27), (256, 48, 5, 5), (1, 1), (2, 2), (1, 1), 2),  # CaffeNet conv2: K = 1200, 729 pixels
+    ((1, 12, 7, 6), (5, 12, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # batch 1: dx in channel blocks, dW in parts of K
+]
+
+
+def _bwd_inputs(xs, ws, stride, pad, dil, group, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    oh, ow = conv2d_output_shape(xs[2:], ws[2:], stride, pad, dil)
+    dy = rng.standard_normal((xs[0], ws[0], oh, ow), dtype=np.float32)
+    return dy, x, w, {"stride": stride, "pad": pad, "dilation": dil, "group": group}
+
+
+def _assert_close_n(got: np.ndarray, want: np.ndarray, n: int, what: str) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32 and got.flags.c_contiguous, what
+    tol = RTOL_BWD * np.sqrt(n) * max(float(np.abs(want).max()), 1.0)
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    assert err <= tol, f"{what}: max abs err {err:.3e} > tol {tol:.3e}"
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,dil,group", BWD_CASES)
+def test_backward_matches_reference(xs, ws, stride, pad, dil, group) -> None:
+    dy, x, w, kw = _bwd_inputs(xs, ws, stride, pad, dil, group, seed=len(xs) + ws[0])
+    dx, dw, db = conv2d_backward(dy, x, w, **kw)
+    rdx, rdw, rdb = conv2d_backward_ref(dy, x, w, **kw)
+    pixels = xs[0] * dy.shape[2] * dy.shape[3]
+    _assert_close_n(dx, rdx, ws[0] // group * ws[2] * ws[3], "dx")
+    _assert_close_n(dw, rdw, pixels, "dw")
+    _assert_close_n(db, rdb, pixels, "db")
+
+
+def test_backward_single_thread_matches_reference() -> None:
+    numba = pytest.importorskip("numba")
+    dy, x, w, kw = _bwd_inputs((4, 6, 9, 8), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 2, seed=3)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        got = conv2d_backward(dy, x, w, **kw)
+    finally:
+        numba.set_num_threads(before)
+    want = conv2d_backward_ref(dy, x, w, **kw)
+    for g, r, n, what in zip(got, want, (4 * 9, 4 * 9 * 8, 4 * 9 * 8), ("dx", "dw", "db")):
+        _assert_close_n(g, r, n, what)
+
+
+def test_backward_overwrites_dx_and_accumulates_dw_db() -> None:
+    dy, x, w, kw = _bwd_inputs((3, 4, 8, 7), (6, 2, 3, 3), (1, 2), (1, 1), (1, 1), 2, seed=9)
+    fresh_dx, fresh_dw, fresh_db = conv2d_backward(dy, x, w, **kw)
+    dx = np.full(x.shape, np.nan, np.float32)
+    dw0 = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+    db0 = np.random.default_rng(2).standard_normal(6).astype(np.float32)
+    dw, db = dw0.copy(), db0.copy()
+    rdx, rdw, rdb = conv2d_backward(dy, x, w, dx=dx, dw=dw, db=db, **kw)
+    assert rdx is dx and rdw is dw and rdb is db
+    np.testing.assert_array_equal(dx, fresh_dx)  # overwritten, NaNs gone
+    np.testing.assert_allclose(dw, dw0 + fresh_dw, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(db, db0 + fresh_db, rtol=1e-6, atol=1e-5)
+    conv2d_backward(dy, x, w, dx=dx, dw=dw, db=db, **kw)  # a second call: dx the same, dw and db twice the step
+    np.testing.assert_array_equal(dx, fresh_dx)
+    np.testing.assert_allclose(dw, dw0 + 2 * fresh_dw, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(db, db0 + 2 * fresh_db, rtol=1e-6, atol=1e-5)
+
+
+def test_backward_need_flags() -> None:
+    dy, x, w, kw = _bwd_inputs((2, 4, 6, 6), (6, 4, 3, 3), (1, 1), (0, 0), (1, 1), 1, seed=4)
+    _, fresh_dw, fresh_db = conv2d_backward(dy, x, w, **kw)
+    dx, dw, db = conv2d_backward(dy, x, w, need_dx=False, need_db=False, **kw)
+    assert dx is None and db is None
+    np.testing.assert_allclose(dw, fresh_dw, rtol=1e-6, atol=1e-6)
+    dx, dw, db = conv2d_backward(dy, x, w, need_dx=False, need_dw=False, **kw)
+    assert dx is None and dw is None
+    np.testing.assert_allclose(db, fresh_db, rtol=1e-6, atol=1e-6)  # summed in another order: not bitwise
+    assert conv2d_backward(dy, x, w, need_dx=False, need_dw=False, need_db=False, **kw) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dx": np.zeros((2, 4, 6, 5), np.float32)}, r"dx to be a C-contiguous float32 array of shape \(2, 4, 6, 6\)"),
+        ({"dx": np.zeros((2, 4, 6, 6), np.float64)}, "dx to be a C-contiguous float32"),
+        ({"dw": np.zeros((6, 4, 3, 3), np.float32)[:, :, ::-1]}, "dw to be a C-contiguous"),
+        ({"db": np.zeros(5, np.float32)}, r"db to be .* shape \(6,\)"),
+        ({"db": np.zeros(6, np.float32), "need_db": False}, "db was given but need_db is False"),
+    ],
+)
+def test_backward_argument_errors(kwargs, match) -> None:
+    dy, x, w, kw = _bwd_inputs((2, 4, 6, 6), (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(ValueError, match=match):
+        conv2d_backward(dy, x, w, **kw, **kwargs)
+
+
+def test_backward_shape_and_alias_errors() -> None:
+    dy, x, w, kw = _bwd_inputs((2, 4, 6, 6), (6, 4, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"expected dy of shape \(2, 6, 6, 6\).*got \(2, 6, 5, 6\)"):
+        conv2d_backward(dy[:, :, :5].copy(), x, w, **kw)
+    buf = np.zeros(2 * 6 * 6 * 6 + x.size, np.float32)
+    dy_view = buf[: dy.size].reshape(dy.shape)
+    dy_view[...] = dy
+    with pytest.raises(ValueError, match="dx shares memory with dy"):
+        conv2d_backward(dy_view, x, w, dx=buf[dy.size - 1 : dy.size - 1 + x.size].reshape(x.shape), **kw)
+    with pytest.raises(ValueError, match="expected 4 input channels"):
+        conv2d_backward(dy, x[:, :3].copy(), w, **kw)
+
+
+def test_backward_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    for xs, ws, stride, pad, dil, group in BWD_CASES[:6]:
+        dy, x, w, kw = _bwd_inputs(xs, ws, stride, pad, dil, group, seed=21)
+        tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+        tw = torch.from_numpy(w.astype(np.float64)).requires_grad_()
+        tb = torch.zeros(ws[0], dtype=torch.float64, requires_grad=True)
+        y = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=pad, dilation=dil, groups=group)
+        y.backward(torch.from_numpy(dy.astype(np.float64)))
+        dx, dw, db = conv2d_backward(dy, x, w, **kw)
+        pixels = xs[0] * dy.shape[2] * dy.shape[3]
+        _assert_close_n(dx, tx.grad.numpy(), ws[0] // group * ws[2] * ws[3], "dx")
+        _assert_close_n(dw, tw.grad.numpy(), pixels, "dw")
+        _assert_close_n(db, tb.grad.numpy(), pixels, "db")

@@ -1,11 +1,21 @@
-"""kernels.fc against its float64 reference, both the small-batch kernels and the GEMM path."""
+"""kernels.fc against its float64 reference, both the small-batch kernels and the GEMM path.
+
+Backward: the NumPy reference against float64 central differences of the NumPy forward, then the Numba
+backward (float32) against that reference, then the overwrite (dx) / accumulate (dw, db) contract.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kernels.fc import SMALL_M, inner_product_forward, inner_product_forward_ref
+from kernels.fc import (
+    SMALL_M,
+    inner_product_backward,
+    inner_product_backward_ref,
+    inner_product_forward,
+    inner_product_forward_ref,
+)
 
 RTOL = 1e-5  # relative to max|ref|, times sqrt(K): float32 sums of K products
 
@@ -59,3 +69,118 @@ def test_k_mismatch_message() -> None:
         inner_product_forward(np.zeros((2, 3, 4), np.float32), np.zeros((7, 10), np.float32), None)
     with pytest.raises(ValueError, match="bias"):
         inner_product_forward(np.zeros((2, 10), np.float32), np.zeros((7, 10), np.float32), np.zeros(6))
+
+
+# ---------------------------------------------------------------------------------------------- backward
+# (a) L = sum(g * y) is linear in each of x, w, b: float64 central differences (step FD_EPS) are exact up to rounding.
+# Per element: |analytic - numeric| <= FD_ATOL + FD_RTOL * max(|analytic|, |numeric|, 1).
+FD_EPS, FD_ATOL, FD_RTOL = 1e-3, 1e-8, 1e-7
+# (b) float32 against the float64 reference: max |err| <= RTOL_BWD * sqrt(n) * max(max|ref|, 1), n = products summed
+# per element (dx: N outputs, dw and db: M rows). Measured max |err| / max|ref| over BWD_CASES: 6.6e-7 (dx),
+# 2.8e-7 (dw), 2.5e-7 (db), at most 0.22 of this tolerance.
+RTOL_BWD = 2e-7
+
+
+def _fd_grad(f, a: np.ndarray) -> np.ndarray:
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        v = flat[i]
+        flat[i] = v + FD_EPS
+        up = f()
+        flat[i] = v - FD_EPS
+        down = f()
+        flat[i] = v
+        gflat[i] = (up - down) / (2 * FD_EPS)
+    return grad
+
+
+@pytest.mark.parametrize("shape,axis,n,transpose", [((3, 2, 2, 3), 1, 4, False), ((2, 3, 5), 2, 3, True)])
+def test_backward_ref_matches_finite_differences(shape: tuple, axis: int, n: int, transpose: bool) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(shape)
+    k = int(np.prod(shape[axis:]))
+    w = rng.standard_normal((k, n) if transpose else (n, k))
+    b = rng.standard_normal(n)
+    g = rng.standard_normal(shape[:axis] + (n,))
+
+    def loss() -> float:
+        y = inner_product_forward_ref(x, w, b, axis=axis, transpose=transpose, dtype=np.float64)
+        return float(np.sum(g * y))
+
+    analytic = inner_product_backward_ref(g, x, w, axis=axis, transpose=transpose)
+    for got, arr, what in zip(analytic, (x, w, b), ("dx", "dw", "db")):
+        numeric = _fd_grad(loss, arr)
+        assert got.shape == arr.shape and got.dtype == np.float64, what
+        tol = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(got), np.abs(numeric)), 1.0)
+        assert np.all(np.abs(got - numeric) <= tol), f"{what}: max diff {np.abs(got - numeric).max():.3e}"
+    assert inner_product_backward_ref(g, x, w, axis=axis, transpose=transpose, bias=False)[2] is None
+
+
+BWD_CASES = [  # x shape, axis, N outputs
+    ((64, 800), 1, 500),  # LeNet ip1 (GEMM path)
+    ((64, 500), 1, 10),  # LeNet ip2
+    ((SMALL_M + 3, 50, 4, 4), 1, 70),
+    ((10, 256, 2, 3), 1, 33),  # few rows: weight-streaming dx
+    ((2, 3, 4, 5), 2, 7),
+    ((1, 800), 1, 1),
+    ((5, 6, 7), -1, 9),
+]
+
+
+@pytest.mark.parametrize("shape,axis,n", BWD_CASES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_backward_matches_reference(shape: tuple, axis: int, n: int, transpose: bool) -> None:
+    rng = np.random.default_rng(len(shape) * 100 + n)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    k = int(np.prod(shape[axis:]))
+    w = rng.standard_normal((k, n) if transpose else (n, k), dtype=np.float32)
+    dy = rng.standard_normal(shape[: axis % len(shape)] + (n,), dtype=np.float32)
+    got = inner_product_backward(dy, x, w, axis=axis, transpose=transpose)
+    want = inner_product_backward_ref(dy, x, w, axis=axis, transpose=transpose)
+    rows = dy.size // n
+    for g, r, terms, what in zip(got, want, (n, rows, rows), ("dx", "dw", "db")):
+        assert g.shape == r.shape and g.dtype == np.float32, what
+        tol = RTOL_BWD * np.sqrt(terms) * max(float(np.abs(r).max()), 1.0)
+        err = float(np.abs(g - r).max())
+        assert err <= tol, f"{what}: max abs err {err:.3e} > tol {tol:.3e}"
+
+
+@pytest.mark.parametrize("rows", [4, 40])  # weight-streaming and GEMM paths
+def test_backward_overwrites_dx_and_accumulates_dw_db(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 30), dtype=np.float32)
+    w = rng.standard_normal((20, 30), dtype=np.float32)
+    dy = rng.standard_normal((rows, 20), dtype=np.float32)
+    fresh = inner_product_backward(dy, x, w)
+    dx = np.full(x.shape, np.nan, np.float32)
+    dw0 = rng.standard_normal(w.shape).astype(np.float32)
+    db0 = rng.standard_normal(20).astype(np.float32)
+    dw, db = dw0.copy(), db0.copy()
+    for step in (1, 2):
+        out = inner_product_backward(dy, x, w, dx=dx, dw=dw, db=db)
+        assert out[0] is dx and out[1] is dw and out[2] is db
+        np.testing.assert_array_equal(dx, fresh[0])
+        np.testing.assert_allclose(dw, dw0 + step * fresh[1], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(db, db0 + step * fresh[2], rtol=1e-6, atol=1e-5)
+    assert inner_product_backward(dy, x, w, need_dx=False, need_dw=False, need_db=False) == (None, None, None)
+    dx2, dw2, db2 = inner_product_backward(dy, x, w, need_dx=False, need_db=False)
+    assert dx2 is None and db2 is None
+    np.testing.assert_allclose(dw2, fresh[1], rtol=1e-6, atol=1e-6)
+
+
+def test_backward_errors() -> None:
+    x = np.zeros((4, 6), np.float32)
+    w = np.zeros((3, 6), np.float32)
+    dy = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"expected dy of shape \(4, 3\).*got \(4, 2\)"):
+        inner_product_backward(np.zeros((4, 2), np.float32), x, w)
+    with pytest.raises(ValueError, match=r"dw to be a C-contiguous float32 array of shape \(3, 6\)"):
+        inner_product_backward(dy, x, w, dw=np.zeros((6, 3), np.float32))
+    with pytest.raises(ValueError, match="dx to be a C-contiguous float32"):
+        inner_product_backward(dy, x, w, dx=np.zeros((4, 6)))
+    with pytest.raises(ValueError, match="dx was given but need_dx is False"):
+        inner_product_backward(dy, x, w, dx=np.zeros((4, 6), np.float32), need_dx=False)
+    buf = np.zeros(40, np.float32)
+    with pytest.raises(ValueError, match="dx shares memory with dy"):
+        inner_product_backward(buf[:12].reshape(4, 3), x, w, dx=buf[10:34].reshape(4, 6))

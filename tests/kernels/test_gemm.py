@@ -26,6 +26,9 @@ SHAPES = [
     (130, 300, 2 * KC + 1),
     (3, 200, 17),
     (257, 2, 9),
+    (5, 4 * NR, 2 * KC + 7),  # B read in place (one row block), two K panels; A in place with a partial row sliver
+    (100, 2 * NR, 50),  # B in place (one K panel) under several row blocks
+    (130, 8 * NR, 400),  # B packed (several row blocks and K panels), A in place (one column block)
 ]
 
 
