@@ -34,6 +34,7 @@ from kernels.activations import (
     tanh_forward,
     tanh_forward_ref,
 )
+from tests.gradcheck import numeric_grad
 
 SHAPES = [(7,), (3, 1000), (2, 5, 7, 9), (1, 3, 1, 1, 4)]
 GRAD_ATOL = 1e-6  # Numba backward vs float64 reference, N(0, 1) dy (Sigmoid, TanH, Softmax)
@@ -144,18 +145,7 @@ def test_dropout_train() -> None:
 
 # -- backward -------------------------------------------------------------------------------------
 def _numeric_grad(f, x: np.ndarray, h: float = FD_H) -> np.ndarray:
-    """Central differences of the scalar f at x (float64), one coordinate at a time."""
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f(x)
-        flat[i] = old - h
-        down = f(x)
-        flat[i] = old
-        gf[i] = (up - down) / (2 * h)
-    return g
+    return numeric_grad(f, x, h)
 
 
 def _assert_fd(analytic: np.ndarray, numeric: np.ndarray) -> None:

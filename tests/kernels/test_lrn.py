@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kernels.lrn import lrn_backward, lrn_backward_ref, lrn_forward, lrn_forward_ref
+from tests.gradcheck import numeric_grad
 
 RTOL = 1e-5
 GRAD_RTOL = 2e-6  # Numba backward vs reference, relative to the largest |dx|
@@ -94,18 +95,7 @@ def test_against_torch(beta: float) -> None:
 
 # -- backward -------------------------------------------------------------------------------------
 def _numeric_grad(f, x: np.ndarray, h: float = FD_H) -> np.ndarray:
-    """Central differences of the scalar f at x (float64), one coordinate at a time."""
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f(x)
-        flat[i] = old - h
-        down = f(x)
-        flat[i] = old
-        gf[i] = (up - down) / (2 * h)
-    return g
+    return numeric_grad(f, x, h)
 
 
 @pytest.mark.parametrize(

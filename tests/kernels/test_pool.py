@@ -21,6 +21,7 @@ from kernels.pool import (
     pool2d_forward_ref,
     pool2d_output_shape,
 )
+from tests.gradcheck import numeric_grad
 
 AVE_ATOL = 1e-6
 GRAD_ATOL = 1e-6  # Numba backward vs the float64 reference, N(0, 1) top gradients
@@ -202,18 +203,7 @@ def _distinct(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def _numeric_grad(f, x: np.ndarray, h: float = FD_H) -> np.ndarray:
-    """Central differences of the scalar f at x (float64), one coordinate at a time."""
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f(x)
-        flat[i] = old - h
-        down = f(x)
-        flat[i] = old
-        gf[i] = (up - down) / (2 * h)
-    return g
+    return numeric_grad(f, x, h)
 
 
 def _assert_fd(analytic: np.ndarray, numeric: np.ndarray) -> None:
