@@ -135,7 +135,7 @@ def run_torch(iters: int, seed: int, init: dict, threads: int) -> dict:
             for p, h, m in zip(params, hist, lr_mult):
                 h.mul_(0.9).add_(p.grad + 0.0005 * p, alpha=rate * m)
                 p.sub_(h)
-        loss_v = float(loss)
+        loss_v = float(loss.detach())
     t = time.perf_counter()
     acc, tl = test()
     tests.append({"iter": iters, "accuracy": acc, "loss": tl})
