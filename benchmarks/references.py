@@ -96,3 +96,96 @@ def set_threads(n: int) -> dict[str, int]:
     except ImportError:
         pass
     return got
+
+
+# -- ONNX Runtime ------------------------------------------------------------------------------------------------
+# Graphs are built node by node with onnx.helper from crema's layer parameters (no exporter, no torch): the same
+# weights, the same attributes. opset 17.
+
+
+def onnx_session(nodes: list, inputs: list[tuple[str, tuple]], outputs: list[str], weights: dict, threads: int):
+    """An onnxruntime.InferenceSession over `nodes` (onnx NodeProtos), float32 inputs (name, shape; None = dynamic
+    dim), float32 initializers `weights` (name -> ndarray), CPU, `threads` intra-op threads."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "crema_ref",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [numpy_helper.from_array(np.ascontiguousarray(v, np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_node(layer, bottom: str, top: str, weights: dict) -> list:
+    """ONNX nodes computing one crema layer (LeNet/CaffeNet types); adds its weights to `weights`."""
+    from onnx import helper
+
+    kind, name = layer.type, layer.name
+    if kind == "Convolution":
+        weights[name + "_w"] = layer.blobs[0].data
+        ins = [bottom, name + "_w"]
+        if len(layer.blobs) > 1:
+            weights[name + "_b"] = layer.blobs[1].data
+            ins.append(name + "_b")
+        (ph, pw), (sh, sw), (dh, dw) = layer.pad, layer.stride, layer.dilation
+        kh, kw = layer.blobs[0].data.shape[2:]
+        attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, ph, pw], "dilations": [dh, dw]}
+        return [helper.make_node("Conv", ins, [top], group=layer.group, **attrs)]
+    if kind == "Pooling":
+        if layer.method != "MAX" or any(layer.pad):
+            raise ValueError("onnx reference: MAX pooling without padding only (ONNX's padded AVE differs from Caffe)")
+        (kh, kw), (sh, sw) = layer.kernel, layer.stride
+        return [helper.make_node("MaxPool", [bottom], [top], kernel_shape=[kh, kw], strides=[sh, sw], ceil_mode=1)]
+    if kind == "LRN":
+        kw = layer.kw
+        if kw["region"] != "ACROSS_CHANNELS":
+            raise ValueError("onnx reference: ACROSS_CHANNELS LRN only")
+        attrs = {"size": kw["local_size"], "alpha": kw["alpha"], "beta": kw["beta"], "bias": kw["k"]}
+        return [helper.make_node("LRN", [bottom], [top], **attrs)]
+    if kind == "ReLU":
+        return [helper.make_node("Relu", [bottom], [top])]
+    if kind == "InnerProduct":
+        weights[name + "_w"] = layer.blobs[0].data
+        ins = [name + "_flat", name + "_w"]
+        if len(layer.blobs) > 1:
+            weights[name + "_b"] = layer.blobs[1].data
+            ins.append(name + "_b")
+        return [
+            helper.make_node("Flatten", [bottom], [name + "_flat"], axis=1),
+            helper.make_node("Gemm", ins, [top], transB=1),
+        ]
+    if kind == "Softmax":
+        return [helper.make_node("Softmax", [bottom], [top], axis=1)]
+    if kind == "Dropout":
+        return [helper.make_node("Identity", [bottom], [top])]
+    raise ValueError(f"onnx reference: unsupported layer type {kind}")
+
+
+def onnx_forward(net, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """ONNX Runtime (CPU) on a graph built from the crema Net `net`: same layers, same weights."""
+    nodes, weights = [], {}
+    current = None
+    first = None
+    for layer in net.layers:
+        if layer.type == "Input":
+            first = current = "data"
+            continue
+        top = f"t{len(nodes)}_{layer.name}"
+        nodes += onnx_node(layer, current, top, weights)
+        current = top
+    c, h, w = net.blobs["data"].shape[1:]
+    sess = onnx_session(nodes, [(first, ("N", c, h, w))], [current], weights, threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {first: x})[0]
+
+    return run

@@ -37,7 +37,7 @@ Public: ``conv2d_output_shape(in_hw, kernel, stride, pad, dilation) -> (oh, ow)`
 ``conv2d_backward(dy, x, w, *, stride, pad, dilation, group, dx, dw, db, need_dx, need_dw, need_db) -> (dx, dw, db)``.
 
 Benchmark (checks against the reference first, then times each CaffeNet/LeNet layer against torch):
-``python -m benchmarks.bench_kernels --threads 2``.
+``python -m benchmarks --only layers --filter conv``.
 """
 
 from __future__ import annotations

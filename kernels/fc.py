@@ -16,7 +16,7 @@ Kernels:
                                    place for few rows), or dy2 @ W.T with ``_ip_small_rows`` for few rows (W
                                    streamed once: CaffeNet fc6 at batch 10, 15 ms where packing W.T would copy 150 MB).
 
-Benchmark: ``python -m benchmarks.bench_kernels --threads 2 --only fc`` (LeNet and CaffeNet layers against torch).
+Benchmark: ``python -m benchmarks --only layers --filter ip`` / ``--filter fc`` (LeNet and CaffeNet layers).
 """
 
 from __future__ import annotations

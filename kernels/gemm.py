@@ -23,7 +23,7 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
 Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
 per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
 
-Benchmark: ``python -m benchmarks.bench_kernels --threads 2`` (checks against the reference first).
+Benchmark: ``python -m benchmarks --only gemm`` (checks against the reference first).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ removing channels never drifts, however large the activations. The power is take
 (CaffeNet, AlexNet) uses 1 / sqrt(s * sqrt(s)), within 3 float32 ulps of s**-0.75 and several times faster than
 powf; beta == 1 and beta == 0.5 are special-cased likewise.
 
-Timing (norm1/norm2 forward and backward against torch): `python -m benchmarks.bench_layers --only caffenet`.
+Timing (norm1/norm2 forward and backward against torch): `python -m benchmarks --only layers --filter norm`.
 """
 
 from __future__ import annotations

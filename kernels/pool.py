@@ -29,7 +29,7 @@ Caffe rules (caffe_facts.md 4.2), per spatial axis:
 Backward overwrites dx (it is an input gradient; pooling has no parameters).
 
 Timing (forward and backward of LeNet's and CaffeNet's pooling layers against torch):
-`python -m benchmarks.bench_layers --threads 2`.
+`python -m benchmarks --only layers --filter pool`.
 """
 
 from __future__ import annotations

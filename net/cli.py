@@ -233,12 +233,18 @@ COMMAND_MODULES: list[str] = [
     "net.train_cli",
     "server.cli",
     "net.datasets",
+    "benchmarks.cli",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     from kernels.gpu import GPUBackendError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every option after the verb is python -m benchmarks' own (argparse would take --help)
+        from benchmarks.cli import run_bench
+
+        return run_bench(argv[1:])
     args = build_parser().parse_args(argv)
     for flag in ("top", "iterations", "batch"):
         value = getattr(args, flag, None)

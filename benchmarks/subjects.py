@@ -1,0 +1,543 @@
+"""What `python -m benchmarks` measures: every case, with its references, its check and its target.
+
+Groups (each a function returning cases; `build(groups, threads)` makes them in this order):
+- ``gemm``:  crema's GEMM core (kernels.gemm.gemm) at 256^3, 1024^3, 2048^3 vs NumPy's BLAS (np.matmul) and torch.mm.
+             Target: >= 0.7x NumPy at 1024^3 and 2048^3.
+- ``layers``: every LeNet layer at batch 64 and every CaffeNet layer at batch 10 (conv, pool, fc, LRN), forward and
+             backward. Forward vs PyTorch and ONNX Runtime (a one-node graph); backward vs PyTorch (the aten backward
+             op autograd calls, or autograd with retain_graph). "bwd" = dx, dW, db; "bwd(w)" = dW, db (a layer on
+             the data: no dx in training). Pool "fwd" is the TRAIN forward (MAX records its argmax, as torch's
+             max_pool2d_with_indices does).
+- ``nets``:  whole forward passes, softmax output: LeNet at batch 1/64/10000, CaffeNet at batch 1/10/64, random
+             He-scaled weights (fixed seed) written to a caffemodel that OpenCV DNN reads. vs PyTorch, OpenCV DNN,
+             ONNX Runtime. Targets: LeNet >= 1.0x the fastest at every batch; CaffeNet batch 1 >= 1.0x; 10, 64 >= 0.8x.
+- ``train``: one LeNet training iteration at batch 64 (forward, loss, backward, SGD update with momentum, weight
+             decay and lr_mult; crema's Solver.step(1)) vs the same in PyTorch. Target >= 1.0x PyTorch.
+
+Checks (before any timing): layers and GEMM against the references at the benchmarked shape (max abs error
+<= 1e-4 * max|ref|, 2e-4 for backward sums over big batches) and against the kernel's own NumPy reference on a
+smaller batch; nets: softmax within 1e-5 of every reference; train: after one step from the same weights on the
+same batch, loss within 1e-5 relative and every parameter within 1e-5 * max|w| of PyTorch's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import Case, compare
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ("gemm", "layers", "nets", "train")
+
+# name, C, H, M (output channels), k, stride, pad, group
+CAFFENET_CONV = [
+    ("conv1", 3, 227, 96, 11, 4, 0, 1),
+    ("conv2", 96, 27, 256, 5, 1, 2, 2),
+    ("conv3", 256, 13, 384, 3, 1, 1, 1),
+    ("conv4", 384, 13, 384, 3, 1, 1, 2),
+    ("conv5", 384, 13, 256, 3, 1, 1, 2),
+]
+LENET_CONV = [("conv1", 1, 28, 20, 5, 1, 0, 1), ("conv2", 20, 12, 50, 5, 1, 0, 1)]
+# name, input (C, H), kernel, stride (MAX, pad 0, CEIL)
+CAFFENET_POOL = [("pool1", 96, 55, 3, 2), ("pool2", 256, 27, 3, 2), ("pool5", 256, 13, 3, 2)]
+LENET_POOL = [("pool1", 20, 24, 2, 2), ("pool2", 50, 8, 2, 2)]
+CAFFENET_LRN = [("norm1", 96, 27), ("norm2", 256, 13)]
+LRN_KW = {"local_size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
+# name, K inputs, N outputs
+CAFFENET_FC = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
+LENET_FC = [("ip1", 800, 500), ("ip2", 500, 10)]
+NETS = {"lenet": (1, 64, 10000), "caffenet": (1, 10, 64)}
+NET_TARGETS = {("lenet", 1): 1.0, ("lenet", 64): 1.0, ("lenet", 10000): 1.0, ("caffenet", 1): 1.0}
+
+
+def _torch():
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+def _ort_ok() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def _rand(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+
+# -- gemm --------------------------------------------------------------------------------------------------------
+
+
+def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
+    from kernels.gemm import gemm, gemm_ref
+
+    torch = _torch()
+    cases = []
+    for n in (256, 1024, 2048):
+        a, b = _rand(rng, n, n), _rand(rng, n, n)
+        out, out_np = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
+        refs: dict[str, Callable] = {"numpy": partial(np.matmul, a, b, out=out_np)}
+        if torch is not None:
+            ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, n)
+            refs["torch"] = partial(torch.mm, ta, tb, out=tout)
+
+        def check(a=a, b=b, out=out, refs=refs, n=n):
+            small = [
+                compare(
+                    "gemm vs numpy reference 67x45x83",
+                    gemm(a[:67, :45], b[:45, :83]),
+                    gemm_ref(a[:67, :45], b[:45, :83]),
+                    rtol=1e-5,
+                )
+            ]
+            gemm(a, b, out=out)
+            return small + [compare(f"gemm {n}^3 vs {k}", out, np.asarray(f()), rtol=1e-5) for k, f in refs.items()]
+
+        target = ("numpy", 0.7) if n >= 1024 else None
+        cases.append(Case("gemm", f"sgemm M=N=K={n}", partial(gemm, a, b, out=out), refs, 2.0 * n**3, check, target))
+    return cases
+
+
+# -- layers ------------------------------------------------------------------------------------------------------
+
+
+def _conv_cases(rng, net: str, batch: int, spec, threads: int) -> list[Case]:
+    from kernels.conv import conv2d_backward, conv2d_backward_ref, conv2d_forward, conv2d_forward_ref
+
+    torch = _torch()
+    name, c, h, m, k, s, p, g = spec
+    x, w, b = _rand(rng, batch, c, h, h), _rand(rng, m, c // g, k, k, scale=0.1), _rand(rng, m)
+    kw = {"stride": (s, s), "pad": (p, p), "group": g}
+    y = conv2d_forward(x, w, b, **kw)
+    dy = _rand(rng, *y.shape)
+    label = f"{net} {name} N={batch} C={c} H={h} M={m} k={k}" + (f" g={g}" if g > 1 else "")
+    fwd_flops = 2.0 * y.size * (c // g) * k * k
+    fwd_refs: dict[str, Callable] = {}
+    bwd_refs: dict[str, Callable] = {}
+    need_dx = c > 3  # the first conv reads the data layer: no input gradient in training
+    if torch is not None:
+        tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+        fwd_refs["torch"] = partial(torch.inference_mode()(torch.nn.functional.conv2d), tx, tw, tb, s, p, 1, g)
+        args = (tdy, tx, tw, [m], [s, s], [p, p], [1, 1], False, [0, 0], g, [need_dx, True, True])
+        bwd_refs["torch"] = partial(torch.ops.aten.convolution_backward, *args)
+    if _ort_ok():
+        from onnx import helper
+
+        from benchmarks.references import onnx_session
+
+        node = helper.make_node(
+            "Conv", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=g
+        )
+        sess = onnx_session([node], [("x", x.shape)], ["y"], {"w": w, "b": b}, threads)
+        fwd_refs["onnxruntime"] = partial(sess.run, None, {"x": x})
+    out = np.empty_like(y)
+    dx = np.empty_like(x) if need_dx else None
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+
+    def check_fwd():
+        small = x[:2]
+        lines = [
+            compare(
+                f"{label} fwd vs numpy ref (N=2)",
+                conv2d_forward(small, w, b, **kw),
+                conv2d_forward_ref(small, w, b, **kw),
+                rtol=1e-4,
+            )
+        ]
+        got = conv2d_forward(x, w, b, **kw, out=out)
+        for ref, fn in fwd_refs.items():
+            want = fn()
+            lines.append(compare(f"{label} fwd vs {ref}", got, want[0] if isinstance(want, list) else want, rtol=1e-4))
+        return lines
+
+    def bwd():
+        dw.fill(0.0)
+        db.fill(0.0)
+        return conv2d_backward(dy, x, w, **kw, dx=dx, dw=dw, db=db, need_dx=need_dx)
+
+    def check_bwd():
+        small_dy = np.ascontiguousarray(dy[:2])
+        got = conv2d_backward(small_dy, x[:2], w, **kw, need_dx=need_dx)
+        want = conv2d_backward_ref(small_dy, x[:2], w, **kw)
+        lines = [
+            compare(
+                f"{label} bwd vs numpy ref (N=2)",
+                [v for v in got if v is not None],
+                [v for v, o in zip(want, got) if o is not None],
+                rtol=1e-4,
+            )
+        ]
+        got = [v for v in bwd() if v is not None]
+        for ref, fn in bwd_refs.items():
+            lines.append(compare(f"{label} bwd vs {ref}", got, [v for v in fn() if v is not None], rtol=2e-4))
+        return lines
+
+    what = "bwd" if need_dx else "bwd(w)"
+    return [
+        Case("layer", f"{label} fwd", partial(conv2d_forward, x, w, b, **kw, out=out), fwd_refs, fwd_flops, check_fwd),
+        Case("layer", f"{label} {what}", bwd, bwd_refs, fwd_flops * (2 if need_dx else 1), check_bwd),
+    ]
+
+
+def _pool_cases(rng, net: str, batch: int, spec, threads: int) -> list[Case]:
+    from kernels.pool import pool2d_backward, pool2d_backward_ref, pool2d_forward, pool2d_forward_ref
+
+    torch = _torch()
+    name, c, h, k, s = spec
+    x = _rand(rng, batch, c, h, h)
+    kw = {"kernel": (k, k), "stride": (s, s)}
+    y = pool2d_forward(x, **kw)
+    mask = np.empty(y.shape, np.int32)
+    dy, dx = _rand(rng, *y.shape), np.empty_like(x)
+    label = f"{net} {name} N={batch} C={c} H={h} k={k} s={s}"
+    fwd_refs: dict[str, Callable] = {}
+    bwd_refs: dict[str, Callable] = {}
+    if torch is not None:
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        args = ([k, k], [s, s], [0, 0], [1, 1], True)
+        with_idx = torch.no_grad()(torch.ops.aten.max_pool2d_with_indices)
+        idx = with_idx(tx, *args)[1]
+        fwd_refs["torch"] = partial(with_idx, tx, *args)
+        bwd_refs["torch"] = partial(torch.ops.aten.max_pool2d_with_indices_backward, tdy, tx, *args, idx)
+    if _ort_ok():
+        from onnx import helper
+
+        from benchmarks.references import onnx_session
+
+        node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], ceil_mode=1)
+        sess = onnx_session([node], [("x", x.shape)], ["y"], {}, threads)
+        fwd_refs["onnxruntime"] = partial(sess.run, None, {"x": x})
+    fwd = partial(pool2d_forward, x, **kw, out=y, mask=mask)
+    bwd = partial(pool2d_backward, dy, x.shape, **kw, mask=mask, out=dx)
+
+    def check_fwd():
+        lines = [compare(f"{label} fwd vs numpy ref", fwd(), pool2d_forward_ref(x, **kw))]
+        lines += [compare(f"{label} fwd vs {r}", y, fn()[0]) for r, fn in fwd_refs.items()]
+        return lines
+
+    def check_bwd():
+        fwd()
+        lines = [compare(f"{label} bwd vs numpy ref", bwd(), pool2d_backward_ref(dy, x, **kw), rtol=1e-6)]
+        lines += [compare(f"{label} bwd vs {r}", dx, fn(), rtol=1e-6) for r, fn in bwd_refs.items()]
+        return lines
+
+    return [
+        Case("layer", f"{label} fwd", fwd, fwd_refs, 0.0, check_fwd),
+        Case("layer", f"{label} bwd", bwd, bwd_refs, 0.0, check_bwd),
+    ]
+
+
+def _lrn_cases(rng, net: str, batch: int, spec, threads: int) -> list[Case]:
+    from kernels.lrn import lrn_backward, lrn_backward_ref, lrn_forward, lrn_forward_ref
+
+    torch = _torch()
+    name, c, h = spec
+    x, dy = _rand(rng, batch, c, h, h, scale=10.0), _rand(rng, batch, c, h, h)
+    dx = np.empty_like(x)
+    label = f"{net} {name} N={batch} C={c} H={h}"
+    fwd_refs: dict[str, Callable] = {}
+    bwd_refs: dict[str, Callable] = {}
+    if torch is not None:
+        n, a, b, k = LRN_KW["local_size"], LRN_KW["alpha"], LRN_KW["beta"], LRN_KW["k"]
+        lrn = torch.nn.functional.local_response_norm
+        tx = torch.from_numpy(x)
+        fwd_refs["torch"] = partial(torch.inference_mode()(lrn), tx, n, a, b, k)
+        txg = tx.clone().requires_grad_()
+        ty = lrn(txg, n, a, b, k)
+        bwd_refs["torch"] = partial(torch.autograd.grad, ty, txg, torch.from_numpy(dy), retain_graph=True)
+    if _ort_ok():
+        from onnx import helper
+
+        from benchmarks.references import onnx_session
+
+        attrs = {"size": LRN_KW["local_size"], "alpha": LRN_KW["alpha"], "beta": LRN_KW["beta"], "bias": LRN_KW["k"]}
+        sess = onnx_session([helper.make_node("LRN", ["x"], ["y"], **attrs)], [("x", x.shape)], ["y"], {}, threads)
+        fwd_refs["onnxruntime"] = partial(sess.run, None, {"x": x})
+    fwd = partial(lrn_forward, x, **LRN_KW)
+    bwd = partial(lrn_backward, dy, x, **LRN_KW, out=dx)
+
+    def check_fwd():
+        lines = [
+            compare(
+                f"{label} fwd vs numpy ref (N=2)",
+                lrn_forward(x[:2], **LRN_KW),
+                lrn_forward_ref(x[:2], **LRN_KW),
+                rtol=1e-5,
+            )
+        ]
+        y = fwd()
+        for r, fn in fwd_refs.items():
+            want = fn()
+            lines.append(compare(f"{label} fwd vs {r}", y, want[0] if isinstance(want, list) else want, rtol=1e-5))
+        return lines
+
+    def check_bwd():
+        small = lrn_backward(dy[:2], x[:2], **LRN_KW)
+        lines = [
+            compare(f"{label} bwd vs numpy ref (N=2)", small, lrn_backward_ref(dy[:2], x[:2], **LRN_KW), rtol=1e-5)
+        ]
+        bwd()
+        lines += [compare(f"{label} bwd vs {r}", dx, fn()[0], rtol=1e-5) for r, fn in bwd_refs.items()]
+        return lines
+
+    return [
+        Case("layer", f"{label} fwd", fwd, fwd_refs, 0.0, check_fwd),
+        Case("layer", f"{label} bwd", bwd, bwd_refs, 0.0, check_bwd),
+    ]
+
+
+def _fc_cases(rng, net: str, batch: int, spec, threads: int) -> list[Case]:
+    from kernels.fc import inner_product_backward, inner_product_backward_ref, inner_product_forward
+
+    torch = _torch()
+    name, k, n = spec
+    x, w, b, dy = _rand(rng, batch, k), _rand(rng, n, k, scale=0.01), _rand(rng, n), _rand(rng, batch, n)
+    y = np.empty((batch, n), np.float32)
+    dx, dw, db = np.empty_like(x), np.zeros_like(w), np.zeros_like(b)
+    label = f"{net} {name} N={batch} K={k} M={n}"
+    flops = 2.0 * batch * k * n
+    fwd_refs: dict[str, Callable] = {}
+    bwd_refs: dict[str, Callable] = {}
+    if torch is not None:
+        tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+        linear = torch.nn.functional.linear
+        fwd_refs["torch"] = partial(torch.inference_mode()(linear), tx.detach(), tw.detach(), tb.detach())
+        ty = linear(tx, tw, tb)
+        bwd_refs["torch"] = partial(torch.autograd.grad, ty, [tx, tw, tb], torch.from_numpy(dy), retain_graph=True)
+    if _ort_ok():
+        from onnx import helper
+
+        from benchmarks.references import onnx_session
+
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+        sess = onnx_session([node], [("x", x.shape)], ["y"], {"w": w, "b": b}, threads)
+        fwd_refs["onnxruntime"] = partial(sess.run, None, {"x": x})
+    fwd = partial(inner_product_forward, x, w, b, out=y)
+
+    def bwd():
+        dw.fill(0.0)
+        db.fill(0.0)
+        return inner_product_backward(dy, x, w, dx=dx, dw=dw, db=db)
+
+    def check_fwd():
+        want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+        lines = [compare(f"{label} fwd vs numpy ref", fwd(), want, rtol=1e-5)]
+        for r, fn in fwd_refs.items():
+            got = fn()
+            lines.append(compare(f"{label} fwd vs {r}", y, got[0] if isinstance(got, list) else got, rtol=1e-5))
+        return lines
+
+    def check_bwd():
+        got = bwd()
+        lines = [compare(f"{label} bwd vs numpy ref", got, inner_product_backward_ref(dy, x, w), rtol=1e-5)]
+        lines += [compare(f"{label} bwd vs {r}", got, fn(), rtol=1e-5) for r, fn in bwd_refs.items()]
+        return lines
+
+    return [
+        Case("layer", f"{label} fwd", fwd, fwd_refs, flops, check_fwd),
+        Case("layer", f"{label} bwd", bwd, bwd_refs, 2 * flops, check_bwd),
+    ]
+
+
+def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
+    cases: list[Case] = []
+    for spec in LENET_CONV:
+        cases += _conv_cases(rng, "lenet", 64, spec, threads)
+    for spec in LENET_POOL:
+        cases += _pool_cases(rng, "lenet", 64, spec, threads)
+    for spec in LENET_FC:
+        cases += _fc_cases(rng, "lenet", 64, spec, threads)
+    for spec in CAFFENET_CONV:
+        cases += _conv_cases(rng, "caffenet", 10, spec, threads)
+    for spec in CAFFENET_POOL:
+        cases += _pool_cases(rng, "caffenet", 10, spec, threads)
+    for spec in CAFFENET_LRN:
+        cases += _lrn_cases(rng, "caffenet", 10, spec, threads)
+    for spec in CAFFENET_FC:
+        cases += _fc_cases(rng, "caffenet", 10, spec, threads)
+    return cases
+
+
+# -- nets --------------------------------------------------------------------------------------------------------
+
+
+def randomize(net, seed: int) -> None:
+    """He-scaled random weights; the last layer scaled down so logits span about +-30, as a trained CaffeNet's do."""
+    rng = np.random.default_rng(seed)
+    names = list(net.params)
+    for name in names:
+        w, *rest = net.params[name]
+        scale = 0.1 if name == names[-1] else 1.0
+        w[...] = rng.normal(0.0, scale * np.sqrt(2.0 / w[0].size), size=w.shape)
+        for b in rest:
+            b[...] = rng.normal(0.0, 0.1, size=b.shape)
+
+
+def _net_flops(net) -> float:
+    """2 * multiply-adds of the net's Convolution and InnerProduct layers, per image (after a forward)."""
+    total = 0.0
+    for layer, tops in zip(net.layers, net.tops):
+        if layer.type in ("Convolution", "InnerProduct"):
+            w = layer.blobs[0].data
+            per_out = w[0].size
+            total += 2.0 * per_out * tops[0].data[0].size
+    return total
+
+
+def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: dict | None = None) -> list[Case]:
+    from benchmarks.references import onnx_forward, opencv_forward, torch_forward
+    from net import Net
+
+    cases = []
+    for name, sizes in (batches or NETS).items():
+        proto = ROOT / f"models/{name}/deploy.prototxt"
+        net = Net.load(proto)
+        randomize(net, seed=0)
+        weights = workdir / f"{name}.caffemodel"
+        net.save(weights)
+        refs_of: dict[str, Callable] = {}
+        if _torch() is not None:
+            refs_of["torch"] = torch_forward(net)
+        try:
+            refs_of["opencv"] = opencv_forward(str(proto), str(weights))
+        except ImportError:
+            pass
+        if _ort_ok():
+            refs_of["onnxruntime"] = onnx_forward(net, threads)
+        for batch in sizes:
+            shape = net.blobs["data"].shape[1:]
+            x = rng.random((batch, *shape), dtype=np.float32)
+            if name == "caffenet":
+                x = (x * 255 - 120).astype(np.float32)
+            ours = partial(net.forward, data=x)
+            refs = {k: partial(f, x) for k, f in refs_of.items()}
+
+            def check(ours=ours, refs=refs, label=f"{name} N={batch}"):
+                got = ours()["prob"]
+                return [compare(f"{label} softmax vs {r}", got, fn(), atol=1e-5) for r, fn in refs.items()]
+
+            ours()
+            flops = _net_flops(net) * batch
+            target = NET_TARGETS.get((name, batch), 0.8 if name == "caffenet" else None)
+            cases.append(Case("net", f"{name} fwd N={batch}", ours, refs, flops, check, ("fastest", target)))
+    return cases
+
+
+# -- train -------------------------------------------------------------------------------------------------------
+
+TRAIN_HEAD = """name: "LeNet"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 64 dim: 1 dim: 28 dim: 28 } shape { dim: 64 } } }
+"""
+TRAIN_SOLVER = """net: "{net}"
+base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 power: 0.75
+display: 0 max_iter: 1000000 snapshot: 0 snapshot_prefix: "{prefix}" random_seed: 1
+"""
+
+
+def train_cases(rng: np.random.Generator, threads: int, workdir: Path) -> list[Case]:
+    """One LeNet training iteration at batch 64: crema's Solver vs the same net, update and data in PyTorch."""
+    from net.prototxt_loader import load_solver_prototxt
+    from net.solver import Solver
+
+    text = (ROOT / "examples/mnist/lenet_train_test.prototxt").read_text()
+    body = text[text.index("layer {", text.index('name: "conv1"') - 40) :]
+    (workdir / "lenet_train.prototxt").write_text(TRAIN_HEAD + body)
+    (workdir / "solver.prototxt").write_text(
+        TRAIN_SOLVER.format(net=workdir / "lenet_train.prototxt", prefix=workdir / "snap")
+    )
+    solver = Solver(load_solver_prototxt(str(workdir / "solver.prototxt")), log=lambda _: None, progress=False)
+    net = solver.net
+    x = rng.random((64, 1, 28, 28), dtype=np.float32)
+    labels = rng.integers(0, 10, 64).astype(np.float32)
+    net.blobs["data"][...] = x
+    net.blobs["label"][...] = labels
+    names = ["conv1", "conv2", "ip1", "ip2"]
+    init = [a.copy() for n in names for a in net.params[n]]
+    torch = _torch()
+    refs: dict[str, Callable] = {}
+    if torch is not None:
+        step, params = _torch_lenet_step(torch, init, x, labels)
+        refs["torch"] = step
+
+    def ours():
+        solver.step(1)
+
+    def check():
+        for (n, i), a in zip([(n, i) for n in names for i in (0, 1)], init):
+            net.params[n][i][...] = a
+        for h in solver.history:
+            h.fill(0.0)
+        solver.iter = 0
+        solver.step(1)
+        loss = solver.losses[-1]
+        if torch is None:
+            return [f"train: loss {loss:.6f} (no torch: not compared)"]
+        for p, a in zip(params, init):
+            p.data.copy_(torch.from_numpy(a))
+        ref_loss = step()
+        got = [a for n in names for a in net.params[n]]
+        lines = [compare("train loss vs torch", loss, ref_loss, rtol=1e-5)]
+        lines.append(compare("train weights after 1 step vs torch", got, [p.detach() for p in params], rtol=1e-5))
+        return lines
+
+    flops = 3 * 2.0 * 64 * (20 * 25 * 576 + 50 * 500 * 64 + 800 * 500 + 500 * 10)
+    return [Case("train", "lenet train iteration N=64 (SGD)", ours, refs, flops, check, ("torch", 1.0))]
+
+
+def _torch_lenet_step(torch, init: list[np.ndarray], x: np.ndarray, labels: np.ndarray):
+    """PyTorch's LeNet step with Caffe's SGD (V <- mu V + lr * lr_mult * (g + wd w); w <- w - V), inv policy."""
+    F = torch.nn.functional
+    params = [torch.tensor(a, requires_grad=True) for a in init]
+    hist = [torch.zeros_like(p) for p in params]
+    tx, ty = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+    lr_mult = [1.0, 2.0] * 4
+    state = {"it": 0}
+
+    def step() -> float:
+        h = F.max_pool2d(F.conv2d(tx, params[0], params[1]), 2, 2)
+        h = F.max_pool2d(F.conv2d(h, params[2], params[3]), 2, 2)
+        h = F.relu(F.linear(h.reshape(64, -1), params[4], params[5]))
+        loss = F.cross_entropy(F.linear(h, params[6], params[7]), ty)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        rate = 0.01 * (1 + 0.0001 * state["it"]) ** -0.75
+        with torch.no_grad():
+            for p, v, m in zip(params, hist, lr_mult):
+                v.mul_(0.9).add_(p.grad + 0.0005 * p, alpha=rate * m)
+                p.sub_(v)
+        return float(loss.detach())
+
+    return step, params
+
+
+def build(groups: list[str], threads: int, workdir: Path, seed: int = 0) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    makers = {
+        "gemm": lambda: gemm_cases(rng, threads),
+        "layers": lambda: layer_cases(rng, threads),
+        "nets": lambda: net_cases(rng, threads, workdir),
+        "train": lambda: train_cases(rng, threads, workdir),
+    }
+    cases: list[Case] = []
+    for g in groups:
+        cases += makers[g]()
+    return cases
+
+
+def temp_workdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="crema-bench-")

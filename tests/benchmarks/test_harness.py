@@ -1,0 +1,136 @@
+"""The benchmark harness (benchmarks/harness.py, benchmarks/__main__.py): checks before timing, refusal to time a
+wrong result, the reports it writes. Tiny cases and --quick only: these tests time nothing worth reading."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import harness, subjects
+from benchmarks.__main__ import main
+
+
+def test_compare_states_error_and_tolerance():
+    line = harness.compare("x", np.float32([1.0, 2.0]), np.float64([1.0, 2.0 + 1e-6]), rtol=1e-5)
+    assert "max abs err" in line
+    with pytest.raises(harness.Mismatch, match=r"max abs err 1\.000e-02 > tol"):
+        harness.compare("x", np.float32([1.0, 2.01]), np.float64([1.0, 2.0]), rtol=1e-3)
+    with pytest.raises(harness.Mismatch):  # NaN never passes
+        harness.compare("x", np.float32([np.nan]), np.float64([0.0]), atol=1.0)
+    with pytest.raises(harness.Mismatch, match="shape"):
+        harness.compare("x", np.zeros(3), np.zeros(4))
+
+
+def _case(ours, target=None):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    want = a * 2
+
+    def check():
+        return [harness.compare("double", ours(a), want)]
+
+    return harness.Case("gemm", "double", lambda: ours(a), {"numpy": lambda: a + a}, 12.0, check, target, 2, 2)
+
+
+def test_run_case_times_every_side_in_rounds():
+    result = harness.run_case(_case(lambda a: a * 2, ("numpy", 0.0)), pause=0.0)
+    assert result.error is None and result.checks
+    assert len(result.runs["crema"]) == len(result.runs["numpy"]) == 4
+    assert result.ratio("numpy") > 0 and result.target_met() is True
+    line = harness.line(result, 1e9, ["numpy"])
+    assert " ms |" in line and "x numpy" in line and "target 0.0x numpy: met" in line
+
+
+def test_wrong_result_is_never_timed():
+    result = harness.run_case(_case(lambda a: a * 2 + 1e-3), pause=0.0)
+    assert result.error and result.error.startswith("MISMATCH")
+    assert not result.runs  # nothing timed
+    line = harness.line(result, 1e9, ["numpy"])
+    assert "MISMATCH" in line and " ms " not in line
+    assert result.target_met() is None
+
+
+def test_measured_peak_is_plausible():
+    import numba
+
+    peak = harness.measure_peak(1, seconds=0.02)
+    assert 1e9 < peak < 1e13  # 1 GFLOP/s .. 10 TFLOP/s per core
+    assert numba.get_num_threads() >= 1
+
+
+def test_readme_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{harness.README_BEGIN}\nold\n{harness.README_END}\nrest\n")
+    assert harness.update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{harness.README_BEGIN}\n| new |\n{harness.README_END}\nrest\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not harness.update_readme(plain, "| new |\n") and plain.read_text() == "no markers\n"
+
+
+def test_project_readme_has_the_markers():
+    text = (subjects.ROOT / "README.md").read_text()
+    assert text.index(harness.README_BEGIN) < text.index(harness.README_END)
+
+
+def test_main_quick_gemm_writes_every_report(tmp_path, capsys):
+    out = {k: tmp_path / f"b.{k}" for k in ("json", "md", "png")}
+    code = main(
+        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "256"]
+        + ["--json", str(out["json"]), "--markdown", str(out["md"]), "--chart", str(out["png"])]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "sgemm M=N=K=256" in text and "GFLOP/s" in text and "x numpy" in text
+    data = json.loads(out["json"].read_text())
+    (row,) = data["results"]
+    assert row["error"] is None and row["checks"] and row["median_s"]["crema"] > 0
+    assert data["meta"]["threads"] == 1 and data["meta"]["peak_gflops"] > 1
+    assert "| gemm | sgemm M=N=K=256 |" in out["md"].read_text()
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_refuses_to_time_a_wrong_kernel(tmp_path, capsys, monkeypatch):
+    import kernels.gemm
+
+    real = kernels.gemm.gemm
+
+    def off_by_a_little(a, b, **kw):
+        out = real(a, b, **kw)
+        out += 1e-2
+        return out
+
+    monkeypatch.setattr(kernels.gemm, "gemm", off_by_a_little)
+    code = main(
+        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "256", "--json", str(tmp_path / "b.json")]
+        + ["--markdown", str(tmp_path / "b.md"), "--chart", str(tmp_path / "b.png")]
+    )
+    text = capsys.readouterr().out
+    assert code == 1
+    (line,) = [t for t in text.splitlines() if "sgemm M=N=K=256" in t]
+    assert "MISMATCH" in line and " ms " not in line
+
+
+def test_onnx_reference_net_matches_crema():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from benchmarks.references import onnx_forward
+    from net import Net
+
+    net = Net.load(subjects.ROOT / "models/lenet/deploy.prototxt")
+    subjects.randomize(net, seed=3)
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    got = net.forward(data=x)["prob"]
+    want = onnx_forward(net, threads=1)(x)
+    assert float(np.max(np.abs(got - want))) <= 1e-5  # softmax, float32 on both sides
+
+
+def test_train_case_checks_one_step_against_torch(tmp_path):
+    pytest.importorskip("torch")
+    (case,) = subjects.train_cases(np.random.default_rng(0), 1, tmp_path)
+    case.ours()
+    lines = case.check()
+    assert any("weights after 1 step vs torch" in t for t in lines)
+    assert not math.isnan(float(lines[0].split("max abs err ")[1].split("<=")[0]))
