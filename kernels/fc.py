@@ -5,7 +5,8 @@ Kernels:
 0. ``inner_product_forward_ref`` - plain NumPy in float64.
 1. ``_ip_small_rows``            - few samples (M <= SMALL_M, e.g. CaffeNet's fc6 at batch 10), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
-                                   the caller's array (no packing copy of a 150 MB matrix), threads over outputs.
+                                   the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
+                                   4 outputs, each a 4 x 2 register tile of dot products (``_dots_4x2``).
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
                                    place, unpacked), else y = x2 @ W.T with the weight read transposed by the packing;
                                    with ``transpose`` y = x2 @ W (W read in place for few rows: 6x faster than the
@@ -53,18 +54,58 @@ def _weight_dims(w: np.ndarray, transpose: bool) -> tuple[int, int]:
     return (w.shape[1], w.shape[0]) if transpose else w.shape
 
 
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _dots_4x2(w, n0, x2, m0, two, k_all, bias, y):  # pragma: no cover - compiled
+    """y[m0:m0+2, n0:n0+4] = x2[m0:m0+2] . w[n0:n0+4] + bias (one row of x2 when `two` is False): 8 (or 4)
+    independent dot products in one pass over k, each a vector accumulator after LLVM vectorises the k loop."""
+    w0, w1, w2, w3 = w[n0], w[n0 + 1], w[n0 + 2], w[n0 + 3]
+    xa = x2[m0]
+    xb = x2[m0 + 1] if two else xa
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+    for k in range(k_all):
+        u = xa[k]
+        v = xb[k]
+        a0 += w0[k] * u
+        a1 += w1[k] * u
+        a2 += w2[k] * u
+        a3 += w3[k] * u
+        b0 += w0[k] * v
+        b1 += w1[k] * v
+        b2 += w2[k] * v
+        b3 += w3[k] * v
+    y[m0, n0] = a0 + bias[n0]
+    y[m0, n0 + 1] = a1 + bias[n0 + 1]
+    y[m0, n0 + 2] = a2 + bias[n0 + 2]
+    y[m0, n0 + 3] = a3 + bias[n0 + 3]
+    if two:
+        y[m0 + 1, n0] = b0 + bias[n0]
+        y[m0 + 1, n0 + 1] = b1 + bias[n0 + 1]
+        y[m0 + 1, n0 + 2] = b2 + bias[n0 + 2]
+        y[m0 + 1, n0 + 3] = b3 + bias[n0 + 3]
+
+
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _ip_small_rows(x2, w, bias, y):
-    """y[m, n] = dot(x2[m], w[n]) + bias[n]; x2: (M, K), w: (N, K), bias: (N,), y: (M, N). Threads over n."""
+def _ip_small_rows(x2, w, bias, y):  # pragma: no cover - compiled
+    """y[m, n] = dot(x2[m], w[n]) + bias[n]; x2: (M, K), w: (N, K), bias: (N,), y: (M, N). Threads over blocks of
+    4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register tile: 6
+    vector loads per 8 FMAs instead of 2 per FMA for one dot at a time (CaffeNet fc7 at batch 10, 1 thread: 12.4 ->
+    6.8 ms). W itself comes from memory once."""
     m_all, k_all = x2.shape
-    for n in prange(w.shape[0]):
-        wr = w[n]
-        for m in range(m_all):
-            xr = x2[m]
-            acc = np.float32(0.0)
-            for k in range(k_all):
-                acc += xr[k] * wr[k]
-            y[m, n] = acc + bias[n]
+    n_all = w.shape[0]
+    for blk in prange((n_all + 3) // 4):
+        n0 = blk * 4
+        if n0 + 4 <= n_all:
+            for m0 in range(0, m_all, 2):
+                _dots_4x2(w, n0, x2, m0, m0 + 1 < m_all, k_all, bias, y)
+        else:
+            for n in range(n0, n_all):
+                wr = w[n]
+                for m in range(m_all):
+                    xr = x2[m]
+                    acc = np.float32(0.0)
+                    for k in range(k_all):
+                        acc += xr[k] * wr[k]
+                    y[m, n] = acc + bias[n]
 
 
 def inner_product_forward_ref(
