@@ -350,9 +350,10 @@ def _pack_dy_cols(dyf, off, mg, npix, dst):
 
 # --------------------------------------------------------------------------------------------- forward drivers
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_batch(x, ap, a_size, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks):
+def _conv_batch(x, ap, a_size, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks, relu):
     """All images, nchunks contiguous chunks of images in parallel; ws[t] is chunk t's packed-B workspace and
-    pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0).
+    pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With relu, each image's output gets
+    max(y, 0) right after its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
 
     x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
     """
@@ -376,6 +377,8 @@ def _conv_batch(x, ap, a_size, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, o
                 _gemm_tiles_serial(
                     ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg
                 )
+            if relu:
+                _relu_span(y, n * m * npix, (n + 1) * m * npix)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -391,8 +394,9 @@ def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, a_size, bp, b_size, bias, y, y_off, group, k_all, npix):
-    """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads."""
+def _conv_tiles(ap, a_size, bp, b_size, bias, y, y_off, group, k_all, npix, relu):
+    """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
+    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU)."""
     mg = bias.shape[0] // group
     bm = (mg + MC_CONV - 1) // MC_CONV
     bn = (npix + NC_CONV - 1) // NC_CONV
@@ -423,6 +427,19 @@ def _conv_tiles(ap, a_size, bp, b_size, bias, y, y_off, group, k_all, npix):
                 bias,
                 g * mg,
             )
+        if relu:
+            base = y_off + g * mg * npix
+            for i in range(i0, min(i0 + MC_CONV, mg)):
+                _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + NC_CONV, npix))
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _relu_span(y, start, stop):  # pragma: no cover - compiled
+    """y[start:stop] = ReLU(y), the same expression as kernels.activations' ReLU with slope 0 (same bits)."""
+    zero = np.float32(0.0)
+    for i in range(start, stop):
+        v = y[i]
+        y[i] = max(v, zero) + zero * min(v, zero)
 
 
 # --------------------------------------------------------------------------------------------- backward drivers
@@ -616,11 +633,13 @@ def conv2d_forward(
     dilation=(1, 1),
     group: int = 1,
     out: np.ndarray | None = None,
+    relu: bool = False,
 ) -> np.ndarray:
     """Convolution forward (Caffe semantics), float32.
 
     x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None; stride/pad/dilation: (h, w) pairs or ints.
     Returns y: (N, M, OH, OW) float32, written into `out` when given (C-contiguous float32 of that shape).
+    relu: apply a ReLU (negative slope 0) to the output in the same pass (Caffe's conv + in-place ReLU).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -646,7 +665,9 @@ def conv2d_forward(
         pad_size = cg * hp * wp if ph or pw else 1
         ws, pads = _WORKSPACE.get(chunks * b_size, chunks * pad_size)
         geom = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        _conv_batch(x, ap, a_size, bias, y, group, *geom, ws.reshape(chunks, b_size), pads.reshape(chunks, -1), chunks)
+        _conv_batch(
+            x, ap, a_size, bias, y, group, *geom, ws.reshape(chunks, b_size), pads.reshape(chunks, -1), chunks, relu
+        )
     else:
         bp, pbuf = _WORKSPACE.get(group * b_size, c * hp * wp)
         xf = x.reshape(-1)
@@ -657,7 +678,7 @@ def conv2d_forward(
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
             _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size)
-            _conv_tiles(ap, a_size, bp, b_size, bias, y, i * m * npix, group, k_all, npix)
+            _conv_tiles(ap, a_size, bp, b_size, bias, y, i * m * npix, group, k_all, npix, relu)
     return out
 
 

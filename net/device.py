@@ -30,15 +30,9 @@ if TYPE_CHECKING:
 DEVICES = ("cpu", "gpu")
 
 
-def _conv2d_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, relu: bool = False, **kw) -> np.ndarray:
-    """kernels.conv.conv2d_forward with kernels.gpu's `relu` option (a separate in-place ReLU on the CPU)."""
-    y = conv.conv2d_forward(x, w, b, **kw)
-    return activations.relu_forward(y, out=y) if relu else y
-
-
 # The CPU kernels under the names of kernels.gpu's launchers, which have the same signatures.
 CPU = SimpleNamespace(
-    conv2d_forward=_conv2d_forward_cpu,
+    conv2d_forward=conv.conv2d_forward,
     inner_product_forward=fc.inner_product_forward,
     pool2d_forward=pool.pool2d_forward,
     lrn_forward=lrn.lrn_forward,

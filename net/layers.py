@@ -20,7 +20,7 @@ import numpy as np
 from kernels import activations, conv, elementwise, fc, lrn, pool
 
 from .blob import Blob
-from .device import kernels_for
+from .device import CPU, kernels_for
 from .fillers import fill
 from .schema import Message
 
@@ -138,11 +138,24 @@ class InputLayer(Layer):
         pass
 
 
+def _reusable(buf: np.ndarray, src: np.ndarray) -> bool:
+    """Can a CPU layer write its output into its top's current array `buf` (the previous forward's output, or the
+    zeros of a reshape) instead of a new one? Saves the allocation and, for big outputs, the page faults of fresh
+    memory on every call. Not when it overlaps the input. The kernels check the shape."""
+    return (
+        type(buf) is np.ndarray
+        and buf.dtype == np.float32
+        and buf.flags.c_contiguous
+        and buf.flags.writeable
+        and not np.may_share_memory(buf, src)
+    )
+
+
 @register("Convolution")
 class ConvolutionLayer(Layer):
     num_bottom = (1, 1 << 30)  # several bottoms share the weights, one top each (checked in layer_setup)
     num_top = None
-    fused_relu = False  # set by net.device.prepare on GPU nets: the next in-place ReLU runs in the epilogue
+    fused_relu = False  # set by net.net (CPU) or net.device.prepare (GPU): the next in-place ReLU runs in the epilogue
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.convolution_param
@@ -190,7 +203,9 @@ class ConvolutionLayer(Layer):
         w = self.blobs[0].data
         b = self.blobs[1].data if len(self.blobs) > 1 else None
         for bb, t in zip(bottom, top):
-            t.data = kernels_for(bb.data).conv2d_forward(
+            ops = kernels_for(bb.data)
+            extra = {"out": t.data} if ops is CPU and _reusable(t.data, bb.data) else {}
+            t.data = ops.conv2d_forward(
                 bb.data,
                 w,
                 b,
@@ -199,6 +214,7 @@ class ConvolutionLayer(Layer):
                 dilation=self.dilation,
                 group=self.group,
                 relu=self.fused_relu,
+                **extra,
             )
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
@@ -231,6 +247,8 @@ class ConvolutionLayer(Layer):
 
 @register("InnerProduct")
 class InnerProductLayer(Layer):
+    fused_relu = False  # set on CPU nets by net.net: the next in-place ReLU runs in the same kernel call
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.inner_product_param
         if p.num_output <= 0:
@@ -255,8 +273,13 @@ class InnerProductLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         b = self.blobs[1].data if len(self.blobs) > 1 else None
-        top[0].data = kernels_for(bottom[0].data).inner_product_forward(
-            bottom[0].data, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose
+        x = bottom[0].data
+        ops = kernels_for(x)
+        extra = {"out": top[0].data} if ops is CPU and _reusable(top[0].data, x) else {}
+        if self.fused_relu:  # CPU nets only (net.net fuses InnerProduct + ReLU on the CPU)
+            extra["relu"] = True
+        top[0].data = ops.inner_product_forward(
+            x, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose, **extra
         )
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
@@ -347,8 +370,11 @@ class PoolingLayer(Layer):
             mask = self.mask
         else:
             self.mask = None
-        top[0].data = kernels_for(bottom[0].data).pool2d_forward(
+        ops = kernels_for(bottom[0].data)
+        extra = {"out": top[0].data} if ops is CPU and _reusable(top[0].data, bottom[0].data) else {}
+        top[0].data = ops.pool2d_forward(
             bottom[0].data,
+            **extra,
             method=self.method,
             kernel=self.kernel,
             stride=self.stride,
@@ -409,7 +435,7 @@ class LRNLayer(Layer):
 
 @register("ReLU")
 class ReLULayer(Layer):
-    fused = False  # set by net.device.prepare on GPU nets: the Convolution before it applies the ReLU
+    fused = False  # set by net.net / net.device.prepare: the Convolution or InnerProduct before it applies the ReLU
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if self.fused:
@@ -491,7 +517,10 @@ class SoftmaxLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = kernels_for(bottom[0].data).softmax_forward(bottom[0].data, axis=self.axis % bottom[0].data.ndim)
+        x = bottom[0].data
+        ops = kernels_for(x)
+        extra = {"out": top[0].data} if ops is CPU and _reusable(top[0].data, x) else {}
+        top[0].data = ops.softmax_forward(x, axis=self.axis % x.ndim, **extra)
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""

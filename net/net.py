@@ -164,11 +164,31 @@ class Net:
         self._build()
         if self.device != "cpu":
             prepare(self)  # inference layers only; conv + in-place ReLU fused
+        else:
+            self._fuse_relus()
         self._plan_backward()
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
     # -- construction ------------------------------------------------------------------------
+    def _fuse_relus(self) -> None:
+        """CPU: a Convolution or InnerProduct whose only top is rewritten next by an in-place ReLU with negative slope
+        0 applies the ReLU itself, in the same kernel call (the ReLU layer's forward is then skipped; its backward
+        still runs, from the same in-place data as before). The blob values are the same as without fusion."""
+        for i in range(1, len(self.layers)):
+            layer, previous = self.layers[i], self.layers[i - 1]
+            if (
+                layer.type == "ReLU"
+                and previous.type in ("Convolution", "InnerProduct")
+                and len(self.tops[i - 1]) == 1
+                and len(self.bottoms[i]) == 1
+                and self.bottoms[i][0] is self.tops[i - 1][0]
+                and self.tops[i][0] is self.bottoms[i][0]
+                and float(layer.param.relu_param.negative_slope) == 0.0
+            ):
+                previous.fused_relu = True
+                layer.fused = True
+
     def _build(self) -> None:
         available: dict[str, None] = {}
         for lp in self._built.layer:

@@ -328,3 +328,16 @@ def test_backward_matches_torch() -> None:
         _assert_close_n(dx, tx.grad.numpy(), ws[0] // group * ws[2] * ws[3], "dx")
         _assert_close_n(dw, tw.grad.numpy(), pixels, "dw")
         _assert_close_n(db, tb.grad.numpy(), pixels, "db")
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])  # 1 and 3: per-image tile path; 8: batch path (2 threads: n % threads == 0)
+def test_fused_relu_is_relu_of_the_output_bit_for_bit(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 4, 11, 11), dtype=np.float32)
+    w = rng.standard_normal((6, 2, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(6, dtype=np.float32)
+    kw = {"stride": (2, 1), "pad": (1, 1), "group": 2}
+    plain = conv2d_forward(x, w, b, **kw)
+    fused = conv2d_forward(x, w, b, relu=True, **kw)
+    assert (plain < 0).any()
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))

@@ -184,3 +184,15 @@ def test_backward_errors() -> None:
     buf = np.zeros(40, np.float32)
     with pytest.raises(ValueError, match="dx shares memory with dy"):
         inner_product_backward(buf[:12].reshape(4, 3), x, w, dx=buf[10:34].reshape(4, 6))
+
+
+@pytest.mark.parametrize("m", [1, 5, 40])  # few rows (register-tiled dots) and the GEMM path
+def test_fused_relu_is_relu_of_the_output_bit_for_bit(m):
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((m, 37), dtype=np.float32)
+    w = rng.standard_normal((23, 37), dtype=np.float32)
+    b = rng.standard_normal(23, dtype=np.float32)
+    plain = inner_product_forward(x, w, b)
+    fused = inner_product_forward(x, w, b, relu=True)
+    assert (plain < 0).any()
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))

@@ -184,3 +184,23 @@ def test_syntax_error_names_file_and_line(tmp_path):
     path.write_text('name: "x"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom "data"\n}\n')
     with pytest.raises(PrototxtError, match=r"bad.prototxt:5:"):
         Net.load(path)
+
+
+def test_cpu_net_fuses_in_place_relu_with_the_same_values():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    net = Net.load(root / "models/caffenet/deploy.prototxt")
+    fused = {layer.name for layer in net.layers if getattr(layer, "fused_relu", False)}
+    assert fused == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
+    x = np.random.default_rng(0).random((2, 3, 227, 227), dtype=np.float32) * 255 - 120
+    got = {"prob": net.forward(data=x)["prob"]}
+    feats = net.blobs["fc7"].copy()
+    for layer in net.layers:  # the same net, unfused: every ReLU runs as its own layer
+        if layer.type == "ReLU":
+            layer.fused = False
+        elif hasattr(layer, "fused_relu"):
+            layer.fused_relu = False
+    want = net.forward(data=x)["prob"]
+    np.testing.assert_array_equal(got["prob"], want)
+    np.testing.assert_array_equal(feats, net.blobs["fc7"])
