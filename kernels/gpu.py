@@ -527,3 +527,35 @@ def batchnorm_forward_inference(
         args = (xf[i0:i1], mean_sum.reshape(-1), var_sum.reshape(-1), yf[i0:i1], i32(count), i32(c), i32(inner))
         launch(rt, "elementwise", "batchnorm_inference", (), grid, block, (*args, factor, f32(eps)))
     return y
+
+
+# -- training: the backward launchers live in kernels/gpu_backward.py (which imports this module); they are
+# reachable here too, looked up on first use, so one namespace has every launcher a layer calls through
+# net.device.kernels_for.
+BACKWARD = (
+    "concat_backward",
+    "conv2d_backward",
+    "dropout_backward",
+    "dropout_forward",
+    "eltwise_backward",
+    "inner_product_backward",
+    "lrn_backward",
+    "pool2d_backward",
+    "relu_backward",
+    "sigmoid_backward",
+    "softmax_backward",
+    "softmax_loss_backward",
+    "softmax_loss_forward",
+    "split_backward",
+    "tanh_backward",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in BACKWARD:
+        from kernels import gpu_backward
+
+        value = getattr(gpu_backward, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernels.gpu' has no attribute {name!r}")
