@@ -575,15 +575,22 @@ def test_net_on_gpu_matches_cpu(dev, model, batch) -> None:
 
 
 def test_gpu_net_limits(dev) -> None:
-    with pytest.raises(GPUBackendError, match="inference only"):
-        Net.load(LENET, phase="train", device="gpu")
+    text = (
+        'layer { name: "data" type: "Input" top: "data" top: "label"\n'
+        "  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }\n"
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "label" top: "loss" }\n'
+    )
+    with pytest.raises(GPUBackendError, match=r"layers without GPU kernels: 'loss' \(EuclideanLoss\)"):
+        Net.from_string(text, device="gpu")
     text = (
         'layer { name: "data" type: "Input" top: "data" top: "label"\n'
         "  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n"
-        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }\n'
+        'layer { name: "scale" type: "Scale" bottom: "data" top: "s" }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" }\n'
     )
-    with pytest.raises(GPUBackendError, match=r"layers without GPU kernels: 'loss' \(SoftmaxWithLoss\)"):
-        Net.from_string(text, device="gpu")
+    with pytest.raises(GPUBackendError, match=r"layers without GPU backward kernels: 'scale' \(Scale\)"):
+        Net.from_string(text, phase="train", device="gpu")
+    Net.from_string(text, phase="test", device="gpu")  # inference: Scale runs forward only
 
 
 def test_cli_time_and_classify_on_gpu(dev, tmp_path, capsys) -> None:
