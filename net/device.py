@@ -146,7 +146,8 @@ def check_device(device: str) -> str:
 
 
 def prepare(net: Net) -> None:
-    """Make a GPU net ready: supported layers only (GPU_LAYERS; layers that run backward: GPU_TRAIN_LAYERS); a
+    """Make a GPU net ready: supported layers only (GPU_LAYERS; in a TRAIN net, layers that run backward:
+    GPU_TRAIN_LAYERS); a
     Convolution whose top is rewritten next by an in-place ReLU with negative_slope 0 takes the ReLU into its
     epilogue (the ReLU's backward still runs, on the output, as Caffe's in-place ReLU does); Data layers get a
     BatchStager, Dropout layers their own rng."""
@@ -154,7 +155,7 @@ def prepare(net: Net) -> None:
         {
             f"'{net.layers[i].name}' ({net.layers[i].type})"
             for i in net.backward_layers
-            if net.layers[i].type not in GPU_TRAIN_LAYERS
+            if net.layers[i].type not in GPU_TRAIN_LAYERS and net.phase == "TRAIN"
         }
     )
     if no_backward:
