@@ -371,3 +371,16 @@ def test_gradient_check_conv_pool_lrn_ip_loss(dev) -> None:
     dx, dw, _ = gb.conv2d_backward(d1, up(x), up(w), need_db=False)
     _close(down(dx), _numeric(lambda v: forward(v, w)[1], x.copy()))
     _close(down(dw), _numeric(lambda v: forward(x, v)[1], w.copy()))
+
+
+def test_bench_gpu_train_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> None:
+    import sys
+
+    from benchmarks import bench_gpu_train
+    from kernels import gpu_runtime as gr
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(gr, "_active", None)
+    monkeypatch.setenv("CUPY_TF32", "0")
+    assert bench_gpu_train.main(["--only", "conv"]) == 2
+    assert "bench_gpu_train: no GPU to benchmark on: the GPU backend needs CuPy" in capsys.readouterr().err
