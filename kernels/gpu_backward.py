@@ -672,14 +672,13 @@ class SegmentedParams:
 
 
 def _segment_grid(params: SegmentedParams, rt: Runtime, blocks: int | None = None) -> tuple:
-    most = max(params.sizes, default=1)
-    x = (
-        blocks
-        if blocks is not None
-        else max(1, min(ceil_div(most, 256), max(1, 4 * rt.sm_count // max(len(params), 1))))
-    )
+    """Grid (x, segments) of the fused kernels: x blocks per segment, enough for the largest blob (16 elements per
+    thread) up to 8 per SM; smaller segments leave most of their blocks idle, which exit at once (a planning guess,
+    unmeasured: bench on the device)."""
     if len(params) > 65535:
         raise ValueError(f"solver: {len(params)} learnable blobs exceed the fused update's 65535 segments")
+    most = max(params.sizes, default=1)
+    x = blocks if blocks is not None else max(1, min(ceil_div(most, 256 * 16), 8 * rt.sm_count))
     return (x, len(params), 1), (256, 1, 1)
 
 

@@ -384,3 +384,27 @@ def test_bench_gpu_train_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> Non
     monkeypatch.setenv("CUPY_TF32", "0")
     assert bench_gpu_train.main(["--only", "conv"]) == 2
     assert "bench_gpu_train: no GPU to benchmark on: the GPU backend needs CuPy" in capsys.readouterr().err
+
+
+def test_barrier_kernels_in_every_thread_order() -> None:
+    """The kernels with __syncthreads (softmax_backward_rows, softmax_loss, channel_sum, sumsq_segments,
+    sum_partials) in forward and shuffled thread order too (the fixture runs them reversed): a missing barrier
+    gives a wrong answer in some order."""
+    if compiler() is None:
+        pytest.skip("g++ not found: the CUDA emulator cannot be built")
+    rng = np.random.default_rng(12)
+    y = activations.softmax_forward(randn(rng, 3, 70))
+    dy, x = randn(rng, 3, 70), randn(rng, 3, 70) * 3
+    labels = np.array([1, 5, 69], np.float32)
+    loss, _, _ = closs.softmax_loss_forward(x, labels)
+    dyc, xc, wc = randn(rng, 2, 5, 3, 3), randn(rng, 2, 2, 5, 5), randn(rng, 5, 2, 3, 3)
+    for order in (0, 2):
+        with gpu.use_runtime(EmuRuntime(default_build_dir(), order=order)):
+            assert_near(down(gb.softmax_backward(up(dy), up(y))), activations.softmax_backward(dy, y))
+            gloss, _, _ = gb.softmax_loss_forward(up(x), up(labels))
+            assert abs(float(down(gloss)) - loss) <= 1e-6 * loss
+            _, _, db = gb.conv2d_backward(up(dyc), up(xc), up(wc), need_dx=False, need_dw=False)
+            assert_gemm_close(down(db), dyc.astype(np.float64).sum(axis=(0, 2, 3)), 18)
+            params = gb.SegmentedParams([(300,), (7,)], [1.0, 1.0], [0.0, 0.0])
+            params.g[...] = up(np.ones(params.total, np.float32))
+            assert abs(gb.grad_norm(params) - np.sqrt(params.total)) < 1e-9
