@@ -1,4 +1,4 @@
-"""GPU inference kernels: launchers for crema's CUDA C sources (kernels/cuda/*.cu), same signatures as the CPU ones.
+"""GPU kernels: launchers for crema's CUDA C sources (kernels/cuda/*.cu), same signatures as the CPU ones.
 
 Kernels (each .cu file opens with its list): gemm.cu (sgemm_naive, sgemm, conv2d_igemm, gemv_rows, gemv_rows_t),
 pool.cu (pool2d_max, pool2d_ave), lrn.cu (lrn_across, lrn_within), activations.cu (relu, sigmoid, tanh_forward,
@@ -16,7 +16,12 @@ The runtime (CuPy's RawModule, or the tests' CPU emulator), the compile cache an
 split-K, grids, 32-bit chunks) are in kernels/gpu_runtime.py; `runtime()` raises GPUBackendError (a RuntimeError)
 without CuPy or a device, and importing this module never imports CuPy.
 
-Benchmark: ``python -m benchmarks.bench_gpu`` (checks every result against cuBLAS / cuDNN first).
+Training: the backward launchers and the fused solver update are in kernels/gpu_backward.py (backward.cu, optim.cu);
+their names (``conv2d_backward``, ``pool2d_backward``, ... see BACKWARD) are also attributes of this module, looked up
+on first use, so `net.device.kernels_for` returns one namespace for forward and backward.
+
+Benchmark: ``python -m benchmarks.bench_gpu`` (checks every result against cuBLAS / cuDNN first);
+``python -m benchmarks.bench_gpu_train`` for training.
 """
 
 from __future__ import annotations
