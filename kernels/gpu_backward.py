@@ -1,8 +1,7 @@
 """GPU training kernels: backward launchers and the fused solver update, same signatures as the CPU functions.
 
-Sources: kernels/cuda/backward.cu (pooling, LRN, activations, softmax + loss, dropout, concat, eltwise, bias sums,
-im2col / col2im / dy packing; the file opens with its kernel list) and kernels/cuda/optim.cu (sumsq_segments,
-sum_partials, sgd_fused). Convolution dW / dX and InnerProduct reuse crema's own sgemm (kernels/cuda/gemm.cu; no
+Source: kernels/cuda/backward.cu (pooling, LRN, activations, softmax + loss, dropout, concat, eltwise, bias sums,
+im2col / col2im / dy packing; the file opens with its kernel list). Convolution dW / dX and InnerProduct reuse crema's own sgemm (kernels/cuda/gemm.cu; no
 cuBLAS, cuDNN or cupy.matmul):
   conv dW_g += dY_g (Mg x Q) @ im2col(X)_g^T (Q x Kg)      Q = images of the chunk x OH x OW
   conv dX   = col2im(W_g^T (Kg x Mg) @ dY_g (Mg x Q))       (a gather per input pixel: deterministic, no atomics)
@@ -14,7 +13,7 @@ Semantics as the CPU functions (kernels/conv.py, fc.py, pool.py, lrn.py, activat
 input gradients are OVERWRITTEN, parameter gradients ACCUMULATED; the differences are documented per function
 (device arrays in and out; Dropout's mask is a uint8 device array from a counter-based device RNG seeded from `rng`;
 SoftmaxWithLoss returns its loss and normaliser as device scalars, so no host round trip is needed until the
-solver reads the loss). `SegmentedParams` + `sgd_update_fused` are the solver's fused update (net/solver.py).
+solver reads the loss). The solver's fused update is in kernels/gpu_optim.py.
 
 Tests: tests/kernels/test_gpu_backward.py (CPU emulator here; a GPU where one is visible).
 """
@@ -44,9 +43,7 @@ from kernels.gpu import (
 from kernels.gpu_runtime import (
     FLAT_LIMIT,
     INDEX_LIMIT,
-    GPUBackendError,
     Runtime,
-    ceil_div,
     chunks,
     flat_launch,
     launch,
@@ -60,7 +57,6 @@ from kernels.pool import pool2d_output_shape
 __all__ = [
     "COL_LIMIT",
     "REDUCE_THREADS",
-    "SegmentedParams",
     "concat_backward",
     "conv2d_backward",
     "dropout_backward",
@@ -70,7 +66,6 @@ __all__ = [
     "lrn_backward",
     "pool2d_backward",
     "relu_backward",
-    "sgd_update_fused",
     "sigmoid_backward",
     "softmax_backward",
     "softmax_loss_backward",
@@ -81,7 +76,6 @@ __all__ = [
 
 REDUCE_THREADS = 256  # block of the shared-memory reductions (backward.cu / optim.cu default)
 COL_LIMIT = 1 << 26  # floats of the im2col buffer of one convolution-backward chunk (256 MiB)
-ALIGN = 64  # floats between segment starts of the solver's flat buffers (256 bytes: float4 loads stay aligned)
 i32, i64, f32, f64 = np.int32, np.int64, np.float32, np.float64
 
 
@@ -632,92 +626,3 @@ def softmax_loss_backward(
         rt, "backward", "softmax_loss_grad", (), grid, block, (*args, i32(ignore_label is not None), f64(loss_weight))
     )
     return dx
-
-
-# -- the solver's fused update ------------------------------------------------------------------------------------
-class SegmentedParams:
-    """Every learnable blob as a view of three flat device buffers (weights, gradients, history), so one launch
-    updates them all. `sizes`: element count per blob; segment s is [offsets[s], offsets[s] + sizes[s]) with
-    segment starts ALIGN floats apart; the kernels take segment s as [start s, start s + 1), gap included. `lr_mult` / `decay` (weight_decay * decay_mult) per blob.
-    """
-
-    def __init__(self, shapes: Sequence[tuple[int, ...]], lr_mult: Sequence[float], decay: Sequence[float]) -> None:
-        rt = runtime()
-        self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        sizes = [math.prod(s) for s in self.shapes]
-        starts, pos = [], 0
-        for size in sizes:
-            starts.append(pos)
-            pos += ceil_div(max(size, 1), ALIGN) * ALIGN
-        if pos >= INDEX_LIMIT:
-            raise ValueError(f"solver: {pos} parameter elements exceed the fused update's 2^31 limit")
-        self.total = pos
-        self.starts = starts
-        self.sizes = sizes
-        self.w, self.g, self.h = rt.empty((pos,)), rt.empty((pos,)), rt.empty((pos,))
-        for a in (self.w, self.g, self.h):
-            a.fill(0)  # the gaps stay zero: the update maps (w, g, h) = 0 to 0, so segments may include them
-        self._off = rt.asarray(np.array([*starts, pos], np.int32))
-        self.lr_mult = rt.asarray(np.asarray(lr_mult, np.float64))
-        self.decay = rt.asarray(np.asarray(decay, np.float64))
-        self._lr_host = [float(v) for v in lr_mult]
-        self.partial_blocks = 8
-
-    def view(self, buf: Any, s: int) -> Any:
-        """Segment s of one of the flat buffers, shaped like its blob."""
-        return buf[self.starts[s] : self.starts[s] + self.sizes[s]].reshape(self.shapes[s])
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-
-def _segment_grid(params: SegmentedParams, rt: Runtime, blocks: int | None = None) -> tuple:
-    """Grid (x, segments) of the fused kernels: x blocks per segment, enough for the largest blob (16 elements per
-    thread) up to 8 per SM; smaller segments leave most of their blocks idle, which exit at once (a planning guess,
-    unmeasured: bench on the device)."""
-    if len(params) > 65535:
-        raise ValueError(f"solver: {len(params)} learnable blobs exceed the fused update's 65535 segments")
-    most = max(params.sizes, default=1)
-    x = blocks if blocks is not None else max(1, min(ceil_div(most, 256 * 16), 8 * rt.sm_count))
-    return (x, len(params), 1), (256, 1, 1)
-
-
-def grad_norm(params: SegmentedParams) -> float:
-    """The global L2 norm of the gradients of the blobs with lr_mult != 0: float64 sums on the device, one number
-    read back."""
-    rt = runtime()
-    if not len(params):
-        return 0.0
-    (gx, gy, _), block = _segment_grid(params, rt, params.partial_blocks)
-    partial = rt.empty((gx * gy,), np.float64)
-    launch(rt, "optim", "sumsq_segments", (), (gx, gy, 1), block, (params.g, params._off, params.lr_mult, partial))
-    total = rt.empty((1,), np.float64)
-    launch(rt, "optim", "sum_partials", (), (1, 1, 1), (REDUCE_THREADS, 1, 1), (partial, total, i32(gx * gy)))
-    return math.sqrt(float(rt.to_host(total)[0]))
-
-
-def sgd_update_fused(
-    params: SegmentedParams,
-    rate: float,
-    momentum: float,
-    *,
-    scale: float = 1.0,
-    clip: float = 1.0,
-    l1: bool = False,
-    nesterov: bool = False,
-) -> None:
-    """One SGD (or Nesterov) step over every segment in a single launch: clip, scale (1 / iter_size), L2 / L1 decay,
-    momentum; leaves the applied step in the gradient buffer, as the CPU kernels do (formulas in optim.cu)."""
-    rt = runtime()
-    if not len(params):
-        return
-    grid, block = _segment_grid(params, rt)
-    args = (params.w, params.g, params.h, params._off, params.lr_mult, params.decay, f64(rate), f64(momentum))
-    args += (f64(scale), f32(clip), i32(bool(l1)), i32(bool(nesterov)))
-    launch(rt, "optim", "sgd_fused", (), grid, block, args)
-
-
-def unsupported_solver(kind: str) -> GPUBackendError:
-    return GPUBackendError(
-        f"solver type {kind} has no GPU update yet (the GPU solver runs SGD and Nesterov); run with device 'cpu'"
-    )

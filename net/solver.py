@@ -301,12 +301,12 @@ class Solver:
     def _flatten_params(self):
         """GPU: move every learnable blob into flat device buffers (weights, gradients, history) as views, so one
         fused launch updates them all; the test nets share the same Blob objects and so see the views too."""
-        from kernels import gpu_backward
+        from kernels import gpu_optim
 
         if self.type not in ("SGD", "Nesterov"):
-            raise gpu_backward.unsupported_solver(self.type)
+            raise gpu_optim.unsupported_solver(self.type)
         wd = float(self.param.weight_decay)
-        flat = gpu_backward.SegmentedParams(
+        flat = gpu_optim.SegmentedParams(
             [blob.shape for _, _, blob, _, _ in self.learnable],
             [lr for _, _, _, lr, _ in self.learnable],
             [wd * decay for _, _, _, _, decay in self.learnable],
@@ -515,16 +515,16 @@ class Solver:
     def _apply_update_gpu(self, rate: float) -> None:
         """The same step as the CPU path, fused into one launch (kernels/cuda/optim.cu); clipping reads the global
         gradient norm back (computed on the device) to decide and log, as the CPU path does."""
-        from kernels import gpu_backward
+        from kernels import gpu_optim
 
         p = self.param
         clip = np.float32(1.0)
         if p.clip_gradients >= 0:
-            norm = gpu_backward.grad_norm(self.flat)
+            norm = gpu_optim.grad_norm(self.flat)
             if norm > p.clip_gradients:
                 clip = np.float32(p.clip_gradients / norm)
                 self.log(f"Gradient clipping: scaling down gradients (L2 norm {norm:g} > {p.clip_gradients:g})")
-        gpu_backward.sgd_update_fused(
+        gpu_optim.sgd_update_fused(
             self.flat,
             rate,
             float(p.momentum),

@@ -20,6 +20,7 @@ import pytest
 
 from kernels import activations, conv, elementwise, fc, gpu, lrn, optim, pool
 from kernels import gpu_backward as gb
+from kernels import gpu_optim as go
 from kernels import loss as closs
 from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir
 
@@ -293,7 +294,7 @@ def test_fused_sgd_matches_the_cpu_solver_kernels(dev, nesterov, l1) -> None:
     rng = np.random.default_rng(10)
     shapes = [(5, 3), (7,), (1,), (130,)]
     lr_mult, decay_mult, wd = [1.0, 2.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.5], 5e-4
-    params = gb.SegmentedParams(shapes, lr_mult, [wd * d for d in decay_mult])
+    params = go.SegmentedParams(shapes, lr_mult, [wd * d for d in decay_mult])
     ws = [randn(rng, *s) for s in shapes]
     gs = [randn(rng, *s) for s in shapes]
     hs = [randn(rng, *s) * 0.1 for s in shapes]
@@ -301,12 +302,12 @@ def test_fused_sgd_matches_the_cpu_solver_kernels(dev, nesterov, l1) -> None:
         params.view(params.w, s)[...] = up(ws[s])
         params.view(params.g, s)[...] = up(gs[s])
         params.view(params.h, s)[...] = up(hs[s])
-    norm = gb.grad_norm(params)
+    norm = go.grad_norm(params)
     want_norm = np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g, lr in zip(gs, lr_mult) if lr))
     assert abs(norm - want_norm) <= 1e-6 * want_norm
     clip = np.float32(0.5)
     rate, momentum, scale = 0.01, 0.9, 0.5
-    gb.sgd_update_fused(params, rate, momentum, scale=scale, clip=float(clip), l1=l1, nesterov=nesterov)
+    go.sgd_update_fused(params, rate, momentum, scale=scale, clip=float(clip), l1=l1, nesterov=nesterov)
     update = optim.nesterov_update if nesterov else optim.sgd_update
     for s in range(len(shapes)):
         w, g, h = ws[s].ravel().copy(), gs[s].ravel().copy(), hs[s].ravel().copy()
@@ -405,6 +406,6 @@ def test_barrier_kernels_in_every_thread_order() -> None:
             assert abs(float(down(gloss)) - loss) <= 1e-6 * loss
             _, _, db = gb.conv2d_backward(up(dyc), up(xc), up(wc), need_dx=False, need_dw=False)
             assert_gemm_close(down(db), dyc.astype(np.float64).sum(axis=(0, 2, 3)), 18)
-            params = gb.SegmentedParams([(300,), (7,)], [1.0, 1.0], [0.0, 0.0])
+            params = go.SegmentedParams([(300,), (7,)], [1.0, 1.0], [0.0, 0.0])
             params.g[...] = up(np.ones(params.total, np.float32))
-            assert abs(gb.grad_norm(params) - np.sqrt(params.total)) < 1e-9
+            assert abs(go.grad_norm(params) - np.sqrt(params.total)) < 1e-9
