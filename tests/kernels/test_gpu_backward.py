@@ -1,4 +1,4 @@
-"""GPU training kernels (kernels/gpu_backward.py, kernels/cuda/backward.cu, optim.cu) against the CPU backward.
+"""GPU training kernels (kernels/gpu_backward.py + backward.cu, kernels/gpu_optim.py + optim.cu) against the CPU.
 
 Same test bodies on two runtimes (fixture `rt`): "emulator" runs the CUDA sources on the CPU (tests/kernels/cuda_emu.py:
 threads of a block in reverse order; argument types, launch limits and out-of-bounds writes checked), "cuda" on a GPU
