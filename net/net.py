@@ -400,9 +400,12 @@ class Net:
         for blob, weight in self.loss_tops:
             blob.diff = full_like(blob.data, blob.shape, weight)
         for i in reversed(self.backward_layers):
+            if timings is not None:
+                synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion
             t0 = time.perf_counter() if timings is not None else 0.0
             self.layers[i].backward(self.tops[i], self.propagate_down[i], self.bottoms[i])
             if timings is not None:
+                synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
 
     def forward_backward(self) -> float:
