@@ -189,18 +189,27 @@ def prepare(net: Net) -> None:
 
 
 def to_device(net: Net) -> None:
-    """Upload what is still on the host: parameters (the first time), the inputs, and blobs a reshape replaced with
-    host zeros (as uninitialised device arrays: every layer writes its tops)."""
+    """Upload what is still on the host: parameters (the first time) and their diffs, the inputs, and blobs a reshape
+    replaced with host zeros (as uninitialised device arrays: every layer writes its tops)."""
     rt = gpu.runtime()
     for layer in net.layers:
         for blob in layer.blobs:
             if not rt.is_array(blob.data):
                 blob.data = gpu.to_device(blob.data)
+            _diff_to_device(rt, blob)
     inputs = set(net.inputs)
     for name in net.blobs:
         blob = net.blob(name)
         if not rt.is_array(blob.data):
             blob.data = gpu.to_device(blob.data) if name in inputs else rt.empty(blob.shape)
+        _diff_to_device(rt, blob)
+
+
+def _diff_to_device(rt: Any, blob: Any) -> None:
+    """A diff made on the host before the upload (say by clear_param_diffs) follows its data to the device."""
+    d = blob._diff
+    if d is not None and not rt.is_array(d) and d.shape == blob.shape:
+        blob.diff = gpu.to_device(d)
 
 
 def to_host(a: Any) -> np.ndarray:

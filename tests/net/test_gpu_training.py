@@ -189,3 +189,54 @@ def test_train_cli_device_gpu_without_cupy(tmp_path, digits, monkeypatch, capsys
     assert main(["train", "--solver", str(path), "--device", "gpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crema: error: the GPU backend needs CuPy") and "Traceback" not in err
+
+
+ALL_LAYERS = """name: "mix" force_backward: true
+layer { name: "in" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "conv2" type: "Convolution" bottom: "data" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 group: 1 } }
+layer { name: "sig" type: "Sigmoid" bottom: "conv1" top: "sig" }
+layer { name: "tanh" type: "TanH" bottom: "conv2" top: "tanh" }
+layer { name: "sum" type: "Eltwise" bottom: "sig" bottom: "tanh" top: "sum" eltwise_param { operation: SUM coeff: 1 coeff: -0.5 } }
+layer { name: "max" type: "Eltwise" bottom: "sig" bottom: "tanh" top: "max" eltwise_param { operation: MAX } }
+layer { name: "prod" type: "Eltwise" bottom: "conv1" bottom: "conv2" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "max" bottom: "prod" top: "cat" }
+layer { name: "pool" type: "Pooling" bottom: "cat" top: "pool" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "lrn" type: "LRN" bottom: "pool" top: "lrn" lrn_param { local_size: 3 norm_region: WITHIN_CHANNEL } }
+layer { name: "flat" type: "Flatten" bottom: "lrn" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip" inner_product_param { num_output: 5 } }
+layer { name: "soft" type: "Softmax" bottom: "ip" top: "soft" }
+layer { name: "ip2" type: "InnerProduct" bottom: "soft" top: "ip2" inner_product_param { num_output: 3 transpose: true } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" loss_weight: 2 }
+"""
+
+
+def test_every_gpu_backward_layer_in_one_net_matches_the_cpu(dev) -> None:
+    """Convolution, Split (automatic), Sigmoid, TanH, Eltwise SUM / MAX / PROD, Concat, AVE Pooling, LRN, Flatten,
+    InnerProduct (both layouts), Softmax, SoftmaxWithLoss: parameter and input gradients of a GPU net equal the CPU
+    net's (same weights; float32 reordering only)."""
+    from net import Net
+    from net.device import host
+    from tests.conftest import randomize
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
+    label = np.array([2, 0], np.float32)
+    grads = []
+    for device in ("cpu", "gpu"):
+        net = Net.from_string(ALL_LAYERS, phase="train", device=device)
+        randomize(net, seed=4)
+        net.set_input("data", x)
+        net.set_input("label", label)
+        net.clear_param_diffs()
+        loss = net.forward_loss()
+        net.backward()
+        diffs = [np.array(host(b.diff)) for layer in net.layers for b in layer.blobs]
+        grads.append((loss, diffs, np.array(host(net.blob("data").diff))))
+    (loss_c, diffs_c, dx_c), (loss_g, diffs_g, dx_g) = grads
+    assert abs(loss_g - loss_c) <= 1e-5 * abs(loss_c)
+    for a, b in zip(diffs_g, diffs_c):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(float(np.abs(b).max()), 1e-3))
+    np.testing.assert_allclose(dx_g, dx_c, rtol=0, atol=1e-5 * float(np.abs(dx_c).max()))
