@@ -240,3 +240,12 @@ def test_every_gpu_backward_layer_in_one_net_matches_the_cpu(dev) -> None:
     for a, b in zip(diffs_g, diffs_c):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(float(np.abs(b).max()), 1e-3))
     np.testing.assert_allclose(dx_g, dx_c, rtol=0, atol=1e-5 * float(np.abs(dx_c).max()))
+
+
+def test_train_cli_on_the_gpu_path(tmp_path, digits, dev, capsys) -> None:
+    path = _solver_file(tmp_path, digits, "max_iter: 2 snapshot: 2")
+    assert main(["train", "--solver", str(path), "--device", "gpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Iteration 2, Testing net (#0)" not in out and "Optimization Done." in out
+    assert (tmp_path / "snap_iter_2.caffemodel").exists() and (tmp_path / "snap_iter_2.solverstate").exists()
+    assert (tmp_path / "snap_log.csv").exists()
