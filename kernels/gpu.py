@@ -1,4 +1,4 @@
-"""GPU inference kernels: launchers for crema's CUDA C sources (kernels/cuda/*.cu), same signatures as the CPU ones.
+"""GPU kernels: launchers for crema's CUDA C sources (kernels/cuda/*.cu), same signatures as the CPU ones.
 
 Kernels (each .cu file opens with its list): gemm.cu (sgemm_naive, sgemm, conv2d_igemm, gemv_rows, gemv_rows_t),
 pool.cu (pool2d_max, pool2d_ave), lrn.cu (lrn_across, lrn_within), activations.cu (relu, sigmoid, tanh_forward,
@@ -16,7 +16,12 @@ The runtime (CuPy's RawModule, or the tests' CPU emulator), the compile cache an
 split-K, grids, 32-bit chunks) are in kernels/gpu_runtime.py; `runtime()` raises GPUBackendError (a RuntimeError)
 without CuPy or a device, and importing this module never imports CuPy.
 
-Benchmark: ``python -m benchmarks.bench_gpu`` (checks every result against cuBLAS / cuDNN first).
+Training: the backward launchers and the fused solver update are in kernels/gpu_backward.py (backward.cu, optim.cu);
+their names (``conv2d_backward``, ``pool2d_backward``, ... see BACKWARD) are also attributes of this module, looked up
+on first use, so `net.device.kernels_for` returns one namespace for forward and backward.
+
+Benchmark: ``python -m benchmarks.bench_gpu`` (checks every result against cuBLAS / cuDNN first);
+``python -m benchmarks.bench_gpu_train`` for training.
 """
 
 from __future__ import annotations
@@ -527,3 +532,35 @@ def batchnorm_forward_inference(
         args = (xf[i0:i1], mean_sum.reshape(-1), var_sum.reshape(-1), yf[i0:i1], i32(count), i32(c), i32(inner))
         launch(rt, "elementwise", "batchnorm_inference", (), grid, block, (*args, factor, f32(eps)))
     return y
+
+
+# -- training: the backward launchers live in kernels/gpu_backward.py (which imports this module); they are
+# reachable here too, looked up on first use, so one namespace has every launcher a layer calls through
+# net.device.kernels_for.
+BACKWARD = (
+    "concat_backward",
+    "conv2d_backward",
+    "dropout_backward",
+    "dropout_forward",
+    "eltwise_backward",
+    "inner_product_backward",
+    "lrn_backward",
+    "pool2d_backward",
+    "relu_backward",
+    "sigmoid_backward",
+    "softmax_backward",
+    "softmax_loss_backward",
+    "softmax_loss_forward",
+    "split_backward",
+    "tanh_backward",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in BACKWARD:
+        from kernels import gpu_backward
+
+        value = getattr(gpu_backward, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernels.gpu' has no attribute {name!r}")

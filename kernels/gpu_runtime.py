@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
-SOURCES = ("activations", "elementwise", "gemm", "lrn", "pool")
+SOURCES = ("activations", "backward", "elementwise", "gemm", "lrn", "optim", "pool")
 THREADS = 256  # threads per block of the grid-stride kernels
 INDEX_LIMIT = 2**31 - 1  # elements of one array in one launch (32-bit indices)
 FLAT_LIMIT = 2**30  # elements per grid-stride launch (index + grid stride must stay below 2^31)

@@ -228,7 +228,16 @@ class DataLayer(Layer):
             np.multiply(x, self.scale, out=out, dtype=np.float32)
         return out
 
+    stager = None  # a net.device.BatchStager on GPU nets: batches produced and uploaded one ahead
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.stager is not None:
+            self.stager.next(top)
+        else:
+            self.produce(bottom, top)
+
+    def produce(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """The next batch into the tops as host arrays (the stager calls this from its thread)."""
         idx = self.next_indices()
         top[0].data = self.transform(self.images[idx])
         if len(top) > 1:
@@ -239,7 +248,18 @@ class DataLayer(Layer):
 
     # -- resumable position ----------------------------------------------------------------------------------
     def state(self) -> dict:
-        """JSON-serialisable position: {"epoch", "position", "epoch_seed", "rng"} (rng: bit_generator.state)."""
+        """JSON-serialisable position: {"epoch", "position", "epoch_seed", "rng"} (rng: bit_generator.state); with a
+        stager, the position before the batch it holds staged."""
+        return self.stager.state() if self.stager is not None else self.own_state()
+
+    def set_state(self, state: dict) -> None:
+        """Continue exactly where `state()` was taken: the same permutation, position and rng stream."""
+        if self.stager is not None:
+            self.stager.set_state(state)
+        else:
+            self.set_own_state(state)
+
+    def own_state(self) -> dict:
         return {
             "epoch": self.epoch,
             "position": self.position,
@@ -247,8 +267,7 @@ class DataLayer(Layer):
             "rng": self.rng.bit_generator.state,
         }
 
-    def set_state(self, state: dict) -> None:
-        """Continue exactly where `state()` was taken: the same permutation, position and rng stream."""
+    def set_own_state(self, state: dict) -> None:
         n = self.images.shape[0]
         epoch, position, seed = int(state["epoch"]), int(state["position"]), state.get("epoch_seed")
         if not 0 <= position <= n or epoch < 0:

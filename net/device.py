@@ -3,6 +3,7 @@
     net = Net.load("deploy.prototxt", "weights.caffemodel", device="gpu")  # GPUBackendError without CuPy or a GPU
     probs = net.forward(data=x)   # x NumPy; weights uploaded on the first forward, activations stay on the device,
                                   # outputs come back as NumPy arrays (one copy each)
+    Solver(param, device="gpu").solve()   # training: forward, backward and the update on the device
 
 Layers call `kernels_for(array).conv2d_forward(...)`: CPU kernels for NumPy arrays, `kernels.gpu` for arrays of
 the active GPU runtime, so a Net's layer objects are the same on both devices. `check_device` names the device or
@@ -10,18 +11,25 @@ raises GPUBackendError (a RuntimeError); `prepare` checks a GPU net's layers and
 convolution before it; `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
 `to_host` brings an output back. Importing this module never imports CuPy.
 
-Limits: inference only (TEST phase, the layer types in GPU_LAYERS). After a GPU forward, `net.params` and
-`net.blobs` hold device arrays; copy weights in (`copy_from`) and save before the first GPU forward.
+Training (TRAIN phase): every layer that runs backward must be one of GPU_TRAIN_LAYERS; backward dispatches like
+the forward (`kernels_for(dy).conv2d_backward(...)`). `Data` layers get a `BatchStager`: a background thread
+produces the next batch (the layer's CPU transform) and uploads it while the device works on the current one (double
+buffering); its `state()` is the position before the staged batch, so snapshots resume exactly. Dropout layers get
+their own rng (the device RNG's seeds come from it; the data thread keeps the net's). After a GPU forward,
+`net.params` and `net.blobs` hold device arrays; `host`, `assign` and `Net.save` / `copy_from` move values across.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kernels import activations, conv, elementwise, fc, gpu, lrn, pool
+from kernels import loss as loss_kernels
 from kernels.gpu import GPUBackendError
 
 if TYPE_CHECKING:
@@ -45,6 +53,21 @@ CPU = SimpleNamespace(
     scale_forward=elementwise.scale_forward,
     bias_forward=elementwise.bias_forward,
     batchnorm_forward_inference=elementwise.batchnorm_forward_inference,
+    conv2d_backward=conv.conv2d_backward,
+    inner_product_backward=fc.inner_product_backward,
+    pool2d_backward=pool.pool2d_backward,
+    lrn_backward=lrn.lrn_backward,
+    relu_backward=activations.relu_backward,
+    sigmoid_backward=activations.sigmoid_backward,
+    tanh_backward=activations.tanh_backward,
+    softmax_backward=activations.softmax_backward,
+    dropout_forward=activations.dropout_forward,
+    dropout_backward=activations.dropout_backward,
+    concat_backward=elementwise.concat_backward,
+    eltwise_backward=elementwise.eltwise_backward,
+    split_backward=elementwise.split_backward,
+    softmax_loss_forward=loss_kernels.softmax_loss_forward,
+    softmax_loss_backward=loss_kernels.softmax_loss_backward,
 )
 
 # Layer types a GPU net can run (forward only; the TEST phase): each either calls kernels_for(...) or only
@@ -65,6 +88,32 @@ GPU_LAYERS = frozenset(
         "Scale",
         "Bias",
         "BatchNorm",
+        "Flatten",
+        "Reshape",
+        "Split",
+        "Dropout",
+        "Data",
+        "SoftmaxWithLoss",
+        "Accuracy",  # on the host: it reads back its small inputs (scores and labels)
+    }
+)
+
+# Layer types whose backward runs on the GPU (a TRAIN net's layers that run backward must be among them).
+GPU_TRAIN_LAYERS = frozenset(
+    {
+        "Input",
+        "Data",
+        "Convolution",
+        "InnerProduct",
+        "Pooling",
+        "LRN",
+        "ReLU",
+        "Sigmoid",
+        "TanH",
+        "Softmax",
+        "SoftmaxWithLoss",
+        "Concat",
+        "Eltwise",
         "Flatten",
         "Reshape",
         "Split",
@@ -91,11 +140,22 @@ def check_device(device: str) -> str:
 
 
 def prepare(net: Net) -> None:
-    """Make a GPU net ready: inference only (TEST phase), supported layers only; a Convolution whose top is
-    rewritten next by an in-place ReLU with negative_slope 0 takes the ReLU into its epilogue."""
-    if net.phase != "TEST":
+    """Make a GPU net ready: supported layers only (GPU_LAYERS; in a TRAIN net, layers that run backward:
+    GPU_TRAIN_LAYERS); a
+    Convolution whose top is rewritten next by an in-place ReLU with negative_slope 0 takes the ReLU into its
+    epilogue (the ReLU's backward still runs, on the output, as Caffe's in-place ReLU does); Data layers get a
+    BatchStager, Dropout layers their own rng."""
+    no_backward = sorted(
+        {
+            f"'{net.layers[i].name}' ({net.layers[i].type})"
+            for i in net.backward_layers
+            if net.layers[i].type not in GPU_TRAIN_LAYERS and net.phase == "TRAIN"
+        }
+    )
+    if no_backward:
         raise GPUBackendError(
-            f"net '{net.name}': the GPU backend runs inference only (phase 'test'), got phase 'train'"
+            f"net '{net.name}': layers without GPU backward kernels: {', '.join(no_backward)} "
+            f"(GPU training layer types: {', '.join(sorted(GPU_TRAIN_LAYERS))}); run with device 'cpu'"
         )
     unsupported = sorted({f"'{layer.name}' ({layer.type})" for layer in net.layers if layer.type not in GPU_LAYERS})
     if unsupported:
@@ -115,21 +175,35 @@ def prepare(net: Net) -> None:
         ):
             previous.fused_relu = True
             layer.fused = True
+    for k, layer in enumerate(net.layers):
+        if layer.type == "Dropout" and layer.rng is net.rng:
+            layer.rng = np.random.default_rng(net.seed_sequence.spawn(1)[0])
+        if layer.type == "Data" and getattr(layer, "stager", None) is None:
+            layer.stager = BatchStager(layer, len(net.tops[k]))
 
 
 def to_device(net: Net) -> None:
-    """Upload what is still on the host: parameters (the first time), the inputs, and blobs a reshape replaced with
-    host zeros (as uninitialised device arrays: every layer writes its tops)."""
+    """Upload what is still on the host: parameters (the first time) and their diffs, the inputs, and blobs a reshape
+    replaced with host zeros (as uninitialised device arrays: every layer writes its tops)."""
     rt = gpu.runtime()
     for layer in net.layers:
         for blob in layer.blobs:
             if not rt.is_array(blob.data):
                 blob.data = gpu.to_device(blob.data)
+            _diff_to_device(rt, blob)
     inputs = set(net.inputs)
     for name in net.blobs:
         blob = net.blob(name)
         if not rt.is_array(blob.data):
             blob.data = gpu.to_device(blob.data) if name in inputs else rt.empty(blob.shape)
+        _diff_to_device(rt, blob)
+
+
+def _diff_to_device(rt: Any, blob: Any) -> None:
+    """A diff made on the host before the upload (say by clear_param_diffs) follows its data to the device."""
+    d = blob._diff
+    if d is not None and not rt.is_array(d) and d.shape == blob.shape:
+        blob.diff = gpu.to_device(d)
 
 
 def to_host(a: Any) -> np.ndarray:
@@ -137,6 +211,95 @@ def to_host(a: Any) -> np.ndarray:
     if type(a) is np.ndarray:
         return a.copy()
     return gpu.to_host(a)
+
+
+def host(a: Any) -> np.ndarray:
+    """`a` itself when it is a NumPy array, else a NumPy copy of the device array (for reading values)."""
+    if isinstance(a, np.ndarray) and not gpu.owns(a):
+        return a
+    return gpu.to_host(a)
+
+
+def on_device(a: Any) -> bool:
+    return not (type(a) is np.ndarray) and gpu.owns(a)
+
+
+def assign(dst: Any, values: Any) -> None:
+    """dst[...] = values for a host or device dst; host values are uploaded first for a device dst."""
+    if on_device(dst):
+        src = values if on_device(values) else gpu.to_device(np.asarray(values, dtype=dst.dtype))
+        dst[...] = src.reshape(dst.shape)
+    else:
+        dst[...] = np.asarray(host(values)).reshape(dst.shape)
+
+
+def empty_like(ref: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
+    """An uninitialised array of `shape` on ref's device."""
+    return gpu.runtime().empty(shape, dtype) if on_device(ref) else np.empty(shape, dtype)
+
+
+def full_like(ref: Any, shape: tuple[int, ...], value: float) -> Any:
+    """A float32 array of `shape` filled with `value` on ref's device."""
+    a = empty_like(ref, shape)
+    a.fill(value)
+    return a
+
+
+class BatchStager:
+    """Double buffering for a Data layer of a GPU net: while the device runs batch k, a background thread runs the
+    layer's CPU forward (index draw, transform) for batch k + 1 and uploads its tops. `next(top)` hands over the
+    staged batch and starts staging the following one. `state()` / `set_state()` speak for the layer: the position
+    before the staged (not yet used) batch, so a snapshot resumes with exactly the batches an unstaged run uses."""
+
+    def __init__(self, layer: Any, ntops: int) -> None:
+        from .blob import Blob
+
+        self.layer = layer
+        self._tops = [Blob(f"{layer.name}.staged{i}") for i in range(ntops)]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{layer.name}")
+        self._pending: Future | None = None
+        self._lock = threading.Lock()
+        self._runtime = gpu.runtime()
+
+    def _produce(self) -> tuple[dict, list[Any]]:
+        state = self.layer.own_state()
+        self.layer.produce([], self._tops)
+        return state, [gpu.to_device(t.data) for t in self._tops]
+
+    def next(self, top: list[Any]) -> None:
+        with self._lock:
+            pending = self._pending or self._pool.submit(self._produce)
+            _, arrays = pending.result()
+            self._pending = self._pool.submit(self._produce)
+        for t, a in zip(top, arrays):
+            t.data = a
+
+    def state(self) -> dict:
+        with self._lock:
+            if self._pending is None:
+                return self.layer.own_state()
+            return self._pending.result()[0]
+
+    def set_state(self, state: dict) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self._pending.result()
+                self._pending = None
+            self.layer.set_own_state(state)
+
+    def drain(self) -> None:
+        """Wait for and drop the staged batch (before a restore rewinds the layer and the rng it shares)."""
+        with self._lock:
+            if self._pending is not None:
+                self._pending.result()
+                self._pending = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pending is not None:
+                self._pending.result()
+                self._pending = None
+        self._pool.shutdown(wait=True)
 
 
 def synchronize(device: str) -> None:

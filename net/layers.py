@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from kernels import activations, conv, elementwise, fc, lrn, pool
+from kernels import conv, elementwise, pool
 
 from .blob import Blob
-from .device import CPU, kernels_for
+from .device import CPU, empty_like, kernels_for
 from .fillers import fill
 from .schema import Message
 
@@ -228,7 +228,7 @@ class ConvolutionLayer(Layer):
         for t, bb, down in zip(top, bottom, propagate_down):
             if not (down or need_dw or need_db):
                 continue
-            conv.conv2d_backward(
+            kernels_for(t.diff).conv2d_backward(
                 t.diff,
                 bb.data,
                 w,
@@ -291,7 +291,7 @@ class InnerProductLayer(Layer):
         down = bool(propagate_down[0])
         if not (down or need_dw or need_db):
             return
-        fc.inner_product_backward(
+        kernels_for(top[0].diff).inner_product_backward(
             top[0].diff,
             bottom[0].data,
             self.blobs[0].data,
@@ -307,10 +307,11 @@ class InnerProductLayer(Layer):
 
 
 def _diff_out(blob: Blob) -> np.ndarray:
-    """The blob's diff buffer for a backward to overwrite (a fresh one if it is not float32 C-contiguous)."""
+    """The blob's diff buffer for a backward to overwrite (a fresh one, on the data's device, if it is not float32
+    C-contiguous)."""
     d = blob.diff
     if d.dtype != np.float32 or not d.flags.c_contiguous:
-        d = blob.diff = np.empty(blob.shape, dtype=np.float32)
+        d = blob.diff = empty_like(blob.data, blob.shape)
     return d
 
 
@@ -365,8 +366,8 @@ class PoolingLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         mask = None
         if self.method == "MAX" and self.phase == "TRAIN":
-            if self.mask is None or self.mask.shape != top[0].shape:
-                self.mask = np.empty(top[0].shape, dtype=np.int32)
+            if self.mask is None or self.mask.shape != top[0].shape or type(self.mask) is not type(bottom[0].data):
+                self.mask = empty_like(bottom[0].data, top[0].shape, np.int32)
             mask = self.mask
         else:
             self.mask = None
@@ -387,7 +388,7 @@ class PoolingLayer(Layer):
         """bottom[0].diff is overwritten when propagate_down[0]; pooling has no parameters."""
         if not propagate_down[0]:
             return
-        pool.pool2d_backward(
+        kernels_for(top[0].diff).pool2d_backward(
             top[0].diff,
             bottom[0].data,
             method=self.method,
@@ -427,10 +428,11 @@ class LRNLayer(Layer):
         """bottom[0].diff is overwritten when propagate_down[0]; LRN has no parameters."""
         if not propagate_down[0]:
             return
+        k = kernels_for(top[0].diff)
         if top[0] is bottom[0]:  # dx cannot be written over dy here
-            bottom[0].diff = lrn.lrn_backward(top[0].diff, self.x, **self.kw)
+            bottom[0].diff = k.lrn_backward(top[0].diff, self.x, **self.kw)
         else:
-            lrn.lrn_backward(top[0].diff, self.x, **self.kw, out=_diff_out(bottom[0]))
+            k.lrn_backward(top[0].diff, self.x, **self.kw, out=_diff_out(bottom[0]))
 
 
 @register("ReLU")
@@ -449,7 +451,7 @@ class ReLULayer(Layer):
         output, which has the input's sign for negative_slope >= 0, and dx is written over dy, as in Caffe."""
         if propagate_down[0]:
             slope = float(self.param.relu_param.negative_slope)
-            activations.relu_backward(top[0].diff, bottom[0].data, slope, out=_diff_out(bottom[0]))
+            kernels_for(top[0].diff).relu_backward(top[0].diff, bottom[0].data, slope, out=_diff_out(bottom[0]))
 
 
 @register("Sigmoid")
@@ -460,7 +462,7 @@ class SigmoidLayer(Layer):
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
         if propagate_down[0]:
-            activations.sigmoid_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
+            kernels_for(top[0].diff).sigmoid_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
 
 
 @register("TanH")
@@ -471,7 +473,7 @@ class TanHLayer(Layer):
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
         if propagate_down[0]:
-            activations.tanh_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
+            kernels_for(top[0].diff).tanh_backward(top[0].diff, top[0].data, out=_diff_out(bottom[0]))
 
 
 @register("Dropout")
@@ -492,7 +494,8 @@ class DropoutLayer(Layer):
             if top[0] is not bottom[0]:
                 top[0].data = bottom[0].data.copy()
             return
-        top[0].data, self.mask = activations.dropout_forward(bottom[0].data, self.ratio, train=True, rng=self.rng)
+        x = bottom[0].data
+        top[0].data, self.mask = kernels_for(x).dropout_forward(x, self.ratio, train=True, rng=self.rng)
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0]: dy * mask / (1 - ratio) with the forward's mask at
@@ -502,7 +505,7 @@ class DropoutLayer(Layer):
         mask = self.mask if self.phase != "TEST" else None
         if mask is not None and mask.shape != top[0].shape:
             raise self.error(f"backward needs the mask of a TRAIN forward of shape {top[0].shape}, got {mask.shape}")
-        activations.dropout_backward(top[0].diff, self.ratio, mask, out=_diff_out(bottom[0]))
+        kernels_for(top[0].diff).dropout_backward(top[0].diff, self.ratio, mask, out=_diff_out(bottom[0]))
 
 
 @register("Softmax")
@@ -526,7 +529,8 @@ class SoftmaxLayer(Layer):
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
         if propagate_down[0]:
             y = top[0].data
-            activations.softmax_backward(top[0].diff, y, axis=self.axis % y.ndim, out=_diff_out(bottom[0]))
+            k = kernels_for(top[0].diff)
+            k.softmax_backward(top[0].diff, y, axis=self.axis % y.ndim, out=_diff_out(bottom[0]))
 
 
 @register("Concat")
@@ -558,7 +562,7 @@ class ConcatLayer(Layer):
         """bottom[i].diff is overwritten with its slice of the top diff where propagate_down[i]."""
         axis = self.axis % len(top[0].shape)
         sizes = [b.shape[axis] for b in bottom]
-        grads = elementwise.concat_backward(top[0].diff, sizes, axis, propagate_down=propagate_down)
+        grads = kernels_for(top[0].diff).concat_backward(top[0].diff, sizes, axis, propagate_down=propagate_down)
         for b, g in zip(bottom, grads):
             if g is not None:
                 b.diff = g
@@ -588,7 +592,7 @@ class EltwiseLayer(Layer):
         self.xs = [b.data for b in bottom]  # kept for PROD/MAX backward, also when top is one of the bottoms
         self.mask = None
         if self.op == "MAX" and self.phase == "TRAIN":
-            self.mask = np.empty(bottom[0].shape, dtype=np.int32)
+            self.mask = empty_like(self.xs[0], bottom[0].shape, np.int32)
         top[0].data = kernels_for(self.xs[0]).eltwise_forward(
             self.xs, operation=self.op, coeffs=self.coeffs, mask=self.mask
         )
@@ -596,7 +600,7 @@ class EltwiseLayer(Layer):
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[i].diff is overwritten where propagate_down[i] (SUM: coeff * dy, PROD: dy * the other inputs, MAX:
         dy where bottom i won)."""
-        grads = elementwise.eltwise_backward(
+        grads = kernels_for(top[0].diff).eltwise_backward(
             top[0].diff, self.xs, self.op, self.coeffs, mask=self.mask, propagate_down=propagate_down
         )
         for b, g in zip(bottom, grads):
@@ -788,7 +792,8 @@ class SplitLayer(Layer):
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten with the sum of the tops' diffs when propagate_down[0]."""
         if propagate_down[0]:
-            elementwise.split_backward([t.diff for t in top], out=_diff_out(bottom[0]))
+            dys = [t.diff for t in top]
+            kernels_for(dys[0]).split_backward(dys, out=_diff_out(bottom[0]))
 
 
 from . import data_layer  # noqa: F401  (registers "Data")

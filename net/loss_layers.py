@@ -12,6 +12,7 @@ import numpy as np
 from kernels import loss as K
 
 from .blob import Blob
+from .device import host, kernels_for, on_device
 from .layers import Layer, register
 
 
@@ -55,8 +56,9 @@ class SoftmaxWithLossLayer(Layer):
             top[1].reshape(shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """On the GPU the loss stays a device scalar and the normaliser is kept on the device for the backward."""
         try:
-            loss, self.prob, self.norm = K.softmax_loss_forward(
+            loss, self.prob, self.norm = kernels_for(bottom[0].data).softmax_loss_forward(
                 bottom[0].data,
                 bottom[1].data,
                 axis=self.axis,
@@ -65,7 +67,7 @@ class SoftmaxWithLossLayer(Layer):
             )
         except ValueError as exc:
             raise self.error(str(exc)) from None
-        top[0].data = np.array(loss, dtype=np.float32)
+        top[0].data = loss if on_device(loss) else np.array(loss, dtype=np.float32)
         if len(top) > 1:
             top[1].data = self.prob
 
@@ -73,14 +75,15 @@ class SoftmaxWithLossLayer(Layer):
         if len(propagate_down) > 1 and propagate_down[1]:
             raise self.error("cannot backpropagate to the labels")
         if propagate_down[0]:
-            bottom[0].diff = K.softmax_loss_backward(
+            dx = bottom[0].diff
+            bottom[0].diff = kernels_for(self.prob).softmax_loss_backward(
                 self.prob,
                 bottom[1].data,
                 axis=self.axis,
                 ignore_label=self.ignore_label,
                 normalizer_value=self.norm,
-                loss_weight=float(top[0].diff.reshape(-1)[0]),
-                dx=bottom[0].diff if bottom[0].diff.flags.c_contiguous else None,
+                loss_weight=float(host(top[0].diff).reshape(-1)[0]),
+                dx=dx if dx.flags.c_contiguous and dx.dtype == np.float32 else None,
             )
 
 
@@ -139,9 +142,13 @@ class AccuracyLayer(Layer):
             top[1].reshape((shape[axis],))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        try:
+        try:  # on the host also in GPU nets: the scores and labels are small
             acc, per_class = K.accuracy_forward(
-                bottom[0].data, bottom[1].data, axis=self.axis, top_k=self.top_k, ignore_label=self.ignore_label
+                host(bottom[0].data),
+                host(bottom[1].data),
+                axis=self.axis,
+                top_k=self.top_k,
+                ignore_label=self.ignore_label,
             )
         except ValueError as exc:
             raise self.error(str(exc)) from None

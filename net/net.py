@@ -23,7 +23,7 @@ import numpy as np
 
 from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLoss, Accuracy)
 from .blob import Blob
-from .device import check_device, prepare, synchronize, to_device, to_host
+from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
 from .layers import Layer, create_layer
 from .schema import Message
 
@@ -154,7 +154,8 @@ class Net:
         self.param = filter_net(param, self.phase, level, tuple(stages))
         self._built = insert_splits(self.param)
         self.name: str = self.param.name
-        self.rng = np.random.default_rng(seed)
+        self.seed_sequence = np.random.SeedSequence(seed)
+        self.rng = np.random.default_rng(self.seed_sequence)  # the same stream as default_rng(seed)
         self._blobs: dict[str, Blob] = {}
         self.layers: list[Layer] = []
         self.bottoms: list[list[Blob]] = []
@@ -162,11 +163,11 @@ class Net:
         self.inputs: list[str] = []
         self.loss_weights: list[list[float]] = []
         self._build()
+        self._plan_backward()
         if self.device != "cpu":
-            prepare(self)  # inference layers only; conv + in-place ReLU fused
+            prepare(self)  # GPU layers only; conv + in-place ReLU fused; data staging
         else:
             self._fuse_relus()
-        self._plan_backward()
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
@@ -334,7 +335,7 @@ class Net:
                         f"{source}: layer '{src.name}' blob {i} has shape {values.shape} in the file, "
                         f"the net expects {blob.shape} (rename the layer to learn it from scratch)"
                     )
-                blob.data[...] = values.reshape(blob.shape)
+                assign(blob.data, values.reshape(blob.shape))
 
     def to_proto(self) -> Message:
         """The net's NetParameter with every layer's parameters written as blobs (with `shape`)."""
@@ -345,7 +346,7 @@ class Net:
         for lp in out.layer:
             lp.clear("blobs")
             for blob in by_name[lp.name].blobs if lp.name in by_name else []:
-                lp.blobs.append(array_to_blob(blob.data))
+                lp.blobs.append(array_to_blob(host(blob.data)))
         return out
 
     def save(self, path: str | Path) -> None:
@@ -403,22 +404,28 @@ class Net:
     # -- training ----------------------------------------------------------------------------
     def forward_loss(self, timings: list[float] | None = None) -> float:
         """Run every layer on the current inputs (data layers fetch their next batch) and return the
-        weighted loss, sum over loss tops of loss_weight * sum(top)."""
+        weighted loss, sum over loss tops of loss_weight * sum(top). On the GPU, parameters and inputs are uploaded
+        first (once / every call) and the loss tops are read back (the one synchronisation of an iteration)."""
+        if self.device != "cpu":
+            to_device(self)
         self._run(timings)
         loss = 0.0
         for blob, weight in self.loss_tops:
-            loss += weight * float(np.sum(blob.data, dtype=np.float64))
+            loss += weight * float(np.sum(host(blob.data), dtype=np.float64))
         return loss
 
     def backward(self, timings: list[float] | None = None) -> None:
         """Backpropagate from every loss top: its diff is set to the loss weight; each layer that needs
         backward then overwrites its bottoms' diffs and accumulates into its parameters' diffs."""
         for blob, weight in self.loss_tops:
-            blob.diff = np.full(blob.shape, weight, dtype=np.float32)
+            blob.diff = full_like(blob.data, blob.shape, weight)
         for i in reversed(self.backward_layers):
+            if timings is not None:
+                synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion
             t0 = time.perf_counter() if timings is not None else 0.0
             self.layers[i].backward(self.tops[i], self.propagate_down[i], self.bottoms[i])
             if timings is not None:
+                synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
 
     def forward_backward(self) -> float:
@@ -466,11 +473,11 @@ class Net:
         """Name the first layer (in forward order) whose output holds NaN or inf, with the blob."""
         for layer, top in zip(self.layers, self.tops):
             for t in top:
-                if t.data.size and not np.all(np.isfinite(t.data)):
+                if t.data.size and not np.all(np.isfinite(host(t.data))):
                     return f"layer '{layer.name}' ({layer.type}), top '{t.name}'"
         for layer in self.layers:
             for j, b in enumerate(layer.blobs):
-                if not np.all(np.isfinite(b.data)):
+                if not np.all(np.isfinite(host(b.data))):
                     return f"layer '{layer.name}' ({layer.type}), parameter {j}"
         return None
 

@@ -13,7 +13,15 @@ Both are written atomically. SIGINT (Ctrl-C) finishes the current iteration, sna
 A NaN/inf loss stops training with `TrainingDiverged` naming the iteration and the first layer with a
 non-finite output; no snapshot is written from the diverged state, so the last good one stays.
 
-Errors: `SolverError(ValueError)` for a bad solver definition or state file; `TrainingDiverged(RuntimeError)`.
+On the GPU (`Solver(..., device="gpu")`, `crema train --device gpu`): the nets run forward and backward on the
+device, every learnable blob becomes a view of three flat device buffers (weights, gradients, history) and one
+fused launch applies clipping (global L2 norm reduced on the device), iter_size scaling, weight decay, lr_mult /
+decay_mult and the SGD or Nesterov step (kernels/cuda/optim.cu); other solver types raise GPUBackendError.
+Snapshots copy weights and history to the host and write the same files as on the CPU, so either device resumes
+the other's snapshots (the Dropout masks of the two devices come from different random streams).
+
+Errors: `SolverError(ValueError)` for a bad solver definition or state file; `TrainingDiverged(RuntimeError)`;
+`GPUBackendError(RuntimeError)` for device 'gpu' without CuPy or a GPU, or a net / solver type it cannot run.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import numpy as np
 from kernels import optim
 
 from .blob import Blob
+from .device import assign, check_device, host
 from .net import Net, NetError
 from .schema import Message
 
@@ -151,9 +160,11 @@ class Solver:
         log: Callable[[str], None] | None = None,
         log_csv: str | os.PathLike | None = None,
         progress: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.param = param
         self.source = source
+        self.device = check_device(device)
         self.log = log or (lambda line: print(line, flush=True))
         self._check()
         self.type = param.type or "SGD"
@@ -170,6 +181,7 @@ class Solver:
             if self.type in ("AdaDelta", "Adam")
             else []
         )
+        self.flat = self._flatten_params() if self.device == "gpu" else None
         self.iter = 0
         self.current_step = 0
         self.losses: deque[float] = deque(maxlen=max(1, int(param.average_loss)))
@@ -246,6 +258,7 @@ class Solver:
                 level=int(state.level),
                 stages=tuple(state.stage),
                 seed=self.seed,
+                device=self.device,
             )
         except NetError as exc:
             raise SolverError(f"train net: {exc}") from None
@@ -272,11 +285,39 @@ class Solver:
             state = p.test_state[i] if i < len(p.test_state) else Message("NetState")
             try:
                 nets.append(
-                    Net(spec, phase="test", level=int(state.level), stages=tuple(state.stage), seed=self.seed + 1 + i)
+                    Net(
+                        spec,
+                        phase="test",
+                        level=int(state.level),
+                        stages=tuple(state.stage),
+                        seed=self.seed + 1 + i,
+                        device=self.device,
+                    )
                 )
             except NetError as exc:
                 raise SolverError(f"test net #{i}: {exc}") from None
         return nets
+
+    def _flatten_params(self):
+        """GPU: move every learnable blob into flat device buffers (weights, gradients, history) as views, so one
+        fused launch updates them all; the test nets share the same Blob objects and so see the views too."""
+        from kernels import gpu_optim
+
+        if self.type not in ("SGD", "Nesterov"):
+            raise gpu_optim.unsupported_solver(self.type)
+        wd = float(self.param.weight_decay)
+        flat = gpu_optim.SegmentedParams(
+            [blob.shape for _, _, blob, _, _ in self.learnable],
+            [lr for _, _, _, lr, _ in self.learnable],
+            [wd * decay for _, _, _, _, decay in self.learnable],
+        )
+        for s, (_, _, blob, _, _) in enumerate(self.learnable):
+            view = flat.view(flat.w, s)
+            assign(view, blob.data)
+            blob.data = view
+            blob.diff = flat.view(flat.g, s)
+        self.history = [flat.view(flat.h, s) for s in range(len(flat))]
+        return flat
 
     # -- the loop ----------------------------------------------------------------------------
     def rate(self) -> float:
@@ -323,7 +364,10 @@ class Solver:
         stop = self.iter + iters
         bar = _Progress(int(p.max_iter)) if self.progress else None
         while self.iter < stop:
-            self.net.clear_param_diffs()
+            if self.flat is not None:
+                self.flat.g.fill(0)  # every parameter diff at once (they are views of it)
+            else:
+                self.net.clear_param_diffs()
             if (
                 self.test_nets
                 and p.test_interval > 0
@@ -376,7 +420,7 @@ class Solver:
         self.log(f"Iteration {self.iter}, loss = {self.smoothed_loss:.6g}")
         k = 0
         for blob, weight in self._outputs(self.net):
-            for v in np.ravel(blob.data):
+            for v in np.ravel(host(blob.data)):
                 tail = f" (* {weight:g} = {weight * float(v):.6g} loss)" if weight else ""
                 self.log(f"    Train net output #{k}: {blob.name} = {float(v):.6g}{tail}")
                 k += 1
@@ -403,7 +447,7 @@ class Solver:
         for _ in range(n):
             net.forward_loss()
             for blob, _ in self._outputs(net):
-                sums[blob.name] = sums.get(blob.name, 0.0) + blob.data.astype(np.float64)
+                sums[blob.name] = sums.get(blob.name, 0.0) + host(blob.data).astype(np.float64)
         means = {}
         k = 0
         for blob, weight in self._outputs(net):
@@ -422,6 +466,9 @@ class Solver:
         """Clip, normalise, regularise and apply one update to every learnable blob; returns the rate."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
+        if self.flat is not None:
+            self._apply_update_gpu(rate)
+            return rate
         if p.clip_gradients >= 0:
             norm = math.sqrt(
                 sum(float(np.dot(b.diff.ravel(), b.diff.ravel())) for _, _, b, lr, _ in self.learnable if lr)
@@ -465,6 +512,28 @@ class Solver:
                 )
         return rate
 
+    def _apply_update_gpu(self, rate: float) -> None:
+        """The same step as the CPU path, fused into one launch (kernels/cuda/optim.cu); clipping reads the global
+        gradient norm back (computed on the device) to decide and log, as the CPU path does."""
+        from kernels import gpu_optim
+
+        p = self.param
+        clip = np.float32(1.0)
+        if p.clip_gradients >= 0:
+            norm = gpu_optim.grad_norm(self.flat)
+            if norm > p.clip_gradients:
+                clip = np.float32(p.clip_gradients / norm)
+                self.log(f"Gradient clipping: scaling down gradients (L2 norm {norm:g} > {p.clip_gradients:g})")
+        gpu_optim.sgd_update_fused(
+            self.flat,
+            rate,
+            float(p.momentum),
+            scale=1.0 / int(p.iter_size),
+            clip=float(clip),
+            l1=p.regularization_type == "L1",
+            nesterov=self.type == "Nesterov",
+        )
+
     # -- snapshots ---------------------------------------------------------------------------
     def _prefix(self) -> str:
         prefix = self.param.snapshot_prefix
@@ -498,7 +567,7 @@ class Solver:
         state.learned_net = model
         state.current_step = self.current_step
         for h in self.history + self.history2:
-            state.history.append(array_to_blob(h))
+            state.history.append(array_to_blob(host(h)))
         state.crema_resume = json.dumps(self._resume_data(), default=_json_default).encode()
         self.log(f"Snapshotting solver state to binary proto file {state_path}")
         _write_state(Path(state_path), state)
@@ -527,12 +596,16 @@ class Solver:
             arr = blob_to_array(proto, source=str(path))
             if arr.size != h.size:
                 raise SolverError(f"{path}: history blob {k} has {arr.size} values, expected {h.size}")
-            h[...] = arr.reshape(h.shape)
+            assign(h, arr.reshape(h.shape))
         self.iter = int(state.iter)
         self.current_step = int(state.current_step)
         if state.has("crema_resume") and state.crema_resume:
             data = json.loads(bytes(state.crema_resume).decode())
             nets = {"train": self.net} | {f"test{i}": n for i, n in enumerate(self.test_nets)}
+            for net in nets.values():  # GPU nets: no staging thread may draw from an rng being rewound
+                for layer in net.layers:
+                    if getattr(layer, "stager", None) is not None:
+                        layer.stager.drain()
             for tag, net in nets.items():
                 if tag in data["rng"]:
                     net.rng.bit_generator.state = data["rng"][tag]

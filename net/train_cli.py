@@ -1,6 +1,7 @@
 """`crema train` and `crema test`, as `caffe train` / `caffe test` do them.
 
     crema train --solver examples/mnist/lenet_solver.prototxt [--weights W.caffemodel] [--snapshot S.solverstate]
+                [--device gpu]
     crema test --model examples/mnist/lenet_train_test.prototxt --weights W.caffemodel --iterations 100
 
 `train` prints Caffe's log lines (loss, lr, test outputs), a progress bar on a terminal, and writes
@@ -29,7 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.prefix:
         param.snapshot_prefix = args.prefix
     prefix = param.snapshot_prefix
-    solver = Solver(param, source=args.solver, log_csv=f"{prefix}_log.csv", progress=not args.no_progress)
+    solver = Solver(
+        param, source=args.solver, log_csv=f"{prefix}_log.csv", progress=not args.no_progress, device=args.device
+    )
     if args.weights:
         for w in args.weights.split(","):
             solver.net.copy_from(w)
@@ -85,6 +88,12 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, help="override random_seed")
     p.add_argument("--prefix", help="override snapshot_prefix")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="train on the CPU (default) or the GPU (CuPy and a CUDA device; SGD and Nesterov solvers)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a model on its TEST-phase data, like `caffe test`")

@@ -309,7 +309,7 @@ def test_bench_gpu_counts_net_flops() -> None:
 
 def test_cpu_and_gpu_launchers_share_signatures() -> None:
     """Every name a layer calls through kernels_for exists in kernels.gpu with the CPU function's parameters
-    (same names, kinds and defaults; conv2d_forward adds relu=False)."""
+    (same names, kinds and defaults; the CPU inner_product_forward alone has relu=False, the fused IP + ReLU)."""
     from net import device
 
     cpu_functions = {
@@ -323,8 +323,9 @@ def test_cpu_and_gpu_launchers_share_signatures() -> None:
         cpu_fn = cpu_functions.get(name, getattr(device.CPU, name))
         cpu_params = list(inspect.signature(cpu_fn).parameters.values())
         gpu_params = list(inspect.signature(getattr(gpu, name)).parameters.values())
-        extra = [p.name for p in gpu_params[len(cpu_params) :]]
-        assert extra == (["relu"] if name == "conv2d_forward" else []), name
+        cpu_only = [p.name for p in cpu_params[len(gpu_params) :]]
+        assert len(gpu_params) <= len(cpu_params), name
+        assert cpu_only == (["relu"] if name == "inner_product_forward" else []), name  # fused IP + ReLU: CPU only
         for a, b in zip(cpu_params, gpu_params):
             assert (a.name, a.kind, a.default) == (b.name, b.kind, b.default), (name, a, b)
     gemm_cpu = inspect.signature(cpu_gemm).parameters
@@ -575,15 +576,22 @@ def test_net_on_gpu_matches_cpu(dev, model, batch) -> None:
 
 
 def test_gpu_net_limits(dev) -> None:
-    with pytest.raises(GPUBackendError, match="inference only"):
-        Net.load(LENET, phase="train", device="gpu")
+    text = (
+        'layer { name: "data" type: "Input" top: "data" top: "label"\n'
+        "  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }\n"
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "label" top: "loss" }\n'
+    )
+    with pytest.raises(GPUBackendError, match=r"layers without GPU kernels: 'loss' \(EuclideanLoss\)"):
+        Net.from_string(text, device="gpu")
     text = (
         'layer { name: "data" type: "Input" top: "data" top: "label"\n'
         "  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n"
-        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }\n'
+        'layer { name: "scale" type: "Scale" bottom: "data" top: "s" }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "label" top: "loss" }\n'
     )
-    with pytest.raises(GPUBackendError, match=r"layers without GPU kernels: 'loss' \(SoftmaxWithLoss\)"):
-        Net.from_string(text, device="gpu")
+    with pytest.raises(GPUBackendError, match=r"layers without GPU backward kernels: 'scale' \(Scale\)"):
+        Net.from_string(text, phase="train", device="gpu")
+    Net.from_string(text, phase="test", device="gpu")  # inference: Scale runs forward only
 
 
 def test_cli_time_and_classify_on_gpu(dev, tmp_path, capsys) -> None:
