@@ -16,7 +16,8 @@ Groups (each a function returning cases; `build(groups, threads)` makes them in 
 
 Checks (before any timing): layers and GEMM against the references at the benchmarked shape (max abs error
 <= 1e-4 * max|ref|, 2e-4 for backward sums over big batches) and against the kernel's own NumPy reference on a
-smaller batch; nets: softmax within 1e-5 of every reference; train: after one step from the same weights on the
+smaller batch; nets: softmax within 1e-5 of every reference (CaffeNet 2e-5: at batch 64 the references differ from
+one another by up to 1.7e-5); train: after one step from the same weights on the
 same batch, loss within 1e-5 relative and every parameter within 1e-5 * max|w| of PyTorch's.
 """
 
@@ -52,6 +53,9 @@ LRN_KW = {"local_size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
 CAFFENET_FC = [("fc6", 9216, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000)]
 LENET_FC = [("ip1", 800, 500), ("ip2", 500, 10)]
 NETS = {"lenet": (1, 64, 10000), "caffenet": (1, 10, 64)}
+# Softmax max abs error allowed against each reference. CaffeNet, random weights, batch 64: the references differ
+# from one another by up to 1.7e-5 (torch vs OpenCV; crema is within 9e-6 of each), float32 summation order alone.
+NET_SOFTMAX_TOL = {"lenet": 1e-5, "caffenet": 2e-5}
 NET_TARGETS = {("lenet", 1): 1.0, ("lenet", 64): 1.0, ("lenet", 10000): 1.0, ("caffenet", 1): 1.0}
 
 
@@ -425,9 +429,11 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
             ours = partial(net.forward, data=x)
             refs = {k: partial(f, x) for k, f in refs_of.items()}
 
-            def check(ours=ours, refs=refs, label=f"{name} N={batch}"):
+            tol = NET_SOFTMAX_TOL[name]
+
+            def check(ours=ours, refs=refs, label=f"{name} N={batch}", tol=tol):
                 got = ours()["prob"]
-                return [compare(f"{label} softmax vs {r}", got, fn(), atol=1e-5) for r, fn in refs.items()]
+                return [compare(f"{label} softmax vs {r}", got, fn(), atol=tol) for r, fn in refs.items()]
 
             ours()
             flops = _net_flops(net) * batch

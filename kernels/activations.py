@@ -20,6 +20,8 @@ Caffe semantics (caffe_facts.md 4.5-4.7), forward / backward:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -292,7 +294,7 @@ def softmax_forward(x: np.ndarray, axis: int = 1, out: np.ndarray | None = None)
     out = _out_like(x, out, "Softmax")
     if x.size == 0:
         return out
-    shape3 = (int(np.prod(x.shape[:axis])), x.shape[axis], int(np.prod(x.shape[axis + 1 :])))
+    shape3 = (math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :]))
     _softmax_slices(x.reshape(shape3), out.reshape(shape3))
     return out
 
@@ -326,7 +328,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = 1, out: np.ndarr
     axis = _softmax_axis(y, axis)
     if y.size == 0:
         return dx
-    shape3 = (int(np.prod(y.shape[:axis])), y.shape[axis], int(np.prod(y.shape[axis + 1 :])))
+    shape3 = (math.prod(y.shape[:axis]), y.shape[axis], math.prod(y.shape[axis + 1 :]))
     _softmax_grad_slices(dy.reshape(shape3), y.reshape(shape3), dx.reshape(shape3))
     return dx
 

@@ -61,7 +61,7 @@ from kernels.gemm import (
     packed_b_size,
 )
 
-MC_CONV = 64  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR)
+MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR = 6)
 NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
 KC_CONV = 384  # K panel depth in _conv_tiles
 
@@ -566,6 +566,8 @@ _WORKSPACE = Workspace()  # conv's own buffers: separate from gemm's, which an I
 
 
 def _pair(v, name: str) -> tuple[int, int]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # the layers' own form: no conversion on the hot path
     if np.isscalar(v):
         return int(v), int(v)
     t = tuple(int(e) for e in v)

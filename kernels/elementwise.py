@@ -22,6 +22,7 @@ arrays passed in (the Blob diffs the solver zeroes), or returned fresh when none
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -421,8 +422,8 @@ def _slices(x: np.ndarray, param: np.ndarray, axis: int, what: str) -> tuple[int
             f"{what}: expected parameter shape {want} (x.shape[{axis}:{axis + param.ndim}] of input "
             f"{x.shape}), got {param.shape}"
         )
-    outer = int(np.prod(x.shape[:axis]))
-    return outer, int(param.size), int(np.prod(x.shape[axis + param.ndim :]))
+    outer = math.prod(x.shape[:axis])
+    return outer, int(param.size), math.prod(x.shape[axis + param.ndim :])
 
 
 @njit(cache=True, parallel=True)
@@ -692,6 +693,6 @@ def batchnorm_forward_inference(
     std = np.sqrt(var + np.float32(eps)).astype(np.float32)
     y = _check_out(out, x.shape, "BatchNorm", x)
     n, c = x.shape[0], x.shape[1]
-    inner = int(np.prod(x.shape[2:]))
+    inner = math.prod(x.shape[2:])
     _normalize_slices(x.reshape(n, c, inner), mean, std, y.reshape(n, c, inner))
     return y

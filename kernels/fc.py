@@ -22,6 +22,8 @@ Benchmark: ``python -m benchmarks --only layers --filter ip`` / ``--filter fc`` 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -37,13 +39,13 @@ def _flatten(x: np.ndarray, axis: int, k_expected: int) -> tuple[np.ndarray, tup
         raise ValueError(f"inner_product: axis {axis} out of range for x of shape {x.shape}")
     axis %= x.ndim
     lead = x.shape[:axis]
-    k = int(np.prod(x.shape[axis:], dtype=np.int64))
+    k = math.prod(x.shape[axis:])
     if k != k_expected:
         raise ValueError(
             f"inner_product: expected {k_expected} inputs per sample (weight K), got "
             f"{k} = prod(x.shape[{axis}:]) for x shape {x.shape}"
         )
-    return x.reshape(int(np.prod(lead, dtype=np.int64)), k), lead
+    return x.reshape(math.prod(lead), k), lead
 
 
 def _weight_dims(w: np.ndarray, transpose: bool) -> tuple[int, int]:

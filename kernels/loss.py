@@ -18,6 +18,8 @@ These are tiny next to the convolutions (LeNet: 64 x 10 per iteration) and are t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -31,8 +33,8 @@ def _view(x: np.ndarray, axis: int) -> tuple[np.ndarray, int, int, int]:
     axis = axis + x.ndim if axis < 0 else axis
     if not 0 <= axis < x.ndim:
         raise ValueError(f"axis {axis} out of range for scores of shape {x.shape}")
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1 :])
     c = x.shape[axis]
     return np.ascontiguousarray(x).reshape(outer, c, inner), outer, c, inner
 

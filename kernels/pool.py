@@ -59,6 +59,8 @@ SPECIALISED = frozenset({(2, 2, 2, 2), (3, 3, 2, 2), (2, 2, 1, 1), (3, 3, 1, 1)}
 
 # -- parameters and shapes ---------------------------------------------------------------------
 def _pair(value: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value  # the layers' own form: no conversion on the hot path
     if isinstance(value, (int, np.integer)):
         return int(value), int(value)
     pair = tuple(int(v) for v in value)
