@@ -231,14 +231,15 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
 
 
 @njit(cache=True, boundscheck=False)
-def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off):
-    """Whole C (m x n, flat, row stride ldc) from packed ap/bp on the calling thread (see _block)."""
+def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, lda=0):
+    """Whole C (m x n, flat, row stride ldc) from packed bp and packed ap (lda 0) or row-major ap (lda > 0), on the
+    calling thread (see _block)."""
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
         for i0 in range(0, m, MC):
             _block(
                 ap,
-                0,
+                lda,
                 bp,
                 0,
                 c,

@@ -341,3 +341,21 @@ def test_fused_relu_is_relu_of_the_output_bit_for_bit(n):
     fused = conv2d_forward(x, w, b, relu=True, **kw)
     assert (plain < 0).any()
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_packed_weight_path_matches_the_reference(monkeypatch, n):
+    """PACK_WEIGHTS = True (weights packed per call) and the default in-place read give the same numbers."""
+    import kernels.conv as conv_module
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, 6, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((14, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(14, dtype=np.float32)
+    kw = {"stride": (1, 2), "pad": (1, 0), "group": 2}
+    in_place = conv2d_forward(x, w, b, **kw)
+    monkeypatch.setattr(conv_module, "PACK_WEIGHTS", True)
+    packed = conv2d_forward(x, w, b, **kw)
+    want = conv2d_forward_ref(x, w, b, **kw)
+    tol = 1e-5 * float(np.abs(want).max())
+    assert float(np.abs(packed - want).max()) <= tol and float(np.abs(in_place - want).max()) <= tol
