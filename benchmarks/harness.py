@@ -6,9 +6,10 @@ harness runs the check first and refuses to time a case whose result is wrong (`
 no time, the run's exit status is 1). The first call of crema's callable is timed on its own: that is JIT compile (or
 Numba cache load) plus one run, reported as ``first``.
 
-Timing: ``rounds`` rounds; in each, every side (crema, then each reference) runs ``per_round`` times back to back,
-each call timed with perf_counter. Interleaving rounds means a noisy spell on a shared machine lands on every side,
-not on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
+Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) runs ``per_round`` times back to back
+(as many as fit in about 60 ms, 1 to 50), each call timed with perf_counter. Many short interleaved rounds mean a
+noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every side, not
+on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
 (> 1: crema is faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
 `measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any GEMM gets).
 """
@@ -30,7 +31,7 @@ import numpy as np
 
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
-ROUND_S = 0.15
+ROUND_S = 0.06  # seconds of one side's calls in one round (7 rounds: about 0.4 s a side)
 
 
 class Mismatch(AssertionError):
@@ -47,7 +48,7 @@ class Case:
     check: Callable[[], list[str]] | None = None  # raises Mismatch; returns one line per comparison made
     target: tuple[str, float] | None = None  # ("fastest" | a reference name, minimum ratio)
     per_round: int = 0  # timed calls per side and round; 0: as many as fit in about ROUND_S (1 to 50)
-    rounds: int = 3
+    rounds: int = 7
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -206,3 +206,20 @@ def signature_of(source: str, kernel: str, runtime: EmuRuntime) -> str:
 def defines_in(source: str) -> dict[str, int]:
     """The integer #defines of a CUDA source (for checking the Python mirrors of its flags)."""
     return {k: int(v) for k, v in re.findall(r"^#define\s+(\w+)\s+(-?\d+)\b", gr.cuda_source(source), re.MULTILINE)}
+
+
+def runtime_for(kind: str) -> Any:
+    """The runtime a GPU test runs on: "emulator" (this module's, threads in reverse order) or "cuda" (a real
+    device through CuPy); pytest.skip with the reason where that one cannot run here."""
+    import pytest
+
+    from kernels import gpu
+
+    if kind == "cuda":
+        reason = gpu.unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"no GPU here: {reason}")
+        return gpu.runtime()
+    if compiler() is None:
+        pytest.skip("g++ not found: the CUDA emulator cannot be built")
+    return EmuRuntime(default_build_dir(), order=1)

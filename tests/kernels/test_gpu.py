@@ -38,7 +38,7 @@ from kernels.gpu_runtime import GPUBackendError
 from net import Net
 from net.cli import main
 from tests.conftest import ROOT, randomize
-from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, defines_in, synchronising
+from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, defines_in, runtime_for, synchronising
 
 LENET = str(ROOT / "models/lenet/deploy.prototxt")
 CAFFENET = str(ROOT / "models/caffenet/deploy.prototxt")
@@ -50,14 +50,7 @@ NET_ATOL = 1e-5  # softmax outputs of whole nets
 # -- runtimes ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=["emulator", "cuda"])
 def rt(request):
-    if request.param == "cuda":
-        reason = gpu.unavailable_reason()
-        if reason is not None:
-            pytest.skip(f"no GPU here: {reason}")
-        return gpu.runtime()
-    if compiler() is None:
-        pytest.skip("g++ not found: the CUDA emulator cannot be built")
-    return EmuRuntime(default_build_dir(), order=1)
+    return runtime_for(request.param)
 
 
 @pytest.fixture

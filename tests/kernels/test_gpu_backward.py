@@ -22,7 +22,7 @@ from kernels import activations, conv, elementwise, fc, gpu, lrn, optim, pool
 from kernels import gpu_backward as gb
 from kernels import gpu_optim as go
 from kernels import loss as closs
-from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir
+from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, runtime_for
 
 RTOL = 1e-5
 ATOL = 1e-6
@@ -30,14 +30,7 @@ ATOL = 1e-6
 
 @pytest.fixture(scope="module", params=["emulator", "cuda"])
 def rt(request):
-    if request.param == "cuda":
-        reason = gpu.unavailable_reason()
-        if reason is not None:
-            pytest.skip(f"no GPU here: {reason}")
-        return gpu.runtime()
-    if compiler() is None:
-        pytest.skip("g++ not found: the CUDA emulator cannot be built")
-    return EmuRuntime(default_build_dir(), order=1)
+    return runtime_for(request.param)
 
 
 @pytest.fixture

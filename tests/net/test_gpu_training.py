@@ -26,7 +26,7 @@ from net.datasets import load_mnist, write_idx
 from net.prototxt_loader import load_solver_prototxt
 from net.solver import Solver
 from tests.conftest import ROOT
-from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir
+from tests.kernels.cuda_emu import runtime_for
 
 TRAIN_TEST = (ROOT / "examples/mnist/lenet_train_test.prototxt").read_text()
 SOLVER = """base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 power: 0.75
@@ -52,14 +52,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: 
 
 @pytest.fixture(scope="module", params=["emulator", "cuda"])
 def runtime(request):
-    if request.param == "cuda":
-        reason = gpu.unavailable_reason()
-        if reason is not None:
-            pytest.skip(f"no GPU here: {reason}")
-        return gpu.runtime()
-    if compiler() is None:
-        pytest.skip("g++ not found: the CUDA emulator cannot be built")
-    return EmuRuntime(default_build_dir(), order=1)
+    return runtime_for(request.param)
 
 
 @pytest.fixture
