@@ -7,7 +7,8 @@ no time, the run's exit status is 1). The first call of crema's callable is time
 Numba cache load) plus one run, reported as ``first``.
 
 Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) runs ``per_round`` times back to back
-(as many as fit in about 60 ms, 1 to 50), each call timed with perf_counter. Many short interleaved rounds mean a
+(as many as fit in about 60 ms, 1 to 50) after one untimed call (the first call after another framework ran pays
+for waking this one's worker threads, and for the other's still spinning), each call timed with perf_counter. Many short interleaved rounds mean a
 noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every side, not
 on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
 (> 1: crema is faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
@@ -153,7 +154,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.02) -> Result:
+def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.05) -> Result:
     """Check, then time (interleaved rounds). `scale` multiplies per_round (>= 1 call each)."""
     result = Result(case)
     try:
@@ -171,6 +172,7 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.02) -> Result:
     result.runs = {side: [] for side in sides}
     for _ in range(case.rounds):
         for side, fn in sides.items():
+            fn()  # untimed: the first call after another framework ran pays for waking this one's threads
             for _ in range(per):
                 result.runs[side].append(_timed(fn))
             time.sleep(pause)
