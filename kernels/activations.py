@@ -299,6 +299,20 @@ def softmax_forward(x: np.ndarray, axis: int = 1, out: np.ndarray | None = None)
     return out
 
 
+def softmax_runner(shape: tuple[int, ...], axis: int = 1):
+    """``softmax_forward`` for C-contiguous float32 arrays of `shape`, with the shape work done once (a CPU Net's
+    execution plan keeps it): returns run(x, out); out may be x."""
+    axis = axis % len(shape)
+    shape3 = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+    if 0 in shape3:
+        return lambda x, out: None
+
+    def run(x: np.ndarray, out: np.ndarray) -> None:
+        _softmax_slices(x.reshape(shape3), out.reshape(shape3))
+
+    return run
+
+
 def softmax_backward_ref(dy: np.ndarray, y: np.ndarray, axis: int = 1) -> np.ndarray:
     """dy, y (the forward output) -> dx = y * (dy - sum_axis(dy * y)) in float64."""
     g, y64 = dy.astype(np.float64), y.astype(np.float64)

@@ -14,6 +14,8 @@ Kernels (forward, then backward):
                           tiles per image and group: for batches (LeNet 64, CaffeNet 10).
 3. ``_im2col_all_groups`` + ``_conv_tiles`` - forward of one image at a time: im2col slivers over threads, then
                           (group, row block, column block) GEMM tasks over threads: batch 1 and uneven batches.
+                          Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
+                          at batch 1: 64 output pixels, two tasks of 32 instead of one).
 4. ``_conv_bwd_params`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
                           threads: big batches give each thread a chunk of images and its own partial dW (summed at
                           the end); small ones split the columns of dW (parts of K) instead. Several images go into
@@ -35,7 +37,8 @@ Numba caches compiled code per source file: the GEMM constants (MR, NR, KC) are 
 so after changing them in ``kernels/gemm.py`` delete ``kernels/__pycache__/conv.*`` as well.
 
 Public: ``conv2d_output_shape(in_hw, kernel, stride, pad, dilation) -> (oh, ow)``,
-``conv2d_forward(x, w, b, *, stride, pad, dilation, group, out) -> y`` and
+``conv2d_forward(x, w, b, *, stride, pad, dilation, group, out) -> y`` (``ForwardRunner``: its shape work done
+once, kept by a CPU Net's execution plan) and
 ``conv2d_backward(dy, x, w, *, stride, pad, dilation, group, dx, dw, db, need_dx, need_dw, need_db) -> (dx, dw, db)``.
 
 Benchmark (checks against the reference first, then times each CaffeNet/LeNet layer against torch):
@@ -399,17 +402,18 @@ def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu):
+def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc):
     """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
-    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU)."""
+    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU). nc: columns per
+    task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``)."""
     mg = bias.shape[0] // group
     bm = (mg + MC_CONV - 1) // MC_CONV
-    bn = (npix + NC_CONV - 1) // NC_CONV
+    bn = (npix + nc - 1) // nc
     for t in prange(group * bm * bn):  # column block fastest: contiguous task ranges get equal work
         g = t // (bm * bn)
         r = t - g * bm * bn
         i0 = (r // bn) * MC_CONV
-        j0 = (r % bn) * NC_CONV
+        j0 = (r % bn) * nc
         for pc in range(0, k_all, KC_CONV):
             _block(
                 ap[g * a_size :],
@@ -427,7 +431,7 @@ def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix,
                 i0,
                 min(i0 + MC_CONV, mg),
                 j0,
-                min(j0 + NC_CONV, npix),
+                min(j0 + nc, npix),
                 pc > 0,
                 bias,
                 g * mg,
@@ -435,7 +439,7 @@ def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix,
         if relu:
             base = y_off + g * mg * npix
             for i in range(i0, min(i0 + MC_CONV, mg)):
-                _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + NC_CONV, npix))
+                _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix))
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -653,45 +657,74 @@ def conv2d_forward(
     b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     group = int(group)
     _check_conv_args(x, w, b, group)
-    (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
-        x.shape, w.shape, stride, pad, dilation
-    )
-    out = np.empty((n, m, oh, ow), np.float32) if out is None else _check_out(out, (n, m, oh, ow), "out")
-    if out.size == 0:
-        return out
-    mg, k_all, npix = m // group, cg * kh * kw, oh * ow
-    b_size = packed_b_size(k_all, npix)
-    if PACK_WEIGHTS:
-        a_size, lda = packed_a_size(mg, k_all), 0
-        ap = np.empty(group * a_size, np.float32)
-        _pack_weights(w.reshape(m, k_all), group, ap, a_size)
-    else:  # the weights read in place, row-major (M, K): group g's rows start at g * mg * K
-        a_size, lda, ap = mg * k_all, k_all, w.reshape(-1)
-    bias = np.zeros(m, np.float32) if b is None else b
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    threads = numba.get_num_threads()
-    y = out.reshape(-1)
-    if n >= 4 * threads or n % threads == 0:
-        chunks = min(threads, n)
-        pad_size = cg * hp * wp if ph or pw else 1
-        ws, pads = _WORKSPACE.get(chunks * b_size, chunks * pad_size)
-        geom = (kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-        _conv_batch(
-            x,
-            ap,
-            a_size,
-            lda,
-            bias,
-            y,
-            group,
-            *geom,
-            ws.reshape(chunks, b_size),
-            pads.reshape(chunks, -1),
-            chunks,
-            relu,
-        )
+    run = ForwardRunner(x.shape, w.shape, stride, pad, dilation, group, relu)
+    if out is None:
+        out = np.empty(run.out_shape, np.float32)
     else:
-        bp, pbuf = _WORKSPACE.get(group * b_size, c * hp * wp)
+        _check_out(out, run.out_shape, "out")
+    run(x, w, np.zeros(w.shape[0], np.float32) if b is None else b, out)
+    return out
+
+
+class ForwardRunner:
+    """Everything of a forward that depends only on the shapes, worked out once (geometry, workspace sizes, which
+    kernel, the thread split); calling it runs the compiled kernels with no further checks. ``conv2d_forward`` makes
+    one per call; a CPU Net's execution plan keeps one per layer across calls (``net.net``).
+
+    ``runner(x, w, bias, y)``: x C-contiguous float32 of the shape given here, w (M, C/group, kh, kw) C-contiguous
+    float32, bias (M,) float32 (zeros for none), y the C-contiguous float32 output of ``runner.out_shape``, not
+    overlapping x. The thread split follows the thread count when the runner is made.
+    """
+
+    __slots__ = ("args", "b_size", "batch", "chunks", "group", "out_shape", "relu", "sizes")
+
+    def __init__(self, x_shape, w_shape, stride, pad, dilation, group: int, relu: bool) -> None:
+        (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
+            x_shape, w_shape, stride, pad, dilation
+        )
+        self.out_shape = (n, m, oh, ow)
+        self.relu = bool(relu)
+        self.group = group
+        mg, k_all, npix = m // group, cg * kh * kw, oh * ow
+        self.b_size = b_size = packed_b_size(k_all, npix)
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        threads = numba.get_num_threads()
+        self.chunks = 0
+        if n * m * npix == 0:
+            self.batch, self.sizes, self.args = None, (), ()
+        elif n >= 4 * threads or n % threads == 0:  # chunks of images over threads, serial GEMMs per image
+            self.batch = True
+            self.chunks = chunks = min(threads, n)
+            self.sizes = (chunks * b_size, chunks * (cg * hp * wp if ph or pw else 1))
+            self.args = (group, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        else:  # one image at a time: im2col slivers over threads, then (group, row block, column block) GEMM tasks
+            self.batch = False
+            self.sizes = (group * b_size, c * hp * wp)
+            nc = _column_block(group * -(-mg // MC_CONV), npix, threads)
+            self.args = (n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        if self.batch is None:
+            return
+        m, group = w.shape[0], self.group
+        if PACK_WEIGHTS:
+            k_all = w.size // m
+            a_size, lda = packed_a_size(m // group, k_all), 0
+            ap = np.empty(group * a_size, np.float32)
+            _pack_weights(w.reshape(m, k_all), group, ap, a_size)
+        else:  # the weights read in place, row-major (M, K): group g's rows start at g * mg * K
+            ap = w.reshape(-1)
+            a_size, lda = ap.size // group, ap.size // m
+        y = out.reshape(-1)
+        if self.batch:
+            ws, pads = _WORKSPACE.get(*self.sizes)
+            chunks = self.chunks
+            ws, pads = ws.reshape(chunks, self.b_size), pads.reshape(chunks, -1)
+            _conv_batch(x, ap, a_size, lda, bias, y, *self.args, ws, pads, chunks, self.relu)
+            return
+        n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc = self.args
+        b_size, relu = self.b_size, self.relu
+        bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
         for i in range(n):
             if ph or pw:
@@ -700,8 +733,15 @@ def conv2d_forward(
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
             _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size)
-            _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, i * m * npix, group, k_all, npix, relu)
-    return out
+            _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, i * m * npix, group, k_all, npix, relu, nc)
+
+
+def _column_block(row_tasks: int, npix: int, threads: int) -> int:
+    """Columns per _conv_tiles task: NC_CONV, halved (in whole NR slivers) while that many tasks leave threads idle."""
+    nc = NC_CONV
+    while nc > NR and row_tasks * -(-npix // nc) < threads:
+        nc = max(NR, (nc // 2 + NR - 1) // NR * NR)
+    return nc
 
 
 def conv2d_backward(

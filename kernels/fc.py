@@ -214,6 +214,32 @@ def inner_product_forward(
     return out
 
 
+class ForwardRunner:
+    """``inner_product_forward`` with the shape work done once, for a CPU Net's execution plan (``net.net``):
+    ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
+    out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel."""
+
+    __slots__ = ("axis", "out_shape", "relu", "small", "transpose", "zeros")
+
+    def __init__(self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False) -> None:
+        n, k = (w_shape[1], w_shape[0]) if transpose else w_shape
+        axis %= len(x_shape)
+        if math.prod(x_shape[axis:]) != k:
+            raise ValueError(f"inner_product: x shape {x_shape} from axis {axis} does not give the weight's K = {k}")
+        m = math.prod(x_shape[:axis])
+        self.out_shape = (*x_shape[:axis], n)
+        self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
+        self.small = (m, k, n) if m <= SMALL_M and not transpose else None
+        self.zeros = np.zeros(n, np.float32)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
+        if self.small is None:
+            inner_product_forward(x, w, b, axis=self.axis, transpose=self.transpose, out=out, relu=self.relu)
+            return
+        m, k, n = self.small
+        _ip_small_rows(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu)
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
 def _sum_rows(dy2, db):
     """db[n] += sum_m dy2[m, n]; dy2: (M, N). Threads over column blocks, rows streamed in order."""

@@ -415,10 +415,11 @@ def _ave_backward_border(dy, dx, zero, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1): 
 
 
 # -- public ------------------------------------------------------------------------------------
-def _regions(x3, y3, k, s, p) -> tuple[tuple | None, tuple[int, int, int, int], bool]:
-    """(interior kernels or None, interior rectangle (i0, i1, j0, j1), whether border outputs remain)."""
-    height, width = x3.shape[1:]
-    oh, ow = y3.shape[1:]
+def _regions(x3_shape, y3_shape, k, s, p) -> tuple[tuple | None, tuple[int, int, int, int], bool]:
+    """(interior kernels or None, interior rectangle (i0, i1, j0, j1), whether border outputs remain) for input
+    planes (P, H, W) and output planes (P, OH, OW)."""
+    height, width = x3_shape[1:]
+    oh, ow = y3_shape[1:]
     i0, i1 = _interior(height, oh, k[0], s[0], p[0])
     j0, j1 = _interior(width, ow, k[1], s[1], p[1])
     if (k[0], k[1], s[0], s[1]) not in SPECIALISED or i0 == i1 or j0 == j1:
@@ -428,23 +429,57 @@ def _regions(x3, y3, k, s, p) -> tuple[tuple | None, tuple[int, int, int, int], 
 
 def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
     """One forward over (P, H, W) planes: the interior kernel when specialised, the border kernel for the rest."""
-    kernels, rect, border = _regions(x3, y3, k, s, p)
+    record = mask3 is not None and method == "MAX"
+    _forward_steps(_regions(x3.shape, y3.shape, k, s, p), method, k, s, p, record)(x3, y3, mask3)
+
+
+def _forward_steps(regions, method: str, k, s, p, record: bool):
+    """The kernel calls of one forward, chosen once from `_regions`: returns run(x3, y3, mask3), mask3 used (and
+    filled with the argmax) only when `record` (MAX)."""
+    kernels, rect, border = regions
+    interior = None
     if kernels is not None:
         max_fwd, max_fwd_mask, ave_fwd, _ = kernels
-        if method == "AVE":
-            ave_fwd(x3, y3, *rect, p[0], p[1])
-        elif mask3 is None:
-            max_fwd(x3, y3, *rect, p[0], p[1])
-        else:
-            max_fwd_mask(x3, y3, mask3, *rect, p[0], p[1])
-    if not border:
-        return
-    args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect)
-    if method == "AVE":
-        _ave_border(x3, y3, *args)
-    else:
-        record = mask3 is not None
-        _max_border(x3, y3, mask3 if record else np.empty((0, 0, 0), np.int32), record, *args)
+        interior = ave_fwd if method == "AVE" else max_fwd_mask if record else max_fwd
+    inner_args = (*rect, p[0], p[1])
+    border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect)
+    no_mask = np.empty((0, 0, 0), np.int32)
+
+    def run(x3, y3, mask3) -> None:
+        if interior is not None:
+            if record:
+                interior(x3, y3, mask3, *inner_args)
+            else:
+                interior(x3, y3, *inner_args)
+        if border:
+            if method == "AVE":
+                _ave_border(x3, y3, *border_args)
+            else:
+                _max_border(x3, y3, mask3 if record else no_mask, record, *border_args)
+
+    return run
+
+
+class ForwardRunner:
+    """A forward without an argmax mask with everything that depends only on the shapes worked out once (checks,
+    output size, interior rectangle, which kernels): ``runner(x, out)`` for a C-contiguous float32 x of the shape
+    given here and out of ``runner.out_shape`` (not overlapping x). Kept by a CPU Net's execution plan
+    (``net.net``); ``pool2d_forward`` runs the same kernel calls."""
+
+    __slots__ = ("out_shape", "planes", "steps")
+
+    def __init__(self, x_shape, *, method="MAX", kernel=(2, 2), stride=(1, 1), pad=(0, 0), round_mode="CEIL"):
+        k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+        n, c, h, w = x_shape
+        oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
+        self.out_shape = (n, c, oh, ow)
+        self.planes = ((n * c, h, w), (n * c, oh, ow))
+        empty = n * c * h * w == 0
+        self.steps = None if empty else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self.steps is not None:
+            self.steps(x.reshape(self.planes[0]), out.reshape(self.planes[1]), None)
 
 
 def pool2d_forward(
@@ -529,7 +564,7 @@ def pool2d_backward(
         return out
     if method == "AVE":
         dy3, dx3 = dy.reshape(n * c, oh, ow), out.reshape(n * c, h, w)
-        kernels, rect, border = _regions(dx3, dy3, k, s, p)
+        kernels, rect, border = _regions(dx3.shape, dy3.shape, k, s, p)
         if kernels is not None:
             kernels[3](dy3, dx3, *rect, p[0], p[1])
         if border:

@@ -17,7 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from kernels import conv, elementwise, pool
+from kernels import conv, elementwise, fc, pool
+from kernels.activations import softmax_runner
 
 from .blob import Blob
 from .device import CPU, empty_like, kernels_for
@@ -94,6 +95,14 @@ class Layer:
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         raise NotImplementedError(f"{self.type} '{self.name}': backward is not implemented yet")
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        """The CPU fast path of `forward` for a Net's execution plan (`Net._run`): a step, made after a reshape, that
+        runs the kernels on the blobs' current arrays with every shape decision already taken. A step returns False
+        without doing anything when an array is not the one it was made for (another shape, dtype or layout, or a
+        top replaced); the Net then runs `forward` and makes a new plan. None: no fast path, the Net calls `forward`;
+        NO_STEP: nothing to do on this forward."""
+        return None
+
 
 def _spatial(
     values: list[int], h: int | None, w: int | None, has_hw: bool, default: int, what: str, layer: Layer
@@ -137,6 +146,9 @@ class InputLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         pass
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        return NO_STEP
+
 
 def _reusable(buf: np.ndarray, src: np.ndarray) -> bool:
     """Can a CPU layer write its output into its top's current array `buf` (the previous forward's output, or the
@@ -149,6 +161,26 @@ def _reusable(buf: np.ndarray, src: np.ndarray) -> bool:
         and buf.flags.writeable
         and not np.may_share_memory(buf, src)
     )
+
+
+_F32 = np.dtype(np.float32)
+
+
+def NO_STEP() -> bool:  # a constant step: Layer.plan's "this forward does nothing"
+    return True
+
+
+def _plain(a: object, shape: tuple[int, ...]) -> bool:
+    """A C-contiguous float32 host array of `shape`: what a plan step hands to the kernels unchecked."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == _F32 and a.flags.c_contiguous
+
+
+def _plan_out(top: Blob, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The array a plan step writes `top` into: its current one when reusable (`_reusable`), else a fresh one."""
+    out = top.data
+    if not (_reusable(out, x) and out.shape == shape):
+        out = top.data = np.empty(shape, np.float32)
+    return out
 
 
 @register("Convolution")
@@ -217,6 +249,30 @@ class ConvolutionLayer(Layer):
                 **extra,
             )
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        if len(bottom) != 1:
+            return None
+        src, dst, wblob = bottom[0], top[0], self.blobs[0]
+        bblob = self.blobs[1] if len(self.blobs) > 1 else None
+        has_bias = bblob is not None
+        x, w = src.data, wblob.data
+        x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
+        if not (_plain(x, x_shape) and _plain(w, w_shape) and (bblob is None or _plain(bblob.data, b_shape))):
+            return None
+        run = conv.ForwardRunner(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu)
+        out = _plan_out(dst, x, run.out_shape)
+        zeros = np.zeros(b_shape, np.float32)
+
+        def step() -> bool:  # the parameter Blobs are looked up each call (Net.share_weights_from swaps them)
+            params = self.blobs
+            x, w, b = src.data, params[0].data, params[1].data if has_bias else zeros
+            if dst.data is not out or not (_plain(x, x_shape) and _plain(w, w_shape) and _plain(b, b_shape)):
+                return False
+            run(x, w, b, out)
+            return True
+
+        return step
+
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[i].diff is overwritten where propagate_down[i]; the weight and bias diffs accumulate the gradients
         of every bottom (all share the weights), each only where self.param_needs_grad (set by the Net from
@@ -281,6 +337,30 @@ class InnerProductLayer(Layer):
         top[0].data = ops.inner_product_forward(
             x, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose, **extra
         )
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        src, dst, wblob = bottom[0], top[0], self.blobs[0]
+        bblob = self.blobs[1] if len(self.blobs) > 1 else None
+        has_bias = bblob is not None
+        x, w = src.data, wblob.data
+        x_shape, w_shape = x.shape, w.shape
+        b_shape = (w_shape[1] if self.transpose else w_shape[0],)
+        if not (_plain(x, x_shape) and _plain(w, w_shape) and (bblob is None or _plain(bblob.data, b_shape))):
+            return None
+        run = fc.ForwardRunner(x_shape, w_shape, axis=self.axis, transpose=self.transpose, relu=self.fused_relu)
+        out = _plan_out(dst, x, run.out_shape)
+
+        def step() -> bool:  # the parameter Blobs are looked up each call (Net.share_weights_from swaps them)
+            params = self.blobs
+            x, w, b = src.data, params[0].data, params[1].data if has_bias else None
+            if dst.data is not out or not (_plain(x, x_shape) and _plain(w, w_shape)):
+                return False
+            if b is not None and not _plain(b, b_shape):
+                return False
+            run(x, w, b, out)
+            return True
+
+        return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0]; the weight and bias diffs accumulate, each only
@@ -384,6 +464,34 @@ class PoolingLayer(Layer):
             mask=mask,
         )
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        if self.method == "MAX" and self.phase == "TRAIN":
+            return None  # the forward records the argmax mask for the backward
+        src, dst = bottom[0], top[0]
+        x = src.data
+        x_shape = x.shape
+        if not _plain(x, x_shape):
+            return None
+        run = pool.ForwardRunner(
+            x_shape,
+            method=self.method,
+            kernel=self.kernel,
+            stride=self.stride,
+            pad=self.pad,
+            round_mode=self.round_mode,
+        )
+        out = _plan_out(dst, x, run.out_shape)
+        self.mask = None
+
+        def step() -> bool:
+            x = src.data
+            if dst.data is not out or not _plain(x, x_shape):
+                return False
+            run(x, out)
+            return True
+
+        return step
+
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0]; pooling has no parameters."""
         if not propagate_down[0]:
@@ -439,6 +547,9 @@ class LRNLayer(Layer):
 class ReLULayer(Layer):
     fused = False  # set by net.net / net.device.prepare: the Convolution or InnerProduct before it applies the ReLU
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        return NO_STEP if self.fused else None
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if self.fused:
             return
@@ -488,6 +599,12 @@ class DropoutLayer(Layer):
         if not 0.0 <= self.ratio < 1.0:
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        if self.phase == "TEST" and top[0] is bottom[0]:
+            self.mask = None
+            return NO_STEP  # the identity, in place
+        return None
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         if self.phase == "TEST":
             self.mask = None
@@ -524,6 +641,24 @@ class SoftmaxLayer(Layer):
         ops = kernels_for(x)
         extra = {"out": top[0].data} if ops is CPU and _reusable(top[0].data, x) else {}
         top[0].data = ops.softmax_forward(x, axis=self.axis % x.ndim, **extra)
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        src, dst = bottom[0], top[0]
+        x = src.data
+        x_shape = x.shape
+        if dst is src or not _plain(x, x_shape) or not -x.ndim <= self.axis < x.ndim:
+            return None
+        run = softmax_runner(x_shape, self.axis)
+        out = _plan_out(dst, x, x_shape)
+
+        def step() -> bool:
+            x = src.data
+            if dst.data is not out or not _plain(x, x_shape):
+                return False
+            run(x, out)
+            return True
+
+        return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""

@@ -19,12 +19,13 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLoss, Accuracy)
 from .blob import Blob
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
-from .layers import Layer, create_layer
+from .layers import NO_STEP, Layer, create_layer
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -162,6 +163,7 @@ class Net:
         self.tops: list[list[Blob]] = []
         self.inputs: list[str] = []
         self.loss_weights: list[list[float]] = []
+        self._plan: _Plan | None = None  # CPU: the execution plan of the current shapes (_run), made on first use
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -358,6 +360,7 @@ class Net:
     # -- running -----------------------------------------------------------------------------
     def reshape(self) -> None:
         """Propagate input shapes through every layer."""
+        self._plan = None
         for layer, bottom, top in zip(self.layers, self.bottoms, self.tops):
             try:
                 layer.reshape(bottom, top)
@@ -391,6 +394,17 @@ class Net:
         return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
     def _run(self, timings: list[float] | None) -> None:
+        if timings is None and self.device == "cpu":
+            plan = self._plan
+            if plan is None or plan.threads != numba.get_num_threads():
+                plan = self._plan = _Plan(self)
+            for step, layer, bottom, top in plan.steps:
+                if step is None:
+                    layer.forward(bottom, top)
+                elif not step():  # an array changed under the plan: the layer's own forward, a new plan next time
+                    layer.forward(bottom, top)
+                    self._plan = None
+            return
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
                 layer.forward(bottom, top)
@@ -468,6 +482,7 @@ class Net:
                     f"{[b.shape for b in layer.blobs]}"
                 )
             layer.blobs = list(src.blobs)
+        self._plan = None  # its steps hold the old parameter Blobs
 
     def first_nonfinite(self) -> str | None:
         """Name the first layer (in forward order) whose output holds NaN or inf, with the blob."""
@@ -512,3 +527,21 @@ class Net:
 
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {len(self.layers)} layers, inputs={self.inputs}, outputs={self.outputs})"
+
+
+class _Plan:
+    """A CPU net's execution plan: per layer, the step its `Layer.plan` made for the current shapes (geometry,
+    kernel choice, thread split and output arrays fixed once), or None to call its `forward`; layers with nothing to
+    do (inputs, fused ReLUs, TEST dropout in place) are left out. Cuts the per-layer Python work of a forward from
+    argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
+    Made on the first forward after a reshape and when the thread count changes."""
+
+    __slots__ = ("steps", "threads")
+
+    def __init__(self, net: Net) -> None:
+        self.threads = numba.get_num_threads()
+        self.steps = []
+        for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
+            step = layer.plan(bottom, top)
+            if step is not NO_STEP:
+                self.steps.append((step, layer, bottom, top))

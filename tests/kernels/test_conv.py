@@ -359,3 +359,49 @@ def test_packed_weight_path_matches_the_reference(monkeypatch, n):
     want = conv2d_forward_ref(x, w, b, **kw)
     tol = 1e-5 * float(np.abs(want).max())
     assert float(np.abs(packed - want).max()) <= tol and float(np.abs(in_place - want).max()) <= tol
+
+
+def test_column_block_splits_small_outputs_over_threads() -> None:
+    """_conv_tiles' columns per task: NC_CONV unless that leaves threads idle, then halved in whole NR slivers."""
+    from kernels.conv import NC_CONV, NR, _column_block
+
+    assert _column_block(1, 64, 2) == 32  # LeNet conv2 at batch 1: two tasks of 32 pixels, not one of 64
+    assert _column_block(1, 64, 8) == NR  # never below one sliver
+    assert _column_block(1, 576, 2) == NC_CONV  # LeNet conv1: 5 tasks already
+    assert _column_block(4, 169, 2) == NC_CONV  # CaffeNet conv3: 4 row blocks x 2 column blocks
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_batch1_small_output_at_every_thread_count(threads) -> None:
+    """The one-image path with its column split (LeNet conv2 at batch 1: 64 output pixels), fused ReLU on, at 1-3
+    threads, against the reference."""
+    numba = pytest.importorskip("numba")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 20, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((50, 20, 5, 5), dtype=np.float32)
+    b = rng.standard_normal(50, dtype=np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        got = conv2d_forward(x, w, b, relu=True)
+    finally:
+        numba.set_num_threads(before)
+    _assert_close(got, np.maximum(conv2d_forward_ref(x, w, b), 0.0), 500)
+
+
+def test_forward_runner_reused_with_new_weights_and_inputs() -> None:
+    """A ForwardRunner (what a Net's execution plan keeps) made once gives the reference for new x, w, b each call."""
+    from kernels.conv import ForwardRunner
+
+    rng = np.random.default_rng(12)
+    for n in (1, 4):
+        run = ForwardRunner((n, 6, 9, 9), (8, 3, 3, 3), (2, 2), (1, 1), (1, 1), 2, False)
+        out = np.empty(run.out_shape, np.float32)
+        for _ in range(3):
+            x = rng.standard_normal((n, 6, 9, 9), dtype=np.float32)
+            w = rng.standard_normal((8, 3, 3, 3), dtype=np.float32)
+            b = rng.standard_normal(8, dtype=np.float32)
+            run(x, w, b, out)
+            _assert_close(out, conv2d_forward_ref(x, w, b, stride=(2, 2), pad=(1, 1), group=2), 27)

@@ -201,6 +201,8 @@ def test_cpu_net_fuses_in_place_relu_with_the_same_values():
             layer.fused = False
         elif hasattr(layer, "fused_relu"):
             layer.fused_relu = False
+    net.reshape()  # drops the execution plan, made with the fused layers
+    assert not any(getattr(layer, "fused", False) for layer in net.layers)
     want = net.forward(data=x)["prob"]
     np.testing.assert_array_equal(got["prob"], want)
     np.testing.assert_array_equal(feats, net.blobs["fc7"])
