@@ -51,7 +51,10 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import carray, njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from kernels.gemm import (
     KC,
@@ -65,6 +68,28 @@ from kernels.gemm import (
     packed_a_size,
     packed_b_size,
 )
+
+
+@intrinsic
+def _copy8(typingctx, dst, d_off, src, s_off):
+    """dst[d_off:d_off+8] = src[s_off:s_off+8] as one unaligned <8 x float> load and store (LLVM IR): Numba's own
+    8-element loop between two arrays stays scalar (it cannot rule out that they overlap)."""
+    sig = types.void(dst, d_off, src, s_off)
+
+    def codegen(context, builder, signature, args):
+        dst_v, do_v, src_v, so_v = args
+        vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
+        i64 = llvm_ir.IntType(64)
+        do64 = do_v if do_v.type.width == 64 else builder.zext(do_v, i64)
+        so64 = so_v if so_v.type.width == 64 else builder.zext(so_v, i64)
+        d_data = context.make_array(signature.args[0])(context, builder, dst_v).data
+        s_data = context.make_array(signature.args[2])(context, builder, src_v).data
+        v = builder.load(builder.bitcast(builder.gep(s_data, [so64]), vptr), align=4)
+        builder.store(v, builder.bitcast(builder.gep(d_data, [do64]), vptr), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR = 6)
 NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
@@ -199,15 +224,27 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
         base[j] = s_off + oh * sh * wp + (p - oh * ow_n) * sw
     k_all = cg * kh * kw
     dv = dst[d_off + s * k_all * NR :]
+    # Each group of 8 pixels that lies in one output row (stride 1) reads 8 consecutive source floats for every k:
+    # one vector copy instead of an 8-element gather (LeNet conv2 at batch 64: 8-pixel rows, every group).
+    run0 = sw == 1 and base[7] == base[0] + 7
+    run1 = sw == 1 and base[15] == base[8] + 7
     o = 0
     for c in range(cg):
         for i in range(kh):
             row = (c * hp + i * dh) * wp
             for jj in range(kw):
                 off = row + jj * dw
-                # Unsigned indices: no negative-index wraparound code, so the gather vectorises.
-                for j in range(NR):
-                    dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
+                # Unsigned indices: no negative-index wraparound code, so the copies and gathers vectorise.
+                if run0:
+                    _copy8(dv, np.uint64(o), src, np.uint64(off + base[0]))
+                else:
+                    for j in range(8):
+                        dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
+                if run1:
+                    _copy8(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
+                else:
+                    for j in range(8, 16):
+                        dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
                 o += NR
     if valid < NR:
         for k in range(k_all):
