@@ -483,7 +483,7 @@ def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix,
 def _relu_span(y, start, stop):  # pragma: no cover - compiled
     """y[start:stop] = ReLU(y), the same expression as kernels.activations' ReLU with slope 0 (same bits)."""
     zero = np.float32(0.0)
-    for i in range(start, stop):
+    for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
         v = y[i]
         y[i] = max(v, zero) + zero * min(v, zero)
 
