@@ -405,3 +405,82 @@ def test_forward_runner_reused_with_new_weights_and_inputs() -> None:
             b = rng.standard_normal(8, dtype=np.float32)
             run(x, w, b, out)
             _assert_close(out, conv2d_forward_ref(x, w, b, stride=(2, 2), pad=(1, 1), group=2), 27)
+
+
+DIRECT_CASES = [  # shapes that take the direct path (stride-1 rows of a multiple of 8 output pixels): x, w, kwargs
+    ((1, 1, 28, 28), (20, 1, 5, 5), {}),  # LeNet conv1 at batch 1 (4 channel blocks, the last of 2 channels)
+    ((1, 20, 12, 12), (50, 20, 5, 5), {}),  # LeNet conv2 at batch 1: 64 pixels, 4 tiles
+    ((3, 20, 12, 12), (50, 20, 5, 5), {}),  # an odd batch: tiles of an image split over tasks
+    ((8, 1, 28, 28), (20, 1, 5, 5), {}),  # one task per image
+    ((2, 3, 32, 32), (13, 3, 5, 5), {"pad": (2, 2)}),  # padded, M = 13
+    ((2, 6, 10, 16), (8, 3, 3, 3), {"pad": (1, 1), "group": 2, "stride": (2, 1), "dilation": (2, 1)}),
+    ((5, 8, 9, 16), (13, 8, 2, 1), {}),  # an odd number of 8-pixel runs (9 rows x 2): a half tile
+    ((2, 2, 8, 15), (4, 1, 1, 8), {"group": 2}),  # 1 x 8 kernel, 8 x 8 output
+    ((1, 4, 12, 12), (7, 4, 3, 3), {"pad": (1, 1), "dilation": (3, 3)}),  # dilation 3 in both directions: 8 x 8 output
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("xs,ws,kw", DIRECT_CASES)
+def test_direct_path_matches_reference(xs, ws, kw, relu) -> None:
+    """The direct convolution (no im2col) against the float64 reference, with and without the fused ReLU."""
+    from kernels.conv import direct_applies
+
+    args = {"stride": (1, 1), "pad": (0, 0), "dilation": (1, 1), "group": 1, **kw}
+    assert direct_applies(xs, ws, args["stride"], args["pad"], args["dilation"], args["group"])
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(ws[0], dtype=np.float32)
+    want = conv2d_forward_ref(x, w, b, **args)
+    got = conv2d_forward(x, w, b, relu=relu, **args)
+    _assert_close(got, np.maximum(want, 0.0) if relu else want, ws[1] * ws[2] * ws[3])
+
+
+@pytest.mark.parametrize("xs,ws,kw", DIRECT_CASES)
+def test_direct_and_gemm_paths_give_the_same_bits(monkeypatch, xs, ws, kw) -> None:
+    """With K <= one K panel both paths sum the taps in the same order with the same FMAs, then add the bias: the
+    direct path is a faster route to the same numbers, not other ones (longer K: equal within the tolerance)."""
+    import kernels.conv as conv_module
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(ws[0], dtype=np.float32)
+    direct = conv2d_forward(x, w, b, relu=True, **kw)
+    monkeypatch.setattr(conv_module, "DIRECT", False)
+    gemm_path = conv2d_forward(x, w, b, relu=True, **kw)
+    k = ws[1] * ws[2] * ws[3]
+    if k <= conv_module.KC_CONV:
+        np.testing.assert_array_equal(direct, gemm_path)
+    else:  # the GEMM path sums K in panels (LeNet conv2: 384 + 116 taps), then adds the panels: other roundings
+        _assert_close(direct, gemm_path.astype(np.float64), k)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_direct_path_at_every_thread_count(threads) -> None:
+    numba = pytest.importorskip("numba")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 20, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((50, 20, 5, 5), dtype=np.float32)
+    b = rng.standard_normal(50, dtype=np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        got = [conv2d_forward(x[:n], w, b, relu=True) for n in (1, 3)]
+    finally:
+        numba.set_num_threads(before)
+    for n, g in zip((1, 3), got):
+        _assert_close(g, np.maximum(conv2d_forward_ref(x[:n], w, b), 0.0), 500)
+
+
+def test_direct_applies_only_where_it_can() -> None:
+    from kernels.conv import direct_applies
+
+    one = ((1, 1), (0, 0), (1, 1))
+    assert direct_applies((1, 1, 28, 28), (20, 1, 5, 5), *one)  # 24-pixel rows
+    assert not direct_applies((1, 96, 27, 27), (256, 48, 5, 5), (1, 1), (2, 2), (1, 1), 2)  # CaffeNet conv2: 27
+    assert not direct_applies((1, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), (1, 1))  # horizontal stride 4
+    assert not direct_applies((1, 64, 66, 66), (64, 64, 3, 3), *one)  # 64 x 66 x 66 floats: past L2
