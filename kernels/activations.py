@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from kernels.serial import SMALL_WORK, serial_twin
+
 __all__ = [
     "dropout_backward",
     "dropout_backward_ref",
@@ -307,8 +309,10 @@ def softmax_runner(shape: tuple[int, ...], axis: int = 1):
     if 0 in shape3:
         return lambda x, out: None
 
+    kernel = serial_twin(_softmax_slices) if math.prod(shape3) < SMALL_WORK else _softmax_slices
+
     def run(x: np.ndarray, out: np.ndarray) -> None:
-        _softmax_slices(x.reshape(shape3), out.reshape(shape3))
+        kernel(x.reshape(shape3), out.reshape(shape3))
 
     return run
 

@@ -29,6 +29,7 @@ from numba import njit, prange
 
 from kernels.activations import relu_forward
 from kernels.gemm import NC, gemm
+from kernels.serial import SMALL_WORK, serial_twin
 
 SMALL_M = 32  # at most this many rows of x2: the weight-streaming kernel for W of shape (N, K)
 
@@ -242,7 +243,7 @@ class ForwardRunner:
     ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
     out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel."""
 
-    __slots__ = ("axis", "out_shape", "relu", "small", "transpose", "zeros")
+    __slots__ = ("axis", "out_shape", "relu", "small", "small_kernel", "transpose", "zeros")
 
     def __init__(self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False) -> None:
         n, k = (w_shape[1], w_shape[0]) if transpose else w_shape
@@ -253,6 +254,8 @@ class ForwardRunner:
         self.out_shape = (*x_shape[:axis], n)
         self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
         self.small = (m, k, n) if m <= SMALL_M and not transpose else None
+        # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): the serial twin (kernels.serial).
+        self.small_kernel = serial_twin(_ip_small_rows) if m * k * n < SMALL_WORK else _ip_small_rows
         self.zeros = np.zeros(n, np.float32)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
@@ -260,7 +263,7 @@ class ForwardRunner:
             inner_product_forward(x, w, b, axis=self.axis, transpose=self.transpose, out=out, relu=self.relu)
             return
         m, k, n = self.small
-        _ip_small_rows(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu)
+        self.small_kernel(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

@@ -39,6 +39,8 @@ from functools import cache
 import numpy as np
 from numba import njit, prange
 
+from kernels.serial import SMALL_WORK, serial_twin
+
 __all__ = [
     "global_pool_backward",
     "global_pool_forward",
@@ -433,14 +435,18 @@ def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
     _forward_steps(_regions(x3.shape, y3.shape, k, s, p), method, k, s, p, record)(x3, y3, mask3)
 
 
-def _forward_steps(regions, method: str, k, s, p, record: bool):
+def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False):
     """The kernel calls of one forward, chosen once from `_regions`: returns run(x3, y3, mask3), mask3 used (and
-    filled with the argmax) only when `record` (MAX)."""
+    filled with the argmax) only when `record` (MAX). serial: the kernels' serial twins (``kernels.serial``)."""
     kernels, rect, border = regions
     interior = None
     if kernels is not None:
         max_fwd, max_fwd_mask, ave_fwd, _ = kernels
         interior = ave_fwd if method == "AVE" else max_fwd_mask if record else max_fwd
+    max_border, ave_border = _max_border, _ave_border
+    if serial:
+        interior = None if interior is None else serial_twin(interior)
+        max_border, ave_border = serial_twin(_max_border), serial_twin(_ave_border)
     inner_args = (*rect, p[0], p[1])
     border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect)
     no_mask = np.empty((0, 0, 0), np.int32)
@@ -453,9 +459,9 @@ def _forward_steps(regions, method: str, k, s, p, record: bool):
                 interior(x3, y3, *inner_args)
         if border:
             if method == "AVE":
-                _ave_border(x3, y3, *border_args)
+                ave_border(x3, y3, *border_args)
             else:
-                _max_border(x3, y3, mask3 if record else no_mask, record, *border_args)
+                max_border(x3, y3, mask3 if record else no_mask, record, *border_args)
 
     return run
 
@@ -475,7 +481,8 @@ class ForwardRunner:
         self.out_shape = (n, c, oh, ow)
         self.planes = ((n * c, h, w), (n * c, oh, ow))
         empty = n * c * h * w == 0
-        self.steps = None if empty else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False)
+        serial = n * c * h * w < SMALL_WORK  # a parallel call would cost more than the pooling (kernels.serial)
+        self.steps = None if empty else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial)
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.steps is not None:
