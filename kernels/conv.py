@@ -69,6 +69,7 @@ from kernels.gemm import (
     NR,
     Workspace,
     _block,
+    _copy8,
     _flat_f32,
     _gemm_tiles_serial,
     _pack_rows_sliver,
@@ -77,27 +78,6 @@ from kernels.gemm import (
     packed_a_size,
     packed_b_size,
 )
-
-
-@intrinsic
-def _copy8(typingctx, dst, d_off, src, s_off):
-    """dst[d_off:d_off+8] = src[s_off:s_off+8] as one unaligned <8 x float> load and store (LLVM IR): Numba's own
-    8-element loop between two arrays stays scalar (it cannot rule out that they overlap)."""
-    sig = types.void(dst, d_off, src, s_off)
-
-    def codegen(context, builder, signature, args):
-        dst_v, do_v, src_v, so_v = args
-        vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
-        i64 = llvm_ir.IntType(64)
-        do64 = do_v if do_v.type.width == 64 else builder.zext(do_v, i64)
-        so64 = so_v if so_v.type.width == 64 else builder.zext(so_v, i64)
-        d_data = context.make_array(signature.args[0])(context, builder, dst_v).data
-        s_data = context.make_array(signature.args[2])(context, builder, src_v).data
-        v = builder.load(builder.bitcast(builder.gep(s_data, [so64]), vptr), align=4)
-        builder.store(v, builder.bitcast(builder.gep(d_data, [do64]), vptr), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @intrinsic

@@ -12,7 +12,8 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        16: 2.5x slower). The tile loop is inline in the macro kernel (no Python-level call per tile).
 3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
                        slivers ``(ceil(N/NR), K, NR)``, zero padded, so the micro-kernel reads contiguous memory
-                       whatever the transposes are. ``kernels.conv`` writes im2col straight into the B format.
+                       whatever the transposes are (whole B slivers as <8 x float> copies, ``_copy8``: packing B at
+                       1024 x 1024 0.80 -> 0.20 ms). ``kernels.conv`` writes im2col straight into the B format.
                        An untransposed operand that is used once per block (one column block of C for A, one row
                        block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
 4. ``_gemm_tiles_parallel`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
@@ -174,6 +175,27 @@ def _store8_add(typingctx, c, c_off, acc, a_off, unused):
     return types.void(c, c_off, acc, a_off, unused), _vec8_codegen(True)
 
 
+@intrinsic
+def _copy8(typingctx, dst, d_off, src, s_off):
+    """dst[d_off:d_off+8] = src[s_off:s_off+8] as one unaligned <8 x float> load and store (LLVM IR): Numba's own
+    8-element loop between two arrays stays scalar (it cannot rule out that they overlap)."""
+    sig = types.void(dst, d_off, src, s_off)
+
+    def codegen(context, builder, signature, args):
+        dst_v, do_v, src_v, so_v = args
+        vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
+        i64 = llvm_ir.IntType(64)
+        do64 = do_v if do_v.type.width == 64 else builder.zext(do_v, i64)
+        so64 = so_v if so_v.type.width == 64 else builder.zext(so_v, i64)
+        d_data = context.make_array(signature.args[0])(context, builder, dst_v).data
+        s_data = context.make_array(signature.args[2])(context, builder, src_v).data
+        v = builder.load(builder.bitcast(builder.gep(s_data, [so64]), vptr), align=4)
+        builder.store(v, builder.bitcast(builder.gep(d_data, [do64]), vptr), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _flat_f32(*arrays) -> None:
     """Typing check of the vector intrinsics: they address memory as flat float32 (C-contiguous 1-D arrays only)."""
     for a in arrays:
@@ -206,8 +228,16 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
     Walking k outermost reads src row by row (few pages at a time), zero padding past column ncols.
     """
     nt = (ncols + width - 1) // width
+    full = ncols // width if width % 8 == 0 else 0  # whole slivers copied as <8 x float> vectors (_copy8): 4x faster
+    flat = src.reshape(-1)
+    ld = src.shape[1]
     for k in range(k_begin, k_end):
-        for s in range(nt):
+        for s in range(full):
+            o = np.uint64((s * k_all + k) * width)
+            so = np.uint64(k * ld + c0 + s * width)
+            for v in range(width // 8):
+                _copy8(dst, o + np.uint64(8 * v), flat, so + np.uint64(8 * v))
+        for s in range(full, nt):
             o = (s * k_all + k) * width
             j0 = s * width
             w = min(width, ncols - j0)

@@ -88,3 +88,23 @@ def test_k_zero_and_empty() -> None:
 def test_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         gemm(**kwargs)
+
+
+@pytest.mark.parametrize("rows_major", [False, True])
+@pytest.mark.parametrize("n,k,width", [(64, 5, 16), (37, 70, 16), (7, 3, 16), (40, 9, 6), (13, 4, 6)])
+def test_packing_layout(rows_major: bool, n: int, k: int, width: int) -> None:
+    """_pack_panel_parallel writes dst[(s*K + k)*width + j] = op(src)[k, s*width + j], zero past column n: checked
+    against the layout built in NumPy (whole 16-wide slivers take the vector-copy path, the rest the scalar one)."""
+    from kernels.gemm import _pack_panel_parallel
+
+    rng = np.random.default_rng(n * k)
+    src = rng.standard_normal((n, k) if rows_major else (k, n), dtype=np.float32)
+    cols = src.T if rows_major else src  # (K, n): column j of op(src) is what gets packed
+    slivers = -(-n // width)
+    want = np.zeros((slivers, k, width), np.float32)
+    for s in range(slivers):
+        part = cols[:, s * width : (s + 1) * width]
+        want[s, :, : part.shape[1]] = part
+    got = np.full(slivers * k * width, np.nan, np.float32)
+    _pack_panel_parallel(src, rows_major, n, got, width)
+    np.testing.assert_array_equal(got.reshape(slivers, k, width), want)
