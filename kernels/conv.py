@@ -10,10 +10,12 @@ Kernels (forward, then backward):
                           padding made explicit (``_pad_copy``, skipped when pad is 0), so every copy is an
                           unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table:
                           2.5x faster than cutting slivers into clipped runs (LeNet conv2 at batch 64: 0.7 vs 1.7 ms).
-2. ``_conv_batch``      - forward, parallel over chunks of images (each thread owns its workspaces), serial GEMM
-                          tiles per image and group: for batches (LeNet 64, CaffeNet 10).
+2. ``_conv_batch``      - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
+                          scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
+                          batches (LeNet 64, CaffeNet 10).
 3. ``_im2col_all_groups`` + ``_conv_tiles`` - forward of one image at a time: im2col slivers over threads, then
-                          (group, row block, column block) GEMM tasks over threads: batch 1 and uneven batches.
+                          (group, row block, column block) GEMM tasks claimed by the threads: batch 1 and uneven
+                          batches.
                           Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
                           at batch 1: 64 output pixels, two tasks of 32 instead of one).
 3b. ``_conv_direct``   - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
@@ -69,6 +71,7 @@ from kernels.gemm import (
     NR,
     Workspace,
     _block,
+    _claim,
     _copy8,
     _flat_f32,
     _gemm_tiles_serial,
@@ -440,10 +443,10 @@ def _pack_dy_cols(dyf, off, mg, npix, dst):
 # --------------------------------------------------------------------------------------------- forward drivers
 @njit(cache=True, parallel=True, boundscheck=False)
 def _conv_batch(
-    x, ap, a_size, lda, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks, relu
+    x, ap, a_size, lda, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks, relu, counter
 ):
-    """All images, nchunks contiguous chunks of images in parallel; ws[t] is chunk t's packed-B workspace and
-    pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With relu, each image's output gets
+    """All images, claimed one at a time by nchunks workers (one per thread: dynamic scheduling, ``gemm._claim``);
+    ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With relu, each image's output gets
     max(y, 0) right after its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
 
     x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
@@ -457,8 +460,9 @@ def _conv_batch(
     npix = oh_n * ow_n
     padded = ph > 0 or pw > 0
     hp, wp = h + 2 * ph, wd + 2 * pw
-    for t in prange(nchunks):
-        for n in range(t * n_img // nchunks, (t + 1) * n_img // nchunks):
+    for t in prange(nchunks):  # nchunks workers, each with its own workspaces, claiming images (gemm._claim)
+        n = _claim(counter)
+        while n < n_img:
             for g in range(group):
                 x_off = (n * c + g * cg) * h * wd
                 if padded:
@@ -470,6 +474,7 @@ def _conv_batch(
                 )
             if relu:
                 _relu_span(y, n * m * npix, (n + 1) * m * npix)
+            n = _claim(counter)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -485,44 +490,53 @@ def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc):
+def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, workers, counter):
     """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
     task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU). nc: columns per
     task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``)."""
     mg = bias.shape[0] // group
     bm = (mg + MC_CONV - 1) // MC_CONV
     bn = (npix + nc - 1) // nc
-    for t in prange(group * bm * bn):  # column block fastest: contiguous task ranges get equal work
-        g = t // (bm * bn)
-        r = t - g * bm * bn
-        i0 = (r // bn) * MC_CONV
-        j0 = (r % bn) * nc
-        for pc in range(0, k_all, KC_CONV):
-            _block(
-                ap[g * a_size :],
-                lda,
-                bp[g * b_size :],
-                0,
-                y,
-                y_off + g * mg * npix,
-                npix,
-                mg,
-                npix,
-                k_all,
-                pc,
-                min(KC_CONV, k_all - pc),
-                i0,
-                min(i0 + MC_CONV, mg),
-                j0,
-                min(j0 + nc, npix),
-                pc > 0,
-                bias,
-                g * mg,
-            )
-        if relu:
-            base = y_off + g * mg * npix
-            for i in range(i0, min(i0 + MC_CONV, mg)):
-                _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix))
+    for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim); column block fastest
+        t = _claim(counter)
+        while t < group * bm * bn:
+            _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, t, mg, bm, bn)
+            t = _claim(counter)
+
+
+@njit(cache=True, boundscheck=False)
+def _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, t, mg, bm, bn):
+    """Task t of _conv_tiles: group g, row block and column block of the output, all K panels, then the ReLU."""
+    g = t // (bm * bn)
+    r = t - g * bm * bn
+    i0 = (r // bn) * MC_CONV
+    j0 = (r % bn) * nc
+    for pc in range(0, k_all, KC_CONV):
+        _block(
+            ap[g * a_size :],
+            lda,
+            bp[g * b_size :],
+            0,
+            y,
+            y_off + g * mg * npix,
+            npix,
+            mg,
+            npix,
+            k_all,
+            pc,
+            min(KC_CONV, k_all - pc),
+            i0,
+            min(i0 + MC_CONV, mg),
+            j0,
+            min(j0 + nc, npix),
+            pc > 0,
+            bias,
+            g * mg,
+        )
+    if relu:
+        base = y_off + g * mg * npix
+        for i in range(i0, min(i0 + MC_CONV, mg)):
+            _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix))
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -543,7 +557,9 @@ def _pad_all(xf, n_img, c, h, wd, ph, pw, dst):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_direct(src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu):
+def _conv_direct(
+    src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, workers, counter
+):
     """Direct convolution for stride-1 rows of a multiple of 8 output pixels (``_direct_tile``): no im2col. Tasks
     (image, part `q` of its pixel tiles) over threads, `per` parts per image; each walks its 16-pixel tiles (two
     8-pixel runs, each inside one output row) and, per tile, every MR-channel block of every group, so the tile's
@@ -551,7 +567,18 @@ def _conv_direct(src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n
     with relu, max(y, 0) once the task's tiles are done, over its pixels of every channel (the fused conv + bias + ReLU).
 
     src: flat input, image n at n*img_stride, channel c at c*HP*WP (padded when the layer pads); w: flat (M, K);
-    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile)."""
+    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile). Tasks are claimed by `workers`
+    workers (one per thread, ``gemm._claim``)."""
+    for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
+        task = _claim(counter)
+        while task < n_img * per:
+            _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, task)
+            task = _claim(counter)
+
+
+@njit(cache=True, boundscheck=False)
+def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, task):
+    """Task `task` of _conv_direct: part q = task % per of image task // per."""
     m = bias.shape[0]
     mg = m // group
     k_all = toff.shape[0]
@@ -559,39 +586,38 @@ def _conv_direct(src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n
     nrun = npix // 8
     ntile = (nrun + 1) // 2
     mt = (mg + MR - 1) // MR
-    for task in prange(n_img * per):
-        n = task // per
-        q = task - n * per
-        acc = carray(_stack_empty(MN_DIRECT, np.float32), (MN_DIRECT,))
-        ao = carray(_stack_empty(MR, np.uint64), (MR,))
-        for jt in range(q * ntile // per, (q + 1) * ntile // per):
-            r0 = 2 * jt
-            r1 = min(r0 + 1, nrun - 1)
-            p0 = r0 * 8
-            p1 = r1 * 8
-            oh0 = p0 // ow_n
-            oh1 = p1 // ow_n
-            for g in range(group):
-                xb = n * img_stride + g * cg * hp * wp
-                xo0 = np.uint64(xb + oh0 * sh * wp + (p0 - oh0 * ow_n))
-                xo1 = np.uint64(xb + oh1 * sh * wp + (p1 - oh1 * ow_n))
-                for ir in range(mt):
-                    c0 = g * mg + ir * MR
-                    mr = min(MR, mg - ir * MR)
-                    for i in range(MR):
-                        ao[i] = np.uint64((c0 + min(i, mr - 1)) * k_all)
-                    _direct_tile(w, ao, src, xo0, xo1, toff, np.uint64(k_all), acc)
-                    for i in range(mr):
-                        row = (n * m + c0 + i) * npix
-                        bi = bias[c0 + i]
-                        _store8_bias(y, np.uint64(row + p0), acc, np.uint64(i * NR), bi)
-                        if r1 != r0:
-                            _store8_bias(y, np.uint64(row + p1), acc, np.uint64(i * NR + 8), bi)
-        if relu:  # once over the task's pixels of every channel: per 8-pixel run it cost more than LeNet conv1's FMAs
-            lo = min(npix, 16 * (q * ntile // per))  # tile jt holds pixels 16 jt .. 16 jt + 15
-            hi = min(npix, 16 * ((q + 1) * ntile // per))
-            for ch in range(m):
-                _relu_span(y, (n * m + ch) * npix + lo, (n * m + ch) * npix + hi)
+    n = task // per
+    q = task - n * per
+    acc = carray(_stack_empty(MN_DIRECT, np.float32), (MN_DIRECT,))
+    ao = carray(_stack_empty(MR, np.uint64), (MR,))
+    for jt in range(q * ntile // per, (q + 1) * ntile // per):
+        r0 = 2 * jt
+        r1 = min(r0 + 1, nrun - 1)
+        p0 = r0 * 8
+        p1 = r1 * 8
+        oh0 = p0 // ow_n
+        oh1 = p1 // ow_n
+        for g in range(group):
+            xb = n * img_stride + g * cg * hp * wp
+            xo0 = np.uint64(xb + oh0 * sh * wp + (p0 - oh0 * ow_n))
+            xo1 = np.uint64(xb + oh1 * sh * wp + (p1 - oh1 * ow_n))
+            for ir in range(mt):
+                c0 = g * mg + ir * MR
+                mr = min(MR, mg - ir * MR)
+                for i in range(MR):
+                    ao[i] = np.uint64((c0 + min(i, mr - 1)) * k_all)
+                _direct_tile(w, ao, src, xo0, xo1, toff, np.uint64(k_all), acc)
+                for i in range(mr):
+                    row = (n * m + c0 + i) * npix
+                    bi = bias[c0 + i]
+                    _store8_bias(y, np.uint64(row + p0), acc, np.uint64(i * NR), bi)
+                    if r1 != r0:
+                        _store8_bias(y, np.uint64(row + p1), acc, np.uint64(i * NR + 8), bi)
+    if relu:  # once over the task's pixels of every channel: per 8-pixel run it cost more than LeNet conv1's FMAs
+        lo = min(npix, 16 * (q * ntile // per))  # tile jt holds pixels 16 jt .. 16 jt + 15
+        hi = min(npix, 16 * ((q + 1) * ntile // per))
+        for ch in range(m):
+            _relu_span(y, (n * m + ch) * npix + lo, (n * m + ch) * npix + hi)
 
 
 def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
@@ -827,7 +853,7 @@ class ForwardRunner:
     overlapping x. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "b_size", "batch", "chunks", "direct", "group", "out_shape", "relu", "sizes")
+    __slots__ = ("args", "b_size", "batch", "chunks", "direct", "group", "out_shape", "relu", "sizes", "workers")
 
     def __init__(self, x_shape, w_shape, stride, pad, dilation, group: int, relu: bool) -> None:
         (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
@@ -840,6 +866,7 @@ class ForwardRunner:
         self.b_size = b_size = packed_b_size(k_all, npix)
         hp, wp = h + 2 * ph, wd + 2 * pw
         threads = numba.get_num_threads()
+        self.workers = threads
         self.chunks = 0
         self.direct = None
         if n * m * npix == 0:
@@ -889,13 +916,25 @@ class ForwardRunner:
                 _pad_all(xf, n, c, h, wd, ph, pw, src)
             else:
                 src = xf
-            _conv_direct(src, img_stride, w.reshape(-1), bias, y, *self.args, toff, per, self.relu)
+            _conv_direct(
+                src,
+                img_stride,
+                w.reshape(-1),
+                bias,
+                y,
+                *self.args,
+                toff,
+                per,
+                self.relu,
+                self.workers,
+                np.zeros(1, np.int64),
+            )
             return
         if self.batch:
             ws, pads = _WORKSPACE.get(*self.sizes)
             chunks = self.chunks
             ws, pads = ws.reshape(chunks, self.b_size), pads.reshape(chunks, -1)
-            _conv_batch(x, ap, a_size, lda, bias, y, *self.args, ws, pads, chunks, self.relu)
+            _conv_batch(x, ap, a_size, lda, bias, y, *self.args, ws, pads, chunks, self.relu, np.zeros(1, np.int64))
             return
         n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc = self.args
         b_size, relu = self.b_size, self.relu
@@ -908,7 +947,23 @@ class ForwardRunner:
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
             _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size)
-            _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, i * m * npix, group, k_all, npix, relu, nc)
+            _conv_tiles(
+                ap,
+                a_size,
+                lda,
+                bp,
+                b_size,
+                bias,
+                y,
+                i * m * npix,
+                group,
+                k_all,
+                npix,
+                relu,
+                nc,
+                self.workers,
+                np.zeros(1, np.int64),
+            )
 
 
 def _column_block(row_tasks: int, npix: int, threads: int) -> int:

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from kernels.activations import relu_forward
-from kernels.gemm import NC, gemm
+from kernels.gemm import NC, _claim, gemm
 from kernels.serial import SMALL_WORK, serial_twin
 
+CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4)
 SMALL_M = 32  # at most this many rows of x2: the weight-streaming kernel for W of shape (N, K)
 
 
@@ -116,30 +118,43 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _ip_small_rows(x2, w, bias, y, relu=False):  # pragma: no cover - compiled
-    """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N). Threads over blocks of
-    4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register tile: 6
-    vector loads per 8 FMAs instead of 2 per FMA for one dot at a time (CaffeNet fc7 at batch 10, 1 thread: 12.4 ->
-    6.8 ms). W itself comes from memory once."""
+def _ip_small_rows(x2, w, bias, y, relu, workers, counter):  # pragma: no cover - compiled
+    """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
+    Blocks of 4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register
+    tile: 6 vector loads per 8 FMAs instead of 2 per FMA for one dot at a time (CaffeNet fc7 at batch 10, 1 thread:
+    12.4 -> 6.8 ms). W itself comes from memory once. `workers` workers (one per thread) claim CLAIM_ROWS rows of W at
+    a time (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
+    n_all = w.shape[0]
+    nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
+    for _ in prange(workers):
+        c = _claim(counter)
+        while c < nclaims:
+            for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
+                _ip_rows_block(x2, w, bias, y, relu, blk)
+            c = _claim(counter)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _ip_rows_block(x2, w, bias, y, relu, blk):  # pragma: no cover - compiled
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_small_rows)."""
     m_all, k_all = x2.shape
     n_all = w.shape[0]
-    for blk in prange((n_all + 3) // 4):
-        n0 = blk * 4
-        if n0 + 4 <= n_all:
-            for m0 in range(0, m_all, 2):
-                if m0 + 1 < m_all:
-                    _dots_4x2(w, n0, x2, m0, True, k_all, bias, y, relu)
-                else:
-                    _dots_4x1(w, n0, x2, m0, k_all, bias, y, relu)
-        else:
-            for n in range(n0, n_all):
-                wr = w[n]
-                for m in range(m_all):
-                    xr = x2[m]
-                    acc = np.float32(0.0)
-                    for k in range(k_all):
-                        acc += xr[k] * wr[k]
-                    _store(y, m, n, acc + bias[n], relu)
+    n0 = blk * 4
+    if n0 + 4 <= n_all:
+        for m0 in range(0, m_all, 2):
+            if m0 + 1 < m_all:
+                _dots_4x2(w, n0, x2, m0, True, k_all, bias, y, relu)
+            else:
+                _dots_4x1(w, n0, x2, m0, k_all, bias, y, relu)
+    else:
+        for n in range(n0, n_all):
+            wr = w[n]
+            for m in range(m_all):
+                xr = x2[m]
+                acc = np.float32(0.0)
+                for k in range(k_all):
+                    acc += xr[k] * wr[k]
+                _store(y, m, n, acc + bias[n], relu)
 
 
 def inner_product_forward_ref(
@@ -222,7 +237,15 @@ def inner_product_forward(
         )
     out2 = out.reshape(x2.shape[0], n)
     if x2.shape[0] <= SMALL_M and not transpose:
-        _ip_small_rows(x2, w, np.zeros(n, np.float32) if b is None else b, out2, relu)
+        _ip_small_rows(
+            x2,
+            w,
+            np.zeros(n, np.float32) if b is None else b,
+            out2,
+            relu,
+            numba.get_num_threads(),
+            np.zeros(1, np.int64),
+        )
         return out
     if not transpose and x2.shape[0] <= NC:
         # y^T = W @ x2^T: W (N, K) is then read in place, unpacked (gemm packs only the small x2); the (N, M) result
@@ -243,7 +266,7 @@ class ForwardRunner:
     ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
     out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel."""
 
-    __slots__ = ("axis", "out_shape", "relu", "small", "small_kernel", "transpose", "zeros")
+    __slots__ = ("axis", "out_shape", "relu", "small", "small_kernel", "transpose", "workers", "zeros")
 
     def __init__(self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False) -> None:
         n, k = (w_shape[1], w_shape[0]) if transpose else w_shape
@@ -256,6 +279,7 @@ class ForwardRunner:
         self.small = (m, k, n) if m <= SMALL_M and not transpose else None
         # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): the serial twin (kernels.serial).
         self.small_kernel = serial_twin(_ip_small_rows) if m * k * n < SMALL_WORK else _ip_small_rows
+        self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
@@ -263,7 +287,15 @@ class ForwardRunner:
             inner_product_forward(x, w, b, axis=self.axis, transpose=self.transpose, out=out, relu=self.relu)
             return
         m, k, n = self.small
-        self.small_kernel(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu)
+        self.small_kernel(
+            x.reshape(m, k),
+            w,
+            self.zeros if b is None else b,
+            out.reshape(m, n),
+            self.relu,
+            self.workers,
+            np.zeros(1, np.int64),
+        )
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -345,7 +377,7 @@ def inner_product_backward(
             raise ValueError("inner_product_backward: dx shares memory with dy; pass a separate dx array")
         dx2 = dx.reshape(x2.shape)
         if transpose and x2.shape[0] <= SMALL_M:  # dx2[m, k] = dot(dy2[m], W[k]): W streamed once, not packed
-            _ip_small_rows(dy2, w, np.zeros(k, np.float32), dx2)
+            _ip_small_rows(dy2, w, np.zeros(k, np.float32), dx2, False, numba.get_num_threads(), np.zeros(1, np.int64))
         else:  # dy2 @ W reads W in place when there are few rows (gemm packs only dy2)
             gemm(dy2, w, trans_b=transpose, out=dx2)
     return dx, dw, db

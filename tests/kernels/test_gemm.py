@@ -108,3 +108,32 @@ def test_packing_layout(rows_major: bool, n: int, k: int, width: int) -> None:
     got = np.full(slivers * k * width, np.nan, np.float32)
     _pack_panel_parallel(src, rows_major, n, got, width)
     np.testing.assert_array_equal(got.reshape(slivers, k, width), want)
+
+
+def test_claim_hands_out_every_task_exactly_once() -> None:
+    """gemm._claim (atomic fetch-add) under a parallel worker loop: each of 10,000 tasks is claimed by exactly one
+    worker, whatever the thread count, and the workers that ran are the ones prange started."""
+    import numba
+    from numba import njit, prange
+
+    from kernels.gemm import _claim
+
+    @njit(parallel=True)
+    def run(ntasks, workers, owner, counter):
+        for w in prange(workers):
+            t = _claim(counter)
+            while t < ntasks:
+                owner[t] += w + 1  # += : a task claimed twice would show as a sum
+                t = _claim(counter)
+        return counter[0]
+
+    for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            owner = np.zeros(10_000, np.int64)
+            claimed = run(10_000, threads, owner, np.zeros(1, np.int64))
+        finally:
+            numba.set_num_threads(before)
+        assert claimed == 10_000 + threads  # every worker's last claim finds no task
+        assert owner.min() >= 1 and owner.max() <= threads

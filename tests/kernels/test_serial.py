@@ -59,7 +59,7 @@ def test_fc_runner_serial_only_for_small_work_same_bits(m, k, n) -> None:
     got = np.empty(run.out_shape, np.float32)
     run(x, w, b, got)
     want = np.empty_like(got)
-    fc._ip_small_rows(x, w, b, want, True)
+    fc._ip_small_rows(x, w, b, want, True, 2, np.zeros(1, np.int64))
     np.testing.assert_array_equal(got, want)
     ref = np.maximum(fc.inner_product_forward_ref(x, w, b), 0)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
