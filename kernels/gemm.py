@@ -3,11 +3,14 @@
 Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the reference we time against):
 
 1. ``gemm_ref``      - a sum of K rank-1 updates in float64 (no BLAS call), the obviously-correct reference.
-2. ``_block``        - the macro kernel: every MR x NR = 6 x 16 tile of a block of C in turn, each by
-                       ``_micro_tile``, a micro-kernel written in LLVM IR (a Numba intrinsic): twelve 8-float
-                       accumulators in ymm registers; per k step 6 broadcasts of A and 2 vector loads of B feed 12
-                       FMAs, which covers the FMA latency x 2 pipes of AVX2 cores with 12 + 2 + 1 of the 16 ymm
-                       registers. 98% of one Zen 3 core's measured peak (100 GFLOP/s at 384 x 2304 x 176, packed).
+2. ``_block``        - the macro kernel: every MR x NR tile of a block of C in turn, each by ``_micro_tile`` /
+                       ``_micro_tile_reg``, a micro-kernel written in LLVM IR (a Numba intrinsic). AVX2: 6 x 16,
+                       twelve 8-float accumulators in ymm registers; per k step 6 broadcasts of A and 2 vector loads
+                       of B feed 12 FMAs, which covers the FMA latency x 2 pipes with 12 + 2 + 1 of the 16 ymm
+                       registers; 98% of one Zen 3 core's measured peak (100 GFLOP/s at 384 x 2304 x 176, packed).
+                       AVX-512 (``_tile_shape``): 12 x 16, twelve 16-float accumulators in zmm registers, one load
+                       of B and 12 broadcasts per k (Zen 5, packed: 220-235 GFLOP/s a core; the whole 1024^3 GEMM
+                       on 1 thread 114 -> 175 GFLOP/s against the AVX2 shape on the same machine).
                        It replaced a plain-Numba 4 x 16 loop over a stack array (72%; LLVM spilled that form at 6 x
                        16: 2.5x slower). The tile loop is inline in the macro kernel (no Python-level call per tile).
 3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
@@ -37,10 +40,25 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
-MR = 6  # rows of the micro tile (_micro_tile is written out for 6 x 16: twelve 8-float accumulators)
-NR = 16  # columns of the micro tile: two 8-float AVX2 vectors
+
+def _tile_shape() -> tuple[int, int]:
+    """(MR, VW): micro-tile rows and vector width for the CPU Numba compiles for (NUMBA_CPU_FEATURES, or the host's).
+
+    With AVX-512 (32 zmm registers): 12 x 16 as twelve <16 x float> accumulators, one vector load of B and 12
+    broadcasts of A per k for 12 FMAs (Zen 5: 2 x 512-bit FMA pipes). Otherwise (AVX2, 16 ymm registers): 6 x 16
+    as twelve <8 x float> accumulators, two loads of B and 6 broadcasts per k. Numba keys its cache on the target
+    CPU and its features, so code compiled for one shape is never loaded on a machine that picks the other."""
+    from llvmlite import binding
+    from numba.core import config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
+    return (12, 16) if "+avx512f" in features.split(",") else (6, 8)
+
+
+MR, VW = _tile_shape()  # rows of the micro tile; float32 lanes of its vectors (16: zmm, 8: ymm)
+NR = 16  # columns of the micro tile: one zmm or two ymm vectors (the packed-B format and the epilogue assume 16)
 MN = MR * NR
-KC = 384  # depth of one panel: an A sliver (KC x MR, 6 KB) and a B sliver (KC x NR, 24 KB) stay in L1
+KC = 384  # depth of one panel: an A sliver (KC x MR, 9 or 18 KB) and a B sliver (KC x NR, 24 KB) stay in L1
 MC = 96  # rows of C per parallel task (multiple of MR)
 NC = 256  # columns of C per parallel task (multiple of NR)
 
@@ -75,59 +93,84 @@ def _stack_empty(typingctx, size, dtype):
     return types.CPointer(dtype.dtype)(size, dtype), impl
 
 
-@intrinsic
-def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc):
-    """acc[i*NR + j] = sum_k A[i, k] * B[k, j] over k < kc for one MR x NR (6 x 16) tile, written in LLVM IR:
-    A[i, k] = ap[ao[i] + k*aks], B[k, j] = bp[bo + k*bks + j]. Twelve <8 x float> accumulators (2 per row of A)
-    that LLVM keeps in ymm registers, 2 unaligned vector loads of B and 6 broadcasts of A per k for 12 FMAs: 98% of
-    one Zen 3 core's measured FP32 peak at 384 x 2304 x 176 (the plain-Numba 4 x 16 loop it replaced reached 72%;
-    Numba's own loops spill at 6 x 16)."""
-    sig = types.void(ap, ao, aks, bp, bo, bks, kc, acc)
+def _micro_codegen(regular: bool):
+    """LLVM IR of the micro-kernel (see _micro_tile); regular: row i of A at a0 + i*ars instead of a table ao[i]."""
 
     def codegen(context, builder, signature, args):
-        ap_v, ao_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
+        if regular:
+            ap_v, a0_v, ars_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
+            acc_ty = signature.args[8]
+        else:
+            ap_v, ao_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
+            acc_ty = signature.args[7]
         f32 = llvm_ir.FloatType()
-        vec = llvm_ir.VectorType(f32, 8)
         i64 = llvm_ir.IntType(64)
+
+        def as64(v):
+            return v if v.type.width == 64 else builder.zext(v, i64)
+
         a_data = context.make_array(signature.args[0])(context, builder, ap_v).data
-        b_data = context.make_array(signature.args[3])(context, builder, bp_v).data
-        acc_data = context.make_array(signature.args[7])(context, builder, acc_v).data
-        ao_data = context.make_array(signature.args[1])(context, builder, ao_v).data
-        offs = [builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)])) for i in range(MR)]
-        offs = [builder.zext(o, i64) if o.type.width < 64 else o for o in offs]
-        aks64 = aks_v if aks_v.type.width == 64 else builder.sext(aks_v, i64)
-        bks64 = bks_v if bks_v.type.width == 64 else builder.sext(bks_v, i64)
-        bo64 = bo_v if bo_v.type.width == 64 else builder.sext(bo_v, i64)
-        kc64 = kc_v if kc_v.type.width == 64 else builder.sext(kc_v, i64)
-        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * 8)) for _ in range(2 * MR)]
+        b_data = context.make_array(signature.args[4 if regular else 3])(context, builder, bp_v).data
+        acc_data = context.make_array(acc_ty)(context, builder, acc_v).data
+        if regular:
+            a0, ars = as64(a0_v), as64(ars_v)
+            offs = [builder.add(a0, builder.mul(ars, llvm_ir.Constant(i64, i))) for i in range(MR)]
+        else:
+            ao_data = context.make_array(signature.args[1])(context, builder, ao_v).data
+            offs = [as64(builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
+        aks64, bks64, bo64, kc64 = as64(aks_v), as64(bks_v), as64(bo_v), as64(kc_v)
+        nv = NR // VW  # vectors per row of the tile
+        vec = llvm_ir.VectorType(f32, VW)
+        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * VW)) for _ in range(nv * MR)]
         vptr = vec.as_pointer()
         fma = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v8f32"
+            builder.module, llvm_ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{VW}f32"
         )
-        zero8 = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), [0] * 8)
+        splat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), VW), [0] * VW)
         with cgutils.for_range(builder, kc64) as loop:
             k = loop.index
             boff = builder.add(bo64, builder.mul(k, bks64))
-            p0 = builder.gep(b_data, [boff])
-            b0 = builder.load(builder.bitcast(p0, vptr), align=4)
-            p1 = builder.gep(b_data, [builder.add(boff, llvm_ir.Constant(i64, 8))])
-            b1 = builder.load(builder.bitcast(p1, vptr), align=4)
+            bv = []
+            for v in range(nv):
+                p = builder.gep(b_data, [builder.add(boff, llvm_ir.Constant(i64, VW * v))])
+                bv.append(builder.load(builder.bitcast(p, vptr), align=4))
             ka = builder.mul(k, aks64)
             for i in range(MR):
                 a = builder.load(builder.gep(a_data, [builder.add(offs[i], ka)]))
                 av = builder.insert_element(
                     llvm_ir.Constant(vec, llvm_ir.Undefined), a, llvm_ir.Constant(llvm_ir.IntType(32), 0)
                 )
-                av = builder.shuffle_vector(av, llvm_ir.Constant(vec, llvm_ir.Undefined), zero8)
-                s0, s1 = slots[2 * i], slots[2 * i + 1]
-                builder.store(builder.call(fma, [av, b0, builder.load(s0)]), s0)
-                builder.store(builder.call(fma, [av, b1, builder.load(s1)]), s1)
-        for i in range(2 * MR):
-            p = builder.gep(acc_data, [llvm_ir.Constant(i64, 8 * i)])
-            builder.store(builder.load(slots[i]), builder.bitcast(p, vptr), align=4)
+                av = builder.shuffle_vector(av, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)
+                for v in range(nv):
+                    s_ = slots[nv * i + v]
+                    builder.store(builder.call(fma, [av, bv[v], builder.load(s_)]), s_)
+        for q in range(nv * MR):
+            p = builder.gep(acc_data, [llvm_ir.Constant(i64, VW * q)])
+            builder.store(builder.load(slots[q]), builder.bitcast(p, vptr), align=4)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc):
+    """acc[i*NR + j] = sum_k A[i, k] * B[k, j] over k < kc for one MR x NR tile, written in LLVM IR:
+    A[i, k] = ap[ao[i] + k*aks], B[k, j] = bp[bo + k*bks + j]. MR * NR / VW vector accumulators that LLVM keeps in
+    registers, NR / VW unaligned vector loads of B and MR broadcasts of A per k. AVX2 (6 x 16, twelve <8 x float>):
+    98% of one Zen 3 core's measured FP32 peak at 384 x 2304 x 176 (the plain-Numba 4 x 16 loop it replaced reached
+    72%; Numba's own loops spill at 6 x 16). The row table serves tiles whose rows are irregular (a bottom edge of a
+    row-major A, whose missing rows re-read the last one); _micro_tile_reg serves the others."""
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc), _micro_codegen(False)
+
+
+@intrinsic
+def _micro_tile_reg(typingctx, ap, a0, ars, aks, bp, bo, bks, kc, acc):
+    """_micro_tile with row i of A at ap[a0 + i*ars + k*aks]: one pointer and a stride instead of MR table entries.
+    At 12 x 16 (AVX-512) the table's 12 row pointers did not fit in the general registers and LLVM reloaded one from
+    the stack for every FMA; packed A (ars = 1) then addresses every row from one register, row-major A from a few
+    (1024^3, 1 thread, Zen 5: 166 -> 175-182 GFLOP/s; 220-235 GFLOP/s, 77-82% of one core's peak, on packed
+    operands alone)."""
+    return types.void(ap, a0, ars, aks, bp, bo, bks, kc, acc), _micro_codegen(True)
 
 
 def _vec8_codegen(add_c: bool):
@@ -308,12 +351,16 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
         bo = np.uint64((jr * k_all + pc) * NR if ldb == 0 else pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            for i in range(MR):
-                if lda == 0:
-                    ao[i] = np.uint64((ir * k_all + pc) * MR + i)
-                else:
+            if lda == 0:  # packed A: row i at base + i
+                _micro_tile_reg(
+                    ap, np.uint64((ir * k_all + pc) * MR), np.uint64(1), aks, bp, bo, bks, np.uint64(kc), acc
+                )
+            elif mr == MR:  # row-major A, whole tile: row i at base + i*lda
+                _micro_tile_reg(ap, np.uint64(ir * MR * lda + pc), np.uint64(lda), aks, bp, bo, bks, np.uint64(kc), acc)
+            else:  # bottom edge of a row-major A: rows past m re-read row m-1 (never stored)
+                for i in range(MR):
                     ao[i] = np.uint64((ir * MR + min(i, mr - 1)) * lda + pc)
-            _micro_tile(ap, ao, aks, bp, bo, bks, np.uint64(kc), acc)
+                _micro_tile(ap, ao, aks, bp, bo, bks, np.uint64(kc), acc)
             co = np.uint64(c_off + ir * MR * ldc + jr * NR)
             if nr == NR:  # a full row of the tile: two <8 x float> stores per row (NR == 16)
                 for i in range(mr):
