@@ -69,6 +69,7 @@ from kernels.gemm import (
     KC,
     MR,
     NR,
+    PAIR,
     VW,
     Workspace,
     _block,
@@ -85,23 +86,24 @@ from kernels.gemm import (
 
 
 @intrinsic
-def _direct_tile(typingctx, wp, ao, xp, xo0, xo1, toff, ntaps, acc):
-    """acc[i*NR + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo_v + toff[t] + j] over taps t < ntaps, for i < MR output
-    channels and two runs of 8 output pixels (v = 0, 1; each run 8 consecutive floats of one input row): the direct
-    convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile`` (AVX2: twelve <8 x float> accumulators,
-    6 broadcasts and 2 vector loads per tap; AVX-512: twelve <16 x float>, the two runs loaded into one zmm, 12
-    broadcasts per tap: LeNet conv2 at batch 64 1.03 -> 0.84 ms on Zen 5), with B's rows read from the image itself
-    through the tap table toff
-    (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap t = (c*kh + i)*kw + j) instead of from a packed im2col."""
+def _direct_tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
+    """acc[i*TILE_PX + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo[v] + toff[t] + j] over taps t < ntaps, for i < MR
+    output channels and RUNS runs of 8 output pixels (v < RUNS; each run 8 consecutive floats of one input row): the
+    direct convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile``, with B's rows read from the
+    image itself through the tap table toff (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap t = (c*kh + i)*kw + j)
+    instead of from a packed im2col. AVX2: 2 runs, twelve <8 x float> accumulators, 6 broadcasts and 2 vector loads
+    per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators), 12 broadcasts per 24 FMAs
+    (LeNet conv2 at batch 64 on Zen 5: 1.03 ms with the AVX2 tile, 0.84 with 2 runs in one zmm, 0.52 with 4 runs)."""
     _flat_f32(wp, xp, acc)
-    sig = types.void(wp, ao, xp, xo0, xo1, toff, ntaps, acc)
+    sig = types.void(wp, ao, xp, xo, toff, ntaps, acc)
 
     def codegen(context, builder, signature, args):
-        wp_v, ao_v, xp_v, xo0_v, xo1_v, toff_v, nt_v, acc_v = args
+        wp_v, ao_v, xp_v, xo_v, toff_v, nt_v, acc_v = args
         f32 = llvm_ir.FloatType()
         vec = llvm_ir.VectorType(f32, 8)
         vptr = vec.as_pointer()
         i64 = llvm_ir.IntType(64)
+        i32 = llvm_ir.IntType(32)
 
         def as64(v):
             return v if v.type.width == 64 else builder.zext(v, i64)
@@ -109,25 +111,28 @@ def _direct_tile(typingctx, wp, ao, xp, xo0, xo1, toff, ntaps, acc):
         w_data = context.make_array(signature.args[0])(context, builder, wp_v).data
         ao_data = context.make_array(signature.args[1])(context, builder, ao_v).data
         x_data = context.make_array(signature.args[2])(context, builder, xp_v).data
-        t_data = context.make_array(signature.args[5])(context, builder, toff_v).data
-        acc_data = context.make_array(signature.args[7])(context, builder, acc_v).data
+        xo_data = context.make_array(signature.args[3])(context, builder, xo_v).data
+        t_data = context.make_array(signature.args[4])(context, builder, toff_v).data
+        acc_data = context.make_array(signature.args[6])(context, builder, acc_v).data
         offs = [as64(builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
-        xo0, xo1, nt = as64(xo0_v), as64(xo1_v), as64(nt_v)
-        nv = NR // VW  # accumulators per row of the tile: 2 ymm (AVX2) or 1 zmm holding both runs (AVX-512)
+        xos = [as64(builder.load(builder.gep(xo_data, [llvm_ir.Constant(i64, v)]))) for v in range(RUNS)]
+        nt = as64(nt_v)
+        nv = RUNS * 8 // VW  # accumulators per channel: one per run (ymm) or per two runs (zmm)
         wvec = llvm_ir.VectorType(f32, VW)
         slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(wvec, [0.0] * VW)) for _ in range(nv * MR)]
         fma = cgutils.get_or_insert_function(
             builder.module, llvm_ir.FunctionType(wvec, [wvec, wvec, wvec]), f"llvm.fma.v{VW}f32"
         )
-        i32 = llvm_ir.IntType(32)
         splat = llvm_ir.Constant(llvm_ir.VectorType(i32, VW), [0] * VW)
         concat = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), list(range(16)))
         with cgutils.for_range(builder, nt) as loop:
             t = loop.index
             o = as64(builder.load(builder.gep(t_data, [t])))
-            b0 = builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xo0, o)]), vptr), align=4)
-            b1 = builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xo1, o)]), vptr), align=4)
-            bv = [b0, b1] if nv == 2 else [builder.shuffle_vector(b0, b1, concat)]  # runs 0 and 1 in one zmm
+            runs = [
+                builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xos[v], o)]), vptr), align=4)
+                for v in range(RUNS)
+            ]
+            bv = runs if VW == 8 else [builder.shuffle_vector(runs[2 * h], runs[2 * h + 1], concat) for h in range(nv)]
             for i in range(MR):
                 a = builder.load(builder.gep(w_data, [builder.add(offs[i], t)]))
                 av = builder.insert_element(llvm_ir.Constant(wvec, llvm_ir.Undefined), a, llvm_ir.Constant(i32, 0))
@@ -147,7 +152,9 @@ def _direct_tile(typingctx, wp, ao, xp, xo0, xo1, toff, ntaps, acc):
 MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR: 6 or 12)
 NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
 KC_CONV = 384  # K panel depth in _conv_tiles
-MN_DIRECT = MR * NR
+RUNS = 4 if PAIR else 2  # 8-pixel runs per direct-convolution tile (_direct_tile)
+TILE_PX = 8 * RUNS  # output pixels per direct-convolution tile
+MN_DIRECT = MR * TILE_PX
 DIRECT_MAX_INPUT = 64 * 1024  # floats of one padded image group for the direct path (256 KB: half of a Zen 3 L2)
 DIRECT = True  # forward: the direct path where it applies (direct_applies); False: always im2col + GEMM
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
@@ -591,38 +598,37 @@ def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n,
     k_all = toff.shape[0]
     npix = oh_n * ow_n
     nrun = npix // 8
-    ntile = (nrun + 1) // 2
+    ntile = (nrun + RUNS - 1) // RUNS
     mt = (mg + MR - 1) // MR
     n = task // per
     q = task - n * per
     acc = carray(_stack_empty(MN_DIRECT, np.float32), (MN_DIRECT,))
     ao = carray(_stack_empty(MR, np.uint64), (MR,))
+    xo = carray(_stack_empty(RUNS, np.uint64), (RUNS,))
+    pv = carray(_stack_empty(RUNS, np.int64), (RUNS,))
     for jt in range(q * ntile // per, (q + 1) * ntile // per):
-        r0 = 2 * jt
-        r1 = min(r0 + 1, nrun - 1)
-        p0 = r0 * 8
-        p1 = r1 * 8
-        oh0 = p0 // ow_n
-        oh1 = p1 // ow_n
+        nv = min(RUNS, nrun - RUNS * jt)  # runs of this tile that exist (the missing ones recompute the last)
+        for v in range(RUNS):
+            pv[v] = (RUNS * jt + min(v, nv - 1)) * 8
         for g in range(group):
             xb = n * img_stride + g * cg * hp * wp
-            xo0 = np.uint64(xb + oh0 * sh * wp + (p0 - oh0 * ow_n))
-            xo1 = np.uint64(xb + oh1 * sh * wp + (p1 - oh1 * ow_n))
+            for v in range(RUNS):
+                ohv = pv[v] // ow_n
+                xo[v] = np.uint64(xb + ohv * sh * wp + (pv[v] - ohv * ow_n))
             for ir in range(mt):
                 c0 = g * mg + ir * MR
                 mr = min(MR, mg - ir * MR)
                 for i in range(MR):
                     ao[i] = np.uint64((c0 + min(i, mr - 1)) * k_all)
-                _direct_tile(w, ao, src, xo0, xo1, toff, np.uint64(k_all), acc)
+                _direct_tile(w, ao, src, xo, toff, np.uint64(k_all), acc)
                 for i in range(mr):
                     row = (n * m + c0 + i) * npix
                     bi = bias[c0 + i]
-                    _store8_bias(y, np.uint64(row + p0), acc, np.uint64(i * NR), bi)
-                    if r1 != r0:
-                        _store8_bias(y, np.uint64(row + p1), acc, np.uint64(i * NR + 8), bi)
+                    for v in range(nv):
+                        _store8_bias(y, np.uint64(row + pv[v]), acc, np.uint64(i * TILE_PX + 8 * v), bi)
     if relu:  # once over the task's pixels of every channel: per 8-pixel run it cost more than LeNet conv1's FMAs
-        lo = min(npix, 16 * (q * ntile // per))  # tile jt holds pixels 16 jt .. 16 jt + 15
-        hi = min(npix, 16 * ((q + 1) * ntile // per))
+        lo = min(npix, TILE_PX * (q * ntile // per))  # tile jt holds pixels TILE_PX jt .. TILE_PX (jt + 1) - 1
+        hi = min(npix, TILE_PX * ((q + 1) * ntile // per))
         for ch in range(m):
             _relu_span(y, (n * m + ch) * npix + lo, (n * m + ch) * npix + hi)
 
@@ -882,7 +888,7 @@ class ForwardRunner:
             # Direct convolution (no im2col): tasks (image, part of its pixel tiles); parts only when images are
             # too few to keep the threads busy.
             self.batch = False
-            ntile = -(-npix // 16)
+            ntile = -(-npix // TILE_PX)
             per = 1 if n >= 2 * threads else min(ntile, -(-4 * threads // n))
             toff = np.array(
                 [(ci * hp + i * dh) * wp + j * dw for ci in range(cg) for i in range(kh) for j in range(kw)], np.int64

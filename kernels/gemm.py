@@ -8,9 +8,11 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        twelve 8-float accumulators in ymm registers; per k step 6 broadcasts of A and 2 vector loads
                        of B feed 12 FMAs, which covers the FMA latency x 2 pipes with 12 + 2 + 1 of the 16 ymm
                        registers; 98% of one Zen 3 core's measured peak (100 GFLOP/s at 384 x 2304 x 176, packed).
-                       AVX-512 (``_tile_shape``): 12 x 16, twelve 16-float accumulators in zmm registers, one load
-                       of B and 12 broadcasts per k (Zen 5, packed: 220-235 GFLOP/s a core; the whole 1024^3 GEMM
-                       on 1 thread 114 -> 175 GFLOP/s against the AVX2 shape on the same machine).
+                       AVX-512 (``_tile_shape``): 12 x 16 tiles, two at a time (``PAIR``: 12 x 32, 24 16-float
+                       accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs). One
+                       broadcast per FMA (a single 12 x 16 tile) was load-bound at 80% of a Zen 5 core's peak (231
+                       GFLOP/s packed); paired, 266-280 GFLOP/s (93-97%). The whole 1024^3 GEMM on 1 thread: 114
+                       GFLOP/s with the AVX2 shape on the same machine, 175 unpaired, 235 paired.
                        It replaced a plain-Numba 4 x 16 loop over a stack array (72%; LLVM spilled that form at 6 x
                        16: 2.5x slower). The tile loop is inline in the macro kernel (no Python-level call per tile).
 3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
@@ -58,6 +60,8 @@ def _tile_shape() -> tuple[int, int]:
 MR, VW = _tile_shape()  # rows of the micro tile; float32 lanes of its vectors (16: zmm, 8: ymm)
 NR = 16  # columns of the micro tile: one zmm or two ymm vectors (the packed-B format and the epilogue assume 16)
 MN = MR * NR
+MN2 = 2 * MN  # two tiles (PAIR)
+PAIR = VW == 16  # AVX-512: tiles of MR x 2NR (two column slivers, 24 zmm accumulators); AVX2 has too few registers
 KC = 384  # depth of one panel: an A sliver (KC x MR, 9 or 18 KB) and a B sliver (KC x NR, 24 KB) stay in L1
 MC = 96  # rows of C per parallel task (multiple of MR)
 NC = 256  # columns of C per parallel task (multiple of NR)
@@ -93,35 +97,44 @@ def _stack_empty(typingctx, size, dtype):
     return types.CPointer(dtype.dtype)(size, dtype), impl
 
 
-def _micro_codegen(regular: bool):
-    """LLVM IR of the micro-kernel (see _micro_tile); regular: row i of A at a0 + i*ars instead of a table ao[i]."""
+def _micro_codegen(regular: bool, pair: bool = False):
+    """LLVM IR of the micro-kernel (see _micro_tile); regular: row i of A at a0 + i*ars instead of a table ao[i];
+    pair: two NR-wide column slivers at once, the second's B at bo + b2 (its results at acc[MN:])."""
 
     def codegen(context, builder, signature, args):
+        args = list(args)
+        b2_v = args.pop(6 if regular else 5) if pair else None
+        sig_args = list(signature.args)
+        if pair:
+            sig_args.pop(6 if regular else 5)
         if regular:
             ap_v, a0_v, ars_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
-            acc_ty = signature.args[8]
+            acc_ty = sig_args[8]
         else:
             ap_v, ao_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
-            acc_ty = signature.args[7]
+            acc_ty = sig_args[7]
         f32 = llvm_ir.FloatType()
         i64 = llvm_ir.IntType(64)
 
         def as64(v):
             return v if v.type.width == 64 else builder.zext(v, i64)
 
-        a_data = context.make_array(signature.args[0])(context, builder, ap_v).data
-        b_data = context.make_array(signature.args[4 if regular else 3])(context, builder, bp_v).data
+        a_data = context.make_array(sig_args[0])(context, builder, ap_v).data
+        b_data = context.make_array(sig_args[4 if regular else 3])(context, builder, bp_v).data
         acc_data = context.make_array(acc_ty)(context, builder, acc_v).data
         if regular:
             a0, ars = as64(a0_v), as64(ars_v)
             offs = [builder.add(a0, builder.mul(ars, llvm_ir.Constant(i64, i))) for i in range(MR)]
         else:
-            ao_data = context.make_array(signature.args[1])(context, builder, ao_v).data
+            ao_data = context.make_array(sig_args[1])(context, builder, ao_v).data
             offs = [as64(builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
         aks64, bks64, bo64, kc64 = as64(aks_v), as64(bks_v), as64(bo_v), as64(kc_v)
-        nv = NR // VW  # vectors per row of the tile
+        nv = NR // VW  # vectors per row of one sliver's tile
+        halves = 2 if pair else 1
+        b2 = as64(b2_v) if pair else None
         vec = llvm_ir.VectorType(f32, VW)
-        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * VW)) for _ in range(nv * MR)]
+        nacc = halves * nv * MR
+        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * VW)) for _ in range(nacc)]
         vptr = vec.as_pointer()
         fma = cgutils.get_or_insert_function(
             builder.module, llvm_ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{VW}f32"
@@ -130,10 +143,12 @@ def _micro_codegen(regular: bool):
         with cgutils.for_range(builder, kc64) as loop:
             k = loop.index
             boff = builder.add(bo64, builder.mul(k, bks64))
-            bv = []
-            for v in range(nv):
-                p = builder.gep(b_data, [builder.add(boff, llvm_ir.Constant(i64, VW * v))])
-                bv.append(builder.load(builder.bitcast(p, vptr), align=4))
+            bv = []  # bv[h * nv + v]: vector v of sliver h's row k
+            for h in range(halves):
+                base = boff if h == 0 else builder.add(boff, b2)
+                for v in range(nv):
+                    p = builder.gep(b_data, [builder.add(base, llvm_ir.Constant(i64, VW * v))])
+                    bv.append(builder.load(builder.bitcast(p, vptr), align=4))
             ka = builder.mul(k, aks64)
             for i in range(MR):
                 a = builder.load(builder.gep(a_data, [builder.add(offs[i], ka)]))
@@ -141,10 +156,11 @@ def _micro_codegen(regular: bool):
                     llvm_ir.Constant(vec, llvm_ir.Undefined), a, llvm_ir.Constant(llvm_ir.IntType(32), 0)
                 )
                 av = builder.shuffle_vector(av, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)
-                for v in range(nv):
-                    s_ = slots[nv * i + v]
-                    builder.store(builder.call(fma, [av, bv[v], builder.load(s_)]), s_)
-        for q in range(nv * MR):
+                for h in range(halves):
+                    for v in range(nv):
+                        s_ = slots[(h * MR + i) * nv + v]
+                        builder.store(builder.call(fma, [av, bv[h * nv + v], builder.load(s_)]), s_)
+        for q in range(nacc):  # slot (h*MR + i)*nv + v holds acc[h*MN + i*NR + v*VW : +VW]
             p = builder.gep(acc_data, [llvm_ir.Constant(i64, VW * q)])
             builder.store(builder.load(slots[q]), builder.bitcast(p, vptr), align=4)
         return context.get_dummy_value()
@@ -171,6 +187,18 @@ def _micro_tile_reg(typingctx, ap, a0, ars, aks, bp, bo, bks, kc, acc):
     (1024^3, 1 thread, Zen 5: 166 -> 175-182 GFLOP/s; 220-235 GFLOP/s, 77-82% of one core's peak, on packed
     operands alone)."""
     return types.void(ap, a0, ars, aks, bp, bo, bks, kc, acc), _micro_codegen(True)
+
+
+@intrinsic
+def _micro_tile2(typingctx, ap, ao, aks, bp, bo, b2, bks, kc, acc):
+    """_micro_tile over two column slivers at once (PAIR): B of the second at bo + b2, its tile at acc[MN:]."""
+    return types.void(ap, ao, aks, bp, bo, b2, bks, kc, acc), _micro_codegen(False, True)
+
+
+@intrinsic
+def _micro_tile2_reg(typingctx, ap, a0, ars, aks, bp, bo, b2, bks, kc, acc):
+    """_micro_tile_reg over two column slivers at once (PAIR): see _micro_tile2."""
+    return types.void(ap, a0, ars, aks, bp, bo, b2, bks, kc, acc), _micro_codegen(True, True)
 
 
 def _vec8_codegen(add_c: bool):
@@ -342,47 +370,65 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
     Offsets are unsigned, so Numba's negative-index wraparound folds away and LLVM emits plain vector loads, and
     no array views are made (each costs atomic reference counting).
     """
-    acc = carray(_stack_empty(MN, np.float32), (MN,))
+    acc = carray(_stack_empty(MN2, np.float32), (MN2,))
     ao = carray(_stack_empty(MR, np.uint64), (MR,))
     aks = np.uint64(MR if lda == 0 else 1)
     bks = np.uint64(NR if ldb == 0 else ldb)
-    for jr in range(j0 // NR, (j1 + NR - 1) // NR):
-        nr = min(NR, n - jr * NR)
+    b2 = np.uint64(k_all * NR if ldb == 0 else NR)  # from one column sliver's B to the next one's
+    jr = j0 // NR
+    j_end = (j1 + NR - 1) // NR
+    while jr < j_end:
+        two = PAIR and jr + 1 < j_end  # two slivers per tile (AVX-512): half the broadcasts of A per FMA
         bo = np.uint64((jr * k_all + pc) * NR if ldb == 0 else pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            if lda == 0:  # packed A: row i at base + i
-                _micro_tile_reg(
-                    ap, np.uint64((ir * k_all + pc) * MR), np.uint64(1), aks, bp, bo, bks, np.uint64(kc), acc
-                )
-            elif mr == MR:  # row-major A, whole tile: row i at base + i*lda
-                _micro_tile_reg(ap, np.uint64(ir * MR * lda + pc), np.uint64(lda), aks, bp, bo, bks, np.uint64(kc), acc)
+            kcu = np.uint64(kc)
+            if lda == 0 or mr == MR:  # packed A (row i at base + i) or a whole row-major tile (base + i*lda)
+                a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
+                ars = np.uint64(1 if lda == 0 else lda)
+                if two:
+                    _micro_tile2_reg(ap, a0, ars, aks, bp, bo, b2, bks, kcu, acc)
+                else:
+                    _micro_tile_reg(ap, a0, ars, aks, bp, bo, bks, kcu, acc)
             else:  # bottom edge of a row-major A: rows past m re-read row m-1 (never stored)
                 for i in range(MR):
                     ao[i] = np.uint64((ir * MR + min(i, mr - 1)) * lda + pc)
-                _micro_tile(ap, ao, aks, bp, bo, bks, np.uint64(kc), acc)
-            co = np.uint64(c_off + ir * MR * ldc + jr * NR)
-            if nr == NR:  # a full row of the tile: two <8 x float> stores per row (NR == 16)
-                for i in range(mr):
-                    r = co + np.uint64(i * ldc)
-                    t = np.uint64(i * NR)
-                    if load_c:
-                        _store8_add(c, r, acc, t, np.float32(0.0))
-                        _store8_add(c, r + np.uint64(8), acc, t + np.uint64(8), np.float32(0.0))
-                    else:
-                        bi = bias[bias_off + ir * MR + i]
-                        _store8_bias(c, r, acc, t, bi)
-                        _store8_bias(c, r + np.uint64(8), acc, t + np.uint64(8), bi)
+                if two:
+                    _micro_tile2(ap, ao, aks, bp, bo, b2, bks, kcu, acc)
+                else:
+                    _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc)
+            for h in range(2 if two else 1):
+                jh = jr + h
+                co = np.uint64(c_off + ir * MR * ldc + jh * NR)
+                _tile_out(c, co, ldc, acc, h * MN, mr, min(NR, n - jh * NR), load_c, bias, bias_off + ir * MR)
+        jr += 2 if two else 1
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _tile_out(c, co, ldc, acc, t0, mr, nr, load_c, bias, b_row):
+    """The first mr x nr of the MR x NR tile at acc[t0:] into C at c[co:] (row stride ldc): C += tile (load_c) or
+    C = tile + bias[b_row + row]."""
+    if nr == NR:  # a full row of the tile: two <8 x float> stores per row (NR == 16)
+        for i in range(mr):
+            r = co + np.uint64(i * ldc)
+            t = np.uint64(t0 + i * NR)
+            if load_c:
+                _store8_add(c, r, acc, t, np.float32(0.0))
+                _store8_add(c, r + np.uint64(8), acc, t + np.uint64(8), np.float32(0.0))
             else:
-                for i in range(mr):
-                    r = co + np.uint64(i * ldc)
-                    if load_c:
-                        for j in range(nr):
-                            c[r + np.uint64(j)] += acc[i * NR + j]
-                    else:
-                        bi = bias[bias_off + ir * MR + i]
-                        for j in range(nr):
-                            c[r + np.uint64(j)] = acc[i * NR + j] + bi
+                bi = bias[b_row + i]
+                _store8_bias(c, r, acc, t, bi)
+                _store8_bias(c, r + np.uint64(8), acc, t + np.uint64(8), bi)
+    else:
+        for i in range(mr):
+            r = co + np.uint64(i * ldc)
+            if load_c:
+                for j in range(nr):
+                    c[r + np.uint64(j)] += acc[t0 + i * NR + j]
+            else:
+                bi = bias[b_row + i]
+                for j in range(nr):
+                    c[r + np.uint64(j)] = acc[t0 + i * NR + j] + bi
 
 
 @njit(cache=True, boundscheck=False)
