@@ -34,34 +34,15 @@ def test_avx2_tile_shape_on_an_avx512_host(tmp_path: Path) -> None:
         "NUMBA_CPU_FEATURES": _avx2_features(),
         "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
     }
-    shape = subprocess.run(
-        [sys.executable, "-c", "import kernels.gemm as g; print(g.MR, g.VW)"],
-        cwd=ROOT,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def child(*args: str, timeout: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=timeout
+        )
+
+    shape = child("-c", "import kernels.gemm as g; print(g.MR, g.VW)", timeout=120)
     assert shape.returncode == 0, shape.stderr
     assert shape.stdout.split() == ["6", "8"]
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/kernels/test_gemm.py",
-            "tests/kernels/test_conv.py",
-            "tests/kernels/test_fc.py",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    files = ["tests/kernels/test_gemm.py", "tests/kernels/test_conv.py", "tests/kernels/test_fc.py"]
+    run = child("-m", "pytest", "-q", "-p", "no:cacheprovider", *files, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]  # 0: tests ran and all passed
