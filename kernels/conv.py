@@ -21,7 +21,8 @@ Kernels (forward, then backward):
 3b. ``_conv_direct``   - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
                           and an image fits in L2 (``direct_applies``: LeNet's convolutions): ``_direct_tile``, the
                           GEMM micro-kernel's MR x 16 register tile with B's rows read from the (padded) image through
-                          a table of tap offsets, two 8-pixel runs per tile; tasks (image, part of its pixel tiles).
+                          a table of tap offsets, RUNS 8-pixel runs per tile (2, or 4 with AVX-512); tasks (image,
+                          part of its pixel tiles).
                           Same bits as im2col + GEMM when K fits one K panel. Against im2col + GEMM (2 threads,
                           interleaved A/B, conv + bias + ReLU): LeNet conv1 1.55x / 1.30x at batch 1 / 64, conv2
                           1.39x / 1.11x; the LeNet forward 1.37x, 1.16x, 1.13x at batch 1, 64, 1000.
@@ -72,14 +73,18 @@ from kernels.gemm import (
     PAIR,
     VW,
     Workspace,
+    _accumulators,
+    _as64,
     _block,
     _claim,
     _copy8,
     _flat_f32,
     _gemm_tiles_serial,
     _pack_rows_sliver,
+    _splat,
     _stack_empty,
     _store8_bias,
+    _store_accumulators,
     packed_a_size,
     packed_b_size,
 )
@@ -98,52 +103,33 @@ def _direct_tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
     sig = types.void(wp, ao, xp, xo, toff, ntaps, acc)
 
     def codegen(context, builder, signature, args):
-        wp_v, ao_v, xp_v, xo_v, toff_v, nt_v, acc_v = args
-        f32 = llvm_ir.FloatType()
-        vec = llvm_ir.VectorType(f32, 8)
-        vptr = vec.as_pointer()
-        i64 = llvm_ir.IntType(64)
-        i32 = llvm_ir.IntType(32)
+        def data(i):  # pointer to the elements of array argument i
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
 
-        def as64(v):
-            return v if v.type.width == 64 else builder.zext(v, i64)
-
-        w_data = context.make_array(signature.args[0])(context, builder, wp_v).data
-        ao_data = context.make_array(signature.args[1])(context, builder, ao_v).data
-        x_data = context.make_array(signature.args[2])(context, builder, xp_v).data
-        xo_data = context.make_array(signature.args[3])(context, builder, xo_v).data
-        t_data = context.make_array(signature.args[4])(context, builder, toff_v).data
-        acc_data = context.make_array(signature.args[6])(context, builder, acc_v).data
-        offs = [as64(builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
-        xos = [as64(builder.load(builder.gep(xo_data, [llvm_ir.Constant(i64, v)]))) for v in range(RUNS)]
-        nt = as64(nt_v)
+        w_data, ao_data, x_data, xo_data, t_data, acc_data = data(0), data(1), data(2), data(3), data(4), data(6)
+        nt_v = args[5]
+        f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
+        vptr = llvm_ir.VectorType(f32, 8).as_pointer()
+        offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
+        xos = [_as64(builder, builder.load(builder.gep(xo_data, [llvm_ir.Constant(i64, v)]))) for v in range(RUNS)]
         nv = RUNS * 8 // VW  # accumulators per channel: one per run (ymm) or per two runs (zmm)
         wvec = llvm_ir.VectorType(f32, VW)
-        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(wvec, [0.0] * VW)) for _ in range(nv * MR)]
-        fma = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(wvec, [wvec, wvec, wvec]), f"llvm.fma.v{VW}f32"
-        )
-        splat = llvm_ir.Constant(llvm_ir.VectorType(i32, VW), [0] * VW)
-        concat = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), list(range(16)))
-        with cgutils.for_range(builder, nt) as loop:
+        slots, fma = _accumulators(builder, wvec, nv * MR)  # slot nv*i + v -> acc[i*TILE_PX + v*VW :]
+        concat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 16), list(range(16)))
+        with cgutils.for_range(builder, _as64(builder, nt_v)) as loop:
             t = loop.index
-            o = as64(builder.load(builder.gep(t_data, [t])))
+            o = _as64(builder, builder.load(builder.gep(t_data, [t])))
             runs = [
                 builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xos[v], o)]), vptr), align=4)
                 for v in range(RUNS)
             ]
             bv = runs if VW == 8 else [builder.shuffle_vector(runs[2 * h], runs[2 * h + 1], concat) for h in range(nv)]
             for i in range(MR):
-                a = builder.load(builder.gep(w_data, [builder.add(offs[i], t)]))
-                av = builder.insert_element(llvm_ir.Constant(wvec, llvm_ir.Undefined), a, llvm_ir.Constant(i32, 0))
-                av = builder.shuffle_vector(av, llvm_ir.Constant(wvec, llvm_ir.Undefined), splat)
+                av = _splat(builder, builder.load(builder.gep(w_data, [builder.add(offs[i], t)])), wvec)
                 for v in range(nv):
                     s_ = slots[nv * i + v]
                     builder.store(builder.call(fma, [av, bv[v], builder.load(s_)]), s_)
-        wptr = wvec.as_pointer()
-        for q in range(nv * MR):
-            p = builder.gep(acc_data, [llvm_ir.Constant(i64, VW * q)])
-            builder.store(builder.load(slots[q]), builder.bitcast(p, wptr), align=4)
+        _store_accumulators(builder, slots, acc_data)
         return context.get_dummy_value()
 
     return sig, codegen

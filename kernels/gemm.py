@@ -46,9 +46,9 @@ from numba.extending import intrinsic
 def _tile_shape() -> tuple[int, int]:
     """(MR, VW): micro-tile rows and vector width for the CPU Numba compiles for (NUMBA_CPU_FEATURES, or the host's).
 
-    With AVX-512 (32 zmm registers): 12 x 16 as twelve <16 x float> accumulators, one vector load of B and 12
-    broadcasts of A per k for 12 FMAs (Zen 5: 2 x 512-bit FMA pipes). Otherwise (AVX2, 16 ymm registers): 6 x 16
-    as twelve <8 x float> accumulators, two loads of B and 6 broadcasts per k. Numba keys its cache on the target
+    With AVX-512 (32 zmm registers): 12 x 16 tiles of twelve <16 x float> accumulators, taken two at a time (PAIR:
+    two loads of B and 12 broadcasts of A per k for 24 FMAs). Otherwise (AVX2, 16 ymm registers): 6 x 16 as twelve
+    <8 x float> accumulators, two loads of B and 6 broadcasts per k. Numba keys its cache on the target
     CPU and its features, so code compiled for one shape is never loaded on a machine that picks the other."""
     from llvmlite import binding
     from numba.core import config
@@ -60,8 +60,8 @@ def _tile_shape() -> tuple[int, int]:
 MR, VW = _tile_shape()  # rows of the micro tile; float32 lanes of its vectors (16: zmm, 8: ymm)
 NR = 16  # columns of the micro tile: one zmm or two ymm vectors (the packed-B format and the epilogue assume 16)
 MN = MR * NR
-MN2 = 2 * MN  # two tiles (PAIR)
 PAIR = VW == 16  # AVX-512: tiles of MR x 2NR (two column slivers, 24 zmm accumulators); AVX2 has too few registers
+ACC = MN * (2 if PAIR else 1)  # floats of the macro kernel's tile buffer (two tiles when PAIR)
 KC = 384  # depth of one panel: an A sliver (KC x MR, 9 or 18 KB) and a B sliver (KC x NR, 24 KB) stay in L1
 MC = 96  # rows of C per parallel task (multiple of MR)
 NC = 256  # columns of C per parallel task (multiple of NR)
@@ -97,72 +97,79 @@ def _stack_empty(typingctx, size, dtype):
     return types.CPointer(dtype.dtype)(size, dtype), impl
 
 
+def _as64(builder, v):
+    """An integer LLVM value widened (zero-extended) to i64: offsets and counts are unsigned."""
+    return v if v.type.width == 64 else builder.zext(v, llvm_ir.IntType(64))
+
+
+def _splat(builder, x, vec):
+    """`x` (a float) in every lane of the vector type `vec` (insertelement + zero shuffle: one broadcast)."""
+    i32 = llvm_ir.IntType(32)
+    v = builder.insert_element(llvm_ir.Constant(vec, llvm_ir.Undefined), x, llvm_ir.Constant(i32, 0))
+    zeros = llvm_ir.Constant(llvm_ir.VectorType(i32, vec.count), [0] * vec.count)
+    return builder.shuffle_vector(v, llvm_ir.Constant(vec, llvm_ir.Undefined), zeros)
+
+
+def _accumulators(builder, vec, n):
+    """n zeroed accumulators of type `vec` (stack slots that LLVM keeps in registers) and the llvm.fma of that type."""
+    slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * vec.count)) for _ in range(n)]
+    fma = cgutils.get_or_insert_function(
+        builder.module, llvm_ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{vec.count}f32"
+    )
+    return slots, fma
+
+
+def _store_accumulators(builder, slots, acc_data):
+    """acc[q*w : (q+1)*w] = slot q (w lanes each), unaligned vector stores."""
+    vec = slots[0].type.pointee
+    for q, slot in enumerate(slots):
+        p = builder.gep(acc_data, [llvm_ir.Constant(llvm_ir.IntType(64), vec.count * q)])
+        builder.store(builder.load(slot), builder.bitcast(p, vec.as_pointer()), align=4)
+
+
 def _micro_codegen(regular: bool, pair: bool = False):
-    """LLVM IR of the micro-kernel (see _micro_tile); regular: row i of A at a0 + i*ars instead of a table ao[i];
-    pair: two NR-wide column slivers at once, the second's B at bo + b2 (its results at acc[MN:])."""
+    """LLVM IR of the micro-kernel for arguments (ap, a_rows, aks, bp, bo, bks, kc, acc, [ars], [b2]) (see
+    _micro_tile): regular: row i of A at a_rows + i*ars instead of a table a_rows[i]; pair: two NR-wide column
+    slivers at once, the second's B at bo + b2 and its results at acc[MN:]."""
 
     def codegen(context, builder, signature, args):
-        args = list(args)
-        b2_v = args.pop(6 if regular else 5) if pair else None
-        sig_args = list(signature.args)
-        if pair:
-            sig_args.pop(6 if regular else 5)
-        if regular:
-            ap_v, a0_v, ars_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
-            acc_ty = sig_args[8]
-        else:
-            ap_v, ao_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v = args
-            acc_ty = sig_args[7]
-        f32 = llvm_ir.FloatType()
+        ap_v, rows_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v, *extra = args
+        tys = signature.args
         i64 = llvm_ir.IntType(64)
-
-        def as64(v):
-            return v if v.type.width == 64 else builder.zext(v, i64)
-
-        a_data = context.make_array(sig_args[0])(context, builder, ap_v).data
-        b_data = context.make_array(sig_args[4 if regular else 3])(context, builder, bp_v).data
-        acc_data = context.make_array(acc_ty)(context, builder, acc_v).data
+        a_data = context.make_array(tys[0])(context, builder, ap_v).data
+        b_data = context.make_array(tys[3])(context, builder, bp_v).data
+        acc_data = context.make_array(tys[7])(context, builder, acc_v).data
         if regular:
-            a0, ars = as64(a0_v), as64(ars_v)
+            a0, ars = _as64(builder, rows_v), _as64(builder, extra.pop(0))
             offs = [builder.add(a0, builder.mul(ars, llvm_ir.Constant(i64, i))) for i in range(MR)]
         else:
-            ao_data = context.make_array(sig_args[1])(context, builder, ao_v).data
-            offs = [as64(builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
-        aks64, bks64, bo64, kc64 = as64(aks_v), as64(bks_v), as64(bo_v), as64(kc_v)
+            ao_data = context.make_array(tys[1])(context, builder, rows_v).data
+            offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
+        aks64, bks64, bo64, kc64 = (_as64(builder, v) for v in (aks_v, bks_v, bo_v, kc_v))
+        halves = [llvm_ir.Constant(i64, 0)] + ([_as64(builder, extra.pop(0))] if pair else [])  # each sliver's B
         nv = NR // VW  # vectors per row of one sliver's tile
-        halves = 2 if pair else 1
-        b2 = as64(b2_v) if pair else None
-        vec = llvm_ir.VectorType(f32, VW)
-        nacc = halves * nv * MR
-        slots = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * VW)) for _ in range(nacc)]
-        vptr = vec.as_pointer()
-        fma = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{VW}f32"
-        )
-        splat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), VW), [0] * VW)
+        vec = llvm_ir.VectorType(llvm_ir.FloatType(), VW)
+        slots, fma = _accumulators(builder, vec, len(halves) * nv * MR)  # slot (h*MR + i)*nv + v
+
+        def c64(x):
+            return llvm_ir.Constant(i64, x)
+
+        def load_vec(off):  # VW floats of B from bp[off], unaligned
+            return builder.load(builder.bitcast(builder.gep(b_data, [off]), vec.as_pointer()), align=4)
+
         with cgutils.for_range(builder, kc64) as loop:
             k = loop.index
             boff = builder.add(bo64, builder.mul(k, bks64))
-            bv = []  # bv[h * nv + v]: vector v of sliver h's row k
-            for h in range(halves):
-                base = boff if h == 0 else builder.add(boff, b2)
-                for v in range(nv):
-                    p = builder.gep(b_data, [builder.add(base, llvm_ir.Constant(i64, VW * v))])
-                    bv.append(builder.load(builder.bitcast(p, vptr), align=4))
+            # bv[h * nv + v]: vector v of sliver h's row k
+            bv = [load_vec(builder.add(boff, builder.add(hoff, c64(VW * v)))) for hoff in halves for v in range(nv)]
             ka = builder.mul(k, aks64)
             for i in range(MR):
-                a = builder.load(builder.gep(a_data, [builder.add(offs[i], ka)]))
-                av = builder.insert_element(
-                    llvm_ir.Constant(vec, llvm_ir.Undefined), a, llvm_ir.Constant(llvm_ir.IntType(32), 0)
-                )
-                av = builder.shuffle_vector(av, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)
-                for h in range(halves):
+                av = _splat(builder, builder.load(builder.gep(a_data, [builder.add(offs[i], ka)])), vec)
+                for h in range(len(halves)):
                     for v in range(nv):
                         s_ = slots[(h * MR + i) * nv + v]
                         builder.store(builder.call(fma, [av, bv[h * nv + v], builder.load(s_)]), s_)
-        for q in range(nacc):  # slot (h*MR + i)*nv + v holds acc[h*MN + i*NR + v*VW : +VW]
-            p = builder.gep(acc_data, [llvm_ir.Constant(i64, VW * q)])
-            builder.store(builder.load(slots[q]), builder.bitcast(p, vptr), align=4)
+        _store_accumulators(builder, slots, acc_data)  # slot (h*MR + i)*nv + v -> acc[h*MN + i*NR + v*VW :]
         return context.get_dummy_value()
 
     return codegen
@@ -180,25 +187,25 @@ def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc):
 
 
 @intrinsic
-def _micro_tile_reg(typingctx, ap, a0, ars, aks, bp, bo, bks, kc, acc):
+def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars):
     """_micro_tile with row i of A at ap[a0 + i*ars + k*aks]: one pointer and a stride instead of MR table entries.
     At 12 x 16 (AVX-512) the table's 12 row pointers did not fit in the general registers and LLVM reloaded one from
     the stack for every FMA; packed A (ars = 1) then addresses every row from one register, row-major A from a few
     (1024^3, 1 thread, Zen 5: 166 -> 175-182 GFLOP/s; 220-235 GFLOP/s, 77-82% of one core's peak, on packed
     operands alone)."""
-    return types.void(ap, a0, ars, aks, bp, bo, bks, kc, acc), _micro_codegen(True)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars), _micro_codegen(True)
 
 
 @intrinsic
-def _micro_tile2(typingctx, ap, ao, aks, bp, bo, b2, bks, kc, acc):
+def _micro_tile2(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, b2):
     """_micro_tile over two column slivers at once (PAIR): B of the second at bo + b2, its tile at acc[MN:]."""
-    return types.void(ap, ao, aks, bp, bo, b2, bks, kc, acc), _micro_codegen(False, True)
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, b2), _micro_codegen(False, True)
 
 
 @intrinsic
-def _micro_tile2_reg(typingctx, ap, a0, ars, aks, bp, bo, b2, bks, kc, acc):
+def _micro_tile2_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, b2):
     """_micro_tile_reg over two column slivers at once (PAIR): see _micro_tile2."""
-    return types.void(ap, a0, ars, aks, bp, bo, b2, bks, kc, acc), _micro_codegen(True, True)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, b2), _micro_codegen(True, True)
 
 
 def _vec8_codegen(add_c: bool):
@@ -211,9 +218,7 @@ def _vec8_codegen(add_c: bool):
         f32 = llvm_ir.FloatType()
         vec = llvm_ir.VectorType(f32, 8)
         vptr = vec.as_pointer()
-        i64 = llvm_ir.IntType(64)
-        co64 = co_v if co_v.type.width == 64 else builder.zext(co_v, i64)
-        ao64 = ao_v if ao_v.type.width == 64 else builder.zext(ao_v, i64)
+        co64, ao64 = _as64(builder, co_v), _as64(builder, ao_v)
         c_data = context.make_array(signature.args[0])(context, builder, c_v).data
         a_data = context.make_array(signature.args[2])(context, builder, acc_v).data
         cp = builder.bitcast(builder.gep(c_data, [co64]), vptr)
@@ -221,12 +226,7 @@ def _vec8_codegen(add_c: bool):
         if add_c:
             other = builder.load(cp, align=4)
         else:
-            b = extra_v if extra_v.type == f32 else builder.fptrunc(extra_v, f32)
-            other = builder.insert_element(
-                llvm_ir.Constant(vec, llvm_ir.Undefined), b, llvm_ir.Constant(llvm_ir.IntType(32), 0)
-            )
-            zero8 = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), [0] * 8)
-            other = builder.shuffle_vector(other, llvm_ir.Constant(vec, llvm_ir.Undefined), zero8)
+            other = _splat(builder, extra_v if extra_v.type == f32 else builder.fptrunc(extra_v, f32), vec)
         builder.store(builder.fadd(v, other), cp, align=4)
         return context.get_dummy_value()
 
@@ -256,9 +256,7 @@ def _copy8(typingctx, dst, d_off, src, s_off):
     def codegen(context, builder, signature, args):
         dst_v, do_v, src_v, so_v = args
         vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
-        i64 = llvm_ir.IntType(64)
-        do64 = do_v if do_v.type.width == 64 else builder.zext(do_v, i64)
-        so64 = so_v if so_v.type.width == 64 else builder.zext(so_v, i64)
+        do64, so64 = _as64(builder, do_v), _as64(builder, so_v)
         d_data = context.make_array(signature.args[0])(context, builder, dst_v).data
         s_data = context.make_array(signature.args[2])(context, builder, src_v).data
         v = builder.load(builder.bitcast(builder.gep(s_data, [so64]), vptr), align=4)
@@ -370,11 +368,13 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
     Offsets are unsigned, so Numba's negative-index wraparound folds away and LLVM emits plain vector loads, and
     no array views are made (each costs atomic reference counting).
     """
-    acc = carray(_stack_empty(MN2, np.float32), (MN2,))
+    acc = carray(_stack_empty(ACC, np.float32), (ACC,))
     ao = carray(_stack_empty(MR, np.uint64), (MR,))
     aks = np.uint64(MR if lda == 0 else 1)
     bks = np.uint64(NR if ldb == 0 else ldb)
     b2 = np.uint64(k_all * NR if ldb == 0 else NR)  # from one column sliver's B to the next one's
+    ars = np.uint64(1 if lda == 0 else lda)  # from one row of A to the next (_micro_tile_reg)
+    kcu = np.uint64(kc)
     jr = j0 // NR
     j_end = (j1 + NR - 1) // NR
     while jr < j_end:
@@ -382,19 +382,17 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
         bo = np.uint64((jr * k_all + pc) * NR if ldb == 0 else pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            kcu = np.uint64(kc)
             if lda == 0 or mr == MR:  # packed A (row i at base + i) or a whole row-major tile (base + i*lda)
                 a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
-                ars = np.uint64(1 if lda == 0 else lda)
                 if two:
-                    _micro_tile2_reg(ap, a0, ars, aks, bp, bo, b2, bks, kcu, acc)
+                    _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2)
                 else:
-                    _micro_tile_reg(ap, a0, ars, aks, bp, bo, bks, kcu, acc)
+                    _micro_tile_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars)
             else:  # bottom edge of a row-major A: rows past m re-read row m-1 (never stored)
                 for i in range(MR):
                     ao[i] = np.uint64((ir * MR + min(i, mr - 1)) * lda + pc)
                 if two:
-                    _micro_tile2(ap, ao, aks, bp, bo, b2, bks, kcu, acc)
+                    _micro_tile2(ap, ao, aks, bp, bo, bks, kcu, acc, b2)
                 else:
                     _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc)
             for h in range(2 if two else 1):

@@ -47,7 +47,8 @@ CASES = [  # x shape, w shape, stride, pad, dilation, group, bias
     ((2, 3, 35, 35), (8, 3, 11, 11), (4, 4), (0, 0), (1, 1), 1, True),  # CaffeNet conv1-like
     ((1, 3, 4, 4), (2, 3, 3, 3), (1, 1), (3, 3), (1, 1), 1, True),  # padding larger than the image
     ((3, 40, 6, 6), (70, 40, 3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # M, K not multiples of the tiles
-    # rows of 15 pixels at horizontal stride 1 (im2col's masked row segments), vertical stride 2, dilation, groups
+    # rows of 15 pixels at horizontal stride 1 (im2col slivers that cross output rows), vertical stride 2, dilation,
+    # groups
     ((2, 4, 20, 17), (6, 2, 3, 3), (2, 1), (1, 1), (2, 2), 2, True),
 ]
 

@@ -136,11 +136,14 @@ def test_split_k_invariants() -> None:
         batch, sms = int(rng.integers(1, 4)), int(rng.choice([1, 8, 132]))
         plan = gr.gemm_plan(m, n, k, batch, sms)
         s, chunk = plan.splits, plan.k_chunk
-        assert 1 <= s <= gr.MAX_SPLITS
+        blocks = -(-m // plan.tile.bm) * -(-n // plan.tile.bn) * batch
+        panels = -(-k // plan.tile.bk)
         assert s * chunk >= k and (s == 1 or (s - 1) * chunk < k)  # covers K, no empty split
-        if s > 1:
+        if blocks >= sms or panels < 16:  # the tiles fill the SMs, or K is shallow: no split
+            assert (s, chunk) == (1, k)
+        else:  # idle SMs and a deep K: at least two splits of >= 8 whole panels each, at most MAX_SPLITS
+            assert 2 <= s <= min(gr.MAX_SPLITS, panels // 8)
             assert chunk % plan.tile.bk == 0 and chunk // plan.tile.bk >= 8
-            assert -(-m // plan.tile.bm) * -(-n // plan.tile.bn) * batch < sms
 
 
 def test_gemm_plan_rejects_grids_beyond_cuda_limits() -> None:

@@ -15,16 +15,16 @@ import pytest
 from llvmlite import binding
 
 ROOT = Path(__file__).resolve().parents[2]
+HOST_FEATURES = binding.get_host_cpu_features().flatten().split(",")  # LLVM's "+name" / "-name" entries
 
 
 def _avx2_features() -> str:
     """The host's LLVM feature string with every AVX-512 feature turned off."""
-    feats = binding.get_host_cpu_features().flatten().split(",")
-    return ",".join("-" + f[1:] if f[1:].startswith("avx512") else f for f in feats)
+    return ",".join("-" + f[1:] if f[1:].startswith("avx512") else f for f in HOST_FEATURES)
 
 
 @pytest.mark.skipif(
-    "+avx512f" not in binding.get_host_cpu_features().flatten().split(","),
+    "+avx512f" not in HOST_FEATURES,
     reason="host has no AVX-512: the default run already tests the AVX2 tile shape",
 )
 def test_avx2_tile_shape_on_an_avx512_host(tmp_path: Path) -> None:

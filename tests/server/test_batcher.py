@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -38,12 +39,17 @@ def test_rows_return_to_their_callers():
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((1, 3, 3)).astype(np.float32) for _ in range(20)]
     results = submit_all(b, xs)
-    for x, (s, doubled, n, ms) in zip(xs, results):
+    for x, (s, doubled, _, _) in zip(xs, results):
         assert s == pytest.approx(float(x.sum()), rel=1e-6)
         np.testing.assert_array_equal(doubled, x * 2)
-        assert 1 <= n <= 8 and ms >= 0
     st = b.stats()
     assert st["requests"] == 20 and max(int(k) for k in st["sizes"]) <= 8
+    # Each caller's batch size and call time are its call's: the n callers of one call report (n, that call's ms),
+    # and so the callers reporting size n are n times the calls of that size in the stats.
+    calls = Counter((n, ms) for *_, n, ms in results)
+    assert all(count == n and 1 <= n <= 8 and ms > 0 for (n, ms), count in calls.items())
+    sizes = Counter(n for n, _ in calls.elements())
+    assert {n: count // n for n, count in sizes.items()} == {int(k): v for k, v in st["sizes"].items()}
     assert st["batches"] < 20  # 20 simultaneous requests with a 100 ms window share forwards
     b.close()
 
