@@ -28,6 +28,10 @@ from numba import njit, prange
 from kernels.serial import SMALL_WORK, serial_twin
 
 __all__ = [
+    "clip_backward",
+    "clip_backward_ref",
+    "clip_forward",
+    "clip_forward_ref",
     "dropout_backward",
     "dropout_backward_ref",
     "dropout_forward",
@@ -162,6 +166,63 @@ def relu_backward(
     dx = _grad_args(dy, x, out, "ReLU", "x")
     kernel = _relu_grad_flat_serial if dy.size < SERIAL_BELOW else _relu_grad_flat
     kernel(dy.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1))
+    return dx
+
+
+# -- Clip (Caffe's Clip, and ReLU6 = Clip to [0, 6]) ---------------------------------------------------
+def clip_forward_ref(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """x (any shape) -> y = min(max(x, lo), hi), same dtype rules as the other references."""
+    dt = _ref_dtype(x)
+    return np.minimum(np.maximum(x.astype(dt), dt.type(lo)), dt.type(hi))
+
+
+def clip_backward_ref(dy: np.ndarray, x: np.ndarray, lo: float, hi: float, *, inclusive: bool = True) -> np.ndarray:
+    """dx = dy where lo <= x <= hi (Caffe's Clip), or lo < x < hi with inclusive=False (x is then the forward
+    output of an in-place layer, which is always inside the range), else 0; float64."""
+    inside = (x >= lo) & (x <= hi) if inclusive else (x > lo) & (x < hi)
+    return dy.astype(np.float64) * inside
+
+
+@njit(cache=True, parallel=True)
+def _clip_flat(x, y, lo, hi):  # pragma: no cover - compiled
+    for i in prange(x.size):
+        y[i] = min(max(x[i], lo), hi)
+
+
+@njit(cache=True)
+def _clip_flat_serial(x, y, lo, hi):  # pragma: no cover - compiled
+    for i in range(x.size):
+        y[i] = min(max(x[i], lo), hi)
+
+
+@njit(cache=True, parallel=True)
+def _clip_grad_flat(dy, x, lo, hi, inclusive, dx):  # pragma: no cover - compiled
+    zero = np.float32(0.0)
+    for i in prange(dy.size):
+        v = x[i]
+        inside = (v >= lo and v <= hi) if inclusive else (v > lo and v < hi)
+        dx[i] = dy[i] if inside else zero
+
+
+def clip_forward(x: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
+    """y = min(max(x, lo), hi) elementwise (Caffe's Clip; ReLU6 is lo 0, hi 6). x float32 C-contiguous; `out` may
+    be x (in place) or a separate float32 array of x's shape."""
+    _check(x, "Clip input")
+    out = _out_like(x, out, "Clip")
+    kernel = _clip_flat_serial if x.size < SERIAL_BELOW else _clip_flat
+    kernel(x.reshape(-1), out.reshape(-1), np.float32(lo), np.float32(hi))
+    return out
+
+
+def clip_backward(
+    dy: np.ndarray, x: np.ndarray, lo: float, hi: float, *, inclusive: bool = True, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Gradient of Clip, OVERWRITTEN into a new array or `out`: dx = dy where lo <= x <= hi (Caffe), else 0. For an
+    in-place layer x holds the output, always inside [lo, hi]: pass inclusive=False so the clipped elements (now
+    exactly lo or hi) get no gradient."""
+    _check(x, "Clip backward x")
+    dx = _grad_args(dy, x, out, "Clip", "x")
+    _clip_grad_flat(dy.reshape(-1), x.reshape(-1), np.float32(lo), np.float32(hi), bool(inclusive), dx.reshape(-1))
     return dx
 
 

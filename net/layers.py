@@ -565,6 +565,61 @@ class ReLULayer(Layer):
             kernels_for(top[0].diff).relu_backward(top[0].diff, bottom[0].data, slope, out=_diff_out(bottom[0]))
 
 
+class _ClipBase(Layer):
+    """y = min(max(x, lo), hi): Caffe's Clip (clip_param min/max) and ReLU6 (0, 6; the type MobileNet ports and
+    OpenCV DNN use). In place after a Convolution it is fused into the convolution's epilogue (`fused`)."""
+
+    fused = False  # set by Net._fuse_activations: the Convolution before it applies the clip
+
+    def bounds(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.lo, self.hi = self.bounds()
+        if not self.lo <= self.hi:
+            raise self.error(f"min ({self.lo}) must not be greater than max ({self.hi})")
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        return NO_STEP if self.fused else None
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.fused:
+            return
+        x = bottom[0].data
+        out = x if top[0] is bottom[0] else top[0].data
+        if out is not x and not (_reusable(out, x) and out.shape == x.shape):
+            out = None
+        top[0].data = kernels_for(x).clip_forward(x, self.lo, self.hi, out=out)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten when propagate_down[0]: dy where lo <= x <= hi (Caffe's Clip). In place the
+        bottom holds the output, so the test is lo < y < hi (the clipped elements sit exactly on a bound)."""
+        if propagate_down[0]:
+            kernels_for(top[0].diff).clip_backward(
+                top[0].diff,
+                bottom[0].data,
+                self.lo,
+                self.hi,
+                inclusive=top[0] is not bottom[0],
+                out=_diff_out(bottom[0]),
+            )
+
+
+@register("Clip")
+class ClipLayer(_ClipBase):
+    def bounds(self) -> tuple[float, float]:
+        p = self.param.clip_param
+        if not (p.has("min") and p.has("max")):
+            raise self.error("clip_param needs both min and max")
+        return float(p.min), float(p.max)
+
+
+@register("ReLU6")
+class ReLU6Layer(_ClipBase):
+    def bounds(self) -> tuple[float, float]:
+        return 0.0, 6.0
+
+
 @register("Sigmoid")
 class SigmoidLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:

@@ -293,6 +293,26 @@ def _resized_array(image: ImageSource, color: bool, hw: tuple[int, int], resampl
     return np.stack(bands, axis=2)
 
 
+def _center_square(height: int, width: int, fraction: float) -> tuple[int, int, int]:
+    """(y0, x0, side) of the TF evaluation crop: a centred square of int(fraction * min(H, W)) pixels."""
+    side = max(1, int(fraction * min(height, width)))
+    return (height - side + 1) // 2, (width - side + 1) // 2, side
+
+
+def _fraction_crop_array(image: ImageSource, color: bool, hw: tuple[int, int], fraction: float, resample: int):
+    """The centred square crop (`_center_square`) resized to hw: (h, w, C) float32 0..255. The crop is taken on the
+    decoded 8-bit image (Pillow's resize `box`), each band resized as "F" (no rounding after decoding)."""
+    if isinstance(image, np.ndarray):
+        a = to_array(image, color=color)
+        y0, x0, side = _center_square(a.shape[0], a.shape[1], fraction)
+        return _resize_hwc(np.ascontiguousarray(a[y0 : y0 + side, x0 : x0 + side]), hw, resample)
+    img = _to_pil(image, color)
+    y0, x0, side = _center_square(img.height, img.width, fraction)
+    box = (x0, y0, x0 + side, y0 + side)
+    bands = [np.asarray(band.convert("F").resize((hw[1], hw[0]), resample, box=box)) for band in img.split()]
+    return np.stack(bands, axis=2)
+
+
 def _load_mean_file(path: str) -> np.ndarray:
     if path.lower().endswith(".npy"):
         return np.load(path, allow_pickle=False)
@@ -319,6 +339,9 @@ class Preprocess:
     resample      PIL filter for resizing, bilinear by default (antialiased when shrinking; module doc)
     invert        v -> 255 - v before scaling (dark-on-light photos for MNIST-trained LeNet)
     auto_invert   invert only when the border ring is bright (mean > 127.5); exclusive with `invert`
+    crop_fraction TF-style evaluation crop instead of resize + crop: a centred square of
+                  int(crop_fraction * min(H, W)) pixels of the decoded image (offset ((H - c + 1) // 2, ...)),
+                  resized straight to `size` (EfficientNet: 224 / (224 + 32)); `resize` must then be None
     """
 
     size: tuple[int, int]
@@ -331,6 +354,7 @@ class Preprocess:
     resample: int = Image.Resampling.BILINEAR
     invert: bool = False
     auto_invert: bool = False
+    crop_fraction: float | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -348,6 +372,12 @@ class Preprocess:
                 raise ValueError(f"Preprocess: resize {self.resize} is smaller than the crop size {self.size}")
         set_(self, "raw_scale", float(self.raw_scale))
         set_(self, "input_scale", float(self.input_scale))
+        if self.crop_fraction is not None:
+            set_(self, "crop_fraction", float(self.crop_fraction))
+            if not 0.0 < self.crop_fraction <= 1.0:
+                raise ValueError(f"Preprocess: crop_fraction must be in (0, 1], got {self.crop_fraction}")
+            if self.resize is not None:
+                raise ValueError("Preprocess: give either crop_fraction or resize, not both")
         if self.invert and self.auto_invert:
             raise ValueError("Preprocess: set either invert=True or auto_invert=True, not both")
         m = self.mean
@@ -434,9 +464,12 @@ class Preprocess:
 
     def __call__(self, image: ImageSource) -> np.ndarray:
         """Preprocess one image (path, bytes, file, PIL image or (H, W[, C]) RGB array) -> float32 (C, H, W)."""
-        a = _resized_array(image, self.color, self.pre_crop_size, self.resample)  # (Hr, Wr, C) 0..255, RGB or L
-        (h, w), (y0, x0) = self.size, self.crop_offset
-        a = a[y0 : y0 + h, x0 : x0 + w]  # (H, W, C)
+        if self.crop_fraction is not None:
+            a = _fraction_crop_array(image, self.color, self.size, self.crop_fraction, self.resample)
+        else:
+            a = _resized_array(image, self.color, self.pre_crop_size, self.resample)  # (Hr, Wr, C) 0..255, RGB or L
+            (h, w), (y0, x0) = self.size, self.crop_offset
+            a = a[y0 : y0 + h, x0 : x0 + w]  # (H, W, C)
         if self.invert or (self.auto_invert and _border_mean(a) > 127.5):
             a = 255.0 - a
         x = np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32)  # (C, H, W)
@@ -485,6 +518,18 @@ PRESETS: dict[str, Preprocess] = {
     "lenet": _LENET,
     "lenet-invert": _LENET.replace(invert=True),  # dark ink on light paper
     "lenet-auto": _LENET.replace(auto_invert=True),  # invert when the border is bright
+    # EfficientNet-Lite (TF reference eval): RGB, centred square crop of 224/256 of the shorter side, bicubic to
+    # 224x224, (v - 127) / 128
+    "efficientnet": Preprocess(
+        size=(224, 224),
+        color=True,
+        raw_scale=255,
+        mean=(127.0, 127.0, 127.0),
+        input_scale=1.0 / 128.0,
+        channel_swap=False,
+        resample=Image.Resampling.BICUBIC,
+        crop_fraction=224.0 / 256.0,
+    ),
 }
 
 

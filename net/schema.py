@@ -259,6 +259,7 @@ _FILLER_AND_PARAMS = [
     ),
     ("BiasParameter", [_f("axis", 1, "int32", 1), _f("num_axes", 2, "int32", 1), _f("filler", 3, "FillerParameter")]),
     ("InputParameter", [_r("shape", 1, "BlobShape")]),
+    ("ClipParameter", [_f("min", 1, "float", 0.0), _f("max", 2, "float", 0.0)]),
     ("AccuracyParameter", [_f("top_k", 1, "uint32", 1), _f("axis", 2, "int32", 1), _f("ignore_label", 3, "int32")]),
     (
         "LossParameter",
@@ -471,6 +472,7 @@ MESSAGES: dict[str, list[Field]] = {
         _f("bias_param", 141, "BiasParameter"),
         _f("scale_param", 142, "ScaleParameter"),
         _f("input_param", 143, "InputParameter"),
+        _f("clip_param", 148, "ClipParameter"),
     ],
     "V1LayerParameter": [
         _f("layer", 1, "V0LayerParameter"),
