@@ -1,20 +1,27 @@
 """The crema web app: the search page and its JSON API (Starlette; `crema serve` runs it under uvicorn).
 
-    app = create_app(model, gallery=gallery, web=WebSearch(BingClient()), config=AppConfig(batching=True))
+    app = create_app(model, gallery=gallery, personal=open_personal(model), web=WebSearch(BingClient()))
 
 Routes:
     GET  /                              the page (server/static/index.html), static files under /static/
     POST /api/search[?page=N]           multipart `image` or JSON {"url": ...} -> predictions, web, similar
     GET  /api/web?q=LABEL&page=N        more web results (the page's "more" button)
     GET  /api/gallery/{id}/thumb        gallery thumbnail; /api/gallery/{id}/image[?download=1] the picture
+    GET  /api/personal                  the personal gallery: counts, limits, photos
+    POST /api/personal                  multipart `image`: add one photo (indexed through the batcher)
+    DELETE /api/personal[/{id}]         remove every photo, or one
+    GET  /api/personal/{id}/thumb       its thumbnail; /api/personal/{id}/image[?download=1] the photo
     GET  /api/health, /api/models, /api/openapi.json
 
 Request flow of /api/search: the body is read by hand, counting bytes against the upload limit (413 as soon
 as it is passed; the Content-Length header is checked first); URLs are fetched by scraper.fetch.fetch_url
 (SSRF-safe); decoding and preprocessing run in a worker thread; the forward pass goes through the
-MicroBatcher (one inference thread, concurrent requests batched); the web search runs while the gallery is
-ranked. Every error is JSON {"error": "plain words"} with a 4xx status (5xx only for upstream failures of a
-URL fetch and for bugs). Client file names are never used: gallery files are addressed by integer id.
+MicroBatcher (one inference thread, concurrent requests batched), which also ranks the --gallery index and
+the personal gallery for the whole batch; their hits are merged by score, each naming its `source`; the web
+search runs meanwhile. A photo added to the personal gallery takes the same path (same limits, same checks,
+same batcher), and its features are stored. Every error is JSON {"error": "plain words"} with a 4xx status
+(5xx only for upstream failures of a URL fetch, a disk that cannot store a photo, and bugs). Client file
+names are never used as paths: gallery and personal files are addressed by integer id.
 """
 
 from __future__ import annotations
@@ -42,8 +49,9 @@ from net.preprocess import ImageError
 from .batcher import MicroBatcher
 from .gallery import Gallery
 from .model import Model
-from .multipart import MultipartError, parse_multipart, parse_options_header
+from .multipart import MultipartError, Part, parse_multipart, parse_options_header
 from .openapi import openapi_spec
+from .personal import GalleryFull, PersonalGallery, prepare_photo
 from .web import WebSearch
 
 __all__ = ["STATIC_DIR", "ApiError", "AppConfig", "create_app"]
@@ -54,6 +62,11 @@ MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a mu
 MAX_JSON_BODY = 64 * 1024
 MAX_PAGE = 20
 FORMATS_HINT = "send a JPEG, PNG, GIF, BMP or WEBP image"
+PERSONAL_OFF = "the personal gallery is turned off on this server (crema serve --no-personal-gallery)"
+NO_GALLERY = (
+    "no gallery yet: add photos to your personal gallery (drop them under “Your photos” on the page), or index "
+    "a folder with `crema index DIR` and start `crema serve --gallery DIR`"
+)
 
 
 class ApiError(Exception):
@@ -155,6 +168,7 @@ class _State:
         model: Model,
         gallery: Gallery | None,
         gallery_note: str | None,
+        personal: PersonalGallery | None,
         web: WebSearch,
         config: AppConfig,
         fetcher: Callable[..., bytes],
@@ -162,6 +176,7 @@ class _State:
         self.model = model
         self.gallery = gallery
         self.gallery_note = gallery_note
+        self.personal = personal
         self.web = web
         self.config = config
         self.fetcher = fetcher
@@ -181,41 +196,48 @@ class _State:
         self.web_template = template
 
     def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), gallery ids (N, k) and
-        scores (N, k); the gallery is ranked for the whole batch with one matrix product."""
+        """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), features (N, D), gallery ids and
+        scores (N, k), personal gallery ids and scores (N, k'); each gallery is ranked for the whole batch with
+        one matrix product."""
         if self.config.threads and not self._threads_set:
             import numba
 
             numba.set_num_threads(min(self.config.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
             self._threads_set = True
         probs, feats = self.model.infer(x)
-        if self.gallery is None:
-            return probs, np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
-        ids, scores = self.gallery.search_batch(feats, self.config.similar_k)
-        return probs, ids, scores
+        k = self.config.similar_k
+        none = np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
+        gids, gscores = self.gallery.search_batch(feats, k) if self.gallery is not None else none
+        pids, pscores = self.personal.search_batch(feats, k) if self.personal is not None else none
+        return probs, feats, gids, gscores, pids, pscores
 
     def web_query(self, index: int) -> str:
         return self.web_template.replace("{label}", self.model.query_label(index))
 
+    async def read_upload(self, request: Request) -> Part:
+        """The multipart field `image` of a multipart/form-data body, within the upload limit."""
+        cfg = self.config
+        content_type = request.headers.get("content-type", "")
+        body = await _read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload")
+        try:
+            parts = parse_multipart(body, content_type)
+        except MultipartError as exc:
+            raise ApiError(400, f"the upload is not valid multipart/form-data: {exc}") from None
+        part = parts.get("image")
+        if part is None:
+            raise ApiError(400, "the form has no file field named 'image'")
+        if len(part.data) > cfg.max_upload:
+            raise ApiError(
+                413, f"the uploaded image is too large: {len(part.data):,} bytes, the limit is {cfg.max_upload:,}"
+            )
+        return part
+
     async def load_input(self, request: Request) -> tuple[bytes, str]:
         """(image bytes, how to name it in errors) from a multipart upload or a JSON {"url"} body."""
-        cfg = self.config
         content_type = request.headers.get("content-type", "")
         kind, _ = parse_options_header(content_type)
         if kind == "multipart/form-data":
-            body = await _read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload")
-            try:
-                parts = parse_multipart(body, content_type)
-            except MultipartError as exc:
-                raise ApiError(400, f"the upload is not valid multipart/form-data: {exc}") from None
-            part = parts.get("image")
-            if part is None:
-                raise ApiError(400, "the form has no file field named 'image'")
-            if len(part.data) > cfg.max_upload:
-                raise ApiError(
-                    413, f"the uploaded image is too large: {len(part.data):,} bytes, the limit is {cfg.max_upload:,}"
-                )
-            return part.data, "the uploaded file"
+            return (await self.read_upload(request)).data, "the uploaded file"
         if kind == "application/json":
             body = await _read_body(request, MAX_JSON_BODY, "the JSON body")
             try:
@@ -255,14 +277,28 @@ class _State:
         except ValueError as exc:
             raise ApiError(400, f"bad URL: {exc}") from None
 
-    def similar(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
-        if self.gallery is None:
-            return []
-        hits = self.gallery.hits(ids, scores)
-        for hit in hits:
-            hit["thumb_url"] = f"/api/gallery/{hit['id']}/thumb"
-            hit["image_url"] = f"/api/gallery/{hit['id']}/image"
-        return hits
+    def similar(self, gids: np.ndarray, gscores: np.ndarray, pids: np.ndarray, pscores: np.ndarray) -> list[dict]:
+        """One request's gallery and personal hits merged by score (ties: the gallery's first, then by id),
+        the best `similar_k`: [{"id", "source", "score", "label", "name", "thumb_url", "image_url"}]."""
+        hits = []
+        if self.gallery is not None:
+            for h in self.gallery.hits(gids, gscores):
+                hits.append({**h, "source": "gallery", "name": None, **_urls("gallery", h["id"])})
+        if self.personal is not None:
+            for h in self.personal.hits(pids, pscores):
+                hits.append({**h, "source": "personal", "label": None, **_urls("personal", h["id"])})
+        hits.sort(key=lambda h: -h["score"])  # stable: each source is already best first, ties by id
+        return hits[: self.config.similar_k]
+
+    def similar_note(self) -> str | None:
+        """Why `similar` is empty when there is nothing to rank against (None when there is)."""
+        if self.gallery is not None or (self.personal is not None and len(self.personal)):
+            return None
+        return NO_GALLERY if self.personal is not None else self.gallery_note
+
+
+def _urls(source: str, i: int) -> dict:
+    return {"thumb_url": f"/api/{source}/{i}/thumb", "image_url": f"/api/{source}/{i}/image"}
 
 
 def _state(request: Request) -> _State:
@@ -285,12 +321,12 @@ async def search(request: Request) -> Response:
         st.batcher.unexpect()
         raise
     t_decode = time.perf_counter()
-    probs, ids, scores, batch_size, batch_ms = await st.batcher.run(x, expected=True)
+    probs, _, gids, gscores, pids, pscores, batch_size, batch_ms = await st.batcher.run(x, expected=True)
     t_infer = time.perf_counter()
     predictions = st.model.top(probs, st.config.top_k)
     query = st.web_query(predictions[0]["index"])
     web_task = asyncio.ensure_future(st.web.search(query, page))
-    similar = st.similar(ids, scores)
+    similar = st.similar(gids, gscores, pids, pscores)
     t_similar = time.perf_counter()
     web, web_error = await web_task
     t_web = time.perf_counter()
@@ -302,7 +338,7 @@ async def search(request: Request) -> Response:
             "web": web,
             "web_error": web_error,
             "similar": similar,
-            "similar_error": st.gallery_note if st.gallery is None else None,
+            "similar_error": st.similar_note(),
             "model": st.model_info,
             "batch_size": batch_size,
             "timings_ms": {
@@ -357,6 +393,110 @@ async def gallery_image(request: Request) -> Response:
     return Response(body, media_type=media, headers=headers)
 
 
+# -- the personal gallery ----------------------------------------------------------------------------------------
+def _personal(request: Request) -> PersonalGallery:
+    personal = _state(request).personal
+    if personal is None:
+        raise ApiError(403, PERSONAL_OFF)
+    return personal
+
+
+def _item_json(item: dict) -> dict:
+    return {**item, **_urls("personal", item["id"])}
+
+
+def _stored(exc: OSError) -> ApiError:
+    log.error("personal gallery: %s", exc)
+    return ApiError(507, f"the server could not store the change: {exc.strerror or exc}")
+
+
+async def personal_list(request: Request) -> Response:
+    state = await run_in_threadpool(_personal(request).summary, with_items=True)
+    state["items"] = [_item_json(it) for it in state["items"]]
+    return JSONResponse(state)
+
+
+async def personal_add(request: Request) -> Response:
+    """One photo: the upload checks of /api/search, its features through the batcher, then stored."""
+    st = _state(request)
+    personal = _personal(request)
+    kind, _ = parse_options_header(request.headers.get("content-type", ""))
+    if kind != "multipart/form-data":
+        raise ApiError(415, 'upload the photo as multipart/form-data with a file field named "image"')
+    st.batcher.expect()
+    try:
+        try:
+            await run_in_threadpool(personal.check_room, 0)  # full already: refuse before reading the body
+            part = await st.read_upload(request)
+            await run_in_threadpool(personal.check_room, len(part.data))
+        except GalleryFull as exc:
+            raise ApiError(409, str(exc)) from None
+        cfg = st.config
+
+        def decode() -> tuple:
+            return st.model.preprocess(part.data, max_pixels=cfg.max_pixels), prepare_photo(
+                part.data, max_pixels=cfg.max_pixels
+            )
+
+        try:
+            x, photo = await run_in_threadpool(decode)
+        except ImageError as exc:
+            raise _image_error(exc, "the uploaded file") from None
+    except BaseException:
+        st.batcher.unexpect()
+        raise
+    _, feature, *_ = await st.batcher.run(x, expected=True)
+    try:
+        item = await run_in_threadpool(personal.add, photo, feature, name=part.filename)
+    except GalleryFull as exc:
+        raise ApiError(409, str(exc)) from None
+    except OSError as exc:
+        raise _stored(exc) from None
+    summary = await run_in_threadpool(personal.summary)
+    return JSONResponse({"item": _item_json(item), **summary}, status_code=201)
+
+
+async def personal_remove(request: Request) -> Response:
+    personal = _personal(request)
+    i = int(request.path_params["id"])
+    try:
+        await run_in_threadpool(personal.remove, i)
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0])) from None
+    except OSError as exc:
+        raise _stored(exc) from None
+    return JSONResponse({"removed": 1, **await run_in_threadpool(personal.summary)})
+
+
+async def personal_clear(request: Request) -> Response:
+    personal = _personal(request)
+    try:
+        n = await run_in_threadpool(personal.clear)
+    except OSError as exc:
+        raise _stored(exc) from None
+    return JSONResponse({"removed": n, **await run_in_threadpool(personal.summary)})
+
+
+async def personal_thumb(request: Request) -> Response:
+    personal = _personal(request)
+    try:
+        data = await run_in_threadpool(personal.thumbnail, int(request.path_params["id"]))
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0])) from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def personal_image(request: Request) -> Response:
+    personal = _personal(request)
+    try:
+        data, media, name = await run_in_threadpool(personal.image, int(request.path_params["id"]))
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0])) from None
+    disposition = "attachment" if request.query_params.get("download") == "1" else "inline"
+    headers = {"Content-Disposition": f'{disposition}; filename="{name}"', "Cache-Control": "private, max-age=3600"}
+    return Response(data, media_type=media, headers=headers)
+
+
 async def health(request: Request) -> Response:
     st = _state(request)
     return JSONResponse(
@@ -365,6 +505,7 @@ async def health(request: Request) -> Response:
             "model": st.model.name,
             "gallery": st.gallery.summary() if st.gallery is not None else None,
             "gallery_note": st.gallery_note,
+            "personal": await run_in_threadpool(st.personal.summary) if st.personal is not None else None,
             "web": st.web.status(),
             "batching": st.batcher.stats(),
         }
@@ -439,6 +580,7 @@ def create_app(
     *,
     gallery: Gallery | None = None,
     gallery_note: str | None = None,
+    personal: PersonalGallery | None = None,
     web: WebSearch | None = None,
     config: AppConfig | None = None,
     fetcher: Callable[..., bytes] | None = None,
@@ -446,12 +588,13 @@ def create_app(
     """The Starlette app serving `model` (see the module docstring).
 
     gallery: ranked by cosine similarity (None: `similar` is [] and `similar_error` gives `gallery_note`).
+    personal: the personal gallery, ranked beside `gallery` (None: off, its routes answer 403).
     web: the web search (None: off, every answer says so in `web_error`). fetcher(url, *, max_bytes, timeout,
     allow_private) -> bytes fetches {"url"} queries (default scraper.fetch.fetch_url).
     """
     config = config or AppConfig()
     web = web or WebSearch(None)
-    st = _State(model, gallery, gallery_note, web, config, fetcher or _default_fetcher)
+    st = _State(model, gallery, gallery_note, personal, web, config, fetcher or _default_fetcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -470,6 +613,12 @@ def create_app(
         Route("/api/web", web_more, methods=["GET"]),
         Route("/api/gallery/{id:int}/thumb", gallery_thumb, methods=["GET"]),
         Route("/api/gallery/{id:int}/image", gallery_image, methods=["GET"]),
+        Route("/api/personal", personal_list, methods=["GET"]),
+        Route("/api/personal", personal_add, methods=["POST"]),
+        Route("/api/personal", personal_clear, methods=["DELETE"]),
+        Route("/api/personal/{id:int}", personal_remove, methods=["DELETE"]),
+        Route("/api/personal/{id:int}/thumb", personal_thumb, methods=["GET"]),
+        Route("/api/personal/{id:int}/image", personal_image, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),

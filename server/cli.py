@@ -79,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error(f"--threads must be >= 1, got {args.threads}")
     if args.max_upload_mb <= 0 or args.max_batch < 1 or args.batch_window_ms < 0 or args.switch_interval_ms <= 0:
         return _error("--max-upload-mb and --switch-interval-ms must be > 0, --max-batch >= 1, --batch-window-ms >= 0")
+    if args.personal_max_photos < 1 or args.personal_max_mb <= 0:
+        return _error("--personal-max-photos must be >= 1 and --personal-max-mb > 0")
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
     gallery, note = open_gallery(model, args.gallery, args.cache)
@@ -101,7 +103,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         window_ms=args.batch_window_ms,
         threads=args.threads,
     )
-    app = create_app(model, gallery=gallery, gallery_note=note, web=web, config=config)
+    personal = None
+    if not args.no_personal_gallery:
+        from .personal import open_personal
+
+        personal = open_personal(
+            model, args.cache, max_photos=args.personal_max_photos, max_bytes=int(args.personal_max_mb * 1_000_000)
+        )
+        print(f"crema: personal gallery ({len(personal)} photos) in {personal.path}", flush=True)
+    app = create_app(model, gallery=gallery, gallery_note=note, personal=personal, web=web, config=config)
     # Numba's parallel kernels give up the GIL while their threads work; getting it back waits out the
     # switch interval whenever the event loop thread is busy (a convoy: LeNet's forward went from 0.5 ms
     # to ~100 ms under load at Python's default 5 ms). A short interval keeps the inference thread moving.
@@ -154,6 +164,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="micro-batch size limit (default 32)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batch waiting window (default 5 ms)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image accepted, MB (default 10)")
+    p.add_argument(
+        "--no-personal-gallery",
+        action="store_true",
+        help="turn off the personal gallery (photos added through the page, kept in the cache folder); "
+        "for a public deployment",
+    )
+    p.add_argument(
+        "--personal-max-photos", type=int, default=2000, help="most photos in the personal gallery (default 2000)"
+    )
+    p.add_argument(
+        "--personal-max-mb",
+        type=float,
+        default=500.0,
+        help="most MB the personal gallery stores: photos, thumbnails, features (default 500)",
+    )
     p.add_argument("--threads", type=int, help="Numba threads for inference (default: all cores)")
     p.add_argument(
         "--switch-interval-ms",

@@ -3,6 +3,7 @@
     gallery = build_index("photos/", model, "photos/.crema-index")     # `crema index photos/`
     gallery = Gallery.load("photos/.crema-index", model)                 # refuses another model's index
     gallery.search(feature, k=12)                                        # [{"id", "score", "label"}], best first
+    rows, scores = rank_features(features, queries, k=12)                # the ranking, shared with server.personal
 
 An index is a folder:
 
@@ -49,7 +50,9 @@ __all__ = [
     "default_cache_dir",
     "find_images",
     "mnist_gallery",
+    "model_block",
     "open_gallery",
+    "rank_features",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -83,6 +86,27 @@ def _within(root: Path, rel: str) -> Path | None:
     base = root.resolve()
     path = (base / rel).resolve()
     return path if path.is_relative_to(base) and path != base else None
+
+
+def rank_features(features: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """features (G, D), queries (N, D), both with L2-normalised rows -> (rows (N, k'), scores (N, k')),
+    k' = min(k, G): the k rows of `features` with the highest cosine similarity to each query, best first, ties
+    by lower row. One (N, D) x (D, G) product for the whole batch; the top k by argpartition, then sorted."""
+    n, g = len(queries), len(features)
+    k = max(0, min(k, g))
+    if k == 0 or n == 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    scores = queries.astype(np.float32, copy=False) @ features.T  # (N, G)
+    if k < g:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(g), scores.shape).copy()
+    top = np.take_along_axis(scores, part, axis=1)
+    rows = np.empty((n, k), dtype=np.int64)
+    for r in range(n):  # k <= a few dozen: order each row's candidates by (-score, row)
+        order = np.lexsort((part[r], -top[r]))
+        rows[r] = part[r][order]
+    return rows, np.take_along_axis(scores, rows, axis=1)
 
 
 class Gallery:
@@ -135,21 +159,7 @@ class Gallery:
         each row best first (ties by lower id). One (N, D) x (D, G) product for the whole batch."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"gallery {self.path}: queries have shape {queries.shape}, expected (N, {self.dim})")
-        k = max(0, min(k, len(self.items)))
-        n = len(queries)
-        if k == 0 or n == 0:
-            return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-        scores = queries.astype(np.float32, copy=False) @ self.features.T  # (N, G)
-        if k < scores.shape[1]:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        top = np.take_along_axis(scores, part, axis=1)
-        ids = np.empty((n, k), dtype=np.int64)
-        for r in range(n):  # k <= a few dozen: order each row's candidates by (-score, id)
-            order = np.lexsort((part[r], -top[r]))
-            ids[r] = part[r][order]
-        return ids, np.take_along_axis(scores, ids, axis=1)
+        return rank_features(self.features, queries, k)
 
     def hits(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         """One row of `search_batch` as [{"id", "score", "label"}]."""
@@ -218,7 +228,8 @@ def _png(img: Image.Image) -> bytes:
 
 
 # -- building ----------------------------------------------------------------------------------------------
-def _model_block(model: Model) -> dict:
+def model_block(model: Model) -> dict:
+    """The "model" block of an index manifest: what the features were computed with."""
     return {
         "fingerprint": model.fingerprint,
         "name": model.name,
@@ -305,7 +316,7 @@ def build_index(
             "format": FORMAT,
             "version": VERSION,
             "name": name or root.resolve().name,
-            "model": _model_block(model),
+            "model": model_block(model),
             "source": {"kind": "folder", "root": str(root.resolve())},
             "count": len(items),
             "thumbs": "files",
@@ -354,7 +365,7 @@ def build_array_index(
             "format": FORMAT,
             "version": VERSION,
             "name": name,
-            "model": _model_block(model),
+            "model": model_block(model),
             "source": {"kind": "array", "root": None},
             "count": len(items),
             "thumbs": "array",

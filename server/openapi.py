@@ -26,6 +26,26 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
         "schema": {"type": "integer", "minimum": 0, "maximum": 20, "default": 0},
     }
     item_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    download = {
+        "name": "download",
+        "in": "query",
+        "required": False,
+        "description": "1: send as an attachment (Content-Disposition)",
+        "schema": {"type": "integer", "enum": [0, 1]},
+    }
+    image_body = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+    personal_state = _json(_schema("PersonalState"), "Counts and limits of the personal gallery")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -33,8 +53,9 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
             "version": "1",
             "description": (
                 "Classify an image with a Caffe CNN running on crema's own kernels, find web images of the "
-                "predicted label (Bing Images) and the most similar images of a local gallery (cosine "
-                'similarity of penultimate-layer features). Errors are JSON objects {"error": "..."}.'
+                "predicted label (Bing Images) and the most similar images of a local gallery and of the "
+                "personal gallery (photos added through /api/personal; cosine similarity of penultimate-layer "
+                'features). Errors are JSON objects {"error": "..."}.'
             ),
         },
         "paths": {
@@ -128,17 +149,81 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
             "/api/gallery/{id}/image": {
                 "get": {
                     "summary": "A gallery image at full size",
-                    "parameters": [
-                        item_id,
-                        {
-                            "name": "download",
-                            "in": "query",
-                            "required": False,
-                            "description": "1: send as an attachment (Content-Disposition)",
-                            "schema": {"type": "integer", "enum": [0, 1]},
-                        },
-                    ],
+                    "parameters": [item_id, download],
                     "responses": {"200": {"description": "The image file"}, "404": _ERROR},
+                }
+            },
+            "/api/personal": {
+                "get": {
+                    "summary": "The personal gallery: its photos, counts and limits",
+                    "description": "403 when the server runs with --no-personal-gallery.",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "allOf": [
+                                    _schema("PersonalState"),
+                                    {
+                                        "type": "object",
+                                        "properties": {"items": {"type": "array", "items": _schema("PersonalItem")}},
+                                    },
+                                ]
+                            },
+                            "Counts, limits and the photos, oldest first",
+                        ),
+                        "403": _ERROR,
+                    },
+                },
+                "post": {
+                    "summary": "Add one photo to the personal gallery",
+                    "description": (
+                        f"Multipart field `image`, with the checks of /api/search (at most {mb}, JPEG/PNG/GIF/BMP/"
+                        "WEBP, pixel limit). The photo goes through the model like a search and its features are "
+                        "kept with it, in the server's cache folder, across restarts. 409 when the gallery is full "
+                        "(photo count or stored bytes, set by --personal-max-photos and --personal-max-mb)."
+                    ),
+                    "requestBody": image_body,
+                    "responses": {
+                        "201": _json(
+                            {
+                                "allOf": [
+                                    _schema("PersonalState"),
+                                    {"type": "object", "properties": {"item": _schema("PersonalItem")}},
+                                ]
+                            },
+                            "The new photo, and the gallery's counts after it",
+                        ),
+                        "400": _ERROR,
+                        "403": _ERROR,
+                        "409": _ERROR,
+                        "413": _ERROR,
+                        "415": _ERROR,
+                        "507": _ERROR,
+                    },
+                },
+                "delete": {
+                    "summary": "Remove every photo of the personal gallery",
+                    "responses": {"200": personal_state, "403": _ERROR},
+                },
+            },
+            "/api/personal/{id}": {
+                "delete": {
+                    "summary": "Remove one photo of the personal gallery",
+                    "parameters": [item_id],
+                    "responses": {"200": personal_state, "403": _ERROR, "404": _ERROR},
+                }
+            },
+            "/api/personal/{id}/thumb": {
+                "get": {
+                    "summary": "Thumbnail of a personal photo",
+                    "parameters": [item_id],
+                    "responses": {"200": {"description": "JPEG image"}, "403": _ERROR, "404": _ERROR},
+                }
+            },
+            "/api/personal/{id}/image": {
+                "get": {
+                    "summary": "A personal photo as it was uploaded",
+                    "parameters": [item_id, download],
+                    "responses": {"200": {"description": "The image file"}, "403": _ERROR, "404": _ERROR},
                 }
             },
             "/api/openapi.json": {
@@ -174,11 +259,41 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 "Similar": {
                     "type": "object",
                     "properties": {
-                        "id": {"type": "integer"},
+                        "id": {"type": "integer", "description": "the item's id within its source"},
+                        "source": {
+                            "type": "string",
+                            "enum": ["gallery", "personal"],
+                            "description": "gallery: the --gallery index; personal: the personal gallery",
+                        },
                         "thumb_url": {"type": "string"},
                         "image_url": {"type": "string"},
                         "score": {"type": "number", "description": "cosine similarity, -1..1"},
-                        "label": {"type": ["string", "null"]},
+                        "label": {"type": ["string", "null"], "description": "the gallery item's label"},
+                        "name": {"type": ["string", "null"], "description": "a personal photo's file name"},
+                    },
+                },
+                "PersonalItem": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": ["string", "null"], "description": "the uploaded file's name, for display"},
+                        "media_type": {"type": "string"},
+                        "width": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "bytes": {"type": "integer", "description": "stored bytes: photo, thumbnail and features"},
+                        "added": {"type": "string", "format": "date-time"},
+                        "thumb_url": {"type": "string"},
+                        "image_url": {"type": "string"},
+                    },
+                },
+                "PersonalState": {
+                    "type": "object",
+                    "properties": {
+                        "count": {"type": "integer"},
+                        "bytes": {"type": "integer"},
+                        "max_photos": {"type": "integer"},
+                        "max_bytes": {"type": "integer"},
+                        "removed": {"type": "integer", "description": "DELETE only: how many photos went"},
                     },
                 },
                 "Model": {
@@ -205,7 +320,11 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "page": {"type": "integer"},
                         "web": {"type": "array", "items": _schema("WebResult")},
                         "web_error": {"type": ["string", "null"]},
-                        "similar": {"type": "array", "items": _schema("Similar")},
+                        "similar": {
+                            "type": "array",
+                            "items": _schema("Similar"),
+                            "description": "the gallery's and the personal gallery's best matches, merged by score",
+                        },
                         "similar_error": {"type": ["string", "null"]},
                         "model": _schema("Model"),
                         "batch_size": {"type": "integer", "description": "requests in this forward pass"},

@@ -1,10 +1,21 @@
-// crema search page: upload / drop / paste / URL -> POST /api/search -> bars, similar grid, web grid.
+// crema search page: upload / drop / paste / URL -> POST /api/search -> bars, similar grid, web grid;
+// "Your photos": files or folders -> POST /api/personal one photo at a time (three in flight), with progress,
+// per-file errors, thumbnails and remove buttons (GET / DELETE /api/personal).
 // Plain DOM, no framework, no build step. Untrusted strings go through textContent, never innerHTML,
 // and only http(s) URLs (or the server's own /api/... paths) become links or image sources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { query: "", page: 0, busy: false, previewUrl: null };
+// gallery: the --gallery index's summary from /api/health, null when there is none, undefined until known
+const state = { query: "", page: 0, busy: false, previewUrl: null, gallery: undefined };
+const PHOTO_TYPES = ["image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp"];
+const PHOTO_NAME = /\.(jpe?g|png|gif|bmp|webp)$/i;
+const UPLOADS_IN_FLIGHT = 3; // concurrent adds: the server batches them into shared forward passes
+const MAX_FOLDER_FILES = 20000; // stop walking a dropped folder tree after this many files
+const personal = {
+  enabled: false, count: 0, bytes: 0, maxPhotos: 0, maxBytes: 0,
+  queue: [], total: 0, done: 0, failed: 0, running: false,
+};
 
 function safeUrl(u) {
   if (typeof u !== "string" || !u) return null;
@@ -31,7 +42,7 @@ function el(tag, props = {}, children = []) {
 function setBusy(busy, message) {
   state.busy = busy;
   document.body.classList.toggle("busy", busy);
-  for (const b of document.querySelectorAll("button")) b.disabled = busy;
+  for (const b of document.querySelectorAll("#query button, #results button")) b.disabled = busy;
   $("file-input").disabled = busy;
   $("status").textContent = message || "";
 }
@@ -82,13 +93,13 @@ async function search(body, label) {
 function searchFile(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
-    showError(`"${file.name}" is not an image (${file.type}). Choose a JPEG, PNG, GIF, BMP or WEBP file.`);
+    showError(`"${file.name}" is not a photo (${file.type}). Choose a JPEG, PNG, GIF, BMP or WEBP file.`);
     return;
   }
   showPreview(URL.createObjectURL(file));
   const form = new FormData();
   form.append("image", file, file.name || "pasted-image");
-  search({ method: "POST", body: form }, file.name ? `“${file.name}”` : "the pasted image");
+  search({ method: "POST", body: form }, file.name ? `“${file.name}”` : "the pasted photo");
 }
 
 function searchUrl(url) {
@@ -100,7 +111,7 @@ function searchUrl(url) {
   showPreview(safe);
   search(
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url: safe }) },
-    "the image at that address",
+    "the photo at that address",
   );
 }
 
@@ -121,7 +132,7 @@ function renderPredictions(preds) {
   }
 }
 
-function tile({ thumb, title, sub, view, download, pixel }) {
+function tile({ thumb, title, sub, view, download, extra }) {
   const img = el("img", { alt: title || "", loading: "lazy", referrerpolicy: "no-referrer" });
   if (thumb) img.src = thumb;
   img.addEventListener("load", () => img.classList.toggle("tiny", img.naturalWidth < 100));
@@ -130,12 +141,13 @@ function tile({ thumb, title, sub, view, download, pixel }) {
     view ? el("a", { href: view, target: "_blank", rel: "noopener noreferrer", text: "view" }) : null,
     download ? el("a", { href: download, target: "_blank", rel: "noopener noreferrer", download: "", text: "download" }) : null,
   ]);
-  return el("div", { className: pixel ? "tile pixel" : "tile" }, [
+  return el("div", { className: "tile" }, [
     el("div", { className: "thumb" }, [img]),
     el("div", { className: "meta" }, [
       el("div", { className: "title", text: title || "", title: title || "" }),
       sub ? el("div", { className: "muted", text: sub }) : null,
       links,
+      extra || null,
     ]),
   ]);
 }
@@ -143,18 +155,26 @@ function tile({ thumb, title, sub, view, download, pixel }) {
 function renderSimilar(items, note) {
   const grid = $("similar");
   grid.replaceChildren();
-  $("similar-note").textContent = note || (items.length ? "from the local gallery, by CNN features" : "");
+  const sources = [];
+  if (items.some((s) => s.source !== "personal")) sources.push("the gallery");
+  if (items.some((s) => s.source === "personal")) sources.push("your photos");
+  $("similar-note").textContent = sources.length ? `from ${sources.join(" and ")}, ranked by the network's features` : "";
+  $("similar-error").textContent = note || "";
+  $("similar-error").hidden = !note;
   for (const s of items) {
-    grid.appendChild(
-      tile({
-        thumb: safeUrl(s.thumb_url),
-        title: s.label !== null && s.label !== undefined ? `label ${s.label}` : `#${s.id}`,
-        sub: `similarity ${s.score.toFixed(3)}`,
-        view: safeUrl(s.image_url),
-        download: safeUrl(s.image_url) ? `${s.image_url}?download=1` : null,
-        pixel: true,
-      }),
-    );
+    const mine = s.source === "personal";
+    let title = `#${s.id}`;
+    if (mine) title = s.name || `photo ${s.id}`;
+    else if (s.label !== null && s.label !== undefined) title = `label ${s.label}`;
+    const item = tile({
+      thumb: safeUrl(s.thumb_url),
+      title,
+      sub: `${mine ? "your photo" : "gallery"} · similarity ${s.score.toFixed(3)}`,
+      view: safeUrl(s.image_url),
+      download: safeUrl(s.image_url) ? `${s.image_url}?download=1` : null,
+    });
+    item.dataset.source = mine ? "personal" : "gallery";
+    grid.appendChild(item);
   }
 }
 
@@ -221,6 +241,243 @@ async function moreWeb() {
   setBusy(false, "");
 }
 
+// -- your photos (the personal gallery) ----------------------------------------------------------------------
+function size(bytes) {
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0)} MB`;
+  if (bytes >= 1e3) return `${(bytes / 1e3).toFixed(bytes < 1e4 ? 1 : 0)} kB`;
+  return `${bytes} bytes`;
+}
+
+function isPhoto(file) {
+  if (file.name && file.name.startsWith(".")) return false;
+  return PHOTO_TYPES.includes(file.type) || (!file.type && PHOTO_NAME.test(file.name || ""));
+}
+
+function setCounts(data) {
+  personal.count = data.count;
+  personal.bytes = data.bytes;
+  personal.maxPhotos = data.max_photos;
+  personal.maxBytes = data.max_bytes;
+  $("personal-count").textContent =
+    `${data.count} of ${data.max_photos} photos · ${size(data.bytes)} of ${size(data.max_bytes)}`;
+  $("personal-clear").hidden = data.count === 0;
+  updateGalleryHint();
+}
+
+function updateGalleryHint() {
+  const hint = $("gallery-hint");
+  let text = "";
+  if (state.gallery === null && !(personal.enabled && personal.count > 0)) {
+    text = personal.enabled
+      ? "No gallery yet, so there are no similar images to show. Add your own photos under “Your photos” " +
+        "below, or index a folder on the server: `crema index DIR`, then `crema serve --gallery DIR`."
+      : "This server has no gallery, so there are no similar images to show. To add one, index a folder on " +
+        "the server: `crema index DIR`, then `crema serve --gallery DIR`.";
+  }
+  hint.textContent = text;
+  hint.hidden = !text;
+}
+
+function personalTile(item) {
+  const remove = el("button", {
+    type: "button", className: "button ghost remove", text: "Remove", "aria-label": `Remove ${item.name || "this photo"}`,
+  });
+  const node = tile({
+    thumb: safeUrl(item.thumb_url),
+    title: item.name || `photo ${item.id}`,
+    sub: `${item.width}×${item.height} · ${size(item.bytes)}`,
+    view: safeUrl(item.image_url),
+    download: safeUrl(item.image_url) ? `${item.image_url}?download=1` : null,
+    extra: remove,
+  });
+  node.dataset.id = String(item.id);
+  remove.addEventListener("click", () => removePhoto(item.id, node, remove));
+  return node;
+}
+
+function personalError(message) {
+  const list = $("personal-errors");
+  list.appendChild(el("li", { text: message }));
+  list.hidden = false;
+}
+
+async function removePhoto(id, node, button) {
+  button.disabled = true;
+  try {
+    const resp = await fetch(`/api/personal/${id}`, { method: "DELETE" });
+    if (resp.ok || resp.status === 404) {
+      node.remove(); // 404: already gone
+      if (resp.ok) setCounts(await resp.json());
+      return;
+    }
+    personalError(`Could not remove the photo: ${await readError(resp)}`);
+  } catch (e) {
+    personalError("Could not reach the server to remove the photo.");
+  }
+  button.disabled = false;
+}
+
+async function removeAll() {
+  if (!window.confirm(`Remove all ${personal.count} photos from your personal gallery?`)) return;
+  const button = $("personal-clear");
+  button.disabled = true;
+  try {
+    const resp = await fetch("/api/personal", { method: "DELETE" });
+    if (resp.ok) {
+      $("personal-grid").replaceChildren();
+      setCounts(await resp.json());
+    } else {
+      personalError(`Could not remove the photos: ${await readError(resp)}`);
+    }
+  } catch (e) {
+    personalError("Could not reach the server to remove the photos.");
+  }
+  button.disabled = false;
+}
+
+function showProgress() {
+  const { total, done, failed } = personal;
+  $("personal-progress").hidden = total === 0;
+  $("personal-bar").max = Math.max(total, 1);
+  $("personal-bar").value = done + failed;
+  let text = `indexed ${done} of ${total}`;
+  if (failed) text += ` · ${failed} not added`;
+  $("personal-status").textContent = text;
+}
+
+async function uploadOne(file) {
+  const form = new FormData();
+  form.append("image", file, file.name || "photo");
+  const label = file.webkitRelativePath || file.name || "a photo";
+  try {
+    const resp = await fetch("/api/personal", { method: "POST", body: form });
+    if (resp.ok) {
+      const data = await resp.json();
+      $("personal-grid").appendChild(personalTile(data.item));
+      setCounts(data);
+      personal.done += 1;
+      return;
+    }
+    const message = await readError(resp);
+    personal.failed += 1;
+    if (resp.status === 409 || resp.status === 403) {
+      // full (or turned off): the rest of the queue would fail the same way
+      const left = personal.queue.length;
+      personal.failed += left;
+      personal.queue = [];
+      personalError(`${label}: ${message}${left ? ` (${left} more not sent)` : ""}`);
+    } else {
+      personalError(`${label}: ${message}`);
+    }
+  } catch (e) {
+    personal.failed += 1;
+    personalError(`${label}: could not reach the server`);
+  }
+}
+
+async function addPhotos(files) {
+  if (!personal.enabled) return;
+  const photos = files.filter(isPhoto);
+  const skipped = files.length - photos.length;
+  if (!personal.running) {
+    personal.total = personal.done = personal.failed = 0;
+    $("personal-errors").replaceChildren();
+    $("personal-errors").hidden = true;
+  }
+  if (skipped) personalError(`${skipped} file${skipped > 1 ? "s are" : " is"} not a JPEG, PNG, GIF, BMP or WEBP photo: skipped`);
+  personal.queue.push(...photos);
+  personal.total += photos.length;
+  showProgress();
+  if (personal.running || !photos.length) return;
+  personal.running = true;
+  const worker = async () => {
+    while (personal.queue.length) {
+      await uploadOne(personal.queue.shift());
+      showProgress();
+    }
+  };
+  await Promise.all(Array.from({ length: UPLOADS_IN_FLIGHT }, worker));
+  personal.running = false;
+  showProgress();
+}
+
+// A drop's files, folders walked (the entries must be taken before the drop handler returns).
+async function droppedFiles(dataTransfer) {
+  const entries = Array.from(dataTransfer.items || [])
+    .filter((item) => item.kind === "file")
+    .map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
+  if (!entries.length || entries.some((e) => !e)) return Array.from(dataTransfer.files || []);
+  const out = [];
+  const walk = async (entry) => {
+    if (out.length >= MAX_FOLDER_FILES || entry.name.startsWith(".")) return;
+    if (entry.isFile) {
+      out.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const child of batch) await walk(child);
+      }
+    }
+  };
+  for (const entry of entries) {
+    try {
+      await walk(entry);
+    } catch (e) {
+      personalError(`${entry.name}: could not be read`);
+    }
+  }
+  return out;
+}
+
+async function loadPersonal() {
+  try {
+    const resp = await fetch("/api/personal");
+    if (!resp.ok) return; // 403: turned off on this server (--no-personal-gallery); the section stays hidden
+    const data = await resp.json();
+    personal.enabled = true;
+    $("personal").hidden = false;
+    $("personal-grid").replaceChildren(...data.items.map(personalTile));
+    setCounts(data);
+  } catch (e) {
+    /* the section stays hidden */
+  }
+}
+
+async function loadGalleryInfo() {
+  try {
+    const health = await (await fetch("/api/health")).json();
+    state.gallery = health.gallery || null;
+  } catch (e) {
+    state.gallery = undefined; // unknown: no hint rather than a wrong one
+  }
+}
+
+function setupPersonal() {
+  for (const id of ["personal-files", "personal-folder"]) {
+    $(id).addEventListener("change", (e) => {
+      const files = Array.from(e.target.files || []);
+      e.target.value = "";
+      addPhotos(files);
+    });
+  }
+  const zone = $("personal-drop");
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) zone.addEventListener(type, () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    e.stopPropagation();
+    droppedFiles(e.dataTransfer).then(addPhotos);
+  });
+  $("personal-clear").addEventListener("click", removeAll);
+}
+
 async function loadModelInfo() {
   try {
     const resp = await fetch("/api/models");
@@ -282,8 +539,14 @@ function setup() {
     $("status").textContent = "";
   });
   $("more-button").addEventListener("click", moreWeb);
+  // a drop that misses the drop zones must not navigate away from the page
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
+  setupPersonal();
   loadModelInfo();
-  document.body.dataset.ready = "1";
+  Promise.all([loadGalleryInfo(), loadPersonal()]).then(() => {
+    updateGalleryHint();
+    document.body.dataset.ready = "1";
+  });
 }
 
 setup();

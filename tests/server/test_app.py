@@ -82,6 +82,7 @@ def test_search_upload_matches_reference(client, lenet_files, gallery):
     assert [p["label"] for p in body["predictions"]] == [str(i) for i in order]
     # similar: the exact same digit is in the gallery (id 13: dx=0 row, digit 3), score 1
     assert body["similar"][0]["id"] == 13 and body["similar"][0]["label"] == "3"
+    assert body["similar"][0]["source"] == "gallery" and body["similar"][0]["name"] is None
     assert body["similar"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert body["similar"][0]["thumb_url"] == "/api/gallery/13/thumb"
     assert len(body["similar"]) == 12
@@ -370,6 +371,7 @@ def test_concurrent_requests_are_batched_and_rows_stay_apart(model, lenet_files)
 def test_health_models_openapi(client, model):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["model"] == "LeNet" and h["gallery"]["count"] == 30
+    assert h["personal"] is None  # this app has no personal gallery (tests/server/test_personal.py has)
     assert h["batching"]["enabled"] is True and h["batching"]["max_batch"] == 32
     m = client.get("/api/models").json()
     assert m["models"][0] == model.info() and m["models"][0]["input_shape"] == [1, 28, 28]
@@ -384,6 +386,7 @@ def test_page_and_static(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'id="file-input"' in r.text and "/static/app.js" in r.text
+    assert 'id="personal"' in r.text and "webkitdirectory" in r.text  # the personal gallery's section
     for name, kind in (("app.js", "javascript"), ("app.css", "text/css")):
         s = client.get(f"/static/{name}")
         assert s.status_code == 200 and kind in s.headers["content-type"]

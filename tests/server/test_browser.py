@@ -2,17 +2,24 @@
 digit through the file input, and must show the top-5 bar chart (the same classes and percentages as an
 independent Net forward), similar-image tiles from the gallery and web tiles from the fake Bing, all with
 their thumbnails loaded. Also: drag-and-drop, paste, "more web results", and a server error in plain words.
+Then "Your photos" (the personal gallery): photos added through the file picker with progress, a per-file error,
+thumbnails, a search that finds one of them, removal one by one and "Remove all".
 
 Chromium: $CREMA_CHROMIUM, else `chromium` on PATH, else /usr/bin/chromium (Debian's package; .ci/run
 installs it). Missing, the test fails under CI (CI=true) and is skipped elsewhere, with the reason.
-The screenshot is kept at artifacts/browser_search.png (ignored by git; $CREMA_ARTIFACTS overrides the folder).
+Screenshots are kept at artifacts/browser_search.png and artifacts/browser_personal.png (ignored by git;
+$CREMA_ARTIFACTS overrides the folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +132,154 @@ def test_upload_through_the_page(crema_server, chromium, tmp_path, capsys):
     with capsys.disabled():
         print(f"\nbrowser screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+PERSONAL_TILES_JS = "document.querySelectorAll('#personal-grid .tile').length"
+PERSONAL_IMAGES_LOADED_JS = """Array.from(document.querySelectorAll('#personal-grid img'))
+  .every(img => img.complete && img.naturalWidth > 0)"""
+# every text the progress line shows, in order (installed before the files are chosen)
+WATCH_PROGRESS_JS = """(() => { window.progressSeen = [];
+  const node = document.getElementById('personal-status');
+  new MutationObserver(() => window.progressSeen.push(node.textContent))
+    .observe(node, {childList: true, characterData: true, subtree: true});
+  return true; })()"""
+
+
+def test_personal_gallery_through_the_page(crema_server, chromium, tmp_path, capsys):
+    """Two photos (and one broken file) into "Your photos" through the file picker: the progress line counts
+    them, the broken one gets its own error, thumbnails appear; a search finds the added photo first; one photo
+    is removed with its button, then the rest with "Remove all". The server's list agrees at every step."""
+    import httpx
+
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(png_bytes(digit(7, 0, 0, 5)))  # not in the --gallery folder (stroke width 5)
+    three = tmp_path / "three.jpg"
+    three.write_bytes(png_bytes(255 - digit(3), "JPEG", quality=95))  # dark ink on white, as a photo would be
+    broken = tmp_path / "broken.png"
+    broken.write_text("this is text, not a picture")
+    api = httpx.Client(base_url=crema_server.url, timeout=30)
+
+    def names() -> list[str]:
+        return [it["name"] for it in api.get("/api/personal").json()["items"]]
+
+    try:
+        assert names() == []
+        with Chromium(chromium, tmp_path / "profile", tmp_path / "chromium.log") as browser:
+            page = browser.new_page()
+            browser.send("Page.navigate", {"url": crema_server.url + "/"}, page)
+            browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
+            assert browser.eval(page, "document.getElementById('personal').hidden") is False
+            assert browser.eval(page, "document.getElementById('gallery-hint').hidden") is True  # --gallery is set
+            assert browser.eval(page, "document.getElementById('personal-count').textContent") == (
+                "0 of 2000 photos · 0 bytes of 500 MB"
+            )
+
+            browser.eval(page, WATCH_PROGRESS_JS)
+            root = browser.send("DOM.getDocument", {}, page)["root"]["nodeId"]
+            node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#personal-files"}, page)["nodeId"]
+            browser.send(
+                "DOM.setFileInputFiles", {"files": [str(seven), str(broken), str(three)], "nodeId": node}, page
+            )
+            browser.wait_for_js(
+                page, "document.getElementById('personal-status').textContent === 'indexed 2 of 3 · 1 not added'",
+                what="the progress line to reach the end",
+            )  # fmt: skip
+            browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 2 && {PERSONAL_IMAGES_LOADED_JS}", what="2 thumbnails")
+            seen = json.loads(browser.eval(page, "JSON.stringify(window.progressSeen)"))
+            assert seen[0] == "indexed 0 of 3" and seen[-1] == "indexed 2 of 3 · 1 not added", seen
+            assert browser.eval(page, "document.getElementById('personal-bar').value") == 3
+            errors = json.loads(browser.eval(page, "JSON.stringify(Array.from(document.querySelectorAll("
+                                                   "'#personal-errors li')).map(li => li.textContent))"))  # fmt: skip
+            assert len(errors) == 1 and errors[0].startswith("broken.png: ") and "not an image" in errors[0]
+            titles = json.loads(browser.eval(page, "JSON.stringify(Array.from(document.querySelectorAll("
+                                                   "'#personal-grid .title')).map(t => t.textContent).sort())"))  # fmt: skip
+            assert titles == ["seven.png", "three.jpg"] and sorted(names()) == titles
+            assert browser.eval(page, "document.getElementById('personal-count').textContent").startswith("2 of 2000")
+            shot = browser.screenshot(page, artifacts_dir() / "browser_personal.png")
+
+            # a search with the added photo finds it first, marked as one of yours
+            browser.set_file(page, "#file-input", seven)
+            browser.wait_for_js(page, f"{COUNT_JS.format('#similar .tile')} === 12 && "
+                                      "!document.body.classList.contains('busy')", what="the search results")  # fmt: skip
+            first = json.loads(browser.eval(page, "JSON.stringify((t => [t.dataset.source, t.querySelector('.title')"
+                                                  ".textContent, t.querySelector('.muted').textContent])("
+                                                  "document.querySelector('#similar .tile')))"))  # fmt: skip
+            assert first[:2] == ["personal", "seven.png"] and first[2].startswith("your photo · similarity 1.000")
+            assert "your photos" in browser.eval(page, "document.getElementById('similar-note').textContent")
+
+            # remove one with its button, then the rest with "Remove all"
+            browser.eval(page, "Array.from(document.querySelectorAll('#personal-grid .tile')).find(t => "
+                               "t.querySelector('.title').textContent === 'seven.png').querySelector('.remove').click()")  # fmt: skip
+            browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 1", what="the removed photo's tile to go")
+            assert names() == ["three.jpg"]
+            browser.wait_for_js(page, "document.getElementById('personal-count').textContent.startsWith('1 of 2000')")
+            browser.eval(page, "window.confirm = () => true; document.getElementById('personal-clear').click()")
+            browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 0", what="every tile to go")
+            assert names() == []
+            assert browser.eval(page, "document.getElementById('personal-clear').hidden") is True
+    finally:
+        api.delete("/api/personal")  # leave the shared server as it was for the other tests
+        api.close()
+    with capsys.disabled():
+        print(f"\nbrowser screenshot: {shot}")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """`app` under uvicorn on a free 127.0.0.1 port, in a thread of this process; yields its URL."""
+    import uvicorn
+
+    from tests.server.conftest import free_port
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+HINT_JS = "(h => h.hidden ? null : h.textContent)(document.getElementById('gallery-hint'))"
+
+
+def test_page_without_a_gallery(model, chromium, tmp_path):
+    """No --gallery: the page says how to get one (drop photos under "Your photos", or `crema index DIR` +
+    `crema serve --gallery DIR`) until a photo is added; with the personal gallery turned off as well, the
+    section is hidden and the hint names the command line only."""
+    from server.app import AppConfig, create_app
+    from server.personal import open_personal
+
+    personal = open_personal(model, tmp_path / "cache")
+    photo = tmp_path / "two.png"
+    photo.write_bytes(png_bytes(digit(2)))
+    with Chromium(chromium, tmp_path / "profile", tmp_path / "chromium.log") as browser:
+        page = browser.new_page()
+        with serve_in_thread(create_app(model, personal=personal, config=AppConfig(warmup=False))) as url:
+            browser.send("Page.navigate", {"url": url + "/"}, page)
+            browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
+            hint = browser.eval(page, HINT_JS)
+            assert hint.startswith("No gallery yet") and "“Your photos”" in hint
+            assert "`crema index DIR`, then `crema serve --gallery DIR`" in hint
+            browser.set_file(page, "#file-input", photo)  # a search says the same under "Similar images"
+            browser.wait_for_js(page, "!document.getElementById('similar-error').hidden", what="the similar note")
+            assert "crema index DIR" in browser.eval(page, "document.getElementById('similar-error').textContent")
+            browser.set_file(page, "#personal-files", photo)
+            browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 1", what="the added photo")
+            assert browser.eval(page, HINT_JS) is None  # there is a gallery now: the photo just added
+            browser.set_file(page, "#file-input", photo)
+            browser.wait_for_js(page, f"{COUNT_JS.format('#similar .tile')} === 1", what="the similar photo")
+            assert browser.eval(page, "document.getElementById('similar-error').hidden") is True
+
+        with serve_in_thread(create_app(model, config=AppConfig(warmup=False))) as url:  # personal gallery off
+            browser.send("Page.navigate", {"url": url + "/"}, page)
+            browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
+            assert browser.eval(page, "document.getElementById('personal').hidden") is True
+            hint = browser.eval(page, HINT_JS)
+            assert hint.startswith("This server has no gallery") and "crema index DIR" in hint
+            assert "Your photos" not in hint
