@@ -443,11 +443,33 @@ def _pack_dy_cols(dyf, off, mg, npix, dst):
 # --------------------------------------------------------------------------------------------- forward drivers
 @njit(cache=True, parallel=True, boundscheck=False)
 def _conv_batch(
-    x, ap, a_size, lda, bias, y, group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ws, pads, nchunks, relu, counter
+    x,
+    ap,
+    a_size,
+    lda,
+    bias,
+    y,
+    group,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    oh_n,
+    ow_n,
+    ws,
+    pads,
+    nchunks,
+    relu,
+    relu_max,
+    counter,
 ):
     """All images, claimed one at a time by nchunks workers (one per thread: dynamic scheduling, ``gemm._claim``);
     ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With relu, each image's output gets
-    max(y, 0) right after its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
+    max(y, 0) (capped at relu_max) right after its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
 
     x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
     """
@@ -473,7 +495,7 @@ def _conv_batch(
                     ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg, lda
                 )
             if relu:
-                _relu_span(y, n * m * npix, (n + 1) * m * npix)
+                _relu_span(y, n * m * npix, (n + 1) * m * npix, relu_max)
             n = _claim(counter)
 
 
@@ -490,7 +512,7 @@ def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, workers, counter):
+def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, workers, counter):
     """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
     task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU). nc: columns per
     task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``)."""
@@ -500,12 +522,14 @@ def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix,
     for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim); column block fastest
         t = _claim(counter)
         while t < group * bm * bn:
-            _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, t, mg, bm, bn)
+            _conv_tile_task(
+                ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, t, mg, bm, bn
+            )
             t = _claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
-def _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, nc, t, mg, bm, bn):
+def _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, t, mg, bm, bn):
     """Task t of _conv_tiles: group g, row block and column block of the output, all K panels, then the ReLU."""
     g = t // (bm * bn)
     r = t - g * bm * bn
@@ -536,16 +560,24 @@ def _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, n
     if relu:
         base = y_off + g * mg * npix
         for i in range(i0, min(i0 + MC_CONV, mg)):
-            _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix))
+            _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix), relu_max)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _relu_span(y, start, stop):  # pragma: no cover - compiled
-    """y[start:stop] = ReLU(y), the same expression as kernels.activations' ReLU with slope 0 (same bits)."""
+def _relu_span(y, start, stop, hi):  # pragma: no cover - compiled
+    """y[start:stop] = ReLU(y), the same expression as kernels.activations' ReLU with slope 0 (same bits), then
+    min(., hi) when hi is finite (ReLU6: hi = 6; by compare and select, so a NaN stays NaN)."""
     zero = np.float32(0.0)
-    for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
-        v = y[i]
-        y[i] = max(v, zero) + zero * min(v, zero)
+    if hi == np.inf:
+        for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
+            v = y[i]
+            y[i] = max(v, zero) + zero * min(v, zero)
+    else:
+        cap = np.float32(hi)
+        for i in range(np.uint64(start), np.uint64(stop)):
+            v = y[i]
+            r = max(v, zero) + zero * min(v, zero)
+            y[i] = cap if r > cap else r  # noqa: FURB136 - min(r, cap) need not keep a NaN
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -558,13 +590,14 @@ def _pad_all(xf, n_img, c, h, wd, ph, pw, dst):
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _conv_direct(
-    src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, workers, counter
+    src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, workers, counter
 ):
     """Direct convolution for stride-1 rows of a multiple of 8 output pixels (``_direct_tile``): no im2col. Tasks
     (image, part `q` of its pixel tiles) over threads, `per` parts per image; each walks its 16-pixel tiles (two
     8-pixel runs, each inside one output row) and, per tile, every MR-channel block of every group, so the tile's
     input window stays in L1 and the weights (read in place, row-major (M, K)) in L2. Bias is added in the store;
-    with relu, max(y, 0) once the task's tiles are done, over its pixels of every channel (the fused conv + bias + ReLU).
+    with relu, max(y, 0) (capped at relu_max) once the task's tiles are done, over its pixels of every channel (the
+    fused conv + bias + ReLU).
 
     src: flat input, image n at n*img_stride, channel c at c*HP*WP (padded when the layer pads); w: flat (M, K);
     bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile). Tasks are claimed by `workers`
@@ -572,12 +605,14 @@ def _conv_direct(
     for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
         task = _claim(counter)
         while task < n_img * per:
-            _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, task)
+            _direct_task(
+                src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, task
+            )
             task = _claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
-def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, task):
+def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, task):
     """Task `task` of _conv_direct: part q = task % per of image task // per."""
     m = bias.shape[0]
     mg = m // group
@@ -616,7 +651,7 @@ def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n,
         lo = min(npix, TILE_PX * (q * ntile // per))  # tile jt holds pixels TILE_PX jt .. TILE_PX (jt + 1) - 1
         hi = min(npix, TILE_PX * ((q + 1) * ntile // per))
         for ch in range(m):
-            _relu_span(y, (n * m + ch) * npix + lo, (n * m + ch) * npix + hi)
+            _relu_span(y, (n * m + ch) * npix + lo, (n * m + ch) * npix + hi, relu_max)
 
 
 def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
@@ -847,19 +882,42 @@ class ForwardRunner:
     kernel, the thread split); calling it runs the compiled kernels with no further checks. ``conv2d_forward`` makes
     one per call; a CPU Net's execution plan keeps one per layer across calls (``net.net``).
 
+    relu: fuse max(y, 0) into the epilogue; relu_max: with relu, also cap the output there, min(max(y, 0), relu_max)
+    (ReLU6: 6; the default inf is the plain ReLU, the same bits as before the cap existed).
+
     ``runner(x, w, bias, y)``: x C-contiguous float32 of the shape given here, w (M, C/group, kh, kw) C-contiguous
     float32, bias (M,) float32 (zeros for none), y the C-contiguous float32 output of ``runner.out_shape``, not
     overlapping x. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "b_size", "batch", "chunks", "direct", "group", "out_shape", "relu", "sizes", "workers")
+    __slots__ = (
+        "args",
+        "b_size",
+        "batch",
+        "chunks",
+        "direct",
+        "group",
+        "out_shape",
+        "relu",
+        "relu_max",
+        "sizes",
+        "workers",
+    )
 
-    def __init__(self, x_shape, w_shape, stride, pad, dilation, group: int, relu: bool) -> None:
+    def __init__(
+        self, x_shape, w_shape, stride, pad, dilation, group: int, relu: bool, relu_max: float = math.inf
+    ) -> None:
         (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
             x_shape, w_shape, stride, pad, dilation
         )
         self.out_shape = (n, m, oh, ow)
         self.relu = bool(relu)
+        self.relu_max = float(relu_max)
+        if not self.relu_max >= 0.0 or (self.relu_max != math.inf and not self.relu):
+            raise ValueError(
+                f"conv2d: relu_max caps the fused ReLU: expected relu=True and relu_max >= 0 (ReLU6: 6.0), "
+                f"got relu={relu!r}, relu_max={relu_max!r}"
+            )
         self.group = group
         mg, k_all, npix = m // group, cg * kh * kw, oh * ow
         self.b_size = b_size = packed_b_size(k_all, npix)
@@ -925,6 +983,7 @@ class ForwardRunner:
                 toff,
                 per,
                 self.relu,
+                self.relu_max,
                 self.workers,
                 np.zeros(1, np.int64),
             )
@@ -933,10 +992,24 @@ class ForwardRunner:
             ws, pads = _WORKSPACE.get(*self.sizes)
             chunks = self.chunks
             ws, pads = ws.reshape(chunks, self.b_size), pads.reshape(chunks, -1)
-            _conv_batch(x, ap, a_size, lda, bias, y, *self.args, ws, pads, chunks, self.relu, np.zeros(1, np.int64))
+            _conv_batch(
+                x,
+                ap,
+                a_size,
+                lda,
+                bias,
+                y,
+                *self.args,
+                ws,
+                pads,
+                chunks,
+                self.relu,
+                self.relu_max,
+                np.zeros(1, np.int64),
+            )
             return
         n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc = self.args
-        b_size, relu = self.b_size, self.relu
+        b_size, relu, relu_max = self.b_size, self.relu, self.relu_max
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
         for i in range(n):
@@ -959,6 +1032,7 @@ class ForwardRunner:
                 k_all,
                 npix,
                 relu,
+                relu_max,
                 nc,
                 self.workers,
                 np.zeros(1, np.int64),

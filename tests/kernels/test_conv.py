@@ -487,3 +487,60 @@ def test_direct_applies_only_where_it_can() -> None:
     assert not direct_applies((1, 96, 27, 27), (256, 48, 5, 5), (1, 1), (2, 2), (1, 1), 2)  # CaffeNet conv2: 27
     assert not direct_applies((1, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), (1, 1))  # horizontal stride 4
     assert not direct_applies((1, 64, 66, 66), (64, 64, 3, 3), *one)  # 64 x 66 x 66 floats: past L2
+
+
+# ---------------------------------------------------------------------------------------------- capped ReLU
+CAP_CASES = [  # x shape, w shape, kwargs: one per forward path, with cap 1.0 so some outputs are cut from above
+    ((2, 3, 32, 32), (13, 3, 5, 5), {"pad": (2, 2)}),  # the direct path
+    ((1, 4, 11, 11), (6, 2, 3, 3), {"stride": (2, 1), "pad": (1, 1), "group": 2}),  # one image: im2col + GEMM tiles
+    ((3, 4, 11, 11), (6, 2, 3, 3), {"stride": (2, 1), "pad": (1, 1), "group": 2}),  # an uneven batch: the same
+    ((8, 4, 11, 11), (6, 2, 3, 3), {"stride": (2, 1), "pad": (1, 1), "group": 2}),  # the batch path
+    ((1, 8, 9, 9), (8, 1, 3, 3), {"pad": (1, 1), "group": 8}),  # depthwise through the GEMM path
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CAP_CASES)
+def test_relu_max_clips_the_output(xs, ws, kw) -> None:
+    """ForwardRunner(..., relu=True, relu_max=cap): min(max(y, 0), cap) of the reference, on every forward path."""
+    from kernels.conv import ForwardRunner, direct_applies
+
+    args = {"stride": (1, 1), "pad": (0, 0), "dilation": (1, 1), "group": 1, **kw}
+    assert direct_applies(xs, ws, *(args[k] for k in ("stride", "pad", "dilation", "group"))) == (xs[1] == 3)
+    rng = np.random.default_rng(sum(xs))
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(ws[0], dtype=np.float32)
+    want = conv2d_forward_ref(x, w, b, dtype=np.float64, **args)
+    run = ForwardRunner(xs, ws, args["stride"], args["pad"], args["dilation"], args["group"], True, relu_max=1.0)
+    got = np.empty(run.out_shape, np.float32)
+    run(x, w, b, got)
+    clipped = np.minimum(np.maximum(want, 0.0), 1.0)
+    assert (want > 1.0).any() and (want < 0.0).any()
+    _assert_close(got, clipped, ws[1] * ws[2] * ws[3])
+    assert got.max() <= 1.0 and got.min() >= 0.0
+    plain = conv2d_forward(x, w, b, relu=True, **args)  # the cap is a min on top of the same ReLU: same bits below
+    np.testing.assert_array_equal(got, np.minimum(plain, np.float32(1.0)))
+
+
+def test_relu_max_inf_is_the_plain_relu() -> None:
+    from kernels.conv import ForwardRunner
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((1, 6, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((8, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(8, dtype=np.float32)
+    run = ForwardRunner(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 2, True, relu_max=float("inf"))
+    got = np.empty(run.out_shape, np.float32)
+    run(x, w, b, got)
+    np.testing.assert_array_equal(got, conv2d_forward(x, w, b, pad=1, group=2, relu=True))
+
+
+@pytest.mark.parametrize(
+    "relu,relu_max,match",
+    [(False, 6.0, "expected relu=True"), (True, -1.0, "relu_max >= 0"), (True, float("nan"), "relu_max >= 0")],
+)
+def test_relu_max_errors(relu, relu_max, match) -> None:
+    from kernels.conv import ForwardRunner
+
+    with pytest.raises(ValueError, match=match):
+        ForwardRunner((1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1, relu, relu_max)
