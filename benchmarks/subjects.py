@@ -11,6 +11,11 @@ Groups (each a function returning cases; `build(groups, threads)` makes them in 
 - ``nets``:  whole forward passes, softmax output: LeNet at batch 1/64/10000, CaffeNet at batch 1/10/64, random
              He-scaled weights (fixed seed) written to a caffemodel that OpenCV DNN reads. vs PyTorch, OpenCV DNN,
              ONNX Runtime. Targets: LeNet >= 1.0x the fastest at every batch; CaffeNet batch 1 >= 1.0x; 10, 64 >= 0.8x.
+- ``efficientnet``: EfficientNet-Lite0 (the default model, its real ImageNet weights as crema converts them) forward
+             at batch 1 and 32, softmax output, on random 224x224 inputs in the preprocessed range. References:
+             ONNX Runtime on the graph the PyTorch port exports (torch.onnx, asymmetric pads and BatchNorm as
+             PyTorch has them; ORT folds and fuses them itself), PyTorch eager, OpenCV DNN on crema's written
+             prototxt + caffemodel. Target: >= 1.0x ONNX Runtime at both batches.
 - ``train``: one LeNet training iteration at batch 64 (forward, loss, backward, SGD update with momentum, weight
              decay and lr_mult; crema's Solver.step(1)) vs the same in PyTorch. Target >= 1.0x PyTorch.
 
@@ -33,7 +38,7 @@ import numpy as np
 from benchmarks.harness import Case, compare
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("gemm", "layers", "nets", "train")
+GROUPS = ("gemm", "layers", "nets", "efficientnet", "train")
 
 # name, C, H, M (output channels), k, stride, pad, group
 CAFFENET_CONV = [
@@ -442,6 +447,72 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
     return cases
 
 
+EFFICIENTNET_BATCHES = (1, 32)
+
+
+def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, batches=EFFICIENTNET_BATCHES) -> list[Case]:
+    """EfficientNet-Lite0 forward vs ONNX Runtime (exported from the PyTorch port), PyTorch and OpenCV DNN."""
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(cache=workdir / "cache", say=lambda _msg: None)
+    net = Net.load(files.prototxt, files.weights)
+    refs_of: dict[str, Callable] = {}
+    torch = _torch()
+    if torch is not None:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            EfficientNet = None
+        if EfficientNet is not None:
+            from net.pth import load_state_dict
+            from net.zoo import efficientnet_pth
+
+            model = EfficientNet.from_name("efficientnet-lite0")
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in load_state_dict(efficientnet_pth()).items()})
+            model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
+
+            def torch_run(x, model=model):
+                with torch.inference_mode():
+                    return model(torch.from_numpy(x)).numpy()
+
+            refs_of["torch"] = torch_run
+            if _ort_ok():
+                import onnxruntime as ort
+
+                onnx_path = workdir / "efficientnet-lite0.onnx"
+                torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(onnx_path), dynamo=False,
+                                  input_names=["data"], output_names=["prob"], dynamic_axes={"data": {0: "N"}},
+                                  opset_version=17)  # fmt: skip
+                so = ort.SessionOptions()
+                so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+                sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+                refs_of["onnxruntime"] = lambda x, sess=sess: sess.run(None, {"data": x})[0]
+    try:
+        from benchmarks.references import opencv_forward
+
+        refs_of["opencv"] = opencv_forward(str(files.prototxt), str(files.weights))
+    except ImportError:
+        pass
+    cases = []
+    for batch in batches:
+        x = rng.uniform(-1.0, 1.0, (batch, 3, 224, 224)).astype(np.float32)
+        ours = partial(net.forward, data=x)
+        refs = {k: partial(f, x) for k, f in refs_of.items()}
+
+        def check(ours=ours, refs=refs, label=f"efficientnet-lite0 N={batch}"):
+            got = ours()["prob"].reshape(len(x), -1)
+            return [
+                compare(f"{label} softmax vs {r}", got, fn().reshape(len(x), -1), atol=1e-5) for r, fn in refs.items()
+            ]
+
+        ours()
+        flops = _net_flops(net) * batch
+        target = ("onnxruntime", 1.0) if "onnxruntime" in refs else None
+        cases.append(Case("net", f"efficientnet-lite0 fwd N={batch}", ours, refs, flops, check, target))
+    return cases
+
+
 # -- train -------------------------------------------------------------------------------------------------------
 
 TRAIN_HEAD = """name: "LeNet"
@@ -537,6 +608,7 @@ def build(groups: list[str], threads: int, workdir: Path, seed: int = 0) -> list
         "gemm": lambda: gemm_cases(rng, threads),
         "layers": lambda: layer_cases(rng, threads),
         "nets": lambda: net_cases(rng, threads, workdir),
+        "efficientnet": lambda: efficientnet_cases(rng, threads, workdir),
         "train": lambda: train_cases(rng, threads, workdir),
     }
     cases: list[Case] = []

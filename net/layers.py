@@ -12,12 +12,13 @@ types when one is missing. Backward passes arrive with training (a later issue).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 
-from kernels import conv, elementwise, fc, pool
+from kernels import conv, depthwise, elementwise, fc, pool
 from kernels.activations import softmax_runner
 
 from .blob import Blob
@@ -188,6 +189,31 @@ class ConvolutionLayer(Layer):
     num_bottom = (1, 1 << 30)  # several bottoms share the weights, one top each (checked in layer_setup)
     num_top = None
     fused_relu = False  # set by net.net (CPU) or net.device.prepare (GPU): the next in-place ReLU runs in the epilogue
+    relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
+    fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
+    folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
+
+    def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
+        in (float64 arithmetic, rounded once): w' = w * g, b' = (b - mean) * g + beta with
+        g = gamma / sqrt(var + eps), mean and var divided by BatchNorm's scale factor as Caffe does."""
+        w = self.blobs[0].data
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        if self.fold is None:
+            return w, b
+        if self.folded is None:
+            bn, scale = self.fold
+            factor = float(np.asarray(bn.blobs[2].data).reshape(-1)[0])
+            factor = 0.0 if factor == 0 else 1.0 / factor
+            mean = bn.blobs[0].data.astype(np.float64) * factor
+            var = bn.blobs[1].data.astype(np.float64) * factor
+            g = scale.blobs[0].data.astype(np.float64).reshape(-1) / np.sqrt(var + np.float64(np.float32(bn.eps)))
+            beta = scale.blobs[1].data.astype(np.float64).reshape(-1) if len(scale.blobs) > 1 else 0.0
+            bias = b.astype(np.float64) if b is not None else 0.0
+            wf = (w.astype(np.float64) * g.reshape(-1, 1, 1, 1)).astype(np.float32)
+            bf = ((bias - mean) * g + beta).astype(np.float32)
+            self.folded = (wf, np.ascontiguousarray(bf))
+        return self.folded
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.convolution_param
@@ -232,11 +258,12 @@ class ConvolutionLayer(Layer):
             t.reshape((b.shape[0], w.shape[0], oh, ow))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        w = self.blobs[0].data
-        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        w, b = self.forward_params()
         for bb, t in zip(bottom, top):
             ops = kernels_for(bb.data)
             extra = {"out": t.data} if ops is CPU and _reusable(t.data, bb.data) else {}
+            if self.relu_max != math.inf:
+                extra["relu_max"] = self.relu_max
             t.data = ops.conv2d_forward(
                 bb.data,
                 w,
@@ -252,20 +279,28 @@ class ConvolutionLayer(Layer):
     def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
         if len(bottom) != 1:
             return None
-        src, dst, wblob = bottom[0], top[0], self.blobs[0]
-        bblob = self.blobs[1] if len(self.blobs) > 1 else None
-        has_bias = bblob is not None
-        x, w = src.data, wblob.data
+        src, dst = bottom[0], top[0]
+        x = src.data
+        w, b = self.forward_params()
         x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-        if not (_plain(x, x_shape) and _plain(w, w_shape) and (bblob is None or _plain(bblob.data, b_shape))):
+        if not (_plain(x, x_shape) and _plain(w, w_shape) and (b is None or _plain(b, b_shape))):
             return None
-        run = conv.ForwardRunner(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu)
+        act = (0.0, self.relu_max) if self.fused_relu else None
+        if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
+            run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
+        else:
+            capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
+            run = conv.ForwardRunner(
+                x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu, **capped
+            )
         out = _plan_out(dst, x, run.out_shape)
         zeros = np.zeros(b_shape, np.float32)
 
-        def step() -> bool:  # the parameter Blobs are looked up each call (Net.share_weights_from swaps them)
-            params = self.blobs
-            x, w, b = src.data, params[0].data, params[1].data if has_bias else zeros
+        def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+            w, b = self.forward_params()
+            x = src.data
+            if b is None:
+                b = zeros
             if dst.data is not out or not (_plain(x, x_shape) and _plain(w, w_shape) and _plain(b, b_shape)):
                 return False
             run(x, w, b, out)
@@ -800,6 +835,11 @@ class EltwiseLayer(Layer):
 
 @register("BatchNorm")
 class BatchNormLayer(Layer):
+    fused = False  # folded into the Convolution before it (net.net.fuse_layers): the forward does nothing
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        return NO_STEP if self.fused else None
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.batch_norm_param
         self.use_global = p.use_global_stats if p.has("use_global_stats") else self.phase == "TEST"
@@ -813,6 +853,8 @@ class BatchNormLayer(Layer):
         ]
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.fused:
+            return
         if not self.use_global:
             raise self.error("training-mode batch statistics arrive with training; set use_global_stats: true")
         top[0].data = kernels_for(bottom[0].data).batchnorm_forward_inference(
@@ -835,6 +877,10 @@ def _axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) 
 @register("Scale")
 class ScaleLayer(Layer):
     num_bottom = (1, 2)
+    fused = False  # folded into the Convolution before it (net.net.fuse_layers): the forward does nothing
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        return NO_STEP if self.fused else None
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.scale_param
@@ -846,6 +892,8 @@ class ScaleLayer(Layer):
             self.blobs.append(self._param_blob(len(self.blobs), gshape, p.bias_filler))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.fused:
+            return
         gamma = bottom[1].data if len(bottom) == 2 else self.blobs[0].data
         beta = self.blobs[-1].data if self.param.scale_param.bias_term else None
         self.x = bottom[0].data  # the input, kept for dgamma (the forward writes a new array, so in place works)

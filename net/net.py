@@ -147,6 +147,7 @@ class Net:
         stages: tuple[str, ...] = (),
         seed: int | None = None,
         device: str = "cpu",
+        fuse: bool = True,
     ) -> None:
         from .upgrade import filter_net
 
@@ -168,30 +169,12 @@ class Net:
         self._plan_backward()
         if self.device != "cpu":
             prepare(self)  # GPU layers only; conv + in-place ReLU fused; data staging
-        else:
-            self._fuse_relus()
+        elif fuse:
+            fuse_layers(self)  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
     # -- construction ------------------------------------------------------------------------
-    def _fuse_relus(self) -> None:
-        """CPU: a Convolution or InnerProduct whose only top is rewritten next by an in-place ReLU with negative slope
-        0 applies the ReLU itself, in the same kernel call (the ReLU layer's forward is then skipped; its backward
-        still runs, from the same in-place data as before). The blob values are the same as without fusion."""
-        for i in range(1, len(self.layers)):
-            layer, previous = self.layers[i], self.layers[i - 1]
-            if (
-                layer.type == "ReLU"
-                and previous.type in ("Convolution", "InnerProduct")
-                and len(self.tops[i - 1]) == 1
-                and len(self.bottoms[i]) == 1
-                and self.bottoms[i][0] is self.tops[i - 1][0]
-                and self.tops[i][0] is self.bottoms[i][0]
-                and float(layer.param.relu_param.negative_slope) == 0.0
-            ):
-                previous.fused_relu = True
-                layer.fused = True
-
     def _build(self) -> None:
         available: dict[str, None] = {}
         for lp in self._built.layer:
@@ -295,11 +278,15 @@ class Net:
         stages: tuple[str, ...] = (),
         seed: int | None = None,
         device: str = "cpu",
+        fuse: bool = True,
     ) -> Net:
-        """Build a net from a text prototxt and, if given, copy weights from a binary caffemodel."""
+        """Build a net from a text prototxt and, if given, copy weights from a binary caffemodel. fuse=False keeps
+        every layer's own forward (no folding or fused activations: `fuse_layers`)."""
         from .prototxt_loader import load_net_prototxt
 
-        net = cls(load_net_prototxt(str(prototxt)), phase=phase, level=level, stages=stages, seed=seed, device=device)
+        net = cls(
+            load_net_prototxt(str(prototxt)), phase=phase, level=level, stages=stages, seed=seed, device=device, fuse=fuse
+        )
         if weights is not None:
             net.copy_from(weights)
         return net
@@ -338,6 +325,7 @@ class Net:
                         f"the net expects {blob.shape} (rename the layer to learn it from scratch)"
                     )
                 assign(blob.data, values.reshape(blob.shape))
+        self.refold()
 
     def to_proto(self) -> Message:
         """The net's NetParameter with every layer's parameters written as blobs (with `shape`)."""
@@ -356,6 +344,14 @@ class Net:
         from .caffemodel import save_caffemodel
 
         save_caffemodel(str(path), self.to_proto())
+
+    def refold(self) -> None:
+        """Fold BatchNorm + Scale into their convolutions again (`fuse_layers`): call it after changing parameters
+        in place, outside the solver and copy_from."""
+        for layer in self.layers:
+            if getattr(layer, "fold", None) is not None:
+                layer.folded = None
+        self._plan = None
 
     # -- running -----------------------------------------------------------------------------
     def reshape(self) -> None:
@@ -482,6 +478,12 @@ class Net:
                     f"{[b.shape for b in layer.blobs]}"
                 )
             layer.blobs = list(src.blobs)
+        # The weights now belong to a net that trains them in place: nothing stays folded
+        for layer in self.layers:
+            if getattr(layer, "fold", None) is not None:
+                for folded in layer.fold:
+                    folded.fused = False
+                layer.fold = layer.folded = None
         self._plan = None  # its steps hold the old parameter Blobs
 
     def first_nonfinite(self) -> str | None:
@@ -527,6 +529,62 @@ class Net:
 
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {len(self.layers)} layers, inputs={self.inputs}, outputs={self.outputs})"
+
+
+def _in_place_after(net: Net, i: int, producer: int) -> bool:
+    """Does layer i rewrite, in place and alone, the single top of layer `producer`?"""
+    return (
+        len(net.tops[producer]) == 1
+        and len(net.bottoms[i]) == 1
+        and len(net.tops[i]) == 1
+        and net.bottoms[i][0] is net.tops[producer][0]
+        and net.tops[i][0] is net.bottoms[i][0]
+    )
+
+
+def fuse_layers(net: Net) -> None:
+    """CPU: fold and fuse what follows a Convolution or InnerProduct in place, so one kernel call does it all:
+
+    - Convolution -> BatchNorm (global statistics) -> Scale, both in place on the convolution's top and neither run
+      backward: the BatchNorm and Scale are folded into the convolution's weights and bias when its plan is made
+      (`ConvolutionLayer.fold`); they then do nothing. The blob holds the same values up to rounding (within 1e-6
+      relative). Parameters changed in place after a forward need `net.refold()` (copy_from does it).
+    - then an in-place ReLU with negative slope 0, or an in-place ReLU6 / Clip after a Convolution: applied in the
+      kernel's epilogue (the layer's forward is skipped; its backward still runs, from the same in-place data).
+    """
+    backward = set(net.backward_layers)
+    layers = net.layers
+    for p, producer in enumerate(layers):
+        if producer.type not in ("Convolution", "InnerProduct"):
+            continue
+        i = p + 1
+        if (
+            producer.type == "Convolution"
+            and i + 1 < len(layers)
+            and layers[i].type == "BatchNorm"
+            and layers[i].use_global
+            and layers[i + 1].type == "Scale"
+            and len(net.bottoms[i + 1]) == 1
+            and layers[i + 1].axis % 4 == 1
+            and layers[i + 1].blobs
+            and layers[i + 1].blobs[0].shape == producer.blobs[0].shape[:1]
+            and _in_place_after(net, i, p)
+            and _in_place_after(net, i + 1, p)
+            and not ({i, i + 1} & backward)
+        ):
+            producer.fold = (layers[i], layers[i + 1])
+            layers[i].fused = layers[i + 1].fused = True
+            i += 2
+        if i >= len(layers) or not _in_place_after(net, i, p):
+            continue
+        act = layers[i]
+        if act.type == "ReLU" and float(act.param.relu_param.negative_slope) == 0.0:
+            producer.fused_relu = True
+            act.fused = True
+        elif producer.type == "Convolution" and act.type in ("ReLU6", "Clip") and act.lo == 0.0:
+            producer.fused_relu = True
+            producer.relu_max = act.hi
+            act.fused = True
 
 
 class _Plan:

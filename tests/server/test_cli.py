@@ -41,21 +41,24 @@ def test_index_errors(lenet_files, tmp_path, capsys):
     assert "needs --weights" in capsys.readouterr().err
 
 
-def test_serve_without_default_weights(tmp_path, monkeypatch, capsys):
-    import server.cli
+def test_serve_lenet_without_weights(tmp_path, monkeypatch, capsys):
+    import net.zoo
 
-    shutil.copy(ROOT / "models/lenet/deploy.prototxt", tmp_path / "deploy.prototxt")
-    monkeypatch.setattr(server.cli, "DEFAULT_MODEL_DIR", tmp_path)
-    assert main(["serve", "--port", "0"]) == 2
+    (tmp_path / "lenet").mkdir()
+    shutil.copy(ROOT / "models/lenet/deploy.prototxt", tmp_path / "lenet" / "deploy.prototxt")
+    monkeypatch.setattr(net.zoo, "MODELS", tmp_path)
+    assert main(["serve", "--port", "0", "--model", "lenet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("crema: error: the default model's weights") and "lenet.caffemodel are missing" in err
+    assert err.startswith("crema: error: LeNet's weights") and "lenet.caffemodel are missing" in err
 
 
 def test_serve_argument_errors(lenet_files, capsys):
     assert main(["serve", "--model", str(lenet_files["prototxt"])]) == 2
     assert "needs --weights" in capsys.readouterr().err
     assert main(["serve", "--weights", str(lenet_files["weights"])]) == 2
-    assert "go with --model" in capsys.readouterr().err
+    assert "go with a .prototxt --model" in capsys.readouterr().err
+    assert main(["serve", "--model", "resnet-9000"]) == 2  # neither a name nor a file
+    assert "--model resnet-9000 needs --weights" in capsys.readouterr().err
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
 
