@@ -856,19 +856,21 @@ def conv2d_forward(
     group: int = 1,
     out: np.ndarray | None = None,
     relu: bool = False,
+    relu_max: float = math.inf,
 ) -> np.ndarray:
     """Convolution forward (Caffe semantics), float32.
 
     x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None; stride/pad/dilation: (h, w) pairs or ints.
     Returns y: (N, M, OH, OW) float32, written into `out` when given (C-contiguous float32 of that shape).
-    relu: apply a ReLU (negative slope 0) to the output in the same pass (Caffe's conv + in-place ReLU).
+    relu: apply a ReLU (negative slope 0) to the output in the same pass (Caffe's conv + in-place ReLU); relu_max:
+    with relu, cap it there too, min(max(y, 0), relu_max) (ReLU6: 6.0; inf, the default: no cap).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     group = int(group)
     _check_conv_args(x, w, b, group)
-    run = ForwardRunner(x.shape, w.shape, stride, pad, dilation, group, relu)
+    run = ForwardRunner(x.shape, w.shape, stride, pad, dilation, group, relu, relu_max)
     if out is None:
         out = np.empty(run.out_shape, np.float32)
     else:

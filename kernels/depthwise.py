@@ -1,38 +1,56 @@
 """Depthwise 2-D convolution (group == C_in == C_out, one filter per channel), Caffe semantics, NCHW float32.
 
 EfficientNet-Lite / MobileNet blocks: y[n, c] = b[c] + w[c, 0] (*) x_pad[n, c] (cross-correlation), then an optional
-clip min(max(y, lo), hi) (ReLU: (0, inf); ReLU6: (0, 6)). The im2col + GEMM path of ``kernels.conv`` runs one
-1-row GEMM per channel there; these kernels work on one channel plane at a time instead.
+clip min(max(y, lo), hi) (ReLU: (0, inf); ReLU6: (0, 6)). ``kernels.conv`` runs these as one 1-row GEMM per channel
+(im2col + GEMM per group: 3-27x slower, the figures in the benchmark); here two forward paths, chosen by plane size.
 
 Kernels (forward, then backward):
 
 0. ``depthwise_forward_ref`` / ``depthwise_backward_ref`` - plain NumPy in float64: one broadcast multiply-add per
                         kernel tap (i, j) over all channels, forward and its transpose.
+Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
 1. ``_fill_planes``   - one channel plane copied into the running thread's buffer with its zero padding made explicit
                         and its columns split by phase (column u of phase q = padded column u*sw + q), so every tap of
                         every horizontal stride reads consecutive floats: output pixel (oh, ow), tap (i, j) reads
-                        phase (j*dw) % sw, row oh*sh + i*dh, column ow + (j*dw) // sw. Only the rows and columns the
-                        taps read are filled (hu x wq per phase, wq rounded up so whole 8-pixel runs stay inside).
-2. ``_dw_tile``       - the micro-kernel, in LLVM IR: RUNS runs of 8 output pixels (each inside one output row, the
-                        runs anywhere in the plane), all taps of the channel: one broadcast of the tap's weight and
-                        RUNS unaligned 8-float loads feed RUNS FMAs, with RUNS <8 x float> accumulators in registers
-                        (8 of the 16 ymm: 8 FMAs in flight cover the 4-cycle FMA latency of two pipes); then bias,
-                        clip and the store (a partial run at a row's end stored lane by lane). Taps whose weight is
-                        exactly 0 are dropped from the channel's tap table first: Caffe's form of TF's asymmetric
-                        SAME padding at stride 2, a (k+1)x(k+1) kernel with a zero first row and column, then costs
-                        k*k taps, not (k+1)^2 (a zero tap under an inf or NaN input no longer makes a NaN).
-3. ``_dw_forward``    - planes (image, channel) in chunks of ``per``, claimed by one worker per thread (``gemm._claim``:
-                        dynamic scheduling), each with its own plane buffer.
-4. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
-                        sum dy * (the x plane of 1. shifted by tap t), a dot product per output row summed in float64
-                        per tap; dx: w * dy scattered into zeroed phase planes (the transpose of 2.), then gathered
-                        back into dx without the padding.
+                        phase (j*dw) % sw, row oh*sh + i*dh, column ow + (j*dw) // sw. Rows by ``_copy_split`` (LLVM
+                        IR: 8-float copies, or a deinterleave into two phases at stride 2); the zero borders are
+                        written once per call, as they never move.
+2. ``_dw_tile``       - the micro-kernel, in LLVM IR: RUNS = 8 runs of 8 output pixels (each inside one output row,
+                        anywhere in the plane, from a run table made once per shape), all taps of the channel: per tap
+                        one broadcast of the weight and 8 unaligned loads feed 8 FMAs into 8 <8 x float> accumulators;
+                        then bias, clip (compare and select: a NaN stays NaN) and the stores. A run that ends past its
+                        row is stored whole where the spill stays in the plane (later runs overwrite it). Loads bound
+                        it: 10 loads per 8 FMAs, 53 GFLOP/s on one core of this Zen (AVX2) whose FMA peak is 90; the
+                        same loop with one load shared by its 8 FMAs reaches 91. Taps whose weight is exactly 0 are
+                        left out of the tap table: Caffe's form of TF's asymmetric SAME padding at stride 2, a
+                        (k+1)x(k+1) kernel with a zero first row and column, then costs k*k taps, not (k+1)^2 (a zero
+                        tap no longer turns an inf input into a NaN).
+3. ``_dw_forward``    - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
+                        (``gemm._claim``: dynamic scheduling); each worker fills its next plane into a second buffer
+                        before reading the current one (a plane read right after its stores stalled store forwarding:
+                        7 x 7 planes 1.7x slower).
+Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
+smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there):
+4. ``_fill_c8``       - 8 channel planes of one image interleaved per pixel ((HP, WP, 8): one 8-channel vector per
+                        padded pixel) by 8 x 8 transposes in registers (``_t8``), a row's tail through one transpose
+                        that reads past the row (not past x) and stores only the tail's pixels.
+5. ``_c8_tile``       - 8 consecutive output pixels (any rows) x 8 channels: per tap one aligned load of the 8
+                        channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
+                        FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
+6. ``_c8_forward``    - the tap tables of every block once per call (taps zero in all 8 channels dropped), then
+                        (image, block) tasks claimed as in 3., filled one ahead.
+Backward:
+7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
+                        sum dy * (the x plane of 1. shifted by tap t), a dot product per output row, float32 per
+                        image and float64 across images; dx: w * dy added into zeroed phase planes (the transpose of
+                        2.), then gathered back into dx without the padding. Plain Numba loops (vectorised).
 
 Public: ``depthwise_applies(x_shape, w_shape, group, dilation) -> bool``,
 ``depthwise_forward(x, w, b, *, stride, pad, dilation, act, out) -> y`` (``DepthwiseRunner``: the shape work done
 once, for a Net's execution plan) and
 ``depthwise_backward(dy, x, w, *, stride, pad, dilation, dx, dw, db, need_dx, need_dw, need_db) -> (dx, dw, db)``.
 Shapes: x (N, C, H, W), w (C, 1, kh, kw), b (C,), y (N, C, OH, OW) with OH, OW from ``conv.conv2d_output_shape``.
+Any kernel size, stride, pad and dilation take the fast paths.
 
 Benchmark (checks against the reference first, then interleaved A/B against ``conv2d_forward`` with group = C,
 torch and ONNX Runtime on the EfficientNet-Lite0 depthwise layers): ``python -m benchmarks.bench_depthwise``.
@@ -52,10 +70,12 @@ from numba.extending import intrinsic
 from kernels.conv import conv2d_output_shape
 from kernels.gemm import Workspace, _accumulators, _as64, _claim, _flat_f32, _splat
 
-RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast + 1 load of the 16 ymm registers
-TILE = 8 * RUNS  # output pixels per tile
+RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs); 12 was slower
 PLANE_WORK = 1 << 14  # multiply-adds per claimed task at least (several small planes per task: 7x7 x 25 taps)
-assert RUNS * 8 == TILE and RUNS <= 12, "RUNS accumulators + broadcast + load must fit 16 ymm registers"
+assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 16 ymm registers"
+C8 = True  # forward: blocks of 8 channels (_c8_forward) for small planes (see below); False: always plane by plane
+C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
+C8_MAX_PIXELS_STRIDED = 4096  # at horizontal stride > 1 (128 KB), where the plane path's phase split costs more
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
@@ -334,19 +354,201 @@ def _dw_forward(xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, tof
             task = _claim(counter)
 
 
+# --------------------------------------------------------------------------------------------- channel blocks
+def _transpose8(builder, rows):
+    """The 8 x 8 transpose of eight <8 x float> values: column j = [rows[0][j], ..., rows[7][j]] (unpack, shuffle,
+    128-bit permute: 24 shuffles, the AVX idiom)."""
+
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), idx))
+
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = [sh(rows[i & ~1], rows[i | 1], lo if i % 2 == 0 else hi) for i in range(8)]  # t[2m], t[2m+1] from rows 2m, 2m+1
+    a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s_ = [sh(t[q], t[q + 2], a if k == 0 else b) for g in (0, 4) for q in (g, g + 1) for k in (0, 1)]
+    # s_ = [s0, s1, s2, s3, s4, s5, s6, s7]: s0/s1 from t0, t2; s2/s3 from t1, t3; s4..s7 the same from t4..t7
+    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [sh(s_[j % 4], s_[4 + j % 4], low if j < 4 else high) for j in range(8)]
+
+
+@intrinsic
+def _t8(typingctx, src, s_offs, dst, d_off, ncol):
+    """dst[d_off + 8k + l] = src[s_offs[l] + k] for l < 8, k < ncol (<= 8): eight 8-float rows of src (one per
+    channel; all 8 floats are read) stored as ncol 8-channel vectors (one per pixel), an 8 x 8 transpose in registers
+    (LLVM IR)."""
+    _flat_f32(src, dst)
+    sig = types.void(src, s_offs, dst, d_off, ncol)
+
+    def codegen(context, builder, signature, args):
+        s_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        o_data = context.make_array(signature.args[1])(context, builder, args[1]).data
+        d_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        i64 = llvm_ir.IntType(64)
+        vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
+        d0, ncol = _as64(builder, args[3]), _as64(builder, args[4])
+        rows = []
+        for lane in range(8):
+            o = builder.load(builder.gep(o_data, [llvm_ir.Constant(i64, lane)]))
+            rows.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vptr), align=4))
+        for k, col in enumerate(_transpose8(builder, rows)):
+            with builder.if_then(builder.icmp_signed("<", llvm_ir.Constant(i64, k), ncol)):
+                p = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, 8 * k))])
+                builder.store(col, builder.bitcast(p, vptr), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi):
+    """Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for 8 channels at once, from the channel-block
+    buffer buf (8 channels interleaved per pixel): acc_v = sum_{t < ntap} wt[8t : 8t + 8] * buf[xoff[p0 + v] +
+    toff[t] :][:8], one aligned 8-channel vector per load; then + bias8, clip, an 8 x 8 transpose, and channel c's 8
+    pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8)."""
+    _flat_f32(buf, wt, y, bias8)
+    sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi)
+
+    def codegen(context, builder, signature, args):
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        b_data, x_data, w_data, t_data, y_data, bias_data = (data(i) for i in (0, 1, 3, 4, 6, 11))
+        p064, ntap64, yb, npix64, nch64, cnt64 = (_as64(builder, args[i]) for i in (2, 5, 7, 8, 9, 10))
+        f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
+        vec = llvm_ir.VectorType(f32, 8)
+        vptr = vec.as_pointer()
+
+        def c64(v):
+            return llvm_ir.Constant(i64, v)
+
+        def vload(ptr, off, align=4):
+            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vptr), align=align)
+
+        xos = [builder.load(builder.gep(x_data, [builder.add(p064, c64(v))])) for v in range(8)]
+        slots, fma = _accumulators(builder, vec, 8)
+        with cgutils.for_range(builder, ntap64) as loop:
+            t = loop.index
+            o = builder.load(builder.gep(t_data, [t]))
+            wv = vload(w_data, builder.mul(t, c64(8)))
+            for v in range(8):
+                xv = vload(b_data, builder.add(xos[v], o))
+                builder.store(builder.call(fma, [wv, xv, builder.load(slots[v])]), slots[v])
+        bv = vload(bias_data, c64(0))
+        lov, hiv = (_splat(builder, a if a.type == f32 else builder.fptrunc(a, f32), vec) for a in args[12:14])
+        rows = []
+        for v in range(8):
+            r = builder.fadd(builder.load(slots[v]), bv)
+            r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
+            rows.append(builder.select(builder.fcmp_ordered(">", r, hiv), hiv, r))
+        cols = _transpose8(builder, rows)
+        full = builder.icmp_signed("==", cnt64, c64(8))
+        for ch, col in enumerate(cols):
+            with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
+                base = builder.gep(y_data, [builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))])
+                with builder.if_else(full) as (whole, part):
+                    with whole:
+                        builder.store(col, builder.bitcast(base, vptr), align=4)
+                    with part, cgutils.for_range(builder, cnt64) as lane:
+                        builder.store(builder.extract_element(col, lane.index), builder.gep(base, [lane.index]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, boundscheck=False)
+def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover - compiled
+    """buf[((r + ph)*WP + pw + col)*8 + l] = x[c0 + l, r, col] for the nch channels of a block (plane l at
+    xf[x_off + l*H*W:]); lanes l >= nch repeat the last channel (their weights are zero). The borders are left as
+    they are (zeroed once per call: they never move). A row's last W % 8 columns go through one more transpose that
+    reads past the row (stores only W % 8 pixels), unless that read would pass the end of x: then lane by lane."""
+    hw = h * wd
+    tail = wd % 8
+    for r in range(h):
+        d = ((r + ph) * wp + pw) * 8
+        s = x_off + r * wd
+        for col in range(0, wd - 7, 8):
+            for lane in range(8):
+                offs[lane] = s + min(lane, nch - 1) * hw + col
+            _t8(xf, offs, buf, d + col * 8, 8)
+        if tail == 0:
+            continue
+        col = wd - tail
+        if s + (nch - 1) * hw + col + 8 <= xf.shape[0]:
+            for lane in range(8):
+                offs[lane] = s + min(lane, nch - 1) * hw + col
+            _t8(xf, offs, buf, d + col * 8, tail)
+        else:
+            for col in range(wd - tail, wd):
+                for lane in range(8):
+                    buf[np.uint64(d + col * 8 + lane)] = xf[np.uint64(s + min(lane, nch - 1) * hw + col)]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _c8_forward(xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws, workers,
+                counter):  # fmt: skip  # pragma: no cover - compiled
+    """Every (image, block of 8 channels), `per` blocks per claimed task, by `workers` workers (one per thread; ws[t]
+    its two block buffers of HP*WP*8 floats, 32-byte aligned). toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
+    xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
+    khw = toff_all.shape[0]
+    nblk = (c + 7) // 8
+    blocks = n_img * nblk
+    ntask = (blocks + per - 1) // per
+    bsize = ws.shape[1] // 2
+    wt = np.empty(nblk * khw * 8, np.float32)  # block q's taps: wt[(q*khw + k)*8 + lane], k < ntaps[q]
+    toff = np.empty(nblk * khw, np.int64)
+    ntaps = np.empty(nblk, np.int64)
+    b8 = np.zeros(nblk * 8 + 8, np.float32)  # whole 8-float loads of the last block
+    for q in prange(nblk):  # the tap tables once per call, not per image: taps zero in every channel dropped
+        c0 = q * 8
+        nch = min(8, c - c0)
+        k = 0
+        for t in range(khw):
+            nz = False
+            for lane in range(8):
+                v = wf[(c0 + lane) * khw + t] if lane < nch else np.float32(0.0)
+                wt[(q * khw + k) * 8 + lane] = v
+                nz = nz or v != 0.0
+            if nz:
+                toff[q * khw + k] = toff_all[t]
+                k += 1
+        ntaps[q] = k
+        for lane in range(nch):
+            b8[c0 + lane] = bias[c0 + lane]
+    for t in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
+        offs = np.empty(8, np.int64)
+        _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
+        task = _claim(counter)
+        while task < ntask:
+            q0, q1 = task * per, min(blocks, (task + 1) * per)
+            for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_forward)
+                if q < q1:
+                    n, c0 = q // nblk, (q % nblk) * 8
+                    qbuf = ws[t][(q - q0) % 2 * bsize :]
+                    _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
+                if q == q0:
+                    continue
+                n, blk = (q - 1) // nblk, (q - 1) % nblk
+                c0 = blk * 8
+                buf = ws[t][(q - 1 - q0) % 2 * bsize :]
+                ybase = (n * c + c0) * npix
+                wq_, tq, bq, nt = wt[blk * khw * 8 :], toff[blk * khw :], b8[c0:], ntaps[blk]
+                for p0 in range(0, npix, 8):
+                    _c8_tile(buf, xoff, p0, wq_, tq, nt, y, ybase, npix, min(8, c - c0), min(8, npix - p0), bq, lo, hi)
+            task = _claim(counter)
+
+
 # --------------------------------------------------------------------------------------------- backward
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
 def _dw_backward(xf, wf, dyf, dxf, dwf, dbf, n_img, c, h, wd, ph, pw, sh, sw, hu, wq, oh_n, ow_n, toff_all,
                  need_dx, need_dw, need_db, ws, workers, counter):  # fmt: skip  # pragma: no cover - compiled
     """Channels claimed by `workers` workers; per channel, every image: db[c] += sum(dy), dw[c] += the per-tap dot
-    products of dy with the x planes (float64 sums per tap), dx = the transpose of the forward (overwritten). ws[t]:
-    worker t's buffer for the x planes and the dx planes (2 * sw*hu*wq floats)."""
+    products of dy with the x planes (float32 per image, added in float64 per tap), dx = the transpose of the forward
+    (overwritten). ws[t, 0]: worker t's x planes, ws[t, 1] its dx planes (sw*hu*wq floats each)."""
     khw = toff_all.shape[0]
     npix = oh_n * ow_n
-    psize = sw * hu * wq
     for t in prange(workers):
-        xb = ws[t][:psize]
-        db_ = ws[t][psize:]
+        xb = ws[t, 0]
+        dxb = ws[t, 1]
         dws = np.empty(khw, np.float64)
         ch = _claim(counter)
         while ch < c:
@@ -357,25 +559,22 @@ def _dw_backward(xf, wf, dyf, dxf, dwf, dbf, n_img, c, h, wd, ph, pw, sh, sw, hu
                 p = n * c + ch
                 y0 = p * npix
                 if need_db:
-                    s = np.float32(0.0)
-                    for i in range(npix):
-                        s += dyf[y0 + i]
-                    dbs += s
+                    dbs += _sum(dyf, y0, npix)
                 if need_dw:
                     _fill_planes(xf, p * h * wd, h, wd, ph, pw, sw, hu, wq, xb, n == 0)
                     for k in range(khw):
-                        acc = 0.0
+                        acc = np.float32(0.0)
                         for oh in range(oh_n):
-                            x0 = oh * sh * wq + toff_all[k]
-                            d0 = y0 + oh * ow_n
-                            s = np.float32(0.0)
-                            for i in range(ow_n):
-                                s += dyf[d0 + i] * xb[x0 + i]
-                            acc += s
+                            acc += _dot(dyf, y0 + oh * ow_n, xb, oh * sh * wq + toff_all[k], ow_n)
                         dws[k] += acc
                 if need_dx:
-                    _scatter_dx(dyf, y0, wf, ch * khw, toff_all, db_, h, wd, ph, pw, sh, sw, hu, wq, oh_n, ow_n)
-                    _gather_dx(db_, dxf, p * h * wd, h, wd, ph, pw, sw, hu, wq)
+                    _zero(dxb, 0, dxb.shape[0])
+                    for oh in range(oh_n):
+                        for k in range(khw):
+                            wk = wf[ch * khw + k]
+                            if wk != 0.0:
+                                _axpy(wk, dyf, y0 + oh * ow_n, dxb, oh * sh * wq + toff_all[k], ow_n)
+                    _gather_dx(dxb, dxf, p * h * wd, h, wd, ph, pw, sw, hu, wq)
             if need_db:
                 dbf[ch] += np.float32(dbs)
             if need_dw:
@@ -384,35 +583,46 @@ def _dw_backward(xf, wf, dyf, dxf, dwf, dbf, n_img, c, h, wd, ph, pw, sh, sw, hu
             ch = _claim(counter)
 
 
-@njit(cache=True, fastmath=True, boundscheck=False)
-def _scatter_dx(dyf, y0, wf, w_off, toff_all, dbuf, h, wd, ph, pw, sh, sw, hu, wq, oh_n, ow_n):  # pragma: no cover
-    """dbuf (the phase planes of the padded dx, zeroed first) += w[t] * dy row, at every place tap t read."""
-    for i in range(sw * hu * wq):
-        dbuf[i] = 0.0
-    for oh in range(oh_n):
-        d0 = y0 + oh * ow_n
-        for k in range(toff_all.shape[0]):
-            wk = wf[w_off + k]
-            if wk == 0.0:
-                continue
-            x0 = oh * sh * wq + toff_all[k]
-            for i in range(ow_n):
-                dbuf[x0 + i] += wk * dyf[d0 + i]
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _sum(a, start, n):  # pragma: no cover - compiled
+    s = np.float32(0.0)
+    for i in range(np.uint64(start), np.uint64(start + n)):  # unsigned: no wraparound code; fastmath: vectorised
+        s += a[i]
+    return s
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _dot(a, a0, b, b0, n):  # pragma: no cover - compiled
+    """sum_i a[a0 + i] * b[b0 + i] for i < n, in float32 (vectorised: fastmath reorders the sum)."""
+    s = np.float32(0.0)
+    for i in range(np.uint64(n)):
+        s += a[np.uint64(a0) + i] * b[np.uint64(b0) + i]
+    return s
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _axpy(alpha, a, a0, b, b0, n):  # pragma: no cover - compiled
+    """b[b0 + i] += alpha * a[a0 + i] for i < n."""
+    for i in range(np.uint64(n)):
+        b[np.uint64(b0) + i] += alpha * a[np.uint64(a0) + i]
 
 
 @njit(cache=True, boundscheck=False)
 def _gather_dx(dbuf, dxf, x_off, h, wd, ph, pw, sw, hu, wq):  # pragma: no cover - compiled
     """dx plane at dxf[x_off:] = the phase planes dbuf without the padding (zero where no tap reached)."""
-    for i in range(h * wd):
-        dxf[x_off + i] = 0.0
+    _zero(dxf, x_off, x_off + h * wd)
     for q in range(sw):
         ulo = min(wq, max(0, (pw - q + sw - 1) // sw))
         uhi = min(wq, max(ulo, (wd + pw - q + sw - 1) // sw))
         for xr in range(max(0, min(h, hu - ph))):
             s = (q * hu + xr + ph) * wq
-            d = x_off + xr * wd + q - pw
-            for u in range(ulo, uhi):
-                dxf[d + u * sw] = dbuf[s + u]
+            d = x_off + xr * wd + q - pw  # + u*sw >= 0 for u >= ulo
+            if sw == 1:
+                for u in range(ulo, uhi):
+                    dxf[np.uint64(d + u)] = dbuf[np.uint64(s + u)]
+            else:
+                for u in range(ulo, uhi):
+                    dxf[np.uint64(d + u * sw)] = dbuf[np.uint64(s + u)]
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -493,7 +703,7 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "lo_hi", "out_shape", "plane", "workers")
+    __slots__ = ("args", "c8", "lo_hi", "out_shape", "plane", "workers")
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1)) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -501,25 +711,40 @@ class DepthwiseRunner:
         )
         self.out_shape = (n, c, oh, ow)
         self.lo_hi = _check_act(act)
-        self.workers = numba.get_num_threads()
-        planes = n * c
-        work = oh * ow * toff.size
-        per = max(1, min(-(-PLANE_WORK // max(work, 1)), planes // (4 * self.workers)))  # >= 4 tasks per thread
-        self.plane = sw * hu * wq
-        self.args = (planes, c, h, wd, ph, pw, sw, hu, wq, oh * ow, toff, _run_table(oh, ow, sh, wq), per)
+        self.workers = threads = numba.get_num_threads()
+        kh, kw = w_shape[2:]
+        (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
+        hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
+        self.c8 = C8 and hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
+        if self.c8:  # blocks of 8 channels
+            toff = np.array([(i * dh * wb + j * dw) * 8 for i in range(kh) for j in range(kw)], np.int64)
+            p = np.minimum(np.arange(-(-npix // 8) * 8), npix - 1)
+            xoff = ((p // ow * sh * wb + p % ow * sw) * 8).astype(np.int64)
+            blocks = n * -(-c // 8)
+            per = max(1, min(-(-PLANE_WORK // max(8 * npix * toff.size, 1)), blocks // (4 * threads)))
+            self.plane = hb * wb * 8
+            self.args = (n, c, h, wd, ph, pw, wb, npix, toff, xoff, per)
+        else:  # one plane at a time
+            planes = n * c
+            per = max(1, min(-(-PLANE_WORK // max(npix * toff.size, 1)), planes // (4 * threads)))  # 4 tasks a thread
+            self.plane = sw * hu * wq
+            self.args = (planes, c, h, wd, ph, pw, sw, hu, wq, npix, toff, _run_table(oh, ow, sh, wq), per)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:
             return
-        (buf,) = _WORKSPACE.get(self.workers * 2 * self.plane)
-        _dw_forward(
+        size = 2 * self.plane  # two buffers a worker: one filled while the other is read
+        (buf,) = _WORKSPACE.get(self.workers * size + 8)
+        buf = buf[(-buf.ctypes.data // 4) % 8 :][: self.workers * size]  # 32-byte aligned: whole 8-float vectors
+        kernel = _c8_forward if self.c8 else _dw_forward
+        kernel(
             x.reshape(-1),
             w.reshape(-1),
             bias,
             out.reshape(-1),
             *self.args,
             *self.lo_hi,
-            buf.reshape(self.workers, 2 * self.plane),
+            buf.reshape(self.workers, size),
             self.workers,
             np.zeros(1, np.int64),
         )
@@ -606,8 +831,8 @@ def depthwise_backward(
             dx[...] = 0.0
         return dx, dw, db
     workers = numba.get_num_threads()
-    size = 2 * sw * hu * wq
-    (buf,) = _WORKSPACE.get(workers * size)
+    size = sw * hu * wq
+    (buf,) = _WORKSPACE.get(workers * 2 * size)
     empty = np.empty(0, np.float32)
     _dw_backward(
         x.reshape(-1),
@@ -632,7 +857,7 @@ def depthwise_backward(
         need_dx,
         need_dw,
         need_db,
-        buf.reshape(workers, size),
+        buf.reshape(workers, 2, size),
         workers,
         np.zeros(1, np.int64),
     )

@@ -501,7 +501,8 @@ CAP_CASES = [  # x shape, w shape, kwargs: one per forward path, with cap 1.0 so
 
 @pytest.mark.parametrize("xs,ws,kw", CAP_CASES)
 def test_relu_max_clips_the_output(xs, ws, kw) -> None:
-    """ForwardRunner(..., relu=True, relu_max=cap): min(max(y, 0), cap) of the reference, on every forward path."""
+    """ForwardRunner(..., relu=True, relu_max=cap) and conv2d_forward(..., relu_max=cap): min(max(y, 0), cap) of the
+    reference, on every forward path."""
     from kernels.conv import ForwardRunner, direct_applies
 
     args = {"stride": (1, 1), "pad": (0, 0), "dilation": (1, 1), "group": 1, **kw}
@@ -520,6 +521,7 @@ def test_relu_max_clips_the_output(xs, ws, kw) -> None:
     assert got.max() <= 1.0 and got.min() >= 0.0
     plain = conv2d_forward(x, w, b, relu=True, **args)  # the cap is a min on top of the same ReLU: same bits below
     np.testing.assert_array_equal(got, np.minimum(plain, np.float32(1.0)))
+    np.testing.assert_array_equal(conv2d_forward(x, w, b, relu=True, relu_max=1.0, **args), got)
 
 
 def test_relu_max_inf_is_the_plain_relu() -> None:
@@ -544,3 +546,6 @@ def test_relu_max_errors(relu, relu_max, match) -> None:
 
     with pytest.raises(ValueError, match=match):
         ForwardRunner((1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1, relu, relu_max)
+    with pytest.raises(ValueError, match=match):
+        conv2d_forward(np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32), None, relu=relu,
+                       relu_max=relu_max)  # fmt: skip

@@ -79,7 +79,7 @@ def _assert_close(got: np.ndarray, want: np.ndarray, terms: int, rtol: float = R
 # ---------------------------------------------------------------------------------------------- forward
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("c,h,k,stride", LITE0)
-def test_lite0_layers_match_reference(c, h, k, stride, n) -> None:
+def test_lite0_layers_match_reference(c, h, k, stride, n, path) -> None:
     rng = np.random.default_rng(c + h + k)
     x = rng.standard_normal((n, c, h, h), dtype=np.float32)
     w, pad = _caffe_weights(rng, c, k, stride)
@@ -119,8 +119,22 @@ ODD_CASES = [  # x shape, w shape, stride, pad, dilation
 ]
 
 
+@pytest.fixture(params=["default", "plane", "c8"])
+def path(request, monkeypatch):
+    """The forward path: the default choice, or every shape forced through one path (plane by plane: _dw_forward;
+    blocks of 8 channels: _c8_forward)."""
+    import kernels.depthwise as dw_module
+
+    if request.param == "plane":
+        monkeypatch.setattr(dw_module, "C8", False)
+    elif request.param == "c8":
+        monkeypatch.setattr(dw_module, "C8_MAX_PIXELS", 1 << 30)
+        monkeypatch.setattr(dw_module, "C8_MAX_PIXELS_STRIDED", 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("xs,ws,stride,pad,dil", ODD_CASES)
-def test_odd_shapes_match_reference(xs, ws, stride, pad, dil) -> None:
+def test_odd_shapes_match_reference(xs, ws, stride, pad, dil, path) -> None:
     x, w, b = _inputs(xs, ws, seed=sum(xs))
     kw = {"stride": stride, "pad": pad, "dilation": dil}
     want = depthwise_forward_ref(x, w, b, **kw)
@@ -130,7 +144,7 @@ def test_odd_shapes_match_reference(xs, ws, stride, pad, dil) -> None:
 
 @pytest.mark.parametrize("pad", [0, 1, 2, 3])
 @pytest.mark.parametrize("k", [4, 6])
-def test_zero_first_row_and_column_at_every_pad(k, pad) -> None:
+def test_zero_first_row_and_column_at_every_pad(k, pad, path) -> None:
     """Kernels with zero taps (dropped from the tap table) at pads 0-3, strides 1 and 2, odd sizes."""
     rng = np.random.default_rng(k * 10 + pad)
     x = rng.standard_normal((2, 6, 13, 11), dtype=np.float32)
@@ -141,6 +155,16 @@ def test_zero_first_row_and_column_at_every_pad(k, pad) -> None:
         got = depthwise_forward(x, w, b, stride=stride, pad=pad)
         _assert_close(got, depthwise_forward_ref(x, w, b, stride=stride, pad=pad), k * k)
         assert (got[:, 2] == b[2]).all()
+
+
+def test_path_choice() -> None:
+    """Blocks of 8 channels for small planes (and stride-2 planes up to 56 x 56), plane by plane for large ones."""
+    rng = np.random.default_rng(0)
+    chosen = []
+    for c, h, k, stride in LITE0:
+        w, pad = _caffe_weights(rng, 1, k, stride)
+        chosen.append(DepthwiseRunner((1, c, h, h), (c, *w.shape[1:]), stride, pad).c8)
+    assert chosen == [False, False, False, True, True, True, True, True, True, True, True, True]
 
 
 def test_reference_by_hand() -> None:
@@ -165,7 +189,7 @@ def test_matches_grouped_convolution_and_torch() -> None:
 
 
 @pytest.mark.parametrize("act", [(0.0, 6.0), (0.0, float("inf")), (-0.5, 0.25), (1.0, 1.0)])
-def test_fused_clip(act) -> None:
+def test_fused_clip(act, path) -> None:
     x, w, b = _inputs((2, 8, 10, 10), (8, 1, 3, 3), seed=5)
     plain = depthwise_forward(x, w, b, pad=1)
     got = depthwise_forward(x, w, b, pad=1, act=act)
@@ -175,7 +199,7 @@ def test_fused_clip(act) -> None:
     _assert_close(got, depthwise_forward_ref(x, w, b, pad=1, act=act), 9)
 
 
-def test_clip_keeps_nan() -> None:
+def test_clip_keeps_nan(path) -> None:
     x, w, b = _inputs((1, 2, 6, 6), (2, 1, 3, 3), seed=6)
     x[0, 1, 2, 2] = np.nan
     got = depthwise_forward(x, w, b, pad=1, act=(0.0, 6.0))
@@ -183,7 +207,7 @@ def test_clip_keeps_nan() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_every_thread_count(threads) -> None:
+def test_every_thread_count(threads, path) -> None:
     numba = pytest.importorskip("numba")
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip(f"numba has {numba.config.NUMBA_NUM_THREADS} threads")
@@ -202,7 +226,7 @@ def test_every_thread_count(threads) -> None:
         _assert_close(g, r, terms, RTOL_BWD, what)
 
 
-def test_runner_reused_with_new_weights_and_inputs() -> None:
+def test_runner_reused_with_new_weights_and_inputs(path) -> None:
     rng = np.random.default_rng(8)
     for n in (1, 4):
         run = DepthwiseRunner((n, 10, 12, 12), (10, 1, 4, 4), 2, 1, (0.0, 6.0))
