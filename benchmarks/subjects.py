@@ -500,11 +500,9 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
         ours = partial(net.forward, data=x)
         refs = {k: partial(f, x) for k, f in refs_of.items()}
 
-        def check(ours=ours, refs=refs, label=f"efficientnet-lite0 N={batch}"):
-            got = ours()["prob"].reshape(len(x), -1)
-            return [
-                compare(f"{label} softmax vs {r}", got, fn().reshape(len(x), -1), atol=1e-5) for r, fn in refs.items()
-            ]
+        def check(ours=ours, refs=refs, n=batch, label=f"efficientnet-lite0 N={batch}"):
+            got = ours()["prob"].reshape(n, -1)
+            return [compare(f"{label} softmax vs {r}", got, fn().reshape(n, -1), atol=1e-5) for r, fn in refs.items()]
 
         ours()
         flops = _net_flops(net) * batch

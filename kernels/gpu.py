@@ -213,8 +213,10 @@ def conv2d_forward(
     group: int = 1,
     out: Any = None,
     relu: bool = False,
+    relu_max: float = math.inf,
 ) -> Any:
-    """Convolution forward (Caffe semantics) as an implicit GEMM; `relu` fuses max(y, 0) into the epilogue.
+    """Convolution forward (Caffe semantics) as an implicit GEMM; `relu` fuses max(y, 0) into the epilogue, and a
+    finite `relu_max` (ReLU6: 6) caps it, min(max(y, 0), relu_max), in one pass over the output after the GEMM.
 
     x: (N, C, H, W); w: (M, C/group, kh, kw); b: (M,) or None -> y: (N, M, OH, OW) float32 (into `out` when given).
     """
@@ -246,6 +248,8 @@ def conv2d_forward(
         launch(rt, "gemm", "conv2d_igemm", defines, plan.grid, plan.block, args)
         if relu and atomic:
             relu_forward(y, out=y)
+    if relu and relu_max != math.inf:
+        clip_forward(out, 0.0, relu_max, out=out)
     return out
 
 
@@ -382,6 +386,14 @@ def relu_forward(x: Any, negative_slope: float = 0.0, out: Any = None) -> Any:
     rt = runtime()
     x, out = _unary_out(rt, x, out, "ReLU")
     _flat(rt, "activations", "relu", (x, out), x.size, (f32(negative_slope),))
+    return out
+
+
+def clip_forward(x: Any, lo: float, hi: float, out: Any = None) -> Any:
+    """y = min(max(x, lo), hi) (Caffe's Clip, ReLU6); `out` may be x (in place)."""
+    rt = runtime()
+    x, out = _unary_out(rt, x, out, "Clip")
+    _flat(rt, "activations", "clip", (x, out), x.size, (f32(lo), f32(hi)))
     return out
 
 
@@ -538,6 +550,7 @@ def batchnorm_forward_inference(
 # reachable here too, looked up on first use, so one namespace has every launcher a layer calls through
 # net.device.kernels_for.
 BACKWARD = (
+    "clip_backward",
     "concat_backward",
     "conv2d_backward",
     "dropout_backward",

@@ -57,6 +57,7 @@ from kernels.pool import pool2d_output_shape
 __all__ = [
     "COL_LIMIT",
     "REDUCE_THREADS",
+    "clip_backward",
     "concat_backward",
     "conv2d_backward",
     "dropout_backward",
@@ -365,6 +366,16 @@ def relu_backward(dy: Any, x: Any, negative_slope: float = 0.0, out: Any = None)
     rt = runtime()
     dy, x, out = _pair_grad(rt, dy, x, out, "ReLU", "x")
     _flat(rt, "backward", "relu_backward", (dy, x, out), dy.size, (f32(negative_slope),))
+    return out
+
+
+def clip_backward(
+    dy: Any, x: Any, lo: float, hi: float, *, inclusive: bool = True, out: Any = None
+) -> Any:
+    """dx = dy where lo <= x <= hi (inclusive=False: lo < x < hi, x the in-place output), else 0; OVERWRITTEN."""
+    rt = runtime()
+    dy, x, out = _pair_grad(rt, dy, x, out, "Clip", "x")
+    _flat(rt, "backward", "clip_backward", (dy, x, out), dy.size, (f32(lo), f32(hi), i32(1 if inclusive else 0)))
     return out
 
 

@@ -812,6 +812,29 @@ class EltwiseLayer(Layer):
                 raise self.error(f"all inputs must have the same shape: {bottom[0].shape} vs {b.shape}")
         top[0].reshape(bottom[0].shape)
 
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        if self.op != "SUM" or top[0] in bottom:
+            return None
+        shape = bottom[0].shape
+        xs = [b.data for b in bottom]
+        if not all(_plain(x, shape) for x in xs):
+            return None
+        run = elementwise.eltwise_sum_runner(len(xs), math.prod(shape), self.coeffs)
+        dst = top[0]
+        out = _plan_out(dst, xs[0], shape)
+        if any(np.may_share_memory(out, x) for x in xs):
+            return None
+
+        def step() -> bool:
+            xs = [b.data for b in bottom]
+            if dst.data is not out or not all(_plain(x, shape) for x in xs):
+                return False
+            self.xs, self.mask = xs, None  # as forward keeps them (SUM's backward reads neither)
+            run(xs, out)
+            return True
+
+        return step
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         """At TRAIN a MAX layer records the winning bottom per element for the backward (Caffe's max_idx_)."""
         self.xs = [b.data for b in bottom]  # kept for PROD/MAX backward, also when top is one of the bottoms

@@ -1,8 +1,9 @@
 """`crema serve`, `crema index` and `crema download`: the web app's command-line verbs.
 
-    crema serve [--host 127.0.0.1] [--port 8000] [--model M --weights W --labels L] [--gallery DIR]
+    crema serve [--host 127.0.0.1] [--port 8000] [--model NAME | --model M --weights W --labels L] [--gallery DIR]
                 [--bing-url URL] [--no-web] [--no-batching] [--cache DIR] [--feature-blob NAME]
-    crema index DIR [--model M --weights W] [--out INDEX] [--batch 32]
+                [--no-personal-gallery] [--personal-max-photos N] [--personal-max-mb MB]
+    crema index DIR [--model NAME | --model M --weights W] [--out INDEX] [--batch 32]
     crema download caffenet [--url URL] [--out PATH] [--sha1 HEX]
 
 Without --model, serve and index use the embedded default model, EfficientNet-Lite0 on ImageNet (converted once
@@ -126,6 +127,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # to ~100 ms under load at Python's default 5 ms). A short interval keeps the inference thread moving.
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
+    print(
+        "crema: warming the model up before serving (the first start on a machine compiles crema's kernels, about a "
+        "minute on 2 cores; later starts load them from Numba's cache)",
+        flush=True,
+    )
     print(f"crema: open http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0

@@ -10,6 +10,7 @@
 //                       <= SOFTMAX_THREADS).
 //   5. softmax_strided  softmax over axis C of (outer, C, inner) with inner > 1: one thread per (outer, inner)
 //                       position walking C (coalesced along inner).
+//   6. clip             y = min(max(x, lo), hi) (Caffe's Clip; ReLU6 is lo 0, hi 6), grid-stride (y may be x).
 // As on the CPU: exp of (x - max) in float32, the sum in float64, y = float(e / sum).
 // Index arithmetic is 32-bit: the launcher splits each launch below 2^30 elements.
 
@@ -96,5 +97,11 @@ extern "C" __global__ void softmax_strided(const float* x, float* y, int outer, 
             sum += (double)e;
         }
         for (int c = 0; c < C; ++c) yp[c * inner] = (float)((double)yp[c * inner] / sum);
+    }
+}
+
+extern "C" __global__ void clip(const float* __restrict__ x, float* y, int n, float lo, float hi) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        y[i] = fminf(fmaxf(x[i], lo), hi);
     }
 }

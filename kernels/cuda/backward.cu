@@ -16,6 +16,7 @@
 //                            ratio = dy x scale^-beta / scale.
 //   5. lrn_within_backward   pass 2: dx -= coeff x * (n x n box sum of ratio, float64).
 //   6. relu_backward         dx = dy * (x > 0 ? 1 : slope)  (x may be the output when the layer ran in place)
+//   6b. clip_backward        dx = dy where lo <= x <= hi (inclusive) or lo < x < hi (x the in-place output), else 0
 //   7. sigmoid_backward      dx = dy * y * (1 - y)
 //   8. tanh_backward         dx = dy * (1 - y * y)
 //   9. softmax_backward_rows     dx = (dy - sum(dy y)) * y over C contiguous values: one block per row, the float64
@@ -189,6 +190,15 @@ extern "C" __global__ void lrn_within_backward(const float* __restrict__ x, cons
 extern "C" __global__ void relu_backward(const float* dy, const float* x, float* dx, int n, float slope) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         dx[i] = dy[i] * (x[i] > 0.f ? 1.f : slope);
+    }
+}
+
+extern "C" __global__ void clip_backward(const float* dy, const float* x, float* dx, int n, float lo, float hi,
+                                         int inclusive) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float v = x[i];
+        const bool inside = inclusive ? (v >= lo && v <= hi) : (v > lo && v < hi);
+        dx[i] = inside ? dy[i] : 0.f;
     }
 }
 

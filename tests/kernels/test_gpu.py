@@ -101,7 +101,7 @@ def test_kernel_names() -> None:
     assert names["gemm"] == ["sgemm", "conv2d_igemm", "sgemm_naive", "gemv_rows", "gemv_rows_t"]
     assert names["pool"] == ["pool2d_max", "pool2d_ave"]
     assert names["lrn"] == ["lrn_across", "lrn_within"]
-    assert names["activations"] == ["relu", "sigmoid", "tanh_forward", "softmax_rows", "softmax_strided"]
+    assert names["activations"] == ["relu", "sigmoid", "tanh_forward", "softmax_rows", "softmax_strided", "clip"]
     assert len(names["elementwise"]) == 6
     assert synchronising(gr.cuda_source("gemm")) >= {"sgemm", "conv2d_igemm", "gemv_rows"}
     assert "gemv_rows_t" not in synchronising(gr.cuda_source("gemm"))
@@ -484,6 +484,10 @@ def test_activations(dev) -> None:
     np.testing.assert_array_equal(down(xd), activations.relu_forward(x))
     assert_near(down(gpu.sigmoid_forward(up(x))), activations.sigmoid_forward(x))
     assert_near(down(gpu.tanh_forward(up(x))), activations.tanh_forward(x))
+    np.testing.assert_array_equal(down(gpu.clip_forward(up(x), 0.0, 6.0)), activations.clip_forward(x, 0.0, 6.0))
+    xd = up(x)
+    assert gpu.clip_forward(xd, -1.0, 2.5, out=xd) is xd
+    np.testing.assert_array_equal(down(xd), activations.clip_forward(x, -1.0, 2.5))
 
 
 @pytest.mark.parametrize(("shape", "axis"), [((3, 1000), 1), ((4, 7), 1), ((2, 5, 3, 4), 1), ((2, 3, 6), -1)])

@@ -181,6 +181,10 @@ def test_activation_backwards(dev) -> None:
     d = up(dy)
     assert gb.relu_backward(d, up(x), out=d) is d  # in place
     np.testing.assert_array_equal(down(d), activations.relu_backward(dy, x))
+    x.reshape(-1)[1::9] = 6.0  # on the bound: inside when inclusive, outside otherwise
+    for inclusive in (True, False):
+        got = gb.clip_backward(up(dy), up(x), 0.0, 6.0, inclusive=inclusive)
+        np.testing.assert_array_equal(down(got), activations.clip_backward(dy, x, 0.0, 6.0, inclusive=inclusive))
     y = activations.sigmoid_forward(x)
     assert_near(down(gb.sigmoid_backward(up(dy), up(y))), activations.sigmoid_backward(dy, y))
     y = activations.tanh_forward(x)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from kernels.activations import (
+    clip_backward_ref,
+    clip_forward_ref,
     dropout_backward_ref,
     relu_backward_ref,
     sigmoid_backward_ref,
@@ -24,6 +26,7 @@ from kernels.pool import pool2d_backward_ref
 from net.blob import Blob
 from net.layers import Layer, create_layer
 from net.prototxt_loader import parse_text
+from tests.gradcheck import numeric_grad
 
 ATOL = 1e-6
 
@@ -112,6 +115,29 @@ def test_relu(slope: float, in_place: bool) -> None:
     assert (bottom[0].data is top[0].data) == in_place
     (dy,) = _backward(layer, bottom, top)
     np.testing.assert_array_equal(bottom[0].diff, relu_backward_ref(dy, x, slope).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("spec", "lo", "hi"), [('type: "ReLU6"', 0.0, 6.0), ('type: "Clip" clip_param { min: -1.5 max: 2 }', -1.5, 2.0)]
+)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_clip_relu6(spec: str, lo: float, hi: float, in_place: bool) -> None:
+    """Forward against clip_forward_ref (exact); backward against clip_backward_ref and a float64 central-difference
+    gradient of sum(dy * clip(x)) away from the kinks. In place, the bottom holds the output, so elements clipped to
+    a bound get no gradient (inclusive=False), as the layer documents."""
+    layer = _layer(spec)
+    x = _data((3, 4, 5), 5) * 5
+    x.reshape(-1)[::7] = np.float32(hi)  # exactly on the upper bound
+    bottom, top = _forward(layer, [x], in_place)
+    np.testing.assert_array_equal(top[0].data, clip_forward_ref(x, lo, hi))
+    assert (bottom[0].data is top[0].data) == in_place
+    (dy,) = _backward(layer, bottom, top)
+    ref = clip_backward_ref(dy, bottom[0].data if in_place else x, lo, hi, inclusive=not in_place)
+    np.testing.assert_array_equal(bottom[0].diff, ref.astype(np.float32))
+    away = (np.abs(x - lo) > 1e-3) & (np.abs(x - hi) > 1e-3)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    num = numeric_grad(lambda v: float(np.sum(dy64 * np.clip(v, lo, hi))), x64.copy())
+    assert np.max(np.abs(bottom[0].diff[away] - num[away])) <= 1e-6
 
 
 @pytest.mark.parametrize("kind", ["Sigmoid", "TanH"])
