@@ -37,8 +37,8 @@ smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and pe
 5. ``_c8_tile``       - 8 consecutive output pixels (any rows) x 8 channels: per tap one aligned load of the 8
                         channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
                         FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
-6. ``_c8_forward``    - the tap tables of every block once per call (taps zero in all 8 channels dropped), then
-                        (image, block) tasks claimed as in 3., filled one ahead.
+6. ``_c8_forward``    - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
+                        taps zero in all 8 channels dropped), claimed and filled one ahead as in 3.
 Backward:
 7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
                         sum dy * (the x plane of 1. shifted by tap t), a dot product per output row, float32 per
@@ -491,50 +491,55 @@ def _c8_forward(xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xo
     xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
-    blocks = n_img * nblk
+    blocks = n_img * nblk  # block-major: q -> block q // n_img of image q % n_img (a task's images share its taps)
     ntask = (blocks + per - 1) // per
     bsize = ws.shape[1] // 2
-    wt = np.empty(nblk * khw * 8, np.float32)  # block q's taps: wt[(q*khw + k)*8 + lane], k < ntaps[q]
-    toff = np.empty(nblk * khw, np.int64)
-    ntaps = np.empty(nblk, np.int64)
-    b8 = np.zeros(nblk * 8 + 8, np.float32)  # whole 8-float loads of the last block
-    for q in prange(nblk):  # the tap tables once per call, not per image: taps zero in every channel dropped
-        c0 = q * 8
-        nch = min(8, c - c0)
-        k = 0
-        for t in range(khw):
-            nz = False
-            for lane in range(8):
-                v = wf[(c0 + lane) * khw + t] if lane < nch else np.float32(0.0)
-                wt[(q * khw + k) * 8 + lane] = v
-                nz = nz or v != 0.0
-            if nz:
-                toff[q * khw + k] = toff_all[t]
-                k += 1
-        ntaps[q] = k
-        for lane in range(nch):
-            b8[c0 + lane] = bias[c0 + lane]
     for t in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
         offs = np.empty(8, np.int64)
+        wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
+        toff = np.empty(khw, np.int64)
+        b8 = np.empty(8, np.float32)
+        cur, ntap = -1, 0
         _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
         task = _claim(counter)
         while task < ntask:
             q0, q1 = task * per, min(blocks, (task + 1) * per)
             for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_forward)
                 if q < q1:
-                    n, c0 = q // nblk, (q % nblk) * 8
+                    n, c0 = q % n_img, q // n_img * 8
                     qbuf = ws[t][(q - q0) % 2 * bsize :]
                     _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
                 if q == q0:
                     continue
-                n, blk = (q - 1) // nblk, (q - 1) % nblk
+                n, blk = (q - 1) % n_img, (q - 1) // n_img
                 c0 = blk * 8
+                nch = min(8, c - c0)
+                if blk != cur:
+                    cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
                 buf = ws[t][(q - 1 - q0) % 2 * bsize :]
                 ybase = (n * c + c0) * npix
-                wq_, tq, bq, nt = wt[blk * khw * 8 :], toff[blk * khw :], b8[c0:], ntaps[blk]
                 for p0 in range(0, npix, 8):
-                    _c8_tile(buf, xoff, p0, wq_, tq, nt, y, ybase, npix, min(8, c - c0), min(8, npix - p0), bq, lo, hi)
+                    _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
             task = _claim(counter)
+
+
+@njit(cache=True, boundscheck=False)
+def _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8):  # pragma: no cover - compiled
+    """The tap table of the block of channels c0 .. c0 + nch - 1: wt[k*8 + lane], toff[k] for its taps that are not
+    zero in every channel (lanes >= nch zero), b8 its biases; returns the number of taps."""
+    k = 0
+    for t in range(khw):
+        nz = False
+        for lane in range(8):
+            v = wf[(c0 + lane) * khw + t] if lane < nch else np.float32(0.0)
+            wt[k * 8 + lane] = v
+            nz = nz or v != 0.0
+        if nz:
+            toff[k] = toff_all[t]
+            k += 1
+    for lane in range(8):
+        b8[lane] = bias[c0 + lane] if lane < nch else np.float32(0.0)
+    return k
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -703,7 +708,7 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "c8", "lo_hi", "out_shape", "plane", "workers")
+    __slots__ = ("args", "c8", "lo_hi", "out_shape", "plane", "workers", "ws")
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1)) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -712,6 +717,7 @@ class DepthwiseRunner:
         self.out_shape = (n, c, oh, ow)
         self.lo_hi = _check_act(act)
         self.workers = threads = numba.get_num_threads()
+        self.ws = (None, None)
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
@@ -735,16 +741,18 @@ class DepthwiseRunner:
             return
         size = 2 * self.plane  # two buffers a worker: one filled while the other is read
         (buf,) = _WORKSPACE.get(self.workers * size + 8)
-        buf = buf[(-buf.ctypes.data // 4) % 8 :][: self.workers * size]  # 32-byte aligned: whole 8-float vectors
-        kernel = _c8_forward if self.c8 else _dw_forward
-        kernel(
+        base, ws = self.ws  # the aligned view of this thread's workspace, kept while the workspace stays the same
+        if base is not buf.base:
+            ws = buf[(-buf.ctypes.data // 4) % 8 :][: self.workers * size].reshape(self.workers, size)  # 32-byte
+            self.ws = (buf.base, ws)  # one tuple: a runner shared by threads reads a matching pair
+        (_c8_forward if self.c8 else _dw_forward)(
             x.reshape(-1),
             w.reshape(-1),
             bias,
             out.reshape(-1),
             *self.args,
             *self.lo_hi,
-            buf.reshape(self.workers, size),
+            ws,
             self.workers,
             np.zeros(1, np.int64),
         )
