@@ -52,8 +52,10 @@ once, for a Net's execution plan) and
 Shapes: x (N, C, H, W), w (C, 1, kh, kw), b (C,), y (N, C, OH, OW) with OH, OW from ``conv.conv2d_output_shape``.
 Any kernel size, stride, pad and dilation take the fast paths.
 
-Benchmark (checks against the reference first, then interleaved A/B against ``conv2d_forward`` with group = C,
-torch and ONNX Runtime on the EfficientNet-Lite0 depthwise layers): ``python -m benchmarks.bench_depthwise``.
+Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``; per layer (the 12 EfficientNet-Lite0
+depthwise layers, checked against the reference first, then interleaved A/B against ``conv2d_forward`` with group = C,
+torch and ONNX Runtime on one Conv node), the script bench_depthwise.py handed over with this module (not yet in
+benchmarks/).
 """
 
 from __future__ import annotations
