@@ -4,14 +4,16 @@
     python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, train
     python -m benchmarks --filter caffenet        # cases whose name contains this text
     python -m benchmarks --quick                  # fewer timed runs (a smoke test, not for reporting)
-    python -m benchmarks --readme                 # also write the Markdown table into README.md between its markers
+    python -m benchmarks --publish                # write benchmarks/results/ (bench.json, bench.md, bench.png)
+    python -m benchmarks --readme                 # --publish, and the Markdown table into README.md between its markers
 
 Every framework is pinned to --threads threads (environment variables set before NumPy, Numba, PyTorch, OpenCV
 or ONNX Runtime load, and each framework's own setter). Every result is checked against the references before it
 is timed; a wrong result prints MISMATCH instead of a time and the exit status is 1. JIT compile (or Numba cache
 load) is the "first" column of the JSON, apart from the timings. Outputs: one fixed-width line per configuration on
-stdout, raw runs as JSON (--json), a Markdown table (--markdown; --readme embeds it), a PNG bar chart of the ratios
-to the fastest reference (--chart). Exit status: 0, or 1 on a mismatch, or 3 when --strict and a target is missed.
+stdout; raw runs as JSON (--json FILE), a Markdown table (--markdown FILE) and a PNG bar chart of the ratios to the
+fastest reference (--chart FILE) only when asked, or all three into benchmarks/results/ with --publish (--readme also
+embeds the table). Exit status: 0, or 1 on a mismatch, or 3 when --strict and a target is missed.
 """
 
 from __future__ import annotations
@@ -38,12 +40,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")
     p.add_argument("--quick", action="store_true", help="one round of one timed run per side (smoke test)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of timed runs")
-    p.add_argument("--json", type=Path, default=RESULTS / "bench.json", help="raw runs (default %(default)s)")
-    p.add_argument("--markdown", type=Path, default=RESULTS / "bench.md", help="Markdown table")
-    p.add_argument("--chart", type=Path, default=RESULTS / "bench.png", help="PNG bar chart of the ratios")
-    p.add_argument("--readme", action="store_true", help="embed the table in README.md between its bench markers")
+    p.add_argument("--json", type=Path, help="write the raw runs here")
+    p.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    p.add_argument("--chart", type=Path, help="write the PNG bar chart of the ratios here")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write the published results ({RESULTS}/bench.json, bench.md, bench.png); not with --quick",
+    )
+    p.add_argument("--readme", action="store_true", help="--publish, and embed the table in README.md between its markers")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.readme:
+        args.publish = True
+    if args.publish and args.quick:
+        p.error("--quick runs are a smoke test: they are not published (drop --publish/--readme or --quick)")
+    if args.publish:
+        args.json = args.json or RESULTS / "bench.json"
+        args.markdown = args.markdown or RESULTS / "bench.md"
+        args.chart = args.chart or RESULTS / "bench.png"
+    return args
 
 
 def pin_threads(n: int) -> dict[str, int]:
@@ -98,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
             print(harness.line(result, peak, refs), flush=True)
     compile_s = sum(r.first_s for r in results if r.first_s == r.first_s)
     print(f"first calls (JIT compile or cache load, plus one run): {compile_s:.2f} s in all")
-    data = harness.to_json(results, meta)
-    harness.write_json(args.json, data)
     table = harness.markdown(results, peak, meta)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(table)
-    harness.bar_chart(results, args.chart)
-    print(f"raw runs: {args.json}; table: {args.markdown}; chart: {args.chart}")
+    if args.json:
+        harness.write_json(args.json, harness.to_json(results, meta))
+        print(f"raw runs: {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+        print(f"table: {args.markdown}")
+    if args.chart:
+        harness.bar_chart(results, args.chart)
+        print(f"chart: {args.chart}")
     if args.readme:
         if harness.update_readme(ROOT / "README.md", table):
             print("README.md: table updated")

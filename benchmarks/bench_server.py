@@ -14,7 +14,7 @@ the run fail (exit 1). One line per mode:
 
     lenet batched  (max 32, 5 ms) | 200 req x 16 clients | p50  21.3 ms | p99  48.0 ms |  612.4 req/s | mean batch 7.9 | 0 errors
 
-Raw numbers go to benchmarks/results/server.json. Client and server share the machine: on few cores the
+Raw numbers go to benchmarks/results/server.json with --publish (or --out FILE). Client and server share the machine: on few cores the
 client's own CPU use is part of what is measured.
 """
 
@@ -262,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-ms", type=float, default=5.0)
     p.add_argument("--gallery-size", type=int, default=10_000, help="gallery index size (0: none)")
     p.add_argument("--threads", type=int, help="the server's --threads (Numba threads for inference)")
-    p.add_argument("--out", default=str(RESULTS), help="JSON results file")
+    p.add_argument("--out", help="write the JSON results here")
+    p.add_argument("--publish", action="store_true", help=f"write them to {RESULTS}")
     args = p.parse_args(argv)
+    if args.publish and not args.out:
+        args.out = str(RESULTS)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"batched", "unbatched"} or min(args.requests, args.clients) < 1:
         p.error("--modes takes batched and/or unbatched; --requests and --clients must be >= 1")
@@ -288,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  error: {e}", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "results": results}, indent=1)
-    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(
+            json.dumps({"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "results": results}, indent=1)
+        )
     if len(results) == 2:
         b, u = results
         print(f"batched / unbatched throughput: {b['req_per_s'] / u['req_per_s']:.2f}x")

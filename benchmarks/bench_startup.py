@@ -77,13 +77,17 @@ def bench_memory() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/startup.json"))
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--publish", action="store_true", help="write them to benchmarks/results/startup.json")
     args = parser.parse_args(argv)
+    if args.publish and not args.json:
+        args.json = str(ROOT / "benchmarks/results/startup.json")
     with tempfile.TemporaryDirectory() as tmp:
         result = {"startup": bench_startup(Path(tmp)), "memory": bench_memory()}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    print(f"raw results: {args.json}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"raw results: {args.json}")
     return 0
 
 

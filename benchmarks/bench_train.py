@@ -9,7 +9,7 @@ momentum form, inv policy, weight decay, lr_mult 2 on biases, test every 500 ite
 test images). PyTorch gets the same net, the same initial weights, the same batch size, schedule and
 update rule (V <- mu V + lr (g + wd w); w <- w - V, per-parameter lr_mult), data in shuffled epochs,
 on the same number of threads. Both report the wall time of the training loop alone (tests excluded)
-and of the whole run. Results go to benchmarks/results/train.json. Needs `crema data mnist` first.
+and of the whole run. Results go to benchmarks/results/train.json with --publish (or --json FILE). Needs `crema data mnist` first.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--out", type=Path, help="save crema's trained lenet.caffemodel into this folder")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/train.json")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--publish", action="store_true", help="write them to benchmarks/results/train.json")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -182,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch: {args.iters} iterations in {torch_r['wall_s']:.1f} s (loop {torch_r['train_loop_s']:.1f} s)")
         print(f"torch: final test accuracy {torch_r['final_test_accuracy']}, test loss {torch_r['final_test_loss']}")
         print(f"crema speed = {ratio:.2f}x torch (training loops, {args.threads} threads)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1, default=float))
-    print(f"raw results: {args.json}")
+    if args.publish and args.json is None:
+        args.json = ROOT / "benchmarks/results/train.json"
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+        print(f"raw results: {args.json}")
     return 0
 
 

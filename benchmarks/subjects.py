@@ -4,7 +4,7 @@ Groups (each a function returning cases; `build(groups, threads)` makes them in 
 - ``gemm``:  crema's GEMM core (kernels.gemm.gemm) at 256^3, 1024^3, 2048^3 vs NumPy's BLAS (np.matmul) and torch.mm.
              Target: >= 0.7x NumPy at 1024^3 and 2048^3.
 - ``layers``: every LeNet layer at batch 64 and every CaffeNet layer at batch 10 (conv, pool, fc, LRN), forward and
-             backward. Forward vs PyTorch and ONNX Runtime (a one-node graph); backward vs PyTorch (the aten backward
+             backward; EfficientNet-Lite0's depthwise convolutions (+ bias + ReLU6) forward at batch 1 and 32. Forward vs PyTorch and ONNX Runtime (a one-node graph); backward vs PyTorch (the aten backward
              op autograd calls, or autograd with retain_graph). "bwd" = dx, dW, db; "bwd(w)" = dW, db (a layer on
              the data: no dx in training). Pool "fwd" is the TRAIN forward (MAX records its argmax, as torch's
              max_pool2d_with_indices does).
@@ -361,6 +361,89 @@ def _fc_cases(rng, net: str, batch: int, spec, threads: int) -> list[Case]:
     ]
 
 
+# EfficientNet-Lite0's depthwise convolutions (C, H, k, stride) with the TF SAME padding as crema's converter writes
+# it: stride 2 as a (k+1)x(k+1) kernel with a zero first row and column, symmetric pad (net.efficientnet). + ReLU6.
+EFFICIENTNET_DW = [
+    ("block0/dw", 32, 112, 3, 1),
+    ("block1/dw", 96, 112, 3, 2),
+    ("block2/dw", 144, 56, 3, 1),
+    ("block3/dw", 144, 56, 5, 2),
+    ("block4/dw", 240, 28, 5, 1),
+    ("block5/dw", 240, 28, 3, 2),
+    ("block6/dw", 480, 14, 3, 1),
+    ("block8/dw", 480, 14, 5, 1),
+    ("block9/dw", 672, 14, 5, 1),
+    ("block11/dw", 672, 14, 5, 2),
+    ("block12/dw", 1152, 7, 5, 1),
+    ("block15/dw", 1152, 7, 3, 1),
+]
+
+
+def _depthwise_cases(rng, batch: int, spec, threads: int) -> list[Case]:
+    """Depthwise forward (+ bias + ReLU6) vs torch (groups=C, then clamp) and ORT (Conv group=C, then Clip)."""
+    from kernels.depthwise import DepthwiseRunner, depthwise_forward_ref
+    from net.efficientnet import same_pads
+
+    torch = _torch()
+    name, c, h, k, s = spec
+    before, after = same_pads(h, k, s)
+    w = _rand(rng, c, 1, k, k, scale=0.3)
+    if after == before + 1:
+        w, k, p = np.ascontiguousarray(np.pad(w, ((0, 0), (0, 0), (1, 0), (1, 0)))), k + 1, after
+    else:
+        p = before
+    x, b = _rand(rng, batch, c, h, h), _rand(rng, c)
+    run = DepthwiseRunner(x.shape, w.shape, (s, s), (p, p), (0.0, 6.0))
+    out = np.empty(run.out_shape, np.float32)
+    label = f"efficientnet {name} N={batch} C={c} H={h} k={k} s={s} dw+relu6"
+    refs: dict[str, Callable] = {}
+    if torch is not None:
+        tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+        conv = torch.nn.functional.conv2d
+
+        @torch.inference_mode()
+        def torch_dw(tx=tx, tw=tw, tb=tb):
+            return torch.clamp(conv(tx, tw, tb, s, p, 1, c), 0.0, 6.0)
+
+        refs["torch"] = torch_dw
+    if _ort_ok():
+        from onnx import helper
+
+        from benchmarks.references import onnx_session
+
+        nodes = [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=c),
+            helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+        ]
+        # Clip's bounds as scalar initializers
+        sess = onnx_session(
+            nodes,
+            [("x", x.shape)],
+            ["y"],
+            {"w": w, "b": b, "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)},
+            threads,
+        )
+        refs["onnxruntime"] = partial(sess.run, None, {"x": x})
+
+    def ours():
+        run(x, w, b, out)
+        return out
+
+    def check():
+        small = x[:1]
+        want = np.clip(depthwise_forward_ref(small, w, b, stride=(s, s), pad=(p, p)), 0.0, 6.0)
+        lines = [compare(f"{label} vs numpy ref (N=1)", ours()[:1], want, rtol=1e-5)]
+        got = ours()
+        for ref, fn in refs.items():
+            r = fn()
+            r = r[0] if isinstance(r, list) else r
+            lines.append(compare(f"{label} vs {ref}", got, np.asarray(r), rtol=1e-5))
+        return lines
+
+    flops = 2.0 * out.size * (k if after != before + 1 else k - 1) ** 2  # the real taps (zero taps are skipped)
+    return [Case("layer", f"{label} fwd", ours, refs, flops, check)]
+
+
 def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
     cases: list[Case] = []
     for spec in LENET_CONV:
@@ -377,6 +460,9 @@ def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
         cases += _lrn_cases(rng, "caffenet", 10, spec, threads)
     for spec in CAFFENET_FC:
         cases += _fc_cases(rng, "caffenet", 10, spec, threads)
+    for batch in (1, 32):
+        for spec in EFFICIENTNET_DW:
+            cases += _depthwise_cases(rng, batch, spec, threads)
     return cases
 
 

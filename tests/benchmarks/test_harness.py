@@ -113,6 +113,23 @@ def test_main_refuses_to_time_a_wrong_kernel(tmp_path, capsys, monkeypatch):
     assert "MISMATCH" in line and " ms " not in line
 
 
+def test_published_results_only_when_asked(capsys):
+    """A run without --publish writes nothing under benchmarks/results/; --quick cannot be published."""
+    from benchmarks import __main__ as bench_main
+
+    results = subjects.ROOT / "benchmarks/results"
+    before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+    assert main(["--quick", "--threads", "1", "--only", "gemm", "--filter", "256"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
+    assert "raw runs:" not in capsys.readouterr().out
+    for flag in ("--publish", "--readme"):
+        with pytest.raises(SystemExit):
+            bench_main.parse(["--quick", flag])
+        assert "not published" in capsys.readouterr().err
+    args = bench_main.parse(["--publish"])
+    assert (args.json, args.markdown, args.chart) == (results / "bench.json", results / "bench.md", results / "bench.png")
+
+
 def test_onnx_reference_net_matches_crema():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
