@@ -214,3 +214,34 @@ def test_cli_import_and_classify_default_model(tmp_path, photos):
     lines = r.stdout.splitlines()
     assert lines[0] == str(photo) and len(lines) == 6
     assert "cat" in lines[1] and "n0" not in r.stdout  # the top class in words, WordNet ids stripped
+
+
+def test_hostile_or_broken_pth_is_refused_and_nothing_is_cached(tmp_path, capsys):
+    """A .pth whose pickle tries to run code, and one cut short: one clear error each, nothing executed, nothing
+    left in the cache or the output folder."""
+    import pickle
+
+    from net.cli import main
+    from net.pth import PthError
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"_conv_stem.weight": Evil()}, protocol=2))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(efficientnet_pth().read_bytes()[:5_000_000])
+    cache = tmp_path / "cache"
+    for bad, what in ((evil, "refused global posix.system|refused global os.system"), (cut, "truncated")):
+        with pytest.raises(PthError, match=what):
+            efficientnet_lite0(pth=bad, cache=cache, say=lambda _msg: None)
+        assert not (cache / "models").exists() or list((cache / "models").iterdir()) == []
+        out = tmp_path / f"out-{bad.stem}"
+        assert main(["import", "efficientnet-lite0", "--pth", str(bad), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("crema: error: ") and str(bad) in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    assert not marker.exists()
