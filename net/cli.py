@@ -42,7 +42,7 @@ def preprocess_for(net, preset: str | None):
     if preset is not None:
         pre = get_preset(preset)
     else:
-        pre = PRESETS["lenet"] if shape[1] == 1 else PRESETS["caffenet"]
+        pre = PRESETS["lenet-auto"] if shape[1] == 1 else PRESETS["caffenet"]  # the web app's defaults too
     if pre.size != size:
         resize = None
         if pre.resize is not None:

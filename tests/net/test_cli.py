@@ -42,7 +42,7 @@ def test_classify_json_matches_python_api(lenet_files, capsys):
     assert [r["image"] for r in results] == images
     from net.preprocess import PRESETS, load_image
 
-    x = np.stack([PRESETS["lenet"](load_image(p)) for p in images])
+    x = np.stack([PRESETS["lenet-auto"](load_image(p)) for p in images])  # the default, as in the web app
     probs = net.forward(data=x)["prob"]
     for r, p in zip(results, probs):
         assert len(r["predictions"]) == 3
@@ -50,6 +50,21 @@ def test_classify_json_matches_python_api(lenet_files, capsys):
         assert [q["index"] for q in r["predictions"]] == list(top)
         assert [q["label"] for q in r["predictions"]] == [f"digit {i}" for i in top]
         np.testing.assert_allclose([q["prob"] for q in r["predictions"]], p[top], rtol=1e-6)
+
+
+def test_cli_and_web_app_share_the_default_preprocessing(lenet_files):
+    """One default on every path: `crema classify` and the web app's model preprocess LeNet's input alike
+    (lenet-auto: a dark digit on light paper is inverted), so a drawn 7 gets the same answer in both."""
+    from net.cli import preprocess_for
+    from server.model import Model
+
+    net, weights, _, _ = lenet_files
+    model = Model.load(LENET, weights)
+    assert preprocess_for(net, None) == model.pre and model.preset == "lenet-auto"
+    drawn = np.full((28, 28), 255, np.uint8)
+    drawn[5:8, 6:22] = 0  # the bar of a 7
+    drawn[8:24, 17:20] = 0
+    np.testing.assert_array_equal(preprocess_for(net, None)(drawn), model.preprocess(drawn))
 
 
 def test_classify_text_output(lenet_files, capsys):
