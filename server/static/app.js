@@ -532,9 +532,15 @@ function setup() {
       searchUrl(text);
     }
   });
-  $("clear-button").addEventListener("click", () => {
+  $("clear-button").addEventListener("click", () => {  // a new search starts from an empty page
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = null;
+    $("preview-img").removeAttribute("src");
     $("preview").hidden = true;
     $("results").hidden = true;
+    $("more-button").hidden = true;
+    $("file-input").value = "";
+    $("url-input").value = "";
     showError("");
     $("status").textContent = "";
   });

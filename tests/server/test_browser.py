@@ -60,6 +60,15 @@ IMAGES_LOADED_JS = """Array.from(document.querySelectorAll('#similar img, #web i
 COUNT_JS = "document.querySelectorAll('{}').length"
 
 
+# What a person sees, not the `hidden` property: laid out (some box on screen) and not made invisible by CSS.
+SHOWN_JS = """(id => {{ const el = document.getElementById(id); const st = getComputedStyle(el);
+  return el.getClientRects().length > 0 && st.visibility !== 'hidden' && st.display !== 'none'; }})('{}')"""
+
+
+def shown(browser, page, *ids: str) -> dict[str, bool]:
+    return {i: browser.eval(page, SHOWN_JS.format(i)) for i in ids}
+
+
 def test_upload_through_the_page(crema_server, chromium, tmp_path, capsys):
     a = digit(2)
     image = tmp_path / "two.png"
@@ -74,6 +83,12 @@ def test_upload_through_the_page(crema_server, chromium, tmp_path, capsys):
         browser.send("Page.navigate", {"url": crema_server.url + "/"}, page)
         browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
         browser.wait_for_js(page, "document.getElementById('model-info').textContent.includes('LeNet')")
+        # first load: no broken preview, no "New search", no results, no "More web results"
+        assert shown(browser, page, "preview", "preview-img", "clear-button", "results", "more-button", "error") == {
+            "preview": False, "preview-img": False, "clear-button": False, "results": False, "more-button": False,
+            "error": False}  # fmt: skip
+        assert shown(browser, page, "dropzone", "url-input") == {
+            "dropzone": True, "url-input": True}  # fmt: skip
 
         browser.set_file(page, "#file-input", image)
         browser.wait_for_js(
@@ -95,6 +110,8 @@ def test_upload_through_the_page(crema_server, chromium, tmp_path, capsys):
 
         shot = browser.screenshot(page, artifacts_dir() / "browser_search.png")
         shutil.copy(shot, tmp_path / "browser_search.png")
+        assert shown(browser, page, "preview", "preview-img", "clear-button", "results", "more-button") == {
+            "preview": True, "preview-img": True, "clear-button": True, "results": True, "more-button": True}  # fmt: skip
 
         # "More web results" appends the next page
         browser.eval(page, "document.getElementById('more-button').click()")
@@ -128,6 +145,14 @@ def test_upload_through_the_page(crema_server, chromium, tmp_path, capsys):
         browser.wait_for_js(page, "!document.getElementById('error').hidden", what="the error message")
         error = browser.eval(page, "document.getElementById('error').textContent")
         assert "not an image" in error and "JPEG, PNG" in error
+        assert shown(browser, page, "error")["error"] is True
+
+        # "New search" empties the page: no old photo, results or error left on screen
+        browser.eval(page, "document.getElementById('clear-button').click()")
+        assert shown(browser, page, "preview", "results", "more-button", "error", "clear-button") == {
+            "preview": False, "results": False, "more-button": False, "error": False, "clear-button": False}  # fmt: skip
+        assert browser.eval(page, "document.getElementById('preview-img').getAttribute('src')") is None
+        assert browser.eval(page, "document.getElementById('file-input').value") == ""
 
     with capsys.disabled():
         print(f"\nbrowser screenshot: {shot}")
@@ -269,6 +294,8 @@ def test_page_without_a_gallery(model, chromium, tmp_path):
             browser.set_file(page, "#file-input", photo)  # a search says the same under "Similar images"
             browser.wait_for_js(page, "!document.getElementById('similar-error').hidden", what="the similar note")
             assert "crema index DIR" in browser.eval(page, "document.getElementById('similar-error').textContent")
+            # web search is off on this server: its note shows, "More web results" does not
+            assert shown(browser, page, "web-error", "more-button") == {"web-error": True, "more-button": False}
             browser.set_file(page, "#personal-files", photo)
             browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 1", what="the added photo")
             assert browser.eval(page, HINT_JS) is None  # there is a gallery now: the photo just added
