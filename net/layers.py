@@ -22,7 +22,7 @@ from kernels import conv, depthwise, elementwise, fc, pool
 from kernels.activations import softmax_runner
 
 from .blob import Blob
-from .device import CPU, empty_like, kernels_for
+from .device import CPU, assign, empty_like, host, kernels_for, on_device
 from .fillers import fill
 from .schema import Message
 
@@ -103,6 +103,13 @@ class Layer:
         top replaced); the Net then runs `forward` and makes a new plan. None: no fast path, the Net calls `forward`;
         NO_STEP: nothing to do on this forward."""
         return None
+
+
+def _uploaded(ref: object, values: np.ndarray) -> object:
+    """`values` copied to ref's device (a GPU array like `ref`)."""
+    out = empty_like(ref, values.shape)
+    assign(out, values)
+    return out
 
 
 def _spatial(
@@ -203,16 +210,19 @@ class ConvolutionLayer(Layer):
             return w, b
         if self.folded is None:
             bn, scale = self.fold
-            factor = float(np.asarray(bn.blobs[2].data).reshape(-1)[0])
+            factor = float(host(bn.blobs[2].data).reshape(-1)[0])
             factor = 0.0 if factor == 0 else 1.0 / factor
-            mean = bn.blobs[0].data.astype(np.float64) * factor
-            var = bn.blobs[1].data.astype(np.float64) * factor
-            g = scale.blobs[0].data.astype(np.float64).reshape(-1) / np.sqrt(var + np.float64(np.float32(bn.eps)))
-            beta = scale.blobs[1].data.astype(np.float64).reshape(-1) if len(scale.blobs) > 1 else 0.0
-            bias = b.astype(np.float64) if b is not None else 0.0
-            wf = (w.astype(np.float64) * g.reshape(-1, 1, 1, 1)).astype(np.float32)
-            bf = ((bias - mean) * g + beta).astype(np.float32)
-            self.folded = (wf, np.ascontiguousarray(bf))
+            mean = host(bn.blobs[0].data).astype(np.float64) * factor
+            var = host(bn.blobs[1].data).astype(np.float64) * factor
+            gamma = host(scale.blobs[0].data).astype(np.float64).reshape(-1)
+            g = gamma / np.sqrt(var + np.float64(np.float32(bn.eps)))
+            beta = host(scale.blobs[1].data).astype(np.float64).reshape(-1) if len(scale.blobs) > 1 else 0.0
+            bias = host(b).astype(np.float64) if b is not None else 0.0
+            wf = (host(w).astype(np.float64) * g.reshape(-1, 1, 1, 1)).astype(np.float32)
+            bf = np.ascontiguousarray(((bias - mean) * g + beta).astype(np.float32))
+            if on_device(self.blobs[0].data):  # a GPU net: the folded parameters live on the device too
+                wf, bf = _uploaded(self.blobs[0].data, wf), _uploaded(self.blobs[0].data, bf)
+            self.folded = (wf, bf)
         return self.folded
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:

@@ -169,8 +169,8 @@ class Net:
         self._plan_backward()
         if self.device != "cpu":
             prepare(self)  # GPU layers only; conv + in-place ReLU fused; data staging
-        elif fuse:
-            fuse_layers(self)  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues
+        if fuse:  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues
+            fuse_layers(self, inner_product=self.device == "cpu")
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
@@ -542,8 +542,9 @@ def _in_place_after(net: Net, i: int, producer: int) -> bool:
     )
 
 
-def fuse_layers(net: Net) -> None:
-    """CPU: fold and fuse what follows a Convolution or InnerProduct in place, so one kernel call does it all:
+def fuse_layers(net: Net, *, inner_product: bool = True) -> None:
+    """Fold and fuse what follows a Convolution or InnerProduct in place, so one kernel call does it all (on both
+    devices; InnerProduct + ReLU only where `inner_product`, the CPU: the GPU launcher has no fused ReLU):
 
     - Convolution -> BatchNorm (global statistics) -> Scale, both in place on the convolution's top and neither run
       backward: the BatchNorm and Scale are folded into the convolution's weights and bias when its plan is made
@@ -554,8 +555,9 @@ def fuse_layers(net: Net) -> None:
     """
     backward = set(net.backward_layers)
     layers = net.layers
+    kinds = ("Convolution", "InnerProduct") if inner_product else ("Convolution",)
     for p, producer in enumerate(layers):
-        if producer.type not in ("Convolution", "InnerProduct"):
+        if producer.type not in kinds:
             continue
         i = p + 1
         if (
