@@ -14,6 +14,11 @@ The same layout is parsed by searx's ``bing_images`` engine.
 Behaviour:
 
 - Realistic browser headers; ``timeout`` seconds for the connect and for each read of every request.
+- Redirects (at most ``MAX_REDIRECTS`` hops) are followed by hand, never by requests: a hop back to the base URL's
+  own origin (scheme, host, port: the server the operator configured) is requested like the first request; a hop
+  anywhere else, and every hop after it, goes through ``scraper.fetch.fetch_url``, with its checks (http(s) only,
+  no userinfo, every address of the host public unicast, the connection pinned to the address checked, the size
+  limit, the deadline), fetched once without retries. So a redirect cannot point the server at its own network.
 - Retries with exponential backoff (``backoff * 2**k`` seconds before retry ``k + 1``) on HTTP 429, on 5xx and on
   connection errors (refused / reset), at most ``retries`` times. A ``Retry-After`` header of at most
   ``MAX_RETRY_AFTER`` seconds replaces the backoff delay; a longer one ends the retries at once (waiting minutes
@@ -22,11 +27,14 @@ Behaviour:
   Threads missing the cache on the same key wait for one fetch instead of each asking Bing (striped locks).
 - Results are filtered: only absolute http(s) media URLs, no duplicates within a page, and no repeats across
   pages of one query: a page never returns a media URL that another cached page of the same query returned.
+- Result URLs are percent-encoded as a browser would send them (``browser_url``): real results carry spaces,
+  non-ASCII paths and IDN hosts.
 
 Exceptions::
 
     ScraperError                 base of everything this module raises (besides ValueError for bad arguments)
-     ├── BingUnavailable         network error, timeout, 5xx or other unexpected HTTP status, retries exhausted
+     ├── BingUnavailable         network error, timeout, 5xx or other unexpected HTTP status, retries exhausted,
+     │                           too many redirects, or a redirect refused by scraper.fetch's checks
      ├── BingBlocked             403, or 429 after the retries, or a captcha / challenge page instead of results
      └── BingParseError          the response is not the result HTML at all: a non-HTML content type (JSON,
                                  image, ...), a body that is not markup, or a body over MAX_RESPONSE_BYTES
@@ -38,6 +46,8 @@ returns ``[]``. Tiles with broken or incomplete JSON are skipped, never fatal.
 
 from __future__ import annotations
 
+import codecs
+import email.message
 import email.utils
 import json
 import logging
@@ -47,11 +57,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
+import idna
 import lxml.etree
 import lxml.html
 import requests
+
+from .fetch import FetchError, TooLargeError, UnsafeURLError, fetch_url
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -61,6 +74,7 @@ __all__ = [
     "BingUnavailable",
     "ScraperError",
     "WebResult",
+    "browser_url",
     "parse_results",
 ]
 
@@ -71,6 +85,7 @@ ENV_BASE_URL = "CREMA_BING_URL"
 MAX_RETRY_AFTER = 10.0  # seconds; a longer Retry-After ends the retries
 MAX_RESPONSE_BYTES = 8_000_000  # a result fragment is ~0.1-1 MB; anything far larger is not one
 MAX_CACHE_ENTRIES = 512
+MAX_REDIRECTS = 5  # hops followed per request, on Bing's origin and elsewhere together
 
 HEADERS = {
     "User-Agent": (
@@ -127,24 +142,105 @@ class WebResult:
 # ----------------------------------------------------------------------------------------------------- parsing
 
 
-def _http_url(value: object, base: str | None = None) -> str | None:
-    """``value`` as an absolute http(s) URL with a host (joined to ``base`` when given), else None."""
+# What a browser percent-encodes in each part of an http(s) URL (the WHATWG URL standard's percent-encode sets),
+# beyond C0 controls, DEL and every non-ASCII character, which are encoded everywhere (as UTF-8).
+_PATH_ENCODE = frozenset(' "#<>?`{}')
+_QUERY_ENCODE = frozenset(' "#<>')  # nothing the query's own syntax uses: & = + ; / ? % stay as they are
+_FRAGMENT_ENCODE = frozenset(' "<>`')
+_USERINFO_ENCODE = _PATH_ENCODE | frozenset("/:;=@[\\]^|")
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+_HEX = frozenset("0123456789abcdefABCDEF")
+# Characters a host may not hold (WHATWG's forbidden host code points, plus space).
+_FORBIDDEN_HOST = frozenset(" #%/:<>?@[\\]^|")
+
+
+def _percent_encode(text: str, encode: frozenset[str], *, escape_stray_percent: bool = True) -> str:
+    """``text`` with C0 controls, space, DEL, non-ASCII (as UTF-8) and the characters in ``encode`` written as
+    %XX. A '%' that starts a valid %XX sequence is kept (no double encoding); a stray '%' becomes %25 when
+    ``escape_stray_percent`` (a path naming the file "100% cotton.jpg"), else it is kept."""
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        if ch == "%":
+            valid = len(text) > i + 2 and text[i + 1] in _HEX and text[i + 2] in _HEX
+            out.append("%" if valid or not escape_stray_percent else "%25")
+        elif code <= 0x20 or code >= 0x7F or ch in encode:
+            if 0xD800 <= code <= 0xDFFF:  # a lone surrogate (JSON allows "\ud800"): U+FFFD, as a browser does
+                ch = "\ufffd"
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _browser_host(hostport: str) -> str | None:
+    """``host[:port]`` of a URL as a browser sends it: an ASCII host as given (case kept), a non-ASCII one through
+    IDNA (UTS #46, non-transitional: ``bücher.example`` -> ``xn--bcher-kva.example``); None when it is no host."""
+    if hostport.startswith("["):  # IPv6 literal (urlsplit has checked the brackets and the address)
+        end = hostport.index("]") + 1
+        host, colon, port = hostport[:end], hostport[end : end + 1], hostport[end + 1 :]
+        if colon not in ("", ":"):
+            return None
+    else:
+        host, colon, port = hostport.partition(":")
+    if colon and not port:  # "host:" is the default port
+        colon = ""
+    if colon and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        return None
+    if host.startswith("["):
+        return host + colon + port
+    if "%" in host:
+        host = unquote(host)
+    if not host or any(c in _FORBIDDEN_HOST or ord(c) < 0x20 or ord(c) == 0x7F for c in host):
+        return None
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return None
+    return host + colon + port
+
+
+def browser_url(value: object, base: str | None = None) -> str | None:
+    """``value`` as the absolute http(s) URL a browser would request (joined to ``base`` when given), else None.
+
+    Bing hands back URLs as the pages wrote them: spaces, non-ASCII paths and hosts, a raw '%'. Like a browser,
+    this removes tabs and newlines, strips leading and trailing spaces and controls, and percent-encodes (UTF-8)
+    controls, spaces, non-ASCII and the characters each part may not hold raw: path and fragment and userinfo
+    fully, the query only where it must (its ``& = + ; / ? %`` are kept as they are). Already-encoded %XX
+    sequences are never encoded again; a stray '%' in the path becomes %25. A non-ASCII host is IDNA-encoded;
+    an ASCII URL that needs no encoding comes back unchanged (scheme and host case included). None for other
+    schemes, a missing or malformed host, or a bad port.
+    """
     if not isinstance(value, str):
         return None
-    value = value.strip()
+    value = value.strip(_C0_AND_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
     if not value:
         return None
-    if base is not None:
-        value = urljoin(base, value)
+    cut = min((i for i in (value.find("?"), value.find("#")) if i >= 0), default=len(value))
+    value = value[:cut].replace("\\", "/") + value[cut:]  # before the query, '\' is '/' to a browser
     try:
+        if base is not None:
+            value = urljoin(base, value)
         parts = urlsplit(value)
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if parts.scheme.lower() not in ("http", "https"):
         return None
-    if any(c.isspace() or ord(c) < 32 for c in value):
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host = _browser_host(hostport)
+    if host is None:
         return None
-    return value
+    if at:
+        user, colon, password = userinfo.partition(":")
+        userinfo = _percent_encode(user, _USERINFO_ENCODE) + colon + _percent_encode(password, _USERINFO_ENCODE)
+    scheme = value[: len(parts.scheme)]  # as written: urlsplit lower-cases it
+    url = f"{scheme}://{userinfo}{at}{host}{_percent_encode(parts.path, _PATH_ENCODE)}"
+    if parts.query:
+        url += "?" + _percent_encode(parts.query, _QUERY_ENCODE, escape_stray_percent=False)
+    if parts.fragment:
+        url += "#" + _percent_encode(parts.fragment, _FRAGMENT_ENCODE)
+    return url
 
 
 def _clean_title(value: object) -> str:
@@ -186,12 +282,12 @@ def _tile_result(anchor: lxml.html.HtmlElement, base_url: str) -> WebResult | No
         return None
     if not isinstance(meta, dict):
         return None
-    image_url = _http_url(meta.get("murl"))
+    image_url = browser_url(meta.get("murl"))
     if image_url is None:
         return None
     thumb_fallback, title_fallback = _tile_fallbacks(anchor)
-    thumb_url = _http_url(meta.get("turl"), base_url) or _http_url(thumb_fallback, base_url) or ""
-    page_url = _http_url(meta.get("purl")) or image_url
+    thumb_url = browser_url(meta.get("turl"), base_url) or browser_url(thumb_fallback, base_url) or ""
+    page_url = browser_url(meta.get("purl")) or image_url
     title = _clean_title(meta.get("t")) or _clean_title(title_fallback)
     source = (urlsplit(page_url).hostname or "").lower()
     return WebResult(image_url=image_url, thumb_url=thumb_url, page_url=page_url, title=title, source=source)
@@ -221,6 +317,37 @@ def parse_results(text: str, *, base_url: str = DEFAULT_BASE_URL) -> list[WebRes
         seen.add(result.image_url)
         results.append(result)
     return results
+
+
+@dataclass(frozen=True)
+class _Page:
+    """A 2xx answer, read: the final URL (after redirects), its Content-Type header ("" when absent), the body."""
+
+    url: str
+    content_type: str
+    body: bytes
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, lower case, default port filled in; None when it has userinfo."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _charset(content_type: str) -> str:
+    """The charset a Content-Type declares, if Python knows it, else UTF-8 (what Bing sends)."""
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    charset = message.get_param("charset")
+    if isinstance(charset, str):
+        try:
+            return codecs.lookup(charset.strip()).name
+        except LookupError:
+            pass
+    return "utf-8"
 
 
 def _looks_like_captcha(text: str, final_url: str) -> bool:
@@ -266,7 +393,8 @@ class BingClient:
     first on 429 / 5xx / connection errors. backoff: first retry delay in seconds, doubled each retry.
     cache_ttl: seconds a (query, page, count) result stays cached; 0 disables the cache.
     session: a requests.Session to use (the caller then owns its thread-safety); by default each thread gets
-    its own session.
+    its own session. allow_private: redirect hops off Bing's origin skip scraper.fetch's public-address check
+    (tests against 127.0.0.1 only).
     """
 
     def __init__(
@@ -278,9 +406,11 @@ class BingClient:
         backoff: float = 0.5,
         cache_ttl: float = 600.0,
         session: requests.Session | None = None,
+        allow_private: bool = False,
     ) -> None:
         base = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-        if _http_url(base) is None:
+        normalised = browser_url(base)
+        if normalised is None:
             raise ValueError(f"BingClient: base_url must be an http(s) URL with a host, got {base!r}")
         if timeout <= 0:
             raise ValueError(f"BingClient: timeout must be > 0 seconds, got {timeout}")
@@ -288,7 +418,9 @@ class BingClient:
             raise ValueError(f"BingClient: retries must be >= 0, got {retries}")
         if backoff < 0 or cache_ttl < 0:
             raise ValueError(f"BingClient: backoff and cache_ttl must be >= 0, got {backoff} and {cache_ttl}")
-        self.base_url = base.rstrip("/")
+        self.base_url = normalised.rstrip("/")
+        self._origin = _origin(normalised)
+        self.allow_private = bool(allow_private)
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
@@ -301,7 +433,7 @@ class BingClient:
         self._cache: dict[tuple[str, int, int], tuple[float, list[WebResult]]] = {}
         self._sleep: Callable[[float], None] = time.sleep  # replaceable in tests
         self._clock: Callable[[], float] = time.monotonic
-        self.requests_sent = 0  # HTTP requests made, retries included (for monitoring and tests)
+        self.requests_sent = 0  # HTTP requests made, retries and redirect hops included (for monitoring and tests)
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -326,8 +458,7 @@ class BingClient:
             if cached is not None:
                 return cached
             params = {"q": query, "first": str(page * count), "count": str(count), "mmasync": "1"}
-            response, body = self._get(f"{self.base_url}/images/async", params)
-            results = self._parse(response, body)
+            results = self._parse(self._get(f"{self.base_url}/images/async", params))
             return self._cache_put(key, results)
 
     def clear_cache(self) -> None:
@@ -382,15 +513,15 @@ class BingClient:
             self._local.session = session
         return session
 
-    def _get(self, url: str, params: dict[str, str]) -> tuple[requests.Response, bytes]:
-        """GET with retries: a 2xx response (closed) and its decompressed body (at most MAX_RESPONSE_BYTES)."""
+    def _get(self, url: str, params: dict[str, str]) -> _Page:
+        """GET with retries and vetted redirects: the final 2xx page, its body (decompressed, at most
+        MAX_RESPONSE_BYTES) read and the connection closed."""
         session = self._session_for_thread()
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
-            with self._lock:
-                self.requests_sent += 1
             try:
-                response = session.get(url, params=params, headers=HEADERS, timeout=self.timeout, stream=True)
+                response = self._send(session, url, params)
+                response, elsewhere = self._follow_redirects(session, response)
             except requests.Timeout as exc:
                 raise BingUnavailable(f"Bing request timed out after {self.timeout:g} s: {url}") from exc
             except requests.ConnectionError as exc:
@@ -402,9 +533,12 @@ class BingClient:
                 continue
             except requests.RequestException as exc:
                 raise BingUnavailable(f"Bing request failed: {url}: {exc}") from exc
+            if elsewhere is not None:
+                return self._fetch_elsewhere(*elsewhere)
             status = response.status_code
             if 200 <= status < 300:
-                return response, self._read_body(response, url)
+                body = self._read_body(response, url)
+                return _Page(response.url, response.headers.get("Content-Type", ""), body)
             response.close()
             if status == 403:
                 raise BingBlocked(f"Bing refused the request (HTTP 403): {response.url}")
@@ -418,6 +552,57 @@ class BingClient:
                 raise error(f"Bing answered HTTP {status} with Retry-After {delay:g} s: {response.url}")
             self._sleep(self.backoff * 2**attempt if delay is None else delay)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _send(self, session: requests.Session, url: str, params: dict[str, str] | None) -> requests.Response:
+        """One GET, redirects not followed (``_follow_redirects`` vets them)."""
+        with self._lock:
+            self.requests_sent += 1
+        return session.get(
+            url, params=params, headers=HEADERS, timeout=self.timeout, stream=True, allow_redirects=False
+        )
+
+    def _follow_redirects(
+        self, session: requests.Session, response: requests.Response
+    ) -> tuple[requests.Response, tuple[str, int] | None]:
+        """Follow redirects that stay on the base URL's origin; stop at the first hop elsewhere.
+
+        Returns (the first response that is not a redirect, None), or (the last redirect, closed; (the URL of
+        the hop elsewhere, redirects left for it)). BingUnavailable past MAX_REDIRECTS hops or for a Location
+        that is no http(s) URL."""
+        for hop in range(MAX_REDIRECTS + 1):
+            if not response.is_redirect:
+                return response, None
+            response.close()
+            location = browser_url(response.headers.get("Location", ""), response.url)
+            if location is None:
+                where = response.headers.get("Location", "")
+                raise BingUnavailable(f"Bing redirected to {where!r}, which is no http(s) URL: {response.url}")
+            if hop == MAX_REDIRECTS:
+                break
+            if _origin(location) != self._origin:
+                return response, (location, MAX_REDIRECTS - hop - 1)
+            response = self._send(session, location, None)
+        raise BingUnavailable(f"Bing redirected more than {MAX_REDIRECTS} times: {response.url}")
+
+    def _fetch_elsewhere(self, url: str, max_redirects: int) -> _Page:
+        """A redirect hop off Bing's origin, fetched by ``scraper.fetch`` with its checks (once, no retries)."""
+        with self._lock:
+            self.requests_sent += 1
+        try:
+            result = fetch_url(
+                url,
+                max_bytes=MAX_RESPONSE_BYTES,
+                timeout=self.timeout,
+                max_redirects=max_redirects,
+                allow_private=self.allow_private,
+            )
+        except UnsafeURLError as exc:
+            raise BingUnavailable(f"Bing redirected to a refused URL: {exc}") from exc
+        except TooLargeError as exc:
+            raise BingParseError(f"Bing response over {MAX_RESPONSE_BYTES} bytes: {url}") from exc
+        except FetchError as exc:
+            raise BingUnavailable(f"Bing redirected to {url}, which failed: {exc}") from exc
+        return _Page(result.url, result.content_type, result.data)
 
     @staticmethod
     def _read_body(response: requests.Response, url: str) -> bytes:
@@ -438,20 +623,15 @@ class BingClient:
             response.close()
         return b"".join(chunks)
 
-    def _parse(self, response: requests.Response, body: bytes) -> list[WebResult]:
-        """Results of a 2xx response; raises BingParseError / BingBlocked as the module docstring says."""
-        content_type = response.headers.get("Content-Type", "")
-        mime = content_type.split(";")[0].strip().lower()
+    def _parse(self, page: _Page) -> list[WebResult]:
+        """Results of a 2xx page; raises BingParseError / BingBlocked as the module docstring says."""
+        mime = page.content_type.split(";")[0].strip().lower()
         if mime and mime not in _HTML_TYPES:
-            raise BingParseError(f"Bing answered {mime!r}, expected text/html: {response.url}")
-        encoding = response.encoding if "charset" in content_type.lower() else "utf-8"
-        try:
-            text = body.decode(encoding or "utf-8", errors="replace")
-        except LookupError:
-            text = body.decode("utf-8", errors="replace")
+            raise BingParseError(f"Bing answered {mime!r}, expected text/html: {page.url}")
+        text = page.body.decode(_charset(page.content_type), errors="replace")
         if "\x00" in text:
-            raise BingParseError(f"Bing response is binary, expected HTML: {response.url}")
+            raise BingParseError(f"Bing response is binary, expected HTML: {page.url}")
         results = parse_results(text, base_url=self.base_url)
-        if not results and _looks_like_captcha(text, response.url):
-            raise BingBlocked(f"Bing served a captcha / challenge page instead of results: {response.url}")
+        if not results and _looks_like_captcha(text, page.url):
+            raise BingBlocked(f"Bing served a captcha / challenge page instead of results: {page.url}")
         return results

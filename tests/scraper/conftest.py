@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import sys
 import threading
@@ -116,3 +117,21 @@ def serve() -> Iterator[Callable[..., LocalServer]]:
 
 def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+def fake_resolver(table: dict[str, list[str]], calls: list[str] | None = None):
+    """A getaddrinfo stand-in answering from ``table`` (host -> addresses); unknown hosts fail like DNS."""
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        out = []
+        for address in table[host]:
+            fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockaddr = (address, port, 0, 0) if fam == socket.AF_INET6 else (address, port)
+            out.append((fam, socket.SOCK_STREAM, 6, "", sockaddr))
+        return out
+
+    return getaddrinfo

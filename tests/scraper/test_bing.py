@@ -11,11 +11,12 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from scraper import bing
+from scraper import bing, fetch
 from scraper.bing import (
     BingBlocked,
     BingClient,
@@ -25,7 +26,8 @@ from scraper.bing import (
     WebResult,
     parse_results,
 )
-from tests.scraper.conftest import fixture_text, reply
+from scraper.fetch import fetch_url
+from tests.scraper.conftest import fake_resolver, fixture_text, reply
 
 
 def mug(n: int) -> WebResult:
@@ -439,3 +441,203 @@ def test_search_argument_errors(args: tuple, match: str) -> None:
 def test_client_argument_errors(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         BingClient(**kwargs)
+
+
+# ------------------------------------------------------------------------ result URLs as a browser sends them
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [
+        # already fine: unchanged, scheme and host case included
+        ("https://Images.Example.COM:8443/4.jpg", "https://Images.Example.COM:8443/4.jpg"),
+        ("HTTPS://upper.example.com/14.gif?a=1&b=2+3", "HTTPS://upper.example.com/14.gif?a=1&b=2+3"),
+        # spaces and non-ASCII in the path: UTF-8 percent-encoded
+        ("https://cdn.example.com/My Mug (1).jpg", "https://cdn.example.com/My%20Mug%20(1).jpg"),
+        ("https://cdn.example.com/Tassen/Größe/ü.jpg", "https://cdn.example.com/Tassen/Gr%C3%B6%C3%9Fe/%C3%BC.jpg"),
+        ("https://cdn.example.com/猫.png", "https://cdn.example.com/%E7%8C%AB.png"),
+        ('https://cdn.example.com/a"b<c>`{d}.jpg', "https://cdn.example.com/a%22b%3Cc%3E%60%7Bd%7D.jpg"),
+        # %XX already there is not encoded again; a stray % in the path is
+        ("https://cdn.example.com/My%20Mug%2B.jpg", "https://cdn.example.com/My%20Mug%2B.jpg"),
+        ("https://cdn.example.com/50%25 off/100% cotton.jpg", "https://cdn.example.com/50%25%20off/100%25%20cotton.jpg"),
+        # the query keeps its syntax (& = + / ? ; % and %XX); only what cannot stand raw is encoded
+        (
+            "https://cdn.example.com/i.jpg?q=tasse kaffee&w=1+2&p=a/b?c;d&e=100%&f=%2F&g=ä",
+            "https://cdn.example.com/i.jpg?q=tasse%20kaffee&w=1+2&p=a/b?c;d&e=100%&f=%2F&g=%C3%A4",
+        ),
+        ("https://cdn.example.com/i.jpg#Teil 2", "https://cdn.example.com/i.jpg#Teil%202"),
+        # non-ASCII host: IDNA (UTS #46, non-transitional, as browsers)
+        ("https://bücher.example/ä.jpg", "https://xn--bcher-kva.example/%C3%A4.jpg"),
+        ("http://faß.de:8080/x", "http://xn--fa-hia.de:8080/x"),
+        ("https://例え.テスト/a.jpg", "https://xn--r8jz45g.xn--zckzah/a.jpg"),
+        # what a browser strips or reads differently
+        ("  https://cdn.example.com/a\tb\n.jpg \n", "https://cdn.example.com/ab.jpg"),
+        ("https://cdn.example.com\\dir\\a.jpg?x=\\", "https://cdn.example.com/dir/a.jpg?x=\\"),
+        ("https://cdn.example.com:/a.jpg", "https://cdn.example.com/a.jpg"),
+        ("http://[2001:db8::1]:8080/a b", "http://[2001:db8::1]:8080/a%20b"),
+        # not usable: dropped
+        ("https://ex ample.com/a.jpg", None),
+        ("https://cdn.example.com:99999/a.jpg", None),
+        ("http://[2001:db8::1]:99999/a.jpg", None),
+        ("https://ä..b/x.jpg", None),  # an empty IDNA label
+        ("ftp://cdn.example.com/a b.jpg", None),
+        ("//cdn.example.com/a.jpg", None),
+        ("https:///a.jpg", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_browser_url(given, want) -> None:
+    assert bing.browser_url(given) == want
+
+
+def test_browser_url_joins_relative_thumbnails() -> None:
+    assert bing.browser_url("/th?id=OIP.a b&w=3", "https://www.bing.com") == "https://www.bing.com/th?id=OIP.a%20b&w=3"
+    assert bing.browser_url("Tasse ä.jpg", "https://www.bing.com/images/") == (
+        "https://www.bing.com/images/Tasse%20%C3%A4.jpg"
+    )
+
+
+def tile(meta: dict) -> str:
+    """One result tile whose ``m`` attribute holds ``meta`` as HTML-escaped JSON."""
+    import html
+
+    return f'<li><a class="iusc" m="{html.escape(json.dumps(meta, ensure_ascii=False))}"></a></li>'
+
+
+def test_parse_keeps_results_with_spaces_and_non_ascii_urls() -> None:
+    text = "<ul>" + "".join(
+        [
+            tile(
+                {
+                    "murl": "https://cdn.example.com/Fotos/Große Tasse (2).jpg",
+                    "purl": "https://bücher.example/tassen/große tasse.html?q=kaffee tasse&x=1+2",
+                    "turl": "/th?id=OIP.a b",
+                    "t": "Große Tasse",
+                }
+            ),
+            # the same image, written already encoded: a duplicate of the first
+            tile({"murl": "https://cdn.example.com/Fotos/Gro%C3%9Fe%20Tasse%20(2).jpg", "t": "again"}),
+            tile({"murl": "https://ex ample.com/a.jpg", "t": "a host with a space: dropped"}),
+        ]
+    ) + "</ul>"
+    assert parse_results(text) == [
+        WebResult(
+            image_url="https://cdn.example.com/Fotos/Gro%C3%9Fe%20Tasse%20(2).jpg",
+            thumb_url="https://www.bing.com/th?id=OIP.a%20b",
+            page_url="https://xn--bcher-kva.example/tassen/gro%C3%9Fe%20tasse.html?q=kaffee%20tasse&x=1+2",
+            title="Große Tasse",
+            source="xn--bcher-kva.example",
+        )
+    ]
+
+
+def test_encoded_result_url_fetches_the_file_it_names(serve) -> None:
+    """A result whose murl holds a space and an é: the URL handed on reaches the file the page meant."""
+
+    def route(handler, hit: int) -> None:
+        if handler.path.startswith("/images/async"):
+            meta = {"murl": f"http://127.0.0.1:{handler.server.server_address[1]}/img/café cup 100%.png"}
+            reply(handler, 200, f"<ul>{tile(meta)}</ul>".encode())
+        else:
+            reply(handler, 200, b"\x89PNG-ish", content_type="image/png")
+
+    server = serve(route)
+    (result,) = client_for(server).search("cup")
+    assert result.image_url == f"{server.url}/img/caf%C3%A9%20cup%20100%25.png"
+    got = fetch_url(result.image_url, allow_private=True, timeout=5)
+    assert got.data == b"\x89PNG-ish"
+    assert server.seen[-1].path == "/img/caf%C3%A9%20cup%20100%25.png"
+
+
+# --------------------------------------------------------------- redirects: scraper.fetch's checks on every hop
+
+
+@pytest.fixture
+def connects(monkeypatch) -> list[tuple]:
+    """Addresses scraper.fetch connects to (hops off Bing's origin go through it); no real DNS."""
+    seen: list[tuple] = []
+    real_connect = fetch._connect
+    monkeypatch.setattr(fetch, "_connect", lambda t, d: seen.append(t.addresses) or real_connect(t, d))
+    monkeypatch.setattr(fetch, "_getaddrinfo", fake_resolver({"internal.example": ["10.0.0.5"]}))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("location", "match"),
+    [
+        ("http://127.0.0.1:{other}/secret", "loopback"),  # a service on the server's own machine
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),  # the cloud metadata address
+        ("http://internal.example/admin", "private"),  # a name resolving into the LAN
+        ("http://[::1]:{other}/", "loopback"),
+        ("http://0x7f.1:{other}/", "loopback"),
+        ("http://u:p@internal.example/", "userinfo"),
+        ("file:///etc/passwd", "no http"),
+    ],
+)
+def test_redirect_off_bing_to_a_refused_address_is_not_followed(serve, connects, location: str, match: str) -> None:
+    other = serve(lambda h, hit: reply(h, 200, fixture_text("async_page0.html").encode()))
+    server = serve(lambda h, hit: reply(h, 302, headers={"Location": location.format(other=other.port)}))
+    with pytest.raises(BingUnavailable, match=match):
+        client_for(server).search("coffee")
+    assert server.hits == 1  # refused, not retried
+    assert other.hits == 0 and connects == []  # no connection made to the target
+
+
+def test_redirect_chain_on_bing_then_elsewhere_is_checked_at_the_hop_that_leaves(serve, connects) -> None:
+    other = serve(lambda h, hit: reply(h, 200, b"secret"))
+
+    def route(handler, hit: int) -> None:
+        if handler.path.startswith("/images/async"):
+            reply(handler, 302, headers={"Location": "/hop"})  # same origin: followed
+        else:
+            reply(handler, 307, headers={"Location": f"http://127.0.0.1:{other.port}/internal"})
+
+    server = serve(route)
+    with pytest.raises(BingUnavailable, match=r"refused URL: refusing 'http://127\.0\.0\.1:\d+/internal'.*loopback"):
+        client_for(server).search("coffee")
+    assert [s.path.split("?")[0] for s in server.seen] == ["/images/async", "/hop"]
+    assert other.hits == 0 and connects == []
+
+
+def test_every_hop_after_leaving_bing_is_checked(serve, connects, monkeypatch) -> None:
+    # The policy treats 127.0.0.1 as public here (the test servers live there); 127.0.0.2 stays loopback.
+    real = fetch.address_refusal
+    monkeypatch.setattr(fetch, "address_refusal", lambda ip: None if ip == IPv4Address("127.0.0.1") else real(ip))
+    other = serve(lambda h, hit: reply(h, 302, headers={"Location": f"http://127.0.0.2:{h.server.server_address[1]}/"}))
+    server = serve(lambda h, hit: reply(h, 302, headers={"Location": f"{other.url}/elsewhere"}))
+    with pytest.raises(BingUnavailable, match=r"refusing 'http://127\.0\.0\.2:\d+/'.*loopback"):
+        client_for(server).search("coffee")
+    assert other.hits == 1 and connects == [(IPv4Address("127.0.0.1"),)]
+
+
+def test_allowed_redirect_elsewhere_is_fetched_through_the_checked_fetcher(serve, connects) -> None:
+    def other_route(handler, hit: int) -> None:
+        if handler.path == "/moved":
+            reply(handler, 301, headers={"Location": "/final page"})
+        else:
+            reply(handler, 200, fixture_text("async_page0.html").encode())
+
+    other = serve(other_route)
+    server = serve(lambda h, hit: reply(h, 302, headers={"Location": f"{other.url}/moved"}))
+    client = client_for(server, allow_private=True)
+    assert client.search("coffee") == [mug(n) for n in range(1, 6)]
+    assert [s.path for s in other.seen] == ["/moved", "/final%20page"]
+    assert other.seen[0].headers["user-agent"] == fetch.USER_AGENT  # scraper.fetch made these requests
+    assert connects == [(IPv4Address("127.0.0.1"),)] * 2  # pinned to the address it checked, each hop
+    assert client.requests_sent == 2  # Bing once, then the hop elsewhere (fetch follows its own redirects)
+
+
+def test_redirect_loop_on_bing_ends(serve) -> None:
+    server = serve(lambda h, hit: reply(h, 302, headers={"Location": f"/again{hit}"}))
+    with pytest.raises(BingUnavailable, match=f"redirected more than {bing.MAX_REDIRECTS} times"):
+        client_for(server).search("coffee")
+    assert server.hits == bing.MAX_REDIRECTS + 1
+
+
+def test_redirect_elsewhere_too_large_is_parse_error(serve, monkeypatch) -> None:
+    monkeypatch.setattr(bing, "MAX_RESPONSE_BYTES", 1000)
+    other = serve(lambda h, hit: reply(h, 200, fixture_text("async_page0.html").encode()))
+    server = serve(lambda h, hit: reply(h, 302, headers={"Location": f"{other.url}/big"}))
+    with pytest.raises(BingParseError, match="over 1000 bytes"):
+        client_for(server, allow_private=True).search("coffee")
