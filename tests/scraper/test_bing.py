@@ -459,7 +459,10 @@ def test_client_argument_errors(kwargs: dict) -> None:
         ('https://cdn.example.com/a"b<c>`{d}.jpg', "https://cdn.example.com/a%22b%3Cc%3E%60%7Bd%7D.jpg"),
         # %XX already there is not encoded again; a stray % in the path is
         ("https://cdn.example.com/My%20Mug%2B.jpg", "https://cdn.example.com/My%20Mug%2B.jpg"),
-        ("https://cdn.example.com/50%25 off/100% cotton.jpg", "https://cdn.example.com/50%25%20off/100%25%20cotton.jpg"),
+        (
+            "https://cdn.example.com/50%25 off/100% cotton.jpg",
+            "https://cdn.example.com/50%25%20off/100%25%20cotton.jpg",
+        ),
         # the query keeps its syntax (& = + / ? ; % and %XX); only what cannot stand raw is encoded
         (
             "https://cdn.example.com/i.jpg?q=tasse kaffee&w=1+2&p=a/b?c;d&e=100%&f=%2F&g=ä",
