@@ -215,8 +215,28 @@ DEVICES = ("cpu", "gpu")
 DEVICE_HELP = "cpu (default) or gpu (crema's CUDA kernels; needs CuPy and a CUDA device)"
 
 
+def crema_version() -> str:
+    """crema's version: the installed package's metadata, else pyproject.toml's beside the source (a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crema")
+    except PackageNotFoundError:
+        pass
+    import re
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        project = pyproject.read_text(encoding="utf-8").split("[project]", 1)[1].split("\n[", 1)[0]
+    except (OSError, IndexError):
+        return "unknown"
+    match = re.search(r'^version\s*=\s*["\']([^"\']+)["\']', project, re.MULTILINE)
+    return match.group(1) if match else "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crema", description="Caffe models on crema's own kernels.")
+    parser.add_argument("--version", action="version", version=f"crema {crema_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

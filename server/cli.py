@@ -16,6 +16,8 @@ synset_words.txt or labels.txt beside the prototxt when present.
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 from pathlib import Path
 
@@ -75,14 +77,6 @@ def load_model(args: argparse.Namespace) -> Model:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
-    from .app import AppConfig, create_app
-    from .gallery import open_gallery
-    from .web import WebSearch
-
     if not 0 <= args.port <= 65535:
         return _error(f"--port must be 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
@@ -91,6 +85,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error("--max-upload-mb and --switch-interval-ms must be > 0, --max-batch >= 1, --batch-window-ms >= 0")
     if args.personal_max_photos < 1 or args.personal_max_mb <= 0:
         return _error("--personal-max-photos must be >= 1 and --personal-max-mb > 0")
+    # Bind first: a port in use is told at once, not after a minute of loading, and never after "open http://...".
+    try:
+        listener = _listen_socket(args.host, args.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return _error(
+                f"port {args.port} is in use on {args.host} (another crema serve?); stop that program or choose "
+                "another port with --port"
+            )
+        return _error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    with listener:
+        return _serve(args, listener)
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) as uvicorn binds one (IPv6 when the host has a ':', SO_REUSEADDR);
+    port 0 picks a free port. OSError (errno EADDRINUSE for a port in use) when it cannot be bound."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
+    """`crema serve` after its checks: load the model and galleries, then serve the app on `listener`."""
+    import logging
+
+    import uvicorn
+
+    from .app import AppConfig, create_app
+    from .gallery import open_gallery
+    from .web import WebSearch
+
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
     gallery, note = open_gallery(model, args.gallery, args.cache)
@@ -132,8 +163,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "minute on 2 cores; later starts load them from Numba's cache)",
         flush=True,
     )
-    print(f"crema: open http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    port = listener.getsockname()[1]  # the real one, also for --port 0
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"crema: open http://{host}:{port}/ (Ctrl+C stops)", flush=True)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
 
 

@@ -84,3 +84,89 @@ def test_served_app_over_http(crema_server):
         assert refused.status_code == 400 and "loopback" in refused.json()["error"]
         page = c.get("/")
         assert page.status_code == 200 and "crema" in page.text
+
+
+# -- issue 14 item 17: the port is bound before anything is printed or loaded; `crema --version` -----------------
+def must_not_load(args):
+    raise AssertionError("the model must not be loaded when the port cannot be bound")
+
+
+def test_serve_port_in_use_fails_at_once_and_says_so(monkeypatch, capsys):
+    import socket
+
+    import server.cli
+
+    monkeypatch.setattr(server.cli, "load_model", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"crema: error: port {port} is in use on 127.0.0.1 (another crema serve?); stop that program or choose "
+        "another port with --port"
+    )
+    assert "open http" not in captured.out
+
+
+def test_serve_bad_host_is_one_line(monkeypatch, capsys):
+    import server.cli
+
+    monkeypatch.setattr(server.cli, "load_model", must_not_load)
+    assert main(["serve", "--host", "192.0.2.1", "--port", "0"]) == 2  # TEST-NET-1: no interface of ours has it
+    assert capsys.readouterr().err.startswith("crema: error: cannot listen on 192.0.2.1:0: ")
+
+
+def test_serve_runs_uvicorn_on_the_socket_it_bound_and_prints_its_real_port(lenet_files, monkeypatch, capsys):
+    import errno
+    import socket
+    import sys
+
+    import uvicorn
+
+    import server.gallery
+
+    seen = {}
+
+    def fake_run(self, sockets=None):
+        (sock,) = sockets
+        seen["port"] = sock.getsockname()[1]
+        seen["config_port"] = self.config.port
+        with socket.socket() as other:  # the port is really held while uvicorn runs
+            try:
+                other.bind(("127.0.0.1", seen["port"]))
+            except OSError as exc:
+                seen["bind_errno"] = exc.errno
+        seen["sock"] = sock
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setattr(server.gallery, "open_gallery", lambda *a: (None, "no gallery in this test"))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)  # keep the test process's own
+    model = ["--model", str(lenet_files["prototxt"]), "--weights", str(lenet_files["weights"])]
+    assert main(["serve", "--port", "0", *model, "--no-web", "--no-personal-gallery"]) == 0
+    out = capsys.readouterr().out
+    assert seen["port"] > 0 and seen["config_port"] == seen["port"] and seen["bind_errno"] == errno.EADDRINUSE
+    assert f"crema: open http://127.0.0.1:{seen['port']}/ (Ctrl+C stops)" in out  # not :0
+    assert seen["sock"].fileno() == -1  # closed when serving ends
+
+
+def test_version(monkeypatch, capsys):
+    import tomllib
+    from importlib import metadata
+
+    import pytest
+
+    from net import cli
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's version action, like --help
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == "crema 0.1.0\n"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)  # a bare checkout: pyproject.toml's version
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert cli.crema_version() == pyproject["project"]["version"] == "0.1.0"

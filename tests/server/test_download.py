@@ -30,6 +30,14 @@ def server():
                 self.send_header("Content-Length", str(len(PAYLOAD)))
                 self.end_headers()
                 self.wfile.write(PAYLOAD)
+            elif self.path == "/chunked":  # no Content-Length: the body is sent in chunks of 100 kB
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for start in range(0, len(PAYLOAD), 100_000):
+                    piece = PAYLOAD[start : start + 100_000]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
             elif self.path == "/truncated":
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(PAYLOAD)))
@@ -114,3 +122,58 @@ def test_official_facts():
     info = KNOWN_WEIGHTS["caffenet"]
     assert info.url == "http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel"
     assert info.sha1 == "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46"
+
+
+# -- issue 14 item 17: --out NEWDIR/, the file's mode, requests streaming --------------------------------------
+def test_cli_out_with_a_trailing_slash_is_a_new_folder(server, tmp_path, capsys):
+    url, _ = server
+    for folder in ("new", "deeper/newer"):
+        out = f"{tmp_path / folder}/"
+        args = ["download", "caffenet", "--url", f"{url}/model.caffemodel", "--out", out, "--sha1", PAYLOAD_SHA1]
+        assert main(args) == 0
+        saved = tmp_path / folder / "bvlc_reference_caffenet.caffemodel"
+        assert (tmp_path / folder).is_dir() and saved.read_bytes() == PAYLOAD
+        assert f"saved {saved}" in capsys.readouterr().out
+    # without the slash, a path that is not a folder stays a file name
+    out = tmp_path / "plain.caffemodel"
+    args = ["download", "caffenet", "--url", f"{url}/model.caffemodel", "--out", str(out), "--sha1", PAYLOAD_SHA1]
+    assert main(args) == 0
+    assert out.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_file_mode_follows_the_umask(server, tmp_path, umask, mode):
+    import os
+    import stat
+
+    url, _ = server
+    old = os.umask(umask)
+    try:
+        out = download_file(f"{url}/model.caffemodel", tmp_path / "w.caffemodel", sha1=PAYLOAD_SHA1, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+def test_streams_with_requests_without_content_length(server, tmp_path, monkeypatch, capsys):
+    import urllib.request
+
+    def no_urllib(*args, **kwargs):
+        raise AssertionError("the downloader uses requests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_urllib)
+    url, hits = server
+    out = download_file(f"{url}/chunked", tmp_path / "w", sha1=PAYLOAD_SHA1)
+    assert out.read_bytes() == PAYLOAD and leftovers(tmp_path) == ["w"]
+    assert "downloading w" in capsys.readouterr().err
+    assert hits == ["/chunked"]
+
+
+def test_a_failed_download_then_a_good_one(server, tmp_path):
+    """Run again after a failure: the second run downloads and saves; no temporary file is left either time."""
+    url, hits = server
+    with pytest.raises(DownloadError, match="connection lost|got 1,000 bytes"):
+        download_file(f"{url}/truncated", tmp_path / "w", sha1=PAYLOAD_SHA1, progress=False)
+    assert leftovers(tmp_path) == []
+    download_file(f"{url}/model.caffemodel", tmp_path / "w", sha1=PAYLOAD_SHA1, progress=False)
+    assert leftovers(tmp_path) == ["w"] and (tmp_path / "w").read_bytes() == PAYLOAD
