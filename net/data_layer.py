@@ -71,7 +71,7 @@ def resolve_source(source: str) -> tuple[Path, Path, str]:
     if match:
         name = "fashion-mnist" if match.group(1) else "mnist"
         split = match.group(2)
-        root = datasets.data_root(name)
+        root = datasets.data_root(name, split)
         images, labels = datasets.idx_paths(root, split)
         return images, labels, f"Caffe's {given.name} read as the {name} {split} split in {root}"
     candidates = [given] if given.is_absolute() else [given, datasets.REPO_ROOT / given]
