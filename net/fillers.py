@@ -23,11 +23,10 @@ def _fans(shape: tuple[int, ...]) -> tuple[float, float]:
 def _norm(filler: Message, shape: tuple[int, ...]) -> float:
     fan_in, fan_out = _fans(shape)
     mode = filler.variance_norm
-    if mode == "FAN_OUT":
-        return fan_out
-    if mode == "AVERAGE":
-        return (fan_in + fan_out) / 2.0
-    return fan_in
+    norm = fan_out if mode == "FAN_OUT" else (fan_in + fan_out) / 2.0 if mode == "AVERAGE" else fan_in
+    if norm <= 0:  # an empty shape; layers check theirs first (net.memory.check_param_shape)
+        raise ValueError(f"{filler.type} filler: shape {shape} has no fan-in/fan-out to scale by")
+    return norm
 
 
 def fill(filler: Message, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

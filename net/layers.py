@@ -24,6 +24,7 @@ from kernels.activations import softmax_runner
 from .blob import Blob
 from .device import CPU, assign, empty_like, host, kernels_for, on_device
 from .fillers import fill
+from .memory import check_param_shape
 from .schema import Message
 
 LAYERS: dict[str, type[Layer]] = {}
@@ -73,6 +74,7 @@ class Layer:
             raise self.error(f"expected {want} {kind}(s), got {n}")
 
     def _param_blob(self, index: int, shape: tuple[int, ...], filler: Message) -> Blob:
+        shape = check_param_shape(self, index, shape)  # dimensions >= 1 and within the memory budget, before filling
         blob = Blob(f"{self.name}.{index}")
         blob.data = fill(filler, shape, self.rng)
         return blob
@@ -245,8 +247,15 @@ class ConvolutionLayer(Layer):
         self.dilation = _spatial(p.dilation, None, None, False, 1, "dilation", self)
         if min(self.stride) <= 0 or min(self.dilation) <= 0:
             raise self.error("stride and dilation must be > 0")
+        for b in bottom:  # the input shapes, before any filler runs (a 3-D input or a kernel larger than it)
+            if len(b.shape) != 4:
+                raise self.error(f"expected a 4-D input (N, C, H, W), got shape {b.shape} from bottom '{b.name}'")
+            try:
+                conv.conv2d_output_shape(b.shape[2:], self.kernel, self.stride, self.pad, self.dilation)
+            except ValueError as exc:
+                raise self.error(f"bottom '{b.name}': {exc}") from None
         self.group = int(p.group)
-        channels = bottom[0].shape[1] if len(bottom[0].shape) == 4 else 0
+        channels = bottom[0].shape[1]
         if self.group <= 0 or channels % self.group or p.num_output % self.group:
             raise self.error(
                 f"group {self.group} must divide both input channels ({channels}) and num_output ({p.num_output})"

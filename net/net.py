@@ -26,6 +26,17 @@ from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLo
 from .blob import Blob
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
 from .layers import NO_STEP, Layer, create_layer
+from .memory import (
+    Budget,
+    MemoryBudgetError,
+    ShapeOnly,
+    begin_shape_pass,
+    end_shape_pass,
+    gib,
+    nbytes,
+    param_room,
+    resolve_budget,
+)
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -148,9 +159,13 @@ class Net:
         seed: int | None = None,
         device: str = "cpu",
         fuse: bool = True,
+        memory_budget: Budget | None = None,
     ) -> None:
         from .upgrade import filter_net
 
+        # the blobs must fit in this (net.memory): checked from the shapes before they are allocated, at
+        # construction and on every reshape; None: CREMA_MEMORY_BUDGET, else half the machine's RAM
+        self.memory_budget = resolve_budget(memory_budget)
         self.device = check_device(device)  # RuntimeError for 'gpu' without CuPy or a visible device
         self.phase = _phase(phase)
         self.param = filter_net(param, self.phase, level, tuple(stages))
@@ -176,7 +191,13 @@ class Net:
 
     # -- construction ------------------------------------------------------------------------
     def _build(self) -> None:
+        """Create, set up and shape every layer. Tops are shape-only until the end (memory.ShapeOnly); parameters are
+        filled as layers set up, each within what the earlier ones left of the budget; then the whole net's need
+        is checked and the tops allocated."""
         available: dict[str, None] = {}
+        budget = self.memory_budget
+        param_bytes = 0
+        seen_params: set[int] = set()
         for lp in self._built.layer:
             where = f"layer '{lp.name}' ({lp.type})"
             try:
@@ -199,21 +220,54 @@ class Net:
                 elif name in self._blobs:
                     raise NetError(f"{where}: top '{name}' is produced by multiple sources")
                 else:
-                    blob = self._blobs[name] = Blob(name)
+                    blob = self._blobs[name] = ShapeOnly(name)
                 top.append(blob)
                 available[name] = None
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
             try:
-                layer.setup(bottom, top)
+                with param_room(budget.bytes - param_bytes, budget):
+                    layer.setup(bottom, top)
                 layer.reshape(bottom, top)
+            except MemoryBudgetError as exc:
+                raise MemoryBudgetError(f"net '{self.name}': {exc}") from None
             except ValueError as exc:
                 raise NetError(str(exc) if str(exc).startswith(lp.type) else f"{where}: {exc}") from None
+            for blob in layer.blobs:
+                if id(blob) not in seen_params:
+                    seen_params.add(id(blob))
+                    param_bytes += nbytes(blob.shape)
             self.layers.append(layer)
             self.bottoms.append(bottom)
             self.tops.append(top)
             self.loss_weights.append(self._layer_loss_weights(lp, layer, where))
         self.outputs: list[str] = list(available)
+        self.check_memory()
+        end_shape_pass([(blob, None, None) for blob in self._blobs.values()])
+
+    def memory_need(self) -> int:
+        """Bytes the net's blobs take at their current shapes (read from the shapes, nothing allocated): every blob and
+        parameter, twice in a TRAIN net (the gradients)."""
+        need = sum(nbytes(blob.shape) for blob in self._blobs.values())
+        seen: set[int] = set()
+        for layer in self.layers:
+            for blob in layer.blobs:
+                if id(blob) not in seen:
+                    seen.add(id(blob))
+                    need += nbytes(blob.shape)
+        return 2 * need if self.phase == "TRAIN" else need
+
+    def check_memory(self) -> None:
+        """MemoryBudgetError, with the figures, when `memory_need` exceeds the budget."""
+        need, budget = self.memory_need(), self.memory_budget
+        if need <= budget.bytes:
+            return
+        first = self._blobs[self.inputs[0]] if self.inputs else self.tops[0][0] if self.tops and self.tops[0] else None
+        at = f" at batch {first.shape[0]}" if first is not None and first.shape else ""
+        what = "its blobs and their gradients" if self.phase == "TRAIN" else "its blobs"
+        raise MemoryBudgetError(
+            f"net '{self.name}' needs {gib(need)} for {what}{at}; the budget is {gib(budget.bytes)} ({budget.source})"
+        )
 
     @staticmethod
     def _layer_loss_weights(lp: Message, layer: Layer, where: str) -> list[float]:
@@ -279,13 +333,21 @@ class Net:
         seed: int | None = None,
         device: str = "cpu",
         fuse: bool = True,
+        memory_budget: Budget | None = None,
     ) -> Net:
         """Build a net from a text prototxt and, if given, copy weights from a binary caffemodel. fuse=False keeps
-        every layer's own forward (no folding or fused activations: `fuse_layers`)."""
+        every layer's own forward (no folding or fused activations: `fuse_layers`); memory_budget: see `Net`."""
         from .prototxt_loader import load_net_prototxt
 
         net = cls(
-            load_net_prototxt(str(prototxt)), phase=phase, level=level, stages=stages, seed=seed, device=device, fuse=fuse
+            load_net_prototxt(str(prototxt)),
+            phase=phase,
+            level=level,
+            stages=stages,
+            seed=seed,
+            device=device,
+            fuse=fuse,
+            memory_budget=memory_budget,
         )
         if weights is not None:
             net.copy_from(weights)
@@ -354,14 +416,31 @@ class Net:
         self._plan = None
 
     # -- running -----------------------------------------------------------------------------
-    def reshape(self) -> None:
-        """Propagate input shapes through every layer."""
+    def reshape(self, inputs: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """Propagate input shapes through every layer; `inputs` first gives input blobs new shapes (zeros). A shape
+        pass comes first (memory.ShapeOnly: nothing allocated), then the memory budget is checked (MemoryBudgetError),
+        then the tops that changed size get zeros. On an error every blob keeps the array it had."""
         self._plan = None
-        for layer, bottom, top in zip(self.layers, self.bottoms, self.tops):
-            try:
-                layer.reshape(bottom, top)
-            except ValueError as exc:
-                raise NetError(str(exc)) from None
+        saved = begin_shape_pass(self._blobs.values())
+        try:
+            for name, shape in (inputs or {}).items():
+                if name not in self.inputs:
+                    have = ", ".join(self.inputs)
+                    raise ValueError(f"{name!r} is not an input of net '{self.name}' (inputs: {have})")
+                old = self._blobs[name].shape
+                if len(shape) != len(old):
+                    raise ValueError(f"input '{name}': expected {len(old)} dimensions like {old}, got {tuple(shape)}")
+                self._blobs[name].reshape(shape)
+            for layer, bottom, top in zip(self.layers, self.bottoms, self.tops):
+                try:
+                    layer.reshape(bottom, top)
+                except ValueError as exc:
+                    raise NetError(str(exc)) from None
+            self.check_memory()
+        except BaseException:
+            end_shape_pass(saved, undo=True)
+            raise
+        end_shape_pass(saved)
 
     def set_input(self, name: str, value: np.ndarray) -> None:
         if name not in self.inputs:

@@ -38,7 +38,7 @@ from .textformat import (
     quote_bytes,
     quote_string,
     to_float32,
-    tokenize,
+    iter_tokens,
     unescape,
 )
 
@@ -56,21 +56,33 @@ _CLOSERS = {"{": "}", "<": ">"}
 
 
 class _Parser:
-    """Recursive-descent parser over the token list of one text."""
+    """Recursive-descent parser over the tokens of one text, read one at a time (`self.tok` is the next one, not
+    yet taken; `_advance` takes it). No token list is built: memory beyond the text and the result stays flat."""
 
     def __init__(self, text: str, filename: str) -> None:
         self.src = Source(text, filename)
-        self.toks = tokenize(self.src)
-        self.i = 0
+        self._tokens = iter_tokens(self.src)
+        self.tok: Token = next(self._tokens)
+
+    def _advance(self) -> None:
+        """Take the current token; past the end, `tok` stays the 'eof' token."""
+        if self.tok.kind != "eof":
+            self.tok = next(self._tokens)
+
+    def check_rest(self) -> None:
+        """Read the tokens not yet taken, so a lexical error anywhere in the text raises (a parse error found
+        earlier is reported only when the whole text tokenizes, as when the tokens were listed up front)."""
+        for _ in self._tokens:
+            pass
 
     # -- helpers -----------------------------------------------------------------------------
     def _error(self, tok: Token, reason: str) -> PrototxtError:
         return self.src.error(tok.pos, reason)
 
     def _take_symbol(self, symbols: str) -> Token | None:
-        tok = self.toks[self.i]
+        tok = self.tok
         if tok.kind == "symbol" and tok.text in symbols:
-            self.i += 1
+            self._advance()
             return tok
         return None
 
@@ -78,9 +90,8 @@ class _Parser:
     def parse_message(self, msg: Message, opener: Token | None, field_name: str = "") -> None:
         """Fill `msg` with fields up to the closer matching `opener` (or to the end for the top level)."""
         seen: dict[str, int] = {}
-        toks = self.toks
         while True:
-            tok = toks[self.i]
+            tok = self.tok
             if tok.kind == "symbol" and tok.text in "}>":
                 if opener is None:
                     raise self._error(
@@ -94,7 +105,7 @@ class _Parser:
                         f"expected '{closer}' to close '{opener.text}' of '{field_name}' "
                         f"opened at {self.src.where(opener.pos)}, found '{tok.text}'",
                     )
-                self.i += 1
+                self._advance()
                 return
             if tok.kind == "eof":
                 if opener is None:
@@ -106,7 +117,7 @@ class _Parser:
                 )
             if tok.kind != "ident":
                 raise self._error(tok, f"expected a field name of {msg.type_name}, found {describe(tok)}")
-            self.i += 1
+            self._advance()
             self._parse_field(msg, tok, seen)
             self._take_symbol(",;")
 
@@ -134,7 +145,7 @@ class _Parser:
                 )
             seen[name] = name_tok.pos
         colon = self._take_symbol(":")
-        tok = self.toks[self.i]
+        tok = self.tok
         if tok.kind == "symbol" and tok.text in "{<":
             if not field.is_message:
                 raise self._error(
@@ -142,7 +153,7 @@ class _Parser:
                     f"field '{name}' of {msg.type_name} is a {field.type}, not a message; "
                     f"expected {'a value' if colon else repr(':')}, found '{tok.text}'",
                 )
-            self.i += 1
+            self._advance()
             self._store(msg, field, self._parse_submessage(field, tok))
         elif tok.kind == "symbol" and tok.text == "[":
             if not field.repeated:
@@ -152,7 +163,7 @@ class _Parser:
                 )
             if colon is None and not field.is_message:
                 raise self._error(tok, f"expected ':' after field name '{name}', found '['")
-            self.i += 1
+            self._advance()
             self._parse_list(msg, field, tok)
         elif colon is None:
             raise self._error(tok, f"expected ':' or '{{' after field name '{name}', found {describe(tok)}")
@@ -175,20 +186,20 @@ class _Parser:
             getattr(msg, field.name)  # an empty list still creates the (empty) field
             return
         while True:
-            tok = self.toks[self.i]
+            tok = self.tok
             if field.is_message:
                 if not (tok.kind == "symbol" and tok.text in "{<"):
                     raise self._error(
                         tok,
                         f"expected '{{' to start an element of '{field.name}' ({field.type}), found {describe(tok)}",
                     )
-                self.i += 1
+                self._advance()
                 self._store(msg, field, self._parse_submessage(field, tok))
             else:
                 self._store(msg, field, self.parse_scalar(field))
             if self._take_symbol("]"):
                 return
-            tok = self.toks[self.i]
+            tok = self.tok
             if tok.kind == "eof":
                 raise self._error(opener, f"unbalanced brackets: '[' of '{field.name}' opened here is never closed")
             if not self._take_symbol(","):
@@ -211,9 +222,7 @@ class _Parser:
             )
         seen["round_mode"] = name_tok.pos
         if not self._take_symbol(":"):
-            raise self._error(
-                self.toks[self.i], f"expected ':' after field name 'ceil_mode', found {describe(self.toks[self.i])}"
-            )
+            raise self._error(self.tok, f"expected ':' after field name 'ceil_mode', found {describe(self.tok)}")
         ceil = self.parse_scalar(Field("ceil_mode", 0, "bool"))
         msg.round_mode = "CEIL" if ceil else "FLOOR"
 
@@ -228,7 +237,7 @@ class _Parser:
         if ftype in ENUMS:
             return self._parse_enum(field)
         neg = self._take_symbol("-")
-        tok = self.toks[self.i]
+        tok = self.tok
         if ftype in _INT_RANGES:
             return self._parse_int(field, tok, neg)
         return self._parse_float(field, tok, neg)
@@ -239,7 +248,7 @@ class _Parser:
         )
 
     def _parse_string(self, field: Field) -> str | bytes:
-        tok = self.toks[self.i]
+        tok = self.tok
         if tok.kind != "string":
             hint = ""
             if tok.kind in ("ident", "number"):
@@ -250,10 +259,10 @@ class _Parser:
                         f'write the type as a string such as "Convolution")'
                     )
             raise self._bad_value(field, tok, "a quoted string", hint)
-        first_index = self.i
-        while self.toks[self.i].kind == "string":
-            self.i += 1
-        run = self.toks[first_index : self.i]
+        run = []  # adjacent literals are one string
+        while self.tok.kind == "string":
+            run.append(self.tok)
+            self._advance()
         if field.type == "string" and not any("\\" in t.text for t in run):
             return "".join(t.text[1:-1] for t in run)
         data = b"".join(unescape(t.text, self.src, t.pos) for t in run)
@@ -265,8 +274,8 @@ class _Parser:
             raise self._error(tok, f"string for field '{field.name}' is not valid UTF-8 after unescaping") from None
 
     def _parse_bool(self, field: Field) -> bool:
-        tok = self.toks[self.i]
-        self.i += 1
+        tok = self.tok
+        self._advance()
         if tok.kind == "ident":
             if tok.text in _TRUE:
                 return True
@@ -279,8 +288,8 @@ class _Parser:
     def _parse_enum(self, field: Field) -> str:
         names = ENUMS[field.type]
         neg = self._take_symbol("-")
-        tok = self.toks[self.i]
-        self.i += 1
+        tok = self.tok
+        self._advance()
         if tok.kind == "ident" and neg is None:
             if tok.text in names:
                 return tok.text
@@ -315,7 +324,7 @@ class _Parser:
     def _parse_int(self, field: Field, tok: Token, neg: Token | None) -> int:
         if tok.kind != "number":
             raise self._bad_value(field, tok, "an integer")
-        self.i += 1
+        self._advance()
         value = self._int_value(field, tok)
         if neg is not None:
             value = -value
@@ -334,7 +343,7 @@ class _Parser:
             value = float(tok.text.lower())
         else:
             raise self._bad_value(field, tok, "a number")
-        self.i += 1
+        self._advance()
         if neg is not None:
             value = -value
         return to_float32(value) if field.type == "float" else value
@@ -355,7 +364,14 @@ def parse_text(text: str, type_name: str = "NetParameter", filename: str = "<str
         text = " " + text[1:]  # a BOM: keep offsets (and columns) aligned
     parser = _Parser(text, filename)
     msg = Message(type_name)
-    parser.parse_message(msg, None)
+    try:
+        parser.parse_message(msg, None)
+    except PrototxtError:
+        try:
+            parser.check_rest()  # a lexical error anywhere wins, as it did when the text was tokenized first
+        except PrototxtError as lexical:
+            raise lexical from None
+        raise
     return msg
 
 

@@ -9,7 +9,10 @@ backward `iter_size` times; clip, normalise, regularise, compute the update and 
 `snapshot` iterations. Snapshots are `<prefix>_iter_<N>.caffemodel` (weights, loadable by Caffe, OpenCV
 DNN and crema) and `<prefix>_iter_<N>.solverstate` (iteration, history, learned net, and crema's resume
 data: data-layer positions and RNG states, so a resumed run repeats an uninterrupted one bit for bit).
-Both are written atomically. SIGINT (Ctrl-C) finishes the current iteration, snapshots and stops.
+Both are written atomically; the state records its own length and checksum, so a cut or damaged one is refused by
+name (`net.snapshots`). The log (`log_csv`) is written with every snapshot, and a resumed run keeps its rows from
+before the resume point. A run starts by removing the temporary files a killed one left beside its snapshots.
+SIGINT (Ctrl-C) finishes the current iteration, snapshots and stops.
 A NaN/inf loss stops training with `TrainingDiverged` naming the iteration and the first layer with a
 non-finite output; no snapshot is written from the diverged state, so the last good one stays.
 
@@ -26,7 +29,6 @@ Errors: `SolverError(ValueError)` for a bad solver definition or state file; `Tr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -42,8 +44,18 @@ from kernels import optim
 
 from .blob import Blob
 from .device import assign, check_device, host
+from .memory import Budget
 from .net import Net, NetError
 from .schema import Message
+from .snapshots import (
+    StateFileError,
+    encode_solverstate,
+    read_log,
+    read_solverstate,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_log,
+)
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
@@ -93,24 +105,13 @@ def learning_rate(param: Message, it: int, current_step: int = 0) -> tuple[float
     raise SolverError(f"unknown lr_policy {policy!r} (known: {', '.join(POLICIES)})")
 
 
-def _write_state(path: Path, msg: Message) -> None:
-    from .caffemodel import _write_atomic
-
-    _write_atomic(path, msg)
-
-
 def load_solverstate(path: str | os.PathLike) -> Message:
-    from .caffemodel import CaffemodelError, decode
-
+    """A .solverstate's SolverState (crema_resume left out), verified where it records a length and checksum
+    (`net.snapshots.read_solverstate`). Raises SolverError naming the file."""
     try:
-        data = Path(path).read_bytes()
-        if not data:
-            raise SolverError(f"{path}: empty file")
-        return decode(data, "SolverState", source=str(path))
-    except CaffemodelError as exc:
+        return read_solverstate(path)[0]
+    except StateFileError as exc:
         raise SolverError(str(exc)) from None
-    except OSError as exc:
-        raise SolverError(f"cannot read solver state {path}: {exc.strerror}") from None
 
 
 class _Progress:
@@ -161,10 +162,12 @@ class Solver:
         log_csv: str | os.PathLike | None = None,
         progress: bool = True,
         device: str = "cpu",
+        memory_budget: Budget | None = None,
     ) -> None:
         self.param = param
         self.source = source
         self.device = check_device(device)
+        self.memory_budget = memory_budget  # for every net it builds (net.memory; None: the default)
         self.log = log or (lambda line: print(line, flush=True))
         self._check()
         self.type = param.type or "SGD"
@@ -259,6 +262,7 @@ class Solver:
                 stages=tuple(state.stage),
                 seed=self.seed,
                 device=self.device,
+                memory_budget=self.memory_budget,
             )
         except NetError as exc:
             raise SolverError(f"train net: {exc}") from None
@@ -292,6 +296,7 @@ class Solver:
                         stages=tuple(state.stage),
                         seed=self.seed + 1 + i,
                         device=self.device,
+                        memory_budget=self.memory_budget,
                     )
                 )
             except NetError as exc:
@@ -324,7 +329,12 @@ class Solver:
         return learning_rate(self.param, self.iter, self.current_step)[0]
 
     def solve(self, resume: str | os.PathLike | None = None) -> None:
-        """Train to max_iter (resuming from a .solverstate if given), with tests, display and snapshots."""
+        """Train to max_iter (resuming from a .solverstate if given), with tests, display and snapshots. First removes
+        the temporary files a killed run left beside the snapshots (`net.snapshots.remove_stale_temps`)."""
+        if self.param.snapshot_prefix:
+            removed = remove_stale_temps(self.param.snapshot_prefix)
+            if removed:
+                self.log(f"Removed {len(removed)} temporary file(s) left by an interrupted write: {', '.join(removed)}")
         if resume is not None:
             self.restore(resume)
         self.log(f"Solving {self.net.name}")
@@ -357,7 +367,7 @@ class Solver:
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
-            self._write_csv()
+            self.write_csv()
 
     def step(self, iters: int) -> None:
         p = self.param
@@ -553,7 +563,8 @@ class Solver:
         return data
 
     def snapshot(self) -> tuple[str, str]:
-        """Write `<prefix>_iter_<N>.caffemodel` and `.solverstate` (each atomically; the state last)."""
+        """Write `<prefix>_iter_<N>.caffemodel` and `.solverstate` (each atomically; the state last, with its length
+        and checksum: `net.snapshots`), and the log so far, so a run killed later resumes with its history."""
         from .caffemodel import array_to_blob
 
         prefix = self._prefix()
@@ -568,17 +579,24 @@ class Solver:
         state.current_step = self.current_step
         for h in self.history + self.history2:
             state.history.append(array_to_blob(host(h)))
-        state.crema_resume = json.dumps(self._resume_data(), default=_json_default).encode()
+        self.write_csv()  # before the state: a state on disk always has its log rows beside it
         self.log(f"Snapshotting solver state to binary proto file {state_path}")
-        _write_state(Path(state_path), state)
+        write_bytes_atomic(state_path, encode_solverstate(state, self._resume_data()))
         self.last_snapshot = (model, state_path)
         return self.last_snapshot
 
     def restore(self, path: str | os.PathLike) -> None:
-        """Resume from a .solverstate: weights from its learned_net, iteration, history, data positions."""
-        from .caffemodel import blob_to_array
+        """Resume from a .solverstate: weights from its learned_net, iteration, history, data positions and random
+        streams, and the log rows of the iterations before it (from `<prefix>_log.csv`). The file is checked whole
+        (length, checksum, resume data) before anything is changed."""
+        from .caffemodel import CaffemodelError, blob_to_array
 
-        state = load_solverstate(path)
+        try:
+            state, resume, note = read_solverstate(path)  # checks the resume data's shape too
+        except StateFileError as exc:
+            raise SolverError(str(exc)) from None
+        if note:
+            self.log(f"Note: {note}")
         learned = state.learned_net
         if not learned:
             raise SolverError(f"{path}: no learned_net recorded")
@@ -587,57 +605,65 @@ class Solver:
             if not sibling.exists():
                 raise SolverError(f"{path}: its weights file {learned} is missing")
             learned = str(sibling)
-        self.net.copy_from(learned)
         hist = list(state.history)
         want = len(self.history) + len(self.history2)
         if len(hist) != want:
             raise SolverError(f"{path}: has {len(hist)} history blobs, this net and solver need {want}")
+        arrays = []
         for k, (h, proto) in enumerate(zip(self.history + self.history2, hist)):
-            arr = blob_to_array(proto, source=str(path))
+            try:
+                arr = blob_to_array(proto, source=str(path))
+            except CaffemodelError as exc:
+                raise SolverError(str(exc)) from None
             if arr.size != h.size:
                 raise SolverError(f"{path}: history blob {k} has {arr.size} values, expected {h.size}")
-            assign(h, arr.reshape(h.shape))
+            arrays.append(arr.reshape(h.shape))
+        try:
+            self.net.copy_from(learned)
+        except (NetError, CaffemodelError) as exc:
+            raise SolverError(f"{path}: its weights file: {exc}") from None
+        for h, arr in zip(self.history + self.history2, arrays):
+            assign(h, arr)
         self.iter = int(state.iter)
         self.current_step = int(state.current_step)
-        if state.has("crema_resume") and state.crema_resume:
-            data = json.loads(bytes(state.crema_resume).decode())
-            nets = {"train": self.net} | {f"test{i}": n for i, n in enumerate(self.test_nets)}
-            for net in nets.values():  # GPU nets: no staging thread may draw from an rng being rewound
-                for layer in net.layers:
-                    if getattr(layer, "stager", None) is not None:
-                        layer.stager.drain()
-            for tag, net in nets.items():
-                if tag in data["rng"]:
-                    net.rng.bit_generator.state = data["rng"][tag]
-                for layer in net.layers:
-                    key = f"{tag}/{layer.name}"
-                    if key in data["layers"] and hasattr(layer, "set_state"):
-                        layer.set_state(data["layers"][key])
-                    if key in data["rng"] and hasattr(layer, "rng"):
-                        layer.rng.bit_generator.state = data["rng"][key]
-            self.losses.extend(data.get("losses", []))
+        if resume is not None:
+            self._restore_streams(resume, str(path))
+        if self.csv_path is not None:
+            self.records = read_log(self.csv_path, before=self.iter) + self.records
         self.log(f"Resumed from {path} at iteration {self.iter}")
 
+    def _restore_streams(self, data: dict, path: str) -> None:
+        """Data-layer positions, RNG states and recent losses from a state's resume data (shape checked on reading)."""
+        nets = {"train": self.net} | {f"test{i}": n for i, n in enumerate(self.test_nets)}
+        for net in nets.values():  # GPU nets: no staging thread may draw from an rng being rewound
+            for layer in net.layers:
+                if getattr(layer, "stager", None) is not None:
+                    layer.stager.drain()
+        for tag, net in nets.items():
+            targets = [(tag, "rng", net.rng)]
+            for layer in net.layers:
+                key = f"{tag}/{layer.name}"
+                if key in data["layers"] and hasattr(layer, "set_state"):
+                    targets.append((key, "layers", layer))
+                if key in data["rng"] and hasattr(layer, "rng"):
+                    targets.append((key, "rng", layer.rng))
+            for key, section, target in targets:
+                if key not in data[section]:
+                    continue
+                try:
+                    if section == "layers":
+                        target.set_state(data[section][key])
+                    else:
+                        target.bit_generator.state = data[section][key]
+                except KeyError as exc:
+                    raise SolverError(f"{path}: damaged: resume entry {section}[{key!r}] has no {exc} key") from None
+                except (TypeError, ValueError) as exc:
+                    raise SolverError(f"{path}: damaged: resume entry {section}[{key!r}] is unusable: {exc}") from None
+        self.losses.extend(float(v) for v in data.get("losses", []))
+
     # -- logs --------------------------------------------------------------------------------
-    def _write_csv(self) -> None:
-        if not self.csv_path or not self.records:
-            return
-        keys: list[str] = []
-        for r in self.records:
-            keys += [k for k in r if k not in keys]
-        lines = [",".join(keys)]
-        for r in self.records:
-            lines.append(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys))
-        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, self.csv_path)
+    def write_csv(self) -> None:
+        """Write `records` (from before a resume point too) to the log_csv file, if one was given."""
+        if self.csv_path and self.records:
+            write_log(self.csv_path, self.records)
 
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in a solverstate")

@@ -6,7 +6,9 @@
 
 `train` prints Caffe's log lines (loss, lr, test outputs), a progress bar on a terminal, and writes
 `<snapshot_prefix>_log.csv` and `<snapshot_prefix>_chart.png` (training loss and test accuracy against
-iterations). Ctrl-C snapshots and stops; `--snapshot` resumes.
+iterations). Ctrl-C snapshots and stops; `--snapshot` resumes from a .solverstate (the log keeps the rows before
+it). `test` scores a net whose TEST phase reads data (a Data layer), not a deploy prototxt. Both take
+`--memory-budget SIZE` (net.memory): a net whose blobs would need more is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .memory import add_argument as add_memory_budget_argument
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .solver import Solver, SolverError, TrainingDiverged
 
     if args.weights and args.snapshot:
         raise ValueError("give either --weights (fine-tune) or --snapshot (resume), not both")
+    if args.snapshot and args.snapshot.endswith(".caffemodel"):
+        raise ValueError(
+            f"--snapshot {args.snapshot}: a .caffemodel holds weights only, it cannot resume a run: use --weights "
+            f"{args.snapshot} to start from these weights, or --snapshot with the run's <prefix>_iter_N.solverstate"
+        )
     from .prototxt_loader import load_solver_prototxt
 
     param = load_solver_prototxt(args.solver)
@@ -31,7 +40,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         param.snapshot_prefix = args.prefix
     prefix = param.snapshot_prefix
     solver = Solver(
-        param, source=args.solver, log_csv=f"{prefix}_log.csv", progress=not args.no_progress, device=args.device
+        param,
+        source=args.solver,
+        log_csv=f"{prefix}_log.csv",
+        progress=not args.no_progress,
+        device=args.device,
+        memory_budget=args.memory_budget,
     )
     if args.weights:
         for w in args.weights.split(","):
@@ -47,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if solver.records:
             from .plot import plot_training
 
-            solver._write_csv()
+            solver.write_csv()
             plot_training(solver.records, f"{prefix}_chart.png")
             print(f"Log: {prefix}_log.csv  Chart: {prefix}_chart.png", flush=True)
     return 0
@@ -58,7 +72,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     from .net import Net
 
-    net = Net.load(args.model, args.weights, phase="test")
+    net = Net.load(args.model, args.weights, phase="test", memory_budget=args.memory_budget)
+    if net.inputs:
+        raise ValueError(
+            f"{args.model}: no data layer in its TEST phase; its input blob(s) {', '.join(net.inputs)} come from "
+            f"an Input layer, as in a deploy prototxt, so there is nothing to score: give the train/test prototxt "
+            f"(with a Data layer for TEST), or classify images with `crema classify`"
+        )
     sums: dict[str, np.ndarray] = {}
     weights = {t.name: net.loss_weights[i][j] for i, tops in enumerate(net.tops) for j, t in enumerate(tops)}
     for it in range(args.iterations):
@@ -83,7 +103,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a net with a Caffe solver definition, like `caffe train`")
     p.add_argument("--solver", required=True, help="solver .prototxt")
     p.add_argument("--weights", help="initialise from these .caffemodel weights (comma-separated for several)")
-    p.add_argument("--snapshot", help="resume from this .solverstate")
+    p.add_argument("--snapshot", help="resume from this .solverstate (a .caffemodel goes to --weights)")
     p.add_argument("--iterations", type=int, help="override max_iter")
     p.add_argument("--seed", type=int, help="override random_seed")
     p.add_argument("--prefix", help="override snapshot_prefix")
@@ -94,10 +114,12 @@ def add_commands(sub) -> None:
         default="cpu",
         help="train on the CPU (default) or the GPU (CuPy and a CUDA device; SGD and Nesterov solvers)",
     )
+    add_memory_budget_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a model on its TEST-phase data, like `caffe test`")
     p.add_argument("--model", required=True, help="net .prototxt with TEST-phase data and metrics")
     p.add_argument("--weights", required=True, help=".caffemodel")
     p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    add_memory_budget_argument(p)
     p.set_defaults(func=cmd_test)

@@ -5,7 +5,8 @@ split into 8,000 for training and 2,000 for testing (disjoint), written as IDX f
 - SIGKILL mid-run, resume from the last snapshot: final weights equal an uninterrupted run's, bit for bit;
 - Ctrl-C (SIGINT) writes a snapshot and exits cleanly;
 - a diverging run stops with a message naming the iteration and layer, keeping the last good snapshot;
-- snapshots load in OpenCV DNN and in crema, and `crema test` scores them.
+- snapshots load in OpenCV DNN and in crema, and `crema test` scores them (and refuses a deploy prototxt);
+- a resumed run's log keeps the rows from before its resume point.
 The full 10,000-iteration run on the 60,000 training digits is `python -m benchmarks.bench_train`."""
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, digits):
     assert "Resumed from" in out
     a, b = _weights(full / "lenet_iter_120.caffemodel"), _weights(cut / "lenet_iter_120.caffemodel")
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    # the log kept its rows from before the resume point (written with the snapshot): the same as the whole run's
+    assert (cut / "lenet_log.csv").read_text() == (full / "lenet_log.csv").read_text()
+    assert not [p.name for p in cut.iterdir() if p.name.endswith((".tmp", ".tmp.png"))]  # removed on the resume
 
 
 def test_ctrl_c_snapshots_and_stops(tmp_path, digits):
@@ -195,3 +199,15 @@ def test_train_cli_errors(tmp_path):
     proc = _cli("train", "--solver", str(tmp_path / "missing.prototxt"), env=env)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "missing.prototxt" in err
+
+
+def test_crema_test_refuses_a_deploy_prototxt():
+    deploy = ROOT / "models/lenet/deploy.prototxt"
+    proc = _cli("test", "--model", str(deploy), "--weights", str(ROOT / "models/lenet/lenet.caffemodel"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and not out, out
+    assert err.strip() == (
+        f"crema: error: {deploy}: no data layer in its TEST phase; its input blob(s) data come from an Input layer, "
+        f"as in a deploy prototxt, so there is nothing to score: give the train/test prototxt (with a Data layer for "
+        f"TEST), or classify images with `crema classify`"
+    )
