@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import display_label, load_labels
+from .memory import add_argument as add_memory_budget_argument
 from .zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
 
 
@@ -95,7 +96,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .net import Net
 
     prototxt, weights, labels_file, preset, images = _classify_inputs(args)
-    net = Net.load(prototxt, weights, phase="test", device=args.device)
+    net = Net.load(prototxt, weights, phase="test", device=args.device, memory_budget=args.memory_budget)
     out_shape = net.blob(net.outputs[-1]).shape
     labels = None
     if labels_file:
@@ -128,12 +129,10 @@ def _load_with_batch(args: argparse.Namespace):
     from .net import Net
 
     device = getattr(args, "device", "cpu")
-    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0, device=device)
-    if getattr(args, "batch", None):
-        for name in net.inputs:
-            shape = net.blob(name).shape
-            net.set_input(name, np.zeros((args.batch, *shape[1:]), dtype=np.float32))
-        net.reshape()
+    budget = getattr(args, "memory_budget", None)
+    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0, device=device, memory_budget=budget)
+    if getattr(args, "batch", None):  # shapes first: the memory budget is checked before anything is allocated
+        net.reshape({name: (args.batch, *net.blob(name).shape[1:]) for name in net.inputs})
     return net
 
 
@@ -252,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "named model's, else by input channels")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
+    add_memory_budget_argument(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("import", help="convert a published model's weights into Caffe files (efficientnet-lite0)")
@@ -267,12 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", choices=DEVICES, default="cpu", help=DEVICE_HELP)
+    add_memory_budget_argument(p)
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("inspect", help="layers, shapes and parameter counts")
     p.add_argument("model")
     p.add_argument("--weights")
     p.add_argument("--batch", type=int)
+    add_memory_budget_argument(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("convert", help="upgrade old (V0/V1) prototxt / caffemodel files to the current format")

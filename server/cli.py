@@ -21,6 +21,7 @@ import socket
 import sys
 from pathlib import Path
 
+from net.memory import add_argument as add_memory_budget_argument
 from net.zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
 
 from .model import Model
@@ -45,6 +46,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "else caffenet)"
     )
     p.add_argument("--feature-blob", help="blob whose values are the similarity features (default: classifier input)")
+    add_memory_budget_argument(p)
 
 
 def load_model(args: argparse.Namespace) -> Model:
@@ -64,6 +66,7 @@ def load_model(args: argparse.Namespace) -> Model:
             preset=args.preset or files.preset,
             feature_blob=args.feature_blob,
             name=files.name,
+            memory_budget=getattr(args, "memory_budget", None),
         )
     if args.weights is None:
         raise ValueError(f"--model {args.model} needs --weights (a .caffemodel; see `crema download`)")
@@ -73,7 +76,14 @@ def load_model(args: argparse.Namespace) -> Model:
             if (Path(args.model).parent / label_file).is_file():
                 labels = Path(args.model).parent / label_file
                 break
-    return Model.load(args.model, args.weights, labels, preset=args.preset, feature_blob=args.feature_blob)
+    return Model.load(
+        args.model,
+        args.weights,
+        labels,
+        preset=args.preset,
+        feature_blob=args.feature_blob,
+        memory_budget=getattr(args, "memory_budget", None),
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

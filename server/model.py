@@ -86,6 +86,7 @@ class Model:
         preset: str | None = None,
         feature_blob: str | None = None,
         name: str | None = None,
+        memory_budget=None,
     ) -> Model:
         """Load a deploy prototxt + caffemodel (+ labels, one per line). Raises ValueError naming the missing or
         mismatched file; the preset defaults to "lenet-auto" for 1-channel inputs and "caffenet" otherwise (named
@@ -94,7 +95,7 @@ class Model:
         for what, path in (("model prototxt", prototxt), ("weights", weights), ("labels", labels)):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{what} file {path} not found")
-        net = Net.load(prototxt, weights, phase="test")
+        net = Net.load(prototxt, weights, phase="test", memory_budget=memory_budget)
         if len(net.inputs) != 1:
             raise ValueError(f"{prototxt}: expected one input blob, got {net.inputs}")
         shape = net.blob(net.inputs[0]).shape
