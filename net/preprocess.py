@@ -41,6 +41,20 @@ light paper must be inverted first: `invert=True` (preset "lenet-invert") always
 max(1, min(H, W) // 10) of the cropped image, all channels) is brighter than 127.5. Inversion is applied
 to the 0..255 values after cropping, before raw_scale.
 
+Reduced decoding (`load_image(..., shrink_to=N)`, used by the web app): the caller says it will shrink the image
+to about N x N pixels (`decode_side(pre)`). An image of more than REDUCE_ABOVE pixels is then decoded at a lower
+scale where the format allows it (JPEG: libjpeg's DCT scaling by 1/2, 1/4 or 1/8, `Image.draft`) and box-averaged
+by an integer factor right after decoding (`Image.reduce`), keeping its shorter side at least REDUCE_GAP * N, before
+any mode conversion or float copy. Images of REDUCE_ABOVE pixels or fewer decode exactly as without `shrink_to`.
+Memory of one reduced decode: the format's full decoded buffer where it cannot decode at a lower scale (PNG, GIF,
+BMP, WEBP: up to 4 bytes per pixel, 160 MB at 40 Mpx) plus one full-size converted copy for palette, 16-bit and
+transparent images; JPEG allocates 1/64 of its pixels at scale 1/8.
+
+JPEG data check (`net.headers.jpeg_data_check`): a JPEG whose header claims more blocks than its entropy-coded data
+could hold (a Huffman code is at least one bit per 8x8 block) is refused as truncated before decoding; libjpeg would
+otherwise paint the missing data grey and answer a full-size image (a 462-byte file claiming 6000x6000).
+Arithmetic-coded JPEGs (rare; no lower bound on their size) are not checked.
+
 Exceptions:
     ImageError(ValueError)   load_image: undecodable, empty, truncated, too large or disallowed image;
                              the message names the file (or "<upload>") and the problem.
@@ -52,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import re
 import struct
@@ -63,11 +78,16 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .headers import jpeg_data_check
+
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
     "PRESETS",
+    "REDUCE_ABOVE",
+    "REDUCE_GAP",
     "ImageError",
     "Preprocess",
+    "decode_side",
     "load_image",
     "normalize_mode",
     "preset",
@@ -80,6 +100,14 @@ DEFAULT_ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "
 _FORMAT_ALIASES = {"PGM": "PPM", "PBM": "PPM", "JPG": "JPEG", "TIF": "TIFF"}
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
+# Reduced decoding (module docstring). REDUCE_ABOVE: 16 Mpx, a 4608x3456 phone photo, decodes exactly; only larger
+# images are reduced. REDUCE_GAP: Pillow's own `reducing_gap` advice, "3.0 gives a result indistinguishable from
+# fair resampling in most cases": the reduced image keeps >= 3 source pixels per output pixel for the final resize.
+REDUCE_ABOVE = 16_000_000
+REDUCE_GAP = 3
+# Modes that Image.reduce averages in a way that commutes with normalize_mode (linear per pixel; LA/RGBA are reduced
+# premultiplied, so compositing onto white afterwards is the same); CMYK -> RGB is a product, nearly linear.
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
 
 ImageSource = Union[str, bytes, bytearray, "os.PathLike[str]", BinaryIO, Image.Image, np.ndarray]
 
@@ -164,13 +192,19 @@ def load_image(
     *,
     max_pixels: int = 40_000_000,
     allowed_formats: Iterable[str] = DEFAULT_ALLOWED_FORMATS,
+    shrink_to: int | None = None,
 ) -> Image.Image:
     """Decode an image file (path, bytes or binary file object) safely into a PIL image of mode "RGB" or "L".
 
     Checks, in order: empty input; format among `allowed_formats` (only those plugins may parse the file);
-    width * height <= `max_pixels` before any pixel data is decoded; full decode (truncation / corruption).
+    width * height <= `max_pixels` before any pixel data is decoded; for JPEG, enough entropy-coded data for the
+    size its header claims (module docstring); full decode (truncation / corruption).
     Then: first frame of animated GIF/WebP/TIFF, EXIF orientation applied (`ImageOps.exif_transpose`),
     mode normalised by `normalize_mode` (alpha onto white, CMYK/palette -> RGB, 16-bit -> 8-bit).
+
+    shrink_to: the side in pixels the caller resizes the image down to (`decode_side(pre)`); an image above
+    REDUCE_ABOVE pixels is then decoded reduced, its shorter side kept >= REDUCE_GAP * shrink_to (module
+    docstring). None: always the full size.
 
     Decompression bombs: our own `max_pixels` check runs right after the header is read. Pillow's global
     `Image.MAX_IMAGE_PIXELS` check also runs inside `Image.open`; we neither change that global nor wrap the
@@ -179,6 +213,8 @@ def load_image(
     DecompressionBombWarning can only fire for images above ~89 Mpx, which the default 40 Mpx limit refuses.
     Raises ImageError (a ValueError) naming the file or "<upload>"; OSError for a path that cannot be opened.
     """
+    if shrink_to is not None and shrink_to < 1:
+        raise ValueError(f"load_image: shrink_to must be >= 1 pixel, got {shrink_to}")
     fp, name, owned = _as_stream(source)
     allowed = tuple(str(f).upper() for f in allowed_formats)
     try:
@@ -188,6 +224,12 @@ def load_image(
         if not prefix:
             raise ImageError(name, "empty file (0 bytes)")
         img = _open_checked(fp, name, prefix, allowed, max_pixels)
+        if img.format in ("JPEG", "MPO"):
+            _check_jpeg_data(fp, name)
+        factor = _reduce_factor(img.size, shrink_to)
+        if factor > 1 and img.format in ("JPEG", "MPO"):
+            side = REDUCE_GAP * shrink_to  # type: ignore[operator]
+            img.draft(None, (side, side))  # DCT scaling by 1/8, 1/4 or 1/2: the largest that keeps >= side
         try:
             img.seek(0)
             img.load()
@@ -199,6 +241,8 @@ def load_image(
                 detail = msg.replace("image file is truncated", "").strip(" ()")
                 raise ImageError(name, f"truncated image ({detail})" if detail else "truncated image") from e
             raise ImageError(name, f"corrupt {img.format} image data ({msg or type(e).__name__})") from e
+        if factor > 1:
+            img = _reduced(img, _reduce_factor(img.size, shrink_to))  # the full-size buffer is dropped here
         try:
             img = ImageOps.exif_transpose(img) or img
         except _DECODE_ERRORS:
@@ -207,6 +251,63 @@ def load_image(
     finally:
         if owned:
             fp.close()
+
+
+def _reduce_factor(size: tuple[int, int], shrink_to: int | None) -> int:
+    """The integer factor an image of `size` (w, h) may be reduced by for a caller shrinking it to shrink_to
+    pixels: 1 at or below REDUCE_ABOVE pixels, else the largest keeping min(w, h) >= REDUCE_GAP * shrink_to."""
+    w, h = size
+    if shrink_to is None or w * h <= REDUCE_ABOVE:
+        return 1
+    return max(1, min(w, h) // (REDUCE_GAP * shrink_to))
+
+
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
+    """`img` box-reduced by `factor` (Image.reduce), first converted where averaging its values would be wrong:
+    palette and bilevel images (indices), 16-bit ("I;16*", unsupported by reduce) and colour-keyed transparency."""
+    if factor <= 1:
+        return img
+    mode = img.mode
+    if "transparency" in img.info or mode in ("P", "PA"):
+        img = img.convert("LA" if mode in ("L", "1") else "RGBA")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode.startswith("I;16"):
+        img = img.convert("I")
+    elif mode not in _REDUCIBLE:
+        img = img.convert("RGB")
+    return img.reduce(factor)
+
+
+def decode_side(pre: Preprocess) -> int:
+    """The side in pixels that `pre` shrinks a decoded image to, for `load_image(shrink_to=...)`: the larger side of
+    its resize (or input) size, or for a TF-style crop the shorter image side whose crop gives the input size
+    (EfficientNet: 224 / (224 / 256) = 256)."""
+    side = max(pre.pre_crop_size)
+    if pre.crop_fraction is not None:
+        side = math.ceil(max(pre.size) / pre.crop_fraction)
+    return side
+
+
+def _check_jpeg_data(fp: BinaryIO, name: str) -> None:
+    """Refuse (ImageError, "truncated") a Huffman-coded JPEG with fewer entropy-coded bits than it has 8x8 blocks in
+    its smallest component: every block codes at least its DC difference, one bit or more."""
+    fp.seek(0)
+    data = fp.getbuffer() if isinstance(fp, io.BytesIO) else fp.read()
+    try:
+        info = jpeg_data_check(data)
+    finally:
+        del data  # a BytesIO buffer view must go before the stream is read again or closed
+        fp.seek(0)
+    if info is None:
+        return
+    width, height, blocks, arithmetic, entropy = info
+    if not arithmetic and 8 * entropy < blocks:
+        raise ImageError(
+            name,
+            f"truncated image: the JPEG header claims {width}x{height} pixels ({blocks:,} 8x8 blocks) but the file "
+            f"holds {entropy:,} bytes of image data, fewer than one bit per block",
+        )
 
 
 def _open_checked(fp: BinaryIO, name: str, prefix: bytes, allowed: tuple[str, ...], max_pixels: int) -> Image.Image:

@@ -13,15 +13,20 @@ Routes:
     GET  /api/personal/{id}/thumb       its thumbnail; /api/personal/{id}/image[?download=1] the photo
     GET  /api/health, /api/models, /api/openapi.json
 
-Request flow of /api/search: the body is read by hand, counting bytes against the upload limit (413 as soon
-as it is passed; the Content-Length header is checked first); URLs are fetched by scraper.fetch.fetch_url
-(SSRF-safe); decoding and preprocessing run in a worker thread; the forward pass goes through the
-MicroBatcher (one inference thread, concurrent requests batched), which also ranks the --gallery index and
-the personal gallery for the whole batch; their hits are merged by score, each naming its `source`; the web
-search runs meanwhile. A photo added to the personal gallery takes the same path (same limits, same checks,
+Request flow of /api/search: the body is read by server.bodies.read_body: the upload limit (413 as soon as it
+is passed; the Content-Length header first), `body_timeout` seconds (408, connection closed, for a slower
+client), a budget of body bytes held across requests (503 past it), and for multipart the part count as the
+chunks arrive; the parts are then split by server.multipart. URLs are fetched by scraper.fetch.fetch_url
+(SSRF-safe) on their own pool of threads. Decoding and preprocessing run on the decode pool (server.pools: one
+thread per core, smallest images first, 503 past its queue), reading no more pixels than the model needs from
+large images (net.preprocess `shrink_to`). The forward pass goes through the MicroBatcher (one inference thread,
+concurrent requests batched), which also ranks the --gallery index and the personal gallery for the whole batch;
+their hits are merged by score, each naming its `source`; the web search runs meanwhile. A photo added to the
+personal gallery takes the same path (same limits, same checks,
 same batcher), and its features are stored. Every error is JSON {"error": "plain words"} with a 4xx status
-(5xx only for upstream failures of a URL fetch, a disk that cannot store a photo, and bugs). Client file
-names are never used as paths: gallery and personal files are addressed by integer id.
+(5xx only for upstream failures of a URL fetch, a disk that cannot store a photo, a full pool (503, with
+Retry-After) and bugs). Client file names are never used as paths: gallery and personal files are addressed by
+integer id (at most 18 digits; anything else is 404).
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +51,17 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from net.preprocess import ImageError
+from net.headers import header_pixels
+from net.preprocess import ImageError, decode_side, load_image
 
 from .batcher import MicroBatcher
+from .bodies import CLOSE, BodyRefused, read_body, releases_body
 from .gallery import Gallery
-from .model import Model
-from .multipart import MultipartError, Part, parse_multipart, parse_options_header
+from .model import ALLOWED_FORMATS, Model
+from .multipart import MultipartError, Part, PartCounter, parse_multipart, parse_options_header
 from .openapi import openapi_spec
 from .personal import GalleryFull, PersonalGallery, prepare_photo
+from .pools import Busy, ByteBudget, WorkPool, return_large_frees_to_os
 from .web import WebSearch
 
 __all__ = ["STATIC_DIR", "ApiError", "AppConfig", "create_app"]
@@ -61,6 +71,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file in a multipart body
 MAX_JSON_BODY = 64 * 1024
 MAX_PAGE = 20
+_ID = re.compile(r"[0-9]{1,18}")  # gallery and personal ids: int64, and never a 5,000-digit int() in a route
 FORMATS_HINT = "send a JPEG, PNG, GIF, BMP or WEBP image"
 PERSONAL_OFF = "the personal gallery is turned off on this server (crema serve --no-personal-gallery)"
 NO_GALLERY = (
@@ -70,7 +81,7 @@ NO_GALLERY = (
 
 
 class ApiError(Exception):
-    """An error answered as JSON {"error": message} with `status`."""
+    """An error answered as JSON {"error": message} with `status` (server.bodies.BodyRefused is answered alike)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -91,6 +102,15 @@ class AppConfig:
                     cores); 1 avoids fork-join stalls on a machine crowded with other work
     web_query       template for the web query, "{label}" = the top label's first synonym; None: automatic
                     ("handwritten digit {label}" when every label is a number, else "{label}")
+    body_timeout    seconds to receive a request body from its first byte to its last (408 and the connection
+                    closed after that): a 10 MB photo needs 2.7 Mbit/s at the default 30 s
+    body_budget     bytes of request bodies held at once across requests (503 past it): with 10 MB uploads,
+                    20 at once; a body counts from its Content-Length (or as it arrives) until its answer is sent
+    decode_workers  threads decoding images at once (None: the cores this process may use); one 40 Mpx
+                    PNG holds ~160 MB while it decodes
+    decode_queue    decodes waiting for a thread beyond those (503 past it); decode_wait_s: the longest wait
+    fetch_workers   URL fetches at once, on their own threads; fetch_queue: fetches waiting beyond those (503);
+                    a fetch's wait for a thread counts against its url_timeout
     """
 
     max_upload: int = 10_000_000
@@ -105,30 +125,18 @@ class AppConfig:
     web_query: str | None = None
     warmup: bool = True
     threads: int | None = None
+    body_timeout: float = 30.0
+    body_budget: int = 200_000_000
+    decode_workers: int | None = None
+    decode_queue: int = 32
+    decode_wait_s: float = 10.0
+    fetch_workers: int = 16
+    fetch_queue: int = 16
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 def _ms(t0: float, t1: float) -> float:
     return round(1000.0 * (t1 - t0), 3)
-
-
-async def _read_body(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refusing (413) a declared or actual size above `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise ApiError(400, f"bad Content-Length header {declared!r}") from None
-        if size > limit:
-            raise ApiError(413, f"{what} is too large: {size:,} bytes, the limit is {limit:,} bytes")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, f"{what} is too large: more than the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _image_error(exc: ImageError, source: str) -> ApiError:
@@ -153,10 +161,25 @@ def _page(request: Request) -> int:
     return page
 
 
+def _path_id(request: Request) -> int:
+    """The {id} of a gallery or personal route: 1 to 18 digits, else 404 (no int() of a huge string)."""
+    raw = request.path_params["id"]
+    if not _ID.fullmatch(raw):
+        raise ApiError(404, f"no such id {raw[:40]!r}: ids are whole numbers of at most 18 digits")
+    return int(raw)
+
+
 def _default_fetcher(url: str, *, max_bytes: int, timeout: float, allow_private: bool) -> bytes:
     from scraper.fetch import fetch_url
 
     return fetch_url(url, max_bytes=max_bytes, timeout=timeout, allow_private=allow_private).data
+
+
+def decode_input(model: Model, data: bytes, *, max_pixels: int) -> np.ndarray:
+    """`model.preprocess(data)` decoding a large image no bigger than the model needs (net.preprocess `shrink_to`);
+    the same numbers for images of up to REDUCE_ABOVE pixels. Raises ImageError."""
+    img = load_image(data, max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS, shrink_to=decode_side(model.pre))
+    return model.pre(img)
 
 
 # -- the app ---------------------------------------------------------------------------------------------------
@@ -189,6 +212,22 @@ class _State:
         )
         self.model_info = model.info()
         self._threads_set = False
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.decodes = WorkPool(
+            "crema-decode",
+            workers=config.decode_workers or cores,
+            max_waiting=config.decode_queue,
+            max_wait_s=config.decode_wait_s,
+            what="image decodes",
+        )
+        self.fetches = WorkPool(
+            "crema-fetch",
+            workers=config.fetch_workers,
+            max_waiting=config.fetch_queue,
+            max_wait_s=config.url_timeout,
+            what="URL fetches",
+        )
+        self.bodies = ByteBudget(config.body_budget)
         template = config.web_query
         if template is None:
             digits = all(label.strip().isdigit() for label in model.labels)
@@ -211,16 +250,39 @@ class _State:
         pids, pscores = self.personal.search_batch(feats, k) if self.personal is not None else none
         return probs, feats, gids, gscores, pids, pscores
 
+    def decode_cost(self, data: bytes) -> int:
+        """The decode pool's priority for `data`: the pixels its header claims (constant time; unknown headers
+        last), so small photos are decoded before large ones that wait."""
+        return header_pixels(data) or self.config.max_pixels
+
     def web_query(self, index: int) -> str:
         return self.web_template.replace("{label}", self.model.query_label(index))
+
+    def read_body(
+        self, request: Request, limit: int, what: str, feed: Callable[[bytes], None] | None = None
+    ) -> Awaitable[bytes]:
+        """server.bodies.read_body within this app's body_timeout and body budget."""
+        timeout, budget = self.config.body_timeout, self.bodies
+        return read_body(request, limit=limit, what=what, timeout=timeout, budget=budget, feed=feed)
 
     async def read_upload(self, request: Request) -> Part:
         """The multipart field `image` of a multipart/form-data body, within the upload limit."""
         cfg = self.config
         content_type = request.headers.get("content-type", "")
-        body = await _read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload")
         try:
-            parts = parse_multipart(body, content_type)
+            counter = PartCounter(content_type)
+        except MultipartError as exc:
+            raise BodyRefused(400, f"the upload is not valid multipart/form-data: {exc}") from None
+
+        def count_parts(chunk: bytes) -> None:  # refuse a body of many parts at its first chunks
+            try:
+                counter.feed(chunk)
+            except MultipartError as exc:
+                raise BodyRefused(400, f"the upload is not valid multipart/form-data: {exc}") from None
+
+        body = await self.read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload", count_parts)
+        try:
+            parts = parse_multipart(body, content_type)  # bounded parts: milliseconds on the event loop
         except MultipartError as exc:
             raise ApiError(400, f"the upload is not valid multipart/form-data: {exc}") from None
         part = parts.get("image")
@@ -239,9 +301,11 @@ class _State:
         if kind == "multipart/form-data":
             return (await self.read_upload(request)).data, "the uploaded file"
         if kind == "application/json":
-            body = await _read_body(request, MAX_JSON_BODY, "the JSON body")
+            body = await self.read_body(request, MAX_JSON_BODY, "the JSON body")
             try:
                 obj = json.loads(body)
+            except RecursionError:
+                raise ApiError(400, 'the JSON body is nested too deeply; send {"url": "https://..."}') from None
             except ValueError:
                 raise ApiError(400, 'the body is not valid JSON; send {"url": "https://..."}') from None
             url = obj.get("url") if isinstance(obj, dict) else None
@@ -258,14 +322,16 @@ class _State:
         from scraper.fetch import FetchError, TooLargeError, UnsafeURLError
 
         cfg = self.config
+        deadline = time.monotonic() + cfg.url_timeout  # the wait for a fetch thread counts against url_timeout
+
+        def job() -> bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FetchError(f"timed out after {cfg.url_timeout:g} s waiting for a free fetch thread")
+            return self.fetcher(url, max_bytes=cfg.max_upload, timeout=left, allow_private=cfg.allow_private_urls)
+
         try:
-            return await run_in_threadpool(
-                self.fetcher,
-                url,
-                max_bytes=cfg.max_upload,
-                timeout=cfg.url_timeout,
-                allow_private=cfg.allow_private_urls,
-            )
+            return await self.fetches.run(job)
         except UnsafeURLError as exc:
             raise ApiError(400, f"this URL cannot be fetched: {exc}") from None
         except TooLargeError:
@@ -305,18 +371,22 @@ def _state(request: Request) -> _State:
     return request.app.state.crema
 
 
+@releases_body
 async def search(request: Request) -> Response:
     st = _state(request)
     t0 = time.perf_counter()
     page = _page(request)
+    data, source = await st.load_input(request)
+    t_read = time.perf_counter()
     st.batcher.expect()  # adaptive micro-batching: a batch forming now may wait (within its window) for us
     try:
-        data, source = await st.load_input(request)
-        t_read = time.perf_counter()
         try:
-            x = await run_in_threadpool(st.model.preprocess, data, max_pixels=st.config.max_pixels)
+            x = await st.decodes.run(
+                decode_input, st.model, data, max_pixels=st.config.max_pixels, cost=st.decode_cost(data)
+            )
         except ImageError as exc:
             raise _image_error(exc, source) from None
+        del data
     except BaseException:
         st.batcher.unexpect()
         raise
@@ -368,7 +438,7 @@ def _gallery_or_404(request: Request) -> tuple[Gallery, int]:
     st = _state(request)
     if st.gallery is None:
         raise ApiError(404, "this server has no gallery")
-    return st.gallery, int(request.path_params["id"])
+    return st.gallery, _path_id(request)
 
 
 async def gallery_thumb(request: Request) -> Response:
@@ -416,6 +486,7 @@ async def personal_list(request: Request) -> Response:
     return JSONResponse(state)
 
 
+@releases_body
 async def personal_add(request: Request) -> Response:
     """One photo: the upload checks of /api/search, its features through the batcher, then stored."""
     st = _state(request)
@@ -423,23 +494,22 @@ async def personal_add(request: Request) -> Response:
     kind, _ = parse_options_header(request.headers.get("content-type", ""))
     if kind != "multipart/form-data":
         raise ApiError(415, 'upload the photo as multipart/form-data with a file field named "image"')
+    try:
+        await run_in_threadpool(personal.check_room, 0)  # full already: refuse before reading the body
+        part = await st.read_upload(request)
+        await run_in_threadpool(personal.check_room, len(part.data))
+    except GalleryFull as exc:
+        raise ApiError(409, str(exc)) from None
+    cfg = st.config
+
+    def decode() -> tuple:  # one job on the decode pool: the model's input and the stored photo
+        x = decode_input(st.model, part.data, max_pixels=cfg.max_pixels)
+        return x, prepare_photo(part.data, max_pixels=cfg.max_pixels)
+
     st.batcher.expect()
     try:
         try:
-            await run_in_threadpool(personal.check_room, 0)  # full already: refuse before reading the body
-            part = await st.read_upload(request)
-            await run_in_threadpool(personal.check_room, len(part.data))
-        except GalleryFull as exc:
-            raise ApiError(409, str(exc)) from None
-        cfg = st.config
-
-        def decode() -> tuple:
-            return st.model.preprocess(part.data, max_pixels=cfg.max_pixels), prepare_photo(
-                part.data, max_pixels=cfg.max_pixels
-            )
-
-        try:
-            x, photo = await run_in_threadpool(decode)
+            x, photo = await st.decodes.run(decode, cost=st.decode_cost(part.data))
         except ImageError as exc:
             raise _image_error(exc, "the uploaded file") from None
     except BaseException:
@@ -458,7 +528,7 @@ async def personal_add(request: Request) -> Response:
 
 async def personal_remove(request: Request) -> Response:
     personal = _personal(request)
-    i = int(request.path_params["id"])
+    i = _path_id(request)
     try:
         await run_in_threadpool(personal.remove, i)
     except KeyError as exc:
@@ -480,7 +550,7 @@ async def personal_clear(request: Request) -> Response:
 async def personal_thumb(request: Request) -> Response:
     personal = _personal(request)
     try:
-        data = await run_in_threadpool(personal.thumbnail, int(request.path_params["id"]))
+        data = await run_in_threadpool(personal.thumbnail, _path_id(request))
     except KeyError as exc:
         raise ApiError(404, str(exc.args[0])) from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -489,7 +559,7 @@ async def personal_thumb(request: Request) -> Response:
 async def personal_image(request: Request) -> Response:
     personal = _personal(request)
     try:
-        data, media, name = await run_in_threadpool(personal.image, int(request.path_params["id"]))
+        data, media, name = await run_in_threadpool(personal.image, _path_id(request))
     except KeyError as exc:
         raise ApiError(404, str(exc.args[0])) from None
     disposition = "attachment" if request.query_params.get("download") == "1" else "inline"
@@ -508,6 +578,7 @@ async def health(request: Request) -> Response:
             "personal": await run_in_threadpool(st.personal.summary) if st.personal is not None else None,
             "web": st.web.status(),
             "batching": st.batcher.stats(),
+            "limits": {"decode": st.decodes.stats(), "fetch": st.fetches.stats(), "bodies": st.bodies.stats()},
         }
     )
 
@@ -527,8 +598,15 @@ async def index_page(request: Request) -> Response:
 
 # -- errors and headers --------------------------------------------------------------------------------------------
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    assert isinstance(exc, (ApiError, BodyRefused))
+    headers = exc.headers if isinstance(exc, BodyRefused) else None  # Connection: close, the body left unread
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def _busy(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Busy)
+    headers = {"Retry-After": str(exc.retry_after), **CLOSE}  # maybe refused before its body was read
+    return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -540,7 +618,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    # Not logged here: Starlette re-raises the exception after this answer and the server (uvicorn) logs its
+    # traceback; logging it here too printed every traceback twice.
     return JSONResponse({"error": "internal server error; see the server log"}, status_code=500)
 
 
@@ -598,6 +677,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        return_large_frees_to_os()
         if config.warmup:  # JIT / cache load before the first user waits on it
             await st.batcher.run(np.zeros(model.input_shape, dtype=np.float32))
             st.batcher.sizes.clear()
@@ -606,19 +686,21 @@ def create_app(
         finally:
             st.batcher.close()
             st.web.close()
+            st.decodes.close()
+            st.fetches.close()
 
     routes = [
         Route("/", index_page, methods=["GET"]),
         Route("/api/search", search, methods=["POST"]),
         Route("/api/web", web_more, methods=["GET"]),
-        Route("/api/gallery/{id:int}/thumb", gallery_thumb, methods=["GET"]),
-        Route("/api/gallery/{id:int}/image", gallery_image, methods=["GET"]),
+        Route("/api/gallery/{id}/thumb", gallery_thumb, methods=["GET"]),
+        Route("/api/gallery/{id}/image", gallery_image, methods=["GET"]),
         Route("/api/personal", personal_list, methods=["GET"]),
         Route("/api/personal", personal_add, methods=["POST"]),
         Route("/api/personal", personal_clear, methods=["DELETE"]),
-        Route("/api/personal/{id:int}", personal_remove, methods=["DELETE"]),
-        Route("/api/personal/{id:int}/thumb", personal_thumb, methods=["GET"]),
-        Route("/api/personal/{id:int}/image", personal_image, methods=["GET"]),
+        Route("/api/personal/{id}", personal_remove, methods=["DELETE"]),
+        Route("/api/personal/{id}/thumb", personal_thumb, methods=["GET"]),
+        Route("/api/personal/{id}/image", personal_image, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/models", models, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
@@ -627,7 +709,13 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            ApiError: _api_error,
+            BodyRefused: _api_error,
+            Busy: _busy,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
     )
     app.add_middleware(_SecurityHeaders)
     app.state.crema = st

@@ -1,5 +1,6 @@
-"""net.preprocess: decoding (modes, EXIF, GIF frames, errors) and the Caffe pipeline checked pixel for pixel
-against plain NumPy (crop offsets, BGR order, mean at pre-crop coordinates, scales, PIL's bilinear filter)."""
+"""net.preprocess: decoding (modes, EXIF, GIF frames, errors, reduced decoding of large images, JPEGs whose header lies)
+and the Caffe pipeline checked pixel for pixel against plain NumPy (crop offsets, BGR order, mean at pre-crop
+coordinates, scales, PIL's bilinear filter)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import io
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from net.preprocess import PRESETS, ImageError, Preprocess, load_image, preset
+from net.headers import jpeg_data_check
+from net.preprocess import PRESETS, REDUCE_GAP, ImageError, Preprocess, decode_side, load_image, preset
 
 CAFFENET_MEAN = np.array([104.00699, 116.66877, 122.67891], dtype=np.float32)  # BGR
 
@@ -328,3 +331,152 @@ def test_disallowed_formats() -> None:
         load_image(encode(Image.new("RGB", (4, 4)), "BMP"), allowed_formats=("PNG",))
     assert load_image(ico, allowed_formats=("ICO",)).mode == "RGB"
     assert load_image(encode(Image.new("L", (4, 4)), "PPM"), allowed_formats=("PGM",)).mode == "L"
+
+
+# -- reduced decoding (load_image(shrink_to=...)) and the JPEG data check ------------------------------------------
+@pytest.fixture
+def reduce_above_10k(monkeypatch):
+    """Reduced decoding for images above 10,000 pixels, so small test images take the large-image path."""
+    import net.preprocess
+
+    monkeypatch.setattr(net.preprocess, "REDUCE_ABOVE", 10_000)
+
+
+def smooth_rgb(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([128 + 90 * np.sin(x / 37 + c) * np.cos(y / 23 - c) for c in range(3)], axis=2).astype(np.uint8)
+
+
+def test_decode_side_of_presets() -> None:
+    assert [decode_side(preset(n)) for n in ("lenet", "caffenet", "efficientnet")] == [28, 256, 256]
+    assert decode_side(Preprocess(size=(10, 20), resize=(30, 40))) == 40
+
+
+def test_normal_images_decode_exactly_as_before() -> None:
+    """At or below REDUCE_ABOVE pixels, shrink_to changes nothing: the same pixels, the same Preprocess output."""
+    for data in (encode(Image.fromarray(smooth_rgb(300, 400)), "JPEG"), encode(Image.fromarray(rand_rgb(200, 100)))):
+        a, b = load_image(data), load_image(data, shrink_to=28)
+        assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+        for name in ("lenet-auto", "caffenet", "efficientnet"):
+            pre = preset(name)
+            assert np.array_equal(pre(a), pre(b))
+
+
+def test_single_colour_bomb_png_is_reduced_on_decode() -> None:
+    """A 25 Mpx single-colour PNG (~80 KB, above REDUCE_ABOVE): box-reduced right after decoding to >= 3 x 28 px,
+    before any mode conversion or float copy; the values are exact."""
+    data = encode(Image.new("RGB", (5000, 5000), (200, 30, 90)))
+    assert len(data) < 200_000
+    img = load_image(data, shrink_to=28)
+    assert img.mode == "RGB" and REDUCE_GAP * 28 <= min(img.size) < 2 * REDUCE_GAP * 28
+    assert np.array_equal(np.unique(np.asarray(img).reshape(-1, 3), axis=0), [[200, 30, 90]])
+    np.testing.assert_array_equal(preset("lenet")(img), preset("lenet")(Image.new("RGB", (28, 28), (200, 30, 90))))
+
+
+def test_reduced_decode_close_to_full_decode(reduce_above_10k) -> None:
+    """Above REDUCE_ABOVE the numbers change a little (box reduce + resize instead of one resize); on a smooth
+    1200x900 image, within a pixel level on average for every preset."""
+    data = encode(Image.fromarray(smooth_rgb(900, 1200)))
+    for name in ("lenet", "caffenet", "efficientnet"):
+        pre = preset(name)
+        full, red = pre(load_image(data)), pre(load_image(data, shrink_to=decode_side(pre)))
+        levels = np.abs(full - red) / pre.input_scale * (255.0 / pre.raw_scale)
+        assert levels.mean() < 1.0 and levels.max() < 8.0, (name, levels.mean(), levels.max())
+
+
+def test_jpeg_draft_scales_the_decode(reduce_above_10k) -> None:
+    """JPEG: libjpeg's DCT scaling (1/8 here), then an integer reduce, keeping >= REDUCE_GAP x shrink_to; EXIF
+    orientation still applied after."""
+    src = Image.fromarray(smooth_rgb(1200, 1600))
+    img = load_image(encode(src, "JPEG"), shrink_to=20)
+    assert img.size == (100, 75)  # 1600x1200 / 8 = 200x150, then reduce by 2 keeps the short side >= 60
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    rotated = load_image(encode(src, "JPEG", exif=exif), shrink_to=20)
+    assert rotated.size == (75, 100)
+    ref = np.asarray(load_image(encode(src, "JPEG", exif=exif)).resize((75, 100), Image.Resampling.BOX), np.float32)
+    assert np.abs(np.asarray(rotated, np.float32) - ref).mean() < 2.0
+
+
+@pytest.mark.parametrize("mode", ["P", "PA", "1", "I;16", "LA", "RGBA", "CMYK", "L"])
+def test_reduced_decode_of_every_mode(reduce_above_10k, mode: str) -> None:
+    """Palette, bilevel, 16-bit and transparent images are converted before they are averaged: a single-colour
+    image reduces to exactly the colour its full decode gives."""
+    colours = {"P": 5, "PA": (5, 128), "1": 1, "I;16": 40000, "LA": (60, 128), "RGBA": (10, 200, 30, 128),
+               "CMYK": (10, 20, 30, 40), "L": 77}  # fmt: skip
+    if mode in ("P", "PA"):
+        img = Image.new(mode, (400, 300), colours[mode])
+        img.putpalette([(i * 7) % 256 for i in range(768)])
+    else:
+        img = Image.new(mode, (400, 300), colours[mode])
+    data = encode(img, "TIFF" if mode in ("CMYK", "PA") else "PNG")
+    full, red = load_image(data), load_image(data, shrink_to=10)
+    assert full.mode == red.mode and red.size[1] < 300
+    np.testing.assert_allclose(np.asarray(red, np.float32), np.asarray(full, np.float32)[: red.size[1], : red.size[0]],
+                               atol=1)  # fmt: skip
+
+
+def test_png_with_colour_key_transparency_is_reduced_onto_white(reduce_above_10k) -> None:
+    img = Image.new("RGB", (300, 300), (0, 0, 0))
+    img.paste((10, 20, 30), (0, 0, 150, 300))
+    data = encode(img, transparency=(0, 0, 0))
+    red = np.asarray(load_image(data, shrink_to=10))
+    assert tuple(red[0, 0]) == (10, 20, 30) and tuple(red[0, -1]) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_whose_header_lies_about_its_size_is_refused(mode: str) -> None:
+    """A 16x16 JPEG patched to claim 6000x6000 (~300-600 bytes): libjpeg would paint the missing data grey and answer
+    a 36 Mpx image; the check refuses it before any decoding."""
+    data = bytearray(encode(Image.new(mode, (16, 16), 128), "JPEG"))
+    struct.pack_into(">HH", data, data.find(b"\xff\xc0") + 5, 6000, 6000)
+    with pytest.raises(ImageError, match=r"<upload>: truncated image: the JPEG header claims 6000x6000 pixels"):
+        load_image(bytes(data))
+    with pytest.raises(ImageError, match="fewer than one bit per block"):
+        load_image(bytes(data), shrink_to=28)
+
+
+@pytest.mark.parametrize(
+    "img, kw",
+    [
+        (Image.new("L", (2000, 2000), 77), {"optimize": True, "progressive": True}),  # ~1 bit per block: the bound
+        (Image.new("RGB", (1000, 700), (1, 200, 3)), {"subsampling": 0, "optimize": True}),
+        (Image.new("L", (1, 1), 3), {}),
+        (Image.fromarray(rand_rgb(300, 400)), {"restart_marker_blocks": 1}),
+        (Image.new("CMYK", (50, 30), (1, 2, 3, 4)), {}),
+    ],
+)
+def test_honest_jpegs_pass_the_data_check(img: Image.Image, kw: dict) -> None:
+    data = encode(img, "JPEG", **kw)
+    width, height, blocks, arithmetic, entropy = jpeg_data_check(data)
+    assert (width, height) == img.size and not arithmetic and 8 * entropy >= blocks
+    assert load_image(data).size == img.size
+
+
+def test_bomb_png_decode_memory(tmp_path) -> None:
+    """The issue's bomb, 6324x6324 single-colour (40 Mpx, ~130 KB), through LeNet's preprocessing in a fresh process:
+    the reduced decode peaks at about the PNG's decoded buffer (4 bytes per pixel, 160 MB), the full decode adds a
+    grayscale copy and a float copy on top (~380 MB)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc/self/status (VmHWM)")
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (6324, 6324), (200, 30, 90)).save(path, "PNG")
+    assert path.stat().st_size < 200_000
+    code = """
+import sys
+from net.preprocess import load_image, preset
+def hwm():  # this process's peak RSS in kB (ru_maxrss would start at pytest's own size: it survives fork + exec)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+data = open(sys.argv[1], "rb").read()
+base = hwm()
+x = preset("lenet-auto")(load_image(data, shrink_to=None if sys.argv[2] == "full" else 28))
+print((hwm() - base) / 1024)
+"""
+    peak = {}
+    for how in ("reduced", "full"):
+        run = subprocess.run([sys.executable, "-c", code, str(path), how], capture_output=True, text=True, check=True)
+        peak[how] = float(run.stdout)
+    assert peak["reduced"] < 200 < peak["full"], f"peak MB above the baseline: {peak}"

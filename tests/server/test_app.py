@@ -1,5 +1,7 @@
 """The JSON API through Starlette's TestClient: results against an independent NumPy/Net reference, and
-every error path (bad uploads, limits, bombs, formats, unsafe URLs, Bing down)."""
+every error path (bad uploads, limits, bombs, formats, unsafe URLs, Bing down), and the bounds on hostile load:
+reduced decodes of bomb PNGs, JPEGs whose header lies, many-part bodies, deep JSON, huge ids, slow bodies (408),
+the body budget, the decode and URL-fetch pools (503 past their queues), client disconnects."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -456,3 +459,305 @@ def test_inference_thread_count(model):
         assert int(st.batcher.submit(np.zeros(model.input_shape, dtype=np.float32)).result(timeout=30)[0]) == 1
         st.batcher.fn = original
     assert numba.get_num_threads() == before
+
+
+# -- hostile inputs and load bounds (issue 14) ----------------------------------------------------------------------
+def flat_png(side: int, value: int = 88) -> bytes:
+    """A single-colour grayscale PNG: side x side pixels in a few tens of KB (zlib's ~1000:1 on a flat image)."""
+    return png_bytes(Image.new("L", (side, side), value))
+
+
+def lying_jpeg(side: int = 6000) -> bytes:
+    """A 16x16 grey JPEG whose frame header is patched to claim side x side pixels (~330 bytes, no data for them)."""
+    data = bytearray(png_bytes(Image.new("L", (16, 16), 128), "JPEG"))
+    struct.pack_into(">HH", data, data.find(b"\xff\xc0") + 5, side, side)
+    return bytes(data)
+
+
+def many_parts(n: int, boundary: str = "b") -> tuple[bytes, str]:
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'.encode()
+    return part * n + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def asgi_gather(app, *requests: Callable) -> list:
+    """Run request(client) coroutines concurrently against `app` in this event loop (no lifespan)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30) as c:
+        return await asyncio.gather(*[r(c) for r in requests])
+
+
+def files(data: bytes, ctype: str = "image/png") -> dict:
+    return {"image": ("q", data, ctype)}
+
+
+def test_bomb_png_is_answered_from_a_reduced_decode(client, lenet_files):
+    """25 Mpx of one grey level (above REDUCE_ABOVE, under the 40 Mpx limit): decoded reduced, and the answer is
+    the model's answer for a 28x28 image of that level."""
+    data = flat_png(5000)
+    assert len(data) < 100_000
+    r = upload(client, data)
+    assert r.status_code == 200, r.text
+    ref = reference_probs(lenet_files, np.full((28, 28), 88, dtype=np.uint8))
+    order = np.argsort(-ref, kind="stable")[:5]
+    got = r.json()["predictions"]
+    assert [p["index"] for p in got] == order.tolist()
+    np.testing.assert_allclose([p["prob"] for p in got], ref[order], rtol=0, atol=PROB_ATOL)
+
+
+def test_jpeg_whose_header_lies_is_refused(client):
+    r = upload(client, lying_jpeg(), "lie.jpg", "image/jpeg")
+    assert r.status_code == 400, r.text
+    assert "truncated image: the JPEG header claims 6000x6000 pixels" in r.json()["error"]
+
+
+def test_many_parts_refused_as_they_arrive(client):
+    """180,000 empty parts (9.5 MB, inside the upload limit): refused from the first chunk, in milliseconds."""
+    body, ctype = many_parts(180_000)
+    t0 = time.perf_counter()
+    r = client.post("/api/search", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400 and "too many parts" in r.json()["error"], r.text
+    assert r.headers["connection"] == "close" and time.perf_counter() - t0 < 1.0
+    ok, ctype = many_parts(16)  # the limit itself is fine (no field named image: that is the error)
+    r = client.post("/api/search", content=ok, headers={"Content-Type": ctype})
+    assert r.status_code == 400 and "no file field named 'image'" in r.json()["error"]
+
+
+def test_deeply_nested_json_is_400(client):
+    r = client.post("/api/search", content=b"[" * 60_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["/api/gallery/{}/thumb", "/api/gallery/{}/image"])
+def test_huge_gallery_id_is_404(client, route):
+    r = client.get(route.format("9" * 5000))
+    assert r.status_code == 404 and "at most 18 digits" in r.json()["error"]
+    assert client.get(route.format("0" * 17 + "13")).status_code == 404  # 19 digits, even with leading zeros
+    assert client.get(route.format("013")).status_code == 200
+
+
+def test_huge_personal_id_is_404(model, tmp_path):
+    from server.personal import open_personal
+
+    app = create_app(model, personal=open_personal(model, tmp_path), config=AppConfig(warmup=False))
+    with TestClient(app) as c:
+        for method, route in (("GET", "/api/personal/{}/thumb"), ("GET", "/api/personal/{}/image"),
+                              ("DELETE", "/api/personal/{}")):  # fmt: skip
+            r = c.request(method, route.format("7" * 5000))
+            assert r.status_code == 404 and "at most 18 digits" in r.json()["error"], (method, route)
+            assert c.request(method, route.format(12)).status_code == 404  # a plain missing id
+
+
+def test_slow_body_gets_408_in_process(model):
+    """A body that stops arriving: 408 once body_timeout has passed, with Connection: close."""
+    app = create_app(model, config=AppConfig(warmup=False, body_timeout=0.3))
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n\r\n'
+
+    async def trickle():
+        yield head
+        await asyncio.sleep(5)  # the rest never comes in time
+        yield b"\r\n--b--\r\n"
+
+    async def slow(c):
+        return await c.post("/api/search", content=trickle(),
+                            headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+
+    t0 = time.perf_counter()
+    (r,) = asyncio.run(asgi_gather(app, slow))
+    assert r.status_code == 408 and "arrived too slowly" in r.json()["error"] and r.headers["connection"] == "close"
+    assert time.perf_counter() - t0 < 3.0
+    app.state.crema.batcher.close()
+
+
+def test_slow_body_gets_408_over_a_socket(model):
+    """The same through uvicorn on 127.0.0.1: a client that declares 10 MB and stops 100 bytes short is answered 408
+    within the deadline and its connection is closed, so it holds neither memory nor the connection."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    app = create_app(model, config=AppConfig(warmup=False, body_timeout=0.5))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            body = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + b"\0" * 1_000_000
+            s.sendall(b"POST /api/search HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (len(body) + 100) + body)  # fmt: skip
+            t0 = time.monotonic()
+            answer = b""
+            while chunk := s.recv(65536):  # ends when the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"arrived too slowly" in answer and waited < 5.0
+        assert app.state.crema.bodies.held == 0  # the budget got its bytes back
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_body_budget_refuses_with_503(model):
+    with make_client(model, body_budget=1000) as c:
+        r = upload(c, png_bytes(digit(1)) + b"\0" * 2000)
+        assert r.status_code == 503 and "too many uploads" in r.json()["error"]
+        assert r.headers["retry-after"] == "1"
+        assert c.app.state.crema.bodies.held == 0
+    with make_client(model, body_budget=100_000) as c:  # a body within the budget, and it is given back after
+        assert upload(c, png_bytes(digit(1))).status_code == 200
+        assert c.app.state.crema.bodies.held == 0
+
+
+def test_decodes_are_bounded_and_excess_gets_503(model, monkeypatch):
+    """decode_workers=1, decode_queue=1: one decode runs, one waits, the third request is refused at once."""
+    import threading
+
+    import server.app
+
+    release = threading.Event()
+    started = threading.Event()
+    real = server.app.decode_input
+
+    def blocking(*args, **kw):
+        started.set()
+        release.wait(10)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(server.app, "decode_input", blocking)
+    app = create_app(model, config=AppConfig(warmup=False, decode_workers=1, decode_queue=1))
+    data = png_bytes(digit(3))
+
+    async def first(c):
+        return await c.post("/api/search", files=files(data))
+
+    async def later(c):
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        second = asyncio.ensure_future(c.post("/api/search", files=files(data)))
+        await asyncio.sleep(0.2)  # the second is queued now
+        third = await c.post("/api/search", files=files(data))
+        release.set()
+        return third, await second
+
+    r1, (r3, r2) = asyncio.run(asgi_gather(app, first, later))
+    assert r1.status_code == 200 and r2.status_code == 200
+    assert r3.status_code == 503 and "busy with other image decodes" in r3.json()["error"]
+    assert app.state.crema.decodes.stats()["refused"] == 1
+    app.state.crema.batcher.close()
+
+
+def test_url_fetches_have_their_own_pool(model):
+    """Slow URL servers fill the fetch pool (2 running + 1 waiting, the next one 503) while an upload is answered at
+    once: fetches no longer take the threads that decode uploads."""
+    import threading
+
+    release = threading.Event()
+
+    def slow_fetcher(url, *, max_bytes, timeout, allow_private):
+        release.wait(10)
+        return png_bytes(digit(5))
+
+    app = create_app(model, config=AppConfig(warmup=False, fetch_workers=2, fetch_queue=1), fetcher=slow_fetcher)
+    upload_s: list[float] = []
+
+    def by_url(c):
+        return c.post("/api/search", json={"url": "https://slow.example/x.png"})
+
+    async def meanwhile(c):
+        await asyncio.sleep(0.3)  # the three URL requests hold the pool now
+        refused = await by_url(c)
+        t0 = time.perf_counter()
+        r = await c.post("/api/search", files=files(png_bytes(digit(1))))
+        upload_s.append(time.perf_counter() - t0)
+        release.set()
+        return refused, r
+
+    *by_urls, (refused, up) = asyncio.run(asgi_gather(app, by_url, by_url, by_url, meanwhile))
+    assert [r.status_code for r in by_urls] == [200, 200, 200]
+    assert refused.status_code == 503 and "busy with other URL fetches" in refused.json()["error"]
+    assert up.status_code == 200 and upload_s[0] < 2.0
+    app.state.crema.batcher.close()
+
+
+def test_url_fetch_wait_counts_against_its_timeout(model):
+    """A fetch that waits for a thread gets only what is left of url_timeout (here nothing: 504 without fetching)."""
+    import threading
+
+    release = threading.Event()
+    calls: list[float] = []
+
+    def fetcher(url, *, max_bytes, timeout, allow_private):
+        calls.append(timeout)
+        release.wait(10)
+        return png_bytes(digit(5))
+
+    app = create_app(model, config=AppConfig(warmup=False, fetch_workers=1, url_timeout=0.5), fetcher=fetcher)
+
+    async def hold(c):
+        r = await c.post("/api/search", json={"url": "https://a.example/x.png"})
+        return r
+
+    async def waits(c):
+        await asyncio.sleep(0.1)
+        t = asyncio.ensure_future(c.post("/api/search", json={"url": "https://b.example/x.png"}))
+        await asyncio.sleep(0.8)  # its whole url_timeout passes in the queue
+        release.set()
+        return await t
+
+    first, second = asyncio.run(asgi_gather(app, hold, waits))
+    assert first.status_code == 200 and len(calls) == 1 and calls[0] <= 0.5
+    assert second.status_code == 503 and "waited" in second.json()["error"]
+    app.state.crema.batcher.close()
+
+
+def test_client_disconnect_is_not_a_500(model):
+    """The client goes away mid-body: a 400 (sent nowhere), not a 500 with a traceback."""
+    app = create_app(model, config=AppConfig(warmup=False))
+    messages = iter([
+        {"type": "http.request", "body": b"--b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n",
+         "more_body": True},
+        {"type": "http.disconnect"},
+    ])  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/search", "raw_path": b"/api/search", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert b"closed the connection" in sent[1]["body"]
+    assert app.state.crema.bodies.held == 0
+
+
+def test_unhandled_errors_are_500_and_not_logged_by_the_app(model, monkeypatch, caplog):
+    """Starlette re-raises after the 500 answer and the server logs the traceback; the app does not log it again."""
+    import server.app
+
+    def broken(*args, **kw):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.app, "decode_input", broken)
+    app = create_app(model, config=AppConfig(warmup=False))
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level("ERROR"):
+        r = upload(c, png_bytes(digit(1)))
+    assert r.status_code == 500 and r.json()["error"].startswith("internal server error")
+    assert not [rec for rec in caplog.records if rec.name == "server.app"]
+
+
+def test_health_reports_the_limits(client):
+    limits = client.get("/api/health").json()["limits"]
+    assert set(limits) == {"decode", "fetch", "bodies"}
+    assert limits["decode"]["workers"] >= 1 and limits["fetch"]["workers"] == 16
+    assert limits["bodies"] == {"limit": 200_000_000, "held": 0, "refused": 0}
