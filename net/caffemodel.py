@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .paths import write_atomic
 from .schema import MESSAGES, Message
 from .wire import CaffemodelError, decode_message, encode_chunks
 
@@ -123,40 +123,9 @@ def _read(path: str | os.PathLike) -> bytes:
 
 
 def _write_atomic(path: str | os.PathLike, msg: Message) -> None:
-    """Write the encoding of `msg` to a temporary file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
+    """Write the encoding of `msg` to `path` atomically (net.paths.write_atomic)."""
     chunks, _ = encode_chunks(msg)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(chunks)
-            f.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, chunks)
 
 
 def load_caffemodel(path: str | os.PathLike) -> Message:

@@ -1,12 +1,15 @@
-"""Where crema keeps things: the cache folder, and a file's SHA-1 (the key of what is cached from it)."""
+"""Where crema keeps things and how it writes them: the cache folder, a file's SHA-1 (the key of what is cached
+from it), and the one atomic write every writer uses (caffemodels, solver states, logs' files, gallery files)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_sha1"]
+__all__ = ["cache_dir", "file_sha1", "fsync_dir", "write_atomic"]
 
 
 def cache_dir() -> Path:
@@ -24,3 +27,46 @@ def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable (POSIX); a no-op where folders cannot be opened and synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes], *, sync_dir: bool = True) -> None:
+    """Write `data` (bytes, or chunks of bytes) to `path` so a reader sees the old file or the whole new one, never
+    part of it: a temporary file beside it (`.NAME.XXXXXXXX.tmp`, unique per writer), fsync'ed, renamed over
+    `path`, then the folder fsync'ed (sync_dir). The file keeps an existing file's mode, else 0644 (mkstemp would
+    leave 0600). The temporary file is removed on any error."""
+    path = Path(path)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                f.writelines(data)
+            f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)

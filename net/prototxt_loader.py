@@ -33,12 +33,12 @@ from .textformat import (
     Token,
     describe,
     format_float,
+    iter_tokens,
     parse_float_literal,
     parse_int_literal,
     quote_bytes,
     quote_string,
     to_float32,
-    iter_tokens,
     unescape,
 )
 

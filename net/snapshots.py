@@ -24,11 +24,11 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .paths import write_atomic
 from .schema import Message
 
 RESUME_FIELD = 1000  # SolverState.crema_resume (net.schema)
@@ -188,37 +188,10 @@ def check_resume(data: dict, path: str) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path` (`.NAME.XXXXXXXX.tmp`), fsync it, rename it over `path`."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave 0600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+    """Write `data` to `path` atomically (net.paths.write_atomic: `.NAME.XXXXXXXX.tmp` beside it, then renamed)."""
+    write_atomic(path, data)
 
 
-# -- temporary files -------------------------------------------------------------------------------------------
 def stale_temp_pattern(prefix: str) -> re.Pattern:
     """The names of the temporary files crema's writers make for `prefix` (in its folder): snapshots
     (`.P_iter_N.caffemodel.XXXX.tmp`, `.P_iter_N.solverstate.XXXX.tmp`), the log (`P_log.csv.tmp`) and the chart

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from net.paths import cache_dir
 from net.preprocess import ImageError, load_image
 
 from .model import ALLOWED_FORMATS, Model
@@ -62,11 +63,8 @@ VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """$CREMA_CACHE, else $XDG_CACHE_HOME/crema, else ~/.cache/crema."""
-    if os.environ.get("CREMA_CACHE"):
-        return Path(os.environ["CREMA_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "crema"
+    """$CREMA_CACHE, else $XDG_CACHE_HOME/crema, else ~/.cache/crema (net.paths.cache_dir)."""
+    return cache_dir()
 
 
 def find_images(root: str | Path) -> list[Path]:

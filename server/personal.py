@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from net.paths import fsync_dir, write_atomic
 from net.preprocess import load_image
 
 from .gallery import default_cache_dir, model_block, rank_features
@@ -123,30 +124,6 @@ def _size(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.1f} MB"
     return f"{n / 1e3:.1f} kB" if n >= 1000 else f"{n} bytes"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to path: a temporary file in the same folder, fsync'ed, then renamed over path."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be opened and synced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _npy(feature: np.ndarray) -> bytes:
@@ -297,7 +274,7 @@ class PersonalGallery:
             }
             try:
                 for path, data in files:
-                    _write_atomic(path, data)
+                    write_atomic(path, data)
                 self._write_manifest([*self._items.values(), item], i + 1)
             except BaseException:
                 for path, _ in files:
@@ -418,8 +395,8 @@ class PersonalGallery:
     def _write_manifest(self, items: list[dict], next_id: int) -> None:
         manifest = {"format": FORMAT, "version": VERSION, "model": self.model, "next_id": next_id, "items": items}
         path = self.path / "manifest.json"
-        _write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
-        _fsync_dir(self.path)
+        write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
+        fsync_dir(self.path)
         st = os.stat(path)  # under the flock: nobody else replaced it since
         self._key = (st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -430,7 +407,7 @@ class PersonalGallery:
             for entry in (self.path / sub).iterdir():
                 name = entry.name
                 stem, dot, _ = name.partition(".")
-                temporary = name.startswith(".") and ".tmp-" in name
+                temporary = name.startswith(".") and name.endswith(".tmp")  # net.paths.write_atomic's
                 ours = stem.isdigit() and dot and sub != ""
                 if temporary or (ours and int(stem) not in self._items):
                     with contextlib.suppress(OSError):

@@ -203,13 +203,13 @@ def test_cli_import_and_classify_default_model(tmp_path, photos):
     env = {**os.environ, "CREMA_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "imported"
     r = subprocess.run([sys.executable, "-m", "net.cli", "import", "efficientnet-lite0", "--out", str(out)],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)  # fmt: skip
+                       check=False, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert (out / "deploy.prototxt").is_file() and (out / "efficientnet-lite0.caffemodel").is_file()
     photo = tmp_path / "cat.jpg"
     Image.fromarray(photos["chelsea"]).save(photo, quality=95)
     r = subprocess.run([sys.executable, "-m", "net.cli", "classify", str(photo)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+                       check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == str(photo) and len(lines) == 6

@@ -409,8 +409,8 @@ def test_crash_leftovers_are_removed_on_open(model, cache):
     with client_for(model, cache) as c:
         assert add(c, png_bytes(digit(1))).status_code == 201
     root = folder(model, cache)
-    leftovers = [root / "photos" / "7.png", root / "features" / "7.npy", root / "thumbs" / ".7.jpg.tmp-1-2",
-                 root / ".manifest.json.tmp-1-2"]  # fmt: skip
+    leftovers = [root / "photos" / "7.png", root / "features" / "7.npy", root / "thumbs" / ".7.jpg.k2j4x9q1.tmp",
+                 root / ".manifest.json.0a1b2c3d.tmp"]  # fmt: skip  (net.paths.write_atomic temporary names)
     for p in leftovers:
         p.write_bytes(b"partial")
     (root / "notes.txt").write_text("not ours")
