@@ -91,6 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error(f"--port must be 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         return _error(f"--threads must be >= 1, got {args.threads}")
+    if args.body_timeout <= 0 or args.body_budget_mb <= 0 or args.fetch_workers < 1 or (args.decode_workers or 1) < 1:
+        return _error("--body-timeout and --body-budget-mb must be > 0, --fetch-workers and --decode-workers >= 1")
     if args.max_upload_mb <= 0 or args.max_batch < 1 or args.batch_window_ms < 0 or args.switch_interval_ms <= 0:
         return _error("--max-upload-mb and --switch-interval-ms must be > 0, --max-batch >= 1, --batch-window-ms >= 0")
     if args.personal_max_photos < 1 or args.personal_max_mb <= 0:
@@ -153,6 +155,10 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         max_batch=args.max_batch,
         window_ms=args.batch_window_ms,
         threads=args.threads,
+        body_timeout=args.body_timeout,
+        body_budget=int(args.body_budget_mb * 1_000_000),
+        decode_workers=args.decode_workers,
+        fetch_workers=args.fetch_workers,
     )
     personal = None
     if not args.no_personal_gallery:
@@ -239,6 +245,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="most MB the personal gallery stores: photos, thumbnails, features (default 500)",
     )
     p.add_argument("--threads", type=int, help="Numba threads for inference (default: all cores)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive an upload (408 after; 30)")
+    p.add_argument("--body-budget-mb", type=float, default=200.0, help="upload bytes held at once (503 past; 200)")
+    p.add_argument("--decode-workers", type=int, help="images decoded at once (default: the cores)")
+    p.add_argument("--fetch-workers", type=int, default=16, help="URL fetches at once, on their own threads (16)")
     p.add_argument(
         "--switch-interval-ms",
         type=float,

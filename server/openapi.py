@@ -91,9 +91,11 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     "responses": {
                         "200": _json(_schema("SearchResult"), "Predictions, web results and similar images"),
                         "400": _ERROR,
+                        "408": _ERROR,
                         "413": _ERROR,
                         "415": _ERROR,
                         "502": _ERROR,
+                        "503": _ERROR,
                         "504": _ERROR,
                     },
                 }
