@@ -600,3 +600,8 @@ def gemm(
         a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0, workers, np.zeros(1, np.int64)
     )
     return out
+
+
+# Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
+# (kernels.pointwise); the same objects as the underscored names, which conv and depthwise import.
+as64, splat, accumulators, flat_f32, claim = _as64, _splat, _accumulators, _flat_f32, _claim

@@ -1,0 +1,635 @@
+"""1x1 convolution (pointwise: kernel 1x1, stride 1, pad 0, group 1), Caffe semantics, NCHW float32.
+
+EfficientNet-Lite / MobileNet expand, project and head convolutions: y[n] = W (M, K) @ x[n] (K, P) + b, then an
+optional clip min(max(y, lo), hi) (ReLU6: (0, 6)), with K = C_in, M = C_out, P = H*W. The image already is the
+row-major B matrix of that GEMM, so nothing is packed (``kernels.conv`` copies it into im2col slivers first, splits K
+into panels that store and reload the output, and clips in a second pass over it).
+
+Kernels, in order:
+
+0. ``pointwise_forward_ref`` - plain NumPy in float64: one rank-1 update per input channel (no BLAS call).
+1. ``_pw_tile``    - the micro-kernel, in LLVM IR like ``kernels.gemm``'s: MR output channels x 16 pixels (x 32, two
+                     slivers, with AVX-512: ``gemm.PAIR``), W's rows read in place (one broadcast per row and k) and
+                     row k of B straight from the image (x[k*P + p0 :], unaligned vector loads), over the whole of K
+                     with the accumulators in registers (AVX2: 12 + 2 + 1 of the 16 ymm; AVX-512: 24 + 2 + 1 of the
+                     32 zmm), then bias, clip (compare and select: a NaN stays NaN) and the stores straight into y, so
+                     the output is written once. The bottom edge (M % MR rows) re-reads the last row of W and stores
+                     only the rows that exist.
+2. ``_dot_tile``   - the edge pixels that fill no 16-pixel tile (196 = 12 x 16 + 4, 49 = 3 x 16 + 1): R x C dot
+                     products over k (C <= DOT_COLS pixels, R = DOT_ACC / C rows, at most MR), <8 x float> vectors of
+                     W's rows and of the pixels' columns (copied into a (t, K) buffer once per task, ``_pack_edge``),
+                     two partial sums per output where 6 would leave the FMAs waiting on their latency, summed across
+                     lanes, then the K % 8 remainder, bias, clip and scalar stores. A 16-wide tile for P = 49's last
+                     pixel would add a third to the layer.
+                     When P is a multiple of 16, every row of x starts at the same place in a cache line: the main
+                     tiles then start at the first pixel on a line boundary (``_head``: 12 pixels into NumPy's arrays,
+                     which start 16 bytes into a line; loads split across lines made the 56 x 56 and 28 x 28 layers
+                     7-17% slower), and the pixels before it and the tail after the last tile, 16 together, are packed
+                     into one sliver for the same tile (``_sliver_edge``). So which pixels the dot tiles compute
+                     depends on P alone, and every other output is one FMA chain over k in order, then the bias and
+                     the clip, whichever tile computes it: the bits do not depend on where x starts (which differs
+                     from process to process), on the thread count or on the task split.
+3. ``_pw_forward`` - (image, pixel chunk, row block) tasks claimed by one worker per thread (``gemm.claim``: dynamic
+                     scheduling). A task walks its row tiles, each one's edge pixels first (they stream the tile's W
+                     rows into L1 for the main tiles' broadcasts), then its main tiles left to right: W
+                     is read from L1, and x (a chunk of at most X_CHUNK_FLOATS, in L2) once per row tile. Chunks and
+                     blocks are chosen once per shape (``_split``): enough tasks for the threads, and of those splits
+                     the one that re-reads least (W once per chunk, x once per block). ``_pw_serial`` runs the tasks
+                     on the calling thread below SERIAL_MACS, where a fork-join costs more than it saves.
+
+Public: ``pointwise_applies(x_shape, w_shape, stride, pad, dilation, group) -> bool``,
+``pointwise_forward(x, w, b, *, act, out) -> y`` and ``PointwiseRunner(x_shape, w_shape, act)`` (the shape work done
+once, for a Net's execution plan; ``runner(x, w, bias, y)``). Shapes: x (N, K, H, W), w (M, K, 1, 1), b (M,),
+y (N, M, H, W); act None or (lo, hi).
+
+Numba caches compiled code per source file: the tile constants of ``kernels/gemm.py`` (MR, NR, VW, PAIR) are frozen
+into this module's cache as into conv's (Numba keys the cache on the CPU, so a machine that picks the other tile shape
+compiles its own).
+
+Benchmark: per layer (EfficientNet-Lite0's 1x1 convolutions at batch 1 and 32, checked against the float64 reference
+first, then interleaved against ``conv.ForwardRunner``, ONNX Runtime on one Conv node and torch), the script
+bench_pointwise.py handed over with this module (not yet in benchmarks/); in the whole net,
+``python -m benchmarks --only efficientnet``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import njit, prange
+from numba.core import cgutils, errors, types
+from numba.extending import intrinsic
+
+from kernels.gemm import MR, NR, PAIR, VW, Workspace, accumulators, as64, claim, flat_f32, splat
+
+Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
+
+SLIVERS = 2 if PAIR else 1  # 16-pixel slivers per main tile: MR x 32 with AVX-512 (24 zmm accumulators), else MR x 16
+DOT_ACC = 12  # accumulators of a _dot_tile (R rows x C pixels x partial sums), <8 x float> on either CPU
+DOT_COLS = 2  # pixels per _dot_tile at most (3 or 4 spilled: 12 accumulators + C pixel vectors + 1 > 16 ymm)
+TASKS_PER_THREAD = 8  # parallel tasks per thread at most (claimed dynamically: a slow thread takes fewer)
+TASK_MACS = 1 << 18  # multiply-adds per task at least (a claim and a task's cold start cost ~1-2 us)
+ALIGN_MIN_P = 4 * NR  # pixels per image at least before the main tiles are moved onto cache lines (_head)
+X_CHUNK_FLOATS = 64 * 1024  # floats of x a task re-reads per row tile (256 KB: half of Zen 3's L2)
+SERIAL_MACS = 1 << 18  # below this many multiply-adds a call runs on the calling thread (fork-join: ~2.5 us)
+assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
+assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
+assert DOT_ACC + max(DOT_COLS, 2) + 1 <= 16, "dot tile: accumulators + pixel vectors (2 for 2 partial sums) + W"
+assert DOT_ACC % DOT_COLS == 0 and DOT_ACC // DOT_COLS <= MR, "a dot tile's rows fit in a row tile"
+
+
+def _dot_rows(cols: int) -> int:
+    """Rows of a _dot_tile over `cols` pixels: at most DOT_ACC accumulators, at most one row tile (MR)."""
+    return min(MR, DOT_ACC // cols)
+
+
+# --------------------------------------------------------------------------------------------- reference
+def pointwise_forward_ref(x, w, b, *, act: Act = None) -> np.ndarray:
+    """Reference 1x1 convolution in float64, returned as float64.
+
+    x: (N, K, H, W); w: (M, K, 1, 1); b: (M,) or None. Returns y: (N, M, H, W),
+    y[n, m] = b[m] + sum_k w[m, k, 0, 0] * x[n, k], then min(max(y, lo), hi) when act = (lo, hi).
+    """
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    n, k, h, wd = x64.shape
+    m = w64.shape[0]
+    y = np.zeros((n, m, h, wd))
+    for c in range(k):  # rank-1 updates: obviously a sum over input channels, without calling BLAS
+        y += w64[:, c, 0, 0].reshape(1, m, 1, 1) * x64[:, c : c + 1]
+    if b is not None:
+        y += np.asarray(b, np.float64).reshape(1, m, 1, 1)
+    if act is not None:
+        y = np.minimum(np.maximum(y, act[0]), act[1])
+    return y
+
+
+# --------------------------------------------------------------------------------------------- micro-kernels
+def _clip(builder, v, lo, hi):
+    """min(max(v, lo), hi) by compare and select (v < lo ? lo : v, then > hi), so a NaN stays NaN."""
+    v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+    return builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+
+
+def _f32(builder, v):
+    return v if isinstance(v.type, llvm_ir.FloatType) else builder.fptrunc(v, llvm_ir.FloatType())
+
+
+def _tile_codegen(edge: bool, slivers: int):
+    """LLVM IR of _pw_tile (edge: rows past mr re-read row mr - 1 and are not stored; slivers: 1 or 2)."""
+
+    def codegen(context, builder, signature, args):
+        def data(i):  # pointer to the elements of array argument i
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        w_data, x_data, y_data, b_data = data(0), data(1), data(2), data(3)
+        r0, xo, yo, k64, xs, ys, mr = (as64(builder, v) for v in (*args[4:10], args[12]))
+        i64 = llvm_ir.IntType(64)
+
+        def c64(v):
+            return llvm_ir.Constant(i64, v)
+
+        a0 = builder.mul(r0, k64)
+        if edge:  # row i of the tile reads row min(i, mr - 1) of W
+            last = builder.sub(mr, c64(1))
+            rows = [builder.select(builder.icmp_unsigned("<", c64(i), mr), c64(i), last) for i in range(MR)]
+            offs = [builder.add(a0, builder.mul(r, k64)) for r in rows]
+        else:
+            offs = [builder.add(a0, builder.mul(c64(i), k64)) for i in range(MR)]
+        nv = NR // VW  # vectors per row of one sliver
+        vec = llvm_ir.VectorType(llvm_ir.FloatType(), VW)
+        vptr = vec.as_pointer()
+        slots, fma = accumulators(builder, vec, slivers * MR * nv)  # slot (h*MR + i)*nv + v
+        with cgutils.for_range(builder, k64) as loop:
+            kk = loop.index
+            boff = builder.add(xo, builder.mul(kk, xs))
+            bv = [
+                builder.load(
+                    builder.bitcast(builder.gep(x_data, [builder.add(boff, c64(h * NR + v * VW))]), vptr), align=4
+                )
+                for h in range(slivers)
+                for v in range(nv)
+            ]
+            for i in range(MR):
+                av = splat(builder, builder.load(builder.gep(w_data, [builder.add(offs[i], kk)])), vec)
+                for q in range(slivers * nv):
+                    s_ = slots[(q // nv * MR + i) * nv + q % nv]
+                    builder.store(builder.call(fma, [av, bv[q], builder.load(s_)]), s_)
+        lo, hi = (splat(builder, _f32(builder, v), vec) for v in (args[10], args[11]))
+        for i in range(MR):
+            if edge:
+                with builder.if_then(builder.icmp_unsigned("<", c64(i), mr), likely=True):
+                    _store_row(builder, slots, i, nv, slivers, b_data, y_data, r0, yo, ys, lo, hi)
+            else:
+                _store_row(builder, slots, i, nv, slivers, b_data, y_data, r0, yo, ys, lo, hi)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _store_row(builder, slots, i, nv, slivers, b_data, y_data, r0, yo, ys, lo, hi):
+    """y[yo + i*ys + j] = clip(acc[i, j] + bias[r0 + i]) for the tile's NR * slivers pixels of row i."""
+    i64 = llvm_ir.IntType(64)
+    vec = slots[0].type.pointee
+    bias = splat(builder, builder.load(builder.gep(b_data, [builder.add(r0, llvm_ir.Constant(i64, i))])), vec)
+    row = builder.add(yo, builder.mul(llvm_ir.Constant(i64, i), ys))
+    for q in range(slivers * nv):
+        v = _clip(builder, builder.fadd(builder.load(slots[(q // nv * MR + i) * nv + q % nv]), bias), lo, hi)
+        p = builder.gep(y_data, [builder.add(row, llvm_ir.Constant(i64, q // nv * NR + q % nv * VW))])
+        builder.store(v, builder.bitcast(p, vec.as_pointer()), align=4)
+
+
+def _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr):
+    flat_f32(w, x, y, bias)
+    return types.void(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr)
+
+
+@intrinsic
+def _pw_tile(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr):
+    """y[yo + i*ys + j] = clip(bias[r0 + i] + sum_{c < k} w[(r0 + i)*k + c] * x[xo + c*xs + j]) for i < MR, j < NR:
+    one MR x NR tile of y[n] = W @ x[n] with W (M, K) and x[n] (K, P) row-major and flat (xs = ys = P), or of a
+    packed sliver (x: (K, NR), xs = NR). Each output is one FMA chain over c in order from 0, then + bias, then
+    clip(v) = min(max(v, lo), hi): the same bits wherever the tile sits. `mr` is unused (one signature with
+    _pw_tile_edge)."""
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr), _tile_codegen(False, 1)
+
+
+@intrinsic
+def _pw_tile_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr):
+    """_pw_tile for the bottom edge: rows i >= mr compute row mr - 1 again and are not stored."""
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr), _tile_codegen(True, 1)
+
+
+@intrinsic
+def _pw_tile2(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr):
+    """_pw_tile over two adjacent slivers (MR x 2NR, PAIR)."""
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr), _tile_codegen(False, 2)
+
+
+@intrinsic
+def _pw_tile2_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr):
+    """_pw_tile_edge over two adjacent slivers (MR x 2NR, PAIR)."""
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr), _tile_codegen(True, 2)
+
+
+def _hsum(builder, v):
+    """The sum of the lanes of v (a tree: halves added until one lane is left; a fixed order, so fixed bits)."""
+    i32 = llvm_ir.IntType(32)
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, llvm_ir.Constant(llvm_ir.VectorType(i32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, llvm_ir.Constant(llvm_ir.VectorType(i32, n), list(range(n, 2 * n))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, llvm_ir.Constant(i32, 0))
+
+
+@intrinsic
+def _dot_tile(typingctx, w, xt, y, bias, r0, xo, yo, k, p, lo, hi, mr, cols):
+    """y[yo + i*p + j] = clip(bias[r0 + i] + sum_{c < k} w[(r0 + i)*k + c] * xt[xo + j*k + c]) for i < mr rows
+    (mr <= R = _dot_rows(cols); rows past mr re-read row mr - 1 and are not stored) and j < cols (a literal,
+    1..DOT_COLS) pixels, xt the tail of x[n] transposed ((t, K), one row per pixel): R x C dot products over
+    <8 x float> vectors of W's rows and of the pixels' rows (per 8 k: R + C vector loads for R*C FMAs), each summed
+    across its lanes, the K % 8 remainder added one product at a time, then bias, clip and scalar stores."""
+    if not isinstance(cols, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(cols)
+    ncol = cols.literal_value
+    nrow = _dot_rows(ncol)
+    flat_f32(w, xt, y, bias)
+    sig = types.void(w, xt, y, bias, r0, xo, yo, k, p, lo, hi, mr, cols)
+
+    def codegen(context, builder, signature, args):
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        w_data, xt_data, y_data, b_data = data(0), data(1), data(2), data(3)
+        r0_v, xo_v, yo_v, k64, p64 = (as64(builder, v) for v in args[4:9])
+        lo, hi = _f32(builder, args[9]), _f32(builder, args[10])
+        mr_v = as64(builder, args[11])
+        i64, f32 = llvm_ir.IntType(64), llvm_ir.FloatType()
+
+        def c64(v):
+            return llvm_ir.Constant(i64, v)
+
+        vec = llvm_ir.VectorType(f32, 8)
+        vptr = vec.as_pointer()
+        last = builder.sub(mr_v, c64(1))
+        rows = [
+            builder.add(r0_v, builder.select(builder.icmp_unsigned("<", c64(i), mr_v), c64(i), last))
+            for i in range(nrow)
+        ]
+        offs = [builder.mul(r, k64) for r in rows]  # W's row of tile row i
+        xoffs = [builder.add(xo_v, builder.mul(c64(j), k64)) for j in range(ncol)]
+        chains = max(1, min(2, DOT_ACC // (nrow * ncol)))  # independent sums per output (FMA latency: 6 is too few)
+        slots, fma = accumulators(builder, vec, chains * nrow * ncol)  # slot (i*ncol + j)*chains + q
+
+        def step(c, nq):  # 8*nq k from c: chain q takes c + 8q
+            def load(ptr, off, q):
+                return builder.load(
+                    builder.bitcast(builder.gep(ptr, [builder.add(off, builder.add(c, c64(8 * q)))]), vptr), align=4
+                )
+
+            xv = [[load(xt_data, xoffs[j], q) for q in range(nq)] for j in range(ncol)]
+            for i in range(nrow):
+                for q in range(nq):
+                    wv = load(w_data, offs[i], q)
+                    for j in range(ncol):
+                        s_ = slots[(i * ncol + j) * chains + q]
+                        builder.store(builder.call(fma, [wv, xv[j][q], builder.load(s_)]), s_)
+
+        k8 = builder.and_(k64, c64(-8))
+        kc = builder.and_(k64, c64(-8 * chains))
+        with cgutils.for_range_slice(builder, c64(0), kc, c64(8 * chains)) as (c, _):
+            step(c, chains)
+        with cgutils.for_range_slice(builder, kc, k8, c64(8)) as (c, _):  # at most one 8-k step left over
+            step(c, 1)
+        for q in range(1, chains):
+            for s0 in range(0, len(slots), chains):
+                builder.store(builder.fadd(builder.load(slots[s0]), builder.load(slots[s0 + q])), slots[s0])
+        slots = slots[::chains]
+        sums = [cgutils.alloca_once_value(builder, _hsum(builder, builder.load(s_))) for s_ in slots]
+        with cgutils.for_range_slice(builder, k8, k64, c64(1)) as (c, _):  # the K % 8 remainder
+
+            def scalar(ptr, off):
+                return builder.load(builder.gep(ptr, [builder.add(off, c)]))
+
+            for i in range(nrow):
+                wv = scalar(w_data, offs[i])
+                for j in range(ncol):
+                    s_ = sums[i * ncol + j]
+                    builder.store(builder.fadd(builder.load(s_), builder.fmul(wv, scalar(xt_data, xoffs[j]))), s_)
+        for i in range(nrow):
+            with builder.if_then(builder.icmp_unsigned("<", c64(i), mr_v), likely=True):
+                bi = builder.load(builder.gep(b_data, [rows[i]]))
+                row = builder.add(yo_v, builder.mul(c64(i), p64))
+                for j in range(ncol):
+                    v = _clip(builder, builder.fadd(builder.load(sums[i * ncol + j]), bi), lo, hi)
+                    builder.store(v, builder.gep(y_data, [builder.add(row, c64(j))]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------------------------- drivers
+@intrinsic
+def _address(typingctx, a):
+    """The address of a's first element (an unsigned integer)."""
+    sig = types.uint64(a)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, llvm_ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _head(xf, p):  # pragma: no cover - compiled
+    """Pixels before the first main tile: when every row of x starts at the same offset in a cache line (P a multiple
+    of NR), as many as move the tiles' loads onto line boundaries (NumPy's arrays start 16 bytes into a line: 12
+    pixels); else 0."""
+    if p % NR != 0 or p < ALIGN_MIN_P:
+        return 0
+    return np.int64((np.uint64(NR * 4) - _address(xf) % np.uint64(NR * 4)) % np.uint64(NR * 4) // np.uint64(4))
+
+
+@njit(cache=True, boundscheck=False)
+def _pack_edge(xf, x_off, k, p, p0, t, xt):  # pragma: no cover - compiled
+    """xt[j*k + c] = x[x_off + c*p + p0 + j] for j < t, c < k: t pixels of an image, one row per pixel (_dot_tile)."""
+    for c in range(k):
+        for j in range(t):
+            xt[np.uint64(j * k + c)] = xf[np.uint64(x_off + c * p + p0 + j)]
+
+
+@njit(cache=True, boundscheck=False)
+def _edge(wf, xt, bias, yf, y_off, r, mr, k, p, p0, t, lo, hi):  # pragma: no cover - compiled
+    """Rows r..r + mr - 1 (mr <= MR), pixels p0..p0 + t - 1 of one image (y_off: y[n, 0, 0]) from their columns packed
+    in xt (_pack_edge): _dot_tiles of up to DOT_COLS pixels."""
+    ku, pu = np.uint64(k), np.uint64(p)
+    for j0 in range(0, t, DOT_COLS):
+        cols = min(DOT_COLS, t - j0)
+        rows = min(MR, DOT_ACC // cols)  # _dot_rows(cols)
+        xo = np.uint64(j0 * k)
+        for r0 in range(r, r + mr, rows):
+            nr = np.uint64(min(rows, r + mr - r0))
+            yo = np.uint64(y_off + r0 * p + p0 + j0)
+            ru = np.uint64(r0)
+            if cols == 1:
+                _dot_tile(wf, xt, yf, bias, ru, xo, yo, ku, pu, lo, hi, nr, 1)
+            else:
+                _dot_tile(wf, xt, yf, bias, ru, xo, yo, ku, pu, lo, hi, nr, 2)
+
+
+@njit(cache=True, boundscheck=False)
+def _pack_sliver(xf, x_off, k, p, h, xs):  # pragma: no cover - compiled
+    """xs[c*NR + j]: row c of an image's edge pixels as one packed sliver (K, NR) when P is a multiple of NR and the
+    main tiles start at pixel h > 0 (_head): its last NR - h pixels (j < NR - h), then its first h."""
+    t = NR - h
+    for c in range(k):
+        for j in range(t):
+            xs[np.uint64(c * NR + j)] = xf[np.uint64(x_off + c * p + p - t + j)]
+        for j in range(h):
+            xs[np.uint64(c * NR + t + j)] = xf[np.uint64(x_off + c * p + j)]
+
+
+@njit(cache=True, boundscheck=False)
+def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragma: no cover - compiled
+    """Rows r..r + mr - 1 of the packed edge sliver xs (_pack_sliver) by the main tile into out (MR x NR), then each
+    pixel to its place in y: the FMA chains of a tile in place, so the same bits as when x starts on a line boundary
+    and these pixels are in main tiles."""
+    ru, ku, nru, mru, zero = np.uint64(r), np.uint64(k), np.uint64(NR), np.uint64(mr), np.uint64(0)
+    if mr == MR:
+        _pw_tile(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru)
+    else:
+        _pw_tile_edge(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru)
+    t = NR - h
+    for i in range(mr):
+        row = y_off + (r + i) * p
+        for j in range(t):
+            yf[np.uint64(row + p - t + j)] = out[i * NR + j]
+        for j in range(h):
+            yf[np.uint64(row + j)] = out[i * NR + t + j]
+
+
+@njit(cache=True, boundscheck=False)
+def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task):  # pragma: no cover - compiled
+    """Task `task` (see _pw_forward): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
+    pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
+    after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile)."""
+    k, m, p, npc, nrb, chunk, block = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7]
+    ns = (p - h) // NR  # main slivers, from pixel h
+    t = p - h - ns * NR  # pixels after them
+    rb = task % nrb
+    pc = (task // nrb) % npc
+    n = task // (nrb * npc)
+    r_begin = rb * block
+    r_end = min(m, r_begin + block)
+    s_begin = pc * chunk
+    s_end = min(ns, s_begin + chunk)
+    x_off = n * k * p
+    y_off = n * m * p
+    flo, fhi = np.float32(lo), np.float32(hi)
+    edges = (h > 0 or t > 0) and pc == npc - 1
+    out = xt[NR * k : NR * k + MR * NR]  # _sliver_edge's tile, after the packed edge pixels
+    if edges:
+        if h > 0:
+            _pack_sliver(xf, x_off, k, p, h, xt)
+        else:
+            _pack_edge(xf, x_off, k, p, ns * NR, t, xt)
+    for r in range(r_begin, r_end, MR):
+        mr = min(MR, r_end - r)
+        if edges:  # first: they stream the tile's W rows into L1 for the main tiles' broadcasts
+            if h > 0:
+                _sliver_edge(wf, xt, out, bias, yf, y_off, r, mr, k, p, h, flo, fhi)
+            else:
+                _edge(wf, xt, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
+        _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi):  # pragma: no cover - compiled
+    """The main tile at rows r.., sliver s (and s + 1 when two) of one image."""
+    xo = np.uint64(x_off + s * NR)
+    yo = np.uint64(y_off + r * p + s * NR)
+    ru, ku, pu, mru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr)
+    if mr == MR:
+        if two:
+            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru)
+        else:
+            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru)
+    elif two:
+        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru)
+    else:
+        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi):  # pragma: no cover - compiled
+    """The main tiles of rows r.. over slivers s_begin..s_end - 1 of one image."""
+    s = s_begin
+    while s < s_end:
+        two = SLIVERS == 2 and s + 1 < s_end
+        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi)
+        s += 2 if two else 1
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter):  # pragma: no cover - compiled
+    """All tasks (image, pixel chunk, row block) of a call, claimed by `workers` workers (one per thread,
+    ``gemm.claim``); worker t packs its edge pixels into ws[t*plan[8]:]. x, w, y: C-contiguous, any rank; plan: see
+    PointwiseRunner."""
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    ntask = plan[0] * plan[4] * plan[5]
+    h = _head(xf, plan[3])
+    size = plan[8]
+    for t in prange(workers):
+        xt = ws[t * size : (t + 1) * size]
+        task = claim(counter)
+        while task < ntask:
+            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task)
+            task = claim(counter)
+
+
+@njit(cache=True, boundscheck=False)
+def _pw_serial(x, w, bias, y, plan, lo, hi, ws):  # pragma: no cover - compiled
+    """_pw_forward's tasks in order on the calling thread."""
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    h = _head(xf, plan[3])
+    for task in range(plan[0] * plan[4] * plan[5]):
+        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task)
+
+
+# --------------------------------------------------------------------------------------------- public
+_WORKSPACE = Workspace()
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if np.isscalar(v):
+        return int(v), int(v)
+    t = tuple(int(e) for e in v)
+    if len(t) != 2:
+        raise ValueError(f"pointwise: expected {name} as an int or an (h, w) pair, got {v!r}")
+    return t
+
+
+def pointwise_applies(x_shape, w_shape, stride=(1, 1), pad=(0, 0), dilation=(1, 1), group: int = 1) -> bool:
+    """Is this convolution a pointwise one that ``PointwiseRunner`` computes: x (N, K, H, W), w (M, K, 1, 1), stride
+    1, pad 0, group 1 (any dilation: a 1x1 kernel has no gaps)?"""
+    del dilation
+    return (
+        len(x_shape) == 4
+        and len(w_shape) == 4
+        and tuple(w_shape[1:]) == (x_shape[1], 1, 1)
+        and _pair(stride, "stride") == (1, 1)
+        and _pair(pad, "pad") == (0, 0)
+        and int(group) == 1
+    )
+
+
+def _check_act(act: Act) -> tuple[float, float]:
+    """(lo, hi) of the clip: (-inf, inf) for None."""
+    if act is None:
+        return -math.inf, math.inf
+    try:
+        lo, hi = (float(v) for v in act)
+    except (TypeError, ValueError):
+        raise ValueError(f"pointwise: expected act as None or a (lo, hi) pair of floats, got {act!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"pointwise: expected act (lo, hi) with lo <= hi (ReLU: (0, inf), ReLU6: (0, 6)), got {act!r}")
+    return lo, hi
+
+
+def _split(n: int, k: int, m: int, p: int, threads: int) -> tuple[int, int, int, int]:
+    """(pixel chunks, row blocks, slivers per chunk, rows per block) of one image. A task reads its chunk of x (K rows
+    of the chunk's pixels) once per row tile, so a chunk is kept to X_CHUNK_FLOATS (L2); and there should be enough
+    tasks for the threads (TASKS_PER_THREAD at most, TASK_MACS each at least). Of the splits that allow, the one that
+    re-reads the least: W once per pixel chunk (M*K floats), x once per row block (K*P floats)."""
+    ns = p // NR
+    groups = -(-m // MR)
+    units = max(1, -(-ns // SLIVERS))  # main tiles per row tile: chunks at most
+    want = max(1, min(TASKS_PER_THREAD * threads, n * m * k * p // TASK_MACS))
+    per_image = -(-want // max(n, 1))
+    fewest = min(units, max(1, -(-k * ns * NR // X_CHUNK_FLOATS)))
+    best = None
+    for chunks in range(fewest, units + 1):
+        chunk = -(-units // chunks) * SLIVERS  # slivers per chunk: whole main tiles
+        npc = max(1, -(-ns // chunk))
+        nrb = min(groups, -(-per_image // npc))
+        block = -(-groups // nrb) * MR
+        nrb = -(-m // block)
+        key = (npc * nrb < per_image, npc * m + nrb * p)
+        if best is None or key < best[0]:
+            best = (key, npc, nrb, chunk, block)
+    return best[1:]
+
+
+class PointwiseRunner:
+    """A 1x1 convolution forward with everything that depends only on the shapes worked out once; calling it runs the
+    compiled kernel with no further checks (like conv.ForwardRunner and depthwise.DepthwiseRunner).
+
+    x_shape (N, K, H, W), w_shape (M, K, 1, 1); act None or (lo, hi), the clip after the bias (ReLU6: (0, 6)).
+    ``runner(x, w, bias, y)``: x C-contiguous float32 of x_shape, w C-contiguous float32 of w_shape, bias (M,) float32
+    (zeros for none), y the C-contiguous float32 output of ``runner.out_shape`` (N, M, H, W), not overlapping x. The
+    thread split follows the thread count when the runner is made.
+    """
+
+    __slots__ = ("lo_hi", "out_shape", "plan", "serial", "workers", "ws_size")
+
+    def __init__(self, x_shape, w_shape, act: Act = None) -> None:
+        x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+        if len(x_shape) != 4 or min(x_shape) < 0:
+            raise ValueError(f"pointwise: expected x of shape (N, K, H, W), got {x_shape}")
+        if len(w_shape) != 4 or w_shape[2:] != (1, 1) or w_shape[1] != x_shape[1]:
+            raise ValueError(
+                f"pointwise: expected w of shape (M, {x_shape[1]}, 1, 1) for x of {x_shape[1]} channels, got {w_shape}"
+            )
+        n, k, h, wd = x_shape
+        m, p = w_shape[0], h * wd
+        self.out_shape = (n, m, h, wd)
+        self.lo_hi = _check_act(act)
+        self.workers = threads = numba.get_num_threads()
+        macs = n * m * k * p
+        self.serial = threads == 1 or macs < SERIAL_MACS
+        npc, nrb, chunk, block = _split(n, k, m, p, 1 if self.serial else threads)
+        edge = NR * k + MR * NR  # floats of a worker's buffer: its edge pixels (NR at most) and one tile
+        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, edge], np.int64)
+        self.ws_size = edge * (1 if self.serial else threads)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        ws = _WORKSPACE.buf
+        if ws.size < self.ws_size:
+            _WORKSPACE.get(self.ws_size)
+            ws = _WORKSPACE.buf
+        lo, hi = self.lo_hi
+        if self.serial:
+            _pw_serial(x, w, bias, out, self.plan, lo, hi, ws)
+        else:
+            _pw_forward(x, w, bias, out, self.plan, lo, hi, ws, self.workers, np.zeros(1, np.int64))
+
+
+def _check_out(arr, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`arr` if it is a writeable C-contiguous float32 array of `shape`, else ValueError naming it."""
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        got = f"{arr.dtype} {arr.shape} (c_contiguous={arr.flags.c_contiguous})" if isinstance(arr, np.ndarray) else arr
+        raise ValueError(
+            f"pointwise_forward: expected {name} to be a C-contiguous float32 array of shape {shape}, got {got}"
+        )
+    if not arr.flags.writeable:
+        raise ValueError(f"pointwise_forward: {name} is read-only")
+    return arr
+
+
+def pointwise_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, act: Act = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """1x1 convolution forward (stride 1, pad 0, group 1), float32, with the bias and an optional clip fused.
+
+    x: (N, K, H, W); w: (M, K, 1, 1); b: (M,) or None; act: None, or (lo, hi) for y = min(max(y, lo), hi) (ReLU6:
+    (0, 6)). Returns y: (N, M, H, W) float32, written into `out` when given (C-contiguous float32 of that shape, not
+    overlapping x).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"pointwise_forward: expected x of rank 4 (N, K, H, W), got shape {x.shape}")
+    if w.ndim != 4 or w.shape[1:] != (x.shape[1], 1, 1):
+        raise ValueError(
+            f"pointwise_forward: expected w of shape (M, {x.shape[1]}, 1, 1) for x of {x.shape[1]} channels, "
+            f"got {w.shape}"
+        )
+    m = w.shape[0]
+    if b is not None:
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        if b.shape != (m,):
+            raise ValueError(f"pointwise_forward: expected bias of shape ({m},), got {b.shape}")
+    run = PointwiseRunner(x.shape, w.shape, act)
+    if out is None:
+        out = np.empty(run.out_shape, np.float32)
+    else:
+        _check_out(out, run.out_shape, "out")
+        if np.shares_memory(out, x):
+            raise ValueError("pointwise_forward: out shares memory with x; pass a separate out array")
+    run(x, w, np.zeros(m, np.float32) if b is None else b, out)
+    return out
