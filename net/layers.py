@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kernels import conv, depthwise, elementwise, fc, pool
+from kernels import conv, depthwise, elementwise, fc, pointwise, pool
 from kernels.activations import softmax_runner
 
 from .blob import Blob
@@ -307,6 +307,8 @@ class ConvolutionLayer(Layer):
         act = (0.0, self.relu_max) if self.fused_relu else None
         if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
             run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
+        elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
+            run = pointwise.PointwiseRunner(x_shape, w_shape, act)
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
             run = conv.ForwardRunner(
