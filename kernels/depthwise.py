@@ -654,16 +654,17 @@ def depthwise_applies(x_shape, w_shape, group: int, dilation=1) -> bool:
     return len(x_shape) == 4 and len(w_shape) == 4 and group == x_shape[1] == w_shape[0] and w_shape[1] == 1
 
 
-def _check_act(act: Act) -> tuple[float, float]:
-    """(lo, hi) of the clip: (-inf, inf) for None."""
+def check_act(act: Act, what: str = "depthwise") -> tuple[float, float]:
+    """(lo, hi) of a fused clip epilogue: (-inf, inf) for None; ValueError naming `what` otherwise. Shared with
+    kernels.pointwise."""
     if act is None:
         return -math.inf, math.inf
     try:
         lo, hi = (float(v) for v in act)
     except (TypeError, ValueError):
-        raise ValueError(f"depthwise: expected act as None or a (lo, hi) pair of floats, got {act!r}") from None
+        raise ValueError(f"{what}: expected act as None or a (lo, hi) pair of floats, got {act!r}") from None
     if not lo <= hi:
-        raise ValueError(f"depthwise: expected act (lo, hi) with lo <= hi (ReLU: (0, inf), ReLU6: (0, 6)), got {act!r}")
+        raise ValueError(f"{what}: expected act (lo, hi) with lo <= hi (ReLU: (0, inf), ReLU6: (0, 6)), got {act!r}")
     return lo, hi
 
 
@@ -717,7 +718,7 @@ class DepthwiseRunner:
             x_shape, w_shape, stride, pad, dilation
         )
         self.out_shape = (n, c, oh, ow)
-        self.lo_hi = _check_act(act)
+        self.lo_hi = check_act(act)
         self.workers = threads = numba.get_num_threads()
         self.ws = (None, None)
         kh, kw = w_shape[2:]

@@ -54,8 +54,6 @@ bench_pointwise.py handed over with this module (not yet in benchmarks/); in the
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
@@ -63,6 +61,7 @@ from numba import njit, prange
 from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
+from kernels.depthwise import check_act
 from kernels.gemm import MR, NR, PAIR, VW, Workspace, accumulators, as64, claim, flat_f32, splat
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
@@ -508,17 +507,6 @@ def pointwise_applies(x_shape, w_shape, stride=(1, 1), pad=(0, 0), dilation=(1, 
     )
 
 
-def _check_act(act: Act) -> tuple[float, float]:
-    """(lo, hi) of the clip: (-inf, inf) for None."""
-    if act is None:
-        return -math.inf, math.inf
-    try:
-        lo, hi = (float(v) for v in act)
-    except (TypeError, ValueError):
-        raise ValueError(f"pointwise: expected act as None or a (lo, hi) pair of floats, got {act!r}") from None
-    if not lo <= hi:
-        raise ValueError(f"pointwise: expected act (lo, hi) with lo <= hi (ReLU: (0, inf), ReLU6: (0, 6)), got {act!r}")
-    return lo, hi
 
 
 def _split(n: int, k: int, m: int, p: int, threads: int) -> tuple[int, int, int, int]:
@@ -568,7 +556,7 @@ class PointwiseRunner:
         n, k, h, wd = x_shape
         m, p = w_shape[0], h * wd
         self.out_shape = (n, m, h, wd)
-        self.lo_hi = _check_act(act)
+        self.lo_hi = check_act(act, "pointwise")
         self.workers = threads = numba.get_num_threads()
         macs = n * m * k * p
         self.serial = threads == 1 or macs < SERIAL_MACS
