@@ -5,7 +5,7 @@ many-part bodies, each load bounded in count and time.
     python -m benchmarks.bench_hostile --phases bomb,parts    # some phases: bomb, lie, slow, parts
     python -m benchmarks.bench_hostile --repo /tmp/old-crema  # the server from another checkout (before/after)
 
-The server runs as a subprocess (`python -m net.cli serve --model lenet --no-web`, cwd and PYTHONPATH = --repo,
+The server runs as a subprocess (`python -m crema serve --model lenet --no-web`, cwd and PYTHONPATH = --repo,
 a cache folder kept between runs so the MNIST gallery is indexed once). While each phase runs, one thread GETs
 /api/health every 50 ms (10 s timeout) and another uploads a valid 28x28 digit every 0.5 s; the server's resident
 memory is sampled every 50 ms from /proc (VmRSS) and its kernel high-water mark (VmHWM, reset through
@@ -335,7 +335,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     repo = Path(args.repo).resolve()
-    cmd = [sys.executable, "-m", "net.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web",
+    cmd = [sys.executable, "-m", "crema", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web",
            "--model", args.model, "--cache", str(args.cache), "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(repo)}
     with open(log, "wb") as out:

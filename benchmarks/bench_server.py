@@ -4,7 +4,7 @@
     python -m benchmarks.bench_server --model caffenet --requests 64 --gallery-size 0
     python -m benchmarks.bench_server --modes batched --window-ms 2 --max-batch 16
 
-For each mode the server runs as a subprocess (`python -m net.cli serve --no-web`, 127.0.0.1 only) on the model
+For each mode the server runs as a subprocess (`python -m crema serve --no-web`, 127.0.0.1 only) on the model
 (the trained LeNet when models/lenet/lenet.caffemodel exists, else random weights; CaffeNet always random
 unless --weights is given) with a gallery index of --gallery-size images (MNIST test digits when
 `net.datasets` has them, else synthetic digits). Every client uploads a PNG/JPEG from a fixed pool through
@@ -117,7 +117,7 @@ def build_gallery(model, size: int, out: Path) -> Path | None:
 
 def start_server(files: dict, gallery: Path | None, batching: bool, args: argparse.Namespace, log: Path):
     port = free_port()
-    cmd = [sys.executable, "-m", "net.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web",
+    cmd = [sys.executable, "-m", "crema", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web",
            "--model", str(files["prototxt"]), "--weights", str(files["weights"]), "--log-level", "warning",
            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms),
            "--cache", str(log.parent / "cache")]  # fmt: skip

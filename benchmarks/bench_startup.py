@@ -36,7 +36,7 @@ def bench_startup(workdir: Path) -> dict:
     net.save(weights)
     image = workdir / "digit.png"
     Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)).save(image)
-    cmd = [sys.executable, "-m", "net.cli", "classify", str(MODELS["lenet"]), str(weights), str(image)]
+    cmd = [sys.executable, "-m", "crema", "classify", str(MODELS["lenet"]), str(weights), str(image)]
     walls = []
     for _ in range(3):
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from net import Net
-from net.cli import preprocess_for
+from net.classify import preprocess_for
 from net.labels import display_label, load_labels
 from net.paths import file_sha1
 from net.preprocess import Preprocess, load_image

@@ -36,7 +36,7 @@ from kernels import gpu_runtime as gr
 from kernels.gemm import gemm as cpu_gemm
 from kernels.gpu_runtime import GPUBackendError
 from net import Net
-from net.cli import main
+from crema import main
 from tests.conftest import ROOT, randomize
 from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, defines_in, runtime_for, synchronising
 
@@ -273,7 +273,7 @@ def test_unknown_device_is_a_value_error() -> None:
 def test_importing_crema_does_not_import_cupy() -> None:
     code = (
         "import sys\n"
-        "import net, net.cli, net.device, kernels.gpu\n"
+        "import net, crema, net.device, kernels.gpu\n"
         "from net import Net\n"
         f"Net.load({LENET!r})\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported'\n"

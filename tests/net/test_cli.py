@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from net import Net
-from net.cli import main
+from crema import main
 from tests.conftest import ROOT, randomize
 
 LENET = str(ROOT / "models/lenet/deploy.prototxt")
@@ -55,7 +55,7 @@ def test_classify_json_matches_python_api(lenet_files, capsys):
 def test_cli_and_web_app_share_the_default_preprocessing(lenet_files):
     """One default on every path: `crema classify` and the web app's model preprocess LeNet's input alike
     (lenet-auto: a dark digit on light paper is inverted), so a drawn 7 gets the same answer in both."""
-    from net.cli import preprocess_for
+    from net.classify import preprocess_for
     from server.model import Model
 
     net, weights, _, _ = lenet_files
@@ -96,13 +96,13 @@ def test_errors_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text("layer { name: 'x' type: 'ReLU' \n")
     proc = subprocess.run(
-        [sys.executable, "-m", "net.cli", "inspect", str(bad)], capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-m", "crema", "inspect", str(bad)], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("crema: error:") and "bad.prototxt" in proc.stderr
     assert "Traceback" not in proc.stderr
     missing = subprocess.run(
-        [sys.executable, "-m", "net.cli", "inspect", str(tmp_path / "nope.prototxt")],
+        [sys.executable, "-m", "crema", "inspect", str(tmp_path / "nope.prototxt")],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from net import datasets
-from net.cli import main
+from crema import main
 from net.datasets import (
     MNIST_HISTOGRAMS,
     convert_fashion_mnist,

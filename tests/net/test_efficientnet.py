@@ -202,13 +202,13 @@ def test_cli_import_and_classify_default_model(tmp_path, photos):
 
     env = {**os.environ, "CREMA_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "imported"
-    r = subprocess.run([sys.executable, "-m", "net.cli", "import", "efficientnet-lite0", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "crema", "import", "efficientnet-lite0", "--out", str(out)],
                        check=False, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert (out / "deploy.prototxt").is_file() and (out / "efficientnet-lite0.caffemodel").is_file()
     photo = tmp_path / "cat.jpg"
     Image.fromarray(photos["chelsea"]).save(photo, quality=95)
-    r = subprocess.run([sys.executable, "-m", "net.cli", "classify", str(photo)],
+    r = subprocess.run([sys.executable, "-m", "crema", "classify", str(photo)],
                        check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -221,7 +221,7 @@ def test_hostile_or_broken_pth_is_refused_and_nothing_is_cached(tmp_path, capsys
     left in the cache or the output folder."""
     import pickle
 
-    from net.cli import main
+    from crema import main
     from net.pth import PthError
 
     marker = tmp_path / "ran"

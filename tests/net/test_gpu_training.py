@@ -21,7 +21,7 @@ import pytest
 from kernels import gpu
 from kernels import gpu_runtime as gr
 from kernels.gpu_runtime import GPUBackendError
-from net.cli import main
+from crema import main
 from net.datasets import load_mnist, write_idx
 from net.prototxt_loader import load_solver_prototxt
 from net.solver import Solver

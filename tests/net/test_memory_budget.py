@@ -181,7 +181,7 @@ def test_absurd_dimensions_are_refused_by_name():
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "net.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "crema", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
     )
 
 

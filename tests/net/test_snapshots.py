@@ -263,7 +263,7 @@ def test_cli_resume_from_a_caffemodel_says_use_weights(run):
     solver.write_text(NET + f'max_iter: 6 snapshot_prefix: "{run / "tiny"}"')
     weights = run / "tiny_iter_3.caffemodel"
     proc = subprocess.run(
-        [sys.executable, "-m", "net.cli", "train", "--solver", str(solver), "--snapshot", str(weights)],
+        [sys.executable, "-m", "crema", "train", "--solver", str(solver), "--snapshot", str(weights)],
         cwd=ROOT,
         capture_output=True,
         text=True,

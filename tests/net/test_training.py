@@ -85,7 +85,7 @@ def test_lenet_learns_real_digits(tmp_path, digits):
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "net.cli", *args],
+        [sys.executable, "-m", "crema", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -221,7 +221,7 @@ def crema_server(lenet_files, digit_folder, tmp_path_factory) -> Iterator[Served
     port = free_port()
     log = tmp / "serve.log"
     cmd = [
-        sys.executable, "-m", "net.cli", "serve", "--port", str(port),
+        sys.executable, "-m", "crema", "serve", "--port", str(port),
         "--model", str(lenet_files["prototxt"]), "--weights", str(lenet_files["weights"]),
         "--labels", str(lenet_files["labels"]), "--gallery", str(digit_folder), "--cache", str(tmp / "cache"),
         "--bing-url", bing.url, "--log-level", "warning",

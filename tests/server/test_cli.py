@@ -8,7 +8,7 @@ import shutil
 import httpx
 import numpy as np
 
-from net.cli import main
+from crema import main
 from tests.conftest import ROOT
 from tests.server.conftest import digit, png_bytes
 
@@ -157,7 +157,7 @@ def test_version(monkeypatch, capsys):
 
     import pytest
 
-    from net import cli
+    import crema as cli
 
     with pytest.raises(SystemExit) as exit_info:  # argparse's version action, like --help
         main(["--version"])

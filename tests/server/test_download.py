@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from net.cli import main
+from crema import main
 from server.download import KNOWN_WEIGHTS, DownloadError, download_file
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB

@@ -21,57 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import display_label, load_labels
-from .memory import add_argument as add_memory_budget_argument
-from .zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
+from net.classify import classify
+from net.labels import display_label, load_labels
+from net.memory import add_argument as add_memory_budget_argument
+from net.zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
 
 
 def _error(msg: str) -> int:
     print(f"crema: error: {msg}", file=sys.stderr)
     return 2
-
-
-def preprocess_for(net, preset: str | None):
-    """The Preprocess that fits the net's first input: a named preset, or chosen by channel count."""
-    from .preprocess import PRESETS
-    from .preprocess import preset as get_preset
-
-    shape = net.blob(net.inputs[0]).shape
-    if len(shape) != 4:
-        raise ValueError(f"input '{net.inputs[0]}' has shape {shape}; classify needs an (N, C, H, W) image input")
-    size = (shape[2], shape[3])
-    if preset is not None:
-        pre = get_preset(preset)
-    else:
-        pre = PRESETS["lenet-auto"] if shape[1] == 1 else PRESETS["caffenet"]  # the web app's defaults too
-    if pre.size != size:
-        resize = None
-        if pre.resize is not None:
-            resize = tuple(round(s * r / p) for s, r, p in zip(size, pre.resize, pre.size))
-        pre = pre.replace(size=size, resize=resize)
-    return pre
-
-
-def classify(
-    net, images: list[str], labels: list[str] | None, top: int, preset: str | None = None, batch: int = 16
-) -> list[dict]:
-    """Top-k predictions for each image path: [{"image", "predictions": [{"index","label","prob"}]}]."""
-    from .preprocess import load_image
-
-    pre = preprocess_for(net, preset)
-    results = []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        x = np.stack([pre(load_image(path)) for path in chunk])
-        out = net.forward(**{net.inputs[0]: x})
-        probs = out[net.outputs[-1]].reshape(len(chunk), -1)
-        if labels is None:
-            labels = [str(i) for i in range(probs.shape[1])]
-        for path, p in zip(chunk, probs):
-            order = np.argsort(-p, kind="stable")[:top]
-            preds = [{"index": int(i), "label": labels[i], "prob": float(p[i])} for i in order]
-            results.append({"image": path, "predictions": preds})
-    return results
 
 
 def _classify_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, str | None, list[str]]:
@@ -93,7 +51,7 @@ def _classify_inputs(args: argparse.Namespace) -> tuple[str, str, str | None, st
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .net import Net
+    from net.net import Net
 
     prototxt, weights, labels_file, preset, images = _classify_inputs(args)
     net = Net.load(prototxt, weights, phase="test", device=args.device, memory_budget=args.memory_budget)
@@ -113,9 +71,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .efficientnet import write_model
-    from .pth import load_state_dict
-    from .zoo import efficientnet_pth
+    from net.efficientnet import write_model
+    from net.pth import load_state_dict
+    from net.zoo import efficientnet_pth
 
     pth = Path(args.pth) if args.pth else efficientnet_pth()
     files = write_model(load_state_dict(pth), args.out, source=str(pth))
@@ -126,7 +84,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _load_with_batch(args: argparse.Namespace):
-    from .net import Net
+    from net.net import Net
 
     device = getattr(args, "device", "cpu")
     budget = getattr(args, "memory_budget", None)
@@ -196,8 +154,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .caffemodel import load_caffemodel, save_caffemodel
-    from .prototxt_loader import format_text, load_net_prototxt
+    from net.caffemodel import load_caffemodel, save_caffemodel
+    from net.prototxt_loader import format_text, load_net_prototxt
 
     if args.out_prototxt:
         Path(args.out_prototxt).write_text(format_text(load_net_prototxt(args.model)), encoding="utf-8")
@@ -224,7 +182,7 @@ def crema_version() -> str:
         pass
     import re
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parent / "pyproject.toml"
     try:
         project = pyproject.read_text(encoding="utf-8").split("[project]", 1)[1].split("\n[", 1)[0]
     except (OSError, IndexError):
