@@ -22,7 +22,6 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import loss_layers  # noqa: F401  (registers SoftmaxWithLoss, EuclideanLoss, Accuracy)
 from .blob import Blob
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
 from .layers import NO_STEP, Layer, create_layer

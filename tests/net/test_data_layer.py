@@ -10,8 +10,8 @@ import pytest
 
 from net import Net, NetError
 from net.caffemodel import save_binaryproto
-from net.data_layer import DataLayer, resolve_source
 from net.datasets import MNIST_HISTOGRAMS, idx_paths, read_idx, write_idx
+from net.layers.data import DataLayer, resolve_source
 from tests.conftest import ROOT
 
 N = 10

@@ -11,9 +11,9 @@ import numpy as np
 
 from kernels import loss as K
 
-from .blob import Blob
-from .device import host, kernels_for, on_device
-from .layers import Layer, register
+from ..blob import Blob
+from ..device import host, kernels_for, on_device
+from .base import Layer, register
 
 
 def _ignore_label(param) -> int | None:

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets
-from .blob import Blob
-from .layers import Layer, register
+from .. import datasets
+from ..blob import Blob
+from .base import Layer, register
 
 __all__ = ["DataLayer", "resolve_source"]
 
@@ -151,7 +151,7 @@ class DataLayer(Layer):
         self.mean_image: np.ndarray | None = None
         self.mean_values: np.ndarray | None = None
         if tp.mean_file:
-            from .caffemodel import load_binaryproto
+            from ..caffemodel import load_binaryproto
 
             mean = load_binaryproto(tp.mean_file)
             if mean.shape[-3:] != (c, h, w) or mean.size != c * h * w:

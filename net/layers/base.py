@@ -1,0 +1,176 @@
+"""The layer base class, the registry (`register`, `create_layer`) and helpers the layer families share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+
+from ..blob import Blob
+from ..device import assign, empty_like
+from ..fillers import fill
+from ..memory import check_param_shape
+from ..schema import Message
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register(type_name: str) -> Callable[[type[Layer]], type[Layer]]:
+    def deco(cls: type[Layer]) -> type[Layer]:
+        cls.type = type_name
+        LAYERS[type_name] = cls
+        return cls
+
+    return deco
+
+
+def create_layer(param: Message, phase: str, rng: np.random.Generator) -> Layer:
+    cls = LAYERS.get(param.type)
+    if cls is None:
+        known = ", ".join(sorted(LAYERS))
+        raise ValueError(f"layer '{param.name}': unknown layer type {param.type!r} (known types: {known})")
+    return cls(param, phase, rng)
+
+
+class Layer:
+    """Base class. Subclasses set `num_bottom`/`num_top` (None = any, checked in `setup`)."""
+
+    type: ClassVar[str] = ""
+    num_bottom: ClassVar[int | tuple[int, int] | None] = 1
+    num_top: ClassVar[int | tuple[int, int] | None] = 1
+
+    def __init__(self, param: Message, phase: str, rng: np.random.Generator) -> None:
+        self.param = param
+        self.name: str = param.name
+        self.phase: str = param.phase if param.has("phase") else phase
+        self.rng = rng
+        self.blobs: list[Blob] = []
+
+    # -- helpers -----------------------------------------------------------------------------
+    def error(self, what: str) -> ValueError:
+        return ValueError(f"{self.type} '{self.name}': {what}")
+
+    def _check_count(self, kind: str, n: int, rule: int | tuple[int, int] | None) -> None:
+        if rule is None:
+            return
+        lo, hi = (rule, rule) if isinstance(rule, int) else rule
+        if not lo <= n <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise self.error(f"expected {want} {kind}(s), got {n}")
+
+    def _param_blob(self, index: int, shape: tuple[int, ...], filler: Message) -> Blob:
+        shape = check_param_shape(self, index, shape)  # dimensions >= 1 and within the memory budget, before filling
+        blob = Blob(f"{self.name}.{index}")
+        blob.data = fill(filler, shape, self.rng)
+        return blob
+
+    # -- Caffe's interface -------------------------------------------------------------------
+    def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self._check_count("bottom", len(bottom), self.num_bottom)
+        self._check_count("top", len(top), self.num_top)
+        self.layer_setup(bottom, top)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """Per-type set-up: parameter checks and parameter blobs."""
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for b, t in zip(bottom, top):
+            t.reshape(b.shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        raise NotImplementedError
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        raise NotImplementedError(f"{self.type} '{self.name}': backward is not implemented yet")
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        """The CPU fast path of `forward` for a Net's execution plan (`Net._run`): a step, made after a reshape, that
+        runs the kernels on the blobs' current arrays with every shape decision already taken. A step returns False
+        without doing anything when an array is not the one it was made for (another shape, dtype or layout, or a
+        top replaced); the Net then runs `forward` and makes a new plan. None: no fast path, the Net calls `forward`;
+        NO_STEP: nothing to do on this forward."""
+        return None
+
+
+def uploaded(ref: object, values: np.ndarray) -> object:
+    """`values` copied to ref's device (a GPU array like `ref`)."""
+    out = empty_like(ref, values.shape)
+    assign(out, values)
+    return out
+
+
+def spatial(
+    values: list[int], h: int | None, w: int | None, has_hw: bool, default: int, what: str, layer: Layer
+) -> tuple[int, int]:
+    """Caffe's per-axis parameter rule: explicit _h/_w, else one value for both, else one per axis."""
+    if has_hw:
+        if values:
+            raise layer.error(f"give either {what} or {what}_h/{what}_w, not both")
+        return int(h), int(w)
+    if not values:
+        return default, default
+    if len(values) == 1:
+        return int(values[0]), int(values[0])
+    if len(values) == 2:
+        return int(values[0]), int(values[1])
+    raise layer.error(f"{what} must have 1 or 2 values for 2-D convolution, got {len(values)}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def reusable(buf: np.ndarray, src: np.ndarray) -> bool:
+    """Can a CPU layer write its output into its top's current array `buf` (the previous forward's output, or the
+    zeros of a reshape) instead of a new one? Saves the allocation and, for big outputs, the page faults of fresh
+    memory on every call. Not when it overlaps the input. The kernels check the shape."""
+    return (
+        type(buf) is np.ndarray
+        and buf.dtype == np.float32
+        and buf.flags.c_contiguous
+        and buf.flags.writeable
+        and not np.may_share_memory(buf, src)
+    )
+
+
+_F32 = np.dtype(np.float32)
+
+
+def NO_STEP() -> bool:  # a constant step: Layer.plan's "this forward does nothing"
+    return True
+
+
+def plain(a: object, shape: tuple[int, ...]) -> bool:
+    """A C-contiguous float32 host array of `shape`: what a plan step hands to the kernels unchecked."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == _F32 and a.flags.c_contiguous
+
+
+def plan_out(top: Blob, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The array a plan step writes `top` into: its current one when reusable (`reusable`), else a fresh one."""
+    out = top.data
+    if not (reusable(out, x) and out.shape == shape):
+        out = top.data = np.empty(shape, np.float32)
+    return out
+
+
+def diff_out(blob: Blob) -> np.ndarray:
+    """The blob's diff buffer for a backward to overwrite (a fresh one, on the data's device, if it is not float32
+    C-contiguous)."""
+    d = blob.diff
+    if d.dtype != np.float32 or not d.flags.c_contiguous:
+        d = blob.diff = empty_like(blob.data, blob.shape)
+    return d
+
+
+def param_needs(layer: Layer, count: int) -> list[bool]:
+    """Which parameter blobs want gradients: the Net's `param_needs_grad` (lr_mult != 0), all when it is unset."""
+    needs = getattr(layer, "param_needs_grad", None)
+    return [True] * count if needs is None else [bool(v) for v in needs]
+
+
+def axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) -> tuple[int, ...]:
+    axis = axis % len(shape) if shape else 0
+    end = len(shape) if num_axes == -1 else axis + num_axes
+    if end > len(shape):
+        raise layer.error(f"axis {axis} with num_axes {num_axes} does not fit input {shape}")
+    return tuple(shape[axis:end])

@@ -1,0 +1,186 @@
+"""Convolution: grouped / depthwise / 1x1 convolutions on the CPU kernels, with BatchNorm/Scale folding."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from kernels import conv, depthwise, pointwise
+
+from ..blob import Blob
+from ..device import CPU, host, kernels_for, on_device
+from .base import (
+    Layer,
+    plain,
+    plan_out,
+    register,
+    reusable,
+    spatial,
+    uploaded,
+)
+
+
+@register("Convolution")
+class ConvolutionLayer(Layer):
+    num_bottom = (1, 1 << 30)  # several bottoms share the weights, one top each (checked in layer_setup)
+    num_top = None
+    fused_relu = False  # set by net.net (CPU) or net.device.prepare (GPU): the next in-place ReLU runs in the epilogue
+    relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
+    fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
+    folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
+
+    def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
+        in (float64 arithmetic, rounded once): w' = w * g, b' = (b - mean) * g + beta with
+        g = gamma / sqrt(var + eps), mean and var divided by BatchNorm's scale factor as Caffe does."""
+        w = self.blobs[0].data
+        b = self.blobs[1].data if len(self.blobs) > 1 else None
+        if self.fold is None:
+            return w, b
+        if self.folded is None:
+            bn, scale = self.fold
+            factor = float(host(bn.blobs[2].data).reshape(-1)[0])
+            factor = 0.0 if factor == 0 else 1.0 / factor
+            mean = host(bn.blobs[0].data).astype(np.float64) * factor
+            var = host(bn.blobs[1].data).astype(np.float64) * factor
+            gamma = host(scale.blobs[0].data).astype(np.float64).reshape(-1)
+            g = gamma / np.sqrt(var + np.float64(np.float32(bn.eps)))
+            beta = host(scale.blobs[1].data).astype(np.float64).reshape(-1) if len(scale.blobs) > 1 else 0.0
+            bias = host(b).astype(np.float64) if b is not None else 0.0
+            wf = (host(w).astype(np.float64) * g.reshape(-1, 1, 1, 1)).astype(np.float32)
+            bf = np.ascontiguousarray(((bias - mean) * g + beta).astype(np.float32))
+            if on_device(self.blobs[0].data):  # a GPU net: the folded parameters live on the device too
+                wf, bf = uploaded(self.blobs[0].data, wf), uploaded(self.blobs[0].data, bf)
+            self.folded = (wf, bf)
+        return self.folded
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.convolution_param
+        if len(top) != len(bottom):
+            raise self.error(f"needs one top per bottom, got {len(bottom)} bottoms and {len(top)} tops")
+        if p.num_output <= 0:
+            raise self.error("convolution_param.num_output must be > 0")
+        if p.axis != 1:
+            raise self.error(f"only axis 1 (NCHW) is supported, got axis {p.axis}")
+        self.kernel = spatial(
+            p.kernel_size, p.kernel_h, p.kernel_w, p.has("kernel_h") or p.has("kernel_w"), 0, "kernel_size", self
+        )
+        if min(self.kernel) <= 0:
+            raise self.error("kernel size must be given and > 0 (kernel_size or kernel_h/kernel_w)")
+        self.stride = spatial(
+            p.stride, p.stride_h, p.stride_w, p.has("stride_h") or p.has("stride_w"), 1, "stride", self
+        )
+        self.pad = spatial(p.pad, p.pad_h, p.pad_w, p.has("pad_h") or p.has("pad_w"), 0, "pad", self)
+        self.dilation = spatial(p.dilation, None, None, False, 1, "dilation", self)
+        if min(self.stride) <= 0 or min(self.dilation) <= 0:
+            raise self.error("stride and dilation must be > 0")
+        for b in bottom:  # the input shapes, before any filler runs (a 3-D input or a kernel larger than it)
+            if len(b.shape) != 4:
+                raise self.error(f"expected a 4-D input (N, C, H, W), got shape {b.shape} from bottom '{b.name}'")
+            try:
+                conv.conv2d_output_shape(b.shape[2:], self.kernel, self.stride, self.pad, self.dilation)
+            except ValueError as exc:
+                raise self.error(f"bottom '{b.name}': {exc}") from None
+        self.group = int(p.group)
+        channels = bottom[0].shape[1]
+        if self.group <= 0 or channels % self.group or p.num_output % self.group:
+            raise self.error(
+                f"group {self.group} must divide both input channels ({channels}) and num_output ({p.num_output})"
+            )
+        wshape = (int(p.num_output), channels // self.group, *self.kernel)
+        self.blobs = [self._param_blob(0, wshape, p.weight_filler)]
+        if p.bias_term:
+            self.blobs.append(self._param_blob(1, (int(p.num_output),), p.bias_filler))
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        w = self.blobs[0].data
+        for b, t in zip(bottom, top):
+            if len(b.shape) != 4 or b.shape[1] != w.shape[1] * self.group:
+                raise self.error(f"expected input of shape (N, {w.shape[1] * self.group}, H, W), got {b.shape}")
+            try:
+                oh, ow = conv.conv2d_output_shape(b.shape[2:], self.kernel, self.stride, self.pad, self.dilation)
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
+            t.reshape((b.shape[0], w.shape[0], oh, ow))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        w, b = self.forward_params()
+        for bb, t in zip(bottom, top):
+            ops = kernels_for(bb.data)
+            extra = {"out": t.data} if ops is CPU and reusable(t.data, bb.data) else {}
+            if self.relu_max != math.inf:
+                extra["relu_max"] = self.relu_max
+            t.data = ops.conv2d_forward(
+                bb.data,
+                w,
+                b,
+                stride=self.stride,
+                pad=self.pad,
+                dilation=self.dilation,
+                group=self.group,
+                relu=self.fused_relu,
+                **extra,
+            )
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        if len(bottom) != 1:
+            return None
+        src, dst = bottom[0], top[0]
+        x = src.data
+        w, b = self.forward_params()
+        x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
+        if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+            return None
+        act = (0.0, self.relu_max) if self.fused_relu else None
+        if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
+            run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
+        elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
+            run = pointwise.PointwiseRunner(x_shape, w_shape, act)
+        else:
+            capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
+            run = conv.ForwardRunner(
+                x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu, **capped
+            )
+        out = plan_out(dst, x, run.out_shape)
+        zeros = np.zeros(b_shape, np.float32)
+
+        def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+            w, b = self.forward_params()
+            x = src.data
+            if b is None:
+                b = zeros
+            if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+                return False
+            run(x, w, b, out)
+            return True
+
+        return step
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[i].diff is overwritten where propagate_down[i]; the weight and bias diffs accumulate the gradients
+        of every bottom (all share the weights), each only where self.param_needs_grad (set by the Net from
+        lr_mult != 0; all True when absent) says so."""
+        needs = getattr(self, "param_needs_grad", None) or [True] * len(self.blobs)
+        need_dw = bool(needs[0])
+        need_db = len(self.blobs) > 1 and bool(needs[1])
+        w = self.blobs[0].data
+        for t, bb, down in zip(top, bottom, propagate_down):
+            if not (down or need_dw or need_db):
+                continue
+            kernels_for(t.diff).conv2d_backward(
+                t.diff,
+                bb.data,
+                w,
+                stride=self.stride,
+                pad=self.pad,
+                dilation=self.dilation,
+                group=self.group,
+                dx=bb.diff if down else None,
+                dw=self.blobs[0].diff if need_dw else None,
+                db=self.blobs[1].diff if need_db else None,
+                need_dx=bool(down),
+                need_dw=need_dw,
+                need_db=need_db,
+            )

@@ -1,0 +1,114 @@
+"""Layers that move data without arithmetic: Concat, Flatten, Reshape, Split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..blob import Blob
+from ..device import kernels_for
+from .base import (
+    Layer,
+    diff_out,
+    register,
+)
+
+
+@register("Concat")
+class ConcatLayer(Layer):
+    num_bottom = (1, 1 << 30)
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.concat_param
+        if p.has("axis") and p.has("concat_dim"):
+            raise self.error("give either axis or concat_dim, not both")
+        self.axis = int(p.concat_dim) if p.has("concat_dim") else int(p.axis)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        first = bottom[0].shape
+        axis = self.axis % len(first)
+        total = 0
+        for b in bottom:
+            if len(b.shape) != len(first) or any(b.shape[i] != first[i] for i in range(len(first)) if i != axis):
+                raise self.error(f"all inputs must match except on axis {axis}: {first} vs {b.shape}")
+            total += b.shape[axis]
+        top[0].reshape((*first[:axis], total, *first[axis + 1 :]))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = kernels_for(bottom[0].data).concat_forward(
+            [b.data for b in bottom], axis=self.axis % bottom[0].data.ndim
+        )
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[i].diff is overwritten with its slice of the top diff where propagate_down[i]."""
+        axis = self.axis % len(top[0].shape)
+        sizes = [b.shape[axis] for b in bottom]
+        grads = kernels_for(top[0].diff).concat_backward(top[0].diff, sizes, axis, propagate_down=propagate_down)
+        for b, g in zip(bottom, grads):
+            if g is not None:
+                b.diff = g
+
+
+@register("Flatten")
+class FlattenLayer(Layer):
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.flatten_param
+        shape = bottom[0].shape
+        start, end = p.axis % len(shape), p.end_axis % len(shape)
+        if end < start:
+            raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for input {shape}")
+        top[0].reshape((*shape[:start], int(np.prod(shape[start : end + 1])), *shape[end + 1 :]))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = bottom[0].data.reshape(top[0].shape)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff becomes the top diff reshaped (a view, as Caffe shares the diff)."""
+        if propagate_down[0]:
+            bottom[0].diff = top[0].diff.reshape(bottom[0].shape)
+
+
+@register("Reshape")
+class ReshapeLayer(Layer):
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.param.reshape_param
+        shape = bottom[0].shape
+        axis = p.axis % (len(shape) + 1) if p.axis < 0 else p.axis
+        end = len(shape) if p.num_axes == -1 else axis + p.num_axes
+        dims = [int(d) for d in p.shape.dim]
+        new = [shape[axis + i] if d == 0 else d for i, d in enumerate(dims)]
+        if new.count(-1) > 1:
+            raise self.error("at most one -1 in reshape_param.shape")
+        out = [*shape[:axis], *new, *shape[end:]]
+        if -1 in out:
+            known = int(np.prod([d for d in out if d != -1]))
+            out[out.index(-1)] = int(np.prod(shape)) // max(known, 1)
+        if int(np.prod(out)) != int(np.prod(shape)):
+            raise self.error(f"cannot reshape {shape} to {tuple(out)}")
+        top[0].reshape(tuple(out))
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data = bottom[0].data.reshape(top[0].shape)
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff becomes the top diff reshaped (a view, as Caffe shares the diff)."""
+        if propagate_down[0]:
+            bottom[0].diff = top[0].diff.reshape(bottom[0].shape)
+
+
+@register("Split")
+class SplitLayer(Layer):
+    num_top = (1, 1 << 30)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for t in top:
+            t.reshape(bottom[0].shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        for t in top:
+            t.data = bottom[0].data
+
+    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
+        """bottom[0].diff is overwritten with the sum of the tops' diffs when propagate_down[0]."""
+        if propagate_down[0]:
+            dys = [t.diff for t in top]
+            kernels_for(dys[0]).split_backward(dys, out=diff_out(bottom[0]))
