@@ -39,7 +39,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -50,6 +49,7 @@ import numpy as np
 from numba import njit
 
 from .paths import cache_dir
+from .progress import progress_bar
 
 __all__ = [
     "FASHION_MNIST_HISTOGRAMS",
@@ -377,86 +377,62 @@ def _parse_csv_rows(buf: np.ndarray, out: np.ndarray) -> tuple[int, int, int, in
     return row, 0, line, col
 
 
-class _Progress:
-    """One status line on stderr: redrawn in place on a terminal, printed at every 25% otherwise."""
-
-    def __init__(self, label: str, total: int, stream=None) -> None:
-        self.label, self.total = label, max(total, 1)
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.last = -1.0
-        self.start = time.monotonic()
-
-    def update(self, done: int, rows: int) -> None:
-        frac = min(done / self.total, 1.0)
-        step = 0.01 if self.tty else 0.25
-        if (frac - self.last < step and frac < 1.0) or self.last >= 1.0:
-            return
-        self.last = frac
-        text = f"{self.label}: {100 * frac:5.1f}% ({rows} rows, {time.monotonic() - self.start:.1f} s)"
-        self.stream.write(("\r" + text) if self.tty else text + "\n")
-        if self.tty and frac >= 1.0:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def parse_mnist_csv(
     stream: BinaryIO, *, name: str, total_bytes: int = 0, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parse a MNIST CSV (optional header row, then rows `label,p1,...,p784` with values 0..255) read from
     `stream` in chunks. Returns images uint8 (N, 28, 28) and labels uint8 (N,). ValueError names `name` and the
     line for any malformed row; `total_bytes` (the uncompressed size) drives the progress line."""
-    bar = (
-        _Progress(f"converting {Path(name.rsplit(':', 1)[-1]).name}", total_bytes) if progress and total_bytes else None
-    )
+    bar = progress_bar(total_bytes, f"converting {Path(name.rsplit(':', 1)[-1]).name}", unit="B", enabled=progress)
     chunks: list[np.ndarray] = []
     rows_before = 0
     lines_before = 1
     first = True
     pending = b""
     done = 0
-    while True:
-        block = stream.read(_READ_CHUNK)
-        done += len(block)
-        data = pending + block
-        if first and data:
-            end = data.find(b"\n")
-            if end < 0 and block:
-                pending = data
-                continue
-            head = data[: end if end >= 0 else len(data)]
-            if any(ch.isalpha() for ch in head.decode("latin-1")):
-                columns = head.decode("latin-1").strip().split(",")
-                if len(columns) != _CSV_COLUMNS or columns[0].strip().lower() != "label":
-                    raise ValueError(
-                        f"{name}: header row has {len(columns)} columns starting {columns[0]!r}; "
-                        f"expected {_CSV_COLUMNS} starting 'label'"
-                    )
-                data = data[end + 1 :] if end >= 0 else b""
-                lines_before += 1
-            first = False
-        if not block:
-            if data and not data.endswith(b"\n"):
-                data += b"\n"
-            complete, pending = data, b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            complete, pending = data[:cut], data[cut:]
-        buf = np.frombuffer(complete, np.uint8)
-        out = np.empty((int(np.count_nonzero(buf == 10)), _CSV_COLUMNS), np.uint8)
-        rows, status, line, col = _parse_csv_rows(buf, out)
-        if status:
-            raise ValueError(
-                f"{name}: line {lines_before + line}: {_CSV_ERRORS[status].format(col=col)} "
-                f"(expected {_CSV_COLUMNS} values 0..255 per row: label, then 28x28 pixels)"
-            )
-        chunks.append(out[:rows])
-        rows_before += rows
-        lines_before += complete.count(b"\n")
-        if bar is not None:
-            bar.update(done, rows_before)
-        if not block:
-            break
+    with bar:
+        while True:
+            block = stream.read(_READ_CHUNK)
+            done += len(block)
+            data = pending + block
+            if first and data:
+                end = data.find(b"\n")
+                if end < 0 and block:
+                    pending = data
+                    continue
+                head = data[: end if end >= 0 else len(data)]
+                if any(ch.isalpha() for ch in head.decode("latin-1")):
+                    columns = head.decode("latin-1").strip().split(",")
+                    if len(columns) != _CSV_COLUMNS or columns[0].strip().lower() != "label":
+                        raise ValueError(
+                            f"{name}: header row has {len(columns)} columns starting {columns[0]!r}; "
+                            f"expected {_CSV_COLUMNS} starting 'label'"
+                        )
+                    data = data[end + 1 :] if end >= 0 else b""
+                    lines_before += 1
+                first = False
+            if not block:
+                if data and not data.endswith(b"\n"):
+                    data += b"\n"
+                complete, pending = data, b""
+            else:
+                cut = data.rfind(b"\n") + 1
+                complete, pending = data[:cut], data[cut:]
+            buf = np.frombuffer(complete, np.uint8)
+            out = np.empty((int(np.count_nonzero(buf == 10)), _CSV_COLUMNS), np.uint8)
+            rows, status, line, col = _parse_csv_rows(buf, out)
+            if status:
+                raise ValueError(
+                    f"{name}: line {lines_before + line}: {_CSV_ERRORS[status].format(col=col)} "
+                    f"(expected {_CSV_COLUMNS} values 0..255 per row: label, then 28x28 pixels)"
+                )
+            chunks.append(out[:rows])
+            rows_before += rows
+            lines_before += complete.count(b"\n")
+            bar.set_postfix_str(f"{rows_before} rows", refresh=False)
+            bar.update(done - bar.n)  # the bytes read so far, header lines held back included
+            if not block:
+                break
     table = np.concatenate(chunks) if chunks else np.empty((0, _CSV_COLUMNS), np.uint8)
     images = np.ascontiguousarray(table[:, 1:]).reshape(-1, 28, 28)
     return images, np.ascontiguousarray(table[:, 0])

@@ -32,8 +32,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +44,7 @@ from .blob import Blob
 from .device import assign, check_device, host
 from .memory import Budget
 from .net import Net, NetError
+from .progress import progress_bar
 from .schema import Message
 from .snapshots import (
     StateFileError,
@@ -112,42 +111,6 @@ def load_solverstate(path: str | os.PathLike) -> Message:
         return read_solverstate(path)[0]
     except StateFileError as exc:
         raise SolverError(str(exc)) from None
-
-
-class _Progress:
-    """A one-line progress bar on a terminal (iterations/s and ETA); silent otherwise."""
-
-    def __init__(self, total: int, stream=None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.total = total
-        self.t0 = time.perf_counter()
-        self.start_iter: int | None = None
-        self.last = 0.0
-
-    def update(self, it: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.start_iter is None:
-            self.start_iter, self.t0 = it, now
-        if now - self.last < 0.2 and it < self.total:
-            return
-        self.last = now
-        done = it - self.start_iter
-        rate = done / (now - self.t0) if now > self.t0 and done else 0.0
-        eta = (self.total - it) / rate if rate else float("nan")
-        width = 30
-        filled = int(width * it / max(self.total, 1))
-        bar = "#" * filled + "-" * (width - filled)
-        eta_s = f"{int(eta // 60)}:{int(eta % 60):02d}" if math.isfinite(eta) else "?"
-        self.stream.write(f"\r[{bar}] {it}/{self.total} {rate:6.1f} it/s ETA {eta_s} loss {loss:.4f} ")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 90 + "\r")
-            self.stream.flush()
 
 
 class Solver:
@@ -372,51 +335,48 @@ class Solver:
     def step(self, iters: int) -> None:
         p = self.param
         stop = self.iter + iters
-        bar = _Progress(int(p.max_iter)) if self.progress else None
-        while self.iter < stop:
-            if self.flat is not None:
-                self.flat.g.fill(0)  # every parameter diff at once (they are views of it)
-            else:
-                self.net.clear_param_diffs()
-            if (
-                self.test_nets
-                and p.test_interval > 0
-                and self.iter % p.test_interval == 0
-                and (self.iter > 0 or p.test_initialization)
-            ):
-                if bar:
+        bar = progress_bar(int(p.max_iter), "training", initial=self.iter, enabled=self.progress)
+        try:
+            while self.iter < stop:
+                if self.flat is not None:
+                    self.flat.g.fill(0)  # every parameter diff at once (they are views of it)
+                else:
+                    self.net.clear_param_diffs()
+                if (
+                    self.test_nets
+                    and p.test_interval > 0
+                    and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)
+                ):
                     bar.clear()
-                self.test_all()
-            loss = 0.0
-            for _ in range(int(p.iter_size)):
-                one = self.net.forward_loss()
-                if not math.isfinite(one):
-                    self._diverged(one)
-                self.net.backward()
-                loss += one
-            loss /= int(p.iter_size)
-            self.losses.append(loss)
-            self.smoothed_loss = sum(self.losses) / len(self.losses)
-            rate = self.apply_update()
-            if p.display and self.iter % p.display == 0:
-                if bar:
+                    self.test_all()
+                loss = 0.0
+                for _ in range(int(p.iter_size)):
+                    one = self.net.forward_loss()
+                    if not math.isfinite(one):
+                        self._diverged(one)
+                    self.net.backward()
+                    loss += one
+                loss /= int(p.iter_size)
+                self.losses.append(loss)
+                self.smoothed_loss = sum(self.losses) / len(self.losses)
+                rate = self.apply_update()
+                if p.display and self.iter % p.display == 0:
                     bar.clear()
-                self._display(rate)
-            self.iter += 1
-            if bar:
-                bar.update(self.iter, self.smoothed_loss)
-            if p.snapshot and self.iter % p.snapshot == 0:
-                if bar:
+                    self._display(rate)
+                self.iter += 1
+                bar.set_postfix_str(f"loss {self.smoothed_loss:.4f}", refresh=False)
+                bar.update(1)
+                if p.snapshot and self.iter % p.snapshot == 0:
                     bar.clear()
-                self.snapshot()
-            if self._stop_requested:
-                if bar:
-                    bar.clear()
-                if not self.last_snapshot or not self.last_snapshot[0].endswith(f"_iter_{self.iter}.caffemodel"):
                     self.snapshot()
-                return
-        if bar:
-            bar.clear()
+                if self._stop_requested:
+                    bar.clear()
+                    if not self.last_snapshot or not self.last_snapshot[0].endswith(f"_iter_{self.iter}.caffemodel"):
+                        self.snapshot()
+                    return
+        finally:
+            bar.close()
 
     def _diverged(self, loss: float) -> None:
         where = self.net.first_nonfinite() or "no single layer (the loss sum overflowed)"
@@ -666,4 +626,3 @@ class Solver:
         """Write `records` (from before a resume point too) to the log_csv file, if one was given."""
         if self.csv_path and self.records:
             write_log(self.csv_path, self.records)
-

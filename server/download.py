@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 
 from net.paths import file_sha1
+from net.progress import progress_bar
 from net.zoo import CAFFENET_WEIGHTS
-from .progress import ProgressBar
 
 __all__ = ["KNOWN_WEIGHTS", "DownloadError", "WeightsInfo", "download_file", "download_weights"]
 
@@ -95,18 +95,16 @@ def download_file(url: str, out: str | Path, *, sha1: str | None, progress: bool
                     raise DownloadError(f"downloading {url}: HTTP {response.status_code} {response.reason}")
                 length = response.headers.get("Content-Length", "")
                 total = int(length) if length.isdigit() else None
-                bar = ProgressBar(total, f"downloading {out.name}", unit="B") if progress else None
+                bar = progress_bar(total, f"downloading {out.name}", unit="B", enabled=progress)
                 try:
                     for block in response.iter_content(_CHUNK):
                         f.write(block)
                         digest.update(block)
-                        if bar:
-                            bar.update(len(block))
+                        bar.update(len(block))
                 except requests.RequestException as exc:
                     raise DownloadError(f"downloading {url}: connection lost ({_reason(exc)})") from None
                 finally:
-                    if bar:
-                        bar.close()
+                    bar.close()
             if total is not None and f.tell() != total:
                 raise DownloadError(f"downloading {url}: got {f.tell():,} bytes, the server announced {total:,}")
             f.flush()

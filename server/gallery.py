@@ -39,9 +39,9 @@ from PIL import Image
 
 from net.paths import cache_dir
 from net.preprocess import ImageError, load_image
+from net.progress import progress_bar
 
 from .model import ALLOWED_FORMATS, Model
-from .progress import ProgressBar
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -281,7 +281,7 @@ def build_index(
         raise ValueError(f"gallery folder {root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     tmp = _tmp_dir(out)
     (tmp / "thumbs").mkdir()
-    bar = ProgressBar(len(files), f"indexing {root}", unit="img") if progress else None
+    bar = progress_bar(len(files), f"indexing {root}", unit="img", enabled=progress)
     items: list[dict] = []
     skipped: list[dict] = []
     feats: list[np.ndarray] = []
@@ -304,10 +304,8 @@ def build_index(
                 xs.append(model.pre(img))
             if xs:
                 feats.append(model.infer(np.stack(xs))[1])
-            if bar:
-                bar.update(min(batch, len(files) - start))
-        if bar:
-            bar.close()
+            bar.update(min(batch, len(files) - start))
+        bar.close()
         if not items:
             raise ValueError(f"gallery folder {root}: none of the {len(files)} images could be read")
         manifest = {
@@ -345,16 +343,14 @@ def build_array_index(
         raise ValueError(f"build_array_index: {len(images)} images but {len(labels)} labels")
     out = Path(out)
     tmp = _tmp_dir(out)
-    bar = ProgressBar(len(images), f"indexing {name}", unit="img") if progress else None
+    bar = progress_bar(len(images), f"indexing {name}", unit="img", enabled=progress)
     feats = []
     try:
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
             feats.append(model.infer(np.stack([model.preprocess(a) for a in chunk]))[1])
-            if bar:
-                bar.update(len(chunk))
-        if bar:
-            bar.close()
+            bar.update(len(chunk))
+        bar.close()
         items = [
             {"id": i, "path": None, "label": None if labels is None else str(labels[i]), "thumb": None}
             for i in range(len(images))

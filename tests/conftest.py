@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,3 +27,11 @@ def randomize(net, seed: int = 0, bias: float = 0.1) -> None:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def tty_stderr(capsys, monkeypatch):
+    """capsys whose captured streams say they are a terminal, so the progress bars (quiet otherwise) draw into
+    stderr. (The class is patched: pytest swaps the stream objects between fixture setup and the test.)"""
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True)
+    return capsys

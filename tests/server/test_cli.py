@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 from tests.server.conftest import digit, png_bytes
 
 
-def test_index_command(lenet_files, digit_folder, tmp_path, capsys):
+def test_index_command(lenet_files, digit_folder, tmp_path, tty_stderr):
     out = tmp_path / "idx"
     args = [
         "index",
@@ -24,9 +24,9 @@ def test_index_command(lenet_files, digit_folder, tmp_path, capsys):
         str(lenet_files["weights"]),
     ]
     assert main([*args, "--out", str(out), "--batch", "16"]) == 0
-    captured = capsys.readouterr()
+    captured = tty_stderr.readouterr()
     assert "indexed 90 images (500-d 'ip1' features)" in captured.out
-    assert "indexing" in captured.err and "100.0%" in captured.err  # the progress bar
+    assert "indexing" in captured.err and "100%" in captured.err and "90/90" in captured.err  # the progress bar
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 90 and np.load(out / "features.npy").shape == (90, 500)
 
