@@ -1,0 +1,386 @@
+"""What the network sees, as PNG grids (Pillow + NumPy only): a layer's filters, its feature maps, the test images
+a model gets wrong, and a confusion matrix.
+
+    views = layer_views(net)                         # the Convolution / Pooling layers with spatial maps
+    view = find_layer(net, "conv1")                  # VisualizeError naming the problem for anything else
+    filters_grid(net.params["conv1"][0], bgr=True).png()   # (Cout, Cin, kh, kw) -> one tile per filter
+    maps_grid(net.blobs["conv1"][0]).png()           # (C, H, W) -> one grey tile per channel
+    errors_grid(images, true, pred, prob, labels)    # captioned tiles of misclassified inputs
+    confusion_png(confusion_matrix(true, pred, k), labels)
+
+The layout is Caffe's classification example (`vis_square`): a square-ish grid, ceil(sqrt(n)) columns, tiles in
+row-major order, 1-pixel white separators between tiles. One difference, stated wherever the grids are shown:
+every tile is normalised on its own (`normalise_tile`: min -> 0, max -> 255, halves rounded up; a constant tile is black),
+where Caffe's example stretches the whole set with one min and max. A colour filter (3 input channels) is one tile
+normalised over its three channels together, shown in RGB (input channels reversed when the model reads BGR).
+
+Bounds: at most MAX_TILES (256) tiles in a filters or maps grid: the first 256 channels are shown and `Grid.note`
+says so; a grid wider or taller than MAX_SIDE (4096) pixels is refused with a VisualizeError. Small tiles are
+magnified by a whole factor (nearest neighbour: every value stays one uniform block) so a 3x3 filter reads.
+
+A layer's map is its top blob at the end of the forward pass. Layers that rewrite that blob in place (BatchNorm,
+Scale, ReLU, ReLU6, ...) have run by then, so conv1's map in a Caffe net with `relu1` in place is after the ReLU;
+when the net fuses them (net.net.fuse_layers: BatchNorm + Scale folded into the weights, the activation applied in
+the convolution's epilogue) the blob holds the same values. `LayerView.note` says which, in words.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "MAX_SIDE",
+    "MAX_TILES",
+    "NORMALISATION",
+    "Grid",
+    "LayerView",
+    "VisualizeError",
+    "confusion_matrix",
+    "confusion_png",
+    "errors_grid",
+    "filters_grid",
+    "find_layer",
+    "layer_filters",
+    "layer_views",
+    "maps_grid",
+    "normalise_tile",
+    "tile_grid",
+]
+
+MAX_TILES = 256
+MAX_SIDE = 4096
+PAD = 1  # separator width, pixels (white, as in Caffe's vis_square)
+SPATIAL_TYPES = ("Convolution", "Deconvolution", "Pooling")
+NORMALISATION = "each tile normalised on its own: its minimum is black, its maximum white (a constant tile is black)"
+FILTER_TILE_PX = 24  # filters are magnified to at least this many pixels a side
+MAP_TILE_PX = 48  # feature maps likewise
+ERROR_TILE_PX = 72
+
+
+class VisualizeError(ValueError):
+    """A layer that cannot be shown (unknown, no spatial output, too large), named with the reason."""
+
+
+# -- the layers -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerView:
+    """A layer whose output can be shown as feature maps.
+
+    name, type  the layer; top: the blob holding its maps; shape: (C, H, W) of one image's maps
+    filters     True when its weights are 2-D images of the net input's channels (a Convolution reading the input)
+    note        what the map is, in words (after which in-place layers, fused or not)
+    """
+
+    name: str
+    type: str
+    top: str
+    shape: tuple[int, int, int]
+    filters: bool
+    note: str
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "blob": self.top,
+            "shape": list(self.shape),
+            "channels": self.shape[0],
+            "shown": min(self.shape[0], MAX_TILES),
+            "filters": self.filters,
+            "note": self.note,
+        }
+
+
+def _in_place_chain(net, p: int) -> list:
+    """The layers after layer p that rewrite its single top in place, in order (they stop at the first that
+    does not)."""
+    out = []
+    if len(net.tops[p]) != 1:
+        return out
+    blob = net.tops[p][0]
+    for i in range(p + 1, len(net.layers)):
+        if len(net.bottoms[i]) == 1 and len(net.tops[i]) == 1 and net.bottoms[i][0] is blob and net.tops[i][0] is blob:
+            out.append(net.layers[i])
+        elif any(t is blob for t in net.tops[i]):
+            break
+    return out
+
+
+def _note(net, p: int) -> str:
+    layer = net.layers[p]
+    chain = _in_place_chain(net, p)
+    if not chain:
+        return f"the output of {layer.type} '{layer.name}'"
+    names = ", ".join(f"{c.type} '{c.name}'" for c in chain)
+    fused = [c for c in chain if getattr(c, "fused", False)]
+    text = f"the output of {layer.type} '{layer.name}' after {names} (applied in place)"
+    if fused:
+        how = []
+        if getattr(layer, "fold", None) is not None:
+            how.append("BatchNorm + Scale folded into its weights and bias")
+        if getattr(layer, "fused_relu", False):
+            how.append("the activation applied in its kernel")
+        text += f"; fused here: {' and '.join(how) or 'computed by the convolution'}, the same values"
+    return text
+
+
+def layer_views(net) -> list[LayerView]:
+    """The Convolution / Deconvolution / Pooling layers whose top has spatial maps (H * W > 1), in net order."""
+    inputs = set(net.inputs)
+    out = []
+    for p, (layer, bottom, top) in enumerate(zip(net.layers, net.bottoms, net.tops)):
+        if layer.type not in SPATIAL_TYPES or len(top) != 1 or len(top[0].shape) != 4:
+            continue
+        _, c, h, w = top[0].shape
+        if h * w <= 1:
+            continue
+        filters = layer.type == "Convolution" and bool(bottom) and bottom[0].name in inputs
+        out.append(LayerView(layer.name, layer.type, top[0].name, (c, h, w), filters, _note(net, p)))
+    return out
+
+
+def find_layer(net, name: str) -> LayerView:
+    """The LayerView named `name`; VisualizeError for an unknown layer or one without spatial maps, listing the
+    layers that have them."""
+    views = layer_views(net)
+    for v in views:
+        if v.name == name:
+            return v
+    have = ", ".join(v.name for v in views[:12]) + (f", ... ({len(views)} in all)" if len(views) > 12 else "")
+    for layer, top in zip(net.layers, net.tops):
+        if layer.name == name:
+            shape = tuple(top[0].shape) if top else ()
+            why = (
+                f"its output {shape} has no spatial maps (H x W > 1)"
+                if layer.type in SPATIAL_TYPES
+                else f"it is a layer of type {layer.type} with output {shape}, not a Convolution or Pooling layer with maps"
+            )
+            raise VisualizeError(f"layer {name!r} cannot be shown: {why}; layers with feature maps: {have}")
+    raise VisualizeError(f"no layer named {name!r} in net '{net.name}'; layers with feature maps: {have}")
+
+
+# -- grids ------------------------------------------------------------------------------------------------------
+@dataclass
+class Grid:
+    """A rendered grid: image (H, W) or (H, W, 3) uint8; boxes: each tile's (x, y, w, h) in tile order (the tile's
+    pixels, magnified, without its caption); shown / total tiles; note: what was left out, or ""."""
+
+    image: np.ndarray
+    boxes: list[tuple[int, int, int, int]]
+    shown: int
+    total: int
+    scale: int
+    note: str = ""
+    info: dict = field(default_factory=dict)
+
+    def png(self) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(self.image).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def save(self, path) -> None:
+        Image.fromarray(self.image).save(path, format="PNG")
+
+
+def normalise_tile(a: np.ndarray) -> np.ndarray:
+    """One tile (h, w) or (h, w, 3) -> uint8: floor(255 * (a - min) / (max - min) + 0.5) in float64 (halves round
+    up); a constant tile -> 0."""
+    v = np.asarray(a, dtype=np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise VisualizeError("the values to show are not all finite (NaN or inf)")
+    if hi <= lo:
+        return np.zeros(v.shape, np.uint8)
+    return np.floor((v - lo) * (255.0 / (hi - lo)) + 0.5).astype(np.uint8)
+
+
+def _magnify(h: int, w: int, target: int) -> int:
+    return max(1, -(-target // max(h, w)))
+
+
+def _layout(n: int) -> tuple[int, int]:
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return -(-n // cols), cols
+
+
+def tile_grid(
+    tiles: np.ndarray,
+    *,
+    scale: int = 1,
+    captions: Sequence[Sequence[str]] | None = None,
+    total: int | None = None,
+    note: str = "",
+) -> Grid:
+    """uint8 tiles (N, h, w) or (N, h, w, 3) -> a Grid: ceil(sqrt(N)) columns, row-major, PAD-pixel white
+    separators, each tile magnified `scale` times (nearest); `captions`: lines of text under each tile."""
+    tiles = np.asarray(tiles)
+    if tiles.dtype != np.uint8 or tiles.ndim not in (3, 4) or (tiles.ndim == 4 and tiles.shape[-1] != 3):
+        raise ValueError(f"tile_grid: expected uint8 (N, h, w) or (N, h, w, 3), got {tiles.dtype} {tiles.shape}")
+    n, h, w = tiles.shape[:3]
+    if n == 0:
+        raise VisualizeError("nothing to show: no tiles")
+    th, tw = h * scale, w * scale
+    font = ImageFont.load_default()
+    lines = max((len(c) for c in captions), default=0) if captions is not None else 0
+    line_h = (font.getbbox("Ag")[3] + 3) if lines else 0
+    cap_h = lines * line_h + (2 if lines else 0)
+    rows, cols = _layout(n)
+    width, height = cols * (tw + PAD) - PAD, rows * (th + cap_h + PAD) - PAD
+    if max(width, height) > MAX_SIDE:
+        raise VisualizeError(
+            f"the grid would be {width} x {height} pixels ({n} tiles of {h} x {w}), over the {MAX_SIDE}-pixel "
+            f"limit: choose a layer with smaller maps"
+        )
+    shape = (height, width, 3) if tiles.ndim == 4 else (height, width)
+    image = np.full(shape, 255, np.uint8)
+    boxes = []
+    for k in range(n):
+        r, c = divmod(k, cols)
+        x, y = c * (tw + PAD), r * (th + cap_h + PAD)
+        t = tiles[k]
+        if scale > 1:
+            t = np.repeat(np.repeat(t, scale, axis=0), scale, axis=1)
+        image[y : y + th, x : x + tw] = t
+        boxes.append((x, y, tw, th))
+    if lines:
+        pil = Image.fromarray(image)
+        draw = ImageDraw.Draw(pil)
+        for (x, y, tw_, th_), cap in zip(boxes, captions):
+            for j, text in enumerate(cap):
+                draw.text((x + 1, y + th_ + 1 + j * line_h), text, fill=0 if tiles.ndim == 3 else (0, 0, 0), font=font)
+        image = np.asarray(pil).copy()
+    return Grid(image, boxes, n, total if total is not None else n, scale, note)
+
+
+def _cap(count: int, what: str, max_tiles: int) -> tuple[int, str]:
+    if count <= max_tiles:
+        return count, ""
+    return max_tiles, f"showing the first {max_tiles} of {count} {what} (at most {max_tiles} tiles)"
+
+
+def filters_grid(
+    weights: np.ndarray, *, bgr: bool = False, max_tiles: int = MAX_TILES, scale: int | None = None
+) -> Grid:
+    """Convolution weights (Cout, Cin, kh, kw) with Cin 1 (grey tiles) or 3 (colour, RGB; `bgr`: the input
+    channels are B, G, R and are reversed) -> one tile per output channel, normalised per tile."""
+    w = np.asarray(weights)
+    if w.ndim != 4 or w.shape[1] not in (1, 3):
+        raise VisualizeError(
+            f"filters of shape {tuple(w.shape)} are not images: only filters over 1 (grey) or 3 (colour) input "
+            f"channels can be shown"
+        )
+    shown, note = _cap(w.shape[0], "filters", max_tiles)
+    w = w[:shown]
+    if w.shape[1] == 3:
+        w = w[:, ::-1] if bgr else w
+        tiles = np.stack([normalise_tile(f.transpose(1, 2, 0)) for f in w])
+    else:
+        tiles = np.stack([normalise_tile(f[0]) for f in w])
+    s = scale or _magnify(w.shape[2], w.shape[3], FILTER_TILE_PX)
+    return tile_grid(tiles, scale=s, total=int(weights.shape[0]), note=note)
+
+
+def maps_grid(maps: np.ndarray, *, max_tiles: int = MAX_TILES, scale: int | None = None) -> Grid:
+    """One image's feature maps (C, H, W) -> one grey tile per channel, normalised per tile."""
+    m = np.asarray(maps)
+    if m.ndim != 3 or m.shape[1] * m.shape[2] <= 1:
+        raise VisualizeError(f"feature maps of shape {tuple(m.shape)} have no spatial extent to show")
+    shown, note = _cap(m.shape[0], "channels", max_tiles)
+    s = scale or _magnify(m.shape[1], m.shape[2], MAP_TILE_PX)
+    return tile_grid(np.stack([normalise_tile(c) for c in m[:shown]]), scale=s, total=int(m.shape[0]), note=note)
+
+
+def layer_filters(net, view: LayerView, *, bgr: bool = False) -> Grid:
+    """The filters grid of a LayerView whose `filters` is set; VisualizeError saying why otherwise."""
+    if not view.filters:
+        raise VisualizeError(
+            f"layer {view.name!r} ({view.type}) has no filters to show as images: only a Convolution that reads "
+            f"the net's input has filters over the picture's channels"
+        )
+    grid = filters_grid(net.params[view.name][0], bgr=bgr)
+    grid.info = {"layer": view.name, "kind": "filters", "normalisation": NORMALISATION}
+    return grid
+
+
+# -- mistakes ---------------------------------------------------------------------------------------------------
+def errors_grid(
+    images: np.ndarray,
+    true: Sequence[int],
+    pred: Sequence[int],
+    prob: Sequence[float],
+    labels: Sequence[str] | None = None,
+    *,
+    max_tiles: int = 1024,
+) -> Grid:
+    """Misclassified inputs (N, C, H, W) (C = 1 or 3, as the net saw them) -> captioned tiles "true T" /
+    "got P 93.1%", normalised together (one min and max for the grid, so they look as the net saw them)."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or not len(x):
+        raise VisualizeError(f"errors_grid: expected images (N, 1 or 3, H, W) with N > 0, got {x.shape}")
+    shown, note = _cap(len(x), "misclassified images", max_tiles)
+    x = x[:shown]
+    lo, hi = float(x.min()), float(x.max())
+    u8 = np.zeros(x.shape, np.uint8) if hi <= lo else np.floor((x - lo) * (255.0 / (hi - lo)) + 0.5).astype(np.uint8)
+    tiles = u8[:, 0] if x.shape[1] == 1 else u8.transpose(0, 2, 3, 1)
+
+    def name(i: int) -> str:
+        return labels[i].split(",")[0][:12] if labels is not None and i < len(labels) else str(i)
+
+    captions = [
+        [f"true {name(int(t))}", f"got {name(int(p))} {100 * float(q):.1f}%"] for t, p, q in zip(true, pred, prob)
+    ]
+    grid = tile_grid(tiles, scale=_magnify(x.shape[2], x.shape[3], ERROR_TILE_PX), captions=captions[:shown])
+    grid.total, grid.note = len(images), note
+    return grid
+
+
+def confusion_matrix(true: Sequence[int], pred: Sequence[int], classes: int) -> np.ndarray:
+    """(classes, classes) int64 counts: row = true class, column = predicted class."""
+    t, p = np.asarray(true, np.int64), np.asarray(pred, np.int64)
+    bad = (t < 0) | (t >= classes) | (p < 0) | (p >= classes)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"confusion_matrix: classes must be in 0..{classes - 1}, got true {t[k]}, predicted {p[k]}")
+    return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
+
+
+def confusion_png(matrix: np.ndarray, labels: Sequence[str] | None = None) -> bytes:
+    """The confusion matrix as a PNG: rows true classes, columns predictions, each cell shaded by its share of its
+    row (white 0 -> dark 1) with its count written in it (when cells are large enough: 20 classes or fewer)."""
+    m = np.asarray(matrix)
+    k = m.shape[0]
+    cell = 28 if k <= 20 else max(2, min(12, 2400 // k))
+    font = ImageFont.load_default()
+
+    def name(i: int) -> str:
+        return (labels[i].split(",")[0] if labels is not None and i < len(labels) else str(i))[:10]
+
+    margin = 80 if k <= 20 else 20
+    side = margin + k * cell + 10
+    img = Image.new("RGB", (side, side + 20), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((margin, 2), "predicted ->", fill="black", font=font)
+    draw.text((2, 2), "true v", fill="black", font=font)
+    rows = np.maximum(m.sum(axis=1, keepdims=True), 1)
+    share = m / rows
+    for i in range(k):
+        for j in range(k):
+            x, y = margin + j * cell, margin + i * cell
+            v = round(255 * (1 - float(share[i, j])))
+            color = (v, v, 255) if i == j else (255, v, v)
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color, outline=(220, 220, 220) if k <= 20 else None)
+            if k <= 20 and m[i, j]:
+                ink = "white" if share[i, j] > 0.5 else "black"
+                draw.text((x + 2, y + 8), str(int(m[i, j])), fill=ink, font=font)
+        if k <= 20:
+            draw.text((2, margin + i * cell + 8), name(i), fill="black", font=font)
+            draw.text((margin + i * cell + 2, margin - 14), name(i)[:4], fill="black", font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
