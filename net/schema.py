@@ -64,6 +64,7 @@ ENUMS: dict[str, dict[str, int]] = {
     "SolverType": {"SGD": 0, "NESTEROV": 1, "ADAGRAD": 2, "RMSPROP": 3, "ADADELTA": 4, "ADAM": 5},
     "SnapshotFormat": {"HDF5": 0, "BINARYPROTO": 1},
     "PoolingV0": {"MAX": 0, "AVE": 1, "STOCHASTIC": 2},
+    "ReductionOp": {"SUM": 1, "ASUM": 2, "SUMSQ": 3, "MEAN": 4},
     "LayerType": {
         "NONE": 0,
         "ACCURACY": 1,
@@ -363,6 +364,49 @@ _FILLER_AND_PARAMS = [
         ],
     ),
     ("HingeLossParameter", [_f("norm", 1, "int32", 1)]),
+    # layer-coverage parameters (issue 17), numbers from BVLC caffe.proto
+    ("SwishParameter", [_f("beta", 1, "float", 1.0)]),
+    (
+        "ReductionParameter",
+        [_f("operation", 1, "ReductionOp", "SUM"), _f("axis", 2, "int32", 0), _f("coeff", 3, "float", 1.0)],
+    ),
+    ("TileParameter", [_f("axis", 1, "int32", 1), _f("tiles", 2, "int32")]),
+    (
+        "EmbedParameter",
+        [
+            _f("num_output", 1, "uint32"),
+            _f("input_dim", 2, "uint32"),
+            _f("bias_term", 3, "bool", True),
+            _f("weight_filler", 4, "FillerParameter"),
+            _f("bias_filler", 5, "FillerParameter"),
+        ],
+    ),
+    ("CropParameter", [_f("axis", 1, "int32", 2), _r("offset", 2, "uint32")]),
+    (
+        "MVNParameter",
+        [
+            _f("normalize_variance", 1, "bool", True),
+            _f("across_channels", 2, "bool", False),
+            _f("eps", 3, "float", 1e-9),
+        ],
+    ),
+    ("ParameterParameter", [_f("shape", 1, "BlobShape")]),
+    (
+        "SPPParameter",
+        [_f("pyramid_height", 1, "uint32"), _f("pool", 2, "PoolMethod", "MAX"), _f("engine", 6, "Engine", "DEFAULT")],
+    ),
+    # ports' parameters: weiliu89/caffe (SSD) Permute and Normalize, farmingyard/ShuffleNet ShuffleChannel
+    ("PermuteParameter", [_r("order", 1, "uint32")]),
+    (
+        "NormalizeParameter",
+        [
+            _f("across_spatial", 1, "bool", True),
+            _f("scale_filler", 2, "FillerParameter"),
+            _f("channel_shared", 3, "bool", True),
+            _f("eps", 4, "float", 1e-10),
+        ],
+    ),
+    ("ShuffleChannelParameter", [_f("group", 1, "uint32", 1)]),
     ("ContrastiveLossParameter", [_f("margin", 1, "float", 1.0), _f("legacy_version", 2, "bool", False)]),
 ]
 
@@ -473,6 +517,17 @@ MESSAGES: dict[str, list[Field]] = {
         _f("scale_param", 142, "ScaleParameter"),
         _f("input_param", 143, "InputParameter"),
         _f("clip_param", 148, "ClipParameter"),
+        _f("mvn_param", 120, "MVNParameter"),
+        _f("spp_param", 132, "SPPParameter"),
+        _f("reduction_param", 136, "ReductionParameter"),
+        _f("embed_param", 137, "EmbedParameter"),
+        _f("tile_param", 138, "TileParameter"),
+        _f("crop_param", 144, "CropParameter"),
+        _f("parameter_param", 145, "ParameterParameter"),
+        _f("swish_param", 147, "SwishParameter"),
+        _f("shuffle_channel_param", 164, "ShuffleChannelParameter"),  # ShuffleNet ports
+        _f("permute_param", 202, "PermuteParameter"),  # SSD (weiliu89/caffe)
+        _f("norm_param", 206, "NormalizeParameter"),  # SSD (weiliu89/caffe)
     ],
     "V1LayerParameter": [
         _f("layer", 1, "V0LayerParameter"),
@@ -513,6 +568,7 @@ MESSAGES: dict[str, list[Field]] = {
         _f("contrastive_loss_param", 40, "ContrastiveLossParameter"),
         _f("exp_param", 41, "ExpParameter"),
         _f("loss_param", 42, "LossParameter"),
+        _f("mvn_param", 34, "MVNParameter"),
         _r("param", 1001, "string"),
         _r("blob_share_mode", 1002, "DimCheckMode"),
     ],

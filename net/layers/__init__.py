@@ -13,7 +13,19 @@ One module per layer family. This package imports every family below, in one pla
 
 from __future__ import annotations
 
-from . import activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure
+from . import (
+    activation,
+    activation_extra,
+    convolution,
+    data,
+    eltwise,
+    inner_product,
+    input,
+    loss,
+    normalization,
+    pooling,
+    structure,
+)
 from .activation import ClipLayer, DropoutLayer, ReLU6Layer, ReLULayer, SigmoidLayer, SoftmaxLayer, TanHLayer
 from .base import LAYERS, NO_STEP, Layer, create_layer, register
 from .convolution import ConvolutionLayer
@@ -27,6 +39,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
+FAMILIES += (activation_extra,)
 
 __all__ = [
     "FAMILIES",
