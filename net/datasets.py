@@ -48,7 +48,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
-from .paths import cache_dir
+from .paths import cache_dir, shipped_dir
 from .progress import progress_bar
 
 __all__ = [
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_DATA = REPO_ROOT / "data"  # read-only: the MNIST test split that ships with crema (see the docstring)
+SHIPPED_DATA = shipped_dir("data")  # read-only: the MNIST test split that ships with crema (see the docstring)
 
 # -- IDX -------------------------------------------------------------------------------------------------------
 IDX_TYPES: dict[int, np.dtype] = {

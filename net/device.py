@@ -7,11 +7,11 @@
 
 Layers call `kernels_for(array).conv2d_forward(...)`: CPU kernels for NumPy arrays, `kernels.gpu` for arrays of
 the active GPU runtime, so a Net's layer objects are the same on both devices. `check_device` names the device or
-raises GPUBackendError (a RuntimeError); `prepare` checks a GPU net's layers and fuses each in-place ReLU into the
-convolution before it; `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
+raises GPUBackendError (a RuntimeError); `prepare` checks a GPU net's layers (each class declares `gpu_forward` /
+`gpu_backward`); `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
 `to_host` brings an output back. Importing this module never imports CuPy.
 
-Training (TRAIN phase): every layer that runs backward must be one of GPU_TRAIN_LAYERS; backward dispatches like
+Training (TRAIN phase): every layer that runs backward must declare `gpu_backward`; backward dispatches like
 the forward (`kernels_for(dy).conv2d_backward(...)`). `Data` layers get a `BatchStager`: a background thread
 produces the next batch (the layer's CPU transform) and uploads it while the device works on the current one (double
 buffering); its `state()` is the position before the staged batch, so snapshots resume exactly. Dropout layers get
@@ -72,60 +72,12 @@ CPU = SimpleNamespace(
     softmax_loss_backward=loss_kernels.softmax_loss_backward,
 )
 
-# Layer types a GPU net can run (forward only; the TEST phase): each either calls kernels_for(...) or only
-# reshapes / shares / copies device arrays.
-GPU_LAYERS = frozenset(
-    {
-        "Input",
-        "Convolution",
-        "InnerProduct",
-        "Pooling",
-        "LRN",
-        "ReLU",
-        "ReLU6",
-        "Clip",
-        "Sigmoid",
-        "TanH",
-        "Softmax",
-        "Concat",
-        "Eltwise",
-        "Scale",
-        "Bias",
-        "BatchNorm",
-        "Flatten",
-        "Reshape",
-        "Split",
-        "Dropout",
-        "Data",
-        "SoftmaxWithLoss",
-        "Accuracy",  # on the host: it reads back its small inputs (scores and labels)
-    }
-)
 
-# Layer types whose backward runs on the GPU (a TRAIN net's layers that run backward must be among them).
-GPU_TRAIN_LAYERS = frozenset(
-    {
-        "Input",
-        "Data",
-        "Convolution",
-        "InnerProduct",
-        "Pooling",
-        "LRN",
-        "ReLU",
-        "ReLU6",
-        "Clip",
-        "Sigmoid",
-        "TanH",
-        "Softmax",
-        "SoftmaxWithLoss",
-        "Concat",
-        "Eltwise",
-        "Flatten",
-        "Reshape",
-        "Split",
-        "Dropout",
-    }
-)
+def gpu_layer_types(backward: bool = False) -> list[str]:
+    """The registered layer types whose class declares a GPU forward (or, with `backward`, a GPU backward)."""
+    from .layers import LAYERS
+
+    return sorted(name for name, cls in LAYERS.items() if (cls.gpu_backward if backward else cls.gpu_forward))
 
 
 def kernels_for(x: Any) -> Any:
@@ -146,41 +98,28 @@ def check_device(device: str) -> str:
 
 
 def prepare(net: Net) -> None:
-    """Make a GPU net ready: supported layers only (GPU_LAYERS; in a TRAIN net, layers that run backward:
-    GPU_TRAIN_LAYERS); a
-    Convolution whose top is rewritten next by an in-place ReLU with negative_slope 0 takes the ReLU into its
-    epilogue (the ReLU's backward still runs, on the output, as Caffe's in-place ReLU does); Data layers get a
-    BatchStager, Dropout layers their own rng."""
-    no_backward = sorted(
-        {
-            f"'{net.layers[i].name}' ({net.layers[i].type})"
-            for i in net.backward_layers
-            if net.layers[i].type not in GPU_TRAIN_LAYERS and net.phase == "TRAIN"
-        }
-    )
-    if no_backward:
-        raise GPUBackendError(
-            f"net '{net.name}': layers without GPU backward kernels: {', '.join(no_backward)} "
-            f"(GPU training layer types: {', '.join(sorted(GPU_TRAIN_LAYERS))}); run with device 'cpu'"
+    """Make a GPU net ready: layers whose class declares `gpu_forward` only (in a TRAIN net, the layers that run
+    backward must declare `gpu_backward`); Data layers get a BatchStager, Dropout layers their own rng. Activation
+    fusion is net.net.fuse_layers', the same pass on both devices."""
+    if net.phase == "TRAIN":
+        no_backward = sorted(
+            {
+                f"'{net.layers[i].name}' ({net.layers[i].type})"
+                for i in net.backward_layers
+                if not net.layers[i].gpu_backward
+            }
         )
-    unsupported = sorted({f"'{layer.name}' ({layer.type})" for layer in net.layers if layer.type not in GPU_LAYERS})
+        if no_backward:
+            raise GPUBackendError(
+                f"net '{net.name}': layers without GPU backward kernels: {', '.join(no_backward)} "
+                f"(GPU training layer types: {', '.join(gpu_layer_types(backward=True))}); run with device 'cpu'"
+            )
+    unsupported = sorted({f"'{layer.name}' ({layer.type})" for layer in net.layers if not layer.gpu_forward})
     if unsupported:
         raise GPUBackendError(
             f"net '{net.name}': layers without GPU kernels: {', '.join(unsupported)} "
-            f"(GPU layer types: {', '.join(sorted(GPU_LAYERS))}); run with device 'cpu'"
+            f"(GPU layer types: {', '.join(gpu_layer_types())}); run with device 'cpu'"
         )
-    for i in range(1, len(net.layers)):
-        layer, previous = net.layers[i], net.layers[i - 1]
-        if (
-            layer.type == "ReLU"
-            and previous.type == "Convolution"
-            and len(net.tops[i - 1]) == 1
-            and net.bottoms[i][0] is net.tops[i - 1][0]
-            and net.tops[i][0] is net.bottoms[i][0]
-            and float(layer.param.relu_param.negative_slope) == 0.0
-        ):
-            previous.fused_relu = True
-            layer.fused = True
     for k, layer in enumerate(net.layers):
         if layer.type == "Dropout" and layer.rng is net.rng:
             layer.rng = np.random.default_rng(net.seed_sequence.spawn(1)[0])

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .caffemodel import array_to_blob, save_caffemodel
+from .paths import shipped_dir
 from .prototxt_loader import format_text
 from .schema import Message
 
@@ -56,8 +57,7 @@ STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-_ROOT = Path(__file__).resolve().parents[1]
-LABELS = _ROOT / "models" / "caffenet" / "synset_words.txt"  # ImageNet-1k in the standard order
+LABELS = shipped_dir("models") / "caffenet" / "synset_words.txt"  # ImageNet-1k in the standard order
 
 
 class ConversionError(ValueError):

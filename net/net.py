@@ -15,6 +15,7 @@ layers by name with Caffe's legacy-aware shape check (§7.3).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -182,9 +183,9 @@ class Net:
         self._build()
         self._plan_backward()
         if self.device != "cpu":
-            prepare(self)  # GPU layers only; conv + in-place ReLU fused; data staging
-        if fuse:  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues
-            fuse_layers(self, inner_product=self.device == "cpu")
+            prepare(self)  # GPU layers only; data staging
+        if fuse:  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues (both devices)
+            fuse_layers(self)
         self.blobs = _Blobs(self._blobs)
         self.params = _Params(self.layers)
 
@@ -620,22 +621,23 @@ def _in_place_after(net: Net, i: int, producer: int) -> bool:
     )
 
 
-def fuse_layers(net: Net, *, inner_product: bool = True) -> None:
-    """Fold and fuse what follows a Convolution or InnerProduct in place, so one kernel call does it all (on both
-    devices; InnerProduct + ReLU only where `inner_product`, the CPU: the GPU launcher has no fused ReLU):
+def fuse_layers(net: Net) -> None:
+    """Fold and fuse what follows a Convolution or InnerProduct in place, so one kernel call does it all; one pass for
+    both devices, led by what each layer class declares (`Layer.epilogue`, `Layer.epilogue_max`):
 
     - Convolution -> BatchNorm (global statistics) -> Scale, both in place on the convolution's top and neither run
       backward: the BatchNorm and Scale are folded into the convolution's weights and bias when its plan is made
       (`ConvolutionLayer.fold`); they then do nothing. The blob holds the same values up to rounding (within 1e-6
       relative). Parameters changed in place after a forward need `net.refold()` (copy_from does it).
-    - then an in-place ReLU with negative slope 0, or an in-place ReLU6 / Clip after a Convolution: applied in the
-      kernel's epilogue (the layer's forward is skipped; its backward still runs, from the same in-place data).
+    - then an in-place activation the producer's kernel epilogue can apply on this device: a ReLU with negative slope
+      0 ("relu" epilogues), or a ReLU6 / Clip with min 0 ("clamp" epilogues: Convolution). The layer's forward is
+      skipped; its backward still runs, from the same in-place data.
     """
     backward = set(net.backward_layers)
     layers = net.layers
-    kinds = ("Convolution", "InnerProduct") if inner_product else ("Convolution",)
     for p, producer in enumerate(layers):
-        if producer.type not in kinds:
+        kind = producer.epilogue.get(net.device)
+        if kind is None:
             continue
         i = p + 1
         if (
@@ -658,13 +660,13 @@ def fuse_layers(net: Net, *, inner_product: bool = True) -> None:
         if i >= len(layers) or not _in_place_after(net, i, p):
             continue
         act = layers[i]
-        if act.type == "ReLU" and float(act.param.relu_param.negative_slope) == 0.0:
-            producer.fused_relu = True
-            act.fused = True
-        elif producer.type == "Convolution" and act.type in ("ReLU6", "Clip") and act.lo == 0.0:
-            producer.fused_relu = True
-            producer.relu_max = act.hi
-            act.fused = True
+        hi = act.epilogue_max()
+        if hi is None or (hi != math.inf and kind != "clamp"):
+            continue
+        producer.fused_relu = True
+        if hi != math.inf:
+            producer.relu_max = hi
+        act.fused = True
 
 
 class _Plan:

@@ -1,5 +1,6 @@
-"""Where crema keeps things and how it writes them: the cache folder, a file's SHA-1 (the key of what is cached
-from it), and the one atomic write every writer uses (caffemodels, solver states, logs' files, gallery files)."""
+"""Where crema keeps things and how it writes them: the files that ship with it (models/, data/), the cache folder, a
+file's SHA-1 (the key of what is cached from it), and the one atomic write every writer uses (caffemodels, solver
+states, logs' files, gallery files)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_sha1", "fsync_dir", "write_atomic"]
+__all__ = ["cache_dir", "file_sha1", "fsync_dir", "shipped_dir", "write_atomic"]
+
+_HERE = Path(__file__).resolve().parent
+
+
+def shipped_dir(name: str) -> Path:
+    """The read-only files that ship with crema: "models" (prototxts, LeNet's weights, labels) or "data" (the MNIST
+    test split). In a checkout or an editable install they are the folders beside the packages; a wheel carries them
+    as package data under net/shipped/ (pyproject.toml maps them there), so `crema serve` runs from any directory."""
+    if name not in ("models", "data"):
+        raise ValueError(f"no shipped folder {name!r} (models or data)")
+    installed = _HERE / "shipped" / name
+    return installed if installed.is_dir() else _HERE.parent / name
 
 
 def cache_dir() -> Path:

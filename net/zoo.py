@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import cache_dir, file_sha1
+from .paths import cache_dir, file_sha1, shipped_dir
 
 __all__ = ["DEFAULT_MODEL", "MODEL_NAMES", "ModelFiles", "efficientnet_lite0", "is_model_name", "resolve"]
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
+MODELS = shipped_dir("models")
 DEFAULT_MODEL = "efficientnet-lite0"
 MODEL_NAMES = ("efficientnet-lite0", "caffenet", "lenet")
 CONVERTER_VERSION = 1  # part of the cache folder's name: a converter change converts again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +24,12 @@ from .base import (
 
 @register("ReLU")
 class ReLULayer(Layer):
-    fused = False  # set by net.net / net.device.prepare: the Convolution or InnerProduct before it applies the ReLU
+    gpu_forward = True
+    gpu_backward = True
+    fused = False  # set by net.net.fuse_layers: the Convolution or InnerProduct before it applies the ReLU
+
+    def epilogue_max(self) -> float | None:
+        return math.inf if float(self.param.relu_param.negative_slope) == 0.0 else None
 
     def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
         return NO_STEP if self.fused else None
@@ -47,10 +53,13 @@ class _ClipBase(Layer):
     """y = min(max(x, lo), hi): Caffe's Clip (clip_param min/max) and ReLU6 (0, 6; the type MobileNet ports and
     OpenCV DNN use). In place after a Convolution it is fused into the convolution's epilogue (`fused`)."""
 
-    fused = False  # set by Net._fuse_activations: the Convolution before it applies the clip
+    fused = False  # set by net.net.fuse_layers: the Convolution before it applies the clip
 
     def bounds(self) -> tuple[float, float]:
         raise NotImplementedError
+
+    def epilogue_max(self) -> float | None:
+        return self.hi if self.lo == 0.0 else None
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.lo, self.hi = self.bounds()
@@ -85,6 +94,9 @@ class _ClipBase(Layer):
 
 @register("Clip")
 class ClipLayer(_ClipBase):
+    gpu_forward = True
+    gpu_backward = True
+
     def bounds(self) -> tuple[float, float]:
         p = self.param.clip_param
         if not (p.has("min") and p.has("max")):
@@ -94,12 +106,18 @@ class ClipLayer(_ClipBase):
 
 @register("ReLU6")
 class ReLU6Layer(_ClipBase):
+    gpu_forward = True
+    gpu_backward = True
+
     def bounds(self) -> tuple[float, float]:
         return 0.0, 6.0
 
 
 @register("Sigmoid")
 class SigmoidLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = kernels_for(bottom[0].data).sigmoid_forward(bottom[0].data)
 
@@ -111,6 +129,9 @@ class SigmoidLayer(Layer):
 
 @register("TanH")
 class TanHLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         top[0].data = kernels_for(bottom[0].data).tanh_forward(bottom[0].data)
 
@@ -124,6 +145,9 @@ class TanHLayer(Layer):
 class DropoutLayer(Layer):
     """Inverted dropout. At TRAIN the forward draws a fresh mask from self.rng (the net's Generator) and keeps it
     for the backward; at TEST both passes are the identity."""
+
+    gpu_forward = True
+    gpu_backward = True
 
     mask: np.ndarray | None = None
 
@@ -160,6 +184,9 @@ class DropoutLayer(Layer):
 
 @register("Softmax")
 class SoftmaxLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.axis = int(self.param.softmax_param.axis)
 

@@ -39,6 +39,12 @@ class Layer:
     type: ClassVar[str] = ""
     num_bottom: ClassVar[int | tuple[int, int] | None] = 1
     num_top: ClassVar[int | tuple[int, int] | None] = 1
+    # What the type can do, declared by each class; net.device and the fusion pass (net.net.fuse_layers) read these.
+    gpu_forward: ClassVar[bool] = False  # its forward runs on a GPU net (device kernels or device-array bookkeeping)
+    gpu_backward: ClassVar[bool] = False  # its backward runs on a GPU net (a TRAIN net's backward layers need it)
+    # Devices whose kernel applies an activation epilogue after this layer's output: "relu" (max(x, 0)) or
+    # "clamp" (min(max(x, 0), hi)); the activation layer then does nothing (see epilogue_max).
+    epilogue: ClassVar[dict[str, str]] = {}
 
     def __init__(self, param: Message, phase: str, rng: np.random.Generator) -> None:
         self.param = param
@@ -80,6 +86,11 @@ class Layer:
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         raise NotImplementedError
+
+    def epilogue_max(self) -> float | None:
+        """For an activation that a producer's kernel epilogue can apply: the upper clamp of min(max(x, 0), hi)
+        (math.inf for a plain ReLU); None for every other layer."""
+        return None
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         raise NotImplementedError(f"{self.type} '{self.name}': backward is not implemented yet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,9 +25,12 @@ from .base import (
 
 @register("Convolution")
 class ConvolutionLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+    epilogue: ClassVar[dict[str, str]] = {"cpu": "clamp", "gpu": "clamp"}
     num_bottom = (1, 1 << 30)  # several bottoms share the weights, one top each (checked in layer_setup)
     num_top = None
-    fused_relu = False  # set by net.net (CPU) or net.device.prepare (GPU): the next in-place ReLU runs in the epilogue
+    fused_relu = False  # set by net.net.fuse_layers: the next in-place ReLU / clip runs in the epilogue
     relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
     folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use

@@ -91,6 +91,9 @@ def resolve_source(source: str) -> tuple[Path, Path, str]:
 class DataLayer(Layer):
     """Batches of IDX images (+ labels) with Caffe's transformation; see the module docstring."""
 
+    gpu_forward = True
+    gpu_backward = True
+
     num_bottom = 0
     num_top = (1, 2)
 

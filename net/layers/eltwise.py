@@ -21,6 +21,8 @@ from .base import (
 
 @register("Eltwise")
 class EltwiseLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
     num_bottom = (2, 1 << 30)
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:

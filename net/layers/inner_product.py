@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from .base import (
 
 @register("InnerProduct")
 class InnerProductLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+    epilogue: ClassVar[dict[str, str]] = {"cpu": "relu"}  # the GPU launcher has no fused ReLU
     fused_relu = False  # set on CPU nets by net.net: the next in-place ReLU runs in the same kernel call
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:

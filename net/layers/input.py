@@ -14,6 +14,8 @@ from .base import (
 
 @register("Input")
 class InputLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
     num_bottom = 0
     num_top = None
 

@@ -30,6 +30,8 @@ def _normalization(param) -> str:
 
 @register("SoftmaxWithLoss")
 class SoftmaxWithLossLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
     num_bottom = 2
     num_top = (1, 2)
     default_loss_weight = 1.0
@@ -113,6 +115,7 @@ class EuclideanLossLayer(Layer):
 
 @register("Accuracy")
 class AccuracyLayer(Layer):
+    gpu_forward = True
     num_bottom = 2
     num_top = (1, 2)
 

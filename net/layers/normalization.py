@@ -21,6 +21,9 @@ from .base import (
 
 @register("LRN")
 class LRNLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.lrn_param
         if p.local_size % 2 == 0 or p.local_size <= 0:
@@ -55,6 +58,7 @@ class LRNLayer(Layer):
 
 @register("BatchNorm")
 class BatchNormLayer(Layer):
+    gpu_forward = True
     fused = False  # folded into the Convolution before it (net.net.fuse_layers): the forward does nothing
 
     def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
@@ -88,6 +92,7 @@ class BatchNormLayer(Layer):
 
 @register("Scale")
 class ScaleLayer(Layer):
+    gpu_forward = True
     num_bottom = (1, 2)
     fused = False  # folded into the Convolution before it (net.net.fuse_layers): the forward does nothing
 
@@ -143,6 +148,7 @@ class ScaleLayer(Layer):
 
 @register("Bias")
 class BiasLayer(Layer):
+    gpu_forward = True
     num_bottom = (1, 2)
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:

@@ -25,6 +25,9 @@ class PoolingLayer(Layer):
     """MAX / AVE pooling. At TRAIN a MAX layer records the argmax of every output (an int32 mask, Caffe's max_idx_)
     for the backward; elsewhere the backward recomputes it from the bottom data."""
 
+    gpu_forward = True
+    gpu_backward = True
+
     mask: np.ndarray | None = None
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:

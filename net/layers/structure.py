@@ -15,6 +15,8 @@ from .base import (
 
 @register("Concat")
 class ConcatLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
     num_bottom = (1, 1 << 30)
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -50,6 +52,9 @@ class ConcatLayer(Layer):
 
 @register("Flatten")
 class FlattenLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.flatten_param
         shape = bottom[0].shape
@@ -69,6 +74,9 @@ class FlattenLayer(Layer):
 
 @register("Reshape")
 class ReshapeLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
+
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.reshape_param
         shape = bottom[0].shape
@@ -97,6 +105,8 @@ class ReshapeLayer(Layer):
 
 @register("Split")
 class SplitLayer(Layer):
+    gpu_forward = True
+    gpu_backward = True
     num_top = (1, 1 << 30)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
