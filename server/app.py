@@ -15,8 +15,8 @@ Routes:
 
 Request flow of /api/search: the body is read by server.bodies.read_body: the upload limit (413 as soon as it
 is passed; the Content-Length header first), `body_timeout` seconds (408, connection closed, for a slower
-client), a budget of body bytes held across requests (503 past it), and for multipart the part count as the
-chunks arrive; the parts are then split by server.multipart. URLs are fetched by scraper.fetch.fetch_url
+client), a budget of body bytes held across requests (503 past it); a multipart body is parsed as it arrives by
+server.bodies.read_form (Starlette's parser; at most 16 parts). URLs are fetched by scraper.fetch.fetch_url
 (SSRF-safe) on their own pool of threads. Decoding and preprocessing run on the decode pool (server.pools: one
 thread per core, smallest images first, 503 past its queue), reading no more pixels than the model needs from
 large images (net.preprocess `shrink_to`). The forward pass goes through the MicroBatcher (one inference thread,
@@ -55,10 +55,9 @@ from net.headers import header_pixels
 from net.preprocess import ImageError, decode_side, load_image
 
 from .batcher import MicroBatcher
-from .bodies import CLOSE, BodyRefused, read_body, releases_body
+from .bodies import CLOSE, BodyRefused, media_type, read_body, read_form, releases_body
 from .gallery import Gallery
 from .model import ALLOWED_FORMATS, Model
-from .multipart import MultipartError, Part, PartCounter, parse_multipart, parse_options_header
 from .openapi import openapi_spec
 from .personal import GalleryFull, PersonalGallery, prepare_photo
 from .pools import Busy, ByteBudget, WorkPool, return_large_frees_to_os
@@ -135,6 +134,14 @@ class AppConfig:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file: its bytes and the client's file name (an opaque string, never used as a path)."""
+
+    data: bytes
+    filename: str | None
+
+
 def _ms(t0: float, t1: float) -> float:
     return round(1000.0 * (t1 - t0), 3)
 
@@ -258,46 +265,33 @@ class _State:
     def web_query(self, index: int) -> str:
         return self.web_template.replace("{label}", self.model.query_label(index))
 
-    def read_body(
-        self, request: Request, limit: int, what: str, feed: Callable[[bytes], None] | None = None
-    ) -> Awaitable[bytes]:
+    def read_body(self, request: Request, limit: int, what: str) -> Awaitable[bytes]:
         """server.bodies.read_body within this app's body_timeout and body budget."""
         timeout, budget = self.config.body_timeout, self.bodies
-        return read_body(request, limit=limit, what=what, timeout=timeout, budget=budget, feed=feed)
+        return read_body(request, limit=limit, what=what, timeout=timeout, budget=budget)
 
-    async def read_upload(self, request: Request) -> Part:
-        """The multipart field `image` of a multipart/form-data body, within the upload limit."""
+    async def read_upload(self, request: Request) -> Upload:
+        """The file field `image` of a multipart/form-data body (server.bodies.read_form), within the upload limit;
+        the first one when there are several."""
         cfg = self.config
-        content_type = request.headers.get("content-type", "")
+        limit, timeout, budget = cfg.max_upload + MULTIPART_OVERHEAD, cfg.body_timeout, self.bodies
+        form = await read_form(request, limit=limit, what="the upload", timeout=timeout, budget=budget)
         try:
-            counter = PartCounter(content_type)
-        except MultipartError as exc:
-            raise BodyRefused(400, f"the upload is not valid multipart/form-data: {exc}") from None
-
-        def count_parts(chunk: bytes) -> None:  # refuse a body of many parts at its first chunks
-            try:
-                counter.feed(chunk)
-            except MultipartError as exc:
-                raise BodyRefused(400, f"the upload is not valid multipart/form-data: {exc}") from None
-
-        body = await self.read_body(request, cfg.max_upload + MULTIPART_OVERHEAD, "the upload", count_parts)
-        try:
-            parts = parse_multipart(body, content_type)  # bounded parts: milliseconds on the event loop
-        except MultipartError as exc:
-            raise ApiError(400, f"the upload is not valid multipart/form-data: {exc}") from None
-        part = parts.get("image")
-        if part is None:
-            raise ApiError(400, "the form has no file field named 'image'")
-        if len(part.data) > cfg.max_upload:
-            raise ApiError(
-                413, f"the uploaded image is too large: {len(part.data):,} bytes, the limit is {cfg.max_upload:,}"
-            )
-        return part
+            fields = form.getlist("image")
+            if not fields:
+                raise ApiError(400, "the form has no file field named 'image'")
+            if isinstance(fields[0], str):
+                raise ApiError(400, "the form field 'image' is not a file: send the image as a file (with a filename)")
+            size = fields[0].size or 0
+            if size > cfg.max_upload:
+                raise ApiError(413, f"the uploaded image is too large: {size:,} bytes, the limit is {cfg.max_upload:,}")
+            return Upload(await fields[0].read(), fields[0].filename)
+        finally:
+            await form.close()
 
     async def load_input(self, request: Request) -> tuple[bytes, str]:
         """(image bytes, how to name it in errors) from a multipart upload or a JSON {"url"} body."""
-        content_type = request.headers.get("content-type", "")
-        kind, _ = parse_options_header(content_type)
+        kind = media_type(request)
         if kind == "multipart/form-data":
             return (await self.read_upload(request)).data, "the uploaded file"
         if kind == "application/json":
@@ -491,8 +485,7 @@ async def personal_add(request: Request) -> Response:
     """One photo: the upload checks of /api/search, its features through the batcher, then stored."""
     st = _state(request)
     personal = _personal(request)
-    kind, _ = parse_options_header(request.headers.get("content-type", ""))
-    if kind != "multipart/form-data":
+    if media_type(request) != "multipart/form-data":
         raise ApiError(415, 'upload the photo as multipart/form-data with a file field named "image"')
     try:
         await run_in_threadpool(personal.check_room, 0)  # full already: refuse before reading the body

@@ -272,6 +272,18 @@ def test_form_without_image_field(client):
     assert r.status_code == 400 and "'image'" in r.json()["error"]
 
 
+def test_image_sent_as_a_text_field(client):
+    body = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc\r\n--b--\r\n'
+    r = client.post("/api/search", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 400 and "the form field 'image' is not a file" in r.json()["error"]
+
+
+def test_first_image_of_a_form_is_used(client):
+    files = [("image", ("a.png", png_bytes(digit(3)), "image/png")), ("image", ("b.png", b"junk", "image/png"))]
+    r = client.post("/api/search", files=files)
+    assert r.status_code == 200, r.text
+
+
 def test_malformed_multipart(client):
     r = client.post(
         "/api/search", content=b"--b\r\nno headers end", headers={"Content-Type": "multipart/form-data; boundary=b"}
@@ -585,7 +597,7 @@ def test_slow_body_gets_408_over_a_socket(model):
             time.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            body = b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + b"\0" * 1_000_000
+            body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="q"\r\n\r\n' + b"\0" * 1_000_000
             s.sendall(b"POST /api/search HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                       b"Content-Length: %d\r\n\r\n" % (len(body) + 100) + body)  # fmt: skip
             t0 = time.monotonic()
