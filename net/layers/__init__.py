@@ -25,6 +25,7 @@ from . import (
     normalization,
     pooling,
     structure,
+    structure_extra,
 )
 from .activation import ClipLayer, DropoutLayer, ReLU6Layer, ReLULayer, SigmoidLayer, SoftmaxLayer, TanHLayer
 from .base import LAYERS, NO_STEP, Layer, create_layer, register
@@ -39,7 +40,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
-FAMILIES += (activation_extra,)
+FAMILIES += (activation_extra, structure_extra)
 
 __all__ = [
     "FAMILIES",
