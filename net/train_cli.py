@@ -2,13 +2,15 @@
 
     crema train --solver examples/mnist/lenet_solver.prototxt [--weights W.caffemodel] [--snapshot S.solverstate]
                 [--device gpu]
-    crema test --model examples/mnist/lenet_train_test.prototxt --weights W.caffemodel --iterations 100
+    crema test --model examples/mnist/lenet_train_test.prototxt --weights W.caffemodel --iterations 100 [--errors DIR]
 
 `train` prints Caffe's log lines (loss, lr, test outputs), a progress bar on a terminal, and writes
 `<snapshot_prefix>_log.csv` and `<snapshot_prefix>_chart.png` (training loss and test accuracy against
 iterations). Ctrl-C snapshots and stops; `--snapshot` resumes from a .solverstate (the log keeps the rows before
 it). `test` scores a net whose TEST phase reads data (a Data layer), not a deploy prototxt. Both take
 `--memory-budget SIZE` (net.memory): a net whose blobs would need more is refused before anything is allocated.
+`test --errors DIR` writes the images it got wrong (by its Accuracy layer's rule) as a captioned grid and a CSV, and
+the confusion matrix (net.visualize.Mistakes); the count printed matches the accuracy printed.
 """
 
 from __future__ import annotations
@@ -79,10 +81,19 @@ def cmd_test(args: argparse.Namespace) -> int:
             f"an Input layer, as in a deploy prototxt, so there is nothing to score: give the train/test prototxt "
             f"(with a Data layer for TEST), or classify images with `crema classify`"
         )
+    mistakes = None
+    if args.errors:
+        from .visualize import Mistakes
+
+        mistakes = Mistakes(net)
     sums: dict[str, np.ndarray] = {}
     weights = {t.name: net.loss_weights[i][j] for i, tops in enumerate(net.tops) for j, t in enumerate(tops)}
     for it in range(args.iterations):
+        if mistakes is not None:
+            mistakes.before()
         net.forward_loss()
+        if mistakes is not None:
+            mistakes.add()
         parts = []
         for name in net.outputs:
             value = net.blobs[name].astype(np.float64)
@@ -96,6 +107,15 @@ def cmd_test(args: argparse.Namespace) -> int:
             w = weights.get(name, 0.0)
             tail = f" (* {w:g} = {w * float(v):.6g} loss)" if w else ""
             print(f"{name} = {float(v):.6g}{tail}")
+    if mistakes is not None:
+        paths = mistakes.write(args.errors)
+        n, wrong = mistakes.seen, len(mistakes.rows)
+        print(f"Errors: {wrong} of {n} test images misclassified ({100 * wrong / max(n, 1):.2f}%, accuracy "
+              f"{(n - wrong) / max(n, 1):.6g})", flush=True)  # fmt: skip
+        if getattr(mistakes, "grid", None) is not None and mistakes.grid.note:
+            print(f"  errors.png: {mistakes.grid.note}; errors.csv lists all {wrong}")
+        for path in paths:
+            print(f"Wrote {path}")
     return 0
 
 
@@ -121,5 +141,11 @@ def add_commands(sub) -> None:
     p.add_argument("--model", required=True, help="net .prototxt with TEST-phase data and metrics")
     p.add_argument("--weights", required=True, help=".caffemodel")
     p.add_argument("--iterations", type=int, default=50, help="batches to run (default 50)")
+    p.add_argument(
+        "--errors",
+        metavar="DIR",
+        help="write the misclassified test images (errors.png: a grid, true and predicted class with its probability "
+        "under each; errors.csv) and the confusion matrix (confusion.png, confusion.csv) into DIR",
+    )
     add_memory_budget_argument(p)
     p.set_defaults(func=cmd_test)

@@ -40,6 +40,7 @@ __all__ = [
     "NORMALISATION",
     "Grid",
     "LayerView",
+    "Mistakes",
     "VisualizeError",
     "confusion_matrix",
     "confusion_png",
@@ -365,8 +366,8 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str] | None = None) -> by
     side = margin + k * cell + 10
     img = Image.new("RGB", (side, side + 20), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((margin, 2), "predicted ->", fill="black", font=font)
-    draw.text((2, 2), "true v", fill="black", font=font)
+    draw.text((margin, 2), "columns: predicted class", fill="black", font=font)
+    draw.text((margin, 16), "rows: true class", fill="black", font=font)
     rows = np.maximum(m.sum(axis=1, keepdims=True), 1)
     share = m / rows
     for i in range(k):
@@ -384,3 +385,104 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str] | None = None) -> by
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# -- a test run's mistakes ----------------------------------------------------------------------------------------
+class Mistakes:
+    """Collects, batch by batch, the test images a net gets wrong by the rule of its first Accuracy layer (Caffe's:
+    correct iff #{k : score_k >= score_true} <= top_k; ignore_label skipped), for `crema test --errors DIR`.
+
+        mistakes = Mistakes(net)          # VisualizeError when the net has no Accuracy layer or image data
+        for _ in range(iterations):
+            net.forward_loss(); mistakes.add()
+        mistakes.write(out_dir)           # errors.png, errors.csv, confusion.png, confusion.csv
+
+    Per misclassified image: its index in the data set (TEST reads in stored order), the true class, the predicted
+    class (the highest score other than the true class's: with top_k 1, the class that beat it) and its probability
+    (the scores' softmax, or the scores themselves when a Softmax layer made them). The confusion matrix counts
+    every scored image by true class and argmax (first on ties).
+    """
+
+    def __init__(self, net) -> None:
+        acc = next((i for i, layer in enumerate(net.layers) if layer.type == "Accuracy"), None)
+        if acc is None:
+            raise VisualizeError(f"net '{net.name}' has no Accuracy layer, so there is no rule for a mistake")
+        layer = net.layers[acc]
+        self.net = net
+        self.top_k, self.ignore = layer.top_k, layer.ignore_label
+        self.scores, self.label = net.bottoms[acc][0].name, net.bottoms[acc][1].name
+        producer = next(
+            (ly for ly, tops in zip(net.layers, net.tops) if any(t.name == self.scores for t in tops)), None
+        )
+        self.softmaxed = producer is not None and producer.type == "Softmax"
+        data = next((i for i, ly in enumerate(net.layers) if ly.type == "Data"), None)
+        if data is None:
+            raise VisualizeError(f"net '{net.name}' has no Data layer whose images could be shown")
+        self.data_layer = net.layers[data]
+        self.data = net.tops[data][0].name
+        shape = net.blob(self.data).shape
+        if len(shape) != 4 or shape[1] not in (1, 3):
+            raise VisualizeError(f"the data blob '{self.data}' has shape {shape}: only 1- or 3-channel images show")
+        if len(net.blob(self.scores).shape) != 2 or layer.axis != 1:
+            raise VisualizeError(
+                f"scores '{self.scores}' of shape {net.blob(self.scores).shape}: expected (N, classes)"
+            )
+        self.classes = net.blob(self.scores).shape[1]
+        self.images: list[np.ndarray] = []
+        self.rows: list[tuple[int, int, int, float]] = []  # (index, true, predicted, probability)
+        self.confusion = np.zeros((self.classes, self.classes), np.int64)
+        self.seen = 0
+        self._next = 0
+
+    def before(self) -> None:
+        """Call before each forward: notes where in the data set the batch starts."""
+        layer = self.data_layer
+        n = layer.images.shape[0]
+        self._next = 0 if layer.position >= n else layer.position
+
+    def add(self) -> None:
+        """Score the batch the last forward ran (call `before` first for true data-set indices)."""
+        s = np.asarray(self.net.blobs[self.scores], np.float64)
+        y = np.asarray(self.net.blobs[self.label]).reshape(-1).astype(np.int64)
+        n_data = self.data_layer.images.shape[0]
+        probs = s if self.softmaxed else np.exp(s - s.max(axis=1, keepdims=True))
+        if not self.softmaxed:
+            probs /= probs.sum(axis=1, keepdims=True)
+        valid = y != self.ignore if self.ignore is not None else np.ones(len(y), bool)
+        np.add.at(self.confusion, (y[valid], np.argmax(s[valid], axis=1)), 1)
+        x = self.net.blobs[self.data]
+        for j in np.flatnonzero(valid):
+            t = int(y[j])
+            rank = int(np.sum(s[j] >= s[j, t]))
+            if rank <= self.top_k:
+                continue
+            others = s[j].copy()
+            others[t] = -np.inf
+            p = int(np.argmax(others))
+            self.rows.append(((self._next + int(j)) % n_data, t, p, float(probs[j, p])))
+            self.images.append(np.array(x[j], np.float32))
+        self.seen += int(valid.sum())
+
+    def write(self, out) -> list:
+        """Write errors.png (when there are errors), errors.csv, confusion.png, confusion.csv into `out`; returns
+        the paths written."""
+        from pathlib import Path
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        csv = out / "errors.csv"
+        lines = ["index,true,predicted,probability"] + [f"{i},{t},{p},{q:.6f}" for i, t, p, q in self.rows]
+        csv.write_text("\n".join(lines) + "\n")
+        written.append(csv)
+        if self.rows:
+            grid = errors_grid(np.stack(self.images), *zip(*[(t, p, q) for _, t, p, q in self.rows]))
+            grid.save(out / "errors.png")
+            written.append(out / "errors.png")
+            self.grid = grid
+        (out / "confusion.png").write_bytes(confusion_png(self.confusion))
+        header = "true\\predicted," + ",".join(str(k) for k in range(self.classes))
+        body = [f"{k}," + ",".join(str(int(v)) for v in row) for k, row in enumerate(self.confusion)]
+        (out / "confusion.csv").write_text("\n".join([header, *body]) + "\n")
+        written += [out / "confusion.png", out / "confusion.csv"]
+        return written

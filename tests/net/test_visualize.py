@@ -210,3 +210,68 @@ def test_confusion_matrix():
     assert png.format == "PNG" and png.size[0] > 3 * 28
     with pytest.raises(ValueError, match="0..2"):
         confusion_matrix([0, 3], [0, 0], 3)
+
+
+# -- crema test --errors on the shipped LeNet and the MNIST test set -------------------------------------------------
+def test_crema_test_errors_of_the_shipped_lenet(tmp_path, monkeypatch, capsys):
+    """The 10,000 MNIST test digits through the shipped LeNet: the errors grid holds exactly (1 - accuracy) * 10000
+    tiles, each the digit at its data-set index with its true label; the predictions agree with OpenCV DNN on the
+    same files; the confusion matrix sums to 10,000 with the correct ones on its diagonal."""
+    cv2 = pytest.importorskip("cv2")
+    import re
+
+    from crema import main
+    from net.datasets import load_mnist
+
+    monkeypatch.setenv("CREMA_DATA", str(tmp_path / "empty"))  # the shipped MNIST test split
+    out = tmp_path / "errors"
+    rc = main(["test", "--model", str(ROOT / "examples/mnist/lenet_train_test.prototxt"), "--weights",
+               str(LENET / "lenet.caffemodel"), "--iterations", "100", "--errors", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    accuracy = float(re.search(r"^accuracy = ([0-9.]+)$", text, re.MULTILINE).group(1))
+    rows = [line.split(",") for line in (out / "errors.csv").read_text().splitlines()[1:]]
+    wrong = round((1 - accuracy) * 10000)
+    assert len(rows) == wrong and 0 < wrong < 300, (len(rows), accuracy)
+    assert f"Errors: {wrong} of 10000 test images misclassified" in text
+
+    images, labels = load_mnist("test")
+    ref = cv2.dnn.readNetFromCaffe(str(LENET / "deploy.prototxt"), str(LENET / "lenet.caffemodel"))
+    ref.setInput(images[:, None].astype(np.float32) * np.float32(0.00390625))
+    probs = ref.forward().reshape(10000, 10)
+    want = np.flatnonzero(np.argmax(probs, axis=1) != labels)
+    index = np.array([int(r[0]) for r in rows])
+    assert np.array_equal(np.sort(index), want)
+    for i, t, p, q in rows:
+        i = int(i)
+        assert (int(t), int(p)) == (int(labels[i]), int(np.argmax(probs[i])))
+        assert abs(float(q) - float(probs[i, int(p)])) < 1e-4
+
+    grid = np.asarray(Image.open(out / "errors.png"))
+    cols = math.ceil(math.sqrt(wrong))
+    assert grid.shape[1] == cols * (28 * 3 + 1) - 1  # 28-px digits magnified 3 times (ERROR_TILE_PX 72)
+    row_h = (grid.shape[0] + 1) // -(-wrong // cols)
+    for k, i in enumerate(index):  # every tile is that digit (pixel * 1/256, normalised over the grid: 0..255 again)
+        r, c = divmod(k, cols)
+        tile = grid[r * row_h : r * row_h + 84, c * 85 : c * 85 + 84][::3, ::3]
+        assert np.array_equal(tile, images[i]), (k, i)
+
+    confusion = np.loadtxt(out / "confusion.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
+    assert confusion.sum() == 10000 and np.trace(confusion) == 10000 - wrong
+    assert np.array_equal(confusion.sum(axis=1), np.bincount(labels, minlength=10))
+    assert Image.open(out / "confusion.png").format == "PNG"
+
+
+def test_crema_test_errors_needs_an_accuracy_layer(tmp_path, monkeypatch, capsys):
+    from crema import main
+
+    monkeypatch.setenv("CREMA_DATA", str(tmp_path / "empty"))
+    text = (ROOT / "examples/mnist/lenet_train_test.prototxt").read_text()
+    start = text.index('layer {\n  name: "accuracy"')
+    end = text.index("layer {", start + 1)
+    model = tmp_path / "noacc.prototxt"
+    model.write_text(text[:start] + text[end:])
+    rc = main(["test", "--model", str(model), "--weights", str(LENET / "lenet.caffemodel"), "--iterations", "1",
+               "--errors", str(tmp_path / "e")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "crema: error:" in err and "no Accuracy layer" in err and "Traceback" not in err
