@@ -103,8 +103,8 @@ def cmd_time(args: argparse.Namespace) -> int:
     net.forward()
     first = time.perf_counter() - t0
     per_layer = net.time_forward(iterations=args.iterations, warmup=0)
-    # The per-layer times come from each layer's own forward, one at a time; net.forward runs the CPU execution plan
-    # (shape work done once), so its whole-pass time is the one to compare with other frameworks.
+    # Per layer: the plan's step for it, timed on its own (the path net.forward takes; a fused layer shows 0). The
+    # whole pass, untimed inside, is the figure to compare with other frameworks: the gap is the timing's overhead.
     t0 = time.perf_counter()
     for _ in range(args.iterations):
         net.forward()
