@@ -16,6 +16,7 @@ from kernels.conv import (
     conv2d_forward_ref,
     conv2d_output_shape,
 )
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 RTOL = 1e-5  # max |err| <= RTOL * sqrt(K) * max|ref|, K = C/group*kh*kw terms summed in float32
 
@@ -158,28 +159,6 @@ FD_CASES = [  # x shape, w shape, stride, pad, dilation, group
 ]
 
 
-def _fd_grad(f, a: np.ndarray) -> np.ndarray:
-    """Central differences of the scalar f() with respect to every element of a (perturbed in place)."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        v = flat[i]
-        flat[i] = v + FD_EPS
-        up = f()
-        flat[i] = v - FD_EPS
-        down = f()
-        flat[i] = v
-        gflat[i] = (up - down) / (2 * FD_EPS)
-    return grad
-
-
-def _assert_fd(analytic: np.ndarray, numeric: np.ndarray, what: str) -> None:
-    assert analytic.shape == numeric.shape, what
-    tol = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
-    bad = np.abs(analytic - numeric) > tol
-    assert not bad.any(), f"{what}: {bad.sum()} elements off, max diff {np.abs(analytic - numeric).max():.3e}"
-
-
 @pytest.mark.parametrize("xs,ws,stride,pad,dil,group", FD_CASES)
 def test_backward_ref_matches_finite_differences(xs, ws, stride, pad, dil, group) -> None:
     rng = np.random.default_rng(sum(xs) + sum(ws))
@@ -194,9 +173,8 @@ def test_backward_ref_matches_finite_differences(xs, ws, stride, pad, dil, group
 
     dx, dw, db = conv2d_backward_ref(g, x, w, **kw)
     assert dx.dtype == dw.dtype == db.dtype == np.float64
-    _assert_fd(dx, _fd_grad(loss, x), "dx")
-    _assert_fd(dw, _fd_grad(loss, w), "dw")
-    _assert_fd(db, _fd_grad(loss, b), "db")
+    for got, arr, what in ((dx, x, "dx"), (dw, w, "dw"), (db, b, "db")):
+        assert_grad_close(got, numeric_grad(lambda _: loss(), arr, FD_EPS), atol=FD_ATOL, rtol=FD_RTOL, what=what)
     assert conv2d_backward_ref(g, x, w, bias=False, **kw)[2] is None
 
 

@@ -20,7 +20,7 @@ from kernels.depthwise import (
     depthwise_forward,
     depthwise_forward_ref,
 )
-from tests.gradcheck import numeric_grad
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 # Forward: max |err| <= RTOL * sqrt(T) * max(max|ref|, 1), T = kh*kw products summed in float32 per output. Measured
 # over the forward cases below at 2 threads: max |err| / (sqrt(T) * max(max|ref|, 1)) = 1.2e-7, 0.3 of this.
@@ -311,10 +311,7 @@ def test_backward_ref_matches_finite_differences(xs, ws, stride, pad, dil) -> No
     dx, dw, db = depthwise_backward_ref(g, x, w, **kw)
     assert dx.dtype == dw.dtype == db.dtype == np.float64
     for analytic, arr, what in ((dx, x, "dx"), (dw, w, "dw"), (db, b, "db")):
-        numeric = numeric_grad(loss, arr, FD_H)
-        tol = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
-        bad = np.abs(analytic - numeric) > tol
-        assert not bad.any(), f"{what}: {bad.sum()} off, max diff {np.abs(analytic - numeric).max():.3e}"
+        assert_grad_close(analytic, numeric_grad(loss, arr, FD_H), atol=FD_ATOL, rtol=FD_RTOL, what=what)
 
 
 BWD_CASES = [  # x shape, w shape, stride, pad, dilation

@@ -34,6 +34,7 @@ from kernels.elementwise import (
     split_backward,
     split_backward_ref,
 )
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 FD_H, FD_ATOL, FD_RTOL = 1e-6, 1e-7, 1e-6
 GRAD_RTOL = 1e-6
@@ -195,24 +196,13 @@ def test_scale_bias_in_place_and_errors() -> None:
 
 
 # -- backward -------------------------------------------------------------------------------------
-def _numeric_grad(f, x: np.ndarray, h: float = FD_H) -> np.ndarray:
-    """Central differences of the scalar f() with respect to x (float64, perturbed in place)."""
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        gf[i] = (up - down) / (2 * h)
-    return g
-
-
 def _assert_fd(analytic: np.ndarray, numeric: np.ndarray) -> None:
-    bound = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(analytic), np.abs(numeric)), 1.0)
-    assert np.all(np.abs(analytic - numeric) <= bound), np.max(np.abs(analytic - numeric))
+    assert_grad_close(analytic, numeric, atol=FD_ATOL, rtol=FD_RTOL)
+
+
+def _numeric_grad(f, x: np.ndarray) -> np.ndarray:
+    """Central differences (tests.gradcheck, step FD_H) of the scalar f(), which reads x as it is perturbed."""
+    return numeric_grad(lambda _: f(), x, FD_H)
 
 
 def _close(a: np.ndarray, ref: np.ndarray, rtol: float = GRAD_RTOL) -> None:

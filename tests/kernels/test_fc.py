@@ -16,6 +16,7 @@ from kernels.fc import (
     inner_product_forward,
     inner_product_forward_ref,
 )
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 RTOL = 1e-5  # relative to max|ref|, times sqrt(K): float32 sums of K products
 
@@ -81,20 +82,6 @@ FD_EPS, FD_ATOL, FD_RTOL = 1e-3, 1e-8, 1e-7
 RTOL_BWD = 2e-7
 
 
-def _fd_grad(f, a: np.ndarray) -> np.ndarray:
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        v = flat[i]
-        flat[i] = v + FD_EPS
-        up = f()
-        flat[i] = v - FD_EPS
-        down = f()
-        flat[i] = v
-        gflat[i] = (up - down) / (2 * FD_EPS)
-    return grad
-
-
 @pytest.mark.parametrize("shape,axis,n,transpose", [((3, 2, 2, 3), 1, 4, False), ((2, 3, 5), 2, 3, True)])
 def test_backward_ref_matches_finite_differences(shape: tuple, axis: int, n: int, transpose: bool) -> None:
     rng = np.random.default_rng(n)
@@ -110,10 +97,8 @@ def test_backward_ref_matches_finite_differences(shape: tuple, axis: int, n: int
 
     analytic = inner_product_backward_ref(g, x, w, axis=axis, transpose=transpose)
     for got, arr, what in zip(analytic, (x, w, b), ("dx", "dw", "db")):
-        numeric = _fd_grad(loss, arr)
         assert got.shape == arr.shape and got.dtype == np.float64, what
-        tol = FD_ATOL + FD_RTOL * np.maximum(np.maximum(np.abs(got), np.abs(numeric)), 1.0)
-        assert np.all(np.abs(got - numeric) <= tol), f"{what}: max diff {np.abs(got - numeric).max():.3e}"
+        assert_grad_close(got, numeric_grad(lambda _: loss(), arr, FD_EPS), atol=FD_ATOL, rtol=FD_RTOL, what=what)
     assert inner_product_backward_ref(g, x, w, axis=axis, transpose=transpose, bias=False)[2] is None
 
 

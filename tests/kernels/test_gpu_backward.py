@@ -22,6 +22,7 @@ from kernels import activations, conv, elementwise, fc, gpu, lrn, optim, pool
 from kernels import gpu_backward as gb
 from kernels import gpu_optim as go
 from kernels import loss as closs
+from tests.gradcheck import numeric_grad
 from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, runtime_for
 
 RTOL = 1e-5
@@ -322,20 +323,6 @@ def test_fused_sgd_matches_the_cpu_solver_kernels(dev, nesterov, l1) -> None:
 
 
 # -- gradient checks through the emulated forward ------------------------------------------------------------------
-def _numeric(f, x: np.ndarray, h: float = 1e-2) -> np.ndarray:
-    g = np.zeros(x.shape, np.float64)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        a = f(x)
-        flat[i] = old - h
-        b = f(x)
-        flat[i] = old
-        gf[i] = (a - b) / (2 * h)
-    return g
-
-
 def _close(a: np.ndarray, n: np.ndarray, tol: float = 2e-2) -> None:
     scale = max(float(np.abs(a).max()), float(np.abs(n).max()), 1.0)
     err = float(np.abs(a - n).max())
@@ -367,8 +354,8 @@ def test_gradient_check_conv_pool_lrn_ip_loss(dev) -> None:
     d1 = gb.pool2d_backward(d2, y1.shape, **pool_kw)
     d1 = gb.relu_backward(d1, y1)
     dx, dw, _ = gb.conv2d_backward(d1, up(x), up(w), need_db=False)
-    _close(down(dx), _numeric(lambda v: forward(v, w)[1], x.copy()))
-    _close(down(dw), _numeric(lambda v: forward(x, v)[1], w.copy()))
+    _close(down(dx), numeric_grad(lambda v: forward(v, w)[1], x.copy(), 1e-2))  # float32 steps, float64 quotients
+    _close(down(dw), numeric_grad(lambda v: forward(x, v)[1], w.copy(), 1e-2))
 
 
 def test_bench_gpu_train_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> None:

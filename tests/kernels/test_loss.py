@@ -10,25 +10,11 @@ import numpy as np
 import pytest
 
 from kernels import loss as K
-
-
-def _numeric_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + h
-        fp = f(x)
-        x[i] = old - h
-        fm = f(x)
-        x[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 
 def _close(a, n, atol=1e-7, rtol=1e-6):
-    assert np.all(np.abs(a - n) <= atol + rtol * np.maximum(np.maximum(np.abs(a), np.abs(n)), 1.0))
+    assert_grad_close(a, n, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +45,7 @@ def test_softmax_loss_matches_reference_and_gradient(shape, axis, ignore, norm):
     )
     assert np.max(np.abs(g - ref_g)) <= 1e-6
     x64 = x.astype(np.float64)
-    num = _numeric_grad(
+    num = numeric_grad(
         lambda v: 0.7 * K.softmax_loss_ref(v, labels, axis=axis, ignore_label=ignore, normalization=norm)[0], x64
     )
     _close(ref_g, num)
@@ -105,7 +91,7 @@ def test_euclidean_loss_and_gradient():
     loss, diff = K.euclidean_loss_forward(a, b)
     assert loss == pytest.approx(K.euclidean_loss_ref(a, b.reshape(a.shape)), rel=1e-6)
     g = K.euclidean_loss_backward(diff, 5, 2.0, 1.0).reshape(a.shape)
-    num = _numeric_grad(
+    num = numeric_grad(
         lambda v: 2.0 * K.euclidean_loss_ref(v, b.reshape(a.shape).astype(np.float64)), a.astype(np.float64)
     )
     _close(g, num, atol=1e-5, rtol=1e-5)
