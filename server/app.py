@@ -6,6 +6,8 @@ Routes:
     GET  /                              the page (server/static/index.html), static files under /static/
     POST /api/search[?page=N]           multipart `image` or JSON {"url": ...} -> predictions, web, similar
     GET  /api/web?q=LABEL&page=N        more web results (the page's "more" button)
+    GET  /api/inside/{id}/maps?layer=L  PNG grid of a search's feature maps (id from its `inside`; server.inside)
+    GET  /api/filters?layer=L           PNG grid of a first convolution's filters (net.visualize)
     GET  /api/gallery/{id}/thumb        gallery thumbnail; /api/gallery/{id}/image[?download=1] the picture
     GET  /api/personal                  the personal gallery: counts, limits, photos
     POST /api/personal                  multipart `image`: add one photo (indexed through the batcher)
@@ -53,10 +55,12 @@ from starlette.staticfiles import StaticFiles
 
 from net.headers import header_pixels
 from net.preprocess import ImageError, decode_side, load_image
+from net.visualize import VisualizeError
 
 from .batcher import MicroBatcher
 from .bodies import CLOSE, BodyRefused, media_type, read_body, read_form, releases_body
 from .gallery import Gallery
+from .inside import Inside, NotFound
 from .model import ALLOWED_FORMATS, Model
 from .openapi import openapi_spec
 from .personal import GalleryFull, PersonalGallery, prepare_photo
@@ -110,6 +114,8 @@ class AppConfig:
     decode_queue    decodes waiting for a thread beyond those (503 past it); decode_wait_s: the longest wait
     fetch_workers   URL fetches at once, on their own threads; fetch_queue: fetches waiting beyond those (503);
                     a fetch's wait for a thread counts against its url_timeout
+    inside          keep each search's feature maps (server.inside) for /api/search's `inside`: at most
+                    inside_request_bytes per request, inside_cache_bytes in all, for inside_ttl_s seconds
     """
 
     max_upload: int = 10_000_000
@@ -131,6 +137,10 @@ class AppConfig:
     decode_wait_s: float = 10.0
     fetch_workers: int = 16
     fetch_queue: int = 16
+    inside: bool = True
+    inside_request_bytes: int = 16 << 20
+    inside_cache_bytes: int = 256 << 20
+    inside_ttl_s: float = 600.0
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -240,11 +250,22 @@ class _State:
             digits = all(label.strip().isdigit() for label in model.labels)
             template = "handwritten digit {label}" if digits else "{label}"
         self.web_template = template
+        self.inside = (
+            Inside(
+                model.net,
+                bgr=model.pre.color and model.pre.channel_swap,
+                per_request_bytes=config.inside_request_bytes,
+                max_bytes=config.inside_cache_bytes,
+                ttl_s=config.inside_ttl_s,
+            )
+            if config.inside
+            else None
+        )
 
     def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), features (N, D), gallery ids and
-        scores (N, k), personal gallery ids and scores (N, k'); each gallery is ranked for the whole batch with
-        one matrix product."""
+        scores (N, k), personal gallery ids and scores (N, k'), and (N,) objects: each row's feature maps from this
+        forward (server.inside, {} when off); each gallery is ranked for the whole batch with one matrix product."""
         if self.config.threads and not self._threads_set:
             import numba
 
@@ -255,7 +276,10 @@ class _State:
         none = np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
         gids, gscores = self.gallery.search_batch(feats, k) if self.gallery is not None else none
         pids, pscores = self.personal.search_batch(feats, k) if self.personal is not None else none
-        return probs, feats, gids, gscores, pids, pscores
+        maps = np.empty(len(x), dtype=object)
+        for i, row in enumerate(self.inside.capture(len(x)) if self.inside is not None else [{}] * len(x)):
+            maps[i] = row
+        return probs, feats, gids, gscores, pids, pscores, maps
 
     def decode_cost(self, data: bytes) -> int:
         """The decode pool's priority for `data`: the pixels its header claims (constant time; unknown headers
@@ -385,8 +409,9 @@ async def search(request: Request) -> Response:
         st.batcher.unexpect()
         raise
     t_decode = time.perf_counter()
-    probs, _, gids, gscores, pids, pscores, batch_size, batch_ms = await st.batcher.run(x, expected=True)
+    probs, _, gids, gscores, pids, pscores, maps, batch_size, batch_ms = await st.batcher.run(x, expected=True)
     t_infer = time.perf_counter()
+    inside = st.inside.describe(st.inside.store(maps), maps) if st.inside is not None else None
     predictions = st.model.top(probs, st.config.top_k)
     query = st.web_query(predictions[0]["index"])
     web_task = asyncio.ensure_future(st.web.search(query, page))
@@ -404,6 +429,7 @@ async def search(request: Request) -> Response:
             "similar": similar,
             "similar_error": st.similar_note(),
             "model": st.model_info,
+            "inside": inside,
             "batch_size": batch_size,
             "timings_ms": {
                 "read": _ms(t0, t_read),
@@ -416,6 +442,45 @@ async def search(request: Request) -> Response:
             },
         }
     )
+
+
+def _inside_layer(request: Request) -> str:
+    layer = request.query_params.get("layer", "")
+    if not layer or len(layer) > 200:
+        raise ApiError(400, "layer must name a layer (1..200 characters), e.g. ?layer=conv1")
+    return layer
+
+
+def _visualize_error(exc: VisualizeError) -> ApiError:
+    return ApiError(404 if str(exc).startswith("no layer named") else 400, str(exc))
+
+
+async def inside_maps(request: Request) -> Response:
+    """GET /api/inside/{id}/maps?layer=NAME: the PNG grid of that search's feature maps of one layer."""
+    st = _state(request)
+    if st.inside is None:
+        raise ApiError(404, "feature maps are not kept on this server (AppConfig.inside is off)")
+    layer = _inside_layer(request)
+    try:
+        png = await run_in_threadpool(st.inside.maps_png, request.path_params["id"], layer)
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except VisualizeError as exc:
+        raise _visualize_error(exc) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+
+async def filters(request: Request) -> Response:
+    """GET /api/filters?layer=NAME: the PNG grid of a first-layer Convolution's filters."""
+    st = _state(request)
+    if st.inside is None:
+        raise ApiError(404, "the inside view is turned off on this server (AppConfig.inside)")
+    layer = _inside_layer(request)
+    try:
+        png = await run_in_threadpool(st.inside.filters_png, layer)
+    except VisualizeError as exc:
+        raise _visualize_error(exc) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
 
 async def web_more(request: Request) -> Response:
@@ -572,6 +637,7 @@ async def health(request: Request) -> Response:
             "web": st.web.status(),
             "batching": st.batcher.stats(),
             "limits": {"decode": st.decodes.stats(), "fetch": st.fetches.stats(), "bodies": st.bodies.stats()},
+            "inside": st.inside.stats() if st.inside is not None else None,
         }
     )
 
@@ -686,6 +752,8 @@ def create_app(
         Route("/", index_page, methods=["GET"]),
         Route("/api/search", search, methods=["POST"]),
         Route("/api/web", web_more, methods=["GET"]),
+        Route("/api/inside/{id}/maps", inside_maps, methods=["GET"]),
+        Route("/api/filters", filters, methods=["GET"]),
         Route("/api/gallery/{id}/thumb", gallery_thumb, methods=["GET"]),
         Route("/api/gallery/{id}/image", gallery_image, methods=["GET"]),
         Route("/api/personal", personal_list, methods=["GET"]),

@@ -18,6 +18,13 @@ def _json(schema: dict, description: str) -> dict:
 def openapi_spec(max_upload: int = 10_000_000) -> dict:
     """The OpenAPI document; `max_upload` is the server's upload limit in bytes."""
     mb = f"{max_upload / 1e6:g} MB"
+    layer = {
+        "name": "layer",
+        "in": "query",
+        "required": True,
+        "description": "the layer's name, as in `inside.layers[].name`",
+        "schema": {"type": "string", "maxLength": 200},
+    }
     page = {
         "name": "page",
         "in": "query",
@@ -228,6 +235,39 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     "responses": {"200": {"description": "The image file"}, "403": _ERROR, "404": _ERROR},
                 }
             },
+            "/api/inside/{id}/maps": {
+                "get": {
+                    "summary": "A search's feature maps of one layer, as a PNG grid",
+                    "description": (
+                        "The maps of the forward pass that answered the search (no second forward), kept for "
+                        "`inside.expires_s` seconds after it within a bounded cache; take the URL from the layer's "
+                        "`maps_url` in /api/search's `inside`. One grey tile per channel (at most 256: the first "
+                        "256 channels of a wider layer), Caffe's layout: a square-ish grid, 1-pixel white separators, "
+                        "each tile normalised on its own (minimum black, maximum white). 404: the id expired or is "
+                        "unknown, the layer is unknown, or its maps were not kept for this request (over the bytes "
+                        "kept per request); 400: a layer with no spatial output or a missing `layer`."
+                    ),
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        layer,
+                    ],
+                    "responses": {"200": {"description": "PNG image"}, "400": _ERROR, "404": _ERROR},
+                }
+            },
+            "/api/filters": {
+                "get": {
+                    "summary": "A first convolution's filters, as a PNG grid",
+                    "description": (
+                        "For a Convolution that reads the net's input (`filters: true` in `inside.layers`): one tile "
+                        "per filter (at most 256), its weights as stored (before any BatchNorm folding), colour (RGB) "
+                        "for 3 input channels, grey for 1, each tile normalised on its own, magnified by a whole "
+                        "factor. 400: a layer whose filters are not images of the input's channels, or one with no "
+                        "spatial output; 404: an unknown layer."
+                    ),
+                    "parameters": [layer],
+                    "responses": {"200": {"description": "PNG image"}, "400": _ERROR, "404": _ERROR},
+                }
+            },
             "/api/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
             },
@@ -313,6 +353,41 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "fingerprint": {"type": "string"},
                     },
                 },
+                "InsideLayer": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "type": {"type": "string", "description": "Convolution, Deconvolution or Pooling"},
+                        "blob": {"type": "string", "description": "the blob holding the maps"},
+                        "shape": {"type": "array", "items": {"type": "integer"}, "description": "(C, H, W)"},
+                        "channels": {"type": "integer"},
+                        "shown": {"type": "integer", "description": "tiles in the grid: min(channels, 256)"},
+                        "filters": {"type": "boolean", "description": "filters_url gives its filters"},
+                        "note": {
+                            "type": "string",
+                            "description": (
+                                "what the map is: the layer's output after the layers that rewrite it in place "
+                                "(BatchNorm, Scale, ReLU...), and whether they are fused into the convolution"
+                            ),
+                        },
+                        "kept": {"type": "boolean", "description": "false: over the bytes kept per request"},
+                        "maps_url": {"type": ["string", "null"]},
+                        "filters_url": {"type": ["string", "null"]},
+                    },
+                },
+                "Inside": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "description": "this search's maps in the cache"},
+                        "expires_s": {"type": "number"},
+                        "first": {"type": ["string", "null"], "description": "the first layer (shown by default)"},
+                        "layers": {"type": "array", "items": _schema("InsideLayer")},
+                        "normalisation": {"type": "string"},
+                        "max_tiles": {"type": "integer"},
+                        "filters_note": {"type": "string"},
+                        "note": {"type": "string", "description": "layers not kept for this request, if any"},
+                    },
+                },
                 "SearchResult": {
                     "type": "object",
                     "required": ["predictions", "web", "web_error", "similar", "model", "timings_ms"],
@@ -329,6 +404,10 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         },
                         "similar_error": {"type": ["string", "null"]},
                         "model": _schema("Model"),
+                        "inside": {
+                            "oneOf": [_schema("Inside"), {"type": "null"}],
+                            "description": "what the network saw: feature maps of this forward (null when off)",
+                        },
                         "batch_size": {"type": "integer", "description": "requests in this forward pass"},
                         "timings_ms": {
                             "type": "object",

@@ -40,10 +40,10 @@ def expected_tile(a: np.ndarray) -> np.ndarray:
     return np.floor((a - lo) / (hi - lo) * 255.0 + 0.5).astype(np.uint8)
 
 
-def tiles_of(png: bytes, n: int, h: int, w: int, scale: int) -> list[np.ndarray]:
-    """Cut a PNG grid into its n tiles by the stated layout, checking the separators are white; returns each tile
-    shrunk back (after checking every magnified block is uniform)."""
-    img = np.asarray(Image.open(io.BytesIO(png)))
+def tiles_of(png: bytes | np.ndarray, n: int, h: int, w: int, scale: int) -> list[np.ndarray]:
+    """Cut a grid (PNG bytes or its pixels) into its n tiles by the stated layout, checking the separators are
+    white; returns each tile shrunk back (after checking every magnified block is uniform)."""
+    img = np.asarray(Image.open(io.BytesIO(png))) if isinstance(png, bytes) else png
     cols = math.ceil(math.sqrt(n))
     rows = -(-n // cols)
     th, tw = h * scale, w * scale

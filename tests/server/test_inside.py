@@ -1,0 +1,197 @@
+"""Inside the network through the API (server.inside): /api/search's `inside`, the feature-map PNGs of the forward
+that answered (checked tile by tile against that forward's net.blobs, and against an unfused net), the filters
+PNGs, the per-request and cache bounds, and the errors; for LeNet, EfficientNet-Lite0 and CaffeNet's structure
+(random weights: its real ones are a 233 MB download)."""
+
+from __future__ import annotations
+
+import numpy as np
+from starlette.testclient import TestClient
+
+from net import Net
+from net.classify import preprocess_for
+from net.visualize import FILTER_TILE_PX, MAP_TILE_PX, layer_views
+from server.app import AppConfig, create_app
+from server.inside import Inside
+from server.model import Model
+from server.web import WebSearch
+from tests.conftest import ROOT
+from tests.net.test_visualize import expected_tile, tiles_of
+from tests.server.conftest import digit, png_bytes
+
+
+def client_for(model: Model, **config) -> TestClient:
+    config.setdefault("warmup", False)
+    return TestClient(create_app(model, web=WebSearch(None), config=AppConfig(**config)))
+
+
+def spy_forward(model: Model, monkeypatch) -> list[dict]:
+    """Record, at every forward the server runs, its input and the blobs of every shown layer."""
+    seen: list[dict] = []
+    views = layer_views(model.net)
+    infer = model.infer
+
+    def spy(x):
+        out = infer(x)
+        seen.append({"x": x.copy(), **{v.name: model.net.blobs[v.top].copy() for v in views}})
+        return out
+
+    monkeypatch.setattr(model, "infer", spy)
+    return seen
+
+
+def scale(h: int, w: int, target: int) -> int:
+    return max(1, -(-target // max(h, w)))
+
+
+def check_model(model: Model, monkeypatch, image: bytes, *, plain: Net, bgr: bool, layers: int = 3) -> dict:
+    """One search: the first `layers` layers' maps equal the answering forward's blobs (normalised per tile), and are
+    close to an unfused net's on the same input; the first layer's filters PNG equals its weights. Returns inside."""
+    seen = spy_forward(model, monkeypatch)
+    with client_for(model) as c:
+        r = c.post("/api/search", files={"image": ("q.png", image, "image/png")})
+        assert r.status_code == 200, r.text
+        inside = r.json()["inside"]
+        assert len(seen) == 1  # no second forward for the pictures
+        assert [v["name"] for v in inside["layers"]] == [v.name for v in layer_views(model.net)]
+        assert inside["first"] == inside["layers"][0]["name"] and inside["layers"][0]["filters"]
+        plain.forward(**{plain.inputs[0]: seen[0]["x"]})
+        for layer in inside["layers"][:layers]:
+            assert layer["kept"], layer
+            c_, h, w = layer["shape"]
+            n = min(c_, 256)
+            png = c.get(layer["maps_url"])
+            assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+            tiles = tiles_of(png.content, n, h, w, scale(h, w, MAP_TILE_PX))
+            blob = seen[0][layer["name"]][0]
+            ref = plain.blobs[layer["blob"]][0]
+            np.testing.assert_allclose(blob, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+            for k in range(n):
+                assert np.array_equal(tiles[k], expected_tile(blob[k])), (layer["name"], k)
+        assert len(seen) == 1
+        first = inside["layers"][0]
+        wts = model.net.params[first["name"]][0]
+        png = c.get(first["filters_url"])
+        assert png.status_code == 200
+        tiles = tiles_of(png.content, wts.shape[0], *wts.shape[2:], scale(*wts.shape[2:], FILTER_TILE_PX))
+        for k in range(wts.shape[0]):
+            f = wts[k, 0] if wts.shape[1] == 1 else (wts[k, ::-1] if bgr else wts[k]).transpose(1, 2, 0)
+            assert np.array_equal(tiles[k], expected_tile(f)), k
+    return inside
+
+
+def test_lenet_maps_are_the_answering_forward(model, lenet_files, monkeypatch):
+    plain = Net.load(lenet_files["prototxt"], lenet_files["weights"], fuse=False)
+    inside = check_model(model, monkeypatch, png_bytes(digit(6)), plain=plain, bgr=False, layers=4)
+    assert [v["name"] for v in inside["layers"]] == ["conv1", "pool1", "conv2", "pool2"]
+    assert inside["layers"][0]["shape"] == [20, 24, 24] and "normalised on its own" in inside["normalisation"]
+    assert [v["filters_url"] is not None for v in inside["layers"]] == [True, False, False, False]
+
+
+def test_efficientnet_first_conv_and_fused_notes(monkeypatch):
+    from net.zoo import resolve
+
+    files = resolve("efficientnet-lite0")
+    model = Model.load(files.prototxt, files.weights, files.labels, preset=files.preset)
+    plain = Net.load(files.prototxt, files.weights, fuse=False)
+    rng = np.random.default_rng(0)
+    photo = png_bytes(rng.integers(0, 256, size=(240, 260, 3), dtype=np.uint8))
+    inside = check_model(model, monkeypatch, photo, plain=plain, bgr=False, layers=2)
+    stem = inside["layers"][0]
+    assert (stem["name"], stem["shape"]) == ("stem", [32, 112, 112])  # stride-2 3x3, 32 filters on RGB
+    assert "ReLU6 'stem/relu6'" in stem["note"] and "folded into its weights" in stem["note"]
+    head = next(v for v in inside["layers"] if v["name"] == "head")
+    assert head["channels"] == 1280 and head["shown"] == 256
+    # 16 MB a request: the layers that do not fit are listed, not kept, and their maps answer 404 saying why
+    missing = [v for v in inside["layers"] if not v["kept"]]
+    assert missing and "not kept" in inside["note"]
+    with client_for(model) as c:
+        r = c.post("/api/search", files={"image": ("q.png", photo, "image/png")})
+        layer = next(v for v in r.json()["inside"]["layers"] if not v["kept"])
+        r = c.get(f"/api/inside/{r.json()['inside']['id']}/maps?layer={layer['name']}")
+        assert r.status_code == 404 and "were not kept for this request" in r.json()["error"]
+
+
+def test_caffenet_structure_bgr_filters(monkeypatch):
+    """CaffeNet's deploy prototxt with random weights: conv1's 96 colour filters come out RGB (the net reads BGR)."""
+    net = Net.load(ROOT / "models/caffenet/deploy.prototxt", phase="test")
+    views = layer_views(net)
+    assert [v.name for v in views] == ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
+    assert "ReLU 'relu1'" in views[0].note
+    model = Model(net, pre=preprocess_for(net, "caffenet"), labels=[str(i) for i in range(1000)], feature_blob="fc7",
+                  preset="caffenet", files=None, name="caffenet")  # fmt: skip
+    model._fingerprint = "0" * 40  # no weights file to hash
+    monkeypatch.setattr(Model, "info", lambda self: {"name": self.name})
+    plain = Net.load(ROOT / "models/caffenet/deploy.prototxt", phase="test", fuse=False)
+    for name in plain.params:
+        for a, b in zip(plain.params[name], net.params[name]):
+            a[...] = b
+    rng = np.random.default_rng(1)
+    photo = png_bytes(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8))
+    inside = check_model(model, monkeypatch, photo, plain=plain, bgr=True, layers=2)
+    assert inside["layers"][0]["shape"] == [96, 55, 55]
+
+
+def test_bad_requests_are_clear_4xx(model):
+    with client_for(model) as c:
+        inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(1)), "image/png")}).json()["inside"]
+        rid = inside["id"]
+        cases = [
+            (f"/api/inside/{rid}/maps?layer=conv9", 404, "no layer named 'conv9'"),
+            (f"/api/inside/{rid}/maps?layer=ip1", 400, "'ip1' cannot be shown: it is a layer of type InnerProduct"),
+            (f"/api/inside/{rid}/maps", 400, "layer must name a layer"),
+            (f"/api/inside/{'0' * 32}/maps?layer=conv1", 404, "no feature maps for request"),
+            ("/api/filters?layer=conv2", 400, "has no filters to show as images"),
+            ("/api/filters?layer=prob", 400, "it is a layer of type Softmax"),
+            ("/api/filters?layer=nope", 404, "no layer named 'nope'"),
+            ("/api/filters?layer=" + "x" * 300, 400, "1..200 characters"),
+        ]
+        for url, status, words in cases:
+            r = c.get(url)
+            assert r.status_code == status and words in r.json()["error"], (url, r.status_code, r.text)
+
+
+def test_per_request_budget_and_cache_bounds(model):
+    # 62,000 bytes a request: conv1's maps (20 x 24 x 24 floats: 46,080 bytes) are always kept, then pool1 (11,520)
+    # fits, conv2 (12,800) does not, pool2 (3,200) does: 60,800 bytes a request
+    with client_for(model, inside_request_bytes=62_000, inside_cache_bytes=100_000) as c:
+        ids = []
+        for d in range(3):
+            inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(d)), "image/png")}).json()["inside"]
+            assert [v["kept"] for v in inside["layers"]] == [True, True, False, True]
+            ids.append(inside["id"])
+        stats = c.get("/api/health").json()["inside"]
+        assert (stats["bytes"], stats["entries"]) == (60_800, 1)  # past 100,000 bytes the oldest go first
+        assert c.get(f"/api/inside/{ids[0]}/maps?layer=conv1").status_code == 404
+        assert c.get(f"/api/inside/{ids[2]}/maps?layer=conv1").status_code == 200
+        r = c.get(f"/api/inside/{ids[2]}/maps?layer=conv2")
+        assert r.status_code == 404 and "were not kept" in r.json()["error"]
+
+
+def test_inside_off(model):
+    with client_for(model, inside=False) as c:
+        body = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(1)), "image/png")}).json()
+        assert body["inside"] is None and body["predictions"]
+        assert c.get("/api/filters?layer=conv1").status_code == 404
+
+
+def test_capture_keeps_each_rows_own_maps(model):
+    """A batch of three: each row's maps are that row's slice of the batch's blobs, copies (the next forward
+    overwrites the blobs, not them)."""
+    inside = Inside(model.net, bgr=False)
+    x = np.stack([model.preprocess(png_bytes(digit(d))) for d in (2, 5, 8)])
+    model.infer(x)
+    want = {v.name: model.net.blobs[v.top].copy() for v in inside.views}
+    rows = inside.capture(3)
+    model.infer(x[::-1].copy())
+    for i, row in enumerate(rows):
+        for name, maps in row.items():
+            assert np.array_equal(maps, want[name][i]), (i, name)
+
+
+def test_openapi_documents_inside(model):
+    with client_for(model) as c:
+        spec = c.get("/api/openapi.json").json()
+    assert {"/api/inside/{id}/maps", "/api/filters"} <= set(spec["paths"])
+    props = spec["components"]["schemas"]["SearchResult"]["properties"]
+    assert "inside" in props and "InsideLayer" in spec["components"]["schemas"]
