@@ -116,22 +116,24 @@ def _first_call(label: str, fn) -> None:
 
 # -- groups ----------------------------------------------------------------------------------------------
 def bench_sgemm(cp, gpu, args: argparse.Namespace) -> None:
+    from kernels.gpu import gemm as gpu_gemm
+
     rng = np.random.default_rng(0)
     for n in (int(s) for s in args.sizes.split(",")):
         a, b = (cp.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
         ours_c, ref_c = cp.empty((n, n), cp.float32), cp.empty((n, n), cp.float32)
-        _first_call(f"sgemm {n}", lambda a=a, b=b, c=ours_c: gpu.gemm(a, b, out=c))
+        _first_call(f"sgemm {n}", lambda a=a, b=b, c=ours_c: gpu_gemm.gemm(a, b, out=c))
         cp.matmul(a, b, out=ref_c)
         ref_host = cp.asnumpy(ref_c)
         tol = 1e-4 * math.sqrt(n) * float(np.abs(ref_host).max())
         _check(f"sgemm {n} vs cublas", cp.asnumpy(ours_c), ref_host, tol)
         flops = 2.0 * n**3
-        ours = lambda a=a, b=b, c=ours_c: gpu.gemm(a, b, out=c)
+        ours = lambda a=a, b=b, c=ours_c: gpu_gemm.gemm(a, b, out=c)
         ref = lambda a=a, b=b, c=ref_c: cp.matmul(a, b, out=c)
         _report(cp, f"sgemm {n}x{n}x{n}", ours, ref, flops, "cublas", args)
         if args.naive and n <= 4096:
-            _check(f"sgemm_naive {n}", cp.asnumpy(gpu.sgemm_naive(a, b)), ref_host, tol)
-            naive = lambda a=a, b=b: gpu.sgemm_naive(a, b)
+            _check(f"sgemm_naive {n}", cp.asnumpy(gpu_gemm.sgemm_naive(a, b)), ref_host, tol)
+            naive = lambda a=a, b=b: gpu_gemm.sgemm_naive(a, b)
             _report(cp, f"sgemm_naive {n}x{n}x{n}", naive, ref, flops, "cublas", args)
         del a, b, ours_c, ref_c
         cp.get_default_memory_pool().free_all_blocks()

@@ -314,7 +314,7 @@ def tanh_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) 
 
 
 # -- Softmax -------------------------------------------------------------------------------------
-def _softmax_axis(x: np.ndarray, axis: int) -> int:
+def softmax_axis(x: np.ndarray, axis: int) -> int:
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"Softmax: axis {axis} out of range for input of shape {x.shape}")
     return axis % x.ndim
@@ -353,7 +353,7 @@ def softmax_forward(x: np.ndarray, axis: int = 1, out: np.ndarray | None = None)
     """Caffe Softmax along `axis` (negative counts from the end). x float32 C-contiguous, any rank >= 1,
     e.g. (N, 1000) or (N, C, H, W) -> y same shape. `out` may be x (in place)."""
     _check(x, "Softmax input")
-    axis = _softmax_axis(x, axis)
+    axis = softmax_axis(x, axis)
     out = _out_like(x, out, "Softmax")
     if x.size == 0:
         return out
@@ -404,7 +404,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = 1, out: np.ndarr
     dy, y float32 C-contiguous, same shape (any rank >= 1); `out` may be dy or y itself (in place)."""
     _check(y, "Softmax backward y")
     dx = _grad_args(dy, y, out, "Softmax", "y")
-    axis = _softmax_axis(y, axis)
+    axis = softmax_axis(y, axis)
     if y.size == 0:
         return dx
     shape3 = (math.prod(y.shape[:axis]), y.shape[axis], math.prod(y.shape[axis + 1 :]))
@@ -413,14 +413,14 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = 1, out: np.ndarr
 
 
 # -- Dropout -------------------------------------------------------------------------------------
-def _check_ratio(ratio: float) -> None:
+def check_dropout_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"Dropout: ratio must be in [0, 1), got {ratio}")
 
 
 def dropout_forward_ref(x: np.ndarray, ratio: float, mask: np.ndarray | None = None) -> np.ndarray:
     """TEST (mask None): a copy of x. TRAIN: x * mask * (1 / (1 - ratio)) with mask a bool array of x's shape."""
-    _check_ratio(ratio)
+    check_dropout_ratio(ratio)
     if mask is None:
         return x.copy()
     return np.where(mask, x * np.float32(1.0 / (1.0 - ratio)), np.float32(0)).astype(_ref_dtype(x))
@@ -443,7 +443,7 @@ def dropout_forward(
     y = x * mask / (1 - ratio) ("inverted dropout"); keep the mask for the backward pass.
     """
     _check(x, "Dropout input")
-    _check_ratio(ratio)
+    check_dropout_ratio(ratio)
     if not train:
         return x.copy(), None
     rng = np.random.default_rng() if rng is None else rng
@@ -455,7 +455,7 @@ def dropout_forward(
 
 def dropout_backward_ref(dy: np.ndarray, ratio: float, mask: np.ndarray | None = None) -> np.ndarray:
     """TEST (mask None): dy in float64. TRAIN: dy * mask / (1 - ratio) in float64."""
-    _check_ratio(ratio)
+    check_dropout_ratio(ratio)
     g = dy.astype(np.float64)
     return g if mask is None else g * mask * float(np.float32(1.0 / (1.0 - ratio)))
 
@@ -474,7 +474,7 @@ def dropout_backward(
 
     TEST (mask None): dx = dy. TRAIN: dx = dy * mask / (1 - ratio), with the bool mask `dropout_forward` returned.
     """
-    _check_ratio(ratio)
+    check_dropout_ratio(ratio)
     if mask is None:
         _check(dy, "Dropout backward dy")
         dx = _out_like(dy, out, "Dropout backward", "dy")

@@ -146,7 +146,7 @@ DIRECT = True  # forward: the direct path where it applies (direct_applies); Fal
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
 
 
-def _geometry(x_shape, w_shape, stride, pad, dilation):
+def conv2d_geometry(x_shape, w_shape, stride, pad, dilation):
     """Shapes of a convolution: (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow)."""
     n, c, h, wd = x_shape
     m, cg, kh, kw = w_shape
@@ -179,7 +179,9 @@ def conv2d_forward_ref(
     """
     x64 = np.asarray(x, np.float64)
     w64 = np.asarray(w, np.float64)
-    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = _geometry(x64.shape, w64.shape, stride, pad, dilation)
+    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = conv2d_geometry(
+        x64.shape, w64.shape, stride, pad, dilation
+    )
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
     xp[:, :, ph : ph + h, pw : pw + wd] = x64
     mg = m // group
@@ -219,7 +221,9 @@ def conv2d_backward_ref(
     dy64 = np.asarray(dy, np.float64)
     x64 = np.asarray(x, np.float64)
     w64 = np.asarray(w, np.float64)
-    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = _geometry(x64.shape, w64.shape, stride, pad, dilation)
+    (n, c, h, wd), (m, cg, kh, kw), st, (ph, pw), dil, out_hw = conv2d_geometry(
+        x64.shape, w64.shape, stride, pad, dilation
+    )
     if dy64.shape != (n, m, *out_hw):
         raise ValueError(f"conv2d_backward_ref: expected dy of shape {(n, m, *out_hw)}, got {dy64.shape}")
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
@@ -663,7 +667,9 @@ def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> b
     """Does the forward take the direct path (``_conv_direct``)? Horizontal stride 1, output rows a multiple of 8
     pixels wide (each 8-pixel run one vector of one input row), and one padded image group small enough to stay in
     L2 (DIRECT_MAX_INPUT floats): LeNet's convolutions, small images."""
-    (_, _, h, wd), (_, cg, _, _), (_, sw), (ph, pw), _, (oh, ow) = _geometry(x_shape, w_shape, stride, pad, dilation)
+    (_, _, h, wd), (_, cg, _, _), (_, sw), (ph, pw), _, (oh, ow) = conv2d_geometry(
+        x_shape, w_shape, stride, pad, dilation
+    )
     return sw == 1 and ow % 8 == 0 and ow > 0 and oh > 0 and cg * (h + 2 * ph) * (wd + 2 * pw) <= DIRECT_MAX_INPUT
 
 
@@ -824,7 +830,7 @@ def conv2d_output_shape(in_hw, kernel, stride, pad, dilation) -> tuple[int, int]
     return oh, ow
 
 
-def _check_conv_args(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int) -> None:
+def check_conv2d_args(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, group: int) -> None:
     if x.ndim != 4:
         raise ValueError(f"conv2d: expected x of rank 4 (N, C, H, W), got shape {x.shape}")
     if w.ndim != 4:
@@ -874,7 +880,7 @@ def conv2d_forward(
     w = np.ascontiguousarray(w, dtype=np.float32)
     b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     group = int(group)
-    _check_conv_args(x, w, b, group)
+    check_conv2d_args(x, w, b, group)
     run = ForwardRunner(x.shape, w.shape, stride, pad, dilation, group, relu, relu_max)
     if out is None:
         out = np.empty(run.out_shape, np.float32)
@@ -914,7 +920,7 @@ class ForwardRunner:
     def __init__(
         self, x_shape, w_shape, stride, pad, dilation, group: int, relu: bool, relu_max: float = math.inf
     ) -> None:
-        (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
+        (n, c, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = conv2d_geometry(
             x_shape, w_shape, stride, pad, dilation
         )
         self.out_shape = (n, m, oh, ow)
@@ -1085,8 +1091,8 @@ def conv2d_backward(
     w = np.ascontiguousarray(w, dtype=np.float32)
     dy = np.ascontiguousarray(dy, dtype=np.float32)
     group = int(group)
-    _check_conv_args(x, w, None, group)
-    (n, _, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dil_w), (oh, ow) = _geometry(
+    check_conv2d_args(x, w, None, group)
+    (n, _, h, wd), (m, cg, kh, kw), (sh, sw), (ph, pw), (dh, dil_w), (oh, ow) = conv2d_geometry(
         x.shape, w.shape, stride, pad, dilation
     )
     if dy.shape != (n, m, oh, ow):

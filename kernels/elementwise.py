@@ -85,7 +85,7 @@ def _check_out(out: np.ndarray | None, shape: tuple[int, ...], what: str, x: np.
 
 
 # -- Concat --------------------------------------------------------------------------------------
-def _concat_shape(xs: Sequence[np.ndarray], axis: int) -> tuple[tuple[int, ...], int]:
+def concat_shape(xs: Sequence[np.ndarray], axis: int) -> tuple[tuple[int, ...], int]:
     if len(xs) == 0:
         raise ValueError("Concat: expected at least one input, got none")
     for i, x in enumerate(xs):
@@ -112,7 +112,7 @@ def concat_forward(xs: Sequence[np.ndarray], axis: int = 1, out: np.ndarray | No
 
     Always writes a new array (or `out`); any memory layout of the inputs is accepted.
     """
-    shape, axis = _concat_shape(xs, axis)
+    shape, axis = concat_shape(xs, axis)
     y = _check_out(out, shape, "Concat")
     offset = 0
     index: list[slice] = [slice(None)] * len(shape)
@@ -123,7 +123,7 @@ def concat_forward(xs: Sequence[np.ndarray], axis: int = 1, out: np.ndarray | No
     return y
 
 
-def _concat_sizes(dy: np.ndarray, sizes: Sequence[int], axis: int) -> int:
+def concat_sizes(dy: np.ndarray, sizes: Sequence[int], axis: int) -> int:
     if not -dy.ndim <= axis < max(dy.ndim, 1):
         raise ValueError(f"Concat backward: axis {axis} out of range for dy of shape {dy.shape}")
     axis %= dy.ndim
@@ -136,7 +136,7 @@ def _concat_sizes(dy: np.ndarray, sizes: Sequence[int], axis: int) -> int:
 
 def concat_backward_ref(dy: np.ndarray, sizes: Sequence[int], axis: int = 1) -> list[np.ndarray]:
     """dy (concatenated shape) -> one float64 gradient per input, the slices of dy of `sizes` along `axis`."""
-    axis = _concat_sizes(dy, sizes, axis)
+    axis = concat_sizes(dy, sizes, axis)
     return [a.astype(np.float64) for a in np.split(dy, np.cumsum(sizes)[:-1], axis=axis)]
 
 
@@ -150,7 +150,7 @@ def concat_backward(
     """
     if not isinstance(dy, np.ndarray) or dy.dtype != np.float32:
         raise ValueError(f"Concat backward dy: expected a float32 array, got {getattr(dy, 'dtype', type(dy))}")
-    axis = _concat_sizes(dy, sizes, axis)
+    axis = concat_sizes(dy, sizes, axis)
     want = [True] * len(sizes) if propagate_down is None else [bool(v) for v in propagate_down]
     out: list[np.ndarray | None] = []
     offset = 0
@@ -163,7 +163,7 @@ def concat_backward(
 
 
 # -- Eltwise -------------------------------------------------------------------------------------
-def _check_eltwise(
+def check_eltwise(
     xs: Sequence[np.ndarray], operation: str, coeffs: Sequence[float] | None, dtype_check: bool = True
 ) -> None:
     if operation not in OPERATIONS:
@@ -187,7 +187,7 @@ def eltwise_forward_ref(
 ) -> np.ndarray:
     """xs: >= 2 float32 arrays of one shape -> y (same shape), folding the inputs in order like Caffe (float64
     inputs give a float64 y, for finite-difference checks)."""
-    _check_eltwise(xs, operation, coeffs, dtype_check=False)
+    check_eltwise(xs, operation, coeffs, dtype_check=False)
     if operation == "SUM":
         c = [np.float32(v) for v in coeffs] if coeffs is not None else [np.float32(1)] * len(xs)
         y = c[0] * xs[0]
@@ -281,7 +281,7 @@ def eltwise_forward(
     win only when strictly greater). `out` may be input 0 or input 1 itself (in place). `mask` (MAX only): an int32
     C-contiguous array of y's shape that receives the index of the winning input, for `eltwise_backward`.
     """
-    _check_eltwise(xs, operation, coeffs)
+    check_eltwise(xs, operation, coeffs)
     y = _check_out(out, xs[0].shape, "Eltwise")
     if mask is not None:
         if operation != "MAX":
@@ -329,7 +329,7 @@ def eltwise_backward_ref(
     dy: np.ndarray, xs: Sequence[np.ndarray], operation: str = "SUM", coeffs: Sequence[float] | None = None
 ) -> list[np.ndarray]:
     """dy, xs (the forward inputs) -> one float64 gradient per input (formulas in the module doc)."""
-    _check_eltwise(xs, operation, coeffs, dtype_check=False)
+    check_eltwise(xs, operation, coeffs, dtype_check=False)
     g = dy.astype(np.float64)
     if operation == "SUM":
         c = [float(np.float32(v)) for v in coeffs] if coeffs is not None else [1.0] * len(xs)
@@ -369,7 +369,7 @@ def eltwise_backward(
     SUM dx_i = coeffs[i] * dy; PROD dx_i = dy * prod_{j != i} xs[j]; MAX dx_i = dy where input i won (from `mask`
     as recorded by `eltwise_forward(..., mask=...)`, else recomputed from xs), else 0.
     """
-    _check_eltwise(xs, operation, coeffs)
+    check_eltwise(xs, operation, coeffs)
     _check(dy, "Eltwise backward dy")
     if dy.shape != xs[0].shape:
         raise ValueError(f"Eltwise backward dy: expected shape {xs[0].shape} (the inputs'), got {dy.shape}")
@@ -437,7 +437,7 @@ def split_backward(dys: Sequence[np.ndarray], out: np.ndarray | None = None) -> 
 
 
 # -- per-slice affine: BatchNorm, Scale, Bias ---------------------------------------------------------
-def _slices(x: np.ndarray, param: np.ndarray, axis: int, what: str) -> tuple[int, int, int]:
+def param_slices(x: np.ndarray, param: np.ndarray, axis: int, what: str) -> tuple[int, int, int]:
     """(outer, G, inner) view sizes of x for a parameter of shape x.shape[axis:axis + param.ndim]."""
     if not -x.ndim <= axis < max(x.ndim, 1):
         raise ValueError(f"{what}: axis {axis} out of range for input of shape {x.shape}")
@@ -497,7 +497,7 @@ def _param(p, what: str) -> np.ndarray:
 
 def scale_forward_ref(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None = None, axis: int = 1) -> np.ndarray:
     """x float32 (any rank), gamma of shape x.shape[axis:axis + gamma.ndim] -> x * gamma (+ beta), broadcast."""
-    outer, groups, inner = _slices(x, gamma, axis, "Scale")
+    outer, groups, inner = param_slices(x, gamma, axis, "Scale")
     y = x.reshape(outer, groups, inner) * gamma.reshape(1, groups, 1)
     if beta is not None:
         y = y + beta.reshape(1, groups, 1)
@@ -511,7 +511,7 @@ def scale_forward(
     x.shape[axis:axis + gamma.ndim] (0-d: one scalar). `out` may be x (in place)."""
     _check(x, "Scale input")
     gamma = _param(gamma, "Scale gamma")
-    outer, groups, inner = _slices(x, gamma, axis, "Scale")
+    outer, groups, inner = param_slices(x, gamma, axis, "Scale")
     y = _check_out(out, x.shape, "Scale", x)
     x3, y3, g = x.reshape(outer, groups, inner), y.reshape(outer, groups, inner), gamma.reshape(-1)
     if beta is None:
@@ -526,7 +526,7 @@ def scale_forward(
 
 def bias_forward_ref(x: np.ndarray, beta: np.ndarray, axis: int = 1) -> np.ndarray:
     """x float32 (any rank), beta of shape x.shape[axis:axis + beta.ndim] -> x + beta, broadcast."""
-    outer, groups, inner = _slices(x, beta, axis, "Bias")
+    outer, groups, inner = param_slices(x, beta, axis, "Bias")
     return (x.reshape(outer, groups, inner) + beta.reshape(1, groups, 1)).reshape(x.shape).astype(_ref_dtype(x))
 
 
@@ -535,7 +535,7 @@ def bias_forward(x: np.ndarray, beta: np.ndarray, axis: int = 1, out: np.ndarray
     `out` may be x (in place)."""
     _check(x, "Bias input")
     beta = _param(beta, "Bias beta")
-    outer, groups, inner = _slices(x, beta, axis, "Bias")
+    outer, groups, inner = param_slices(x, beta, axis, "Bias")
     y = _check_out(out, x.shape, "Bias", x)
     _bias_slices(x.reshape(outer, groups, inner), beta.reshape(-1), y.reshape(outer, groups, inner))
     return y
@@ -546,7 +546,7 @@ def scale_backward_ref(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dy, x (the forward input), gamma -> (dx, dgamma, dbeta) in float64: dy * gamma, sum(dy * x), sum(dy) over the
     broadcast axes (dgamma and dbeta have gamma's shape)."""
-    outer, groups, inner = _slices(x, gamma, axis, "Scale")
+    outer, groups, inner = param_slices(x, gamma, axis, "Scale")
     g = dy.astype(np.float64).reshape(outer, groups, inner)
     x3 = x.astype(np.float64).reshape(outer, groups, inner)
     dx = g * gamma.astype(np.float64).reshape(1, groups, 1)
@@ -559,7 +559,7 @@ def scale_backward_ref(
 
 def bias_backward_ref(dy: np.ndarray, beta: np.ndarray, axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """dy, beta -> (dx, dbeta) in float64: dy itself and its sum over the broadcast axes (beta's shape)."""
-    outer, groups, inner = _slices(dy, beta, axis, "Bias")
+    outer, groups, inner = param_slices(dy, beta, axis, "Bias")
     g = dy.astype(np.float64)
     return g, g.reshape(outer, groups, inner).sum(axis=(0, 2)).reshape(beta.shape)
 
@@ -616,7 +616,7 @@ def scale_backward(
     """
     _check(dy, "Scale backward dy")
     gamma = _param(gamma, "Scale gamma")
-    outer, groups, inner = _slices(dy, gamma, axis, "Scale")
+    outer, groups, inner = param_slices(dy, gamma, axis, "Scale")
     if need_dgamma:
         _check(x, "Scale backward x")
         if x.shape != dy.shape:
@@ -662,7 +662,7 @@ def bias_backward(
     """
     _check(dy, "Bias backward dy")
     beta = _param(beta, "Bias beta")
-    outer, groups, inner = _slices(dy, beta, axis, "Bias")
+    outer, groups, inner = param_slices(dy, beta, axis, "Bias")
     dx = None
     if need_dx:
         dx = _check_out(out, dy.shape, "Bias backward", dy)

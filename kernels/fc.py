@@ -36,7 +36,7 @@ CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4
 SMALL_M = 32  # at most this many rows of x2: the weight-streaming kernel for W of shape (N, K)
 
 
-def _flatten(x: np.ndarray, axis: int, k_expected: int) -> tuple[np.ndarray, tuple[int, ...]]:
+def flatten_input(x: np.ndarray, axis: int, k_expected: int) -> tuple[np.ndarray, tuple[int, ...]]:
     """x viewed as (M, K) with M = prod(shape[:axis]), K = prod(shape[axis:]); also returns shape[:axis]."""
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"inner_product: axis {axis} out of range for x of shape {x.shape}")
@@ -51,7 +51,7 @@ def _flatten(x: np.ndarray, axis: int, k_expected: int) -> tuple[np.ndarray, tup
     return x.reshape(math.prod(lead), k), lead
 
 
-def _weight_dims(w: np.ndarray, transpose: bool) -> tuple[int, int]:
+def weight_dims(w: np.ndarray, transpose: bool) -> tuple[int, int]:
     """(N outputs, K inputs) of the weight: w is (N, K), or (K, N) with transpose."""
     if w.ndim != 2:
         raise ValueError(
@@ -172,8 +172,8 @@ def inner_product_forward_ref(
     Returns y: x.shape[:axis] + (N,), y = x2 @ W.T + b (x2 @ W + b with transpose).
     """
     x = np.asarray(x)
-    n, k = _weight_dims(np.asarray(w), transpose)
-    x2, lead = _flatten(x, axis, k)
+    n, k = weight_dims(np.asarray(w), transpose)
+    x2, lead = flatten_input(x, axis, k)
     w64 = np.asarray(w, np.float64)
     y = x2.astype(np.float64) @ (w64 if transpose else w64.T)
     if b is not None:
@@ -191,8 +191,8 @@ def inner_product_backward_ref(
     dy2.T @ x2 (x2.T @ dy2 with transpose); db: (N,) = column sums of dy2, or None when `bias` is False.
     """
     x = np.asarray(x)
-    n, k = _weight_dims(np.asarray(w), transpose)
-    x2, lead = _flatten(x, axis, k)
+    n, k = weight_dims(np.asarray(w), transpose)
+    x2, lead = flatten_input(x, axis, k)
     dy = np.asarray(dy, np.float64)
     if dy.shape != lead + (n,):
         raise ValueError(f"inner_product_backward_ref: expected dy of shape {lead + (n,)}, got {dy.shape}")
@@ -222,8 +222,8 @@ def inner_product_forward(
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    n, k = _weight_dims(w, transpose)
-    x2, lead = _flatten(x, axis, k)
+    n, k = weight_dims(w, transpose)
+    x2, lead = flatten_input(x, axis, k)
     if b is not None:
         b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
         if b.shape != (n,):
@@ -351,8 +351,8 @@ def inner_product_backward(
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
-    n, k = _weight_dims(w, transpose)
-    x2, lead = _flatten(x, axis, k)
+    n, k = weight_dims(w, transpose)
+    x2, lead = flatten_input(x, axis, k)
     dy = np.ascontiguousarray(dy, dtype=np.float32)
     if dy.shape != lead + (n,):
         raise ValueError(

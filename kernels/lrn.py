@@ -40,7 +40,7 @@ REGIONS = ("ACROSS_CHANNELS", "WITHIN_CHANNEL")
 BLOCK = 128  # pixels per ACROSS task: long enough to vectorise, short enough to give N=1 several tasks
 
 
-def _check_params(local_size: int, beta: float, region: str) -> None:
+def check_lrn_params(local_size: int, beta: float, region: str) -> None:
     if local_size <= 0 or local_size % 2 == 0:
         raise ValueError(f"LRN: local_size must be odd and > 0, got {local_size}")
     if region not in REGIONS:
@@ -55,7 +55,7 @@ def _check(x: np.ndarray, local_size: int, beta: float, region: str, what: str =
         raise ValueError(f"{what}: expected a 4-D float32 array (N, C, H, W), got {got}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{what}: expected a C-contiguous array, got strides {x.strides} (use np.ascontiguousarray)")
-    _check_params(local_size, beta, region)
+    check_lrn_params(local_size, beta, region)
 
 
 # -- 0. NumPy references ------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def lrn_forward_ref(
 ) -> np.ndarray:
     """Plain reference: x (N, C, H, W) float32 -> y (N, C, H, W) float32, computed in float64 (a float64 x gives a
     float64 y, for finite-difference checks)."""
-    _check_params(local_size, beta, region)
+    check_lrn_params(local_size, beta, region)
     x64 = x.astype(np.float64)
     scale, _ = _scale_ref(x64, local_size, alpha, k, region)
     return (x64 * scale**-beta).astype(np.float64 if x.dtype == np.float64 else np.float32)
@@ -107,7 +107,7 @@ def lrn_backward_ref(
     region: str = "ACROSS_CHANNELS",
 ) -> np.ndarray:
     """Plain reference backward in float64: dy, x (N, C, H, W) -> dx (N, C, H, W) float64 (formulas above)."""
-    _check_params(local_size, beta, region)
+    check_lrn_params(local_size, beta, region)
     x64, g = x.astype(np.float64), dy.astype(np.float64)
     scale, a = _scale_ref(x64, local_size, alpha, k, region)
     y = x64 * scale**-beta

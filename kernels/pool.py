@@ -71,7 +71,7 @@ def _pair(value: int | tuple[int, int] | list[int], what: str) -> tuple[int, int
     return pair  # type: ignore[return-value]
 
 
-def _check_params(kernel, stride, pad, method: str | None, round_mode: str) -> tuple[tuple[int, int], ...]:
+def check_pool_params(kernel, stride, pad, method: str | None, round_mode: str) -> tuple[tuple[int, int], ...]:
     """Normalise kernel/stride/pad to (h, w) pairs and check them as Caffe's PoolingLayer does."""
     k, s, p = _pair(kernel, "kernel"), _pair(stride, "stride"), _pair(pad, "pad")
     if min(k) <= 0 or min(s) <= 0 or min(p) < 0:
@@ -99,7 +99,7 @@ def pool2d_output_shape(in_hw: tuple[int, int], kernel, stride, pad, round_mode:
     kernel, stride, pad: int or (h, w). round_mode: "CEIL" (Caffe's default) or "FLOOR".
     Raises ValueError for invalid parameters or when the kernel does not fit (output size < 1).
     """
-    k, s, p = _check_params(kernel, stride, pad, None, round_mode)
+    k, s, p = check_pool_params(kernel, stride, pad, None, round_mode)
     h, w = (int(v) for v in in_hw)
     oh, ow = _axis_out(h, k[0], s[0], p[0], round_mode), _axis_out(w, k[1], s[1], p[1], round_mode)
     if oh < 1 or ow < 1:
@@ -173,7 +173,7 @@ def pool2d_forward_ref(
 
     With return_mask (MAX only), returns (y, mask): mask (N, C, oh, ow) int32, the argmax h * W + w or -1.
     """
-    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    k, s, p = check_pool_params(kernel, stride, pad, method, round_mode)
     if return_mask and method != "MAX":
         raise ValueError(f"pooling: return_mask needs method MAX, got {method!r}")
     n, c, h, w = x.shape
@@ -203,7 +203,7 @@ def pool2d_backward_ref(
 ) -> np.ndarray:
     """Plain reference backward in float64: dy (N, C, oh, ow), x (N, C, H, W) the forward input -> dx (N, C, H, W)
     float64. MAX routes each dy to its window's first maximum in x; AVE spreads dy / divisor over the real pixels."""
-    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    k, s, p = check_pool_params(kernel, stride, pad, method, round_mode)
     n, c, h, w = x.shape
     oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
     if dy.shape != (n, c, oh, ow):
@@ -475,7 +475,7 @@ class ForwardRunner:
     __slots__ = ("out_shape", "planes", "steps")
 
     def __init__(self, x_shape, *, method="MAX", kernel=(2, 2), stride=(1, 1), pad=(0, 0), round_mode="CEIL"):
-        k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+        k, s, p = check_pool_params(kernel, stride, pad, method, round_mode)
         n, c, h, w = x_shape
         oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
         self.out_shape = (n, c, oh, ow)
@@ -509,7 +509,7 @@ def pool2d_forward(
     argmax bookkeeping.
     """
     _check_input(x)
-    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    k, s, p = check_pool_params(kernel, stride, pad, method, round_mode)
     n, c, h, w = x.shape
     oh, ow = pool2d_output_shape((h, w), k, s, p, round_mode)
     if out is None:
@@ -550,7 +550,7 @@ def pool2d_backward(
     when given, else recomputed from x (which must then be the array). AVE spreads dy / divisor over the window's
     real pixels. Returns dx (N, C, H, W) float32, written into `out` when given (C-contiguous, not aliasing dy).
     """
-    k, s, p = _check_params(kernel, stride, pad, method, round_mode)
+    k, s, p = check_pool_params(kernel, stride, pad, method, round_mode)
     _check_array(dy, "pooling backward dy")
     shape = tuple(int(v) for v in (x.shape if isinstance(x, np.ndarray) else x))
     if len(shape) != 4:

@@ -269,7 +269,7 @@ class Solver:
     def _flatten_params(self):
         """GPU: move every learnable blob into flat device buffers (weights, gradients, history) as views, so one
         fused launch updates them all; the test nets share the same Blob objects and so see the views too."""
-        from kernels import gpu_optim
+        from kernels.gpu import optim as gpu_optim
 
         if self.type not in ("SGD", "Nesterov"):
             raise gpu_optim.unsupported_solver(self.type)
@@ -485,7 +485,7 @@ class Solver:
     def _apply_update_gpu(self, rate: float) -> None:
         """The same step as the CPU path, fused into one launch (kernels/cuda/optim.cu); clipping reads the global
         gradient norm back (computed on the device) to decide and log, as the CPU path does."""
-        from kernels import gpu_optim
+        from kernels.gpu import optim as gpu_optim
 
         p = self.param
         clip = np.float32(1.0)

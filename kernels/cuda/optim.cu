@@ -1,6 +1,6 @@
 // crema GPU solver update: Caffe's SGD and Nesterov steps (with clipping, iter_size scaling, L2 / L1 weight decay and
 // per-blob lr_mult / decay_mult) fused into one launch over every learnable blob (caffe_facts §6.1, kernels/optim.py).
-// CUDA C for NVRTC (no #include), loaded by kernels/gpu_optim.py.
+// CUDA C for NVRTC (no #include), loaded by kernels/gpu/optim.py.
 //
 // The solver keeps all learnable blobs as views of three flat device buffers (weights w, gradients g, history h);
 // segment s is elements [off[s], off[s + 1]) (the gaps between segments, for 256-byte alignment, are never touched).

@@ -1,4 +1,4 @@
-"""A kernels.gpu_runtime.Runtime that runs crema's CUDA C sources on the CPU, for tests on machines without a GPU.
+"""A kernels.gpu.backend.Runtime that runs crema's CUDA C sources on the CPU, for tests on machines without a GPU.
 
 Each kernels/cuda/<name>.cu is compiled by g++ with cuda_emu.h force-included (blocks one after another, the threads
 of a block as fibers between barriers; see the header) into a shared library per constant set, and launched through
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels import gpu_runtime as gr
+from kernels.gpu import backend as gr
 
 HEADER = Path(__file__).resolve().parent / "cuda_emu.h"
 GUARD = 64  # elements of guard band on each side of every allocation

@@ -1,4 +1,4 @@
-"""The GPU backend: kernels/gpu.py, kernels/cuda/*.cu, net/device.py and `--device gpu`.
+"""The GPU backend: kernels/gpu/ (forward launchers), kernels/cuda/*.cu, net/device.py and `--device gpu`.
 
 Everywhere (no GPU needed):
   - launch geometry (tiles, split-K, grids, 32-bit chunks) and the Python mirrors of the CUDA constants;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,12 +32,15 @@ import types
 import numpy as np
 import pytest
 
-from kernels import activations, conv, elementwise, fc, gpu, lrn, pool
-from kernels import gpu_runtime as gr
-from kernels.gemm import gemm as cpu_gemm
-from kernels.gpu_runtime import GPUBackendError
-from net import Net
 from crema import main
+from kernels import activations, conv, elementwise, fc, gpu, lrn, pool
+from kernels.gemm import gemm as cpu_gemm
+from kernels.gpu import GPUBackendError
+from kernels.gpu import activations as gpu_activations
+from kernels.gpu import backend as gr
+from kernels.gpu import fc as gpu_fc
+from kernels.gpu import gemm as gpu_gemm
+from net import Net
 from tests.conftest import ROOT, randomize
 from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, defines_in, runtime_for, synchronising
 
@@ -87,24 +91,52 @@ def assert_near(got: np.ndarray, want: np.ndarray, atol: float = ATOL) -> None:
 # -- launch geometry and constants (pure Python) ---------------------------------------------------------
 def test_python_constants_match_the_cuda_sources() -> None:
     defs = defines_in("gemm")
-    for name in ("F_RELU", "F_ACCUMULATE", "F_ATOMIC", "F_VEC_A", "F_VEC_B", "F_VEC_C", "F_BIAS", "GEMV_MAX_M"):
-        assert getattr(gpu, name) == defs[name], name
+    for name in ("F_RELU", "F_ACCUMULATE", "F_ATOMIC", "F_VEC_A", "F_VEC_B", "F_VEC_C", "F_BIAS"):
+        assert getattr(gpu_gemm, name) == defs[name] == defines_in("conv")[name], name
+    assert gpu_fc.GEMV_MAX_M == defines_in("fc")["GEMV_MAX_M"]
     large = gr.LARGE
     assert (large.bm, large.bn, large.bk, large.tm, large.tn, large.min_blocks) == tuple(
         defs[k] for k in ("BM", "BN", "BK", "TM", "TN", "MIN_BLOCKS")
     )
-    assert gpu.SOFTMAX_THREADS == defines_in("activations")["SOFTMAX_THREADS"]
+    assert gpu_activations.SOFTMAX_THREADS == defines_in("activations")["SOFTMAX_THREADS"]
 
 
 def test_kernel_names() -> None:
     names = {src: gr.kernel_names(gr.cuda_source(src)) for src in gr.SOURCES}
-    assert names["gemm"] == ["sgemm", "conv2d_igemm", "sgemm_naive", "gemv_rows", "gemv_rows_t"]
-    assert names["pool"] == ["pool2d_max", "pool2d_ave"]
-    assert names["lrn"] == ["lrn_across", "lrn_within"]
-    assert names["activations"] == ["relu", "sigmoid", "tanh_forward", "softmax_rows", "softmax_strided", "clip"]
-    assert len(names["elementwise"]) == 6
-    assert synchronising(gr.cuda_source("gemm")) >= {"sgemm", "conv2d_igemm", "gemv_rows"}
-    assert "gemv_rows_t" not in synchronising(gr.cuda_source("gemm"))
+    assert names["gemm"] == ["sgemm", "sgemm_naive"]
+    assert names["conv"] == ["conv2d_igemm", "pack_dy", "im2col", "col2im"]
+    assert names["fc"] == ["gemv_rows", "gemv_rows_t"]
+    assert names["pool"] == ["pool2d_max", "pool2d_ave", "pool2d_max_backward", "pool2d_ave_backward"]
+    assert names["lrn"] == [
+        "lrn_across",
+        "lrn_within",
+        "lrn_across_backward",
+        "lrn_within_ratio",
+        "lrn_within_backward",
+    ]
+    assert names["activations"][:6] == ["relu", "sigmoid", "tanh_forward", "softmax_rows", "softmax_strided", "clip"]
+    assert len(names["activations"]) == 14 and len(names["elementwise"]) == 10
+    assert names["loss"] == ["softmax_loss", "softmax_loss_grad"]
+    every = [k for ks in names.values() for k in ks]
+    assert len(every) == len(set(every)), "a kernel name in two sources"
+    assert synchronising(gr.cuda_source("gemm")) >= {"sgemm"}
+    assert synchronising(gr.cuda_source("conv")) >= {"conv2d_igemm"}
+    assert synchronising(gr.cuda_source("fc")) >= {"gemv_rows"}
+    assert "gemv_rows_t" not in synchronising(gr.cuda_source("fc"))
+
+
+def test_cuda_sources_inline_their_headers() -> None:
+    """gemm.cu and conv.cu share gemm.cuh: `cuda_source` inlines it once (NVRTC and the emulator get one text), and
+    no other source includes anything."""
+    header = (gr.CUDA_DIR / "gemm.cuh").read_text(encoding="utf-8")
+    for source in gr.SOURCES:
+        raw, text = (gr.CUDA_DIR / f"{source}.cu").read_text(encoding="utf-8"), gr.cuda_source(source)
+        assert not re.search(r"^\s*#\s*include", text, re.MULTILINE), source
+        if source in ("gemm", "conv"):
+            assert raw.count('\n#include "gemm.cuh"\n') == 1 and text.count("gemm_mainloop(const float*") == 1, source
+        else:
+            assert not re.search(r"^\s*#\s*include", raw, re.MULTILINE) and text == raw, source
+    assert "__global__" not in header
 
 
 @pytest.mark.parametrize(
@@ -168,9 +200,9 @@ def test_flat_launch_and_chunks() -> None:
 
 
 def test_gemv_k_splits() -> None:
-    assert gpu.gemv_k_splits(4096, 9216, 132) == 17  # 16 column blocks -> 17 K ranges of 543 rows
-    assert gpu.gemv_k_splits(100_000, 9216, 132) == 1
-    assert gpu.gemv_k_splits(10, 100, 132) == 1  # K too short to split
+    assert gpu_fc.gemv_k_splits(4096, 9216, 132) == 17  # 16 column blocks -> 17 K ranges of 543 rows
+    assert gpu_fc.gemv_k_splits(100_000, 9216, 132) == 1
+    assert gpu_fc.gemv_k_splits(10, 100, 132) == 1  # K too short to split
 
 
 # -- compile checks ---------------------------------------------------------------------------------------
@@ -198,10 +230,10 @@ def test_nvcc_compiles_the_other_tiles(tile: gr.Tile) -> None:
         "-o",
         "/dev/null",
         *gr.define_options(defines),
-        str(gr.CUDA_DIR / "gemm.cu"),
     ]
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    for source in ("gemm.cu", "conv.cu"):
+        done = subprocess.run([*cmd, str(gr.CUDA_DIR / source)], check=False, capture_output=True, text=True)
+        assert done.returncode == 0, (source, done.stderr)
 
 
 def _nvrtc_program():
@@ -216,7 +248,8 @@ def _nvrtc_program():
 
 @pytest.mark.parametrize(
     ("source", "defines"),
-    [(s, ()) for s in gr.SOURCES] + [("gemm", gr.SMALL.defines() + (("TRANS_B", 1), ("KH", 5), ("KW", 5)))],
+    [(s, ()) for s in gr.SOURCES]
+    + [("gemm", gr.SMALL.defines() + (("TRANS_B", 1),)), ("conv", gr.SMALL.defines() + (("KH", 5), ("KW", 5)))],
 )
 def test_nvrtc_compiles_as_cupy_does(source: str, defines: gr.Defines) -> None:
     program = _nvrtc_program()
@@ -326,7 +359,7 @@ def test_cpu_and_gpu_launchers_share_signatures() -> None:
             assert (a.name, a.kind, a.default) == (b.name, b.kind, b.default), (name, a, b)
     gemm_cpu = inspect.signature(cpu_gemm).parameters
     assert [(p.name, p.default) for p in gemm_cpu.values()] == [
-        (p.name, p.default) for p in inspect.signature(gpu.gemm).parameters.values()
+        (p.name, p.default) for p in inspect.signature(gpu_gemm.gemm).parameters.values()
     ]
 
 
@@ -352,7 +385,7 @@ def test_gemm(dev, m, n, k, trans_a, trans_b) -> None:
     a = randn(rng, *((k, m) if trans_a else (m, k)))
     b = randn(rng, *((n, k) if trans_b else (k, n)))
     want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
-    assert_gemm_close(down(gpu.gemm(up(a), up(b), trans_a=trans_a, trans_b=trans_b)), want, k)
+    assert_gemm_close(down(gpu_gemm.gemm(up(a), up(b), trans_a=trans_a, trans_b=trans_b)), want, k)
 
 
 @pytest.mark.parametrize("tile", gr.TILES, ids=["large", "small", "skinny"])
@@ -367,13 +400,13 @@ def test_sgemm_tiles_splits_bias_relu(dev, tile, splits, trans_a, trans_b) -> No
     prod = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
     for bias_mode, bias in ((1, randn(rng, m)), (2, randn(rng, n))):
         c = dev.empty((m, n))
-        gpu._sgemm(dev, up(a), up(b), c, trans_a=trans_a, trans_b=trans_b, bias=up(bias), bias_mode=bias_mode,
+        gpu_gemm.sgemm(dev, up(a), up(b), c, trans_a=trans_a, trans_b=trans_b, bias=up(bias), bias_mode=bias_mode,
                    relu=True, tile=tile, splits=splits)  # fmt: skip
         want = np.maximum(prod + (bias[:, None] if bias_mode == 1 else bias[None, :]), 0)
         assert_gemm_close(down(c), want, k)
     c0 = randn(rng, m, n)
     c = up(c0)
-    gpu._sgemm(dev, up(a), up(b), c, trans_a=trans_a, trans_b=trans_b, accumulate=True, tile=tile, splits=splits)
+    gpu_gemm.sgemm(dev, up(a), up(b), c, trans_a=trans_a, trans_b=trans_b, accumulate=True, tile=tile, splits=splits)
     assert_gemm_close(down(c), prod + c0, k)
 
 
@@ -387,9 +420,9 @@ def test_gemm_on_unaligned_views(dev) -> None:
     av[...] = up(a)
     bv[...] = up(b)
     assert dev.ptr(av) % 16 and dev.ptr(bv) % 16 and dev.ptr(cv) % 16
-    gpu.gemm(av, bv, out=cv)
+    gpu_gemm.gemm(av, bv, out=cv)
     assert_gemm_close(down(cv), a.astype(np.float64) @ b, k)
-    assert_gemm_close(down(gpu.sgemm_naive(up(a), up(b))), a.astype(np.float64) @ b, k)
+    assert_gemm_close(down(gpu_gemm.sgemm_naive(up(a), up(b))), a.astype(np.float64) @ b, k)
 
 
 CONV_CASES = [  # x shape, w shape, stride, pad, dilation, group, bias, relu
@@ -633,7 +666,7 @@ def test_kernels_with_barriers_in_every_thread_order(emu_orders) -> None:
         with gpu.use_runtime(rt):
             for tile in gr.TILES:
                 c = rt.empty((70, 75))
-                gpu._sgemm(rt, up(a), up(b), c, trans_a=False, trans_b=False, tile=tile, splits=2)
+                gpu_gemm.sgemm(rt, up(a), up(b), c, trans_a=False, trans_b=False, tile=tile, splits=2)
                 assert_gemm_close(down(c), a.astype(np.float64) @ b, 90)
             y = gpu.conv2d_forward(up(x), up(w), None, pad=1)
             assert_gemm_close(down(y), conv.conv2d_forward_ref(x, w, None, pad=1), 36)

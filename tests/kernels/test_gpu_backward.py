@@ -1,4 +1,5 @@
-"""GPU training kernels (kernels/gpu_backward.py + backward.cu, kernels/gpu_optim.py + optim.cu) against the CPU.
+"""GPU training kernels (the backward launchers of kernels/gpu/*.py + kernels/cuda/*.cu, kernels/gpu/optim.py +
+optim.cu) against the CPU.
 
 Same test bodies on two runtimes (fixture `rt`): "emulator" runs the CUDA sources on the CPU (tests/kernels/cuda_emu.py:
 threads of a block in reverse order; argument types, launch limits and out-of-bounds writes checked), "cuda" on a GPU
@@ -19,9 +20,9 @@ import numpy as np
 import pytest
 
 from kernels import activations, conv, elementwise, fc, gpu, lrn, optim, pool
-from kernels import gpu_backward as gb
-from kernels import gpu_optim as go
 from kernels import loss as closs
+from kernels.gpu import conv as gpu_conv
+from kernels.gpu import optim as gpu_optim
 from tests.gradcheck import numeric_grad
 from tests.kernels.cuda_emu import EmuRuntime, compiler, default_build_dir, runtime_for
 
@@ -85,12 +86,12 @@ def test_conv2d_backward(dev, xs, ws, stride, pad, dilation, group) -> None:
     dy = randn(rng, *y.shape)
     rdx, rdw, rdb = conv.conv2d_backward_ref(dy, x, w, **kw)
     dw0, db0 = randn(rng, *ws), randn(rng, ws[0])  # accumulated into
-    dx, dw, db = gb.conv2d_backward(up(dy), up(x), up(w), dw=up(dw0), db=up(db0), **kw)
+    dx, dw, db = gpu.conv2d_backward(up(dy), up(x), up(w), dw=up(dw0), db=up(db0), **kw)
     npix = y.shape[0] * y.shape[2] * y.shape[3]
     assert_gemm_close(down(dx), rdx, ws[0] // group * ws[2] * ws[3])
     assert_gemm_close(down(dw), rdw + dw0, npix)
     assert_gemm_close(down(db), rdb + db0, npix)
-    dx, dw, db = gb.conv2d_backward(up(dy), up(x), up(w), need_dw=False, need_db=False, **kw)
+    dx, dw, db = gpu.conv2d_backward(up(dy), up(x), up(w), need_dw=False, need_db=False, **kw)
     assert dw is None and db is None
     assert_gemm_close(down(dx), rdx, ws[0] // group * ws[2] * ws[3])
 
@@ -101,8 +102,8 @@ def test_conv2d_backward_chunks_images(dev, monkeypatch) -> None:
     x, w = randn(rng, 3, 2, 6, 6), randn(rng, 3, 2, 3, 3)
     dy = randn(rng, 3, 3, 4, 4)
     rdx, rdw, rdb = conv.conv2d_backward_ref(dy, x, w)
-    monkeypatch.setattr(gb, "COL_LIMIT", 2 * 9 * 16)
-    dx, dw, db = gb.conv2d_backward(up(dy), up(x), up(w))
+    monkeypatch.setattr(gpu_conv, "COL_LIMIT", 2 * 9 * 16)
+    dx, dw, db = gpu.conv2d_backward(up(dy), up(x), up(w))
     assert_gemm_close(down(dx), rdx, 27)
     assert_gemm_close(down(dw), rdw, 48)
     assert_gemm_close(down(db), rdb, 48)
@@ -111,11 +112,11 @@ def test_conv2d_backward_chunks_images(dev, monkeypatch) -> None:
 def test_conv2d_backward_errors(dev) -> None:
     x, w = up(np.zeros((1, 2, 5, 5), np.float32)), up(np.zeros((3, 2, 3, 3), np.float32))
     with pytest.raises(ValueError, match=r"expected dy of shape \(1, 3, 3, 3\)"):
-        gb.conv2d_backward(up(np.zeros((1, 3, 2, 2), np.float32)), x, w)
+        gpu.conv2d_backward(up(np.zeros((1, 3, 2, 2), np.float32)), x, w)
     with pytest.raises(ValueError, match="dw was given but need_dw is False"):
-        gb.conv2d_backward(up(np.zeros((1, 3, 3, 3), np.float32)), x, w, dw=w, need_dw=False)
+        gpu.conv2d_backward(up(np.zeros((1, 3, 3, 3), np.float32)), x, w, dw=w, need_dw=False)
     with pytest.raises(ValueError, match="expected a device array"):
-        gb.conv2d_backward(np.zeros((1, 3, 3, 3), np.float32), x, w)
+        gpu.conv2d_backward(np.zeros((1, 3, 3, 3), np.float32), x, w)
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 6, 4), (5, 30, 7), (40, 50, 70)])
@@ -127,7 +128,7 @@ def test_inner_product_backward(dev, m, k, n, transpose) -> None:
     dy = randn(rng, m, n)
     rdx, rdw, rdb = fc.inner_product_backward_ref(dy, x, w, transpose=transpose)
     dw0 = randn(rng, *w.shape)
-    dx, dw, db = gb.inner_product_backward(up(dy), up(x), up(w), transpose=transpose, dw=up(dw0))
+    dx, dw, db = gpu.inner_product_backward(up(dy), up(x), up(w), transpose=transpose, dw=up(dw0))
     assert_gemm_close(down(dx), rdx, n)
     assert_gemm_close(down(dw), rdw + dw0, m)
     assert_gemm_close(down(db), rdb, m)
@@ -153,12 +154,12 @@ def test_pool2d_backward(dev, shape, kernel, stride, pad, mode) -> None:
     pool.pool2d_forward(x, method="MAX", mask=mask, **kw)
     dy = randn(rng, *mask.shape)
     want = pool.pool2d_backward(dy, x, method="MAX", mask=mask, **kw)
-    got = gb.pool2d_backward(up(dy), up(x), method="MAX", mask=up(mask), **kw)
+    got = gpu.pool2d_backward(up(dy), up(x), method="MAX", mask=up(mask), **kw)
     np.testing.assert_array_equal(down(got), want)
-    got = gb.pool2d_backward(up(dy), up(x), method="MAX", **kw)  # argmax recomputed on the device
+    got = gpu.pool2d_backward(up(dy), up(x), method="MAX", **kw)  # argmax recomputed on the device
     np.testing.assert_array_equal(down(got), want)
     want = pool.pool2d_backward(dy, x.shape, method="AVE", **kw)
-    assert_near(down(gb.pool2d_backward(up(dy), x.shape, method="AVE", **kw)), want)
+    assert_near(down(gpu.pool2d_backward(up(dy), x.shape, method="AVE", **kw)), want)
 
 
 @pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
@@ -168,7 +169,7 @@ def test_lrn_backward(dev, region, local_size, beta) -> None:
     x, dy = randn(rng, 2, 7, 4, 5) * 3, randn(rng, 2, 7, 4, 5)
     kw = {"local_size": local_size, "alpha": 1e-2, "beta": beta, "k": 2.0, "region": region}
     want = lrn.lrn_backward(dy, x, **kw)
-    assert_near(down(gb.lrn_backward(up(dy), up(x), **kw)), want, 2e-6 * max(float(np.abs(want).max()), 1.0))
+    assert_near(down(gpu.lrn_backward(up(dy), up(x), **kw)), want, 2e-6 * max(float(np.abs(want).max()), 1.0))
 
 
 # -- activations, softmax, loss, dropout -------------------------------------------------------------------------
@@ -177,19 +178,19 @@ def test_activation_backwards(dev) -> None:
     x, dy = randn(rng, 3, 5, 7) * 3, randn(rng, 3, 5, 7)
     x.reshape(-1)[::9] = 0.0
     for slope in (0.0, 0.1):
-        got = gb.relu_backward(up(dy), up(x), slope)
+        got = gpu.relu_backward(up(dy), up(x), slope)
         np.testing.assert_array_equal(down(got), activations.relu_backward(dy, x, slope))
     d = up(dy)
-    assert gb.relu_backward(d, up(x), out=d) is d  # in place
+    assert gpu.relu_backward(d, up(x), out=d) is d  # in place
     np.testing.assert_array_equal(down(d), activations.relu_backward(dy, x))
     x.reshape(-1)[1::9] = 6.0  # on the bound: inside when inclusive, outside otherwise
     for inclusive in (True, False):
-        got = gb.clip_backward(up(dy), up(x), 0.0, 6.0, inclusive=inclusive)
+        got = gpu.clip_backward(up(dy), up(x), 0.0, 6.0, inclusive=inclusive)
         np.testing.assert_array_equal(down(got), activations.clip_backward(dy, x, 0.0, 6.0, inclusive=inclusive))
     y = activations.sigmoid_forward(x)
-    assert_near(down(gb.sigmoid_backward(up(dy), up(y))), activations.sigmoid_backward(dy, y))
+    assert_near(down(gpu.sigmoid_backward(up(dy), up(y))), activations.sigmoid_backward(dy, y))
     y = activations.tanh_forward(x)
-    assert_near(down(gb.tanh_backward(up(dy), up(y))), activations.tanh_backward(dy, y))
+    assert_near(down(gpu.tanh_backward(up(dy), up(y))), activations.tanh_backward(dy, y))
 
 
 @pytest.mark.parametrize(("shape", "axis"), [((3, 10), 1), ((4, 300), 1), ((2, 5, 3, 4), 1), ((2, 3, 6), -1)])
@@ -198,9 +199,9 @@ def test_softmax_backward(dev, shape, axis) -> None:
     y = activations.softmax_forward(randn(rng, *shape) * 3, axis=axis)
     dy = randn(rng, *shape)
     want = activations.softmax_backward(dy, y, axis=axis)
-    assert_near(down(gb.softmax_backward(up(dy), up(y), axis=axis)), want)
+    assert_near(down(gpu.softmax_backward(up(dy), up(y), axis=axis)), want)
     d = up(dy)
-    gb.softmax_backward(d, up(y), axis=axis, out=d)
+    gpu.softmax_backward(d, up(y), axis=axis, out=d)
     assert_near(down(d), want)
 
 
@@ -212,37 +213,37 @@ def test_softmax_loss(dev, normalization, shape, ignore) -> None:
     labels = rng.integers(0, shape[1], size=(shape[0], *shape[2:])).astype(np.float32)
     kw = {"axis": 1, "ignore_label": ignore}
     loss, prob, norm = closs.softmax_loss_forward(x, labels, normalization=normalization, **kw)
-    gloss, gprob, stats = gb.softmax_loss_forward(up(x), up(labels), normalization=normalization, **kw)
+    gloss, gprob, stats = gpu.softmax_loss_forward(up(x), up(labels), normalization=normalization, **kw)
     assert down(gloss).shape == ()
     assert abs(float(down(gloss)) - loss) <= 1e-6 * max(abs(loss), 1.0)
     assert float(down(stats)[1]) == norm
     assert_near(down(gprob), prob.astype(np.float32))
     want = closs.softmax_loss_backward(prob, labels, normalizer_value=norm, loss_weight=0.5, **kw)
-    got = gb.softmax_loss_backward(gprob, up(labels), normalizer_value=stats, loss_weight=0.5, **kw)
+    got = gpu.softmax_loss_backward(gprob, up(labels), normalizer_value=stats, loss_weight=0.5, **kw)
     assert_near(down(got), want, 1e-7)
-    got = gb.softmax_loss_backward(gprob, up(labels), normalizer_value=norm, loss_weight=0.5, **kw)
+    got = gpu.softmax_loss_backward(gprob, up(labels), normalizer_value=norm, loss_weight=0.5, **kw)
     assert_near(down(got), want, 1e-7)
 
 
 def test_softmax_loss_rejects_bad_labels(dev) -> None:
     with pytest.raises(ValueError, match=r"1 label\(s\) out of range for 3 classes"):
-        gb.softmax_loss_forward(up(np.zeros((2, 3), np.float32)), up(np.array([0, 3], np.float32)))
+        gpu.softmax_loss_forward(up(np.zeros((2, 3), np.float32)), up(np.array([0, 3], np.float32)))
 
 
 def test_dropout(dev) -> None:
     rng = np.random.default_rng(7)
     x = randn(rng, 4, 50, 25)
-    y, mask = gb.dropout_forward(up(x), 0.3, train=True, rng=np.random.default_rng(1))
+    y, mask = gpu.dropout_forward(up(x), 0.3, train=True, rng=np.random.default_rng(1))
     m = down(mask).astype(bool)
     assert abs(m.mean() - 0.7) < 0.02  # 5000 draws: 4.9 sigma
     np.testing.assert_array_equal(down(y), activations.dropout_forward_ref(x, 0.3, m))
-    _, mask2 = gb.dropout_forward(up(x), 0.3, train=True, rng=np.random.default_rng(1))
+    _, mask2 = gpu.dropout_forward(up(x), 0.3, train=True, rng=np.random.default_rng(1))
     np.testing.assert_array_equal(down(mask2), down(mask))  # the seed comes from rng: reproducible
     dy = randn(rng, *x.shape)
     want = activations.dropout_backward(dy, 0.3, m)
-    np.testing.assert_array_equal(down(gb.dropout_backward(up(dy), 0.3, mask)), want)
-    np.testing.assert_array_equal(down(gb.dropout_backward(up(dy), 0.3)), dy)
-    t, none = gb.dropout_forward(up(x), 0.3)
+    np.testing.assert_array_equal(down(gpu.dropout_backward(up(dy), 0.3, mask)), want)
+    np.testing.assert_array_equal(down(gpu.dropout_backward(up(dy), 0.3)), dy)
+    t, none = gpu.dropout_forward(up(x), 0.3)
     assert none is None
     np.testing.assert_array_equal(down(t), x)
 
@@ -256,7 +257,7 @@ def test_concat_backward(dev, axis) -> None:
     shape[axis] = sum(sizes)
     dy = randn(rng, *shape)
     want = elementwise.concat_backward(dy, sizes, axis, propagate_down=[True, False, True])
-    got = gb.concat_backward(up(dy), sizes, axis, propagate_down=[True, False, True])
+    got = gpu.concat_backward(up(dy), sizes, axis, propagate_down=[True, False, True])
     assert got[1] is None
     for g, w in zip(got, want):
         if w is not None:
@@ -276,12 +277,12 @@ def test_eltwise_and_split_backward(dev, operation) -> None:
         elementwise.eltwise_forward(xs, "MAX", mask=mask)
     want = elementwise.eltwise_backward(dy, xs, operation, coeffs, mask=mask)
     dmask = None if mask is None else up(mask)
-    got = gb.eltwise_backward(up(dy), [up(x) for x in xs], operation, coeffs, mask=dmask)
+    got = gpu.eltwise_backward(up(dy), [up(x) for x in xs], operation, coeffs, mask=dmask)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(down(g), w)
-    np.testing.assert_array_equal(down(gb.split_backward([up(x) for x in xs])), elementwise.split_backward(xs))
+    np.testing.assert_array_equal(down(gpu.split_backward([up(x) for x in xs])), elementwise.split_backward(xs))
     d0 = up(xs[0])
-    assert gb.split_backward([d0, up(xs[1])], out=d0) is d0
+    assert gpu.split_backward([d0, up(xs[1])], out=d0) is d0
     np.testing.assert_array_equal(down(d0), elementwise.split_backward(xs[:2]))
 
 
@@ -292,7 +293,7 @@ def test_fused_sgd_matches_the_cpu_solver_kernels(dev, nesterov, l1) -> None:
     rng = np.random.default_rng(10)
     shapes = [(5, 3), (7,), (1,), (130,)]
     lr_mult, decay_mult, wd = [1.0, 2.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.5], 5e-4
-    params = go.SegmentedParams(shapes, lr_mult, [wd * d for d in decay_mult])
+    params = gpu_optim.SegmentedParams(shapes, lr_mult, [wd * d for d in decay_mult])
     ws = [randn(rng, *s) for s in shapes]
     gs = [randn(rng, *s) for s in shapes]
     hs = [randn(rng, *s) * 0.1 for s in shapes]
@@ -300,12 +301,12 @@ def test_fused_sgd_matches_the_cpu_solver_kernels(dev, nesterov, l1) -> None:
         params.view(params.w, s)[...] = up(ws[s])
         params.view(params.g, s)[...] = up(gs[s])
         params.view(params.h, s)[...] = up(hs[s])
-    norm = go.grad_norm(params)
+    norm = gpu_optim.grad_norm(params)
     want_norm = np.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g, lr in zip(gs, lr_mult) if lr))
     assert abs(norm - want_norm) <= 1e-6 * want_norm
     clip = np.float32(0.5)
     rate, momentum, scale = 0.01, 0.9, 0.5
-    go.sgd_update_fused(params, rate, momentum, scale=scale, clip=float(clip), l1=l1, nesterov=nesterov)
+    gpu_optim.sgd_update_fused(params, rate, momentum, scale=scale, clip=float(clip), l1=l1, nesterov=nesterov)
     update = optim.nesterov_update if nesterov else optim.sgd_update
     for s in range(len(shapes)):
         w, g, h = ws[s].ravel().copy(), gs[s].ravel().copy(), hs[s].ravel().copy()
@@ -344,16 +345,16 @@ def test_gradient_check_conv_pool_lrn_ip_loss(dev) -> None:
         y2 = gpu.pool2d_forward(y1, **pool_kw)
         y3 = gpu.lrn_forward(y2, **lrn_kw)
         y4 = gpu.inner_product_forward(y3, up(wi), None)
-        loss, prob, stats = gb.softmax_loss_forward(y4, up(labels))
+        loss, prob, stats = gpu.softmax_loss_forward(y4, up(labels))
         return (y1, y2, y3, y4, prob, stats), float(down(loss))
 
     (y1, y2, y3, _, prob, stats), _ = forward(x, w)
-    d4 = gb.softmax_loss_backward(prob, up(labels), normalizer_value=stats)
-    d3, _, _ = gb.inner_product_backward(d4, y3, up(wi), need_dw=False, need_db=False)
-    d2 = gb.lrn_backward(d3, y2, **lrn_kw)
-    d1 = gb.pool2d_backward(d2, y1.shape, **pool_kw)
-    d1 = gb.relu_backward(d1, y1)
-    dx, dw, _ = gb.conv2d_backward(d1, up(x), up(w), need_db=False)
+    d4 = gpu.softmax_loss_backward(prob, up(labels), normalizer_value=stats)
+    d3, _, _ = gpu.inner_product_backward(d4, y3, up(wi), need_dw=False, need_db=False)
+    d2 = gpu.lrn_backward(d3, y2, **lrn_kw)
+    d1 = gpu.pool2d_backward(d2, y1.shape, **pool_kw)
+    d1 = gpu.relu_backward(d1, y1)
+    dx, dw, _ = gpu.conv2d_backward(d1, up(x), up(w), need_db=False)
     _close(down(dx), numeric_grad(lambda v: forward(v, w)[1], x.copy(), 1e-2))  # float32 steps, float64 quotients
     _close(down(dw), numeric_grad(lambda v: forward(x, v)[1], w.copy(), 1e-2))
 
@@ -362,7 +363,7 @@ def test_bench_gpu_train_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> Non
     import sys
 
     from benchmarks import bench_gpu_train
-    from kernels import gpu_runtime as gr
+    from kernels.gpu import backend as gr
 
     monkeypatch.setitem(sys.modules, "cupy", None)
     monkeypatch.setattr(gr, "_active", None)
@@ -385,11 +386,11 @@ def test_barrier_kernels_in_every_thread_order() -> None:
     dyc, xc, wc = randn(rng, 2, 5, 3, 3), randn(rng, 2, 2, 5, 5), randn(rng, 5, 2, 3, 3)
     for order in (0, 2):
         with gpu.use_runtime(EmuRuntime(default_build_dir(), order=order)):
-            assert_near(down(gb.softmax_backward(up(dy), up(y))), activations.softmax_backward(dy, y))
-            gloss, _, _ = gb.softmax_loss_forward(up(x), up(labels))
+            assert_near(down(gpu.softmax_backward(up(dy), up(y))), activations.softmax_backward(dy, y))
+            gloss, _, _ = gpu.softmax_loss_forward(up(x), up(labels))
             assert abs(float(down(gloss)) - loss) <= 1e-6 * loss
-            _, _, db = gb.conv2d_backward(up(dyc), up(xc), up(wc), need_dx=False, need_dw=False)
+            _, _, db = gpu.conv2d_backward(up(dyc), up(xc), up(wc), need_dx=False, need_dw=False)
             assert_gemm_close(down(db), dyc.astype(np.float64).sum(axis=(0, 2, 3)), 18)
-            params = go.SegmentedParams([(300,), (7,)], [1.0, 1.0], [0.0, 0.0])
+            params = gpu_optim.SegmentedParams([(300,), (7,)], [1.0, 1.0], [0.0, 0.0])
             params.g[...] = up(np.ones(params.total, np.float32))
-            assert abs(go.grad_norm(params) - np.sqrt(params.total)) < 1e-9
+            assert abs(gpu_optim.grad_norm(params) - np.sqrt(params.total)) < 1e-9

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import gpu
-from kernels import gpu_runtime as gr
-from kernels.gpu_runtime import GPUBackendError
 from crema import main
+from kernels import gpu
+from kernels.gpu import GPUBackendError
+from kernels.gpu import backend as gr
 from net.datasets import load_mnist, write_idx
 from net.prototxt_loader import load_solver_prototxt
 from net.solver import Solver

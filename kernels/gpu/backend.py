@@ -1,15 +1,23 @@
-"""The GPU runtime under kernels.gpu: CUDA sources, compiled kernels, device arrays, and launch geometry.
+"""The GPU backend under kernels.gpu: CUDA sources, compiled kernels, device arrays, launch geometry and the checks
+every launcher shares.
 
-Sources: kernels/cuda/<name>.cu, CUDA C for NVRTC (no #include), every kernel extern "C", constants as #defines
-the launchers set (`Defines`). `CupyRuntime` compiles each source with NVRTC through ``cupy.RawModule`` once per
-(device, constant set) and keeps the module (CuPy also caches the binary on disk). `runtime()` returns the active
-runtime, CuPy's by default, and raises GPUBackendError (a RuntimeError) saying what is missing when CuPy or a device
-is; `use_runtime` swaps in another (the tests run the launchers over a CPU emulation of the sources,
-tests/kernels/cuda_emu.py). Nothing here imports CuPy until `runtime()` is called.
+Sources: kernels/cuda/<op>.cu, one per op and named like the CPU module (conv.cu beside kernels/conv.py), forward and
+backward kernels together, CUDA C for NVRTC, every kernel extern "C", constants as #defines the launchers set
+(`Defines`). A source may `#include "x.cuh"` from kernels/cuda (gemm.cuh: the tile machinery sgemm and conv2d_igemm
+share); `cuda_source` inlines it, so NVRTC and the CPU emulator get one text and nvcc compiles each .cu as it is.
+`CupyRuntime` compiles each source with NVRTC through ``cupy.RawModule`` once per (device, constant set) and keeps
+the module (CuPy also caches the binary on disk). `runtime()` returns the active runtime, CuPy's by default, and
+raises GPUBackendError (a RuntimeError) saying what is missing when CuPy or a device is; `use_runtime` swaps in
+another (the tests run the launchers over a CPU emulation of the sources, tests/kernels/cuda_emu.py). Nothing here
+imports CuPy until `runtime()` is called.
 
 Launch geometry, pure Python and tested without a GPU: `Tile` and `TILES` (the block tiles of sgemm and
 conv2d_igemm), `choose_tile`, `split_k` and `gemm_plan` (tile, split-K and grid of a GEMM), `flat_launch` (grid of a
 grid-stride kernel) and `chunks` (cutting work so every launch indexes fewer than 2^31 elements).
+
+Launcher plumbing: `device_input` (a checked float32 device array), `device_output` (a given output checked, or a
+new one), `check_need` (a gradient array given without its need_* flag) and `launch_flat` (a grid-stride kernel
+over a flat array, in launches below 2^30 elements).
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-CUDA_DIR = Path(__file__).resolve().parent / "cuda"
-SOURCES = ("activations", "backward", "elementwise", "gemm", "lrn", "optim", "pool")
+CUDA_DIR = Path(__file__).resolve().parents[1] / "cuda"
+SOURCES = ("activations", "conv", "elementwise", "fc", "gemm", "loss", "lrn", "optim", "pool")
+INCLUDE = re.compile(r'^#include "(\w+\.cuh)"[ \t]*$', re.MULTILINE)
 THREADS = 256  # threads per block of the grid-stride kernels
 INDEX_LIMIT = 2**31 - 1  # elements of one array in one launch (32-bit indices)
 FLAT_LIMIT = 2**30  # elements per grid-stride launch (index + grid stride must stay below 2^31)
@@ -53,10 +62,21 @@ class Runtime(Protocol):
 
 @cache
 def cuda_source(name: str) -> str:
-    """The text of kernels/cuda/<name>.cu."""
+    """The text of kernels/cuda/<name>.cu with each `#include "x.cuh"` of kernels/cuda replaced by that file's text
+    (its `#pragma once` dropped: each header is inlined at most once per source)."""
     if name not in SOURCES:
         raise ValueError(f"no CUDA source named {name!r} (have: {', '.join(SOURCES)})")
-    return (CUDA_DIR / f"{name}.cu").read_text(encoding="utf-8")
+    seen: set[str] = set()
+
+    def inline(match: re.Match) -> str:
+        header = match.group(1)
+        if header in seen:
+            return ""
+        seen.add(header)
+        text = (CUDA_DIR / header).read_text(encoding="utf-8").replace("#pragma once\n", "")
+        return INCLUDE.sub(inline, text)
+
+    return INCLUDE.sub(inline, (CUDA_DIR / f"{name}.cu").read_text(encoding="utf-8"))
 
 
 def kernel_names(source: str) -> list[str]:
@@ -184,6 +204,46 @@ def launch(rt: Runtime, source: str, kernel: str, defines: Defines, grid: Grid, 
     """Run `kernel` of kernels/cuda/<source>.cu, compiled with `defines`, on `rt`: args are device arrays and NumPy
     scalars of the kernel's exact parameter types."""
     rt.function(source, kernel, defines)(grid, block, args)
+
+
+# -- launcher plumbing -------------------------------------------------------------------------------
+i32, f32 = np.int32, np.float32
+
+
+def device_input(rt: Runtime, a: Any, what: str) -> Any:
+    """`a` as a C-contiguous float32 device array; ValueError for host arrays (upload them once with to_device)."""
+    if not rt.is_array(a):
+        raise ValueError(
+            f"{what}: expected a device array ({rt.name}), got {type(a).__name__} (use kernels.gpu.to_device)"
+        )
+    return rt.contiguous(a, np.float32)
+
+
+def device_output(rt: Runtime, out: Any, shape: tuple[int, ...], what: str, dtype: Any = np.float32) -> Any:
+    """`out` checked (a C-contiguous device array of `shape` and `dtype`), or a new uninitialised one when None."""
+    if out is None:
+        return rt.empty(shape, dtype)
+    if not rt.is_array(out) or out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        got = f"{out.dtype} {out.shape}" if rt.is_array(out) else type(out).__name__
+        raise ValueError(
+            f"{what}: expected a C-contiguous {np.dtype(dtype).name} device array of shape {shape}, got {got}"
+        )
+    return out
+
+
+def check_need(name: str, arr: Any, need: bool, what: str) -> None:
+    """ValueError when a gradient array `name` is given but its need_<name> flag is False."""
+    if arr is not None and not need:
+        raise ValueError(f"{what}: {name} was given but need_{name} is False")
+
+
+def launch_flat(rt: Runtime, source: str, kernel: str, args: tuple, n: int, tail: tuple = ()) -> None:
+    """A grid-stride kernel (args..., n, *tail) over n elements: array arguments are viewed flat and cut into launches
+    of at most FLAT_LIMIT elements; NumPy scalars pass as they are."""
+    for s0, s1 in chunks(n, 1, FLAT_LIMIT):
+        grid, block = flat_launch(s1 - s0, rt.sm_count)
+        views = tuple(a if isinstance(a, np.generic) else a.reshape(-1)[s0:s1] for a in args)
+        launch(rt, source, kernel, (), grid, block, (*views, i32(s1 - s0), *tail))
 
 
 # -- launch geometry (pure Python) -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.gpu_runtime import INDEX_LIMIT, GPUBackendError, Runtime, ceil_div, launch, runtime
+from kernels.gpu.backend import INDEX_LIMIT, GPUBackendError, Runtime, ceil_div, launch, runtime
 
 __all__ = ["ALIGN", "SegmentedParams", "grad_norm", "sgd_update_fused", "unsupported_solver"]
 
