@@ -18,6 +18,7 @@ from . import (
     activation_extra,
     convolution,
     data,
+    deconvolution,
     eltwise,
     inner_product,
     input,
@@ -40,7 +41,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
-FAMILIES += (activation_extra, structure_extra)
+FAMILIES += (activation_extra, deconvolution, structure_extra)
 
 __all__ = [
     "FAMILIES",

@@ -1,4 +1,4 @@
-"""Pooling: MAX and AVE, global pooling."""
+"""Pooling: MAX and AVE, global pooling, STOCHASTIC at TEST (its expectation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernels import pool
+from kernels import pool, pool_stochastic
 
 from ..blob import Blob
 from ..device import CPU, empty_like, kernels_for
@@ -32,8 +32,18 @@ class PoolingLayer(Layer):
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.pooling_param
-        if p.pool not in ("MAX", "AVE"):
-            raise self.error(f"pool method {p.pool} is not supported (MAX, AVE)")
+        if p.pool == "STOCHASTIC" and self.phase == "TRAIN":
+            raise self.error(
+                "STOCHASTIC pooling at TRAIN (a random draw per window) is not implemented; a TEST net computes its "
+                "expectation (MAX, AVE, STOCHASTIC at TEST)"
+            )
+        if p.pool not in ("MAX", "AVE", "STOCHASTIC"):
+            raise self.error(f"pool method {p.pool} is not supported (MAX, AVE, STOCHASTIC at TEST)")
+        for what in ("kernel", "pad", "stride"):  # Caffe's rule: the plain field, or both _h and _w, never a mix
+            plain_name = "kernel_size" if what == "kernel" else what
+            has_h, has_w = p.has(f"{what}_h"), p.has(f"{what}_w")
+            if (has_h or has_w) and (p.has(plain_name) or not (has_h and has_w)):
+                raise self.error(f"give {plain_name} or {what}_h and {what}_w (both), not a mix")
         self.method = p.pool
         self.global_pooling = bool(p.global_pooling)
         if self.global_pooling:
@@ -55,6 +65,8 @@ class PoolingLayer(Layer):
                 raise self.error(f"kernel {self.kernel} and stride {self.stride} must be > 0")
             if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
                 raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        if self.method == "STOCHASTIC" and self.pad != (0, 0):
+            raise self.error(f"padding {self.pad} is implemented only for MAX and AVE pooling (as in Caffe)")
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         shape = bottom[0].shape
@@ -66,6 +78,13 @@ class PoolingLayer(Layer):
         top[0].reshape((shape[0], shape[1], oh, ow))
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.method == "STOCHASTIC":  # TEST only (layer_setup): the expectation, kernels.pool_stochastic
+            if not isinstance(bottom[0].data, np.ndarray):
+                raise self.error("STOCHASTIC pooling runs on CPU nets only")
+            top[0].data = pool_stochastic.stochastic_pool_test(
+                bottom[0].data, self.kernel, self.stride, self.round_mode, out=top[0].data
+            )
+            return
         mask = None
         if self.method == "MAX" and self.phase == "TRAIN":
             if self.mask is None or self.mask.shape != top[0].shape or type(self.mask) is not type(bottom[0].data):
@@ -87,8 +106,8 @@ class PoolingLayer(Layer):
         )
 
     def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
-        if self.method == "MAX" and self.phase == "TRAIN":
-            return None  # the forward records the argmax mask for the backward
+        if self.method == "MAX" and self.phase == "TRAIN" or self.method == "STOCHASTIC":
+            return None  # the forward records the argmax mask for the backward / STOCHASTIC has its own kernel
         src, dst = bottom[0], top[0]
         x = src.data
         x_shape = x.shape
@@ -118,6 +137,8 @@ class PoolingLayer(Layer):
         """bottom[0].diff is overwritten when propagate_down[0]; pooling has no parameters."""
         if not propagate_down[0]:
             return
+        if self.method == "STOCHASTIC":
+            raise self.error("STOCHASTIC pooling has no TEST-time backward (Caffe's needs the TRAIN draw)")
         kernels_for(top[0].diff).pool2d_backward(
             top[0].diff,
             bottom[0].data,
