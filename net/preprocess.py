@@ -631,6 +631,29 @@ PRESETS: dict[str, Preprocess] = {
         resample=Image.Resampling.BICUBIC,
         crop_fraction=224.0 / 256.0,
     ),
+    # The 224x224 Caffe zoo classifiers (bvlc_googlenet, VGG-16, ResNet-50): BGR 0..255 minus the BVLC mean pixel,
+    # squash to 256x256, centre crop 224 (VGG's readme subtracts 103.939/116.779/123.68 and ResNet-50 a mean image,
+    # ResNet_mean.binaryproto: both approximated by this one mean pixel)
+    "caffe-224": Preprocess(
+        size=(224, 224),
+        resize=(256, 256),
+        color=True,
+        raw_scale=255,
+        mean=(104.0, 117.0, 123.0),
+        input_scale=1,
+        channel_swap=True,
+    ),
+    # shicai's MobileNet v1/v2 Caffe ports (their deploy files' transform_param): BGR minus 103.94/116.78/123.68,
+    # times 0.017, centre crop 224 of 256
+    "mobilenet-caffe": Preprocess(
+        size=(224, 224),
+        resize=(256, 256),
+        color=True,
+        raw_scale=255,
+        mean=(103.94, 116.78, 123.68),
+        input_scale=0.017,
+        channel_swap=True,
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""Models by name: `efficientnet-lite0` (the default), `caffenet` and `lenet`, wherever a command takes a model.
+"""Models by name: `efficientnet-lite0` (the default), `lenet` and the Caffe zoo classifiers, wherever a command takes
+a model.
 
     files = resolve("efficientnet-lite0")   # ModelFiles(name, prototxt, weights, labels, preset)
     net = Net.load(files.prototxt, files.weights)
@@ -11,6 +12,11 @@ efficientnet-lite0  ImageNet-1k, 4.7 M parameters. Its weights come from the PyP
                     processes starting at once both end up with one complete copy.
 caffenet            BVLC reference CaffeNet (ImageNet-1k, 2012): models/caffenet/deploy.prototxt and the weights that
                     `crema download caffenet` fetches (233 MB, not shipped).
+googlenet, squeezenet1.0, squeezenet1.1, vgg16, resnet50, mobilenet_v1, mobilenet_v2
+                    The published Caffe ImageNet classifiers (CAFFE_ZOO): models/NAME/deploy.prototxt (written by
+                    models/generate_zoo.py) and the authors' weights, fetched by `crema download NAME` into
+                    models/NAME/ (not shipped). Labels: models/caffenet/synset_words.txt (the same 1000 synsets in
+                    the same order for all of them).
 lenet               LeNet trained by crema on MNIST (handwritten digits), shipped in models/lenet/.
 """
 
@@ -23,13 +29,58 @@ from pathlib import Path
 
 from .paths import cache_dir, file_sha1, shipped_dir
 
-__all__ = ["DEFAULT_MODEL", "MODEL_NAMES", "ModelFiles", "efficientnet_lite0", "is_model_name", "resolve"]
+__all__ = [
+    "CAFFE_ZOO",
+    "DEFAULT_MODEL",
+    "MODEL_NAMES",
+    "ModelFiles",
+    "ZooModel",
+    "efficientnet_lite0",
+    "is_model_name",
+    "resolve",
+    "zoo_prototxt",
+    "zoo_weights",
+]
 
 MODELS = shipped_dir("models")
 DEFAULT_MODEL = "efficientnet-lite0"
-MODEL_NAMES = ("efficientnet-lite0", "caffenet", "lenet")
 CONVERTER_VERSION = 1  # part of the cache folder's name: a converter change converts again
-CAFFENET_WEIGHTS = MODELS / "caffenet" / "bvlc_reference_caffenet.caffemodel"
+IMAGENET_LABELS = MODELS / "caffenet" / "synset_words.txt"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A Caffe classifier from a published model zoo: models/<name>/deploy.prototxt + `weights` downloaded beside it."""
+
+    title: str
+    weights: str  # the publisher's file name
+    preset: str  # net.preprocess.PRESETS
+
+
+CAFFE_ZOO: dict[str, ZooModel] = {
+    "caffenet": ZooModel("BVLC reference CaffeNet", "bvlc_reference_caffenet.caffemodel", "caffenet"),
+    "googlenet": ZooModel("BVLC GoogLeNet", "bvlc_googlenet.caffemodel", "caffe-224"),
+    "squeezenet1.0": ZooModel("SqueezeNet v1.0", "squeezenet_v1.0.caffemodel", "caffenet"),
+    "squeezenet1.1": ZooModel("SqueezeNet v1.1", "squeezenet_v1.1.caffemodel", "caffenet"),
+    "vgg16": ZooModel("VGG ILSVRC-2014 16 layers", "VGG_ILSVRC_16_layers.caffemodel", "caffe-224"),
+    "resnet50": ZooModel("ResNet-50 (He et al.)", "ResNet-50-model.caffemodel", "caffe-224"),
+    "mobilenet_v1": ZooModel("MobileNet v1 (shicai's Caffe port)", "mobilenet.caffemodel", "mobilenet-caffe"),
+    "mobilenet_v2": ZooModel("MobileNet v2 (shicai's Caffe port)", "mobilenet_v2.caffemodel", "mobilenet-caffe"),
+}
+MODEL_NAMES = ("efficientnet-lite0", "caffenet", "lenet", *(name for name in CAFFE_ZOO if name != "caffenet"))
+
+
+def zoo_prototxt(name: str) -> Path:
+    """models/<name>/deploy.prototxt of a CAFFE_ZOO model (no weights needed)."""
+    return MODELS / name / "deploy.prototxt"
+
+
+def zoo_weights(name: str) -> Path:
+    """Where `crema download <name>` puts a CAFFE_ZOO model's weights: models/<name>/<the publisher's file name>."""
+    return MODELS / name / CAFFE_ZOO[name].weights
+
+
+CAFFENET_WEIGHTS = zoo_weights("caffenet")
 
 
 @dataclass(frozen=True)
@@ -82,9 +133,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def resolve(
-    name: str, *, cache: str | Path | None = None, say: Callable[[str], None] | None = None
-) -> ModelFiles:
+def resolve(name: str, *, cache: str | Path | None = None, say: Callable[[str], None] | None = None) -> ModelFiles:
     """The files of a named model (MODEL_NAMES); ValueError for an unknown name or missing weights, saying what to
     do."""
     key = name.lower()
@@ -99,12 +148,12 @@ def resolve(
                 "`crema train --solver examples/mnist/lenet_solver.prototxt` and copy the final snapshot there"
             )
         return ModelFiles("lenet", d / "deploy.prototxt", weights, d / "labels.txt", "lenet-auto")
-    if key == "caffenet":
-        if not CAFFENET_WEIGHTS.is_file():
+    if key in CAFFE_ZOO:
+        model, weights = CAFFE_ZOO[key], zoo_weights(key)
+        if not weights.is_file():
             raise ValueError(
-                f"CaffeNet's weights are not downloaded yet ({CAFFENET_WEIGHTS}): run `crema download caffenet` "
-                "(233 MB, needs internet)"
+                f"{model.title}'s weights are not downloaded yet ({weights}): run `crema download {key}` "
+                "(needs internet; `crema download --list` gives the sizes)"
             )
-        d = MODELS / "caffenet"
-        return ModelFiles("caffenet", d / "deploy.prototxt", CAFFENET_WEIGHTS, d / "synset_words.txt", "caffenet")
+        return ModelFiles(key, zoo_prototxt(key), weights, IMAGENET_LABELS, model.preset)
     raise ValueError(f"unknown model name {name!r}: give one of {', '.join(MODEL_NAMES)}, or a .prototxt path")

@@ -44,7 +44,7 @@ import requests
 
 from net.paths import fsync_dir
 from net.progress import progress_bar
-from net.zoo import CAFFENET_WEIGHTS, MODELS
+from net.zoo import zoo_weights
 
 __all__ = [
     "KNOWN_WEIGHTS",
@@ -99,23 +99,19 @@ class WeightsInfo:
         return self.hashes.sha1
 
 
-def _shipped(name: str, file: str) -> Path:
-    return MODELS / name / file
-
-
 # Where each fact comes from is in `source`; the sizes are the publishers' (MB as they wrote them).
 KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
     "caffenet": WeightsInfo(
         url="http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel",
         hashes=Hashes(sha1="4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46"),
-        default_out=CAFFENET_WEIGHTS,
+        default_out=zoo_weights("caffenet"),
         size_hint="233 MB",
         source="BVLC/caffe models/bvlc_reference_caffenet/readme.md (caffemodel_url, sha1)",
     ),
     "googlenet": WeightsInfo(
         url="http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel",
         hashes=Hashes(sha1="405fc5acd08a3bb12de8ee5e23a96bec22f08204"),
-        default_out=_shipped("googlenet", "bvlc_googlenet.caffemodel"),
+        default_out=zoo_weights("googlenet"),
         size_hint="51 MB",
         source="BVLC/caffe models/bvlc_googlenet/readme.md (caffemodel_url, sha1); size: mexopencv's DNN demo",
     ),
@@ -125,7 +121,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
         hashes=Hashes(
             sha1="579d0beb658e43c45937bf8bb5e4034fea4e1f69", git_blob="a381d848b43d7048c3b362238ece2386c21d6ff0"
         ),
-        default_out=_shipped("squeezenet1.0", "squeezenet_v1.0.caffemodel"),
+        default_out=zoo_weights("squeezenet1.0"),
         size_hint="4.76 MB",
         source="the file in DeepScale/SqueezeNet at commit b5c3f1a2 (git blob id from that tree); SHA-1 and size not "
         "published by the authors: mexopencv samples/dnn_image_classification_demo.m",
@@ -136,7 +132,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
         hashes=Hashes(
             sha1="3397f026368a45ae236403ccc81cfcbe8ebe1bd0", git_blob="9d2fc33abf653a6e8b2ee6cc63ede0e72ec67f44"
         ),
-        default_out=_shipped("squeezenet1.1", "squeezenet_v1.1.caffemodel"),
+        default_out=zoo_weights("squeezenet1.1"),
         size_hint="4.72 MB",
         source="the file in DeepScale/SqueezeNet at commit b5c3f1a2 (git blob id from that tree); SHA-1 not published "
         "by the authors: OpenCV's opencv_extra testdata/dnn/download_models.py (same URL)",
@@ -144,7 +140,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
     "vgg16": WeightsInfo(
         url="http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",
         hashes=Hashes(sha1="9363e1f6d65f7dba68c4f27a1e62105cdf6c4e24"),
-        default_out=_shipped("vgg16", "VGG_ILSVRC_16_layers.caffemodel"),
+        default_out=zoo_weights("vgg16"),
         size_hint="527 MB",
         source="URL: the VGG model-zoo gist ksimonyan/211839e770f7b538e2d8 (readme.md caffemodel_url); SHA-1 not "
         "published by the authors: mexopencv samples/dnn_image_classification_demo.m",
@@ -152,7 +148,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
     "resnet50": WeightsInfo(
         url="https://dl.opencv.org/models/ResNet-50-model.caffemodel",
         hashes=Hashes(sha1="b7c79ccc21ad0479cddc0dd78b1d20c4d722908d"),
-        default_out=_shipped("resnet50", "ResNet-50-model.caffemodel"),
+        default_out=zoo_weights("resnet50"),
         size_hint="97.7 MiB",
         source="the authors publish a OneDrive folder only (KaimingHe/deep-residual-networks README); this is "
         "OpenCV's mirror and SHA-1 (opencv_extra testdata/dnn/download_models.py), the same SHA-1 mexopencv lists "
@@ -162,7 +158,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
         url="https://raw.githubusercontent.com/shicai/MobileNet-Caffe/728e69033365667b602313c020c3dec2dfbfa4fb/"
         "mobilenet.caffemodel",
         hashes=Hashes(git_blob="132e56b5f14874090622a8287f208e5eac3d8440", sha256_prefix="8d6edcd3"),
-        default_out=_shipped("mobilenet_v1", "mobilenet.caffemodel"),
+        default_out=zoo_weights("mobilenet_v1"),
         size_hint="16.2 MB",
         source="shicai/MobileNet-Caffe at commit 728e6903: git blob id from that tree, SHA-256 prefix and size from "
         "its README (no SHA-1 published)",
@@ -171,7 +167,7 @@ KNOWN_WEIGHTS: dict[str, WeightsInfo] = {
         url="https://raw.githubusercontent.com/shicai/MobileNet-Caffe/728e69033365667b602313c020c3dec2dfbfa4fb/"
         "mobilenet_v2.caffemodel",
         hashes=Hashes(git_blob="901c2b5515da944d152e1aa0c3e71108eb227576", sha256_prefix="a3124ce7"),
-        default_out=_shipped("mobilenet_v2", "mobilenet_v2.caffemodel"),
+        default_out=zoo_weights("mobilenet_v2"),
         size_hint="13.5 MB",
         source="shicai/MobileNet-Caffe at commit 728e6903: git blob id from that tree, SHA-256 prefix and size from "
         "its README (no SHA-1 published)",

@@ -180,3 +180,59 @@ def test_batch_of_two_matches_opencv(tmp_path):
     ref.setInput(x)
     assert np.max(np.abs(prob - ref.forward("prob").reshape(2, -1))) <= PROB_ATOL
     assert not np.allclose(prob[0], prob[1])
+
+
+# -- names (net.zoo) and FLOPs (net.flops) --------------------------------------------------------------------------
+def test_names_resolve_to_the_files_and_say_how_to_get_weights(tmp_path, monkeypatch):
+    from net import zoo
+    from net.preprocess import preset
+
+    for name in NETS:
+        assert zoo.is_model_name(name) and zoo.zoo_prototxt(name) == MODELS / name / "deploy.prototxt"
+        preset(zoo.CAFFE_ZOO[name].preset)  # a known preprocessing preset
+    monkeypatch.setattr(zoo, "MODELS", tmp_path)
+    with pytest.raises(ValueError, match="run `crema download googlenet`"):
+        zoo.resolve("googlenet")
+    (tmp_path / "googlenet").mkdir()
+    (tmp_path / "googlenet" / "bvlc_googlenet.caffemodel").write_bytes(b"")
+    files = zoo.resolve("GoogLeNet")
+    assert files.weights == tmp_path / "googlenet" / "bvlc_googlenet.caffemodel"
+    assert files.labels == zoo.IMAGENET_LABELS and files.preset == "caffe-224"
+
+
+def test_flops_by_hand():
+    from net.flops import layer_flops
+
+    net = Net.from_string(
+        """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+                convolution_param { num_output: 4 kernel_size: 3 group: 1 } }
+        layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+        layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+        layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+        layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+        """
+    )
+    conv_out = 2 * 4 * 7 * 7  # N * Cout * 7 * 7
+    pool_out = 2 * 4 * 4 * 4  # Caffe rounds up: ceil((7 - 2) / 2) + 1 = 4
+    assert layer_flops(net) == [
+        0,
+        2 * conv_out * 3 * 3 * 3 + conv_out,
+        conv_out,
+        pool_out * 4,
+        2 * (2 * 5) * 64 + 2 * 5,
+        4 * 2 * 5,
+    ]
+
+
+# Published multiply-adds of the convolutions and fully connected layers: MobileNet v1 569 M (Howard et al., table
+# 1 note), ResNet-50 3.8 G (He et al., table 1), SqueezeNet v1.0 1.72 GFLOPS (forresti/SqueezeNet v1.1 README).
+@pytest.mark.parametrize(("name", "macs"), [("mobilenet_v1", 569e6), ("resnet50", 3.8e9), ("squeezenet1.0", 0.86e9)])
+def test_flops_match_the_published_counts(name, macs):
+    from net.flops import layer_flops
+
+    net = Net.load(MODELS / name / "deploy.prototxt")
+    counts = zip(layer_flops(net), net.layers)
+    ours = sum(c for c, layer in counts if layer.type in ("Convolution", "InnerProduct"))  # bias adds: < 0.1%
+    assert abs(ours / 2 - macs) / macs < 0.02
