@@ -20,11 +20,14 @@ from . import (
     data,
     deconvolution,
     eltwise,
+    embed,
     inner_product,
     input,
     loss,
     normalization,
+    normalization_extra,
     pooling,
+    reduction,
     structure,
     structure_extra,
 )
@@ -41,7 +44,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
-FAMILIES += (activation_extra, deconvolution, structure_extra)
+FAMILIES += (activation_extra, deconvolution, embed, normalization_extra, reduction, structure_extra)
 
 __all__ = [
     "FAMILIES",
