@@ -3,7 +3,8 @@
     crema serve [--host 127.0.0.1] [--port 8000] [--model NAME | --model M --weights W --labels L] [--gallery DIR]
                 [--bing-url URL] [--no-web] [--no-batching] [--cache DIR] [--feature-blob NAME]
                 [--no-personal-gallery] [--personal-max-photos N] [--personal-max-mb MB]
-    crema index DIR [--model NAME | --model M --weights W] [--out INDEX] [--batch 32]
+    crema index SOURCE [--model NAME | --model M --weights W] [--out INDEX] [--batch 32] [--engine local|ray]
+                [--address ADDR] [--workers N] [--shard-size 256] [--index-memory-gb 4] [--recall 0.95] [--restart]
     crema download NAME [--url URL] [--out PATH] [--sha1 HEX] [--no-progress] | crema download --list
 
 Without --model, serve and index use the embedded default model, EfficientNet-Lite0 on ImageNet (converted once
@@ -188,18 +189,55 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .gallery import build_index
+    from .gallery import INDEX_DIRNAME, Gallery
+    from .indexing import index_source, read_source
 
-    if args.batch < 1 or args.thumb_size < 16:
-        return _error("--batch must be >= 1 and --thumb-size >= 16")
+    if args.batch < 1 or args.thumb_size < 16 or args.shard_size < 1 or (args.workers or 1) < 1:
+        return _error("--batch, --shard-size and --workers must be >= 1 and --thumb-size >= 16")
+    if args.index_memory_gb <= 0 or not 0 < args.recall <= 1:
+        return _error("--index-memory-gb must be > 0 and --recall in (0, 1]")
+    if args.address and args.engine != "ray":
+        return _error("--address goes with --engine ray")
     model = load_model(args)
-    gallery = build_index(args.dir, model, args.out, batch=args.batch, thumb_size=args.thumb_size)
+    try:
+        source = read_source(args.dir)
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.out is None and source.kind != "folder":
+        return _error(f"SOURCE {args.dir} is not a folder: pass --out INDEX")
+    try:
+        out, note = index_source(
+            source,
+            model,
+            args.out or Path(args.dir) / INDEX_DIRNAME,
+            engine=args.engine,
+            address=args.address,
+            workers=args.workers,
+            batch=args.batch,
+            shard_size=args.shard_size,
+            thumb_size=args.thumb_size,
+            memory_budget=args.index_memory_gb * 1e9,
+            recall_target=args.recall,
+            restart=args.restart,
+            progress=not getattr(args, "no_progress", False),
+        )
+    except (ValueError, RuntimeError) as exc:
+        return _error(str(exc))
+    gallery = Gallery.load(out, model)
     skipped = gallery.manifest.get("skipped", [])
+    v = gallery.manifest["vectors"]
     print(f"indexed {len(gallery)} images ({gallery.dim}-d '{model.feature_blob}' features) into {gallery.path}")
+    print(f"  vector index {v['factory']}, recall@10 {v['recall_at_10']} on {v['recall_queries']} held-out queries"
+          + (f" (nprobe {v['nprobe']}, k_factor {v['k_factor']})" if v.get("nprobe") else ""))
+    if note["added"] < len(source) or note["resumed_shards"]:
+        print(f"  {note['added']} new items this run, {note['resumed_shards']} shards resumed from an earlier run")
+    if note["missing_from_source"]:
+        print(f"  {note['missing_from_source']} indexed items are no longer in SOURCE (kept; --restart drops them)")
     for s in skipped[:10]:
         print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)
-    if len(skipped) > 10:
-        print(f"  ... and {len(skipped) - 10} more skipped", file=sys.stderr)
+    if gallery.manifest.get("errors", 0) > 10:
+        print(f"  ... and {gallery.manifest['errors'] - 10} more skipped (the error rows are in the shards)",
+              file=sys.stderr)
     print(f"serve it with: crema serve --gallery {gallery.path}")
     return 0
 
@@ -268,12 +306,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("index", help="index an image folder for similar-image search")
-    p.add_argument("dir", help="folder of images (sub-folders name the labels)")
+    p = sub.add_parser("index", help="index images (a folder, glob or list of paths/URLs) for similar-image search")
+    p.add_argument(
+        "dir",
+        metavar="SOURCE",
+        help="a folder of images (sub-folders name the labels), a glob ('photos/**/*.jpg'), or a .txt/.csv/.parquet "
+        "list of paths or http(s) URLs (CSV/Parquet: a 'path' or 'url' column, optional 'label')",
+    )
     _model_args(p)
-    p.add_argument("--out", help="index folder to write (default DIR/.crema-index)")
+    p.add_argument("--out", help="index folder to write (default SOURCE/.crema-index for a folder)")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--thumb-size", type=int, default=128, help="thumbnail size in pixels (default 128)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this machine, all cores (default); ray: a Ray cluster (pip install 'crema[scale]')")
+    p.add_argument("--address", help="Ray cluster address (default: a running cluster, else a local one)")
+    p.add_argument("--workers", type=int, help="Ray actors running the net (default 2)")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard, the unit of work (default 256)")
+    p.add_argument("--index-memory-gb", type=float, default=4.0,
+                   help="RAM the vector index may take; beyond, an approximate index is chosen (default 4)")
+    p.add_argument("--recall", type=float, default=0.95, help="recall@10 the approximate index is tuned for (0.95)")
+    p.add_argument("--restart", action="store_true", help="delete the index folder's contents and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

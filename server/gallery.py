@@ -1,24 +1,25 @@
-"""Local image gallery: penultimate-layer features of many images, ranked by cosine similarity.
+"""Local image gallery: penultimate-layer features of many images, searched by cosine similarity with FAISS.
 
-    gallery = build_index("photos/", model, "photos/.crema-index")     # `crema index photos/`
+    gallery = build_index("photos/", model, "photos/.crema-index")     # `crema index photos/` (server.indexing)
     gallery = Gallery.load("photos/.crema-index", model)                 # refuses another model's index
     gallery.search(feature, k=12)                                        # [{"id", "score", "label"}], best first
-    rows, scores = rank_features(features, queries, k=12)                # the ranking, shared with server.personal
+    rows, scores = rank_features(features, queries, k=12)                # brute force, shared with server.personal
 
-An index is a folder:
+An index is a folder written by `server.indexing` (its docstring gives the layout: manifest.json, feature shards,
+thumbnails, the FAISS vector index). `Gallery.load` reads the manifest, memory-maps the vector index
+(`server.vector_index`; several server processes share its pages) and reads a shard's rows only when one of its
+items is asked for (a small cache of shards), so a gallery of millions of images opens in a second or so and holds
+little beyond the index. Ids are the positions of the readable images in shard order; `items[i]` is
+{"id", "path", "label", "thumb"}.
 
-    manifest.json   {"format": "crema-gallery", "version": 1, "model": {"fingerprint", "name", "feature_blob",
-                    "dim"}, "source": {"kind": "folder" | "array", "root": str | null}, "count": N,
-                    "thumbs": "files" | "array", "items": [{"id", "path", "label", "thumb"}], "skipped": [...]}
-    features.npy    (N, D) float32, rows L2-normalised, so cosine similarity is a dot product
-    thumbs/         one small JPEG (colour) or PNG (grayscale) per item, named by id ("thumbs": "files")
-    images.npy      (N, H, W) uint8 pictures, thumbnails drawn from them on request ("thumbs": "array")
+Folder indexes walk DIR recursively (hidden folders skipped, symlinks not followed) for .jpg .jpeg .png .gif .bmp
+.webp files in sorted order; an item's label is its top-level sub-folder's name (ImageFolder layout: DIR/cat/1.jpg ->
+"cat"), or null for files directly in DIR. Unreadable images are recorded as error rows and listed in the manifest
+("skipped"). A file is served only from inside its source folder (the path is resolved, symlinks included, and must
+stay under the root); URL items have thumbnails only.
 
-Folder indexes walk DIR recursively (hidden folders skipped, symlinks not followed) for .jpg .jpeg .png
-.gif .bmp .webp files in sorted order; an item's label is its top-level sub-folder's name (ImageFolder
-layout: DIR/cat/1.jpg -> "cat"), or null for files directly in DIR. Unreadable images are skipped and
-listed in the manifest. Items are addressed by integer id only; a file is served only from inside its
-folder (the path is resolved, symlinks included, and must stay under the root).
+An index of the old format (version 1: one features.npy and the items in the manifest) is refused with a message
+to rebuild it; the cached MNIST and folder galleries are rebuilt on their own.
 
 The default gallery of a 1x28x28 model (LeNet) is the 10,000 MNIST test digits (`net.datasets.load_mnist`),
 indexed on first use into the cache folder under a name keyed by the model's fingerprint.
@@ -28,20 +29,30 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import sys
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from net.paths import cache_dir
-from net.preprocess import ImageError, load_image
-from net.progress import progress_bar
 
-from .model import ALLOWED_FORMATS, Model
+from .indexing import (
+    FORMAT,
+    IMAGE_SUFFIXES,
+    VERSION,
+    find_images,
+    index_arrays,
+    index_source,
+    model_block,
+    read_source,
+    shard_features,
+    shard_rows,
+)
+from .model import Model
+from .vector_index import VectorIndex
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -56,27 +67,13 @@ __all__ = [
     "rank_features",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 INDEX_DIRNAME = ".crema-index"
-FORMAT = "crema-gallery"
-VERSION = 1
+SHARD_CACHE = 64  # shards whose rows stay in memory (a shard is ~100 bytes a row)
 
 
 def default_cache_dir() -> Path:
     """$CREMA_CACHE, else $XDG_CACHE_HOME/crema, else ~/.cache/crema (net.paths.cache_dir)."""
     return cache_dir()
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Image files under `root` (relative paths sorted as posix strings), hidden folders and files skipped."""
-    root = Path(root)
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(Path(dirpath, name).relative_to(root))
-    return sorted(found, key=lambda p: p.as_posix())
 
 
 def _within(root: Path, rel: str) -> Path | None:
@@ -107,17 +104,57 @@ def rank_features(features: np.ndarray, queries: np.ndarray, k: int) -> tuple[np
     return rows, np.take_along_axis(scores, rows, axis=1)
 
 
+class _Items(Sequence):
+    """items[i] -> {"id", "path", "label", "thumb"} of gallery id i, read from its shard's rows on demand (the
+    last SHARD_CACHE shards kept)."""
+
+    def __init__(self, path: Path, shards: list[dict]) -> None:
+        self.path = path
+        self.shards = shards
+        self.starts = np.cumsum([0] + [s["ok"] for s in shards])
+        self._cache: OrderedDict[int, list[dict]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _shard(self, s: int) -> list[dict]:
+        if s in self._cache:
+            self._cache.move_to_end(s)
+            return self._cache[s]
+        rows = shard_rows(self.path, self.shards[s]["no"])
+        if rows is None:
+            raise KeyError(f"gallery {self.path}: shard {self.shards[s]['no']} is missing")
+        ok = [{"id": int(self.starts[s]) + k, "path": r["path"], "label": r["label"], "thumb": r["thumb"]}
+              for k, r in enumerate(r for r in rows if not r["error"])]
+        self._cache[s] = ok
+        if len(self._cache) > SHARD_CACHE:
+            self._cache.popitem(last=False)
+        return ok
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self._shard(s)[i - int(self.starts[s])]
+
+
 class Gallery:
     """A loaded index (see the module docstring)."""
 
-    def __init__(self, path: Path, manifest: dict, features: np.ndarray, images: np.ndarray | None) -> None:
+    def __init__(self, path: Path, manifest: dict, vectors: VectorIndex, images: np.ndarray | None) -> None:
         self.path = path
         self.manifest = manifest
-        self.features = features
+        self.vectors = vectors
         self.images = images
-        self.items: list[dict] = manifest["items"]
+        self.items = _Items(path, manifest["shards"])
         root = manifest.get("source", {}).get("root")
         self.root = Path(root) if root else None
+        self._features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -127,42 +164,53 @@ class Gallery:
         return self.manifest["model"]["fingerprint"]
 
     @classmethod
-    def load(cls, path: str | Path, model: Model | None = None) -> Gallery:
-        """Read an index folder; with `model`, refuse an index built with another model or weights."""
+    def load(cls, path: str | Path, model: Model | None = None, *, mmap: bool = True) -> Gallery:
+        """Read an index folder; with `model`, refuse an index built with another model or weights. mmap: map the
+        vector index's flat codes from the file (shared between processes) instead of reading them."""
         path = Path(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"gallery index {path}: cannot read manifest.json ({exc})") from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise ValueError(f"gallery index {path}: not a {FORMAT} v{VERSION} manifest")
-        features = np.load(path / "features.npy", allow_pickle=False)
-        n = len(manifest["items"])
-        if features.ndim != 2 or features.shape[0] != n:
-            raise ValueError(f"gallery index {path}: features.npy has shape {features.shape}, expected ({n}, D)")
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"gallery index {path}: not a {FORMAT} manifest")
+        if manifest.get("version") != VERSION:
+            raise ValueError(
+                f"gallery index {path} has the old format (version {manifest.get('version')}, one NumPy matrix); "
+                f"rebuild it with `crema index SOURCE --out {path} --restart`"
+            )
         if model is not None and manifest["model"]["fingerprint"] != model.fingerprint:
             raise ValueError(
                 f"gallery index {path} was built with another model or weights "
                 f"(fingerprint {manifest['model']['fingerprint'][:16]}, serving {model.fingerprint[:16]}); "
                 f"rebuild it with `crema index`"
             )
+        meta = manifest.get("vectors") or {}
+        if sum(s["ok"] for s in manifest.get("shards", [])) != manifest.get("count") or meta.get("count") != manifest[
+            "count"
+        ]:
+            raise ValueError(f"gallery index {path}: the manifest's shard and vector counts disagree; rebuild it")
+        vectors = VectorIndex.load(path / meta["file"], meta, mmap=mmap)
         images = None
         if manifest.get("thumbs") == "array":
             images = np.load(path / "images.npy", allow_pickle=False, mmap_mode="r")
-        return cls(path, manifest, np.ascontiguousarray(features, dtype=np.float32), images)
+        return cls(path, manifest, vectors, images)
 
     # -- ranking ---------------------------------------------------------------------------------------
     def search_batch(self, queries: np.ndarray, k: int = 12) -> tuple[np.ndarray, np.ndarray]:
         """queries: (N, D) L2-normalised features -> (ids (N, k'), scores (N, k')) with k' = min(k, len(self)),
-        each row best first (ties by lower id). One (N, D) x (D, G) product for the whole batch."""
+        each row best first (ties by lower id among the k' found). Exact (FAISS flat) for small galleries,
+        approximate beyond (recall@10 in manifest["vectors"]); an approximate row may end in id -1 (fewer hits)."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"gallery {self.path}: queries have shape {queries.shape}, expected (N, {self.dim})")
-        return rank_features(self.features, queries, k)
+        return self.vectors.search(queries, k)
 
     def hits(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
-        """One row of `search_batch` as [{"id", "score", "label"}]."""
+        """One row of `search_batch` as [{"id", "score", "label"}] (ids of -1, no hit, dropped)."""
         return [
-            {"id": int(i), "score": float(s), "label": self.items[int(i)].get("label")} for i, s in zip(ids, scores)
+            {"id": int(i), "score": float(s), "label": self.items[int(i)].get("label")}
+            for i, s in zip(ids, scores)
+            if i >= 0
         ]
 
     def search(self, query: np.ndarray, k: int = 12) -> list[dict]:
@@ -175,7 +223,16 @@ class Gallery:
 
     @property
     def dim(self) -> int:
-        return int(self.features.shape[1])
+        return int(self.manifest["model"]["dim"])
+
+    @property
+    def features(self) -> np.ndarray:
+        """(N, D) float32: every item's feature, read from the shards (all in memory: for small galleries and
+        tests; searching uses the vector index)."""
+        if self._features is None:
+            chunks = [shard_features(self.path, s["no"]) for s in self.manifest["shards"] if s["ok"]]
+            self._features = np.concatenate(chunks).astype(np.float32, copy=False)
+        return self._features
 
     # -- pictures --------------------------------------------------------------------------------------
     def _item(self, i: int) -> dict:
@@ -203,7 +260,7 @@ class Gallery:
         if self.images is not None:
             return _png(Image.fromarray(np.asarray(self.images[i]))), "image/png", f"gallery-{i}.png"
         rel = item.get("path")
-        path = _within(self.root, rel) if (self.root and rel) else None
+        path = _within(self.root, rel) if (self.root and rel and not rel.startswith(("http://", "https://"))) else None
         if path is None or not path.is_file():
             raise KeyError(f"gallery item {i}: original image is not available")
         media = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif"}
@@ -226,40 +283,6 @@ def _png(img: Image.Image) -> bytes:
 
 
 # -- building ----------------------------------------------------------------------------------------------
-def model_block(model: Model) -> dict:
-    """The "model" block of an index manifest: what the features were computed with."""
-    return {
-        "fingerprint": model.fingerprint,
-        "name": model.name,
-        "feature_blob": model.feature_blob,
-        "dim": model.feature_dim,
-        "preset": model.preset,
-    }
-
-
-def _write_index(
-    tmp: Path, out: Path, manifest: dict, features: np.ndarray, images: np.ndarray | None = None
-) -> Gallery:
-    """Write features (+ images) and the manifest into `tmp`, then move it to `out` (replacing it)."""
-    np.save(tmp / "features.npy", features.astype(np.float32, copy=False))
-    if images is not None:
-        np.save(tmp / "images.npy", images)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return Gallery.load(out)
-
-
-def _tmp_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
 def build_index(
     root: str | Path,
     model: Model,
@@ -269,60 +292,19 @@ def build_index(
     thumb_size: int = 128,
     progress: bool = True,
     name: str | None = None,
+    **options,
 ) -> Gallery:
-    """Index every image under `root` (see the module docstring) into `out` (default root/.crema-index),
-    `batch` images per forward pass. Returns the loaded Gallery."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"gallery folder {root} is not a directory")
-    out = Path(out) if out is not None else root / INDEX_DIRNAME
-    files = find_images(root)
-    if not files:
-        raise ValueError(f"gallery folder {root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    tmp = _tmp_dir(out)
-    (tmp / "thumbs").mkdir()
-    bar = progress_bar(len(files), f"indexing {root}", unit="img", enabled=progress)
-    items: list[dict] = []
-    skipped: list[dict] = []
-    feats: list[np.ndarray] = []
-    try:
-        for start in range(0, len(files), batch):
-            xs = []
-            for rel in files[start : start + batch]:
-                try:
-                    img = load_image(root / rel, allowed_formats=ALLOWED_FORMATS)
-                except (ImageError, OSError) as exc:
-                    skipped.append({"path": rel.as_posix(), "error": str(exc)})
-                    continue
-                i = len(items)
-                thumb = img.copy()
-                thumb.thumbnail((thumb_size, thumb_size))
-                tname = f"thumbs/{i:06d}.png" if thumb.mode == "L" else f"thumbs/{i:06d}.jpg"
-                thumb.save(tmp / tname, **({"quality": 85} if tname.endswith(".jpg") else {}))
-                label = rel.parts[0] if len(rel.parts) > 1 else None
-                items.append({"id": i, "path": rel.as_posix(), "label": label, "thumb": tname})
-                xs.append(model.pre(img))
-            if xs:
-                feats.append(model.infer(np.stack(xs))[1])
-            bar.update(min(batch, len(files) - start))
-        bar.close()
-        if not items:
-            raise ValueError(f"gallery folder {root}: none of the {len(files)} images could be read")
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "name": name or root.resolve().name,
-            "model": model_block(model),
-            "source": {"kind": "folder", "root": str(root.resolve())},
-            "count": len(items),
-            "thumbs": "files",
-            "items": items,
-            "skipped": skipped,
-        }
-        return _write_index(tmp, out, manifest, np.concatenate(feats))
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Index SOURCE `root` (a folder, glob or list: server.indexing.read_source) into `out` (default
+    root/.crema-index for a folder), `batch` images per forward pass; `options` go to server.indexing.index_source
+    (engine, shard_size, memory_budget, restart, ...). Returns the loaded Gallery."""
+    source = read_source(root)
+    if out is None:
+        if source.kind != "folder":
+            raise ValueError(f"SOURCE {root} is not a folder: pass --out INDEX")
+        out = Path(root) / INDEX_DIRNAME
+    path, _note = index_source(source, model, out, batch=batch, thumb_size=thumb_size, progress=progress, name=name,
+                               **options)
+    return Gallery.load(path, model)
 
 
 def build_array_index(
@@ -341,35 +323,7 @@ def build_array_index(
         raise ValueError(f"build_array_index: expected images (N, H, W) uint8 with N >= 1, got shape {images.shape}")
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"build_array_index: {len(images)} images but {len(labels)} labels")
-    out = Path(out)
-    tmp = _tmp_dir(out)
-    bar = progress_bar(len(images), f"indexing {name}", unit="img", enabled=progress)
-    feats = []
-    try:
-        for start in range(0, len(images), batch):
-            chunk = images[start : start + batch]
-            feats.append(model.infer(np.stack([model.preprocess(a) for a in chunk]))[1])
-            bar.update(len(chunk))
-        bar.close()
-        items = [
-            {"id": i, "path": None, "label": None if labels is None else str(labels[i]), "thumb": None}
-            for i in range(len(images))
-        ]
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "name": name,
-            "model": model_block(model),
-            "source": {"kind": "array", "root": None},
-            "count": len(items),
-            "thumbs": "array",
-            "items": items,
-            "skipped": [],
-        }
-        return _write_index(tmp, out, manifest, np.concatenate(feats), images)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return Gallery.load(index_arrays(images, labels, model, out, name=name, batch=batch, progress=progress), model)
 
 
 # -- choosing the gallery to serve ---------------------------------------------------------------------------

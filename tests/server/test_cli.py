@@ -28,7 +28,8 @@ def test_index_command(lenet_files, digit_folder, tmp_path, tty_stderr):
     assert "indexed 90 images (500-d 'ip1' features)" in captured.out
     assert "indexing" in captured.err and "100%" in captured.err and "90/90" in captured.err  # the progress bar
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["count"] == 90 and np.load(out / "features.npy").shape == (90, 500)
+    assert manifest["count"] == 90 and np.load(out / "shards" / "000000.npy").shape == (90, 500)
+    assert manifest["vectors"]["factory"] == "Flat" and manifest["vectors"]["recall_at_10"] == 1.0
 
 
 def test_index_errors(lenet_files, tmp_path, capsys):

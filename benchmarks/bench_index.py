@@ -1,0 +1,182 @@
+"""The gallery at scale: FAISS search at 10 k / 100 k / 1 M vectors, and indexing throughput local vs Ray.
+
+    python -m benchmarks.bench_index                         # search at 10k, 100k, 1M + indexing, ~10 min on 2 cores
+    python -m benchmarks.bench_index --sizes 10000 100000    # search only at these sizes
+    python -m benchmarks.bench_index --skip-search --images 3000 --ray-workers 2
+    python -m benchmarks.bench_index --publish               # raw numbers into benchmarks/results/index.json
+
+Search. Vectors of the default model's feature size (EfficientNet-Lite0's 1280-d pooled head), synthetic and
+clustered like CNN features: 2,000 cluster centres share a common positive mean (real pooled activations are all
+>= 0 and have cosine ~0.5-0.8 between unrelated images), each point is its centre plus noise with a power-law
+spectrum (variance of direction j ~ j^-1 over a random 256-d basis, plus 5% isotropic noise), clipped at 0 (ReLU)
+and L2-normalised. Cluster sizes follow a Zipf law. Queries (1,000) are drawn from the same process and are not in
+the index. The index is what `crema index` builds (`server.vector_index.plan_index` with --memory-budget, default
+1.5 GB), tuned for recall@10 >= 0.95 on 200 *other* held-out queries; the 1,000 timed queries are then searched one
+at a time (as `crema serve` does for one request); p50 / p99 are per query. Exact search (IndexFlatIP, one query at
+a time) on the same vectors gives the truth and the comparison time. RAM: the FAISS file size (the index is read
+whole into memory without mmap) and the process's RSS growth when it is loaded.
+
+Indexing. --images MNIST test digits written as PNG files (net.datasets), indexed with the trained LeNet by the local
+engine and by Ray with --ray-workers actors; images/s from the start of the run to the written index, and the two
+engines' features compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "index.json"
+DIM = 1280  # EfficientNet-Lite0's feature blob (the classifier's input: 1280-d after global pooling)
+
+
+class Synthetic:
+    """Clustered, non-negative, L2-normalised vectors (see the module docstring), generated in chunks from seeds
+    so 1 M x 1280 never sits in memory twice."""
+
+    def __init__(self, dim: int = DIM, clusters: int = 2000, rank: int = 256, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.dim, self.rank, self.seed = dim, rank, seed
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
+        self.scale = (np.arange(1, rank + 1) ** -0.5).astype(np.float32)
+        self.basis = (basis.T * 1.0).astype(np.float32)  # (rank, dim)
+        mean = np.abs(rng.standard_normal(dim)).astype(np.float32)
+        z = rng.standard_normal((clusters, rank)).astype(np.float32) * self.scale * 1.6
+        self.centres = mean * 0.9 + z @ self.basis * np.linalg.norm(mean) / 4
+        p = 1.0 / np.arange(1, clusters + 1) ** 0.8
+        self.p = p / p.sum()
+
+    def chunk(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, seed))
+        c = rng.choice(len(self.centres), size=n, p=self.p)
+        z = rng.standard_normal((n, self.rank)).astype(np.float32) * self.scale
+        x = self.centres[c] + (z @ self.basis) * np.linalg.norm(self.centres[0]) / 5
+        x += rng.standard_normal((n, self.dim)).astype(np.float32) * (np.linalg.norm(self.centres[0]) / 20
+                                                                         / np.sqrt(self.dim))
+        np.maximum(x, 0, out=x)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    def chunks(self, n: int, size: int = 100_000):
+        for i, start in enumerate(range(0, n, size)):
+            yield self.chunk(min(size, n - start), seed=i)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_search(n: int, budget: float, queries: np.ndarray, tune_q: np.ndarray, workdir: Path) -> dict:
+    import faiss
+
+    from server.vector_index import VectorIndex, exact_topk, plan_index, recall_at
+
+    gen = Synthetic()
+    plan = plan_index(n, DIM, memory_budget=budget)
+    t0 = time.perf_counter()
+    sample = None
+    if not plan.exact:
+        sample = gen.chunk(min(n, plan.train_size), seed=10_000)  # a training sample from the same process
+    vi = VectorIndex.create(plan, sample)
+    del sample
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for c in gen.chunks(n):
+        vi.add(c)
+    add_s = time.perf_counter() - t0
+    # truth for the tuning queries and the timed queries, streamed over the same chunks
+    t0 = time.perf_counter()
+    truth_tune, _ = exact_topk(tune_q, gen.chunks(n), 10)
+    truth, _ = exact_topk(queries, gen.chunks(n), 10)
+    truth_s = time.perf_counter() - t0
+    vi.tune(tune_q, truth_tune, target=0.95)
+    path = workdir / f"v{n}.faiss"
+    vi.save(path)
+    meta = dict(vi.meta)
+    del vi
+    before = rss_mb()
+    vi = VectorIndex.load(path, meta, mmap=False)
+    rss = rss_mb() - before
+    lat, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        ids, _ = vi.search(q[None], 10)
+        lat.append((time.perf_counter() - t) * 1000)
+        found.append(ids[0])
+    recall = recall_at(np.array(found), truth, 10)
+    # exact search for comparison: a flat index over the same vectors, 100 queries one at a time
+    exact_ms = []
+    flat = faiss.IndexFlatIP(DIM)
+    for c in gen.chunks(n):
+        flat.add(c)
+    for q in queries[:100]:
+        t = time.perf_counter()
+        flat.search(q[None], 10)
+        exact_ms.append((time.perf_counter() - t) * 1000)
+    del flat
+    lat = np.array(lat)
+    return {
+        "n": n, "dim": DIM, "factory": meta["factory"], "nprobe": meta["nprobe"], "k_factor": meta["k_factor"],
+        "recall_at_10": recall, "tuned_recall_at_10": meta["recall_at_10"], "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)), "exact_p50_ms": float(np.percentile(exact_ms, 50)),
+        "exact_p99_ms": float(np.percentile(exact_ms, 99)), "file_mb": path.stat().st_size / 1e6,
+        "rss_growth_mb": rss, "plan_mb": plan.bytes / 1e6, "train_s": train_s, "add_s": add_s, "truth_s": truth_s,
+    }
+
+
+def search_line(r: dict) -> str:
+    return (f"search n={r['n']:>9,} d={r['dim']} {r['factory']:<32} nprobe={r['nprobe']!s:>4} kf={r['k_factor']!s:>3}"
+            f" | recall@10 {r['recall_at_10']:.3f} | p50 {r['p50_ms']:6.2f} ms p99 {r['p99_ms']:6.2f} ms"
+            f" | exact p50 {r['exact_p50_ms']:7.2f} ms | index {r['file_mb']:7.1f} MB (RSS +{r['rss_growth_mb']:.0f})"
+            f" | build {r['train_s'] + r['add_s']:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_index", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--memory-budget-gb", type=float, default=1.5)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--images", type=int, default=3000, help="MNIST digits for the indexing benchmark (0: skip)")
+    p.add_argument("--ray-workers", type=int, default=2)
+    p.add_argument("--publish", action="store_true", help=f"write the raw numbers to {RESULTS.relative_to(ROOT)}")
+    args = p.parse_args(argv)
+    out: dict = {"machine": f"{os.cpu_count()} cores, shared with other jobs", "search": [], "indexing": None}
+    ok = True
+    if not args.skip_search:
+        gen = Synthetic()
+        queries = gen.chunk(args.queries, seed=20_000)
+        tune_q = gen.chunk(200, seed=30_000)
+        with tempfile.TemporaryDirectory() as d:
+            for n in args.sizes:
+                r = bench_search(n, args.memory_budget_gb * 1e9, queries, tune_q, Path(d))
+                out["search"].append(r)
+                print(search_line(r), flush=True)
+                ok &= r["recall_at_10"] >= 0.95 or r["factory"] == "Flat"
+    if args.images:
+        from benchmarks.bench_index_engines import bench_engines
+
+        out["indexing"] = bench_engines(args.images, args.ray_workers)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.publish:
+        RESULTS.write_text(json.dumps(out, indent=1))
+        print(f"wrote {RESULTS}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
