@@ -2,7 +2,6 @@
 
 Kernels (all on flat float32 arrays; `w` weights, `g` gradient (the blob's diff), `h`/`h2` history):
 
-0. ``*_ref``          - plain NumPy float64 versions of the same formulas, for tests.
 1. ``regularize``     - g <- g * scale + decay * w (L2) or + decay * sign(w) (L1); scale = 1 / iter_size.
 2. ``sgd_update``     - h <- momentum * h + rate * g;  w <- w - h.        (Caffe's SGD: lr inside the history)
 3. ``nesterov_update``- h' <- momentum * h + rate * g;  w <- w - ((1 + momentum) * h' - momentum * h).
@@ -93,14 +92,3 @@ def adam_update(w, g, h, h2, rate, beta1, beta2, eps, t):  # pragma: no cover - 
         v = rate * correction * h[i] / (np.sqrt(h2[i]) + eps)
         g[i] = v
         w[i] -= v
-
-
-# -- references (float64, return new arrays) ---------------------------------------------------
-def regularize_ref(w, g, scale, decay, l1=False):
-    w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
-    return g * scale + decay * (np.sign(w) if l1 else w)
-
-
-def sgd_ref(w, g, h, rate, momentum):
-    h = momentum * np.asarray(h, np.float64) + rate * np.asarray(g, np.float64)
-    return np.asarray(w, np.float64) - h, h

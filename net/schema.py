@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-SCALAR_TYPES = ("double", "float", "int32", "int64", "uint32", "uint64", "bool", "string", "bytes")
-
 
 @dataclass(frozen=True)
 class Field:

@@ -104,15 +104,6 @@ def learning_rate(param: Message, it: int, current_step: int = 0) -> tuple[float
     raise SolverError(f"unknown lr_policy {policy!r} (known: {', '.join(POLICIES)})")
 
 
-def load_solverstate(path: str | os.PathLike) -> Message:
-    """A .solverstate's SolverState (crema_resume left out), verified where it records a length and checksum
-    (`net.snapshots.read_solverstate`). Raises SolverError naming the file."""
-    try:
-        return read_solverstate(path)[0]
-    except StateFileError as exc:
-        raise SolverError(str(exc)) from None
-
-
 class Solver:
     """A Caffe solver over a train net and its test nets (which share the train net's weights)."""
 
