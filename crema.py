@@ -3,8 +3,8 @@
     crema classify IMAGE... [--model NAME] [--top K] [--json] [--device gpu]       (default model: efficientnet-lite0)
     crema classify MODEL.prototxt WEIGHTS.caffemodel IMAGE... [--labels FILE] [--preset P] ...
     crema import efficientnet-lite0 [--pth FILE] --out DIR
-    crema time MODEL.prototxt [--weights W] [--batch N] [--iterations N] [--device gpu]
-    crema inspect MODEL.prototxt [--weights W]
+    crema time MODEL.prototxt|ZOO_NAME [--weights W] [--batch N] [--iterations N] [--device gpu]    (FLOP/s too)
+    crema inspect MODEL.prototxt|ZOO_NAME [--weights W]        (shapes, parameter counts, FLOPs per layer)
     crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
 
 User mistakes (a broken prototxt, a corrupt caffemodel, a non-image file, shapes that do not fit)
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from net.classify import classify
+from net.flops import layer_flops
 from net.labels import display_label, load_labels
 from net.memory import add_argument as add_memory_budget_argument
 from net.zoo import DEFAULT_MODEL, MODEL_NAMES, is_model_name, resolve
@@ -83,12 +84,26 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_files(model: str, weights: str | None) -> tuple[str, str | None]:
+    """A Caffe zoo name (net.zoo.CAFFE_ZOO) that is not a file: its models/NAME/deploy.prototxt, and its downloaded
+    weights when there are any and none were given (else the prototxt's fillers). Anything else as given."""
+    from net.zoo import CAFFE_ZOO, zoo_prototxt, zoo_weights
+
+    key = model.lower()
+    if key not in CAFFE_ZOO or Path(model).exists():
+        return model, weights
+    if weights is None and zoo_weights(key).is_file():
+        weights = str(zoo_weights(key))
+    return str(zoo_prototxt(key)), weights
+
+
 def _load_with_batch(args: argparse.Namespace):
     from net.net import Net
 
     device = getattr(args, "device", "cpu")
     budget = getattr(args, "memory_budget", None)
-    net = Net.load(args.model, getattr(args, "weights", None), phase="test", seed=0, device=device, memory_budget=budget)
+    model, weights = _zoo_files(args.model, getattr(args, "weights", None))
+    net = Net.load(model, weights, phase="test", seed=0, device=device, memory_budget=budget)
     if getattr(args, "batch", None):  # shapes first: the memory budget is checked before anything is allocated
         net.reshape({name: (args.batch, *net.blob(name).shape[1:]) for name in net.inputs})
     return net
@@ -103,6 +118,8 @@ def cmd_time(args: argparse.Namespace) -> int:
     net.forward()
     first = time.perf_counter() - t0
     per_layer = net.time_forward(iterations=args.iterations, warmup=0)
+    flops = layer_flops(net)
+    total_flops = sum(f for f in flops if f)
     # Per layer: the plan's step for it, timed on its own (the path net.forward takes; a fused layer shows 0). The
     # whole pass, untimed inside, is the figure to compare with other frameworks: the gap is the timing's overhead.
     t0 = time.perf_counter()
@@ -115,10 +132,11 @@ def cmd_time(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "layers": [
-                        {"name": layer.name, "type": layer.type, "forward_ms": ms}
-                        for layer, ms in zip(net.layers, per_layer)
+                        {"name": layer.name, "type": layer.type, "forward_ms": ms, "flops": f}
+                        for layer, ms, f in zip(net.layers, per_layer, flops)
                     ],
                     "forward_ms": sum(per_layer),
+                    "flops": total_flops,
                     "whole_forward_ms": whole,
                     "first_forward_ms": 1000 * first,
                     "batch": batch,
@@ -131,25 +149,39 @@ def cmd_time(args: argparse.Namespace) -> int:
         f"(first forward incl. JIT/cache load: {1000 * first:.1f} ms)"
     )
     width = max(len(layer.name) for layer in net.layers)
-    for layer, ms in zip(net.layers, per_layer):
-        print(f"{layer.name:>{width}}  {layer.type:<14} forward: {ms:9.3f} ms.")
+    for layer, ms, f in zip(net.layers, per_layer, flops):
+        rate = f"{f / ms / 1e6:8.1f} GFLOP/s" if f and ms > 0 else ""
+        print(f"{layer.name:>{width}}  {layer.type:<14} forward: {ms:9.3f} ms.{rate}")
     total = sum(per_layer)
-    print(f"Average Forward pass: {total:.3f} ms ({1000 * batch / total if total else 0:.1f} images/s).")
-    print(f"Whole forward (net.forward): {whole:.3f} ms ({1000 * batch / whole if whole else 0:.1f} images/s).")
+    gflop = total_flops / 1e9
+    print(
+        f"Average Forward pass: {total:.3f} ms ({1000 * batch / total if total else 0:.1f} images/s, "
+        f"{gflop:.3f} GFLOP: {gflop * 1000 / total if total else 0:.1f} GFLOP/s)."
+    )
+    print(
+        f"Whole forward (net.forward): {whole:.3f} ms ({1000 * batch / whole if whole else 0:.1f} images/s, "
+        f"{gflop * 1000 / whole if whole else 0:.1f} GFLOP/s)."
+    )
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     net = _load_with_batch(args)
     rows = net.summary()
+    flops = layer_flops(net)
+    width = max([16, *(len(r["name"]) for r in rows)])
     print(f"net '{net.name}': inputs {net.inputs}, outputs {net.outputs}")
-    print(f"{'layer':<16} {'type':<14} {'top shape':<24} {'params':<32} {'count':>12}")
-    for r in rows:
+    print(f"{'layer':<{width}} {'type':<14} {'top shape':<24} {'params':<32} {'count':>12} {'FLOPs':>15}")
+    for r, f in zip(rows, flops):
         tops = ", ".join(str(s) for _, s in r["tops"])
         params = ", ".join("x".join(map(str, s)) for s in r["params"])
-        print(f"{r['name']:<16} {r['type']:<14} {tops:<24} {params:<32} {r['count']:>12,}")
+        flop = "?" if f is None else f"{f:,}"
+        print(f"{r['name']:<{width}} {r['type']:<14} {tops:<24} {params:<32} {r['count']:>12,} {flop:>15}")
     total = sum(r["count"] for r in rows)
     print(f"total parameters: {total:,} ({total * 4 / 1e6:.1f} MB as float32)")
+    unknown = sorted({r["type"] for r, f in zip(rows, flops) if f is None})
+    note = f"; not counted: {', '.join(unknown)}" if unknown else ""
+    print(f"total FLOPs per forward: {sum(f for f in flops if f):,} (a multiply-add counts 2{note})")
     return 0
 
 
@@ -218,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for deploy.prototxt, the .caffemodel and synset_words.txt")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("time", help="per-layer forward timing, like `caffe time`")
-    p.add_argument("model")
+    p = sub.add_parser("time", help="per-layer forward timing and GFLOP/s, like `caffe time`")
+    p.add_argument("model", help="a deploy .prototxt or a Caffe zoo name (googlenet, resnet50, ...)")
     p.add_argument("--weights")
     p.add_argument("--batch", type=int, help="batch size (default: the prototxt's)")
     p.add_argument("--iterations", type=int, default=10)
@@ -228,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory_budget_argument(p)
     p.set_defaults(func=cmd_time)
 
-    p = sub.add_parser("inspect", help="layers, shapes and parameter counts")
-    p.add_argument("model")
+    p = sub.add_parser("inspect", help="layers, shapes, parameter counts and FLOPs")
+    p.add_argument("model", help="a deploy .prototxt or a Caffe zoo name (googlenet, resnet50, ...)")
     p.add_argument("--weights")
     p.add_argument("--batch", type=int)
     add_memory_budget_argument(p)

@@ -236,3 +236,19 @@ def test_flops_match_the_published_counts(name, macs):
     counts = zip(layer_flops(net), net.layers)
     ours = sum(c for c, layer in counts if layer.type in ("Convolution", "InnerProduct"))  # bias adds: < 0.1%
     assert abs(ours / 2 - macs) / macs < 0.02
+
+
+def test_inspect_and_time_take_a_zoo_name(capsys):
+    import json
+
+    from crema import main
+    from net.flops import layer_flops
+
+    assert main(["inspect", "squeezenet1.1"]) == 0
+    out = capsys.readouterr().out
+    total = sum(f for f in layer_flops(Net.load(MODELS / "squeezenet1.1" / "deploy.prototxt")) if f)
+    assert "fire9/expand3x3" in out and "total parameters: 1,235,496" in out
+    assert f"total FLOPs per forward: {total:,} (a multiply-add counts 2)" in out
+    assert main(["time", "squeezenet1.1", "--iterations", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["flops"] == total and report["layers"][1]["flops"] > 0
