@@ -156,8 +156,9 @@ def test_progress_bar_on_a_terminal(tty_stderr):
     """The training bar (net.progress, tqdm) counts iterations up to max_iter and shows the smoothed loss; the
     log lines are printed between its redraws."""
     lines = []
-    solver = Solver(parse_text(NET + "base_lr: 0.01 max_iter: 6 display: 3", "SolverParameter"), log=lines.append)
-    solver.solve()
+    param = parse_text(NET + 'base_lr: 0.01 lr_policy: "fixed" max_iter: 6 display: 3', "SolverParameter")
+    solver = Solver(param, log=lines.append)
+    solver.step(6)
     last = tty_stderr.readouterr().err.rsplit("\r", 1)[-1]
     assert last.startswith("training: 100%") and "6/6" in last and f"loss {solver.smoothed_loss:.4f}" in last
     assert any(line.startswith("Iteration 3") for line in lines)
