@@ -138,7 +138,7 @@ class AppConfig:
     fetch_workers: int = 16
     fetch_queue: int = 16
     inside: bool = True
-    inside_request_bytes: int = 16 << 20
+    inside_request_bytes: int = 24 << 20
     inside_cache_bytes: int = 256 << 20
     inside_ttl_s: float = 600.0
 

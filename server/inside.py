@@ -1,6 +1,6 @@
 """Inside the network, per search: the feature maps of the forward pass that answered the request, kept briefly.
 
-    inside = Inside(model.net, bgr=..., per_request_bytes=16 << 20, max_bytes=256 << 20, ttl_s=600)
+    inside = Inside(model.net, bgr=..., per_request_bytes=24 << 20, max_bytes=256 << 20, ttl_s=600)
     rows = inside.capture(n)                 # inference thread, right after the batch's forward: one dict per row
     entry_id = inside.store(rows[i])         # event loop: the request's maps under a random id
     inside.describe(entry_id)                # the JSON of /api/search's `inside`
@@ -46,7 +46,7 @@ class Inside:
     """See the module docstring. Thread-safe: `capture` runs on the inference thread, the rest anywhere."""
 
     def __init__(
-        self, net, *, bgr: bool, per_request_bytes: int = 16 << 20, max_bytes: int = 256 << 20, ttl_s: float = 600.0
+        self, net, *, bgr: bool, per_request_bytes: int = 24 << 20, max_bytes: int = 256 << 20, ttl_s: float = 600.0
     ) -> None:
         self.net = net
         self.bgr = bgr

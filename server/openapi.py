@@ -370,7 +370,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                                 "(BatchNorm, Scale, ReLU...), and whether they are fused into the convolution"
                             ),
                         },
-                        "kept": {"type": "boolean", "description": "false: over the bytes kept per request"},
+                        "kept": {"type": "boolean", "description": "false: over the bytes kept per request (24 MB by default)"},
                         "maps_url": {"type": ["string", "null"]},
                         "filters_url": {"type": ["string", "null"]},
                     },

@@ -211,10 +211,85 @@ function render(data) {
   appendWeb(data.web || []);
   setWebError(data.web_error);
   $("more-button").hidden = !(data.web && data.web.length);
+  renderInside(data.inside);
   const t = data.timings_ms || {};
   $("timings").textContent =
     `inference ${fmt(t.infer)} (batch of ${data.batch_size || 1}), total ${fmt(t.total)} · ` +
     `model ${data.model ? data.model.name : "?"}`;
+}
+
+// -- inside the network: filters and feature maps of the forward that answered (PNG grids from the server) -------
+const INSIDE_MIN_PX = 320; // smaller grids are magnified by a whole factor to at least this width, tiles crisp
+
+function magnify(img) {
+  const k = Math.max(1, Math.ceil(INSIDE_MIN_PX / Math.max(1, img.naturalWidth)));
+  img.style.width = `${img.naturalWidth * k}px`;
+}
+
+async function insideImage(img, url, onFail) {
+  img.removeAttribute("style");
+  img.onload = () => {
+    magnify(img);
+    img.dataset.loaded = url;
+  };
+  img.onerror = async () => {
+    try { // the route answers JSON {"error"} on 4xx: show its words
+      const resp = await fetch(url);
+      onFail(resp.ok ? "the picture could not be shown" : await readError(resp));
+    } catch (e) {
+      onFail("could not reach the server");
+    }
+  };
+  delete img.dataset.loaded;
+  img.src = url;
+}
+
+function showInsideLayer(inside, name) {
+  const layer = inside.layers.find((l) => l.name === name) || inside.layers[0];
+  const error = $("inside-error");
+  error.hidden = true;
+  const fail = (what) => (message) => {
+    error.textContent = `${what}: ${message}`;
+    error.hidden = false;
+  };
+  $("inside-shape").textContent =
+    `${layer.type} · ${layer.channels} channels of ${layer.shape[1]}×${layer.shape[2]}` +
+    (layer.shown < layer.channels ? ` · the first ${layer.shown} shown` : "");
+  const filters = safeUrl(layer.filters_url);
+  $("inside-filters-fig").hidden = !filters;
+  if (filters) {
+    insideImage($("inside-filters"), filters, fail("filters"));
+    $("inside-filters-cap").textContent =
+      `The ${layer.shape[0]} filters of ${layer.name}: ${inside.filters_note}.`;
+  }
+  const maps = safeUrl(layer.maps_url);
+  $("inside-maps-fig").hidden = !maps;
+  if (maps) {
+    insideImage($("inside-maps"), maps, fail("feature maps"));
+    $("inside-maps-cap").textContent = `Your picture after ${layer.name}: ${layer.note}.`;
+  }
+  let note = layer.filters ? "" : `${layer.name}'s filters are not pictures of the image's colours, so only its maps show. `;
+  if (!layer.kept) note += `The maps of ${layer.name} were not kept for this search (too large). `;
+  $("inside-note").textContent = note + (inside.note ? `${inside.note}.` : "");
+}
+
+function renderInside(inside) {
+  const box = $("inside");
+  if (!inside || !inside.layers || !inside.layers.length) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  $("inside-sub").textContent = `the forward pass that answered, kept ${Math.round(inside.expires_s / 60)} min`;
+  $("inside-how").textContent =
+    `Grids as in Caffe's examples: ${inside.normalisation}; at most ${inside.max_tiles} tiles a layer.`;
+  const select = $("inside-layer");
+  select.replaceChildren(
+    ...inside.layers.map((l) => el("option", { value: l.name, text: `${l.name} (${l.type}${l.kept ? "" : ", not kept"})` })),
+  );
+  select.value = inside.first || inside.layers[0].name;
+  select.onchange = () => showInsideLayer(inside, select.value);
+  showInsideLayer(inside, select.value);
 }
 
 function fmt(ms) {

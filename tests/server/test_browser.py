@@ -310,3 +310,145 @@ def test_page_without_a_gallery(model, chromium, tmp_path):
             hint = browser.eval(page, HINT_JS)
             assert hint.startswith("This server has no gallery") and "crema index DIR" in hint
             assert "Your photos" not in hint
+
+
+# -- inside the network -----------------------------------------------------------------------------------------
+# The pixels of an <img> as the page shows them (a same-origin PNG: no tainted canvas): {w, h, grey values}
+PIXELS_JS = """(id => {{ const img = document.getElementById(id); const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');
+  g.drawImage(img, 0, 0); const d = g.getImageData(0, 0, c.width, c.height).data;
+  const v = []; for (let i = 0; i < d.length; i += 4) v.push(d[i], d[i + 1], d[i + 2]);
+  return JSON.stringify({{w: c.width, h: c.height, v}}); }})('{}')"""
+INSIDE_LOADED_JS = """(() => {{ const f = document.getElementById('inside-filters-fig').hidden ||
+  (document.getElementById('inside-filters').dataset.loaded || '').includes('layer={0}');
+  return f && (document.getElementById('inside-maps').dataset.loaded || '').includes('layer={0}'); }})()"""
+
+
+def page_pixels(browser, page, img_id: str) -> np.ndarray:
+    got = json.loads(browser.eval(page, PIXELS_JS.format(img_id)))
+    return np.array(got["v"], np.uint8).reshape(got["h"], got["w"], 3)
+
+
+def test_inside_the_network_through_the_page(crema_server, chromium, tmp_path):
+    """After a search the page shows LeNet's conv1 filters and the digit's conv1 maps, as the server drew them:
+    the pixels on the page, tile by tile, are the normalised weights and the normalised maps of an independent
+    forward (within one grey level: two forwards may round apart); the selector lists every conv/pooling layer
+    and shows pool2's maps, saying that its filters are not pictures."""
+    from tests.net.test_visualize import expected_tile, tiles_of
+
+    a = digit(5)
+    image = tmp_path / "five.png"
+    image.write_bytes(png_bytes(a))
+    net = Net.load(crema_server.files["prototxt"], crema_server.files["weights"], phase="test")
+    net.forward(data=(a.astype(np.float32) * np.float32(0.00390625))[None, None])
+
+    with Chromium(chromium, tmp_path / "profile", tmp_path / "chromium.log") as browser:
+        page = browser.new_page()
+        browser.send("Page.navigate", {"url": crema_server.url + "/"}, page)
+        browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
+        assert shown(browser, page, "inside") == {"inside": False}
+        browser.set_file(page, "#file-input", image)
+        browser.wait_for_js(page, INSIDE_LOADED_JS.format("conv1"), what="conv1's filters and maps")
+        assert shown(browser, page, "inside", "inside-filters", "inside-maps") == {
+            "inside": True, "inside-filters": True, "inside-maps": True}  # fmt: skip
+        options = json.loads(browser.eval(page, "JSON.stringify(Array.from(document.querySelectorAll("
+                                                "'#inside-layer option')).map(o => o.value))"))  # fmt: skip
+        assert options == ["conv1", "pool1", "conv2", "pool2"]
+        assert browser.eval(page, "document.getElementById('inside-layer').value") == "conv1"
+        assert "normalised on its own" in browser.eval(page, "document.getElementById('inside-how').textContent")
+
+        filters = page_pixels(browser, page, "inside-filters")
+        w = net.params["conv1"][0]
+        for k, t in enumerate(tiles_of(filters[..., 0], 20, 5, 5, 5)):
+            assert np.array_equal(t, expected_tile(w[k, 0])), k
+        maps = page_pixels(browser, page, "inside-maps")
+        for k, t in enumerate(tiles_of(maps[..., 0], 20, 24, 24, 2)):
+            diff = np.abs(t.astype(int) - expected_tile(net.blobs["conv1"][0, k]).astype(int))
+            assert diff.max() <= 1, (k, diff.max())
+        # shown magnified by a whole factor, crisp
+        assert browser.eval(page, "document.getElementById('inside-maps').getBoundingClientRect().width") >= 320
+
+        browser.eval(page, "const s = document.getElementById('inside-layer'); s.value = 'pool2';"
+                           "s.dispatchEvent(new Event('change')); true")  # fmt: skip
+        browser.wait_for_js(page, INSIDE_LOADED_JS.format("pool2"), what="pool2's maps")
+        assert shown(browser, page, "inside-filters-fig")["inside-filters-fig"] is False
+        assert "not pictures" in browser.eval(page, "document.getElementById('inside-note').textContent")
+        maps = page_pixels(browser, page, "inside-maps")
+        for k, t in enumerate(tiles_of(maps[..., 0], 50, 4, 4, 12)):
+            diff = np.abs(t.astype(int) - expected_tile(net.blobs["pool2"][0, k]).astype(int))
+            assert diff.max() <= 1, (k, diff.max())
+        assert browser.eval(page, "document.getElementById('inside-error').hidden") is True
+        browser.screenshot(page, artifacts_dir() / "browser_inside.png")
+
+
+@pytest.fixture(scope="module")
+def efficientnet_server(tmp_path_factory) -> Iterator[str]:
+    """`crema serve` with its default model, EfficientNet-Lite0 (web search and the personal gallery off)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.server.conftest import free_port
+
+    tmp = tmp_path_factory.mktemp("serve-efficientnet")
+    port = free_port()
+    log = tmp / "serve.log"
+    cmd = [sys.executable, "-m", "crema", "serve", "--port", str(port), "--no-web", "--no-personal-gallery",
+           "--cache", str(tmp / "cache"), "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"crema serve exited with {proc.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"crema serve did not answer /api/health within 300 s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_inside_efficientnet_through_the_page(efficientnet_server, chromium, tmp_path):
+    """The default model: the stem's 32 colour filters (stride 2, 3x3 stored as 4x4; RGB tiles, exact), its 32 maps of 112x112, the note that
+    BatchNorm, Scale and ReLU6 are fused into it, and a 1280-channel layer capped at 256 tiles, saying so."""
+    from net.zoo import resolve
+    from tests.net.test_visualize import expected_tile, tiles_of
+
+    rng = np.random.default_rng(7)
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)))
+    files = resolve("efficientnet-lite0")
+    w = Net.load(files.prototxt, files.weights).params["stem"][0]
+    with Chromium(chromium, tmp_path / "profile", tmp_path / "chromium.log") as browser:
+        page = browser.new_page()
+        browser.send("Page.navigate", {"url": efficientnet_server + "/"}, page)
+        browser.wait_for_js(page, "document.body && document.body.dataset.ready === '1'", what="the page script")
+        browser.set_file(page, "#file-input", image)
+        browser.wait_for_js(page, INSIDE_LOADED_JS.format("stem"), timeout=120, what="the stem's filters and maps")
+        filters = page_pixels(browser, page, "inside-filters")
+        # stored as 4x4 with a zero first row and column (TF's asymmetric SAME padding, net.efficientnet): scale 6
+        for k, t in enumerate(tiles_of(filters, 32, 4, 4, 6)):
+            assert np.array_equal(t, expected_tile(w[k].transpose(1, 2, 0))), k
+        maps = page_pixels(browser, page, "inside-maps")
+        assert maps.shape == (6 * 113 - 1, 6 * 113 - 1, 3)  # 32 tiles: 6 x 6 grid of 112 x 112
+        caption = browser.eval(page, "document.getElementById('inside-maps-cap').textContent")
+        assert "ReLU6 'stem/relu6'" in caption and "fused" in caption
+        browser.eval(page, "const s = document.getElementById('inside-layer'); s.value = 'head';"
+                           "s.dispatchEvent(new Event('change')); true")  # fmt: skip
+        layer = browser.eval(page, "document.querySelector('#inside-layer option[value=\"head\"]').textContent")
+        if "not kept" not in layer:
+            browser.wait_for_js(page, INSIDE_LOADED_JS.format("head"), what="the head's maps")
+            assert page_pixels(browser, page, "inside-maps").shape[:2] == (16 * 50 - 1, 16 * 50 - 1)
+        assert "the first 256 shown" in browser.eval(page, "document.getElementById('inside-shape').textContent")
+        browser.screenshot(page, artifacts_dir() / "browser_inside_efficientnet.png")
