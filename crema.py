@@ -6,6 +6,7 @@
     crema time MODEL.prototxt|ZOO_NAME [--weights W] [--batch N] [--iterations N] [--device gpu]    (FLOP/s too)
     crema inspect MODEL.prototxt|ZOO_NAME [--weights W]        (shapes, parameter counts, FLOPs per layer)
     crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
+    crema visualize MODEL [IMAGE] [--layer NAME] [--out DIR]    (or MODEL.prototxt WEIGHTS [IMAGE]; net.visualize)
 
 User mistakes (a broken prototxt, a corrupt caffemodel, a non-image file, shapes that do not fit)
 print one line `crema: error: ...` and exit with status 2, never a traceback.
@@ -185,6 +186,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """crema visualize MODEL [IMAGE] or MODEL.prototxt WEIGHTS [IMAGE]: filters and feature-map grids as PNGs."""
+    from net.classify import preprocess_for
+    from net.net import Net
+    from net.visualize import write_visualization
+
+    inputs = list(args.inputs)
+    if inputs[0].lower().endswith(".prototxt"):
+        if len(inputs) not in (2, 3):
+            raise ValueError("visualize MODEL.prototxt WEIGHTS.caffemodel [IMAGE]: give the weights (and one image)")
+        prototxt, weights, image, preset = inputs[0], inputs[1], inputs[2:], args.preset
+    else:
+        if not is_model_name(inputs[0]):
+            names = ", ".join(MODEL_NAMES)
+            raise ValueError(f"unknown model {inputs[0]!r}: give one of {names} or MODEL.prototxt WEIGHTS")
+        if len(inputs) > 2:
+            raise ValueError(f"visualize {inputs[0]} [IMAGE]: one image at most")
+        files = resolve(inputs[0])
+        prototxt, weights, image = str(files.prototxt), str(files.weights), inputs[1:]
+        preset = args.preset or files.preset
+    net = Net.load(prototxt, weights, phase="test", memory_budget=args.memory_budget)
+    pre = preprocess_for(net, preset)
+    for path, what in write_visualization(net, args.out, layer=args.layer, image=image[0] if image else None, pre=pre):
+        print(f"wrote {path}: {what}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from net.caffemodel import load_caffemodel, save_caffemodel
     from net.prototxt_loader import format_text, load_net_prototxt
@@ -266,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int)
     add_memory_budget_argument(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "visualize",
+        help="a layer's filters and an image's feature maps as PNG grids",
+        description="crema visualize MODEL [IMAGE] --layer NAME  or  crema visualize MODEL.prototxt WEIGHTS [IMAGE]",
+    )
+    p.add_argument("inputs", nargs="+", metavar="MODEL", help=f"{', '.join(MODEL_NAMES)} [IMAGE], or MODEL.prototxt "
+                   "WEIGHTS [IMAGE]")  # fmt: skip
+    p.add_argument("--layer", help="a Convolution or Pooling layer (default: the first with feature maps)")
+    p.add_argument("--out", default=".", help="folder for LAYER_filters.png / LAYER_maps.png (default: here)")
+    p.add_argument("--preset", help="preprocessing preset for the image (default: the named model's)")
+    add_memory_budget_argument(p)
+    p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("convert", help="upgrade old (V0/V1) prototxt / caffemodel files to the current format")
     p.add_argument("model")

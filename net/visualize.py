@@ -52,6 +52,7 @@ __all__ = [
     "maps_grid",
     "normalise_tile",
     "tile_grid",
+    "write_visualization",
 ]
 
 MAX_TILES = 256
@@ -486,3 +487,54 @@ class Mistakes:
         (out / "confusion.csv").write_text("\n".join([header, *body]) + "\n")
         written += [out / "confusion.png", out / "confusion.csv"]
         return written
+
+
+# -- crema visualize ------------------------------------------------------------------------------------------------
+def write_visualization(net, out, *, layer: str | None = None, image=None, pre=None) -> list[tuple[object, str]]:
+    """`crema visualize`: the filters grid of `layer` (default: the first layer with maps) where its filters are
+    images, and with `image` (anything net.preprocess.load_image reads) preprocessed by `pre`, the feature-map grid
+    of one forward. Writes `<layer>_filters.png` / `<layer>_maps.png` into `out` ('/' in names becomes '_');
+    returns [(path, what it shows)]. VisualizeError for a layer that cannot be shown or nothing to write."""
+    from pathlib import Path
+
+    views = layer_views(net)
+    if not views:
+        raise VisualizeError(f"net '{net.name}' has no Convolution or Pooling layer with spatial maps")
+    view = find_layer(net, layer) if layer is not None else views[0]
+    if not view.filters and image is None:
+        raise VisualizeError(
+            f"layer {view.name!r} ({view.type}) has no filters to show as images (only a Convolution reading the "
+            f"input has); give an IMAGE to see its feature maps"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = view.name.replace("/", "_").replace("\\", "_")
+    bgr = bool(pre is not None and pre.color and pre.channel_swap)
+    jobs = []
+    if view.filters:
+        jobs.append(("filters", lambda: layer_filters(net, view, bgr=bgr)))
+    if image is not None:
+        from .preprocess import load_image
+
+        x = pre(load_image(image))
+        net.forward(**{net.inputs[0]: x[None]})
+
+        def maps() -> Grid:
+            return maps_grid(net.blobs[view.top][0])
+
+        jobs.append(("maps", maps))
+    grids = [(kind, render()) for kind, render in jobs]  # all rendered (or refused) before anything is written
+    written = []
+    for kind, grid in grids:
+        path = out / f"{stem}_{kind}.png"
+        grid.save(path)
+        if kind == "filters":
+            what = (
+                f"{grid.shown} filters of {view.name}, weights as stored, {'RGB' if grid.image.ndim == 3 else 'grey'}"
+            )
+        else:
+            what = f"{grid.shown} feature maps of {view.name} ({view.note})"
+        if grid.note:
+            what += f"; {grid.note}"
+        written.append((path, f"{what}; tiles magnified {grid.scale}x, {NORMALISATION}"))
+    return written

@@ -275,3 +275,50 @@ def test_crema_test_errors_needs_an_accuracy_layer(tmp_path, monkeypatch, capsys
                "--errors", str(tmp_path / "e")])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "crema: error:" in err and "no Accuracy layer" in err and "Traceback" not in err
+
+
+# -- crema visualize ------------------------------------------------------------------------------------------------
+def test_crema_visualize_lenet(tmp_path, capsys):
+    from crema import main
+    from net.classify import preprocess_for
+    from net.preprocess import load_image
+
+    photo = tmp_path / "digit.png"
+    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 251).astype(np.uint8)).save(photo)
+    assert main(["visualize", "lenet", str(photo), "--layer", "conv1", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'o' / 'conv1_filters.png'}: 20 filters of conv1" in out
+    assert f"wrote {tmp_path / 'o' / 'conv1_maps.png'}: 20 feature maps of conv1" in out
+    net = Net.load(LENET / "deploy.prototxt", LENET / "lenet.caffemodel")
+    tiles = tiles_of((tmp_path / "o" / "conv1_filters.png").read_bytes(), 20, 5, 5, 5)
+    assert all(np.array_equal(t, expected_tile(net.params["conv1"][0][k, 0])) for k, t in enumerate(tiles))
+    net.forward(data=preprocess_for(net, "lenet-auto")(load_image(photo))[None])
+    tiles = tiles_of((tmp_path / "o" / "conv1_maps.png").read_bytes(), 20, 24, 24, 2)
+    assert all(np.array_equal(t, expected_tile(net.blobs["conv1"][0, k])) for k, t in enumerate(tiles))
+    assert main(["visualize", "lenet", str(photo), "--layer", "pool2", "--out", str(tmp_path / "p")]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["pool2_maps.png"]
+
+
+def test_crema_visualize_errors(tmp_path, capsys):
+    from crema import main
+
+    photo = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(photo)
+    # a 700 x 700 input through a 1x1 convolution of 64 channels: 64 tiles of 700 px are over the pixel limit
+    big = tmp_path / "big.prototxt"
+    big.write_text('name: "big" layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 '
+                   'dim: 700 dim: 700 } } } layer { name: "wide" type: "Convolution" bottom: "data" top: "wide" '
+                   'convolution_param { num_output: 64 kernel_size: 1 weight_filler { type: "xavier" } } }')  # fmt: skip
+    Net.load(big).save(tmp_path / "big.caffemodel")
+    cases = [
+        (["lenet", "--layer", "conv7"], "no layer named 'conv7' in net 'LeNet'; layers with feature maps: conv1"),
+        (["lenet", str(photo), "--layer", "ip2"], "it is a layer of type InnerProduct"),
+        (["lenet", "--layer", "pool1"], "give an IMAGE to see its feature maps"),
+        (["nomodel"], "unknown model 'nomodel'"),
+        ([str(big), str(tmp_path / "big.caffemodel"), str(photo), "--layer", "wide"], "over the 4096-pixel limit"),
+    ]
+    for args, words in cases:
+        assert main(["visualize", *args, "--out", str(tmp_path / "o")]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("crema: error: ") and words in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # nothing half-written
