@@ -74,6 +74,9 @@ TASK_MACS = 1 << 18  # multiply-adds per task at least (a claim and a task's col
 ALIGN_MIN_P = 4 * NR  # pixels per image at least before the main tiles are moved onto cache lines (_head)
 X_CHUNK_FLOATS = 64 * 1024  # floats of x a task re-reads per row tile (256 KB: half of Zen 3's L2)
 SERIAL_MACS = 1 << 18  # below this many multiply-adds a call runs on the calling thread (fork-join: ~2.5 us)
+PACK = True  # copy a task's pixel chunk into contiguous 16-pixel slivers (K, NR) before its row tiles read it
+PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver this many rows' worth at least
+PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
 assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
 assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
 assert DOT_ACC + max(DOT_COLS, 2) + 1 <= 16, "dot tile: accumulators + pixel vectors (2 for 2 partial sums) + W"
@@ -393,7 +396,21 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
 
 
 @njit(cache=True, boundscheck=False)
-def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task):  # pragma: no cover - compiled
+def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - compiled
+    """xp[((s - s_begin)*k + c)*NR + j] = x[x_off + c*p + s*NR + j] for slivers s_begin <= s < s_end, c < k, j < NR:
+    the chunk's main pixels as contiguous (K, NR) slivers, each row of x read once (rows in order: one stream)."""
+    ns = s_end - s_begin
+    for c in range(k):
+        src = x_off + c * p + s_begin * NR
+        for s in range(ns):
+            d = (s * k + c) * NR
+            o = src + s * NR
+            for j in range(NR):
+                xp[np.uint64(d + j)] = xf[np.uint64(o + j)]
+
+
+@njit(cache=True, boundscheck=False)
+def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add):  # pragma: no cover - compiled
     """Task `task` (see _pw_forward): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
     pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
     after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile)."""
@@ -411,20 +428,42 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task):  # pragma: no cover -
     y_off = n * m * p
     flo, fhi = np.float32(lo), np.float32(hi)
     edges = (h > 0 or t > 0) and pc == npc - 1
-    out = xt[NR * k : NR * k + MR * NR]  # _sliver_edge's tile, after the packed edge pixels
+    packed = plan[9] > 0
+    xp = xt[: plan[9]]  # the chunk's slivers (PACK), then the edge pixels and one tile
+    et = xt[plan[9] :]
+    out = et[NR * k : NR * k + MR * NR]  # _sliver_edge's tile, after the packed edge pixels
+    if packed and s_end > s_begin:
+        _pack_chunk(xf, x_off + h, k, p, s_begin, s_end, xp)
     if edges:
         if h > 0:
-            _pack_sliver(xf, x_off, k, p, h, xt)
+            _pack_sliver(xf, x_off, k, p, h, et)
         else:
-            _pack_edge(xf, x_off, k, p, ns * NR, t, xt)
+            _pack_edge(xf, x_off, k, p, ns * NR, t, et)
     for r in range(r_begin, r_end, MR):
         mr = min(MR, r_end - r)
         if edges:  # first: they stream the tile's W rows into L1 for the main tiles' broadcasts
             if h > 0:
-                _sliver_edge(wf, xt, out, bias, yf, y_off, r, mr, k, p, h, flo, fhi)
+                _sliver_edge(wf, et, out, bias, yf, y_off, r, mr, k, p, h, flo, fhi)
             else:
-                _edge(wf, xt, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
-        _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi)
+                _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
+        if packed:
+            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi)
+        else:
+            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi)
+        if add:  # the residual sum of the rows just stored (in L1), over this task's pixels only
+            for i in range(mr):
+                row = y_off + (r + i) * p
+                _add_span(yf, rf, zf, row + h + s_begin * NR, row + h + s_end * NR)
+                if edges:
+                    _add_span(yf, rf, zf, row, row + h)
+                    _add_span(yf, rf, zf, row + h + ns * NR, row + p)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
+    """z[i] = y[i] + r[i] for start <= i < stop (Eltwise SUM's one addition per element: the same bits)."""
+    for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
+        zf[i] = yf[i] + rf[i]
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -454,30 +493,44 @@ def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, h
         s += 2 if two else 1
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi):  # pragma: no cover - compiled
+    """_tile_row over the chunk's slivers packed in xp (_pack_chunk): sliver s at xp[(s - s_begin)*k*NR:], row
+    stride NR. The same FMA chains as reading x in place, so the same bits."""
+    ru, ku, pu, mru, nru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR)
+    for s in range(s_begin, s_end):
+        xo = np.uint64((s - s_begin) * k * NR)
+        yo = np.uint64(y_off + r * p + s * NR)
+        if mr == MR:
+            _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru)
+        else:
+            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru)
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter):  # pragma: no cover - compiled
+def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
     """All tasks (image, pixel chunk, row block) of a call, claimed by `workers` workers (one per thread,
     ``gemm.claim``); worker t packs its edge pixels into ws[t*plan[8]:]. x, w, y: C-contiguous, any rank; plan: see
     PointwiseRunner."""
-    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
     ntask = plan[0] * plan[4] * plan[5]
-    h = _head(xf, plan[3])
+    h = 0 if plan[9] > 0 else _head(xf, plan[3])
     size = plan[8]
     for t in prange(workers):
         xt = ws[t * size : (t + 1) * size]
         task = claim(counter)
         while task < ntask:
-            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task)
+            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add)
             task = claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
-def _pw_serial(x, w, bias, y, plan, lo, hi, ws):  # pragma: no cover - compiled
+def _pw_serial(x, w, bias, y, plan, lo, hi, ws, res, z, add):  # pragma: no cover - compiled
     """_pw_forward's tasks in order on the calling thread."""
-    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
-    h = _head(xf, plan[3])
+    xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
+    h = 0 if plan[9] > 0 else _head(xf, plan[3])
     for task in range(plan[0] * plan[4] * plan[5]):
-        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task)
+        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task, rf, zf, add)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -505,8 +558,6 @@ def pointwise_applies(x_shape, w_shape, stride=(1, 1), pad=(0, 0), dilation=(1, 
         and _pair(pad, "pad") == (0, 0)
         and int(group) == 1
     )
-
-
 
 
 def _split(n: int, k: int, m: int, p: int, threads: int) -> tuple[int, int, int, int]:
@@ -540,7 +591,9 @@ class PointwiseRunner:
     x_shape (N, K, H, W), w_shape (M, K, 1, 1); act None or (lo, hi), the clip after the bias (ReLU6: (0, 6)).
     ``runner(x, w, bias, y)``: x C-contiguous float32 of x_shape, w C-contiguous float32 of w_shape, bias (M,) float32
     (zeros for none), y the C-contiguous float32 output of ``runner.out_shape`` (N, M, H, W), not overlapping x. The
-    thread split follows the thread count when the runner is made.
+    thread split follows the thread count when the runner is made. ``runner(x, w, bias, y, res, z)`` also writes
+    z = y + res (an Eltwise SUM after the convolution, fused: each row tile's sums while its outputs are in L1); res
+    and z of y's shape and layout, z overlapping neither x nor y; res overlapping neither y nor z.
     """
 
     __slots__ = ("lo_hi", "out_shape", "plan", "serial", "workers", "ws_size")
@@ -561,20 +614,31 @@ class PointwiseRunner:
         macs = n * m * k * p
         self.serial = threads == 1 or macs < SERIAL_MACS
         npc, nrb, chunk, block = _split(n, k, m, p, 1 if self.serial else threads)
-        edge = NR * k + MR * NR  # floats of a worker's buffer: its edge pixels (NR at most) and one tile
-        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, edge], np.int64)
-        self.ws_size = edge * (1 if self.serial else threads)
+        # floats of a worker's buffer: the packed chunk (PACK; a multiple of NR: slivers stay on 64-byte lines), its
+        # edge pixels (NR at most) and one tile, rounded up to whole lines
+        big = 4 * n * k * p > PACK_MIN_X_BYTES
+        packed = chunk * k * NR if PACK and SLIVERS == 1 and big and block >= PACK_MIN_ROWS else 0
+        size = -(-(packed + NR * k + MR * NR) // NR) * NR
+        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed], np.int64)
+        self.ws_size = size * (1 if self.serial else threads)
 
-    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+    def __call__(
+        self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray, res: np.ndarray | None = None,
+        out2: np.ndarray | None = None,
+    ) -> None:
+        add = res is not None
+        if not add:
+            res = out2 = out  # unread
         ws = _WORKSPACE.buf
-        if ws.size < self.ws_size:
-            _WORKSPACE.get(self.ws_size)
+        if ws.size < self.ws_size + NR:
+            _WORKSPACE.get(self.ws_size + NR)
             ws = _WORKSPACE.buf
+        ws = ws[(-ws.ctypes.data // 4) % NR :]  # from a 64-byte boundary (float32 buffers start 4-byte aligned)
         lo, hi = self.lo_hi
         if self.serial:
-            _pw_serial(x, w, bias, out, self.plan, lo, hi, ws)
+            _pw_serial(x, w, bias, out, self.plan, lo, hi, ws, res, out2, add)
         else:
-            _pw_forward(x, w, bias, out, self.plan, lo, hi, ws, self.workers, np.zeros(1, np.int64))
+            _pw_forward(x, w, bias, out, self.plan, lo, hi, ws, self.workers, np.zeros(1, np.int64), res, out2, add)
 
 
 def _check_out(arr, shape: tuple[int, ...], name: str) -> np.ndarray:

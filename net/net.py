@@ -37,6 +37,7 @@ from .memory import (
     param_room,
     resolve_budget,
 )
+from .plan_steps import zero_border_step
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -690,6 +691,6 @@ class _Plan:
         self.threads = numba.get_num_threads()
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
-            step = layer.plan(bottom, top)
+            step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))

@@ -75,11 +75,15 @@ def _at_offset(shape, offset_bytes: int) -> np.ndarray:
     return buf[start : start + n].reshape(shape)
 
 
-@pytest.fixture(params=["default", "serial", "small-tasks"])
+@pytest.fixture(params=["default", "serial", "small-tasks", "packed"])
 def split(request, monkeypatch):
     """The thread split: the default choice, every call on the calling thread, or parallel with tasks as small as the
-    shape allows (several pixel chunks, row blocks of one tile)."""
-    if request.param == "serial":
+    shape allows (several pixel chunks, row blocks of one tile); packed: the default split with every task's pixel
+    chunk copied into slivers first, whatever the sizes (PACK)."""
+    if request.param == "packed":
+        monkeypatch.setattr(pw_module, "PACK_MIN_X_BYTES", 0)
+        monkeypatch.setattr(pw_module, "PACK_MIN_ROWS", 0)
+    elif request.param == "serial":
         monkeypatch.setattr(pw_module, "SERIAL_MACS", 1 << 62)
     elif request.param == "small-tasks":
         monkeypatch.setattr(pw_module, "SERIAL_MACS", 0)
@@ -162,6 +166,25 @@ def test_split_does_not_change_a_bit(split) -> None:
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("k,m,h", [(32, 16, 112), (672, 112, 14), (1152, 192, 7), (40, 13, 8)])
+def test_packed_slivers_give_the_same_bits(k, m, h, monkeypatch) -> None:
+    """A task's pixels copied into contiguous slivers first (PACK) or read in place: the same FMA chains, the same
+    bits, packed in any chunk size."""
+    x, w, b = _inputs((2, k, h, h), (m, k, 1, 1), seed=k + m)
+    monkeypatch.setattr(pw_module, "PACK", False)
+    want = pointwise_forward(x, w, b, act=(0.0, 6.0))
+    monkeypatch.setattr(pw_module, "PACK", True)
+    monkeypatch.setattr(pw_module, "PACK_MIN_X_BYTES", 0)
+    monkeypatch.setattr(pw_module, "PACK_MIN_ROWS", 0)
+    run = PointwiseRunner(x.shape, w.shape, (0.0, 6.0))
+    assert run.plan[9] > 0 or pw_module.SLIVERS == 2  # packed (AVX-512's paired tiles read in place)
+    got = np.empty(run.out_shape, np.float32)
+    run(x, w, b, got)
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(pw_module, "X_CHUNK_FLOATS", 1)  # one sliver a chunk
+    np.testing.assert_array_equal(pointwise_forward(x, w, b, act=(0.0, 6.0)), want)
 
 
 def test_reference_by_hand() -> None:

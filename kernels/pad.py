@@ -1,0 +1,62 @@
+"""Zero padding made explicit, any amount on each side (NCHW float32): for kernels that take pad 0.
+
+A Caffe convolution pads symmetrically; TF's SAME padding at stride 2 is asymmetric (EfficientNet-Lite0's stem, 3x3/2
+on 224: 0 rows before, 1 after). ``net.efficientnet`` writes it in standard Caffe layers as a (k+1)x(k+1) kernel with
+a zero first row and column and pad p; a CPU Net's plan (``net.net``) runs such a convolution as the k x k kernel with
+pad 0 on the image copied into a buffer with p - 1 zeros before and p after (a quarter to a half fewer taps).
+
+0. ``pad_ref``      - plain NumPy: ``np.pad`` with zeros.
+1. ``_pad_planes``  - the image's planes copied into the buffer's interior, planes split over the threads; the borders
+                      are written once when the buffer is made (``PadInto``) and never change.
+
+Public: ``PadInto(x_shape, before, after)``: ``pad(x)`` -> its buffer (N, C, H + bh + ah, W + bw + aw), the borders
+zero, the interior x. Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+def pad_ref(x: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> np.ndarray:
+    """x (N, C, H, W) with before[0] / after[0] zero rows above / below and before[1] / after[1] zero columns left /
+    right."""
+    return np.pad(x, ((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])))
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pad_planes(x, buf, top, left):  # pragma: no cover - compiled
+    """buf[n, c, top + r, left + s] = x[n, c, r, s] for every plane (n, c), in parallel over planes."""
+    n, c, h, wd = x.shape
+    xf = x.reshape(n * c, h, wd)
+    bf = buf.reshape(n * c, buf.shape[2], buf.shape[3])
+    for q in prange(n * c):
+        for r in range(h):
+            for s in range(wd):
+                bf[q, top + r, left + s] = xf[q, r, s]
+
+
+class PadInto:
+    """x (N, C, H, W) into a kept zero-bordered buffer: ``pad(x)`` returns it with x copied in (the same array every
+    call; valid until the next call). before = (rows above, columns left), after = (rows below, columns right), each
+    >= 0. x must be C-contiguous float32 of x_shape."""
+
+    __slots__ = ("buf", "left", "top", "x_shape")
+
+    def __init__(self, x_shape, before: tuple[int, int], after: tuple[int, int]) -> None:
+        n, c, h, wd = (int(v) for v in x_shape)
+        if min(*before, *after) < 0:
+            raise ValueError(f"pad: expected pads >= 0, got before={before}, after={after}")
+        self.x_shape = (n, c, h, wd)
+        self.top, self.left = int(before[0]), int(before[1])
+        self.buf = np.zeros((n, c, h + before[0] + after[0], wd + before[1] + after[1]), np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.size:
+            if numba.get_num_threads() > 1 and x.shape[0] * x.shape[1] > 1:
+                _pad_planes(x, self.buf, self.top, self.left)
+            else:
+                self.buf[:, :, self.top : self.top + x.shape[2], self.left : self.left + x.shape[3]] = x
+        return self.buf
