@@ -75,6 +75,10 @@ class Layer:
     def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self._check_count("bottom", len(bottom), self.num_bottom)
         self._check_count("top", len(top), self.num_top)
+        if self.phase == "TRAIN" and any(spec.has("name") for spec in self.param.param):
+            # Caffe ties the parameters of layers that share a param name; crema does not, so training would learn
+            # them apart. A deploy (TEST) net loads each layer's copy from the caffemodel and gives Caffe's numbers.
+            raise self.error("param { name } (parameters shared between layers) is not implemented for training")
         self.layer_setup(bottom, top)
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -179,8 +183,16 @@ def param_needs(layer: Layer, count: int) -> list[bool]:
     return [True] * count if needs is None else [bool(v) for v in needs]
 
 
+def canonical_axis(layer: Layer, axis: int, ndim: int, what: str = "axis") -> int:
+    """Caffe's CanonicalAxisIndex: -ndim <= axis < ndim, negative counting from the end; out of range is an error
+    naming the layer and the parameter (never a silent wrap-around)."""
+    if not -ndim <= axis < ndim:
+        raise layer.error(f"{what} {axis} is out of range for a {ndim}-axis input (-{ndim} .. {ndim - 1})")
+    return axis % ndim
+
+
 def axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) -> tuple[int, ...]:
-    axis = axis % len(shape) if shape else 0
+    axis = canonical_axis(layer, axis, len(shape)) if shape else 0
     end = len(shape) if num_axes == -1 else axis + num_axes
     if end > len(shape):
         raise layer.error(f"axis {axis} with num_axes {num_axes} does not fit input {shape}")

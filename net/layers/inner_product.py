@@ -13,6 +13,7 @@ from ..blob import Blob
 from ..device import CPU, kernels_for
 from .base import (
     Layer,
+    canonical_axis,
     plain,
     plan_out,
     register,
@@ -31,7 +32,7 @@ class InnerProductLayer(Layer):
         p = self.param.inner_product_param
         if p.num_output <= 0:
             raise self.error("inner_product_param.num_output must be > 0")
-        self.axis = p.axis % len(bottom[0].shape) if bottom[0].shape else 0
+        self.axis = canonical_axis(self, int(p.axis), len(bottom[0].shape), "inner_product_param.axis")
         k = int(np.prod(bottom[0].shape[self.axis :]))
         self.transpose = bool(p.transpose)
         wshape = (k, int(p.num_output)) if self.transpose else (int(p.num_output), k)

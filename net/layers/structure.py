@@ -8,6 +8,7 @@ from ..blob import Blob
 from ..device import kernels_for
 from .base import (
     Layer,
+    canonical_axis,
     diff_out,
     register,
 )
@@ -27,7 +28,7 @@ class ConcatLayer(Layer):
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         first = bottom[0].shape
-        axis = self.axis % len(first)
+        axis = canonical_axis(self, self.axis, len(first), "concat_param.axis")
         total = 0
         for b in bottom:
             if len(b.shape) != len(first) or any(b.shape[i] != first[i] for i in range(len(first)) if i != axis):
@@ -58,7 +59,8 @@ class FlattenLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.flatten_param
         shape = bottom[0].shape
-        start, end = p.axis % len(shape), p.end_axis % len(shape)
+        start = canonical_axis(self, int(p.axis), len(shape), "flatten_param.axis")
+        end = canonical_axis(self, int(p.end_axis), len(shape), "flatten_param.end_axis")
         if end < start:
             raise self.error(f"end_axis {p.end_axis} comes before axis {p.axis} for input {shape}")
         top[0].reshape((*shape[:start], int(np.prod(shape[start : end + 1])), *shape[end + 1 :]))
@@ -80,9 +82,17 @@ class ReshapeLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.reshape_param
         shape = bottom[0].shape
-        axis = p.axis % (len(shape) + 1) if p.axis < 0 else p.axis
+        axis = p.axis + len(shape) + 1 if p.axis < 0 else p.axis  # Caffe: -1 is after the last axis
+        if not 0 <= axis <= len(shape):
+            raise self.error(f"reshape_param.axis {p.axis} is out of range for input {shape}")
+        if p.num_axes < -1 or (p.num_axes != -1 and axis + p.num_axes > len(shape)):
+            raise self.error(f"reshape_param.num_axes {p.num_axes} from axis {axis} does not fit input {shape}")
         end = len(shape) if p.num_axes == -1 else axis + p.num_axes
         dims = [int(d) for d in p.shape.dim]
+        if any(d < -1 for d in dims):
+            raise self.error(f"reshape_param.shape has a dimension below -1: {dims}")
+        if any(d == 0 and axis + i >= len(shape) for i, d in enumerate(dims)):
+            raise self.error(f"reshape_param.shape {dims} copies (0) an axis that input has not: {shape}")
         new = [shape[axis + i] if d == 0 else d for i, d in enumerate(dims)]
         if new.count(-1) > 1:
             raise self.error("at most one -1 in reshape_param.shape")

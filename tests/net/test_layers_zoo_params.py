@@ -1,0 +1,97 @@
+"""Layer coverage for Model Zoo ports (issue 17): parameters of the existing layers that were read but not honoured.
+An out-of-range axis (Flatten, InnerProduct, Concat, Scale/Bias, Reshape) used to wrap around silently, a Reshape
+0 beyond the input's axes raised IndexError, a shared param name trained apart; each is now one error naming the
+layer and the parameter. Reshape with 0 / -1, Flatten and InnerProduct with `axis` equal OpenCV DNN exactly / within
+1e-5 * max(|ref|, 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from net import Net, NetError
+
+cv2 = pytest.importorskip("cv2")
+
+INPUT = 'name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
+
+
+@pytest.mark.parametrize(
+    ("layer", "match"),
+    [
+        ('type: "Flatten" flatten_param { axis: 5 }', "Flatten 'x': flatten_param.axis 5 is out of range"),
+        ('type: "Flatten" flatten_param { end_axis: -5 }', "Flatten 'x': flatten_param.end_axis -5 is out of range"),
+        ('type: "InnerProduct" inner_product_param { num_output: 2 axis: 7 }', "inner_product_param.axis 7"),
+        ('type: "Scale" scale_param { axis: 9 }', "Scale 'x': axis 9 is out of range"),
+        ('type: "Bias" bias_param { axis: -5 }', "Bias 'x': axis -5 is out of range"),
+        ('type: "Reshape" reshape_param { shape { dim: 0 dim: 0 dim: 0 dim: 0 dim: 0 } }', "copies \\(0\\) an axis"),
+        ('type: "Reshape" reshape_param { axis: 9 shape { dim: 1 } }', "reshape_param.axis 9 is out of range"),
+        ('type: "Reshape" reshape_param { num_axes: 9 shape { dim: 1 } }', "reshape_param.num_axes 9"),
+        ('type: "Reshape" reshape_param { shape { dim: -1 dim: -1 } }', "at most one -1"),
+    ],
+)
+def test_out_of_range_parameters_are_errors(layer: str, match: str) -> None:
+    with pytest.raises(NetError, match=match):
+        Net.from_string(INPUT + f'layer {{ name: "x" bottom: "data" top: "x" {layer} }}')
+
+
+def test_concat_axis_out_of_range() -> None:
+    text = INPUT + 'layer { name: "x" type: "Concat" bottom: "data" bottom: "data" top: "x" concat_param { axis: 6 } }'
+    with pytest.raises(NetError, match="Concat 'x': concat_param.axis 6 is out of range"):
+        Net.from_string(text)
+
+
+def test_shared_param_names_are_refused_for_training_only() -> None:
+    conv = "convolution_param { num_output: 2 kernel_size: 1 }"
+    text = INPUT + (
+        f'layer {{ name: "a" type: "Convolution" bottom: "data" top: "a" param {{ name: "w" }} {conv} }}\n'
+        f'layer {{ name: "b" type: "Convolution" bottom: "data" top: "b" param {{ name: "w" }} {conv} }}\n'
+    )
+    Net.from_string(text)  # TEST: each layer's own copy, as Caffe writes both into the caffemodel
+    with pytest.raises(NetError, match="Convolution 'a': param \\{ name \\} .* not implemented for training"):
+        Net.from_string(text, phase="train")
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ("reshape_param { shape { dim: 0 dim: -1 } }", (2, 48)),
+        ("reshape_param { shape { dim: 0 dim: 0 dim: 2 dim: -1 } }", (2, 3, 2, 8)),
+        ("reshape_param { axis: 1 num_axes: 2 shape { dim: -1 } }", (2, 12, 4)),
+        ("reshape_param { axis: -1 shape { dim: 1 dim: 1 } }", (2, 3, 4, 4, 1, 1)),
+    ],
+)
+def test_reshape_zero_and_minus_one(spec: str, shape: tuple) -> None:
+    net = Net.from_string(INPUT + f'layer {{ name: "x" type: "Reshape" bottom: "data" top: "x" {spec} }}')
+    assert net.blobs["x"].shape == shape
+
+
+def test_reshape_flatten_inner_product_axis_match_opencv(tmp_path) -> None:
+    text = (
+        INPUT
+        + """
+layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { shape { dim: 0 dim: 0 dim: -1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "r" top: "ip" inner_product_param { num_output: 5 axis: 2 } }
+layer { name: "f" type: "Flatten" bottom: "ip" top: "f" flatten_param { axis: 1 end_axis: 2 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "data" top: "ip2" inner_product_param { num_output: 3 axis: -2 } }
+layer { name: "f2" type: "Flatten" bottom: "ip2" top: "f2" flatten_param { axis: 2 } }
+"""
+    )
+    proto = tmp_path / "p.prototxt"
+    proto.write_text(text)
+    net = Net.load(proto)
+    rng = np.random.default_rng(0)
+    for name in net.params:
+        for p in net.params[name]:
+            p[...] = rng.normal(0.0, 0.5, size=p.shape)
+    net.save(tmp_path / "p.caffemodel")
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    net.forward(data=x)
+    ref = cv2.dnn.readNetFromCaffe(str(proto), str(tmp_path / "p.caffemodel"))
+    ref.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    ref.setInput(x)
+    names = ["r", "ip", "f", "ip2", "f2"]
+    for name, got in zip(names, ref.forward(names)):
+        a = net.blobs[name]
+        assert a.shape == got.shape, (name, a.shape, got.shape)
+        assert np.all(np.abs(a - got) <= 1e-5 * np.maximum(np.abs(got), 1)), name
