@@ -5,6 +5,10 @@ from __future__ import annotations
 __all__ = ["openapi_spec"]
 
 _ERROR = {"$ref": "#/components/responses/Error"}
+_TIMINGS = ("read", "decode", "infer", "forward", "similar", "web", "total")  # /api/search timings_ms
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/bmp", "image/webp")  # what uploads may be
+# component schemas whose every property is in every answer (made required in openapi_spec)
+_ALWAYS_ALL = ("Prediction", "WebResult", "Similar", "PersonalItem", "Model", "InsideLayer", "Inside", "SearchResult")
 
 
 def _schema(name: str) -> dict:
@@ -13,6 +17,21 @@ def _schema(name: str) -> dict:
 
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _image(description: str, *media_types: str) -> dict:
+    """A response whose body is an image of one of `media_types`."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"description": description, "content": dict.fromkeys(media_types, binary)}
+
+
+def _int(description: str = "") -> dict:
+    return {"type": "integer", **({"description": description} if description else {})}
+
+
+def _object(**properties: dict) -> dict:
+    """An object schema whose properties are all required (always present in the answers)."""
+    return {"type": "object", "required": list(properties), "properties": properties}
 
 
 def openapi_spec(max_upload: int = 10_000_000) -> dict:
@@ -53,7 +72,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
         },
     }
     personal_state = _json(_schema("PersonalState"), "Counts and limits of the personal gallery")
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {
             "title": "crema image search",
@@ -79,13 +98,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["image"],
-                                    "properties": {"image": {"type": "string", "format": "binary"}},
-                                }
-                            },
+                            **image_body["content"],
                             "application/json": {
                                 "schema": {
                                     "type": "object",
@@ -116,15 +129,12 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     ],
                     "responses": {
                         "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "query": {"type": "string"},
-                                    "page": {"type": "integer"},
-                                    "web": {"type": "array", "items": _schema("WebResult")},
-                                    "web_error": {"type": ["string", "null"]},
-                                },
-                            },
+                            _object(
+                                query={"type": "string"},
+                                page=_int(),
+                                web={"type": "array", "items": _schema("WebResult")},
+                                web_error={"type": ["string", "null"]},
+                            ),
                             "One page of web results",
                         ),
                         "400": _ERROR,
@@ -134,7 +144,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
             "/api/health": {
                 "get": {
                     "summary": "Liveness and component status",
-                    "responses": {"200": _json({"type": "object"}, "status, model, gallery, web, batching stats")},
+                    "responses": {"200": _json(_schema("Health"), "status, model, galleries, web, batching, limits")},
                 }
             },
             "/api/models": {
@@ -142,7 +152,10 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     "summary": "The model being served",
                     "responses": {
                         "200": _json(
-                            {"type": "object", "properties": {"models": {"type": "array", "items": _schema("Model")}}},
+                            _object(
+                                models={"type": "array", "items": _schema("Model")},
+                                default={"type": "string", "description": "the name of the model that answers"},
+                            ),
                             "Models",
                         )
                     },
@@ -152,14 +165,14 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 "get": {
                     "summary": "Thumbnail of a gallery image",
                     "parameters": [item_id],
-                    "responses": {"200": {"description": "PNG or JPEG image"}, "404": _ERROR},
+                    "responses": {"200": _image("PNG or JPEG image", "image/png", "image/jpeg"), "404": _ERROR},
                 }
             },
             "/api/gallery/{id}/image": {
                 "get": {
                     "summary": "A gallery image at full size",
                     "parameters": [item_id, download],
-                    "responses": {"200": {"description": "The image file"}, "404": _ERROR},
+                    "responses": {"200": _image("The image file", *IMAGE_TYPES), "404": _ERROR},
                 }
             },
             "/api/personal": {
@@ -225,14 +238,14 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 "get": {
                     "summary": "Thumbnail of a personal photo",
                     "parameters": [item_id],
-                    "responses": {"200": {"description": "JPEG image"}, "403": _ERROR, "404": _ERROR},
+                    "responses": {"200": _image("JPEG image", "image/jpeg"), "403": _ERROR, "404": _ERROR},
                 }
             },
             "/api/personal/{id}/image": {
                 "get": {
                     "summary": "A personal photo as it was uploaded",
                     "parameters": [item_id, download],
-                    "responses": {"200": {"description": "The image file"}, "403": _ERROR, "404": _ERROR},
+                    "responses": {"200": _image("The photo as uploaded", *IMAGE_TYPES), "403": _ERROR, "404": _ERROR},
                 }
             },
             "/api/inside/{id}/maps": {
@@ -251,7 +264,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
                         layer,
                     ],
-                    "responses": {"200": {"description": "PNG image"}, "400": _ERROR, "404": _ERROR},
+                    "responses": {"200": _image("PNG image", "image/png"), "400": _ERROR, "404": _ERROR},
                 }
             },
             "/api/filters": {
@@ -265,7 +278,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "spatial output; 404: an unknown layer."
                     ),
                     "parameters": [layer],
-                    "responses": {"200": {"description": "PNG image"}, "400": _ERROR, "404": _ERROR},
+                    "responses": {"200": _image("PNG image", "image/png"), "400": _ERROR, "404": _ERROR},
                 }
             },
             "/api/openapi.json": {
@@ -330,6 +343,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 },
                 "PersonalState": {
                     "type": "object",
+                    "required": ["count", "bytes", "max_photos", "max_bytes"],
                     "properties": {
                         "count": {"type": "integer"},
                         "bytes": {"type": "integer"},
@@ -338,6 +352,65 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "removed": {"type": "integer", "description": "DELETE only: how many photos went"},
                     },
                 },
+                "Health": _object(
+                    status={"type": "string", "enum": ["ok"]},
+                    model={"type": "string", "description": "the name of the model served"},
+                    gallery={
+                        "type": ["object", "null"],
+                        "required": ["count", "dim", "source", "name"],
+                        "properties": {
+                            "count": _int("images indexed"),
+                            "dim": _int("feature length"),
+                            "source": {"type": ["string", "null"], "description": "folder or array"},
+                            "name": {"type": ["string", "null"]},
+                        },
+                        "description": "the --gallery index (null: none)",
+                    },
+                    gallery_note={"type": ["string", "null"], "description": "why there is no gallery"},
+                    personal={"oneOf": [_schema("PersonalState"), {"type": "null"}], "description": "null: off"},
+                    web=_object(
+                        enabled={"type": "boolean"}, available={"type": "boolean"}, reason={"type": ["string", "null"]}
+                    ),
+                    batching=_object(
+                        enabled={"type": "boolean"},
+                        adaptive={"type": "boolean"},
+                        max_batch=_int(),
+                        window_ms={"type": "number"},
+                        requests=_int(),
+                        batches=_int(),
+                        mean_batch={"type": "number"},
+                        sizes={
+                            "type": "object",
+                            "additionalProperties": _int(),
+                            "description": "forward passes per batch size (keys: sizes as strings)",
+                        },
+                    ),
+                    limits=_object(
+                        decode=_schema("PoolStats"),
+                        fetch=_schema("PoolStats"),
+                        bodies=_object(limit=_int("bytes"), held=_int("bytes"), refused=_int()),
+                    ),
+                    inside={
+                        "type": ["object", "null"],
+                        "required": ["entries", "bytes", "max_bytes", "ttl_s", "per_request_bytes"],
+                        "properties": {
+                            "entries": _int("searches whose maps are kept"),
+                            "bytes": _int(),
+                            "max_bytes": _int(),
+                            "ttl_s": {"type": "number"},
+                            "per_request_bytes": _int(),
+                        },
+                        "description": "the feature-map cache (null: off)",
+                    },
+                ),
+                "PoolStats": _object(
+                    workers=_int("threads"),
+                    max_waiting=_int("jobs that may wait for a thread (503 past it)"),
+                    running=_int(),
+                    waiting=_int(),
+                    done=_int(),
+                    refused=_int(),
+                ),
                 "Model": {
                     "type": "object",
                     "properties": {
@@ -393,7 +466,6 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 },
                 "SearchResult": {
                     "type": "object",
-                    "required": ["predictions", "web", "web_error", "similar", "model", "timings_ms"],
                     "properties": {
                         "predictions": {"type": "array", "items": _schema("Prediction")},
                         "query": {"type": "string", "description": "the words searched on the web"},
@@ -419,13 +491,15 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                                 "micro-batch queue + forward + gallery ranking; forward: the batch's forward and "
                                 "ranking alone; similar: building the list; web: Bing (runs beside similar); total"
                             ),
-                            "properties": {
-                                k: {"type": "number"}
-                                for k in ("read", "decode", "infer", "forward", "similar", "web", "total")
-                            },
+                            "required": list(_TIMINGS),
+                            "properties": {k: {"type": "number"} for k in _TIMINGS},
                         },
                     },
                 },
             },
         },
     }
+    for name in _ALWAYS_ALL:
+        schema = doc["components"]["schemas"][name]
+        schema["required"] = list(schema["properties"])
+    return doc
