@@ -53,6 +53,7 @@ _INT_RANGES = {
 _TRUE = frozenset({"true", "True", "t"})
 _FALSE = frozenset({"false", "False", "f"})
 _CLOSERS = {"{": "}", "<": ">"}
+_LOCATED = frozenset({"LayerParameter", "V1LayerParameter"})  # messages that remember their file and line
 
 
 class _Parser:
@@ -178,6 +179,8 @@ class _Parser:
 
     def _parse_submessage(self, field: Field, opener: Token) -> Message:
         sub = Message(field.type)
+        if field.type in _LOCATED and self.src.filename != "<string>":  # layer errors name their line (Layer.error)
+            sub.set_origin(f"{self.src.filename}:{self.src.location(opener.pos)[0]}")
         self.parse_message(sub, opener, field.name)
         return sub
 

@@ -690,19 +690,28 @@ class Message:
     `mutable(name)` to create and store one).
     """
 
-    __slots__ = ("_type", "_values")
+    __slots__ = ("_origin", "_type", "_values")
 
     def __init__(self, type_name: str, /, **values: Any) -> None:
         if type_name not in MESSAGES:
             raise KeyError(f"unknown message type {type_name!r}")
         object.__setattr__(self, "_type", type_name)
         object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "_origin", None)
         for k, v in values.items():
             setattr(self, k, v)
 
     @property
     def type_name(self) -> str:
         return self._type
+
+    @property
+    def origin(self) -> str | None:
+        """Where the message was read, 'FILE:LINE' (layers parsed from a prototxt file; kept by copies), else None."""
+        return self._origin
+
+    def set_origin(self, where: str | None) -> None:
+        object.__setattr__(self, "_origin", where)
 
     @property
     def fields(self) -> dict[str, Field]:
@@ -775,6 +784,7 @@ class Message:
     def copy(self) -> Message:
         """A deep copy (numpy arrays are copied too)."""
         out = Message(self._type)
+        out.set_origin(self._origin)
         for field, value in self.set_fields():
             if field.repeated:
                 if hasattr(value, "dtype"):

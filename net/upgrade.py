@@ -115,6 +115,7 @@ def _copy(msg: Message) -> Message:
     if msg.type_name == "BlobProto":
         return msg
     out = Message(msg.type_name)
+    out.set_origin(msg.origin)
     for field, value in msg.set_fields():
         setattr(out, field.name, _copy_value(field, value))
     return out
@@ -244,6 +245,7 @@ def _param_spec(layer: Message, i: int) -> Message:
 
 def _v1_layer_to_v2(v1: Message, source: str) -> Message:
     out = Message("LayerParameter")
+    out.set_origin(v1.origin)
     layer_fields = BY_NAME["LayerParameter"]
     for field, value in v1.set_fields():
         name = field.name

@@ -29,7 +29,8 @@ def create_layer(param: Message, phase: str, rng: np.random.Generator) -> Layer:
     cls = LAYERS.get(param.type)
     if cls is None:
         known = ", ".join(sorted(LAYERS))
-        raise ValueError(f"layer '{param.name}': unknown layer type {param.type!r} (known types: {known})")
+        where = f" (at {param.origin})" if param.origin else ""
+        raise ValueError(f"layer '{param.name}'{where}: unknown layer type {param.type!r} (known types: {known})")
     return cls(param, phase, rng)
 
 
@@ -55,7 +56,9 @@ class Layer:
 
     # -- helpers -----------------------------------------------------------------------------
     def error(self, what: str) -> ValueError:
-        return ValueError(f"{self.type} '{self.name}': {what}")
+        """ValueError 'TYPE 'NAME': what', followed by '(at FILE:LINE)' for a layer read from a prototxt file."""
+        where = f" (at {self.param.origin})" if self.param.origin else ""
+        return ValueError(f"{self.type} '{self.name}': {what}{where}")
 
     def _check_count(self, kind: str, n: int, rule: int | tuple[int, int] | None) -> None:
         if rule is None:

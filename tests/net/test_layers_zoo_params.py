@@ -95,3 +95,30 @@ layer { name: "f2" type: "Flatten" bottom: "ip2" top: "f2" flatten_param { axis:
         a = net.blobs[name]
         assert a.shape == got.shape, (name, a.shape, got.shape)
         assert np.all(np.abs(a - got) <= 1e-5 * np.maximum(np.abs(got), 1)), name
+
+
+def test_errors_from_a_file_name_its_line(tmp_path) -> None:
+    """A parameter crema does not implement, or an unknown type, is one error naming the layer, FILE:LINE and the
+    parameter, raised while the net is built (before any weights load)."""
+    proto = tmp_path / "bad.prototxt"
+    proto.write_text(
+        'name: "bad"\n'
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+        "# a comment line\n"
+        "layer {\n"
+        '  name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+        "  pooling_param { pool: STOCHASTIC kernel_size: 2 pad: 1 }\n"
+        "}\n"
+    )
+    with pytest.raises(NetError, match=f"Pooling 'pool': padding .* only for MAX and AVE .*\\(at {proto}:4\\)$"):
+        Net.load(proto, tmp_path / "never_read.caffemodel")
+    proto.write_text(proto.read_text().replace('type: "Pooling"', 'type: "Pooling3D"'))
+    with pytest.raises(NetError, match=f"layer 'pool' \\(at {proto}:4\\): unknown layer type 'Pooling3D'"):
+        Net.load(proto)
+    v1 = tmp_path / "v1.prototxt"
+    v1.write_text(
+        'name: "v1"\ninput: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 4\ninput_dim: 4\n'
+        'layers {\n  name: "s" type: SLICE bottom: "data" top: "s1" top: "s2"\n  slice_param { slice_dim: 9 }\n}\n'
+    )
+    with pytest.raises(NetError, match=f"Slice 's': axis 9 is out of range.*\\(at {v1}:7\\)"):
+        Net.load(v1)
