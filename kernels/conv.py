@@ -8,8 +8,8 @@ Kernels (forward, then backward):
                           ``kernels.gemm`` (``(ceil(P/NR), K, NR)``, K = C/g*kh*kw, P = OH*OW), so there is no
                           separate im2col matrix and no second packing pass. The source is the image with its
                           padding made explicit (``_pad_copy``, skipped when pad is 0), so every copy is an
-                          unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table:
-                          2.5x faster than cutting slivers into clipped runs (LeNet conv2 at batch 64: 0.7 vs 1.7 ms).
+                          unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table
+                          (no clipped runs).
 2. ``_conv_batch``      - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
                           scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
                           batches (LeNet 64, CaffeNet 10).
@@ -23,9 +23,8 @@ Kernels (forward, then backward):
                           GEMM micro-kernel's MR x 16 register tile with B's rows read from the (padded) image through
                           a table of tap offsets, RUNS 8-pixel runs per tile (2, or 4 with AVX-512); tasks (image,
                           part of its pixel tiles).
-                          Same bits as im2col + GEMM when K fits one K panel. Against im2col + GEMM (2 threads,
-                          interleaved A/B, conv + bias + ReLU): LeNet conv1 1.55x / 1.30x at batch 1 / 64, conv2
-                          1.39x / 1.11x; the LeNet forward 1.37x, 1.16x, 1.13x at batch 1, 64, 1000.
+                          Same bits as im2col + GEMM when K fits one K panel, and faster on LeNet's layers at every
+                          batch size (benchmarks/perf_notes.md).
 4. ``_conv_bwd_params`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
                           threads: big batches give each thread a chunk of images and its own partial dW (summed at
                           the end); small ones split the columns of dW (parts of K) instead. Several images go into
@@ -38,10 +37,10 @@ Kernels (forward, then backward):
                           threads. Workspaces are per thread (``numba.get_thread_id``).
 
 The forward reads the weights in place, row-major (M, K) = w.reshape(M, -1), through the micro-kernel's row-offset
-mode (``PACK_WEIGHTS = False``: no per-call packing pass; CaffeNet conv3 at batch 1, 1 thread: 4.63 -> 3.83 ms);
+mode (``PACK_WEIGHTS = False``: no per-call packing pass);
 ``_pack_weights`` packs them into MR-row slivers when PACK_WEIGHTS is True. Bias is added when the first K panel
 is stored, so the output is written once per K panel and never pre-filled. Workspaces are kept per Python
-thread and reused across calls (CaffeNet conv1 forward at 2 threads: 2 x 2.2 MB).
+thread and reused across calls (one set per thread).
 
 Numba caches compiled code per source file: the GEMM constants (MR, NR, KC) are frozen into this module's cache,
 so after changing them in ``kernels/gemm.py`` delete ``kernels/__pycache__/conv.*`` as well.
@@ -97,8 +96,7 @@ def _direct_tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
     direct convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile``, with B's rows read from the
     image itself through the tap table toff (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap t = (c*kh + i)*kw + j)
     instead of from a packed im2col. AVX2: 2 runs, twelve <8 x float> accumulators, 6 broadcasts and 2 vector loads
-    per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators), 12 broadcasts per 24 FMAs
-    (LeNet conv2 at batch 64 on Zen 5: 1.03 ms with the AVX2 tile, 0.84 with 2 runs in one zmm, 0.52 with 4 runs)."""
+    per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators), 12 broadcasts per 24 FMAs."""
     _flat_f32(wp, xp, acc)
     sig = types.void(wp, ao, xp, xo, toff, ntaps, acc)
 

@@ -9,13 +9,14 @@ Kernels:
                                    4 outputs, each a 4 x 2 register tile of dot products (``_dots_4x2``).
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
                                    place, unpacked), else y = x2 @ W.T with the weight read transposed by the packing;
-                                   with ``transpose`` y = x2 @ W (W read in place for few rows: 6x faster than the
-                                   column-streaming kernel it replaced at fc6's shape), + b.
+                                   with ``transpose`` y = x2 @ W (W read in place for few rows), + b.
 3. ``inner_product_backward_ref`` - plain NumPy in float64.
 4. ``inner_product_backward``    - dW += dy2^T @ x2 (x2^T @ dy2 with ``transpose``) with ``gemm(accumulate=True)``,
                                    db += column sums of dy2 (``_sum_rows``), dx2 = dy2 @ W with ``gemm`` (W read in
                                    place for few rows), or dy2 @ W.T with ``_ip_small_rows`` for few rows (W
-                                   streamed once: CaffeNet fc6 at batch 10, 15 ms where packing W.T would copy 150 MB).
+                                   streamed once instead of packing W.T: 150 MB at CaffeNet's fc6).
+
+Measured figures behind these choices: benchmarks/perf_notes.md.
 
 Benchmark: ``python -m benchmarks --only layers --filter ip`` / ``--filter fc`` (LeNet and CaffeNet layers).
 """
@@ -93,8 +94,7 @@ def _dots_4x2(w, n0, x2, m0, two, k_all, bias, y, relu):  # pragma: no cover - c
 @njit(cache=True, fastmath=True, boundscheck=False, inline="always")
 def _dots_4x1(w, n0, x2, m0, k_all, bias, y, relu):  # pragma: no cover - compiled
     """y[m0, n0:n0+4] = x2[m0] . w[n0:n0+4] + bias: _dots_4x2 for a lone row of x2 (batch 1), without the second
-    row's four dead accumulators (batch 1, interleaved A/B: LeNet ip1 1.05-1.07x, CaffeNet fc7 1.07-1.10x faster at
-    1-2 threads)."""
+    row's four dead accumulators."""
     w0, w1, w2, w3 = w[n0], w[n0 + 1], w[n0 + 2], w[n0 + 3]
     xa = x2[m0]
     a0 = a1 = a2 = a3 = np.float32(0.0)
@@ -121,9 +121,9 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
 def _ip_small_rows(x2, w, bias, y, relu, workers, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
     Blocks of 4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register
-    tile: 6 vector loads per 8 FMAs instead of 2 per FMA for one dot at a time (CaffeNet fc7 at batch 10, 1 thread:
-    12.4 -> 6.8 ms). W itself comes from memory once. `workers` workers (one per thread) claim CLAIM_ROWS rows of W at
-    a time (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
+    tile: 6 vector loads per 8 FMAs instead of 2 per FMA for one dot at a time. W itself comes from memory once.
+    `workers` workers (one per thread) claim CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic scheduling, so
+    a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     for _ in prange(workers):
@@ -249,7 +249,7 @@ def inner_product_forward(
         return out
     if not transpose and x2.shape[0] <= NC:
         # y^T = W @ x2^T: W (N, K) is then read in place, unpacked (gemm packs only the small x2); the (N, M) result
-        # is transposed into out. LeNet ip1 at batch 64: 0.70 -> 0.48 ms.
+        # is transposed into out.
         yt = gemm(w, x2, trans_b=True)
         np.copyto(out2, yt.T)
     else:

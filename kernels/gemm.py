@@ -7,18 +7,15 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        ``_micro_tile_reg``, a micro-kernel written in LLVM IR (a Numba intrinsic). AVX2: 6 x 16,
                        twelve 8-float accumulators in ymm registers; per k step 6 broadcasts of A and 2 vector loads
                        of B feed 12 FMAs, which covers the FMA latency x 2 pipes with 12 + 2 + 1 of the 16 ymm
-                       registers; 98% of one Zen 3 core's measured peak (100 GFLOP/s at 384 x 2304 x 176, packed).
+                       registers.
                        AVX-512 (``_tile_shape``): 12 x 16 tiles, two at a time (``PAIR``: 12 x 32, 24 16-float
-                       accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs). One
-                       broadcast per FMA (a single 12 x 16 tile) was load-bound at 80% of a Zen 5 core's peak (231
-                       GFLOP/s packed); paired, 266-280 GFLOP/s (93-97%). The whole 1024^3 GEMM on 1 thread: 114
-                       GFLOP/s with the AVX2 shape on the same machine, 175 unpaired, 235 paired.
-                       It replaced a plain-Numba 4 x 16 loop over a stack array (72%; LLVM spilled that form at 6 x
-                       16: 2.5x slower). The tile loop is inline in the macro kernel (no Python-level call per tile).
+                       accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs: one
+                       broadcast per FMA, a single 12 x 16 tile, is bound by the loads). The tile loop is inline in
+                       the macro kernel (no Python-level call per tile). Measured figures: benchmarks/perf_notes.md.
 3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
                        slivers ``(ceil(N/NR), K, NR)``, zero padded, so the micro-kernel reads contiguous memory
-                       whatever the transposes are (whole B slivers as <8 x float> copies, ``_copy8``: packing B at
-                       1024 x 1024 0.80 -> 0.20 ms). ``kernels.conv`` writes im2col straight into the B format.
+                       whatever the transposes are (whole B slivers as <8 x float> copies, ``_copy8``).
+                       ``kernels.conv`` writes im2col straight into the B format.
                        An untransposed operand that is used once per block (one column block of C for A, one row
                        block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
 4. ``_gemm_tiles_parallel`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
@@ -179,20 +176,17 @@ def _micro_codegen(regular: bool, pair: bool = False):
 def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc):
     """acc[i*NR + j] = sum_k A[i, k] * B[k, j] over k < kc for one MR x NR tile, written in LLVM IR:
     A[i, k] = ap[ao[i] + k*aks], B[k, j] = bp[bo + k*bks + j]. MR * NR / VW vector accumulators that LLVM keeps in
-    registers, NR / VW unaligned vector loads of B and MR broadcasts of A per k. AVX2 (6 x 16, twelve <8 x float>):
-    98% of one Zen 3 core's measured FP32 peak at 384 x 2304 x 176 (the plain-Numba 4 x 16 loop it replaced reached
-    72%; Numba's own loops spill at 6 x 16). The row table serves tiles whose rows are irregular (a bottom edge of a
-    row-major A, whose missing rows re-read the last one); _micro_tile_reg serves the others."""
+    registers, NR / VW unaligned vector loads of B and MR broadcasts of A per k (AVX2: 6 x 16, twelve <8 x float>;
+    written in IR because Numba's own loops spill at 6 x 16). The row table serves tiles whose rows are irregular (a
+    bottom edge of a row-major A, whose missing rows re-read the last one); _micro_tile_reg serves the others."""
     return types.void(ap, ao, aks, bp, bo, bks, kc, acc), _micro_codegen(False)
 
 
 @intrinsic
 def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars):
     """_micro_tile with row i of A at ap[a0 + i*ars + k*aks]: one pointer and a stride instead of MR table entries.
-    At 12 x 16 (AVX-512) the table's 12 row pointers did not fit in the general registers and LLVM reloaded one from
-    the stack for every FMA; packed A (ars = 1) then addresses every row from one register, row-major A from a few
-    (1024^3, 1 thread, Zen 5: 166 -> 175-182 GFLOP/s; 220-235 GFLOP/s, 77-82% of one core's peak, on packed
-    operands alone)."""
+    At 12 x 16 (AVX-512) a table's 12 row pointers do not fit in the general registers (LLVM would reload one from
+    the stack for every FMA); packed A (ars = 1) addresses every row from one register, row-major A from a few."""
     return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars), _micro_codegen(True)
 
 
@@ -275,9 +269,8 @@ def _claim(typingctx, counter):
     a zeroed array the caller passes in (Numba does not see the intrinsic write an array made inside the kernel: a
     read of it after the loop was folded to its initial 0)
     and each worker claims tasks until none are left. Numba's own prange splits the tasks into equal static ranges,
-    and on a shared machine one virtual CPU often runs at half speed for seconds (measured: 51 vs 102 GFLOP/s on the
-    two vCPUs of this VM at one moment): with static ranges the fast thread then idles while the slow one finishes;
-    claimed tasks keep both busy to the end (GEMM 1024^3 tiles, 2 threads, interleaved: 29.4 -> 20.0 ms)."""
+    and on a shared machine one virtual CPU often runs at half speed for seconds: with static ranges the fast thread
+    then idles while the slow one finishes; claimed tasks keep both busy to the end (benchmarks/perf_notes.md)."""
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
         raise errors.TypingError(f"_claim: expected a 1-D int64 array, got {counter}")
     sig = types.int64(counter)
@@ -321,7 +314,7 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
     Walking k outermost reads src row by row (few pages at a time), zero padding past column ncols.
     """
     nt = (ncols + width - 1) // width
-    full = ncols // width if width % 8 == 0 else 0  # whole slivers copied as <8 x float> vectors (_copy8): 4x faster
+    full = ncols // width if width % 8 == 0 else 0  # whole slivers copied as <8 x float> vectors (_copy8)
     flat = src.reshape(-1)
     ld = src.shape[1]
     for k in range(k_begin, k_end):
@@ -582,8 +575,8 @@ def gemm(
         return out
     # Pack an operand only where it pays: op(A) = a (row-major) is read in place when there is one block of columns
     # (each A row then streams once); op(B) = b (row-major, whole NR-wide rows) when there is one block of rows or one
-    # K panel (few rows of B). Packing W costs as much as the GEMM at LeNet's ip1 (M = 64): 0.8 -> 0.5 ms for dx.
-    # Large square products keep both packed (read in place, B's rows would thrash L1 and the TLB: 2x slower).
+    # K panel (few rows of B): there, packing costs as much as the GEMM (LeNet's ip1). Large square products keep
+    # both packed (read in place, B's rows would thrash L1 and the TLB). Figures: benchmarks/perf_notes.md.
     pack_a = trans_a or n > NC
     pack_b = trans_b or n % NR != 0 or (m > MC and k > KC)
     a_len = packed_a_size(m, k) if pack_a else 0

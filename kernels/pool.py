@@ -224,7 +224,7 @@ def pool2d_backward_ref(
 
 # -- 1. interior kernels, specialised on the window shape ----------------------------------------
 # Indices are uint64 so Numba emits no negative-index wraparound code; with constant KH/KW/SH/SW the window loops
-# unroll and the loop over output columns vectorises (LeNet pool1: about 8x faster than runtime window sizes).
+# unroll and the loop over output columns vectorises (benchmarks/perf_notes.md: against runtime window sizes).
 @cache
 def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the closures below

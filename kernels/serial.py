@@ -1,11 +1,10 @@
 """Serial twins of parallel kernels, for work too small to share between threads.
 
-A Numba ``parallel=True`` call costs about 1.8 us more than the same loop compiled serially (the OpenMP fork and join
-of 2 threads on the 2-core machine this was measured on), whatever the work: a softmax over LeNet's 10 classes takes
-2.3 us in parallel and 0.5 us serially. The small steps of a batch-1 forward (pooling, the last inner product,
-softmax) are mostly that overhead. ``serial_twin(kernel)`` compiles the same Python source without ``parallel``
-(``prange`` then runs as ``range``, so every output is computed by the same code in the same order: same bits), under
-its own name so Numba's on-disk cache keeps both versions apart.
+A Numba ``parallel=True`` call costs a fixed fork and join of the threads more than the same loop compiled serially,
+whatever the work, and the small steps of a batch-1 forward (pooling, the last inner product, softmax) are mostly
+that overhead (figures: benchmarks/perf_notes.md). ``serial_twin(kernel)`` compiles the same Python source without
+``parallel`` (``prange`` then runs as ``range``, so every output is computed by the same code in the same order: same
+bits), under its own name so Numba's on-disk cache keeps both versions apart.
 
 ``SMALL_WORK``: below this many elements touched (or multiply-adds), the execution plan's runners take the twin.
 """

@@ -69,7 +69,7 @@ _TOKEN_RE = re.compile(
 )
 # Linear time: every quantifier in `number` is followed by something that cannot match what it gives back (digits
 # then '.', 'e' or the lookahead), so a number glued to letters (`1111...1x`) fails after one step back per
-# character instead of trying every split of the digits (`[0-9]+\.?[0-9]*` did: 16,000 digits took 40 s). The
+# character instead of trying every split of the digits (as `[0-9]+\.?[0-9]*` did: benchmarks/perf_notes.md). The
 # alternatives after the skipped prefix always match (`bad` takes any character, `eof` the end), so nothing ever
 # backtracks into the prefix. One match per token (the prefix included) halves the Python work per token.
 

@@ -171,8 +171,8 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         print(f"crema: personal gallery ({len(personal)} photos) in {personal.path}", flush=True)
     app = create_app(model, gallery=gallery, gallery_note=note, personal=personal, web=web, config=config)
     # Numba's parallel kernels give up the GIL while their threads work; getting it back waits out the
-    # switch interval whenever the event loop thread is busy (a convoy: LeNet's forward went from 0.5 ms
-    # to ~100 ms under load at Python's default 5 ms). A short interval keeps the inference thread moving.
+    # switch interval whenever the event loop thread is busy (a convoy under load at Python's default 5 ms:
+    # benchmarks/perf_notes.md). A short interval keeps the inference thread moving.
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     print(
