@@ -181,7 +181,10 @@ def test_elementwise_layers_match_opencv(tmp_path) -> None:
     body += '\nlayer { name: "prelu" type: "PReLU" bottom: "conv" top: "prelu" }'
     body += '\nlayer { name: "swish" type: "Swish" bottom: "conv" top: "swish" }'
     body += '\nlayer { name: "log" type: "Log" bottom: "absval" top: "log" }'
-    _opencv_check(tmp_path, _conv_net(body), [k.lower() for k in kinds] + ["prelu", "swish", "log"])
+    body += '\nlayer { name: "sigmoid" type: "Sigmoid" bottom: "conv" top: "sigmoid" }'
+    body += '\nlayer { name: "tanh" type: "TanH" bottom: "conv" top: "tanh" }'
+    extra = ["prelu", "swish", "log", "sigmoid", "tanh"]
+    _opencv_check(tmp_path, _conv_net(body), [k.lower() for k in kinds] + extra)
 
 
 def test_shared_prelu_saves_and_loads_its_0d_slope(tmp_path) -> None:
