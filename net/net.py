@@ -37,7 +37,7 @@ from .memory import (
     param_room,
     resolve_budget,
 )
-from .plan_steps import zero_border_step
+from .plan_steps import fuse_residual_sums, zero_border_step
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -694,3 +694,4 @@ class _Plan:
             step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))
+        self.steps = fuse_residual_sums(self.steps)

@@ -9,6 +9,8 @@ it recognises more in the layer than the layer type says.
   zero taps only ever added exact zeros to each output's sum, whose other terms keep their order: the same bits for
   finite inputs. The weights are checked on every call (a net that trains them may make the border non-zero): then
   the full kernel runs, as the layer's own step would.
+- `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
+  (EfficientNet's and MobileNet's residual blocks) in one kernel call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernels import conv
+from kernels import conv, pointwise
 from kernels.pad import PadInto
 
 from .blob import Blob
@@ -67,3 +69,87 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
         return True
 
     return step
+
+
+def _sum_of_two(layer: Layer, bottom: list[Blob], top: list[Blob]) -> bool:
+    """An Eltwise SUM of two bottoms with coefficients 1 (or none) into a top of its own."""
+    return (
+        layer.type == "Eltwise"
+        and layer.op == "SUM"
+        and len(bottom) == 2
+        and (layer.coeffs is None or all(c == 1.0 for c in layer.coeffs))
+        and top[0] not in bottom
+    )
+
+
+def fuse_residual_sums(steps: list[tuple]) -> list[tuple]:
+    """A 1x1 Convolution (`kernels.pointwise`) whose top the next step, an Eltwise SUM of two with coefficients 1, adds
+    to another blob: the convolution's step also writes the sum (each row tile's outputs plus the other bottom while
+    they are in L1, `PointwiseRunner(..., res, z)`), and the Eltwise's step then has nothing left to do. Both blobs
+    hold what they held before, to the bit (SUM is one float32 addition per element, 1 * a + 1 * b). When the fused
+    step cannot run (an array changed under the plan) both layers run as without it."""
+    out = list(steps)
+    for i in range(len(out) - 1):
+        (step, conv_layer, conv_bottom, conv_top), (elt_step, elt_layer, elt_bottom, elt_top) = out[i], out[i + 1]
+        if step is None or conv_layer.type != "Convolution" or not _sum_of_two(elt_layer, elt_bottom, elt_top):
+            continue
+        if len(conv_bottom) != 1 or conv_top[0] not in elt_bottom:
+            continue
+        pair = _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top)
+        if pair is not None:
+            out[i] = (pair[0], conv_layer, conv_bottom, conv_top)
+            out[i + 1] = (pair[1], elt_layer, elt_bottom, elt_top)
+    return out
+
+
+def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top):
+    """(the fused convolution step, the Eltwise step that follows it), or None where the convolution is not one
+    `kernels.pointwise` runs."""
+    src, dst, sum_dst = conv_bottom[0], conv_top[0], elt_top[0]
+    skip = elt_bottom[1] if elt_bottom[0] is dst else elt_bottom[0]
+    x, r = src.data, skip.data
+    w, b = conv_layer.forward_params()
+    x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
+    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+        return None
+    if not pointwise.pointwise_applies(
+        x_shape, w_shape, conv_layer.stride, conv_layer.pad, conv_layer.dilation, conv_layer.group
+    ):
+        return None
+    act = (0.0, conv_layer.relu_max) if conv_layer.fused_relu else None
+    run = pointwise.PointwiseRunner(x_shape, w_shape, act)
+    shape = run.out_shape
+    if not plain(r, shape):
+        return None
+    y = plan_out(dst, x, shape)
+    z = plan_out(sum_dst, y, shape)
+    if any(np.may_share_memory(z, a) for a in (x, y, r)) or np.may_share_memory(y, r):
+        return None
+    zeros = np.zeros(b_shape, np.float32)
+    done = [False]
+
+    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+        w, b = conv_layer.forward_params()
+        x, r = src.data, skip.data
+        if b is None:
+            b = zeros
+        if (
+            dst.data is not y
+            or sum_dst.data is not z
+            or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape) and plain(r, shape))
+            or np.may_share_memory(r, z)
+            or np.may_share_memory(r, y)
+        ):
+            return False  # the Net runs the convolution's forward; the Eltwise step below then runs as usual
+        run(x, w, b, y, r, z)
+        done[0] = True
+        return True
+
+    def sum_step() -> bool:
+        if done[0]:
+            done[0] = False
+            elt_layer.xs, elt_layer.mask = [bb.data for bb in elt_bottom], None  # as its forward keeps them
+            return True
+        return elt_step() if elt_step is not None else False
+
+    return step, sum_step

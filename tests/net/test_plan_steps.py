@@ -1,0 +1,114 @@
+"""Plan steps the Net makes itself (net.plan_steps): a zero-bordered (k+1)^2 kernel run as k x k with asymmetric
+padding, and a 1x1 convolution + Eltwise SUM in one kernel call. Both give every blob the bits of each layer's own
+forward, and fall back to it when the weights or arrays change under the plan."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.conv import conv2d_forward_ref
+from kernels.pad import PadInto, pad_ref
+from net import Net
+from net.prototxt_loader import parse_text
+from net.upgrade import upgrade_net
+
+# TF SAME at stride 2 as net.efficientnet writes it: a 4x4 kernel with a zero first row and column, pad 1 (3x3/2 with
+# 0 rows before and 1 after); then a 1x1 projection added to a skip connection, as in an MBConv block.
+NET = """
+name: "steps"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 15 dim: 12 }
+layer { name: "stem" type: "Convolution" bottom: "data" top: "stem"
+        convolution_param { num_output: 8 kernel_size: 4 stride: 2 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU6" bottom: "stem" top: "stem" }
+layer { name: "expand" type: "Convolution" bottom: "stem" top: "expand"
+        convolution_param { num_output: 20 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "project" type: "Convolution" bottom: "expand" top: "project"
+        convolution_param { num_output: 8 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "add" type: "Eltwise" bottom: "project" bottom: "stem" top: "add" }
+layer { name: "head" type: "Convolution" bottom: "add" top: "head"
+        convolution_param { num_output: 5 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+"""
+
+
+def _net() -> Net:
+    net = Net(upgrade_net(parse_text(NET, "NetParameter")), seed=5)
+    net.params["stem"][0][:, :, 0, :] = 0.0
+    net.params["stem"][0][:, :, :, 0] = 0.0
+    net.refold()
+    return net
+
+
+def _unplanned(net: Net, x: np.ndarray) -> dict[str, np.ndarray]:
+    net.forward(data=x)
+    net._run([0.0] * len(net.layers))  # every layer's own forward
+    return {name: np.array(net.blobs[name]) for name in net.blobs}
+
+
+def _planned(net: Net, x: np.ndarray) -> dict[str, np.ndarray]:
+    net.forward(data=x)
+    return {name: np.array(net.blobs[name]) for name in net.blobs}
+
+
+def _step_names(net: Net) -> list[str]:
+    return [step.__qualname__ if step is not None else "" for step, *_ in net._plan.steps]
+
+
+def test_pad_into_matches_numpy() -> None:
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4), dtype=np.float32)
+    pad = PadInto(x.shape, (0, 2), (1, 1))
+    np.testing.assert_array_equal(pad(x), pad_ref(x, (0, 2), (1, 1)))
+    y = x + 1
+    np.testing.assert_array_equal(pad(y), pad_ref(y, (0, 2), (1, 1)))  # the borders stay zero
+
+
+def test_planned_steps_give_every_blob_its_bits() -> None:
+    x = np.random.default_rng(1).standard_normal((2, 3, 15, 12), dtype=np.float32)
+    net = _net()
+    want = _unplanned(net, x)
+    got = _planned(net, x)
+    names = _step_names(net)
+    assert any(n.startswith("zero_border_step") for n in names)
+    assert any(n.endswith("sum_step") for n in names)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # the stem against the reference on the full (zero-bordered) kernel, and the sum against its two bottoms
+    w, b = net.params["stem"]
+    ref = np.clip(conv2d_forward_ref(x, w, b, stride=(2, 2), pad=(1, 1)), 0.0, 6.0)
+    np.testing.assert_allclose(got["stem"], ref, rtol=0, atol=1e-5 * max(1.0, np.abs(ref).max()))
+    np.testing.assert_array_equal(got["add"], got["project"] + got["stem"])
+    x2 = x[:, :, ::-1].copy()  # a second forward on the same plan
+    np.testing.assert_array_equal(_planned(net, x2)["add"], _unplanned(net, x2)["add"])
+
+
+def test_a_border_that_is_no_longer_zero_runs_the_full_kernel() -> None:
+    x = np.random.default_rng(2).standard_normal((2, 3, 15, 12), dtype=np.float32)
+    net = _net()
+    _planned(net, x)
+    net.params["stem"][0][:, :, 0, 1] = 0.5  # changed in place, as a solver would (no refold: the fold is off)
+    net.refold()
+    want = _unplanned(net, x)
+    got = _planned(net, x)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_the_sum_falls_back_when_an_array_changes_under_the_plan() -> None:
+    """The fused step refuses (the Net then runs the convolution's and the Eltwise's own forwards, whose kernels may
+    round the 1x1 convolution's edge pixels differently) and the next forward is planned and fused again."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 15, 12), dtype=np.float32)
+    net = _net()
+    _planned(net, x)
+    net.blob("add").data = np.zeros((2, 8, 7, 6), np.float32)  # another array than the plan's
+    got = _planned(net, x)
+    want = _unplanned(net, x)
+    np.testing.assert_array_equal(got["add"], got["project"] + got["stem"])
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6 * max(1.0, np.abs(want[name]).max()))
+    again = _planned(net, x)
+    assert any(n.endswith("sum_step") for n in _step_names(net))
+    for name in want:
+        np.testing.assert_array_equal(again[name], want[name], err_msg=name)
