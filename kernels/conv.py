@@ -66,11 +66,6 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from kernels.gemm import (
-    KC,
-    MR,
-    NR,
-    PAIR,
-    VW,
     Workspace,
     _accumulators,
     _as64,
@@ -87,6 +82,8 @@ from kernels.gemm import (
     packed_a_size,
     packed_b_size,
 )
+from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC_CONV, MN_DIRECT, MR, NC_CONV, NR, TILE_PX, VW
+from kernels.tiling import DIRECT_RUNS as RUNS  # 8-pixel runs per direct-convolution tile
 
 
 @intrinsic
@@ -133,13 +130,6 @@ def _direct_tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
     return sig, codegen
 
 
-MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR: 6 or 12)
-NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
-KC_CONV = 384  # K panel depth in _conv_tiles
-RUNS = 4 if PAIR else 2  # 8-pixel runs per direct-convolution tile (_direct_tile)
-TILE_PX = 8 * RUNS  # output pixels per direct-convolution tile
-MN_DIRECT = MR * TILE_PX
-DIRECT_MAX_INPUT = 64 * 1024  # floats of one padded image group for the direct path (256 KB: half of a Zen 3 L2)
 DIRECT = True  # forward: the direct path where it applies (direct_applies); False: always im2col + GEMM
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
 

@@ -8,7 +8,7 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        twelve 8-float accumulators in ymm registers; per k step 6 broadcasts of A and 2 vector loads
                        of B feed 12 FMAs, which covers the FMA latency x 2 pipes with 12 + 2 + 1 of the 16 ymm
                        registers.
-                       AVX-512 (``_tile_shape``): 12 x 16 tiles, two at a time (``PAIR``: 12 x 32, 24 16-float
+                       AVX-512 (``tiling.tile_shape``): 12 x 16 tiles, two at a time (``PAIR``: 12 x 32, 24 16-float
                        accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs: one
                        broadcast per FMA, a single 12 x 16 tile, is bound by the loads). The tile loop is inline in
                        the macro kernel (no Python-level call per tile). Measured figures: benchmarks/perf_notes.md.
@@ -39,29 +39,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
-
-def _tile_shape() -> tuple[int, int]:
-    """(MR, VW): micro-tile rows and vector width for the CPU Numba compiles for (NUMBA_CPU_FEATURES, or the host's).
-
-    With AVX-512 (32 zmm registers): 12 x 16 tiles of twelve <16 x float> accumulators, taken two at a time (PAIR:
-    two loads of B and 12 broadcasts of A per k for 24 FMAs). Otherwise (AVX2, 16 ymm registers): 6 x 16 as twelve
-    <8 x float> accumulators, two loads of B and 6 broadcasts per k. Numba keys its cache on the target
-    CPU and its features, so code compiled for one shape is never loaded on a machine that picks the other."""
-    from llvmlite import binding
-    from numba.core import config
-
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
-    return (12, 16) if "+avx512f" in features.split(",") else (6, 8)
-
-
-MR, VW = _tile_shape()  # rows of the micro tile; float32 lanes of its vectors (16: zmm, 8: ymm)
-NR = 16  # columns of the micro tile: one zmm or two ymm vectors (the packed-B format and the epilogue assume 16)
-MN = MR * NR
-PAIR = VW == 16  # AVX-512: tiles of MR x 2NR (two column slivers, 24 zmm accumulators); AVX2 has too few registers
-ACC = MN * (2 if PAIR else 1)  # floats of the macro kernel's tile buffer (two tiles when PAIR)
-KC = 384  # depth of one panel: an A sliver (KC x MR, 9 or 18 KB) and a B sliver (KC x NR, 24 KB) stay in L1
-MC = 96  # rows of C per parallel task (multiple of MR)
-NC = 256  # columns of C per parallel task (multiple of NR)
+from kernels.tiling import ACC, KC, MC, MN, MR, NC, NR, PAIR, VW  # the tile shape and blocking, with their rules
 
 
 def gemm_ref(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:

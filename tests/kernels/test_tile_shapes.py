@@ -1,4 +1,4 @@
-"""The GEMM micro-tile shape follows the CPU Numba compiles for (kernels.gemm._tile_shape): 12 x 16 in zmm registers
+"""The GEMM micro-tile shape follows the CPU Numba compiles for (kernels.tiling.tile_shape): 12 x 16 in zmm registers
 with AVX-512, 6 x 16 in ymm registers without. The default test run checks the host's shape; this test runs the GEMM
 and convolution tests again in a child process compiled for an AVX2 CPU (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, with a
 cache folder of its own), so the other shape is checked on an AVX-512 host too. On a host without AVX-512 the
