@@ -67,6 +67,11 @@ class BatchNormLayer(Layer):
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.batch_norm_param
         self.use_global = p.use_global_stats if p.has("use_global_stats") else self.phase == "TEST"
+        if not self.use_global:  # refused while the net is built, before any weights load
+            raise self.error(
+                "batch statistics (use_global_stats: false, the TRAIN default) are not implemented; "
+                "set use_global_stats: true"
+            )
         self.eps = float(p.eps)
         channels = bottom[0].shape[1] if len(bottom[0].shape) > 1 else 1
         zero = Message("FillerParameter")

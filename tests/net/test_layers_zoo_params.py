@@ -122,3 +122,10 @@ def test_errors_from_a_file_name_its_line(tmp_path) -> None:
     )
     with pytest.raises(NetError, match=f"Slice 's': axis 9 is out of range.*\\(at {v1}:7\\)"):
         Net.load(v1)
+
+
+def test_batchnorm_batch_statistics_are_refused_while_building() -> None:
+    text = INPUT + 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }'
+    Net.from_string(text)  # TEST: the global statistics
+    with pytest.raises(NetError, match="BatchNorm 'bn': batch statistics .* not implemented"):
+        Net.from_string(text, phase="train")
