@@ -3,16 +3,16 @@
     inside = Inside(model.net, bgr=..., per_request_bytes=24 << 20, max_bytes=256 << 20, ttl_s=600)
     rows = inside.capture(n)                 # inference thread, right after the batch's forward: one dict per row
     entry_id = inside.store(rows[i])         # event loop: the request's maps under a random id
-    inside.describe(entry_id)                # the JSON of /api/search's `inside`
+    inside.describe(entry_id, rows[i])       # the JSON of /api/search's `inside`
     inside.maps_png(entry_id, "conv1")       # PNG grid of that request's maps (net.visualize.maps_grid)
     inside.filters_png("conv1")              # PNG grid of the layer's filters (weights do not change)
 
 No second forward: `capture` copies, from the net's blobs as the batch's forward left them, each row's maps of
 the layers in net.visualize.layer_views (Convolution / Pooling with spatial maps), at most MAX_TILES channels a
-layer, in net order while the request's byte budget lasts (the first layer always; a layer that does not fit is
-skipped and listed as not kept, later smaller ones may still fit). Entries live `ttl_s` seconds, and the oldest
-go first when the cache would exceed `max_bytes`. A batch captures at most `max_bytes` in all (further rows keep
-the first layer only).
+layer, in net order while the request's byte budget lasts: a layer that does not fit is skipped and listed as not
+kept (later, smaller ones may still fit; the first layer of every served model fits: EfficientNet-Lite0's stem is
+1.6 MB of its 22.6 MB). Entries live `ttl_s` seconds, and the oldest go first when the cache would exceed
+`max_bytes`. A batch captures at most `max_bytes` in all (the budget of later rows shrinks to what is left).
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ class Inside:
         for i in range(n):
             left = min(self.per_request_bytes, batch_left)
             kept: dict[str, np.ndarray] = {}
-            for k, view in enumerate(self.views):
+            for view in self.views:
                 blob = self.net.blobs[view.top]
                 c = min(view.shape[0], MAX_TILES)
                 size = c * view.shape[1] * view.shape[2] * blob.itemsize
-                if k and size > left:
+                if size > left:
                     continue
                 kept[view.name] = np.array(blob[i, :c], dtype=np.float32, copy=True)
                 left -= size

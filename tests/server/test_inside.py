@@ -153,8 +153,8 @@ def test_bad_requests_are_clear_4xx(model):
 
 
 def test_per_request_budget_and_cache_bounds(model):
-    # 62,000 bytes a request: conv1's maps (20 x 24 x 24 floats: 46,080 bytes) are always kept, then pool1 (11,520)
-    # fits, conv2 (12,800) does not, pool2 (3,200) does: 60,800 bytes a request
+    # 62,000 bytes a request: conv1's maps (20 x 24 x 24 floats: 46,080 bytes) fit, then pool1 (11,520) fits,
+    # conv2 (12,800) does not, pool2 (3,200) does: 60,800 bytes a request
     with client_for(model, inside_request_bytes=62_000, inside_cache_bytes=100_000) as c:
         ids = []
         for d in range(3):
@@ -168,6 +168,21 @@ def test_per_request_budget_and_cache_bounds(model):
         assert c.get(f"/api/inside/{ids[2]}/maps?layer=conv1").status_code == 200
         r = c.get(f"/api/inside/{ids[2]}/maps?layer=conv2")
         assert r.status_code == 404 and "were not kept" in r.json()["error"]
+
+
+def test_too_large_grid_and_nothing_kept_are_4xx(model, monkeypatch):
+    import net.visualize
+
+    with client_for(model, inside_request_bytes=1_000) as c:  # under conv1's 46,080 bytes: nothing kept
+        inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(4)), "image/png")}).json()["inside"]
+        assert not any(v["kept"] for v in inside["layers"]) and inside["layers"][0]["maps_url"] is None
+        r = c.get(f"/api/inside/{inside['id']}/maps?layer=conv1")
+        assert r.status_code == 404 and "were not kept for this request" in r.json()["error"]
+    monkeypatch.setattr(net.visualize, "MAX_SIDE", 200)  # conv1's grid is 244 px wide: "too large" now
+    with client_for(model) as c:
+        inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(4)), "image/png")}).json()["inside"]
+        r = c.get(inside["layers"][0]["maps_url"])
+        assert r.status_code == 400 and "over the 200-pixel limit" in r.json()["error"]
 
 
 def test_inside_off(model):
