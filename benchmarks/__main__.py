@@ -1,7 +1,7 @@
 """crema's benchmarks in one command: every kernel and network on crema and on the reference frameworks, side by side.
 
     python -m benchmarks                          # everything (4-10 minutes on 2 cores); or: crema bench
-    python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, train
+    python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, zoo, train
     python -m benchmarks --filter caffenet        # cases whose name contains this text
     python -m benchmarks --quick                  # fewer timed runs (a smoke test, not for reporting)
     python -m benchmarks --publish                # write benchmarks/results/ (bench.json, bench.md, bench.png)
@@ -34,7 +34,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--only", nargs="+", choices=["gemm", "layers", "nets", "efficientnet", "train"], help="run these groups only"
+        "--only",
+        nargs="+",
+        choices=["gemm", "layers", "nets", "efficientnet", "zoo", "train"],
+        help="run these groups only",
     )
     p.add_argument("--filter", default=None, help="run the cases whose name contains this text")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every framework")

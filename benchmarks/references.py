@@ -189,3 +189,91 @@ def onnx_forward(net, threads: int) -> Callable[[np.ndarray], np.ndarray]:
         return sess.run(None, {first: x})[0]
 
     return run
+
+
+def onnx_dag_forward(net, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """ONNX Runtime (CPU) on a graph built from the crema Net `net` blob by blob, for nets that branch and merge
+    (GoogLeNet's Concat, ResNet's Eltwise, BatchNorm + Scale). Build it from a net loaded with fuse=False: a folded
+    net's convolutions already hold their BatchNorm. ORT applies its own graph optimisations (it folds the
+    BatchNormalization nodes into the Convs and fuses Relu)."""
+    from onnx import helper
+
+    nodes, weights = [], {}
+    version: dict[str, str] = {}  # crema blob name -> the ONNX tensor that holds its current value
+    first = None
+    for layer, bottoms, tops in zip(net.layers, net.bottoms, net.tops):
+        if layer.type == "Input":
+            first = tops[0].name
+            version[first] = first
+            continue
+        ins = [version[b.name] for b in bottoms]
+        outs = [f"t{len(nodes)}_{t.name}" for t in tops]
+        if layer.type == "Split":
+            nodes += [helper.make_node("Identity", ins, [o]) for o in outs]
+        else:
+            nodes += onnx_dag_node(layer, ins, outs, weights)
+        for t, o in zip(tops, outs):
+            version[t.name] = o
+    last = version[net.outputs[-1]]
+    c, h, w = net.blobs[first].shape[1:]
+    sess = onnx_session(nodes, [(first, ("N", c, h, w))], [last], weights, threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {first: x})[0]
+
+    return run
+
+
+def onnx_dag_node(layer, ins: list[str], outs: list[str], weights: dict) -> list:
+    """ONNX nodes for one layer of the Caffe zoo classifiers (onnx_node's types plus padded / global / average
+    pooling, Concat, Eltwise, BatchNorm with global statistics, Scale); adds its weights to `weights`."""
+    from onnx import helper
+
+    kind, name, x, y = layer.type, layer.name, ins[0], outs[0]
+    if kind == "Pooling":
+        if layer.global_pooling:
+            op = "GlobalMaxPool" if layer.method == "MAX" else "GlobalAveragePool"
+            return [helper.make_node(op, [x], [y])]
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.pad
+        if layer.method == "AVE" and (ph or pw):
+            raise ValueError("onnx reference: padded AVE pooling differs from Caffe's (its divisor counts the pad)")
+        op = "MaxPool" if layer.method == "MAX" else "AveragePool"
+        attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, ph, pw], "ceil_mode": 1}
+        return [helper.make_node(op, [x], [y], **attrs)]
+    if kind == "Concat":
+        return [helper.make_node("Concat", ins, [y], axis=int(layer.param.concat_param.axis))]
+    if kind == "Eltwise":
+        op = {"SUM": "Sum", "PROD": "Mul", "MAX": "Max"}[layer.op]
+        if layer.coeffs is not None:
+            scaled = []
+            for i, (t, c) in enumerate(zip(ins, layer.coeffs)):
+                weights[f"{name}_c{i}"] = np.array(c, np.float32)
+                scaled.append(f"{name}_s{i}")
+            return [helper.make_node("Mul", [t, f"{name}_c{i}"], [s]) for i, (t, s) in enumerate(zip(ins, scaled))] + [
+                helper.make_node("Sum", scaled, [y])
+            ]
+        if op == "Mul" and len(ins) > 2:
+            raise ValueError("onnx reference: Eltwise PROD of two inputs only")
+        return [helper.make_node(op, ins, [y])]
+    if kind == "BatchNorm":
+        if not layer.use_global:
+            raise ValueError("onnx reference: BatchNorm with global statistics only")
+        mean, var, factor = (b.data for b in layer.blobs)
+        f = 0.0 if factor[0] == 0 else 1.0 / factor[0]
+        c = mean.shape[0]
+        weights[name + "_mean"], weights[name + "_var"] = mean * f, var * f
+        weights[name + "_one"], weights[name + "_zero"] = np.ones(c, np.float32), np.zeros(c, np.float32)
+        bn_ins = [x, name + "_one", name + "_zero", name + "_mean", name + "_var"]
+        return [helper.make_node("BatchNormalization", bn_ins, [y], epsilon=layer.eps)]
+    if kind == "Scale":
+        if len(ins) != 1 or layer.axis % 4 != 1 or layer.blobs[0].data.ndim != 1:
+            raise ValueError("onnx reference: Scale by a per-channel parameter only")
+        weights[name + "_g"] = layer.blobs[0].data.reshape(-1, 1, 1)
+        if len(layer.blobs) == 1:
+            return [helper.make_node("Mul", [x, name + "_g"], [y])]
+        weights[name + "_b"] = layer.blobs[1].data.reshape(-1, 1, 1)
+        return [
+            helper.make_node("Mul", [x, name + "_g"], [name + "_gx"]),
+            helper.make_node("Add", [name + "_gx", name + "_b"], [y]),
+        ]
+    return onnx_node(layer, x, y, weights)

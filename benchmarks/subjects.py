@@ -16,6 +16,10 @@ Groups (each a function returning cases; `build(groups, threads)` makes them in 
              ONNX Runtime on the graph the PyTorch port exports (torch.onnx, asymmetric pads and BatchNorm as
              PyTorch has them; ORT folds and fuses them itself), PyTorch eager, OpenCV DNN on crema's written
              prototxt + caffemodel. Target: >= 1.0x ONNX Runtime at both batches.
+- ``zoo``:   GoogLeNet and ResNet-50 (models/, the published architectures) forward at batch 1 and 16, softmax
+             output, random weights (BatchNorm statistics included) on random 224x224 inputs. vs ONNX Runtime (a graph
+             built blob by blob from the unfused crema net: Concat, Sum, BatchNormalization, Mul/Add) and OpenCV DNN
+             on the same prototxt + caffemodel. No target yet (measured, see README).
 - ``train``: one LeNet training iteration at batch 64 (forward, loss, backward, SGD update with momentum, weight
              decay and lr_mult; crema's Solver.step(1)) vs the same in PyTorch. Target >= 1.0x PyTorch.
 
@@ -38,7 +42,7 @@ import numpy as np
 from benchmarks.harness import Case, compare
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("gemm", "layers", "nets", "efficientnet", "train")
+GROUPS = ("gemm", "layers", "nets", "efficientnet", "zoo", "train")
 
 # name, C, H, M (output channels), k, stride, pad, group
 CAFFENET_CONV = [
@@ -597,6 +601,76 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
     return cases
 
 
+# -- zoo ---------------------------------------------------------------------------------------------------------
+
+ZOO_BATCHES = {"googlenet": (1, 16), "resnet50": (1, 16)}
+
+
+def zoo_randomize(net, seed: int) -> None:
+    """Random weights for the Caffe zoo nets (no public weights here): He-scaled convolution / InnerProduct weights,
+    small biases; BatchNorm statistics mean N(0, 0.2), variance U(0.5, 2), scale factor 1; Scale gamma U(0.5, 1.5)
+    (U(0.3, 0.6) where the output enters a residual sum, else ResNet's logits grow into the hundreds), beta N(0, 0.1).
+    tests/net/test_zoo_models.py checks crema against OpenCV on such weights blob by blob."""
+    rng = np.random.default_rng(seed)
+    summed = {b.name for layer, bs in zip(net.layers, net.bottoms) if layer.type == "Eltwise" for b in bs}
+    for layer, tops in zip(net.layers, net.tops):
+        blobs = [b.data for b in layer.blobs]
+        if not blobs:
+            continue
+        if layer.type == "BatchNorm":
+            blobs[0][...] = rng.normal(0.0, 0.2, blobs[0].shape)
+            blobs[1][...] = rng.uniform(0.5, 2.0, blobs[1].shape)
+            blobs[2][...] = 1.0
+        elif layer.type == "Scale":
+            low, high = (0.3, 0.6) if tops[0].name in summed else (0.5, 1.5)
+            blobs[0][...] = rng.uniform(low, high, blobs[0].shape)
+            for b in blobs[1:]:
+                b[...] = rng.normal(0.0, 0.1, b.shape)
+        else:
+            blobs[0][...] = rng.normal(0.0, np.sqrt(2.0 / blobs[0][0].size), blobs[0].shape)
+            for b in blobs[1:]:
+                b[...] = rng.normal(0.0, 0.05, b.shape)
+
+
+def zoo_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: dict | None = None) -> list[Case]:
+    """GoogLeNet and ResNet-50 (models/, the published architectures) forward at batch 1 and 16 on the same random
+    weights vs ONNX Runtime (a graph built from the unfused crema net, benchmarks.references.onnx_dag_forward) and
+    OpenCV DNN (the prototxt + the written caffemodel). Softmax within 1e-5 of each before timing."""
+    from benchmarks.references import onnx_dag_forward, opencv_forward
+    from net import Net
+
+    cases = []
+    for name, sizes in (batches or ZOO_BATCHES).items():
+        proto = ROOT / f"models/{name}/deploy.prototxt"
+        builder = Net.load(proto, fuse=False)
+        zoo_randomize(builder, seed=1)
+        weights = workdir / f"{name}.caffemodel"
+        builder.save(weights)
+        net = Net.load(proto, weights)  # as a user runs it: BatchNorm / Scale folded, ReLUs fused
+        refs_of: dict[str, Callable] = {}
+        if _ort_ok():
+            refs_of["onnxruntime"] = onnx_dag_forward(builder, threads)
+        try:
+            refs_of["opencv"] = opencv_forward(str(proto), str(weights))
+        except ImportError:
+            pass
+        del builder
+        for batch in sizes:
+            x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+            net.reshape({"data": x.shape})
+            ours = partial(net.forward, data=x)
+            refs = {k: partial(f, x) for k, f in refs_of.items()}
+
+            def check(ours=ours, refs=refs, n=batch, label=f"{name} N={batch}"):
+                got = ours()["prob"].reshape(n, -1)
+                return [compare(f"{label} softmax vs {r}", got, fn().reshape(n, -1), atol=1e-5) for r, fn in refs.items()]
+
+            ours()
+            flops = _net_flops(net) * batch
+            cases.append(Case("net", f"{name} fwd N={batch}", ours, refs, flops, check, rounds=3 if batch > 1 else 7))
+    return cases
+
+
 # -- train -------------------------------------------------------------------------------------------------------
 
 TRAIN_HEAD = """name: "LeNet"
@@ -693,6 +767,7 @@ def build(groups: list[str], threads: int, workdir: Path, seed: int = 0) -> list
         "layers": lambda: layer_cases(rng, threads),
         "nets": lambda: net_cases(rng, threads, workdir),
         "efficientnet": lambda: efficientnet_cases(rng, threads, workdir),
+        "zoo": lambda: zoo_cases(rng, threads, workdir),
         "train": lambda: train_cases(rng, threads, workdir),
     }
     cases: list[Case] = []

@@ -316,6 +316,7 @@ def download_file(
             print(f"resuming {out.name} from {offset:,} bytes ({part.name})")
         label = f"downloading {out.name}"
         resumable = offset > 0  # a partial file from an earlier run: that server served ranges
+        keep = key is not None and resumable  # kept through an HTTP error too: the next run may still resume
         for attempt in range(retries + 1):
             got = _fetch_once(url, fd, offset, timeout=timeout, progress=progress, label=label)
             resumable = resumable or got.resumable

@@ -33,6 +33,11 @@ def ranged():
         def do_GET(self) -> None:
             asked = self.headers.get("Range")
             state["requests"].append(asked)
+            if state.get("unavailable"):
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             start = 0
             if asked and state["ranges"]:
                 start = int(asked.removeprefix("bytes=").split("-")[0])
@@ -107,6 +112,20 @@ def test_a_partial_file_is_resumed_by_the_next_run(ranged, tmp_path):
     download_file(url, out, sha1=SHA1, progress=False)
     assert out.read_bytes() == PAYLOAD and files(tmp_path) == ["w.caffemodel"]
     assert state["requests"] == [None, f"bytes={len(kept)}-"]
+
+
+def test_an_http_error_keeps_a_partial_file_for_later(ranged, tmp_path):
+    url, state = ranged
+    part = tmp_path / f".w.caffemodel.{SHA1[:12]}.part"
+    part.write_bytes(PAYLOAD[:CUT])
+    state["unavailable"] = True
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        download_file(url, tmp_path / "w.caffemodel", sha1=SHA1, progress=False)
+    assert files(tmp_path) == [part.name] and part.read_bytes() == PAYLOAD[:CUT]
+    state["unavailable"] = False
+    download_file(url, tmp_path / "w.caffemodel", sha1=SHA1, progress=False)
+    assert (tmp_path / "w.caffemodel").read_bytes() == PAYLOAD
+    assert state["requests"] == [f"bytes={CUT}-", f"bytes={CUT}-"]
 
 
 def test_a_complete_partial_file_is_checked_and_saved(ranged, tmp_path):
