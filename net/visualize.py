@@ -52,6 +52,7 @@ __all__ = [
     "maps_grid",
     "normalise_tile",
     "tile_grid",
+    "trim_zero_border",
     "write_visualization",
 ]
 
@@ -305,9 +306,35 @@ def layer_filters(net, view: LayerView, *, bgr: bool = False) -> Grid:
             f"layer {view.name!r} ({view.type}) has no filters to show as images: only a Convolution that reads "
             f"the net's input has filters over the picture's channels"
         )
-    grid = filters_grid(net.params[view.name][0], bgr=bgr)
+    w, trimmed = trim_zero_border(net.params[view.name][0])
+    grid = filters_grid(w, bgr=bgr)
+    if trimmed:
+        stored = net.params[view.name][0].shape
+        left_out = f"{stored[2]}x{stored[3]} as stored; {trimmed}, zero in every filter, left out"
+        grid.note = f"{left_out}; {grid.note}" if grid.note else left_out
     grid.info = {"layer": view.name, "kind": "filters", "normalisation": NORMALISATION}
     return grid
+
+
+def trim_zero_border(weights: np.ndarray) -> tuple[np.ndarray, str]:
+    """Drop border rows and columns that are exactly zero in every filter of (Cout, Cin, kh, kw) weights (a kernel
+    padded to emulate TF's asymmetric SAME padding: net.efficientnet stores EfficientNet's stride-2 3x3 kernels as
+    4x4 with a zero first row and column) -> (the weights without them, what was dropped, e.g. "the first row and
+    column"; "" when nothing)."""
+    w = np.asarray(weights)
+    if not w.any():
+        return w, ""
+    cut = {("first", "row"): 0, ("last", "row"): 0, ("first", "column"): 0, ("last", "column"): 0}
+    while w.shape[2] > 1 and not w[:, :, 0].any():
+        w, cut["first", "row"] = w[:, :, 1:], cut["first", "row"] + 1
+    while w.shape[2] > 1 and not w[:, :, -1].any():
+        w, cut["last", "row"] = w[:, :, :-1], cut["last", "row"] + 1
+    while w.shape[3] > 1 and not w[:, :, :, 0].any():
+        w, cut["first", "column"] = w[:, :, :, 1:], cut["first", "column"] + 1
+    while w.shape[3] > 1 and not w[:, :, :, -1].any():
+        w, cut["last", "column"] = w[:, :, :, :-1], cut["last", "column"] + 1
+    parts = [f"{end} {kind}" if n == 1 else f"{end} {n} {kind}s" for (end, kind), n in cut.items() if n]
+    return w, ("the " + " and ".join(parts)) if parts else ""
 
 
 # -- mistakes ---------------------------------------------------------------------------------------------------

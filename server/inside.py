@@ -25,7 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from net.visualize import MAX_TILES, NORMALISATION, LayerView, find_layer, layer_filters, layer_views
+from net.visualize import (
+    MAX_TILES,
+    NORMALISATION,
+    LayerView,
+    find_layer,
+    layer_filters,
+    layer_views,
+    trim_zero_border,
+)
 from net.visualize import maps_grid as render_maps
 
 __all__ = ["Entry", "Inside", "NotFound"]
@@ -58,6 +66,14 @@ class Inside:
         self._bytes = 0
         self._lock = threading.Lock()
         self._filters: dict[str, bytes] = {}
+        self._trimmed = {}  # layer -> what its filters grid leaves out (net.visualize.trim_zero_border), or ""
+        for view in self.views:
+            if view.filters:
+                w = net.params[view.name][0]
+                cut = trim_zero_border(w)[1]
+                self._trimmed[view.name] = (
+                    f"stored as {w.shape[2]}x{w.shape[3]}: {cut}, zero in every filter, left out" if cut else ""
+                )
 
     # -- capture (inference thread) ------------------------------------------------------------------------------
     def capture(self, n: int) -> list[dict[str, np.ndarray]]:
@@ -128,6 +144,7 @@ class Inside:
                     "kept": kept,
                     "maps_url": f"/api/inside/{key}/maps?layer={q}" if kept else None,
                     "filters_url": f"/api/filters?layer={q}" if view.filters else None,
+                    "filters_note": self._trimmed.get(view.name, ""),
                 }
             )
         skipped = [v["name"] for v in layers if not v["kept"]]
@@ -144,8 +161,8 @@ class Inside:
             "layers": layers,
             "normalisation": NORMALISATION,
             "max_tiles": MAX_TILES,
-            "filters_note": "a Convolution's weights as stored (before any BatchNorm folding), one tile per filter, "
-            "RGB",
+            "filters_note": "a Convolution's weights as stored (before any BatchNorm folding; border rows and columns "
+            "that are zero in every filter left out), one tile per filter, RGB for a colour input",
             "note": note,
         }
 

@@ -449,6 +449,10 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         },
                         "maps_url": {"type": ["string", "null"]},
                         "filters_url": {"type": ["string", "null"]},
+                        "filters_note": {
+                            "type": "string",
+                            "description": "what the filters grid leaves out (zero border rows/columns), or empty",
+                        },
                     },
                 },
                 "Inside": {

@@ -260,7 +260,8 @@ function showInsideLayer(inside, name) {
   if (filters) {
     insideImage($("inside-filters"), filters, fail("filters"));
     $("inside-filters-cap").textContent =
-      `The ${layer.shape[0]} filters of ${layer.name}: ${inside.filters_note}.`;
+      `The ${layer.shape[0]} filters of ${layer.name}: ${inside.filters_note}` +
+      (layer.filters_note ? ` (${layer.filters_note})` : "") + ".";
   }
   const maps = safeUrl(layer.maps_url);
   $("inside-maps-fig").hidden = !maps;

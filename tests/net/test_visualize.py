@@ -95,6 +95,20 @@ def test_colour_filters_grid_is_rgb_and_normalised_over_the_three_channels(bgr):
         assert np.array_equal(tiles[k], expected_tile(rgb.transpose(1, 2, 0))), k
 
 
+def test_trim_zero_border():
+    from net.visualize import trim_zero_border
+
+    w = np.arange(1, 2 * 3 * 4 * 4 + 1, dtype=np.float32).reshape(2, 3, 4, 4)
+    w[:, :, 0] = 0.0
+    w[:, :, :, 0] = 0.0
+    got, cut = trim_zero_border(w)
+    assert np.array_equal(got, w[:, :, 1:, 1:]) and cut == "the first row and first column"
+    w[0, 1, 0, 2] = 1.0  # one filter uses the first row: it stays
+    got, cut = trim_zero_border(w)
+    assert np.array_equal(got, w[:, :, :, 1:]) and cut == "the first column"
+    assert trim_zero_border(np.zeros((2, 1, 3, 3)))[0].shape == (2, 1, 3, 3)  # nothing but zeros: kept as is
+
+
 def test_filters_that_are_not_images_are_refused():
     with pytest.raises(VisualizeError, match=r"only filters over 1 \(grey\) or 3 \(colour\)"):
         filters_grid(np.zeros((4, 20, 5, 5), np.float32))

@@ -437,11 +437,13 @@ def test_inside_efficientnet_through_the_page(efficientnet_server, chromium, tmp
         browser.set_file(page, "#file-input", image)
         browser.wait_for_js(page, INSIDE_LOADED_JS.format("stem"), timeout=120, what="the stem's filters and maps")
         filters = page_pixels(browser, page, "inside-filters")
-        # stored as 4x4 with a zero first row and column (TF's asymmetric SAME padding, net.efficientnet): scale 6
-        for k, t in enumerate(tiles_of(filters, 32, 4, 4, 6)):
-            assert np.array_equal(t, expected_tile(w[k].transpose(1, 2, 0))), k
+        # stored as 4x4 with a zero first row and column (TF's asymmetric SAME padding, net.efficientnet): shown 3x3
+        assert not w[:, :, 0].any() and not w[:, :, :, 0].any()
+        for k, t in enumerate(tiles_of(filters, 32, 3, 3, 8)):
+            assert np.array_equal(t, expected_tile(w[k, :, 1:, 1:].transpose(1, 2, 0))), k
         maps = page_pixels(browser, page, "inside-maps")
         assert maps.shape == (6 * 113 - 1, 6 * 113 - 1, 3)  # 32 tiles: 6 x 6 grid of 112 x 112
+        assert "stored as 4x4" in browser.eval(page, "document.getElementById('inside-filters-cap').textContent")
         caption = browser.eval(page, "document.getElementById('inside-maps-cap').textContent")
         assert "ReLU6 'stem/relu6'" in caption and "fused" in caption
         browser.eval(page, "const s = document.getElementById('inside-layer'); s.value = 'head';"

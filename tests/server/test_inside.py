@@ -44,9 +44,12 @@ def scale(h: int, w: int, target: int) -> int:
     return max(1, -(-target // max(h, w)))
 
 
-def check_model(model: Model, monkeypatch, image: bytes, *, plain: Net, bgr: bool, layers: int = 3) -> dict:
+def check_model(
+    model: Model, monkeypatch, image: bytes, *, plain: Net, bgr: bool, layers: int = 3, crop: int = 0
+) -> dict:
     """One search: the first `layers` layers' maps equal the answering forward's blobs (normalised per tile), and are
-    close to an unfused net's on the same input; the first layer's filters PNG equals its weights. Returns inside."""
+    close to an unfused net's on the same input; the first layer's filters PNG equals its weights (without their
+    first `crop` rows and columns, which must be zero). Returns inside."""
     seen = spy_forward(model, monkeypatch)
     with client_for(model) as c:
         r = c.post("/api/search", files={"image": ("q.png", image, "image/png")})
@@ -71,6 +74,8 @@ def check_model(model: Model, monkeypatch, image: bytes, *, plain: Net, bgr: boo
         assert len(seen) == 1
         first = inside["layers"][0]
         wts = model.net.params[first["name"]][0]
+        assert not wts[:, :, :crop].any() and not wts[:, :, :, :crop].any()
+        wts = wts[:, :, crop:, crop:]
         png = c.get(first["filters_url"])
         assert png.status_code == 200
         tiles = tiles_of(png.content, wts.shape[0], *wts.shape[2:], scale(*wts.shape[2:], FILTER_TILE_PX))
@@ -96,8 +101,9 @@ def test_efficientnet_first_conv_and_fused_notes(monkeypatch):
     plain = Net.load(files.prototxt, files.weights, fuse=False)
     rng = np.random.default_rng(0)
     photo = png_bytes(rng.integers(0, 256, size=(240, 260, 3), dtype=np.uint8))
-    inside = check_model(model, monkeypatch, photo, plain=plain, bgr=False, layers=2)
+    inside = check_model(model, monkeypatch, photo, plain=plain, bgr=False, layers=2, crop=1)
     stem = inside["layers"][0]
+    assert stem["filters_note"] == "stored as 4x4: the first row and first column, zero in every filter, left out"
     assert (stem["name"], stem["shape"]) == ("stem", [32, 112, 112])  # stride-2 3x3, 32 filters on RGB
     assert "ReLU6 'stem/relu6'" in stem["note"] and "folded into its weights" in stem["note"]
     head = next(v for v in inside["layers"] if v["name"] == "head")
