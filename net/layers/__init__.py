@@ -28,6 +28,7 @@ from . import (
     normalization_extra,
     pooling,
     reduction,
+    spp,
     structure,
     structure_extra,
 )
@@ -44,7 +45,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
-FAMILIES += (activation_extra, deconvolution, embed, normalization_extra, reduction, structure_extra)
+FAMILIES += (activation_extra, deconvolution, embed, normalization_extra, reduction, spp, structure_extra)
 
 __all__ = [
     "FAMILIES",

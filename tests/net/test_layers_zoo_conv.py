@@ -240,3 +240,37 @@ def test_whole_train_net_through_the_new_layers_central_differences() -> None:
             assert abs(a - n) <= 5e-3 * max(abs(a), abs(n)) + 1e-3, (name, j, idx, a, n)
             checked += 1
     assert checked >= 20 and {"conv", "prelu", "up", "norm"} <= {name for name, *_ in net.learnable()}
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize(("height", "hw"), [(1, (5, 6)), (3, (13, 11)), (2, (7, 7))])
+def test_spp(method: str, height: int, hw: tuple[int, int]) -> None:
+    """SPP against the pooling reference with Caffe's per-level kernel / stride / pad, and its backward against
+    float64 central differences of that reference (within 1e-5 * max(|n|, 1))."""
+    from kernels.pool import pool2d_forward_ref
+
+    layer = _layer(f'type: "SPP" spp_param {{ pyramid_height: {height} pool: {method} }}')
+    x = _data((2, 3, *hw), 8)
+    bottom, top = Blob("b", x.shape), Blob("t")
+    bottom.data = x.copy()
+    layer.setup([bottom], [top])
+    layer.reshape([bottom], [top])
+    layer.forward([bottom], [top])
+
+    def ref(v: np.ndarray) -> np.ndarray:
+        parts = []
+        for level in range(height):
+            bins = 2**level
+            k = tuple(-(-s // bins) for s in hw)
+            pad = tuple((kk * bins - s + 1) // 2 for kk, s in zip(k, hw))
+            y = pool2d_forward_ref(v, method=method, kernel=k, stride=k, pad=pad)
+            assert y.shape[2:] == (bins, bins)
+            parts.append(y)
+        return parts[0] if height == 1 else np.concatenate([p.reshape(2, -1) for p in parts], axis=1)
+
+    _close(top.data, ref(x.astype(np.float64)), 1e-6)
+    dy = _data(top.shape, 9)
+    top.diff = dy.copy()
+    layer.backward([top], [True], [bottom])
+    num = numeric_grad(lambda v: float(np.sum(dy.astype(np.float64) * ref(v))), x.astype(np.float64))
+    _close(bottom.diff, num, 1e-5)
