@@ -106,6 +106,16 @@ def test_efficientnet_first_conv_and_fused_notes(monkeypatch):
     assert stem["filters_note"] == "stored as 4x4: the first row and first column, zero in every filter, left out"
     assert (stem["name"], stem["shape"]) == ("stem", [32, 112, 112])  # stride-2 3x3, 32 filters on RGB
     assert "ReLU6 'stem/relu6'" in stem["note"] and "folded into its weights" in stem["note"]
+    # every layer's kept maps, not only the first two rendered above, are the unfused net's (no fusion leaves a
+    # blob stale: the residual sums fused into the 1x1 projections write both blobs)
+    x = model.preprocess(photo)[None]
+    model.infer(x)
+    rows = Inside(model.net, bgr=False).capture(1)
+    plain.forward(data=x)
+    assert len(rows[0]) == 49
+    for view in layer_views(plain):
+        ref = plain.blobs[view.top][0, :256]
+        np.testing.assert_allclose(rows[0][view.name], ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
     head = next(v for v in inside["layers"] if v["name"] == "head")
     assert head["channels"] == 1280 and head["shown"] == 256
     assert all(v["kept"] for v in inside["layers"]) and not inside["note"]  # 22.6 MB of maps: within 24 MB
