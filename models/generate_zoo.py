@@ -18,7 +18,8 @@ resnet50        ResNet-50 (KaimingHe/deep-residual-networks): bottleneck blocks 
 mobilenet_v1    MobileNet v1 1.0-224, shicai/MobileNet-Caffe: depthwise (grouped) 3x3 + pointwise 1x1, BatchNorm eps 1e-5
                 + Scale + ReLU in place, global average pool, fc7 as a 1x1 convolution.
 mobilenet_v2    MobileNet v2 1.0-224, shicai/MobileNet-Caffe: inverted residuals (expand 1x1, depthwise 3x3, linear 1x1),
-                BatchNorm into a new `X/bn` blob, ReLU (not ReLU6, as in that port), Eltwise SUM shortcuts.
+                BatchNorm into a new `X/bn` blob, ReLU (not ReLU6, as in that port), Eltwise SUM shortcuts, the
+                port's stride placement (conv4_7, not conv4_3, halves the 28x28 planes).
 
 The weights are not here: `crema download NAME` fetches them where the authors publish them (server/download.py).
 Inputs use an `Input` layer with batch 1 (the published files use the older `input_dim` lines; both load).
@@ -290,10 +291,12 @@ def mobilenet_v1() -> str:
 
 
 # -- MobileNet v2 (shicai) --------------------------------------------------------------------------------------
-# (expansion t, output channels c, repeats n, first stride s): Sandler et al. 2018, table 2; shicai's block names
-# are conv<stage>_<i>, counting on across the table's rows as below.
+# (expansion t, output channels c, repeats n, first stride s): Sandler et al. 2018, table 2, except that shicai's port
+# (whose weights these are) puts the stride 2 of the 64-channel row on the first 96-channel block instead
+# (conv4_3 stride 1, conv4_7 stride 2; same output size, the 64-channel blocks at 28x28). Block names are
+# conv<stage>_<i>, counting on across the table's rows as V2_NAMES lists them.
 # fmt: off
-MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 1), (6, 96, 3, 2), (6, 160, 3, 2),
                 (6, 320, 1, 1))
 V2_NAMES = ("2_1", "2_2", "3_1", "3_2", "4_1", "4_2", "4_3", "4_4", "4_5", "4_6", "4_7", "5_1", "5_2", "5_3",
             "6_1", "6_2", "6_3")
