@@ -124,8 +124,10 @@ class _Items(Sequence):
         rows = shard_rows(self.path, self.shards[s]["no"])
         if rows is None:
             raise KeyError(f"gallery {self.path}: shard {self.shards[s]['no']} is missing")
-        ok = [{"id": int(self.starts[s]) + k, "path": r["path"], "label": r["label"], "thumb": r["thumb"]}
-              for k, r in enumerate(r for r in rows if not r["error"])]
+        ok = [
+            {"id": int(self.starts[s]) + k, "path": r["path"], "label": r["label"], "thumb": r["thumb"]}
+            for k, r in enumerate(r for r in rows if not r["error"])
+        ]
         self._cache[s] = ok
         if len(self._cache) > SHARD_CACHE:
             self._cache.popitem(last=False)
@@ -186,9 +188,10 @@ class Gallery:
                 f"rebuild it with `crema index`"
             )
         meta = manifest.get("vectors") or {}
-        if sum(s["ok"] for s in manifest.get("shards", [])) != manifest.get("count") or meta.get("count") != manifest[
-            "count"
-        ]:
+        if (
+            sum(s["ok"] for s in manifest.get("shards", [])) != manifest.get("count")
+            or meta.get("count") != manifest["count"]
+        ):
             raise ValueError(f"gallery index {path}: the manifest's shard and vector counts disagree; rebuild it")
         vectors = VectorIndex.load(path / meta["file"], meta, mmap=mmap)
         images = None
@@ -302,8 +305,9 @@ def build_index(
         if source.kind != "folder":
             raise ValueError(f"SOURCE {root} is not a folder: pass --out INDEX")
         out = Path(root) / INDEX_DIRNAME
-    path, _note = index_source(source, model, out, batch=batch, thumb_size=thumb_size, progress=progress, name=name,
-                               **options)
+    path, _note = index_source(
+        source, model, out, batch=batch, thumb_size=thumb_size, progress=progress, name=name, **options
+    )
     return Gallery.load(path, model)
 
 

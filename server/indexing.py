@@ -166,8 +166,11 @@ def _list_rows(path: Path) -> list[tuple[str, str | None]]:
             key, body = 0, rows
         else:
             body = rows[1:]
-        return [(r[key].strip(), r[lab].strip() if lab is not None and lab < len(r) else None)
-                for r in body if len(r) > key and r[key].strip()]
+        return [
+            (r[key].strip(), r[lab].strip() if lab is not None and lab < len(r) else None)
+            for r in body
+            if len(r) > key and r[key].strip()
+        ]
     return [(s.strip(), None) for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -193,8 +196,12 @@ def read_source(spec: str | Path) -> Source:
             raise ValueError(f"SOURCE {s}: the pattern matches no files")
         fixed = Path(s.split("*")[0].split("?")[0].split("[")[0] or ".")
         root = (fixed if fixed.is_dir() else fixed.parent).resolve()
-        refs = [Path(f).resolve().relative_to(root).as_posix() if Path(f).resolve().is_relative_to(root)
-                else str(Path(f).resolve()) for f in files]
+        refs = [
+            Path(f).resolve().relative_to(root).as_posix()
+            if Path(f).resolve().is_relative_to(root)
+            else str(Path(f).resolve())
+            for f in files
+        ]
         src = Source("glob", s, root, refs, [None] * len(refs))
     elif not path.exists():
         raise ValueError(f"SOURCE {s} is not a directory, a glob or a .txt/.csv/.parquet list: no such path")
@@ -226,15 +233,25 @@ class ModelSpec:
     @classmethod
     def of(cls, model: Model) -> ModelSpec:
         f = model.files
-        return cls(str(f.prototxt), str(f.weights), str(f.labels) if f.labels else None, model.preset,
-                   model.feature_blob, model.name, model.fingerprint)
+        return cls(
+            str(f.prototxt),
+            str(f.weights),
+            str(f.labels) if f.labels else None,
+            model.preset,
+            model.feature_blob,
+            model.name,
+            model.fingerprint,
+        )
 
     def load(self) -> Model:
-        model = Model.load(self.prototxt, self.weights, self.labels, preset=self.preset,
-                           feature_blob=self.feature_blob, name=self.name)
+        model = Model.load(
+            self.prototxt, self.weights, self.labels, preset=self.preset, feature_blob=self.feature_blob, name=self.name
+        )
         if model.fingerprint != self.fingerprint:
-            raise RuntimeError(f"model files {self.prototxt} / {self.weights} differ on this worker (fingerprint "
-                               f"{model.fingerprint[:16]}, expected {self.fingerprint[:16]})")
+            raise RuntimeError(
+                f"model files {self.prototxt} / {self.weights} differ on this worker (fingerprint "
+                f"{model.fingerprint[:16]}, expected {self.fingerprint[:16]})"
+            )
         return model
 
 
@@ -327,8 +344,10 @@ def write_shard(out: str | Path, no: int, rows: list[dict], feats: np.ndarray) -
         write_atomic(folder / f"{shard_name(no)}.json", json.dumps({"shard": no, "rows": rows}).encode())
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RuntimeError(f"disk full writing shard {no} into {folder}: free some space and run the same "
-                               "command again to resume (finished shards are kept)") from None
+            raise RuntimeError(
+                f"disk full writing shard {no} into {folder}: free some space and run the same "
+                "command again to resume (finished shards are kept)"
+            ) from None
         raise
 
 
@@ -387,20 +406,33 @@ class _RayEmbed:
         return {"no": np.array(nos, dtype=np.int64), "rows": np.array(counts, dtype=np.int64)}
 
 
-def _ray_engine(jobs: Sequence[ShardJob], ctx: Context, spec: ModelSpec, on_shard: Progress, *,
-                address: str | None, workers: int) -> None:
+def _ray_engine(
+    jobs: Sequence[ShardJob], ctx: Context, spec: ModelSpec, on_shard: Progress, *, address: str | None, workers: int
+) -> None:
     try:
         import ray
         import ray.data
     except ImportError:
-        raise RuntimeError("--engine ray needs Ray Data: pip install 'crema[scale]' (or: pip install 'ray[data]')") \
-            from None
+        raise RuntimeError(
+            "--engine ray needs Ray Data: pip install 'crema[scale]' (or: pip install 'ray[data]')"
+        ) from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False  # ours counts images
+    # Half a CPU each (Ray's logical CPUs): `workers` actors and as many decode tasks fit on `workers` CPUs; with one
+    # CPU each, 2 actors on a 2-CPU Ray would hold every CPU and no decode task could start.
     ds = ray.data.from_items([{"job": job} for job in jobs], override_num_blocks=len(jobs))
-    ds = ds.map(_ray_decode, fn_kwargs={"ctx": ctx}, num_cpus=1, max_retries=3)
-    ds = ds.map_batches(_RayEmbed, fn_constructor_kwargs={"spec": spec, "ctx": ctx}, batch_size=1,
-                        concurrency=workers, num_cpus=1, max_restarts=3, max_task_retries=3)
+    # A worker that dies is replaced: Ray retries a decode task (3 times) and restarts a Ray Data actor and resends
+    # its shard (Ray Data's defaults, max_restarts=-1, max_task_retries=-1); a shard written twice is the same file.
+    ds = ds.map(_ray_decode, fn_kwargs={"ctx": ctx}, num_cpus=0.5)
+    ds = ds.map_batches(
+        _RayEmbed,
+        fn_constructor_kwargs={"spec": spec, "ctx": ctx},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0.5,
+    )
     for row in ds.iter_rows():
         on_shard(int(row["no"]), int(row["rows"]))
 
@@ -455,12 +487,15 @@ def index_source(
     (out / "shards").mkdir(parents=True, exist_ok=True)
     manifest = _read_json(out / "manifest.json")
     if manifest is not None and manifest.get("version") != VERSION:
-        raise ValueError(f"index {out} has the old gallery format (version {manifest.get('version')}); pass "
-                         "--restart to rebuild it")
+        raise ValueError(
+            f"index {out} has the old gallery format (version {manifest.get('version')}); pass --restart to rebuild it"
+        )
     if manifest is not None and manifest["model"]["fingerprint"] != model.fingerprint:
-        raise ValueError(f"index {out} was built with another model or weights (fingerprint "
-                         f"{manifest['model']['fingerprint'][:16]}, indexing with {model.fingerprint[:16]}); pass "
-                         "--restart to rebuild it, or --out for a new index")
+        raise ValueError(
+            f"index {out} was built with another model or weights (fingerprint "
+            f"{manifest['model']['fingerprint'][:16]}, indexing with {model.fingerprint[:16]}); pass "
+            "--restart to rebuild it, or --out for a new index"
+        )
     first_shard = len(manifest["shards"]) if manifest else 0
     first_item = sum(s["rows"] for s in manifest["shards"]) if manifest else 0
     if manifest is not None and manifest.get("shard_size"):
@@ -476,27 +511,46 @@ def index_source(
     labels = [source.labels[i] for i in take]
     errors = [source.errors.get(i) for i in take]
     digest = hashlib.sha1("".join(f"{r}\t{lab}\n" for r, lab in zip(refs, labels)).encode()).hexdigest()
-    run = {"format": "crema-index-run", "digest": digest, "items": len(refs), "first_shard": first_shard,
-           "shard_size": shard_size, "fingerprint": model.fingerprint}
+    run = {
+        "format": "crema-index-run",
+        "digest": digest,
+        "items": len(refs),
+        "first_shard": first_shard,
+        "shard_size": shard_size,
+        "fingerprint": model.fingerprint,
+    }
     old = _read_json(out / "run.json")
     if old is not None and old != run:
-        raise ValueError(f"index {out} holds an unfinished run of another SOURCE or model ({old.get('items')} items, "
-                         f"digest {str(old.get('digest'))[:12]}; now {len(refs)} items, {digest[:12]}): SOURCE "
-                         "changed between runs. Run it again with the same SOURCE to finish, or pass --restart")
+        raise ValueError(
+            f"index {out} holds an unfinished run of another SOURCE or model ({old.get('items')} items, "
+            f"digest {str(old.get('digest'))[:12]}; now {len(refs)} items, {digest[:12]}): SOURCE "
+            "changed between runs. Run it again with the same SOURCE to finish, or pass --restart"
+        )
     if old is None:
         write_atomic(out / "run.json", json.dumps(run).encode())
     jobs = [
-        ShardJob(first_shard + s // shard_size, first_item + s, tuple(refs[s : s + shard_size]),
-                 tuple(labels[s : s + shard_size]), tuple(errors[s : s + shard_size]))
+        ShardJob(
+            first_shard + s // shard_size,
+            first_item + s,
+            tuple(refs[s : s + shard_size]),
+            tuple(labels[s : s + shard_size]),
+            tuple(errors[s : s + shard_size]),
+        )
         for s in range(0, len(refs), shard_size)
     ]
     todo = [j for j in jobs if shard_rows(out, j.no) is None]
-    ctx = Context(str(out.resolve()), str(source.root) if source.root else None, model.pre, thumb_size, batch,
-                  allow_private_urls)
+    ctx = Context(
+        str(out.resolve()), str(source.root) if source.root else None, model.pre, thumb_size, batch, allow_private_urls
+    )
     from net.progress import progress_bar
 
-    bar = progress_bar(len(refs), f"indexing {source.spec}", unit="img", enabled=progress,
-                       initial=len(refs) - sum(len(j.refs) for j in todo))
+    bar = progress_bar(
+        len(refs),
+        f"indexing {source.spec}",
+        unit="img",
+        enabled=progress,
+        initial=len(refs) - sum(len(j.refs) for j in todo),
+    )
 
     def done(no: int, n: int) -> None:
         bar.update(n)
@@ -512,14 +566,18 @@ def index_source(
         bar.close()
     unwritten = [j.no for j in jobs if shard_rows(out, j.no) is None]
     if unwritten:
-        raise RuntimeError(f"{len(unwritten)} of {len(jobs)} shards were not written (a worker lost?): run the same "
-                           f"command again to resume (first missing: shard {unwritten[0]})")
+        raise RuntimeError(
+            f"{len(unwritten)} of {len(jobs)} shards were not written (a worker lost?): run the same "
+            f"command again to resume (first missing: shard {unwritten[0]})"
+        )
     shards = (manifest["shards"] if manifest else []) + [
         {"no": j.no, "rows": len(j.refs), "ok": len(shard_features(out, j.no, mmap=True))} for j in jobs
     ]
-    base = {"name": name or (manifest or {}).get("name") or Path(source.spec.rstrip("/")).resolve().name,
-            "source": {"kind": source.kind, "root": str(source.root) if source.root else None, "spec": source.spec},
-            "thumbs": "files"}
+    base = {
+        "name": name or (manifest or {}).get("name") or Path(source.spec.rstrip("/")).resolve().name,
+        "source": {"kind": source.kind, "root": str(source.root) if source.root else None, "spec": source.spec},
+        "thumbs": "files",
+    }
     finish(out, model, shards, shard_size, base, manifest, memory_budget=memory_budget, recall_target=recall_target)
     (out / "run.json").unlink(missing_ok=True)
     note = {"added": len(refs), "resumed_shards": len(jobs) - len(todo), "missing_from_source": missing}
@@ -533,8 +591,17 @@ def _feature_chunks(out: Path, shards: list[dict]) -> Iterator[np.ndarray]:
             yield shard_features(out, s["no"], mmap=True)
 
 
-def finish(out: Path, model_or_block, shards: list[dict], shard_size: int, base: dict, old: dict | None, *,
-           memory_budget: float = MEMORY_BUDGET, recall_target: float = 0.95) -> dict:
+def finish(
+    out: Path,
+    model_or_block,
+    shards: list[dict],
+    shard_size: int,
+    base: dict,
+    old: dict | None,
+    *,
+    memory_budget: float = MEMORY_BUDGET,
+    recall_target: float = 0.95,
+) -> dict:
     """Build (or extend) the vector index over the shards' features, tune it, then write manifest.json: the step
     that makes the folder an index. Incremental: the old index gets the new shards' vectors when its plan still
     fits the new size; otherwise it is rebuilt from all shards."""
@@ -548,7 +615,7 @@ def finish(out: Path, model_or_block, shards: list[dict], shard_size: int, base:
     gen = (old or {}).get("generation", 0) + 1
     if old is not None and old["vectors"]["factory"] == plan.factory:  # same plan: add to the trained index
         vi = VectorIndex.load(out / old["vectors"]["file"], old["vectors"], mmap=False)
-        new = shards[len(old["shards"]):]
+        new = shards[len(old["shards"]) :]
     if vi is None:
         sample = None
         if not plan.exact:
@@ -614,8 +681,17 @@ def _training_sample(out: Path, shards: list[dict], size: int) -> np.ndarray:
     return _rows_by_id(out, shards, ids)
 
 
-def index_arrays(images: np.ndarray, labels, model: Model, out: str | Path, *, name: str, batch: int = 256,
-                 shard_size: int = 4096, progress: bool = True) -> Path:
+def index_arrays(
+    images: np.ndarray,
+    labels,
+    model: Model,
+    out: str | Path,
+    *,
+    name: str,
+    batch: int = 256,
+    shard_size: int = 4096,
+    progress: bool = True,
+) -> Path:
     """Index in-memory pictures (N, H, W) uint8 (e.g. MNIST digits) into a fresh folder `out` (thumbnails drawn
     from images.npy): shards + vector index + manifest, written into a temporary folder and moved into place."""
     from net.progress import progress_bar
@@ -632,8 +708,16 @@ def index_arrays(images: np.ndarray, labels, model: Model, out: str | Path, *, n
         for no, s in enumerate(range(0, len(images), shard_size)):
             chunk = images[s : s + shard_size]
             x = np.stack([model.preprocess(a) for a in chunk])
-            rows = [{"i": s + k, "path": None, "label": None if labels is None else str(labels[s + k]),
-                     "thumb": None, "error": None} for k in range(len(chunk))]
+            rows = [
+                {
+                    "i": s + k,
+                    "path": None,
+                    "label": None if labels is None else str(labels[s + k]),
+                    "thumb": None,
+                    "error": None,
+                }
+                for k in range(len(chunk))
+            ]
             write_shard(tmp, no, rows, embed(model, x, batch))
             shards.append({"no": no, "rows": len(rows), "ok": len(rows)})
             bar.update(len(chunk))
