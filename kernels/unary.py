@@ -69,6 +69,7 @@ __all__ = [
     "swish_forward_ref",
     "threshold_forward",
     "threshold_forward_ref",
+    "unary_runner",
 ]
 
 SERIAL_BELOW = 1 << 16  # elements: smaller calls run the serial twin (a parallel launch costs ~2 us on 2 cores)
@@ -575,3 +576,48 @@ def prelu_backward(
     flat = dslope.reshape(-1)
     flat += total.astype(np.float32)
     return (dx if need_dx else None), dslope
+
+
+# -- runners for a Net's execution plan -------------------------------------------------------------
+def unary_runner(op: str, shape: tuple[int, ...], **params: float):
+    """The forward of `op` ("elu", "power", "exp", "log", "absval", "bnll", "threshold", "swish", "prelu") for
+    C-contiguous float32 arrays of `shape`, with the parameter and shape work done once (a CPU Net's plan keeps it):
+    returns run(x, out); out may be x. The same kernels and constants as the `*_forward` functions (same bits).
+    PReLU takes its slopes at each call: run(x, out, slope)."""
+    size = math.prod(shape)
+    if op == "prelu":
+        n, c, inner = shape[0], shape[1], math.prod(shape[2:])
+        kernel = serial_twin(_prelu_slices) if size < SERIAL_BELOW else _prelu_slices
+        view = (n, c, inner)
+        return lambda x, out, slope: kernel(x.reshape(view), slope.reshape(-1), out.reshape(view))
+    f32 = np.float32
+    if op == "power":
+        p, s, t = f32(params["power"]), f32(params["scale"]), f32(params["shift"])
+        if p * s == 0:
+            value = f32(1.0) if p == 0 else f32(t**p)
+
+            def fill(x, out):
+                out[...] = value
+
+            return fill
+        kernel, args = _power_flat, (p, s, t)
+    elif op == "exp":
+        inner, outer = exp_constants(params["base"], params["scale"], params["shift"])
+        kernel, args = _exp_flat, (f32(inner), f32(outer))
+    elif op == "log":
+        k = _log_constants(params["base"], params["scale"])
+        kernel, args = _log_flat, (f32(params["scale"]), f32(params["shift"]), f32(k))
+    else:
+        table = {
+            "elu": (_elu_flat, ("alpha",)),
+            "absval": (_abs_flat, ()),
+            "bnll": (_bnll_flat, ()),
+            "threshold": (_threshold_flat, ("threshold",)),
+            "swish": (_swish_flat, ("beta",)),
+        }
+        if op not in table:
+            raise ValueError(f"unary_runner: unknown op {op!r}")
+        kernel, names = table[op]
+        args = tuple(f32(params[name]) for name in names)
+    kernel = _pick(kernel, size)
+    return lambda x, out: kernel(x.reshape(-1), out.reshape(-1), *args)

@@ -7,13 +7,15 @@ backward; ELU and Exp take their gradient from the output and run in place in ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from kernels import unary
 
 from ..blob import Blob
 from ..schema import Message
-from .base import Layer, diff_out, param_needs, register, reusable
+from .base import Layer, diff_out, param_needs, plain, plan_out, register, reusable
 
 
 class UnaryLayer(Layer):
@@ -22,8 +24,35 @@ class UnaryLayer(Layer):
     needs_input = True  # the backward reads x (else the forward output y)
     saved: np.ndarray | None = None
 
+    op = ""  # kernels.unary.unary_runner's name for the plan step
+    params: dict[str, float] = {}  # noqa: RUF012  (its parameters, set in layer_setup)
+
     def apply(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        """A TEST net's step: the compiled pass with the parameter work done once (TRAIN keeps `forward`, which saves
+        what the backward needs)."""
+        src, dst = bottom[0], top[0]
+        x = src.data
+        shape = x.shape
+        if self.phase == "TRAIN" or not self.op or not plain(x, shape):
+            return None
+        run = unary.unary_runner(self.op, shape, **self.params)
+        in_place = dst is src
+        out = x if in_place else plan_out(dst, x, shape)
+        keep_input = self.needs_input
+
+        def step() -> bool:
+            x = src.data
+            if not plain(x, shape) or (not in_place and dst.data is not out):
+                return False
+            y = x if in_place else out
+            run(x, y)
+            self.saved = x if keep_input else y
+            return True
+
+        return step
 
     def gradient(self, dy: np.ndarray, saved: np.ndarray, out: np.ndarray) -> None:
         raise self.error("Caffe has no backward for this layer type")
@@ -57,6 +86,7 @@ class ELULayer(UnaryLayer):
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.alpha = float(self.param.elu_param.alpha)
+        self.op, self.params = "elu", {"alpha": self.alpha}
         if self.alpha < 0:
             raise self.error(f"elu_param.alpha must be >= 0 (the backward reads the output's sign), got {self.alpha}")
 
@@ -76,6 +106,7 @@ class _AffineParams(UnaryLayer):
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = getattr(self.param, self.field)
         self.kw = {name: float(getattr(p, name)) for name in self.names}
+        self.op, self.params = self.field.removesuffix("_param"), self.kw
         try:  # the base checks, before any data
             self.apply(np.zeros(1, np.float32), None)
         except ValueError as exc:
@@ -119,6 +150,8 @@ class LogLayer(_AffineParams):
 
 @register("AbsVal")
 class AbsValLayer(UnaryLayer):
+    op = "absval"
+
     def apply(self, x, out):
         return unary.absval_forward(x, out=out)
 
@@ -128,6 +161,8 @@ class AbsValLayer(UnaryLayer):
 
 @register("BNLL")
 class BNLLLayer(UnaryLayer):
+    op = "bnll"
+
     def apply(self, x, out):
         return unary.bnll_forward(x, out=out)
 
@@ -143,6 +178,7 @@ class ThresholdLayer(UnaryLayer):
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.threshold = float(self.param.threshold_param.threshold)
+        self.op, self.params = "threshold", {"threshold": self.threshold}
 
     def apply(self, x, out):
         return unary.threshold_forward(x, self.threshold, out=out)
@@ -152,6 +188,7 @@ class ThresholdLayer(UnaryLayer):
 class SwishLayer(UnaryLayer):
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.beta = float(self.param.swish_param.beta)
+        self.op, self.params = "swish", {"beta": self.beta}
 
     def apply(self, x, out):
         return unary.swish_forward(x, self.beta, out=out)
@@ -181,6 +218,29 @@ class PReLULayer(UnaryLayer):
 
     def apply(self, x, out):
         return unary.prelu_forward(x, self.blobs[0].data, out=out)
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        src, dst = bottom[0], top[0]
+        x = src.data
+        shape = x.shape
+        if self.phase == "TRAIN" or not plain(x, shape):
+            return None
+        run = unary.unary_runner("prelu", shape)
+        in_place = dst is src
+        out = x if in_place else plan_out(dst, x, shape)
+        slopes = self.blobs[0].data.size
+
+        def step() -> bool:  # the slope Blob is looked up each call (weights can be swapped)
+            x, a = src.data, self.blobs[0].data
+            if not plain(x, shape) or (not in_place and dst.data is not out) or a.size != slopes:
+                return False
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                return False
+            run(x, x if in_place else out, a)
+            self.saved = x
+            return True
+
+        return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff OVERWRITTEN when propagate_down[0]; the slope diff ACCUMULATES (where param_needs_grad)."""

@@ -199,3 +199,36 @@ def test_shared_prelu_saves_and_loads_its_0d_slope(tmp_path) -> None:
     assert again.params["prelu"][0].shape == () and float(again.params["prelu"][0]) == -0.5
     x = _data((2, 3, 8, 8), 5)
     np.testing.assert_array_equal(net.forward(data=x)["prelu"], again.forward(data=x)["prelu"])
+
+
+def test_plan_steps_give_the_forward_functions_bits() -> None:
+    """A TEST net's plan runs the element-wise layers through kernels.unary.unary_runner (in place and not): the same
+    bits as the layer's own forward (the *_forward functions), on the first forward and on later ones."""
+    body = []
+    prev = "conv"
+    for i, kind in enumerate(sorted(UNARY)):
+        top = prev if i % 2 else f"u{i}"  # every other layer in place
+        body.append(f'layer {{ name: "u{i}" type: "{kind}" bottom: "{prev}" top: "{top}" {UNARY[kind][0]} }}')
+        body.append(f'layer {{ name: "s{i}" type: "TanH" bottom: "{top}" top: "s{i}" }}')  # keep values in range
+        prev = f"s{i}"
+    body.append(f'layer {{ name: "p" type: "PReLU" bottom: "{prev}" top: "{prev}" }}')
+    net = Net.from_string(_conv_net("\n".join(body)))
+    rng = np.random.default_rng(0)
+    for name in net.params:
+        for p in net.params[name]:
+            p[...] = rng.normal(0.0, 0.5, size=p.shape)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    first = {k: v.copy() for k, v in net.forward(data=x).items()}
+    assert all(
+        layer.plan(b, t) is not None for layer, b, t in zip(net.layers, net.bottoms, net.tops) if layer.type in UNARY
+    )
+    again = net.forward(data=x)
+    # the same net, every layer's own forward (no plan)
+    ref = Net.from_string(_conv_net("\n".join(body)))
+    ref.copy_from(net.to_proto())
+    ref.set_input("data", x)
+    for layer, bottom, top in zip(ref.layers, ref.bottoms, ref.tops):
+        layer.forward(bottom, top)
+    for name, value in first.items():
+        np.testing.assert_array_equal(value, ref.blobs[name])
+        np.testing.assert_array_equal(again[name], ref.blobs[name])
