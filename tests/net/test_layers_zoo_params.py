@@ -129,3 +129,31 @@ def test_batchnorm_batch_statistics_are_refused_while_building() -> None:
     Net.from_string(text)  # TEST: the global statistics
     with pytest.raises(NetError, match="BatchNorm 'bn': batch statistics .* not implemented"):
         Net.from_string(text, phase="train")
+
+
+def test_v1_nets_with_the_new_types_upgrade_and_run() -> None:
+    """V1 `layers` with DECONVOLUTION, ABSVAL, MVN, POWER, ARGMAX, SLICE, THRESHOLD, EXP, BNLL, SILENCE (caffe.proto's
+    LayerType enum) upgrade to the V2 types and run; values against the V2 spelling of the same net."""
+    body = [
+        ("up", "DECONVOLUTION", "Deconvolution", 'bottom: "data" top: "up"',
+         'convolution_param { num_output: 2 kernel_size: 2 stride: 2 weight_filler { type: "xavier" } }'),
+        ("abs", "ABSVAL", "AbsVal", 'bottom: "up" top: "abs"', ""),
+        ("mvn", "MVN", "MVN", 'bottom: "abs" top: "mvn"', "mvn_param { across_channels: true }"),
+        ("pw", "POWER", "Power", 'bottom: "mvn" top: "pw"', "power_param { power: 2 shift: 1 }"),
+        ("am", "ARGMAX", "ArgMax", 'bottom: "pw" top: "am"', "argmax_param { top_k: 3 }"),
+        ("sl", "SLICE", "Slice", 'bottom: "data" top: "s1" top: "s2"', ""),
+        ("th", "THRESHOLD", "Threshold", 'bottom: "s1" top: "th"', "threshold_param { threshold: 0.1 }"),
+        ("ex", "EXP", "Exp", 'bottom: "s2" top: "ex"', ""),
+        ("bn", "BNLL", "BNLL", 'bottom: "ex" top: "bn"', ""),
+        ("si", "SILENCE", "Silence", 'bottom: "bn"', ""),
+    ]  # fmt: skip
+    head = 'name: "n"\ninput: "data"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 4\ninput_dim: 4\n'
+    v1 = head + "".join(f'layers {{ name: "{n}" type: {e} {io} {p} }}\n' for n, e, _, io, p in body)
+    v2 = head + "".join(f'layer {{ name: "{n}" type: "{t}" {io} {p} }}\n' for n, _, t, io, p in body)
+    a, b = Net.from_string(v1, seed=3), Net.from_string(v2, seed=3)
+    assert [layer.type for layer in a.layers] == [layer.type for layer in b.layers]
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    out_a, out_b = a.forward(data=x), b.forward(data=x)
+    assert sorted(out_a) == ["am", "th"]
+    for name, value in out_a.items():
+        np.testing.assert_array_equal(value, out_b[name])
