@@ -270,7 +270,7 @@ def _fetch_once(url: str, fd: int, offset: int, *, timeout: float, progress: boo
         bar = progress_bar(total, label, unit="B", initial=offset, enabled=progress)
         try:
             for block in response.iter_content(_CHUNK):
-                os.write(fd, block)
+                _write(fd, block)
                 done += len(block)
                 bar.update(len(block))
         except requests.RequestException as exc:
@@ -343,10 +343,19 @@ def download_file(
     except KeyboardInterrupt:
         keep = key is not None and part.exists() and os.fstat(fd).st_size > 0
         raise
+    except OSError as exc:  # the disk: full, read-only, gone (network errors arrive as DownloadError)
+        raise DownloadError(f"saving {url} to {part}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
         if not keep and part.exists():
             part.unlink()
+
+
+def _write(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _int(text: str) -> int | None:

@@ -238,3 +238,16 @@ def test_published_facts(name):
     assert hashes and all(len(h) == 40 and int(h, 16) >= 0 for h in hashes)
     # the weights land beside the model's prototxt, so `--model NAME` finds them
     assert info.default_out.parent == MODELS / name and (MODELS / name / "deploy.prototxt").is_file()
+
+
+def test_a_disk_error_is_one_clear_error(ranged, tmp_path, monkeypatch):
+    from server import download
+
+    url, _ = ranged
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "_write", full)
+    with pytest.raises(DownloadError, match="No space left on device"):
+        download_file(url, tmp_path / "w.caffemodel", sha1=SHA1, progress=False)
