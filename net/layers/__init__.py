@@ -19,6 +19,7 @@ from . import (
     convolution,
     data,
     deconvolution,
+    dummy_data,
     eltwise,
     embed,
     inner_product,
@@ -45,7 +46,7 @@ from .pooling import PoolingLayer
 from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
-FAMILIES += (activation_extra, deconvolution, embed, normalization_extra, reduction, spp, structure_extra)
+FAMILIES += (activation_extra, deconvolution, dummy_data, embed, normalization_extra, reduction, spp, structure_extra)
 
 __all__ = [
     "FAMILIES",

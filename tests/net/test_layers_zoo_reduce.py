@@ -221,3 +221,26 @@ layer { name: "mvn2" type: "MVN" bottom: "data" top: "mvn2" mvn_param { across_c
     names = ["norm", "mvn", "mvn2"]
     for name, got in zip(names, ref.forward(names)):
         _close(net.blobs[name], got.astype(np.float64), 1e-5)
+
+
+def test_dummy_data() -> None:
+    text = """name: "d"
+layer { name: "d" type: "DummyData" top: "a" top: "b"
+  dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 }
+                     data_filler { type: "constant" value: 1.5 } data_filler { type: "gaussian" std: 2 } } }
+layer { name: "l" type: "DummyData" top: "c" dummy_data_param { num: 1 channels: 2 height: 3 width: 4 } }
+"""
+    net = Net.from_string(text, seed=0)
+    first = {k: v.copy() for k, v in net.forward().items()}
+    second = net.forward()
+    assert first["a"].shape == (2, 3) and np.all(first["a"] == 1.5) and np.all(second["a"] == 1.5)
+    assert first["b"].shape == (4,) and not np.array_equal(first["b"], second["b"])  # refilled every forward
+    assert first["c"].shape == (1, 2, 3, 4) and np.all(first["c"] == 0)  # no filler: constant 0
+    for spec, match in [
+        ("shape { dim: 2 } num: 1", "give either shape or num"),
+        ("shape { dim: 2 } shape { dim: 2 } shape { dim: 2 }", "shape given 3 times for 2 tops"),
+        ("shape { dim: 2 } data_filler { } data_filler { } data_filler { }", "3 data_filler for 2 tops"),
+    ]:
+        bad = f'name: "d" layer {{ name: "d" type: "DummyData" top: "a" top: "b" dummy_data_param {{ {spec} }} }}'
+        with pytest.raises(NetError, match=f"DummyData 'd': {match}"):
+            Net.from_string(bad)
