@@ -5,6 +5,7 @@ forward, and fall back to it when the weights or arrays change under the plan.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kernels.conv import conv2d_forward_ref
 from kernels.pad import PadInto, pad_ref
@@ -57,12 +58,15 @@ def _step_names(net: Net) -> list[str]:
     return [step.__qualname__ if step is not None else "" for step, *_ in net._plan.steps]
 
 
-def test_pad_into_matches_numpy() -> None:
-    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4), dtype=np.float32)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (4, 5, 6, 7)])  # serial; planes split over the threads
+def test_pad_into_matches_numpy(shape) -> None:
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     pad = PadInto(x.shape, (0, 2), (1, 1))
     np.testing.assert_array_equal(pad(x), pad_ref(x, (0, 2), (1, 1)))
     y = x + 1
     np.testing.assert_array_equal(pad(y), pad_ref(y, (0, 2), (1, 1)))  # the borders stay zero
+    with pytest.raises(ValueError, match="pads >= 0"):
+        PadInto(x.shape, (-1, 0), (0, 0))
 
 
 def test_planned_steps_give_every_blob_its_bits() -> None:
