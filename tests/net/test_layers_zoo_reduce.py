@@ -238,7 +238,7 @@ layer { name: "l" type: "DummyData" top: "c" dummy_data_param { num: 1 channels:
     assert first["c"].shape == (1, 2, 3, 4) and np.all(first["c"] == 0)  # no filler: constant 0
     for spec, match in [
         ("shape { dim: 2 } num: 1", "give either shape or num"),
-        ("shape { dim: 2 } shape { dim: 2 } shape { dim: 2 }", "shape given 3 times for 2 tops"),
+        ("shape { dim: 2 } shape { dim: 2 } shape { dim: 2 }", "dummy_data_param.shape given 3 times for 2 tops"),
         ("shape { dim: 2 } data_filler { } data_filler { } data_filler { }", "3 data_filler for 2 tops"),
     ]:
         bad = f'name: "d" layer {{ name: "d" type: "DummyData" top: "a" top: "b" dummy_data_param {{ {spec} }} }}'
