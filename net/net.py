@@ -25,7 +25,7 @@ import numpy as np
 
 from .blob import Blob
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
-from .layers import NO_STEP, Layer, create_layer
+from .layers import NO_STEP, InputLayer, Layer, create_layer
 from .memory import (
     Budget,
     MemoryBudgetError,
@@ -224,7 +224,7 @@ class Net:
                     blob = self._blobs[name] = ShapeOnly(name)
                 top.append(blob)
                 available[name] = None
-            if lp.type == "Input":
+            if isinstance(layer, InputLayer):  # Input, and MemoryData (fed the same way)
                 self.inputs.extend(lp.top)
             try:
                 with param_room(budget.bytes - param_bytes, budget):

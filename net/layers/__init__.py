@@ -39,7 +39,7 @@ from .convolution import ConvolutionLayer
 from .data import DataLayer
 from .eltwise import EltwiseLayer
 from .inner_product import InnerProductLayer
-from .input import InputLayer
+from .input import InputLayer, MemoryDataLayer
 from .loss import AccuracyLayer, EuclideanLossLayer, SoftmaxWithLossLayer
 from .normalization import BatchNormLayer, BiasLayer, LRNLayer, ScaleLayer
 from .pooling import PoolingLayer
@@ -67,6 +67,7 @@ __all__ = [
     "InputLayer",
     "LRNLayer",
     "Layer",
+    "MemoryDataLayer",
     "PoolingLayer",
     "ReLU6Layer",
     "ReLULayer",

@@ -157,3 +157,27 @@ def test_v1_nets_with_the_new_types_upgrade_and_run() -> None:
     assert sorted(out_a) == ["am", "th"]
     for name, value in out_a.items():
         np.testing.assert_array_equal(value, out_b[name])
+
+
+def test_memory_data_is_an_input() -> None:
+    conv = 'convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "xavier" } }'
+    text = (
+        'name: "m"\nlayer { name: "data" type: "MemoryData" top: "data" top: "label"\n'
+        "  memory_data_param { batch_size: 2 channels: 3 height: 5 width: 5 } }\n"
+        f'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" {conv} }}\n'
+    )
+    net = Net.from_string(text)
+    assert net.inputs == ["data", "label"] and net.blobs["label"].shape == (2,)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    same = Net.from_string(
+        text.replace('type: "MemoryData" top: "data" top: "label"', 'type: "Input" top: "data"').replace(
+            "memory_data_param { batch_size: 2 channels: 3 height: 5 width: 5 }",
+            "input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } }",
+        )
+    )
+    same.copy_from(net.to_proto())
+    np.testing.assert_array_equal(net.forward(data=x)["c"], same.forward(data=x)["c"])
+    with pytest.raises(NetError, match="MemoryData 'data': transform_param is not applied to fed arrays"):
+        Net.from_string(text.replace("memory_data_param {", "transform_param { scale: 0.5 } memory_data_param {"))
+    with pytest.raises(NetError, match="MemoryData 'data': memory_data_param batch_size, channels"):
+        Net.from_string(text.replace("height: 5 ", ""))
