@@ -83,7 +83,7 @@ VERSION = 2
 SHARD_SIZE = 256
 MEMORY_BUDGET = 4e9  # bytes the vector index may take in RAM, unless --index-memory says otherwise
 SKIPPED_LISTED = 1000
-TUNE_QUERIES = 200
+TUNE_QUERIES = 500
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -445,6 +445,10 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _is_index_folder(out: Path) -> bool:
+    return any((out / name).exists() for name in ("manifest.json", "run.json", "shards"))
+
+
 def _existing_refs(out: Path, manifest: dict) -> set[str]:
     refs: set[str] = set()
     for s in manifest.get("shards", []):
@@ -482,6 +486,11 @@ def index_source(
     if batch < 1 or shard_size < 1 or thumb_size < 16:
         raise ValueError("batch and shard_size must be >= 1, thumb_size >= 16")
     out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_index_folder(out))):
+        raise ValueError(
+            f"--out {out} is not an index folder (no manifest.json, run.json or shards/) and not empty: "
+            "choose another --out"
+        )
     if restart and out.exists():
         shutil.rmtree(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -507,6 +516,8 @@ def index_source(
         known = _existing_refs(out, manifest)
         take = [i for i in take if source.refs[i] not in known]
         missing = len(known - set(source.refs))
+    if manifest is not None and not take:  # a finished index that holds all of SOURCE: nothing to do
+        return out, {"added": 0, "resumed_shards": 0, "missing_from_source": missing}
     refs = [source.refs[i] for i in take]
     labels = [source.labels[i] for i in take]
     errors = [source.errors.get(i) for i in take]

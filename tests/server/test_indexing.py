@@ -210,3 +210,11 @@ def test_ray_engine_equals_local_even_with_a_killed_worker(model, folder, tmp_pa
     g, ref = Gallery.load(tmp_path / "ray", model), Gallery.load(local, model)
     assert [it["path"] for it in g.items] == [it["path"] for it in ref.items]
     assert np.array_equal(features(tmp_path / "ray"), features(local))
+
+
+def test_out_must_be_an_index_folder(model, folder, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not an index folder"):
+        index_source(read_source(folder), model, tmp_path / "docs", restart=True, progress=False)
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
