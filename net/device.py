@@ -7,8 +7,8 @@
 
 Layers call `kernels_for(array).conv2d_forward(...)`: CPU kernels for NumPy arrays, `kernels.gpu` for arrays of
 the active GPU runtime, so a Net's layer objects are the same on both devices. `check_device` names the device or
-raises GPUBackendError (a RuntimeError); `prepare` checks a GPU net's layers (each class declares `gpu_forward` /
-`gpu_backward`); `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
+raises GPUBackendError (a RuntimeError); `prepare` readies a GPU net's data and dropout layers (which layers run on the GPU:
+each class declares `gpu_forward` / `gpu_backward`, checked by net.layers.check_gpu_capable); `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
 `to_host` brings an output back. Importing this module never imports CuPy.
 
 Training (TRAIN phase): every layer that runs backward must declare `gpu_backward`; backward dispatches like
@@ -30,7 +30,6 @@ import numpy as np
 
 from kernels import activations, conv, elementwise, fc, gpu, lrn, pool
 from kernels import loss as loss_kernels
-from kernels.gpu import GPUBackendError
 
 if TYPE_CHECKING:
     from .net import Net
@@ -73,13 +72,6 @@ CPU = SimpleNamespace(
 )
 
 
-def gpu_layer_types(backward: bool = False) -> list[str]:
-    """The registered layer types whose class declares a GPU forward (or, with `backward`, a GPU backward)."""
-    from .layers import LAYERS
-
-    return sorted(name for name, cls in LAYERS.items() if (cls.gpu_backward if backward else cls.gpu_forward))
-
-
 def kernels_for(x: Any) -> Any:
     """The kernel namespace for an array: `kernels.gpu` for a device array, else the CPU kernels."""
     if type(x) is np.ndarray:
@@ -98,28 +90,8 @@ def check_device(device: str) -> str:
 
 
 def prepare(net: Net) -> None:
-    """Make a GPU net ready: layers whose class declares `gpu_forward` only (in a TRAIN net, the layers that run
-    backward must declare `gpu_backward`); Data layers get a BatchStager, Dropout layers their own rng. Activation
-    fusion is net.net.fuse_layers', the same pass on both devices."""
-    if net.phase == "TRAIN":
-        no_backward = sorted(
-            {
-                f"'{net.layers[i].name}' ({net.layers[i].type})"
-                for i in net.backward_layers
-                if not net.layers[i].gpu_backward
-            }
-        )
-        if no_backward:
-            raise GPUBackendError(
-                f"net '{net.name}': layers without GPU backward kernels: {', '.join(no_backward)} "
-                f"(GPU training layer types: {', '.join(gpu_layer_types(backward=True))}); run with device 'cpu'"
-            )
-    unsupported = sorted({f"'{layer.name}' ({layer.type})" for layer in net.layers if not layer.gpu_forward})
-    if unsupported:
-        raise GPUBackendError(
-            f"net '{net.name}': layers without GPU kernels: {', '.join(unsupported)} "
-            f"(GPU layer types: {', '.join(gpu_layer_types())}); run with device 'cpu'"
-        )
+    """Make a GPU net ready (its layers already checked by net.layers.check_gpu_capable): Data layers get a
+    BatchStager, Dropout layers their own rng. Activation fusion is net.net.fuse_layers', one pass for both devices."""
     for k, layer in enumerate(net.layers):
         if layer.type == "Dropout" and layer.rng is net.rng:
             layer.rng = np.random.default_rng(net.seed_sequence.spawn(1)[0])

@@ -25,7 +25,7 @@ import numpy as np
 
 from .blob import Blob
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
-from .layers import NO_STEP, InputLayer, Layer, create_layer
+from .layers import NO_STEP, InputLayer, Layer, check_gpu_capable, create_layer
 from .memory import (
     Budget,
     MemoryBudgetError,
@@ -184,7 +184,8 @@ class Net:
         self._build()
         self._plan_backward()
         if self.device != "cpu":
-            prepare(self)  # GPU layers only; data staging
+            check_gpu_capable(self)  # every layer declares a GPU forward (and backward where it runs one)
+            prepare(self)  # data staging, dropout rngs
         if fuse:  # BatchNorm + Scale folded into convolutions, activations into kernel epilogues (both devices)
             fuse_layers(self)
         self.blobs = _Blobs(self._blobs)

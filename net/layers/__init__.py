@@ -34,7 +34,7 @@ from . import (
     structure_extra,
 )
 from .activation import ClipLayer, DropoutLayer, ReLU6Layer, ReLULayer, SigmoidLayer, SoftmaxLayer, TanHLayer
-from .base import LAYERS, NO_STEP, Layer, create_layer, register
+from .base import LAYERS, NO_STEP, Layer, check_gpu_capable, create_layer, gpu_layer_types, register
 from .convolution import ConvolutionLayer
 from .data import DataLayer
 from .eltwise import EltwiseLayer
@@ -78,6 +78,8 @@ __all__ = [
     "SoftmaxWithLossLayer",
     "SplitLayer",
     "TanHLayer",
+    "check_gpu_capable",
     "create_layer",
+    "gpu_layer_types",
     "register",
 ]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -200,3 +200,34 @@ def axes_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int) -
     if end > len(shape):
         raise layer.error(f"axis {axis} with num_axes {num_axes} does not fit input {shape}")
     return tuple(shape[axis:end])
+
+
+def gpu_layer_types(backward: bool = False) -> list[str]:
+    """The registered layer types whose class declares a GPU forward (or, with `backward`, a GPU backward)."""
+    return sorted(name for name, cls in LAYERS.items() if (cls.gpu_backward if backward else cls.gpu_forward))
+
+
+def check_gpu_capable(net: Any) -> None:
+    """GPUBackendError unless every layer of `net` declares `gpu_forward` and, in a TRAIN net, every layer that runs
+    backward declares `gpu_backward`; the message names the layers and the types that can."""
+    from kernels.gpu import GPUBackendError
+
+    if net.phase == "TRAIN":
+        no_backward = sorted(
+            {
+                f"'{net.layers[i].name}' ({net.layers[i].type})"
+                for i in net.backward_layers
+                if not net.layers[i].gpu_backward
+            }
+        )
+        if no_backward:
+            raise GPUBackendError(
+                f"net '{net.name}': layers without GPU backward kernels: {', '.join(no_backward)} "
+                f"(GPU training layer types: {', '.join(gpu_layer_types(backward=True))}); run with device 'cpu'"
+            )
+    unsupported = sorted({f"'{layer.name}' ({layer.type})" for layer in net.layers if not layer.gpu_forward})
+    if unsupported:
+        raise GPUBackendError(
+            f"net '{net.name}': layers without GPU kernels: {', '.join(unsupported)} "
+            f"(GPU layer types: {', '.join(gpu_layer_types())}); run with device 'cpu'"
+        )
