@@ -420,18 +420,19 @@ def _ray_engine(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.enable_progress_bars = False  # ours counts images
-    # Half a CPU each (Ray's logical CPUs): `workers` actors and as many decode tasks fit on `workers` CPUs; with one
-    # CPU each, 2 actors on a 2-CPU Ray would hold every CPU and no decode task could start.
+    # Logical CPUs: 3/4 per Net actor, 1/4 per decode task, so `workers` actors leave room for decode tasks on
+    # `workers` CPUs (with one CPU each, 2 actors on a 2-CPU Ray would hold every CPU and no decode task could start).
+    # Different amounts also keep Ray Data from fusing the two steps into the actors: decoding stays in tasks.
     ds = ray.data.from_items([{"job": job} for job in jobs], override_num_blocks=len(jobs))
     # A worker that dies is replaced: Ray retries a decode task (3 times) and restarts a Ray Data actor and resends
     # its shard (Ray Data's defaults, max_restarts=-1, max_task_retries=-1); a shard written twice is the same file.
-    ds = ds.map(_ray_decode, fn_kwargs={"ctx": ctx}, num_cpus=0.5)
+    ds = ds.map(_ray_decode, fn_kwargs={"ctx": ctx}, num_cpus=0.25)
     ds = ds.map_batches(
         _RayEmbed,
         fn_constructor_kwargs={"spec": spec, "ctx": ctx},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0.5,
+        num_cpus=0.75,
     )
     for row in ds.iter_rows():
         on_shard(int(row["no"]), int(row["rows"]))
@@ -531,6 +532,9 @@ def index_source(
         "fingerprint": model.fingerprint,
     }
     old = _read_json(out / "run.json")
+    if old is not None and old.get("batch", batch) != batch:
+        batch = old["batch"]  # a resumed run keeps its batches, so every shard's features come out the same
+    run["batch"] = batch
     if old is not None and old != run:
         raise ValueError(
             f"index {out} holds an unfinished run of another SOURCE or model ({old.get('items')} items, "
