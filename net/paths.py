@@ -10,9 +10,14 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_sha1", "fsync_dir", "shipped_dir", "write_atomic"]
+__all__ = ["cache_dir", "file_sha1", "fsync_dir", "shipped_dir", "wheel_install", "write_atomic"]
 
 _HERE = Path(__file__).resolve().parent
+
+
+def wheel_install() -> bool:
+    """True where crema runs from an installed wheel (its shipped files under net/shipped/), not a checkout."""
+    return (_HERE / "shipped").is_dir()
 
 
 def shipped_dir(name: str) -> Path:
@@ -21,8 +26,7 @@ def shipped_dir(name: str) -> Path:
     as package data under net/shipped/ (pyproject.toml maps them there), so `crema serve` runs from any directory."""
     if name not in ("models", "data"):
         raise ValueError(f"no shipped folder {name!r} (models or data)")
-    installed = _HERE / "shipped" / name
-    return installed if installed.is_dir() else _HERE.parent / name
+    return _HERE / "shipped" / name if wheel_install() else _HERE.parent / name
 
 
 def cache_dir() -> Path:

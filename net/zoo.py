@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import cache_dir, file_sha1, shipped_dir
+from .paths import cache_dir, file_sha1, shipped_dir, wheel_install
 
 __all__ = [
     "CAFFE_ZOO",
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 MODELS = shipped_dir("models")
+WHEEL_INSTALL = wheel_install()  # downloads then go to the cache, not into site-packages
 DEFAULT_MODEL = "efficientnet-lite0"
 CONVERTER_VERSION = 1  # part of the cache folder's name: a converter change converts again
 IMAGENET_LABELS = MODELS / "caffenet" / "synset_words.txt"
@@ -76,11 +77,14 @@ def zoo_prototxt(name: str) -> Path:
 
 
 def zoo_weights(name: str) -> Path:
-    """Where `crema download <name>` puts a CAFFE_ZOO model's weights: models/<name>/<the publisher's file name>."""
-    return MODELS / name / CAFFE_ZOO[name].weights
-
-
-CAFFENET_WEIGHTS = zoo_weights("caffenet")
+    """Where `crema download <name>` puts a CAFFE_ZOO model's weights and `--model <name>` finds them: beside its
+    prototxt, models/<name>/<the publisher's file name>, in a checkout; in a wheel install (the shipped folder is not
+    the user's to write) <cache>/zoo/<name>/<file>. A file already in either place is the one used."""
+    file = CAFFE_ZOO[name].weights
+    shipped, cached = MODELS / name / file, cache_dir() / "zoo" / name / file
+    if shipped.is_file() or not cached.is_file() and not WHEEL_INSTALL:
+        return shipped
+    return cached
 
 
 @dataclass(frozen=True)

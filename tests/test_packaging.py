@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("kernels", "net", "server", "scraper", "benchmarks")
@@ -33,3 +34,19 @@ def test_shipped_folders_map_to_the_checkout_folders() -> None:
     assert config["package-dir"]["net.shipped.data"] == "data"
     assert shipped_dir("models") == ROOT / "models" and shipped_dir("data") == ROOT / "data"
     assert (shipped_dir("models") / "lenet" / "lenet.caffemodel").is_file()
+
+
+def test_zoo_downloads_go_to_the_cache_in_a_wheel_install(tmp_path, monkeypatch) -> None:
+    from net import zoo
+
+    shipped = tmp_path / "site-packages" / "net" / "shipped" / "models"
+    (shipped / "googlenet").mkdir(parents=True)
+    monkeypatch.setattr(zoo, "MODELS", shipped)
+    monkeypatch.setenv("CREMA_CACHE", str(tmp_path / "cache"))
+    file = zoo.CAFFE_ZOO["googlenet"].weights
+    monkeypatch.setattr(zoo, "WHEEL_INSTALL", False)
+    assert zoo.zoo_weights("googlenet") == shipped / "googlenet" / file  # a checkout: beside the prototxt, as before
+    monkeypatch.setattr(zoo, "WHEEL_INSTALL", True)
+    assert zoo.zoo_weights("googlenet") == tmp_path / "cache" / "zoo" / "googlenet" / file
+    (shipped / "googlenet" / file).write_bytes(b"w")
+    assert zoo.zoo_weights("googlenet") == shipped / "googlenet" / file  # one already there is used
