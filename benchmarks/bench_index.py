@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.publish:  # merge: a run of one part keeps the other part's last figures
         old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        by_n = {r["n"]: r for r in old.get("search", [])} | {r["n"]: r for r in out["search"]}
         old.update({k: v for k, v in out.items() if v})
+        old["search"] = [by_n[n] for n in sorted(by_n)]  # a size measured again replaces its row only
         RESULTS.write_text(json.dumps(old, indent=1))
         print(f"wrote {RESULTS}")
     return 0 if ok else 1
