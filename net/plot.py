@@ -15,14 +15,16 @@ point (net.snapshots.read_log), so the chart covers every iteration since the fi
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .paths import write_atomic
 
 __all__ = ["ChartLayout", "chart_layout", "plot_training", "smooth"]
 
@@ -210,7 +212,6 @@ def plot_training(records: Sequence[dict], path: str | os.PathLike, *, accuracy_
         draw.text((min(x + 6, right - 60), y - 14), f"{100 * lay.accuracy[-1]:.2f}%", fill=ACC_COLOR, font=font)
     _x_axis(draw, box, lay.x_max, font)
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")  # net.snapshots.stale_temp_pattern knows this name
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    write_atomic(path, png.getvalue())  # its temporary name is one net.snapshots.stale_temp_pattern knows

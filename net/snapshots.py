@@ -193,12 +193,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def stale_temp_pattern(prefix: str) -> re.Pattern:
-    """The names of the temporary files crema's writers make for `prefix` (in its folder): snapshots
-    (`.P_iter_N.caffemodel.XXXX.tmp`, `.P_iter_N.solverstate.XXXX.tmp`), the log (`P_log.csv.tmp`) and the chart
-    (`P_chart.png.tmp.png`)."""
+    """The names of the temporary files crema's writers make for `prefix` (in its folder), all through
+    net.paths.write_atomic: snapshots (`.P_iter_N.caffemodel.XXXX.tmp`, `.P_iter_N.solverstate.XXXX.tmp`), the log
+    (`.P_log.csv.XXXX.tmp`) and the chart (`.P_chart.png.XXXX.tmp`); also the names older versions used for the log
+    and chart (`P_log.csv.tmp`, `P_chart.png.tmp.png`)."""
     base = re.escape(Path(prefix).name)
-    snapshot = rf"\.{base}_iter_\d+\.(?:caffemodel|solverstate)\.[A-Za-z0-9_]+\.tmp"
-    return re.compile(rf"{snapshot}|{base}_log\.csv\.tmp|{base}_chart\.png\.tmp\.png")
+    ours = rf"\.{base}(?:_iter_\d+\.(?:caffemodel|solverstate)|_log\.csv|_chart\.png)\.[A-Za-z0-9_]+\.tmp"
+    return re.compile(rf"{ours}|{base}_log\.csv\.tmp|{base}_chart\.png\.tmp\.png")
 
 
 def remove_stale_temps(prefix: str) -> list[str]:
@@ -263,7 +264,4 @@ def write_log(path: str | os.PathLike, records: list[dict]) -> None:
     writer.writerow(keys)
     for r in records:
         writer.writerow(["" if r.get(k) is None else str(r.get(k)) for k in keys])
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(out.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, out.getvalue().encode("utf-8"))
