@@ -221,14 +221,19 @@ def cmd_index(args: argparse.Namespace) -> int:
             restart=args.restart,
             progress=not getattr(args, "no_progress", False),
         )
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         return _error(str(exc))
     gallery = Gallery.load(out, model)
     skipped = gallery.manifest.get("skipped", [])
     v = gallery.manifest["vectors"]
     print(f"indexed {len(gallery)} images ({gallery.dim}-d '{model.feature_blob}' features) into {gallery.path}")
-    print(f"  vector index {v['factory']}, recall@10 {v['recall_at_10']} on {v['recall_queries']} held-out queries"
-          + (f" (nprobe {v['nprobe']}, k_factor {v['k_factor']})" if v.get("nprobe") else ""))
+    if v["factory"] == "Flat":
+        print("  vector index Flat (exact search)")
+    else:
+        print(
+            f"  vector index {v['factory']} (nprobe {v['nprobe']}, k_factor {v['k_factor']}): recall@10 "
+            f"{v['recall_at_10']} against exact search on {v['recall_queries']} held-out queries"
+        )
     if note["added"] < len(source) or note["resumed_shards"]:
         print(f"  {note['added']} new items this run, {note['resumed_shards']} shards resumed from an earlier run")
     if note["missing_from_source"]:

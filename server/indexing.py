@@ -50,11 +50,12 @@ import glob as globlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -309,7 +310,10 @@ def _decode_one(job: ShardJob, k: int, ctx: Context) -> tuple[dict, np.ndarray |
     rel = f"thumbs/{shard_name(job.no)}/{i:09d}.{'png' if thumb.mode == 'L' else 'jpg'}"
     buf = io.BytesIO()
     thumb.save(buf, format="PNG" if thumb.mode == "L" else "JPEG", **({} if thumb.mode == "L" else {"quality": 85}))
-    write_atomic(Path(ctx.out) / rel, buf.getvalue(), sync_dir=False)
+    try:
+        write_atomic(Path(ctx.out) / rel, buf.getvalue(), sync_dir=False)
+    except OSError as exc:
+        raise _disk_error(exc, f"thumbnail {rel}") from None
     row["thumb"] = rel
     return row, x
 
@@ -343,12 +347,17 @@ def write_shard(out: str | Path, no: int, rows: list[dict], feats: np.ndarray) -
         write_atomic(folder / f"{shard_name(no)}.npy", buf.getvalue(), sync_dir=False)
         write_atomic(folder / f"{shard_name(no)}.json", json.dumps({"shard": no, "rows": rows}).encode())
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RuntimeError(
-                f"disk full writing shard {no} into {folder}: free some space and run the same "
-                "command again to resume (finished shards are kept)"
-            ) from None
-        raise
+        raise _disk_error(exc, f"shard {no} into {folder}") from None
+
+
+def _disk_error(exc: OSError, what: str) -> Exception:
+    """A full disk (or quota) as one RuntimeError that says how to resume; other OSErrors unchanged."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RuntimeError(
+            f"disk full writing {what}: free some space and run the same command again to resume (finished shards "
+            "are kept)"
+        )
+    return exc
 
 
 def shard_rows(out: str | Path, no: int) -> list[dict] | None:
@@ -383,7 +392,7 @@ def _local_engine(jobs: Sequence[ShardJob], ctx: Context, model: Model, on_shard
 
 
 def _ray_decode(row: dict, ctx: Context) -> dict:
-    job: ShardJob = row["job"]
+    job = ShardJob(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["job"]).items()})
     rows, x = decode_shard(job, ctx)
     return {"no": job.no, "rows": json.dumps(rows), "x": x.tobytes(), "shape": list(x.shape)}
 
@@ -417,13 +426,18 @@ def _ray_engine(
             "--engine ray needs Ray Data: pip install 'crema[scale]' (or: pip install 'ray[data]')"
         ) from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.enable_progress_bars = False  # ours counts images
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+            logging_level=logging.WARNING,
+        )
     # Logical CPUs: 3/4 per Net actor, 1/4 per decode task, so `workers` actors leave room for decode tasks on
     # `workers` CPUs (with one CPU each, 2 actors on a 2-CPU Ray would hold every CPU and no decode task could start).
     # Different amounts also keep Ray Data from fusing the two steps into the actors: decoding stays in tasks.
-    ds = ray.data.from_items([{"job": job} for job in jobs], override_num_blocks=len(jobs))
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar speaks for the run
+    ds = ray.data.from_items([{"job": json.dumps(asdict(job))} for job in jobs], override_num_blocks=len(jobs))
     # A worker that dies is replaced: Ray retries a decode task (3 times) and restarts a Ray Data actor and resends
     # its shard (Ray Data's defaults, max_restarts=-1, max_task_retries=-1); a shard written twice is the same file.
     ds = ds.map(_ray_decode, fn_kwargs={"ctx": ctx}, num_cpus=0.25)
@@ -649,7 +663,13 @@ def finish(
     else:
         vi.tune(queries, None)
     vfile = f"vectors-{gen:06d}.faiss"
-    vi.save(out / vfile)
+    try:
+        vi.save(out / vfile)
+    except (OSError, RuntimeError) as exc:  # FAISS reports a failed write as RuntimeError
+        raise RuntimeError(
+            f"cannot write the vector index {out / vfile} ({str(exc).splitlines()[0][:200]}); the previous index, if "
+            "any, is untouched: free some space and run the same command again (the shards are kept)"
+        ) from None
     skipped = []
     errors = 0
     for s in shards:

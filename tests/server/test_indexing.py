@@ -44,6 +44,7 @@ def test_folder_shards_and_error_rows(model, folder, tmp_path):
     assert [s["rows"] for s in g.manifest["shards"]] == [8, 8, 8, 7] and g.manifest["errors"] == 1
     assert g.manifest["skipped"][0]["path"] == "5/broken.png" and "5/broken.png" not in [it["path"] for it in g.items]
     assert not (out / "run.json").exists() and g.manifest["vectors"]["factory"] == "Flat"
+    assert g.vectors.mapped  # served memory-mapped (shared between server processes)
     # each shard's features are its images run through the net in batches of 3 in order: equal bits
     rows = json.loads((out / "shards" / "000002.json").read_text())["rows"]
     ok = [r for r in rows if not r["error"]]
@@ -133,16 +134,17 @@ def test_incremental_add_keeps_ids(model, folder, tmp_path):
     assert g2.search(g2.features[31], k=1)[0]["id"] == 31
 
 
-def test_disk_full_and_refusals(model, lenet_files, folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["shards/000001.npy", "thumbs/000001/"])
+def test_disk_full_and_refusals(model, lenet_files, folder, tmp_path, monkeypatch, where):
     real = indexing.write_atomic
 
     def full(path, data, **kw):
-        if str(path).endswith("000001.npy"):
+        if where in Path(path).as_posix():
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, **kw)
 
     monkeypatch.setattr(indexing, "write_atomic", full)
-    with pytest.raises(RuntimeError, match="disk full writing shard 1.*run the same command again"):
+    with pytest.raises(RuntimeError, match="disk full writing .*1.*run the same command again"):
         index_source(read_source(folder), model, tmp_path / "i", shard_size=8, progress=False)
     assert not (tmp_path / "i" / "manifest.json").exists()
     monkeypatch.setattr(indexing, "write_atomic", real)
@@ -218,3 +220,11 @@ def test_out_must_be_an_index_folder(model, folder, tmp_path):
     with pytest.raises(ValueError, match="not an index folder"):
         index_source(read_source(folder), model, tmp_path / "docs", restart=True, progress=False)
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_ray_missing_says_how_to_get_it(model, folder, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(RuntimeError, match=r"pip install 'crema\[scale\]'"):
+        index_source(read_source(folder), model, tmp_path / "i", engine="ray", progress=False)
