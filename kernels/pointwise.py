@@ -46,6 +46,11 @@ Kernels, in order:
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
                      without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
+6. ``Im2colRunner`` - a group-1 convolution with pad 0 and a multiple of 16 output pixels (``im2col_applies``) on
+                     the same tiles: each task gathers its chunk's im2col slivers (``_pack_im2col``) into its buffer
+                     and runs its row tiles over them, so no im2col matrix goes through memory; the bits of
+                     ``conv``'s im2col + GEMM with one K panel. EfficientNet-Lite0's stem, 3x3/2 on the padded image
+                     (``net.plan_steps``), 1 thread, CPU time: batch 1 0.58 -> 0.47 ms, batch 32 27 -> 19 ms.
 
 Public: ``pointwise_applies(x_shape, w_shape, stride, pad, dilation, group) -> bool``,
 ``pointwise_forward(x, w, b, *, act, out) -> y`` and ``PointwiseRunner(x_shape, w_shape, act)`` (the shape work done
@@ -654,6 +659,108 @@ class PointwiseRunner:
             _pw_serial(x, w, bias, out, self.plan, lo, hi, ws, res, out2, add)
         else:
             _pw_forward(x, w, bias, out, self.plan, lo, hi, ws, self.workers, np.zeros(1, np.int64), res, out2, add)
+
+
+@njit(cache=True, boundscheck=False)
+def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp):  # pragma: no cover - compiled
+    """xp[((s - s_begin)*k + c)*NR + j] = x_pad[x_off + toff[c] + oh*sh*wp + ow*sw] for output pixel
+    p = s*NR + j = oh*OW + ow: the im2col slivers of a chunk (tap c at offset toff[c] in the padded image), built
+    where the row tiles read them (L1/L2), not as a whole im2col matrix."""
+    base = np.empty(NR, np.int64)
+    for s in range(s_begin, s_end):
+        for j in range(NR):
+            q = s * NR + j
+            base[j] = x_off + (q // ow) * sh * wp + (q % ow) * sw
+        d0 = (s - s_begin) * k * NR
+        for c in range(k):
+            t = toff[c]
+            d = d0 + c * NR
+            for j in range(NR):
+                xp[np.uint64(d + j)] = xf[np.uint64(base[j] + t)]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _im2col_forward(x, w, bias, y, plan, geo, toff, lo, hi, ws, workers, counter):  # pragma: no cover - compiled
+    """Tasks (image, pixel chunk, row block) as in _pw_forward, each packing its chunk's im2col slivers from the
+    padded image x (N, C, HP, WP) first; P a multiple of NR (no edge pixels). geo: (C*HP*WP, WP, OW, sh, sw)."""
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    k, m, p, npc, nrb, chunk, block, size = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7], plan[8]
+    ntask = plan[0] * npc * nrb
+    ns = p // NR
+    flo, fhi = np.float32(lo), np.float32(hi)
+    for t in prange(workers):
+        xp = ws[t * size : (t + 1) * size]
+        task = claim(counter)
+        while task < ntask:
+            rb = task % nrb
+            pc = (task // nrb) % npc
+            n = task // (nrb * npc)
+            r_begin = rb * block
+            r_end = min(m, r_begin + block)
+            s_begin = pc * chunk
+            s_end = min(ns, s_begin + chunk)
+            if s_end > s_begin:
+                _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
+                for r in range(r_begin, r_end, MR):
+                    mr = min(MR, r_end - r)
+                    _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi)
+            task = claim(counter)
+
+
+def im2col_applies(x_shape, w_shape, stride, pad, dilation, group: int) -> bool:
+    """Does ``Im2colRunner`` compute this convolution: group 1, pad 0 (pad the image first: ``kernels.pad``), any
+    kernel, stride and dilation, output pixels a multiple of 16 per image, AVX2 tiles?"""
+    from kernels.conv import conv2d_output_shape
+
+    if len(x_shape) != 4 or len(w_shape) != 4 or int(group) != 1 or w_shape[1] != x_shape[1] or SLIVERS != 1:
+        return False
+    if _pair(pad, "pad") != (0, 0) or min(_pair(stride, "stride")) < 1:
+        return False
+    try:
+        oh, ow = conv2d_output_shape(
+            x_shape[2:], w_shape[2:], _pair(stride, "stride"), (0, 0), _pair(dilation, "dilation")
+        )
+    except ValueError:
+        return False
+    return oh * ow > 0 and (oh * ow) % NR == 0
+
+
+class Im2colRunner:
+    """A group-1 convolution with pad 0 (``im2col_applies``) on the pointwise tiles: each task builds the im2col
+    slivers of its pixel chunk in its own buffer (K = C*kh*kw taps x 16 pixels each) and runs its row tiles over
+    them, so no whole im2col matrix goes through memory (EfficientNet-Lite0's stem: K = 27, 12544 pixels). Each
+    output is one FMA chain over the taps in (c, i, j) order, then bias and clip, as ``conv``'s im2col + GEMM with
+    one K panel computes it. ``runner(x, w, bias, y)`` as ``PointwiseRunner``'s; w (M, C, kh, kw)."""
+
+    __slots__ = ("args", "lo_hi", "out_shape", "plan", "workers", "ws_size")
+
+    def __init__(self, x_shape, w_shape, stride, dilation=(1, 1), act: Act = None) -> None:
+        from kernels.conv import conv2d_output_shape
+
+        n, c, hp, wp = (int(v) for v in x_shape)
+        m, _, kh, kw = (int(v) for v in w_shape)
+        (sh, sw), (dh, dw) = _pair(stride, "stride"), _pair(dilation, "dilation")
+        oh, ow = conv2d_output_shape((hp, wp), (kh, kw), (sh, sw), (0, 0), (dh, dw))
+        k, p = c * kh * kw, oh * ow
+        self.out_shape = (n, m, oh, ow)
+        self.lo_hi = check_act(act, "im2col")
+        self.workers = threads = numba.get_num_threads()
+        npc, nrb, chunk, block = _split(n, k, m, p, threads)
+        size = -(-(chunk * k * NR) // NR) * NR
+        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, size], np.int64)
+        self.ws_size = size * threads
+        toff = np.array([(ci * hp + i * dh) * wp + j * dw for ci in range(c) for i in range(kh) for j in range(kw)])
+        self.args = (np.array([c * hp * wp, wp, ow, sh, sw], np.int64), toff.astype(np.int64))
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        ws = _WORKSPACE.buf
+        if ws.size < self.ws_size + NR:
+            _WORKSPACE.get(self.ws_size + NR)
+            ws = _WORKSPACE.buf
+        ws = ws[(-ws.ctypes.data // 4) % NR :]
+        lo, hi = self.lo_hi
+        geo, toff = self.args
+        _im2col_forward(x, w, bias, out, self.plan, geo, toff, lo, hi, ws, self.workers, np.zeros(1, np.int64))
 
 
 def _check_out(arr, shape: tuple[int, ...], name: str) -> np.ndarray:

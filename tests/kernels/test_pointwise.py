@@ -187,6 +187,39 @@ def test_packed_slivers_give_the_same_bits(k, m, h, monkeypatch) -> None:
     np.testing.assert_array_equal(pointwise_forward(x, w, b, act=(0.0, 6.0)), want)
 
 
+@pytest.mark.parametrize(
+    "xs,ws,stride",
+    [
+        ((1, 3, 225, 225), (32, 3, 3, 3), (2, 2)),
+        ((2, 5, 17, 19), (13, 5, 2, 3), (1, 2)),
+        ((3, 2, 8, 8), (7, 2, 1, 1), (1, 1)),
+    ],
+)
+def test_im2col_runner_matches_reference_and_conv_bits(xs, ws, stride) -> None:
+    """Im2colRunner (im2col slivers built per task): the reference within RTOL, and the bits of conv's im2col + GEMM."""
+    from kernels.conv import ForwardRunner, conv2d_forward_ref
+
+    x, w, b = _inputs(xs, ws, seed=xs[1] + ws[0])
+    assert pw_module.im2col_applies(xs, ws, stride, (0, 0), (1, 1), 1) == (pw_module.SLIVERS == 1)
+    if pw_module.SLIVERS != 1:
+        pytest.skip("AVX-512 tiles: Im2colRunner is AVX2-only")
+    run = pw_module.Im2colRunner(xs, ws, stride, (1, 1), (0.0, 6.0))
+    got = np.empty(run.out_shape, np.float32)
+    run(x, w, b, got)
+    plain = conv2d_forward_ref(x, w, b, stride=stride)
+    want = np.clip(plain, 0.0, 6.0)
+    k = ws[1] * ws[2] * ws[3]
+    assert np.abs(got - want).max() <= RTOL * np.sqrt(k) * max(1.0, np.abs(plain).max())
+    conv = ForwardRunner(xs, ws, stride, (0, 0), (1, 1), 1, True, relu_max=6.0)
+    same = np.empty(conv.out_shape, np.float32)
+    conv(x, w, b, same)
+    np.testing.assert_array_equal(got, same)
+    assert pw_module.im2col_applies((1, 3, 10, 10), (4, 3, 3, 3), 1, 0, 1, 1)  # 8 x 8 = 64 pixels
+    assert not pw_module.im2col_applies((1, 3, 9, 9), (4, 3, 3, 3), 1, 0, 1, 1)  # 7 x 7 = 49: not a multiple of 16
+    assert not pw_module.im2col_applies((1, 3, 9, 9), (4, 3, 3, 3), 1, 1, 1, 1)  # pad must be 0
+    assert not pw_module.im2col_applies((1, 4, 9, 9), (4, 2, 3, 3), 1, 0, 1, 2)  # group 1 only
+
+
 def test_reference_by_hand() -> None:
     x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)  # channel 0: 0..3, channel 1: 4..7
     w = np.array([1.0, 10.0, -1.0, 0.5], np.float32).reshape(2, 2, 1, 1)

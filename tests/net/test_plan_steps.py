@@ -69,8 +69,9 @@ def test_pad_into_matches_numpy(shape) -> None:
         PadInto(x.shape, (-1, 0), (0, 0))
 
 
-def test_planned_steps_give_every_blob_its_bits() -> None:
-    x = np.random.default_rng(1).standard_normal((2, 3, 15, 12), dtype=np.float32)
+@pytest.mark.parametrize("hw", [(15, 12), (16, 16)])  # the stem on conv.ForwardRunner; on pointwise.Im2colRunner
+def test_planned_steps_give_every_blob_its_bits(hw) -> None:
+    x = np.random.default_rng(1).standard_normal((2, 3, *hw), dtype=np.float32)
     net = _net()
     want = _unplanned(net, x)
     got = _planned(net, x)
