@@ -21,6 +21,7 @@ from .base import (
     spatial,
     uploaded,
 )
+from .conv_nd import ConvolutionNDLayer, hand_over
 
 
 @register("Convolution")
@@ -66,8 +67,8 @@ class ConvolutionLayer(Layer):
             raise self.error(f"needs one top per bottom, got {len(bottom)} bottoms and {len(top)} tops")
         if p.num_output <= 0:
             raise self.error("convolution_param.num_output must be > 0")
-        if p.axis != 1:
-            raise self.error(f"only axis 1 (NCHW) is supported, got axis {p.axis}")
+        if hand_over(self, bottom, top, ConvolutionNDLayer):  # another channel axis or 1 / 3 spatial axes
+            return
         self.kernel = spatial(
             p.kernel_size, p.kernel_h, p.kernel_w, p.has("kernel_h") or p.has("kernel_w"), 0, "kernel_size", self
         )

@@ -17,6 +17,7 @@ from kernels import conv
 
 from ..blob import Blob
 from .base import Layer, diff_out, param_needs, register, spatial
+from .conv_nd import DeconvolutionNDLayer, hand_over
 
 
 @register("Deconvolution")
@@ -25,8 +26,8 @@ class DeconvolutionLayer(Layer):
         p = self.param.convolution_param
         if p.num_output <= 0:
             raise self.error("convolution_param.num_output must be > 0")
-        if p.axis != 1:
-            raise self.error(f"only axis 1 (NCHW) is supported, got convolution_param.axis {p.axis}")
+        if hand_over(self, bottom, top, DeconvolutionNDLayer):  # another channel axis or 1 / 3 spatial axes
+            return
         has_hw = p.has("kernel_h") or p.has("kernel_w")
         self.kernel = spatial(p.kernel_size, p.kernel_h, p.kernel_w, has_hw, 0, "kernel_size", self)
         if min(self.kernel) <= 0:
@@ -40,7 +41,7 @@ class DeconvolutionLayer(Layer):
             raise self.error("stride and dilation must be > 0")
         shape = bottom[0].shape
         if len(shape) != 4:
-            raise self.error(f"expected a 4-D input (N, C, H, W), got shape {shape} (N-D deconvolution: not supported)")
+            raise self.error(f"expected a 4-D input (N, C, H, W), got shape {shape}")
         self.group = int(p.group)
         if self.group <= 0 or shape[1] % self.group or p.num_output % self.group:
             raise self.error(f"group {self.group} must divide both input channels ({shape[1]}) and num_output")
