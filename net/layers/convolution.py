@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kernels import conv, depthwise, pointwise
+from kernels import conv, depthwise, pointwise, winograd
 
 from ..blob import Blob
 from ..device import CPU, host, kernels_for, on_device
@@ -35,6 +35,7 @@ class ConvolutionLayer(Layer):
     relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
     folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
+    winograd: bool = True  # CPU forward: Winograd F(4x4, 3x3) where kernels.winograd.winograd_applies (False: never)
 
     def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
@@ -110,6 +111,13 @@ class ConvolutionLayer(Layer):
                 raise self.error(str(exc)) from None
             t.reshape((b.shape[0], w.shape[0], oh, ow))
 
+    def uses_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
+        """Does the CPU forward of these shapes take kernels.winograd (3x3, stride 1, enough channels and pixels;
+        not when this layer's `winograd` is False or the environment says CREMA_WINOGRAD=0)?"""
+        return self.winograd and winograd.winograd_applies(
+            x_shape, w_shape, self.stride, self.pad, self.dilation, self.group
+        )
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         w, b = self.forward_params()
         for bb, t in zip(bottom, top):
@@ -117,6 +125,11 @@ class ConvolutionLayer(Layer):
             extra = {"out": t.data} if ops is CPU and reusable(t.data, bb.data) else {}
             if self.relu_max != math.inf:
                 extra["relu_max"] = self.relu_max
+            if ops is CPU and self.uses_winograd(bb.data.shape, w.shape):  # the same kernel as the plan's step
+                t.data = winograd.winograd_forward(
+                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, **extra
+                )
+                continue
             t.data = ops.conv2d_forward(
                 bb.data,
                 w,
@@ -143,6 +156,8 @@ class ConvolutionLayer(Layer):
             run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise.PointwiseRunner(x_shape, w_shape, act)
+        elif self.uses_winograd(x_shape, w_shape):
+            run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max)
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
             run = conv.ForwardRunner(

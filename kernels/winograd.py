@@ -1,0 +1,491 @@
+"""Winograd convolution F(m x m, 3 x 3) forward: 3x3 kernels, stride 1, dilation 1, any pad, groups; NCHW float32.
+
+The output is cut into m x m tiles; each reads an (m+2) x (m+2) patch of the (zero padded) input. With the
+transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output channel k and tile:
+
+    Y = A^T [ sum_c (G g_kc G^T) * (B^T d_c B) ] A        (* element-wise over the alpha x alpha = (m+2)^2 points)
+
+so the channel sum becomes alpha^2 independent GEMMs, one per transform point xi: M_xi (K x T) = U_xi (K x C) @
+V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6, the default) does 36 multiplies per 16 outputs where a direct
+convolution does 144 (4x fewer, less the part-tiles at the edges: CaffeNet's 13 x 13 maps take 4 x 4 tiles of 16
+outputs, 169 of 256 used, so 2.6x); F(2x2, 3x3) (alpha 4) does 16 per 4 (2.25x, 169 of 196 used on 13 x 13).
+
+Kernels:
+
+0. ``winograd_forward_ref`` - the transforms in float64 NumPy (the matrices below, einsum per tile): the reference of
+                              the transform arithmetic; ``kernels.conv.conv2d_forward_ref`` is the reference of the
+                              convolution (tests compare both).
+1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32: (group, alpha^2,
+                              K/group, C/group) row-major, so each U_xi is read in place by the GEMM micro-kernel as a
+                              row-major A (``kernels.gemm._block`` with lda = C/group). Made once per weight array and
+                              kept while the weights are unchanged (``WinogradRunner``).
+2. ``_input_transform``     - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the patches
+                              gathered into a (alpha, alpha, 16) staging block (zeros outside the image: the padding
+                              is never materialised), then B^T d B with the tiles in the lanes (vectorised over the
+                              16 tiles), written straight into the packed-B layout of ``kernels.gemm``
+                              (``(sliver, C/group, NR)`` per xi).
+3. ``_block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
+                              M_xi[k0:k1, tiles] = U_xi[k0:k1, :] @ V_xi (one K panel for C/group <= KC).
+4. ``_output_transform``    - A^T M A per (output channel, 16-tile sliver), vectorised over the tiles, + bias, the fused
+                              ReLU (the conv kernels' expression, optionally capped), stored where the tile is inside
+                              the output (partial tiles at the right and bottom edges).
+5. ``_winograd_tasks``      - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
+                              channels) claimed by one worker per thread (``gemm._claim``); each task runs 2 -> 3 -> 4 in
+                              its own workspace (V: alpha^2 x C/group x 16 S floats, M: alpha^2 x k-block x 16 S), so the
+                              transformed data never leaves the core's caches. Blocks of output channels (each redoing
+                              the input transform) only when chunks x groups leave threads idle (batch 1).
+
+Error: the transforms are exact in real arithmetic; in float32 the result differs from the float64 convolution by
+a few ulp of the sum of |terms| times the transform's growth (the entries of G, B, A up to 8 for F(4x4)).
+``tests/kernels/test_winograd.py`` measures it against ``conv2d_forward_ref`` in float64 and asserts
+|y - y64| <= 1e-5 * (|w| * |x|)(the convolution of the absolute values) + 1e-6 for F(4x4), the bound
+the README states with the observed maxima.
+
+Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, not
+disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and forward.
+
+Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
+``WinogradRunner`` (the shape work once, kept by a Net's plan), ``winograd_applies``, ``transform_weights``,
+``winograd_forward_ref``, ``matrices(m)``.
+
+Benchmark (checks against the reference first): ``python -m benchmarks --only layers --filter winograd``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import carray, njit, prange
+from numba.core import errors, types
+from numba.extending import intrinsic
+
+from kernels.conv import check_conv2d_args, conv2d_geometry
+from kernels.gemm import Workspace, _as64, _block, _claim, _flat_f32, _stack_empty
+from kernels.tiling import KC, MR, NR
+
+SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
+TILE = 4  # the default output tile: F(4x4, 3x3)
+MIN_CHANNELS = 64  # winograd_applies: C/group and K/group at least this (smaller GEMMs lose to the transforms)
+MIN_OUTPUT = 8  # winograd_applies: output height and width at least this
+
+
+def matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of F(m x m, 3 x 3) in float64: B^T (alpha, alpha), G (alpha, 3), A^T (m, alpha), alpha = m + 2.
+
+    F(2, 3) on the points 0, 1, -1 (and infinity); F(4, 3) on 0, 1, -1, 2, -2 (and infinity), as in Lavin & Gray."""
+    if m == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif m == 4:
+        bt = [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ]
+        g = [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f"winograd: output tile m must be 2 or 4 (F(2x2, 3x3) or F(4x4, 3x3)), got {m!r}")
+    return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
+
+
+def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
+    return -(-oh // m), -(-ow // m)
+
+
+def winograd_forward_ref(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, pad=(0, 0), group: int = 1, m: int = TILE
+) -> np.ndarray:
+    """The Winograd algorithm in float64 NumPy (returned as float64): x (N, C, H, W), w (K, C/group, 3, 3), b (K,) or
+    None -> y (N, K, OH, OW), stride 1. Equal to the direct convolution up to float64 rounding."""
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    (n, c, h, wd), (k, cg, kh, kw), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x64.shape, w64.shape, 1, pad, 1)
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"winograd: 3x3 kernels only, got {kh}x{kw}")
+    bt, gm, at = matrices(m)
+    alpha = m + 2
+    th, tw = _tiles(oh, ow, m)
+    xp = np.zeros((n, c, th * m + 2, tw * m + 2))
+    rows, cols = min(h, th * m + 2 - ph), min(wd, tw * m + 2 - pw)
+    xp[:, :, ph : ph + rows, pw : pw + cols] = x64[:, :, :rows, :cols]
+    # patches d[n, c, ty, tx, i, j] = xp[n, c, ty*m + i, tx*m + j]
+    idx_r = (np.arange(th) * m)[:, None] + np.arange(alpha)[None, :]
+    idx_c = (np.arange(tw) * m)[:, None] + np.arange(alpha)[None, :]
+    d = xp[:, :, idx_r[:, None, :, None], idx_c[None, :, None, :]]  # (n, c, th, tw, alpha, alpha)
+    v = np.einsum("ai,ncyxij,bj->ncyxab", bt, d, bt)
+    u = np.einsum("ai,kcij,bj->kcab", gm, w64, gm)
+    kg = k // group
+    mm = np.zeros((n, k, th, tw, alpha, alpha))
+    for g in range(group):
+        mm[:, g * kg : (g + 1) * kg] = np.einsum(
+            "kcab,ncyxab->nkyxab", u[g * kg : (g + 1) * kg], v[:, g * cg : (g + 1) * cg]
+        )
+    yt = np.einsum("pa,nkyxab,qb->nkypxq", at, mm, at).reshape(n, k, th * m, tw * m)[:, :, :oh, :ow]
+    if b is not None:
+        yt = yt + np.asarray(b, np.float64).reshape(1, k, 1, 1)
+    return yt
+
+
+def transform_weights(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
+    """U = G g G^T of every filter, float64 arithmetic rounded once to float32: w (K, C/group, 3, 3) -> flat
+    (group, alpha^2, K/group, C/group), each (group, xi) block a row-major (K/group, C/group) matrix."""
+    _, gm, _ = matrices(m)
+    k, cg = w.shape[:2]
+    alpha = m + 2
+    u = np.einsum("ai,kcij,bj->abkc", gm, np.asarray(w, np.float64), gm).reshape(alpha * alpha, group, k // group, cg)
+    return np.ascontiguousarray(u.transpose(1, 0, 2, 3), dtype=np.float32).reshape(-1)
+
+
+# ------------------------------------------------------------------------------------------------ Numba kernels
+def _linear(builder, coeffs, values):
+    """sum_k coeffs[k] * values[k] as LLVM float vector ops, left to right, skipping zero coefficients (a coefficient
+    +-1 is an fadd / fsub, others an fmul by the float32 constant and an fadd)."""
+    out = None
+    for c, v in zip(coeffs, values):
+        c = float(c)
+        if c == 0.0:
+            continue
+        if c not in (1.0, -1.0):
+            v = builder.fmul(llvm_ir.Constant(v.type, [float(np.float32(abs(c)))] * v.type.count), v)
+        if out is None:
+            out = v if c > 0 else builder.fsub(llvm_ir.Constant(v.type, [0.0] * v.type.count), v)
+        else:
+            out = builder.fadd(out, v) if c > 0 else builder.fsub(out, v)
+    return out
+
+
+@intrinsic
+def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
+    """One 2-D Winograd transform T X T^T for 8 tiles at once (8 vector lanes), in LLVM IR: element p of X (row-major,
+    r x r) for lanes 0..7 at src[s_off + p * s_stride:][:8], element p of the result at dst[d_off + p * d_stride:][:8].
+    which (a literal): 0 the input transform of F(4x4) (T = B^T, 6 x 6), 1 its output transform (T = A^T, 6 -> 4),
+    2 and 3 the same for F(2x2). The coefficients come from ``matrices`` at compile time. Numba's own loops over the
+    lanes stayed scalar or under runtime overlap checks (it cannot rule out that src and dst overlap)."""
+    if not isinstance(which, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(which)
+    m = 4 if which.literal_value < 2 else 2
+    bt, _, at = matrices(m)
+    t = bt if which.literal_value % 2 == 0 else at
+    _flat_f32(src, dst)
+    sig = types.void(which, src, s_off, s_stride, dst, d_off, d_stride)
+
+    def codegen(context, builder, signature, args):
+        _, src_v, so_v, ss_v, dst_v, do_v, ds_v = args
+        vec = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+        s_data = context.make_array(signature.args[1])(context, builder, src_v).data
+        d_data = context.make_array(signature.args[4])(context, builder, dst_v).data
+        so, ss, do, ds = (_as64(builder, v) for v in (so_v, ss_v, do_v, ds_v))
+        i64 = llvm_ir.IntType(64)
+        rows, cols = t.shape
+        x = []
+        for p in range(cols * cols):
+            o = builder.add(so, builder.mul(ss, llvm_ir.Constant(i64, p)))
+            x.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vec.as_pointer()), align=4))
+        y = [[_linear(builder, t[i], [x[k * cols + j] for k in range(cols)]) for j in range(cols)] for i in range(rows)]
+        for i in range(rows):  # (T X) T^T: row i of T X against the rows of T
+            for j in range(rows):
+                z = _linear(builder, t[j], y[i])
+                o = builder.add(do, builder.mul(ds, llvm_ir.Constant(i64, i * rows + j)))
+                builder.store(z, builder.bitcast(builder.gep(d_data, [o]), vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, boundscheck=False)
+def _gather(xf, base, y0, x0, h, wd, alpha, stage, valid):
+    """stage[(r * alpha + q) * NR + j] = the patch of lane j (the tile whose patch starts at xf[base[j]], row y0[j],
+    column x0[j] of an (h, wd) plane): zeros outside the plane (the padding, never materialised) and in lanes >= valid."""
+    for j in range(NR):
+        if j < valid and y0[j] >= 0 and x0[j] >= 0 and y0[j] + alpha <= h and x0[j] + alpha <= wd:
+            for r in range(alpha):
+                o = np.uint64(base[j] + r * wd)
+                for q in range(alpha):
+                    stage[np.uint64((r * alpha + q) * NR + j)] = xf[o + np.uint64(q)]
+        else:  # an edge tile (or an empty lane): clip to the plane
+            for r in range(alpha):
+                yy = y0[j] + r
+                for q in range(alpha):
+                    xx = x0[j] + q
+                    inside = j < valid and 0 <= yy < h and 0 <= xx < wd
+                    stage[(r * alpha + q) * NR + j] = xf[base[j] + r * wd + q] if inside else np.float32(0.0)
+
+
+@njit(cache=True, boundscheck=False)
+def _input_transform(m, stage, v, v_off, v_xi):
+    """V_xi = B^T d B for the 16 lanes (tiles) of stage (see _gather), into v[xi * v_xi + v_off + j] (xi = a * alpha +
+    b: the packed-B sliver of one channel per xi): two _transform8 calls of 8 lanes each."""
+    if m == 4:
+        _transform8(0, stage, 0, NR, v, v_off, v_xi)
+        _transform8(0, stage, 8, NR, v, v_off + 8, v_xi)
+    else:
+        _transform8(2, stage, 0, NR, v, v_off, v_xi)
+        _transform8(2, stage, 8, NR, v, v_off + 8, v_xi)
+
+
+@njit(cache=True, boundscheck=False)
+def _output_transform(mb, m_off, m_xi, m, res, bias, epilogue):
+    """res[(p * m + q) * NR + j] = (A^T M A)[p, q] + bias for the 16 lanes (tiles) of one output channel, M_xi of lane
+    j at mb[xi * m_xi + m_off + j] (two _transform8 calls); then the fused ReLU (kernels.conv's expression, capped
+    when relu_max is finite)."""
+    relu, relu_max = epilogue
+    zero = np.float32(0.0)
+    if m == 4:
+        _transform8(1, mb, m_off, m_xi, res, 0, NR)
+        _transform8(1, mb, m_off + 8, m_xi, res, 8, NR)
+    else:
+        _transform8(3, mb, m_off, m_xi, res, 0, NR)
+        _transform8(3, mb, m_off + 8, m_xi, res, 8, NR)
+    for i in range(np.uint64(m * m * NR)):  # one array: this loop vectorises
+        v = res[i] + bias
+        if relu:  # kernels.conv's ReLU expression (same as kernels.activations), then the cap when finite
+            v = max(v, zero) + zero * min(v, zero)
+            if relu_max != np.inf and v > relu_max:
+                v = np.float32(relu_max)
+        res[i] = v
+
+
+@njit(cache=True, boundscheck=False)
+def _scatter(res, m, y, ybase, ty, tx, oh, ow, valid):
+    """The m x m outputs of lanes j < valid (res[(p * m + q) * NR + j]) into y[ybase[j] + p * ow + q], where pixel
+    (ty[j] * m + p, tx[j] * m + q) lies inside the (oh, ow) output."""
+    for j in range(valid):
+        rows = min(m, oh - ty[j] * m)
+        cols = min(m, ow - tx[j] * m)
+        for p in range(rows):
+            o = np.uint64(ybase[j] + p * ow)
+            for q in range(cols):
+                y[o + np.uint64(q)] = res[np.uint64((p * m + q) * NR + j)]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _winograd_tasks(xf, u, bias, y, geometry, epilogue, work, zeros, schedule):
+    """All tasks of a forward (see the module docstring, 5): geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m,
+    tiles per chunk, k-block rows, chunks, k-blocks); epilogue (relu, relu_max); work (workers, per-worker floats)."""
+    workers, counter = schedule
+    ntask = geometry[13] * geometry[5] * geometry[14]  # chunks x groups x k-blocks
+    for wk in prange(workers):
+        t = _claim(counter)
+        while t < ntask:
+            _winograd_task(xf, u, bias, y, geometry, epilogue, work[wk], zeros, t)
+            t = _claim(counter)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, zeros, task):
+    n_img, c_all, h, wd, k_all, group, ph, pw, oh, ow, m, per, kb, chunks, _ = geometry
+    alpha = m + 2
+    a2 = alpha * alpha
+    cg, kg = c_all // group, k_all // group
+    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
+    tpi = th * tw
+    total = n_img * tpi
+    chunk = task % chunks
+    g = (task // chunks) % group
+    kblk = task // (chunks * group)
+    k0 = kblk * kb
+    k1 = min(kg, k0 + kb)
+    t_first = chunk * per
+    ntiles = min(per, total - t_first)
+    nsl = (ntiles + NR - 1) // NR
+    ldc = nsl * NR
+    v_xi = nsl * cg * NR  # floats of one V_xi: nsl slivers (cg, NR)
+    m_xi = (k1 - k0) * ldc  # floats of one M_xi: k-block rows x ldc
+    v = ws[: a2 * v_xi]
+    mb = ws[a2 * v_xi : a2 * v_xi + a2 * m_xi]
+    scratch = ws[a2 * v_xi + a2 * m_xi :]
+    stage = scratch[: a2 * NR]
+    res = scratch[a2 * NR : a2 * NR + m * m * NR]
+    base = carray(_stack_empty(NR, np.int64), (NR,))
+    y0 = carray(_stack_empty(NR, np.int64), (NR,))
+    x0 = carray(_stack_empty(NR, np.int64), (NR,))
+    tyv = carray(_stack_empty(NR, np.int64), (NR,))
+    txv = carray(_stack_empty(NR, np.int64), (NR,))
+    img = carray(_stack_empty(NR, np.int64), (NR,))
+    plane = h * wd
+    for s in range(nsl):  # input transform of every channel of the group, sliver by sliver
+        valid = min(NR, ntiles - s * NR)
+        for j in range(NR):
+            t = t_first + s * NR + min(j, valid - 1)
+            ni = t // tpi
+            r = t - ni * tpi
+            tyv[j] = r // tw
+            txv[j] = r - tyv[j] * tw
+            img[j] = ni
+            y0[j] = tyv[j] * m - ph
+            x0[j] = txv[j] * m - pw
+        for ci in range(cg):
+            ch = g * cg + ci
+            for j in range(NR):
+                base[j] = (img[j] * c_all + ch) * plane + y0[j] * wd + x0[j]
+            _gather(xf, base, y0, x0, h, wd, alpha, stage, valid)
+            _input_transform(m, stage, v, (s * cg + ci) * NR, v_xi)
+    for xi in range(a2):  # M_xi[k0:k1] = U_xi[k0:k1] @ V_xi, the GEMM micro-kernel (A row-major, lda = cg)
+        ap = u[(g * a2 + xi) * kg * cg : (g * a2 + xi + 1) * kg * cg]
+        bp = v[xi * v_xi : (xi + 1) * v_xi]
+        c_off = xi * m_xi - k0 * ldc  # _block addresses rows from 0: row k lands at c_off + k * ldc
+        for pc in range(0, cg, KC):
+            kc = min(KC, cg - pc)
+            _block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, k0, k1, 0, ntiles, pc > 0, zeros, 0)
+    for s in range(nsl):  # output transform, bias and ReLU, per output channel of the block
+        valid = min(NR, ntiles - s * NR)
+        for j in range(NR):
+            t = t_first + s * NR + min(j, valid - 1)
+            ni = t // tpi
+            r = t - ni * tpi
+            tyv[j] = r // tw
+            txv[j] = r - tyv[j] * tw
+            img[j] = ni
+        for kk in range(k0, k1):
+            ko = g * kg + kk
+            for j in range(NR):
+                base[j] = ((img[j] * k_all + ko) * oh + tyv[j] * m) * ow + txv[j] * m
+            m_off = (kk - k0) * ldc + s * NR
+            _output_transform(mb, m_off, m_xi, m, res, bias[ko], epilogue)
+            _scatter(res, m, y, base, tyv, txv, oh, ow, valid)
+
+
+# ------------------------------------------------------------------------------------------------ public
+def enabled() -> bool:
+    """False when the environment says CREMA_WINOGRAD=0 (or off / false / no): every convolution then takes
+    kernels.conv's path."""
+    return os.environ.get("CREMA_WINOGRAD", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
+    """Does a forward of these shapes take the Winograd path? 3x3 kernels, stride 1, dilation 1, at least
+    MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x MIN_OUTPUT, and not
+    disabled (CREMA_WINOGRAD=0). Measured on CaffeNet's conv3-5 (README, benchmarks/perf_notes.md)."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or not enabled():
+        return False
+    (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
+    return (
+        (kh, kw) == (3, 3)
+        and st == (1, 1)
+        and dil == (1, 1)
+        and n > 0
+        and min(cg, k // max(group, 1)) >= MIN_CHANNELS
+        and min(oh, ow) >= MIN_OUTPUT
+    )
+
+
+_WORKSPACES = Workspace()
+
+
+class WinogradRunner:
+    """The shape work of a Winograd forward, done once; ``runner(x, w, bias, y)`` like ``kernels.conv.ForwardRunner``
+    (x, w, bias (K,) float32, y C-contiguous float32, y not overlapping x). The transformed weights are kept with a
+    copy of the weights they came from and made again when the weights differ (a solver updates them in place).
+
+    Tasks: chunks of up to SLIVERS x 16 tiles of the batch x groups; when those are fewer than 4 per thread (batch 1)
+    the output channels of a group are split into blocks (multiples of MR) as well."""
+
+    __slots__ = ("geometry", "m", "out_shape", "relu", "relu_max", "u", "w_seen", "work", "workers", "zeros")
+
+    def __init__(
+        self, x_shape, w_shape, pad, group: int, relu: bool, relu_max: float = math.inf, m: int = TILE
+    ) -> None:
+        (n, c, h, wd), (k, cg, kh, kw), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x_shape, w_shape, 1, pad, 1)
+        if (kh, kw) != (3, 3):
+            raise ValueError(f"winograd: 3x3 kernels only, got {kh}x{kw}")
+        if not (float(relu_max) >= 0.0) or (relu_max != math.inf and not relu):
+            raise ValueError(
+                f"winograd: relu_max caps the fused ReLU: expected relu=True and relu_max >= 0, got "
+                f"relu={relu!r}, relu_max={relu_max!r}"
+            )
+        matrices(m)  # checks m
+        self.m = m
+        self.out_shape = (n, k, oh, ow)
+        self.relu, self.relu_max = bool(relu), float(relu_max)
+        self.workers = threads = numba.get_num_threads()
+        kg = k // group
+        th, tw = _tiles(oh, ow, m)
+        total = n * th * tw
+        per = SLIVERS * NR
+        while per > NR and -(-total // per) * group < 4 * threads:
+            per -= NR
+        chunks = -(-total // per)
+        kblocks = 1
+        while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= 4 * MR:
+            kblocks *= 2
+        kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (_block starts them at MR rows)
+        kb = -(-kb // MR) * MR
+        kblocks = -(-kg // kb)
+        self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
+        alpha2 = (m + 2) ** 2
+        nsl = per // NR
+        self.work = alpha2 * nsl * NR * (cg + kb) + (alpha2 + m * m) * NR
+        self.zeros = np.zeros(kg + MR, np.float32)
+        self.u: np.ndarray | None = None
+        self.w_seen: np.ndarray | None = None
+
+    def weights(self, w: np.ndarray) -> np.ndarray:
+        """The transformed weights of w, made again only when w differs from the copy kept."""
+        if self.u is None or self.w_seen is None or not np.array_equal(self.w_seen, w):
+            self.u = transform_weights(w, self.geometry[5], self.m)
+            self.w_seen = w.copy()
+        return self.u
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+        if out.size == 0:
+            return
+        u = self.weights(w)
+        (buf,) = _WORKSPACES.get(self.workers * self.work)
+        work = buf.reshape(self.workers, self.work)
+        schedule = (self.workers, np.zeros(1, np.int64))
+        _winograd_tasks(
+            x.reshape(-1),
+            u,
+            bias,
+            out.reshape(-1),
+            self.geometry,
+            (self.relu, self.relu_max),
+            work,
+            self.zeros,
+            schedule,
+        )
+
+
+def winograd_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    *,
+    pad=(0, 0),
+    group: int = 1,
+    out: np.ndarray | None = None,
+    relu: bool = False,
+    relu_max: float = math.inf,
+    m: int = TILE,
+) -> np.ndarray:
+    """Convolution forward by Winograd F(m x m, 3 x 3) (stride 1, dilation 1), float32: x (N, C, H, W), w (K, C/group,
+    3, 3), b (K,) or None -> y (N, K, OH, OW), into `out` when given; relu / relu_max as kernels.conv.conv2d_forward."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    group = int(group)
+    check_conv2d_args(x, w, b, group)
+    run = WinogradRunner(x.shape, w.shape, pad, group, relu, relu_max, m)
+    if out is None:
+        out = np.empty(run.out_shape, np.float32)
+    elif out.shape != run.out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"winograd: expected out C-contiguous float32 of shape {run.out_shape}, got {out.dtype} {out.shape}"
+        )
+    run(x, w, np.zeros(w.shape[0], np.float32) if b is None else b, out)
+    return out

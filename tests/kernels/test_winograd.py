@@ -1,0 +1,178 @@
+"""kernels.winograd against the float64 direct convolution (kernels.conv.conv2d_forward_ref), and CaffeNet with
+Winograd on against OpenCV DNN.
+
+Error bound asserted (float32 Winograd vs the float64 direct convolution), per output element:
+    |y - y64| <= BOUND[m] * S + 1e-7,   S = (|x| conv |w|) + |b| (the sum of the absolute values of the terms)
+BOUND: F(4x4, 3x3) 1e-5, F(2x2, 3x3) 1e-6. Observed maxima of |y - y64| / S on these cases (AVX2, 2 threads):
+F(4x4) 3.9e-6, F(2x2) 4.7e-7; kernels.conv's im2col path gives 2.4e-7 on the same cases. Relative to max |y|:
+F(4x4) up to 7.6e-6 (C/group = 192), F(2x2) 4.3e-7, im2col 5.1e-7.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import winograd
+from kernels.conv import conv2d_forward, conv2d_forward_ref
+from kernels.winograd import WinogradRunner, winograd_applies, winograd_forward, winograd_forward_ref
+
+BOUND = {4: 1e-5, 2: 1e-6}
+
+CASES = [  # x shape, k, group, pad: groups, pads 0-2, odd sizes, tiles not a multiple of 16, channels not of MR
+    ((2, 8, 7, 9), 6, 2, 1),
+    ((1, 3, 13, 13), 5, 1, 0),
+    ((3, 4, 5, 6), 8, 1, 2),
+    ((1, 64, 13, 13), 96, 1, 1),  # batch 1: output channels split into blocks
+    ((5, 24, 11, 10), 14, 2, 1),  # 5 x 9 tiles: a chunk of 32 tiles and a tail
+    ((2, 32, 19, 23), 40, 4, 2),
+]
+
+
+def _data(x_shape, k, group, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal((k, x_shape[1] // group, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    return x, w, b
+
+
+def _abs_sum(x, w, b, pad, group):
+    return conv2d_forward_ref(np.abs(x), np.abs(w), np.abs(b), pad=pad, group=group, dtype=np.float64)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
+def test_reference_transforms_equal_direct_float64(m, x_shape, k, group, pad):
+    x, w, b = _data(x_shape, k, group)
+    want = conv2d_forward_ref(x, w, b, pad=pad, group=group, dtype=np.float64)
+    got = winograd_forward_ref(x, w, b, pad=(pad, pad), group=group, m=m)
+    assert got.shape == want.shape
+    assert np.all(np.abs(got - want) <= 1e-12 * _abs_sum(x, w, b, pad, group))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
+def test_forward_within_bound_of_float64(m, x_shape, k, group, pad):
+    x, w, b = _data(x_shape, k, group, seed=1)
+    want = conv2d_forward_ref(x, w, b, pad=pad, group=group, dtype=np.float64)
+    got = winograd_forward(x, w, b, pad=pad, group=group, m=m)
+    assert got.shape == want.shape and got.dtype == np.float32 and got.flags.c_contiguous
+    err = np.abs(got.astype(np.float64) - want)
+    bound = BOUND[m] * _abs_sum(x, w, b, pad, group) + 1e-7
+    assert np.all(err <= bound), f"max err/S {np.max(err / bound):.3g} of the bound"
+    none = winograd_forward(x, w, None, pad=pad, group=group, m=m)  # no bias: zeros
+    assert np.allclose(none, got - b.reshape(1, -1, 1, 1), rtol=0, atol=BOUND[m] * 1e3)
+
+
+@pytest.mark.parametrize("relu_max", [np.inf, 0.5])
+def test_fused_relu_equals_relu_of_output(relu_max):
+    x, w, b = _data((2, 16, 9, 9), 12, 2, seed=2)
+    plain = winograd_forward(x, w, b, pad=1, group=2)
+    fused = winograd_forward(x, w, b, pad=1, group=2, relu=True, relu_max=relu_max)
+    assert np.array_equal(fused, np.minimum(np.maximum(plain, 0), np.float32(relu_max)))
+
+
+def test_each_image_same_bits_alone_and_in_a_batch():
+    """Tiles are independent columns of the GEMMs: chunking, k-blocks and the batch size change no bit."""
+    x, w, b = _data((3, 64, 13, 13), 96, 1, seed=3)
+    batch = winograd_forward(x, w, b, pad=1)
+    for i in range(3):
+        assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=1), batch[i : i + 1])
+
+
+def test_runner_follows_weights_changed_in_place():
+    x, w, b = _data((2, 8, 8, 8), 8, 1, seed=4)
+    run = WinogradRunner(x.shape, w.shape, (1, 1), 1, False)
+    y = np.empty(run.out_shape, np.float32)
+    run(x, w, b, y)
+    first = y.copy()
+    w *= 2  # a solver step: same array, new values
+    run(x, w, b, y)
+    want = conv2d_forward_ref(x, w, b, pad=1, dtype=np.float64)
+    assert np.all(np.abs(y - want) <= BOUND[4] * _abs_sum(x, w, b, 1, 1) + 1e-7)
+    assert not np.array_equal(first, y)
+
+
+def test_applies_by_shape_and_switch(monkeypatch):
+    conv3 = ((1, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert winograd_applies(*conv3)
+    assert winograd_applies((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2)  # conv4: 192 per group
+    assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
+    assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
+    assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 1, 2, 2, 1)  # dilation 2
+    assert not winograd_applies((1, 32, 13, 13), (384, 32, 3, 3), 1, 1, 1, 1)  # few input channels
+    assert not winograd_applies((1, 256, 5, 5), (384, 256, 3, 3), 1, 1, 1, 1)  # 5 x 5 output
+    assert not winograd_applies((1, 256, 13, 13), (256, 1, 3, 3), 1, 1, 1, 256)  # depthwise
+    monkeypatch.setenv("CREMA_WINOGRAD", "0")
+    assert not winograd_applies(*conv3)
+
+
+def test_bad_arguments_are_clear_errors():
+    x, w, b = _data((1, 4, 6, 6), 4, 1)
+    with pytest.raises(ValueError, match="3x3 kernels only"):
+        winograd_forward(x, np.zeros((4, 4, 5, 5), np.float32), b, pad=1)
+    with pytest.raises(ValueError, match="must be 2 or 4"):
+        winograd_forward(x, w, b, pad=1, m=3)
+    with pytest.raises(ValueError, match="out"):
+        winograd_forward(x, w, b, pad=1, out=np.empty((1, 4, 5, 5), np.float32))
+
+
+def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
+    """conv3-5 take the Winograd path (counted) and the softmax stays within 1e-5 of OpenCV DNN; with
+    CREMA_WINOGRAD=0 no layer takes it and the output equals kernels.conv's path."""
+    cv2 = pytest.importorskip("cv2")
+    from net import Net
+    from tests.conftest import ROOT, randomize
+
+    prototxt = ROOT / "models/caffenet/deploy.prototxt"
+    calls = []
+    tasks = winograd._winograd_tasks
+
+    def counted(*args):
+        calls.append(args[4][4])  # output channels
+        return tasks(*args)
+
+    monkeypatch.setattr(winograd, "_winograd_tasks", counted)
+    net = Net.load(prototxt)
+    randomize(net, seed=3)
+    weights = tmp_path / "caffenet.caffemodel"
+    net.save(weights)
+    x = (np.random.default_rng(4).random((1, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
+    prob = net.forward(data=x)["prob"].copy()
+    fc8 = net.blobs["fc8"].copy()
+    assert calls == [384, 384, 256]  # conv3, conv4, conv5
+    ref = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    ref.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    ref.setInput(x)
+    want_fc8, want_prob = ref.forward(["fc8", "prob"])
+    assert np.max(np.abs(prob - want_prob)) <= 1e-5
+    assert np.max(np.abs(fc8 - want_fc8)) <= 1e-4 * np.max(np.abs(want_fc8))
+    monkeypatch.setenv("CREMA_WINOGRAD", "0")
+    calls.clear()
+    off = Net.load(prototxt, weights)
+    assert np.max(np.abs(off.forward(data=x)["prob"] - want_prob)) <= 1e-5
+    assert calls == []
+
+
+def test_layer_forward_and_plan_step_same_bits():
+    """The layer's own forward (the plan's fallback) takes the same kernel as its plan step."""
+    from net import Net
+
+    text = """name: "w" input: "data" input_shape { dim: 2 dim: 64 dim: 10 dim: 10 }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+            convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
+    layer { name: "r" type: "ReLU" bottom: "c" top: "c" }"""
+    net = Net.from_string(text)
+    rng = np.random.default_rng(5)
+    for p in net.params["c"]:
+        p[...] = rng.standard_normal(p.shape) * 0.1
+    x = rng.standard_normal((2, 64, 10, 10), dtype=np.float32)
+    planned = net.forward(data=x)["c"].copy()
+    layer = net.layers[[lay.name for lay in net.layers].index("c")]
+    assert layer.uses_winograd(x.shape, net.params["c"][0].shape)
+    bottom, top = [net._blobs["data"]], [net._blobs["c"]]
+    layer.forward(bottom, top)
+    assert np.array_equal(top[0].data, planned)
+    direct = conv2d_forward(x, *net.params["c"], pad=1, relu=True)
+    assert np.max(np.abs(planned - direct)) <= 1e-5 * np.max(np.abs(direct))
