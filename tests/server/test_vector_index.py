@@ -3,6 +3,8 @@ tuned to its recall target on held-out queries, incremental add, memory-mapped l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,29 @@ def test_approximate_index_meets_its_recall_target(tmp_path):
     vi.save(tmp_path / "ivf.faiss")
     mapped = VectorIndex.load(tmp_path / "ivf.faiss", vi.meta, mmap=True)
     np.testing.assert_array_equal(mapped.search(test_q, 10)[0], found)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+def test_mmap_load_does_not_copy_the_vectors(tmp_path):
+    """A 40 MB exact index: read, the process grows by ~40 MB; memory-mapped, by almost nothing (the pages stay in
+    the page cache, shared by every process that maps the file, until a search touches them)."""
+    x = np.random.default_rng(0).random((10_000, 1000), dtype=np.float32)
+    vi = VectorIndex.create(plan_index(10_000, 1000, memory_budget=1e9))
+    vi.add(x)
+    vi.save(tmp_path / "v.faiss")
+    meta = dict(vi.meta)
+    del vi, x
+    before = _rss_mb()
+    mapped = VectorIndex.load(tmp_path / "v.faiss", meta, mmap=True)
+    grew_mapped = _rss_mb() - before
+    before = _rss_mb()
+    read = VectorIndex.load(tmp_path / "v.faiss", meta, mmap=False)
+    grew_read = _rss_mb() - before
+    assert grew_read > 30 and grew_mapped < 5, (grew_read, grew_mapped)
+    q = np.random.default_rng(1).random((3, 1000), dtype=np.float32)
+    np.testing.assert_array_equal(mapped.search(q, 5)[0], read.search(q, 5)[0])
