@@ -32,6 +32,7 @@ from . import (
     spp,
     structure,
     structure_extra,
+    structure_extra2,
 )
 from .activation import ClipLayer, DropoutLayer, ReLU6Layer, ReLULayer, SigmoidLayer, SoftmaxLayer, TanHLayer
 from .base import LAYERS, NO_STEP, Layer, check_gpu_capable, create_layer, gpu_layer_types, register
@@ -47,6 +48,7 @@ from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
 FAMILIES += (activation_extra, deconvolution, dummy_data, embed, normalization_extra, reduction, spp, structure_extra)
+FAMILIES += (structure_extra2,)
 
 __all__ = [
     "FAMILIES",

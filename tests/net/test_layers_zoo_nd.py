@@ -170,3 +170,106 @@ def test_nd_errors_name_the_layer(spec: str, shape: tuple[int, ...], match: str)
     )
     with pytest.raises(NetError, match=f"Convolution 'c': .*{match}"):
         Net.from_string(text)
+
+
+# -- Im2col, BatchReindex, Filter (net/layers/structure_extra2.py) ---------------------------------------------------
+def _run(text: str, xs: list[np.ndarray], tops: int = 1) -> tuple[Layer, list[Blob], list[Blob]]:
+    layer = _layer(text)
+    bottom = []
+    for i, x in enumerate(xs):
+        b = Blob(f"b{i}", x.shape)
+        b.data = x.copy()
+        bottom.append(b)
+    top = [Blob(f"t{i}") for i in range(tops)]
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    return layer, bottom, top
+
+
+def _im2col_ref(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], d: tuple[int, int]):
+    """float64 (N, C*kh*kw, OH, OW): channel c*kh*kw + i*kw + j holds x_pad[:, c, oh*sh + i*dh, ow*sw + j*dw]."""
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * p[0], w + 2 * p[1]))
+    xp[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = x
+    oh = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    out = np.zeros((n, c, k[0], k[1], oh, ow))
+    for i in range(k[0]):
+        for j in range(k[1]):
+            out[:, :, i, j] = xp[:, :, i * d[0] : i * d[0] + (oh - 1) * s[0] + 1 : s[0],
+                                 j * d[1] : j * d[1] + (ow - 1) * s[1] + 1 : s[1]]  # fmt: skip
+    return out.reshape(n, c * k[0] * k[1], oh, ow)
+
+
+@pytest.mark.parametrize(
+    ("spec", "geom"),
+    [
+        ("kernel_size: 3", ((3, 3), (1, 1), (0, 0), (1, 1))),
+        (
+            "kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 2 dilation: 2",
+            ((2, 3), (2, 1), (1, 2), (2, 2)),
+        ),
+    ],
+)
+def test_im2col_forward_backward(spec: str, geom) -> None:
+    x = _data((2, 3, 6, 7), 20)
+    layer, bottom, top = _run(f'type: "Im2col" convolution_param {{ {spec} }}', [x])
+    ref = _im2col_ref(x.astype(np.float64), *geom)
+    assert top[0].shape == ref.shape
+    np.testing.assert_array_equal(top[0].data, ref.astype(np.float32))  # a copy: exact
+    dy = _data(ref.shape, 21)
+    top[0].diff = dy.copy()
+    layer.backward(top, [True], bottom)
+    num = numeric_grad(lambda v: float(np.sum(dy * _im2col_ref(v, *geom))), x.astype(np.float64))
+    assert_grad_close(bottom[0].diff, num, atol=1e-5, rtol=1e-5, what="dx")  # sums of float32 dy
+
+
+def test_im2col_3d_times_the_weights_is_the_convolution() -> None:
+    """Im2col over a 3-D input: the column matrix times the flattened weights is the 3-D convolution (no bias)."""
+    x, w = _data((2, 2, 4, 5, 3), 22), _data((3, 2, 2, 3, 2), 23)
+    _, _, top = _run('type: "Im2col" convolution_param { kernel_size: 2 kernel_size: 3 kernel_size: 2 pad: 1 }', [x])
+    y = np.einsum("mk,nkp->nmp", w.reshape(3, -1).astype(np.float64), top[0].data.reshape(2, 24, -1))
+    ref = conv_nd.conv3d_forward_ref(x, w, None, pad=(1, 1, 1))
+    _close(y.reshape(ref.shape), ref)
+
+
+def test_batch_reindex() -> None:
+    x = _data((4, 3, 2), 24)
+    permut = np.array([2, 0, 2, 3, 2], np.float32)
+    layer, bottom, top = _run('type: "BatchReindex"', [x, permut])
+    np.testing.assert_array_equal(top[0].data, x[[2, 0, 2, 3, 2]])
+    dy = _data(top[0].shape, 25)
+    top[0].diff = dy
+    bottom[0].diff[...] = 7.0  # overwritten
+    layer.backward(top, [True, False], bottom)
+    want = np.zeros_like(x)
+    want[2] = dy[0] + dy[2] + dy[4]
+    want[0], want[3] = dy[1], dy[3]
+    np.testing.assert_allclose(bottom[0].diff, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="BatchReindex 'l': cannot propagate a gradient to the indices"):
+        layer.backward(top, [True, True], bottom)
+    with pytest.raises(ValueError, match=r"BatchReindex 'l': bottom 1 \(permut\) value 4.0 is not an item index"):
+        _run('type: "BatchReindex"', [x, np.array([1, 4], np.float32)])
+
+
+def test_filter() -> None:
+    a, b = _data((5, 3), 26), _data((5, 2, 2), 27)
+    sel = np.array([[0], [1.5], [0], [-1], [1]], np.float32)
+    layer, bottom, top = _run('type: "Filter"', [a, b, sel], tops=2)
+    np.testing.assert_array_equal(top[0].data, a[[1, 3, 4]])
+    np.testing.assert_array_equal(top[1].data, b[[1, 3, 4]])
+    dys = [_data(t.shape, 28 + i) for i, t in enumerate(top)]
+    for t, dy in zip(top, dys):
+        t.diff = dy
+    layer.backward(top, [True, True, False], bottom)
+    for blob, x, dy in zip(bottom, (a, b), dys):
+        want = np.zeros_like(x)
+        want[[1, 3, 4]] = dy
+        np.testing.assert_array_equal(blob.diff, want)
+    with pytest.raises(ValueError, match="Filter 'l': cannot propagate a gradient to the selector"):
+        layer.backward(top, [True, True, True], bottom)
+    with pytest.raises(ValueError, match=r"Filter 'l': the selector \(last bottom\) must be \(N,\) or \(N, 1, ...\)"):
+        _run('type: "Filter"', [a, np.zeros((5, 2), np.float32)])
+    with pytest.raises(ValueError, match="Filter 'l': needs one top per bottom but the selector"):
+        _run('type: "Filter"', [a, sel], tops=2)
