@@ -342,6 +342,7 @@ def write_shard(out: str | Path, no: int, rows: list[dict], feats: np.ndarray) -
     RuntimeError that says how to resume."""
     folder = Path(out) / "shards"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(feats, dtype=np.float32))
         write_atomic(folder / f"{shard_name(no)}.npy", buf.getvalue(), sync_dir=False)
@@ -653,15 +654,18 @@ def finish(
         new = shards
     for chunk in _feature_chunks(out, new):
         vi.add(chunk)
-    # recall on held-out queries: indexed vectors not used for training, their own id dropped from both lists
-    rng = np.random.default_rng(0)
-    qids = np.sort(rng.choice(n, size=min(TUNE_QUERIES, n), replace=False))
-    queries = _rows_by_id(out, shards, qids)
-    if not vi.exact:
+    if vi.exact:
+        vi.tune(np.zeros((0, dim), dtype=np.float32), None)  # exact: recall 1 by construction
+    else:
+        # recall on held-out queries: indexed vectors outside this build's training draw (an index extended
+        # incrementally was trained on an earlier draw), their own id dropped from both lists
+        pool = np.setdiff1d(np.arange(n), _training_ids(n, plan.train_size))
+        if len(pool) < min(TUNE_QUERIES, n):
+            pool = np.arange(n)
+        qids = np.sort(np.random.default_rng(0).choice(pool, size=min(TUNE_QUERIES, len(pool)), replace=False))
+        queries = _rows_by_id(out, shards, qids)
         truth, _ = exact_topk(queries, _feature_chunks(out, shards), 11)
         vi.tune(queries, drop_self(truth, qids, 10), target=recall_target, exclude_self=qids)
-    else:
-        vi.tune(queries, None)
     vfile = f"vectors-{gen:06d}.faiss"
     try:
         vi.save(out / vfile)
@@ -710,10 +714,12 @@ def _rows_by_id(out: Path, shards: list[dict], ids: np.ndarray) -> np.ndarray:
     return np.concatenate(res).astype(np.float32)
 
 
+def _training_ids(n: int, size: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(1).choice(n, size=min(size, n), replace=False))
+
+
 def _training_sample(out: Path, shards: list[dict], size: int) -> np.ndarray:
-    n = sum(s["ok"] for s in shards)
-    ids = np.sort(np.random.default_rng(1).choice(n, size=min(size, n), replace=False))
-    return _rows_by_id(out, shards, ids)
+    return _rows_by_id(out, shards, _training_ids(sum(s["ok"] for s in shards), size))
 
 
 def index_arrays(

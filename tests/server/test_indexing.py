@@ -228,3 +228,35 @@ def test_ray_missing_says_how_to_get_it(model, folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(RuntimeError, match=r"pip install 'crema\[scale\]'"):
         index_source(read_source(folder), model, tmp_path / "i", engine="ray", progress=False)
+
+
+def test_finish_builds_a_tuned_approximate_index_and_extends_it(tmp_path, monkeypatch):
+    """Shards of 3,000 clustered 64-d features, the exact limit set to 0: finish() trains IVF + PQ + refine, tunes it
+    on 500 held-out indexed vectors and writes the measured recall@10 (>= 0.95) into the manifest; a later shard is
+    added to the same trained index (incremental), and every vector finds itself."""
+    from functools import partial
+
+    from server.vector_index import plan_index
+    from tests.server.test_vector_index import clustered
+
+    monkeypatch.setattr(indexing, "plan_index", partial(plan_index, flat_max_bytes=0))
+    x = clustered(3_300, 64, 11)
+    block = {"fingerprint": "f" * 40, "name": "synthetic", "feature_blob": "fc", "dim": 64, "preset": "none"}
+    rows = lambda s, n: [
+        {"i": s + k, "path": f"{s + k}.png", "label": None, "thumb": None, "error": None}
+        for k in range(n)
+    ]
+    shards = []
+    for no, s in enumerate(range(0, 3_000, 1_000)):
+        indexing.write_shard(tmp_path, no, rows(s, 1_000), x[s : s + 1_000])
+        shards.append({"no": no, "rows": 1_000, "ok": 1_000})
+    base = {"name": "t", "source": {"kind": "list", "root": None, "spec": "t"}, "thumbs": "files"}
+    m1 = indexing.finish(tmp_path, block, shards, 1_000, base, None)
+    v = m1["vectors"]
+    assert v["factory"].startswith("IVF") and v["recall_queries"] == 500 and v["recall_at_10"] >= 0.95
+    indexing.write_shard(tmp_path, 3, rows(3_000, 300), x[3_000:])
+    m2 = indexing.finish(tmp_path, block, [*shards, {"no": 3, "rows": 300, "ok": 300}], 1_000, base, m1)
+    assert m2["vectors"]["factory"] == v["factory"] and m2["count"] == 3_300 and m2["generation"] == 2
+    g = Gallery.load(tmp_path)
+    ids, _ = g.search_batch(x[::97], 1)
+    assert np.mean(ids[:, 0] == np.arange(0, 3_300, 97)) >= 0.95 and g.items[3_299]["path"] == "3299.png"
