@@ -22,8 +22,8 @@ The plan (autofaiss's recipe, on our numbers):
                  rest; the shortlist is re-ranked with these codes, which gives the recall
       bytes  ~ n * (M/2 + codec + 8 (id)) + nlist * dim * 4 (centroids); no codec fits -> PQ alone (recall lower).
 Search parameters (nprobe, k_factor) come from `tune`: the cheapest pair (measured time per query, one thread) whose
-recall@10 against exact search on held-out queries reaches the target plus 1.5 binomial standard errors (0.957 for
-0.95 on 200 queries); the measured recall is kept in the metadata (`meta`).
+recall@10 against exact search on held-out queries reaches the target plus 1.5 binomial standard errors (0.955 for
+0.95 on 500 queries); the measured recall is kept in the metadata (`meta`).
 
 Memory-mapped load: IO_FLAG_MMAP_IFC maps the flat codes (the exact index's vectors, the refine codes) from the
 file instead of copying them; several `crema serve` processes on one index share them through the page cache.
