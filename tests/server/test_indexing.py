@@ -243,8 +243,7 @@ def test_finish_builds_a_tuned_approximate_index_and_extends_it(tmp_path, monkey
     x = clustered(3_300, 64, 11)
     block = {"fingerprint": "f" * 40, "name": "synthetic", "feature_blob": "fc", "dim": 64, "preset": "none"}
     rows = lambda s, n: [
-        {"i": s + k, "path": f"{s + k}.png", "label": None, "thumb": None, "error": None}
-        for k in range(n)
+        {"i": s + k, "path": f"{s + k}.png", "label": None, "thumb": None, "error": None} for k in range(n)
     ]
     shards = []
     for no, s in enumerate(range(0, 3_000, 1_000)):
