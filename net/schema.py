@@ -406,6 +406,16 @@ _FILLER_AND_PARAMS = [
     ),
     ("ShuffleChannelParameter", [_f("group", 1, "uint32", 1)]),
     ("ContrastiveLossParameter", [_f("margin", 1, "float", 1.0), _f("legacy_version", 2, "bool", False)]),
+    (
+        "RecurrentParameter",
+        [
+            _f("num_output", 1, "uint32", 0),
+            _f("weight_filler", 2, "FillerParameter"),
+            _f("bias_filler", 3, "FillerParameter"),
+            _f("debug_info", 4, "bool", False),
+            _f("expose_hidden", 5, "bool", False),
+        ],
+    ),
 ]
 
 MESSAGES: dict[str, list[Field]] = {
@@ -523,6 +533,7 @@ MESSAGES: dict[str, list[Field]] = {
         _f("crop_param", 144, "CropParameter"),
         _f("parameter_param", 145, "ParameterParameter"),
         _f("swish_param", 147, "SwishParameter"),
+        _f("recurrent_param", 146, "RecurrentParameter"),
         _f("shuffle_channel_param", 164, "ShuffleChannelParameter"),  # ShuffleNet ports
         _f("permute_param", 202, "PermuteParameter"),  # SSD (weiliu89/caffe)
         _f("norm_param", 206, "NormalizeParameter"),  # SSD (weiliu89/caffe)

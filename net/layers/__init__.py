@@ -28,6 +28,7 @@ from . import (
     normalization,
     normalization_extra,
     pooling,
+    recurrent,
     reduction,
     spp,
     structure,
@@ -48,7 +49,7 @@ from .structure import ConcatLayer, FlattenLayer, ReshapeLayer, SplitLayer
 
 FAMILIES = (activation, convolution, data, eltwise, inner_product, input, loss, normalization, pooling, structure)
 FAMILIES += (activation_extra, deconvolution, dummy_data, embed, normalization_extra, reduction, spp, structure_extra)
-FAMILIES += (structure_extra2,)
+FAMILIES += (recurrent, structure_extra2)
 
 __all__ = [
     "FAMILIES",
