@@ -18,7 +18,7 @@ Kernels, in order:
    once and packed by gemm, one extra pass over K x P floats per image and group.
 
 Also ``im2col_nd`` / ``col2im_nd`` for Caffe's Im2col layer (2-D runs as 3-D with a depth of 1).
-Benchmark: none of its own; a figure measured on the shared machine is in the layer module's docstring.
+Benchmark: none of its own; one figure measured on the shared machine is in benchmarks/perf_notes.md.
 """
 
 from __future__ import annotations
