@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_sha1", "fsync_dir", "shipped_dir", "wheel_install", "write_atomic"]
+__all__ = ["atomic_path", "cache_dir", "file_sha1", "fsync_dir", "shipped_dir", "wheel_install", "write_atomic"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -60,30 +61,35 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes], *, sync_dir: bool = True) -> None:
-    """Write `data` (bytes, or chunks of bytes) to `path` so a reader sees the old file or the whole new one, never
-    part of it: a temporary file beside it (`.NAME.XXXXXXXX.tmp`, unique per writer), fsync'ed, renamed over
-    `path`, then the folder fsync'ed (sync_dir). The file keeps an existing file's mode, else 0644 (mkstemp would
-    leave 0600). The temporary file is removed on any error."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, sync_dir: bool = True) -> Iterator[Path]:
+    """A temporary path beside `path` (`.NAME.XXXXXXXX.tmp`, unique per writer) for a writer that needs a file name
+    (e.g. FAISS's write_index); when the block ends without an error the file is fsync'ed, given an existing file's
+    mode (else 0644) and renamed over `path`, then the folder fsync'ed (sync_dir). On any error it is removed."""
     path = Path(path)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                f.writelines(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes], *, sync_dir: bool = True) -> None:
+    """Write `data` (bytes, or chunks of bytes) to `path` so a reader sees the old file or the whole new one, never
+    part of it (through `atomic_path`)."""
+    with atomic_path(path, sync_dir=sync_dir) as tmp, open(tmp, "wb") as f:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            f.write(data)
+        else:
+            f.writelines(data)

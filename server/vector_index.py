@@ -33,13 +33,14 @@ A mapped index is read-only (`add` raises).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from net.paths import atomic_path
 
 __all__ = ["IndexPlan", "VectorIndex", "drop_self", "exact_topk", "plan_index", "recall_at"]
 
@@ -310,17 +311,11 @@ class VectorIndex:
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the index to `path` atomically (temporary file in the same folder, fsync, rename)."""
+        """Write the index to `path` atomically (net.paths.atomic_path: temporary file beside it, fsync, rename)."""
         faiss = _faiss()
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             faiss.write_index(self.index, str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         self.meta["file_bytes"] = path.stat().st_size
 
     @classmethod
