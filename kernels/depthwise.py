@@ -20,15 +20,13 @@ Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
                         one broadcast of the weight and 8 unaligned loads feed 8 FMAs into 8 <8 x float> accumulators;
                         then bias, clip (compare and select: a NaN stays NaN) and the stores. A run that ends past its
                         row is stored whole where the spill stays in the plane (later runs overwrite it). Loads bound
-                        it: 10 loads per 8 FMAs, 53 GFLOP/s on one core of this Zen (AVX2) whose FMA peak is 90; the
-                        same loop with one load shared by its 8 FMAs reaches 91. Taps whose weight is exactly 0 are
+                        it: 10 loads per 8 FMAs (figures in benchmarks/perf_notes.md). Taps whose weight is exactly 0 are
                         left out of the tap table: Caffe's form of TF's asymmetric SAME padding at stride 2, a
                         (k+1)x(k+1) kernel with a zero first row and column, then costs k*k taps, not (k+1)^2 (a zero
                         tap no longer turns an inf input into a NaN).
 3. ``_dw_forward``    - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
                         (``gemm._claim``: dynamic scheduling); each worker fills its next plane into a second buffer
-                        before reading the current one (a plane read right after its stores stalled store forwarding:
-                        7 x 7 planes 1.7x slower).
+                        before reading the current one (a plane read right after its stores stalls store forwarding).
 Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
 smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there):
 4. ``_fill_c8``       - 8 channel planes of one image interleaved per pixel ((HP, WP, 8): one 8-channel vector per
@@ -72,7 +70,7 @@ from numba.extending import intrinsic
 from kernels.conv import conv2d_output_shape
 from kernels.gemm import Workspace, _accumulators, _as64, _claim, _flat_f32, _splat
 
-RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs); 12 was slower
+RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
 PLANE_WORK = 1 << 14  # multiply-adds per claimed task at least (several small planes per task: 7x7 x 25 taps)
 assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 16 ymm registers"
 C8 = True  # forward: blocks of 8 channels (_c8_forward) for small planes (see below); False: always plane by plane
