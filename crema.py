@@ -321,7 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    for verb in COMPUTE_VERBS:  # serve has its own --threads (the inference thread's)
+        p = sub.choices[verb]
+        if not any("--threads" in action.option_strings for action in p._actions):
+            p.add_argument("--threads", type=int, help="threads for crema's kernels (default: all cores; on a busy "
+                           "machine fewer can be faster)")  # fmt: skip
     return parser
+
+
+# Verbs that run crema's kernels on this process's main thread: each takes --threads.
+COMPUTE_VERBS = ("classify", "time", "inspect", "visualize", "train", "test", "index")
+
+
+def set_threads(threads: int | None) -> None:
+    """Numba's thread count for this thread's parallel kernels; ValueError outside 1..what Numba was started with."""
+    if threads is None:
+        return
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= most:
+        raise ValueError(f"--threads must be from 1 to {most} (this machine's cores, or $NUMBA_NUM_THREADS), got {threads}")
+    numba.set_num_threads(threads)
 
 
 # One line per module that adds `crema` verbs (data, train/test, serve/index, ...).
@@ -347,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, int) and value < 1:
             return _error(f"--{flag} must be >= 1, got {value}")
     try:
+        if args.command in COMPUTE_VERBS:
+            set_threads(getattr(args, "threads", None))
         return args.func(args)
     except (ValueError, OSError, GPUBackendError) as exc:
         return _error(str(exc))

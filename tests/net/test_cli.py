@@ -109,3 +109,24 @@ def test_errors_exit_2_without_traceback(tmp_path):
         check=False,
     )
     assert missing.returncode == 2 and "nope.prototxt" in missing.stderr
+
+
+def test_threads_on_every_computing_verb(capsys):
+    import numba
+
+    import crema
+
+    parser = crema.build_parser()
+    for verb in (*crema.COMPUTE_VERBS, "serve"):
+        actions = parser._subparsers._group_actions[0].choices[verb]._actions
+        assert any("--threads" in a.option_strings for a in actions), verb
+    most = numba.config.NUMBA_NUM_THREADS
+    assert main(["time", str(LENET), "--threads", str(most + 1), "--iterations", "1"]) == 2
+    assert f"--threads must be from 1 to {most}" in capsys.readouterr().err
+    assert main(["time", str(LENET), "--threads", "0", "--iterations", "1"]) == 2
+    before = numba.get_num_threads()
+    try:
+        assert main(["time", str(LENET), "--threads", "1", "--iterations", "1", "--json"]) == 0
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
