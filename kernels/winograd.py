@@ -68,6 +68,7 @@ from kernels.gemm import Workspace, _as64, _block, _claim, _flat_f32, _stack_emp
 from kernels.tiling import KC, MR, NR
 
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
+KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
 TILE = 4  # the default output tile: F(4x4, 3x3)
 MIN_CHANNELS = 64  # winograd_applies: C/group and K/group at least this (smaller GEMMs lose to the transforms)
 MIN_OUTPUT = 8  # winograd_applies: output height and width at least this
@@ -273,44 +274,41 @@ def _scatter(res, m, y, ybase, ty, tx, oh, ow, valid):
                 y[o + np.uint64(q)] = res[np.uint64((p * m + q) * NR + j)]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _winograd_tasks(xf, u, bias, y, geometry, epilogue, work, zeros, schedule):
-    """All tasks of a forward (see the module docstring, 5): geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m,
-    tiles per chunk, k-block rows, chunks, k-blocks); epilogue (relu, relu_max); work (workers, per-worker floats)."""
-    workers, counter = schedule
-    ntask = geometry[13] * geometry[5] * geometry[14]  # chunks x groups x k-blocks
-    for wk in prange(workers):
-        t = _claim(counter)
-        while t < ntask:
-            _winograd_task(xf, u, bias, y, geometry, epilogue, work[wk], zeros, t)
-            t = _claim(counter)
+@njit(cache=True, boundscheck=False)
+def _tile_lanes(geometry, t_first, s, valid, tyv, txv, img):
+    """Tile row, tile column and image of the 16 lanes of sliver s of the chunk starting at tile t_first (lanes past
+    `valid` repeat the last tile)."""
+    m, oh, ow = geometry[10], geometry[8], geometry[9]
+    tw = (ow + m - 1) // m
+    tpi = ((oh + m - 1) // m) * tw
+    for j in range(NR):
+        t = t_first + s * NR + min(j, valid - 1)
+        ni = t // tpi
+        r = t - ni * tpi
+        tyv[j] = r // tw
+        txv[j] = r - tyv[j] * tw
+        img[j] = ni
 
 
-@njit(cache=True, fastmath=True, boundscheck=False)
-def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, zeros, task):
-    n_img, c_all, h, wd, k_all, group, ph, pw, oh, ow, m, per, kb, chunks, _ = geometry
-    alpha = m + 2
-    a2 = alpha * alpha
-    cg, kg = c_all // group, k_all // group
-    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
-    tpi = th * tw
-    total = n_img * tpi
-    chunk = task % chunks
-    g = (task // chunks) % group
-    kblk = task // (chunks * group)
-    k0 = kblk * kb
-    k1 = min(kg, k0 + kb)
+@njit(cache=True, boundscheck=False)
+def _chunk_tiles(geometry, chunk):
+    """(first tile, tiles, 16-tile slivers) of a chunk."""
+    n_img, m, oh, ow, per = geometry[0], geometry[10], geometry[8], geometry[9], geometry[11]
+    total = n_img * ((oh + m - 1) // m) * ((ow + m - 1) // m)
     t_first = chunk * per
     ntiles = min(per, total - t_first)
-    nsl = (ntiles + NR - 1) // NR
-    ldc = nsl * NR
-    v_xi = nsl * cg * NR  # floats of one V_xi: nsl slivers (cg, NR)
-    m_xi = (k1 - k0) * ldc  # floats of one M_xi: k-block rows x ldc
-    v = ws[: a2 * v_xi]
-    mb = ws[a2 * v_xi : a2 * v_xi + a2 * m_xi]
-    scratch = ws[a2 * v_xi + a2 * m_xi :]
-    stage = scratch[: a2 * NR]
-    res = scratch[a2 * NR : a2 * NR + m * m * NR]
+    return t_first, ntiles, (ntiles + NR - 1) // NR
+
+
+@njit(cache=True, boundscheck=False)
+def _transform_inputs(xf, geometry, chunk, g, c0, c1, v, stage):
+    """V of channels c0..c1 of group g for the tiles of a chunk: v[xi * v_xi + (s * C/group + c) * NR + j], v_xi =
+    slivers * C/group * NR (the packed-B layout of each xi)."""
+    _, c_all, h, wd, _, group, ph, pw, _, _, m, _, _, _, _ = geometry
+    cg = c_all // group
+    alpha = m + 2
+    t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
+    v_xi = nsl * cg * NR
     base = carray(_stack_empty(NR, np.int64), (NR,))
     y0 = carray(_stack_empty(NR, np.int64), (NR,))
     x0 = carray(_stack_empty(NR, np.int64), (NR,))
@@ -318,46 +316,102 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, zeros, task):
     txv = carray(_stack_empty(NR, np.int64), (NR,))
     img = carray(_stack_empty(NR, np.int64), (NR,))
     plane = h * wd
-    for s in range(nsl):  # input transform of every channel of the group, sliver by sliver
+    for s in range(nsl):
         valid = min(NR, ntiles - s * NR)
+        _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)
         for j in range(NR):
-            t = t_first + s * NR + min(j, valid - 1)
-            ni = t // tpi
-            r = t - ni * tpi
-            tyv[j] = r // tw
-            txv[j] = r - tyv[j] * tw
-            img[j] = ni
             y0[j] = tyv[j] * m - ph
             x0[j] = txv[j] * m - pw
-        for ci in range(cg):
+        for ci in range(c0, c1):
             ch = g * cg + ci
             for j in range(NR):
                 base[j] = (img[j] * c_all + ch) * plane + y0[j] * wd + x0[j]
             _gather(xf, base, y0, x0, h, wd, alpha, stage, valid)
             _input_transform(m, stage, v, (s * cg + ci) * NR, v_xi)
-    for xi in range(a2):  # M_xi[k0:k1] = U_xi[k0:k1] @ V_xi, the GEMM micro-kernel (A row-major, lda = cg)
-        ap = u[(g * a2 + xi) * kg * cg : (g * a2 + xi + 1) * kg * cg]
-        bp = v[xi * v_xi : (xi + 1) * v_xi]
-        c_off = xi * m_xi - k0 * ldc  # _block addresses rows from 0: row k lands at c_off + k * ldc
-        for pc in range(0, cg, KC):
-            kc = min(KC, cg - pc)
-            _block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, k0, k1, 0, ntiles, pc > 0, zeros, 0)
-    for s in range(nsl):  # output transform, bias and ReLU, per output channel of the block
-        valid = min(NR, ntiles - s * NR)
-        for j in range(NR):
-            t = t_first + s * NR + min(j, valid - 1)
-            ni = t // tpi
-            r = t - ni * tpi
-            tyv[j] = r // tw
-            txv[j] = r - tyv[j] * tw
-            img[j] = ni
-        for kk in range(k0, k1):
-            ko = g * kg + kk
-            for j in range(NR):
-                base[j] = ((img[j] * k_all + ko) * oh + tyv[j] * m) * ow + txv[j] * m
-            m_off = (kk - k0) * ldc + s * NR
-            _output_transform(mb, m_off, m_xi, m, res, bias[ko], epilogue)
-            _scatter(res, m, y, base, tyv, txv, oh, ow, valid)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _winograd_inputs(xf, geometry, cblocks, vall, vblock, stages, schedule):
+    """The input transform of every (chunk, group) into vall[(chunk * group + g) * vblock:], as (chunk, group, block
+    of channels) tasks over the threads: the pre-pass when output channels are split into blocks (batch 1), so the
+    blocks share one input transform."""
+    workers, counter = schedule
+    group, chunks = geometry[5], geometry[13]
+    cg = geometry[1] // group
+    ntask = chunks * group * cblocks
+    for wk in prange(workers):
+        t = _claim(counter)
+        while t < ntask:
+            cb = t % cblocks
+            cg_task = t // cblocks
+            c0 = cb * cg // cblocks
+            c1 = (cb + 1) * cg // cblocks
+            v = vall[cg_task * vblock : (cg_task + 1) * vblock]
+            _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v, stages[wk])
+            t = _claim(counter)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _winograd_tasks(xf, u, bias, y, geometry, epilogue, work, vall, vblock, zeros, schedule):
+    """All tasks of a forward (see the module docstring, 5): geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m,
+    tiles per chunk, k-block rows, chunks, k-blocks); epilogue (relu, relu_max); work (workers, per-worker floats);
+    vall: the inputs transformed by _winograd_inputs (vblock floats per (chunk, group)) when there are k-blocks."""
+    workers, counter = schedule
+    ntask = geometry[13] * geometry[5] * geometry[14]  # chunks x groups x k-blocks
+    for wk in prange(workers):
+        t = _claim(counter)
+        while t < ntask:
+            _winograd_task(xf, u, bias, y, geometry, epilogue, work[wk], vall, vblock, zeros, t)
+            t = _claim(counter)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, task):
+    """One (chunk, group, k-block) task: the chunk's inputs transformed (or read from vall), then per KB_INNER rows of
+    output channels the alpha^2 GEMMs into M and the output transform."""
+    _, c_all, _, _, k_all, group, _, _, oh, ow, m, _, kb, chunks, kblocks = geometry
+    a2 = (m + 2) * (m + 2)
+    cg, kg = c_all // group, k_all // group
+    chunk = task % chunks
+    g = (task // chunks) % group
+    k0 = (task // (chunks * group)) * kb
+    k1 = min(kg, k0 + kb)
+    t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
+    ldc = nsl * NR
+    v_xi = nsl * cg * NR  # floats of one V_xi: nsl slivers (cg, NR)
+    stage = ws[: a2 * NR]
+    res = ws[a2 * NR : (a2 + m * m) * NR]
+    mb_all = ws[(a2 + m * m) * NR :]
+    if kblocks > 1:
+        v = vall[(chunk * group + g) * vblock : (chunk * group + g + 1) * vblock]
+    else:
+        v = mb_all[: a2 * v_xi]
+        mb_all = mb_all[a2 * v_xi :]
+        _transform_inputs(xf, geometry, chunk, g, 0, cg, v, stage)
+    base = carray(_stack_empty(NR, np.int64), (NR,))
+    tyv = carray(_stack_empty(NR, np.int64), (NR,))
+    txv = carray(_stack_empty(NR, np.int64), (NR,))
+    img = carray(_stack_empty(NR, np.int64), (NR,))
+    for i0 in range(k0, k1, KB_INNER):  # KB_INNER rows at a time: M (alpha^2 x rows x tiles) stays in L2
+        i1 = min(k1, i0 + KB_INNER)
+        m_xi = (i1 - i0) * ldc  # floats of one M_xi: rows x ldc
+        mb = mb_all[: a2 * m_xi]
+        for xi in range(a2):  # M_xi[i0:i1] = U_xi[i0:i1] @ V_xi, the GEMM micro-kernel (A row-major, lda = cg)
+            ap = u[(g * a2 + xi) * kg * cg : (g * a2 + xi + 1) * kg * cg]
+            bp = v[xi * v_xi : (xi + 1) * v_xi]
+            c_off = xi * m_xi - i0 * ldc  # _block addresses rows from 0: row k lands at c_off + k * ldc
+            for pc in range(0, cg, KC):
+                kc = min(KC, cg - pc)
+                _block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
+        for s in range(nsl):  # output transform, bias and ReLU, per output channel
+            valid = min(NR, ntiles - s * NR)
+            _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)
+            for kk in range(i0, i1):
+                ko = g * kg + kk
+                for j in range(NR):
+                    base[j] = ((img[j] * k_all + ko) * oh + tyv[j] * m) * ow + txv[j] * m
+                _output_transform(mb, (kk - i0) * ldc + s * NR, m_xi, m, res, bias[ko], epilogue)
+                _scatter(res, m, y, base, tyv, txv, oh, ow, valid)
 
 
 # ------------------------------------------------------------------------------------------------ public
@@ -393,9 +447,23 @@ class WinogradRunner:
     copy of the weights they came from and made again when the weights differ (a solver updates them in place).
 
     Tasks: chunks of up to SLIVERS x 16 tiles of the batch x groups; when those are fewer than 4 per thread (batch 1)
-    the output channels of a group are split into blocks (multiples of MR) as well."""
+    the output channels of a group are split into blocks (multiples of MR) as well, and the input transform runs
+    first as its own parallel pass (_winograd_inputs) whose result the blocks share."""
 
-    __slots__ = ("geometry", "m", "out_shape", "relu", "relu_max", "u", "w_seen", "work", "workers", "zeros")
+    __slots__ = (
+        "cblocks",
+        "geometry",
+        "m",
+        "out_shape",
+        "relu",
+        "relu_max",
+        "u",
+        "vblock",
+        "w_seen",
+        "work",
+        "workers",
+        "zeros",
+    )
 
     def __init__(
         self, x_shape, w_shape, pad, group: int, relu: bool, relu_max: float = math.inf, m: int = TILE
@@ -429,7 +497,10 @@ class WinogradRunner:
         self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
         alpha2 = (m + 2) ** 2
         nsl = per // NR
-        self.work = alpha2 * nsl * NR * (cg + kb) + (alpha2 + m * m) * NR
+        self.vblock = alpha2 * nsl * NR * cg if kblocks > 1 else 0  # floats of one (chunk, group)'s shared V
+        self.cblocks = max(1, min(-(-4 * threads // (chunks * group)), cg // 8))
+        own_v = 0 if kblocks > 1 else alpha2 * nsl * NR * cg
+        self.work = own_v + alpha2 * nsl * NR * min(kb, KB_INNER) + (alpha2 + m * m) * NR
         self.zeros = np.zeros(kg + MR, np.float32)
         self.u: np.ndarray | None = None
         self.w_seen: np.ndarray | None = None
@@ -445,19 +516,17 @@ class WinogradRunner:
         if out.size == 0:
             return
         u = self.weights(w)
-        (buf,) = _WORKSPACES.get(self.workers * self.work)
+        chunks, group = self.geometry[13], self.geometry[5]
+        buf, vall = _WORKSPACES.get(self.workers * self.work, chunks * group * self.vblock)
         work = buf.reshape(self.workers, self.work)
+        xf = x.reshape(-1)
+        if self.vblock:
+            schedule = (self.workers, np.zeros(1, np.int64))
+            _winograd_inputs(xf, self.geometry, self.cblocks, vall, self.vblock, work, schedule)
         schedule = (self.workers, np.zeros(1, np.int64))
+        epilogue = (self.relu, self.relu_max)
         _winograd_tasks(
-            x.reshape(-1),
-            u,
-            bias,
-            out.reshape(-1),
-            self.geometry,
-            (self.relu, self.relu_max),
-            work,
-            self.zeros,
-            schedule,
+            xf, u, bias, out.reshape(-1), self.geometry, epilogue, work, vall, self.vblock, self.zeros, schedule
         )
 
 

@@ -26,6 +26,7 @@ CASES = [  # x shape, k, group, pad: groups, pads 0-2, odd sizes, tiles not a mu
     ((1, 64, 13, 13), 96, 1, 1),  # batch 1: output channels split into blocks
     ((5, 24, 11, 10), 14, 2, 1),  # 5 x 9 tiles: a chunk of 32 tiles and a tail
     ((2, 32, 19, 23), 40, 4, 2),
+    ((16, 8, 8, 8), 200, 1, 1),  # 200 output channels: blocks longer than KB_INNER rows, split inside a task
 ]
 
 
