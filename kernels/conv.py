@@ -439,37 +439,20 @@ def _pack_dy_cols(dyf, off, mg, npix, dst):
 
 # --------------------------------------------------------------------------------------------- forward drivers
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_batch(
-    x,
-    ap,
-    a_size,
-    lda,
-    bias,
-    y,
-    group,
-    kh,
-    kw,
-    sh,
-    sw,
-    ph,
-    pw,
-    dh,
-    dw,
-    oh_n,
-    ow_n,
-    ws,
-    pads,
-    nchunks,
-    relu,
-    relu_max,
-    counter,
-):
+def _conv_batch(x, ap, bias, y, ws, pads, counter, geometry, blocking, epilogue):
     """All images, claimed one at a time by nchunks workers (one per thread: dynamic scheduling, ``gemm._claim``);
-    ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With relu, each image's output gets
-    max(y, 0) (capped at relu_max) right after its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
+    ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With
+    relu, each image's output gets max(y, 0) (capped at relu_max) right after its GEMMs, while it is still in cache
+    (the fused conv + bias + ReLU).
 
-    x: (N, C, H, W); ap: (group * a_size,) packed weights; bias: (M,); y: (N*M*OH*OW,) flat output.
+    x: (N, C, H, W); ap: (group * a_size,) packed weights (or W in place, lda its row length); bias: (M,); y:
+    (N*M*OH*OW,) flat output; counter: the workers' task counter. Scalars grouped (plain tuples of numbers, which
+    Numba's dispatcher types as fast as separate arguments): geometry (group, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW),
+    blocking (a_size, lda, nchunks), epilogue (relu, relu_max).
     """
+    group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n = geometry
+    a_size, lda, nchunks = blocking
+    relu, relu_max = epilogue
     n_img, c, h, wd = x.shape
     cg = c // group
     xf = x.reshape(-1)
@@ -497,8 +480,12 @@ def _conv_batch(
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, bp, b_size):
-    """Packed im2col of every group of one padded image src (C, HP, WP) into bp[g*b_size:], slivers over threads."""
+def _im2col_all_groups(src, padded_hw, group, cg, window, out_hw, bp, b_size):
+    """Packed im2col of every group of one padded image src (C, HP, WP) into bp[g*b_size:], slivers over threads.
+    padded_hw (HP, WP); window (kh, kw, sh, sw, ph, pw, dh, dw) (the padding is already in src); out_hw (OH, OW)."""
+    hp, wp = padded_hw
+    kh, kw, sh, sw, _, _, dh, dw = window
+    oh_n, ow_n = out_hw
     npix = oh_n * ow_n
     nt = (npix + NR - 1) // NR
     for q in prange(group * nt):
@@ -509,25 +496,32 @@ def _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, workers, counter):
+def _conv_tiles(ap, bp, bias, y, counter, layout, shape, epilogue):
     """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
-    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU). nc: columns per
-    task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``)."""
+    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU).
+
+    ap: packed weights (or W in place); bp: the packed im2col of every group; counter: the workers' task counter.
+    layout (a_size, lda, b_size, y_off: the image's first output); shape (group, K, P, nc, workers), nc the columns
+    per task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``); epilogue (relu, relu_max)."""
+    group, _, npix, nc, workers = shape
     mg = bias.shape[0] // group
     bm = (mg + MC_CONV - 1) // MC_CONV
     bn = (npix + nc - 1) // nc
     for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim); column block fastest
         t = _claim(counter)
         while t < group * bm * bn:
-            _conv_tile_task(
-                ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, t, mg, bm, bn
-            )
+            _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, (mg, bm, bn))
             t = _claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
-def _conv_tile_task(ap, a_size, lda, bp, b_size, bias, y, y_off, group, k_all, npix, relu, relu_max, nc, t, mg, bm, bn):
-    """Task t of _conv_tiles: group g, row block and column block of the output, all K panels, then the ReLU."""
+def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
+    """Task t of _conv_tiles: group g, row block and column block of the output, all K panels, then the ReLU.
+    blocks (rows per group, row blocks, column blocks)."""
+    a_size, lda, b_size, y_off = layout
+    _, k_all, npix, nc, _ = shape
+    relu, relu_max = epilogue
+    mg, bm, bn = blocks
     g = t // (bm * bn)
     r = t - g * bm * bn
     i0 = (r // bn) * MC_CONV
@@ -586,9 +580,7 @@ def _pad_all(xf, n_img, c, h, wd, ph, pw, dst):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_direct(
-    src, img_stride, w, bias, y, n_img, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, workers, counter
-):
+def _conv_direct(src, w, bias, y, toff, counter, geometry, tasks, epilogue):
     """Direct convolution for stride-1 rows of a multiple of 8 output pixels (``_direct_tile``): no im2col. Tasks
     (image, part `q` of its pixel tiles) over threads, `per` parts per image; each walks its 16-pixel tiles (two
     8-pixel runs, each inside one output row) and, per tile, every MR-channel block of every group, so the tile's
@@ -597,20 +589,23 @@ def _conv_direct(
     fused conv + bias + ReLU).
 
     src: flat input, image n at n*img_stride, channel c at c*HP*WP (padded when the layer pads); w: flat (M, K);
-    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile). Tasks are claimed by `workers`
-    workers (one per thread, ``gemm._claim``)."""
+    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile). Scalars grouped: geometry (N,
+    group, C/group, HP, WP, sh, OH, OW, image stride of src), tasks (per, workers), epilogue (relu, relu_max). Tasks
+    are claimed by `workers` workers (one per thread, ``gemm._claim``, through `counter`)."""
+    n_img = geometry[0]
+    per, workers = tasks
     for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
         task = _claim(counter)
         while task < n_img * per:
-            _direct_task(
-                src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, task
-            )
+            _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task)
             task = _claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
-def _direct_task(src, img_stride, w, bias, y, group, cg, hp, wp, sh, oh_n, ow_n, toff, per, relu, relu_max, task):
+def _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task):
     """Task `task` of _conv_direct: part q = task % per of image task // per."""
+    _, group, cg, hp, wp, sh, oh_n, ow_n, img_stride = geometry
+    relu, relu_max = epilogue
     m = bias.shape[0]
     mg = m // group
     k_all = toff.shape[0]
@@ -663,16 +658,18 @@ def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> b
 
 # --------------------------------------------------------------------------------------------- backward drivers
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_bwd_params(
-    x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need_dw, need_db, nchunks, nkp, dwp, dbp, ws_a, ws_b, pads
-):
+def _conv_bwd_params(x, dy, group, window, split, dwp, dbp, workspace):
     """dW and db, as (image chunk, group, K part) tasks over threads: dwp[t] (M*K,) += dy_g @ cols_g^T over chunk t's
     images, in the columns of the task's part of K (slivers of NR kernel offsets); dbp[t] (M,) += sum(dy).
 
     x: (N, C, H, W); dy: (N, M, OH, OW). Images go nb at a time into one GEMM (inner dimension nb*P); the running
     thread's ws_a, ws_b hold the packed dy rows and transposed im2col, pads its nb padded images (pad > 0).
     Chunks of images give each thread its own partial dW (big batches); parts of K split one chunk (batch 1).
+    window (kh, kw, sh, sw, ph, pw, dh, dw); split (nb, need_dw, need_db, nchunks, nkp); workspace (ws_a, ws_b, pads).
     """
+    kh, kw, sh, sw, ph, pw, dh, dw = window
+    nb, need_dw, need_db, nchunks, nkp = split
+    ws_a, ws_b, pads = workspace
     n_img, c, h, wd = x.shape
     _, m, oh_n, ow_n = dy.shape
     cg = c // group
@@ -734,14 +731,19 @@ def _conv_bwd_params(
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _conv_bwd_data(dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, cb, dx, ws_b, ws_c, pads):
+def _conv_bwd_data(dy, weights_t, zeros, image, window, cb, dx, workspace):
     """dx (N, C, H, W), overwritten, as (image, group, block of cb channels) tasks over threads: dcols = rows of
     W_g^T @ dy_g for the block's channels (the running thread's ws_c), then col2im into a zeroed image (its pads
     when pad > 0, cropped into dx; dx itself otherwise).
 
     apt: W^T of every group packed as GEMM A (at_size each, see _pack_weights_t); zeros: >= ceil(K/MR)*MR zeros;
-    cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group.
+    cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group. weights_t (apt, at_size);
+    image (group, C/group, H, W); window (kh, kw, sh, sw, ph, pw, dh, dw); workspace (ws_b, ws_c, pads).
     """
+    apt, at_size = weights_t
+    group, cg, h, wd = image
+    kh, kw, sh, sw, ph, pw, dh, dw = window
+    ws_b, ws_c, pads = workspace
     n_img, m, oh_n, ow_n = dy.shape
     c = cg * group
     mg = m // group
@@ -940,8 +942,9 @@ class ForwardRunner:
             )
             padded = bool(ph or pw)
             self.sizes = (n * c * hp * wp if padded else 0,)
-            self.direct = (toff, per, padded, (n, c, h, wd, ph, pw), c * hp * wp if padded else c * h * wd)
-            self.args = (n, group, cg, hp if padded else h, wp if padded else wd, sh, oh, ow)
+            self.direct = (toff, per, padded, (n, c, h, wd, ph, pw))
+            img_stride = c * hp * wp if padded else c * h * wd
+            self.args = (n, group, cg, hp if padded else h, wp if padded else wd, sh, oh, ow, img_stride)
         elif n >= 4 * threads or n % threads == 0:  # chunks of images over threads, serial GEMMs per image
             self.batch = True
             self.chunks = chunks = min(threads, n)
@@ -951,7 +954,8 @@ class ForwardRunner:
             self.batch = False
             self.sizes = (group * b_size, c * hp * wp)
             nc = _column_block(group * -(-mg // MC_CONV), npix, threads)
-            self.args = (n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc)
+            window = (kh, kw, sh, sw, ph, pw, dh, dw)
+            self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, nc)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if self.batch is None:
@@ -967,50 +971,26 @@ class ForwardRunner:
             a_size, lda = ap.size // group, ap.size // m
         y = out.reshape(-1)
         if self.direct is not None:
-            toff, per, padded, (n, c, h, wd, ph, pw), img_stride = self.direct
+            toff, per, padded, (n, c, h, wd, ph, pw) = self.direct
             xf = x.reshape(-1)
             if padded:
                 (src,) = _WORKSPACE.get(*self.sizes)
                 _pad_all(xf, n, c, h, wd, ph, pw, src)
             else:
                 src = xf
-            _conv_direct(
-                src,
-                img_stride,
-                w.reshape(-1),
-                bias,
-                y,
-                *self.args,
-                toff,
-                per,
-                self.relu,
-                self.relu_max,
-                self.workers,
-                np.zeros(1, np.int64),
-            )
+            tasks, epilogue = (per, self.workers), (self.relu, self.relu_max)
+            _conv_direct(src, w.reshape(-1), bias, y, toff, np.zeros(1, np.int64), self.args, tasks, epilogue)
             return
         if self.batch:
             ws, pads = _WORKSPACE.get(*self.sizes)
             chunks = self.chunks
             ws, pads = ws.reshape(chunks, self.b_size), pads.reshape(chunks, -1)
-            _conv_batch(
-                x,
-                ap,
-                a_size,
-                lda,
-                bias,
-                y,
-                *self.args,
-                ws,
-                pads,
-                chunks,
-                self.relu,
-                self.relu_max,
-                np.zeros(1, np.int64),
-            )
+            counter, epilogue = np.zeros(1, np.int64), (self.relu, self.relu_max)
+            _conv_batch(x, ap, bias, y, ws, pads, counter, self.args, (a_size, lda, chunks), epilogue)
             return
-        n, c, h, wd, m, group, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, hp, wp, k_all, npix, nc = self.args
-        b_size, relu, relu_max = self.b_size, self.relu, self.relu_max
+        n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, nc = self.args
+        ph, pw = window[4], window[5]
+        b_size, epilogue = self.b_size, (self.relu, self.relu_max)
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
         for i in range(n):
@@ -1019,25 +999,9 @@ class ForwardRunner:
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
-            _im2col_all_groups(src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size)
-            _conv_tiles(
-                ap,
-                a_size,
-                lda,
-                bp,
-                b_size,
-                bias,
-                y,
-                i * m * npix,
-                group,
-                k_all,
-                npix,
-                relu,
-                relu_max,
-                nc,
-                self.workers,
-                np.zeros(1, np.int64),
-            )
+            _im2col_all_groups(src, (hp, wp), group, cg, window, (oh, ow), bp, b_size)
+            layout, shape = (a_size, lda, b_size, i * m * npix), (group, k_all, npix, nc, self.workers)
+            _conv_tiles(ap, bp, bias, y, np.zeros(1, np.int64), layout, shape, epilogue)
 
 
 def _column_block(row_tasks: int, npix: int, threads: int) -> int:
@@ -1117,22 +1081,8 @@ def conv2d_backward(
         direct = chunks == 1  # accumulate straight into dw and db
         dwp = dw.reshape(1, -1) if need_dw and direct else np.zeros((chunks, m * k_all if need_dw else 1), np.float32)
         dbp = db.reshape(1, -1) if need_db and direct else np.zeros((chunks, m), np.float32)
-        _conv_bwd_params(
-            x,
-            dy,
-            group,
-            *geom,
-            nb,
-            need_dw,
-            need_db,
-            chunks,
-            nkp,
-            dwp,
-            dbp,
-            ws_a.reshape(threads, a_len),
-            ws_b.reshape(threads, b_len),
-            pads.reshape(threads, -1),
-        )
+        workspace = (ws_a.reshape(threads, a_len), ws_b.reshape(threads, b_len), pads.reshape(threads, -1))
+        _conv_bwd_params(x, dy, group, geom, (nb, need_dw, need_db, chunks, nkp), dwp, dbp, workspace)
         if not direct:
             if need_dw:
                 dw2 = dw.reshape(-1)
@@ -1155,20 +1105,6 @@ def conv2d_backward(
         b_len = packed_b_size(mg, npix)
         pad_len = cb * hp * wp if ph or pw else 1
         ws_b, ws_c, pads = _WORKSPACE.get(threads * b_len, threads * cb * kh * kw * npix, threads * pad_len)
-        _conv_bwd_data(
-            dy,
-            apt,
-            at_size,
-            zeros,
-            group,
-            cg,
-            h,
-            wd,
-            *geom,
-            cb,
-            dx,
-            ws_b.reshape(threads, b_len),
-            ws_c.reshape(threads, -1),
-            pads.reshape(threads, pad_len),
-        )
+        workspace = (ws_b.reshape(threads, b_len), ws_c.reshape(threads, -1), pads.reshape(threads, pad_len))
+        _conv_bwd_data(dy, (apt, at_size), zeros, (group, cg, h, wd), geom, cb, dx, workspace)
     return dx, dw, db

@@ -326,8 +326,11 @@ def _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width):  # pragma:
 
 
 @njit(cache=True, parallel=True)
-def _max_border(x, y, mask, record, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
-    """Every output outside the interior rectangle [i0, i1) x [j0, j1) (which may be empty)."""
+def _max_border(x, y, mask, record, window, rect):  # pragma: no cover - compiled
+    """Every output outside the interior rectangle rect = (i0, i1, j0, j1), [i0, i1) x [j0, j1) (which may be empty);
+    window = (kh, kw, sh, sw, ph, pw)."""
+    kh, kw, sh, sw, ph, pw = window
+    i0, i1, j0, j1 = rect
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for q in prange(planes):
@@ -355,7 +358,10 @@ def _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width):  # pragma: no co
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ave_border(x, y, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
+def _ave_border(x, y, window, rect):  # pragma: no cover - compiled
+    """As _max_border for AVE: window = (kh, kw, sh, sw, ph, pw), rect = (i0, i1, j0, j1) the interior rectangle."""
+    kh, kw, sh, sw, ph, pw = window
+    i0, i1, j0, j1 = rect
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
     for q in prange(planes):
@@ -396,9 +402,11 @@ def _ave_spread(dy, dx, q, i, j, hs, he, kw, sw, pw, height, width):  # pragma: 
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _ave_backward_border(dy, dx, zero, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1):  # pragma: no cover - compiled
-    """dy (P, oh, ow); dx (P, H, W): (dx = 0 when `zero`), then every window outside the interior rectangle adds
-    dy / divisor to its real pixels."""
+def _ave_backward_border(dy, dx, zero, window, rect):  # pragma: no cover - compiled
+    """dy (P, oh, ow); dx (P, H, W): (dx = 0 when `zero`), then every window outside the interior rectangle
+    rect = (i0, i1, j0, j1) adds dy / divisor to its real pixels; window = (kh, kw, sh, sw, ph, pw)."""
+    kh, kw, sh, sw, ph, pw = window
+    i0, i1, j0, j1 = rect
     planes, height, width = dx.shape
     oh, ow = dy.shape[1], dy.shape[2]
     for q in prange(planes):
@@ -448,7 +456,7 @@ def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = F
         interior = None if interior is None else serial_twin(interior)
         max_border, ave_border = serial_twin(_max_border), serial_twin(_ave_border)
     inner_args = (*rect, p[0], p[1])
-    border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect)
+    border_args = ((k[0], k[1], s[0], s[1], p[0], p[1]), rect)
     no_mask = np.empty((0, 0, 0), np.int32)
 
     def run(x3, y3, mask3) -> None:
@@ -575,7 +583,7 @@ def pool2d_backward(
         if kernels is not None:
             kernels[3](dy3, dx3, *rect, p[0], p[1])
         if border:
-            _ave_backward_border(dy3, dx3, kernels is None, k[0], k[1], s[0], s[1], p[0], p[1], *rect)
+            _ave_backward_border(dy3, dx3, kernels is None, (k[0], k[1], s[0], s[1], p[0], p[1]), rect)
         return out
     if mask is None:
         if not isinstance(x, np.ndarray):
