@@ -19,27 +19,34 @@ Kernels:
                               K/group, C/group) row-major, so each U_xi is read in place by the GEMM micro-kernel as a
                               row-major A (``kernels.gemm._block`` with lda = C/group). Made once per weight array and
                               kept while the weights are unchanged (``WinogradRunner``).
-2. ``_input_transform``     - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the patches
-                              gathered into a (alpha, alpha, 16) staging block (zeros outside the image: the padding
-                              is never materialised), then B^T d B with the tiles in the lanes (vectorised over the
-                              16 tiles), written straight into the packed-B layout of ``kernels.gemm``
-                              (``(sliver, C/group, NR)`` per xi).
+2. ``_gather`` + ``_input_transform`` - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the
+                              patches gathered into an (alpha, alpha, 16) staging block (zeros outside the image: the
+                              padding is never materialised), then B^T d B by ``_transform8``, an LLVM IR intrinsic that
+                              transforms 8 lanes in <8 x float> registers with the coefficients of ``matrices`` folded
+                              in (Numba's own lane loops stayed scalar: it cannot rule out that source and destination
+                              overlap; ~1.8x slower in a micro-benchmark), written straight into the packed-B layout of
+                              ``kernels.gemm`` (``(sliver, C/group, NR)`` per xi).
 3. ``_block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
-                              M_xi[k0:k1, tiles] = U_xi[k0:k1, :] @ V_xi (one K panel for C/group <= KC).
-4. ``_output_transform``    - A^T M A per (output channel, 16-tile sliver), vectorised over the tiles, + bias, the fused
-                              ReLU (the conv kernels' expression, optionally capped), stored where the tile is inside
-                              the output (partial tiles at the right and bottom edges).
+                              M_xi[rows, tiles] = U_xi[rows, :] @ V_xi (one K panel for C/group <= KC).
+4. ``_output_transform`` + ``_scatter`` - A^T M A per (output channel, 16-tile sliver) by ``_transform8``, + bias, the
+                              fused ReLU (the conv kernels' expression, optionally capped), stored where the tile is
+                              inside the output (partial tiles at the right and bottom edges).
 5. ``_winograd_tasks``      - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
-                              channels) claimed by one worker per thread (``gemm._claim``); each task runs 2 -> 3 -> 4 in
-                              its own workspace (V: alpha^2 x C/group x 16 S floats, M: alpha^2 x k-block x 16 S), so the
-                              transformed data never leaves the core's caches. Blocks of output channels (each redoing
-                              the input transform) only when chunks x groups leave threads idle (batch 1).
+                              channels) claimed by one worker per thread (``gemm._claim``); each task runs 2, then 3 and
+                              4 for KB_INNER output channels at a time, in its own workspace (V: alpha^2 x C/group x
+                              16 SLIVERS floats, M: alpha^2 x KB_INNER x 16 SLIVERS), so the transformed data stays in
+                              the core's caches. Blocks of output channels only when chunks x groups leave threads idle
+                              (batch 1); then ``_winograd_inputs`` runs 2 first as its own parallel pass (tasks of
+                              channels) and the blocks share its result.
 
-Error: the transforms are exact in real arithmetic; in float32 the result differs from the float64 convolution by
-a few ulp of the sum of |terms| times the transform's growth (the entries of G, B, A up to 8 for F(4x4)).
-``tests/kernels/test_winograd.py`` measures it against ``conv2d_forward_ref`` in float64 and asserts
-|y - y64| <= 1e-5 * (|w| * |x|)(the convolution of the absolute values) + 1e-6 for F(4x4), the bound
-the README states with the observed maxima.
+Every tile is a column of the GEMMs computed by the same instructions whatever the chunk, block or batch size:
+an image gives the same bits alone and in a batch, on any thread count.
+
+Error: the transforms are exact in real arithmetic; in float32 the rounding of the transformed values grows with the
+transform's coefficients (up to 8 in A^T, 5 in B^T for F(4x4)). ``tests/kernels/test_winograd.py`` asserts, against
+``conv2d_forward_ref`` in float64, |y - y64| <= 1e-5 * S + 1e-7 for F(4x4) and 1e-6 * S + 1e-7 for F(2x2), S the
+convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y - y64| / S: F(4x4) 3.9e-6, F(2x2)
+4.7e-7, kernels.conv's im2col 2.4e-7 (relative to max |y| at C/group = 192: 7.6e-6, 4.3e-7, 5.1e-7).
 
 Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, not
 disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and forward.
@@ -414,6 +421,18 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
                 _scatter(res, m, y, base, tyv, txv, oh, ow, valid)
 
 
+@njit(cache=True, boundscheck=False)
+def _same(a, b):
+    """Are the flat float32 arrays a and b equal element by element (a NaN never equal)? No temporary array, stops at
+    the first difference: the per-call check that the weights are the ones transformed (conv3: 0.9 MB)."""
+    if a.size != b.size:
+        return False
+    for i in range(a.size):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ public
 def enabled() -> bool:
     """False when the environment says CREMA_WINOGRAD=0 (or off / false / no): every convolution then takes
@@ -507,7 +526,7 @@ class WinogradRunner:
 
     def weights(self, w: np.ndarray) -> np.ndarray:
         """The transformed weights of w, made again only when w differs from the copy kept."""
-        if self.u is None or self.w_seen is None or not np.array_equal(self.w_seen, w):
+        if self.u is None or self.w_seen is None or not _same(self.w_seen.reshape(-1), w.reshape(-1)):
             self.u = transform_weights(w, self.geometry[5], self.m)
             self.w_seen = w.copy()
         return self.u
