@@ -48,8 +48,9 @@ transform's coefficients (up to 8 in A^T, 5 in B^T for F(4x4)). ``tests/kernels/
 convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y - y64| / S: F(4x4) 3.9e-6, F(2x2)
 4.7e-7, kernels.conv's im2col 2.4e-7 (relative to max |y| at C/group = 192: 7.6e-6, 4.3e-7, 5.1e-7).
 
-Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, not
-disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and forward.
+Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, >= 32
+tiles in the batch, not disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and
+forward (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
 ``WinogradRunner`` (the shape work once, kept by a Net's plan), ``winograd_applies``, ``transform_weights``,
@@ -79,6 +80,7 @@ KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is
 TILE = 4  # the default output tile: F(4x4, 3x3)
 MIN_CHANNELS = 64  # winograd_applies: C/group and K/group at least this (smaller GEMMs lose to the transforms)
 MIN_OUTPUT = 8  # winograd_applies: output height and width at least this
+MIN_TILES = 32  # winograd_applies: output tiles of the batch at least this (CaffeNet's 13 x 13 maps: batch >= 2)
 
 
 def matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -442,8 +444,13 @@ def enabled() -> bool:
 
 def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
     """Does a forward of these shapes take the Winograd path? 3x3 kernels, stride 1, dilation 1, at least
-    MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x MIN_OUTPUT, and not
-    disabled (CREMA_WINOGRAD=0). Measured on CaffeNet's conv3-5 (README, benchmarks/perf_notes.md)."""
+    MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x MIN_OUTPUT, at least
+    MIN_TILES 4 x 4 tiles in the batch, and not disabled (CREMA_WINOGRAD=0).
+
+    Why MIN_TILES: the transformed weights are 36/9 = 4x the size of the filters and each is used once per 16 tiles,
+    so with few tiles the GEMMs stream weights instead of computing. Measured on CaffeNet's conv3-5 (2 threads, AVX2,
+    interleaved, medians): batch 1 (16 tiles) 0.96-0.97x the im2col path, batch 2 1.00-1.16x, batch 4 1.2-1.5x,
+    batch 10 1.4-1.7x, batch 64 1.6-1.7x (README)."""
     if len(x_shape) != 4 or len(w_shape) != 4 or not enabled():
         return False
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
@@ -454,6 +461,7 @@ def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) ->
         and n > 0
         and min(cg, k // max(group, 1)) >= MIN_CHANNELS
         and min(oh, ow) >= MIN_OUTPUT
+        and n * -(-oh // TILE) * -(-ow // TILE) >= MIN_TILES
     )
 
 

@@ -96,8 +96,9 @@ def test_runner_follows_weights_changed_in_place():
 
 
 def test_applies_by_shape_and_switch(monkeypatch):
-    conv3 = ((1, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    conv3 = ((2, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert winograd_applies(*conv3)
+    assert not winograd_applies((1, 256, 13, 13), *conv3[1:])  # batch 1: 16 tiles, the weights dominate
     assert winograd_applies((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2)  # conv4: 192 per group
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
@@ -139,7 +140,7 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
     randomize(net, seed=3)
     weights = tmp_path / "caffenet.caffemodel"
     net.save(weights)
-    x = (np.random.default_rng(4).random((1, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
+    x = (np.random.default_rng(4).random((2, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
     prob = net.forward(data=x)["prob"].copy()
     fc8 = net.blobs["fc8"].copy()
     assert calls == [384, 384, 256]  # conv3, conv4, conv5
@@ -160,7 +161,7 @@ def test_layer_forward_and_plan_step_same_bits():
     """The layer's own forward (the plan's fallback) takes the same kernel as its plan step."""
     from net import Net
 
-    text = """name: "w" input: "data" input_shape { dim: 2 dim: 64 dim: 10 dim: 10 }
+    text = """name: "w" input: "data" input_shape { dim: 4 dim: 64 dim: 10 dim: 10 }
     layer { name: "c" type: "Convolution" bottom: "data" top: "c"
             convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
     layer { name: "r" type: "ReLU" bottom: "c" top: "c" }"""
@@ -168,7 +169,7 @@ def test_layer_forward_and_plan_step_same_bits():
     rng = np.random.default_rng(5)
     for p in net.params["c"]:
         p[...] = rng.standard_normal(p.shape) * 0.1
-    x = rng.standard_normal((2, 64, 10, 10), dtype=np.float32)
+    x = rng.standard_normal((4, 64, 10, 10), dtype=np.float32)
     planned = net.forward(data=x)["c"].copy()
     layer = net.layers[[lay.name for lay in net.layers].index("c")]
     assert layer.uses_winograd(x.shape, net.params["c"][0].shape)
