@@ -139,6 +139,22 @@ def test_cuda_sources_inline_their_headers() -> None:
     assert "__global__" not in header
 
 
+def test_gpu_modules_import_only_public_names_of_the_cpu_modules() -> None:
+    """kernels/gpu/*.py share the CPU modules' checks and geometry through their public names, never `_private`
+    helpers, and kernels.gpu is one module per CPU op module (plus backend)."""
+    import ast
+
+    folder = gr.CUDA_DIR.parent / "gpu"
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kernels"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+    ops = {p.stem for p in folder.glob("*.py")} - {"__init__", "backend"}
+    assert ops <= {p.stem for p in folder.parent.glob("*.py")}, ops
+    assert {p.stem for p in gr.CUDA_DIR.glob("*.cu")} <= ops
+
+
 @pytest.mark.parametrize(
     ("what", "m", "n", "k", "batch", "tile", "splits", "k_chunk"),
     [
