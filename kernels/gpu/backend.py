@@ -207,7 +207,7 @@ def launch(rt: Runtime, source: str, kernel: str, defines: Defines, grid: Grid, 
 
 
 # -- launcher plumbing -------------------------------------------------------------------------------
-i32, f32 = np.int32, np.float32
+i32 = np.int32
 
 
 def device_input(rt: Runtime, a: Any, what: str) -> Any:
