@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 
 import numba
 import numpy as np
@@ -77,41 +78,50 @@ from kernels.tiling import KC, MR, NR
 
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
 KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
-TILE = 4  # the default output tile: F(4x4, 3x3)
+TILE = 2  # the default output tile, F(2x2, 3x3); CREMA_WINOGRAD=4 picks F(4x4, 3x3) (faster, 10x the error: README)
 MIN_CHANNELS = 64  # winograd_applies: C/group and K/group at least this (smaller GEMMs lose to the transforms)
 MIN_OUTPUT = 8  # winograd_applies: output height and width at least this
-MIN_TILES = 32  # winograd_applies: output tiles of the batch at least this (CaffeNet's 13 x 13 maps: batch >= 2)
+MIN_PIXELS = {2: 640, 4: 320}  # winograd_applies: output pixels of the batch at least this (13 x 13 maps: batch 4, 2)
+
+
+def cook_toom(points, m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of F(m, r) on the finite interpolation points `points` (m + r - 2 of them, exact numbers such as
+    ints and Fractions) and infinity, by the Cook-Toom construction (Lavin & Gray; A. Lavin's wincnn), computed in
+    exact rational arithmetic and returned as float64: A^T[i, j] = p_j^i; G[j, k] = p_j^k / prod_{l != j} (p_j - p_l);
+    row j of B^T = the coefficients of prod_{l != j} (x - p_l); the last row/column of each the point at infinity."""
+    n = m + r - 1
+    p = [Fraction(x) for x in points]
+    if len(p) != n - 1 or len(set(p)) != len(p):
+        raise ValueError(f"winograd: F({m}, {r}) needs {n - 1} distinct finite points, got {points!r}")
+
+    def poly(roots):  # coefficients (lowest first) of prod (x - root)
+        c = [Fraction(1)]
+        for root in roots:
+            c = [Fraction(0), *c]
+            for i in range(len(c) - 1):
+                c[i] -= root * c[i + 1]
+        return c
+
+    at = [[p[j] ** i for j in range(n - 1)] + [Fraction(int(i == m - 1))] for i in range(m)]
+    f = [math.prod(p[j] - p[q] for q in range(n - 1) if q != j) for j in range(n - 1)]
+    g = [[p[j] ** k / f[j] for k in range(r)] for j in range(n - 1)] + [[Fraction(int(k == r - 1)) for k in range(r)]]
+    bt = [[*poly(p[:j] + p[j + 1 :]), Fraction(0)][:n] for j in range(n - 1)] + [poly(p)[:n]]
+    return (np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64))
+
+
+# F(4x4, 3x3)'s points: 0, 1, -1, 1/2, -2 (and infinity). Lavin & Gray's 0, +-1, +-2 gave 2-3x the float32 error
+# (|y - y64| / max |y| 9.4e-6 vs 3.2e-6 at C = 192; CaffeNet's softmax 1.7e-5 from OpenCV DNN's at batch 10); 1/2 and
+# -2 keep every coefficient of B^T and A^T a power-of-two fraction (exact in float32), as Barabasz et al. recommend
+# (arXiv:1803.10986).
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
 
 
 def matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B^T, G, A^T) of F(m x m, 3 x 3) in float64: B^T (alpha, alpha), G (alpha, 3), A^T (m, alpha), alpha = m + 2.
-
-    F(2, 3) on the points 0, 1, -1 (and infinity); F(4, 3) on 0, 1, -1, 2, -2 (and infinity), as in Lavin & Gray."""
-    if m == 2:
-        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
-        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
-    elif m == 4:
-        bt = [
-            [4, 0, -5, 0, 1, 0],
-            [0, -4, -4, 1, 1, 0],
-            [0, 4, -4, -1, 1, 0],
-            [0, -2, -1, 2, 1, 0],
-            [0, 2, -1, -2, 1, 0],
-            [0, 4, 0, -5, 0, 1],
-        ]
-        g = [
-            [1 / 4, 0, 0],
-            [-1 / 6, -1 / 6, -1 / 6],
-            [-1 / 6, 1 / 6, -1 / 6],
-            [1 / 24, 1 / 12, 1 / 6],
-            [1 / 24, -1 / 12, 1 / 6],
-            [0, 0, 1],
-        ]
-        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
-    else:
+    """(B^T, G, A^T) of F(m x m, 3 x 3) in float64: B^T (alpha, alpha), G (alpha, 3), A^T (m, alpha), alpha = m + 2,
+    on the points POINTS[m] (``cook_toom``)."""
+    if m not in POINTS:
         raise ValueError(f"winograd: output tile m must be 2 or 4 (F(2x2, 3x3) or F(4x4, 3x3)), got {m!r}")
-    return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
+    return cook_toom(POINTS[m], m)
 
 
 def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
@@ -436,22 +446,32 @@ def _same(a, b):
 
 
 # ------------------------------------------------------------------------------------------------ public
+def tile() -> int:
+    """The output tile the environment asks for: CREMA_WINOGRAD unset (or 1 / on / 2) -> 2, F(2x2, 3x3); 4 ->
+    F(4x4, 3x3); 0 (or off / false / no) -> 0, Winograd off: every convolution takes kernels.conv's path."""
+    v = os.environ.get("CREMA_WINOGRAD", "").strip().lower()
+    if v in ("0", "off", "false", "no"):
+        return 0
+    return 4 if v == "4" else TILE
+
+
 def enabled() -> bool:
-    """False when the environment says CREMA_WINOGRAD=0 (or off / false / no): every convolution then takes
-    kernels.conv's path."""
-    return os.environ.get("CREMA_WINOGRAD", "1").strip().lower() not in ("0", "off", "false", "no")
+    """False when CREMA_WINOGRAD=0 (see tile)."""
+    return tile() != 0
 
 
 def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
-    """Does a forward of these shapes take the Winograd path? 3x3 kernels, stride 1, dilation 1, at least
-    MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x MIN_OUTPUT, at least
-    MIN_TILES 4 x 4 tiles in the batch, and not disabled (CREMA_WINOGRAD=0).
+    """Does a forward of these shapes take the Winograd path (with the tile ``tile()`` picks)? 3x3 kernels, stride 1,
+    dilation 1, at least MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x
+    MIN_OUTPUT, at least MIN_PIXELS[m] output pixels in the batch, and not disabled (CREMA_WINOGRAD=0).
 
-    Why MIN_TILES: the transformed weights are 36/9 = 4x the size of the filters and each is used once per 16 tiles,
-    so with few tiles the GEMMs stream weights instead of computing. Measured on CaffeNet's conv3-5 (2 threads, AVX2,
-    interleaved, medians): batch 1 (16 tiles) 0.96-0.97x the im2col path, batch 2 1.00-1.16x, batch 4 1.2-1.5x,
-    batch 10 1.4-1.7x, batch 64 1.6-1.7x (README)."""
-    if len(x_shape) != 4 or len(w_shape) != 4 or not enabled():
+    Why MIN_PIXELS: the transformed weights are alpha^2 / 9 times the size of the filters (16/9 for F(2x2), 4x for
+    F(4x4)) and each is used once per 16 tiles, so with few pixels the GEMMs stream weights instead of computing.
+    Measured on CaffeNet's conv3-5 (13 x 13 outputs; 2 threads, AVX2, interleaved, medians) against the im2col path:
+    F(2x2) batch 1 0.81-0.86x, 2 0.93-1.06x, 4 1.05-1.17x, 10 1.16-1.45x, 64 1.17-1.41x; F(4x4) batch 1 0.96-0.97x,
+    2 1.00-1.16x, 4 1.2-1.5x, 10 1.4-1.7x, 64 1.6-1.7x (README)."""
+    m = tile()
+    if len(x_shape) != 4 or len(w_shape) != 4 or not m:
         return False
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
     return (
@@ -461,7 +481,7 @@ def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) ->
         and n > 0
         and min(cg, k // max(group, 1)) >= MIN_CHANNELS
         and min(oh, ow) >= MIN_OUTPUT
-        and n * -(-oh // TILE) * -(-ow // TILE) >= MIN_TILES
+        and n * oh * ow >= MIN_PIXELS[m]
     )
 
 

@@ -35,7 +35,7 @@ class ConvolutionLayer(Layer):
     relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
     folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
-    winograd: bool = True  # CPU forward: Winograd F(4x4, 3x3) where kernels.winograd.winograd_applies (False: never)
+    winograd: bool = True  # CPU forward: Winograd (kernels.winograd.tile()) where winograd_applies (False: never)
 
     def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
@@ -127,7 +127,7 @@ class ConvolutionLayer(Layer):
                 extra["relu_max"] = self.relu_max
             if ops is CPU and self.uses_winograd(bb.data.shape, w.shape):  # the same kernel as the plan's step
                 t.data = winograd.winograd_forward(
-                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, **extra
+                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=winograd.tile(), **extra
                 )
                 continue
             t.data = ops.conv2d_forward(
@@ -157,7 +157,8 @@ class ConvolutionLayer(Layer):
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise.PointwiseRunner(x_shape, w_shape, act)
         elif self.uses_winograd(x_shape, w_shape):
-            run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max)
+            m = winograd.tile()
+            run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m)
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
             run = conv.ForwardRunner(

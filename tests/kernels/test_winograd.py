@@ -74,12 +74,13 @@ def test_fused_relu_equals_relu_of_output(relu_max):
     assert np.array_equal(fused, np.minimum(np.maximum(plain, 0), np.float32(relu_max)))
 
 
-def test_each_image_same_bits_alone_and_in_a_batch():
+@pytest.mark.parametrize("m", [2, 4])
+def test_each_image_same_bits_alone_and_in_a_batch(m):
     """Tiles are independent columns of the GEMMs: chunking, k-blocks and the batch size change no bit."""
     x, w, b = _data((3, 64, 13, 13), 96, 1, seed=3)
-    batch = winograd_forward(x, w, b, pad=1)
+    batch = winograd_forward(x, w, b, pad=1, m=m)
     for i in range(3):
-        assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=1), batch[i : i + 1])
+        assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=1, m=m), batch[i : i + 1])
 
 
 def test_runner_follows_weights_changed_in_place():
@@ -96,9 +97,9 @@ def test_runner_follows_weights_changed_in_place():
 
 
 def test_applies_by_shape_and_switch(monkeypatch):
-    conv3 = ((2, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
-    assert winograd_applies(*conv3)
-    assert not winograd_applies((1, 256, 13, 13), *conv3[1:])  # batch 1: 16 tiles, the weights dominate
+    conv3 = ((4, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert winograd.tile() == 2 and winograd_applies(*conv3)
+    assert not winograd_applies((2, 256, 13, 13), *conv3[1:])  # F(2x2) from 640 output pixels: the weights dominate
     assert winograd_applies((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2)  # conv4: 192 per group
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
@@ -106,8 +107,11 @@ def test_applies_by_shape_and_switch(monkeypatch):
     assert not winograd_applies((1, 32, 13, 13), (384, 32, 3, 3), 1, 1, 1, 1)  # few input channels
     assert not winograd_applies((1, 256, 5, 5), (384, 256, 3, 3), 1, 1, 1, 1)  # 5 x 5 output
     assert not winograd_applies((1, 256, 13, 13), (256, 1, 3, 3), 1, 1, 1, 256)  # depthwise
+    monkeypatch.setenv("CREMA_WINOGRAD", "4")  # F(4x4) from 320 pixels
+    assert winograd.tile() == 4 and winograd_applies((2, 256, 13, 13), *conv3[1:])
+    assert not winograd_applies((1, 256, 13, 13), *conv3[1:])
     monkeypatch.setenv("CREMA_WINOGRAD", "0")
-    assert not winograd_applies(*conv3)
+    assert winograd.tile() == 0 and not winograd_applies(*conv3)
 
 
 def test_bad_arguments_are_clear_errors():
@@ -140,7 +144,7 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
     randomize(net, seed=3)
     weights = tmp_path / "caffenet.caffemodel"
     net.save(weights)
-    x = (np.random.default_rng(4).random((2, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
+    x = (np.random.default_rng(4).random((4, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
     prob = net.forward(data=x)["prob"].copy()
     fc8 = net.blobs["fc8"].copy()
     assert calls == [384, 384, 256]  # conv3, conv4, conv5
@@ -161,7 +165,7 @@ def test_layer_forward_and_plan_step_same_bits():
     """The layer's own forward (the plan's fallback) takes the same kernel as its plan step."""
     from net import Net
 
-    text = """name: "w" input: "data" input_shape { dim: 4 dim: 64 dim: 10 dim: 10 }
+    text = """name: "w" input: "data" input_shape { dim: 8 dim: 64 dim: 10 dim: 10 }
     layer { name: "c" type: "Convolution" bottom: "data" top: "c"
             convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
     layer { name: "r" type: "ReLU" bottom: "c" top: "c" }"""
@@ -169,7 +173,7 @@ def test_layer_forward_and_plan_step_same_bits():
     rng = np.random.default_rng(5)
     for p in net.params["c"]:
         p[...] = rng.standard_normal(p.shape) * 0.1
-    x = rng.standard_normal((4, 64, 10, 10), dtype=np.float32)
+    x = rng.standard_normal((8, 64, 10, 10), dtype=np.float32)
     planned = net.forward(data=x)["c"].copy()
     layer = net.layers[[lay.name for lay in net.layers].index("c")]
     assert layer.uses_winograd(x.shape, net.params["c"][0].shape)
