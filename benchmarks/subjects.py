@@ -448,9 +448,9 @@ def _depthwise_cases(rng, batch: int, spec, threads: int) -> list[Case]:
     return [Case("layer", f"{label} fwd", ours, refs, flops, check)]
 
 
-def _winograd_cases(rng, batch: int, spec, threads: int) -> list[Case]:
-    """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(4x4, 3x3) (as the Net's plan runs
-    them), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
+def _winograd_cases(rng, batch: int, spec, threads: int, tile: int) -> list[Case]:
+    """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(tile x tile, 3x3) (as the Net's plan
+    runs them from batch 4 (F(2x2)) or 2 (F(4x4))), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
     ONNX Runtime (Conv + Relu). GFLOP/s count the direct convolution's FLOPs (2 * outputs * C/g * 9)."""
     from kernels.conv import ForwardRunner, conv2d_forward_ref
     from kernels.winograd import WinogradRunner
@@ -458,10 +458,10 @@ def _winograd_cases(rng, batch: int, spec, threads: int) -> list[Case]:
     torch = _torch()
     name, c, h, m, k, s, p, g = spec
     x, w, b = _rand(rng, batch, c, h, h), _rand(rng, m, c // g, k, k, scale=0.1), _rand(rng, m)
-    wino = WinogradRunner(x.shape, w.shape, (p, p), g, True)
+    wino = WinogradRunner(x.shape, w.shape, (p, p), g, True, m=tile)
     im2col = ForwardRunner(x.shape, w.shape, (s, s), (p, p), (1, 1), g, True)
     out, out_ref = np.empty(wino.out_shape, np.float32), np.empty(wino.out_shape, np.float32)
-    label = f"caffenet {name} winograd+relu N={batch} C={c} H={h} M={m} g={g}"
+    label = f"caffenet {name} winograd F{tile}+relu N={batch} C={c} H={h} M={m} g={g}"
     refs: dict[str, Callable] = {"im2col": partial(im2col, x, w, b, out_ref)}
     if torch is not None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
@@ -485,7 +485,7 @@ def _winograd_cases(rng, batch: int, spec, threads: int) -> list[Case]:
         small = x[:2]
         want = np.maximum(conv2d_forward_ref(small, w, b, pad=(p, p), group=g, dtype=np.float64), 0)
         got = np.empty((small.shape[0], *wino.out_shape[1:]), np.float32)
-        WinogradRunner(small.shape, w.shape, (p, p), g, True)(small, w, b, got)
+        WinogradRunner(small.shape, w.shape, (p, p), g, True, m=tile)(small, w, b, got)
         lines = [compare(f"{label} vs float64 ref (N={small.shape[0]})", got, want, rtol=2e-5)]
         wino(x, w, b, out)
         for ref, fn in refs.items():
@@ -514,9 +514,9 @@ def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
         cases += _lrn_cases(rng, "caffenet", 10, spec, threads)
     for spec in CAFFENET_FC:
         cases += _fc_cases(rng, "caffenet", 10, spec, threads)
-    for batch in (1, 64):
-        for spec in CAFFENET_CONV[2:]:  # conv3-5: Winograd F(4x4, 3x3) vs the im2col path
-            cases += _winograd_cases(rng, batch, spec, threads)
+    for batch, tile in ((1, 2), (64, 2), (64, 4)):
+        for spec in CAFFENET_CONV[2:]:  # conv3-5: Winograd F(2x2, 3x3) (the default) and F(4x4) vs the im2col path
+            cases += _winograd_cases(rng, batch, spec, threads, tile)
     for batch in (1, 32):
         for spec in EFFICIENTNET_DW:
             cases += _depthwise_cases(rng, batch, spec, threads)

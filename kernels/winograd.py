@@ -6,9 +6,10 @@ transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output
     Y = A^T [ sum_c (G g_kc G^T) * (B^T d_c B) ] A        (* element-wise over the alpha x alpha = (m+2)^2 points)
 
 so the channel sum becomes alpha^2 independent GEMMs, one per transform point xi: M_xi (K x T) = U_xi (K x C) @
-V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6, the default) does 36 multiplies per 16 outputs where a direct
+V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6; CREMA_WINOGRAD=4) does 36 multiplies per 16 outputs where a direct
 convolution does 144 (4x fewer, less the part-tiles at the edges: CaffeNet's 13 x 13 maps take 4 x 4 tiles of 16
-outputs, 169 of 256 used, so 2.6x); F(2x2, 3x3) (alpha 4) does 16 per 4 (2.25x, 169 of 196 used on 13 x 13).
+outputs, 169 of 256 used, so 2.6x); F(2x2, 3x3) (alpha 4, the default: its error is within 2x of the direct
+convolution's, F(4x4)'s 20x) does 16 per 4 (2.25x, 169 of 196 used on 13 x 13).
 
 Kernels:
 
@@ -43,10 +44,11 @@ Every tile is a column of the GEMMs computed by the same instructions whatever t
 an image gives the same bits alone and in a batch, on any thread count.
 
 Error: the transforms are exact in real arithmetic; in float32 the rounding of the transformed values grows with the
-transform's coefficients (up to 8 in A^T, 5 in B^T for F(4x4)). ``tests/kernels/test_winograd.py`` asserts, against
+transform's coefficients (A^T up to 8, B^T up to 2.5 for F(4x4)). ``tests/kernels/test_winograd.py`` asserts, against
 ``conv2d_forward_ref`` in float64, |y - y64| <= 1e-5 * S + 1e-7 for F(4x4) and 1e-6 * S + 1e-7 for F(2x2), S the
-convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y - y64| / S: F(4x4) 3.9e-6, F(2x2)
-4.7e-7, kernels.conv's im2col 2.4e-7 (relative to max |y| at C/group = 192: 7.6e-6, 4.3e-7, 5.1e-7).
+convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y - y64| / S on its cases: F(4x4) 5.6e-6,
+F(2x2) 4.4e-7, kernels.conv's im2col 2.8e-7 (of max |y|: 3.8e-6, 6.5e-7). CaffeNet (random He weights, inputs
+*255 - 120, batch 4 and 10): softmax within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without.
 
 Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, >= 32
 tiles in the batch, not disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and

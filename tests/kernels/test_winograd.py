@@ -4,8 +4,8 @@ Winograd on against OpenCV DNN.
 Error bound asserted (float32 Winograd vs the float64 direct convolution), per output element:
     |y - y64| <= BOUND[m] * S + 1e-7,   S = (|x| conv |w|) + |b| (the sum of the absolute values of the terms)
 BOUND: F(4x4, 3x3) 1e-5, F(2x2, 3x3) 1e-6. Observed maxima of |y - y64| / S on these cases (AVX2, 2 threads):
-F(4x4) 3.9e-6, F(2x2) 4.7e-7; kernels.conv's im2col path gives 2.4e-7 on the same cases. Relative to max |y|:
-F(4x4) up to 7.6e-6 (C/group = 192), F(2x2) 4.3e-7, im2col 5.1e-7.
+F(4x4) 5.6e-6, F(2x2) 4.4e-7; kernels.conv's im2col path gives 2.8e-7 on the same cases. Relative to max |y|:
+F(4x4) up to 3.8e-6, F(2x2) 6.5e-7.
 """
 
 from __future__ import annotations
