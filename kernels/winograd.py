@@ -229,16 +229,25 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
     return sig, codegen
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _gather_lane(xf, o, wd, alpha, stage, j):  # pragma: no cover - compiled
+    """The alpha x alpha patch at xf[o:] (row stride wd) into stage[(r * alpha + q) * NR + j]: inlined with a constant
+    alpha (see _gather), so LLVM unrolls it into straight loads and stores."""
+    for r in range(alpha):
+        for q in range(alpha):
+            stage[np.uint64((r * alpha + q) * NR + j)] = xf[np.uint64(o + r * wd + q)]
+
+
 @njit(cache=True, boundscheck=False)
 def _gather(xf, base, y0, x0, h, wd, alpha, stage, valid):
     """stage[(r * alpha + q) * NR + j] = the patch of lane j (the tile whose patch starts at xf[base[j]], row y0[j],
     column x0[j] of an (h, wd) plane): zeros outside the plane (the padding, never materialised) and in lanes >= valid."""
     for j in range(NR):
         if j < valid and y0[j] >= 0 and x0[j] >= 0 and y0[j] + alpha <= h and x0[j] + alpha <= wd:
-            for r in range(alpha):
-                o = np.uint64(base[j] + r * wd)
-                for q in range(alpha):
-                    stage[np.uint64((r * alpha + q) * NR + j)] = xf[o + np.uint64(q)]
+            if alpha == 6:  # constant trip counts: unrolled
+                _gather_lane(xf, base[j], wd, 6, stage, j)
+            else:
+                _gather_lane(xf, base[j], wd, 4, stage, j)
         else:  # an edge tile (or an empty lane): clip to the plane
             for r in range(alpha):
                 yy = y0[j] + r
