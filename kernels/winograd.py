@@ -291,6 +291,14 @@ def _output_transform(mb, m_off, m_xi, m, res, bias, epilogue):
         res[i] = v
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _scatter_lane(res, m, y, o, ow, j):  # pragma: no cover - compiled
+    """A whole m x m tile of lane j into y[o + p * ow + q]: inlined with a constant m (see _scatter), unrolled."""
+    for p in range(m):
+        for q in range(m):
+            y[np.uint64(o + p * ow + q)] = res[np.uint64((p * m + q) * NR + j)]
+
+
 @njit(cache=True, boundscheck=False)
 def _scatter(res, m, y, ybase, ty, tx, oh, ow, valid):
     """The m x m outputs of lanes j < valid (res[(p * m + q) * NR + j]) into y[ybase[j] + p * ow + q], where pixel
@@ -298,6 +306,12 @@ def _scatter(res, m, y, ybase, ty, tx, oh, ow, valid):
     for j in range(valid):
         rows = min(m, oh - ty[j] * m)
         cols = min(m, ow - tx[j] * m)
+        if rows == m and cols == m:  # a whole tile: constant trip counts
+            if m == 4:
+                _scatter_lane(res, 4, y, ybase[j], ow, j)
+            else:
+                _scatter_lane(res, 2, y, ybase[j], ow, j)
+            continue
         for p in range(rows):
             o = np.uint64(ybase[j] + p * ow)
             for q in range(cols):
