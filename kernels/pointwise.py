@@ -77,7 +77,8 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.depthwise import check_act
-from kernels.gemm import MR, NR, PAIR, VW, Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.tiling import MR, NR, PAIR, VW
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
