@@ -25,7 +25,7 @@ Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
                         (k+1)x(k+1) kernel with a zero first row and column, then costs k*k taps, not (k+1)^2 (a zero
                         tap no longer turns an inf input into a NaN).
 3. ``_dw_forward``    - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
-                        (``gemm._claim``: dynamic scheduling); each worker fills its next plane into a second buffer
+                        (``gemm.claim``: dynamic scheduling); each worker fills its next plane into a second buffer
                         before reading the current one (a plane read right after its stores stalls store forwarding).
 Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
 smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there):
@@ -68,7 +68,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
-from kernels.gemm import Workspace, _accumulators, _as64, _claim, _flat_f32, _splat
+from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
 PLANE_WORK = 1 << 14  # multiply-adds per claimed task at least (several small planes per task: 7x7 x 25 taps)
@@ -148,13 +148,13 @@ def _copy_split(typingctx, dst, a_off, b_off, src, s_off, n, split):
     for overlap on every row: ~60 cycles a row, more than copying a 56-pixel row). split False: dst[a_off + k] =
     src[s_off + k] for k < n. split True: deinterleave n pairs, dst[a_off + k] = src[s_off + 2k], dst[b_off + k] =
     src[s_off + 2k + 1] (two 8-float loads, two shuffles, two stores per 8 pairs)."""
-    _flat_f32(dst, src)
+    flat_f32(dst, src)
     sig = types.void(dst, a_off, b_off, src, s_off, n, split)
 
     def codegen(context, builder, signature, args):
         d_data = context.make_array(signature.args[0])(context, builder, args[0]).data
         s_data = context.make_array(signature.args[3])(context, builder, args[3]).data
-        a0, b0, s0, n64 = (_as64(builder, args[i]) for i in (1, 2, 4, 5))
+        a0, b0, s0, n64 = (as64(builder, args[i]) for i in (1, 2, 4, 5))
         i64 = llvm_ir.IntType(64)
         vec = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
         vptr = vec.as_pointer()
@@ -262,7 +262,7 @@ def _dw_tile(typingctx, buf, xbase, tw, toff, ntap, y, ybase, rt, r0, bias, lo, 
     acc_v[j] = sum_{t < ntap} tw[t] * buf[xbase + x offset + toff[t] + j] (j < 8), then
     y[ybase + y offset + j] = min(max(acc_v[j] + bias, lo), hi) for j < count (8: one vector store; fewer: lane by
     lane; 0: nothing). Clip by compare and select: a NaN stays NaN, and lo = -inf, hi = inf leave y as it is."""
-    _flat_f32(buf, tw, y)
+    flat_f32(buf, tw, y)
     for a in (toff, rt):
         if not (isinstance(a, types.Array) and a.dtype == types.int64 and a.ndim == 1):
             raise errors.TypingError(f"_dw_tile: expected a 1-D int64 array, got {a}")
@@ -273,7 +273,7 @@ def _dw_tile(typingctx, buf, xbase, tw, toff, ntap, y, ybase, rt, r0, bias, lo, 
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         b_data, tw_data, t_data, y_data, rt_data = (data(i) for i in (0, 2, 3, 5, 7))
-        xb, ntap64, yb, r064 = (_as64(builder, args[i]) for i in (1, 4, 6, 8))
+        xb, ntap64, yb, r064 = (as64(builder, args[i]) for i in (1, 4, 6, 8))
         f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
         vec = llvm_ir.VectorType(f32, 8)
         vptr = vec.as_pointer()
@@ -283,15 +283,15 @@ def _dw_tile(typingctx, buf, xbase, tw, toff, ntap, y, ybase, rt, r0, bias, lo, 
             return builder.load(builder.gep(rt_data, [idx]))
 
         xos = [builder.add(xb, entry(v, 0)) for v in range(RUNS)]
-        slots, fma = _accumulators(builder, vec, RUNS)
+        slots, fma = accumulators(builder, vec, RUNS)
         with cgutils.for_range(builder, ntap64) as loop:
             t = loop.index
             o = builder.load(builder.gep(t_data, [t]))
-            wv = _splat(builder, builder.load(builder.gep(tw_data, [t])), vec)
+            wv = splat(builder, builder.load(builder.gep(tw_data, [t])), vec)
             for v in range(RUNS):
                 xv = builder.load(builder.bitcast(builder.gep(b_data, [builder.add(xos[v], o)]), vptr), align=4)
                 builder.store(builder.call(fma, [wv, xv, builder.load(slots[v])]), slots[v])
-        bv, lov, hiv = (_splat(builder, a if a.type == f32 else builder.fptrunc(a, f32), vec) for a in args[9:12])
+        bv, lov, hiv = (splat(builder, a if a.type == f32 else builder.fptrunc(a, f32), vec) for a in args[9:12])
         for v in range(RUNS):
             r = builder.fadd(builder.load(slots[v]), bv)
             r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
@@ -333,11 +333,11 @@ def _dw_forward(xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, tof
     ntask = (planes + per - 1) // per
     nrun = rt.shape[0] // 3
     psize = ws.shape[1] // 2
-    for t in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
+    for t in prange(workers):  # one worker per thread claiming tasks (gemm.claim)
         tw = np.empty(khw, np.float32)
         toff = np.empty(khw, np.int64)
         _zero(ws[t], 0, 2 * psize)  # the zero borders of both plane buffers, once (fills copy the image only)
-        task = _claim(counter)
+        task = claim(counter)
         while task < ntask:
             p0, p1 = task * per, min(planes, (task + 1) * per)
             _fill_planes(xf, p0 * h * wd, h, wd, ph, pw, sw, hu, wq, ws[t], False)
@@ -351,7 +351,7 @@ def _dw_forward(xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, tof
                 ntap = _taps(wf, ch * khw, khw, toff_all, tw, toff)
                 for r0 in range(0, nrun, RUNS):
                     _dw_tile(buf, 0, tw, toff, ntap, y, p * npix, rt, r0, bias[ch], lo, hi)
-            task = _claim(counter)
+            task = claim(counter)
 
 
 # --------------------------------------------------------------------------------------------- channel blocks
@@ -376,7 +376,7 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
     """dst[d_off + 8k + l] = src[s_offs[l] + k] for l < 8, k < ncol (<= 8): eight 8-float rows of src (one per
     channel; all 8 floats are read) stored as ncol 8-channel vectors (one per pixel), an 8 x 8 transpose in registers
     (LLVM IR)."""
-    _flat_f32(src, dst)
+    flat_f32(src, dst)
     sig = types.void(src, s_offs, dst, d_off, ncol)
 
     def codegen(context, builder, signature, args):
@@ -385,7 +385,7 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
         d_data = context.make_array(signature.args[2])(context, builder, args[2]).data
         i64 = llvm_ir.IntType(64)
         vptr = llvm_ir.VectorType(llvm_ir.FloatType(), 8).as_pointer()
-        d0, ncol = _as64(builder, args[3]), _as64(builder, args[4])
+        d0, ncol = as64(builder, args[3]), as64(builder, args[4])
         rows = []
         for lane in range(8):
             o = builder.load(builder.gep(o_data, [llvm_ir.Constant(i64, lane)]))
@@ -405,7 +405,7 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
     buffer buf (8 channels interleaved per pixel): acc_v = sum_{t < ntap} wt[8t : 8t + 8] * buf[xoff[p0 + v] +
     toff[t] :][:8], one aligned 8-channel vector per load; then + bias8, clip, an 8 x 8 transpose, and channel c's 8
     pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8)."""
-    _flat_f32(buf, wt, y, bias8)
+    flat_f32(buf, wt, y, bias8)
     sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi)
 
     def codegen(context, builder, signature, args):
@@ -413,7 +413,7 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         b_data, x_data, w_data, t_data, y_data, bias_data = (data(i) for i in (0, 1, 3, 4, 6, 11))
-        p064, ntap64, yb, npix64, nch64, cnt64 = (_as64(builder, args[i]) for i in (2, 5, 7, 8, 9, 10))
+        p064, ntap64, yb, npix64, nch64, cnt64 = (as64(builder, args[i]) for i in (2, 5, 7, 8, 9, 10))
         f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
         vec = llvm_ir.VectorType(f32, 8)
         vptr = vec.as_pointer()
@@ -425,7 +425,7 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
             return builder.load(builder.bitcast(builder.gep(ptr, [off]), vptr), align=align)
 
         xos = [builder.load(builder.gep(x_data, [builder.add(p064, c64(v))])) for v in range(8)]
-        slots, fma = _accumulators(builder, vec, 8)
+        slots, fma = accumulators(builder, vec, 8)
         with cgutils.for_range(builder, ntap64) as loop:
             t = loop.index
             o = builder.load(builder.gep(t_data, [t]))
@@ -434,7 +434,7 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
                 xv = vload(b_data, builder.add(xos[v], o))
                 builder.store(builder.call(fma, [wv, xv, builder.load(slots[v])]), slots[v])
         bv = vload(bias_data, c64(0))
-        lov, hiv = (_splat(builder, a if a.type == f32 else builder.fptrunc(a, f32), vec) for a in args[12:14])
+        lov, hiv = (splat(builder, a if a.type == f32 else builder.fptrunc(a, f32), vec) for a in args[12:14])
         rows = []
         for v in range(8):
             r = builder.fadd(builder.load(slots[v]), bv)
@@ -494,14 +494,14 @@ def _c8_forward(xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xo
     blocks = n_img * nblk  # block-major: q -> block q // n_img of image q % n_img (a task's images share its taps)
     ntask = (blocks + per - 1) // per
     bsize = ws.shape[1] // 2
-    for t in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
+    for t in prange(workers):  # one worker per thread claiming tasks (gemm.claim)
         offs = np.empty(8, np.int64)
         wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
         toff = np.empty(khw, np.int64)
         b8 = np.empty(8, np.float32)
         cur, ntap = -1, 0
         _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
-        task = _claim(counter)
+        task = claim(counter)
         while task < ntask:
             q0, q1 = task * per, min(blocks, (task + 1) * per)
             for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_forward)
@@ -520,7 +520,7 @@ def _c8_forward(xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xo
                 ybase = (n * c + c0) * npix
                 for p0 in range(0, npix, 8):
                     _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
-            task = _claim(counter)
+            task = claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
@@ -555,7 +555,7 @@ def _dw_backward(xf, wf, dyf, dxf, dwf, dbf, n_img, c, h, wd, ph, pw, sh, sw, hu
         xb = ws[t, 0]
         dxb = ws[t, 1]
         dws = np.empty(khw, np.float64)
-        ch = _claim(counter)
+        ch = claim(counter)
         while ch < c:
             for k in range(khw):
                 dws[k] = 0.0
@@ -585,7 +585,7 @@ def _dw_backward(xf, wf, dyf, dxf, dwf, dbf, n_img, c, h, wd, ph, pw, sh, sw, hu
             if need_dw:
                 for k in range(khw):
                     dwf[ch * khw + k] += np.float32(dws[k])
-            ch = _claim(counter)
+            ch = claim(counter)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, inline="always")

@@ -18,7 +18,7 @@ Kernels:
                               convolution (tests compare both).
 1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32: (group, alpha^2,
                               K/group, C/group) row-major, so each U_xi is read in place by the GEMM micro-kernel as a
-                              row-major A (``kernels.gemm._block`` with lda = C/group). Made once per weight array and
+                              row-major A (``kernels.gemm.block`` with lda = C/group). Made once per weight array and
                               kept while the weights are unchanged (``WinogradRunner``).
 2. ``_gather`` + ``_input_transform`` - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the
                               patches gathered into an (alpha, alpha, 16) staging block (zeros outside the image: the
@@ -27,13 +27,13 @@ Kernels:
                               in (Numba's own lane loops stayed scalar: it cannot rule out that source and destination
                               overlap; ~1.8x slower in a micro-benchmark), written straight into the packed-B layout of
                               ``kernels.gemm`` (``(sliver, C/group, NR)`` per xi).
-3. ``_block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
+3. ``block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
                               M_xi[rows, tiles] = U_xi[rows, :] @ V_xi (one K panel for C/group <= KC).
 4. ``_output_transform`` + ``_scatter`` - A^T M A per (output channel, 16-tile sliver) by ``_transform8``, + bias, the
                               fused ReLU (the conv kernels' expression, optionally capped), stored where the tile is
                               inside the output (partial tiles at the right and bottom edges).
 5. ``_winograd_tasks``      - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
-                              channels) claimed by one worker per thread (``gemm._claim``); each task runs 2, then 3 and
+                              channels) claimed by one worker per thread (``gemm.claim``); each task runs 2, then 3 and
                               4 for KB_INNER output channels at a time, in its own workspace (V: alpha^2 x C/group x
                               16 SLIVERS floats, M: alpha^2 x KB_INNER x 16 SLIVERS), so the transformed data stays in
                               the core's caches. Blocks of output channels only when chunks x groups leave threads idle
@@ -75,7 +75,7 @@ from numba.core import errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import check_conv2d_args, conv2d_geometry
-from kernels.gemm import Workspace, _as64, _block, _claim, _flat_f32, _stack_empty
+from kernels.gemm import Workspace, as64, block, claim, flat_f32, stack_empty
 from kernels.tiling import KC, MR, NR
 
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
@@ -203,7 +203,7 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
     m = 4 if which.literal_value < 2 else 2
     bt, _, at = matrices(m)
     t = bt if which.literal_value % 2 == 0 else at
-    _flat_f32(src, dst)
+    flat_f32(src, dst)
     sig = types.void(which, src, s_off, s_stride, dst, d_off, d_stride)
 
     def codegen(context, builder, signature, args):
@@ -211,7 +211,7 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
         vec = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
         s_data = context.make_array(signature.args[1])(context, builder, src_v).data
         d_data = context.make_array(signature.args[4])(context, builder, dst_v).data
-        so, ss, do, ds = (_as64(builder, v) for v in (so_v, ss_v, do_v, ds_v))
+        so, ss, do, ds = (as64(builder, v) for v in (so_v, ss_v, do_v, ds_v))
         i64 = llvm_ir.IntType(64)
         rows, cols = t.shape
         x = []
@@ -353,12 +353,12 @@ def _transform_inputs(xf, geometry, chunk, g, c0, c1, v, stage):
     alpha = m + 2
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
     v_xi = nsl * cg * NR
-    base = carray(_stack_empty(NR, np.int64), (NR,))
-    y0 = carray(_stack_empty(NR, np.int64), (NR,))
-    x0 = carray(_stack_empty(NR, np.int64), (NR,))
-    tyv = carray(_stack_empty(NR, np.int64), (NR,))
-    txv = carray(_stack_empty(NR, np.int64), (NR,))
-    img = carray(_stack_empty(NR, np.int64), (NR,))
+    base = carray(stack_empty(NR, np.int64), (NR,))
+    y0 = carray(stack_empty(NR, np.int64), (NR,))
+    x0 = carray(stack_empty(NR, np.int64), (NR,))
+    tyv = carray(stack_empty(NR, np.int64), (NR,))
+    txv = carray(stack_empty(NR, np.int64), (NR,))
+    img = carray(stack_empty(NR, np.int64), (NR,))
     plane = h * wd
     for s in range(nsl):
         valid = min(NR, ntiles - s * NR)
@@ -384,7 +384,7 @@ def _winograd_inputs(xf, geometry, cblocks, vall, vblock, stages, schedule):
     cg = geometry[1] // group
     ntask = chunks * group * cblocks
     for wk in prange(workers):
-        t = _claim(counter)
+        t = claim(counter)
         while t < ntask:
             cb = t % cblocks
             cg_task = t // cblocks
@@ -392,7 +392,7 @@ def _winograd_inputs(xf, geometry, cblocks, vall, vblock, stages, schedule):
             c1 = (cb + 1) * cg // cblocks
             v = vall[cg_task * vblock : (cg_task + 1) * vblock]
             _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v, stages[wk])
-            t = _claim(counter)
+            t = claim(counter)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -403,10 +403,10 @@ def _winograd_tasks(xf, u, bias, y, geometry, epilogue, work, vall, vblock, zero
     workers, counter = schedule
     ntask = geometry[13] * geometry[5] * geometry[14]  # chunks x groups x k-blocks
     for wk in prange(workers):
-        t = _claim(counter)
+        t = claim(counter)
         while t < ntask:
             _winograd_task(xf, u, bias, y, geometry, epilogue, work[wk], vall, vblock, zeros, t)
-            t = _claim(counter)
+            t = claim(counter)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -432,10 +432,10 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
         v = mb_all[: a2 * v_xi]
         mb_all = mb_all[a2 * v_xi :]
         _transform_inputs(xf, geometry, chunk, g, 0, cg, v, stage)
-    base = carray(_stack_empty(NR, np.int64), (NR,))
-    tyv = carray(_stack_empty(NR, np.int64), (NR,))
-    txv = carray(_stack_empty(NR, np.int64), (NR,))
-    img = carray(_stack_empty(NR, np.int64), (NR,))
+    base = carray(stack_empty(NR, np.int64), (NR,))
+    tyv = carray(stack_empty(NR, np.int64), (NR,))
+    txv = carray(stack_empty(NR, np.int64), (NR,))
+    img = carray(stack_empty(NR, np.int64), (NR,))
     for i0 in range(k0, k1, KB_INNER):  # KB_INNER rows at a time: M (alpha^2 x rows x tiles) stays in L2
         i1 = min(k1, i0 + KB_INNER)
         m_xi = (i1 - i0) * ldc  # floats of one M_xi: rows x ldc
@@ -443,10 +443,10 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
         for xi in range(a2):  # M_xi[i0:i1] = U_xi[i0:i1] @ V_xi, the GEMM micro-kernel (A row-major, lda = cg)
             ap = u[(g * a2 + xi) * kg * cg : (g * a2 + xi + 1) * kg * cg]
             bp = v[xi * v_xi : (xi + 1) * v_xi]
-            c_off = xi * m_xi - i0 * ldc  # _block addresses rows from 0: row k lands at c_off + k * ldc
+            c_off = xi * m_xi - i0 * ldc  # block addresses rows from 0: row k lands at c_off + k * ldc
             for pc in range(0, cg, KC):
                 kc = min(KC, cg - pc)
-                _block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
+                block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
         for s in range(nsl):  # output transform, bias and ReLU, per output channel
             valid = min(NR, ntiles - s * NR)
             _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)
@@ -563,7 +563,7 @@ class WinogradRunner:
         kblocks = 1
         while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= 4 * MR:
             kblocks *= 2
-        kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (_block starts them at MR rows)
+        kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (block starts them at MR rows)
         kb = -(-kb // MR) * MR
         kblocks = -(-kg // kb)
         self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
