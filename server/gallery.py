@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from net.paths import cache_dir
+from net import paths
 
 from .indexing import (
     FORMAT,
@@ -59,7 +59,6 @@ __all__ = [
     "Gallery",
     "build_array_index",
     "build_index",
-    "default_cache_dir",
     "find_images",
     "mnist_gallery",
     "model_block",
@@ -69,11 +68,6 @@ __all__ = [
 
 INDEX_DIRNAME = ".crema-index"
 SHARD_CACHE = 64  # shards whose rows stay in memory (a shard is ~100 bytes a row)
-
-
-def default_cache_dir() -> Path:
-    """$CREMA_CACHE, else $XDG_CACHE_HOME/crema, else ~/.cache/crema (net.paths.cache_dir)."""
-    return cache_dir()
 
 
 def _within(root: Path, rel: str) -> Path | None:
@@ -371,7 +365,7 @@ def open_gallery(
     spec None, 1x28x28 input (LeNet)          -> the MNIST test digits (cached); None + note if unavailable
     spec None, other models                   -> None + note ("pass --gallery DIR")
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
     if spec is not None:
         path = Path(spec)
         if (path / "manifest.json").is_file():

@@ -50,10 +50,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from net import paths
 from net.paths import fsync_dir, write_atomic
 from net.preprocess import load_image
 
-from .gallery import default_cache_dir, model_block, rank_features
+from .gallery import model_block, rank_features
 from .model import ALLOWED_FORMATS, Model
 
 try:
@@ -444,6 +445,6 @@ def open_personal(
 ) -> PersonalGallery:
     """The personal gallery of `model` in cache_dir/personal/<fingerprint[:16]> (cache_dir default: $CREMA_CACHE,
     else ~/.cache/crema, as for gallery indexes)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else paths.cache_dir()
     path = cache / "personal" / model.fingerprint[:16]
     return PersonalGallery(path, model_block(model), max_photos=max_photos, max_bytes=max_bytes)
