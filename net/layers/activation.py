@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -113,32 +114,32 @@ class ReLU6Layer(_ClipBase):
         return 0.0, 6.0
 
 
-@register("Sigmoid")
-class SigmoidLayer(Layer):
+class _FromTop(Layer):
+    """An element-wise layer whose gradient is a function of its output: `kernel_forward(x)` and
+    `kernel_backward(dy, y, out=dx)` from the kernel namespace of the data's device (works in place)."""
+
     gpu_forward = True
     gpu_backward = True
+    kernel: ClassVar[str] = ""
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = kernels_for(bottom[0].data).sigmoid_forward(bottom[0].data)
+        top[0].data = getattr(kernels_for(bottom[0].data), f"{self.kernel}_forward")(bottom[0].data)
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
         if propagate_down[0]:
-            kernels_for(top[0].diff).sigmoid_backward(top[0].diff, top[0].data, out=diff_out(bottom[0]))
+            backward = getattr(kernels_for(top[0].diff), f"{self.kernel}_backward")
+            backward(top[0].diff, top[0].data, out=diff_out(bottom[0]))
+
+
+@register("Sigmoid")
+class SigmoidLayer(_FromTop):
+    kernel = "sigmoid"
 
 
 @register("TanH")
-class TanHLayer(Layer):
-    gpu_forward = True
-    gpu_backward = True
-
-    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        top[0].data = kernels_for(bottom[0].data).tanh_forward(bottom[0].data)
-
-    def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
-        """bottom[0].diff is overwritten when propagate_down[0], from the top data (works in place)."""
-        if propagate_down[0]:
-            kernels_for(top[0].diff).tanh_backward(top[0].diff, top[0].data, out=diff_out(bottom[0]))
+class TanHLayer(_FromTop):
+    kernel = "tanh"
 
 
 @register("Dropout")

@@ -70,6 +70,28 @@ def _as3(v: tuple[int, ...], fill: int) -> tuple[int, int, int]:
     return (fill,) * (_MAX_SPATIAL - len(v)) + tuple(v)
 
 
+def nd_geometry(layer: Layer, shape: tuple[int, ...]) -> None:
+    """convolution_param's N-D geometry for an input of `shape`, set on `layer` (Convolution, Deconvolution, Im2col):
+    axis, nspatial (1 to 3 axes after the channel axis) and per-axis kernel, stride, pad, dilation (each given once
+    or once per axis; kernel_h/_w and the like only with 2 axes); errors name the layer and the parameter."""
+    p = layer.param.convolution_param
+    layer.axis = canonical_axis(layer, int(p.axis), len(shape), "convolution_param.axis")
+    n = len(shape) - layer.axis - 1
+    if not 1 <= n <= _MAX_SPATIAL:
+        raise layer.error(
+            f"{n} spatial axes after channel axis {layer.axis} of input {shape}: crema supports 1 to {_MAX_SPATIAL}"
+        )
+    layer.nspatial = n
+    layer.kernel = _per_axis(layer, p.kernel_size, ("kernel_h", "kernel_w"), n, 0, "kernel_size")
+    layer.stride = _per_axis(layer, p.stride, ("stride_h", "stride_w"), n, 1, "stride")
+    layer.pad = _per_axis(layer, p.pad, ("pad_h", "pad_w"), n, 0, "pad")
+    layer.dilation = _per_axis(layer, p.dilation, None, n, 1, "dilation")
+    if min(layer.kernel) <= 0:
+        raise layer.error("kernel size must be given and > 0 (kernel_size or kernel_h/kernel_w)")
+    if min(layer.stride) <= 0 or min(layer.dilation) <= 0:
+        raise layer.error("stride and dilation must be > 0")
+
+
 class _NDBase(Layer):
     transposed = False
 
@@ -80,22 +102,7 @@ class _NDBase(Layer):
         shape = bottom[0].shape
         if any(b.shape != shape for b in bottom):
             raise self.error(f"all bottoms must have the same shape, got {[b.shape for b in bottom]}")
-        self.axis = canonical_axis(self, int(p.axis), len(shape), "convolution_param.axis")
-        n = len(shape) - self.axis - 1
-        if not 1 <= n <= _MAX_SPATIAL:
-            raise self.error(
-                f"{n} spatial axes after channel axis {self.axis} of input {shape}: crema supports 1 to {_MAX_SPATIAL}"
-            )
-        # kernel, stride, pad, dilation: 3-tuples (leading axes of size 1 when n < 3): never mistaken for 2-D geometry
-        self.nspatial = n
-        self.kernel = _per_axis(self, p.kernel_size, ("kernel_h", "kernel_w"), n, 0, "kernel_size")
-        self.stride = _per_axis(self, p.stride, ("stride_h", "stride_w"), n, 1, "stride")
-        self.pad = _per_axis(self, p.pad, ("pad_h", "pad_w"), n, 0, "pad")
-        self.dilation = _per_axis(self, p.dilation, None, n, 1, "dilation")
-        if min(self.kernel) <= 0:
-            raise self.error("kernel size must be given and > 0 (kernel_size)")
-        if min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise self.error("stride and dilation must be > 0")
+        nd_geometry(self, shape)
         self.group = int(p.group)
         channels = shape[self.axis]
         if self.group <= 0 or channels % self.group or p.num_output % self.group:
@@ -105,7 +112,7 @@ class _NDBase(Layer):
         self._spatial_out(shape)
         m = int(p.num_output)
         first = (channels, m // self.group) if self.transposed else (m, channels // self.group)
-        self.blobs = [self._param_blob(0, (*first, *self.kernel[_MAX_SPATIAL - n :]), p.weight_filler)]
+        self.blobs = [self._param_blob(0, (*first, *self.kernel[_MAX_SPATIAL - self.nspatial :]), p.weight_filler)]
         if p.bias_term:
             self.blobs.append(self._param_blob(1, (m,), p.bias_filler))
 

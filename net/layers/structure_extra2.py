@@ -28,8 +28,8 @@ import numpy as np
 from kernels import conv_nd
 
 from ..blob import Blob
-from .base import Layer, canonical_axis, diff_out, register
-from .conv_nd import _MAX_SPATIAL, _per_axis
+from .base import Layer, diff_out, register
+from .conv_nd import _MAX_SPATIAL, nd_geometry
 
 
 @register("Im2col")
@@ -38,22 +38,7 @@ class Im2colLayer(Layer):
         self._geometry_for(bottom[0].shape)
 
     def _geometry_for(self, shape: tuple[int, ...]) -> None:
-        p = self.param.convolution_param
-        self.axis = canonical_axis(self, int(p.axis), len(shape), "convolution_param.axis")
-        n = len(shape) - self.axis - 1
-        if not 1 <= n <= _MAX_SPATIAL:
-            raise self.error(
-                f"{n} spatial axes after channel axis {self.axis} of input {shape}: crema supports 1 to {_MAX_SPATIAL}"
-            )
-        self.nspatial = n
-        self.kernel = _per_axis(self, p.kernel_size, ("kernel_h", "kernel_w"), n, 0, "kernel_size")
-        self.stride = _per_axis(self, p.stride, ("stride_h", "stride_w"), n, 1, "stride")
-        self.pad = _per_axis(self, p.pad, ("pad_h", "pad_w"), n, 0, "pad")
-        self.dilation = _per_axis(self, p.dilation, None, n, 1, "dilation")
-        if min(self.kernel) <= 0:
-            raise self.error("kernel size must be given and > 0 (kernel_size or kernel_h/kernel_w)")
-        if min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise self.error("stride and dilation must be > 0")
+        nd_geometry(self, shape)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         shape = bottom[0].shape
