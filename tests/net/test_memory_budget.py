@@ -50,11 +50,12 @@ def _quick(fn) -> Exception:
     return error
 
 
-def test_3d_input_into_convolution_is_named_before_the_filler():
-    err = _quick(lambda: Net.from_string(_net_text("1 28 28")))
+def test_input_without_spatial_axes_into_convolution_is_named_before_the_filler():
+    # (N, C, L) is a 1-D convolution, as in Caffe (N-D convolution); (N, C) has no spatial axis at all.
+    err = _quick(lambda: Net.from_string(_net_text("1 28")))
     assert isinstance(err, NetError)
     assert str(err) == (
-        "Convolution 'conv1': expected a 4-D input (N, C, H, W), got shape (1, 28, 28) from bottom 'data'"
+        "Convolution 'conv1': 0 spatial axes after channel axis 1 of input (1, 28): crema supports 1 to 3"
     )
 
 
