@@ -50,15 +50,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     add_memory_budget_argument(p)
 
 
-def load_model(args: argparse.Namespace) -> Model:
-    """The model named by --model (a name from net.zoo, default efficientnet-lite0, or a .prototxt with --weights and
-    --labels); ValueError says what is missing."""
+def check_model_args(args: argparse.Namespace) -> str:
+    """The model name or .prototxt path of --model, its companions checked without loading anything (so `crema serve`
+    reports them before it binds its port); ValueError says what is wrong."""
     name = args.model if args.model is not None else DEFAULT_MODEL
     if is_model_name(name):
         if args.weights is not None or args.labels is not None:
             raise ValueError(
                 f"--weights and --labels go with a .prototxt --model; the named model {name} brings its own"
             )
+    elif args.weights is None:
+        raise ValueError(f"--model {args.model} needs --weights (a .caffemodel; see `crema download`)")
+    return name
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """The model named by --model (a name from net.zoo, default efficientnet-lite0, or a .prototxt with --weights and
+    --labels); ValueError says what is missing."""
+    name = check_model_args(args)
+    if is_model_name(name):
         files = resolve(name, cache=getattr(args, "cache", None))
         return Model.load(
             files.prototxt,
@@ -69,8 +79,6 @@ def load_model(args: argparse.Namespace) -> Model:
             name=files.name,
             memory_budget=getattr(args, "memory_budget", None),
         )
-    if args.weights is None:
-        raise ValueError(f"--model {args.model} needs --weights (a .caffemodel; see `crema download`)")
     labels = args.labels
     if labels is None:
         for label_file in ("synset_words.txt", "labels.txt"):
@@ -98,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _error("--max-upload-mb and --switch-interval-ms must be > 0, --max-batch >= 1, --batch-window-ms >= 0")
     if args.personal_max_photos < 1 or args.personal_max_mb <= 0:
         return _error("--personal-max-photos must be >= 1 and --personal-max-mb > 0")
+    check_model_args(args)  # argument mistakes first, then the port
     # Bind first: a port in use is told at once, not after a minute of loading, and never after "open http://...".
     try:
         listener = _listen_socket(args.host, args.port)
