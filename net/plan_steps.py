@@ -46,7 +46,9 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
     x = src.data
     w, b = layer.forward_params()
     x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))) or not _zero_border(w):
+    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+        return None
+    if not _zero_border(w) or not w.any():  # all zeros (a net loaded without weights): no border to strip
         return None
     capped = {"relu_max": layer.relu_max} if layer.relu_max != math.inf else {}
     pad = PadInto(x_shape, (ph - 1, pw - 1), (ph, pw))

@@ -117,3 +117,19 @@ def test_the_sum_falls_back_when_an_array_changes_under_the_plan() -> None:
     assert any(n.endswith("sum_step") for n in _step_names(net))
     for name in want:
         np.testing.assert_array_equal(again[name], want[name], err_msg=name)
+
+
+def test_all_zero_kernel_is_not_taken_for_a_zero_border() -> None:
+    """A net without weights (constant-0 filler): every border is zero, but there is no smaller kernel inside."""
+    from net import Net
+    from net.plan_steps import zero_border_step
+
+    text = (
+        'name: "z" input: "data" input_shape { dim: 1 dim: 4 dim: 9 dim: 9 }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+        "  convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }\n"
+    )
+    net = Net.from_string(text)
+    layer = net.layers[-1]
+    assert not layer.blobs[0].data.any()
+    assert zero_border_step(layer, net.bottoms[-1], net.tops[-1]) is None
