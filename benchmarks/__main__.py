@@ -4,6 +4,7 @@
     python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, zoo, train
     python -m benchmarks --filter caffenet        # cases whose name contains this text
     python -m benchmarks --quick                  # fewer timed runs (a smoke test, not for reporting)
+    python -m benchmarks --only nets --busy       # also with another process keeping a core busy (every net line)
     python -m benchmarks --publish                # write benchmarks/results/ (bench.json, bench.md, bench.png)
     python -m benchmarks --readme                 # --publish, and the Markdown table into README.md between its markers
 
@@ -51,7 +52,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"write the published results ({RESULTS}/bench.json, bench.md, bench.png); not with --quick",
     )
-    p.add_argument("--readme", action="store_true", help="--publish, and embed the table in README.md between its markers")
+    p.add_argument(
+        "--readme", action="store_true", help="--publish, and embed the table in README.md between its markers"
+    )
+    p.add_argument(
+        "--busy",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="N",
+        help="also time every network line with N (default 1) other processes keeping cores busy, and crema on one "
+        "thread with them (the busy-machine target)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     args = p.parse_args(argv)
     if args.readme:
@@ -115,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             result = harness.run_case(case, scale=args.scale)
             results.append(result)
             print(harness.line(result, peak, refs), flush=True)
+            if args.busy and case.group == "net":
+                harness.run_busy(result, args.busy)
+                print(harness.busy_line(result), flush=True)
     compile_s = sum(r.first_s for r in results if r.first_s == r.first_s)
     print(f"first calls (JIT compile or cache load, plus one run): {compile_s:.2f} s in all")
     table = harness.markdown(results, peak, meta)
@@ -137,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in missed:
         who, want = r.case.target
         print(f"target missed: {r.case.name}: {r.target_ratio():.2f}x {who} (target {want:.1f}x)")
+    for r in results:
+        if r.busy_target_met() is False:
+            missed.append(r)
+            print(f"busy-machine target missed: {r.case.name}: {harness.busy_line(r).strip()}")
     if any(r.error for r in results):
         return 1
     return 3 if (missed and args.strict) else 0

@@ -13,6 +13,13 @@ noisy spell on a shared machine (this one's virtual CPUs slow down for seconds a
 on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
 (> 1: crema is faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
 `measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any GEMM gets).
+
+Busy machine (`run_busy`, ``--busy``): after a case's timing, the harness starts processes that each keep a core busy
+(spin loops that end themselves after BUSY_MAX_S, killed when the case is done), times every side again the same way,
+then crema on one thread; reported: each side's slowdown (median with them / without them) and crema's time over its
+own single-thread time. The target: crema slows down no more than the fastest reference of the quiet run (the peer
+it is measured against; every reference's slowdown is listed), and is not slower than its single-thread run (within
+BUSY_SAME).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import json
 import math
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +39,9 @@ from typing import Any
 
 import numpy as np
 
+BUSY_MAX_S = 600  # a busy process ends itself after this long, whatever becomes of the harness
+SINGLE = "crema 1 thread"  # run_busy's extra side
+BUSY_SAME = 0.05  # two timings of the same work with a busy process differ by this much: "not slower" allows it
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
 ROUND_S = 0.06  # seconds of one side's calls in one round (7 rounds: about 0.4 s a side)
@@ -60,6 +72,9 @@ class Result:
     runs: dict[str, list[float]] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
     error: str | None = None
+    busy: int = 0  # processes kept busy during busy_runs (run_busy), 0: not run
+    busy_runs: dict[str, list[float]] = field(default_factory=dict)
+    busy_single: list[float] = field(default_factory=list)  # crema on one thread, with the same busy processes
 
     def median(self, side: str) -> float:
         return statistics.median(self.runs[side]) if self.runs.get(side) else math.nan
@@ -81,6 +96,27 @@ class Result:
     def target_met(self) -> bool | None:
         got = self.target_ratio()
         return None if got is None else got >= self.case.target[1]
+
+    def slowdown(self, side: str) -> float:
+        """Median time with the busy processes / median time without."""
+        if not self.busy_runs.get(side) or not self.runs.get(side):
+            return math.nan
+        return statistics.median(self.busy_runs[side]) / self.median(side)
+
+    def busy_vs_single(self) -> float:
+        """crema's median time with the busy processes / crema on one thread with them (> 1: threads hurt)."""
+        if not self.busy_runs.get("crema") or not self.busy_single:
+            return math.nan
+        return statistics.median(self.busy_runs["crema"]) / statistics.median(self.busy_single)
+
+    def busy_target_met(self) -> bool | None:
+        """crema slows down no more than the fastest reference (of the quiet run: the peer crema is measured
+        against) and is not slower than its own single-thread run with the same busy processes (within BUSY_SAME:
+        the same work timed twice)."""
+        peer = self.fastest_ref()
+        if not self.busy_runs.get("crema") or not peer or not self.busy_runs.get(peer) or not self.busy_single:
+            return None
+        return self.slowdown("crema") <= self.slowdown(peer) and self.busy_vs_single() <= 1.0 + BUSY_SAME
 
 
 # -- comparisons -------------------------------------------------------------------------------------------------
@@ -179,6 +215,76 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.05) -> Result:
     return result
 
 
+def start_busy(processes: int) -> list[subprocess.Popen]:
+    """`processes` Python processes that each keep a core busy (a spin loop), for BUSY_MAX_S at most."""
+    code = f"import time\nend = time.monotonic() + {BUSY_MAX_S}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(processes)]
+
+
+def stop_busy(procs: Sequence[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+def run_busy(result: Result, processes: int, *, pause: float = 0.05) -> None:
+    """After `run_case`: time every side again while `processes` other processes keep cores busy, and crema on one
+    thread (Numba's thread count 1 around each call) as one more side of the same interleaved rounds, so that a noisy
+    spell or a reference's still-spinning threads land on both of crema's runs alike. The processes are started here
+    and killed before it returns."""
+    import numba
+
+    case = result.case
+    if result.error or not result.runs:
+        return
+
+    def single() -> Any:
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return case.ours()
+        finally:
+            numba.set_num_threads(threads)
+
+    sides = {"crema": case.ours, **case.refs, SINGLE: single}
+    per = max(1, len(result.runs["crema"]) // case.rounds)
+    procs = start_busy(processes)
+    try:
+        time.sleep(0.5)  # the processes run (and net.contention's window sees them) before anything is timed
+        for fn in sides.values():
+            fn()
+        runs: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(case.rounds):
+            for side, fn in sides.items():
+                fn()
+                for _ in range(per):
+                    runs[side].append(_timed(fn))
+                time.sleep(pause)
+    finally:
+        stop_busy(procs)
+    result.busy, result.busy_single = processes, runs.pop(SINGLE)
+    result.busy_runs = runs
+
+
+def busy_line(result: Result) -> str:
+    """The line under a result's line for its busy run: crema's and each reference's slowdown, crema on one thread."""
+    if not result.busy_runs:
+        return ""
+    crema = statistics.median(result.busy_runs["crema"]) * 1e3
+    single = statistics.median(result.busy_single) * 1e3
+    peers = ", ".join(f"{r} {result.slowdown(r):.2f}x" for r in result.case.refs if result.busy_runs.get(r))
+    met = result.busy_target_met()
+    verdict = ""
+    if met is not None:
+        verdict = f" | target (slowed no more than {result.fastest_ref()}, not slower than 1 thread): "
+        verdict += "met" if met else "MISSED"
+    return (
+        f"      with {result.busy} busy process(es): crema {crema:.3f} ms ({result.slowdown('crema'):.2f}x its quiet "
+        f"time; 1 thread {single:.3f} ms, ratio {result.busy_vs_single():.2f}); slowdowns: {peers}{verdict}"
+    )
+
+
 def line(result: Result, peak: float | None, ref_names: Sequence[str]) -> str:
     """The fixed-width line of one result."""
     case = result.case
@@ -228,10 +334,49 @@ def to_json(results: Sequence[Result], meta: dict) -> dict:
                 "target": list(r.case.target) if r.case.target else None,
                 "target_ratio": r.target_ratio(),
                 "target_met": r.target_met(),
+                **(_busy_json(r) if r.busy_runs else {}),
                 **r.case.meta,
             }
         )
     return {"meta": meta, "results": rows}
+
+
+def _busy_json(r: Result) -> dict:
+    return {
+        "busy": {
+            "processes": r.busy,
+            "median_s": {k: statistics.median(v) for k, v in r.busy_runs.items() if v},
+            "runs_s": r.busy_runs,
+            "crema_one_thread_median_s": statistics.median(r.busy_single),
+            "slowdown": {k: r.slowdown(k) for k in r.busy_runs},
+            "crema_vs_one_thread": r.busy_vs_single(),
+            "target_met": r.busy_target_met(),
+        }
+    }
+
+
+def busy_markdown(results: Sequence[Result]) -> str:
+    """A table of the busy runs (empty where none ran)."""
+    rows = [r for r in results if r.busy_runs]
+    if not rows:
+        return ""
+    refs = ref_columns(rows)
+    head = f"\nWith {rows[0].busy} other process(es) keeping cores busy (started by the harness): each side's median "
+    head += "time with them / without them, and crema's time with them / crema on one thread with them.\n\n"
+    head += "| configuration | crema ms | crema slowdown | " + " | ".join(f"{r} slowdown" for r in refs)
+    head += " | crema / crema 1 thread | target |\n|---|---:|---:|" + "---:|" * len(refs) + "---:|---|\n"
+    lines = []
+    for r in rows:
+        ms = statistics.median(r.busy_runs["crema"]) * 1e3
+        peers = [f"{r.slowdown(x):.2f}x" if r.busy_runs.get(x) else "" for x in refs]
+        met = r.busy_target_met()
+        tgt = "" if met is None else ("met" if met else "**missed**")
+        lines.append(
+            f"| {r.case.name} | {ms:.3f} | {r.slowdown('crema'):.2f}x | "
+            + " | ".join(peers)
+            + f" | {r.busy_vs_single():.2f} | {tgt} |"
+        )
+    return head + "\n".join(lines) + "\n"
 
 
 def markdown(results: Sequence[Result], peak: float | None, meta: dict) -> str:
@@ -260,7 +405,7 @@ def markdown(results: Sequence[Result], peak: float | None, meta: dict) -> str:
         f"FP32 peak measured {meta.get('peak_gflops', float('nan')):.1f} GFLOP/s. Ratios: reference median time / "
         "crema median time (> 1: crema is faster); every result checked against the references before timing.\n"
     )
-    return head + "\n".join(rows) + "\n" + foot
+    return head + "\n".join(rows) + "\n" + foot + busy_markdown(results)
 
 
 def update_readme(readme: Path, table: str) -> bool:

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from .blob import Blob
+from .contention import threads_for
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
 from .layers import NO_STEP, InputLayer, Layer, check_gpu_capable, create_layer
 from .memory import (
@@ -181,6 +182,7 @@ class Net:
         self.inputs: list[str] = []
         self.loss_weights: list[list[float]] = []
         self._plan: _Plan | None = None  # CPU: the execution plan of the current shapes (_run), made on first use
+        self._spare_plan: _Plan | None = None  # ... and the one for the other thread count (net.contention)
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -415,14 +417,14 @@ class Net:
         for layer in self.layers:
             if getattr(layer, "fold", None) is not None:
                 layer.folded = None
-        self._plan = None
+        self._drop_plans()
 
     # -- running -----------------------------------------------------------------------------
     def reshape(self, inputs: Mapping[str, tuple[int, ...]] | None = None) -> None:
         """Propagate input shapes through every layer; `inputs` first gives input blobs new shapes (zeros). A shape
         pass comes first (memory.ShapeOnly: nothing allocated), then the memory budget is checked (MemoryBudgetError),
         then the tops that changed size get zeros. On an error every blob keeps the array it had."""
-        self._plan = None
+        self._drop_plans()
         saved = begin_shape_pass(self._blobs.values())
         try:
             for name, shape in (inputs or {}).items():
@@ -467,27 +469,26 @@ class Net:
             self.reshape()
         if self.device != "cpu":
             to_device(self)  # weights once, inputs every call; activations then stay on the device
-        self._run(None)
+        self._run(None, adapt=True)
         return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
-    def _run(self, timings: list[float] | None) -> None:
+    def _run(self, timings: list[float] | None, adapt: bool = False) -> None:
         """One forward: on the CPU the plan's steps (timed per step into `timings[layer index]` when given: a layer the
-        plan leaves out, e.g. a fused activation, gets 0), on the GPU every layer's forward (timed to completion)."""
+        plan leaves out, e.g. a fused activation, gets 0), on the GPU every layer's forward (timed to completion).
+        `adapt` (inference: `forward`): on fewer threads while other processes keep cores busy (``net.contention``);
+        a forward's bits do not depend on the thread count (tests/net/test_contention.py). Training does not adapt:
+        its gradients' reductions do depend on it, and a run must not depend on the machine's load."""
         if self.device == "cpu":
-            plan = self._plan
-            if plan is None or plan.threads != numba.get_num_threads():
-                plan = self._plan = _Plan(self)
-            index = None if timings is None else {id(layer): i for i, layer in enumerate(self.layers)}
-            for step, layer, bottom, top in plan.steps:
-                if index is not None:
-                    t0 = time.perf_counter()
-                if step is None:
-                    layer.forward(bottom, top)
-                elif not step():  # an array changed under the plan: the layer's own forward, a new plan next time
-                    layer.forward(bottom, top)
-                    self._plan = None
-                if index is not None:
-                    timings[index[id(layer)]] += time.perf_counter() - t0
+            requested = numba.get_num_threads()
+            threads = threads_for(requested) if adapt else requested
+            if threads == requested:
+                self._run_plan(self._plan_for(threads), timings)
+                return
+            numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
+            try:
+                self._run_plan(self._plan_for(threads), timings)
+            finally:
+                numba.set_num_threads(requested)
             return
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
@@ -498,6 +499,35 @@ class Net:
                 layer.forward(bottom, top)
                 synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
+
+    def _plan_for(self, threads: int) -> _Plan:
+        """The plan for `threads` threads (the current thread count): the current one, or the other one kept from
+        before a change of thread count (a busy spell of other processes: ``net.contention``), or a new one."""
+        plan = self._plan
+        if plan is not None and plan.threads == threads:
+            return plan
+        spare = self._spare_plan
+        if spare is not None and spare.threads == threads:  # a reshape drops both: the spare has today's shapes
+            self._plan, self._spare_plan = spare, plan
+            return spare
+        self._spare_plan, self._plan = plan, _Plan(self)
+        return self._plan
+
+    def _run_plan(self, plan: _Plan, timings: list[float] | None) -> None:
+        index = None if timings is None else {id(layer): i for i, layer in enumerate(self.layers)}
+        for step, layer, bottom, top in plan.steps:
+            if index is not None:
+                t0 = time.perf_counter()
+            if step is None:
+                layer.forward(bottom, top)
+            elif not step():  # an array changed under the plan: the layer's own forward, new plans next time
+                layer.forward(bottom, top)
+                self._drop_plans()
+            if index is not None:
+                timings[index[id(layer)]] += time.perf_counter() - t0
+
+    def _drop_plans(self) -> None:
+        self._plan = self._spare_plan = None
 
     # -- training ----------------------------------------------------------------------------
     def forward_loss(self, timings: list[float] | None = None) -> float:
@@ -572,7 +602,7 @@ class Net:
                 for folded in layer.fold:
                     folded.fused = False
                 layer.fold = layer.folded = None
-        self._plan = None  # its steps hold the old parameter Blobs
+        self._drop_plans()  # their steps hold the old parameter Blobs
 
     def first_nonfinite(self) -> str | None:
         """Name the first layer (in forward order) whose output holds NaN or inf, with the blob."""

@@ -43,6 +43,37 @@ def test_run_case_times_every_side_in_rounds():
     assert " ms |" in line and "x numpy" in line and "target 0.0x numpy: met" in line
 
 
+def test_busy_run_times_every_side_and_crema_on_one_thread():
+    import numba
+
+    threads = numba.get_num_threads()
+    seen = []
+    case = _case(lambda a: (seen.append(numba.get_num_threads()), a * 2)[1], ("numpy", 0.0))
+    result = harness.run_case(case, pause=0.0)
+    seen.clear()
+    harness.run_busy(result, 1, pause=0.0)
+    assert result.busy == 1 and numba.get_num_threads() == threads
+    assert len(result.busy_runs["crema"]) == len(result.busy_runs["numpy"]) == len(result.busy_single) == 4
+    assert 1 in seen and (threads == 1 or threads in seen)  # the single-thread side ran on one thread
+    assert result.slowdown("crema") > 0 and result.busy_vs_single() > 0
+    assert result.busy_target_met() in (True, False)
+    line = harness.busy_line(result)
+    assert "with 1 busy process(es): crema" in line and "numpy" in line and "1 thread" in line
+    assert "crema slowdown" in harness.busy_markdown([result])
+    assert harness.to_json([result], {})["results"][0]["busy"]["processes"] == 1
+    assert not harness.busy_markdown([harness.run_case(case, pause=0.0)])  # no busy run: no table
+
+
+def test_busy_processes_end_even_without_the_harness():
+    procs = harness.start_busy(1)
+    try:
+        assert procs[0].poll() is None
+    finally:
+        harness.stop_busy(procs)
+    assert procs[0].poll() is not None
+    assert f"+ {harness.BUSY_MAX_S}" in " ".join(procs[0].args)  # bounded: the spin loop has a deadline
+
+
 def test_wrong_result_is_never_timed():
     result = harness.run_case(_case(lambda a: a * 2 + 1e-3), pause=0.0)
     assert result.error and result.error.startswith("MISMATCH")

@@ -1,0 +1,89 @@
+"""Cores that other processes keep busy, and how many threads a forward should use with them.
+
+A parallel kernel forks onto every thread and joins when the last task is done. When another process keeps a core
+busy, the thread that shares that core with it runs in time slices of a few milliseconds: the join waits for it,
+every layer. On the 2-core machine with one core kept busy, LeNet at batch 64 took 7.4 ms on 2 threads and 5.7 ms on
+one; with a load average of 4 a new user saw 64.7 ms on 2 threads and 8.2 ms on one. So a forward asks
+`threads_for(requested)` first and runs with that many threads: the requested count, less one for every core the
+other processes kept busy over the last quarter second or more.
+
+How busy: /proc/stat's busy time of all CPUs (user, nice, system, irq, softirq, steal: a virtual CPU taken by the
+host counts as busy) less this process's own CPU time (`time.process_time`: every thread of this process, the
+reference frameworks of a benchmark included), over the time since the last sample, in CPUs; rounded to the nearest
+whole core. Sampled at most every WINDOW_S (one read of /proc/stat: about 20 us), so a forward between samples pays
+a clock read. The kernel accounts /proc/stat in ticks (10 ms per CPU): over a quarter second on 2 CPUs, a tick or
+two of error, 0.04-0.08 of a core.
+
+Where /proc/stat cannot be read (not Linux), or with CREMA_ADAPT_THREADS=0 in the environment, the requested count
+is used as it is. `Net` applies it to every CPU forward (`Net._run`) and the solver to every training iteration.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+WINDOW_S = 0.25  # seconds between two samples at least (shorter windows are a few ticks of /proc/stat)
+ENV = "CREMA_ADAPT_THREADS"  # "0" turns adapting off
+
+
+def _read_busy() -> float | None:
+    """Busy CPU-seconds of all CPUs since boot from /proc/stat's first line, or None where it cannot be read."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != b"cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class Monitor:
+    """Estimates the CPUs that other processes keep busy (`others`) and the thread count that leaves them
+    (`threads_for`). Thread-safe; one per process (`MONITOR`). `read_busy` and `clock` / `own_cpu` are injectable for
+    tests."""
+
+    def __init__(self, read_busy=_read_busy, clock=time.monotonic, own_cpu=time.process_time, cpus: int | None = None):
+        self._read_busy, self._clock, self._own_cpu = read_busy, clock, own_cpu
+        self.cpus = cpus or os.cpu_count() or 1
+        self.others = 0.0  # CPUs kept busy by other processes over the last window
+        self._last: tuple[float, float, float] | None = None
+        self._lock = threading.Lock()
+
+    def sample(self) -> float:
+        """Update `others` when WINDOW_S has passed since the last sample; returns it."""
+        now = self._clock()
+        last = self._last
+        if last is not None and now - last[0] < WINDOW_S:
+            return self.others
+        with self._lock:
+            busy = self._read_busy()
+            if busy is None:
+                return self.others
+            own = self._own_cpu()
+            if self._last is not None and now > self._last[0]:
+                wall = now - self._last[0]
+                self.others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / wall
+            self._last = (now, busy, own)
+        return self.others
+
+    def threads_for(self, requested: int) -> int:
+        """`requested` less one for every core other processes keep busy (to the nearest core), 1 at least."""
+        if requested <= 1 or os.environ.get(ENV, "1") == "0":
+            return max(1, requested)
+        busy_cores = int(self.sample() + 0.5)
+        return max(1, min(requested, self.cpus - busy_cores))
+
+
+MONITOR = Monitor()
+
+
+def threads_for(requested: int) -> int:
+    """The thread count for a forward that asks for `requested` (see the module's docstring)."""
+    return MONITOR.threads_for(requested)
