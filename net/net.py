@@ -449,12 +449,20 @@ class Net:
     def set_input(self, name: str, value: np.ndarray) -> None:
         if name not in self.inputs:
             raise ValueError(f"{name!r} is not an input of net '{self.name}' (inputs: {', '.join(self.inputs)})")
-        arr = np.ascontiguousarray(value, dtype=np.float32)
         blob = self._blobs[name]
-        if arr.ndim != blob.data.ndim:
-            raise ValueError(
-                f"input '{name}': expected {blob.data.ndim} dimensions like {blob.shape}, got shape {arr.shape}"
-            )
+        old = blob.data
+        if (
+            type(value) is np.ndarray
+            and value.shape == old.shape
+            and value.dtype.kind in "fiub"
+            and type(old) is np.ndarray
+            and old.flags.writeable
+        ):
+            np.copyto(old, value, casting="unsafe")  # into the blob's own array: no new pages each call (EfficientNet's
+            return  # 600 KB input faulted in ~40 us of fresh pages per forward), the float32 cast as astype's
+        arr = np.ascontiguousarray(value, dtype=np.float32)
+        if arr.ndim != old.ndim:
+            raise ValueError(f"input '{name}': expected {old.ndim} dimensions like {blob.shape}, got shape {arr.shape}")
         blob.data = arr if arr is not value else arr.copy()
 
     def forward(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:

@@ -63,9 +63,11 @@ def test_switched_off_or_unreadable(monkeypatch) -> None:
     mon = _monitor(fake)
     mon.threads_for(2)
     fake.advance(1.0, others=2.0)
+    assert mon.threads_for(2) == 1
     monkeypatch.setenv(contention.ENV, "0")
+    assert _monitor(fake).threads_for(2) == 2  # read when the monitor is made (one per process)
+    mon.enabled = False
     assert mon.threads_for(2) == 2
-    monkeypatch.delenv(contention.ENV)
     blind = contention.Monitor(lambda: None, lambda: fake.now, lambda: fake.own, cpus=2)
     assert blind.threads_for(2) == 2 and blind.others == 0.0
 
@@ -77,7 +79,7 @@ def test_a_spinning_process_is_seen_as_one_busy_cpu() -> None:
     spin = subprocess.Popen([sys.executable, "-c", code])
     try:
         time.sleep(0.3)
-        mon._last = None  # the window starts with the process already running
+        mon._last, mon._next = None, -1.0  # the window starts with the process already running
         mon.sample()
         time.sleep(0.6)
         others = mon.sample()

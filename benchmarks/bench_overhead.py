@@ -1,0 +1,153 @@
+"""Batch-1 latency: where a small forward's time goes besides the kernels' arithmetic.
+
+    python -m benchmarks.bench_overhead                    # LeNet and EfficientNet-Lite0 at batch 1, 2 threads
+    python -m benchmarks.bench_overhead --threads 1 --nets lenet
+
+Measured in one process, medians of many calls:
+- the whole `Net.forward` (input copied in, outputs copied out), the plan's steps alone (`Net._run`), and the sum of
+  each step timed on its own: the difference between the first two is Net.forward's own work;
+- per step: the step's wall time, and whether it forked (a parallel kernel) or ran on the calling thread;
+- the two fixed costs every step pays: one Python call through Numba's dispatcher (a compiled function of 10 array
+  arguments that does nothing: type checks and unboxing) and, for a parallel kernel, one fork-join of the threads (a
+  compiled `prange` over the threads doing nothing); with the step count they bound the overhead of the plan;
+- ONNX Runtime on the same LeNet (its graph built from crema's layers, as in ``python -m benchmarks``) for scale,
+  where it is installed.
+Nothing is written unless --json is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_us(fn, calls: int) -> float:
+    fn()
+    ts = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e6
+
+
+def fixed_costs(threads: int, calls: int = 20000) -> dict:
+    """Microseconds of one dispatch of a do-nothing compiled function of 10 arrays, and of one do-nothing fork-join."""
+    import numba
+    from numba import njit, prange
+
+    @njit(cache=False)
+    def nothing(a, b, c, d, e, f, g, h, i, j):  # pragma: no cover - compiled
+        return a.shape[0]
+
+    @njit(parallel=True, cache=False)
+    def fork_join(out):  # pragma: no cover - compiled
+        for t in prange(out.shape[0]):
+            out[t] += 1.0
+
+    arrays = [np.zeros(4, np.float32) for _ in range(10)]
+    out = np.zeros(threads, np.float64)
+    numba.set_num_threads(threads)
+    dispatch = _median_us(lambda: nothing(*arrays), calls)
+    fork = _median_us(lambda: fork_join(out), calls) - dispatch
+    return {"dispatch_us": dispatch, "fork_join_us": fork}
+
+
+def _forked(step) -> bool:
+    """Did the step's runner run its tasks in parallel (a fork-join), by the runners' `serial` flags where they
+    have one; None where it cannot be told."""
+    runner = getattr(step, "runner", None) or getattr(getattr(step, "__self__", None), "runner", None)
+    serial = getattr(runner, "serial", None)
+    return None if serial is None else not serial
+
+
+def net_overhead(name: str, threads: int, calls: int) -> dict:
+    import numba
+
+    from net import Net
+
+    numba.set_num_threads(threads)
+    if name == "lenet":
+        from benchmarks.subjects import randomize
+
+        net = Net.load(ROOT / "models/lenet/deploy.prototxt")
+        randomize(net, seed=0)
+        x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    else:
+        from net.zoo import efficientnet_lite0
+
+        files = efficientnet_lite0(say=lambda _msg: None)
+        net = Net.load(files.prototxt, files.weights)
+        x = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 3, 224, 224)).astype(np.float32)
+    net.forward(data=x)
+    whole = _median_us(lambda: net.forward(data=x), calls)
+    plan_only = _median_us(lambda: net._run(None), calls)
+    steps = []
+    for step, layer, bottom, top in net._plan.steps:
+        call = step if step is not None else (lambda layer=layer, bottom=bottom, top=top: layer.forward(bottom, top))
+        steps.append({"layer": layer.name, "type": layer.type, "us": _median_us(call, max(50, calls // 10))})
+    ort = ort_us(net, x, threads, calls) if name == "lenet" else None
+    return {
+        "net": name,
+        "onnxruntime_us": ort,
+        "threads": threads,
+        "forward_us": whole,
+        "plan_us": plan_only,
+        "steps": steps,
+        "steps_sum_us": sum(s["us"] for s in steps),
+    }
+
+
+def ort_us(net, x: np.ndarray, threads: int, calls: int) -> float | None:
+    """ONNX Runtime on the same net (built node by node from crema's layers, as ``python -m benchmarks``), or None."""
+    try:
+        from benchmarks.references import onnx_forward
+
+        run = onnx_forward(net, threads)
+    except ImportError:
+        return None
+    return _median_us(lambda: run(x), calls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--nets", nargs="+", default=["lenet", "efficientnet"], choices=["lenet", "efficientnet"])
+    p.add_argument("--calls", type=int, default=2000, help="timed calls per measurement")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    args = p.parse_args(argv)
+    costs = fixed_costs(args.threads)
+    print(
+        f"fixed costs, {args.threads} thread(s): a compiled call of 10 arrays {costs['dispatch_us']:.2f} us, "
+        f"a fork-join {costs['fork_join_us']:.2f} us"
+    )
+    report = {"fixed": costs, "nets": []}
+    for name in args.nets:
+        got = net_overhead(name, args.threads, args.calls if name == "lenet" else max(20, args.calls // 50))
+        report["nets"].append(got)
+        n = len(got["steps"])
+        print(
+            f"{name} N=1, {args.threads} thread(s): Net.forward {got['forward_us']:.1f} us; its steps {got['plan_us']:.1f}"
+            f" us ({n} steps; Net.forward's own work {got['forward_us'] - got['plan_us']:.1f} us); steps timed one by "
+            f"one {got['steps_sum_us']:.1f} us; dispatch alone, at {costs['dispatch_us']:.2f} us a step: "
+            f"{n * costs['dispatch_us']:.1f} us"
+        )
+        if name == "lenet":
+            for s in got["steps"]:
+                print(f"    {s['layer']:12s} {s['type']:14s} {s['us']:8.2f} us")
+            if got["onnxruntime_us"] is not None:
+                print(f"    ONNX Runtime, the same LeNet: {got['onnxruntime_us']:.1f} us")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
