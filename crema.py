@@ -7,6 +7,7 @@
     crema inspect MODEL.prototxt|ZOO_NAME [--weights W]        (shapes, parameter counts, FLOPs per layer)
     crema convert MODEL.prototxt [WEIGHTS] [--out-prototxt P] [--out-weights W]
     crema visualize MODEL [IMAGE] [--layer NAME] [--out DIR]    (or MODEL.prototxt WEIGHTS [IMAGE]; net.visualize)
+    crema warm [--model NAME] [--solver S.prototxt] [--workers N]   (compile a model's kernels ahead, in parallel)
 
 User mistakes (a broken prototxt, a corrupt caffemodel, a non-image file, shapes that do not fit)
 print one line `crema: error: ...` and exit with status 2, never a traceback.
@@ -351,6 +352,7 @@ COMMAND_MODULES: list[str] = [
     "server.cli",
     "net.datasets",
     "benchmarks.cli",
+    "net.warm",
 ]
 
 

@@ -334,7 +334,8 @@ def _softmax_slices(x, y):  # pragma: no cover - compiled
     for o in prange(outer):
         m = np.empty(inner, dtype=np.float32)
         total = np.zeros(inner, dtype=np.float64)
-        m[:] = x[o, 0]
+        for i in range(inner):  # not m[:] = x[o, 0]: a slice copy compiles Numba's shape-error message (2-3 s)
+            m[i] = x[o, 0, i]
         for cc in range(1, c):
             for i in range(inner):
                 v = x[o, cc, i]

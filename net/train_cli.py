@@ -41,6 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.prefix:
         param.snapshot_prefix = args.prefix
     prefix = param.snapshot_prefix
+    if args.device == "cpu":  # what the first iteration compiles, one process per core (net.warm)
+        from .warm import prepare_training
+
+        prepare_training(param, source=args.solver, memory_budget=args.memory_budget, say=lambda m: print(m, flush=True))
     solver = Solver(
         param,
         source=args.solver,

@@ -146,6 +146,17 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
+    # The kernels the warm-up forward below needs and Numba's cache lacks (a new machine), compiled one process per
+    # core now rather than one by one in the warm-up (net.warm).
+    from net.warm import prepare_forward
+
+    prepare_forward(
+        model.files.prototxt,
+        model.files.weights,
+        threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
+        memory_budget=getattr(args, "memory_budget", None),
+        say=lambda msg: print(f"crema: {msg}", flush=True),
+    )
     gallery, note = open_gallery(model, args.gallery, args.cache)
     if gallery is not None:
         print(f"crema: gallery {gallery.manifest.get('name')} ({len(gallery)} images) from {gallery.path}", flush=True)
@@ -184,11 +195,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     # benchmarks/perf_notes.md). A short interval keeps the inference thread moving.
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    print(
-        "crema: warming the model up before serving (the first start on a machine compiles crema's kernels, about a "
-        "minute on 2 cores; later starts load them from Numba's cache)",
-        flush=True,
-    )
+    print("crema: warming the model up before serving (its kernels load from Numba's cache)", flush=True)
     port = listener.getsockname()[1]  # the real one, also for --port 0
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crema: open http://{host}:{port}/ (Ctrl+C stops)", flush=True)

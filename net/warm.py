@@ -1,0 +1,419 @@
+"""Compiling what a model needs before it runs, several kernels at a time: `crema warm`, and the first `crema serve`
+or `crema train` on a machine whose Numba cache lacks them.
+
+    crema warm [--model NAME | --model M.prototxt --weights W] [--solver S.prototxt] [--workers N]
+    prepare(run, say=print)            # the kernels `run()` would compile, compiled by a pool of processes
+    prepare_forward(prototxt, weights) # ... for a forward at batch 1 (what `crema serve` warms up)
+    prepare_training(solver_param)     # ... for the first training iteration and the test pass before it
+
+Numba compiles a kernel on its first call with new argument types, in the calling process and one kernel at a time
+(a process-wide compiler lock), then writes the machine code to its on-disk cache (NUMBA_CACHE_DIR, else __pycache__
+beside the sources) where later processes load it in milliseconds. On a new machine the first forward is therefore
+a long run of single-threaded compiles. `prepare` splits it across processes:
+
+1. ``collect(run)``: `run()` (a pass over a throwaway net: its outputs are garbage afterwards) with every call of a
+   compiled function that has no code in memory recorded, the function and its argument types, and skipped: nothing
+   is compiled or run. A pass that fails (Python code reading a skipped kernel's result) stops there; what it had
+   recorded is still prepared, the rest compiles on first use as before.
+2. the calls whose code is in the on-disk cache are loaded from it (``load_cached``); they cost nothing more.
+3. the others are compiled by a pool of `workers` processes (spawned: a fresh interpreter, no inherited threads),
+   every signature of one function in one worker (two processes adding to one function's cache index at once could
+   lose an entry), parallel kernels first (the longest compiles). Each worker writes the cache; the caller's next
+   call of the kernel loads it from there. One function alone compiles in this process (a worker would add its
+   start-up).
+
+The numbers do not change: a worker compiles the same function (the module's own object, or a serial twin or a
+closure rebuilt from its code and cell values) for the same argument types, with the same flags and the same tiling
+key (kernels.tiling), so the code it writes is the code this process would have compiled and loaded
+(tests/net/test_warm.py compares the bits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Say = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# -- 1. which kernels a pass needs -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def recording() -> Iterator[dict]:
+    """While inside: a call of a Numba function with no compiled code in memory for its argument types is recorded
+    in the yielded {dispatcher: [argument types, ...]} (first-call order) and does nothing (returns None). Calls that
+    have code in memory run as usual."""
+    from numba.core import types
+    from numba.core.dispatcher import OmittedArg, _DispatcherBase
+
+    calls: dict = {}
+    original = _DispatcherBase._compile_for_args
+
+    def record(self, *args, **kws):
+        sig = tuple(types.Omitted(a.value) if isinstance(a, OmittedArg) else self.typeof_pyval(a) for a in args)
+        sigs = calls.setdefault(self, [])
+        if sig not in sigs:
+            sigs.append(sig)
+        return _stand_in(self.py_func)
+
+    _DispatcherBase._compile_for_args = record
+    try:
+        yield calls
+    finally:
+        _DispatcherBase._compile_for_args = original
+
+
+@functools.cache
+def _stand_in(py_func) -> Callable:
+    """What a skipped call returns (Numba calls the result of _compile_for_args with the arguments): None for a kernel
+    that returns nothing, 1.0 for one that returns a value, a tuple of 1.0s for one whose return statements give
+    tuples of that length (read from its source): Python code that unpacks a result (`loss, valid = ...`) or divides
+    by it goes on with the pass."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(py_func)))
+    except (OSError, TypeError, SyntaxError):
+        return _skip
+    returns = [node.value for node in ast.walk(tree.body[0]) if isinstance(node, ast.Return) and node.value is not None]
+    if not returns:
+        return _skip
+    sizes = {len(v.elts) if isinstance(v, ast.Tuple) else 0 for v in returns}
+    value = (1.0,) * sizes.pop() if len(sizes) == 1 and 0 not in sizes else 1.0
+    return lambda *_args: value
+
+
+def _skip(*_args) -> None:
+    return None
+
+
+def collect(run: Callable[[], object]) -> tuple[dict, str | None]:
+    """({dispatcher: [signature, ...]}, None) for what `run()` would compile, or (what it had, the error) when the
+    pass failed part way."""
+    with recording() as calls:
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - a pass over skipped kernels may trip on their missing results
+            return calls, f"{type(exc).__name__}: {exc}"
+    return calls, None
+
+
+# -- 2. which of them the on-disk cache holds ------------------------------------------------------------------
+def is_cached_kind(dispatcher) -> bool:
+    """Does this function write Numba's on-disk cache (cache=True)? Others would be compiled for nothing."""
+    from numba.core.caching import NullCache
+
+    return not isinstance(getattr(dispatcher, "_cache", NullCache()), NullCache)
+
+
+def load_cached(dispatcher, sig) -> bool:
+    """Load `sig`'s code from Numba's on-disk cache into `dispatcher` (as its first call would); False when the cache
+    lacks it. The steps of Numba's Dispatcher.compile up to its compile."""
+    from numba.core import sigutils
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:
+        args, _ = sigutils.normalize_signature(sig)
+        if tuple(args) in dispatcher.overloads:
+            return True
+        cres = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
+        if cres is None:
+            return False
+        dispatcher._cache_hits[sig] += 1
+        if not cres.objectmode:
+            dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+        dispatcher.add_overload(cres)
+        return True
+
+
+# -- 3. compiling the rest in worker processes -----------------------------------------------------------------
+def _name(dispatcher) -> str:
+    f = dispatcher.py_func
+    return f"{f.__module__}.{f.__qualname__}"
+
+
+def _reference(dispatcher) -> tuple:
+    """How a worker finds this function: ("attr", module, name) for a module's own function, ("twin", module, name)
+    for its serial twin (kernels.serial), else ("value", pickled dispatcher): a closure rebuilt from code and cells."""
+    import importlib
+
+    from kernels.serial import serial_twin
+
+    f = dispatcher.py_func
+    module = importlib.import_module(f.__module__)
+    if getattr(module, f.__name__, None) is dispatcher:
+        return ("attr", f.__module__, f.__name__)
+    base = f.__name__.removesuffix("_serial_twin")
+    if (
+        base != f.__name__
+        and getattr(module, base, None) is not None
+        and serial_twin(getattr(module, base)) is dispatcher
+    ):
+        return ("twin", f.__module__, base)
+    return ("value", pickle.dumps(dispatcher))
+
+
+def _resolve(ref: tuple):
+    import importlib
+
+    if ref[0] == "value":
+        dispatcher = pickle.loads(ref[1])
+        dispatcher.enable_caching()  # a rebuilt dispatcher starts without the on-disk cache
+        return dispatcher
+    function = getattr(importlib.import_module(ref[1]), ref[2])
+    if ref[0] == "twin":
+        from kernels.serial import serial_twin
+
+        return serial_twin(function)
+    return function
+
+
+def _compile_in_worker(ref: tuple, sigs: list) -> tuple[float, str | None]:
+    """(seconds, None) after compiling `sigs` of the function `ref` names into Numba's cache, or (seconds, error)."""
+    import kernels  # noqa: F401 - keys the cache on the tiling constants before anything compiles
+
+    t0 = time.perf_counter()
+    try:
+        dispatcher = _resolve(ref)
+        for sig in sigs:
+            dispatcher.compile(sig)
+    except Exception as exc:  # noqa: BLE001 - reported; the caller's first call compiles it instead
+        return time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+    return time.perf_counter() - t0, None
+
+
+@dataclass
+class Prepared:
+    """What `prepare` found and did: kernels (function, signature) the pass calls, those loaded from the cache, those
+    compiled (by `workers` processes, in `seconds`), and the errors (name: message) of those left to compile on use."""
+
+    calls: int = 0
+    cached: int = 0
+    compiled: int = 0
+    workers: int = 0
+    seconds: float = 0.0
+    errors: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[str, str]:
+    """Compile [(dispatcher, [sig, ...]), ...] into Numba's cache, `workers` processes at a time (in this process when
+    one worker or one function); returns {name: error} for the ones that failed."""
+    errors: dict[str, str] = {}
+    if workers <= 1 or len(groups) == 1:
+        for dispatcher, sigs in groups:
+            try:
+                for sig in sigs:
+                    dispatcher.compile(sig)
+            except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
+                errors[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
+        return errors
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # parallel=True kernels first: their compiles are the long ones (the pool hands out the rest as workers free up)
+    order = sorted(groups, key=lambda g: not g[0].targetoptions.get("parallel", False))
+    jobs = []
+    for dispatcher, sigs in order:
+        try:
+            jobs.append((dispatcher, _reference(dispatcher), sigs))
+        except Exception as exc:  # noqa: BLE001 - not picklable: compiled on first use instead
+            errors[_name(dispatcher)] = f"cannot hand to a worker: {type(exc).__name__}: {exc}"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_compile_in_worker, ref, sigs): d for d, ref, sigs in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            seconds, error = future.result()
+            name = _name(futures[future])
+            if error:
+                errors[name] = error
+            say(f"  [{done}/{len(jobs)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
+    return errors
+
+
+def prepare(
+    run: Callable[[], object], *, workers: int | None = None, say: Say = _quiet, verbose: bool = False
+) -> Prepared:
+    """Compile, `workers` processes at a time (default: one per core), the kernels `run()` would compile one by one;
+    `run` is a pass over a throwaway net (see the module docstring). `say` gets a line before and after compiling,
+    and one per kernel when `verbose`. Nothing is compiled when the cache has everything."""
+    calls, failure = collect(run)
+    report = Prepared(note=failure)
+    todo = []
+    for dispatcher, sigs in calls.items():
+        report.calls += len(sigs)
+        if not is_cached_kind(dispatcher):
+            continue
+        missing = [sig for sig in sigs if not load_cached(dispatcher, sig)]
+        report.cached += len(sigs) - len(missing)
+        if missing:
+            todo.append((dispatcher, missing))
+    if not todo:
+        return report
+    report.compiled = sum(len(sigs) for _, sigs in todo)
+    report.workers = 1 if len(todo) == 1 else min(workers or default_workers(), len(todo))
+    say(
+        f"compiling {report.compiled} kernels into Numba's cache ({report.workers} processes; once per machine: "
+        f"later starts load them from {numba_cache_dir()})"
+    )
+    t0 = time.perf_counter()
+    report.errors = compile_all(todo, report.workers, say if verbose else _quiet)
+    report.seconds = time.perf_counter() - t0
+    if report.workers > 1:
+        _forget_workers()
+    failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
+    say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
+    return report
+
+
+def _forget_workers() -> None:
+    """Start net.contention's window afresh: the workers' CPU time would read as other processes keeping every core
+    busy, and the next forward would take the one-thread plan (other kernels: the serial twins) for a while."""
+    from .contention import MONITOR, WINDOW_S
+
+    MONITOR.sample()  # a window that ends now (the workers' time in it)
+    time.sleep(WINDOW_S + 0.01)
+    MONITOR.sample()  # a clean one: the load without the workers
+
+
+def numba_cache_dir() -> str:
+    """Where Numba's cache goes: NUMBA_CACHE_DIR, else __pycache__ folders beside the kernels' sources."""
+    from numba.core import config
+
+    return config.CACHE_DIR or str(Path(__file__).resolve().parents[1] / "kernels" / "__pycache__")
+
+
+# -- the passes -------------------------------------------------------------------------------------------------
+def forward_pass(
+    prototxt: str | os.PathLike,
+    weights: str | os.PathLike | None,
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    memory_budget=None,
+):
+    """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
+    too) at `batch` on zeros, as `crema serve` warms its model up, on `threads` Numba threads (default: this thread's
+    count; the plan's kernels depend on it); returns run()."""
+    import numba
+    import numpy as np
+
+    from .net import Net
+
+    requested = numba.get_num_threads()
+    count = threads or requested
+    numba.set_num_threads(count)
+    try:  # loaded outside `recording`: what loading compiles, the caller's own load has compiled already
+        net = Net.load(prototxt, weights, phase="test", memory_budget=memory_budget)
+    finally:
+        numba.set_num_threads(requested)
+    inputs = {name: np.zeros((batch, *net.blob(name).shape[1:]), np.float32) for name in net.inputs}
+
+    def run() -> None:
+        numba.set_num_threads(count)
+        try:
+            net.forward(**inputs)
+        finally:
+            numba.set_num_threads(requested)
+
+    return run
+
+
+def training_pass(param, *, source: str = "", memory_budget=None):
+    """A throwaway solver's first iteration, with the test pass Caffe runs before it (test_initialization); returns
+    run(). `param`: a parsed solver prototxt (net.prototxt_loader.load_solver_prototxt)."""
+
+    from .solver import Solver
+
+    solver = Solver(param, source=source, log=_quiet, progress=False, memory_budget=memory_budget)
+
+    def run() -> None:
+        if solver.test_nets and param.test_interval > 0 and param.test_initialization:
+            for net in solver.test_nets:
+                net.forward_loss()
+        solver.net.forward_loss()
+        solver.net.backward()
+        solver.apply_update()
+
+    return run
+
+
+def prepare_forward(
+    prototxt, weights, *, batch: int = 1, threads: int | None = None, memory_budget=None, **kw
+) -> Prepared:
+    return prepare(forward_pass(prototxt, weights, batch=batch, threads=threads, memory_budget=memory_budget), **kw)
+
+
+def prepare_training(param, *, source: str = "", memory_budget=None, **kw) -> Prepared:
+    return prepare(training_pass(param, source=source, memory_budget=memory_budget), **kw)
+
+
+# -- `crema warm` -----------------------------------------------------------------------------------------------
+def cmd_warm(args: argparse.Namespace) -> int:
+    from .zoo import DEFAULT_MODEL, is_model_name, resolve
+
+    say = lambda msg: print(f"crema: {msg}", flush=True)
+    reports = []
+    if args.solver:
+        from .prototxt_loader import load_solver_prototxt
+
+        say(f"training with {args.solver}: the first iteration and the test pass")
+        param = load_solver_prototxt(args.solver)
+        reports.append(prepare_training(param, source=args.solver, workers=args.workers, say=say, verbose=True))
+    if args.model or not args.solver:
+        name = args.model or DEFAULT_MODEL
+        if is_model_name(name):
+            files = resolve(name)
+            prototxt, weights = files.prototxt, files.weights
+        elif args.weights is None:
+            raise ValueError(f"--model {name} needs --weights (a .caffemodel), or give a model name")
+        else:
+            prototxt, weights = name, args.weights
+        say(f"{name}: a forward at batch {args.batch}")
+        reports.append(
+            prepare_forward(prototxt, weights, batch=args.batch, workers=args.workers, say=say, verbose=True)
+        )
+    for r in reports:
+        if r.note:
+            say(f"the dry pass stopped early ({r.note}): the kernels after that point compile on first use")
+        if not r.compiled:
+            say(f"all {r.calls} kernels already in Numba's cache ({numba_cache_dir()})")
+    return 1 if any(r.errors for r in reports) else 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "warm",
+        help="compile a model's kernels into Numba's cache ahead of time, in parallel (default: the serve model)",
+        description="Compile, one process per core, the kernels a forward of the model (and with --solver, the first "
+        "training iteration) needs, into Numba's on-disk cache; later `crema serve` / `crema train` load them.",
+    )
+    p.add_argument("--model", help="a model name or a deploy .prototxt (default: the default model; with --solver only "
+                   "the solver's net unless given)")  # fmt: skip
+    p.add_argument("--weights", help=".caffemodel for a .prototxt --model")
+    p.add_argument("--solver", help="also a solver .prototxt: its first training iteration and test pass")
+    p.add_argument("--batch", type=int, default=1, help="forward batch size (default 1, as `crema serve` warms up)")
+    p.add_argument("--workers", type=int, help="compiling processes (default: one per core)")
+    p.set_defaults(func=cmd_warm)
+
+
+if __name__ == "__main__":  # python -m net.warm: the same as `crema warm`
+    parser = argparse.ArgumentParser(prog="crema")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    sys.exit(cmd_warm(parser.parse_args(["warm", *sys.argv[1:]])))
