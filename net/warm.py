@@ -13,8 +13,9 @@ a long run of single-threaded compiles. `prepare` splits it across processes:
 
 1. ``collect(run)``: `run()` (a pass over a throwaway net: its outputs are garbage afterwards) with every call of a
    compiled function that has no code in memory recorded, the function and its argument types, and skipped: nothing
-   is compiled or run. A pass that fails (Python code reading a skipped kernel's result) stops there; what it had
-   recorded is still prepared, the rest compiles on first use as before.
+   is compiled or run. A skipped call returns None, or 1.0 per value the kernel's return statements give (so
+   `loss, valid = kernel(...)` goes on). A pass that fails anyway (Python code using a skipped kernel's result
+   otherwise) stops there; what it had recorded is still prepared, the rest compiles on first use as before.
 2. the calls whose code is in the on-disk cache are loaded from it (``load_cached``); they cost nothing more.
 3. the others are compiled by a pool of `workers` processes (spawned: a fresh interpreter, no inherited threads),
    every signature of one function in one worker (two processes adding to one function's cache index at once could
@@ -381,9 +382,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
         if is_model_name(name):
             files = resolve(name)
             prototxt, weights = files.prototxt, files.weights
-        elif args.weights is None:
-            raise ValueError(f"--model {name} needs --weights (a .caffemodel), or give a model name")
-        else:
+        else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
         say(f"{name}: a forward at batch {args.batch}")
         reports.append(
@@ -406,7 +405,7 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--model", help="a model name or a deploy .prototxt (default: the default model; with --solver only "
                    "the solver's net unless given)")  # fmt: skip
-    p.add_argument("--weights", help=".caffemodel for a .prototxt --model")
+    p.add_argument("--weights", help=".caffemodel for a .prototxt --model (default: its fillers)")
     p.add_argument("--solver", help="also a solver .prototxt: its first training iteration and test pass")
     p.add_argument("--batch", type=int, default=1, help="forward batch size (default 1, as `crema serve` warms up)")
     p.add_argument("--workers", type=int, help="compiling processes (default: one per core)")

@@ -1,0 +1,100 @@
+"""net.warm and `crema warm`: the dry pass records what a pass would compile without compiling or running it, the
+workers fill Numba's cache, and a process that loads from that cache computes the same bits as one that compiled
+everything itself. No timing here (benchmarks/bench_startup.py times cold starts)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from numba import njit
+
+from net.warm import collect
+from tests.conftest import ROOT
+
+# Pooling (a closure's serial twin: handed to a worker pickled), ReLU and Softmax (module functions and twins)
+TINY = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "pool" top: "pool" }
+layer { name: "prob" type: "Softmax" bottom: "pool" top: "prob" }
+"""
+
+# A forward on fixed inputs; prints the number of compiles it did, saves the output.
+FORWARD = r"""
+import sys
+import numpy as np
+from numba.core import event
+compiled = []
+
+class Listener(event.Listener):
+    def on_start(self, ev):
+        pass
+
+    def on_end(self, ev):
+        compiled.append(ev.data["dispatcher"].py_func.__qualname__)
+
+event.register("numba:compile", Listener())
+from net import Net
+net = Net.load(sys.argv[1], phase="test")
+x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+np.save(sys.argv[2], net.forward(data=x)["prob"])
+print("compiled:", ",".join(compiled))
+"""
+
+
+def _env(cache) -> dict:
+    # a fixed thread count and no adapting to the machine's load: the plan (and so the kernels) the same in every
+    # process
+    return {**os.environ, "NUMBA_CACHE_DIR": str(cache), "NUMBA_NUM_THREADS": "2", "CREMA_ADAPT_THREADS": "0"}
+
+
+def _run(args: list[str], cache) -> str:
+    cmd = [sys.executable, *args]
+    r = subprocess.run(cmd, check=False, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_collect_records_without_compiling_or_running():
+    @njit
+    def scale(x, out):  # pragma: no cover - compiled
+        for i in range(x.size):
+            out[i] = 2 * x[i]
+
+    @njit
+    def pair(x):  # pragma: no cover - compiled
+        return x.sum(), x.size
+
+    x, out = np.ones(4), np.zeros(4)
+
+    def run():
+        scale(x, out)
+        total, n = pair(x)  # a stand-in tuple: the pass goes on
+        assert (total, n) == (1.0, 1.0)
+        scale(x[:2], out[:2])
+
+    calls, failure = collect(run)
+    assert failure is None
+    assert list(calls) == [scale, pair]
+    assert len(calls[scale]) == 1 and len(calls[pair]) == 1  # one signature: same types twice
+    assert not scale.overloads and not pair.overloads  # nothing compiled
+    assert not out.any()  # nothing ran
+
+
+def test_warm_fills_the_cache_and_gives_the_same_bits(tmp_path):
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    warmed = tmp_path / "warmed-cache"
+    out = _run(["-m", "crema", "warm", "--model", str(proto), "--workers", "2"], warmed)
+    assert "compiled 3 kernels" in out and "left to compile" not in out, out
+    assert any(warmed.rglob("*.nbi"))
+    again = _run(["-m", "crema", "warm", "--model", str(proto)], warmed)
+    assert "already in Numba's cache" in again and "compiling" not in again, again
+    loaded = _run(["-c", FORWARD, str(proto), str(tmp_path / "loaded.npy")], warmed)
+    assert "compiled: \n" in loaded or loaded.strip().endswith("compiled:"), loaded  # everything from the cache
+    compiled = _run(["-c", FORWARD, str(proto), str(tmp_path / "compiled.npy")], tmp_path / "empty-cache")
+    assert not compiled.strip().endswith("compiled:"), compiled  # this one compiled its own kernels
+    assert np.array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "compiled.npy"))
