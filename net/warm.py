@@ -37,6 +37,7 @@ import functools
 import os
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,16 +53,19 @@ def _quiet(_msg: str) -> None:
 # -- 1. which kernels a pass needs -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def recording() -> Iterator[dict]:
-    """While inside: a call of a Numba function with no compiled code in memory for its argument types is recorded
-    in the yielded {dispatcher: [argument types, ...]} (first-call order) and does nothing (returns None). Calls that
-    have code in memory run as usual."""
+    """While inside: a call, from this thread, of a Numba function with no compiled code in memory for its argument
+    types is recorded in the yielded {dispatcher: [argument types, ...]} (first-call order) and does nothing (returns
+    a stand-in). Calls that have code in memory, and other threads' calls, run as usual."""
     from numba.core import types
     from numba.core.dispatcher import OmittedArg, _DispatcherBase
 
     calls: dict = {}
     original = _DispatcherBase._compile_for_args
+    owner = threading.get_ident()
 
     def record(self, *args, **kws):
+        if threading.get_ident() != owner:  # another thread's call compiles and runs as usual
+            return original(self, *args, **kws)
         sig = tuple(types.Omitted(a.value) if isinstance(a, OmittedArg) else self.typeof_pyval(a) for a in args)
         sigs = calls.setdefault(self, [])
         if sig not in sigs:

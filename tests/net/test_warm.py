@@ -98,3 +98,21 @@ def test_warm_fills_the_cache_and_gives_the_same_bits(tmp_path):
     compiled = _run(["-c", FORWARD, str(proto), str(tmp_path / "compiled.npy")], tmp_path / "empty-cache")
     assert not compiled.strip().endswith("compiled:"), compiled  # this one compiled its own kernels
     assert np.array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "compiled.npy"))
+
+
+def test_collect_leaves_other_threads_alone():
+    import threading
+
+    @njit
+    def double(x):  # pragma: no cover - compiled
+        return 2 * x
+
+    seen = []
+
+    def run():
+        t = threading.Thread(target=lambda: seen.append(double(3)))
+        t.start()
+        t.join()
+
+    calls, failure = collect(run)
+    assert failure is None and calls == {} and seen == [6]  # the other thread's call compiled and ran
