@@ -44,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device == "cpu":  # what the first iteration compiles, one process per core (net.warm)
         from .warm import prepare_training
 
-        prepare_training(param, source=args.solver, memory_budget=args.memory_budget, say=lambda m: print(m, flush=True))
+        say = lambda msg: print(msg, flush=True)
+        prepare_training(param, source=args.solver, memory_budget=args.memory_budget, say=say)
     solver = Solver(
         param,
         source=args.solver,
