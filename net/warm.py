@@ -257,7 +257,9 @@ def prepare(
 ) -> Prepared:
     """Compile, `workers` processes at a time (default: one per core), the kernels `run()` would compile one by one;
     `run` is a pass over a throwaway net (see the module docstring). `say` gets a line before and after compiling,
-    and one per kernel when `verbose`. Nothing is compiled when the cache has everything."""
+    and one per kernel when `verbose`. Nothing is compiled when the cache has everything. The workers are spawned, so
+    they import the caller's main module: a script that calls this needs `if __name__ == "__main__":` (as any
+    multiprocessing program; `crema` and `python -m` are fine)."""
     calls, failure = collect(run)
     report = Prepared(note=failure)
     todo = []
