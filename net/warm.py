@@ -244,8 +244,11 @@ def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[st
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_compile_in_worker, ref, sigs): d for d, ref, sigs in jobs}
         for done, future in enumerate(as_completed(futures), 1):
-            seconds, error = future.result()
             name = _name(futures[future])
+            try:
+                seconds, error = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a signal): compiled on first use
+                seconds, error = 0.0, f"worker lost: {type(exc).__name__}: {exc}"
             if error:
                 errors[name] = error
             say(f"  [{done}/{len(jobs)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
@@ -280,7 +283,10 @@ def prepare(
         f"later starts load them from {numba_cache_dir()})"
     )
     t0 = time.perf_counter()
-    report.errors = compile_all(todo, report.workers, say if verbose else _quiet)
+    try:
+        report.errors = compile_all(todo, report.workers, say if verbose else _quiet)
+    except (OSError, RuntimeError) as exc:  # no worker could be started: everything compiles on first use, as before
+        report.errors = {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in todo}
     report.seconds = time.perf_counter() - t0
     if report.workers > 1:
         _forget_workers()
