@@ -279,7 +279,8 @@ def prepare(
     report.compiled = sum(len(sigs) for _, sigs in todo)
     report.workers = 1 if len(todo) == 1 else min(workers or default_workers(), len(todo))
     say(
-        f"compiling {report.compiled} kernels into Numba's cache ({report.workers} processes; once per machine: "
+        f"compiling {report.compiled} kernels into Numba's cache ({report.workers} process"
+        f"{'es' if report.workers > 1 else ''}; once per machine: "
         f"later starts load them from {numba_cache_dir()})"
     )
     t0 = time.perf_counter()
