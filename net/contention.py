@@ -9,7 +9,8 @@ other processes kept busy over the last quarter second or more.
 
 How busy: /proc/stat's busy time of all CPUs (user, nice, system, irq, softirq, steal: a virtual CPU taken by the
 host counts as busy) less this process's own CPU time (`time.process_time`: every thread of this process, the
-reference frameworks of a benchmark included), over the time since the last sample, in CPUs; rounded to the nearest
+reference frameworks of a benchmark included; and its children's once they have ended: `net.warm`'s compile
+workers), over the time since the last sample, in CPUs; rounded to the nearest
 whole core. Sampled at most every WINDOW_S (one read of /proc/stat: about 20 us), so a forward between samples pays
 a clock read. The kernel accounts /proc/stat in ticks (10 ms per CPU): over a quarter second on 2 CPUs, a tick or
 two of error, 0.04-0.08 of a core.
@@ -44,12 +45,19 @@ def _read_busy() -> float | None:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process (every thread) and of its children that have ended (e.g. `crema warm`'s compile
+    workers: their time is this process's work, not another's)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 class Monitor:
     """Estimates the CPUs that other processes keep busy (`others`) and the thread count that leaves them
     (`threads_for`). Thread-safe; one per process (`MONITOR`). `read_busy`, `clock` and `own_cpu` are injectable for
     tests; `enabled` is False with CREMA_ADAPT_THREADS=0 in the environment when it is made."""
 
-    def __init__(self, read_busy=_read_busy, clock=time.monotonic, own_cpu=time.process_time, cpus: int | None = None):
+    def __init__(self, read_busy=_read_busy, clock=time.monotonic, own_cpu=_own_cpu, cpus: int | None = None):
         self._read_busy, self._clock, self._own_cpu = read_busy, clock, own_cpu
         self.cpus = cpus or os.cpu_count() or 1
         self.enabled = os.environ.get(ENV, "1") != "0"

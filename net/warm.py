@@ -289,21 +289,9 @@ def prepare(
     except (OSError, RuntimeError) as exc:  # no worker could be started: everything compiles on first use, as before
         report.errors = {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in todo}
     report.seconds = time.perf_counter() - t0
-    if report.workers > 1:
-        _forget_workers()
     failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
     say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
     return report
-
-
-def _forget_workers() -> None:
-    """Start net.contention's window afresh: the workers' CPU time would read as other processes keeping every core
-    busy, and the next forward would take the one-thread plan (other kernels: the serial twins) for a while."""
-    from .contention import MONITOR, WINDOW_S
-
-    MONITOR.sample()  # a window that ends now (the workers' time in it)
-    time.sleep(WINDOW_S + 0.01)
-    MONITOR.sample()  # a clean one: the load without the workers
 
 
 def numba_cache_dir() -> str:

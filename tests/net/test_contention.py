@@ -143,3 +143,18 @@ def test_every_shipped_net_forward_has_the_same_bits_on_1_and_2_threads() -> Non
                 np.testing.assert_array_equal(outs[0][name], outs[1][name], err_msg=name)
     finally:
         numba.set_num_threads(saved)
+
+
+def test_ended_child_processes_are_this_process_work() -> None:
+    """net.warm's compile workers: once they have ended, their CPU time is this process's, not another's load."""
+    with_children = contention.Monitor()
+    without = contention.Monitor(own_cpu=time.process_time)
+    t0 = time.monotonic()
+    with_children.sample()
+    without.sample()
+    code = "import time\nend = time.monotonic() + 0.6\nwhile time.monotonic() < end: pass"
+    subprocess.run([sys.executable, "-c", code], check=True)  # waited for: its times are in os.times()
+    with_children._next = without._next = -1.0
+    got, base = with_children.sample(), without.sample()
+    wall = time.monotonic() - t0
+    assert (base - got) * wall >= 0.4  # the child's ~0.6 CPU-seconds moved from "others" to "own"
