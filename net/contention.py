@@ -26,6 +26,7 @@ import threading
 import time
 
 WINDOW_S = 0.25  # seconds between two samples at least (shorter windows are a few ticks of /proc/stat)
+BUSY_FRACTION = 0.25  # a core counts as busy from this much of it used by others (idle: 0-0.1, tick error included)
 ENV = "CREMA_ADAPT_THREADS"  # "0" turns adapting off
 
 
@@ -81,20 +82,72 @@ class Monitor:
             last = self._last
             if last is not None and now > last[0]:
                 self.others = max(0.0, (busy - last[1]) - (own - last[2])) / (now - last[0])
-                self.busy_cores = int(self.others + 0.5)
+                self.busy_cores = int(self.others + 1.0 - BUSY_FRACTION)
             self._last = (now, busy, own)
             self._next = now + WINDOW_S
         return self.others
 
     def threads_for(self, requested: int) -> int:
-        """`requested` less one for every core other processes keep busy (to the nearest core), 1 at least: a clock
-        read and a comparison between samples."""
+        """`requested` less one for every core other processes keep busy (BUSY_FRACTION of a core or more counts), 1
+        at least: a clock read and a comparison between samples."""
         if requested <= 1 or not self.enabled:
             return max(1, requested)
         if self._clock() >= self._next:
             self.sample()
         free = self.cpus - self.busy_cores
         return requested if requested <= free else (free if free > 1 else 1)  # noqa: FURB136 (max(): +0.5 us a call)
+
+
+class ThreadChoice:
+    """One net's choice, while other processes keep cores busy, between the requested thread count and the reduced
+    one (`Monitor.threads_for`): whichever has run this net's forward faster in this spell, by an exponential average
+    of measured times (ALPHA). The other is tried again after `interval` forwards: EXPLORE at first, doubled each time
+    it loses again (to MAX_INTERVAL), so a count that is far slower costs little (EfficientNet-Lite0 at batch 1 with
+    one of 2 cores busy: 130 ms on 2 threads against 21 on one). Fewer threads win where each step is short (a
+    descheduled thread holds up every join); the requested count can win where steps are long and tasks are handed
+    out dynamically (EfficientNet-Lite0 at batch 32: 473 ms on 2 threads, 600 on one). Forgotten when the net's
+    shapes change (`reset`); when no core is busy, the back-off starts over (`quiet`)."""
+
+    EXPLORE = 16
+    MAX_INTERVAL = 1024
+    ALPHA = 0.3
+
+    __slots__ = ("ema", "exploring", "interval", "since")
+
+    def __init__(self) -> None:
+        self.ema: dict[int, float] = {}
+        self.reset()
+
+    def pick(self, requested: int, reduced: int) -> int:
+        """The thread count for this forward (reduced < requested: cores are busy)."""
+        for threads in (reduced, requested):
+            if threads not in self.ema:
+                return threads
+        best, other = (reduced, requested) if self.ema[reduced] <= self.ema[requested] else (requested, reduced)
+        self.since += 1
+        if self.since < self.interval:
+            return best
+        self.since, self.exploring = 0, other
+        return other
+
+    def record(self, threads: int, seconds: float) -> None:
+        old = self.ema.get(threads)
+        self.ema[threads] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        if self.exploring == threads:
+            self.exploring = None
+            lost = any(t != threads and e < self.ema[threads] for t, e in self.ema.items())
+            self.interval = min(self.interval * 2, self.MAX_INTERVAL) if lost else self.EXPLORE
+
+    def quiet(self) -> None:
+        """No core busy now: keep what was measured (a busy spell often pauses for a window), but try the other
+        count again soon once cores are busy again."""
+        self.exploring: int | None = None
+        self.interval = self.EXPLORE
+        self.since = 0
+
+    def reset(self) -> None:
+        self.ema.clear()
+        self.quiet()
 
 
 MONITOR = Monitor()

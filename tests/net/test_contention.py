@@ -42,8 +42,10 @@ def test_others_are_the_busy_cpus_less_this_process() -> None:
     assert mon.threads_for(2) == 1 and mon.others == pytest.approx(1.0)
     fake.advance(0.3, others=0.0, own=0.6)  # the other process ended
     assert mon.threads_for(2) == 2 and mon.others == pytest.approx(0.0)
-    fake.advance(0.5, others=0.4, own=1.0)  # less than half a core: not a busy core
+    fake.advance(0.5, others=0.2, own=1.0)  # under BUSY_FRACTION of a core: not a busy core
     assert mon.threads_for(2) == 2
+    fake.advance(0.5, others=0.4, own=1.0)  # a process starved by this one's threads still holds up their joins
+    assert mon.threads_for(2) == 1
     fake.advance(0.5, others=4.0, own=0.5)  # a load of 4 on 2 CPUs: one thread, never none
     assert mon.threads_for(2) == 1
     assert mon.threads_for(1) == 1
@@ -54,7 +56,7 @@ def test_many_cores_lose_one_thread_per_busy_core() -> None:
     mon = _monitor(fake, cpus=16)
     mon.threads_for(16)
     fake.advance(1.0, others=3.2, own=12.0)
-    assert mon.threads_for(16) == 13
+    assert mon.threads_for(16) == 13  # 3.2 cores: 3 busy (the 0.2 left is under BUSY_FRACTION)
     assert mon.threads_for(8) == 8  # fewer requested than the free cores: as requested
 
 
@@ -158,3 +160,45 @@ def test_ended_child_processes_are_this_process_work() -> None:
     got, base = with_children.sample(), without.sample()
     wall = time.monotonic() - t0
     assert (base - got) * wall >= 0.4  # the child's ~0.6 CPU-seconds moved from "others" to "own"
+
+
+def test_thread_choice_keeps_the_faster_count_and_looks_again_less_often() -> None:
+    choice = contention.ThreadChoice()
+    assert choice.pick(2, 1) == 1  # untried counts first: the reduced one, then the requested one
+    choice.record(1, 0.010)
+    assert choice.pick(2, 1) == 2
+    choice.record(2, 0.050)
+    gaps, last = [], 0
+    for i in range(1, 2000):
+        threads = choice.pick(2, 1)
+        choice.record(threads, 0.010 if threads == 1 else 0.050)
+        if threads == 2:
+            gaps.append(i - last)
+            last = i
+    assert gaps[:4] == [16, 32, 64, 128] and max(gaps) <= choice.MAX_INTERVAL  # it keeps losing: backed off
+    for _ in range(10):  # the requested count became faster (long steps at a large batch)
+        choice.record(2, 0.001)
+    assert choice.pick(2, 1) == 2
+    choice.reset()
+    assert choice.pick(2, 1) == 1 and not choice.ema
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_forward_under_load_measures_both_counts(monkeypatch) -> None:
+    net = _lenet()
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
+        want = net.forward(data=x)["prob"]
+        net.forward(data=x)
+        assert set(net._threads.ema) == {1, 2}  # both counts timed on this net's forward
+        net._threads.interval = 64
+        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+        assert net._threads.interval == contention.ThreadChoice.EXPLORE  # quiet: the back-off starts over
+        net.reshape({"data": (2, 1, 28, 28)})
+        assert not net._threads.ema  # new shapes: new measurements
+    finally:
+        numba.set_num_threads(saved)
