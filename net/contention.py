@@ -98,58 +98,6 @@ class Monitor:
         return requested if requested <= free else (free if free > 1 else 1)  # noqa: FURB136 (max(): +0.5 us a call)
 
 
-class ThreadChoice:
-    """One net's choice, while other processes keep cores busy, between the requested thread count and the reduced
-    one (`Monitor.threads_for`): whichever has run this net's forward faster in this spell, by an exponential average
-    of measured times (ALPHA). The other is tried again after `interval` forwards: EXPLORE at first, doubled each time
-    it loses again (to MAX_INTERVAL), so a count that is far slower costs little (EfficientNet-Lite0 at batch 1 with
-    one of 2 cores busy: 130 ms on 2 threads against 21 on one). Fewer threads win where each step is short (a
-    descheduled thread holds up every join); the requested count can win where steps are long and tasks are handed
-    out dynamically (EfficientNet-Lite0 at batch 32: 473 ms on 2 threads, 600 on one). Forgotten when the net's
-    shapes change (`reset`); when no core is busy, the back-off starts over (`quiet`)."""
-
-    EXPLORE = 16
-    MAX_INTERVAL = 1024
-    ALPHA = 0.3
-
-    __slots__ = ("ema", "exploring", "interval", "since")
-
-    def __init__(self) -> None:
-        self.ema: dict[int, float] = {}
-        self.reset()
-
-    def pick(self, requested: int, reduced: int) -> int:
-        """The thread count for this forward (reduced < requested: cores are busy)."""
-        for threads in (reduced, requested):
-            if threads not in self.ema:
-                return threads
-        best, other = (reduced, requested) if self.ema[reduced] <= self.ema[requested] else (requested, reduced)
-        self.since += 1
-        if self.since < self.interval:
-            return best
-        self.since, self.exploring = 0, other
-        return other
-
-    def record(self, threads: int, seconds: float) -> None:
-        old = self.ema.get(threads)
-        self.ema[threads] = seconds if old is None else old + self.ALPHA * (seconds - old)
-        if self.exploring == threads:
-            self.exploring = None
-            lost = any(t != threads and e < self.ema[threads] for t, e in self.ema.items())
-            self.interval = min(self.interval * 2, self.MAX_INTERVAL) if lost else self.EXPLORE
-
-    def quiet(self) -> None:
-        """No core busy now: keep what was measured (a busy spell often pauses for a window), but try the other
-        count again soon once cores are busy again."""
-        self.exploring: int | None = None
-        self.interval = self.EXPLORE
-        self.since = 0
-
-    def reset(self) -> None:
-        self.ema.clear()
-        self.quiet()
-
-
 MONITOR = Monitor()
 
 

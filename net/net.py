@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from .blob import Blob
-from .contention import ThreadChoice, threads_for
+from .contention import threads_for
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
 from .layers import NO_STEP, InputLayer, Layer, check_gpu_capable, create_layer
 from .memory import (
@@ -183,7 +183,6 @@ class Net:
         self.loss_weights: list[list[float]] = []
         self._plan: _Plan | None = None  # CPU: the execution plan of the current shapes (_run), made on first use
         self._spare_plan: _Plan | None = None  # ... and the one for the other thread count (net.contention)
-        self._threads = ThreadChoice()  # which count runs faster while other processes keep cores busy
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -484,28 +483,20 @@ class Net:
     def _run(self, timings: list[float] | None, adapt: bool = False) -> None:
         """One forward: on the CPU the plan's steps (timed per step into `timings[layer index]` when given: a layer the
         plan leaves out, e.g. a fused activation, gets 0), on the GPU every layer's forward (timed to completion).
-        `adapt` (inference: `forward`): while other processes keep cores busy (``net.contention``), on the requested
-        or the reduced thread count, whichever has run faster (`ThreadChoice`); a forward's bits do not depend on the
-        thread count (tests/net/test_contention.py). Training does not adapt:
+        `adapt` (inference: `forward`): on fewer threads while other processes keep cores busy (``net.contention``);
+        a forward's bits do not depend on the thread count (tests/net/test_contention.py). Training does not adapt:
         its gradients' reductions do depend on it, and a run must not depend on the machine's load."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
-            reduced = threads_for(requested) if adapt else requested
-            if reduced == requested:
-                if self._threads.interval != ThreadChoice.EXPLORE:
-                    self._threads.quiet()  # the busy spell is over (or paused): look again soon in the next one
-                self._run_plan(self._plan_for(requested), timings)
+            threads = threads_for(requested) if adapt else requested
+            if threads == requested:
+                self._run_plan(self._plan_for(threads), timings)
                 return
-            threads = self._threads.pick(requested, reduced)  # the faster of the two while cores are busy
-            if threads != requested:
-                numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
-            t0 = time.perf_counter()
+            numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
                 self._run_plan(self._plan_for(threads), timings)
             finally:
-                if threads != requested:
-                    numba.set_num_threads(requested)
-            self._threads.record(threads, time.perf_counter() - t0)
+                numba.set_num_threads(requested)
             return
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
@@ -545,7 +536,6 @@ class Net:
 
     def _drop_plans(self) -> None:
         self._plan = self._spare_plan = None
-        self._threads.reset()
 
     # -- training ----------------------------------------------------------------------------
     def forward_loss(self, timings: list[float] | None = None) -> float:

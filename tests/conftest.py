@@ -35,3 +35,13 @@ def tty_stderr(capsys, monkeypatch):
     stderr. (The class is patched: pytest swaps the stream objects between fixture setup and the test.)"""
     monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True)
     return capsys
+
+
+@pytest.fixture(autouse=True)
+def _fixed_thread_counts(monkeypatch):
+    """Forwards keep the requested thread count in tests (net.contention would take fewer while other jobs keep this
+    machine's cores busy, and tests that check a plan's thread count would depend on the load);
+    tests/net/test_contention.py drives the monitor itself."""
+    from net import contention
+
+    monkeypatch.setattr(contention.MONITOR, "enabled", False)
