@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -216,8 +217,12 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.05) -> Result:
 
 
 def start_busy(processes: int) -> list[subprocess.Popen]:
-    """`processes` Python processes that each keep a core busy (a spin loop), for BUSY_MAX_S at most."""
-    code = f"import time\nend = time.monotonic() + {BUSY_MAX_S}\nwhile time.monotonic() < end:\n    pass\n"
+    """`processes` Python processes that each keep a core busy (a spin loop) for BUSY_MAX_S at most, and only while
+    the harness lives (a harness killed by a signal runs no `finally`: the loop checks its parent)."""
+    code = (
+        f"import os, time\nparent = {os.getpid()}\nend = time.monotonic() + {BUSY_MAX_S}\n"
+        "while time.monotonic() < end and os.getppid() == parent:\n    pass\n"
+    )
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(processes)]
 
 

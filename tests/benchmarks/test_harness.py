@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +74,42 @@ def test_busy_processes_end_even_without_the_harness():
         harness.stop_busy(procs)
     assert procs[0].poll() is not None
     assert f"+ {harness.BUSY_MAX_S}" in " ".join(procs[0].args)  # bounded: the spin loop has a deadline
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_busy_processes_die_with_a_killed_harness(tmp_path):
+    """A harness killed by a signal (no `finally` runs) takes its busy processes with it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "pid"
+    code = (
+        "import sys, time\nfrom benchmarks import harness\nprocs = harness.start_busy(1)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(procs[0].pid))\ntime.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break  # gone
+        if state == "Z":
+            break  # ended (a zombie until its new parent reaps it)
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the busy process outlived the harness")
 
 
 def test_wrong_result_is_never_timed():
