@@ -235,8 +235,9 @@ def stop_busy(procs: Sequence[subprocess.Popen]) -> None:
 
 def run_busy(result: Result, processes: int, *, pause: float = 0.05) -> None:
     """After `run_case`: time every side again while `processes` other processes keep cores busy, and crema on one
-    thread (Numba's thread count 1 around each call) as one more side of the same interleaved rounds, so that a noisy
-    spell or a reference's still-spinning threads land on both of crema's runs alike. The processes are started here
+    thread (Numba's thread count 1 around each call) as one more side of the same interleaved rounds, the order of the
+    sides rotated every round, so that a noisy spell or a reference's still-spinning threads land on both of crema's
+    runs alike. The processes are started here
     and killed before it returns."""
     import numba
 
@@ -260,8 +261,10 @@ def run_busy(result: Result, processes: int, *, pause: float = 0.05) -> None:
         for fn in sides.values():
             fn()
         runs: dict[str, list[float]] = {side: [] for side in sides}
-        for _ in range(case.rounds):
-            for side, fn in sides.items():
+        order = list(sides)
+        for r in range(case.rounds):
+            for side in order[r % len(order) :] + order[: r % len(order)]:  # rotated: no side always follows the
+                fn = sides[side]  # same one (a reference's threads spin on for a while after its calls)
                 fn()
                 for _ in range(per):
                     runs[side].append(_timed(fn))
