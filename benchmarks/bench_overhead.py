@@ -6,7 +6,7 @@
 Measured in one process, medians of many calls:
 - the whole `Net.forward` (input copied in, outputs copied out), the plan's steps alone (`Net._run`), and the sum of
   each step timed on its own: the difference between the first two is Net.forward's own work;
-- per step: the step's wall time, and whether it forked (a parallel kernel) or ran on the calling thread;
+- per step (LeNet): the step's wall time;
 - the two fixed costs every step pays: one Python call through Numba's dispatcher (a compiled function of 10 array
   arguments that does nothing: type checks and unboxing) and, for a parallel kernel, one fork-join of the threads (a
   compiled `prange` over the threads doing nothing); with the step count they bound the overhead of the plan;
@@ -58,14 +58,6 @@ def fixed_costs(threads: int, calls: int = 20000) -> dict:
     dispatch = _median_us(lambda: nothing(*arrays), calls)
     fork = _median_us(lambda: fork_join(out), calls) - dispatch
     return {"dispatch_us": dispatch, "fork_join_us": fork}
-
-
-def _forked(step) -> bool:
-    """Did the step's runner run its tasks in parallel (a fork-join), by the runners' `serial` flags where they
-    have one; None where it cannot be told."""
-    runner = getattr(step, "runner", None) or getattr(getattr(step, "__self__", None), "runner", None)
-    serial = getattr(runner, "serial", None)
-    return None if serial is None else not serial
 
 
 def net_overhead(name: str, threads: int, calls: int) -> dict:

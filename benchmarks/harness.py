@@ -15,8 +15,8 @@ on one. A side's time is the median of all its calls; the ratio to a reference i
 `measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any GEMM gets).
 
 Busy machine (`run_busy`, ``--busy``): after a case's timing, the harness starts processes that each keep a core busy
-(spin loops that end themselves after BUSY_MAX_S, killed when the case is done), times every side again the same way,
-then crema on one thread; reported: each side's slowdown (median with them / without them) and crema's time over its
+(spin loops that end themselves after BUSY_MAX_S or with the harness, killed when the case is done) and times every
+side again, with crema on one thread as one more side of the same rounds; reported: each side's slowdown (median with them / without them) and crema's time over its
 own single-thread time. The target: crema slows down no more than the fastest reference of the quiet run (the peer
 it is measured against; every reference's slowdown is listed), and is not slower than its single-thread run (within
 BUSY_SAME).
@@ -237,8 +237,7 @@ def run_busy(result: Result, processes: int, *, pause: float = 0.05) -> None:
     """After `run_case`: time every side again while `processes` other processes keep cores busy, and crema on one
     thread (Numba's thread count 1 around each call) as one more side of the same interleaved rounds, the order of the
     sides rotated every round, so that a noisy spell or a reference's still-spinning threads land on both of crema's
-    runs alike. The processes are started here
-    and killed before it returns."""
+    runs alike. The processes are started here and killed before it returns."""
     import numba
 
     case = result.case

@@ -10,13 +10,13 @@ other processes kept busy over the last quarter second or more.
 How busy: /proc/stat's busy time of all CPUs (user, nice, system, irq, softirq, steal: a virtual CPU taken by the
 host counts as busy) less this process's own CPU time (`time.process_time`: every thread of this process, the
 reference frameworks of a benchmark included; and its children's once they have ended: `net.warm`'s compile
-workers), over the time since the last sample, in CPUs; rounded to the nearest
-whole core. Sampled at most every WINDOW_S (one read of /proc/stat: about 20 us), so a forward between samples pays
+workers), over the time since the last sample, in CPUs; a core counts as busy from BUSY_FRACTION of it. Sampled at most every WINDOW_S (one read of /proc/stat: about 20 us), so a forward between samples pays
 a clock read. The kernel accounts /proc/stat in ticks (10 ms per CPU): over a quarter second on 2 CPUs, a tick or
 two of error, 0.04-0.08 of a core.
 
 Where /proc/stat cannot be read (not Linux), or with CREMA_ADAPT_THREADS=0 in the environment, the requested count
-is used as it is. `Net` applies it to every CPU forward (`Net._run`) and the solver to every training iteration.
+is used as it is. `Net.forward` applies it to every CPU inference forward; training keeps its thread count (its
+gradients' reductions depend on it, and a run must not depend on the load).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 WINDOW_S = 0.25  # seconds between two samples at least (shorter windows are a few ticks of /proc/stat)
 BUSY_FRACTION = 0.25  # a core counts as busy from this much of it used by others (idle: 0-0.1, tick error included)
 ENV = "CREMA_ADAPT_THREADS"  # "0" turns adapting off
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit (USER_HZ)
 
 
 def _read_busy() -> float | None:
@@ -41,9 +42,6 @@ def _read_busy() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
     return (user + nice + system + irq + softirq + steal) / _TICKS
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _own_cpu() -> float:
@@ -63,7 +61,7 @@ class Monitor:
         self.cpus = cpus or os.cpu_count() or 1
         self.enabled = os.environ.get(ENV, "1") != "0"
         self.others = 0.0  # CPUs kept busy by other processes over the last window
-        self.busy_cores = 0  # ... to the nearest core
+        self.busy_cores = 0  # ... in whole cores (BUSY_FRACTION of one counts)
         self._last: tuple[float, float, float] | None = None
         self._next = -1.0  # clock time of the next sample
         self._lock = threading.Lock()

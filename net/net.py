@@ -489,14 +489,13 @@ class Net:
         if self.device == "cpu":
             requested = numba.get_num_threads()
             threads = threads_for(requested) if adapt else requested
-            if threads == requested:
-                self._run_plan(self._plan_for(threads), timings)
-                return
-            numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
+            if threads != requested:
+                numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
                 self._run_plan(self._plan_for(threads), timings)
             finally:
-                numba.set_num_threads(requested)
+                if threads != requested:
+                    numba.set_num_threads(requested)
             return
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
