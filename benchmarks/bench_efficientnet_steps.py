@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -130,15 +131,21 @@ def main() -> None:
     ratio_min = min(whole["ort"]) / min(whole["crema"])
     ratio_med = statistics.median(whole["ort"]) / statistics.median(whole["crema"])
     print(f"  ORT / crema: {ratio_min:.3f}x (mins), {ratio_med:.3f}x (medians)")
-    ours: dict[str, float] = collections.Counter()
-    for i, (_, layer, bottom, _top) in enumerate(net._plan.steps):
-        ms = min(steps[i]) * 1e3
-        ours[_kind(layer)] += ms
-        if args.steps:
-            print(f"    {layer.name:28s} {_kind(layer):8s} {bottom[0].shape!s:22s} {ms:8.3f} ms")
     theirs: dict[str, float] = collections.Counter()
+    ort_steps: dict[str, list[float]] = collections.defaultdict(list)  # per kind, in graph order
     for name, ds in nodes.items():
         theirs[_ort_kind(name)] += min(ds)
+        ort_steps[_ort_kind(name)].append(min(ds))
+    ours: dict[str, float] = collections.Counter()
+    seen: dict[str, int] = collections.Counter()
+    for i, (_, layer, bottom, _top) in enumerate(net._plan.steps):
+        ms = min(steps[i]) * 1e3
+        kind = _kind(layer)
+        ours[kind] += ms
+        if args.steps:  # beside the ORT node of the same kind and rank (the graphs run the layers in the same order)
+            theirs_ms = ort_steps[kind][seen[kind]] if seen[kind] < len(ort_steps[kind]) else math.nan
+            seen[kind] += 1
+            print(f"    {layer.name:28s} {kind:8s} {bottom[0].shape!s:22s} {ms:8.3f} ms | ORT {theirs_ms:8.3f} ms")
     print("  per kind, sums of per-step minimum ms (crema | ORT nodes):")
     for kind in ("stem", "dw", "expand", "project", "head"):
         print(f"    {kind:8s} {ours.pop(kind, 0.0):9.3f} | {theirs.pop(kind, 0.0):9.3f}")

@@ -560,6 +560,7 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         randomize(net, seed=0)
         weights = workdir / f"{name}.caffemodel"
         net.save(weights)
+        net.share_activations()  # as crema classify and serve run it (net.arena)
         refs_of: dict[str, Callable] = {}
         if _torch() is not None:
             refs_of["torch"] = torch_forward(net)
@@ -600,6 +601,7 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
 
     files = efficientnet_lite0(cache=workdir / "cache", say=lambda _msg: None)
     net = Net.load(files.prototxt, files.weights)
+    net.share_activations()  # as crema classify and serve run it (net.arena)
     refs_of: dict[str, Callable] = {}
     torch = _torch()
     if torch is not None:
@@ -700,6 +702,7 @@ def zoo_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         weights = workdir / f"{name}.caffemodel"
         builder.save(weights)
         net = Net.load(proto, weights)  # as a user runs it: BatchNorm / Scale folded, ReLUs fused
+        net.share_activations()  # ... and the intermediate blobs in one arena (net.arena)
         refs_of: dict[str, Callable] = {}
         if _ort_ok():
             refs_of["onnxruntime"] = onnx_dag_forward(builder, threads)

@@ -4,6 +4,8 @@
     net = Net.load("deploy.prototxt", "weights.caffemodel", phase="test")  # weights optional
     out = net.forward(data=x)    # float32 NCHW per input blob; returns {output blob name: ndarray}
     net.blobs["conv1"]           # any blob's data (ndarray) after forward
+    net.share_activations(keep=("pool",))  # forward-only: intermediate blobs share memory (net.arena)
+    net.observe("conv1", fn)     # fn("conv1", array) in every forward right after conv1 is written
     net.params["conv1"]          # [weight, bias] ndarrays, Caffe layouts
     net.save("copy.caffemodel")  # binary caffemodel
 
@@ -15,14 +17,17 @@ layers by name with Caffe's legacy-aware shape check (§7.3).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numba
 import numpy as np
 
+from . import arena
 from .blob import Blob
 from .contention import threads_for
 from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
@@ -183,6 +188,11 @@ class Net:
         self.loss_weights: list[list[float]] = []
         self._plan: _Plan | None = None  # CPU: the execution plan of the current shapes (_run), made on first use
         self._spare_plan: _Plan | None = None  # ... and the one for the other thread count (net.contention)
+        self._share: frozenset[str] | None = None  # share_activations' keep (None: every blob has its own array)
+        self._arena: np.ndarray | None = None  # ... the buffer the shared blobs live in
+        self._arena_stale = True  # ... placed again before the next plan (after a reshape)
+        self.shared_bytes = 0  # ... bytes of the blobs in it (the arena itself: self._arena.nbytes)
+        self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -445,6 +455,7 @@ class Net:
             end_shape_pass(saved, undo=True)
             raise
         end_shape_pass(saved)
+        self._arena_stale = True
 
     def set_input(self, name: str, value: np.ndarray) -> None:
         if name not in self.inputs:
@@ -497,6 +508,7 @@ class Net:
                 if threads != requested:
                     numba.set_num_threads(requested)
             return
+        after = _last_writers([(layer, top) for layer, top in zip(self.layers, self.tops)], self._observers)
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
                 layer.forward(bottom, top)
@@ -506,10 +518,14 @@ class Net:
                 layer.forward(bottom, top)
                 synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
+            if i in after:
+                self._notify(after[i])
 
     def _plan_for(self, threads: int) -> _Plan:
         """The plan for `threads` threads (the current thread count): the current one, or the other one kept from
-        before a change of thread count (a busy spell of other processes: ``net.contention``), or a new one."""
+        before a change of thread count (a busy spell of other processes: ``net.contention``), or a new one (with
+        shared activations placed first when they are stale: the placement follows the plan's steps, and the plan
+        is then made again over the arena's arrays)."""
         plan = self._plan
         if plan is not None and plan.threads == threads:
             return plan
@@ -517,12 +533,21 @@ class Net:
         if spare is not None and spare.threads == threads:  # a reshape drops both: the spare has today's shapes
             self._plan, self._spare_plan = spare, plan
             return spare
-        self._spare_plan, self._plan = plan, _Plan(self)
-        return self._plan
+        new = _Plan(self)
+        if self._share is not None and self._arena_stale:
+            self._arena = None  # the old arena goes as its blobs are placed again
+            skip = {id(self._blobs[name]) for name in (*self.inputs, *self.outputs, *self._share)}
+            self._arena, self.shared_bytes = arena.share(new.steps, skip)
+            self._arena_stale = False
+            plan = self._spare_plan = None  # made over the old arrays
+            new = _Plan(self)
+        self._spare_plan, self._plan = plan, new
+        return new
 
     def _run_plan(self, plan: _Plan, timings: list[float] | None) -> None:
         index = None if timings is None else {id(layer): i for i, layer in enumerate(self.layers)}
-        for step, layer, bottom, top in plan.steps:
+        after = plan.after
+        for s, (step, layer, bottom, top) in enumerate(plan.steps):
             if index is not None:
                 t0 = time.perf_counter()
             if step is None:
@@ -532,6 +557,39 @@ class Net:
                 self._drop_plans()
             if index is not None:
                 timings[index[id(layer)]] += time.perf_counter() - t0
+            if after and s in after:
+                self._notify(after[s])
+
+    def _notify(self, names: list[str]) -> None:
+        for name in names:
+            data = self._blobs[name].data
+            for ref in self._observers[name]:
+                fn = ref()
+                if fn is not None:
+                    fn(name, data)
+
+    # -- sharing and observing activations ------------------------------------------------------------
+    def share_activations(self, keep: tuple[str, ...] | list[str] = ()) -> None:
+        """From the next forward on, the net's intermediate blobs share one buffer by lifetime (``net.arena``): the
+        inputs, the outputs and the blobs named in `keep` keep arrays of their own; any other blob's values are
+        valid only while the forward still needs them (read them with `observe`). For forward-only use on the CPU
+        (the GPU path keeps its own arrays); `backward` is refused from then on."""
+        missing = [name for name in keep if name not in self._blobs]
+        if missing:
+            raise NetError(f"share_activations: no blob named {', '.join(map(repr, missing))} in net '{self.name}'")
+        self._share = frozenset(keep)
+        self._arena_stale = True
+        self._drop_plans()
+
+    def observe(self, name: str, fn) -> None:
+        """Call fn(name, array) in every forward right after the step that writes blob `name` last (in-place layers
+        included), before any later step runs: the way to read a blob that `share_activations` reuses. The array
+        is the blob's own: copy what is kept. A bound method is held weakly (observing ends with its object)."""
+        if name not in self._blobs:
+            raise NetError(f"observe: no blob named {name!r} in net '{self.name}'")
+        ref = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)
+        self._observers.setdefault(name, []).append(ref)
+        self._drop_plans()
 
     def _drop_plans(self) -> None:
         self._plan = self._spare_plan = None
@@ -552,6 +610,8 @@ class Net:
     def backward(self, timings: list[float] | None = None) -> None:
         """Backpropagate from every loss top: its diff is set to the loss weight; each layer that needs
         backward then overwrites its bottoms' diffs and accumulates into its parameters' diffs."""
+        if self._share is not None:
+            raise NetError(f"net '{self.name}' shares its activations (share_activations): backward needs them")
         for blob, weight in self.loss_tops:
             blob.diff = full_like(blob.data, blob.shape, weight)
         for i in reversed(self.backward_layers):
@@ -723,7 +783,7 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("steps", "threads")
+    __slots__ = ("after", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
@@ -733,3 +793,17 @@ class _Plan:
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))
         self.steps = fuse_residual_sums(self.steps)
+        self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
+
+
+def _last_writers(writers: list[tuple], observers: Mapping[str, list]) -> dict[int, list[str]]:
+    """{index in `writers` ((layer, tops) in run order): the observed blob names it writes last}."""
+    last: dict[str, int] = {}
+    for i, (_, top) in enumerate(writers):
+        for t in top:
+            if t.name in observers:
+                last[t.name] = i
+    after: dict[int, list[str]] = {}
+    for name, i in last.items():
+        after.setdefault(i, []).append(name)
+    return after

@@ -1,15 +1,16 @@
 """Inside the network, per search: the feature maps of the forward pass that answered the request, kept briefly.
 
     inside = Inside(model.net, bgr=..., per_request_bytes=24 << 20, max_bytes=256 << 20, ttl_s=600)
-    rows = inside.capture(n)                 # inference thread, right after the batch's forward: one dict per row
+    rows = inside.capture(n)                 # inference thread, after the batch's forward: one dict per row
     entry_id = inside.store(rows[i])         # event loop: the request's maps under a random id
     inside.describe(entry_id, rows[i])       # the JSON of /api/search's `inside`
     inside.maps_png(entry_id, "conv1")       # PNG grid of that request's maps (net.visualize.maps_grid)
     inside.filters_png("conv1")              # PNG grid of the layer's filters (weights do not change)
 
-No second forward: `capture` copies, from the net's blobs as the batch's forward left them, each row's maps of
-the layers in net.visualize.layer_views (Convolution / Pooling with spatial maps), at most MAX_TILES channels a
-layer, in net order while the request's byte budget lasts: a layer that does not fit is skipped and listed as not
+No second forward: during each forward (`Net.observe`: right after a layer's maps are written, before a later layer
+reuses their memory, `Net.share_activations`), each row's maps of the layers in net.visualize.layer_views
+(Convolution / Pooling with spatial maps) are copied, at most MAX_TILES channels a layer, in net order while the
+request's byte budget lasts; `capture` hands over what the last forward copied: a layer that does not fit is skipped and listed as not
 kept (later, smaller ones may still fit; the first layer of every served model fits: EfficientNet-Lite0's stem is
 1.6 MB of its 22.6 MB). Entries live `ttl_s` seconds, and the oldest go first when the cache would exceed
 `max_bytes`. A batch captures at most `max_bytes` in all (the budget of later rows shrinks to what is left).
@@ -67,6 +68,13 @@ class Inside:
         self._lock = threading.Lock()
         self._filters: dict[str, bytes] = {}
         self._trimmed = {}  # layer -> what its filters grid leaves out (net.visualize.trim_zero_border), or ""
+        self._rows: list[dict[str, np.ndarray]] = []  # the maps the running forward copied, per row
+        self._kept: tuple[int, list[set[str]]] = (-1, [])  # (batch size, per row the layers its budget keeps)
+        self._views_of: dict[str, list[LayerView]] = {}  # top -> the views that show it
+        for view in self.views:
+            self._views_of.setdefault(view.top, []).append(view)
+        for top in self._views_of:
+            net.observe(top, self._copy)  # held weakly: an Inside no longer used stops copying
         for view in self.views:
             if view.filters:
                 w = net.params[view.name][0]
@@ -76,23 +84,43 @@ class Inside:
                 )
 
     # -- capture (inference thread) ------------------------------------------------------------------------------
+    def _budgets(self, n: int) -> list[set[str]]:
+        """Per row of a batch of n, the layers whose maps it keeps: in net order while its budget lasts (the
+        request's, and what the batch's leaves), from the sizes alone."""
+        if self._kept[0] != n:
+            rows: list[set[str]] = []
+            batch_left = self.max_bytes
+            for _ in range(n):
+                left = min(self.per_request_bytes, batch_left)
+                kept = set()
+                for view in self.views:
+                    size = min(view.shape[0], MAX_TILES) * view.shape[1] * view.shape[2] * 4  # float32
+                    if size > left:
+                        continue
+                    kept.add(view.name)
+                    left -= size
+                    batch_left -= size
+                rows.append(kept)
+            self._kept = (n, rows)
+        return self._kept[1]
+
+    def _copy(self, top: str, data: np.ndarray) -> None:
+        """Net.observe's callback: the rows' copies of the maps of the layers that show this blob, as the forward
+        writes it."""
+        n = len(data)
+        if len(self._rows) != n:
+            self._rows = [{} for _ in range(n)]
+        for view in self._views_of[top]:
+            c = min(view.shape[0], MAX_TILES)
+            for i, kept in enumerate(self._budgets(n)):
+                if view.name in kept:
+                    self._rows[i][view.name] = np.array(data[i, :c], dtype=np.float32, copy=True)
+
     def capture(self, n: int) -> list[dict[str, np.ndarray]]:
-        """Each of the batch's n rows: {layer name: copy of its maps} within the budgets (module docstring)."""
-        rows: list[dict[str, np.ndarray]] = []
-        batch_left = self.max_bytes
-        for i in range(n):
-            left = min(self.per_request_bytes, batch_left)
-            kept: dict[str, np.ndarray] = {}
-            for view in self.views:
-                blob = self.net.blobs[view.top]
-                c = min(view.shape[0], MAX_TILES)
-                size = c * view.shape[1] * view.shape[2] * blob.itemsize
-                if size > left:
-                    continue
-                kept[view.name] = np.array(blob[i, :c], dtype=np.float32, copy=True)
-                left -= size
-                batch_left -= size
-            rows.append(kept)
+        """Each of the last forward's n rows: {layer name: copy of its maps} within the budgets (module docstring);
+        the copies are handed over (a second call before the next forward gets empty rows)."""
+        rows = self._rows if len(self._rows) == n else [{} for _ in range(n)]
+        self._rows = []
         return rows
 
     # -- the cache ---------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Model:
         self.num_classes = len(labels)
         self.feature_dim = int(np.prod(net.blob(feature_blob).shape[1:]))
         self._fingerprint: str | None = None
+        net.share_activations(keep=(feature_blob,))  # the rest is read through Net.observe (server.inside)
 
     @classmethod
     def load(

@@ -25,15 +25,28 @@ def client_for(model: Model, **config) -> TestClient:
     return TestClient(create_app(model, web=WebSearch(None), config=AppConfig(**config)))
 
 
+class _Blobs:
+    """Copies of the blobs a forward writes (Net.observe holds the bound method weakly: it ends with the spy)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, np.ndarray] = {}
+
+    def record(self, name: str, data: np.ndarray) -> None:
+        self.seen[name] = data.copy()
+
+
 def spy_forward(model: Model, monkeypatch) -> list[dict]:
     """Record, at every forward the server runs, its input and the blobs of every shown layer."""
     seen: list[dict] = []
     views = layer_views(model.net)
     infer = model.infer
+    blobs = _Blobs()
+    for v in views:
+        model.net.observe(v.top, blobs.record)  # during the forward: the net reuses the blobs' memory afterwards
 
     def spy(x):
         out = infer(x)
-        seen.append({"x": x.copy(), **{v.name: model.net.blobs[v.top].copy() for v in views}})
+        seen.append({"x": x.copy(), **{v.name: blobs.seen[v.top] for v in views}})
         return out
 
     monkeypatch.setattr(model, "infer", spy)
@@ -109,8 +122,9 @@ def test_efficientnet_first_conv_and_fused_notes(monkeypatch):
     # every layer's kept maps, not only the first two rendered above, are the unfused net's (no fusion leaves a
     # blob stale: the residual sums fused into the 1x1 projections write both blobs)
     x = model.preprocess(photo)[None]
+    capture = Inside(model.net, bgr=False)  # copies the maps during the forward (the net reuses their memory)
     model.infer(x)
-    rows = Inside(model.net, bgr=False).capture(1)
+    rows = capture.capture(1)
     plain.forward(data=x)
     assert len(rows[0]) == 49
     for view in layer_views(plain):
@@ -209,17 +223,25 @@ def test_inside_off(model):
 
 
 def test_capture_keeps_each_rows_own_maps(model):
-    """A batch of three: each row's maps are that row's slice of the batch's blobs, copies (the next forward
-    overwrites the blobs, not them)."""
+    """A batch of three: each row's maps are that row's slice of the batch's blobs (as a net of its own computes
+    them), copies (the next forward overwrites the blobs, not them); handed over once."""
     inside = Inside(model.net, bgr=False)
     x = np.stack([model.preprocess(png_bytes(digit(d))) for d in (2, 5, 8)])
     model.infer(x)
-    want = {v.name: model.net.blobs[v.top].copy() for v in inside.views}
     rows = inside.capture(3)
     model.infer(x[::-1].copy())
+    plain = Net.load(model.files.prototxt, model.files.weights)
+    plain.forward(data=x)
+    assert rows and all(rows)
     for i, row in enumerate(rows):
+        assert set(row) == {v.name for v in inside.views}
         for name, maps in row.items():
-            assert np.array_equal(maps, want[name][i]), (i, name)
+            view = next(v for v in inside.views if v.name == name)
+            assert np.array_equal(maps, plain.blobs[view.top][i, : len(maps)]), (i, name)
+    second = inside.capture(3)  # the second forward's (the batch reversed), not the first's again
+    for name, maps in second[0].items():
+        assert np.array_equal(maps, rows[2][name]), name
+    assert inside.capture(3) == [{}, {}, {}]  # handed over once
 
 
 def test_openapi_documents_inside(model):
