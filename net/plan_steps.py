@@ -138,20 +138,21 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
         return None
     zeros = np.zeros(b_shape, np.float32)
     done = [False]
+    checked = [None, None, None, None]  # the (x, w, b, r) arrays last checked: the same objects need no new check
 
     def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
         w, b = conv_layer.forward_params()
         x, r = src.data, skip.data
         if b is None:
             b = zeros
-        if (
-            dst.data is not y
-            or sum_dst.data is not z
-            or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape) and plain(r, shape))
-            or np.may_share_memory(r, z)
-            or np.may_share_memory(r, y)
-        ):
+        if dst.data is not y or sum_dst.data is not z:
             return False  # the Net runs the convolution's forward; the Eltwise step below then runs as usual
+        if x is not checked[0] or w is not checked[1] or b is not checked[2] or r is not checked[3]:
+            if not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape) and plain(r, shape)) or (
+                np.may_share_memory(r, z) or np.may_share_memory(r, y)
+            ):
+                return False
+            checked[:] = x, w, b, r
         run(x, w, b, y, r, z)
         done[0] = True
         return True

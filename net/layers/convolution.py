@@ -166,13 +166,18 @@ class ConvolutionLayer(Layer):
             )
         out = plan_out(dst, x, run.out_shape)
         zeros = np.zeros(b_shape, np.float32)
+        checked = [None, None, None]  # the (x, w, b) arrays last checked: the same objects need no new check
 
         def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
             w, b = self.forward_params()
             x = src.data
             if b is None:
                 b = zeros
-            if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+            if x is not checked[0] or w is not checked[1] or b is not checked[2]:
+                if not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+                    return False
+                checked[:] = x, w, b
+            if dst.data is not out:
                 return False
             run(x, w, b, out)
             return True
