@@ -47,6 +47,12 @@ Kernels, in order:
                      7 x 7 and 14 x 14). The main tiles start at pixel 0 (no ``_head``), so the same FMA chains and
                      bits as in place. 1 thread, CPU time, batch 32 (a loaded machine): the 1x1 layers summed 194 ->
                      178 ms, the deep projections 1.13-1.20x. AVX2 tiles only (the paired AVX-512 tile reads in place).
+   ``_pack_shared`` - (SHARED_PACK) a smaller x (not PACK) whose rows start off the cache lines (P not a multiple of
+                     16: 7 x 7, 14 x 14; each 16-pixel load then splits across two lines, 17% slower on a line-aligned
+                     x moved 4 bytes) is packed once per call, every worker its share of the rows (one fork-join
+                     more), into slivers all tasks read. The same bits. Batch 1, same-runner A/B: 1 thread 1.09-1.16x
+                     on the 7 x 7 and 14 x 14 layers; 2 threads 1.10-1.17x at 7 x 7, 0.96-1.09x at 14 x 14;
+                     EfficientNet-Lite0 batch 1 in-process A/B: 2 threads 1.05-1.06x, 1 thread 1.03x.
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
                      without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
@@ -99,6 +105,7 @@ PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver t
 PREFETCH_FLOATS = 16  # the tile's loop over k also prefetches row k of x this far ahead (the next tile) ...
 PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
+SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
 assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
 assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
 assert DOT_ACC + max(DOT_COLS, 2) + 1 <= 16, "dot tile: accumulators + pixel vectors (2 for 2 partial sums) + W"
@@ -439,10 +446,12 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
 
 
 @njit(cache=True, boundscheck=False)
-def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add):  # pragma: no cover - compiled
+def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # pragma: no cover - compiled
     """Task `task` (see _pw_forward): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
     pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
-    after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile)."""
+    after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile). Main
+    tiles: x in place, or the chunk packed by this task (PACK), or every image's slivers packed once for the whole
+    call into sp (SHARED_PACK, _pack_shared)."""
     k, m, p, npc, nrb, chunk, block = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7]
     ns = (p - h) // NR  # main slivers, from pixel h
     t = p - h - ns * NR  # pixels after them
@@ -457,11 +466,12 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add):  # pragm
     y_off = n * m * p
     flo, fhi = np.float32(lo), np.float32(hi)
     edges = (h > 0 or t > 0) and pc == npc - 1
-    packed = plan[9] > 0
-    xp = xt[: plan[9]]  # the chunk's slivers (PACK), then the edge pixels and one tile
-    et = xt[plan[9] :]
+    shared = plan[11] > 0
+    packed = plan[9] > 0 or shared
+    xp = sp[(n * ns + s_begin) * k * NR :] if shared else xt[: plan[9]]  # the chunk's slivers (PACK, SHARED_PACK)
+    et = xt[plan[9] :]  # the edge pixels and one tile
     out = et[NR * k : NR * k + MR * NR]  # _sliver_edge's tile, after the packed edge pixels
-    if packed and s_end > s_begin:
+    if packed and not shared and s_end > s_begin:
         _pack_chunk(xf, x_off + h, k, p, s_begin, s_end, xp)
     if edges:
         if h > 0:
@@ -537,20 +547,40 @@ def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, h
             _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0))
 
 
+@njit(cache=True, boundscheck=False)
+def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - compiled
+    """sp[((n*ns + s)*k + c)*NR + j] = x[n, c, s*NR + j] for rows c_begin <= c < c_end of every image, s < ns = P // NR:
+    the main pixels of the whole call as contiguous (K, NR) slivers on 64-byte lines (SHARED_PACK)."""
+    ns = p // NR
+    for n in range(n_img):
+        for c in range(c_begin, c_end):
+            src = (n * k + c) * p
+            for s in range(ns):
+                d = ((n * ns + s) * k + c) * NR
+                for j in range(NR):
+                    sp[np.uint64(d + j)] = xf[np.uint64(src + s * NR + j)]
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
 def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
     """All tasks (image, pixel chunk, row block) of a call, claimed by `workers` workers (one per thread,
-    ``gemm.claim``); worker t packs its edge pixels into ws[t*plan[8]:]. x, w, y: C-contiguous, any rank; plan: see
+    ``gemm.claim``); worker t packs its edge pixels into ws[t*plan[8]:]; with SHARED_PACK every worker first packs
+    its share of x's rows into ws[workers*plan[8]:] (one fork-join more). x, w, y: C-contiguous, any rank; plan: see
     PointwiseRunner."""
     xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
     ntask = plan[0] * plan[4] * plan[5]
-    h = 0 if plan[9] > 0 else _head(xf, plan[3])
+    h = 0 if plan[9] > 0 or plan[11] > 0 else _head(xf, plan[3])
     size = plan[8]
+    sp = ws[workers * size :]
+    if plan[11] > 0:
+        k = plan[1]
+        for t in prange(workers):
+            _pack_shared(xf, plan[0], k, plan[3], t * k // workers, (t + 1) * k // workers, sp)
     for t in prange(workers):
         xt = ws[t * size : (t + 1) * size]
         task = claim(counter)
         while task < ntask:
-            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add)
+            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp)
             task = claim(counter)
 
 
@@ -558,9 +588,12 @@ def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):
 def _pw_serial(x, w, bias, y, plan, lo, hi, ws, res, z, add):  # pragma: no cover - compiled
     """_pw_forward's tasks in order on the calling thread."""
     xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
-    h = 0 if plan[9] > 0 else _head(xf, plan[3])
+    h = 0 if plan[9] > 0 or plan[11] > 0 else _head(xf, plan[3])
+    sp = ws[plan[8] :]
+    if plan[11] > 0:
+        _pack_shared(xf, plan[0], plan[1], plan[3], 0, plan[1], sp)
     for task in range(plan[0] * plan[4] * plan[5]):
-        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task, rf, zf, add)
+        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task, rf, zf, add, sp)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -661,10 +694,12 @@ class PointwiseRunner:
         # edge pixels (NR at most) and one tile, rounded up to whole lines
         big = 4 * n * k * p > PACK_MIN_X_BYTES
         packed = chunk * k * NR if PACK and SLIVERS == 1 and big and block >= PACK_MIN_ROWS else 0
+        # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
+        shared = n * (p // NR) * k * NR if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES else 0
-        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf], np.int64)
-        self.ws_size = size * (1 if self.serial else threads)
+        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared], np.int64)
+        self.ws_size = size * (1 if self.serial else threads) + shared
 
     def __call__(
         self,

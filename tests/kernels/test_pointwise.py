@@ -187,6 +187,28 @@ def test_packed_slivers_give_the_same_bits(k, m, h, monkeypatch) -> None:
     np.testing.assert_array_equal(pointwise_forward(x, w, b, act=(0.0, 6.0)), want)
 
 
+@pytest.mark.parametrize(
+    "xs,m", [((1, 1152, 7, 7), 192), ((2, 112, 14, 14), 67), ((1, 13, 1, 17), 8), ((3, 20, 5, 7), 30)]
+)
+def test_shared_pack_gives_the_same_bits(xs, m, split, monkeypatch) -> None:
+    """x's main slivers packed once a call for every task (SHARED_PACK: small x, P not a multiple of 16) or read in
+    place: the same FMA chains, the same bits, the residual sum too."""
+    x, w, b = _inputs(xs, (m, xs[1], 1, 1), seed=xs[1] + m)
+    res = np.random.default_rng(1).standard_normal((xs[0], m, *xs[2:])).astype(np.float32)
+    outs = {}
+    for shared in (False, True):
+        monkeypatch.setattr(pw_module, "SHARED_PACK", shared)
+        run = PointwiseRunner(x.shape, w.shape, (0.0, 6.0))
+        assert (run.plan[11] > 0) == (shared and run.plan[9] == 0 and pw_module.SLIVERS == 1)  # AVX-512 pairs: in place
+        y, z = np.empty(run.out_shape, np.float32), np.empty(run.out_shape, np.float32)
+        run(x, w, b, y, res, z)
+        outs[shared] = y, z
+    _assert_close(outs[True][0], x, w, b, (0.0, 6.0))
+    np.testing.assert_array_equal(outs[True][0], outs[False][0])
+    np.testing.assert_array_equal(outs[True][1], outs[False][1])
+    np.testing.assert_array_equal(outs[True][1], outs[True][0] + res)
+
+
 @pytest.mark.parametrize("k,m,h", [(32, 16, 112), (144, 24, 56), (1152, 192, 7), (19, 14, 3)])
 def test_prefetch_gives_the_same_bits(k, m, h, monkeypatch) -> None:
     """The first row tile of each task prefetching x (large x: PREFETCH_MIN_X_BYTES) or not: a hint only, the same
