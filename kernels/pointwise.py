@@ -50,9 +50,10 @@ Kernels, in order:
    ``_pack_shared`` - (SHARED_PACK) a smaller x (not PACK) whose rows start off the cache lines (P not a multiple of
                      16: 7 x 7, 14 x 14; each 16-pixel load then splits across two lines, 17% slower on a line-aligned
                      x moved 4 bytes) is packed once per call, every worker its share of the rows (one fork-join
-                     more), into slivers all tasks read. The same bits. Batch 1, same-runner A/B: 1 thread 1.09-1.16x
-                     on the 7 x 7 and 14 x 14 layers; 2 threads 1.10-1.17x at 7 x 7, 0.96-1.09x at 14 x 14;
-                     EfficientNet-Lite0 batch 1 in-process A/B: 2 threads 1.05-1.06x, 1 thread 1.03x.
+                     more), into slivers all tasks read, and each image's P % 16 edge pixels with them (no task packs
+                     its own: one did so per row block). The same bits. Batch 1, 2 threads, same-runner A/B:
+                     1.19-1.31x on the 7 x 7 layers, 0.99-1.18x at 14 x 14; EfficientNet-Lite0 batch 1 in-process
+                     A/B: 2 threads 1.06-1.07x, 1 thread 1.04x.
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
                      without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
@@ -471,9 +472,11 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
     xp = sp[(n * ns + s_begin) * k * NR :] if shared else xt[: plan[9]]  # the chunk's slivers (PACK, SHARED_PACK)
     et = xt[plan[9] :]  # the edge pixels and one tile
     out = et[NR * k : NR * k + MR * NR]  # _sliver_edge's tile, after the packed edge pixels
+    if shared:  # the edge pixels packed with the slivers
+        et = sp[(plan[0] * ns * NR + n * t) * k :]
     if packed and not shared and s_end > s_begin:
         _pack_chunk(xf, x_off + h, k, p, s_begin, s_end, xp)
-    if edges:
+    if edges and not shared:
         if h > 0:
             _pack_sliver(xf, x_off, k, p, h, et)
         else:
@@ -550,8 +553,11 @@ def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, h
 @njit(cache=True, boundscheck=False)
 def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - compiled
     """sp[((n*ns + s)*k + c)*NR + j] = x[n, c, s*NR + j] for rows c_begin <= c < c_end of every image, s < ns = P // NR:
-    the main pixels of the whole call as contiguous (K, NR) slivers on 64-byte lines (SHARED_PACK)."""
+    the main pixels of the whole call as contiguous (K, NR) slivers on 64-byte lines (SHARED_PACK); after them, each
+    image's t = P % NR edge pixels one row per pixel (as _pack_edge: sp[E + (n*t + j)*k + c], E = N*ns*K*NR)."""
     ns = p // NR
+    t = p - ns * NR
+    e0 = n_img * ns * k * NR
     for n in range(n_img):
         for c in range(c_begin, c_end):
             src = (n * k + c) * p
@@ -559,6 +565,8 @@ def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - com
                 d = ((n * ns + s) * k + c) * NR
                 for j in range(NR):
                     sp[np.uint64(d + j)] = xf[np.uint64(src + s * NR + j)]
+            for j in range(t):
+                sp[np.uint64(e0 + (n * t + j) * k + c)] = xf[np.uint64(src + ns * NR + j)]
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -695,7 +703,7 @@ class PointwiseRunner:
         big = 4 * n * k * p > PACK_MIN_X_BYTES
         packed = chunk * k * NR if PACK and SLIVERS == 1 and big and block >= PACK_MIN_ROWS else 0
         # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
-        shared = n * (p // NR) * k * NR if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0
+        shared = n * p * k if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES else 0
         self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared], np.int64)
