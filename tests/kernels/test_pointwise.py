@@ -230,9 +230,11 @@ def test_prefetch_gives_the_same_bits(k, m, h, monkeypatch) -> None:
 @pytest.mark.parametrize(
     "xs,ws,stride",
     [
-        ((1, 3, 225, 225), (32, 3, 3, 3), (2, 2)),
-        ((2, 5, 17, 19), (13, 5, 2, 3), (1, 2)),
+        ((1, 3, 225, 225), (32, 3, 3, 3), (2, 2)),  # EfficientNet's stem: every sliver a stride-2 run of a row
+        ((2, 5, 17, 19), (13, 5, 2, 3), (1, 2)),  # OW = 9: slivers across output rows (the offset table)
         ((3, 2, 8, 8), (7, 2, 1, 1), (1, 1)),
+        ((1, 2, 18, 34), (5, 2, 3, 3), (1, 1)),  # OW = 32: stride-1 runs
+        ((1, 3, 33, 49), (6, 3, 3, 3), (2, 2)),  # OW = 24: runs and slivers across rows, mixed
     ],
 )
 def test_im2col_runner_matches_reference_and_conv_bits(xs, ws, stride) -> None:
