@@ -78,6 +78,7 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         files = efficientnet_lite0(say=lambda _msg: None)
         net = Net.load(files.prototxt, files.weights)
         x = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 3, 224, 224)).astype(np.float32)
+    net.share_activations()  # as crema classify and serve run a net (net.arena)
     net.forward(data=x)
     whole = _median_us(lambda: net.forward(data=x), calls)
     plan_only = _median_us(lambda: net._run(None), calls)
