@@ -508,7 +508,8 @@ class Net:
                 if threads != requested:
                     numba.set_num_threads(requested)
             return
-        after = _last_writers([(layer, top) for layer, top in zip(self.layers, self.tops)], self._observers)
+        writers = [(layer, top) for layer, top in zip(self.layers, self.tops)] if self._observers else []
+        after = _last_writers(writers, self._observers)
         for i, (layer, bottom, top) in enumerate(zip(self.layers, self.bottoms, self.tops)):
             if timings is None:
                 layer.forward(bottom, top)
@@ -562,7 +563,7 @@ class Net:
 
     def _notify(self, names: list[str]) -> None:
         for name in names:
-            data = self._blobs[name].data
+            data = host(self._blobs[name].data)  # a GPU net's blob copied to the host
             for ref in self._observers[name]:
                 fn = ref()
                 if fn is not None:
@@ -584,7 +585,7 @@ class Net:
     def observe(self, name: str, fn) -> None:
         """Call fn(name, array) in every forward right after the step that writes blob `name` last (in-place layers
         included), before any later step runs: the way to read a blob that `share_activations` reuses. The array
-        is the blob's own: copy what is kept. A bound method is held weakly (observing ends with its object)."""
+        is the blob's own on the CPU (a copy from a GPU net's device): copy what is kept. A bound method is held weakly (observing ends with its object)."""
         if name not in self._blobs:
             raise NetError(f"observe: no blob named {name!r} in net '{self.name}'")
         ref = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)

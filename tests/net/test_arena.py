@@ -155,3 +155,28 @@ def test_errors_and_weak_observers():
     gc.collect()
     assert ref() is None  # a bound method is held weakly: its object is gone, so is the observer
     net.forward(data=np.ones((2, 3, 12, 12), np.float32))
+
+
+def test_observe_on_the_gpu_path_hands_host_arrays():
+    """A GPU net (the CUDA emulator here; CuPy where it runs) calls observers with host copies of its blobs, equal to
+    the CPU net's within the GPU tolerance; share_activations leaves a GPU net's arrays alone."""
+    from kernels import gpu
+    from tests.kernels.cuda_emu import runtime_for
+
+    lenet = "models/lenet/deploy.prototxt"
+    cpu = Net.load(lenet)
+    randomize(cpu, seed=5)
+    x = np.random.default_rng(8).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    cpu.forward(data=x)
+    with gpu.use_runtime(runtime_for("emulator")):
+        net = Net.load(lenet, device="gpu")
+        randomize(net, seed=5)
+        net.share_activations()
+        rec = Recorder()
+        net.observe("conv2", rec.record)
+        net.observe("ip1", rec.record)
+        net.forward(data=x)
+    for name in ("conv2", "ip1"):
+        assert type(rec.seen[name]) is np.ndarray
+        np.testing.assert_allclose(rec.seen[name], cpu.blobs[name], rtol=1e-4, atol=1e-4)
+    assert net._arena is None
