@@ -708,6 +708,8 @@ class PointwiseRunner:
         shared = n * p * k if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES else 0
+        # plan: images (0: nothing to do), K, M, P, pixel chunks, row blocks, slivers a chunk, rows a block, floats of
+        # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
         self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared], np.int64)
         self.ws_size = size * (1 if self.serial else threads) + shared
 

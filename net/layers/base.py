@@ -107,7 +107,8 @@ class Layer:
         runs the kernels on the blobs' current arrays with every shape decision already taken. A step returns False
         without doing anything when an array is not the one it was made for (another shape, dtype or layout, or a
         top replaced); the Net then runs `forward` and makes a new plan. None: no fast path, the Net calls `forward`;
-        NO_STEP: nothing to do on this forward."""
+        NO_STEP: nothing to do on this forward. A layer that overrides this writes its tops into their own arrays (a
+        top is never a view of a bottom), in its step and in `forward`: ``net.arena`` relies on it."""
         return None
 
 
