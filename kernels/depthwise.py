@@ -24,7 +24,7 @@ Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
                         left out of the tap table: Caffe's form of TF's asymmetric SAME padding at stride 2, a
                         (k+1)x(k+1) kernel with a zero first row and column, then costs k*k taps, not (k+1)^2 (a zero
                         tap no longer turns an inf input into a NaN).
-3. ``_dw_forward``    - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
+3. ``_dw_worker``     - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
                         (``gemm.claim``: dynamic scheduling); each worker fills its next plane into a second buffer
                         before reading the current one (a plane read right after its stores stalls store forwarding).
 Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
@@ -35,7 +35,7 @@ smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and pe
 5. ``_c8_tile``       - 8 consecutive output pixels (any rows) x 8 channels: per tap one aligned load of the 8
                         channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
                         FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
-6. ``_c8_forward``    - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
+6. ``_c8_worker``     - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
                         taps zero in all 8 channels dropped), claimed and filled one ahead as in 3.
 Backward:
 7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
@@ -69,11 +69,12 @@ from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
 from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.tasks import Task
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
 PLANE_WORK = 1 << 14  # multiply-adds per claimed task at least (several small planes per task: 7x7 x 25 taps)
 assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 16 ymm registers"
-C8 = True  # forward: blocks of 8 channels (_c8_forward) for small planes (see below); False: always plane by plane
+C8 = True  # forward: blocks of 8 channels (_c8_worker) for small planes (see below); False: always plane by plane
 C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
 C8_MAX_PIXELS_STRIDED = 4096  # at horizontal stride > 1 (128 KB), where the plane path's phase split costs more
 
@@ -323,35 +324,32 @@ def _run_table(oh: int, ow: int, sh: int, wq: int) -> np.ndarray:
     return np.ascontiguousarray(rt.reshape(-1), dtype=np.int64)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _dw_forward(xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, toff_all, rt, per, lo, hi, ws, workers,
-                counter):  # fmt: skip  # pragma: no cover - compiled
-    """Every plane (image, channel), `per` planes per claimed task, by `workers` workers (one per thread, ws[t] the
-    plane buffer of worker t). xf, wf, y: flat x, w, y; toff_all[t]: offset of tap t = i*kw + j in the phase planes
-    (see _fill_planes), relative to the output pixel's run; rt: the run table (_run_table), npix = OH*OW."""
+def _dw_worker(t, xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, toff_all, rt, per, lo, hi, ws,
+               counter):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread): claims tasks of `per` planes (image, channel) until none is left
+    (gemm.claim); ws[t]: its two plane buffers. xf, wf, y: flat x, w, y; toff_all[t]: offset of tap t = i*kw + j in
+    the phase planes (see _fill_planes), relative to the output pixel's run; rt: the run table (_run_table), npix =
+    OH*OW."""
     khw = toff_all.shape[0]
     ntask = (planes + per - 1) // per
     nrun = rt.shape[0] // 3
     psize = ws.shape[1] // 2
-    for t in prange(workers):  # one worker per thread claiming tasks (gemm.claim)
-        tw = np.empty(khw, np.float32)
-        toff = np.empty(khw, np.int64)
-        _zero(ws[t], 0, 2 * psize)  # the zero borders of both plane buffers, once (fills copy the image only)
+    tw = np.empty(khw, np.float32)
+    toff = np.empty(khw, np.int64)
+    _zero(ws[t], 0, 2 * psize)  # the zero borders of both plane buffers, once (fills copy the image only)
+    task = claim(counter)
+    while task < ntask:
+        p0, p1 = task * per, min(planes, (task + 1) * per)
+        _fill_planes(xf, p0 * h * wd, h, wd, ph, pw, sw, hu, wq, ws[t], False)
+        for p in range(p0, p1):
+            buf = ws[t][(p - p0) % 2 * psize :]
+            if p + 1 < p1:  # the next plane first: a plane read right after its stores stalls store forwarding
+                _fill_planes(xf, (p + 1) * h * wd, h, wd, ph, pw, sw, hu, wq, ws[t][(p + 1 - p0) % 2 * psize :], False)
+            ch = p % c
+            ntap = _taps(wf, ch * khw, khw, toff_all, tw, toff)
+            for r0 in range(0, nrun, RUNS):
+                _dw_tile(buf, 0, tw, toff, ntap, y, p * npix, rt, r0, bias[ch], lo, hi)
         task = claim(counter)
-        while task < ntask:
-            p0, p1 = task * per, min(planes, (task + 1) * per)
-            _fill_planes(xf, p0 * h * wd, h, wd, ph, pw, sw, hu, wq, ws[t], False)
-            for p in range(p0, p1):
-                buf = ws[t][(p - p0) % 2 * psize :]
-                if p + 1 < p1:  # the next plane first: a plane read right after its stores stalls store forwarding
-                    _fill_planes(
-                        xf, (p + 1) * h * wd, h, wd, ph, pw, sw, hu, wq, ws[t][(p + 1 - p0) % 2 * psize :], False
-                    )
-                ch = p % c
-                ntap = _taps(wf, ch * khw, khw, toff_all, tw, toff)
-                for r0 in range(0, nrun, RUNS):
-                    _dw_tile(buf, 0, tw, toff, ntap, y, p * npix, rt, r0, bias[ch], lo, hi)
-            task = claim(counter)
 
 
 # --------------------------------------------------------------------------------------------- channel blocks
@@ -483,44 +481,55 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
                     buf[np.uint64(d + col * 8 + lane)] = xf[np.uint64(s + min(lane, nch - 1) * hw + col)]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _c8_forward(xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws, workers,
-                counter):  # fmt: skip  # pragma: no cover - compiled
-    """Every (image, block of 8 channels), `per` blocks per claimed task, by `workers` workers (one per thread; ws[t]
-    its two block buffers of HP*WP*8 floats, 32-byte aligned). toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
+def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
+               counter):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
+    left (gemm.claim); ws[t]: its two block buffers of HP*WP*8 floats, 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
     xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
     blocks = n_img * nblk  # block-major: q -> block q // n_img of image q % n_img (a task's images share its taps)
     ntask = (blocks + per - 1) // per
     bsize = ws.shape[1] // 2
-    for t in prange(workers):  # one worker per thread claiming tasks (gemm.claim)
-        offs = np.empty(8, np.int64)
-        wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
-        toff = np.empty(khw, np.int64)
-        b8 = np.empty(8, np.float32)
-        cur, ntap = -1, 0
-        _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
+    offs = np.empty(8, np.int64)
+    wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
+    toff = np.empty(khw, np.int64)
+    b8 = np.empty(8, np.float32)
+    cur, ntap = -1, 0
+    _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
+    task = claim(counter)
+    while task < ntask:
+        q0, q1 = task * per, min(blocks, (task + 1) * per)
+        for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
+            if q < q1:
+                n, c0 = q % n_img, q // n_img * 8
+                qbuf = ws[t][(q - q0) % 2 * bsize :]
+                _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
+            if q == q0:
+                continue
+            n, blk = (q - 1) % n_img, (q - 1) // n_img
+            c0 = blk * 8
+            nch = min(8, c - c0)
+            if blk != cur:
+                cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
+            buf = ws[t][(q - 1 - q0) % 2 * bsize :]
+            ybase = (n * c + c0) * npix
+            for p0 in range(0, npix, 8):
+                _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
         task = claim(counter)
-        while task < ntask:
-            q0, q1 = task * per, min(blocks, (task + 1) * per)
-            for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_forward)
-                if q < q1:
-                    n, c0 = q % n_img, q // n_img * 8
-                    qbuf = ws[t][(q - q0) % 2 * bsize :]
-                    _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
-                if q == q0:
-                    continue
-                n, blk = (q - 1) % n_img, (q - 1) // n_img
-                c0 = blk * 8
-                nch = min(8, c - c0)
-                if blk != cur:
-                    cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
-                buf = ws[t][(q - 1 - q0) % 2 * bsize :]
-                ybase = (n * c + c0) * npix
-                for p0 in range(0, npix, 8):
-                    _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
-            task = claim(counter)
+
+
+_F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
+_DW = Task(
+    _dw_worker,
+    (_F1, _F1, _F1, _F1, *(_i,) * 10, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
+    boundscheck=False,
+)
+_C8 = Task(
+    _c8_worker,
+    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
+    boundscheck=False,
+)
 
 
 @njit(cache=True, boundscheck=False)
@@ -746,7 +755,10 @@ class DepthwiseRunner:
         if base is not buf.base:
             ws = buf[(-buf.ctypes.data // 4) % 8 :][: self.workers * size].reshape(self.workers, size)  # 32-byte
             self.ws = (buf.base, ws)  # one tuple: a runner shared by threads reads a matching pair
-        (_c8_forward if self.c8 else _dw_forward)(
+        task = _C8 if self.c8 else _DW
+        task.parallel(
+            task.address,
+            self.workers,
             x.reshape(-1),
             w.reshape(-1),
             bias,
@@ -754,7 +766,6 @@ class DepthwiseRunner:
             *self.args,
             *self.lo_hi,
             ws,
-            self.workers,
             np.zeros(1, np.int64),
         )
 

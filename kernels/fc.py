@@ -27,11 +27,12 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
 from kernels.activations import relu_forward
 from kernels.gemm import NC, _claim, gemm
-from kernels.serial import SMALL_WORK, serial_twin
+from kernels.serial import SMALL_WORK
+from kernels.tasks import Task
 
 CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4)
 SMALL_M = 32  # at most this many rows of x2: the weight-streaming kernel for W of shape (N, K)
@@ -117,21 +118,31 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
     y[m, n] = max(v, zero) + zero * min(v, zero) if relu else v
 
 
-@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _ip_small_rows(x2, w, bias, y, relu, workers, counter):  # pragma: no cover - compiled
+def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
     Blocks of 4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register
     tile: 6 vector loads per 8 FMAs instead of 2 per FMA for one dot at a time. W itself comes from memory once.
-    `workers` workers (one per thread) claim CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic scheduling, so
-    a slowed virtual CPU does not hold the other one up)."""
+    Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic
+    scheduling, so a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
-    for _ in prange(workers):
+    c = _claim(counter)
+    while c < nclaims:
+        for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
+            _ip_rows_block(x2, w, bias, y, relu, blk)
         c = _claim(counter)
-        while c < nclaims:
-            for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-                _ip_rows_block(x2, w, bias, y, relu, blk)
-            c = _claim(counter)
+
+
+_F2 = types.float32[:, ::1]
+_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1]), fastmath=True,
+           boundscheck=False)  # fmt: skip
+
+
+def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False) -> None:
+    """_ip_worker's rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
+    float32: x2 (M, K), w (N, K), bias (N,), y (M, N)."""
+    drive = _IP.serial if serial else _IP.parallel
+    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, np.zeros(1, np.int64))
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -237,15 +248,7 @@ def inner_product_forward(
         )
     out2 = out.reshape(x2.shape[0], n)
     if x2.shape[0] <= SMALL_M and not transpose:
-        _ip_small_rows(
-            x2,
-            w,
-            np.zeros(n, np.float32) if b is None else b,
-            out2,
-            relu,
-            numba.get_num_threads(),
-            np.zeros(1, np.int64),
-        )
+        _ip_small_rows(x2, w, np.zeros(n, np.float32) if b is None else b, out2, bool(relu), numba.get_num_threads())
         return out
     if not transpose and x2.shape[0] <= NC:
         # y^T = W @ x2^T: W (N, K) is then read in place, unpacked (gemm packs only the small x2); the (N, M) result
@@ -266,7 +269,7 @@ class ForwardRunner:
     ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
     out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel."""
 
-    __slots__ = ("axis", "out_shape", "relu", "small", "small_kernel", "transpose", "workers", "zeros")
+    __slots__ = ("axis", "out_shape", "relu", "serial", "small", "transpose", "workers", "zeros")
 
     def __init__(self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False) -> None:
         n, k = (w_shape[1], w_shape[0]) if transpose else w_shape
@@ -277,8 +280,8 @@ class ForwardRunner:
         self.out_shape = (*x_shape[:axis], n)
         self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
         self.small = (m, k, n) if m <= SMALL_M and not transpose else None
-        # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): the serial twin (kernels.serial).
-        self.small_kernel = serial_twin(_ip_small_rows) if m * k * n < SMALL_WORK else _ip_small_rows
+        # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): on the calling thread (kernels.tasks).
+        self.serial = m * k * n < SMALL_WORK
         self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
 
@@ -287,15 +290,8 @@ class ForwardRunner:
             inner_product_forward(x, w, b, axis=self.axis, transpose=self.transpose, out=out, relu=self.relu)
             return
         m, k, n = self.small
-        self.small_kernel(
-            x.reshape(m, k),
-            w,
-            self.zeros if b is None else b,
-            out.reshape(m, n),
-            self.relu,
-            self.workers,
-            np.zeros(1, np.int64),
-        )
+        _ip_small_rows(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu, self.workers,
+                       self.serial)  # fmt: skip
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -377,7 +373,7 @@ def inner_product_backward(
             raise ValueError("inner_product_backward: dx shares memory with dy; pass a separate dx array")
         dx2 = dx.reshape(x2.shape)
         if transpose and x2.shape[0] <= SMALL_M:  # dx2[m, k] = dot(dy2[m], W[k]): W streamed once, not packed
-            _ip_small_rows(dy2, w, np.zeros(k, np.float32), dx2, False, numba.get_num_threads(), np.zeros(1, np.int64))
+            _ip_small_rows(dy2, w, np.zeros(k, np.float32), dx2, False, numba.get_num_threads())
         else:  # dy2 @ W reads W in place when there are few rows (gemm packs only dy2)
             gemm(dy2, w, trans_b=transpose, out=dx2)
     return dx, dw, db

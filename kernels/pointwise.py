@@ -85,12 +85,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, prange
+from numba import njit
+from numba import types as nt
 from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.depthwise import check_act
 from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.tasks import Task
 from kernels.tiling import MR, NR, PAIR, VW
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
@@ -448,7 +450,7 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
                 xp[np.uint64(d + j)] = xf[np.uint64(o + j)]
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, boundscheck=False, inline="always")
 def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # pragma: no cover - compiled
     """Task `task` (see _pw_forward): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
     pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
@@ -571,39 +573,36 @@ def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - com
                 sp[np.uint64(e0 + (n * t + j) * k + c)] = xf[np.uint64(src + ns * NR + j)]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pw_forward(x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
-    """All tasks (image, pixel chunk, row block) of a call, claimed by `workers` workers (one per thread,
-    ``gemm.claim``); worker t packs its edge pixels into ws[t*plan[8]:]; with SHARED_PACK every worker first packs
-    its share of x's rows into ws[workers*plan[8]:] (one fork-join more). x, w, y: C-contiguous, any rank; plan: see
-    PointwiseRunner."""
+def _pw_worker(t, x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
+    """Worker t of `workers` (kernels.tasks: one per thread, or one on the calling thread): claims the call's tasks
+    (image, pixel chunk, row block; ``gemm.claim``) until none is left; its edge pixels are packed into
+    ws[t*plan[8]:], the shared pack (SHARED_PACK, _pw_pack_worker) is ws[workers*plan[8]:]. x, w, y, res, z:
+    C-contiguous (N, K, H, W) / (M, K, 1, 1) / (N, M, H, W); plan: see PointwiseRunner."""
     xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
     ntask = plan[0] * plan[4] * plan[5]
     h = 0 if plan[9] > 0 or plan[11] > 0 else _head(xf, plan[3])
     size = plan[8]
     sp = ws[workers * size :]
-    if plan[11] > 0:
-        k = plan[1]
-        for t in prange(workers):
-            _pack_shared(xf, plan[0], k, plan[3], t * k // workers, (t + 1) * k // workers, sp)
-    for t in prange(workers):
-        xt = ws[t * size : (t + 1) * size]
+    xt = ws[t * size : (t + 1) * size]
+    task = claim(counter)
+    while task < ntask:
+        _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp)
         task = claim(counter)
-        while task < ntask:
-            _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp)
-            task = claim(counter)
 
 
-@njit(cache=True, boundscheck=False)
-def _pw_serial(x, w, bias, y, plan, lo, hi, ws, res, z, add):  # pragma: no cover - compiled
-    """_pw_forward's tasks in order on the calling thread."""
-    xf, wf, yf, rf, zf = x.reshape(-1), w.reshape(-1), y.reshape(-1), res.reshape(-1), z.reshape(-1)
-    h = 0 if plan[9] > 0 or plan[11] > 0 else _head(xf, plan[3])
-    sp = ws[plan[8] :]
-    if plan[11] > 0:
-        _pack_shared(xf, plan[0], plan[1], plan[3], 0, plan[1], sp)
-    for task in range(plan[0] * plan[4] * plan[5]):
-        _pw_task(xf, wf, bias, yf, plan, lo, hi, ws, h, task, rf, zf, add, sp)
+def _pw_pack_worker(t, x, plan, ws, workers):  # pragma: no cover - compiled
+    """Worker t's share of x's channels packed into the shared slivers (SHARED_PACK), before any task runs."""
+    k = plan[1]
+    _pack_shared(x.reshape(-1), plan[0], k, plan[3], t * k // workers, (t + 1) * k // workers, ws[workers * plan[8] :])
+
+
+_F4, _F1, _I1 = nt.float32[:, :, :, ::1], nt.float32[::1], nt.int64[::1]
+_PW = Task(
+    _pw_worker,
+    (_F4, _F4, _F1, _F4, _I1, nt.float64, nt.float64, _F1, nt.int64, _I1, _F4, _F4, nt.boolean),
+    boundscheck=False,
+)
+_PW_PACK = Task(_pw_pack_worker, (_F4, _I1, _F1, nt.int64), boundscheck=False)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -682,7 +681,7 @@ class PointwiseRunner:
     and z of y's shape and layout, z overlapping neither x nor y; res overlapping neither y nor z.
     """
 
-    __slots__ = ("lo_hi", "out_shape", "plan", "serial", "workers", "ws_size")
+    __slots__ = ("lo_hi", "out_shape", "plan", "serial", "shared", "workers", "ws_size")
 
     def __init__(self, x_shape, w_shape, act: Act = None) -> None:
         x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
@@ -712,6 +711,7 @@ class PointwiseRunner:
         # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
         self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared], np.int64)
         self.ws_size = size * (1 if self.serial else threads) + shared
+        self.shared = shared > 0
 
     def __call__(
         self,
@@ -727,10 +727,14 @@ class PointwiseRunner:
             res = out2 = out  # unread
         ws = _aligned_workspace(self.ws_size)
         lo, hi = self.lo_hi
-        if self.serial:
-            _pw_serial(x, w, bias, out, self.plan, lo, hi, ws, res, out2, add)
-        else:
-            _pw_forward(x, w, bias, out, self.plan, lo, hi, ws, self.workers, np.zeros(1, np.int64), res, out2, add)
+        workers = 1 if self.serial else self.workers
+        if self.shared:
+            (_PW_PACK.serial if self.serial else _PW_PACK.parallel)(
+                _PW_PACK.address, workers, x, self.plan, ws, workers
+            )
+        (_PW.serial if self.serial else _PW.parallel)(
+            _PW.address, workers, x, w, bias, out, self.plan, lo, hi, ws, workers, np.zeros(1, np.int64), res, out2, add
+        )
 
 
 @njit(cache=True, boundscheck=False)
@@ -763,32 +767,34 @@ def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp):  # pra
                 xp[np.uint64(d + j)] = xf[np.uint64(base[j] + t)]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _im2col_forward(x, w, bias, y, plan, geo, toff, lo, hi, ws, workers, counter):  # pragma: no cover - compiled
-    """Tasks (image, pixel chunk, row block) as in _pw_forward, each packing its chunk's im2col slivers from the
-    padded image x (N, C, HP, WP) first; P a multiple of NR (no edge pixels). geo: (C*HP*WP, WP, OW, sh, sw)."""
+def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # pragma: no cover - compiled
+    """Worker t (kernels.tasks): claims tasks (image, pixel chunk, row block) as _pw_worker, each packing its chunk's
+    im2col slivers from the padded image x (N, C, HP, WP) into ws[t*plan[8]:] first; P a multiple of NR (no edge
+    pixels). geo: (C*HP*WP, WP, OW, sh, sw)."""
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
     k, m, p, npc, nrb, chunk, block, size = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7], plan[8]
     ntask = plan[0] * npc * nrb
     ns = p // NR
     flo, fhi = np.float32(lo), np.float32(hi)
-    for t in prange(workers):
-        xp = ws[t * size : (t + 1) * size]
+    xp = ws[t * size : (t + 1) * size]
+    task = claim(counter)
+    while task < ntask:
+        rb = task % nrb
+        pc = (task // nrb) % npc
+        n = task // (nrb * npc)
+        r_begin = rb * block
+        r_end = min(m, r_begin + block)
+        s_begin = pc * chunk
+        s_end = min(ns, s_begin + chunk)
+        if s_end > s_begin:
+            _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
+            for r in range(r_begin, r_end, MR):
+                mr = min(MR, r_end - r)
+                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi)
         task = claim(counter)
-        while task < ntask:
-            rb = task % nrb
-            pc = (task // nrb) % npc
-            n = task // (nrb * npc)
-            r_begin = rb * block
-            r_end = min(m, r_begin + block)
-            s_begin = pc * chunk
-            s_end = min(ns, s_begin + chunk)
-            if s_end > s_begin:
-                _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
-                for r in range(r_begin, r_end, MR):
-                    mr = min(MR, r_end - r)
-                    _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi)
-            task = claim(counter)
+
+
+_IM2COL = Task(_im2col_worker, (_F4, _F4, _F1, _F4, _I1, _I1, _I1, nt.float64, nt.float64, _F1, _I1), boundscheck=False)
 
 
 def im2col_applies(x_shape, w_shape, stride, pad, dilation, group: int) -> bool:
@@ -840,7 +846,9 @@ class Im2colRunner:
         ws = _aligned_workspace(self.ws_size)
         lo, hi = self.lo_hi
         geo, toff = self.args
-        _im2col_forward(x, w, bias, out, self.plan, geo, toff, lo, hi, ws, self.workers, np.zeros(1, np.int64))
+        _IM2COL.parallel(
+            _IM2COL.address, self.workers, x, w, bias, out, self.plan, geo, toff, lo, hi, ws, np.zeros(1, np.int64)
+        )
 
 
 def _check_out(arr, shape: tuple[int, ...], name: str) -> np.ndarray:

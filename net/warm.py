@@ -59,6 +59,8 @@ def recording() -> Iterator[dict]:
     from numba.core import types
     from numba.core.dispatcher import OmittedArg, _DispatcherBase
 
+    from kernels import tasks
+
     calls: dict = {}
     original = _DispatcherBase._compile_for_args
     owner = threading.get_ident()
@@ -74,7 +76,12 @@ def recording() -> Iterator[dict]:
 
     _DispatcherBase._compile_for_args = record
     try:
-        yield calls
+        with tasks.recording() as bodies:  # task bodies (kernels.tasks): recorded as {task: [None]}
+            try:
+                yield calls
+            finally:
+                for task in bodies:
+                    calls.setdefault(task, [None])
     finally:
         _DispatcherBase._compile_for_args = original
 
@@ -117,10 +124,18 @@ def collect(run: Callable[[], object]) -> tuple[dict, str | None]:
 
 
 # -- 2. which of them the on-disk cache holds ------------------------------------------------------------------
+def _is_task(kernel) -> bool:
+    from kernels.tasks import Task
+
+    return isinstance(kernel, Task)
+
+
 def is_cached_kind(dispatcher) -> bool:
     """Does this function write Numba's on-disk cache (cache=True)? Others would be compiled for nothing."""
     from numba.core.caching import NullCache
 
+    if _is_task(dispatcher):
+        return True
     return not isinstance(getattr(dispatcher, "_cache", NullCache()), NullCache)
 
 
@@ -130,6 +145,8 @@ def load_cached(dispatcher, sig) -> bool:
     from numba.core import sigutils
     from numba.core.compiler_lock import global_compiler_lock
 
+    if _is_task(dispatcher):
+        return dispatcher.load_cached()
     with global_compiler_lock:
         args, _ = sigutils.normalize_signature(sig)
         if tuple(args) in dispatcher.overloads:
@@ -146,6 +163,8 @@ def load_cached(dispatcher, sig) -> bool:
 
 # -- 3. compiling the rest in worker processes -----------------------------------------------------------------
 def _name(dispatcher) -> str:
+    if _is_task(dispatcher):
+        return dispatcher.name
     f = dispatcher.py_func
     return f"{f.__module__}.{f.__qualname__}"
 
@@ -157,6 +176,11 @@ def _reference(dispatcher) -> tuple:
 
     from kernels.serial import serial_twin
 
+    if _is_task(dispatcher):
+        return ("task", *dispatcher.reference())
+    owner = getattr(dispatcher, "crema_task", None)
+    if owner is not None:  # a task's driver
+        return ("driver", *owner[0].reference(), owner[1])
     f = dispatcher.py_func
     module = importlib.import_module(f.__module__)
     if getattr(module, f.__name__, None) is dispatcher:
@@ -174,6 +198,11 @@ def _reference(dispatcher) -> tuple:
 def _resolve(ref: tuple):
     import importlib
 
+    if ref[0] in ("task", "driver"):
+        from kernels.tasks import resolve
+
+        task = resolve(ref[1], ref[2])
+        return task if ref[0] == "task" else getattr(task, ref[3])
     if ref[0] == "value":
         dispatcher = pickle.loads(ref[1])
         dispatcher.enable_caching()  # a rebuilt dispatcher starts without the on-disk cache
@@ -192,12 +221,18 @@ def _compile_in_worker(ref: tuple, sigs: list) -> tuple[float, str | None]:
 
     t0 = time.perf_counter()
     try:
-        dispatcher = _resolve(ref)
-        for sig in sigs:
-            dispatcher.compile(sig)
+        _compile(_resolve(ref), sigs)
     except Exception as exc:  # noqa: BLE001 - reported; the caller's first call compiles it instead
         return time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
     return time.perf_counter() - t0, None
+
+
+def _compile(kernel, sigs: list) -> None:
+    if _is_task(kernel):
+        kernel.compile()
+        return
+    for sig in sigs:
+        kernel.compile(sig)
 
 
 @dataclass
@@ -225,16 +260,16 @@ def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[st
     if workers <= 1 or len(groups) == 1:
         for dispatcher, sigs in groups:
             try:
-                for sig in sigs:
-                    dispatcher.compile(sig)
+                _compile(dispatcher, sigs)
             except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
                 errors[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
         return errors
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    # parallel=True kernels first: their compiles are the long ones (the pool hands out the rest as workers free up)
-    order = sorted(groups, key=lambda g: not g[0].targetoptions.get("parallel", False))
+    # the long compiles first, so that the pool hands out the short ones as workers free up: task bodies
+    # (kernels.tasks), then parallel=True kernels, then the rest
+    order = sorted(groups, key=lambda g: 0 if _is_task(g[0]) else 1 if g[0].targetoptions.get("parallel") else 2)
     jobs = []
     for dispatcher, sigs in order:
         try:

@@ -121,8 +121,8 @@ ODD_CASES = [  # x shape, w shape, stride, pad, dilation
 
 @pytest.fixture(params=["default", "plane", "c8"])
 def path(request, monkeypatch):
-    """The forward path: the default choice, or every shape forced through one path (plane by plane: _dw_forward;
-    blocks of 8 channels: _c8_forward)."""
+    """The forward path: the default choice, or every shape forced through one path (plane by plane: _dw_worker;
+    blocks of 8 channels: _c8_worker)."""
     import kernels.depthwise as dw_module
 
     if request.param == "plane":

@@ -54,12 +54,11 @@ def test_fc_runner_serial_only_for_small_work_same_bits(m, k, n) -> None:
     b = rng.standard_normal(n, dtype=np.float32)
     run = fc.ForwardRunner(x.shape, w.shape, relu=True)
     serial = m * k * n < SMALL_WORK
-    assert (run.small_kernel is serial_twin(fc._ip_small_rows)) == serial
-    assert (run.small_kernel is fc._ip_small_rows) != serial
+    assert run.serial == serial
     got = np.empty(run.out_shape, np.float32)
     run(x, w, b, got)
     want = np.empty_like(got)
-    fc._ip_small_rows(x, w, b, want, True, 2, np.zeros(1, np.int64))
+    fc._ip_small_rows(x, w, b, want, True, 2)  # two workers
     np.testing.assert_array_equal(got, want)
     ref = np.maximum(fc.inner_product_forward_ref(x, w, b), 0)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))

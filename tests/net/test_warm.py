@@ -22,7 +22,19 @@ layer { name: "relu" type: "ReLU" bottom: "pool" top: "pool" }
 layer { name: "prob" type: "Softmax" bottom: "pool" top: "prob" }
 """
 
-# A forward on fixed inputs; prints the number of compiles it did, saves the output.
+# A 1x1 convolution, a depthwise one and an inner product: their kernels are task bodies (kernels.tasks) with drivers
+TINY_TASKS = """name: "tiny_tasks"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "expand" type: "Convolution" bottom: "data" top: "expand"
+        convolution_param { num_output: 16 kernel_size: 1 } }
+layer { name: "dw" type: "Convolution" bottom: "expand" top: "dw"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 group: 16 } }
+layer { name: "fc" type: "InnerProduct" bottom: "dw" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+# A forward on fixed inputs (random weights, seeded); prints the kernels it compiled (a task body compiled rather
+# than loaded from the cache counts too), saves the output.
 FORWARD = r"""
 import sys
 import numpy as np
@@ -37,10 +49,18 @@ class Listener(event.Listener):
         compiled.append(ev.data["dispatcher"].py_func.__qualname__)
 
 event.register("numba:compile", Listener())
+from benchmarks.subjects import randomize
+from kernels import depthwise, fc, pointwise
+from kernels.tasks import Task
 from net import Net
 net = Net.load(sys.argv[1], phase="test")
+randomize(net, seed=0)
 x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
 np.save(sys.argv[2], net.forward(data=x)["prob"])
+for module in (depthwise, fc, pointwise):
+    for task in vars(module).values():
+        if isinstance(task, Task) and task._address and not task._cfunc.cache_hits:
+            compiled.append(task.name)
 print("compiled:", ",".join(compiled))
 """
 
@@ -97,6 +117,21 @@ def test_warm_fills_the_cache_and_gives_the_same_bits(tmp_path):
     assert "compiled: \n" in loaded or loaded.strip().endswith("compiled:"), loaded  # everything from the cache
     compiled = _run(["-c", FORWARD, str(proto), str(tmp_path / "compiled.npy")], tmp_path / "empty-cache")
     assert not compiled.strip().endswith("compiled:"), compiled  # this one compiled its own kernels
+    assert np.array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "compiled.npy"))
+
+
+def test_warm_compiles_task_bodies_in_workers_and_gives_the_same_bits(tmp_path):
+    proto = tmp_path / "tiny_tasks.prototxt"
+    proto.write_text(TINY_TASKS)
+    warmed = tmp_path / "warmed-cache"
+    out = _run(["-m", "crema", "warm", "--model", str(proto), "--workers", "2", "--batch", "1"], warmed)
+    assert "left to compile" not in out, out
+    for body in ("pointwise._pw_worker", "depthwise._c8_worker", "fc._ip_worker"):  # the bodies, and their drivers
+        assert f"kernels.{body} (" in out and f"{body.split('.')[1]}__" in out, out
+    loaded = _run(["-c", FORWARD, str(proto), str(tmp_path / "loaded.npy")], warmed)
+    assert loaded.strip().endswith("compiled:"), loaded  # bodies and drivers from the cache
+    compiled = _run(["-c", FORWARD, str(proto), str(tmp_path / "compiled.npy")], tmp_path / "empty-cache")
+    assert "kernels.pointwise._pw_worker" in compiled, compiled  # this one compiled its own
     assert np.array_equal(np.load(tmp_path / "loaded.npy"), np.load(tmp_path / "compiled.npy"))
 
 

@@ -1,0 +1,81 @@
+"""kernels.tasks: a worker body compiled once as a C callback, run by its parallel and serial drivers: the numbers of
+a NumPy reference, arguments of other types refused at compile time (never a call with mismatched arguments), a task
+recorded (not compiled) while net.warm records, and a worker process finds it by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import types
+
+from kernels import tasks
+from kernels.tasks import Task
+
+
+def _affine_body(t, x, y, s, workers):  # pragma: no cover - compiled
+    """y = x * s + 1 over worker t's share of x."""
+    n = x.shape[0]
+    for i in range(t * n // workers, (t + 1) * n // workers):
+        y[i] = x[i] * s + np.float32(1.0)
+
+
+AFFINE = Task(_affine_body, (types.float32[::1], types.float32[::1], types.float32, types.int64), boundscheck=False)
+
+
+def _inputs(n: int = 1003):
+    x = np.random.default_rng(3).standard_normal(n).astype(np.float32)
+    return x, np.zeros_like(x)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_parallel_and_serial_drivers_compute_the_reference(workers) -> None:
+    x, y = _inputs()
+    want = x * np.float32(1.5) + np.float32(1.0)  # float32 multiply, then add: the body's operations in order
+    AFFINE.parallel(AFFINE.address, workers, x, y, np.float32(1.5), workers)
+    np.testing.assert_array_equal(y, want)
+    y2 = np.zeros_like(x)
+    AFFINE.serial(AFFINE.address, workers, x, y2, np.float32(1.5), workers)
+    np.testing.assert_array_equal(y2, want)
+
+
+def test_other_argument_types_are_refused_at_compile_time() -> None:
+    from numba.core.errors import TypingError
+
+    x, y = _inputs()
+    with pytest.raises(
+        (TypeError, TypingError), match=r"task tests\.kernels\.test_tasks\._affine_body: compiled for arguments"
+    ):
+        AFFINE.parallel(AFFINE.address, 2, x.astype(np.float64), y, np.float32(1.5), 2)
+    with pytest.raises((TypeError, TypingError), match="compiled for arguments"):
+        AFFINE.serial(AFFINE.address, 1, x, y, 1.5, 1)  # a float64 scale
+    assert not y.any()
+
+
+def test_recording_records_instead_of_compiling(monkeypatch) -> None:
+    task = Task(_affine_body, (types.float32[::1], types.float32[::1], types.float32, types.int64), boundscheck=False)
+    monkeypatch.setattr(task, "load_cached", lambda: False)  # as on a machine whose cache lacks it
+    monkeypatch.setattr(task, "compile", lambda: pytest.fail("compiled while recording"))
+    with tasks.recording() as recorded:
+        assert task.address == 0
+        assert task.address == 0
+    assert recorded == [task]
+    x, y = _inputs()
+    task.parallel(0, 2, x, y, np.float32(1.5), 2)  # address 0: the driver skips the body
+    assert not y.any()
+
+
+def test_a_worker_process_finds_a_task_by_name() -> None:
+    assert AFFINE.reference() == ("tests.kernels.test_tasks", "AFFINE")
+    assert tasks.resolve(*AFFINE.reference()) is AFFINE
+    loose = Task(_affine_body, (types.float32[::1],))
+    with pytest.raises(LookupError, match="not a module-level name"):
+        loose.reference()
+    with pytest.raises(TypeError, match="is not a Task"):
+        tasks.resolve("tests.kernels.test_tasks", "_inputs")
+
+
+def test_drivers_are_keyed_on_the_declared_types() -> None:
+    """Two declarations of one body: drivers of other names (their cache entries never mix)."""
+    other = Task(_affine_body, (types.float64[::1], types.float64[::1], types.float64, types.int64))
+    assert other.parallel.py_func.__qualname__ != AFFINE.parallel.py_func.__qualname__
+    assert other.serial.py_func.__qualname__ != AFFINE.serial.py_func.__qualname__
