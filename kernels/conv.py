@@ -82,6 +82,7 @@ from kernels.gemm import (
     packed_a_size,
     packed_b_size,
 )
+from kernels.tasks import Task
 from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC_CONV, MN_DIRECT, MR, NC_CONV, NR, TILE_PX, VW
 from kernels.tiling import DIRECT_RUNS as RUNS  # 8-pixel runs per direct-convolution tile
 
@@ -579,8 +580,8 @@ def _pad_all(xf, n_img, c, h, wd, ph, pw, dst):
         _pad_copy(xf, n * c * h * wd, c, h, wd, ph, pw, dst[n * size :])
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_direct(src, w, bias, y, toff, counter, geometry, tasks, epilogue):
+def _direct_worker(t, src, w, bias, y, toff, counter, n_img, group, cg, hp, wp, sh, oh, ow, img_stride, per, relu,
+                   relu_max):  # fmt: skip  # pragma: no cover - compiled
     """Direct convolution for stride-1 rows of a multiple of 8 output pixels (``_direct_tile``): no im2col. Tasks
     (image, part `q` of its pixel tiles) over threads, `per` parts per image; each walks its 16-pixel tiles (two
     8-pixel runs, each inside one output row) and, per tile, every MR-channel block of every group, so the tile's
@@ -589,21 +590,28 @@ def _conv_direct(src, w, bias, y, toff, counter, geometry, tasks, epilogue):
     fused conv + bias + ReLU).
 
     src: flat input, image n at n*img_stride, channel c at c*HP*WP (padded when the layer pads); w: flat (M, K);
-    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile). Scalars grouped: geometry (N,
-    group, C/group, HP, WP, sh, OH, OW, image stride of src), tasks (per, workers), epilogue (relu, relu_max). Tasks
-    are claimed by `workers` workers (one per thread, ``gemm._claim``, through `counter`)."""
-    n_img = geometry[0]
-    per, workers = tasks
-    for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim)
+    bias: (M,); y: flat (N, M, OH, OW); toff: (K,) tap offsets (see _direct_tile); the geometry (N, group, C/group,
+    HP, WP, sh, OH, OW, image stride of src), `per` tasks an image, the epilogue (relu, relu_max). Tasks are claimed
+    by one worker per thread (``gemm._claim``, through `counter`); this is worker t (kernels.tasks)."""
+    geometry = (n_img, group, cg, hp, wp, sh, oh, ow, img_stride)
+    epilogue = (relu, relu_max)
+    task = _claim(counter)
+    while task < n_img * per:
+        _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task)
         task = _claim(counter)
-        while task < n_img * per:
-            _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task)
-            task = _claim(counter)
+
+
+_F1, _F2, _F4, _I1 = types.float32[::1], types.float32[:, ::1], types.float32[:, :, :, ::1], types.int64[::1]
+_DIRECT = Task(
+    _direct_worker,
+    (_F1, _F1, _F1, _F1, _I1, _I1, *(types.int64,) * 10, types.boolean, types.float64),
+    boundscheck=False,
+)
 
 
 @njit(cache=True, boundscheck=False)
 def _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task):
-    """Task `task` of _conv_direct: part q = task % per of image task // per."""
+    """Task `task` of _direct_worker: part q = task % per of image task // per."""
     _, group, cg, hp, wp, sh, oh_n, ow_n, img_stride = geometry
     relu, relu_max = epilogue
     m = bias.shape[0]
@@ -657,19 +665,18 @@ def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> b
 
 
 # --------------------------------------------------------------------------------------------- backward drivers
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_bwd_params(x, dy, group, window, split, dwp, dbp, workspace):
-    """dW and db, as (image chunk, group, K part) tasks over threads: dwp[t] (M*K,) += dy_g @ cols_g^T over chunk t's
-    images, in the columns of the task's part of K (slivers of NR kernel offsets); dbp[t] (M,) += sum(dy).
+def _bwd_params_worker(t, x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need_dw, need_db, nchunks, nkp, dwp, dbp,
+                       ws_a, ws_b, pads, workers):  # fmt: skip  # pragma: no cover - compiled
+    """dW and db, as (image chunk, group, K part) tasks split evenly between `workers` workers (this is worker t,
+    kernels.tasks; its buffers are row t of each workspace array): dwp[c] (M*K,) += dy_g @ cols_g^T over chunk c's
+    images, in the columns of the task's part of K (slivers of NR kernel offsets); dbp[c] (M,) += sum(dy).
 
     x: (N, C, H, W); dy: (N, M, OH, OW). Images go nb at a time into one GEMM (inner dimension nb*P); the running
     thread's ws_a, ws_b hold the packed dy rows and transposed im2col, pads its nb padded images (pad > 0).
     Chunks of images give each thread its own partial dW (big batches); parts of K split one chunk (batch 1).
-    window (kh, kw, sh, sw, ph, pw, dh, dw); split (nb, need_dw, need_db, nchunks, nkp); workspace (ws_a, ws_b, pads).
+    The window (kh, kw, sh, sw, ph, pw, dh, dw); the split (nb, need_dw, need_db, nchunks, nkp); the workspace (ws_a,
+    ws_b, pads).
     """
-    kh, kw, sh, sw, ph, pw, dh, dw = window
-    nb, need_dw, need_db, nchunks, nkp = split
-    ws_a, ws_b, pads = workspace
     n_img, c, h, wd = x.shape
     _, m, oh_n, ow_n = dy.shape
     cg = c // group
@@ -681,19 +688,20 @@ def _conv_bwd_params(x, dy, group, window, split, dwp, dbp, workspace):
     hp, wp = h + 2 * ph, wd + 2 * pw
     xf = x.reshape(-1)
     dyf = dy.reshape(-1)
-    for q in prange(nchunks * group * nkp):
-        tid = numba.get_thread_id()
-        t = q // (group * nkp)
+    total = nchunks * group * nkp
+    tid = t
+    for q in range(t * total // workers, (t + 1) * total // workers):
+        ch = q // (group * nkp)
         g = (q // nkp) % group
         kp = q % nkp
         s0 = kp * ns // nkp
         s1 = (kp + 1) * ns // nkp
-        n_end = (t + 1) * n_img // nchunks
-        for n0 in range(t * n_img // nchunks, n_end, nb):
+        n_end = (ch + 1) * n_img // nchunks
+        for n0 in range(ch * n_img // nchunks, n_end, nb):
             cnt = min(nb, n_end - n0)
             q_all = cnt * npix
             # db once per (chunk, group): by the task holding the first part of K
-            _pack_dy_rows(dyf, n0, cnt, m, g * mg, mg, npix, need_dw, need_db and kp == 0, ws_a[tid], dbp[t])
+            _pack_dy_rows(dyf, n0, cnt, m, g * mg, mg, npix, need_dw, need_db and kp == 0, ws_a[tid], dbp[ch])
             if not need_dw or s1 == s0:
                 continue
             x_off = (n0 * c + g * cg) * h * wd
@@ -726,24 +734,21 @@ def _conv_bwd_params(x, dy, group, window, split, dwp, dbp, workspace):
                 )
             n_cols = min(k_all, s1 * NR) - s0 * NR
             _gemm_tiles_serial(
-                ws_a[tid], ws_b[tid], dwp[t], g * mg * k_all + s0 * NR, k_all, mg, n_cols, q_all, True, dbp[t], 0
+                ws_a[tid], ws_b[tid], dwp[ch], g * mg * k_all + s0 * NR, k_all, mg, n_cols, q_all, True, dbp[ch], 0
             )
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_bwd_data(dy, weights_t, zeros, image, window, cb, dx, workspace):
-    """dx (N, C, H, W), overwritten, as (image, group, block of cb channels) tasks over threads: dcols = rows of
+def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, cb, dx, ws_b, ws_c,
+                     pads, workers):  # fmt: skip  # pragma: no cover - compiled
+    """dx (N, C, H, W), overwritten, as (image, group, block of cb channels) tasks split evenly between `workers`
+    workers (this is worker t, kernels.tasks; its buffers are row t of each workspace array): dcols = rows of
     W_g^T @ dy_g for the block's channels (the running thread's ws_c), then col2im into a zeroed image (its pads
     when pad > 0, cropped into dx; dx itself otherwise).
 
     apt: W^T of every group packed as GEMM A (at_size each, see _pack_weights_t); zeros: >= ceil(K/MR)*MR zeros;
-    cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group. weights_t (apt, at_size);
-    image (group, C/group, H, W); window (kh, kw, sh, sw, ph, pw, dh, dw); workspace (ws_b, ws_c, pads).
+    cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group. The image (group, C/group,
+    H, W); the window (kh, kw, sh, sw, ph, pw, dh, dw); the workspace (ws_b, ws_c, pads).
     """
-    apt, at_size = weights_t
-    group, cg, h, wd = image
-    kh, kw, sh, sw, ph, pw, dh, dw = window
-    ws_b, ws_c, pads = workspace
     n_img, m, oh_n, ow_n = dy.shape
     c = cg * group
     mg = m // group
@@ -754,8 +759,9 @@ def _conv_bwd_data(dy, weights_t, zeros, image, window, cb, dx, workspace):
     hp, wp = h + 2 * ph, wd + 2 * pw
     dyf = dy.reshape(-1)
     dxf = dx.reshape(-1)
-    for q in prange(n_img * group * nblk):
-        tid = numba.get_thread_id()
+    total = n_img * group * nblk
+    tid = t
+    for q in range(t * total // workers, (t + 1) * total // workers):
         n = q // (group * nblk)
         g = (q // nblk) % group
         c0 = (q % nblk) * cb
@@ -780,6 +786,19 @@ def _conv_bwd_data(dy, weights_t, zeros, image, window, cb, dx, workspace):
             for i in range(nc * h * wd):
                 dxf[x_off + i] = 0.0
             _col2im(ws_c[tid], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, h, wd, dxf, x_off)
+
+
+_i, _b = types.int64, types.boolean
+_BWD_PARAMS = Task(
+    _bwd_params_worker,
+    (_F4, _F4, *(_i,) * 10, _b, _b, _i, _i, _F2, _F2, _F2, _F2, _F2, _i),
+    boundscheck=False,
+)
+_BWD_DATA = Task(
+    _bwd_data_worker,
+    (_F4, _F1, _i, _F1, *(_i,) * 13, _F4, _F2, _F2, _F2, _i),
+    boundscheck=False,
+)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -978,8 +997,10 @@ class ForwardRunner:
                 _pad_all(xf, n, c, h, wd, ph, pw, src)
             else:
                 src = xf
-            tasks, epilogue = (per, self.workers), (self.relu, self.relu_max)
-            _conv_direct(src, w.reshape(-1), bias, y, toff, np.zeros(1, np.int64), self.args, tasks, epilogue)
+            _DIRECT.parallel(
+                _DIRECT.address, self.workers, src, w.reshape(-1), bias, y, toff, np.zeros(1, np.int64), *self.args,
+                per, self.relu, self.relu_max
+            )  # fmt: skip
             return
         if self.batch:
             ws, pads = _WORKSPACE.get(*self.sizes)
@@ -1082,7 +1103,10 @@ def conv2d_backward(
         dwp = dw.reshape(1, -1) if need_dw and direct else np.zeros((chunks, m * k_all if need_dw else 1), np.float32)
         dbp = db.reshape(1, -1) if need_db and direct else np.zeros((chunks, m), np.float32)
         workspace = (ws_a.reshape(threads, a_len), ws_b.reshape(threads, b_len), pads.reshape(threads, -1))
-        _conv_bwd_params(x, dy, group, geom, (nb, need_dw, need_db, chunks, nkp), dwp, dbp, workspace)
+        _BWD_PARAMS.parallel(
+            _BWD_PARAMS.address, threads, x, dy, group, *geom, nb, bool(need_dw), bool(need_db), chunks, nkp, dwp, dbp,
+            *workspace, threads
+        )  # fmt: skip
         if not direct:
             if need_dw:
                 dw2 = dw.reshape(-1)
@@ -1106,5 +1130,7 @@ def conv2d_backward(
         pad_len = cb * hp * wp if ph or pw else 1
         ws_b, ws_c, pads = _WORKSPACE.get(threads * b_len, threads * cb * kh * kw * npix, threads * pad_len)
         workspace = (ws_b.reshape(threads, b_len), ws_c.reshape(threads, -1), pads.reshape(threads, pad_len))
-        _conv_bwd_data(dy, (apt, at_size), zeros, (group, cg, h, wd), geom, cb, dx, workspace)
+        _BWD_DATA.parallel(
+            _BWD_DATA.address, threads, dy, apt, at_size, zeros, group, cg, h, wd, *geom, cb, dx, *workspace, threads
+        )
     return dx, dw, db

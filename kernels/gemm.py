@@ -12,13 +12,13 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs: one
                        broadcast per FMA, a single 12 x 16 tile, is bound by the loads). The tile loop is inline in
                        the macro kernel (no Python-level call per tile). Measured figures: benchmarks/perf_notes.md.
-3. ``_pack_panel_parallel`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
+3. ``_pack_panel_worker`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
                        slivers ``(ceil(N/NR), K, NR)``, zero padded, so the micro-kernel reads contiguous memory
                        whatever the transposes are (whole B slivers as <8 x float> copies, ``_copy8``).
                        ``kernels.conv`` writes im2col straight into the B format.
                        An untransposed operand that is used once per block (one column block of C for A, one row
                        block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
-4. ``_gemm_tiles_parallel`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
+4. ``_gemm_worker`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
                        ``prange`` over the blocks; ``_gemm_tiles_serial`` is the same loop nest for callers that are
                        themselves parallel (convolution over a batch).
 
@@ -35,10 +35,11 @@ import threading
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import carray, njit, prange, types
+from numba import carray, njit, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
+from kernels.tasks import Task
 from kernels.tiling import ACC, KC, MC, MN, MR, NC, NR, PAIR, VW  # the tile shape and blocking, with their rules
 
 
@@ -311,19 +312,34 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
                 dst[o + j] = 0.0
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pack_panel_parallel(src, rows_major, n, dst, width):
-    """Pack n rows of src (rows_major: src is (rows, K)) or n columns (src is (K, cols)) into width-wide slivers
-    (flat (ceil(n/width), K, width)); slivers (row source) or ranges of k (column source) over threads."""
+def _pack_panel_worker(t, src, rows_major, n, dst, width, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks) of packing n rows of src (rows_major: src is (rows, K)) or n columns (src is
+    (K, cols)) into width-wide slivers (flat (ceil(n/width), K, width)): slivers (row source) or chunks of 64 k
+    (column source), split evenly between `workers` workers."""
     if rows_major:
         k_all = src.shape[1]
-        for s in prange((n + width - 1) // width):
+        ns = (n + width - 1) // width
+        for s in range(t * ns // workers, (t + 1) * ns // workers):
             _pack_rows_sliver(src, 0, n, dst, width, s, k_all)
     else:
         k_all = src.shape[0]
         chunk = 64
-        for t in prange((k_all + chunk - 1) // chunk):
-            _pack_cols_range(src, 0, n, dst, width, t * chunk, min(k_all, (t + 1) * chunk), k_all)
+        nc = (k_all + chunk - 1) // chunk
+        for c in range(t * nc // workers, (t + 1) * nc // workers):
+            _pack_cols_range(src, 0, n, dst, width, c * chunk, min(k_all, (c + 1) * chunk), k_all)
+
+
+_PACK_PANEL = Task(
+    _pack_panel_worker,
+    (types.float32[:, ::1], types.boolean, types.int64, types.float32[::1], types.int64, types.int64),
+    boundscheck=False,
+)
+
+
+def _pack_panel_parallel(src, rows_major: bool, n: int, dst, width: int) -> None:
+    """_pack_panel_worker over every thread: src C-contiguous float32 (2-D), dst float32 (1-D)."""
+    workers = numba.get_num_threads()
+    _PACK_PANEL.parallel(_PACK_PANEL.address, workers, src, bool(rows_major), n, dst, width, workers)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -430,22 +446,35 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
             )
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _gemm_tiles_parallel(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter):
-    """Whole C from ap/bp (packed, or row-major: see _block), MC x NC blocks of C as tasks claimed by `workers` (the
-    thread count) workers (``_claim``); each block walks all K panels."""
+def _gemm_worker(t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter):  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of the whole C from ap/bp (packed, or row-major: see _block): claims
+    MC x NC blocks of C (``_claim``) until none is left; each block walks all K panels."""
     bm = (m + MC - 1) // MC
     bn = (n + NC - 1) // NC
-    for _ in prange(workers):  # one worker per thread, tasks claimed dynamically (_claim)
-        t = _claim(counter)
-        while t < bm * bn:
-            _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm)
-            t = _claim(counter)
+    task = _claim(counter)
+    while task < bm * bn:
+        _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, task, bm)
+        task = _claim(counter)
+
+
+_F1, _i = types.float32[::1], types.int64
+_GEMM = Task(
+    _gemm_worker,
+    (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1]),
+    boundscheck=False,
+)
+
+
+def _gemm_tiles_parallel(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter):
+    """_gemm_worker on `workers` threads (the thread count)."""
+    _GEMM.parallel(
+        _GEMM.address, workers, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, bool(accumulate), bias, bias_off, counter
+    )
 
 
 @njit(cache=True, boundscheck=False)
 def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm):
-    """Task t of _gemm_tiles_parallel: the MC x NC block (t % bm, t // bm) of C over all K panels."""
+    """Task t of _gemm_worker: the MC x NC block (t % bm, t // bm) of C over all K panels."""
     i0 = (t % bm) * MC
     j0 = (t // bm) * NC
     i1 = min(i0 + MC, m)

@@ -6,8 +6,9 @@ LLVM IR, the packing loops) are optimised and turned into machine code three or 
 its serial twin (kernels/serial.py). On a new machine that was most of `crema serve`'s cold start (README, Cold start).
 
 A `Task` is the body of such a loop as a plain Python function ``body(t, *args)`` (t: the worker, 0 <= t < workers)
-with its argument types declared. It is compiled once per machine as a Numba C callback (``cfunc``, in Numba's on-disk
-cache like every kernel; loaded on first use, not at import) and called by address:
+with its argument types declared (arrays and scalars; a tuple's items go as separate arguments: Numba's parallel
+loops cannot hand a tuple inside a tuple to their gufunc). It is compiled once per machine as a Numba C callback
+(``cfunc``, in Numba's on-disk cache like every kernel; loaded on first use, not at import) and called by address:
 
     _BODY = Task(_body, (float32[::1], int64[::1], ...), boundscheck=False)
     _BODY.parallel(_BODY.address, workers, x, plan, ...)  # for t in prange(workers): body(t, x, plan, ...)
@@ -107,6 +108,9 @@ class Task:
     fastmath, ...)."""
 
     def __init__(self, body, arg_types, **options) -> None:
+        nested = [a for a in arg_types if isinstance(a, types.BaseTuple)]
+        if nested:  # Numba's parallel loops cannot pass a tuple inside the argument tuple to their gufunc
+            raise TypeError(f"task {body.__qualname__}: pass the items of {nested} as separate arguments")
         self.body = body
         self.arg_types = (types.int64, *arg_types)
         self.options = options

@@ -79,3 +79,8 @@ def test_drivers_are_keyed_on_the_declared_types() -> None:
     other = Task(_affine_body, (types.float64[::1], types.float64[::1], types.float64, types.int64))
     assert other.parallel.py_func.__qualname__ != AFFINE.parallel.py_func.__qualname__
     assert other.serial.py_func.__qualname__ != AFFINE.serial.py_func.__qualname__
+
+
+def test_tuples_are_refused_as_arguments() -> None:
+    with pytest.raises(TypeError, match="as separate arguments"):
+        Task(_affine_body, (types.UniTuple(types.int64, 2),))
