@@ -8,7 +8,8 @@ Kernels, in the order they appear:
                             cached compilation per entry of SPECIALISED), so the window loops unroll and the
                             compiler vectorises across outputs. MAX, MAX recording the argmax, AVE.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
-                            runtime parameters; for window shapes outside SPECIALISED they do every output.
+                            runtime parameters; for window shapes outside SPECIALISED they do every output
+                            (an AVE window over the whole plane, a runner's global pooling: `_global_ave_worker`).
   3. `_max_backward_planes`  Numba, prange over planes: zero dx, then route each top gradient to its argmax.
   4. AVE backward: the interior kernel zeroes dx and spreads dy / divisor over the interior windows, then
      `_ave_backward_border` does the border windows (or everything, zeroing first, for other window shapes).
@@ -36,10 +37,12 @@ from __future__ import annotations
 
 from functools import cache
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
 from kernels.serial import SMALL_WORK, serial_twin
+from kernels.tasks import Task
 
 __all__ = [
     "global_pool_backward",
@@ -443,9 +446,36 @@ def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
     _forward_steps(_regions(x3.shape, y3.shape, k, s, p), method, k, s, p, record)(x3, y3, mask3)
 
 
-def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False):
+def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
+    """Worker t's share of the planes (kernels.tasks) of an AVE pooling whose one window is the whole plane (global
+    pooling, EfficientNet-Lite0's head): the border kernel's sum in the same order and the same divisor, so the same
+    bits, without its window arithmetic."""
+    planes, height, width = x3.shape
+    divisor = np.float32(height * width)
+    for q in range(t * planes // workers, (t + 1) * planes // workers):
+        acc = np.float32(0.0)
+        for hh in range(height):
+            for ww in range(width):
+                acc += x3[q, hh, ww]
+        y3[q, 0, 0] = acc / divisor
+
+
+_F3 = types.float32[:, :, ::1]
+_GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), boundscheck=False)
+
+
+def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False, planes=None):
     """The kernel calls of one forward, chosen once from `_regions`: returns run(x3, y3, mask3), mask3 used (and
-    filled with the argmax) only when `record` (MAX). serial: the kernels' serial twins (``kernels.serial``)."""
+    filled with the argmax) only when `record` (MAX). serial: the kernels' serial twins (``kernels.serial``).
+    planes ((P, H, W), (P, OH, OW)), when given: an AVE window covering the whole plane runs `_GLOBAL_AVE`."""
+    if planes is not None and method == "AVE" and tuple(k) == planes[0][1:] and tuple(p) == (0, 0):
+        workers = 1 if serial else numba.get_num_threads()
+        drive = _GLOBAL_AVE.serial if serial else _GLOBAL_AVE.parallel
+
+        def run_global(x3, y3, _mask3) -> None:
+            drive(_GLOBAL_AVE.address, workers, x3, y3, workers)
+
+        return run_global
     kernels, rect, border = regions
     interior = None
     if kernels is not None:
@@ -490,7 +520,11 @@ class ForwardRunner:
         self.planes = ((n * c, h, w), (n * c, oh, ow))
         empty = n * c * h * w == 0
         serial = n * c * h * w < SMALL_WORK  # a parallel call would cost more than the pooling (kernels.serial)
-        self.steps = None if empty else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial)
+        self.steps = (
+            None
+            if empty
+            else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial, self.planes)
+        )
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.steps is not None:

@@ -277,7 +277,6 @@ def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[st
             except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
                 errors[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
         return errors
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # the long compiles first, so that the pool hands out the short ones as workers free up: task bodies
