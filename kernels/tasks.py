@@ -6,16 +6,18 @@ LLVM IR, the packing loops) are optimised and turned into machine code three or 
 its serial twin (kernels/serial.py). On a new machine that was most of `crema serve`'s cold start (README, Cold start).
 
 A `Task` is the body of such a loop as a plain Python function ``body(t, *args)`` (t: the worker, 0 <= t < workers)
-with its argument types declared (arrays and scalars; a tuple's items go as separate arguments: Numba's parallel
-loops cannot hand a tuple inside a tuple to their gufunc). It is compiled once per machine as a Numba C callback
-(``cfunc``, in Numba's on-disk cache like every kernel; loaded on first use, not at import) and called by address:
+with its argument types declared (arrays and scalars; a tuple's items go as separate arguments). It is compiled
+once per machine as a Numba C callback (``cfunc``, in Numba's on-disk cache like every kernel; loaded on first use,
+not at import) and called by address:
 
     _BODY = Task(_body, (float32[::1], int64[::1], ...), boundscheck=False)
     _BODY.parallel(_BODY.address, workers, x, plan, ...)  # for t in prange(workers): body(t, x, plan, ...)
     _BODY.serial(_BODY.address, 1, x, plan, ...)          # the same loop on the calling thread
 
-The drivers are one tiny loop each (a fraction of a second to compile); the body, with its callees, compiles once
-for both. The numbers are those of the body compiled inside a kernel: same code, same order of operations.
+The drivers are one tiny loop each (a fraction of a second to compile; the parallel one copies the arguments into
+its frame first and hands its loop only their address, so Numba's gufunc for the loop takes two integers, not a
+dozen arrays); the body, with its callees, compiles once for both. The numbers are those of the body compiled
+inside a kernel: same code, same order of operations.
 
 Safety: a driver calls an address, so the argument types the caller passes must be the ones the body was compiled
 for. Each task has its own drivers, built with its declared types; a driver called with other types fails to
@@ -39,10 +41,11 @@ from collections.abc import Iterator
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
-_call = None  # each driver's own checked call (_checked_call), given by _driver
+_call = _call_block = None  # each driver's own (_checked_call, _block_call), given by _driver
 _recorder: list | None = None  # the tasks recorded by `recording()`, in first-use order
 _owner: int | None = None
 
@@ -83,9 +86,47 @@ def _checked_call(name: str, want: tuple):
     return call
 
 
+def _block_call(want: tuple):
+    """An intrinsic call_block(address, t, block) that calls the C callback at `address` with t and the arguments of
+    types want[1:] that `_stash` copied to `block` (so that a parallel loop hands its gufunc two integers, not the
+    arrays: a smaller gufunc to compile)."""
+    args_type = types.Tuple(want[1:])
+
+    @intrinsic
+    def call_block(typingctx, address, t, block):
+        def codegen(context, builder, signature, llargs):
+            addr, t_val, blk = llargs
+            tup = builder.load(builder.inttoptr(blk, context.get_value_type(args_type).as_pointer()))
+            values = [t_val] + [builder.extract_value(tup, i) for i in range(len(want) - 1)]
+            fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(a) for a in want])
+            with builder.if_then(builder.icmp_unsigned("!=", addr, addr.type(0)), likely=True):
+                builder.call(builder.inttoptr(addr, fnty.as_pointer()), values)
+            return context.get_dummy_value()
+
+        return types.void(types.int64, types.int64, types.int64), codegen
+
+    return call_block
+
+
+@intrinsic
+def _stash(typingctx, args):
+    """The address of a copy of the tuple `args` in the calling function's stack frame (valid until it returns; the
+    caller keeps the arrays in it alive)."""
+
+    def codegen(context, builder, signature, llargs):
+        (tup,) = llargs
+        slot = cgutils.alloca_once(builder, tup.type)
+        builder.store(tup, slot)
+        return builder.ptrtoint(slot, ir.IntType(64))
+
+    return types.int64(args), codegen
+
+
 def _parallel_driver(address, workers, *args):  # pragma: no cover - compiled
+    _call(0, np.int64(0), args)  # address 0: calls nothing; checks the argument types when compiled
+    block = _stash(args)
     for t in prange(workers):
-        _call(address, np.int64(t), args)
+        _call_block(address, np.int64(t), block)
 
 
 def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
@@ -93,10 +134,11 @@ def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
         _call(address, np.int64(t), args)
 
 
-def _driver(template, name: str, qualname: str, call, options: dict):
-    """`template` with its own name and `_call`, compiled by Numba with `options` and cached on disk."""
+def _driver(template, name: str, qualname: str, calls: dict, options: dict):
+    """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba with `options` and
+    cached on disk."""
     code = template.__code__
-    g = pytypes.FunctionType(code, {**template.__globals__, "_call": call}, name)
+    g = pytypes.FunctionType(code, {**template.__globals__, **calls}, name)
     g.__qualname__ = qualname
     g.__module__ = template.__module__
     return njit(cache=True, **options)(g)
@@ -109,7 +151,7 @@ class Task:
 
     def __init__(self, body, arg_types, **options) -> None:
         nested = [a for a in arg_types if isinstance(a, types.BaseTuple)]
-        if nested:  # Numba's parallel loops cannot pass a tuple inside the argument tuple to their gufunc
+        if nested:
             raise TypeError(f"task {body.__qualname__}: pass the items of {nested} as separate arguments")
         self.body = body
         self.arg_types = (types.int64, *arg_types)
@@ -118,10 +160,10 @@ class Task:
         self._cfunc = None
         self._address = 0
         key = hashlib.sha256(repr((self.arg_types, sorted(options.items()))).encode()).hexdigest()[:10]
-        call = _checked_call(self.name, self.arg_types)
+        calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
         stem = f"{body.__name__}__{key}"
-        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", f"{stem}_parallel", call, {"parallel": True})
-        self.serial = _driver(_serial_driver, f"{stem}_serial", f"{stem}_serial", call, {})
+        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", f"{stem}_parallel", calls, {"parallel": True})
+        self.serial = _driver(_serial_driver, f"{stem}_serial", f"{stem}_serial", calls, {})
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
 

@@ -15,13 +15,16 @@ a long run of single-threaded compiles. `prepare` splits it across processes:
    compiled function that has no code in memory recorded, the function and its argument types, and skipped: nothing
    is compiled or run. A skipped call returns None, or 1.0 per value the kernel's return statements give (so
    `loss, valid = kernel(...)` goes on). A pass that fails anyway (Python code using a skipped kernel's result
-   otherwise) stops there; what it had recorded is still prepared, the rest compiles on first use as before.
+   otherwise) stops there; what it had recorded is still prepared, the rest compiles on first use as before. The
+   worker bodies of kernels.tasks are recorded too (their address reads 0 during the pass, and their drivers are
+   skipped like any uncompiled kernel).
 2. the calls whose code is in the on-disk cache are loaded from it (``load_cached``); they cost nothing more.
-3. the others are compiled by a pool of `workers` processes (spawned: a fresh interpreter, no inherited threads),
-   every signature of one function in one worker (two processes adding to one function's cache index at once could
-   lose an entry), parallel kernels first (the longest compiles). Each worker writes the cache; the caller's next
-   call of the kernel loads it from there. One function alone compiles in this process (a worker would add its
-   start-up).
+3. the others are compiled by a pool of `workers` processes (forked where that is safe: Linux, this process has one
+   thread and has not started Numba's thread pool; else spawned, a fresh interpreter), every signature of one
+   function in one worker (two processes adding to one function's cache index at once could lose an entry), the
+   longest compiles first (task bodies, then parallel kernels, then the rest). Each worker writes the cache; the
+   caller's next call of the kernel loads it from there. One function alone compiles in this process (a worker
+   would add its start-up).
 
 The numbers do not change: a worker compiles the same function (the module's own object, or a serial twin or a
 closure rebuilt from its code and cell values) for the same argument types, with the same flags and the same tiling
