@@ -272,6 +272,12 @@ def _start_method():
 def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[str, str]:
     """Compile [(dispatcher, [sig, ...]), ...] into Numba's cache, `workers` processes at a time (in this process when
     one worker or one function); returns {name: error} for the ones that failed."""
+    return start_compiling(groups, workers, say)()
+
+
+def start_compiling(groups: list[tuple], workers: int, say: Say = _quiet) -> Callable[[], dict[str, str]]:
+    """`compile_all` started: the worker processes are compiling when this returns (in this process, one worker or
+    one function is compiled before it returns); the returned function waits for them and gives the errors."""
     errors: dict[str, str] = {}
     if workers <= 1 or len(groups) == 1:
         for dispatcher, sigs in groups:
@@ -279,7 +285,7 @@ def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[st
                 _compile(dispatcher, sigs)
             except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
                 errors[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
-        return errors
+        return lambda: errors
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # the long compiles first, so that the pool hands out the short ones as workers free up: task bodies
@@ -297,18 +303,27 @@ def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[st
             jobs.append((dispatcher, _reference(dispatcher), sigs))
         except Exception as exc:  # noqa: BLE001 - not picklable: compiled on first use instead
             errors[_name(dispatcher)] = f"cannot hand to a worker: {type(exc).__name__}: {exc}"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_start_method()) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_start_method())
+    try:  # the workers start (fork) here, in this thread
         futures = {pool.submit(_compile_in_worker, ref, sigs): d for d, ref, sigs in jobs}
-        for done, future in enumerate(as_completed(futures), 1):
-            name = _name(futures[future])
-            try:
-                seconds, error = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a signal): compiled on first use
-                seconds, error = 0.0, f"worker lost: {type(exc).__name__}: {exc}"
-            if error:
-                errors[name] = error
-            say(f"  [{done}/{len(jobs)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
-    return errors
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+
+    def finish() -> dict[str, str]:
+        with pool:
+            for done, future in enumerate(as_completed(futures), 1):
+                name = _name(futures[future])
+                try:
+                    seconds, error = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a signal): compiled on first use
+                    seconds, error = 0.0, f"worker lost: {type(exc).__name__}: {exc}"
+                if error:
+                    errors[name] = error
+                say(f"  [{done}/{len(jobs)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
+        return errors
+
+    return finish
 
 
 def prepare(
@@ -316,9 +331,18 @@ def prepare(
 ) -> Prepared:
     """Compile, `workers` processes at a time (default: one per core), the kernels `run()` would compile one by one;
     `run` is a pass over a throwaway net (see the module docstring). `say` gets a line before and after compiling,
-    and one per kernel when `verbose`. Nothing is compiled when the cache has everything. The workers are spawned, so
-    they import the caller's main module: a script that calls this needs `if __name__ == "__main__":` (as any
-    multiprocessing program; `crema` and `python -m` are fine)."""
+    and one per kernel when `verbose`. Nothing is compiled when the cache has everything. Spawned workers (where
+    they cannot be forked) import the caller's main module: a script that calls this needs
+    `if __name__ == "__main__":` (as any multiprocessing program; `crema` and `python -m` are fine)."""
+    return start_prepare(run, workers=workers, say=say, verbose=verbose)()
+
+
+def start_prepare(
+    run: Callable[[], object], *, workers: int | None = None, say: Say = _quiet, verbose: bool = False
+) -> Callable[[], Prepared]:
+    """`prepare` started: when this returns, the workers are compiling; the returned function waits for them (and
+    says "compiled ..."). In between, this process may do other work that compiles nothing (`crema serve` loads its
+    model and the web app meanwhile): what it compiled could race a worker on the same cache entry."""
     calls, failure = collect(run)
     report = Prepared(note=failure)
     todo = []
@@ -331,7 +355,7 @@ def prepare(
         if missing:
             todo.append((dispatcher, missing))
     if not todo:
-        return report
+        return lambda: report
     report.compiled = sum(len(sigs) for _, sigs in todo)
     report.workers = 1 if len(todo) == 1 else min(workers or default_workers(), len(todo))
     say(
@@ -340,14 +364,27 @@ def prepare(
         f"later starts load them from {numba_cache_dir()})"
     )
     t0 = time.perf_counter()
+
+    def no_workers(exc: BaseException) -> dict[str, str]:  # everything compiles on first use, as before
+        return {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in todo}
+
     try:
-        report.errors = compile_all(todo, report.workers, say if verbose else _quiet)
-    except (OSError, RuntimeError) as exc:  # no worker could be started: everything compiles on first use, as before
-        report.errors = {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in todo}
-    report.seconds = time.perf_counter() - t0
-    failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
-    say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
-    return report
+        pending = start_compiling(todo, report.workers, say if verbose else _quiet)
+    except (OSError, RuntimeError) as exc:
+        failed_start = no_workers(exc)
+        pending = failed_start.copy
+
+    def finish() -> Prepared:
+        try:
+            report.errors = pending()
+        except (OSError, RuntimeError) as exc:
+            report.errors = no_workers(exc)
+        report.seconds = time.perf_counter() - t0
+        failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
+        say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
+        return report
+
+    return finish
 
 
 def numba_cache_dir() -> str:
@@ -413,9 +450,11 @@ def training_pass(param, *, source: str = "", memory_budget=None):
 
 
 def prepare_forward(
-    prototxt, weights, *, batch: int = 1, threads: int | None = None, memory_budget=None, **kw
-) -> Prepared:
-    return prepare(forward_pass(prototxt, weights, batch=batch, threads=threads, memory_budget=memory_budget), **kw)
+    prototxt, weights, *, batch: int = 1, threads: int | None = None, memory_budget=None, wait: bool = True, **kw
+):
+    """`prepare` for a forward at `batch`; with wait=False, `start_prepare`'s function to wait with."""
+    run = forward_pass(prototxt, weights, batch=batch, threads=threads, memory_budget=memory_budget)
+    return prepare(run, **kw) if wait else start_prepare(run, **kw)
 
 
 def prepare_training(param, *, source: str = "", memory_budget=None, **kw) -> Prepared:

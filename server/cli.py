@@ -138,25 +138,27 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     """`crema serve` after its checks: load the model and galleries, then serve the app on `listener`."""
     import logging
 
+    from net.warm import prepare_forward
+
+    model = load_model(args)
+    print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
+    # The kernels the warm-up forward below needs and Numba's cache lacks (a new machine), compiled one process per
+    # core (net.warm) rather than one by one in the warm-up; this process imports the web app meanwhile.
+    compiled = prepare_forward(
+        model.files.prototxt,
+        model.files.weights,
+        threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
+        memory_budget=getattr(args, "memory_budget", None),
+        say=lambda msg: print(f"crema: {msg}", flush=True),
+        wait=False,
+    )
     import uvicorn
 
     from .app import AppConfig, create_app
     from .gallery import open_gallery
     from .web import WebSearch
 
-    model = load_model(args)
-    print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
-    # The kernels the warm-up forward below needs and Numba's cache lacks (a new machine), compiled one process per
-    # core now rather than one by one in the warm-up (net.warm).
-    from net.warm import prepare_forward
-
-    prepare_forward(
-        model.files.prototxt,
-        model.files.weights,
-        threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
-        memory_budget=getattr(args, "memory_budget", None),
-        say=lambda msg: print(f"crema: {msg}", flush=True),
-    )
+    compiled()
     gallery, note = open_gallery(model, args.gallery, args.cache)
     if gallery is not None:
         print(f"crema: gallery {gallery.manifest.get('name')} ({len(gallery)} images) from {gallery.path}", flush=True)
