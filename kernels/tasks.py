@@ -155,11 +155,13 @@ class Task:
             raise TypeError(f"task {body.__qualname__}: pass the items of {nested} as separate arguments")
         self.body = body
         self.arg_types = (types.int64, *arg_types)
-        self.options = options
+        # as in the body of a prange loop, whose gufunc Numba compiles with NumPy's error model: no zero test (and
+        # ZeroDivisionError) around each integer // and %, in the body and in the functions inlined into it
+        self.options = {"error_model": "numpy", **options}
         self.name = f"{body.__module__}.{body.__qualname__}"
         self._cfunc = None
         self._address = 0
-        key = hashlib.sha256(repr((self.arg_types, sorted(options.items()))).encode()).hexdigest()[:10]
+        key = hashlib.sha256(repr((self.arg_types, sorted(self.options.items()))).encode()).hexdigest()[:10]
         calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
         stem = f"{body.__name__}__{key}"
         self.parallel = _driver(_parallel_driver, f"{stem}_parallel", f"{stem}_parallel", calls, {"parallel": True})

@@ -84,3 +84,10 @@ def test_drivers_are_keyed_on_the_declared_types() -> None:
 def test_tuples_are_refused_as_arguments() -> None:
     with pytest.raises(TypeError, match="as separate arguments"):
         Task(_affine_body, (types.UniTuple(types.int64, 2),))
+
+
+def test_bodies_compile_with_numpys_error_model_as_prange_bodies_do() -> None:
+    """A prange body's gufunc is compiled with NumPy's error model (no zero test around integer // and %); the task
+    bodies that replaced them keep it unless a task says otherwise."""
+    assert AFFINE.options["error_model"] == "numpy"
+    assert Task(_affine_body, (types.float32[::1],), error_model="python").options["error_model"] == "python"
