@@ -18,23 +18,24 @@ Kernels (forward, then backward):
                           batches.
                           Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
                           at batch 1: 64 output pixels, two tasks of 32 instead of one).
-3b. ``_conv_direct``   - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
+3b. ``_direct_worker`` - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
                           and an image fits in L2 (``direct_applies``: LeNet's convolutions): ``_direct_tile``, the
                           GEMM micro-kernel's MR x 16 register tile with B's rows read from the (padded) image through
                           a table of tap offsets, RUNS 8-pixel runs per tile (2, or 4 with AVX-512); tasks (image,
                           part of its pixel tiles).
                           Same bits as im2col + GEMM when K fits one K panel, and faster on LeNet's layers at every
                           batch size (benchmarks/perf_notes.md).
-4. ``_conv_bwd_params`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
+4. ``_bwd_params_worker`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
                           threads: big batches give each thread a chunk of images and its own partial dW (summed at
                           the end); small ones split the columns of dW (parts of K) instead. Several images go into
                           one GEMM (inner dimension nb*P ~ KC: LeNet conv2 6 x 64 pixels) from a transposed packed
                           im2col (``_im2col_t_sliver``: NR kernel offsets per sliver, one gather per pixel) and dy
                           rows packed as A (``_pack_dy_rows``, which also sums db).
-5. ``_conv_bwd_data``   - dx as (image, group, block of input channels) tasks over threads: dcols = W_g^T @ dy_g for
+5. ``_bwd_data_worker`` - dx as (image, group, block of input channels) tasks over threads: dcols = W_g^T @ dy_g for
                           the block's rows (W^T packed once, ``_pack_weights_t``), then ``_col2im`` scatter-adds them
                           into a zeroed (padded) image; channel blocks only when images x groups are fewer than
-                          threads. Workspaces are per thread (``numba.get_thread_id``).
+                          threads. Workspaces are per worker (row t of each workspace array).
+3b, 4 and 5 are worker bodies of ``kernels.tasks`` (compiled once as C callbacks, run by a small parallel driver).
 
 The forward reads the weights in place, row-major (M, K) = w.reshape(M, -1), through the micro-kernel's row-offset
 mode (``PACK_WEIGHTS = False``: no per-call packing pass);
@@ -655,7 +656,7 @@ def _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task):
 
 
 def direct_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
-    """Does the forward take the direct path (``_conv_direct``)? Horizontal stride 1, output rows a multiple of 8
+    """Does the forward take the direct path (``_direct_worker``)? Horizontal stride 1, output rows a multiple of 8
     pixels wide (each 8-pixel run one vector of one input row), and one padded image group small enough to stay in
     L2 (DIRECT_MAX_INPUT floats): LeNet's convolutions, small images."""
     (_, _, h, wd), (_, cg, _, _), (_, sw), (ph, pw), _, (oh, ow) = conv2d_geometry(

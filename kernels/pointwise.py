@@ -29,8 +29,8 @@ Kernels, in order:
                      depends on P alone, and every other output is one FMA chain over k in order, then the bias and
                      the clip, whichever tile computes it: the bits do not depend on where x starts (which differs
                      from process to process), on the thread count or on the task split.
-3. ``_pw_forward`` - (image, pixel chunk, row block) tasks claimed by one worker per thread (``gemm.claim``: dynamic
-                     scheduling). A task walks its row tiles, each one's edge pixels first (they stream the tile's W
+3. ``_pw_worker`` -  (image, pixel chunk, row block) tasks claimed by one worker per thread (``gemm.claim``: dynamic
+                     scheduling; the worker body is a ``kernels.tasks.Task``, see there). A task walks its row tiles, each one's edge pixels first (they stream the tile's W
                      rows into L1 for the main tiles' broadcasts), then its main tiles left to right: W
                      is read from L1, and x (a chunk of at most X_CHUNK_FLOATS, in L2) once per row tile. When x is
                      over PREFETCH_MIN_X_BYTES (from memory: batch 32), the first row tile of a task also prefetches,
@@ -38,8 +38,9 @@ Kernels, in order:
                      or more at 56 x 56, and the hardware prefetchers do not cross pages, so each line was a miss
                      (batch 32, 2 threads: the 56 x 56 and 112 x 112 projections 1.13-1.33x faster). Chunks and
                      blocks are chosen once per shape (``_split``): enough tasks for the threads, and of those splits
-                     the one that re-reads least (W once per chunk, x once per block). ``_pw_serial`` runs the tasks
-                     on the calling thread below SERIAL_MACS, where a fork-join costs more than it saves.
+                     the one that re-reads least (W once per chunk, x once per block). Below SERIAL_MACS one worker
+                     runs them on the calling thread (the task's serial driver), where a fork-join costs more than it
+                     saves.
 4. ``_pack_chunk`` - (PACK) a task's main pixels copied into contiguous (K, 16) slivers on 64-byte lines first, each
                      row of x read once, when x is over PACK_MIN_X_BYTES (no longer in L2 from the layer before: all
                      of them at batch 32) and the task's row block is PACK_MIN_ROWS or more: the row tiles then read
@@ -451,22 +452,29 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # pragma: no cover - compiled
-    """Task `task` (see _pw_forward): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
-    pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
-    after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile). Main
-    tiles: x in place, or the chunk packed by this task (PACK), or every image's slivers packed once for the whole
-    call into sp (SHARED_PACK, _pack_shared)."""
-    k, m, p, npc, nrb, chunk, block = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7]
-    ns = (p - h) // NR  # main slivers, from pixel h
-    t = p - h - ns * NR  # pixels after them
+def _task_span(task, plan, ns):  # pragma: no cover - compiled
+    """(image n, pixel chunk pc, rows r_begin..r_end - 1, slivers s_begin..s_end - 1) of task `task` (row block
+    fastest, then pixel chunk, then image; plan: see PointwiseRunner, ns: the main slivers of an image)."""
+    npc, nrb, chunk, block = plan[4], plan[5], plan[6], plan[7]
     rb = task % nrb
     pc = (task // nrb) % npc
     n = task // (nrb * npc)
     r_begin = rb * block
-    r_end = min(m, r_begin + block)
     s_begin = pc * chunk
-    s_end = min(ns, s_begin + chunk)
+    return n, pc, r_begin, min(plan[2], r_begin + block), s_begin, min(ns, s_begin + chunk)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # pragma: no cover - compiled
+    """Task `task` (see _pw_worker): image n, pixel chunk pc, row block rb; MR rows at a time, a row tile's edge
+    pixels (in the last chunk) then its main tiles. Edge pixels: the h before the first main tile (_head) and the tail
+    after the last; when h > 0 they are one packed sliver, else the P % NR pixels of the tail (_dot_tile). Main
+    tiles: x in place, or the chunk packed by this task (PACK), or every image's slivers packed once for the whole
+    call into sp (SHARED_PACK, _pack_shared)."""
+    k, m, p, npc = plan[1], plan[2], plan[3], plan[4]
+    ns = (p - h) // NR  # main slivers, from pixel h
+    t = p - h - ns * NR  # pixels after them
+    n, pc, r_begin, r_end, s_begin, s_end = _task_span(task, plan, ns)
     x_off = n * k * p
     y_off = n * m * p
     flo, fhi = np.float32(lo), np.float32(hi)
@@ -772,20 +780,14 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
     im2col slivers from the padded image x (N, C, HP, WP) into ws[t*plan[8]:] first; P a multiple of NR (no edge
     pixels). geo: (C*HP*WP, WP, OW, sh, sw)."""
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
-    k, m, p, npc, nrb, chunk, block, size = plan[1], plan[2], plan[3], plan[4], plan[5], plan[6], plan[7], plan[8]
-    ntask = plan[0] * npc * nrb
+    k, m, p, size = plan[1], plan[2], plan[3], plan[8]
+    ntask = plan[0] * plan[4] * plan[5]
     ns = p // NR
     flo, fhi = np.float32(lo), np.float32(hi)
     xp = ws[t * size : (t + 1) * size]
     task = claim(counter)
     while task < ntask:
-        rb = task % nrb
-        pc = (task // nrb) % npc
-        n = task // (nrb * npc)
-        r_begin = rb * block
-        r_end = min(m, r_begin + block)
-        s_begin = pc * chunk
-        s_end = min(ns, s_begin + chunk)
+        n, _, r_begin, r_end, s_begin, s_end = _task_span(task, plan, ns)
         if s_end > s_begin:
             _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
             for r in range(r_begin, r_end, MR):
