@@ -17,7 +17,8 @@ not at import) and called by address:
 The drivers are one tiny loop each (a fraction of a second to compile; the parallel one copies the arguments into
 its frame first and hands its loop only their address, so Numba's gufunc for the loop takes two integers, not a
 dozen arrays); the body, with its callees, compiles once for both. The numbers are those of the body compiled
-inside a kernel: same code, same order of operations.
+inside a kernel: same code, same order of operations, and by default NumPy's error model, as Numba compiles a prange
+body (no zero test around each integer // and %).
 
 Safety: a driver calls an address, so the argument types the caller passes must be the ones the body was compiled
 for. Each task has its own drivers, built with its declared types; a driver called with other types fails to
