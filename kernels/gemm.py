@@ -18,9 +18,9 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        ``kernels.conv`` writes im2col straight into the B format.
                        An untransposed operand that is used once per block (one column block of C for A, one row
                        block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
-4. ``_gemm_worker`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) with
-                       ``prange`` over the blocks; ``_gemm_tiles_serial`` is the same loop nest for callers that are
-                       themselves parallel (convolution over a batch).
+4. ``_gemm_worker`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) claimed by one
+                       worker per thread (a ``kernels.tasks`` body, like 3.); ``_gemm_tiles_serial`` is the same loop
+                       nest for callers that are themselves parallel (convolution over a batch).
 
 Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
 per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
