@@ -28,7 +28,8 @@ Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
                         (``gemm.claim``: dynamic scheduling); each worker fills its next plane into a second buffer
                         before reading the current one (a plane read right after its stores stalls store forwarding).
 Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
-smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there):
+smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there; and
+every plane size once x is C8_ANY_PLANE_X_BYTES or more, read from memory):
 4. ``_fill_c8``       - 8 channel planes of one image interleaved per pixel ((HP, WP, 8): one 8-channel vector per
                         padded pixel) by 8 x 8 transposes in registers (``_t8``), a row's tail through one transpose
                         that reads past the row (not past x) and stores only the tail's pixels.
@@ -77,6 +78,11 @@ assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 1
 C8 = True  # forward: blocks of 8 channels (_c8_worker) for small planes (see below); False: always plane by plane
 C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
 C8_MAX_PIXELS_STRIDED = 4096  # at horizontal stride > 1 (128 KB), where the plane path's phase split costs more
+# x of at least this many bytes (read from memory, not from L2/L3: EfficientNet-Lite0 at batch 8 and more): blocks of 8
+# channels for any plane size (their fill reads x once, in order); per layer at batch 32, 2 threads: 112 x 112 s2 7.94
+# vs 9.27 ms, 56 x 56 5.61 vs 6.48, 112 x 112 5.08 vs 5.14; below it the plane path is as fast or faster (32 channels of
+# 112 x 112 at batch 8, 12.8 MB: 1.15 vs 1.28 ms)
+C8_ANY_PLANE_X_BYTES = 16 << 20
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
@@ -731,7 +737,8 @@ class DepthwiseRunner:
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
-        self.c8 = C8 and hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
+        small = hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
+        self.c8 = C8 and (small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)
         if self.c8:  # blocks of 8 channels
             toff = np.array([(i * dh * wb + j * dw) * 8 for i in range(kh) for j in range(kw)], np.int64)
             p = np.minimum(np.arange(-(-npix // 8) * 8), npix - 1)

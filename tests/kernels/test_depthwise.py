@@ -413,3 +413,15 @@ def test_backward_dx_aliasing_dy_is_an_error() -> None:
     dy = np.zeros((1, 2, 5, 5), np.float32)
     with pytest.raises(ValueError, match="dx shares memory with dy"):
         depthwise_backward(dy, x, w, pad=1, dx=dy)
+
+
+def test_large_inputs_take_the_channel_blocks_at_any_plane_size() -> None:
+    """Large planes go plane by plane while x is small (batch 1: from cache), in blocks of 8 channels once x is
+    C8_ANY_PLANE_X_BYTES or more (read from memory); which path runs never changes the bits (the forced-path tests)."""
+    from kernels import depthwise as dw
+
+    assert not dw.DepthwiseRunner((1, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8
+    assert dw.DepthwiseRunner((8, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8
+    assert not dw.DepthwiseRunner((1, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
+    assert dw.DepthwiseRunner((32, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
+    assert dw.DepthwiseRunner((1, 240, 28, 28), (240, 1, 5, 5), (1, 1), (2, 2)).c8  # small planes: always
