@@ -9,7 +9,7 @@ Kernels, in the order they appear:
                             compiler vectorises across outputs. MAX, MAX recording the argmax, AVE.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
-                            (an AVE window over the whole plane, a runner's global pooling: `_global_ave_worker`).
+                            (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
   3. `_max_backward_planes`  Numba, prange over planes: zero dx, then route each top gradient to its argmax.
   4. AVE backward: the interior kernel zeroes dx and spreads dy / divisor over the interior windows, then
      `_ave_backward_border` does the border windows (or everything, zeroing first, for other window shapes).
@@ -443,7 +443,8 @@ def _regions(x3_shape, y3_shape, k, s, p) -> tuple[tuple | None, tuple[int, int,
 def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
     """One forward over (P, H, W) planes: the interior kernel when specialised, the border kernel for the rest."""
     record = mask3 is not None and method == "MAX"
-    _forward_steps(_regions(x3.shape, y3.shape, k, s, p), method, k, s, p, record)(x3, y3, mask3)
+    planes = (x3.shape, y3.shape)
+    _forward_steps(_regions(*planes, k, s, p), method, k, s, p, record, planes=planes)(x3, y3, mask3)
 
 
 def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
@@ -464,11 +465,11 @@ _F3 = types.float32[:, :, ::1]
 _GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), boundscheck=False)
 
 
-def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False, planes=None):
-    """The kernel calls of one forward, chosen once from `_regions`: returns run(x3, y3, mask3), mask3 used (and
-    filled with the argmax) only when `record` (MAX). serial: the kernels' serial twins (``kernels.serial``).
-    planes ((P, H, W), (P, OH, OW)), when given: an AVE window covering the whole plane runs `_GLOBAL_AVE`."""
-    if planes is not None and method == "AVE" and tuple(k) == planes[0][1:] and tuple(p) == (0, 0):
+def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False, *, planes):
+    """The kernel calls of one forward over planes ((P, H, W), (P, OH, OW)), chosen once from `_regions`: returns
+    run(x3, y3, mask3), mask3 used (and filled with the argmax) only when `record` (MAX). serial: the kernels' serial
+    twins (``kernels.serial``). An AVE window covering the whole plane (global pooling) runs `_GLOBAL_AVE`."""
+    if method == "AVE" and tuple(k) == tuple(planes[0][1:]) and tuple(p) == (0, 0):
         workers = 1 if serial else numba.get_num_threads()
         drive = _GLOBAL_AVE.serial if serial else _GLOBAL_AVE.parallel
 
@@ -523,7 +524,7 @@ class ForwardRunner:
         self.steps = (
             None
             if empty
-            else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial, self.planes)
+            else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial, planes=self.planes)
         )
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:

@@ -64,6 +64,16 @@ def recording() -> Iterator[list]:
         _recorder, _owner = saved
 
 
+def _emit_call(context, builder, want: tuple, addr, t_val, tup):
+    """The C callback at `addr` (of argument types `want`) called with t_val and the items of the tuple `tup`, unless
+    addr is 0."""
+    values = [t_val] + [builder.extract_value(tup, i) for i in range(len(want) - 1)]
+    fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(a) for a in want])
+    with builder.if_then(builder.icmp_unsigned("!=", addr, addr.type(0)), likely=True):
+        builder.call(builder.inttoptr(addr, fnty.as_pointer()), values)
+    return context.get_dummy_value()
+
+
 def _checked_call(name: str, want: tuple):
     """An intrinsic call(address, t, args) that calls the C callback at `address` with (t, *args) when the types of
     (t, *args) are `want`; a TypeError at compile time otherwise."""
@@ -76,11 +86,7 @@ def _checked_call(name: str, want: tuple):
 
         def codegen(context, builder, signature, llargs):
             addr, t_val, tup = llargs
-            values = [t_val] + [builder.extract_value(tup, i) for i in range(len(args.types))]
-            fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(a) for a in want])
-            with builder.if_then(builder.icmp_unsigned("!=", addr, addr.type(0)), likely=True):
-                builder.call(builder.inttoptr(addr, fnty.as_pointer()), values)
-            return context.get_dummy_value()
+            return _emit_call(context, builder, want, addr, t_val, tup)
 
         return types.void(types.int64, t, args), codegen
 
@@ -98,11 +104,7 @@ def _block_call(want: tuple):
         def codegen(context, builder, signature, llargs):
             addr, t_val, blk = llargs
             tup = builder.load(builder.inttoptr(blk, context.get_value_type(args_type).as_pointer()))
-            values = [t_val] + [builder.extract_value(tup, i) for i in range(len(want) - 1)]
-            fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(a) for a in want])
-            with builder.if_then(builder.icmp_unsigned("!=", addr, addr.type(0)), likely=True):
-                builder.call(builder.inttoptr(addr, fnty.as_pointer()), values)
-            return context.get_dummy_value()
+            return _emit_call(context, builder, want, addr, t_val, tup)
 
         return types.void(types.int64, types.int64, types.int64), codegen
 
@@ -135,12 +137,12 @@ def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
         _call(address, np.int64(t), args)
 
 
-def _driver(template, name: str, qualname: str, calls: dict, options: dict):
+def _driver(template, name: str, calls: dict, options: dict):
     """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba with `options` and
     cached on disk."""
     code = template.__code__
     g = pytypes.FunctionType(code, {**template.__globals__, **calls}, name)
-    g.__qualname__ = qualname
+    g.__qualname__ = name
     g.__module__ = template.__module__
     return njit(cache=True, **options)(g)
 
@@ -165,8 +167,8 @@ class Task:
         key = hashlib.sha256(repr((self.arg_types, sorted(self.options.items()))).encode()).hexdigest()[:10]
         calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
         stem = f"{body.__name__}__{key}"
-        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", f"{stem}_parallel", calls, {"parallel": True})
-        self.serial = _driver(_serial_driver, f"{stem}_serial", f"{stem}_serial", calls, {})
+        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {"parallel": True})
+        self.serial = _driver(_serial_driver, f"{stem}_serial", calls, {})
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
 

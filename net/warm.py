@@ -269,15 +269,10 @@ def _start_method():
     return multiprocessing.get_context("spawn")
 
 
-def compile_all(groups: list[tuple], workers: int, say: Say = _quiet) -> dict[str, str]:
-    """Compile [(dispatcher, [sig, ...]), ...] into Numba's cache, `workers` processes at a time (in this process when
-    one worker or one function); returns {name: error} for the ones that failed."""
-    return start_compiling(groups, workers, say)()
-
-
 def start_compiling(groups: list[tuple], workers: int, say: Say = _quiet) -> Callable[[], dict[str, str]]:
-    """`compile_all` started: the worker processes are compiling when this returns (in this process, one worker or
-    one function is compiled before it returns); the returned function waits for them and gives the errors."""
+    """Compile [(dispatcher, [sig, ...]), ...] into Numba's cache, `workers` processes at a time: they are compiling
+    when this returns (one worker or one function is compiled in this process before it returns); the returned
+    function waits for them and gives {name: error} for the ones that failed."""
     errors: dict[str, str] = {}
     if workers <= 1 or len(groups) == 1:
         for dispatcher, sigs in groups:
@@ -341,8 +336,8 @@ def start_prepare(
     run: Callable[[], object], *, workers: int | None = None, say: Say = _quiet, verbose: bool = False
 ) -> Callable[[], Prepared]:
     """`prepare` started: when this returns, the workers are compiling; the returned function waits for them (and
-    says "compiled ..."). In between, this process may do other work that compiles nothing (`crema serve` loads its
-    model and the web app meanwhile): what it compiled could race a worker on the same cache entry."""
+    says "compiled ..."). In between, this process may do other work that compiles nothing (`crema serve` imports its
+    web app meanwhile): what it compiled could race a worker on the same cache entry."""
     calls, failure = collect(run)
     report = Prepared(note=failure)
     todo = []

@@ -368,15 +368,20 @@ def test_backward_against_torch() -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 1280, 7, 7), (32, 96, 7, 7), (3, 5, 4, 6), (2, 3, 1, 1)])
-def test_global_average_runner_gives_the_border_kernels_bits(shape) -> None:
-    """A runner's AVE window over the whole plane (global pooling) runs its own kernel (serial for small work): the
-    same sum order and divisor as the border kernel that pool2d_forward runs, so the same bits; and the reference."""
-    from kernels.pool import ForwardRunner
+def test_global_average_gives_the_border_kernels_bits(shape) -> None:
+    """An AVE window over the whole plane (global pooling) runs its own kernel (serial for small work) in a runner
+    and in pool2d_forward: the same sum order and divisor as the generic border kernel, so its bits; and the
+    reference."""
+    from kernels.pool import ForwardRunner, _ave_border
 
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
     run = ForwardRunner(shape, method="AVE", kernel=shape[2:], stride=(1, 1), pad=(0, 0))
     got = np.empty(run.out_shape, np.float32)
     run(x, got)
+    n, c, h, w = shape
+    border = np.empty((n * c, 1, 1), np.float32)
+    _ave_border(x.reshape(n * c, h, w), border, (h, w, 1, 1, 0, 0), (0, 0, 0, 0))  # every output a border output
+    np.testing.assert_array_equal(got.reshape(-1), border.reshape(-1))
     np.testing.assert_array_equal(got, pool2d_forward(x, method="AVE", kernel=shape[2:], stride=(1, 1)))
     ref = pool2d_forward_ref(x, method="AVE", kernel=shape[2:], stride=(1, 1), pad=(0, 0))
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
