@@ -529,11 +529,13 @@ _F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
 _DW = Task(
     _dw_worker,
     (_F1, _F1, _F1, _F1, *(_i,) * 10, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
+    opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
 _C8 = Task(
     _c8_worker,
     (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
+    opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
 

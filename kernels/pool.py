@@ -462,7 +462,7 @@ def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
 
 
 _F3 = types.float32[:, :, ::1]
-_GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), boundscheck=False)
+_GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), opt=1, boundscheck=False)
 
 
 def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False, *, planes):

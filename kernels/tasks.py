@@ -26,6 +26,11 @@ compile with a TypeError that names both (never a call with mismatched arguments
 compiled yet, see `net.warm`) is skipped by the drivers. The drivers' cache entries are keyed on the declared types
 (their names carry a hash of them), so a changed declaration never loads a driver built for the old one.
 
+Compile time: a body whose hot loops are explicit vector code (the tiles in LLVM IR) does not need LLVM's -O3; with
+``opt=1`` it compiles in about a fifth less CPU time and runs as fast, with the same bits (benchmarks/perf_notes.md).
+The drivers compile at level 1 (DRIVER_OPT). A body's level is not part of its cache key: a cache written at another
+level is loaded as it is.
+
 `net.warm` compiles the tasks a pass needs in worker processes like the kernels: while `recording()` is active a
 task that is not in the on-disk cache is recorded and reads as address 0 instead of compiling.
 """
@@ -42,10 +47,11 @@ from collections.abc import Iterator
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
+DRIVER_OPT = 1  # LLVM optimisation level of the drivers (see `llvm_opt`)
 _call = _call_block = None  # each driver's own (_checked_call, _block_call), given by _driver
 _recorder: list | None = None  # the tasks recorded by `recording()`, in first-use order
 _owner: int | None = None
@@ -62,6 +68,23 @@ def recording() -> Iterator[list]:
         yield _recorder
     finally:
         _recorder, _owner = saved
+
+
+@contextlib.contextmanager
+def llvm_opt(level: int | None) -> Iterator[None]:
+    """Numba's LLVM optimisation level (NUMBA_OPT, 3 unless set) at most `level` for the compiles inside (Numba reads
+    it each time it builds a pass manager; the target machine keeps its own); None: unchanged. Holds Numba's compiler
+    lock, so no other thread compiles meanwhile with it."""
+    if level is None:
+        yield
+        return
+    with global_compiler_lock:
+        saved = config.OPT
+        config.OPT = type(saved)(min(int(saved), level))
+        try:
+            yield
+        finally:
+            config.OPT = saved
 
 
 def _emit_call(context, builder, want: tuple, addr, t_val, tup):
@@ -137,22 +160,32 @@ def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
         _call(address, np.int64(t), args)
 
 
-def _driver(template, name: str, calls: dict, options: dict):
-    """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba with `options` and
-    cached on disk."""
+def _driver(template, name: str, calls: dict, options: dict, opt: int | None):
+    """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba with `options` (at
+    LLVM optimisation level `opt`: see `llvm_opt`) and cached on disk."""
     code = template.__code__
     g = pytypes.FunctionType(code, {**template.__globals__, **calls}, name)
     g.__qualname__ = name
     g.__module__ = template.__module__
-    return njit(cache=True, **options)(g)
+    dispatcher = njit(cache=True, **options)(g)
+    if opt is not None:
+        plain = dispatcher.compile  # called on a first call with new types and by net.warm
+
+        def compile(sig, plain=plain):
+            with llvm_opt(opt):
+                return plain(sig)
+
+        dispatcher.compile = compile
+    return dispatcher
 
 
 class Task:
     """A worker body ``body(t, *args)`` compiled once as a C callback and run by `parallel` / `serial` drivers (see
-    the module docstring). `arg_types`: the Numba types of ``args`` (t is int64); `options`: Numba's (boundscheck,
-    fastmath, ...)."""
+    the module docstring). `arg_types`: the Numba types of ``args`` (t is int64); `opt`: the LLVM optimisation level
+    of the body at most (`llvm_opt`; None: Numba's, 3 unless NUMBA_OPT says otherwise); `options`: Numba's
+    (boundscheck, fastmath, ...)."""
 
-    def __init__(self, body, arg_types, **options) -> None:
+    def __init__(self, body, arg_types, *, opt: int | None = None, **options) -> None:
         nested = [a for a in arg_types if isinstance(a, types.BaseTuple)]
         if nested:
             raise TypeError(f"task {body.__qualname__}: pass the items of {nested} as separate arguments")
@@ -162,13 +195,15 @@ class Task:
         # ZeroDivisionError) around each integer // and %, in the body and in the functions inlined into it
         self.options = {"error_model": "numpy", **options}
         self.name = f"{body.__module__}.{body.__qualname__}"
+        self.opt = opt
         self._cfunc = None
         self._address = 0
         key = hashlib.sha256(repr((self.arg_types, sorted(self.options.items()))).encode()).hexdigest()[:10]
         calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
         stem = f"{body.__name__}__{key}"
-        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {"parallel": True})
-        self.serial = _driver(_serial_driver, f"{stem}_serial", calls, {})
+        # a driver is one loop calling an address: the lowest useful level for both (the same code at 1 and 3)
+        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {"parallel": True}, DRIVER_OPT)
+        self.serial = _driver(_serial_driver, f"{stem}_serial", calls, {}, DRIVER_OPT)
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
 
@@ -219,7 +254,8 @@ class Task:
         if self._address:
             return
         cf = self._callback()
-        cf.compile()
+        with llvm_opt(self.opt):
+            cf.compile()
         self._address = int(cf.address)
 
     def reference(self) -> tuple[str, str]:

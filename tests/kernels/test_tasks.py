@@ -91,3 +91,51 @@ def test_bodies_compile_with_numpys_error_model_as_prange_bodies_do() -> None:
     bodies that replaced them keep it unless a task says otherwise."""
     assert AFFINE.options["error_model"] == "numpy"
     assert Task(_affine_body, (types.float32[::1],), error_model="python").options["error_model"] == "python"
+
+
+def test_llvm_opt_lowers_the_level_inside_and_restores_it() -> None:
+    from numba.core import config
+
+    saved = config.OPT
+    with tasks.llvm_opt(1):
+        assert int(config.OPT) == min(int(saved), 1)
+    assert config.OPT is saved
+    with pytest.raises(RuntimeError), tasks.llvm_opt(1):
+        raise RuntimeError("a failed compile")
+    assert config.OPT is saved
+    with tasks.llvm_opt(None):
+        assert config.OPT is saved
+
+
+def test_bodies_and_drivers_compile_at_their_levels(monkeypatch) -> None:
+    """A task's body compiles at its `opt` level, its drivers at DRIVER_OPT, Numba's level outside; the numbers are
+    the reference's (the bit-equality tests of every kernel run on bodies compiled so)."""
+    import contextlib
+
+    from numba.core import config
+    from numba.core.ccallback import CFunc
+
+    seen: list[int] = []
+    plain_compile = CFunc.compile
+
+    def spy_compile(self):
+        seen.append(int(config.OPT))
+        return plain_compile(self)
+
+    levels: list[int | None] = []
+    plain_opt = tasks.llvm_opt
+
+    @contextlib.contextmanager
+    def spy_opt(level):
+        levels.append(level)
+        with plain_opt(level):
+            yield
+
+    monkeypatch.setattr(CFunc, "compile", spy_compile)
+    monkeypatch.setattr(tasks, "llvm_opt", spy_opt)
+    task = Task(_affine_body, (types.float32[::1], types.float32[::1], types.float32, types.int64), opt=1)
+    x, y = _inputs()
+    task.parallel(task.address, 2, x, y, np.float32(1.5), 2)
+    np.testing.assert_array_equal(y, x * np.float32(1.5) + np.float32(1.0))
+    assert seen == [min(int(config.OPT), 1)]
+    assert levels == [1, tasks.DRIVER_OPT]  # the body, then the parallel driver
