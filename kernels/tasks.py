@@ -14,16 +14,21 @@ not at import) and called by address:
     _BODY.parallel(_BODY.address, workers, x, plan, ...)  # for t in prange(workers): body(t, x, plan, ...)
     _BODY.serial(_BODY.address, 1, x, plan, ...)          # the same loop on the calling thread
 
-The drivers are one tiny loop each (a fraction of a second to compile; the parallel one copies the arguments into
-its frame first and hands its loop only their address, so Numba's gufunc for the loop takes two integers, not a
-dozen arrays); the body, with its callees, compiles once for both. The numbers are those of the body compiled
-inside a kernel: same code, same order of operations, and by default NumPy's error model, as Numba compiles a prange
-body (no zero test around each integer // and %).
+The drivers are small serial functions (0.1-0.2 s each to compile); the body, with its callees, compiles once for
+both. The one ``prange`` loop is shared by every task: `_LAUNCH`, a parallel C callback compiled once per machine
+(``for t in prange(workers): tramp(t, block)``). A parallel driver copies the body's address and its arguments into
+a record in its own stack frame and calls the launcher with that record and its trampoline, a few lines of LLVM IR
+emitted into the driver (`_trampoline`: read the record, call the body with t and the arguments); the launcher's
+address reaches the cached drivers through a process-wide slot under a symbol of the JIT's table (LAUNCHER_SYMBOL),
+filled when a task's `address` first loads it. (Before, each task's parallel driver had a prange loop of its own,
+0.3-0.6 s to compile each.) The numbers are those of the body compiled inside a kernel: same code, same order of
+operations, and by default NumPy's error model, as Numba compiles a prange body (no zero test around each integer //
+and %).
 
 Safety: a driver calls an address, so the argument types the caller passes must be the ones the body was compiled
 for. Each task has its own drivers, built with its declared types; a driver called with other types fails to
 compile with a TypeError that names both (never a call with mismatched arguments). An address of 0 (a task not
-compiled yet, see `net.warm`) is skipped by the drivers. The drivers' cache entries are keyed on the declared types
+compiled yet, see `net.warm`) is skipped by the drivers, and so is every parallel call while the launcher's slot is 0. The drivers' cache entries are keyed on the declared types
 (their names carry a hash of them), so a changed declaration never loads a driver built for the old one.
 
 Compile time: a body whose hot loops are explicit vector code (the tiles in LLVM IR) does not need LLVM's -O3; with
@@ -32,12 +37,13 @@ The drivers compile at level 1 (DRIVER_OPT). A body's level is not part of its c
 level is loaded as it is.
 
 `net.warm` compiles the tasks a pass needs in worker processes like the kernels: while `recording()` is active a
-task that is not in the on-disk cache is recorded and reads as address 0 instead of compiling.
+task that is not in the on-disk cache is recorded and reads as address 0 instead of compiling (the launcher too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import importlib
 import threading
@@ -45,6 +51,7 @@ import types as pytypes
 from collections.abc import Iterator
 
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils, config
@@ -52,6 +59,13 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 DRIVER_OPT = 1  # LLVM optimisation level of the drivers (see `llvm_opt`)
+# The shared launcher's address, where every parallel driver reads it: a process-wide slot under a symbol of the JIT's
+# table (drivers are cached machine code: the address of today's launcher cannot be a constant in them). 0 until a
+# task's `address` loads or compiles the launcher (`_arm`); the drivers launch nothing while it is 0.
+LAUNCHER_SYMBOL = "crema_tasks_launcher"
+_LAUNCHER_SLOT = ctypes.c_int64(0)
+llvm.add_symbol(LAUNCHER_SYMBOL, ctypes.addressof(_LAUNCHER_SLOT))
+_armed = False
 _call = _call_block = None  # each driver's own (_checked_call, _block_call), given by _driver
 _recorder: list | None = None  # the tasks recorded by `recording()`, in first-use order
 _owner: int | None = None
@@ -116,43 +130,69 @@ def _checked_call(name: str, want: tuple):
     return call
 
 
+def _trampoline(context, module, want: tuple):
+    """The function ``void tramp(i64 t, i64 block)`` of `module` that calls the C callback whose address is the first
+    field of the record at `block`, with t and the arguments (of types want[1:]) that follow it: what the shared
+    launcher's threads call. Emitted once per module, in LLVM IR (no Numba pipeline: nothing to compile but itself)."""
+    name = "crema_task_trampoline_" + hashlib.sha256(repr(want).encode()).hexdigest()[:16]
+    try:
+        return module.get_global(name)
+    except KeyError:
+        pass
+    i64 = ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64, i64]), name)
+    fn.linkage = "internal"
+    builder = ir.IRBuilder(fn.append_basic_block())
+    t_val, blk = fn.args
+    record = ir.LiteralStructType([i64, context.get_value_type(types.Tuple(want[1:]))])
+    rec = builder.load(builder.inttoptr(blk, record.as_pointer()))
+    _emit_call(context, builder, want, builder.extract_value(rec, 0), t_val, builder.extract_value(rec, 1))
+    builder.ret_void()
+    return fn
+
+
+def _external_i64(module, name: str):
+    """The declaration of the external i64 `name` in `module` (the JIT resolves it through llvmlite's symbol table)."""
+    try:
+        return module.get_global(name)
+    except KeyError:
+        gv = ir.GlobalVariable(module, ir.IntType(64), name)
+        gv.linkage = "external"
+        return gv
+
+
 def _block_call(want: tuple):
-    """An intrinsic call_block(address, t, block) that calls the C callback at `address` with t and the arguments of
-    types want[1:] that `_stash` copied to `block` (so that a parallel loop hands its gufunc two integers, not the
-    arrays: a smaller gufunc to compile)."""
-    args_type = types.Tuple(want[1:])
+    """An intrinsic launch(address, workers, args) that runs the C callback at `address` for t in 0 .. workers - 1 on
+    Numba's threads through the shared launcher (`_LAUNCH`, its address read from the symbol LAUNCHER_SYMBOL): the
+    address and the arguments (of types want[1:]) are copied to a record in the calling function's stack frame (valid
+    until it returns; the caller keeps the arrays in it alive), and the launcher's threads call this driver's
+    trampoline (`_trampoline`) with the record. Nothing runs while either address is 0."""
 
     @intrinsic
-    def call_block(typingctx, address, t, block):
+    def launch(typingctx, address, workers, args):
         def codegen(context, builder, signature, llargs):
-            addr, t_val, blk = llargs
-            tup = builder.load(builder.inttoptr(blk, context.get_value_type(args_type).as_pointer()))
-            return _emit_call(context, builder, want, addr, t_val, tup)
+            addr, n, tup = llargs
+            i64 = ir.IntType(64)
+            record = ir.LiteralStructType([i64, tup.type])
+            slot = cgutils.alloca_once(builder, record)
+            builder.store(addr, cgutils.gep_inbounds(builder, slot, 0, 0))
+            builder.store(tup, cgutils.gep_inbounds(builder, slot, 0, 1))
+            where = builder.load(_external_i64(builder.module, LAUNCHER_SYMBOL))
+            tramp = builder.ptrtoint(_trampoline(context, builder.module, want), i64)
+            ready = builder.and_(builder.icmp_unsigned("!=", addr, i64(0)), builder.icmp_unsigned("!=", where, i64(0)))
+            with builder.if_then(ready, likely=True):
+                fnty = ir.FunctionType(ir.VoidType(), [i64, i64, i64])
+                builder.call(builder.inttoptr(where, fnty.as_pointer()), [n, tramp, builder.ptrtoint(slot, i64)])
+            return context.get_dummy_value()
 
-        return types.void(types.int64, types.int64, types.int64), codegen
+        return types.void(types.int64, types.int64, args), codegen
 
-    return call_block
-
-
-@intrinsic
-def _stash(typingctx, args):
-    """The address of a copy of the tuple `args` in the calling function's stack frame (valid until it returns; the
-    caller keeps the arrays in it alive)."""
-
-    def codegen(context, builder, signature, llargs):
-        (tup,) = llargs
-        slot = cgutils.alloca_once(builder, tup.type)
-        builder.store(tup, slot)
-        return builder.ptrtoint(slot, ir.IntType(64))
-
-    return types.int64(args), codegen
+    return launch
 
 
 def _parallel_driver(address, workers, *args):  # pragma: no cover - compiled
     _call(0, np.int64(0), args)  # address 0: calls nothing; checks the argument types when compiled
-    block = _stash(args)
-    for t in prange(workers):
-        _call_block(address, np.int64(t), block)
+    _call_block(address, workers, args)  # the shared launcher: for t in prange(workers): body(t, *args)
 
 
 def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
@@ -202,7 +242,7 @@ class Task:
         calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
         stem = f"{body.__name__}__{key}"
         # a driver is one loop calling an address: the lowest useful level for both (the same code at 1 and 3)
-        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {"parallel": True}, DRIVER_OPT)
+        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {}, DRIVER_OPT)
         self.serial = _driver(_serial_driver, f"{stem}_serial", calls, {}, DRIVER_OPT)
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
@@ -213,7 +253,15 @@ class Task:
     @property
     def address(self) -> int:
         """The C callback's address: loaded from Numba's cache or compiled on first use (0 for a task recorded by
-        `recording()` instead)."""
+        `recording()` instead); the shared launcher (`_LAUNCH`) too, for the parallel driver."""
+        if self._address and _armed:
+            return self._address
+        address = self._own_address()
+        if not _armed and self is not _LAUNCH:
+            _arm()
+        return address
+
+    def _own_address(self) -> int:
         if self._address:
             return self._address
         if _recorder is not None and _owner == threading.get_ident():
@@ -265,6 +313,40 @@ class Task:
             if value is self:
                 return self.body.__module__, attr
         raise LookupError(f"task {self.name} is not a module-level name of {self.body.__module__}")
+
+
+@intrinsic
+def _call_trampoline(typingctx, tramp, t, block):
+    """Call ``void tramp(i64 t, i64 block)`` (a driver's `_trampoline`)."""
+
+    def codegen(context, builder, signature, llargs):
+        tramp_val, t_val, blk = llargs
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64, i64])
+        builder.call(builder.inttoptr(tramp_val, fnty.as_pointer()), [t_val, blk])
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64), codegen
+
+
+def _launch_body(workers, tramp, block):  # pragma: no cover - compiled
+    """The one parallel loop of every task: for t in prange(workers): tramp(t, block). Compiled once (a parallel C
+    callback) for all tasks; a driver hands it its trampoline and its record of the body's address and arguments."""
+    for t in prange(workers):
+        _call_trampoline(tramp, np.int64(t), block)
+
+
+_LAUNCH = Task(_launch_body, (types.int64, types.int64), parallel=True)
+
+
+def _arm() -> None:
+    """Put the launcher's address in the drivers' slot (loading or compiling it; nothing while `recording()` records
+    it instead)."""
+    global _armed
+    address = _LAUNCH.address
+    if address:
+        _LAUNCHER_SLOT.value = address
+        _armed = True
 
 
 def resolve(module: str, attr: str) -> Task:

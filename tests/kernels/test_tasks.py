@@ -58,10 +58,35 @@ def test_recording_records_instead_of_compiling(monkeypatch) -> None:
     with tasks.recording() as recorded:
         assert task.address == 0
         assert task.address == 0
-    assert recorded == [task]
+    assert recorded[0] is task and set(recorded) <= {task, tasks._LAUNCH}  # the launcher too where not cached
     x, y = _inputs()
     task.parallel(0, 2, x, y, np.float32(1.5), 2)  # address 0: the driver skips the body
     assert not y.any()
+
+
+def test_the_shared_launcher_is_recorded_and_armed_like_a_task(monkeypatch) -> None:
+    """Every parallel driver runs its body's threads through one launcher (a parallel C callback compiled once):
+    reading a task's address loads it (or records it, for net.warm to compile), and until it is in place the drivers
+    launch nothing."""
+    assert AFFINE.address and tasks._armed and tasks._LAUNCHER_SLOT.value == tasks._LAUNCH.address
+    with monkeypatch.context() as m:  # as on a machine whose cache has the body but not the launcher
+        m.setattr(tasks, "_armed", False)
+        m.setattr(tasks._LAUNCH, "_address", 0)
+        m.setattr(tasks._LAUNCH, "load_cached", lambda: False)
+        m.setattr(tasks._LAUNCH, "compile", lambda: pytest.fail("compiled while recording"))
+        with tasks.recording() as recorded:
+            assert AFFINE.address  # the body is loaded; the launcher is not
+        assert recorded == [tasks._LAUNCH] and not tasks._armed
+    saved = tasks._LAUNCHER_SLOT.value
+    tasks._LAUNCHER_SLOT.value = 0
+    try:
+        x, y = _inputs()
+        AFFINE.parallel(AFFINE.address, 2, x, y, np.float32(1.5), 2)
+        assert not y.any()  # no launcher: nothing ran (never a call through address 0)
+    finally:
+        tasks._LAUNCHER_SLOT.value = saved
+    AFFINE.parallel(AFFINE.address, 2, x, y, np.float32(1.5), 2)
+    np.testing.assert_array_equal(y, x * np.float32(1.5) + np.float32(1.0))
 
 
 def test_a_worker_process_finds_a_task_by_name() -> None:
@@ -138,4 +163,4 @@ def test_bodies_and_drivers_compile_at_their_levels(monkeypatch) -> None:
     task.parallel(task.address, 2, x, y, np.float32(1.5), 2)
     np.testing.assert_array_equal(y, x * np.float32(1.5) + np.float32(1.0))
     assert seen == [min(int(config.OPT), 1)]
-    assert levels == [1, tasks.DRIVER_OPT]  # the body, then the parallel driver
+    assert [v for v in levels if v is not None] == [1, tasks.DRIVER_OPT]  # the body, then the parallel driver
