@@ -371,13 +371,13 @@ def _pack_weights(w2, group, ap, a_size):
         _pack_rows_sliver(w2, g * mg, mg, ap[g * a_size :], MR, q - g * mt, k_all)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pack_weights_t(w2, group, apt, at_size):
-    """W_g^T (K x Mg) of every group as GEMM A: apt[g*at_size + (s*Mg + r)*MR + i] = w2[g*Mg + r, s*MR + i]."""
+def _pack_weights_t_worker(t, w2, group, apt, at_size, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks) of W_g^T (K x Mg) of every group as GEMM A:
+    apt[g*at_size + (s*Mg + r)*MR + i] = w2[g*Mg + r, s*MR + i]."""
     mg = w2.shape[0] // group
     k_all = w2.shape[1]
     st = (k_all + MR - 1) // MR
-    for q in prange(group * st):
+    for q in range(t * group * st // workers, (t + 1) * group * st // workers):
         g = q // st
         s = q - g * st
         for r in range(mg):
@@ -385,6 +385,20 @@ def _pack_weights_t(w2, group, apt, at_size):
             for i in range(MR):
                 k = s * MR + i
                 apt[o + i] = w2[g * mg + r, k] if k < k_all else 0.0
+
+
+_PACK_WEIGHTS_T = Task(
+    _pack_weights_t_worker,
+    (types.float32[:, ::1], types.int64, types.float32[::1], types.int64, types.int64),
+    boundscheck=False,
+)
+
+
+def _pack_weights_t(w2: np.ndarray, group: int, apt: np.ndarray, at_size: int) -> None:
+    """`_pack_weights_t_worker` for every group and K block, shared by the threads; w2 (M, K) float32, apt float32."""
+    w2 = np.require(w2, np.float32, ["C", "W"])
+    workers = max(1, min(numba.get_num_threads(), group * -(-w2.shape[1] // MR)))
+    _PACK_WEIGHTS_T.parallel(_PACK_WEIGHTS_T.address, workers, w2, int(group), apt, int(at_size), workers)
 
 
 @njit(cache=True, boundscheck=False)

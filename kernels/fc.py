@@ -27,7 +27,7 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 
 from kernels.activations import relu_forward
 from kernels.gemm import NC, _claim, gemm
@@ -294,20 +294,34 @@ class ForwardRunner:
                        self.serial)  # fmt: skip
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _sum_rows(dy2, db):
-    """db[n] += sum_m dy2[m, n]; dy2: (M, N). Threads over column blocks, rows streamed in order."""
+def _sum_rows_worker(t, dy2, db, workers):  # pragma: no cover - compiled
+    """Worker t's share of the column blocks (kernels.tasks): db[n] += sum_m dy2[m, n]; dy2 (M, N), rows streamed in
+    order (each column summed in row order, whichever worker has it: the same bits for any split)."""
     m_all, n_all = dy2.shape
     nb = 256
-    for blk in prange((n_all + nb - 1) // nb):
+    nblk = (n_all + nb - 1) // nb
+    acc = np.empty(nb, np.float32)
+    for blk in range(t * nblk // workers, (t + 1) * nblk // workers):
         j0 = blk * nb
         j1 = min(j0 + nb, n_all)
-        acc = np.zeros(j1 - j0, np.float32)
+        for j in range(j1 - j0):
+            acc[j] = np.float32(0.0)
         for m in range(m_all):
             for j in range(j0, j1):
                 acc[j - j0] += dy2[m, j]
         for j in range(j0, j1):
             db[j] += acc[j - j0]
+
+
+_SUM_ROWS = Task(_sum_rows_worker, (_F2, types.float32[::1], types.int64), boundscheck=False)
+
+
+def _sum_rows(dy2: np.ndarray, db: np.ndarray) -> None:
+    """db += the column sums of dy2 (M, N), column blocks shared by the threads; dy2 any float32 (M, N), db C-contiguous
+    writeable float32 (N,)."""
+    dy2 = np.require(dy2, np.float32, ["C", "W"])
+    workers = max(1, min(numba.get_num_threads(), -(-dy2.shape[1] // 256)))
+    _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, workers)
 
 
 def _check_grad(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:

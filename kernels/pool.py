@@ -10,7 +10,7 @@ Kernels, in the order they appear:
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
                             (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
-  3. `_max_backward_planes`  Numba, prange over planes: zero dx, then route each top gradient to its argmax.
+  3. `_max_backward_planes`  a task (kernels.tasks) over planes: zero dx, then route each top gradient to its argmax.
   4. AVE backward: the interior kernel zeroes dx and spreads dy / divisor over the interior windows, then
      `_ave_backward_border` does the border windows (or everything, zeroing first, for other window shapes).
 Public: `pool2d_output_shape`, `pool2d_forward` (optionally recording the argmax `mask`), `pool2d_backward`,
@@ -379,19 +379,35 @@ def _ave_border(x, y, window, rect):  # pragma: no cover - compiled
 
 
 # -- 3, 4. backward kernels ------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def _max_backward_planes(dy, mask, dx):  # pragma: no cover - compiled
-    """dy, mask (P, oh*ow); dx (P, H*W): dx = 0, then dx[q, mask[q, t]] += dy[q, t] (mask -1: dropped)."""
+def _max_backward_worker(t, dy, mask, dx, workers):  # pragma: no cover - compiled
+    """Worker t's share of the planes (kernels.tasks). dy, mask (P, oh*ow); dx (P, H*W): dx = 0, then
+    dx[q, mask[q, t]] += dy[q, t] (mask -1: dropped)."""
     planes, size = dx.shape
     outs = dy.shape[1]
     zero = np.float32(0.0)
-    for q in prange(planes):
-        for t in range(size):
-            dx[q, t] = zero
-        for t in range(outs):
-            idx = mask[q, t]
+    for q in range(t * planes // workers, (t + 1) * planes // workers):
+        for i in range(size):
+            dx[q, i] = zero
+        for i in range(outs):
+            idx = mask[q, i]
             if idx >= 0:
-                dx[q, idx] += dy[q, t]
+                dx[q, idx] += dy[q, i]
+
+
+_MAX_BACKWARD = Task(
+    _max_backward_worker,
+    (types.float32[:, ::1], types.int32[:, ::1], types.float32[:, ::1], types.int64),
+    boundscheck=False,
+)
+
+
+def _max_backward_planes(dy: np.ndarray, mask: np.ndarray, dx: np.ndarray) -> None:
+    """`_max_backward_worker` over every plane, planes shared by the threads; C-contiguous dy, mask (P, oh*ow) and
+    writeable dx (P, H*W)."""
+    workers = max(1, min(numba.get_num_threads(), dx.shape[0]))
+    dy = np.require(dy, np.float32, ["C", "W"])  # a read-only dy is another type for the task: copied
+    mask = np.require(mask, np.int32, ["C", "W"])
+    _MAX_BACKWARD.parallel(_MAX_BACKWARD.address, workers, dy, mask, dx, workers)
 
 
 @njit(cache=True, inline="always")
