@@ -180,3 +180,19 @@ def test_observe_on_the_gpu_path_hands_host_arrays():
         assert type(rec.seen[name]) is np.ndarray
         np.testing.assert_allclose(rec.seen[name], cpu.blobs[name], rtol=1e-4, atol=1e-4)
     assert net._arena is None
+
+
+def test_large_arenas_ask_for_huge_pages():
+    """An arena of 2 MB or more is a private mapping aligned to 2 MB and advised as huge pages where the platform has
+    MADV_HUGEPAGE (EfficientNet-Lite0's, above, computes the same bits from it); smaller ones are plain arrays."""
+    import mmap
+
+    big = arena._buffer(arena.HUGE_PAGE + 100)
+    assert big.dtype == np.uint8 and big.size == arena.HUGE_PAGE + 100 and big.flags.writeable
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert big.ctypes.data % arena.HUGE_PAGE == 0
+        assert isinstance(big.base.base, memoryview) and isinstance(big.base.base.obj, mmap.mmap)
+    big[:] = 7  # the whole mapping is ours to write
+    assert int(big[-1]) == 7
+    small = arena._buffer(4096)
+    assert small.size == 4096 and small.base is None
