@@ -704,7 +704,6 @@ def _bwd_params_worker(t, x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need
     xf = x.reshape(-1)
     dyf = dy.reshape(-1)
     total = nchunks * group * nkp
-    tid = t
     for q in range(t * total // workers, (t + 1) * total // workers):
         ch = q // (group * nkp)
         g = (q // nkp) % group
@@ -716,14 +715,14 @@ def _bwd_params_worker(t, x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need
             cnt = min(nb, n_end - n0)
             q_all = cnt * npix
             # db once per (chunk, group): by the task holding the first part of K
-            _pack_dy_rows(dyf, n0, cnt, m, g * mg, mg, npix, need_dw, need_db and kp == 0, ws_a[tid], dbp[ch])
+            _pack_dy_rows(dyf, n0, cnt, m, g * mg, mg, npix, need_dw, need_db and kp == 0, ws_a[t], dbp[ch])
             if not need_dw or s1 == s0:
                 continue
             x_off = (n0 * c + g * cg) * h * wd
             if padded:
                 for img in range(cnt):
-                    _pad_copy(xf, x_off + img * c * h * wd, cg, h, wd, ph, pw, pads[tid][img * cg * hp * wp :])
-            src = pads[tid] if padded else xf
+                    _pad_copy(xf, x_off + img * c * h * wd, cg, h, wd, ph, pw, pads[t][img * cg * hp * wp :])
+            src = pads[t] if padded else xf
             s_off = 0 if padded else x_off
             img_stride = cg * hp * wp if padded else c * h * wd
             for s in range(s0, s1):
@@ -743,13 +742,13 @@ def _bwd_params_worker(t, x, dy, group, kh, kw, sh, sw, ph, pw, dh, dw, nb, need
                     oh_n,
                     ow_n,
                     k_all,
-                    ws_b[tid],
+                    ws_b[t],
                     (s - s0) * q_all * NR,
                     s,
                 )
             n_cols = min(k_all, s1 * NR) - s0 * NR
             _gemm_tiles_serial(
-                ws_a[tid], ws_b[tid], dwp[ch], g * mg * k_all + s0 * NR, k_all, mg, n_cols, q_all, True, dbp[ch], 0
+                ws_a[t], ws_b[t], dwp[ch], g * mg * k_all + s0 * NR, k_all, mg, n_cols, q_all, True, dbp[ch], 0
             )
 
 
@@ -775,22 +774,21 @@ def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, s
     dyf = dy.reshape(-1)
     dxf = dx.reshape(-1)
     total = n_img * group * nblk
-    tid = t
     for q in range(t * total // workers, (t + 1) * total // workers):
         n = q // (group * nblk)
         g = (q // nblk) % group
         c0 = (q % nblk) * cb
         nc = min(cb, cg - c0)
-        _pack_dy_cols(dyf, (n * m + g * mg) * npix, mg, npix, ws_b[tid])
+        _pack_dy_cols(dyf, (n * m + g * mg) * npix, mg, npix, ws_b[t])
         _gemm_tiles_serial(
-            apt[g * at_size + c0 * khw * mg :], ws_b[tid], ws_c[tid], 0, npix, nc * khw, npix, mg, False, zeros, 0
+            apt[g * at_size + c0 * khw * mg :], ws_b[t], ws_c[t], 0, npix, nc * khw, npix, mg, False, zeros, 0
         )
         x_off = (n * c + g * cg + c0) * h * wd
         if padded:
-            tgt = pads[tid]
+            tgt = pads[t]
             for i in range(nc * hp * wp):
                 tgt[i] = 0.0
-            _col2im(ws_c[tid], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, 0)
+            _col2im(ws_c[t], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, 0)
             for ci in range(nc):
                 for r in range(h):
                     src = (ci * hp + ph + r) * wp + pw
@@ -800,7 +798,7 @@ def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, s
         else:
             for i in range(nc * h * wd):
                 dxf[x_off + i] = 0.0
-            _col2im(ws_c[tid], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, h, wd, dxf, x_off)
+            _col2im(ws_c[t], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, h, wd, dxf, x_off)
 
 
 _i, _b = types.int64, types.boolean

@@ -294,11 +294,14 @@ class ForwardRunner:
                        self.serial)  # fmt: skip
 
 
+SUM_ROWS_BLOCK = 256  # columns of db summed together by `_sum_rows_worker` (rows streamed over them)
+
+
 def _sum_rows_worker(t, dy2, db, workers):  # pragma: no cover - compiled
     """Worker t's share of the column blocks (kernels.tasks): db[n] += sum_m dy2[m, n]; dy2 (M, N), rows streamed in
     order (each column summed in row order, whichever worker has it: the same bits for any split)."""
     m_all, n_all = dy2.shape
-    nb = 256
+    nb = SUM_ROWS_BLOCK
     nblk = (n_all + nb - 1) // nb
     acc = np.empty(nb, np.float32)
     for blk in range(t * nblk // workers, (t + 1) * nblk // workers):
@@ -320,7 +323,7 @@ def _sum_rows(dy2: np.ndarray, db: np.ndarray) -> None:
     """db += the column sums of dy2 (M, N), column blocks shared by the threads; dy2 any float32 (M, N), db C-contiguous
     writeable float32 (N,)."""
     dy2 = np.require(dy2, np.float32, ["C", "W"])
-    workers = max(1, min(numba.get_num_threads(), -(-dy2.shape[1] // 256)))
+    workers = max(1, min(numba.get_num_threads(), -(-dy2.shape[1] // SUM_ROWS_BLOCK)))
     _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, workers)
 
 

@@ -30,9 +30,10 @@ Kernels, in order:
                      the clip, whichever tile computes it: the bits do not depend on where x starts (which differs
                      from process to process), on the thread count or on the task split.
 3. ``_pw_worker`` -  (image, pixel chunk, row block) tasks claimed by one worker per thread (``gemm.claim``: dynamic
-                     scheduling; the worker body is a ``kernels.tasks.Task``, see there). A task walks its row tiles, each one's edge pixels first (they stream the tile's W
-                     rows into L1 for the main tiles' broadcasts), then its main tiles left to right: W
-                     is read from L1, and x (a chunk of at most X_CHUNK_FLOATS, in L2) once per row tile. When x is
+                     scheduling; the worker body is a ``kernels.tasks.Task``, see there). A task walks its row
+                     tiles, each one's edge pixels first (they stream the tile's W rows into L1 for the main tiles'
+                     broadcasts), then its main tiles left to right: W is read from L1, and x (a chunk of at most
+                     X_CHUNK_FLOATS, in L2) once per row tile. When x is
                      over PREFETCH_MIN_X_BYTES (from memory: batch 32), the first row tile of a task also prefetches,
                      for every k, row k of x one tile ahead (PREFETCH_FLOATS): the K rows are P floats apart, a page
                      or more at 56 x 56, and the hardware prefetchers do not cross pages, so each line was a miss

@@ -459,8 +459,7 @@ def _regions(x3_shape, y3_shape, k, s, p) -> tuple[tuple | None, tuple[int, int,
 def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
     """One forward over (P, H, W) planes: the interior kernel when specialised, the border kernel for the rest."""
     record = mask3 is not None and method == "MAX"
-    planes = (x3.shape, y3.shape)
-    _forward_steps(_regions(*planes, k, s, p), method, k, s, p, record, planes=planes)(x3, y3, mask3)
+    _forward_steps((x3.shape, y3.shape), method, k, s, p, record)(x3, y3, mask3)
 
 
 def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
@@ -481,8 +480,8 @@ _F3 = types.float32[:, :, ::1]
 _GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), opt=1, boundscheck=False)
 
 
-def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = False, *, planes):
-    """The kernel calls of one forward over planes ((P, H, W), (P, OH, OW)), chosen once from `_regions`: returns
+def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = False):
+    """The kernel calls of one forward over planes ((P, H, W), (P, OH, OW)), chosen once (`_regions`): returns
     run(x3, y3, mask3), mask3 used (and filled with the argmax) only when `record` (MAX). serial: the kernels' serial
     twins (``kernels.serial``). An AVE window covering the whole plane (global pooling) runs `_GLOBAL_AVE`."""
     if method == "AVE" and tuple(k) == tuple(planes[0][1:]) and tuple(p) == (0, 0):
@@ -493,7 +492,7 @@ def _forward_steps(regions, method: str, k, s, p, record: bool, serial: bool = F
             drive(_GLOBAL_AVE.address, workers, x3, y3, workers)
 
         return run_global
-    kernels, rect, border = regions
+    kernels, rect, border = _regions(*planes, k, s, p)
     interior = None
     if kernels is not None:
         max_fwd, max_fwd_mask, ave_fwd, _ = kernels
@@ -537,11 +536,7 @@ class ForwardRunner:
         self.planes = ((n * c, h, w), (n * c, oh, ow))
         empty = n * c * h * w == 0
         serial = n * c * h * w < SMALL_WORK  # a parallel call would cost more than the pooling (kernels.serial)
-        self.steps = (
-            None
-            if empty
-            else _forward_steps(_regions(*self.planes, k, s, p), method, k, s, p, False, serial, planes=self.planes)
-        )
+        self.steps = None if empty else _forward_steps(self.planes, method, k, s, p, False, serial)
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.steps is not None:

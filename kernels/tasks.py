@@ -28,8 +28,9 @@ and %).
 Safety: a driver calls an address, so the argument types the caller passes must be the ones the body was compiled
 for. Each task has its own drivers, built with its declared types; a driver called with other types fails to
 compile with a TypeError that names both (never a call with mismatched arguments). An address of 0 (a task not
-compiled yet, see `net.warm`) is skipped by the drivers, and so is every parallel call while the launcher's slot is 0. The drivers' cache entries are keyed on the declared types
-(their names carry a hash of them), so a changed declaration never loads a driver built for the old one.
+compiled yet, see `net.warm`) is skipped by the drivers, and so is every parallel call while the launcher's slot is
+0. The drivers' cache entries are keyed on the declared types (their names carry a hash of them), so a changed
+declaration never loads a driver built for the old one.
 
 Compile time: a body whose hot loops are explicit vector code (the tiles in LLVM IR) does not need LLVM's -O3; with
 ``opt=1`` it compiles in about a fifth less CPU time and runs as fast, with the same bits (benchmarks/perf_notes.md).
@@ -111,15 +112,19 @@ def _emit_call(context, builder, want: tuple, addr, t_val, tup):
     return context.get_dummy_value()
 
 
+def _check_types(name: str, want: tuple, got: tuple) -> None:
+    """TypeError (at a driver's compile time) unless a task compiled for argument types `want` is called with `got`."""
+    if got != want:
+        raise TypeError(f"task {name}: compiled for arguments {want}, called with {got}")
+
+
 def _checked_call(name: str, want: tuple):
     """An intrinsic call(address, t, args) that calls the C callback at `address` with (t, *args) when the types of
     (t, *args) are `want`; a TypeError at compile time otherwise."""
 
     @intrinsic
     def call(typingctx, address, t, args):
-        got = (t, *args.types)
-        if got != want:
-            raise TypeError(f"task {name}: compiled for arguments {want}, called with {got}")
+        _check_types(name, want, (t, *args.types))
 
         def codegen(context, builder, signature, llargs):
             addr, t_val, tup = llargs
@@ -161,15 +166,18 @@ def _external_i64(module, name: str):
         return gv
 
 
-def _block_call(want: tuple):
+def _block_call(name: str, want: tuple):
     """An intrinsic launch(address, workers, args) that runs the C callback at `address` for t in 0 .. workers - 1 on
     Numba's threads through the shared launcher (`_LAUNCH`, its address read from the symbol LAUNCHER_SYMBOL): the
     address and the arguments (of types want[1:]) are copied to a record in the calling function's stack frame (valid
     until it returns; the caller keeps the arrays in it alive), and the launcher's threads call this driver's
-    trampoline (`_trampoline`) with the record. Nothing runs while either address is 0."""
+    trampoline (`_trampoline`) with the record. Nothing runs while either address is 0; other argument types are a
+    TypeError at compile time, as for `_checked_call`."""
 
     @intrinsic
     def launch(typingctx, address, workers, args):
+        _check_types(name, want, (types.int64, *args.types))
+
         def codegen(context, builder, signature, llargs):
             addr, n, tup = llargs
             i64 = ir.IntType(64)
@@ -191,7 +199,6 @@ def _block_call(want: tuple):
 
 
 def _parallel_driver(address, workers, *args):  # pragma: no cover - compiled
-    _call(0, np.int64(0), args)  # address 0: calls nothing; checks the argument types when compiled
     _call_block(address, workers, args)  # the shared launcher: for t in prange(workers): body(t, *args)
 
 
@@ -200,22 +207,22 @@ def _serial_driver(address, workers, *args):  # pragma: no cover - compiled
         _call(address, np.int64(t), args)
 
 
-def _driver(template, name: str, calls: dict, options: dict, opt: int | None):
-    """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba with `options` (at
-    LLVM optimisation level `opt`: see `llvm_opt`) and cached on disk."""
+def _driver(template, name: str, calls: dict):
+    """`template` with its own name and the task's `_call` and `_call_block`, compiled by Numba at LLVM optimisation
+    level DRIVER_OPT (`llvm_opt`; a driver is one loop calling an address: the same code at 1 and 3) and cached on
+    disk."""
     code = template.__code__
     g = pytypes.FunctionType(code, {**template.__globals__, **calls}, name)
     g.__qualname__ = name
     g.__module__ = template.__module__
-    dispatcher = njit(cache=True, **options)(g)
-    if opt is not None:
-        plain = dispatcher.compile  # called on a first call with new types and by net.warm
+    dispatcher = njit(cache=True)(g)
+    plain = dispatcher.compile  # called on a first call with new types and by net.warm
 
-        def compile(sig, plain=plain):
-            with llvm_opt(opt):
-                return plain(sig)
+    def compile(sig):
+        with llvm_opt(DRIVER_OPT):
+            return plain(sig)
 
-        dispatcher.compile = compile
+    dispatcher.compile = compile
     return dispatcher
 
 
@@ -239,11 +246,13 @@ class Task:
         self._cfunc = None
         self._address = 0
         key = hashlib.sha256(repr((self.arg_types, sorted(self.options.items()))).encode()).hexdigest()[:10]
-        calls = {"_call": _checked_call(self.name, self.arg_types), "_call_block": _block_call(self.arg_types)}
+        calls = {
+            "_call": _checked_call(self.name, self.arg_types),
+            "_call_block": _block_call(self.name, self.arg_types),
+        }
         stem = f"{body.__name__}__{key}"
-        # a driver is one loop calling an address: the lowest useful level for both (the same code at 1 and 3)
-        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls, {}, DRIVER_OPT)
-        self.serial = _driver(_serial_driver, f"{stem}_serial", calls, {}, DRIVER_OPT)
+        self.parallel = _driver(_parallel_driver, f"{stem}_parallel", calls)
+        self.serial = _driver(_serial_driver, f"{stem}_serial", calls)
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
 

@@ -284,14 +284,8 @@ def start_compiling(groups: list[tuple], workers: int, say: Say = _quiet) -> Cal
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # the long compiles first, so that the pool hands out the short ones as workers free up: task bodies
-    # (kernels.tasks), then parallel=True kernels (not the tasks' drivers: one small loop each), then the rest
-    def rank(group) -> int:
-        kernel = group[0]
-        if _is_task(kernel):
-            return 0
-        return 1 if kernel.targetoptions.get("parallel") and not hasattr(kernel, "crema_task") else 2
-
-    order = sorted(groups, key=rank)
+    # (kernels.tasks), then parallel=True kernels, then the rest
+    order = sorted(groups, key=lambda g: 0 if _is_task(g[0]) else 1 if g[0].targetoptions.get("parallel") else 2)
     jobs = []
     for dispatcher, sigs in order:
         try:
@@ -366,8 +360,7 @@ def start_prepare(
     try:
         pending = start_compiling(todo, report.workers, say if verbose else _quiet)
     except (OSError, RuntimeError) as exc:
-        failed_start = no_workers(exc)
-        pending = failed_start.copy
+        pending = functools.partial(no_workers, exc)
 
     def finish() -> Prepared:
         try:

@@ -93,8 +93,9 @@ def test_errors(kwargs: dict, match: str) -> None:
 @pytest.mark.parametrize("rows_major", [False, True])
 @pytest.mark.parametrize("n,k,width", [(64, 5, 16), (37, 70, 16), (7, 3, 16), (40, 9, 6), (13, 4, 6)])
 def test_packing_layout(rows_major: bool, n: int, k: int, width: int) -> None:
-    """_pack_panel_parallel (its workers) writes dst[(s*K + k)*width + j] = op(src)[k, s*width + j], zero past column n: checked
-    against the layout built in NumPy (whole 16-wide slivers take the vector-copy path, the rest the scalar one)."""
+    """_pack_panel_parallel (its workers) writes dst[(s*K + k)*width + j] = op(src)[k, s*width + j], zero past
+    column n: checked against the layout built in NumPy (whole 16-wide slivers take the vector-copy path, the rest the
+    scalar one)."""
     from kernels.gemm import _pack_panel_parallel
 
     rng = np.random.default_rng(n * k)
