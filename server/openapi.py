@@ -343,12 +343,16 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 },
                 "PersonalState": {
                     "type": "object",
-                    "required": ["count", "bytes", "max_photos", "max_bytes"],
+                    "required": ["count", "bytes", "max_photos", "max_bytes", "revision"],
                     "properties": {
                         "count": {"type": "integer"},
                         "bytes": {"type": "integer"},
                         "max_photos": {"type": "integer"},
                         "max_bytes": {"type": "integer"},
+                        "revision": {
+                            "type": "integer",
+                            "description": "counts the gallery's changes: of two answers, the higher is the later state",
+                        },
                         "removed": {"type": "integer", "description": "DELETE only: how many photos went"},
                     },
                 },

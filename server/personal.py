@@ -11,8 +11,8 @@ One folder per model fingerprint, so features of another model are never mixed i
 
     <cache>/personal/<fingerprint[:16]>/
         manifest.json      {"format": "crema-personal", "version": 1, "model": {"fingerprint", "name",
-                           "feature_blob", "dim", "preset"}, "next_id": N, "items": [{"id", "name", "media_type",
-                           "width", "height", "bytes", "added"}]}
+                           "feature_blob", "dim", "preset"}, "next_id": N, "revision": R, "items": [{"id", "name",
+                           "media_type", "width", "height", "bytes", "added"}]}
         photos/<id>.<ext>  the uploaded bytes as sent (after the upload checks); ext from the decoded format
         thumbs/<id>.jpg    JPEG thumbnail, at most THUMB_SIZE pixels a side
         features/<id>.npy  (D,) float32, L2-normalised: the model's features of the photo
@@ -26,7 +26,9 @@ Crash safety: every file is written under a temporary name, flushed to disk and 
 so no file is ever half-written. An add writes the photo, thumbnail and features first and the manifest last;
 a remove writes the manifest first and deletes the files after. The manifest thus lists only whole files;
 files it does not list (a crash between the two steps) are deleted when the folder is opened. Ids are never
-reused (next_id only grows), so a thumbnail URL cached by a browser never shows another photo.
+reused (next_id only grows), so a thumbnail URL cached by a browser never shows another photo. "revision"
+counts the manifest's writes (every add, remove and clear, from any process): summaries carry it, so a client
+whose concurrent requests' answers arrive out of order keeps the newest counts.
 
 Concurrency: changes hold a lock per instance (the server's thread pool) and an flock on .lock (another
 process serving the same cache folder), and first re-read the manifest when another process has replaced it.
@@ -148,6 +150,7 @@ class PersonalGallery:
         self._lock = threading.RLock()
         self._items: dict[int, dict] = {}  # id -> manifest item, ascending ids (= snapshot row order)
         self._next_id = 0
+        self._revision = 0  # the manifest's writes so far
         self._bytes = 0
         self._key: tuple | None = None  # (inode, mtime, size) of the manifest last read or written
         self._set_rows(np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32))
@@ -173,7 +176,8 @@ class PersonalGallery:
             return [dict(it) for it in self._items.values()]
 
     def summary(self, *, with_items: bool = False) -> dict:
-        """{"count", "bytes", "max_photos", "max_bytes"} (+ "items": `items()`), read together under the lock."""
+        """{"count", "bytes", "max_photos", "max_bytes", "revision"} (+ "items": `items()`), read together under
+        the lock; a larger revision is a later state of the folder."""
         with self._lock:
             self._sync()
             out = {
@@ -181,6 +185,7 @@ class PersonalGallery:
                 "bytes": self._bytes,
                 "max_photos": self.max_photos,
                 "max_bytes": self.max_bytes,
+                "revision": self._revision,
             }
             if with_items:
                 out["items"] = [dict(it) for it in self._items.values()]
@@ -359,6 +364,7 @@ class PersonalGallery:
                 raise ValueError(f"not a {FORMAT} v{VERSION} manifest")
             items = [dict(it, id=int(it["id"]), bytes=int(it["bytes"])) for it in manifest["items"]]
             next_id = int(manifest["next_id"])
+            revision = int(manifest.get("revision", 0))  # absent in manifests written before it was added
             fingerprint = manifest["model"]["fingerprint"]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
@@ -389,14 +395,20 @@ class PersonalGallery:
             feats.append(feature)
         self._items = {it["id"]: it for it in kept}
         self._next_id = max([next_id, *(i + 1 for i in self._items)])
+        self._revision = revision
         self._bytes = sum(it["bytes"] for it in kept)
         ids = np.array(list(self._items), dtype=np.int64)
         self._set_rows(ids, np.stack(feats) if feats else np.zeros((0, self.dim), dtype=np.float32))
 
     def _write_manifest(self, items: list[dict], next_id: int) -> None:
-        manifest = {"format": FORMAT, "version": VERSION, "model": self.model, "next_id": next_id, "items": items}
+        revision = self._revision + 1
+        manifest = {
+            "format": FORMAT, "version": VERSION, "model": self.model, "next_id": next_id, "revision": revision,
+            "items": items,
+        }  # fmt: skip
         path = self.path / "manifest.json"
         write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
+        self._revision = revision
         fsync_dir(self.path)
         st = os.stat(path)  # under the flock: nobody else replaced it since
         self._key = (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -13,7 +13,7 @@ const PHOTO_NAME = /\.(jpe?g|png|gif|bmp|webp)$/i;
 const UPLOADS_IN_FLIGHT = 3; // concurrent adds: the server batches them into shared forward passes
 const MAX_FOLDER_FILES = 20000; // stop walking a dropped folder tree after this many files
 const personal = {
-  enabled: false, count: 0, bytes: 0, maxPhotos: 0, maxBytes: 0,
+  enabled: false, count: 0, bytes: 0, maxPhotos: 0, maxBytes: 0, revision: -1,
   queue: [], total: 0, done: 0, failed: 0, running: false,
 };
 
@@ -330,6 +330,11 @@ function isPhoto(file) {
 }
 
 function setCounts(data) {
+  // Uploads run UPLOADS_IN_FLIGHT at a time, so their answers can arrive out of order: keep the newest state.
+  if (typeof data.revision === "number") {
+    if (data.revision < personal.revision) return;
+    personal.revision = data.revision;
+  }
   personal.count = data.count;
   personal.bytes = data.bytes;
   personal.maxPhotos = data.max_photos;

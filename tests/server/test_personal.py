@@ -206,6 +206,7 @@ def test_remove_one_then_all(client, model, cache):
         "bytes": sizes[0] + sizes[2],
         "max_photos": 2000,
         "max_bytes": 500_000_000,
+        "revision": 5,  # the new folder's manifest, 3 adds, this remove
     }
     assert [it["id"] for it in client.get("/api/personal").json()["items"]] == [0, 2]
     assert files_on_disk(model, cache)["features"] == ["0.npy", "2.npy"]
@@ -470,6 +471,10 @@ def test_concurrent_uploads(model, cache):
         assert len(ok) == min(16, limit) and all(r.status_code == 409 for r in responses if r.status_code != 201)
         ids = sorted(r.json()["item"]["id"] for r in ok)
         assert ids == list(range(len(ok)))
+        # every answer's counts are a state at least as new as its own add: the page keeps the highest revision
+        by_revision = sorted((r.json()["revision"], r.json()["count"]) for r in ok)
+        assert by_revision[-1] == (1 + len(ok), len(ok)) and all(c >= 1 for _, c in by_revision)
+        assert [c for _, c in by_revision] == sorted(c for _, c in by_revision)
         reopened = PersonalGallery(store.path, store.model, max_photos=limit)  # what a restart reads
         assert [it["id"] for it in reopened.items()] == ids
         for r in ok:
@@ -494,3 +499,6 @@ def test_two_processes_on_one_folder(model, cache):
     assert a.remove(1)["id"] == 1
     assert [it["id"] for it in b.items()] == [0] and b.summary()["count"] == 1
     assert a.add(photo_, feature)["id"] == 2
+    # the revision counts the manifest's writes from both: creation, add, add, remove, add
+    assert a.summary()["revision"] == b.summary()["revision"] == 5
+    assert PersonalGallery(a.path, a.model).summary()["revision"] == 5

@@ -17,6 +17,14 @@ def pool(**kw) -> WorkPool:
     return WorkPool("test-pool", **kw)
 
 
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Poll `condition` (no fixed sleeps: a busy 2-core machine can take longer than any guess)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the pool"
+        await asyncio.sleep(0.005)
+
+
 def test_cheapest_waiting_job_runs_first():
     p = pool()
     gate = threading.Event()
@@ -24,10 +32,10 @@ def test_cheapest_waiting_job_runs_first():
 
     async def go():
         first = asyncio.ensure_future(p.run(gate.wait, 10))  # holds the only thread
-        await asyncio.sleep(0.05)
+        await until(lambda: p.stats()["running"] == 1)
         jobs = [asyncio.ensure_future(p.run(order.append, name, cost=cost))
                 for name, cost in (("bomb", 40e6), ("photo", 12e6), ("digit", 784), ("bomb2", 40e6))]  # fmt: skip
-        await asyncio.sleep(0.05)
+        await until(lambda: p.stats()["waiting"] == 4)
         gate.set()
         await asyncio.gather(first, *jobs)
 
@@ -43,7 +51,7 @@ def test_full_queue_refuses_at_once():
 
     async def go():
         held = [asyncio.ensure_future(p.run(gate.wait, 10)) for _ in range(2)]  # 1 running + 1 waiting
-        await asyncio.sleep(0.05)
+        await until(lambda: p.stats()["running"] == 1 and p.stats()["waiting"] == 1)
         t0 = time.perf_counter()
         with pytest.raises(Busy, match=r"busy with other tests \(2 in progress\)"):
             await p.run(time.sleep, 0)
@@ -62,7 +70,7 @@ def test_job_that_waited_too_long_is_dropped():
 
     async def go():
         blocker = asyncio.ensure_future(p.run(time.sleep, 0.3))
-        await asyncio.sleep(0.02)
+        await until(lambda: p.stats()["running"] == 1)
         with pytest.raises(Busy, match=r"waited 0\.\d s"):
             await p.run(ran.append, 1)
         await blocker
@@ -79,9 +87,9 @@ def test_cancelled_waiting_job_frees_its_slot_and_never_runs():
 
     async def go():
         held = asyncio.ensure_future(p.run(gate.wait, 10))
-        await asyncio.sleep(0.05)
+        await until(lambda: p.stats()["running"] == 1)
         waiting = asyncio.ensure_future(p.run(ran.append, 1))
-        await asyncio.sleep(0.05)
+        await until(lambda: p.stats()["waiting"] == 1)
         waiting.cancel()  # the client went away
         await asyncio.sleep(0)
         assert p.stats()["waiting"] == 0
