@@ -61,7 +61,7 @@ def test_window_gathers_requests_into_one_batch():
         calls.append(len(x))
         return (x[:, 0, 0, 0],)
 
-    b = MicroBatcher(fn, max_batch=32, window_ms=300.0)
+    b = MicroBatcher(fn, max_batch=5, window_ms=10_000.0)  # closed by the fifth request, not by the clock
     futs = [b.submit(np.full((1, 1, 1), i, dtype=np.float32)) for i in range(5)]
     assert [f.result(timeout=10)[0] for f in futs] == [0, 1, 2, 3, 4]
     assert calls == [5]
@@ -94,13 +94,14 @@ def test_error_reaches_every_caller_of_the_batch():
     def boom(x):
         raise ValueError(f"bad batch of {len(x)}")
 
-    b = MicroBatcher(boom, max_batch=4, window_ms=200.0)
+    b = MicroBatcher(boom, max_batch=3, window_ms=10_000.0)  # closed by the third request, not by the clock
     futs = [b.submit(np.zeros((1, 1, 1), dtype=np.float32)) for _ in range(3)]
     for f in futs:
         with pytest.raises(ValueError, match="bad batch of 3"):
             f.result(timeout=10)
     # the worker survives the error
     b.fn = lambda x: (x + 1,)
+    b.window = 0.0  # a lone request: no need to wait
     assert b.submit(np.zeros((1, 1, 1), dtype=np.float32)).result(timeout=10)[0][0, 0, 0] == 1
     b.close()
 

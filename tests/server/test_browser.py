@@ -245,7 +245,8 @@ def test_personal_gallery_through_the_page(crema_server, chromium, tmp_path, cap
             browser.eval(page, "window.confirm = () => true; document.getElementById('personal-clear').click()")
             browser.wait_for_js(page, f"{PERSONAL_TILES_JS} === 0", what="every tile to go")
             assert names() == []
-            assert browser.eval(page, "document.getElementById('personal-clear').hidden") is True
+            browser.wait_for_js(page, "document.getElementById('personal-clear').hidden && document.getElementById("
+                                      "'personal-count').textContent.startsWith('0 of 2000')", what="the counts")  # fmt: skip
     finally:
         api.delete("/api/personal")  # leave the shared server as it was for the other tests
         api.close()
