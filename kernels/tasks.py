@@ -15,13 +15,16 @@ not at import) and called by address:
     _BODY.serial(_BODY.address, 1, x, plan, ...)          # the same loop on the calling thread
 
 The drivers are small serial functions (0.1-0.2 s each to compile); the body, with its callees, compiles once for
-both. The one ``prange`` loop is shared by every task: `_LAUNCH`, a parallel C callback compiled once per machine
-(``for t in prange(workers): tramp(t, block)``). A parallel driver copies the body's address and its arguments into
-a record in its own stack frame and calls the launcher with that record and its trampoline, a few lines of LLVM IR
-emitted into the driver (`_trampoline`: read the record, call the body with t and the arguments); the launcher's
-address reaches the cached drivers through a process-wide slot under a symbol of the JIT's table (LAUNCHER_SYMBOL),
-filled when a task's `address` first loads it. (Before, each task's parallel driver had a prange loop of its own,
-0.3-0.6 s to compile each.) The numbers are those of the body compiled inside a kernel: same code, same order of
+both. A parallel driver copies the body's address and its arguments into a record in its own stack frame and calls
+one launcher, shared by every task, with that record and its trampoline, a few lines of LLVM IR emitted into the
+driver (`_trampoline`: read the record, call the body with t and the arguments); the launcher calls
+``tramp(t, block)`` once for every t < workers. Its address reaches the cached drivers through a process-wide slot
+under a symbol of the JIT's table (LAUNCHER_SYMBOL), filled when a task's `address` is first read. Two launchers
+(`use_pool`): kernels.taskpool's threads (x86-64 Linux: a slot goes to whichever thread comes first, so a thread
+that another program keeps from running never holds a step up; compiled in milliseconds per process), used by
+net.Net for inference plans that run no OpenMP loop, and `_LAUNCH`, a parallel C callback compiled once per machine
+(``for t in prange(workers): tramp(t, block)`` on Numba's OpenMP threads), for everything else. (Before, each task's
+parallel driver had a prange loop of its own, 0.3-0.6 s to compile each.) The numbers are those of the body compiled inside a kernel: same code, same order of
 operations, and by default NumPy's error model, as Numba compiles a prange body (no zero test around each integer //
 and %).
 
@@ -47,6 +50,7 @@ import contextlib
 import ctypes
 import hashlib
 import importlib
+import os
 import threading
 import types as pytypes
 from collections.abc import Iterator
@@ -348,14 +352,68 @@ def _launch_body(workers, tramp, block):  # pragma: no cover - compiled
 _LAUNCH = Task(_launch_body, (types.int64, types.int64), parallel=True)
 
 
-def _arm() -> None:
-    """Put the launcher's address in the drivers' slot (loading or compiling it; nothing while `recording()` records
-    it instead)."""
-    global _armed
-    address = _LAUNCH.address
+POOL_ENV = "CREMA_TASK_POOL"  # "0": Numba's OpenMP loop (_LAUNCH) launches the tasks even where the pool is available
+_pool_address = 0  # kernels.taskpool's launcher, once started
+_pooled = False  # which launcher the slot holds: the pool's (True) or _LAUNCH's
+_pool_ok: bool | None = None  # pool_enabled(), read once
+
+
+def pool_enabled() -> bool:
+    """Whether the parallel drivers may launch through kernels.taskpool (x86-64 Linux, unless CREMA_TASK_POOL=0)
+    rather than through `_LAUNCH`, Numba's OpenMP loop (see `use_pool`)."""
+    from kernels import taskpool
+
+    return taskpool.available() and os.environ.get(POOL_ENV, "1") != "0"
+
+
+def use_pool(on: bool) -> bool:
+    """Launch the tasks through kernels.taskpool's threads (on, where `pool_enabled`) or through `_LAUNCH` from now on
+    (process-wide: the drivers read one slot); returns whether the pool launches them. net.Net picks per plan: the
+    pool for inference plans that run no OpenMP loop, else OpenMP (kernels.taskpool says why). Either launcher gives
+    the same results. The pool's threads start on first use (not while `recording()`: nothing launches then, and
+    net.warm may fork after it); `_LAUNCH` is loaded or compiled on first use (recorded while `recording()`)."""
+    global _pool_address, _pooled, _armed, _pool_ok
+    if _pool_ok is None:
+        _pool_ok = pool_enabled()
+    on = on and _pool_ok
+    if on == _pooled and _armed:
+        return on
+    address = 0
+    if on:
+        if not _pool_address:
+            if _recorder is not None and _owner == threading.get_ident():
+                return False
+            from numba import config as numba_config
+
+            from kernels import taskpool
+
+            taskpool.install_omp_probe()
+            _pool_address = taskpool.launcher(numba_config.NUMBA_NUM_THREADS)
+        address = _pool_address
+    pooled = bool(address)
+    if not address:
+        address = _LAUNCH.address
     if address:
         _LAUNCHER_SLOT.value = address
-        _armed = True
+        _armed, _pooled = True, pooled
+    return pooled
+
+
+def _arm() -> None:
+    """Put a launcher's address in the drivers' slot on a task's first use: the pool's where it is enabled (see
+    `use_pool`), else `_LAUNCH`'s (nothing while `recording()` records it instead)."""
+    use_pool(True)
+
+
+def _disarm_after_fork() -> None:
+    """A forked child re-arms on its first task: its pool (kernels.taskpool) has none of the parent's threads."""
+    global _armed, _pooled, _pool_address
+    _armed, _pooled, _pool_address = False, False, 0
+    _LAUNCHER_SLOT.value = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disarm_after_fork)
 
 
 def resolve(module: str, attr: str) -> Task:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from kernels import taskpool, tasks
+
 from . import arena
 from .blob import Blob
 from .contention import threads_for
@@ -503,7 +505,16 @@ class Net:
             if threads != requested:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
-                self._run_plan(self._plan_for(threads), timings)
+                plan = self._plan_for(threads)
+                if adapt and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
+                    pooled = tasks.use_pool(True)
+                    before = taskpool.omp_loops()
+                    self._run_plan(plan, timings)
+                    if plan.pool is None and pooled:  # its first forward on the pool decides
+                        plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
+                else:
+                    tasks.use_pool(False)
+                    self._run_plan(plan, timings)
             finally:
                 if threads != requested:
                     numba.set_num_threads(requested)
@@ -784,10 +795,11 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "steps", "threads")
+    __slots__ = ("after", "pool", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
+        self.pool: bool | None = None  # inference on kernels.taskpool: None until its first forward there decides
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)

@@ -58,17 +58,20 @@ def test_recording_records_instead_of_compiling(monkeypatch) -> None:
     with tasks.recording() as recorded:
         assert task.address == 0
         assert task.address == 0
-    assert recorded[0] is task and set(recorded) <= {task, tasks._LAUNCH}  # the launcher too where not cached
+    assert recorded[0] is task and set(recorded) <= {task, tasks._LAUNCH}  # OpenMP's launcher too where not cached
     x, y = _inputs()
     task.parallel(0, 2, x, y, np.float32(1.5), 2)  # address 0: the driver skips the body
     assert not y.any()
 
 
-def test_the_shared_launcher_is_recorded_and_armed_like_a_task(monkeypatch) -> None:
-    """Every parallel driver runs its body's threads through one launcher (a parallel C callback compiled once):
-    reading a task's address loads it (or records it, for net.warm to compile), and until it is in place the drivers
-    launch nothing."""
+def test_the_openmp_launcher_is_recorded_and_armed_like_a_task(monkeypatch) -> None:
+    """Where the pool is off (CREMA_TASK_POOL=0, not x86-64 Linux, training), every parallel driver runs its body's
+    threads through one OpenMP launcher (a parallel C callback compiled once): reading a task's address loads it (or
+    records it, for net.warm to compile), and until it is in place the drivers launch nothing."""
+    monkeypatch.setattr(tasks, "_pool_ok", False)
+    monkeypatch.setattr(tasks, "_armed", False)
     assert AFFINE.address and tasks._armed and tasks._LAUNCHER_SLOT.value == tasks._LAUNCH.address
+    assert not tasks._pooled
     with monkeypatch.context() as m:  # as on a machine whose cache has the body but not the launcher
         m.setattr(tasks, "_armed", False)
         m.setattr(tasks._LAUNCH, "_address", 0)
@@ -87,6 +90,27 @@ def test_the_shared_launcher_is_recorded_and_armed_like_a_task(monkeypatch) -> N
         tasks._LAUNCHER_SLOT.value = saved
     AFFINE.parallel(AFFINE.address, 2, x, y, np.float32(1.5), 2)
     np.testing.assert_array_equal(y, x * np.float32(1.5) + np.float32(1.0))
+    monkeypatch.undo()
+    tasks.use_pool(True)  # as the other tests found it
+
+
+@pytest.mark.skipif(not tasks.pool_enabled(), reason="kernels.taskpool: x86-64 Linux only")
+def test_the_pool_launches_where_enabled_and_nothing_starts_while_recording(monkeypatch) -> None:
+    from kernels import taskpool
+
+    assert tasks.use_pool(True) and tasks._LAUNCHER_SLOT.value == tasks._pool_address == taskpool.launcher(1)
+    for pooled in (True, False, True):
+        assert tasks.use_pool(pooled) == pooled
+        for workers in (1, 2, 3, 8):
+            x, y = _inputs()
+            AFFINE.parallel(AFFINE.address, workers, x, y, np.float32(1.5), workers)
+            np.testing.assert_array_equal(y, x * np.float32(1.5) + np.float32(1.0))
+    monkeypatch.setattr(tasks, "_pool_address", 0)  # as in a process that has not started it
+    monkeypatch.setattr(tasks, "_armed", False)
+    monkeypatch.setattr(taskpool, "launcher", lambda n: pytest.fail("pool started while recording"))
+    with tasks.recording() as recorded:
+        assert not tasks.use_pool(True) and not tasks._armed
+    assert recorded == []  # nor the OpenMP launcher: net.warm does not compile it for an inference pass
 
 
 def test_a_worker_process_finds_a_task_by_name() -> None:

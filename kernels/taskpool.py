@@ -1,0 +1,372 @@
+"""crema's own thread pool for the tasks' parallel launches: a late or descheduled thread never holds a step up.
+
+Every task's parallel driver (kernels.tasks) hands one launcher ``void launch(i64 workers, i64 tramp, i64 block)`` a
+trampoline and a record, and the launcher must call ``tramp(t, block)`` once for every t < workers. Numba's OpenMP
+loop (``for t in prange(workers)``, kernels.tasks._LAUNCH) gives slot t to thread t and returns when every thread has
+arrived at its closing barrier: when another thread keeps one of the two cores busy (another process, or the worker
+of another library in the same process that spins after its own call: ONNX Runtime's does for ~60 ms), the thread
+that shares that core runs in time slices of milliseconds, and every step of a forward waits for it. Measured on the
+2-core machine: EfficientNet-Lite0 on 2 threads took 25-52 ms right after an ONNX Runtime call, 8 ms otherwise.
+
+Here (x86-64 Linux; elsewhere the OpenMP launcher stays) the slots go to whoever comes first: the calling thread
+publishes the job and claims slots itself, one at a time, as do the pool's threads that are awake; the call returns
+when every slot is done. A thread that has not woken up by the time the caller has claimed every slot gets nothing and
+is not waited for (the bodies share their tasks dynamically, so a slot that comes late finds none left). The results
+do not depend on which thread runs which slot: a slot's body works on slot t's own buffers, whoever runs it.
+
+The launcher and the worker loop are a few dozen lines of LLVM IR (atomics, the x86 ``pause``, and futex waits through
+libc's ``syscall``), compiled at first use in each process (milliseconds, not cached). State, each on its own
+64-byte line:
+
+    claim      i64  (generation << 32) | next slot: a slot is claimed by a compare-and-swap that also checks the
+                    generation, so a thread that read an older job's fields can never claim a newer job's slot
+    done       i64  slots of the current job finished
+    seq        i32  futex word, bumped on every publish (the sleeping threads wait on it)
+    sleepers   i64  threads in the futex wait (the caller wakes them only when there are some)
+    busy       i64  a launch in progress (a second caller, from another thread, runs its slots itself)
+    waiter     i64  the caller sleeps on done (a thread that finishes a slot wakes it)
+    job[2]          {tramp, block, workers} of generations g & 1: a job's fields are only rewritten two
+                    generations later, after the claim word has moved on (so a stale claim fails)
+
+Idle threads spin on the claim word for SPIN_PAUSES ``pause`` instructions (~0.1-0.3 ms: the gap between two steps of
+a forward is microseconds) and then sleep in the kernel until the next publish; OpenMP's threads spin for ~10 ms
+after each parallel loop, which a co-tenant on the same core pays for. The caller waits for slots that others claimed
+by spinning WAIT_PAUSES pauses, then sleeps until the last one is done (its core idle, so the kernel can move there a
+slot's thread that something else keeps from running on its own core).
+
+    launch = taskpool.launcher(threads)   # the launcher's address (0 where the pool is not available)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import threading
+
+from llvmlite import ir
+
+SPIN_PAUSES = 8192  # an idle thread's pauses before it sleeps (Zen 3: ~30 cycles each; ~0.1-0.3 ms)
+WAIT_PAUSES = 2048  # the caller's pauses while others finish their slots, before it sleeps until they are done
+_SYS_FUTEX = 202  # x86-64 Linux
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+_LINE = 8  # int64 per 64-byte line
+_CLAIM, _DONE, _SEQ, _SLEEPERS, _BUSY, _WAITER, _JOB = (i * _LINE for i in range(7))
+
+_lock = threading.Lock()
+_pool = None  # (state array, launch address, worker address, library) of this process
+_threads: list[threading.Thread] = []
+_pid = 0
+
+
+def available() -> bool:
+    """The pool's platform: Linux on x86-64 (futex, pause); elsewhere the tasks keep Numba's OpenMP launcher."""
+    return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
+def _build():
+    """Compile the launcher and the worker loop for a fresh state block; returns (state, launch, worker, library)."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    raw = (ctypes.c_int64 * (_JOB + 6 + _LINE))()
+    offset = (-ctypes.addressof(raw) % 64) // 8  # the state from a 64-byte boundary
+    base = ctypes.addressof(raw) + 8 * offset
+    syscall = ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value
+
+    codegen = cpu_target.target_context.codegen()
+    module = codegen._create_empty_module("crema_taskpool")
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    void = ir.VoidType()
+    tramp_ty = ir.FunctionType(void, [i64, i64]).as_pointer()
+    sys_ty = ir.FunctionType(i64, [i64], var_arg=True).as_pointer()
+    pause = ir.Function(module, ir.FunctionType(void, []), "llvm.x86.sse2.pause")
+
+    def field(builder, index, ty=i64):
+        return builder.inttoptr(i64(base + 8 * index), ty.as_pointer())
+
+    done_addr = i64(base + 8 * _DONE)  # futex word: done's low 32 bits (little-endian)
+
+    def gen_of(builder, word):
+        return builder.lshr(word, i64(32))
+
+    # void run_slots(i64 g, i64 n, i64 tramp, i64 block): claim and run slots of generation g until none is left
+    run = ir.Function(module, ir.FunctionType(void, [i64, i64, i64, i64]), "crema_pool_run_slots")
+    run.linkage = "internal"
+    g, n, tramp, block = run.args
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    loop, claim_it, body, out = (run.append_basic_block(s) for s in ("loop", "claim", "body", "out"))
+    b.branch(loop)
+    b.position_at_end(loop)
+    word = b.load_atomic(field(b, _CLAIM), "acquire", 8)
+    slot = b.and_(word, i64(0xFFFFFFFF))
+    ours = b.and_(b.icmp_unsigned("==", gen_of(b, word), g), b.icmp_unsigned("<", slot, n))
+    b.cbranch(ours, claim_it, out)
+    b.position_at_end(claim_it)
+    res = b.cmpxchg(field(b, _CLAIM), word, b.add(word, i64(1)), "acq_rel", "acquire")
+    b.cbranch(b.extract_value(res, 1), body, loop)
+    b.position_at_end(body)
+    b.call(b.inttoptr(tramp, tramp_ty), [slot, block])
+    b.atomic_rmw("add", field(b, _DONE), i64(1), "seq_cst")
+    waiter = b.load_atomic(field(b, _WAITER), "seq_cst", 8)
+    wake_caller = run.append_basic_block("wake_caller")
+    b.cbranch(b.icmp_unsigned("!=", waiter, i64(0)), wake_caller, loop)
+    b.position_at_end(wake_caller)
+    b.call(b.inttoptr(i64(syscall), sys_ty), [i64(_SYS_FUTEX), done_addr, i64(_FUTEX_WAKE_PRIVATE), i64(1)])
+    b.branch(loop)
+    b.position_at_end(out)
+    b.ret_void()
+
+    # void launch(i64 workers, i64 tramp, i64 block)
+    launch = ir.Function(module, ir.FunctionType(void, [i64, i64, i64]), "crema_pool_launch")
+    n, tramp, block = launch.args
+    b = ir.IRBuilder(launch.append_basic_block("entry"))
+    names = ("try", "serial", "serial_body", "serial_end", "publish", "wake", "work", "wait", "wait_more", "sleep",
+             "sleep_wait", "sleep_done", "finish")  # fmt: skip
+    (try_, serial, serial_body, serial_end, publish, wake, work, wait, wait_more, sleep, sleep_wait, sleep_done,
+     finish) = (launch.append_basic_block(s) for s in names)  # fmt: skip
+    b.cbranch(b.icmp_signed("<=", n, i64(1)), serial, try_)
+    b.position_at_end(try_)
+    got = b.cmpxchg(field(b, _BUSY), i64(0), i64(1), "acquire", "monotonic")
+    b.cbranch(b.extract_value(got, 1), publish, serial)
+    # serial: every slot on this thread (one worker, or another launch in progress)
+    b.position_at_end(serial)
+    b.branch(serial_body)
+    b.position_at_end(serial_body)
+    t = b.phi(i64)
+    t.add_incoming(i64(0), serial)
+    more = b.icmp_signed("<", t, n)
+    step = launch.append_basic_block("serial_step")
+    b.cbranch(more, step, serial_end)
+    b.position_at_end(step)
+    b.call(b.inttoptr(tramp, tramp_ty), [t, block])
+    t.add_incoming(b.add(t, i64(1)), step)
+    b.branch(serial_body)
+    b.position_at_end(serial_end)
+    b.ret_void()
+    # publish: the job's fields, done = 0, then the claim word of the next generation (release), then seq
+    b.position_at_end(publish)
+    old = b.load_atomic(field(b, _CLAIM), "acquire", 8)
+    g1 = b.and_(b.add(gen_of(b, old), i64(1)), i64(0xFFFFFFFF))
+    job = b.add(i64(_JOB), b.mul(b.and_(g1, i64(1)), i64(3)))
+    for k, v in enumerate((tramp, block, n)):
+        ptr = b.inttoptr(b.add(i64(base), b.mul(b.add(job, i64(k)), i64(8))), i64.as_pointer())
+        b.store_atomic(v, ptr, "monotonic", 8)
+    b.store_atomic(i64(0), field(b, _DONE), "monotonic", 8)
+    b.store_atomic(b.shl(g1, i64(32)), field(b, _CLAIM), "release", 8)
+    b.atomic_rmw("add", field(b, _SEQ, i32), i32(1), "seq_cst")
+    sleepers = b.load_atomic(field(b, _SLEEPERS), "seq_cst", 8)
+    b.cbranch(b.icmp_signed(">", sleepers, i64(0)), wake, work)
+    b.position_at_end(wake)
+    seq_addr = i64(base + 8 * _SEQ)
+    b.call(b.inttoptr(i64(syscall), sys_ty), [i64(_SYS_FUTEX), seq_addr, i64(_FUTEX_WAKE_PRIVATE), i64(2**31 - 1)])
+    b.branch(work)
+    b.position_at_end(work)
+    b.call(run, [g1, n, tramp, block])
+    b.branch(wait)
+    # wait: every slot done (the ones other threads claimed): WAIT_PAUSES pauses, then a futex wait on done (woken
+    # by the thread that finishes a slot): a sleeping caller leaves its core idle, so the kernel can move a claimed
+    # slot's thread there at once when something else runs on that thread's core
+    b.position_at_end(wait)
+    spins = b.phi(i64)
+    spins.add_incoming(i64(0), work)
+    done = b.load_atomic(field(b, _DONE), "acquire", 8)
+    b.cbranch(b.icmp_signed(">=", done, n), finish, wait_more)
+    b.position_at_end(wait_more)
+    b.call(pause, [])
+    nxt = b.add(spins, i64(1))
+    b.cbranch(b.icmp_signed(">=", nxt, i64(WAIT_PAUSES)), sleep, wait)
+    spins.add_incoming(nxt, wait_more)
+    b.position_at_end(sleep)
+    b.store_atomic(i64(1), field(b, _WAITER), "seq_cst", 8)
+    d = b.load_atomic(field(b, _DONE), "seq_cst", 8)
+    b.cbranch(b.icmp_signed(">=", d, n), sleep_done, sleep_wait)
+    b.position_at_end(sleep_wait)
+    b.call(b.inttoptr(i64(syscall), sys_ty),
+           [i64(_SYS_FUTEX), done_addr, i64(_FUTEX_WAIT_PRIVATE), b.and_(d, i64(0xFFFFFFFF)), i64(0)])  # fmt: skip
+    b.branch(sleep_done)
+    b.position_at_end(sleep_done)
+    b.store_atomic(i64(0), field(b, _WAITER), "seq_cst", 8)
+    b.branch(wait)
+    spins.add_incoming(i64(0), sleep_done)
+    b.position_at_end(finish)
+    b.store_atomic(i64(0), field(b, _BUSY), "release", 8)
+    b.ret_void()
+
+    # void worker(): forever: wait for a new generation (spin, then sleep on seq), run its slots
+    worker = ir.Function(module, ir.FunctionType(void, []), "crema_pool_worker")
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    names = ("outer", "spin", "spin_more", "sleep", "sleep_wait", "sleep_abort", "got")
+    outer, spin, spin_more, sleep, sleep_wait, sleep_abort, got = (worker.append_basic_block(s) for s in names)
+    first = gen_of(b, b.load_atomic(field(b, _CLAIM), "acquire", 8))
+    b.branch(outer)
+    b.position_at_end(outer)
+    seen = b.phi(i64)
+    seen.add_incoming(first, worker.entry_basic_block)
+    b.branch(spin)
+    b.position_at_end(spin)
+    count = b.phi(i64)
+    count.add_incoming(i64(0), outer)
+    w = b.load_atomic(field(b, _CLAIM), "acquire", 8)
+    g = gen_of(b, w)
+    b.cbranch(b.icmp_unsigned("!=", g, seen), got, spin_more)
+    b.position_at_end(spin_more)
+    b.call(pause, [])
+    c1 = b.add(count, i64(1))
+    count.add_incoming(c1, spin_more)
+    b.cbranch(b.icmp_signed("<", c1, i64(SPIN_PAUSES)), spin, sleep)
+    b.position_at_end(sleep)
+    b.atomic_rmw("add", field(b, _SLEEPERS), i64(1), "seq_cst")
+    sq = b.load_atomic(field(b, _SEQ, i32), "seq_cst", 4)
+    w2 = b.load_atomic(field(b, _CLAIM), "seq_cst", 8)
+    b.cbranch(b.icmp_unsigned("!=", gen_of(b, w2), seen), sleep_abort, sleep_wait)
+    b.position_at_end(sleep_wait)
+    b.call(b.inttoptr(i64(syscall), sys_ty),
+           [i64(_SYS_FUTEX), seq_addr, i64(_FUTEX_WAIT_PRIVATE), b.zext(sq, i64), i64(0)])  # fmt: skip
+    b.atomic_rmw("sub", field(b, _SLEEPERS), i64(1), "seq_cst")
+    seen.add_incoming(seen, sleep_wait)
+    b.branch(outer)
+    b.position_at_end(sleep_abort)
+    b.atomic_rmw("sub", field(b, _SLEEPERS), i64(1), "seq_cst")
+    b.branch(spin)
+    count.add_incoming(i64(0), sleep_abort)
+    b.position_at_end(got)
+    job = b.add(i64(_JOB), b.mul(b.and_(g, i64(1)), i64(3)))
+    fields = []
+    for k in range(3):
+        ptr = b.inttoptr(b.add(i64(base), b.mul(b.add(job, i64(k)), i64(8))), i64.as_pointer())
+        fields.append(b.load_atomic(ptr, "monotonic", 8))
+    b.call(run, [g, fields[2], fields[0], fields[1]])
+    seen.add_incoming(g, got)
+    b.branch(outer)
+
+    with global_compiler_lock:
+        library = codegen.create_library("crema_taskpool")
+        library.add_ir_module(module)
+        library.finalize()
+        launch_addr = library.get_pointer_to_function("crema_pool_launch")
+        worker_addr = library.get_pointer_to_function("crema_pool_worker")
+    return raw, base, launch_addr, worker_addr, library
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: its pool starts afresh (new state, new threads) on first use."""
+    global _pool, _threads, _pid, _lock
+    _pool, _threads, _pid, _lock = None, [], 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def launcher(threads: int) -> int:
+    """The launcher's address, with `threads` - 1 pool threads running (started here, once per process; more are
+    added when a larger count is asked for); 0 where the pool is not available (see `available`)."""
+    global _pool, _pid
+    if not available():
+        return 0
+    with _lock:
+        if _pool is None:
+            _pool = _build()
+            _pid = os.getpid()
+        worker = ctypes.CFUNCTYPE(None)(_pool[3])  # a ctypes call releases the GIL: the loop runs without it
+        while len(_threads) < threads - 1:
+            th = threading.Thread(target=worker, name=f"crema-task-{len(_threads) + 1}", daemon=True)
+            th.start()
+            _threads.append(th)
+        return _pool[2]
+
+
+def state() -> dict:
+    """The pool's counters (tests and diagnostics): generation, next slot, done, sleepers, busy, threads."""
+    if _pool is None:
+        return {"threads": 0}
+    base = _pool[1]
+    read = lambda i: ctypes.c_int64.from_address(base + 8 * i).value
+    claim = read(_CLAIM)
+    return {
+        "generation": claim >> 32,
+        "next_slot": claim & 0xFFFFFFFF,
+        "done": read(_DONE),
+        "sleepers": read(_SLEEPERS),
+        "busy": read(_BUSY),
+        "threads": len(_threads),
+    }
+
+
+# -- which plans run on the pool --------------------------------------------------------------------------------
+# The pool's threads and Numba's OpenMP threads do not share the cores well: OpenMP's spin for ~10 ms after each of
+# its loops, so in a forward whose steps alternate between tasks and plain parallel kernels each kind of step runs
+# with the other's threads spinning (LeNet at batch 64, whose pooling steps are OpenMP loops: 2.7 -> 4.4 ms). A Net
+# therefore runs a plan on the pool only when its forward ran no OpenMP loop (net.Net: the first forward of each plan
+# decides), and training stays on OpenMP. Numba's parallel kernels reach OpenMP through one function, the JIT symbol
+# numba_parallel_for: it is pointed at a wrapper that counts the calls (`omp_loops`) and calls the real one. Kernels
+# linked before the wrapper is in place call the real one uncounted (their plans then run on the pool: the results are
+# the same, only the speed is not).
+_omp_count = ctypes.c_int64(0)
+_probe = None  # (the wrapper's library, the real address) once installed; False when it cannot be
+
+
+def omp_loops() -> int:
+    """Numba OpenMP loops started in this process since the wrapper was installed (`install_omp_probe`)."""
+    return _omp_count.value
+
+
+def omp_probe_installed() -> bool:
+    """Whether `omp_loops` counts every OpenMP loop from here on (also while Numba's thread pool has not started: no
+    OpenMP loop can run before it does, and the wrapper goes in when it starts)."""
+    return _probe is not None and _probe is not False
+
+
+def _wrap_parallel_for(real: int):
+    from llvmlite import binding as llvm
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
+    module = codegen._create_empty_module("crema_omp_probe")
+    i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p] * 5 + [i64] * 3)  # numba.np.ufunc.parallel's numba_parallel_for
+    fn = ir.Function(module, fnty, "crema_counted_parallel_for")
+    b = ir.IRBuilder(fn.append_basic_block())
+    b.atomic_rmw("add", b.inttoptr(i64(ctypes.addressof(_omp_count)), i64.as_pointer()), i64(1), "monotonic")
+    b.call(b.inttoptr(i64(real), fnty.as_pointer()), list(fn.args))
+    b.ret_void()
+    with global_compiler_lock:
+        library = codegen.create_library("crema_omp_probe")
+        library.add_ir_module(module)
+        library.finalize()
+        address = library.get_pointer_to_function("crema_counted_parallel_for")
+    llvm.add_symbol("numba_parallel_for", address)
+    return library
+
+
+def install_omp_probe() -> bool:
+    """Count Numba's OpenMP loops from now on (see above); True once in place. Numba loads its threading layer (and
+    adds numba_parallel_for to the JIT's symbols) when its thread pool starts: if it has not yet, the wrapper goes in
+    right after (no thread pool is started here: net.warm forks its compile workers only from a process without)."""
+    global _probe
+    if _probe is not None:
+        return bool(_probe)
+    try:
+        from llvmlite import binding as llvm
+        from numba.np.ufunc import parallel
+
+        if parallel._is_initialized:
+            real = llvm.address_of_symbol("numba_parallel_for")
+            _probe = (_wrap_parallel_for(real), real) if real else False
+        else:
+            original = parallel._load_threading_functions
+
+            def load_then_wrap(lib):
+                global _probe
+                original(lib)
+                real = llvm.address_of_symbol("numba_parallel_for")
+                _probe = (_wrap_parallel_for(real), real) if real else False
+
+            parallel._load_threading_functions = load_then_wrap
+            _probe = "pending"
+    except Exception:  # noqa: BLE001 - another Numba: no counting, and so no pool for plans
+        _probe = False
+    return omp_probe_installed()

@@ -1,0 +1,168 @@
+"""kernels.taskpool: crema's thread pool for the tasks' parallel launches. Every slot of a launch runs exactly once,
+whoever runs it; two callers at once, and a forked child, still get every slot; idle threads go to sleep; the OpenMP
+loops of Numba's own parallel kernels are counted, and a Net runs a plan on the pool only when its forward ran none;
+a forward's bits are the same on either launcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from numba import njit, prange, types
+
+from kernels import taskpool, tasks
+from kernels.tasks import Task
+
+pytestmark = pytest.mark.skipif(not tasks.pool_enabled(), reason="kernels.taskpool: x86-64 Linux only")
+
+
+def _count_body(t, counts, spin):  # pragma: no cover - compiled
+    """counts[t] += 1 (slot t's own element: two runs of one slot would show), after `spin` iterations of work."""
+    acc = 0.0
+    for i in range(spin):
+        acc += i * 0.5
+    counts[t] += 1 if acc >= 0.0 else 2
+
+
+COUNT = Task(_count_body, (types.int64[::1], types.int64))
+
+
+@pytest.fixture(autouse=True)
+def _on_the_pool():
+    tasks.use_pool(True)
+    yield
+    tasks.use_pool(True)
+
+
+def _launch(workers: int, counts: np.ndarray, spin: int = 0) -> None:
+    COUNT.parallel(COUNT.address, workers, counts, spin)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5, 17, 64])
+def test_every_slot_runs_exactly_once(workers) -> None:
+    counts = np.zeros(64, dtype=np.int64)
+    for rep in range(300):
+        _launch(workers, counts, spin=(rep % 7) * 50)
+    assert counts[:workers].tolist() == [300] * workers and not counts[workers:].any()
+    assert taskpool.state()["busy"] == 0 and taskpool.state()["done"] == workers
+
+
+def test_two_callers_at_once_each_get_every_slot() -> None:
+    """A launch from another thread while one is in progress runs its slots on its own thread (nothing lost, nothing
+    run twice)."""
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            counts = np.zeros(8, dtype=np.int64)
+            for _ in range(400):
+                _launch(8, counts, spin=200)
+            results.append(counts)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors and len(results) == 3
+    for counts in results:
+        assert counts.tolist() == [400] * 8
+
+
+def test_idle_threads_sleep() -> None:
+    _launch(2, np.zeros(2, dtype=np.int64))
+    deadline = time.monotonic() + 10
+    while taskpool.state()["sleepers"] < taskpool.state()["threads"]:
+        assert time.monotonic() < deadline, taskpool.state()
+        time.sleep(0.01)
+    t0 = time.process_time()
+    time.sleep(0.2)
+    assert time.process_time() - t0 < 0.05  # asleep, not spinning (OpenMP's threads spin ~10 ms after each loop)
+    counts = np.zeros(4, dtype=np.int64)
+    _launch(4, counts)  # woken (or not needed: the caller runs what nobody claims)
+    assert counts.tolist() == [1] * 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_launches_on_a_pool_of_its_own() -> None:
+    _launch(2, np.zeros(2, dtype=np.int64))  # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            counts = np.zeros(8, dtype=np.int64)
+            for _ in range(50):
+                _launch(8, counts)
+            ok = counts.tolist() == [50] * 8 and taskpool.state()["threads"] >= 1
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@njit(parallel=True, cache=False)
+def _omp_sum(x):  # pragma: no cover - compiled
+    s = 0.0
+    for i in prange(x.shape[0]):
+        s += x[i]
+    return s
+
+
+def test_openmp_loops_are_counted() -> None:
+    assert taskpool.omp_probe_installed()
+    x = np.ones(1000)
+    _omp_sum(x)
+    before = taskpool.omp_loops()
+    for _ in range(3):
+        assert _omp_sum(x) == 1000.0
+    assert taskpool.omp_loops() - before == 3
+    before = taskpool.omp_loops()
+    _launch(2, np.zeros(2, dtype=np.int64))
+    assert taskpool.omp_loops() == before  # a task on the pool is no OpenMP loop
+
+
+def _lenet():
+    from pathlib import Path
+
+    from net import Net
+
+    root = Path(__file__).resolve().parents[2]
+    net = Net.load(root / "models/lenet/deploy.prototxt", phase="test")  # its fillers: the bits, not accuracy
+    net.share_activations()
+    return net
+
+
+def test_a_net_runs_on_the_pool_only_when_its_forward_runs_no_openmp_loop() -> None:
+    """LeNet at batch 1 is tasks and serial kernels only: its plan runs on the pool; at batch 64 its pooling layers
+    are OpenMP loops: OpenMP launches its tasks too (the two kinds of threads would spin against each other)."""
+    net = _lenet()
+    x1 = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
+    net.forward(data=x1)
+    assert net._plan.pool is True and tasks._pooled
+    x64 = np.random.default_rng(1).uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
+    net.forward(data=x64)  # the first forward of a plan runs on the pool and decides
+    assert net._plan.pool is False
+    net.forward(data=x64)
+    assert not tasks._pooled
+    assert taskpool.omp_loops() > 0
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_a_forward_has_the_same_bits_on_either_launcher(batch) -> None:
+    net = _lenet()
+    x = np.random.default_rng(2).uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)
+    net.forward(data=x)
+    outs = {}
+    for pooled in (True, False):
+        net._plan.pool = pooled  # forced: LeNet at batch 64 on the pool too (slower, the same numbers)
+        outs[pooled] = {name: np.array(v) for name, v in net.forward(data=x).items()}
+        assert tasks._pooled == pooled
+    for name in outs[True]:
+        np.testing.assert_array_equal(outs[True][name], outs[False][name], err_msg=name)
