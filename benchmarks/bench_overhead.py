@@ -81,7 +81,7 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
     net.share_activations()  # as crema classify and serve run a net (net.arena)
     net.forward(data=x)
     whole = _median_us(lambda: net.forward(data=x), calls)
-    plan_only = _median_us(lambda: net._run(None), calls)
+    plan_only = _median_us(lambda: net._run(None, adapt=True, pool=True), calls)  # as Net.forward runs it
     steps = []
     for step, layer, bottom, top in net._plan.steps:
         call = step if step is not None else (lambda layer=layer, bottom=bottom, top=top: layer.forward(bottom, top))

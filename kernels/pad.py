@@ -6,8 +6,9 @@ a zero first row and column and pad p; a CPU Net's plan (``net.net``) runs such 
 pad 0 on the image copied into a buffer with p - 1 zeros before and p after (a quarter to a half fewer taps).
 
 0. ``pad_ref``      - plain NumPy: ``np.pad`` with zeros.
-1. ``_pad_planes``  - the image's planes copied into the buffer's interior, planes split over the threads; the borders
-                      are written once when the buffer is made (``PadInto``) and never change.
+1. ``_pad_worker``  - the image's planes copied into the buffer's interior, planes split over the threads (a task,
+                      kernels.tasks); the borders are written once when the buffer is made (``PadInto``) and never
+                      change.
 
 Public: ``PadInto(x_shape, before, after)``: ``pad(x)`` -> its buffer (N, C, H + bh + ah, W + bw + aw), the borders
 zero, the interior x. Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import types
+
+from kernels.tasks import Task
 
 PARALLEL_PLANES = 16  # planes at least before the copy is split over threads (the stem at batch 1 has 3: one fork-join
 # for 0.6 MB costs more than it saves)
@@ -29,16 +32,19 @@ def pad_ref(x: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> n
     return np.pad(x, ((0, 0), (0, 0), (before[0], after[0]), (before[1], after[1])))
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pad_planes(x, buf, top, left):  # pragma: no cover - compiled
-    """buf[n, c, top + r, left + s] = x[n, c, r, s] for every plane (n, c), in parallel over planes."""
+def _pad_worker(t, x, buf, top, left, workers):  # pragma: no cover - compiled
+    """Worker t's share of the planes (kernels.tasks): buf[n, c, top + r, left + s] = x[n, c, r, s]."""
     n, c, h, wd = x.shape
     xf = x.reshape(n * c, h, wd)
     bf = buf.reshape(n * c, buf.shape[2], buf.shape[3])
-    for q in prange(n * c):
+    for q in range(t * n * c // workers, (t + 1) * n * c // workers):
         for r in range(h):
             for s in range(wd):
                 bf[q, top + r, left + s] = xf[q, r, s]
+
+
+_F4 = types.float32[:, :, :, ::1]
+_PAD = Task(_pad_worker, (_F4, _F4, types.int64, types.int64, types.int64), opt=1, boundscheck=False)
 
 
 class PadInto:
@@ -58,8 +64,9 @@ class PadInto:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.size:
-            if numba.get_num_threads() > 1 and x.shape[0] * x.shape[1] >= PARALLEL_PLANES:
-                _pad_planes(x, self.buf, self.top, self.left)
+            workers = numba.get_num_threads()
+            if workers > 1 and x.shape[0] * x.shape[1] >= PARALLEL_PLANES:
+                _PAD.parallel(_PAD.address, workers, x, self.buf, self.top, self.left, workers)
             else:
                 self.buf[:, :, self.top : self.top + x.shape[2], self.left : self.left + x.shape[3]] = x
         return self.buf

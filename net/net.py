@@ -490,15 +490,17 @@ class Net:
             self.reshape()
         if self.device != "cpu":
             to_device(self)  # weights once, inputs every call; activations then stay on the device
-        self._run(None, adapt=True)
+        self._run(None, adapt=True, pool=True)
         return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
-    def _run(self, timings: list[float] | None, adapt: bool = False) -> None:
+    def _run(self, timings: list[float] | None, adapt: bool = False, pool: bool = False) -> None:
         """One forward: on the CPU the plan's steps (timed per step into `timings[layer index]` when given: a layer the
         plan leaves out, e.g. a fused activation, gets 0), on the GPU every layer's forward (timed to completion).
         `adapt` (inference: `forward`): on fewer threads while other processes keep cores busy (``net.contention``);
         a forward's bits do not depend on the thread count (tests/net/test_contention.py). Training does not adapt:
-        its gradients' reductions do depend on it, and a run must not depend on the machine's load."""
+        its gradients' reductions do depend on it, and a run must not depend on the machine's load. `pool` (inference:
+        `forward`, `time_forward`): the tasks on kernels.taskpool's threads unless the plan runs an OpenMP loop (its
+        first forward there decides; the bits are the same); else, and in training, on Numba's OpenMP threads."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
             threads = threads_for(requested) if adapt else requested
@@ -506,7 +508,7 @@ class Net:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
                 plan = self._plan_for(threads)
-                if adapt and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
+                if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
                     pooled = tasks.use_pool(True)
                     before = taskpool.omp_loops()
                     self._run_plan(plan, timings)
@@ -699,10 +701,10 @@ class Net:
         """Average forward milliseconds per layer over `iterations` runs on the current inputs, timing the path every
         forward takes (the CPU plan's steps; 0 for a layer the plan leaves out)."""
         for _ in range(warmup):
-            self._run(None)
+            self._run(None, pool=True)
         timings = [0.0] * len(self.layers)
         for _ in range(iterations):
-            self._run(timings)
+            self._run(timings, pool=True)
         return [1000.0 * t / max(iterations, 1) for t in timings]
 
     def blob(self, name: str) -> Blob:

@@ -58,7 +58,7 @@ def _step_names(net: Net) -> list[str]:
     return [step.__qualname__ if step is not None else "" for step, *_ in net._plan.steps]
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (4, 5, 6, 7)])  # serial; planes split over the threads
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (4, 5, 6, 7), (3, 7, 5, 9)])  # serial; planes split over threads (a task)
 def test_pad_into_matches_numpy(shape) -> None:
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     pad = PadInto(x.shape, (0, 2), (1, 1))
