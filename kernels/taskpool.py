@@ -15,16 +15,16 @@ is not waited for (the bodies share their tasks dynamically, so a slot that come
 do not depend on which thread runs which slot: a slot's body works on slot t's own buffers, whoever runs it.
 
 The launcher and the worker loop are a few dozen lines of LLVM IR (atomics, the x86 ``pause``, and futex waits through
-libc's ``syscall``), compiled at first use in each process (milliseconds, not cached). State, each on its own
-64-byte line:
+libc's ``syscall``), compiled at first use in each process (milliseconds, not cached). State (outside Python's heap,
+never freed: the daemon threads may still read it while the interpreter shuts down), each on its own 64-byte line:
 
     claim      i64  (generation << 32) | next slot: a slot is claimed by a compare-and-swap that also checks the
                     generation, so a thread that read an older job's fields can never claim a newer job's slot
     done       i64  slots of the current job finished
     seq        i32  futex word, bumped on every publish (the sleeping threads wait on it)
-    sleepers   i64  threads in the futex wait (the caller wakes them only when there are some)
+    sleepers   i64  threads in the futex wait (the caller wakes at most workers - 1, only when there are some)
     busy       i64  a launch in progress (a second caller, from another thread, runs its slots itself)
-    waiter     i64  the caller sleeps on done (a thread that finishes a slot wakes it)
+    waiter     i64  the caller sleeps on done (the thread that finishes the last slot wakes it)
     job[2]          {tramp, block, workers} of generations g & 1: a job's fields are only rewritten two
                     generations later, after the claim word has moved on (so a stale claim fails)
 
@@ -56,7 +56,7 @@ _LINE = 8  # int64 per 64-byte line
 _CLAIM, _DONE, _SEQ, _SLEEPERS, _BUSY, _WAITER, _JOB = (i * _LINE for i in range(7))
 
 _lock = threading.Lock()
-_pool = None  # (state array, launch address, worker address, library) of this process
+_pool = None  # (unused, state address, launch address, worker address, library) of this process
 _threads: list[threading.Thread] = []
 _pid = 0
 
@@ -71,9 +71,15 @@ def _build():
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
-    raw = (ctypes.c_int64 * (_JOB + 6 + _LINE))()
-    offset = (-ctypes.addressof(raw) % 64) // 8  # the state from a 64-byte boundary
-    base = ctypes.addressof(raw) + 8 * offset
+    # outside Python's heap, never freed: the daemon threads may still read it while the interpreter shuts down
+    libc = ctypes.CDLL(None)
+    libc.aligned_alloc.restype, libc.aligned_alloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t, ctypes.c_size_t)
+    size = 8 * (_JOB + 2 * _LINE)
+    base = libc.aligned_alloc(64, size)
+    if not base:
+        raise MemoryError("kernels.taskpool: no memory for the pool's state")
+    ctypes.memset(base, 0, size)
+    raw = None
     syscall = ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value
 
     codegen = cpu_target.target_context.codegen()
@@ -109,10 +115,11 @@ def _build():
     b.cbranch(b.extract_value(res, 1), body, loop)
     b.position_at_end(body)
     b.call(b.inttoptr(tramp, tramp_ty), [slot, block])
-    b.atomic_rmw("add", field(b, _DONE), i64(1), "seq_cst")
+    before = b.atomic_rmw("add", field(b, _DONE), i64(1), "seq_cst")
     waiter = b.load_atomic(field(b, _WAITER), "seq_cst", 8)
     wake_caller = run.append_basic_block("wake_caller")
-    b.cbranch(b.icmp_unsigned("!=", waiter, i64(0)), wake_caller, loop)
+    last = b.icmp_signed(">=", b.add(before, i64(1)), n)  # only the last slot's end wakes a sleeping caller
+    b.cbranch(b.and_(last, b.icmp_unsigned("!=", waiter, i64(0))), wake_caller, loop)
     b.position_at_end(wake_caller)
     b.call(b.inttoptr(i64(syscall), sys_ty), [i64(_SYS_FUTEX), done_addr, i64(_FUTEX_WAKE_PRIVATE), i64(1)])
     b.branch(loop)
@@ -153,7 +160,7 @@ def _build():
     job = b.add(i64(_JOB), b.mul(b.and_(g1, i64(1)), i64(3)))
     for k, v in enumerate((tramp, block, n)):
         ptr = b.inttoptr(b.add(i64(base), b.mul(b.add(job, i64(k)), i64(8))), i64.as_pointer())
-        b.store_atomic(v, ptr, "monotonic", 8)
+        b.store_atomic(v, ptr, "release", 8)
     b.store_atomic(i64(0), field(b, _DONE), "monotonic", 8)
     b.store_atomic(b.shl(g1, i64(32)), field(b, _CLAIM), "release", 8)
     b.atomic_rmw("add", field(b, _SEQ, i32), i32(1), "seq_cst")
@@ -161,7 +168,8 @@ def _build():
     b.cbranch(b.icmp_signed(">", sleepers, i64(0)), wake, work)
     b.position_at_end(wake)
     seq_addr = i64(base + 8 * _SEQ)
-    b.call(b.inttoptr(i64(syscall), sys_ty), [i64(_SYS_FUTEX), seq_addr, i64(_FUTEX_WAKE_PRIVATE), i64(2**31 - 1)])
+    wanted = b.sub(n, i64(1))  # at most one thread a slot besides the caller (a busy machine has no core to spare)
+    b.call(b.inttoptr(i64(syscall), sys_ty), [i64(_SYS_FUTEX), seq_addr, i64(_FUTEX_WAKE_PRIVATE), wanted])
     b.branch(work)
     b.position_at_end(work)
     b.call(run, [g1, n, tramp, block])
@@ -237,7 +245,7 @@ def _build():
     fields = []
     for k in range(3):
         ptr = b.inttoptr(b.add(i64(base), b.mul(b.add(job, i64(k)), i64(8))), i64.as_pointer())
-        fields.append(b.load_atomic(ptr, "monotonic", 8))
+        fields.append(b.load_atomic(ptr, "acquire", 8))
     b.call(run, [g, fields[2], fields[0], fields[1]])
     seen.add_incoming(g, got)
     b.branch(outer)
@@ -292,6 +300,7 @@ def state() -> dict:
         "done": read(_DONE),
         "sleepers": read(_SLEEPERS),
         "busy": read(_BUSY),
+        "waiter": read(_WAITER),
         "threads": len(_threads),
     }
 
@@ -306,7 +315,8 @@ def state() -> dict:
 # linked before the wrapper is in place call the real one uncounted (their plans then run on the pool: the results are
 # the same, only the speed is not).
 _omp_count = ctypes.c_int64(0)
-_probe = None  # (the wrapper's library, the real address) once installed; False when it cannot be
+_real_parallel_for = ctypes.c_int64(0)  # Numba's numba_parallel_for, which the wrapper calls (set when known)
+_probe = None  # the wrapper's library once installed; "pending" until Numba's threads start; False when it cannot be
 
 
 def omp_loops() -> int:
@@ -320,8 +330,9 @@ def omp_probe_installed() -> bool:
     return _probe is not None and _probe is not False
 
 
-def _wrap_parallel_for(real: int):
-    from llvmlite import binding as llvm
+def _wrapper():
+    """(library, address) of ``crema_counted_parallel_for``: count, then call the function in _real_parallel_for.
+    Compiled under Numba's compiler lock, before any of Numba's threading locks is held (see install_omp_probe)."""
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
@@ -332,42 +343,56 @@ def _wrap_parallel_for(real: int):
     fn = ir.Function(module, fnty, "crema_counted_parallel_for")
     b = ir.IRBuilder(fn.append_basic_block())
     b.atomic_rmw("add", b.inttoptr(i64(ctypes.addressof(_omp_count)), i64.as_pointer()), i64(1), "monotonic")
-    b.call(b.inttoptr(i64(real), fnty.as_pointer()), list(fn.args))
+    real = b.load_atomic(b.inttoptr(i64(ctypes.addressof(_real_parallel_for)), i64.as_pointer()), "acquire", 8)
+    b.call(b.inttoptr(real, fnty.as_pointer()), list(fn.args))
     b.ret_void()
     with global_compiler_lock:
         library = codegen.create_library("crema_omp_probe")
         library.add_ir_module(module)
         library.finalize()
-        address = library.get_pointer_to_function("crema_counted_parallel_for")
+        return library, library.get_pointer_to_function("crema_counted_parallel_for")
+
+
+def _point_to(library, address) -> bool:
+    """Re-point the JIT symbol numba_parallel_for at the wrapper (kernels linked from now on call it)."""
+    from llvmlite import binding as llvm
+
+    real = llvm.address_of_symbol("numba_parallel_for")
+    if not real or real == address:
+        return False
+    _real_parallel_for.value = real
     llvm.add_symbol("numba_parallel_for", address)
-    return library
+    return True
 
 
 def install_omp_probe() -> bool:
-    """Count Numba's OpenMP loops from now on (see above); True once in place. Numba loads its threading layer (and
-    adds numba_parallel_for to the JIT's symbols) when its thread pool starts: if it has not yet, the wrapper goes in
-    right after (no thread pool is started here: net.warm forks its compile workers only from a process without)."""
+    """Count Numba's OpenMP loops from now on (see above); True once in place (or pending: Numba's threading layer,
+    which adds numba_parallel_for to the JIT's symbols, not loaded yet; the symbol is re-pointed right after it is,
+    with nothing compiled then: that runs under Numba's threading locks). Starts no thread (net.warm forks its
+    compile workers only from a process without Numba's thread pool). Any failure: no counting (and so no pool for
+    plans)."""
     global _probe
     if _probe is not None:
-        return bool(_probe)
+        return omp_probe_installed()
     try:
-        from llvmlite import binding as llvm
         from numba.np.ufunc import parallel
 
+        library, address = _wrapper()
         if parallel._is_initialized:
-            real = llvm.address_of_symbol("numba_parallel_for")
-            _probe = (_wrap_parallel_for(real), real) if real else False
-        else:
-            original = parallel._load_threading_functions
+            _probe = library if _point_to(library, address) else False
+            return omp_probe_installed()
+        original = parallel._load_threading_functions
 
-            def load_then_wrap(lib):
-                global _probe
-                original(lib)
-                real = llvm.address_of_symbol("numba_parallel_for")
-                _probe = (_wrap_parallel_for(real), real) if real else False
+        def load_then_point(lib):
+            global _probe
+            original(lib)
+            try:
+                _probe = library if _point_to(library, address) else False
+            except Exception:  # noqa: BLE001 - never in the way of Numba's own start
+                _probe = False
 
-            parallel._load_threading_functions = load_then_wrap
-            _probe = "pending"
+        parallel._load_threading_functions = load_then_point
+        _probe = "pending"
     except Exception:  # noqa: BLE001 - another Numba: no counting, and so no pool for plans
         _probe = False
     return omp_probe_installed()

@@ -53,6 +53,7 @@ import importlib
 import os
 import threading
 import types as pytypes
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -387,8 +388,11 @@ def use_pool(on: bool) -> bool:
 
             from kernels import taskpool
 
-            taskpool.install_omp_probe()
-            _pool_address = taskpool.launcher(numba_config.NUMBA_NUM_THREADS)
+            try:
+                _pool_address = taskpool.launcher(numba_config.NUMBA_NUM_THREADS)
+            except Exception as exc:  # noqa: BLE001 - the OpenMP launcher always works
+                warnings.warn(f"kernels.taskpool could not start ({exc}); tasks launch on OpenMP", stacklevel=2)
+                _pool_ok = False
         address = _pool_address
     pooled = bool(address)
     if not address:
@@ -403,6 +407,18 @@ def _arm() -> None:
     """Put a launcher's address in the drivers' slot on a task's first use: the pool's where it is enabled (see
     `use_pool`), else `_LAUNCH`'s (nothing while `recording()` records it instead)."""
     use_pool(True)
+
+
+def _start_counting() -> None:
+    """Count Numba's OpenMP loops from import on (kernels.taskpool.install_omp_probe; nothing is started), so that
+    kernels linked later, every plan's, are counted."""
+    if pool_enabled():
+        from kernels import taskpool
+
+        taskpool.install_omp_probe()
+
+
+_start_counting()
 
 
 def _disarm_after_fork() -> None:

@@ -123,6 +123,11 @@ def collect(run: Callable[[], object]) -> tuple[dict, str | None]:
             run()
         except Exception as exc:  # noqa: BLE001 - a pass over skipped kernels may trip on their missing results
             return calls, f"{type(exc).__name__}: {exc}"
+        finally:
+            if any(getattr(d, "targetoptions", {}).get("parallel") for d in list(calls)):
+                from kernels import tasks  # the pass runs OpenMP loops: its tasks will launch on OpenMP too
+
+                tasks._LAUNCH.address  # noqa: B018 - recorded (or loaded) by reading it
     return calls, None
 
 

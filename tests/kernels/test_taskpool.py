@@ -166,3 +166,26 @@ def test_a_forward_has_the_same_bits_on_either_launcher(batch) -> None:
         assert tasks._pooled == pooled
     for name in outs[True]:
         np.testing.assert_array_equal(outs[True][name], outs[False][name], err_msg=name)
+
+
+def test_warm_compiles_the_openmp_launcher_for_a_pass_that_runs_openmp_loops(monkeypatch) -> None:
+    """A plan with OpenMP loops launches its tasks on OpenMP from its second forward: net.warm records that launcher
+    with the pass's kernels (else a new machine would compile it in the middle of serving); a pass without any does
+    not need it."""
+    from net import warm
+
+    monkeypatch.setattr(tasks._LAUNCH, "_address", 0)  # as on a machine whose cache lacks it
+    monkeypatch.setattr(tasks._LAUNCH, "load_cached", lambda: False)
+    monkeypatch.setattr(tasks._LAUNCH, "compile", lambda: pytest.fail("compiled while recording"))
+
+    @njit(parallel=True, cache=False)
+    def fresh(x):  # pragma: no cover - compiled
+        s = 0.0
+        for i in prange(x.shape[0]):
+            s += x[i]
+        return s
+
+    calls, error = warm.collect(lambda: fresh(np.ones(10)))
+    assert error is None and fresh in calls and tasks._LAUNCH in calls
+    calls, error = warm.collect(lambda: None)
+    assert error is None and tasks._LAUNCH not in calls
