@@ -6,7 +6,10 @@ Kernels, in the order they appear:
   1. `_interior_kernels(kh, kw, sh, sw)`  Numba, prange over the N*C planes, for the outputs whose window lies
                             wholly inside the image: the window size and stride are compile-time constants (one
                             cached compilation per entry of SPECIALISED), so the window loops unroll and the
-                            compiler vectorises across outputs. MAX, MAX recording the argmax, AVE.
+                            compiler vectorises across outputs. MAX, MAX recording the argmax, AVE. The forward
+                            without a mask, the same loops as a task per specialised window (`_interior_worker`:
+                            _MAX_INTERIOR_2222, ...): what the parallel forward runs, so that a plan of tasks only
+                            runs on kernels.taskpool's threads.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
                             (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
@@ -309,6 +312,54 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     return max_fwd, max_fwd_mask, ave_fwd, ave_bwd
 
 
+def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
+    """The interior forward without a mask (MAX or AVE) for one specialised window as a task body (kernels.tasks):
+    worker t's share of the planes, the same loops as `_interior_kernels`' max_fwd / ave_fwd, so the same bits.
+    Inference plans run these on kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on
+    OpenMP)."""
+    KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
+    U = np.uint64
+    ave = method == "AVE"
+
+    def body(t, x, y, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
+        nj = U(j1 - j0)
+        divisor = np.float32(KH * KW)
+        planes = x.shape[0]
+        for q in range(t * planes // workers, (t + 1) * planes // workers):
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    if ave:
+                        acc = np.float32(0.0)
+                        for dh in range(KH):
+                            for dw in range(KW):
+                                acc += x[q, h0 + U(dh), w0 + U(dw)]
+                        y[q, i, U(j0) + jj] = acc / divisor
+                    else:
+                        m = NEG_FLT_MAX
+                        for dh in range(KH):
+                            for dw in range(KW):
+                                v = x[q, h0 + U(dh), w0 + U(dw)]
+                                m = v if v > m else m  # noqa: FURB136 (Caffe's strict >, NaN never wins)
+                        y[q, i, U(j0) + jj] = m
+
+    body.__name__ = body.__qualname__ = f"_{method.lower()}_interior_{kh}{kw}{sh}{sw}_worker"
+    i64 = types.int64
+    return Task(body, (_F3, _F3, i64, i64, i64, i64, i64, i64, i64), boundscheck=False)
+
+
+_F3 = types.float32[:, :, ::1]
+# module-level names (net.warm's compile workers find a task by its module and name): _MAX_INTERIOR_2222, ...
+INTERIOR_TASKS = {}
+for _window in sorted(SPECIALISED):
+    for _method in METHODS:
+        _name = f"_{_method}_INTERIOR_{''.join(map(str, _window))}"
+        globals()[_name] = INTERIOR_TASKS[(*_window, _method)] = _interior_worker(*_window, _method)
+del _window, _method, _name
+
+
 # -- 2. border kernels: clipped windows, runtime parameters --------------------------------------
 @njit(cache=True, inline="always")
 def _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width):  # pragma: no cover - compiled
@@ -476,7 +527,6 @@ def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
         y3[q, 0, 0] = acc / divisor
 
 
-_F3 = types.float32[:, :, ::1]
 _GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), opt=1, boundscheck=False)
 
 
@@ -497,6 +547,13 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
     if kernels is not None:
         max_fwd, max_fwd_mask, ave_fwd, _ = kernels
         interior = ave_fwd if method == "AVE" else max_fwd_mask if record else max_fwd
+        if not serial and not record:  # a task (same loops, same bits) instead of the OpenMP loop
+            task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
+            workers = max(1, min(numba.get_num_threads(), planes[0][0]))
+
+            def interior(x3, y3, i0, i1, j0, j1, ph, pw, task=task, workers=workers) -> None:
+                task.parallel(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
+
     max_border, ave_border = _max_border, _ave_border
     if serial:
         interior = None if interior is None else serial_twin(interior)

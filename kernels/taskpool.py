@@ -28,8 +28,9 @@ never freed: the daemon threads may still read it while the interpreter shuts do
     job[2]          {tramp, block, workers} of generations g & 1: a job's fields are only rewritten two
                     generations later, after the claim word has moved on (so a stale claim fails)
 
-Idle threads spin on the claim word for SPIN_PAUSES ``pause`` instructions (0.14 ms measured: the gap between two
-steps of a forward is microseconds) and then sleep in the kernel until the next publish; OpenMP's threads spin for ~10 ms
+Idle threads spin on the claim word for SPIN_PAUSES ``pause`` instructions (~1 ms: longer than the gap between two
+parallel steps of a forward, serial steps included; 8192 pauses, 0.14 ms, left the thread asleep at the start of
+some LeNet batch-64 steps, which then ran on the caller alone) and then sleep in the kernel until the next publish; OpenMP's threads spin for ~10 ms
 after each parallel loop, which a co-tenant on the same core pays for. The caller waits for slots that others claimed
 by spinning WAIT_PAUSES pauses, then sleeps until the last one is done (its core idle, so the kernel can move there a
 slot's thread that something else keeps from running on its own core).
@@ -47,7 +48,7 @@ import threading
 
 from llvmlite import ir
 
-SPIN_PAUSES = 8192  # an idle thread's pauses before it sleeps (~17 ns each on the Zen 3 VM: 0.14 ms)
+SPIN_PAUSES = 65536  # an idle thread's pauses before it sleeps (~17 ns each on the Zen 3 VM: ~1.1 ms)
 WAIT_PAUSES = 32768  # the caller's pauses (~0.55 ms) while others finish their slots, before it sleeps until they are
 # done (a batch-32 task can take ~1 ms: with a shorter spin the caller would sleep, and pay a wake-up, at many steps)
 _SYS_FUTEX = 202  # x86-64 Linux

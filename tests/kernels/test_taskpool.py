@@ -139,19 +139,38 @@ def _lenet():
     return net
 
 
+# a 1x1 convolution (a task) then a 3x3/2 pooling whose CEIL windows run past the image: its border kernel is an
+# OpenMP loop (only the interior of the specialised windows is a task)
+MIXED = """
+name: "mixed"
+input: "data"
+input_shape { dim: 64 dim: 8 dim: 14 dim: 14 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 16 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+"""
+
+
 def test_a_net_runs_on_the_pool_only_when_its_forward_runs_no_openmp_loop() -> None:
-    """LeNet at batch 1 is tasks and serial kernels only: its plan runs on the pool; at batch 64 its pooling layers
-    are OpenMP loops: OpenMP launches its tasks too (the two kinds of threads would spin against each other)."""
+    """LeNet (batch 1 and 64) is tasks and serial kernels only: its plans run on the pool. A plan with an OpenMP loop
+    (a pooling border kernel) launches its tasks on OpenMP too, from its second forward (the first decides): the two
+    kinds of threads would spin against each other."""
+    from net import Net
+
     net = _lenet()
-    x1 = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
-    net.forward(data=x1)
-    assert net._plan.pool is True and tasks._pooled
-    x64 = np.random.default_rng(1).uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
-    net.forward(data=x64)  # the first forward of a plan runs on the pool and decides
-    assert net._plan.pool is False
-    net.forward(data=x64)
+    for batch in (1, 64):
+        x = np.random.default_rng(batch).uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)
+        net.forward(data=x)
+        assert net._plan.pool is True and tasks._pooled
+    mixed = Net.from_string(MIXED, phase="test")
+    x = np.random.default_rng(0).standard_normal((64, 8, 14, 14), dtype=np.float32)
+    before = taskpool.omp_loops()
+    mixed.forward(data=x)
+    assert mixed._plan.pool is False and taskpool.omp_loops() > before
+    mixed.forward(data=x)
     assert not tasks._pooled
-    assert taskpool.omp_loops() > 0
+    net.forward(data=np.zeros((64, 1, 28, 28), np.float32))  # each net its own plan's choice
+    assert tasks._pooled
 
 
 @pytest.mark.parametrize("batch", [1, 64])
@@ -161,7 +180,7 @@ def test_a_forward_has_the_same_bits_on_either_launcher(batch) -> None:
     net.forward(data=x)
     outs = {}
     for pooled in (True, False):
-        net._plan.pool = pooled  # forced: LeNet at batch 64 on the pool too (slower, the same numbers)
+        net._plan.pool = pooled  # forced
         outs[pooled] = {name: np.array(v) for name, v in net.forward(data=x).items()}
         assert tasks._pooled == pooled
     for name in outs[True]:
