@@ -3,13 +3,12 @@
 Kernels, in the order they appear:
   0. `pool2d_forward_ref`, `pool2d_backward_ref`  NumPy references (one vectorised (N, C) step per output position;
                             the backward in float64).
-  1. `_interior_kernels(kh, kw, sh, sw)`  Numba, prange over the N*C planes, for the outputs whose window lies
-                            wholly inside the image: the window size and stride are compile-time constants (one
-                            cached compilation per entry of SPECIALISED), so the window loops unroll and the
-                            compiler vectorises across outputs. MAX, MAX recording the argmax, AVE. The forward
-                            without a mask, the same loops as a task per specialised window (`_interior_worker`:
-                            _MAX_INTERIOR_2222, ...): what the parallel forward runs, so that a plan of tasks only
-                            runs on kernels.taskpool's threads.
+  1. For the outputs whose window lies wholly inside the image, the window size and stride compile-time constants
+                            (one cached compilation per entry of SPECIALISED), so the window loops unroll and the
+                            compiler vectorises across outputs: `_interior_worker(kh, kw, sh, sw, method)`, MAX and
+                            AVE without a mask, a task per window (kernels.tasks: _MAX_INTERIOR_2222, ...; a plan
+                            of tasks only runs on kernels.taskpool's threads); `_interior_kernels(kh, kw, sh, sw)`,
+                            Numba prange over the N*C planes, MAX recording the argmax (training) and AVE backward.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
                             (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
@@ -237,22 +236,6 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     U = np.uint64
 
     @njit(cache=True, parallel=True)
-    def max_fwd(x, y, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
-        nj = U(j1 - j0)
-        for q in prange(x.shape[0]):
-            for i in range(i0, i1):
-                h0 = U(i * SH - ph)
-                wb = U(j0 * SW - pw)
-                for jj in range(nj):
-                    w0 = wb + U(SW) * jj
-                    m = NEG_FLT_MAX
-                    for dh in range(KH):
-                        for dw in range(KW):
-                            v = x[q, h0 + U(dh), w0 + U(dw)]
-                            m = v if v > m else m  # noqa: FURB136 (Caffe's strict >, NaN never wins)
-                    y[q, i, U(j0) + jj] = m
-
-    @njit(cache=True, parallel=True)
     def max_fwd_mask(x, y, mask, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
         width = x.shape[2]
         nj = U(j1 - j0)
@@ -274,22 +257,6 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
                     mask[q, i, U(j0) + jj] = idx
 
     @njit(cache=True, parallel=True)
-    def ave_fwd(x, y, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
-        nj = U(j1 - j0)
-        divisor = np.float32(KH * KW)
-        for q in prange(x.shape[0]):
-            for i in range(i0, i1):
-                h0 = U(i * SH - ph)
-                wb = U(j0 * SW - pw)
-                for jj in range(nj):
-                    w0 = wb + U(SW) * jj
-                    acc = np.float32(0.0)
-                    for dh in range(KH):
-                        for dw in range(KW):
-                            acc += x[q, h0 + U(dh), w0 + U(dw)]
-                    y[q, i, U(j0) + jj] = acc / divisor
-
-    @njit(cache=True, parallel=True)
     def ave_bwd(dy, dx, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
         """Zero each dx plane, then add dy / (KH * KW) over the interior windows."""
         nj = U(j1 - j0)
@@ -309,7 +276,7 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
                         for dw in range(KW):
                             dx[q, h0 + U(dh), w0 + U(dw)] += g
 
-    return max_fwd, max_fwd_mask, ave_fwd, ave_bwd
+    return max_fwd_mask, ave_bwd
 
 
 def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
@@ -544,19 +511,20 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
         return run_global
     kernels, rect, border = _regions(*planes, k, s, p)
     interior = None
-    if kernels is not None:
-        max_fwd, max_fwd_mask, ave_fwd, _ = kernels
-        interior = ave_fwd if method == "AVE" else max_fwd_mask if record else max_fwd
-        if not serial and not record:  # a task (same loops, same bits) instead of the OpenMP loop
-            task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
-            workers = max(1, min(numba.get_num_threads(), planes[0][0]))
+    if kernels is not None and record:
+        interior = kernels[0]  # MAX recording the argmax (training)
+        if serial:
+            interior = serial_twin(interior)
+    elif kernels is not None:  # the task of this window (kernels.tasks): parallel, or on this thread
+        task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
+        workers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
+        drive = task.serial if serial else task.parallel
 
-            def interior(x3, y3, i0, i1, j0, j1, ph, pw, task=task, workers=workers) -> None:
-                task.parallel(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
+        def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:
+            drive(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
 
     max_border, ave_border = _max_border, _ave_border
     if serial:
-        interior = None if interior is None else serial_twin(interior)
         max_border, ave_border = serial_twin(_max_border), serial_twin(_ave_border)
     inner_args = (*rect, p[0], p[1])
     border_args = ((k[0], k[1], s[0], s[1], p[0], p[1]), rect)
@@ -684,7 +652,7 @@ def pool2d_backward(
         dy3, dx3 = dy.reshape(n * c, oh, ow), out.reshape(n * c, h, w)
         kernels, rect, border = _regions(dx3.shape, dy3.shape, k, s, p)
         if kernels is not None:
-            kernels[3](dy3, dx3, *rect, p[0], p[1])
+            kernels[1](dy3, dx3, *rect, p[0], p[1])
         if border:
             _ave_backward_border(dy3, dx3, kernels is None, (k[0], k[1], s[0], s[1], p[0], p[1]), rect)
         return out

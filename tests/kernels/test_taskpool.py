@@ -107,12 +107,20 @@ def test_a_forked_child_launches_on_a_pool_of_its_own() -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-@njit(parallel=True, cache=False)
-def _omp_sum(x):  # pragma: no cover - compiled
-    s = 0.0
-    for i in prange(x.shape[0]):
-        s += x[i]
-    return s
+def _parallel_sum():
+    """A new OpenMP kernel (not compiled yet): sum(x) in a prange loop."""
+
+    @njit(parallel=True, cache=False)
+    def total(x):  # pragma: no cover - compiled
+        s = 0.0
+        for i in prange(x.shape[0]):
+            s += x[i]
+        return s
+
+    return total
+
+
+_omp_sum = _parallel_sum()
 
 
 def test_openmp_loops_are_counted() -> None:
@@ -197,13 +205,7 @@ def test_warm_compiles_the_openmp_launcher_for_a_pass_that_runs_openmp_loops(mon
     monkeypatch.setattr(tasks._LAUNCH, "load_cached", lambda: False)
     monkeypatch.setattr(tasks._LAUNCH, "compile", lambda: pytest.fail("compiled while recording"))
 
-    @njit(parallel=True, cache=False)
-    def fresh(x):  # pragma: no cover - compiled
-        s = 0.0
-        for i in prange(x.shape[0]):
-            s += x[i]
-        return s
-
+    fresh = _parallel_sum()
     calls, error = warm.collect(lambda: fresh(np.ones(10)))
     assert error is None and fresh in calls and tasks._LAUNCH in calls
     calls, error = warm.collect(lambda: None)
