@@ -281,9 +281,9 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
 
 def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
     """The interior forward without a mask (MAX or AVE) for one specialised window as a task body (kernels.tasks):
-    worker t's share of the planes, the same loops as `_interior_kernels`' max_fwd / ave_fwd, so the same bits.
-    Inference plans run these on kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on
-    OpenMP)."""
+    worker t's share of the planes, each output's window in row-major order (MAX: strict >, NaN never wins, as
+    `max_fwd_mask` and the border kernel; AVE: float32 sum, then / kh*kw). Inference plans run these on
+    kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on OpenMP)."""
     KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
     U = np.uint64
     ave = method == "AVE"

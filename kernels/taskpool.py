@@ -57,9 +57,8 @@ _LINE = 8  # int64 per 64-byte line
 _CLAIM, _DONE, _SEQ, _SLEEPERS, _BUSY, _WAITER, _JOB = (i * _LINE for i in range(7))
 
 _lock = threading.Lock()
-_pool = None  # (unused, state address, launch address, worker address, library) of this process
+_pool = None  # (state address, launch address, worker address, library) of this process
 _threads: list[threading.Thread] = []
-_pid = 0
 
 
 def available() -> bool:
@@ -68,7 +67,8 @@ def available() -> bool:
 
 
 def _build():
-    """Compile the launcher and the worker loop for a fresh state block; returns (state, launch, worker, library)."""
+    """Compile the launcher and the worker loop for a fresh state block; returns (state, launch, worker, library)
+    addresses and the library that holds the code."""
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
@@ -80,7 +80,6 @@ def _build():
     if not base:
         raise MemoryError("kernels.taskpool: no memory for the pool's state")
     ctypes.memset(base, 0, size)
-    raw = None
     syscall = ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value
 
     codegen = cpu_target.target_context.codegen()
@@ -257,13 +256,13 @@ def _build():
         library.finalize()
         launch_addr = library.get_pointer_to_function("crema_pool_launch")
         worker_addr = library.get_pointer_to_function("crema_pool_worker")
-    return raw, base, launch_addr, worker_addr, library
+    return base, launch_addr, worker_addr, library
 
 
 def _after_fork_in_child() -> None:
     """A forked child has none of the parent's threads: its pool starts afresh (new state, new threads) on first use."""
-    global _pool, _threads, _pid, _lock
-    _pool, _threads, _pid, _lock = None, [], 0, threading.Lock()
+    global _pool, _threads, _lock
+    _pool, _threads, _lock = None, [], threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -273,26 +272,25 @@ if hasattr(os, "register_at_fork"):
 def launcher(threads: int) -> int:
     """The launcher's address, with `threads` - 1 pool threads running (started here, once per process; more are
     added when a larger count is asked for); 0 where the pool is not available (see `available`)."""
-    global _pool, _pid
+    global _pool
     if not available():
         return 0
     with _lock:
         if _pool is None:
             _pool = _build()
-            _pid = os.getpid()
-        worker = ctypes.CFUNCTYPE(None)(_pool[3])  # a ctypes call releases the GIL: the loop runs without it
+        worker = ctypes.CFUNCTYPE(None)(_pool[2])  # a ctypes call releases the GIL: the loop runs without it
         while len(_threads) < threads - 1:
             th = threading.Thread(target=worker, name=f"crema-task-{len(_threads) + 1}", daemon=True)
             th.start()
             _threads.append(th)
-        return _pool[2]
+        return _pool[1]
 
 
 def state() -> dict:
     """The pool's counters (tests and diagnostics): generation, next slot, done, sleepers, busy, threads."""
     if _pool is None:
         return {"threads": 0}
-    base = _pool[1]
+    base = _pool[0]
     read = lambda i: ctypes.c_int64.from_address(base + 8 * i).value
     claim = read(_CLAIM)
     return {

@@ -24,9 +24,9 @@ under a symbol of the JIT's table (LAUNCHER_SYMBOL), filled when a task's `addre
 that another program keeps from running never holds a step up; compiled in milliseconds per process), used by
 net.Net for inference plans that run no OpenMP loop, and `_LAUNCH`, a parallel C callback compiled once per machine
 (``for t in prange(workers): tramp(t, block)`` on Numba's OpenMP threads), for everything else. (Before, each task's
-parallel driver had a prange loop of its own, 0.3-0.6 s to compile each.) The numbers are those of the body compiled inside a kernel: same code, same order of
-operations, and by default NumPy's error model, as Numba compiles a prange body (no zero test around each integer //
-and %).
+parallel driver had a prange loop of its own, 0.3-0.6 s to compile each.) The numbers are those of the body compiled
+inside a kernel: same code, same order of operations, and by default NumPy's error model, as Numba compiles a prange
+body (no zero test around each integer // and %).
 
 Safety: a driver calls an address, so the argument types the caller passes must be the ones the body was compiled
 for. Each task has its own drivers, built with its declared types; a driver called with other types fails to
@@ -356,7 +356,7 @@ _LAUNCH = Task(_launch_body, (types.int64, types.int64), parallel=True)
 POOL_ENV = "CREMA_TASK_POOL"  # "0": Numba's OpenMP loop (_LAUNCH) launches the tasks even where the pool is available
 _pool_address = 0  # kernels.taskpool's launcher, once started
 _pooled = False  # which launcher the slot holds: the pool's (True) or _LAUNCH's
-_pool_ok: bool | None = None  # pool_enabled(), read once
+_pool_ok = False  # pool_enabled(), read once at import (`_start_counting`)
 
 
 def pool_enabled() -> bool:
@@ -374,8 +374,6 @@ def use_pool(on: bool) -> bool:
     the same results. The pool's threads start on first use (not while `recording()`: nothing launches then, and
     net.warm may fork after it); `_LAUNCH` is loaded or compiled on first use (recorded while `recording()`)."""
     global _pool_address, _pooled, _armed, _pool_ok
-    if _pool_ok is None:
-        _pool_ok = pool_enabled()
     on = on and _pool_ok
     if on == _pooled and _armed:
         return on
@@ -410,9 +408,11 @@ def _arm() -> None:
 
 
 def _start_counting() -> None:
-    """Count Numba's OpenMP loops from import on (kernels.taskpool.install_omp_probe; nothing is started), so that
-    kernels linked later, every plan's, are counted."""
-    if pool_enabled():
+    """Where the pool is enabled, count Numba's OpenMP loops from import on (kernels.taskpool.install_omp_probe;
+    nothing is started), so that kernels linked later, every plan's, are counted."""
+    global _pool_ok
+    _pool_ok = pool_enabled()
+    if _pool_ok:
         from kernels import taskpool
 
         taskpool.install_omp_probe()

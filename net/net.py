@@ -509,10 +509,10 @@ class Net:
             try:
                 plan = self._plan_for(threads)
                 if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
-                    pooled = tasks.use_pool(True)
-                    before = taskpool.omp_loops()
+                    deciding = tasks.use_pool(True) and plan.pool is None  # its first forward on the pool decides
+                    before = taskpool.omp_loops() if deciding else 0
                     self._run_plan(plan, timings)
-                    if plan.pool is None and pooled:  # its first forward on the pool decides
+                    if deciding:
                         plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
                 else:
                     tasks.use_pool(False)
