@@ -88,11 +88,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _zoo_files(model: str, weights: str | None) -> tuple[str, str | None]:
-    """A Caffe zoo name (net.zoo.CAFFE_ZOO) that is not a file: its models/NAME/deploy.prototxt, and its downloaded
+    """A model name (net.zoo.MODEL_NAMES: the default model converted once into the cache, as `crema classify` finds
+    it) or a Caffe zoo name (net.zoo.CAFFE_ZOO) that is not a file: its models/NAME/deploy.prototxt, and its downloaded
     weights when there are any and none were given (else the prototxt's fillers). Anything else as given."""
     from net.zoo import CAFFE_ZOO, zoo_prototxt, zoo_weights
 
     key = model.lower()
+    if is_model_name(key) and key not in CAFFE_ZOO and not Path(model).exists():  # as classify finds them
+        files = resolve(key)
+        return str(files.prototxt), weights if weights is not None else str(files.weights)
     if key not in CAFFE_ZOO or Path(model).exists():
         return model, weights
     if weights is None and zoo_weights(key).is_file():

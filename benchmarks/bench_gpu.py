@@ -1,13 +1,17 @@
 """GPU benchmarks: crema's CUDA kernels against cuBLAS (cupy.matmul) and cuDNN (PyTorch), in one process on one device.
 
-    python -m benchmarks.bench_gpu                                   # sgemm, CaffeNet conv layers, LeNet and CaffeNet
+    python -m benchmarks.bench_gpu                 # sgemm, CaffeNet conv layers, LeNet, CaffeNet, EfficientNet-Lite0
     python -m benchmarks.bench_gpu --only sgemm --sizes 1024,2048,4096,8192 [--naive]
     python -m benchmarks.bench_gpu --only conv --batches 1,64,256
     python -m benchmarks.bench_gpu --only nets --json benchmarks/results/gpu.json
 
 Needs CuPy and a CUDA device: without them it prints why and exits with status 2. PyTorch with CUDA is the conv and
-net reference (those lines show n/a without it). Every result is checked against its reference before anything is
-timed (exit status 1 on a mismatch: GEMM and conv max abs err <= 1e-4 * sqrt(K) * max|ref|, net softmax <= 1e-5).
+net reference (those lines show n/a without it); EfficientNet-Lite0 runs with its real weights (crema's conversion
+against the PyTorch port `efficientnet-lite-pytorch` on the same .pth), LeNet and CaffeNet with random ones. Every
+result is checked against its reference before it is timed; a mismatch or an error is reported and the next
+configuration runs (exit status 1 at the end: GEMM and conv max abs err <= 1e-4 * sqrt(K) * max|ref|; net softmax
+<= 1e-5 against the same net in PyTorch in float64, PyTorch FP32's own error printed beside it: cuDNN's FP32 Winograd
+and FFT convolutions are less exact, and were 1.0e-5 to 1.5e-5 from crema at CaffeNet batch 64 and 256).
 Timing: CUDA events around each call after --warmup calls, min and mean of --iters, ours and the reference in
 alternating rounds. FP32 on both sides: CUPY_TF32=0, torch.backends.cuda.matmul.allow_tf32 = False,
 torch.backends.cudnn.allow_tf32 = False (cudnn.benchmark on, so cuDNN picks its fastest algorithm). GFLOP/s counts
@@ -16,13 +20,15 @@ torch.backends.cudnn.allow_tf32 = False (cudnn.benchmark on, so cuDNN picks its 
 the host -> device copy of the input and the copy of the output back, on both sides. NVRTC compile time (the first
 call of each constant set) is reported on its own line.
 
-One fixed-width line per configuration, the reference on the same line (format only; no figures measured yet):
+One fixed-width line per configuration, the reference on the same line (figures: benchmarks/gpu_notes.md):
     sgemm 4096x4096x4096     |  <mean> ms (min <min>) | <GFLOP/s> GFLOP/s | <%> peak | <ref min / our min>x cublas
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import os
@@ -34,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"lenet": ROOT / "models/lenet/deploy.prototxt", "caffenet": ROOT / "models/caffenet/deploy.prototxt"}
-NET_BATCHES = {"lenet": [64, 10000], "caffenet": [1, 64, 256]}
+NET_BATCHES = {"lenet": [64, 10000], "caffenet": [1, 64, 256], "efficientnet": [1, 64, 256]}
 # name, C, H, M (output channels), k, stride, pad, group
 CAFFENET_CONV = [
     ("conv1", 3, 227, 96, 11, 4, 0, 1),
@@ -44,6 +50,7 @@ CAFFENET_CONV = [
     ("conv5", 384, 13, 256, 3, 1, 1, 2),
 ]
 RESULTS: list[dict] = []
+FAILURES: list[str] = []  # mismatches and errors: reported as they happen, exit status 1 at the end
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +58,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=["sgemm", "conv", "nets"], help="run one group only")
     p.add_argument("--sizes", default="1024,2048,4096,8192", help="square SGEMM sizes")
     p.add_argument("--batches", default="1,64,256", help="batches for the CaffeNet conv layers")
+    p.add_argument("--models", default="lenet,caffenet,efficientnet", help="nets of the nets group")
     p.add_argument("--naive", action="store_true", help="also time the one-thread-per-output sgemm_naive")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
@@ -99,12 +107,22 @@ def _report(cp, label: str, ours, ref, flops: float, ref_name: str, args: argpar
     )
 
 
-def _check(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> None:
+def _check(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> bool:
     err = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
     status = "ok" if err <= tol else "MISMATCH"
     print(f"check {name:<40} max abs err {err:.3e} (tol {tol:.3e}) {status}")
     if status != "ok":
-        sys.exit(1)
+        FAILURES.append(f"{name}: max abs err {err:.3e} > {tol:.3e}")
+    return status == "ok"
+
+
+def _guarded(label: str, fn) -> None:
+    """Run one configuration; an exception is reported (one line) and counted, and the next configuration runs."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - one broken configuration must not hide the others' figures
+        print(f"ERROR {label}: {type(exc).__name__}: {exc}")
+        FAILURES.append(f"{label}: {type(exc).__name__}: {exc}")
 
 
 def _first_call(label: str, fn) -> None:
@@ -119,7 +137,8 @@ def bench_sgemm(cp, gpu, args: argparse.Namespace) -> None:
     from kernels.gpu import gemm as gpu_gemm
 
     rng = np.random.default_rng(0)
-    for n in (int(s) for s in args.sizes.split(",")):
+
+    def one(n: int) -> None:
         a, b = (cp.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
         ours_c, ref_c = cp.empty((n, n), cp.float32), cp.empty((n, n), cp.float32)
         _first_call(f"sgemm {n}", lambda a=a, b=b, c=ours_c: gpu_gemm.gemm(a, b, out=c))
@@ -135,34 +154,39 @@ def bench_sgemm(cp, gpu, args: argparse.Namespace) -> None:
             _check(f"sgemm_naive {n}", cp.asnumpy(gpu_gemm.sgemm_naive(a, b)), ref_host, tol)
             naive = lambda a=a, b=b: gpu_gemm.sgemm_naive(a, b)
             _report(cp, f"sgemm_naive {n}x{n}x{n}", naive, ref, flops, "cublas", args)
-        del a, b, ours_c, ref_c
+
+    for n in (int(s) for s in args.sizes.split(",")):
+        _guarded(f"sgemm {n}", lambda n=n: one(n))
         cp.get_default_memory_pool().free_all_blocks()
 
 
 def bench_conv(cp, gpu, torch, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
+
+    def one(batch: int, name: str, c: int, h: int, m: int, k: int, s: int, p: int, g: int) -> None:
+        x = cp.asarray(rng.standard_normal((batch, c, h, h), dtype=np.float32))
+        w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
+        bias = cp.asarray(rng.standard_normal(m, dtype=np.float32))
+        kw = {"stride": (s, s), "pad": (p, p), "group": g}
+        ours = lambda: gpu.conv2d_forward(x, w, bias, **kw)
+        _first_call(f"{name} N={batch}", ours)
+        y = ours()
+        oh = y.shape[2]
+        ref = None
+        if torch is not None:
+            xt, wt, bt = (torch.from_dlpack(v) for v in (x, w, bias))
+            tkw = {"stride": s, "padding": p, "groups": g}
+            ref = lambda: torch.nn.functional.conv2d(xt, wt, bt, **tkw)
+            want = cp.asnumpy(cp.from_dlpack(ref()))
+            scale = float(np.abs(want).max())
+            _check(f"{name} N={batch} vs cudnn", cp.asnumpy(y), want, 1e-4 * math.sqrt(c // g * k * k) * scale)
+        flops = 2.0 * batch * m * oh * oh * (c // g) * k * k
+        label = f"{name} fwd gpu N={batch} C={c} H={h} K={m} k={k} g={g}"
+        _report(cp, label, ours, ref, flops, "cudnn", args)
+
     for batch in (int(s) for s in args.batches.split(",")):
-        for name, c, h, m, k, s, p, g in CAFFENET_CONV:
-            x = cp.asarray(rng.standard_normal((batch, c, h, h), dtype=np.float32))
-            w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
-            bias = cp.asarray(rng.standard_normal(m, dtype=np.float32))
-            kw = {"stride": (s, s), "pad": (p, p), "group": g}
-            ours = lambda x=x, w=w, bias=bias, kw=kw: gpu.conv2d_forward(x, w, bias, **kw)
-            _first_call(f"{name} N={batch}", ours)
-            y = ours()
-            oh = y.shape[2]
-            ref = None
-            if torch is not None:
-                xt, wt, bt = (torch.from_dlpack(v) for v in (x, w, bias))
-                tkw = {"stride": s, "padding": p, "groups": g}
-                ref = lambda xt=xt, wt=wt, bt=bt, tkw=tkw: torch.nn.functional.conv2d(xt, wt, bt, **tkw)
-                want = cp.asnumpy(cp.from_dlpack(ref()))
-                scale = float(np.abs(want).max())
-                _check(f"{name} N={batch} vs cudnn", cp.asnumpy(y), want, 1e-4 * math.sqrt(c // g * k * k) * scale)
-            flops = 2.0 * batch * m * oh * oh * (c // g) * k * k
-            label = f"{name} fwd gpu N={batch} C={c} H={h} K={m} k={k} g={g}"
-            _report(cp, label, ours, ref, flops, "cudnn", args)
-            del x, w, bias, y
+        for spec in CAFFENET_CONV:
+            _guarded(f"{spec[0]} N={batch}", lambda batch=batch, spec=spec: one(batch, *spec))
             cp.get_default_memory_pool().free_all_blocks()
 
 
@@ -177,13 +201,15 @@ def _randomize(net, seed: int) -> None:
             b[...] = rng.normal(0.0, 0.1, size=b.shape)
 
 
-def _torch_net(net, torch):
-    """The same net in PyTorch on CUDA (the layer types of LeNet and CaffeNet), from the net's host weights."""
+def _torch_net(net, torch, dtype=None):
+    """The same net in PyTorch on CUDA (the layer types of LeNet and CaffeNet), from the net's host weights; in
+    `dtype` (default float32; float64: the accuracy reference) with float32 results."""
     f = torch.nn.functional
     dev = torch.device("cuda")
+    dtype = dtype or torch.float32
     steps = []
     for layer in net.layers:
-        params = [torch.from_numpy(np.array(b.data)).to(dev) for b in layer.blobs]
+        params = [torch.from_numpy(np.array(b.data)).to(dev, dtype) for b in layer.blobs]
         if layer.type == "Convolution":
             conv = {"stride": layer.stride, "padding": layer.pad, "dilation": layer.dilation, "groups": layer.group}
             steps.append(lambda t, p=params, conv=conv: f.conv2d(t, *p, **conv))
@@ -204,10 +230,10 @@ def _torch_net(net, torch):
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t = torch.from_numpy(x).to(dev)
+            t = torch.from_numpy(x).to(dev, dtype)
             for step in steps:
                 t = step(t)
-            return t.cpu().numpy()
+            return t.float().cpu().numpy()
 
     return run
 
@@ -222,26 +248,70 @@ def _net_flops(net) -> float:
     return total
 
 
+@functools.cache
+def _efficientnet(torch):
+    """EfficientNet-Lite0 with its real ImageNet weights: crema's GPU net from the Caffe files crema converts (into a
+    temporary cache), and the PyTorch port (`efficientnet-lite-pytorch`) on CUDA with the same .pth, + softmax. Made
+    once, for every batch."""
+    import tempfile
+
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(cache=Path(tempfile.mkdtemp(prefix="crema-bench-gpu-")), say=lambda _msg: None)
+    net = Net.load(str(files.prototxt), str(files.weights), phase="test", device="gpu")
+    if torch is not None:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from net.pth import load_state_dict
+        from net.zoo import efficientnet_pth
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in load_state_dict(efficientnet_pth()).items()})
+        model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval().to("cuda")
+        model64 = copy.deepcopy(model).double()
+
+        def ref(x, model=model):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x).to("cuda")).cpu().numpy()
+
+        def ref64(x, model=model64):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x).to("cuda", torch.float64)).float().cpu().numpy()
+
+        return net, ref, ref64
+    return net, None, None
+
+
 def bench_nets(cp, torch, args: argparse.Namespace) -> None:
     from net import Net
 
-    for name, path in MODELS.items():
-        for batch in NET_BATCHES[name]:
-            net = Net.load(path, phase="test", device="gpu")
+    def one(name: str, batch: int) -> None:
+        if name == "efficientnet":
+            net, ref, ref64 = _efficientnet(torch)
+            x = np.random.default_rng(4).uniform(-1.0, 1.0, (batch, 3, 224, 224)).astype(np.float32)
+        else:
+            net = Net.load(str(MODELS[name]), phase="test", device="gpu")
             _randomize(net, seed=3)
             x = np.random.default_rng(4).random((batch, *net.blob(net.inputs[0]).shape[1:]), dtype=np.float32)
             x = x if name == "lenet" else x * 255 - 120
             ref = _torch_net(net, torch) if torch is not None else None
-            feed = {net.inputs[0]: x}
-            _first_call(f"{name} N={batch}", lambda net=net, feed=feed: net.forward(**feed))
-            out = net.forward(**feed)[net.outputs[-1]]
-            if ref is not None:
-                _check(f"{name} N={batch} vs torch", out, ref(x), 1e-5)
-            label = f"{name} fwd gpu N={batch}"
-            ours = lambda net=net, feed=feed: net.forward(**feed)
-            theirs = (lambda ref=ref, x=x: ref(x)) if ref is not None else None
-            _report(cp, label, ours, theirs, _net_flops(net), "torch", args)
-            del net
+            ref64 = _torch_net(net, torch, torch.float64) if torch is not None else None
+        feed = {net.inputs[0]: x}
+        _first_call(f"{name} N={batch}", lambda: net.forward(**feed))
+        out = net.forward(**feed)[net.outputs[-1]]
+        if ref is not None:  # the gate: crema against float64; PyTorch FP32's own error on the same line, for scale
+            want = ref64(x).reshape(batch, -1)
+            theirs = float(np.abs(ref(x).reshape(batch, -1).astype(np.float64) - want).max())
+            _check(f"{name} N={batch} vs torch fp64 (torch fp32: {theirs:.1e})", out.reshape(batch, -1), want, 1e-5)
+        label = f"{name} fwd gpu N={batch}"
+        ours = lambda: net.forward(**feed)
+        theirs = (lambda: ref(x)) if ref is not None else None
+        _report(cp, label, ours, theirs, _net_flops(net), "torch", args)
+
+    for name in args.models.split(","):
+        for batch in NET_BATCHES[name]:
+            _guarded(f"{name} N={batch}", lambda name=name, batch=batch: one(name, batch))
             cp.get_default_memory_pool().free_all_blocks()
 
 
@@ -278,9 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         bench_nets(cp, torch, args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": props["name"].decode(), "peak_tflops": args.peak_tflops, "iters": args.iters}
+        meta = {
+            "device": props["name"].decode(),
+            "peak_tflops": args.peak_tflops,
+            "iters": args.iters,
+            "failures": FAILURES,
+        }
         Path(args.json).write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
         print(f"raw results: {args.json}")
+    if FAILURES:
+        print(f"{len(FAILURES)} configuration(s) failed:")
+        for line in FAILURES:
+            print(f"  {line}")
+        return 1
     return 0
 
 

@@ -8,7 +8,8 @@
 Layers call `kernels_for(array).conv2d_forward(...)`: CPU kernels for NumPy arrays, `kernels.gpu` for arrays of
 the active GPU runtime, so a Net's layer objects are the same on both devices. `check_device` names the device or
 raises GPUBackendError (a RuntimeError); `prepare` readies a GPU net's data and dropout layers (which layers run on the GPU:
-each class declares `gpu_forward` / `gpu_backward`, checked by net.layers.check_gpu_capable); `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward);
+each class declares `gpu_forward` / `gpu_backward`, checked by net.layers.check_gpu_capable); `to_device` uploads parameters (once: they stay device arrays) and inputs (every forward; `upload_into` copies a
+new batch of the same shape into the input's device array);
 `to_host` brings an output back. Importing this module never imports CuPy.
 
 Training (TRAIN phase): every layer that runs backward must declare `gpu_backward`; backward dispatches like
@@ -114,6 +115,16 @@ def to_device(net: Net) -> None:
         if not rt.is_array(blob.data):
             blob.data = gpu.to_device(blob.data) if name in inputs else rt.empty(blob.shape)
         _diff_to_device(rt, blob)
+
+
+def upload_into(dst: Any, value: Any) -> bool:
+    """Copy a host input of `dst`'s shape into the device array `dst` (a GPU net's input blob after its first forward:
+    every later batch of that shape goes there, through kernels.gpu.upload's page-locked staging); False, with
+    nothing done, where `dst` is not a device array or the shapes differ (the caller stores a host copy)."""
+    if type(value) is not np.ndarray or value.shape != dst.shape or value.dtype.kind not in "fiub" or not gpu.owns(dst):
+        return False
+    gpu.upload(dst, value)
+    return True
 
 
 def _diff_to_device(rt: Any, blob: Any) -> None:

@@ -32,7 +32,17 @@ from kernels import taskpool, tasks
 from . import arena
 from .blob import Blob
 from .contention import threads_for
-from .device import assign, check_device, full_like, host, prepare, synchronize, to_device, to_host
+from .device import (
+    assign,
+    check_device,
+    full_like,
+    host,
+    prepare,
+    synchronize,
+    to_device,
+    to_host,
+    upload_into,
+)
 from .layers import NO_STEP, InputLayer, Layer, check_gpu_capable, create_layer
 from .memory import (
     Budget,
@@ -464,6 +474,8 @@ class Net:
             raise ValueError(f"{name!r} is not an input of net '{self.name}' (inputs: {', '.join(self.inputs)})")
         blob = self._blobs[name]
         old = blob.data
+        if self.device != "cpu" and upload_into(old, value):
+            return  # into the device input: no host copy, no new device array
         if (
             type(value) is np.ndarray
             and value.shape == old.shape

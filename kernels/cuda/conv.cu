@@ -142,6 +142,39 @@ conv2d_igemm(const float* __restrict__ x, const float* __restrict__ w, const flo
     }
 }
 
+// ---- depthwise forward (group == C == M: one input channel per output channel) ---------------------------------------
+// As an implicit GEMM each group would be one row (Mg = 1) of a BM-row tile; here one thread per output
+// (image, channel, oy, ox) sums its KH x KW taps in row order, then adds the bias and applies F_RELU. Grid-stride over
+// y's n_img * C * OH * OW elements, in y's order (coalesced stores; neighbouring threads read neighbouring pixels).
+extern "C" __global__ void conv2d_depthwise(const float* __restrict__ x, const float* __restrict__ w,
+                                            const float* __restrict__ bias, float* __restrict__ y, int n_img, int C,
+                                            int H, int W, int OH, int OW, int sh, int sw, int ph, int pw, int dh,
+                                            int dw, int flags) {
+    const int total = n_img * C * OH * OW;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const int ox = t % OW, r1 = t / OW;
+        const int oy = r1 % OH, plane = r1 / OH;  // plane = image * C + channel
+        const int c = plane % C;
+        const float* xp = x + plane * H * W;
+        const float* wp = w + c * KH * KW;
+        const int iy0 = oy * sh - ph, ix0 = ox * sw - pw;
+        float acc = 0.f;
+#pragma unroll
+        for (int i = 0; i < KH; ++i) {
+            const int iy = iy0 + i * dh;
+            if (iy < 0 || iy >= H) continue;
+#pragma unroll
+            for (int j = 0; j < KW; ++j) {
+                const int ix = ix0 + j * dw;
+                if (ix < 0 || ix >= W) continue;
+                acc = fmaf(xp[iy * W + ix], wp[i * KW + j], acc);
+            }
+        }
+        if (flags & F_BIAS) acc += bias[c];
+        y[t] = (flags & F_RELU) ? fmaxf(acc, 0.f) : acc;
+    }
+}
+
 // ---- backward -------------------------------------------------------------------------------------------------------
 // dy (n_img, M, P) -> dyp (M, n_img * P).
 extern "C" __global__ void pack_dy(const float* __restrict__ dy, float* __restrict__ dyp, int n_img, int M, int P) {

@@ -2,9 +2,10 @@
 // kernels/lrn.py). CUDA C for NVRTC (no #include), loaded by kernels/gpu/lrn.py.
 //
 // Kernels (n = local_size, odd; r = (n - 1) / 2):
-//   1. lrn_across   ACROSS_CHANNELS: one thread per (image, pixel), walking the channels with a running float64 sum
-//                   of squares (add the channel entering the window, drop the one leaving) in the CPU kernel's order;
-//                   scale = float(k + alpha / n * sum); y = x * scale^-beta. Coalesced along pixels.
+//   1. lrn_across   ACROSS_CHANNELS: one thread per output, the float64 sum of squares of its n-channel window
+//                   (clipped at the ends); scale = float(k + alpha / n * sum); y = x * scale^-beta. Coalesced along
+//                   pixels. (The CPU kernel keeps a running sum along the channels instead: the float64 sums differ
+//                   in their last bits at most, far below the float32 rounding of the scale.)
 //   2. lrn_within   WITHIN_CHANNEL: one thread per output, the n x n window (zero padded) summed in float64;
 //                   scale = float(1 + alpha / n^2 * sum) (k is ignored, as in Caffe).
 //   3. lrn_across_backward   one thread per (image, pixel) walking the channels twice with float64 running sums:
@@ -25,33 +26,23 @@ __device__ __forceinline__ float pow_neg(float s, float beta) {
 }
 
 // ---- forward --------------------------------------------------------------------------------------------------------
-// x, y (N, C, P) with P = H * W.
+// x, y (N, C, P) with P = H * W. One thread per output: its own window of n channels (float64 sum of squares), so a
+// batch of one image has C times the threads a walk along the channels would have.
 extern "C" __global__ void lrn_across(const float* __restrict__ x, float* __restrict__ y, int N, int C, int P,
                                       int size, double alpha_over_n, float beta, double k) {
     const int r = (size - 1) / 2;
-    const int total = N * P;
+    const int total = N * C * P;
     for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
-        const int b = t / P, p = t - b * P;
+        const int p = t % P, bc = t / P;
+        const int c = bc % C, b = bc / C;
         const float* xp = x + b * C * P + p;
-        float* yp = y + b * C * P + p;
         double acc = 0.0;
-        for (int c = 0; c < min(r, C); ++c) {
-            const double v = (double)xp[c * P];
+        for (int cc = max(c - r, 0); cc <= min(c + r, C - 1); ++cc) {
+            const double v = (double)xp[cc * P];
             acc += v * v;
         }
-        for (int c = 0; c < C; ++c) {
-            const int head = c + r, tail = c - r - 1;
-            if (head < C) {
-                const double v = (double)xp[head * P];
-                acc += v * v;
-            }
-            if (tail >= 0) {
-                const double v = (double)xp[tail * P];
-                acc -= v * v;
-            }
-            const float s = (float)(k + alpha_over_n * acc);
-            yp[c * P] = xp[c * P] * pow_neg(s, beta);
-        }
+        const float s = (float)(k + alpha_over_n * acc);
+        y[t] = x[t] * pow_neg(s, beta);
     }
 }
 

@@ -48,6 +48,7 @@ from kernels.gpu.backend import (
     to_device,
     to_host,
     unavailable_reason,
+    upload,
     use_runtime,
 )
 from kernels.gpu.conv import conv2d_backward, conv2d_forward
@@ -103,5 +104,6 @@ __all__ = [
     "to_device",
     "to_host",
     "unavailable_reason",
+    "upload",
     "use_runtime",
 ]

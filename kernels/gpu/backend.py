@@ -23,6 +23,7 @@ over a flat array, in launches below 2^30 elements).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Runtime(Protocol):
     def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> Any: ...
     def asarray(self, host: np.ndarray) -> Any: ...
     def to_host(self, a: Any) -> np.ndarray: ...
+    def upload(self, dst: Any, host: np.ndarray) -> None: ...
     def is_array(self, a: Any) -> bool: ...
     def contiguous(self, a: Any, dtype: Any = np.float32) -> Any: ...
     def ptr(self, a: Any) -> int: ...
@@ -89,15 +91,27 @@ def define_options(defines: Defines) -> tuple[str, ...]:
 
 
 class CupyRuntime:
-    """CuPy arrays; kernels compiled by NVRTC through cupy.RawModule, cached per (device, source, constants)."""
+    """CuPy arrays; kernels compiled by NVRTC through cupy.RawModule, cached per (device, source, constants).
+
+    `upload` copies a host array into an existing device array through page-locked staging buffers: the host copies
+    into a buffer (a few threads, casting to float32 on the way) overlap the DMA of the previous one on the current
+    stream. A plain copy from pageable memory (cupy.asarray, torch's .to("cuda")) runs at 6.5-16 GB/s on the H200's
+    host (benchmarks/gpu_notes.md); an input batch is often the largest transfer of a forward."""
 
     name = "cupy"
+    STAGE_BYTES = 8 << 20  # one staging buffer; uploads below this are one plain copy
+    STAGES = 3
+    COPY_THREADS = 4
 
     def __init__(self, cupy: Any) -> None:
         self.cp = cupy
         self.sm_count = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
         self._modules: dict[tuple, Any] = {}
         self._functions: dict[tuple, Callable[..., None]] = {}
+        self._stages: list[tuple[Any, np.ndarray]] = []  # (pinned memory, float32 view), made on the first upload
+        self._stage_done: list[Any] = []  # per buffer: the event after its last DMA, or None
+        self._copiers: Any = None  # a ThreadPoolExecutor for the host copies
+        self._upload_lock = threading.Lock()
 
     def function(self, source: str, kernel: str, defines: Defines) -> Callable[..., None]:
         key = (self.cp.cuda.Device().id, source, defines)
@@ -119,6 +133,46 @@ class CupyRuntime:
 
     def to_host(self, a: Any) -> np.ndarray:
         return self.cp.asnumpy(a)
+
+    def upload(self, dst: Any, host: np.ndarray) -> None:
+        """Copy `host` (any real dtype, cast to float32) into the C-contiguous float32 device array `dst` of the same
+        number of elements, ordered on the current stream before whatever is launched next; returns once `host` has
+        been read (the last DMA may still be running: the buffers are reused only after their events)."""
+        src = np.ascontiguousarray(host).reshape(-1)
+        if src.size != dst.size or dst.dtype != np.float32 or not dst.flags.c_contiguous:
+            raise ValueError(f"upload: {host.shape} into a {dst.dtype} device array of shape {dst.shape}")
+        if src.nbytes < self.STAGE_BYTES or src.dtype.kind not in "fiub":
+            dst.set(np.ascontiguousarray(src, dtype=np.float32).reshape(dst.shape))
+            return
+        cp = self.cp
+        with self._upload_lock:
+            if not self._stages:
+                from concurrent.futures import ThreadPoolExecutor
+
+                for _ in range(self.STAGES):
+                    mem = cp.cuda.alloc_pinned_memory(self.STAGE_BYTES)
+                    self._stages.append((mem, np.frombuffer(mem, np.float32, self.STAGE_BYTES // 4)))
+                    self._stage_done.append(None)
+                self._copiers = ThreadPoolExecutor(self.COPY_THREADS, thread_name_prefix="crema-upload")
+            stream = cp.cuda.get_current_stream()
+            step = self.STAGE_BYTES // 4
+            base = int(dst.data.ptr)
+            for i, start in enumerate(range(0, src.size, step)):
+                slot = i % self.STAGES
+                done = self._stage_done[slot]
+                if done is not None:
+                    done.synchronize()  # this buffer's previous DMA has finished
+                n = min(step, src.size - start)
+                buf = self._stages[slot][1]
+                part = -(-n // self.COPY_THREADS)
+                cuts = [(a, min(a + part, n)) for a in range(0, n, part)]
+                parts = [(buf[a:b], src[start + a : start + b]) for a, b in cuts]
+                list(self._copiers.map(lambda pair: np.copyto(*pair, casting="unsafe"), parts))
+                cp.cuda.runtime.memcpyAsync(base + 4 * start, buf.ctypes.data, 4 * n,
+                                            cp.cuda.runtime.memcpyHostToDevice, stream.ptr)  # fmt: skip
+                event = cp.cuda.Event(disable_timing=True)
+                event.record(stream)
+                self._stage_done[slot] = event
 
     def is_array(self, a: Any) -> bool:
         return isinstance(a, self.cp.ndarray)
@@ -198,6 +252,12 @@ def to_device(host: np.ndarray) -> Any:
 
 def to_host(a: Any) -> np.ndarray:
     return runtime().to_host(a)
+
+
+def upload(dst: Any, host: np.ndarray) -> None:
+    """Copy a host array into an existing float32 device array of as many elements (an input batch, every forward:
+    no new device array, and on CuPy page-locked staging buffers instead of a copy from pageable memory)."""
+    runtime().upload(dst, host)
 
 
 def launch(rt: Runtime, source: str, kernel: str, defines: Defines, grid: Grid, block: Grid, args: tuple) -> None:

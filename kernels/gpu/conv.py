@@ -1,6 +1,7 @@
 """GPU convolution (kernels/cuda/conv.cu), forward and backward, same signatures as kernels.conv.
 
-  forward  conv2d_igemm: an implicit GEMM per group (no im2col buffer), bias and ReLU fused into its epilogue
+  forward  conv2d_igemm: an implicit GEMM per group (no im2col buffer), bias and ReLU fused into its epilogue;
+           depthwise (group == C == M, EfficientNet's 3x3 / 5x5): conv2d_depthwise, one thread per output
   backward dW_g += dY_g (Mg x Q) @ im2col(X)_g^T (Q x Kg)      Q = images of the chunk x OH x OW
            dX   = col2im(W_g^T (Kg x Mg) @ dY_g (Mg x Q))       (a gather per input pixel: deterministic, no atomics)
            db  += per-channel sums of dY (channel_sum, float64 partial sums; kernels.gpu.elementwise)
@@ -20,7 +21,9 @@ import numpy as np
 from kernels.conv import check_conv2d_args, conv2d_geometry
 from kernels.gpu.activations import clip_forward, relu_forward
 from kernels.gpu.backend import (
+    FLAT_LIMIT,
     INDEX_LIMIT,
+    LARGE,
     check_need,
     chunks,
     device_input,
@@ -69,6 +72,17 @@ def conv2d_forward(
     if out.size == 0:
         return out
     mg, kg, npix = m // group, cg * kh * kw, oh * ow
+    if group == c == m:  # depthwise: one thread per output, not one-row GEMM tiles
+        flags = (F_BIAS if b is not None else 0) | (F_RELU if relu else 0)
+        defines = LARGE.defines() + (("KH", kh), ("KW", kw))  # the tile constants only let conv.cu compile
+        geometry = (i32(c), i32(h), i32(wd), i32(oh), i32(ow), i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw))
+        for i0, i1 in chunks(n, max(c * h * wd, m * npix), FLAT_LIMIT):
+            grid, block = flat_launch((i1 - i0) * m * npix, rt.sm_count)
+            args = (x[i0:i1], w, w if b is None else b, out[i0:i1], i32(i1 - i0), *geometry, i32(flags))
+            launch(rt, "conv", "conv2d_depthwise", defines, grid, block, args)
+        if relu and relu_max != math.inf:
+            clip_forward(out, 0.0, relu_max, out=out)
+        return out
     base = (F_BIAS if b is not None else 0) | (F_VEC_A if kg % 4 == 0 and rt.ptr(w) % 16 == 0 else 0)
     geometry = (i32(c), i32(h), i32(wd), i32(oh), i32(ow), i32(m), i32(group))
     geometry += (i32(sh), i32(sw), i32(ph), i32(pw), i32(dh), i32(dw))

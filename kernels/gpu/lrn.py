@@ -36,7 +36,7 @@ def lrn_forward(
     size = int(local_size)
     if region == "ACROSS_CHANNELS":
         for i0, i1 in chunks(n, c * h * w, FLAT_LIMIT):
-            grid, block = flat_launch((i1 - i0) * h * w, rt.sm_count)
+            grid, block = flat_launch((i1 - i0) * c * h * w, rt.sm_count)
             args = (x[i0:i1], y[i0:i1], i32(i1 - i0), i32(c), i32(h * w), i32(size), f64(float(alpha) / size))
             launch(rt, "lrn", "lrn_across", (), grid, block, (*args, f32(beta), f64(k)))
     else:

@@ -77,6 +77,11 @@ class EmuRuntime:
     def to_host(self, a: Any) -> np.ndarray:
         return np.array(a.view(np.ndarray), copy=True)
 
+    def upload(self, dst: Any, host: np.ndarray) -> None:
+        if host.size != dst.size or dst.dtype != np.float32:
+            raise ValueError(f"upload: {host.shape} into a {dst.dtype} device array of shape {dst.shape}")
+        dst.view(np.ndarray).reshape(-1)[...] = np.asarray(host).reshape(-1)
+
     def is_array(self, a: Any) -> bool:
         return isinstance(a, EmuArray)
 

@@ -104,7 +104,7 @@ def test_python_constants_match_the_cuda_sources() -> None:
 def test_kernel_names() -> None:
     names = {src: gr.kernel_names(gr.cuda_source(src)) for src in gr.SOURCES}
     assert names["gemm"] == ["sgemm", "sgemm_naive"]
-    assert names["conv"] == ["conv2d_igemm", "pack_dy", "im2col", "col2im"]
+    assert names["conv"] == ["conv2d_igemm", "conv2d_depthwise", "pack_dy", "im2col", "col2im"]
     assert names["fc"] == ["gemv_rows", "gemv_rows_t"]
     assert names["pool"] == ["pool2d_max", "pool2d_ave", "pool2d_max_backward", "pool2d_ave_backward"]
     assert names["lrn"] == [
@@ -314,6 +314,82 @@ def test_with_cupy_but_no_device(monkeypatch, count, message) -> None:
         Net.load(LENET, device="gpu")
 
 
+class _FakeCupy:
+    """Just enough of CuPy for CupyRuntime.upload: pinned memory as host bytes, memcpyAsync as a memmove, events that
+    record the order of copies and waits (checked: a staging buffer is refilled only after its last DMA's event)."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.log: list[tuple] = []
+        fake = self
+
+        class Event:
+            def __init__(self, disable_timing: bool = False) -> None:
+                self.id = None
+
+            def record(self, stream) -> None:
+                self.id = len(fake.log)
+                fake.log.append(("record", self.id))
+
+            def synchronize(self) -> None:
+                fake.log.append(("wait", self.id))
+
+        class Runtime:
+            memcpyHostToDevice = 1
+
+            @staticmethod
+            def memcpyAsync(dst, src, nbytes, kind, stream) -> None:
+                assert kind == 1 and stream == 7
+                fake.log.append(("copy", src, nbytes))
+                ctypes.memmove(dst, src, nbytes)
+
+        self.cuda = types.SimpleNamespace(
+            alloc_pinned_memory=lambda n: bytearray(n),
+            runtime=Runtime,
+            Event=Event,
+            get_current_stream=lambda: types.SimpleNamespace(ptr=7),
+        )
+
+
+class _FakeDeviceArray(np.ndarray):
+    @property
+    def data(self):  # CuPy's MemoryPointer: .ptr
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def set(self, host: np.ndarray) -> None:
+        self[...] = host
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("count", [5, 64, 999, 4097])
+def test_cupy_runtime_upload_stages_through_pinned_buffers(monkeypatch, dtype, count) -> None:
+    """kernels.gpu.backend.CupyRuntime.upload on a fake CuPy, with 64-byte staging buffers: every element arrives,
+    cast to float32, in order, whatever the count (tails, one buffer, many rounds of the 3 buffers); a buffer is
+    refilled only after waiting for its previous copy's event."""
+    fake = _FakeCupy()
+    rt = object.__new__(gr.CupyRuntime)
+    rt.cp, rt._stages, rt._stage_done, rt._copiers = fake, [], [], None
+    rt._upload_lock = __import__("threading").Lock()
+    monkeypatch.setattr(gr.CupyRuntime, "STAGE_BYTES", 64)
+    host = (np.random.default_rng(count).random(count) * 200).astype(dtype).reshape(1, -1)
+    dst = np.full(host.shape, np.nan, np.float32).view(_FakeDeviceArray)
+    rt.upload(dst, host)
+    np.testing.assert_array_equal(np.asarray(dst), host.astype(np.float32))
+    copies = [e for e in fake.log if e[0] == "copy"]
+    assert sum(n for _, _, n in copies) == 4 * count if count * np.dtype(dtype).itemsize >= 64 else not copies
+    last_record: dict[int, int] = {}
+    for i, entry in enumerate(fake.log):  # the copy from a buffer follows a wait on that buffer's previous record
+        if entry[0] == "copy" and entry[1] in last_record:
+            assert ("wait", last_record[entry[1]]) in fake.log[:i]
+        if entry[0] == "record":
+            last_record[fake.log[i - 1][1]] = entry[1]
+    with pytest.raises(ValueError, match="upload"):
+        rt.upload(np.zeros((2, 3), np.float32).view(_FakeDeviceArray), np.zeros(5, np.float32))
+    if rt._copiers is not None:
+        rt._copiers.shutdown()
+
+
 def test_unknown_device_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="device must be one of cpu, gpu, got 'tpu'"):
         Net.load(LENET, device="tpu")
@@ -449,6 +525,9 @@ CONV_CASES = [  # x shape, w shape, stride, pad, dilation, group, bias, relu
     ((1, 3, 35, 35), (16, 3, 11, 11), 4, 0, 1, 1, True, True),  # CaffeNet conv1-like
     ((1, 32, 13, 13), (48, 16, 3, 3), 1, 1, 1, 2, True, True),  # CaffeNet conv5-like: split-K + ReLU afterwards
     ((4, 20, 12, 12), (50, 20, 5, 5), 1, 0, 1, 1, True, False),  # LeNet conv2
+    ((2, 8, 9, 11), (8, 1, 3, 3), 1, 1, 1, 8, True, True),  # depthwise (conv2d_depthwise)
+    ((1, 6, 12, 12), (6, 1, 4, 4), 2, 1, 1, 6, True, False),  # depthwise, EfficientNet's stride-2 (k+1) kernel
+    ((2, 5, 10, 9), (5, 1, 5, 5), (2, 1), (2, 1), 2, 5, False, True),  # depthwise, dilated, no bias
 ]
 
 
@@ -619,6 +698,12 @@ def test_net_on_gpu_matches_cpu(dev, model, batch) -> None:
     assert all(dev.is_array(p) for ps in net.params.values() for p in ps)  # weights live on the device
     fused = [layer.name for layer in net.layers if getattr(layer, "fused_relu", False)]
     assert fused == (["conv1", "conv2", "conv3", "conv4", "conv5"] if model == CAFFENET else [])
+    x2 = np.random.default_rng(9).standard_normal(x.shape)  # float64: cast on the way into the device input
+    data = net.blob(net.inputs[0]).data
+    got = net.forward(**{net.inputs[0]: x2})
+    assert net.blob(net.inputs[0]).data is data  # the same shape goes into the same device array (upload_into)
+    for name, value in cpu.forward(**{cpu.inputs[0]: x2}).items():
+        assert_near(got[name], value, NET_ATOL)
     if model == LENET:  # another batch size: blobs are reshaped and re-created on the device
         got = net.forward(**{net.inputs[0]: x[:2]})
         assert_near(got["prob"], want["prob"][:2], NET_ATOL)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from net import Net
 from crema import main
+from net import Net
 from tests.conftest import ROOT, randomize
 
 LENET = str(ROOT / "models/lenet/deploy.prototxt")
@@ -81,6 +82,26 @@ def test_time_and_inspect(capsys):
     assert main(["inspect", LENET]) == 0
     out = capsys.readouterr().out
     assert "total parameters: 431,080" in out  # 520 + 25,050 + 400,500 + 5,010
+
+
+def test_time_and_inspect_take_the_default_model_by_name(monkeypatch, lenet_files, capsys):
+    """`crema time efficientnet-lite0` finds the converted model as `crema classify` does (net.zoo.resolve; here
+    resolve is pointed at LeNet's files, so nothing is converted); Caffe zoo names keep their prototxt."""
+    import crema
+    from net.zoo import ModelFiles
+
+    _, weights, _, _ = lenet_files
+    prototxt, asked = LENET, []
+
+    def resolve(name, **_kw):
+        asked.append(name)
+        return ModelFiles("efficientnet-lite0", Path(prototxt), Path(weights), None, None)
+
+    monkeypatch.setattr(crema, "resolve", resolve)
+    assert main(["time", "efficientnet-lite0", "--batch", "2", "--iterations", "1"]) == 0
+    assert "conv1" in capsys.readouterr().out and asked == ["efficientnet-lite0"]
+    assert crema._zoo_files("EfficientNet-Lite0", "other.caffemodel") == (prototxt, "other.caffemodel")
+    assert crema._zoo_files("caffenet", None)[0].endswith("caffenet/deploy.prototxt") and len(asked) == 2
 
 
 def test_non_image_is_a_clean_error(lenet_files, tmp_path, capsys):
