@@ -157,14 +157,19 @@ def test_zero_first_row_and_column_at_every_pad(k, pad, path) -> None:
         assert (got[:, 2] == b[2]).all()
 
 
-def test_path_choice() -> None:
-    """Blocks of 8 channels for small planes (and stride-2 planes up to 56 x 56), plane by plane for large ones."""
+@pytest.mark.parametrize("l2", [512 << 10, 2 << 20])
+def test_path_choice(monkeypatch, l2) -> None:
+    """Blocks of 8 channels for small planes and stride-2 planes whose two buffers take half of L2 at most (56 x 56
+    with Zen 3's 512 KB, 112 x 112 with 2 MB), plane by plane for large ones."""
+    from kernels import depthwise as dw
+
+    monkeypatch.setattr(dw, "C8_MAX_PIXELS_STRIDED", max(4096, l2 // 128))
     rng = np.random.default_rng(0)
     chosen = []
     for c, h, k, stride in LITE0:
         w, pad = _caffe_weights(rng, 1, k, stride)
         chosen.append(DepthwiseRunner((1, c, h, h), (c, *w.shape[1:]), stride, pad).c8)
-    assert chosen == [False, False, False, True, True, True, True, True, True, True, True, True]
+    assert chosen == [False, l2 >= 2 << 20, False, True, True, True, True, True, True, True, True, True]
 
 
 def test_reference_by_hand() -> None:
@@ -420,7 +425,8 @@ def test_large_inputs_take_the_channel_blocks_at_any_plane_size() -> None:
     C8_ANY_PLANE_X_BYTES or more (read from memory); which path runs never changes the bits (the forced-path tests)."""
     from kernels import depthwise as dw
 
-    assert not dw.DepthwiseRunner((1, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8
+    assert not dw.DepthwiseRunner((1, 32, 112, 112), (32, 1, 3, 3), (1, 1), (1, 1)).c8
+    assert dw.DepthwiseRunner((1, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8 == (dw.C8_MAX_PIXELS_STRIDED >= 114**2)
     assert dw.DepthwiseRunner((8, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8
     assert not dw.DepthwiseRunner((1, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
     assert dw.DepthwiseRunner((32, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
