@@ -51,6 +51,19 @@ CAFFENET_CONV = [
 ]
 RESULTS: list[dict] = []
 FAILURES: list[str] = []  # mismatches and errors: reported as they happen, exit status 1 at the end
+SAVE: list = []  # the --json writer, once main has made it
+
+
+def _save() -> None:
+    for write in SAVE:
+        write()
+
+
+def _models(text: str) -> str:
+    unknown = [m for m in text.split(",") if m not in NET_BATCHES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model {', '.join(unknown)} (have: {', '.join(NET_BATCHES)})")
+    return text
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +71,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=["sgemm", "conv", "nets"], help="run one group only")
     p.add_argument("--sizes", default="1024,2048,4096,8192", help="square SGEMM sizes")
     p.add_argument("--batches", default="1,64,256", help="batches for the CaffeNet conv layers")
-    p.add_argument("--models", default="lenet,caffenet,efficientnet", help="nets of the nets group")
+    p.add_argument("--models", default="lenet,caffenet,efficientnet", type=_models, help="nets of the nets group")
     p.add_argument("--naive", action="store_true", help="also time the one-thread-per-output sgemm_naive")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
@@ -123,6 +136,7 @@ def _guarded(label: str, fn) -> None:
     except Exception as exc:  # noqa: BLE001 - one broken configuration must not hide the others' figures
         print(f"ERROR {label}: {type(exc).__name__}: {exc}")
         FAILURES.append(f"{label}: {type(exc).__name__}: {exc}")
+    _save()
 
 
 def _first_call(label: str, fn) -> None:
@@ -260,9 +274,12 @@ def _efficientnet(torch):
 
     files = efficientnet_lite0(cache=Path(tempfile.mkdtemp(prefix="crema-bench-gpu-")), say=lambda _msg: None)
     net = Net.load(str(files.prototxt), str(files.weights), phase="test", device="gpu")
-    if torch is not None:
+    try:
         from efficientnet_lite_pytorch import EfficientNet
-
+    except ImportError:
+        print("efficientnet-lite-pytorch is not installed: EfficientNet-Lite0 lines show no PyTorch reference")
+        torch = None
+    if torch is not None:
         from net.pth import load_state_dict
         from net.zoo import efficientnet_pth
 
@@ -340,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     print(f"device {props['name'].decode()} ({gpu.runtime().sm_count} SMs), cupy {cp.__version__}, ", end="")
     print(f"torch {getattr(torch, '__version__', 'absent')}, peak {args.peak_tflops} TFLOP/s FP32")
+    meta = {"device": props["name"].decode(), "peak_tflops": args.peak_tflops, "iters": args.iters}
+    if args.json:  # rewritten after every configuration: a run stopped by a time limit keeps what it measured
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        SAVE.append(lambda: Path(args.json).write_text(
+            json.dumps({"meta": {**meta, "failures": FAILURES}, "results": RESULTS}, indent=1)
+        ))  # fmt: skip
     if args.only in (None, "sgemm"):
         bench_sgemm(cp, gpu, args)
     if args.only in (None, "conv"):
@@ -347,14 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "nets"):
         bench_nets(cp, torch, args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "device": props["name"].decode(),
-            "peak_tflops": args.peak_tflops,
-            "iters": args.iters,
-            "failures": FAILURES,
-        }
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1))
+        _save()
         print(f"raw results: {args.json}")
     if FAILURES:
         print(f"{len(FAILURES)} configuration(s) failed:")

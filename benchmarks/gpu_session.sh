@@ -32,9 +32,10 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it unless not asked for; log to 
   shift 2
   [[ ",$STAGES," == *",$name,"* ]] || return 0
   echo "=== $name (limit ${limit}s, at +$(($(date +%s) - START))s)"
-  setsid "$@" > >(tee "$OUT/$name.log") 2>&1 &
+  setsid "$@" > >(tee "$OUT/$name.log") 2>&1 &  # no job control here: setsid execs, so $! leads the new group
   local pid=$!
-  (sleep "$limit" && kill -TERM -- "-$pid" 2>/dev/null && sleep 5 && kill -KILL -- "-$pid" 2>/dev/null) &
+  # the watchdog's sleep must not hold the script's stdout open after the stage ends (a pipe reading it would wait)
+  (sleep "$limit" && kill -TERM -- "-$pid" && sleep 5 && kill -KILL -- "-$pid") >/dev/null 2>&1 &
   local watchdog=$!
   wait "$pid"
   local rc=$?

@@ -119,9 +119,12 @@ def to_device(net: Net) -> None:
 
 def upload_into(dst: Any, value: Any) -> bool:
     """Copy a host input of `dst`'s shape into the device array `dst` (a GPU net's input blob after its first forward:
-    every later batch of that shape goes there, through kernels.gpu.upload's page-locked staging); False, with
-    nothing done, where `dst` is not a device array or the shapes differ (the caller stores a host copy)."""
+    every later batch of that shape goes there, through kernels.gpu.upload's page-locked staging: a device array
+    kept from `net.blobs` before changes with it); False, with nothing done, where `dst` is not a C-contiguous
+    float32 device array or the shapes differ (the caller stores a host copy)."""
     if type(value) is not np.ndarray or value.shape != dst.shape or value.dtype.kind not in "fiub" or not gpu.owns(dst):
+        return False
+    if dst.dtype != np.float32 or not dst.flags.c_contiguous:
         return False
     gpu.upload(dst, value)
     return True

@@ -22,8 +22,10 @@ over a flat array, in launches below 2^30 elements).
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +114,8 @@ class CupyRuntime:
         self._stage_done: list[Any] = []  # per buffer: the event after its last DMA, or None
         self._copiers: Any = None  # a ThreadPoolExecutor for the host copies
         self._upload_lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (rt := ref()) is not None and rt._after_fork())
 
     def function(self, source: str, kernel: str, defines: Defines) -> Callable[..., None]:
         key = (self.cp.cuda.Device().id, source, defines)
@@ -145,7 +149,7 @@ class CupyRuntime:
             dst.set(np.ascontiguousarray(src, dtype=np.float32).reshape(dst.shape))
             return
         cp = self.cp
-        with self._upload_lock:
+        with self._upload_lock, dst.device:  # dst's device and its current stream, as ndarray.set does
             if not self._stages:
                 from concurrent.futures import ThreadPoolExecutor
 
@@ -166,13 +170,25 @@ class CupyRuntime:
                 buf = self._stages[slot][1]
                 part = -(-n // self.COPY_THREADS)
                 cuts = [(a, min(a + part, n)) for a in range(0, n, part)]
-                parts = [(buf[a:b], src[start + a : start + b]) for a, b in cuts]
-                list(self._copiers.map(lambda pair: np.copyto(*pair, casting="unsafe"), parts))
+                copies = [self._copiers.submit(np.copyto, buf[a:b], src[start + a : start + b], casting="unsafe")
+                          for a, b in cuts]  # fmt: skip
+                try:
+                    for c in copies:
+                        c.result()
+                finally:  # an error or an interrupt: no copy may still be writing the buffer once the lock is free
+                    for c in copies:
+                        c.cancel() or c.exception()
                 cp.cuda.runtime.memcpyAsync(base + 4 * start, buf.ctypes.data, 4 * n,
                                             cp.cuda.runtime.memcpyHostToDevice, stream.ptr)  # fmt: skip
                 event = cp.cuda.Event(disable_timing=True)
                 event.record(stream)
                 self._stage_done[slot] = event
+
+    def _after_fork(self) -> None:
+        """A forked child has none of the copy threads (their pool would wait for them forever) and must not reuse the
+        parent's page-locked buffers: both are made again on its first upload."""
+        self._stages, self._stage_done, self._copiers = [], [], None
+        self._upload_lock = threading.Lock()
 
     def is_array(self, a: Any) -> bool:
         return isinstance(a, self.cp.ndarray)

@@ -20,6 +20,7 @@ reference on random shapes. Tolerances, max abs error:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import json
@@ -357,6 +358,10 @@ class _FakeDeviceArray(np.ndarray):
     def data(self):  # CuPy's MemoryPointer: .ptr
         return types.SimpleNamespace(ptr=self.ctypes.data)
 
+    @property
+    def device(self):  # CuPy's Device: a context manager
+        return contextlib.nullcontext()
+
     def set(self, host: np.ndarray) -> None:
         self[...] = host
 
@@ -388,6 +393,40 @@ def test_cupy_runtime_upload_stages_through_pinned_buffers(monkeypatch, dtype, c
         rt.upload(np.zeros((2, 3), np.float32).view(_FakeDeviceArray), np.zeros(5, np.float32))
     if rt._copiers is not None:
         rt._copiers.shutdown()
+        rt._after_fork()  # what a forked child does first: no threads, no buffers; the next upload makes them again
+        assert rt._copiers is None and rt._stages == [] and not rt._upload_lock.locked()
+        rt.upload(dst, host[:, ::-1])  # a reversed view: copied contiguous first
+        np.testing.assert_array_equal(np.asarray(dst), host[:, ::-1].astype(np.float32))
+        rt._copiers.shutdown()
+
+
+def test_cupy_runtime_upload_waits_for_every_copy_when_one_fails(monkeypatch) -> None:
+    """A host copy that raises: the error reaches the caller, and only after every other copy into that staging
+    buffer has finished (none still writes it when the next upload takes the lock)."""
+    import threading
+    import time
+
+    fake = _FakeCupy()
+    rt = object.__new__(gr.CupyRuntime)
+    rt.cp, rt._stages, rt._stage_done, rt._copiers = fake, [], [], None
+    rt._upload_lock = threading.Lock()
+    monkeypatch.setattr(gr.CupyRuntime, "STAGE_BYTES", 64)
+    finished = []
+    real_copyto = np.copyto
+
+    def copyto(dst, src, casting="same_kind"):
+        if src[0] == 0:
+            raise RuntimeError("copy failed")
+        time.sleep(0.05)
+        real_copyto(dst, src, casting=casting)
+        finished.append(src[0])
+
+    monkeypatch.setattr(gr.np, "copyto", copyto)
+    host = np.arange(16, dtype=np.float32)  # one 64-byte buffer, cut into 4 copies; the first one fails
+    with pytest.raises(RuntimeError, match="copy failed"):
+        rt.upload(np.zeros(16, np.float32).view(_FakeDeviceArray), host)
+    assert sorted(finished) == [4.0, 8.0, 12.0] and not rt._upload_lock.locked()
+    rt._copiers.shutdown()
 
 
 def test_unknown_device_is_a_value_error() -> None:
@@ -540,6 +579,16 @@ def test_conv2d(dev, xs, ws, stride, pad, dilation, group, bias, relu) -> None:
     y = gpu.conv2d_forward(up(x), up(w), None if b is None else up(b), relu=relu, **kw)
     want = conv.conv2d_forward_ref(x, w, b, **kw).astype(np.float64)
     assert_gemm_close(down(y), np.maximum(want, 0) if relu else want, ws[1] * ws[2] * ws[3])
+
+
+def test_depthwise_conv2d_caps_relu6(dev) -> None:
+    """conv2d_depthwise with ReLU6 (relu_max): the fused ReLU in the kernel, then the clip at 6."""
+    rng = np.random.default_rng(6)
+    x, w, b = randn(rng, 2, 8, 10, 10) * 4, randn(rng, 8, 1, 3, 3), randn(rng, 8)
+    y = gpu.conv2d_forward(up(x), up(w), up(b), pad=(1, 1), group=8, relu=True, relu_max=6.0)
+    want = np.clip(conv.conv2d_forward_ref(x, w, b, pad=1, group=8).astype(np.float64), 0.0, 6.0)
+    assert 0 < (want == 6.0).mean() < 0.5
+    assert_gemm_close(down(y), want, 9)
 
 
 def test_conv2d_errors_name_the_problem(dev) -> None:

@@ -74,6 +74,7 @@ CONV_CASES = [  # x shape, w shape, stride, pad, dilation, group
     ((2, 2, 8, 10), (4, 2, 2, 3), (1, 2), (1, 0), 1, 1),
     ((2, 4, 12, 12), (5, 4, 5, 5), 1, 0, 1, 1),  # LeNet conv2-like
     ((1, 3, 19, 19), (4, 3, 11, 11), 4, 0, 1, 1),  # CaffeNet conv1-like
+    ((2, 6, 9, 9), (6, 1, 4, 4), 2, 2, 1, 6),  # depthwise (its forward: conv2d_depthwise), EfficientNet's stride 2
 ]
 
 
