@@ -8,11 +8,14 @@ from collections.abc import Callable
 import numpy as np
 
 
-def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
+def torch_forward(net, dtype: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """A PyTorch function computing `net`'s output from its input, built layer by layer from the
-    crema Net (same weights). Supports the layer types of LeNet and CaffeNet."""
+    crema Net (same weights). Supports the layer types of LeNet and CaffeNet. dtype "float64": weights, input and
+    arithmetic in float64 (the accuracy reference of the tests), output float64."""
     import torch
     import torch.nn.functional as F
+
+    cast = getattr(torch, dtype)
 
     steps = []
     for layer in net.layers:
@@ -20,8 +23,8 @@ def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
         if kind == "Input":
             continue
         if kind == "Convolution":
-            w = torch.from_numpy(layer.blobs[0].data.copy())
-            b = torch.from_numpy(layer.blobs[1].data.copy()) if len(layer.blobs) > 1 else None
+            w = torch.from_numpy(layer.blobs[0].data.copy()).to(cast)
+            b = torch.from_numpy(layer.blobs[1].data.copy()).to(cast) if len(layer.blobs) > 1 else None
             steps.append(
                 lambda x, w=w, b=b, L=layer: F.conv2d(
                     x, w, b, stride=L.stride, padding=L.pad, dilation=L.dilation, groups=L.group
@@ -40,8 +43,8 @@ def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
         elif kind == "ReLU":
             steps.append(F.relu)
         elif kind == "InnerProduct":
-            w = torch.from_numpy(layer.blobs[0].data.copy())
-            b = torch.from_numpy(layer.blobs[1].data.copy()) if len(layer.blobs) > 1 else None
+            w = torch.from_numpy(layer.blobs[0].data.copy()).to(cast)
+            b = torch.from_numpy(layer.blobs[1].data.copy()).to(cast) if len(layer.blobs) > 1 else None
             steps.append(lambda x, w=w, b=b: F.linear(x.reshape(x.shape[0], -1), w, b))
         elif kind == "Softmax":
             steps.append(lambda x: F.softmax(x, dim=1))
@@ -52,7 +55,7 @@ def torch_forward(net) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t = torch.from_numpy(x)
+            t = torch.from_numpy(x).to(cast)
             for step in steps:
                 t = step(t)
             return t.numpy()

@@ -125,9 +125,13 @@ def test_bad_arguments_are_clear_errors():
 
 
 def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
-    """conv3-5 take the Winograd path (counted) and the softmax stays within 1e-5 of OpenCV DNN; with
-    CREMA_WINOGRAD=0 no layer takes it and the output equals kernels.conv's path."""
+    """conv3-5 take the Winograd path (counted). The softmax, with it and without it (CREMA_WINOGRAD=0), is within
+    1.5e-5 of the same net in float64 (PyTorch) and within 1e-5 of OpenCV DNN plus OpenCV's own distance to float64.
+    OpenCV alone is no fixed bound: on an AVX-512 Xeon its softmax was 2.4e-5 from float64 (crema's 0.9e-5 with
+    Winograd, 1.0e-5 without; PyTorch FP32's 0.85e-5), on the AVX2 machines within 1e-5 of crema."""
     cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("torch")
+    from benchmarks.references import torch_forward
     from net import Net
     from tests.conftest import ROOT, randomize
 
@@ -152,12 +156,16 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
     ref.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     ref.setInput(x)
     want_fc8, want_prob = ref.forward(["fc8", "prob"])
-    assert np.max(np.abs(prob - want_prob)) <= 1e-5
+    exact = torch_forward(Net.load(prototxt, weights), dtype="float64")(x)
+    opencv_error = np.max(np.abs(want_prob - exact))
+    assert np.max(np.abs(prob - exact)) <= 1.5e-5
+    assert np.max(np.abs(prob - want_prob)) <= 1e-5 + opencv_error
     assert np.max(np.abs(fc8 - want_fc8)) <= 1e-4 * np.max(np.abs(want_fc8))
     monkeypatch.setenv("CREMA_WINOGRAD", "0")
     calls.clear()
-    off = Net.load(prototxt, weights)
-    assert np.max(np.abs(off.forward(data=x)["prob"] - want_prob)) <= 1e-5
+    off = Net.load(prototxt, weights).forward(data=x)["prob"]
+    assert np.max(np.abs(off - exact)) <= 1.5e-5
+    assert np.max(np.abs(off - want_prob)) <= 1e-5 + opencv_error
     assert calls == []
 
 
