@@ -112,7 +112,9 @@ X_CHUNK_FLOATS = 64 * 1024  # floats of x a task re-reads per row tile (256 KB: 
 SERIAL_MACS = 1 << 18  # below this many multiply-adds a call runs on the calling thread (fork-join: ~2.5 us)
 PACK = True  # copy a task's pixel chunk into contiguous 16-pixel slivers (K, NR) before its row tiles read it
 PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver this many rows' worth at least
-PREFETCH_FLOATS = 16  # the tile's loop over k also prefetches row k of x this far ahead (the next tile) ...
+# the tile's loop over k also prefetches row k of x this far ahead (AVX2: the next tile; AVX-512, 4 lines: the
+# projections at batch 32 with x from memory 1.13-1.16x, K = 144 16.8 -> 14.9 ms, K = 96 11.7 -> 10.1 ms, 1 thread) ...
+PREFETCH_FLOATS = 64 if SLIVERS == 2 else 16
 PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
 SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
