@@ -112,8 +112,9 @@ X_CHUNK_FLOATS = 64 * 1024  # floats of x a task re-reads per row tile (256 KB: 
 SERIAL_MACS = 1 << 18  # below this many multiply-adds a call runs on the calling thread (fork-join: ~2.5 us)
 PACK = True  # copy a task's pixel chunk into contiguous 16-pixel slivers (K, NR) before its row tiles read it
 PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver this many rows' worth at least
-# the tile's loop over k also prefetches row k of x this far ahead (AVX2: the next tile; AVX-512, 4 lines: the
-# projections at batch 32 with x from memory 1.13-1.16x, K = 144 16.8 -> 14.9 ms, K = 96 11.7 -> 10.1 ms, 1 thread) ...
+# the tile's loop over k also prefetches row k of x this far ahead, a line per sliver (AVX2: the next tile; AVX-512,
+# 4 lines, both lines of the pair tile two tiles on: the projections at batch 32 with x from memory, 1 thread,
+# K = 144 16.8 -> 14.9 ms with one line, 15.1-21.4 -> 11.6-14.3 ms with both; K = 96 11.7 -> 10.1 -> 7.7-9.5) ...
 PREFETCH_FLOATS = 64 if SLIVERS == 2 else 16
 PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
@@ -193,8 +194,10 @@ def _tile_codegen(edge: bool, slivers: int):
             kk = loop.index
             boff = builder.add(xo, builder.mul(kk, xs))
             with builder.if_then(builder.icmp_unsigned("!=", pf, c64(0))):  # row k of x pf floats ahead (a hint)
-                ahead = builder.gep(x_data, [builder.add(boff, pf)])
-                builder.call(prefetch, [builder.bitcast(ahead, i8p), *(llvm_ir.Constant(i32, v) for v in (0, 3, 1))])
+                for h in range(slivers):  # a line per sliver: the pair's two lines of the row, both
+                    ahead = builder.gep(x_data, [builder.add(boff, builder.add(pf, c64(h * NR)))])
+                    hint = (llvm_ir.Constant(i32, v) for v in (0, 3, 1))
+                    builder.call(prefetch, [builder.bitcast(ahead, i8p), *hint])
             bv = [
                 builder.load(
                     builder.bitcast(builder.gep(x_data, [builder.add(boff, c64(h * NR + v * VW))]), vptr), align=4
