@@ -174,14 +174,20 @@ def bench_sgemm(cp, gpu, args: argparse.Namespace) -> None:
         cp.get_default_memory_pool().free_all_blocks()
 
 
+def conv_inputs(cp, rng, batch: int, c: int, h: int, m: int, k: int, s: int, p: int, g: int) -> tuple:
+    """Device x (batch, c, h, h), w (m, c/g, k, k) scaled by 0.1 and bias (m,), N(0, 1) from `rng` in that order, and
+    the launcher's keywords: one layer of CAFFENET_CONV (or any such shape) for the GPU benchmarks."""
+    x = cp.asarray(rng.standard_normal((batch, c, h, h), dtype=np.float32))
+    w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
+    bias = cp.asarray(rng.standard_normal(m, dtype=np.float32))
+    return x, w, bias, {"stride": (s, s), "pad": (p, p), "group": g}
+
+
 def bench_conv(cp, gpu, torch, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
 
     def one(batch: int, name: str, c: int, h: int, m: int, k: int, s: int, p: int, g: int) -> None:
-        x = cp.asarray(rng.standard_normal((batch, c, h, h), dtype=np.float32))
-        w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
-        bias = cp.asarray(rng.standard_normal(m, dtype=np.float32))
-        kw = {"stride": (s, s), "pad": (p, p), "group": g}
+        x, w, bias, kw = conv_inputs(cp, rng, batch, c, h, m, k, s, p, g)
         ours = lambda: gpu.conv2d_forward(x, w, bias, **kw)
         _first_call(f"{name} N={batch}", ours)
         y = ours()

@@ -36,25 +36,18 @@ LAYERS = [  # name, C, H, M (output channels), k, stride, pad, group, batches
 SPLITS = (1, 2, 4, 8)
 
 
-def _median_ms(cp, fn, reps: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    cp.cuda.Device().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    return float(np.median(times))
+def _median_ms(cp, fn) -> float:
+    """Median milliseconds of 15 calls by CUDA events, after 3 (bench_gpu's timing)."""
+    from benchmarks.bench_gpu import _time
+
+    return 1e3 * float(np.median(_time(cp, fn, 3, 15)))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="also write the raw times there")
     args = p.parse_args(argv)
+    from benchmarks.bench_gpu import conv_inputs
     from kernels import gpu
     from kernels.gpu import backend as gr
     from kernels.gpu import conv as gconv
@@ -71,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     sm_count, rows, bad = gpu.runtime().sm_count, [], []
 
     def one(name: str, c: int, h: int, m: int, k: int, s: int, pad: int, g: int, n: int) -> dict:
-        x = cp.asarray(rng.standard_normal((n, c, h, h), dtype=np.float32))
-        w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
-        b = cp.asarray(rng.standard_normal(m, dtype=np.float32))
-        kw = {"stride": (s, s), "pad": (pad, pad), "group": g}
+        x, w, b, kw = conv_inputs(cp, rng, n, c, h, m, k, s, pad, g)
         run = lambda: gconv.conv2d_forward(x, w, b, **kw)
         forced.clear()
         want = run()

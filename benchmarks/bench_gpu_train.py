@@ -197,16 +197,13 @@ def bench_lenet(cp, torch, args: argparse.Namespace, results: dict) -> bool:
 
 # -- CaffeNet conv layers, forward + backward ------------------------------------------------------------------
 def bench_conv(cp, torch, args: argparse.Namespace, results: dict) -> bool:
-    from benchmarks.bench_gpu import CAFFENET_CONV, _time
+    from benchmarks.bench_gpu import CAFFENET_CONV, _time, conv_inputs
     from kernels import gpu
 
     rng = np.random.default_rng(2)
     batch, ok, rows = args.batch, True, []
     for name, c, h, m, k, s, p, g in CAFFENET_CONV:
-        x = cp.asarray(rng.standard_normal((batch, c, h, h), dtype=np.float32))
-        w = cp.asarray(rng.standard_normal((m, c // g, k, k), dtype=np.float32) * 0.1)
-        b = cp.asarray(rng.standard_normal(m, dtype=np.float32))
-        kw = {"stride": (s, s), "pad": (p, p), "group": g}
+        x, w, b, kw = conv_inputs(cp, rng, batch, c, h, m, k, s, p, g)
         y = gpu.conv2d_forward(x, w, b, **kw)
         dy = cp.asarray(rng.standard_normal(y.shape, dtype=np.float32))
         dw, db = cp.zeros_like(w), cp.zeros_like(b)

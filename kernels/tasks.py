@@ -67,7 +67,7 @@ from numba.extending import intrinsic
 DRIVER_OPT = 1  # LLVM optimisation level of the drivers (see `llvm_opt`)
 # The shared launcher's address, where every parallel driver reads it: a process-wide slot under a symbol of the JIT's
 # table (drivers are cached machine code: the address of today's launcher cannot be a constant in them). 0 until a
-# task's `address` loads or compiles the launcher (`_arm`); the drivers launch nothing while it is 0.
+# task's `address` puts a launcher there (`use_pool(True)`); the drivers launch nothing while it is 0.
 LAUNCHER_SYMBOL = "crema_tasks_launcher"
 _LAUNCHER_SLOT = ctypes.c_int64(0)
 llvm.add_symbol(LAUNCHER_SYMBOL, ctypes.addressof(_LAUNCHER_SLOT))
@@ -267,12 +267,13 @@ class Task:
     @property
     def address(self) -> int:
         """The C callback's address: loaded from Numba's cache or compiled on first use (0 for a task recorded by
-        `recording()` instead); the shared launcher (`_LAUNCH`) too, for the parallel driver."""
+        `recording()` instead); a launcher for the parallel driver too: the pool's where it is enabled, else `_LAUNCH`,
+        loaded or compiled (see `use_pool`; nothing while `recording()` records it instead)."""
         if self._address and _armed:
             return self._address
         address = self._own_address()
         if not _armed and self is not _LAUNCH:
-            _arm()
+            use_pool(True)
         return address
 
     def _own_address(self) -> int:
@@ -399,12 +400,6 @@ def use_pool(on: bool) -> bool:
         _LAUNCHER_SLOT.value = address
         _armed, _pooled = True, pooled
     return pooled
-
-
-def _arm() -> None:
-    """Put a launcher's address in the drivers' slot on a task's first use: the pool's where it is enabled (see
-    `use_pool`), else `_LAUNCH`'s (nothing while `recording()` records it instead)."""
-    use_pool(True)
 
 
 def _start_counting() -> None:
