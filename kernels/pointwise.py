@@ -118,6 +118,7 @@ PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver t
 PREFETCH_FLOATS = 64 if SLIVERS == 2 else 16
 PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
+Y_PREFETCH = 32 * SLIVERS  # a tile first prefetches (for writing) its rows of y this many floats on: the next tile's
 SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
 assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
 assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
@@ -169,7 +170,7 @@ def _tile_codegen(edge: bool, slivers: int):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         w_data, x_data, y_data, b_data = data(0), data(1), data(2), data(3)
-        r0, xo, yo, k64, xs, ys, mr, pf = (as64(builder, v) for v in (*args[4:10], args[12], args[13]))
+        r0, xo, yo, k64, xs, ys, mr, pf, py = (as64(builder, v) for v in (*args[4:10], *args[12:15]))
         i64 = llvm_ir.IntType(64)
 
         def c64(v):
@@ -190,6 +191,13 @@ def _tile_codegen(edge: bool, slivers: int):
         prefetch = cgutils.get_or_insert_function(
             builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
         )
+        with builder.if_then(builder.icmp_unsigned("!=", py, c64(0))):  # y's lines py floats on, for writing
+            for i in range(MR):
+                yrow = builder.add(builder.add(yo, builder.mul(c64(i), ys)), py)
+                for h in range(slivers):
+                    ahead = builder.gep(y_data, [builder.add(yrow, c64(h * NR))])
+                    hint = (llvm_ir.Constant(i32, v) for v in (1, 3, 1))
+                    builder.call(prefetch, [builder.bitcast(ahead, i8p), *hint])
         with cgutils.for_range(builder, k64) as loop:
             kk = loop.index
             boff = builder.add(xo, builder.mul(kk, xs))
@@ -234,37 +242,37 @@ def _store_row(builder, slots, i, nv, slivers, b_data, y_data, r0, yo, ys, lo, h
         builder.store(v, builder.bitcast(p, vec.as_pointer()), align=4)
 
 
-def _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf):
+def _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
     flat_f32(w, x, y, bias)
-    return types.void(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf)
+    return types.void(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py)
 
 
 @intrinsic
-def _pw_tile(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf):
+def _pw_tile(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
     """y[yo + i*ys + j] = clip(bias[r0 + i] + sum_{c < k} w[(r0 + i)*k + c] * x[xo + c*xs + j]) for i < MR, j < NR:
     one MR x NR tile of y[n] = W @ x[n] with W (M, K) and x[n] (K, P) row-major and flat (xs = ys = P), or of a
     packed sliver (x: (K, NR), xs = NR). Each output is one FMA chain over c in order from 0, then + bias, then
     clip(v) = min(max(v, lo), hi): the same bits wherever the tile sits. `mr` is unused (one signature with
     _pw_tile_edge); pf != 0: each k also prefetches x[xo + c*xs + pf] (a hint, no fault past the end)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf), _tile_codegen(False, 1)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(False, 1)
 
 
 @intrinsic
-def _pw_tile_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf):
+def _pw_tile_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
     """_pw_tile for the bottom edge: rows i >= mr compute row mr - 1 again and are not stored."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf), _tile_codegen(True, 1)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(True, 1)
 
 
 @intrinsic
-def _pw_tile2(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf):
+def _pw_tile2(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
     """_pw_tile over two adjacent slivers (MR x 2NR, PAIR)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf), _tile_codegen(False, 2)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(False, 2)
 
 
 @intrinsic
-def _pw_tile2_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf):
+def _pw_tile2_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
     """_pw_tile_edge over two adjacent slivers (MR x 2NR, PAIR)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf), _tile_codegen(True, 2)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(True, 2)
 
 
 def _hsum(builder, v):
@@ -434,9 +442,9 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
     and these pixels are in main tiles."""
     ru, ku, nru, mru, zero = np.uint64(r), np.uint64(k), np.uint64(NR), np.uint64(mr), np.uint64(0)
     if mr == MR:
-        _pw_tile(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero)
+        _pw_tile(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero)
     else:
-        _pw_tile_edge(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero)
+        _pw_tile_edge(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero)
     t = NR - h
     for i in range(mr):
         row = y_off + (r + i) * p
@@ -510,10 +518,10 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
             else:
                 _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
         if packed:
-            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi)
+            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12])
         else:
             pf = plan[10] if r == r_begin else 0  # the first row tile brings the chunk in; the others find it in L2
-            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf)
+            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12])
         if add:  # the residual sum of the rows just stored (in L1), over this task's pixels only
             for i in range(mr):
                 row = y_off + (r + i) * p
@@ -531,44 +539,45 @@ def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf):  # pragma: no cover - compiled
-    """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: prefetch distance (floats, 0: none)."""
+def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py):  # pragma: no cover
+    """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: x's prefetch distance (floats, 0: none);
+    py: y's prefetch distance (floats, 0: none)."""
     xo = np.uint64(x_off + s * NR)
     yo = np.uint64(y_off + r * p + s * NR)
-    ru, ku, pu, mru, pfu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(pf)
+    ru, ku, pu, mru, pfu, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(pf), np.uint64(py)
     if mr == MR:
         if two:
-            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu)
+            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
         else:
-            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu)
+            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
     elif two:
-        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu)
+        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
     else:
-        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu)
+        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf):  # pragma: no cover - compiled
+def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf, py):  # pragma: no cover
     """The main tiles of rows r.. over slivers s_begin..s_end - 1 of one image."""
     s = s_begin
     while s < s_end:
         two = SLIVERS == 2 and s + 1 < s_end
-        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf)
+        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py)
         s += 2 if two else 1
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi):  # pragma: no cover - compiled
+def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py):  # pragma: no cover
     """_tile_row over the chunk's slivers packed in xp (_pack_chunk): sliver s at xp[(s - s_begin)*k*NR:], row
     stride NR. The same FMA chains as reading x in place, so the same bits."""
-    ru, ku, pu, mru, nru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR)
+    ru, ku, pu, mru, nru, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR), np.uint64(py)
     for s in range(s_begin, s_end):
         xo = np.uint64((s - s_begin) * k * NR)
         yo = np.uint64(y_off + r * p + s * NR)
         if mr == MR:
-            _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0))
+            _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0), pyu)
         else:
-            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0))
+            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0), pyu)
 
 
 @njit(cache=True, boundscheck=False)
@@ -727,7 +736,9 @@ class PointwiseRunner:
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES else 0
         # plan: images (0: nothing to do), K, M, P, pixel chunks, row blocks, slivers a chunk, rows a block, floats of
         # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
-        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared], np.int64)
+        self.plan = np.array(
+            [n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared, Y_PREFETCH], np.int64
+        )
         self.ws_size = size * (1 if self.serial else threads) + shared
         self.shared = shared > 0
 
@@ -802,7 +813,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
             _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
-                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi)
+                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10])
         task = claim(counter)
 
 
@@ -854,7 +865,7 @@ class Im2colRunner:
         self.workers = threads = numba.get_num_threads()
         npc, nrb, chunk, block = _split(n, k, m, p, threads)
         size = -(-(chunk * k * NR) // NR) * NR
-        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, size], np.int64)
+        self.plan = np.array([n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, size, Y_PREFETCH], np.int64)
         self.ws_size = size * threads
         toff = np.array([(ci * hp + i * dh) * wp + j * dw for ci in range(c) for i in range(kh) for j in range(kw)])
         self.args = (np.array([c * hp * wp, wp, ow, sh, sw], np.int64), toff.astype(np.int64))
