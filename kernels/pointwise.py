@@ -109,6 +109,10 @@ TASKS_PER_THREAD = 8  # parallel tasks per thread at most (claimed dynamically: 
 TASK_MACS = 1 << 18  # multiply-adds per task at least (a claim and a task's cold start cost ~1-2 us)
 ALIGN_MIN_P = 4 * NR  # pixels per image at least before the main tiles are moved onto cache lines (_head)
 X_CHUNK_FLOATS = 64 * 1024  # floats of x a task re-reads per row tile (256 KB: half of Zen 3's L2)
+# one image on several threads, and at least this many row tiles a thread: tasks of whole row blocks over all pixels
+# (each task's outputs MR-row runs of y, not MR x M short row pieces of a pixel chunk; EfficientNet-Lite0 batch 1, 2
+# threads, in-process A/B: 1.03-1.05x; the 56 x 56 expand 171 -> 92 us alone; at batch 32, 0.96x: not there)
+ROW_TASKS = 4
 SERIAL_MACS = 1 << 18  # below this many multiply-adds a call runs on the calling thread (fork-join: ~2.5 us)
 PACK = True  # copy a task's pixel chunk into contiguous 16-pixel slivers (K, NR) before its row tiles read it
 PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver this many rows' worth at least
@@ -562,7 +566,10 @@ def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, h
     s = s_begin
     while s < s_end:
         two = SLIVERS == 2 and s + 1 < s_end
-        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py)
+        # y's prefetch only within the chunk: past it are another task's pixels (maybe another thread's: a prefetch
+        # for writing takes their lines away from it)
+        pys = py if s + py // NR + SLIVERS <= s_end else 0
+        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, pys)
         s += 2 if two else 1
 
 
@@ -570,10 +577,11 @@ def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, h
 def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py):  # pragma: no cover
     """_tile_row over the chunk's slivers packed in xp (_pack_chunk): sliver s at xp[(s - s_begin)*k*NR:], row
     stride NR. The same FMA chains as reading x in place, so the same bits."""
-    ru, ku, pu, mru, nru, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR), np.uint64(py)
+    ru, ku, pu, mru, nru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR)
     for s in range(s_begin, s_end):
         xo = np.uint64((s - s_begin) * k * NR)
         yo = np.uint64(y_off + r * p + s * NR)
+        pyu = np.uint64(py if s + py // NR + 1 <= s_end else 0)  # within the chunk (see _tile_row)
         if mr == MR:
             _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0), pyu)
         else:
@@ -663,10 +671,15 @@ def _split(n: int, k: int, m: int, p: int, threads: int) -> tuple[int, int, int,
     """(pixel chunks, row blocks, slivers per chunk, rows per block) of one image. A task reads its chunk of x (K rows
     of the chunk's pixels) once per row tile, so a chunk is kept to X_CHUNK_FLOATS (L2); and there should be enough
     tasks for the threads (TASKS_PER_THREAD at most, TASK_MACS each at least). Of the splits that allow, the one that
-    re-reads the least: W once per pixel chunk (M*K floats), x once per row block (K*P floats)."""
+    re-reads the least: W once per pixel chunk (M*K floats), x once per row block (K*P floats). One image on several
+    threads with ROW_TASKS row tiles a thread or more: row blocks over all pixels, one row tile each up to
+    TASKS_PER_THREAD a thread (claimed dynamically, so the threads' shares differ by one tile at most)."""
     ns = p // NR
     groups = -(-m // MR)
     units = max(1, -(-ns // SLIVERS))  # main tiles per row tile: chunks at most
+    if n == 1 and threads > 1 and groups >= ROW_TASKS * threads:  # one image: row blocks over all its pixels
+        block = -(-groups // (TASKS_PER_THREAD * threads)) * MR  # one row tile a task up to 8 a thread (balance)
+        return 1, -(-m // block), units * SLIVERS, block
     want = max(1, min(TASKS_PER_THREAD * threads, n * m * k * p // TASK_MACS))
     per_image = -(-want // max(n, 1))
     fewest = min(units, max(1, -(-k * ns * NR // X_CHUNK_FLOATS)))
