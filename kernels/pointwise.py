@@ -120,7 +120,9 @@ PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver t
 # 4 lines, both lines of the pair tile two tiles on: the projections at batch 32 with x from memory, 1 thread,
 # K = 144 16.8 -> 14.9 ms with one line, 15.1-21.4 -> 11.6-14.3 ms with both; K = 96 11.7 -> 10.1 -> 7.7-9.5) ...
 PREFETCH_FLOATS = 64 if SLIVERS == 2 else 16
-PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches)
+PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches),
+# or the call runs on several threads: each task then reads rows of x that another core wrote (the depthwise layer
+# before splits by channels); EfficientNet-Lite0 batch 1, 2 threads, in-process A/B 1.04-1.06x (1 thread: 1.01x)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
 Y_PREFETCH = 32 * SLIVERS  # a tile first prefetches (for writing) its rows of y this many floats on: the next tile's
 SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
@@ -746,7 +748,8 @@ class PointwiseRunner:
         # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
         shared = n * p * k if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
-        pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES else 0
+        # x from memory, or (several threads) partly from the other cores' caches, where the layer before left it
+        pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES or not self.serial else 0
         # plan: images (0: nothing to do), K, M, P, pixel chunks, row blocks, slivers a chunk, rows a block, floats of
         # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
         self.plan = np.array(
