@@ -55,7 +55,9 @@ Kernels, in order:
                      more), into slivers all tasks read, and each image's P % 16 edge pixels with them (no task packs
                      its own: one did so per row block). The same bits. Batch 1, 2 threads, same-runner A/B:
                      1.19-1.31x on the 7 x 7 layers, 0.99-1.18x at 14 x 14; EfficientNet-Lite0 batch 1 in-process
-                     A/B: 2 threads 1.06-1.07x, 1 thread 1.04x.
+                     A/B: 2 threads 1.06-1.07x, 1 thread 1.04x. With AVX-512 the slivers go in (K, 32) pairs for
+                     the paired tile (a 64-byte load off a line always splits): EfficientNet-Lite0 batch 1 in-process
+                     A/B 1.00-1.01x (1 thread), 1.02-1.03x (2 threads), the layers alone 0.97-1.02x.
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
                      without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
@@ -524,7 +526,7 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
             else:
                 _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
         if packed:
-            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12])
+            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], shared and SLIVERS == 2)
         else:
             pf = plan[10] if r == r_begin else 0  # the first row tile brings the chunk in; the others find it in L2
             _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12])
@@ -576,32 +578,49 @@ def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, h
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py):  # pragma: no cover
-    """_tile_row over the chunk's slivers packed in xp (_pack_chunk): sliver s at xp[(s - s_begin)*k*NR:], row
-    stride NR. The same FMA chains as reading x in place, so the same bits."""
-    ru, ku, pu, mru, nru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(NR)
-    for s in range(s_begin, s_end):
+def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py, pairs):  # pragma: no cover
+    """_tile_row over the chunk's slivers packed in xp (_pack_chunk, _pack_shared): sliver s at xp[(s - s_begin)*k*NR:],
+    row stride NR; with `pairs` (s_begin even) slivers s, s + 1 (s even, s + 1 < s_end) as one (K, 2NR) pair sliver
+    from sliver s's place, for the paired tile. The same FMA chains as reading x in place, so the same bits."""
+    ru, ku, pu, mru, zero = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(0)
+    s = s_begin
+    while s < s_end:
+        two = pairs and s + 1 < s_end
         xo = np.uint64((s - s_begin) * k * NR)
         yo = np.uint64(y_off + r * p + s * NR)
-        pyu = np.uint64(py if s + py // NR + 1 <= s_end else 0)  # within the chunk (see _tile_row)
+        xs = np.uint64(2 * NR if two else NR)
+        pyu = np.uint64(py if s + py // NR + (2 if two else 1) <= s_end else 0)  # within the chunk (see _tile_row)
         if mr == MR:
-            _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0), pyu)
+            if two:
+                _pw_tile2(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+            else:
+                _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+        elif two:
+            _pw_tile2_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
         else:
-            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, nru, pu, lo, hi, mru, np.uint64(0), pyu)
+            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+        s += 2 if two else 1
 
 
 @njit(cache=True, boundscheck=False)
 def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - compiled
     """sp[((n*ns + s)*k + c)*NR + j] = x[n, c, s*NR + j] for rows c_begin <= c < c_end of every image, s < ns = P // NR:
-    the main pixels of the whole call as contiguous (K, NR) slivers on 64-byte lines (SHARED_PACK); after them, each
-    image's t = P % NR edge pixels one row per pixel (as _pack_edge: sp[E + (n*t + j)*k + c], E = N*ns*K*NR)."""
+    the main pixels of the whole call as contiguous (K, NR) slivers on 64-byte lines (SHARED_PACK); with the paired
+    tile (SLIVERS == 2) slivers 2g and 2g + 1 < ns as one (K, 2NR) pair sliver from sliver 2g's place (x[n, c, 2g*NR
+    + j] at sp[(n*ns + 2g)*k*NR + c*2NR + j], j < 2NR); after them, each image's t = P % NR edge pixels one row per
+    pixel (as _pack_edge: sp[E + (n*t + j)*k + c], E = N*ns*K*NR)."""
     ns = p // NR
     t = p - ns * NR
     e0 = n_img * ns * k * NR
+    paired = ns - ns % 2 if SLIVERS == 2 else 0  # slivers in pairs
     for n in range(n_img):
         for c in range(c_begin, c_end):
             src = (n * k + c) * p
-            for s in range(ns):
+            for g in range(0, paired, 2):
+                d = ((n * ns + g) * k + 2 * c) * NR
+                for j in range(2 * NR):
+                    sp[np.uint64(d + j)] = xf[np.uint64(src + g * NR + j)]
+            for s in range(paired, ns):
                 d = ((n * ns + s) * k + c) * NR
                 for j in range(NR):
                     sp[np.uint64(d + j)] = xf[np.uint64(src + s * NR + j)]
@@ -746,7 +765,7 @@ class PointwiseRunner:
         big = 4 * n * k * p > PACK_MIN_X_BYTES
         packed = chunk * k * NR if PACK and SLIVERS == 1 and big and block >= PACK_MIN_ROWS else 0
         # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
-        shared = n * p * k if SHARED_PACK and SLIVERS == 1 and not big and p % NR and p > NR else 0  # slivers + edges
+        shared = n * p * k if SHARED_PACK and not big and p % NR and p > NR else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
         # x from memory, or (several threads) partly from the other cores' caches, where the layer before left it
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES or not self.serial else 0
@@ -829,7 +848,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
             _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
-                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10])
+                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], False)
         task = claim(counter)
 
 

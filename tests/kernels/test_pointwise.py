@@ -199,7 +199,7 @@ def test_shared_pack_gives_the_same_bits(xs, m, split, monkeypatch) -> None:
     for shared in (False, True):
         monkeypatch.setattr(pw_module, "SHARED_PACK", shared)
         run = PointwiseRunner(x.shape, w.shape, (0.0, 6.0))
-        assert (run.plan[11] > 0) == (shared and run.plan[9] == 0 and pw_module.SLIVERS == 1)  # AVX-512 pairs: in place
+        assert (run.plan[11] > 0) == (shared and x.nbytes <= pw_module.PACK_MIN_X_BYTES)  # x small: shared
         y, z = np.empty(run.out_shape, np.float32), np.empty(run.out_shape, np.float32)
         run(x, w, b, y, res, z)
         outs[shared] = y, z
