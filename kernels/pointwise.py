@@ -127,6 +127,10 @@ PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory,
 # before splits by channels); EfficientNet-Lite0 batch 1, 2 threads, in-process A/B 1.04-1.06x (1 thread: 1.01x)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
 Y_PREFETCH = 32 * SLIVERS  # a tile first prefetches (for writing) its rows of y this many floats on: the next tile's
+# the first main tile of a row tile prefetches the next row tile's W (12 rows, contiguous: a line per k) into L2: in a
+# net, W comes from L3 (EfficientNet-Lite0's 19 MB of weights pass through each forward); batch 1, in-process A/B,
+# same bits: 1 thread 1.03-1.04x, 2 threads 1.01-1.02x (L1 as the target: 1.02-1.03x both); batch 32 1.00x
+W_PREFETCH = 1
 SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
 assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
 assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
@@ -178,7 +182,7 @@ def _tile_codegen(edge: bool, slivers: int):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         w_data, x_data, y_data, b_data = data(0), data(1), data(2), data(3)
-        r0, xo, yo, k64, xs, ys, mr, pf, py = (as64(builder, v) for v in (*args[4:10], *args[12:15]))
+        r0, xo, yo, k64, xs, ys, mr, pf, py, pw = (as64(builder, v) for v in (*args[4:10], *args[12:16]))
         i64 = llvm_ir.IntType(64)
 
         def c64(v):
@@ -209,6 +213,9 @@ def _tile_codegen(edge: bool, slivers: int):
         with cgutils.for_range(builder, k64) as loop:
             kk = loop.index
             boff = builder.add(xo, builder.mul(kk, xs))
+            with builder.if_then(builder.icmp_unsigned("!=", pw, c64(0))):  # line k of W from pw (the next row tile's)
+                ahead = builder.gep(w_data, [builder.add(pw, builder.mul(kk, c64(16)))])
+                builder.call(prefetch, [builder.bitcast(ahead, i8p), *(llvm_ir.Constant(i32, v) for v in (0, 2, 1))])
             with builder.if_then(builder.icmp_unsigned("!=", pf, c64(0))):  # row k of x pf floats ahead (a hint)
                 for h in range(slivers):  # a line per sliver: the pair's two lines of the row, both
                     ahead = builder.gep(x_data, [builder.add(boff, builder.add(pf, c64(h * NR)))])
@@ -250,37 +257,38 @@ def _store_row(builder, slots, i, nv, slivers, b_data, y_data, r0, yo, ys, lo, h
         builder.store(v, builder.bitcast(p, vec.as_pointer()), align=4)
 
 
-def _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
+def _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw):
     flat_f32(w, x, y, bias)
-    return types.void(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py)
+    return types.void(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw)
 
 
 @intrinsic
-def _pw_tile(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
+def _pw_tile(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw):
     """y[yo + i*ys + j] = clip(bias[r0 + i] + sum_{c < k} w[(r0 + i)*k + c] * x[xo + c*xs + j]) for i < MR, j < NR:
     one MR x NR tile of y[n] = W @ x[n] with W (M, K) and x[n] (K, P) row-major and flat (xs = ys = P), or of a
     packed sliver (x: (K, NR), xs = NR). Each output is one FMA chain over c in order from 0, then + bias, then
     clip(v) = min(max(v, lo), hi): the same bits wherever the tile sits. `mr` is unused (one signature with
-    _pw_tile_edge); pf != 0: each k also prefetches x[xo + c*xs + pf] (a hint, no fault past the end)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(False, 1)
+    _pw_tile_edge); pf != 0: each k also prefetches x[xo + c*xs + pf]; py != 0: first, y[yo + i*ys + py] for writing
+    (a sliver's line per row); pw != 0: each k also prefetches w[pw + 16k] into L2 (hints, no fault past the end)."""
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw), _tile_codegen(False, 1)
 
 
 @intrinsic
-def _pw_tile_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
+def _pw_tile_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw):
     """_pw_tile for the bottom edge: rows i >= mr compute row mr - 1 again and are not stored."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(True, 1)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw), _tile_codegen(True, 1)
 
 
 @intrinsic
-def _pw_tile2(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
+def _pw_tile2(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw):
     """_pw_tile over two adjacent slivers (MR x 2NR, PAIR)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(False, 2)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw), _tile_codegen(False, 2)
 
 
 @intrinsic
-def _pw_tile2_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py):
+def _pw_tile2_edge(typingctx, w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw):
     """_pw_tile_edge over two adjacent slivers (MR x 2NR, PAIR)."""
-    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py), _tile_codegen(True, 2)
+    return _tile_typing(w, x, y, bias, r0, xo, yo, k, xs, ys, lo, hi, mr, pf, py, pw), _tile_codegen(True, 2)
 
 
 def _hsum(builder, v):
@@ -450,9 +458,9 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
     and these pixels are in main tiles."""
     ru, ku, nru, mru, zero = np.uint64(r), np.uint64(k), np.uint64(NR), np.uint64(mr), np.uint64(0)
     if mr == MR:
-        _pw_tile(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero)
+        _pw_tile(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero, zero)
     else:
-        _pw_tile_edge(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero)
+        _pw_tile_edge(wf, xs, out, bias, ru, zero, zero, ku, nru, nru, lo, hi, mru, zero, zero, zero)
     t = NR - h
     for i in range(mr):
         row = y_off + (r + i) * p
@@ -520,16 +528,19 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
             _pack_edge(xf, x_off, k, p, ns * NR, t, et)
     for r in range(r_begin, r_end, MR):
         mr = min(MR, r_end - r)
+        pw = (r + MR) * k if plan[13] > 0 and r + MR < plan[2] else 0  # the next row tile's W, while this one runs
         if edges:  # first: they stream the tile's W rows into L1 for the main tiles' broadcasts
             if h > 0:
                 _sliver_edge(wf, et, out, bias, yf, y_off, r, mr, k, p, h, flo, fhi)
             else:
                 _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
         if packed:
-            _tile_row_packed(xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], shared and SLIVERS == 2)
+            _tile_row_packed(
+                xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], shared and SLIVERS == 2, pw
+            )
         else:
             pf = plan[10] if r == r_begin else 0  # the first row tile brings the chunk in; the others find it in L2
-            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12])
+            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12], pw)
         if add:  # the residual sum of the rows just stored (in L1), over this task's pixels only
             for i in range(mr):
                 row = y_off + (r + i) * p
@@ -547,25 +558,26 @@ def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py):  # pragma: no cover
+def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py, pw):  # pragma: no cover
     """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: x's prefetch distance (floats, 0: none);
     py: y's prefetch distance (floats, 0: none)."""
     xo = np.uint64(x_off + s * NR)
     yo = np.uint64(y_off + r * p + s * NR)
     ru, ku, pu, mru, pfu, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(pf), np.uint64(py)
+    pwu = np.uint64(pw)
     if mr == MR:
         if two:
-            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
+            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
         else:
-            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
+            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
     elif two:
-        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
+        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
     else:
-        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu)
+        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf, py):  # pragma: no cover
+def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf, py, pw):  # pragma: no cover
     """The main tiles of rows r.. over slivers s_begin..s_end - 1 of one image."""
     s = s_begin
     while s < s_end:
@@ -573,12 +585,12 @@ def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, h
         # y's prefetch only within the chunk: past it are another task's pixels (maybe another thread's: a prefetch
         # for writing takes their lines away from it)
         pys = py if s + py // NR + SLIVERS <= s_end else 0
-        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, pys)
+        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, pys, pw if s == s_begin else 0)
         s += 2 if two else 1
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py, pairs):  # pragma: no cover
+def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py, pairs, pw):  # pragma: no cover
     """_tile_row over the chunk's slivers packed in xp (_pack_chunk, _pack_shared): sliver s at xp[(s - s_begin)*k*NR:],
     row stride NR; with `pairs` (s_begin even) slivers s, s + 1 (s even, s + 1 < s_end) as one (K, 2NR) pair sliver
     from sliver s's place, for the paired tile. The same FMA chains as reading x in place, so the same bits."""
@@ -590,15 +602,16 @@ def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, h
         yo = np.uint64(y_off + r * p + s * NR)
         xs = np.uint64(2 * NR if two else NR)
         pyu = np.uint64(py if s + py // NR + (2 if two else 1) <= s_end else 0)  # within the chunk (see _tile_row)
+        pwu = np.uint64(pw if s == s_begin else 0)
         if mr == MR:
             if two:
-                _pw_tile2(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+                _pw_tile2(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
             else:
-                _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+                _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
         elif two:
-            _pw_tile2_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+            _pw_tile2_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
         else:
-            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu)
+            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
         s += 2 if two else 1
 
 
@@ -772,7 +785,8 @@ class PointwiseRunner:
         # plan: images (0: nothing to do), K, M, P, pixel chunks, row blocks, slivers a chunk, rows a block, floats of
         # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
         self.plan = np.array(
-            [n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared, Y_PREFETCH], np.int64
+            [n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared, Y_PREFETCH, W_PREFETCH],
+            np.int64,
         )
         self.ws_size = size * (1 if self.serial else threads) + shared
         self.shared = shared > 0
@@ -848,7 +862,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
             _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
-                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], False)
+                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], False, 0)
         task = claim(counter)
 
 

@@ -212,8 +212,8 @@ def test_shared_pack_gives_the_same_bits(xs, m, split, monkeypatch) -> None:
 @pytest.mark.parametrize("k,m,h", [(32, 16, 112), (144, 24, 56), (1152, 192, 7), (19, 14, 3)])
 def test_prefetch_gives_the_same_bits(k, m, h, monkeypatch) -> None:
     """The first row tile of each task prefetching x (large x or several threads: PREFETCH_MIN_X_BYTES) or not, and
-    each tile prefetching its rows of y for writing (Y_PREFETCH) or not: hints only, the same bits, whatever the
-    distance (past the end of x and y too)."""
+    each tile prefetching its rows of y for writing (Y_PREFETCH) or not, and the next row tile's W (W_PREFETCH) or
+    not: hints only, the same bits, whatever the distance (past the end of x, y and w too)."""
     x, w, b = _inputs((2, k, h, h), (m, k, 1, 1), seed=k + h)
     monkeypatch.setattr(pw_module, "PREFETCH_MIN_X_BYTES", 1 << 62)
     want = pointwise_forward(x, w, b, act=(0.0, 6.0))
@@ -223,8 +223,8 @@ def test_prefetch_gives_the_same_bits(k, m, h, monkeypatch) -> None:
     assert run.plan[10] == pw_module.PREFETCH_FLOATS > 0
     assert run.plan[12] == pw_module.Y_PREFETCH > 0
     for distance in (pw_module.PREFETCH_FLOATS, 1 << 20):
-        for y_distance in (0, pw_module.Y_PREFETCH, 1 << 20):
-            run.plan[10], run.plan[12] = distance, y_distance
+        for y_distance, w_ahead in ((0, 0), (pw_module.Y_PREFETCH, 1), (1 << 20, 1)):
+            run.plan[10], run.plan[12], run.plan[13] = distance, y_distance, w_ahead
             got = np.empty(run.out_shape, np.float32)
             run(x, w, b, got)
             np.testing.assert_array_equal(got, want)
