@@ -561,14 +561,23 @@ _C8 = Task(
 def _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8):  # pragma: no cover - compiled
     """The tap table of the block of channels c0 .. c0 + nch - 1: wt[k*8 + lane], toff[k] for its taps that are not
     zero in every channel (lanes >= nch zero), b8 its biases; returns the number of taps."""
+    for lane in range(8):  # every tap first (each channel's taps are contiguous in w), then the zero taps squeezed out
+        if lane < nch:
+            src = (c0 + lane) * khw
+            for t in range(khw):
+                wt[t * 8 + lane] = wf[src + t]
+        else:
+            for t in range(khw):
+                wt[t * 8 + lane] = np.float32(0.0)
     k = 0
     for t in range(khw):
         nz = False
         for lane in range(8):
-            v = wf[(c0 + lane) * khw + t] if lane < nch else np.float32(0.0)
-            wt[k * 8 + lane] = v
-            nz = nz or v != 0.0
+            nz |= wt[t * 8 + lane] != 0.0
         if nz:
+            if k != t:  # k < t: the copy moves a tap down over one already squeezed out
+                for lane in range(8):
+                    wt[k * 8 + lane] = wt[t * 8 + lane]
             toff[k] = toff_all[t]
             k += 1
     for lane in range(8):
