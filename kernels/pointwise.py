@@ -68,9 +68,12 @@ Kernels, in order:
                      (``net.plan_steps``), 1 thread, CPU time: batch 1 0.58 -> 0.47 ms, batch 32 27 -> 19 ms. A
                      sliver within one output row at stride 1 or 2 is copied as a run of x (no offset table: the
                      loads vectorise): the stem 0.44 -> 0.38 ms at batch 1, 15.7 -> 13.5 ms at batch 32 (1 thread).
-                     With AVX-512 on the single-sliver tile (MR x 16); there it replaced conv's im2col + GEMM for the
-                     stem (0.49 -> 0.30 ms at batch 1, 1 thread), and a cold `crema serve` no longer compiles conv's
-                     kernels for EfficientNet-Lite0 (10.1-10.2 -> 8.0 s to healthy, 2 cores).
+                     With AVX-512 too; there it replaced conv's im2col + GEMM for the stem (0.49 -> 0.30 ms at batch
+                     1, 1 thread), and a cold `crema serve` no longer compiles conv's kernels for EfficientNet-Lite0
+                     (10.1-10.2 -> 8.0 s to healthy, 2 cores). Its slivers go in (K, 32) pairs there, for the paired
+                     tile (the single-sliver tile is bound by its 12 broadcasts a k): the stem, old/new processes
+                     alternated, batch 1 1 thread min 0.306-0.313 -> 0.270-0.283 ms, batch 32 16.7-17.5 -> 10.4-14.6
+                     ms (1 thread), 6.9-7.0 -> 6.0-6.3 ms (2 threads), the same bits.
 
 Public: ``pointwise_applies(x_shape, w_shape, stride, pad, dilation, group) -> bool``,
 ``pointwise_forward(x, w, b, *, act, out) -> y`` and ``PointwiseRunner(x_shape, w_shape, act)`` (the shape work done
@@ -816,18 +819,22 @@ class PointwiseRunner:
 
 
 @njit(cache=True, boundscheck=False)
-def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp):  # pragma: no cover - compiled
+def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp, pairs):  # pragma: no cover - compiled
     """xp[((s - s_begin)*k + c)*NR + j] = x_pad[x_off + toff[c] + oh*sh*wp + ow*sw] for output pixel
     p = s*NR + j = oh*OW + ow: the im2col slivers of a chunk (tap c at offset toff[c] in the padded image), built
-    where the row tiles read them (L1/L2), not as a whole im2col matrix."""
+    where the row tiles read them (L1/L2), not as a whole im2col matrix. With `pairs`, slivers s_begin + 2g and
+    s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver from the first one's place (_tile_row_packed's pairs)."""
     base = np.empty(NR, np.int64)
     for s in range(s_begin, s_end):
-        d0 = (s - s_begin) * k * NR
+        i = s - s_begin
+        paired = pairs and (i | 1) + s_begin < s_end  # in a pair: rows 2NR floats apart, the second at + NR
+        d0 = (i - i % 2) * k * NR + i % 2 * NR if paired else i * k * NR
+        rs = 2 * NR if paired else NR
         q0 = s * NR
         if q0 % ow + NR <= ow and (sw == 1 or sw == 2):  # the sliver within one output row: a (strided) run of x
             b0 = x_off + (q0 // ow) * sh * wp + (q0 % ow) * sw
             for c in range(k):
-                src, d = np.uint64(b0 + toff[c]), np.uint64(d0 + c * NR)
+                src, d = np.uint64(b0 + toff[c]), np.uint64(d0 + c * rs)
                 if sw == 1:
                     for j in range(NR):
                         xp[d + np.uint64(j)] = xf[src + np.uint64(j)]
@@ -840,7 +847,7 @@ def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp):  # pra
             base[j] = x_off + (q // ow) * sh * wp + (q % ow) * sw
         for c in range(k):
             t = toff[c]
-            d = d0 + c * NR
+            d = d0 + c * rs
             for j in range(NR):
                 xp[np.uint64(d + j)] = xf[np.uint64(base[j] + t)]
 
@@ -859,10 +866,12 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
     while task < ntask:
         n, _, r_begin, r_end, s_begin, s_end = _task_span(task, plan, ns)
         if s_end > s_begin:
-            _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
+            _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp, SLIVERS == 2)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
-                _tile_row_packed(xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], False, 0)
+                _tile_row_packed(
+                    xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], SLIVERS == 2, 0
+                )
         task = claim(counter)
 
 
@@ -894,8 +903,8 @@ class Im2colRunner:
     slivers of its pixel chunk in its own buffer (K = C*kh*kw taps x 16 pixels each) and runs its row tiles over
     them, so no whole im2col matrix goes through memory (EfficientNet-Lite0's stem: K = 27, 12544 pixels). Each
     output is one FMA chain over the taps in (c, i, j) order, then bias and clip, as ``conv``'s im2col + GEMM with
-    one K panel computes it. With AVX-512 too, on the single-sliver tile (MR x 16: the packed slivers are not laid
-    out for the paired tile). The stem alone, 1 thread, CPU time, on an AVX-512 Xeon against ``conv.ForwardRunner``:
+    one K panel computes it. With AVX-512 too, on the paired tile (the slivers packed in (K, 32) pairs). The stem
+    alone, 1 thread, CPU time, on an AVX-512 Xeon against ``conv.ForwardRunner`` (on the single-sliver tile then):
     batch 1 0.49 -> 0.30 ms, batch 32 17.9 -> 11.5 ms, the same bits. ``runner(x, w, bias, y)`` as
     ``PointwiseRunner``'s; w (M, C, kh, kw)."""
 
