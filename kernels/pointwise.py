@@ -48,7 +48,8 @@ Kernels, in order:
                      one line per k instead of rows P floats apart (on pages apart at 56 x 56; split across lines at
                      7 x 7 and 14 x 14). The main tiles start at pixel 0 (no ``_head``), so the same FMA chains and
                      bits as in place. 1 thread, CPU time, batch 32 (a loaded machine): the 1x1 layers summed 194 ->
-                     178 ms, the deep projections 1.13-1.20x. AVX2 tiles only (the paired AVX-512 tile reads in place).
+                     178 ms, the deep projections 1.13-1.20x. With AVX-512 in (K, 32) pair slivers:
+                     EfficientNet-Lite0 batch 32, in-process A/B 1.004-1.011x (1 and 2 threads).
    ``_pack_shared`` - (SHARED_PACK) a smaller x (not PACK) whose rows start off the cache lines (P not a multiple of
                      16: 7 x 7, 14 x 14; each 16-pixel load then splits across two lines, 17% slower on a line-aligned
                      x moved 4 bytes) is packed once per call, every worker its share of the rows (one fork-join
@@ -476,11 +477,19 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
 @njit(cache=True, boundscheck=False)
 def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - compiled
     """xp[((s - s_begin)*k + c)*NR + j] = x[x_off + c*p + s*NR + j] for slivers s_begin <= s < s_end, c < k, j < NR:
-    the chunk's main pixels as contiguous (K, NR) slivers, each row of x read once (rows in order: one stream)."""
+    the chunk's main pixels as contiguous (K, NR) slivers, each row of x read once (rows in order: one stream); with
+    the paired tile (SLIVERS == 2) slivers s_begin + 2g and s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver
+    from the first one's place (_tile_row_packed's pairs)."""
     ns = s_end - s_begin
+    paired = ns - ns % 2 if SLIVERS == 2 else 0
     for c in range(k):
         src = x_off + c * p + s_begin * NR
-        for s in range(ns):
+        for g in range(0, paired, 2):
+            d = (g * k + 2 * c) * NR
+            o = src + g * NR
+            for j in range(2 * NR):
+                xp[np.uint64(d + j)] = xf[np.uint64(o + j)]
+        for s in range(paired, ns):
             d = (s * k + c) * NR
             o = src + s * NR
             for j in range(NR):
@@ -539,7 +548,7 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
                 _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
         if packed:
             _tile_row_packed(
-                xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], shared and SLIVERS == 2, pw
+                xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], SLIVERS == 2, pw
             )
         else:
             pf = plan[10] if r == r_begin else 0  # the first row tile brings the chunk in; the others find it in L2
@@ -779,7 +788,7 @@ class PointwiseRunner:
         # floats of a worker's buffer: the packed chunk (PACK; a multiple of NR: slivers stay on 64-byte lines), its
         # edge pixels (NR at most) and one tile, rounded up to whole lines
         big = 4 * n * k * p > PACK_MIN_X_BYTES
-        packed = chunk * k * NR if PACK and SLIVERS == 1 and big and block >= PACK_MIN_ROWS else 0
+        packed = chunk * k * NR if PACK and big and block >= PACK_MIN_ROWS else 0
         # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
         shared = n * p * k if SHARED_PACK and not big and p % NR and p > NR else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
