@@ -70,7 +70,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
-from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, splat, this_cpu
 from kernels.tasks import Task
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
@@ -507,12 +507,11 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
                counter):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
-    left (gemm.claim); ws[t]: its two block buffers of HP*WP*8 floats, 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
+    left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, gemm.claim_near); ws[t]: its two
+    block buffers of HP*WP*8 floats, 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
     xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
-    blocks = n_img * nblk  # block-major: q -> block q // n_img of image q % n_img (a task's images share its taps)
-    ntask = (blocks + per - 1) // per
     bsize = ws.shape[1] // 2
     offs = np.empty(8, np.int64)
     wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
@@ -520,17 +519,34 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     b8 = np.empty(8, np.float32)
     cur, ntap = -1, 0
     _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
-    task = claim(counter)
-    while task < ntask:
-        q0, q1 = task * per, min(blocks, (task + 1) * per)
+    # queues (IMAGE_QUEUES, counter of 8 per queue): queue u the images u*N/Q.., the first claims from the queue of
+    # this thread's CPU; else one queue of every image. Within a queue block-major: q -> block q // nu of its image
+    # n_u + q % nu (a task's images share its taps)
+    nq = counter.shape[0] // 8 if counter.shape[0] >= 16 else 1
+    sizes = np.empty(nq, np.int64)
+    for u in range(nq):
+        sizes[u] = -(-(((u + 1) * n_img // nq - u * n_img // nq) * nblk) // per)
+    home = max(this_cpu(), 0) % nq
+    while True:
+        if nq > 1:
+            u, task = claim_near(counter, home, sizes)
+            if u < 0:
+                break
+        else:
+            u, task = 0, claim(counter)
+            if task >= sizes[0]:
+                break
+        n_u = u * n_img // nq
+        nu = (u + 1) * n_img // nq - n_u
+        q0, q1 = task * per, min(nu * nblk, (task + 1) * per)
         for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
             if q < q1:
-                n, c0 = q % n_img, q // n_img * 8
+                n, c0 = n_u + q % nu, q // nu * 8
                 qbuf = ws[t][(q - q0) % 2 * bsize :]
                 _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
             if q == q0:
                 continue
-            n, blk = (q - 1) % n_img, (q - 1) // n_img
+            n, blk = n_u + (q - 1) % nu, (q - 1) // nu
             c0 = blk * 8
             nch = min(8, c - c0)
             if blk != cur:
@@ -539,7 +555,6 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):
                 _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
-        task = claim(counter)
 
 
 _F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
@@ -801,7 +816,7 @@ class DepthwiseRunner:
             *self.args,
             *self.lo_hi,
             ws,
-            np.zeros(1, np.int64),
+            image_counters(self.args[0], self.workers) if self.c8 else np.zeros(1, np.int64),
         )
 
 

@@ -261,6 +261,45 @@ def _claim(typingctx, counter):
     return sig, codegen
 
 
+@intrinsic
+def _this_cpu(typingctx):
+    """The CPU the calling thread runs on now (libc's sched_getcpu: a vDSO read, no system call), -1 where unknown."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        fnty = llvm_ir.FunctionType(llvm_ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_getcpu")
+        return builder.sext(builder.call(fn, []), llvm_ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _claim_near(counters, home, sizes):  # pragma: no cover - compiled
+    """(queue u, index i) of the next task of a call whose tasks are split into queues, sizes[u] tasks in queue u
+    (counters: zeroed int64, one per queue 8 apart, a line each): from queue `home` first, then from the others in
+    turn (a worker that is done steals); (-1, 0) when every queue is empty. Kernels give queue u the images a worker
+    on CPU u (mod the queues) wrote in the layer before, so each image's activations stay in one core's caches from
+    layer to layer; the results do not depend on who runs a task."""
+    nq = sizes.shape[0]
+    for j in range(nq):
+        u = (home + j) % nq
+        i = _claim(counters[u * 8 : u * 8 + 1])
+        if i < sizes[u]:
+            return u, i
+    return -1, 0
+
+
+IMAGE_QUEUES = True  # batches of 2+ images a thread: kernels that take queues (claim_near) get one per thread
+
+
+def image_counters(n: int, workers: int) -> np.ndarray:
+    """The zeroed counters of a call over n images: one queue per worker (8 int64 apart) when IMAGE_QUEUES and the
+    batch has 2+ images a worker, else the one counter of plain dynamic claims."""
+    queues = workers if IMAGE_QUEUES and workers > 1 and n >= 2 * workers else 1
+    return np.zeros(8 * queues if queues > 1 else 1, np.int64)
+
+
 def _flat_f32(*arrays) -> None:
     """Typing check of the vector intrinsics: they address memory as flat float32 (C-contiguous 1-D arrays only)."""
     for a in arrays:
@@ -605,4 +644,5 @@ def gemm(
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
 # (kernels.pointwise, depthwise, winograd); the same objects as the underscored names.
 as64, splat, accumulators, flat_f32, claim = _as64, _splat, _accumulators, _flat_f32, _claim
+claim_near, this_cpu = _claim_near, _this_cpu
 block, stack_empty = _block, _stack_empty  # the micro-kernel and its stack buffer, for kernels.winograd

@@ -30,7 +30,13 @@ Kernels, in order:
                      the clip, whichever tile computes it: the bits do not depend on where x starts (which differs
                      from process to process), on the thread count or on the task split.
 3. ``_pw_worker`` -  (image, pixel chunk, row block) tasks claimed by one worker per thread (``gemm.claim``: dynamic
-                     scheduling; the worker body is a ``kernels.tasks.Task``, see there). A task walks its row
+                     scheduling; the worker body is a ``kernels.tasks.Task``, see there). With 2+ images a thread
+                     (``gemm.image_counters``) the images are split into one queue per thread, and a worker claims
+                     from its CPU's queue first (``gemm.claim_near``), then steals: an image's activations then stay
+                     in one core's caches from layer to layer (the depthwise and im2col kernels do the same).
+                     EfficientNet-Lite0 batch 32, 2 threads, old/new processes alternated: the 1x1 layers summed
+                     63.5-64.1 -> 54.8-55.7 ms, the depthwise 54.3-54.6 -> 50.2-51.7, the net's steps 194-197 ->
+                     177-181 ms. A task walks its row
                      tiles, each one's edge pixels first (they stream the tile's W rows into L1 for the main tiles'
                      broadcasts), then its main tiles left to right: W is read from L1, and x (a chunk of at most
                      X_CHUNK_FLOATS, in L2) once per row tile. When x is
@@ -102,7 +108,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.depthwise import check_act
-from kernels.gemm import Workspace, accumulators, as64, claim, flat_f32, splat
+from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, splat, this_cpu
 from kernels.tasks import Task
 from kernels.tiling import MR, NR, PAIR, VW
 
@@ -653,6 +659,20 @@ def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - com
                 sp[np.uint64(e0 + (n * t + j) * k + c)] = xf[np.uint64(src + ns * NR + j)]
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _next_task(counter, n_img, per_image, ntask):  # pragma: no cover - compiled
+    """The next task (image-major: per_image tasks an image), ntask when none is left: with image queues (a counter of
+    8 per queue, gemm.image_counters) from the queue of this thread's CPU first (gemm.claim_near), else claimed."""
+    if counter.shape[0] < 16:
+        return claim(counter)
+    nq = counter.shape[0] // 8
+    sizes = np.empty(nq, np.int64)
+    for u in range(nq):
+        sizes[u] = ((u + 1) * n_img // nq - u * n_img // nq) * per_image
+    u, i = claim_near(counter, max(this_cpu(), 0) % nq, sizes)
+    return ntask if u < 0 else u * n_img // nq * per_image + i
+
+
 def _pw_worker(t, x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
     """Worker t of `workers` (kernels.tasks: one per thread, or one on the calling thread): claims the call's tasks
     (image, pixel chunk, row block; ``gemm.claim``) until none is left; its edge pixels are packed into
@@ -664,10 +684,10 @@ def _pw_worker(t, x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add
     size = plan[8]
     sp = ws[workers * size :]
     xt = ws[t * size : (t + 1) * size]
-    task = claim(counter)
+    task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
     while task < ntask:
         _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp)
-        task = claim(counter)
+        task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
 
 
 def _pw_pack_worker(t, x, plan, ws, workers):  # pragma: no cover - compiled
@@ -822,8 +842,9 @@ class PointwiseRunner:
             (_PW_PACK.serial if self.serial else _PW_PACK.parallel)(
                 _PW_PACK.address, workers, x, self.plan, ws, workers
             )
+        counters = image_counters(int(self.plan[0]), workers)
         (_PW.serial if self.serial else _PW.parallel)(
-            _PW.address, workers, x, w, bias, out, self.plan, lo, hi, ws, workers, np.zeros(1, np.int64), res, out2, add
+            _PW.address, workers, x, w, bias, out, self.plan, lo, hi, ws, workers, counters, res, out2, add
         )
 
 
@@ -871,7 +892,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
     ns = p // NR
     flo, fhi = np.float32(lo), np.float32(hi)
     xp = ws[t * size : (t + 1) * size]
-    task = claim(counter)
+    task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
     while task < ntask:
         n, _, r_begin, r_end, s_begin, s_end = _task_span(task, plan, ns)
         if s_end > s_begin:
@@ -881,7 +902,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
                 _tile_row_packed(
                     xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], SLIVERS == 2, 0
                 )
-        task = claim(counter)
+        task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
 
 
 _IM2COL = Task(
@@ -941,9 +962,8 @@ class Im2colRunner:
         ws = _aligned_workspace(self.ws_size)
         lo, hi = self.lo_hi
         geo, toff = self.args
-        _IM2COL.parallel(
-            _IM2COL.address, self.workers, x, w, bias, out, self.plan, geo, toff, lo, hi, ws, np.zeros(1, np.int64)
-        )
+        counters = image_counters(int(self.plan[0]), self.workers)
+        _IM2COL.parallel(_IM2COL.address, self.workers, x, w, bias, out, self.plan, geo, toff, lo, hi, ws, counters)
 
 
 def _check_out(arr, shape: tuple[int, ...], name: str) -> np.ndarray:
