@@ -507,7 +507,8 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
                counter):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
-    left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, gemm.claim_near); ws[t]: its two
+    left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image its CPU's queue of
+    channel blocks, gemm.claim_near); ws[t]: its two
     block buffers of HP*WP*8 floats, 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
     xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
     khw = toff_all.shape[0]
@@ -523,9 +524,13 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     # this thread's CPU; else one queue of every image. Within a queue block-major: q -> block q // nu of its image
     # n_u + q % nu (a task's images share its taps)
     nq = counter.shape[0] // 8 if counter.shape[0] >= 16 else 1
+    by_block = nq > 1 and n_img == 1  # one image: queue u its channel blocks u*nblk/Q.. (the layer before's rows)
     sizes = np.empty(nq, np.int64)
     for u in range(nq):
-        sizes[u] = -(-(((u + 1) * n_img // nq - u * n_img // nq) * nblk) // per)
+        if by_block:
+            sizes[u] = -(-((u + 1) * nblk // nq - u * nblk // nq) // per)
+        else:
+            sizes[u] = -(-(((u + 1) * n_img // nq - u * n_img // nq) * nblk) // per)
     home = max(this_cpu(), 0) % nq
     while True:
         if nq > 1:
@@ -536,17 +541,19 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             u, task = 0, claim(counter)
             if task >= sizes[0]:
                 break
-        n_u = u * n_img // nq
-        nu = (u + 1) * n_img // nq - n_u
-        q0, q1 = task * per, min(nu * nblk, (task + 1) * per)
+        n_u = 0 if by_block else u * n_img // nq
+        nu = n_img if by_block else (u + 1) * n_img // nq - n_u
+        b_u = u * nblk // nq if by_block else 0
+        nb = (u + 1) * nblk // nq - b_u if by_block else nblk
+        q0, q1 = task * per, min(nu * nb, (task + 1) * per)
         for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
             if q < q1:
-                n, c0 = n_u + q % nu, q // nu * 8
+                n, c0 = n_u + q % nu, (b_u + q // nu) * 8
                 qbuf = ws[t][(q - q0) % 2 * bsize :]
                 _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
             if q == q0:
                 continue
-            n, blk = n_u + (q - 1) % nu, (q - 1) // nu
+            n, blk = n_u + (q - 1) % nu, b_u + (q - 1) // nu
             c0 = blk * 8
             nch = min(8, c - c0)
             if blk != cur:
@@ -816,7 +823,7 @@ class DepthwiseRunner:
             *self.args,
             *self.lo_hi,
             ws,
-            image_counters(self.args[0], self.workers) if self.c8 else np.zeros(1, np.int64),
+            image_counters(self.args[0], self.workers, -(-self.args[1] // 8)) if self.c8 else np.zeros(1, np.int64),
         )
 
 

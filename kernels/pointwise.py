@@ -36,7 +36,10 @@ Kernels, in order:
                      in one core's caches from layer to layer (the depthwise and im2col kernels do the same).
                      EfficientNet-Lite0 batch 32, 2 threads, old/new processes alternated: the 1x1 layers summed
                      63.5-64.1 -> 54.8-55.7 ms, the depthwise 54.3-54.6 -> 50.2-51.7, the net's steps 194-197 ->
-                     177-181 ms. A task walks its row
+                     177-181 ms; in-process A/B (``gemm.IMAGE_QUEUES``) 1.045x. One image split into row blocks only:
+                     one queue of row blocks (output channels) per thread, so the depthwise layer after, with one
+                     queue of channel blocks per thread, reads its input where it was written: batch 1, 2 threads,
+                     in-process A/B 1.02-1.04x. A task walks its row
                      tiles, each one's edge pixels first (they stream the tile's W rows into L1 for the main tiles'
                      broadcasts), then its main tiles left to right: W is read from L1, and x (a chunk of at most
                      X_CHUNK_FLOATS, in L2) once per row tile. When x is
@@ -667,6 +670,11 @@ def _next_task(counter, n_img, per_image, ntask):  # pragma: no cover - compiled
         return claim(counter)
     nq = counter.shape[0] // 8
     sizes = np.empty(nq, np.int64)
+    if n_img == 1:  # one image (row blocks only, gemm.image_counters): queue u the row blocks u*T/Q..
+        for u in range(nq):
+            sizes[u] = (u + 1) * per_image // nq - u * per_image // nq
+        u, i = claim_near(counter, max(this_cpu(), 0) % nq, sizes)
+        return ntask if u < 0 else u * per_image // nq + i
     for u in range(nq):
         sizes[u] = ((u + 1) * n_img // nq - u * n_img // nq) * per_image
     u, i = claim_near(counter, max(this_cpu(), 0) % nq, sizes)
@@ -787,7 +795,7 @@ class PointwiseRunner:
     and z of y's shape and layout, z overlapping neither x nor y; res overlapping neither y nor z.
     """
 
-    __slots__ = ("lo_hi", "out_shape", "plan", "serial", "shared", "workers", "ws_size")
+    __slots__ = ("lo_hi", "out_shape", "plan", "row_tasks", "serial", "shared", "workers", "ws_size")
 
     def __init__(self, x_shape, w_shape, act: Act = None) -> None:
         x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
@@ -822,6 +830,7 @@ class PointwiseRunner:
         )
         self.ws_size = size * (1 if self.serial else threads) + shared
         self.shared = shared > 0
+        self.row_tasks = nrb if npc == 1 else 0  # one image: its tasks are row blocks (image_counters' queues)
 
     def __call__(
         self,
@@ -842,7 +851,7 @@ class PointwiseRunner:
             (_PW_PACK.serial if self.serial else _PW_PACK.parallel)(
                 _PW_PACK.address, workers, x, self.plan, ws, workers
             )
-        counters = image_counters(int(self.plan[0]), workers)
+        counters = image_counters(int(self.plan[0]), workers, self.row_tasks)
         (_PW.serial if self.serial else _PW.parallel)(
             _PW.address, workers, x, w, bias, out, self.plan, lo, hi, ws, workers, counters, res, out2, add
         )

@@ -142,38 +142,46 @@ def test_claim_hands_out_every_task_exactly_once() -> None:
 
 def test_image_queues_change_no_bit(monkeypatch) -> None:
     """Batches of 2+ images a thread: the 1x1, im2col and depthwise kernels take their tasks from one queue of images
-    per thread, the queue of the CPU the thread runs on first, the others' after (gemm.claim_near): whoever computes a
-    task, the same bits as plain claims and as one thread; every queue is done, whatever CPU the threads are on."""
+    per thread, the queue of the CPU the thread runs on first, the others' after (gemm.claim_near); one image: the
+    1x1 (row blocks) and depthwise kernels one queue of channels per thread. Whoever computes a task, the same bits as
+    plain claims and as one thread; every queue is done, whatever CPU the threads are on."""
     numba = pytest.importorskip("numba")
     from kernels import gemm
     from kernels.depthwise import DepthwiseRunner
     from kernels.pointwise import Im2colRunner, PointwiseRunner
 
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((7, 24, 9, 9), dtype=np.float32)
-    cases = [
-        (PointwiseRunner, (x.shape, (40, 24, 1, 1), (0.0, 6.0)), (40, 24, 1, 1)),
-        (Im2colRunner, (x.shape, (20, 24, 3, 3), (2, 2), (1, 1), (0.0, 6.0)), (20, 24, 3, 3)),
-        (DepthwiseRunner, (x.shape, (24, 1, 3, 3), (1, 1), (1, 1), (0.0, 6.0)), (24, 1, 3, 3)),
-    ]
     before = numba.get_num_threads()
     try:
-        for make, args, w_shape in cases:
-            w = rng.standard_normal(w_shape, dtype=np.float32)
-            b = rng.standard_normal(w_shape[0], dtype=np.float32)
-            outs = []
-            for threads, queues in ((1, False), (2, False), (2, True)):
-                numba.set_num_threads(threads)
-                monkeypatch.setattr(gemm, "IMAGE_QUEUES", queues)
-                run = make(*args)
-                assert run.c8 if make is DepthwiseRunner else True  # small planes: the channel blocks
-                counters = gemm.image_counters(7, threads)
-                assert counters.size == (16 if queues and threads == 2 else 1)
-                y = np.full(run.out_shape, np.nan, np.float32)
-                run(x, w, b, y)
-                outs.append(y)
-            assert np.isfinite(outs[0]).all()
-            for y in outs[1:]:
-                np.testing.assert_array_equal(y, outs[0])
+        for n, c, m in ((7, 24, 40), (1, 48, 120)):
+            x = rng.standard_normal((n, c, 9, 9), dtype=np.float32)
+            cases = [
+                (PointwiseRunner, (x.shape, (m, c, 1, 1), (0.0, 6.0)), (m, c, 1, 1)),
+                (DepthwiseRunner, (x.shape, (c, 1, 3, 3), (1, 1), (1, 1), (0.0, 6.0)), (c, 1, 3, 3)),
+            ]
+            if n > 1:
+                cases.append((Im2colRunner, (x.shape, (20, c, 3, 3), (2, 2), (1, 1), (0.0, 6.0)), (20, c, 3, 3)))
+            for make, args, w_shape in cases:
+                w = rng.standard_normal(w_shape, dtype=np.float32)
+                b = rng.standard_normal(w_shape[0], dtype=np.float32)
+                outs = []
+                for threads, queues in ((1, False), (2, False), (2, True)):
+                    numba.set_num_threads(threads)
+                    monkeypatch.setattr(gemm, "IMAGE_QUEUES", queues)
+                    run = make(*args)
+                    if make is DepthwiseRunner:
+                        assert run.c8  # small planes: the channel blocks
+                        counters = gemm.image_counters(n, threads, -(-c // 8))
+                    elif make is PointwiseRunner:
+                        counters = gemm.image_counters(n, threads, run.row_tasks)
+                    else:
+                        counters = gemm.image_counters(n, threads)
+                    assert counters.size == (16 if queues and threads == 2 else 1), (make, n)
+                    y = np.full(run.out_shape, np.nan, np.float32)
+                    run(x, w, b, y)
+                    outs.append(y)
+                assert np.isfinite(outs[0]).all()
+                for y in outs[1:]:
+                    np.testing.assert_array_equal(y, outs[0])
     finally:
         numba.set_num_threads(before)
