@@ -507,10 +507,10 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
                counter):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
-    left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image its CPU's queue of
-    channel blocks, gemm.claim_near); ws[t]: its two
-    block buffers of HP*WP*8 floats, 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j;
-    xoff[p] = (oh*sh*WP + ow*sw)*8 for output pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
+    left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
+    queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
+    32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j; xoff[p] = (oh*sh*WP + ow*sw)*8 for output
+    pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
     bsize = ws.shape[1] // 2
@@ -520,9 +520,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     b8 = np.empty(8, np.float32)
     cur, ntap = -1, 0
     _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
-    # queues (IMAGE_QUEUES, counter of 8 per queue): queue u the images u*N/Q.., the first claims from the queue of
-    # this thread's CPU; else one queue of every image. Within a queue block-major: q -> block q // nu of its image
-    # n_u + q % nu (a task's images share its taps)
+    # queues (gemm.image_counters: 8 counters a queue): queue u the images u*N/Q.. (or, one image, the channel blocks
+    # u*B/Q..), claimed from the queue of this thread's CPU first; else one queue of everything. Within a queue
+    # block-major: q -> block b_u + q // nu of image n_u + q % nu (a task's images share its taps)
     nq = counter.shape[0] // 8 if counter.shape[0] >= 16 else 1
     by_block = nq > 1 and n_img == 1  # one image: queue u its channel blocks u*nblk/Q.. (the layer before's rows)
     sizes = np.empty(nq, np.int64)

@@ -290,7 +290,7 @@ def _claim_near(counters, home, sizes):  # pragma: no cover - compiled
     return -1, 0
 
 
-IMAGE_QUEUES = True  # batches of 2+ images a thread: kernels that take queues (claim_near) get one per thread
+IMAGE_QUEUES = True  # kernels that take queues (claim_near) get one per thread where image_counters says
 
 
 def image_counters(n: int, workers: int, channel_tasks: int = 0) -> np.ndarray:

@@ -139,7 +139,10 @@ PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory,
 # or the call runs on several threads: each task then reads rows of x that another core wrote (the depthwise layer
 # before splits by channels); EfficientNet-Lite0 batch 1, 2 threads, in-process A/B 1.04-1.06x (1 thread: 1.01x)
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
-Y_PREFETCH = 32 * SLIVERS  # a tile first prefetches (for writing) its rows of y this many floats on: the next tile's
+# a tile first prefetches (for writing) its rows of y this many floats on, the next main tile's: in a net the outputs
+# land in arena lines not in cache, and every store missed (EfficientNet-Lite0 batch 1, in-process A/B, same bits:
+# 1 thread 1.12x, 2 threads 1.06-1.07x; batch 32 1.14x; distances 32 / 128 floats 1.11x / 1.06-1.10x)
+Y_PREFETCH = 32 * SLIVERS
 # the first main tile of a row tile prefetches the next row tile's W (12 rows, contiguous: a line per k) into L2: in a
 # net, W comes from L3 (EfficientNet-Lite0's 19 MB of weights pass through each forward); batch 1, in-process A/B,
 # same bits: 1 thread 1.03-1.04x, 2 threads 1.01-1.02x (L1 as the target: 1.02-1.03x both); batch 32 1.00x
@@ -580,8 +583,8 @@ def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
 
 @njit(cache=True, boundscheck=False, inline="always")
 def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py, pw):  # pragma: no cover
-    """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: x's prefetch distance (floats, 0: none);
-    py: y's prefetch distance (floats, 0: none)."""
+    """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: x's prefetch distance, py: y's
+    (floats, 0: none); pw: where in w the next row tile's weights start (0: no prefetch of them)."""
     xo = np.uint64(x_off + s * NR)
     yo = np.uint64(y_off + r * p + s * NR)
     ru, ku, pu, mru, pfu, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(pf), np.uint64(py)
@@ -823,7 +826,8 @@ class PointwiseRunner:
         # x from memory, or (several threads) partly from the other cores' caches, where the layer before left it
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES or not self.serial else 0
         # plan: images (0: nothing to do), K, M, P, pixel chunks, row blocks, slivers a chunk, rows a block, floats of
-        # a worker's buffer, of its packed chunk (PACK), the prefetch distance, floats of the shared pack
+        # a worker's buffer, of its packed chunk (PACK), x's prefetch distance, floats of the shared pack, y's prefetch
+        # distance, the next row tile's W prefetched (1) or not (0)
         self.plan = np.array(
             [n if m * p else 0, k, m, p, npc, nrb, chunk, block, size, packed, pf, shared, Y_PREFETCH, W_PREFETCH],
             np.int64,
