@@ -491,7 +491,7 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
     """xp[((s - s_begin)*k + c)*NR + j] = x[x_off + c*p + s*NR + j] for slivers s_begin <= s < s_end, c < k, j < NR:
     the chunk's main pixels as contiguous (K, NR) slivers, each row of x read once (rows in order: one stream); with
     the paired tile (SLIVERS == 2) slivers s_begin + 2g and s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver
-    from the first one's place (_tile_row_packed's pairs)."""
+    from the first one's place (_tile_row's pairs)."""
     ns = s_end - s_begin
     paired = ns - ns % 2 if SLIVERS == 2 else 0
     for c in range(k):
@@ -558,13 +558,11 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
                 _sliver_edge(wf, et, out, bias, yf, y_off, r, mr, k, p, h, flo, fhi)
             else:
                 _edge(wf, et, bias, yf, y_off, r, mr, k, p, ns * NR, t, flo, fhi)
-        if packed:
-            _tile_row_packed(
-                xp, wf, bias, yf, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, plan[12], SLIVERS == 2, pw
-            )
-        else:
-            pf = plan[10] if r == r_begin else 0  # the first row tile brings the chunk in; the others find it in L2
-            _tile_row(xf, wf, bias, yf, x_off + h, y_off + h, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12], pw)
+        # in place, the first row tile brings the chunk in (pf); the others find it in L2
+        pf = plan[10] if r == r_begin else 0
+        src = xp if packed else xf
+        xo, yo = x_off + h, y_off + h
+        _tile_row(src, wf, bias, yf, xo, packed, yo, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12], pw)
         if add:  # the residual sum of the rows just stored (in L1), over this task's pixels only
             for i in range(mr):
                 row = y_off + (r + i) * p
@@ -582,60 +580,36 @@ def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, py, pw):  # pragma: no cover
-    """The main tile at rows r.., sliver s (and s + 1 when two) of one image; pf: x's prefetch distance, py: y's
-    (floats, 0: none); pw: where in w the next row tile's weights start (0: no prefetch of them)."""
-    xo = np.uint64(x_off + s * NR)
-    yo = np.uint64(y_off + r * p + s * NR)
-    ru, ku, pu, mru, pfu, pyu = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(pf), np.uint64(py)
-    pwu = np.uint64(pw)
-    if mr == MR:
-        if two:
-            _pw_tile2(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
-        else:
-            _pw_tile(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
-    elif two:
-        _pw_tile2_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
-    else:
-        _pw_tile_edge(wf, xf, yf, bias, ru, xo, yo, ku, pu, pu, lo, hi, mru, pfu, pyu, pwu)
-
-
-@njit(cache=True, boundscheck=False, inline="always")
-def _tile_row(xf, wf, bias, yf, x_off, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf, py, pw):  # pragma: no cover
-    """The main tiles of rows r.. over slivers s_begin..s_end - 1 of one image."""
+def _tile_row(
+    src, wf, bias, yf, x_off, packed, y_off, r, mr, s_begin, s_end, k, p, lo, hi, pf, py, pw
+):  # pragma: no cover - compiled
+    """The main tiles of rows r.. over slivers s_begin..s_end - 1 of one image: x in place (src the image's x from
+    x_off, row stride P), or packed (src the chunk's slivers: sliver s at src[(s - s_begin)*k*NR:], row stride NR;
+    with the paired tile slivers s, s + 1 (s - s_begin even) as one (K, 2NR) pair sliver from sliver s's place:
+    _pack_chunk, _pack_shared, _pack_im2col). pf: x's prefetch distance (in place only), py: y's, pw: where in w the
+    next row tile's weights start (0: none; the first tile prefetches them). One call site of each tile (the body
+    compiles each once), and the same FMA chains either way, so the same bits."""
+    ru, ku, pu, mru = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr)
     s = s_begin
     while s < s_end:
         two = SLIVERS == 2 and s + 1 < s_end
+        xo = np.uint64((s - s_begin) * k * NR if packed else x_off + s * NR)
+        xs = np.uint64((2 * NR if two else NR) if packed else p)
+        yo = np.uint64(y_off + r * p + s * NR)
         # y's prefetch only within the chunk: past it are another task's pixels (maybe another thread's: a prefetch
         # for writing takes their lines away from it)
-        pys = py if s + py // NR + SLIVERS <= s_end else 0
-        _tile_at(xf, wf, bias, yf, x_off, y_off, r, mr, s, two, k, p, lo, hi, pf, pys, pw if s == s_begin else 0)
-        s += 2 if two else 1
-
-
-@njit(cache=True, boundscheck=False, inline="always")
-def _tile_row_packed(xp, wf, bias, yf, y_off, r, mr, s_begin, s_end, k, p, lo, hi, py, pairs, pw):  # pragma: no cover
-    """_tile_row over the chunk's slivers packed in xp (_pack_chunk, _pack_shared): sliver s at xp[(s - s_begin)*k*NR:],
-    row stride NR; with `pairs` (s_begin even) slivers s, s + 1 (s even, s + 1 < s_end) as one (K, 2NR) pair sliver
-    from sliver s's place, for the paired tile. The same FMA chains as reading x in place, so the same bits."""
-    ru, ku, pu, mru, zero = np.uint64(r), np.uint64(k), np.uint64(p), np.uint64(mr), np.uint64(0)
-    s = s_begin
-    while s < s_end:
-        two = pairs and s + 1 < s_end
-        xo = np.uint64((s - s_begin) * k * NR)
-        yo = np.uint64(y_off + r * p + s * NR)
-        xs = np.uint64(2 * NR if two else NR)
-        pyu = np.uint64(py if s + py // NR + (2 if two else 1) <= s_end else 0)  # within the chunk (see _tile_row)
+        pyu = np.uint64(py if s + py // NR + (2 if two else 1) <= s_end else 0)
         pwu = np.uint64(pw if s == s_begin else 0)
+        pfu = np.uint64(0 if packed else pf)
         if mr == MR:
             if two:
-                _pw_tile2(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
+                _pw_tile2(wf, src, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, pfu, pyu, pwu)
             else:
-                _pw_tile(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
+                _pw_tile(wf, src, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, pfu, pyu, pwu)
         elif two:
-            _pw_tile2_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
+            _pw_tile2_edge(wf, src, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, pfu, pyu, pwu)
         else:
-            _pw_tile_edge(wf, xp, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, zero, pyu, pwu)
+            _pw_tile_edge(wf, src, yf, bias, ru, xo, yo, ku, xs, pu, lo, hi, mru, pfu, pyu, pwu)
         s += 2 if two else 1
 
 
@@ -866,7 +840,7 @@ def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp, pairs):
     """xp[((s - s_begin)*k + c)*NR + j] = x_pad[x_off + toff[c] + oh*sh*wp + ow*sw] for output pixel
     p = s*NR + j = oh*OW + ow: the im2col slivers of a chunk (tap c at offset toff[c] in the padded image), built
     where the row tiles read them (L1/L2), not as a whole im2col matrix. With `pairs`, slivers s_begin + 2g and
-    s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver from the first one's place (_tile_row_packed's pairs)."""
+    s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver from the first one's place (_tile_row's pairs)."""
     base = np.empty(NR, np.int64)
     for s in range(s_begin, s_end):
         i = s - s_begin
@@ -912,9 +886,7 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
             _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp, SLIVERS == 2)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
-                _tile_row_packed(
-                    xp, wf, bias, yf, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, plan[10], SLIVERS == 2, 0
-                )
+                _tile_row(xp, wf, bias, yf, 0, True, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, 0, plan[10], 0)
         task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
 
 
