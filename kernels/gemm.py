@@ -30,6 +30,7 @@ Benchmark: ``python -m benchmarks --only gemm`` (checks against the reference fi
 
 from __future__ import annotations
 
+import platform
 import threading
 
 import numba
@@ -261,15 +262,25 @@ def _claim(typingctx, counter):
     return sig, codegen
 
 
+_RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction that tells this_cpu where it runs
+
+
 @intrinsic
 def _this_cpu(typingctx):
-    """The CPU the calling thread runs on now (libc's sched_getcpu: a vDSO read, no system call), -1 where unknown."""
+    """The CPU the calling thread runs on now, for locality only (never for correctness): on x86-64 the low 12 bits
+    of the TSC_AUX register that RDTSCP returns (Linux keeps the CPU number there, as its vDSO getcpu reads it; other
+    systems keep something else there, and then the queues are merely arbitrary); elsewhere 0. No call, no system
+    call: a symbol such as libc's sched_getcpu would not exist on every system the kernels are built on."""
     sig = types.int64()
 
     def codegen(context, builder, signature, args):
-        fnty = llvm_ir.FunctionType(llvm_ir.IntType(32), [])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "sched_getcpu")
-        return builder.sext(builder.call(fn, []), llvm_ir.IntType(64))
+        i32, i64 = llvm_ir.IntType(32), llvm_ir.IntType(64)
+        if not _RDTSCP:
+            return llvm_ir.Constant(i64, 0)
+        fnty = llvm_ir.FunctionType(llvm_ir.LiteralStructType([i64, i32]), [])
+        out = builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.rdtscp"), [])
+        aux = builder.extract_value(out, 1)  # {TSC, TSC_AUX}
+        return builder.zext(builder.and_(aux, llvm_ir.Constant(i32, 0xFFF)), i64)
 
     return sig, codegen
 
