@@ -476,6 +476,19 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
     return sig, codegen
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _zero_border8(buf, off, hb, wb, h, wd, ph, pw):  # pragma: no cover - compiled
+    """Zeros in the border of a block buffer at buf[off:] ((hb, wb, 8): rows outside ph..ph + h - 1, columns outside
+    pw..pw + wd - 1), not in the image's pixels, which every fill writes (a whole 112 x 112 buffer pair is 0.8 MB)."""
+    row = wb * 8
+    _zero(buf, off, off + ph * row)
+    _zero(buf, off + (ph + h) * row, off + hb * row)
+    for r in range(ph, ph + h):
+        o = off + r * row
+        _zero(buf, o, o + pw * 8)
+        _zero(buf, o + (pw + wd) * 8, o + row)
+
+
 @njit(cache=True, boundscheck=False)
 def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover - compiled
     """buf[((r + ph)*WP + pw + col)*8 + l] = x[c0 + l, r, col] for the nch channels of a block (plane l at
@@ -519,7 +532,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     toff = np.empty(khw, np.int64)
     b8 = np.empty(8, np.float32)
     cur, ntap = -1, 0
-    _zero(ws[t], 0, 2 * bsize)  # the zero borders of both block buffers, once (fills copy the image only)
+    hb = bsize // (wp * 8)  # padded rows of a block buffer
+    for half in range(2):  # the zero borders of both block buffers, once a call (fills copy the image only)
+        _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw)
     # queues (gemm.image_counters: 8 counters a queue): queue u the images u*N/Q.. (or, one image, the channel blocks
     # u*B/Q..), claimed from the queue of this thread's CPU first; else one queue of everything. Within a queue
     # block-major: q -> block b_u + q // nu of image n_u + q % nu (a task's images share its taps)
