@@ -70,7 +70,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
-from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, splat, this_cpu
+from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.tasks import Task
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
@@ -535,31 +535,18 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     hb = bsize // (wp * 8)  # padded rows of a block buffer
     for half in range(2):  # the zero borders of both block buffers, once a call (fills copy the image only)
         _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw)
-    # queues (gemm.image_counters: 8 counters a queue): queue u the images u*N/Q.. (or, one image, the channel blocks
-    # u*B/Q..), claimed from the queue of this thread's CPU first; else one queue of everything. Within a queue
-    # block-major: q -> block b_u + q // nu of image n_u + q % nu (a task's images share its taps)
-    nq = counter.shape[0] // 8 if counter.shape[0] >= 16 else 1
-    by_block = nq > 1 and n_img == 1  # one image: queue u its channel blocks u*nblk/Q.. (the layer before's rows)
-    sizes = np.empty(nq, np.int64)
-    for u in range(nq):
-        if by_block:
-            sizes[u] = -(-((u + 1) * nblk // nq - u * nblk // nq) // per)
-        else:
-            sizes[u] = -(-(((u + 1) * n_img // nq - u * n_img // nq) * nblk) // per)
-    home = max(this_cpu(), 0) % nq
+    # queues (gemm.image_counters, gemm.claim_near): queue u the images u*N/Q.. or, one image, its channel blocks
+    # u*B/Q.., claimed from the queue of this thread's CPU first. Within a queue block-major: q -> block b_u + q // nu
+    # of image n_u + q % nu (a task's images share its taps)
+    items, granule = (n_img, nblk) if n_img > 1 else (nblk, 1)
+    sizes = queue_sizes(counter, items, granule, per)
+    nq = sizes.shape[0]
     while True:
-        if nq > 1:
-            u, task = claim_near(counter, home, sizes)
-            if u < 0:
-                break
-        else:
-            u, task = 0, claim(counter)
-            if task >= sizes[0]:
-                break
-        n_u = 0 if by_block else u * n_img // nq
-        nu = n_img if by_block else (u + 1) * n_img // nq - n_u
-        b_u = u * nblk // nq if by_block else 0
-        nb = (u + 1) * nblk // nq - b_u if by_block else nblk
+        u, task = claim_near(counter, sizes)
+        if u < 0:
+            break
+        first, stop = u * items // nq, (u + 1) * items // nq
+        n_u, nu, b_u, nb = (first, stop - first, 0, nblk) if n_img > 1 else (0, 1, first, stop - first)
         q0, q1 = task * per, min(nu * nb, (task + 1) * per)
         for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
             if q < q1:

@@ -286,13 +286,28 @@ def _this_cpu(typingctx):
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _claim_near(counters, home, sizes):  # pragma: no cover - compiled
-    """(queue u, index i) of the next task of a call whose tasks are split into queues, sizes[u] tasks in queue u
-    (counters: zeroed int64, one per queue 8 apart, a line each): from queue `home` first, then from the others in
-    turn (a worker that is done steals); (-1, 0) when every queue is empty. Kernels give queue u the images a worker
-    on CPU u (mod the queues) wrote in the layer before, so each image's activations stay in one core's caches from
-    layer to layer; the results do not depend on who runs a task."""
+def _queue_sizes(counters, items, granule, per):  # pragma: no cover - compiled
+    """Tasks in each queue of a call (image_counters: one queue per 8 counters, or one plain counter): queue u holds
+    items u*I/Q .. (u+1)*I/Q - 1 (I = items, Q = queues), `granule` units each, `per` units a task."""
+    nq = counters.shape[0] // 8 if counters.shape[0] >= 16 else 1
+    sizes = np.empty(nq, np.int64)
+    for u in range(nq):
+        sizes[u] = -(-(((u + 1) * items // nq - u * items // nq) * granule) // per)
+    return sizes
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _claim_near(counters, sizes):  # pragma: no cover - compiled
+    """(queue u, index i) of the next task, sizes[u] tasks in queue u (_queue_sizes); (-1, 0) when all are taken. One
+    plain counter: a plain claim. Queues (counters 8 apart, a line each): from the queue of the CPU this thread runs on
+    first (this_cpu mod the queues), then from the others in turn (a worker that is done steals). Kernels give queue u
+    the images (or channels) a worker on that CPU wrote in the layer before, so activations stay in one core's caches
+    from layer to layer; the results do not depend on who runs a task."""
     nq = sizes.shape[0]
+    if nq == 1:
+        i = _claim(counters)
+        return (0, i) if i < sizes[0] else (-1, 0)
+    home = max(_this_cpu(), 0) % nq
     for j in range(nq):
         u = (home + j) % nq
         i = _claim(counters[u * 8 : u * 8 + 1])
@@ -659,5 +674,5 @@ def gemm(
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
 # (kernels.pointwise, depthwise, winograd); the same objects as the underscored names.
 as64, splat, accumulators, flat_f32, claim = _as64, _splat, _accumulators, _flat_f32, _claim
-claim_near, this_cpu = _claim_near, _this_cpu
+claim_near, queue_sizes = _claim_near, _queue_sizes
 block, stack_empty = _block, _stack_empty  # the micro-kernel and its stack buffer, for kernels.winograd

@@ -111,7 +111,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.depthwise import check_act
-from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, splat, this_cpu
+from kernels.gemm import Workspace, accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.tasks import Task
 from kernels.tiling import MR, NR, PAIR, VW
 
@@ -486,6 +486,16 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
             yf[np.uint64(row + j)] = out[i * NR + t + j]
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _sliver_row(i, ns, k, c):  # pragma: no cover - compiled
+    """Where row c of sliver i (of ns) of a packed chunk starts: (K, NR) slivers one after another; with the paired
+    tile (SLIVERS == 2) slivers 2g and 2g + 1 < ns as one (K, 2NR) pair sliver from sliver 2g's place, the second's
+    row c NR floats into the pair's (what _tile_row reads with its pairs)."""
+    if SLIVERS == 2 and (i | 1) < ns:
+        return (i - i % 2) * k * NR + c * 2 * NR + i % 2 * NR
+    return (i * k + c) * NR
+
+
 @njit(cache=True, boundscheck=False)
 def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - compiled
     """xp[((s - s_begin)*k + c)*NR + j] = x[x_off + c*p + s*NR + j] for slivers s_begin <= s < s_end, c < k, j < NR:
@@ -493,17 +503,10 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
     the paired tile (SLIVERS == 2) slivers s_begin + 2g and s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver
     from the first one's place (_tile_row's pairs)."""
     ns = s_end - s_begin
-    paired = ns - ns % 2 if SLIVERS == 2 else 0
     for c in range(k):
         src = x_off + c * p + s_begin * NR
-        for g in range(0, paired, 2):
-            d = (g * k + 2 * c) * NR
-            o = src + g * NR
-            for j in range(2 * NR):
-                xp[np.uint64(d + j)] = xf[np.uint64(o + j)]
-        for s in range(paired, ns):
-            d = (s * k + c) * NR
-            o = src + s * NR
+        for s in range(ns):
+            d, o = _sliver_row(s, ns, k, c), src + s * NR
             for j in range(NR):
                 xp[np.uint64(d + j)] = xf[np.uint64(o + j)]
 
@@ -623,16 +626,11 @@ def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - com
     ns = p // NR
     t = p - ns * NR
     e0 = n_img * ns * k * NR
-    paired = ns - ns % 2 if SLIVERS == 2 else 0  # slivers in pairs
     for n in range(n_img):
         for c in range(c_begin, c_end):
             src = (n * k + c) * p
-            for g in range(0, paired, 2):
-                d = ((n * ns + g) * k + 2 * c) * NR
-                for j in range(2 * NR):
-                    sp[np.uint64(d + j)] = xf[np.uint64(src + g * NR + j)]
-            for s in range(paired, ns):
-                d = ((n * ns + s) * k + c) * NR
+            for s in range(ns):
+                d = n * ns * k * NR + _sliver_row(s, ns, k, c)
                 for j in range(NR):
                     sp[np.uint64(d + j)] = xf[np.uint64(src + s * NR + j)]
             for j in range(t):
@@ -640,22 +638,19 @@ def _pack_shared(xf, n_img, k, p, c_begin, c_end, sp):  # pragma: no cover - com
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _next_task(counter, n_img, per_image, ntask):  # pragma: no cover - compiled
-    """The next task (image-major: per_image tasks an image), ntask when none is left: with image queues (a counter of
-    8 per queue, gemm.image_counters) from the queue of this thread's CPU first (gemm.claim_near), else claimed."""
-    if counter.shape[0] < 16:
-        return claim(counter)
-    nq = counter.shape[0] // 8
-    sizes = np.empty(nq, np.int64)
-    if n_img == 1:  # one image (row blocks only, gemm.image_counters): queue u the row blocks u*T/Q..
-        for u in range(nq):
-            sizes[u] = (u + 1) * per_image // nq - u * per_image // nq
-        u, i = claim_near(counter, max(this_cpu(), 0) % nq, sizes)
-        return ntask if u < 0 else u * per_image // nq + i
-    for u in range(nq):
-        sizes[u] = ((u + 1) * n_img // nq - u * n_img // nq) * per_image
-    u, i = claim_near(counter, max(this_cpu(), 0) % nq, sizes)
-    return ntask if u < 0 else u * n_img // nq * per_image + i
+def _task_queues(counter, plan):  # pragma: no cover - compiled
+    """(items, tasks an item, tasks in each queue) of a call whose tasks are image-major (_task_span): items are the
+    images, or with one image its tasks (row blocks only: gemm.image_counters gives such a call queues)."""
+    per_image = plan[4] * plan[5]
+    items, granule = (plan[0], per_image) if plan[0] > 1 else (per_image, 1)
+    return items, granule, queue_sizes(counter, items, granule, 1)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _next_task(counter, items, granule, sizes, ntask):  # pragma: no cover - compiled
+    """The next task (gemm.claim_near: from the queue of this thread's CPU first), ntask when none is left."""
+    u, i = claim_near(counter, sizes)
+    return ntask if u < 0 else u * items // sizes.shape[0] * granule + i
 
 
 def _pw_worker(t, x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add):  # pragma: no cover - compiled
@@ -669,10 +664,11 @@ def _pw_worker(t, x, w, bias, y, plan, lo, hi, ws, workers, counter, res, z, add
     size = plan[8]
     sp = ws[workers * size :]
     xt = ws[t * size : (t + 1) * size]
-    task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
+    items, granule, sizes = _task_queues(counter, plan)
+    task = _next_task(counter, items, granule, sizes, ntask)
     while task < ntask:
         _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp)
-        task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
+        task = _next_task(counter, items, granule, sizes, ntask)
 
 
 def _pw_pack_worker(t, x, plan, ws, workers):  # pragma: no cover - compiled
@@ -836,17 +832,15 @@ class PointwiseRunner:
 
 
 @njit(cache=True, boundscheck=False)
-def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp, pairs):  # pragma: no cover - compiled
+def _pack_im2col(xf, x_off, toff, wp, ow, sh, sw, k, s_begin, s_end, xp):  # pragma: no cover - compiled
     """xp[((s - s_begin)*k + c)*NR + j] = x_pad[x_off + toff[c] + oh*sh*wp + ow*sw] for output pixel
     p = s*NR + j = oh*OW + ow: the im2col slivers of a chunk (tap c at offset toff[c] in the padded image), built
-    where the row tiles read them (L1/L2), not as a whole im2col matrix. With `pairs`, slivers s_begin + 2g and
-    s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver from the first one's place (_tile_row's pairs)."""
+    where the row tiles read them (L1/L2), not as a whole im2col matrix; in pair slivers with the paired tile
+    (_sliver_row)."""
     base = np.empty(NR, np.int64)
     for s in range(s_begin, s_end):
-        i = s - s_begin
-        paired = pairs and (i | 1) + s_begin < s_end  # in a pair: rows 2NR floats apart, the second at + NR
-        d0 = (i - i % 2) * k * NR + i % 2 * NR if paired else i * k * NR
-        rs = 2 * NR if paired else NR
+        d0 = _sliver_row(s - s_begin, s_end - s_begin, k, 0)
+        rs = _sliver_row(s - s_begin, s_end - s_begin, k, 1) - d0  # floats from one row of the sliver to the next
         q0 = s * NR
         if q0 % ow + NR <= ow and (sw == 1 or sw == 2):  # the sliver within one output row: a (strided) run of x
             b0 = x_off + (q0 // ow) * sh * wp + (q0 % ow) * sw
@@ -879,15 +873,16 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
     ns = p // NR
     flo, fhi = np.float32(lo), np.float32(hi)
     xp = ws[t * size : (t + 1) * size]
-    task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
+    items, granule, sizes = _task_queues(counter, plan)
+    task = _next_task(counter, items, granule, sizes, ntask)
     while task < ntask:
         n, _, r_begin, r_end, s_begin, s_end = _task_span(task, plan, ns)
         if s_end > s_begin:
-            _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp, SLIVERS == 2)
+            _pack_im2col(xf, n * geo[0], toff, geo[1], geo[2], geo[3], geo[4], k, s_begin, s_end, xp)
             for r in range(r_begin, r_end, MR):
                 mr = min(MR, r_end - r)
                 _tile_row(xp, wf, bias, yf, 0, True, n * m * p, r, mr, s_begin, s_end, k, p, flo, fhi, 0, plan[10], 0)
-        task = _next_task(counter, plan[0], plan[4] * plan[5], ntask)
+        task = _next_task(counter, items, granule, sizes, ntask)
 
 
 _IM2COL = Task(
