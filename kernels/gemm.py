@@ -262,7 +262,7 @@ def _claim(typingctx, counter):
     return sig, codegen
 
 
-_RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction that tells this_cpu where it runs
+_RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction that tells _this_cpu where it runs
 
 
 @intrinsic
@@ -300,7 +300,7 @@ def _queue_sizes(counters, items, granule, per):  # pragma: no cover - compiled
 def _claim_near(counters, sizes):  # pragma: no cover - compiled
     """(queue u, index i) of the next task, sizes[u] tasks in queue u (_queue_sizes); (-1, 0) when all are taken. One
     plain counter: a plain claim. Queues (counters 8 apart, a line each): from the queue of the CPU this thread runs on
-    first (this_cpu mod the queues), then from the others in turn (a worker that is done steals). Kernels give queue u
+    first (_this_cpu mod the queues), then from the others in turn (a worker that is done steals). Kernels give queue u
     the images (or channels) a worker on that CPU wrote in the layer before, so activations stay in one core's caches
     from layer to layer; the results do not depend on who runs a task."""
     nq = sizes.shape[0]

@@ -490,7 +490,7 @@ def _sliver_edge(wf, xs, out, bias, yf, y_off, r, mr, k, p, h, lo, hi):  # pragm
 def _sliver_row(i, ns, k, c):  # pragma: no cover - compiled
     """Where row c of sliver i (of ns) of a packed chunk starts: (K, NR) slivers one after another; with the paired
     tile (SLIVERS == 2) slivers 2g and 2g + 1 < ns as one (K, 2NR) pair sliver from sliver 2g's place, the second's
-    row c NR floats into the pair's (what _tile_row reads with its pairs)."""
+    row c NR floats into the pair's (what _tile_row reads when packed)."""
     if SLIVERS == 2 and (i | 1) < ns:
         return (i - i % 2) * k * NR + c * 2 * NR + i % 2 * NR
     return (i * k + c) * NR
@@ -501,7 +501,7 @@ def _pack_chunk(xf, x_off, k, p, s_begin, s_end, xp):  # pragma: no cover - comp
     """xp[((s - s_begin)*k + c)*NR + j] = x[x_off + c*p + s*NR + j] for slivers s_begin <= s < s_end, c < k, j < NR:
     the chunk's main pixels as contiguous (K, NR) slivers, each row of x read once (rows in order: one stream); with
     the paired tile (SLIVERS == 2) slivers s_begin + 2g and s_begin + 2g + 1 < s_end as one (K, 2NR) pair sliver
-    from the first one's place (_tile_row's pairs)."""
+    from the first one's place (_sliver_row)."""
     ns = s_end - s_begin
     for c in range(k):
         src = x_off + c * p + s_begin * NR
