@@ -60,7 +60,6 @@ benchmarks/).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -71,6 +70,7 @@ from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
 from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, queue_sizes, splat
+from kernels.serial import l2_bytes
 from kernels.tasks import Task
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
@@ -80,21 +80,11 @@ C8 = True  # forward: blocks of 8 channels (_c8_worker) for small planes (see be
 C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
 
 
-def _l2_bytes(default: int = 512 << 10) -> int:
-    """The first CPU's L2 cache in bytes (Linux sysfs), else `default` (Zen 3's 512 KB, where the constants here were
-    first tuned)."""
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
-        return int(text[:-1]) << 10 if text.endswith("K") else int(text)
-    except (OSError, ValueError):
-        return default
-
-
 # at horizontal stride > 1, where the plane path's phase split costs more: padded pixels of a block buffer such that
 # a worker's two buffers take half of L2 at most (Zen 3, 512 KB: 4096 pixels, 128 KB each, 56 x 56 planes at stride
 # 2; a 2 MB L2: 16384, which takes in the 112 x 112 stride-2 layer: 0.56 -> 0.43 ms at batch 1 on 1 thread of an
 # AVX-512 Xeon, CPU time, where 112 x 112 at stride 1 stays faster plane by plane, 0.27 vs 0.29-0.41 ms)
-C8_MAX_PIXELS_STRIDED = max(4096, _l2_bytes() // (2 * 2 * 8 * 4))
+C8_MAX_PIXELS_STRIDED = max(4096, l2_bytes() // (2 * 2 * 8 * 4))
 # x of at least this many bytes (read from memory, not from L2/L3: EfficientNet-Lite0 at batch 8 and more): blocks of 8
 # channels for any plane size (their fill reads x once, in order); per layer at batch 32, 2 threads: 112 x 112 s2 7.94
 # vs 9.27 ms, 56 x 56 5.61 vs 6.48, 112 x 112 5.08 vs 5.14; below it the plane path is as fast or faster (32 channels of

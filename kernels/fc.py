@@ -31,7 +31,7 @@ from numba import njit, types
 
 from kernels.activations import relu_forward
 from kernels.gemm import NC, _claim, gemm
-from kernels.serial import SMALL_WORK
+from kernels.serial import SMALL_WORK, l2_bytes
 from kernels.tasks import Task
 
 CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4)
@@ -281,7 +281,11 @@ class ForwardRunner:
         self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
         self.small = (m, k, n) if m <= SMALL_M and not transpose else None
         # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): on the calling thread (kernels.tasks).
-        self.serial = m * k * n < SMALL_WORK
+        # So is a few rows' weight that fits in one core's L2 (LeNet's ip1, 1.6 MB, with a 2 MB L2): one core streams
+        # it from there faster than two (AVX-512 Xeon, alone: 500 x 800 34 vs 53 us, 500 x 400 22 vs 51 us, 100 x 800
+        # 7.1 vs 7.4 us), where a larger one, from L3 or memory, takes twice the bandwidth on two (1000 x 1280: 190 vs
+        # 124 us). The same code either way (one thread claims every row block): the same bits.
+        self.serial = m * k * n < SMALL_WORK or (self.small is not None and 4 * n * k <= l2_bytes())
         self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
 

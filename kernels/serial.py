@@ -7,16 +7,29 @@ that overhead (figures: benchmarks/perf_notes.md). ``serial_twin(kernel)`` compi
 bits), under its own name so Numba's on-disk cache keeps both versions apart.
 
 ``SMALL_WORK``: below this many elements touched (or multiply-adds), the execution plan's runners take the twin.
+``l2_bytes()``: this machine's L2 cache per core, for the kernels whose split depends on it.
 """
 
 from __future__ import annotations
 
 import functools
 import types
+from pathlib import Path
 
 from numba import njit
 
 SMALL_WORK = 32768  # elements read (pooling, softmax) or multiply-adds (inner product) of one call
+
+
+@functools.cache
+def l2_bytes(default: int = 512 << 10) -> int:
+    """The first CPU's L2 cache in bytes (Linux sysfs), else `default` (Zen 3's 512 KB, where the kernels' constants
+    were first tuned)."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+        return int(text[:-1]) << 10 if text.endswith("K") else int(text)
+    except (OSError, ValueError):
+        return default
 
 
 @functools.cache
