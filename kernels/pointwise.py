@@ -42,10 +42,10 @@ Kernels, in order:
                      in-process A/B 1.02-1.04x. A task walks its row
                      tiles, each one's edge pixels first (they stream the tile's W rows into L1 for the main tiles'
                      broadcasts), then its main tiles left to right: W is read from L1, and x (a chunk of at most
-                     X_CHUNK_FLOATS, in L2) once per row tile. When x is
-                     over PREFETCH_MIN_X_BYTES (from memory: batch 32), the first row tile of a task also prefetches,
-                     for every k, row k of x one tile ahead (PREFETCH_FLOATS): the K rows are P floats apart, a page
-                     or more at 56 x 56, and the hardware prefetchers do not cross pages, so each line was a miss
+                     X_CHUNK_FLOATS, in L2) once per row tile. When x is over PREFETCH_MIN_X_BYTES (not all in L2:
+                     batch 32, the larger layers at batch 1), the first row tile of a task also prefetches, for
+                     every k, row k of x one tile ahead (PREFETCH_FLOATS): the K rows are P floats apart, a page or
+                     more at 56 x 56, and the hardware prefetchers do not cross pages, so each line was a miss
                      (batch 32, 2 threads: the 56 x 56 and 112 x 112 projections 1.13-1.33x faster). Chunks and
                      blocks are chosen once per shape (``_split``): enough tasks for the threads, and of those splits
                      the one that re-reads least (W once per chunk, x once per block). Below SERIAL_MACS one worker
@@ -59,15 +59,16 @@ Kernels, in order:
                      bits as in place. 1 thread, CPU time, batch 32 (a loaded machine): the 1x1 layers summed 194 ->
                      178 ms, the deep projections 1.13-1.20x. With AVX-512 in (K, 32) pair slivers:
                      EfficientNet-Lite0 batch 32, in-process A/B 1.004-1.011x (1 and 2 threads).
-   ``_pack_shared`` - (SHARED_PACK) a smaller x (not PACK) whose rows start off the cache lines (P not a multiple of
-                     16: 7 x 7, 14 x 14; each 16-pixel load then splits across two lines, 17% slower on a line-aligned
-                     x moved 4 bytes) is packed once per call, every worker its share of the rows (one fork-join
-                     more), into slivers all tasks read, and each image's P % 16 edge pixels with them (no task packs
-                     its own: one did so per row block). The same bits. Batch 1, 2 threads, same-runner A/B:
-                     1.19-1.31x on the 7 x 7 layers, 0.99-1.18x at 14 x 14; EfficientNet-Lite0 batch 1 in-process
-                     A/B: 2 threads 1.06-1.07x, 1 thread 1.04x. With AVX-512 the slivers go in (K, 32) pairs for
-                     the paired tile (a 64-byte load off a line always splits): EfficientNet-Lite0 batch 1 in-process
-                     A/B 1.00-1.01x (1 thread), 1.02-1.03x (2 threads), the layers alone 0.97-1.02x.
+   ``_pack_shared`` - (SHARED_PACK) a smaller x (not PACK) whose rows start off the cache lines (P not a multiple of 16,
+                     and at most SHARED_PACK_MAX_P pixels: 7 x 7; each 16-pixel load then splits across two lines, 17%
+                     slower on a line-aligned x moved 4 bytes) is packed once per call, every worker its share of the
+                     rows (one fork-join more), into slivers all tasks read, and each image's P % 16 edge pixels with
+                     them (no task packs its own: one did so per row block). The same bits. Batch 1, 2 threads,
+                     same-runner A/B: 1.19-1.31x on the 7 x 7 layers, 0.99-1.18x at 14 x 14; EfficientNet-Lite0 batch 1
+                     in-process A/B: 2 threads 1.06-1.07x, 1 thread 1.04x. With AVX-512 the slivers go in (K, 32) pairs
+                     for the paired tile (a 64-byte load off a line always splits): EfficientNet-Lite0 batch 1
+                     in-process A/B 1.00-1.01x (1 thread), 1.02-1.03x (2 threads), the layers alone 0.97-1.02x. At 14 x
+                     14 the paired tile now reads x in place (SHARED_PACK_MAX_P): 1.01x at batch 1, 1 and 2 threads.
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
                      without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
@@ -135,9 +136,10 @@ PACK_MIN_ROWS = 8 * MR  # ... when a task's row block reads each packed sliver t
 # 4 lines, both lines of the pair tile two tiles on: the projections at batch 32 with x from memory, 1 thread,
 # K = 144 16.8 -> 14.9 ms with one line, 15.1-21.4 -> 11.6-14.3 ms with both; K = 96 11.7 -> 10.1 -> 7.7-9.5) ...
 PREFETCH_FLOATS = 64 if SLIVERS == 2 else 16
-PREFETCH_MIN_X_BYTES = 4 << 20  # ... when x is larger than this (x from memory, not from the layer before's caches),
-# or the call runs on several threads: each task then reads rows of x that another core wrote (the depthwise layer
-# before splits by channels); EfficientNet-Lite0 batch 1, 2 threads, in-process A/B 1.04-1.06x (1 thread: 1.01x)
+PREFETCH_MIN_X_BYTES = 512 << 10  # ... when x is larger than this (x from memory or L3, not all in L2 from the layer
+# before: 4 MB until EfficientNet-Lite0 batch 1, 1 thread, in-process A/B with the 14 x 14 change of SHARED_PACK_MAX_P
+# below: 1.02-1.05x min, 1.02x median), or the call runs on several threads: each task then reads rows of x that
+# another core wrote (the depthwise layer before splits by channels); batch 1, 2 threads, in-process A/B 1.04-1.06x
 PACK_MIN_X_BYTES = 1 << 20  # ... and x is larger than this (smaller ones are still in L2 from the layer before)
 # a tile first prefetches (for writing) its rows of y this many floats on, the next main tile's: in a net the outputs
 # land in arena lines not in cache, and every store missed (EfficientNet-Lite0 batch 1, in-process A/B, same bits:
@@ -148,6 +150,10 @@ Y_PREFETCH = 32 * SLIVERS
 # same bits: 1 thread 1.03-1.04x, 2 threads 1.01-1.02x (L1 as the target: 1.02-1.03x both); batch 32 1.00x
 W_PREFETCH = 1
 SHARED_PACK = True  # smaller x whose rows are off the cache lines (P % 16): packed once a call, shared by the tasks
+# ... up to this many pixels an image (7 x 7: 1.19-1.31x; at 14 x 14 the paired tile reads x in place faster: K = 480,
+# M = 72 alone 111 -> 97 us, 1 thread; EfficientNet-Lite0 batch 1 in-process A/B without it there 1.01x at 1 and 2
+# threads)
+SHARED_PACK_MAX_P = 128
 assert NR == 16 and NR % VW == 0, "the tile stores NR = 16 pixels as NR / VW vectors"
 assert MR * SLIVERS * (NR // VW) + SLIVERS * (NR // VW) + 1 <= (32 if VW == 16 else 16), "accumulators + B + A"
 assert DOT_ACC + max(DOT_COLS, 2) + 1 <= 16, "dot tile: accumulators + pixel vectors (2 for 2 partial sums) + W"
@@ -791,7 +797,8 @@ class PointwiseRunner:
         big = 4 * n * k * p > PACK_MIN_X_BYTES
         packed = chunk * k * NR if PACK and big and block >= PACK_MIN_ROWS else 0
         # x's rows off the cache lines (P not a multiple of NR), x small: every image's slivers packed once a call
-        shared = n * p * k if SHARED_PACK and not big and p % NR and p > NR else 0  # slivers + edges
+        small_p = NR < p <= SHARED_PACK_MAX_P and p % NR != 0
+        shared = n * p * k if SHARED_PACK and not big and small_p else 0  # slivers + edges
         size = -(-(packed + NR * k + MR * NR) // NR) * NR
         # x from memory, or (several threads) partly from the other cores' caches, where the layer before left it
         pf = PREFETCH_FLOATS if 4 * n * k * p > PREFETCH_MIN_X_BYTES or not self.serial else 0

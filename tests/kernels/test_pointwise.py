@@ -196,6 +196,7 @@ def test_shared_pack_gives_the_same_bits(xs, m, split, monkeypatch) -> None:
     x, w, b = _inputs(xs, (m, xs[1], 1, 1), seed=xs[1] + m)
     res = np.random.default_rng(1).standard_normal((xs[0], m, *xs[2:])).astype(np.float32)
     outs = {}
+    monkeypatch.setattr(pw_module, "SHARED_PACK_MAX_P", 1 << 30)  # 14 x 14 too
     for shared in (False, True):
         monkeypatch.setattr(pw_module, "SHARED_PACK", shared)
         run = PointwiseRunner(x.shape, w.shape, (0.0, 6.0))
