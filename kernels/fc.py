@@ -3,7 +3,8 @@
 Kernels:
 
 0. ``inner_product_forward_ref`` - plain NumPy in float64.
-1. ``_ip_small_rows``            - few samples (M <= SMALL_M, e.g. CaffeNet's fc6 at batch 10), W of shape (N, K):
+1. ``_ip_small_rows``            - few samples (``small_rows``: M <= SMALL_M, e.g. EfficientNet-Lite0's fc at batch
+                                   1-8, or a tiny W), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
                                    the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
                                    4 outputs, each a 4 x 2 register tile of dot products (``_dots_4x2``).
@@ -35,7 +36,19 @@ from kernels.serial import SMALL_WORK, l2_bytes
 from kernels.tasks import Task
 
 CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4)
-SMALL_M = 32  # at most this many rows of x2: the weight-streaming kernel for W of shape (N, K)
+# at most this many rows of x2: the weight-streaming kernel for W of shape (N, K) (it re-reads W's 4-row blocks once
+# per pair of rows, where the GEMM reads W once: AVX-512 Xeon, 2 threads, small-rows / GEMM time at 4 / 8 / 10 / 16 /
+# 32 rows: CaffeNet fc6 0.76 / 1.10 / 1.36 / 1.84 / 2.37, fc7 0.72 / 1.16 / 1.36 / 2.25 / 2.70, EfficientNet-Lite0's
+# fc 0.68 / 1.03 / 1.0 / 1.5 / 1.9; 32 until then) ...
+SMALL_M = 8
+SMALL_M_TINY_W = 32  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32)
+TINY_W = 1 << 16
+SMALL_M_DX = 32  # the data gradient dy2 @ W with W (K, N): streamed once at most this many rows, not packed
+
+
+def small_rows(m: int, n: int, k: int) -> bool:
+    """Does y = x2 @ W.T with x2 (m, k), W (n, k) take the weight-streaming kernel (`_ip_small_rows`)?"""
+    return m <= SMALL_M or (m <= SMALL_M_TINY_W and n * k <= TINY_W)
 
 
 def flatten_input(x: np.ndarray, axis: int, k_expected: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -247,7 +260,7 @@ def inner_product_forward(
             f"inner_product: expected out to be C-contiguous float32 of shape {shape}, got {out.dtype} {out.shape}"
         )
     out2 = out.reshape(x2.shape[0], n)
-    if x2.shape[0] <= SMALL_M and not transpose:
+    if not transpose and small_rows(x2.shape[0], n, k):
         _ip_small_rows(x2, w, np.zeros(n, np.float32) if b is None else b, out2, bool(relu), numba.get_num_threads())
         return out
     if not transpose and x2.shape[0] <= NC:
@@ -279,7 +292,7 @@ class ForwardRunner:
         m = math.prod(x_shape[:axis])
         self.out_shape = (*x_shape[:axis], n)
         self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
-        self.small = (m, k, n) if m <= SMALL_M and not transpose else None
+        self.small = (m, k, n) if not transpose and small_rows(m, n, k) else None
         # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): on the calling thread (kernels.tasks).
         # So is a few rows' weight that fits in one core's L2 (LeNet's ip1, 1.6 MB, with a 2 MB L2): one core streams
         # it from there faster than two (AVX-512 Xeon, alone: 500 x 800 34 vs 53 us, 500 x 400 22 vs 51 us, 100 x 800
@@ -393,7 +406,7 @@ def inner_product_backward(
         if np.shares_memory(dx, dy):
             raise ValueError("inner_product_backward: dx shares memory with dy; pass a separate dx array")
         dx2 = dx.reshape(x2.shape)
-        if transpose and x2.shape[0] <= SMALL_M:  # dx2[m, k] = dot(dy2[m], W[k]): W streamed once, not packed
+        if transpose and x2.shape[0] <= SMALL_M_DX:  # dx2[m, k] = dot(dy2[m], W[k]): W streamed once, not packed
             _ip_small_rows(dy2, w, np.zeros(k, np.float32), dx2, False, numba.get_num_threads())
         else:  # dy2 @ W reads W in place when there are few rows (gemm packs only dy2)
             gemm(dy2, w, trans_b=transpose, out=dx2)

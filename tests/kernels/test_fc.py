@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kernels import fc
 from kernels.fc import (
     SMALL_M,
+    SMALL_M_DX,
     inner_product_backward,
     inner_product_backward_ref,
     inner_product_forward,
@@ -25,7 +27,9 @@ RTOL = 1e-5  # relative to max|ref|, times sqrt(K): float32 sums of K products
     "shape,axis,n",
     [
         ((10, 256, 2, 3), 1, 33),
-        ((SMALL_M + 3, 50, 4, 4), 1, 70),
+        ((SMALL_M + 3, 50, 4, 4), 1, 70),  # a tiny W: the weight-streaming kernel
+        ((SMALL_M + 3, 300), 1, 300),  # the GEMM path
+        ((SMALL_M, 300), 1, 300),  # the weight-streaming kernel
         ((2, 3, 4, 5), 2, 7),
         ((3, 4), 0, 5),
         ((1, 800), 1, 1),
@@ -45,6 +49,13 @@ def test_matches_reference(shape: tuple, axis: int, n: int, transpose: bool, wit
     assert got.shape == shape[: axis % len(shape)] + (n,) == want.shape and got.dtype == np.float32
     tol = RTOL * np.sqrt(k) * max(float(np.abs(want).max()), 1.0)
     assert float(np.abs(got - want).max()) <= tol
+
+
+def test_small_rows_choice() -> None:
+    """The weight-streaming kernel for a few rows, or up to SMALL_M_TINY_W rows of a tiny W; the GEMM otherwise."""
+    assert fc.small_rows(1, 1000, 1280) and fc.small_rows(SMALL_M, 4096, 9216)
+    assert not fc.small_rows(SMALL_M + 1, 4096, 9216) and not fc.small_rows(32, 1000, 1280)
+    assert fc.small_rows(32, 10, 500) and not fc.small_rows(fc.SMALL_M_TINY_W + 1, 10, 500)
 
 
 def test_reference_formula() -> None:
@@ -105,7 +116,7 @@ def test_backward_ref_matches_finite_differences(shape: tuple, axis: int, n: int
 BWD_CASES = [  # x shape, axis, N outputs
     ((64, 800), 1, 500),  # LeNet ip1 (GEMM path)
     ((64, 500), 1, 10),  # LeNet ip2
-    ((SMALL_M + 3, 50, 4, 4), 1, 70),
+    ((SMALL_M_DX + 3, 50, 4, 4), 1, 70),
     ((10, 256, 2, 3), 1, 33),  # few rows: weight-streaming dx
     ((2, 3, 4, 5), 2, 7),
     ((1, 800), 1, 1),
