@@ -29,6 +29,7 @@ from kernels.pad import PadInto
 from .blob import Blob
 from .layers import Layer
 from .layers.base import plain, plan_out
+from .layers.convolution import pointwise_runner
 
 
 def _zero_border(w: np.ndarray) -> bool:
@@ -128,7 +129,7 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
     ):
         return None
     act = (0.0, conv_layer.relu_max) if conv_layer.fused_relu else None
-    run = pointwise.PointwiseRunner(x_shape, w_shape, act)
+    run = pointwise_runner(conv_layer, x_shape, w_shape, act)
     shape = run.out_shape
     if not plain(r, shape):
         return None

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kernels import conv, depthwise, pointwise, winograd
+from kernels import conv, depthwise, pointwise, pointwise_t, winograd
 
 from ..blob import Blob
 from ..device import CPU, host, kernels_for, on_device
@@ -22,6 +22,16 @@ from .base import (
     uploaded,
 )
 from .conv_nd import ConvolutionNDLayer, hand_over
+
+
+def pointwise_runner(layer, x_shape, w_shape, act):
+    """The plan's runner of a 1x1 convolution: `kernels.pointwise_t` (output channels in the vector lanes: no edge
+    pixels on 7 x 7 and 14 x 14 planes) where it applies and the weights cannot change under it (BatchNorm folded in
+    at plan time: `folded` is made once; `Net.refold` makes new arrays, and the runner packs again), else
+    `kernels.pointwise`."""
+    if layer.fold is not None and pointwise_t.applies(x_shape, w_shape):
+        return pointwise_t.PointwiseTRunner(x_shape, w_shape, act)
+    return pointwise.PointwiseRunner(x_shape, w_shape, act)
 
 
 @register("Convolution")
@@ -155,7 +165,7 @@ class ConvolutionLayer(Layer):
         if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
             run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
-            run = pointwise.PointwiseRunner(x_shape, w_shape, act)
+            run = pointwise_runner(self, x_shape, w_shape, act)
         elif self.uses_winograd(x_shape, w_shape):
             m = winograd.tile()
             run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m)

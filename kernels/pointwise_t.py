@@ -1,0 +1,279 @@
+"""1x1 convolution on small planes with the output channels in the vector lanes (NCHW float32, AVX-512).
+
+``kernels.pointwise`` puts 16 pixels of one output channel in a vector and broadcasts the weights. On 7 x 7 and
+14 x 14 planes its 32-pixel tiles leave edge pixels to slower dot-product tiles (196 = 6 x 32 + 4, 49 = 32 + 16 + 1)
+and read rows of x that start off the cache lines: 120-140 GFLOP/s a core there on an AVX-512 Xeon, against 148-154
+on larger planes. Here the roles are swapped. A tile is 14 pixels (or 7: a 7 x 7 plane is 7 tiles of 7, paired into
+14 where a task has two left, so no plane here has an edge) x 32 output channels (16 for a last panel of 16): 28 zmm
+accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 consecutive floats of row k: one or two
+lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias, clips,
+transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each output channel's 7 pixels with a
+masked store; with a residual, z = y + res the same way. A task's first tile prefetches the next panel's weights into
+L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0), and every tile its output lines for writing.
+
+Tasks are (image, panel, pixel chunk), image-major, claimed from per-CPU queues (``gemm.claim_near``): images at
+batch 2+ a thread, runs of panels at batch 1, so each core keeps its images or its panels of W from call to call
+(without the queues EfficientNet-Lite0 at batch 32 on 2 threads was 0.84x ORT, with them 0.92-0.93x).
+
+Alone, 1 thread, hot, against ``pointwise.PointwiseRunner``: K = 480, M = 80, 14 x 14 108 -> 93 us (139 -> 161
+GFLOP/s); K = 672, M = 112 1.17x; K = 1152, M = 192, 7 x 7 1.23x; the head (K = 320, M = 1280, 7 x 7) 1.08x; batch 32
+(x from memory) 0.99x. In EfficientNet-Lite0 (the projections from 14 x 14 on and the head), old/new processes
+alternated, ORT/crema medians: 1 thread batch 1 0.811 -> 0.848, batch 32 0.898 -> 0.932; 2 threads batch 32
+0.836-0.863 -> 0.923-0.932; 2 threads batch 1 unchanged (in-process A/B 1.002-1.009x).
+
+Each output is one FMA chain over k in order from 0, then + bias, then the clip: the same bits as ``pointwise``'s
+main tiles (tested), and its residual sum (one float32 addition). ``pointwise``'s dot tiles (its edge pixels) sum in
+partial sums, so those pixels may differ in the last bits.
+
+The weights are packed on the first call with a given weight array and kept: the plan uses this kernel only for
+weights that do not change under it (a convolution with a BatchNorm folded in, ``ConvolutionLayer.folded``, made
+once; ``Net.refold`` makes new arrays, which the runner packs again).
+
+Public: ``applies(x_shape, w_shape) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape, w_shape, act)``, called as
+``runner(x, w, bias, y[, res, z])`` like ``pointwise.PointwiseRunner``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kernels.depthwise import _transpose8, check_act
+from kernels.gemm import as64, claim_near, flat_f32, image_counters, queue_sizes
+from kernels.tasks import Task
+from kernels.tiling import VW
+
+NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
+MIN_K = 240  # input channels at least (the transposing epilogue costs a tile ~130 cycles: about 8% at K = 240)
+MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
+CHUNK = 7  # pixel tiles a task at most
+WIDE = 1  # two 7-pixel tiles as one of 14 where a chunk has two left
+W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
+Y_PREFETCH = 1  # a tile first prefetches its output lines for writing
+ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
+
+
+def applies(x_shape, w_shape) -> bool:
+    """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P."""
+    if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
+        return False
+    n, k, h, wd = (int(v) for v in x_shape)
+    m, p = int(w_shape[0]), h * wd
+    return n > 0 and k >= MIN_K and int(w_shape[1]) == k and m % 16 == 0 and m > 0 and 0 < p <= MAX_P and p % NP == 0
+
+
+def _tile_codegen(nv: int, npx: int):
+    def codegen(context, builder, signature, args):
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        xd, wd, yd, bd, rd, zd = (data(i) for i in range(6))
+        k, p, xo, wo, yo, o0 = (as64(builder, a) for a in args[6:12])
+        add = args[14]
+        i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+        vec = ir.VectorType(f32, 16)
+        v8 = ir.VectorType(f32, 8)
+        vptr, v8ptr = vec.as_pointer(), v8.as_pointer()
+
+        def c(v):
+            return ir.Constant(i64, v)
+
+        def splat(s, t):
+            one = builder.insert_element(ir.Constant(t, ir.Undefined), s, ir.Constant(i32, 0))
+            return builder.shuffle_vector(
+                one, ir.Constant(t, ir.Undefined), ir.Constant(ir.VectorType(i32, t.count), [0] * t.count)
+            )
+
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma.v16f32")
+        slots = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * 16)) for _ in range(npx * nv)]
+        i8p = ir.IntType(8).as_pointer()
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        pw = as64(builder, args[15])
+        with builder.if_then(args[16]):  # the tile's output lines, for writing (in a net they are not in cache)
+            for o in range(16 * nv):
+                row = builder.add(yo, builder.mul(builder.add(o0, c(o)), p))
+                for e in (0, npx - 1):
+                    ptr = builder.bitcast(builder.gep(yd, [builder.add(row, c(e))]), i8p)
+                    builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        with cgutils.for_range(builder, k) as loop:
+            kk = loop.index
+            xb = builder.add(xo, builder.mul(kk, p))
+            wb = builder.add(wo, builder.mul(kk, c(16 * nv)))
+            with builder.if_then(builder.icmp_unsigned("!=", pw, c(0))):  # the next panel's row k, into L2
+                for line in range(nv):
+                    nxt = builder.add(pw, builder.add(builder.mul(kk, c(32)), c(16 * line)))
+                    ptr = builder.bitcast(builder.gep(wd, [nxt]), i8p)
+                    builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+            wv = [
+                builder.load(builder.bitcast(builder.gep(wd, [builder.add(wb, c(16 * v))]), vptr), align=4)
+                for v in range(nv)
+            ]
+            for j in range(npx):
+                xv = splat(builder.load(builder.gep(xd, [builder.add(xb, c(j))])), vec)
+                for v in range(nv):
+                    s = slots[j * nv + v]
+                    builder.store(builder.call(fma, [xv, wv[v], builder.load(s)]), s)
+        lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
+        lov, hiv = splat(lo, v8), splat(hi, v8)
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * NP + [0] * (8 - NP))
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [v8, v8ptr, i32, mask.type]), "llvm.masked.store.v8f32.p0"
+        )
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v8, [v8ptr, i32, mask.type, v8]), "llvm.masked.load.v8f32.p0"
+        )
+        zero8 = ir.Constant(v8, [0.0] * 8)
+        groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
+        for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (the 8th row zero)
+            rows = []
+            for j in range(g * NP, g * NP + NP):
+                acc = builder.load(slots[j * nv + v])
+                part = builder.shuffle_vector(
+                    acc,
+                    ir.Constant(vec, ir.Undefined),
+                    ir.Constant(ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8))),
+                )
+                rows.append(part)
+            rows.append(zero8)
+            cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..7 (7 valid)
+            for lane, col in enumerate(cols):
+                oc = builder.add(o0, c(16 * v + 8 * half + lane))
+                r = builder.fadd(col, splat(builder.load(builder.gep(bd, [oc])), v8))
+                r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
+                r = builder.select(builder.fcmp_ordered(">", r, hiv), hiv, r)
+                off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
+                builder.call(mstore, [r, builder.bitcast(builder.gep(yd, [off]), v8ptr), ir.Constant(i32, 4), mask])
+                with builder.if_then(add):
+                    rv = builder.call(
+                        mload, [builder.bitcast(builder.gep(rd, [off]), v8ptr), ir.Constant(i32, 4), mask, zero8]
+                    )
+                    zv = builder.fadd(r, rv)
+                    builder.call(
+                        mstore, [zv, builder.bitcast(builder.gep(zd, [off]), v8ptr), ir.Constant(i32, 4), mask]
+                    )
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _tile_typing(x, wt, y, bias, res, z):
+    flat_f32(x, wt, y, bias, res, z)
+
+
+def _make_tile(nv: int, npx: int):
+    @intrinsic
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py):
+        _tile_typing(x, wt, y, bias, res, z)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py)
+        return sig, _tile_codegen(nv, npx)
+
+    return tile
+
+
+# y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
+# x[xo + k*p + j] * wt[wo + 16 nv k + o]); with add, also z = y + res at the same places
+_ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
+_ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
+
+
+def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma: no cover - compiled
+    """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim). plan: n, K, M, P, panels, chunks."""
+    n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
+    ntiles = p // NP
+    per_image = npan * nch
+    # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
+    # image, its tasks in Q runs (panels: each core keeps its panels of W from call to call); image-major tasks
+    items, granule = (n, per_image) if n > 1 else (per_image, 1)
+    sizes = queue_sizes(counter, items, granule, 1)
+    nq = sizes.shape[0]
+    while True:
+        u, i = claim_near(counter, sizes)
+        if u < 0:
+            break
+        task = u * items // nq * granule + i
+        c = task % nch
+        pan = (task // nch) % npan
+        img = task // (nch * npan)
+        o0 = pan * 32
+        wide = o0 + 32 <= m
+        wo = pan * 32 * k
+        t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
+        tt = t0
+        while tt < t1:
+            p0 = tt * NP
+            xo = img * k * p + p0
+            yo = img * m * p + p0
+            two = tt + 1 < t1 and plan[6] > 0
+            # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
+            pw = (pan + 1) * 32 * k if tt == t0 and plan[7] > 0 and pan + 1 < npan else 0
+            py = plan[8] > 0
+            if two and wide:
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py)
+            elif two:
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py)
+            elif wide:
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py)
+            else:
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py)
+            tt += 2 if two else 1
+
+
+_F1, _I1 = types.float32[::1], types.int64[::1]
+_PT = Task(
+    _pt_worker,
+    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1),
+    opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    boundscheck=False,
+)
+
+
+def pack(w: np.ndarray) -> np.ndarray:
+    """W (M, K, 1, 1) as W^T panels: panel q (output channels 32q..) at [32 q K:], (K, 32) row-major (K, 16 for a last
+    panel of 16)."""
+    m, k = w.shape[0], w.shape[1]
+    w2 = w.reshape(m, k)
+    return np.ascontiguousarray(np.concatenate([w2[o : o + 32].T.reshape(-1) for o in range(0, m, 32)]))
+
+
+class PointwiseTRunner:
+    """The transposed 1x1 forward for fixed shapes (``applies``); see the module docstring. ``runner(x, w, bias, y[,
+    res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
+    kept (the caller guarantees they do not change in place)."""
+
+    __slots__ = ("lo_hi", "out_shape", "packed", "plan", "serial", "workers")
+
+    def __init__(self, x_shape, w_shape, act=None) -> None:
+        if not applies(x_shape, w_shape):
+            raise ValueError(f"pointwise_t: does not apply to x {tuple(x_shape)}, w {tuple(w_shape)}")
+        n, k, h, wd = (int(v) for v in x_shape)
+        m, p = int(w_shape[0]), h * wd
+        self.out_shape = (n, m, h, wd)
+        self.lo_hi = check_act(act, "pointwise_t")
+        self.workers = threads = numba.get_num_threads()
+        npan = -(-m // 32)
+        ntiles = p // NP
+        nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
+        self.plan = np.array([n, k, m, p, npan, nch, WIDE, W_PREFETCH, Y_PREFETCH], np.int64)
+        self.serial = threads == 1
+        self.packed: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, x, w, bias, y, res=None, z=None) -> None:
+        packed = self.packed
+        if packed is None or packed[0] is not w:
+            packed = self.packed = (w, pack(w))
+        add = res is not None
+        if not add:
+            res = z = y  # unread
+        lo, hi = self.lo_hi
+        workers = 1 if self.serial else self.workers
+        run = _PT.serial if self.serial else _PT.parallel
+        n, npan, nch = int(self.plan[0]), int(self.plan[4]), int(self.plan[5])
+        counters = image_counters(n, workers, npan * nch if n == 1 else 0)
+        run(_PT.address, workers, x.reshape(-1), packed[1], bias, y.reshape(-1), res.reshape(-1), z.reshape(-1),
+            self.plan, lo, hi, add, counters)  # fmt: skip

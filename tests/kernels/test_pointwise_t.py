@@ -1,0 +1,121 @@
+"""kernels.pointwise_t (1x1 convolution with the output channels in the vector lanes) against the float64 reference
+and against kernels.pointwise's bits: the same FMA chain per output, so every pixel pointwise computes on its main
+tiles has the same bits here (its edge pixels, on dot tiles that sum in partial sums, may differ in the last bits)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from kernels import pointwise, pointwise_t
+from kernels.pointwise import NR, PointwiseRunner, pointwise_forward_ref
+from kernels.pointwise_t import PointwiseTRunner
+
+pytestmark = pytest.mark.skipif(not pointwise_t.ENABLED, reason="AVX-512 only (the 16-lane tile)")
+
+ACT = (0.0, 6.0)
+
+
+def _inputs(n, k, m, h, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k, h, h)).astype(np.float32)
+    w = (rng.standard_normal((m, k, 1, 1)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    res = rng.standard_normal((n, m, h, h)).astype(np.float32)
+    return x, w, b, res
+
+
+@pytest.mark.parametrize(
+    "n,k,m,h",
+    [(1, 480, 80, 14), (1, 1152, 192, 7), (1, 320, 1280, 7), (2, 240, 112, 14), (3, 256, 48, 7), (1, 256, 16, 7)],
+)
+def test_matches_reference_and_pointwise_main_tile_bits(n, k, m, h) -> None:
+    x, w, b, res = _inputs(n, k, m, h, seed=k + m)
+    run = PointwiseTRunner(x.shape, w.shape, ACT)
+    y = np.full(run.out_shape, np.nan, np.float32)
+    z = np.full(run.out_shape, np.nan, np.float32)
+    run(x, w, b, y, res, z)
+    ref = pointwise_forward_ref(x, w, b, act=ACT)
+    tol = 1e-5 * np.sqrt(k) * max(1.0, float(np.abs(ref).max()))  # float32 sums of K products
+    assert float(np.abs(y - ref).max()) <= tol
+    np.testing.assert_array_equal(z, y + res)  # the residual sum: one float32 addition
+    old = PointwiseRunner(x.shape, w.shape, ACT)
+    y0 = np.empty(old.out_shape, np.float32)
+    old(x, w, b, y0)
+    p = h * h
+    main = p - p % NR  # pixels pointwise computes on its main tiles (x in place or packed, no _head shift here)
+    np.testing.assert_array_equal(y.reshape(n, m, p)[:, :, :main], y0.reshape(n, m, p)[:, :, :main])
+    y2 = np.empty_like(y)
+    run(x, w, b, y2)  # without the residual: the same y
+    np.testing.assert_array_equal(y2, y)
+
+
+def test_bits_do_not_depend_on_the_thread_count() -> None:
+    x, w, b, _ = _inputs(2, 480, 80, 14)
+    outs = []
+    saved = numba.get_num_threads()
+    try:
+        for threads in sorted({1, saved}):
+            numba.set_num_threads(threads)
+            run = PointwiseTRunner(x.shape, w.shape, ACT)
+            y = np.empty(run.out_shape, np.float32)
+            run(x, w, b, y)
+            outs.append(y)
+    finally:
+        numba.set_num_threads(saved)
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])
+
+
+def test_weights_packed_again_for_a_new_array() -> None:
+    x, w, b, _ = _inputs(1, 256, 32, 7)
+    run = PointwiseTRunner(x.shape, w.shape, None)
+    y1, y2 = np.empty(run.out_shape, np.float32), np.empty(run.out_shape, np.float32)
+    run(x, w, b, y1)
+    w2 = (w * 2).astype(np.float32)
+    run(x, w2, b, y2)
+    np.testing.assert_allclose(y2 - b[None, :, None, None], 2 * (y1 - b[None, :, None, None]), rtol=1e-5, atol=1e-4)
+
+
+def test_pack_layout() -> None:
+    w = np.arange(48 * 3, dtype=np.float32).reshape(48, 3, 1, 1)
+    wt = pointwise_t.pack(w)
+    np.testing.assert_array_equal(wt[: 3 * 32].reshape(3, 32), w[:32, :, 0, 0].T)
+    np.testing.assert_array_equal(wt[3 * 32 :].reshape(3, 16), w[32:, :, 0, 0].T)
+
+
+def test_applies() -> None:
+    assert pointwise_t.applies((1, 480, 14, 14), (80, 480, 1, 1))
+    assert pointwise_t.applies((32, 1152, 7, 7), (320, 1152, 1, 1))
+    assert not pointwise_t.applies((1, 144, 14, 14), (24, 144, 1, 1))  # K below MIN_K, M not a multiple of 16
+    assert not pointwise_t.applies((1, 480, 28, 28), (80, 480, 1, 1))  # a larger plane
+    assert not pointwise_t.applies((1, 480, 8, 8), (80, 480, 1, 1))  # 64 pixels: not whole 7-pixel tiles
+    assert not pointwise_t.applies((1, 480, 14, 14), (80, 480, 3, 3))
+    with pytest.raises(ValueError, match="does not apply"):
+        PointwiseTRunner((1, 480, 28, 28), (80, 480, 1, 1))
+
+
+def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
+    """EfficientNet-Lite0's projections from 14 x 14 on and its head (BatchNorm folded: frozen weights) run on it;
+    its softmax stays within 1e-5 of the same net on pointwise alone."""
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    outs = {}
+    for enabled in (False, True):
+        saved = pointwise_t.ENABLED
+        pointwise_t.ENABLED = enabled
+        try:
+            net = Net.load(files.prototxt, files.weights)
+            net.share_activations()
+            outs[enabled] = net.forward(data=x)["prob"]
+            cells = [c.cell_contents for s in net._plan.steps for c in (getattr(s[0], "__closure__", None) or ())]
+            used = sum(isinstance(c, PointwiseTRunner) for c in cells)
+        finally:
+            pointwise_t.ENABLED = saved
+        assert (used > 0) == enabled
+    np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=1e-5)
+    assert pointwise.PointwiseRunner  # the other path stays importable
