@@ -19,7 +19,9 @@ Alone, 1 thread, hot, against ``pointwise.PointwiseRunner``: K = 480, M = 80, 14
 GFLOP/s); K = 672, M = 112 1.17x; K = 1152, M = 192, 7 x 7 1.23x; the head (K = 320, M = 1280, 7 x 7) 1.08x; batch 32
 (x from memory) 0.99x. In EfficientNet-Lite0 (the projections from 14 x 14 on and the head), old/new processes
 alternated, ORT/crema medians: 1 thread batch 1 0.811 -> 0.848, batch 32 0.898 -> 0.932; 2 threads batch 32
-0.836-0.863 -> 0.923-0.932; 2 threads batch 1 unchanged (in-process A/B 1.002-1.009x).
+0.836-0.863 -> 0.923-0.932; 2 threads batch 1 unchanged (in-process A/B 1.002-1.009x). With the expands at K >= 112
+too (MIN_K): 1 thread batch 1 0.827-0.837 -> 0.838, batch 32 0.874 -> 0.905; 2 threads batch 32 0.882 -> 0.915, batch 1
+0.672 / 0.582 -> 0.703 / 0.696 (a noisy hour).
 
 Each output is one FMA chain over k in order from 0, then + bias, then the clip: the same bits as ``pointwise``'s
 main tiles (tested), and its residual sum (one float32 addition). ``pointwise``'s dot tiles (its edge pixels) sum in
@@ -48,7 +50,8 @@ from kernels.tasks import Task
 from kernels.tiling import VW
 
 NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
-MIN_K = 240  # input channels at least (the transposing epilogue costs a tile ~130 cycles: about 8% at K = 240)
+MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~130 cycles (expands alone, 1 / 2
+# threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
 CHUNK = 7  # pixel tiles a task at most
 WIDE = 1  # two 7-pixel tiles as one of 14 where a chunk has two left

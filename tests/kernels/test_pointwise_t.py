@@ -88,7 +88,9 @@ def test_pack_layout() -> None:
 def test_applies() -> None:
     assert pointwise_t.applies((1, 480, 14, 14), (80, 480, 1, 1))
     assert pointwise_t.applies((32, 1152, 7, 7), (320, 1152, 1, 1))
-    assert not pointwise_t.applies((1, 144, 14, 14), (24, 144, 1, 1))  # K below MIN_K, M not a multiple of 16
+    assert pointwise_t.applies((1, 112, 14, 14), (672, 112, 1, 1))  # an expand
+    assert not pointwise_t.applies((1, 80, 14, 14), (480, 80, 1, 1))  # K below MIN_K
+    assert not pointwise_t.applies((1, 144, 14, 14), (24, 144, 1, 1))  # M not a multiple of 16
     assert not pointwise_t.applies((1, 480, 28, 28), (80, 480, 1, 1))  # a larger plane
     assert not pointwise_t.applies((1, 480, 8, 8), (80, 480, 1, 1))  # 64 pixels: not whole 7-pixel tiles
     assert not pointwise_t.applies((1, 480, 14, 14), (80, 480, 3, 3))
