@@ -411,13 +411,15 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
 
 
 @intrinsic
-def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi):
+def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8):
     """Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for 8 channels at once, from the channel-block
     buffer buf (8 channels interleaved per pixel): acc_v = sum_{t < ntap} wt[8t : 8t + 8] * buf[xoff[p0 + v] +
     toff[t] :][:8], one aligned 8-channel vector per load; then + bias8, clip, an 8 x 8 transpose, and channel c's 8
-    pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8)."""
+    pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no
+    transpose, pixel p0 + v's 8 channels stored at y[ybase + (p0 + v)*8 :] for v < cnt (the block's channels
+    interleaved per pixel where its 8 planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``)."""
     flat_f32(buf, wt, y, bias8)
-    sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi)
+    sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8)
 
     def codegen(context, builder, signature, args):
         def data(i):
@@ -451,16 +453,25 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
             r = builder.fadd(builder.load(slots[v]), bv)
             r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
             rows.append(builder.select(builder.fcmp_ordered(">", r, hiv), hiv, r))
-        cols = _transpose8(builder, rows)
-        full = builder.icmp_signed("==", cnt64, c64(8))
-        for ch, col in enumerate(cols):
-            with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
-                base = builder.gep(y_data, [builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))])
-                with builder.if_else(full) as (whole, part):
-                    with whole:
-                        builder.store(col, builder.bitcast(base, vptr), align=4)
-                    with part, cgutils.for_range(builder, cnt64) as lane:
-                        builder.store(builder.extract_element(col, lane.index), builder.gep(base, [lane.index]))
+        with builder.if_else(builder.icmp_signed("!=", as64(builder, args[14]), c64(0))) as (interleaved, planes):
+            with interleaved:
+                for v, row in enumerate(rows):
+                    with builder.if_then(builder.icmp_signed("<", c64(v), cnt64)):
+                        at = builder.add(yb, builder.mul(builder.add(p064, c64(v)), c64(8)))
+                        builder.store(row, builder.bitcast(builder.gep(y_data, [at]), vptr), align=4)
+            with planes:
+                cols = _transpose8(builder, rows)
+                full = builder.icmp_signed("==", cnt64, c64(8))
+                for ch, col in enumerate(cols):
+                    with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
+                        at = builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))
+                        base = builder.gep(y_data, [at])
+                        with builder.if_else(full) as (whole, part):
+                            with whole:
+                                builder.store(col, builder.bitcast(base, vptr), align=4)
+                            with part, cgutils.for_range(builder, cnt64) as lane:
+                                ptr = builder.gep(base, [lane.index])
+                                builder.store(builder.extract_element(col, lane.index), ptr)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -508,7 +519,7 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
-               counter):  # fmt: skip  # pragma: no cover - compiled
+               counter, out8):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
@@ -553,7 +564,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             buf = ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):
-                _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi)
+                _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
 
 
 _F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
@@ -565,7 +576,7 @@ _DW = Task(
 )
 _C8 = Task(
     _c8_worker,
-    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
+    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1, _i),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -757,6 +768,20 @@ def _plane_geometry(x_shape, w_shape, stride, pad, dilation):
     return (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff
 
 
+class Handoff:
+    """A depthwise output handed to the next step in 8-channel blocks interleaved per pixel (``_c8_tile``'s out8:
+    block b of image n where its 8 planes would be, pixel p's 8 channels at p*8), not in planes: the plan sets a
+    DepthwiseRunner's ``handoff`` (channel-block path, channels a multiple of 8) when the one step that reads the output
+    can take that layout (``kernels.pointwise_t``: its broadcasts then read 8 channels of a pixel from one line, and no
+    8 x 8 transpose runs in between). ``interleaved``: the runner sets it after each such write; the reader clears it
+    and reads planes when it is not set (the Net ran the layer's own forward instead)."""
+
+    __slots__ = ("interleaved",)
+
+    def __init__(self) -> None:
+        self.interleaved = False
+
+
 class DepthwiseRunner:
     """A depthwise forward with everything that depends only on the shapes worked out once; calling it runs the
     compiled kernel with no further checks (a CPU Net's execution plan keeps one per layer, like conv.ForwardRunner).
@@ -766,7 +791,7 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "c8", "lo_hi", "out_shape", "plane", "workers", "ws")
+    __slots__ = ("args", "c8", "handoff", "lo_hi", "out_shape", "plane", "workers", "ws")
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1)) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -776,6 +801,7 @@ class DepthwiseRunner:
         self.lo_hi = check_act(act)
         self.workers = threads = numba.get_num_threads()
         self.ws = (None, None)
+        self.handoff: Handoff | None = None  # set by the plan (see Handoff): the output's layout for the next step
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
@@ -804,19 +830,19 @@ class DepthwiseRunner:
         if base is not buf.base:
             ws = buf[(-buf.ctypes.data // 4) % 8 :][: self.workers * size].reshape(self.workers, size)  # 32-byte
             self.ws = (buf.base, ws)  # one tuple: a runner shared by threads reads a matching pair
-        task = _C8 if self.c8 else _DW
-        task.parallel(
-            task.address,
-            self.workers,
-            x.reshape(-1),
-            w.reshape(-1),
-            bias,
-            out.reshape(-1),
-            *self.args,
-            *self.lo_hi,
-            ws,
-            image_counters(self.args[0], self.workers, -(-self.args[1] // 8)) if self.c8 else np.zeros(1, np.int64),
+        xf, wf, yf = x.reshape(-1), w.reshape(-1), out.reshape(-1)
+        if not self.c8:
+            _DW.parallel(
+                _DW.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, np.zeros(1, np.int64)
+            )
+            return
+        handoff = self.handoff
+        counters = image_counters(self.args[0], self.workers, -(-self.args[1] // 8))
+        _C8.parallel(
+            _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, int(handoff is not None)
         )
+        if handoff is not None:
+            handoff.interleaved = True  # out holds 8-channel blocks interleaved per pixel this time
 
 
 def depthwise_forward(

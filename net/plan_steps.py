@@ -14,6 +14,10 @@ it recognises more in the layer than the layer type says.
   batch 1 0.58 -> 0.47 ms warm, batch 32 27 -> 19 ms).
 - `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
   (EfficientNet's and MobileNet's residual blocks) in one kernel call.
+- `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
+  `kernels.pointwise_t`, writes it in 8-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
+  transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
+  with shared activations, the blob neither kept, observed nor an output).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernels import conv, pointwise
+from kernels import conv, depthwise, pointwise, pointwise_t
 from kernels.pad import PadInto
 
 from .blob import Blob
@@ -158,6 +162,8 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
         done[0] = True
         return True
 
+    step.runner = run  # for the plan's passes (hand_over_depthwise)
+
     def sum_step() -> bool:
         if done[0]:
             done[0] = False
@@ -166,3 +172,44 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
         return elt_step() if elt_step is not None else False
 
     return step, sum_step
+
+
+def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, the
+    1x1 ones that take a handoff wrapped: when such a step cannot run (an array changed under the plan) while the
+    depthwise output is still interleaved, the blob is put back in planes before the layer's own forward reads it."""
+    readers: dict[int, int] = {}
+    for _, _, bottom, _ in steps:
+        for b in bottom:
+            readers[id(b)] = readers.get(id(b), 0) + 1
+    out = list(steps)
+    for i in range(len(out) - 1):
+        (dw_step, _, _, dw_top), (pw_step, pw_layer, pw_bottom, pw_top) = out[i], out[i + 1]
+        dw_run, pw_run = getattr(dw_step, "runner", None), getattr(pw_step, "runner", None)
+        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not isinstance(pw_run, pointwise_t.PointwiseTRunner):
+            continue
+        blob = dw_top[0]
+        if len(dw_top) != 1 or len(pw_bottom) != 1 or pw_bottom[0] is not blob or readers.get(id(blob)) != 1:
+            continue
+        if id(blob) in keep or not dw_run.c8 or dw_run.out_shape[1] % 8:
+            continue
+        handoff = depthwise.Handoff()
+        dw_run.handoff = pw_run.handoff = handoff
+        out[i + 1] = (_planes_on_refusal(pw_step, blob, handoff), pw_layer, pw_bottom, pw_top)
+    return out
+
+
+def _planes_on_refusal(step, blob, handoff):
+    def wrapped() -> bool:
+        if step():
+            return True
+        if handoff.interleaved:  # the depthwise wrote blocks; the 1x1's own forward reads planes
+            x = blob.data
+            n, c = x.shape[:2]
+            blocks = x.reshape(n, c // 8, -1, 8).copy()
+            x.reshape(n, c // 8, 8, -1)[...] = blocks.transpose(0, 1, 3, 2)
+            handoff.interleaved = False
+        return False
+
+    wrapped.runner = step.runner
+    return wrapped

@@ -192,6 +192,7 @@ class ConvolutionLayer(Layer):
             run(x, w, b, out)
             return True
 
+        step.runner = run  # for the plan's passes (net.plan_steps.hand_over_depthwise)
         return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:

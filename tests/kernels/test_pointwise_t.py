@@ -121,3 +121,69 @@ def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
         assert (used > 0) == enabled
     np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=1e-5)
     assert pointwise.PointwiseRunner  # the other path stays importable
+
+
+@pytest.mark.parametrize("h,k,stride", [(14, 480, 1), (7, 1152, 1), (14, 672, 2)])
+def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
+    """The depthwise output in 8-channel blocks interleaved per pixel (depthwise.Handoff) holds the same values as the
+    planes, and pointwise_t reading it gives the same bits as reading the planes."""
+    from kernels import depthwise
+
+    rng = np.random.default_rng(h + k)
+    n = 2
+    x = rng.standard_normal((n, k, h, h)).astype(np.float32)
+    wd = rng.standard_normal((k, 1, 3, 3)).astype(np.float32)
+    bd = rng.standard_normal(k).astype(np.float32)
+    dw = depthwise.DepthwiseRunner(x.shape, wd.shape, (stride, stride), (1, 1), ACT)
+    assert dw.c8
+    planes = np.empty(dw.out_shape, np.float32)
+    dw(x, wd, bd, planes)
+    handoff = depthwise.Handoff()
+    dw.handoff = handoff
+    blocks = np.empty(dw.out_shape, np.float32)
+    dw(x, wd, bd, blocks)
+    assert handoff.interleaved
+    _, c, oh, ow = dw.out_shape
+    as_planes = blocks.reshape(n, c // 8, oh * ow, 8).transpose(0, 1, 3, 2).reshape(dw.out_shape)
+    np.testing.assert_array_equal(as_planes, planes)
+    m = 80
+    w = (rng.standard_normal((m, k, 1, 1)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    pt = PointwiseTRunner(planes.shape, w.shape, ACT)
+    want = np.empty(pt.out_shape, np.float32)
+    pt(planes, w, b, want)
+    pt.handoff = handoff
+    got = np.empty(pt.out_shape, np.float32)
+    pt(blocks, w, b, got)
+    assert not handoff.interleaved  # the reader took it
+    np.testing.assert_array_equal(got, want)
+    pt(planes, w, b, got)  # no new handoff: planes again
+    np.testing.assert_array_equal(got, want)
+
+
+def test_net_hands_over_and_refusals_put_planes_back() -> None:
+    """EfficientNet-Lite0 with shared activations hands depthwise outputs over in blocks: the same bits as the net
+    without shared activations (planes everywhere); and when a 1x1 step refuses (an array changed under the plan), the
+    blob is put back in planes before the layer's own forward reads it."""
+    from kernels import depthwise
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    plain = Net.load(files.prototxt, files.weights)
+    want = plain.forward(data=x)["prob"]
+    net = Net.load(files.prototxt, files.weights)
+    net.share_activations()
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+    steps = net._plan.steps
+    handed = [
+        i
+        for i, s in enumerate(steps)
+        if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner) and s[0].runner.handoff is not None
+    ]
+    assert len(handed) >= 8
+    top = steps[handed[0] + 1][3][0]  # the 1x1 after the first handed-over depthwise output
+    top.data = np.zeros_like(top.data)  # another array than the plan's: that step refuses
+    np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)  # planned again
