@@ -18,8 +18,10 @@ and 2 pixels. The same values, the same bits; EfficientNet-Lite0 in-process A/B 
 batch 1 1.00-1.02x, 2 threads batch 1 1.00-1.04x, batch 32 1.01-1.03x.
 
 Tasks are (image, panel, pixel chunk), image-major, claimed from per-CPU queues (``gemm.claim_near``): images at
-batch 2+ a thread, runs of panels at batch 1, so each core keeps its images or its panels of W from call to call
-(without the queues EfficientNet-Lite0 at batch 32 on 2 threads was 0.84x ORT, with them 0.92-0.93x).
+batch 2+ a thread, so each core keeps its images from layer to layer (without the queues EfficientNet-Lite0 at batch
+32 on 2 threads was 0.84x ORT, with them 0.92-0.93x); at batch 1 the tasks go chunk-major, so a queue is a run of
+pixel chunks over all panels and a core writes the same pixels in every such layer, which the next one reads
+(in-process A/B against panel runs, 2 threads: 1.01-1.025x).
 
 Alone, 1 thread, hot, against ``pointwise.PointwiseRunner``: K = 480, M = 80, 14 x 14 108 -> 93 us (139 -> 161
 GFLOP/s); K = 672, M = 112 1.17x; K = 1152, M = 192, 7 x 7 1.23x; the head (K = 320, M = 1280, 7 x 7) 1.08x; batch 32
@@ -221,8 +223,12 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma
         if u < 0:
             break
         task = u * items // nq * granule + i
-        c = task % nch
-        pan = (task // nch) % npan
+        if n == 1:  # chunk-major: a queue is a run of pixel chunks over all panels (see the module docstring)
+            pan = task % npan
+            c = (task // npan) % nch
+        else:
+            c = task % nch
+            pan = (task // nch) % npan
         img = task // (nch * npan)
         o0 = pan * 32
         wide = o0 + 32 <= m
