@@ -673,6 +673,6 @@ def gemm(
 
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
 # (kernels.pointwise, depthwise, winograd); the same objects as the underscored names.
-as64, splat, accumulators, flat_f32, claim = _as64, _splat, _accumulators, _flat_f32, _claim
+as64, splat, accumulators, flat_f32, claim, copy8 = _as64, _splat, _accumulators, _flat_f32, _claim, _copy8
 claim_near, queue_sizes = _claim_near, _queue_sizes
 block, stack_empty = _block, _stack_empty  # the micro-kernel and its stack buffer, for kernels.winograd
