@@ -321,10 +321,10 @@ IMAGE_QUEUES = True  # kernels that take queues (claim_near) get one per thread 
 
 def image_counters(n: int, workers: int, channel_tasks: int = 0) -> np.ndarray:
     """The zeroed counters of a call over n images: one queue per worker (8 int64 apart) when IMAGE_QUEUES and the
-    batch has 2+ images a worker, or it is one image with `channel_tasks` (the kernel's tasks over output channels:
-    row tiles, channel blocks; 0 where it cannot split so) 2+ a worker, else the one counter of plain dynamic claims.
-    With one image a kernel's queue u is its u-th share of the channels: the layer after, a depthwise one, reads its
-    channels from the core that wrote them."""
+    batch has 2+ images a worker, or it is one image with `channel_tasks` (the kernel's tasks within one image: row
+    tiles, channel blocks, pointwise_t's pixel chunks; 0 where it cannot split so) 2+ a worker, else the one counter of
+    plain dynamic claims. With one image a kernel's queue u is its u-th share of those tasks: the layer after reads
+    what it needs from the core that wrote it where the two split alike."""
     many = n >= 2 * workers or (n == 1 and channel_tasks >= 2 * workers)
     queues = workers if IMAGE_QUEUES and workers > 1 and many else 1
     return np.zeros(8 * queues if queues > 1 else 1, np.int64)

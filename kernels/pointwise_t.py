@@ -9,7 +9,8 @@ accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 con
 lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias, clips,
 transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each output channel's 7 pixels with a
 masked store; with a residual, z = y + res the same way. A task's first tile prefetches the next panel's weights into
-L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0), and every tile its output lines for writing.
+L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the output lines prefetched for writing
+as well: 1.00x, left out).
 
 x is read in planes, or, after a depthwise step that hands its output over (``depthwise.Handoff``, set by the plan:
 ``net.plan_steps.hand_over_depthwise``), in 8-channel blocks interleaved per pixel, where the depthwise tile stored its
@@ -53,7 +54,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.depthwise import _transpose8, check_act
-from kernels.gemm import as64, claim_near, flat_f32, image_counters, queue_sizes
+from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.tasks import Task
 from kernels.tiling import VW
 
@@ -62,9 +63,7 @@ MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~1
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
 CHUNK = 7  # pixel tiles a task at most
-WIDE = 1  # two 7-pixel tiles as one of 14 where a chunk has two left
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
-Y_PREFETCH = 1  # a tile first prefetches its output lines for writing
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
 
 
@@ -93,25 +92,12 @@ def _tile_codegen(nv: int, npx: int):
         def c(v):
             return ir.Constant(i64, v)
 
-        def splat(s, t):
-            one = builder.insert_element(ir.Constant(t, ir.Undefined), s, ir.Constant(i32, 0))
-            return builder.shuffle_vector(
-                one, ir.Constant(t, ir.Undefined), ir.Constant(ir.VectorType(i32, t.count), [0] * t.count)
-            )
-
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma.v16f32")
-        slots = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * 16)) for _ in range(npx * nv)]
+        slots, fma = accumulators(builder, vec, npx * nv)  # slot j*nv + v: pixel j, channels o0 + 16v ..
         i8p = ir.IntType(8).as_pointer()
         prefetch = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
         )
         pw = as64(builder, args[15])
-        with builder.if_then(args[16]):  # the tile's output lines, for writing (in a net they are not in cache)
-            for o in range(16 * nv):
-                row = builder.add(yo, builder.mul(builder.add(o0, c(o)), p))
-                for e in (0, npx - 1):
-                    ptr = builder.bitcast(builder.gep(yd, [builder.add(row, c(e))]), i8p)
-                    builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
         def k_loop(interleaved: bool) -> None:
             # x[k, p0 + j] at xo + k*p + j (planes), or at xo + (k // 8)*8p + k % 8 + 8j (8-channel blocks
@@ -134,18 +120,20 @@ def _tile_codegen(nv: int, npx: int):
                     for v in range(nv)
                 ]
                 for j in range(npx):
-                    xv = splat(builder.load(builder.gep(xd, [builder.add(xb, c(8 * j if interleaved else j))])), vec)
+                    xv = splat(
+                        builder, builder.load(builder.gep(xd, [builder.add(xb, c(8 * j if interleaved else j))])), vec
+                    )
                     for v in range(nv):
                         s = slots[j * nv + v]
                         builder.store(builder.call(fma, [xv, wv[v], builder.load(s)]), s)
 
-        with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[17]), c(0))) as (blocks, planes):
+        with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
             with blocks:
                 k_loop(True)
             with planes:
                 k_loop(False)
         lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
-        lov, hiv = splat(lo, v8), splat(hi, v8)
+        lov, hiv = splat(builder, lo, v8), splat(builder, hi, v8)
         mask = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * NP + [0] * (8 - NP))
         mstore = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [v8, v8ptr, i32, mask.type]), "llvm.masked.store.v8f32.p0"
@@ -169,7 +157,7 @@ def _tile_codegen(nv: int, npx: int):
             cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..7 (7 valid)
             for lane, col in enumerate(cols):
                 oc = builder.add(o0, c(16 * v + 8 * half + lane))
-                r = builder.fadd(col, splat(builder.load(builder.gep(bd, [oc])), v8))
+                r = builder.fadd(col, splat(builder, builder.load(builder.gep(bd, [oc])), v8))
                 r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
                 r = builder.select(builder.fcmp_ordered(">", r, hiv), hiv, r)
                 off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
@@ -187,34 +175,32 @@ def _tile_codegen(nv: int, npx: int):
     return codegen
 
 
-def _tile_typing(x, wt, y, bias, res, z):
-    flat_f32(x, wt, y, bias, res, z)
-
-
 def _make_tile(nv: int, npx: int):
     @intrinsic
-    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8):
-        _tile_typing(x, wt, y, bias, res, z)
-        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8)
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8):
+        flat_f32(x, wt, y, bias, res, z)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
         return sig, _tile_codegen(nv, npx)
 
     return tile
 
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
-# x[xo + k*p + j] * wt[wo + 16 nv k + o]); with add, also z = y + res at the same places
+# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (x8: x in 8-channel blocks, see k_loop); with add, also z = y + res at the
+# same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
 def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma: no cover - compiled
-    """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim). plan: n, K, M, P, panels, chunks."""
+    """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M, P, panels, chunks,
+    W_PREFETCH, x in 8-channel blocks interleaved per pixel (a depthwise Handoff; else planes)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    x8 = plan[9]  # x in 8-channel blocks interleaved per pixel (a depthwise Handoff), else planes
+    x8 = plan[7]
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
-    # image, its tasks in Q runs (panels: each core keeps its panels of W from call to call); image-major tasks
+    # image, its tasks in Q runs, chunk-major (each core the same pixels in every layer); image-major tasks
     items, granule = (n, per_image) if n > 1 else (per_image, 1)
     sizes = queue_sizes(counter, items, granule, 1)
     nq = sizes.shape[0]
@@ -239,18 +225,17 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma
             p0 = tt * NP
             xo = img * k * p + p0 * (8 if x8 else 1)
             yo = img * m * p + p0
-            two = tt + 1 < t1 and plan[6] > 0
+            two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
-            pw = (pan + 1) * 32 * k if tt == t0 and plan[7] > 0 and pan + 1 < npan else 0
-            py = plan[8] > 0
+            pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
             if two and wide:
-                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8)
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
             elif two:
-                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8)
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
             elif wide:
-                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8)
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
             else:
-                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, py, x8)
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
             tt += 2 if two else 1
 
 
@@ -276,7 +261,7 @@ class PointwiseTRunner:
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
     kept (the caller guarantees they do not change in place)."""
 
-    __slots__ = ("handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
+    __slots__ = ("counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
 
     def __init__(self, x_shape, w_shape, act=None) -> None:
         if not applies(x_shape, w_shape):
@@ -289,9 +274,10 @@ class PointwiseTRunner:
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, WIDE, W_PREFETCH, Y_PREFETCH, 0], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0], np.int64)
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
         self.serial = threads == 1
+        self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, x, w, bias, y, res=None, z=None) -> None:
@@ -303,12 +289,10 @@ class PointwiseTRunner:
             res = z = y  # unread
         handoff = self.handoff
         if handoff is not None:  # x as the depthwise step before wrote it this time
-            self.plan[9] = int(handoff.interleaved)
+            self.plan[7] = int(handoff.interleaved)
             handoff.interleaved = False
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
         run = _PT.serial if self.serial else _PT.parallel
-        n, npan, nch = int(self.plan[0]), int(self.plan[4]), int(self.plan[5])
-        counters = image_counters(n, workers, npan * nch if n == 1 else 0)
         run(_PT.address, workers, x.reshape(-1), packed[1], bias, y.reshape(-1), res.reshape(-1), z.reshape(-1),
-            self.plan, lo, hi, add, counters)  # fmt: skip
+            self.plan, lo, hi, add, image_counters(*self.counter_args))  # fmt: skip
