@@ -519,12 +519,13 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
-               counter, out8):  # fmt: skip  # pragma: no cover - compiled
+               counter, out8, wt_tab, toff_tab, ntaps, b8_tab):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
     32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j; xoff[p] = (oh*sh*WP + ow*sw)*8 for output
-    pixel p = oh*OW + ow, padded to a multiple of 8 entries."""
+    pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
+    already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
     bsize = ws.shape[1] // 2
@@ -532,6 +533,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
     toff = np.empty(khw, np.int64)
     b8 = np.empty(8, np.float32)
+    tables = ntaps.shape[0] > 0
     cur, ntap = -1, 0
     hb = bsize // (wp * 8)  # padded rows of a block buffer
     for half in range(2):  # the zero borders of both block buffers, once a call (fills copy the image only)
@@ -559,7 +561,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             n, blk = n_u + (q - 1) % nu, b_u + (q - 1) // nu
             c0 = blk * 8
             nch = min(8, c - c0)
-            if blk != cur:
+            if blk != cur and tables:
+                cur, ntap, wt, toff, b8 = blk, ntaps[blk], wt_tab[blk], toff_tab[blk], b8_tab[blk]
+            elif blk != cur:
                 cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
             buf = ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
@@ -574,9 +578,10 @@ _DW = Task(
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
+_F2, _I2 = types.float32[:, ::1], types.int64[:, ::1]
 _C8 = Task(
     _c8_worker,
-    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1, _i),
+    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i, _F2, _I2, _I1, _F2),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -608,6 +613,24 @@ def _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8):  # pragma: no cove
     for lane in range(8):
         b8[lane] = bias[c0 + lane] if lane < nch else np.float32(0.0)
     return k
+
+
+@njit(cache=True, boundscheck=False)
+def _c8_tables(wf, bias, c, toff_all):  # pragma: no cover - compiled
+    """Every 8-channel block's tap table (``_c8_taps``): (wt_tab, toff_tab, ntaps, b8_tab), row b for block b."""
+    khw = toff_all.shape[0]
+    nblk = (c + 7) // 8
+    wt_tab = np.empty((nblk, khw * 8), np.float32)
+    toff_tab = np.empty((nblk, khw), np.int64)
+    ntaps = np.empty(nblk, np.int64)
+    b8_tab = np.empty((nblk, 8), np.float32)
+    for blk in range(nblk):
+        c0 = blk * 8
+        ntaps[blk] = _c8_taps(wf, bias, c0, min(8, c - c0), khw, toff_all, wt_tab[blk], toff_tab[blk], b8_tab[blk])
+    return wt_tab, toff_tab, ntaps, b8_tab
+
+
+_NO_TABLES = (np.empty((0, 0), np.float32), np.empty((0, 0), np.int64), np.empty(0, np.int64), np.empty((0, 0), np.float32))
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -791,9 +814,9 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "c8", "handoff", "lo_hi", "out_shape", "plane", "workers", "ws")
+    __slots__ = ("args", "c8", "frozen", "handoff", "lo_hi", "out_shape", "plane", "tables", "workers", "ws")
 
-    def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1)) -> None:
+    def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
             x_shape, w_shape, stride, pad, dilation
         )
@@ -802,6 +825,10 @@ class DepthwiseRunner:
         self.workers = threads = numba.get_num_threads()
         self.ws = (None, None)
         self.handoff: Handoff | None = None  # set by the plan (see Handoff): the output's layout for the next step
+        # frozen: the caller never changes a weight or bias array in place (a plan's folded BatchNorm), so the tap
+        # tables of the channel-block path are made once per (w, bias) pair of arrays: (w, bias, tables)
+        self.frozen = frozen
+        self.tables: tuple | None = None
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
@@ -837,10 +864,17 @@ class DepthwiseRunner:
             )
             return
         handoff = self.handoff
+        tables = _NO_TABLES
+        if self.frozen:
+            kept = self.tables
+            if kept is None or kept[0] is not w or kept[1] is not bias:
+                kept = self.tables = (w, bias, _c8_tables(wf, bias, self.args[1], self.args[8]))
+            tables = kept[2]
         counters = image_counters(self.args[0], self.workers, -(-self.args[1] // 8))
         _C8.parallel(
-            _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, int(handoff is not None)
-        )
+            _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, int(handoff is not None),
+            *tables,
+        )  # fmt: skip
         if handoff is not None:
             handoff.interleaved = True  # out holds 8-channel blocks interleaved per pixel this time
 

@@ -483,15 +483,29 @@ def _run_forward(x3, y3, mask3, method: str, k, s, p) -> None:
 def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
     """Worker t's share of the planes (kernels.tasks) of an AVE pooling whose one window is the whole plane (global
     pooling, EfficientNet-Lite0's head): the border kernel's sum in the same order and the same divisor, so the same
-    bits, without its window arithmetic."""
+    bits, without its window arithmetic; 8 planes at a time, so 8 addition chains overlap (one chain is bound by the
+    latency of its additions: 1280 planes of 7 x 7 34 -> 15 us on 1 thread)."""
     planes, height, width = x3.shape
     divisor = np.float32(height * width)
-    for q in range(t * planes // workers, (t + 1) * planes // workers):
-        acc = np.float32(0.0)
-        for hh in range(height):
-            for ww in range(width):
-                acc += x3[q, hh, ww]
-        y3[q, 0, 0] = acc / divisor
+    hw = height * width
+    x2 = x3.reshape(planes, hw)
+    q0, q1 = t * planes // workers, (t + 1) * planes // workers
+    acc = np.empty(8, np.float32)
+    q = q0
+    while q + 8 <= q1:  # 8 planes' sums side by side: 8 independent addition chains, each in the plane's order
+        for lane in range(8):
+            acc[lane] = np.float32(0.0)
+        for i in range(hw):
+            for lane in range(8):
+                acc[lane] += x2[q + lane, i]
+        for lane in range(8):
+            y3[q + lane, 0, 0] = acc[lane] / divisor
+        q += 8
+    for q in range(q, q1):
+        one = np.float32(0.0)
+        for i in range(hw):
+            one += x2[q, i]
+        y3[q, 0, 0] = one / divisor
 
 
 _GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), opt=1, boundscheck=False)

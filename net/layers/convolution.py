@@ -163,7 +163,8 @@ class ConvolutionLayer(Layer):
             return None
         act = (0.0, self.relu_max) if self.fused_relu else None
         if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
-            run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation)
+            frozen = self.fold is not None  # folded parameters: made once, never changed in place (forward_params)
+            run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation, frozen)
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise_runner(self, x_shape, w_shape, act)
         elif self.uses_winograd(x_shape, w_shape):

@@ -246,6 +246,29 @@ def test_runner_reused_with_new_weights_and_inputs(path) -> None:
             _assert_close(out, depthwise_forward_ref(x, w, b, stride=2, pad=1, act=(0.0, 6.0)), 16)
 
 
+def test_frozen_runner_keeps_tap_tables_per_weight_arrays() -> None:
+    """frozen (a plan's folded weights): the channel-block tap tables are made once per (w, bias) pair of arrays and
+    give the same bits as tables made per call; a new array (Net.refold) gets new tables."""
+    rng = np.random.default_rng(9)
+    xs, ws = (2, 20, 14, 14), (20, 1, 6, 6)  # stride 2, TF SAME form: zero first row and column
+    frozen = DepthwiseRunner(xs, ws, 2, 2, (0.0, 6.0), frozen=True)
+    fresh = DepthwiseRunner(xs, ws, 2, 2, (0.0, 6.0))
+    assert frozen.c8
+    got, want = np.empty(frozen.out_shape, np.float32), np.empty(fresh.out_shape, np.float32)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    for _ in range(2):  # new weight arrays each time; each kept for two calls
+        w = rng.standard_normal(ws, dtype=np.float32)
+        w[:, :, 0], w[:, :, :, 0] = 0.0, 0.0
+        w[3] = 0.0  # a channel with no taps at all
+        b = rng.standard_normal(20, dtype=np.float32)
+        for _ in range(2):
+            frozen(x, w, b, got)
+            fresh(x, w, b, want)
+            assert np.array_equal(got, want)
+            assert frozen.tables[0] is w and frozen.tables[1] is b
+        _assert_close(got, depthwise_forward_ref(x, w, b, stride=2, pad=2, act=(0.0, 6.0)), 25)
+
+
 def test_out_argument_and_bias_none() -> None:
     x, w, _ = _inputs((2, 3, 6, 6), (3, 1, 3, 3))
     got = depthwise_forward(x, w, None)
