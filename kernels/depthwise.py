@@ -37,7 +37,11 @@ every plane size once x is C8_ANY_PLANE_X_BYTES or more, read from memory):
                         channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
                         FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
 6. ``_c8_worker``     - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
-                        taps zero in all 8 channels dropped), claimed and filled one ahead as in 3.
+                        taps zero in all 8 channels dropped; for a plan's folded weights, ``frozen``, every block's
+                        table made once per weight array, ``_c8_tables``: 1.03x on EfficientNet-Lite0 at batch 1, 1
+                        thread), claimed and filled one ahead as in 3. With a ``PaddedInput`` the step before (a
+                        ``pointwise_t`` 1x1) wrote the blocks in this layout already: no fill, the task zeroes the
+                        block's borders (the buffer is shared between the plan's handoffs) and reads it in place.
 Backward:
 7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
                         sum dy * (the x plane of 1. shifted by tap t), a dot product per output row, float32 per
@@ -46,7 +50,8 @@ Backward:
 
 Public: ``depthwise_applies(x_shape, w_shape, group, dilation) -> bool``,
 ``depthwise_forward(x, w, b, *, stride, pad, dilation, act, out) -> y`` (``DepthwiseRunner``: the shape work done
-once, for a Net's execution plan) and
+once, for a Net's execution plan; its ``handoff`` / ``padded_in``, set by the plan, hand the output / take the input
+in blocks: ``Handoff``, ``PaddedInput``) and
 ``depthwise_backward(dy, x, w, *, stride, pad, dilation, dx, dw, db, need_dx, need_dw, need_db) -> (dx, dw, db)``.
 Shapes: x (N, C, H, W), w (C, 1, kh, kw), b (C,), y (N, C, OH, OW) with OH, OW from ``conv.conv2d_output_shape``.
 Any kernel size, stride, pad and dilation take the fast paths.
@@ -519,13 +524,15 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
-               counter, out8, wt_tab, toff_tab, ntaps, b8_tab):  # fmt: skip  # pragma: no cover - compiled
+               counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
     32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j; xoff[p] = (oh*sh*WP + ow*sw)*8 for output
     pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
-    already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block."""
+    already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block. pin
+    not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
+    the buffers' layout with their borders zero), read there; no fill."""
     khw = toff_all.shape[0]
     nblk = (c + 7) // 8
     bsize = ws.shape[1] // 2
@@ -534,9 +541,10 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     toff = np.empty(khw, np.int64)
     b8 = np.empty(8, np.float32)
     tables = ntaps.shape[0] > 0
+    given = pin.shape[0] > 0
     cur, ntap = -1, 0
     hb = bsize // (wp * 8)  # padded rows of a block buffer
-    for half in range(2):  # the zero borders of both block buffers, once a call (fills copy the image only)
+    for half in range(0 if given else 2):  # the zero borders of both block buffers, once a call (fills copy the image)
         _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw)
     # queues (gemm.image_counters, gemm.claim_near): queue u the images u*N/Q.. or, one image, its channel blocks
     # u*B/Q.., claimed from the queue of this thread's CPU first. Within a queue block-major: q -> block b_u + q // nu
@@ -552,7 +560,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
         n_u, nu, b_u, nb = (first, stop - first, 0, nblk) if n_img > 1 else (0, 1, first, stop - first)
         q0, q1 = task * per, min(nu * nb, (task + 1) * per)
         for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
-            if q < q1:
+            if q < q1 and not given:
                 n, c0 = n_u + q % nu, (b_u + q // nu) * 8
                 qbuf = ws[t][(q - q0) % 2 * bsize :]
                 _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
@@ -565,7 +573,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
                 cur, ntap, wt, toff, b8 = blk, ntaps[blk], wt_tab[blk], toff_tab[blk], b8_tab[blk]
             elif blk != cur:
                 cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
-            buf = ws[t][(q - 1 - q0) % 2 * bsize :]
+            if given:  # the borders zeroed here (the buffer is shared with other handoffs of the plan)
+                _zero_border8(pin, (n * nblk + blk) * bsize, hb, wp, h, wd, ph, pw)
+            buf = pin[(n * nblk + blk) * bsize :] if given else ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):
                 _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
@@ -581,7 +591,7 @@ _DW = Task(
 _F2, _I2 = types.float32[:, ::1], types.int64[:, ::1]
 _C8 = Task(
     _c8_worker,
-    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i, _F2, _I2, _I1, _F2),
+    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i, _F2, _I2, _I1, _F2, _F1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -631,6 +641,7 @@ def _c8_tables(wf, bias, c, toff_all):  # pragma: no cover - compiled
 
 
 _NO_TABLES = (np.empty((0, 0), np.float32), np.empty((0, 0), np.int64), np.empty(0, np.int64), np.empty((0, 0), np.float32))
+_NO_INPUT = np.empty(0, np.float32)
 
 
 # --------------------------------------------------------------------------------------------- backward
@@ -805,6 +816,47 @@ class Handoff:
         self.interleaved = False
 
 
+class PaddedInput:
+    """A depthwise input handed over by the step before in the channel-block path's own layout (a 1x1 convolution
+    on ``kernels.pointwise_t`` writing its output so, set by the plan: ``net.plan_steps.hand_over_expand``): block b
+    of image n as a (HB, WB, 8) buffer at ``buf[(n*B + b)*plane:]``, the image's pixels at rows ph.., columns pw..,
+    the borders zeroed by the runner's task before it reads the block. The runner reads the blocks in place: no fill, none of its 8 x 8
+    transposes. ``poff[p]``: input pixel p's offset in a block, ((p // W + ph)*WB + pw + p % W)*8. ``ready``: the
+    writer sets it after each such write, the runner clears it and fills from the planes when it is not set (the
+    Net ran the 1x1 layer's own forward instead)."""
+
+    __slots__ = ("buf", "geometry", "plane", "poff", "ready")
+
+    @staticmethod
+    def size(runner: DepthwiseRunner) -> int:
+        """The floats of the blocks of a runner's input."""
+        return runner.args[0] * -(-runner.args[1] // 8) * runner.plane
+
+    def __init__(self, runner: DepthwiseRunner, buf: np.ndarray) -> None:
+        """buf: 32-byte aligned float32, at least ``size(runner)`` floats; several PaddedInputs of one plan may share
+        it (one is read right after it is written), as the runner zeroes a block's borders before reading it."""
+        if not runner.c8:
+            raise ValueError("PaddedInput: the depthwise runner does not take the channel-block path")
+        n, c, h, wd, ph, pw, wb = runner.args[:7]
+        self.plane = plane = runner.plane
+        self.geometry = (n, c, h, wd, ph, pw, plane // (8 * wb), wb)
+        size = self.size(runner)
+        if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % 32:
+            raise ValueError(f"PaddedInput: needs 32-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}")
+        self.buf = buf[:size]
+        p = np.arange(h * wd)
+        self.poff = (((p // wd + ph) * wb + pw + p % wd) * 8).astype(np.int64)
+        self.ready = False
+
+    def planes(self, x: np.ndarray) -> None:
+        """The blocks written back into x (N, C, H, W) as planes, ready cleared (a step that could not read them
+        leaves them to the layer's own forward)."""
+        n, c, h, wd, ph, pw, hb, wb = self.geometry
+        blocks = self.buf.reshape(n, -1, hb, wb, 8)[:, :, ph : ph + h, pw : pw + wd]
+        x[...] = blocks.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, wd)[:, :c]
+        self.ready = False
+
+
 class DepthwiseRunner:
     """A depthwise forward with everything that depends only on the shapes worked out once; calling it runs the
     compiled kernel with no further checks (a CPU Net's execution plan keeps one per layer, like conv.ForwardRunner).
@@ -814,7 +866,7 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "c8", "frozen", "handoff", "lo_hi", "out_shape", "plane", "tables", "workers", "ws")
+    __slots__ = ("args", "c8", "frozen", "handoff", "lo_hi", "out_shape", "padded_in", "plane", "tables", "workers", "ws")
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -829,6 +881,7 @@ class DepthwiseRunner:
         # tables of the channel-block path are made once per (w, bias) pair of arrays: (w, bias, tables)
         self.frozen = frozen
         self.tables: tuple | None = None
+        self.padded_in: PaddedInput | None = None  # set by the plan: x handed over in the blocks' layout
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
@@ -870,10 +923,14 @@ class DepthwiseRunner:
             if kept is None or kept[0] is not w or kept[1] is not bias:
                 kept = self.tables = (w, bias, _c8_tables(wf, bias, self.args[1], self.args[8]))
             tables = kept[2]
+        pin = self.padded_in
+        given = pin is not None and pin.ready
+        if given:
+            pin.ready = False
         counters = image_counters(self.args[0], self.workers, -(-self.args[1] // 8))
         _C8.parallel(
             _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, int(handoff is not None),
-            *tables,
+            *tables, pin.buf if given else _NO_INPUT,
         )  # fmt: skip
         if handoff is not None:
             handoff.interleaved = True  # out holds 8-channel blocks interleaved per pixel this time

@@ -6,9 +6,9 @@ and read rows of x that start off the cache lines: 120-140 GFLOP/s a core there 
 on larger planes. Here the roles are swapped. A tile is 14 pixels (or 7: a 7 x 7 plane is 7 tiles of 7, paired into
 14 where a task has two left, so no plane here has an edge) x 32 output channels (16 for a last panel of 16): 28 zmm
 accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 consecutive floats of row k: one or two
-lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias, clips,
-transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each output channel's 7 pixels with a
-masked store; with a residual, z = y + res the same way. A task's first tile prefetches the next panel's weights into
+lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias and clips
+(16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each
+output channel's 7 pixels with a masked store; with a residual, z = y + res the same way. A task's first tile prefetches the next panel's weights into
 L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the output lines prefetched for writing
 as well: 1.00x, left out).
 
@@ -17,6 +17,14 @@ x is read in planes, or, after a depthwise step that hands its output over (``de
 accumulators without transposing them back to planes; a broadcast of x[k, p] then reads one line per 8 input channels
 and 2 pixels. The same values, the same bits; EfficientNet-Lite0 in-process A/B with the handoff off / on: 1 thread
 batch 1 1.00-1.02x, 2 threads batch 1 1.00-1.04x, batch 32 1.01-1.03x.
+
+y goes in planes, or, before a depthwise step on its channel-block path (``depthwise.PaddedInput``, set by the plan:
+``net.plan_steps.hand_over_expand``), straight into that step's padded 8-channel blocks: pixel p's channels 8b..8b+7
+as one aligned 8-float store at block b's row p // W + ph, column p % W + pw, no transposes; the depthwise reads the
+blocks in place (no fill, none of its transposes from planes). There the kernel runs any plane size (the expands
+before the depthwise layers, K >= MIN_K_BLOCKS: without the transposing epilogue a tile of K = 16 is still 80% FMAs).
+The same bits as the planes path. EfficientNet-Lite0 in-process A/B, two nets with the handoff off / on: 1 thread
+batch 1 1.04-1.06x, 2 threads 1.03x (K = 16 included: 1.01x more than from K = 24).
 
 Tasks are (image, panel, pixel chunk), image-major, claimed from per-CPU queues (``gemm.claim_near``): images at
 batch 2+ a thread, so each core keeps its images from layer to layer (without the queues EfficientNet-Lite0 at batch
@@ -40,8 +48,9 @@ The weights are packed on the first call with a given weight array and kept: the
 weights that do not change under it (a convolution with a BatchNorm folded in, ``ConvolutionLayer.folded``, made
 once; ``Net.refold`` makes new arrays, which the runner packs again).
 
-Public: ``applies(x_shape, w_shape) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape, w_shape, act)``, called as
-``runner(x, w, bias, y[, res, z])`` like ``pointwise.PointwiseRunner``.
+Public: ``applies(x_shape, w_shape, blocks=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape, w_shape, act,
+blocks=None)``, called as ``runner(x, w, bias, y[, res, z])`` like ``pointwise.PointwiseRunner`` (with blocks, a
+``depthwise.PaddedInput``: y is not written, no residual).
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.depthwise import _transpose8, check_act
+from kernels.depthwise import PaddedInput, _transpose8, check_act
 from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.tasks import Task
 from kernels.tiling import VW
@@ -62,18 +71,21 @@ NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
 MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~130 cycles (expands alone, 1 / 2
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
+MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwise in its blocks (no transposes)
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
 
 
-def applies(x_shape, w_shape) -> bool:
-    """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P."""
+def applies(x_shape, w_shape, blocks: bool = False) -> bool:
+    """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P;
+    blocks (the output written in a depthwise's blocks, ``depthwise.PaddedInput``): K >= MIN_K_BLOCKS, any H*W."""
     if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
         return False
     n, k, h, wd = (int(v) for v in x_shape)
     m, p = int(w_shape[0]), h * wd
-    return n > 0 and k >= MIN_K and int(w_shape[1]) == k and m % 16 == 0 and m > 0 and 0 < p <= MAX_P and p % NP == 0
+    fits = k >= MIN_K_BLOCKS if blocks else k >= MIN_K and p <= MAX_P
+    return fits and n > 0 and int(w_shape[1]) == k and m % 16 == 0 and m > 0 and p > 0 and p % NP == 0
 
 
 def _tile_codegen(nv: int, npx: int):
@@ -133,7 +145,6 @@ def _tile_codegen(nv: int, npx: int):
             with planes:
                 k_loop(False)
         lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
-        lov, hiv = splat(builder, lo, v8), splat(builder, hi, v8)
         mask = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * NP + [0] * (8 - NP))
         mstore = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [v8, v8ptr, i32, mask.type]), "llvm.masked.store.v8f32.p0"
@@ -142,34 +153,50 @@ def _tile_codegen(nv: int, npx: int):
             builder.module, ir.FunctionType(v8, [v8ptr, i32, mask.type, v8]), "llvm.masked.load.v8f32.p0"
         )
         zero8 = ir.Constant(v8, [0.0] * 8)
-        groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
-        for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (the 8th row zero)
-            rows = []
-            for j in range(g * NP, g * NP + NP):
-                acc = builder.load(slots[j * nv + v])
-                part = builder.shuffle_vector(
-                    acc,
-                    ir.Constant(vec, ir.Undefined),
-                    ir.Constant(ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8))),
-                )
-                rows.append(part)
-            rows.append(zero8)
-            cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..7 (7 valid)
-            for lane, col in enumerate(cols):
-                oc = builder.add(o0, c(16 * v + 8 * half + lane))
-                r = builder.fadd(col, splat(builder, builder.load(builder.gep(bd, [oc])), v8))
-                r = builder.select(builder.fcmp_ordered("<", r, lov), lov, r)
-                r = builder.select(builder.fcmp_ordered(">", r, hiv), hiv, r)
-                off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
-                builder.call(mstore, [r, builder.bitcast(builder.gep(yd, [off]), v8ptr), ir.Constant(i32, 4), mask])
-                with builder.if_then(add):
-                    rv = builder.call(
-                        mload, [builder.bitcast(builder.gep(rd, [off]), v8ptr), ir.Constant(i32, 4), mask, zero8]
-                    )
-                    zv = builder.fadd(r, rv)
-                    builder.call(
-                        mstore, [zv, builder.bitcast(builder.gep(zd, [off]), v8ptr), ir.Constant(i32, 4), mask]
-                    )
+        # bias and clip on the accumulators: a pixel's 16 channels at once (the same operations on each value as
+        # after the transposes)
+        lo16, hi16 = splat(builder, lo, vec), splat(builder, hi, vec)
+        done = []
+        for j in range(npx):
+            for v in range(nv):
+                bv = builder.load(builder.bitcast(builder.gep(bd, [builder.add(o0, c(16 * v))]), vptr), align=4)
+                r = builder.fadd(builder.load(slots[j * nv + v]), bv)
+                r = builder.select(builder.fcmp_ordered("<", r, lo16), lo16, r)
+                done.append(builder.select(builder.fcmp_ordered(">", r, hi16), hi16, r))
+
+        def half_of(val, half):  # lanes 8 half .. 8 half + 7 of a 16-lane vector
+            idx = ir.Constant(ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8)))
+            return builder.shuffle_vector(val, ir.Constant(vec, ir.Undefined), idx)
+
+        plane8 = as64(builder, args[18])
+        with builder.if_else(builder.icmp_unsigned("!=", plane8, c(0))) as (blocks_out, planes_out):
+            with blocks_out:  # a depthwise's blocks (depthwise.PaddedInput): channels 8b.. of pixel j at
+                # y[yo + b*plane8 + po[pb + j]], no transpose
+                po_d, pb = data(17), as64(builder, args[19])
+                b0 = builder.lshr(o0, c(3))
+                for j in range(npx):
+                    pj = builder.load(builder.gep(po_d, [builder.add(pb, c(j))]))
+                    for v in range(nv):
+                        for half in range(2):
+                            at = builder.add(builder.mul(builder.add(b0, c(2 * v + half)), plane8), pj)
+                            ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), v8ptr)
+                            builder.store(half_of(done[j * nv + v], half), ptr, align=32)
+            with planes_out:
+                groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
+                for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
+                    rows = [half_of(done[j * nv + v], half) for j in range(g * NP, g * NP + NP)]
+                    rows.append(zero8)
+                    cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..7 (7 valid)
+                    for lane, r in enumerate(cols):
+                        oc = builder.add(o0, c(16 * v + 8 * half + lane))
+                        off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
+                        yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
+                        builder.call(mstore, [r, yptr, ir.Constant(i32, 4), mask])
+                        with builder.if_then(add):
+                            rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
+                            rv = builder.call(mload, [rptr, ir.Constant(i32, 4), mask, zero8])
+                            zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
+                            builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), mask])
         return context.get_dummy_value()
 
     return codegen
@@ -177,9 +204,9 @@ def _tile_codegen(nv: int, npx: int):
 
 def _make_tile(nv: int, npx: int):
     @intrinsic
-    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8):
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb):
         flat_f32(x, wt, y, bias, res, z)
-        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb)
         return sig, _tile_codegen(nv, npx)
 
     return tile
@@ -187,16 +214,18 @@ def _make_tile(nv: int, npx: int):
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
 # x[xo + k*p + j] * wt[wo + 16 nv k + o]) (x8: x in 8-channel blocks, see k_loop); with add, also z = y + res at the
-# same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2
+# same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; plane8 != 0:
+# y in a depthwise's blocks instead (depthwise.PaddedInput: pixel j's channels 8b.. at y[yo + b*plane8 + po[pb + j]])
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
-def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma: no cover - compiled
+def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pragma: no cover - compiled
     """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M, P, panels, chunks,
-    W_PREFETCH, x in 8-channel blocks interleaved per pixel (a depthwise Handoff; else planes)."""
+    W_PREFETCH, x in 8-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
+    depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    x8 = plan[7]
+    x8, plane8 = plan[7], plan[8]
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
@@ -224,28 +253,31 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter):  # pragma
         while tt < t1:
             p0 = tt * NP
             xo = img * k * p + p0 * (8 if x8 else 1)
-            yo = img * m * p + p0
+            yo = img * (m // 8) * plane8 if plane8 else img * m * p + p0
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
             if two and wide:
-                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             elif two:
-                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             elif wide:
-                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             else:
-                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8)
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             tt += 2 if two else 1
 
 
 _F1, _I1 = types.float32[::1], types.int64[::1]
 _PT = Task(
     _pt_worker,
-    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1),
+    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1, _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
+
+
+_NO_OFFSETS = np.empty(0, np.int64)
 
 
 def pack(w: np.ndarray) -> np.ndarray:
@@ -261,10 +293,10 @@ class PointwiseTRunner:
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
     kept (the caller guarantees they do not change in place)."""
 
-    __slots__ = ("counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
+    __slots__ = ("blocks", "counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
 
-    def __init__(self, x_shape, w_shape, act=None) -> None:
-        if not applies(x_shape, w_shape):
+    def __init__(self, x_shape, w_shape, act=None, blocks: PaddedInput | None = None) -> None:
+        if not applies(x_shape, w_shape, blocks is not None):
             raise ValueError(f"pointwise_t: does not apply to x {tuple(x_shape)}, w {tuple(w_shape)}")
         n, k, h, wd = (int(v) for v in x_shape)
         m, p = int(w_shape[0]), h * wd
@@ -274,8 +306,14 @@ class PointwiseTRunner:
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0], np.int64)
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
+        # blocks: the output goes to the depthwise step after in its blocks (y is not written), set by the plan
+        self.blocks = blocks
+        if blocks is not None:
+            if blocks.geometry[:4] != self.out_shape:
+                raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
+            self.plan[8] = blocks.plane
         self.serial = threads == 1
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple[np.ndarray, np.ndarray] | None = None
@@ -285,6 +323,8 @@ class PointwiseTRunner:
         if packed is None or packed[0] is not w:
             packed = self.packed = (w, pack(w))
         add = res is not None
+        if add and self.blocks is not None:
+            raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
         if not add:
             res = z = y  # unread
         handoff = self.handoff
@@ -294,5 +334,9 @@ class PointwiseTRunner:
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
         run = _PT.serial if self.serial else _PT.parallel
-        run(_PT.address, workers, x.reshape(-1), packed[1], bias, y.reshape(-1), res.reshape(-1), z.reshape(-1),
-            self.plan, lo, hi, add, image_counters(*self.counter_args))  # fmt: skip
+        blocks = self.blocks
+        yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
+        run(_PT.address, workers, x.reshape(-1), packed[1], bias, yf, res.reshape(-1), z.reshape(-1),
+            self.plan, lo, hi, add, image_counters(*self.counter_args), po)  # fmt: skip
+        if blocks is not None:
+            blocks.ready = True  # the depthwise step after reads its blocks, not y

@@ -55,7 +55,7 @@ from .memory import (
     param_room,
     resolve_budget,
 )
-from .plan_steps import fuse_residual_sums, hand_over_depthwise, zero_border_step
+from .plan_steps import fuse_residual_sums, hand_over_depthwise, hand_over_expand, zero_border_step
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -822,7 +822,8 @@ class _Plan:
         self.steps = fuse_residual_sums(self.steps)
         if net._share is not None:  # blobs nobody reads after a forward may take another layout between two steps
             names = (*net.inputs, *net.outputs, *net._share, *net._observers)
-            self.steps = hand_over_depthwise(self.steps, {id(net._blobs[n]) for n in names if n in net._blobs})
+            keep = {id(net._blobs[n]) for n in names if n in net._blobs}
+            self.steps = hand_over_expand(hand_over_depthwise(self.steps, keep), keep)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 
 

@@ -18,6 +18,10 @@ it recognises more in the layer than the layer type says.
   `kernels.pointwise_t`, writes it in 8-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
   transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
   with shared activations, the blob neither kept, observed nor an output).
+- `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
+  output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
+  depthwise's padded blocks (`kernels.depthwise.PaddedInput`), which the depthwise reads in place: no fill, no
+  transposes either side. Same conditions.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ from .blob import Blob
 from .layers import Layer
 from .layers.base import plain, plan_out
 from .layers.convolution import pointwise_runner
+
+
+EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
+BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
 def _zero_border(w: np.ndarray) -> bool:
@@ -197,6 +205,62 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
         dw_run.handoff = pw_run.handoff = handoff
         out[i + 1] = (_planes_on_refusal(pw_step, blob, handoff), pw_layer, pw_bottom, pw_top)
     return out
+
+
+def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, the
+    1x1 ones that hand over replaced, the depthwise ones after them wrapped: when such a step cannot run (an array
+    changed under the plan) while its input is still in blocks, the blob gets its planes before the layer's own
+    forward reads it."""
+    readers: dict[int, int] = {}
+    for _, _, bottom, _ in steps:
+        for b in bottom:
+            readers[id(b)] = readers.get(id(b), 0) + 1
+    out = list(steps)
+    pairs = []
+    for i in range(len(out) - 1 if EXPAND_BLOCKS else 0):
+        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
+        pw_run, dw_run = getattr(pw_step, "runner", None), getattr(dw_step, "runner", None)
+        if not isinstance(pw_run, (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)):
+            continue
+        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not (dw_run.c8 and dw_run.frozen):
+            continue
+        blob = pw_top[0]
+        if len(pw_top) != 1 or len(dw_bottom) != 1 or dw_bottom[0] is not blob or readers.get(id(blob)) != 1:
+            continue
+        if id(blob) in keep or pw_layer.fold is None or len(pw_bottom) != 1:
+            continue
+        x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
+        if not pointwise_t.applies(x_shape, w_shape, blocks=True):
+            continue
+        if 4 * depthwise.PaddedInput.size(dw_run) > BLOCKS_MAX_BYTES:
+            continue
+        pairs.append((i, x_shape, w_shape, blob))
+    if not pairs:
+        return out
+    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner) for i, *_ in pairs)
+    raw = np.empty(size + 8, np.float32)
+    shared = raw[(-raw.ctypes.data // 4) % 8 :][:size]  # one buffer: each handoff is read right after it is written
+    for i, x_shape, w_shape, blob in pairs:
+        (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
+        blocks = depthwise.PaddedInput(dw_step.runner, shared)
+        run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
+        dw_step.runner.padded_in = blocks
+        out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
+        out[i + 1] = (_planes_back(dw_step, blob, blocks), dw_layer, dw_bottom, dw_top)
+    return out
+
+
+def _planes_back(step, blob, blocks):
+    def wrapped() -> bool:
+        if step():
+            return True
+        if blocks.ready:  # the 1x1 step wrote blocks; the depthwise layer's own forward reads planes
+            blocks.planes(blob.data)
+        return False
+
+    wrapped.runner = step.runner
+    return wrapped
 
 
 def _planes_on_refusal(step, blob, handoff):

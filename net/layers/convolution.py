@@ -155,13 +155,12 @@ class ConvolutionLayer(Layer):
     def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
         if len(bottom) != 1:
             return None
-        src, dst = bottom[0], top[0]
-        x = src.data
+        x = bottom[0].data
         w, b = self.forward_params()
         x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
         if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
             return None
-        act = (0.0, self.relu_max) if self.fused_relu else None
+        act = self.act()
         if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
             frozen = self.fold is not None  # folded parameters: made once, never changed in place (forward_params)
             run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation, frozen)
@@ -175,6 +174,19 @@ class ConvolutionLayer(Layer):
             run = conv.ForwardRunner(
                 x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu, **capped
             )
+        return self.plan_step(bottom, top, run)
+
+    def act(self) -> tuple[float, float] | None:
+        """The clip fused into the epilogue, (lo, hi), or None."""
+        return (0.0, self.relu_max) if self.fused_relu else None
+
+    def plan_step(self, bottom: list[Blob], top: list[Blob], run) -> Callable[[], bool]:
+        """The plan step that runs `run` (a runner of this layer's shapes, ``run(x, w, b, out)``): the parameters
+        and the input looked up and checked each call, False when they no longer fit."""
+        src, dst = bottom[0], top[0]
+        x = src.data
+        w, _ = self.forward_params()
+        x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
         out = plan_out(dst, x, run.out_shape)
         zeros = np.zeros(b_shape, np.float32)
         checked = [None, None, None]  # the (x, w, b) arrays last checked: the same objects need no new check

@@ -162,9 +162,10 @@ def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
 
 
 def test_net_hands_over_and_refusals_put_planes_back() -> None:
-    """EfficientNet-Lite0 with shared activations hands depthwise outputs over in blocks: the same bits as the net
-    without shared activations (planes everywhere); and when a 1x1 step refuses (an array changed under the plan), the
-    blob is put back in planes before the layer's own forward reads it."""
+    """EfficientNet-Lite0 with shared activations hands depthwise outputs over in blocks, and expand outputs to the
+    depthwise after them: within 1e-6 of the net without shared activations (planes everywhere; its expands with
+    K < 112 run on pointwise, whose edge pixels may differ in the last bits); and when a 1x1 step refuses (an array
+    changed under the plan), the blob is put back in planes before the layer's own forward reads it."""
     from kernels import depthwise
     from net import Net
     from net.zoo import efficientnet_lite0
@@ -175,7 +176,9 @@ def test_net_hands_over_and_refusals_put_planes_back() -> None:
     want = plain.forward(data=x)["prob"]
     net = Net.load(files.prototxt, files.weights)
     net.share_activations()
-    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+    got = net.forward(data=x)["prob"].copy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    want = got  # the bits of this plan from here on
     steps = net._plan.steps
     handed = [
         i
@@ -187,3 +190,86 @@ def test_net_hands_over_and_refusals_put_planes_back() -> None:
     top.data = np.zeros_like(top.data)  # another array than the plan's: that step refuses
     np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(net.forward(data=x)["prob"], want)  # planned again
+
+
+def test_net_expand_blocks_refusals() -> None:
+    """The expand -> depthwise handoff (net.plan_steps.hand_over_expand): the 1x1 step writes the depthwise's padded
+    blocks, not its top blob. When the 1x1 step refuses, its layer's forward writes planes and the depthwise fills
+    from them; when the depthwise step refuses with the blocks written, they go back into the blob as planes before
+    the depthwise layer's own forward reads it. Each time the same values as the plan's forward."""
+    from kernels import depthwise
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    net = Net.load(files.prototxt, files.weights)
+    net.share_activations()
+    want = net.forward(data=x)["prob"].copy()
+    steps = net._plan.steps
+    taking = [
+        i
+        for i, s in enumerate(steps)
+        if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner) and s[0].runner.padded_in is not None
+    ]
+    assert len(taking) >= 12  # every depthwise on the channel-block path after an expand (EfficientNet-Lite0: 14)
+    assert all(steps[i - 1][0].runner.blocks is steps[i][0].runner.padded_in for i in taking)
+    expand_top = steps[taking[0]][2][0]
+    expand_top.data = np.zeros_like(expand_top.data)  # the 1x1 step refuses, its layer writes planes
+    np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)  # planned again
+    steps = net._plan.steps
+    i = next(i for i, s in enumerate(steps) if getattr(s[0], "runner", None) is not None and s[1].name == "block9/dw")
+    assert steps[i][0].runner.padded_in is not None
+    dw_top = steps[i][3][0]
+    dw_top.data = np.zeros_like(dw_top.data)  # the depthwise step refuses after the 1x1 wrote its blocks
+    np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+
+
+@pytest.mark.parametrize(
+    "k,m,h,kernel,stride,pad",
+    [(112, 672, 14, 5, 1, 2), (24, 144, 56, 6, 2, 2), (40, 240, 28, 4, 2, 1), (192, 1152, 7, 5, 1, 2), (16, 96, 28, 3, 1, 1)],
+)
+def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
+    """pointwise_t writing a depthwise's padded blocks (any plane size), the depthwise reading them in place: the same
+    bits as pointwise_t's planes then the depthwise's own fill where pointwise_t takes the planes (K >= 112, up to
+    14 x 14), and within float32 rounding of the float64 reference everywhere; blocks shared between two handoffs
+    (stale values in the borders) change nothing."""
+    from kernels import depthwise
+
+    for n in (1, 2):
+        x, w, b, _ = _inputs(n, k, m, h, seed=k)
+        rng = np.random.default_rng(m)
+        wd = rng.standard_normal((m, 1, kernel, kernel)).astype(np.float32)
+        if stride == 2:  # the TF SAME form at stride 2: a zero first row and column
+            wd[:, :, 0], wd[:, :, :, 0] = 0.0, 0.0
+        bd = rng.standard_normal(m).astype(np.float32)
+        dw = depthwise.DepthwiseRunner((n, m, h, h), wd.shape, stride, pad, ACT, frozen=True)
+        assert dw.c8
+        size = depthwise.PaddedInput.size(dw)
+        raw = np.full(size + 8, np.nan, np.float32)  # stale values everywhere, borders included
+        buf = raw[(-raw.ctypes.data // 4) % 8 :][:size]
+        blocks = depthwise.PaddedInput(dw, buf)
+        expand = PointwiseTRunner(x.shape, w.shape, ACT, blocks)
+        unread = np.full(expand.out_shape, np.nan, np.float32)
+        expand(x, w, b, unread)
+        assert blocks.ready and np.isnan(unread).all()  # y itself is not written
+        dw.padded_in = blocks
+        got = np.empty(dw.out_shape, np.float32)
+        dw(x=np.full((n, m, h, h), np.nan, np.float32), w=wd, bias=bd, out=got)  # x unread: the blocks are
+        assert not blocks.ready
+        mid = pointwise_forward_ref(x, w, b, act=ACT)
+        ref = depthwise.depthwise_forward_ref(mid.astype(np.float32), wd, bd, stride=stride, pad=pad, act=ACT)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.sqrt(k) * max(1.0, float(np.abs(ref).max())))
+        if pointwise_t.applies(x.shape, w.shape):
+            planes = np.empty(expand.out_shape, np.float32)
+            PointwiseTRunner(x.shape, w.shape, ACT)(x, w, b, planes)
+            want = np.empty(dw.out_shape, np.float32)
+            depthwise.DepthwiseRunner((n, m, h, h), wd.shape, stride, pad, ACT, frozen=True)(planes, wd, bd, want)
+            np.testing.assert_array_equal(got, want)
+            back = np.full(planes.shape, np.nan, np.float32)
+            expand(x, w, b, unread)
+            blocks.planes(back)  # the refusal path: the blocks as planes
+            np.testing.assert_array_equal(back, planes)
+            assert not blocks.ready
