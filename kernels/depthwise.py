@@ -36,12 +36,17 @@ every plane size once x is C8_ANY_PLANE_X_BYTES or more, read from memory):
 5. ``_c8_tile``       - 8 consecutive output pixels (any rows) x 8 channels: per tap one aligned load of the 8
                         channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
                         FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
+                        ``_c16_tile``: the same on blocks of 16 channels (zmm: half the instructions a channel),
+                        for blocks handed over by the step before (below); two transposes back.
 6. ``_c8_worker``     - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
                         taps zero in all 8 channels dropped; for a plan's folded weights, ``frozen``, every block's
                         table made once per weight array, ``_c8_tables``: 1.03x on EfficientNet-Lite0 at batch 1, 1
                         thread), claimed and filled one ahead as in 3. With a ``PaddedInput`` the step before (a
-                        ``pointwise_t`` 1x1) wrote the blocks in this layout already: no fill, the task zeroes the
-                        block's borders (the buffer is shared between the plan's handoffs) and reads it in place.
+                        ``pointwise_t`` 1x1) wrote the blocks in this layout already, of 8 or of 16 channels (the
+                        plan's choice: 16): no fill, the task zeroes the block's borders (the buffer is shared
+                        between the plan's handoffs) and reads it in place. EfficientNet-Lite0, in-process A/B:
+                        the handoff 1.04-1.06x (1 thread, batch 1) and 1.03x (2 threads) with 8 channels a block,
+                        16 on top of that 1.056x and 1.07x.
 Backward:
 7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
                         sum dy * (the x plane of 1. shifted by tap t), a dot product per output row, float32 per
@@ -415,26 +420,18 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
     return sig, codegen
 
 
-@intrinsic
-def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8):
-    """Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for 8 channels at once, from the channel-block
-    buffer buf (8 channels interleaved per pixel): acc_v = sum_{t < ntap} wt[8t : 8t + 8] * buf[xoff[p0 + v] +
-    toff[t] :][:8], one aligned 8-channel vector per load; then + bias8, clip, an 8 x 8 transpose, and channel c's 8
-    pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no
-    transpose, pixel p0 + v's 8 channels stored at y[ybase + (p0 + v)*8 :] for v < cnt (the block's channels
-    interleaved per pixel where its 8 planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``)."""
-    flat_f32(buf, wt, y, bias8)
-    sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8)
-
+def _block_tile_codegen(lanes: int):
     def codegen(context, builder, signature, args):
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         b_data, x_data, w_data, t_data, y_data, bias_data = (data(i) for i in (0, 1, 3, 4, 6, 11))
         p064, ntap64, yb, npix64, nch64, cnt64 = (as64(builder, args[i]) for i in (2, 5, 7, 8, 9, 10))
-        f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
-        vec = llvm_ir.VectorType(f32, 8)
+        f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
+        vec = llvm_ir.VectorType(f32, lanes)
         vptr = vec.as_pointer()
+        v8 = llvm_ir.VectorType(f32, 8)
+        v8ptr = v8.as_pointer()
 
         def c64(v):
             return llvm_ir.Constant(i64, v)
@@ -447,7 +444,7 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
         with cgutils.for_range(builder, ntap64) as loop:
             t = loop.index
             o = builder.load(builder.gep(t_data, [t]))
-            wv = vload(w_data, builder.mul(t, c64(8)))
+            wv = vload(w_data, builder.mul(t, c64(lanes)))
             for v in range(8):
                 xv = vload(b_data, builder.add(xos[v], o))
                 builder.store(builder.call(fma, [wv, xv, builder.load(slots[v])]), slots[v])
@@ -462,37 +459,61 @@ def _c8_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt,
             with interleaved:
                 for v, row in enumerate(rows):
                     with builder.if_then(builder.icmp_signed("<", c64(v), cnt64)):
-                        at = builder.add(yb, builder.mul(builder.add(p064, c64(v)), c64(8)))
+                        at = builder.add(yb, builder.mul(builder.add(p064, c64(v)), c64(lanes)))
                         builder.store(row, builder.bitcast(builder.gep(y_data, [at]), vptr), align=4)
             with planes:
-                cols = _transpose8(builder, rows)
                 full = builder.icmp_signed("==", cnt64, c64(8))
-                for ch, col in enumerate(cols):
-                    with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
-                        at = builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))
-                        base = builder.gep(y_data, [at])
-                        with builder.if_else(full) as (whole, part):
-                            with whole:
-                                builder.store(col, builder.bitcast(base, vptr), align=4)
-                            with part, cgutils.for_range(builder, cnt64) as lane:
-                                ptr = builder.gep(base, [lane.index])
-                                builder.store(builder.extract_element(col, lane.index), ptr)
+                for half in range(lanes // 8):  # 8 channels at a time: an 8 x 8 transpose
+                    part = rows
+                    if lanes > 8:
+                        idx = llvm_ir.Constant(llvm_ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8)))
+                        part = [builder.shuffle_vector(r, llvm_ir.Constant(vec, llvm_ir.Undefined), idx) for r in rows]
+                    for lane, col in enumerate(_transpose8(builder, part)):
+                        ch = 8 * half + lane
+                        with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
+                            at = builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))
+                            base = builder.gep(y_data, [at])
+                            with builder.if_else(full) as (whole, partial):
+                                with whole:
+                                    builder.store(col, builder.bitcast(base, v8ptr), align=4)
+                                with partial, cgutils.for_range(builder, cnt64) as ln:
+                                    ptr = builder.gep(base, [ln.index])
+                                    builder.store(builder.extract_element(col, ln.index), ptr)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+def _make_block_tile(lanes: int):
+    @intrinsic
+    def tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8):
+        flat_f32(buf, wt, y, bias8)
+        sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8)
+        return sig, _block_tile_codegen(lanes)
+
+    return tile
+
+
+# Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for L = 8 (16) channels at once, from the
+# channel-block buffer buf (L channels interleaved per pixel): acc_v = sum_{t < ntap} wt[Lt : Lt + L] * buf[xoff[p0 +
+# v] + toff[t] :][:L], one aligned L-channel vector per load; then + bias8, clip, 8 x 8 transposes, and channel c's 8
+# pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no transpose,
+# pixel p0 + v's L channels stored at y[ybase + (p0 + v)*L :] for v < cnt (the block's channels interleaved per pixel
+# where its L planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``).
+_c8_tile, _c16_tile = _make_block_tile(8), _make_block_tile(16)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _zero_border8(buf, off, hb, wb, h, wd, ph, pw):  # pragma: no cover - compiled
+def _zero_border8(buf, off, hb, wb, h, wd, ph, pw, lanes=8):  # pragma: no cover - compiled
     """Zeros in the border of a block buffer at buf[off:] ((hb, wb, 8): rows outside ph..ph + h - 1, columns outside
     pw..pw + wd - 1), not in the image's pixels, which every fill writes (a whole 112 x 112 buffer pair is 0.8 MB)."""
-    row = wb * 8
+    row = wb * lanes
     _zero(buf, off, off + ph * row)
     _zero(buf, off + (ph + h) * row, off + hb * row)
     for r in range(ph, ph + h):
         o = off + r * row
-        _zero(buf, o, o + pw * 8)
-        _zero(buf, o + (pw + wd) * 8, o + row)
+        _zero(buf, o, o + pw * lanes)
+        _zero(buf, o + (pw + wd) * lanes, o + row)
 
 
 @njit(cache=True, boundscheck=False)
@@ -524,7 +545,7 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
-               counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin):  # fmt: skip  # pragma: no cover - compiled
+               counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin, lanes):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
@@ -532,10 +553,11 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
     already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block. pin
     not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
-    the buffers' layout with their borders zero), read there; no fill."""
+    the buffers' layout), read there after zeroing their borders; no fill. lanes: 8, or 16 (blocks of 16 channels:
+    only with pin and the tables; toff_all, xoff, the block size and the tables then for 16 lanes)."""
     khw = toff_all.shape[0]
-    nblk = (c + 7) // 8
-    bsize = ws.shape[1] // 2
+    nblk = (c + lanes - 1) // lanes
+    bsize = ws.shape[1] // 2 * lanes // 8
     offs = np.empty(8, np.int64)
     wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
     toff = np.empty(khw, np.int64)
@@ -543,7 +565,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     tables = ntaps.shape[0] > 0
     given = pin.shape[0] > 0
     cur, ntap = -1, 0
-    hb = bsize // (wp * 8)  # padded rows of a block buffer
+    hb = bsize // (wp * lanes)  # padded rows of a block buffer
     for half in range(0 if given else 2):  # the zero borders of both block buffers, once a call (fills copy the image)
         _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw)
     # queues (gemm.image_counters, gemm.claim_near): queue u the images u*N/Q.. or, one image, its channel blocks
@@ -567,18 +589,21 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             if q == q0:
                 continue
             n, blk = n_u + (q - 1) % nu, b_u + (q - 1) // nu
-            c0 = blk * 8
-            nch = min(8, c - c0)
+            c0 = blk * lanes
+            nch = min(lanes, c - c0)
             if blk != cur and tables:
                 cur, ntap, wt, toff, b8 = blk, ntaps[blk], wt_tab[blk], toff_tab[blk], b8_tab[blk]
             elif blk != cur:
                 cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
             if given:  # the borders zeroed here (the buffer is shared with other handoffs of the plan)
-                _zero_border8(pin, (n * nblk + blk) * bsize, hb, wp, h, wd, ph, pw)
+                _zero_border8(pin, (n * nblk + blk) * bsize, hb, wp, h, wd, ph, pw, lanes)
             buf = pin[(n * nblk + blk) * bsize :] if given else ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):
-                _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
+                if lanes == 16:
+                    _c16_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
+                else:
+                    _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
 
 
 _F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
@@ -589,9 +614,10 @@ _DW = Task(
     boundscheck=False,
 )
 _F2, _I2 = types.float32[:, ::1], types.int64[:, ::1]
+_C8_ARGS = (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i)
 _C8 = Task(
     _c8_worker,
-    (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i, _F2, _I2, _I1, _F2, _F1),
+    (*_C8_ARGS, _F2, _I2, _I1, _F2, _F1, _i),  # then the tap tables, the blocks handed over, their lanes
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -599,48 +625,57 @@ _C8 = Task(
 
 @njit(cache=True, boundscheck=False)
 def _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8):  # pragma: no cover - compiled
-    """The tap table of the block of channels c0 .. c0 + nch - 1: wt[k*8 + lane], toff[k] for its taps that are not
-    zero in every channel (lanes >= nch zero), b8 its biases; returns the number of taps."""
-    for lane in range(8):  # every tap first (each channel's taps are contiguous in w), then the zero taps squeezed out
+    """The tap table of the block of channels c0 .. c0 + nch - 1 (L = b8's size, 8 or 16 lanes): wt[k*L + lane],
+    toff[k] for its taps that are not zero in every channel (lanes >= nch zero), b8 its biases; returns the number of
+    taps."""
+    nl = b8.shape[0]
+    for lane in range(nl):  # every tap first (each channel's taps are contiguous in w), then the zero taps squeezed out
         if lane < nch:
             src = (c0 + lane) * khw
             for t in range(khw):
-                wt[t * 8 + lane] = wf[src + t]
+                wt[t * nl + lane] = wf[src + t]
         else:
             for t in range(khw):
-                wt[t * 8 + lane] = np.float32(0.0)
+                wt[t * nl + lane] = np.float32(0.0)
     k = 0
     for t in range(khw):
         nz = False
-        for lane in range(8):
-            nz |= wt[t * 8 + lane] != 0.0
+        for lane in range(nl):
+            nz |= wt[t * nl + lane] != 0.0
         if nz:
             if k != t:  # k < t: the copy moves a tap down over one already squeezed out
-                for lane in range(8):
-                    wt[k * 8 + lane] = wt[t * 8 + lane]
+                for lane in range(nl):
+                    wt[k * nl + lane] = wt[t * nl + lane]
             toff[k] = toff_all[t]
             k += 1
-    for lane in range(8):
+    for lane in range(nl):
         b8[lane] = bias[c0 + lane] if lane < nch else np.float32(0.0)
     return k
 
 
 @njit(cache=True, boundscheck=False)
-def _c8_tables(wf, bias, c, toff_all):  # pragma: no cover - compiled
-    """Every 8-channel block's tap table (``_c8_taps``): (wt_tab, toff_tab, ntaps, b8_tab), row b for block b."""
+def _c8_tables(wf, bias, c, toff_all, lanes):  # pragma: no cover - compiled
+    """Every block's tap table (``_c8_taps``; blocks of `lanes` channels): (wt_tab, toff_tab, ntaps, b8_tab), row b
+    for block b."""
     khw = toff_all.shape[0]
-    nblk = (c + 7) // 8
-    wt_tab = np.empty((nblk, khw * 8), np.float32)
+    nblk = (c + lanes - 1) // lanes
+    wt_tab = np.empty((nblk, khw * lanes), np.float32)
     toff_tab = np.empty((nblk, khw), np.int64)
     ntaps = np.empty(nblk, np.int64)
-    b8_tab = np.empty((nblk, 8), np.float32)
+    b8_tab = np.empty((nblk, lanes), np.float32)
     for blk in range(nblk):
-        c0 = blk * 8
-        ntaps[blk] = _c8_taps(wf, bias, c0, min(8, c - c0), khw, toff_all, wt_tab[blk], toff_tab[blk], b8_tab[blk])
+        c0 = blk * lanes
+        nch = min(lanes, c - c0)
+        ntaps[blk] = _c8_taps(wf, bias, c0, nch, khw, toff_all, wt_tab[blk], toff_tab[blk], b8_tab[blk])
     return wt_tab, toff_tab, ntaps, b8_tab
 
 
-_NO_TABLES = (np.empty((0, 0), np.float32), np.empty((0, 0), np.int64), np.empty(0, np.int64), np.empty((0, 0), np.float32))
+_NO_TABLES = (
+    np.empty((0, 0), np.float32),
+    np.empty((0, 0), np.int64),
+    np.empty(0, np.int64),
+    np.empty((0, 0), np.float32),
+)  # the worker's tap tables when it makes them itself
 _NO_INPUT = np.empty(0, np.float32)
 
 
@@ -807,13 +842,14 @@ class Handoff:
     block b of image n where its 8 planes would be, pixel p's 8 channels at p*8), not in planes: the plan sets a
     DepthwiseRunner's ``handoff`` (channel-block path, channels a multiple of 8) when the one step that reads the output
     can take that layout (``kernels.pointwise_t``: its broadcasts then read 8 channels of a pixel from one line, and no
-    8 x 8 transpose runs in between). ``interleaved``: the runner sets it after each such write; the reader clears it
-    and reads planes when it is not set (the Net ran the layer's own forward instead)."""
+    8 x 8 transpose runs in between); 16 channels from a runner fed blocks of 16 (``PaddedInput``). ``interleaved``:
+    the channels a block (8 or 16) after each such write; the reader clears it (0) and reads planes when it is 0 (the
+    Net ran the layer's own forward instead)."""
 
     __slots__ = ("interleaved",)
 
     def __init__(self) -> None:
-        self.interleaved = False
+        self.interleaved = 0
 
 
 class PaddedInput:
@@ -825,34 +861,39 @@ class PaddedInput:
     writer sets it after each such write, the runner clears it and fills from the planes when it is not set (the
     Net ran the 1x1 layer's own forward instead)."""
 
-    __slots__ = ("buf", "geometry", "plane", "poff", "ready")
+    __slots__ = ("buf", "geometry", "lanes", "plane", "poff", "ready")
 
     @staticmethod
-    def size(runner: DepthwiseRunner) -> int:
-        """The floats of the blocks of a runner's input."""
-        return runner.args[0] * -(-runner.args[1] // 8) * runner.plane
+    def size(runner: DepthwiseRunner, lanes: int = 8) -> int:
+        """The floats of the blocks of a runner's input, in blocks of `lanes` (8 or 16) channels."""
+        return runner.args[0] * -(-runner.args[1] // lanes) * runner.plane * lanes // 8
 
-    def __init__(self, runner: DepthwiseRunner, buf: np.ndarray) -> None:
-        """buf: 32-byte aligned float32, at least ``size(runner)`` floats; several PaddedInputs of one plan may share
+    def __init__(self, runner: DepthwiseRunner, buf: np.ndarray, lanes: int = 8) -> None:
+        """buf: float32 aligned to a block's pixel (32 or 64 bytes), at least ``size(runner, lanes)`` floats; several PaddedInputs of one plan may share
         it (one is read right after it is written), as the runner zeroes a block's borders before reading it."""
         if not runner.c8:
             raise ValueError("PaddedInput: the depthwise runner does not take the channel-block path")
+        if lanes not in (8, 16) or lanes == 16 and not runner.frozen:
+            raise ValueError(f"PaddedInput: blocks of {lanes} channels (8, or 16 for a frozen runner)")
         n, c, h, wd, ph, pw, wb = runner.args[:7]
-        self.plane = plane = runner.plane
-        self.geometry = (n, c, h, wd, ph, pw, plane // (8 * wb), wb)
-        size = self.size(runner)
-        if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % 32:
-            raise ValueError(f"PaddedInput: needs 32-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}")
+        self.lanes = lanes
+        self.plane = plane = runner.plane * lanes // 8
+        self.geometry = (n, c, h, wd, ph, pw, plane // (lanes * wb), wb)
+        size = self.size(runner, lanes)
+        if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % (4 * lanes):
+            raise ValueError(
+                f"PaddedInput: needs {4 * lanes}-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}"
+            )
         self.buf = buf[:size]
         p = np.arange(h * wd)
-        self.poff = (((p // wd + ph) * wb + pw + p % wd) * 8).astype(np.int64)
+        self.poff = (((p // wd + ph) * wb + pw + p % wd) * lanes).astype(np.int64)
         self.ready = False
 
     def planes(self, x: np.ndarray) -> None:
         """The blocks written back into x (N, C, H, W) as planes, ready cleared (a step that could not read them
         leaves them to the layer's own forward)."""
         n, c, h, wd, ph, pw, hb, wb = self.geometry
-        blocks = self.buf.reshape(n, -1, hb, wb, 8)[:, :, ph : ph + h, pw : pw + wd]
+        blocks = self.buf.reshape(n, -1, hb, wb, self.lanes)[:, :, ph : ph + h, pw : pw + wd]
         x[...] = blocks.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, wd)[:, :c]
         self.ready = False
 
@@ -866,7 +907,9 @@ class DepthwiseRunner:
     or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
     """
 
-    __slots__ = ("args", "c8", "frozen", "handoff", "lo_hi", "out_shape", "padded_in", "plane", "tables", "workers", "ws")
+    __slots__ = (
+        "args", "args16", "c8", "frozen", "handoff", "lo_hi", "out_shape", "padded_in", "plane", "tables", "workers", "ws",
+    )  # fmt: skip
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -895,6 +938,9 @@ class DepthwiseRunner:
             per = max(1, min(-(-PLANE_WORK // max(8 * npix * toff.size, 1)), blocks // (4 * threads)))
             self.plane = hb * wb * 8
             self.args = (n, c, h, wd, ph, pw, wb, npix, toff, xoff, per)
+            # blocks of 16 channels (a PaddedInput of 16 lanes): the offsets in 16-float pixels
+            per16 = max(1, min(-(-PLANE_WORK // max(16 * npix * toff.size, 1)), n * -(-c // 16) // (4 * threads)))
+            self.args16 = (n, c, h, wd, ph, pw, wb, npix, toff * 2, xoff * 2, per16)
         else:  # one plane at a time
             planes = n * c
             per = max(1, min(-(-PLANE_WORK // max(npix * toff.size, 1)), planes // (4 * threads)))  # 4 tasks a thread
@@ -917,23 +963,28 @@ class DepthwiseRunner:
             )
             return
         handoff = self.handoff
+        pin = self.padded_in
+        given = pin is not None and pin.ready
+        lanes = pin.lanes if given else 8
+        if given:
+            pin.ready = False
+        args = self.args if lanes == 8 else self.args16
         tables = _NO_TABLES
         if self.frozen:
             kept = self.tables
             if kept is None or kept[0] is not w or kept[1] is not bias:
-                kept = self.tables = (w, bias, _c8_tables(wf, bias, self.args[1], self.args[8]))
-            tables = kept[2]
-        pin = self.padded_in
-        given = pin is not None and pin.ready
-        if given:
-            pin.ready = False
-        counters = image_counters(self.args[0], self.workers, -(-self.args[1] // 8))
+                kept = self.tables = (w, bias, {})
+            tables = kept[2].get(lanes)
+            if tables is None:
+                tables = kept[2][lanes] = _c8_tables(wf, bias, args[1], args[8], lanes)
+        out8 = handoff is not None
+        counters = image_counters(args[0], self.workers, -(-args[1] // lanes))
         _C8.parallel(
-            _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, int(handoff is not None),
-            *tables, pin.buf if given else _NO_INPUT,
+            _C8.address, self.workers, xf, wf, bias, yf, *args, *self.lo_hi, ws, counters, int(out8),
+            *tables, pin.buf if given else _NO_INPUT, lanes,
         )  # fmt: skip
         if handoff is not None:
-            handoff.interleaved = True  # out holds 8-channel blocks interleaved per pixel this time
+            handoff.interleaved = lanes  # out holds blocks of `lanes` channels interleaved per pixel this time
 
 
 def depthwise_forward(

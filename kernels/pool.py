@@ -501,11 +501,11 @@ def _global_ave_worker(t, x3, y3, workers):  # pragma: no cover - compiled
         for lane in range(8):
             y3[q + lane, 0, 0] = acc[lane] / divisor
         q += 8
-    for q in range(q, q1):
+    for r in range(q, q1):
         one = np.float32(0.0)
         for i in range(hw):
-            one += x2[q, i]
-        y3[q, 0, 0] = one / divisor
+            one += x2[r, i]
+        y3[r, 0, 0] = one / divisor
 
 
 _GLOBAL_AVE = Task(_global_ave_worker, (_F3, _F3, types.int64), opt=1, boundscheck=False)

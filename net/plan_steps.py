@@ -20,8 +20,8 @@ it recognises more in the layer than the layer type says.
   with shared activations, the blob neither kept, observed nor an output).
 - `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
   output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
-  depthwise's padded blocks (`kernels.depthwise.PaddedInput`), which the depthwise reads in place: no fill, no
-  transposes either side. Same conditions.
+  depthwise's padded blocks of 16 channels (`kernels.depthwise.PaddedInput`), which the depthwise reads in place with
+  its 16-lane tiles: no fill, no transposes either side, and its own handoff then in blocks of 16. Same conditions.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from .layers import Layer
 from .layers.base import plain, plan_out
 from .layers.convolution import pointwise_runner
 
-
 EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
+BLOCK_LANES = 16  # channels a block of the expand handoff (16: the depthwise's zmm tiles; 8: its ymm tiles)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -233,17 +233,18 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
         x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
         if not pointwise_t.applies(x_shape, w_shape, blocks=True):
             continue
-        if 4 * depthwise.PaddedInput.size(dw_run) > BLOCKS_MAX_BYTES:
+        if 4 * depthwise.PaddedInput.size(dw_run, BLOCK_LANES) > BLOCKS_MAX_BYTES:
             continue
         pairs.append((i, x_shape, w_shape, blob))
     if not pairs:
         return out
-    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner) for i, *_ in pairs)
-    raw = np.empty(size + 8, np.float32)
-    shared = raw[(-raw.ctypes.data // 4) % 8 :][:size]  # one buffer: each handoff is read right after it is written
+    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner, BLOCK_LANES) for i, *_ in pairs)
+    raw = np.empty(size + 16, np.float32)
+    shared = raw[(-raw.ctypes.data // 4) % 16 :][:size]  # one buffer, 64-byte aligned: each handoff is read right
+    # after it is written
     for i, x_shape, w_shape, blob in pairs:
         (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
-        blocks = depthwise.PaddedInput(dw_step.runner, shared)
+        blocks = depthwise.PaddedInput(dw_step.runner, shared, BLOCK_LANES)
         run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
         dw_step.runner.padded_in = blocks
         out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
@@ -267,12 +268,13 @@ def _planes_on_refusal(step, blob, handoff):
     def wrapped() -> bool:
         if step():
             return True
-        if handoff.interleaved:  # the depthwise wrote blocks; the 1x1's own forward reads planes
+        lanes = handoff.interleaved
+        if lanes:  # the depthwise wrote blocks; the 1x1's own forward reads planes
             x = blob.data
             n, c = x.shape[:2]
-            blocks = x.reshape(n, c // 8, -1, 8).copy()
-            x.reshape(n, c // 8, 8, -1)[...] = blocks.transpose(0, 1, 3, 2)
-            handoff.interleaved = False
+            blocks = x.reshape(n, c // lanes, -1, lanes).copy()
+            x.reshape(n, c // lanes, lanes, -1)[...] = blocks.transpose(0, 1, 3, 2)
+            handoff.interleaved = 0
         return False
 
     wrapped.runner = step.runner

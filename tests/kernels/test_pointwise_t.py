@@ -227,14 +227,22 @@ def test_net_expand_blocks_refusals() -> None:
     np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize(
     "k,m,h,kernel,stride,pad",
-    [(112, 672, 14, 5, 1, 2), (24, 144, 56, 6, 2, 2), (40, 240, 28, 4, 2, 1), (192, 1152, 7, 5, 1, 2), (16, 96, 28, 3, 1, 1)],
+    [
+        (112, 672, 14, 5, 1, 2),
+        (24, 144, 56, 6, 2, 2),
+        (40, 240, 28, 4, 2, 1),
+        (192, 1152, 7, 5, 1, 2),
+        (16, 96, 28, 3, 1, 1),
+    ],
 )
-def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
-    """pointwise_t writing a depthwise's padded blocks (any plane size), the depthwise reading them in place: the same
-    bits as pointwise_t's planes then the depthwise's own fill where pointwise_t takes the planes (K >= 112, up to
-    14 x 14), and within float32 rounding of the float64 reference everywhere; blocks shared between two handoffs
+def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad, lanes) -> None:
+    """pointwise_t writing a depthwise's padded blocks of 8 or 16 channels (any plane size), the depthwise reading
+    them in place (its 8- or 16-lane tiles) and handing its output on in blocks too (the 1x1 after it reads them): the
+    same bits as pointwise_t's planes then the depthwise's own fill where pointwise_t takes the planes (K >= 112, up
+    to 14 x 14), and within float32 rounding of the float64 reference everywhere; blocks shared between two handoffs
     (stale values in the borders) change nothing."""
     from kernels import depthwise
 
@@ -247,10 +255,10 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
         bd = rng.standard_normal(m).astype(np.float32)
         dw = depthwise.DepthwiseRunner((n, m, h, h), wd.shape, stride, pad, ACT, frozen=True)
         assert dw.c8
-        size = depthwise.PaddedInput.size(dw)
-        raw = np.full(size + 8, np.nan, np.float32)  # stale values everywhere, borders included
-        buf = raw[(-raw.ctypes.data // 4) % 8 :][:size]
-        blocks = depthwise.PaddedInput(dw, buf)
+        size = depthwise.PaddedInput.size(dw, lanes)
+        raw = np.full(size + 16, np.nan, np.float32)  # stale values everywhere, borders included
+        buf = raw[(-raw.ctypes.data // 4) % 16 :][:size]
+        blocks = depthwise.PaddedInput(dw, buf, lanes)
         expand = PointwiseTRunner(x.shape, w.shape, ACT, blocks)
         unread = np.full(expand.out_shape, np.nan, np.float32)
         expand(x, w, b, unread)
@@ -262,6 +270,29 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
         mid = pointwise_forward_ref(x, w, b, act=ACT)
         ref = depthwise.depthwise_forward_ref(mid.astype(np.float32), wd, bd, stride=stride, pad=pad, act=ACT)
         np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.sqrt(k) * max(1.0, float(np.abs(ref).max())))
+        # the output handed on in blocks (depthwise.Handoff) to a 1x1 that reads them: the same bits as from planes
+        ho = depthwise.Handoff()
+        dw.handoff = ho
+        expand(x, w, b, unread)
+        handed = np.empty(dw.out_shape, np.float32)
+        dw(np.full((n, m, h, h), np.nan, np.float32), wd, bd, handed)
+        assert ho.interleaved == lanes
+        oh = dw.out_shape[2]
+        if pointwise_t.applies(dw.out_shape, (32, m, 1, 1)):
+            wp = (rng.standard_normal((32, m, 1, 1)) / np.sqrt(m)).astype(np.float32)
+            bp = rng.standard_normal(32).astype(np.float32)
+            project = PointwiseTRunner(dw.out_shape, wp.shape, None)
+            from_planes = np.empty(project.out_shape, np.float32)
+            project(got, wp, bp, from_planes)
+            project.handoff = ho
+            from_blocks = np.empty(project.out_shape, np.float32)
+            project(handed, wp, bp, from_blocks)
+            assert ho.interleaved == 0
+            np.testing.assert_array_equal(from_blocks, from_planes)
+        else:  # the layout itself: block b's pixel p holds its channels
+            blk = handed.reshape(n, m // lanes, oh * oh, lanes).transpose(0, 1, 3, 2).reshape(got.shape)
+            np.testing.assert_array_equal(blk, got)
+        dw.handoff = None
         if pointwise_t.applies(x.shape, w.shape):
             planes = np.empty(expand.out_shape, np.float32)
             PointwiseTRunner(x.shape, w.shape, ACT)(x, w, b, planes)
