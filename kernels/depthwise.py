@@ -27,26 +27,24 @@ Plane by plane (large planes: 112 x 112, 56 x 56 at stride 1):
 3. ``_dw_worker``     - planes (image, channel), ``per`` of them a task, claimed by one worker per thread
                         (``gemm.claim``: dynamic scheduling); each worker fills its next plane into a second buffer
                         before reading the current one (a plane read right after its stores stalls store forwarding).
-Blocks of 8 channels (planes up to C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and
-smaller, 56 x 56 at stride 2; rows of 7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there; and
-every plane size once x is C8_ANY_PLANE_X_BYTES or more, read from memory):
-4. ``_fill_c8``       - 8 channel planes of one image interleaved per pixel ((HP, WP, 8): one 8-channel vector per
+Blocks of LANES channels, 16 with AVX-512 (zmm: half the instructions a channel of 8 lanes), else 8 (planes up to
+C8_MAX_PIXELS padded pixels, or C8_MAX_PIXELS_STRIDED at stride 2: 28 x 28 and smaller, 56 x 56 at stride 2; rows of
+7 or 14 pixels waste an 8-lane run, and per-plane overheads dominate there; and every plane size once x is
+C8_ANY_PLANE_X_BYTES or more, read from memory):
+4. ``_fill_c8``       - LANES channel planes of one image interleaved per pixel ((HP, WP, LANES): one vector per
                         padded pixel) by 8 x 8 transposes in registers (``_t8``), a row's tail through one transpose
                         that reads past the row (not past x) and stores only the tail's pixels.
-5. ``_c8_tile``       - 8 consecutive output pixels (any rows) x 8 channels: per tap one aligned load of the 8
-                        channels' weights and 8 aligned loads of 8-channel pixels (no lane wasted, no line split), 8
-                        FMAs; bias, clip, an 8 x 8 transpose back, and 8 stores of 8 pixels, one per channel.
-                        ``_c16_tile``: the same on blocks of 16 channels (zmm: half the instructions a channel),
-                        for blocks handed over by the step before (below); two transposes back.
+5. ``_block_tile``    - 8 consecutive output pixels (any rows) x LANES channels: per tap one aligned load of the
+                        channels' weights and 8 aligned loads of the pixels' channel vectors (no lane wasted, no line
+                        split), 8 FMAs; bias, clip, 8 x 8 transposes back, and 8-pixel stores, one per channel.
 6. ``_c8_worker``     - (block, image) tasks, block-major so a task's images share one tap table (``_c8_taps``:
-                        taps zero in all 8 channels dropped; for a plan's folded weights, ``frozen``, every block's
-                        table made once per weight array, ``_c8_tables``: 1.03x on EfficientNet-Lite0 at batch 1, 1
-                        thread), claimed and filled one ahead as in 3. With a ``PaddedInput`` the step before (a
-                        ``pointwise_t`` 1x1) wrote the blocks in this layout already, of 8 or of 16 channels (the
-                        plan's choice: 16): no fill, the task zeroes the block's borders (the buffer is shared
-                        between the plan's handoffs) and reads it in place. EfficientNet-Lite0, in-process A/B:
-                        the handoff 1.04-1.06x (1 thread, batch 1) and 1.03x (2 threads) with 8 channels a block,
-                        16 on top of that 1.056x and 1.07x.
+                        taps zero in all the block's channels dropped; for a plan's folded weights, ``frozen``, every
+                        block's table made once per weight array, ``_c8_tables``: 1.03x on EfficientNet-Lite0 at
+                        batch 1, 1 thread), claimed and filled one ahead as in 3. With a ``PaddedInput`` the step
+                        before (a ``pointwise_t`` 1x1) wrote the blocks in this layout already: no fill, the task
+                        zeroes the block's borders (the buffer is shared between the plan's handoffs) and reads it in
+                        place. EfficientNet-Lite0, in-process A/B: that handoff 1.04-1.06x (1 thread, batch 1) and
+                        1.03x (2 threads) with blocks of 8 channels, blocks of 16 on top of that 1.056x and 1.07x.
 Backward:
 7. ``_dw_backward``   - channels claimed by workers, every image of a channel in turn: db += sum(dy); dw[c, t] +=
                         sum dy * (the x plane of 1. shifted by tap t), a dot product per output row, float32 per
@@ -82,11 +80,14 @@ from kernels.conv import conv2d_output_shape
 from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.serial import l2_bytes
 from kernels.tasks import Task
+from kernels.tiling import VW
 
 RUNS = 8  # 8-pixel runs per _dw_tile: 8 ymm accumulators + 1 broadcast weight (loads fold into the FMAs)
 PLANE_WORK = 1 << 14  # multiply-adds per claimed task at least (several small planes per task: 7x7 x 25 taps)
 assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 16 ymm registers"
-C8 = True  # forward: blocks of 8 channels (_c8_worker) for small planes (see below); False: always plane by plane
+C8 = True  # forward: blocks of channels (_c8_worker) for small planes (see below); False: always plane by plane
+# channels a block: 16 where the vectors are 16 floats (AVX-512: zmm tiles, half the instructions a channel), else 8
+LANES = 16 if VW == 16 else 8
 C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
 
 
@@ -394,9 +395,9 @@ def _transpose8(builder, rows):
 
 @intrinsic
 def _t8(typingctx, src, s_offs, dst, d_off, ncol):
-    """dst[d_off + 8k + l] = src[s_offs[l] + k] for l < 8, k < ncol (<= 8): eight 8-float rows of src (one per
-    channel; all 8 floats are read) stored as ncol 8-channel vectors (one per pixel), an 8 x 8 transpose in registers
-    (LLVM IR)."""
+    """dst[d_off + LANES k + l] = src[s_offs[l] + k] for l < 8, k < ncol (<= 8): eight 8-float rows of src (one per
+    channel; all 8 floats are read) stored as ncol 8-channel vectors LANES floats apart (one per pixel), an 8 x 8
+    transpose in registers (LLVM IR)."""
     flat_f32(src, dst)
     sig = types.void(src, s_offs, dst, d_off, ncol)
 
@@ -413,7 +414,7 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
             rows.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vptr), align=4))
         for k, col in enumerate(_transpose8(builder, rows)):
             with builder.if_then(builder.icmp_signed("<", llvm_ir.Constant(i64, k), ncol)):
-                p = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, 8 * k))])
+                p = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, LANES * k))])
                 builder.store(col, builder.bitcast(p, vptr), align=4)
         return context.get_dummy_value()
 
@@ -500,12 +501,12 @@ def _make_block_tile(lanes: int):
 # pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no transpose,
 # pixel p0 + v's L channels stored at y[ybase + (p0 + v)*L :] for v < cnt (the block's channels interleaved per pixel
 # where its L planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``).
-_c8_tile, _c16_tile = _make_block_tile(8), _make_block_tile(16)
+_block_tile = _make_block_tile(LANES)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _zero_border8(buf, off, hb, wb, h, wd, ph, pw, lanes=8):  # pragma: no cover - compiled
-    """Zeros in the border of a block buffer at buf[off:] ((hb, wb, 8): rows outside ph..ph + h - 1, columns outside
+def _zero_border8(buf, off, hb, wb, h, wd, ph, pw, lanes):  # pragma: no cover - compiled
+    """Zeros in the border of a block buffer at buf[off:] ((hb, wb, lanes): rows outside ph..ph + h - 1, columns outside
     pw..pw + wd - 1), not in the image's pixels, which every fill writes (a whole 112 x 112 buffer pair is 0.8 MB)."""
     row = wb * lanes
     _zero(buf, off, off + ph * row)
@@ -518,34 +519,36 @@ def _zero_border8(buf, off, hb, wb, h, wd, ph, pw, lanes=8):  # pragma: no cover
 
 @njit(cache=True, boundscheck=False)
 def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover - compiled
-    """buf[((r + ph)*WP + pw + col)*8 + l] = x[c0 + l, r, col] for the nch channels of a block (plane l at
-    xf[x_off + l*H*W:]); lanes l >= nch repeat the last channel (their weights are zero). The borders are left as
-    they are (zeroed once per call: they never move). A row's last W % 8 columns go through one more transpose that
-    reads past the row (stores only W % 8 pixels), unless that read would pass the end of x: then lane by lane."""
+    """buf[((r + ph)*WP + pw + col)*L + l] = x[c0 + l, r, col] for the nch channels of a block (L = LANES; plane l
+    at xf[x_off + l*H*W:]); lanes l >= nch repeat the last channel (their weights are zero). 8 lanes at a time. The
+    borders are left as they are (zeroed once per call: they never move). A row's last W % 8 columns go through one
+    more transpose that reads past the row (stores only W % 8 pixels), unless that read would pass the end of x: then
+    lane by lane."""
     hw = h * wd
     tail = wd % 8
     for r in range(h):
-        d = ((r + ph) * wp + pw) * 8
         s = x_off + r * wd
-        for col in range(0, wd - 7, 8):
-            for lane in range(8):
-                offs[lane] = s + min(lane, nch - 1) * hw + col
-            _t8(xf, offs, buf, d + col * 8, 8)
-        if tail == 0:
-            continue
-        col = wd - tail
-        if s + (nch - 1) * hw + col + 8 <= xf.shape[0]:
-            for lane in range(8):
-                offs[lane] = s + min(lane, nch - 1) * hw + col
-            _t8(xf, offs, buf, d + col * 8, tail)
-        else:
-            for col in range(wd - tail, wd):
+        for g in range(0, LANES, 8):  # lanes g .. g + 7
+            d = ((r + ph) * wp + pw) * LANES + g
+            for col in range(0, wd - 7, 8):
                 for lane in range(8):
-                    buf[np.uint64(d + col * 8 + lane)] = xf[np.uint64(s + min(lane, nch - 1) * hw + col)]
+                    offs[lane] = s + min(g + lane, nch - 1) * hw + col
+                _t8(xf, offs, buf, d + col * LANES, 8)
+            if tail == 0:
+                continue
+            col = wd - tail
+            if s + (nch - 1) * hw + col + 8 <= xf.shape[0]:
+                for lane in range(8):
+                    offs[lane] = s + min(g + lane, nch - 1) * hw + col
+                _t8(xf, offs, buf, d + col * LANES, tail)
+            else:
+                for col in range(wd - tail, wd):
+                    for lane in range(8):
+                        buf[np.uint64(d + col * LANES + lane)] = xf[np.uint64(s + min(g + lane, nch - 1) * hw + col)]
 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
-               counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin, lanes):  # fmt: skip  # pragma: no cover - compiled
+               counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
@@ -553,21 +556,22 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
     already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block. pin
     not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
-    the buffers' layout), read there after zeroing their borders; no fill. lanes: 8, or 16 (blocks of 16 channels:
-    only with pin and the tables; toff_all, xoff, the block size and the tables then for 16 lanes)."""
+    the buffers' layout), read there after zeroing their borders; no fill. Blocks of LANES channels, 8 or 16 (the
+    offsets count floats: pixels of LANES)."""
     khw = toff_all.shape[0]
+    lanes = LANES
     nblk = (c + lanes - 1) // lanes
-    bsize = ws.shape[1] // 2 * lanes // 8
+    bsize = ws.shape[1] // 2
     offs = np.empty(8, np.int64)
-    wt = np.empty(khw * 8, np.float32)  # the current block's taps: wt[k*8 + lane], k < ntap
+    wt = np.empty(khw * lanes, np.float32)  # the current block's taps: wt[k*L + lane], k < ntap
     toff = np.empty(khw, np.int64)
-    b8 = np.empty(8, np.float32)
+    b8 = np.empty(lanes, np.float32)
     tables = ntaps.shape[0] > 0
     given = pin.shape[0] > 0
     cur, ntap = -1, 0
     hb = bsize // (wp * lanes)  # padded rows of a block buffer
     for half in range(0 if given else 2):  # the zero borders of both block buffers, once a call (fills copy the image)
-        _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw)
+        _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw, lanes)
     # queues (gemm.image_counters, gemm.claim_near): queue u the images u*N/Q.. or, one image, its channel blocks
     # u*B/Q.., claimed from the queue of this thread's CPU first. Within a queue block-major: q -> block b_u + q // nu
     # of image n_u + q % nu (a task's images share its taps)
@@ -583,9 +587,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
         q0, q1 = task * per, min(nu * nb, (task + 1) * per)
         for q in range(q0, q1 + 1):  # fill block q while computing block q - 1 (see _dw_worker)
             if q < q1 and not given:
-                n, c0 = n_u + q % nu, (b_u + q // nu) * 8
+                n, c0 = n_u + q % nu, (b_u + q // nu) * lanes
                 qbuf = ws[t][(q - q0) % 2 * bsize :]
-                _fill_c8(xf, (n * c + c0) * h * wd, min(8, c - c0), h, wd, ph, pw, wp, qbuf, offs)
+                _fill_c8(xf, (n * c + c0) * h * wd, min(lanes, c - c0), h, wd, ph, pw, wp, qbuf, offs)
             if q == q0:
                 continue
             n, blk = n_u + (q - 1) % nu, b_u + (q - 1) // nu
@@ -600,10 +604,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             buf = pin[(n * nblk + blk) * bsize :] if given else ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):
-                if lanes == 16:
-                    _c16_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
-                else:
-                    _c8_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
+                _block_tile(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, min(8, npix - p0), b8, lo, hi, out8)
 
 
 _F1, _I1, _i = types.float32[::1], types.int64[::1], types.int64
@@ -617,7 +618,7 @@ _F2, _I2 = types.float32[:, ::1], types.int64[:, ::1]
 _C8_ARGS = (_F1, _F1, _F1, _F1, *(_i,) * 8, _I1, _I1, _i, types.float64, types.float64, _F2, _I1, _i)
 _C8 = Task(
     _c8_worker,
-    (*_C8_ARGS, _F2, _I2, _I1, _F2, _F1, _i),  # then the tap tables, the blocks handed over, their lanes
+    (*_C8_ARGS, _F2, _I2, _I1, _F2, _F1),  # then the tap tables and the blocks handed over
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -653,21 +654,21 @@ def _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8):  # pragma: no cove
     return k
 
 
-@njit(cache=True, boundscheck=False)
-def _c8_tables(wf, bias, c, toff_all, lanes):  # pragma: no cover - compiled
-    """Every block's tap table (``_c8_taps``; blocks of `lanes` channels): (wt_tab, toff_tab, ntaps, b8_tab), row b
-    for block b."""
+def _c8_tables(wf, bias, c, toff_all, lanes):
+    """Every block's tap table (blocks of `lanes` channels), as ``_c8_taps`` makes one (in NumPy: made once per weight
+    array, nothing to compile): (wt_tab, toff_tab, ntaps, b8_tab), row b for block b."""
     khw = toff_all.shape[0]
-    nblk = (c + lanes - 1) // lanes
-    wt_tab = np.empty((nblk, khw * lanes), np.float32)
-    toff_tab = np.empty((nblk, khw), np.int64)
-    ntaps = np.empty(nblk, np.int64)
-    b8_tab = np.empty((nblk, lanes), np.float32)
-    for blk in range(nblk):
-        c0 = blk * lanes
-        nch = min(lanes, c - c0)
-        ntaps[blk] = _c8_taps(wf, bias, c0, nch, khw, toff_all, wt_tab[blk], toff_tab[blk], b8_tab[blk])
-    return wt_tab, toff_tab, ntaps, b8_tab
+    nblk = -(-c // lanes)
+    w = np.zeros((nblk * lanes, khw), np.float32)
+    w[:c] = wf.reshape(c, khw)
+    w = w.reshape(nblk, lanes, khw).transpose(0, 2, 1)  # (block, tap, lane)
+    used = (w != 0).any(axis=2)  # taps not zero in every channel of the block, kept in order, moved to the front
+    order = np.argsort(~used, axis=1, kind="stable")
+    wt_tab = np.ascontiguousarray(np.take_along_axis(w, order[:, :, None], axis=1).reshape(nblk, khw * lanes))
+    toff_tab = np.ascontiguousarray(toff_all[order].astype(np.int64))
+    b8_tab = np.zeros(nblk * lanes, np.float32)
+    b8_tab[:c] = bias
+    return wt_tab, toff_tab, used.sum(axis=1).astype(np.int64), b8_tab.reshape(nblk, lanes)
 
 
 _NO_TABLES = (
@@ -838,13 +839,12 @@ def _plane_geometry(x_shape, w_shape, stride, pad, dilation):
 
 
 class Handoff:
-    """A depthwise output handed to the next step in 8-channel blocks interleaved per pixel (``_c8_tile``'s out8:
-    block b of image n where its 8 planes would be, pixel p's 8 channels at p*8), not in planes: the plan sets a
-    DepthwiseRunner's ``handoff`` (channel-block path, channels a multiple of 8) when the one step that reads the output
-    can take that layout (``kernels.pointwise_t``: its broadcasts then read 8 channels of a pixel from one line, and no
-    8 x 8 transpose runs in between); 16 channels from a runner fed blocks of 16 (``PaddedInput``). ``interleaved``:
-    the channels a block (8 or 16) after each such write; the reader clears it (0) and reads planes when it is 0 (the
-    Net ran the layer's own forward instead)."""
+    """A depthwise output handed to the next step in blocks of LANES channels interleaved per pixel (the block tile's
+    out8: block b of image n where its LANES planes would be, pixel p's channels at p*LANES), not in planes: the plan
+    sets a DepthwiseRunner's ``handoff`` (channel-block path, channels a multiple of LANES) when the one step that
+    reads the output can take that layout (``kernels.pointwise_t``: its broadcasts then read a pixel's 16 channels
+    from one line, and no 8 x 8 transpose runs in between). ``interleaved``: LANES after each such write; the reader
+    clears it (0) and reads planes when it is 0 (the Net ran the layer's own forward instead)."""
 
     __slots__ = ("interleaved",)
 
@@ -855,45 +855,43 @@ class Handoff:
 class PaddedInput:
     """A depthwise input handed over by the step before in the channel-block path's own layout (a 1x1 convolution
     on ``kernels.pointwise_t`` writing its output so, set by the plan: ``net.plan_steps.hand_over_expand``): block b
-    of image n as a (HB, WB, 8) buffer at ``buf[(n*B + b)*plane:]``, the image's pixels at rows ph.., columns pw..,
-    the borders zeroed by the runner's task before it reads the block. The runner reads the blocks in place: no fill, none of its 8 x 8
-    transposes. ``poff[p]``: input pixel p's offset in a block, ((p // W + ph)*WB + pw + p % W)*8. ``ready``: the
-    writer sets it after each such write, the runner clears it and fills from the planes when it is not set (the
-    Net ran the 1x1 layer's own forward instead)."""
+    of image n as a (HB, WB, LANES) buffer at ``buf[(n*B + b)*plane:]``, the image's pixels at rows ph.., columns
+    pw.., the borders zeroed by the runner's task before it reads the block. The runner reads the blocks in place: no
+    fill, none of its 8 x 8 transposes. ``poff[p]``: input pixel p's offset in a block, ((p // W + ph)*WB + pw + p %
+    W)*LANES. ``ready``: the writer sets it after each such write, the runner clears it and fills from the planes when
+    it is not set (the Net ran the 1x1 layer's own forward instead)."""
 
-    __slots__ = ("buf", "geometry", "lanes", "plane", "poff", "ready")
+    __slots__ = ("buf", "geometry", "plane", "poff", "ready")
 
     @staticmethod
-    def size(runner: DepthwiseRunner, lanes: int = 8) -> int:
-        """The floats of the blocks of a runner's input, in blocks of `lanes` (8 or 16) channels."""
-        return runner.args[0] * -(-runner.args[1] // lanes) * runner.plane * lanes // 8
+    def size(runner: DepthwiseRunner) -> int:
+        """The floats of the blocks of a runner's input."""
+        return runner.args[0] * -(-runner.args[1] // LANES) * runner.plane
 
-    def __init__(self, runner: DepthwiseRunner, buf: np.ndarray, lanes: int = 8) -> None:
-        """buf: float32 aligned to a block's pixel (32 or 64 bytes), at least ``size(runner, lanes)`` floats; several PaddedInputs of one plan may share
-        it (one is read right after it is written), as the runner zeroes a block's borders before reading it."""
+    def __init__(self, runner: DepthwiseRunner, buf: np.ndarray) -> None:
+        """buf: float32 aligned to a block's pixel (4 LANES bytes), at least ``size(runner)`` floats; several
+        PaddedInputs of one plan may share it (each is read right after it is written), as the runner zeroes a block's
+        borders before reading it."""
         if not runner.c8:
             raise ValueError("PaddedInput: the depthwise runner does not take the channel-block path")
-        if lanes not in (8, 16) or lanes == 16 and not runner.frozen:
-            raise ValueError(f"PaddedInput: blocks of {lanes} channels (8, or 16 for a frozen runner)")
         n, c, h, wd, ph, pw, wb = runner.args[:7]
-        self.lanes = lanes
-        self.plane = plane = runner.plane * lanes // 8
-        self.geometry = (n, c, h, wd, ph, pw, plane // (lanes * wb), wb)
-        size = self.size(runner, lanes)
-        if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % (4 * lanes):
+        self.plane = plane = runner.plane
+        self.geometry = (n, c, h, wd, ph, pw, plane // (LANES * wb), wb)
+        size = self.size(runner)
+        if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % (4 * LANES):
             raise ValueError(
-                f"PaddedInput: needs {4 * lanes}-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}"
+                f"PaddedInput: needs {4 * LANES}-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}"
             )
         self.buf = buf[:size]
         p = np.arange(h * wd)
-        self.poff = (((p // wd + ph) * wb + pw + p % wd) * lanes).astype(np.int64)
+        self.poff = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
         self.ready = False
 
     def planes(self, x: np.ndarray) -> None:
         """The blocks written back into x (N, C, H, W) as planes, ready cleared (a step that could not read them
         leaves them to the layer's own forward)."""
         n, c, h, wd, ph, pw, hb, wb = self.geometry
-        blocks = self.buf.reshape(n, -1, hb, wb, self.lanes)[:, :, ph : ph + h, pw : pw + wd]
+        blocks = self.buf.reshape(n, -1, hb, wb, LANES)[:, :, ph : ph + h, pw : pw + wd]
         x[...] = blocks.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, wd)[:, :c]
         self.ready = False
 
@@ -908,8 +906,18 @@ class DepthwiseRunner:
     """
 
     __slots__ = (
-        "args", "args16", "c8", "frozen", "handoff", "lo_hi", "out_shape", "padded_in", "plane", "tables", "workers", "ws",
-    )  # fmt: skip
+        "args",
+        "c8",
+        "frozen",
+        "handoff",
+        "lo_hi",
+        "out_shape",
+        "padded_in",
+        "plane",
+        "tables",
+        "workers",
+        "ws",
+    )
 
     def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
@@ -931,16 +939,13 @@ class DepthwiseRunner:
         small = hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
         self.c8 = C8 and (small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)
         if self.c8:  # blocks of 8 channels
-            toff = np.array([(i * dh * wb + j * dw) * 8 for i in range(kh) for j in range(kw)], np.int64)
+            toff = np.array([(i * dh * wb + j * dw) * LANES for i in range(kh) for j in range(kw)], np.int64)
             p = np.minimum(np.arange(-(-npix // 8) * 8), npix - 1)
-            xoff = ((p // ow * sh * wb + p % ow * sw) * 8).astype(np.int64)
-            blocks = n * -(-c // 8)
-            per = max(1, min(-(-PLANE_WORK // max(8 * npix * toff.size, 1)), blocks // (4 * threads)))
-            self.plane = hb * wb * 8
+            xoff = ((p // ow * sh * wb + p % ow * sw) * LANES).astype(np.int64)
+            blocks = n * -(-c // LANES)
+            per = max(1, min(-(-PLANE_WORK // max(LANES * npix * toff.size, 1)), blocks // (4 * threads)))
+            self.plane = hb * wb * LANES
             self.args = (n, c, h, wd, ph, pw, wb, npix, toff, xoff, per)
-            # blocks of 16 channels (a PaddedInput of 16 lanes): the offsets in 16-float pixels
-            per16 = max(1, min(-(-PLANE_WORK // max(16 * npix * toff.size, 1)), n * -(-c // 16) // (4 * threads)))
-            self.args16 = (n, c, h, wd, ph, pw, wb, npix, toff * 2, xoff * 2, per16)
         else:  # one plane at a time
             planes = n * c
             per = max(1, min(-(-PLANE_WORK // max(npix * toff.size, 1)), planes // (4 * threads)))  # 4 tasks a thread
@@ -965,26 +970,22 @@ class DepthwiseRunner:
         handoff = self.handoff
         pin = self.padded_in
         given = pin is not None and pin.ready
-        lanes = pin.lanes if given else 8
         if given:
             pin.ready = False
-        args = self.args if lanes == 8 else self.args16
         tables = _NO_TABLES
         if self.frozen:
             kept = self.tables
             if kept is None or kept[0] is not w or kept[1] is not bias:
-                kept = self.tables = (w, bias, {})
-            tables = kept[2].get(lanes)
-            if tables is None:
-                tables = kept[2][lanes] = _c8_tables(wf, bias, args[1], args[8], lanes)
-        out8 = handoff is not None
-        counters = image_counters(args[0], self.workers, -(-args[1] // lanes))
+                kept = self.tables = (w, bias, _c8_tables(wf, bias, self.args[1], self.args[8], LANES))
+            tables = kept[2]
+        counters = image_counters(self.args[0], self.workers, -(-self.args[1] // LANES))
+        out8 = int(handoff is not None)
         _C8.parallel(
-            _C8.address, self.workers, xf, wf, bias, yf, *args, *self.lo_hi, ws, counters, int(out8),
-            *tables, pin.buf if given else _NO_INPUT, lanes,
+            _C8.address, self.workers, xf, wf, bias, yf, *self.args, *self.lo_hi, ws, counters, out8,
+            *tables, pin.buf if given else _NO_INPUT,
         )  # fmt: skip
         if handoff is not None:
-            handoff.interleaved = lanes  # out holds blocks of `lanes` channels interleaved per pixel this time
+            handoff.interleaved = LANES  # out holds blocks of LANES channels interleaved per pixel this time
 
 
 def depthwise_forward(

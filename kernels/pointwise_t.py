@@ -8,24 +8,25 @@ on larger planes. Here the roles are swapped. A tile is 14 pixels (or 7: a 7 x 7
 accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 consecutive floats of row k: one or two
 lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias and clips
 (16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each
-output channel's 7 pixels with a masked store; with a residual, z = y + res the same way. A task's first tile prefetches the next panel's weights into
-L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the output lines prefetched for writing
-as well: 1.00x, left out).
+output channel's 7 pixels with a masked store; with a residual, z = y + res the same way. A task's first tile
+prefetches the next panel's weights into L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the
+output lines prefetched for writing as well: 1.00x, left out).
 
 x is read in planes, or, after a depthwise step that hands its output over (``depthwise.Handoff``, set by the plan:
-``net.plan_steps.hand_over_depthwise``), in blocks of 8 (or 16) channels interleaved per pixel, where the depthwise
-tile stored its accumulators without transposing them back to planes; a broadcast of x[k, p] then reads one line per
-8 input channels and 2 pixels (16 and one). The same values, the same bits; EfficientNet-Lite0 in-process A/B with the handoff off / on: 1 thread
-batch 1 1.00-1.02x, 2 threads batch 1 1.00-1.04x, batch 32 1.01-1.03x.
+``net.plan_steps.hand_over_depthwise``), in blocks of ``depthwise.LANES`` (16) channels interleaved per pixel, where
+the depthwise tile stored its accumulators without transposing them back to planes; a broadcast of x[k, p] then
+reads one line per 16 input channels and pixel. The same values, the same bits; EfficientNet-Lite0 in-process A/B
+with the handoff off / on (blocks of 8 then): 1 thread batch 1 1.00-1.02x, 2 threads batch 1 1.00-1.04x, batch 32
+1.01-1.03x.
 
 y goes in planes, or, before a depthwise step on its channel-block path (``depthwise.PaddedInput``, set by the plan:
-``net.plan_steps.hand_over_expand``), straight into that step's padded blocks of L = 16 (or 8) channels: pixel p's
-channels Lb..Lb+L-1 as one aligned store at block b's row p // W + ph, column p % W + pw, no transposes; the
-depthwise reads the blocks in place (no fill, none of its transposes from planes). There the kernel runs any plane size (the expands
-before the depthwise layers, K >= MIN_K_BLOCKS: without the transposing epilogue a tile of K = 16 is still 80% FMAs).
-The same bits as the planes path. EfficientNet-Lite0 in-process A/B, two nets with the handoff off / on (8-channel
-blocks): 1 thread batch 1 1.04-1.06x, 2 threads 1.03x (K = 16 included: 1.01x more than from K = 24); blocks of 16
-against 8 (the depthwise on zmm tiles, and handing 16-channel blocks on): 1.056x and 1.07x more.
+``net.plan_steps.hand_over_expand``), straight into that step's padded blocks of 16 channels: pixel p's channels
+16b..16b+15 as one aligned store at block b's row p // W + ph, column p % W + pw, no transposes; the depthwise reads
+the blocks in place (no fill, none of its transposes from planes). There the kernel runs any plane size (the expands
+before the depthwise layers, K >= MIN_K_BLOCKS: without the transposing epilogue a tile of K = 16 is still 80%
+FMAs). The same bits as the planes path. EfficientNet-Lite0 in-process A/B, two nets with the handoff off / on
+(blocks of 8 channels at first): 1 thread batch 1 1.04-1.06x, 2 threads 1.03x (K = 16 included: 1.01x more than
+from K = 24); blocks of 16 against 8 (the depthwise on zmm tiles, handing blocks of 16 on): 1.056x and 1.07x more.
 
 Tasks are (image, panel, pixel chunk), image-major, claimed from per-CPU queues (``gemm.claim_near``): images at
 batch 2+ a thread, so each core keeps its images from layer to layer (without the queues EfficientNet-Lite0 at batch
@@ -63,7 +64,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.depthwise import PaddedInput, _transpose8, check_act
+from kernels.depthwise import LANES, PaddedInput, _transpose8, check_act
 from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat
 from kernels.tasks import Task
 from kernels.tiling import VW
@@ -141,13 +142,9 @@ def _tile_codegen(nv: int, npx: int):
                         s = slots[j * nv + v]
                         builder.store(builder.call(fma, [xv, wv[v], builder.load(s)]), s)
 
-        x8 = as64(builder, args[16])
-        with builder.if_else(builder.icmp_unsigned("!=", x8, c(0))) as (blocks, planes):
-            with blocks, builder.if_else(builder.icmp_unsigned("==", x8, c(16))) as (blocks16, blocks8):
-                with blocks16:
-                    k_loop(16)
-                with blocks8:
-                    k_loop(8)
+        with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
+            with blocks:
+                k_loop(LANES)
             with planes:
                 k_loop(0)
         lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
@@ -176,26 +173,16 @@ def _tile_codegen(nv: int, npx: int):
 
         plane8 = as64(builder, args[18])
         with builder.if_else(builder.icmp_unsigned("!=", plane8, c(0))) as (blocks_out, planes_out):
-            with blocks_out:  # a depthwise's blocks (depthwise.PaddedInput) of L = bl channels: channels Lb.. of
-                # pixel j at y[yo + b*plane8 + po[pb + j]], no transpose
+            with blocks_out:  # a depthwise's blocks of 16 channels (depthwise.PaddedInput): channels 16b.. of
+                # pixel j at y[yo + b*plane8 + po[pb + j]], one aligned store, no transpose
                 po_d, pb = data(17), as64(builder, args[19])
-                pjs = [builder.load(builder.gep(po_d, [builder.add(pb, c(j))])) for j in range(npx)]
-                with builder.if_else(builder.icmp_unsigned("==", as64(builder, args[20]), c(16))) as (b16, b8):
-                    with b16:
-                        b0 = builder.lshr(o0, c(4))
-                        for j in range(npx):
-                            for v in range(nv):
-                                at = builder.add(builder.mul(builder.add(b0, c(v)), plane8), pjs[j])
-                                ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
-                                builder.store(done[j * nv + v], ptr, align=64)
-                    with b8:
-                        b0 = builder.lshr(o0, c(3))
-                        for j in range(npx):
-                            for v in range(nv):
-                                for half in range(2):
-                                    at = builder.add(builder.mul(builder.add(b0, c(2 * v + half)), plane8), pjs[j])
-                                    ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), v8ptr)
-                                    builder.store(half_of(done[j * nv + v], half), ptr, align=32)
+                b0 = builder.lshr(o0, c(4))
+                for j in range(npx):
+                    pj = builder.load(builder.gep(po_d, [builder.add(pb, c(j))]))
+                    for v in range(nv):
+                        at = builder.add(builder.mul(builder.add(b0, c(v)), plane8), pj)
+                        ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
+                        builder.store(done[j * nv + v], ptr, align=64)
             with planes_out:
                 groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
                 for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
@@ -219,29 +206,29 @@ def _tile_codegen(nv: int, npx: int):
 
 def _make_tile(nv: int, npx: int):
     @intrinsic
-    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb, bl):
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb):
         flat_f32(x, wt, y, bias, res, z)
-        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb, bl)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb)
         return sig, _tile_codegen(nv, npx)
 
     return tile
 
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
-# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (x8: x in 8-channel blocks, see k_loop); with add, also z = y + res at the
-# same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; plane8 != 0:
-# y in a depthwise's blocks of bl channels instead (depthwise.PaddedInput: pixel j's channels bl*b.. at y[yo + b*plane8 +
-# po[pb + j]])
+# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (x8: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
+# the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; plane8 != 0:
+# y in a depthwise's blocks of 16 channels instead (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*plane8
+# + po[pb + j]])
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
 def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pragma: no cover - compiled
     """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M, P, panels, chunks,
-    W_PREFETCH, x in 8-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
+    W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
     depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    x8, plane8, bl = plan[7], plan[8], plan[9]
+    x8, plane8 = plan[7], plan[8]
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
@@ -268,19 +255,19 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
         tt = t0
         while tt < t1:
             p0 = tt * NP
-            xo = img * k * p + p0 * (x8 if x8 else 1)
-            yo = img * (m // bl) * plane8 if plane8 else img * m * p + p0
+            xo = img * k * p + p0 * (LANES if x8 else 1)
+            yo = img * (m // 16) * plane8 if plane8 else img * m * p + p0
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
             if two and wide:
-                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0, bl)
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             elif two:
-                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0, bl)
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             elif wide:
-                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0, bl)
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             else:
-                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0, bl)
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
             tt += 2 if two else 1
 
 
@@ -322,14 +309,14 @@ class PointwiseTRunner:
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0, 8], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0], np.int64)
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
         # blocks: the output goes to the depthwise step after in its blocks (y is not written), set by the plan
         self.blocks = blocks
         if blocks is not None:
             if blocks.geometry[:4] != self.out_shape:
                 raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
-            self.plan[8], self.plan[9] = blocks.plane, blocks.lanes
+            self.plan[8] = blocks.plane
         self.serial = threads == 1
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple[np.ndarray, np.ndarray] | None = None
@@ -345,7 +332,7 @@ class PointwiseTRunner:
             res = z = y  # unread
         handoff = self.handoff
         if handoff is not None:  # x as the depthwise step before wrote it this time
-            self.plan[7] = handoff.interleaved
+            self.plan[7] = handoff.interleaved != 0  # blocks of LANES (16) channels
             handoff.interleaved = 0
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers

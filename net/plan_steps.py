@@ -15,7 +15,7 @@ it recognises more in the layer than the layer type says.
 - `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
   (EfficientNet's and MobileNet's residual blocks) in one kernel call.
 - `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
-  `kernels.pointwise_t`, writes it in 8-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
+  `kernels.pointwise_t`, writes it in 16-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
   transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
   with shared activations, the blob neither kept, observed nor an output).
 - `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
@@ -40,7 +40,6 @@ from .layers.base import plain, plan_out
 from .layers.convolution import pointwise_runner
 
 EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
-BLOCK_LANES = 16  # channels a block of the expand handoff (16: the depthwise's zmm tiles; 8: its ymm tiles)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -199,7 +198,7 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
         blob = dw_top[0]
         if len(dw_top) != 1 or len(pw_bottom) != 1 or pw_bottom[0] is not blob or readers.get(id(blob)) != 1:
             continue
-        if id(blob) in keep or not dw_run.c8 or dw_run.out_shape[1] % 8:
+        if id(blob) in keep or not dw_run.c8 or dw_run.out_shape[1] % depthwise.LANES:
             continue
         handoff = depthwise.Handoff()
         dw_run.handoff = pw_run.handoff = handoff
@@ -233,18 +232,18 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
         x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
         if not pointwise_t.applies(x_shape, w_shape, blocks=True):
             continue
-        if 4 * depthwise.PaddedInput.size(dw_run, BLOCK_LANES) > BLOCKS_MAX_BYTES:
+        if 4 * depthwise.PaddedInput.size(dw_run) > BLOCKS_MAX_BYTES:
             continue
         pairs.append((i, x_shape, w_shape, blob))
     if not pairs:
         return out
-    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner, BLOCK_LANES) for i, *_ in pairs)
+    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner) for i, *_ in pairs)
     raw = np.empty(size + 16, np.float32)
     shared = raw[(-raw.ctypes.data // 4) % 16 :][:size]  # one buffer, 64-byte aligned: each handoff is read right
     # after it is written
     for i, x_shape, w_shape, blob in pairs:
         (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
-        blocks = depthwise.PaddedInput(dw_step.runner, shared, BLOCK_LANES)
+        blocks = depthwise.PaddedInput(dw_step.runner, shared)
         run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
         dw_step.runner.padded_in = blocks
         out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)

@@ -125,8 +125,8 @@ def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
 
 @pytest.mark.parametrize("h,k,stride", [(14, 480, 1), (7, 1152, 1), (14, 672, 2)])
 def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
-    """The depthwise output in 8-channel blocks interleaved per pixel (depthwise.Handoff) holds the same values as the
-    planes, and pointwise_t reading it gives the same bits as reading the planes."""
+    """The depthwise output in blocks of LANES (16) channels interleaved per pixel (depthwise.Handoff) holds the same
+    values as the planes, and pointwise_t reading it gives the same bits as reading the planes."""
     from kernels import depthwise
 
     rng = np.random.default_rng(h + k)
@@ -144,7 +144,9 @@ def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
     dw(x, wd, bd, blocks)
     assert handoff.interleaved
     _, c, oh, ow = dw.out_shape
-    as_planes = blocks.reshape(n, c // 8, oh * ow, 8).transpose(0, 1, 3, 2).reshape(dw.out_shape)
+    lanes = depthwise.LANES
+    assert handoff.interleaved == lanes
+    as_planes = blocks.reshape(n, c // lanes, oh * ow, lanes).transpose(0, 1, 3, 2).reshape(dw.out_shape)
     np.testing.assert_array_equal(as_planes, planes)
     m = 80
     w = (rng.standard_normal((m, k, 1, 1)) / np.sqrt(k)).astype(np.float32)
@@ -227,7 +229,6 @@ def test_net_expand_blocks_refusals() -> None:
     np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
 
 
-@pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize(
     "k,m,h,kernel,stride,pad",
     [
@@ -238,14 +239,15 @@ def test_net_expand_blocks_refusals() -> None:
         (16, 96, 28, 3, 1, 1),
     ],
 )
-def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad, lanes) -> None:
-    """pointwise_t writing a depthwise's padded blocks of 8 or 16 channels (any plane size), the depthwise reading
-    them in place (its 8- or 16-lane tiles) and handing its output on in blocks too (the 1x1 after it reads them): the
+def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
+    """pointwise_t writing a depthwise's padded blocks of 16 channels (any plane size), the depthwise reading them in
+    place (its 16-lane tiles) and handing its output on in blocks too (the 1x1 after it reads them): the
     same bits as pointwise_t's planes then the depthwise's own fill where pointwise_t takes the planes (K >= 112, up
     to 14 x 14), and within float32 rounding of the float64 reference everywhere; blocks shared between two handoffs
     (stale values in the borders) change nothing."""
     from kernels import depthwise
 
+    lanes = depthwise.LANES
     for n in (1, 2):
         x, w, b, _ = _inputs(n, k, m, h, seed=k)
         rng = np.random.default_rng(m)
@@ -255,10 +257,10 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad, lanes) -> None:
         bd = rng.standard_normal(m).astype(np.float32)
         dw = depthwise.DepthwiseRunner((n, m, h, h), wd.shape, stride, pad, ACT, frozen=True)
         assert dw.c8
-        size = depthwise.PaddedInput.size(dw, lanes)
+        size = depthwise.PaddedInput.size(dw)
         raw = np.full(size + 16, np.nan, np.float32)  # stale values everywhere, borders included
         buf = raw[(-raw.ctypes.data // 4) % 16 :][:size]
-        blocks = depthwise.PaddedInput(dw, buf, lanes)
+        blocks = depthwise.PaddedInput(dw, buf)
         expand = PointwiseTRunner(x.shape, w.shape, ACT, blocks)
         unread = np.full(expand.out_shape, np.nan, np.float32)
         expand(x, w, b, unread)

@@ -1,8 +1,9 @@
 """The GEMM micro-tile shape follows the CPU Numba compiles for (kernels.tiling.tile_shape): 12 x 16 in zmm registers
 with AVX-512, 6 x 16 in ymm registers without. The default test run checks the host's shape; this test runs the GEMM
-and convolution tests again in a child process compiled for an AVX2 CPU (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, with a
-cache folder of its own), so the other shape is checked on an AVX-512 host too. On a host without AVX-512 the
-default run already is the AVX2 shape, and AVX-512 code cannot run there: the test skips."""
+and convolution tests (the depthwise ones too: blocks of 8 channels there, not 16) again in a child process compiled
+for an AVX2 CPU (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, with a cache folder of its own), so the other shape is checked on
+an AVX-512 host too. On a host without AVX-512 the default run already is the AVX2 shape, and AVX-512 code cannot run
+there: the test skips."""
 
 from __future__ import annotations
 
@@ -44,5 +45,6 @@ def test_avx2_tile_shape_on_an_avx512_host(tmp_path: Path) -> None:
     assert shape.returncode == 0, shape.stderr
     assert shape.stdout.split() == ["6", "8"]
     files = ["tests/kernels/test_gemm.py", "tests/kernels/test_conv.py", "tests/kernels/test_fc.py"]
+    files.append("tests/kernels/test_depthwise.py")  # its channel blocks: 8 lanes there (16 with AVX-512)
     run = child("-m", "pytest", "-q", "-p", "no:cacheprovider", *files, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]  # 0: tests ran and all passed
