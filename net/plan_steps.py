@@ -234,19 +234,23 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
             continue
         if 4 * depthwise.PaddedInput.size(dw_run) > BLOCKS_MAX_BYTES:
             continue
-        pairs.append((i, x_shape, w_shape, blob))
+        pairs.append((i, x_shape, w_shape, blob, getattr(pw_run, "handoff", None)))
     if not pairs:
         return out
     size = max(depthwise.PaddedInput.size(out[i + 1][0].runner) for i, *_ in pairs)
     raw = np.empty(size + 16, np.float32)
     shared = raw[(-raw.ctypes.data // 4) % 16 :][:size]  # one buffer, 64-byte aligned: each handoff is read right
     # after it is written
-    for i, x_shape, w_shape, blob in pairs:
+    for i, x_shape, w_shape, blob, handoff in pairs:
         (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
         blocks = depthwise.PaddedInput(dw_step.runner, shared)
         run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
         dw_step.runner.padded_in = blocks
-        out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
+        step = pw_layer.plan_step(pw_bottom, pw_top, run)
+        if handoff is not None:  # the 1x1 also reads a depthwise output in blocks (MobileNet v1: dw, 1x1, dw, ...)
+            run.handoff = handoff
+            step = _planes_on_refusal(step, pw_bottom[0], handoff)
+        out[i] = (step, pw_layer, pw_bottom, pw_top)
         out[i + 1] = (_planes_back(dw_step, blob, blocks), dw_layer, dw_bottom, dw_top)
     return out
 

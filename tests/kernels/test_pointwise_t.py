@@ -306,3 +306,27 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
             blocks.planes(back)  # the refusal path: the blocks as planes
             np.testing.assert_array_equal(back, planes)
             assert not blocks.ready
+
+
+def test_mobilenet_v1_chain_of_handoffs() -> None:
+    """MobileNet v1 (depthwise, 1x1, depthwise, ...): a 1x1 step that reads a depthwise output in blocks and writes
+    the next depthwise's blocks takes both handoffs (a runner made for the second kept the first: wrong values once).
+    Shared activations (the handoffs) against planes everywhere, random weights: the same softmax within 1e-6."""
+    from kernels import depthwise
+    from net import Net
+    from tests.net.test_zoo_models import MODELS, fill_random
+
+    path = MODELS / "mobilenet_v1" / "deploy.prototxt"
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    outs = []
+    for shared in (False, True):
+        net = Net.load(path, phase="test")
+        fill_random(net, 0)
+        if shared:
+            net.share_activations()
+        outs.append(next(iter(net.forward(**{net.inputs[0]: x}).values())).copy())
+    runners = [getattr(s[0], "runner", None) for s in net._plan.steps]
+    both = [r for r in runners if isinstance(r, PointwiseTRunner) and r.handoff is not None and r.blocks is not None]
+    assert both, "no 1x1 step between two depthwise ones took both handoffs"
+    assert sum(isinstance(r, depthwise.DepthwiseRunner) and r.padded_in is not None for r in runners) >= 8
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6)
