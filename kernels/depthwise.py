@@ -88,7 +88,7 @@ assert 1 <= RUNS <= 15, "RUNS accumulators + the broadcast weight must fit the 1
 C8 = True  # forward: blocks of channels (_c8_worker) for small planes (see below); False: always plane by plane
 # channels a block: 16 where the vectors are 16 floats (AVX-512: zmm tiles, half the instructions a channel), else 8
 LANES = 16 if VW == 16 else 8
-C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 8 channels x 4 bytes: 64 KB; two per worker)
+C8_MAX_PIXELS = 2048  # padded pixels of a block buffer at stride 1 (x 16 channels x 4 bytes: 128 KB; two per worker)
 
 
 # at horizontal stride > 1, where the plane path's phase split costs more: padded pixels of a block buffer such that
@@ -549,11 +549,11 @@ def _fill_c8(xf, x_off, nch, h, wd, ph, pw, wp, buf, offs):  # pragma: no cover 
 
 def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, xoff, per, lo, hi, ws,
                counter, out8, wt_tab, toff_tab, ntaps, b8_tab, pin):  # fmt: skip  # pragma: no cover - compiled
-    """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of 8 channels) until none is
+    """Worker t (kernels.tasks: one per thread): claims tasks of `per` (image, block of LANES channels) until none is
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
-    queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*8 floats,
-    32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*8 for tap t = i*kw + j; xoff[p] = (oh*sh*WP + ow*sw)*8 for output
-    pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
+    queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*L floats
+    (L = LANES), 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*L for tap t = i*kw + j; xoff[p] = (oh*sh*WP +
+    ow*sw)*L for output pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
     already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block. pin
     not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
     the buffers' layout), read there after zeroing their borders; no fill. Blocks of LANES channels, 8 or 16 (the
@@ -938,7 +938,7 @@ class DepthwiseRunner:
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
         small = hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
         self.c8 = C8 and (small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)
-        if self.c8:  # blocks of 8 channels
+        if self.c8:  # blocks of LANES channels
             toff = np.array([(i * dh * wb + j * dw) * LANES for i in range(kh) for j in range(kw)], np.int64)
             p = np.minimum(np.arange(-(-npix // 8) * 8), npix - 1)
             xoff = ((p // ow * sh * wb + p % ow * sw) * LANES).astype(np.int64)
