@@ -123,6 +123,19 @@ def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
     assert pointwise.PointwiseRunner  # the other path stays importable
 
 
+def _from_planes_and_blocks(planes, blocks, handoff, w, b, act):
+    """(runner, y, y from blocks): pointwise_t on x in planes, then on the same x in blocks (a depthwise.Handoff as
+    the depthwise step left it); the reader clears the handoff."""
+    pt = PointwiseTRunner(planes.shape, w.shape, act)
+    want = np.empty(pt.out_shape, np.float32)
+    pt(planes, w, b, want)
+    pt.handoff = handoff
+    got = np.empty(pt.out_shape, np.float32)
+    pt(blocks, w, b, got)
+    assert not handoff.interleaved  # the reader took it
+    return pt, want, got
+
+
 @pytest.mark.parametrize("h,k,stride", [(14, 480, 1), (7, 1152, 1), (14, 672, 2)])
 def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
     """The depthwise output in blocks of LANES (16) channels interleaved per pixel (depthwise.Handoff) holds the same
@@ -151,13 +164,7 @@ def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
     m = 80
     w = (rng.standard_normal((m, k, 1, 1)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
-    pt = PointwiseTRunner(planes.shape, w.shape, ACT)
-    want = np.empty(pt.out_shape, np.float32)
-    pt(planes, w, b, want)
-    pt.handoff = handoff
-    got = np.empty(pt.out_shape, np.float32)
-    pt(blocks, w, b, got)
-    assert not handoff.interleaved  # the reader took it
+    pt, want, got = _from_planes_and_blocks(planes, blocks, handoff, w, b, ACT)
     np.testing.assert_array_equal(got, want)
     pt(planes, w, b, got)  # no new handoff: planes again
     np.testing.assert_array_equal(got, want)
@@ -283,13 +290,7 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
         if pointwise_t.applies(dw.out_shape, (32, m, 1, 1)):
             wp = (rng.standard_normal((32, m, 1, 1)) / np.sqrt(m)).astype(np.float32)
             bp = rng.standard_normal(32).astype(np.float32)
-            project = PointwiseTRunner(dw.out_shape, wp.shape, None)
-            from_planes = np.empty(project.out_shape, np.float32)
-            project(got, wp, bp, from_planes)
-            project.handoff = ho
-            from_blocks = np.empty(project.out_shape, np.float32)
-            project(handed, wp, bp, from_blocks)
-            assert ho.interleaved == 0
+            _, from_planes, from_blocks = _from_planes_and_blocks(got, handed, ho, wp, bp, None)
             np.testing.assert_array_equal(from_blocks, from_planes)
         else:  # the layout itself: block b's pixel p holds its channels
             blk = handed.reshape(n, m // lanes, oh * oh, lanes).transpose(0, 1, 3, 2).reshape(got.shape)
