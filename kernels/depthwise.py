@@ -421,7 +421,18 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
     return sig, codegen
 
 
-def _block_tile_codegen(lanes: int):
+@intrinsic
+def _block_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8):
+    """Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for L = LANES channels at once, from the
+    channel-block buffer buf (L channels interleaved per pixel): acc_v = sum_{t < ntap} wt[Lt : Lt + L] * buf[xoff[p0
+    + v] + toff[t] :][:L], one aligned L-channel vector per load; then + bias8, clip, 8 x 8 transposes, and channel
+    c's 8 pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no
+    transpose, pixel p0 + v's L channels stored at y[ybase + (p0 + v)*L :] for v < cnt (the block's channels
+    interleaved per pixel where its L planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``)."""
+    flat_f32(buf, wt, y, bias8)
+    sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8)
+    lanes = LANES
+
     def codegen(context, builder, signature, args):
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
@@ -482,30 +493,11 @@ def _block_tile_codegen(lanes: int):
                                     builder.store(builder.extract_element(col, ln.index), ptr)
         return context.get_dummy_value()
 
-    return codegen
-
-
-def _make_block_tile(lanes: int):
-    @intrinsic
-    def tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8):
-        flat_f32(buf, wt, y, bias8)
-        sig = types.void(buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, cnt, bias8, lo, hi, out8)
-        return sig, _block_tile_codegen(lanes)
-
-    return tile
-
-
-# Output pixels p0 .. p0 + 7 of one image (flattened oh*OW + ow) for L = 8 (16) channels at once, from the
-# channel-block buffer buf (L channels interleaved per pixel): acc_v = sum_{t < ntap} wt[Lt : Lt + L] * buf[xoff[p0 +
-# v] + toff[t] :][:L], one aligned L-channel vector per load; then + bias8, clip, 8 x 8 transposes, and channel c's 8
-# pixels stored at y[ybase + c*npix + p0 :] for c < nch (the first cnt lanes when cnt < 8). out8 != 0: no transpose,
-# pixel p0 + v's L channels stored at y[ybase + (p0 + v)*L :] for v < cnt (the block's channels interleaved per pixel
-# where its L planes would be: the layout pointwise_t reads, ``DepthwiseRunner.handoff``).
-_block_tile = _make_block_tile(LANES)
+    return sig, codegen
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _zero_border8(buf, off, hb, wb, h, wd, ph, pw, lanes):  # pragma: no cover - compiled
+def _zero_block_border(buf, off, hb, wb, h, wd, ph, pw, lanes):  # pragma: no cover - compiled
     """Zeros in the border of a block buffer at buf[off:] ((hb, wb, lanes): rows outside ph..ph + h - 1, columns outside
     pw..pw + wd - 1), not in the image's pixels, which every fill writes (a whole 112 x 112 buffer pair is 0.8 MB)."""
     row = wb * lanes
@@ -553,8 +545,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     left (gemm.claim; with 2+ images a thread from its CPU's queue of images first, with one image from its CPU's
     queue of channel blocks: gemm.claim_near, gemm.image_counters); ws[t]: its two block buffers of HP*WP*L floats
     (L = LANES), 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*L for tap t = i*kw + j; xoff[p] = (oh*sh*WP +
-    ow*sw)*L for output pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's tap table made
-    already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here per block. pin
+    ow*sw)*L for output pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's
+    tap table made already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here
+    per block. pin
     not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
     the buffers' layout), read there after zeroing their borders; no fill. Blocks of LANES channels, 8 or 16 (the
     offsets count floats: pixels of LANES)."""
@@ -571,7 +564,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     cur, ntap = -1, 0
     hb = bsize // (wp * lanes)  # padded rows of a block buffer
     for half in range(0 if given else 2):  # the zero borders of both block buffers, once a call (fills copy the image)
-        _zero_border8(ws[t], half * bsize, hb, wp, h, wd, ph, pw, lanes)
+        _zero_block_border(ws[t], half * bsize, hb, wp, h, wd, ph, pw, lanes)
     # queues (gemm.image_counters, gemm.claim_near): queue u the images u*N/Q.. or, one image, its channel blocks
     # u*B/Q.., claimed from the queue of this thread's CPU first. Within a queue block-major: q -> block b_u + q // nu
     # of image n_u + q % nu (a task's images share its taps)
@@ -600,7 +593,7 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
             elif blk != cur:
                 cur, ntap = blk, _c8_taps(wf, bias, c0, nch, khw, toff_all, wt, toff, b8)
             if given:  # the borders zeroed here (the buffer is shared with other handoffs of the plan)
-                _zero_border8(pin, (n * nblk + blk) * bsize, hb, wp, h, wd, ph, pw, lanes)
+                _zero_block_border(pin, (n * nblk + blk) * bsize, hb, wp, h, wd, ph, pw, lanes)
             buf = pin[(n * nblk + blk) * bsize :] if given else ws[t][(q - 1 - q0) % 2 * bsize :]
             ybase = (n * c + c0) * npix
             for p0 in range(0, npix, 8):

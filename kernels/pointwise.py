@@ -86,8 +86,9 @@ Kernels, in order:
                      alternated, batch 1 1 thread min 0.306-0.313 -> 0.270-0.283 ms, batch 32 16.7-17.5 -> 10.4-14.6
                      ms (1 thread), 6.9-7.0 -> 6.0-6.3 ms (2 threads), the same bits.
 
-On AVX-512, a net's plan runs the 1x1 convolutions on 7 x 7 and 14 x 14 planes with K >= 112 and frozen (folded)
-weights on ``kernels.pointwise_t`` instead: the output channels in the vector lanes, no edge pixels there.
+On AVX-512, a net's plan runs the 1x1 convolutions with frozen (folded) weights on ``kernels.pointwise_t`` instead
+(the output channels in the vector lanes) on 7 x 7 and 14 x 14 planes with K >= 112 (no edge pixels there), and on any
+plane with K >= 16 where the output goes straight into the next depthwise layer's blocks.
 
 Public: ``pointwise_applies(x_shape, w_shape, stride, pad, dilation, group) -> bool``,
 ``pointwise_forward(x, w, b, *, act, out) -> y`` and ``PointwiseRunner(x_shape, w_shape, act)`` (the shape work done

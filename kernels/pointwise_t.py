@@ -77,6 +77,7 @@ MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwis
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
+assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where this kernel runs"
 
 
 def applies(x_shape, w_shape, blocks: bool = False) -> bool:
@@ -144,7 +145,7 @@ def _tile_codegen(nv: int, npx: int):
 
         with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
             with blocks:
-                k_loop(LANES)
+                k_loop(16)
             with planes:
                 k_loop(0)
         lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
@@ -171,16 +172,16 @@ def _tile_codegen(nv: int, npx: int):
             idx = ir.Constant(ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8)))
             return builder.shuffle_vector(val, ir.Constant(vec, ir.Undefined), idx)
 
-        plane8 = as64(builder, args[18])
-        with builder.if_else(builder.icmp_unsigned("!=", plane8, c(0))) as (blocks_out, planes_out):
+        bplane = as64(builder, args[18])
+        with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
             with blocks_out:  # a depthwise's blocks of 16 channels (depthwise.PaddedInput): channels 16b.. of
-                # pixel j at y[yo + b*plane8 + po[pb + j]], one aligned store, no transpose
+                # pixel j at y[yo + b*bplane + po[pb + j]], one aligned store, no transpose
                 po_d, pb = data(17), as64(builder, args[19])
                 b0 = builder.lshr(o0, c(4))
                 for j in range(npx):
                     pj = builder.load(builder.gep(po_d, [builder.add(pb, c(j))]))
                     for v in range(nv):
-                        at = builder.add(builder.mul(builder.add(b0, c(v)), plane8), pj)
+                        at = builder.add(builder.mul(builder.add(b0, c(v)), bplane), pj)
                         ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
                         builder.store(done[j * nv + v], ptr, align=64)
             with planes_out:
@@ -206,18 +207,18 @@ def _tile_codegen(nv: int, npx: int):
 
 def _make_tile(nv: int, npx: int):
     @intrinsic
-    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb):
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb):
         flat_f32(x, wt, y, bias, res, z)
-        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, pb)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb)
         return sig, _tile_codegen(nv, npx)
 
     return tile
 
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
-# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (x8: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
-# the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; plane8 != 0:
-# y in a depthwise's blocks of 16 channels instead (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*plane8
+# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
+# the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; bplane != 0:
+# y in a depthwise's blocks of 16 channels instead (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*bplane
 # + po[pb + j]])
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
@@ -228,7 +229,7 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
     W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
     depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    x8, plane8 = plan[7], plan[8]
+    xblk, bplane = plan[7], plan[8]
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
@@ -255,19 +256,19 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
         tt = t0
         while tt < t1:
             p0 = tt * NP
-            xo = img * k * p + p0 * (LANES if x8 else 1)
-            yo = img * (m // 16) * plane8 if plane8 else img * m * p + p0
+            xo = img * k * p + p0 * (16 if xblk else 1)
+            yo = img * (m // 16) * bplane if bplane else img * m * p + p0
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
             if two and wide:
-                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
             elif two:
-                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
             elif wide:
-                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
             else:
-                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, x8, po, plane8, p0)
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
             tt += 2 if two else 1
 
 
@@ -332,7 +333,7 @@ class PointwiseTRunner:
             res = z = y  # unread
         handoff = self.handoff
         if handoff is not None:  # x as the depthwise step before wrote it this time
-            self.plan[7] = handoff.interleaved != 0  # blocks of LANES (16) channels
+            self.plan[7] = handoff.interleaved != 0  # in blocks of 16 channels
             handoff.interleaved = 0
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers

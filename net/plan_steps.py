@@ -139,8 +139,7 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
         x_shape, w_shape, conv_layer.stride, conv_layer.pad, conv_layer.dilation, conv_layer.group
     ):
         return None
-    act = (0.0, conv_layer.relu_max) if conv_layer.fused_relu else None
-    run = pointwise_runner(conv_layer, x_shape, w_shape, act)
+    run = pointwise_runner(conv_layer, x_shape, w_shape, conv_layer.act())
     shape = run.out_shape
     if not plain(r, shape):
         return None
@@ -181,14 +180,21 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
     return step, sum_step
 
 
-def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
-    """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, the
-    1x1 ones that take a handoff wrapped: when such a step cannot run (an array changed under the plan) while the
-    depthwise output is still interleaved, the blob is put back in planes before the layer's own forward reads it."""
+def _readers(steps: list[tuple]) -> dict[int, int]:
+    """{id(blob): how many of the steps read it}."""
     readers: dict[int, int] = {}
     for _, _, bottom, _ in steps:
         for b in bottom:
             readers[id(b)] = readers.get(id(b), 0) + 1
+    return readers
+
+
+def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, the
+    1x1 ones that take a handoff wrapped: when such a step cannot run (an array changed under the plan) while the
+    depthwise output is still interleaved, the blob is put back in planes before the layer's own forward reads it.
+    Runs after `hand_over_expand`, so a 1x1 step between two depthwise ones (MobileNet v1) takes both handoffs."""
+    readers = _readers(steps)
     out = list(steps)
     for i in range(len(out) - 1):
         (dw_step, _, _, dw_top), (pw_step, pw_layer, pw_bottom, pw_top) = out[i], out[i + 1]
@@ -202,7 +208,7 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
             continue
         handoff = depthwise.Handoff()
         dw_run.handoff = pw_run.handoff = handoff
-        out[i + 1] = (_planes_on_refusal(pw_step, blob, handoff), pw_layer, pw_bottom, pw_top)
+        out[i + 1] = (_after_refusal(pw_step, _interleaved_back(blob, handoff)), pw_layer, pw_bottom, pw_top)
     return out
 
 
@@ -211,14 +217,13 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
     1x1 ones that hand over replaced, the depthwise ones after them wrapped: when such a step cannot run (an array
     changed under the plan) while its input is still in blocks, the blob gets its planes before the layer's own
     forward reads it."""
-    readers: dict[int, int] = {}
-    for _, _, bottom, _ in steps:
-        for b in bottom:
-            readers[id(b)] = readers.get(id(b), 0) + 1
     out = list(steps)
+    if not EXPAND_BLOCKS:
+        return out
+    readers = _readers(steps)
     pairs = []
-    for i in range(len(out) - 1 if EXPAND_BLOCKS else 0):
-        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
+    for i in range(len(out) - 1):
+        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, _, dw_bottom, _) = out[i], out[i + 1]
         pw_run, dw_run = getattr(pw_step, "runner", None), getattr(dw_step, "runner", None)
         if not isinstance(pw_run, (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)):
             continue
@@ -230,47 +235,48 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
         if id(blob) in keep or pw_layer.fold is None or len(pw_bottom) != 1:
             continue
         x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
-        if not pointwise_t.applies(x_shape, w_shape, blocks=True):
-            continue
-        if 4 * depthwise.PaddedInput.size(dw_run) > BLOCKS_MAX_BYTES:
-            continue
-        pairs.append((i, x_shape, w_shape, blob, getattr(pw_run, "handoff", None)))
+        size = depthwise.PaddedInput.size(dw_run)
+        if pointwise_t.applies(x_shape, w_shape, blocks=True) and 4 * size <= BLOCKS_MAX_BYTES:
+            pairs.append((i, x_shape, w_shape, size))
     if not pairs:
         return out
-    size = max(depthwise.PaddedInput.size(out[i + 1][0].runner) for i, *_ in pairs)
+    size = max(size for *_, size in pairs)
     raw = np.empty(size + 16, np.float32)
     shared = raw[(-raw.ctypes.data // 4) % 16 :][:size]  # one buffer, 64-byte aligned: each handoff is read right
     # after it is written
-    for i, x_shape, w_shape, blob, handoff in pairs:
+    for i, x_shape, w_shape, _ in pairs:
         (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
         blocks = depthwise.PaddedInput(dw_step.runner, shared)
         run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
         dw_step.runner.padded_in = blocks
-        step = pw_layer.plan_step(pw_bottom, pw_top, run)
-        if handoff is not None:  # the 1x1 also reads a depthwise output in blocks (MobileNet v1: dw, 1x1, dw, ...)
-            run.handoff = handoff
-            step = _planes_on_refusal(step, pw_bottom[0], handoff)
-        out[i] = (step, pw_layer, pw_bottom, pw_top)
-        out[i + 1] = (_planes_back(dw_step, blob, blocks), dw_layer, dw_bottom, dw_top)
+        out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
+        out[i + 1] = (_after_refusal(dw_step, _blocks_back(pw_top[0], blocks)), dw_layer, dw_bottom, dw_top)
     return out
 
 
-def _planes_back(step, blob, blocks):
+def _after_refusal(step, restore):
+    """The step, and when it cannot run, `restore()` before the Net runs the layer's own forward."""
+
     def wrapped() -> bool:
         if step():
             return True
-        if blocks.ready:  # the 1x1 step wrote blocks; the depthwise layer's own forward reads planes
-            blocks.planes(blob.data)
+        restore()
         return False
 
     wrapped.runner = step.runner
     return wrapped
 
 
-def _planes_on_refusal(step, blob, handoff):
-    def wrapped() -> bool:
-        if step():
-            return True
+def _blocks_back(blob, blocks):
+    def restore() -> None:
+        if blocks.ready:  # the 1x1 step wrote blocks; the depthwise layer's own forward reads planes
+            blocks.planes(blob.data)
+
+    return restore
+
+
+def _interleaved_back(blob, handoff):
+    def restore() -> None:
         lanes = handoff.interleaved
         if lanes:  # the depthwise wrote blocks; the 1x1's own forward reads planes
             x = blob.data
@@ -278,7 +284,5 @@ def _planes_on_refusal(step, blob, handoff):
             blocks = x.reshape(n, c // lanes, -1, lanes).copy()
             x.reshape(n, c // lanes, lanes, -1)[...] = blocks.transpose(0, 1, 3, 2)
             handoff.interleaved = 0
-        return False
 
-    wrapped.runner = step.runner
-    return wrapped
+    return restore
