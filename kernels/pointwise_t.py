@@ -19,6 +19,13 @@ reads one line per 16 input channels and pixel. The same values, the same bits; 
 with the handoff off / on (blocks of 8 then): 1 thread batch 1 1.00-1.02x, 2 threads batch 1 1.00-1.04x, batch 32
 1.01-1.03x.
 
+With x in blocks the kernel also runs the projections on large planes at batch 1 (``applies(..., xblk=True)``: any
+plane size, K a multiple of 16, any M: a last panel of M % 16 channels gets zero weights and bias, and its padding
+channels are not stored), set by the plan (``net.plan_steps.PROJECT_BLOCKS``), so the depthwise before them hands its
+blocks on too. The same bits as ``pointwise`` there (no edge pixels). EfficientNet-Lite0's projections of blocks 1-4
+(56 x 56 and 28 x 28, M = 24 and 40), with the 56 x 56 depthwise layer on its channel-block path: 2 threads batch 1,
+processes alternated, ORT/crema minimum 0.79-0.81 -> 0.83-0.84.
+
 y goes in planes, or, before a depthwise step on its channel-block path (``depthwise.PaddedInput``, set by the plan:
 ``net.plan_steps.hand_over_expand``), straight into that step's padded blocks of 16 channels: pixel p's channels
 16b..16b+15 as one aligned store at block b's row p // W + ph, column p % W + pw, no transposes; the depthwise reads
@@ -50,9 +57,9 @@ The weights are packed on the first call with a given weight array and kept: the
 weights that do not change under it (a convolution with a BatchNorm folded in, ``ConvolutionLayer.folded``, made
 once; ``Net.refold`` makes new arrays, which the runner packs again).
 
-Public: ``applies(x_shape, w_shape, blocks=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape, w_shape, act,
-blocks=None)``, called as ``runner(x, w, bias, y[, res, z])`` like ``pointwise.PointwiseRunner`` (with blocks, a
-``depthwise.PaddedInput``: y is not written, no residual).
+Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
+w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z])`` like
+``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual).
 """
 
 from __future__ import annotations
@@ -74,21 +81,29 @@ MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~1
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
 MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwise in its blocks (no transposes)
+MIN_K_XBLK = 16  # input channels at least where x comes in a depthwise's blocks (the projections on large planes)
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
 assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where this kernel runs"
 
 
-def applies(x_shape, w_shape, blocks: bool = False) -> bool:
+def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P;
-    blocks (the output written in a depthwise's blocks, ``depthwise.PaddedInput``): K >= MIN_K_BLOCKS, any H*W."""
+    blocks (the output written in a depthwise's blocks, ``depthwise.PaddedInput``): K >= MIN_K_BLOCKS, any H*W; xblk
+    (x handed over in blocks by a depthwise step, ``depthwise.Handoff``, the output in planes): K >= MIN_K_XBLK and a
+    multiple of 16, any H*W and M (a last panel padded with zero weights, its padding channels not stored)."""
     if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
         return False
     n, k, h, wd = (int(v) for v in x_shape)
     m, p = int(w_shape[0]), h * wd
-    fits = k >= MIN_K_BLOCKS if blocks else k >= MIN_K and p <= MAX_P
-    return fits and n > 0 and int(w_shape[1]) == k and m % 16 == 0 and m > 0 and p > 0 and p % NP == 0
+    if blocks:
+        fits = k >= MIN_K_BLOCKS and m % 16 == 0
+    elif xblk:
+        fits = k >= MIN_K_XBLK and k % LANES == 0
+    else:
+        fits = k >= MIN_K and p <= MAX_P and m % 16 == 0
+    return fits and n > 0 and int(w_shape[1]) == k and m > 0 and p > 0 and p % NP == 0
 
 
 def _tile_codegen(nv: int, npx: int):
@@ -173,6 +188,7 @@ def _tile_codegen(nv: int, npx: int):
             return builder.shuffle_vector(val, ir.Constant(vec, ir.Undefined), idx)
 
         bplane = as64(builder, args[18])
+        m_real = as64(builder, args[20])  # output channels (a last panel of M % 16 != 0 is padded with zeros)
         with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
             with blocks_out:  # a depthwise's blocks of 16 channels (depthwise.PaddedInput): channels 16b.. of
                 # pixel j at y[yo + b*bplane + po[pb + j]], one aligned store, no transpose
@@ -185,21 +201,32 @@ def _tile_codegen(nv: int, npx: int):
                         ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
                         builder.store(done[j * nv + v], ptr, align=64)
             with planes_out:
-                groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
-                for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
-                    rows = [half_of(done[j * nv + v], half) for j in range(g * NP, g * NP + NP)]
-                    rows.append(zero8)
-                    cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..7 (7 valid)
-                    for lane, r in enumerate(cols):
-                        oc = builder.add(o0, c(16 * v + 8 * half + lane))
-                        off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
-                        yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
-                        builder.call(mstore, [r, yptr, ir.Constant(i32, 4), mask])
-                        with builder.if_then(add):
-                            rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
-                            rv = builder.call(mload, [rptr, ir.Constant(i32, 4), mask, zero8])
-                            zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
-                            builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), mask])
+
+                def planes(checked: bool) -> None:  # checked: a panel with padding channels, which are not stored
+                    groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
+                    for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row 0)
+                        rows = [half_of(done[j * nv + v], half) for j in range(g * NP, g * NP + NP)]
+                        rows.append(zero8)
+                        cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..6
+                        for lane, r in enumerate(cols):
+                            oc = builder.add(o0, c(16 * v + 8 * half + lane))
+                            off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
+                            real = builder.icmp_signed("<", oc, m_real) if checked else ir.Constant(ir.IntType(1), 1)
+                            with builder.if_then(real):
+                                yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
+                                builder.call(mstore, [r, yptr, ir.Constant(i32, 4), mask])
+                                with builder.if_then(add):
+                                    rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
+                                    rv = builder.call(mload, [rptr, ir.Constant(i32, 4), mask, zero8])
+                                    zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
+                                    builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), mask])
+
+                whole = builder.icmp_signed("<=", builder.add(o0, c(16 * nv)), m_real)
+                with builder.if_else(whole) as (all_real, padded):
+                    with all_real:
+                        planes(False)
+                    with padded:
+                        planes(True)
         return context.get_dummy_value()
 
     return codegen
@@ -207,9 +234,9 @@ def _tile_codegen(nv: int, npx: int):
 
 def _make_tile(nv: int, npx: int):
     @intrinsic
-    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb):
+    def tile(typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m):
         flat_f32(x, wt, y, bias, res, z)
-        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb)
+        sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m)
         return sig, _tile_codegen(nv, npx)
 
     return tile
@@ -229,7 +256,7 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
     W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
     depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    xblk, bplane = plan[7], plan[8]
+    xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
@@ -257,18 +284,18 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
         while tt < t1:
             p0 = tt * NP
             xo = img * k * p + p0 * (16 if xblk else 1)
-            yo = img * (m // 16) * bplane if bplane else img * m * p + p0
+            yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
             if two and wide:
-                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
+                _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
             elif two:
-                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
+                _ptile1w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
             elif wide:
-                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
+                _ptile2(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
             else:
-                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0)
+                _ptile1(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
             tt += 2 if two else 1
 
 
@@ -286,10 +313,12 @@ _NO_OFFSETS = np.empty(0, np.int64)
 
 def pack(w: np.ndarray) -> np.ndarray:
     """W (M, K, 1, 1) as W^T panels: panel q (output channels 32q..) at [32 q K:], (K, 32) row-major (K, 16 for a last
-    panel of 16)."""
+    panel of 16); M rounded up to a multiple of 16 with zero rows."""
     m, k = w.shape[0], w.shape[1]
     w2 = w.reshape(m, k)
-    return np.ascontiguousarray(np.concatenate([w2[o : o + 32].T.reshape(-1) for o in range(0, m, 32)]))
+    if m % 16:
+        w2 = np.concatenate([w2, np.zeros((-m % 16, k), np.float32)])
+    return np.ascontiguousarray(np.concatenate([w2[o : o + 32].T.reshape(-1) for o in range(0, len(w2), 32)]))
 
 
 class PointwiseTRunner:
@@ -299,18 +328,19 @@ class PointwiseTRunner:
 
     __slots__ = ("blocks", "counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
 
-    def __init__(self, x_shape, w_shape, act=None, blocks: PaddedInput | None = None) -> None:
-        if not applies(x_shape, w_shape, blocks is not None):
+    def __init__(self, x_shape, w_shape, act=None, blocks: PaddedInput | None = None, xblk: bool = False) -> None:
+        if not applies(x_shape, w_shape, blocks is not None, xblk):
             raise ValueError(f"pointwise_t: does not apply to x {tuple(x_shape)}, w {tuple(w_shape)}")
         n, k, h, wd = (int(v) for v in x_shape)
-        m, p = int(w_shape[0]), h * wd
-        self.out_shape = (n, m, h, wd)
+        mr, p = int(w_shape[0]), h * wd
+        m = -(-mr // 16) * 16  # whole panels of 16 (the padding channels' weights and bias zero, not stored)
+        self.out_shape = (n, mr, h, wd)
         self.lo_hi = check_act(act, "pointwise_t")
         self.workers = threads = numba.get_num_threads()
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0, mr], np.int64)
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
         # blocks: the output goes to the depthwise step after in its blocks (y is not written), set by the plan
         self.blocks = blocks
@@ -320,12 +350,13 @@ class PointwiseTRunner:
             self.plan[8] = blocks.plane
         self.serial = threads == 1
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
-        self.packed: tuple[np.ndarray, np.ndarray] | None = None
+        self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
 
     def __call__(self, x, w, bias, y, res=None, z=None) -> None:
         packed = self.packed
-        if packed is None or packed[0] is not w:
-            packed = self.packed = (w, pack(w))
+        if packed is None or packed[0] is not w or packed[2] is not bias:
+            b = bias if self.plan[2] == self.plan[9] else np.concatenate([bias, np.zeros(-bias.size % 16, np.float32)])
+            packed = self.packed = (w, pack(w), bias, b)
         add = res is not None
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
@@ -340,7 +371,7 @@ class PointwiseTRunner:
         run = _PT.serial if self.serial else _PT.parallel
         blocks = self.blocks
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
-        run(_PT.address, workers, x.reshape(-1), packed[1], bias, yf, res.reshape(-1), z.reshape(-1),
+        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, res.reshape(-1), z.reshape(-1),
             self.plan, lo, hi, add, image_counters(*self.counter_args), po)  # fmt: skip
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y

@@ -17,7 +17,8 @@ it recognises more in the layer than the layer type says.
 - `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
   `kernels.pointwise_t`, writes it in 16-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
   transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
-  with shared activations, the blob neither kept, observed nor an output).
+  with shared activations, the blob neither kept, observed nor an output). At batch 1 a 1x1 on `kernels.pointwise`
+  there (the projections on large planes, M = 24 or 40 included) moves to `pointwise_t` for that (PROJECT_BLOCKS).
 - `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
   output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
   depthwise's padded blocks of 16 channels (`kernels.depthwise.PaddedInput`), which the depthwise reads in place with
@@ -40,6 +41,11 @@ from .layers.base import plain, plan_out
 from .layers.convolution import pointwise_runner
 
 EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
+PROJECT_BLOCKS = (
+    True  # hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 (they move to pointwise_t;
+)
+# EfficientNet-Lite0, 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32
+# 5-8% slower: kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -164,11 +170,11 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
             ):
                 return False
             checked[:] = x, w, b, r
-        run(x, w, b, y, r, z)
+        step.runner(x, w, b, y, r, z)
         done[0] = True
         return True
 
-    step.runner = run  # for the plan's passes (hand_over_depthwise)
+    step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
 
     def sum_step() -> bool:
         if done[0]:
@@ -199,17 +205,33 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
     for i in range(len(out) - 1):
         (dw_step, _, _, dw_top), (pw_step, pw_layer, pw_bottom, pw_top) = out[i], out[i + 1]
         dw_run, pw_run = getattr(dw_step, "runner", None), getattr(pw_step, "runner", None)
-        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not isinstance(pw_run, pointwise_t.PointwiseTRunner):
+        if not isinstance(dw_run, depthwise.DepthwiseRunner):
             continue
         blob = dw_top[0]
         if len(dw_top) != 1 or len(pw_bottom) != 1 or pw_bottom[0] is not blob or readers.get(id(blob)) != 1:
             continue
         if id(blob) in keep or not dw_run.c8 or dw_run.out_shape[1] % depthwise.LANES:
             continue
+        if isinstance(pw_run, pointwise.PointwiseRunner):
+            pw_run = _projection_on_blocks(pw_step, pw_layer, dw_run.out_shape)
+        if not isinstance(pw_run, pointwise_t.PointwiseTRunner):
+            continue
         handoff = depthwise.Handoff()
         dw_run.handoff = pw_run.handoff = handoff
         out[i + 1] = (_after_refusal(pw_step, _interleaved_back(blob, handoff)), pw_layer, pw_bottom, pw_top)
     return out
+
+
+def _projection_on_blocks(pw_step, pw_layer, x_shape) -> pointwise_t.PointwiseTRunner | None:
+    """A `kernels.pointwise_t` runner put in a 1x1 step in place of its `kernels.pointwise` one, to read the blocks of
+    the depthwise step before (PROJECT_BLOCKS, batch 1, folded weights), or None."""
+    if not PROJECT_BLOCKS or pw_layer.fold is None or x_shape[0] != 1:
+        return None
+    w_shape = pw_layer.forward_params()[0].shape
+    if not pointwise_t.applies(x_shape, w_shape, xblk=True):
+        return None
+    run = pw_step.runner = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), xblk=True)
+    return run
 
 
 def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:

@@ -202,10 +202,10 @@ class ConvolutionLayer(Layer):
                 checked[:] = x, w, b
             if dst.data is not out:
                 return False
-            run(x, w, b, out)
+            step.runner(x, w, b, out)
             return True
 
-        step.runner = run  # for the plan's passes (net.plan_steps.hand_over_depthwise)
+        step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
         return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:

@@ -159,17 +159,20 @@ def test_zero_first_row_and_column_at_every_pad(k, pad, path) -> None:
 
 @pytest.mark.parametrize("l2", [512 << 10, 2 << 20])
 def test_path_choice(monkeypatch, l2) -> None:
-    """Blocks of 8 channels for small planes and stride-2 planes whose two buffers take half of L2 at most (56 x 56
-    with Zen 3's 512 KB, 112 x 112 with 2 MB), plane by plane for large ones."""
+    """Blocks of channels for small planes, stride-2 planes whose two buffers take half of L2 at most (56 x 56 with Zen
+    3's 512 KB, 112 x 112 with 2 MB) and, with blocks of 16, stride-1 planes whose two take a quarter (56 x 56 with 2
+    MB); plane by plane for large ones."""
     from kernels import depthwise as dw
 
     monkeypatch.setattr(dw, "C8_MAX_PIXELS_STRIDED", max(4096, l2 // 128))
+    monkeypatch.setattr(dw, "C8_MAX_PIXELS", max(2048, l2 // 512) if dw.LANES == 16 else 2048)
     rng = np.random.default_rng(0)
     chosen = []
     for c, h, k, stride in LITE0:
         w, pad = _caffe_weights(rng, 1, k, stride)
         chosen.append(DepthwiseRunner((1, c, h, h), (c, *w.shape[1:]), stride, pad).c8)
-    assert chosen == [False, l2 >= 2 << 20, False, True, True, True, True, True, True, True, True, True]
+    big = l2 >= 2 << 20
+    assert chosen == [False, big, big and dw.LANES == 16, True, True, True, True, True, True, True, True, True]
 
 
 def test_reference_by_hand() -> None:
@@ -444,13 +447,14 @@ def test_backward_dx_aliasing_dy_is_an_error() -> None:
 
 
 def test_large_inputs_take_the_channel_blocks_at_any_plane_size() -> None:
-    """Large planes go plane by plane while x is small (batch 1: from cache), in blocks of 8 channels once x is
+    """Large planes go plane by plane while x is small (batch 1: from cache), in blocks of channels once x is
     C8_ANY_PLANE_X_BYTES or more (read from memory); which path runs never changes the bits (the forced-path tests)."""
     from kernels import depthwise as dw
 
     assert not dw.DepthwiseRunner((1, 32, 112, 112), (32, 1, 3, 3), (1, 1), (1, 1)).c8
     assert dw.DepthwiseRunner((1, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8 == (dw.C8_MAX_PIXELS_STRIDED >= 114**2)
     assert dw.DepthwiseRunner((8, 96, 112, 112), (96, 1, 4, 4), (2, 2), (1, 1)).c8
-    assert not dw.DepthwiseRunner((1, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
+    assert dw.DepthwiseRunner((1, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8 == (dw.C8_MAX_PIXELS >= 58**2)
+    assert not dw.DepthwiseRunner((1, 144, 96, 96), (144, 1, 3, 3), (1, 1), (1, 1)).c8
     assert dw.DepthwiseRunner((32, 144, 56, 56), (144, 1, 3, 3), (1, 1), (1, 1)).c8
     assert dw.DepthwiseRunner((1, 240, 28, 28), (240, 1, 5, 5), (1, 1), (2, 2)).c8  # small planes: always

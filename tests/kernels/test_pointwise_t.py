@@ -94,6 +94,8 @@ def test_applies() -> None:
     assert not pointwise_t.applies((1, 480, 28, 28), (80, 480, 1, 1))  # a larger plane
     assert not pointwise_t.applies((1, 480, 8, 8), (80, 480, 1, 1))  # 64 pixels: not whole 7-pixel tiles
     assert not pointwise_t.applies((1, 480, 14, 14), (80, 480, 3, 3))
+    assert pointwise_t.applies((1, 144, 56, 56), (24, 144, 1, 1), xblk=True)  # x in blocks: any plane size and M
+    assert not pointwise_t.applies((1, 24, 56, 56), (144, 24, 1, 1), xblk=True)  # K not whole blocks
     with pytest.raises(ValueError, match="does not apply"):
         PointwiseTRunner((1, 480, 28, 28), (80, 480, 1, 1))
 
@@ -114,8 +116,7 @@ def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
             net = Net.load(files.prototxt, files.weights)
             net.share_activations()
             outs[enabled] = net.forward(data=x)["prob"]
-            cells = [c.cell_contents for s in net._plan.steps for c in (getattr(s[0], "__closure__", None) or ())]
-            used = sum(isinstance(c, PointwiseTRunner) for c in cells)
+            used = sum(isinstance(getattr(s[0], "runner", None), PointwiseTRunner) for s in net._plan.steps)
         finally:
             pointwise_t.ENABLED = saved
         assert (used > 0) == enabled
@@ -168,6 +169,66 @@ def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
     np.testing.assert_array_equal(got, want)
     pt(planes, w, b, got)  # no new handoff: planes again
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n,k,m,h", [(1, 144, 24, 56), (1, 240, 40, 28), (1, 32, 16, 112), (2, 96, 24, 28)])
+def test_x_in_blocks_on_large_planes_and_any_m(n, k, m, h) -> None:
+    """x handed over in blocks (a depthwise.Handoff), any plane size and M (a last panel padded with zero weights, its
+    padding channels not stored): the bits of pointwise on the planes (no edge pixels here), residual sum included."""
+    from kernels import depthwise
+
+    assert pointwise_t.applies((n, k, h, h), (m, k, 1, 1), xblk=True)
+    assert not pointwise_t.applies((n, k, h, h), (m, k, 1, 1))
+    x, w, b, res = _inputs(n, k, m, h, seed=k + m)
+    lanes = depthwise.LANES
+    blocks = np.ascontiguousarray(x.reshape(n, k // lanes, lanes, h * h).transpose(0, 1, 3, 2)).reshape(x.shape)
+    run = PointwiseTRunner(x.shape, w.shape, None, xblk=True)
+    run.handoff = handoff = depthwise.Handoff()
+    handoff.interleaved = lanes
+    y = np.full(run.out_shape, np.nan, np.float32)
+    z = np.full(run.out_shape, np.nan, np.float32)
+    run(blocks, w, b, y, res, z)
+    old = PointwiseRunner(x.shape, w.shape, None)
+    y0, z0 = np.empty(old.out_shape, np.float32), np.empty(old.out_shape, np.float32)
+    old(x, w, b, y0, res, z0)
+    assert (h * h) % NR == 0
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(z, z0)
+    y2 = np.full(run.out_shape, np.nan, np.float32)
+    run(x, w, b, y2)  # no handoff this time: x in planes
+    np.testing.assert_array_equal(y2, y0)
+
+
+def test_net_projections_on_large_planes_take_blocks() -> None:
+    """EfficientNet-Lite0's projections after a depthwise step on the channel-block path (56 x 56 and 28 x 28, M = 24
+    and 40) move to pointwise_t and read the depthwise's blocks (net.plan_steps.PROJECT_BLOCKS): the same bits."""
+    from kernels import depthwise
+    from net import Net, plan_steps
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    outs, moved = {}, {}
+    for on in (False, True):
+        saved = plan_steps.PROJECT_BLOCKS
+        plan_steps.PROJECT_BLOCKS = on
+        try:
+            net = Net.load(files.prototxt, files.weights)
+            net.share_activations()
+            outs[on] = net.forward(data=x)["prob"].copy()
+        finally:
+            plan_steps.PROJECT_BLOCKS = saved
+        steps = net._plan.steps
+        moved[on] = [
+            steps[i + 1][1].name
+            for i, s in enumerate(steps[:-1])
+            if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner)
+            and isinstance(getattr(steps[i + 1][0], "runner", None), PointwiseTRunner)
+            and steps[i + 1][0].runner.plan[3] > pointwise_t.MAX_P
+        ]
+    assert not moved[False]
+    assert {"block1/project", "block2/project", "block3/project", "block4/project"} <= set(moved[True])
+    np.testing.assert_array_equal(outs[True], outs[False])
 
 
 def test_net_hands_over_and_refusals_put_planes_back() -> None:
