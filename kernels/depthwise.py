@@ -899,7 +899,8 @@ class DepthwiseRunner:
 
     ``runner(x, w, bias, y)``: x C-contiguous float32 of x_shape, w (C, 1, kh, kw) C-contiguous float32, bias (C,)
     float32 (zeros for none), y the C-contiguous float32 output of ``runner.out_shape``, not overlapping x. act: None
-    or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made.
+    or (lo, hi), the clip after the bias. The thread split follows the thread count when the runner is made. c8: the
+    channel-block path at any plane size (the plan's choice for a step whose input comes in its blocks: no fill).
     """
 
     __slots__ = (
@@ -916,7 +917,9 @@ class DepthwiseRunner:
         "ws",
     )
 
-    def __init__(self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False) -> None:
+    def __init__(
+        self, x_shape, w_shape, stride, pad, act: Act = None, dilation=(1, 1), frozen: bool = False, c8: bool = False
+    ) -> None:
         (n, c, h, wd), (sh, sw), (ph, pw), (oh, ow), hu, wq, toff = _plane_geometry(
             x_shape, w_shape, stride, pad, dilation
         )
@@ -934,7 +937,7 @@ class DepthwiseRunner:
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
         small = hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
-        self.c8 = C8 and (small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)
+        self.c8 = C8 and (c8 or small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)
         if self.c8:  # blocks of LANES channels
             toff = np.array([(i * dh * wb + j * dw) * LANES for i in range(kh) for j in range(kw)], np.int64)
             p = np.minimum(np.arange(-(-npix // 8) * 8), npix - 1)

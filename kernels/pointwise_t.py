@@ -26,6 +26,14 @@ blocks on too. The same bits as ``pointwise`` there (no edge pixels). EfficientN
 (56 x 56 and 28 x 28, M = 24 and 40), with the 56 x 56 depthwise layer on its channel-block path: 2 threads batch 1,
 processes alternated, ORT/crema minimum 0.79-0.81 -> 0.83-0.84.
 
+``ConvTRunner`` runs the same tiles on a convolution with pad 0 (EfficientNet-Lite0's stem on its zero-bordered
+image, ``net.plan_steps.zero_border_step``): per tap (c, i, j) the tile broadcasts its pixels from the image itself
+(sw apart), no im2col; the same bits as ``pointwise.Im2colRunner``. The plan uses it only where the stem hands its
+output to the depthwise step after in that step's blocks (below): in planes its transposing epilogue made it slower
+than ``Im2colRunner`` (355-375 vs 260 us at 1 thread), in blocks the first depthwise layer runs on its channel-block
+path without a fill and hands its blocks on (EfficientNet-Lite0 in-process A/B, ``net.plan_steps.STEM_BLOCKS``, same
+bits: 2 threads batch 1 1.045 / 1.035x min / median, 1 thread 1.034 / 1.032x, batch 4 1.013 / 1.024x).
+
 y goes in planes, or, before a depthwise step on its channel-block path (``depthwise.PaddedInput``, set by the plan:
 ``net.plan_steps.hand_over_expand``), straight into that step's padded blocks of 16 channels: pixel p's channels
 16b..16b+15 as one aligned store at block b's row p // W + ph, column p % W + pw, no transposes; the depthwise reads
@@ -59,7 +67,9 @@ once; ``Net.refold`` makes new arrays, which the runner packs again).
 
 Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
 w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z])`` like
-``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual).
+``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual);
+``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks=None)``,
+called as ``runner(x, w, bias, y)``.
 """
 
 from __future__ import annotations
@@ -106,7 +116,7 @@ def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     return fits and n > 0 and int(w_shape[1]) == k and m > 0 and p > 0 and p % NP == 0
 
 
-def _tile_codegen(nv: int, npx: int):
+def _tile_codegen(nv: int, npx: int, conv: bool = False):
     def codegen(context, builder, signature, args):
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
@@ -129,12 +139,19 @@ def _tile_codegen(nv: int, npx: int):
         )
         pw = as64(builder, args[15])
 
+        if conv:  # tap k's offset in the padded image (toff[k]) and the pixels' stride in it (ConvTRunner)
+            toff_d, sx = data(21), as64(builder, args[22])
+            joff = [builder.mul(c(j), sx) for j in range(npx)]
+
         def k_loop(lanes: int) -> None:
             # x[k, p0 + j] at xo + k*p + j (planes, lanes 0), or at xo + (k // L)*Lp + k % L + Lj (L = lanes = 8 or
-            # 16 channels interleaved per pixel, a depthwise Handoff: the L channels of a pixel on one line)
+            # 16 channels interleaved per pixel, a depthwise Handoff: the L channels of a pixel on one line); a
+            # convolution's tap k = (c, i, j) at xo + toff[k] + j*sx (conv: the padded image itself, no im2col)
             with cgutils.for_range(builder, k) as loop:
                 kk = loop.index
-                if lanes:
+                if conv:
+                    xb = builder.add(xo, builder.load(builder.gep(toff_d, [kk])))
+                elif lanes:
                     blk = builder.lshr(kk, c(lanes.bit_length() - 1))
                     xb = builder.add(xo, builder.mul(blk, builder.mul(p, c(lanes))))
                     xb = builder.add(xb, builder.and_(kk, c(lanes - 1)))
@@ -151,18 +168,20 @@ def _tile_codegen(nv: int, npx: int):
                     for v in range(nv)
                 ]
                 for j in range(npx):
-                    xv = splat(
-                        builder, builder.load(builder.gep(xd, [builder.add(xb, c(lanes * j if lanes else j))])), vec
-                    )
+                    xj = joff[j] if conv else c(lanes * j if lanes else j)
+                    xv = splat(builder, builder.load(builder.gep(xd, [builder.add(xb, xj)])), vec)
                     for v in range(nv):
                         s = slots[j * nv + v]
                         builder.store(builder.call(fma, [xv, wv[v], builder.load(s)]), s)
 
-        with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
-            with blocks:
-                k_loop(16)
-            with planes:
-                k_loop(0)
+        if conv:
+            k_loop(0)
+        else:
+            with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
+                with blocks:
+                    k_loop(16)
+                with planes:
+                    k_loop(0)
         lo, hi = (builder.fptrunc(a, f32) if a.type != f32 else a for a in args[12:14])
         mask = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * NP + [0] * (8 - NP))
         mstore = cgutils.get_or_insert_function(
@@ -242,6 +261,20 @@ def _make_tile(nv: int, npx: int):
     return tile
 
 
+def _make_conv_tile(nv: int, npx: int):
+    @intrinsic
+    def tile(
+        typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+    ):
+        flat_f32(x, wt, y, bias, res, z)
+        sig = types.void(
+            x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+        )
+        return sig, _tile_codegen(nv, npx, conv=True)
+
+    return tile
+
+
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
 # x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
 # the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; bplane != 0:
@@ -299,6 +332,60 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
             tt += 2 if two else 1
 
 
+# the same tiles on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j (ConvTRunner)
+_ctile2, _ctile1 = _make_conv_tile(2, NP), _make_conv_tile(1, NP)
+_ctile2w, _ctile1w = _make_conv_tile(2, 2 * NP), _make_conv_tile(1, 2 * NP)
+
+
+def _ct_worker(t, x, wt, bias, y, plan, toff, lo, hi, counter, po):  # pragma: no cover - compiled
+    """Worker t of ConvTRunner: as _pt_worker over (image, panel, pixel chunk) tasks, on the taps of a convolution
+    with pad 0. plan: n, K (taps), M (whole panels of 16), P (OH*OW), panels, chunks, W_PREFETCH, OW, the input floats
+    between output rows (sh*WP), sw, the input image's floats (C*HP*WP), the block size of a depthwise's padded blocks
+    y goes to (0: y in planes), the real output channels. A tile's pixels lie in one output row (OW a multiple of NP;
+    two 7-pixel tiles pair only within a row)."""
+    n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
+    ow, rowstep, sx, img_in, bplane, mr = plan[7], plan[8], plan[9], plan[10], plan[11], plan[12]
+    ntiles = p // NP
+    per_row = ow // NP
+    per_image = npan * nch
+    items, granule = (n, per_image) if n > 1 else (per_image, 1)
+    sizes = queue_sizes(counter, items, granule, 1)
+    nq = sizes.shape[0]
+    while True:
+        u, i = claim_near(counter, sizes)
+        if u < 0:
+            break
+        task = u * items // nq * granule + i
+        if n == 1:  # chunk-major, as _pt_worker
+            pan = task % npan
+            c = (task // npan) % nch
+        else:
+            c = task % nch
+            pan = (task // nch) % npan
+        img = task // (nch * npan)
+        o0 = pan * 32
+        wide = o0 + 32 <= m
+        wo = pan * 32 * k
+        t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
+        tt = t0
+        while tt < t1:
+            p0 = tt * NP
+            oh = p0 // ow
+            xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
+            yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
+            two = tt + 1 < t1 and tt % per_row + 1 < per_row  # two 7-pixel tiles of one row as one of 14
+            pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
+            if two and wide:
+                _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+            elif two:
+                _ctile1w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+            elif wide:
+                _ctile2(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+            else:
+                _ctile1(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+            tt += 2 if two else 1
+
+
 _F1, _I1 = types.float32[::1], types.int64[::1]
 _PT = Task(
     _pt_worker,
@@ -309,6 +396,12 @@ _PT = Task(
 
 
 _NO_OFFSETS = np.empty(0, np.int64)
+_CT = Task(
+    _ct_worker,
+    (_F1, _F1, _F1, _F1, _I1, _I1, types.float64, types.float64, _I1, _I1),
+    opt=1,  # explicit vector tiles, as _PT
+    boundscheck=False,
+)
 
 
 def pack(w: np.ndarray) -> np.ndarray:
@@ -373,5 +466,77 @@ class PointwiseTRunner:
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
         run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, res.reshape(-1), z.reshape(-1),
             self.plan, lo, hi, add, image_counters(*self.counter_args), po)  # fmt: skip
+        if blocks is not None:
+            blocks.ready = True  # the depthwise step after reads its blocks, not y
+
+
+def conv_applies(x_shape, w_shape, stride) -> bool:
+    """A group-1 convolution with pad 0 and dilation 1 that ConvTRunner runs: AVX-512, OW a multiple of NP."""
+    if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4:
+        return False
+    n, c, hp, wp = (int(v) for v in x_shape)
+    m, cw, kh, kw = (int(v) for v in w_shape)
+    sh, sw = (int(v) for v in stride)
+    if n <= 0 or cw != c or m <= 0 or min(sh, sw) < 1 or not (1 <= kh <= hp and 1 <= kw <= wp):
+        return False
+    return ((wp - kw) // sw + 1) % NP == 0
+
+
+class ConvTRunner:
+    """A group-1 convolution with pad 0 (``conv_applies``; the plan uses it for EfficientNet-Lite0's stem, 3 -> 32
+    channels 3 x 3 / 2 on the padded image, when it hands its output to the depthwise step after in that step's
+    blocks) on this module's tiles: 14 output pixels of a row x 32 output channels, per tap (c, i, j) 14 broadcasts
+    of the image's pixels (sw apart) and two vector loads of the packed weights; no im2col. Each output is one FMA
+    chain over the taps in (c, i, j) order, then bias and clip: the same bits as ``pointwise.Im2colRunner`` (and
+    ``conv``'s im2col + GEMM with one K panel). y in planes or, with blocks (a ``depthwise.PaddedInput``), straight
+    into a depthwise's padded blocks of 16 channels (M a multiple of 16), as ``PointwiseTRunner``'s. The weights are
+    packed on the first call with a given array and kept (the caller guarantees they do not change in place).
+    ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
+
+    __slots__ = ("blocks", "lo_hi", "out_shape", "packed", "plan", "serial", "toff", "workers")
+
+    def __init__(self, x_shape, w_shape, stride, act=None, blocks: PaddedInput | None = None) -> None:
+        if not conv_applies(x_shape, w_shape, stride) or (blocks is not None and int(w_shape[0]) % 16):
+            raise ValueError(
+                f"pointwise_t: does not apply to the convolution of x {tuple(x_shape)}, w {tuple(w_shape)}"
+            )
+        n, c, hp, wp = (int(v) for v in x_shape)
+        mr, _, kh, kw = (int(v) for v in w_shape)
+        sh, sw = (int(v) for v in stride)
+        m = -(-mr // 16) * 16
+        oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+        k, p = c * kh * kw, oh * ow
+        self.out_shape = (n, mr, oh, ow)
+        self.lo_hi = check_act(act, "pointwise_t")
+        self.workers = threads = numba.get_num_threads()
+        npan = -(-m // 32)
+        ntiles = p // NP
+        nch = max(1, min(-(-ntiles // (2 * ow // NP)), -(-4 * threads // max(1, n * npan))))  # 2+ rows a chunk
+        self.blocks = blocks
+        bplane = 0
+        if blocks is not None:
+            if blocks.geometry[:4] != self.out_shape:
+                raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
+            bplane = blocks.plane
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, ow, sh * wp, sw, c * hp * wp, bplane, mr], np.int64)
+        self.toff = np.array(
+            [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
+        )
+        self.serial = threads == 1
+        self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
+
+    def __call__(self, x, w, bias, y) -> None:
+        packed = self.packed
+        if packed is None or packed[0] is not w or packed[2] is not bias:
+            b = bias if self.plan[2] == self.plan[12] else np.concatenate([bias, np.zeros(-bias.size % 16, np.float32)])
+            packed = self.packed = (w, pack(w.reshape(w.shape[0], -1, 1, 1)), bias, b)
+        lo, hi = self.lo_hi
+        workers = 1 if self.serial else self.workers
+        run = _CT.serial if self.serial else _CT.parallel
+        n, npan, nch = (int(v) for v in self.plan[[0, 4, 5]])
+        blocks = self.blocks
+        yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
+        counters = image_counters(n, workers, npan * nch if n == 1 else 0)
+        run(_CT.address, workers, x.reshape(-1), packed[1], packed[3], yf, self.plan, self.toff, lo, hi, counters, po)
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y

@@ -23,6 +23,9 @@ it recognises more in the layer than the layer type says.
   output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
   depthwise's padded blocks of 16 channels (`kernels.depthwise.PaddedInput`), which the depthwise reads in place with
   its 16-lane tiles: no fill, no transposes either side, and its own handoff then in blocks of 16. Same conditions.
+  A zero-bordered convolution (EfficientNet's stem) hands over the same way, its step keeping the padding and its
+  convolution on `kernels.pointwise_t.ConvTRunner` (STEM_BLOCKS); a depthwise step handed its input so runs on its
+  channel-block path at any plane size (no fill to pay: the 112 x 112 layer after the stem).
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from .layers.base import plain, plan_out
 from .layers.convolution import pointwise_runner
 
 EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
-PROJECT_BLOCKS = (
-    True  # hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 (they move to pointwise_t;
-)
-# EfficientNet-Lite0, 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32
-# 5-8% slower: kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
+STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (pointwise_t.ConvTRunner, the stem)
+# hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 (they move to pointwise_t; EfficientNet-Lite0,
+# 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
+# kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
+PROJECT_BLOCKS = True
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -92,11 +95,20 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
         if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
             return False
         if _zero_border(w):
-            small(pad(x), np.ascontiguousarray(w[:, :, 1:, 1:]), b, out)
+            inner = small_w[1] if small_w[0] is w else None  # the kernel without its zero row and column
+            if inner is None:
+                inner = np.ascontiguousarray(w[:, :, 1:, 1:])
+                if frozen:  # folded weights never change in place: made once per array
+                    small_w[:] = w, inner
+            step.runner(pad(x), inner, b, out)
         else:
             full(x, w, b, out)
         return True
 
+    frozen = layer.fold is not None
+    small_w = [None, None]  # (w, w without its zero border) of folded weights
+    step.runner = small  # hand_over_expand may put a pointwise_t.ConvTRunner here
+    step.conv_geometry = (pad.buf.shape, small_shape, tuple(layer.stride))  # the small convolution's (pad 0)
     return step
 
 
@@ -236,42 +248,65 @@ def _projection_on_blocks(pw_step, pw_layer, x_shape) -> pointwise_t.PointwiseTR
 
 def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
     """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, the
-    1x1 ones that hand over replaced, the depthwise ones after them wrapped: when such a step cannot run (an array
-    changed under the plan) while its input is still in blocks, the blob gets its planes before the layer's own
-    forward reads it."""
+    1x1 ones that hand over replaced (a zero-bordered convolution's step keeps its padding and takes a
+    `pointwise_t.ConvTRunner`), the depthwise ones after them wrapped (and on their channel-block path: handed their
+    input in blocks, they have no fill to pay at any plane size): when such a step cannot run (an array changed under
+    the plan) while its input is still in blocks, the blob gets its planes before the layer's own forward reads it."""
     out = list(steps)
     if not EXPAND_BLOCKS:
         return out
     readers = _readers(steps)
     pairs = []
     for i in range(len(out) - 1):
-        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, _, dw_bottom, _) = out[i], out[i + 1]
+        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, _) = out[i], out[i + 1]
         pw_run, dw_run = getattr(pw_step, "runner", None), getattr(dw_step, "runner", None)
-        if not isinstance(pw_run, (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)):
+        conv = getattr(pw_step, "conv_geometry", None) if isinstance(pw_run, pointwise.Im2colRunner) else None
+        if conv is not None and not STEM_BLOCKS:
             continue
-        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not (dw_run.c8 and dw_run.frozen):
+        if conv is None and not isinstance(pw_run, (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)):
+            continue
+        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not dw_run.frozen:
             continue
         blob = pw_top[0]
         if len(pw_top) != 1 or len(dw_bottom) != 1 or dw_bottom[0] is not blob or readers.get(id(blob)) != 1:
             continue
         if id(blob) in keep or pw_layer.fold is None or len(pw_bottom) != 1:
             continue
-        x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
+        w_shape = pw_layer.forward_params()[0].shape
+        if conv is not None:
+            fits = pointwise_t.conv_applies(*conv) and w_shape[0] % 16 == 0
+        else:
+            fits = pointwise_t.applies(pw_bottom[0].data.shape, w_shape, blocks=True)
+        if fits and not dw_run.c8:
+            dw_w = dw_layer.forward_params()[0]
+            dw_run = depthwise.DepthwiseRunner(
+                blob.data.shape,
+                dw_w.shape,
+                dw_layer.stride,
+                dw_layer.pad,
+                dw_layer.act(),
+                dw_layer.dilation,
+                True,
+                True,
+            )
         size = depthwise.PaddedInput.size(dw_run)
-        if pointwise_t.applies(x_shape, w_shape, blocks=True) and 4 * size <= BLOCKS_MAX_BYTES:
-            pairs.append((i, x_shape, w_shape, size))
+        if fits and 4 * size <= BLOCKS_MAX_BYTES:
+            pairs.append((i, conv, w_shape, size, dw_run))
     if not pairs:
         return out
-    size = max(size for *_, size in pairs)
+    size = max(p[3] for p in pairs)
     raw = np.empty(size + 16, np.float32)
     shared = raw[(-raw.ctypes.data // 4) % 16 :][:size]  # one buffer, 64-byte aligned: each handoff is read right
     # after it is written
-    for i, x_shape, w_shape, _ in pairs:
-        (_, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
-        blocks = depthwise.PaddedInput(dw_step.runner, shared)
-        run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
-        dw_step.runner.padded_in = blocks
-        out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
+    for i, conv, w_shape, _, dw_run in pairs:
+        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
+        dw_step.runner = dw_run  # the same runner, or one on the channel-block path
+        blocks = dw_run.padded_in = depthwise.PaddedInput(dw_run, shared)
+        if conv is not None:  # the zero-bordered step keeps its padding; its convolution writes the blocks
+            pw_step.runner = pointwise_t.ConvTRunner(*conv, pw_layer.act(), blocks)
+        else:
+            run = pointwise_t.PointwiseTRunner(pw_bottom[0].data.shape, w_shape, pw_layer.act(), blocks)
+            out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
         out[i + 1] = (_after_refusal(dw_step, _blocks_back(pw_top[0], blocks)), dw_layer, dw_bottom, dw_top)
     return out
 

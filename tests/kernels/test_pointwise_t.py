@@ -392,3 +392,84 @@ def test_mobilenet_v1_chain_of_handoffs() -> None:
     assert both, "no 1x1 step between two depthwise ones took both handoffs"
     assert sum(isinstance(r, depthwise.DepthwiseRunner) and r.padded_in is not None for r in runners) >= 8
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,m", [(1, 32), (2, 32), (1, 24)])
+def test_conv_t_has_im2col_bits(n, m) -> None:
+    """ConvTRunner (a convolution with pad 0 on the tiles, the taps read from the image itself) against
+    pointwise.Im2colRunner on the same padded image: the same FMA chain per output, the same bits (M = 24: a padded
+    last panel)."""
+    rng = np.random.default_rng(n + m)
+    xs, ws = (n, 3, 225, 225), (m, 3, 3, 3)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(m, dtype=np.float32)
+    assert pointwise_t.conv_applies(xs, ws, (2, 2))
+    ref = pointwise.Im2colRunner(xs, ws, (2, 2), (1, 1), ACT)
+    run = pointwise_t.ConvTRunner(xs, ws, (2, 2), ACT)
+    assert run.out_shape == ref.out_shape == (n, m, 112, 112)
+    want, got = np.empty(ref.out_shape, np.float32), np.full(run.out_shape, np.nan, np.float32)
+    ref(x, w, b, want)
+    run(x, w, b, got)
+    np.testing.assert_array_equal(got, want)
+    assert not pointwise_t.conv_applies((1, 3, 224, 224), ws, (2, 2))  # 111 output columns: not whole 7-pixel tiles
+
+
+def test_conv_t_writes_a_depthwise_blocks() -> None:
+    """ConvTRunner writing a depthwise's padded blocks (depthwise.PaddedInput), the depthwise on its channel-block path
+    reading them in place: the bits of Im2colRunner then the depthwise on planes."""
+    from kernels import depthwise
+
+    rng = np.random.default_rng(5)
+    xs, ws = (1, 3, 225, 225), (32, 3, 3, 3)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(32, dtype=np.float32)
+    wd = rng.standard_normal((32, 1, 3, 3), dtype=np.float32)
+    bd = rng.standard_normal(32, dtype=np.float32)
+    ref = pointwise.Im2colRunner(xs, ws, (2, 2), (1, 1), ACT)
+    planes = np.empty(ref.out_shape, np.float32)
+    ref(x, w, b, planes)
+    dw_planes = depthwise.DepthwiseRunner(ref.out_shape, wd.shape, (1, 1), (1, 1), ACT, frozen=True)
+    want = np.empty(dw_planes.out_shape, np.float32)
+    dw_planes(planes, wd, bd, want)
+    dw = depthwise.DepthwiseRunner(ref.out_shape, wd.shape, (1, 1), (1, 1), ACT, frozen=True, c8=True)
+    assert dw.c8
+    raw = np.empty(depthwise.PaddedInput.size(dw) + 16, np.float32)
+    blocks = dw.padded_in = depthwise.PaddedInput(dw, raw[(-raw.ctypes.data // 4) % 16 :])
+    run = pointwise_t.ConvTRunner(xs, ws, (2, 2), ACT, blocks)
+    y = np.full(ref.out_shape, np.nan, np.float32)  # not written: the blocks are
+    run(x, w, b, y)
+    assert blocks.ready and np.isnan(y).all()
+    got = np.full(dw.out_shape, np.nan, np.float32)
+    dw(y, wd, bd, got)
+    assert not blocks.ready  # the depthwise took them
+    np.testing.assert_array_equal(got, want)
+
+
+def test_net_stem_hands_its_blocks_to_the_first_depthwise() -> None:
+    """EfficientNet-Lite0's stem (a zero-bordered 4 x 4 / 2 convolution, net.plan_steps.zero_border_step) runs on
+    ConvTRunner into block0/dw's blocks, block0/dw on its channel-block path (112 x 112); within 1e-6 of the net
+    without shared activations, also when the stem's weights get a non-zero border (its full kernel then writes
+    planes, which the depthwise fills its blocks from)."""
+    from kernels import depthwise
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    plain = Net.load(files.prototxt, files.weights)
+    net = Net.load(files.prototxt, files.weights)
+    net.share_activations()
+    np.testing.assert_allclose(net.forward(data=x)["prob"], plain.forward(data=x)["prob"], rtol=0, atol=1e-6)
+    runners = {s[1].name: getattr(s[0], "runner", None) for s in net._plan.steps}
+    assert isinstance(runners["stem"], pointwise_t.ConvTRunner)
+    dw = runners["block0/dw"]
+    assert isinstance(dw, depthwise.DepthwiseRunner) and dw.c8 and dw.padded_in is not None
+    for model in (plain, net):  # the same new folded weights in both, with a non-zero border
+        layer = next(la for la in model.layers if la.name == "stem")
+        w, b = layer.forward_params()
+        w = w.copy()
+        w[:, :, 0, :] = 0.01
+        layer.folded = (w, b)
+    np.testing.assert_allclose(net.forward(data=x)["prob"], plain.forward(data=x)["prob"], rtol=0, atol=1e-6)
