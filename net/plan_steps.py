@@ -280,15 +280,9 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
         if fits and not dw_run.c8:
             dw_w = dw_layer.forward_params()[0]
             dw_run = depthwise.DepthwiseRunner(
-                blob.data.shape,
-                dw_w.shape,
-                dw_layer.stride,
-                dw_layer.pad,
-                dw_layer.act(),
-                dw_layer.dilation,
-                True,
-                True,
-            )
+                blob.data.shape, dw_w.shape, dw_layer.stride, dw_layer.pad, dw_layer.act(), dw_layer.dilation,
+                frozen=True, c8=True,
+            )  # fmt: skip
         size = depthwise.PaddedInput.size(dw_run)
         if fits and 4 * size <= BLOCKS_MAX_BYTES:
             pairs.append((i, conv, w_shape, size, dw_run))
