@@ -414,6 +414,14 @@ def pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([w2[o : o + 32].T.reshape(-1) for o in range(0, len(w2), 32)]))
 
 
+def _params(w: np.ndarray, bias: np.ndarray) -> tuple:
+    """(w, its panels, bias, bias padded with zeros to whole panels of 16) for a runner's call: W (M, ...) taken as
+    (M, K) (a convolution's taps in (c, i, j) order)."""
+    m = w.shape[0]
+    padded = bias if m % 16 == 0 else np.concatenate([bias, np.zeros(-m % 16, np.float32)])
+    return w, pack(w.reshape(m, -1, 1, 1)), bias, padded
+
+
 class PointwiseTRunner:
     """The transposed 1x1 forward for fixed shapes (``applies``); see the module docstring. ``runner(x, w, bias, y[,
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
@@ -448,8 +456,7 @@ class PointwiseTRunner:
     def __call__(self, x, w, bias, y, res=None, z=None) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
-            b = bias if self.plan[2] == self.plan[9] else np.concatenate([bias, np.zeros(-bias.size % 16, np.float32)])
-            packed = self.packed = (w, pack(w), bias, b)
+            packed = self.packed = _params(w, bias)
         add = res is not None
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
@@ -493,7 +500,7 @@ class ConvTRunner:
     packed on the first call with a given array and kept (the caller guarantees they do not change in place).
     ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
 
-    __slots__ = ("blocks", "lo_hi", "out_shape", "packed", "plan", "serial", "toff", "workers")
+    __slots__ = ("blocks", "counter_args", "lo_hi", "out_shape", "packed", "plan", "serial", "toff", "workers")
 
     def __init__(self, x_shape, w_shape, stride, act=None, blocks: PaddedInput | None = None) -> None:
         if not conv_applies(x_shape, w_shape, stride) or (blocks is not None and int(w_shape[0]) % 16):
@@ -523,20 +530,19 @@ class ConvTRunner:
             [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
         )
         self.serial = threads == 1
+        self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
 
     def __call__(self, x, w, bias, y) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
-            b = bias if self.plan[2] == self.plan[12] else np.concatenate([bias, np.zeros(-bias.size % 16, np.float32)])
-            packed = self.packed = (w, pack(w.reshape(w.shape[0], -1, 1, 1)), bias, b)
+            packed = self.packed = _params(w, bias)
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
         run = _CT.serial if self.serial else _CT.parallel
-        n, npan, nch = (int(v) for v in self.plan[[0, 4, 5]])
         blocks = self.blocks
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
-        counters = image_counters(n, workers, npan * nch if n == 1 else 0)
+        counters = image_counters(*self.counter_args)
         run(_CT.address, workers, x.reshape(-1), packed[1], packed[3], yf, self.plan, self.toff, lo, hi, counters, po)
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y
