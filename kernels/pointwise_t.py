@@ -284,31 +284,46 @@ _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
-def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pragma: no cover - compiled
-    """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M, P, panels, chunks,
-    W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the block size of a
-    depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes)."""
+# the same tiles on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j (ConvTRunner)
+_ctile2, _ctile1 = _make_conv_tile(2, NP), _make_conv_tile(1, NP)
+_ctile2w, _ctile1w = _make_conv_tile(2, 2 * NP), _make_conv_tile(1, 2 * NP)
+
+
+@numba.njit(cache=True, boundscheck=False, inline="always")
+def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cover - compiled
+    """(image, panel, pixel chunk) of the next task claimed (gemm.claim_near), or (-1, 0, 0) when none is left; with
+    one image chunk-major: a queue is a run of pixel chunks over all panels (see the module docstring)."""
+    u, i = claim_near(counter, sizes)
+    if u < 0:
+        return -1, 0, 0
+    task = u * items // sizes.shape[0] * granule + i
+    if n == 1:
+        return task // (nch * npan), task % npan, (task // npan) % nch
+    return task // (nch * npan), (task // nch) % npan, task % nch
+
+
+def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):  # pragma: no cover - compiled
+    """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M (whole panels of 16), P,
+    panels, chunks, W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the
+    block size of a depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes),
+    the real output channels; for a convolution (ConvTRunner: toff not empty, tap k at toff[k] in the padded image)
+    OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP): a tile's pixels lie
+    in one output row (OW a multiple of NP; two 7-pixel tiles pair only within a row)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
+    conv = toff.shape[0] > 0
+    ow, rowstep, sx, img_in = plan[10], plan[11], plan[12], plan[13]
+    per_row = ow // NP if conv else 1
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
     # image, its tasks in Q runs, chunk-major (each core the same pixels in every layer); image-major tasks
     items, granule = (n, per_image) if n > 1 else (per_image, 1)
     sizes = queue_sizes(counter, items, granule, 1)
-    nq = sizes.shape[0]
     while True:
-        u, i = claim_near(counter, sizes)
-        if u < 0:
+        img, pan, c = _next_task(counter, sizes, items, granule, n, npan, nch)
+        if img < 0:
             break
-        task = u * items // nq * granule + i
-        if n == 1:  # chunk-major: a queue is a run of pixel chunks over all panels (see the module docstring)
-            pan = task % npan
-            c = (task // npan) % nch
-        else:
-            c = task % nch
-            pan = (task // nch) % npan
-        img = task // (nch * npan)
         o0 = pan * 32
         wide = o0 + 32 <= m
         wo = pan * 32 * k
@@ -316,11 +331,33 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
         tt = t0
         while tt < t1:
             p0 = tt * NP
-            xo = img * k * p + p0 * (16 if xblk else 1)
             yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
-            two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
+            if conv:  # the taps read from the image; two 7-pixel tiles of one row as one of 14
+                oh = p0 // ow
+                xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
+                two = tt + 1 < t1 and tt % per_row + 1 < per_row
+                if two and wide:
+                    _ctile2w(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
+                elif two:
+                    _ctile1w(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
+                elif wide:
+                    _ctile2(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
+                else:
+                    _ctile1(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
+                tt += 2 if two else 1
+                continue
+            xo = img * k * p + p0 * (16 if xblk else 1)
+            two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             if two and wide:
                 _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
             elif two:
@@ -332,76 +369,16 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
             tt += 2 if two else 1
 
 
-# the same tiles on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j (ConvTRunner)
-_ctile2, _ctile1 = _make_conv_tile(2, NP), _make_conv_tile(1, NP)
-_ctile2w, _ctile1w = _make_conv_tile(2, 2 * NP), _make_conv_tile(1, 2 * NP)
-
-
-def _ct_worker(t, x, wt, bias, y, plan, toff, lo, hi, counter, po):  # pragma: no cover - compiled
-    """Worker t of ConvTRunner: as _pt_worker over (image, panel, pixel chunk) tasks, on the taps of a convolution
-    with pad 0. plan: n, K (taps), M (whole panels of 16), P (OH*OW), panels, chunks, W_PREFETCH, OW, the input floats
-    between output rows (sh*WP), sw, the input image's floats (C*HP*WP), the block size of a depthwise's padded blocks
-    y goes to (0: y in planes), the real output channels. A tile's pixels lie in one output row (OW a multiple of NP;
-    two 7-pixel tiles pair only within a row)."""
-    n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
-    ow, rowstep, sx, img_in, bplane, mr = plan[7], plan[8], plan[9], plan[10], plan[11], plan[12]
-    ntiles = p // NP
-    per_row = ow // NP
-    per_image = npan * nch
-    items, granule = (n, per_image) if n > 1 else (per_image, 1)
-    sizes = queue_sizes(counter, items, granule, 1)
-    nq = sizes.shape[0]
-    while True:
-        u, i = claim_near(counter, sizes)
-        if u < 0:
-            break
-        task = u * items // nq * granule + i
-        if n == 1:  # chunk-major, as _pt_worker
-            pan = task % npan
-            c = (task // npan) % nch
-        else:
-            c = task % nch
-            pan = (task // nch) % npan
-        img = task // (nch * npan)
-        o0 = pan * 32
-        wide = o0 + 32 <= m
-        wo = pan * 32 * k
-        t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
-        tt = t0
-        while tt < t1:
-            p0 = tt * NP
-            oh = p0 // ow
-            xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
-            yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
-            two = tt + 1 < t1 and tt % per_row + 1 < per_row  # two 7-pixel tiles of one row as one of 14
-            pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
-            if two and wide:
-                _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
-            elif two:
-                _ctile1w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
-            elif wide:
-                _ctile2(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
-            else:
-                _ctile1(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
-            tt += 2 if two else 1
-
-
 _F1, _I1 = types.float32[::1], types.int64[::1]
 _PT = Task(
     _pt_worker,
-    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1, _I1),
+    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1, _I1, _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
 
 
 _NO_OFFSETS = np.empty(0, np.int64)
-_CT = Task(
-    _ct_worker,
-    (_F1, _F1, _F1, _F1, _I1, _I1, types.float64, types.float64, _I1, _I1),
-    opt=1,  # explicit vector tiles, as _PT
-    boundscheck=False,
-)
 
 
 def pack(w: np.ndarray) -> np.ndarray:
@@ -441,7 +418,7 @@ class PointwiseTRunner:
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0, mr], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0, mr, 0, 0, 0, 0], np.int64)
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
         # blocks: the output goes to the depthwise step after in its blocks (y is not written), set by the plan
         self.blocks = blocks
@@ -472,7 +449,7 @@ class PointwiseTRunner:
         blocks = self.blocks
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
         run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, res.reshape(-1), z.reshape(-1),
-            self.plan, lo, hi, add, image_counters(*self.counter_args), po)  # fmt: skip
+            self.plan, lo, hi, add, image_counters(*self.counter_args), po, _NO_OFFSETS)  # fmt: skip
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y
 
@@ -525,7 +502,9 @@ class ConvTRunner:
             if blocks.geometry[:4] != self.out_shape:
                 raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
             bplane = blocks.plane
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, ow, sh * wp, sw, c * hp * wp, bplane, mr], np.int64)
+        self.plan = np.array(
+            [n, k, m, p, npan, nch, W_PREFETCH, 0, bplane, mr, ow, sh * wp, sw, c * hp * wp], np.int64
+        )  # _pt_worker's
         self.toff = np.array(
             [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
         )
@@ -539,10 +518,27 @@ class ConvTRunner:
             packed = self.packed = _params(w, bias)
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
-        run = _CT.serial if self.serial else _CT.parallel
+        run = _PT.serial if self.serial else _PT.parallel
         blocks = self.blocks
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
         counters = image_counters(*self.counter_args)
-        run(_CT.address, workers, x.reshape(-1), packed[1], packed[3], yf, self.plan, self.toff, lo, hi, counters, po)
+        xf = x.reshape(-1)
+        run(
+            _PT.address,
+            workers,
+            xf,
+            packed[1],
+            packed[3],
+            yf,
+            yf,
+            yf,
+            self.plan,
+            lo,
+            hi,
+            False,
+            counters,
+            po,
+            self.toff,
+        )
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y

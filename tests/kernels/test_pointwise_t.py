@@ -100,25 +100,31 @@ def test_applies() -> None:
         PointwiseTRunner((1, 480, 28, 28), (80, 480, 1, 1))
 
 
-def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
-    """EfficientNet-Lite0's projections from 14 x 14 on and its head (BatchNorm folded: frozen weights) run on it;
-    its softmax stays within 1e-5 of the same net on pointwise alone."""
+def _lite0_with(module, name: str, value, seed: int):
+    """(net, softmax): EfficientNet-Lite0 with shared activations, planned and run once on a random image while
+    module.name is value (restored after)."""
     from net import Net
     from net.zoo import efficientnet_lite0
 
     files = efficientnet_lite0(say=lambda _m: None)
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        net = Net.load(files.prototxt, files.weights)
+        net.share_activations()
+        return net, net.forward(data=x)["prob"].copy()
+    finally:
+        setattr(module, name, saved)
+
+
+def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
+    """EfficientNet-Lite0's projections from 14 x 14 on and its head (BatchNorm folded: frozen weights) run on it;
+    its softmax stays within 1e-5 of the same net on pointwise alone."""
     outs = {}
     for enabled in (False, True):
-        saved = pointwise_t.ENABLED
-        pointwise_t.ENABLED = enabled
-        try:
-            net = Net.load(files.prototxt, files.weights)
-            net.share_activations()
-            outs[enabled] = net.forward(data=x)["prob"]
-            used = sum(isinstance(getattr(s[0], "runner", None), PointwiseTRunner) for s in net._plan.steps)
-        finally:
-            pointwise_t.ENABLED = saved
+        net, outs[enabled] = _lite0_with(pointwise_t, "ENABLED", enabled, seed=0)
+        used = sum(isinstance(getattr(s[0], "runner", None), PointwiseTRunner) for s in net._plan.steps)
         assert (used > 0) == enabled
     np.testing.assert_allclose(outs[True], outs[False], rtol=0, atol=1e-5)
     assert pointwise.PointwiseRunner  # the other path stays importable
@@ -203,21 +209,11 @@ def test_net_projections_on_large_planes_take_blocks() -> None:
     """EfficientNet-Lite0's projections after a depthwise step on the channel-block path (56 x 56 and 28 x 28, M = 24
     and 40) move to pointwise_t and read the depthwise's blocks (net.plan_steps.PROJECT_BLOCKS): the same bits."""
     from kernels import depthwise
-    from net import Net, plan_steps
-    from net.zoo import efficientnet_lite0
+    from net import plan_steps
 
-    files = efficientnet_lite0(say=lambda _m: None)
-    x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
     outs, moved = {}, {}
     for on in (False, True):
-        saved = plan_steps.PROJECT_BLOCKS
-        plan_steps.PROJECT_BLOCKS = on
-        try:
-            net = Net.load(files.prototxt, files.weights)
-            net.share_activations()
-            outs[on] = net.forward(data=x)["prob"].copy()
-        finally:
-            plan_steps.PROJECT_BLOCKS = saved
+        net, outs[on] = _lite0_with(plan_steps, "PROJECT_BLOCKS", on, seed=2)
         steps = net._plan.steps
         moved[on] = [
             steps[i + 1][1].name
