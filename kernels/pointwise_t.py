@@ -68,8 +68,8 @@ once; ``Net.refold`` makes new arrays, which the runner packs again).
 Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
 w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z])`` like
 ``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual);
-``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks=None)``,
-called as ``runner(x, w, bias, y)``.
+``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks)``,
+called as ``runner(x, w, bias, y)`` (y not written).
 """
 
 from __future__ import annotations
@@ -208,44 +208,45 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
 
         bplane = as64(builder, args[18])
         m_real = as64(builder, args[20])  # output channels (a last panel of M % 16 != 0 is padded with zeros)
-        with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
-            with blocks_out:  # a depthwise's blocks of 16 channels (depthwise.PaddedInput): channels 16b.. of
-                # pixel j at y[yo + b*bplane + po[pb + j]], one aligned store, no transpose
-                po_d, pb = data(17), as64(builder, args[19])
-                b0 = builder.lshr(o0, c(4))
-                for j in range(npx):
-                    pj = builder.load(builder.gep(po_d, [builder.add(pb, c(j))]))
-                    for v in range(nv):
-                        at = builder.add(builder.mul(builder.add(b0, c(v)), bplane), pj)
-                        ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
-                        builder.store(done[j * nv + v], ptr, align=64)
-            with planes_out:
 
-                def planes(checked: bool) -> None:  # checked: a panel with padding channels, which are not stored
-                    groups = [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]
-                    for v, g, half in groups:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row 0)
-                        rows = [half_of(done[j * nv + v], half) for j in range(g * NP, g * NP + NP)]
-                        rows.append(zero8)
-                        cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..6
-                        for lane, r in enumerate(cols):
-                            oc = builder.add(o0, c(16 * v + 8 * half + lane))
-                            off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
-                            real = builder.icmp_signed("<", oc, m_real) if checked else ir.Constant(ir.IntType(1), 1)
-                            with builder.if_then(real):
-                                yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
-                                builder.call(mstore, [r, yptr, ir.Constant(i32, 4), mask])
-                                with builder.if_then(add):
-                                    rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
-                                    rv = builder.call(mload, [rptr, ir.Constant(i32, 4), mask, zero8])
-                                    zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
-                                    builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), mask])
+        def blocks() -> None:  # a depthwise's blocks of 16 channels (depthwise.PaddedInput): channels 16b.. of pixel j
+            # at y[yo + b*bplane + po[pb + j]], one aligned store, no transpose
+            po_d, pb = data(17), as64(builder, args[19])
+            b0 = builder.lshr(o0, c(4))
+            for j in range(npx):
+                pj = builder.load(builder.gep(po_d, [builder.add(pb, c(j))]))
+                for v in range(nv):
+                    at = builder.add(builder.mul(builder.add(b0, c(v)), bplane), pj)
+                    ptr = builder.bitcast(builder.gep(yd, [builder.add(yo, at)]), vptr)
+                    builder.store(done[j * nv + v], ptr, align=64)
 
-                whole = builder.icmp_signed("<=", builder.add(o0, c(16 * nv)), m_real)
-                with builder.if_else(whole) as (all_real, padded):
-                    with all_real:
-                        planes(False)
-                    with padded:
-                        planes(True)
+        def planes() -> None:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
+            none = ir.Constant(mask.type, [0] * 8)
+            for v, g, half in [(v, g, half) for v in range(nv) for g in range(npx // NP) for half in range(2)]:
+                rows = [half_of(done[j * nv + v], half) for j in range(g * NP, g * NP + NP)]
+                rows.append(zero8)
+                cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8half + l, pixels 0..6
+                for lane, r in enumerate(cols):
+                    oc = builder.add(o0, c(16 * v + 8 * half + lane))
+                    off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))
+                    # a last panel's padding channels (oc >= M) are not stored: an all-false mask
+                    lanes = builder.select(builder.icmp_signed("<", oc, m_real), mask, none)
+                    yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
+                    builder.call(mstore, [r, yptr, ir.Constant(i32, 4), lanes])
+                    with builder.if_then(add):
+                        rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
+                        rv = builder.call(mload, [rptr, ir.Constant(i32, 4), lanes, zero8])
+                        zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
+                        builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), lanes])
+
+        if conv:  # ConvTRunner writes a depthwise's blocks only
+            blocks()
+        else:
+            with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
+                with blocks_out:
+                    blocks()
+                with planes_out:
+                    planes()
         return context.get_dummy_value()
 
     return codegen
@@ -284,9 +285,9 @@ _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
-# the same tiles on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j (ConvTRunner)
-_ctile2, _ctile1 = _make_conv_tile(2, NP), _make_conv_tile(1, NP)
-_ctile2w, _ctile1w = _make_conv_tile(2, 2 * NP), _make_conv_tile(1, 2 * NP)
+# the 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
+# depthwise's blocks (ConvTRunner; one tile shape: less to compile)
+_ctile2w = _make_conv_tile(2, 2 * NP)
 
 
 @numba.njit(cache=True, boundscheck=False, inline="always")
@@ -313,7 +314,6 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
     conv = toff.shape[0] > 0
     ow, rowstep, sx, img_in = plan[10], plan[11], plan[12], plan[13]
-    per_row = ow // NP if conv else 1
     ntiles = p // NP
     per_image = npan * nch
     # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
@@ -328,33 +328,20 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
         wide = o0 + 32 <= m
         wo = pan * 32 * k
         t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
+        if conv:  # chunks of whole output rows (a conv tile is 14 pixels of one row)
+            per_row = ow // NP
+            t0, t1 = c * (ntiles // per_row) // nch * per_row, (c + 1) * (ntiles // per_row) // nch * per_row
         tt = t0
         while tt < t1:
             p0 = tt * NP
             yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
-            if conv:  # the taps read from the image; two 7-pixel tiles of one row as one of 14
+            if conv:  # the taps read from the image: 14 pixels of one row x 32 channels (conv_applies)
                 oh = p0 // ow
                 xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
-                two = tt + 1 < t1 and tt % per_row + 1 < per_row
-                if two and wide:
-                    _ctile2w(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                elif two:
-                    _ctile1w(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                elif wide:
-                    _ctile2(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                else:
-                    _ctile1(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                tt += 2 if two else 1
+                _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+                tt += 2
                 continue
             xo = img * k * p + p0 * (16 if xblk else 1)
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
@@ -455,15 +442,16 @@ class PointwiseTRunner:
 
 
 def conv_applies(x_shape, w_shape, stride) -> bool:
-    """A group-1 convolution with pad 0 and dilation 1 that ConvTRunner runs: AVX-512, OW a multiple of NP."""
+    """A group-1 convolution with pad 0 and dilation 1 that ConvTRunner runs: AVX-512, M a multiple of 32, OW a
+    multiple of 14 (whole tiles of 14 pixels of a row x 32 channels)."""
     if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4:
         return False
     n, c, hp, wp = (int(v) for v in x_shape)
     m, cw, kh, kw = (int(v) for v in w_shape)
     sh, sw = (int(v) for v in stride)
-    if n <= 0 or cw != c or m <= 0 or min(sh, sw) < 1 or not (1 <= kh <= hp and 1 <= kw <= wp):
+    if n <= 0 or cw != c or m <= 0 or m % 32 or min(sh, sw) < 1 or not (1 <= kh <= hp and 1 <= kw <= wp):
         return False
-    return ((wp - kw) // sw + 1) % NP == 0
+    return ((wp - kw) // sw + 1) % (2 * NP) == 0
 
 
 class ConvTRunner:
@@ -472,15 +460,15 @@ class ConvTRunner:
     blocks) on this module's tiles: 14 output pixels of a row x 32 output channels, per tap (c, i, j) 14 broadcasts
     of the image's pixels (sw apart) and two vector loads of the packed weights; no im2col. Each output is one FMA
     chain over the taps in (c, i, j) order, then bias and clip: the same bits as ``pointwise.Im2colRunner`` (and
-    ``conv``'s im2col + GEMM with one K panel). y in planes or, with blocks (a ``depthwise.PaddedInput``), straight
-    into a depthwise's padded blocks of 16 channels (M a multiple of 16), as ``PointwiseTRunner``'s. The weights are
-    packed on the first call with a given array and kept (the caller guarantees they do not change in place).
-    ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
+    ``conv``'s im2col + GEMM with one K panel). The output goes straight into a depthwise's padded blocks of 16
+    channels (``blocks``, a ``depthwise.PaddedInput``), as ``PointwiseTRunner``'s with blocks: y is not written (the
+    tile has no planes epilogue, so there is less to compile). The weights are packed on the first call with a given
+    array and kept (the caller guarantees they do not change in place). ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
 
     __slots__ = ("blocks", "counter_args", "lo_hi", "out_shape", "packed", "plan", "serial", "toff", "workers")
 
-    def __init__(self, x_shape, w_shape, stride, act=None, blocks: PaddedInput | None = None) -> None:
-        if not conv_applies(x_shape, w_shape, stride) or (blocks is not None and int(w_shape[0]) % 16):
+    def __init__(self, x_shape, w_shape, stride, act, blocks: PaddedInput) -> None:
+        if not conv_applies(x_shape, w_shape, stride):
             raise ValueError(
                 f"pointwise_t: does not apply to the convolution of x {tuple(x_shape)}, w {tuple(w_shape)}"
             )
@@ -497,13 +485,10 @@ class ConvTRunner:
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // (2 * ow // NP)), -(-4 * threads // max(1, n * npan))))  # 2+ rows a chunk
         self.blocks = blocks
-        bplane = 0
-        if blocks is not None:
-            if blocks.geometry[:4] != self.out_shape:
-                raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
-            bplane = blocks.plane
+        if blocks.geometry[:4] != self.out_shape:
+            raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
         self.plan = np.array(
-            [n, k, m, p, npan, nch, W_PREFETCH, 0, bplane, mr, ow, sh * wp, sw, c * hp * wp], np.int64
+            [n, k, m, p, npan, nch, W_PREFETCH, 0, blocks.plane, mr, ow, sh * wp, sw, c * hp * wp], np.int64
         )  # _pt_worker's
         self.toff = np.array(
             [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
@@ -519,26 +504,8 @@ class ConvTRunner:
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
         run = _PT.serial if self.serial else _PT.parallel
-        blocks = self.blocks
-        yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
-        counters = image_counters(*self.counter_args)
-        xf = x.reshape(-1)
-        run(
-            _PT.address,
-            workers,
-            xf,
-            packed[1],
-            packed[3],
-            yf,
-            yf,
-            yf,
-            self.plan,
-            lo,
-            hi,
-            False,
-            counters,
-            po,
-            self.toff,
-        )
-        if blocks is not None:
-            blocks.ready = True  # the depthwise step after reads its blocks, not y
+        blocks, counters = self.blocks, image_counters(*self.counter_args)
+        buf = blocks.buf  # y is not written
+        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], buf, buf, buf, self.plan, lo, hi, False,
+            counters, blocks.poff, self.toff)  # fmt: skip
+        blocks.ready = True  # the depthwise step after reads its blocks, not y
