@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Verbs that run crema's kernels on this process's main thread: each takes --threads.
-COMPUTE_VERBS = ("classify", "time", "inspect", "visualize", "train", "test", "index")
+COMPUTE_VERBS = ("classify", "time", "inspect", "visualize", "train", "test", "index", "warm")
 
 
 def set_threads(threads: int | None) -> None:

@@ -490,7 +490,8 @@ def add_commands(sub) -> None:
         "warm",
         help="compile a model's kernels into Numba's cache ahead of time, in parallel (default: the serve model)",
         description="Compile, one process per core, the kernels a forward of the model (and with --solver, the first "
-        "training iteration) needs, into Numba's on-disk cache; later `crema serve` / `crema train` load them.",
+        "training iteration) needs, into Numba's on-disk cache; later `crema serve` / `crema train` load them. The "
+        "kernels depend on the thread count: give the --threads the model will run with (default: all cores).",
     )
     p.add_argument("--model", help="a model name or a deploy .prototxt (default: the default model; with --solver only "
                    "the solver's net unless given)")  # fmt: skip
