@@ -551,10 +551,9 @@ def _c8_worker(t, xf, wf, bias, y, n_img, c, h, wd, ph, pw, wp, npix, toff_all, 
     (L = LANES), 32-byte aligned. toff_all[t] = (i*dh*WP + j*dw)*L for tap t = i*kw + j; xoff[p] = (oh*sh*WP +
     ow*sw)*L for output pixel p = oh*OW + ow, padded to a multiple of 8 entries. ntaps of size nblk: every block's
     tap table made already (``_c8_tables``: row b of wt_tab, toff_tab, b8_tab, ntaps[b] taps); of size 0: made here
-    per block. pin
-    not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at pin[(n*B + b)*plane:],
-    the buffers' layout), read there after zeroing their borders; no fill. Blocks of LANES channels, 8 or 16 (the
-    offsets count floats: pixels of LANES)."""
+    per block. pin not empty: the blocks as the step before wrote them (``PaddedInput``: block b of image n at
+    pin[(n*B + b)*plane:], the buffers' layout), read there after zeroing their borders; no fill. Blocks of LANES
+    channels, 8 or 16 (the offsets count floats: pixels of LANES)."""
     khw = toff_all.shape[0]
     lanes = LANES
     nblk = (c + lanes - 1) // lanes

@@ -91,7 +91,6 @@ MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~1
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
 MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwise in its blocks (no transposes)
-MIN_K_XBLK = 16  # input channels at least where x comes in a depthwise's blocks (the projections on large planes)
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
@@ -101,8 +100,8 @@ assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where
 def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P;
     blocks (the output written in a depthwise's blocks, ``depthwise.PaddedInput``): K >= MIN_K_BLOCKS, any H*W; xblk
-    (x handed over in blocks by a depthwise step, ``depthwise.Handoff``, the output in planes): K >= MIN_K_XBLK and a
-    multiple of 16, any H*W and M (a last panel padded with zero weights, its padding channels not stored)."""
+    (x handed over in blocks by a depthwise step, ``depthwise.Handoff``, the output in planes): K a multiple of 16, any
+    H*W and M (a last panel padded with zero weights, its padding channels not stored)."""
     if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4 or tuple(w_shape[2:]) != (1, 1):
         return False
     n, k, h, wd = (int(v) for v in x_shape)
@@ -110,7 +109,7 @@ def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     if blocks:
         fits = k >= MIN_K_BLOCKS and m % 16 == 0
     elif xblk:
-        fits = k >= MIN_K_XBLK and k % LANES == 0
+        fits = k % LANES == 0
     else:
         fits = k >= MIN_K and p <= MAX_P and m % 16 == 0
     return fits and n > 0 and int(w_shape[1]) == k and m > 0 and p > 0 and p % NP == 0
@@ -144,8 +143,8 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
             joff = [builder.mul(c(j), sx) for j in range(npx)]
 
         def k_loop(lanes: int) -> None:
-            # x[k, p0 + j] at xo + k*p + j (planes, lanes 0), or at xo + (k // L)*Lp + k % L + Lj (L = lanes = 8 or
-            # 16 channels interleaved per pixel, a depthwise Handoff: the L channels of a pixel on one line); a
+            # x[k, p0 + j] at xo + k*p + j (planes, lanes 0), or at xo + (k // L)*Lp + k % L + Lj (L = lanes = 16
+            # channels interleaved per pixel, a depthwise Handoff: the L channels of a pixel on one line); a
             # convolution's tap k = (c, i, j) at xo + toff[k] + j*sx (conv: the padded image itself, no im2col)
             with cgutils.for_range(builder, k) as loop:
                 kk = loop.index
@@ -262,20 +261,6 @@ def _make_tile(nv: int, npx: int):
     return tile
 
 
-def _make_conv_tile(nv: int, npx: int):
-    @intrinsic
-    def tile(
-        typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
-    ):
-        flat_f32(x, wt, y, bias, res, z)
-        sig = types.void(
-            x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
-        )
-        return sig, _tile_codegen(nv, npx, conv=True)
-
-    return tile
-
-
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
 # x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
 # the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; bplane != 0:
@@ -285,9 +270,16 @@ _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
 
-# the 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
-# depthwise's blocks (ConvTRunner; one tile shape: less to compile)
-_ctile2w = _make_conv_tile(2, 2 * NP)
+@intrinsic
+def _ctile2w(
+    typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+):
+    """The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y
+    in a depthwise's blocks (ConvTRunner; one tile shape, blocks out only: less to compile). The arguments as the 1x1
+    tiles' (res, z, add and xblk unread), then toff and sx."""
+    flat_f32(x, wt, y, bias, res, z)
+    sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx)
+    return sig, _tile_codegen(2, 2 * NP, conv=True)
 
 
 @numba.njit(cache=True, boundscheck=False, inline="always")
@@ -308,8 +300,8 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
     panels, chunks, W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the
     block size of a depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes),
     the real output channels; for a convolution (ConvTRunner: toff not empty, tap k at toff[k] in the padded image)
-    OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP): a tile's pixels lie
-    in one output row (OW a multiple of NP; two 7-pixel tiles pair only within a row)."""
+    OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP): a task's chunk is
+    whole output rows, each row tiles of 14 pixels (OW a multiple of 14, conv_applies)."""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
     conv = toff.shape[0] > 0
@@ -475,7 +467,7 @@ class ConvTRunner:
         n, c, hp, wp = (int(v) for v in x_shape)
         mr, _, kh, kw = (int(v) for v in w_shape)
         sh, sw = (int(v) for v in stride)
-        m = -(-mr // 16) * 16
+        m = mr  # whole panels of 32 (conv_applies)
         oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
         k, p = c * kh * kw, oh * ow
         self.out_shape = (n, mr, oh, ow)

@@ -274,15 +274,11 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
             continue
         w_shape = pw_layer.forward_params()[0].shape
         if conv is not None:
-            fits = pointwise_t.conv_applies(*conv) and w_shape[0] % 16 == 0
+            fits = pointwise_t.conv_applies(*conv)
         else:
             fits = pointwise_t.applies(pw_bottom[0].data.shape, w_shape, blocks=True)
-        if fits and not dw_run.c8:
-            dw_w = dw_layer.forward_params()[0]
-            dw_run = depthwise.DepthwiseRunner(
-                blob.data.shape, dw_w.shape, dw_layer.stride, dw_layer.pad, dw_layer.act(), dw_layer.dilation,
-                frozen=True, c8=True,
-            )  # fmt: skip
+        if fits and not dw_run.c8:  # handed its input in blocks, no fill to pay at any plane size
+            dw_run = dw_layer.depthwise_runner(blob.data.shape, c8=True)
         size = depthwise.PaddedInput.size(dw_run)
         if fits and 4 * size <= BLOCKS_MAX_BYTES:
             pairs.append((i, conv, w_shape, size, dw_run))

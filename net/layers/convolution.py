@@ -162,8 +162,7 @@ class ConvolutionLayer(Layer):
             return None
         act = self.act()
         if depthwise.depthwise_applies(x_shape, w_shape, self.group, self.dilation):
-            frozen = self.fold is not None  # folded parameters: made once, never changed in place (forward_params)
-            run = depthwise.DepthwiseRunner(x_shape, w_shape, self.stride, self.pad, act, self.dilation, frozen)
+            run = self.depthwise_runner(x_shape)
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise_runner(self, x_shape, w_shape, act)
         elif self.uses_winograd(x_shape, w_shape):
@@ -175,6 +174,14 @@ class ConvolutionLayer(Layer):
                 x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu, **capped
             )
         return self.plan_step(bottom, top, run)
+
+    def depthwise_runner(self, x_shape, c8: bool = False) -> depthwise.DepthwiseRunner:
+        """This depthwise layer's runner for inputs of x_shape (c8: on the channel-block path at any plane size)."""
+        w_shape = self.forward_params()[0].shape
+        frozen = self.fold is not None  # folded parameters: made once, never changed in place (forward_params)
+        return depthwise.DepthwiseRunner(
+            x_shape, w_shape, self.stride, self.pad, self.act(), self.dilation, frozen=frozen, c8=c8
+        )
 
     def act(self) -> tuple[float, float] | None:
         """The clip fused into the epilogue, (lo, hi), or None."""
