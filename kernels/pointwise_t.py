@@ -93,6 +93,8 @@ MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at 
 MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwise in its blocks (no transposes)
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
+P_PREFETCH = 4  # x in planes: a tile prefetches row k + P_PREFETCH (its first and last pixel) at row k (0: none)
+X_PREFETCH = 2  # x in blocks: a tile prefetches the lines of the block this many blocks ahead (0: none)
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
 assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where this kernel runs"
 
@@ -156,7 +158,22 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
                     xb = builder.add(xb, builder.and_(kk, c(lanes - 1)))
                 else:
                     xb = builder.add(xo, builder.mul(kk, p))
+                    if not conv:  # planes: row k + ahead's first and last pixel of the tile (xblk = -ahead)
+                        ahead = builder.neg(as64(builder, args[16]))
+                        with builder.if_then(builder.icmp_signed(">", ahead, c(0))):
+                            base = builder.add(xb, builder.mul(ahead, p))
+                            for j in (0, npx - 1):
+                                ptr = builder.bitcast(builder.gep(xd, [builder.add(base, c(j))]), i8p)
+                                builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 wb = builder.add(wo, builder.mul(kk, c(16 * nv)))
+                if lanes and not conv:  # blocks: at a block's first k, its pixels' lines xpf blocks ahead, into L1
+                    ahead = builder.sub(as64(builder, args[16]), c(1))
+                    first = builder.icmp_unsigned("==", builder.and_(kk, c(lanes - 1)), c(0))
+                    with builder.if_then(builder.and_(first, builder.icmp_signed(">", ahead, c(0)))):
+                        base = builder.add(xb, builder.mul(ahead, builder.mul(p, c(lanes))))
+                        for j in range(npx):
+                            ptr = builder.bitcast(builder.gep(xd, [builder.add(base, c(lanes * j))]), i8p)
+                            builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 with builder.if_then(builder.icmp_unsigned("!=", pw, c(0))):  # the next panel's row k, into L2
                     for line in range(nv):
                         nxt = builder.add(pw, builder.add(builder.mul(kk, c(32)), c(16 * line)))
@@ -176,7 +193,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
         if conv:
             k_loop(0)
         else:
-            with builder.if_else(builder.icmp_unsigned("!=", as64(builder, args[16]), c(0))) as (blocks, planes):
+            with builder.if_else(builder.icmp_signed(">", as64(builder, args[16]), c(0))) as (blocks, planes):
                 with blocks:
                     k_loop(16)
                 with planes:
@@ -335,7 +352,7 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
                 _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
                 tt += 2
                 continue
-            xo = img * k * p + p0 * (16 if xblk else 1)
+            xo = img * k * p + p0 * (16 if xblk > 0 else 1)
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             if two and wide:
                 _ptile2w(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, p0, mr)
@@ -383,7 +400,7 @@ class PointwiseTRunner:
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
     kept (the caller guarantees they do not change in place)."""
 
-    __slots__ = ("blocks", "counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers")
+    __slots__ = ("blocks", "counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers", "xpf")
 
     def __init__(self, x_shape, w_shape, act=None, blocks: PaddedInput | None = None, xblk: bool = False) -> None:
         if not applies(x_shape, w_shape, blocks is not None, xblk):
@@ -397,7 +414,8 @@ class PointwiseTRunner:
         npan = -(-m // 32)
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
-        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, 0, 0, mr, 0, 0, 0, 0], np.int64)
+        self.plan = np.array([n, k, m, p, npan, nch, W_PREFETCH, -P_PREFETCH, 0, mr, 0, 0, 0, 0], np.int64)
+        self.xpf = (1 + X_PREFETCH, -P_PREFETCH)  # plan[7] for x in blocks / planes
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
         # blocks: the output goes to the depthwise step after in its blocks (y is not written), set by the plan
         self.blocks = blocks
@@ -420,7 +438,7 @@ class PointwiseTRunner:
             res = z = y  # unread
         handoff = self.handoff
         if handoff is not None:  # x as the depthwise step before wrote it this time
-            self.plan[7] = handoff.interleaved != 0  # in blocks of 16 channels
+            self.plan[7] = self.xpf[0] if handoff.interleaved != 0 else self.xpf[1]  # in blocks of 16 channels
             handoff.interleaved = 0
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
