@@ -90,6 +90,11 @@ def recording() -> Iterator[list]:
         _recorder, _owner = saved
 
 
+def recording_active() -> bool:
+    """Whether some thread is inside `recording()` (net.replay records nothing meanwhile)."""
+    return _recorder is not None
+
+
 @contextlib.contextmanager
 def llvm_opt(level: int | None) -> Iterator[None]:
     """Numba's LLVM optimisation level (NUMBA_OPT, 3 unless set) at most `level` for the compiles inside (Numba reads
@@ -231,6 +236,9 @@ def _driver(template, name: str, calls: dict):
     return dispatcher
 
 
+ALL: list = []  # every Task made (module-level constants): kernels.program's recorder wraps their drivers
+
+
 class Task:
     """A worker body ``body(t, *args)`` compiled once as a C callback and run by `parallel` / `serial` drivers (see
     the module docstring). `arg_types`: the Numba types of ``args`` (t is int64); `opt`: the LLVM optimisation level
@@ -260,6 +268,7 @@ class Task:
         self.serial = _driver(_serial_driver, f"{stem}_serial", calls)
         self.parallel.crema_task = (self, "parallel")  # how net.warm hands a driver to a worker process
         self.serial.crema_task = (self, "serial")
+        ALL.append(self)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels import taskpool, tasks
 
-from . import arena
+from . import arena, replay
 from .blob import Blob
 from .contention import threads_for
 from .device import (
@@ -520,14 +520,20 @@ class Net:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
                 plan = self._plan_for(threads)
+                # Net.forward, once the plan is steady: its steps' task calls replayed natively (net.replay)
+                replayable = pool and adapt and timings is None and replay.ENABLED
                 if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
                     deciding = tasks.use_pool(True) and plan.pool is None  # its first forward on the pool decides
                     before = taskpool.omp_loops() if deciding else 0
+                    if replayable and not deciding and replay.forward(self, plan):
+                        return
                     self._run_plan(plan, timings)
                     if deciding:
                         plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
                 else:
                     tasks.use_pool(False)
+                    if replayable and replay.forward(self, plan):
+                        return
                     self._run_plan(plan, timings)
             finally:
                 if threads != requested:
@@ -809,11 +815,13 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "pool", "steps", "threads")
+    __slots__ = ("after", "pool", "replay", "runs", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
         self.pool: bool | None = None  # inference on kernels.taskpool: None until its first forward there decides
+        self.replay = None  # net.replay: None until recorded, False where it does not apply, else a Replay
+        self.runs = 0  # forwards before the replay is recorded
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)

@@ -107,6 +107,7 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
 
     frozen = layer.fold is not None
     small_w = [None, None]  # (w, w without its zero border) of folded weights
+    step.replay = frozen  # net.replay: the border is checked every call unless the weights never change
     step.runner = small  # hand_over_expand may put a pointwise_t.ConvTRunner here
     step.conv_geometry = (pad.buf.shape, small_shape, tuple(layer.stride))  # the small convolution's (pad 0)
     return step
@@ -188,13 +189,14 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
 
     step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
 
-    def sum_step() -> bool:
+    def sum_step() -> bool:  # sum_step.done_by: nothing to do after that step (net.replay leaves it out)
         if done[0]:
             done[0] = False
             elt_layer.xs, elt_layer.mask = [bb.data for bb in elt_bottom], None  # as its forward keeps them
             return True
         return elt_step() if elt_step is not None else False
 
+    sum_step.done_by = step
     return step, sum_step
 
 
@@ -311,6 +313,7 @@ def _after_refusal(step, restore):
         return False
 
     wrapped.runner = step.runner
+    wrapped.inner = step  # what net.replay compares a fused sum's `done_by` with
     return wrapped
 
 

@@ -1,0 +1,317 @@
+"""A plan's steady forward replayed natively: its steps' task calls recorded once, then run without Python in between.
+
+Every step of a CPU plan (``net.net._Plan``) checks its arrays, picks its buffers and calls one or two task drivers
+(``kernels.tasks``). Once the plan is steady (the same shapes, arrays and thread count from forward to forward) the
+steps make the same calls with the same arguments every time, so a forward's Python work between the kernels (~0.35
+ms of EfficientNet-Lite0's 4.4 ms at batch 1 on 2 threads: 51 driver calls, each a dispatch, a record and a launch,
+and the steps' own checks) can be done once:
+
+1. Record (the plan's RECORD_AT-th forward through ``Net.forward``): the forward runs as usual with every task's
+   drivers wrapped (this thread's calls only): each call's task, kind, thread count, body address and arguments, by
+   step, and the integer arrays the call changed (claim counters) with their contents before it.
+2. Build: runs of steps that made calls become one ``kernels.program.Program`` each (the counters restored before
+   each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps; a run
+   ends where an observer is notified (``Net.observe``).
+3. Check, before the replay is used: on the plan's input flipped along its last axis and then on the input itself,
+   every activation is filled with NaN and the forward run once as Python steps and once replayed; every blob must
+   hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
+   changes from call to call) shows there, and the plan keeps its Python steps.
+4. Replay: while every blob, parameter and folded weight array is the object it was at recording (``Replay.valid``:
+   identity checks, ~10 us), a forward is the programs and the Python steps in order. Otherwise the plan goes back to
+   its Python steps and records again once steady.
+
+Training never replays (its forwards run through ``Net.forward_loss``, not here), nor does a forward that is timed
+per step. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked at step 3 and in
+tests/net/test_replay.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from kernels import program, taskpool, tasks
+
+ENABLED = os.environ.get("CREMA_REPLAY", "1") != "0"
+RECORD_AT = 3  # a plan's forwards before it is recorded (the first on the pool decides its launcher: Net._run)
+
+
+class _Recorder:
+    """Collects this thread's task calls into `calls` (a list, or None: not collecting)."""
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.calls: list | None = None
+        self.unrecordable = False
+
+    def wrap(self, task, kind: str, real):
+        def driver(address, workers, *args, **kwargs):
+            if self.calls is None or threading.get_ident() != self.owner:
+                return real(address, workers, *args, **kwargs)
+            if kwargs:
+                self.unrecordable = True
+                return real(address, workers, *args, **kwargs)
+            ints = [(a, a.copy()) for a in args if isinstance(a, np.ndarray) and a.dtype.kind != "f"]
+            out = real(address, workers, *args)
+            changed = [(a, before) for a, before in ints if not np.array_equal(a, before)]
+            self.calls.append((task, kind, int(workers), int(address), args, changed))
+            return out
+
+        return driver
+
+
+@contextlib.contextmanager
+def _recording() -> Iterator[_Recorder]:
+    rec = _Recorder()
+    saved = [(t, t.parallel, t.serial) for t in list(tasks.ALL)]
+    for t, par, ser in saved:
+        t.parallel, t.serial = rec.wrap(t, "parallel", par), rec.wrap(t, "serial", ser)
+    try:
+        yield rec
+    finally:
+        for t, par, ser in saved:
+            t.parallel, t.serial = par, ser
+
+
+class Replay:
+    """Segments over a plan's steps: (first, last, Program) run natively, or (i, i, None) step i in Python."""
+
+    __slots__ = ("guards", "segments")
+
+    def __init__(self, segments: list, guards: tuple) -> None:
+        self.segments = segments
+        self.guards = guards
+
+    def valid(self) -> bool:
+        for obj, attr, value in self.guards:
+            if getattr(obj, attr) is not value:
+                return False
+        return True
+
+    def run(self, net, plan, notify: bool = True) -> bool:
+        """One forward; False when a Python step refused (an array changed under the plan: the rest then ran as the
+        layers' own forwards, and the plans are dropped)."""
+        after = plan.after if notify else {}
+        steps = plan.steps
+        for first, last, prog in self.segments:
+            if prog is not None:
+                prog.run()
+            else:
+                step, layer, bottom, top = steps[first]
+                if step is None:
+                    layer.forward(bottom, top)
+                elif not step():
+                    layer.forward(bottom, top)
+                    for s in range(first + 1, len(steps)):
+                        _, layer, bottom, top = steps[s]
+                        layer.forward(bottom, top)
+                        if s in after:
+                            net._notify(after[s])
+                    net._drop_plans()
+                    return False
+            if last in after:
+                net._notify(after[last])
+        return True
+
+
+def _guards(net, plan) -> tuple:
+    """(object, attribute, value) for every array a step may have been built on: blobs, parameters, folded weights."""
+    seen, out = set(), []
+
+    def add(obj, attr):
+        key = (id(obj), attr)
+        if key not in seen:
+            seen.add(key)
+            out.append((obj, attr, getattr(obj, attr)))
+
+    for blob in net._blobs.values():
+        add(blob, "data")
+    for _, layer, bottom, top in plan.steps:
+        for blob in (*bottom, *top):
+            add(blob, "data")
+        add(layer, "blobs")
+        for blob in layer.blobs:
+            add(blob, "data")
+        if hasattr(layer, "folded"):
+            add(layer, "folded")
+    return tuple(out)
+
+
+def _is(step, other) -> bool:
+    """Is `other` the step `step` or a wrapper of it (``plan_steps._after_refusal``: its `inner`)?"""
+    while other is not None:
+        if other is step:
+            return True
+        other = getattr(other, "inner", None)
+    return False
+
+
+def _replayable(step) -> bool:
+    """Unless the step, or a step it wraps, says ``replay = False`` (plan_steps.zero_border_step for weights that may
+    change: it checks their border every call)."""
+    while step is not None:
+        if getattr(step, "replay", True) is False:
+            return False
+        step = getattr(step, "inner", None)
+    return True
+
+
+def _build(net, plan, calls: list[list]) -> Replay | None:
+    segments: list = []
+    cur = None
+    for s, (step, _, _, _) in enumerate(plan.steps):
+        made = calls[s]
+        if cur is not None and cur[1] == s - 1 and _is(getattr(step, "done_by", None), plan.steps[s - 1][0]):
+            continue  # its work was done by the step before, replayed (plan_steps.fuse_residual_sums)
+        if step is not None and made and _replayable(step):
+            if cur is None:
+                cur = [s, s, program.Program()]
+            for task, kind, workers, address, args, changed in made:
+                for array, before in changed:
+                    cur[2].restore(array, before)
+                cur[2].call(task, kind, workers, address, args)
+            cur[1] = s
+            if s in plan.after:
+                segments.append(tuple(cur))
+                cur = None
+        else:
+            if cur is not None:
+                segments.append(tuple(cur))
+                cur = None
+            segments.append((s, s, None))
+    if cur is not None:
+        segments.append(tuple(cur))
+    if not any(prog is not None for _, _, prog in segments):
+        return None
+    return Replay(segments, _guards(net, plan))
+
+
+def _python_forward(plan) -> bool:
+    for step, layer, bottom, top in plan.steps:
+        if step is None:
+            layer.forward(bottom, top)
+        elif not step():
+            return False
+    return True
+
+
+def _activations(plan, inputs) -> list:
+    """The blobs the plan's steps write (every forward writes them whole), inputs left out."""
+    seen, out = set(inputs), []
+    for _, _, _, top in plan.steps:
+        for blob in top:
+            if id(blob) not in seen:
+                seen.add(id(blob))
+                out.append(blob)
+    return out
+
+
+def _poison(blobs: list) -> None:
+    for blob in blobs:
+        blob.data.fill(np.nan)
+
+
+def _same(blobs: list, snapshot: list) -> bool:
+    return all(np.array_equal(b.data, s, equal_nan=True) for b, s in zip(blobs, snapshot))
+
+
+def _check(net, plan, rp: Replay) -> bool:
+    """Step 3 of the module docstring: replayed = Python steps, to the bit, on the flipped input and on the input;
+    the net ends holding the input's forward."""
+    inputs = {name: net._blobs[name].data.copy() for name in net.inputs}
+    flipped = {name: (v[..., ::-1] if v.ndim else v) for name, v in inputs.items()}
+    blobs = _activations(plan, {id(net._blobs[name]) for name in net.inputs})
+    ok = True
+    for feed in (flipped, inputs):
+        for name, value in feed.items():
+            np.copyto(net._blobs[name].data, value)
+        _poison(blobs)
+        loops = taskpool.omp_loops()
+        if not _python_forward(plan):
+            ok = False
+            break
+        loops = taskpool.omp_loops() - loops
+        snapshot = [b.data.copy() for b in blobs]
+        _poison(blobs)
+        before = taskpool.omp_loops()  # an OpenMP loop the Python steps did not run (on the pool, its threads then
+        if not rp.run(net, plan, notify=False) or not _same(blobs, snapshot) or taskpool.omp_loops() - before != loops:
+            ok = False  # spin for ~10 ms against the pool's: Net._run keeps plans that run one off the pool)
+            break
+    if not ok:  # the net must hold the input's forward: its inputs back, the Python steps (the plan is sound)
+        for name, value in inputs.items():
+            np.copyto(net._blobs[name].data, value)
+        if not _python_forward(plan):  # a step refused: the layers' own forwards, new plans next time
+            for _, layer, bottom, top in plan.steps:
+                layer.forward(bottom, top)
+            net._drop_plans()
+    return ok
+
+
+_RECORDING = threading.Lock()  # one recording at a time: each wraps every task's drivers and puts them back
+_LATER = object()  # record(): not now (a task without code yet, or another thread recording)
+
+
+def record(net, plan):
+    """Run this forward as Python steps while recording their task calls (step 1), then build (2) and check (3) the
+    replay. Returns (whether this forward ran, the Replay), the Replay None where there is nothing to replay or the
+    check fails (the plan keeps its Python steps), _LATER where it cannot be recorded now. The forward's results (and
+    the observers' notifications) are those of the Python steps."""
+    if not _RECORDING.acquire(blocking=False):
+        return False, _LATER
+    try:
+        calls: list[list] = []
+        after = plan.after
+        complete = True
+        with _recording() as rec:
+            for s, (step, layer, bottom, top) in enumerate(plan.steps):
+                rec.calls = made = []
+                if step is None:
+                    layer.forward(bottom, top)
+                elif not step():  # an array changed under the plan: finish as Net._run_plan does, no replay
+                    rec.calls = None
+                    layer.forward(bottom, top)
+                    complete = False
+                calls.append(made)
+                rec.calls = None
+                if after and s in after:
+                    net._notify(after[s])
+            unrecordable = rec.unrecordable
+    finally:
+        _RECORDING.release()
+    if not complete:
+        net._drop_plans()
+        return True, None
+    if any(address == 0 for made in calls for _, _, _, address, _, _ in made):
+        return True, _LATER  # net.warm's recording: kernels not compiled yet
+    rp = None if unrecordable else _build(net, plan, calls)
+    if rp is None:
+        return True, None
+    return True, (rp if _check(net, plan, rp) else None)
+
+
+def forward(net, plan) -> bool:
+    """Run an inference forward by the plan's replay (recording it when due); False: the caller runs the steps."""
+    rp = plan.replay
+    if rp is None:
+        if tasks.recording_active():
+            return False
+        plan.runs += 1
+        if plan.runs < RECORD_AT:
+            return False
+        ran, got = record(net, plan)
+        if got is _LATER:
+            plan.runs = 0
+        else:
+            plan.replay = got if got is not None else False
+        return ran
+    if rp is False:
+        return False
+    if not rp.valid():
+        plan.replay, plan.runs = None, 0  # back to the Python steps; recorded again once steady
+        return False
+    rp.run(net, plan)
+    return True

@@ -1,0 +1,147 @@
+"""net.replay: a steady plan's task calls recorded once and replayed natively give every forward the bits of the
+Python steps (EfficientNet-Lite0 with shared activations at batch 1 and 2, on 1 and 2 threads; LeNet), notify the
+observers, fall back when an array changes under the plan, and are refused when a step does work outside its task
+calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from net import Net, replay
+from net.efficientnet import write_model
+from net.pth import load_state_dict
+from net.zoo import efficientnet_pth
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def effnet_files(tmp_path_factory) -> dict[str, Path]:
+    return write_model(load_state_dict(efficientnet_pth()), tmp_path_factory.mktemp("effnet") / "model")
+
+
+def _inputs(shape, count: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(count)]
+
+
+def _python_outputs(net: Net, xs: list[np.ndarray], monkeypatch) -> list[dict]:
+    monkeypatch.setattr(replay, "ENABLED", False)
+    out = [{k: v.copy() for k, v in net.forward(data=x).items()} for x in xs]
+    monkeypatch.setattr(replay, "ENABLED", True)
+    return out
+
+
+@pytest.mark.parametrize(("batch", "threads"), [(1, 2), (1, 1), (2, 2)])
+def test_efficientnet_replayed_forwards_have_the_python_steps_bits(effnet_files, batch, threads, monkeypatch) -> None:
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        fast = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        fast.share_activations()
+        slow = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        slow.share_activations()
+        xs = _inputs((batch, 3, 224, 224))
+        want = _python_outputs(slow, xs + xs, monkeypatch)
+        for i, x in enumerate(xs + xs):  # the third forward records, the ones after replay
+            got = fast.forward(data=x)
+            np.testing.assert_array_equal(got["prob"], want[i]["prob"], err_msg=f"forward {i}")
+        rp = fast._plan.replay
+        assert isinstance(rp, replay.Replay)
+        native = [prog for _, _, prog in rp.segments if prog is not None]
+        assert sum(len(p) for p in native) >= 50  # the stem, every block's three steps, the head and the fc
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_lenet_replays_at_batch_1(monkeypatch) -> None:
+    proto, weights = ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel"
+    fast, slow = Net.load(proto, weights), Net.load(proto, weights)
+    xs = _inputs((1, 1, 28, 28), 6)
+    want = _python_outputs(slow, xs, monkeypatch)
+    for x, w in zip(xs, want):
+        np.testing.assert_array_equal(fast.forward(data=x)["prob"], w["prob"])
+    assert isinstance(fast._plan.replay, replay.Replay)
+
+
+def _replaying(effnet_files) -> tuple[Net, list[np.ndarray]]:
+    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    xs = _inputs((1, 3, 224, 224), 4)  # the first decides the launcher, the fourth records (replay.RECORD_AT)
+    for x in xs:
+        net.forward(data=x)
+    assert isinstance(net._plan.replay, replay.Replay)
+    return net, xs
+
+
+def test_observers_see_every_replayed_forward(effnet_files, monkeypatch) -> None:
+    net, xs = _replaying(effnet_files)
+    seen = []
+    net.observe("pool", lambda name, a: seen.append(a.copy()))  # a new plan: recorded again after three forwards
+    for x in xs + xs:
+        net.forward(data=x)
+    assert isinstance(net._plan.replay, replay.Replay)
+    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    want = []
+    ref.observe("pool", lambda name, a: want.append(a.copy()))
+    _python_outputs(ref, xs + xs, monkeypatch)
+    assert len(seen) == len(want) == 8
+    for a, b in zip(seen, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_replaced_array_sends_the_forward_back_to_the_python_steps(effnet_files, monkeypatch) -> None:
+    net, xs = _replaying(effnet_files)
+    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    layer = next(ly for ly in net.layers if ly.name == "fc")
+    layer.blobs[0].data = layer.blobs[0].data * 2.0  # a new weight array: the replay's guard sees it
+    ref_layer = next(ly for ly in ref.layers if ly.name == "fc")
+    ref_layer.blobs[0].data = ref_layer.blobs[0].data * 2.0
+    want = _python_outputs(ref, xs, monkeypatch)
+    for x, w in zip(xs, want):
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], w["prob"])
+
+
+def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypatch) -> None:
+    net, xs = _replaying(effnet_files)
+    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    for n in (net, ref):
+        next(ly for ly in n.layers if ly.name == "fc").blobs[1].data[:] += 0.5  # the fc's bias, not folded
+    want = _python_outputs(ref, xs, monkeypatch)
+    for x, w in zip(xs, want):
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], w["prob"])
+    assert isinstance(net._plan.replay, replay.Replay)
+
+
+def test_a_step_with_work_outside_its_task_calls_is_not_replayed(effnet_files, monkeypatch) -> None:
+    """A step that also changes its top with NumPy: the check (Python steps against the replay, on two inputs) sees
+    it, and the plan keeps its Python steps; every forward's result is still the step's."""
+    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    x = _inputs((1, 3, 224, 224), 1)[0]
+    net.forward(data=x)
+    plan = net._plan
+    index = next(i for i, (_, layer, _, _) in enumerate(plan.steps) if layer.name == "head")
+    step, layer, bottom, top = plan.steps[index]
+
+    def also_numpy() -> bool:
+        ok = step()
+        top[0].data += 1.0
+        return ok
+
+    plan.steps[index] = (also_numpy, layer, bottom, top)
+    outs = [net.forward(data=x)["prob"].copy() for _ in range(5)]
+    assert plan.replay is False
+    assert net._plan is plan
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+
+
+def test_switched_off_nothing_is_recorded(effnet_files, monkeypatch) -> None:
+    monkeypatch.setattr(replay, "ENABLED", False)
+    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    for x in _inputs((1, 3, 224, 224), 4):
+        net.forward(data=x)
+    assert net._plan.replay is None
