@@ -6,6 +6,9 @@
 Measured in one process, medians of many calls:
 - the whole `Net.forward` (input copied in, outputs copied out), the plan's steps alone (`Net._run`), and the sum of
   each step timed on its own: the difference between the first two is Net.forward's own work;
+- `Net.forward` replaying the steps' task calls natively (net.replay, the default once a plan is steady) against the
+  Python steps (``replay.ENABLED`` off; the two alternate), and the steps' Python work alone (every task driver a
+  no-op);
 - per step (LeNet): the step's wall time;
 - the two fixed costs every step pays: one Python call through Numba's dispatcher (a compiled function of 10 array
   arguments that does nothing: type checks and unboxing) and, for a parallel kernel, one fork-join of the threads (a
@@ -63,7 +66,7 @@ def fixed_costs(threads: int, calls: int = 20000) -> dict:
 def net_overhead(name: str, threads: int, calls: int) -> dict:
     import numba
 
-    from net import Net
+    from net import Net, replay
 
     numba.set_num_threads(threads)
     if name == "lenet":
@@ -79,9 +82,13 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         net = Net.load(files.prototxt, files.weights)
         x = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 3, 224, 224)).astype(np.float32)
     net.share_activations()  # as crema classify and serve run a net (net.arena)
-    net.forward(data=x)
-    whole = _median_us(lambda: net.forward(data=x), calls)
+    for _ in range(replay.RECORD_AT + 2):  # the plan made, its launcher decided, its replay recorded
+        net.forward(data=x)
+    whole, python = _alternating_us(lambda on: _replay_on(on, lambda: net.forward(data=x)), calls)
     plan_only = _median_us(lambda: net._run(None, adapt=True, pool=True), calls)  # as Net.forward runs it
+    rp = net._plan.replay
+    native = sum(len(prog) for _, _, prog in rp.segments if prog is not None) if rp else 0
+    python_work = _python_work_us(net, x, calls)
     steps = []
     for step, layer, bottom, top in net._plan.steps:
         call = step if step is not None else (lambda layer=layer, bottom=bottom, top=top: layer.forward(bottom, top))
@@ -92,10 +99,54 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         "onnxruntime_us": ort,
         "threads": threads,
         "forward_us": whole,
+        "forward_python_steps_us": python,
+        "replayed_ops": native,
+        "python_work_us": python_work,
         "plan_us": plan_only,
         "steps": steps,
         "steps_sum_us": sum(s["us"] for s in steps),
     }
+
+
+def _replay_on(on: bool, fn) -> None:
+    from net import replay
+
+    saved, replay.ENABLED = replay.ENABLED, on
+    try:
+        fn()
+    finally:
+        replay.ENABLED = saved
+
+
+def _alternating_us(fn, calls: int) -> tuple[float, float]:
+    """Medians (us) of fn(True) and fn(False), called alternately (the machine's speed drifts between blocks)."""
+    times = {True: [], False: []}
+    for i in range(calls):
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            t0 = time.perf_counter()
+            fn(on)
+            times[on].append(time.perf_counter() - t0)
+    return statistics.median(times[True]) * 1e6, statistics.median(times[False]) * 1e6
+
+
+def _python_work_us(net, x: np.ndarray, calls: int) -> float:
+    """A forward through the Python steps with every task driver a no-op: the steps' own Python work, the Numba
+    dispatch excluded (the values computed are then meaningless; the net is run once more after)."""
+    from kernels import tasks
+
+    def nothing(*_args):
+        return None
+
+    saved = [(t, t.parallel, t.serial) for t in tasks.ALL]
+    for t, _, _ in saved:
+        t.parallel = t.serial = nothing
+    try:
+        got = _median_us(lambda: _replay_on(False, lambda: net.forward(data=x)), calls)
+    finally:
+        for t, par, ser in saved:
+            t.parallel, t.serial = par, ser
+    net.forward(data=x)
+    return got
 
 
 def ort_us(net, x: np.ndarray, threads: int, calls: int) -> float | None:
@@ -131,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             f" us ({n} steps; Net.forward's own work {got['forward_us'] - got['plan_us']:.1f} us); steps timed one by "
             f"one {got['steps_sum_us']:.1f} us; dispatch alone, at {costs['dispatch_us']:.2f} us a step: "
             f"{n * costs['dispatch_us']:.1f} us"
+        )
+        print(
+            f"    replayed (net.replay, {got['replayed_ops']} native ops) {got['forward_us']:.1f} us against the Python"
+            f" steps {got['forward_python_steps_us']:.1f} us (medians, alternating); the steps' Python work alone "
+            f"(drivers no-ops) {got['python_work_us']:.1f} us"
         )
         if name == "lenet":
             for s in got["steps"]:

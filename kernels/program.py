@@ -163,14 +163,17 @@ def _values(nb_type, value) -> list:
     """The scalars of one argument in the order of its native layout (arrays: meminfo, parent, nitems, itemsize,
     data, shape, strides)."""
     if isinstance(nb_type, types.Array):
-        from numba.np.numpy_support import as_dtype
+        dtype = _ARRAY_FIELDS.get(nb_type)
+        if dtype is None:
+            from numba.np.numpy_support import as_dtype
 
-        if not isinstance(value, np.ndarray) or value.ndim != nb_type.ndim or value.dtype != as_dtype(nb_type.dtype):
-            raise TypeError(f"kernels.program: {nb_type} argument given {type(value).__name__}")
-        fields = _context().data_model_manager[nb_type]._fields
-        want = ("meminfo", "parent", "nitems", "itemsize", "data", "shape", "strides")
-        if tuple(fields) != want:  # pragma: no cover - a Numba whose array layout moved
-            raise TypeError(f"kernels.program: Numba's array layout is {fields}, not {want}")
+            fields = tuple(_context().data_model_manager[nb_type]._fields)
+            want = ("meminfo", "parent", "nitems", "itemsize", "data", "shape", "strides")
+            if fields != want:  # pragma: no cover - a Numba whose array layout moved
+                raise TypeError(f"kernels.program: Numba's array layout is {fields}, not {want}")
+            dtype = _ARRAY_FIELDS[nb_type] = as_dtype(nb_type.dtype)
+        if not isinstance(value, np.ndarray) or value.ndim != nb_type.ndim or value.dtype != dtype:
+            raise TypeError(f"kernels.program: {nb_type} argument given {type(value).__name__} {getattr(value, 'dtype', '')}")
         if nb_type.layout == "C" and not value.flags.c_contiguous:
             raise TypeError(f"kernels.program: {nb_type} argument given a non-contiguous array")
         return [0, 0, value.size, value.itemsize, value.ctypes.data, *value.shape, *value.strides]
@@ -184,33 +187,48 @@ def _values(nb_type, value) -> list:
 
 
 _FORMATS = {64: "q", 32: "i", 8: "b", 1: "B"}
+_ARRAY_FIELDS: dict = {}  # array type -> its NumPy dtype, once its native layout was checked
+
+
+_layouts: dict[tuple, tuple] = {}  # argument types -> (record size, [(offset, struct format)])
+
+
+def _layout(want: tuple) -> tuple:
+    got = _layouts.get(want)
+    if got is None:
+        context = _context()
+        td = context.target_data
+        record = ir.LiteralStructType([ir.IntType(64), context.get_value_type(types.Tuple(want[1:]))])
+        leaves: list = []
+        _leaves(record, td, 0, leaves)
+        formats = []
+        for off, ty in leaves:
+            if isinstance(ty, ir.PointerType):
+                fmt = "Q"
+            elif isinstance(ty, ir.DoubleType):
+                fmt = "d"
+            elif isinstance(ty, ir.FloatType):
+                fmt = "f"
+            elif isinstance(ty, ir.IntType) and ty.width in _FORMATS:
+                fmt = _FORMATS[ty.width]
+            else:  # pragma: no cover
+                raise TypeError(f"kernels.program: no packing for {ty}")
+            formats.append((off, "<" + fmt))
+        got = _layouts[want] = (record.get_abi_size(td), formats)
+    return got
 
 
 def record_bytes(want: tuple, address: int, args: tuple) -> bytes:
     """The launcher's record of a call: {i64 address, the arguments (of types want[1:])} as the trampoline reads it."""
-    context = _context()
-    td = context.target_data
-    record = ir.LiteralStructType([ir.IntType(64), context.get_value_type(types.Tuple(want[1:]))])
-    leaves: list = []
-    _leaves(record, td, 0, leaves)
+    size, leaves = _layout(want)
     values = [int(address)]
     for nb_type, value in zip(want[1:], args, strict=True):
         values += _values(nb_type, value)
     if len(values) != len(leaves):  # pragma: no cover - a layout this module does not know
-        raise TypeError(f"kernels.program: {len(values)} values for {len(leaves)} fields of {record}")
-    buf = bytearray(record.get_abi_size(td))
-    for (off, ty), v in zip(leaves, values):
-        if isinstance(ty, ir.PointerType):
-            fmt = "Q"
-        elif isinstance(ty, ir.DoubleType):
-            fmt = "d"
-        elif isinstance(ty, ir.FloatType):
-            fmt = "f"
-        elif isinstance(ty, ir.IntType) and ty.width in _FORMATS:
-            fmt = _FORMATS[ty.width]
-        else:  # pragma: no cover
-            raise TypeError(f"kernels.program: no packing for {ty}")
-        struct.pack_into("<" + fmt, buf, off, v)
+        raise TypeError(f"kernels.program: {len(values)} values for {len(leaves)} fields of a {want} record")
+    buf = bytearray(size)
+    for (off, fmt), v in zip(leaves, values):
+        struct.pack_into(fmt, buf, off, v)
     return bytes(buf)
 
 

@@ -815,13 +815,14 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "pool", "replay", "runs", "steps", "threads")
+    __slots__ = ("after", "lost", "pool", "replay", "runs", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
         self.pool: bool | None = None  # inference on kernels.taskpool: None until its first forward there decides
         self.replay = None  # net.replay: None until recorded, False where it does not apply, else a Replay
         self.runs = 0  # forwards before the replay is recorded
+        self.lost = 0  # replays an array changed under
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)

@@ -16,9 +16,11 @@ and the steps' own checks) can be done once:
    every activation is filled with NaN and the forward run once as Python steps and once replayed; every blob must
    hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
    changes from call to call) shows there, and the plan keeps its Python steps.
-4. Replay: while every blob, parameter and folded weight array is the object it was at recording (``Replay.valid``:
-   identity checks, ~10 us), a forward is the programs and the Python steps in order. Otherwise the plan goes back to
-   its Python steps and records again once steady.
+4. Replay: while every blob, parameter and folded weight array is the object it was at recording, or a view of the
+   same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), a forward is the programs and
+   the Python steps in order. Otherwise the plan goes back to its Python steps and records again once steady (twice
+   at most: LOST_AT_MOST). A Python step that still refuses (an array changed that no guard covers) makes the forward
+   every layer's own forward, from the inputs, and the plans are made again.
 
 Training never replays (its forwards run through ``Net.forward_loss``, not here), nor does a forward that is timed
 per step. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked at step 3 and in
@@ -38,6 +40,7 @@ from kernels import program, taskpool, tasks
 
 ENABLED = os.environ.get("CREMA_REPLAY", "1") != "0"
 RECORD_AT = 3  # a plan's forwards before it is recorded (the first on the pool decides its launcher: Net._run)
+LOST_AT_MOST = 2  # replays of one plan that an array changed under before it keeps its Python steps
 
 
 class _Recorder:
@@ -82,14 +85,18 @@ class Replay:
 
     __slots__ = ("guards", "segments")
 
-    def __init__(self, segments: list, guards: tuple) -> None:
+    def __init__(self, segments: list, guards: list) -> None:
         self.segments = segments
         self.guards = guards
 
     def valid(self) -> bool:
-        for obj, attr, value in self.guards:
-            if getattr(obj, attr) is not value:
-                return False
+        for guard in self.guards:
+            obj, attr, value = guard
+            now = getattr(obj, attr)
+            if now is not value:
+                if not _same_memory(now, value):
+                    return False
+                guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
         return True
 
     def run(self, net, plan, notify: bool = True) -> bool:
@@ -104,12 +111,10 @@ class Replay:
                 step, layer, bottom, top = steps[first]
                 if step is None:
                     layer.forward(bottom, top)
-                elif not step():
-                    layer.forward(bottom, top)
-                    for s in range(first + 1, len(steps)):
-                        _, layer, bottom, top = steps[s]
+                elif not step():  # the replayed steps before may have left blocks in their blobs: every layer's
+                    for s, (_, layer, bottom, top) in enumerate(steps):  # own forward again, from the inputs
                         layer.forward(bottom, top)
-                        if s in after:
+                        if s >= first and s in after:
                             net._notify(after[s])
                     net._drop_plans()
                     return False
@@ -118,7 +123,19 @@ class Replay:
         return True
 
 
-def _guards(net, plan) -> tuple:
+def _same_memory(a, b) -> bool:
+    """Two arrays over the same memory, alike in type, shape and strides (the recorded pointers still hold)."""
+    return (
+        isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.ctypes.data == b.ctypes.data
+    )
+
+
+def _guards(net, plan) -> list:
     """(object, attribute, value) for every array a step may have been built on: blobs, parameters, folded weights."""
     seen, out = set(), []
 
@@ -126,7 +143,7 @@ def _guards(net, plan) -> tuple:
         key = (id(obj), attr)
         if key not in seen:
             seen.add(key)
-            out.append((obj, attr, getattr(obj, attr)))
+            out.append([obj, attr, getattr(obj, attr)])
 
     for blob in net._blobs.values():
         add(blob, "data")
@@ -138,7 +155,7 @@ def _guards(net, plan) -> tuple:
             add(blob, "data")
         if hasattr(layer, "folded"):
             add(layer, "folded")
-    return tuple(out)
+    return out
 
 
 def _is(step, other) -> bool:
@@ -310,8 +327,9 @@ def forward(net, plan) -> bool:
         return ran
     if rp is False:
         return False
-    if not rp.valid():
-        plan.replay, plan.runs = None, 0  # back to the Python steps; recorded again once steady
+    if not rp.valid():  # back to the Python steps; recorded again once steady, twice at most
+        plan.lost += 1
+        plan.replay, plan.runs = (None if plan.lost < LOST_AT_MOST else False), 0
         return False
     rp.run(net, plan)
     return True

@@ -145,3 +145,32 @@ def test_switched_off_nothing_is_recorded(effnet_files, monkeypatch) -> None:
     for x in _inputs((1, 3, 224, 224), 4):
         net.forward(data=x)
     assert net._plan.replay is None
+
+
+def test_a_python_step_that_refuses_during_a_replay_gives_the_layers_own_forward(effnet_files, monkeypatch) -> None:
+    """The pooling step (a Python step between replayed ones) refuses a new view of its top (the replay's guards let
+    a view of the same memory through): the forward is then every layer's own, from the input, and correct."""
+    net, xs = _replaying(effnet_files)
+    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    want = _python_outputs(ref, xs[:2], monkeypatch)
+    blob = net.blob("pool")
+    blob.data = blob.data.view()
+    np.testing.assert_allclose(net.forward(data=xs[0])["prob"], want[0]["prob"], rtol=0, atol=1e-6)
+    assert net._plan is None  # made again on the next forward
+    np.testing.assert_array_equal(net.forward(data=xs[1])["prob"], want[1]["prob"])
+
+
+def test_a_plan_whose_arrays_keep_changing_stops_recording(effnet_files, monkeypatch) -> None:
+    """Every forward swaps a weight array: the replay is lost, recorded again once, lost again, and then the plan
+    keeps its Python steps (no recording every few forwards); the results are the Python steps' throughout."""
+    net, xs = _replaying(effnet_files)
+    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    nets = (net, ref)
+    fcs = [next(ly for ly in n.layers if ly.name == "fc") for n in nets]
+    for i in range(12):
+        for fc in fcs:
+            fc.blobs[1].data = fc.blobs[1].data + np.float32(0.01)
+        want = _python_outputs(ref, [xs[i % 4]], monkeypatch)[0]
+        np.testing.assert_array_equal(net.forward(data=xs[i % 4])["prob"], want["prob"], err_msg=f"forward {i}")
+    assert net._plan.replay is False
+    assert net._plan.lost == replay.LOST_AT_MOST
