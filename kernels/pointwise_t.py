@@ -164,7 +164,9 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
                             base = builder.add(xb, builder.mul(ahead, p))
                             for j in (0, npx - 1):
                                 ptr = builder.bitcast(builder.gep(xd, [builder.add(base, c(j))]), i8p)
-                                builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                                builder.call(
+                                    prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+                                )
                 wb = builder.add(wo, builder.mul(kk, c(16 * nv)))
                 if lanes and not conv:  # blocks: at a block's first k, its pixels' lines xpf blocks ahead, into L1
                     ahead = builder.sub(as64(builder, args[16]), c(1))
@@ -400,7 +402,18 @@ class PointwiseTRunner:
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
     kept (the caller guarantees they do not change in place)."""
 
-    __slots__ = ("blocks", "counter_args", "handoff", "lo_hi", "out_shape", "packed", "plan", "serial", "workers", "xpf")
+    __slots__ = (
+        "blocks",
+        "counter_args",
+        "handoff",
+        "lo_hi",
+        "out_shape",
+        "packed",
+        "plan",
+        "serial",
+        "workers",
+        "xpf",
+    )
 
     def __init__(self, x_shape, w_shape, act=None, blocks: PaddedInput | None = None, xblk: bool = False) -> None:
         if not applies(x_shape, w_shape, blocks is not None, xblk):

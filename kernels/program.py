@@ -173,7 +173,9 @@ def _values(nb_type, value) -> list:
                 raise TypeError(f"kernels.program: Numba's array layout is {fields}, not {want}")
             dtype = _ARRAY_FIELDS[nb_type] = as_dtype(nb_type.dtype)
         if not isinstance(value, np.ndarray) or value.ndim != nb_type.ndim or value.dtype != dtype:
-            raise TypeError(f"kernels.program: {nb_type} argument given {type(value).__name__} {getattr(value, 'dtype', '')}")
+            raise TypeError(
+                f"kernels.program: {nb_type} argument given {type(value).__name__} {getattr(value, 'dtype', '')}"
+            )
         if nb_type.layout == "C" and not value.flags.c_contiguous:
             raise TypeError(f"kernels.program: {nb_type} argument given a non-contiguous array")
         return [0, 0, value.size, value.itemsize, value.ctypes.data, *value.shape, *value.strides]

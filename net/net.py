@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels import taskpool, tasks
 
-from . import arena, replay
+from . import arena, per_image, replay
 from .blob import Blob
 from .contention import threads_for
 from .device import (
@@ -184,6 +184,7 @@ class Net:
 
         # the blobs must fit in this (net.memory): checked from the shapes before they are allocated, at
         # construction and on every reshape; None: CREMA_MEMORY_BUDGET, else half the machine's RAM
+        self.fused = fuse  # BatchNorm + Scale folded, activations fused (net.per_image's copies are made alike)
         self.memory_budget = resolve_budget(memory_budget)
         self.device = check_device(device)  # RuntimeError for 'gpu' without CuPy or a visible device
         self.phase = _phase(phase)
@@ -525,14 +526,14 @@ class Net:
                 if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
                     deciding = tasks.use_pool(True) and plan.pool is None  # its first forward on the pool decides
                     before = taskpool.omp_loops() if deciding else 0
-                    if replayable and not deciding and replay.forward(self, plan):
+                    if replayable and not deciding and (per_image.forward(self, plan) or replay.forward(self, plan)):
                         return
                     self._run_plan(plan, timings)
                     if deciding:
                         plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
                 else:
                     tasks.use_pool(False)
-                    if replayable and replay.forward(self, plan):
+                    if replayable and (per_image.forward(self, plan) or replay.forward(self, plan)):
                         return
                     self._run_plan(plan, timings)
             finally:
@@ -815,7 +816,7 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "lost", "pool", "replay", "runs", "steps", "threads")
+    __slots__ = ("after", "lost", "per_image", "pool", "replay", "runs", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
@@ -823,6 +824,7 @@ class _Plan:
         self.replay = None  # net.replay: None until recorded, False where it does not apply, else a Replay
         self.runs = 0  # forwards before the replay is recorded
         self.lost = 0  # replays an array changed under
+        self.per_image = None  # net.per_image: None until decided, False (batched), else its PerImage
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)

@@ -216,24 +216,29 @@ def _python_forward(plan) -> bool:
     return True
 
 
-def _activations(plan, inputs) -> list:
-    """The blobs the plan's steps write (every forward writes them whole), inputs left out."""
-    seen, out = set(inputs), []
+def _activations(net, plan, inputs) -> list[np.ndarray]:
+    """The memory the plan's steps write, inputs left out: the shared activations' arena (net.arena) once, and the
+    arrays of the blobs outside it."""
+    arena = net._arena
+    out = [] if arena is None else [arena]
+    seen = set(inputs)
     for _, _, _, top in plan.steps:
         for blob in top:
             if id(blob) not in seen:
                 seen.add(id(blob))
-                out.append(blob)
+                if arena is None or not np.may_share_memory(blob.data, arena):
+                    out.append(blob.data)
     return out
 
 
-def _poison(blobs: list) -> None:
-    for blob in blobs:
-        blob.data.fill(np.nan)
+def _poison(arrays: list) -> None:
+    for a in arrays:
+        a.fill(np.nan)
 
 
-def _same(blobs: list, snapshot: list) -> bool:
-    return all(np.array_equal(b.data, s, equal_nan=True) for b, s in zip(blobs, snapshot))
+def _same(arrays: list, snapshot: list) -> bool:
+    """The same bits (NaNs included)."""
+    return all(np.array_equal(a.view(np.uint32), s.view(np.uint32)) for a, s in zip(arrays, snapshot))
 
 
 def _check(net, plan, rp: Replay) -> bool:
@@ -241,7 +246,7 @@ def _check(net, plan, rp: Replay) -> bool:
     the net ends holding the input's forward."""
     inputs = {name: net._blobs[name].data.copy() for name in net.inputs}
     flipped = {name: (v[..., ::-1] if v.ndim else v) for name, v in inputs.items()}
-    blobs = _activations(plan, {id(net._blobs[name]) for name in net.inputs})
+    blobs = _activations(net, plan, {id(net._blobs[name]) for name in net.inputs})
     ok = True
     for feed in (flipped, inputs):
         for name, value in feed.items():
@@ -252,7 +257,7 @@ def _check(net, plan, rp: Replay) -> bool:
             ok = False
             break
         loops = taskpool.omp_loops() - loops
-        snapshot = [b.data.copy() for b in blobs]
+        snapshot = [a.copy() for a in blobs]
         _poison(blobs)
         before = taskpool.omp_loops()  # an OpenMP loop the Python steps did not run (on the pool, its threads then
         if not rp.run(net, plan, notify=False) or not _same(blobs, snapshot) or taskpool.omp_loops() - before != loops:

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 import pytest
 
-from net import Net, replay
+from net import Net, per_image, replay
 from net.efficientnet import write_model
 from net.pth import load_state_dict
 from net.zoo import efficientnet_pth
@@ -38,6 +38,7 @@ def _python_outputs(net: Net, xs: list[np.ndarray], monkeypatch) -> list[dict]:
 
 @pytest.mark.parametrize(("batch", "threads"), [(1, 2), (1, 1), (2, 2)])
 def test_efficientnet_replayed_forwards_have_the_python_steps_bits(effnet_files, batch, threads, monkeypatch) -> None:
+    monkeypatch.setattr(per_image, "ENABLED", False)  # batch 2 would run image by image (tests/net/test_per_image.py)
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:

@@ -1,0 +1,167 @@
+"""A batch run image by image: each thread its share of the images on a batch-1 copy of the net (its own plan and
+replay, one thread), the outputs gathered into the batch's.
+
+A batched plan runs every layer over the whole batch before the next: at batch 32 each EfficientNet-Lite0 activation
+is 32 images' worth and goes through L3 or memory between layers. At batch 1 a layer's input was written by the step
+before on the same core, mostly still in its L2. On the 2-core AVX-512 Xeon, EfficientNet-Lite0, min of interleaved
+runs: batch 32 on 2 threads 134 ms image by image (two threads, one image each at a time) against 156 ms batched (ONNX
+Runtime 142); batch 8 37.7 against 55.0 (ORT 43.2); one thread, batch 32, 242 against 283 (ORT 277).
+
+Where (`eligible`, decided once per plan; then `PerImage.run` every forward):
+- `Net.forward` on the CPU with `share_activations` on (the intermediate blobs are not promised after a forward; the
+  outputs and the kept blobs are gathered) and no observer (`Net.observe` callbacks expect the batch's arrays);
+- the inputs, the outputs and the kept blobs all have the batch's leading dimension, 2 or more;
+- a net whose work per image is large against its weights, which every image then reads again: at least
+  MIN_FLOPS_PER_WEIGHT_BYTE forward FLOPs per weight byte (EfficientNet-Lite0 43, MobileNets ~40; LeNet 2.7 and
+  CaffeNet 6.2, whose batched GEMMs read each weight once for the batch, stay batched);
+- the batch-1 copies' plans replay (``net.replay``): decided on the first forwards, by the bits-level check there, so
+  the same net and thread count always take the same path. Where a copy's replay is refused the plan goes back to
+  batched forwards.
+
+The choice is made from the net, not from timings, so a forward's bits never depend on a measurement: image i of a
+batch gets the bits of a batch-1 forward of that image (the same at any thread count), which are not those of the
+batched plan (its inner product sums in another order: ~4e-7 on EfficientNet-Lite0's softmax). ``CREMA_PER_IMAGE=0``
+keeps every batch batched.
+
+The copies share the net's parameter Blobs (and its folded weights); a change that drops the net's plans (refold,
+reshape, share_weights_from, observe) drops them too. The threads are a process-wide pool of Python threads
+(`_pool`), each running its share with Numba's thread count at 1; the replays release the GIL in their native calls.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+
+import numba
+import numpy as np
+
+from .flops import layer_flops
+
+ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
+MIN_FLOPS_PER_WEIGHT_BYTE = 20.0
+
+_pool_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            old = _pool
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crema-image")
+            _pool_size = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def _after_fork_in_child() -> None:
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def eligible(net, plan) -> str | None:
+    """None where a batch may run image by image (the module docstring), else why not."""
+    if not ENABLED:
+        return "off (CREMA_PER_IMAGE=0)"
+    if net.device != "cpu" or net._share is None:
+        return "not a CPU net with shared activations"
+    if net._observers:
+        return "observers expect the batch's arrays"
+    names = (*net.inputs, *net.outputs, *sorted(net._share))
+    shapes = [net._blobs[name].shape for name in names]
+    if any(len(s) == 0 for s in shapes):
+        return "a blob without a batch dimension"
+    n = shapes[0][0]
+    if n < 2 or any(s[0] != n for s in shapes):
+        return "batch 1, or blobs of other leading dimensions"
+    flops = sum(c for c in layer_flops(net) if c)
+    weight_bytes = sum(b.data.nbytes for layer in net.layers for b in layer.blobs)
+    if weight_bytes and flops / n / weight_bytes < MIN_FLOPS_PER_WEIGHT_BYTE:
+        return f"{flops / n / weight_bytes:.1f} FLOPs per weight byte an image (< {MIN_FLOPS_PER_WEIGHT_BYTE:g})"
+    return None
+
+
+def _replica(net):
+    """A batch-1 copy of `net` on its parameter Blobs and folded weights, activations shared the same way."""
+    from .net import Net
+
+    shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
+    rep = Net(net.param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
+    if [(ly.name, ly.type) for ly in rep.layers] != [(ly.name, ly.type) for ly in net.layers]:  # pragma: no cover
+        raise RuntimeError("per_image: the copy's layers differ from the net's")
+    for mine, theirs in zip(rep.layers, net.layers):
+        mine.blobs = theirs.blobs
+        if getattr(theirs, "fold", None) is not None:
+            theirs.forward_params()  # folded once, for both
+            mine.folded = theirs.folded
+    rep.reshape(shapes)
+    rep.share_activations(keep=tuple(net._share))
+    return rep
+
+
+class PerImage:
+    """The batch-1 copies of a net for one plan (one a thread) and how their shares of a batch are run."""
+
+    def __init__(self, net, threads: int) -> None:
+        self.threads = max(1, threads)
+        self.replicas = [_replica(net) for _ in range(self.threads)]
+        self.gather = [name for name in (*net.outputs, *sorted(net._share)) if name not in net.inputs]
+
+    def _share(self, k: int, net, lo: int, hi: int) -> None:
+        rep = self.replicas[k]
+        saved = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            for i in range(lo, hi):
+                for name in net.inputs:
+                    np.copyto(rep._blobs[name].data[0], net._blobs[name].data[i])
+                rep._run(None, adapt=True, pool=True)
+                for name in self.gather:
+                    np.copyto(net._blobs[name].data[i], rep._blobs[name].data[0])
+        finally:
+            numba.set_num_threads(saved)
+
+    def run(self, net) -> bool:
+        """One forward of the net's current inputs, image by image; False (nothing run) where a copy's plan does not
+        replay: the caller then runs the batched plan (and should not ask again)."""
+        if any(rep._plan is not None and rep._plan.replay is False for rep in self.replicas):
+            return False
+        n = net._blobs[net.inputs[0]].shape[0]
+        t = min(self.threads, n)
+        bounds = [(k * n // t, (k + 1) * n // t) for k in range(t)]
+        futures = []
+        if t > 1:
+            pool = _executor(t - 1)
+            futures = [pool.submit(self._share, k, net, lo, hi) for k, (lo, hi) in enumerate(bounds) if k]
+        try:
+            self._share(0, net, *bounds[0])
+        finally:
+            for f in futures:
+                f.result()
+        return True
+
+
+def forward(net, plan) -> bool:
+    """Run this forward image by image where the plan does (decided on its first forward here: Net._run asks from
+    the plan's second forward on, the first decides its launcher); False: the caller runs the batched plan."""
+    st = plan.per_image
+    if st is False:
+        return False
+    if st is None:
+        if eligible(net, plan) is not None:
+            plan.per_image = False
+            return False
+        st = plan.per_image = PerImage(net, plan.threads)
+    if st.run(net):
+        return True
+    plan.per_image = False
+    return False

@@ -1,0 +1,92 @@
+"""net.per_image: a batch of EfficientNet-Lite0 with shared activations runs image by image on batch-1 copies of the
+net, and every image gets the bits of a batch-1 forward of it (outputs and kept blobs), on 2 threads and on 1; nets
+and settings outside its rule stay batched; the copies see the net's parameters as they change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from net import Net, per_image
+from net.efficientnet import write_model
+from net.pth import load_state_dict
+from net.zoo import efficientnet_pth
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def effnet_files(tmp_path_factory) -> dict[str, Path]:
+    return write_model(load_state_dict(efficientnet_pth()), tmp_path_factory.mktemp("effnet") / "model")
+
+
+def _load(files, keep=("pool",)) -> Net:
+    net = Net.load(files["prototxt"], files["weights"])
+    net.share_activations(keep=keep)
+    return net
+
+
+def _one_by_one(files, x: np.ndarray) -> dict[str, np.ndarray]:
+    single = _load(files)
+    rows = [{k: single.forward(data=x[i : i + 1])[k].copy() for k in ("prob",)} | {"pool": single.blob("pool").data.copy()}
+            for i in range(len(x))]  # fmt: skip
+    return {k: np.concatenate([r[k] for r in rows]) for k in ("prob", "pool")}
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) -> None:
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        x = np.random.default_rng(5).uniform(-1, 1, (5, 3, 224, 224)).astype(np.float32)
+        want = _one_by_one(effnet_files, x)
+        net = _load(effnet_files)
+        for i in range(7):  # the first decides the launcher, the second makes the copies, their replays follow
+            got = net.forward(data=x)["prob"]
+            if i:
+                np.testing.assert_array_equal(got, want["prob"], err_msg=f"forward {i}")
+                np.testing.assert_array_equal(net.blob("pool").data, want["pool"], err_msg=f"forward {i}")
+        st = net._plan.per_image
+        assert isinstance(st, per_image.PerImage)
+        assert all(rep._plan.replay for rep in st.replicas)  # the copies replay
+        assert len(st.replicas) == numba.get_num_threads()
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_the_copies_read_the_nets_parameters(effnet_files) -> None:
+    x = np.random.default_rng(6).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    net = _load(effnet_files)
+    for _ in range(3):
+        net.forward(data=x)
+    assert isinstance(net._plan.per_image, per_image.PerImage)
+    ref = _load(effnet_files)
+    for n in (net, ref):
+        next(ly for ly in n.layers if ly.name == "fc").blobs[1].data[:] += 0.25  # in place: the copies share it
+    want = np.concatenate([ref.forward(data=x[i : i + 1])["prob"] for i in range(4)])
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+
+
+@pytest.mark.parametrize("case", ["lenet", "no_share", "observer", "batch_1", "off"])
+def test_outside_the_rule_batches_stay_batched(effnet_files, case, monkeypatch) -> None:
+    if case == "lenet":  # 2.7 FLOPs per weight byte an image
+        net = Net.load(ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel")
+        net.share_activations()
+        x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    else:
+        net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        x = np.random.default_rng(0).uniform(-1, 1, (1 if case == "batch_1" else 2, 3, 224, 224)).astype(np.float32)
+        if case != "no_share":
+            net.share_activations()
+        if case == "observer":
+            net.observe("pool", lambda name, a: None)
+        if case == "off":
+            monkeypatch.setattr(per_image, "ENABLED", False)
+    for _ in range(3):
+        net.forward(data=x)
+    assert net._plan.per_image is False
+    why = per_image.eligible(net, net._plan)
+    assert why is not None
