@@ -6,15 +6,16 @@ steps make the same calls with the same arguments every time, so a forward's Pyt
 ms of EfficientNet-Lite0's 4.4 ms at batch 1 on 2 threads: 51 driver calls, each a dispatch, a record and a launch,
 and the steps' own checks) can be done once:
 
-1. Record (the plan's RECORD_AT-th forward through ``Net.forward``): the forward runs as usual with every task's
-   drivers wrapped (this thread's calls only): each call's task, kind, thread count, body address and arguments, by
-   step, and the integer arrays the call changed (claim counters) with their contents before it.
+1. Record (the plan's RECORD_AT-th forward through ``Net.forward``, batches up to MAX_BATCH): the forward runs as
+   usual with every task's drivers wrapped (this thread's calls only): each call's task, kind, thread count, body
+   address and arguments, by step, and the integer arrays the call changed (claim counters) with their contents
+   before it.
 2. Build: runs of steps that made calls become one ``kernels.program.Program`` each (the counters restored before
    each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps; a run
    ends where an observer is notified (``Net.observe``).
 3. Check, before the replay is used: on the plan's input flipped along its last axis and then on the input itself,
-   every activation is filled with NaN and the forward run once as Python steps and once replayed; every blob must
-   hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
+   every activation is filled with NaN and the forward run once as Python steps and once replayed; the activations
+   (the shared arena once, and every blob outside it) must hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
    changes from call to call) shows there, and the plan keeps its Python steps.
 4. Replay: while every blob, parameter and folded weight array is the object it was at recording, or a view of the
    same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), a forward is the programs and
@@ -40,6 +41,8 @@ from kernels import program, taskpool, tasks
 
 ENABLED = os.environ.get("CREMA_REPLAY", "1") != "0"
 RECORD_AT = 3  # a plan's forwards before it is recorded (the first on the pool decides its launcher: Net._run)
+MAX_BATCH = 4  # larger batches keep their Python steps (EfficientNet-Lite0 at 8: 0.35 of 35 ms; the check there
+# runs four forwards and compares 58 MB of activations: 0.5 s once per plan)
 LOST_AT_MOST = 2  # replays of one plan that an array changed under before it keeps its Python steps
 
 
@@ -320,6 +323,10 @@ def forward(net, plan) -> bool:
     rp = plan.replay
     if rp is None:
         if tasks.recording_active():
+            return False
+        lead = net._blobs[net.inputs[0]].shape[:1] if net.inputs else ()
+        if lead and lead[0] > MAX_BATCH:
+            plan.replay = False  # the Python work is a small part of a large batch's forward: not worth the check
             return False
         plan.runs += 1
         if plan.runs < RECORD_AT:
