@@ -517,10 +517,10 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
     twins (``kernels.serial``). An AVE window covering the whole plane (global pooling) runs `_GLOBAL_AVE`."""
     if method == "AVE" and tuple(k) == tuple(planes[0][1:]) and tuple(p) == (0, 0):
         workers = 1 if serial else numba.get_num_threads()
-        drive = _GLOBAL_AVE.serial if serial else _GLOBAL_AVE.parallel
+        kind = "serial" if serial else "parallel"
 
-        def run_global(x3, y3, _mask3) -> None:
-            drive(_GLOBAL_AVE.address, workers, x3, y3, workers)
+        def run_global(x3, y3, _mask3) -> None:  # the driver looked up each call (net.replay records through it)
+            getattr(_GLOBAL_AVE, kind)(_GLOBAL_AVE.address, workers, x3, y3, workers)
 
         return run_global
     kernels, rect, border = _regions(*planes, k, s, p)
@@ -532,10 +532,10 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
     elif kernels is not None:  # the task of this window (kernels.tasks): parallel, or on this thread
         task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
         workers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
-        drive = task.serial if serial else task.parallel
+        kind = "serial" if serial else "parallel"
 
-        def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:
-            drive(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
+        def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
+            getattr(task, kind)(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
 
     max_border, ave_border = _max_border, _ave_border
     if serial:

@@ -11,8 +11,10 @@ and the steps' own checks) can be done once:
    address and arguments, by step, and the integer arrays the call changed (claim counters) with their contents
    before it.
 2. Build: runs of steps that made calls become one ``kernels.program.Program`` each (the counters restored before
-   each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps; a run
-   ends where an observer is notified (``Net.observe``).
+   each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps, except
+   the layers whose forward only points their tops at their bottom's memory (``Layer.aliases``: Split, Flatten,
+   Reshape; the guards below hold those arrays) and a fused residual sum's Eltwise, left out; a run ends where an
+   observer is notified (``Net.observe``).
 3. Check, before the replay is used: on the plan's input flipped along its last axis and then on the input itself,
    every activation is filled with NaN and the forward run once as Python steps and once replayed; the activations
    (the shared arena once, and every blob outside it) must hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
@@ -183,10 +185,12 @@ def _replayable(step) -> bool:
 def _build(net, plan, calls: list[list]) -> Replay | None:
     segments: list = []
     cur = None
-    for s, (step, _, _, _) in enumerate(plan.steps):
+    for s, (step, layer, _, _) in enumerate(plan.steps):
         made = calls[s]
         if cur is not None and cur[1] == s - 1 and _is(getattr(step, "done_by", None), plan.steps[s - 1][0]):
             continue  # its work was done by the step before, replayed (plan_steps.fuse_residual_sums)
+        if step is None and not made and getattr(layer, "aliases", False):
+            continue  # Split, Flatten, Reshape: their tops point at their bottom's memory, which the guards hold
         if step is not None and made and _replayable(step):
             if cur is None:
                 cur = [s, s, program.Program()]

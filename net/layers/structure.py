@@ -55,6 +55,7 @@ class ConcatLayer(Layer):
 class FlattenLayer(Layer):
     gpu_forward = True
     gpu_backward = True
+    aliases = True  # its forward only points its tops at its bottom's memory (net.replay leaves it out)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.flatten_param
@@ -78,6 +79,7 @@ class FlattenLayer(Layer):
 class ReshapeLayer(Layer):
     gpu_forward = True
     gpu_backward = True
+    aliases = True  # its forward only points its tops at its bottom's memory (net.replay leaves it out)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.param.reshape_param
@@ -117,6 +119,7 @@ class ReshapeLayer(Layer):
 class SplitLayer(Layer):
     gpu_forward = True
     gpu_backward = True
+    aliases = True  # its forward only points its tops at its bottom's memory (net.replay leaves it out)
     num_top = (1, 1 << 30)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
