@@ -149,12 +149,12 @@ def test_switched_off_nothing_is_recorded(effnet_files, monkeypatch) -> None:
 
 
 def test_a_python_step_that_refuses_during_a_replay_gives_the_layers_own_forward(effnet_files, monkeypatch) -> None:
-    """The pooling step (a Python step between replayed ones) refuses a new view of its top (the replay's guards let
-    a view of the same memory through): the forward is then every layer's own, from the input, and correct."""
+    """The softmax step (a Python step after the replayed ones) refuses a new view of its top (the replay's guards
+    let a view of the same memory through): the forward is then every layer's own, from the input, and correct."""
     net, xs = _replaying(effnet_files)
     ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
     want = _python_outputs(ref, xs[:2], monkeypatch)
-    blob = net.blob("pool")
+    blob = net.blob("prob")
     blob.data = blob.data.view()
     np.testing.assert_allclose(net.forward(data=xs[0])["prob"], want[0]["prob"], rtol=0, atol=1e-6)
     assert net._plan is None  # made again on the next forward
