@@ -7,8 +7,9 @@ no time, the run's exit status is 1). The first call of crema's callable is time
 Numba cache load) plus one run, reported as ``first``.
 
 Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) runs ``per_round`` times back to back
-(as many as fit in about 60 ms, 1 to 50) after one untimed call (the first call after another framework ran pays
-for waking this one's worker threads, and for the other's still spinning), each call timed with perf_counter. Many short interleaved rounds mean a
+(as many as fit in about 60 ms, 1 to 50) after a pause (PAUSE_S: another framework's threads still spin after its
+calls) and one untimed call (the first call after another framework ran pays for waking this one's worker threads),
+each call timed with perf_counter. Many short interleaved rounds mean a
 noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every side, not
 on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
 (> 1: crema is faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
@@ -46,6 +47,10 @@ BUSY_SAME = 0.05  # two timings of the same work with a busy process differ by t
 README_BEGIN = "<!-- bench:begin -->"
 README_END = "<!-- bench:end -->"
 ROUND_S = 0.06  # seconds of one side's calls in one round (7 rounds: about 0.4 s a side)
+# seconds between two sides' calls: ONNX Runtime's threads spin for up to ~50 ms after its calls (EfficientNet-Lite0
+# batch 1 on 2 threads, the 2-core Xeon: crema's median 19 ms right after ORT's call, 10 ms 30 ms after, 6 ms from 50 ms
+# on), so the next side's first timed calls ran against them with the 50 ms pause there was
+PAUSE_S = 0.1
 
 
 class Mismatch(AssertionError):
@@ -191,7 +196,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-def run_case(case: Case, *, scale: float = 1.0, pause: float = 0.05) -> Result:
+def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S) -> Result:
     """Check, then time (interleaved rounds). `scale` multiplies per_round (>= 1 call each)."""
     result = Result(case)
     try:
@@ -233,7 +238,7 @@ def stop_busy(procs: Sequence[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def run_busy(result: Result, processes: int, *, pause: float = 0.05) -> None:
+def run_busy(result: Result, processes: int, *, pause: float = PAUSE_S) -> None:
     """After `run_case`: time every side again while `processes` other processes keep cores busy, and crema on one
     thread (Numba's thread count 1 around each call) as one more side of the same interleaved rounds, the order of the
     sides rotated every round, so that a noisy spell or a reference's still-spinning threads land on both of crema's
