@@ -96,11 +96,10 @@ def eligible(net, plan) -> str | None:
 
 
 def _replica(net):
-    """A batch-1 copy of `net` on its parameter Blobs and folded weights, activations shared the same way."""
-    from .net import Net
-
+    """A batch-1 copy of `net` on its parameter Blobs and folded weights, activations shared the same way (made by
+    the net's own class: this module is imported by net.net)."""
     shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
-    rep = Net(net.param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
+    rep = type(net)(net.param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
     if [(ly.name, ly.type) for ly in rep.layers] != [(ly.name, ly.type) for ly in net.layers]:  # pragma: no cover
         raise RuntimeError("per_image: the copy's layers differ from the net's")
     for mine, theirs in zip(rep.layers, net.layers):
