@@ -513,7 +513,9 @@ class Net:
         a forward's bits do not depend on the thread count (tests/net/test_contention.py). Training does not adapt:
         its gradients' reductions do depend on it, and a run must not depend on the machine's load. `pool` (inference:
         `forward`, `time_forward`): the tasks on kernels.taskpool's threads unless the plan runs an OpenMP loop (its
-        first forward there decides; the bits are the same); else, and in training, on Numba's OpenMP threads."""
+        first forward there decides; the bits are the same); else, and in training, on Numba's OpenMP threads. With
+        both (`forward`), untimed: a batch may run image by image (``net.per_image``), and a steady plan's task calls
+        are replayed natively (``net.replay``)."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
             threads = threads_for(requested) if adapt else requested
