@@ -138,7 +138,13 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
         prefetch = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
         )
+
+        def fetch(base, at, locality: int) -> None:  # a read prefetch of base[at]'s line (3: into L1, 2: into L2)
+            ptr = builder.bitcast(builder.gep(base, [at]), i8p)
+            builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
+
         pw = as64(builder, args[15])
+        xpf = as64(builder, args[16])  # x in blocks: 1 + blocks ahead to prefetch; in planes: -(rows ahead)
 
         if conv:  # tap k's offset in the padded image (toff[k]) and the pixels' stride in it (ConvTRunner)
             toff_d, sx = data(21), as64(builder, args[22])
@@ -156,31 +162,24 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
                     blk = builder.lshr(kk, c(lanes.bit_length() - 1))
                     xb = builder.add(xo, builder.mul(blk, builder.mul(p, c(lanes))))
                     xb = builder.add(xb, builder.and_(kk, c(lanes - 1)))
-                else:
-                    xb = builder.add(xo, builder.mul(kk, p))
-                    if not conv:  # planes: row k + ahead's first and last pixel of the tile (xblk = -ahead)
-                        ahead = builder.neg(as64(builder, args[16]))
-                        with builder.if_then(builder.icmp_signed(">", ahead, c(0))):
-                            base = builder.add(xb, builder.mul(ahead, p))
-                            for j in (0, npx - 1):
-                                ptr = builder.bitcast(builder.gep(xd, [builder.add(base, c(j))]), i8p)
-                                builder.call(
-                                    prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
-                                )
-                wb = builder.add(wo, builder.mul(kk, c(16 * nv)))
-                if lanes and not conv:  # blocks: at a block's first k, its pixels' lines xpf blocks ahead, into L1
-                    ahead = builder.sub(as64(builder, args[16]), c(1))
+                    # at a block's first k, the tile's pixels' lines xpf - 1 blocks ahead (X_PREFETCH)
+                    ahead = builder.sub(xpf, c(1))
                     first = builder.icmp_unsigned("==", builder.and_(kk, c(lanes - 1)), c(0))
                     with builder.if_then(builder.and_(first, builder.icmp_signed(">", ahead, c(0)))):
                         base = builder.add(xb, builder.mul(ahead, builder.mul(p, c(lanes))))
                         for j in range(npx):
-                            ptr = builder.bitcast(builder.gep(xd, [builder.add(base, c(lanes * j))]), i8p)
-                            builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                            fetch(xd, builder.add(base, c(lanes * j)), 3)
+                else:
+                    xb = builder.add(xo, builder.mul(kk, p))
+                    ahead = builder.neg(xpf)  # row k + ahead's first and last pixel of the tile (P_PREFETCH)
+                    with builder.if_then(builder.icmp_signed(">", ahead, c(0))):
+                        base = builder.add(xb, builder.mul(ahead, p))
+                        for j in (0, npx - 1):
+                            fetch(xd, builder.add(base, c(j)), 3)
+                wb = builder.add(wo, builder.mul(kk, c(16 * nv)))
                 with builder.if_then(builder.icmp_unsigned("!=", pw, c(0))):  # the next panel's row k, into L2
                     for line in range(nv):
-                        nxt = builder.add(pw, builder.add(builder.mul(kk, c(32)), c(16 * line)))
-                        ptr = builder.bitcast(builder.gep(wd, [nxt]), i8p)
-                        builder.call(prefetch, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+                        fetch(wd, builder.add(pw, builder.add(builder.mul(kk, c(32)), c(16 * line))), 2)
                 wv = [
                     builder.load(builder.bitcast(builder.gep(wd, [builder.add(wb, c(16 * v))]), vptr), align=4)
                     for v in range(nv)
@@ -195,7 +194,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
         if conv:
             k_loop(0)
         else:
-            with builder.if_else(builder.icmp_signed(">", as64(builder, args[16]), c(0))) as (blocks, planes):
+            with builder.if_else(builder.icmp_signed(">", xpf, c(0))) as (blocks, planes):
                 with blocks:
                     k_loop(16)
                 with planes:
@@ -281,10 +280,10 @@ def _make_tile(nv: int, npx: int):
 
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
-# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk: x in blocks of 16 channels, see k_loop); with add, also z = y + res at
-# the same places; pw != 0: the tile also prefetches the weights from wt[pw] on (the next panel's) into L2; bplane != 0:
-# y in a depthwise's blocks of 16 channels instead (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*bplane
-# + po[pb + j]])
+# x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk > 0: x in blocks of 16 channels, see k_loop; xblk also gives x's
+# prefetch distance, see _pt_worker); with add, also z = y + res at the same places; pw != 0: the tile also prefetches
+# the weights from wt[pw] on (the next panel's) into L2; bplane != 0: y in a depthwise's blocks of 16 channels instead
+# (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*bplane + po[pb + j]])
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 
@@ -316,7 +315,8 @@ def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cove
 
 def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):  # pragma: no cover - compiled
     """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M (whole panels of 16), P,
-    panels, chunks, W_PREFETCH, x in 16-channel blocks interleaved per pixel (a depthwise Handoff; else planes), the
+    panels, chunks, W_PREFETCH, x's layout and prefetch distance (> 0: 16-channel blocks interleaved per pixel, a
+    depthwise Handoff, the tiles prefetching plan[7] - 1 blocks ahead; <= 0: planes, -plan[7] rows ahead), the
     block size of a depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes),
     the real output channels; for a convolution (ConvTRunner: toff not empty, tap k at toff[k] in the padded image)
     OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP): a task's chunk is

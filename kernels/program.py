@@ -240,7 +240,8 @@ class Program:
     def __init__(self) -> None:
         self._ops: list[tuple[int, int, int, int]] = []
         self._keep: list = []  # every array and record the ops point into
-        self._table: np.ndarray | None = None
+        self._table: np.ndarray | None = None  # the ops as one (n, 4) int64 array, made on the first run
+        self._run = None  # the native runner (`_run_function`), found on the first run
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -272,6 +273,6 @@ class Program:
         table = self._table
         if table is None:
             table = self._table = np.array(self._ops, np.int64).reshape(-1, 4)
-            _run_function()
+            self._run = _run_function()
         if len(table):
-            _runner[1](table.ctypes.data, len(table))
+            self._run(table.ctypes.data, len(table))

@@ -523,21 +523,19 @@ class Net:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
                 plan = self._plan_for(threads)
-                # Net.forward, once the plan is steady: its steps' task calls replayed natively (net.replay)
-                replayable = pool and adapt and timings is None and replay.ENABLED
+                deciding = False
                 if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
                     deciding = tasks.use_pool(True) and plan.pool is None  # its first forward on the pool decides
                     before = taskpool.omp_loops() if deciding else 0
-                    if replayable and not deciding and (per_image.forward(self, plan) or replay.forward(self, plan)):
-                        return
-                    self._run_plan(plan, timings)
-                    if deciding:
-                        plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
                 else:
                     tasks.use_pool(False)
-                    if replayable and (per_image.forward(self, plan) or replay.forward(self, plan)):
-                        return
-                    self._run_plan(plan, timings)
+                # Net.forward once the launcher is decided: image by image (net.per_image) or replayed (net.replay)
+                steady = pool and adapt and timings is None and not deciding
+                if steady and (per_image.forward(self, plan) or replay.forward(self, plan)):
+                    return
+                self._run_plan(plan, timings)
+                if deciding:
+                    plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
             finally:
                 if threads != requested:
                     numba.set_num_threads(requested)

@@ -42,6 +42,7 @@ import numpy as np
 
 from kernels import tasks
 
+from . import replay
 from .flops import layer_flops
 
 ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
@@ -75,8 +76,8 @@ if hasattr(os, "register_at_fork"):
 
 def eligible(net, plan) -> str | None:
     """None where a batch may run image by image (the module docstring), else why not."""
-    if not ENABLED:
-        return "off (CREMA_PER_IMAGE=0)"
+    if not ENABLED or not replay.ENABLED:
+        return "off (CREMA_PER_IMAGE=0, or CREMA_REPLAY=0: the batch-1 copies run on their replays)"
     if net.device != "cpu" or net._share is None:
         return "not a CPU net with shared activations"
     if net._observers:

@@ -324,6 +324,8 @@ def record(net, plan):
 
 def forward(net, plan) -> bool:
     """Run an inference forward by the plan's replay (recording it when due); False: the caller runs the steps."""
+    if not ENABLED:
+        return False
     rp = plan.replay
     if rp is None:
         if tasks.recording_active():

@@ -12,7 +12,6 @@ import pytest
 
 from net import Net, arena
 from net.net import NetError
-from net.zoo import efficientnet_lite0
 from tests.conftest import randomize
 from tests.net.test_zoo_models import fill_random, prototxt_text
 
@@ -60,11 +59,6 @@ def no_overlap(net: Net) -> None:
         for b0, b1, bf, bl, bn in spans[i + 1 :]:
             if not (al < bf or bl < af):
                 assert a1 <= b0 or b1 <= a0, (an, bn)
-
-
-@pytest.fixture(scope="module")
-def effnet_files():
-    return efficientnet_lite0(say=lambda _msg: None)
 
 
 def test_efficientnet_every_blob_to_the_bit(effnet_files):

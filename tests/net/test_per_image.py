@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 
 from net import Net, per_image
-from net.efficientnet import write_model
-from net.pth import load_state_dict
-from net.zoo import efficientnet_pth
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def effnet_files(tmp_path_factory) -> dict[str, Path]:
-    return write_model(load_state_dict(efficientnet_pth()), tmp_path_factory.mktemp("effnet") / "model")
-
-
 def _load(files, keep=("pool",)) -> Net:
-    net = Net.load(files["prototxt"], files["weights"])
+    net = Net.load(files.prototxt, files.weights)
     net.share_activations(keep=keep)
     return net
 
@@ -77,7 +69,7 @@ def test_outside_the_rule_batches_stay_batched(effnet_files, case, monkeypatch) 
         net.share_activations()
         x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     else:
-        net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        net = Net.load(effnet_files.prototxt, effnet_files.weights)
         x = np.random.default_rng(0).uniform(-1, 1, (1 if case == "batch_1" else 2, 3, 224, 224)).astype(np.float32)
         if case != "no_share":
             net.share_activations()

@@ -12,16 +12,8 @@ import numpy as np
 import pytest
 
 from net import Net, per_image, replay
-from net.efficientnet import write_model
-from net.pth import load_state_dict
-from net.zoo import efficientnet_pth
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def effnet_files(tmp_path_factory) -> dict[str, Path]:
-    return write_model(load_state_dict(efficientnet_pth()), tmp_path_factory.mktemp("effnet") / "model")
 
 
 def _inputs(shape, count: int = 4) -> list[np.ndarray]:
@@ -42,9 +34,9 @@ def test_efficientnet_replayed_forwards_have_the_python_steps_bits(effnet_files,
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        fast = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        fast = Net.load(effnet_files.prototxt, effnet_files.weights)
         fast.share_activations()
-        slow = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+        slow = Net.load(effnet_files.prototxt, effnet_files.weights)
         slow.share_activations()
         xs = _inputs((batch, 3, 224, 224))
         want = _python_outputs(slow, xs + xs, monkeypatch)
@@ -70,7 +62,7 @@ def test_lenet_replays_at_batch_1(monkeypatch) -> None:
 
 
 def _replaying(effnet_files) -> tuple[Net, list[np.ndarray]]:
-    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    net = Net.load(effnet_files.prototxt, effnet_files.weights)
     xs = _inputs((1, 3, 224, 224), 4)  # the first decides the launcher, the fourth records (replay.RECORD_AT)
     for x in xs:
         net.forward(data=x)
@@ -85,7 +77,7 @@ def test_observers_see_every_replayed_forward(effnet_files, monkeypatch) -> None
     for x in xs + xs:
         net.forward(data=x)
     assert isinstance(net._plan.replay, replay.Replay)
-    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
     want = []
     ref.observe("pool", lambda name, a: want.append(a.copy()))
     _python_outputs(ref, xs + xs, monkeypatch)
@@ -96,7 +88,7 @@ def test_observers_see_every_replayed_forward(effnet_files, monkeypatch) -> None
 
 def test_a_replaced_array_sends_the_forward_back_to_the_python_steps(effnet_files, monkeypatch) -> None:
     net, xs = _replaying(effnet_files)
-    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
     layer = next(ly for ly in net.layers if ly.name == "fc")
     layer.blobs[0].data = layer.blobs[0].data * 2.0  # a new weight array: the replay's guard sees it
     ref_layer = next(ly for ly in ref.layers if ly.name == "fc")
@@ -108,7 +100,7 @@ def test_a_replaced_array_sends_the_forward_back_to_the_python_steps(effnet_file
 
 def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypatch) -> None:
     net, xs = _replaying(effnet_files)
-    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
     for n in (net, ref):
         next(ly for ly in n.layers if ly.name == "fc").blobs[1].data[:] += 0.5  # the fc's bias, not folded
     want = _python_outputs(ref, xs, monkeypatch)
@@ -120,7 +112,7 @@ def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypat
 def test_a_step_with_work_outside_its_task_calls_is_not_replayed(effnet_files, monkeypatch) -> None:
     """A step that also changes its top with NumPy: the check (Python steps against the replay, on two inputs) sees
     it, and the plan keeps its Python steps; every forward's result is still the step's."""
-    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    net = Net.load(effnet_files.prototxt, effnet_files.weights)
     x = _inputs((1, 3, 224, 224), 1)[0]
     net.forward(data=x)
     plan = net._plan
@@ -142,7 +134,7 @@ def test_a_step_with_work_outside_its_task_calls_is_not_replayed(effnet_files, m
 
 def test_switched_off_nothing_is_recorded(effnet_files, monkeypatch) -> None:
     monkeypatch.setattr(replay, "ENABLED", False)
-    net = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    net = Net.load(effnet_files.prototxt, effnet_files.weights)
     for x in _inputs((1, 3, 224, 224), 4):
         net.forward(data=x)
     assert net._plan.replay is None
@@ -152,7 +144,7 @@ def test_a_python_step_that_refuses_during_a_replay_gives_the_layers_own_forward
     """The softmax step (a Python step after the replayed ones) refuses a new view of its top (the replay's guards
     let a view of the same memory through): the forward is then every layer's own, from the input, and correct."""
     net, xs = _replaying(effnet_files)
-    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
     want = _python_outputs(ref, xs[:2], monkeypatch)
     blob = net.blob("prob")
     blob.data = blob.data.view()
@@ -165,7 +157,7 @@ def test_a_plan_whose_arrays_keep_changing_stops_recording(effnet_files, monkeyp
     """Every forward swaps a weight array: the replay is lost, recorded again once, lost again, and then the plan
     keeps its Python steps (no recording every few forwards); the results are the Python steps' throughout."""
     net, xs = _replaying(effnet_files)
-    ref = Net.load(effnet_files["prototxt"], effnet_files["weights"])
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
     nets = (net, ref)
     fcs = [next(ly for ly in n.layers if ly.name == "fc") for n in nets]
     for i in range(12):
