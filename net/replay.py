@@ -185,9 +185,10 @@ def _replayable(step) -> bool:
 def _build(net, plan, calls: list[list]) -> Replay | None:
     segments: list = []
     cur = None
+    native = -1  # the last step replayed natively
     for s, (step, layer, _, _) in enumerate(plan.steps):
         made = calls[s]
-        if cur is not None and cur[1] == s - 1 and _is(getattr(step, "done_by", None), plan.steps[s - 1][0]):
+        if native == s - 1 and _is(getattr(step, "done_by", None), plan.steps[s - 1][0]):
             continue  # its work was done by the step before, replayed (plan_steps.fuse_residual_sums)
         if step is None and not made and getattr(layer, "aliases", False):
             continue  # Split, Flatten, Reshape: their tops point at their bottom's memory, which the guards hold
@@ -198,7 +199,7 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
                 for array, before in changed:
                     cur[2].restore(array, before)
                 cur[2].call(task, kind, workers, address, args)
-            cur[1] = s
+            cur[1] = native = s
             if s in plan.after:
                 segments.append(tuple(cur))
                 cur = None

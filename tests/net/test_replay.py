@@ -167,3 +167,26 @@ def test_a_plan_whose_arrays_keep_changing_stops_recording(effnet_files, monkeyp
         np.testing.assert_array_equal(net.forward(data=xs[i % 4])["prob"], want["prob"], err_msg=f"forward {i}")
     assert net._plan.replay is False
     assert net._plan.lost == replay.LOST_AT_MOST
+
+
+def test_an_observer_on_a_fused_convolution_keeps_its_sum_out_of_the_replay(effnet_files, monkeypatch) -> None:
+    """An observer on the top of a convolution whose residual sum is fused into it (the web app's "inside the
+    network" view observes such layers) ends a native run right after the convolution; the Eltwise step after it
+    still has nothing to do (it ran its own OpenMP kernel once: the check then refused the replay)."""
+    net = Net.load(effnet_files.prototxt, effnet_files.weights)
+    x = _inputs((1, 3, 224, 224), 1)[0]
+    net.forward(data=x)
+    steps = net._plan.steps
+    conv_top = next(steps[i - 1][3][0].name for i, s in enumerate(steps) if getattr(s[0], "done_by", None))
+    seen = []
+    net.observe(conv_top, lambda name, a: seen.append(a.copy()))
+    xs = _inputs((1, 3, 224, 224), 6)
+    outs = [net.forward(data=v)["prob"].copy() for v in xs]
+    assert isinstance(net._plan.replay, replay.Replay)
+    ref = Net.load(effnet_files.prototxt, effnet_files.weights)
+    want = []
+    ref.observe(conv_top, lambda name, a: want.append(a.copy()))
+    for o, w in zip(outs, _python_outputs(ref, xs, monkeypatch)):
+        np.testing.assert_array_equal(o, w["prob"])
+    for a, b in zip(seen, want, strict=True):
+        np.testing.assert_array_equal(a, b)
