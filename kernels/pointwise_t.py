@@ -32,7 +32,11 @@ image, ``net.plan_steps.zero_border_step``): per tap (c, i, j) the tile broadcas
 output to the depthwise step after in that step's blocks (below): in planes its transposing epilogue made it slower
 than ``Im2colRunner`` (355-375 vs 260 us at 1 thread), in blocks the first depthwise layer runs on its channel-block
 path without a fill and hands its blocks on (EfficientNet-Lite0 in-process A/B, ``net.plan_steps.STEM_BLOCKS``, same
-bits: 2 threads batch 1 1.045 / 1.035x min / median, 1 thread 1.034 / 1.032x, batch 4 1.013 / 1.024x).
+bits: 2 threads batch 1 1.045 / 1.035x min / median, 1 thread 1.034 / 1.032x, batch 4 1.013 / 1.024x). At stride 2
+the tile's 14 pixel offsets are constants (``_ctile2w_s2``): with the stride a run-time value they were 14 products
+held in general registers, more than x86-64 has beside the loop's own, and the tap loop spilled them; the stem alone,
+hot, batch 1, on a Zen 4 EPYC: 1 thread 440 -> 241 us, 2 threads 245-278 -> 138-140 us (same bits; the whole forward,
+processes alternated, 1 thread min 9.17-9.32 -> 8.99-9.12 ms).
 
 y goes in planes, or, before a depthwise step on its channel-block path (``depthwise.PaddedInput``, set by the plan:
 ``net.plan_steps.hand_over_expand``), straight into that step's padded blocks of 16 channels: pixel p's channels
@@ -117,7 +121,7 @@ def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     return fits and n > 0 and int(w_shape[1]) == k and m > 0 and p > 0 and p % NP == 0
 
 
-def _tile_codegen(nv: int, npx: int, conv: bool = False):
+def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0):
     def codegen(context, builder, signature, args):
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
@@ -148,7 +152,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False):
 
         if conv:  # tap k's offset in the padded image (toff[k]) and the pixels' stride in it (ConvTRunner)
             toff_d, sx = data(21), as64(builder, args[22])
-            joff = [builder.mul(c(j), sx) for j in range(npx)]
+            joff = [c(j * sx_const) if sx_const else builder.mul(c(j), sx) for j in range(npx)]
 
         def k_loop(lanes: int) -> None:
             # x[k, p0 + j] at xo + k*p + j (planes, lanes 0), or at xo + (k // L)*Lp + k % L + Lj (L = lanes = 16
@@ -300,6 +304,16 @@ def _ctile2w(
     return sig, _tile_codegen(2, 2 * NP, conv=True)
 
 
+@intrinsic
+def _ctile2w_s2(
+    typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+):
+    """_ctile2w with the pixels' stride in the image 2 (stride-2 convolutions): their offsets constants."""
+    flat_f32(x, wt, y, bias, res, z)
+    sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx)
+    return sig, _tile_codegen(2, 2 * NP, conv=True, sx_const=2)
+
+
 @numba.njit(cache=True, boundscheck=False, inline="always")
 def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cover - compiled
     """(image, panel, pixel chunk) of the next task claimed (gemm.claim_near), or (-1, 0, 0) when none is left; with
@@ -351,7 +365,14 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
             if conv:  # the taps read from the image: 14 pixels of one row x 32 channels (conv_applies)
                 oh = p0 // ow
                 xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
-                _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+                if sx == 2:
+                    _ctile2w_s2(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
+                else:
+                    _ctile2w(
+                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                    )
                 tt += 2
                 continue
             xo = img * k * p + p0 * (16 if xblk > 0 else 1)

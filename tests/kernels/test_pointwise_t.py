@@ -390,28 +390,29 @@ def test_mobilenet_v1_chain_of_handoffs() -> None:
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_conv_t_has_im2col_bits(n) -> None:
+@pytest.mark.parametrize("n,stride", [(1, 2), (2, 2), (1, 1)])
+def test_conv_t_has_im2col_bits(n, stride) -> None:
     """ConvTRunner (a convolution with pad 0 on the tiles, the taps read from the image itself, the output in a
     depthwise's blocks) against pointwise.Im2colRunner on the same padded image: the same FMA chain per output, the
-    same bits."""
+    same bits; stride 2 on its tile with constant pixel offsets, stride 1 on the general one."""
     from kernels import depthwise
 
     rng = np.random.default_rng(n)
-    xs, ws = (n, 3, 225, 225), (32, 3, 3, 3)
+    side = 225 if stride == 2 else 114
+    xs, ws, st = (n, 3, side, side), (32, 3, 3, 3), (stride, stride)
     x = rng.standard_normal(xs, dtype=np.float32)
     w = rng.standard_normal(ws, dtype=np.float32)
     b = rng.standard_normal(32, dtype=np.float32)
-    assert pointwise_t.conv_applies(xs, ws, (2, 2))
-    assert not pointwise_t.conv_applies(xs, (24, 3, 3, 3), (2, 2))  # M not whole 32-channel panels
+    assert pointwise_t.conv_applies(xs, ws, st)
+    assert not pointwise_t.conv_applies(xs, (24, 3, 3, 3), st)  # M not whole 32-channel panels
     assert not pointwise_t.conv_applies((1, 3, 224, 224), ws, (2, 2))  # 111 output columns: not whole 14-pixel tiles
-    ref = pointwise.Im2colRunner(xs, ws, (2, 2), (1, 1), ACT)
+    ref = pointwise.Im2colRunner(xs, ws, st, (1, 1), ACT)
     want = np.empty(ref.out_shape, np.float32)
     ref(x, w, b, want)
     dw = depthwise.DepthwiseRunner(ref.out_shape, (32, 1, 3, 3), (1, 1), (1, 1), ACT, frozen=True, c8=True)
     raw = np.empty(depthwise.PaddedInput.size(dw) + 16, np.float32)
     blocks = depthwise.PaddedInput(dw, raw[(-raw.ctypes.data // 4) % 16 :])
-    run = pointwise_t.ConvTRunner(xs, ws, (2, 2), ACT, blocks)
+    run = pointwise_t.ConvTRunner(xs, ws, st, ACT, blocks)
     assert run.out_shape == ref.out_shape == (n, 32, 112, 112)
     run(x, w, b, np.empty(0, np.float32))  # y is not written: the blocks are
     got = np.full(ref.out_shape, np.nan, np.float32)
