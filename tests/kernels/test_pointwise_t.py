@@ -177,10 +177,14 @@ def test_depthwise_handoff_gives_the_same_bits(h, k, stride) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("n,k,m,h", [(1, 144, 24, 56), (1, 240, 40, 28), (1, 32, 16, 112), (2, 96, 24, 28)])
+@pytest.mark.parametrize(
+    "n,k,m,h",
+    [(1, 144, 24, 56), (1, 240, 40, 28), (1, 32, 16, 112), (2, 96, 24, 28), (1, 48, 8, 28), (1, 64, 56, 28)],
+)
 def test_x_in_blocks_on_large_planes_and_any_m(n, k, m, h) -> None:
     """x handed over in blocks (a depthwise.Handoff), any plane size and M (a last panel padded with zero weights, its
-    padding channels not stored): the bits of pointwise on the planes (no edge pixels here), residual sum included."""
+    padding channels not stored; 8 real channels in its last 16 on the half tiles: M = 8, 24, 40, 56): the bits of
+    pointwise on the planes (no edge pixels here), residual sum included."""
     from kernels import depthwise
 
     assert pointwise_t.applies((n, k, h, h), (m, k, 1, 1), xblk=True)
