@@ -1,0 +1,102 @@
+"""kernels.conv_dw: a convolution's weight gradient without im2col (few weights per output channel: LeNet's conv1),
+against the float64 reference (conv.conv2d_backward_ref): dW and db within float32 rounding of sums of up to 36,864
+products (relative to the largest entry: 2e-6), accumulated into the given arrays, and conv.conv2d_backward taking
+it where it applies with dx unchanged."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from kernels import conv, conv_dw
+
+TOL = 2e-6  # max |got - ref| / max |ref|
+
+
+def _case(n, c, h, w_, m, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w_), dtype=np.float32)
+    w = rng.standard_normal((m, c, 5, 5), dtype=np.float32)
+    dy = rng.standard_normal((n, m, h - 4, w_ - 4), dtype=np.float32)
+    return x, w, dy
+
+
+def _rel(got, ref) -> float:
+    return float(np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def test_applies() -> None:
+    ok = {"stride": (1, 1), "pad": (0, 0), "dilation": (1, 1), "group": 1}
+    assert conv_dw.applies((64, 1, 28, 28), (20, 1, 5, 5), **ok)  # LeNet's conv1
+    m = 4 * conv_dw.MB
+    assert conv_dw.applies((2, 2, 13, 13), (m, 2, 5, 5), **ok)
+    assert not conv_dw.applies((64, 20, 12, 12), (50, 20, 5, 5), **ok)  # conv2: K = 500, the GEMM's
+    assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "pad": (2, 2)})
+    assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "stride": (2, 2)})
+    assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "dilation": (2, 2)})
+    assert not conv_dw.applies((1, 2, 28, 28), (20, 1, 5, 5), **{**ok, "group": 2})
+    assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 3, 3), **ok)  # kw != 5
+    assert not conv_dw.applies((1, 1, 28, 28), (m + 1, 1, 5, 5), **ok)  # M not whole channel blocks
+    assert not conv_dw.applies((1, 1, 28, 11), (20, 1, 5, 5), **ok)  # OW = 7 < 8
+
+
+@pytest.mark.parametrize(
+    "n,c,h,w_,m",
+    [
+        (64, 1, 28, 28, 20),  # LeNet's conv1 (OW = 24: a whole vector and a masked piece with AVX-512)
+        (1, 1, 12, 12, 20),  # OW = 8: one masked piece (AVX-512)
+        (3, 2, 13, 21, 10),  # OW = 17: two channels, batch below and above the thread count
+        (5, 2, 9, 37, 20),  # OW = 33
+        (2, 1, 30, 20, 10),  # more rows than columns
+    ],
+)
+def test_matches_the_float64_reference(n, c, h, w_, m) -> None:
+    if m % conv_dw.MB:
+        m = conv_dw.MB * (m // conv_dw.MB + 1)
+    x, w, dy = _case(n, c, h, w_, m, seed=n + c + h)
+    assert conv_dw.applies(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1)
+    _, dw_ref, db_ref = conv.conv2d_backward_ref(dy, x, w)
+    dw = np.zeros(w.shape, np.float32)
+    db = np.zeros(m, np.float32)
+    conv_dw.weight_grad(x, dy, 5, 5, dw, db)
+    assert _rel(dw, dw_ref) < TOL and _rel(db, db_ref) < TOL
+
+
+def test_accumulates_and_either_output_may_be_left_out() -> None:
+    x, w, dy = _case(4, 1, 28, 28, 20)
+    _, dw_ref, db_ref = conv.conv2d_backward_ref(dy, x, w)
+    dw = np.full(w.shape, 1.5, np.float32)
+    db = np.full(20, -2.0, np.float32)
+    conv_dw.weight_grad(x, dy, 5, 5, dw, db)
+    assert _rel(dw - 1.5, dw_ref) < TOL and _rel(db + 2.0, db_ref) < TOL
+    db_only = np.zeros(20, np.float32)
+    conv_dw.weight_grad(x, dy, 5, 5, None, db_only)
+    assert _rel(db_only, db_ref) < TOL
+
+
+def test_one_thread_and_two_agree_within_rounding() -> None:
+    """The images are split in chunks of partial sums, one per thread: the bits depend on the thread count (as the
+    im2col path's), the values only within rounding."""
+    x, w, dy = _case(16, 1, 28, 28, 20)
+    _, dw_ref, _ = conv.conv2d_backward_ref(dy, x, w)
+    got = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            dw = np.zeros(w.shape, np.float32)
+            conv_dw.weight_grad(x, dy, 5, 5, dw, None)
+            got.append(dw)
+    finally:
+        numba.set_num_threads(before)
+    for dw in got:
+        assert _rel(dw, dw_ref) < TOL
+
+
+def test_conv2d_backward_takes_it_and_dx_is_unchanged() -> None:
+    x, w, dy = _case(6, 1, 28, 28, 20, seed=3)
+    dx_ref, dw_ref, db_ref = conv.conv2d_backward_ref(dy, x, w)
+    dx, dw, db = conv.conv2d_backward(dy, x, w)
+    assert _rel(dw, dw_ref) < TOL and _rel(db, db_ref) < TOL
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5 * float(np.abs(dx_ref).max()))
