@@ -1,4 +1,5 @@
-"""A convolution's weight gradient without im2col, for few weights per output channel (LeNet's conv1: 1 x 5 x 5).
+"""A convolution's weight gradient without im2col, for few weights per output channel (LeNet's conv1: 1 x 5 x 5) or
+rows of 8 output columns (LeNet's conv2).
 
 ``conv._bwd_params_worker`` computes dW = dy @ cols^T per image from a transposed im2col. With K = C*kh*kw = 25 and
 576 output pixels that im2col (one gather per pixel and kernel offset) costs several times the GEMM it feeds: LeNet's
@@ -13,10 +14,16 @@ No im2col, no packing; the sums run in another order than the GEMM's (lane-wise,
 differ from ``conv``'s path within float32 rounding (tested against the float64 reference). db = sum(dy) per
 channel: per image in VW-lane partial sums, then across lanes, then over the chunk's images.
 
+Rows of 8 columns (LeNet's conv2: 8 x 8 outputs, K = 500) run on 8-lane vectors (with AVX-512 a 16-lane one would
+be half padding): there the GEMM's K = 500 does not pay for its im2col (a gather per pixel and kernel offset) either.
+LeNet's conv2 weight gradient at batch 64, in-process A/B against the im2col path: 2 threads 1.56 -> 1.21 ms, 1
+thread 3.04 -> 2.30 ms (Zen 4 EPYC).
+
 Tasks (kernels.tasks): chunks of images, one per thread, each with its own partial dW and db (summed by the caller in
 chunk order, as ``conv`` does), then (channel block, c, i) within the chunk. Applies (``applies``): stride 1,
 dilation 1, no padding, one group, kw == KW (5), M a multiple of MB, OW >= 8 (a row fills most of a vector), and K =
-C*kh*kw <= MAX_K (beyond that the im2col is cheap against the GEMM, which then runs at 60-80% of peak).
+C*kh*kw <= MAX_K, or <= MAX_K_NARROW on rows of 8 columns (elsewhere the im2col is cheap against the GEMM, which then
+runs at 60-80% of peak).
 
 Public: ``applies(x_shape, w_shape, stride, pad, dilation, group) -> bool`` and ``weight_grad(x, dy, kh, kw, dw,
 db)``: dw (M, C, kh, kw) and db (M,) ACCUMULATED (either may be None). Benchmark: ``python -m benchmarks --only
@@ -38,7 +45,8 @@ from kernels.tiling import VW
 
 KW = 5  # kernel width the tile is written for (LeNet's 5 x 5)
 MB = 5 if VW == 16 else 2  # output channels a tile: MB * KW accumulators + MB dy vectors + 1 x vector <= registers
-MAX_K = 64  # C*kh*kw at most
+MAX_K = 64  # C*kh*kw at most, or MAX_K_NARROW for rows of at most 8 columns
+MAX_K_NARROW = 512  # LeNet's conv2: K = 500, 8 x 8 outputs
 assert MB * KW + MB + 1 <= (32 if VW == 16 else 16), "accumulators + dy vectors + the x vector fit the registers"
 
 
@@ -53,17 +61,12 @@ def applies(x_shape, w_shape, stride, pad, dilation, group) -> bool:
     n, c, h, wd = (int(v) for v in x_shape)
     m, cg, kh, kw = (int(v) for v in w_shape)
     ow = wd - kw + 1
-    return cg == c and kw == KW and m % MB == 0 and ow >= 8 and h >= kh and c * kh * kw <= MAX_K and n > 0
+    k = c * kh * kw
+    fits = k <= MAX_K or (ow <= 8 and k <= MAX_K_NARROW)
+    return cg == c and kw == KW and m % MB == 0 and ow >= 8 and h >= kh and fits and n > 0
 
 
-@intrinsic
-def _rows_tile(typingctx, x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg, out, oo):
-    """out[oo + m*KW + j] = sum over images img < nimg, rows r < oh, columns q < ow of dy[dyo + img*dy_img + m*npix +
-    r*ow + q] * x[xo + img*x_img + r*wp + q + j], for m < MB and j < KW: MB * KW accumulators of VW lanes, summed
-    across lanes at the end and written (not added)."""
-    flat_f32(x, dy, out)
-    sig = types.void(x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg, out, oo)
-
+def _rows_codegen(vw: int):
     def codegen(context, builder, signature, args):
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
@@ -72,15 +75,15 @@ def _rows_tile(typingctx, x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg,
         xo, x_img, wp, dyo, dy_img, npix, ow, oh, nimg, oo = (as64(builder, args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 9,
                                                                                                  10, 12))  # fmt: skip
         f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
-        vec = llvm_ir.VectorType(f32, VW)
+        vec = llvm_ir.VectorType(f32, vw)
         vptr = vec.as_pointer()
-        mty = llvm_ir.VectorType(llvm_ir.IntType(1), VW)
-        zero = llvm_ir.Constant(vec, [0.0] * VW)
-        iota = llvm_ir.Constant(llvm_ir.VectorType(i32, VW), list(range(VW)))
+        mty = llvm_ir.VectorType(llvm_ir.IntType(1), vw)
+        zero = llvm_ir.Constant(vec, [0.0] * vw)
+        iota = llvm_ir.Constant(llvm_ir.VectorType(i32, vw), list(range(vw)))
         mload = cgutils.get_or_insert_function(
             builder.module,
             llvm_ir.FunctionType(vec, [vptr, i32, mty, vec]),
-            f"llvm.masked.load.v{VW}f32.p0",
+            f"llvm.masked.load.v{vw}f32.p0",
         )
 
         def c(v):
@@ -91,7 +94,7 @@ def _rows_tile(typingctx, x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg,
         def ptr(base, at):
             return builder.bitcast(builder.gep(base, [at]), vptr)
 
-        def tile(xrow, dyrow, q, mask) -> None:  # columns q .. q + VW - 1 of one output row (masked: the last piece)
+        def tile(xrow, dyrow, q, mask) -> None:  # columns q .. q + vw - 1 of one output row (masked: the last piece)
             def load(base, at):
                 if mask is None:
                     return builder.load(ptr(base, at), align=4)
@@ -104,28 +107,45 @@ def _rows_tile(typingctx, x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg,
                     s = slots[m * KW + j]
                     builder.store(builder.call(fma, [dys[m], xv, builder.load(s)]), s)
 
-        full = builder.sub(ow, builder.srem(ow, c(VW)))  # columns in whole vectors
+        full = builder.sub(ow, builder.srem(ow, c(vw)))  # columns in whole vectors
         with cgutils.for_range(builder, nimg) as img_loop:
             img = img_loop.index
             with cgutils.for_range(builder, oh) as row_loop:
                 r = row_loop.index
                 xrow = builder.add(builder.add(xo, builder.mul(img, x_img)), builder.mul(r, wp))
                 dyrow = builder.add(builder.add(dyo, builder.mul(img, dy_img)), builder.mul(r, ow))
-                with cgutils.for_range_slice(builder, c(0), full, c(VW)) as (q, _):
+                with cgutils.for_range_slice(builder, c(0), full, c(vw)) as (q, _):
                     tile(xrow, dyrow, q, None)
                 with builder.if_then(builder.icmp_signed("<", full, ow)):
                     left = builder.trunc(builder.sub(ow, full), i32)
-                    mask = builder.icmp_signed("<", iota, splat(builder, left, llvm_ir.VectorType(i32, VW)))
+                    mask = builder.icmp_signed("<", iota, splat(builder, left, llvm_ir.VectorType(i32, vw)))
                     tile(xrow, dyrow, full, mask)
         reduce = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(f32, [f32, vec]), f"llvm.vector.reduce.fadd.v{VW}f32"
+            builder.module, llvm_ir.FunctionType(f32, [f32, vec]), f"llvm.vector.reduce.fadd.v{vw}f32"
         )
         for k in range(MB * KW):  # an ordered reduction: lane 0, then 1, ... (no reassociation flags)
             total = builder.call(reduce, [llvm_ir.Constant(f32, 0.0), builder.load(slots[k])])
             builder.store(total, builder.gep(od, [builder.add(oo, c(k))]))
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+def _make_rows_tile(vw: int):
+    @intrinsic
+    def rows_tile(typingctx, x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg, out, oo):
+        """out[oo + m*KW + j] = sum over images img < nimg, rows r < oh, columns q < ow of dy[dyo + img*dy_img +
+        m*npix + r*ow + q] * x[xo + img*x_img + r*wp + q + j], for m < MB and j < KW: MB * KW accumulators of vw
+        lanes, summed across lanes at the end and written (not added)."""
+        flat_f32(x, dy, out)
+        return types.void(x, xo, x_img, wp, dy, dyo, dy_img, npix, ow, oh, nimg, out, oo), _rows_codegen(vw)
+
+    return rows_tile
+
+
+# vectors of VW lanes; rows of at most 8 columns (LeNet's conv2: 8 x 8) on 8-lane vectors, no lane idle (with
+# AVX-512 a 16-lane vector there would be half padding; on Zen 4 an 8-lane FMA also costs half a 16-lane one)
+_rows_tile, _rows_tile8 = _make_rows_tile(VW), _make_rows_tile(8)
 
 
 @intrinsic
@@ -191,7 +211,10 @@ def _dw_worker(t, x, dy, kh, chunks, dwp, dbp, scratch, workers):  # pragma: no 
         m0 = blk * MB
         xo = (n0 * c_in + ci) * h * wd + i * wd
         dyo = (n0 * m_out + m0) * npix
-        _rows_tile(xf, xo, c_in * h * wd, wd, dyf, dyo, m_out * npix, npix, ow, oh, n1 - n0, out, 0)
+        if ow <= 8:
+            _rows_tile8(xf, xo, c_in * h * wd, wd, dyf, dyo, m_out * npix, npix, ow, oh, n1 - n0, out, 0)
+        else:
+            _rows_tile(xf, xo, c_in * h * wd, wd, dyf, dyo, m_out * npix, npix, ow, oh, n1 - n0, out, 0)
         for m in range(MB):
             base = (m0 + m) * kk + (ci * kh + i) * KW
             for j in range(KW):

@@ -517,7 +517,9 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
             )
 
 
-def _gemm_worker(t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc):  # pragma: no cover - compiled
+def _gemm_worker(
+    t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc
+):  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the whole C from ap/bp (packed, or row-major: see _block): claims
     mc x NC blocks of C (``_claim``) until none is left; each block walks all K panels."""
     bm = (m + mc - 1) // mc

@@ -1,4 +1,5 @@
-"""kernels.conv_dw: a convolution's weight gradient without im2col (few weights per output channel: LeNet's conv1),
+"""kernels.conv_dw: a convolution's weight gradient without im2col (few weights per output channel, or rows of 8
+columns: LeNet's conv1 and conv2),
 against the float64 reference (conv.conv2d_backward_ref): dW and db within float32 rounding of sums of up to 36,864
 products (relative to the largest entry: 2e-6), accumulated into the given arrays, and conv.conv2d_backward taking
 it where it applies with dx unchanged."""
@@ -31,7 +32,8 @@ def test_applies() -> None:
     assert conv_dw.applies((64, 1, 28, 28), (20, 1, 5, 5), **ok)  # LeNet's conv1
     m = 4 * conv_dw.MB
     assert conv_dw.applies((2, 2, 13, 13), (m, 2, 5, 5), **ok)
-    assert not conv_dw.applies((64, 20, 12, 12), (50, 20, 5, 5), **ok)  # conv2: K = 500, the GEMM's
+    assert conv_dw.applies((64, 20, 12, 12), (50, 20, 5, 5), **ok)  # LeNet's conv2: K = 500, rows of 8
+    assert not conv_dw.applies((64, 20, 16, 16), (50, 20, 5, 5), **ok)  # K = 500 on rows of 12: the GEMM's
     assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "pad": (2, 2)})
     assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "stride": (2, 2)})
     assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "dilation": (2, 2)})
@@ -49,6 +51,7 @@ def test_applies() -> None:
         (3, 2, 13, 21, 10),  # OW = 17: two channels, batch below and above the thread count
         (5, 2, 9, 37, 20),  # OW = 33
         (2, 1, 30, 20, 10),  # more rows than columns
+        (8, 20, 12, 12, 50),  # LeNet's conv2: K = 500 on rows of 8 columns (8-lane vectors)
     ],
 )
 def test_matches_the_float64_reference(n, c, h, w_, m) -> None:
