@@ -66,6 +66,19 @@ def applies(x_shape, w_shape, stride, pad, dilation, group) -> bool:
     return cg == c and kw == KW and m % MB == 0 and ow >= 8 and h >= kh and fits and n > 0
 
 
+def _lanes(builder, vw: int):
+    """The vw-lane float vector type, its pointer, its mask type, zeros, the lane indices 0..vw-1 and
+    llvm.masked.load of that type."""
+    f32, i32 = llvm_ir.FloatType(), llvm_ir.IntType(32)
+    vec = llvm_ir.VectorType(f32, vw)
+    vptr, mty = vec.as_pointer(), llvm_ir.VectorType(llvm_ir.IntType(1), vw)
+    mload = cgutils.get_or_insert_function(
+        builder.module, llvm_ir.FunctionType(vec, [vptr, i32, mty, vec]), f"llvm.masked.load.v{vw}f32.p0"
+    )
+    zero = llvm_ir.Constant(vec, [0.0] * vw)
+    return vec, vptr, zero, llvm_ir.Constant(llvm_ir.VectorType(i32, vw), list(range(vw))), mload
+
+
 def _rows_codegen(vw: int):
     def codegen(context, builder, signature, args):
         def data(i):
@@ -75,16 +88,7 @@ def _rows_codegen(vw: int):
         xo, x_img, wp, dyo, dy_img, npix, ow, oh, nimg, oo = (as64(builder, args[i]) for i in (1, 2, 3, 5, 6, 7, 8, 9,
                                                                                                  10, 12))  # fmt: skip
         f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
-        vec = llvm_ir.VectorType(f32, vw)
-        vptr = vec.as_pointer()
-        mty = llvm_ir.VectorType(llvm_ir.IntType(1), vw)
-        zero = llvm_ir.Constant(vec, [0.0] * vw)
-        iota = llvm_ir.Constant(llvm_ir.VectorType(i32, vw), list(range(vw)))
-        mload = cgutils.get_or_insert_function(
-            builder.module,
-            llvm_ir.FunctionType(vec, [vptr, i32, mty, vec]),
-            f"llvm.masked.load.v{vw}f32.p0",
-        )
+        vec, vptr, zero, iota, mload = _lanes(builder, vw)
 
         def c(v):
             return llvm_ir.Constant(i64, v)
@@ -158,14 +162,7 @@ def _vsum(typingctx, a, at, count):
         ad = context.make_array(signature.args[0])(context, builder, args[0]).data
         at, count = as64(builder, args[1]), as64(builder, args[2])
         f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
-        vec = llvm_ir.VectorType(f32, VW)
-        vptr = vec.as_pointer()
-        mty = llvm_ir.VectorType(llvm_ir.IntType(1), VW)
-        zero = llvm_ir.Constant(vec, [0.0] * VW)
-        iota = llvm_ir.Constant(llvm_ir.VectorType(i32, VW), list(range(VW)))
-        mload = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(vec, [vptr, i32, mty, vec]), f"llvm.masked.load.v{VW}f32.p0"
-        )
+        vec, vptr, zero, iota, mload = _lanes(builder, VW)
         reduce = cgutils.get_or_insert_function(
             builder.module, llvm_ir.FunctionType(f32, [f32, vec]), f"llvm.vector.reduce.fadd.v{VW}f32"
         )
