@@ -32,6 +32,7 @@ Benchmark: ``python -m benchmarks --only gemm`` (checks against the reference fi
 
 from __future__ import annotations
 
+import functools
 import platform
 import threading
 
@@ -548,6 +549,7 @@ def _gemm_tiles_parallel(
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)  # called on every gemm(): LeNet's inner products ask the same few shapes
 def row_block(m: int, n: int, workers: int) -> int:
     """Rows of C a parallel task takes: MC, unless C has fewer than 4 blocks a thread, where whole blocks claimed two
     threads at a time would leave one idle at the end (256 x 256 on 2 threads: blocks of 96, 96, 64 rows, 16 tile

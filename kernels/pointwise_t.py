@@ -331,26 +331,24 @@ _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: 
 _ptile15w, _ptile05w = _make_tile(2, 2 * NP, half=True), _make_tile(1, 2 * NP, half=True)
 
 
-@intrinsic
-def _ctile2w(
-    typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
-):
-    """The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y
-    in a depthwise's blocks (ConvTRunner; one tile shape, blocks out only: less to compile). The arguments as the 1x1
-    tiles' (res, z, add and xblk unread), then toff and sx."""
-    flat_f32(x, wt, y, bias, res, z)
-    sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx)
-    return sig, _tile_codegen(2, 2 * NP, conv=True)
+def _make_ctile(sx_const: int):
+    @intrinsic
+    def ctile(
+        typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+    ):
+        flat_f32(x, wt, y, bias, res, z)
+        sig = types.void(
+            x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
+        )
+        return sig, _tile_codegen(2, 2 * NP, conv=True, sx_const=sx_const)
+
+    return ctile
 
 
-@intrinsic
-def _ctile2w_s2(
-    typingctx, x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx
-):
-    """_ctile2w with the pixels' stride in the image 2 (stride-2 convolutions): their offsets constants."""
-    flat_f32(x, wt, y, bias, res, z)
-    sig = types.void(x, wt, y, bias, res, z, k, p, xo, wo, yo, o0, lo, hi, add, pw, xblk, po, bplane, pb, m, toff, sx)
-    return sig, _tile_codegen(2, 2 * NP, conv=True, sx_const=2)
+# The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
+# depthwise's blocks (ConvTRunner; one tile shape, blocks out only: less to compile); the arguments as the 1x1 tiles'
+# (res, z, add and xblk unread), then toff and sx. _ctile2w_s2: sx is 2 and the pixels' offsets are constants.
+_ctile2w, _ctile2w_s2 = _make_ctile(0), _make_ctile(2)
 
 
 @numba.njit(cache=True, boundscheck=False, inline="always")

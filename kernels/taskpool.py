@@ -87,6 +87,7 @@ def available() -> bool:
 def _build():
     """Compile the launcher and the worker loop for a fresh state block; returns (state, launch, worker, library)
     addresses and the library that holds the code."""
+    from numba.core import cgutils
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
@@ -153,11 +154,12 @@ def _build():
 
     # void steer(): before waking sleeping pool threads, the caller gives each the process's CPUs less its own as
     # its affinity, so the kernel cannot queue a woken thread behind the caller (which spins or works while it
-    # waits); the thread takes the whole set back once it runs (worker, after its futex wait)
+    # waits); the thread takes the whole set back once it runs (worker, after its futex wait). The set is never
+    # empty: steering is on only with two CPUs or more, and a caller outside them clears none
     steer = ir.Function(module, ir.FunctionType(void, []), "crema_pool_steer")
     steer.linkage = "internal"
     b = ir.IRBuilder(steer.append_basic_block("entry"))
-    go, body, loop, one, out = (steer.append_basic_block(s) for s in ("go", "body", "loop", "one", "out"))
+    go, out = steer.append_basic_block("go"), steer.append_basic_block("out")
     on = b.load_atomic(field(b, _STEER), "monotonic", 8)
     cpu = b.sext(b.call(b.inttoptr(i64(getcpu), ir.FunctionType(i32, []).as_pointer()), []), i64)
     ok = b.and_(b.icmp_unsigned("!=", on, i64(0)), b.icmp_signed(">=", cpu, i64(0)))
@@ -169,25 +171,15 @@ def _build():
         b.store(word, b.gep(mask, [i32(0), i32(k)]))
     at = b.gep(mask, [i32(0), b.lshr(cpu, i64(6))])
     b.store(b.and_(b.load(at), b.not_(b.shl(i64(1), b.and_(cpu, i64(63))))), at)
-    rest = i64(0)
-    for k in range(_MASK_WORDS):
-        rest = b.or_(rest, b.load(b.gep(mask, [i32(0), i32(k)])))
     registered = b.load_atomic(field(b, _NTIDS), "acquire", 8)
     count = b.select(b.icmp_signed("<", registered, i64(MAX_TIDS)), registered, i64(MAX_TIDS))
-    b.cbranch(b.icmp_unsigned("!=", rest, i64(0)), body, out)  # no other CPU: nothing to steer to
-    b.position_at_end(body)
-    b.branch(loop)
-    b.position_at_end(loop)
-    k = b.phi(i64)
-    k.add_incoming(i64(0), body)
-    b.cbranch(b.icmp_signed("<", k, count), one, out)
-    b.position_at_end(one)
-    tid = b.load_atomic(b.inttoptr(b.add(i64(base + 8 * _TIDS), b.mul(k, i64(8))), i64.as_pointer()), "acquire", 8)
-    with b.if_then(b.icmp_signed(">", tid, i64(0))):  # 0: a thread between its count and its tid (never the caller)
-        b.call(b.inttoptr(i64(syscall), sys_ty),
-               [i64(_SYS_SETAFFINITY), tid, i64(8 * _MASK_WORDS), b.ptrtoint(mask, i64)])  # fmt: skip
-    k.add_incoming(b.add(k, i64(1)), b.block)
-    b.branch(loop)
+    with cgutils.for_range(b, count) as loop:
+        tid_at = b.add(i64(base + 8 * _TIDS), b.mul(loop.index, i64(8)))
+        tid = b.load_atomic(b.inttoptr(tid_at, i64.as_pointer()), "acquire", 8)
+        with b.if_then(b.icmp_signed(">", tid, i64(0))):  # 0: a thread between its count and its tid (never the caller)
+            b.call(b.inttoptr(i64(syscall), sys_ty),
+                   [i64(_SYS_SETAFFINITY), tid, i64(8 * _MASK_WORDS), b.ptrtoint(mask, i64)])  # fmt: skip
+    b.branch(out)
     b.position_at_end(out)
     b.ret_void()
 

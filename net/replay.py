@@ -17,8 +17,9 @@ and the steps' own checks) can be done once:
    observer is notified (``Net.observe``).
 3. Check, before the replay is used: on the plan's input flipped along its last axis and then on the input itself,
    every activation is filled with NaN and the forward run once as Python steps and once replayed; the activations
-   (the shared arena once, and every blob outside it) must hold the same bits after both. A step whose effect is not all in its recorded calls (NumPy work, state that
-   changes from call to call) shows there, and the plan keeps its Python steps.
+   (the shared arena once, and every blob outside it) must hold the same bits after both. A step whose effect is not
+   all in its recorded calls (NumPy work, state that changes from call to call) shows there, and the plan keeps its
+   Python steps.
 4. Replay: while every blob, parameter and folded weight array is the object it was at recording, or a view of the
    same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), a forward is the programs and
    the Python steps in order. Otherwise the plan goes back to its Python steps and records again once steady (twice
