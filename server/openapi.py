@@ -396,10 +396,13 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     ),
                     inside={
                         "type": ["object", "null"],
-                        "required": ["entries", "bytes", "max_bytes", "ttl_s", "per_request_bytes"],
+                        "required": ["entries", "bytes", "reuse_bytes", "max_bytes", "ttl_s", "per_request_bytes"],
                         "properties": {
                             "entries": _int("searches whose maps are kept"),
-                            "bytes": _int(),
+                            "bytes": _int("held by those searches' maps"),
+                            "reuse_bytes": _int(
+                                "freed blocks kept for the next forwards' maps (with bytes, at most max_bytes)"
+                            ),
                             "max_bytes": _int(),
                             "ttl_s": {"type": "number"},
                             "per_request_bytes": _int(),

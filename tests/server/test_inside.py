@@ -5,6 +5,8 @@ PNGs, the per-request and cache bounds, and the errors; for LeNet, EfficientNet-
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from starlette.testclient import TestClient
 
@@ -250,3 +252,52 @@ def test_openapi_documents_inside(model):
     assert {"/api/inside/{id}/maps", "/api/filters"} <= set(spec["paths"])
     props = spec["components"]["schemas"]["SearchResult"]["properties"]
     assert "inside" in props and "InsideLayer" in spec["components"]["schemas"]
+
+
+def test_arenas_are_reused_within_the_cache_bound(lenet_files, monkeypatch):
+    """A row's maps are views of one arena; once the cache is full, the next forward copies into the arena of the
+    entry that leaves it (no fresh memory), the maps are that forward's, and entries plus arenas kept for reuse stay
+    within max_bytes; an entry being drawn keeps its arena until the drawing is done; kept arenas go after ttl_s."""
+    import server.inside
+
+    model = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])  # no other Inside
+    per_row = 73_600  # LeNet's conv1, pool1, conv2 and pool2 maps: 46,080 + 11,520 + 12,800 + 3,200 bytes
+    fresh = []
+    new_arena = server.inside._new_arena
+    monkeypatch.setattr(server.inside, "_new_arena", lambda n: fresh.append(n) or new_arena(n))
+    inside = Inside(model.net, bgr=False, max_bytes=2 * per_row + 1000)
+    x = [model.preprocess(png_bytes(digit(d)))[None] for d in range(4)]
+    keys, arenas, copies = [], [], []
+    for i in range(3):
+        model.infer(x[i])
+        row = inside.capture(1)[0]
+        assert row.arena.nbytes == per_row and all(np.shares_memory(m, row.arena) for m in row.values())
+        keys.append(inside.store(row))
+        arenas.append(row.arena)
+        copies.append({k: v.copy() for k, v in row.items()})
+        stats = inside.stats()
+        assert stats["bytes"] + stats["reuse_bytes"] <= inside.max_bytes
+    assert fresh == [per_row] * 2  # the third forward made room: the first entry went, its arena was reused
+    assert arenas[2] is arenas[0] and inside.stats()["entries"] == 2
+    # the second entry is being drawn while the next forward drops it: its arena is not taken
+    entry = inside.get(keys[1], reading=True)
+    model.infer(x[3])
+    row = inside.capture(1)[0]
+    assert fresh == [per_row] * 3 and not np.shares_memory(row.arena, arenas[1])
+    assert all(np.array_equal(entry.maps[k], v) for k, v in copies[1].items())  # still the second's maps
+    inside.done(entry)  # now it can be reused
+    assert inside.stats()["reuse_bytes"] == per_row
+    inside.store(row)
+    assert inside.stats()["reuse_bytes"] == 0  # 2 entries (147,200 bytes) leave no room within 148,200
+    model.infer(x[0])
+    again = inside.capture(1)[0]
+    assert len(fresh) == 3 and again.arena is arenas[2]  # the oldest entry's, reused
+    plain = Net.load(model.files.prototxt, model.files.weights)
+    plain.forward(data=x[0])
+    for name, maps in again.items():
+        view = next(v for v in inside.views if v.name == name)
+        assert np.array_equal(maps, plain.blobs[view.top][0, : len(maps)]), name
+    inside.store(again)
+    inside.ttl_s = 0.0  # everything expires: entries and the arenas kept for reuse
+    time.sleep(0.01)
+    assert inside.stats()["entries"] == 0 and inside.stats()["reuse_bytes"] == 0
