@@ -447,13 +447,13 @@ class Solver:
             if lr_mult == 0:
                 continue
             w, g, h = blob.data.reshape(-1), blob.diff.reshape(-1), self.history[k].reshape(-1)
-            optim.regularize(w, g, scale, float(p.weight_decay) * decay_mult, l1)
             local = rate * lr_mult
-            if kind == "SGD":
-                optim.sgd_update(w, g, h, local, float(p.momentum))
-            elif kind == "Nesterov":
-                optim.nesterov_update(w, g, h, local, float(p.momentum))
-            elif kind == "AdaGrad":
+            if kind in ("SGD", "Nesterov"):  # regularize + update in one pass (the same bits)
+                decay = float(p.weight_decay) * decay_mult
+                optim.sgd_step(w, g, h, scale, decay, l1, local, float(p.momentum), kind == "Nesterov")
+                continue
+            optim.regularize(w, g, scale, float(p.weight_decay) * decay_mult, l1)
+            if kind == "AdaGrad":
                 optim.adagrad_update(w, g, h, local, float(p.delta))
             elif kind == "RMSProp":
                 optim.rmsprop_update(w, g, h, local, float(p.rms_decay), float(p.delta))
