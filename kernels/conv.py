@@ -22,7 +22,9 @@ Kernels (forward, then backward):
                           and an image fits in L2 (``direct_applies``: LeNet's convolutions): ``_direct_tile``, the
                           GEMM micro-kernel's MR x 16 register tile with B's rows read from the (padded) image through
                           a table of tap offsets, RUNS 8-pixel runs per tile (2, or 4 with AVX-512); tasks (image,
-                          part of its pixel tiles).
+                          part of its pixel tiles). A last block of channels that fills a third or two thirds of MR
+                          takes a tile of that many rows (``SHORT_ROWS``; LeNet conv2's 50 = 4 x 12 + 2: at batch 64
+                          1.24 -> 1.10 ms, conv1's 20 = 12 + 8: 0.29 -> 0.26 ms, Zen 4, 2 threads).
                           Same bits as im2col + GEMM when K fits one K panel, and faster on LeNet's layers at every
                           batch size (benchmarks/perf_notes.md).
 4. ``_bwd_params_worker`` - dW += dy_g @ cols_g^T and db += sum(dy) as (image chunk, group, part of K) tasks over
@@ -91,48 +93,65 @@ from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC_CONV, MN_DIRECT, MR
 from kernels.tiling import DIRECT_RUNS as RUNS  # 8-pixel runs per direct-convolution tile
 
 
-@intrinsic
-def _direct_tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
-    """acc[i*TILE_PX + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo[v] + toff[t] + j] over taps t < ntaps, for i < MR
+def _make_direct_tile(rows: int):
+    """The direct convolution's micro-kernel for `rows` output channels (see _direct_tile)."""
+
+    def tile(typingctx, wp, ao, xp, xo, toff, ntaps, acc):
+        _flat_f32(wp, xp, acc)
+        sig = types.void(wp, ao, xp, xo, toff, ntaps, acc)
+
+        def codegen(context, builder, signature, args):
+            def data(i):  # pointer to the elements of array argument i
+                return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+            w_data, ao_data, x_data, xo_data, t_data, acc_data = data(0), data(1), data(2), data(3), data(4), data(6)
+            nt_v = args[5]
+            f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
+            vptr = llvm_ir.VectorType(f32, 8).as_pointer()
+            offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(rows)]
+            xos = [_as64(builder, builder.load(builder.gep(xo_data, [llvm_ir.Constant(i64, v)]))) for v in range(RUNS)]
+            nv = RUNS * 8 // VW  # accumulators per channel: one per run (ymm) or per two runs (zmm)
+            wvec = llvm_ir.VectorType(f32, VW)
+            slots, fma = _accumulators(builder, wvec, nv * rows)  # slot nv*i + v -> acc[i*TILE_PX + v*VW :]
+            concat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 16), list(range(16)))
+            with cgutils.for_range(builder, _as64(builder, nt_v)) as loop:
+                t = loop.index
+                o = _as64(builder, builder.load(builder.gep(t_data, [t])))
+                runs = [
+                    builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xos[v], o)]), vptr), align=4)
+                    for v in range(RUNS)
+                ]
+                bv = (
+                    runs
+                    if VW == 8
+                    else [builder.shuffle_vector(runs[2 * h], runs[2 * h + 1], concat) for h in range(nv)]
+                )
+                for i in range(rows):
+                    av = _splat(builder, builder.load(builder.gep(w_data, [builder.add(offs[i], t)])), wvec)
+                    for v in range(nv):
+                        s_ = slots[nv * i + v]
+                        builder.store(builder.call(fma, [av, bv[v], builder.load(s_)]), s_)
+            _store_accumulators(builder, slots, acc_data)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = tile.__qualname__ = f"_direct_tile_{rows}"
+    return intrinsic(tile)
+
+
+_direct_tile = _make_direct_tile(MR)
+_direct_tile.__doc__ = """acc[i*TILE_PX + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo[v] + toff[t] + j] over taps t < ntaps, for i < MR
     output channels and RUNS runs of 8 output pixels (v < RUNS; each run 8 consecutive floats of one input row): the
     direct convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile``, with B's rows read from the
     image itself through the tap table toff (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap t = (c*kh + i)*kw + j)
     instead of from a packed im2col. AVX2: 2 runs, twelve <8 x float> accumulators, 6 broadcasts and 2 vector loads
     per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators), 12 broadcasts per 24 FMAs."""
-    _flat_f32(wp, xp, acc)
-    sig = types.void(wp, ao, xp, xo, toff, ntaps, acc)
-
-    def codegen(context, builder, signature, args):
-        def data(i):  # pointer to the elements of array argument i
-            return context.make_array(signature.args[i])(context, builder, args[i]).data
-
-        w_data, ao_data, x_data, xo_data, t_data, acc_data = data(0), data(1), data(2), data(3), data(4), data(6)
-        nt_v = args[5]
-        f32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(64)
-        vptr = llvm_ir.VectorType(f32, 8).as_pointer()
-        offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
-        xos = [_as64(builder, builder.load(builder.gep(xo_data, [llvm_ir.Constant(i64, v)]))) for v in range(RUNS)]
-        nv = RUNS * 8 // VW  # accumulators per channel: one per run (ymm) or per two runs (zmm)
-        wvec = llvm_ir.VectorType(f32, VW)
-        slots, fma = _accumulators(builder, wvec, nv * MR)  # slot nv*i + v -> acc[i*TILE_PX + v*VW :]
-        concat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 16), list(range(16)))
-        with cgutils.for_range(builder, _as64(builder, nt_v)) as loop:
-            t = loop.index
-            o = _as64(builder, builder.load(builder.gep(t_data, [t])))
-            runs = [
-                builder.load(builder.bitcast(builder.gep(x_data, [builder.add(xos[v], o)]), vptr), align=4)
-                for v in range(RUNS)
-            ]
-            bv = runs if VW == 8 else [builder.shuffle_vector(runs[2 * h], runs[2 * h + 1], concat) for h in range(nv)]
-            for i in range(MR):
-                av = _splat(builder, builder.load(builder.gep(w_data, [builder.add(offs[i], t)])), wvec)
-                for v in range(nv):
-                    s_ = slots[nv * i + v]
-                    builder.store(builder.call(fma, [av, bv[v], builder.load(s_)]), s_)
-        _store_accumulators(builder, slots, acc_data)
-        return context.get_dummy_value()
-
-    return sig, codegen
+# The last channel block of a layer whose channels are not a multiple of MR: a tile of fewer rows instead of a whole
+# one that recomputes its last row (LeNet conv2's 50 channels: 4 x 12 + 2, a sixth of its FMAs wasted).
+SHORT_ROWS = (MR // 3, 2 * MR // 3)  # zmm: 4 and 8 rows; ymm: 2 and 4
+_direct_tile_s1 = _make_direct_tile(SHORT_ROWS[0])
+_direct_tile_s2 = _make_direct_tile(SHORT_ROWS[1])
 
 
 DIRECT = True  # forward: the direct path where it applies (direct_applies); False: always im2col + GEMM
@@ -659,7 +678,12 @@ def _direct_task(src, w, bias, y, toff, geometry, per, epilogue, task):
                 mr = min(MR, mg - ir * MR)
                 for i in range(MR):
                     ao[i] = np.uint64((c0 + min(i, mr - 1)) * k_all)
-                _direct_tile(w, ao, src, xo, toff, np.uint64(k_all), acc)
+                if mr <= SHORT_ROWS[0]:
+                    _direct_tile_s1(w, ao, src, xo, toff, np.uint64(k_all), acc)
+                elif mr <= SHORT_ROWS[1]:
+                    _direct_tile_s2(w, ao, src, xo, toff, np.uint64(k_all), acc)
+                else:
+                    _direct_tile(w, ao, src, xo, toff, np.uint64(k_all), acc)
                 for i in range(mr):
                     row = (n * m + c0 + i) * npix
                     bi = bias[c0 + i]

@@ -398,6 +398,8 @@ DIRECT_CASES = [  # shapes that take the direct path (stride-1 rows of a multipl
     ((5, 8, 9, 16), (13, 8, 2, 1), {}),  # an odd number of 8-pixel runs (9 rows x 2): a half tile
     ((2, 2, 8, 15), (4, 1, 1, 8), {"group": 2}),  # 1 x 8 kernel, 8 x 8 output
     ((1, 4, 12, 12), (7, 4, 3, 3), {"pad": (1, 1), "dilation": (3, 3)}),  # dilation 3 in both directions: 8 x 8 output
+    ((2, 2, 10, 8), (11, 2, 3, 1), {}),  # M = 11: one block of 11 rows (zmm: past the short tiles; ymm: 6 + 5)
+    ((2, 2, 10, 8), (5, 2, 3, 1), {}),  # M = 5: a short tile of each size on one shape or the other
 ]
 
 
