@@ -21,8 +21,9 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
 4. ``_gemm_worker`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) claimed by one
                        worker per thread (a ``kernels.tasks`` body, like 3.); ``_gemm_tiles_serial`` is the same loop
                        nest for callers that are themselves parallel (convolution over a batch). A C of fewer than 4
-                       blocks a thread takes blocks of rows that split evenly over the threads (``row_block``: 256^3
-                       on 2 threads, 0.204 -> 0.175-0.192 ms, 0.91x -> 1.02-1.13x NumPy's BLAS on a Zen 4 EPYC).
+                       blocks a thread takes blocks of rows and columns that split evenly over the threads
+                       (``blocking``: 256^3 on 2 threads, 0.204 -> 0.175-0.192 ms, 0.91x -> 1.02-1.13x NumPy's BLAS
+                       on a Zen 4 EPYC; LeNet ip1's data gradient 64 x 800 x 500: see benchmarks/perf_notes.md).
 
 Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
 per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
@@ -519,63 +520,83 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
 
 
 def _gemm_worker(
-    t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc
+    t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc, nc
 ):  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the whole C from ap/bp (packed, or row-major: see _block): claims
-    mc x NC blocks of C (``_claim``) until none is left; each block walks all K panels."""
+    mc x nc blocks of C (``_claim``) until none is left; each block walks all K panels."""
     bm = (m + mc - 1) // mc
-    bn = (n + NC - 1) // NC
+    bn = (n + nc - 1) // nc
     task = _claim(counter)
     while task < bm * bn:
-        _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, task, bm, mc)
+        _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, task, bm, mc, nc)
         task = _claim(counter)
 
 
 _F1, _i = types.float32[::1], types.int64
 _GEMM = Task(
     _gemm_worker,
-    (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1], _i),
+    (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1], _i, _i),
     boundscheck=False,
 )
 
 
 def _gemm_tiles_parallel(
-    ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter, mc=MC
+    ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter, mc=MC, nc=NC
 ):
-    """_gemm_worker on `workers` threads (the thread count), blocks of mc rows of C."""
+    """_gemm_worker on `workers` threads (the thread count), blocks of mc x nc of C."""
     _GEMM.parallel(
         _GEMM.address, workers, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, bool(accumulate), bias, bias_off,
-        counter, mc,
+        counter, mc, nc,
     )  # fmt: skip
 
 
+def _makespan(tiles: int, per: int, slivers: int, per_n: int, workers: int) -> int:
+    """Tile-sliver units of work on the busiest of `workers` threads that claim blocks of per x per_n (row tiles x
+    column slivers) in _gemm_worker's order (row blocks first) as each finishes its last, plus one unit a block."""
+    bm, bn = -(-tiles // per), -(-slivers // per_n)
+    done = [0] * workers
+    for t in range(bm * bn):
+        i, j = t % bm, t // bm
+        rows = min(per, tiles - i * per)
+        cols = min(per_n, slivers - j * per_n)
+        w = done.index(min(done))
+        done[w] += rows * cols + 1
+    return max(done)
+
+
 @functools.lru_cache(maxsize=256)  # called on every gemm(): LeNet's inner products ask the same few shapes
-def row_block(m: int, n: int, workers: int) -> int:
-    """Rows of C a parallel task takes: MC, unless C has fewer than 4 blocks a thread, where whole blocks claimed two
-    threads at a time would leave one idle at the end (256 x 256 on 2 threads: blocks of 96, 96, 64 rows, 16 tile
-    rows of work on the busier thread against 11 each for two blocks of 132). Then the block of MR-row tiles (up to
-    2 MC rows) whose tasks, in rounds of `workers`, end soonest; the larger block on a tie. C's values do not depend
-    on it: each tile sums the same K panels in the same order."""
-    tiles, bn = -(-m // MR), -(-n // NC)
-    if workers <= 1 or -(-m // MC) * bn >= 4 * workers:
-        return MC
-    best, best_key = MC, None
-    for per in range(1, min(tiles, 2 * MC // MR) + 1):
-        blocks = -(-tiles // per)
-        span = -(-(blocks * bn) // workers) * per
-        key = (span, -per)
-        if best_key is None or key < best_key:
-            best, best_key = per * MR, key
+def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
+    """(rows, columns) of the blocks of C that parallel tasks take: MC x NC, unless C has fewer than 4 such blocks a
+    thread, where whole blocks claimed by the threads in turn would leave one idle at the end: 256 x 256 on 2 threads
+    as blocks of 96, 96, 64 rows (16 tile rows of work on the busier thread against 11 each for two blocks of 132);
+    LeNet ip1's data gradient, 64 x 800, as column blocks of 256, 256, 256, 32 (512 columns on one thread, 288 on
+    the other; two blocks of 400 instead). Then the blocks of MR-row tiles (up to 2 MC rows) and of NR-column slivers
+    (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
+    ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same K panels in the same order."""
+    tiles, slivers = -(-m // MR), -(-n // NR)
+    if workers <= 1 or -(-m // MC) * -(-n // NC) >= 4 * workers:
+        return MC, NC
+    widths = {min(NC // NR, slivers)} | {-(-slivers // (workers * r)) for r in range(1, 5)}
+    best, best_key = (MC, NC), None
+    for per_n in sorted(widths):
+        if per_n > 2 * NC // NR:  # at most 2 NC columns: a block's B slivers stay in L2
+            continue
+        for per in range(1, min(tiles, 2 * MC // MR) + 1):
+            bm, bn = -(-tiles // per), -(-slivers // per_n)
+            # then the least reading of A and B: each column block reads A's rows again, each row block B's columns
+            key = (_makespan(tiles, per, slivers, per_n, workers), bn * m + bm * n, -per * per_n)
+            if best_key is None or key < best_key:
+                best, best_key = (per * MR, per_n * NR), key
     return best
 
 
 @njit(cache=True, boundscheck=False)
-def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm, mc):
-    """Task t of _gemm_worker: the mc x NC block (t % bm, t // bm) of C over all K panels."""
+def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm, mc, nc):
+    """Task t of _gemm_worker: the mc x nc block (t % bm, t // bm) of C over all K panels."""
     i0 = (t % bm) * mc
-    j0 = (t // bm) * NC
+    j0 = (t // bm) * nc
     i1 = min(i0 + mc, m)
-    j1 = min(j0 + NC, n)
+    j1 = min(j0 + nc, n)
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
         _block(
@@ -695,7 +716,7 @@ def gemm(
     workers = numba.get_num_threads()
     _gemm_tiles_parallel(
         a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0, workers, np.zeros(1, np.int64),
-        row_block(m, n, workers),
+        *blocking(m, n, workers),
     )  # fmt: skip
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -114,7 +115,6 @@ def test_packing_layout(rows_major: bool, n: int, k: int, width: int) -> None:
 def test_claim_hands_out_every_task_exactly_once() -> None:
     """gemm._claim (atomic fetch-add) under a parallel worker loop: each of 10,000 tasks is claimed by exactly one
     worker, whatever the thread count, and the workers that ran are the ones prange started."""
-    import numba
     from numba import njit, prange
 
     from kernels.gemm import _claim
@@ -183,5 +183,30 @@ def test_image_queues_change_no_bit(monkeypatch) -> None:
                 assert np.isfinite(outs[0]).all()
                 for y in outs[1:]:
                     np.testing.assert_array_equal(y, outs[0])
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_blocking_splits_the_work_evenly_and_changes_no_bit() -> None:
+    """Few blocks a thread: blocks of rows and columns that end together (LeNet ip1's data gradient, 64 x 800 on 2
+    threads: two blocks of 400 columns, not 256, 256, 256 and 32), the operands read the fewest times on a tie; C is
+    the same bits as one thread's MC x NC blocks (each tile sums the same K panels in the same order)."""
+    from kernels.gemm import MC, NC, blocking
+
+    mc, nc = blocking(64, 800, 2)
+    assert mc >= 64 and nc == 400  # one row block (the large B, W, read once), two column blocks
+    mc, nc = blocking(500, 64, 2)  # LeNet ip1's forward, W @ x^T: rows split, W (the large A) read once
+    assert mc < 500 and nc >= 64
+    assert blocking(4096, 4096, 2) == (MC, NC) and blocking(64, 800, 1) == (MC, NC)
+    rng = np.random.default_rng(5)
+    before = numba.get_num_threads()
+    try:
+        for m, n, k in ((64, 800, 500), (500, 64, 800), (256, 256, 256), (37, 530, 70)):
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((k, n), dtype=np.float32)
+            numba.set_num_threads(1)
+            one = gemm(a, b)
+            numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+            assert np.array_equal(gemm(a, b), one), (m, n, k)
     finally:
         numba.set_num_threads(before)
