@@ -61,6 +61,7 @@ Benchmark (checks against the reference first, then times each CaffeNet/LeNet la
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -379,6 +380,92 @@ def _col2im(dcols, npix, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, t_
                         for ow in range(ow_n):
                             tgt[to + np.uint64(ow * sw)] += dcols[so + np.uint64(ow)]
                 k += 1
+
+
+COL2IM_ROW = 16  # _col2im_rows: target rows of at most this many floats (one <16 x float>: a zmm, or two ymm)
+COL2IM_CHAINS = 4  # _col2im_rows: channels summed side by side (each row's sum is a chain of dependent adds)
+
+
+@intrinsic
+def _col2im_rows(typingctx, dcols, npix, nc, kh, kw, oh_n, ow_n, th, tw, tgt, t_off):
+    """tgt[t_off + (c*th + y)*tw + x] = sum over i < kh, j < kw (in that order, from 0.0) of
+    dcols[((c*kh + i)*kw + j)*npix + (y-i)*ow_n + (x-j)] where 0 <= y-i < oh_n and 0 <= x-j < ow_n, for c < nc,
+    y < th, x < tw <= COL2IM_ROW: _col2im at stride and dilation 1 into a target it overwrites (no zeroing first),
+    each target row summed in a vector register from masked loads of dcols (a lane outside a row adds 0.0, which
+    changes no sum) and stored once, COL2IM_CHAINS channels' rows at a time (independent chains of adds): the same sums in the same order as zeroing and _col2im, without its overlapping
+    read-modify-writes of the target (consecutive taps' rows overlap shifted by a float: store-forwarding stalls)."""
+    _flat_f32(dcols, tgt)
+    sig = types.void(dcols, npix, nc, kh, kw, oh_n, ow_n, th, tw, tgt, t_off)
+
+    def codegen(context, builder, signature, args):
+        f32, i1, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(1), llvm_ir.IntType(32), llvm_ir.IntType(64)
+        vec = llvm_ir.VectorType(f32, COL2IM_ROW)
+        vptr, mty = vec.as_pointer(), llvm_ir.VectorType(i1, COL2IM_ROW)
+        ity = llvm_ir.VectorType(i32, COL2IM_ROW)
+        mload = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(vec, [vptr, i32, mty, vec]), f"llvm.masked.load.v{COL2IM_ROW}f32.p0"
+        )
+        mstore = cgutils.get_or_insert_function(
+            builder.module,
+            llvm_ir.FunctionType(llvm_ir.VoidType(), [vec, vptr, i32, mty]),
+            f"llvm.masked.store.v{COL2IM_ROW}f32.p0",
+        )
+        d_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        t_data = context.make_array(signature.args[9])(context, builder, args[9]).data
+        npix_, nc_, kh_, kw_, oh_, ow_, th_, tw_, toff_ = (
+            _as64(builder, args[i]) for i in (1, 2, 3, 4, 5, 6, 7, 8, 10)
+        )
+        zero = llvm_ir.Constant(vec, [0.0] * COL2IM_ROW)
+        iota = llvm_ir.Constant(ity, list(range(COL2IM_ROW)))
+        four = llvm_ir.Constant(i32, 4)
+
+        def splat32(v):
+            return _splat(builder, builder.trunc(v, i32), ity)
+
+        in_row = builder.icmp_unsigned("<", iota, splat32(tw_))  # lanes of a target row
+        c64 = functools.partial(llvm_ir.Constant, i64)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(COL2IM_CHAINS)]
+        ncb = builder.udiv(builder.add(nc_, c64(COL2IM_CHAINS - 1)), c64(COL2IM_CHAINS))
+        last = builder.sub(nc_, c64(1))
+        with cgutils.for_range(builder, ncb) as lc:
+            c0 = builder.mul(lc.index, c64(COL2IM_CHAINS))
+            here = [builder.icmp_unsigned("<", builder.add(c0, c64(u)), nc_) for u in range(COL2IM_CHAINS)]
+            # channels c0 .. c0 + CHAINS - 1 side by side (past the last channel: it again, not stored)
+            cs = [builder.select(h, builder.add(c0, c64(u)), last) for u, h in enumerate(here)]
+            with cgutils.for_range(builder, th_) as ly:
+                y = ly.index
+                for a in accs:
+                    builder.store(zero, a)
+                with cgutils.for_range(builder, kh_) as li:
+                    i = li.index
+                    oh = builder.sub(y, i)  # unsigned: wraps past oh_n when i > y
+                    with builder.if_then(builder.icmp_unsigned("<", oh, oh_)):
+                        ks = [builder.mul(builder.add(builder.mul(cu, kh_), i), kw_) for cu in cs]
+                        with cgutils.for_range(builder, kw_) as lj:
+                            j = lj.index
+                            lo = splat32(j)
+                            mask = builder.and_(
+                                in_row,
+                                builder.and_(
+                                    builder.icmp_unsigned(">=", iota, lo),
+                                    builder.icmp_unsigned("<", iota, builder.add(lo, splat32(ow_))),
+                                ),
+                            )
+                            rest = builder.sub(builder.mul(oh, ow_), j)  # lane x reads (k + j)*npix + oh*ow_n + x - j
+                            for k0, a in zip(ks, accs):
+                                at = builder.add(builder.mul(builder.add(k0, j), npix_), rest)
+                                v = builder.call(
+                                    mload, [builder.bitcast(builder.gep(d_data, [at]), vptr), four, mask, zero]
+                                )
+                                builder.store(builder.fadd(builder.load(a), v), a)
+                for h, cu, a in zip(here, cs, accs):
+                    with builder.if_then(h):
+                        row = builder.add(toff_, builder.mul(builder.add(builder.mul(cu, th_), y), tw_))
+                        dst = builder.bitcast(builder.gep(t_data, [row]), vptr)
+                        builder.call(mstore, [builder.load(a), dst, four, in_row])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # --------------------------------------------------------------------------------------------- packing
@@ -784,7 +871,9 @@ def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, s
     """dx (N, C, H, W), overwritten, as (image, group, block of cb channels) tasks split evenly between `workers`
     workers (this is worker t, kernels.tasks; its buffers are row t of each workspace array): dcols = rows of
     W_g^T @ dy_g for the block's channels (the running thread's ws_c), then col2im into a zeroed image (its pads
-    when pad > 0, cropped into dx; dx itself otherwise).
+    when pad > 0, cropped into dx; dx itself otherwise), or at stride and dilation 1 with rows of at most COL2IM_ROW
+    floats, _col2im_rows, which writes the image's rows whole (no zeroing; the same bits; LeNet conv2's dx at batch
+    64 on 1 thread 2.57 -> 2.33 ms).
 
     apt: W^T of every group packed as GEMM A (at_size each, see _pack_weights_t); zeros: >= ceil(K/MR)*MR zeros;
     cb * kh * kw is a multiple of MR (so blocks start on a sliver of apt), or cb = C/group. The image (group, C/group,
@@ -798,6 +887,7 @@ def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, s
     nblk = (cg + cb - 1) // cb
     padded = ph > 0 or pw > 0
     hp, wp = h + 2 * ph, wd + 2 * pw
+    rows = sh == 1 and sw == 1 and dh == 1 and dw == 1 and wp <= COL2IM_ROW  # _col2im_rows: rows in registers
     dyf = dy.reshape(-1)
     dxf = dx.reshape(-1)
     total = n_img * group * nblk
@@ -811,11 +901,16 @@ def _bwd_data_worker(t, dy, apt, at_size, zeros, group, cg, h, wd, kh, kw, sh, s
             apt[g * at_size + c0 * khw * mg :], ws_b[t], ws_c[t], 0, npix, nc * khw, npix, mg, False, zeros, 0
         )
         x_off = (n * c + g * cg + c0) * h * wd
-        if padded:
+        if rows and not padded:
+            _col2im_rows(ws_c[t], npix, nc, kh, kw, oh_n, ow_n, h, wd, dxf, x_off)
+        elif padded:
             tgt = pads[t]
-            for i in range(nc * hp * wp):
-                tgt[i] = 0.0
-            _col2im(ws_c[t], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, 0)
+            if rows:
+                _col2im_rows(ws_c[t], npix, nc, kh, kw, oh_n, ow_n, hp, wp, tgt, 0)
+            else:
+                for i in range(nc * hp * wp):
+                    tgt[i] = 0.0
+                _col2im(ws_c[t], npix, nc, kh, kw, sh, sw, dh, dw, oh_n, ow_n, hp, wp, tgt, 0)
             for ci in range(nc):
                 for r in range(h):
                     src = (ci * hp + ph + r) * wp + pw

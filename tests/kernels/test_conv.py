@@ -529,3 +529,33 @@ def test_relu_max_errors(relu, relu_max, match) -> None:
     with pytest.raises(ValueError, match=match):
         conv2d_forward(np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32), None, relu=relu,
                        relu_max=relu_max)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("nc", "kh", "kw", "oh", "ow"),
+    [(20, 5, 5, 8, 8), (3, 3, 3, 5, 7), (5, 1, 1, 4, 16), (1, 2, 4, 6, 13), (7, 5, 3, 1, 1)],
+)
+def test_col2im_rows_is_zeroing_and_col2im_bit_for_bit(nc, kh, kw, oh, ow) -> None:
+    """_col2im_rows (stride and dilation 1, rows of at most COL2IM_ROW floats summed in registers, COL2IM_CHAINS
+    channels at a time: 20 = 5 x 4, and 3, 5, 1, 7 channels that leave a partial group) writes what zeroing the
+    target and _col2im's scatter-adds write, bit for bit, and nothing past its planes."""
+    from numba import njit
+
+    from kernels.conv import COL2IM_ROW, _col2im, _col2im_rows
+
+    th, tw = oh + kh - 1, ow + kw - 1
+    assert tw <= COL2IM_ROW
+
+    @njit
+    def rows(dcols, tgt, off):
+        _col2im_rows(dcols, oh * ow, nc, kh, kw, oh, ow, th, tw, tgt, off)
+
+    rng = np.random.default_rng(nc * 100 + kh * 10 + kw)
+    dcols = rng.standard_normal(nc * kh * kw * oh * ow, dtype=np.float32)
+    want = np.zeros(nc * th * tw + 10, np.float32)
+    want[-7:] = 9.0
+    got = np.full_like(want, np.nan)
+    got[-7:] = 9.0
+    _col2im(dcols, oh * ow, nc, kh, kw, 1, 1, 1, 1, oh, ow, th, tw, want, 3)
+    rows(dcols, got, 3)
+    assert np.array_equal(got[3:-7], want[3:-7]) and np.isnan(got[:3]).all() and (got[-7:] == 9.0).all()
