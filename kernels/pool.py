@@ -7,8 +7,9 @@ Kernels, in the order they appear:
                             (one cached compilation per entry of SPECIALISED), so the window loops unroll and the
                             compiler vectorises across outputs: `_interior_worker(kh, kw, sh, sw, method)`, MAX and
                             AVE without a mask, a task per window (kernels.tasks: _MAX_INTERIOR_2222, ...; a plan
-                            of tasks only runs on kernels.taskpool's threads); `_interior_kernels(kh, kw, sh, sw)`,
-                            Numba prange over the N*C planes, MAX recording the argmax (training) and AVE backward.
+                            of tasks only runs on kernels.taskpool's threads), and MAX recording the argmax
+                            (training), `_max_mask_worker` (_MAX_MASK_INTERIOR_2222, ...);
+                            `_interior_kernels(kh, kw, sh, sw)`, Numba prange over the N*C planes: AVE backward.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
                             (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
@@ -236,27 +237,6 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     U = np.uint64
 
     @njit(cache=True, parallel=True)
-    def max_fwd_mask(x, y, mask, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
-        width = x.shape[2]
-        nj = U(j1 - j0)
-        for q in prange(x.shape[0]):
-            for i in range(i0, i1):
-                h0 = U(i * SH - ph)
-                wb = U(j0 * SW - pw)
-                for jj in range(nj):
-                    w0 = wb + U(SW) * jj
-                    m = NEG_FLT_MAX
-                    idx = -1
-                    for dh in range(KH):
-                        for dw in range(KW):
-                            v = x[q, h0 + U(dh), w0 + U(dw)]
-                            if v > m:
-                                m = v
-                                idx = np.int64((h0 + U(dh)) * U(width) + w0 + U(dw))
-                    y[q, i, U(j0) + jj] = m
-                    mask[q, i, U(j0) + jj] = idx
-
-    @njit(cache=True, parallel=True)
     def ave_bwd(dy, dx, i0, i1, j0, j1, ph, pw):  # pragma: no cover - compiled
         """Zero each dx plane, then add dy / (KH * KW) over the interior windows."""
         nj = U(j1 - j0)
@@ -276,13 +256,13 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
                         for dw in range(KW):
                             dx[q, h0 + U(dh), w0 + U(dw)] += g
 
-    return max_fwd_mask, ave_bwd
+    return ave_bwd
 
 
 def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
     """The interior forward without a mask (MAX or AVE) for one specialised window as a task body (kernels.tasks):
     worker t's share of the planes, each output's window in row-major order (MAX: strict >, NaN never wins, as
-    `max_fwd_mask` and the border kernel; AVE: float32 sum, then / kh*kw). Inference plans run these on
+    `_max_mask_worker` and the border kernel; AVE: float32 sum, then / kh*kw). Inference plans run these on
     kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on OpenMP)."""
     KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
     U = np.uint64
@@ -317,13 +297,51 @@ def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
     return Task(body, (_F3, _F3, i64, i64, i64, i64, i64, i64, i64), boundscheck=False)
 
 
+def _max_mask_worker(kh: int, kw: int, sh: int, sw: int):
+    """The interior MAX forward recording each output's argmax (training) for one specialised window as a task body
+    (kernels.tasks): worker t's share of the planes; the first maximum in row-major window order (strict >, from
+    -FLT_MAX: NaN never wins; no candidate: -FLT_MAX and -1), its index h * W + w in the input plane. A task, not a
+    Numba prange loop: a training step with no OpenMP loop runs its tasks on kernels.taskpool's threads."""
+    KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
+    U = np.uint64
+
+    def body(t, x, y, mask, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
+        width = x.shape[2]
+        nj = U(j1 - j0)
+        planes = x.shape[0]
+        for q in range(t * planes // workers, (t + 1) * planes // workers):
+            for i in range(i0, i1):
+                h0 = U(i * SH - ph)
+                wb = U(j0 * SW - pw)
+                for jj in range(nj):
+                    w0 = wb + U(SW) * jj
+                    m = NEG_FLT_MAX
+                    idx = -1
+                    for dh in range(KH):
+                        for dw in range(KW):
+                            v = x[q, h0 + U(dh), w0 + U(dw)]
+                            if v > m:
+                                m = v
+                                idx = np.int64((h0 + U(dh)) * U(width) + w0 + U(dw))
+                    y[q, i, U(j0) + jj] = m
+                    mask[q, i, U(j0) + jj] = idx
+
+    body.__name__ = body.__qualname__ = f"_max_mask_interior_{kh}{kw}{sh}{sw}_worker"
+    i64 = types.int64
+    return Task(body, (_F3, _F3, types.int32[:, :, ::1], i64, i64, i64, i64, i64, i64, i64), boundscheck=False)
+
+
 _F3 = types.float32[:, :, ::1]
-# module-level names (net.warm's compile workers find a task by its module and name): _MAX_INTERIOR_2222, ...
+# module-level names (net.warm's compile workers find a task by its module and name): _MAX_INTERIOR_2222, ...,
+# _MAX_MASK_INTERIOR_2222, ...
 INTERIOR_TASKS = {}
+MASK_TASKS = {}
 for _window in sorted(SPECIALISED):
     for _method in METHODS:
         _name = f"_{_method}_INTERIOR_{''.join(map(str, _window))}"
         globals()[_name] = INTERIOR_TASKS[(*_window, _method)] = _interior_worker(*_window, _method)
+    _name = f"_MAX_MASK_INTERIOR_{''.join(map(str, _window))}"
+    globals()[_name] = MASK_TASKS[_window] = _max_mask_worker(*_window)
 del _window, _method, _name
 
 
@@ -462,9 +480,10 @@ def _ave_backward_border(dy, dx, zero, window, rect):  # pragma: no cover - comp
 
 
 # -- public ------------------------------------------------------------------------------------
-def _regions(x3_shape, y3_shape, k, s, p) -> tuple[tuple | None, tuple[int, int, int, int], bool]:
-    """(interior kernels or None, interior rectangle (i0, i1, j0, j1), whether border outputs remain) for input
-    planes (P, H, W) and output planes (P, OH, OW)."""
+def _regions(x3_shape, y3_shape, k, s, p) -> tuple[object | None, tuple[int, int, int, int], bool]:
+    """(the window's AVE backward interior kernel, or None where the window is not specialised (or has no interior),
+    interior rectangle (i0, i1, j0, j1), whether border outputs remain) for input planes (P, H, W) and output planes
+    (P, OH, OW)."""
     height, width = x3_shape[1:]
     oh, ow = y3_shape[1:]
     i0, i1 = _interior(height, oh, k[0], s[0], p[0])
@@ -525,17 +544,20 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
         return run_global
     kernels, rect, border = _regions(*planes, k, s, p)
     interior = None
-    if kernels is not None and record:
-        interior = kernels[0]  # MAX recording the argmax (training)
-        if serial:
-            interior = serial_twin(interior)
-    elif kernels is not None:  # the task of this window (kernels.tasks): parallel, or on this thread
-        task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
+    if kernels is not None:  # the task of this window (kernels.tasks): parallel, or on this thread
         workers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
         kind = "serial" if serial else "parallel"
+        if record:  # MAX recording the argmax (training)
+            mask_task = MASK_TASKS[(k[0], k[1], s[0], s[1])]
 
-        def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
-            getattr(task, kind)(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
+            def interior(x3, y3, mask3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
+                getattr(mask_task, kind)(mask_task.address, workers, x3, y3, mask3, i0, i1, j0, j1, ph, pw, workers)
+
+        else:
+            task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
+
+            def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
+                getattr(task, kind)(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
 
     max_border, ave_border = _max_border, _ave_border
     if serial:
@@ -666,7 +688,7 @@ def pool2d_backward(
         dy3, dx3 = dy.reshape(n * c, oh, ow), out.reshape(n * c, h, w)
         kernels, rect, border = _regions(dx3.shape, dy3.shape, k, s, p)
         if kernels is not None:
-            kernels[1](dy3, dx3, *rect, p[0], p[1])
+            kernels(dy3, dx3, *rect, p[0], p[1])
         if border:
             _ave_backward_border(dy3, dx3, kernels is None, (k[0], k[1], s[0], s[1], p[0], p[1]), rect)
         return out
