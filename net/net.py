@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 import weakref
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,15 @@ PHASES = {"train": "TRAIN", "test": "TEST"}
 
 class NetError(ValueError):
     """A network definition or its weights do not fit together (names the layer and the problem)."""
+
+
+TRAIN_POOL = (
+    os.environ.get("CREMA_TRAIN_POOL", "1") != "0"
+)  # training's tasks on kernels.taskpool (Net._train_launcher)
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Blobs(Mapping):
@@ -206,6 +216,9 @@ class Net:
         self._arena_stale = True  # ... placed again before the next plan (after a reshape)
         self.shared_bytes = 0  # ... bytes of the blobs in it (the arena itself: self._arena.nbytes)
         self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
+        # training (forward_loss, backward): the tasks on kernels.taskpool's threads while no OpenMP loop runs in a
+        # pass; each pass's first run on the pool decides (None: not yet), and one that ran an OpenMP loop ends it
+        self._train_pool: dict[str, bool | None] = {"forward": None, "backward": None}
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -506,16 +519,34 @@ class Net:
         self._run(None, adapt=True, pool=True)
         return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
-    def _run(self, timings: list[float] | None, adapt: bool = False, pool: bool = False) -> None:
+    def _train_launcher(self, phase: str):
+        """Arm the launcher for a training pass (`phase`: "forward" or "backward") and return a function to call after
+        it: kernels.taskpool's threads while no pass of this net has run an OpenMP loop (a Numba prange kernel that is
+        not a task; mixing the two pools would keep both spinning on the same cores), else OpenMP. The first pass of
+        each phase on the pool counts OpenMP loops (kernels.taskpool.omp_loops) and decides. The bits do not depend
+        on the launcher: a slot works on its own buffers, whoever runs it; the thread count is the same."""
+        state = self._train_pool
+        on = self.device == "cpu" and TRAIN_POOL and False not in state.values()
+        pooled = tasks.use_pool(on)  # False where the pool is not available (or while net.warm records)
+        if not pooled or state[phase] is not None:
+            return _nothing
+        before = taskpool.omp_loops()
+
+        def decide() -> None:
+            state[phase] = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
+
+        return decide
+
+    def _run(self, timings: list[float] | None, adapt: bool = False, pool: bool = False, train: bool = False) -> None:
         """One forward: on the CPU the plan's steps (timed per step into `timings[layer index]` when given: a layer the
         plan leaves out, e.g. a fused activation, gets 0), on the GPU every layer's forward (timed to completion).
         `adapt` (inference: `forward`): on fewer threads while other processes keep cores busy (``net.contention``);
         a forward's bits do not depend on the thread count (tests/net/test_contention.py). Training does not adapt:
         its gradients' reductions do depend on it, and a run must not depend on the machine's load. `pool` (inference:
         `forward`, `time_forward`): the tasks on kernels.taskpool's threads unless the plan runs an OpenMP loop (its
-        first forward there decides; the bits are the same); else, and in training, on Numba's OpenMP threads. With
-        both (`forward`), untimed: a batch may run image by image (``net.per_image``), and a steady plan's task calls
-        are replayed natively (``net.replay``)."""
+        first forward there decides; the bits are the same); else on Numba's OpenMP threads; training (`train`) arms
+        its launcher itself (`_train_launcher`). With both (`forward`), untimed: a batch may run image by image
+        (``net.per_image``), and a steady plan's task calls are replayed natively (``net.replay``)."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
             threads = threads_for(requested) if adapt else requested
@@ -527,7 +558,7 @@ class Net:
                 if pool and plan.pool is not False:  # inference: on kernels.taskpool unless the plan runs OpenMP
                     deciding = tasks.use_pool(True) and plan.pool is None  # its first forward on the pool decides
                     before = taskpool.omp_loops() if deciding else 0
-                else:
+                elif not train:  # training arms its launcher itself (_train_launcher)
                     tasks.use_pool(False)
                 # Net.forward once the launcher is decided: image by image (net.per_image) or replayed (net.replay)
                 steady = pool and adapt and timings is None and not deciding
@@ -634,7 +665,9 @@ class Net:
         first (once / every call) and the loss tops are read back (the one synchronisation of an iteration)."""
         if self.device != "cpu":
             to_device(self)
-        self._run(timings)
+        decide = self._train_launcher("forward")
+        self._run(timings, train=True)
+        decide()
         loss = 0.0
         for blob, weight in self.loss_tops:
             loss += weight * float(np.sum(host(blob.data), dtype=np.float64))
@@ -647,6 +680,7 @@ class Net:
             raise NetError(f"net '{self.name}' shares its activations (share_activations): backward needs them")
         for blob, weight in self.loss_tops:
             blob.diff = full_like(blob.data, blob.shape, weight)
+        decide = self._train_launcher("backward")
         for i in reversed(self.backward_layers):
             if timings is not None:
                 synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion
@@ -655,6 +689,7 @@ class Net:
             if timings is not None:
                 synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
+        decide()
 
     def forward_backward(self) -> float:
         loss = self.forward_loss()

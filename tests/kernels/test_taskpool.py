@@ -268,3 +268,55 @@ def test_warm_compiles_the_openmp_launcher_for_a_pass_that_runs_openmp_loops(mon
     assert error is None and fresh in calls and tasks._LAUNCH in calls
     calls, error = warm.collect(lambda: None)
     assert error is None and tasks._LAUNCH not in calls
+
+
+TRAIN = """
+name: "train"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 16 dim: 1 dim: 12 dim: 12 } shape { dim: 16 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 6 kernel_size: 5 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: POOL kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _train_step(net, x, labels):
+    net.clear_param_diffs()
+    net.blob("data").data[...] = x
+    net.blob("label").data[...] = labels
+    loss = net.forward_loss()
+    net.backward()
+    return loss, {f"{name}/{i}": np.array(blob.diff) for name, i, blob, _, _ in net.learnable()}
+
+
+def test_training_runs_on_the_pool_while_no_pass_runs_an_openmp_loop() -> None:
+    """A training net's forward_loss and backward launch their tasks on the pool while neither pass has run an OpenMP
+    loop (each pass's first run on the pool decides), with the same loss and gradients bit for bit as on OpenMP. MAX
+    pooling records its argmax in a task; AVE pooling's backward is an OpenMP loop: from then on both passes of that
+    net launch on OpenMP."""
+    from net import Net
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 1, 12, 12), dtype=np.float32)
+    labels = rng.integers(0, 10, 16).astype(np.float32)
+    net = Net.from_string(TRAIN.replace("POOL", "MAX"), phase="train")
+    first = _train_step(net, x, labels)
+    assert net._train_pool == {"forward": True, "backward": True} and tasks._pooled
+    before = taskpool.omp_loops()
+    again = _train_step(net, x, labels)
+    assert taskpool.omp_loops() == before and tasks._pooled
+    net._train_pool = {"forward": False, "backward": False}  # forced onto OpenMP
+    omp = _train_step(net, x, labels)
+    assert not tasks._pooled
+    for got in (again, omp):
+        assert got[0] == first[0]
+        for name in first[1]:
+            np.testing.assert_array_equal(first[1][name], got[1][name], err_msg=name)
+    ave = Net.from_string(TRAIN.replace("POOL", "AVE"), phase="train")
+    _train_step(ave, x, labels)
+    assert ave._train_pool == {"forward": True, "backward": False}
+    _train_step(ave, x, labels)
+    assert not tasks._pooled
