@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
-from kernels.serial import SMALL_WORK, serial_twin
+from kernels.serial import SMALL_WORK
+from kernels.tasks import Task
 
 __all__ = [
     "clip_backward",
@@ -111,12 +113,12 @@ def relu_backward_ref(dy: np.ndarray, x: np.ndarray, negative_slope: float = 0.0
     return dy.astype(np.float64) * np.where(x > 0, 1.0, float(np.float32(negative_slope)))
 
 
-@njit(cache=True, parallel=True)
-def _relu_flat(x, y, slope):  # pragma: no cover - compiled
-    zero = np.float32(0.0)
-    for i in prange(x.size):
-        v = x[i]
-        y[i] = max(v, zero) + slope * min(v, zero)
+def _relu_worker(t, x, y, slope, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks; whole 16-float blocks) of `_relu_flat_serial`: a task, not a prange loop, so
+    a plan with no OpenMP loop runs on kernels.taskpool's threads (CaffeNet's fc6 / fc7 at batch 64)."""
+    chunk = ((x.size + workers - 1) // workers + 15) // 16 * 16
+    lo, hi = min(x.size, t * chunk), min(x.size, (t + 1) * chunk)
+    _relu_flat_serial(x[lo:hi], y[lo:hi], slope)  # slices: a range(lo, hi) loop would keep negative-index tests
 
 
 @njit(cache=True)
@@ -127,18 +129,32 @@ def _relu_flat_serial(x, y, slope):  # pragma: no cover - compiled
         y[i] = max(v, zero) + slope * min(v, zero)
 
 
-@njit(cache=True, parallel=True)
-def _relu_grad_flat(dy, x, slope, dx):  # pragma: no cover - compiled
-    one = np.float32(1.0)
-    for i in prange(dy.size):
-        dx[i] = dy[i] * (one if x[i] > 0 else slope)  # a product, as Caffe: 0 * inf stays NaN
+def _relu_grad_worker(t, dy, x, slope, dx, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks; whole 16-float blocks) of `_relu_grad_flat_serial`."""
+    chunk = ((dy.size + workers - 1) // workers + 15) // 16 * 16
+    lo, hi = min(dy.size, t * chunk), min(dy.size, (t + 1) * chunk)
+    _relu_grad_flat_serial(dy[lo:hi], x[lo:hi], slope, dx[lo:hi])
 
 
 @njit(cache=True)
 def _relu_grad_flat_serial(dy, x, slope, dx):  # pragma: no cover - compiled
     one = np.float32(1.0)
     for i in range(dy.size):
-        dx[i] = dy[i] * (one if x[i] > 0 else slope)
+        dx[i] = dy[i] * (one if x[i] > 0 else slope)  # a product, as Caffe: 0 * inf stays NaN
+
+
+_RELU = Task(_relu_worker, (types.float32[::1], types.float32[::1], types.float32, types.int64))
+_RELU_GRAD = Task(_relu_grad_worker, (*(types.float32[::1],) * 2, types.float32, types.float32[::1], types.int64))
+
+
+def _relu_flat(x, y, slope) -> None:
+    workers = numba.get_num_threads()
+    _RELU.parallel(_RELU.address, workers, x, y, slope, workers)
+
+
+def _relu_grad_flat(dy, x, slope, dx) -> None:
+    workers = numba.get_num_threads()
+    _RELU_GRAD.parallel(_RELU_GRAD.address, workers, dy, x, slope, dx, workers)
 
 
 def relu_forward(x: np.ndarray, negative_slope: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
@@ -327,11 +343,12 @@ def softmax_forward_ref(x: np.ndarray, axis: int = 1) -> np.ndarray:
     return (e / e.sum(axis=axis, keepdims=True)).astype(_ref_dtype(x))
 
 
-@njit(cache=True, parallel=True)
-def _softmax_slices(x, y):  # pragma: no cover - compiled
-    """x, y (outer, C, inner): softmax over the middle axis, in float32 like Caffe (sum kept in float64)."""
+def _softmax_worker(t, x, y, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks) of the outer slices of x, y (outer, C, inner): softmax over the middle axis,
+    in float32 like Caffe (sum kept in float64). A task, not a prange loop: a plan with no OpenMP loop runs on
+    kernels.taskpool's threads."""
     outer, c, inner = x.shape
-    for o in prange(outer):
+    for o in range(t * outer // workers, (t + 1) * outer // workers):
         m = np.empty(inner, dtype=np.float32)
         total = np.zeros(inner, dtype=np.float64)
         for i in range(inner):  # not m[:] = x[o, 0]: a slice copy compiles Numba's shape-error message (2-3 s)
@@ -363,6 +380,15 @@ def softmax_forward(x: np.ndarray, axis: int = 1, out: np.ndarray | None = None)
     return out
 
 
+_SOFTMAX = Task(_softmax_worker, (types.float32[:, :, ::1], types.float32[:, :, ::1], types.int64))
+
+
+def _softmax_slices(x: np.ndarray, y: np.ndarray, serial: bool = False) -> None:
+    """`_softmax_worker` over the outer slices, on the threads (on this one: `serial`)."""
+    workers = 1 if serial else max(1, min(numba.get_num_threads(), x.shape[0]))
+    (_SOFTMAX.serial if workers == 1 else _SOFTMAX.parallel)(_SOFTMAX.address, workers, x, y, workers)
+
+
 def softmax_runner(shape: tuple[int, ...], axis: int = 1):
     """``softmax_forward`` for C-contiguous float32 arrays of `shape`, with the shape work done once (a CPU Net's
     execution plan keeps it): returns run(x, out); out may be x."""
@@ -371,10 +397,10 @@ def softmax_runner(shape: tuple[int, ...], axis: int = 1):
     if 0 in shape3:
         return lambda x, out: None
 
-    kernel = serial_twin(_softmax_slices) if math.prod(shape3) < SMALL_WORK else _softmax_slices
+    serial = math.prod(shape3) < SMALL_WORK
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
-        kernel(x.reshape(shape3), out.reshape(shape3))
+        _softmax_slices(x.reshape(shape3), out.reshape(shape3), serial)
 
     return run
 

@@ -10,10 +10,10 @@ Kernels (forward, then backward):
                           padding made explicit (``_pad_copy``, skipped when pad is 0), so every copy is an
                           unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table
                           (no clipped runs).
-2. ``_conv_batch``      - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
+2. ``_conv_batch_worker`` - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
                           scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
                           batches (LeNet 64, CaffeNet 10).
-3. ``_im2col_all_groups`` + ``_conv_tiles`` - forward of one image at a time: im2col slivers over threads, then
+3. ``_im2col_groups_worker`` + ``_conv_tiles_worker`` - forward of one image at a time: im2col slivers over threads, then
                           (group, row block, column block) GEMM tasks claimed by the threads: batch 1 and uneven
                           batches.
                           Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
@@ -563,85 +563,78 @@ def _pack_dy_cols(dyf, off, mg, npix, dst):
 
 
 # --------------------------------------------------------------------------------------------- forward drivers
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_batch(x, ap, bias, y, ws, pads, counter, geometry, blocking, epilogue):
-    """All images, claimed one at a time by nchunks workers (one per thread: dynamic scheduling, ``gemm._claim``);
-    ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer (cg*HP*WP, unused when pad is 0). With
-    relu, each image's output gets max(y, 0) (capped at relu_max) right after its GEMMs, while it is still in cache
-    (the fused conv + bias + ReLU).
+def _conv_batch_worker(t, xf, n_img, c, h, wd, ap, bias, y, ws, pads, counter, group, kh, kw, sh, sw, ph, pw, dh, dw,
+                       oh_n, ow_n, a_size, lda, relu, relu_max):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of the forward of all images, claimed one at a time (dynamic
+    scheduling, ``gemm._claim``); ws[t] is worker t's packed-B workspace and pads[t] its padded-image buffer
+    (cg*HP*WP, unused when pad is 0). With relu, each image's output gets max(y, 0) (capped at relu_max) right after
+    its GEMMs, while it is still in cache (the fused conv + bias + ReLU).
 
-    x: (N, C, H, W); ap: (group * a_size,) packed weights (or W in place, lda its row length); bias: (M,); y:
-    (N*M*OH*OW,) flat output; counter: the workers' task counter. Scalars grouped (plain tuples of numbers, which
-    Numba's dispatcher types as fast as separate arguments): geometry (group, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW),
-    blocking (a_size, lda, nchunks), epilogue (relu, relu_max).
+    xf: the input (N, C, H, W) flat; ap: (group * a_size,) packed weights (or W in place, lda its row length); bias:
+    (M,); y: (N*M*OH*OW,) flat output; counter: the workers' task counter; the window (group, kh, kw, sh, sw, ph, pw,
+    dh, dw) and output size (OH, OW).
     """
-    group, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n = geometry
-    a_size, lda, nchunks = blocking
-    relu, relu_max = epilogue
-    n_img, c, h, wd = x.shape
     cg = c // group
-    xf = x.reshape(-1)
     m = bias.shape[0]
     mg = m // group
     k_all = cg * kh * kw
     npix = oh_n * ow_n
     padded = ph > 0 or pw > 0
     hp, wp = h + 2 * ph, wd + 2 * pw
-    for t in prange(nchunks):  # nchunks workers, each with its own workspaces, claiming images (gemm._claim)
+    n = _claim(counter)
+    while n < n_img:
+        for g in range(group):
+            x_off = (n * c + g * cg) * h * wd
+            if padded:
+                _pad_copy(xf, x_off, cg, h, wd, ph, pw, pads[t])
+            src = pads[t] if padded else xf
+            _im2col_packed(src, 0 if padded else x_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, ws[t], 0)
+            _gemm_tiles_serial(
+                ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg, lda
+            )
+        if relu:
+            _relu_span(y, n * m * npix, (n + 1) * m * npix, relu_max)
         n = _claim(counter)
-        while n < n_img:
-            for g in range(group):
-                x_off = (n * c + g * cg) * h * wd
-                if padded:
-                    _pad_copy(xf, x_off, cg, h, wd, ph, pw, pads[t])
-                src = pads[t] if padded else xf
-                _im2col_packed(src, 0 if padded else x_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, ws[t], 0)
-                _gemm_tiles_serial(
-                    ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg, lda
-                )
-            if relu:
-                _relu_span(y, n * m * npix, (n + 1) * m * npix, relu_max)
-            n = _claim(counter)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _im2col_all_groups(src, padded_hw, group, cg, window, out_hw, bp, b_size):
-    """Packed im2col of every group of one padded image src (C, HP, WP) into bp[g*b_size:], slivers over threads.
-    padded_hw (HP, WP); window (kh, kw, sh, sw, ph, pw, dh, dw) (the padding is already in src); out_hw (OH, OW)."""
-    hp, wp = padded_hw
-    kh, kw, sh, sw, _, _, dh, dw = window
-    oh_n, ow_n = out_hw
+def _im2col_groups_worker(t, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, bp, b_size,
+                          workers):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks) of the packed im2col of every group of one padded image src (C, HP, WP, flat)
+    into bp[g*b_size:]: (group, sliver) items split evenly (the padding is already in src)."""
     npix = oh_n * ow_n
     nt = (npix + NR - 1) // NR
-    for q in prange(group * nt):
+    total = group * nt
+    for q in range(t * total // workers, (t + 1) * total // workers):
         g = q // nt
         _im2col_sliver(
             src, g * cg * hp * wp, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, bp, g * b_size, q - g * nt
         )
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _conv_tiles(ap, bp, bias, y, counter, layout, shape, epilogue):
-    """GEMM of every group for one image: (group x row blocks x column blocks) tasks over threads; with relu, each
-    task's block of the output gets max(y, 0) after its last K panel (the fused conv + bias + ReLU).
+def _conv_tiles_worker(t, ap, bp, bias, y, counter, a_size, lda, b_size, y_off, group, k_all, npix, nc, workers, relu,
+                       relu_max):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of the GEMM of every group for one image, claiming (group x row blocks x
+    column blocks) tasks (``gemm._claim``), column block fastest; with relu, each task's block of the output gets
+    max(y, 0) after its last K panel (the fused conv + bias + ReLU).
 
-    ap: packed weights (or W in place); bp: the packed im2col of every group; counter: the workers' task counter.
+    ap: packed weights (or W in place); bp: the packed im2col of every group; counter: the workers' task counter;
     layout (a_size, lda, b_size, y_off: the image's first output); shape (group, K, P, nc, workers), nc the columns
     per task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``); epilogue (relu, relu_max)."""
-    group, _, npix, nc, workers = shape
     mg = bias.shape[0] // group
     bm = (mg + MC_CONV - 1) // MC_CONV
     bn = (npix + nc - 1) // nc
-    for _ in prange(workers):  # one worker per thread claiming tasks (gemm._claim); column block fastest
-        t = _claim(counter)
-        while t < group * bm * bn:
-            _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, (mg, bm, bn))
-            t = _claim(counter)
+    layout = (a_size, lda, b_size, y_off)
+    shape = (group, k_all, npix, nc, workers)
+    epilogue = (relu, relu_max)
+    task = _claim(counter)
+    while task < group * bm * bn:
+        _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, task, (mg, bm, bn))
+        task = _claim(counter)
 
 
 @njit(cache=True, boundscheck=False)
 def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
-    """Task t of _conv_tiles: group g, row block and column block of the output, all K panels, then the ReLU.
+    """Task t of _conv_tiles_worker: group g, row block and column block of the output, all K panels, then the ReLU.
     blocks (rows per group, row blocks, column blocks)."""
     a_size, lda, b_size, y_off = layout
     _, k_all, npix, nc, _ = shape
@@ -696,11 +689,11 @@ def _relu_span(y, start, stop, hi):  # pragma: no cover - compiled
             y[i] = cap if r > cap else r  # noqa: FURB136 - min(r, cap) need not keep a NaN
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pad_all(xf, n_img, c, h, wd, ph, pw, dst):
-    """dst[n*C*HP*WP:] = image n of xf (N, C, H, W) inside a zero border of (ph, pw), images over threads."""
+def _pad_all_worker(t, xf, n_img, c, h, wd, ph, pw, dst, workers):  # pragma: no cover - compiled
+    """Worker t's share of the images (kernels.tasks): dst[n*C*HP*WP:] = image n of xf (N, C, H, W) inside a zero
+    border of (ph, pw)."""
     size = c * (h + 2 * ph) * (wd + 2 * pw)
-    for n in prange(n_img):
+    for n in range(t * n_img // workers, (t + 1) * n_img // workers):
         _pad_copy(xf, n * c * h * wd, c, h, wd, ph, pw, dst[n * size :])
 
 
@@ -726,6 +719,13 @@ def _direct_worker(t, src, w, bias, y, toff, counter, n_img, group, cg, hp, wp, 
 
 
 _F1, _F2, _F4, _I1 = types.float32[::1], types.float32[:, ::1], types.float32[:, :, :, ::1], types.int64[::1]
+_I, _B, _D = types.int64, types.boolean, types.float64
+_CONV_BATCH = Task(
+    _conv_batch_worker, (_F1, _I, _I, _I, _I, _F1, _F1, _F1, _F2, _F2, _I1, *(_I,) * 13, _B, _D), boundscheck=False
+)
+_IM2COL_GROUPS = Task(_im2col_groups_worker, (_F1, *(_I,) * 12, _F1, _I, _I), boundscheck=False)
+_CONV_TILES = Task(_conv_tiles_worker, (_F1, _F1, _F1, _F1, _I1, *(_I,) * 9, _B, _D), boundscheck=False)
+_PAD_ALL = Task(_pad_all_worker, (_F1, *(_I,) * 6, _F1, _I), boundscheck=False)
 _DIRECT = Task(
     _direct_worker,
     (_F1, _F1, _F1, _F1, _I1, _I1, *(types.int64,) * 10, types.boolean, types.float64),
@@ -1129,7 +1129,8 @@ class ForwardRunner:
             xf = x.reshape(-1)
             if padded:
                 (src,) = _WORKSPACE.get(*self.sizes)
-                _pad_all(xf, n, c, h, wd, ph, pw, src)
+                workers = max(1, min(self.workers, n))
+                _PAD_ALL.parallel(_PAD_ALL.address, workers, xf, n, c, h, wd, ph, pw, src, workers)
             else:
                 src = xf
             _DIRECT.parallel(
@@ -1141,27 +1142,37 @@ class ForwardRunner:
             ws, pads = _WORKSPACE.get(*self.sizes)
             chunks = self.chunks
             ws, pads = ws.reshape(chunks, self.b_size), pads.reshape(chunks, -1)
-            counter, epilogue = np.zeros(1, np.int64), (self.relu, self.relu_max)
-            _conv_batch(x, ap, bias, y, ws, pads, counter, self.args, (a_size, lda, chunks), epilogue)
+            n, c, h, wd = x.shape
+            _CONV_BATCH.parallel(
+                _CONV_BATCH.address, chunks, x.reshape(-1), n, c, h, wd, ap, bias, y, ws, pads, np.zeros(1, np.int64),
+                *self.args, a_size, lda, self.relu, self.relu_max
+            )  # fmt: skip
             return
         n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, nc = self.args
         ph, pw = window[4], window[5]
         b_size, epilogue = self.b_size, (self.relu, self.relu_max)
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
+        i2c_workers = max(1, min(self.workers, group * -(-npix // NR)))
         for i in range(n):
             if ph or pw:
                 _pad_copy(xf, i * c * h * wd, c, h, wd, ph, pw, pbuf)
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
-            _im2col_all_groups(src, (hp, wp), group, cg, window, (oh, ow), bp, b_size)
-            layout, shape = (a_size, lda, b_size, i * m * npix), (group, k_all, npix, nc, self.workers)
-            _conv_tiles(ap, bp, bias, y, np.zeros(1, np.int64), layout, shape, epilogue)
+            kh, kw, sh, sw, _, _, dh, dw = window
+            _IM2COL_GROUPS.parallel(
+                _IM2COL_GROUPS.address, i2c_workers, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size,
+                i2c_workers
+            )  # fmt: skip
+            _CONV_TILES.parallel(
+                _CONV_TILES.address, self.workers, ap, bp, bias, y, np.zeros(1, np.int64), a_size, lda, b_size,
+                i * m * npix, group, k_all, npix, nc, self.workers, *epilogue
+            )  # fmt: skip
 
 
 def _column_block(row_tasks: int, npix: int, threads: int) -> int:
-    """Columns per _conv_tiles task: NC_CONV, halved (in whole NR slivers) while that many tasks leave threads idle."""
+    """Columns per _conv_tiles_worker task: NC_CONV, halved (in whole NR slivers) while that many tasks leave threads idle."""
     nc = NC_CONV
     while nc > NR and row_tasks * -(-npix // nc) < threads:
         nc = max(NR, (nc // 2 + NR - 1) // NR * NR)

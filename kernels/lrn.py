@@ -2,8 +2,9 @@
 
 Kernels, in the order they appear:
   0. `lrn_forward_ref`, `lrn_backward_ref`  NumPy references in float64: zero-padded window sums, then the power.
-  1. `_lrn_across_blocks`   Numba, ACROSS_CHANNELS: prange over (image, block of BLOCK pixels); a running sum of
-                            squares walks the channels (add the channel entering the window, drop the one leaving).
+  1. `_lrn_across_worker`   ACROSS_CHANNELS, a task (kernels.tasks) over (image, block of BLOCK pixels); a running
+                            sum of squares walks the channels (add the channel entering the window, drop the one
+                            leaving).
   2. `_lrn_within_planes`   Numba, WITHIN_CHANNEL: prange over the N*C planes, separable n x n box sum of x^2.
   3. `_lrn_across_backward_blocks`  Numba, same tasks as 1: pass 1 recomputes the scale with the running sum and
                             writes dy * scale^-beta and the ratio dy * y / scale (a C x BLOCK buffer); pass 2 walks
@@ -31,8 +32,11 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+
+from kernels.tasks import Task
 
 __all__ = ["lrn_backward", "lrn_backward_ref", "lrn_forward", "lrn_forward_ref"]
 
@@ -127,17 +131,20 @@ def _pow_neg(s, beta):  # pragma: no cover - compiled
     return s ** np.float32(-beta)
 
 
-@njit(cache=True, parallel=True)
-def _lrn_across_blocks(x, y, size, alpha_over_n, beta, k):  # pragma: no cover - compiled
-    """x, y (N, C, P) with P = H*W; size odd; alpha_over_n, k float64; beta float32."""
+def _lrn_across_worker(t, x, y, size, alpha_over_n, beta, k, workers):  # pragma: no cover - compiled
+    """Worker t's share (kernels.tasks) of the (image, block of BLOCK pixels) items, split evenly: x, y (N, C, P) with
+    P = H*W; size odd; alpha_over_n, k float64; beta float32. A task, not a prange loop: a plan with no OpenMP loop
+    runs on kernels.taskpool's threads (CaffeNet's LRN was its only one at batch 1)."""
     n, c, p = x.shape
     r = (size - 1) // 2
     nblk = (p + BLOCK - 1) // BLOCK
-    for t in prange(n * nblk):
-        b = t // nblk
-        lo = (t % nblk) * BLOCK
+    acc = np.zeros(BLOCK, dtype=np.float64)
+    for q in range(t * n * nblk // workers, (t + 1) * n * nblk // workers):
+        b = q // nblk
+        lo = (q % nblk) * BLOCK
         hi = min(lo + BLOCK, p)
-        acc = np.zeros(hi - lo, dtype=np.float64)
+        for j in range(hi - lo):
+            acc[j] = 0.0
         for cc in range(min(r, c)):  # channels [0, r) are in the window of channel 0
             for j in range(lo, hi):
                 v = np.float64(x[b, cc, j])
@@ -155,6 +162,19 @@ def _lrn_across_blocks(x, y, size, alpha_over_n, beta, k):  # pragma: no cover -
             for j in range(lo, hi):
                 s = np.float32(k + alpha_over_n * acc[j - lo])
                 y[b, cc, j] = x[b, cc, j] * _pow_neg(s, beta)
+
+
+_F3 = types.float32[:, :, ::1]
+_LRN_ACROSS = Task(
+    _lrn_across_worker, (_F3, _F3, types.int64, types.float64, types.float32, types.float64, types.int64)
+)
+
+
+def _lrn_across_blocks(x, y, size, alpha_over_n, beta, k) -> None:
+    """`_lrn_across_worker` over the threads (as many as there are items at most)."""
+    n, _, p = x.shape
+    workers = max(1, min(numba.get_num_threads(), n * -(-p // BLOCK)))
+    _LRN_ACROSS.parallel(_LRN_ACROSS.address, workers, x, y, size, alpha_over_n, beta, k, workers)
 
 
 @njit(cache=True, parallel=True)

@@ -7,7 +7,7 @@ Micro tile (kernels/gemm.py's LLVM IR micro-kernel, also inlined by conv.py and 
   NR is 16 wherever it appears: the packed-B format (NR-column slivers), the epilogue's two 8-float stores per row
   (gemm._store8_bias, conv's direct tile) and the 16-pixel slivers of pointwise.py are written for 16.
 Cache blocking (gemm.py): KC-deep K panels, MC x NC blocks of C per parallel task (MC a multiple of MR, NC of NR).
-Convolution (conv.py): MC_CONV x NC_CONV blocks and KC_CONV panels in _conv_tiles (same multiples); the direct path's
+Convolution (conv.py): MC_CONV x NC_CONV blocks and KC_CONV panels in _conv_tiles_worker (same multiples); the direct path's
   tile is MR channels x DIRECT_RUNS runs of 8 output pixels (TILE_PX pixels, MN_DIRECT accumulator floats), for
   padded image groups of at most DIRECT_MAX_INPUT floats.
 (pointwise.py and depthwise.py keep their own constants for now: SLIVERS, DOT_ACC, ... and depthwise's RUNS; they are
@@ -56,9 +56,9 @@ MC = 96  # rows of C per parallel task (multiple of MR)
 NC = 256  # columns of C per parallel task (multiple of NR)
 
 # -- convolution (kernels/conv.py) -------------------------------------------------------------------------------------
-MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles (multiple of MR: 6 or 12)
-NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles (multiple of NR)
-KC_CONV = 384  # K panel depth in _conv_tiles
+MC_CONV = 96  # rows of C (output channels) per parallel task in _conv_tiles_worker (multiple of MR: 6 or 12)
+NC_CONV = 128  # columns of C (output pixels) per parallel task in _conv_tiles_worker (multiple of NR)
+KC_CONV = 384  # K panel depth in _conv_tiles_worker
 DIRECT_RUNS = 4 if PAIR else 2  # 8-pixel runs per direct-convolution tile (_direct_tile)
 TILE_PX = 8 * DIRECT_RUNS  # output pixels per direct-convolution tile
 MN_DIRECT = MR * TILE_PX  # accumulator floats of a direct-convolution tile

@@ -32,12 +32,12 @@ Kernels:
 4. ``_output_transform`` + ``_scatter`` - A^T M A per (output channel, 16-tile sliver) by ``_transform8``, + bias, the
                               fused ReLU (the conv kernels' expression, optionally capped), stored where the tile is
                               inside the output (partial tiles at the right and bottom edges).
-5. ``_winograd_tasks``      - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
+5. ``_winograd_tasks_worker`` - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
                               channels) claimed by one worker per thread (``gemm.claim``); each task runs 2, then 3 and
                               4 for KB_INNER output channels at a time, in its own workspace (V: alpha^2 x C/group x
                               16 SLIVERS floats, M: alpha^2 x KB_INNER x 16 SLIVERS), so the transformed data stays in
                               the core's caches. Blocks of output channels only when chunks x groups leave threads idle
-                              (batch 1); then ``_winograd_inputs`` runs 2 first as its own parallel pass (tasks of
+                              (batch 1); then ``_winograd_inputs_worker`` runs 2 first as its own parallel pass (tasks of
                               channels) and the blocks share its result.
 
 Every tile is a column of the GEMMs computed by the same instructions whatever the chunk, block or batch size:
@@ -70,12 +70,13 @@ from fractions import Fraction
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import carray, njit, prange
+from numba import carray, njit
 from numba.core import errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import check_conv2d_args, conv2d_geometry
 from kernels.gemm import Workspace, as64, block, claim, flat_f32, stack_empty
+from kernels.tasks import Task
 from kernels.tiling import KC, MR, NR
 
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
@@ -374,39 +375,50 @@ def _transform_inputs(xf, geometry, chunk, g, c0, c1, v, stage):
             _input_transform(m, stage, v, (s * cg + ci) * NR, v_xi)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _winograd_inputs(xf, geometry, cblocks, vall, vblock, stages, schedule):
-    """The input transform of every (chunk, group) into vall[(chunk * group + g) * vblock:], as (chunk, group, block
-    of channels) tasks over the threads: the pre-pass when output channels are split into blocks (batch 1), so the
-    blocks share one input transform."""
-    workers, counter = schedule
-    group, chunks = geometry[5], geometry[13]
-    cg = geometry[1] // group
+def _winograd_inputs_worker(t, xf, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, cblocks, vall,
+                            vblock, stages, counter):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of the input transform of every (chunk, group) into
+    vall[(chunk * group + g) * vblock:], claiming (chunk, group, block of channels) tasks (``gemm.claim``): the
+    pre-pass when output channels are split into blocks (batch 1), so the blocks share one input transform. The
+    geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m, tiles per chunk, k-block rows, chunks, k-blocks) comes
+    as separate numbers (a task's arguments), stages[t] is the worker's stage buffer."""
+    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
+    cg = c // group
     ntask = chunks * group * cblocks
-    for wk in prange(workers):
-        t = claim(counter)
-        while t < ntask:
-            cb = t % cblocks
-            cg_task = t // cblocks
-            c0 = cb * cg // cblocks
-            c1 = (cb + 1) * cg // cblocks
-            v = vall[cg_task * vblock : (cg_task + 1) * vblock]
-            _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v, stages[wk])
-            t = claim(counter)
+    task = claim(counter)
+    while task < ntask:
+        cb = task % cblocks
+        cg_task = task // cblocks
+        c0 = cb * cg // cblocks
+        c1 = (cb + 1) * cg // cblocks
+        v = vall[cg_task * vblock : (cg_task + 1) * vblock]
+        _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v, stages[t])
+        task = claim(counter)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _winograd_tasks(xf, u, bias, y, geometry, epilogue, work, vall, vblock, zeros, schedule):
-    """All tasks of a forward (see the module docstring, 5): geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m,
-    tiles per chunk, k-block rows, chunks, k-blocks); epilogue (relu, relu_max); work (workers, per-worker floats);
-    vall: the inputs transformed by _winograd_inputs (vblock floats per (chunk, group)) when there are k-blocks."""
-    workers, counter = schedule
-    ntask = geometry[13] * geometry[5] * geometry[14]  # chunks x groups x k-blocks
-    for wk in prange(workers):
-        t = claim(counter)
-        while t < ntask:
-            _winograd_task(xf, u, bias, y, geometry, epilogue, work[wk], vall, vblock, zeros, t)
-            t = claim(counter)
+def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, relu,
+                           relu_max, work, vall, vblock, zeros, counter):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of all tasks of a forward (see the module docstring, 5), claimed
+    (``gemm.claim``): the geometry as in _winograd_inputs_worker; epilogue (relu, relu_max); work[t]: the worker's
+    floats; vall: the inputs transformed by _winograd_inputs_worker (vblock floats per (chunk, group)) when there are
+    k-blocks."""
+    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
+    epilogue = (relu, relu_max)
+    ntask = chunks * group * kblocks
+    task = claim(counter)
+    while task < ntask:
+        _winograd_task(xf, u, bias, y, geometry, epilogue, work[t], vall, vblock, zeros, task)
+        task = claim(counter)
+
+
+_F1, _F2, _I, _I1 = types.float32[::1], types.float32[:, ::1], types.int64, types.int64[::1]
+# tasks, not prange loops: a plan with no OpenMP loop runs on kernels.taskpool's threads (CaffeNet's conv3-5)
+_WINOGRAD_INPUTS = Task(_winograd_inputs_worker, (_F1, *(_I,) * 16, _F1, _I, _F2, _I1), boundscheck=False)
+_WINOGRAD_TASKS = Task(
+    _winograd_tasks_worker,
+    (_F1, _F1, _F1, _F1, *(_I,) * 15, types.boolean, types.float64, _F2, _F1, _I, _F1, _I1),
+    boundscheck=False,
+)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -520,7 +532,7 @@ class WinogradRunner:
 
     Tasks: chunks of up to SLIVERS x 16 tiles of the batch x groups; when those are fewer than 4 per thread (batch 1)
     the output channels of a group are split into blocks (multiples of MR) as well, and the input transform runs
-    first as its own parallel pass (_winograd_inputs) whose result the blocks share."""
+    first as its own parallel pass (_winograd_inputs_worker) whose result the blocks share."""
 
     __slots__ = (
         "cblocks",
@@ -593,13 +605,14 @@ class WinogradRunner:
         work = buf.reshape(self.workers, self.work)
         xf = x.reshape(-1)
         if self.vblock:
-            schedule = (self.workers, np.zeros(1, np.int64))
-            _winograd_inputs(xf, self.geometry, self.cblocks, vall, self.vblock, work, schedule)
-        schedule = (self.workers, np.zeros(1, np.int64))
-        epilogue = (self.relu, self.relu_max)
-        _winograd_tasks(
-            xf, u, bias, out.reshape(-1), self.geometry, epilogue, work, vall, self.vblock, self.zeros, schedule
-        )
+            _WINOGRAD_INPUTS.parallel(
+                _WINOGRAD_INPUTS.address, self.workers, xf, *self.geometry, self.cblocks, vall, self.vblock, work,
+                np.zeros(1, np.int64)
+            )  # fmt: skip
+        _WINOGRAD_TASKS.parallel(
+            _WINOGRAD_TASKS.address, self.workers, xf, u, bias, out.reshape(-1), *self.geometry, self.relu,
+            self.relu_max, work, vall, self.vblock, self.zeros, np.zeros(1, np.int64)
+        )  # fmt: skip
 
 
 def winograd_forward(

@@ -11,19 +11,21 @@ from kernels.serial import SMALL_WORK, l2_bytes, serial_twin
 
 
 def test_twin_is_a_serial_compile_of_the_same_source_made_once() -> None:
-    twin = serial_twin(activations._softmax_slices)
-    assert twin is serial_twin(activations._softmax_slices)
-    assert "parallel" not in twin.targetoptions and activations._softmax_slices.targetoptions["parallel"]
-    assert twin.py_func.__code__ is activations._softmax_slices.py_func.__code__
-    assert twin.py_func.__qualname__ == "_softmax_slices_serial_twin"  # its own on-disk cache entry
+    kernel = activations._softmax_grad_slices
+    twin = serial_twin(kernel)
+    assert twin is serial_twin(kernel)
+    assert "parallel" not in twin.targetoptions and kernel.targetoptions["parallel"]
+    assert twin.py_func.__code__ is kernel.py_func.__code__
+    assert twin.py_func.__qualname__ == "_softmax_grad_slices_serial_twin"  # its own on-disk cache entry
 
 
 @pytest.mark.parametrize("shape", [(1, 10, 1), (3, 7, 5), (2, 1000, 1)])
-def test_softmax_twin_same_bits(shape) -> None:
+def test_softmax_serial_same_bits(shape) -> None:
+    """The softmax task on this thread alone (what softmax_runner does below SMALL_WORK) and on the threads."""
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32) * 10
     want, got = np.empty_like(x), np.empty_like(x)
     activations._softmax_slices(x, want)
-    serial_twin(activations._softmax_slices)(x, got)
+    activations._softmax_slices(x, got, serial=True)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got, activations.softmax_forward_ref(x), rtol=1e-6, atol=1e-7)
 

@@ -137,13 +137,13 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
 
     prototxt = ROOT / "models/caffenet/deploy.prototxt"
     calls = []
-    tasks = winograd._winograd_tasks
+    launch = winograd._WINOGRAD_TASKS.parallel
 
     def counted(*args):
-        calls.append(args[4][4])  # output channels
-        return tasks(*args)
+        calls.append(args[10])  # (address, workers, x, u, bias, y, N, C, H, W, K, ...): output channels
+        return launch(*args)
 
-    monkeypatch.setattr(winograd, "_winograd_tasks", counted)
+    monkeypatch.setattr(winograd._WINOGRAD_TASKS, "parallel", counted)
     net = Net.load(prototxt)
     randomize(net, seed=3)
     weights = tmp_path / "caffenet.caffemodel"
