@@ -66,6 +66,13 @@ class NetError(ValueError):
     """A network definition or its weights do not fit together (names the layer and the problem)."""
 
 
+# An inference forward on kernels.taskpool that took this long on every thread keeps every thread while other
+# processes keep cores busy (net.contention would drop to fewer): its tasks are long against the time slices the
+# shared core gives the pool's thread there, and the caller takes the slots that thread has not claimed. With one of
+# the 2 cores kept busy (Zen 4 machine): CaffeNet at batch 10 131-144 ms on 2 threads against 166-182 on one, at 64
+# 743-786 against 925-1023; at batch 1 (17 ms quietly) 25-28 either way; short forwards (LeNet at 64, EfficientNet-
+# Lite0 at 1: fork-joins every few tens of microseconds) stay faster on one thread.
+LONG_POOL_FORWARD_S = 0.05
 TRAIN_POOL = (
     os.environ.get("CREMA_TRAIN_POOL", "1") != "0"
 )  # training's tasks on kernels.taskpool (Net._train_launcher)
@@ -549,7 +556,9 @@ class Net:
         (``net.per_image``), and a steady plan's task calls are replayed natively (``net.replay``)."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
-            threads = threads_for(requested) if adapt else requested
+            full = self._plan if self._plan is not None and self._plan.threads == requested else self._spare_plan
+            long = full is not None and full.threads == requested and full.pool and full.seconds >= LONG_POOL_FORWARD_S
+            threads = threads_for(requested) if adapt and not long else requested
             if threads != requested:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
@@ -562,9 +571,11 @@ class Net:
                     tasks.use_pool(False)
                 # Net.forward once the launcher is decided: image by image (net.per_image) or replayed (net.replay)
                 steady = pool and adapt and timings is None and not deciding
-                if steady and (per_image.forward(self, plan) or replay.forward(self, plan)):
-                    return
-                self._run_plan(plan, timings)
+                t0 = time.perf_counter()
+                if not (steady and (per_image.forward(self, plan) or replay.forward(self, plan))):
+                    self._run_plan(plan, timings)
+                if pool and not deciding:  # (the deciding forward, the plan's first, may have compiled)
+                    plan.seconds = time.perf_counter() - t0
                 if deciding:
                     plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
             finally:
@@ -851,11 +862,12 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "lost", "per_image", "pool", "replay", "runs", "steps", "threads")
+    __slots__ = ("after", "lost", "per_image", "pool", "replay", "runs", "seconds", "steps", "threads")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
         self.pool: bool | None = None  # inference on kernels.taskpool: None until its first forward there decides
+        self.seconds = 0.0  # the wall time of its last inference forward (Net._run: LONG_POOL_FORWARD_S)
         self.replay = None  # net.replay: None until recorded, False where it does not apply, else a Replay
         self.runs = 0  # forwards before the replay is recorded
         self.lost = 0  # replays an array changed under

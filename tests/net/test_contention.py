@@ -160,3 +160,32 @@ def test_ended_child_processes_are_this_process_work() -> None:
     got, base = with_children.sample(), without.sample()
     wall = time.monotonic() - t0
     assert (base - got) * wall >= 0.4  # the child's ~0.6 CPU-seconds moved from "others" to "own"
+
+
+def test_a_long_forward_on_the_pool_keeps_every_thread(monkeypatch) -> None:
+    """A plan on kernels.taskpool whose last forward on every thread took LONG_POOL_FORWARD_S or more keeps every
+    thread while other processes keep a core busy (its tasks are long against the shared core's time slices); a
+    short one takes fewer. The plan's own time is what counts (here set by hand: LeNet is short)."""
+    import net.net as net_module
+    from kernels import tasks
+
+    if not tasks.pool_enabled() or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("kernels.taskpool (x86-64 Linux) and 2 Numba threads")
+    net = _lenet()
+    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
+        net.forward(data=x)  # the first forward decides the launcher (its time is not kept: it may have compiled)
+        net.forward(data=x)
+        full = net._plan
+        assert full.pool is True and full.threads == 2 and 0 < full.seconds < net_module.LONG_POOL_FORWARD_S
+        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
+        net.forward(data=x)
+        assert net._plan.threads == 1  # short: one thread
+        full.seconds = net_module.LONG_POOL_FORWARD_S  # as if it had taken that long on 2 threads
+        net.forward(data=x)
+        assert net._plan is full  # long: every thread, busy or not
+    finally:
+        numba.set_num_threads(saved)
