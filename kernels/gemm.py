@@ -574,7 +574,7 @@ def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
     (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
     ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same K panels in the same order."""
     tiles, slivers = -(-m // MR), -(-n // NR)
-    if workers <= 1 or -(-m // MC) * -(-n // NC) >= 4 * workers:
+    if workers <= 1 or tiles == 0 or slivers == 0 or -(-m // MC) * -(-n // NC) >= 4 * workers:
         return MC, NC
     widths = {min(NC // NR, slivers)} | {-(-slivers // (workers * r)) for r in range(1, 5)}
     best, best_key = (MC, NC), None

@@ -529,17 +529,19 @@ class Net:
     def _train_launcher(self, phase: str):
         """Arm the launcher for a training pass (`phase`: "forward" or "backward") and return a function to call after
         it: kernels.taskpool's threads while no pass of this net has run an OpenMP loop (a Numba prange kernel that is
-        not a task; mixing the two pools would keep both spinning on the same cores), else OpenMP. The first pass of
-        each phase on the pool counts OpenMP loops (kernels.taskpool.omp_loops) and decides. The bits do not depend
-        on the launcher: a slot works on its own buffers, whoever runs it; the thread count is the same."""
+        not a task; mixing the two pools would keep both spinning on the same cores), else OpenMP. Every pass on the
+        pool counts OpenMP loops (kernels.taskpool.omp_loops): one that ran any (its first, or a later one after a
+        reshape) moves the net to OpenMP for good. The bits do not depend on the launcher: a slot works on its own
+        buffers, whoever runs it; the thread count is the same. GPU nets launch no CPU task."""
+        if self.device != "cpu":
+            return _nothing
         state = self._train_pool
-        on = self.device == "cpu" and TRAIN_POOL and False not in state.values()
-        pooled = tasks.use_pool(on)  # False where the pool is not available (or while net.warm records)
-        if not pooled or state[phase] is not None:
+        pooled = tasks.use_pool(TRAIN_POOL and False not in state.values())  # False where the pool is not available
+        if not pooled:  # (or while net.warm records)
             return _nothing
         before = taskpool.omp_loops()
 
-        def decide() -> None:
+        def decide() -> None:  # every pass counts: an OpenMP loop that appears later (a new shape) ends it too
             state[phase] = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
 
         return decide
@@ -558,7 +560,10 @@ class Net:
             requested = numba.get_num_threads()
             full = self._plan if self._plan is not None and self._plan.threads == requested else self._spare_plan
             long = full is not None and full.threads == requested and full.pool and full.seconds >= LONG_POOL_FORWARD_S
-            threads = threads_for(requested) if adapt and not long else requested
+            threads = threads_for(requested) if adapt else requested
+            busy = threads != requested
+            if long:
+                threads = requested
             if threads != requested:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
             try:
@@ -575,7 +580,10 @@ class Net:
                 if not (steady and (per_image.forward(self, plan) or replay.forward(self, plan))):
                     self._run_plan(plan, timings)
                 if pool and not deciding:  # (the deciding forward, the plan's first, may have compiled)
-                    plan.seconds = time.perf_counter() - t0
+                    # a quiet forward sets it; one slowed by others on every thread can only lower it (a one-off
+                    # slow forward, e.g. the one that records the replay, must not keep a short net on every thread)
+                    took = time.perf_counter() - t0
+                    plan.seconds = took if not busy else min(plan.seconds, took)
                 if deciding:
                     plan.pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
             finally:

@@ -20,7 +20,9 @@ by a later forward, so a served forward copies into memory already mapped: fresh
 first-touch page faults, which made a served EfficientNet-Lite0 forward 11-20 ms instead of ~8 (the app returns
 large freed blocks to the OS, server.pools). Entries and the arenas kept for reuse hold at most `max_bytes`
 together (room for the next forward's arenas is made by dropping the oldest entries first); an arena not reused for
-`ttl_s` is freed. An entry whose maps are being drawn gives its arena back only once the drawing is done.
+`ttl_s` is freed. An entry whose maps are being drawn gives its arena back only once the drawing is done. Besides
+those: the arenas of the batch being captured and of rows not yet stored (a batch's at most `max_bytes`, its
+budget), and of entries dropped while drawn; `stats` counts the cache's.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class Row(dict):
 
 def _new_arena(nbytes: int) -> np.ndarray:
     """Fresh float32 memory of nbytes, mapped up front (MAP_POPULATE: one call instead of a page fault per 4 KB)
-    and without NumPy's huge-page advice for large arrays (with THP defrag=madvise it compacts memory on the fault)."""
+    and without NumPy's huge-page advice for large arrays (with THP defrag=madvise it compacts memory on the fault);
+    NumPy's memory where anonymous maps are not available (Windows)."""
+    if not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(nbytes // 4, np.float32)
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype=np.float32)
 
@@ -175,13 +180,14 @@ class Inside:
     # -- arenas --------------------------------------------------------------------------------------------------
     def _take(self, nbytes: int) -> np.ndarray:
         """An arena of at least nbytes for the forward that runs (inference thread): the smallest one given back
-        that fits; where none does and entries, kept arenas and this one would pass max_bytes, the kept arenas
-        (too small) go first, then the oldest entries (their arenas may fit); else fresh memory."""
+        that fits (at most twice the size: a larger one would hold the cache's bytes for little); where none does and
+        entries, kept arenas and this one would pass max_bytes, the kept arenas (that do not fit) go first, then the
+        oldest entries (their arenas may fit); else fresh memory."""
         with self._lock:
             now = time.monotonic()
             self._expire(now)
             while True:
-                fits = [k for k, (a, _) in enumerate(self._free) if a.nbytes >= nbytes]
+                fits = [k for k, (a, _) in enumerate(self._free) if nbytes <= a.nbytes <= 2 * nbytes]
                 if fits:
                     arena = self._free.pop(min(fits, key=lambda k: self._free[k][0].nbytes))[0]
                     self._free_bytes -= arena.nbytes
@@ -226,6 +232,8 @@ class Inside:
         """Keep one request's maps; returns its id (32 hex digits)."""
         key = secrets.token_hex(16)
         arena = getattr(maps, "arena", None)
+        if arena is not None:
+            maps.arena = None  # the entry owns it now (a row stored twice must not give two entries one block)
         nbytes = arena.nbytes if arena is not None else sum(a.nbytes for a in maps.values())
         with self._lock:
             self._entries[key] = Entry(dict(maps), nbytes, time.monotonic(), arena)

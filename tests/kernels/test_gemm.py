@@ -210,3 +210,9 @@ def test_blocking_splits_the_work_evenly_and_changes_no_bit() -> None:
             assert np.array_equal(gemm(a, b), one), (m, n, k)
     finally:
         numba.set_num_threads(before)
+
+
+def test_blocking_of_an_empty_product() -> None:
+    from kernels.gemm import MC, NC, blocking
+
+    assert blocking(64, 0, 2) == (MC, NC) and blocking(0, 64, 2) == (MC, NC)

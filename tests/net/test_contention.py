@@ -187,5 +187,8 @@ def test_a_long_forward_on_the_pool_keeps_every_thread(monkeypatch) -> None:
         full.seconds = net_module.LONG_POOL_FORWARD_S  # as if it had taken that long on 2 threads
         net.forward(data=x)
         assert net._plan is full  # long: every thread, busy or not
+        assert full.seconds < net_module.LONG_POOL_FORWARD_S  # a forward while busy can lower it (here: LeNet's)
+        net.forward(data=x)
+        assert net._plan.threads == 1  # short again
     finally:
         numba.set_num_threads(saved)

@@ -272,9 +272,10 @@ def test_arenas_are_reused_within_the_cache_bound(lenet_files, monkeypatch):
         model.infer(x[i])
         row = inside.capture(1)[0]
         assert row.arena.nbytes == per_row and all(np.shares_memory(m, row.arena) for m in row.values())
-        keys.append(inside.store(row))
         arenas.append(row.arena)
         copies.append({k: v.copy() for k, v in row.items()})
+        keys.append(inside.store(row))
+        assert row.arena is None  # the entry owns it now
         stats = inside.stats()
         assert stats["bytes"] + stats["reuse_bytes"] <= inside.max_bytes
     assert fresh == [per_row] * 2  # the third forward made room: the first entry went, its arena was reused
