@@ -8,7 +8,7 @@ Kernels, in the order they appear:
                             compiler vectorises across outputs: `_interior_worker(kh, kw, sh, sw, method)`, MAX and
                             AVE without a mask, a task per window (kernels.tasks: _MAX_INTERIOR_2222, ...; a plan
                             of tasks only runs on kernels.taskpool's threads), and MAX recording the argmax
-                            (training), `_max_mask_worker` (_MAX_MASK_INTERIOR_2222, ...);
+                            (training), the same factory (_MAX_MASK_INTERIOR_2222, ...);
                             `_interior_kernels(kh, kw, sh, sw)`, Numba prange over the N*C planes: AVE backward.
   2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
                             runtime parameters; for window shapes outside SPECIALISED they do every output
@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 NEG_FLT_MAX = np.float32(-np.finfo(np.float32).max)
+NO_MASK = np.empty((0, 0, 0), np.int32)  # the interior tasks' mask argument where no argmax is recorded
 METHODS = ("MAX", "AVE")
 ROUND_MODES = ("CEIL", "FLOOR")
 # (kh, kw, sh, sw) with compile-time specialised interior kernels: LeNet (2, 2, 2, 2), CaffeNet/AlexNet/VGG-style
@@ -259,16 +260,19 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     return ave_bwd
 
 
-def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
-    """The interior forward without a mask (MAX or AVE) for one specialised window as a task body (kernels.tasks):
-    worker t's share of the planes, each output's window in row-major order (MAX: strict >, NaN never wins, as
-    `_max_mask_worker` and the border kernel; AVE: float32 sum, then / kh*kw). Inference plans run these on
-    kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on OpenMP)."""
+def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str, record: bool = False):
+    """The interior forward (MAX or AVE) for one specialised window as a task body (kernels.tasks): worker t's share
+    of the planes, each output's window in row-major order (MAX: strict >, from -FLT_MAX, NaN never wins, as the
+    border kernel; AVE: float32 sum, then / kh*kw). `record` (MAX, training): also each output's argmax into `mask`
+    (the first maximum; no candidate: -1), its index h * W + w in the input plane; else `mask` is not read. Inference
+    plans run these on kernels.taskpool's threads (an OpenMP loop in a plan keeps the whole plan on OpenMP), and a
+    training step with no OpenMP loop does too."""
     KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
     U = np.uint64
     ave = method == "AVE"
 
-    def body(t, x, y, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
+    def body(t, x, y, mask, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
+        width = x.shape[2]
         nj = U(j1 - j0)
         divisor = np.float32(KH * KW)
         planes = x.shape[0]
@@ -284,6 +288,17 @@ def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
                             for dw in range(KW):
                                 acc += x[q, h0 + U(dh), w0 + U(dw)]
                         y[q, i, U(j0) + jj] = acc / divisor
+                    elif record:
+                        m = NEG_FLT_MAX
+                        idx = -1
+                        for dh in range(KH):
+                            for dw in range(KW):
+                                v = x[q, h0 + U(dh), w0 + U(dw)]
+                                if v > m:
+                                    m = v
+                                    idx = np.int64((h0 + U(dh)) * U(width) + w0 + U(dw))
+                        y[q, i, U(j0) + jj] = m
+                        mask[q, i, U(j0) + jj] = idx
                     else:
                         m = NEG_FLT_MAX
                         for dh in range(KH):
@@ -292,41 +307,8 @@ def _interior_worker(kh: int, kw: int, sh: int, sw: int, method: str):
                                 m = v if v > m else m  # noqa: FURB136 (Caffe's strict >, NaN never wins)
                         y[q, i, U(j0) + jj] = m
 
-    body.__name__ = body.__qualname__ = f"_{method.lower()}_interior_{kh}{kw}{sh}{sw}_worker"
-    i64 = types.int64
-    return Task(body, (_F3, _F3, i64, i64, i64, i64, i64, i64, i64), boundscheck=False)
-
-
-def _max_mask_worker(kh: int, kw: int, sh: int, sw: int):
-    """The interior MAX forward recording each output's argmax (training) for one specialised window as a task body
-    (kernels.tasks): worker t's share of the planes; the first maximum in row-major window order (strict >, from
-    -FLT_MAX: NaN never wins; no candidate: -FLT_MAX and -1), its index h * W + w in the input plane. A task, not a
-    Numba prange loop: a training step with no OpenMP loop runs its tasks on kernels.taskpool's threads."""
-    KH, KW, SH, SW = kh, kw, sh, sw  # compile-time constants of the body
-    U = np.uint64
-
-    def body(t, x, y, mask, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
-        width = x.shape[2]
-        nj = U(j1 - j0)
-        planes = x.shape[0]
-        for q in range(t * planes // workers, (t + 1) * planes // workers):
-            for i in range(i0, i1):
-                h0 = U(i * SH - ph)
-                wb = U(j0 * SW - pw)
-                for jj in range(nj):
-                    w0 = wb + U(SW) * jj
-                    m = NEG_FLT_MAX
-                    idx = -1
-                    for dh in range(KH):
-                        for dw in range(KW):
-                            v = x[q, h0 + U(dh), w0 + U(dw)]
-                            if v > m:
-                                m = v
-                                idx = np.int64((h0 + U(dh)) * U(width) + w0 + U(dw))
-                    y[q, i, U(j0) + jj] = m
-                    mask[q, i, U(j0) + jj] = idx
-
-    body.__name__ = body.__qualname__ = f"_max_mask_interior_{kh}{kw}{sh}{sw}_worker"
+    kind = "max_mask" if record else method.lower()
+    body.__name__ = body.__qualname__ = f"_{kind}_interior_{kh}{kw}{sh}{sw}_worker"
     i64 = types.int64
     return Task(body, (_F3, _F3, types.int32[:, :, ::1], i64, i64, i64, i64, i64, i64, i64), boundscheck=False)
 
@@ -341,7 +323,7 @@ for _window in sorted(SPECIALISED):
         _name = f"_{_method}_INTERIOR_{''.join(map(str, _window))}"
         globals()[_name] = INTERIOR_TASKS[(*_window, _method)] = _interior_worker(*_window, _method)
     _name = f"_MAX_MASK_INTERIOR_{''.join(map(str, _window))}"
-    globals()[_name] = MASK_TASKS[_window] = _max_mask_worker(*_window)
+    globals()[_name] = MASK_TASKS[_window] = _interior_worker(*_window, "MAX", record=True)
 del _window, _method, _name
 
 
@@ -557,14 +539,13 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
             task = INTERIOR_TASKS[(k[0], k[1], s[0], s[1], method)]
 
             def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
-                getattr(task, kind)(task.address, workers, x3, y3, i0, i1, j0, j1, ph, pw, workers)
+                getattr(task, kind)(task.address, workers, x3, y3, NO_MASK, i0, i1, j0, j1, ph, pw, workers)
 
     max_border, ave_border = _max_border, _ave_border
     if serial:
         max_border, ave_border = serial_twin(_max_border), serial_twin(_ave_border)
     inner_args = (*rect, p[0], p[1])
     border_args = ((k[0], k[1], s[0], s[1], p[0], p[1]), rect)
-    no_mask = np.empty((0, 0, 0), np.int32)
 
     def run(x3, y3, mask3) -> None:
         if interior is not None:
@@ -576,7 +557,7 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
             if method == "AVE":
                 ave_border(x3, y3, *border_args)
             else:
-                max_border(x3, y3, mask3 if record else no_mask, record, *border_args)
+                max_border(x3, y3, mask3 if record else NO_MASK, record, *border_args)
 
     return run
 

@@ -99,29 +99,33 @@ def _lenet() -> Net:
     return net
 
 
-@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-def test_forward_takes_fewer_threads_with_the_same_bits(monkeypatch) -> None:
-    net = _lenet()
-    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+@pytest.fixture
+def two_threads(monkeypatch):
+    """LeNet, an input, 2 Numba threads and a quiet machine (the monitor's answer set by hand)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
     saved = numba.get_num_threads()
     numba.set_num_threads(2)
-    try:
-        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
-        quiet = net.forward(data=x)["prob"]
-        quiet_plan = net._plan
-        assert quiet_plan.threads == 2
-        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
-        busy = net.forward(data=x)["prob"]
-        assert net._plan.threads == 1 and numba.get_num_threads() == 2  # the caller's count is back
-        np.testing.assert_array_equal(busy, quiet)
-        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
-        again = net.forward(data=x)["prob"]
-        assert net._plan is quiet_plan  # the 2-thread plan was kept, not made again
-        np.testing.assert_array_equal(again, quiet)
-        net.forward_loss()  # training and timing forwards keep the requested count (their bits depend on it)
-        assert net._plan is quiet_plan
-    finally:
-        numba.set_num_threads(saved)
+    monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
+    yield _lenet(), np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    numba.set_num_threads(saved)
+
+
+def test_forward_takes_fewer_threads_with_the_same_bits(two_threads, monkeypatch) -> None:
+    net, x = two_threads
+    quiet = net.forward(data=x)["prob"]
+    quiet_plan = net._plan
+    assert quiet_plan.threads == 2
+    monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
+    busy = net.forward(data=x)["prob"]
+    assert net._plan.threads == 1 and numba.get_num_threads() == 2  # the caller's count is back
+    np.testing.assert_array_equal(busy, quiet)
+    monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
+    again = net.forward(data=x)["prob"]
+    assert net._plan is quiet_plan  # the 2-thread plan was kept, not made again
+    np.testing.assert_array_equal(again, quiet)
+    net.forward_loss()  # training and timing forwards keep the requested count (their bits depend on it)
+    assert net._plan is quiet_plan
 
 
 def test_every_shipped_net_forward_has_the_same_bits_on_1_and_2_threads() -> None:
@@ -162,33 +166,26 @@ def test_ended_child_processes_are_this_process_work() -> None:
     assert (base - got) * wall >= 0.4  # the child's ~0.6 CPU-seconds moved from "others" to "own"
 
 
-def test_a_long_forward_on_the_pool_keeps_every_thread(monkeypatch) -> None:
+def test_a_long_forward_on_the_pool_keeps_every_thread(two_threads, monkeypatch) -> None:
     """A plan on kernels.taskpool whose last forward on every thread took LONG_POOL_FORWARD_S or more keeps every
     thread while other processes keep a core busy (its tasks are long against the shared core's time slices); a
     short one takes fewer. The plan's own time is what counts (here set by hand: LeNet is short)."""
     import net.net as net_module
     from kernels import tasks
 
-    if not tasks.pool_enabled() or numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("kernels.taskpool (x86-64 Linux) and 2 Numba threads")
-    net = _lenet()
-    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
-        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: requested)
-        net.forward(data=x)  # the first forward decides the launcher (its time is not kept: it may have compiled)
-        net.forward(data=x)
-        full = net._plan
-        assert full.pool is True and full.threads == 2 and 0 < full.seconds < net_module.LONG_POOL_FORWARD_S
-        monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
-        net.forward(data=x)
-        assert net._plan.threads == 1  # short: one thread
-        full.seconds = net_module.LONG_POOL_FORWARD_S  # as if it had taken that long on 2 threads
-        net.forward(data=x)
-        assert net._plan is full  # long: every thread, busy or not
-        assert full.seconds < net_module.LONG_POOL_FORWARD_S  # a forward while busy can lower it (here: LeNet's)
-        net.forward(data=x)
-        assert net._plan.threads == 1  # short again
-    finally:
-        numba.set_num_threads(saved)
+    if not tasks.pool_enabled():
+        pytest.skip("kernels.taskpool: x86-64 Linux only")
+    net, x = two_threads
+    net.forward(data=x)  # the first forward decides the launcher (its time is not kept: it may have compiled)
+    net.forward(data=x)
+    full = net._plan
+    assert full.pool is True and full.threads == 2 and 0 < full.seconds < net_module.LONG_POOL_FORWARD_S
+    monkeypatch.setattr(contention.MONITOR, "threads_for", lambda requested: 1)
+    net.forward(data=x)
+    assert net._plan.threads == 1  # short: one thread
+    full.seconds = net_module.LONG_POOL_FORWARD_S  # as if it had taken that long on 2 threads
+    net.forward(data=x)
+    assert net._plan is full  # long: every thread, busy or not
+    assert full.seconds < net_module.LONG_POOL_FORWARD_S  # a forward while busy can lower it (here: LeNet's)
+    net.forward(data=x)
+    assert net._plan.threads == 1  # short again
