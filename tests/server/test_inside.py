@@ -276,9 +276,15 @@ def test_arenas_are_reused_within_the_cache_bound(lenet_files, monkeypatch):
         copies.append({k: v.copy() for k, v in row.items()})
         keys.append(inside.store(row))
         assert row.arena is None  # the entry owns it now
+        maker = inside._maker
+        if maker is not None:
+            maker.join()  # while the cache fills, the next arena is mapped ahead on a thread of its own
         stats = inside.stats()
         assert stats["bytes"] + stats["reuse_bytes"] <= inside.max_bytes
-    assert fresh == [per_row] * 2  # the third forward made room: the first entry went, its arena was reused
+        assert stats["reuse_bytes"] == (per_row if i == 0 else 0)  # room for one more only after the first
+    # the first forward's arena and the one made ahead for the second; the third made room: the first entry went
+    # and its arena was reused
+    assert fresh == [per_row] * 2
     assert arenas[2] is arenas[0] and inside.stats()["entries"] == 2
     # the second entry is being drawn while the next forward drops it: its arena is not taken
     entry = inside.get(keys[1], reading=True)
