@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from kernels.serial import SMALL_WORK
-from kernels.tasks import Task
+from kernels.tasks import Task, share16
 
 __all__ = [
     "clip_backward",
@@ -116,9 +116,8 @@ def relu_backward_ref(dy: np.ndarray, x: np.ndarray, negative_slope: float = 0.0
 def _relu_worker(t, x, y, slope, workers):  # pragma: no cover - compiled
     """Worker t's share (kernels.tasks; whole 16-float blocks) of `_relu_flat_serial`: a task, not a prange loop, so
     a plan with no OpenMP loop runs on kernels.taskpool's threads (CaffeNet's fc6 / fc7 at batch 64)."""
-    chunk = ((x.size + workers - 1) // workers + 15) // 16 * 16
-    lo, hi = min(x.size, t * chunk), min(x.size, (t + 1) * chunk)
-    _relu_flat_serial(x[lo:hi], y[lo:hi], slope)  # slices: a range(lo, hi) loop would keep negative-index tests
+    lo, hi = share16(x.size, t, workers)
+    _relu_flat_serial(x[lo:hi], y[lo:hi], slope)
 
 
 @njit(cache=True)
@@ -131,8 +130,7 @@ def _relu_flat_serial(x, y, slope):  # pragma: no cover - compiled
 
 def _relu_grad_worker(t, dy, x, slope, dx, workers):  # pragma: no cover - compiled
     """Worker t's share (kernels.tasks; whole 16-float blocks) of `_relu_grad_flat_serial`."""
-    chunk = ((dy.size + workers - 1) // workers + 15) // 16 * 16
-    lo, hi = min(dy.size, t * chunk), min(dy.size, (t + 1) * chunk)
+    lo, hi = share16(dy.size, t, workers)
     _relu_grad_flat_serial(dy[lo:hi], x[lo:hi], slope, dx[lo:hi])
 
 

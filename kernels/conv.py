@@ -13,9 +13,9 @@ Kernels (forward, then backward):
 2. ``_conv_batch_worker`` - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
                           scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
                           batches (LeNet 64, CaffeNet 10).
-3. ``_im2col_groups_worker`` + ``_conv_tiles_worker`` - forward of one image at a time: im2col slivers over threads, then
-                          (group, row block, column block) GEMM tasks claimed by the threads: batch 1 and uneven
-                          batches.
+3. ``_im2col_groups_worker`` + ``_conv_tiles_worker`` - forward of one image at a time: im2col slivers over
+                          threads, then (group, row block, column block) GEMM tasks claimed by the threads: batch 1
+                          and uneven batches.
                           Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
                           at batch 1: 64 output pixels, two tasks of 32 instead of one).
 3b. ``_direct_worker`` - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
@@ -142,12 +142,13 @@ def _make_direct_tile(rows: int):
 
 
 _direct_tile = _make_direct_tile(MR)
-_direct_tile.__doc__ = """acc[i*TILE_PX + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo[v] + toff[t] + j] over taps t < ntaps, for i < MR
-    output channels and RUNS runs of 8 output pixels (v < RUNS; each run 8 consecutive floats of one input row): the
-    direct convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile``, with B's rows read from the
-    image itself through the tap table toff (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap t = (c*kh + i)*kw + j)
-    instead of from a packed im2col. AVX2: 2 runs, twelve <8 x float> accumulators, 6 broadcasts and 2 vector loads
-    per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators), 12 broadcasts per 24 FMAs."""
+_direct_tile.__doc__ = """acc[i*TILE_PX + v*8 + j] = sum_t wp[ao[i] + t] * xp[xo[v] + toff[t] + j] over taps
+    t < ntaps, for i < MR output channels and RUNS runs of 8 output pixels (v < RUNS; each run 8 consecutive floats
+    of one input row): the direct convolution's micro-kernel, in LLVM IR like ``kernels.gemm._micro_tile``, with B's
+    rows read from the image itself through the tap table toff (toff[t] = c*HP*WP + i*dh*WP + j*dw for tap
+    t = (c*kh + i)*kw + j) instead of from a packed im2col. AVX2: 2 runs, twelve <8 x float> accumulators, 6
+    broadcasts and 2 vector loads per tap. AVX-512: 4 runs, two zmm of two runs each per channel (24 accumulators),
+    12 broadcasts per 24 FMAs."""
 # The last channel block of a layer whose channels are not a multiple of MR: a tile of fewer rows instead of a whole
 # one that recomputes its last row (LeNet conv2's 50 channels: 4 x 12 + 2, a sixth of its FMAs wasted).
 SHORT_ROWS = (MR // 3, 2 * MR // 3)  # zmm: 4 and 8 rows; ymm: 2 and 4
@@ -392,8 +393,9 @@ def _col2im_rows(typingctx, dcols, npix, nc, kh, kw, oh_n, ow_n, th, tw, tgt, t_
     dcols[((c*kh + i)*kw + j)*npix + (y-i)*ow_n + (x-j)] where 0 <= y-i < oh_n and 0 <= x-j < ow_n, for c < nc,
     y < th, x < tw <= COL2IM_ROW: _col2im at stride and dilation 1 into a target it overwrites (no zeroing first),
     each target row summed in a vector register from masked loads of dcols (a lane outside a row adds 0.0, which
-    changes no sum) and stored once, COL2IM_CHAINS channels' rows at a time (independent chains of adds): the same sums in the same order as zeroing and _col2im, without its overlapping
-    read-modify-writes of the target (consecutive taps' rows overlap shifted by a float: store-forwarding stalls)."""
+    changes no sum) and stored once, COL2IM_CHAINS channels' rows at a time (independent chains of adds): the same
+    sums in the same order as zeroing and _col2im, without its overlapping read-modify-writes of the target
+    (consecutive taps' rows overlap shifted by a float: store-forwarding stalls)."""
     _flat_f32(dcols, tgt)
     sig = types.void(dcols, npix, nc, kh, kw, oh_n, ow_n, th, tw, tgt, t_off)
 
@@ -1172,7 +1174,8 @@ class ForwardRunner:
 
 
 def _column_block(row_tasks: int, npix: int, threads: int) -> int:
-    """Columns per _conv_tiles_worker task: NC_CONV, halved (in whole NR slivers) while that many tasks leave threads idle."""
+    """Columns per _conv_tiles_worker task: NC_CONV, halved (in whole NR slivers) while that many tasks leave threads
+    idle."""
     nc = NC_CONV
     while nc > NR and row_tasks * -(-npix // nc) < threads:
         nc = max(NR, (nc // 2 + NR - 1) // NR * NR)

@@ -572,7 +572,8 @@ def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
     LeNet ip1's data gradient, 64 x 800, as column blocks of 256, 256, 256, 32 (512 columns on one thread, 288 on
     the other; two blocks of 400 instead). Then the blocks of MR-row tiles (up to 2 MC rows) and of NR-column slivers
     (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
-    ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same K panels in the same order."""
+    ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same
+    K panels in the same order."""
     tiles, slivers = -(-m // MR), -(-n // NR)
     if workers <= 1 or tiles == 0 or slivers == 0 or -(-m // MC) * -(-n // NC) >= 4 * workers:
         return MC, NC

@@ -208,6 +208,15 @@ def _block_call(name: str, want: tuple):
     return launch
 
 
+@njit(cache=True, inline="always")
+def share16(n, t, workers):  # pragma: no cover - compiled
+    """(lo, hi): worker t's share of n items in whole 16-item blocks (the last share takes what is left; a share
+    may be empty), for bodies that walk a flat array, e.g. ``x[lo:hi]``: slices, so the loop over them is a
+    range(size) (a range(lo, hi) of signed ints keeps Numba's negative-index test and does not vectorise)."""
+    chunk = ((n + workers - 1) // workers + 15) // 16 * 16
+    return min(n, t * chunk), min(n, (t + 1) * chunk)
+
+
 def _parallel_driver(address, workers, *args):  # pragma: no cover - compiled
     _call_block(address, workers, args)  # the shared launcher: for t in prange(workers): body(t, *args)
 

@@ -37,8 +37,8 @@ Kernels:
                               4 for KB_INNER output channels at a time, in its own workspace (V: alpha^2 x C/group x
                               16 SLIVERS floats, M: alpha^2 x KB_INNER x 16 SLIVERS), so the transformed data stays in
                               the core's caches. Blocks of output channels only when chunks x groups leave threads idle
-                              (batch 1); then ``_winograd_inputs_worker`` runs 2 first as its own parallel pass (tasks of
-                              channels) and the blocks share its result.
+                              (batch 1); then ``_winograd_inputs_worker`` runs 2 first as its own parallel pass
+                              (tasks of channels) and the blocks share its result.
 
 Every tile is a column of the GEMMs computed by the same instructions whatever the chunk, block or batch size:
 an image gives the same bits alone and in a batch, on any thread count.

@@ -17,8 +17,9 @@ two of error, 0.04-0.08 of a core.
 Where /proc/stat cannot be read (not Linux), or with CREMA_ADAPT_THREADS=0 in the environment, the requested count
 is used as it is. A forward on kernels.taskpool that took net.net.LONG_POOL_FORWARD_S or more on every thread keeps
 them all (its tasks are long against the time slices of the shared core, and the caller takes the slots the other
-thread has not claimed: CaffeNet at batch 10 and 64 ran faster on 2 threads than on 1 with a core busy). `Net.forward` applies it to every CPU inference forward; training keeps its thread count (its
-gradients' reductions depend on it, and a run must not depend on the load).
+thread has not claimed: CaffeNet at batch 10 and 64 ran faster on 2 threads than on 1 with a core busy).
+`Net.forward` applies it to every CPU inference forward; training keeps its thread count (its gradients' reductions
+depend on it, and a run must not depend on the load).
 """
 
 from __future__ import annotations

@@ -73,9 +73,8 @@ class NetError(ValueError):
 # 743-786 against 925-1023; at batch 1 (17 ms quietly) 25-28 either way; short forwards (LeNet at 64, EfficientNet-
 # Lite0 at 1: fork-joins every few tens of microseconds) stay faster on one thread.
 LONG_POOL_FORWARD_S = 0.05
-TRAIN_POOL = (
-    os.environ.get("CREMA_TRAIN_POOL", "1") != "0"
-)  # training's tasks on kernels.taskpool (Net._train_launcher)
+# training's tasks on kernels.taskpool (Net._train_launcher); CREMA_TRAIN_POOL=0 keeps them on OpenMP
+TRAIN_POOL = os.environ.get("CREMA_TRAIN_POOL", "1") != "0"
 
 
 def _nothing() -> None:
@@ -223,9 +222,8 @@ class Net:
         self._arena_stale = True  # ... placed again before the next plan (after a reshape)
         self.shared_bytes = 0  # ... bytes of the blobs in it (the arena itself: self._arena.nbytes)
         self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
-        # training (forward_loss, backward): the tasks on kernels.taskpool's threads while no OpenMP loop runs in a
-        # pass; each pass's first run on the pool decides (None: not yet), and one that ran an OpenMP loop ends it
-        self._train_pool: dict[str, bool | None] = {"forward": None, "backward": None}
+        # training (forward_loss, backward) on kernels.taskpool's threads until a pass there runs an OpenMP loop
+        self._train_pool = True
         self._build()
         self._plan_backward()
         if self.device != "cpu":
@@ -526,23 +524,22 @@ class Net:
         self._run(None, adapt=True, pool=True)
         return {name: to_host(self._blobs[name].data) for name in self.outputs}
 
-    def _train_launcher(self, phase: str):
-        """Arm the launcher for a training pass (`phase`: "forward" or "backward") and return a function to call after
-        it: kernels.taskpool's threads while no pass of this net has run an OpenMP loop (a Numba prange kernel that is
-        not a task; mixing the two pools would keep both spinning on the same cores), else OpenMP. Every pass on the
-        pool counts OpenMP loops (kernels.taskpool.omp_loops): one that ran any (its first, or a later one after a
-        reshape) moves the net to OpenMP for good. The bits do not depend on the launcher: a slot works on its own
-        buffers, whoever runs it; the thread count is the same. GPU nets launch no CPU task."""
+    def _train_launcher(self):
+        """Arm the launcher for a training pass (forward_loss or backward) and return a function to call after it:
+        kernels.taskpool's threads while no pass of this net has run an OpenMP loop (a Numba prange kernel that is not
+        a task; mixing the two pools would keep both spinning on the same cores), else OpenMP. Every pass on the pool
+        counts OpenMP loops (kernels.taskpool.omp_loops): one that ran any (the first, or a later one after a reshape)
+        moves the net to OpenMP for good. The bits do not depend on the launcher: a slot works on its own buffers,
+        whoever runs it; the thread count is the same. GPU nets launch no CPU task."""
         if self.device != "cpu":
             return _nothing
-        state = self._train_pool
-        pooled = tasks.use_pool(TRAIN_POOL and False not in state.values())  # False where the pool is not available
-        if not pooled:  # (or while net.warm records)
+        # use_pool: False where the pool is not available (or while net.warm records)
+        if not tasks.use_pool(TRAIN_POOL and self._train_pool):
             return _nothing
         before = taskpool.omp_loops()
 
-        def decide() -> None:  # every pass counts: an OpenMP loop that appears later (a new shape) ends it too
-            state[phase] = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
+        def decide() -> None:
+            self._train_pool = taskpool.omp_probe_installed() and taskpool.omp_loops() == before
 
         return decide
 
@@ -558,11 +555,12 @@ class Net:
         (``net.per_image``), and a steady plan's task calls are replayed natively (``net.replay``)."""
         if self.device == "cpu":
             requested = numba.get_num_threads()
-            full = self._plan if self._plan is not None and self._plan.threads == requested else self._spare_plan
-            long = full is not None and full.threads == requested and full.pool and full.seconds >= LONG_POOL_FORWARD_S
             threads = threads_for(requested) if adapt else requested
             busy = threads != requested
-            if long:
+            if busy and any(  # a long forward on the pool keeps every thread (LONG_POOL_FORWARD_S)
+                p is not None and p.threads == requested and p.pool and p.seconds >= LONG_POOL_FORWARD_S
+                for p in (self._plan, self._spare_plan)
+            ):
                 threads = requested
             if threads != requested:
                 numba.set_num_threads(threads)  # this thread's count only (Numba's setting is per thread)
@@ -684,7 +682,7 @@ class Net:
         first (once / every call) and the loss tops are read back (the one synchronisation of an iteration)."""
         if self.device != "cpu":
             to_device(self)
-        decide = self._train_launcher("forward")
+        decide = self._train_launcher()
         self._run(timings, train=True)
         decide()
         loss = 0.0
@@ -699,7 +697,7 @@ class Net:
             raise NetError(f"net '{self.name}' shares its activations (share_activations): backward needs them")
         for blob, weight in self.loss_tops:
             blob.diff = full_like(blob.data, blob.shape, weight)
-        decide = self._train_launcher("backward")
+        decide = self._train_launcher()
         for i in reversed(self.backward_layers):
             if timings is not None:
                 synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion

@@ -100,7 +100,7 @@ class Inside:
         self._filters: dict[str, bytes] = {}
         self._trimmed = {}  # layer -> what its filters grid leaves out (net.visualize.trim_zero_border), or ""
         self._rows: list[Row] = []  # the maps the running forward copied, per row
-        self._kept: dict[int, list[dict[str, int]]] = {}  # batch size -> per row {kept layer: offset in its arena}
+        self._kept: dict[int, list[tuple[dict[str, int], int]]] = {}  # batch size -> _budgets' rows
         self._free: list[tuple[np.ndarray, float]] = []  # arenas to reuse, with when they were given back
         self._free_bytes = 0
         self._maker: threading.Thread | None = None  # the thread making an arena ahead (store), while the cache fills
@@ -118,10 +118,10 @@ class Inside:
                 )
 
     # -- capture (inference thread) ------------------------------------------------------------------------------
-    def _budgets(self, n: int) -> list[dict[str, int]]:
+    def _budgets(self, n: int) -> list[tuple[dict[str, int], int]]:
         """Per row of a batch of n, the layers whose maps it keeps, each with its offset (float32 elements) in the
-        row's arena: in net order while its budget lasts (the request's, and what the batch's leaves), from the
-        sizes alone."""
+        row's arena, and the arena's length: in net order while its budget lasts (the request's, and what the batch's
+        leaves), from the sizes alone."""
         rows = self._kept.get(n)
         if rows is None:
             rows = []
@@ -138,7 +138,7 @@ class Inside:
                     offset += count
                     left -= count * 4
                     batch_left -= count * 4
-                rows.append(kept)
+                rows.append((kept, offset))
             if len(self._kept) > 64:
                 self._kept.clear()
             self._kept[n] = rows
@@ -146,12 +146,10 @@ class Inside:
 
     def _new_rows(self, n: int) -> list[Row]:
         rows = []
-        for kept in self._budgets(n):
+        for _, length in self._budgets(n):
             row = Row()
-            if kept:
-                view = next(v for v in reversed(self.views) if v.name in kept)
-                count = kept[view.name] + min(view.shape[0], MAX_TILES) * view.shape[1] * view.shape[2]
-                row.arena = self._take(count * 4)
+            if length:
+                row.arena = self._take(length * 4)
             rows.append(row)
         return rows
 
@@ -164,7 +162,7 @@ class Inside:
         budgets = self._budgets(n)
         for view in self._views_of[top]:
             c = min(view.shape[0], MAX_TILES)
-            for i, kept in enumerate(budgets):
+            for i, (kept, _) in enumerate(budgets):
                 offset = kept.get(view.name)
                 if offset is not None:
                     row = self._rows[i]
@@ -182,15 +180,14 @@ class Inside:
 
     # -- arenas --------------------------------------------------------------------------------------------------
     def _take(self, nbytes: int) -> np.ndarray:
-        """An arena of at least nbytes for the forward that runs (inference thread): the smallest one given back
-        that fits (at most twice the size: a larger one would hold the cache's bytes for little); where none does and
-        entries, kept arenas and this one would pass max_bytes, the kept arenas (that do not fit) go first, then the
-        oldest entries (their arenas may fit); else fresh memory."""
+        """An arena of at least nbytes for the forward that runs (inference thread): the smallest kept one that fits
+        (`_fitting`); where none does and entries, kept arenas and this one would pass max_bytes, the kept arenas
+        that do not fit go first, then the oldest entries (their arenas may fit); else fresh memory."""
         with self._lock:
             now = time.monotonic()
             self._expire(now)
             while True:
-                fits = [k for k, (a, _) in enumerate(self._free) if nbytes <= a.nbytes <= 2 * nbytes]
+                fits = self._fitting(nbytes)
                 if fits:
                     arena = self._free.pop(min(fits, key=lambda k: self._free[k][0].nbytes))[0]
                     self._free_bytes -= arena.nbytes
@@ -204,6 +201,11 @@ class Inside:
                 else:
                     break
         return _new_arena(nbytes)
+
+    def _fitting(self, nbytes: int) -> list[int]:
+        """(lock held) Indices of the kept arenas a forward needing nbytes may take: at least that large and at most
+        twice (a larger one would hold the cache's bytes for little)."""
+        return [k for k, (a, _) in enumerate(self._free) if nbytes <= a.nbytes <= 2 * nbytes]
 
     def _give_back(self, arena: np.ndarray | None, now: float) -> None:
         """(lock held) Keep an arena for reuse while entries and kept arenas stay within max_bytes."""
@@ -253,8 +255,7 @@ class Inside:
     def _room_for_spare(self, nbytes: int) -> bool:
         """(lock held) While the cache fills: no kept arena fits the next request's maps (as large as these) and one
         more would stay within max_bytes, so the next forward would map fresh memory."""
-        fits = any(nbytes <= a.nbytes <= 2 * nbytes for a, _ in self._free)
-        return not fits and self._bytes + self._free_bytes + nbytes <= self.max_bytes
+        return not self._fitting(nbytes) and self._bytes + self._free_bytes + nbytes <= self.max_bytes
 
     def _make_spare(self, nbytes: int) -> None:
         """An arena made ahead on a thread of its own (mapping ~22 MB costs ~6 ms), kept for the next forward if it
