@@ -71,7 +71,8 @@ Kernels, in order:
                      14 the paired tile now reads x in place (SHARED_PACK_MAX_P): 1.01x at batch 1, 1 and 2 threads.
 5. residual sum    - ``runner(x, w, bias, y, res, z)`` also writes z = y + res, each row tile's rows as soon as they
                      are stored (``_add_span``, over the task's own pixels): an Eltwise SUM after the convolution
-                     without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits.
+                     without a second pass or launch (``net.plan_steps.fuse_residual_sums``), the same bits; with
+                     ``relu=True`` an in-place ReLU after the sum as well (ResNet), z = max(y + res, 0).
 6. ``Im2colRunner`` - a group-1 convolution with pad 0 and a multiple of 16 output pixels (``im2col_applies``) on
                      the same tiles: each task gathers its chunk's im2col slivers (``_pack_im2col``) into its buffer
                      and runs its row tiles over them, so no im2col matrix goes through memory; the bits of
@@ -122,6 +123,7 @@ from kernels.tiling import MR, NR, PAIR, VW
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
+ADD, ADD_RELU = 1, 2  # _pw_task's `add` with a residual: z = y + res, or z = max(y + res, 0) (relu=True)
 SLIVERS = 2 if PAIR else 1  # 16-pixel slivers per main tile: MR x 32 with AVX-512 (24 zmm accumulators), else MR x 16
 DOT_ACC = 12  # accumulators of a _dot_tile (R rows x C pixels x partial sums), <8 x float> on either CPU
 DOT_COLS = 2  # pixels per _dot_tile at most (3 or 4 spilled: 12 accumulators + C pixel vectors + 1 > 16 ymm)
@@ -577,19 +579,27 @@ def _pw_task(xf, wf, bias, yf, plan, lo, hi, xt, h, task, rf, zf, add, sp):  # p
         xo, yo = x_off + h, y_off + h
         _tile_row(src, wf, bias, yf, xo, packed, yo, r, mr, s_begin, s_end, k, p, flo, fhi, pf, plan[12], pw)
         if add:  # the residual sum of the rows just stored (in L1), over this task's pixels only
+            relu = add == ADD_RELU
             for i in range(mr):
                 row = y_off + (r + i) * p
-                _add_span(yf, rf, zf, row + h + s_begin * NR, row + h + s_end * NR)
+                _add_span(yf, rf, zf, row + h + s_begin * NR, row + h + s_end * NR, relu)
                 if edges:
-                    _add_span(yf, rf, zf, row, row + h)
-                    _add_span(yf, rf, zf, row + h + ns * NR, row + p)
+                    _add_span(yf, rf, zf, row, row + h, relu)
+                    _add_span(yf, rf, zf, row + h + ns * NR, row + p, relu)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _add_span(yf, rf, zf, start, stop):  # pragma: no cover - compiled
-    """z[i] = y[i] + r[i] for start <= i < stop (Eltwise SUM's one addition per element: the same bits)."""
-    for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
-        zf[i] = yf[i] + rf[i]
+def _add_span(yf, rf, zf, start, stop, relu):  # pragma: no cover - compiled
+    """z[i] = y[i] + r[i] for start <= i < stop (Eltwise SUM's one addition per element: the same bits); relu: then
+    0 where the sum is below 0 (the fused ReLU's compare and select, as the tiles' clip: a NaN stays NaN)."""
+    if relu:
+        zero = np.float32(0.0)
+        for i in range(np.uint64(start), np.uint64(stop)):
+            v = yf[i] + rf[i]
+            zf[i] = zero if v < zero else v  # noqa: FURB136 (max() would turn a NaN sum into 0)
+    else:
+        for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wraparound code, so the loop vectorises
+            zf[i] = yf[i] + rf[i]
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -690,7 +700,7 @@ def _pw_pack_worker(t, x, plan, ws, workers):  # pragma: no cover - compiled
 _F4, _F1, _I1 = nt.float32[:, :, :, ::1], nt.float32[::1], nt.int64[::1]
 _PW = Task(
     _pw_worker,
-    (_F4, _F4, _F1, _F4, _I1, nt.float64, nt.float64, _F1, nt.int64, _I1, _F4, _F4, nt.boolean),
+    (_F4, _F4, _F1, _F4, _I1, nt.float64, nt.float64, _F1, nt.int64, _I1, _F4, _F4, nt.int64),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -775,7 +785,8 @@ class PointwiseRunner:
     (zeros for none), y the C-contiguous float32 output of ``runner.out_shape`` (N, M, H, W), not overlapping x. The
     thread split follows the thread count when the runner is made. ``runner(x, w, bias, y, res, z)`` also writes
     z = y + res (an Eltwise SUM after the convolution, fused: each row tile's sums while its outputs are in L1); res
-    and z of y's shape and layout, z overlapping neither x nor y; res overlapping neither y nor z.
+    and z of y's shape and layout, z overlapping neither x nor y; res overlapping neither y nor z. With relu=True,
+    z = max(y + res, 0) (ResNet's ReLU after the sum; compare and select as the clip: a NaN stays NaN).
     """
 
     __slots__ = ("lo_hi", "out_shape", "plan", "row_tasks", "serial", "shared", "workers", "ws_size")
@@ -825,8 +836,9 @@ class PointwiseRunner:
         out: np.ndarray,
         res: np.ndarray | None = None,
         out2: np.ndarray | None = None,
+        relu: bool = False,
     ) -> None:
-        add = res is not None
+        add = 0 if res is None else ADD_RELU if relu else ADD
         if not add:
             res = out2 = out  # unread
         ws = _aligned_workspace(self.ws_size)

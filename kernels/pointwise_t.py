@@ -8,7 +8,8 @@ on larger planes. Here the roles are swapped. A tile is 14 pixels (or 7: a 7 x 7
 accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 consecutive floats of row k: one or two
 lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias and clips
 (16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each
-output channel's 7 pixels with a masked store; with a residual, z = y + res the same way. A task's first tile
+output channel's 7 pixels with a masked store; with a residual, z = y + res the same way (relu: max(y + res, 0),
+the compare and select of the clip: ResNet's ReLU after its residual sum). A task's first tile
 prefetches the next panel's weights into L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the
 output lines prefetched for writing as well: 1.00x, left out).
 
@@ -77,7 +78,7 @@ weights that do not change under it (a convolution with a BatchNorm folded in, `
 once; ``Net.refold`` makes new arrays, which the runner packs again).
 
 Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
-w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z])`` like
+w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z, relu])`` like
 ``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual);
 ``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks)``,
 called as ``runner(x, w, bias, y)`` (y not written).
@@ -98,6 +99,7 @@ from kernels.tasks import Task
 from kernels.tiling import VW
 
 NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
+ADD, ADD_RELU = 1, 2  # the tiles' `add`: z = y + res, or z = max(y + res, 0) (a ReLU after the residual sum)
 MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~130 cycles (expands alone, 1 / 2
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
@@ -136,7 +138,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
 
         xd, wd, yd, bd, rd, zd = (data(i) for i in range(6))
         k, p, xo, wo, yo, o0 = (as64(builder, a) for a in args[6:12])
-        add = args[14]
+        add = args[14]  # 0: no residual, 1: z = y + res, 2: z = max(y + res, 0) (ADD_RELU)
         i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
         vec = ir.VectorType(f32, 16)
         v8 = ir.VectorType(f32, 8)
@@ -290,11 +292,15 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                     lanes = builder.select(builder.icmp_signed("<", oc, m_real), mask, none)
                     yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
                     builder.call(mstore, [r, yptr, ir.Constant(i32, 4), lanes])
-                    with builder.if_then(add):
+                    with builder.if_then(builder.icmp_signed("!=", add, ir.Constant(add.type, 0))):
                         rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
                         rv = builder.call(mload, [rptr, ir.Constant(i32, 4), lanes, zero8])
+                        zv = builder.fadd(r, rv)
+                        relu = builder.icmp_signed("==", add, ir.Constant(add.type, ADD_RELU))
+                        # the fused ReLU's compare and select (a NaN stays NaN), as the clip above
+                        clipped = builder.select(builder.fcmp_ordered("<", zv, zero8), zero8, zv)
                         zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
-                        builder.call(mstore, [builder.fadd(r, rv), zptr, ir.Constant(i32, 4), lanes])
+                        builder.call(mstore, [builder.select(relu, clipped, zv), zptr, ir.Constant(i32, 4), lanes])
 
         if conv:  # ConvTRunner writes a depthwise's blocks only
             blocks()
@@ -434,7 +440,7 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
 _F1, _I1 = types.float32[::1], types.int64[::1]
 _PT = Task(
     _pt_worker,
-    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.boolean, _I1, _I1, _I1),
+    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.int64, _I1, _I1, _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     boundscheck=False,
 )
@@ -506,11 +512,11 @@ class PointwiseTRunner:
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
 
-    def __call__(self, x, w, bias, y, res=None, z=None) -> None:
+    def __call__(self, x, w, bias, y, res=None, z=None, relu: bool = False) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
             packed = self.packed = _params(w, bias)
-        add = res is not None
+        add = 0 if res is None else ADD_RELU if relu else ADD
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
         if not add:
@@ -595,6 +601,6 @@ class ConvTRunner:
         run = _PT.serial if self.serial else _PT.parallel
         blocks, counters = self.blocks, image_counters(*self.counter_args)
         buf = blocks.buf  # y is not written
-        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], buf, buf, buf, self.plan, lo, hi, False,
+        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], buf, buf, buf, self.plan, lo, hi, 0,
             counters, blocks.poff, self.toff)  # fmt: skip
         blocks.ready = True  # the depthwise step after reads its blocks, not y

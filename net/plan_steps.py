@@ -124,12 +124,30 @@ def _sum_of_two(layer: Layer, bottom: list[Blob], top: list[Blob]) -> bool:
     )
 
 
+def _relu_on(entry: tuple, blob: Blob) -> bool:
+    """Is the plan entry a ReLU (negative slope 0, not fused elsewhere) in place on `blob`?"""
+    _, layer, bottom, top = entry
+    return (
+        layer.type == "ReLU"
+        and not layer.fused
+        and float(layer.param.relu_param.negative_slope) == 0.0
+        and len(bottom) == 1
+        and len(top) == 1
+        and bottom[0] is blob
+        and top[0] is blob
+    )
+
+
 def fuse_residual_sums(steps: list[tuple]) -> list[tuple]:
     """A 1x1 Convolution (`kernels.pointwise`) whose top the next step, an Eltwise SUM of two with coefficients 1, adds
     to another blob: the convolution's step also writes the sum (each row tile's outputs plus the other bottom while
     they are in L1, `PointwiseRunner(..., res, z)`), and the Eltwise's step then has nothing left to do. Both blobs
-    hold what they held before, to the bit (SUM is one float32 addition per element, 1 * a + 1 * b). When the fused
-    step cannot run (an array changed under the plan) both layers run as without it."""
+    hold what they held before, to the bit (SUM is one float32 addition per element, 1 * a + 1 * b). An in-place
+    ReLU (slope 0) on the sum right after it (ResNet's blocks) goes into the same call (``relu=True``: z = max(y +
+    r, 0) as the sums are written, compare and select like a convolution's fused ReLU: the same values as the
+    ReLU layer's, but -inf gives 0 where the layer gives NaN, and a sum of -0.0 keeps its sign), its step then
+    nothing left to do either: ResNet-50 at batch 1 no longer reads and writes its 16 residual sums a second time.
+    When the fused step cannot run (an array changed under the plan) the layers run as without it."""
     out = list(steps)
     for i in range(len(out) - 1):
         (step, conv_layer, conv_bottom, conv_top), (elt_step, elt_layer, elt_bottom, elt_top) = out[i], out[i + 1]
@@ -137,16 +155,20 @@ def fuse_residual_sums(steps: list[tuple]) -> list[tuple]:
             continue
         if len(conv_bottom) != 1 or conv_top[0] not in elt_bottom:
             continue
-        pair = _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top)
+        relu = out[i + 2] if i + 2 < len(out) and _relu_on(out[i + 2], elt_top[0]) else None
+        pair = _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top, relu)
         if pair is not None:
             out[i] = (pair[0], conv_layer, conv_bottom, conv_top)
             out[i + 1] = (pair[1], elt_layer, elt_bottom, elt_top)
+            if relu is not None:
+                out[i + 2] = (pair[2], *relu[1:])
     return out
 
 
-def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top):
-    """(the fused convolution step, the Eltwise step that follows it), or None where the convolution is not one
-    `kernels.pointwise` runs."""
+def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_bottom, elt_top, relu=None):
+    """(the fused convolution step, the Eltwise step that follows it, the ReLU step after that or None), or None
+    where the convolution is not one `kernels.pointwise` runs. `relu`: the plan entry of the in-place ReLU on the sum
+    to fuse as well, or None."""
     src, dst, sum_dst = conv_bottom[0], conv_top[0], elt_top[0]
     skip = elt_bottom[1] if elt_bottom[0] is dst else elt_bottom[0]
     x, r = src.data, skip.data
@@ -167,7 +189,8 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
     if any(np.may_share_memory(z, a) for a in (x, y, r)) or np.may_share_memory(y, r):
         return None
     zeros = np.zeros(b_shape, np.float32)
-    done = [False]
+    done = [False, False]  # the sum, the ReLU: written by the fused call and not yet passed by their steps
+    fused_relu = relu is not None
     checked = [None, None, None, None]  # the (x, w, b, r) arrays last checked: the same objects need no new check
 
     def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
@@ -183,8 +206,8 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
             ):
                 return False
             checked[:] = x, w, b, r
-        step.runner(x, w, b, y, r, z)
-        done[0] = True
+        step.runner(x, w, b, y, r, z, relu=fused_relu)
+        done[0] = done[1] = True
         return True
 
     step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
@@ -197,7 +220,19 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
         return elt_step() if elt_step is not None else False
 
     sum_step.done_by = step
-    return step, sum_step
+    if relu is None:
+        return step, sum_step, None
+    _, relu_layer, relu_bottom, relu_top = relu
+
+    def relu_step() -> bool:  # relu_step.done_by: nothing to do after the sum's (net.replay leaves both out)
+        if done[1]:  # the fused call wrote it
+            done[1] = False
+            return True
+        relu_layer.forward(relu_bottom, relu_top)  # the sum ran as the Eltwise's own: the ReLU's own forward
+        return True
+
+    relu_step.done_by = sum_step
+    return step, sum_step, relu_step
 
 
 def _readers(steps: list[tuple]) -> dict[int, int]:

@@ -190,7 +190,13 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
     for s, (step, layer, _, _) in enumerate(plan.steps):
         made = calls[s]
         if native == s - 1 and _is(getattr(step, "done_by", None), plan.steps[s - 1][0]):
-            continue  # its work was done by the step before, replayed (plan_steps.fuse_residual_sums)
+            # its work was done by the step before, replayed (plan_steps.fuse_residual_sums: the sum's step, and the
+            # ReLU's after it); where its blob is observed, a segment ends here for the notification
+            native = s
+            if s in plan.after:
+                segments.append((cur[0], s, cur[2]) if cur is not None else (s, s, program.Program()))
+                cur = None
+            continue
         if step is None and not made and getattr(layer, "aliases", False):
             continue  # Split, Flatten, Reshape: their tops point at their bottom's memory, which the guards hold
         if step is not None and made and _replayable(step):

@@ -133,3 +133,56 @@ def test_all_zero_kernel_is_not_taken_for_a_zero_border() -> None:
     layer = net.layers[-1]
     assert not layer.blobs[0].data.any()
     assert zero_border_step(layer, net.bottoms[-1], net.tops[-1]) is None
+
+
+# ResNet's block end: a 1x1 convolution (BatchNorm + Scale folded in: kernels.pointwise_t on a 7 x 7 plane with 128
+# input channels; without them kernels.pointwise), the residual sum, and a ReLU in place on the sum.
+RESIDUAL_RELU = """
+name: "resnet_end"
+input: "data"
+input_shape { dim: 2 dim: 128 dim: 7 dim: 7 }
+layer { name: "branch" type: "Convolution" bottom: "data" top: "branch"
+        convolution_param { num_output: 128 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" std: 0.1 } } }
+BN
+layer { name: "add" type: "Eltwise" bottom: "data" bottom: "branch" top: "add" }
+layer { name: "add_relu" type: "ReLU" bottom: "add" top: "add" }
+layer { name: "head" type: "Convolution" bottom: "add" top: "head"
+        convolution_param { num_output: 16 kernel_size: 1 weight_filler { type: "gaussian" std: 0.1 } } }
+"""
+BN = """
+layer { name: "bn" type: "BatchNorm" bottom: "branch" top: "branch" batch_norm_param { use_global_stats: true } }
+layer { name: "scale" type: "Scale" bottom: "branch" top: "branch" scale_param { bias_term: true } }
+"""
+
+
+@pytest.mark.parametrize("folded", [True, False])  # kernels.pointwise_t / kernels.pointwise
+def test_a_relu_after_the_residual_sum_runs_in_the_fused_call(folded) -> None:
+    """The ReLU in place on the sum is applied as the sums are written (its step and the Eltwise's then do nothing):
+    every blob has the bits of each layer's own forward, the sum is max(conv + skip, 0), and when the fused call
+    cannot run the three layers run as their own."""
+    net = Net(upgrade_net(parse_text(RESIDUAL_RELU.replace("BN", BN if folded else ""), "NetParameter")), seed=6)
+    if folded:
+        rng = np.random.default_rng(0)
+        bn = next(layer for layer in net.layers if layer.type == "BatchNorm")
+        mean, var, factor = (p.data for p in bn.blobs)
+        factor[...] = 1.0
+        mean[...] = rng.normal(0.0, 0.2, mean.shape)
+        var[...] = rng.uniform(0.5, 2.0, var.shape)
+        net.refold()
+    x = np.random.default_rng(4).standard_normal((2, 128, 7, 7), dtype=np.float32)
+    got = _planned(net, x)
+    names = _step_names(net)
+    assert sum(n.endswith(("sum_step", "relu_step")) for n in names) == 2
+    runner = next(step.runner for step, *_ in net._plan.steps if hasattr(step, "runner"))
+    assert type(runner).__module__ == ("kernels.pointwise_t" if folded else "kernels.pointwise")
+    want = _unplanned(net, x)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert (got["add"] == 0).mean() > 0.2  # the ReLU did clip
+    np.testing.assert_array_equal(got["add"], np.maximum(got["branch"] + x, np.float32(0)))
+    net.blob("add").data = np.zeros_like(got["add"])  # another array than the plan's: the layers' own forwards
+    again = _planned(net, x)
+    np.testing.assert_array_equal(again["add"], np.maximum(again["branch"] + x, np.float32(0)))
+    np.testing.assert_array_equal(_planned(net, x)["head"], want["head"])  # planned and fused again
+    assert sum(n.endswith(("sum_step", "relu_step")) for n in _step_names(net)) == 2
