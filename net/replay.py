@@ -233,14 +233,19 @@ def _python_forward(plan) -> bool:
 
 def _activations(net, plan, inputs) -> list[np.ndarray]:
     """The memory the plan's steps write, inputs left out: the shared activations' arena (net.arena) once, and the
-    arrays of the blobs outside it."""
+    arrays of the blobs outside it. Left out as well: the tops that alias an input's memory (a Split of the input
+    blob, where two layers read it: poisoned, the check's forwards would have run on NaN, and the recording forward
+    returned NaN)."""
     arena = net._arena
     out = [] if arena is None else [arena]
     seen = set(inputs)
+    held = [net._blobs[name].data for name in net.inputs]
     for _, _, _, top in plan.steps:
         for blob in top:
             if id(blob) not in seen:
                 seen.add(id(blob))
+                if any(np.may_share_memory(blob.data, a) for a in held):
+                    continue
                 if arena is None or not np.may_share_memory(blob.data, arena):
                     out.append(blob.data)
     return out

@@ -200,3 +200,33 @@ def test_an_observer_on_a_fused_convolution_keeps_its_sum_out_of_the_replay(effn
         np.testing.assert_array_equal(o, w["prob"])
     for a, b in zip(seen, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_a_fused_residual_relu_is_replayed_and_its_sum_observed(observed, monkeypatch) -> None:
+    """ResNet's block end (1x1 convolution, residual sum, ReLU in place on it: one fused call, net.plan_steps):
+    the replay leaves the sum's and the ReLU's steps out, gives the Python steps' bits, and an observer of the sum
+    sees every forward's max(branch + skip, 0). The input feeds two layers (a Split of it): the recording forward's
+    check once poisoned the input through the Split's tops and that forward returned NaN."""
+    from net.prototxt_loader import parse_text
+    from net.upgrade import upgrade_net
+    from tests.net.test_plan_steps import BN, RESIDUAL_RELU
+
+    text = RESIDUAL_RELU.replace("BN", BN).replace("dim: 2 dim: 128", "dim: 1 dim: 128")
+    net = Net(upgrade_net(parse_text(text, "NetParameter")), seed=6)
+    seen = []
+    if observed:
+        net.observe("add", lambda name, a: seen.append(a.copy()))
+    xs = _inputs((1, 128, 7, 7), 6)
+    outs = [(net.forward(data=x)["head"].copy(), net.blobs["branch"].copy(), net.blobs["add"].copy()) for x in xs]
+    assert isinstance(net._plan.replay, replay.Replay)
+    names = [getattr(s, "__qualname__", "") for s, *_ in net._plan.steps]
+    assert sum(n.endswith(("sum_step", "relu_step")) for n in names) == 2
+    want = _python_outputs(net, xs, monkeypatch)
+    for x, (head, branch, add), w in zip(xs, outs, want):
+        np.testing.assert_array_equal(head, w["head"])
+        np.testing.assert_array_equal(add, np.maximum(branch + x, np.float32(0)))
+    if observed:
+        assert len(seen) == 2 * len(xs)  # replayed forwards, then the Python ones
+        for (_, _, add), a in zip(outs, seen):
+            np.testing.assert_array_equal(a, add)
