@@ -86,11 +86,12 @@ from kernels.gemm import (
     _stack_empty,
     _store8_bias,
     _store_accumulators,
+    blocking,
     packed_a_size,
     packed_b_size,
 )
 from kernels.tasks import Task
-from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC_CONV, MN_DIRECT, MR, NC_CONV, NR, TILE_PX, VW
+from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC, MC_CONV, MN_DIRECT, MR, NC, NC_CONV, NR, TILE_PX, VW
 from kernels.tiling import DIRECT_RUNS as RUNS  # 8-pixel runs per direct-convolution tile
 
 
@@ -157,6 +158,7 @@ _direct_tile_s2 = _make_direct_tile(SHORT_ROWS[1])
 
 
 DIRECT = True  # forward: the direct path where it applies (direct_applies); False: always im2col + GEMM
+TILE_BLOCKS = True  # forward, one image at a time: tasks' blocks by gemm.blocking (tile_blocks); False: MC_CONV rows
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
 
 
@@ -613,20 +615,20 @@ def _im2col_groups_worker(t, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_
         )
 
 
-def _conv_tiles_worker(t, ap, bp, bias, y, counter, a_size, lda, b_size, y_off, group, k_all, npix, nc, workers, relu,
-                       relu_max):  # fmt: skip  # pragma: no cover - compiled
+def _conv_tiles_worker(t, ap, bp, bias, y, counter, a_size, lda, b_size, y_off, group, k_all, npix, nc, mc, workers,
+                       relu, relu_max):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the GEMM of every group for one image, claiming (group x row blocks x
     column blocks) tasks (``gemm._claim``), column block fastest; with relu, each task's block of the output gets
     max(y, 0) after its last K panel (the fused conv + bias + ReLU).
 
     ap: packed weights (or W in place); bp: the packed im2col of every group; counter: the workers' task counter;
-    layout (a_size, lda, b_size, y_off: the image's first output); shape (group, K, P, nc, workers), nc the columns
-    per task (NC_CONV, or fewer when that would leave threads idle: ``_column_block``); epilogue (relu, relu_max)."""
+    layout (a_size, lda, b_size, y_off: the image's first output); shape (group, K, P, nc, mc, workers), nc x mc the
+    columns and rows per task (``tile_blocks``); epilogue (relu, relu_max)."""
     mg = bias.shape[0] // group
-    bm = (mg + MC_CONV - 1) // MC_CONV
+    bm = (mg + mc - 1) // mc
     bn = (npix + nc - 1) // nc
     layout = (a_size, lda, b_size, y_off)
-    shape = (group, k_all, npix, nc, workers)
+    shape = (group, k_all, npix, nc, mc, workers)
     epilogue = (relu, relu_max)
     task = _claim(counter)
     while task < group * bm * bn:
@@ -639,12 +641,12 @@ def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
     """Task t of _conv_tiles_worker: group g, row block and column block of the output, all K panels, then the ReLU.
     blocks (rows per group, row blocks, column blocks)."""
     a_size, lda, b_size, y_off = layout
-    _, k_all, npix, nc, _ = shape
+    _, k_all, npix, nc, mc, _ = shape
     relu, relu_max = epilogue
     mg, bm, bn = blocks
     g = t // (bm * bn)
     r = t - g * bm * bn
-    i0 = (r // bn) * MC_CONV
+    i0 = (r // bn) * mc
     j0 = (r % bn) * nc
     for pc in range(0, k_all, KC_CONV):
         _block(
@@ -661,7 +663,7 @@ def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
             pc,
             min(KC_CONV, k_all - pc),
             i0,
-            min(i0 + MC_CONV, mg),
+            min(i0 + mc, mg),
             j0,
             min(j0 + nc, npix),
             pc > 0,
@@ -670,7 +672,7 @@ def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
         )
     if relu:
         base = y_off + g * mg * npix
-        for i in range(i0, min(i0 + MC_CONV, mg)):
+        for i in range(i0, min(i0 + mc, mg)):
             _relu_span(y, base + i * npix + j0, base + i * npix + min(j0 + nc, npix), relu_max)
 
 
@@ -726,7 +728,7 @@ _CONV_BATCH = Task(
     _conv_batch_worker, (_F1, _I, _I, _I, _I, _F1, _F1, _F1, _F2, _F2, _I1, *(_I,) * 13, _B, _D), boundscheck=False
 )
 _IM2COL_GROUPS = Task(_im2col_groups_worker, (_F1, *(_I,) * 12, _F1, _I, _I), boundscheck=False)
-_CONV_TILES = Task(_conv_tiles_worker, (_F1, _F1, _F1, _F1, _I1, *(_I,) * 9, _B, _D), boundscheck=False)
+_CONV_TILES = Task(_conv_tiles_worker, (_F1, _F1, _F1, _F1, _I1, *(_I,) * 10, _B, _D), boundscheck=False)
 _PAD_ALL = Task(_pad_all_worker, (_F1, *(_I,) * 6, _F1, _I), boundscheck=False)
 _DIRECT = Task(
     _direct_worker,
@@ -1109,9 +1111,9 @@ class ForwardRunner:
         else:  # one image at a time: im2col slivers over threads, then (group, row block, column block) GEMM tasks
             self.batch = False
             self.sizes = (group * b_size, c * hp * wp)
-            nc = _column_block(group * -(-mg // MC_CONV), npix, threads)
+            mc, nc = tile_blocks(group, mg, npix, threads)
             window = (kh, kw, sh, sw, ph, pw, dh, dw)
-            self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, nc)
+            self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (nc, mc))
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if self.batch is None:
@@ -1150,7 +1152,7 @@ class ForwardRunner:
                 *self.args, a_size, lda, self.relu, self.relu_max
             )  # fmt: skip
             return
-        n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, nc = self.args
+        n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (nc, mc) = self.args
         ph, pw = window[4], window[5]
         b_size, epilogue = self.b_size, (self.relu, self.relu_max)
         bp, pbuf = _WORKSPACE.get(*self.sizes)
@@ -1169,8 +1171,21 @@ class ForwardRunner:
             )  # fmt: skip
             _CONV_TILES.parallel(
                 _CONV_TILES.address, self.workers, ap, bp, bias, y, np.zeros(1, np.int64), a_size, lda, b_size,
-                i * m * npix, group, k_all, npix, nc, self.workers, *epilogue
+                i * m * npix, group, k_all, npix, nc, mc, self.workers, *epilogue
             )  # fmt: skip
+
+
+def tile_blocks(group: int, mg: int, npix: int, threads: int) -> tuple[int, int]:
+    """(rows, columns) of the output blocks _conv_tiles_worker's tasks take for one image: with one group the blocks
+    whose tasks end soonest on `threads` threads (``gemm.blocking``, as a GEMM of mg x npix: ResNet-50's 14 x 14 and
+    7 x 7 layers at batch 1 were 6 tasks of 3 sizes on 2 threads), else MC_CONV rows and NC_CONV columns, fewer
+    columns where the tasks would leave threads idle (``_column_block``). The values do not depend on it: every
+    output sums the same K panels in the same order."""
+    if group == 1 and TILE_BLOCKS:
+        mc, nc = blocking(mg, npix, threads)
+        if (mc, nc) != (MC, NC):  # blocking's own split (few blocks a thread)
+            return mc, nc
+    return MC_CONV, _column_block(group * -(-mg // MC_CONV), npix, threads)
 
 
 def _column_block(row_tasks: int, npix: int, threads: int) -> int:
