@@ -11,8 +11,13 @@ pad 0 on the image copied into a buffer with p - 1 zeros before and p after (a q
                       (``PadInto``) and never change. The stem's image, against NumPy's strided copy: 1 thread 20 vs
                       20 us (batch 1), 2 threads 13.5 vs 19 us (batch 1), 0.75 vs 1.49 ms (batch 32).
 
+2. ``_subsample_worker`` - the other way, every sh-th row and sw-th column of x into a kept buffer (``Subsample``),
+                      the output rows split over the threads: a 1x1 convolution at stride 2 (ResNet's projection
+                      shortcuts and the first 1x1 of its stages) is the stride-1 one on that (``net.plan_steps``).
+
 Public: ``PadInto(x_shape, before, after)``: ``pad(x)`` -> its buffer (N, C, H + bh + ah, W + bw + aw), the borders
-zero, the interior x. Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``.
+zero, the interior x; ``Subsample(x_shape, stride)``: ``sub(x)`` -> its buffer (N, C, ceil(H / sh), ceil(W / sw)),
+x[:, :, ::sh, ::sw]. Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``.
 """
 
 from __future__ import annotations
@@ -76,4 +81,44 @@ class PadInto:
                 _PAD.parallel(_PAD.address, workers, x, self.buf, self.top, self.left, workers)
             else:
                 _PAD.serial(_PAD.address, 1, x, self.buf, self.top, self.left, 1)
+        return self.buf
+
+
+def _subsample_worker(t, x, buf, sh, sw, workers):  # pragma: no cover - compiled
+    """Worker t's share of the output rows (kernels.tasks): buf[n, c, r, s] = x[n, c, r*sh, s*sw], the rows (n, c, r)
+    split evenly over the workers."""
+    n, c, h, wd = x.shape
+    ho, wo = buf.shape[2], buf.shape[3]
+    xf = x.reshape(-1)
+    bf = buf.reshape(-1)
+    rows = n * c * ho
+    for q in range(t * rows // workers, (t + 1) * rows // workers):
+        src = ((q // ho) * h + (q % ho) * sh) * wd
+        dst = q * wo
+        for s in range(wo):
+            bf[np.uint64(dst + s)] = xf[np.uint64(src + s * sw)]
+
+
+_SUB = Task(_subsample_worker, (_F4, _F4, types.int64, types.int64, types.int64), opt=1, boundscheck=False)
+
+
+class Subsample:
+    """x (N, C, H, W) subsampled into a kept buffer: ``sub(x)`` returns it holding x[:, :, ::sh, ::sw] (the same array
+    every call; valid until the next call). x must be C-contiguous float32 of x_shape."""
+
+    __slots__ = ("buf", "stride", "x_shape")
+
+    def __init__(self, x_shape, stride: tuple[int, int]) -> None:
+        n, c, h, wd = (int(v) for v in x_shape)
+        sh, sw = (int(v) for v in stride)
+        if min(sh, sw) < 1:
+            raise ValueError(f"subsample: expected strides >= 1, got {stride}")
+        self.x_shape, self.stride = (n, c, h, wd), (sh, sw)
+        self.buf = np.zeros((n, c, -(-h // sh), -(-wd // sw)), np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.size:
+            workers = numba.get_num_threads()
+            run = _SUB.parallel if workers > 1 else _SUB.serial
+            run(_SUB.address, workers, x, self.buf, *self.stride, workers)
         return self.buf

@@ -56,7 +56,13 @@ from .memory import (
     param_room,
     resolve_budget,
 )
-from .plan_steps import fuse_residual_sums, hand_over_depthwise, hand_over_expand, zero_border_step
+from .plan_steps import (
+    fuse_residual_sums,
+    hand_over_depthwise,
+    hand_over_expand,
+    strided_pointwise_step,
+    zero_border_step,
+)
 from .schema import Message
 
 PHASES = {"train": "TRAIN", "test": "TEST"}
@@ -880,7 +886,8 @@ class _Plan:
         self.per_image = None  # net.per_image: None until decided, False (batched), else its PerImage
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
-            step = zero_border_step(layer, bottom, top) or layer.plan(bottom, top)
+            step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top)
+            step = step or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))
         self.steps = fuse_residual_sums(self.steps)

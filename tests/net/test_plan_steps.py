@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernels.conv import conv2d_forward_ref
-from kernels.pad import PadInto, pad_ref
+from kernels.pad import PadInto, Subsample, pad_ref
 from net import Net
 from net.prototxt_loader import parse_text
 from net.upgrade import upgrade_net
@@ -186,3 +186,59 @@ def test_a_relu_after_the_residual_sum_runs_in_the_fused_call(folded) -> None:
     np.testing.assert_array_equal(again["add"], np.maximum(again["branch"] + x, np.float32(0)))
     np.testing.assert_array_equal(_planned(net, x)["head"], want["head"])  # planned and fused again
     assert sum(n.endswith(("sum_step", "relu_step")) for n in _step_names(net)) == 2
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 7, 15, 15), (3, 2, 8, 9)])
+@pytest.mark.parametrize("stride", [(2, 2), (3, 2)])
+def test_subsample_matches_numpy(shape, stride) -> None:
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    sub = Subsample(x.shape, stride)
+    np.testing.assert_array_equal(sub(x), x[:, :, :: stride[0], :: stride[1]])
+    np.testing.assert_array_equal(sub(x + 1), x[:, :, :: stride[0], :: stride[1]] + 1)
+    with pytest.raises(ValueError, match="strides >= 1"):
+        Subsample(x.shape, (0, 1))
+
+
+# ResNet's projection shortcut and a stage's first 1x1 at stride 2, BatchNorm + Scale (folded) and ReLU on the second
+STRIDED = """
+name: "strided"
+input: "data"
+input_shape { dim: 2 dim: 128 dim: 15 dim: 15 }
+layer { name: "proj" type: "Convolution" bottom: "data" top: "proj"
+        convolution_param { num_output: 64 kernel_size: 1 stride: 2 bias_term: false
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "reduce" type: "Convolution" bottom: "data" top: "reduce"
+        convolution_param { num_output: 32 kernel_size: 1 stride: 2 bias_term: false
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "reduce" top: "reduce" batch_norm_param { use_global_stats: true } }
+layer { name: "scale" type: "Scale" bottom: "reduce" top: "reduce" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "reduce" top: "reduce" }
+"""
+
+
+def test_a_strided_1x1_convolution_runs_on_its_subsampled_input() -> None:
+    """A 1x1 convolution at stride 2 (15 x 15 -> 8 x 8) is the stride-1 one on x[:, :, ::2, ::2] (its step:
+    strided_pointwise_step), BatchNorm folded and ReLU fused as before; against the reference and the layers' own
+    forwards (im2col + GEMM: another summation order, so within float32 rounding)."""
+    net = Net(upgrade_net(parse_text(STRIDED, "NetParameter")), seed=7)
+    bn = next(layer for layer in net.layers if layer.type == "BatchNorm")
+    mean, var, factor = (p.data for p in bn.blobs)
+    rng = np.random.default_rng(1)
+    factor[...] = 1.0
+    mean[...] = rng.normal(0.0, 0.2, mean.shape)
+    var[...] = rng.uniform(0.5, 2.0, var.shape)
+    net.refold()
+    x = rng.standard_normal((2, 128, 15, 15), dtype=np.float32)
+    got = _planned(net, x)
+    assert sum(n.startswith("strided_pointwise_step") for n in _step_names(net)) == 2
+    want = _unplanned(net, x)
+    for name in ("proj", "reduce"):
+        tol = 1e-6 * max(1.0, float(np.abs(want[name]).max()))
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=tol, err_msg=name)
+    w = net.params["proj"][0]
+    ref = conv2d_forward_ref(x, w, np.zeros(64, np.float32), stride=(2, 2), pad=(0, 0))
+    np.testing.assert_allclose(got["proj"], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert (got["reduce"] >= 0).all() and (got["reduce"] == 0).any()  # the fused ReLU
+    net.blob("proj").data = np.zeros_like(got["proj"])  # another array than the plan's: the layer's own forward
+    np.testing.assert_allclose(_planned(net, x)["proj"], want["proj"], rtol=0, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_array_equal(_planned(net, x)["proj"], got["proj"])  # planned again
