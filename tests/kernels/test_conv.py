@@ -352,8 +352,10 @@ def test_column_block_splits_small_outputs_over_threads() -> None:
     assert _column_block(4, 169, 2) == NC_CONV  # CaffeNet conv3: 4 row blocks x 2 column blocks
 
 
-@pytest.mark.parametrize(("c", "hw", "m"), [(64, 14, 256), (96, 7, 512), (16, 13, 60)])
-def test_tile_blocks_give_the_same_bits(c, hw, m, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("c", "hw", "m", "group"), [(64, 14, 256, 1), (96, 7, 512, 1), (16, 13, 60, 1), (32, 27, 96, 2)]
+)
+def test_tile_blocks_give_the_same_bits(c, hw, m, group, monkeypatch) -> None:
     """One image, one group: the tasks' blocks from gemm.blocking (ResNet-50's 14 x 14 and 7 x 7 3x3 layers at batch
     1: 132 x 208 and 192 x 32 (rows x columns) on 2 threads, not 96 x 128) sum every output over the same K panels in the same order:
     the bits of MC_CONV x NC_CONV blocks, and the reference's values."""
@@ -367,24 +369,28 @@ def test_tile_blocks_give_the_same_bits(c, hw, m, monkeypatch) -> None:
     try:
         rng = np.random.default_rng(c + m)
         x = rng.standard_normal((1, c, hw, hw), dtype=np.float32)
-        w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        w = (rng.standard_normal((m, c // group, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         b = rng.standard_normal(m).astype(np.float32)
         outs = []
         for flag in (False, True):
             monkeypatch.setattr(conv_module, "TILE_BLOCKS", flag)
-            run = conv_module.ForwardRunner(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, True)
+            run = conv_module.ForwardRunner(x.shape, w.shape, (1, 1), (1, 1), (1, 1), group, True)
             assert run.batch is False and run.direct is None  # the one-image im2col + GEMM path
             y = np.empty(run.out_shape, np.float32)
             run(x, w, b, y)
             outs.append(y)
         np.testing.assert_array_equal(outs[1], outs[0])
-        want = np.maximum(conv2d_forward_ref(x, w, b, stride=(1, 1), pad=(1, 1)), 0)
+        want = np.maximum(conv2d_forward_ref(x, w, b, stride=(1, 1), pad=(1, 1), group=group), 0)
         assert float(np.abs(outs[1] - want).max()) <= 1e-5 * float(np.abs(want).max())
     finally:
         numba.set_num_threads(saved)
     # (rows, columns): 14 x 14, two tasks of 11 and 10 row tiles; 7 x 7, 3 row blocks x 2 column blocks; 60 x 169, 2 x 2
-    assert conv_module.tile_blocks(1, m, hw * hw, 2) == {256: (132, 208), 512: (192, 32), 60: (36, 96)}[m]
-    assert conv_module.tile_blocks(2, m, hw * hw, 2)[0] == conv_module.MC_CONV  # groups: as before
+    if group == 1:
+        assert conv_module.tile_blocks(1, m, hw * hw, 2) == {256: (132, 208), 512: (192, 32), 60: (36, 96)}[m]
+    # several groups: each group's rows in one block (CaffeNet's conv2, conv4 at batch 1), columns for the threads
+    assert conv_module.tile_blocks(2, 128, 729, 2) == (132, 160)
+    assert conv_module.tile_blocks(2, 192, 169, 2) == (192, 176)
+    assert conv_module.tile_blocks(2, 512, 169, 2) == (conv_module.MC_CONV, conv_module.NC_CONV)  # too many rows
     assert conv_module.tile_blocks(1, 96, 3025, 2) == (conv_module.MC_CONV, conv_module.NC_CONV)  # many blocks
 
 
