@@ -80,8 +80,8 @@ once; ``Net.refold`` makes new arrays, which the runner packs again).
 Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
 w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z, relu])`` like
 ``pointwise.PointwiseRunner`` (with blocks, a ``depthwise.PaddedInput``: y is not written, no residual);
-``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks)``,
-called as ``runner(x, w, bias, y)`` (y not written).
+``conv_applies(x_shape, w_shape, stride) -> bool`` and ``ConvTRunner(x_shape, w_shape, stride, act, blocks=None)``,
+called as ``runner(x, w, bias, y)`` (y not written with blocks).
 """
 
 from __future__ import annotations
@@ -302,9 +302,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                         zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
                         builder.call(mstore, [builder.select(relu, clipped, zv), zptr, ir.Constant(i32, 4), lanes])
 
-        if conv:  # ConvTRunner writes a depthwise's blocks only
-            blocks()
-        else:
+        if True:  # y in a depthwise's blocks, or in planes (PointwiseTRunner; ConvTRunner with or without blocks)
             with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
                 with blocks_out:
                     blocks()
@@ -352,7 +350,7 @@ def _make_ctile(sx_const: int):
 
 
 # The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
-# depthwise's blocks (ConvTRunner; one tile shape, blocks out only: less to compile); the arguments as the 1x1 tiles'
+# depthwise's blocks or in planes (ConvTRunner; one tile shape); the arguments as the 1x1 tiles'
 # (res, z, add and xblk unread), then toff and sx. _ctile2w_s2: sx is 2 and the pixels' offsets are constants.
 _ctile2w, _ctile2w_s2 = _make_ctile(0), _make_ctile(2)
 
@@ -556,13 +554,16 @@ class ConvTRunner:
     of the image's pixels (sw apart) and two vector loads of the packed weights; no im2col. Each output is one FMA
     chain over the taps in (c, i, j) order, then bias and clip: the same bits as ``pointwise.Im2colRunner`` (and
     ``conv``'s im2col + GEMM with one K panel). The output goes straight into a depthwise's padded blocks of 16
-    channels (``blocks``, a ``depthwise.PaddedInput``), as ``PointwiseTRunner``'s with blocks: y is not written (the
-    tile has no planes epilogue, so there is less to compile). The weights are packed on the first call with a given
-    array and kept (the caller guarantees they do not change in place). ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
+    channels (``blocks``, a ``depthwise.PaddedInput``), as ``PointwiseTRunner``'s with blocks: y is not written; or,
+    without blocks, into y's planes (``net.plan_steps.convt_step``: convolutions with few taps, as ResNet-50's and
+    GoogLeNet's 7 x 7 / 2 first layer, 3 -> 64 channels: 1.91 -> 1.17 ms at batch 1, 14.5 -> 9.5 ms at batch 8, 2
+    threads, against ``conv.ForwardRunner``'s im2col + GEMM, the same bits). The weights are packed on the first call
+    with a given array and kept (the caller makes sure they do not change in place, or sets ``packed`` to None when
+    they did). ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
 
     __slots__ = ("blocks", "counter_args", "lo_hi", "out_shape", "packed", "plan", "serial", "toff", "workers")
 
-    def __init__(self, x_shape, w_shape, stride, act, blocks: PaddedInput) -> None:
+    def __init__(self, x_shape, w_shape, stride, act, blocks: PaddedInput | None = None) -> None:
         if not conv_applies(x_shape, w_shape, stride):
             raise ValueError(
                 f"pointwise_t: does not apply to the convolution of x {tuple(x_shape)}, w {tuple(w_shape)}"
@@ -580,10 +581,11 @@ class ConvTRunner:
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // (2 * ow // NP)), -(-4 * threads // max(1, n * npan))))  # 2+ rows a chunk
         self.blocks = blocks
-        if blocks.geometry[:4] != self.out_shape:
+        if blocks is not None and blocks.geometry[:4] != self.out_shape:
             raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
+        plane = 0 if blocks is None else blocks.plane
         self.plan = np.array(
-            [n, k, m, p, npan, nch, W_PREFETCH, 0, blocks.plane, mr, ow, sh * wp, sw, c * hp * wp, 0], np.int64
+            [n, k, m, p, npan, nch, W_PREFETCH, 0, plane, mr, ow, sh * wp, sw, c * hp * wp, 0], np.int64
         )  # _pt_worker's
         self.toff = np.array(
             [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
@@ -600,6 +602,11 @@ class ConvTRunner:
         workers = 1 if self.serial else self.workers
         run = _PT.serial if self.serial else _PT.parallel
         blocks, counters = self.blocks, image_counters(*self.counter_args)
+        if blocks is None:
+            yf = y.reshape(-1)
+            run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, yf, yf, self.plan, lo, hi, 0,
+                counters, _NO_OFFSETS, self.toff)  # fmt: skip
+            return
         buf = blocks.buf  # y is not written
         run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], buf, buf, buf, self.plan, lo, hi, 0,
             counters, blocks.poff, self.toff)  # fmt: skip

@@ -57,6 +57,7 @@ from .memory import (
     resolve_budget,
 )
 from .plan_steps import (
+    convt_step,
     fuse_residual_sums,
     hand_over_depthwise,
     hand_over_expand,
@@ -887,7 +888,7 @@ class _Plan:
         self.steps = []
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top)
-            step = step or layer.plan(bottom, top)
+            step = step or convt_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))
         self.steps = fuse_residual_sums(self.steps)

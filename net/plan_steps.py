@@ -18,6 +18,14 @@ it recognises more in the layer than the layer type says.
   on 2 threads, per-step timing, res5a_branch1 (1024 -> 2048 channels, 14 x 14 -> 7 x 7) 1.57 -> 1.04 ms, the six
   such layers 5.83 -> 4.33 ms; the whole forward in-process 45.9 -> 45.1 ms. Not the same bits (another summation
   order than the GEMM's K panels): within float32 rounding of it.
+- `convt_step`: a group-1 kxk Convolution on an image's channels (C <= CONVT_MAX_CHANNELS: 3, or 1) on
+  `kernels.pointwise_t.ConvTRunner`, output channels in the vector lanes and the taps read from the (zero-padded:
+  `kernels.pad.PadInto`) image, no im2col (whose gather costs as much as the GEMM at C = 3), writing planes:
+  ResNet-50's and GoogLeNet's first layer (7 x 7 / 2, 3 -> 64 channels) 1.91 -> 1.17 ms at batch 1 and 14.5 ->
+  9.5 ms at batch 8 (2 threads), VGG-16's conv1_1 1.3x, MobileNet's 3 x 3 / 2 stems 4-5x; whole nets at batch 1,
+  in-process alternation: ResNet-50 1.03x, GoogLeNet 1.03x. The same bits as conv's im2col + GEMM (one K panel).
+  More channels lose (SqueezeNet's 16 -> 64 3 x 3: 0.77x; 64 channels 0.6-1.07x): the tiles then read x from L2,
+  and im2col + GEMM runs at 60-80% of peak. Weights that may change in place are compared with a copy every call.
 - `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
   (EfficientNet's and MobileNet's residual blocks) in one kernel call.
 - `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
@@ -55,7 +63,9 @@ STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (po
 # 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
 # kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
 PROJECT_BLOCKS = True
-STRIDED_POINTWISE = True  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
+STRIDED_POINTWISE = True
+CONVT = True  # convt_step on (False: those convolutions take conv's im2col + GEMM)
+CONVT_MAX_CHANNELS = 4  # convt_step: input channels at most (an image: 3, or 1 grey)  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -153,6 +163,49 @@ def strided_pointwise_step(layer: Layer, bottom: list[Blob], top: list[Blob]) ->
         return True
 
     return step  # no `runner` attribute: the plan's passes (hand_over_*) must not take this step for a 1x1 on x
+
+
+def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+    """The step for a Convolution on an image's few channels (see the module docstring), or None when the layer is
+    not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW of 14)."""
+    if not CONVT or layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1:
+        return None
+    if tuple(layer.dilation) != (1, 1):
+        return None
+    src, dst = bottom[0], top[0]
+    x = src.data
+    w, b = layer.forward_params()
+    x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
+    if len(x_shape) != 4 or len(w_shape) != 4 or w_shape[1] > CONVT_MAX_CHANNELS or w_shape[2] * w_shape[3] == 1:
+        return None
+    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+        return None
+    (ph, pw), stride = layer.pad, tuple(layer.stride)
+    pad = PadInto(x_shape, (ph, pw), (ph, pw)) if ph or pw else None
+    padded = pad.buf.shape if pad is not None else x_shape
+    if not pointwise_t.conv_applies(padded, w_shape, stride):
+        return None
+    run = pointwise_t.ConvTRunner(padded, w_shape, stride, layer.act())
+    out = plan_out(dst, x, run.out_shape)
+    zeros = np.zeros(b_shape, np.float32)
+    frozen = layer.fold is not None  # folded weights are made once and never change in place
+    seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
+
+    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+        w, b = layer.forward_params()
+        x = src.data
+        if b is None:
+            b = zeros
+        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+            return False
+        if w is not seen[0] or not (frozen or np.array_equal(w, seen[1])):  # a solver updates weights in place
+            run.packed = None
+            seen[:] = w, None if frozen else w.copy()
+        run(pad(x) if pad is not None else x, w, b, out)
+        return True
+
+    step.replay = frozen  # net.replay: weights that may change are compared every call (a replay would not)
+    return step  # no `runner` attribute: the plan's passes (hand_over_*) leave it alone
 
 
 def _sum_of_two(layer: Layer, bottom: list[Blob], top: list[Blob]) -> bool:

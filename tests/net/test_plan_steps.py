@@ -242,3 +242,36 @@ def test_a_strided_1x1_convolution_runs_on_its_subsampled_input() -> None:
     net.blob("proj").data = np.zeros_like(got["proj"])  # another array than the plan's: the layer's own forward
     np.testing.assert_allclose(_planned(net, x)["proj"], want["proj"], rtol=0, atol=1e-6 * np.abs(ref).max())
     np.testing.assert_array_equal(_planned(net, x)["proj"], got["proj"])  # planned again
+
+
+# An image's first convolution, 3 -> 32 channels 3 x 3 / 2 with pad 1 and a fused ReLU (28 x 28 -> 14 x 14).
+IMAGE_CONV = """
+name: "stem"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 28 dim: 28 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 32 kernel_size: 3 stride: 2 pad: 1
+                            weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+"""
+
+
+def test_an_image_convolution_runs_on_pointwise_t_tiles() -> None:
+    """convt_step (AVX-512: kernels.pointwise_t's tiles, the taps read from the zero-padded image, output in planes):
+    the bits of the layer's own forward (im2col + GEMM, one K panel), the reference's values, and weights changed in
+    place (a solver's update) are seen by the next forward."""
+    from kernels import pointwise_t
+
+    net = Net(upgrade_net(parse_text(IMAGE_CONV, "NetParameter")), seed=8)
+    x = np.random.default_rng(2).standard_normal((2, 3, 28, 28), dtype=np.float32)
+    got = _planned(net, x)
+    assert any(n.startswith("convt_step") for n in _step_names(net)) == pointwise_t.ENABLED
+    want = _unplanned(net, x)
+    np.testing.assert_array_equal(got["conv1"], want["conv1"])
+    w, b = net.params["conv1"]
+    ref = np.maximum(conv2d_forward_ref(x, w, b, stride=(2, 2), pad=(1, 1)), 0)
+    np.testing.assert_allclose(got["conv1"], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    w *= np.float32(-0.5)  # in place, as a solver updates it
+    again = _planned(net, x)
+    np.testing.assert_array_equal(again["conv1"], _unplanned(net, x)["conv1"])
+    assert not np.array_equal(again["conv1"], got["conv1"])
