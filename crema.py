@@ -133,8 +133,9 @@ def cmd_time(args: argparse.Namespace) -> int:
     # whole pass, untimed inside, is the figure to compare with other frameworks: the gap is the timing's overhead.
     # Untimed first, the forwards up to and past the one that records the plan's replay (net.replay: it runs the
     # forward four times more for its check; in 10 timed forwards it made ResNet-50's whole pass read 81 ms, not 47).
-    for _ in range(replay.RECORD_AT + 1):
-        net.forward()
+    if replay.ENABLED and (not net.inputs or net.blob(net.inputs[0]).shape[:1] <= (replay.MAX_BATCH,)):
+        for _ in range(replay.RECORD_AT + 1):
+            net.forward()
     t0 = time.perf_counter()
     for _ in range(args.iterations):
         net.forward()

@@ -16,8 +16,10 @@ Kernels (forward, then backward):
 3. ``_im2col_groups_worker`` + ``_conv_tiles_worker`` - forward of one image at a time: im2col slivers over
                           threads, then (group, row block, column block) GEMM tasks claimed by the threads: batch 1
                           and uneven batches.
-                          Column blocks shrink (``_column_block``) when they would leave threads idle (LeNet conv2
-                          at batch 1: 64 output pixels, two tasks of 32 instead of one).
+                          The blocks: ``tile_blocks`` (one group: gemm.blocking's where there are few; several: a
+                          group's rows in one block), else MC_CONV x NC_CONV, column blocks shrinking
+                          (``_column_block``) where they would leave threads idle (LeNet conv2 at batch 1: 64 output
+                          pixels, two tasks of 32 instead of one).
 3b. ``_direct_worker`` - forward without im2col where output rows are a multiple of 8 pixels wide at horizontal stride 1
                           and an image fits in L2 (``direct_applies``: LeNet's convolutions): ``_direct_tile``, the
                           GEMM micro-kernel's MR x 16 register tile with B's rows read from the (padded) image through
@@ -1115,7 +1117,7 @@ class ForwardRunner:
             self.sizes = (group * b_size, c * hp * wp)
             mc, nc = tile_blocks(group, mg, npix, threads)
             window = (kh, kw, sh, sw, ph, pw, dh, dw)
-            self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (nc, mc))
+            self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc))
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if self.batch is None:
@@ -1154,15 +1156,16 @@ class ForwardRunner:
                 *self.args, a_size, lda, self.relu, self.relu_max
             )  # fmt: skip
             return
-        n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (nc, mc) = self.args
+        n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc) = self.args
         ph, pw = window[4], window[5]
         b_size, epilogue = self.b_size, (self.relu, self.relu_max)
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
         i2c_workers = max(1, min(self.workers, group * -(-npix // NR)))
         for i in range(n):
-            if ph or pw:
-                _pad_copy(xf, i * c * h * wd, c, h, wd, ph, pw, pbuf)
+            if ph or pw:  # a task (on this thread), so that net.replay records it with the calls after it
+                img = xf[i * c * h * wd : (i + 1) * c * h * wd]
+                _PAD_ALL.serial(_PAD_ALL.address, 1, img, 1, c, h, wd, ph, pw, pbuf, 1)
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
@@ -1187,9 +1190,8 @@ def tile_blocks(group: int, mg: int, npix: int, threads: int) -> tuple[int, int]
     Otherwise MC_CONV rows and NC_CONV columns, fewer columns where the tasks would leave threads idle
     (``_column_block``). The values do not depend on it: every output sums the same K panels in the same order."""
     if TILE_BLOCKS and group == 1:
-        mc, nc = blocking(mg, npix, threads)
-        if (mc, nc) != (MC, NC):  # blocking's own split (few blocks a thread)
-            return mc, nc
+        if threads > 1 and -(-mg // MC) * -(-npix // NC) < 4 * threads:  # where gemm.blocking searches a split
+            return blocking(mg, npix, threads)
     elif TILE_BLOCKS and -(-mg // MR) * MR <= GROUP_ROWS:
         slivers = -(-npix // NR)
         bn = max(-(-threads // group), -(-npix // GROUP_COLUMNS))

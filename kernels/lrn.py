@@ -301,14 +301,23 @@ def lrn_forward(
     beta: float = 0.75,
     k: float = 1.0,
     region: str = "ACROSS_CHANNELS",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Caffe LRN forward. x (N, C, H, W) float32 C-contiguous -> new y (N, C, H, W) float32.
+    """Caffe LRN forward. x (N, C, H, W) float32 C-contiguous -> y (N, C, H, W) float32: a new array, or written
+    into `out` (C-contiguous float32 of x's shape, not overlapping x: a CPU Net's plan keeps one per layer).
 
     region "ACROSS_CHANNELS" (default) or "WITHIN_CHANNEL" (where k is ignored, as in Caffe).
     """
     _check(x, local_size, beta, region)
     n, c, h, w = x.shape
-    y = np.empty_like(x)
+    if out is None:
+        y = np.empty_like(x)
+    elif not (out.shape == x.shape and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"LRN: expected out to be a writeable C-contiguous float32 array of shape {x.shape}")
+    elif np.may_share_memory(out, x):
+        raise ValueError("LRN: out shares memory with x (each output reads its neighbours' inputs)")
+    else:
+        y = out
     if x.size == 0:
         return y
     if region == "ACROSS_CHANNELS":

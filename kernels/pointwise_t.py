@@ -302,12 +302,12 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                         zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
                         builder.call(mstore, [builder.select(relu, clipped, zv), zptr, ir.Constant(i32, 4), lanes])
 
-        if True:  # y in a depthwise's blocks, or in planes (PointwiseTRunner; ConvTRunner with or without blocks)
-            with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
-                with blocks_out:
-                    blocks()
-                with planes_out:
-                    planes()
+        # y in a depthwise's blocks, or in planes (PointwiseTRunner; ConvTRunner with or without blocks)
+        with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
+            with blocks_out:
+                blocks()
+            with planes_out:
+                planes()
         return context.get_dummy_value()
 
     return codegen

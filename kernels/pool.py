@@ -10,9 +10,12 @@ Kernels, in the order they appear:
                             of tasks only runs on kernels.taskpool's threads), and MAX recording the argmax
                             (training), the same factory (_MAX_MASK_INTERIOR_2222, ...);
                             `_interior_kernels(kh, kw, sh, sw)`, Numba prange over the N*C planes: AVE backward.
-  2. `_max_border`, `_ave_border`  Numba, the same over the remaining (border) outputs with clipped windows and
-                            runtime parameters; for window shapes outside SPECIALISED they do every output
-                            (an AVE window over the whole plane, global pooling: `_global_ave_worker` instead).
+  2. `_max_border_worker`, `_ave_border_worker`  tasks over the planes, the same over the remaining (border) outputs
+                            with clipped windows and runtime parameters; for window shapes outside SPECIALISED they do
+                            every output (an AVE window over the whole plane, global pooling: `_global_ave_worker`
+                            instead). Tasks, not prange loops: ResNet-50's and GoogLeNet's padded / ceil-mode MAX
+                            pools ran the only OpenMP loops of their plans, which kept those plans off
+                            kernels.taskpool and their steady forwards from net.replay.
   3. `_max_backward_planes`  a task (kernels.tasks) over planes: zero dx, then route each top gradient to its argmax.
   4. AVE backward: the interior kernel zeroes dx and spreads dy / divisor over the interior windows, then
      `_ave_backward_border` does the border windows (or everything, zeroing first, for other window shapes).
@@ -44,7 +47,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 
-from kernels.serial import SMALL_WORK, serial_twin
+from kernels.serial import SMALL_WORK
 from kernels.tasks import Task
 
 __all__ = [
@@ -346,15 +349,12 @@ def _max_one(x, y, mask, record, q, i, j, h0, h1, kw, sw, pw, width):  # pragma:
         mask[q, i, j] = idx
 
 
-@njit(cache=True, parallel=True)
-def _max_border(x, y, mask, record, window, rect):  # pragma: no cover - compiled
-    """Every output outside the interior rectangle rect = (i0, i1, j0, j1), [i0, i1) x [j0, j1) (which may be empty);
-    window = (kh, kw, sh, sw, ph, pw)."""
-    kh, kw, sh, sw, ph, pw = window
-    i0, i1, j0, j1 = rect
+def _max_border_worker(t, x, y, mask, record, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1, workers):  # pragma: no cover
+    """Worker t's share of the planes (kernels.tasks): every output outside the interior rectangle [i0, i1) x [j0, j1)
+    (which may be empty)."""
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    for q in prange(planes):
+    for q in range(t * planes // workers, (t + 1) * planes // workers):
         for i in range(oh):
             h0 = i * sh - ph
             h1 = min(h0 + kh, height)
@@ -378,14 +378,11 @@ def _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width):  # pragma: no co
     y[q, i, j] = acc / divisor
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _ave_border(x, y, window, rect):  # pragma: no cover - compiled
-    """As _max_border for AVE: window = (kh, kw, sh, sw, ph, pw), rect = (i0, i1, j0, j1) the interior rectangle."""
-    kh, kw, sh, sw, ph, pw = window
-    i0, i1, j0, j1 = rect
+def _ave_border_worker(t, x, y, kh, kw, sh, sw, ph, pw, i0, i1, j0, j1, workers):  # pragma: no cover - compiled
+    """As _max_border_worker for AVE."""
     planes, height, width = x.shape
     oh, ow = y.shape[1], y.shape[2]
-    for q in prange(planes):
+    for q in range(t * planes // workers, (t + 1) * planes // workers):
         for i in range(oh):
             hs = i * sh - ph
             he = min(hs + kh, height + ph)
@@ -394,6 +391,13 @@ def _ave_border(x, y, window, rect):  # pragma: no cover - compiled
                 _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width)
             for j in range(hi, ow):
                 _ave_one(x, y, q, i, j, hs, he, kw, sw, pw, height, width)
+
+
+_I = types.int64
+_MAX_BORDER = Task(
+    _max_border_worker, (_F3, _F3, types.int32[:, :, ::1], types.boolean, *(_I,) * 11), boundscheck=False
+)
+_AVE_BORDER = Task(_ave_border_worker, (_F3, _F3, *(_I,) * 11), boundscheck=False)
 
 
 # -- 3, 4. backward kernels ------------------------------------------------------------------------
@@ -541,11 +545,16 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
             def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
                 getattr(task, kind)(task.address, workers, x3, y3, NO_MASK, i0, i1, j0, j1, ph, pw, workers)
 
-    max_border, ave_border = _max_border, _ave_border
-    if serial:
-        max_border, ave_border = serial_twin(_max_border), serial_twin(_ave_border)
+    bworkers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
+    bkind = "serial" if serial else "parallel"
     inner_args = (*rect, p[0], p[1])
-    border_args = ((k[0], k[1], s[0], s[1], p[0], p[1]), rect)
+    border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect, bworkers)
+
+    def max_border(x3, y3, mask3, record) -> None:  # the driver looked up each call (net.replay records through it)
+        getattr(_MAX_BORDER, bkind)(_MAX_BORDER.address, bworkers, x3, y3, mask3, record, *border_args)
+
+    def ave_border(x3, y3) -> None:
+        getattr(_AVE_BORDER, bkind)(_AVE_BORDER.address, bworkers, x3, y3, *border_args)
 
     def run(x3, y3, mask3) -> None:
         if interior is not None:
@@ -555,9 +564,9 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
                 interior(x3, y3, *inner_args)
         if border:
             if method == "AVE":
-                ave_border(x3, y3, *border_args)
+                ave_border(x3, y3)
             else:
-                max_border(x3, y3, mask3 if record else NO_MASK, record, *border_args)
+                max_border(x3, y3, mask3 if record else NO_MASK, record)
 
     return run
 

@@ -7,7 +7,7 @@ Micro tile (kernels/gemm.py's LLVM IR micro-kernel, also inlined by conv.py and 
   NR is 16 wherever it appears: the packed-B format (NR-column slivers), the epilogue's two 8-float stores per row
   (gemm._store8_bias, conv's direct tile) and the 16-pixel slivers of pointwise.py are written for 16.
 Cache blocking (gemm.py): KC-deep K panels, MC x NC blocks of C per parallel task (MC a multiple of MR, NC of NR).
-Convolution (conv.py): MC_CONV x NC_CONV blocks and KC_CONV panels in _conv_tiles_worker (same multiples); the
+Convolution (conv.py): MC_CONV x NC_CONV blocks (or conv.tile_blocks') and KC_CONV panels in _conv_tiles_worker; the
   direct path's tile is MR channels x DIRECT_RUNS runs of 8 output pixels (TILE_PX pixels, MN_DIRECT accumulator
   floats), for padded image groups of at most DIRECT_MAX_INPUT floats.
 (pointwise.py and depthwise.py keep their own constants for now: SLIVERS, DOT_ACC, ... and depthwise's RUNS; they are

@@ -57,6 +57,7 @@ from .memory import (
     resolve_budget,
 )
 from .plan_steps import (
+    Subsamples,
     convt_step,
     fuse_residual_sums,
     hand_over_depthwise,
@@ -886,8 +887,10 @@ class _Plan:
         self.lost = 0  # replays an array changed under
         self.per_image = None  # net.per_image: None until decided, False (batched), else its PerImage
         self.steps = []
+        subs = Subsamples()  # strided_pointwise_step's buffers, one per input and stride
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
-            step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top)
+            subs.note(layer, bottom, top)
+            step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top, subs)
             step = step or convt_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))

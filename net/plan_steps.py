@@ -18,7 +18,7 @@ it recognises more in the layer than the layer type says.
   on 2 threads, per-step timing, res5a_branch1 (1024 -> 2048 channels, 14 x 14 -> 7 x 7) 1.57 -> 1.04 ms, the six
   such layers 5.83 -> 4.33 ms; the whole forward in-process 45.9 -> 45.1 ms. Not the same bits (another summation
   order than the GEMM's K panels): within float32 rounding of it.
-- `convt_step`: a group-1 kxk Convolution on an image's channels (C <= CONVT_MAX_CHANNELS: 3, or 1) on
+- `convt_step`: a group-1 kxk Convolution on an image's channels (C <= CONVT_MAX_CHANNELS) on
   `kernels.pointwise_t.ConvTRunner`, output channels in the vector lanes and the taps read from the (zero-padded:
   `kernels.pad.PadInto`) image, no im2col (whose gather costs as much as the GEMM at C = 3), writing planes:
   ResNet-50's and GoogLeNet's first layer (7 x 7 / 2, 3 -> 64 channels) 1.91 -> 1.17 ms at batch 1 and 14.5 ->
@@ -27,7 +27,7 @@ it recognises more in the layer than the layer type says.
   More channels lose (SqueezeNet's 16 -> 64 3 x 3: 0.77x; 64 channels 0.6-1.07x): the tiles then read x from L2,
   and im2col + GEMM runs at 60-80% of peak. Weights that may change in place are compared with a copy every call.
 - `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
-  (EfficientNet's and MobileNet's residual blocks) in one kernel call.
+  (EfficientNet's and MobileNet's residual blocks), and an in-place ReLU after the sum (ResNet's), in one kernel call.
 - `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
   `kernels.pointwise_t`, writes it in 16-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
   transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
@@ -63,9 +63,9 @@ STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (po
 # 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
 # kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
 PROJECT_BLOCKS = True
-STRIDED_POINTWISE = True
+STRIDED_POINTWISE = True  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
 CONVT = True  # convt_step on (False: those convolutions take conv's im2col + GEMM)
-CONVT_MAX_CHANNELS = 4  # convt_step: input channels at most (an image: 3, or 1 grey)  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
+CONVT_MAX_CHANNELS = 4  # convt_step: input channels at most (an image's: 3, 1 grey, 4 with alpha)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -130,9 +130,36 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
     return step
 
 
-def strided_pointwise_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+class Subsamples:
+    """One plan's subsample buffers for strided_pointwise_step, one per (input, stride): ResNet's projection and the
+    first 1x1 of its stage read one blob at stride 2 (through a Split: `note` follows the layers whose tops only alias
+    their bottom) and share one buffer (each step still subsamples its input when it runs: the same values)."""
+
+    def __init__(self) -> None:
+        self._root: dict[int, int] = {}
+        self._bufs: dict[tuple, Subsample] = {}
+
+    def note(self, layer: Layer, bottom: list[Blob], top: list[Blob]) -> None:
+        """Called for every layer in order: the tops of a Split (Flatten, Reshape) stand for its bottom."""
+        if getattr(layer, "aliases", False) and bottom:
+            root = self._root.get(id(bottom[0]), id(bottom[0]))
+            for t in top:
+                self._root[id(t)] = root
+
+    def get(self, src: Blob, x_shape: tuple, stride: tuple) -> Subsample:
+        key = (self._root.get(id(src), id(src)), tuple(x_shape), tuple(stride))
+        sub = self._bufs.get(key)
+        if sub is None:
+            sub = self._bufs[key] = Subsample(x_shape, stride)
+        return sub
+
+
+def strided_pointwise_step(
+    layer: Layer, bottom: list[Blob], top: list[Blob], subs: Subsamples | None = None
+) -> Callable[[], bool] | None:
     """The step for a 1x1 Convolution with pad 0 at a stride above 1 (see the module docstring), or None when the
-    layer is not one or the 1x1 convolution of its subsampled input is not one `kernels.pointwise` runs."""
+    layer is not one or the 1x1 convolution of its subsampled input is not one `kernels.pointwise` runs. `subs`: the
+    plan's buffers (shared between the layers that subsample one input alike)."""
     if not STRIDED_POINTWISE or layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1:
         return None
     if tuple(layer.kernel) != (1, 1) or tuple(layer.pad) != (0, 0) or tuple(layer.dilation) != (1, 1):
@@ -145,9 +172,10 @@ def strided_pointwise_step(layer: Layer, bottom: list[Blob], top: list[Blob]) ->
     x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
     if len(x_shape) != 4 or not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
         return None
-    sub = Subsample(x_shape, layer.stride)
-    if not pointwise.pointwise_applies(sub.buf.shape, w_shape, (1, 1), (0, 0), (1, 1), 1):
+    sub_shape = (*x_shape[:2], *(-(-d // s) for d, s in zip(x_shape[2:], layer.stride)))
+    if not pointwise.pointwise_applies(sub_shape, w_shape, (1, 1), (0, 0), (1, 1), 1):
         return None
+    sub = subs.get(src, x_shape, layer.stride) if subs is not None else Subsample(x_shape, layer.stride)
     run = pointwise_runner(layer, sub.buf.shape, w_shape, layer.act())
     out = plan_out(dst, x, run.out_shape)
     zeros = np.zeros(b_shape, np.float32)
@@ -167,7 +195,9 @@ def strided_pointwise_step(layer: Layer, bottom: list[Blob], top: list[Blob]) ->
 
 def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
     """The step for a Convolution on an image's few channels (see the module docstring), or None when the layer is
-    not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW of 14)."""
+    not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW a multiple of 14).
+    The bias is read in place every call (ConvTRunner keeps the array itself: M % 32 == 0 needs no padded copy), so
+    only the weights are compared."""
     if not CONVT or layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1:
         return None
     if tuple(layer.dilation) != (1, 1):
@@ -289,6 +319,7 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
     checked = [None, None, None, None]  # the (x, w, b, r) arrays last checked: the same objects need no new check
 
     def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+        done[0] = done[1] = False  # (a forward that raised after the last fused call left them set)
         w, b = conv_layer.forward_params()
         x, r = src.data, skip.data
         if b is None:
@@ -317,13 +348,15 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
     sum_step.done_by = step
     if relu is None:
         return step, sum_step, None
-    _, relu_layer, relu_bottom, relu_top = relu
+    relu_own, relu_layer, relu_bottom, relu_top = relu
 
     def relu_step() -> bool:  # relu_step.done_by: nothing to do after the sum's (net.replay leaves both out)
         if done[1]:  # the fused call wrote it
             done[1] = False
             return True
-        relu_layer.forward(relu_bottom, relu_top)  # the sum ran as the Eltwise's own: the ReLU's own forward
+        if relu_own is not None:  # the sum ran as the Eltwise's own: the ReLU's own step or forward
+            return relu_own()
+        relu_layer.forward(relu_bottom, relu_top)
         return True
 
     relu_step.done_by = sum_step

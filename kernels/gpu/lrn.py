@@ -22,15 +22,19 @@ def lrn_forward(
     beta: float = 0.75,
     k: float = 1.0,
     region: str = "ACROSS_CHANNELS",
+    out: Any = None,
 ) -> Any:
-    """Caffe LRN forward. x (N, C, H, W) -> new y (N, C, H, W); WITHIN_CHANNEL ignores k, as in Caffe."""
+    """Caffe LRN forward. x (N, C, H, W) -> new y (N, C, H, W), or written into `out` (not overlapping x);
+    WITHIN_CHANNEL ignores k, as in Caffe."""
     rt = runtime()
     x = device_input(rt, x, "LRN input")
     if x.ndim != 4:
         raise ValueError(f"LRN input: expected a 4-D array (N, C, H, W), got shape {x.shape}")
     check_lrn_params(local_size, beta, region)
     n, c, h, w = x.shape
-    y = rt.empty(x.shape)
+    y = rt.empty(x.shape) if out is None else device_output(rt, out, tuple(x.shape), "LRN out")
+    if out is not None and y.size and rt.ptr(y) == rt.ptr(x):
+        raise ValueError("LRN out: must not overlap x (each output reads its neighbours' inputs)")
     if x.size == 0:
         return y
     size = int(local_size)

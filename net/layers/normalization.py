@@ -15,6 +15,8 @@ from .base import (
     axes_shape,
     diff_out,
     param_needs,
+    plain,
+    plan_out,
     register,
 )
 
@@ -44,6 +46,30 @@ class LRNLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.x = bottom[0].data  # kept for the backward, which needs the input even when the layer runs in place
         top[0].data = kernels_for(self.x).lrn_forward(self.x, **self.kw)
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        """A CPU plan's step (not in place): the output written into one array kept from call to call, not a new one
+        each forward (the forward's new array each call kept net.replay from recording a net with LRN, CaffeNet:
+        the next layer's recorded input was the old array)."""
+        src, dst = bottom[0], top[0]
+        x = src.data
+        x_shape = x.shape
+        if dst is src or not plain(x, x_shape):
+            return None
+        out = plan_out(dst, x, x_shape)
+        if out is x:  # pragma: no cover - plan_out gives a top of its own
+            return None
+        kernel = kernels_for(x).lrn_forward
+
+        def step() -> bool:
+            x = src.data
+            if dst.data is not out or not plain(x, x_shape):
+                return False
+            self.x = x
+            kernel(x, **self.kw, out=out)
+            return True
+
+        return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[0].diff is overwritten when propagate_down[0]; LRN has no parameters."""

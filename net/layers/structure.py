@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..blob import Blob
@@ -10,6 +12,8 @@ from .base import (
     Layer,
     canonical_axis,
     diff_out,
+    plain,
+    plan_out,
     register,
 )
 
@@ -40,6 +44,27 @@ class ConcatLayer(Layer):
         top[0].data = kernels_for(bottom[0].data).concat_forward(
             [b.data for b in bottom], axis=self.axis % bottom[0].data.ndim
         )
+
+    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+        """A CPU plan's step: the inputs copied into one output array kept from call to call (the forward's new array
+        each call kept net.replay from recording GoogLeNet: the next layers' recorded input was the old array)."""
+        xs = [b.data for b in bottom]
+        if not all(plain(x, x.shape) for x in xs) or top[0] in bottom:
+            return None
+        src, dst = list(bottom), top[0]
+        shapes = [x.shape for x in xs]
+        axis = self.axis % xs[0].ndim
+        out = plan_out(dst, xs[0], tuple(dst.shape))
+        kernel = kernels_for(xs[0]).concat_forward
+
+        def step() -> bool:
+            xs = [b.data for b in src]
+            if dst.data is not out or not all(plain(x, s) for x, s in zip(xs, shapes)):
+                return False
+            kernel(xs, axis=axis, out=out)
+            return True
+
+        return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """bottom[i].diff is overwritten with its slice of the top diff where propagate_down[i]."""

@@ -356,9 +356,9 @@ def test_column_block_splits_small_outputs_over_threads() -> None:
     ("c", "hw", "m", "group"), [(64, 14, 256, 1), (96, 7, 512, 1), (16, 13, 60, 1), (32, 27, 96, 2)]
 )
 def test_tile_blocks_give_the_same_bits(c, hw, m, group, monkeypatch) -> None:
-    """One image, one group: the tasks' blocks from gemm.blocking (ResNet-50's 14 x 14 and 7 x 7 3x3 layers at batch
-    1: 132 x 208 and 192 x 32 (rows x columns) on 2 threads, not 96 x 128) sum every output over the same K panels in the same order:
-    the bits of MC_CONV x NC_CONV blocks, and the reference's values."""
+    """One image: the tasks' blocks from tile_blocks (one group: gemm.blocking's; groups: a group's rows in one block)
+    sum every output over the same K panels in the same order: the bits of MC_CONV x NC_CONV blocks, and the
+    reference's values."""
     import numba
 
     from kernels import conv as conv_module
@@ -384,14 +384,27 @@ def test_tile_blocks_give_the_same_bits(c, hw, m, group, monkeypatch) -> None:
         assert float(np.abs(outs[1] - want).max()) <= 1e-5 * float(np.abs(want).max())
     finally:
         numba.set_num_threads(saved)
-    # (rows, columns): 14 x 14, two tasks of 11 and 10 row tiles; 7 x 7, 3 row blocks x 2 column blocks; 60 x 169, 2 x 2
-    if group == 1:
-        assert conv_module.tile_blocks(1, m, hw * hw, 2) == {256: (132, 208), 512: (192, 32), 60: (36, 96)}[m]
-    # several groups: each group's rows in one block (CaffeNet's conv2, conv4 at batch 1), columns for the threads
+
+
+def test_tile_blocks() -> None:
+    """(rows, columns) of one image's tasks on 2 threads. One group where there are few MC x NC blocks a thread:
+    gemm.blocking's (ResNet-50's 14 x 14 3x3 at batch 1: two tasks of 11 and 10 row tiles with AVX-512, not 96 x 128
+    blocks of 3 sizes), else MC_CONV x NC_CONV. Groups: each group's rows in one block (CaffeNet's conv2, conv4 at
+    batch 1), enough column blocks for the threads (3 groups on 2 threads: one each), MC_CONV rows past GROUP_ROWS."""
+    from kernels import conv as conv_module
+    from kernels.gemm import MR, blocking
+
+    for m, p in ((256, 196), (512, 49), (60, 169)):
+        assert conv_module.tile_blocks(1, m, p, 2) == blocking(m, p, 2)
+    if MR == 12:
+        assert conv_module.tile_blocks(1, 256, 196, 2) == (132, 208)
+        assert conv_module.tile_blocks(1, 512, 49, 2) == (192, 32)
+    assert conv_module.tile_blocks(1, 96, 3025, 2) == (conv_module.MC_CONV, conv_module.NC_CONV)  # many blocks
+    assert conv_module.tile_blocks(1, 256, 196, 1) == (conv_module.MC_CONV, conv_module.NC_CONV)  # one thread
     assert conv_module.tile_blocks(2, 128, 729, 2) == (132, 160)
     assert conv_module.tile_blocks(2, 192, 169, 2) == (192, 176)
+    assert conv_module.tile_blocks(3, 64, 169, 2) == (-(-64 // MR) * MR, 176)
     assert conv_module.tile_blocks(2, 512, 169, 2) == (conv_module.MC_CONV, conv_module.NC_CONV)  # too many rows
-    assert conv_module.tile_blocks(1, 96, 3025, 2) == (conv_module.MC_CONV, conv_module.NC_CONV)  # many blocks
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -372,7 +372,7 @@ def test_global_average_gives_the_border_kernels_bits(shape) -> None:
     """An AVE window over the whole plane (global pooling) runs its own kernel (serial for small work) in a runner
     and in pool2d_forward: the same sum order and divisor as the generic border kernel, so its bits; and the
     reference."""
-    from kernels.pool import ForwardRunner, _ave_border
+    from kernels.pool import _AVE_BORDER, ForwardRunner
 
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
     run = ForwardRunner(shape, method="AVE", kernel=shape[2:], stride=(1, 1), pad=(0, 0))
@@ -380,7 +380,8 @@ def test_global_average_gives_the_border_kernels_bits(shape) -> None:
     run(x, got)
     n, c, h, w = shape
     border = np.empty((n * c, 1, 1), np.float32)
-    _ave_border(x.reshape(n * c, h, w), border, (h, w, 1, 1, 0, 0), (0, 0, 0, 0))  # every output a border output
+    # every output a border output (an empty interior rectangle)
+    _AVE_BORDER.serial(_AVE_BORDER.address, 1, x.reshape(n * c, h, w), border, h, w, 1, 1, 0, 0, 0, 0, 0, 0, 1)
     np.testing.assert_array_equal(got.reshape(-1), border.reshape(-1))
     np.testing.assert_array_equal(got, pool2d_forward(x, method="AVE", kernel=shape[2:], stride=(1, 1)))
     ref = pool2d_forward_ref(x, method="AVE", kernel=shape[2:], stride=(1, 1), pad=(0, 0))

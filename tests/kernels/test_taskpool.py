@@ -205,21 +205,19 @@ def _lenet():
     return net
 
 
-# a 1x1 convolution (a task) then a 3x3/2 pooling whose CEIL windows run past the image: its border kernel is an
-# OpenMP loop (only the interior of the specialised windows is a task)
 MIXED = """
 name: "mixed"
 input: "data"
 input_shape { dim: 64 dim: 8 dim: 14 dim: 14 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 16 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-"""
+layer { name: "elu" type: "ELU" bottom: "conv" top: "elu" }
+"""  # ELU over 200k elements: an OpenMP (prange) loop
 
 
 def test_a_net_runs_on_the_pool_only_when_its_forward_runs_no_openmp_loop() -> None:
     """LeNet (batch 1 and 64) is tasks and serial kernels only: its plans run on the pool. A plan with an OpenMP loop
-    (a pooling border kernel) launches its tasks on OpenMP too, from its second forward (the first decides): the two
+    (ELU's elementwise loop) launches its tasks on OpenMP too, from its second forward (the first decides): the two
     kinds of threads would spin against each other."""
     from net import Net
 

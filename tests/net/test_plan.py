@@ -76,8 +76,8 @@ def test_plan_steps_cover_the_planned_layer_types():
     net.forward(data=np.zeros((2, 4, 13, 11), np.float32))
     planned = {layer.name: step is not None for step, layer, _, _ in net._plan.steps}
     assert planned == {
-        "conv1": True, "norm1": False, "pool1": True, "pool1a": True, "conv2": True, "relu2": False,
-        "flat": False, "flata": False, "cat": False, "fc1": True, "fc2": True, "prob": True,
+        "conv1": True, "norm1": True, "pool1": True, "pool1a": True, "conv2": True, "relu2": False,
+        "flat": False, "flata": False, "cat": True, "fc1": True, "fc2": True, "prob": True,
         "norm1_norm1_0_split": False,  # the Split inserted for norm1's two consumers
     }  # fmt: skip
     left_out = {layer.name for layer in net.layers} - set(planned)

@@ -230,3 +230,41 @@ def test_a_fused_residual_relu_is_replayed_and_its_sum_observed(observed, monkey
         assert len(seen) == 2 * len(xs)  # replayed forwards, then the Python ones
         for (_, _, add), a in zip(outs, seen):
             np.testing.assert_array_equal(a, add)
+
+
+# A padded 3x3 convolution on one image's im2col path (its padding copy), LRN and Concat (each used to write a new
+# output array every forward, or to copy outside a task: their nets' checks refused the replay, CaffeNet, GoogLeNet,
+# ResNet-50), and a padded ceil-mode MAX pool (its border outputs were an OpenMP loop).
+MIXED = """
+name: "mixed"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 23 dim: 23 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 24 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 5 alpha: 0.001 beta: 0.75 } }
+layer { name: "pool1" type: "Pooling" bottom: "norm1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "a" type: "Convolution" bottom: "pool1" top: "a"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "b" type: "Convolution" bottom: "pool1" top: "b"
+        convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+layer { name: "head" type: "Convolution" bottom: "cat" top: "head"
+        convolution_param { num_output: 10 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.2 } } }
+"""
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_lrn_concat_and_padded_convolutions_are_replayed(share, monkeypatch) -> None:
+    from net.prototxt_loader import parse_text
+    from net.upgrade import upgrade_net
+
+    net = Net(upgrade_net(parse_text(MIXED, "NetParameter")), seed=9)
+    if share:
+        net.share_activations()
+    xs = _inputs((1, 3, 23, 23), 6)
+    outs = [net.forward(data=x)["head"].copy() for x in xs]
+    assert isinstance(net._plan.replay, replay.Replay)
+    assert net._plan.pool  # no OpenMP loop left in the plan: its tasks on kernels.taskpool
+    for got, want in zip(outs, _python_outputs(net, xs, monkeypatch)):
+        np.testing.assert_array_equal(got, want["head"])
