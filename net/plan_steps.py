@@ -73,6 +73,18 @@ def _zero_border(w: np.ndarray) -> bool:
     return not (w[:, :, 0, :].any() or w[:, :, :, 0].any())
 
 
+def _conv_arrays(layer: Layer, src: Blob, dst: Blob, out: np.ndarray, x_shape: tuple, w_shape: tuple, zeros):
+    """A convolution step's (x, w, b) for this call (the parameters looked up each call: Net.share_weights_from swaps
+    the Blobs; zeros for no bias), or None when an array is not the one the step was made for."""
+    w, b = layer.forward_params()
+    x = src.data
+    if b is None:
+        b = zeros
+    if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, zeros.shape)):
+        return None
+    return x, w, b
+
+
 def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
     """The step for a zero-bordered Convolution (see the module docstring), or None when the layer is not one."""
     if layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1 or tuple(layer.dilation) != (1, 1):
@@ -104,13 +116,11 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
     out = plan_out(dst, x, full.out_shape)
     zeros = np.zeros(b_shape, np.float32)
 
-    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
-        w, b = layer.forward_params()
-        x = src.data
-        if b is None:
-            b = zeros
-        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+    def step() -> bool:
+        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
+        if arrays is None:
             return False
+        x, w, b = arrays
         if _zero_border(w):
             inner = small_w[1] if small_w[0] is w else None  # the kernel without its zero row and column
             if inner is None:
@@ -180,13 +190,11 @@ def strided_pointwise_step(
     out = plan_out(dst, x, run.out_shape)
     zeros = np.zeros(b_shape, np.float32)
 
-    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
-        w, b = layer.forward_params()
-        x = src.data
-        if b is None:
-            b = zeros
-        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+    def step() -> bool:
+        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
+        if arrays is None:
             return False
+        x, w, b = arrays
         run(sub(x), w, b, out)
         return True
 
@@ -221,13 +229,11 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
     frozen = layer.fold is not None  # folded weights are made once and never change in place
     seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
 
-    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
-        w, b = layer.forward_params()
-        x = src.data
-        if b is None:
-            b = zeros
-        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, b_shape)):
+    def step() -> bool:
+        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
+        if arrays is None:
             return False
+        x, w, b = arrays
         if w is not seen[0] or not (frozen or np.array_equal(w, seen[1])):  # a solver updates weights in place
             run.packed = None
             seen[:] = w, None if frozen else w.copy()
