@@ -89,11 +89,12 @@ from kernels.gemm import (
     _store8_bias,
     _store_accumulators,
     blocking,
+    few_blocks,
     packed_a_size,
     packed_b_size,
 )
 from kernels.tasks import Task
-from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC, MC_CONV, MN_DIRECT, MR, NC, NC_CONV, NR, TILE_PX, VW
+from kernels.tiling import DIRECT_MAX_INPUT, KC, KC_CONV, MC_CONV, MN_DIRECT, MR, NC_CONV, NR, TILE_PX, VW
 from kernels.tiling import DIRECT_RUNS as RUNS  # 8-pixel runs per direct-convolution tile
 
 
@@ -1157,7 +1158,7 @@ class ForwardRunner:
             )  # fmt: skip
             return
         n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc) = self.args
-        ph, pw = window[4], window[5]
+        kh, kw, sh, sw, ph, pw, dh, dw = window
         b_size, epilogue = self.b_size, (self.relu, self.relu_max)
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
@@ -1169,7 +1170,6 @@ class ForwardRunner:
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
-            kh, kw, sh, sw, _, _, dh, dw = window
             _IM2COL_GROUPS.parallel(
                 _IM2COL_GROUPS.address, i2c_workers, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size,
                 i2c_workers
@@ -1190,7 +1190,7 @@ def tile_blocks(group: int, mg: int, npix: int, threads: int) -> tuple[int, int]
     Otherwise MC_CONV rows and NC_CONV columns, fewer columns where the tasks would leave threads idle
     (``_column_block``). The values do not depend on it: every output sums the same K panels in the same order."""
     if TILE_BLOCKS and group == 1:
-        if threads > 1 and -(-mg // MC) * -(-npix // NC) < 4 * threads:  # where gemm.blocking searches a split
+        if few_blocks(mg, npix, threads):  # where gemm.blocking looks for a split of its own
             return blocking(mg, npix, threads)
     elif TILE_BLOCKS and -(-mg // MR) * MR <= GROUP_ROWS:
         slivers = -(-npix // NR)

@@ -564,6 +564,12 @@ def _makespan(tiles: int, per: int, slivers: int, per_n: int, workers: int) -> i
     return max(done)
 
 
+def few_blocks(m: int, n: int, workers: int) -> bool:
+    """Does C (m x n) have fewer than 4 MC x NC blocks a thread on `workers` threads (more than one), so that
+    `blocking` looks for blocks of other sizes?"""
+    return workers > 1 and m > 0 and n > 0 and -(-m // MC) * -(-n // NC) < 4 * workers
+
+
 @functools.lru_cache(maxsize=256)  # called on every gemm(): LeNet's inner products ask the same few shapes
 def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
     """(rows, columns) of the blocks of C that parallel tasks take: MC x NC, unless C has fewer than 4 such blocks a
@@ -574,9 +580,9 @@ def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
     (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
     ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same
     K panels in the same order."""
-    tiles, slivers = -(-m // MR), -(-n // NR)
-    if workers <= 1 or tiles == 0 or slivers == 0 or -(-m // MC) * -(-n // NC) >= 4 * workers:
+    if not few_blocks(m, n, workers):
         return MC, NC
+    tiles, slivers = -(-m // MR), -(-n // NR)
     widths = {min(NC // NR, slivers)} | {-(-slivers // (workers * r)) for r in range(1, 5)}
     best, best_key = (MC, NC), None
     for per_n in sorted(widths):

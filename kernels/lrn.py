@@ -62,6 +62,18 @@ def _check(x: np.ndarray, local_size: int, beta: float, region: str, what: str =
     check_lrn_params(local_size, beta, region)
 
 
+def _out(out: np.ndarray | None, x: np.ndarray, what: str, names: str, *others: np.ndarray) -> np.ndarray:
+    """A new array like x, or `out` after checking it: float32 of x's shape, C-contiguous, writeable, overlapping
+    neither x nor `others` (named `names`): every output reads its neighbours' inputs."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != x.shape:
+        raise ValueError(f"{what}: expected a float32 array of shape {x.shape}")
+    if not (out.flags.c_contiguous and out.flags.writeable) or any(np.shares_memory(out, a) for a in (x, *others)):
+        raise ValueError(f"{what}: must be C-contiguous and writeable and must not overlap {names}")
+    return out
+
+
 # -- 0. NumPy references ------------------------------------------------------------------------
 def _window_sum_ref(a: np.ndarray, size: int, region: str) -> np.ndarray:
     """Zero-padded window sums of a (N, C, H, W) float64: over channels (ACROSS) or an n x n box (WITHIN)."""
@@ -310,14 +322,7 @@ def lrn_forward(
     """
     _check(x, local_size, beta, region)
     n, c, h, w = x.shape
-    if out is None:
-        y = np.empty_like(x)
-    elif not (out.shape == x.shape and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"LRN: expected out to be a writeable C-contiguous float32 array of shape {x.shape}")
-    elif np.may_share_memory(out, x):
-        raise ValueError("LRN: out shares memory with x (each output reads its neighbours' inputs)")
-    else:
-        y = out
+    y = _out(out, x, "LRN out", "x")
     if x.size == 0:
         return y
     if region == "ACROSS_CHANNELS":
@@ -357,13 +362,7 @@ def lrn_backward(
     _check(dy, local_size, beta, region, "LRN backward dy")
     if dy.shape != x.shape:
         raise ValueError(f"LRN backward: expected dy of shape {x.shape} (as x), got {dy.shape}")
-    if out is None:
-        out = np.empty_like(x)
-    else:
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != x.shape:
-            raise ValueError(f"LRN backward out: expected a float32 array of shape {x.shape}")
-        if not out.flags.c_contiguous or np.shares_memory(out, dy) or np.shares_memory(out, x):
-            raise ValueError("LRN backward out: must be C-contiguous and must not overlap dy or x")
+    out = _out(out, x, "LRN backward out", "dy or x", dy)
     if x.size == 0:
         return out
     n, c, h, w = x.shape

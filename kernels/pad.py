@@ -102,6 +102,15 @@ def _subsample_worker(t, x, buf, sh, sw, workers):  # pragma: no cover - compile
 _SUB = Task(_subsample_worker, (_F4, _F4, types.int64, types.int64, types.int64), opt=1, boundscheck=False)
 
 
+def subsample_shape(x_shape, stride) -> tuple[int, int, int, int]:
+    """The shape of x[:, :, ::sh, ::sw] for x of x_shape (N, C, H, W): (N, C, ceil(H / sh), ceil(W / sw))."""
+    n, c, h, wd = (int(v) for v in x_shape)
+    sh, sw = (int(v) for v in stride)
+    if min(sh, sw) < 1:
+        raise ValueError(f"subsample: expected strides >= 1, got {stride}")
+    return n, c, -(-h // sh), -(-wd // sw)
+
+
 class Subsample:
     """x (N, C, H, W) subsampled into a kept buffer: ``sub(x)`` returns it holding x[:, :, ::sh, ::sw] (the same array
     every call; valid until the next call). x must be C-contiguous float32 of x_shape."""
@@ -109,12 +118,8 @@ class Subsample:
     __slots__ = ("buf", "stride", "x_shape")
 
     def __init__(self, x_shape, stride: tuple[int, int]) -> None:
-        n, c, h, wd = (int(v) for v in x_shape)
-        sh, sw = (int(v) for v in stride)
-        if min(sh, sw) < 1:
-            raise ValueError(f"subsample: expected strides >= 1, got {stride}")
-        self.x_shape, self.stride = (n, c, h, wd), (sh, sw)
-        self.buf = np.zeros((n, c, -(-h // sh), -(-wd // sw)), np.float32)
+        self.buf = np.zeros(subsample_shape(x_shape, stride), np.float32)
+        self.x_shape, self.stride = tuple(int(v) for v in x_shape), (int(stride[0]), int(stride[1]))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.size:

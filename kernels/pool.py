@@ -529,10 +529,11 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
 
         return run_global
     kernels, rect, border = _regions(*planes, k, s, p)
+    # every task here (kernels.tasks) over the planes: parallel, or on this thread
+    workers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
+    kind = "serial" if serial else "parallel"
     interior = None
-    if kernels is not None:  # the task of this window (kernels.tasks): parallel, or on this thread
-        workers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
-        kind = "serial" if serial else "parallel"
+    if kernels is not None:  # the task of this window
         if record:  # MAX recording the argmax (training)
             mask_task = MASK_TASKS[(k[0], k[1], s[0], s[1])]
 
@@ -545,16 +546,14 @@ def _forward_steps(planes, method: str, k, s, p, record: bool, serial: bool = Fa
             def interior(x3, y3, i0, i1, j0, j1, ph, pw) -> None:  # the driver looked up each call, as above
                 getattr(task, kind)(task.address, workers, x3, y3, NO_MASK, i0, i1, j0, j1, ph, pw, workers)
 
-    bworkers = 1 if serial else max(1, min(numba.get_num_threads(), planes[0][0]))
-    bkind = "serial" if serial else "parallel"
     inner_args = (*rect, p[0], p[1])
-    border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect, bworkers)
+    border_args = (k[0], k[1], s[0], s[1], p[0], p[1], *rect, workers)
 
     def max_border(x3, y3, mask3, record) -> None:  # the driver looked up each call (net.replay records through it)
-        getattr(_MAX_BORDER, bkind)(_MAX_BORDER.address, bworkers, x3, y3, mask3, record, *border_args)
+        getattr(_MAX_BORDER, kind)(_MAX_BORDER.address, workers, x3, y3, mask3, record, *border_args)
 
     def ave_border(x3, y3) -> None:
-        getattr(_AVE_BORDER, bkind)(_AVE_BORDER.address, bworkers, x3, y3, *border_args)
+        getattr(_AVE_BORDER, kind)(_AVE_BORDER.address, workers, x3, y3, *border_args)
 
     def run(x3, y3, mask3) -> None:
         if interior is not None:

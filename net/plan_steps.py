@@ -50,7 +50,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kernels import conv, depthwise, pointwise, pointwise_t
-from kernels.pad import PadInto, Subsample
+from kernels.pad import PadInto, Subsample, subsample_shape
 
 from .blob import Blob
 from .layers import Layer
@@ -73,31 +73,50 @@ def _zero_border(w: np.ndarray) -> bool:
     return not (w[:, :, 0, :].any() or w[:, :, :, 0].any())
 
 
-def _conv_arrays(layer: Layer, src: Blob, dst: Blob, out: np.ndarray, x_shape: tuple, w_shape: tuple, zeros):
-    """A convolution step's (x, w, b) for this call (the parameters looked up each call: Net.share_weights_from swaps
-    the Blobs; zeros for no bias), or None when an array is not the one the step was made for."""
-    w, b = layer.forward_params()
-    x = src.data
-    if b is None:
-        b = zeros
-    if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, zeros.shape)):
+def _plain_conv(layer: Layer, bottom: list[Blob]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, w) of a Convolution the plan's own steps may take, one group at dilation 1 on one 4-D input, its input,
+    weights and bias plain arrays, or None."""
+    if layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1 or tuple(layer.dilation) != (1, 1):
         return None
-    return x, w, b
+    x = bottom[0].data
+    w, b = layer.forward_params()
+    if x.ndim != 4 or not (plain(x, x.shape) and plain(w, w.shape) and (b is None or plain(b, w.shape[:1]))):
+        return None
+    return x, w
+
+
+def _conv_step(layer: Layer, src: Blob, dst: Blob, x: np.ndarray, w_shape: tuple, out_shape: tuple, run):
+    """A plan step for a convolution: each call looks up the parameters (Net.share_weights_from swaps the Blobs; zeros
+    for no bias), returns False when an array is not the one the step was made for (the Net then runs the layer's
+    forward), else calls run(x, w, b, out), out the top's array of out_shape."""
+    x_shape = x.shape
+    out = plan_out(dst, x, out_shape)
+    zeros = np.zeros(w_shape[:1], np.float32)
+
+    def step() -> bool:
+        w, b = layer.forward_params()
+        x = src.data
+        if b is None:
+            b = zeros
+        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, zeros.shape)):
+            return False
+        run(x, w, b, out)
+        return True
+
+    step.__qualname__ = run.__qualname__  # named after the maker of its `run` (profiles, tests): zero_border_step...
+    return step
 
 
 def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
     """The step for a zero-bordered Convolution (see the module docstring), or None when the layer is not one."""
-    if layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1 or tuple(layer.dilation) != (1, 1):
+    arrays = _plain_conv(layer, bottom)
+    if arrays is None:
         return None
     (ph, pw), (kh, kw) = layer.pad, layer.kernel
     if min(ph, pw) < 1 or min(kh, kw) < 2:
         return None
-    src, dst = bottom[0], top[0]
-    x = src.data
-    w, b = layer.forward_params()
-    x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
-        return None
+    x, w = arrays
+    x_shape, w_shape = x.shape, w.shape
     if not _zero_border(w) or not w.any():  # all zeros (a net loaded without weights): no border to strip
         return None
     capped = {"relu_max": layer.relu_max} if layer.relu_max != math.inf else {}
@@ -113,14 +132,8 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
     full = conv.ForwardRunner(x_shape, w_shape, layer.stride, layer.pad, (1, 1), 1, layer.fused_relu, **capped)
     if small.out_shape != full.out_shape:  # pragma: no cover - the geometry above says they are equal
         return None
-    out = plan_out(dst, x, full.out_shape)
-    zeros = np.zeros(b_shape, np.float32)
 
-    def step() -> bool:
-        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
-        if arrays is None:
-            return False
-        x, w, b = arrays
+    def run(x, w, b, out) -> None:
         if _zero_border(w):
             inner = small_w[1] if small_w[0] is w else None  # the kernel without its zero row and column
             if inner is None:
@@ -130,8 +143,8 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
             step.runner(pad(x), inner, b, out)
         else:
             full(x, w, b, out)
-        return True
 
+    step = _conv_step(layer, bottom[0], top[0], x, w_shape, full.out_shape, run)
     frozen = layer.fold is not None
     small_w = [None, None]  # (w, w without its zero border) of folded weights
     step.replay = frozen  # net.replay: the border is checked every call unless the weights never change
@@ -170,35 +183,23 @@ def strided_pointwise_step(
     """The step for a 1x1 Convolution with pad 0 at a stride above 1 (see the module docstring), or None when the
     layer is not one or the 1x1 convolution of its subsampled input is not one `kernels.pointwise` runs. `subs`: the
     plan's buffers (shared between the layers that subsample one input alike)."""
-    if not STRIDED_POINTWISE or layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1:
-        return None
-    if tuple(layer.kernel) != (1, 1) or tuple(layer.pad) != (0, 0) or tuple(layer.dilation) != (1, 1):
+    arrays = _plain_conv(layer, bottom) if STRIDED_POINTWISE else None
+    if arrays is None or tuple(layer.kernel) != (1, 1) or tuple(layer.pad) != (0, 0):
         return None
     if tuple(layer.stride) == (1, 1):
         return None
-    src, dst = bottom[0], top[0]
-    x = src.data
-    w, b = layer.forward_params()
-    x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-    if len(x_shape) != 4 or not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+    x, w = arrays
+    if not pointwise.pointwise_applies(subsample_shape(x.shape, layer.stride), w.shape, (1, 1), (0, 0), (1, 1), 1):
         return None
-    sub_shape = (*x_shape[:2], *(-(-d // s) for d, s in zip(x_shape[2:], layer.stride)))
-    if not pointwise.pointwise_applies(sub_shape, w_shape, (1, 1), (0, 0), (1, 1), 1):
-        return None
-    sub = subs.get(src, x_shape, layer.stride) if subs is not None else Subsample(x_shape, layer.stride)
-    run = pointwise_runner(layer, sub.buf.shape, w_shape, layer.act())
-    out = plan_out(dst, x, run.out_shape)
-    zeros = np.zeros(b_shape, np.float32)
+    src = bottom[0]
+    sub = subs.get(src, x.shape, layer.stride) if subs is not None else Subsample(x.shape, layer.stride)
+    pw_run = pointwise_runner(layer, sub.buf.shape, w.shape, layer.act())
 
-    def step() -> bool:
-        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
-        if arrays is None:
-            return False
-        x, w, b = arrays
-        run(sub(x), w, b, out)
-        return True
+    def run(x, w, b, out) -> None:
+        pw_run(sub(x), w, b, out)
 
-    return step  # no `runner` attribute: the plan's passes (hand_over_*) must not take this step for a 1x1 on x
+    # no `runner` attribute: the plan's passes (hand_over_*) must not take this step for a 1x1 on x
+    return _conv_step(layer, src, top[0], x, w.shape, pw_run.out_shape, run)
 
 
 def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
@@ -206,40 +207,28 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
     not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW a multiple of 14).
     The bias is read in place every call (ConvTRunner keeps the array itself: M % 32 == 0 needs no padded copy), so
     only the weights are compared."""
-    if not CONVT or layer.type != "Convolution" or len(bottom) != 1 or layer.group != 1:
+    arrays = _plain_conv(layer, bottom) if CONVT else None
+    if arrays is None:
         return None
-    if tuple(layer.dilation) != (1, 1):
-        return None
-    src, dst = bottom[0], top[0]
-    x = src.data
-    w, b = layer.forward_params()
-    x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-    if len(x_shape) != 4 or len(w_shape) != 4 or w_shape[1] > CONVT_MAX_CHANNELS or w_shape[2] * w_shape[3] == 1:
-        return None
-    if not (plain(x, x_shape) and plain(w, w_shape) and (b is None or plain(b, b_shape))):
+    x, w = arrays
+    if w.shape[1] > CONVT_MAX_CHANNELS or w.shape[2] * w.shape[3] == 1:
         return None
     (ph, pw), stride = layer.pad, tuple(layer.stride)
-    pad = PadInto(x_shape, (ph, pw), (ph, pw)) if ph or pw else None
-    padded = pad.buf.shape if pad is not None else x_shape
-    if not pointwise_t.conv_applies(padded, w_shape, stride):
+    pad = PadInto(x.shape, (ph, pw), (ph, pw)) if ph or pw else None
+    padded = pad.buf.shape if pad is not None else x.shape
+    if not pointwise_t.conv_applies(padded, w.shape, stride):
         return None
-    run = pointwise_t.ConvTRunner(padded, w_shape, stride, layer.act())
-    out = plan_out(dst, x, run.out_shape)
-    zeros = np.zeros(b_shape, np.float32)
+    convt = pointwise_t.ConvTRunner(padded, w.shape, stride, layer.act())
     frozen = layer.fold is not None  # folded weights are made once and never change in place
     seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
 
-    def step() -> bool:
-        arrays = _conv_arrays(layer, src, dst, out, x_shape, w_shape, zeros)
-        if arrays is None:
-            return False
-        x, w, b = arrays
+    def run(x, w, b, out) -> None:
         if w is not seen[0] or not (frozen or np.array_equal(w, seen[1])):  # a solver updates weights in place
-            run.packed = None
+            convt.packed = None
             seen[:] = w, None if frozen else w.copy()
-        run(pad(x) if pad is not None else x, w, b, out)
-        return True
+        convt(pad(x) if pad is not None else x, w, b, out)
 
+    step = _conv_step(layer, bottom[0], top[0], x, w.shape, convt.out_shape, run)
     step.replay = frozen  # net.replay: weights that may change are compared every call (a replay would not)
     return step  # no `runner` attribute: the plan's passes (hand_over_*) leave it alone
 
