@@ -1,7 +1,8 @@
 """What `python -m benchmarks` measures: every case, with its references, its check and its target.
 
 Groups (each a function returning cases; `build(groups, threads)` makes them in this order):
-- ``gemm``:  crema's GEMM core (kernels.gemm.gemm) at 256^3, 1024^3, 2048^3 vs NumPy's BLAS (np.matmul) and torch.mm.
+- ``gemm``:  crema's GEMM core (kernels.gemm.gemm) at 256^3 to 4096^3 and at the shapes of the nets' layers
+             (GEMM_SHAPES) vs NumPy's BLAS (np.matmul) and torch.mm.
              Target: >= 0.7x NumPy at 1024^3 and 2048^3.
 - ``layers``: every LeNet layer at batch 64 and every CaffeNet layer at batch 10 (conv, pool, fc, LRN), forward and
              backward; EfficientNet-Lite0's depthwise convolutions (+ bias + ReLU6) forward at batch 1 and 32. Forward vs PyTorch and ONNX Runtime (a one-node graph); backward vs PyTorch (the aten backward
@@ -121,7 +122,34 @@ def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
 
         target = ("numpy", 0.7) if n >= 1024 else None
         cases.append(Case("gemm", f"sgemm M=N=K={n}", partial(gemm, a, b, out=out), refs, 2.0 * n**3, check, target))
+    for m, k, n, what in GEMM_SHAPES:  # the nets' layers as one GEMM each (issue 20: >= 1.0x NumPy on these too)
+        a, b = _rand(rng, m, k), _rand(rng, k, n)
+        out, out_np = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+        refs = {"numpy": partial(np.matmul, a, b, out=out_np)}
+        if torch is not None:
+            ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.empty(m, n)
+            refs["torch"] = partial(torch.mm, ta, tb, out=tout)
+
+        def check(a=a, b=b, out=out, refs=refs, label=f"{m}x{k}x{n}"):
+            gemm(a, b, out=out)
+            return [compare(f"gemm {label} vs {r}", out, np.asarray(f()), rtol=1e-5) for r, f in refs.items()]
+
+        ours = partial(gemm, a, b, out=out)
+        cases.append(Case("gemm", f"sgemm M={m} K={k} N={n} ({what})", ours, refs, 2.0 * m * k * n, check))
     return cases
+
+
+# (M, K, N, what): square sizes above, then the GEMMs of the nets' layers, one image or batch each
+GEMM_SHAPES = [
+    (4096, 4096, 4096, "square"),
+    (64, 800, 500, "lenet ip1 N=64"),
+    (64, 9216, 4096, "caffenet fc6 N=64"),
+    (96, 363, 3025, "caffenet conv1 im2col"),
+    (128, 1200, 729, "caffenet conv2 group im2col"),
+    (256, 2304, 196, "resnet50 3x3 14x14 im2col"),
+    (512, 4608, 49, "resnet50 3x3 7x7 im2col"),
+    (1024, 256, 196, "resnet50 1x1 14x14"),
+]
 
 
 # -- layers ------------------------------------------------------------------------------------------------------

@@ -77,7 +77,18 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import conv2d_output_shape
-from kernels.gemm import Workspace, accumulators, as64, claim, claim_near, flat_f32, image_counters, queue_sizes, splat
+from kernels.gemm import (
+    Workspace,
+    accumulators,
+    as64,
+    claim,
+    claim_near,
+    flat_f32,
+    image_counters,
+    queue_sizes,
+    splat,
+    transpose8,
+)
 from kernels.serial import l2_bytes
 from kernels.tasks import Task
 from kernels.tiling import VW
@@ -381,22 +392,6 @@ def _dw_worker(t, xf, wf, bias, y, planes, c, h, wd, ph, pw, sw, hu, wq, npix, t
 
 
 # --------------------------------------------------------------------------------------------- channel blocks
-def _transpose8(builder, rows):
-    """The 8 x 8 transpose of eight <8 x float> values: column j = [rows[0][j], ..., rows[7][j]] (unpack, shuffle,
-    128-bit permute: 24 shuffles, the AVX idiom)."""
-
-    def sh(a, b, idx):
-        return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), idx))
-
-    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-    t = [sh(rows[i & ~1], rows[i | 1], lo if i % 2 == 0 else hi) for i in range(8)]  # t[2m], t[2m+1] from rows 2m, 2m+1
-    a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    s_ = [sh(t[q], t[q + 2], a if k == 0 else b) for g in (0, 4) for q in (g, g + 1) for k in (0, 1)]
-    # s_ = [s0, s1, s2, s3, s4, s5, s6, s7]: s0/s1 from t0, t2; s2/s3 from t1, t3; s4..s7 the same from t4..t7
-    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
-    return [sh(s_[j % 4], s_[4 + j % 4], low if j < 4 else high) for j in range(8)]
-
-
 @intrinsic
 def _t8(typingctx, src, s_offs, dst, d_off, ncol):
     """dst[d_off + LANES k + l] = src[s_offs[l] + k] for l < 8, k < ncol (<= 8): eight 8-float rows of src (one per
@@ -416,7 +411,7 @@ def _t8(typingctx, src, s_offs, dst, d_off, ncol):
         for lane in range(8):
             o = builder.load(builder.gep(o_data, [llvm_ir.Constant(i64, lane)]))
             rows.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vptr), align=4))
-        for k, col in enumerate(_transpose8(builder, rows)):
+        for k, col in enumerate(transpose8(builder, rows)):
             with builder.if_then(builder.icmp_signed("<", llvm_ir.Constant(i64, k), ncol)):
                 p = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, LANES * k))])
                 builder.store(col, builder.bitcast(p, vptr), align=4)
@@ -484,7 +479,7 @@ def _block_tile(typingctx, buf, xoff, p0, wt, toff, ntap, y, ybase, npix, nch, c
                     if lanes > 8:
                         idx = llvm_ir.Constant(llvm_ir.VectorType(i32, 8), list(range(8 * half, 8 * half + 8)))
                         part = [builder.shuffle_vector(r, llvm_ir.Constant(vec, llvm_ir.Undefined), idx) for r in rows]
-                    for lane, col in enumerate(_transpose8(builder, part)):
+                    for lane, col in enumerate(transpose8(builder, part)):
                         ch = 8 * half + lane
                         with builder.if_then(builder.icmp_signed("<", c64(ch), nch64)):
                             at = builder.add(yb, builder.add(builder.mul(c64(ch), npix64), p064))

@@ -7,7 +7,8 @@ Kernels:
                                    1-8, or a tiny W), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
                                    the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
-                                   4 outputs, each a 4 x 2 register tile of dot products (``_dots_4x2``).
+                                   4 outputs, each in chunks of k that stay in L1 while every row of x2 passes, in
+                                   4 x 5 register tiles of dot products (``_part_4x5``).
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
                                    place, unpacked), else y = x2 @ W.T with the weight read transposed by the packing;
                                    with ``transpose`` y = x2 @ W (W read in place for few rows), + b.
@@ -34,13 +35,19 @@ from kernels.activations import relu_forward
 from kernels.gemm import NC, _claim, gemm
 from kernels.serial import SMALL_WORK, l2_bytes
 from kernels.tasks import Task
+from kernels.tiling import VW
 
 CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 4)
-# at most this many rows of x2: the weight-streaming kernel for W of shape (N, K) (it re-reads W's 4-row blocks once
-# per pair of rows, where the GEMM reads W once: AVX-512 Xeon, 2 threads, small-rows / GEMM time at 4 / 8 / 10 / 16 /
-# 32 rows: CaffeNet fc6 0.76 / 1.10 / 1.36 / 1.84 / 2.37, fc7 0.72 / 1.16 / 1.36 / 2.25 / 2.70, EfficientNet-Lite0's
-# fc 0.68 / 1.03 / 1.0 / 1.5 / 1.9; 32 until then) ...
-SMALL_M = 8
+FIVES = VW == 16  # 4 x 5 tiles of dot products (20 vector accumulators: AVX-512's 32 registers, not AVX2's 16)
+KC_ROWS = 1024  # floats of k per chunk of a block of 4 rows of W in _ip_small_rows (16 KB: in L1 while x2's rows pass)
+# at most this many rows of x2: the weight-streaming kernel for W of shape (N, K) (it reads W once, like the GEMM, and
+# keeps each 4-row block's chunk in L1 while the rows pass). Zen 4 EPYC, 2 threads, streaming / GEMM time (2-4 runs,
+# the range) at 8 / 10 / 12 / 16 / 32 rows: CaffeNet fc6 0.72-0.75 / 0.71-0.79 / 0.83-0.85 / 1.02 / 1.19, fc7
+# 0.65-0.75 / 0.61-0.83 / 0.58-1.16 / 1.30-1.61 / 1.15, fc8 0.23-0.93 / 0.27-0.71 / 0.37-0.93 / 0.85-0.90 / 1.0-1.31;
+# a W in L3 (EfficientNet-Lite0's fc, 1000 x 1280) swung both ways: 1.06-1.82 / 0.52-1.56 / 0.52-1.89 / 0.55-1.14 /
+# 0.85-0.94 (the GEMM's 16-column tiles fit 16 and 32 rows exactly). AVX2 (16 registers: the 4 x 2 tile, no 4 x 5)
+# stays at 8: the GEMM's 6 x 16 tile was faster at 10-12 rows there (Zen 4 with the AVX2 tile: fc6 1.12-1.52). ...
+SMALL_M = 12 if VW == 16 else 8
 SMALL_M_TINY_W = 32  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32)
 TINY_W = 1 << 16
 SMALL_M_DX = 32  # the data gradient dy2 @ W with W (K, N): streamed once at most this many rows, not packed
@@ -76,14 +83,55 @@ def weight_dims(w: np.ndarray, transpose: bool) -> tuple[int, int]:
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, inline="always")
-def _dots_4x2(w, n0, x2, m0, two, k_all, bias, y, relu):  # pragma: no cover - compiled
-    """y[m0:m0+2, n0:n0+4] = x2[m0:m0+2] . w[n0:n0+4] + bias (one row of x2 when `two` is False): 8 (or 4)
-    independent dot products in one pass over k, each a vector accumulator after LLVM vectorises the k loop."""
-    w0, w1, w2, w3 = w[n0], w[n0 + 1], w[n0 + 2], w[n0 + 3]
-    xa = x2[m0]
-    xb = x2[m0 + 1] if two else xa
+def _part_4x5(w, n0, x2, m0, k0, k1, acc):  # pragma: no cover - compiled
+    """acc[m0:m0+5, 0:4] += x2[m0:m0+5, k0:k1] . w[n0:n0+4, k0:k1]: 20 independent dot products in one pass over the
+    chunk, each a vector accumulator after LLVM vectorises the k loop (9 vector loads per 20 FMAs)."""
+    w0, w1, w2, w3 = w[n0, k0:k1], w[n0 + 1, k0:k1], w[n0 + 2, k0:k1], w[n0 + 3, k0:k1]
+    xa, xb, xc = x2[m0, k0:k1], x2[m0 + 1, k0:k1], x2[m0 + 2, k0:k1]
+    xd, xe = x2[m0 + 3, k0:k1], x2[m0 + 4, k0:k1]
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = e0 = e1 = e2 = e3 = np.float32(0.0)
+    for k in range(k1 - k0):
+        p, q, r, s = w0[k], w1[k], w2[k], w3[k]
+        u = xa[k]
+        a0 += p * u
+        a1 += q * u
+        a2 += r * u
+        a3 += s * u
+        u = xb[k]
+        b0 += p * u
+        b1 += q * u
+        b2 += r * u
+        b3 += s * u
+        u = xc[k]
+        c0 += p * u
+        c1 += q * u
+        c2 += r * u
+        c3 += s * u
+        u = xd[k]
+        d0 += p * u
+        d1 += q * u
+        d2 += r * u
+        d3 += s * u
+        u = xe[k]
+        e0 += p * u
+        e1 += q * u
+        e2 += r * u
+        e3 += s * u
+    _add4(acc, m0, a0, a1, a2, a3)
+    _add4(acc, m0 + 1, b0, b1, b2, b3)
+    _add4(acc, m0 + 2, c0, c1, c2, c3)
+    _add4(acc, m0 + 3, d0, d1, d2, d3)
+    _add4(acc, m0 + 4, e0, e1, e2, e3)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _part_4x2(w, n0, x2, m0, two, k0, k1, acc):  # pragma: no cover - compiled
+    """_part_4x5 for two rows of x2 (one when `two` is False): the rows left over from the fives."""
+    w0, w1, w2, w3 = w[n0, k0:k1], w[n0 + 1, k0:k1], w[n0 + 2, k0:k1], w[n0 + 3, k0:k1]
+    xa = x2[m0, k0:k1]
+    xb = x2[m0 + 1, k0:k1] if two else xa
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-    for k in range(k_all):
+    for k in range(k1 - k0):
         u = xa[k]
         v = xb[k]
         a0 += w0[k] * u
@@ -94,21 +142,23 @@ def _dots_4x2(w, n0, x2, m0, two, k_all, bias, y, relu):  # pragma: no cover - c
         b1 += w1[k] * v
         b2 += w2[k] * v
         b3 += w3[k] * v
-    _store(y, m0, n0, a0 + bias[n0], relu)
-    _store(y, m0, n0 + 1, a1 + bias[n0 + 1], relu)
-    _store(y, m0, n0 + 2, a2 + bias[n0 + 2], relu)
-    _store(y, m0, n0 + 3, a3 + bias[n0 + 3], relu)
+    _add4(acc, m0, a0, a1, a2, a3)
     if two:
-        _store(y, m0 + 1, n0, b0 + bias[n0], relu)
-        _store(y, m0 + 1, n0 + 1, b1 + bias[n0 + 1], relu)
-        _store(y, m0 + 1, n0 + 2, b2 + bias[n0 + 2], relu)
-        _store(y, m0 + 1, n0 + 3, b3 + bias[n0 + 3], relu)
+        _add4(acc, m0 + 1, b0, b1, b2, b3)
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _add4(acc, m, a0, a1, a2, a3):  # pragma: no cover - compiled
+    acc[m, 0] += a0
+    acc[m, 1] += a1
+    acc[m, 2] += a2
+    acc[m, 3] += a3
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, inline="always")
 def _dots_4x1(w, n0, x2, m0, k_all, bias, y, relu):  # pragma: no cover - compiled
-    """y[m0, n0:n0+4] = x2[m0] . w[n0:n0+4] + bias: _dots_4x2 for a lone row of x2 (batch 1), without the second
-    row's four dead accumulators."""
+    """y[m0, n0:n0+4] = x2[m0] . w[n0:n0+4] + bias: _part_4x2 for a lone row of x2 (batch 1), whole rows of W, without
+    the second row's four dead accumulators."""
     w0, w1, w2, w3 = w[n0], w[n0 + 1], w[n0 + 2], w[n0 + 3]
     xa = x2[m0]
     a0 = a1 = a2 = a3 = np.float32(0.0)
@@ -133,16 +183,18 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
 
 def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
-    Blocks of 4 rows of W; each block streams its 4 rows once per pair of x2 rows (from L1/L2) in a 4 x 2 register
-    tile: 6 vector loads per 8 FMAs instead of 2 per FMA for one dot at a time. W itself comes from memory once.
-    Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic
+    Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
+    memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
+    dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W itself comes from memory
+    once. Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic
     scheduling, so a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
+    acc = np.empty((x2.shape[0], 4), np.float32)
     c = _claim(counter)
     while c < nclaims:
         for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-            _ip_rows_block(x2, w, bias, y, relu, blk)
+            _ip_rows_block(x2, w, bias, y, relu, blk, acc)
         c = _claim(counter)
 
 
@@ -159,26 +211,37 @@ def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = Fals
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _ip_rows_block(x2, w, bias, y, relu, blk):  # pragma: no cover - compiled
-    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_small_rows)."""
+def _ip_rows_block(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - compiled
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_worker); acc: (M, 4)
+    scratch. A lone row of x2 (batch 1) takes each row of W once, whole (_dots_4x1: no chunks, nothing to re-use)."""
     m_all, k_all = x2.shape
     n_all = w.shape[0]
     n0 = blk * 4
-    if n0 + 4 <= n_all:
-        for m0 in range(0, m_all, 2):
-            if m0 + 1 < m_all:
-                _dots_4x2(w, n0, x2, m0, True, k_all, bias, y, relu)
-            else:
-                _dots_4x1(w, n0, x2, m0, k_all, bias, y, relu)
+    if n0 + 4 <= n_all and m_all == 1:
+        _dots_4x1(w, n0, x2, 0, k_all, bias, y, relu)
+    elif n0 + 4 <= n_all:
+        acc[:, :] = np.float32(0.0)
+        for k0 in range(0, k_all, KC_ROWS):
+            k1 = min(k0 + KC_ROWS, k_all)
+            m0 = 0
+            while FIVES and m0 + 5 <= m_all:
+                _part_4x5(w, n0, x2, m0, k0, k1, acc)
+                m0 += 5
+            while m0 < m_all:
+                _part_4x2(w, n0, x2, m0, m0 + 1 < m_all, k0, k1, acc)
+                m0 += 2
+        for m in range(m_all):
+            for j in range(4):
+                _store(y, m, n0 + j, acc[m, j] + bias[n0 + j], relu)
     else:
         for n in range(n0, n_all):
             wr = w[n]
             for m in range(m_all):
                 xr = x2[m]
-                acc = np.float32(0.0)
+                a = np.float32(0.0)
                 for k in range(k_all):
-                    acc += xr[k] * wr[k]
-                _store(y, m, n, acc + bias[n], relu)
+                    a += xr[k] * wr[k]
+                _store(y, m, n, a + bias[n], relu)
 
 
 def inner_product_forward_ref(

@@ -7,7 +7,7 @@ on larger planes. Here the roles are swapped. A tile is 14 pixels (or 7: a 7 x 7
 14 where a task has two left, so no plane here has an edge) x 32 output channels (16 for a last panel of 16): 28 zmm
 accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 consecutive floats of row k: one or two
 lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias and clips
-(16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``depthwise._transpose8``) and stores each
+(16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``gemm.transpose8``) and stores each
 output channel's 7 pixels with a masked store; with a residual, z = y + res the same way (relu: max(y + res, 0),
 the compare and select of the clip: ResNet's ReLU after its residual sum). A task's first tile
 prefetches the next panel's weights into L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the
@@ -93,8 +93,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.depthwise import LANES, PaddedInput, _transpose8, check_act
-from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat
+from kernels.depthwise import LANES, PaddedInput, check_act
+from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat, transpose8
 from kernels.tasks import Task
 from kernels.tiling import VW
 
@@ -284,7 +284,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                     for j in range(g * NP, g * NP + NP)
                 ]
                 rows.append(zero8)
-                cols = _transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8hv + l, pixels 0..6
+                cols = transpose8(builder, rows)  # cols[l]: channel o0 + 16v + 8hv + l, pixels 0..6
                 for lane, r in enumerate(cols):
                     oc = builder.add(o0, c(16 * v + 8 * hv + lane))
                     off = builder.add(builder.add(yo, builder.mul(oc, p)), c(g * NP))

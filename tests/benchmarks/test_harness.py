@@ -154,7 +154,7 @@ def test_project_readme_has_the_markers():
 def test_main_quick_gemm_writes_every_report(tmp_path, capsys):
     out = {k: tmp_path / f"b.{k}" for k in ("json", "md", "png")}
     code = main(
-        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "256"]
+        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "M=N=K=256"]
         + ["--json", str(out["json"]), "--markdown", str(out["md"]), "--chart", str(out["png"])]
     )
     text = capsys.readouterr().out
@@ -180,7 +180,7 @@ def test_main_refuses_to_time_a_wrong_kernel(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(kernels.gemm, "gemm", off_by_a_little)
     code = main(
-        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "256", "--json", str(tmp_path / "b.json")]
+        ["--quick", "--threads", "1", "--only", "gemm", "--filter", "M=N=K=256", "--json", str(tmp_path / "b.json")]
         + ["--markdown", str(tmp_path / "b.md"), "--chart", str(tmp_path / "b.png")]
     )
     text = capsys.readouterr().out
@@ -195,7 +195,7 @@ def test_published_results_only_when_asked(capsys):
 
     results = subjects.ROOT / "benchmarks/results"
     before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
-    assert main(["--quick", "--threads", "1", "--only", "gemm", "--filter", "256"]) == 0
+    assert main(["--quick", "--threads", "1", "--only", "gemm", "--filter", "M=N=K=256"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
     assert "raw runs:" not in capsys.readouterr().out
     for flag in ("--publish", "--readme"):

@@ -51,6 +51,25 @@ def test_matches_reference(shape: tuple, axis: int, n: int, transpose: bool, wit
     assert float(np.abs(got - want).max()) <= tol
 
 
+@pytest.mark.parametrize("m", range(1, SMALL_M + 1))
+def test_small_rows_chunks(m: int) -> None:
+    """The weight-streaming kernel over K in several L1 chunks (KC_ROWS) and a short last one, every row count it
+    takes (fives, a pair, a lone row), W's rows not a multiple of 4, with the fused ReLU: against the float64
+    reference, and the same bits on one and on two workers."""
+    rng = np.random.default_rng(m)
+    k, n = 2 * fc.KC_ROWS + 37, 4 * 5 + 3
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    want = np.maximum(inner_product_forward_ref(x, w, b), 0.0)
+    got = np.empty((m, n), np.float32)
+    fc._ip_small_rows(x, w, b, got, True, 2)
+    assert float(np.abs(got - want).max()) <= RTOL * np.sqrt(k) * float(np.abs(want).max())
+    one = np.empty_like(got)
+    fc._ip_small_rows(x, w, b, one, True, 1, serial=True)
+    assert np.array_equal(one, got)
+
+
 def test_small_rows_choice() -> None:
     """The weight-streaming kernel for a few rows, or up to SMALL_M_TINY_W rows of a tiny W; the GEMM otherwise."""
     assert fc.small_rows(1, 1000, 1280) and fc.small_rows(SMALL_M, 4096, 9216)

@@ -92,11 +92,25 @@ def test_errors(kwargs: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize("rows_major", [False, True])
-@pytest.mark.parametrize("n,k,width", [(64, 5, 16), (37, 70, 16), (7, 3, 16), (40, 9, 6), (13, 4, 6)])
+@pytest.mark.parametrize(
+    "n,k,width",
+    [
+        (64, 5, 16),
+        (37, 70, 16),
+        (7, 3, 16),
+        (40, 9, 6),
+        (13, 4, 6),
+        (50, 83, 12),
+        (24, 16, 12),
+        (20, 19, 8),
+        (9, 24, 4),
+    ],
+)
 def test_packing_layout(rows_major: bool, n: int, k: int, width: int) -> None:
     """_pack_panel_parallel (its workers) writes dst[(s*K + k)*width + j] = op(src)[k, s*width + j], zero past
-    column n: checked against the layout built in NumPy (whole 16-wide slivers take the vector-copy path, the rest the
-    scalar one)."""
+    column n: checked against the layout built in NumPy (a column source's whole 16-wide slivers take the vector-copy
+    path, a row source's whole slivers of 4, 8, 12, 16 rows the 8 x 8 transposes for 8 values of k at a time, the rest
+    the scalar one)."""
     from kernels.gemm import _pack_panel_parallel
 
     rng = np.random.default_rng(n * k)
@@ -216,3 +230,24 @@ def test_blocking_of_an_empty_product() -> None:
     from kernels.gemm import MC, NC, blocking
 
     assert blocking(64, 0, 2) == (MC, NC) and blocking(0, 64, 2) == (MC, NC)
+
+
+def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits() -> None:
+    """C with rows a multiple of 4 KB apart (1024 columns) and more than one K panel: its blocks are summed in a padded
+    scratch block and copied (SCRATCH_C); the same bits as the columns of C computed with another stride (1008
+    columns: the same K panels in the same order per tile), within float32 rounding of the reference; with
+    accumulate the blocks are summed in C itself, C's old values kept."""
+    from kernels.gemm import KC, SCRATCH_C
+
+    assert SCRATCH_C
+    rng = np.random.default_rng(9)
+    m, k, n = 130, KC + 50, 1024
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = gemm(a, b)
+    np.testing.assert_array_equal(got[:, :1008], gemm(a, np.ascontiguousarray(b[:, :1008])))
+    want = gemm_ref(a, b)
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+    c = np.ones((m, n), np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
