@@ -282,6 +282,44 @@ def _pad_copy(xf, x_off, cg, h, wd, ph, pw, dst):
                 dst[np.uint64(d + t)] = xf[np.uint64(s + t)]
 
 
+def _strided8_intrinsic(step: int):
+    """dst[d_off + j] = src[s_off + step*j] for j < 8 (step 2 or 4) as whole-vector loads of the 8*step floats and
+    one shuffle (LLVM IR): the im2col of a strided convolution's 8 pixels in one output row, without a gather. The
+    caller makes sure src holds all 8*step floats."""
+
+    @intrinsic
+    def strided8(typingctx, dst, d_off, src, s_off):
+        _flat_f32(dst, src)
+        sig = types.void(dst, d_off, src, s_off)
+
+        def codegen(context, builder, signature, args):
+            d_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            s_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+            d0, s0 = _as64(builder, args[1]), _as64(builder, args[3])
+            f32, i32, i64 = llvm_ir.FloatType(), llvm_ir.IntType(32), llvm_ir.IntType(64)
+            v16 = llvm_ir.VectorType(f32, 16)
+
+            def load16(at):
+                ptr = builder.gep(s_data, [builder.add(s0, llvm_ir.Constant(i64, at))])
+                return builder.load(builder.bitcast(ptr, v16.as_pointer()), align=4)
+
+            lo = load16(0)
+            hi = load16(16) if step == 4 else llvm_ir.Constant(v16, llvm_ir.Undefined)
+            mask = llvm_ir.Constant(llvm_ir.VectorType(i32, 8), [step * j for j in range(8)])
+            v = builder.shuffle_vector(lo, hi, mask)
+            out = builder.bitcast(builder.gep(d_data, [d0]), llvm_ir.VectorType(f32, 8).as_pointer())
+            builder.store(v, out, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return strided8
+
+
+_strided8_2, _strided8_4 = _strided8_intrinsic(2), _strided8_intrinsic(4)
+STRIDED_RUNS = True  # im2col: 8 pixels of one output row at stride 2 or 4 by _strided8_* (False: a gather)
+
+
 @njit(cache=True, boundscheck=False)
 def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, dst, d_off, s):
     """Sliver s (pixels p = s*NR + j) of the packed im2col of one image and group, into dst[d_off:].
@@ -302,6 +340,13 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
     # one vector copy instead of an 8-element gather (LeNet conv2 at batch 64: 8-pixel rows, every group).
     run0 = sw == 1 and base[7] == base[0] + 7
     run1 = sw == 1 and base[15] == base[8] + 7
+    # At stride 2 or 4 such a group spans 16 or 32 source floats: vector loads and a shuffle (_strided8_*), where
+    # they stay inside src for every k (the last k reads furthest: its tap's row and column offsets are largest).
+    last = ((cg - 1) * hp + (kh - 1) * dh) * wp + (kw - 1) * dw
+    str0 = STRIDED_RUNS and (sw == 2 or sw == 4) and base[7] == base[0] + 7 * sw
+    str1 = STRIDED_RUNS and (sw == 2 or sw == 4) and base[15] == base[8] + 7 * sw
+    str0 = str0 and last + base[0] + 8 * sw <= src.size
+    str1 = str1 and last + base[8] + 8 * sw <= src.size
     o = 0
     for c in range(cg):
         for i in range(kh):
@@ -311,11 +356,19 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
                 # Unsigned indices: no negative-index wraparound code, so the copies and gathers vectorise.
                 if run0:
                     _copy8(dv, np.uint64(o), src, np.uint64(off + base[0]))
+                elif str0 and sw == 4:
+                    _strided8_4(dv, np.uint64(o), src, np.uint64(off + base[0]))
+                elif str0:
+                    _strided8_2(dv, np.uint64(o), src, np.uint64(off + base[0]))
                 else:
                     for j in range(8):
                         dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
                 if run1:
                     _copy8(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
+                elif str1 and sw == 4:
+                    _strided8_4(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
+                elif str1:
+                    _strided8_2(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
                 else:
                     for j in range(8, 16):
                         dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]

@@ -614,3 +614,32 @@ def test_col2im_rows_is_zeroing_and_col2im_bit_for_bit(nc, kh, kw, oh, ow) -> No
     _col2im(dcols, oh * ow, nc, kh, kw, 1, 1, 1, 1, oh, ow, th, tw, want, 3)
     rows(dcols, got, 3)
     assert np.array_equal(got[3:-7], want[3:-7]) and np.isnan(got[:3]).all() and (got[-7:] == 9.0).all()
+
+
+@pytest.mark.parametrize("stride,pad,kernel,size", [(1, 1, 3, 20), (2, 1, 3, 33), (4, 0, 11, 67), (4, 2, 5, 45)])
+def test_im2col_slivers_against_numpy(stride: int, pad: int, kernel: int, size: int) -> None:
+    """The packed im2col (`_im2col_packed`) of one padded image against the same gather in NumPy: whole 8-pixel runs
+    of an output row copied (stride 1) or loaded and shuffled (stride 2, 4: `_strided8_*`), the others gathered; src
+    sized exactly, so the last runs must fall back where the vector loads would read past its end."""
+    from kernels import conv
+    from kernels.gemm import NR
+
+    assert conv.STRIDED_RUNS
+    rng = np.random.default_rng(size)
+    c = 3
+    hp = size + 2 * pad
+    src = rng.standard_normal(c * hp * hp, dtype=np.float32)
+    oh = (hp - kernel) // stride + 1
+    k_all, npix = c * kernel * kernel, oh * oh
+    slivers = -(-npix // NR)
+    dst = np.full(slivers * k_all * NR, np.nan, np.float32)
+    conv._im2col_packed(src, 0, hp, hp, c, kernel, kernel, stride, stride, 1, 1, oh, oh, dst, 0)
+    img = src.reshape(c, hp, hp)
+    cols = np.zeros((k_all, slivers * NR), np.float32)
+    for ci in range(c):
+        for i in range(kernel):
+            for j in range(kernel):
+                taps = img[ci, i : i + stride * oh : stride, j : j + stride * oh : stride]
+                cols[(ci * kernel + i) * kernel + j, :npix] = taps.reshape(-1)
+    want = cols.reshape(k_all, slivers, NR).transpose(1, 0, 2).reshape(-1)
+    np.testing.assert_array_equal(dst, want)
