@@ -4,7 +4,7 @@ Kernels:
 
 0. ``inner_product_forward_ref`` - plain NumPy in float64.
 1. ``_ip_small_rows``            - few samples (``small_rows``: M <= SMALL_M, e.g. EfficientNet-Lite0's fc at batch
-                                   1-8, or a tiny W), W of shape (N, K):
+                                   1-12, or a tiny W), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
                                    the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
                                    4 outputs, each in chunks of k that stay in L1 while every row of x2 passes, in
@@ -185,9 +185,9 @@ def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
     Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
     memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
-    dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W itself comes from memory
-    once. Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time (``gemm._claim``: dynamic
-    scheduling, so a slowed virtual CPU does not hold the other one up)."""
+    dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
+    itself comes from memory once. Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time
+    (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     acc = np.empty((x2.shape[0], 4), np.float32)

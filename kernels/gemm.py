@@ -368,11 +368,12 @@ def _tpack_codegen(nrows: int):
         i64 = llvm_ir.IntType(64)
         v8 = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
         out = llvm_ir.VectorType(llvm_ir.FloatType(), nrows)
-        rows = [
-            builder.load(builder.bitcast(builder.gep(s_data, [builder.add(s0, builder.mul(ls, llvm_ir.Constant(i64, r)))]),
-                                         v8.as_pointer()), align=4)
-            for r in range(nrows)
-        ]  # fmt: skip
+
+        def row(r):  # 8 floats of source row r
+            ptr = builder.gep(s_data, [builder.add(s0, builder.mul(ls, llvm_ir.Constant(i64, r)))])
+            return builder.load(builder.bitcast(ptr, v8.as_pointer()), align=4)
+
+        rows = [row(r) for r in range(nrows)]
         rows += [llvm_ir.Constant(v8, [0.0] * 8)] * (8 - nrows)
         for j, col in enumerate(_transpose8(builder, rows)):
             if nrows < 8:
