@@ -338,13 +338,15 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
     dv = dst[d_off + s * k_all * NR :]
     # Each group of 8 pixels that lies in one output row (stride 1) reads 8 consecutive source floats for every k:
     # one vector copy instead of an 8-element gather (LeNet conv2 at batch 64: 8-pixel rows, every group).
-    run0 = sw == 1 and base[7] == base[0] + 7
-    run1 = sw == 1 and base[15] == base[8] + 7
+    # (only where all 8 pixels are real: past the last one, base repeats the last real pixel's offset, and the ends
+    # alone could then match a group that spans two output rows)
+    run0 = sw == 1 and valid >= 8 and base[7] == base[0] + 7
+    run1 = sw == 1 and valid >= 16 and base[15] == base[8] + 7
     # At stride 2 or 4 such a group spans 16 or 32 source floats: vector loads and a shuffle (_strided8_*), where
     # they stay inside src for every k (the last k reads furthest: its tap's row and column offsets are largest).
     last = ((cg - 1) * hp + (kh - 1) * dh) * wp + (kw - 1) * dw
-    str0 = STRIDED_RUNS and (sw == 2 or sw == 4) and base[7] == base[0] + 7 * sw
-    str1 = STRIDED_RUNS and (sw == 2 or sw == 4) and base[15] == base[8] + 7 * sw
+    str0 = STRIDED_RUNS and (sw == 2 or sw == 4) and valid >= 8 and base[7] == base[0] + 7 * sw
+    str1 = STRIDED_RUNS and (sw == 2 or sw == 4) and valid >= 16 and base[15] == base[8] + 7 * sw
     str0 = str0 and last + base[0] + 8 * sw <= src.size
     str1 = str1 and last + base[8] + 8 * sw <= src.size
     o = 0

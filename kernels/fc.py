@@ -3,12 +3,14 @@
 Kernels:
 
 0. ``inner_product_forward_ref`` - plain NumPy in float64.
-1. ``_ip_small_rows``            - few samples (``small_rows``: M <= SMALL_M, e.g. EfficientNet-Lite0's fc at batch
-                                   1-12, or a tiny W), W of shape (N, K):
+1. ``_ip_small_rows``            - few samples (``small_rows``: M <= SMALL_M, 12 with AVX-512 and 8 with AVX2, e.g.
+                                   EfficientNet-Lite0's fc at batch 1, or a tiny W), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
                                    the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
                                    4 outputs, each in chunks of k that stay in L1 while every row of x2 passes, in
-                                   4 x 5 register tiles of dot products (``_part_4x5``).
+                                   4 x 5 register tiles of dot products (``_part_4x5``; 4 x 2 with AVX2). A row's
+                                   sums are taken in another order at batch 1 (whole rows) than at 2-12 (chunks,
+                                   fives and pairs): its bits depend on the batch (not on the thread count).
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
                                    place, unpacked), else y = x2 @ W.T with the weight read transposed by the packing;
                                    with ``transpose`` y = x2 @ W (W read in place for few rows), + b.

@@ -616,30 +616,67 @@ def test_col2im_rows_is_zeroing_and_col2im_bit_for_bit(nc, kh, kw, oh, ow) -> No
     assert np.array_equal(got[3:-7], want[3:-7]) and np.isnan(got[:3]).all() and (got[-7:] == 9.0).all()
 
 
-@pytest.mark.parametrize("stride,pad,kernel,size", [(1, 1, 3, 20), (2, 1, 3, 33), (4, 0, 11, 67), (4, 2, 5, 45)])
-def test_im2col_slivers_against_numpy(stride: int, pad: int, kernel: int, size: int) -> None:
+@pytest.mark.parametrize(
+    "stride,kernel,hp,wp,extra",
+    [
+        (1, 3, 22, 22, 0),
+        (2, 3, 35, 35, 0),
+        (4, 11, 67, 67, 0),
+        (4, 5, 49, 49, 0),
+        (2, 1, 4, 5, 64),  # output 2 x 3: a last sliver of 6 pixels over two rows
+        (1, 3, 4, 5, 64),
+        (2, 3, 25, 7, 500),  # output 12 x 3
+        (4, 1, 6, 6, 64),
+        (1, 5, 6, 6, 500),
+        (2, 3, 9, 41, 500),
+    ],
+)
+def test_im2col_slivers_against_numpy(stride: int, kernel: int, hp: int, wp: int, extra: int) -> None:
     """The packed im2col (`_im2col_packed`) of one padded image against the same gather in NumPy: whole 8-pixel runs
-    of an output row copied (stride 1) or loaded and shuffled (stride 2, 4: `_strided8_*`), the others gathered; src
-    sized exactly, so the last runs must fall back where the vector loads would read past its end."""
+    of an output row copied (stride 1) or loaded and shuffled (stride 2, 4: `_strided8_*`), the others gathered. src
+    sized exactly (the last runs must fall back where the vector loads would read past its end) or followed by other
+    data (a batch); narrow outputs whose last sliver's pixels span rows (the runs must not be taken there)."""
     from kernels import conv
     from kernels.gemm import NR
 
     assert conv.STRIDED_RUNS
-    rng = np.random.default_rng(size)
+    rng = np.random.default_rng(hp * wp + extra)
     c = 3
-    hp = size + 2 * pad
-    src = rng.standard_normal(c * hp * hp, dtype=np.float32)
-    oh = (hp - kernel) // stride + 1
-    k_all, npix = c * kernel * kernel, oh * oh
+    src = rng.standard_normal(c * hp * wp + extra, dtype=np.float32)
+    oh, ow = (hp - kernel) // stride + 1, (wp - kernel) // stride + 1
+    k_all, npix = c * kernel * kernel, oh * ow
     slivers = -(-npix // NR)
     dst = np.full(slivers * k_all * NR, np.nan, np.float32)
-    conv._im2col_packed(src, 0, hp, hp, c, kernel, kernel, stride, stride, 1, 1, oh, oh, dst, 0)
-    img = src.reshape(c, hp, hp)
+    conv._im2col_packed(src, 0, hp, wp, c, kernel, kernel, stride, stride, 1, 1, oh, ow, dst, 0)
+    img = src[: c * hp * wp].reshape(c, hp, wp)
     cols = np.zeros((k_all, slivers * NR), np.float32)
     for ci in range(c):
         for i in range(kernel):
             for j in range(kernel):
-                taps = img[ci, i : i + stride * oh : stride, j : j + stride * oh : stride]
+                taps = img[ci, i : i + stride * oh : stride, j : j + stride * ow : stride]
                 cols[(ci * kernel + i) * kernel + j, :npix] = taps.reshape(-1)
     want = cols.reshape(k_all, slivers, NR).transpose(1, 0, 2).reshape(-1)
     np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,stride,pad",
+    [
+        ((2, 1, 25, 7), (4, 1, 3, 3), 2, 0),
+        ((2, 3, 4, 4), (8, 3, 3, 3), 2, 1),
+        ((1, 3, 6, 6), (8, 3, 3, 3), 2, 0),
+        ((2, 3, 6, 6), (8, 3, 1, 1), 4, 0),
+        ((2, 3, 6, 6), (8, 3, 5, 5), 1, 0),
+        ((1, 1, 4, 5), (4, 1, 3, 3), 1, 0),
+    ],
+)
+def test_narrow_outputs_match_reference(x_shape, w_shape, stride, pad) -> None:
+    """Outputs a few pixels wide, whose last im2col sliver spans output rows (a review found these wrong: the vector
+    runs were taken on the clamped offsets of its padding pixels), against the float64 reference."""
+    rng = np.random.default_rng(sum(x_shape))
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32)
+    got = conv2d_forward(x, w, b, stride=stride, pad=pad)
+    want = conv2d_forward_ref(x, w, b, stride=stride, pad=pad)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

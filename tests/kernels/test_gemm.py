@@ -232,7 +232,8 @@ def test_blocking_of_an_empty_product() -> None:
     assert blocking(64, 0, 2) == (MC, NC) and blocking(0, 64, 2) == (MC, NC)
 
 
-def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits() -> None:
+@pytest.mark.parametrize("m", [130, 50])  # MC x NC blocks; blocking's larger ones (50 x 1024 on 2 threads: 60 x 512)
+def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits(m: int) -> None:
     """C with rows a multiple of 4 KB apart (1024 columns) and more than one K panel: its blocks are summed in a padded
     scratch block and copied (SCRATCH_C); the same bits as the columns of C computed with another stride (1008
     columns: the same K panels in the same order per tile), within float32 rounding of the reference; with
@@ -240,8 +241,8 @@ def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits() -> None:
     from kernels.gemm import KC, SCRATCH_C
 
     assert SCRATCH_C
-    rng = np.random.default_rng(9)
-    m, k, n = 130, KC + 50, 1024
+    rng = np.random.default_rng(m)
+    k, n = KC + 50, 1024
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     got = gemm(a, b)
