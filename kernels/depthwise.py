@@ -603,6 +603,7 @@ _DW = Task(
     _dw_worker,
     (_F1, _F1, _F1, _F1, *(_i,) * 10, _I1, _I1, _i, types.float64, types.float64, types.float32[:, ::1], _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    compile_s=1.0,
     boundscheck=False,
 )
 _F2, _I2 = types.float32[:, ::1], types.int64[:, ::1]
@@ -611,6 +612,7 @@ _C8 = Task(
     _c8_worker,
     (*_C8_ARGS, _F2, _I2, _I1, _F2, _F1),  # then the tap tables and the blocks handed over
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    compile_s=2.0,
     boundscheck=False,
 )
 

@@ -202,7 +202,7 @@ def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
 
 _F2 = types.float32[:, ::1]
 _IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1]), opt=1, fastmath=True,
-           boundscheck=False)  # fmt: skip
+           boundscheck=False, compile_s=1.9)  # fmt: skip
 
 
 def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False) -> None:

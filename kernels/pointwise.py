@@ -702,6 +702,7 @@ _PW = Task(
     _pw_worker,
     (_F4, _F4, _F1, _F4, _I1, nt.float64, nt.float64, _F1, nt.int64, _I1, _F4, _F4, nt.int64),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    compile_s=3.9,
     boundscheck=False,
 )
 _PW_PACK = Task(_pw_pack_worker, (_F4, _I1, _F1, nt.int64), opt=1, boundscheck=False)
@@ -909,7 +910,11 @@ def _im2col_worker(t, x, w, bias, y, plan, geo, toff, lo, hi, ws, counter):  # p
 
 
 _IM2COL = Task(
-    _im2col_worker, (_F4, _F4, _F1, _F4, _I1, _I1, _I1, nt.float64, nt.float64, _F1, _I1), opt=1, boundscheck=False
+    _im2col_worker,
+    (_F4, _F4, _F1, _F4, _I1, _I1, _I1, nt.float64, nt.float64, _F1, _I1),
+    opt=1,
+    compile_s=2.0,
+    boundscheck=False,
 )
 
 

@@ -440,6 +440,7 @@ _PT = Task(
     _pt_worker,
     (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.int64, _I1, _I1, _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    compile_s=1.9,
     boundscheck=False,
 )
 

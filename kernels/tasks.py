@@ -251,10 +251,11 @@ ALL: list = []  # every Task made (module-level constants): kernels.program's re
 class Task:
     """A worker body ``body(t, *args)`` compiled once as a C callback and run by `parallel` / `serial` drivers (see
     the module docstring). `arg_types`: the Numba types of ``args`` (t is int64); `opt`: the LLVM optimisation level
-    of the body at most (`llvm_opt`; None: Numba's, 3 unless NUMBA_OPT says otherwise); `options`: Numba's
-    (boundscheck, fastmath, ...)."""
+    of the body at most (`llvm_opt`; None: Numba's, 3 unless NUMBA_OPT says otherwise); `compile_s`: about how long
+    the body takes to compile (seconds on a Zen 4 EPYC core, measured with `crema warm`; 0: short), so that `net.warm`
+    hands the long compiles to its workers first; `options`: Numba's (boundscheck, fastmath, ...)."""
 
-    def __init__(self, body, arg_types, *, opt: int | None = None, **options) -> None:
+    def __init__(self, body, arg_types, *, opt: int | None = None, compile_s: float = 0.0, **options) -> None:
         nested = [a for a in arg_types if isinstance(a, types.BaseTuple)]
         if nested:
             raise TypeError(f"task {body.__qualname__}: pass the items of {nested} as separate arguments")
@@ -265,6 +266,7 @@ class Task:
         self.options = {"error_model": "numpy", **options}
         self.name = f"{body.__module__}.{body.__qualname__}"
         self.opt = opt
+        self.compile_s = float(compile_s)
         self._cfunc = None
         self._address = 0
         key = hashlib.sha256(repr((self.arg_types, sorted(self.options.items()))).encode()).hexdigest()[:10]

@@ -152,3 +152,18 @@ def test_collect_leaves_other_threads_alone():
 
     calls, failure = collect(run)
     assert failure is None and calls == {} and seen == [6]  # the other thread's call compiled and ran
+
+
+def test_long_compiles_are_handed_out_first() -> None:
+    """start_compiling's order: task bodies by their compile_s, longest first, then parallel=True kernels, then the
+    rest (the first-use order kept among equals)."""
+    from types import SimpleNamespace
+
+    from kernels import depthwise, fc, pointwise, pointwise_t
+    from net.warm import _longest_first
+
+    plain, par = SimpleNamespace(targetoptions={}), SimpleNamespace(targetoptions={"parallel": True})
+    groups = [(plain, []), (fc._IP, []), (par, []), (depthwise._DW, []), (pointwise._PW, []), (pointwise_t._PT, [])]
+    order = [g[0] for g in sorted(groups, key=_longest_first)]
+    assert order == [pointwise._PW, fc._IP, pointwise_t._PT, depthwise._DW, par, plain]
+    assert pointwise._PW.compile_s > fc._IP.compile_s > depthwise._DW.compile_s > 0
