@@ -320,6 +320,22 @@ _strided8_2, _strided8_4 = _strided8_intrinsic(2), _strided8_intrinsic(4)
 STRIDED_RUNS = True  # im2col: 8 pixels of one output row at stride 2 or 4 by _strided8_* (False: a gather)
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _run_kind(base, j0, valid, sw, last, size):  # pragma: no cover - compiled
+    """How _im2col_sliver copies the 8 pixels j0..j0+7 of a sliver (source offsets base[j0:]) for every k: 1, a vector copy
+    where they lie in one output row at stride 1 (8 consecutive source floats: LeNet conv2 at batch 64, every group);
+    2 or 4, vector loads of their 16 / 32 source floats and a shuffle at stride 2 / 4 (_strided8_*), where the loads
+    stay inside src for every k; else 0, a gather. Only where all 8 pixels are real: past the last one, base repeats
+    the last real pixel's offset, and the ends alone could then match a group that spans two output rows."""
+    if valid < j0 + 8 or base[j0 + 7] != base[j0] + 7 * sw:
+        return 0
+    if sw == 1:
+        return 1
+    if STRIDED_RUNS and (sw == 2 or sw == 4) and last + base[j0] + 8 * sw <= size:
+        return sw
+    return 0
+
+
 @njit(cache=True, boundscheck=False)
 def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, dst, d_off, s):
     """Sliver s (pixels p = s*NR + j) of the packed im2col of one image and group, into dst[d_off:].
@@ -336,19 +352,9 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
         base[j] = s_off + oh * sh * wp + (p - oh * ow_n) * sw
     k_all = cg * kh * kw
     dv = dst[d_off + s * k_all * NR :]
-    # Each group of 8 pixels that lies in one output row (stride 1) reads 8 consecutive source floats for every k:
-    # one vector copy instead of an 8-element gather (LeNet conv2 at batch 64: 8-pixel rows, every group).
-    # (only where all 8 pixels are real: past the last one, base repeats the last real pixel's offset, and the ends
-    # alone could then match a group that spans two output rows)
-    run0 = sw == 1 and valid >= 8 and base[7] == base[0] + 7
-    run1 = sw == 1 and valid >= 16 and base[15] == base[8] + 7
-    # At stride 2 or 4 such a group spans 16 or 32 source floats: vector loads and a shuffle (_strided8_*), where
-    # they stay inside src for every k (the last k reads furthest: its tap's row and column offsets are largest).
-    last = ((cg - 1) * hp + (kh - 1) * dh) * wp + (kw - 1) * dw
-    str0 = STRIDED_RUNS and (sw == 2 or sw == 4) and valid >= 8 and base[7] == base[0] + 7 * sw
-    str1 = STRIDED_RUNS and (sw == 2 or sw == 4) and valid >= 16 and base[15] == base[8] + 7 * sw
-    str0 = str0 and last + base[0] + 8 * sw <= src.size
-    str1 = str1 and last + base[8] + 8 * sw <= src.size
+    last = ((cg - 1) * hp + (kh - 1) * dh) * wp + (kw - 1) * dw  # the offset the last k adds: it reads furthest
+    kind0 = _run_kind(base, 0, valid, sw, last, src.size)
+    kind1 = _run_kind(base, 8, valid, sw, last, src.size)
     o = 0
     for c in range(cg):
         for i in range(kh):
@@ -356,20 +362,20 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
             for jj in range(kw):
                 off = row + jj * dw
                 # Unsigned indices: no negative-index wraparound code, so the copies and gathers vectorise.
-                if run0:
+                if kind0 == 1:
                     _copy8(dv, np.uint64(o), src, np.uint64(off + base[0]))
-                elif str0 and sw == 4:
+                elif kind0 == 4:
                     _strided8_4(dv, np.uint64(o), src, np.uint64(off + base[0]))
-                elif str0:
+                elif kind0 == 2:
                     _strided8_2(dv, np.uint64(o), src, np.uint64(off + base[0]))
                 else:
                     for j in range(8):
                         dv[np.uint64(o + j)] = src[np.uint64(off + base[j])]
-                if run1:
+                if kind1 == 1:
                     _copy8(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
-                elif str1 and sw == 4:
+                elif kind1 == 4:
                     _strided8_4(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
-                elif str1:
+                elif kind1 == 2:
                     _strided8_2(dv, np.uint64(o + 8), src, np.uint64(off + base[8]))
                 else:
                     for j in range(8, 16):

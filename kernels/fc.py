@@ -192,7 +192,7 @@ def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
     (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
-    acc = np.empty((x2.shape[0], 4), np.float32)
+    acc = np.empty((x2.shape[0], 4), np.float32) if x2.shape[0] > 1 else y  # (y: unread at batch 1, no allocation)
     c = _claim(counter)
     while c < nclaims:
         for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):

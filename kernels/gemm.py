@@ -244,6 +244,17 @@ def _copy8(typingctx, dst, d_off, src, s_off):
     return sig, codegen
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _copy_run(dst, d_off, src, s_off, n):  # pragma: no cover - compiled
+    """dst[d_off:d_off+n] = src[s_off:s_off+n] (flat float32), 8 floats at a time (_copy8: Numba's own copy loop
+    between two arrays stays scalar), then the rest; offsets unsigned (no wraparound code)."""
+    full = n - n % 8
+    for j in range(0, full, 8):
+        _copy8(dst, np.uint64(d_off + j), src, np.uint64(s_off + j))
+    for j in range(full, n):
+        dst[np.uint64(d_off + j)] = src[np.uint64(s_off + j)]
+
+
 @intrinsic
 def _claim(typingctx, counter):
     """The next task index: atomically counter[0] += 1, returning the value before (an LLVM ``atomicrmw add``).
@@ -386,19 +397,19 @@ def _tpack_codegen(nrows: int):
     return codegen
 
 
-@intrinsic
-def _tpack8(typingctx, dst, d_off, d_step, src, s_off, s_step):
-    """dst[d_off + j*d_step + r] = src[s_off + r*s_step + j] for r < 8, j < 8: eight rows of 8 floats stored as eight
-    columns (an 8 x 8 transpose in registers, LLVM IR); offsets unsigned, nothing checked."""
-    _flat_f32(dst, src)
-    return types.void(dst, d_off, d_step, src, s_off, s_step), _tpack_codegen(8)
+def _tpack_intrinsic(nrows: int):
+    """_tpack8 / _tpack4: dst[d_off + j*d_step + r] = src[s_off + r*s_step + j] for r < nrows, j < 8: nrows rows of 8
+    floats stored as eight columns (an 8 x 8 transpose in registers, LLVM IR); offsets unsigned, nothing checked."""
+
+    @intrinsic
+    def tpack(typingctx, dst, d_off, d_step, src, s_off, s_step):
+        _flat_f32(dst, src)
+        return types.void(dst, d_off, d_step, src, s_off, s_step), _tpack_codegen(nrows)
+
+    return tpack
 
 
-@intrinsic
-def _tpack4(typingctx, dst, d_off, d_step, src, s_off, s_step):
-    """_tpack8 for four rows: dst[d_off + j*d_step + r] = src[s_off + r*s_step + j] for r < 4, j < 8."""
-    _flat_f32(dst, src)
-    return types.void(dst, d_off, d_step, src, s_off, s_step), _tpack_codegen(4)
+_tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 
 
 SCRATCH_C = True  # _gemm_worker sums C's blocks in a scratch block where C's rows are 4 KB apart (see there)
@@ -609,7 +620,7 @@ def _gemm_worker(
     # C's rows a multiple of 4 KB apart (1024^2, 2048^2): a tile's 12 rows fall in one L1 set (8 ways) and its
     # epilogue misses on every row; such blocks are summed in a scratch block with a padded stride, then copied.
     lds = nc + 16 if SCRATCH_C and not accumulate and ldc % 1024 == 0 and k_all > KC else 0
-    scratch = np.empty(mc * lds if lds else 1, np.float32)
+    scratch = np.empty(mc * lds, np.float32) if lds else c  # (c: unread, no allocation)
     task = _claim(counter)
     while task < bm * bn:
         _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, task, bm, mc, nc,
@@ -696,15 +707,8 @@ def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, b
         _block(ap, lda, bp, ldb, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0, bias,
                bias_off)  # fmt: skip
     if lds > 0:
-        w = j1 - j0
-        w8 = w - w % 8
         for r in range(i1 - i0):
-            so = np.uint64(r * lds)
-            co = np.uint64(c_off + (i0 + r) * ldc + j0)
-            for j in range(0, w8, 8):
-                _copy8(c, co + np.uint64(j), scratch, so + np.uint64(j))
-            for j in range(w8, w):
-                c[co + np.uint64(j)] = scratch[so + np.uint64(j)]
+            _copy_run(c, c_off + (i0 + r) * ldc + j0, scratch, r * lds, j1 - j0)
 
 
 class Workspace(threading.local):
@@ -809,6 +813,7 @@ def gemm(
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
 # (kernels.pointwise, depthwise, winograd); the same objects as the underscored names.
 as64, splat, accumulators, flat_f32, claim, copy8 = _as64, _splat, _accumulators, _flat_f32, _claim, _copy8
+copy_run = _copy_run
 transpose8 = _transpose8
 claim_near, queue_sizes = _claim_near, _queue_sizes
 block, stack_empty = _block, _stack_empty  # the micro-kernel and its stack buffer, for kernels.winograd

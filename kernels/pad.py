@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numba import types
 
-from kernels.gemm import copy8
+from kernels.gemm import copy_run
 from kernels.tasks import Task
 
 
@@ -38,21 +38,14 @@ def pad_ref(x: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> n
 
 def _pad_worker(t, x, buf, top, left, workers):  # pragma: no cover - compiled
     """Worker t's share of the image rows (kernels.tasks): buf[n, c, top + r, left + s] = x[n, c, r, s], the rows
-    (n, c, r) split evenly over the workers, each row copied 8 floats at a time (gemm.copy8: Numba's own copy loop
-    between two arrays stays scalar), then its W % 8 last ones."""
+    (n, c, r) split evenly over the workers, each row copied 8 floats at a time (gemm.copy_run)."""
     n, c, h, wd = x.shape
     hb, wb = buf.shape[2], buf.shape[3]
     xf = x.reshape(-1)
     bf = buf.reshape(-1)
     rows = n * c * h
-    full = wd - wd % 8
     for q in range(t * rows // workers, (t + 1) * rows // workers):
-        src = q * wd
-        dst = ((q // h) * hb + top + q % h) * wb + left
-        for s in range(0, full, 8):
-            copy8(bf, np.uint64(dst + s), xf, np.uint64(src + s))
-        for s in range(full, wd):
-            bf[np.uint64(dst + s)] = xf[np.uint64(src + s)]
+        copy_run(bf, ((q // h) * hb + top + q % h) * wb + left, xf, q * wd, wd)
 
 
 _F4 = types.float32[:, :, :, ::1]

@@ -123,7 +123,7 @@ from kernels.tiling import MR, NR, PAIR, VW
 
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
-ADD, ADD_RELU = 1, 2  # _pw_task's `add` with a residual: z = y + res, or z = max(y + res, 0) (relu=True)
+ADD, ADD_RELU = 1, 2  # the tiles' `add` (here and in pointwise_t): z = y + res, or z = max(y + res, 0) (relu)
 SLIVERS = 2 if PAIR else 1  # 16-pixel slivers per main tile: MR x 32 with AVX-512 (24 zmm accumulators), else MR x 16
 DOT_ACC = 12  # accumulators of a _dot_tile (R rows x C pixels x partial sums), <8 x float> on either CPU
 DOT_COLS = 2  # pixels per _dot_tile at most (3 or 4 spilled: 12 accumulators + C pixel vectors + 1 > 16 ymm)
@@ -777,6 +777,12 @@ def _aligned_workspace(size: int) -> np.ndarray:
     return cut[1]
 
 
+def add_mode(res, relu: bool) -> int:
+    """The tiles' `add` for a call with the residual `res` (None: 0, no sum) and `relu` (PointwiseRunner,
+    pointwise_t.PointwiseTRunner)."""
+    return 0 if res is None else ADD_RELU if relu else ADD
+
+
 class PointwiseRunner:
     """A 1x1 convolution forward with everything that depends only on the shapes worked out once; calling it runs the
     compiled kernel with no further checks (like conv.ForwardRunner and depthwise.DepthwiseRunner).
@@ -839,7 +845,7 @@ class PointwiseRunner:
         out2: np.ndarray | None = None,
         relu: bool = False,
     ) -> None:
-        add = 0 if res is None else ADD_RELU if relu else ADD
+        add = add_mode(res, relu)
         if not add:
             res = out2 = out  # unread
         ws = _aligned_workspace(self.ws_size)

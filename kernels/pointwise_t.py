@@ -95,11 +95,11 @@ from numba.extending import intrinsic
 
 from kernels.depthwise import LANES, PaddedInput, check_act
 from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat, transpose8
+from kernels.pointwise import ADD_RELU, add_mode
 from kernels.tasks import Task
 from kernels.tiling import VW
 
 NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
-ADD, ADD_RELU = 1, 2  # the tiles' `add`: z = y + res, or z = max(y + res, 0) (a ReLU after the residual sum)
 MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~130 cycles (expands alone, 1 / 2
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
 MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
@@ -515,7 +515,7 @@ class PointwiseTRunner:
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
             packed = self.packed = _params(w, bias)
-        add = 0 if res is None else ADD_RELU if relu else ADD
+        add = add_mode(res, relu)
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
         if not add:
@@ -603,12 +603,8 @@ class ConvTRunner:
         workers = 1 if self.serial else self.workers
         run = _PT.serial if self.serial else _PT.parallel
         blocks, counters = self.blocks, image_counters(*self.counter_args)
-        if blocks is None:
-            yf = y.reshape(-1)
-            run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, yf, yf, self.plan, lo, hi, 0,
-                counters, _NO_OFFSETS, self.toff)  # fmt: skip
-            return
-        buf = blocks.buf  # y is not written
-        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], buf, buf, buf, self.plan, lo, hi, 0,
-            counters, blocks.poff, self.toff)  # fmt: skip
-        blocks.ready = True  # the depthwise step after reads its blocks, not y
+        out, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)  # blocks: y unwritten
+        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], out, out, out, self.plan, lo, hi, 0, counters,
+            po, self.toff)  # fmt: skip
+        if blocks is not None:
+            blocks.ready = True  # the depthwise step after reads its blocks, not y

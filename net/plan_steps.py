@@ -85,25 +85,12 @@ def _plain_conv(layer: Layer, bottom: list[Blob]) -> tuple[np.ndarray, np.ndarra
     return x, w
 
 
-def _conv_step(layer: Layer, src: Blob, dst: Blob, x: np.ndarray, w_shape: tuple, out_shape: tuple, run):
-    """A plan step for a convolution: each call looks up the parameters (Net.share_weights_from swaps the Blobs; zeros
-    for no bias), returns False when an array is not the one the step was made for (the Net then runs the layer's
-    forward), else calls run(x, w, b, out), out the top's array of out_shape."""
-    x_shape = x.shape
-    out = plan_out(dst, x, out_shape)
-    zeros = np.zeros(w_shape[:1], np.float32)
-
-    def step() -> bool:
-        w, b = layer.forward_params()
-        x = src.data
-        if b is None:
-            b = zeros
-        if dst.data is not out or not (plain(x, x_shape) and plain(w, w_shape) and plain(b, zeros.shape)):
-            return False
-        run(x, w, b, out)
-        return True
-
-    step.__qualname__ = run.__qualname__  # named after the maker of its `run` (profiles, tests): zero_border_step...
+def _conv_step(layer: Layer, bottom: list[Blob], top: list[Blob], run, out_shape: tuple):
+    """The layer's plan step (``ConvolutionLayer.plan_step``) calling run(x, w, b, out), out of out_shape, with no
+    `runner` attribute (the plan's passes, hand_over_*, must leave these steps alone), named after the maker of its
+    `run` (profiles, tests: zero_border_step...)."""
+    step = layer.plan_step(bottom, top, run, out_shape, runner=False)
+    step.__qualname__ = run.__qualname__
     return step
 
 
@@ -144,7 +131,7 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
         else:
             full(x, w, b, out)
 
-    step = _conv_step(layer, bottom[0], top[0], x, w_shape, full.out_shape, run)
+    step = _conv_step(layer, bottom, top, run, full.out_shape)
     frozen = layer.fold is not None
     small_w = [None, None]  # (w, w without its zero border) of folded weights
     step.replay = frozen  # net.replay: the border is checked every call unless the weights never change
@@ -198,8 +185,7 @@ def strided_pointwise_step(
     def run(x, w, b, out) -> None:
         pw_run(sub(x), w, b, out)
 
-    # no `runner` attribute: the plan's passes (hand_over_*) must not take this step for a 1x1 on x
-    return _conv_step(layer, src, top[0], x, w.shape, pw_run.out_shape, run)
+    return _conv_step(layer, bottom, top, run, pw_run.out_shape)  # not to be taken by the passes for a 1x1 on x
 
 
 def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
@@ -228,9 +214,9 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
             seen[:] = w, None if frozen else w.copy()
         convt(pad(x) if pad is not None else x, w, b, out)
 
-    step = _conv_step(layer, bottom[0], top[0], x, w.shape, convt.out_shape, run)
+    step = _conv_step(layer, bottom, top, run, convt.out_shape)
     step.replay = frozen  # net.replay: weights that may change are compared every call (a replay would not)
-    return step  # no `runner` attribute: the plan's passes (hand_over_*) leave it alone
+    return step
 
 
 def _sum_of_two(layer: Layer, bottom: list[Blob], top: list[Blob]) -> bool:

@@ -187,14 +187,18 @@ class ConvolutionLayer(Layer):
         """The clip fused into the epilogue, (lo, hi), or None."""
         return (0.0, self.relu_max) if self.fused_relu else None
 
-    def plan_step(self, bottom: list[Blob], top: list[Blob], run) -> Callable[[], bool]:
-        """The plan step that runs `run` (a runner of this layer's shapes, ``run(x, w, b, out)``): the parameters
-        and the input looked up and checked each call, False when they no longer fit."""
+    def plan_step(
+        self, bottom: list[Blob], top: list[Blob], run, out_shape: tuple | None = None, *, runner: bool = True
+    ) -> Callable[[], bool]:
+        """The plan step that runs `run` (``run(x, w, b, out)``, out the top's array of out_shape, by default
+        run.out_shape): the parameters and the input looked up and checked each call, False when they no longer fit.
+        runner: `run` is a runner of this layer's shapes, kept as ``step.runner`` for the plan's passes, which may put
+        another in its place; False for steps the passes must leave alone (``net.plan_steps``' own)."""
         src, dst = bottom[0], top[0]
         x = src.data
         w, _ = self.forward_params()
         x_shape, w_shape, b_shape = x.shape, w.shape, w.shape[:1]
-        out = plan_out(dst, x, run.out_shape)
+        out = plan_out(dst, x, run.out_shape if out_shape is None else out_shape)
         zeros = np.zeros(b_shape, np.float32)
         checked = [None, None, None]  # the (x, w, b) arrays last checked: the same objects need no new check
 
@@ -209,10 +213,11 @@ class ConvolutionLayer(Layer):
                 checked[:] = x, w, b
             if dst.data is not out:
                 return False
-            step.runner(x, w, b, out)
+            (step.runner if runner else run)(x, w, b, out)
             return True
 
-        step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
+        if runner:
+            step.runner = run
         return step
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
