@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from numba import njit
 
 from net.warm import collect
@@ -167,3 +168,39 @@ def test_long_compiles_are_handed_out_first() -> None:
     order = [g[0] for g in sorted(groups, key=_longest_first)]
     assert order == [pointwise._PW, fc._IP, pointwise_t._PT, depthwise._DW, par, plain]
     assert pointwise._PW.compile_s > fc._IP.compile_s > depthwise._DW.compile_s > 0
+
+
+START_METHOD = r"""
+import numba
+import numpy as np
+from net.warm import _start_method
+from kernels import taskpool
+print(_start_method()._name)
+numba.get_num_threads()  # starts Numba's threading layer; GNU OpenMP makes no thread yet
+print(_start_method()._name, taskpool.omp_probe_installed())
+
+@numba.njit(parallel=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.size):
+        s += x[i]
+    return s
+
+total(np.ones(1000))  # an OpenMP loop: its threads now exist
+print(_start_method()._name, taskpool.omp_loops() > 0)
+"""
+
+
+def test_workers_fork_until_an_openmp_loop_has_run() -> None:
+    """The compile workers are forked (they start with everything imported) from a process whose Numba threading
+    layer has started but that has run no OpenMP loop yet (`crema serve`'s case: the plan asks numba.get_num_threads),
+    and spawned once one has run (GNU OpenMP is not fork-safe with threads)."""
+    from kernels import taskpool
+
+    if not taskpool.available():  # the OpenMP loop counter comes with the pool (x86-64 Linux)
+        pytest.skip("kernels.taskpool is not available here")
+    env = {**os.environ, "CREMA_TASK_POOL": "1"}
+    cmd = [sys.executable, "-c", START_METHOD]
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fork", "fork", "True", "spawn", "True"]
