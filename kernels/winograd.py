@@ -81,10 +81,11 @@ from kernels.tiling import KC, MR, NR
 
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
 KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
-TILE = 2  # the default output tile, F(2x2, 3x3); CREMA_WINOGRAD=4 picks F(4x4, 3x3) (faster, 10x the error: README)
-MIN_CHANNELS = 64  # winograd_applies: C/group and K/group at least this (smaller GEMMs lose to the transforms)
-MIN_OUTPUT = 8  # winograd_applies: output height and width at least this
-MIN_PIXELS = {2: 640, 4: 320}  # winograd_applies: output pixels of the batch at least this (13 x 13 maps: batch 4, 2)
+TILE = 2  # the tile of the functions' defaults, F(2x2, 3x3); the nets' layers get theirs from `choose`
+MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lose to the transforms)
+MIN_OUTPUT = {2: 7, 4: 8}  # choose: output height and width at least this, per tile
+MIN_PIXELS = {2: 640, 4: 196}  # choose: output pixels of the batch at least this (13 x 13 maps: batch 4 / 2)
+AUTO_F4_MIN_OUTPUT = 14  # choose, CREMA_WINOGRAD unset: F(4x4) on outputs of at least 14 x 14, else F(2x2)
 
 
 def cook_toom(points, m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -483,13 +484,14 @@ def _same(a, b):
 
 
 # ------------------------------------------------------------------------------------------------ public
-def tile() -> int:
-    """The output tile the environment asks for: CREMA_WINOGRAD unset (or 1 / on / 2) -> 2, F(2x2, 3x3); 4 ->
-    F(4x4, 3x3); 0 (or off / false / no) -> 0, Winograd off: every convolution takes kernels.conv's path."""
+def tile() -> int | None:
+    """The output tile the environment asks for: CREMA_WINOGRAD unset (or auto / on / 1) -> None, each layer's by
+    `choose`; 2 -> F(2x2, 3x3) and 4 -> F(4x4, 3x3) wherever Winograd applies; 0 (or off / false / no) -> 0, Winograd
+    off: every convolution takes kernels.conv's path."""
     v = os.environ.get("CREMA_WINOGRAD", "").strip().lower()
     if v in ("0", "off", "false", "no"):
         return 0
-    return 4 if v == "4" else TILE
+    return 4 if v == "4" else 2 if v == "2" else None
 
 
 def enabled() -> bool:
@@ -497,29 +499,40 @@ def enabled() -> bool:
     return tile() != 0
 
 
-def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
-    """Does a forward of these shapes take the Winograd path (with the tile ``tile()`` picks)? 3x3 kernels, stride 1,
-    dilation 1, at least MIN_CHANNELS input and output channels per group, an output of at least MIN_OUTPUT x
-    MIN_OUTPUT, at least MIN_PIXELS[m] output pixels in the batch, and not disabled (CREMA_WINOGRAD=0).
+def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> int:
+    """The Winograd tile of a forward of these shapes, 2 or 4, or 0 where it takes kernels.conv's path: 3x3 kernels,
+    stride 1, dilation 1, at least MIN_CHANNELS input and output channels per group, and for tile m an output of at
+    least MIN_OUTPUT[m] x MIN_OUTPUT[m] and MIN_PIXELS[m] output pixels in the batch. Which tile: the environment's
+    (`tile`), else F(4x4) where it applies on an output of at least AUTO_F4_MIN_OUTPUT x AUTO_F4_MIN_OUTPUT, else
+    F(2x2) where that applies.
 
     Why MIN_PIXELS: the transformed weights are alpha^2 / 9 times the size of the filters (16/9 for F(2x2), 4x for
     F(4x4)) and each is used once per 16 tiles, so with few pixels the GEMMs stream weights instead of computing.
     Measured on CaffeNet's conv3-5 (13 x 13 outputs; 2 threads, AVX2, interleaved, medians) against the im2col path:
     F(2x2) batch 1 0.81-0.86x, 2 0.93-1.06x, 4 1.05-1.17x, 10 1.16-1.45x, 64 1.17-1.41x; F(4x4) batch 1 0.96-0.97x,
-    2 1.00-1.16x, 4 1.2-1.5x, 10 1.4-1.7x, 64 1.6-1.7x (README)."""
-    m = tile()
-    if len(x_shape) != 4 or len(w_shape) != 4 or not m:
-        return False
+    2 1.00-1.16x, 4 1.2-1.5x, 10 1.4-1.7x, 64 1.6-1.7x (README). Why the automatic choice: whole forwards, 2 threads,
+    Zen 4 (AVX-512), medians, one tile rule against another (README, Winograd): ResNet-50 batch 1 41.4 ms with
+    F(2x2) on the 56 x 56 and 28 x 28 maps (the old rule) -> 37.5-38.2 with F(4x4) on the 56, 28 and 14 (its 14 x 14
+    maps, 196 pixels, took im2col before), batch 16 639 -> 573 ms (F(2x2) on the 7 x 7 maps too); GoogLeNet batch
+    1 21.2 -> 19.9-20.2 ms, 16 319 -> 306 ms. CaffeNet's 13 x 13 maps keep F(2x2): with F(4x4) its softmax is 1.9e-5
+    from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here)."""
+    forced = tile()
+    if forced == 0 or len(x_shape) != 4 or len(w_shape) != 4:
+        return 0
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
-    return (
-        (kh, kw) == (3, 3)
-        and st == (1, 1)
-        and dil == (1, 1)
-        and n > 0
-        and min(cg, k // max(group, 1)) >= MIN_CHANNELS
-        and min(oh, ow) >= MIN_OUTPUT
-        and n * oh * ow >= MIN_PIXELS[m]
-    )
+    if (kh, kw) != (3, 3) or st != (1, 1) or dil != (1, 1) or n <= 0 or min(cg, k // max(group, 1)) < MIN_CHANNELS:
+        return 0
+    fits = [m for m in (4, 2) if min(oh, ow) >= MIN_OUTPUT[m] and n * oh * ow >= MIN_PIXELS[m]]
+    if forced is not None:
+        return forced if forced in fits else 0
+    if 4 in fits and min(oh, ow) >= AUTO_F4_MIN_OUTPUT:
+        return 4
+    return 2 if 2 in fits else 0
+
+
+def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
+    """Does a forward of these shapes take the Winograd path (with the tile `choose` picks)?"""
+    return choose(x_shape, w_shape, stride, pad, dilation, group) != 0
 
 
 _WORKSPACES = Workspace()

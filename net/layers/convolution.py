@@ -45,7 +45,7 @@ class ConvolutionLayer(Layer):
     relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
     folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
-    winograd: bool = True  # CPU forward: Winograd (kernels.winograd.tile()) where winograd_applies (False: never)
+    winograd: bool = True  # CPU forward: Winograd where kernels.winograd.choose picks a tile (False: never)
 
     def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
@@ -121,12 +121,17 @@ class ConvolutionLayer(Layer):
                 raise self.error(str(exc)) from None
             t.reshape((b.shape[0], w.shape[0], oh, ow))
 
+    def winograd_tile(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
+        """The Winograd tile (2 or 4) of the CPU forward of these shapes, or 0 where it does not take kernels.winograd
+        (winograd.choose: 3x3, stride 1, enough channels and pixels; 0 when this layer's `winograd` is False or the
+        environment says CREMA_WINOGRAD=0)."""
+        if not self.winograd:
+            return 0
+        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group)
+
     def uses_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
-        """Does the CPU forward of these shapes take kernels.winograd (3x3, stride 1, enough channels and pixels;
-        not when this layer's `winograd` is False or the environment says CREMA_WINOGRAD=0)?"""
-        return self.winograd and winograd.winograd_applies(
-            x_shape, w_shape, self.stride, self.pad, self.dilation, self.group
-        )
+        """Does the CPU forward of these shapes take kernels.winograd (`winograd_tile`)?"""
+        return self.winograd_tile(x_shape, w_shape) != 0
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         w, b = self.forward_params()
@@ -135,9 +140,10 @@ class ConvolutionLayer(Layer):
             extra = {"out": t.data} if ops is CPU and reusable(t.data, bb.data) else {}
             if self.relu_max != math.inf:
                 extra["relu_max"] = self.relu_max
-            if ops is CPU and self.uses_winograd(bb.data.shape, w.shape):  # the same kernel as the plan's step
+            m = self.winograd_tile(bb.data.shape, w.shape) if ops is CPU else 0
+            if m:  # the same kernel as the plan's step
                 t.data = winograd.winograd_forward(
-                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=winograd.tile(), **extra
+                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=m, **extra
                 )
                 continue
             t.data = ops.conv2d_forward(
@@ -165,8 +171,7 @@ class ConvolutionLayer(Layer):
             run = self.depthwise_runner(x_shape)
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise_runner(self, x_shape, w_shape, act)
-        elif self.uses_winograd(x_shape, w_shape):
-            m = winograd.tile()
+        elif m := self.winograd_tile(x_shape, w_shape):
             run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m)
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}

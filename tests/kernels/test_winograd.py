@@ -15,7 +15,7 @@ import pytest
 
 from kernels import winograd
 from kernels.conv import conv2d_forward, conv2d_forward_ref
-from kernels.winograd import WinogradRunner, winograd_applies, winograd_forward, winograd_forward_ref
+from kernels.winograd import WinogradRunner, choose, winograd_applies, winograd_forward, winograd_forward_ref
 
 BOUND = {4: 1e-5, 2: 1e-6}
 
@@ -97,19 +97,27 @@ def test_runner_follows_weights_changed_in_place():
 
 
 def test_applies_by_shape_and_switch(monkeypatch):
+    monkeypatch.delenv("CREMA_WINOGRAD", raising=False)
     conv3 = ((4, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
-    assert winograd.tile() == 2 and winograd_applies(*conv3)
+    assert winograd.tile() is None and winograd_applies(*conv3) and choose(*conv3) == 2  # 13 x 13: F(2x2)
     assert not winograd_applies((2, 256, 13, 13), *conv3[1:])  # F(2x2) from 640 output pixels: the weights dominate
-    assert winograd_applies((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2)  # conv4: 192 per group
+    assert choose((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2) == 2  # conv4: 192 per group
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 1, 2, 2, 1)  # dilation 2
     assert not winograd_applies((1, 32, 13, 13), (384, 32, 3, 3), 1, 1, 1, 1)  # few input channels
     assert not winograd_applies((1, 256, 5, 5), (384, 256, 3, 3), 1, 1, 1, 1)  # 5 x 5 output
     assert not winograd_applies((1, 256, 13, 13), (256, 1, 3, 3), 1, 1, 1, 256)  # depthwise
-    monkeypatch.setenv("CREMA_WINOGRAD", "4")  # F(4x4) from 320 pixels
-    assert winograd.tile() == 4 and winograd_applies((2, 256, 13, 13), *conv3[1:])
-    assert not winograd_applies((1, 256, 13, 13), *conv3[1:])
+    res4, res5 = (256, 256, 3, 3), (512, 512, 3, 3)  # ResNet-50's 3x3 layers on 14 x 14 and 7 x 7
+    assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 4  # F(4x4) from 14 x 14 and 196 pixels
+    assert choose((1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1) == 4
+    assert choose((1, 512, 7, 7), res5, 1, 1, 1) == 0 and choose((16, 512, 7, 7), res5, 1, 1, 1) == 2
+    monkeypatch.setenv("CREMA_WINOGRAD", "2")  # F(2x2) wherever it applies
+    assert winograd.tile() == 2 and choose(*conv3) == 2 and choose((4, 256, 14, 14), res4, 1, 1, 1) == 2
+    assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 0  # 196 pixels: too few for F(2x2)
+    monkeypatch.setenv("CREMA_WINOGRAD", "4")  # F(4x4) from 196 pixels
+    assert winograd.tile() == 4 and choose((2, 256, 13, 13), *conv3[1:]) == 4 and choose(*conv3) == 4
+    assert not winograd_applies((1, 256, 13, 13), *conv3[1:]) and choose((16, 512, 7, 7), res5, 1, 1, 1) == 0
     monkeypatch.setenv("CREMA_WINOGRAD", "0")
     assert winograd.tile() == 0 and not winograd_applies(*conv3)
 
