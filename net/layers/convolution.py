@@ -172,7 +172,9 @@ class ConvolutionLayer(Layer):
         elif pointwise.pointwise_applies(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group):
             run = pointwise_runner(self, x_shape, w_shape, act)
         elif m := self.winograd_tile(x_shape, w_shape):
-            run = winograd.WinogradRunner(x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m)
+            run = winograd.WinogradRunner(
+                x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m, frozen=self.fold is not None
+            )
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
             run = conv.ForwardRunner(

@@ -96,6 +96,29 @@ def test_runner_follows_weights_changed_in_place():
     assert not np.array_equal(first, y)
 
 
+def test_runner_checks_every_bit_of_the_weights_and_frozen_ones_by_identity():
+    x, w, b = _data((1, 8, 8, 8), 8, 1, seed=6)
+    run = WinogradRunner(x.shape, w.shape, (1, 1), 1, False)
+    u = run.weights(w)
+    assert run.weights(w.copy()) is u  # equal bits: kept
+    for change in (w.size - 1, winograd.SAME_BLOCK + 3 if w.size > winograd.SAME_BLOCK else 0):
+        w2 = w.copy()
+        w2.reshape(-1)[change] = np.nextafter(w2.reshape(-1)[change], np.float32(np.inf))  # one bit: made again
+        assert run.weights(w2) is not u
+        u = run.weights(w)
+    w3 = w.copy()
+    w3.reshape(-1)[0] = np.float32("nan")
+    u3 = run.weights(w3)
+    assert run.weights(w3.copy()) is u3  # the same NaN bits: its transform is the same
+    frozen = WinogradRunner(x.shape, w.shape, (1, 1), 1, False, frozen=True)
+    u = frozen.weights(w)
+    assert frozen.weights(w) is u and frozen.weights(w.copy()) is not u  # by identity
+    y, want = np.empty(frozen.out_shape, np.float32), np.empty(frozen.out_shape, np.float32)
+    frozen(x, w, b, y)
+    WinogradRunner(x.shape, w.shape, (1, 1), 1, False)(x, w, b, want)
+    assert np.array_equal(y, want)
+
+
 def test_applies_by_shape_and_switch(monkeypatch):
     monkeypatch.delenv("CREMA_WINOGRAD", raising=False)
     conv3 = ((4, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
