@@ -127,7 +127,8 @@ class ConvolutionLayer(Layer):
         environment says CREMA_WINOGRAD=0)."""
         if not self.winograd:
             return 0
-        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group)
+        frozen = self.fold is not None  # folded weights: made once, never changed in place (the runner's frozen)
+        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, frozen)
 
     def uses_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
         """Does the CPU forward of these shapes take kernels.winograd (`winograd_tile`)?"""

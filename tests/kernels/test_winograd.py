@@ -135,6 +135,12 @@ def test_applies_by_shape_and_switch(monkeypatch):
     assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 4  # F(4x4) from 14 x 14 and 196 pixels
     assert choose((1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1) == 4
     assert choose((1, 512, 7, 7), res5, 1, 1, 1) == 0 and choose((16, 512, 7, 7), res5, 1, 1, 1) == 2
+    # frozen weights (a BatchNorm folded in: no compare each call): F(2x2) from one 7 x 7 map
+    assert choose((1, 512, 7, 7), res5, 1, 1, 1, frozen=True) == 2 and choose((1, *conv3[0][1:]), *conv3[1:], True) == 2
+    assert (
+        choose((1, 256, 14, 14), res4, 1, 1, 1, frozen=True) == 4
+        and choose((1, 512, 5, 5), res5, 1, 1, 1, 1, True) == 0
+    )
     monkeypatch.setenv("CREMA_WINOGRAD", "2")  # F(2x2) wherever it applies
     assert winograd.tile() == 2 and choose(*conv3) == 2 and choose((4, 256, 14, 14), res4, 1, 1, 1) == 2
     assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 0  # 196 pixels: too few for F(2x2)
