@@ -266,7 +266,7 @@ def _start_method():
     imported and Numba's compiler set up: its first job starts 0.5-0.9 s sooner than a new interpreter's, and
     EfficientNet-Lite0's 18 kernels compile in 6.7-6.8 s instead of 7.7-8.0 (2 cores, Zen 4). Safe: Linux, this
     process runs one Python thread (kernels.taskpool's are Python threads too), and no OpenMP loop has run in it
-    (`_omp_unused`). A worker only compiles: it never runs a kernel, so it never enters OpenMP either."""
+    (`_omp_unused`). A worker only compiles: it never runs a kernel, so it never enters a parallel loop either."""
     import multiprocessing
 
     if sys.platform.startswith("linux") and threading.active_count() == 1 and _omp_unused():
@@ -275,16 +275,18 @@ def _start_method():
 
 
 def _omp_unused() -> bool:
-    """Whether this process has run no Numba OpenMP loop: its threading layer not started, or started (any
-    numba.get_num_threads() does; GNU OpenMP creates its threads at the first loop, not then) with kernels.taskpool's
-    counter of OpenMP loops in place and at 0. GNU OpenMP is not fork-safe once it has threads."""
+    """Whether this process has run no Numba parallel loop: its threading layer not started, or started (any
+    numba.get_num_threads() does) as the OpenMP layer, which creates its threads at the first loop, not then, with
+    kernels.taskpool's counter of OpenMP loops in place and at 0. GNU OpenMP is not fork-safe once it has threads;
+    the other layers (workqueue, TBB) may have started theirs: spawned."""
+    import numba
     from numba.np.ufunc import parallel
 
     from kernels import taskpool
 
     if not parallel._is_initialized:
         return True
-    return taskpool.omp_probe_installed() and taskpool.omp_loops() == 0
+    return numba.threading_layer() == "omp" and taskpool.omp_probe_installed() and taskpool.omp_loops() == 0
 
 
 def _longest_first(group: tuple) -> tuple:
