@@ -477,8 +477,8 @@ def _depthwise_cases(rng, batch: int, spec, threads: int) -> list[Case]:
 
 
 def _winograd_cases(rng, batch: int, spec, threads: int, tile: int) -> list[Case]:
-    """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(tile x tile, 3x3) (as the Net's plan
-    runs them from batch 4 (F(2x2)) or 2 (F(4x4))), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
+    """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(tile x tile, 3x3) (the Net's plan
+    runs them as F(2x2) from batch 4; F(4x4) with CREMA_WINOGRAD=4, from batch 2), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
     ONNX Runtime (Conv + Relu). GFLOP/s count the direct convolution's FLOPs (2 * outputs * C/g * 9)."""
     from kernels.conv import ForwardRunner, conv2d_forward_ref
     from kernels.winograd import WinogradRunner

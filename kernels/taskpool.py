@@ -391,11 +391,20 @@ def state() -> dict:
 _omp_count = ctypes.c_int64(0)
 _real_parallel_for = ctypes.c_int64(0)  # Numba's numba_parallel_for, which the wrapper calls (set when known)
 _probe = None  # the wrapper's library once installed; "pending" until Numba's threads start; False when it cannot be
+_from_start = False  # the wrapper went in before Numba's threading layer started: no OpenMP loop ran uncounted
 
 
 def omp_loops() -> int:
     """Numba OpenMP loops started in this process since the wrapper was installed (`install_omp_probe`)."""
     return _omp_count.value
+
+
+def omp_counted_from_start() -> bool:
+    """Whether `omp_loops` counts every OpenMP loop this process ever ran: the wrapper is in place and went in
+    before Numba's threading layer started (kernels imported before any parallel loop ran; kernels linked earlier
+    would call the real function uncounted). net.warm forks its compile workers only when this holds and the count
+    is 0."""
+    return _from_start and omp_probe_installed()
 
 
 def omp_probe_installed() -> bool:
@@ -443,9 +452,9 @@ def install_omp_probe() -> bool:
     """Count Numba's OpenMP loops from now on (see above); True once in place (or pending: Numba's threading layer,
     which adds numba_parallel_for to the JIT's symbols, not loaded yet; the symbol is re-pointed right after it is,
     with nothing compiled then: that runs under Numba's threading locks). Starts no thread (net.warm forks its
-    compile workers only from a process without Numba's thread pool). Any failure: no counting (and so no pool for
-    plans)."""
-    global _probe
+    compile workers only while no OpenMP loop has run: `omp_counted_from_start`). Any failure: no counting (and so no
+    pool for plans)."""
+    global _probe, _from_start
     if _probe is not None:
         return omp_probe_installed()
     try:
@@ -467,6 +476,7 @@ def install_omp_probe() -> bool:
 
         parallel._load_threading_functions = load_then_point
         _probe = "pending"
+        _from_start = True
     except Exception:  # noqa: BLE001 - another Numba: no counting, and so no pool for plans
         _probe = False
     return omp_probe_installed()

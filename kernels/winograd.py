@@ -6,10 +6,10 @@ transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output
     Y = A^T [ sum_c (G g_kc G^T) * (B^T d_c B) ] A        (* element-wise over the alpha x alpha = (m+2)^2 points)
 
 so the channel sum becomes alpha^2 independent GEMMs, one per transform point xi: M_xi (K x T) = U_xi (K x C) @
-V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6; CREMA_WINOGRAD=4) does 36 multiplies per 16 outputs where a direct
-convolution does 144 (4x fewer, less the part-tiles at the edges: CaffeNet's 13 x 13 maps take 4 x 4 tiles of 16
-outputs, 169 of 256 used, so 2.6x); F(2x2, 3x3) (alpha 4, the default: its error is within 2x of the direct
-convolution's, F(4x4)'s 20x) does 16 per 4 (2.25x, 169 of 196 used on 13 x 13).
+V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6) does 36 multiplies per 16 outputs where a direct convolution does
+144 (4x fewer, less the part-tiles at the edges: CaffeNet's 13 x 13 maps take 4 x 4 tiles of 16 outputs, 169 of 256
+used, so 2.6x); F(2x2, 3x3) (alpha 4: its error is within 2x of the direct convolution's, F(4x4)'s 20x) does 16 per 4
+(2.25x, 169 of 196 used on 13 x 13). Which one a layer takes: `choose`.
 
 Kernels:
 
@@ -19,7 +19,8 @@ Kernels:
 1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32: (group, alpha^2,
                               K/group, C/group) row-major, so each U_xi is read in place by the GEMM micro-kernel as a
                               row-major A (``kernels.gemm.block`` with lda = C/group). Made once per weight array and
-                              kept while the weights are unchanged (``WinogradRunner``).
+                              kept while its bits are unchanged, or while it is the same array for frozen weights
+                              (``WinogradRunner``).
 2. ``_gather`` + ``_input_transform`` - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the
                               patches gathered into an (alpha, alpha, 16) staging block (zeros outside the image: the
                               padding is never materialised), then B^T d B by ``_transform8``, an LLVM IR intrinsic that
@@ -50,12 +51,13 @@ convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y -
 F(2x2) 4.4e-7, kernels.conv's im2col 2.8e-7 (of max |y|: 3.8e-6, 6.5e-7). CaffeNet (random He weights, inputs
 *255 - 120, batch 4 and 10): softmax within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without.
 
-Where it runs: ``winograd_applies`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, output >= 8 x 8, >= 32
-tiles in the batch, not disabled by ``CREMA_WINOGRAD=0``); chosen by ``net.layers.convolution`` in the CPU plan and
-forward (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
+Where it runs: ``choose`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, enough output pixels; the tile per
+layer, F(4x4) on the larger maps, F(2x2) on the smaller; ``CREMA_WINOGRAD=2`` / ``4`` force a tile, ``0`` turns it
+off); taken by ``net.layers.convolution`` in the CPU plan and forward (``layer.winograd = False`` turns it off for one
+layer; make a new plan after, e.g. ``net.reshape()``).
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
-``WinogradRunner`` (the shape work once, kept by a Net's plan), ``winograd_applies``, ``transform_weights``,
+``WinogradRunner`` (the shape work once, kept by a Net's plan), ``choose``, ``winograd_applies``, ``transform_weights``,
 ``winograd_forward_ref``, ``matrices(m)``.
 
 Benchmark (checks against the reference first): ``python -m benchmarks --only layers --filter winograd``.
@@ -480,8 +482,8 @@ def _same(a, b):
     """Do the flat uint32 arrays a and b (float32 weights viewed as their bits) hold the same words? The per-call
     check that the weights are the ones transformed: blocks of SAME_BLOCK words OR-ed together without a branch (the
     loop vectorises), stopping after the first block that differs; no temporary array. Bits, not values: -0.0 and 0.0
-    differ, a NaN equals itself (its transform is the same). ResNet-50's 14 x 14 weights (2.4 MB), hot: 0.24 -> 0.05
-    ms, once per forward."""
+    differ, a NaN equals itself (its transform is the same). 2.4 MB of weights (a 256 -> 256 3x3 layer), hot: 0.24 ->
+    0.056 ms, once per forward (CaffeNet's conv3: 3.5 MB; folded weights are not compared at all: `frozen`)."""
     if a.size != b.size:
         return False
     n = a.size
@@ -497,9 +499,10 @@ def _same(a, b):
 
 # ------------------------------------------------------------------------------------------------ public
 def tile() -> int | None:
-    """The output tile the environment asks for: CREMA_WINOGRAD unset (or auto / on / 1) -> None, each layer's by
-    `choose`; 2 -> F(2x2, 3x3) and 4 -> F(4x4, 3x3) wherever Winograd applies; 0 (or off / false / no) -> 0, Winograd
-    off: every convolution takes kernels.conv's path."""
+    """The output tile the environment asks for: CREMA_WINOGRAD unset (or any other value: auto, on, 1, ...) -> None,
+    each layer's by `choose`; 2 -> F(2x2, 3x3) and 4 -> F(4x4, 3x3) wherever Winograd applies; 0 (or off / false /
+    no) -> 0, Winograd off: every convolution takes kernels.conv's path. (Before the tile per layer, unset and 1 / on
+    meant F(2x2).)"""
     v = os.environ.get("CREMA_WINOGRAD", "").strip().lower()
     if v in ("0", "off", "false", "no"):
         return 0
@@ -530,8 +533,9 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here). Why FROZEN_MIN_PIXELS:
     without the compare of the weights each call (a BatchNorm folded in), F(2x2) wins from one image (hot, batch 1,
     2 threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms, CaffeNet's conv3 1.56 -> 1.41 ms); ResNet-50 batch 1, in
-    the net: 38.2 / 38.8 -> 36.2 / 37.1 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
-    13.9-14.5 ms without, 14.6-14.8 with F(2x2))."""
+    the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
+    13.9-14.5 ms without, 14.6-14.8 with F(2x2)). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
+    larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2."""
     forced = tile()
     if forced == 0 or len(x_shape) != 4 or len(w_shape) != 4:
         return 0
@@ -676,15 +680,23 @@ def winograd_forward(
     relu: bool = False,
     relu_max: float = math.inf,
     m: int = TILE,
+    runner: WinogradRunner | None = None,
 ) -> np.ndarray:
     """Convolution forward by Winograd F(m x m, 3 x 3) (stride 1, dilation 1), float32: x (N, C, H, W), w (K, C/group,
-    3, 3), b (K,) or None -> y (N, K, OH, OW), into `out` when given; relu / relu_max as kernels.conv.conv2d_forward."""
+    3, 3), b (K,) or None -> y (N, K, OH, OW), into `out` when given; relu / relu_max as kernels.conv.conv2d_forward.
+    runner: a WinogradRunner the caller keeps for these shapes and arguments (e.g. one with frozen weights, whose
+    transform it keeps), used instead of a new one."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     b = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     group = int(group)
     check_conv2d_args(x, w, b, group)
-    run = WinogradRunner(x.shape, w.shape, pad, group, relu, relu_max, m)
+    run = runner if runner is not None else WinogradRunner(x.shape, w.shape, pad, group, relu, relu_max, m)
+    if runner is not None:
+        ph, pw = conv2d_geometry(x.shape, w.shape, 1, pad, 1)[3]
+        asked = (m, bool(relu), float(relu_max), (*x.shape, w.shape[0], group, ph, pw))
+        if (run.m, run.relu, run.relu_max, run.geometry[:8]) != asked:
+            raise ValueError(f"winograd: the runner given was made for other shapes or arguments than x {x.shape}")
     if out is None:
         out = np.empty(run.out_shape, np.float32)
     elif out.shape != run.out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:

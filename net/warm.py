@@ -19,8 +19,9 @@ a long run of single-threaded compiles. `prepare` splits it across processes:
    worker bodies of kernels.tasks are recorded too (their address reads 0 during the pass, and their drivers are
    skipped like any uncompiled kernel).
 2. the calls whose code is in the on-disk cache are loaded from it (``load_cached``); they cost nothing more.
-3. the others are compiled by a pool of `workers` processes (forked where that is safe: Linux, this process has one
-   thread and has not started Numba's thread pool; else spawned, a fresh interpreter), every signature of one
+3. the others are compiled by a pool of `workers` processes (forked where that is safe: Linux, this process runs
+   one Python thread and no Numba parallel loop has run in it, see `_start_method`; else spawned, a fresh
+   interpreter), every signature of one
    function in one worker (two processes adding to one function's cache index at once could lose an entry), the
    longest compiles first (task bodies, then parallel kernels, then the rest). Each worker writes the cache; the
    caller's next call of the kernel loads it from there. One function alone compiles in this process (a worker
@@ -266,7 +267,9 @@ def _start_method():
     imported and Numba's compiler set up: its first job starts 0.5-0.9 s sooner than a new interpreter's, and
     EfficientNet-Lite0's 18 kernels compile in 6.7-6.8 s instead of 7.7-8.0 (2 cores, Zen 4). Safe: Linux, this
     process runs one Python thread (kernels.taskpool's are Python threads too), and no OpenMP loop has run in it
-    (`_omp_unused`). A worker only compiles: it never runs a kernel, so it never enters a parallel loop either."""
+    (`_omp_unused`). A worker only compiles: it never runs a kernel, so it never enters a parallel loop either. That
+    is an invariant, not a nicety: Numba's OpenMP layer remembers the process that started it, and a child forked
+    after that is killed (SIGTERM) by its first parallel loop; a worker must never run one."""
     import multiprocessing
 
     if sys.platform.startswith("linux") and threading.active_count() == 1 and _omp_unused():
@@ -277,8 +280,8 @@ def _start_method():
 def _omp_unused() -> bool:
     """Whether this process has run no Numba parallel loop: its threading layer not started, or started (any
     numba.get_num_threads() does) as the OpenMP layer, which creates its threads at the first loop, not then, with
-    kernels.taskpool's counter of OpenMP loops in place and at 0. GNU OpenMP is not fork-safe once it has threads;
-    the other layers (workqueue, TBB) may have started theirs: spawned."""
+    kernels.taskpool's counter of OpenMP loops in place since before the layer started and at 0. GNU OpenMP is not
+    fork-safe once it has threads; the other layers (workqueue, TBB) may have started theirs: spawned."""
     import numba
     from numba.np.ufunc import parallel
 
@@ -286,7 +289,7 @@ def _omp_unused() -> bool:
 
     if not parallel._is_initialized:
         return True
-    return numba.threading_layer() == "omp" and taskpool.omp_probe_installed() and taskpool.omp_loops() == 0
+    return numba.threading_layer() == "omp" and taskpool.omp_counted_from_start() and taskpool.omp_loops() == 0
 
 
 def _longest_first(group: tuple) -> tuple:

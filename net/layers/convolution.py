@@ -130,6 +130,21 @@ class ConvolutionLayer(Layer):
         frozen = self.fold is not None  # folded weights: made once, never changed in place (the runner's frozen)
         return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, frozen)
 
+    def _frozen_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], m: int) -> winograd.WinogradRunner:
+        """The layer forward's own Winograd runner for its folded weights, one per input shape (a few at most): kept,
+        so that the weights are transformed once, as in the plan's step (`winograd_tile` picks tiles for frozen
+        weights)."""
+        runners = self.__dict__.setdefault("_winograd_runners", {})
+        key = (tuple(x_shape), m, self.fused_relu, self.relu_max)
+        run = runners.get(key)
+        if run is None:
+            if len(runners) >= 8:
+                runners.clear()
+            run = runners[key] = winograd.WinogradRunner(
+                x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m, frozen=True
+            )
+        return run
+
     def uses_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> bool:
         """Does the CPU forward of these shapes take kernels.winograd (`winograd_tile`)?"""
         return self.winograd_tile(x_shape, w_shape) != 0
@@ -143,8 +158,9 @@ class ConvolutionLayer(Layer):
                 extra["relu_max"] = self.relu_max
             m = self.winograd_tile(bb.data.shape, w.shape) if ops is CPU else 0
             if m:  # the same kernel as the plan's step
+                kept = self._frozen_winograd(bb.data.shape, w.shape, m) if self.fold is not None else None
                 t.data = winograd.winograd_forward(
-                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=m, **extra
+                    bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=m, runner=kept, **extra
                 )
                 continue
             t.data = ops.conv2d_forward(

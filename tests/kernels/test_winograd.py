@@ -97,15 +97,22 @@ def test_runner_follows_weights_changed_in_place():
 
 
 def test_runner_checks_every_bit_of_the_weights_and_frozen_ones_by_identity():
-    x, w, b = _data((1, 8, 8, 8), 8, 1, seed=6)
+    x, w, b = _data((1, 60, 8, 8), 64, 1, seed=6)  # 34560 words: 9 of _same's blocks, the last one partial
+    assert 8 * winograd.SAME_BLOCK < w.size < 9 * winograd.SAME_BLOCK
     run = WinogradRunner(x.shape, w.shape, (1, 1), 1, False)
     u = run.weights(w)
     assert run.weights(w.copy()) is u  # equal bits: kept
-    for change in (w.size - 1, winograd.SAME_BLOCK + 3 if w.size > winograd.SAME_BLOCK else 0):
+    for change in (0, 2 * winograd.SAME_BLOCK + 5, w.size - 1):  # the first block, a middle one, the partial tail
         w2 = w.copy()
         w2.reshape(-1)[change] = np.nextafter(w2.reshape(-1)[change], np.float32(np.inf))  # one bit: made again
         assert run.weights(w2) is not u
         u = run.weights(w)
+    w0 = w.copy()
+    w0.reshape(-1)[7] = np.float32(0.0)
+    u0 = run.weights(w0)
+    wm = w0.copy()
+    wm.reshape(-1)[7] = np.float32(-0.0)
+    assert run.weights(wm) is not u0  # -0.0 and 0.0: other bits, made again
     w3 = w.copy()
     w3.reshape(-1)[0] = np.float32("nan")
     u3 = run.weights(w3)
@@ -117,6 +124,9 @@ def test_runner_checks_every_bit_of_the_weights_and_frozen_ones_by_identity():
     frozen(x, w, b, y)
     WinogradRunner(x.shape, w.shape, (1, 1), 1, False)(x, w, b, want)
     assert np.array_equal(y, want)
+    kept = frozen.weights(w)
+    w *= 2  # frozen means the caller never does this: the transform kept is not looked at again (documented)
+    assert frozen.weights(w) is kept
 
 
 def test_applies_by_shape_and_switch(monkeypatch):
@@ -208,6 +218,36 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
     assert np.max(np.abs(off - exact)) <= 2e-5
     assert np.max(np.abs(off - want_prob)) <= 1e-5 + opencv_error
     assert calls == []
+
+
+def test_folded_layer_forward_and_plan_step_same_bits():
+    """A convolution with a BatchNorm folded in (frozen weights) on a 7 x 7 map at batch 1 takes F(2x2) in its plan
+    step and in its own forward (the plan's fallback), which keeps its runner: the same bits, twice."""
+    from net import Net
+
+    text = """name: "f" input: "data" input_shape { dim: 1 dim: 64 dim: 7 dim: 7 }
+    layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+            convolution_param { num_output: 64 kernel_size: 3 pad: 1 bias_term: false } }
+    layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+    layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+    layer { name: "r" type: "ReLU" bottom: "c" top: "c" }"""
+    net = Net.from_string(text)
+    rng = np.random.default_rng(9)
+    for name in ("c", "bn", "sc"):
+        for p in net.params[name]:
+            p[...] = rng.uniform(0.5, 1.5, p.shape) if name == "bn" else rng.standard_normal(p.shape) * 0.1
+    net.params["bn"][2][...] = 1.0
+    net.refold()
+    x = rng.standard_normal((1, 64, 7, 7), dtype=np.float32)
+    layer = net.layers[[lay.name for lay in net.layers].index("c")]
+    w = layer.forward_params()[0]
+    assert layer.fold is not None and layer.winograd_tile(x.shape, w.shape) == 2
+    planned = net.forward(data=x)["c"].copy()
+    bottom, top = [net._blobs["data"]], [net._blobs["c"]]
+    for _ in range(2):
+        layer.forward(bottom, top)
+        assert np.array_equal(top[0].data, planned)
+    assert len(layer._winograd_runners) == 1
 
 
 def test_layer_forward_and_plan_step_same_bits():

@@ -171,13 +171,9 @@ def test_long_compiles_are_handed_out_first() -> None:
 
 
 START_METHOD = r"""
+import sys
 import numba
 import numpy as np
-from net.warm import _start_method
-from kernels import taskpool
-print(_start_method()._name)
-numba.get_num_threads()  # starts Numba's threading layer; GNU OpenMP makes no thread yet
-print(_start_method()._name, taskpool.omp_probe_installed())
 
 @numba.njit(parallel=True)
 def total(x):
@@ -186,21 +182,74 @@ def total(x):
         s += x[i]
     return s
 
+if sys.argv[1] == "loop-first":  # an OpenMP loop before crema's counter is in place: never counted, so never forked
+    total(np.ones(1000))
+from net.warm import _start_method
+from kernels import taskpool
+if sys.argv[1] == "loop-first":
+    print(_start_method()._name)
+    raise SystemExit
+print(_start_method()._name)
+numba.get_num_threads()  # starts Numba's threading layer; GNU OpenMP makes no thread yet
+print(_start_method()._name, taskpool.omp_counted_from_start())
 total(np.ones(1000))  # an OpenMP loop: its threads now exist
 print(_start_method()._name, taskpool.omp_loops() > 0)
 """
 
+# Workers forked after numba.get_num_threads() compile parallel=True kernels into the cache (they never run one: a
+# child of a process whose OpenMP layer has started may not)
+FORKED_POOL = r"""
+import numba
+import numpy as np
+from net import warm
 
-def test_workers_fork_until_an_openmp_loop_has_run() -> None:
+@numba.njit(parallel=True, cache=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.size):
+        s += x[i]
+    return s
+
+@numba.njit(parallel=True, cache=True)
+def scaled(x):
+    y = np.empty_like(x)
+    for i in numba.prange(x.size):
+        y[i] = 2.0 * x[i]
+    return y
+
+numba.get_num_threads()
+print(warm._start_method()._name)
+sig = (numba.float64[::1],)
+errors = warm.start_compiling([(total, [sig]), (scaled, [sig])], 2)()
+print(errors or "ok")
+print(total(np.ones(10)), scaled(np.ones(3)).sum(), total.stats.cache_hits[sig] + scaled.stats.cache_hits[sig])
+"""
+
+
+def _run_script(script: str, *args: str, **env: str) -> list[str]:
+    env = {**os.environ, "CREMA_TASK_POOL": "1", "NUMBA_THREADING_LAYER": "omp", **env}
+    cmd = [sys.executable, "-c", script, *args]
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_workers_fork_until_an_openmp_loop_has_run(tmp_path) -> None:
     """The compile workers are forked (they start with everything imported) from a process whose Numba threading
-    layer has started but that has run no OpenMP loop yet (`crema serve`'s case: the plan asks numba.get_num_threads),
-    and spawned once one has run (GNU OpenMP is not fork-safe with threads)."""
+    layer (OpenMP) has started but that has run no parallel loop yet (`crema serve`'s case: the plan asks
+    numba.get_num_threads), and spawned once one has run (GNU OpenMP is not fork-safe with threads), or where one may
+    have run before crema's counter was in place. Forked after the layer started, the workers compile parallel
+    kernels into the cache, which the parent then loads."""
     from kernels import taskpool
 
     if not taskpool.available():  # the OpenMP loop counter comes with the pool (x86-64 Linux)
         pytest.skip("kernels.taskpool is not available here")
-    env = {**os.environ, "CREMA_TASK_POOL": "1"}
-    cmd = [sys.executable, "-c", START_METHOD]
-    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert _run_script(START_METHOD, "counted") == ["fork", "fork", "True", "spawn", "True"]
+    assert _run_script(START_METHOD, "loop-first") == ["spawn"]
+    script = tmp_path / "forked_pool.py"  # a file: Numba caches functions of files, not of -c scripts
+    script.write_text(FORKED_POOL)
+    env = {**os.environ, "CREMA_TASK_POOL": "1", "NUMBA_THREADING_LAYER": "omp", "NUMBA_CACHE_DIR": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, str(script)], check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["fork", "fork", "True", "spawn", "True"]
+    assert out.stdout.split() == ["fork", "ok", "10.0", "6.0", "2"]
