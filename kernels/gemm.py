@@ -413,6 +413,12 @@ _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 
 
 SCRATCH_C = True  # _gemm_worker sums C's blocks in a scratch block where C's rows are 4 KB apart (see there)
+# gemm: C of one block of rows (m <= MC) whose column count is not a multiple of NR: B's whole slivers read in
+# place, its last n % NR columns copied into one zero-padded sliver and run on the calling thread (False: all of B
+# packed, as before). 2 threads, Zen 4, in-process A/B against NumPy: LeNet ip1's 64 x 800 x 500 0.378 -> 0.315 ms
+# (0.74 -> 0.89x NumPy; packing B was 0.06-0.08 ms), CaffeNet conv1's im2col GEMM 96 x 363 x 3025 1.13 -> 0.99 ms
+# (0.92 -> 1.05x); with more rows (1024 x 256 x 196) packing B costs little and the serial sliver more: not taken.
+RAGGED_B = True
 TPACK = True  # whole slivers of a row source packed by 8 x 8 transposes in registers (False: element by element)
 
 
@@ -730,6 +736,7 @@ class Workspace(threading.local):
 
 
 _WORKSPACE = Workspace()
+_TAIL = Workspace()  # gemm's last, ragged sliver of an in-place B (RAGGED_B)
 
 
 def packed_a_size(m: int, k: int) -> int:
@@ -792,7 +799,10 @@ def gemm(
     # K panel (few rows of B): there, packing costs as much as the GEMM (LeNet's ip1). Large square products keep
     # both packed (read in place, B's rows would thrash L1 and the TLB). Figures: benchmarks/perf_notes.md.
     pack_a = trans_a or n > NC
-    pack_b = trans_b or n % NR != 0 or (m > MC and k > KC)
+    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and n > NR and m <= MC))
+    # B in place but for its last n % NR columns (RAGGED_B, one block of rows: B is read once, so packing it costs
+    # as much as the product): those go into one zero-padded sliver of their own, on the calling thread
+    tail = n % NR if not pack_b else 0
     a_len = packed_a_size(m, k) if pack_a else 0
     ap, bp, zeros = _WORKSPACE.get(a_len, packed_b_size(k, n) if pack_b else 0, -(-m // MR) * MR)
     zeros[:] = 0.0
@@ -803,10 +813,17 @@ def gemm(
     a_arg, lda = (ap, 0) if pack_a else (a.reshape(-1), k)
     b_arg, ldb = (bp, 0) if pack_b else (b.reshape(-1), n)
     workers = numba.get_num_threads()
+    main = n - tail
     _gemm_tiles_parallel(
-        a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0, workers, np.zeros(1, np.int64),
-        *blocking(m, n, workers),
+        a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, main, k, accumulate, zeros, 0, workers,
+        np.zeros(1, np.int64), *blocking(m, main, workers),
     )  # fmt: skip
+    if tail:  # the same FMA chains as for packed B (each output sums the same K panels in order): the same bits
+        (bt,) = _TAIL.get(k * NR)
+        bt2 = bt.reshape(k, NR)
+        bt2[:, tail:] = 0.0
+        bt2[:, :tail] = b[:, main:]
+        _gemm_tiles_serial(a_arg, bt, out.reshape(-1), main, n, m, tail, k, accumulate, zeros, 0, lda)
     return out
 
 

@@ -252,3 +252,28 @@ def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits(m: int) -> Non
     c = np.ones((m, n), np.float32)
     gemm(a, b, out=c, accumulate=True)
     assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(64, 800, 500), (96, 363, 3025), (7, 30, 33), (64, 10, 500), (20, 500, 17)])
+def test_ragged_columns_read_in_place_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
+    """One block of rows and a column count that is not a multiple of NR: B's whole slivers are read in place and its
+    last n % NR columns from a zero-padded sliver of their own (RAGGED_B); the same bits as with all of B packed (each
+    output the same FMA chain over the same K panels), within float32 rounding of the reference; accumulate too."""
+    from kernels import gemm as gemm_module
+    from kernels.gemm import MC, NR
+
+    assert m <= MC and n % NR and gemm_module.RAGGED_B
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = gemm(a, b)
+    c = np.ones((m, n), np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    monkeypatch.setattr(gemm_module, "RAGGED_B", False)
+    np.testing.assert_array_equal(got, gemm(a, b))
+    c_packed = np.ones((m, n), np.float32)
+    gemm(a, b, out=c_packed, accumulate=True)
+    np.testing.assert_array_equal(c, c_packed)
+    want = gemm_ref(a, b)
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+    assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
