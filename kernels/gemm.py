@@ -736,7 +736,6 @@ class Workspace(threading.local):
 
 
 _WORKSPACE = Workspace()
-_TAIL = Workspace()  # gemm's last, ragged sliver of an in-place B (RAGGED_B)
 
 
 def packed_a_size(m: int, k: int) -> int:
@@ -804,7 +803,9 @@ def gemm(
     # as much as the product): those go into one zero-padded sliver of their own, on the calling thread
     tail = n % NR if not pack_b else 0
     a_len = packed_a_size(m, k) if pack_a else 0
-    ap, bp, zeros = _WORKSPACE.get(a_len, packed_b_size(k, n) if pack_b else 0, -(-m // MR) * MR)
+    ap, bp, zeros, bt = _WORKSPACE.get(
+        a_len, packed_b_size(k, n) if pack_b else 0, -(-m // MR) * MR, k * NR if tail else 0
+    )
     zeros[:] = 0.0
     if pack_a:
         _pack_panel_parallel(a, not trans_a, m, ap, MR)
@@ -819,7 +820,6 @@ def gemm(
         np.zeros(1, np.int64), *blocking(m, main, workers),
     )  # fmt: skip
     if tail:  # the same FMA chains as for packed B (each output sums the same K panels in order): the same bits
-        (bt,) = _TAIL.get(k * NR)
         bt2 = bt.reshape(k, NR)
         bt2[:, tail:] = 0.0
         bt2[:, :tail] = b[:, main:]

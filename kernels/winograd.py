@@ -542,7 +542,7 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
     if (kh, kw) != (3, 3) or st != (1, 1) or dil != (1, 1) or n <= 0 or min(cg, k // max(group, 1)) < MIN_CHANNELS:
         return 0
-    least = {**MIN_PIXELS, 2: min(MIN_PIXELS[2], FROZEN_MIN_PIXELS)} if frozen else MIN_PIXELS
+    least = {4: MIN_PIXELS[4], 2: min(MIN_PIXELS[2], FROZEN_MIN_PIXELS) if frozen else MIN_PIXELS[2]}
     fits = [m for m in (4, 2) if min(oh, ow) >= MIN_OUTPUT[m] and n * oh * ow >= least[m]]
     if forced is not None:
         return forced if forced in fits else 0

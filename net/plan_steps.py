@@ -132,7 +132,7 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
             full(x, w, b, out)
 
     step = _conv_step(layer, bottom, top, run, full.out_shape)
-    frozen = layer.fold is not None
+    frozen = layer.frozen
     small_w = [None, None]  # (w, w without its zero border) of folded weights
     step.replay = frozen  # net.replay: the border is checked every call unless the weights never change
     step.runner = small  # hand_over_expand may put a pointwise_t.ConvTRunner here
@@ -205,7 +205,7 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
     if not pointwise_t.conv_applies(padded, w.shape, stride):
         return None
     convt = pointwise_t.ConvTRunner(padded, w.shape, stride, layer.act())
-    frozen = layer.fold is not None  # folded weights are made once and never change in place
+    frozen = layer.frozen  # folded weights are made once and never change in place
     seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
 
     def run(x, w, b, out) -> None:
@@ -383,7 +383,7 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
 def _projection_on_blocks(pw_step, pw_layer, x_shape) -> pointwise_t.PointwiseTRunner | None:
     """A `kernels.pointwise_t` runner put in a 1x1 step in place of its `kernels.pointwise` one, to read the blocks of
     the depthwise step before (PROJECT_BLOCKS, batch 1, folded weights), or None."""
-    if not PROJECT_BLOCKS or pw_layer.fold is None or x_shape[0] != 1:
+    if not PROJECT_BLOCKS or not pw_layer.frozen or x_shape[0] != 1:
         return None
     w_shape = pw_layer.forward_params()[0].shape
     if not pointwise_t.applies(x_shape, w_shape, xblk=True):
@@ -416,7 +416,7 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
         blob = pw_top[0]
         if len(pw_top) != 1 or len(dw_bottom) != 1 or dw_bottom[0] is not blob or readers.get(id(blob)) != 1:
             continue
-        if id(blob) in keep or pw_layer.fold is None or len(pw_bottom) != 1:
+        if id(blob) in keep or not pw_layer.frozen or len(pw_bottom) != 1:
             continue
         w_shape = pw_layer.forward_params()[0].shape
         if conv is not None:

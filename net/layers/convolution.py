@@ -29,7 +29,7 @@ def pointwise_runner(layer, x_shape, w_shape, act):
     pixels on 7 x 7 and 14 x 14 planes) where it applies and the weights cannot change under it (BatchNorm folded in
     at plan time: `folded` is made once; `Net.refold` makes new arrays, and the runner packs again), else
     `kernels.pointwise`."""
-    if layer.fold is not None and pointwise_t.applies(x_shape, w_shape):
+    if layer.frozen and pointwise_t.applies(x_shape, w_shape):
         return pointwise_t.PointwiseTRunner(x_shape, w_shape, act)
     return pointwise.PointwiseRunner(x_shape, w_shape, act)
 
@@ -46,6 +46,13 @@ class ConvolutionLayer(Layer):
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
     folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
     winograd: bool = True  # CPU forward: Winograd where kernels.winograd.choose picks a tile (False: never)
+
+    @property
+    def frozen(self) -> bool:
+        """Are the forward's weights frozen: a BatchNorm folded in, so `folded` is made once and never changed in
+        place (`Net.refold` makes new arrays)? Runners may then keep what they derive from the weights by the
+        array's identity (packed or transformed weights) instead of comparing values each call."""
+        return self.fold is not None
 
     def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded
@@ -127,8 +134,7 @@ class ConvolutionLayer(Layer):
         environment says CREMA_WINOGRAD=0)."""
         if not self.winograd:
             return 0
-        frozen = self.fold is not None  # folded weights: made once, never changed in place (the runner's frozen)
-        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, frozen)
+        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.frozen)
 
     def _frozen_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], m: int) -> winograd.WinogradRunner:
         """The layer forward's own Winograd runner for its folded weights, one per input shape (a few at most): kept,
@@ -158,7 +164,7 @@ class ConvolutionLayer(Layer):
                 extra["relu_max"] = self.relu_max
             m = self.winograd_tile(bb.data.shape, w.shape) if ops is CPU else 0
             if m:  # the same kernel as the plan's step
-                kept = self._frozen_winograd(bb.data.shape, w.shape, m) if self.fold is not None else None
+                kept = self._frozen_winograd(bb.data.shape, w.shape, m) if self.frozen else None
                 t.data = winograd.winograd_forward(
                     bb.data, w, b, pad=self.pad, group=self.group, relu=self.fused_relu, m=m, runner=kept, **extra
                 )
@@ -190,7 +196,7 @@ class ConvolutionLayer(Layer):
             run = pointwise_runner(self, x_shape, w_shape, act)
         elif m := self.winograd_tile(x_shape, w_shape):
             run = winograd.WinogradRunner(
-                x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m, frozen=self.fold is not None
+                x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m, frozen=self.frozen
             )
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
@@ -202,9 +208,8 @@ class ConvolutionLayer(Layer):
     def depthwise_runner(self, x_shape, c8: bool = False) -> depthwise.DepthwiseRunner:
         """This depthwise layer's runner for inputs of x_shape (c8: on the channel-block path at any plane size)."""
         w_shape = self.forward_params()[0].shape
-        frozen = self.fold is not None  # folded parameters: made once, never changed in place (forward_params)
         return depthwise.DepthwiseRunner(
-            x_shape, w_shape, self.stride, self.pad, self.act(), self.dilation, frozen=frozen, c8=c8
+            x_shape, w_shape, self.stride, self.pad, self.act(), self.dilation, frozen=self.frozen, c8=c8
         )
 
     def act(self) -> tuple[float, float] | None:

@@ -226,10 +226,11 @@ print(total(np.ones(10)), scaled(np.ones(3)).sum(), total.stats.cache_hits[sig] 
 """
 
 
-def _run_script(script: str, *args: str, **env: str) -> list[str]:
+def _run_python(*args: str, **env: str) -> list[str]:
+    """The words a new interpreter (python *args, crema's pool and the OpenMP layer asked for) prints."""
     env = {**os.environ, "CREMA_TASK_POOL": "1", "NUMBA_THREADING_LAYER": "omp", **env}
-    cmd = [sys.executable, "-c", script, *args]
-    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
@@ -244,12 +245,8 @@ def test_workers_fork_until_an_openmp_loop_has_run(tmp_path) -> None:
 
     if not taskpool.available():  # the OpenMP loop counter comes with the pool (x86-64 Linux)
         pytest.skip("kernels.taskpool is not available here")
-    assert _run_script(START_METHOD, "counted") == ["fork", "fork", "True", "spawn", "True"]
-    assert _run_script(START_METHOD, "loop-first") == ["spawn"]
+    assert _run_python("-c", START_METHOD, "counted") == ["fork", "fork", "True", "spawn", "True"]
+    assert _run_python("-c", START_METHOD, "loop-first") == ["spawn"]
     script = tmp_path / "forked_pool.py"  # a file: Numba caches functions of files, not of -c scripts
     script.write_text(FORKED_POOL)
-    env = {**os.environ, "CREMA_TASK_POOL": "1", "NUMBA_THREADING_LAYER": "omp", "NUMBA_CACHE_DIR": str(tmp_path)}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, str(script)], check=False, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["fork", "ok", "10.0", "6.0", "2"]
+    assert _run_python(str(script), NUMBA_CACHE_DIR=str(tmp_path)) == ["fork", "ok", "10.0", "6.0", "2"]
