@@ -903,6 +903,7 @@ class DepthwiseRunner:
         "args",
         "c8",
         "frozen",
+        "geometry",
         "handoff",
         "lo_hi",
         "out_shape",
@@ -931,6 +932,7 @@ class DepthwiseRunner:
         self.padded_in: PaddedInput | None = None  # set by the plan: x handed over in the blocks' layout
         kh, kw = w_shape[2:]
         (dh, dw), npix = _pair(dilation, "dilation"), oh * ow
+        self.geometry = (kh, kw, sh, sw, dh, dw)  # kernel, stride and dilation (rows, columns)
         hb, wb = max(hu, h + ph), max((ow - 1) * sw + (kw - 1) * dw + 1, wd + pw)  # the padded block a tap can read
         small = hb * wb <= (C8_MAX_PIXELS if sw == 1 else C8_MAX_PIXELS_STRIDED)
         self.c8 = C8 and (c8 or small or 4 * n * c * h * wd >= C8_ANY_PLANE_X_BYTES)

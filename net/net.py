@@ -59,6 +59,7 @@ from .memory import (
 from .plan_steps import (
     Subsamples,
     convt_step,
+    fuse_expand_depthwise,
     fuse_residual_sums,
     hand_over_depthwise,
     hand_over_expand,
@@ -898,7 +899,7 @@ class _Plan:
         if net._share is not None:  # blobs nobody reads after a forward may take another layout between two steps
             names = (*net.inputs, *net.outputs, *net._share, *net._observers)
             keep = {id(net._blobs[n]) for n in names if n in net._blobs}
-            self.steps = hand_over_depthwise(hand_over_expand(self.steps, keep), keep)
+            self.steps = hand_over_depthwise(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 
 

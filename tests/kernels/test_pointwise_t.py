@@ -262,15 +262,17 @@ def test_net_hands_over_and_refusals_put_planes_back() -> None:
     np.testing.assert_array_equal(net.forward(data=x)["prob"], want)  # planned again
 
 
-def test_net_expand_blocks_refusals() -> None:
-    """The expand -> depthwise handoff (net.plan_steps.hand_over_expand): the 1x1 step writes the depthwise's padded
-    blocks, not its top blob. When the 1x1 step refuses, its layer's forward writes planes and the depthwise fills
-    from them; when the depthwise step refuses with the blocks written, they go back into the blob as planes before
-    the depthwise layer's own forward reads it. Each time the same values as the plan's forward."""
+def test_net_expand_blocks_refusals(monkeypatch) -> None:
+    """The expand -> depthwise handoff (net.plan_steps.hand_over_expand, the expand and the depthwise not fused:
+    FUSE_EXPAND off): the 1x1 step writes the depthwise's padded blocks, not its top blob. When the 1x1 step refuses,
+    its layer's forward writes planes and the depthwise fills from them; when the depthwise step refuses with the
+    blocks written, they go back into the blob as planes before the depthwise layer's own forward reads it. Each time
+    the same values as the plan's forward."""
     from kernels import depthwise
-    from net import Net
+    from net import Net, plan_steps
     from net.zoo import efficientnet_lite0
 
+    monkeypatch.setattr(plan_steps, "FUSE_EXPAND", False)
     files = efficientnet_lite0(say=lambda _m: None)
     x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
     net = Net.load(files.prototxt, files.weights)
@@ -370,14 +372,16 @@ def test_blocks_handoff_same_bits(k, m, h, kernel, stride, pad) -> None:
             assert not blocks.ready
 
 
-def test_mobilenet_v1_chain_of_handoffs() -> None:
-    """MobileNet v1 (depthwise, 1x1, depthwise, ...): a 1x1 step that reads a depthwise output in blocks and writes
-    the next depthwise's blocks takes both handoffs (a runner made for the second kept the first: wrong values once).
-    Shared activations (the handoffs) against planes everywhere, random weights: the same softmax within 1e-6."""
+def test_mobilenet_v1_chain_of_handoffs(monkeypatch) -> None:
+    """MobileNet v1 (depthwise, 1x1, depthwise, ...), the 1x1 and the depthwise after it not fused (FUSE_EXPAND off):
+    a 1x1 step that reads a depthwise output in blocks and writes the next depthwise's blocks takes both handoffs (a
+    runner made for the second kept the first: wrong values once). Shared activations (the handoffs) against planes
+    everywhere, random weights: the same softmax within 1e-6."""
     from kernels import depthwise
-    from net import Net
+    from net import Net, plan_steps
     from tests.net.test_zoo_models import MODELS, fill_random
 
+    monkeypatch.setattr(plan_steps, "FUSE_EXPAND", False)
     path = MODELS / "mobilenet_v1" / "deploy.prototxt"
     x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
     outs = []

@@ -1,0 +1,234 @@
+"""An inverted-residual block's expand 1x1 convolution and the depthwise convolution after it, in one pass (AVX-512).
+
+EfficientNet's and MobileNet v2's blocks widen the channels with a 1x1 convolution (the expand, a BatchNorm and a
+ReLU6 folded in), run a depthwise kxk convolution on the wide tensor, and project back. Run as two steps, the wide
+tensor goes out to memory and comes back: EfficientNet-Lite0's 96 x 112 x 112 (4.8 MB an image) after block 1's
+expand does not fit a core's L2, so the depthwise step reads it from L3 (batch 1) or from memory (batch 32: 154 MB),
+and runs at the memory's speed, not its tiles' (block 1's 112 x 112 stride-2 layer: 0.12 ms at batch 1, 8 ms at batch
+32, 2 threads, Zen 4; its tiles do the same work from L2 in half that).
+
+Here one task is (image, block of LANES = 16 expand channels, band of output rows): the expand's ``pointwise_t``
+tiles (14 or 7 pixels x 16 channels, output channels in the lanes) compute the band's input rows (its output rows'
+window, a halo of k - 1 rows or so shared with the next band and computed by both) for the block's 16 channels and
+store them, clipped, straight into this worker's own padded block buffer (``depthwise.PaddedInput``'s layout: a
+pixel's 16 channels one aligned vector, the zero border written once a call); the depthwise's block tiles
+(``depthwise._block_tile``) then read that buffer, still in L2, and write the band's outputs, in planes or in the
+interleaved blocks the projection after reads (``depthwise.Handoff``). The wide tensor is never stored whole.
+
+Bands: as many as make the tasks a multiple of the thread count and at least two a thread (at batch 1: 9 blocks of 56
+x 56 in two bands each, 18 tasks for 2 threads, not 5 and 4), and as many more as keep a band's input rows of one
+block within BAND_BYTES (112 x 112: the x rows the expand reads and the buffer rows it writes both stay in L2).
+
+The numbers: each expand output is its tile's FMA chain over k from 0, + bias, clip (the bits ``pointwise_t`` and
+``pointwise`` give it), and each depthwise output its block tile's chain over the block's taps (the bits of the
+depthwise's channel-block path): the same bits as the two steps (tested). Weights: the expand's packed once per array
+in panels of 16 (K, 16), the depthwise's tap tables once per array (``depthwise._c8_tables``); both must not change in
+place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``).
+
+Public: ``applies(x_shape, w1_shape, dw_runner) -> bool`` and ``ExpandDepthwiseRunner(x_shape, w1_shape, act1,
+dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``: x (N, K, H, W) the expand's input, w1 (C, K, 1, 1), b1 (C,),
+w2 (C, 1, kh, kw), b2 (C,) the depthwise's, y the depthwise's output (N, C, OH, OW) (or its interleaved blocks, when
+the plan set ``dw_runner.handoff``). Used by ``net.plan_steps.fuse_expand_depthwise``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+
+from kernels import pointwise_t
+from kernels.depthwise import LANES, DepthwiseRunner, _block_tile, _c8_tables, _zero_block_border, check_act
+from kernels.gemm import Workspace, claim_near, image_counters, queue_sizes
+from kernels.pointwise_t import NP, P_PREFETCH, _ptile1, _ptile1w, _ptile2, _ptile2w, pack
+from kernels.tasks import Task
+
+ENABLED = pointwise_t.ENABLED  # AVX-512: the expand's 16-lane tiles
+BAND_BYTES = 512 << 10  # a band's input rows of a task's blocks (their padded buffer rows) at most, where bands split
+PAIR_TASKS = 4  # tasks of two blocks (32 channels: pointwise_t's tiles of 28 accumulators) from this many a thread
+
+
+def applies(x_shape, w1_shape, dw_runner: DepthwiseRunner) -> bool:
+    """An expand (a 1x1 convolution of weights w1_shape on x_shape) and the depthwise step after it that run here:
+    AVX-512, the expand's output channels a multiple of 16 and K >= pointwise_t.MIN_K_BLOCKS, its pixels a multiple of
+    NP, the depthwise on its channel-block path (blocks of 16) with the expand's output as its input."""
+    if not ENABLED or len(x_shape) != 4 or len(w1_shape) != 4 or tuple(w1_shape[2:]) != (1, 1):
+        return False
+    n, k, h, wd = (int(v) for v in x_shape)
+    c = int(w1_shape[0])
+    args = dw_runner.args
+    return (
+        dw_runner.c8
+        and LANES == 16
+        and int(w1_shape[1]) == k >= pointwise_t.MIN_K_BLOCKS
+        and c % 16 == 0
+        and (h * wd) % NP == 0
+        and tuple(args[:4]) == (n, c, h, wd)
+        and n > 0
+    )
+
+
+def _bands(n: int, tasks: int, oh: int, in_rows, row_bytes: int, split_rows: bool, threads: int) -> int:
+    """Bands of output rows per (image, task's blocks): the count that gives the threads the least work each, a band's
+    cost taken as its input rows (the expand's share, halo rows included), ties to fewer bands; then more while a
+    band's buffer rows pass BAND_BYTES. See the module docstring."""
+    if not split_rows:
+        return 1
+
+    def cost(b: int) -> int:
+        return -(-n * tasks * b // threads) * max(in_rows(i, b) for i in range(b))
+
+    most = max(1, oh // 2)
+    bands = min(range(1, min(most, 4 * threads) + 1), key=cost)
+    while bands < most and max(in_rows(b, bands) for b in range(bands)) * row_bytes > BAND_BYTES:
+        bands += 1
+    return bands
+
+
+def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, counter,
+               wt_tab, toff_tab, ntaps, b8_tab, out8):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t: claims (image, channels, band) tasks (gemm.claim_near). plan: N, K, C, P (the expand's input pixels),
+    H, W, ph, pw, WB, HB (a block buffer's padded rows and columns), OW, bands, the block buffer's floats, blocks a
+    task (1 or 2: 16 or 32 channels, the weights packed in panels of as many). rows[band]: (first output row, output
+    rows end, first input row, input rows end). ws: every worker's block buffers, worker t's at t * plan[13] *
+    plan[12]; po[p]: input pixel p's offset in a block buffer. y: the depthwise's output, in planes or (out8) each
+    block's channels interleaved per pixel."""
+    n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
+    ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
+    nblk = c // LANES
+    npix = (rows[bands - 1, 1]) * ow
+    base = t * per * bsize
+    for v in range(per):  # the expand writes the image's pixels only
+        _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
+    per_image = (nblk + per - 1) // per * bands
+    items, granule = (n, per_image) if n > 1 else (per_image, 1)
+    sizes = queue_sizes(counter, items, granule, 1)
+    nq = sizes.shape[0]
+    while True:
+        u, i = claim_near(counter, sizes)
+        if u < 0:
+            break
+        task = u * items // nq * granule + i
+        img, b0, band = task // per_image, (task % per_image) // bands * per, task % bands
+        nb = min(per, nblk - b0)
+        o_first, o_end, r_first, r_end = rows[band, 0], rows[band, 1], rows[band, 2], rows[band, 3]
+        # the expand: input rows r_first .. r_end - 1 of channels 16 b0 .. 16 (b0 + nb) - 1 into the buffers
+        # (pointwise_t's tiles: block b0 + v's pixel j stored at yo + (b0 + v) * bsize + po[j])
+        wo = b0 * LANES * k
+        yo = base - b0 * bsize
+        tt, t1 = r_first * wd // NP, r_end * wd // NP
+        # pairs: the task's first tile prefetches the next panel's weights into L2 (pointwise_t's W_PREFETCH)
+        wpf = (b0 + 2) * LANES * k if nb == 2 and b0 + 2 < nblk else 0
+        while tt < t1:
+            p0 = tt * NP
+            xo = img * k * p + p0
+            if tt + 1 < t1 and nb == 2:
+                _ptile2w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, wpf, -P_PREFETCH, po,
+                         bsize, p0, c)  # fmt: skip
+                wpf = 0
+            elif tt + 1 < t1:
+                _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                         bsize, p0, c)  # fmt: skip
+            elif nb == 2:
+                _ptile2(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                        bsize, p0, c)  # fmt: skip
+            else:
+                _ptile1(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                        bsize, p0, c)  # fmt: skip
+            tt += 2 if tt + 1 < t1 else 1
+        # the depthwise: output rows o_first .. o_end - 1 of each block from its buffer
+        q_end = o_end * ow
+        for v in range(nb):
+            blk = b0 + v
+            buf = ws[base + v * bsize :]
+            ybase = (img * c + blk * LANES) * npix
+            for q0 in range(o_first * ow, q_end, 8):
+                _block_tile(buf, xoff, q0, wt_tab[blk], toff_tab[blk], ntaps[blk], y, ybase, npix, LANES,
+                            min(8, q_end - q0), b8_tab[blk], lo2, hi2, out8)  # fmt: skip
+
+
+_F1, _I1, _F2, _I2, _f = types.float32[::1], types.int64[::1], types.float32[:, ::1], types.int64[:, ::1], types.float64
+_ED = Task(
+    _ed_worker,
+    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64),
+    opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
+    compile_s=1.5,
+    boundscheck=False,
+)
+_WORKSPACE = Workspace()
+
+
+def pack16(w: np.ndarray) -> np.ndarray:
+    """W (C, K, 1, 1), C a multiple of 16, as panels of 16 output channels: panel b at [16 b K:], (K, 16) row-major."""
+    c, k = w.shape[0], w.shape[1]
+    return np.ascontiguousarray(w.reshape(c // 16, 16, k).transpose(0, 2, 1)).reshape(-1)
+
+
+class ExpandDepthwiseRunner:
+    """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
+
+    __slots__ = ("args", "dw", "lo_hi", "out_shape", "packed", "tables", "workers", "ws")
+
+    def __init__(self, x_shape, w1_shape, act1, dw_runner: DepthwiseRunner) -> None:
+        if not applies(x_shape, w1_shape, dw_runner):
+            raise ValueError(f"mbconv: does not apply to x {tuple(x_shape)}, w {tuple(w1_shape)} and that depthwise")
+        n, k, h, wd = (int(v) for v in x_shape)
+        c = int(w1_shape[0])
+        self.dw = dw_runner
+        self.out_shape = dw_runner.out_shape
+        oh, ow = self.out_shape[2:]
+        _, _, _, _, ph, pw, wb, npix, _, xoff, _ = dw_runner.args
+        bsize = dw_runner.plane
+        hb = bsize // (wb * LANES)
+        kh, _, sh, _, dh, _ = dw_runner.geometry
+
+        def span(o0: int, o1: int) -> tuple[int, int]:  # the input rows output rows o0 .. o1 - 1 read
+            return max(0, o0 * sh - ph), min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)
+
+        def in_rows(b: int, bands: int) -> int:
+            first, end = span(b * oh // bands, (b + 1) * oh // bands)
+            return end - first
+
+        self.workers = threads = numba.get_num_threads()
+        nblk = c // LANES
+        per = 2 if n * (nblk // 2) >= PAIR_TASKS * threads else 1  # blocks a task (see the module docstring)
+        bands = _bands(n, -(-nblk // per), oh, in_rows, per * wb * LANES * 4, wd % NP == 0, threads)
+        rows = np.zeros((bands, 4), np.int64)
+        for b in range(bands):
+            o0, o1 = b * oh // bands, (b + 1) * oh // bands
+            rows[b] = (o0, o1, *span(o0, o1))
+        if wd % NP:  # whole planes only: the tiles run over the image's pixels in sevens
+            rows[:, 2], rows[:, 3] = 0, h
+        p = np.arange(h * wd)
+        po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
+        plan = np.array([n, k, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per], np.int64)
+        # a band's runs of 8 output pixels start at its first row, not at a multiple of 8: the offsets of the pixels
+        # past the end repeat the last (their results are not stored)
+        xoff = np.concatenate([xoff[:npix], np.full(8, xoff[npix - 1], np.int64)])
+        self.args = (plan, rows, po, xoff)
+        self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
+        self.ws = (None, None)
+        self.packed: tuple | None = None  # (w1, its panels, b1)
+        self.tables: tuple | None = None  # (w2, b2, the depthwise's tap tables)
+
+    def __call__(self, x, w1, b1, w2, b2, y) -> None:
+        packed = self.packed
+        if packed is None or packed[0] is not w1 or packed[2] is not b1:
+            packed = self.packed = (w1, pack(w1) if self.args[0][13] == 2 else pack16(w1), b1)
+        tables = self.tables
+        if tables is None or tables[0] is not w2 or tables[1] is not b2:
+            plan_dw = self.dw.args
+            tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
+        bsize = self.dw.plane * int(self.args[0][13])
+        (buf,) = _WORKSPACE.get(self.workers * bsize + 16)
+        base, ws = self.ws  # the aligned view of this thread's workspace, kept while the workspace stays the same
+        if base is not buf.base:
+            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.workers * bsize]  # 64-byte aligned
+            self.ws = (buf.base, ws)
+        handoff = self.dw.handoff
+        plan = self.args[0]
+        counter = image_counters(int(plan[0]), self.workers, -(-int(plan[2]) // (16 * int(plan[13]))) * int(plan[11]))
+        _ED.parallel(_ED.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args,
+                     *self.lo_hi, ws, counter, *tables[2], int(handoff is not None))  # fmt: skip
+        if handoff is not None:
+            handoff.interleaved = LANES  # y holds blocks of LANES channels interleaved per pixel this time

@@ -1,0 +1,209 @@
+"""kernels.mbconv: the expand 1x1 and the depthwise after it in one pass, against the two steps it replaces (the same
+bits) and the float64 reference; and net.plan_steps.fuse_expand_depthwise in EfficientNet-Lite0's plan."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from kernels import depthwise, mbconv, pointwise_t
+
+pytestmark = pytest.mark.skipif(not mbconv.ENABLED, reason="AVX-512 only (pointwise_t's 16-lane tiles)")
+
+ACT = (0.0, 6.0)  # ReLU6 after both, as EfficientNet-Lite's blocks
+
+
+def _pair(n, k, c, h, kernel, stride, pad, seed):
+    """x, w1, b1, w2, b2 of a pair on a plane of h x h (h an int) or h[0] x h[1]."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, k, *((h, h) if isinstance(h, int) else h))).astype(np.float32)
+    w1 = (rng.standard_normal((c, k, 1, 1)) / np.sqrt(k)).astype(np.float32)
+    b1 = rng.standard_normal(c).astype(np.float32)
+    w2 = rng.standard_normal((c, 1, kernel, kernel)).astype(np.float32)
+    if kernel % 2 == 0:  # TF's asymmetric SAME padding in Caffe's form: a zero first row and column
+        w2[:, :, 0], w2[:, :, :, 0] = 0.0, 0.0
+    b2 = rng.standard_normal(c).astype(np.float32)
+    return x, w1, b1, w2, b2
+
+
+def _two_steps(x, w1, b1, w2, b2, dw):
+    """The two steps the plan runs without fusion (net.plan_steps.hand_over_expand): the expand on pointwise_t's
+    tiles writing the depthwise's padded blocks, the depthwise (a runner like dw) reading them in place."""
+    n, c = x.shape[0], w1.shape[0]
+    _, _, sh, sw, _, _ = dw.geometry
+    ph, pw = dw.args[4], dw.args[5]
+    ref = depthwise.DepthwiseRunner((n, c, *x.shape[2:]), w2.shape, (sh, sw), (ph, pw), ACT, frozen=True, c8=True)
+    size = depthwise.PaddedInput.size(ref)
+    raw = np.full(size + 16, np.nan, np.float32)
+    blocks = depthwise.PaddedInput(ref, raw[(-raw.ctypes.data // 4) % 16 :][:size])
+    pointwise_t.PointwiseTRunner(x.shape, w1.shape, ACT, blocks)(x, w1, b1, np.empty(0, np.float32))
+    ref.padded_in = blocks
+    y = np.empty(dw.out_shape, np.float32)
+    ref(np.empty((n, c, *x.shape[2:]), np.float32), w2, b2, y)
+    return y
+
+
+# EfficientNet-Lite0's pairs (K -> C channels, plane, the depthwise's kernel / stride / pad in Caffe's form), batches
+CASES = [
+    (1, 16, 96, 112, 4, 2, 1),  # block 1: 112 x 112 in bands (L2), blocks of 16
+    (1, 24, 144, 56, 3, 1, 1),  # block 2: 9 blocks, two bands for 2 threads
+    (1, 24, 144, 56, 6, 2, 2),  # block 3
+    (1, 40, 240, 28, 5, 1, 2),
+    (1, 112, 672, 14, 5, 1, 2),  # pairs of blocks (32 channels a task)
+    (1, 192, 1152, 7, 3, 1, 1),
+    (2, 24, 144, 56, 3, 1, 1),
+    (3, 40, 240, 28, 4, 2, 1),  # bands starting off a multiple of 8 output pixels
+    (1, 16, 48, (14, 10), 3, 1, 1),  # W = 10: no bands (tiles of 7 pixels across rows), an odd block count
+]
+
+
+@pytest.mark.parametrize("n,k,c,h,kernel,stride,pad", CASES)
+def test_same_bits_as_the_two_steps(n, k, c, h, kernel, stride, pad) -> None:
+    """The fused pass against the expand's tiles then the depthwise's (the plan's two steps without fusion): the same
+    bits (each output the same FMA chain);
+    against the float64 reference of both within float32 rounding (2e-5 sqrt(K) of the largest output); and the same
+    bits on 1 thread as on 2 (another split into bands and pairs of blocks)."""
+    x, w1, b1, w2, b2 = _pair(n, k, c, h, kernel, stride, pad, seed=c + k)
+    got = {}
+    saved = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            dw = depthwise.DepthwiseRunner((n, c, *x.shape[2:]), w2.shape, stride, pad, ACT, frozen=True, c8=True)
+            run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+            y = np.full(dw.out_shape, np.nan, np.float32)
+            run(x, w1, b1, w2, b2, y)
+            run(x, w1, b1, w2, b2, y)  # again on the same buffers (stale values in them change nothing)
+            got[threads] = y
+            np.testing.assert_array_equal(y, _two_steps(x, w1, b1, w2, b2, dw))
+    finally:
+        numba.set_num_threads(saved)
+    mid = np.clip(np.einsum("nkhw,ck->nchw", x.astype(np.float64), w1[:, :, 0, 0].astype(np.float64))
+                  + b1[None, :, None, None], *ACT)  # fmt: skip
+    ref = depthwise.depthwise_forward_ref(mid, w2, b2, stride=stride, pad=pad, act=ACT)
+    y = got[1]
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.sqrt(k) * max(1.0, float(np.abs(ref).max())))
+    for v in got.values():
+        np.testing.assert_array_equal(v, y)
+
+
+def test_hands_its_output_on_in_blocks() -> None:
+    """With the depthwise's handoff set (the 1x1 after it reads blocks of 16 channels interleaved per pixel), the
+    output is those blocks, holding the planes' values, and the handoff says so."""
+    n, k, c, h = 1, 24, 144, 56
+    x, w1, b1, w2, b2 = _pair(n, k, c, h, 3, 1, 1, seed=5)
+    dw = depthwise.DepthwiseRunner((n, c, h, h), w2.shape, 1, 1, ACT, frozen=True, c8=True)
+    run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+    planes = np.empty(dw.out_shape, np.float32)
+    run(x, w1, b1, w2, b2, planes)
+    dw.handoff = depthwise.Handoff()
+    blocks = np.empty(dw.out_shape, np.float32)
+    run(x, w1, b1, w2, b2, blocks)
+    assert dw.handoff.interleaved == depthwise.LANES
+    lanes = depthwise.LANES
+    back = blocks.reshape(n, c // lanes, h * h, lanes).transpose(0, 1, 3, 2).reshape(planes.shape)
+    np.testing.assert_array_equal(back, planes)
+
+
+def test_new_weight_arrays_are_packed_again() -> None:
+    """The weights are packed once per array: a new expand or depthwise array (Net.refold makes new ones) is used."""
+    n, k, c, h = 1, 40, 240, 28
+    x, w1, b1, w2, b2 = _pair(n, k, c, h, 5, 1, 2, seed=6)
+    dw = depthwise.DepthwiseRunner((n, c, h, h), w2.shape, 1, 2, ACT, frozen=True, c8=True)
+    run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+    y = np.empty(dw.out_shape, np.float32)
+    run(x, w1, b1, w2, b2, y)
+    w1b, w2b = (w1 * 0.5).astype(np.float32), (w2 * -1.0).astype(np.float32)
+    run(x, w1b, b1, w2b, b2, y)
+    np.testing.assert_array_equal(y, _two_steps(x, w1b, b1, w2b, b2, dw))
+
+
+def test_applies() -> None:
+    dw = depthwise.DepthwiseRunner((1, 96, 112, 112), (96, 1, 4, 4), 2, 1, ACT, frozen=True, c8=True)
+    assert mbconv.applies((1, 16, 112, 112), (96, 16, 1, 1), dw)
+    assert not mbconv.applies((1, 8, 112, 112), (96, 8, 1, 1), dw)  # K < pointwise_t.MIN_K_BLOCKS
+    assert not mbconv.applies((1, 16, 112, 112), (96, 16, 3, 3), dw)  # not a 1x1
+    dw40 = depthwise.DepthwiseRunner((1, 40, 28, 28), (40, 1, 3, 3), 1, 1, ACT, frozen=True, c8=True)
+    assert not mbconv.applies((1, 16, 28, 28), (40, 16, 1, 1), dw40)  # 40 channels: not whole blocks of 16
+    planes = depthwise.DepthwiseRunner((1, 96, 112, 112), (96, 1, 3, 3), 1, 1, ACT, frozen=True)
+    assert not planes.c8 and not mbconv.applies((1, 16, 112, 112), (96, 16, 1, 1), planes)
+    with pytest.raises(ValueError, match="does not apply"):
+        mbconv.ExpandDepthwiseRunner((1, 16, 112, 112), (96, 16, 1, 1), ACT, planes)
+
+
+def _lite0(fuse: bool, x: np.ndarray):
+    from net import Net, plan_steps
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    saved, plan_steps.FUSE_EXPAND = plan_steps.FUSE_EXPAND, fuse
+    try:
+        net = Net.load(files.prototxt, files.weights)
+        net.share_activations()
+        return net, net.forward(data=x)["prob"].copy()
+    finally:
+        plan_steps.FUSE_EXPAND = saved
+
+
+def test_net_fuses_every_expand_and_keeps_the_bits() -> None:
+    """EfficientNet-Lite0 with shared activations: every expand (blocks 1-15) runs fused with its depthwise layer, whose
+    step then has nothing to do, and the softmax has the bits of the plan with the two steps apart (FUSE_EXPAND off)
+    at batch 1, replayed (net.replay) too. At batch 2 within 1e-6: there the plan without fusion hands block 1's
+    expand over in planes (its blocks pass plan_steps.BLOCKS_MAX_BYTES), on kernels.pointwise, whose edge pixels sum
+    in another order."""
+    for n in (1, 2):
+        x = np.random.default_rng(n).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
+        net, fused = _lite0(True, x)
+        _, apart = _lite0(False, x)
+        steps = net._plan.steps
+        names = [s[1].name for s in steps if isinstance(getattr(s[0], "runner", None), mbconv.ExpandDepthwiseRunner)]
+        assert names == [f"block{i}/expand" for i in range(1, 16)]
+        if n == 2:
+            np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-6)
+            continue
+        np.testing.assert_array_equal(fused, apart)
+        for _ in range(4):  # recorded and replayed
+            np.testing.assert_array_equal(net.forward(data=x)["prob"], apart)
+        assert net._plan.replay
+
+
+def test_net_refusals_run_the_layers() -> None:
+    """When the fused step refuses (an array changed under the plan), the expand layer's own forward writes its top
+    and the depthwise step runs on it; when the depthwise's output array changed, the fused step refuses too. The
+    same values each time, and the same bits once planned again."""
+    x = np.random.default_rng(7).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    net, want = _lite0(True, x)
+    steps = net._plan.steps
+    i = next(i for i, s in enumerate(steps) if s[1].name == "block2/expand")
+    assert isinstance(steps[i][0].runner, mbconv.ExpandDepthwiseRunner)
+    src = steps[i][2][0]
+    src.data = src.data.copy()  # another array than the plan's: the fused step refuses
+    np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)  # planned again
+    steps = net._plan.steps
+    i = next(i for i, s in enumerate(steps) if s[1].name == "block9/dw")
+    dst = steps[i][3][0]
+    dst.data = np.zeros_like(dst.data)
+    np.testing.assert_allclose(net.forward(data=x)["prob"], want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
+
+
+def test_observed_depthwise_output_is_not_fused() -> None:
+    """A depthwise input that someone observes (Net.observe, the web app's feature maps) or keeps is written: that
+    pair stays two steps."""
+    from net import Net
+    from net.zoo import efficientnet_lite0
+
+    files = efficientnet_lite0(say=lambda _m: None)
+    net = Net.load(files.prototxt, files.weights)
+    net.share_activations(keep=("block3/expand",))
+    seen = []
+    net.observe("block5/expand", lambda name, a: seen.append(a.copy()))
+    x = np.random.default_rng(8).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    net.forward(data=x)
+    fused = {
+        s[1].name for s in net._plan.steps if isinstance(getattr(s[0], "runner", None), mbconv.ExpandDepthwiseRunner)
+    }
+    assert "block3/expand" not in fused and "block5/expand" not in fused and "block4/expand" in fused
+    assert seen and np.isfinite(seen[0]).all() and seen[0].shape == (1, 240, 28, 28)
