@@ -102,7 +102,13 @@ from kernels.tiling import VW
 NP = 7  # pixels a tile (7 x 7 and 14 x 14 planes: whole tiles)
 MIN_K = 112  # input channels at least: the transposing epilogue costs a tile ~130 cycles (expands alone, 1 / 2
 # threads: K = 192, 7 x 7 1.13 / 1.23x; K = 112, 14 x 14 1.04 / 1.05x; K = 80 0.97 / 1.03x, left to pointwise)
-MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there)
+MAX_P = 196  # pixels an image at most (larger planes: pointwise's tiles are at their best there, for K < MIN_K_LARGE)
+# input channels at least for planes larger than MAX_P: there a tile's 14 pixels x 32 channels read one line of x per
+# k and 16 output channels, where pointwise's 12 x 32 tile reads two and broadcasts 12 weights; alone, hot, 2 / 1
+# threads, Zen 4 EPYC, GFLOP/s pointwise -> pointwise_t: 256 -> 64 on 56 x 56 192 -> 218 / 100 -> 109, 512 -> 128
+# on 28 x 28 195 -> 225 / 95 -> 111, 256 -> 128 198 -> 219 / 109 -> 111, 256 -> 512 216 -> 220 / 111 -> 110;
+# with fewer input channels it loses (64 -> 256 with a residual sum 163 -> 146, 192 -> 96 213 -> 165)
+MIN_K_LARGE = 256
 MIN_K_BLOCKS = 16  # input channels at least where the output goes to a depthwise in its blocks (no transposes)
 CHUNK = 7  # pixel tiles a task at most
 W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L2
@@ -114,7 +120,8 @@ assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where
 
 
 def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
-    """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P;
+    """A 1x1 convolution this kernel runs: AVX-512, K >= MIN_K, M a multiple of 16, H*W a multiple of NP up to MAX_P
+    (K >= MIN_K_LARGE on larger planes);
     blocks (the output written in a depthwise's blocks, ``depthwise.PaddedInput``): K >= MIN_K_BLOCKS, any H*W; xblk
     (x handed over in blocks by a depthwise step, ``depthwise.Handoff``, the output in planes): K a multiple of 16, any
     H*W and M (a last panel padded with zero weights, its padding channels not stored)."""
@@ -127,7 +134,7 @@ def applies(x_shape, w_shape, blocks: bool = False, xblk: bool = False) -> bool:
     elif xblk:
         fits = k % LANES == 0
     else:
-        fits = k >= MIN_K and p <= MAX_P and m % 16 == 0
+        fits = k >= (MIN_K if p <= MAX_P else MIN_K_LARGE) and m % 16 == 0
     return fits and n > 0 and int(w_shape[1]) == k and m > 0 and p > 0 and p % NP == 0
 
 

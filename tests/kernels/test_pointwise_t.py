@@ -28,7 +28,16 @@ def _inputs(n, k, m, h, seed=0):
 
 @pytest.mark.parametrize(
     "n,k,m,h",
-    [(1, 480, 80, 14), (1, 1152, 192, 7), (1, 320, 1280, 7), (2, 240, 112, 14), (3, 256, 48, 7), (1, 256, 16, 7)],
+    [
+        (1, 480, 80, 14),
+        (1, 1152, 192, 7),
+        (1, 320, 1280, 7),
+        (2, 240, 112, 14),
+        (3, 256, 48, 7),
+        (1, 256, 16, 7),
+        (1, 256, 64, 56),  # larger planes from K = MIN_K_LARGE (ResNet-50's res2 and res3 reductions)
+        (2, 512, 128, 28),
+    ],
 )
 def test_matches_reference_and_pointwise_main_tile_bits(n, k, m, h) -> None:
     x, w, b, res = _inputs(n, k, m, h, seed=k + m)
@@ -91,13 +100,14 @@ def test_applies() -> None:
     assert pointwise_t.applies((1, 112, 14, 14), (672, 112, 1, 1))  # an expand
     assert not pointwise_t.applies((1, 80, 14, 14), (480, 80, 1, 1))  # K below MIN_K
     assert not pointwise_t.applies((1, 144, 14, 14), (24, 144, 1, 1))  # M not a multiple of 16
-    assert not pointwise_t.applies((1, 480, 28, 28), (80, 480, 1, 1))  # a larger plane
+    assert not pointwise_t.applies((1, 192, 28, 28), (80, 192, 1, 1))  # a larger plane, K below MIN_K_LARGE
+    assert pointwise_t.applies((1, 256, 56, 56), (64, 256, 1, 1))  # a larger plane, K >= MIN_K_LARGE (ResNet's)
     assert not pointwise_t.applies((1, 480, 8, 8), (80, 480, 1, 1))  # 64 pixels: not whole 7-pixel tiles
     assert not pointwise_t.applies((1, 480, 14, 14), (80, 480, 3, 3))
     assert pointwise_t.applies((1, 144, 56, 56), (24, 144, 1, 1), xblk=True)  # x in blocks: any plane size and M
     assert not pointwise_t.applies((1, 24, 56, 56), (144, 24, 1, 1), xblk=True)  # K not whole blocks
     with pytest.raises(ValueError, match="does not apply"):
-        PointwiseTRunner((1, 480, 28, 28), (80, 480, 1, 1))
+        PointwiseTRunner((1, 192, 28, 28), (80, 192, 1, 1))
 
 
 def _lite0_with(module, name: str, value, seed: int):
