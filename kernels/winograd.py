@@ -17,10 +17,16 @@ Kernels:
                               the transform arithmetic; ``kernels.conv.conv2d_forward_ref`` is the reference of the
                               convolution (tests compare both).
 1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32: (group, alpha^2,
-                              K/group, C/group) row-major, so each U_xi is read in place by the GEMM micro-kernel as a
-                              row-major A (``kernels.gemm.block`` with lda = C/group). Made once per weight array and
-                              kept while its bits are unchanged, or while it is the same array for frozen weights
-                              (``WinogradRunner``).
+                              K/group, C/group) row-major; ``pack_weights`` lays each U_xi out as the GEMM
+                              micro-kernel's packed A (``kernels.gemm.block`` with lda = 0: tiles of MR rows, (C/group,
+                              MR) each, zero rows past K/group), so a tile reads its weights as one stream of MR floats
+                              per k instead of MR rows C/group floats apart (PACKED_U; the same bits). Made once per
+                              weight array and kept while its bits are unchanged, or while it is the same array for
+                              frozen weights (``WinogradRunner``). At batch 1 a U_xi serves 16 tiles at most, so the
+                              GEMMs stream U (ResNet-50's 14 x 14 layers: 9.4 MB each, F(4x4)): packed, 256 -> 256 on
+                              14 x 14 hot 0.99 -> 0.71 ms in-process (2 threads); whole nets, two plans alternated in
+                              one process, 2 threads: ResNet-50 batch 1 / 16 1.06 / 1.07x, GoogLeNet 1.09-1.11 /
+                              1.09x, CaffeNet batch 10 1.01x, batch 1 1.00x; ResNet-50 1 thread 1.07x.
 2. ``_gather`` + ``_input_transform`` - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the
                               patches gathered into an (alpha, alpha, 16) staging block (zeros outside the image: the
                               padding is never materialised), then B^T d B by ``_transform8``, an LLVM IR intrinsic that
@@ -58,6 +64,7 @@ layer; make a new plan after, e.g. ``net.reshape()``).
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
 ``WinogradRunner`` (the shape work once, kept by a Net's plan), ``choose``, ``winograd_applies``, ``transform_weights``,
+``pack_weights``,
 ``winograd_forward_ref``, ``matrices(m)``.
 
 Benchmark (checks against the reference first): ``python -m benchmarks --only layers --filter winograd``.
@@ -81,6 +88,7 @@ from kernels.gemm import Workspace, as64, block, claim, flat_f32, stack_empty
 from kernels.tasks import Task
 from kernels.tiling import KC, MR, NR
 
+PACKED_U = True  # U as the micro-kernel's packed A (pack_weights), else row-major in place (read when a runner is made)
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
 KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
 TILE = 2  # the tile of the functions' defaults, F(2x2, 3x3); the nets' layers get theirs from `choose`
@@ -176,6 +184,17 @@ def transform_weights(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
     alpha = m + 2
     u = np.einsum("ai,kcij,bj->abkc", gm, np.asarray(w, np.float64), gm).reshape(alpha * alpha, group, k // group, cg)
     return np.ascontiguousarray(u.transpose(1, 0, 2, 3), dtype=np.float32).reshape(-1)
+
+
+def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int) -> np.ndarray:
+    """transform_weights' U as the GEMM micro-kernel's packed A (``kernels.gemm.block`` with lda = 0): per (group, xi)
+    block, K/group rows rounded up to MR with zero rows, then (row tile, C/group, MR) row-major, so a tile reads its
+    rows' weights as one stream, 48 consecutive bytes per k (PACKED_U)."""
+    a2 = (m + 2) * (m + 2)
+    kgp = -(-kg // MR) * MR
+    out = np.zeros((group * a2, kgp, cg), np.float32)
+    out[:, :kg] = u.reshape(group * a2, kg, cg)
+    return np.ascontiguousarray(out.reshape(group * a2, kgp // MR, MR, cg).transpose(0, 1, 3, 2)).reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------------ Numba kernels
@@ -401,7 +420,7 @@ def _winograd_inputs_worker(t, xf, n, c, h, wd, k, group, ph, pw, oh, ow, m, per
 
 
 def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, relu,
-                           relu_max, work, vall, vblock, zeros, counter):  # fmt: skip  # pragma: no cover - compiled
+                           relu_max, work, vall, vblock, zeros, counter, packed):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of all tasks of a forward (see the module docstring, 5), claimed
     (``gemm.claim``): the geometry as in _winograd_inputs_worker; epilogue (relu, relu_max); work[t]: the worker's
     floats; vall: the inputs transformed by _winograd_inputs_worker (vblock floats per (chunk, group)) when there are
@@ -411,7 +430,7 @@ def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh,
     ntask = chunks * group * kblocks
     task = claim(counter)
     while task < ntask:
-        _winograd_task(xf, u, bias, y, geometry, epilogue, work[t], vall, vblock, zeros, task)
+        _winograd_task(xf, u, bias, y, geometry, epilogue, work[t], vall, vblock, zeros, task, packed)
         task = claim(counter)
 
 
@@ -420,18 +439,20 @@ _F1, _F2, _I, _I1 = types.float32[::1], types.float32[:, ::1], types.int64, type
 _WINOGRAD_INPUTS = Task(_winograd_inputs_worker, (_F1, *(_I,) * 16, _F1, _I, _F2, _I1), boundscheck=False)
 _WINOGRAD_TASKS = Task(
     _winograd_tasks_worker,
-    (_F1, _F1, _F1, _F1, *(_I,) * 15, types.boolean, types.float64, _F2, _F1, _I, _F1, _I1),
+    (_F1, _F1, _F1, _F1, *(_I,) * 15, types.boolean, types.float64, _F2, _F1, _I, _F1, _I1, _I),
     boundscheck=False,
 )
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, task):
+def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, task, packed):
     """One (chunk, group, k-block) task: the chunk's inputs transformed (or read from vall), then per KB_INNER rows of
     output channels the alpha^2 GEMMs into M and the output transform."""
     _, c_all, _, _, k_all, group, _, _, oh, ow, m, _, kb, chunks, kblocks = geometry
     a2 = (m + 2) * (m + 2)
     cg, kg = c_all // group, k_all // group
+    kgp = (kg + MR - 1) // MR * MR if packed else kg  # U's rows per (group, xi) block (packed: pack_weights)
+    lda = 0 if packed else cg
     chunk = task % chunks
     g = (task // chunks) % group
     k0 = (task // (chunks * group)) * kb
@@ -456,13 +477,13 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
         i1 = min(k1, i0 + KB_INNER)
         m_xi = (i1 - i0) * ldc  # floats of one M_xi: rows x ldc
         mb = mb_all[: a2 * m_xi]
-        for xi in range(a2):  # M_xi[i0:i1] = U_xi[i0:i1] @ V_xi, the GEMM micro-kernel (A row-major, lda = cg)
-            ap = u[(g * a2 + xi) * kg * cg : (g * a2 + xi + 1) * kg * cg]
+        for xi in range(a2):  # M_xi[i0:i1] = U_xi[i0:i1] @ V_xi, the GEMM micro-kernel (A packed: pack_weights)
+            ap = u[(g * a2 + xi) * kgp * cg : (g * a2 + xi + 1) * kgp * cg]
             bp = v[xi * v_xi : (xi + 1) * v_xi]
             c_off = xi * m_xi - i0 * ldc  # block addresses rows from 0: row k lands at c_off + k * ldc
             for pc in range(0, cg, KC):
                 kc = min(KC, cg - pc)
-                block(ap, cg, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
+                block(ap, lda, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
         for s in range(nsl):  # output transform, bias and ReLU, per output channel
             valid = min(NR, ntiles - s * NR)
             _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)
@@ -575,6 +596,7 @@ class WinogradRunner:
         "geometry",
         "m",
         "out_shape",
+        "packed",
         "relu",
         "relu_max",
         "u",
@@ -636,19 +658,25 @@ class WinogradRunner:
         self.zeros = np.zeros(kg + MR, np.float32)
         self.u: np.ndarray | None = None
         self.w_seen: np.ndarray | None = None
+        self.packed = PACKED_U
 
     def weights(self, w: np.ndarray) -> np.ndarray:
         """The transformed weights of w, made again only when w differs from the copy kept (frozen: when w is another
         array than the one transformed)."""
         if self.frozen:
             if self.u is None or self.w_seen is not w:
-                self.u = transform_weights(w, self.geometry[5], self.m)
+                self.u = self._transform(w)
                 self.w_seen = w
             return self.u
         if self.u is None or self.w_seen is None or not _same(self.w_seen.reshape(-1), w.reshape(-1).view(np.uint32)):
-            self.u = transform_weights(w, self.geometry[5], self.m)
+            self.u = self._transform(w)
             self.w_seen = w.copy().view(np.uint32)
         return self.u
+
+    def _transform(self, w: np.ndarray) -> np.ndarray:
+        group = self.geometry[5]
+        u = transform_weights(w, group, self.m)
+        return pack_weights(u, group, self.m, w.shape[0] // group, w.shape[1]) if self.packed else u
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:
@@ -665,7 +693,7 @@ class WinogradRunner:
             )  # fmt: skip
         _WINOGRAD_TASKS.parallel(
             _WINOGRAD_TASKS.address, self.workers, xf, u, bias, out.reshape(-1), *self.geometry, self.relu,
-            self.relu_max, work, vall, self.vblock, self.zeros, np.zeros(1, np.int64)
+            self.relu_max, work, vall, self.vblock, self.zeros, np.zeros(1, np.int64), int(self.packed)
         )  # fmt: skip
 
 

@@ -83,6 +83,28 @@ def test_each_image_same_bits_alone_and_in_a_batch(m):
         assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=1, m=m), batch[i : i + 1])
 
 
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
+def test_packed_weights_same_bits_as_row_major(m, x_shape, k, group, pad, monkeypatch):
+    """U as the micro-kernel's packed A (PACKED_U, pack_weights: row tiles of MR rows, zero rows past K/group) and U
+    read row-major in place: the same FMA chain per output, the same bits; pack_weights holds U's values."""
+    x, w, b = _data(x_shape, k, group, seed=7)
+    got = {}
+    for packed in (False, True):
+        monkeypatch.setattr(winograd, "PACKED_U", packed)
+        run = WinogradRunner(x.shape, w.shape, (pad, pad), group, True, m=m)
+        assert run.packed is packed
+        got[packed] = winograd_forward(x, w, b, pad=pad, group=group, m=m, relu=True, runner=run)
+    np.testing.assert_array_equal(got[True], got[False])
+    kg, cg, mr = k // group, x_shape[1] // group, winograd.MR
+    u = winograd.transform_weights(w, group, m)
+    p = winograd.pack_weights(u, group, m, kg, cg)
+    kgp = -(-kg // mr) * mr
+    blocks = p.reshape(-1, kgp // mr, cg, mr).transpose(0, 1, 3, 2).reshape(-1, kgp, cg)
+    np.testing.assert_array_equal(blocks[:, :kg], u.reshape(-1, kg, cg))
+    assert not blocks[:, kg:].any()
+
+
 def test_runner_follows_weights_changed_in_place():
     x, w, b = _data((2, 8, 8, 8), 8, 1, seed=4)
     run = WinogradRunner(x.shape, w.shape, (1, 1), 1, False)
