@@ -15,9 +15,13 @@ pixel's 16 channels one aligned vector, the zero border written once a call); th
 (``depthwise._block_tile``) then read that buffer, still in L2, and write the band's outputs, in planes or in the
 interleaved blocks the projection after reads (``depthwise.Handoff``). The wide tensor is never stored whole.
 
-Bands: as many as make the tasks a multiple of the thread count and at least two a thread (at batch 1: 9 blocks of 56
-x 56 in two bands each, 18 tasks for 2 threads, not 5 and 4), and as many more as keep a band's input rows of one
-block within BAND_BYTES (112 x 112: the x rows the expand reads and the buffer rows it writes both stay in L2).
+Bands: the count that gives the threads the least work each, halo rows counted (at batch 1: 9 blocks of 56 x 56 in
+two bands each, 18 tasks for 2 threads, not 5 and 4), and more where a band's input rows of a task's blocks pass
+BAND_BYTES (112 x 112: the x rows the expand reads and the buffer rows it writes both stay in L2). Tasks go
+band-major: with one image, each CPU's queue (``gemm.claim_near``) holds its share of the bands, the rows that the 1x1
+steps before and after (``pointwise_t``, chunk-major) read and write on the same core (EfficientNet-Lite0, batch 1,
+2 threads, two plans alternated in one process: 1.013 / 1.030x and 1.035 / 1.032x min / median against
+block-major tasks).
 
 The numbers: each expand output is its tile's FMA chain over k from 0, + bias, clip (the bits ``pointwise_t`` and
 ``pointwise`` give it), and each depthwise output its block tile's chain over the block's taps (the bits of the
@@ -100,7 +104,8 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
     base = t * per * bsize
     for v in range(per):  # the expand writes the image's pixels only
         _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
-    per_image = (nblk + per - 1) // per * bands
+    ntc = (nblk + per - 1) // per  # tasks of a band
+    per_image = ntc * bands
     items, granule = (n, per_image) if n > 1 else (per_image, 1)
     sizes = queue_sizes(counter, items, granule, 1)
     nq = sizes.shape[0]
@@ -109,7 +114,9 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
         if u < 0:
             break
         task = u * items // nq * granule + i
-        img, b0, band = task // per_image, (task % per_image) // bands * per, task % bands
+        # band-major: with one image, queue u (the CPU's: gemm.claim_near) holds the bands u * bands / Q.., the rows
+        # the 1x1 steps before and after (pointwise_t, chunk-major) read and write on the same core
+        img, band, b0 = task // per_image, (task % per_image) // ntc, (task % ntc) * per
         nb = min(per, nblk - b0)
         o_first, o_end, r_first, r_end = rows[band, 0], rows[band, 1], rows[band, 2], rows[band, 3]
         # the expand: input rows r_first .. r_end - 1 of channels 16 b0 .. 16 (b0 + nb) - 1 into the buffers
