@@ -88,13 +88,18 @@ def test_same_bits_as_the_two_steps(n, k, c, h, kernel, stride, pad) -> None:
         np.testing.assert_array_equal(v, y)
 
 
+def _fused(n, k, c, h, kernel, stride, pad, seed):
+    """(x, w1, b1, w2, b2, the depthwise runner, the fused runner) of one pair on an h x h plane."""
+    x, w1, b1, w2, b2 = _pair(n, k, c, h, kernel, stride, pad, seed)
+    dw = depthwise.DepthwiseRunner((n, c, h, h), w2.shape, stride, pad, ACT, frozen=True, c8=True)
+    return x, w1, b1, w2, b2, dw, mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+
+
 def test_hands_its_output_on_in_blocks() -> None:
     """With the depthwise's handoff set (the 1x1 after it reads blocks of 16 channels interleaved per pixel), the
     output is those blocks, holding the planes' values, and the handoff says so."""
-    n, k, c, h = 1, 24, 144, 56
-    x, w1, b1, w2, b2 = _pair(n, k, c, h, 3, 1, 1, seed=5)
-    dw = depthwise.DepthwiseRunner((n, c, h, h), w2.shape, 1, 1, ACT, frozen=True, c8=True)
-    run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+    n, c, h = 1, 144, 56
+    x, w1, b1, w2, b2, dw, run = _fused(n, 24, c, h, 3, 1, 1, seed=5)
     planes = np.empty(dw.out_shape, np.float32)
     run(x, w1, b1, w2, b2, planes)
     dw.handoff = depthwise.Handoff()
@@ -108,10 +113,7 @@ def test_hands_its_output_on_in_blocks() -> None:
 
 def test_new_weight_arrays_are_packed_again() -> None:
     """The weights are packed once per array: a new expand or depthwise array (Net.refold makes new ones) is used."""
-    n, k, c, h = 1, 40, 240, 28
-    x, w1, b1, w2, b2 = _pair(n, k, c, h, 5, 1, 2, seed=6)
-    dw = depthwise.DepthwiseRunner((n, c, h, h), w2.shape, 1, 2, ACT, frozen=True, c8=True)
-    run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+    x, w1, b1, w2, b2, dw, run = _fused(1, 40, 240, 28, 5, 1, 2, seed=6)
     y = np.empty(dw.out_shape, np.float32)
     run(x, w1, b1, w2, b2, y)
     w1b, w2b = (w1 * 0.5).astype(np.float32), (w2 * -1.0).astype(np.float32)
