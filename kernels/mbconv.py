@@ -7,10 +7,10 @@ expand does not fit a core's L2, so the depthwise step reads it from L3 (batch 1
 and runs at the memory's speed, not its tiles' (block 1's 112 x 112 stride-2 layer: 0.12 ms at batch 1, 8 ms at batch
 32, 2 threads, Zen 4; its tiles do the same work from L2 in half that).
 
-Here one task is (image, block of LANES = 16 expand channels, band of output rows): the expand's ``pointwise_t``
-tiles (14 or 7 pixels x 16 channels, output channels in the lanes) compute the band's input rows (its output rows'
-window, a halo of k - 1 rows or so shared with the next band and computed by both) for the block's 16 channels and
-store them, clipped, straight into this worker's own padded block buffer (``depthwise.PaddedInput``'s layout: a
+Here one task is (image, one or two blocks of LANES = 16 expand channels, band of output rows): the expand's
+``pointwise_t`` tiles (14 or 7 pixels x 16 or 32 channels, output channels in the lanes) compute the band's input
+rows (its output rows' window, a halo of k - 1 rows or so shared with the next band and computed by both) for the
+task's channels and store them, clipped, straight into this worker's own padded block buffers (``depthwise.PaddedInput``'s layout: a
 pixel's 16 channels one aligned vector, the zero border written once a call); the depthwise's block tiles
 (``depthwise._block_tile``) then read that buffer, still in L2, and write the band's outputs, in planes or in the
 interleaved blocks the projection after reads (``depthwise.Handoff``). The wide tensor is never stored whole.
@@ -26,8 +26,14 @@ block-major tasks).
 The numbers: each expand output is its tile's FMA chain over k from 0, + bias, clip (the bits ``pointwise_t`` and
 ``pointwise`` give it), and each depthwise output its block tile's chain over the block's taps (the bits of the
 depthwise's channel-block path): the same bits as the two steps (tested). Weights: the expand's packed once per array
-in panels of 16 (K, 16), the depthwise's tap tables once per array (``depthwise._c8_tables``); both must not change in
-place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``).
+in panels of 16 or 32 channels (``pointwise_t.pack``; two blocks a task from PAIR_TASKS tasks a thread: the 7 x 7
+layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array (``depthwise._c8_tables``); both
+must not change in place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``). The expand's top blob keeps its
+place in the plan's arena (the layer's own forward writes it when the fused step refuses), unwritten otherwise.
+
+Speed (Zen 4 EPYC, 2 threads, batch 1): block 1's pair, per step in the net, 0.43 -> 0.29 ms; EfficientNet-Lite0,
+two plans alternated in one process (``net.plan_steps.FUSE_EXPAND`` off / on): 1.02x at batch 1, 1.02-1.04x at 32;
+figures in benchmarks/perf_notes.md (twelfth round).
 
 Public: ``applies(x_shape, w1_shape, dw_runner) -> bool`` and ``ExpandDepthwiseRunner(x_shape, w1_shape, act1,
 dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``: x (N, K, H, W) the expand's input, w1 (C, K, 1, 1), b1 (C,),
