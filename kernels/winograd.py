@@ -674,6 +674,15 @@ class WinogradRunner:
             self.w_seen = w.copy().view(np.uint32)
         return self.u
 
+    def current(self, w: np.ndarray) -> bool:
+        """Are the transformed weights kept those of w as it is now (frozen: w is the array transformed; else its bits
+        equal the copy kept)? What a replayed forward asks before it runs on them (net.replay's checks)."""
+        if self.u is None or self.w_seen is None:
+            return False
+        if self.frozen:
+            return self.w_seen is w
+        return _same(self.w_seen.reshape(-1), w.reshape(-1).view(np.uint32))
+
     def _transform(self, w: np.ndarray) -> np.ndarray:
         group = self.geometry[5]
         u = transform_weights(w, group, self.m)

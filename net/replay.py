@@ -21,8 +21,10 @@ and the steps' own checks) can be done once:
    all in its recorded calls (NumPy work, state that changes from call to call) shows there, and the plan keeps its
    Python steps.
 4. Replay: while every blob, parameter and folded weight array is the object it was at recording, or a view of the
-   same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), a forward is the programs and
-   the Python steps in order. Otherwise the plan goes back to its Python steps and records again once steady (twice
+   same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), and every replayed step's
+   ``replay_check`` holds (a Winograd layer whose weights may change in place: their bits against the copy its
+   transform was made from, what its Python step compares every call), a forward is the programs and the Python steps
+   in order. Otherwise the plan goes back to its Python steps and records again once steady (twice
    at most: LOST_AT_MOST). A Python step that still refuses (an array changed that no guard covers) makes the forward
    every layer's own forward, from the inputs, and the plans are made again.
 
@@ -87,15 +89,20 @@ def _recording() -> Iterator[_Recorder]:
 
 
 class Replay:
-    """Segments over a plan's steps: (first, last, Program) run natively, or (i, i, None) step i in Python."""
+    """Segments over a plan's steps: (first, last, Program) run natively, or (i, i, None) step i in Python; checks:
+    the replayed steps' ``replay_check``s (each True while what the step made from its weights still holds)."""
 
-    __slots__ = ("guards", "segments")
+    __slots__ = ("checks", "guards", "segments")
 
-    def __init__(self, segments: list, guards: list) -> None:
+    def __init__(self, segments: list, guards: list, checks: list = ()) -> None:
         self.segments = segments
         self.guards = guards
+        self.checks = list(checks)
 
     def valid(self) -> bool:
+        for check in self.checks:  # a Winograd layer's transformed weights, when the weights may change in place
+            if not check():
+                return False
         for guard in self.guards:
             obj, attr, value = guard
             now = getattr(obj, attr)
@@ -219,7 +226,20 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
         segments.append(tuple(cur))
     if not any(prog is not None for _, _, prog in segments):
         return None
-    return Replay(segments, _guards(net, plan))
+    checks = [c for first, last, prog in segments if prog is not None for s in range(first, last + 1)
+              for c in _checks(plan.steps[s][0])]  # fmt: skip
+    return Replay(segments, _guards(net, plan), checks)
+
+
+def _checks(step) -> list:
+    """The ``replay_check``s of a step and the steps it wraps (``inner``)."""
+    out = []
+    while step is not None:
+        check = getattr(step, "replay_check", None)
+        if check is not None:
+            out.append(check)
+        step = getattr(step, "inner", None)
+    return out
 
 
 def _python_forward(plan) -> bool:

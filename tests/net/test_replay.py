@@ -109,6 +109,49 @@ def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypat
     assert isinstance(net._plan.replay, replay.Replay)
 
 
+WINOGRAD = """
+name: "wg"
+input: "data"
+input_shape { dim: 1 dim: 64 dim: 8 dim: 8 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.05 }
+                            bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "conv2" type: "Convolution" bottom: "conv" top: "conv2"
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.05 } } }
+layer { name: "pool" type: "Pooling" bottom: "conv2" top: "out" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def test_winograd_weights_changed_in_place_are_seen_by_a_replaying_net(monkeypatch) -> None:
+    """A Winograd layer whose weights may change in place (no BatchNorm folded in) keeps its step out of the replay:
+    the step compares the weights with those transformed every call, which a replayed forward would skip (it once
+    ran on the stale transform: a test net sharing a training net's weights, or a user scaling a filter, saw no
+    change). The rest of the net is still replayed."""
+    from kernels import winograd
+    from net.prototxt_loader import parse_text
+    from net.upgrade import upgrade_net
+
+    def conv(n: Net):
+        return next(ly for ly in n.layers if ly.name == "conv").blobs[0].data
+
+    xs = _inputs((1, 64, 8, 8), 6)
+    ref = Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
+    conv(ref)[...] *= np.float32(0.5)
+    want = _python_outputs(ref, xs, monkeypatch)
+    net = Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
+    assert winograd.choose((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1) == 2
+    for x in xs:
+        net.forward(data=x)
+    assert isinstance(net._plan.replay, replay.Replay)
+    before = net.forward(data=xs[0])["out"].copy()
+    assert not np.array_equal(before, want[0]["out"])  # the change shows in the output
+    conv(net)[...] *= np.float32(0.5)  # in place: the same array
+    for x, w in zip(xs, want):
+        np.testing.assert_array_equal(net.forward(data=x)["out"], w["out"])
+    assert isinstance(net._plan.replay, replay.Replay)
+
+
 def test_a_step_with_work_outside_its_task_calls_is_not_replayed(effnet_files, monkeypatch) -> None:
     """A step that also changes its top with NumPy: the check (Python steps against the replay, on two inputs) sees
     it, and the plan keeps its Python steps; every forward's result is still the step's."""
