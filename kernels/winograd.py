@@ -94,7 +94,8 @@ KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is
 TILE = 2  # the tile of the functions' defaults, F(2x2, 3x3); the nets' layers get theirs from `choose`
 MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lose to the transforms)
 MIN_OUTPUT = {2: 7, 4: 8}  # choose: output height and width at least this, per tile
-MIN_PIXELS = {2: 49, 4: 196}  # choose: output pixels of the batch at least this (one 7 x 7 map / 14 x 14 map)
+MIN_PIXELS = {2: 640, 4: 196}  # choose: output pixels of the batch at least this (13 x 13 maps: batch 4 / 2)
+FROZEN_MIN_PIXELS = 49  # choose: ... for F(2x2) with frozen weights (no per-call compare): one 7 x 7 map
 AUTO_F4_MIN_OUTPUT = 14  # choose, CREMA_WINOGRAD unset: F(4x4) on outputs of at least 14 x 14, else F(2x2)
 
 
@@ -534,12 +535,12 @@ def enabled() -> bool:
     return tile() != 0
 
 
-def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> int:
+def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool = False) -> int:
     """The Winograd tile of a forward of these shapes, 2 or 4, or 0 where it takes kernels.conv's path: 3x3 kernels,
     stride 1, dilation 1, at least MIN_CHANNELS input and output channels per group, and for tile m an output of at
-    least MIN_OUTPUT[m] x MIN_OUTPUT[m] and MIN_PIXELS[m] output pixels in the batch. Which tile: the environment's
-    (`tile`), else F(4x4) where it applies on an output of at least AUTO_F4_MIN_OUTPUT x AUTO_F4_MIN_OUTPUT, else
-    F(2x2) where that applies.
+    least MIN_OUTPUT[m] x MIN_OUTPUT[m] and MIN_PIXELS[m] output pixels in the batch (F(2x2) with frozen weights,
+    `WinogradRunner(frozen=True)`: FROZEN_MIN_PIXELS). Which tile: the environment's (`tile`), else F(4x4) where it
+    applies on an output of at least AUTO_F4_MIN_OUTPUT x AUTO_F4_MIN_OUTPUT, else F(2x2) where that applies.
 
     Why MIN_PIXELS: the transformed weights are alpha^2 / 9 times the size of the filters (16/9 for F(2x2), 4x for
     F(4x4)) and each is used once per 16 tiles, so with few pixels the GEMMs stream weights instead of computing.
@@ -550,22 +551,21 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> int:
     F(2x2) on the 56 x 56 and 28 x 28 maps (the old rule) -> 37.5-38.2 with F(4x4) on the 56, 28 and 14 (its 14 x 14
     maps, 196 pixels, took im2col before), batch 16 639 -> 573 ms (F(2x2) on the 7 x 7 maps too); GoogLeNet batch
     1 21.2 -> 19.9-20.2 ms, 16 319 -> 306 ms. CaffeNet's 13 x 13 maps keep F(2x2): with F(4x4) its softmax is 1.9e-5
-    from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here). Why F(2x2) from 49 pixels:
-    at first only frozen weights (a BatchNorm folded in, no compare each call) took it there (hot, batch 1, 2
-    threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms; ResNet-50 batch 1, in the net: 37.7-38.8 -> 36.2-37.2 ms),
-    weights compared each call from 640 pixels (CaffeNet at batch 1, in the net: 13.9-14.5 ms without, 14.6-14.8
-    with F(2x2)). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
-    larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2. Since U
-    is packed for the micro-kernel (PACKED_U), F(2x2) wins from one 7 x 7 map with the weights compared each call too
-    (MIN_PIXELS[2] 640 -> 49; two plans alternated in one process, batch 1, 2 threads: CaffeNet, its conv3-5 then on
-    F(2x2), 1.015 / 1.017x min / median, GoogLeNet, its 7 x 7 layers, 1.010 / 1.010x)."""
+    from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here). Why FROZEN_MIN_PIXELS:
+    without the compare of the weights each call (a BatchNorm folded in), F(2x2) wins from one image (hot, batch 1,
+    2 threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms, CaffeNet's conv3 1.56 -> 1.41 ms); ResNet-50 batch 1, in
+    the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
+    13.9-14.5 ms without, 14.6-14.8 with F(2x2); again with U packed, twelfth round, as the replay compares them too:
+    0.96-0.97x, two plans alternated in one process). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
+    larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2."""
     forced = tile()
     if forced == 0 or len(x_shape) != 4 or len(w_shape) != 4:
         return 0
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
     if (kh, kw) != (3, 3) or st != (1, 1) or dil != (1, 1) or n <= 0 or min(cg, k // max(group, 1)) < MIN_CHANNELS:
         return 0
-    fits = [m for m in (4, 2) if min(oh, ow) >= MIN_OUTPUT[m] and n * oh * ow >= MIN_PIXELS[m]]
+    least = {4: MIN_PIXELS[4], 2: min(MIN_PIXELS[2], FROZEN_MIN_PIXELS) if frozen else MIN_PIXELS[2]}
+    fits = [m for m in (4, 2) if min(oh, ow) >= MIN_OUTPUT[m] and n * oh * ow >= least[m]]
     if forced is not None:
         return forced if forced in fits else 0
     if 4 in fits and min(oh, ow) >= AUTO_F4_MIN_OUTPUT:
@@ -573,9 +573,9 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> int:
     return 2 if 2 in fits else 0
 
 
-def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1) -> bool:
+def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool = False) -> bool:
     """Does a forward of these shapes take the Winograd path (with the tile `choose` picks)?"""
-    return choose(x_shape, w_shape, stride, pad, dilation, group) != 0
+    return choose(x_shape, w_shape, stride, pad, dilation, group, frozen) != 0
 
 
 _WORKSPACES = Workspace()

@@ -134,7 +134,7 @@ class ConvolutionLayer(Layer):
         environment says CREMA_WINOGRAD=0)."""
         if not self.winograd:
             return 0
-        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group)
+        return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.frozen)
 
     def _frozen_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], m: int) -> winograd.WinogradRunner:
         """The layer forward's own Winograd runner for its folded weights, one per input shape (a few at most): kept,

@@ -155,7 +155,7 @@ def test_applies_by_shape_and_switch(monkeypatch):
     monkeypatch.delenv("CREMA_WINOGRAD", raising=False)
     conv3 = ((4, 256, 13, 13), (384, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert winograd.tile() is None and winograd_applies(*conv3) and choose(*conv3) == 2  # 13 x 13: F(2x2)
-    assert choose((1, 256, 13, 13), *conv3[1:]) == 2  # F(2x2) from one 7 x 7 map: 49 output pixels
+    assert not winograd_applies((2, 256, 13, 13), *conv3[1:])  # F(2x2) from 640 output pixels: the weights dominate
     assert choose((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2) == 2  # conv4: 192 per group
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
@@ -166,11 +166,16 @@ def test_applies_by_shape_and_switch(monkeypatch):
     res4, res5 = (256, 256, 3, 3), (512, 512, 3, 3)  # ResNet-50's 3x3 layers on 14 x 14 and 7 x 7
     assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 4  # F(4x4) from 14 x 14 and 196 pixels
     assert choose((1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1) == 4
-    assert choose((1, 512, 7, 7), res5, 1, 1, 1) == 2 and choose((16, 512, 7, 7), res5, 1, 1, 1) == 2
-    assert choose((1, 512, 5, 5), res5, 1, 1, 1) == 0  # 5 x 5: below MIN_OUTPUT
+    assert choose((1, 512, 7, 7), res5, 1, 1, 1) == 0 and choose((16, 512, 7, 7), res5, 1, 1, 1) == 2
+    # frozen weights (a BatchNorm folded in: no compare each call): F(2x2) from one 7 x 7 map
+    assert choose((1, 512, 7, 7), res5, 1, 1, 1, frozen=True) == 2 and choose((1, *conv3[0][1:]), *conv3[1:], True) == 2
+    assert (
+        choose((1, 256, 14, 14), res4, 1, 1, 1, frozen=True) == 4
+        and choose((1, 512, 5, 5), res5, 1, 1, 1, 1, True) == 0
+    )
     monkeypatch.setenv("CREMA_WINOGRAD", "2")  # F(2x2) wherever it applies
     assert winograd.tile() == 2 and choose(*conv3) == 2 and choose((4, 256, 14, 14), res4, 1, 1, 1) == 2
-    assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 2
+    assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 0  # 196 pixels: too few for F(2x2)
     monkeypatch.setenv("CREMA_WINOGRAD", "4")  # F(4x4) from 196 pixels
     assert winograd.tile() == 4 and choose((2, 256, 13, 13), *conv3[1:]) == 4 and choose(*conv3) == 4
     assert not winograd_applies((1, 256, 13, 13), *conv3[1:]) and choose((16, 512, 7, 7), res5, 1, 1, 1) == 0
