@@ -112,7 +112,7 @@ def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypat
 WINOGRAD = """
 name: "wg"
 input: "data"
-input_shape { dim: 1 dim: 64 dim: 8 dim: 8 }
+input_shape { dim: 1 dim: 64 dim: 14 dim: 14 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 64 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.05 }
                             bias_filler { type: "constant" value: 0.1 } } }
@@ -135,12 +135,12 @@ def test_winograd_weights_changed_in_place_are_seen_by_a_replaying_net(monkeypat
     def conv(n: Net):
         return next(ly for ly in n.layers if ly.name == "conv").blobs[0].data
 
-    xs = _inputs((1, 64, 8, 8), 6)
+    xs = _inputs((1, 64, 14, 14), 6)
     ref = Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
     conv(ref)[...] *= np.float32(0.5)
     want = _python_outputs(ref, xs, monkeypatch)
     net = Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
-    assert winograd.choose((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1) == 2
+    assert winograd.choose((1, 64, 14, 14), (64, 64, 3, 3), 1, 1, 1) == 4
     for x in xs:
         net.forward(data=x)
     assert isinstance(net._plan.replay, replay.Replay)
