@@ -180,7 +180,7 @@ def pack16(w: np.ndarray) -> np.ndarray:
 class ExpandDepthwiseRunner:
     """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
 
-    __slots__ = ("args", "dw", "lo_hi", "out_shape", "packed", "tables", "workers", "ws")
+    __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "workers", "ws", "ws_floats")
 
     def __init__(self, x_shape, w1_shape, act1, dw_runner: DepthwiseRunner) -> None:
         if not applies(x_shape, w1_shape, dw_runner):
@@ -221,26 +221,26 @@ class ExpandDepthwiseRunner:
         self.args = (plan, rows, po, xoff)
         self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
         self.ws = (None, None)
+        self.ws_floats = threads * per * bsize  # every worker's block buffers
+        self.counter_args = (n, threads, -(-nblk // per) * bands)  # image_counters': tasks an image
         self.packed: tuple | None = None  # (w1, its panels, b1)
         self.tables: tuple | None = None  # (w2, b2, the depthwise's tap tables)
 
     def __call__(self, x, w1, b1, w2, b2, y) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
-            packed = self.packed = (w1, pack(w1) if self.args[0][13] == 2 else pack16(w1), b1)
+            packed = self.packed = (w1, pack(w1) if self.args[0][13] == 2 else pack16(w1), b1)  # plan[13]: per
         tables = self.tables
         if tables is None or tables[0] is not w2 or tables[1] is not b2:
             plan_dw = self.dw.args
             tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
-        bsize = self.dw.plane * int(self.args[0][13])
-        (buf,) = _WORKSPACE.get(self.workers * bsize + 16)
+        (buf,) = _WORKSPACE.get(self.ws_floats + 16)
         base, ws = self.ws  # the aligned view of this thread's workspace, kept while the workspace stays the same
         if base is not buf.base:
-            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.workers * bsize]  # 64-byte aligned
+            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.ws_floats]  # 64-byte aligned
             self.ws = (buf.base, ws)
         handoff = self.dw.handoff
-        plan = self.args[0]
-        counter = image_counters(int(plan[0]), self.workers, -(-int(plan[2]) // (16 * int(plan[13]))) * int(plan[11]))
+        counter = image_counters(*self.counter_args)
         _ED.parallel(_ED.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args,
                      *self.lo_hi, ws, counter, *tables[2], int(handoff is not None))  # fmt: skip
         if handoff is not None:

@@ -664,19 +664,14 @@ class WinogradRunner:
     def weights(self, w: np.ndarray) -> np.ndarray:
         """The transformed weights of w, made again only when w differs from the copy kept (frozen: when w is another
         array than the one transformed)."""
-        if self.frozen:
-            if self.u is None or self.w_seen is not w:
-                self.u = self._transform(w)
-                self.w_seen = w
-            return self.u
-        if self.u is None or self.w_seen is None or not _same(self.w_seen.reshape(-1), w.reshape(-1).view(np.uint32)):
+        if not self.current(w):
             self.u = self._transform(w)
-            self.w_seen = w.copy().view(np.uint32)
+            self.w_seen = w if self.frozen else w.copy().view(np.uint32)
         return self.u
 
     def current(self, w: np.ndarray) -> bool:
         """Are the transformed weights kept those of w as it is now (frozen: w is the array transformed; else its bits
-        equal the copy kept)? What a replayed forward asks before it runs on them (net.replay's checks)."""
+        equal the copy kept)? What `weights` and a replayed forward (net.replay's checks) ask before using them."""
         if self.u is None or self.w_seen is None:
             return False
         if self.frozen:

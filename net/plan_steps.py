@@ -218,20 +218,18 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
     frozen = layer.frozen  # folded weights are made once and never change in place
     seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
 
+    def current(w) -> bool:  # are the packed weights those of w as it is now (a solver updates weights in place)
+        return w is seen[0] and (frozen or np.array_equal(w, seen[1]))
+
     def run(x, w, b, out) -> None:
-        if w is not seen[0] or not (frozen or np.array_equal(w, seen[1])):  # a solver updates weights in place
+        if not current(w):
             convt.packed = None
             seen[:] = w, None if frozen else w.copy()
         convt(pad(x) if pad is not None else x, w, b, out)
 
     step = _conv_step(layer, bottom, top, run, convt.out_shape)
     if not frozen:  # net.replay: weights that may change are compared every call, which a replay asks first
-
-        def packed_current() -> bool:
-            w = layer.forward_params()[0]
-            return w is seen[0] and seen[1] is not None and np.array_equal(w, seen[1])
-
-        step.replay_check = packed_current
+        step.replay_check = lambda: current(layer.forward_params()[0])
     return step
 
 

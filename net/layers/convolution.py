@@ -198,17 +198,17 @@ class ConvolutionLayer(Layer):
             run = winograd.WinogradRunner(
                 x_shape, w_shape, self.pad, self.group, self.fused_relu, self.relu_max, m, frozen=self.frozen
             )
-            step = self.plan_step(bottom, top, run)
-            if not self.frozen:  # net.replay: weights that may change in place (a solver's update, a test net sharing
-                # a training net's weights) are compared every call, in Python, which a replay skips: it asks first
-                step.replay_check = lambda: step.runner.current(self.forward_params()[0])
-            return step
         else:
             capped = {"relu_max": self.relu_max} if self.relu_max != math.inf else {}
             run = conv.ForwardRunner(
                 x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.fused_relu, **capped
             )
-        return self.plan_step(bottom, top, run)
+        step = self.plan_step(bottom, top, run)
+        if isinstance(run, winograd.WinogradRunner) and not self.frozen:
+            # net.replay: weights that may change in place (a solver's update, a test net sharing a training net's
+            # weights) are compared every call, in Python, which a replay skips: it asks first
+            step.replay_check = lambda: step.runner.current(self.forward_params()[0])
+        return step
 
     def depthwise_runner(self, x_shape, c8: bool = False) -> depthwise.DepthwiseRunner:
         """This depthwise layer's runner for inputs of x_shape (c8: on the channel-block path at any plane size)."""
