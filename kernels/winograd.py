@@ -1,15 +1,18 @@
-"""Winograd convolution F(m x m, 3 x 3) forward: 3x3 kernels, stride 1, dilation 1, any pad, groups; NCHW float32.
+"""Winograd convolution F(m x m, r x r) forward: F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5); stride 1, dilation 1, any
+pad, groups; NCHW float32.
 
-The output is cut into m x m tiles; each reads an (m+2) x (m+2) patch of the (zero padded) input. With the
-transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output channel k and tile:
+The output is cut into m x m tiles; each reads an alpha x alpha patch of the (zero padded) input, alpha = m + r - 1.
+With the transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output channel k and tile:
 
-    Y = A^T [ sum_c (G g_kc G^T) * (B^T d_c B) ] A        (* element-wise over the alpha x alpha = (m+2)^2 points)
+    Y = A^T [ sum_c (G g_kc G^T) * (B^T d_c B) ] A        (* element-wise over the alpha x alpha points)
 
 so the channel sum becomes alpha^2 independent GEMMs, one per transform point xi: M_xi (K x T) = U_xi (K x C) @
 V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6) does 36 multiplies per 16 outputs where a direct convolution does
 144 (4x fewer, less the part-tiles at the edges: CaffeNet's 13 x 13 maps take 4 x 4 tiles of 16 outputs, 169 of 256
 used, so 2.6x); F(2x2, 3x3) (alpha 4: its error is within 2x of the direct convolution's, F(4x4)'s 20x) does 16 per 4
-(2.25x, 169 of 196 used on 13 x 13). Which one a layer takes: `choose`.
+(2.25x, 169 of 196 used on 13 x 13). F(2x2, 5x5) (alpha 6, on the same points as F(4x4, 3x3), so the same B^T)
+does 36 per 4 where the direct convolution does 100 (2.8x; CaffeNet's conv2, 27 x 27: 729 of 784 used, 2.6x); its
+error is within 3x of the direct convolution's. Which one a layer takes: `choose`.
 
 Kernels:
 
@@ -27,12 +30,18 @@ Kernels:
                               14 x 14 hot 0.99 -> 0.71 ms in-process (2 threads); whole nets, two plans alternated in
                               one process, 2 threads: ResNet-50 batch 1 / 16 1.06 / 1.07x, GoogLeNet 1.09-1.11 /
                               1.09x, CaffeNet batch 10 1.01x, batch 1 1.00x; ResNet-50 1 thread 1.07x.
-2. ``_gather`` + ``_input_transform`` - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel: the
-                              patches gathered into an (alpha, alpha, 16) staging block (zeros outside the image: the
-                              padding is never materialised), then B^T d B by ``_transform8``, an LLVM IR intrinsic that
-                              transforms 8 lanes in <8 x float> registers with the coefficients of ``matrices`` folded
-                              in (Numba's own lane loops stayed scalar: it cannot rule out that source and destination
-                              overlap; ~1.8x slower in a micro-benchmark), written straight into the packed-B layout of
+2. ``_transform_inputs``     - one 16-tile sliver (NR = 16 tiles, one per vector lane) of one channel at a time:
+                              ``_gather_transform8``, an LLVM IR intrinsic, reads element (r, q) of 8 tiles' patches
+                              as one masked vector gather (``llvm.masked.gather``: vgatherqps; lanes outside the plane,
+                              the padding, are masked off and read 0: it is never materialised), then B^T d B on the 8
+                              lanes in <8 x float> registers with the coefficients of ``matrices`` folded in (the code
+                              ``_transform8`` emits; Numba's own lane loops stayed scalar: it cannot rule out that
+                              source and destination overlap; ~1.8x slower in a micro-benchmark). The gathers replaced
+                              a scalar copy of the patches into a staging block: the input transforms alone 1.4x (F(2x2,
+                              5x5), F(4x4)) to 2.0x (F(2x2, 3x3)) faster, 1 thread; with AVX2 (emulated) 1.1-2.0x.
+                              The same bits as the copy compiled without fastmath; the task calling it had fastmath,
+                              whose reordering of the transform's sums now differed from the pre-pass's, so
+                              ``_transform_inputs`` says fastmath=False. Written straight into the packed-B layout of
                               ``kernels.gemm`` (``(sliver, C/group, NR)`` per xi).
 3. ``block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
                               M_xi[rows, tiles] = U_xi[rows, :] @ V_xi (one K panel for C/group <= KC).
@@ -52,20 +61,23 @@ an image gives the same bits alone and in a batch, on any thread count.
 
 Error: the transforms are exact in real arithmetic; in float32 the rounding of the transformed values grows with the
 transform's coefficients (A^T up to 8, B^T up to 2.5 for F(4x4)). ``tests/kernels/test_winograd.py`` asserts, against
-``conv2d_forward_ref`` in float64, |y - y64| <= 1e-5 * S + 1e-7 for F(4x4) and 1e-6 * S + 1e-7 for F(2x2), S the
-convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y - y64| / S on its cases: F(4x4) 5.6e-6,
-F(2x2) 4.4e-7, kernels.conv's im2col 2.8e-7 (of max |y|: 3.8e-6, 6.5e-7). CaffeNet (random He weights, inputs
-*255 - 120, batch 4 and 10): softmax within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without.
+``conv2d_forward_ref`` in float64, |y - y64| <= 1e-5 * S + 1e-7 for F(4x4), 1e-6 * S + 1e-7 for F(2x2, 3x3) and 2e-6
+* S + 1e-7 for F(2x2, 5x5), S the convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y -
+y64| / S on its cases: F(4x4) 8.5e-6 (5.6e-6 before the gathers: one output of a 4-channel case; over 12 random shapes
+the maximum, 99.9th percentile and RMS are 3.1e-6, 7.3e-7 and 1.0e-7 with the gathers, 2.5e-6, 7.3e-7 and 1.0e-7
+before), F(2x2, 3x3) 4.4e-7, F(2x2, 5x5) 7.2e-7, kernels.conv's im2col 2.8e-7 (of max |y|: 2.0e-6, 3.6e-7, 1.6e-6,
+5.2e-7). F(2x2, 5x5)'s points: see POINTS. CaffeNet (random He weights, inputs *255 - 120, batch 4 and 10): softmax
+within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without; with F(2x2, 5x5) on conv2 as well (the
+test's seed-3 weights) 7.6e-6 from the float64 net, as without it.
 
 Where it runs: ``choose`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, enough output pixels; the tile per
-layer, F(4x4) on the larger maps, F(2x2) on the smaller; ``CREMA_WINOGRAD=2`` / ``4`` force a tile, ``0`` turns it
-off); taken by ``net.layers.convolution`` in the CPU plan and forward (``layer.winograd = False`` turns it off for one
+layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 24 channels per group: F(2x2, 5x5);
+``CREMA_WINOGRAD=2`` / ``4`` force the 3x3 layers' tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward (``layer.winograd = False`` turns it off for one
 layer; make a new plan after, e.g. ``net.reshape()``).
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
 ``WinogradRunner`` (the shape work once, kept by a Net's plan), ``choose``, ``winograd_applies``, ``transform_weights``,
-``pack_weights``,
-``winograd_forward_ref``, ``matrices(m)``.
+``pack_weights``, ``winograd_forward_ref``, ``matrices(m, r)``, ``kernel_size``.
 
 Benchmark (checks against the reference first): ``python -m benchmarks --only layers --filter winograd``.
 """
@@ -96,6 +108,9 @@ MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lo
 MIN_OUTPUT = {2: 7, 4: 8}  # choose: output height and width at least this, per tile
 MIN_PIXELS = {2: 640, 4: 196}  # choose: output pixels of the batch at least this (13 x 13 maps: batch 4 / 2)
 FROZEN_MIN_PIXELS = 49  # choose: ... for F(2x2) with frozen weights (no per-call compare): one 7 x 7 map
+MIN_CHANNELS_5 = 24  # choose, 5x5 (F(2x2, 5x5)): C/group and K/group at least this (16: slower)
+MIN_OUTPUT_5 = 7  # ... output height and width at least this
+MIN_PIXELS_5 = 49  # ... output pixels of the batch at least this
 AUTO_F4_MIN_OUTPUT = 14  # choose, CREMA_WINOGRAD unset: F(4x4) on outputs of at least 14 x 14, else F(2x2)
 
 
@@ -128,15 +143,29 @@ def cook_toom(points, m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
 # (|y - y64| / max |y| 9.4e-6 vs 3.2e-6 at C = 192; CaffeNet's softmax 1.7e-5 from OpenCV DNN's at batch 10); 1/2 and
 # -2 keep every coefficient of B^T and A^T a power-of-two fraction (exact in float32), as Barabasz et al. recommend
 # (arXiv:1803.10986).
-POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
+# F(2x2, 5x5) (alpha 6, as F(4x4, 3x3): the same points, so the same B^T): 0, 1, -1, 1/2, -2 gave |y - y64| / S
+# 4.7e-7 on CaffeNet's conv2 (48 -> 128 per group, 27 x 27, a float32 NumPy model of the transforms), im2col 2.7e-7;
+# 0, +-1, +-2 and 0, +-1, +-1/2 2.7x that (1.2e-6, 1.3e-6).
+POINTS = {(2, 3): (0, 1, -1), (4, 3): (0, 1, -1, Fraction(1, 2), -2), (2, 5): (0, 1, -1, Fraction(1, 2), -2)}
 
 
-def matrices(m: int = TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B^T, G, A^T) of F(m x m, 3 x 3) in float64: B^T (alpha, alpha), G (alpha, 3), A^T (m, alpha), alpha = m + 2,
-    on the points POINTS[m] (``cook_toom``)."""
-    if m not in POINTS:
-        raise ValueError(f"winograd: output tile m must be 2 or 4 (F(2x2, 3x3) or F(4x4, 3x3)), got {m!r}")
-    return cook_toom(POINTS[m], m)
+def matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of F(m x m, r x r) in float64: B^T (alpha, alpha), G (alpha, r), A^T (m, alpha), alpha = m + r -
+    1, on the points POINTS[m, r] (``cook_toom``): F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5)."""
+    if (m, r) not in POINTS:
+        raise ValueError(
+            f"winograd: (output tile, kernel) must be (2, 3), (4, 3) or (2, 5) (F(2x2, 3x3), F(4x4, 3x3), "
+            f"F(2x2, 5x5)), got ({m!r}, {r!r})"
+        )
+    return cook_toom(POINTS[m, r], m, r)
+
+
+def kernel_size(w_shape) -> int:
+    """r of an r x r filter Winograd takes (3 or 5), else ValueError."""
+    kh, kw = w_shape[2:4]
+    if kh != kw or kh not in (3, 5):
+        raise ValueError(f"winograd: 3x3 or 5x5 kernels only, got {kh}x{kw}")
+    return int(kh)
 
 
 def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
@@ -146,17 +175,16 @@ def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
 def winograd_forward_ref(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, pad=(0, 0), group: int = 1, m: int = TILE
 ) -> np.ndarray:
-    """The Winograd algorithm in float64 NumPy (returned as float64): x (N, C, H, W), w (K, C/group, 3, 3), b (K,) or
+    """The Winograd algorithm in float64 NumPy (returned as float64): x (N, C, H, W), w (K, C/group, r, r), b (K,) or
     None -> y (N, K, OH, OW), stride 1. Equal to the direct convolution up to float64 rounding."""
     x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    (n, c, h, wd), (k, cg, kh, kw), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x64.shape, w64.shape, 1, pad, 1)
-    if (kh, kw) != (3, 3):
-        raise ValueError(f"winograd: 3x3 kernels only, got {kh}x{kw}")
-    bt, gm, at = matrices(m)
-    alpha = m + 2
+    (n, c, h, wd), (k, cg, _, _), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x64.shape, w64.shape, 1, pad, 1)
+    r = kernel_size(w64.shape)
+    bt, gm, at = matrices(m, r)
+    alpha = m + r - 1
     th, tw = _tiles(oh, ow, m)
-    xp = np.zeros((n, c, th * m + 2, tw * m + 2))
-    rows, cols = min(h, th * m + 2 - ph), min(wd, tw * m + 2 - pw)
+    xp = np.zeros((n, c, th * m + r - 1, tw * m + r - 1))
+    rows, cols = min(h, th * m + r - 1 - ph), min(wd, tw * m + r - 1 - pw)
     xp[:, :, ph : ph + rows, pw : pw + cols] = x64[:, :, :rows, :cols]
     # patches d[n, c, ty, tx, i, j] = xp[n, c, ty*m + i, tx*m + j]
     idx_r = (np.arange(th) * m)[:, None] + np.arange(alpha)[None, :]
@@ -177,20 +205,21 @@ def winograd_forward_ref(
 
 
 def transform_weights(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
-    """U = G g G^T of every filter, float64 arithmetic rounded once to float32: w (K, C/group, 3, 3) -> flat
+    """U = G g G^T of every filter, float64 arithmetic rounded once to float32: w (K, C/group, r, r) -> flat
     (group, alpha^2, K/group, C/group), each (group, xi) block a row-major (K/group, C/group) matrix."""
-    _, gm, _ = matrices(m)
+    r = kernel_size(w.shape)
+    _, gm, _ = matrices(m, r)
     k, cg = w.shape[:2]
-    alpha = m + 2
+    alpha = m + r - 1
     u = np.einsum("ai,kcij,bj->abkc", gm, np.asarray(w, np.float64), gm).reshape(alpha * alpha, group, k // group, cg)
     return np.ascontiguousarray(u.transpose(1, 0, 2, 3), dtype=np.float32).reshape(-1)
 
 
-def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int) -> np.ndarray:
+def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int, r: int = 3) -> np.ndarray:
     """transform_weights' U as the GEMM micro-kernel's packed A (``kernels.gemm.block`` with lda = 0): per (group, xi)
     block, K/group rows rounded up to MR with zero rows, then (row tile, C/group, MR) row-major, so a tile reads its
     rows' weights as one stream, 48 consecutive bytes per k (PACKED_U)."""
-    a2 = (m + 2) * (m + 2)
+    a2 = (m + r - 1) * (m + r - 1)
     kgp = -(-kg // MR) * MR
     out = np.zeros((group * a2, kgp, cg), np.float32)
     out[:, :kg] = u.reshape(group * a2, kg, cg)
@@ -215,17 +244,22 @@ def _linear(builder, coeffs, values):
     return out
 
 
+_VARIANTS = ((4, 3), (2, 3), (2, 5))  # _transform8's `which` // 2: (m, r)
+LANE_ROWS = 4 * NR  # _gather_transform8's lanes: 4 rows of NR
+
+
 @intrinsic
 def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
     """One 2-D Winograd transform T X T^T for 8 tiles at once (8 vector lanes), in LLVM IR: element p of X (row-major,
     r x r) for lanes 0..7 at src[s_off + p * s_stride:][:8], element p of the result at dst[d_off + p * d_stride:][:8].
-    which (a literal): 0 the input transform of F(4x4) (T = B^T, 6 x 6), 1 its output transform (T = A^T, 6 -> 4),
-    2 and 3 the same for F(2x2). The coefficients come from ``matrices`` at compile time. Numba's own loops over the
+    which (a literal): 0 the input transform of F(4x4, 3x3) (T = B^T, 6 x 6), 1 its output transform (T = A^T,
+    6 -> 4), 2 and 3 the same for F(2x2, 3x3), 4 and 5 for F(2x2, 5x5) (T = B^T, 6 x 6; A^T, 6 -> 2). The
+    coefficients come from ``matrices`` at compile time. Numba's own loops over the
     lanes stayed scalar or under runtime overlap checks (it cannot rule out that src and dst overlap)."""
     if not isinstance(which, types.IntegerLiteral):
         raise errors.RequireLiteralValue(which)
-    m = 4 if which.literal_value < 2 else 2
-    bt, _, at = matrices(m)
+    m, r = _VARIANTS[which.literal_value // 2]
+    bt, _, at = matrices(m, r)
     t = bt if which.literal_value % 2 == 0 else at
     flat_f32(src, dst)
     sig = types.void(which, src, s_off, s_stride, dst, d_off, d_stride)
@@ -237,64 +271,99 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
         d_data = context.make_array(signature.args[4])(context, builder, dst_v).data
         so, ss, do, ds = (as64(builder, v) for v in (so_v, ss_v, do_v, ds_v))
         i64 = llvm_ir.IntType(64)
-        rows, cols = t.shape
+        cols = t.shape[1]
         x = []
         for p in range(cols * cols):
             o = builder.add(so, builder.mul(ss, llvm_ir.Constant(i64, p)))
             x.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vec.as_pointer()), align=4))
-        y = [[_linear(builder, t[i], [x[k * cols + j] for k in range(cols)]) for j in range(cols)] for i in range(rows)]
-        for i in range(rows):  # (T X) T^T: row i of T X against the rows of T
-            for j in range(rows):
-                z = _linear(builder, t[j], y[i])
-                o = builder.add(do, builder.mul(ds, llvm_ir.Constant(i64, i * rows + j)))
-                builder.store(z, builder.bitcast(builder.gep(d_data, [o]), vec.as_pointer()), align=4)
+        _emit_transform(builder, t, x, d_data, do, ds)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@njit(cache=True, boundscheck=False, inline="always")
-def _gather_lane(xf, o, wd, alpha, stage, j):  # pragma: no cover - compiled
-    """The alpha x alpha patch at xf[o:] (row stride wd) into stage[(r * alpha + q) * NR + j]: inlined with a constant
-    alpha (see _gather), so LLVM unrolls it into straight loads and stores."""
-    for r in range(alpha):
-        for q in range(alpha):
-            stage[np.uint64((r * alpha + q) * NR + j)] = xf[np.uint64(o + r * wd + q)]
+def _emit_transform(builder, t, x, d_data, do, ds):
+    """T X T^T of the <8 x float> values x (row-major, X cols x cols), element p of the result stored at
+    d_data[do + p * ds:][:8] (do, ds i64 values)."""
+    vec = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+    i64 = llvm_ir.IntType(64)
+    rows, cols = t.shape
+    y = [[_linear(builder, t[i], [x[k * cols + j] for k in range(cols)]) for j in range(cols)] for i in range(rows)]
+    for i in range(rows):  # (T X) T^T: row i of T X against the rows of T
+        for j in range(rows):
+            z = _linear(builder, t[j], y[i])
+            o = builder.add(do, builder.mul(ds, llvm_ir.Constant(i64, i * rows + j)))
+            builder.store(z, builder.bitcast(builder.gep(d_data, [o]), vec.as_pointer()), align=4)
+
+
+@intrinsic
+def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_stride):
+    """_transform8's input transform (which 0, 2 or 4) of 8 tiles, their patches read straight from the input, with no
+    staging copy. lanes: int64, LANE_ROWS = 4 rows of NR lanes: the flat index in xf of the patch's first element, its
+    first row and first column in the (h, wd) plane (negative in the padding), and > 0 for a live lane (0 past the
+    chunk's tiles); lanes lane0 .. lane0 + 7 are read. Element (r, q) of the 8 patches is one masked vector gather
+    (``llvm.masked.gather``: vgatherqps with AVX-512): a lane whose element lies outside the plane (the padding, never
+    materialised) or that is not live reads nothing and takes 0. The result as _transform8 stores it."""
+    if not isinstance(which, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(which)
+    m, r = _VARIANTS[which.literal_value // 2]
+    t = matrices(m, r)[0]
+    alpha = m + r - 1
+    flat_f32(xf, dst)
+    sig = types.void(which, xf, lanes, lane0, h, wd, dst, d_off, d_stride)
+
+    def codegen(context, builder, signature, args):
+        _, xf_v, lanes_v, l0_v, h_v, wd_v, dst_v, do_v, ds_v = args
+        f32, i64, i32 = llvm_ir.FloatType(), llvm_ir.IntType(64), llvm_ir.IntType(32)
+        vf, vi = llvm_ir.VectorType(f32, 8), llvm_ir.VectorType(i64, 8)
+        vp, vb = llvm_ir.VectorType(llvm_ir.PointerType(), 8), llvm_ir.VectorType(llvm_ir.IntType(1), 8)
+        module = builder.module
+        name = "llvm.masked.gather.v8f32.v8p0"
+        gather = module.globals.get(name) or llvm_ir.Function(module, llvm_ir.FunctionType(vf, [vp, i32, vb, vf]), name)
+        x_data = context.make_array(signature.args[1])(context, builder, xf_v).data
+        l_data = context.make_array(signature.args[2])(context, builder, lanes_v).data
+        d_data = context.make_array(signature.args[6])(context, builder, dst_v).data
+        l0, hh, ww, do, ds = (as64(builder, v) for v in (l0_v, h_v, wd_v, do_v, ds_v))
+
+        def lane_vec(row):  # lanes[row, lane0 : lane0 + 8]
+            o = builder.add(l0, llvm_ir.Constant(i64, row * NR))
+            return builder.load(builder.bitcast(builder.gep(l_data, [o]), vi.as_pointer()), align=8)
+
+        def splat(v):
+            one = builder.insert_element(llvm_ir.Constant(vi, llvm_ir.Undefined), v, llvm_ir.Constant(i32, 0))
+            return builder.shuffle_vector(
+                one, llvm_ir.Constant(vi, llvm_ir.Undefined), llvm_ir.Constant(llvm_ir.VectorType(i32, 8), [0] * 8)
+            )
+
+        base, y0, x0, valid = lane_vec(0), lane_vec(1), lane_vec(2), lane_vec(3)
+        zero_i = llvm_ir.Constant(vi, [0] * 8)
+        live = builder.icmp_signed(">", valid, zero_i)
+        hv, wv = splat(hh), splat(ww)
+
+        def inside(start, k, size):  # 0 <= start + k < size, per lane
+            at = builder.add(start, llvm_ir.Constant(vi, [k] * 8))
+            return builder.and_(builder.icmp_signed(">=", at, zero_i), builder.icmp_signed("<", at, size))
+
+        row_ok = [builder.and_(inside(y0, k, hv), live) for k in range(alpha)]
+        col_ok = [inside(x0, k, wv) for k in range(alpha)]
+        addr = builder.add(splat(builder.ptrtoint(x_data, i64)), builder.mul(base, llvm_ir.Constant(vi, [4] * 8)))
+        row_step = splat(builder.mul(ww, llvm_ir.Constant(i64, 4)))
+        zeros = llvm_ir.Constant(vf, [0.0] * 8)
+        x = []
+        for rr in range(alpha):
+            for q in range(alpha):
+                at = builder.add(addr, llvm_ir.Constant(vi, [4 * q] * 8)) if q else addr
+                mask = builder.and_(row_ok[rr], col_ok[q])
+                x.append(builder.call(gather, [builder.inttoptr(at, vp), llvm_ir.Constant(i32, 4), mask, zeros]))
+            addr = builder.add(addr, row_step)
+        _emit_transform(builder, t, x, d_data, do, ds)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, boundscheck=False)
-def _gather(xf, base, y0, x0, h, wd, alpha, stage, valid):
-    """stage[(r * alpha + q) * NR + j] = the patch of lane j (the tile whose patch starts at xf[base[j]], row y0[j],
-    column x0[j] of an (h, wd) plane): zeros outside the plane (the padding, never materialised) and in lanes >= valid."""
-    for j in range(NR):
-        if j < valid and y0[j] >= 0 and x0[j] >= 0 and y0[j] + alpha <= h and x0[j] + alpha <= wd:
-            if alpha == 6:  # constant trip counts: unrolled
-                _gather_lane(xf, base[j], wd, 6, stage, j)
-            else:
-                _gather_lane(xf, base[j], wd, 4, stage, j)
-        else:  # an edge tile (or an empty lane): clip to the plane
-            for r in range(alpha):
-                yy = y0[j] + r
-                for q in range(alpha):
-                    xx = x0[j] + q
-                    inside = j < valid and 0 <= yy < h and 0 <= xx < wd
-                    stage[(r * alpha + q) * NR + j] = xf[base[j] + r * wd + q] if inside else np.float32(0.0)
-
-
-@njit(cache=True, boundscheck=False)
-def _input_transform(m, stage, v, v_off, v_xi):
-    """V_xi = B^T d B for the 16 lanes (tiles) of stage (see _gather), into v[xi * v_xi + v_off + j] (xi = a * alpha +
-    b: the packed-B sliver of one channel per xi): two _transform8 calls of 8 lanes each."""
-    if m == 4:
-        _transform8(0, stage, 0, NR, v, v_off, v_xi)
-        _transform8(0, stage, 8, NR, v, v_off + 8, v_xi)
-    else:
-        _transform8(2, stage, 0, NR, v, v_off, v_xi)
-        _transform8(2, stage, 8, NR, v, v_off + 8, v_xi)
-
-
-@njit(cache=True, boundscheck=False)
-def _output_transform(mb, m_off, m_xi, m, res, bias, epilogue):
+def _output_transform(mb, m_off, m_xi, m, r, res, bias, epilogue):
     """res[(p * m + q) * NR + j] = (A^T M A)[p, q] + bias for the 16 lanes (tiles) of one output channel, M_xi of lane
     j at mb[xi * m_xi + m_off + j] (two _transform8 calls); then the fused ReLU (kernels.conv's expression, capped
     when relu_max is finite)."""
@@ -303,6 +372,9 @@ def _output_transform(mb, m_off, m_xi, m, res, bias, epilogue):
     if m == 4:
         _transform8(1, mb, m_off, m_xi, res, 0, NR)
         _transform8(1, mb, m_off + 8, m_xi, res, 8, NR)
+    elif r == 5:
+        _transform8(5, mb, m_off, m_xi, res, 0, NR)
+        _transform8(5, mb, m_off + 8, m_xi, res, 8, NR)
     else:
         _transform8(3, mb, m_off, m_xi, res, 0, NR)
         _transform8(3, mb, m_off + 8, m_xi, res, 8, NR)
@@ -368,18 +440,18 @@ def _chunk_tiles(geometry, chunk):
     return t_first, ntiles, (ntiles + NR - 1) // NR
 
 
-@njit(cache=True, boundscheck=False)
-def _transform_inputs(xf, geometry, chunk, g, c0, c1, v, stage):
+@njit(cache=True, boundscheck=False, fastmath=False)
+def _transform_inputs(xf, geometry, chunk, g, c0, c1, v):
     """V of channels c0..c1 of group g for the tiles of a chunk: v[xi * v_xi + (s * C/group + c) * NR + j], v_xi =
-    slivers * C/group * NR (the packed-B layout of each xi)."""
-    _, c_all, h, wd, _, group, ph, pw, _, _, m, _, _, _, _ = geometry
+    slivers * C/group * NR (the packed-B layout of each xi), by _gather_transform8 (two calls of 8 lanes per sliver
+    and channel). fastmath=False said, not inherited: its callers differ (the task with fastmath, the pre-pass
+    without), and with reassociation allowed LLVM ordered the transform's sums differently in each (different bits
+    for an image alone and in a batch)."""
+    _, c_all, h, wd, _, group, ph, pw, _, _, m, _, _, _, _, r = geometry
     cg = c_all // group
-    alpha = m + 2
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
     v_xi = nsl * cg * NR
-    base = carray(stack_empty(NR, np.int64), (NR,))
-    y0 = carray(stack_empty(NR, np.int64), (NR,))
-    x0 = carray(stack_empty(NR, np.int64), (NR,))
+    lanes = carray(stack_empty(LANE_ROWS, np.int64), (LANE_ROWS,))  # per lane: patch start in xf, row, column, live
     tyv = carray(stack_empty(NR, np.int64), (NR,))
     txv = carray(stack_empty(NR, np.int64), (NR,))
     img = carray(stack_empty(NR, np.int64), (NR,))
@@ -388,24 +460,33 @@ def _transform_inputs(xf, geometry, chunk, g, c0, c1, v, stage):
         valid = min(NR, ntiles - s * NR)
         _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)
         for j in range(NR):
-            y0[j] = tyv[j] * m - ph
-            x0[j] = txv[j] * m - pw
+            lanes[NR + j] = tyv[j] * m - ph
+            lanes[2 * NR + j] = txv[j] * m - pw
+            lanes[3 * NR + j] = 1 if j < valid else 0
         for ci in range(c0, c1):
             ch = g * cg + ci
             for j in range(NR):
-                base[j] = (img[j] * c_all + ch) * plane + y0[j] * wd + x0[j]
-            _gather(xf, base, y0, x0, h, wd, alpha, stage, valid)
-            _input_transform(m, stage, v, (s * cg + ci) * NR, v_xi)
+                lanes[j] = (img[j] * c_all + ch) * plane + lanes[NR + j] * wd + lanes[2 * NR + j]
+            o = (s * cg + ci) * NR
+            if m == 4:
+                _gather_transform8(0, xf, lanes, 0, h, wd, v, o, v_xi)
+                _gather_transform8(0, xf, lanes, 8, h, wd, v, o + 8, v_xi)
+            elif r == 5:
+                _gather_transform8(4, xf, lanes, 0, h, wd, v, o, v_xi)
+                _gather_transform8(4, xf, lanes, 8, h, wd, v, o + 8, v_xi)
+            else:
+                _gather_transform8(2, xf, lanes, 0, h, wd, v, o, v_xi)
+                _gather_transform8(2, xf, lanes, 8, h, wd, v, o + 8, v_xi)
 
 
-def _winograd_inputs_worker(t, xf, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, cblocks, vall,
-                            vblock, stages, counter):  # fmt: skip  # pragma: no cover - compiled
+def _winograd_inputs_worker(t, xf, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r, cblocks,
+                            vall, vblock, counter):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the input transform of every (chunk, group) into
     vall[(chunk * group + g) * vblock:], claiming (chunk, group, block of channels) tasks (``gemm.claim``): the
     pre-pass when output channels are split into blocks (batch 1), so the blocks share one input transform. The
-    geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m, tiles per chunk, k-block rows, chunks, k-blocks) comes
-    as separate numbers (a task's arguments), stages[t] is the worker's stage buffer."""
-    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
+    geometry (N, C, H, W, K, group, pad_h, pad_w, OH, OW, m, tiles per chunk, k-block rows, chunks, k-blocks, r)
+    comes as separate numbers (a task's arguments)."""
+    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
     cg = c // group
     ntask = chunks * group * cblocks
     task = claim(counter)
@@ -415,17 +496,17 @@ def _winograd_inputs_worker(t, xf, n, c, h, wd, k, group, ph, pw, oh, ow, m, per
         c0 = cb * cg // cblocks
         c1 = (cb + 1) * cg // cblocks
         v = vall[cg_task * vblock : (cg_task + 1) * vblock]
-        _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v, stages[t])
+        _transform_inputs(xf, geometry, cg_task // group, cg_task % group, c0, c1, v)
         task = claim(counter)
 
 
-def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, relu,
-                           relu_max, work, vall, vblock, zeros, counter, packed):  # fmt: skip  # pragma: no cover - compiled
+def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r,
+                           relu, relu_max, work, vall, vblock, zeros, counter, packed):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of all tasks of a forward (see the module docstring, 5), claimed
     (``gemm.claim``): the geometry as in _winograd_inputs_worker; epilogue (relu, relu_max); work[t]: the worker's
     floats; vall: the inputs transformed by _winograd_inputs_worker (vblock floats per (chunk, group)) when there are
     k-blocks."""
-    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
+    geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
     epilogue = (relu, relu_max)
     ntask = chunks * group * kblocks
     task = claim(counter)
@@ -436,10 +517,10 @@ def _winograd_tasks_worker(t, xf, u, bias, y, n, c, h, wd, k, group, ph, pw, oh,
 
 _F1, _F2, _I, _I1 = types.float32[::1], types.float32[:, ::1], types.int64, types.int64[::1]
 # tasks, not prange loops: a plan with no OpenMP loop runs on kernels.taskpool's threads (CaffeNet's conv3-5)
-_WINOGRAD_INPUTS = Task(_winograd_inputs_worker, (_F1, *(_I,) * 16, _F1, _I, _F2, _I1), boundscheck=False)
+_WINOGRAD_INPUTS = Task(_winograd_inputs_worker, (_F1, *(_I,) * 17, _F1, _I, _I1), boundscheck=False)
 _WINOGRAD_TASKS = Task(
     _winograd_tasks_worker,
-    (_F1, _F1, _F1, _F1, *(_I,) * 15, types.boolean, types.float64, _F2, _F1, _I, _F1, _I1, _I),
+    (_F1, _F1, _F1, _F1, *(_I,) * 16, types.boolean, types.float64, _F2, _F1, _I, _F1, _I1, _I),
     boundscheck=False,
 )
 
@@ -448,8 +529,8 @@ _WINOGRAD_TASKS = Task(
 def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, task, packed):
     """One (chunk, group, k-block) task: the chunk's inputs transformed (or read from vall), then per KB_INNER rows of
     output channels the alpha^2 GEMMs into M and the output transform."""
-    _, c_all, _, _, k_all, group, _, _, oh, ow, m, _, kb, chunks, kblocks = geometry
-    a2 = (m + 2) * (m + 2)
+    _, c_all, _, _, k_all, group, _, _, oh, ow, m, _, kb, chunks, kblocks, r = geometry
+    a2 = (m + r - 1) * (m + r - 1)
     cg, kg = c_all // group, k_all // group
     kgp = (kg + MR - 1) // MR * MR if packed else kg  # U's rows per (group, xi) block (packed: pack_weights)
     lda = 0 if packed else cg
@@ -460,15 +541,14 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
     ldc = nsl * NR
     v_xi = nsl * cg * NR  # floats of one V_xi: nsl slivers (cg, NR)
-    stage = ws[: a2 * NR]
-    res = ws[a2 * NR : (a2 + m * m) * NR]
-    mb_all = ws[(a2 + m * m) * NR :]
+    res = ws[: m * m * NR]
+    mb_all = ws[m * m * NR :]
     if kblocks > 1:
         v = vall[(chunk * group + g) * vblock : (chunk * group + g + 1) * vblock]
     else:
         v = mb_all[: a2 * v_xi]
         mb_all = mb_all[a2 * v_xi :]
-        _transform_inputs(xf, geometry, chunk, g, 0, cg, v, stage)
+        _transform_inputs(xf, geometry, chunk, g, 0, cg, v)
     base = carray(stack_empty(NR, np.int64), (NR,))
     tyv = carray(stack_empty(NR, np.int64), (NR,))
     txv = carray(stack_empty(NR, np.int64), (NR,))
@@ -491,7 +571,7 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
                 ko = g * kg + kk
                 for j in range(NR):
                     base[j] = ((img[j] * k_all + ko) * oh + tyv[j] * m) * ow + txv[j] * m
-                _output_transform(mb, (kk - i0) * ldc + s * NR, m_xi, m, res, bias[ko], epilogue)
+                _output_transform(mb, (kk - i0) * ldc + s * NR, m_xi, m, r, res, bias[ko], epilogue)
                 _scatter(res, m, y, base, tyv, txv, oh, ow, valid)
 
 
@@ -536,7 +616,9 @@ def enabled() -> bool:
 
 
 def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool = False) -> int:
-    """The Winograd tile of a forward of these shapes, 2 or 4, or 0 where it takes kernels.conv's path: 3x3 kernels,
+    """The Winograd tile of a forward of these shapes, 2 or 4, or 0 where it takes kernels.conv's path. 5x5 kernels,
+    stride 1, dilation 1: F(2x2, 5x5) with at least MIN_CHANNELS_5 input and output channels per group, an output of
+    at least MIN_OUTPUT_5 x MIN_OUTPUT_5 and MIN_PIXELS_5 output pixels in the batch. 3x3 kernels,
     stride 1, dilation 1, at least MIN_CHANNELS input and output channels per group, and for tile m an output of at
     least MIN_OUTPUT[m] x MIN_OUTPUT[m] and MIN_PIXELS[m] output pixels in the batch (F(2x2) with frozen weights,
     `WinogradRunner(frozen=True)`: FROZEN_MIN_PIXELS). Which tile: the environment's (`tile`), else F(4x4) where it
@@ -557,12 +639,28 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
     13.9-14.5 ms without, 14.6-14.8 with F(2x2); again with U packed, twelfth round, as the replay compares them too:
     0.96-0.97x, two plans alternated in one process). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
-    larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2."""
+    larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2.
+
+    Why the 5x5 rule: against the im2col path, one layer, 2 threads, Zen 4, in one process (the gathers in): CaffeNet's
+    conv2 (48 -> 128 per group, 27 x 27) batch 1 / 10 1.40 / 1.27x; GoogLeNet's 5x5 layers at batch 1 / 16: 16 -> 32
+    channels on 28 x 28 0.91 / 0.86x and 16 -> 48 on 14 x 14 1.19 / 0.97x (16 channels: left out), 24 -> 64 on 14 x 14
+    1.15 / 1.29x, 32 -> 64 1.28 / 1.35x, 32 -> 128 on 7 x 7 1.33 / 1.23x, 48 -> 128 1.50 / 1.74x, 24 -> 32 on 28 x 28
+    1.05 / 1.09x. Whole nets, two plans alternated (the module before and after F(2x2, 5x5) and the gathers):
+    CaffeNet batch 1 / 10 / 64 1.03 / 1.105 / 1.16x, GoogLeNet batch 1 / 16 1.03x."""
     forced = tile()
     if forced == 0 or len(x_shape) != 4 or len(w_shape) != 4:
         return 0
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
-    if (kh, kw) != (3, 3) or st != (1, 1) or dil != (1, 1) or n <= 0 or min(cg, k // max(group, 1)) < MIN_CHANNELS:
+    if st != (1, 1) or dil != (1, 1) or n <= 0:
+        return 0
+    if (kh, kw) == (5, 5):  # F(2x2, 5x5), the one 5x5 tile, whatever tile CREMA_WINOGRAD asks for the 3x3 layers
+        ok = (
+            min(cg, k // max(group, 1)) >= MIN_CHANNELS_5
+            and min(oh, ow) >= MIN_OUTPUT_5
+            and n * oh * ow >= MIN_PIXELS_5
+        )
+        return 2 if ok else 0
+    if (kh, kw) != (3, 3) or min(cg, k // max(group, 1)) < MIN_CHANNELS:
         return 0
     least = {4: MIN_PIXELS[4], 2: min(MIN_PIXELS[2], FROZEN_MIN_PIXELS) if frozen else MIN_PIXELS[2]}
     fits = [m for m in (4, 2) if min(oh, ow) >= MIN_OUTPUT[m] and n * oh * ow >= least[m]]
@@ -620,15 +718,14 @@ class WinogradRunner:
         *,
         frozen: bool = False,
     ) -> None:
-        (n, c, h, wd), (k, cg, kh, kw), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x_shape, w_shape, 1, pad, 1)
-        if (kh, kw) != (3, 3):
-            raise ValueError(f"winograd: 3x3 kernels only, got {kh}x{kw}")
+        (n, c, h, wd), (k, cg, _, _), _, (ph, pw), _, (oh, ow) = conv2d_geometry(x_shape, w_shape, 1, pad, 1)
+        r = kernel_size(w_shape)
         if not (float(relu_max) >= 0.0) or (relu_max != math.inf and not relu):
             raise ValueError(
                 f"winograd: relu_max caps the fused ReLU: expected relu=True and relu_max >= 0, got "
                 f"relu={relu!r}, relu_max={relu_max!r}"
             )
-        matrices(m)  # checks m
+        matrices(m, r)  # checks m and r
         self.m = m
         # frozen: the caller never changes a weight array in place (a plan's folded BatchNorm, as for the depthwise
         # runner): the transformed weights are kept while the same array comes, with no compare of its values
@@ -649,13 +746,13 @@ class WinogradRunner:
         kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (block starts them at MR rows)
         kb = -(-kb // MR) * MR
         kblocks = -(-kg // kb)
-        self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks)
-        alpha2 = (m + 2) ** 2
+        self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
+        alpha2 = (m + r - 1) ** 2
         nsl = per // NR
         self.vblock = alpha2 * nsl * NR * cg if kblocks > 1 else 0  # floats of one (chunk, group)'s shared V
         self.cblocks = max(1, min(-(-4 * threads // (chunks * group)), cg // 8))
         own_v = 0 if kblocks > 1 else alpha2 * nsl * NR * cg
-        self.work = own_v + alpha2 * nsl * NR * min(kb, KB_INNER) + (alpha2 + m * m) * NR
+        self.work = own_v + alpha2 * nsl * NR * min(kb, KB_INNER) + m * m * NR
         self.zeros = np.zeros(kg + MR, np.float32)
         self.u: np.ndarray | None = None
         self.w_seen: np.ndarray | None = None
@@ -681,7 +778,7 @@ class WinogradRunner:
     def _transform(self, w: np.ndarray) -> np.ndarray:
         group = self.geometry[5]
         u = transform_weights(w, group, self.m)
-        return pack_weights(u, group, self.m, w.shape[0] // group, w.shape[1]) if self.packed else u
+        return pack_weights(u, group, self.m, w.shape[0] // group, w.shape[1], self.geometry[15]) if self.packed else u
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:
@@ -693,7 +790,7 @@ class WinogradRunner:
         xf = x.reshape(-1)
         if self.vblock:
             _WINOGRAD_INPUTS.parallel(
-                _WINOGRAD_INPUTS.address, self.workers, xf, *self.geometry, self.cblocks, vall, self.vblock, work,
+                _WINOGRAD_INPUTS.address, self.workers, xf, *self.geometry, self.cblocks, vall, self.vblock,
                 np.zeros(1, np.int64)
             )  # fmt: skip
         _WINOGRAD_TASKS.parallel(
@@ -715,8 +812,8 @@ def winograd_forward(
     m: int = TILE,
     runner: WinogradRunner | None = None,
 ) -> np.ndarray:
-    """Convolution forward by Winograd F(m x m, 3 x 3) (stride 1, dilation 1), float32: x (N, C, H, W), w (K, C/group,
-    3, 3), b (K,) or None -> y (N, K, OH, OW), into `out` when given; relu / relu_max as kernels.conv.conv2d_forward.
+    """Convolution forward by Winograd F(m x m, r x r) (stride 1, dilation 1), float32: x (N, C, H, W), w (K, C/group,
+    r, r) with r 3 (m 2 or 4) or 5 (m 2), b (K,) or None -> y (N, K, OH, OW), into `out` when given; relu / relu_max as kernels.conv.conv2d_forward.
     runner: a WinogradRunner the caller keeps for these shapes and arguments (e.g. one with frozen weights, whose
     transform it keeps), used instead of a new one."""
     x = np.ascontiguousarray(x, dtype=np.float32)

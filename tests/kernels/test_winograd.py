@@ -17,7 +17,8 @@ from kernels import winograd
 from kernels.conv import conv2d_forward, conv2d_forward_ref
 from kernels.winograd import WinogradRunner, choose, winograd_applies, winograd_forward, winograd_forward_ref
 
-BOUND = {4: 1e-5, 2: 1e-6}
+BOUND = {(4, 3): 1e-5, (2, 3): 1e-6, (2, 5): 2e-6}
+VARIANTS = list(BOUND)  # (m, r): F(m x m, r x r)
 
 CASES = [  # x shape, k, group, pad: groups, pads 0-2, odd sizes, tiles not a multiple of 16, channels not of MR
     ((2, 8, 7, 9), 6, 2, 1),
@@ -30,10 +31,10 @@ CASES = [  # x shape, k, group, pad: groups, pads 0-2, odd sizes, tiles not a mu
 ]
 
 
-def _data(x_shape, k, group, seed=0):
+def _data(x_shape, k, group, seed=0, r=3):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape, dtype=np.float32)
-    w = rng.standard_normal((k, x_shape[1] // group, 3, 3), dtype=np.float32)
+    w = rng.standard_normal((k, x_shape[1] // group, r, r), dtype=np.float32)
     b = rng.standard_normal(k, dtype=np.float32)
     return x, w, b
 
@@ -42,28 +43,28 @@ def _abs_sum(x, w, b, pad, group):
     return conv2d_forward_ref(np.abs(x), np.abs(w), np.abs(b), pad=pad, group=group, dtype=np.float64)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("m", "r"), VARIANTS)
 @pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
-def test_reference_transforms_equal_direct_float64(m, x_shape, k, group, pad):
-    x, w, b = _data(x_shape, k, group)
+def test_reference_transforms_equal_direct_float64(m, r, x_shape, k, group, pad):
+    x, w, b = _data(x_shape, k, group, r=r)
     want = conv2d_forward_ref(x, w, b, pad=pad, group=group, dtype=np.float64)
     got = winograd_forward_ref(x, w, b, pad=(pad, pad), group=group, m=m)
     assert got.shape == want.shape
     assert np.all(np.abs(got - want) <= 1e-12 * _abs_sum(x, w, b, pad, group))
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("m", "r"), VARIANTS)
 @pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
-def test_forward_within_bound_of_float64(m, x_shape, k, group, pad):
-    x, w, b = _data(x_shape, k, group, seed=1)
+def test_forward_within_bound_of_float64(m, r, x_shape, k, group, pad):
+    x, w, b = _data(x_shape, k, group, seed=1, r=r)
     want = conv2d_forward_ref(x, w, b, pad=pad, group=group, dtype=np.float64)
     got = winograd_forward(x, w, b, pad=pad, group=group, m=m)
     assert got.shape == want.shape and got.dtype == np.float32 and got.flags.c_contiguous
     err = np.abs(got.astype(np.float64) - want)
-    bound = BOUND[m] * _abs_sum(x, w, b, pad, group) + 1e-7
+    bound = BOUND[m, r] * _abs_sum(x, w, b, pad, group) + 1e-7
     assert np.all(err <= bound), f"max err/S {np.max(err / bound):.3g} of the bound"
     none = winograd_forward(x, w, None, pad=pad, group=group, m=m)  # no bias: zeros
-    assert np.allclose(none, got - b.reshape(1, -1, 1, 1), rtol=0, atol=BOUND[m] * 1e3)
+    assert np.allclose(none, got - b.reshape(1, -1, 1, 1), rtol=0, atol=BOUND[m, r] * 1e3)
 
 
 @pytest.mark.parametrize("relu_max", [np.inf, 0.5])
@@ -74,21 +75,22 @@ def test_fused_relu_equals_relu_of_output(relu_max):
     assert np.array_equal(fused, np.minimum(np.maximum(plain, 0), np.float32(relu_max)))
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_each_image_same_bits_alone_and_in_a_batch(m):
-    """Tiles are independent columns of the GEMMs: chunking, k-blocks and the batch size change no bit."""
-    x, w, b = _data((3, 64, 13, 13), 96, 1, seed=3)
-    batch = winograd_forward(x, w, b, pad=1, m=m)
+@pytest.mark.parametrize(("m", "r"), VARIANTS)
+def test_each_image_same_bits_alone_and_in_a_batch(m, r):
+    """Tiles are independent columns of the GEMMs: chunking, k-blocks (batch 1: the input transform as its own pass)
+    and the batch size change no bit."""
+    x, w, b = _data((3, 64, 13, 13), 96, 1, seed=3, r=r)
+    batch = winograd_forward(x, w, b, pad=r // 2, m=m)
     for i in range(3):
-        assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=1, m=m), batch[i : i + 1])
+        assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=r // 2, m=m), batch[i : i + 1])
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("m", "r"), VARIANTS)
 @pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
-def test_packed_weights_same_bits_as_row_major(m, x_shape, k, group, pad, monkeypatch):
+def test_packed_weights_same_bits_as_row_major(m, r, x_shape, k, group, pad, monkeypatch):
     """U as the micro-kernel's packed A (PACKED_U, pack_weights: row tiles of MR rows, zero rows past K/group) and U
     read row-major in place: the same FMA chain per output, the same bits; pack_weights holds U's values."""
-    x, w, b = _data(x_shape, k, group, seed=7)
+    x, w, b = _data(x_shape, k, group, seed=7, r=r)
     got = {}
     for packed in (False, True):
         monkeypatch.setattr(winograd, "PACKED_U", packed)
@@ -98,7 +100,7 @@ def test_packed_weights_same_bits_as_row_major(m, x_shape, k, group, pad, monkey
     np.testing.assert_array_equal(got[True], got[False])
     kg, cg, mr = k // group, x_shape[1] // group, winograd.MR
     u = winograd.transform_weights(w, group, m)
-    p = winograd.pack_weights(u, group, m, kg, cg)
+    p = winograd.pack_weights(u, group, m, kg, cg, r)
     kgp = -(-kg // mr) * mr
     blocks = p.reshape(-1, kgp // mr, cg, mr).transpose(0, 1, 3, 2).reshape(-1, kgp, cg)
     np.testing.assert_array_equal(blocks[:, :kg], u.reshape(-1, kg, cg))
@@ -114,7 +116,7 @@ def test_runner_follows_weights_changed_in_place():
     w *= 2  # a solver step: same array, new values
     run(x, w, b, y)
     want = conv2d_forward_ref(x, w, b, pad=1, dtype=np.float64)
-    assert np.all(np.abs(y - want) <= BOUND[4] * _abs_sum(x, w, b, 1, 1) + 1e-7)
+    assert np.all(np.abs(y - want) <= BOUND[4, 3] * _abs_sum(x, w, b, 1, 1) + 1e-7)
     assert not np.array_equal(first, y)
 
 
@@ -158,7 +160,7 @@ def test_applies_by_shape_and_switch(monkeypatch):
     assert not winograd_applies((2, 256, 13, 13), *conv3[1:])  # F(2x2) from 640 output pixels: the weights dominate
     assert choose((64, 384, 13, 13), (384, 192, 3, 3), 1, 1, 1, 2) == 2  # conv4: 192 per group
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 2, 1, 1, 1)  # stride 2
-    assert not winograd_applies((1, 256, 13, 13), (384, 256, 5, 5), 1, 2, 1, 1)  # 5x5
+    assert not winograd_applies((1, 256, 13, 13), (384, 256, 7, 7), 1, 3, 1, 1)  # 7x7
     assert not winograd_applies((1, 256, 13, 13), (384, 256, 3, 3), 1, 2, 2, 1)  # dilation 2
     assert not winograd_applies((1, 32, 13, 13), (384, 32, 3, 3), 1, 1, 1, 1)  # few input channels
     assert not winograd_applies((1, 256, 5, 5), (384, 256, 3, 3), 1, 1, 1, 1)  # 5 x 5 output
@@ -173,22 +175,34 @@ def test_applies_by_shape_and_switch(monkeypatch):
         choose((1, 256, 14, 14), res4, 1, 1, 1, frozen=True) == 4
         and choose((1, 512, 5, 5), res5, 1, 1, 1, 1, True) == 0
     )
+    # 5x5: F(2x2, 5x5) from 24 channels per group (CaffeNet's conv2; GoogLeNet's 5x5 layers past inception 3a)
+    conv2, g3a, g5b = (
+        ((1, 96, 27, 27), (256, 48, 5, 5)),
+        ((1, 16, 28, 28), (32, 16, 5, 5)),
+        ((1, 48, 7, 7), (128, 48, 5, 5)),
+    )
+    assert choose(*conv2, 1, 2, 1, 2) == 2 and choose(*g5b, 1, 2, 1) == 2 and choose(*g3a, 1, 2, 1) == 0
+    assert choose((1, 24, 14, 14), (64, 24, 5, 5), 1, 2, 1) == 2 and choose((1, 48, 5, 5), g5b[1], 1, 2, 1) == 0
+    assert choose(*conv2, 2, 2, 1, 2) == 0 and choose(*conv2, 1, 4, 2, 2) == 0  # stride 2, dilation 2
     monkeypatch.setenv("CREMA_WINOGRAD", "2")  # F(2x2) wherever it applies
     assert winograd.tile() == 2 and choose(*conv3) == 2 and choose((4, 256, 14, 14), res4, 1, 1, 1) == 2
     assert choose((1, 256, 14, 14), res4, 1, 1, 1) == 0  # 196 pixels: too few for F(2x2)
     monkeypatch.setenv("CREMA_WINOGRAD", "4")  # F(4x4) from 196 pixels
     assert winograd.tile() == 4 and choose((2, 256, 13, 13), *conv3[1:]) == 4 and choose(*conv3) == 4
+    assert choose(*conv2, 1, 2, 1, 2) == 2  # 5x5 layers: their one tile
     assert not winograd_applies((1, 256, 13, 13), *conv3[1:]) and choose((16, 512, 7, 7), res5, 1, 1, 1) == 0
     monkeypatch.setenv("CREMA_WINOGRAD", "0")
-    assert winograd.tile() == 0 and not winograd_applies(*conv3)
+    assert winograd.tile() == 0 and not winograd_applies(*conv3) and choose(*conv2, 1, 2, 1, 2) == 0
 
 
 def test_bad_arguments_are_clear_errors():
     x, w, b = _data((1, 4, 6, 6), 4, 1)
-    with pytest.raises(ValueError, match="3x3 kernels only"):
-        winograd_forward(x, np.zeros((4, 4, 5, 5), np.float32), b, pad=1)
-    with pytest.raises(ValueError, match="must be 2 or 4"):
+    with pytest.raises(ValueError, match="3x3 or 5x5 kernels only"):
+        winograd_forward(x, np.zeros((4, 4, 7, 7), np.float32), b, pad=3)
+    with pytest.raises(ValueError, match=r"must be \(2, 3\), \(4, 3\) or \(2, 5\)"):
         winograd_forward(x, w, b, pad=1, m=3)
+    with pytest.raises(ValueError, match=r"got \(4, 5\)"):  # no F(4x4, 5x5)
+        winograd_forward(x, np.zeros((4, 4, 5, 5), np.float32), b, pad=2, m=4)
     with pytest.raises(ValueError, match="out"):
         winograd_forward(x, w, b, pad=1, out=np.empty((1, 4, 5, 5), np.float32))
 
@@ -224,7 +238,7 @@ def test_caffenet_softmax_matches_opencv_with_winograd(tmp_path, monkeypatch):
     x = (np.random.default_rng(4).random((4, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
     prob = net.forward(data=x)["prob"].copy()
     fc8 = net.blobs["fc8"].copy()
-    assert calls == [384, 384, 256]  # conv3, conv4, conv5
+    assert calls == [256, 384, 384, 256]  # conv2 (F(2x2, 5x5)), conv3, conv4, conv5
     ref = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
     ref.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     ref.setInput(x)
