@@ -478,7 +478,8 @@ def _depthwise_cases(rng, batch: int, spec, threads: int) -> list[Case]:
 
 def _winograd_cases(rng, batch: int, spec, threads: int, tile: int) -> list[Case]:
     """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(tile x tile, 3x3) (the Net's plan
-    runs them as F(2x2) from batch 4; F(4x4) with CREMA_WINOGRAD=4, from batch 2), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
+    runs them as F(2x2) from batch 4; F(4x4) with CREMA_WINOGRAD=4, from batch 2), and its 5x5 conv2 by F(2x2, 5x5)
+    (the plan's from batch 1), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
     ONNX Runtime (Conv + Relu). GFLOP/s count the direct convolution's FLOPs (2 * outputs * C/g * 9)."""
     from kernels.conv import ForwardRunner, conv2d_forward_ref
     from kernels.winograd import WinogradRunner
@@ -489,7 +490,7 @@ def _winograd_cases(rng, batch: int, spec, threads: int, tile: int) -> list[Case
     wino = WinogradRunner(x.shape, w.shape, (p, p), g, True, m=tile)
     im2col = ForwardRunner(x.shape, w.shape, (s, s), (p, p), (1, 1), g, True)
     out, out_ref = np.empty(wino.out_shape, np.float32), np.empty(wino.out_shape, np.float32)
-    label = f"caffenet {name} winograd F{tile}+relu N={batch} C={c} H={h} M={m} g={g}"
+    label = f"caffenet {name} winograd F{tile}{' 5x5' if k == 5 else ''}+relu N={batch} C={c} H={h} M={m} g={g}"
     refs: dict[str, Callable] = {"im2col": partial(im2col, x, w, b, out_ref)}
     if torch is not None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
@@ -543,7 +544,7 @@ def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
     for spec in CAFFENET_FC:
         cases += _fc_cases(rng, "caffenet", 10, spec, threads)
     for batch, tile in ((1, 2), (64, 2), (64, 4)):
-        for spec in CAFFENET_CONV[2:]:  # conv3-5: Winograd F(2x2, 3x3) (the default) and F(4x4) vs the im2col path
+        for spec in CAFFENET_CONV[1 if tile == 2 else 2 :]:  # conv2 F(2x2, 5x5); conv3-5 F(2x2, 3x3) and F(4x4, 3x3)
             cases += _winograd_cases(rng, batch, spec, threads, tile)
     for batch in (1, 32):
         for spec in EFFICIENTNET_DW:
