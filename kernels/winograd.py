@@ -1,5 +1,5 @@
-"""Winograd convolution F(m x m, r x r) forward: F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5); stride 1, dilation 1, any
-pad, groups; NCHW float32.
+"""Winograd convolution F(m x m, r x r) forward: F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5) and F(4x4, 5x5); stride 1,
+dilation 1, any pad, groups; NCHW float32.
 
 The output is cut into m x m tiles; each reads an alpha x alpha patch of the (zero padded) input, alpha = m + r - 1.
 With the transforms of Lavin & Gray (arXiv:1509.09308), for every input channel c, output channel k and tile:
@@ -12,7 +12,9 @@ V_xi (C x T), T the tiles. F(4x4, 3x3) (alpha 6) does 36 multiplies per 16 outpu
 used, so 2.6x); F(2x2, 3x3) (alpha 4: its error is within 2x of the direct convolution's, F(4x4)'s 20x) does 16 per 4
 (2.25x, 169 of 196 used on 13 x 13). F(2x2, 5x5) (alpha 6, on the same points as F(4x4, 3x3), so the same B^T)
 does 36 per 4 where the direct convolution does 100 (2.8x; CaffeNet's conv2, 27 x 27: 729 of 784 used, 2.6x); its
-error is within 3x of the direct convolution's. Which one a layer takes: `choose`.
+error is within 3x of the direct convolution's. F(4x4, 5x5) (alpha 8, points 0, +-1, +-2, +-1/2) does 64 per 16
+against 400 (6.25x; 27 x 27 in 7 x 7 tiles: 729 of 784 used, 5.8x); its error is about F(4x4, 3x3)'s (10x the direct
+convolution's). Which one a layer takes: `choose`.
 
 Kernels:
 
@@ -60,20 +62,32 @@ Every tile is a column of the GEMMs computed by the same instructions whatever t
 an image gives the same bits alone and in a batch, on any thread count.
 
 Error: the transforms are exact in real arithmetic; in float32 the rounding of the transformed values grows with the
-transform's coefficients (A^T up to 8, B^T up to 2.5 for F(4x4)). ``tests/kernels/test_winograd.py`` asserts, against
-``conv2d_forward_ref`` in float64, |y - y64| <= 1e-5 * S + 1e-7 for F(4x4), 1e-6 * S + 1e-7 for F(2x2, 3x3) and 2e-6
-* S + 1e-7 for F(2x2, 5x5), S the convolution of the absolute values (|x| conv |w| + |b|); observed maxima of |y -
-y64| / S on its cases: F(4x4) 8.5e-6 (5.6e-6 before the gathers: one output of a 4-channel case; over 12 random shapes
-the maximum, 99.9th percentile and RMS are 3.1e-6, 7.3e-7 and 1.0e-7 with the gathers, 2.5e-6, 7.3e-7 and 1.0e-7
-before), F(2x2, 3x3) 4.4e-7, F(2x2, 5x5) 7.2e-7, kernels.conv's im2col 2.8e-7 (of max |y|: 2.0e-6, 3.6e-7, 1.6e-6,
-5.2e-7). F(2x2, 5x5)'s points: see POINTS. CaffeNet (random He weights, inputs *255 - 120, batch 4 and 10): softmax
-within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without; with F(2x2, 5x5) on conv2 as well (the
-test's seed-3 weights) 7.6e-6 from the float64 net, as without it.
+transform's coefficients (A^T up to 8, B^T up to 2.5 for F(4x4, 3x3)). ``tests/kernels/test_winograd.py`` asserts,
+against ``conv2d_forward_ref`` in float64, |y - y64| <= 2e-5 * S + 1e-7 for the F(4x4) tiles, 1e-6 * S + 1e-7 for
+F(2x2, 3x3) and 2e-6 * S + 1e-7 for F(2x2, 5x5), S the convolution of the absolute values (|x| conv |w| + |b|);
+observed maxima of |y - y64| / S on its cases: F(4x4, 3x3) 1.24e-5 (one corner output of a 4-channel map with pad 2,
+where S is small and the tile's transform mixes in its larger neighbours; the next 3.3e-6; 5.6e-6 before this round's
+changes; over 12 random shapes the maximum, 99.9th percentile and RMS 2.7e-6, 7.6e-7 and 1.0e-7, before 2.5e-6, 7.3e-7
+and 1.0e-7), F(4x4, 5x5) 3.4e-6, F(2x2, 3x3) 4.4e-7, F(2x2, 5x5) 6.9e-7, kernels.conv's im2col 2.8e-7 (of max |y|:
+1.9e-6, 6.0e-6, 3.6e-7, 1.6e-6, 5.2e-7). The 5x5 tiles' points: see POINTS. CaffeNet (random He weights, inputs *255
+- 120, batch 4 and 10): softmax within 8.7e-6 of OpenCV DNN with F(2x2), 1.9e-5 with F(4x4), 3.5e-6 without (3x3
+layers only); with conv2 on F(4x4, 5x5) (the test's seed-3 weights, batch 4) 1.01e-5 from the float64 net (7.6e-6
+with F(2x2, 5x5) or without), 1.36e-5 from OpenCV DNN, itself 2.38e-5 from the float64 net; over 8 seeds at batch 10
+see `choose`.
 
-Where it runs: ``choose`` (3x3, stride 1, dilation 1, C/group and K/group >= 64, enough output pixels; the tile per
-layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 24 channels per group: F(2x2, 5x5);
-``CREMA_WINOGRAD=2`` / ``4`` force the 3x3 layers' tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward (``layer.winograd = False`` turns it off for one
-layer; make a new plan after, e.g. ``net.reshape()``).
+Where it runs: ``choose`` (stride 1, dilation 1; 3x3 with C/group and K/group >= 64 and enough output pixels, the
+tile per layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 16 channels per group and 196 output
+pixels in the batch F(4x4, 5x5), else from 24 channels and 49 pixels F(2x2, 5x5); ``CREMA_WINOGRAD=2`` / ``4``
+force a tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward of TEST-phase
+layers (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
+A TRAIN-phase net never takes it: its weights change every iteration, and transforming them each time cost more
+than it saved (LeNet's training iteration 1.62x PyTorch with conv2 on F(4x4, 5x5), 2.07x without).
+
+Bits: the transforms' sums are taken in the order ``_linear`` emits them (the input transform's plain, the output
+transform's with llvm.fma for the coefficients other than +-1): ``_transform_inputs`` and ``_output_transform`` say
+fastmath=False, as Numba's callees otherwise inherit the caller's fastmath, and LLVM then reordered the sums
+differently where it inlined or cloned them (an image alone and in a batch differed in the last bit with F(2x2,
+5x5): test_each_image_same_bits_alone_and_in_a_batch).
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
 ``WinogradRunner`` (the shape work once, kept by a Net's plan), ``choose``, ``winograd_applies``, ``transform_weights``,
@@ -92,7 +106,7 @@ import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import carray, njit
-from numba.core import errors, types
+from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import check_conv2d_args, conv2d_geometry
@@ -108,9 +122,9 @@ MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lo
 MIN_OUTPUT = {2: 7, 4: 8}  # choose: output height and width at least this, per tile
 MIN_PIXELS = {2: 640, 4: 196}  # choose: output pixels of the batch at least this (13 x 13 maps: batch 4 / 2)
 FROZEN_MIN_PIXELS = 49  # choose: ... for F(2x2) with frozen weights (no per-call compare): one 7 x 7 map
-MIN_CHANNELS_5 = 24  # choose, 5x5 (F(2x2, 5x5)): C/group and K/group at least this (16: slower)
-MIN_OUTPUT_5 = 7  # ... output height and width at least this
-MIN_PIXELS_5 = 49  # ... output pixels of the batch at least this
+MIN_CHANNELS_5 = {2: 24, 4: 16}  # choose, 5x5 kernels, per tile: C/group and K/group at least this
+MIN_OUTPUT_5 = 7  # ... output height and width at least this (both tiles)
+MIN_PIXELS_5 = {2: 49, 4: 196}  # ... output pixels of the batch at least this
 AUTO_F4_MIN_OUTPUT = 14  # choose, CREMA_WINOGRAD unset: F(4x4) on outputs of at least 14 x 14, else F(2x2)
 
 
@@ -146,7 +160,12 @@ def cook_toom(points, m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
 # F(2x2, 5x5) (alpha 6, as F(4x4, 3x3): the same points, so the same B^T): 0, 1, -1, 1/2, -2 gave |y - y64| / S
 # 4.7e-7 on CaffeNet's conv2 (48 -> 128 per group, 27 x 27, a float32 NumPy model of the transforms), im2col 2.7e-7;
 # 0, +-1, +-2 and 0, +-1, +-1/2 2.7x that (1.2e-6, 1.3e-6).
-POINTS = {(2, 3): (0, 1, -1), (4, 3): (0, 1, -1, Fraction(1, 2), -2), (2, 5): (0, 1, -1, Fraction(1, 2), -2)}
+POINTS = {
+    (2, 3): (0, 1, -1),
+    (4, 3): (0, 1, -1, Fraction(1, 2), -2),
+    (2, 5): (0, 1, -1, Fraction(1, 2), -2),
+    (4, 5): (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)),
+}
 
 
 def matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,8 +173,8 @@ def matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndar
     1, on the points POINTS[m, r] (``cook_toom``): F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5)."""
     if (m, r) not in POINTS:
         raise ValueError(
-            f"winograd: (output tile, kernel) must be (2, 3), (4, 3) or (2, 5) (F(2x2, 3x3), F(4x4, 3x3), "
-            f"F(2x2, 5x5)), got ({m!r}, {r!r})"
+            f"winograd: (output tile, kernel) must be (2, 3), (4, 3), (2, 5) or (4, 5) (F(2x2, 3x3), F(4x4, 3x3), "
+            f"F(2x2, 5x5), F(4x4, 5x5)), got ({m!r}, {r!r})"
         )
     return cook_toom(POINTS[m, r], m, r)
 
@@ -227,13 +246,21 @@ def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int, r: int = 3
 
 
 # ------------------------------------------------------------------------------------------------ Numba kernels
-def _linear(builder, coeffs, values):
+def _linear(builder, coeffs, values, fused: bool = False):
     """sum_k coeffs[k] * values[k] as LLVM float vector ops, left to right, skipping zero coefficients (a coefficient
-    +-1 is an fadd / fsub, others an fmul by the float32 constant and an fadd)."""
+    +-1 is an fadd / fsub, others an fmul by the float32 constant and an fadd, or with `fused` an llvm.fma onto the
+    sum so far)."""
     out = None
+    vec = values[0].type
+    fma = cgutils.get_or_insert_function(
+        builder.module, llvm_ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{vec.count}f32"
+    )
     for c, v in zip(coeffs, values):
         c = float(c)
         if c == 0.0:
+            continue
+        if fused and out is not None and c not in (1.0, -1.0):
+            out = builder.call(fma, [llvm_ir.Constant(vec, [float(np.float32(c))] * vec.count), v, out])
             continue
         if c not in (1.0, -1.0):
             v = builder.fmul(llvm_ir.Constant(v.type, [float(np.float32(abs(c)))] * v.type.count), v)
@@ -244,7 +271,7 @@ def _linear(builder, coeffs, values):
     return out
 
 
-_VARIANTS = ((4, 3), (2, 3), (2, 5))  # _transform8's `which` // 2: (m, r)
+_VARIANTS = ((4, 3), (2, 3), (2, 5), (4, 5))  # _transform8's `which` // 2: (m, r)
 LANE_ROWS = 4 * NR  # _gather_transform8's lanes: 4 rows of NR
 
 
@@ -276,22 +303,25 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
         for p in range(cols * cols):
             o = builder.add(so, builder.mul(ss, llvm_ir.Constant(i64, p)))
             x.append(builder.load(builder.bitcast(builder.gep(s_data, [o]), vec.as_pointer()), align=4))
-        _emit_transform(builder, t, x, d_data, do, ds)
+        _emit_transform(builder, t, x, d_data, do, ds, fused=which.literal_value % 2 == 1)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _emit_transform(builder, t, x, d_data, do, ds):
+def _emit_transform(builder, t, x, d_data, do, ds, fused: bool = False):
     """T X T^T of the <8 x float> values x (row-major, X cols x cols), element p of the result stored at
-    d_data[do + p * ds:][:8] (do, ds i64 values)."""
+    d_data[do + p * ds:][:8] (do, ds i64 values); `fused`: _linear's FMAs."""
     vec = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
     i64 = llvm_ir.IntType(64)
     rows, cols = t.shape
-    y = [[_linear(builder, t[i], [x[k * cols + j] for k in range(cols)]) for j in range(cols)] for i in range(rows)]
+    y = [
+        [_linear(builder, t[i], [x[k * cols + j] for k in range(cols)], fused) for j in range(cols)]
+        for i in range(rows)
+    ]
     for i in range(rows):  # (T X) T^T: row i of T X against the rows of T
         for j in range(rows):
-            z = _linear(builder, t[j], y[i])
+            z = _linear(builder, t[j], y[i], fused)
             o = builder.add(do, builder.mul(ds, llvm_ir.Constant(i64, i * rows + j)))
             builder.store(z, builder.bitcast(builder.gep(d_data, [o]), vec.as_pointer()), align=4)
 
@@ -362,14 +392,17 @@ def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_
     return sig, codegen
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, boundscheck=False, fastmath=False)
 def _output_transform(mb, m_off, m_xi, m, r, res, bias, epilogue):
     """res[(p * m + q) * NR + j] = (A^T M A)[p, q] + bias for the 16 lanes (tiles) of one output channel, M_xi of lane
     j at mb[xi * m_xi + m_off + j] (two _transform8 calls); then the fused ReLU (kernels.conv's expression, capped
     when relu_max is finite)."""
     relu, relu_max = epilogue
     zero = np.float32(0.0)
-    if m == 4:
+    if m == 4 and r == 5:
+        _transform8(7, mb, m_off, m_xi, res, 0, NR)
+        _transform8(7, mb, m_off + 8, m_xi, res, 8, NR)
+    elif m == 4:
         _transform8(1, mb, m_off, m_xi, res, 0, NR)
         _transform8(1, mb, m_off + 8, m_xi, res, 8, NR)
     elif r == 5:
@@ -468,7 +501,10 @@ def _transform_inputs(xf, geometry, chunk, g, c0, c1, v):
             for j in range(NR):
                 lanes[j] = (img[j] * c_all + ch) * plane + lanes[NR + j] * wd + lanes[2 * NR + j]
             o = (s * cg + ci) * NR
-            if m == 4:
+            if m == 4 and r == 5:
+                _gather_transform8(6, xf, lanes, 0, h, wd, v, o, v_xi)
+                _gather_transform8(6, xf, lanes, 8, h, wd, v, o + 8, v_xi)
+            elif m == 4:
                 _gather_transform8(0, xf, lanes, 0, h, wd, v, o, v_xi)
                 _gather_transform8(0, xf, lanes, 8, h, wd, v, o + 8, v_xi)
             elif r == 5:
@@ -641,25 +677,32 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     0.96-0.97x, two plans alternated in one process). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
     larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2.
 
-    Why the 5x5 rule: against the im2col path, one layer, 2 threads, Zen 4, in one process (the gathers in): CaffeNet's
-    conv2 (48 -> 128 per group, 27 x 27) batch 1 / 10 1.40 / 1.27x; GoogLeNet's 5x5 layers at batch 1 / 16: 16 -> 32
-    channels on 28 x 28 0.91 / 0.86x and 16 -> 48 on 14 x 14 1.19 / 0.97x (16 channels: left out), 24 -> 64 on 14 x 14
-    1.15 / 1.29x, 32 -> 64 1.28 / 1.35x, 32 -> 128 on 7 x 7 1.33 / 1.23x, 48 -> 128 1.50 / 1.74x, 24 -> 32 on 28 x 28
-    1.05 / 1.09x. Whole nets, two plans alternated (the module before and after F(2x2, 5x5) and the gathers):
-    CaffeNet batch 1 / 10 / 64 1.03 / 1.105 / 1.16x, GoogLeNet batch 1 / 16 1.03x."""
+    Why the 5x5 rule: against the im2col path, one layer, 2 threads, Zen 4, in one process, F(2x2, 5x5) / F(4x4, 5x5)
+    at batch 1, then at 16: CaffeNet's conv2 (48 -> 128 per group, 27 x 27) 1.41 / 2.36x, 1.46 / 2.86x; GoogLeNet's
+    5x5 layers: 16 -> 32 channels on 28 x 28 0.91 / 1.62x, 0.89 / 1.85x; 32 -> 96 1.23 / 2.14x, 1.26 / 2.58x; 16 -> 48
+    on 14 x 14 1.15 / 1.16x, 1.13 / 1.73x; 24 -> 64 1.14 / 1.20x, 1.29 / 2.13x; 32 -> 128 1.26 / 2.11x, 1.41 / 2.24x;
+    48 -> 128 on 7 x 7 1.49 / 0.92x (49 tiles' worth of U streamed for 4 tiles), 1.74 / 3.57x. Whole nets, two plans
+    alternated (the module before the 5x5 tiles and after both): CaffeNet batch 1 / 10 / 64 1.03 / 1.105 / 1.16x with
+    F(2x2, 5x5) alone; F(4x4, 5x5) on top of it: CaffeNet batch 1 / 10 1.06 / 1.09-1.13x, GoogLeNet batch 1 1.01x,
+    LeNet (conv2, 20 -> 50 channels on 8 x 8) batch 64 / 1000 1.19-1.27 / 1.34x. F(4x4, 5x5)'s error in CaffeNet
+    (random weights, batch 10, 8 seeds; the softmax against the float64 net): 2.3e-8 to 4.2e-5, against 1.1e-8 to
+    2.9e-5 with F(2x2, 5x5) and 1.1e-8 to 3.4e-5 without Winograd; OpenCV DNN's own 2.8e-8 to 6.5e-5."""
     forced = tile()
     if forced == 0 or len(x_shape) != 4 or len(w_shape) != 4:
         return 0
     (n, _, _, _), (k, cg, kh, kw), st, _, dil, (oh, ow) = conv2d_geometry(x_shape, w_shape, stride, pad, dilation)
     if st != (1, 1) or dil != (1, 1) or n <= 0:
         return 0
-    if (kh, kw) == (5, 5):  # F(2x2, 5x5), the one 5x5 tile, whatever tile CREMA_WINOGRAD asks for the 3x3 layers
-        ok = (
-            min(cg, k // max(group, 1)) >= MIN_CHANNELS_5
-            and min(oh, ow) >= MIN_OUTPUT_5
-            and n * oh * ow >= MIN_PIXELS_5
-        )
-        return 2 if ok else 0
+    if (kh, kw) == (5, 5):  # F(4x4, 5x5) where it applies, else F(2x2, 5x5) (or the tile CREMA_WINOGRAD asks for)
+        channels = min(cg, k // max(group, 1))
+        fits5 = [
+            m
+            for m in (4, 2)
+            if channels >= MIN_CHANNELS_5[m] and min(oh, ow) >= MIN_OUTPUT_5 and n * oh * ow >= MIN_PIXELS_5[m]
+        ]
+        if forced is not None:
+            return forced if forced in fits5 else 0
+        return fits5[0] if fits5 else 0
     if (kh, kw) != (3, 3) or min(cg, k // max(group, 1)) < MIN_CHANNELS:
         return 0
     least = {4: MIN_PIXELS[4], 2: min(MIN_PIXELS[2], FROZEN_MIN_PIXELS) if frozen else MIN_PIXELS[2]}
