@@ -479,7 +479,7 @@ def _depthwise_cases(rng, batch: int, spec, threads: int) -> list[Case]:
 def _winograd_cases(rng, batch: int, spec, threads: int, tile: int) -> list[Case]:
     """CaffeNet's 3x3 convolutions (conv3-5) + bias + ReLU by kernels.winograd F(tile x tile, 3x3) (the Net's plan
     runs them as F(2x2) from batch 4; F(4x4) with CREMA_WINOGRAD=4, from batch 2), and its 5x5 conv2 by F(2x2, 5x5)
-    (the plan's from batch 1), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
+    or F(4x4, 5x5) (the plan's, from batch 1), vs kernels.conv's im2col + GEMM path ("im2col": the path before Winograd, CREMA_WINOGRAD=0), PyTorch and
     ONNX Runtime (Conv + Relu). GFLOP/s count the direct convolution's FLOPs (2 * outputs * C/g * 9)."""
     from kernels.conv import ForwardRunner, conv2d_forward_ref
     from kernels.winograd import WinogradRunner
@@ -543,8 +543,10 @@ def layer_cases(rng: np.random.Generator, threads: int) -> list[Case]:
         cases += _lrn_cases(rng, "caffenet", 10, spec, threads)
     for spec in CAFFENET_FC:
         cases += _fc_cases(rng, "caffenet", 10, spec, threads)
-    for batch, tile in ((1, 2), (64, 2), (64, 4)):
-        for spec in CAFFENET_CONV[1 if tile == 2 else 2 :]:  # conv2 F(2x2, 5x5); conv3-5 F(2x2, 3x3) and F(4x4, 3x3)
+    for batch, tile in ((1, 2), (1, 4), (64, 2), (64, 4)):
+        # conv2 by F(2x2, 5x5) and F(4x4, 5x5) (the plan's), conv3-5 by F(2x2, 3x3) (the plan's from batch 4) and
+        # F(4x4, 3x3) (CREMA_WINOGRAD=4); at batch 1 F(4x4) for conv2 only
+        for spec in CAFFENET_CONV[1 : 2 if (batch, tile) == (1, 4) else 5]:
             cases += _winograd_cases(rng, batch, spec, threads, tile)
     for batch in (1, 32):
         for spec in EFFICIENTNET_DW:
