@@ -41,10 +41,8 @@ Kernels:
                               source and destination overlap; ~1.8x slower in a micro-benchmark). The gathers replaced
                               a scalar copy of the patches into a staging block: the input transforms alone 1.4x (F(2x2,
                               5x5), F(4x4)) to 2.0x (F(2x2, 3x3)) faster, 1 thread; with AVX2 (emulated) 1.1-2.0x.
-                              The same bits as the copy compiled without fastmath; the task calling it had fastmath,
-                              whose reordering of the transform's sums now differed from the pre-pass's, so
-                              ``_transform_inputs`` says fastmath=False. Written straight into the packed-B layout of
-                              ``kernels.gemm`` (``(sliver, C/group, NR)`` per xi).
+                              The same bits as the copy, both compiled without fastmath (see Bits below). Written
+                              straight into the packed-B layout of ``kernels.gemm`` (``(sliver, C/group, NR)`` per xi).
 3. ``block``               - ``kernels.gemm``'s macro kernel and LLVM IR micro-kernel, unchanged: per xi,
                               M_xi[rows, tiles] = U_xi[rows, :] @ V_xi (one K panel for C/group <= KC).
 4. ``_output_transform`` + ``_scatter`` - A^T M A per (output channel, 16-tile sliver) by ``_transform8``, + bias, the
@@ -159,7 +157,8 @@ def cook_toom(points, m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.nd
 # (arXiv:1803.10986).
 # F(2x2, 5x5) (alpha 6, as F(4x4, 3x3): the same points, so the same B^T): 0, 1, -1, 1/2, -2 gave |y - y64| / S
 # 4.7e-7 on CaffeNet's conv2 (48 -> 128 per group, 27 x 27, a float32 NumPy model of the transforms), im2col 2.7e-7;
-# 0, +-1, +-2 and 0, +-1, +-1/2 2.7x that (1.2e-6, 1.3e-6).
+# 0, +-1, +-2 and 0, +-1, +-1/2 2.7x that (1.2e-6, 1.3e-6). F(4x4, 5x5) (alpha 8): 0, +-1, +-2, +-1/2 1.7e-6 in that
+# model; 3 or 1/4 in place of one of them 6-7e-5.
 POINTS = {
     (2, 3): (0, 1, -1),
     (4, 3): (0, 1, -1, Fraction(1, 2), -2),
@@ -170,7 +169,7 @@ POINTS = {
 
 def matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B^T, G, A^T) of F(m x m, r x r) in float64: B^T (alpha, alpha), G (alpha, r), A^T (m, alpha), alpha = m + r -
-    1, on the points POINTS[m, r] (``cook_toom``): F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5)."""
+    1, on the points POINTS[m, r] (``cook_toom``): F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5) and F(4x4, 5x5)."""
     if (m, r) not in POINTS:
         raise ValueError(
             f"winograd: (output tile, kernel) must be (2, 3), (4, 3), (2, 5) or (4, 5) (F(2x2, 3x3), F(4x4, 3x3), "
@@ -280,8 +279,9 @@ def _transform8(typingctx, which, src, s_off, s_stride, dst, d_off, d_stride):
     """One 2-D Winograd transform T X T^T for 8 tiles at once (8 vector lanes), in LLVM IR: element p of X (row-major,
     r x r) for lanes 0..7 at src[s_off + p * s_stride:][:8], element p of the result at dst[d_off + p * d_stride:][:8].
     which (a literal): 0 the input transform of F(4x4, 3x3) (T = B^T, 6 x 6), 1 its output transform (T = A^T,
-    6 -> 4), 2 and 3 the same for F(2x2, 3x3), 4 and 5 for F(2x2, 5x5) (T = B^T, 6 x 6; A^T, 6 -> 2). The
-    coefficients come from ``matrices`` at compile time. Numba's own loops over the
+    6 -> 4), 2 and 3 the same for F(2x2, 3x3), 4 and 5 for F(2x2, 5x5) (T = B^T, 6 x 6; A^T, 6 -> 2), 6 and 7 for
+    F(4x4, 5x5) (8 x 8; 8 -> 4). The coefficients come from ``matrices`` at compile time; an output transform's
+    (odd `which`) other than +-1 as FMAs (`_linear`'s `fused`). Numba's own loops over the
     lanes stayed scalar or under runtime overlap checks (it cannot rule out that src and dst overlap)."""
     if not isinstance(which, types.IntegerLiteral):
         raise errors.RequireLiteralValue(which)
@@ -328,7 +328,7 @@ def _emit_transform(builder, t, x, d_data, do, ds, fused: bool = False):
 
 @intrinsic
 def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_stride):
-    """_transform8's input transform (which 0, 2 or 4) of 8 tiles, their patches read straight from the input, with no
+    """_transform8's input transform (which 0, 2, 4 or 6) of 8 tiles, their patches read straight from the input, with no
     staging copy. lanes: int64, LANE_ROWS = 4 rows of NR lanes: the flat index in xf of the patch's first element, its
     first row and first column in the (h, wd) plane (negative in the padding), and > 0 for a live lane (0 past the
     chunk's tiles); lanes lane0 .. lane0 + 7 are read. Element (r, q) of the 8 patches is one masked vector gather
@@ -395,8 +395,9 @@ def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_
 @njit(cache=True, boundscheck=False, fastmath=False)
 def _output_transform(mb, m_off, m_xi, m, r, res, bias, epilogue):
     """res[(p * m + q) * NR + j] = (A^T M A)[p, q] + bias for the 16 lanes (tiles) of one output channel, M_xi of lane
-    j at mb[xi * m_xi + m_off + j] (two _transform8 calls); then the fused ReLU (kernels.conv's expression, capped
-    when relu_max is finite)."""
+    j at mb[xi * m_xi + m_off + j] (two _transform8 calls, their non-unit coefficients as FMAs); then the fused ReLU
+    (kernels.conv's expression, capped when relu_max is finite). fastmath=False said, not inherited from the task: with
+    it LLVM reordered the sums differently in the copies it made of the task's loops (see the module's Bits)."""
     relu, relu_max = epilogue
     zero = np.float32(0.0)
     if m == 4 and r == 5:
@@ -653,8 +654,9 @@ def enabled() -> bool:
 
 def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool = False) -> int:
     """The Winograd tile of a forward of these shapes, 2 or 4, or 0 where it takes kernels.conv's path. 5x5 kernels,
-    stride 1, dilation 1: F(2x2, 5x5) with at least MIN_CHANNELS_5 input and output channels per group, an output of
-    at least MIN_OUTPUT_5 x MIN_OUTPUT_5 and MIN_PIXELS_5 output pixels in the batch. 3x3 kernels,
+    stride 1, dilation 1: tile m where there are at least MIN_CHANNELS_5[m] input and output channels per group, an
+    output of at least MIN_OUTPUT_5 x MIN_OUTPUT_5 and MIN_PIXELS_5[m] output pixels in the batch, F(4x4, 5x5) first
+    (or the environment's tile). 3x3 kernels,
     stride 1, dilation 1, at least MIN_CHANNELS input and output channels per group, and for tile m an output of at
     least MIN_OUTPUT[m] x MIN_OUTPUT[m] and MIN_PIXELS[m] output pixels in the batch (F(2x2) with frozen weights,
     `WinogradRunner(frozen=True)`: FROZEN_MIN_PIXELS). Which tile: the environment's (`tile`), else F(4x4) where it
