@@ -171,12 +171,6 @@ _ED = Task(
 _WORKSPACE = Workspace()
 
 
-def pack16(w: np.ndarray) -> np.ndarray:
-    """W (C, K, 1, 1), C a multiple of 16, as panels of 16 output channels: panel b at [16 b K:], (K, 16) row-major."""
-    c, k = w.shape[0], w.shape[1]
-    return np.ascontiguousarray(w.reshape(c // 16, 16, k).transpose(0, 2, 1)).reshape(-1)
-
-
 class ExpandDepthwiseRunner:
     """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
 
@@ -229,7 +223,7 @@ class ExpandDepthwiseRunner:
     def __call__(self, x, w1, b1, w2, b2, y) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
-            packed = self.packed = (w1, pack(w1) if self.args[0][13] == 2 else pack16(w1), b1)  # plan[13]: per
+            packed = self.packed = (w1, pack(w1, 16 * self.args[0][13]), b1)  # plan[13]: blocks a task
         tables = self.tables
         if tables is None or tables[0] is not w2 or tables[1] is not b2:
             plan_dw = self.dw.args

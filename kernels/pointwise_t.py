@@ -455,14 +455,15 @@ _PT = Task(
 _NO_OFFSETS = np.empty(0, np.int64)
 
 
-def pack(w: np.ndarray) -> np.ndarray:
-    """W (M, K, 1, 1) as W^T panels: panel q (output channels 32q..) at [32 q K:], (K, 32) row-major (K, 16 for a last
-    panel of 16); M rounded up to a multiple of 16 with zero rows."""
+def pack(w: np.ndarray, width: int = 32) -> np.ndarray:
+    """W (M, K, 1, 1) as W^T panels: panel q (output channels width q..) at [width q K:], (K, width) row-major (K, 16
+    for a last panel of 16); M rounded up to a multiple of 16 with zero rows. width 32 or 16 (``kernels.mbconv``'s
+    one-block tasks)."""
     m, k = w.shape[0], w.shape[1]
     w2 = w.reshape(m, k)
     if m % 16:
         w2 = np.concatenate([w2, np.zeros((-m % 16, k), np.float32)])
-    return np.ascontiguousarray(np.concatenate([w2[o : o + 32].T.reshape(-1) for o in range(0, len(w2), 32)]))
+    return np.ascontiguousarray(np.concatenate([w2[o : o + width].T.reshape(-1) for o in range(0, len(w2), width)]))
 
 
 def _params(w: np.ndarray, bias: np.ndarray) -> tuple:

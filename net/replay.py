@@ -94,15 +94,12 @@ class Replay:
 
     __slots__ = ("checks", "guards", "segments")
 
-    def __init__(self, segments: list, guards: list, checks: list = ()) -> None:
+    def __init__(self, segments: list, guards: list, checks: list) -> None:
         self.segments = segments
         self.guards = guards
-        self.checks = list(checks)
+        self.checks = checks
 
     def valid(self) -> bool:
-        for check in self.checks:  # a Winograd layer's transformed weights, when the weights may change in place
-            if not check():
-                return False
         for guard in self.guards:
             obj, attr, value = guard
             now = getattr(obj, attr)
@@ -110,7 +107,9 @@ class Replay:
                 if not _same_memory(now, value):
                     return False
                 guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
-        return True
+        # then the weights' bits (a Winograd layer's transform, when its weights may change in place): these read
+        # whole arrays, so only once the identity checks hold
+        return all(check() for check in self.checks)
 
     def run(self, net, plan, notify: bool = True) -> bool:
         """One forward; False when a Python step refused (an array changed under the plan: the rest then ran as the
@@ -171,23 +170,22 @@ def _guards(net, plan) -> list:
     return out
 
 
+def _chain(step) -> Iterator:
+    """The step, the step it wraps (its `inner`: ``plan_steps._after_refusal``), and so on."""
+    while step is not None:
+        yield step
+        step = getattr(step, "inner", None)
+
+
 def _is(step, other) -> bool:
-    """Is `other` the step `step` or a wrapper of it (``plan_steps._after_refusal``: its `inner`)?"""
-    while other is not None:
-        if other is step:
-            return True
-        other = getattr(other, "inner", None)
-    return False
+    """Is `other` the step `step` or a wrapper of it?"""
+    return any(s is step for s in _chain(other))
 
 
 def _replayable(step) -> bool:
     """Unless the step, or a step it wraps, says ``replay = False`` (plan_steps.zero_border_step for weights that may
     change: it checks their border every call)."""
-    while step is not None:
-        if getattr(step, "replay", True) is False:
-            return False
-        step = getattr(step, "inner", None)
-    return True
+    return all(getattr(s, "replay", True) is not False for s in _chain(step))
 
 
 def _build(net, plan, calls: list[list]) -> Replay | None:
@@ -232,14 +230,8 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
 
 
 def _checks(step) -> list:
-    """The ``replay_check``s of a step and the steps it wraps (``inner``)."""
-    out = []
-    while step is not None:
-        check = getattr(step, "replay_check", None)
-        if check is not None:
-            out.append(check)
-        step = getattr(step, "inner", None)
-    return out
+    """The ``replay_check``s of a step and the steps it wraps."""
+    return [s.replay_check for s in _chain(step) if getattr(s, "replay_check", None) is not None]
 
 
 def _python_forward(plan) -> bool:
