@@ -108,15 +108,38 @@ def _store_accumulators(builder, slots, acc_data):
         builder.store(builder.load(slot), builder.bitcast(p, vec.as_pointer()), align=4)
 
 
+ROWS = (MR // 3, 2 * MR // 3, MR)  # the tile heights the micro-kernel comes in (12: 4, 8, 12; 6: 2, 4, 6)
+NARROW = 8  # lanes of the last sliver's vectors in a narrow tile (its valid columns fit one 8-float vector)
+
+
+@njit(cache=True, inline="always")
+def tile_shape_code(mr: int, cols: int) -> np.uint64:  # pragma: no cover - compiled
+    """The micro-kernel's `shape` argument for a tile of mr valid rows whose last sliver has `cols` valid columns
+    (1..NR): the shortest height in ROWS that holds mr, and the kind of the last sliver (0: whole, 1: narrow, 2:
+    ragged; see _micro_codegen), with cols in the bits from 8 up."""
+    rows = 0 if mr <= ROWS[0] else (1 if mr <= ROWS[1] else 2)
+    kind = 0 if cols >= NR else (1 if cols <= NARROW else 2)
+    return np.uint64(min(cols, NR) * 256 + 3 * rows + kind)
+
+
 def _micro_codegen(regular: bool, pair: bool = False):
-    """LLVM IR of the micro-kernel for arguments (ap, a_rows, aks, bp, bo, bks, kc, acc, [ars], [b2]) (see
+    """LLVM IR of the micro-kernel for arguments (ap, a_rows, aks, bp, bo, bks, kc, acc, [ars], [b2], shape) (see
     _micro_tile): regular: row i of A at a_rows + i*ars instead of a table a_rows[i]; pair: two NR-wide column
-    slivers at once, the second's B at bo + b2 and its results at acc[MN:]."""
+    slivers at once, the second's B at bo + b2 and its results at acc[MN:].
+
+    shape (``tile_shape_code``, a run-time value: one of nine variants behind a switch) = cols * 256 + 3 * h + kind:
+    the tile's height ROWS[h] (rows past it are neither computed nor stored: a short tile at the bottom edge costs
+    its height, not MR) and its last sliver's cols valid columns. kind 0: all NR; kind 1 (narrow, cols <= NARROW):
+    one <NARROW x float> vector a row, half the FMA issue of a 16-float one on AVX-512 (a 512-bit FMA takes both
+    256-bit FMA units); kind 2: NR lanes. Kinds 1 and 2 load that sliver's B with llvm.masked.load (lanes past cols
+    are not read, so B can be read in place up to its last column; they compute zeros and are never stored)."""
 
     def codegen(context, builder, signature, args):
         ap_v, rows_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v, *extra = args
+        shape_v = extra.pop()
         tys = signature.args
         i64 = llvm_ir.IntType(64)
+        i32 = llvm_ir.IntType(32)
         a_data = context.make_array(tys[0])(context, builder, ap_v).data
         b_data = context.make_array(tys[3])(context, builder, bp_v).data
         acc_data = context.make_array(tys[7])(context, builder, acc_v).data
@@ -128,62 +151,113 @@ def _micro_codegen(regular: bool, pair: bool = False):
             offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
         aks64, bks64, bo64, kc64 = (_as64(builder, v) for v in (aks_v, bks_v, bo_v, kc_v))
         halves = [llvm_ir.Constant(i64, 0)] + ([_as64(builder, extra.pop(0))] if pair else [])  # each sliver's B
-        nv = NR // VW  # vectors per row of one sliver's tile
-        vec = llvm_ir.VectorType(llvm_ir.FloatType(), VW)
-        slots, fma = _accumulators(builder, vec, len(halves) * nv * MR)  # slot (h*MR + i)*nv + v
+        shape64 = _as64(builder, shape_v)
+        cols = builder.trunc(builder.lshr(shape64, llvm_ir.Constant(i64, 8)), i32)
 
         def c64(x):
             return llvm_ir.Constant(i64, x)
 
-        def load_vec(off):  # VW floats of B from bp[off], unaligned
-            return builder.load(builder.bitcast(builder.gep(b_data, [off]), vec.as_pointer()), align=4)
-
-        with cgutils.for_range(builder, kc64) as loop:
-            k = loop.index
-            boff = builder.add(bo64, builder.mul(k, bks64))
-            # bv[h * nv + v]: vector v of sliver h's row k
-            bv = [load_vec(builder.add(boff, builder.add(hoff, c64(VW * v)))) for hoff in halves for v in range(nv)]
-            ka = builder.mul(k, aks64)
-            for i in range(MR):
-                av = _splat(builder, builder.load(builder.gep(a_data, [builder.add(offs[i], ka)])), vec)
-                for h in range(len(halves)):
+        def variant(rows, kind):
+            # per half: (lanes, vectors per row); the last half narrow: one NARROW-lane vector
+            widths = [(VW, NR // VW)] * len(halves)
+            if kind == 1:
+                widths[-1] = (NARROW, 1)
+            vecs = [llvm_ir.VectorType(llvm_ir.FloatType(), w) for w, _ in widths]
+            slots = {}  # (h, i, v) -> accumulator slot
+            fmas = {}
+            for h, (w, nv) in enumerate(widths):
+                s_, fmas[h] = _accumulators(builder, vecs[h], rows * nv)
+                for i in range(rows):
                     for v in range(nv):
-                        s_ = slots[(h * MR + i) * nv + v]
-                        builder.store(builder.call(fma, [av, bv[h * nv + v], builder.load(s_)]), s_)
-        _store_accumulators(builder, slots, acc_data)  # slot (h*MR + i)*nv + v -> acc[h*MN + i*NR + v*VW :]
+                        slots[h, i, v] = s_[i * nv + v]
+            masks = {}  # (h, v) -> the lanes of vector v of the last half that hold valid columns (kinds 1, 2)
+            if kind:
+                h = len(halves) - 1
+                w, nv = widths[h]
+                for v in range(nv):
+                    lanes = llvm_ir.Constant(llvm_ir.VectorType(i32, w), [v * w + q for q in range(w)])
+                    limit = builder.insert_element(llvm_ir.Constant(llvm_ir.VectorType(i32, w), None), cols,
+                                                   llvm_ir.Constant(i32, 0))  # fmt: skip
+                    limit = builder.shuffle_vector(limit, limit, llvm_ir.Constant(llvm_ir.VectorType(i32, w), [0] * w))
+                    masks[h, v] = builder.icmp_unsigned("<", lanes, limit)
+
+            def load_vec(off, h, v):  # vecs[h].count floats of B from bp[off], unaligned (masked: masks[h, v])
+                vec = vecs[h]
+                ptr = builder.bitcast(builder.gep(b_data, [off]), vec.as_pointer())
+                if (h, v) not in masks:
+                    return builder.load(ptr, align=4)
+                fn = cgutils.get_or_insert_function(
+                    builder.module,
+                    llvm_ir.FunctionType(vec, [vec.as_pointer(), i32, masks[h, v].type, vec]),
+                    f"llvm.masked.load.v{vec.count}f32.p0v{vec.count}f32",
+                )
+                return builder.call(fn, [ptr, llvm_ir.Constant(i32, 4), masks[h, v], llvm_ir.Constant(vec, None)])
+
+            with cgutils.for_range(builder, kc64) as loop:
+                k = loop.index
+                boff = builder.add(bo64, builder.mul(k, bks64))
+                bv = {
+                    (h, v): load_vec(builder.add(boff, builder.add(hoff, c64(w * v))), h, v)
+                    for h, (hoff, (w, nv)) in enumerate(zip(halves, widths))
+                    for v in range(nv)
+                }
+                ka = builder.mul(k, aks64)
+                for i in range(rows):
+                    a = builder.load(builder.gep(a_data, [builder.add(offs[i], ka)]))
+                    av = {w: _splat(builder, a, vecs[h]) for h, (w, _) in enumerate(widths)}
+                    for h, (w, nv) in enumerate(widths):
+                        for v in range(nv):
+                            s_ = slots[h, i, v]
+                            builder.store(builder.call(fmas[h], [av[w], bv[h, v], builder.load(s_)]), s_)
+            for (h, i, v), s_ in slots.items():  # -> acc[h*MN + i*NR + v*lanes :]
+                p = builder.gep(acc_data, [c64(h * MN + i * NR + v * widths[h][0])])
+                builder.store(builder.load(s_), builder.bitcast(p, vecs[h].as_pointer()), align=4)
+
+        done = builder.append_basic_block("tile_done")
+        cases = [(r, kind) for r in range(len(ROWS)) for kind in range(3)]
+        blocks = [builder.append_basic_block(f"tile_{ROWS[r]}_{kind}") for r, kind in cases]
+        sel = builder.and_(shape64, c64(255))
+        switch = builder.switch(sel, blocks[-3])  # default: the full tile
+        for q, bb in enumerate(blocks):
+            switch.add_case(c64(q), bb)
+        for (r, kind), bb in zip(cases, blocks):
+            builder.position_at_end(bb)
+            variant(ROWS[r], kind)
+            builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return codegen
 
 
 @intrinsic
-def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc):
+def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, shape):
     """acc[i*NR + j] = sum_k A[i, k] * B[k, j] over k < kc for one MR x NR tile, written in LLVM IR:
     A[i, k] = ap[ao[i] + k*aks], B[k, j] = bp[bo + k*bks + j]. MR * NR / VW vector accumulators that LLVM keeps in
     registers, NR / VW unaligned vector loads of B and MR broadcasts of A per k (AVX2: 6 x 16, twelve <8 x float>;
     written in IR because Numba's own loops spill at 6 x 16). The row table serves tiles whose rows are irregular (a
     bottom edge of a row-major A, whose missing rows re-read the last one); _micro_tile_reg serves the others."""
-    return types.void(ap, ao, aks, bp, bo, bks, kc, acc), _micro_codegen(False)
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, shape), _micro_codegen(False)
 
 
 @intrinsic
-def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars):
+def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, shape):
     """_micro_tile with row i of A at ap[a0 + i*ars + k*aks]: one pointer and a stride instead of MR table entries.
     At 12 x 16 (AVX-512) a table's 12 row pointers do not fit in the general registers (LLVM would reload one from
     the stack for every FMA); packed A (ars = 1) addresses every row from one register, row-major A from a few."""
-    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars), _micro_codegen(True)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, shape), _micro_codegen(True)
 
 
 @intrinsic
-def _micro_tile2(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, b2):
+def _micro_tile2(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, b2, shape):
     """_micro_tile over two column slivers at once (PAIR): B of the second at bo + b2, its tile at acc[MN:]."""
-    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, b2), _micro_codegen(False, True)
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, b2, shape), _micro_codegen(False, True)
 
 
 @intrinsic
-def _micro_tile2_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, b2):
+def _micro_tile2_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape):
     """_micro_tile_reg over two column slivers at once (PAIR): see _micro_tile2."""
-    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, b2), _micro_codegen(True, True)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape), _micro_codegen(True, True)
 
 
 def _vec8_codegen(add_c: bool):
@@ -413,12 +487,23 @@ _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 
 
 SCRATCH_C = True  # _gemm_worker sums C's blocks in a scratch block where C's rows are 4 KB apart (see there)
-# gemm: C of one block of rows (m <= MC) whose column count is not a multiple of NR: B's whole slivers read in
-# place, its last n % NR columns copied into one zero-padded sliver and run on the calling thread (False: all of B
-# packed, as before). 2 threads, Zen 4, in-process A/B against NumPy: LeNet ip1's 64 x 800 x 500 0.378 -> 0.315 ms
-# (0.74 -> 0.89x NumPy; packing B was 0.06-0.08 ms), CaffeNet conv1's im2col GEMM 96 x 363 x 3025 1.13 -> 0.99 ms
-# (0.92 -> 1.05x); with more rows (1024 x 256 x 196) packing B costs little and the serial sliver more: not taken.
+# gemm: C of one block of rows (m <= MC) whose column count is not a multiple of NR: B read in place, its ragged last
+# sliver by the micro-kernel's masked loads (False: all of B packed). Before the masked loads its last n % NR columns
+# went into a sliver of their own, computed on the calling thread alone after the rest: LeNet ip1's 64 x 800 x 500
+# 0.315 -> 0.265-0.285 ms with the masked loads (the tail was 7.5 us of NumPy copying and 14 us on one thread).
 RAGGED_B = True
+# gemm: where B would be packed whole before the product (several blocks of rows and K panels) but C has few blocks of
+# rows (FUSED_ROW_BLOCKS) or B one K panel, each task packs the K panels of its own columns itself, into its thread's
+# part of a workspace, right before its tiles read them (a panel is packed once per block, or once per thread and
+# column block when B has one panel); blocks of at most FUSED_COLS columns, each panel's packing counted as
+# FUSED_PACK tile units in `blocking` (measured: a KC x NR panel of CaffeNet conv2's B, 1.1 us, against ~1.3-1.5 us
+# of FMAs for a 12 x 16 tile over KC). B packed whole first by both threads was read by each task from the other
+# core's cache half the time: ResNet-50's 3x3 on 14 x 14 (256 x 2304 x 196) 1.30 -> 1.18 ms, on 7 x 7 (512 x 4608 x
+# 49) 1.44 -> 1.36 ms, in-process A/B on 2 threads of the Zen 4 (benchmarks/perf_notes.md).
+FUSED_B = True
+FUSED_ROW_BLOCKS = 3
+FUSED_COLS = 128
+FUSED_PACK = 0.75
 TPACK = True  # whole slivers of a row source packed by 8 x 8 transposes in registers (False: element by element)
 
 
@@ -482,6 +567,26 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
                 dst[o + j] = 0.0
 
 
+@njit(cache=True, boundscheck=False)
+def _pack_panel(src, s_off, ld, ncols, dst, kc):  # pragma: no cover - compiled
+    """One K panel of a row-major B's column block into NR-wide slivers: dst[(s*kc + k)*NR + j] = src[s_off + k*ld +
+    s*NR + j] for k < kc, zero past column ncols (flat float32; offsets unsigned, whole slivers as <8 x float>)."""
+    full = ncols // NR
+    rest = ncols - full * NR
+    for k in range(kc):
+        so = np.uint64(s_off + k * ld)
+        for s in range(full):
+            o = np.uint64((s * kc + k) * NR)
+            _copy8(dst, o, src, so + np.uint64(s * NR))
+            _copy8(dst, o + np.uint64(8), src, so + np.uint64(s * NR + 8))
+        if rest:
+            o = np.uint64((full * kc + k) * NR)
+            for j in range(rest):
+                dst[o + np.uint64(j)] = src[so + np.uint64(full * NR + j)]
+            for j in range(rest, NR):
+                dst[o + np.uint64(j)] = 0.0
+
+
 def _pack_panel_worker(t, src, rows_major, n, dst, width, workers):  # pragma: no cover - compiled
     """Worker t's share (kernels.tasks) of packing n rows of src (rows_major: src is (rows, K)) or n columns (src is
     (K, cols)) into width-wide slivers (flat (ceil(n/width), K, width)): slivers (row source) or chunks of 64 k
@@ -521,37 +626,45 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
     from c_off). load_c: C += A@B; otherwise C = A@B + bias[bias_off + row].
     Operands (K = k_all): lda == 0: A packed, ap[(ir*K + k)*MR + i] = op(A)[ir*MR + i, k]; lda > 0: A row-major,
     ap[r*lda + k] (rows past m re-read row m-1, never stored). ldb == 0: B packed, bp[(jr*K + k)*NR + j] =
-    op(B)[k, jr*NR + j]; ldb > 0: B row-major, bp[k*ldb + col] (the caller makes sure whole NR-wide rows exist).
+    op(B)[k, jr*NR + j]; ldb == -1: this panel of the block's columns packed, bp[((jr - j0/NR)*kc + k - pc)*NR + j];
+    ldb > 0: B row-major, bp[k*ldb + col] (a ragged last sliver is read with masked loads).
     Offsets are unsigned, so Numba's negative-index wraparound folds away and LLVM emits plain vector loads, and
     no array views are made (each costs atomic reference counting).
     """
     acc = carray(_stack_empty(ACC, np.float32), (ACC,))
     ao = carray(_stack_empty(MR, np.uint64), (MR,))
     aks = np.uint64(MR if lda == 0 else 1)
-    bks = np.uint64(NR if ldb == 0 else ldb)
-    b2 = np.uint64(k_all * NR if ldb == 0 else NR)  # from one column sliver's B to the next one's
+    bks = np.uint64(NR if ldb <= 0 else ldb)
+    b2 = np.uint64(k_all * NR if ldb == 0 else (kc * NR if ldb < 0 else NR))  # from one column sliver's B to the next
     ars = np.uint64(1 if lda == 0 else lda)  # from one row of A to the next (_micro_tile_reg)
     kcu = np.uint64(kc)
     jr = j0 // NR
     j_end = (j1 + NR - 1) // NR
     while jr < j_end:
         two = PAIR and jr + 1 < j_end  # two slivers per tile (AVX-512): half the broadcasts of A per FMA
-        bo = np.uint64((jr * k_all + pc) * NR if ldb == 0 else pc * ldb + jr * NR)
+        cols = n - (jr + 1 if two else jr) * NR  # valid columns of the tile's last sliver (more than NR: all)
+        if ldb == 0:
+            bo = np.uint64((jr * k_all + pc) * NR)
+        elif ldb < 0:  # one panel of the block's slivers, packed
+            bo = np.uint64((jr - j0 // NR) * kc * NR)
+        else:
+            bo = np.uint64(pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            if lda == 0 or mr == MR:  # packed A (row i at base + i) or a whole row-major tile (base + i*lda)
+            shape = tile_shape_code(mr, cols)
+            if lda == 0 or mr == ROWS[0] or mr == ROWS[1] or mr == MR:  # packed A (row i at base + i) or whole row-major rows (base + i*lda)
                 a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
                 if two:
-                    _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2)
+                    _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2, shape)
                 else:
-                    _micro_tile_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars)
+                    _micro_tile_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, shape)
             else:  # bottom edge of a row-major A: rows past m re-read row m-1 (never stored)
                 for i in range(MR):
                     ao[i] = np.uint64((ir * MR + min(i, mr - 1)) * lda + pc)
                 if two:
-                    _micro_tile2(ap, ao, aks, bp, bo, bks, kcu, acc, b2)
+                    _micro_tile2(ap, ao, aks, bp, bo, bks, kcu, acc, b2, shape)
                 else:
-                    _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc)
+                    _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc, shape)
             for h in range(2 if two else 1):
                 jh = jr + h
                 co = np.uint64(c_off + ir * MR * ldc + jh * NR)
@@ -617,92 +730,105 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
 
 
 def _gemm_worker(
-    t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc, nc
+    t, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, counter, mc, nc, panels
 ):  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the whole C from ap/bp (packed, or row-major: see _block): claims
-    mc x nc blocks of C (``_claim``) until none is left; each block walks all K panels."""
+    mc x nc blocks of C (``_claim``) until none is left; each block walks all K panels. panels not empty: B is
+    row-major (bp, ldb) and each block packs each K panel of its own columns first, into worker t's part of panels
+    (``FUSED_B``)."""
     bm = (m + mc - 1) // mc
     bn = (n + nc - 1) // nc
     # C's rows a multiple of 4 KB apart (1024^2, 2048^2): a tile's 12 rows fall in one L1 set (8 ways) and its
     # epilogue misses on every row; such blocks are summed in a scratch block with a padded stride, then copied.
     lds = nc + 16 if SCRATCH_C and not accumulate and ldc % 1024 == 0 and k_all > KC else 0
     scratch = np.empty(mc * lds, np.float32) if lds else c  # (c: unread, no allocation)
+    per = KC * ((nc + NR - 1) // NR) * NR  # floats of one panel of a block's slivers (as gemm allots them)
+    own = panels[t * per : (t + 1) * per] if panels.size else panels
+    held = -1  # the column block whose only K panel is in own (k_all <= KC: packed once per worker and block)
     task = _claim(counter)
     while task < bm * bn:
         _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, task, bm, mc, nc,
-                   scratch, lds)  # fmt: skip
+                   scratch, lds, own, held)  # fmt: skip
+        held = task // bm if k_all <= KC else -1
         task = _claim(counter)
 
 
 _F1, _i = types.float32[::1], types.int64
 _GEMM = Task(
     _gemm_worker,
-    (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1], _i, _i),
+    (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1], _i, _i, _F1),
     boundscheck=False,
 )
 
 
 def _gemm_tiles_parallel(
-    ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter, mc=MC, nc=NC
+    ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter, mc, nc, panels
 ):
-    """_gemm_worker on `workers` threads (the thread count), blocks of mc x nc of C."""
+    """_gemm_worker on `workers` threads (the thread count), blocks of mc x nc of C; panels: see there."""
     _GEMM.parallel(
         _GEMM.address, workers, ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, bool(accumulate), bias, bias_off,
-        counter, mc, nc,
+        counter, mc, nc, panels,
     )  # fmt: skip
 
 
-def _makespan(tiles: int, per: int, slivers: int, per_n: int, workers: int) -> int:
+def _makespan(tiles: int, per: int, slivers: int, per_n: int, workers: int, pack: float = 0.0) -> float:
     """Tile-sliver units of work on the busiest of `workers` threads that claim blocks of per x per_n (row tiles x
-    column slivers) in _gemm_worker's order (row blocks first) as each finishes its last, plus one unit a block."""
+    column slivers) in _gemm_worker's order (row blocks first) as each finishes its last, plus one unit a block and
+    `pack` units per sliver a block packs (FUSED_B: each block packs its own B panels)."""
     bm, bn = -(-tiles // per), -(-slivers // per_n)
-    done = [0] * workers
+    done = [0.0] * workers
     for t in range(bm * bn):
         i, j = t % bm, t // bm
         rows = min(per, tiles - i * per)
         cols = min(per_n, slivers - j * per_n)
         w = done.index(min(done))
-        done[w] += rows * cols + 1
+        done[w] += rows * cols + 1 + pack * cols
     return max(done)
 
 
-def few_blocks(m: int, n: int, workers: int) -> bool:
-    """Does C (m x n) have fewer than 4 MC x NC blocks a thread on `workers` threads (more than one), so that
-    `blocking` looks for blocks of other sizes?"""
-    return workers > 1 and m > 0 and n > 0 and -(-m // MC) * -(-n // NC) < 4 * workers
+def few_blocks(m: int, n: int, workers: int, per_thread: int = 4) -> bool:
+    """Does C (m x n) have fewer than `per_thread` MC x NC blocks a thread on `workers` threads (more than one), so
+    that `blocking` looks for blocks of other sizes? (`blocking` itself asks below 8 a thread: 11 blocks of ResNet-50's
+    1x1 GEMM on 14 x 14, 1024 x 196, left one thread a block behind, 0.547 -> 0.496 ms split otherwise; kernels.conv
+    asks below 4, as its figures were measured.)"""
+    return workers > 1 and m > 0 and n > 0 and -(-m // MC) * -(-n // NC) < per_thread * workers
 
 
 @functools.lru_cache(maxsize=256)  # called on every gemm(): LeNet's inner products ask the same few shapes
-def blocking(m: int, n: int, workers: int) -> tuple[int, int]:
-    """(rows, columns) of the blocks of C that parallel tasks take: MC x NC, unless C has fewer than 4 such blocks a
+def blocking(m: int, n: int, workers: int, cols: int = 2 * NC, pack: float = 0.0) -> tuple[int, int]:
+    """(rows, columns) of the blocks of C that parallel tasks take: MC x NC, unless C has fewer than 8 such blocks a
     thread, where whole blocks claimed by the threads in turn would leave one idle at the end: 256 x 256 on 2 threads
     as blocks of 96, 96, 64 rows (16 tile rows of work on the busier thread against 11 each for two blocks of 132);
     LeNet ip1's data gradient, 64 x 800, as column blocks of 256, 256, 256, 32 (512 columns on one thread, 288 on
     the other; two blocks of 400 instead). Then the blocks of MR-row tiles (up to 2 MC rows) and of NR-column slivers
     (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
-    ones that read A and B the fewest times, then the larger. C's values do not depend on it: each tile sums the same
-    K panels in the same order."""
-    if not few_blocks(m, n, workers):
+    ones that read A and B the fewest times, then the larger. At most `cols` columns a block (2 NC: its B slivers
+    stay in L2); where each task packs its own B panels (FUSED_B) gemm asks blocks of at most FUSED_COLS columns, and
+    `pack` units of work per sliver a block packs. C's values do not depend on it: each tile sums the same K panels
+    in the same order."""
+    if not few_blocks(m, n, workers, 8):
         return MC, NC
     tiles, slivers = -(-m // MR), -(-n // NR)
-    widths = {min(NC // NR, slivers)} | {-(-slivers // (workers * r)) for r in range(1, 5)}
+    widths = {min(NC // NR, cols // NR, slivers)} | {-(-slivers // (workers * r)) for r in range(1, 5)}
     best, best_key = (MC, NC), None
     for per_n in sorted(widths):
-        if per_n > 2 * NC // NR:  # at most 2 NC columns: a block's B slivers stay in L2
+        if per_n > cols // NR:
             continue
         for per in range(1, min(tiles, 2 * MC // MR) + 1):
             bm, bn = -(-tiles // per), -(-slivers // per_n)
             # then the least reading of A and B: each column block reads A's rows again, each row block B's columns
-            key = (_makespan(tiles, per, slivers, per_n, workers), bn * m + bm * n, -per * per_n)
+            key = (_makespan(tiles, per, slivers, per_n, workers, pack), bn * m + bm * n, -per * per_n)
             if best_key is None or key < best_key:
                 best, best_key = (per * MR, per_n * NR), key
     return best
 
 
 @njit(cache=True, boundscheck=False)
-def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm, mc, nc, scratch, lds):
+def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, t, bm, mc, nc, scratch, lds,
+               own, held):  # fmt: skip
     """Task t of _gemm_worker: the mc x nc block (t % bm, t // bm) of C over all K panels; lds > 0: summed in
-    scratch (rows lds apart) and then copied into C (not with accumulate: the same sums, the same bits)."""
+    scratch (rows lds apart) and then copied into C (not with accumulate: the same sums, the same bits); own not
+    empty: B row-major, each panel of the block's columns packed into own first (the same sums as packed B)."""
     i0 = (t % bm) * mc
     j0 = (t // bm) * nc
     i1 = min(i0 + mc, m)
@@ -710,8 +836,14 @@ def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, b
     to, to_off, to_ld = (scratch, -(i0 * lds + j0), lds) if lds > 0 else (c, c_off, ldc)
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
-        _block(ap, lda, bp, ldb, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0, bias,
-               bias_off)  # fmt: skip
+        if own.size:
+            if held != t // bm:  # (held: this column block's only panel is in own already)
+                _pack_panel(bp, pc * ldb + j0, ldb, j1 - j0, own, kc)
+            _block(ap, lda, own, -1, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0,
+                   bias, bias_off)  # fmt: skip
+        else:
+            _block(ap, lda, bp, ldb, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0,
+                   bias, bias_off)  # fmt: skip
     if lds > 0:
         for r in range(i1 - i0):
             _copy_run(c, c_off + (i0 + r) * ldc + j0, scratch, r * lds, j1 - j0)
@@ -794,36 +926,35 @@ def gemm(
             out[...] = 0.0
         return out
     # Pack an operand only where it pays: op(A) = a (row-major) is read in place when there is one block of columns
-    # (each A row then streams once); op(B) = b (row-major, whole NR-wide rows) when there is one block of rows or one
-    # K panel (few rows of B): there, packing costs as much as the GEMM (LeNet's ip1). Large square products keep
-    # both packed (read in place, B's rows would thrash L1 and the TLB). Figures: benchmarks/perf_notes.md.
-    pack_a = trans_a or n > NC
-    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and n > NR and m <= MC))
-    # B in place but for its last n % NR columns (RAGGED_B, one block of rows: B is read once, so packing it costs
-    # as much as the product): those go into one zero-padded sliver of their own, on the calling thread
-    tail = n % NR if not pack_b else 0
-    a_len = packed_a_size(m, k) if pack_a else 0
-    ap, bp, zeros, bt = _WORKSPACE.get(
-        a_len, packed_b_size(k, n) if pack_b else 0, -(-m // MR) * MR, k * NR if tail else 0
+    # (each A row then streams once); op(B) = b (row-major) when there is one block of rows or one K panel (few rows
+    # of B): there, packing costs as much as the GEMM (LeNet's ip1). Its last columns need not fill a sliver: the
+    # micro-kernel reads a ragged last sliver with masked loads. Large square products keep both packed (read in
+    # place, B's rows would thrash L1 and the TLB). Figures: benchmarks/perf_notes.md.
+    pack_a = trans_a or n > 3 * NC
+    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC))
+    workers = numba.get_num_threads()
+    mc, nc = blocking(m, n, workers)
+    fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)
+    if fused and k > KC and few_blocks(m, n, workers, 8):
+        mc, nc = blocking(m, n, workers, FUSED_COLS, FUSED_PACK)
+    per = KC * -(-nc // NR) * NR
+    ap, bp, zeros, panels = _WORKSPACE.get(
+        packed_a_size(m, k) if pack_a else 0,
+        packed_b_size(k, n) if pack_b and not fused else 0,
+        -(-m // MR) * MR,
+        workers * per if fused else 0,
     )
     zeros[:] = 0.0
     if pack_a:
         _pack_panel_parallel(a, not trans_a, m, ap, MR)
-    if pack_b:
+    if pack_b and not fused:
         _pack_panel_parallel(b, trans_b, n, bp, NR)
     a_arg, lda = (ap, 0) if pack_a else (a.reshape(-1), k)
-    b_arg, ldb = (bp, 0) if pack_b else (b.reshape(-1), n)
-    workers = numba.get_num_threads()
-    main = n - tail
+    b_arg, ldb = (bp, 0) if pack_b and not fused else (b.reshape(-1), n)
     _gemm_tiles_parallel(
-        a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, main, k, accumulate, zeros, 0, workers,
-        np.zeros(1, np.int64), *blocking(m, main, workers),
+        a_arg, lda, b_arg, ldb, out.reshape(-1), 0, n, m, n, k, accumulate, zeros, 0, workers,
+        np.zeros(1, np.int64), mc, nc, panels,
     )  # fmt: skip
-    if tail:  # the same FMA chains as for packed B (each output sums the same K panels in order): the same bits
-        bt2 = bt.reshape(k, NR)
-        bt2[:, tail:] = 0.0
-        bt2[:, :tail] = b[:, main:]
-        _gemm_tiles_serial(a_arg, bt, out.reshape(-1), main, n, m, tail, k, accumulate, zeros, 0, lda)
     return out
 
 

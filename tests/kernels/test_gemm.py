@@ -256,9 +256,9 @@ def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits(m: int) -> Non
 
 @pytest.mark.parametrize(("m", "k", "n"), [(64, 800, 500), (96, 363, 3025), (7, 30, 33), (64, 10, 500), (20, 500, 17)])
 def test_ragged_columns_read_in_place_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
-    """One block of rows and a column count that is not a multiple of NR: B's whole slivers are read in place and its
-    last n % NR columns from a zero-padded sliver of their own (RAGGED_B); the same bits as with all of B packed (each
-    output the same FMA chain over the same K panels), within float32 rounding of the reference; accumulate too."""
+    """One block of rows and a column count that is not a multiple of NR: B is read in place, its ragged last sliver
+    with masked loads (RAGGED_B); the same bits as with all of B packed (each output the same FMA chain over the same
+    K panels), within float32 rounding of the reference; accumulate too."""
     from kernels import gemm as gemm_module
     from kernels.gemm import MC, NR
 
@@ -277,3 +277,80 @@ def test_ragged_columns_read_in_place_with_the_same_bits(monkeypatch, m: int, k:
     want = gemm_ref(a, b)
     assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
     assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_every_edge_tile_shape_with_the_same_bits(monkeypatch, in_place: bool) -> None:
+    """Every bottom edge (m % MR: the micro-kernel's short tiles, ROWS) and right edge (n % NR: a narrow or masked
+    last sliver, alone or paired): each output within float32 rounding of the reference, and the same bits as the
+    same rows and columns inside a larger product (a tile's height and its last sliver's width change which lanes
+    are computed, never the FMA chain of one output). B read in place (one block of rows) and packed."""
+    from kernels import gemm as gemm_module
+    from kernels.gemm import MC, ROWS
+
+    monkeypatch.setattr(gemm_module, "RAGGED_B", in_place)
+    assert ROWS[-1] == MR
+    rng = np.random.default_rng(7)
+    k = 37
+    big_a = rng.standard_normal((2 * MR, k), dtype=np.float32)
+    big_b = rng.standard_normal((k, 4 * NR), dtype=np.float32)
+    big = gemm(big_a, big_b)
+    for m in range(1, 2 * MR + 1):
+        for n in range(1, 4 * NR + 1):
+            if m > MC:
+                continue
+            got = gemm(np.ascontiguousarray(big_a[:m]), np.ascontiguousarray(big_b[:, :n]))
+            np.testing.assert_array_equal(got, big[:m, :n], err_msg=f"m={m} n={n}")
+    want = gemm_ref(big_a, big_b)
+    assert float(np.abs(big - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
+def test_ragged_last_sliver_reads_nothing_past_b() -> None:
+    """B read in place with its last row at the very end of a mapping, a page with no access right after it: the
+    masked loads of the ragged last sliver touch no byte past B (a plain vector load there would fault)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    m, k, n = 20, 30, 17  # one block of rows: B in place; 17 = NR + 1 columns, so the last sliver is one column
+    nbytes = k * n * 4
+    size = -(-nbytes // page) * page
+    buf = mmap.mmap(-1, size + page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mprotect(ctypes.c_void_p(base + size), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    try:
+        b = np.frombuffer(buf, np.float32, count=k * n, offset=size - nbytes).reshape(k, n)
+        rng = np.random.default_rng(3)
+        b[...] = rng.standard_normal((k, n), dtype=np.float32)
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        got = gemm(a, b)
+        want = gemm_ref(a, np.array(b))
+        assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+    finally:
+        libc.mprotect(ctypes.c_void_p(base + size), ctypes.c_size_t(page), 3)
+        del b
+        buf.close()
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(256, 2304, 196), (512, 900, 49), (300, 200, 100), (130, 8 * NR, 400)])
+def test_b_packed_by_each_task_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
+    """B packed panel by panel inside the tasks that use it (FUSED_B: few blocks of rows, or one K panel, where a
+    panel is packed once per thread and column block) gives the same bits as B packed whole first, and is within
+    float32 rounding of the reference; accumulate too."""
+    from kernels import gemm as gemm_module
+
+    assert gemm_module.FUSED_B
+    rng = np.random.default_rng(m + n)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = gemm(a, b)
+    c = np.ones((m, n), np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    monkeypatch.setattr(gemm_module, "FUSED_B", False)
+    np.testing.assert_array_equal(got, gemm(a, b))
+    c_packed = np.ones((m, n), np.float32)
+    gemm(a, b, out=c_packed, accumulate=True)
+    np.testing.assert_array_equal(c, c_packed)
+    want = gemm_ref(a, b)
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
