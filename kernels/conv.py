@@ -735,6 +735,7 @@ def _conv_tile_task(ap, bp, bias, y, layout, shape, epilogue, t, blocks):
             pc > 0,
             bias,
             g * mg,
+            False,
         )
     if relu:
         base = y_off + g * mg * npix

@@ -40,7 +40,7 @@ import threading
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import carray, njit, types
+from numba import carray, literally, njit, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
@@ -122,6 +122,22 @@ def tile_shape_code(mr: int, cols: int) -> np.uint64:  # pragma: no cover - comp
     return np.uint64(min(cols, NR) * 256 + 3 * rows + kind)
 
 
+def _micro_cases(regular: bool, pair: bool, edges: bool) -> list[tuple[int, int]]:
+    """The (height index, kind) variants a micro-kernel compiles (see _micro_codegen). Without edges (callers whose
+    A and B are packed, zero-padded: kernels.conv, kernels.winograd): the MR-row whole tile only, as before the
+    edge variants (each variant is a loop of its own to compile, in every kernel that inlines _block). With edges
+    (kernels.gemm's own tasks): a pair of slivers read through a row stride every height and kind; a single sliver
+    (the last of an odd count) every kind at MR rows; an A row table (a row-major A's bottom edge) only the MR-row
+    masked one. Any shape code without a variant of its own runs the MR-row masked one, which computes every tile
+    (a narrow or whole last sliver as a masked NR-wide one)."""
+    every = [(r, kind) for r in range(len(ROWS)) for kind in range(3)]
+    if not edges:
+        return [(len(ROWS) - 1, 0)]
+    if not regular:
+        return [(len(ROWS) - 1, 2)]
+    return every if pair else [(len(ROWS) - 1, kind) for kind in range(3)]
+
+
 def _micro_codegen(regular: bool, pair: bool = False):
     """LLVM IR of the micro-kernel for arguments (ap, a_rows, aks, bp, bo, bks, kc, acc, [ars], [b2], shape) (see
     _micro_tile): regular: row i of A at a_rows + i*ars instead of a table a_rows[i]; pair: two NR-wide column
@@ -136,6 +152,8 @@ def _micro_codegen(regular: bool, pair: bool = False):
 
     def codegen(context, builder, signature, args):
         ap_v, rows_v, aks_v, bp_v, bo_v, bks_v, kc_v, acc_v, *extra = args
+        extra.pop()  # edges (a literal: its value is in the signature)
+        edges = signature.args[-1].literal_value
         shape_v = extra.pop()
         tys = signature.args
         i64 = llvm_ir.IntType(64)
@@ -214,12 +232,12 @@ def _micro_codegen(regular: bool, pair: bool = False):
                 builder.store(builder.load(s_), builder.bitcast(p, vecs[h].as_pointer()), align=4)
 
         done = builder.append_basic_block("tile_done")
-        cases = [(r, kind) for r in range(len(ROWS)) for kind in range(3)]
+        cases = _micro_cases(regular, pair, edges)
         blocks = [builder.append_basic_block(f"tile_{ROWS[r]}_{kind}") for r, kind in cases]
         sel = builder.and_(shape64, c64(255))
-        switch = builder.switch(sel, blocks[-3])  # default: the full tile
-        for q, bb in enumerate(blocks):
-            switch.add_case(c64(q), bb)
+        switch = builder.switch(sel, blocks[-1] if not edges else blocks[cases.index((len(ROWS) - 1, 2))])
+        for (r, kind), bb in zip(cases, blocks):
+            switch.add_case(c64(3 * r + kind), bb)
         for (r, kind), bb in zip(cases, blocks):
             builder.position_at_end(bb)
             variant(ROWS[r], kind)
@@ -230,34 +248,44 @@ def _micro_codegen(regular: bool, pair: bool = False):
     return codegen
 
 
+def _literal_bool(edges) -> None:
+    """The micro-kernels' edges argument must be a compile-time constant (its variants are chosen at compile time)."""
+    if not isinstance(edges, types.BooleanLiteral):
+        raise errors.RequireLiteralValue(edges)
+
+
 @intrinsic
-def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, shape):
+def _micro_tile(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, shape, edges):
     """acc[i*NR + j] = sum_k A[i, k] * B[k, j] over k < kc for one MR x NR tile, written in LLVM IR:
     A[i, k] = ap[ao[i] + k*aks], B[k, j] = bp[bo + k*bks + j]. MR * NR / VW vector accumulators that LLVM keeps in
     registers, NR / VW unaligned vector loads of B and MR broadcasts of A per k (AVX2: 6 x 16, twelve <8 x float>;
     written in IR because Numba's own loops spill at 6 x 16). The row table serves tiles whose rows are irregular (a
     bottom edge of a row-major A, whose missing rows re-read the last one); _micro_tile_reg serves the others."""
-    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, shape), _micro_codegen(False)
+    _literal_bool(edges)
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, shape, edges), _micro_codegen(False)
 
 
 @intrinsic
-def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, shape):
+def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, shape, edges):
     """_micro_tile with row i of A at ap[a0 + i*ars + k*aks]: one pointer and a stride instead of MR table entries.
     At 12 x 16 (AVX-512) a table's 12 row pointers do not fit in the general registers (LLVM would reload one from
     the stack for every FMA); packed A (ars = 1) addresses every row from one register, row-major A from a few."""
-    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, shape), _micro_codegen(True)
+    _literal_bool(edges)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, shape, edges), _micro_codegen(True)
 
 
 @intrinsic
-def _micro_tile2(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, b2, shape):
+def _micro_tile2(typingctx, ap, ao, aks, bp, bo, bks, kc, acc, b2, shape, edges):
     """_micro_tile over two column slivers at once (PAIR): B of the second at bo + b2, its tile at acc[MN:]."""
-    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, b2, shape), _micro_codegen(False, True)
+    _literal_bool(edges)
+    return types.void(ap, ao, aks, bp, bo, bks, kc, acc, b2, shape, edges), _micro_codegen(False, True)
 
 
 @intrinsic
-def _micro_tile2_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape):
+def _micro_tile2_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape, edges):
     """_micro_tile_reg over two column slivers at once (PAIR): see _micro_tile2."""
-    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape), _micro_codegen(True, True)
+    _literal_bool(edges)
+    return types.void(ap, a0, aks, bp, bo, bks, kc, acc, ars, b2, shape, edges), _micro_codegen(True, True)
 
 
 def _vec8_codegen(add_c: bool):
@@ -618,7 +646,7 @@ def _pack_panel_parallel(src, rows_major: bool, n: int, dst, width: int) -> None
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1, load_c, bias, bias_off):
+def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1, load_c, bias, bias_off, edges):
     """C[i0:i1, j0:j1] (+)= op(A)[i0:i1, pc:pc+kc] @ op(B)[pc:pc+kc, j0:j1]; i0, j0 multiples of MR, NR.
 
     The macro kernel: every MR x NR tile of the block in turn, with the micro-kernel written inline (no call per
@@ -630,7 +658,11 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
     ldb > 0: B row-major, bp[k*ldb + col] (a ragged last sliver is read with masked loads).
     Offsets are unsigned, so Numba's negative-index wraparound folds away and LLVM emits plain vector loads, and
     no array views are made (each costs atomic reference counting).
+    edges (a compile-time constant: ``numba.literally``): True, the micro-kernel's short and narrow tiles at C's
+    edges (``_micro_cases``; B may then be read in place with a ragged last sliver); False, whole MR x NR tiles only,
+    for callers whose A and B are packed and zero-padded (fewer loops to compile in their kernels).
     """
+    literally(edges)
     acc = carray(_stack_empty(ACC, np.float32), (ACC,))
     ao = carray(_stack_empty(MR, np.uint64), (MR,))
     aks = np.uint64(MR if lda == 0 else 1)
@@ -651,20 +683,22 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
             bo = np.uint64(pc * ldb + jr * NR)
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
-            shape = tile_shape_code(mr, cols)
-            if lda == 0 or mr == ROWS[0] or mr == ROWS[1] or mr == MR:  # packed A (row i at base + i) or whole row-major rows (base + i*lda)
+            shape = tile_shape_code(mr, cols) if edges else np.uint64(0)
+            # packed A (row i at base + i), or row-major rows (base + i*lda) that fill a tile with a variant of their
+            # height (short ones: pairs only, _micro_cases)
+            if lda == 0 or mr == MR or (edges and two and (mr == ROWS[0] or mr == ROWS[1])):
                 a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
                 if two:
-                    _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2, shape)
+                    _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2, shape, edges)
                 else:
-                    _micro_tile_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, shape)
+                    _micro_tile_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, shape, edges)
             else:  # bottom edge of a row-major A: rows past m re-read row m-1 (never stored)
                 for i in range(MR):
                     ao[i] = np.uint64((ir * MR + min(i, mr - 1)) * lda + pc)
                 if two:
-                    _micro_tile2(ap, ao, aks, bp, bo, bks, kcu, acc, b2, shape)
+                    _micro_tile2(ap, ao, aks, bp, bo, bks, kcu, acc, b2, shape, edges)
                 else:
-                    _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc, shape)
+                    _micro_tile(ap, ao, aks, bp, bo, bks, kcu, acc, shape, edges)
             for h in range(2 if two else 1):
                 jh = jr + h
                 co = np.uint64(c_off + ir * MR * ldc + jh * NR)
@@ -726,6 +760,7 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
                 accumulate or pc > 0,
                 bias,
                 bias_off,
+                False,
             )
 
 
@@ -757,6 +792,7 @@ _F1, _i = types.float32[::1], types.int64
 _GEMM = Task(
     _gemm_worker,
     (_F1, _i, _F1, _i, _F1, _i, _i, _i, _i, _i, types.boolean, _F1, _i, types.int64[::1], _i, _i, _F1),
+    opt=1,
     boundscheck=False,
 )
 
@@ -834,16 +870,13 @@ def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, b
     i1 = min(i0 + mc, m)
     j1 = min(j0 + nc, n)
     to, to_off, to_ld = (scratch, -(i0 * lds + j0), lds) if lds > 0 else (c, c_off, ldc)
+    src, ld = (own, -1) if own.size else (bp, ldb)
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
-        if own.size:
-            if held != t // bm:  # (held: this column block's only panel is in own already)
-                _pack_panel(bp, pc * ldb + j0, ldb, j1 - j0, own, kc)
-            _block(ap, lda, own, -1, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0,
-                   bias, bias_off)  # fmt: skip
-        else:
-            _block(ap, lda, bp, ldb, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0,
-                   bias, bias_off)  # fmt: skip
+        if own.size and held != t // bm:  # (held: this column block's only panel is in own already)
+            _pack_panel(bp, pc * ldb + j0, ldb, j1 - j0, own, kc)
+        _block(ap, lda, src, ld, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0, bias,
+               bias_off, True)  # fmt: skip
     if lds > 0:
         for r in range(i1 - i0):
             _copy_run(c, c_off + (i0 + r) * ldc + j0, scratch, r * lds, j1 - j0)

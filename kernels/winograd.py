@@ -600,7 +600,8 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
             c_off = xi * m_xi - i0 * ldc  # block addresses rows from 0: row k lands at c_off + k * ldc
             for pc in range(0, cg, KC):
                 kc = min(KC, cg - pc)
-                block(ap, lda, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0)
+                block(ap, lda, bp, 0, mb, c_off, ldc, kg, ntiles, cg, pc, kc, i0, i1, 0, ntiles, pc > 0, zeros, 0,
+                      False)  # fmt: skip
         for s in range(nsl):  # output transform, bias and ReLU, per output channel
             valid = min(NR, ntiles - s * NR)
             _tile_lanes(geometry, t_first, s, valid, tyv, txv, img)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import mmap
+
 import numba
 import numpy as np
 import pytest
@@ -305,32 +309,33 @@ def test_every_edge_tile_shape_with_the_same_bits(monkeypatch, in_place: bool) -
     assert float(np.abs(big - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
 
 
-def test_ragged_last_sliver_reads_nothing_past_b() -> None:
-    """B read in place with its last row at the very end of a mapping, a page with no access right after it: the
-    masked loads of the ragged last sliver touch no byte past B (a plain vector load there would fault)."""
-    import ctypes
-    import mmap
-
+@contextlib.contextmanager
+def _at_end_of_mapping(shape: tuple[int, int]):
+    """A float32 array whose last byte is the last byte before a page with no access rights (PROT_NONE); the mapping
+    goes when the array does."""
     page = mmap.PAGESIZE
-    m, k, n = 20, 30, 17  # one block of rows: B in place; 17 = NR + 1 columns, so the last sliver is one column
-    nbytes = k * n * 4
+    nbytes = shape[0] * shape[1] * 4
     size = -(-nbytes // page) * page
     buf = mmap.mmap(-1, size + page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.mprotect(ctypes.c_void_p(base + size), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
-    try:
-        b = np.frombuffer(buf, np.float32, count=k * n, offset=size - nbytes).reshape(k, n)
-        rng = np.random.default_rng(3)
+    assert libc.mprotect(ctypes.c_void_p(base + size), ctypes.c_size_t(page), 0) == 0
+    yield np.frombuffer(buf, np.float32, count=shape[0] * shape[1], offset=size - nbytes).reshape(shape)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(20, 30, 17), (16, 30, 49), (4, 30, 20), (28, 40, 500), (5, 30, 3)])
+def test_edge_tiles_read_nothing_past_a_or_b(m: int, k: int, n: int) -> None:
+    """A and B read in place (one block of rows and of columns: neither is packed), each ending right before a page
+    with no access: the ragged last sliver's masked loads and the short tiles' rows touch no byte past B or A (a
+    whole-width load or a row past m there would fault); every edge shape: a lone last sliver (17, 49), short
+    pairs and singles (m = 4, 16, 20, 28: 4 and 8 rows past the last whole tile)."""
+    rng = np.random.default_rng(3)
+    with _at_end_of_mapping((m, k)) as a, _at_end_of_mapping((k, n)) as b:
+        a[...] = rng.standard_normal((m, k), dtype=np.float32)
         b[...] = rng.standard_normal((k, n), dtype=np.float32)
-        a = rng.standard_normal((m, k), dtype=np.float32)
         got = gemm(a, b)
-        want = gemm_ref(a, np.array(b))
-        assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
-    finally:
-        libc.mprotect(ctypes.c_void_p(base + size), ctypes.c_size_t(page), 3)
-        del b
-        buf.close()
+        want = gemm_ref(np.array(a), np.array(b))
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(256, 2304, 196), (512, 900, 49), (300, 200, 100), (130, 8 * NR, 400)])
