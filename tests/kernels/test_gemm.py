@@ -359,3 +359,32 @@ def test_b_packed_by_each_task_with_the_same_bits(monkeypatch, m: int, k: int, n
     np.testing.assert_array_equal(c, c_packed)
     want = gemm_ref(a, b)
     assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize("shift", [0, 4, 12])  # floats past a 64-byte line
+def test_b_off_a_line_read_from_aligned_columns_with_the_same_bits(monkeypatch, shift: int) -> None:
+    """B read in place whose data is not on a 64-byte line (rows a multiple of 64 bytes long): its first columns are
+    computed on their own so that the others' vector loads start on a line (ALIGN_B); the same bits as without, within
+    float32 rounding of the reference; accumulate too."""
+    from kernels import gemm as gemm_module
+
+    assert gemm_module.ALIGN_B
+    rng = np.random.default_rng(shift)
+    m, k, n = 40, KC + 20, 4 * NR + NR  # one block of rows: B in place; two K panels
+    store = np.empty(k * n + 64, np.float32)
+    start = (-(store.ctypes.data % 64) // 4) % 16 + shift
+    b = store[start : start + k * n].reshape(k, n)
+    b[...] = rng.standard_normal((k, n), dtype=np.float32)
+    assert b.ctypes.data % 64 == 4 * shift
+    assert gemm_module._aligning_columns(b) == (16 - shift) % 16
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    got = gemm(a, b)
+    c = np.ones((m, n), np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    monkeypatch.setattr(gemm_module, "ALIGN_B", False)
+    np.testing.assert_array_equal(got, gemm(a, b))
+    c_plain = np.ones((m, n), np.float32)
+    gemm(a, b, out=c_plain, accumulate=True)
+    np.testing.assert_array_equal(c, c_plain)
+    want = gemm_ref(a, b)
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
