@@ -11,7 +11,10 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        AVX-512 (``tiling.tile_shape``): 12 x 16 tiles, two at a time (``PAIR``: 12 x 32, 24 16-float
                        accumulators in zmm registers, two loads of B and 12 broadcasts of A per k for 24 FMAs: one
                        broadcast per FMA, a single 12 x 16 tile, is bound by the loads). The tile loop is inline in
-                       the macro kernel (no Python-level call per tile). Measured figures: benchmarks/perf_notes.md.
+                       the macro kernel (no Python-level call per tile). At C's edges (``_micro_cases``, for gemm's own
+                       tasks: ``_block``'s edges) tiles of 4 or 8 rows, and a last sliver of one 8-float vector (its
+                       columns fit: half the FMA issue) or of masked loads (``llvm.masked.load``: B read in place up to
+                       its last column). Measured figures: benchmarks/perf_notes.md.
 3. ``_pack_panel_worker`` - copy op(A) into MR-row slivers ``(ceil(M/MR), K, MR)`` and op(B) into NR-column
                        slivers ``(ceil(N/NR), K, NR)``, zero padded, so the micro-kernel reads contiguous memory
                        whatever the transposes are (whole B slivers as <8 x float> copies, ``_copy8``).
@@ -20,10 +23,12 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        block or one K panel for B) is read in place instead (``_block``'s lda/ldb > 0).
 4. ``_gemm_worker`` - cache blocking (KC deep panels; MC x NC blocks of C as parallel tasks) claimed by one
                        worker per thread (a ``kernels.tasks`` body, like 3.); ``_gemm_tiles_serial`` is the same loop
-                       nest for callers that are themselves parallel (convolution over a batch). A C of fewer than 4
+                       nest for callers that are themselves parallel (convolution over a batch). A C of fewer than 8
                        blocks a thread takes blocks of rows and columns that split evenly over the threads
                        (``blocking``: 256^3 on 2 threads, 0.204 -> 0.175-0.192 ms, 0.91x -> 1.02-1.13x NumPy's BLAS
                        on a Zen 4 EPYC; LeNet ip1's data gradient 64 x 800 x 500: see benchmarks/perf_notes.md).
+                       Where C has few blocks of rows, each task packs its own columns' K panels of B (``FUSED_B``)
+                       instead of reading a B that both threads packed whole first.
 
 Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
 per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
@@ -143,7 +148,7 @@ def _micro_codegen(regular: bool, pair: bool = False):
     _micro_tile): regular: row i of A at a_rows + i*ars instead of a table a_rows[i]; pair: two NR-wide column
     slivers at once, the second's B at bo + b2 and its results at acc[MN:].
 
-    shape (``tile_shape_code``, a run-time value: one of nine variants behind a switch) = cols * 256 + 3 * h + kind:
+    shape (``tile_shape_code``, a run-time value; the variants of _micro_cases behind a switch) = cols * 256 + 3h + kind:
     the tile's height ROWS[h] (rows past it are neither computed nor stored: a short tile at the bottom edge costs
     its height, not MR) and its last sliver's cols valid columns. kind 0: all NR; kind 1 (narrow, cols <= NARROW):
     one <NARROW x float> vector a row, half the FMA issue of a 16-float one on AVX-512 (a 512-bit FMA takes both
