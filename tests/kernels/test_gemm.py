@@ -258,26 +258,35 @@ def test_rows_4kb_apart_sum_in_a_scratch_block_with_the_same_bits(m: int) -> Non
     assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
 
 
+def _same_bits_with_switch_off(monkeypatch, switch: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gemm(a, b) and C = 1 + a @ b by accumulate, asserted bit-equal to the same with kernels.gemm's `switch` (a
+    module flag, on) turned off; returns both for the reference checks."""
+    from kernels import gemm as gemm_module
+
+    assert getattr(gemm_module, switch)
+    got = gemm(a, b)
+    c = np.ones(got.shape, np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    monkeypatch.setattr(gemm_module, switch, False)
+    np.testing.assert_array_equal(got, gemm(a, b))
+    c_off = np.ones(got.shape, np.float32)
+    gemm(a, b, out=c_off, accumulate=True)
+    np.testing.assert_array_equal(c, c_off)
+    return got, c
+
+
 @pytest.mark.parametrize(("m", "k", "n"), [(64, 800, 500), (96, 363, 3025), (7, 30, 33), (64, 10, 500), (20, 500, 17)])
 def test_ragged_columns_read_in_place_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
     """One block of rows and a column count that is not a multiple of NR: B is read in place, its ragged last sliver
     with masked loads (RAGGED_B); the same bits as with all of B packed (each output the same FMA chain over the same
     K panels), within float32 rounding of the reference; accumulate too."""
-    from kernels import gemm as gemm_module
     from kernels.gemm import MC, NR
 
-    assert m <= MC and n % NR and gemm_module.RAGGED_B
+    assert m <= MC and n % NR
     rng = np.random.default_rng(n)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-    got = gemm(a, b)
-    c = np.ones((m, n), np.float32)
-    gemm(a, b, out=c, accumulate=True)
-    monkeypatch.setattr(gemm_module, "RAGGED_B", False)
-    np.testing.assert_array_equal(got, gemm(a, b))
-    c_packed = np.ones((m, n), np.float32)
-    gemm(a, b, out=c_packed, accumulate=True)
-    np.testing.assert_array_equal(c, c_packed)
+    got, c = _same_bits_with_switch_off(monkeypatch, "RAGGED_B", a, b)
     want = gemm_ref(a, b)
     assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
     assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
@@ -343,22 +352,13 @@ def test_b_packed_by_each_task_with_the_same_bits(monkeypatch, m: int, k: int, n
     """B packed panel by panel inside the tasks that use it (FUSED_B: few blocks of rows, or one K panel, where a
     panel is packed once per thread and column block) gives the same bits as B packed whole first, and is within
     float32 rounding of the reference; accumulate too."""
-    from kernels import gemm as gemm_module
-
-    assert gemm_module.FUSED_B
     rng = np.random.default_rng(m + n)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-    got = gemm(a, b)
-    c = np.ones((m, n), np.float32)
-    gemm(a, b, out=c, accumulate=True)
-    monkeypatch.setattr(gemm_module, "FUSED_B", False)
-    np.testing.assert_array_equal(got, gemm(a, b))
-    c_packed = np.ones((m, n), np.float32)
-    gemm(a, b, out=c_packed, accumulate=True)
-    np.testing.assert_array_equal(c, c_packed)
+    got, c = _same_bits_with_switch_off(monkeypatch, "FUSED_B", a, b)
     want = gemm_ref(a, b)
     assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+    assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
 
 
 @pytest.mark.parametrize("shift", [0, 4, 12])  # floats past a 64-byte line
@@ -368,7 +368,6 @@ def test_b_off_a_line_read_from_aligned_columns_with_the_same_bits(monkeypatch, 
     float32 rounding of the reference; accumulate too."""
     from kernels import gemm as gemm_module
 
-    assert gemm_module.ALIGN_B
     rng = np.random.default_rng(shift)
     m, k, n = 40, KC + 20, 4 * NR + NR  # one block of rows: B in place; two K panels
     store = np.empty(k * n + 64, np.float32)
@@ -378,13 +377,7 @@ def test_b_off_a_line_read_from_aligned_columns_with_the_same_bits(monkeypatch, 
     assert b.ctypes.data % 64 == 4 * shift
     assert gemm_module._aligning_columns(b) == (16 - shift) % 16
     a = rng.standard_normal((m, k), dtype=np.float32)
-    got = gemm(a, b)
-    c = np.ones((m, n), np.float32)
-    gemm(a, b, out=c, accumulate=True)
-    monkeypatch.setattr(gemm_module, "ALIGN_B", False)
-    np.testing.assert_array_equal(got, gemm(a, b))
-    c_plain = np.ones((m, n), np.float32)
-    gemm(a, b, out=c_plain, accumulate=True)
-    np.testing.assert_array_equal(c, c_plain)
+    got, c = _same_bits_with_switch_off(monkeypatch, "ALIGN_B", a, b)
     want = gemm_ref(a, b)
     assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+    assert float(np.abs(c - (want + 1)).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
