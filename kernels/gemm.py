@@ -197,11 +197,9 @@ def _micro_codegen(regular: bool, pair: bool = False):
             if kind:
                 h = len(halves) - 1
                 w, nv = widths[h]
+                limit = _splat(builder, cols, llvm_ir.VectorType(i32, w))
                 for v in range(nv):
                     lanes = llvm_ir.Constant(llvm_ir.VectorType(i32, w), [v * w + q for q in range(w)])
-                    limit = builder.insert_element(llvm_ir.Constant(llvm_ir.VectorType(i32, w), None), cols,
-                                                   llvm_ir.Constant(i32, 0))  # fmt: skip
-                    limit = builder.shuffle_vector(limit, limit, llvm_ir.Constant(llvm_ir.VectorType(i32, w), [0] * w))
                     masks[h, v] = builder.icmp_unsigned("<", lanes, limit)
 
             def load_vec(off, h, v):  # vecs[h].count floats of B from bp[off], unaligned (masked: masks[h, v])
@@ -596,33 +594,13 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
             so = np.uint64(k * ld + c0 + s * width)
             for v in range(width // 8):
                 _copy8(dst, o + np.uint64(8 * v), flat, so + np.uint64(8 * v))
-        for s in range(full, nt):
-            o = (s * k_all + k) * width
-            j0 = s * width
-            w = min(width, ncols - j0)
+        for s in range(full, nt):  # (unsigned offsets: no wraparound code in the element loops)
+            o = np.uint64((s * k_all + k) * width)
+            so = np.uint64(k * ld + c0 + s * width)
+            w = min(width, ncols - s * width)
             for j in range(w):
-                dst[o + j] = src[k, c0 + j0 + j]
+                dst[o + np.uint64(j)] = flat[so + np.uint64(j)]
             for j in range(w, width):
-                dst[o + j] = 0.0
-
-
-@njit(cache=True, boundscheck=False)
-def _pack_panel(src, s_off, ld, ncols, dst, kc):  # pragma: no cover - compiled
-    """One K panel of a row-major B's column block into NR-wide slivers: dst[(s*kc + k)*NR + j] = src[s_off + k*ld +
-    s*NR + j] for k < kc, zero past column ncols (flat float32; offsets unsigned, whole slivers as <8 x float>)."""
-    full = ncols // NR
-    rest = ncols - full * NR
-    for k in range(kc):
-        so = np.uint64(s_off + k * ld)
-        for s in range(full):
-            o = np.uint64((s * kc + k) * NR)
-            _copy8(dst, o, src, so + np.uint64(s * NR))
-            _copy8(dst, o + np.uint64(8), src, so + np.uint64(s * NR + 8))
-        if rest:
-            o = np.uint64((full * kc + k) * NR)
-            for j in range(rest):
-                dst[o + np.uint64(j)] = src[so + np.uint64(full * NR + j)]
-            for j in range(rest, NR):
                 dst[o + np.uint64(j)] = 0.0
 
 
@@ -885,7 +863,7 @@ def _gemm_task(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, b
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
         if own.size and held != t // bm:  # (held: this column block's only panel is in own already)
-            _pack_panel(bp, pc * ldb + j0, ldb, j1 - j0, own, kc)
+            _pack_cols_range(bp[pc * ldb : (pc + kc) * ldb].reshape((kc, ldb)), j0, j1 - j0, own, NR, 0, kc, kc)
         _block(ap, lda, src, ld, to, to_off, to_ld, m, n, k_all, pc, kc, i0, i1, j0, j1, accumulate or pc > 0, bias,
                bias_off, True)  # fmt: skip
     if lds > 0:
@@ -979,7 +957,7 @@ def gemm(
     workers = numba.get_num_threads()
     mc, nc = blocking(m, n, workers)
     fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)
-    if fused and k > KC and few_blocks(m, n, workers, 8):
+    if fused and k > KC:
         mc, nc = blocking(m, n, workers, FUSED_COLS, FUSED_PACK)
     per = KC * -(-nc // NR) * NR
     ap, bp, zeros, panels = _WORKSPACE.get(
@@ -1014,10 +992,10 @@ def _aligning_columns(b: np.ndarray) -> int:
     line in every row, or 0: rows a multiple of 64 bytes long and b's data 4 but not 64 bytes aligned (NumPy's large
     arrays come from mmap behind a 16-byte header), and more than one sliver of columns."""
     n = b.shape[1]
-    shift = b.ctypes.data % 64
-    if shift == 0 or shift % 4 or (n * 4) % 64 or n <= NR:
+    if (n * 4) % 64 or n <= NR:  # (before the address: b.ctypes costs a microsecond, on every small product)
         return 0
-    return (64 - shift) // 4
+    shift = b.ctypes.data % 64
+    return 0 if shift % 4 else (64 - shift) // 4 % 16
 
 
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery

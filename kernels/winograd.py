@@ -108,7 +108,7 @@ from numba.core import cgutils, errors, types
 from numba.extending import intrinsic
 
 from kernels.conv import check_conv2d_args, conv2d_geometry
-from kernels.gemm import Workspace, as64, block, claim, flat_f32, stack_empty
+from kernels.gemm import Workspace, as64, block, claim, flat_f32, splat, stack_empty
 from kernels.tasks import Task
 from kernels.tiling import KC, MR, NR
 
@@ -359,16 +359,13 @@ def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_
             o = builder.add(l0, llvm_ir.Constant(i64, row * NR))
             return builder.load(builder.bitcast(builder.gep(l_data, [o]), vi.as_pointer()), align=8)
 
-        def splat(v):
-            one = builder.insert_element(llvm_ir.Constant(vi, llvm_ir.Undefined), v, llvm_ir.Constant(i32, 0))
-            return builder.shuffle_vector(
-                one, llvm_ir.Constant(vi, llvm_ir.Undefined), llvm_ir.Constant(llvm_ir.VectorType(i32, 8), [0] * 8)
-            )
+        def splat_i64(v):
+            return splat(builder, v, vi)
 
         base, y0, x0, valid = lane_vec(0), lane_vec(1), lane_vec(2), lane_vec(3)
         zero_i = llvm_ir.Constant(vi, [0] * 8)
         live = builder.icmp_signed(">", valid, zero_i)
-        hv, wv = splat(hh), splat(ww)
+        hv, wv = splat_i64(hh), splat_i64(ww)
 
         def inside(start, k, size):  # 0 <= start + k < size, per lane
             at = builder.add(start, llvm_ir.Constant(vi, [k] * 8))
@@ -376,8 +373,8 @@ def _gather_transform8(typingctx, which, xf, lanes, lane0, h, wd, dst, d_off, d_
 
         row_ok = [builder.and_(inside(y0, k, hv), live) for k in range(alpha)]
         col_ok = [inside(x0, k, wv) for k in range(alpha)]
-        addr = builder.add(splat(builder.ptrtoint(x_data, i64)), builder.mul(base, llvm_ir.Constant(vi, [4] * 8)))
-        row_step = splat(builder.mul(ww, llvm_ir.Constant(i64, 4)))
+        addr = builder.add(splat_i64(builder.ptrtoint(x_data, i64)), builder.mul(base, llvm_ir.Constant(vi, [4] * 8)))
+        row_step = splat_i64(builder.mul(ww, llvm_ir.Constant(i64, 4)))
         zeros = llvm_ir.Constant(vf, [0.0] * 8)
         x = []
         for rr in range(alpha):
