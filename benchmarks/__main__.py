@@ -65,6 +65,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time every network line with N (default 1) other processes keeping cores busy, and crema on one "
         "thread with them (the busy-machine target)",
     )
+    p.add_argument(
+        "--no-calm",
+        dest="calm",
+        action="store_false",
+        help="keep every round, also those a slow spell of the host touched (by default a round is taken again "
+        "where an FMA loop on every thread ran under 85%% of the peak right before or after it)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     args = p.parse_args(argv)
     if args.readme:
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "numpy": np.__version__,
         "versions": _versions(),
         "quick": args.quick,
+        "calm": args.calm and not args.quick,
     }
     print(f"crema benchmarks: {meta['cpu']}, {args.threads} threads for every framework ({pinned})")
     print(f"measured FP32 peak: {peak / 1e9:.1f} GFLOP/s; versions: {meta['versions']}")
@@ -122,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             cases = [c for c in cases if args.filter in c.name]
         print(f"{len(cases)} cases built in {time.perf_counter() - t0:.1f} s")
         refs = harness.ref_columns([harness.Result(c) for c in cases])
+        calm = harness.Calm(args.threads, peak) if meta["calm"] else None
         for case in cases:
             if args.quick:
                 case.rounds, case.per_round = 1, 1
-            result = harness.run_case(case, scale=args.scale)
+            result = harness.run_case(case, scale=args.scale, calm=calm)
             results.append(result)
             print(harness.line(result, peak, refs), flush=True)
             if args.busy and case.group == "net":

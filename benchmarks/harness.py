@@ -11,8 +11,13 @@ Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) 
 calls) and one untimed call (the first call after another framework ran pays for waking this one's worker threads),
 each call timed with perf_counter. Many short interleaved rounds mean a
 noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every side, not
-on one. A side's time is the median of all its calls; the ratio to a reference is ref median / crema median
-(> 1: crema is faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
+on one. With a `Calm` probe (`python -m benchmarks` always passes one), a side's round counts only where a ~1 ms
+FMA loop on every thread ran at CALM of the measured peak right before and right after it: a round that a slow
+spell of the host touched is dropped and taken again (for crema and every reference alike) once the probe says calm,
+for up to CALM_CASE_S of waiting a case (CALM_RUN_S a run); after that rounds are kept as they come and counted as
+slow. The counts are in each line, the JSON and the table's footer.
+A side's time is the median of all its calls; the ratio to a reference is ref median / crema median (> 1: crema is
+faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
 `measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any GEMM gets).
 
 Busy machine (`run_busy`, ``--busy``): after a case's timing, the harness starts processes that each keep a core busy
@@ -51,6 +56,12 @@ ROUND_S = 0.06  # seconds of one side's calls in one round (7 rounds: about 0.4 
 # batch 1 on 2 threads, the 2-core Xeon: crema's median 19 ms right after ORT's call, 10 ms 30 ms after, 6 ms from 50 ms
 # on), so the next side's first timed calls ran against them with the 50 ms pause there was
 PAUSE_S = 0.1
+# a side's round counts where the probe before and after it ran at this fraction of the measured peak (the 2-vCPU
+# EPYC: 222-227 of 234.9 GFLOP/s on 2 threads when the host is quiet, 69-144 in its slow spells)
+CALM = 0.85
+CALM_CASE_S = 20.0  # seconds a case may wait for calm (and retake rounds); then its rounds are kept as they come
+CALM_POLL_S = 0.1  # probe this often while the host is slow
+CALM_RUN_S = 600.0  # seconds a whole run may spend so (a host slow for many minutes: the run then goes on as it is)
 
 
 class Mismatch(AssertionError):
@@ -81,6 +92,8 @@ class Result:
     busy: int = 0  # processes kept busy during busy_runs (run_busy), 0: not run
     busy_runs: dict[str, list[float]] = field(default_factory=dict)
     busy_single: list[float] = field(default_factory=list)  # crema on one thread, with the same busy processes
+    dropped: int = 0  # rounds (of any side) taken again because a slow spell of the host touched them
+    slow: int = 0  # rounds kept although the probe said slow (the case or the run had waited long enough)
 
     def median(self, side: str) -> float:
         return statistics.median(self.runs[side]) if self.runs.get(side) else math.nan
@@ -187,6 +200,44 @@ def _core_peak(peak, seconds: float) -> float:
     return best_rate
 
 
+class Calm:
+    """Is the host running at full speed right now? `threads` Python threads meet at a barrier, then each times its
+    own ~`seconds` FMA loop (`peak.fma_chain_thread`, the GIL released); the slowest thread's rate times `threads` is
+    compared with `peak` (FLOP/s on that many threads, `measure_peak`). Every thread at once, because this host's slow
+    spells take one vCPU away (a 2-thread loop at 69-144 GFLOP/s for seconds while 1 thread stays at 116). The barrier,
+    because waking an idle vCPU here takes up to ~1 ms: without it, one thread often ran both loops in turn. Python
+    threads, not an OpenMP loop: they sleep between probes, where OpenMP's threads spin on into the next side's calls.
+    """
+
+    def __init__(self, threads: int, peak: float, seconds: float = 1e-3):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from benchmarks import peak as fma
+
+        self.threads, self.peak = threads, peak
+        self.left = CALM_RUN_S  # seconds of waiting for calm left to the run (run_case counts them down)
+        self.lanes = 128
+        self.fn = fma.fma_chain_thread(self.lanes)
+        self.fn(10, np.float32(1e-7))  # compile
+        self.reps = max(1000, int(seconds * peak / (2 * self.lanes * threads)))
+        self.barrier = threading.Barrier(threads)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="calm")
+
+    def _one(self, c: np.float32) -> float:
+        self.barrier.wait()
+        return _timed(partial(self.fn, self.reps, c))
+
+    def rate(self) -> float:
+        """FLOP/s: the slowest thread's, times the thread count."""
+        jobs = [self.pool.submit(self._one, np.float32(1e-7 * (t + 1))) for t in range(self.threads)]
+        slowest = max(job.result() for job in jobs)
+        return 2.0 * self.lanes * self.reps * self.threads / slowest
+
+    def __call__(self) -> bool:
+        return self.rate() >= CALM * self.peak
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -196,8 +247,11 @@ def _timed(fn: Callable[[], Any]) -> float:
 # -- running -----------------------------------------------------------------------------------------------------
 
 
-def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S) -> Result:
-    """Check, then time (interleaved rounds). `scale` multiplies per_round (>= 1 call each)."""
+def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S, calm: Calm | None = None) -> Result:
+    """Check, then time (interleaved rounds). `scale` multiplies per_round (>= 1 call each). With `calm` (a `Calm`
+    probe), a side's round counts only where calm() said so right before and right after it; otherwise it is taken
+    again (the case waits for calm first), for up to CALM_CASE_S in all; then rounds are kept as they come and counted
+    as slow."""
     result = Result(case)
     try:
         result.first_s = _timed(case.ours)
@@ -212,12 +266,33 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S) -> Resul
     per = case.per_round or min(50, max(1, round(ROUND_S / max(_timed(case.ours), 1e-6))))
     per = max(1, round(per * scale))
     result.runs = {side: [] for side in sides}
+    waited = 0.0  # seconds this case spent waiting for calm and on rounds it dropped
+    if calm:
+        time.sleep(pause)
+    calm_now = calm() if calm else True  # the probe right before the next side's calls
     for _ in range(case.rounds):
         for side, fn in sides.items():
-            fn()  # untimed: the first call after another framework ran pays for waking this one's threads
-            for _ in range(per):
-                result.runs[side].append(_timed(fn))
-            time.sleep(pause)
+            while True:
+                t0 = time.monotonic()
+                patient = calm is not None and waited < CALM_CASE_S and calm.left > 0
+                if not calm_now and patient:  # slow now: wait (cheaply) for a calm moment
+                    time.sleep(CALM_POLL_S)
+                    calm_now = calm()
+                else:
+                    fn()  # untimed: the first call after another framework ran pays for waking this one's threads
+                    times = [_timed(fn) for _ in range(per)]
+                    time.sleep(pause)
+                    before, calm_now = calm_now, (calm() if calm else True)  # after the pause: ORT's threads
+                    if not calm or (before and calm_now):  # spin on after its calls, a probe then reads them
+                        break
+                    if not patient:  # this case (or the run) waited long enough: keep the round, say so
+                        result.slow += 1
+                        break
+                    result.dropped += 1
+                spent = time.monotonic() - t0
+                waited += spent
+                calm.left -= spent
+            result.runs[side].extend(times)
     return result
 
 
@@ -315,7 +390,9 @@ def line(result: Result, peak: float | None, ref_names: Sequence[str]) -> str:
         target = f" | target {want:.1f}x {who}: {'met' if got >= want else 'MISSED'}"
     gf = f"{gflops:7.1f}" if not math.isnan(gflops) else f"{'-':>7}"
     pc = f"{pct:5.1f}%" if not math.isnan(pct) else f"{'-':>6}"
-    return f"{head} | {ms:10.3f} ms | {gf} GFLOP/s | {pc} peak | " + " | ".join(cols) + target
+    spells = f" | {result.dropped} rounds retaken" if result.dropped else ""
+    spells += f", {result.slow} kept slow" if result.slow else ""
+    return f"{head} | {ms:10.3f} ms | {gf} GFLOP/s | {pc} peak | " + " | ".join(cols) + target + spells
 
 
 def ref_columns(results: Sequence[Result]) -> list[str]:
@@ -346,6 +423,8 @@ def to_json(results: Sequence[Result], meta: dict) -> dict:
                 "target": list(r.case.target) if r.case.target else None,
                 "target_ratio": r.target_ratio(),
                 "target_met": r.target_met(),
+                "rounds_retaken": r.dropped,
+                "rounds_kept_slow": r.slow,
                 **(_busy_json(r) if r.busy_runs else {}),
                 **r.case.meta,
             }
@@ -417,6 +496,14 @@ def markdown(results: Sequence[Result], peak: float | None, meta: dict) -> str:
         f"FP32 peak measured {meta.get('peak_gflops', float('nan')):.1f} GFLOP/s. Ratios: reference median time / "
         "crema median time (> 1: crema is faster); every result checked against the references before timing.\n"
     )
+    if meta.get("calm"):
+        retaken, slow = sum(r.dropped for r in results), sum(r.slow for r in results)
+        rounds = sum(len(r.runs) * r.case.rounds for r in results if r.runs)
+        foot += (
+            f"A side's round counted only where a 1 ms FMA loop on every thread ran at {100 * CALM:.0f}% of that peak "
+            f"right before and after it: {retaken} rounds (of {rounds}, every side alike) were taken again because the "
+            f"host slowed down; {slow} kept slow after {CALM_CASE_S:g} s of waiting in their case.\n"
+        )
     return head + "\n".join(rows) + "\n" + foot + busy_markdown(results)
 
 

@@ -70,3 +70,15 @@ def fma_chains(lanes: int):
         return out
 
     return run
+
+
+def fma_chain_thread(lanes: int):
+    """f(reps, c) -> float32: `lanes` chains on the calling thread alone, with the GIL released, for a caller that runs
+    it on threads of its own (harness.Calm: no OpenMP team, whose threads spin on after each parallel loop)."""
+    chains = _chains(max(1, lanes // VW))
+
+    @njit(nogil=True)
+    def run(reps, c):  # pragma: no cover - compiled
+        return chains(reps, c)
+
+    return run

@@ -46,6 +46,55 @@ def test_run_case_times_every_side_in_rounds():
     assert " ms |" in line and "x numpy" in line and "target 0.0x numpy: met" in line
 
 
+class _Scripted:
+    """A stand-in for harness.Calm: its answers in order, then calm."""
+
+    def __init__(self, *answers: bool):
+        self.answers, self.left, self.asked = list(answers), 100.0, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.answers.pop(0) if self.answers else True
+
+
+def test_a_round_that_a_slow_spell_touched_is_taken_again(monkeypatch):
+    monkeypatch.setattr(harness, "CALM_POLL_S", 0.0)
+    calls = []
+    case = _case(lambda a: (calls.append(1), a * 2)[1], ("numpy", 0.0))
+    # the probe before crema's first round: calm; after it: slow (dropped); then slow once more while waiting; calm
+    calm = _Scripted(True, False, False, True)
+    result = harness.run_case(case, pause=0.0, calm=calm)
+    assert result.dropped == 1 and result.slow == 0
+    assert len(result.runs["crema"]) == len(result.runs["numpy"]) == 4  # 2 rounds of 2, the dropped one not among them
+    # crema: the timing call, the check's call, the warm-up, then (untimed + 2 timed) x 3 rounds taken
+    assert len(calls) == 3 + 3 * 3
+    assert calm.asked == 1 + 1 + 2 + 1 + 3  # the first probe, the dropped round's, two waits, the retake's, 3 more
+    assert calm.left < 100.0
+    assert "1 rounds retaken" in harness.line(result, 1e9, ["numpy"])
+    row = harness.to_json([result], {})["results"][0]
+    assert row["rounds_retaken"] == 1 and row["rounds_kept_slow"] == 0
+    foot = harness.markdown([result], 1e9, {"calm": True})
+    assert "1 rounds (of 4, every side alike) were taken again" in foot and "0 kept slow" in foot
+
+
+def test_rounds_are_kept_and_counted_once_the_case_waited_long_enough(monkeypatch):
+    monkeypatch.setattr(harness, "CALM_CASE_S", 0.0)
+    result = harness.run_case(_case(lambda a: a * 2), pause=0.0, calm=_Scripted(*[False] * 20))
+    assert result.dropped == 0 and result.slow == 4  # every side's every round, kept as it came
+    assert len(result.runs["crema"]) == len(result.runs["numpy"]) == 4
+    assert "4 kept slow" in harness.line(result, 1e9, ["numpy"])
+    out_of_run = _Scripted(*[False] * 20)
+    out_of_run.left = 0.0  # the run's waiting spent: the same
+    assert harness.run_case(_case(lambda a: a * 2), pause=0.0, calm=out_of_run).slow == 4
+
+
+def test_calm_probe_measures_every_thread_against_the_peak():
+    probe = harness.Calm(1, 1e9, seconds=1e-4)
+    assert probe.rate() > 1e8  # a vector FMA loop: far above 0.1 GFLOP/s on any x86-64 core
+    assert probe() is True  # 1 GFLOP/s: every machine is calm against that
+    assert harness.Calm(1, 1e15, seconds=1e-4)() is False  # no core reaches a PFLOP/s
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 def test_busy_run_times_every_side_and_crema_on_one_thread():
     saved = numba.get_num_threads()
