@@ -4,6 +4,7 @@
     python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, zoo, train
     python -m benchmarks --filter caffenet        # cases whose name contains this text
     python -m benchmarks --quick                  # fewer timed runs (a smoke test, not for reporting)
+    python -m benchmarks --no-calm                # keep the rounds a slow spell of the host touched (retaken by default)
     python -m benchmarks --only nets --busy       # also with another process keeping a core busy (every net line)
     python -m benchmarks --publish                # write benchmarks/results/ (bench.json, bench.md, bench.png)
     python -m benchmarks --readme                 # --publish, and the Markdown table into README.md between its markers

@@ -3,7 +3,7 @@
 Groups (each a function returning cases; `build(groups, threads)` makes them in this order):
 - ``gemm``:  crema's GEMM core (kernels.gemm.gemm) at 256^3 to 4096^3 and at the shapes of the nets' layers
              (GEMM_SHAPES) vs NumPy's BLAS (np.matmul) and torch.mm.
-             Target: >= 0.7x NumPy at 1024^3 and 2048^3.
+             Target (issue 20): >= 1.0x NumPy on every one.
 - ``layers``: every LeNet layer at batch 64 and every CaffeNet layer at batch 10 (conv, pool, fc, LRN), forward and
              backward; EfficientNet-Lite0's depthwise convolutions (+ bias + ReLU6) forward at batch 1 and 32. Forward vs PyTorch and ONNX Runtime (a one-node graph); backward vs PyTorch (the aten backward
              op autograd calls, or autograd with retain_graph). "bwd" = dx, dW, db; "bwd(w)" = dW, db (a layer on
@@ -11,18 +11,19 @@ Groups (each a function returning cases; `build(groups, threads)` makes them in 
              max_pool2d_with_indices does).
 - ``nets``:  whole forward passes, softmax output: LeNet at batch 1/64/10000, CaffeNet at batch 1/10/64, random
              He-scaled weights (fixed seed) written to a caffemodel that OpenCV DNN reads. vs PyTorch, OpenCV DNN,
-             ONNX Runtime. Targets: LeNet >= 1.0x the fastest at every batch; CaffeNet batch 1 >= 1.0x; 10, 64 >= 0.8x.
+             ONNX Runtime. Target (issue 20): >= 1.2x the fastest at every batch.
 - ``efficientnet``: EfficientNet-Lite0 (the default model, its real ImageNet weights as crema converts them) forward
              at batch 1 and 32, softmax output, on random 224x224 inputs in the preprocessed range. References:
              ONNX Runtime on the graph the PyTorch port exports (torch.onnx, asymmetric pads and BatchNorm as
              PyTorch has them; ORT folds and fuses them itself), PyTorch eager, OpenCV DNN on crema's written
-             prototxt + caffemodel. Target: >= 1.0x ONNX Runtime at both batches.
+             prototxt + caffemodel. Target (issue 20): >= 1.2x the fastest at both batches.
 - ``zoo``:   GoogLeNet and ResNet-50 (models/, the published architectures) forward at batch 1 and 16, softmax
              output, random weights (BatchNorm statistics included) on random 224x224 inputs. vs ONNX Runtime (a graph
              built blob by blob from the unfused crema net: Concat, Sum, BatchNormalization, Mul/Add) and OpenCV DNN
              on the same prototxt + caffemodel. No target yet (measured, see README).
 - ``train``: one LeNet training iteration at batch 64 (forward, loss, backward, SGD update with momentum, weight
-             decay and lr_mult; crema's Solver.step(1)) vs the same in PyTorch. Target >= 1.0x PyTorch.
+             decay and lr_mult; crema's Solver.step(1)) vs the same in PyTorch. Target >= 2.0x PyTorch (issue 20
+             asks it of a whole 10,000-iteration run to the same accuracy: benchmarks.bench_train).
 
 Checks (before any timing): layers and GEMM against the references at the benchmarked shape (max abs error
 <= 1e-4 * max|ref|, 2e-4 for backward sums over big batches) and against the kernel's own NumPy reference on a
@@ -66,7 +67,7 @@ NETS = {"lenet": (1, 64, 10000), "caffenet": (1, 10, 64)}
 # Softmax max abs error allowed against each reference. CaffeNet, random weights, batch 64: the references differ
 # from one another by up to 1.7e-5 (torch vs OpenCV; crema is within 9e-6 of each), float32 summation order alone.
 NET_SOFTMAX_TOL = {"lenet": 1e-5, "caffenet": 2e-5}
-NET_TARGETS = {("lenet", 1): 1.0, ("lenet", 64): 1.0, ("lenet", 10000): 1.0, ("caffenet", 1): 1.0}
+NET_TARGET = 1.2  # issue 20: every LeNet, CaffeNet and EfficientNet-Lite0 line >= 1.2x the fastest reference
 
 
 def _torch():
@@ -120,7 +121,7 @@ def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
             gemm(a, b, out=out)
             return small + [compare(f"gemm {n}^3 vs {k}", out, np.asarray(f()), rtol=1e-5) for k, f in refs.items()]
 
-        target = ("numpy", 0.7) if n >= 1024 else None
+        target = ("numpy", 1.0)
         cases.append(Case("gemm", f"sgemm M=N=K={n}", partial(gemm, a, b, out=out), refs, 2.0 * n**3, check, target))
     for m, k, n, what in GEMM_SHAPES:  # the nets' layers as one GEMM each (issue 20: >= 1.0x NumPy on these too)
         a, b = _rand(rng, m, k), _rand(rng, k, n)
@@ -135,7 +136,8 @@ def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
             return [compare(f"gemm {label} vs {r}", out, np.asarray(f()), rtol=1e-5) for r, f in refs.items()]
 
         ours = partial(gemm, a, b, out=out)
-        cases.append(Case("gemm", f"sgemm M={m} K={k} N={n} ({what})", ours, refs, 2.0 * m * k * n, check))
+        target = ("numpy", 1.0)
+        cases.append(Case("gemm", f"sgemm M={m} K={k} N={n} ({what})", ours, refs, 2.0 * m * k * n, check, target))
     return cases
 
 
@@ -617,8 +619,7 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
 
             ours()
             flops = _net_flops(net) * batch
-            target = NET_TARGETS.get((name, batch), 0.8 if name == "caffenet" else None)
-            cases.append(Case("net", f"{name} fwd N={batch}", ours, refs, flops, check, ("fastest", target)))
+            cases.append(Case("net", f"{name} fwd N={batch}", ours, refs, flops, check, ("fastest", NET_TARGET)))
     return cases
 
 
@@ -682,7 +683,7 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
 
         ours()
         flops = _net_flops(net) * batch
-        target = ("onnxruntime", 1.0) if "onnxruntime" in refs else None
+        target = ("fastest", NET_TARGET) if refs else None
         cases.append(Case("net", f"efficientnet-lite0 fwd N={batch}", ours, refs, flops, check, target))
     return cases
 
@@ -817,7 +818,7 @@ def train_cases(rng: np.random.Generator, threads: int, workdir: Path) -> list[C
         return lines
 
     flops = 3 * 2.0 * 64 * (20 * 25 * 576 + 50 * 500 * 64 + 800 * 500 + 500 * 10)
-    return [Case("train", "lenet train iteration N=64 (SGD)", ours, refs, flops, check, ("torch", 1.0))]
+    return [Case("train", "lenet train iteration N=64 (SGD)", ours, refs, flops, check, ("torch", 2.0))]
 
 
 def _torch_lenet_step(torch, init: list[np.ndarray], x: np.ndarray, labels: np.ndarray):
