@@ -183,44 +183,48 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
     y[m, n] = max(v, zero) + zero * min(v, zero) if relu else v
 
 
-def _ip_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
+def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
     Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
     memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
     dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
-    itself comes from memory once. Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time
-    (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
+    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the 4 rows of W whole, in turn
+    (``_dots_4x1``: a row's bits are those of batch 1). Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS
+    rows of W at a time (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
-    acc = np.empty((x2.shape[0], 4), np.float32) if x2.shape[0] > 1 else y  # (y: unread at batch 1, no allocation)
+    chunked = x2.shape[0] > 1 and not rowwise
+    acc = np.empty((x2.shape[0], 4), np.float32) if chunked else y  # (y: unread rowwise, no allocation)
     c = _claim(counter)
     while c < nclaims:
         for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-            _ip_rows_block(x2, w, bias, y, relu, blk, acc)
+            _ip_rows_block(x2, w, bias, y, relu, not chunked, blk, acc)
         c = _claim(counter)
 
 
 _F2 = types.float32[:, ::1]
-_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1]), opt=1, fastmath=True,
-           boundscheck=False, compile_s=1.9)  # fmt: skip
+_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]), opt=1,
+           fastmath=True, boundscheck=False, compile_s=1.9)  # fmt: skip
 
 
-def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False) -> None:
+def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False, rowwise: bool = False) -> None:
     """_ip_worker's rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
-    float32: x2 (M, K), w (N, K), bias (N,), y (M, N)."""
+    float32: x2 (M, K), w (N, K), bias (N,), y (M, N); rowwise: every row of y with its batch-1 bits."""
     drive = _IP.serial if serial else _IP.parallel
-    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, np.zeros(1, np.int64))
+    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, rowwise, np.zeros(1, np.int64))
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _ip_rows_block(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - compiled
+def _ip_rows_block(x2, w, bias, y, relu, whole, blk, acc):  # pragma: no cover - compiled
     """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_worker); acc: (M, 4)
-    scratch. A lone row of x2 (batch 1) takes each row of W once, whole (_dots_4x1: no chunks, nothing to re-use)."""
+    scratch. With `whole` (a lone row of x2, batch 1, or rowwise) each row of x2 takes the rows of W whole, in turn
+    (_dots_4x1: no chunks; a row's bits do not depend on the others: those of batch 1)."""
     m_all, k_all = x2.shape
     n_all = w.shape[0]
     n0 = blk * 4
-    if n0 + 4 <= n_all and m_all == 1:
-        _dots_4x1(w, n0, x2, 0, k_all, bias, y, relu)
+    if n0 + 4 <= n_all and whole:
+        for m in range(m_all):
+            _dots_4x1(w, n0, x2, m, k_all, bias, y, relu)
     elif n0 + 4 <= n_all:
         acc[:, :] = np.float32(0.0)
         for k0 in range(0, k_all, KC_ROWS):
@@ -345,11 +349,15 @@ def inner_product_forward(
 class ForwardRunner:
     """``inner_product_forward`` with the shape work done once, for a CPU Net's execution plan (``net.net``):
     ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
-    out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel."""
+    out of ``runner.out_shape`` (not overlapping x). Few rows go straight to the weight-streaming kernel; with
+    `rowwise` (no transpose) any number of rows does, each row with its batch-1 bits (``net.per_image``'s batched
+    tail: a W that fits L1 4 rows at a time, read once for all the rows)."""
 
-    __slots__ = ("axis", "out_shape", "relu", "serial", "small", "transpose", "workers", "zeros")
+    __slots__ = ("axis", "out_shape", "relu", "rowwise", "serial", "small", "transpose", "workers", "zeros")
 
-    def __init__(self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False) -> None:
+    def __init__(
+        self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False, rowwise: bool = False
+    ) -> None:
         n, k = (w_shape[1], w_shape[0]) if transpose else w_shape
         axis %= len(x_shape)
         if math.prod(x_shape[axis:]) != k:
@@ -357,7 +365,10 @@ class ForwardRunner:
         m = math.prod(x_shape[:axis])
         self.out_shape = (*x_shape[:axis], n)
         self.axis, self.transpose, self.relu = axis, bool(transpose), bool(relu)
-        self.small = (m, k, n) if not transpose and small_rows(m, n, k) else None
+        if rowwise and transpose:
+            raise ValueError("inner_product: rowwise bits need W as (N, K) (no transpose)")
+        self.rowwise = bool(rowwise)
+        self.small = (m, k, n) if not transpose and (rowwise or small_rows(m, n, k)) else None
         # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): on the calling thread (kernels.tasks).
         # So is a few rows' weight that fits in one core's L2 (LeNet's ip1, 1.6 MB, with a 2 MB L2): one core streams
         # it from there faster than two (AVX-512 Xeon, alone: 500 x 800 34 vs 53 us, 500 x 400 22 vs 51 us, 100 x 800
@@ -373,7 +384,7 @@ class ForwardRunner:
             return
         m, k, n = self.small
         _ip_small_rows(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu, self.workers,
-                       self.serial)  # fmt: skip
+                       self.serial, self.rowwise)  # fmt: skip
 
 
 SUM_ROWS_BLOCK = 256  # columns of db summed together by `_sum_rows_worker` (rows streamed over them)

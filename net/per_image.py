@@ -23,6 +23,13 @@ batch gets the bits of a batch-1 forward of that image (the same at any thread c
 batched plan (its inner product sums in another order: ~4e-7 on EfficientNet-Lite0's softmax). ``CREMA_PER_IMAGE=0``
 keeps every batch batched.
 
+The batched tail (`tail`, TAIL): where the net ends in an InnerProduct (W as (N, K)), alone or followed by a
+Softmax on its output (EfficientNet-Lite0's fc and prob), the copies stop before it, their last blobs are gathered,
+and the net runs those layers once for the whole batch: the InnerProduct on ``kernels.fc``'s weight-streaming kernel
+row by row (``rowwise``: each row the bits of batch 1, W read once for the batch instead of once an image, 5 MB of
+it from memory each time), the Softmax row by row as always. So each image still gets the bits of its batch-1
+forward.
+
 The copies share the net's parameter Blobs (and its folded weights); a change that drops the net's plans (refold,
 reshape, share_weights_from, observe) drops them too. The threads are the caller and a process-wide pool of Python
 threads (`_pool`), each with Numba's thread count at 1, claiming the images one at a time (a thread that another
@@ -47,6 +54,7 @@ from .flops import layer_flops
 
 ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
 MIN_FLOPS_PER_WEIGHT_BYTE = 20.0
+TAIL = True  # the net's closing InnerProduct (+ Softmax) run once for the batch (the module docstring)
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -96,20 +104,45 @@ def eligible(net, plan) -> str | None:
     return None
 
 
-def _replica(net):
+def tail(net) -> int:
+    """How many of the net's last layers run batched after the copies (the module docstring): 2 (an InnerProduct
+    and a Softmax of its output), 1 (an InnerProduct), or 0."""
+    if not TAIL or len(net.layers) < 2:
+        return 0
+    layers, tops, bottoms = net.layers, net.tops, net.bottoms
+    n = 1 if layers[-1].type == "Softmax" else 0
+    if n and (len(bottoms[-1]) != 1 or bottoms[-1][0] is not tops[-2][0] or tops[-1][0] is bottoms[-1][0]):
+        return 0
+    ip = len(layers) - 1 - n
+    if ip < 1 or layers[ip].type != "InnerProduct" or layers[ip].transpose or len(bottoms[ip]) != 1:
+        return 0
+    if len(tops[ip]) != 1 or tops[ip][0] is bottoms[ip][0]:
+        return 0
+    return n + 1
+
+
+def _replica(net, drop: int = 0):
     """A batch-1 copy of `net` on its parameter Blobs and folded weights, activations shared the same way (made by
-    the net's own class: this module is imported by net.net)."""
+    the net's own class: this module is imported by net.net); without the net's last `drop` layers (``tail``)."""
     shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
-    rep = type(net)(net.param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
-    if [(ly.name, ly.type) for ly in rep.layers] != [(ly.name, ly.type) for ly in net.layers]:  # pragma: no cover
-        raise RuntimeError("per_image: the copy's layers differ from the net's")
+    param = net.param
+    if drop:
+        gone = {ly.name for ly in net.layers[-drop:]}
+        param = param.copy()
+        param.layer = [ly for ly in param.layer if ly.name not in gone]
+    rep = type(net)(param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
+    mine = [(ly.name, ly.type) for ly in rep.layers]
+    if mine != [(ly.name, ly.type) for ly in net.layers[: len(net.layers) - drop]]:
+        if drop:
+            return None  # the tail's removal changed the layers before it (a Split): no batched tail
+        raise RuntimeError("per_image: the copy's layers differ from the net's")  # pragma: no cover
     for mine, theirs in zip(rep.layers, net.layers):
         mine.blobs = theirs.blobs
         if getattr(theirs, "fold", None) is not None:
             theirs.forward_params()  # folded once, for both
             mine.folded = theirs.folded
     rep.reshape(shapes)
-    rep.share_activations(keep=tuple(net._share))
+    rep.share_activations(keep=tuple(name for name in net._share if name in rep._blobs))
     return rep
 
 
@@ -118,8 +151,27 @@ class PerImage:
 
     def __init__(self, net, threads: int) -> None:
         self.threads = max(1, threads)
-        self.replicas = [_replica(net) for _ in range(self.threads)]
-        self.gather = [name for name in (*net.outputs, *sorted(net._share)) if name not in net.inputs]
+        drop = tail(net)
+        first = _replica(net, drop) if drop else None
+        if first is None:
+            drop, first = 0, _replica(net)
+        self.replicas = [first, *(_replica(net, drop) for _ in range(self.threads - 1))]
+        names = (*first.outputs, *sorted(name for name in net._share if name in first._blobs))
+        self.gather = [name for name in dict.fromkeys(names) if name not in net.inputs]
+        self.tail = [self._tail_step(net, i) for i in range(len(net.layers) - drop, len(net.layers))]
+
+    @staticmethod
+    def _tail_step(net, i: int):
+        """The step of the net's layer i for the batched tail: an InnerProduct row by row (``kernels.fc``'s
+        `rowwise`: batch-1 bits a row), else the layer's own plan step; falls back to the layer's forward."""
+        layer, bottom, top = net.layers[i], net.bottoms[i], net.tops[i]
+        step = layer.plan(bottom, top, rowwise=True) if layer.type == "InnerProduct" else layer.plan(bottom, top)
+
+        def run() -> None:
+            if step is None or not step():
+                layer.forward(bottom, top)
+
+        return run
 
     def _share(self, k: int, net, claim, n: int) -> None:
         """Copy k's images, claimed one at a time (`claim`: a shared counter; a thread that something else keeps
@@ -154,6 +206,8 @@ class PerImage:
         finally:
             for f in futures:
                 f.result()
+        for run in self.tail:  # the net's closing layers, once for the batch
+            run()
         return True
 
 

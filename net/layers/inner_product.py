@@ -61,7 +61,9 @@ class InnerProductLayer(Layer):
             x, self.blobs[0].data, b, axis=self.axis, transpose=self.transpose, **extra
         )
 
-    def plan(self, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
+    def plan(self, bottom: list[Blob], top: list[Blob], rowwise: bool = False) -> Callable[[], bool] | None:
+        """The plan step; `rowwise` (``net.per_image``'s batched tail): every row with its batch-1 bits (no
+        transpose)."""
         src, dst, wblob = bottom[0], top[0], self.blobs[0]
         bblob = self.blobs[1] if len(self.blobs) > 1 else None
         has_bias = bblob is not None
@@ -70,7 +72,9 @@ class InnerProductLayer(Layer):
         b_shape = (w_shape[1] if self.transpose else w_shape[0],)
         if not (plain(x, x_shape) and plain(w, w_shape) and (bblob is None or plain(bblob.data, b_shape))):
             return None
-        run = fc.ForwardRunner(x_shape, w_shape, axis=self.axis, transpose=self.transpose, relu=self.fused_relu)
+        run = fc.ForwardRunner(
+            x_shape, w_shape, axis=self.axis, transpose=self.transpose, relu=self.fused_relu, rowwise=rowwise
+        )
         out = plan_out(dst, x, run.out_shape)
 
         def step() -> bool:  # the parameter Blobs are looked up each call (Net.share_weights_from swaps them)

@@ -70,6 +70,33 @@ def test_small_rows_chunks(m: int) -> None:
     assert np.array_equal(one, got)
 
 
+@pytest.mark.parametrize("m", [2, 5, 13, 32])
+def test_rowwise_rows_have_their_batch_1_bits(m: int) -> None:
+    """ForwardRunner(rowwise=True) (net.per_image's batched tail): any number of rows on the weight-streaming kernel,
+    each row with the bits of its own batch-1 forward, on one and on two workers; W's rows not a multiple of 4, the
+    fused ReLU; within the reference's tolerance."""
+    rng = np.random.default_rng(m)
+    k, n = 1280, 4 * 25 + 3
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    one = fc.ForwardRunner((1, k), (n, k), relu=True)
+    want = np.empty((m, n), np.float32)
+    for i in range(m):
+        one(x[i : i + 1], w, b, want[i : i + 1])
+    ref = np.maximum(inner_product_forward_ref(x, w, b), 0.0)
+    assert float(np.abs(want - ref).max()) <= RTOL * np.sqrt(k) * float(np.abs(ref).max())
+    run = fc.ForwardRunner((m, k), (n, k), relu=True, rowwise=True)
+    got = np.empty((m, n), np.float32)
+    run(x, w, b, got)
+    assert np.array_equal(got, want)
+    serial = np.empty_like(got)
+    fc._ip_small_rows(x, w, b, serial, True, 1, serial=True, rowwise=True)
+    assert np.array_equal(serial, want)
+    with pytest.raises(ValueError, match="rowwise"):
+        fc.ForwardRunner((m, k), (k, n), transpose=True, rowwise=True)
+
+
 def test_small_rows_choice() -> None:
     """The weight-streaming kernel for a few rows, or up to SMALL_M_TINY_W rows of a tiny W; the GEMM otherwise."""
     assert fc.small_rows(1, 1000, 1280) and fc.small_rows(SMALL_M, 4096, 9216)
