@@ -44,9 +44,22 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) 
         st = net._plan.per_image
         assert isinstance(st, per_image.PerImage)
         assert all(rep._plan.replay for rep in st.replicas)  # the copies replay
+        # ... up to the pooling: fc and prob run once for the batch, fc row by row with batch-1 bits (checked above)
+        assert len(st.tail) == 2 and all(rep.layers[-1].name == "pool" for rep in st.replicas)
         assert len(st.replicas) == numba.get_num_threads()
     finally:
         numba.set_num_threads(saved)
+
+
+def test_a_kept_blob_of_the_tail_is_written_by_the_tail(effnet_files) -> None:
+    x = np.random.default_rng(7).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
+    single = _load(effnet_files, keep=("fc",))
+    want = np.concatenate([single.forward(data=x[i : i + 1]) and single.blob("fc").data.copy() for i in range(3)])
+    net = _load(effnet_files, keep=("fc",))
+    for _ in range(4):
+        net.forward(data=x)
+    assert len(net._plan.per_image.tail) == 2
+    np.testing.assert_array_equal(net.blob("fc").data, want)
 
 
 def test_the_copies_read_the_nets_parameters(effnet_files) -> None:
