@@ -165,6 +165,9 @@ TILE_BLOCKS = True  # forward, one image at a time: tasks' blocks by tile_blocks
 GROUP_ROWS = 256  # tile_blocks: a group's rows in one block up to this many (its weights' K panel: 384 KB at most)
 GROUP_COLUMNS = 176  # ... and columns in blocks of at most this many
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
+CHUNKS = True  # forward of one image: (group, pixel block) tasks, im2col + GEMM each in L2, where chunk_block says
+CHUNK_MAX_A = 256 << 10  # ... a group's weights at most this many bytes (read again by every pixel block)
+CHUNK_B_BYTES = 192 << 10  # ... a block's packed im2col (K x columns) about this many bytes
 
 
 def conv2d_geometry(x_shape, w_shape, stride, pad, dilation):
@@ -681,6 +684,39 @@ def _im2col_groups_worker(t, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh_
         )
 
 
+def _conv_chunks_worker(t, src, hp, wp, ap, bias, y, ws, counter, group, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n,
+                        a_size, lda, y_off, nc, relu, relu_max):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t (kernels.tasks: one per thread) of the forward of one image whose weights fit in L2 (``chunk_block``):
+    (group, block of nc output pixels) tasks claimed one at a time (``gemm._claim``), each the block's im2col slivers
+    into the worker's own packed-B buffer ws[t] (K x nc floats, in L2) and the block's GEMM right after
+    (``_gemm_tiles_serial``: W read in place, every row of the group), then its ReLU. No image-sized im2col goes
+    through L3 or memory (CaffeNet's conv1 at batch 1: 4.4 MB written and read back each forward, cold after the fc
+    layers' weights went through the caches). The same K panels and micro-kernel as _conv_tiles_worker: the same bits.
+
+    src: the (padded) image, flat (C, HP, WP); ap: W in place (lda its row length) or packed (a_size a group's);
+    y: flat output, the image's first at y_off; the window and output size as _im2col_groups_worker's."""
+    m = bias.shape[0]
+    mg = m // group
+    k_all = cg * kh * kw
+    npix = oh_n * ow_n
+    bn = (npix + nc - 1) // nc
+    buf = ws[t]
+    task = _claim(counter)
+    while task < group * bn:
+        g = task // bn
+        j0 = (task - g * bn) * nc
+        j1 = min(j0 + nc, npix)
+        s0 = j0 // NR
+        for s in range(s0, (j1 + NR - 1) // NR):  # sliver s at buf[(s - s0) * K * NR:]
+            _im2col_sliver(src, g * cg * hp * wp, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, buf, -s0 * k_all * NR, s)
+        c_off = y_off + g * mg * npix + j0
+        _gemm_tiles_serial(ap[g * a_size :], buf, y, c_off, npix, mg, j1 - j0, k_all, False, bias, g * mg, lda)
+        if relu:
+            for i in range(mg):
+                _relu_span(y, c_off + i * npix, c_off + i * npix + j1 - j0, relu_max)
+        task = _claim(counter)
+
+
 def _conv_tiles_worker(t, ap, bp, bias, y, counter, a_size, lda, b_size, y_off, group, k_all, npix, nc, mc, workers,
                        relu, relu_max):  # fmt: skip  # pragma: no cover - compiled
     """Worker t (kernels.tasks: one per thread) of the GEMM of every group for one image, claiming (group x row blocks x
@@ -797,6 +833,9 @@ _CONV_BATCH = Task(
 _IM2COL_GROUPS = Task(_im2col_groups_worker, (_F1, *(_I,) * 12, _F1, _I, _I), boundscheck=False)
 _CONV_TILES = Task(_conv_tiles_worker, (_F1, _F1, _F1, _F1, _I1, *(_I,) * 10, _B, _D), boundscheck=False)
 _PAD_ALL = Task(_pad_all_worker, (_F1, *(_I,) * 6, _F1, _I), boundscheck=False)
+_CONV_CHUNKS = Task(
+    _conv_chunks_worker, (_F1, _I, _I, _F1, _F1, _F1, _F2, _I1, *(_I,) * 14, _B, _D), boundscheck=False
+)
 _DIRECT = Task(
     _direct_worker,
     (_F1, _F1, _F1, _F1, _I1, _I1, *(types.int64,) * 10, types.boolean, types.float64),
@@ -1122,6 +1161,7 @@ class ForwardRunner:
         "args",
         "b_size",
         "batch",
+        "block",
         "chunks",
         "direct",
         "group",
@@ -1153,6 +1193,7 @@ class ForwardRunner:
         threads = numba.get_num_threads()
         self.workers = threads
         self.chunks = 0
+        self.block = 0  # one image: pixels per task of _conv_chunks_worker (0: the row-block tasks)
         self.direct = None
         if n * m * npix == 0:
             self.batch, self.sizes, self.args = None, (), ()
@@ -1177,8 +1218,14 @@ class ForwardRunner:
             self.args = (group, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         else:  # one image at a time: im2col slivers over threads, then (group, row block, column block) GEMM tasks
             self.batch = False
-            self.sizes = (group * b_size, c * hp * wp)
-            mc, nc = tile_blocks(group, mg, npix, threads)
+            nc = chunk_block(group, mg, k_all, npix, threads) if CHUNKS else 0
+            if nc:  # ... or (group, pixel block) tasks, each its im2col and GEMM in L2
+                self.block = nc
+                self.sizes = (threads * k_all * nc, c * hp * wp)
+                mc = mg
+            else:
+                self.sizes = (group * b_size, c * hp * wp)
+                mc, nc = tile_blocks(group, mg, npix, threads)
             window = (kh, kw, sh, sw, ph, pw, dh, dw)
             self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc))
 
@@ -1232,6 +1279,13 @@ class ForwardRunner:
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]
+            if self.block:
+                _CONV_CHUNKS.parallel(
+                    _CONV_CHUNKS.address, self.workers, src, hp, wp, ap, bias, y, bp.reshape(self.workers, -1),
+                    np.zeros(1, np.int64), group, cg, kh, kw, sh, sw, dh, dw, oh, ow, a_size, lda, i * m * npix, nc,
+                    *epilogue
+                )  # fmt: skip
+                continue
             _IM2COL_GROUPS.parallel(
                 _IM2COL_GROUPS.address, i2c_workers, src, hp, wp, group, cg, kh, kw, sh, sw, dh, dw, oh, ow, bp, b_size,
                 i2c_workers
@@ -1240,6 +1294,17 @@ class ForwardRunner:
                 _CONV_TILES.address, self.workers, ap, bp, bias, y, np.zeros(1, np.int64), a_size, lda, b_size,
                 i * m * npix, group, k_all, npix, nc, mc, self.workers, *epilogue
             )  # fmt: skip
+
+
+def chunk_block(group: int, mg: int, k_all: int, npix: int, threads: int) -> int:
+    """Output pixels per task of the one-image chunked forward (``_conv_chunks_worker``), or 0 where it does not
+    apply: a group's weights of at most CHUNK_MAX_A bytes (every block reads them again; CaffeNet's conv1: 139 KB,
+    its conv3-5 2.6-3.5 MB stay on the row-block tasks) and at least 2 blocks a thread. Blocks are whole slivers of
+    NR pixels, about CHUNK_B_BYTES of packed im2col each."""
+    if mg * k_all * 4 > CHUNK_MAX_A:
+        return 0
+    nc = max(NR, CHUNK_B_BYTES // (4 * k_all) // NR * NR)
+    return nc if group * -(-npix // nc) >= 2 * threads else 0
 
 
 def tile_blocks(group: int, mg: int, npix: int, threads: int) -> tuple[int, int]:

@@ -386,6 +386,57 @@ def test_tile_blocks_give_the_same_bits(c, hw, m, group, monkeypatch) -> None:
         numba.set_num_threads(saved)
 
 
+@pytest.mark.parametrize(
+    ("xs", "ws", "stride", "pad", "group", "relu_max"),
+    [
+        ((1, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), 1, np.inf),  # CaffeNet conv1
+        ((1, 32, 27, 27), (96, 16, 3, 3), (1, 1), (1, 1), 2, 6.0),  # groups, padding, ReLU6
+        ((1, 5, 160, 33), (20, 5, 5, 5), (2, 1), (2, 2), 1, np.inf),  # ragged last block and sliver
+    ],
+)
+def test_chunked_one_image_path_gives_the_same_bits(xs, ws, stride, pad, group, relu_max, monkeypatch) -> None:
+    """One image whose weights fit L2 (chunk_block): (group, pixel block) tasks, each its im2col and GEMM in the
+    worker's own buffer, with the bits of the row-block tasks (the same K panels), at 2 and 3 threads (on 1 thread an
+    image takes the batch path)."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("the one-image path runs on 2 threads or more")
+
+    from kernels import conv as conv_module
+
+    rng = np.random.default_rng(xs[1] + ws[0])
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    saved = numba.get_num_threads()
+    try:
+        for threads in sorted({2, min(3, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            outs = []
+            for flag in (False, True):
+                monkeypatch.setattr(conv_module, "CHUNKS", flag)
+                run = conv_module.ForwardRunner(x.shape, w.shape, stride, pad, (1, 1), group, True, relu_max)
+                assert run.batch is False and run.direct is None and bool(run.block) == flag
+                y = np.full(run.out_shape, np.nan, np.float32)
+                run(x, w, b, y)
+                outs.append(y)
+            np.testing.assert_array_equal(outs[1], outs[0])
+        want = np.minimum(np.maximum(conv2d_forward_ref(x, w, b, stride=stride, pad=pad, group=group), 0), relu_max)
+        assert float(np.abs(outs[1] - want).max()) <= 1e-5 * float(np.abs(want).max())
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_chunk_block() -> None:
+    """Pixels a task of the chunked path, or 0: weights past CHUNK_MAX_A (CaffeNet's conv3), or too few blocks."""
+    from kernels import conv as conv_module
+
+    assert conv_module.chunk_block(1, 96, 363, 3025, 2) == 128  # CaffeNet conv1: 24 blocks of 128 pixels
+    assert conv_module.chunk_block(1, 384, 2304, 169, 2) == 0
+    assert conv_module.chunk_block(1, 16, 16, 64, 2) == 0  # one block
+
+
 def test_tile_blocks() -> None:
     """(rows, columns) of one image's tasks on 2 threads. One group where there are few MC x NC blocks a thread:
     gemm.blocking's (ResNet-50's 14 x 14 3x3 at batch 1: two tasks of 11 and 10 row tiles with AVX-512, not 96 x 128
