@@ -708,7 +708,9 @@ def _conv_chunks_worker(t, src, hp, wp, ap, bias, y, ws, counter, group, cg, kh,
         j1 = min(j0 + nc, npix)
         s0 = j0 // NR
         for s in range(s0, (j1 + NR - 1) // NR):  # sliver s at buf[(s - s0) * K * NR:]
-            _im2col_sliver(src, g * cg * hp * wp, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, buf, -s0 * k_all * NR, s)
+            _im2col_sliver(
+                src, g * cg * hp * wp, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, buf, -s0 * k_all * NR, s
+            )
         c_off = y_off + g * mg * npix + j0
         _gemm_tiles_serial(ap[g * a_size :], buf, y, c_off, npix, mg, j1 - j0, k_all, False, bias, g * mg, lda)
         if relu:
@@ -833,9 +835,7 @@ _CONV_BATCH = Task(
 _IM2COL_GROUPS = Task(_im2col_groups_worker, (_F1, *(_I,) * 12, _F1, _I, _I), boundscheck=False)
 _CONV_TILES = Task(_conv_tiles_worker, (_F1, _F1, _F1, _F1, _I1, *(_I,) * 10, _B, _D), boundscheck=False)
 _PAD_ALL = Task(_pad_all_worker, (_F1, *(_I,) * 6, _F1, _I), boundscheck=False)
-_CONV_CHUNKS = Task(
-    _conv_chunks_worker, (_F1, _I, _I, _F1, _F1, _F1, _F2, _I1, *(_I,) * 14, _B, _D), boundscheck=False
-)
+_CONV_CHUNKS = Task(_conv_chunks_worker, (_F1, _I, _I, _F1, _F1, _F1, _F2, _I1, *(_I,) * 14, _B, _D), boundscheck=False)
 _DIRECT = Task(
     _direct_worker,
     (_F1, _F1, _F1, _F1, _I1, _I1, *(types.int64,) * 10, types.boolean, types.float64),
