@@ -37,8 +37,10 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -210,15 +212,11 @@ class Calm:
     """
 
     def __init__(self, threads: int, peak: float, seconds: float = 1e-3):
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
         from benchmarks import peak as fma
+        from kernels.tiling import VW
 
         self.threads, self.peak = threads, peak
         self.left = CALM_RUN_S  # seconds of waiting for calm left to the run (run_case counts them down)
-        from kernels.tiling import VW
-
         self.lanes = 8 * VW  # 8 vector chains: the FMA latency covered without spilling (AVX2 has 16 registers)
         self.fn = fma.fma_chain_thread(self.lanes)
         self.fn(10, np.float32(1e-7))  # compile
@@ -270,24 +268,33 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S, calm: Ca
         per = min(50, max(1, round(ROUND_S / max(min(_timed(case.ours) for _ in range(3)), 1e-6))))
     per = max(1, round(per * scale))
     result.runs = {side: [] for side in sides}
-    waited = 0.0  # seconds this case spent waiting for calm and on rounds it dropped
-    if calm:
+
+    def take(fn) -> list[float]:  # one side's round: an untimed call (the first call after another framework ran
+        fn()  # pays for waking this one's threads), the timed ones, then the pause (ORT's threads spin on after it)
+        times = [_timed(fn) for _ in range(per)]
         time.sleep(pause)
-    calm_now = calm() if calm else True  # the probe right before the next side's calls
+        return times
+
+    if calm is None:
+        for _ in range(case.rounds):
+            for side, fn in sides.items():
+                result.runs[side].extend(take(fn))
+        return result
+    waited = 0.0  # seconds this case spent waiting for calm and on rounds it dropped
+    time.sleep(pause)
+    calm_now = calm()  # the probe right before the next side's calls (after a pause: a probe reads spinning threads)
     for _ in range(case.rounds):
         for side, fn in sides.items():
             while True:
                 t0 = time.monotonic()
-                patient = calm is not None and waited < CALM_CASE_S and calm.left > 0
+                patient = waited < CALM_CASE_S and calm.left > 0
                 if not calm_now and patient:  # slow now: wait (cheaply) for a calm moment
                     time.sleep(CALM_POLL_S)
                     calm_now = calm()
                 else:
-                    fn()  # untimed: the first call after another framework ran pays for waking this one's threads
-                    times = [_timed(fn) for _ in range(per)]
-                    time.sleep(pause)
-                    before, calm_now = calm_now, (calm() if calm else True)  # after the pause: ORT's threads
-                    if not calm or (before and calm_now):  # spin on after its calls, a probe then reads them
+                    times = take(fn)
+                    before, calm_now = calm_now, calm()
+                    if before and calm_now:
                         break
                     if not patient:  # this case (or the run) waited long enough: keep the round, say so
                         result.slow += 1

@@ -67,7 +67,11 @@ NETS = {"lenet": (1, 64, 10000), "caffenet": (1, 10, 64)}
 # Softmax max abs error allowed against each reference. CaffeNet, random weights, batch 64: the references differ
 # from one another by up to 1.7e-5 (torch vs OpenCV; crema is within 9e-6 of each), float32 summation order alone.
 NET_SOFTMAX_TOL = {"lenet": 1e-5, "caffenet": 2e-5}
-NET_TARGET = 1.2  # issue 20: every LeNet, CaffeNet and EfficientNet-Lite0 line >= 1.2x the fastest reference
+# issue 20's targets: every LeNet, CaffeNet and EfficientNet-Lite0 line >= 1.2x the fastest reference, every GEMM
+# >= 1.0x NumPy, LeNet training >= 2.0x PyTorch (asked of a whole run: benchmarks.bench_train)
+NET_TARGET = 1.2
+GEMM_TARGET = ("numpy", 1.0)
+TRAIN_TARGET = ("torch", 2.0)
 
 
 def _torch():
@@ -121,8 +125,9 @@ def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
             gemm(a, b, out=out)
             return small + [compare(f"gemm {n}^3 vs {k}", out, np.asarray(f()), rtol=1e-5) for k, f in refs.items()]
 
-        target = ("numpy", 1.0)
-        cases.append(Case("gemm", f"sgemm M=N=K={n}", partial(gemm, a, b, out=out), refs, 2.0 * n**3, check, target))
+        cases.append(
+            Case("gemm", f"sgemm M=N=K={n}", partial(gemm, a, b, out=out), refs, 2.0 * n**3, check, GEMM_TARGET)
+        )
     for m, k, n, what in GEMM_SHAPES:  # the nets' layers as one GEMM each (issue 20: >= 1.0x NumPy on these too)
         a, b = _rand(rng, m, k), _rand(rng, k, n)
         out, out_np = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
@@ -136,8 +141,7 @@ def gemm_cases(rng: np.random.Generator, threads: int) -> list[Case]:
             return [compare(f"gemm {label} vs {r}", out, np.asarray(f()), rtol=1e-5) for r, f in refs.items()]
 
         ours = partial(gemm, a, b, out=out)
-        target = ("numpy", 1.0)
-        cases.append(Case("gemm", f"sgemm M={m} K={k} N={n} ({what})", ours, refs, 2.0 * m * k * n, check, target))
+        cases.append(Case("gemm", f"sgemm M={m} K={k} N={n} ({what})", ours, refs, 2.0 * m * k * n, check, GEMM_TARGET))
     return cases
 
 
@@ -818,7 +822,7 @@ def train_cases(rng: np.random.Generator, threads: int, workdir: Path) -> list[C
         return lines
 
     flops = 3 * 2.0 * 64 * (20 * 25 * 576 + 50 * 500 * 64 + 800 * 500 + 500 * 10)
-    return [Case("train", "lenet train iteration N=64 (SGD)", ours, refs, flops, check, ("torch", 2.0))]
+    return [Case("train", "lenet train iteration N=64 (SGD)", ours, refs, flops, check, TRAIN_TARGET)]
 
 
 def _torch_lenet_step(torch, init: list[np.ndarray], x: np.ndarray, labels: np.ndarray):
