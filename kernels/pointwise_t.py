@@ -359,7 +359,7 @@ def _make_ctile(sx_const: int):
 # The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
 # depthwise's blocks or in planes (ConvTRunner; one tile shape); the arguments as the 1x1 tiles'
 # (res, z, add and xblk unread), then toff and sx. _ctile2w_s2: sx is 2 and the pixels' offsets are constants.
-_ctile2w, _ctile2w_s2 = _make_ctile(0), _make_ctile(2)
+_ctile2w, _ctile2w_s2, _ctile2w_s4 = _make_ctile(0), _make_ctile(2), _make_ctile(4)
 
 
 @numba.njit(cache=True, boundscheck=False, inline="always")
@@ -375,18 +375,14 @@ def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cove
     return task // (nch * npan), (task // nch) % npan, task % nch
 
 
-def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):  # pragma: no cover - compiled
+def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pragma: no cover - compiled
     """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M (whole panels of 16), P,
     panels, chunks, W_PREFETCH, x's layout and prefetch distance (> 0: 16-channel blocks interleaved per pixel, a
     depthwise Handoff, the tiles prefetching plan[7] - 1 blocks ahead; <= 0: planes, -plan[7] rows ahead), the
     block size of a depthwise's padded blocks y goes to (depthwise.PaddedInput, po its pixel offsets; 0: y in planes),
-    the real output channels; for a convolution (ConvTRunner: toff not empty, tap k at toff[k] in the padded image)
-    OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP): a task's chunk is
-    whole output rows, each row tiles of 14 pixels (OW a multiple of 14, conv_applies)."""
+    the real output channels. (A convolution's tiles: _ct_worker.)"""
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
-    conv = toff.shape[0] > 0
-    ow, rowstep, sx, img_in = plan[10], plan[11], plan[12], plan[13]
     half_tiles = plan[14] != 0  # HALF_TILES
     ntiles = p // NP
     per_image = npan * nch
@@ -402,28 +398,12 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
         wide = o0 + 32 <= m
         wo = pan * 32 * k
         t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
-        if conv:  # chunks of whole output rows (a conv tile is 14 pixels of one row)
-            per_row = ow // NP
-            t0, t1 = c * (ntiles // per_row) // nch * per_row, (c + 1) * (ntiles // per_row) // nch * per_row
         tt = t0
         while tt < t1:
             p0 = tt * NP
             yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
             # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
             pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
-            if conv:  # the taps read from the image: 14 pixels of one row x 32 channels (conv_applies)
-                oh = p0 // ow
-                xo = img * img_in + oh * rowstep + (p0 - oh * ow) * sx
-                if sx == 2:
-                    _ctile2w_s2(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                else:
-                    _ctile2w(
-                        x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
-                    )
-                tt += 2
-                continue
             xo = img * k * p + p0 * (16 if xblk > 0 else 1)
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             if two and half_tiles and (mr - o0 == 24 or mr - o0 == 8):  # 8 real channels in the last 16
@@ -442,12 +422,61 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po, toff):
             tt += 2 if two else 1
 
 
+def _ct_worker(t, x, wt, bias, y, plan, lo, hi, counter, po, toff):  # pragma: no cover - compiled
+    """Worker t of ConvTRunner: claims (image, panel, chunk of output rows) tasks as _pt_worker (plan the same, less
+    x's layout, then OW, the input floats between output rows (sh*WP), sw and the input image's floats (C*HP*WP)); tap
+    k at toff[k] in the (padded) image. Its own task (compiled only for nets with such a convolution), so the 1x1
+    tiles' task does not carry the three convolution tiles (0.3-0.4 s of its compile)."""
+    n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
+    bplane, mr = plan[8], plan[9]
+    ow, rowstep, sx, img_in = plan[10], plan[11], plan[12], plan[13]
+    per_image = npan * nch
+    items, granule = (n, per_image) if n > 1 else (per_image, 1)
+    sizes = queue_sizes(counter, items, granule, 1)
+    while True:
+        img, pan, c = _next_task(counter, sizes, items, granule, n, npan, nch)
+        if img < 0:
+            break
+        o0 = pan * 32
+        wo = pan * 32 * k
+        # the chunk's output rows, each ceil(OW / 14) tiles of 14 pixels (conv_applies), the last one ending at the
+        # row's end (it may recompute pixels of the one before: the same values)
+        per_row = -(-ow // (2 * NP))
+        rows = p // ow
+        first = c * rows // nch * per_row
+        for u in range(first, (c + 1) * rows // nch * per_row):
+            oh = u // per_row
+            col = min((u - oh * per_row) * 2 * NP, ow - 2 * NP)
+            p0 = oh * ow + col
+            yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
+            # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
+            pw = (pan + 1) * 32 * k if u == first and plan[6] > 0 and pan + 1 < npan else 0
+            xo = img * img_in + oh * rowstep + col * sx
+            if sx == 2:
+                _ctile2w_s2(
+                    x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                )
+            elif sx == 4:
+                _ctile2w_s4(
+                    x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx
+                )
+            else:
+                _ctile2w(x, wt, y, bias, y, y, k, p, xo, wo, yo, o0, lo, hi, False, pw, 0, po, bplane, p0, mr, toff, sx)
+
+
 _F1, _I1 = types.float32[::1], types.int64[::1]
 _PT = Task(
     _pt_worker,
-    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.int64, _I1, _I1, _I1),
+    (_F1, _F1, _F1, _F1, _F1, _F1, _I1, types.float64, types.float64, types.int64, _I1, _I1),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
-    compile_s=1.9,
+    compile_s=1.7,
+    boundscheck=False,
+)
+_CT = Task(
+    _ct_worker,
+    (_F1, _F1, _F1, _F1, _I1, types.float64, types.float64, _I1, _I1, _I1),
+    opt=1,
+    compile_s=1.2,
     boundscheck=False,
 )
 
@@ -538,14 +567,15 @@ class PointwiseTRunner:
         blocks = self.blocks
         yf, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)
         run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], yf, res.reshape(-1), z.reshape(-1),
-            self.plan, lo, hi, add, image_counters(*self.counter_args), po, _NO_OFFSETS)  # fmt: skip
+            self.plan, lo, hi, add, image_counters(*self.counter_args), po)  # fmt: skip
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y
 
 
 def conv_applies(x_shape, w_shape, stride) -> bool:
-    """A group-1 convolution with pad 0 and dilation 1 that ConvTRunner runs: AVX-512, M a multiple of 32, OW a
-    multiple of 14 (whole tiles of 14 pixels of a row x 32 channels)."""
+    """A group-1 convolution with pad 0 and dilation 1 that ConvTRunner runs: AVX-512, M a multiple of 32, OW at least
+    14 (tiles of 14 pixels of a row x 32 channels; where OW is not a multiple of 14, a row's last tile ends at its end
+    and recomputes pixels of the one before)."""
     if not ENABLED or len(x_shape) != 4 or len(w_shape) != 4:
         return False
     n, c, hp, wp = (int(v) for v in x_shape)
@@ -553,7 +583,7 @@ def conv_applies(x_shape, w_shape, stride) -> bool:
     sh, sw = (int(v) for v in stride)
     if n <= 0 or cw != c or m <= 0 or m % 32 or min(sh, sw) < 1 or not (1 <= kh <= hp and 1 <= kw <= wp):
         return False
-    return ((wp - kw) // sw + 1) % (2 * NP) == 0
+    return (wp - kw) // sw + 1 >= 2 * NP
 
 
 class ConvTRunner:
@@ -566,7 +596,9 @@ class ConvTRunner:
     channels (``blocks``, a ``depthwise.PaddedInput``), as ``PointwiseTRunner``'s with blocks: y is not written; or,
     without blocks, into y's planes (``net.plan_steps.convt_step``: convolutions with few taps, as ResNet-50's and
     GoogLeNet's 7 x 7 / 2 first layer, 3 -> 64 channels: 1.91 -> 1.17 ms at batch 1, 14.5 -> 9.5 ms at batch 8, 2
-    threads, against ``conv.ForwardRunner``'s im2col + GEMM, the same bits). The weights are packed on the first call
+    threads, against ``conv.ForwardRunner``'s im2col + GEMM, the same bits; CaffeNet's conv1, 11 x 11 / 4, 3 -> 96 channels
+    on 55 x 55, on the tile with stride 4 constant: 1.10 -> 0.96 ms at batch 1, 11.7 -> 9.7-10.0 ms at batch 10; on the
+    tile with the stride a run-time value it took 1.44 ms). The weights are packed on the first call
     with a given array and kept (the caller makes sure they do not change in place, or sets ``packed`` to None when
     they did). ``runner(x, w, bias, y)``, w (M, C, kh, kw)."""
 
@@ -587,15 +619,16 @@ class ConvTRunner:
         self.lo_hi = check_act(act, "pointwise_t")
         self.workers = threads = numba.get_num_threads()
         npan = -(-m // 32)
-        ntiles = p // NP
-        nch = max(1, min(-(-ntiles // (2 * ow // NP)), -(-4 * threads // max(1, n * npan))))  # 2+ rows a chunk
+        nch = max(1, min(-(-oh // 2), -(-4 * threads // max(1, n * npan))))  # chunks of 2+ output rows
+        while nch < -(-oh // 2) and n * npan * nch % threads:  # as many tasks a thread (CaffeNet's conv1 at batch 1,
+            nch += 1  # 3 panels: 9 tasks on 2 threads took 1.045 ms, 12 0.964)
         self.blocks = blocks
         if blocks is not None and blocks.geometry[:4] != self.out_shape:
             raise ValueError(f"pointwise_t: blocks of {blocks.geometry[:4]} for an output of {self.out_shape}")
         plane = 0 if blocks is None else blocks.plane
         self.plan = np.array(
             [n, k, m, p, npan, nch, W_PREFETCH, 0, plane, mr, ow, sh * wp, sw, c * hp * wp, 0], np.int64
-        )  # _pt_worker's
+        )  # _ct_worker's
         self.toff = np.array(
             [(ci * hp + i) * wp + j for ci in range(c) for i in range(kh) for j in range(kw)], np.int64
         )
@@ -609,10 +642,9 @@ class ConvTRunner:
             packed = self.packed = _params(w, bias)
         lo, hi = self.lo_hi
         workers = 1 if self.serial else self.workers
-        run = _PT.serial if self.serial else _PT.parallel
+        run = _CT.serial if self.serial else _CT.parallel
         blocks, counters = self.blocks, image_counters(*self.counter_args)
         out, po = (y.reshape(-1), _NO_OFFSETS) if blocks is None else (blocks.buf, blocks.poff)  # blocks: y unwritten
-        run(_PT.address, workers, x.reshape(-1), packed[1], packed[3], out, out, out, self.plan, lo, hi, 0, counters,
-            po, self.toff)  # fmt: skip
+        run(_CT.address, workers, x.reshape(-1), packed[1], packed[3], out, self.plan, lo, hi, counters, po, self.toff)
         if blocks is not None:
             blocks.ready = True  # the depthwise step after reads its blocks, not y

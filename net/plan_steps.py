@@ -23,7 +23,9 @@ it recognises more in the layer than the layer type says.
   `kernels.pad.PadInto`) image, no im2col (whose gather costs as much as the GEMM at C = 3), writing planes:
   ResNet-50's and GoogLeNet's first layer (7 x 7 / 2, 3 -> 64 channels) 1.91 -> 1.17 ms at batch 1 and 14.5 ->
   9.5 ms at batch 8 (2 threads), VGG-16's conv1_1 1.3x, MobileNet's 3 x 3 / 2 stems 4-5x; whole nets at batch 1,
-  in-process alternation: ResNet-50 1.03x, GoogLeNet 1.03x. The same bits as conv's im2col + GEMM (one K panel).
+  in-process alternation: ResNet-50 1.03x, GoogLeNet 1.03x; CaffeNet's conv1 (11 x 11 / 4, 55 columns: a row's
+  last tile overlaps the one before), in-process alternation of two plans: batch 1 / 10 / 64 1.007 / 1.027 / 1.04x.
+  The same bits as conv's im2col + GEMM (one K panel).
   More channels lose (SqueezeNet's 16 -> 64 3 x 3: 0.77x; 64 channels 0.6-1.07x): the tiles then read x from L2,
   and im2col + GEMM runs at 60-80% of peak. Weights that may change in place are compared with a copy every call.
 - `fuse_residual_sums`: a 1x1 Convolution followed by the Eltwise SUM that adds its output to a skip connection
@@ -200,7 +202,7 @@ def strided_pointwise_step(
 
 def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[], bool] | None:
     """The step for a Convolution on an image's few channels (see the module docstring), or None when the layer is
-    not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW a multiple of 14).
+    not one or `kernels.pointwise_t.ConvTRunner` does not take it (AVX-512, M a multiple of 32, OW at least 14).
     The bias is read in place every call (ConvTRunner keeps the array itself: M % 32 == 0 needs no padded copy), so
     only the weights are compared."""
     arrays = _plain_conv(layer, bottom) if CONVT else None

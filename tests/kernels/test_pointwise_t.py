@@ -423,7 +423,7 @@ def test_conv_t_has_im2col_bits(n, stride) -> None:
     b = rng.standard_normal(32, dtype=np.float32)
     assert pointwise_t.conv_applies(xs, ws, st)
     assert not pointwise_t.conv_applies(xs, (24, 3, 3, 3), st)  # M not whole 32-channel panels
-    assert not pointwise_t.conv_applies((1, 3, 224, 224), ws, (2, 2))  # 111 output columns: not whole 14-pixel tiles
+    assert not pointwise_t.conv_applies((1, 3, 27, 27), ws, (2, 2))  # 13 output columns: less than one 14-pixel tile
     ref = pointwise.Im2colRunner(xs, ws, st, (1, 1), ACT)
     want = np.empty(ref.out_shape, np.float32)
     ref(x, w, b, want)
@@ -436,6 +436,35 @@ def test_conv_t_has_im2col_bits(n, stride) -> None:
     got = np.full(ref.out_shape, np.nan, np.float32)
     blocks.planes(got)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n,stride,side,m", [(1, 4, 227, 96), (3, 4, 67, 64), (2, 2, 63, 32), (1, 1, 19, 32)])
+def test_conv_t_ragged_rows_have_the_conv_bits(n, stride, side, m) -> None:
+    """ConvTRunner where the output rows are not whole 14-pixel tiles (CaffeNet's conv1: 11 x 11 / 4, 55 columns; 15,
+    31 and 17 columns): each row's last tile ends at the row's end and recomputes pixels of the one before. Against
+    conv.ForwardRunner's im2col + GEMM (one K panel: the same FMA chain per output, then bias and ReLU6), bit for bit,
+    on stride 4 (constant pixel offsets), 2 and 1, with the output in planes; 3 panels of 32 channels at batch 1
+    (the task count made a multiple of the threads)."""
+    from kernels import conv
+
+    rng = np.random.default_rng(side)
+    k = 11 if stride == 4 else 3
+    xs, ws = (n, 3, side, side), (m, 3, k, k)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32)
+    b = rng.standard_normal(m, dtype=np.float32)
+    assert pointwise_t.conv_applies(xs, ws, (stride, stride))
+    ref = conv.ForwardRunner(xs, ws, (stride, stride), (0, 0), (1, 1), 1, True, ACT[1])
+    want = np.empty(ref.out_shape, np.float32)
+    ref(x, w, b, want)
+    run = pointwise_t.ConvTRunner(xs, ws, (stride, stride), ACT)
+    assert run.out_shape == ref.out_shape and run.out_shape[3] % 14 != 0
+    got = np.full(run.out_shape, np.nan, np.float32)
+    run(x, w, b, got)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(
+        got, np.clip(conv.conv2d_forward_ref(x, w, b, stride=stride), *ACT), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_conv_t_writes_a_depthwise_blocks() -> None:
