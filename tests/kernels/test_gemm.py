@@ -318,6 +318,25 @@ def test_every_edge_tile_shape_with_the_same_bits(monkeypatch, in_place: bool) -
     assert float(np.abs(big - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
 
 
+def test_whole_tiles_into_c_have_the_stack_tiles_bits() -> None:
+    """TILE_TO_C: a whole MR x 2NR pair adds its results into C from registers (bias at the first K panel, C + tile
+    at the others); a tile one row or one column short goes through the stack and _tile_out. Three K panels (both
+    additions): the rows and columns the two share hold the same bits, and the product is within rounding of the
+    reference."""
+    from kernels.gemm import KC
+
+    rng = np.random.default_rng(11)
+    k = 2 * KC + 5
+    a = rng.standard_normal((2 * MR, k), dtype=np.float32)
+    b = rng.standard_normal((k, 4 * NR), dtype=np.float32)
+    whole = gemm(a, b)
+    for m, n in ((MR - 1, 4 * NR), (2 * MR, 4 * NR - 1), (MR + 3, 2 * NR + 5)):
+        got = gemm(np.ascontiguousarray(a[:m]), np.ascontiguousarray(b[:, :n]))
+        np.testing.assert_array_equal(got, whole[:m, :n], err_msg=f"m={m} n={n}")
+    want = gemm_ref(a, b)
+    assert float(np.abs(whole - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
 @contextlib.contextmanager
 def _at_end_of_mapping(shape: tuple[int, int]):
     """A float32 array whose last byte is the last byte before a page with no access rights (PROT_NONE); the mapping
