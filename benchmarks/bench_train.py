@@ -10,6 +10,12 @@ test images). PyTorch gets the same net, the same initial weights, the same batc
 update rule (V <- mu V + lr (g + wd w); w <- w - V, per-parameter lr_mult), data in shuffled epochs,
 on the same number of threads. Both report the wall time of the training loop alone (tests excluded)
 and of the whole run. Results go to benchmarks/results/train.json with --publish (or --json FILE). Needs `crema data mnist` first.
+
+The two trainings run in turns of --chunk iterations (500: one test interval), crema first in one turn and PyTorch
+first in the next, each picking up where it stopped: this host's slow spells last seconds to minutes, and run one
+after the other a 10,000-iteration run of each (~1.5 and ~2.5 minutes) met different hosts (the ratio moved between
+1.92x and 2.09x from one run to the next). The ratio is the sum of each side's loop times; the median of the turns'
+ratios is printed beside it. --chunk 0 runs them one after the other, as before.
 """
 
 from __future__ import annotations
@@ -27,130 +33,186 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLVER = ROOT / "examples/mnist/lenet_solver.prototxt"
 
 
-def run_crema(iters: int, seed: int, out: Path | None, workdir: Path) -> dict:
-    from net.prototxt_loader import load_solver_prototxt
-    from net.solver import Solver
+class CremaTraining:
+    """crema's Solver on the shipped LeNet solver, run in turns (`run`): each turn's wall time, tests excluded, is
+    added to the training loop's; the last turn is the Solver's `solve` (the rest of the iterations, then its final
+    test)."""
 
-    param = load_solver_prototxt(str(SOLVER))
-    param.max_iter = iters
-    param.random_seed = seed
-    param.snapshot = 0
-    param.snapshot_prefix = str(workdir / "lenet")
-    lines: list[str] = []
-    solver = Solver(param, source=str(SOLVER), log=lines.append, progress=False)
-    init = {name: [b.copy() for b in solver.net.params[name]] for name in solver.net.params}
-    test_time = 0.0
-    original_test = solver.test
+    def __init__(self, iters: int, seed: int, workdir: Path) -> None:
+        from net.prototxt_loader import load_solver_prototxt
+        from net.solver import Solver
 
-    def timed_test(index: int = 0):
-        nonlocal test_time
-        t = time.perf_counter()
-        r = original_test(index)
-        test_time += time.perf_counter() - t
-        return r
+        param = load_solver_prototxt(str(SOLVER))
+        param.max_iter = iters
+        param.random_seed = seed
+        param.snapshot = 0
+        param.snapshot_prefix = str(workdir / "lenet")
+        self.iters = iters
+        self.lines: list[str] = []
+        self.solver = solver = Solver(param, source=str(SOLVER), log=self.lines.append, progress=False)
+        self.init = {name: [b.copy() for b in solver.net.params[name]] for name in solver.net.params}
+        self.test_s = self.loop_s = self.wall_s = 0.0
+        original_test = solver.test
 
-    solver.test = timed_test
-    t0 = time.perf_counter()
-    solver.solve()
-    total = time.perf_counter() - t0
-    tests = [r for r in solver.records if r["phase"] == "test0"]
-    trains = [r for r in solver.records if r["phase"] == "train"]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        solver.net.save(out / "lenet.caffemodel")
-    return {
-        "framework": "crema",
-        "iters": iters,
-        "wall_s": total,
-        "train_loop_s": total - test_time,
-        "final_test_accuracy": tests[-1].get("accuracy") if tests else None,
-        "final_test_loss": tests[-1].get("loss") if tests else None,
-        "final_train_loss": trains[-1]["loss"] if trains else None,
-        "tests": tests,
-        "init": init,
-        "log_tail": lines[-12:],
-    }
+        def timed_test(index: int = 0):
+            t = time.perf_counter()
+            r = original_test(index)
+            self.test_s += time.perf_counter() - t
+            return r
+
+        solver.test = timed_test
+
+    def run(self, n: int) -> float:
+        """The next n iterations (the last turn: through `solve`); returns their loop time in seconds."""
+        tests_before = self.test_s
+        t0 = time.perf_counter()
+        if self.solver.iter + n >= self.iters:
+            self.solver.solve()
+        else:
+            self.solver.step(n)
+        wall = time.perf_counter() - t0
+        self.wall_s += wall
+        loop = wall - (self.test_s - tests_before)
+        self.loop_s += loop
+        return loop
+
+    def result(self, out: Path | None) -> dict:
+        solver = self.solver
+        tests = [r for r in solver.records if r["phase"] == "test0"]
+        trains = [r for r in solver.records if r["phase"] == "train"]
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            solver.net.save(out / "lenet.caffemodel")
+        return {
+            "framework": "crema",
+            "iters": self.iters,
+            "wall_s": self.wall_s,
+            "train_loop_s": self.loop_s,
+            "final_test_accuracy": tests[-1].get("accuracy") if tests else None,
+            "final_test_loss": tests[-1].get("loss") if tests else None,
+            "final_train_loss": trains[-1]["loss"] if trains else None,
+            "tests": tests,
+            "log_tail": self.lines[-12:],
+        }
 
 
-def run_torch(iters: int, seed: int, init: dict, threads: int) -> dict:
-    import torch
-    import torch.nn.functional as F
+class TorchTraining:
+    """The same training in PyTorch (see the module docstring), run in turns like CremaTraining."""
 
-    from net.datasets import load_mnist
+    def __init__(self, iters: int, seed: int, init: dict, threads: int) -> None:
+        import torch
+        import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    xtr, ytr = load_mnist("train")
-    xte, yte = load_mnist("test")
-    xtr = torch.from_numpy(xtr.astype(np.float32)[:, None] * np.float32(0.00390625))
-    xte = torch.from_numpy(xte.astype(np.float32)[:, None] * np.float32(0.00390625))
-    ytr, yte = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
-    names = ["conv1", "conv2", "ip1", "ip2"]
-    params = []
-    for name in names:
-        w, b = init[name]
-        params += [torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)]
-    lr_mult = [1.0, 2.0] * 4
-    hist = [torch.zeros_like(p) for p in params]
+        from net.datasets import load_mnist
 
-    def forward(x):
+        self.torch, self.F = torch, F
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        xtr, ytr = load_mnist("train")
+        xte, yte = load_mnist("test")
+        self.xtr = torch.from_numpy(xtr.astype(np.float32)[:, None] * np.float32(0.00390625))
+        self.xte = torch.from_numpy(xte.astype(np.float32)[:, None] * np.float32(0.00390625))
+        self.ytr, self.yte = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
+        self.params = []
+        for name in ["conv1", "conv2", "ip1", "ip2"]:
+            w, b = init[name]
+            self.params += [torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)]
+        self.lr_mult = [1.0, 2.0] * 4
+        self.hist = [torch.zeros_like(p) for p in self.params]
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(60000)
+        self.pos = self.it = 0
+        self.iters = iters
+        self.tests: list[dict] = []
+        self.test_s = self.loop_s = self.wall_s = 0.0
+        self.loss = float("nan")
+
+    def forward(self, x):
+        F, params = self.F, self.params
         x = F.max_pool2d(F.conv2d(x, params[0], params[1]), 2, 2)
         x = F.max_pool2d(F.conv2d(x, params[2], params[3]), 2, 2)
         x = F.relu(F.linear(x.reshape(x.shape[0], -1), params[4], params[5]))
         return F.linear(x, params[6], params[7])
 
-    def test() -> tuple[float, float]:
-        with torch.no_grad():
+    def test(self) -> None:
+        F = self.F
+        t = time.perf_counter()
+        with self.torch.no_grad():
             correct, loss = 0, 0.0
             for i in range(0, 10000, 100):
-                out = forward(xte[i : i + 100])
-                loss += float(F.cross_entropy(out, yte[i : i + 100]))
-                correct += int((out.argmax(1) == yte[i : i + 100]).sum())
-        return correct / 10000, loss / 100
+                out = self.forward(self.xte[i : i + 100])
+                loss += float(F.cross_entropy(out, self.yte[i : i + 100]))
+                correct += int((out.argmax(1) == self.yte[i : i + 100]).sum())
+        self.tests.append({"iter": self.it, "accuracy": correct / 10000, "loss": loss / 100})
+        self.test_s += time.perf_counter() - t
 
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(60000)
-    pos = 0
-    test_time = 0.0
-    tests = []
-    t0 = time.perf_counter()
-    loss_v = float("nan")
-    for it in range(iters):
-        if it % 500 == 0:
-            t = time.perf_counter()
-            acc, tl = test()
-            tests.append({"iter": it, "accuracy": acc, "loss": tl})
-            test_time += time.perf_counter() - t
-        if pos + 64 > 60000:
-            order, pos = rng.permutation(60000), 0
-        idx = torch.from_numpy(order[pos : pos + 64])
-        pos += 64
-        out = forward(xtr[idx])
-        loss = F.cross_entropy(out, ytr[idx])
-        for p in params:
-            p.grad = None
-        loss.backward()
-        rate = 0.01 * (1 + 0.0001 * it) ** -0.75
-        with torch.no_grad():
-            for p, h, m in zip(params, hist, lr_mult):
-                h.mul_(0.9).add_(p.grad + 0.0005 * p, alpha=rate * m)
-                p.sub_(h)
-        loss_v = float(loss.detach())
-    t = time.perf_counter()
-    acc, tl = test()
-    tests.append({"iter": iters, "accuracy": acc, "loss": tl})
-    test_time += time.perf_counter() - t
-    total = time.perf_counter() - t0
-    return {
-        "framework": "torch",
-        "iters": iters,
-        "wall_s": total,
-        "train_loop_s": total - test_time,
-        "final_test_accuracy": acc,
-        "final_test_loss": tl,
-        "final_train_loss": loss_v,
-        "tests": tests,
-    }
+    def run(self, n: int) -> float:
+        """The next n iterations (a test every 500, and after the last); returns their loop time in seconds."""
+        torch, F = self.torch, self.F
+        tests_before = self.test_s
+        t0 = time.perf_counter()
+        for _ in range(min(n, self.iters - self.it)):
+            it = self.it
+            if it % 500 == 0:
+                self.test()
+            if self.pos + 64 > 60000:
+                self.order, self.pos = self.rng.permutation(60000), 0
+            idx = torch.from_numpy(self.order[self.pos : self.pos + 64])
+            self.pos += 64
+            out = self.forward(self.xtr[idx])
+            loss = F.cross_entropy(out, self.ytr[idx])
+            for p in self.params:
+                p.grad = None
+            loss.backward()
+            rate = 0.01 * (1 + 0.0001 * it) ** -0.75
+            with torch.no_grad():
+                for p, h, m in zip(self.params, self.hist, self.lr_mult):
+                    h.mul_(0.9).add_(p.grad + 0.0005 * p, alpha=rate * m)
+                    p.sub_(h)
+            self.loss = float(loss.detach())
+            self.it += 1
+        if self.it == self.iters:
+            self.test()
+        wall = time.perf_counter() - t0
+        self.wall_s += wall
+        loop = wall - (self.test_s - tests_before)
+        self.loop_s += loop
+        return loop
+
+    def result(self) -> dict:
+        last = self.tests[-1]
+        return {
+            "framework": "torch",
+            "iters": self.iters,
+            "wall_s": self.wall_s,
+            "train_loop_s": self.loop_s,
+            "final_test_accuracy": last["accuracy"],
+            "final_test_loss": last["loss"],
+            "final_train_loss": self.loss,
+            "tests": self.tests,
+        }
+
+
+def train_both(iters: int, seed: int, threads: int, chunk: int, workdir: Path, torch: bool = True):
+    """(crema's training, PyTorch's or None, the turns' (crema, torch) loop times): in turns of `chunk` iterations,
+    crema first in even turns and PyTorch first in odd ones; chunk 0: crema's whole run, then PyTorch's."""
+    crema = CremaTraining(iters, seed, workdir)
+    ref = TorchTraining(iters, seed, crema.init, threads) if torch else None
+    step = chunk if chunk > 0 and ref is not None else iters
+    turns = []
+    for k, start in enumerate(range(0, iters, step)):
+        n = min(step, iters - start)
+        if ref is None:
+            turns.append((crema.run(n), None))
+        elif k % 2 == 0 or chunk <= 0:
+            a = crema.run(n)
+            turns.append((a, ref.run(n)))
+        else:
+            b = ref.run(n)
+            turns.append((crema.run(n), b))
+    if ref is not None and chunk <= 0:  # one after the other: PyTorch's whole run after crema's
+        turns = [(crema.loop_s, ref.loop_s)]
+    return crema, ref, turns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=500,
+        help="iterations per turn, the two trainings alternating (0: one after the other)",
+    )
     parser.add_argument("--out", type=Path, help="save crema's trained lenet.caffemodel into this folder")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--publish", action="store_true", help="write them to benchmarks/results/train.json")
@@ -169,20 +237,28 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        crema = run_crema(args.iters, args.seed, args.out, Path(tmp))
-    init = crema.pop("init")
+        crema_run, torch_run, turns = train_both(
+            args.iters, args.seed, args.threads, args.chunk, Path(tmp), torch=not args.skip_torch
+        )
+        crema = crema_run.result(args.out)
     print(f"crema: {args.iters} iterations in {crema['wall_s']:.1f} s (training loop {crema['train_loop_s']:.1f} s)")
     print(f"crema: final test accuracy {crema['final_test_accuracy']}, test loss {crema['final_test_loss']}")
     print(f"crema: final smoothed train loss {crema['final_train_loss']}")
     results = {"threads": args.threads, "crema": crema}
-    if not args.skip_torch:
-        torch_r = run_torch(args.iters, args.seed, init, args.threads)
+    if torch_run is not None:
+        torch_r = torch_run.result()
         results["torch"] = torch_r
         ratio = torch_r["train_loop_s"] / crema["train_loop_s"]
+        per_turn = [b / a for a, b in turns if a > 0]
         results["speed_ratio_vs_torch"] = ratio
+        results["turns"] = {"iterations": args.chunk, "loop_s": turns, "ratio_median": float(np.median(per_turn))}
         print(f"torch: {args.iters} iterations in {torch_r['wall_s']:.1f} s (loop {torch_r['train_loop_s']:.1f} s)")
         print(f"torch: final test accuracy {torch_r['final_test_accuracy']}, test loss {torch_r['final_test_loss']}")
-        print(f"crema speed = {ratio:.2f}x torch (training loops, {args.threads} threads)")
+        how = f"in {len(turns)} turns of {args.chunk} iterations" if args.chunk > 0 else "one after the other"
+        print(
+            f"crema speed = {ratio:.2f}x torch (training loops, {args.threads} threads, {how}; "
+            f"turns {min(per_turn):.2f}-{max(per_turn):.2f}x, median {np.median(per_turn):.2f}x)"
+        )
     if args.publish and args.json is None:
         args.json = ROOT / "benchmarks/results/train.json"
     if args.json is not None:
