@@ -386,3 +386,40 @@ def test_global_average_gives_the_border_kernels_bits(shape) -> None:
     np.testing.assert_array_equal(got, pool2d_forward(x, method="AVE", kernel=shape[2:], stride=(1, 1)))
     ref = pool2d_forward_ref(x, method="AVE", kernel=shape[2:], stride=(1, 1), pad=(0, 0))
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", sorted(SPECIALISED))
+@pytest.mark.parametrize("record", [False, True])
+def test_vector_max_interior_has_the_scalar_bits(window, record) -> None:
+    """The MAX interior on vectors (one output a lane, `pool._max_run`) against the scalar loops it replaced, on
+    values made to tie (rounded: the first maximum keeps the argmax), with NaN (never wins), -0.0 / +0.0 (equal:
+    the first one stays), -inf and -FLT_MAX (a window of them gives -FLT_MAX, argmax -1 only where nothing beats it);
+    widths whose interior rows end at every lane of a vector (the masked last run), padding 0 and 1."""
+    from kernels import pool
+
+    assert pool.VECTOR_MAX
+    kh, kw, sh, sw = window
+    rng = np.random.default_rng(sum(window) + record)
+    for width in range(kw + 2, kw + 2 + 2 * 16 * sw + 1, 3):
+        for pad in (0, 1) if kh == 3 else (0,):
+            x = np.round(rng.standard_normal((3, kh + 5, width)) * 2).astype(np.float32)
+            special = np.array([np.nan, -0.0, 0.0, -np.inf, NEG_FLT_MAX], np.float32)
+            pick = rng.random(x.shape) < 0.2
+            x[pick] = rng.choice(special, int(pick.sum()))
+            x[1, :, : width // 2] = np.nan  # windows of NaN only
+            oh, ow = pool.pool2d_output_shape(x.shape[1:], (kh, kw), (sh, sw), (pad, pad))
+            (i0, i1), (j0, j1) = pool._interior(x.shape[1], oh, kh, sh, pad), pool._interior(width, ow, kw, sw, pad)
+            if i0 == i1 or j0 == j1:
+                continue
+            outs = []
+            for task in (
+                pool._interior_worker(kh, kw, sh, sw, "MAX", record),
+                pool.MASK_TASKS[window] if record else pool.INTERIOR_TASKS[(*window, "MAX")],  # VECTOR_MAX's
+            ):
+                y = np.full((3, oh, ow), 7.0, np.float32)
+                m = np.full((3, oh, ow), 7, np.int32) if record else np.empty((0, 0, 0), np.int32)
+                task.serial(task.address, 1, x, y, m, i0, i1, j0, j1, pad, pad, 1)
+                outs.append((y, m))
+            (y0, m0), (y1, m1) = outs
+            np.testing.assert_array_equal(y1.view(np.uint32), y0.view(np.uint32), err_msg=f"width {width} pad {pad}")
+            np.testing.assert_array_equal(m1, m0, err_msg=f"width {width} pad {pad}")
