@@ -50,7 +50,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
 from kernels.serial import SMALL_WORK
@@ -273,17 +273,11 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
 VECTOR_MAX = True  # MAX interiors on _max_run's vectors (False: the scalar loops below, as for AVE)
 
 
-def _max_run(kh: int, kw: int, sh: int, sw: int, record: bool):
-    """An intrinsic: up to VW outputs of one output row of a MAX pooling's interior, one output a vector lane, in LLVM
-    IR. run(x, xo, width, y, yo, mask, valid, hidx): lane j (< valid) takes the window whose top-left input is
-    x.flat[xo + j*sw] (rows `width` apart) and writes y.flat[yo + j]; with `record`, also its argmax, the in-plane
-    index hidx + j*sw + dh*width + dw, into mask.flat[yo + j]. The taps in row-major order, each a strict > against
-    the running maximum from -FLT_MAX (NaN never wins, the first maximum keeps its index): the scalar kernel's values
-    and argmax, bit for bit. Loads and stores are masked to the valid lanes (stride 2: two vectors of the row and
-    their even lanes), so nothing past the last window is read."""
+def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
+    """_max_run's LLVM IR for one window (kh, kw, sh, sw) and `record`."""
 
     def codegen(context, builder, signature, args):
-        x_v, xo_v, width_v, y_v, yo_v, mask_v, valid_v, hidx_v = args
+        x_v, xo_v, width_v, y_v, yo_v, mask_v, valid_v, hidx_v = args[:8]
         i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
         f32 = ir.FloatType()
         fv, iv = ir.VectorType(f32, VW), ir.VectorType(i32, VW)
@@ -350,18 +344,32 @@ def _max_run(kh: int, kw: int, sh: int, sw: int, record: bool):
             builder.call(istore, [idx, builder.bitcast(builder.gep(md, [yo]), ivp), ir.Constant(i32, 4), out_mask])
         return context.get_dummy_value()
 
-    @intrinsic
-    def run(typingctx, x, xo, width, y, yo, mask, valid, hidx):
-        return types.void(x, xo, width, y, yo, mask, valid, hidx), codegen
+    return codegen
 
-    return run
+
+@intrinsic
+def _max_run(typingctx, x, xo, width, y, yo, mask, valid, hidx, kh, kw, sh, sw, record):
+    """Up to VW outputs of one output row of a MAX pooling's interior, one output a vector lane, in LLVM IR; the
+    window (kh, kw, sh, sw) and `record` compile-time constants (literals: the task bodies pass their closure's). Lane
+    j (< valid) takes the window whose top-left input is x.flat[xo + j*sw] (rows `width` apart) and writes
+    y.flat[yo + j]; with `record`, also its argmax, the in-plane index hidx + j*sw + dh*width + dw, into
+    mask.flat[yo + j]. The taps in row-major order, each a strict > against
+    the running maximum from -FLT_MAX (NaN never wins, the first maximum keeps its index): the scalar kernel's values
+    and argmax, bit for bit. Loads and stores are masked to the valid lanes (stride 2: two vectors of the row and
+    their even lanes), so nothing past the last window is read."""
+    window = []
+    for v in (kh, kw, sh, sw, record):
+        if not isinstance(v, (types.IntegerLiteral, types.BooleanLiteral)):
+            raise errors.RequireLiteralValue(v)
+        window.append(v.literal_value)
+    sig = types.void(x, xo, width, y, yo, mask, valid, hidx, kh, kw, sh, sw, record)
+    return sig, _max_run_codegen(*window[:4], bool(window[4]))
 
 
 def _vector_max_worker(kh: int, kw: int, sh: int, sw: int, record: bool):
     """The MAX interior (with `record`, also the argmax) as a task body on _max_run: worker t's share of the planes,
     each interior output row in runs of VW outputs (the last one masked)."""
-    SH, SW = sh, sw
-    run = _max_run(kh, kw, sh, sw, record)
+    KH, KW, SH, SW, REC = kh, kw, sh, sw, record  # compile-time constants (plain values: the cache key is stable)
 
     def body(t, x, y, mask, i0, i1, j0, j1, ph, pw, workers):  # pragma: no cover - compiled
         planes, height, width = x.shape
@@ -371,8 +379,8 @@ def _vector_max_worker(kh: int, kw: int, sh: int, sw: int, record: bool):
                 h0 = i * SH - ph
                 for jc in range(j0, j1, VW):
                     w0 = jc * SW - pw
-                    run(x, (q * height + h0) * width + w0, width, y, (q * oh + i) * ow + jc, mask, min(VW, j1 - jc),
-                        h0 * width + w0)  # fmt: skip
+                    _max_run(x, (q * height + h0) * width + w0, width, y, (q * oh + i) * ow + jc, mask,
+                             min(VW, j1 - jc), h0 * width + w0, KH, KW, SH, SW, REC)  # fmt: skip
 
     kind = "max_mask" if record else "max"
     body.__name__ = body.__qualname__ = f"_{kind}_interior_{kh}{kw}{sh}{sw}_vector_worker"
