@@ -312,16 +312,9 @@ def _micro_tile_reg(typingctx, ap, a0, aks, bp, bo, bks, kc, acc, ars, shape, ed
 
 
 @intrinsic
-def _micro_tile_c(typingctx, ap, a0, aks, bp, bo, bks, kc, c, co, ldc, ars, load_c, bias, b_row):
-    """_micro_tile_reg for a whole MR x NR tile with its results added straight into C (flat, row stride ldc, from co):
-    C += tile (load_c) or C = tile + bias[b_row + i] per row i, the same float additions as _tile_out's."""
-    sig = types.void(ap, a0, aks, bp, bo, bks, kc, c, co, ldc, ars, load_c, bias, b_row)
-    return sig, _micro_codegen(True, False, to_c=True)
-
-
-@intrinsic
 def _micro_tile2_c(typingctx, ap, a0, aks, bp, bo, bks, kc, c, co, ldc, ars, b2, load_c, bias, b_row):
-    """_micro_tile_c over two column slivers at once (PAIR)."""
+    """_micro_tile2_reg for a whole MR x 2NR pair with its results added straight into C (flat, row stride ldc, from
+    co): C += tile (load_c) or C = tile + bias[b_row + i] per row i, the same float additions as _tile_out's."""
     sig = types.void(ap, a0, aks, bp, bo, bks, kc, c, co, ldc, ars, b2, load_c, bias, b_row)
     return sig, _micro_codegen(True, True, to_c=True)
 
@@ -566,7 +559,7 @@ def _tpack_intrinsic(nrows: int):
 _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 
 
-TILE_TO_C = True  # _block: a whole MR x NR tile (or pair) adds its results into C from registers (_micro_tile_c)
+TILE_TO_C = True  # _block: a whole MR x 2NR pair (AVX-512) adds its results into C from registers (_micro_tile2_c)
 SCRATCH_C = True  # _gemm_worker sums C's blocks in a scratch block where C's rows are 4 KB apart (see there)
 # gemm: C of one block of rows (m <= MC) whose column count is not a multiple of NR: B read in place, its ragged last
 # sliver by the micro-kernel's masked loads (False: all of B packed). Before the masked loads its last n % NR columns
@@ -725,17 +718,14 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
             shape = tile_shape_code(mr, cols) if edges else np.uint64(0)
             # packed A (row i at base + i), or row-major rows (base + i*lda) that fill a tile with a variant of their
             # height (short ones: pairs only, _micro_cases)
-            # a whole tile (AVX-512: a pair; a lone sliver, at most one a row block, keeps the tile on the stack, one
-            # variant less to compile in every kernel that inlines this one): its results straight into C
-            if TILE_TO_C and mr == MR and cols >= NR and (two or not PAIR):
+            # a whole pair of tiles (AVX-512): its results straight into C (a lone sliver, at most one a row block,
+            # keeps the stack tile: one variant less to compile in every kernel that inlines this one; AVX2's single
+            # 6 x 16 tiles too: 0.94-0.98x on some layer shapes, Zen 4 emulating AVX2)
+            if TILE_TO_C and two and mr == MR and cols >= NR:
                 a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
                 co = np.uint64(c_off + ir * MR * ldc + jr * NR)
-                if PAIR:
-                    _micro_tile2_c(ap, a0, aks, bp, bo, bks, kcu, c, co, np.uint64(ldc), ars, b2, load_c, bias,
-                                   np.uint64(bias_off + ir * MR))  # fmt: skip
-                else:
-                    _micro_tile_c(ap, a0, aks, bp, bo, bks, kcu, c, co, np.uint64(ldc), ars, load_c, bias,
-                                  np.uint64(bias_off + ir * MR))  # fmt: skip
+                _micro_tile2_c(ap, a0, aks, bp, bo, bks, kcu, c, co, np.uint64(ldc), ars, b2, load_c, bias,
+                               np.uint64(bias_off + ir * MR))  # fmt: skip
                 continue
             if lda == 0 or mr == MR or (edges and two and (mr == ROWS[0] or mr == ROWS[1])):
                 a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
