@@ -9,9 +9,9 @@ Kernels, in the order they appear:
                             _AVE_INTERIOR_2222, ...; a plan of tasks only runs on kernels.taskpool's threads); MAX,
                             with or without the argmax (training), `_vector_max_worker` (VECTOR_MAX): `_max_run`'s
                             LLVM IR, VW outputs of a row a vector (stride 2: the even lanes of two loads), masked at
-                            the row's end; the scalar loops' values and argmax, bit for bit (tested). One thread,
-                            against those loops: CaffeNet's pool1 110 -> 45 us, LeNet's pool1 with the argmax 190 ->
-                            102 us, GoogLeNet's 3 x 3 / 1 64 -> 49 us;
+                            the row's end, AVX-512 only; the scalar loops' values and argmax, bit for bit (tested).
+                            One thread, against those loops: CaffeNet's pool1 110 -> 45 us, LeNet's pool1 with the
+                            argmax 190 -> 102 us, GoogLeNet's 3 x 3 / 1 64 -> 49 us;
                             `_interior_kernels(kh, kw, sh, sw)`, Numba prange over the N*C planes: AVE backward.
   2. `_max_border_worker`, `_ave_border_worker`  tasks over the planes, the same over the remaining (border) outputs
                             with clipped windows and runtime parameters; for window shapes outside SPECIALISED they do
@@ -270,7 +270,10 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
     return ave_bwd
 
 
-VECTOR_MAX = True  # MAX interiors on _max_run's vectors (False: the scalar loops below, as for AVE)
+# MAX interiors on _max_run's vectors (False: the scalar loops below, as for AVE). AVX-512 only: with AVX2's masked
+# loads and stores (vmaskmov) they lost to the scalar loops on 3 of 5 shapes (Zen 4 emulating AVX2, one thread:
+# GoogLeNet's 3 x 3 / 1 52 -> 92 us, LeNet's pool1 123 -> 165 us; CaffeNet's pool1 97 -> 75 us)
+VECTOR_MAX = VW == 16
 
 
 def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):

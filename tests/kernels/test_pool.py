@@ -397,7 +397,8 @@ def test_vector_max_interior_has_the_scalar_bits(window, record) -> None:
     widths whose interior rows end at every lane of a vector (the masked last run), padding 0 and 1."""
     from kernels import pool
 
-    assert pool.VECTOR_MAX
+    if not pool.VECTOR_MAX:
+        pytest.skip("the vector MAX interiors run with AVX-512 only (pool.VECTOR_MAX)")
     kh, kw, sh, sw = window
     rng = np.random.default_rng(sum(window) + record)
     for width in range(kw + 2, kw + 2 + 2 * 16 * sw + 1, 3):
