@@ -41,8 +41,9 @@ output to the depthwise step after in that step's blocks (below): in planes its 
 than ``Im2colRunner`` (355-375 vs 260 us at 1 thread), in blocks the first depthwise layer runs on its channel-block
 path without a fill and hands its blocks on (EfficientNet-Lite0 in-process A/B, ``net.plan_steps.STEM_BLOCKS``, same
 bits: 2 threads batch 1 1.045 / 1.035x min / median, 1 thread 1.034 / 1.032x, batch 4 1.013 / 1.024x). At stride 2
-the tile's 14 pixel offsets are constants (``_ctile2w_s2``): with the stride a run-time value they were 14 products
-held in general registers, more than x86-64 has beside the loop's own, and the tap loop spilled them; the stem alone,
+the tile's 14 pixel offsets are constants (``_ctile2w_s2``; at stride 4 ``_ctile2w_s4``, CaffeNet's conv1: 1.44 ->
+0.96 ms at batch 1, 2 threads): with the stride a run-time value they were 14 products held in general registers,
+more than x86-64 has beside the loop's own, and the tap loop spilled them; the stem alone,
 hot, batch 1, on a Zen 4 EPYC: 1 thread 440 -> 241 us, 2 threads 245-278 -> 138-140 us (same bits; the whole forward,
 processes alternated, 1 thread min 9.17-9.32 -> 8.99-9.12 ms).
 
@@ -358,7 +359,7 @@ def _make_ctile(sx_const: int):
 
 # The 14-pixel, 32-channel tile on a convolution's taps: x[xo + toff[k] + j*sx] for tap k and output pixel j, y in a
 # depthwise's blocks or in planes (ConvTRunner; one tile shape); the arguments as the 1x1 tiles'
-# (res, z, add and xblk unread), then toff and sx. _ctile2w_s2: sx is 2 and the pixels' offsets are constants.
+# (res, z, add and xblk unread), then toff and sx. _ctile2w_s2 / _s4: sx is 2 / 4 and the pixels' offsets constants.
 _ctile2w, _ctile2w_s2, _ctile2w_s4 = _make_ctile(0), _make_ctile(2), _make_ctile(4)
 
 
