@@ -364,6 +364,16 @@ _ctile2w, _ctile2w_s2, _ctile2w_s4 = _make_ctile(0), _make_ctile(2), _make_ctile
 
 
 @numba.njit(cache=True, boundscheck=False, inline="always")
+def _task_queues(counter, n, npan, nch):  # pragma: no cover - compiled
+    """(items, granule, queue sizes) of a worker's tasks (gemm.image_counters, gemm.claim_near): with 2+ images a
+    thread, queue u the images u*N/Q..; with one image, its tasks in Q runs, chunk-major (each core the same pixels in
+    every layer); image-major tasks."""
+    per_image = npan * nch
+    items, granule = (n, per_image) if n > 1 else (per_image, 1)
+    return items, granule, queue_sizes(counter, items, granule, 1)
+
+
+@numba.njit(cache=True, boundscheck=False, inline="always")
 def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cover - compiled
     """(image, panel, pixel chunk) of the next task claimed (gemm.claim_near), or (-1, 0, 0) when none is left; with
     one image chunk-major: a queue is a run of pixel chunks over all panels (see the module docstring)."""
@@ -386,18 +396,13 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
     half_tiles = plan[14] != 0  # HALF_TILES
     ntiles = p // NP
-    per_image = npan * nch
-    # queues (gemm.image_counters, gemm.claim_near): with 2+ images a thread, queue u the images u*N/Q..; with one
-    # image, its tasks in Q runs, chunk-major (each core the same pixels in every layer); image-major tasks
-    items, granule = (n, per_image) if n > 1 else (per_image, 1)
-    sizes = queue_sizes(counter, items, granule, 1)
+    items, granule, sizes = _task_queues(counter, n, npan, nch)
     while True:
         img, pan, c = _next_task(counter, sizes, items, granule, n, npan, nch)
         if img < 0:
             break
-        o0 = pan * 32
+        o0, wo = pan * 32, pan * 32 * k
         wide = o0 + 32 <= m
-        wo = pan * 32 * k
         t0, t1 = c * ntiles // nch, (c + 1) * ntiles // nch
         tt = t0
         while tt < t1:
@@ -431,15 +436,12 @@ def _ct_worker(t, x, wt, bias, y, plan, lo, hi, counter, po, toff):  # pragma: n
     n, k, m, p, npan, nch = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     bplane, mr = plan[8], plan[9]
     ow, rowstep, sx, img_in = plan[10], plan[11], plan[12], plan[13]
-    per_image = npan * nch
-    items, granule = (n, per_image) if n > 1 else (per_image, 1)
-    sizes = queue_sizes(counter, items, granule, 1)
+    items, granule, sizes = _task_queues(counter, n, npan, nch)
     while True:
         img, pan, c = _next_task(counter, sizes, items, granule, n, npan, nch)
         if img < 0:
             break
-        o0 = pan * 32
-        wo = pan * 32 * k
+        o0, wo = pan * 32, pan * 32 * k
         # the chunk's output rows, each ceil(OW / 14) tiles of 14 pixels (conv_applies), the last one ending at the
         # row's end (it may recompute pixels of the one before: the same values)
         per_row = -(-ow // (2 * NP))
