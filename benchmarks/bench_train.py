@@ -198,20 +198,18 @@ def train_both(iters: int, seed: int, threads: int, chunk: int, workdir: Path, t
     crema first in even turns and PyTorch first in odd ones; chunk 0: crema's whole run, then PyTorch's."""
     crema = CremaTraining(iters, seed, workdir)
     ref = TorchTraining(iters, seed, crema.init, threads) if torch else None
-    step = chunk if chunk > 0 and ref is not None else iters
+    step = chunk if chunk > 0 and ref is not None else iters  # chunk 0 (or crema alone): one turn
     turns = []
     for k, start in enumerate(range(0, iters, step)):
         n = min(step, iters - start)
         if ref is None:
             turns.append((crema.run(n), None))
-        elif k % 2 == 0 or chunk <= 0:
+        elif k % 2 == 0:
             a = crema.run(n)
             turns.append((a, ref.run(n)))
         else:
             b = ref.run(n)
             turns.append((crema.run(n), b))
-    if ref is not None and chunk <= 0:  # one after the other: PyTorch's whole run after crema's
-        turns = [(crema.loop_s, ref.loop_s)]
     return crema, ref, turns
 
 

@@ -162,7 +162,7 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
             co_v, ldc_v = extra.pop(0), extra.pop(0)
             load_c_v, bias_v, brow_v = extra[-3:]
             del extra[-3:]
-            edges, shape_v = False, None
+            edges = False
         else:
             extra.pop()  # edges (a literal: its value is in the signature)
             edges = signature.args[-1].literal_value
@@ -180,8 +180,9 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
             offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
         aks64, bks64, bo64, kc64 = (_as64(builder, v) for v in (aks_v, bks_v, bo_v, kc_v))
         halves = [llvm_ir.Constant(i64, 0)] + ([_as64(builder, extra.pop(0))] if pair else [])  # each sliver's B
-        shape64 = _as64(builder, shape_v) if shape_v is not None else llvm_ir.Constant(i64, NR * 256)
-        cols = builder.trunc(builder.lshr(shape64, llvm_ir.Constant(i64, 8)), i32)
+        if not to_c:  # (to_c: whole tiles only, no shape code)
+            shape64 = _as64(builder, shape_v)
+            cols = builder.trunc(builder.lshr(shape64, llvm_ir.Constant(i64, 8)), i32)
 
         def c64(x):
             return llvm_ir.Constant(i64, x)
@@ -716,19 +717,18 @@ def _block(ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, pc, kc, i0, i1, j0, j1,
         for ir in range(i0 // MR, (i1 + MR - 1) // MR):
             mr = min(MR, m - ir * MR)
             shape = tile_shape_code(mr, cols) if edges else np.uint64(0)
-            # packed A (row i at base + i), or row-major rows (base + i*lda) that fill a tile with a variant of their
-            # height (short ones: pairs only, _micro_cases)
+            a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)  # row 0 of the tile's A
             # a whole pair of tiles (AVX-512): its results straight into C (a lone sliver, at most one a row block,
             # keeps the stack tile: one variant less to compile in every kernel that inlines this one; AVX2's single
             # 6 x 16 tiles too: 0.94-0.98x on some layer shapes, Zen 4 emulating AVX2)
             if TILE_TO_C and two and mr == MR and cols >= NR:
-                a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
                 co = np.uint64(c_off + ir * MR * ldc + jr * NR)
                 _micro_tile2_c(ap, a0, aks, bp, bo, bks, kcu, c, co, np.uint64(ldc), ars, b2, load_c, bias,
                                np.uint64(bias_off + ir * MR))  # fmt: skip
                 continue
+            # packed A (row i at base + i), or row-major rows (base + i*lda) that fill a tile with a variant of their
+            # height (short ones: pairs only, _micro_cases)
             if lda == 0 or mr == MR or (edges and two and (mr == ROWS[0] or mr == ROWS[1])):
-                a0 = np.uint64((ir * k_all + pc) * MR if lda == 0 else ir * MR * lda + pc)
                 if two:
                     _micro_tile2_reg(ap, a0, aks, bp, bo, bks, kcu, acc, ars, b2, shape, edges)
                 else:

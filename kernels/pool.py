@@ -53,6 +53,7 @@ from numba import njit, prange, types
 from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
+from kernels.gemm import as64, splat
 from kernels.serial import SMALL_WORK
 from kernels.tasks import Task
 from kernels.tiling import VW
@@ -276,8 +277,8 @@ def _interior_kernels(kh: int, kw: int, sh: int, sw: int):
 VECTOR_MAX = VW == 16
 
 
-def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
-    """_max_run's LLVM IR for one window (kh, kw, sh, sw) and `record`."""
+def _max_run_codegen(kh: int, kw: int, sw: int, record: bool):
+    """_max_run's LLVM IR for one window (kh x kw, stride sw along the row) and `record`."""
 
     def codegen(context, builder, signature, args):
         x_v, xo_v, width_v, y_v, yo_v, mask_v, valid_v, hidx_v = args[:8]
@@ -289,18 +290,11 @@ def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
         def data(i, v):
             return context.make_array(signature.args[i])(context, builder, v).data
 
-        def as64(v):
-            return v if v.type.width == 64 else builder.sext(v, i64)
-
         xd, yd = data(0, x_v), data(3, y_v)
-        xo, width, yo, valid, hidx = (as64(v) for v in (xo_v, width_v, yo_v, valid_v, hidx_v))
-
-        def splat(val, vec):
-            u = builder.insert_element(ir.Constant(vec, ir.Undefined), val, ir.Constant(i32, 0))
-            return builder.shuffle_vector(u, ir.Constant(vec, ir.Undefined), ir.Constant(iv, [0] * VW))
+        xo, width, yo, valid, hidx = (as64(builder, v) for v in (xo_v, width_v, yo_v, valid_v, hidx_v))
 
         def lanes_below(limit, first):  # mask of lanes l with first + l < limit (limit an i64)
-            lim = splat(builder.trunc(limit, i32), iv)
+            lim = splat(builder, builder.trunc(limit, i32), iv)
             return builder.icmp_signed("<", ir.Constant(iv, [first + lane for lane in range(VW)]), lim)
 
         def intrinsic_fn(name, ret, params):
@@ -319,12 +313,13 @@ def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
             ptr = builder.bitcast(builder.gep(xd, [at]), vptr)
             return builder.call(mload, [ptr, ir.Constant(i32, 4), m, zero])
 
-        best = splat(ir.Constant(f32, float(NEG_FLT_MAX)), fv)
+        best = splat(builder, ir.Constant(f32, float(NEG_FLT_MAX)), fv)
         idx = ir.Constant(iv, [-1] * VW) if record else None
         steps = ir.Constant(iv, [lane * sw for lane in range(VW)])
         even = ir.Constant(iv, [2 * lane for lane in range(VW)])
         for dh in range(kh):
-            row = builder.add(xo, builder.mul(width, ir.Constant(i64, dh)))
+            down = builder.mul(width, ir.Constant(i64, dh))  # row dh of the windows
+            row = builder.add(xo, down)
             for dw in range(kw):
                 at = builder.add(row, ir.Constant(i64, dw))
                 if sw == 1:
@@ -336,8 +331,8 @@ def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
                 gt = builder.fcmp_ordered(">", v, best)
                 best = builder.select(gt, v, best)
                 if record:
-                    tap = builder.add(hidx, builder.add(builder.mul(width, ir.Constant(i64, dh)), ir.Constant(i64, dw)))
-                    here = builder.add(splat(builder.trunc(tap, i32), iv), steps)
+                    tap = builder.add(hidx, builder.add(down, ir.Constant(i64, dw)))
+                    here = builder.add(splat(builder, builder.trunc(tap, i32), iv), steps)
                     idx = builder.select(gt, here, idx)
         builder.call(mstore, [best, builder.bitcast(builder.gep(yd, [yo]), vptr), ir.Constant(i32, 4), out_mask])
         if record:
@@ -351,9 +346,10 @@ def _max_run_codegen(kh: int, kw: int, sh: int, sw: int, record: bool):
 
 
 @intrinsic
-def _max_run(typingctx, x, xo, width, y, yo, mask, valid, hidx, kh, kw, sh, sw, record):
+def _max_run(typingctx, x, xo, width, y, yo, mask, valid, hidx, kh, kw, sw, record):
     """Up to VW outputs of one output row of a MAX pooling's interior, one output a vector lane, in LLVM IR; the
-    window (kh, kw, sh, sw) and `record` compile-time constants (literals: the task bodies pass their closure's). Lane
+    window (kh x kw, stride sw along the row) and `record` compile-time constants (literals: the task bodies pass
+    their closure's; the vertical stride is the caller's, in xo). Lane
     j (< valid) takes the window whose top-left input is x.flat[xo + j*sw] (rows `width` apart) and writes
     y.flat[yo + j]; with `record`, also its argmax, the in-plane index hidx + j*sw + dh*width + dw, into
     mask.flat[yo + j]. The taps in row-major order, each a strict > against
@@ -361,12 +357,12 @@ def _max_run(typingctx, x, xo, width, y, yo, mask, valid, hidx, kh, kw, sh, sw, 
     and argmax, bit for bit. Loads and stores are masked to the valid lanes (stride 2: two vectors of the row and
     their even lanes), so nothing past the last window is read."""
     window = []
-    for v in (kh, kw, sh, sw, record):
+    for v in (kh, kw, sw, record):
         if not isinstance(v, (types.IntegerLiteral, types.BooleanLiteral)):
             raise errors.RequireLiteralValue(v)
         window.append(v.literal_value)
-    sig = types.void(x, xo, width, y, yo, mask, valid, hidx, kh, kw, sh, sw, record)
-    return sig, _max_run_codegen(*window[:4], bool(window[4]))
+    sig = types.void(x, xo, width, y, yo, mask, valid, hidx, kh, kw, sw, record)
+    return sig, _max_run_codegen(*window[:3], bool(window[3]))
 
 
 def _vector_max_worker(kh: int, kw: int, sh: int, sw: int, record: bool):
@@ -383,7 +379,7 @@ def _vector_max_worker(kh: int, kw: int, sh: int, sw: int, record: bool):
                 for jc in range(j0, j1, VW):
                     w0 = jc * SW - pw
                     _max_run(x, (q * height + h0) * width + w0, width, y, (q * oh + i) * ow + jc, mask,
-                             min(VW, j1 - jc), h0 * width + w0, KH, KW, SH, SW, REC)  # fmt: skip
+                             min(VW, j1 - jc), h0 * width + w0, KH, KW, SW, REC)  # fmt: skip
 
     kind = "max_mask" if record else "max"
     body.__name__ = body.__qualname__ = f"_{kind}_interior_{kh}{kw}{sh}{sw}_vector_worker"
