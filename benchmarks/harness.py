@@ -7,11 +7,11 @@ no time, the run's exit status is 1). The first call of crema's callable is time
 Numba cache load) plus one run, reported as ``first``.
 
 Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) runs ``per_round`` times back to back
-(as many as fit in about 60 ms, 1 to 50) after a pause (PAUSE_S: another framework's threads still spin after its
-calls) and one untimed call (the first call after another framework ran pays for waking this one's worker threads),
-each call timed with perf_counter. Many short interleaved rounds mean a
-noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every side, not
-on one. With a `Calm` probe (`python -m benchmarks` always passes one), a side's round counts only where a ~1 ms
+(as many as fit in about 60 ms, 1 to 50) after a pause (PAUSE_S, then until the process's threads are idle:
+`settle`; another framework's threads still spin after its calls) and one untimed call (the first call after another
+framework ran pays for waking this one's worker threads), each call timed with perf_counter. Many short interleaved
+rounds mean a noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every
+side, not on one. With a `Calm` probe (`python -m benchmarks` always passes one), a side's round counts only where a ~1 ms
 FMA loop on every thread ran at CALM of the measured peak right before and right after it: a round that a slow
 spell of the host touched is dropped and taken again (for crema and every reference alike) once the probe says calm,
 for up to CALM_CASE_S of waiting a case (CALM_RUN_S a run); after that rounds are kept as they come and counted as
@@ -58,6 +58,13 @@ ROUND_S = 0.06  # seconds of one side's calls in one round (7 rounds: about 0.4 
 # batch 1 on 2 threads, the 2-core Xeon: crema's median 19 ms right after ORT's call, 10 ms 30 ms after, 6 ms from 50 ms
 # on), so the next side's first timed calls ran against them with the 50 ms pause there was
 PAUSE_S = 0.1
+# ... and then until this process's threads are idle: OpenBLAS's (NumPy's) spin for 2^28 TSC ticks after a call, 0.13 s
+# at 2.1 GHz (an Emerald Rapids Xeon: crema's 1024^3 GEMM 8.2-11.7 ms 0.02-0.1 s after NumPy's, 7.2-7.5 ms from 0.2 s
+# on). `settle` waits for a SETTLE_WINDOW_S in which all of the process's threads used less than SETTLE_IDLE of a core,
+# for SETTLE_MAX_S at most.
+SETTLE_WINDOW_S = 0.01
+SETTLE_IDLE = 0.2
+SETTLE_MAX_S = 1.0
 # a side's round counts where the probe before and after it ran at this fraction of the measured peak (the 2-vCPU
 # EPYC: 222-227 of 234.9 GFLOP/s on 2 threads when the host is quiet, 69-144 in its slow spells)
 CALM = 0.85
@@ -217,7 +224,10 @@ class Calm:
 
         self.threads, self.peak = threads, peak
         self.left = CALM_RUN_S  # seconds of waiting for calm left to the run (run_case counts them down)
-        self.lanes = 8 * VW  # 8 vector chains: the FMA latency covered without spilling (AVX2 has 16 registers)
+        # Vector chains enough to cover the FMA latency on every FMA port without spilling: 8 of AVX2's 16 ymm
+        # registers; 16 of AVX-512's 32 zmm (a Xeon with two 512-bit FMA ports reads 84% of its peak with 8 chains,
+        # below CALM, so every round there counted as slow; 97% with 16).
+        self.lanes = (16 if VW == 16 else 8) * VW
         self.fn = fma.fma_chain_thread(self.lanes)
         self.fn(10, np.float32(1e-7))  # compile
         self.reps = max(1000, int(seconds * peak / (2 * self.lanes * threads)))
@@ -236,6 +246,20 @@ class Calm:
 
     def __call__(self) -> bool:
         return self.rate() >= CALM * self.peak
+
+
+def settle(pause: float = PAUSE_S) -> float:
+    """Sleep `pause` s, then until every thread of this process is idle (CPU time over a SETTLE_WINDOW_S below
+    SETTLE_IDLE of a core: no framework's worker threads still spinning), at most SETTLE_MAX_S more. Returns the
+    seconds waited after the pause."""
+    time.sleep(pause)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < SETTLE_MAX_S:
+        c0 = time.process_time()
+        time.sleep(SETTLE_WINDOW_S)
+        if time.process_time() - c0 < SETTLE_IDLE * SETTLE_WINDOW_S:
+            break
+    return time.monotonic() - t0
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -272,7 +296,7 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S, calm: Ca
     def take(fn) -> list[float]:  # one side's round: an untimed call (the first call after another framework ran
         fn()  # pays for waking this one's threads), the timed ones, then the pause (ORT's threads spin on after it)
         times = [_timed(fn) for _ in range(per)]
-        time.sleep(pause)
+        settle(pause)
         return times
 
     if calm is None:
@@ -281,7 +305,7 @@ def run_case(case: Case, *, scale: float = 1.0, pause: float = PAUSE_S, calm: Ca
                 result.runs[side].extend(take(fn))
         return result
     waited = 0.0  # seconds this case spent waiting for calm and on rounds it dropped
-    time.sleep(pause)
+    settle(pause)
     calm_now = calm()  # the probe right before the next side's calls (after a pause: a probe reads spinning threads)
     for _ in range(case.rounds):
         for side, fn in sides.items():
@@ -358,7 +382,7 @@ def run_busy(result: Result, processes: int, *, pause: float = PAUSE_S) -> None:
                 fn()
                 for _ in range(per):
                     runs[side].append(_timed(fn))
-                time.sleep(pause)
+                settle(pause)
     finally:
         stop_busy(procs)
     result.busy, result.busy_single = processes, runs.pop(SINGLE)
