@@ -178,6 +178,22 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
         else:
             ao_data = context.make_array(tys[1])(context, builder, rows_v).data
             offs = [_as64(builder, builder.load(builder.gep(ao_data, [llvm_ir.Constant(i64, i)]))) for i in range(MR)]
+
+        def a_rows(packed: bool):
+            """f(i, ka) -> pointer to row i of A at k (ka = k * aks). packed (ars == 1, the caller's branch): one
+            base and constant row offsets. Otherwise rows ars apart: given a0 + i * ars, LLVM walked one pointer
+            through the rows, an add after each broadcast, a chain of MR adds a k step: 12 cycles at MR 12, as long as
+            the pair's 24 FMAs take on a core with two 512-bit FMA ports (Intel; Zen 4's one hid it). Each row's
+            offset passes through an empty inline asm, which LLVM cannot see through, so it keeps them apart in
+            registers (index + ka, no chain)."""
+            if packed:
+                base = builder.gep(a_data, [a0])
+                return lambda i, ka: builder.gep(base, [builder.add(ka, c64(i))])
+            if not regular or not PAIR:  # (AVX2's 6 x 16 tiles: the chain is half as long; 0.97-0.99x without it)
+                return lambda i, ka: builder.gep(a_data, [builder.add(offs[i], ka)])
+            fty = llvm_ir.FunctionType(i64, [i64])
+            opaque = [builder.asm(fty, "", "=r,0", [o], side_effect=False, name=f"row{i}") for i, o in enumerate(offs)]
+            return lambda i, ka: builder.gep(a_data, [builder.add(opaque[i], ka)])
         aks64, bks64, bo64, kc64 = (_as64(builder, v) for v in (aks_v, bks_v, bo_v, kc_v))
         halves = [llvm_ir.Constant(i64, 0)] + ([_as64(builder, extra.pop(0))] if pair else [])  # each sliver's B
         if not to_c:  # (to_c: whole tiles only, no shape code)
@@ -187,7 +203,8 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
         def c64(x):
             return llvm_ir.Constant(i64, x)
 
-        def variant(rows, kind):
+        def variant(rows, kind, packed=False):
+            a_at = a_rows(packed)
             # per half: (lanes, vectors per row); the last half narrow: one NARROW-lane vector
             widths = [(VW, NR // VW)] * len(halves)
             if kind == 1:
@@ -231,7 +248,7 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
                 }
                 ka = builder.mul(k, aks64)
                 for i in range(rows):
-                    a = builder.load(builder.gep(a_data, [builder.add(offs[i], ka)]))
+                    a = builder.load(a_at(i, ka))
                     av = {w: _splat(builder, a, vecs[h]) for h, (w, _) in enumerate(widths)}
                     for h, (w, nv) in enumerate(widths):
                         for v in range(nv):
@@ -266,8 +283,12 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
                 p = builder.gep(acc_data, [c64(h * MN + i * NR + v * widths[h][0])])
                 builder.store(builder.load(s_), builder.bitcast(p, vecs[h].as_pointer()), align=4)
 
-        if to_c:  # the whole MR-row tile only (no shape switch)
-            variant(MR, 0)
+        if to_c:  # the whole MR-row tile only (no shape switch); packed A (rows 1 apart) on its own loop
+            with builder.if_else(builder.icmp_unsigned("==", ars, c64(1))) as (packed, strided):
+                with packed:
+                    variant(MR, 0, True)
+                with strided:
+                    variant(MR, 0)
             return context.get_dummy_value()
         done = builder.append_basic_block("tile_done")
         cases = _micro_cases(regular, pair, edges)
