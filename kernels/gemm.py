@@ -194,6 +194,7 @@ def _micro_codegen(regular: bool, pair: bool = False, to_c: bool = False):
             fty = llvm_ir.FunctionType(i64, [i64])
             opaque = [builder.asm(fty, "", "=r,0", [o], side_effect=False, name=f"row{i}") for i, o in enumerate(offs)]
             return lambda i, ka: builder.gep(a_data, [builder.add(opaque[i], ka)])
+
         aks64, bks64, bo64, kc64 = (_as64(builder, v) for v in (aks_v, bks_v, bo_v, kc_v))
         halves = [llvm_ir.Constant(i64, 0)] + ([_as64(builder, extra.pop(0))] if pair else [])  # each sliver's B
         if not to_c:  # (to_c: whole tiles only, no shape code)
