@@ -17,7 +17,8 @@ channel: per image in VW-lane partial sums, then across lanes, then over the chu
 Rows of 8 columns (LeNet's conv2: 8 x 8 outputs, K = 500) run on 8-lane vectors (with AVX-512 a 16-lane one would
 be half padding): there the GEMM's K = 500 does not pay for its im2col (a gather per pixel and kernel offset) either.
 LeNet's conv2 weight gradient at batch 64, in-process A/B against the im2col path: 2 threads 1.56 -> 1.21 ms, 1
-thread 3.04 -> 2.30 ms (Zen 4 EPYC).
+thread 3.04 -> 2.30 ms (Zen 4 EPYC). Only where 8-lane FMAs run at the rate of 16-lane ones (``NARROW_FAST``: AVX2,
+Zen 4): on a Xeon with two 512-bit FMA ports they run at half its peak, and the im2col path wins there.
 
 Tasks (kernels.tasks): chunks of images, one per thread, each with its own partial dW and db (summed by the caller in
 chunk order, as ``conv`` does), then (channel block, c, i) within the chunk. Applies (``applies``): stride 1,
@@ -46,7 +47,22 @@ from kernels.tiling import VW
 KW = 5  # kernel width the tile is written for (LeNet's 5 x 5)
 MB = 5 if VW == 16 else 2  # output channels a tile: MB * KW accumulators + MB dy vectors + 1 x vector <= registers
 MAX_K = 64  # C*kh*kw at most, or MAX_K_NARROW for rows of at most 8 columns
-MAX_K_NARROW = 512  # LeNet's conv2: K = 500, 8 x 8 outputs
+MAX_K_NARROW = 512  # LeNet's conv2: K = 500, 8 x 8 outputs (where NARROW_FAST: see there)
+
+
+def _narrow_fast() -> bool:
+    """Do 8-lane FMAs run at the FLOP rate of 16-lane ones on the CPU Numba compiles for? AVX2 (8 lanes is the
+    width) and Zen 4 (a 512-bit FMA takes both 256-bit units) yes; a Xeon with two 512-bit FMA ports (Emerald Rapids)
+    no: there 8-lane rows run at half its peak, and LeNet conv2's weight gradient at batch 64 took 1.47-1.52 ms on
+    2 threads (2.69 on 1) against 1.17-1.29 (1.98) through im2col + GEMM, in-process A/B."""
+    from llvmlite import binding
+    from numba.core import config
+
+    name = config.CPU_NAME or binding.get_host_cpu_name()
+    return VW == 8 or name == "znver4"
+
+
+NARROW_FAST = _narrow_fast()  # rows of 8 columns (LeNet's conv2) come here only where 8-lane FMAs are not half speed
 assert MB * KW + MB + 1 <= (32 if VW == 16 else 16), "accumulators + dy vectors + the x vector fit the registers"
 
 
@@ -62,7 +78,7 @@ def applies(x_shape, w_shape, stride, pad, dilation, group) -> bool:
     m, cg, kh, kw = (int(v) for v in w_shape)
     ow = wd - kw + 1
     k = c * kh * kw
-    fits = k <= MAX_K or (ow <= 8 and k <= MAX_K_NARROW)
+    fits = k <= MAX_K or (NARROW_FAST and ow <= 8 and k <= MAX_K_NARROW)
     return cg == c and kw == KW and m % MB == 0 and ow >= 8 and h >= kh and fits and n > 0
 
 

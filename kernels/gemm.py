@@ -797,9 +797,10 @@ def _tile_out(c, co, ldc, acc, t0, mr, nr, load_c, bias, b_row):
 
 
 @njit(cache=True, boundscheck=False)
-def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, lda=0):
+def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, lda=0, edges=False):
     """Whole C (m x n, flat, row stride ldc) from packed bp and packed ap (lda 0) or row-major ap (lda > 0), on the
-    calling thread (see _block)."""
+    calling thread (see _block; edges a literal: True computes a short last row of tiles at its height instead of
+    MR rows, more variants to compile)."""
     for pc in range(0, k_all, KC):
         kc = min(KC, k_all - pc)
         for i0 in range(0, m, MC):
@@ -823,7 +824,7 @@ def _gemm_tiles_serial(ap, bp, c, c_off, ldc, m, n, k_all, accumulate, bias, bia
                 accumulate or pc > 0,
                 bias,
                 bias_off,
-                False,
+                edges,
             )
 
 

@@ -731,3 +731,43 @@ def test_narrow_outputs_match_reference(x_shape, w_shape, stride, pad) -> None:
     got = conv2d_forward(x, w, b, stride=stride, pad=pad)
     want = conv2d_forward_ref(x, w, b, stride=stride, pad=pad)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize(
+    "n_imgs,c,h,w_,k,stride,s",
+    [
+        (6, 20, 12, 12, 5, 1, 0),  # LeNet conv2's chunk of 6 images: rows of 8 (one run of 8 pixels)
+        (2, 3, 9, 18, 3, 1, 1),  # OW = 16: two runs; the second sliver's last offsets past K = 27
+        (1, 2, 7, 17, 3, 1, 0),  # OW = 15: one run and 7 pixels one at a time
+        (2, 2, 9, 21, 3, 2, 0),  # stride 2: every pixel one at a time
+    ],
+)
+def test_transposed_im2col_sliver_matches_numpy(n_imgs, c, h, w_, k, stride, s) -> None:
+    """The transposed packed im2col of dW's GEMM (`_im2col_t_sliver`) against the same gather in NumPy: at stride 1
+    whole runs of 8 pixels by 8 x 8 transposes (`_gather_t8`), the rest and other strides one pixel at a time; the
+    offsets past K zero; nothing written outside the sliver."""
+    from numba import njit
+
+    from kernels import conv
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n_imgs, c, h, w_)).astype(np.float32)
+    oh, ow = (h - k) // stride + 1, (w_ - k) // stride + 1
+    k_all, q_all = c * k * k, n_imgs * oh * ow
+    cols = np.zeros((-(-k_all // conv.NR) * conv.NR, q_all), np.float32)  # rows: kernel offsets (c, i, j); zero past K
+    for img in range(n_imgs):
+        for ci in range(c):
+            for i in range(k):
+                for j in range(k):
+                    win = x[img, ci, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
+                    cols[(ci * k + i) * k + j, img * oh * ow : (img + 1) * oh * ow] = win.reshape(-1)
+    dst = np.full(q_all * conv.NR + 5, np.nan, np.float32)
+
+    @njit
+    def sliver(xf, dst):
+        conv._im2col_t_sliver(xf, 0, c * h * w_, n_imgs, h, w_, k, k, stride, stride, 1, 1, oh, ow, k_all, dst, 3, s)
+
+    sliver(x.reshape(-1), dst)
+    want = cols[s * conv.NR : (s + 1) * conv.NR].T.reshape(-1)  # dst[3 + q*NR + j] = cols[s*NR + j, q]
+    assert np.array_equal(dst[3 : 3 + q_all * conv.NR], want)
+    assert np.isnan(dst[:3]).all() and np.isnan(dst[3 + q_all * conv.NR :]).all()

@@ -32,7 +32,8 @@ def test_applies() -> None:
     assert conv_dw.applies((64, 1, 28, 28), (20, 1, 5, 5), **ok)  # LeNet's conv1
     m = 4 * conv_dw.MB
     assert conv_dw.applies((2, 2, 13, 13), (m, 2, 5, 5), **ok)
-    assert conv_dw.applies((64, 20, 12, 12), (50, 20, 5, 5), **ok)  # LeNet's conv2: K = 500, rows of 8
+    # LeNet's conv2: K = 500, rows of 8, where 8-lane FMAs run at full rate (conv_dw.NARROW_FAST)
+    assert conv_dw.applies((64, 20, 12, 12), (50, 20, 5, 5), **ok) == conv_dw.NARROW_FAST
     assert not conv_dw.applies((64, 20, 16, 16), (50, 20, 5, 5), **ok)  # K = 500 on rows of 12: the GEMM's
     assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "pad": (2, 2)})
     assert not conv_dw.applies((1, 1, 28, 28), (20, 1, 5, 5), **{**ok, "stride": (2, 2)})
@@ -58,7 +59,8 @@ def test_matches_the_float64_reference(n, c, h, w_, m) -> None:
     if m % conv_dw.MB:
         m = conv_dw.MB * (m // conv_dw.MB + 1)
     x, w, dy = _case(n, c, h, w_, m, seed=n + c + h)
-    assert conv_dw.applies(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1)
+    narrow = c * 25 > conv_dw.MAX_K  # rows of 8 with a larger K: taken only where NARROW_FAST (the kernel runs anyway)
+    assert conv_dw.applies(x.shape, w.shape, (1, 1), (0, 0), (1, 1), 1) == (conv_dw.NARROW_FAST or not narrow)
     _, dw_ref, db_ref = conv.conv2d_backward_ref(dy, x, w)
     dw = np.zeros(w.shape, np.float32)
     db = np.zeros(m, np.float32)
@@ -103,3 +105,12 @@ def test_conv2d_backward_takes_it_and_dx_is_unchanged() -> None:
     dx, dw, db = conv.conv2d_backward(dy, x, w)
     assert _rel(dw, dw_ref) < TOL and _rel(db, db_ref) < TOL
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5 * float(np.abs(dx_ref).max()))
+
+
+def test_rows_of_8_only_where_8_lane_fmas_run_at_full_rate(monkeypatch) -> None:
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_NAME", "znver4")  # Zen 4: a 512-bit FMA takes both 256-bit units
+    assert conv_dw._narrow_fast()
+    monkeypatch.setattr(config, "CPU_NAME", "emeraldrapids")  # two 512-bit FMA ports: 8 lanes at half the peak
+    assert conv_dw._narrow_fast() == (conv_dw.VW == 8)
