@@ -606,6 +606,11 @@ FUSED_PACK = 0.75
 # so that no vector load of B straddles two lines. CaffeNet fc6 at 64 rows (64 x 9216 x 4096, B's rows 16 KB apart):
 # 41.5 ms with B 16 bytes off a line, 23.2 ms on one (NumPy's BLAS: 31 ms). Same bits: each output's FMA chain is
 # the same whichever tile computes it.
+# gemm packs B (FUSED_B: each task its own panels) for more than one K panel on rows of at least this many floats (4
+# KB: every k step of a sliver on another page), whatever M (Emerald Rapids, 2 threads, in-process A/B: CaffeNet fc6's
+# 64 x 9216 x 4096 101 -> 180 GFLOP/s, 64 x 4096 x 4096 127 -> 211, the data gradient 10 x 4096 x 9216 57 -> 89;
+# 10 x 4096 x 4096 0.86-1.04x)
+PAGE_B = 1024
 ALIGN_B = True
 TPACK = True  # whole slivers of a row source packed by 8 x 8 transposes in registers (False: element by element)
 
@@ -1026,9 +1031,10 @@ def gemm(
     # (each A row then streams once); op(B) = b (row-major) when there is one block of rows or one K panel (few rows
     # of B): there, packing costs as much as the GEMM (LeNet's ip1). Its last columns need not fill a sliver: the
     # micro-kernel reads a ragged last sliver with masked loads. Large square products keep both packed (read in
-    # place, B's rows would thrash L1 and the TLB). Figures: benchmarks/perf_notes.md.
+    # place, B's rows would thrash L1 and the TLB). So do deep products on B's rows of PAGE_B floats or more (each k
+    # step on another 4 KB page): there each task packs its own panels (FUSED_B). Figures: benchmarks/perf_notes.md.
     pack_a = trans_a or n > 3 * NC
-    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC))
+    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC)) or (k > KC and n >= PAGE_B)
     workers = numba.get_num_threads()
     mc, nc = blocking(m, n, workers)
     fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)

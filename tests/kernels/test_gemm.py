@@ -377,6 +377,29 @@ def test_b_packed_by_each_task_with_the_same_bits(monkeypatch, m: int, k: int, n
     _same_bits_with_switch_off(monkeypatch, "FUSED_B", a, b)
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(10, 800, 1024), (64, 400, 1040), (5, 1000, 2048), (20, 500, 1030)])
+def test_long_rows_of_b_packed_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
+    """More than one K panel on B rows of PAGE_B floats or more: B packed panel by panel in the tasks (FUSED_B), the
+    same bits as B read in place (each output the same FMA chain over the same K panels) and within float32 rounding
+    of the reference; accumulate too."""
+    from kernels import gemm as gemm_module
+
+    assert k > gemm_module.KC and n >= gemm_module.PAGE_B and m <= gemm_module.MC
+    rng = np.random.default_rng(m + n)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    got = gemm(a, b)
+    c = np.ones(got.shape, np.float32)
+    gemm(a, b, out=c, accumulate=True)
+    monkeypatch.setattr(gemm_module, "PAGE_B", 1 << 40)  # B read in place
+    np.testing.assert_array_equal(got, gemm(a, b))
+    c_off = np.ones(got.shape, np.float32)
+    gemm(a, b, out=c_off, accumulate=True)
+    np.testing.assert_array_equal(c, c_off)
+    want = gemm_ref(a, b)
+    assert float(np.abs(got - want).max()) <= 1e-5 * np.sqrt(k) * float(np.abs(want).max())
+
+
 @pytest.mark.parametrize("shift", [0, 4, 12])  # floats past a 64-byte line
 def test_b_off_a_line_read_from_aligned_columns_with_the_same_bits(monkeypatch, shift: int) -> None:
     """B read in place whose data is not on a 64-byte line (rows a multiple of 64 bytes long): its first columns are
