@@ -601,16 +601,16 @@ FUSED_B = True
 FUSED_ROW_BLOCKS = 3
 FUSED_COLS = 128
 FUSED_PACK = 0.75
-# gemm: B read in place with rows a multiple of 64 bytes long but its data not on a 64-byte line (NumPy's large arrays
-# start 16 bytes into a page): its first (64 - offset) / 4 columns are computed on their own and the rest from there,
-# so that no vector load of B straddles two lines. CaffeNet fc6 at 64 rows (64 x 9216 x 4096, B's rows 16 KB apart):
-# 41.5 ms with B 16 bytes off a line, 23.2 ms on one (NumPy's BLAS: 31 ms). Same bits: each output's FMA chain is
-# the same whichever tile computes it.
 # gemm packs B (FUSED_B: each task its own panels) for more than one K panel on rows of at least this many floats (4
 # KB: every k step of a sliver on another page), whatever M (Emerald Rapids, 2 threads, in-process A/B: CaffeNet fc6's
 # 64 x 9216 x 4096 101 -> 180 GFLOP/s, 64 x 4096 x 4096 127 -> 211, the data gradient 10 x 4096 x 9216 57 -> 89;
 # 10 x 4096 x 4096 0.86-1.04x)
 PAGE_B = 1024
+# gemm: B read in place with rows a multiple of 64 bytes long but its data not on a 64-byte line (NumPy's large arrays
+# start 16 bytes into a page): its first (64 - offset) / 4 columns are computed on their own and the rest from there,
+# so that no vector load of B straddles two lines. CaffeNet fc6 at 64 rows (64 x 9216 x 4096, B's rows 16 KB apart;
+# packed now, PAGE_B) on the Zen 4: 41.5 ms with B 16 bytes off a line, 23.2 ms on one (NumPy's BLAS: 31 ms). Same
+# bits: each output's FMA chain is the same whichever tile computes it.
 ALIGN_B = True
 TPACK = True  # whole slivers of a row source packed by 8 x 8 transposes in registers (False: element by element)
 
