@@ -1,6 +1,6 @@
 """crema's benchmarks in one command: every kernel and network on crema and on the reference frameworks, side by side.
 
-    python -m benchmarks                          # everything (4-10 minutes on 2 cores); or: crema bench
+    python -m benchmarks                          # everything (15-40 minutes on 2 cores); or: crema bench
     python -m benchmarks --only gemm nets         # some groups: gemm, layers, nets, efficientnet, zoo, train
     python -m benchmarks --filter caffenet        # cases whose name contains this text
     python -m benchmarks --quick                  # fewer timed runs (a smoke test, not for reporting)
