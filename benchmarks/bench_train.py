@@ -33,7 +33,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLVER = ROOT / "examples/mnist/lenet_solver.prototxt"
 
 
-class CremaTraining:
+class _Turns:
+    """A training run in turns: `run(n)` advances it n iterations (`_advance`) and adds the turn's wall time, and
+    that time less its tests (`test_s`, which the subclass's tests add to) to the training loop's."""
+
+    test_s = loop_s = wall_s = 0.0
+
+    def _advance(self, n: int) -> None:
+        raise NotImplementedError
+
+    def run(self, n: int) -> float:
+        """The next n iterations; returns their loop time in seconds."""
+        tests_before = self.test_s
+        t0 = time.perf_counter()
+        self._advance(n)
+        wall = time.perf_counter() - t0
+        self.wall_s += wall
+        loop = wall - (self.test_s - tests_before)
+        self.loop_s += loop
+        return loop
+
+
+class CremaTraining(_Turns):
     """crema's Solver on the shipped LeNet solver, run in turns (`run`): each turn's wall time, tests excluded, is
     added to the training loop's; the last turn is the Solver's `solve` (the rest of the iterations, then its final
     test)."""
@@ -51,7 +72,6 @@ class CremaTraining:
         self.lines: list[str] = []
         self.solver = solver = Solver(param, source=str(SOLVER), log=self.lines.append, progress=False)
         self.init = {name: [b.copy() for b in solver.net.params[name]] for name in solver.net.params}
-        self.test_s = self.loop_s = self.wall_s = 0.0
         original_test = solver.test
 
         def timed_test(index: int = 0):
@@ -62,19 +82,11 @@ class CremaTraining:
 
         solver.test = timed_test
 
-    def run(self, n: int) -> float:
-        """The next n iterations (the last turn: through `solve`); returns their loop time in seconds."""
-        tests_before = self.test_s
-        t0 = time.perf_counter()
+    def _advance(self, n: int) -> None:  # (the last turn: through `solve`)
         if self.solver.iter + n >= self.iters:
             self.solver.solve()
         else:
             self.solver.step(n)
-        wall = time.perf_counter() - t0
-        self.wall_s += wall
-        loop = wall - (self.test_s - tests_before)
-        self.loop_s += loop
-        return loop
 
     def result(self, out: Path | None) -> dict:
         solver = self.solver
@@ -96,7 +108,7 @@ class CremaTraining:
         }
 
 
-class TorchTraining:
+class TorchTraining(_Turns):
     """The same training in PyTorch (see the module docstring), run in turns like CremaTraining."""
 
     def __init__(self, iters: int, seed: int, init: dict, threads: int) -> None:
@@ -124,7 +136,6 @@ class TorchTraining:
         self.pos = self.it = 0
         self.iters = iters
         self.tests: list[dict] = []
-        self.test_s = self.loop_s = self.wall_s = 0.0
         self.loss = float("nan")
 
     def forward(self, x):
@@ -146,11 +157,8 @@ class TorchTraining:
         self.tests.append({"iter": self.it, "accuracy": correct / 10000, "loss": loss / 100})
         self.test_s += time.perf_counter() - t
 
-    def run(self, n: int) -> float:
-        """The next n iterations (a test every 500, and after the last); returns their loop time in seconds."""
+    def _advance(self, n: int) -> None:  # (a test every 500 iterations, and after the last)
         torch, F = self.torch, self.F
-        tests_before = self.test_s
-        t0 = time.perf_counter()
         for _ in range(min(n, self.iters - self.it)):
             it = self.it
             if it % 500 == 0:
@@ -173,11 +181,6 @@ class TorchTraining:
             self.it += 1
         if self.it == self.iters:
             self.test()
-        wall = time.perf_counter() - t0
-        self.wall_s += wall
-        loop = wall - (self.test_s - tests_before)
-        self.loop_s += loop
-        return loop
 
     def result(self) -> dict:
         last = self.tests[-1]

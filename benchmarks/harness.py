@@ -11,8 +11,8 @@ Timing: ``rounds`` (7) rounds; in each, every side (crema, then each reference) 
 `settle`; another framework's threads still spin after its calls) and one untimed call (the first call after another
 framework ran pays for waking this one's worker threads), each call timed with perf_counter. Many short interleaved
 rounds mean a noisy spell on a shared machine (this one's virtual CPUs slow down for seconds at a time) lands on every
-side, not on one. With a `Calm` probe (`python -m benchmarks` always passes one), a side's round counts only where a ~1 ms
-FMA loop on every thread ran at CALM of the measured peak right before and right after it: a round that a slow
+side, not on one. With a `Calm` probe (`python -m benchmarks` always passes one), a side's round counts only where a
+~1 ms FMA loop on every thread ran at CALM of the measured peak right before and right after it: a round that a slow
 spell of the host touched is dropped and taken again (for crema and every reference alike) once the probe says calm,
 for up to CALM_CASE_S of waiting a case (CALM_RUN_S a run); after that rounds are kept as they come and counted as
 slow. The counts are in each line, the JSON and the table's footer.

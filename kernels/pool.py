@@ -349,12 +349,11 @@ def _max_run_codegen(kh: int, kw: int, sw: int, record: bool):
 def _max_run(typingctx, x, xo, width, y, yo, mask, valid, hidx, kh, kw, sw, record):
     """Up to VW outputs of one output row of a MAX pooling's interior, one output a vector lane, in LLVM IR; the
     window (kh x kw, stride sw along the row) and `record` compile-time constants (literals: the task bodies pass
-    their closure's; the vertical stride is the caller's, in xo). Lane
-    j (< valid) takes the window whose top-left input is x.flat[xo + j*sw] (rows `width` apart) and writes
-    y.flat[yo + j]; with `record`, also its argmax, the in-plane index hidx + j*sw + dh*width + dw, into
-    mask.flat[yo + j]. The taps in row-major order, each a strict > against
-    the running maximum from -FLT_MAX (NaN never wins, the first maximum keeps its index): the scalar kernel's values
-    and argmax, bit for bit. Loads and stores are masked to the valid lanes (stride 2: two vectors of the row and
+    their closure's; the vertical stride is the caller's, in xo). Lane j (< valid) takes the window whose top-left
+    input is x.flat[xo + j*sw] (rows `width` apart) and writes y.flat[yo + j]; with `record`, also its argmax, the
+    in-plane index hidx + j*sw + dh*width + dw, into mask.flat[yo + j]. The taps in row-major order, each a strict >
+    against the running maximum from -FLT_MAX (NaN never wins, the first maximum keeps its index): the scalar kernel's
+    values and argmax, bit for bit. Loads and stores are masked to the valid lanes (stride 2: two vectors of the row and
     their even lanes), so nothing past the last window is read."""
     window = []
     for v in (kh, kw, sw, record):
@@ -448,12 +447,16 @@ MASK_TASKS = {}
 for _window in sorted(SPECIALISED):
     for _method in METHODS:
         _name = f"_{_method}_INTERIOR_{''.join(map(str, _window))}"
-        _make = _vector_max_worker(*_window, False) if VECTOR_MAX and _method == "MAX" else None
-        globals()[_name] = INTERIOR_TASKS[(*_window, _method)] = _make or _interior_worker(*_window, _method)
+        globals()[_name] = INTERIOR_TASKS[(*_window, _method)] = (
+            _vector_max_worker(*_window, False)
+            if VECTOR_MAX and _method == "MAX"
+            else _interior_worker(*_window, _method)
+        )
     _name = f"_MAX_MASK_INTERIOR_{''.join(map(str, _window))}"
-    _make = _vector_max_worker(*_window, True) if VECTOR_MAX else None
-    globals()[_name] = MASK_TASKS[_window] = _make or _interior_worker(*_window, "MAX", record=True)
-del _window, _method, _name, _make
+    globals()[_name] = MASK_TASKS[_window] = (
+        _vector_max_worker(*_window, True) if VECTOR_MAX else _interior_worker(*_window, "MAX", record=True)
+    )
+del _window, _method, _name
 
 
 # -- 2. border kernels: clipped windows, runtime parameters --------------------------------------
