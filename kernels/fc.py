@@ -34,8 +34,8 @@ import numpy as np
 from numba import njit, types
 
 from kernels.activations import relu_forward
-from kernels.gemm import NC, _claim, gemm
-from kernels.serial import SMALL_WORK, l2_bytes
+from kernels.gemm import NC, claim_near, gemm, image_counters, queue_sizes
+from kernels.serial import SMALL_WORK
 from kernels.tasks import Task
 from kernels.tiling import VW
 
@@ -190,20 +190,31 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
     dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
     itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the 4 rows of W whole, in turn
     (``_dots_4x1``: a row's bits are those of batch 1). Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS
-    rows of W at a time (``gemm._claim``: dynamic scheduling, so a slowed virtual CPU does not hold the other one up)."""
+    rows of W at a time from the queue of the CPU it runs on first (``gemm.claim_near``: counters from
+    ``gemm.image_counters``): each core's share of W then stays in its L2 from call to call where it fits, and a
+    worker that is done takes the others' rows, so a slowed virtual CPU does not hold the other one up. One plain
+    counter: dynamic claims over all the rows."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     chunked = x2.shape[0] > 1 and not rowwise
     acc = np.empty((x2.shape[0], 4), np.float32) if chunked else y  # (y: unread rowwise, no allocation)
-    c = _claim(counter)
-    while c < nclaims:
-        for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-            _ip_rows_block(x2, w, bias, y, relu, not chunked, blk, acc)
-        c = _claim(counter)
+    sizes = queue_sizes(counter, nclaims, 1, 1)
+    nq = sizes.shape[0]
+    while True:
+        u, i = claim_near(counter, sizes)
+        if u < 0:
+            break
+        c = u * nclaims // nq + i
+        if chunked:
+            for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
+                _ip_rows_block(x2, w, bias, y, relu, False, blk, acc)
+        else:
+            for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
+                _ip_rows_block(x2, w, bias, y, relu, True, blk, y)
 
 
 _F2 = types.float32[:, ::1]
-_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]), opt=1,
+_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]),
            fastmath=True, boundscheck=False, compile_s=1.9)  # fmt: skip
 
 
@@ -211,7 +222,8 @@ def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = Fals
     """_ip_worker's rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
     float32: x2 (M, K), w (N, K), bias (N,), y (M, N); rowwise: every row of y with its batch-1 bits."""
     drive = _IP.serial if serial else _IP.parallel
-    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, rowwise, np.zeros(1, np.int64))
+    counters = np.zeros(1, np.int64) if serial else image_counters(1, workers, -(-w.shape[0] // CLAIM_ROWS))
+    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, rowwise, counters)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -370,11 +382,8 @@ class ForwardRunner:
         self.rowwise = bool(rowwise)
         self.small = (m, k, n) if not transpose and (rowwise or small_rows(m, n, k)) else None
         # Too few multiply-adds to share between threads (LeNet ip2 at batch 1): on the calling thread (kernels.tasks).
-        # So is a few rows' weight that fits in one core's L2 (LeNet's ip1, 1.6 MB, with a 2 MB L2): one core streams
-        # it from there faster than two (AVX-512 Xeon, alone: 500 x 800 34 vs 53 us, 500 x 400 22 vs 51 us, 100 x 800
-        # 7.1 vs 7.4 us), where a larger one, from L3 or memory, takes twice the bandwidth on two (1000 x 1280: 190 vs
-        # 124 us). The same code either way (one thread claims every row block): the same bits.
-        self.serial = m * k * n < SMALL_WORK or (self.small is not None and 4 * n * k <= l2_bytes())
+        # The same code either way (one thread claims every row block): the same bits.
+        self.serial = m * k * n < SMALL_WORK
         self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kernels import fc
+from kernels.gemm import image_counters
 from kernels.fc import (
     SMALL_M,
     SMALL_M_DX,
@@ -67,6 +68,27 @@ def test_small_rows_chunks(m: int) -> None:
     assert float(np.abs(got - want).max()) <= RTOL * np.sqrt(k) * float(np.abs(want).max())
     one = np.empty_like(got)
     fc._ip_small_rows(x, w, b, one, True, 1, serial=True)
+    assert np.array_equal(one, got)
+
+
+@pytest.mark.parametrize("m", [1, 7])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_small_rows_queues_cover_every_row(m: int, workers: int) -> None:
+    """Enough rows of W for one queue of claims a worker (gemm.image_counters: CLAIM_ROWS rows a claim, split by CPU,
+    the rest stolen): every row computed once, within the reference's tolerance, with the serial call's bits; the
+    counters are those image_counters gives (one queue a worker)."""
+    rng = np.random.default_rng(10 * m + workers)
+    k, n = 300, fc.CLAIM_ROWS * 7 + 5  # 8 claims: queues of 4 / 2-3 rows blocks, a short last claim and block
+    assert image_counters(1, workers, -(-n // fc.CLAIM_ROWS)).size == 8 * workers
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    want = inner_product_forward_ref(x, w, b)
+    got = np.full((m, n), np.nan, np.float32)
+    fc._ip_small_rows(x, w, b, got, False, workers)
+    assert float(np.abs(got - want).max()) <= RTOL * np.sqrt(k) * float(np.abs(want).max())
+    one = np.full_like(got, np.nan)
+    fc._ip_small_rows(x, w, b, one, False, 1, serial=True)
     assert np.array_equal(one, got)
 
 
