@@ -230,6 +230,24 @@ def test_blocking_splits_the_work_evenly_and_changes_no_bit() -> None:
         numba.set_num_threads(before)
 
 
+def test_workspace_views_start_on_64_byte_lines() -> None:
+    """Workspace.get: disjoint views of the asked sizes, each starting on a 64-byte line (packed slivers' vectors
+    then never straddle two lines), also after the buffer grows and for sizes that are not multiples of 16."""
+    from kernels.gemm import Workspace
+
+    ws = Workspace()
+    for sizes in [(5, 0, 33, 16), (1000, 7), (3 << 20, 12, 1)]:
+        views = ws.get(*sizes)
+        assert [v.size for v in views] == list(sizes)
+        ends = []
+        for v in filter(len, views):  # (an empty view has no data to align)
+            assert v.ctypes.data % 64 == 0 and v.dtype == np.float32 and v.flags.c_contiguous
+            ends.append((v.ctypes.data, v.ctypes.data + 4 * v.size))
+        ends.sort()
+        assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))
+        assert all(ws.buf.ctypes.data <= lo and hi <= ws.buf.ctypes.data + 4 * ws.buf.size for lo, hi in ends)
+
+
 def test_blocking_of_an_empty_product() -> None:
     from kernels.gemm import MC, NC, blocking
 
