@@ -1090,5 +1090,6 @@ def _aligning_columns(b: np.ndarray) -> int:
 as64, splat, accumulators, flat_f32, claim, copy8 = _as64, _splat, _accumulators, _flat_f32, _claim, _copy8
 copy_run = _copy_run
 transpose8 = _transpose8
+tpack8, tpack4 = _tpack8, _tpack4  # 8 x 8 (4 x 8) blocks transposed in registers (kernels.fc's epilogue)
 claim_near, queue_sizes = _claim_near, _queue_sizes
 block, stack_empty = _block, _stack_empty  # the micro-kernel and its stack buffer, for kernels.winograd

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from kernels import fc
-from kernels.gemm import image_counters
 from kernels.fc import (
     SMALL_M,
     SMALL_M_DX,
@@ -19,6 +18,7 @@ from kernels.fc import (
     inner_product_forward,
     inner_product_forward_ref,
 )
+from kernels.gemm import image_counters
 from tests.gradcheck import assert_grad_close, numeric_grad
 
 RTOL = 1e-5  # relative to max|ref|, times sqrt(K): float32 sums of K products
@@ -90,6 +90,30 @@ def test_small_rows_queues_cover_every_row(m: int, workers: int) -> None:
     one = np.full_like(got, np.nan)
     fc._ip_small_rows(x, w, b, one, False, 1, serial=True)
     assert np.array_equal(one, got)
+
+
+@pytest.mark.parametrize("n, m", [(500, 64), (500, 61), (13, 8), (7, 13), (12, 16), (9, 1), (4, 9), (1, 3)])
+def test_transpose_epilogue_is_copy_add_relu(n: int, m: int) -> None:
+    """The GEMM path's y = (W @ x^T)^T epilogue (8 x 8 blocks in registers, 4-row and scalar edges): the bits of
+    NumPy's transposed copy, += b and kernels.activations.relu_forward, with and without each; NaN, -0.0 and inf
+    included."""
+    from kernels.activations import relu_forward
+
+    rng = np.random.default_rng(n * 100 + m)
+    yt = rng.standard_normal((n, m), dtype=np.float32)
+    yt.flat[:: max(1, yt.size // 5)] = [np.nan, -0.0, np.inf, -np.inf, 0.0][: len(yt.flat[:: max(1, yt.size // 5)])]
+    b = rng.standard_normal(n, dtype=np.float32)
+    for with_b in (True, False):
+        for relu in (True, False):
+            want = yt.T.copy()
+            if with_b:
+                want += b
+            if relu:
+                relu_forward(want, out=want)
+            got = np.full((m, n), 7.0, np.float32)
+            fc._transpose_epilogue(yt, b, with_b, got, relu)
+            assert np.array_equal(got, want, equal_nan=True)
+            assert np.array_equal(np.signbit(got), np.signbit(want))
 
 
 @pytest.mark.parametrize("m", [2, 5, 13, 32])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import mmap
 
 import numba
@@ -244,7 +245,7 @@ def test_workspace_views_start_on_64_byte_lines() -> None:
             assert v.ctypes.data % 64 == 0 and v.dtype == np.float32 and v.flags.c_contiguous
             ends.append((v.ctypes.data, v.ctypes.data + 4 * v.size))
         ends.sort()
-        assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
         assert all(ws.buf.ctypes.data <= lo and hi <= ws.buf.ctypes.data + 4 * ws.buf.size for lo, hi in ends)
 
 
