@@ -136,7 +136,14 @@ def _relu_grad_worker(t, dy, x, slope, dx, workers):  # pragma: no cover - compi
 
 @njit(cache=True)
 def _relu_grad_flat_serial(dy, x, slope, dx):  # pragma: no cover - compiled
+    """dx = dy * (1 if x > 0 else slope). In place (dx is dy: an in-place ReLU's backward) the loop reads and writes dy
+    alone: with dx and dy both in it, LLVM's run-time overlap check failed and the scalar loop ran (LeNet's relu1 at
+    batch 64, 32,000 floats: 15.6 against 4.4 us)."""
     one = np.float32(1.0)
+    if dx.size > 0 and dx.ctypes.data == dy.ctypes.data:
+        for i in range(dy.size):
+            dy[i] = dy[i] * (one if x[i] > 0 else slope)
+        return
     for i in range(dy.size):
         dx[i] = dy[i] * (one if x[i] > 0 else slope)  # a product, as Caffe: 0 * inf stays NaN
 
