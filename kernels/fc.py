@@ -214,7 +214,7 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
 
 
 _F2 = types.float32[:, ::1]
-_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]),
+_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]), opt=1,
            fastmath=True, boundscheck=False, compile_s=1.9)  # fmt: skip
 
 

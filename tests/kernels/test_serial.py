@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kernels import activations, fc, pool
-from kernels.serial import SMALL_WORK, l2_bytes, serial_twin
+from kernels.serial import SMALL_WORK, serial_twin
 
 
 def test_twin_is_a_serial_compile_of_the_same_source_made_once() -> None:
@@ -50,14 +50,14 @@ def test_pool_runner_serial_below_small_work_same_bits(method, kernel, stride, p
 
 @pytest.mark.parametrize("m,k,n", [(1, 500, 10), (1, 800, 500), (3, 64, 20), (1, 1280, 1000)])
 def test_fc_runner_serial_only_for_small_work_same_bits(m, k, n) -> None:
-    """Serial for few multiply-adds, and for a few rows' weight within one core's L2 (l2_bytes); the same bits as
-    two workers either way."""
+    """Serial for few multiply-adds only (a weight that fits one core's L2 is shared too: each core keeps its rows of
+    it, kernels.fc's queues); the same bits as two workers either way."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((n, k), dtype=np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
     run = fc.ForwardRunner(x.shape, w.shape, relu=True)
-    serial = m * k * n < SMALL_WORK or 4 * n * k <= l2_bytes()
+    serial = m * k * n < SMALL_WORK
     assert run.serial == serial
     got = np.empty(run.out_shape, np.float32)
     run(x, w, b, got)
