@@ -968,19 +968,24 @@ class Workspace(threading.local):
     come from mmap, and first-touch page faults on every call cost more than packing small operands."""
 
     buf: np.ndarray = np.empty(0, np.float32)
+    head = 0  # floats from buf's start to its first 64-byte line
 
     def get(self, *sizes: int) -> list[np.ndarray]:
         """Disjoint uninitialised float32 views of the given sizes (valid until the next get on this thread), each
         starting on a 64-byte line. NumPy's large arrays start 16 bytes past one (mmap behind a header), so every
         16-float vector of a packed sliver straddled two lines: on an AVX-512 Xeon two split loads a k step of the
         micro-kernel, 1.05-1.10x slower SGEMM (1024^3, ResNet-50's 3x3 and 1x1 shapes, conv2's; in-process A/B)."""
-        room = [-(-size // ALIGN_FLOATS) * ALIGN_FLOATS for size in sizes]
-        if self.buf.size < sum(room) + ALIGN_FLOATS:
-            self.buf = np.empty(sum(room) + ALIGN_FLOATS, np.float32)
-        views, o = [], -(self.buf.ctypes.data // 4) % ALIGN_FLOATS
-        for size, r in zip(sizes, room):
+        a = ALIGN_FLOATS
+        total = a
+        for size in sizes:
+            total += -(-size // a) * a
+        if self.buf.size < total:
+            self.buf = np.empty(total, np.float32)
+            self.head = -(self.buf.__array_interface__["data"][0] // 4) % a
+        views, o = [], self.head
+        for size in sizes:
             views.append(self.buf[o : o + size])
-            o += r
+            o += -(-size // a) * a
         return views
 
 
