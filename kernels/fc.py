@@ -50,7 +50,8 @@ KC_ROWS = 1024  # floats of k per chunk of a block of 4 rows of W in _ip_small_r
 # 0.85-0.94 (the GEMM's 16-column tiles fit 16 and 32 rows exactly). AVX2 (16 registers: the 4 x 2 tile, no 4 x 5)
 # stays at 8: the GEMM's 6 x 16 tile was faster at 10-12 rows there (Zen 4 with the AVX2 tile: fc6 1.12-1.52). ...
 SMALL_M = 12 if VW == 16 else 8
-SMALL_M_TINY_W = 32  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32)
+SMALL_M_TINY_W = 128  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32;
+# 2 threads, Xeon: 24 vs 37 us at 64 rows, 31 vs 54 at 100, 28 vs 36 at 128, 52 vs 45 at 256)
 TINY_W = 1 << 16
 SMALL_M_DX = 32  # the data gradient dy2 @ W with W (K, N): streamed once at most this many rows, not packed
 
