@@ -7,13 +7,16 @@ Kernels:
                                    EfficientNet-Lite0's fc at batch 1, or a tiny W), W of shape (N, K):
                                    memory-bound on the weight, so the weight is streamed once straight from
                                    the caller's array (no packing copy of a 150 MB matrix), threads over blocks of
-                                   4 outputs, each in chunks of k that stay in L1 while every row of x2 passes, in
-                                   4 x 5 register tiles of dot products (``_part_4x5``; 4 x 2 with AVX2). A row's
-                                   sums are taken in another order at batch 1 (whole rows) than at 2-12 (chunks,
-                                   fives and pairs): its bits depend on the batch (not on the thread count).
+                                   4 outputs (claimed from one queue per CPU first, so each core keeps its share
+                                   of a W that fits the L2s), each in chunks of k that stay in L1 while every row
+                                   of x2 passes, in 4 x 5 register tiles of dot products (``_part_4x5``; 4 x 2 with
+                                   AVX2); at batch 1 whole rows of W, 8 at a time (``_dots_8x1``). A row's sums are
+                                   taken in another order at batch 1 (whole rows) than at 2-12 (chunks, fives and
+                                   pairs): its bits depend on the batch (not on the thread count).
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
-                                   place, unpacked), else y = x2 @ W.T with the weight read transposed by the packing;
-                                   with ``transpose`` y = x2 @ W (W read in place for few rows), + b.
+                                   place, unpacked; the result transposed into y with + b and the ReLU in one pass,
+                                   ``_transpose_epilogue``), else y = x2 @ W.T with the weight read transposed by the
+                                   packing; with ``transpose`` y = x2 @ W (W read in place for few rows), + b.
 3. ``inner_product_backward_ref`` - plain NumPy in float64.
 4. ``inner_product_backward``    - dW += dy2^T @ x2 (x2^T @ dy2 with ``transpose``) with ``gemm(accumulate=True)``,
                                    db += column sums of dy2 (``_sum_rows``), dx2 = dy2 @ W with ``gemm`` (W read in
@@ -212,8 +215,9 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
     Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
     memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
     dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
-    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the 4 rows of W whole, in turn
-    (``_dots_4x1``: a row's bits are those of batch 1). Worker t of one per thread (kernels.tasks) claims CLAIM_ROWS
+    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the rows of W whole, 8 at a time
+    (``_dots_8x1``; a last block of 4, ``_dots_4x1``): a row's bits are those of batch 1. Worker t of one per thread
+    (kernels.tasks) claims CLAIM_ROWS
     rows of W at a time from the queue of the CPU it runs on first (``gemm.claim_near``: counters from
     ``gemm.image_counters``): each core's share of W then stays in its L2 from call to call where it fits, and a
     worker that is done takes the others' rows, so a slowed virtual CPU does not hold the other one up. One plain
@@ -409,7 +413,8 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
                 tpack8(outf, d, np.uint64(n_all), ytf, src, np.uint64(m_all))
             else:
                 tpack4(outf, d, np.uint64(n_all), ytf, src, np.uint64(m_all))
-    for n in range(n_all - n_all % 4 if n_all % 8 >= 4 or n_all % 8 == 0 else n_all - n_all % 8, n_all):
+    done = n_all - n_all % 8 + (4 if n_all % 8 >= 4 else 0)  # rows of yt the blocks above moved
+    for n in range(done, n_all):
         for m in range(m8):
             out[m, n] = yt[n, m]
     for m in range(m8, m_all):
