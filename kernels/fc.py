@@ -53,8 +53,9 @@ KC_ROWS = 1024  # floats of k per chunk of a block of 4 rows of W in _ip_small_r
 # 0.85-0.94 (the GEMM's 16-column tiles fit 16 and 32 rows exactly). AVX2 (16 registers: the 4 x 2 tile, no 4 x 5)
 # stays at 8: the GEMM's 6 x 16 tile was faster at 10-12 rows there (Zen 4 with the AVX2 tile: fc6 1.12-1.52). ...
 SMALL_M = 12 if VW == 16 else 8
-SMALL_M_TINY_W = 128  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32;
-# 2 threads, Xeon: 24 vs 37 us at 64 rows, 31 vs 54 at 100, 28 vs 36 at 128, 52 vs 45 at 256)
+SMALL_M_TINY_W = 32  # ... or this many when W is tiny (TINY_W floats at most: LeNet ip2, 10 x 500, 3 vs 30 us at 32;
+# at 64-128 rows 24-31 against 28-54 us on the Xeon, but then a cold `crema train` compiles this kernel too: not
+# worth ~13 us a step)
 TINY_W = 1 << 16
 SMALL_M_DX = 32  # the data gradient dy2 @ W with W (K, N): streamed once at most this many rows, not packed
 
@@ -225,7 +226,7 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     chunked = x2.shape[0] > 1 and not rowwise
-    acc = np.empty((x2.shape[0], 4), np.float32) if chunked else y  # (y: unread rowwise, no allocation)
+    acc = np.empty((x2.shape[0], 4), np.float32) if chunked else y  # (y: unused with whole rows, no allocation)
     sizes = queue_sizes(counter, nclaims, 1, 1)
     nq = sizes.shape[0]
     while True:
@@ -235,7 +236,7 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
         c = u * nclaims // nq + i
         if chunked:
             for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-                _ip_rows_block(x2, w, bias, y, relu, False, blk, acc)
+                _ip_rows_chunked(x2, w, bias, y, relu, blk, acc)
         else:  # whole rows (batch 1, rowwise): blocks in pairs (_dots_8x1) where both are whole
             blk, end = c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4
             while blk < end:
@@ -244,7 +245,7 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
                         _dots_8x1(w, blk * 4, x2, m, x2.shape[1], bias, y, relu)
                     blk += 2
                 else:
-                    _ip_rows_block(x2, w, bias, y, relu, True, blk, y)
+                    _ip_rows_whole(x2, w, bias, y, relu, blk)
                     blk += 1
 
 
@@ -262,39 +263,54 @@ def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = Fals
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _ip_rows_block(x2, w, bias, y, relu, whole, blk, acc):  # pragma: no cover - compiled
-    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_worker); acc: (M, 4)
-    scratch. With `whole` (a lone row of x2, batch 1, or rowwise) each row of x2 takes the rows of W whole, in turn
-    (_dots_4x1: no chunks; a row's bits do not depend on the others: those of batch 1)."""
+def _ip_rows_chunked(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - compiled
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_worker), in chunks of KC_ROWS
+    floats of k; acc: (M, 4) scratch."""
     m_all, k_all = x2.shape
-    n_all = w.shape[0]
     n0 = blk * 4
-    if n0 + 4 <= n_all and whole:
+    if n0 + 4 > w.shape[0]:
+        _ip_rows_tail(x2, w, bias, y, relu, n0)
+        return
+    acc[:, :] = np.float32(0.0)
+    for k0 in range(0, k_all, KC_ROWS):
+        k1 = min(k0 + KC_ROWS, k_all)
+        m0 = 0
+        while FIVES and m0 + 5 <= m_all:
+            _part_4x5(w, n0, x2, m0, k0, k1, acc)
+            m0 += 5
+        while m0 < m_all:
+            _part_4x2(w, n0, x2, m0, m0 + 1 < m_all, k0, k1, acc)
+            m0 += 2
+    for m in range(m_all):
+        for j in range(4):
+            _store(y, m, n0 + j, acc[m, j] + bias[n0 + j], relu)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _ip_rows_whole(x2, w, bias, y, relu, blk):  # pragma: no cover - compiled
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end), each row of x2 taking them whole in turn (_dots_4x1: no chunks;
+    a row's bits do not depend on the others: those of batch 1). Its own function, not a flag of _ip_rows_chunked:
+    the task compiled the chunked code's 4 x 5 tiles twice then (a cold `crema train` 3.4 s more)."""
+    n0 = blk * 4
+    if n0 + 4 > w.shape[0]:
+        _ip_rows_tail(x2, w, bias, y, relu, n0)
+        return
+    for m in range(x2.shape[0]):
+        _dots_4x1(w, n0, x2, m, x2.shape[1], bias, y, relu)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, inline="always")
+def _ip_rows_tail(x2, w, bias, y, relu, n0):  # pragma: no cover - compiled
+    """W's last rows from n0 (fewer than 4), one dot product at a time."""
+    m_all, k_all = x2.shape
+    for n in range(n0, w.shape[0]):
+        wr = w[n]
         for m in range(m_all):
-            _dots_4x1(w, n0, x2, m, k_all, bias, y, relu)
-    elif n0 + 4 <= n_all:
-        acc[:, :] = np.float32(0.0)
-        for k0 in range(0, k_all, KC_ROWS):
-            k1 = min(k0 + KC_ROWS, k_all)
-            m0 = 0
-            while FIVES and m0 + 5 <= m_all:
-                _part_4x5(w, n0, x2, m0, k0, k1, acc)
-                m0 += 5
-            while m0 < m_all:
-                _part_4x2(w, n0, x2, m0, m0 + 1 < m_all, k0, k1, acc)
-                m0 += 2
-        for m in range(m_all):
-            for j in range(4):
-                _store(y, m, n0 + j, acc[m, j] + bias[n0 + j], relu)
-    else:
-        for n in range(n0, n_all):
-            wr = w[n]
-            for m in range(m_all):
-                xr = x2[m]
-                a = np.float32(0.0)
-                for k in range(k_all):
-                    a += xr[k] * wr[k]
-                _store(y, m, n, a + bias[n], relu)
+            xr = x2[m]
+            a = np.float32(0.0)
+            for k in range(k_all):
+                a += xr[k] * wr[k]
+            _store(y, m, n, a + bias[n], relu)
 
 
 def inner_product_forward_ref(
