@@ -216,17 +216,16 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
     Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
     memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
     dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
-    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the rows of W whole, 8 at a time
-    (``_dots_8x1``; a last block of 4, ``_dots_4x1``): a row's bits are those of batch 1. Worker t of one per thread
-    (kernels.tasks) claims CLAIM_ROWS
-    rows of W at a time from the queue of the CPU it runs on first (``gemm.claim_near``: counters from
+    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the claim's rows of W whole
+    (``_ip_rows_whole``): a row's bits are those of batch 1. Worker t of one per thread (kernels.tasks) claims
+    CLAIM_ROWS rows of W at a time from the queue of the CPU it runs on first (``gemm.claim_near``: counters from
     ``gemm.image_counters``): each core's share of W then stays in its L2 from call to call where it fits, and a
     worker that is done takes the others' rows, so a slowed virtual CPU does not hold the other one up. One plain
     counter: dynamic claims over all the rows."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     chunked = x2.shape[0] > 1 and not rowwise
-    acc = np.empty((x2.shape[0], 4), np.float32) if chunked else y  # (y: unused with whole rows, no allocation)
+    acc = np.empty((x2.shape[0] if chunked else 0, 4), np.float32)  # the chunks' partial sums
     sizes = queue_sizes(counter, nclaims, 1, 1)
     nq = sizes.shape[0]
     while True:
@@ -237,16 +236,8 @@ def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover -
         if chunked:
             for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
                 _ip_rows_chunked(x2, w, bias, y, relu, blk, acc)
-        else:  # whole rows (batch 1, rowwise): blocks in pairs (_dots_8x1) where both are whole
-            blk, end = c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4
-            while blk < end:
-                if blk + 1 < end and (blk + 2) * 4 <= n_all:
-                    for m in range(x2.shape[0]):
-                        _dots_8x1(w, blk * 4, x2, m, x2.shape[1], bias, y, relu)
-                    blk += 2
-                else:
-                    _ip_rows_whole(x2, w, bias, y, relu, blk)
-                    blk += 1
+        else:
+            _ip_rows_whole(x2, w, bias, y, relu, c * CLAIM_ROWS, min((c + 1) * CLAIM_ROWS, n_all))
 
 
 _F2 = types.float32[:, ::1]
@@ -269,7 +260,7 @@ def _ip_rows_chunked(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - comp
     m_all, k_all = x2.shape
     n0 = blk * 4
     if n0 + 4 > w.shape[0]:
-        _ip_rows_tail(x2, w, bias, y, relu, n0)
+        _ip_rows_tail(x2, w, bias, y, relu, n0, w.shape[0])
         return
     acc[:, :] = np.float32(0.0)
     for k0 in range(0, k_all, KC_ROWS):
@@ -287,23 +278,27 @@ def _ip_rows_chunked(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - comp
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def _ip_rows_whole(x2, w, bias, y, relu, blk):  # pragma: no cover - compiled
-    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end), each row of x2 taking them whole in turn (_dots_4x1: no chunks;
-    a row's bits do not depend on the others: those of batch 1). Its own function, not a flag of _ip_rows_chunked:
-    the task compiled the chunked code's 4 x 5 tiles twice then (a cold `crema train` 3.4 s more)."""
-    n0 = blk * 4
-    if n0 + 4 > w.shape[0]:
-        _ip_rows_tail(x2, w, bias, y, relu, n0)
-        return
-    for m in range(x2.shape[0]):
-        _dots_4x1(w, n0, x2, m, x2.shape[1], bias, y, relu)
+def _ip_rows_whole(x2, w, bias, y, relu, n0, n1):  # pragma: no cover - compiled
+    """Rows n0 .. n1 - 1 of W, each row of x2 taking them whole (no chunks; a row's bits do not depend on the others:
+    those of batch 1): 8 at a time (_dots_8x1), then 4 (_dots_4x1), then one by one. Its own function, not a flag of
+    _ip_rows_chunked: the task compiled the chunked code's 4 x 5 tiles twice then (a cold `crema train` 3.4 s more)."""
+    n = n0
+    while n + 8 <= n1:
+        for m in range(x2.shape[0]):
+            _dots_8x1(w, n, x2, m, x2.shape[1], bias, y, relu)
+        n += 8
+    if n + 4 <= n1:
+        for m in range(x2.shape[0]):
+            _dots_4x1(w, n, x2, m, x2.shape[1], bias, y, relu)
+        n += 4
+    _ip_rows_tail(x2, w, bias, y, relu, n, n1)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, inline="always")
-def _ip_rows_tail(x2, w, bias, y, relu, n0):  # pragma: no cover - compiled
-    """W's last rows from n0 (fewer than 4), one dot product at a time."""
+def _ip_rows_tail(x2, w, bias, y, relu, n0, n1):  # pragma: no cover - compiled
+    """Rows n0 .. n1 - 1 of W (fewer than 4: the last ones), one dot product at a time."""
     m_all, k_all = x2.shape
-    for n in range(n0, w.shape[0]):
+    for n in range(n0, n1):
         wr = w[n]
         for m in range(m_all):
             xr = x2[m]

@@ -665,8 +665,8 @@ def _pack_cols_range(src, c0, ncols, dst, width, k_begin, k_end, k_all):
     full = ncols // width if width % 8 == 0 else 0  # whole slivers copied as <8 x float> vectors (_copy8)
     flat = src.reshape(-1)
     ld = src.shape[1]
-    group = full if full <= PACK_WIDE else PACK_GROUP
-    for s0 in range(0, full, max(group, 1)):
+    group = max(1, full if full <= PACK_WIDE else PACK_GROUP)
+    for s0 in range(0, full, group):
         for k in range(k_begin, k_end):
             for s in range(s0, min(s0 + group, full)):
                 o = np.uint64((s * k_all + k) * width)
