@@ -124,6 +124,7 @@ from kernels.tiling import MR, NR, PAIR, VW
 Act = tuple[float, float] | None  # (lo, hi) of the fused clip, or None
 
 ADD, ADD_RELU = 1, 2  # the tiles' `add` (here and in pointwise_t): z = y + res, or z = max(y + res, 0) (relu)
+SUM_ONLY = 4  # or'ed into pointwise_t's `add`: z only, y not stored (no step reads it: net.plan_steps.sums_only)
 SLIVERS = 2 if PAIR else 1  # 16-pixel slivers per main tile: MR x 32 with AVX-512 (24 zmm accumulators), else MR x 16
 DOT_ACC = 12  # accumulators of a _dot_tile (R rows x C pixels x partial sums), <8 x float> on either CPU
 DOT_COLS = 2  # pixels per _dot_tile at most (3 or 4 spilled: 12 accumulators + C pixel vectors + 1 > 16 ymm)
@@ -777,10 +778,11 @@ def _aligned_workspace(size: int) -> np.ndarray:
     return cut[1]
 
 
-def add_mode(res, relu: bool) -> int:
+def add_mode(res, relu: bool, sum_only: bool = False) -> int:
     """The tiles' `add` for a call with the residual `res` (None: 0, no sum) and `relu` (PointwiseRunner,
-    pointwise_t.PointwiseTRunner)."""
-    return 0 if res is None else ADD_RELU if relu else ADD
+    pointwise_t.PointwiseTRunner); sum_only (pointwise_t's tiles only) or's in SUM_ONLY: with a sum, z alone is
+    written."""
+    return 0 if res is None else (ADD_RELU if relu else ADD) | (SUM_ONLY if sum_only else 0)
 
 
 class PointwiseRunner:
@@ -844,7 +846,10 @@ class PointwiseRunner:
         res: np.ndarray | None = None,
         out2: np.ndarray | None = None,
         relu: bool = False,
+        sum_only: bool = False,
     ) -> None:
+        """sum_only: y may be left unwritten (pointwise_t's tiles then skip it); these tiles sum from y's rows in L1,
+        so they write it all the same."""
         add = add_mode(res, relu)
         if not add:
             res = out2 = out  # unread

@@ -96,7 +96,7 @@ from numba.extending import intrinsic
 
 from kernels.depthwise import LANES, PaddedInput, check_act
 from kernels.gemm import accumulators, as64, claim_near, flat_f32, image_counters, queue_sizes, splat, transpose8
-from kernels.pointwise import ADD_RELU, add_mode
+from kernels.pointwise import ADD_RELU, SUM_ONLY, add_mode
 from kernels.tasks import Task
 from kernels.tiling import VW
 
@@ -146,7 +146,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
 
         xd, wd, yd, bd, rd, zd = (data(i) for i in range(6))
         k, p, xo, wo, yo, o0 = (as64(builder, a) for a in args[6:12])
-        add = args[14]  # 0: no residual, 1: z = y + res, 2: z = max(y + res, 0) (ADD_RELU)
+        add = args[14]  # 0: no residual, 1: z = y + res, 2: z = max(y + res, 0) (ADD_RELU); | SUM_ONLY: no y
         i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
         vec = ir.VectorType(f32, 16)
         v8 = ir.VectorType(f32, 8)
@@ -285,6 +285,8 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
 
         def planes() -> None:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
             none = ir.Constant(mask.type, [0] * 8)
+            only, zero_add = ir.Constant(add.type, SUM_ONLY), ir.Constant(add.type, 0)
+            add_kind = builder.and_(add, ir.Constant(add.type, SUM_ONLY - 1))  # 0, ADD or ADD_RELU
             halves = [(v, g, hv) for v in range(nv) for g in range(npx // NP) for hv in range(2)]
             for v, g, hv in [(v, g, hv) for v, g, hv in halves if not (lanes_of(v) == v8 and hv == 1)]:
                 rows = [
@@ -299,12 +301,13 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                     # a last panel's padding channels (oc >= M) are not stored: an all-false mask
                     lanes = builder.select(builder.icmp_signed("<", oc, m_real), mask, none)
                     yptr = builder.bitcast(builder.gep(yd, [off]), v8ptr)
-                    builder.call(mstore, [r, yptr, ir.Constant(i32, 4), lanes])
-                    with builder.if_then(builder.icmp_signed("!=", add, ir.Constant(add.type, 0))):
+                    with builder.if_then(builder.icmp_signed("==", builder.and_(add, only), zero_add)):
+                        builder.call(mstore, [r, yptr, ir.Constant(i32, 4), lanes])
+                    with builder.if_then(builder.icmp_signed("!=", add_kind, zero_add)):
                         rptr = builder.bitcast(builder.gep(rd, [off]), v8ptr)
                         rv = builder.call(mload, [rptr, ir.Constant(i32, 4), lanes, zero8])
                         zv = builder.fadd(r, rv)
-                        relu = builder.icmp_signed("==", add, ir.Constant(add.type, ADD_RELU))
+                        relu = builder.icmp_signed("==", add_kind, ir.Constant(add.type, ADD_RELU))
                         # the fused ReLU's compare and select (a NaN stays NaN), as the clip above
                         clipped = builder.select(builder.fcmp_ordered("<", zv, zero8), zero8, zv)
                         zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
@@ -551,11 +554,12 @@ class PointwiseTRunner:
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
 
-    def __call__(self, x, w, bias, y, res=None, z=None, relu: bool = False) -> None:
+    def __call__(self, x, w, bias, y, res=None, z=None, relu: bool = False, sum_only: bool = False) -> None:
+        """sum_only (with res): z alone is written, y is left as it was (no step reads it)."""
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
             packed = self.packed = _params(w, bias)
-        add = add_mode(res, relu)
+        add = add_mode(res, relu, sum_only)
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
         if not add:

@@ -64,6 +64,7 @@ from .plan_steps import (
     hand_over_depthwise,
     hand_over_expand,
     strided_pointwise_step,
+    sums_only,
     zero_border_step,
 )
 from .schema import Message
@@ -900,6 +901,7 @@ class _Plan:
             names = (*net.inputs, *net.outputs, *net._share, *net._observers)
             keep = {id(net._blobs[n]) for n in names if n in net._blobs}
             self.steps = hand_over_depthwise(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
+            self.steps = sums_only(self.steps, keep)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 
 

@@ -329,11 +329,12 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
             ):
                 return False
             checked[:] = x, w, b, r
-        step.runner(x, w, b, y, r, z, relu=fused_relu)
+        step.runner(x, w, b, y, r, z, relu=fused_relu, sum_only=step.sum_only)
         done[0] = done[1] = True
         return True
 
     step.runner = run  # for the plan's passes, which may put another runner of the same shapes in its place
+    step.sum_only = False  # y left unwritten where no step reads it (sums_only)
 
     def sum_step() -> bool:  # sum_step.done_by: nothing to do after that step (net.replay leaves it out)
         if done[0]:
@@ -358,6 +359,21 @@ def _residual_pair(conv_layer, conv_bottom, conv_top, elt_step, elt_layer, elt_b
 
     relu_step.done_by = sum_step
     return step, sum_step, relu_step
+
+
+def sums_only(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """A fused residual sum's convolution output (fuse_residual_sums) that only the sum reads and nobody after a
+    forward (`keep`: ids of the blobs someone may read then, ``Net.share_activations``) is not written at all: the
+    step writes the sum alone (``pointwise_t``'s tiles skip y's masked stores; ``pointwise``'s sum from y's rows in
+    L1 and write it as before). EfficientNet-Lite0's ten residual projections each wrote an output nobody read."""
+    readers = _readers(steps)
+    for step, _, _, top in steps:
+        inner = step
+        while inner is not None and not hasattr(inner, "sum_only"):
+            inner = getattr(inner, "inner", None)
+        if inner is not None and id(top[0]) not in keep and readers.get(id(top[0])) == 1:
+            inner.sum_only = True
+    return steps
 
 
 def _readers(steps: list[tuple]) -> dict[int, int]:

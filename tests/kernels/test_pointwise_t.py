@@ -58,6 +58,11 @@ def test_matches_reference_and_pointwise_main_tile_bits(n, k, m, h) -> None:
     y2 = np.empty_like(y)
     run(x, w, b, y2)  # without the residual: the same y
     np.testing.assert_array_equal(y2, y)
+    y3 = np.full_like(y, np.nan)
+    z3 = np.full_like(z, np.nan)
+    run(x, w, b, y3, res, z3, relu=True, sum_only=True)  # the sum alone: y not written
+    assert np.isnan(y3).all()
+    np.testing.assert_array_equal(z3, np.maximum(y + res, np.float32(0)))
 
 
 def test_bits_do_not_depend_on_the_thread_count() -> None:

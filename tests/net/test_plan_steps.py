@@ -188,6 +188,29 @@ def test_a_relu_after_the_residual_sum_runs_in_the_fused_call(folded) -> None:
     assert sum(n.endswith(("sum_step", "relu_step")) for n in _step_names(net)) == 2
 
 
+@pytest.mark.parametrize("keep", [(), ("branch",)])
+def test_a_residual_sum_alone_is_written_where_nobody_reads_the_convolution(keep) -> None:
+    """Under share_activations the fused step writes the sum alone where no step and no caller reads the
+    convolution's output (pointwise_t's tiles skip it): the sum and what follows keep their bits; a blob kept for
+    the caller is written as before."""
+    text = RESIDUAL_RELU.replace("BN", BN)
+    x = np.random.default_rng(4).standard_normal((2, 128, 7, 7), dtype=np.float32)
+    nets = [Net(upgrade_net(parse_text(text, "NetParameter")), seed=6) for _ in range(2)]
+    for net in nets:
+        net.refold()
+    want = _planned(nets[0], x)
+    nets[1].share_activations(keep=keep)
+    got = nets[1].forward(data=x)
+    fused = next(step for step, *_ in nets[1]._plan.steps if hasattr(step, "sum_only"))
+    assert fused.sum_only == (not keep)
+    assert type(fused.runner).__module__ == "kernels.pointwise_t"
+    np.testing.assert_array_equal(got["head"], want["head"])
+    if keep:
+        np.testing.assert_array_equal(np.array(nets[1].blobs["branch"]), want["branch"])
+    again = nets[1].forward(data=x)  # replayed
+    np.testing.assert_array_equal(again["head"], want["head"])
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 7, 15, 15), (3, 2, 8, 9)])
 @pytest.mark.parametrize("stride", [(2, 2), (3, 2)])
 def test_subsample_matches_numpy(shape, stride) -> None:
