@@ -211,51 +211,64 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
     y[m, n] = max(v, zero) + zero * min(v, zero) if relu else v
 
 
-def _ip_worker(t, x2, w, bias, y, relu, rowwise, counter):  # pragma: no cover - compiled
+@njit(cache=True, boundscheck=False, inline="always")
+def _next_claim(counter, sizes, nclaims):  # pragma: no cover - compiled
+    """The next claim of CLAIM_ROWS rows of W (see _ip_whole_worker), or -1 when none is left."""
+    u, i = claim_near(counter, sizes)
+    return -1 if u < 0 else u * nclaims // sizes.shape[0] + i
+
+
+def _ip_whole_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
-    Blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k: a chunk of the 4 rows (16 KB) comes from
-    memory once and stays in L1 while every row of x2 passes over it, five rows at a time (a 4 x 5 register tile of
-    dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the chunks' partial sums added in acc. W
-    itself comes from memory once. With `rowwise` (or one row) each row of x2 takes the claim's rows of W whole
-    (``_ip_rows_whole``): a row's bits are those of batch 1. Worker t of one per thread (kernels.tasks) claims
-    CLAIM_ROWS rows of W at a time from the queue of the CPU it runs on first (``gemm.claim_near``: counters from
-    ``gemm.image_counters``): each core's share of W then stays in its L2 from call to call where it fits, and a
-    worker that is done takes the others' rows, so a slowed virtual CPU does not hold the other one up. One plain
-    counter: dynamic claims over all the rows."""
+    Each row of x2 takes the claim's rows of W whole (``_ip_rows_whole``): a row's bits are those of batch 1. Worker t
+    of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time from the queue of the CPU it runs on first
+    (``gemm.claim_near``: counters from ``gemm.image_counters``): each core's share of W then stays in its L2 from call
+    to call where it fits, and a worker that is done takes the others' rows, so a slowed virtual CPU does not hold the
+    other one up. One plain counter: dynamic claims over all the rows."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
-    chunked = x2.shape[0] > 1 and not rowwise
-    acc = np.empty((x2.shape[0] if chunked else 0, 4), np.float32)  # the chunks' partial sums
     sizes = queue_sizes(counter, nclaims, 1, 1)
-    nq = sizes.shape[0]
-    while True:
-        u, i = claim_near(counter, sizes)
-        if u < 0:
-            break
-        c = u * nclaims // nq + i
-        if chunked:
-            for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
-                _ip_rows_chunked(x2, w, bias, y, relu, blk, acc)
-        else:
-            _ip_rows_whole(x2, w, bias, y, relu, c * CLAIM_ROWS, min((c + 1) * CLAIM_ROWS, n_all))
+    c = _next_claim(counter, sizes, nclaims)
+    while c >= 0:
+        _ip_rows_whole(x2, w, bias, y, relu, c * CLAIM_ROWS, min((c + 1) * CLAIM_ROWS, n_all))
+        c = _next_claim(counter, sizes, nclaims)
+
+
+def _ip_chunked_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
+    """As _ip_whole_worker, for several rows of x2: blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k:
+    a chunk of the 4 rows (16 KB) comes from memory once and stays in L1 while every row of x2 passes over it, five
+    rows at a time (a 4 x 5 register tile of dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the
+    chunks' partial sums added in acc. W itself comes from memory once. A task of its own: a batch-1 net (`crema
+    serve`'s first start) compiles only the whole-row one (1.3 s; this one 2.0 s, both together 2.8)."""
+    n_all = w.shape[0]
+    nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
+    acc = np.empty((x2.shape[0], 4), np.float32)  # the chunks' partial sums
+    sizes = queue_sizes(counter, nclaims, 1, 1)
+    c = _next_claim(counter, sizes, nclaims)
+    while c >= 0:
+        for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
+            _ip_rows_chunked(x2, w, bias, y, relu, blk, acc)
+        c = _next_claim(counter, sizes, nclaims)
 
 
 _F2 = types.float32[:, ::1]
-_IP = Task(_ip_worker, (_F2, _F2, types.float32[::1], _F2, types.boolean, types.boolean, types.int64[::1]), opt=1,
-           fastmath=True, boundscheck=False, compile_s=1.9)  # fmt: skip
+_IP_ARGS = (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1])
+_IP_WHOLE = Task(_ip_whole_worker, _IP_ARGS, opt=1, fastmath=True, boundscheck=False, compile_s=1.3)
+_IP_CHUNKED = Task(_ip_chunked_worker, _IP_ARGS, opt=1, fastmath=True, boundscheck=False, compile_s=2.0)
 
 
 def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False, rowwise: bool = False) -> None:
-    """_ip_worker's rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
+    """The rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
     float32: x2 (M, K), w (N, K), bias (N,), y (M, N); rowwise: every row of y with its batch-1 bits."""
-    drive = _IP.serial if serial else _IP.parallel
+    task = _IP_CHUNKED if x2.shape[0] > 1 and not rowwise else _IP_WHOLE
+    drive = task.serial if serial else task.parallel
     counters = np.zeros(1, np.int64) if serial else image_counters(1, workers, -(-w.shape[0] // CLAIM_ROWS))
-    drive(_IP.address, 1 if serial else workers, x2, w, bias, y, relu, rowwise, counters)
+    drive(task.address, 1 if serial else workers, x2, w, bias, y, relu, counters)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
 def _ip_rows_chunked(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - compiled
-    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_worker), in chunks of KC_ROWS
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_chunked_worker), in chunks of KC_ROWS
     floats of k; acc: (M, 4) scratch."""
     m_all, k_all = x2.shape
     n0 = blk * 4

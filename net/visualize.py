@@ -148,6 +148,13 @@ def layer_views(net) -> list[LayerView]:
     return out
 
 
+def view_tops(net) -> tuple[str, ...]:
+    """The blobs of layer_views (each view's top, once): what server.inside observes in every forward of `crema serve`,
+    and so what `crema serve` and `crema warm` warm a model's plan up with (net.warm.forward_pass: the plan leaves
+    observed blobs out of its fused steps, and runs other kernels there)."""
+    return tuple(dict.fromkeys(view.top for view in layer_views(net)))
+
+
 def find_layer(net, name: str) -> LayerView:
     """The LayerView named `name`; VisualizeError for an unknown layer or one without spatial maps, listing the
     layers that have them."""

@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -423,10 +424,16 @@ def forward_pass(
     batch: int = 1,
     threads: int | None = None,
     memory_budget=None,
+    keep: tuple[str, ...] | None = (),
+    observe: Callable[[Any], tuple[str, ...]] | None = None,
 ):
     """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
     too) at `batch` on zeros, as `crema serve` warms its model up, on `threads` Numba threads (default: this thread's
-    count; the plan's kernels depend on it); returns run()."""
+    count; the plan's kernels depend on it); returns run(). keep: the net shares its activations keeping these blobs
+    (``Net.share_activations``), as `crema serve` and `crema classify` run a model: the plan then fuses steps
+    (an expand and its depthwise, handoffs in blocks) and runs other kernels than without (None: not shared, as
+    `crema time` runs it). observe: observe(net) -> the blobs read during the forward (``Net.observe``: `crema
+    serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan leaves out of those fusions."""
     import numba
     import numpy as np
 
@@ -439,6 +446,10 @@ def forward_pass(
         net = Net.load(prototxt, weights, phase="test", memory_budget=memory_budget)
     finally:
         numba.set_num_threads(requested)
+    if keep is not None:
+        net.share_activations(keep=tuple(keep))
+    for name in observe(net) if observe is not None else ():
+        net.observe(name, _ignore)
     inputs = {name: np.zeros((batch, *net.blob(name).shape[1:]), np.float32) for name in net.inputs}
 
     def run() -> None:
@@ -449,6 +460,10 @@ def forward_pass(
             numba.set_num_threads(requested)
 
     return run
+
+
+def _ignore(_name, _array) -> None:
+    pass
 
 
 def training_pass(param, *, source: str = "", memory_budget=None):
@@ -471,10 +486,22 @@ def training_pass(param, *, source: str = "", memory_budget=None):
 
 
 def prepare_forward(
-    prototxt, weights, *, batch: int = 1, threads: int | None = None, memory_budget=None, wait: bool = True, **kw
+    prototxt,
+    weights,
+    *,
+    batch: int = 1,
+    threads: int | None = None,
+    memory_budget=None,
+    keep: tuple[str, ...] | None = (),
+    observe: Callable[[Any], tuple[str, ...]] | None = None,
+    wait: bool = True,
+    **kw,
 ):
-    """`prepare` for a forward at `batch`; with wait=False, `start_prepare`'s function to wait with."""
-    run = forward_pass(prototxt, weights, batch=batch, threads=threads, memory_budget=memory_budget)
+    """`prepare` for a forward at `batch` (`keep`, `observe`: see forward_pass); with wait=False, `start_prepare`'s
+    function to wait with."""
+    run = forward_pass(
+        prototxt, weights, batch=batch, threads=threads, memory_budget=memory_budget, keep=keep, observe=observe
+    )
     return prepare(run, **kw) if wait else start_prepare(run, **kw)
 
 
@@ -484,6 +511,7 @@ def prepare_training(param, *, source: str = "", memory_budget=None, **kw) -> Pr
 
 # -- `crema warm` -----------------------------------------------------------------------------------------------
 def cmd_warm(args: argparse.Namespace) -> int:
+    from .visualize import view_tops
     from .zoo import DEFAULT_MODEL, is_model_name, resolve
 
     say = lambda msg: print(f"crema: {msg}", flush=True)
@@ -501,10 +529,9 @@ def cmd_warm(args: argparse.Namespace) -> int:
             prototxt, weights = files.prototxt, files.weights
         else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
-        say(f"{name}: a forward at batch {args.batch}")
-        reports.append(
-            prepare_forward(prototxt, weights, batch=args.batch, workers=args.workers, say=say, verbose=True)
-        )
+        say(f"{name}: a forward at batch {args.batch}, as `crema serve` runs it")
+        reports.append(prepare_forward(prototxt, weights, batch=args.batch, workers=args.workers, say=say,
+                                       verbose=True, observe=view_tops))  # fmt: skip
     for r in reports:
         if r.note:
             say(f"the dry pass stopped early ({r.note}): the kernels after that point compile on first use")

@@ -138,6 +138,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     """`crema serve` after its checks: load the model and galleries, then serve the app on `listener`."""
     import logging
 
+    from net.visualize import view_tops
     from net.warm import prepare_forward
 
     model = load_model(args)
@@ -149,6 +150,10 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         model.files.weights,
         threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
         memory_budget=getattr(args, "memory_budget", None),
+        # the plan the app runs: the model's net shares its activations so (server.model), and the app's Inside
+        # observes its layers' maps (server.inside)
+        keep=(model.feature_blob,),
+        observe=view_tops,
         say=lambda msg: print(f"crema: {msg}", flush=True),
         wait=False,
     )

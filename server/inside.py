@@ -107,7 +107,7 @@ class Inside:
         self._views_of: dict[str, list[LayerView]] = {}  # top -> the views that show it
         for view in self.views:
             self._views_of.setdefault(view.top, []).append(view)
-        for top in self._views_of:
+        for top in self._views_of:  # (net.visualize.view_tops(net))
             net.observe(top, self._copy)  # held weakly: an Inside no longer used stops copying
         for view in self.views:
             if view.filters:

@@ -56,6 +56,10 @@ from kernels.tasks import Task
 from net import Net
 net = Net.load(sys.argv[1], phase="test")
 randomize(net, seed=0)
+net.share_activations()  # as `crema serve` runs a model (its feature maps observed), and `crema warm` warms it
+from net.visualize import view_tops
+for name in view_tops(net):
+    net.observe(name, lambda name, array: None)
 x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
 np.save(sys.argv[2], net.forward(data=x)["prob"])
 for module in (depthwise, fc, pointwise):
@@ -128,7 +132,7 @@ def test_warm_compiles_task_bodies_in_workers_and_gives_the_same_bits(tmp_path):
     warmed = tmp_path / "warmed-cache"
     out = _run(["-m", "crema", "warm", "--model", str(proto), "--workers", "2", "--batch", "1"], warmed)
     assert "left to compile" not in out, out
-    for body in ("pointwise._pw_worker", "depthwise._c8_worker", "fc._ip_worker"):  # the bodies, and their drivers
+    for body in ("pointwise._pw_worker", "depthwise._c8_worker", "fc._ip_whole_worker"):  # the bodies, and their drivers
         assert f"kernels.{body} (" in out and f"{body.split('.')[1]}__" in out, out
     loaded = _run(["-c", FORWARD, str(proto), str(tmp_path / "loaded.npy")], warmed)
     assert loaded.strip().endswith("compiled:"), loaded  # bodies and drivers from the cache
@@ -164,10 +168,10 @@ def test_long_compiles_are_handed_out_first() -> None:
     from net.warm import _longest_first
 
     plain, par = SimpleNamespace(targetoptions={}), SimpleNamespace(targetoptions={"parallel": True})
-    groups = [(plain, []), (fc._IP, []), (par, []), (depthwise._DW, []), (pointwise._PW, []), (pointwise_t._PT, [])]
+    groups = [(plain, []), (fc._IP_CHUNKED, []), (par, []), (depthwise._DW, []), (pointwise._PW, []), (pointwise_t._PT, [])]
     order = [g[0] for g in sorted(groups, key=_longest_first)]
-    assert order == [pointwise._PW, fc._IP, pointwise_t._PT, depthwise._DW, par, plain]
-    assert pointwise._PW.compile_s > fc._IP.compile_s > depthwise._DW.compile_s > 0
+    assert order == [pointwise._PW, fc._IP_CHUNKED, pointwise_t._PT, depthwise._DW, par, plain]
+    assert pointwise._PW.compile_s > fc._IP_CHUNKED.compile_s > depthwise._DW.compile_s > 0
 
 
 START_METHOD = r"""
