@@ -868,9 +868,24 @@ class PaddedInput:
         if not runner.c8:
             raise ValueError("PaddedInput: the depthwise runner does not take the channel-block path")
         n, c, h, wd, ph, pw, wb = runner.args[:7]
-        self.plane = plane = runner.plane
-        self.geometry = (n, c, h, wd, ph, pw, plane // (LANES * wb), wb)
-        size = self.size(runner)
+        self._setup((n, c, h, wd, ph, pw, runner.plane // (LANES * wb), wb), buf)
+
+    @classmethod
+    def unpadded(cls, shape, buf: np.ndarray) -> PaddedInput:
+        """Blocks of an (N, C, H, W) blob without borders: block b of image n at ``buf[(n*B + b)*H*W*LANES:]``, pixel p
+        at p*LANES in it, the layout of a depthwise step's Handoff (a 1x1 step handing its output to the expand of a
+        fused expand + depthwise step: ``mbconv.ExpandDepthwiseRunner.x_blocks``); buf as for the constructor, at least
+        N * ceil(C / LANES) * H * W * LANES floats."""
+        n, c, h, wd = (int(v) for v in shape)
+        self = cls.__new__(cls)
+        self._setup((n, c, h, wd, 0, 0, h, wd), buf)
+        return self
+
+    def _setup(self, geometry: tuple[int, ...], buf: np.ndarray) -> None:
+        n, c, h, wd, ph, pw, hb, wb = geometry
+        self.geometry = geometry
+        self.plane = hb * wb * LANES
+        size = n * -(-c // LANES) * self.plane
         if buf.dtype != np.float32 or buf.ndim != 1 or buf.size < size or buf.ctypes.data % (4 * LANES):
             raise ValueError(
                 f"PaddedInput: needs {4 * LANES}-byte aligned float32 of {size} floats, got {buf.dtype} {buf.shape}"

@@ -50,7 +50,7 @@ from numba import types
 from kernels import pointwise_t
 from kernels.depthwise import LANES, DepthwiseRunner, _block_tile, _c8_tables, _zero_block_border, check_act
 from kernels.gemm import Workspace, claim_near, image_counters, queue_sizes
-from kernels.pointwise_t import NP, P_PREFETCH, _ptile1, _ptile1w, _ptile2, _ptile2w, pack
+from kernels.pointwise_t import NP, P_PREFETCH, X_PREFETCH, _ptile1, _ptile1w, _ptile2, _ptile2w, pack
 from kernels.tasks import Task
 
 ENABLED = pointwise_t.ENABLED  # AVX-512: the expand's 16-lane tiles
@@ -96,18 +96,21 @@ def _bands(n: int, tasks: int, oh: int, in_rows, row_bytes: int, split_rows: boo
 
 
 def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, counter,
-               wt_tab, toff_tab, ntaps, b8_tab, out8):  # fmt: skip  # pragma: no cover - compiled
+               wt_tab, toff_tab, ntaps, b8_tab, out8, xblk):  # fmt: skip  # pragma: no cover - compiled
     """Worker t: claims (image, channels, band) tasks (gemm.claim_near). plan: N, K, C, P (the expand's input pixels),
     H, W, ph, pw, WB, HB (a block buffer's padded rows and columns), OW, bands, the block buffer's floats, blocks a
     task (1 or 2: 16 or 32 channels, the weights packed in panels of as many). rows[band]: (first output row, output
     rows end, first input row, input rows end). ws: every worker's block buffers, worker t's at t * plan[13] *
     plan[12]; po[p]: input pixel p's offset in a block buffer. y: the depthwise's output, in planes or (out8) each
-    block's channels interleaved per pixel."""
+    block's channels interleaved per pixel. xblk: x in blocks of LANES channels interleaved per pixel (the 1x1 step
+    before wrote it so: ``ExpandDepthwiseRunner.x_blocks``), else in planes."""
     n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
     nblk = c // LANES
     npix = (rows[bands - 1, 1]) * ow
     base = t * per * bsize
+    xstep = LANES if xblk else 1  # x's floats from one pixel to the next
+    xpf = 1 + X_PREFETCH if xblk else -P_PREFETCH  # the tiles' x mode and prefetch (pointwise_t)
     for v in range(per):  # the expand writes the image's pixels only
         _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
     ntc = (nblk + per - 1) // per  # tasks of a band
@@ -134,19 +137,19 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
         wpf = (b0 + 2) * LANES * k if nb == 2 and b0 + 2 < nblk else 0
         while tt < t1:
             p0 = tt * NP
-            xo = img * k * p + p0
+            xo = img * k * p + p0 * xstep
             if tt + 1 < t1 and nb == 2:
-                _ptile2w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, wpf, -P_PREFETCH, po,
+                _ptile2w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, wpf, xpf, po,
                          bsize, p0, c)  # fmt: skip
                 wpf = 0
             elif tt + 1 < t1:
-                _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                          bsize, p0, c)  # fmt: skip
             elif nb == 2:
-                _ptile2(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                _ptile2(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                         bsize, p0, c)  # fmt: skip
             else:
-                _ptile1(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, -P_PREFETCH, po,
+                _ptile1(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                         bsize, p0, c)  # fmt: skip
             tt += 2 if tt + 1 < t1 else 1
         # the depthwise: output rows o_first .. o_end - 1 of each block from its buffer
@@ -163,7 +166,7 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
 _F1, _I1, _F2, _I2, _f = types.float32[::1], types.int64[::1], types.float32[:, ::1], types.int64[:, ::1], types.float64
 _ED = Task(
     _ed_worker,
-    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64),
+    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64, types.int64),
     opt=1,  # explicit vector tiles: -O1 compiles in a fifth less time, same code speed (kernels.tasks)
     compile_s=1.5,
     boundscheck=False,
@@ -174,7 +177,19 @@ _WORKSPACE = Workspace()
 class ExpandDepthwiseRunner:
     """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
 
-    __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "workers", "ws", "ws_floats")
+    __slots__ = (
+        "args",
+        "counter_args",
+        "dw",
+        "lo_hi",
+        "out_shape",
+        "packed",
+        "tables",
+        "workers",
+        "ws",
+        "ws_floats",
+        "x_blocks",
+    )
 
     def __init__(self, x_shape, w1_shape, act1, dw_runner: DepthwiseRunner) -> None:
         if not applies(x_shape, w1_shape, dw_runner):
@@ -219,6 +234,9 @@ class ExpandDepthwiseRunner:
         self.counter_args = (n, threads, -(-nblk // per) * bands)  # image_counters': tasks an image
         self.packed: tuple | None = None  # (w1, its panels, b1)
         self.tables: tuple | None = None  # (w2, b2, the depthwise's tap tables)
+        # x handed over by the 1x1 step before in blocks of LANES channels interleaved per pixel, no borders
+        # (``depthwise.PaddedInput.unpadded``, set by the plan: net.plan_steps.hand_over_projection), or None
+        self.x_blocks = None
 
     def __call__(self, x, w1, b1, w2, b2, y) -> None:
         packed = self.packed
@@ -235,7 +253,11 @@ class ExpandDepthwiseRunner:
             self.ws = (buf.base, ws)
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)
-        _ED.parallel(_ED.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args,
-                     *self.lo_hi, ws, counter, *tables[2], int(handoff is not None))  # fmt: skip
+        xb = self.x_blocks
+        xblk = xb is not None and xb.ready  # (else the 1x1 layer's own forward wrote x in planes)
+        if xb is not None:
+            xb.ready = False
+        _ED.parallel(_ED.address, self.workers, xb.buf if xblk else x.reshape(-1), packed[1], b1, y.reshape(-1),
+                     *self.args, *self.lo_hi, ws, counter, *tables[2], int(handoff is not None), int(xblk))  # fmt: skip
         if handoff is not None:
             handoff.interleaved = LANES  # y holds blocks of LANES channels interleaved per pixel this time

@@ -63,6 +63,7 @@ from .plan_steps import (
     fuse_residual_sums,
     hand_over_depthwise,
     hand_over_expand,
+    hand_over_projection,
     strided_pointwise_step,
     sums_only,
     zero_border_step,
@@ -900,7 +901,8 @@ class _Plan:
         if net._share is not None:  # blobs nobody reads after a forward may take another layout between two steps
             names = (*net.inputs, *net.outputs, *net._share, *net._observers)
             keep = {id(net._blobs[n]) for n in names if n in net._blobs}
-            self.steps = hand_over_depthwise(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
+            self.steps = hand_over_projection(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
+            self.steps = hand_over_depthwise(self.steps, keep)
             self.steps = sums_only(self.steps, keep)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 

@@ -78,6 +78,7 @@ PROJECT_BLOCKS = True
 STRIDED_POINTWISE = True  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
 CONVT = True  # convt_step on (False: those convolutions take conv's im2col + GEMM)
 CONVT_MAX_CHANNELS = 4  # convt_step: input channels at most (an image's: 3, 1 grey, 4 with alpha)
+PROJECTION_BLOCKS = True  # hand_over_projection on (False: a 1x1 step before a fused expand writes planes)
 BLOCKS_MAX_BYTES = 8 << 20  # a handoff's blocks at most (EfficientNet-Lite0: 5 MB an image at the most)
 
 
@@ -551,6 +552,54 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
             run = pointwise_t.PointwiseTRunner(pw_bottom[0].data.shape, w_shape, pw_layer.act(), blocks)
             out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
         out[i + 1] = (_after_refusal(dw_step, _blocks_back(pw_top[0], blocks)), dw_layer, dw_bottom, dw_top)
+    return out
+
+
+def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """A folded 1x1 Convolution at batch 1 whose output only the next step reads, a fused expand + depthwise step
+    (`fuse_expand_depthwise`; an inverted-residual block's projection into the next block's expand, without a
+    residual sum between them: EfficientNet-Lite0's block 0 -> 1), writes that output in blocks of 16 channels
+    interleaved per pixel (`kernels.depthwise.PaddedInput.unpadded`, on `kernels.pointwise_t`: one aligned store per
+    pixel and block, no 8 x 8 transposes), and the expand's tiles read them so (``ExpandDepthwiseRunner.x_blocks``:
+    16 channels of a pixel on one line). The same FMA chains, the same bits. Only where nothing reads the blob after
+    a forward (`keep`); when the fused step cannot run (an array changed under the plan) the blob gets its planes
+    back before the expand layer's own forward reads it. Runs before `hand_over_depthwise`, which then hands the
+    projection its input from the depthwise before it as before."""
+    out = list(steps)
+    if not PROJECTION_BLOCKS:
+        return out
+    readers = _readers(steps)
+    for i in range(len(out) - 1):
+        (pw_step, pw_layer, pw_bottom, pw_top), (ed_step, ed_layer, ed_bottom, ed_top) = out[i], out[i + 1]
+        pw_run, ed_run = getattr(pw_step, "runner", None), getattr(ed_step, "runner", None)
+        if not isinstance(ed_run, mbconv.ExpandDepthwiseRunner) or ed_run.x_blocks is not None:
+            continue
+        # a step on kernels.pointwise moves to pointwise_t as PROJECT_BLOCKS moves projections at batch 1
+        movable = (
+            (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)
+            if PROJECT_BLOCKS
+            else pointwise_t.PointwiseTRunner
+        )
+        if not isinstance(pw_run, movable):
+            continue
+        if getattr(pw_run, "blocks", None) is not None or hasattr(pw_step, "sum_only") or not pw_layer.frozen:
+            continue  # (a fused residual sum writes planes)
+        blob = pw_top[0]
+        if len(pw_bottom) != 1 or len(pw_top) != 1 or len(ed_bottom) != 1 or ed_bottom[0] is not blob:
+            continue
+        x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
+        if id(blob) in keep or readers.get(id(blob)) != 1 or x_shape[0] != 1 or w_shape[0] % depthwise.LANES:
+            continue
+        if not pointwise_t.applies(x_shape, w_shape, blocks=True):
+            continue
+        shape = (x_shape[0], w_shape[0], *x_shape[2:])
+        size = int(np.prod(shape))
+        raw = np.empty(size + 16, np.float32)
+        blocks = depthwise.PaddedInput.unpadded(shape, raw[(-raw.ctypes.data // 4) % 16 :][:size])
+        run = pointwise_t.PointwiseTRunner(x_shape, w_shape, pw_layer.act(), blocks)
+        ed_run.x_blocks = blocks
+        out[i] = (pw_layer.plan_step(pw_bottom, pw_top, run), pw_layer, pw_bottom, pw_top)
+        out[i + 1] = (_after_refusal(ed_step, _blocks_back(blob, blocks)), ed_layer, ed_bottom, ed_top)
     return out
 
 

@@ -44,9 +44,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 Say = Callable[[str], None]
 

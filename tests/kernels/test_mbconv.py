@@ -111,6 +111,29 @@ def test_hands_its_output_on_in_blocks() -> None:
     np.testing.assert_array_equal(back, planes)
 
 
+def test_reads_its_input_in_blocks() -> None:
+    """x handed over in blocks of 16 channels interleaved per pixel (``x_blocks``, written ready by the 1x1 step
+    before): the same bits as from planes; without `ready` (the 1x1 layer's own forward wrote planes) x is read."""
+    n, k, c, h = 1, 16, 96, 112
+    x, w1, b1, w2, b2, dw, run = _fused(n, k, c, h, 4, 2, 1, seed=9)
+    want = np.empty(dw.out_shape, np.float32)
+    run(x, w1, b1, w2, b2, want)
+    size = x.size
+    raw = np.full(size + 16, np.nan, np.float32)
+    xb = depthwise.PaddedInput.unpadded(x.shape, raw[(-raw.ctypes.data // 4) % 16 :][:size])
+    lanes = depthwise.LANES
+    xb.buf[:] = x.reshape(n, k // lanes, lanes, h * h).transpose(0, 1, 3, 2).reshape(-1)
+    run.x_blocks = xb
+    xb.ready = True
+    got = np.full(dw.out_shape, np.nan, np.float32)
+    run(np.full_like(x, np.nan), w1, b1, w2, b2, got)  # x itself not read
+    np.testing.assert_array_equal(got, want)
+    assert not xb.ready  # read: the next call takes x unless the step before writes the blocks again
+    again = np.full(dw.out_shape, np.nan, np.float32)
+    run(x, w1, b1, w2, b2, again)
+    np.testing.assert_array_equal(again, want)
+
+
 def test_new_weight_arrays_are_packed_again() -> None:
     """The weights are packed once per array: a new expand or depthwise array (Net.refold makes new ones) is used."""
     x, w1, b1, w2, b2, dw, run = _fused(1, 40, 240, 28, 5, 1, 2, seed=6)
@@ -168,6 +191,42 @@ def test_net_fuses_every_expand_and_keeps_the_bits() -> None:
         for _ in range(4):  # recorded and replayed
             np.testing.assert_array_equal(net.forward(data=x)["prob"], apart)
         assert net._plan.replay
+
+
+def test_net_hands_block0s_projection_to_block1_in_blocks() -> None:
+    """Block 0's projection writes its output in blocks for block 1's fused expand (plan_steps.hand_over_projection):
+    the softmax has the bits of the plan without it (PROJECTION_BLOCKS off), replayed too; when the fused step
+    refuses (its input array changed under the plan) the expand's own forward gets the planes back: the same values."""
+    from net import Net, plan_steps
+    from net.zoo import efficientnet_lite0
+
+    x = np.random.default_rng(10).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    files = efficientnet_lite0(say=lambda _m: None)
+    probs = []
+    for on in (False, True):
+        saved, plan_steps.PROJECTION_BLOCKS = plan_steps.PROJECTION_BLOCKS, on
+        try:
+            net = Net.load(files.prototxt, files.weights)
+            net.share_activations()
+            probs.append(net.forward(data=x)["prob"].copy())
+        finally:
+            plan_steps.PROJECTION_BLOCKS = saved
+    handed = [s[1].name for s in net._plan.steps if getattr(getattr(s[0], "runner", None), "x_blocks", None)]
+    assert handed == ["block1/expand"]
+    np.testing.assert_array_equal(probs[1], probs[0])
+    for _ in range(4):  # recorded and replayed
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], probs[0])
+    assert net._plan.replay
+    i = next(i for i, s in enumerate(net._plan.steps) if s[1].name == "block1/expand")
+    src = net._plan.steps[i][2][0]
+    src.data = np.zeros_like(src.data)  # another array than the plan's: the fused step refuses
+    np.testing.assert_allclose(net.forward(data=x)["prob"], probs[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], probs[0])  # planned again
+    i = next(i for i, s in enumerate(net._plan.steps) if s[1].name == "block1/dw")
+    dst = net._plan.steps[i][3][0]
+    dst.data = np.zeros_like(dst.data)  # the projection wrote its blocks, the fused step refuses: planes back
+    np.testing.assert_allclose(net.forward(data=x)["prob"], probs[0], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], probs[0])
 
 
 def test_net_refusals_run_the_layers() -> None:

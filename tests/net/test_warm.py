@@ -132,7 +132,7 @@ def test_warm_compiles_task_bodies_in_workers_and_gives_the_same_bits(tmp_path):
     warmed = tmp_path / "warmed-cache"
     out = _run(["-m", "crema", "warm", "--model", str(proto), "--workers", "2", "--batch", "1"], warmed)
     assert "left to compile" not in out, out
-    for body in ("pointwise._pw_worker", "depthwise._c8_worker", "fc._ip_whole_worker"):  # the bodies, and their drivers
+    for body in ("pointwise._pw_worker", "depthwise._c8_worker", "fc._ip_whole_worker"):  # bodies and drivers
         assert f"kernels.{body} (" in out and f"{body.split('.')[1]}__" in out, out
     loaded = _run(["-c", FORWARD, str(proto), str(tmp_path / "loaded.npy")], warmed)
     assert loaded.strip().endswith("compiled:"), loaded  # bodies and drivers from the cache
@@ -168,7 +168,8 @@ def test_long_compiles_are_handed_out_first() -> None:
     from net.warm import _longest_first
 
     plain, par = SimpleNamespace(targetoptions={}), SimpleNamespace(targetoptions={"parallel": True})
-    groups = [(plain, []), (fc._IP_CHUNKED, []), (par, []), (depthwise._DW, []), (pointwise._PW, []), (pointwise_t._PT, [])]
+    groups = [(plain, []), (fc._IP_CHUNKED, []), (par, [])]
+    groups += [(depthwise._DW, []), (pointwise._PW, []), (pointwise_t._PT, [])]
     order = [g[0] for g in sorted(groups, key=_longest_first)]
     assert order == [pointwise._PW, fc._IP_CHUNKED, pointwise_t._PT, depthwise._DW, par, plain]
     assert pointwise._PW.compile_s > fc._IP_CHUNKED.compile_s > depthwise._DW.compile_s > 0
