@@ -38,7 +38,10 @@ figures in benchmarks/perf_notes.md (twelfth round).
 Public: ``applies(x_shape, w1_shape, dw_runner) -> bool`` and ``ExpandDepthwiseRunner(x_shape, w1_shape, act1,
 dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``: x (N, K, H, W) the expand's input, w1 (C, K, 1, 1), b1 (C,),
 w2 (C, 1, kh, kw), b2 (C,) the depthwise's, y the depthwise's output (N, C, OH, OW) (or its interleaved blocks, when
-the plan set ``dw_runner.handoff``). Used by ``net.plan_steps.fuse_expand_depthwise``.
+the plan set ``dw_runner.handoff``); x may come in blocks of 16 channels interleaved per pixel instead
+(``runner.x_blocks``, a ``depthwise.PaddedInput.unpadded`` the 1x1 step before writes and marks ready: set by
+``net.plan_steps.hand_over_projection``; the tiles then read a pixel's 16 channels on one line). Used by
+``net.plan_steps.fuse_expand_depthwise``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ accumulators, and per input channel k one broadcast of x[k, p] per pixel (14 con
 lines) and two vector loads of the weights, packed once as W^T panels (K, 32). The epilogue adds the bias and clips
 (16 channels of a pixel at a time), transposes 8 x 8 blocks in registers (``gemm.transpose8``) and stores each
 output channel's 7 pixels with a masked store; with a residual, z = y + res the same way (relu: max(y + res, 0),
-the compare and select of the clip: ResNet's ReLU after its residual sum). A task's first tile
+the compare and select of the clip: ResNet's ReLU after its residual sum), and y not stored at all where no step
+reads it (``sum_only``, set by the plan: ``net.plan_steps.sums_only``). A task's first tile
 prefetches the next panel's weights into L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the
 output lines prefetched for writing as well: 1.00x, left out).
 

@@ -51,6 +51,10 @@ it recognises more in the layer than the layer type says.
   A zero-bordered convolution (EfficientNet's stem) hands over the same way, its step keeping the padding and its
   convolution on `kernels.pointwise_t.ConvTRunner` (STEM_BLOCKS); a depthwise step handed its input so runs on its
   channel-block path at any plane size (no fill to pay: the 112 x 112 layer after the stem).
+- `hand_over_projection`: a 1x1 step at batch 1 whose output only a fused expand + depthwise step reads (a block's
+  projection into the next block's expand, no residual sum between) writes it in blocks of 16 channels, which the
+  expand's tiles read (EfficientNet-Lite0's block 0 -> 1). Same conditions.
+- `sums_only`: a fused residual sum whose convolution output nobody else reads writes the sum alone. Same conditions.
 """
 
 from __future__ import annotations
