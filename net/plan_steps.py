@@ -381,6 +381,13 @@ def sums_only(steps: list[tuple], keep: set[int]) -> list[tuple]:
     return steps
 
 
+def _adjacent(out: list[tuple]):
+    """(i, out[i], out[i + 1]) for each pair of adjacent plan entries, read as the loop reaches them (a pass may
+    replace the pair it is at)."""
+    for i in range(len(out) - 1):
+        yield i, out[i], out[i + 1]
+
+
 def _readers(steps: list[tuple]) -> dict[int, int]:
     """{id(blob): how many of the steps read it}."""
     readers: dict[int, int] = {}
@@ -437,8 +444,7 @@ def fuse_expand_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
     if not FUSE_EXPAND:
         return out
     readers = _readers(steps)
-    for i in range(len(out) - 1):
-        (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) = out[i], out[i + 1]
+    for i, (pw_step, pw_layer, pw_bottom, pw_top), (dw_step, dw_layer, dw_bottom, dw_top) in _adjacent(out):
         pw_run, dw_run = getattr(pw_step, "runner", None), getattr(dw_step, "runner", None)
         if not isinstance(pw_run, (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)):
             continue
@@ -573,17 +579,14 @@ def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
     if not PROJECTION_BLOCKS:
         return out
     readers = _readers(steps)
-    for i in range(len(out) - 1):
-        (pw_step, pw_layer, pw_bottom, pw_top), (ed_step, ed_layer, ed_bottom, ed_top) = out[i], out[i + 1]
+    # a step on kernels.pointwise moves to pointwise_t as PROJECT_BLOCKS moves projections at batch 1
+    movable = (
+        (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner) if PROJECT_BLOCKS else pointwise_t.PointwiseTRunner
+    )
+    for i, (pw_step, pw_layer, pw_bottom, pw_top), (ed_step, ed_layer, ed_bottom, ed_top) in _adjacent(out):
         pw_run, ed_run = getattr(pw_step, "runner", None), getattr(ed_step, "runner", None)
         if not isinstance(ed_run, mbconv.ExpandDepthwiseRunner) or ed_run.x_blocks is not None:
             continue
-        # a step on kernels.pointwise moves to pointwise_t as PROJECT_BLOCKS moves projections at batch 1
-        movable = (
-            (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner)
-            if PROJECT_BLOCKS
-            else pointwise_t.PointwiseTRunner
-        )
         if not isinstance(pw_run, movable):
             continue
         if getattr(pw_run, "blocks", None) is not None or hasattr(pw_step, "sum_only") or not pw_layer.frozen:
