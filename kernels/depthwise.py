@@ -852,7 +852,8 @@ class PaddedInput:
     pw.., the borders zeroed by the runner's task before it reads the block. The runner reads the blocks in place: no
     fill, none of its 8 x 8 transposes. ``poff[p]``: input pixel p's offset in a block, ((p // W + ph)*WB + pw + p %
     W)*LANES. ``ready``: the writer sets it after each such write, the runner clears it and fills from the planes when
-    it is not set (the Net ran the 1x1 layer's own forward instead)."""
+    it is not set (the Net ran the 1x1 layer's own forward instead). ``unpadded``: the same layout without borders,
+    for a fused expand + depthwise step that reads its input so (``mbconv.ExpandDepthwiseRunner.x_blocks``)."""
 
     __slots__ = ("buf", "geometry", "plane", "poff", "ready")
 

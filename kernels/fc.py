@@ -238,8 +238,9 @@ def _ip_chunked_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - 
     """As _ip_whole_worker, for several rows of x2: blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k:
     a chunk of the 4 rows (16 KB) comes from memory once and stays in L1 while every row of x2 passes over it, five
     rows at a time (a 4 x 5 register tile of dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the
-    chunks' partial sums added in acc. W itself comes from memory once. A task of its own: a batch-1 net (`crema
-    serve`'s first start) compiles only the whole-row one (1.3 s; this one 2.0 s, both together 2.8)."""
+    chunks' partial sums added in acc. W itself comes from memory once. A task of its own: a net run at batch 1 only
+    compiles just the whole-row one (1.3 s; this one 2.0 s, both together 2.8); `crema serve` warms both when it
+    batches requests (net.warm.forward_pass at batches 1 and 2)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     acc = np.empty((x2.shape[0], 4), np.float32)  # the chunks' partial sums

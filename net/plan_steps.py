@@ -589,8 +589,8 @@ def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
             continue
         if not isinstance(pw_run, movable):
             continue
-        if getattr(pw_run, "blocks", None) is not None or hasattr(pw_step, "sum_only") or not pw_layer.frozen:
-            continue  # (a fused residual sum writes planes)
+        if getattr(pw_run, "blocks", None) is not None or not pw_layer.frozen:
+            continue
         blob = pw_top[0]
         if len(pw_bottom) != 1 or len(pw_top) != 1 or len(ed_bottom) != 1 or ed_bottom[0] is not blob:
             continue

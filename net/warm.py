@@ -421,14 +421,15 @@ def forward_pass(
     prototxt: str | os.PathLike,
     weights: str | os.PathLike | None,
     *,
-    batch: int = 1,
+    batch: int | tuple[int, ...] = 1,
     threads: int | None = None,
     memory_budget=None,
     keep: tuple[str, ...] | None = (),
     observe: Callable[[Any], tuple[str, ...]] | None = None,
 ):
     """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
-    too) at `batch` on zeros, as `crema serve` warms its model up, on `threads` Numba threads (default: this thread's
+    too) at `batch` on zeros (a tuple: one forward at each: `crema serve`'s micro-batches run other kernels than a
+    single request, e.g. the inner product's chunked task), as `crema serve` warms its model up, on `threads` Numba threads (default: this thread's
     count; the plan's kernels depend on it); returns run(). keep: the net shares its activations keeping these blobs
     (``Net.share_activations``), as `crema serve` and `crema classify` run a model: the plan then fuses steps
     (an expand and its depthwise, handoffs in blocks) and runs other kernels than without (None: not shared, as
@@ -450,12 +451,14 @@ def forward_pass(
         net.share_activations(keep=tuple(keep))
     for name in observe(net) if observe is not None else ():
         net.observe(name, _ignore)
-    inputs = {name: np.zeros((batch, *net.blob(name).shape[1:]), np.float32) for name in net.inputs}
+    batches = (batch,) if isinstance(batch, int) else tuple(batch)
+    inputs = [{name: np.zeros((b, *net.blob(name).shape[1:]), np.float32) for name in net.inputs} for b in batches]
 
     def run() -> None:
         numba.set_num_threads(count)
         try:
-            net.forward(**inputs)
+            for one in inputs:
+                net.forward(**one)
         finally:
             numba.set_num_threads(requested)
 
@@ -489,7 +492,7 @@ def prepare_forward(
     prototxt,
     weights,
     *,
-    batch: int = 1,
+    batch: int | tuple[int, ...] = 1,
     threads: int | None = None,
     memory_budget=None,
     keep: tuple[str, ...] | None = (),
@@ -529,7 +532,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
             prototxt, weights = files.prototxt, files.weights
         else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
-        say(f"{name}: a forward at batch {args.batch}, as `crema serve` runs it")
+        say(f"{name}: a forward at batch {args.batch}, its activations shared and crema serve's feature maps observed")
         reports.append(prepare_forward(prototxt, weights, batch=args.batch, workers=args.workers, say=say,
                                        verbose=True, observe=view_tops))  # fmt: skip
     for r in reports:

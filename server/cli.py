@@ -154,6 +154,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         # observes its layers' maps (server.inside)
         keep=(model.feature_blob,),
         observe=view_tops,
+        batch=(1, 2) if not args.no_batching and args.max_batch > 1 else 1,  # a request alone, and a micro-batch
         say=lambda msg: print(f"crema: {msg}", flush=True),
         wait=False,
     )

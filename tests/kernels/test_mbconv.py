@@ -111,11 +111,12 @@ def test_hands_its_output_on_in_blocks() -> None:
     np.testing.assert_array_equal(back, planes)
 
 
-def test_reads_its_input_in_blocks() -> None:
+@pytest.mark.parametrize("n,k,c,h,kernel,stride,pad", [(1, 16, 96, 112, 4, 2, 1), (1, 48, 96, 28, 3, 1, 1)])
+def test_reads_its_input_in_blocks(n, k, c, h, kernel, stride, pad) -> None:
     """x handed over in blocks of 16 channels interleaved per pixel (``x_blocks``, written ready by the 1x1 step
-    before): the same bits as from planes; without `ready` (the 1x1 layer's own forward wrote planes) x is read."""
-    n, k, c, h = 1, 16, 96, 112
-    x, w1, b1, w2, b2, dw, run = _fused(n, k, c, h, 4, 2, 1, seed=9)
+    before): the same bits as from planes (one block of input channels, and three); without `ready` (the 1x1 layer's
+    own forward wrote planes) x is read."""
+    x, w1, b1, w2, b2, dw, run = _fused(n, k, c, h, kernel, stride, pad, seed=9)
     want = np.empty(dw.out_shape, np.float32)
     run(x, w1, b1, w2, b2, want)
     size = x.size
@@ -195,8 +196,10 @@ def test_net_fuses_every_expand_and_keeps_the_bits() -> None:
 
 def test_net_hands_block0s_projection_to_block1_in_blocks() -> None:
     """Block 0's projection writes its output in blocks for block 1's fused expand (plan_steps.hand_over_projection):
-    the softmax has the bits of the plan without it (PROJECTION_BLOCKS off), replayed too; when the fused step
-    refuses (its input array changed under the plan) the expand's own forward gets the planes back: the same values."""
+    the softmax has the bits of the plan without it (PROJECTION_BLOCKS off), replayed too. When the projection's
+    output array changes under the plan, the projection's own forward writes planes and the fused step reads them;
+    when the fused step refuses after the projection wrote its blocks (the depthwise's output array changed), the
+    blob gets its planes back for the expand's own forward: the same values, then the same bits once planned again."""
     from net import Net, plan_steps
     from net.zoo import efficientnet_lite0
 
@@ -219,7 +222,7 @@ def test_net_hands_block0s_projection_to_block1_in_blocks() -> None:
     assert net._plan.replay
     i = next(i for i, s in enumerate(net._plan.steps) if s[1].name == "block1/expand")
     src = net._plan.steps[i][2][0]
-    src.data = np.zeros_like(src.data)  # another array than the plan's: the fused step refuses
+    src.data = np.zeros_like(src.data)  # another array than the plan's: the projection's step refuses first
     np.testing.assert_allclose(net.forward(data=x)["prob"], probs[0], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(net.forward(data=x)["prob"], probs[0])  # planned again
     i = next(i for i, s in enumerate(net._plan.steps) if s[1].name == "block1/dw")
