@@ -269,8 +269,8 @@ def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = Fals
 
 @njit(cache=True, fastmath=True, boundscheck=False)
 def _ip_rows_chunked(x2, w, bias, y, relu, blk, acc):  # pragma: no cover - compiled
-    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_chunked_worker), in chunks of KC_ROWS
-    floats of k; acc: (M, 4) scratch."""
+    """Rows 4 blk .. 4 blk + 3 of W (fewer at the end) against every row of x2 (see _ip_chunked_worker), in chunks
+    of KC_ROWS floats of k; acc: (M, 4) scratch."""
     m_all, k_all = x2.shape
     n0 = blk * 4
     if n0 + 4 > w.shape[0]:
@@ -446,7 +446,7 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
         for n in range(n_all):
             out[m, n] = yt[n, m]
     zero = np.float32(0.0)
-    for m in range(m_all):
+    for m in range(m_all):  # each case its own loop: through _store's run-time flag the ReLU pass ran 3x slower
         if with_b and relu:
             for n in range(n_all):
                 v = out[m, n] + b[n]

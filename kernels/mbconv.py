@@ -258,7 +258,7 @@ class ExpandDepthwiseRunner:
         counter = image_counters(*self.counter_args)
         xb = self.x_blocks
         xblk = xb is not None and xb.ready  # (else the 1x1 layer's own forward wrote x in planes)
-        if xb is not None:
+        if xblk:
             xb.ready = False
         _ED.parallel(_ED.address, self.workers, xb.buf if xblk else x.reshape(-1), packed[1], b1, y.reshape(-1),
                      *self.args, *self.lo_hi, ws, counter, *tables[2], int(handoff is not None), int(xblk))  # fmt: skip

@@ -417,6 +417,9 @@ def numba_cache_dir() -> str:
 
 
 # -- the passes -------------------------------------------------------------------------------------------------
+SERVE_BATCHES = (1, 2)  # the batches `crema serve` (micro-batching) and `crema warm` warm a model up at
+
+
 def forward_pass(
     prototxt: str | os.PathLike,
     weights: str | os.PathLike | None,
@@ -428,12 +431,12 @@ def forward_pass(
     observe: Callable[[Any], tuple[str, ...]] | None = None,
 ):
     """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
-    too) at `batch` on zeros (a tuple: one forward at each: `crema serve`'s micro-batches run other kernels than a
-    single request, e.g. the inner product's chunked task), as `crema serve` warms its model up, on `threads` Numba threads (default: this thread's
-    count; the plan's kernels depend on it); returns run(). keep: the net shares its activations keeping these blobs
-    (``Net.share_activations``), as `crema serve` and `crema classify` run a model: the plan then fuses steps
-    (an expand and its depthwise, handoffs in blocks) and runs other kernels than without (None: not shared, as
-    `crema time` runs it). observe: observe(net) -> the blobs read during the forward (``Net.observe``: `crema
+    too) at `batch` on zeros (a tuple: one forward at each; `crema serve` warms SERVE_BATCHES, as its micro-batches
+    run other kernels than a single request, e.g. the inner product's chunked task), on `threads` Numba threads
+    (default: this thread's count; the plan's kernels depend on it); returns run(). keep: the net shares its
+    activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
+    the plan then fuses steps (an expand and its depthwise, handoffs in blocks) and runs other kernels than without
+    (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward (``Net.observe``: `crema
     serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan leaves out of those fusions."""
     import numba
     import numpy as np
@@ -532,9 +535,10 @@ def cmd_warm(args: argparse.Namespace) -> int:
             prototxt, weights = files.prototxt, files.weights
         else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
-        say(f"{name}: a forward at batch {args.batch}, its activations shared and crema serve's feature maps observed")
-        reports.append(prepare_forward(prototxt, weights, batch=args.batch, workers=args.workers, say=say,
-                                       verbose=True, observe=view_tops))  # fmt: skip
+        batch = SERVE_BATCHES if args.batch is None else args.batch
+        say(f"{name}: forwards at batch {batch}, activations shared and crema serve's feature maps observed")
+        reports.append(prepare_forward(prototxt, weights, batch=batch, workers=args.workers, say=say, verbose=True,
+                                       observe=view_tops))  # fmt: skip
     for r in reports:
         if r.note:
             say(f"the dry pass stopped early ({r.note}): the kernels after that point compile on first use")
@@ -555,7 +559,7 @@ def add_commands(sub) -> None:
                    "the solver's net unless given)")  # fmt: skip
     p.add_argument("--weights", help=".caffemodel for a .prototxt --model (default: its fillers)")
     p.add_argument("--solver", help="also a solver .prototxt: its first training iteration and test pass")
-    p.add_argument("--batch", type=int, default=1, help="forward batch size (default 1, as `crema serve` warms up)")
+    p.add_argument("--batch", type=int, help="forward batch size (default: 1 and 2, as `crema serve` warms up)")
     p.add_argument("--workers", type=int, help="compiling processes (default: one per core)")
     p.set_defaults(func=cmd_warm)
 

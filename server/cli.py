@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     import logging
 
     from net.visualize import view_tops
-    from net.warm import prepare_forward
+    from net.warm import SERVE_BATCHES, prepare_forward
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         # observes its layers' maps (server.inside)
         keep=(model.feature_blob,),
         observe=view_tops,
-        batch=(1, 2) if not args.no_batching and args.max_batch > 1 else 1,  # a request alone, and a micro-batch
+        batch=SERVE_BATCHES if not args.no_batching and args.max_batch > 1 else 1,  # a request, and a micro-batch
         say=lambda msg: print(f"crema: {msg}", flush=True),
         wait=False,
     )

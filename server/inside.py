@@ -46,6 +46,7 @@ from net.visualize import (
     layer_filters,
     layer_views,
     trim_zero_border,
+    view_tops,
 )
 from net.visualize import maps_grid as render_maps
 
@@ -107,7 +108,7 @@ class Inside:
         self._views_of: dict[str, list[LayerView]] = {}  # top -> the views that show it
         for view in self.views:
             self._views_of.setdefault(view.top, []).append(view)
-        for top in self._views_of:  # (net.visualize.view_tops(net))
+        for top in view_tops(net):  # (what `crema serve`'s warm pass observes too)
             net.observe(top, self._copy)  # held weakly: an Inside no longer used stops copying
         for view in self.views:
             if view.filters:
