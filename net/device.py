@@ -134,7 +134,7 @@ def _diff_to_device(rt: Any, blob: Any) -> None:
     """A diff made on the host before the upload (say by clear_param_diffs) follows its data to the device."""
     d = blob._diff
     if d is not None and not rt.is_array(d) and d.shape == blob.shape:
-        blob.diff = gpu.to_device(d)
+        blob.diff = gpu.to_device(blob.diff)  # (the getter writes zeros a clear_diff left pending)
 
 
 def to_host(a: Any) -> np.ndarray:

@@ -741,9 +741,10 @@ class Net:
         return out
 
     def clear_param_diffs(self) -> None:
+        """Zero every parameter diff (lazily: ``Blob.clear_diff``)."""
         for layer in self.layers:
             for blob in layer.blobs:
-                blob.diff[...] = 0.0
+                blob.clear_diff()
 
     def share_weights_from(self, other: Net) -> None:
         """Use `other`'s parameter Blobs in every layer of the same name (Caffe's ShareTrainedLayersWith:

@@ -83,9 +83,11 @@ def inner_product_backward(
     need_dx: bool = True,
     need_dw: bool = True,
     need_db: bool = True,
+    overwrite_dw: bool = False,
 ) -> tuple[Any, Any, Any]:
     """InnerProduct backward (kernels.fc.inner_product_backward's contract) on device arrays: dx OVERWRITTEN,
-    dw and db ACCUMULATED (allocated zeroed when not given), None where the need_* flag is False."""
+    dw and db ACCUMULATED (allocated zeroed when not given; dw zeroed first with overwrite_dw), None where the
+    need_* flag is False."""
     rt = runtime()
     what = "inner_product_backward"
     x, w, dy = device_input(rt, x, f"{what} x"), device_input(rt, w, f"{what} w"), device_input(rt, dy, f"{what} dy")
@@ -104,6 +106,8 @@ def inner_product_backward(
             dw = rt.empty(w.shape)
             dw.fill(0)
         dw = device_output(rt, dw, tuple(w.shape), f"{what} dw")
+        if overwrite_dw:
+            dw.fill(0)
         if rows and dw.size:
             if transpose:
                 sgemm(rt, x2, dy2, dw, trans_a=True, trans_b=False, accumulate=True)

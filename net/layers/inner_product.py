@@ -98,6 +98,7 @@ class InnerProductLayer(Layer):
         down = bool(propagate_down[0])
         if not (down or need_dw or need_db):
             return
+        dw, fresh = self.blobs[0].diff_to_overwrite() if need_dw else (None, False)  # fresh: zeros never written
         kernels_for(top[0].diff).inner_product_backward(
             top[0].diff,
             bottom[0].data,
@@ -105,9 +106,10 @@ class InnerProductLayer(Layer):
             axis=self.axis,
             transpose=self.transpose,
             dx=bottom[0].diff if down else None,
-            dw=self.blobs[0].diff if need_dw else None,
+            dw=dw,
             db=self.blobs[1].diff if need_db else None,
             need_dx=down,
             need_dw=need_dw,
             need_db=need_db,
+            overwrite_dw=fresh,
         )

@@ -257,6 +257,22 @@ def test_backward_overwrites_dx_and_accumulates_dw_db(rows: int) -> None:
     np.testing.assert_allclose(dw2, fresh[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [0, 4, 40, 64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_backward_overwrite_dw_equals_accumulating_on_zeros(rows: int, transpose: bool) -> None:
+    """overwrite_dw (a solver's lazily cleared diff): dw's old values are ignored, and the result has the bits of
+    accumulating into zeros (the same sums: 0 + x == x)."""
+    rng = np.random.default_rng(rows + 7)
+    x = rng.standard_normal((rows, 96), dtype=np.float32)
+    w = rng.standard_normal((96, 50) if transpose else (50, 96), dtype=np.float32)
+    dy = rng.standard_normal((rows, 50), dtype=np.float32)
+    want = np.zeros_like(w)
+    inner_product_backward(dy, x, w, transpose=transpose, dw=want, need_dx=False, need_db=False)
+    dw = np.full_like(w, np.nan)
+    inner_product_backward(dy, x, w, transpose=transpose, dw=dw, need_dx=False, need_db=False, overwrite_dw=True)
+    np.testing.assert_array_equal(dw.view(np.uint32), want.view(np.uint32))
+
+
 def test_backward_errors() -> None:
     x = np.zeros((4, 6), np.float32)
     w = np.zeros((3, 6), np.float32)

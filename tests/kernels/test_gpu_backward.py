@@ -133,6 +133,10 @@ def test_inner_product_backward(dev, m, k, n, transpose) -> None:
     assert_gemm_close(down(dx), rdx, n)
     assert_gemm_close(down(dw), rdw + dw0, m)
     assert_gemm_close(down(db), rdb, m)
+    _, dw, _ = gpu.inner_product_backward(
+        up(dy), up(x), up(w), transpose=transpose, dw=up(dw0), need_dx=False, need_db=False, overwrite_dw=True
+    )
+    assert_gemm_close(down(dw), rdw, m)  # dw0 ignored
 
 
 # -- pooling, LRN --------------------------------------------------------------------------------------

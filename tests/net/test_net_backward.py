@@ -155,3 +155,26 @@ def test_param_diffs_accumulate_until_cleared():
     net.forward_backward()
     for g, (_, _, b, _, _) in zip(once, net.learnable()):
         np.testing.assert_allclose(b.diff, 2 * g, rtol=1e-5, atol=1e-7)
+
+
+def test_cleared_diffs_read_as_zeros_and_overwrite_bit_for_bit():
+    """clear_param_diffs zeroes lazily (Blob.clear_diff): a diff read after it is zeros, and a backward after it (the
+    InnerProduct writing its weight diff whole, not adding it to written zeros) gives the same bits as one on diffs
+    zeroed by hand."""
+    net = _net()
+    _feed(net)
+    net.forward_backward()
+    net.clear_param_diffs()
+    for _, _, b, _, _ in net.learnable():
+        assert not np.any(b.diff)
+    net.forward_backward()
+    by_hand = [b.diff.copy() for _, _, b, _, _ in net.learnable()]
+    net.clear_param_diffs()
+    net.forward_backward()
+    for g, (_, _, b, _, _) in zip(by_hand, net.learnable()):
+        np.testing.assert_array_equal(b.diff.view(np.uint32), g.view(np.uint32))
+    ip = net.layers[[layer.name for layer in net.layers].index("ip")].blobs[0]
+    ip.clear_diff()
+    d, fresh = ip.diff_to_overwrite()
+    assert fresh and ip.diff_to_overwrite()[1] is False  # fresh once: the next writer accumulates
+
