@@ -133,7 +133,8 @@ class ConvolutionLayer(Layer):
         (winograd.choose: 3x3 or 5x5, stride 1, enough channels and pixels; 0 when this layer's `winograd` is False,
         the environment says CREMA_WINOGRAD=0, or the layer is in a TRAIN-phase net: a solver changes its weights
         every iteration, and transforming them again each time cost more than Winograd saves: LeNet's training
-        iteration with conv2 on F(4x4, 5x5) 1.62x PyTorch against 2.07x without)."""
+        iteration with conv2 on F(4x4, 5x5) 1.62x PyTorch against 2.07x without; a solver's test nets set `winograd`
+        False too: net.solver.WINOGRAD_TESTS)."""
         if not self.winograd or self.phase == "TRAIN":
             return 0
         return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.frozen)

@@ -162,3 +162,29 @@ def test_progress_bar_on_a_terminal(tty_stderr):
     last = tty_stderr.readouterr().err.rsplit("\r", 1)[-1]
     assert last.startswith("training: 100%") and "6/6" in last and f"loss {solver.smoothed_loss:.4f}" in last
     assert any(line.startswith("Iteration 3") for line in lines)
+
+
+CONV_NET = """
+net_param {
+  name: "conv5x5"
+  layer { name: "data" type: "Input" top: "data" top: "target"
+          input_param { shape { dim: 100 dim: 20 dim: 12 dim: 12 } shape { dim: 100 dim: 50 dim: 8 dim: 8 } } }
+  layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+          convolution_param { num_output: 50 kernel_size: 5 weight_filler { type: "xavier" } } }
+  layer { name: "loss" type: "EuclideanLoss" bottom: "conv" bottom: "target" top: "loss" }
+}
+base_lr: 0.01 lr_policy: "fixed" max_iter: 10 test_iter: 1 test_interval: 10
+"""
+
+
+def test_test_nets_run_no_winograd():
+    """A solver's test nets keep their convolutions off Winograd (their weights change between tests; its compile
+    was most of a new machine's first iteration): LeNet's conv2 shape at the test batch, which a deploy net of the
+    same shapes runs on F(4x4, 5x5)."""
+    solver = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
+    (test_net,) = solver.test_nets
+    conv = next(layer for layer in test_net.layers if layer.name == "conv")
+    shapes = (test_net.blob("data").shape, conv.blobs[0].shape)
+    assert not conv.winograd and not conv.uses_winograd(*shapes)
+    conv.winograd = True  # the rule alone (a TEST-phase layer of these shapes) would take it
+    assert conv.uses_winograd(*shapes)
