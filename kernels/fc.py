@@ -240,7 +240,8 @@ def _ip_chunked_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - 
     rows at a time (a 4 x 5 register tile of dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the
     chunks' partial sums added in acc. W itself comes from memory once. A task of its own: a net run at batch 1 only
     compiles just the whole-row one (1.3 s; this one 2.0 s, both together 2.8); `crema serve` warms both when it
-    batches requests (net.warm.forward_pass at batches 1 and 2)."""
+    batches requests (net.warm.forward_pass at batches 1 and 2) of a net whose weights dominate (LeNet, CaffeNet);
+    heavier nets' plans run their inner products row by row at every batch (``net.per_image.rowwise``)."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     acc = np.empty((x2.shape[0], 4), np.float32)  # the chunks' partial sums

@@ -892,9 +892,12 @@ class _Plan:
         self.per_image = None  # net.per_image: None until decided, False (batched), else its PerImage
         self.steps = []
         subs = Subsamples()  # strided_pointwise_step's buffers, one per input and stride
+        rowwise = per_image.rowwise(net)  # inner products with batch-1 bits a row (per_image.rowwise)
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             subs.note(layer, bottom, top)
             step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top, subs)
+            if not step and rowwise and layer.type == "InnerProduct" and not layer.transpose:
+                step = layer.plan(bottom, top, rowwise=True)
             step = step or convt_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:
                 self.steps.append((step, layer, bottom, top))

@@ -97,11 +97,29 @@ def eligible(net, plan) -> str | None:
     n = shapes[0][0]
     if n < 2 or any(s[0] != n for s in shapes):
         return "batch 1, or blobs of other leading dimensions"
+    per_byte = flops_per_weight_byte(net)
+    if per_byte < MIN_FLOPS_PER_WEIGHT_BYTE:
+        return f"{per_byte:.1f} FLOPs per weight byte an image (< {MIN_FLOPS_PER_WEIGHT_BYTE:g})"
+    return None
+
+
+def flops_per_weight_byte(net) -> float:
+    """The net's forward FLOPs an image per byte of its parameters (at its current shapes; inf without any)."""
+    n = max(1, net._blobs[net.inputs[0]].shape[0]) if net.inputs and net._blobs[net.inputs[0]].shape else 1
     flops = sum(c for c in layer_flops(net) if c)
     weight_bytes = sum(b.data.nbytes for layer in net.layers for b in layer.blobs)
-    if weight_bytes and flops / n / weight_bytes < MIN_FLOPS_PER_WEIGHT_BYTE:
-        return f"{flops / n / weight_bytes:.1f} FLOPs per weight byte an image (< {MIN_FLOPS_PER_WEIGHT_BYTE:g})"
-    return None
+    return flops / n / weight_bytes if weight_bytes else float("inf")
+
+
+def rowwise(net) -> bool:
+    """Does the net's batched plan run its InnerProducts row by row (``rowwise``: each row the bits of batch 1)?
+    Where a batch may run image by image (ENABLED, and a net heavy enough per weight byte, as `eligible` asks), so
+    that every way such a net runs a batch gives each image its batch-1 bits: image by image, or batched where
+    per_image does not apply (observers: `crema serve`'s feature maps; no shared activations). A served
+    EfficientNet-Lite0's micro-batches then answer each request with the bits of a request alone, and the warm-up
+    compiles one inner-product task, not two (the chunked one: 1.8 s of a new machine's start). Nets whose weights
+    dominate (LeNet, CaffeNet) keep the chunked kernel, which reads W once for the batch."""
+    return ENABLED and net.device == "cpu" and flops_per_weight_byte(net) >= MIN_FLOPS_PER_WEIGHT_BYTE
 
 
 def tail(net) -> int:

@@ -95,3 +95,20 @@ def test_outside_the_rule_batches_stay_batched(effnet_files, case, monkeypatch) 
     assert net._plan.per_image is False
     why = per_image.eligible(net, net._plan)
     assert why is not None
+
+
+def test_observed_batches_get_batch_1_bits_and_light_nets_stay_chunked(effnet_files) -> None:
+    """Where per_image does not apply (an observer: `crema serve`'s feature maps), a heavy net's batched plan runs its
+    inner product row by row (per_image.rowwise): a micro-batch answers each image with the bits of the image alone.
+    LeNet (weights dominate) keeps the chunked kernel."""
+    x = np.random.default_rng(11).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
+    net = _load(effnet_files)
+    net.observe("pool", lambda name, data: None)
+    want = np.concatenate([net.forward(data=x[i : i + 1])["prob"].copy() for i in range(3)])
+    for _ in range(3):
+        got = net.forward(data=x)["prob"]
+        np.testing.assert_array_equal(got, want)
+    assert net._plan.per_image is not None and not net._plan.per_image  # batched, not image by image
+    assert per_image.rowwise(net)
+    lenet = Net.load(ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel")
+    assert not per_image.rowwise(lenet)
