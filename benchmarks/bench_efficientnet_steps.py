@@ -79,6 +79,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock (a loaded machine)")
     p.add_argument("--steps", action="store_true", help="print every step")
+    p.add_argument(
+        "--shared",
+        action="store_true",
+        help="share activations as `crema classify` and the harness run the net (fused steps: expand + depthwise "
+        "as one step, reported as the expand's)",
+    )
     args = p.parse_args()
 
     import numba
@@ -91,6 +97,8 @@ def main() -> None:
 
     files = efficientnet_lite0(say=lambda _msg: None)
     net = Net.load(files.prototxt, files.weights)
+    if args.shared:
+        net.share_activations(keep=("pool",))
     work = Path(tempfile.mkdtemp(prefix="crema-effnet-"))
     _onnx(work / "efficientnet-lite0.onnx")
     so = ort.SessionOptions()

@@ -105,7 +105,8 @@ def eligible(net, plan) -> str | None:
 
 def flops_per_weight_byte(net) -> float:
     """The net's forward FLOPs an image per byte of its parameters (at its current shapes; inf without any)."""
-    n = max(1, net._blobs[net.inputs[0]].shape[0]) if net.inputs and net._blobs[net.inputs[0]].shape else 1
+    first = net.tops[0][0].shape if net.tops and net.tops[0] else ()  # the input's or the data layer's batch
+    n = max(1, first[0]) if first else 1
     flops = sum(c for c in layer_flops(net) if c)
     weight_bytes = sum(b.data.nbytes for layer in net.layers for b in layer.blobs)
     return flops / n / weight_bytes if weight_bytes else float("inf")

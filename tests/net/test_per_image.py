@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from net import Net, per_image
+from net.prototxt_loader import parse_text
+from net.upgrade import upgrade_net
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +114,12 @@ def test_observed_batches_get_batch_1_bits_and_light_nets_stay_chunked(effnet_fi
     assert per_image.rowwise(net)
     lenet = Net.load(ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel")
     assert not per_image.rowwise(lenet)
+    # per image, whatever feeds the batch: a data layer's 64 images (LeNet's training net) are not 64 times the work
+    text = (ROOT / "models/lenet/deploy.prototxt").read_text()
+    start = text.index("layer {")
+    data = 'layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 64 dim: 1 dim: 28 dim: 28 } } }\n'
+    body = text[start:]
+    body = body[body.index("layer {", 1):] if '"Input"' in body[: body.index("}", body.index("layer {"))] else body
+    fed = Net(upgrade_net(parse_text(data + body, "NetParameter")), phase="train", seed=0)
+    per = per_image.flops_per_weight_byte(fed)
+    assert abs(per - per_image.flops_per_weight_byte(lenet)) <= 1e-9 * per and not per_image.rowwise(fed)
