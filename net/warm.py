@@ -432,8 +432,8 @@ def forward_pass(
 ):
     """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
     too) at `batch` on zeros (a tuple: one forward at each; `crema serve` warms SERVE_BATCHES, as its micro-batches
-    run other kernels than a single request, e.g. LeNet's and CaffeNet's chunked inner product), on `threads` Numba threads
-    (default: this thread's count; the plan's kernels depend on it); returns run(). keep: the net shares its
+    run other kernels than a single request, e.g. LeNet's and CaffeNet's chunked inner product), on `threads` Numba
+    threads (default: this thread's count; the plan's kernels depend on it); returns run(). keep: the net shares its
     activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
     the plan then fuses steps (an expand and its depthwise, handoffs in blocks) and runs other kernels than without
     (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward (``Net.observe``: `crema

@@ -175,6 +175,5 @@ def test_cleared_diffs_read_as_zeros_and_overwrite_bit_for_bit():
         np.testing.assert_array_equal(b.diff.view(np.uint32), g.view(np.uint32))
     ip = net.layers[[layer.name for layer in net.layers].index("ip")].blobs[0]
     ip.clear_diff()
-    d, fresh = ip.diff_to_overwrite()
+    _, fresh = ip.diff_to_overwrite()
     assert fresh and ip.diff_to_overwrite()[1] is False  # fresh once: the next writer accumulates
-

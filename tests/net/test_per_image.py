@@ -119,7 +119,7 @@ def test_observed_batches_get_batch_1_bits_and_light_nets_stay_chunked(effnet_fi
     start = text.index("layer {")
     data = 'layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 64 dim: 1 dim: 28 dim: 28 } } }\n'
     body = text[start:]
-    body = body[body.index("layer {", 1):] if '"Input"' in body[: body.index("}", body.index("layer {"))] else body
+    body = body[body.index("layer {", 1) :] if '"Input"' in body[: body.index("}", body.index("layer {"))] else body
     fed = Net(upgrade_net(parse_text(data + body, "NetParameter")), phase="train", seed=0)
     per = per_image.flops_per_weight_byte(fed)
     assert abs(per - per_image.flops_per_weight_byte(lenet)) <= 1e-9 * per and not per_image.rowwise(fed)
