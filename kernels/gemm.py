@@ -28,7 +28,9 @@ Kernels, in order of optimisation (NumPy's BLAS, ``a @ b``, is "kernel 0", the r
                        (``blocking``: 256^3 on 2 threads, 0.204 -> 0.175-0.192 ms, 0.91x -> 1.02-1.13x NumPy's BLAS
                        on a Zen 4 EPYC; LeNet ip1's data gradient 64 x 800 x 500: see benchmarks/perf_notes.md).
                        Where C has few blocks of rows, each task packs its own columns' K panels of B (``FUSED_B``)
-                       instead of reading a B that both threads packed whole first.
+                       instead of reading a B that both threads packed whole first. Large products with C rows of
+                       1024-2048 columns go in row order instead (``_gemm_rows_worker``, ``ROW_ORDER``): each thread
+                       packs MC rows of A at a time and runs them over every column.
 
 Public: ``gemm(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False) -> out``; ``Workspace``, the
 per-thread scratch buffers the packing uses (also used by ``kernels.conv``).
@@ -583,6 +585,12 @@ _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 
 
 TILE_TO_C = True  # _block: a whole MR x 2NR pair (AVX-512) adds its results into C from registers (_micro_tile2_c)
+# gemm: large products on _gemm_rows_worker (A blocks packed by their worker, tiles over all columns), for C rows of
+# ROW_ORDER_N[0] to [1] columns: an A block's K panel then stays in L2 across all of them (SGEMM on 2 threads against
+# MC x NC blocks, in-process, min of 9: 1024^3 1.05-1.09x, 1536^3 1.03x, 2048^3 1.04-1.06x; same bits). Wider C rows
+# lose (3072^3 0.64x, 4096^3 0.84x: the block's rows of C, read and written for every K panel, no longer stay in L2).
+ROW_ORDER = True
+ROW_ORDER_N = (1024, 2048)
 SCRATCH_C = True  # _gemm_worker sums C's blocks in a scratch block where C's rows are 4 KB apart (see there)
 # gemm: C of one block of rows (m <= MC) whose column count is not a multiple of NR: B read in place, its ragged last
 # sliver by the micro-kernel's masked loads (False: all of B packed). Before the masked loads its last n % NR columns
@@ -875,6 +883,31 @@ _GEMM = Task(
 )
 
 
+def _gemm_rows_worker(t, a, bp, c, m, n, k_all, accumulate, bias, own, workers):  # pragma: no cover - compiled
+    """Worker t of C = A @ B for large squares (``ROW_ORDER``), B packed whole (bp), A row-major (M, K): the workers
+    split A's tile rows evenly; each packs MC rows of its share at a time into its own buffer (`own`, an A block that
+    stays in its L2) and runs the tiles over every column (``_gemm_tiles_serial``: per K panel the block's A panel in
+    L2, B's panel streamed), instead of MC x NC blocks that read A's rows from L3 again for each block of columns."""
+    size = (MC + MR - 1) // MR * MR * k_all
+    mine = own[t * size : (t + 1) * size]
+    tiles = (m + MR - 1) // MR
+    r0 = (t * tiles // workers) * MR
+    r1 = min(m, ((t + 1) * tiles // workers) * MR)
+    for i0 in range(r0, r1, MC):
+        rows = min(MC, r1 - i0)
+        for s in range((rows + MR - 1) // MR):
+            _pack_rows_sliver(a, i0, rows, mine, MR, s, k_all)
+        _gemm_tiles_serial(mine, bp, c, i0 * n, n, rows, n, k_all, accumulate, bias, i0, 0, True)
+
+
+_GEMM_ROWS = Task(
+    _gemm_rows_worker,
+    (types.float32[:, ::1], _F1, _F1, _i, _i, _i, types.boolean, _F1, _F1, _i),
+    opt=1,
+    boundscheck=False,
+)
+
+
 def _gemm_tiles_parallel(
     ap, lda, bp, ldb, c, c_off, ldc, m, n, k_all, accumulate, bias, bias_off, workers, counter, mc, nc, panels
 ):
@@ -1056,6 +1089,14 @@ def gemm(
     pack_a = trans_a or n > 3 * NC
     pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC)) or (k > KC and n >= PAGE_B)
     workers = numba.get_num_threads()
+    rows_order = ROW_ORDER and not trans_a and pack_b and k > KC and m >= 2 * MC * workers
+    if rows_order and ROW_ORDER_N[0] <= n <= ROW_ORDER_N[1]:
+        bp, zeros, own = _WORKSPACE.get(packed_b_size(k, n), -(-m // MR) * MR, workers * packed_a_size(MC, k))
+        zeros[:] = 0.0
+        _pack_panel_parallel(b, trans_b, n, bp, NR)
+        _GEMM_ROWS.parallel(_GEMM_ROWS.address, workers, a, bp, out.reshape(-1), m, n, k, bool(accumulate), zeros,
+                            own, workers)  # fmt: skip
+        return out
     mc, nc = blocking(m, n, workers)
     fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)
     if fused and k > KC:

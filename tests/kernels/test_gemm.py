@@ -396,6 +396,21 @@ def test_b_packed_by_each_task_with_the_same_bits(monkeypatch, m: int, k: int, n
     _same_bits_with_switch_off(monkeypatch, "FUSED_B", a, b)
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(777, 1000, 1500), (800, 385, 2048), (1100, 2000, 1030)])
+def test_row_order_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
+    """Large products on the row order (ROW_ORDER: each worker packs its A rows block by block and runs the tiles over
+    every column) give the bits of the MC x NC blocks, and are within float32 rounding of the reference; accumulate
+    too; ragged rows and columns."""
+    from kernels import gemm as gemm_module
+
+    if numba.get_num_threads() * 2 * gemm_module.MC > m:
+        pytest.skip("the row order takes products of 2 MC rows a thread")
+    rng = np.random.default_rng(m + k)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    _same_bits_with_switch_off(monkeypatch, "ROW_ORDER", a, b)
+
+
 @pytest.mark.parametrize(("m", "k", "n"), [(10, 800, 1024), (64, 400, 1040), (5, 1000, 2048), (20, 500, 1030)])
 def test_long_rows_of_b_packed_with_the_same_bits(monkeypatch, m: int, k: int, n: int) -> None:
     """More than one K panel on B rows of PAGE_B floats or more: B packed panel by panel in the tasks (FUSED_B), the
