@@ -585,9 +585,7 @@ def inner_product_backward(
     dy2 = dy.reshape(x2.shape[0], n)
     if need_dw:
         dw = np.zeros(w.shape, np.float32) if dw is None else _check_grad(dw, w.shape, "dw")
-        accumulate = not overwrite_dw or x2.shape[0] == 0
-        if accumulate and overwrite_dw:  # no rows: dL/dw is zeros
-            dw[...] = 0.0
+        accumulate = not overwrite_dw  # (no rows: gemm's K = 0 writes the zeros itself)
         if transpose:
             gemm(x2, dy2, trans_a=True, out=dw, accumulate=accumulate)
         else:

@@ -587,7 +587,8 @@ _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 TILE_TO_C = True  # _block: a whole MR x 2NR pair (AVX-512) adds its results into C from registers (_micro_tile2_c)
 # gemm: large products on _gemm_rows_worker (A blocks packed by their worker, tiles over all columns), for C rows of
 # ROW_ORDER_N[0] to [1] columns: an A block's K panel then stays in L2 across all of them (SGEMM on 2 threads against
-# MC x NC blocks, in-process, min of 9: 1024^3 1.05-1.09x, 1536^3 1.03x, 2048^3 1.04-1.06x; same bits). Wider C rows
+# MC x NC blocks, in-process, min of 9: 1024^3 1.05-1.15x, 1536^3 1.03x, 2048^3 0.91-1.12x over six runs, four of
+# them 1.04-1.12x; same bits). Wider C rows
 # lose (3072^3 0.64x, 4096^3 0.84x: the block's rows of C, read and written for every K panel, no longer stay in L2).
 ROW_ORDER = True
 ROW_ORDER_N = (1024, 2048)
@@ -883,12 +884,12 @@ _GEMM = Task(
 )
 
 
-def _gemm_rows_worker(t, a, bp, c, m, n, k_all, accumulate, bias, own, workers):  # pragma: no cover - compiled
+def _gemm_rows_worker(t, a, bp, c, m, n, k_all, accumulate, bias, own, size, workers):  # pragma: no cover - compiled
     """Worker t of C = A @ B for large squares (``ROW_ORDER``), B packed whole (bp), A row-major (M, K): the workers
-    split A's tile rows evenly; each packs MC rows of its share at a time into its own buffer (`own`, an A block that
-    stays in its L2) and runs the tiles over every column (``_gemm_tiles_serial``: per K panel the block's A panel in
-    L2, B's panel streamed), instead of MC x NC blocks that read A's rows from L3 again for each block of columns."""
-    size = (MC + MR - 1) // MR * MR * k_all
+    split A's tile rows evenly; each packs MC rows of its share at a time into its own `size` floats of `own` (an A
+    block that stays in its L2) and runs the tiles over every column (``_gemm_tiles_serial``: per K panel the block's
+    A panel in L2, B's panel streamed), instead of MC x NC blocks that read A's rows from L3 again for each block of
+    columns."""
     mine = own[t * size : (t + 1) * size]
     tiles = (m + MR - 1) // MR
     r0 = (t * tiles // workers) * MR
@@ -902,7 +903,7 @@ def _gemm_rows_worker(t, a, bp, c, m, n, k_all, accumulate, bias, own, workers):
 
 _GEMM_ROWS = Task(
     _gemm_rows_worker,
-    (types.float32[:, ::1], _F1, _F1, _i, _i, _i, types.boolean, _F1, _F1, _i),
+    (types.float32[:, ::1], _F1, _F1, _i, _i, _i, types.boolean, _F1, _F1, _i, _i),
     opt=1,
     boundscheck=False,
 )
@@ -1089,13 +1090,14 @@ def gemm(
     pack_a = trans_a or n > 3 * NC
     pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC)) or (k > KC and n >= PAGE_B)
     workers = numba.get_num_threads()
-    rows_order = ROW_ORDER and not trans_a and pack_b and k > KC and m >= 2 * MC * workers
-    if rows_order and ROW_ORDER_N[0] <= n <= ROW_ORDER_N[1]:
-        bp, zeros, own = _WORKSPACE.get(packed_b_size(k, n), -(-m // MR) * MR, workers * packed_a_size(MC, k))
+    low, high = ROW_ORDER_N
+    if ROW_ORDER and not trans_a and pack_b and k > KC and m >= 2 * MC * workers and low <= n <= high:
+        own_size = packed_a_size(MC, k)
+        bp, zeros, own = _WORKSPACE.get(packed_b_size(k, n), -(-m // MR) * MR, workers * own_size)
         zeros[:] = 0.0
         _pack_panel_parallel(b, trans_b, n, bp, NR)
         _GEMM_ROWS.parallel(_GEMM_ROWS.address, workers, a, bp, out.reshape(-1), m, n, k, bool(accumulate), zeros,
-                            own, workers)  # fmt: skip
+                            own, own_size, workers)  # fmt: skip
         return out
     mc, nc = blocking(m, n, workers)
     fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)

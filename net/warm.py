@@ -436,8 +436,9 @@ def forward_pass(
     threads (default: this thread's count; the plan's kernels depend on it); returns run(). keep: the net shares its
     activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
     the plan then fuses steps (an expand and its depthwise, handoffs in blocks) and runs other kernels than without
-    (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward (``Net.observe``: `crema
-    serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan leaves out of those fusions."""
+    (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward
+    (``Net.observe``: `crema serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan
+    leaves out of those fusions."""
     import numba
     import numpy as np
 
