@@ -35,8 +35,10 @@ Kernels (forward, then backward):
                           one GEMM (inner dimension nb*P ~ KC: LeNet conv2 6 x 64 pixels) from a transposed packed
                           im2col (``_im2col_t_sliver``: NR kernel offsets per sliver; at stride 1 eight pixels at
                           a time, 8 x 8 transposes in registers, ``_gather_t8``: 46 -> 25 us for LeNet conv2's 6
-                          images; else one gather per pixel) and dy rows packed as A (``_pack_dy_rows``, which also
-                          sums db); a short last row of tiles at its height (LeNet conv2's 50 rows: 4 x 12 + 4, not
+                          images; with 16-float vectors ``_gather_t16``, both halves of a zmm transposed at once, 32
+                          images on one thread 164 -> 127 us; else one gather per pixel) and dy rows packed as A
+                          (``_pack_dy_rows``, which also sums db; whole slivers by 8 x 8 transposes: 102 -> 23 us for
+                          32 images); a short last row of tiles at its height (LeNet conv2's 50 rows: 4 x 12 + 4, not
                           5 x 12: 164 -> 171 GFLOP/s a core). Where ``conv_dw.applies``
                           (few weights a channel: LeNet's conv1, K = 25) dW and db come from ``conv_dw`` instead,
                           without im2col (LeNet's conv1 at batch 64, 2 threads: 1.08-1.15 -> 0.25 ms).
@@ -91,6 +93,8 @@ from kernels.gemm import (
     _stack_empty,
     _store8_bias,
     _store_accumulators,
+    _tpack4,
+    _tpack8,
     _transpose8,
     blocking,
     few_blocks,
@@ -429,6 +433,52 @@ def _gather_t8(typingctx, dst, d_off, src, base, koff, j0):
     return types.void(dst, d_off, src, base, koff, j0), codegen
 
 
+@intrinsic
+def _gather_t16(typingctx, dst, d_off, src, base, koff):
+    """dst[d_off + c*16 + r] = src[base + koff[r] + c] for r < 16, c < 8: sixteen runs of 8 floats, from the sixteen
+    offsets of a table, stored as eight rows of 16 (one 64-byte store each), in LLVM IR; offsets unsigned, nothing
+    checked. Runs r and r + 8 share a 16-float vector (low and high half) through one 8 x 8 transpose done on both
+    halves at once (_transpose8's shuffles with their lanes doubled): 32 shuffles for 128 floats where two
+    _gather_t8 take 48 (the shuffle port bounds the transposed im2col)."""
+    _flat_f32(dst, src)
+
+    def codegen(context, builder, signature, args):
+        d_data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        s_data = context.make_array(signature.args[2])(context, builder, args[2]).data
+        k_data = context.make_array(signature.args[4])(context, builder, args[4]).data
+        d0, b0 = _as64(builder, args[1]), _as64(builder, args[3])
+        i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
+        v8 = llvm_ir.VectorType(llvm_ir.FloatType(), 8)
+        v16 = llvm_ir.VectorType(llvm_ir.FloatType(), 16)
+
+        def run(r):
+            off = builder.load(builder.gep(k_data, [llvm_ir.Constant(i64, r)]))
+            ptr = builder.gep(s_data, [builder.add(b0, _as64(builder, off))])
+            return builder.load(builder.bitcast(ptr, v8.as_pointer()), align=4)
+
+        def sh(a, b, idx):  # an 8-lane pattern (0-7 from a, 8-15 from b) applied to both halves of a and b
+            wide = [(v if v < 8 else v + 8) + 8 * h for h in (0, 1) for v in idx]
+            return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(i32, 16), wide))
+
+        runs = [run(r) for r in range(16)]
+        cat = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), list(range(16)))
+        rows = [builder.shuffle_vector(runs[r], runs[r + 8], cat) for r in range(8)]
+        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+        t = [sh(rows[i & ~1], rows[i | 1], lo if i % 2 == 0 else hi) for i in range(8)]
+        a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        s_ = [sh(t[q], t[q + 2], a if k == 0 else b) for g in (0, 4) for q in (g, g + 1) for k in (0, 1)]
+        low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        for c in range(8):
+            col = sh(s_[c % 4], s_[4 + c % 4], low if c < 4 else high)  # [run 0..7 at c, run 8..15 at c]
+            ptr = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, c * NR))])
+            builder.store(col, builder.bitcast(ptr, v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(dst, d_off, src, base, koff), codegen
+
+
+# _im2col_t_sliver: at stride 1, eight pixels at a time by _gather_t16 (16-float vectors) or two _gather_t8 (8-float)
+T16_GATHER = VW == 16
 T8_GATHER = True  # _im2col_t_sliver: at stride 1, eight pixels at a time by _gather_t8 (False: one gather per pixel)
 
 
@@ -455,8 +505,11 @@ def _im2col_t_sliver(src, s_off, img_stride, n_imgs, hp, wp, kh, kw, sh, sw, dh,
         for oh in range(oh_n):
             b0 = s_off + img * img_stride + oh * sh * wp
             for r in range(runs):
-                _gather_t8(dv, np.uint64(o), src, np.uint64(b0 + 8 * r), koff, np.uint64(0))
-                _gather_t8(dv, np.uint64(o + 8), src, np.uint64(b0 + 8 * r), koff, np.uint64(8))
+                if T16_GATHER:
+                    _gather_t16(dv, np.uint64(o), src, np.uint64(b0 + 8 * r), koff)
+                else:
+                    _gather_t8(dv, np.uint64(o), src, np.uint64(b0 + 8 * r), koff, np.uint64(0))
+                    _gather_t8(dv, np.uint64(o + 8), src, np.uint64(b0 + 8 * r), koff, np.uint64(8))
                 o += 8 * NR
             for ow in range(8 * runs, ow_n):
                 b = b0 + ow * sw
@@ -622,11 +675,17 @@ def _pack_weights_t(w2: np.ndarray, group: int, apt: np.ndarray, at_size: int) -
     _PACK_WEIGHTS_T.parallel(_PACK_WEIGHTS_T.address, workers, w2, int(group), apt, int(at_size), workers)
 
 
+TPACK_DY = True  # _pack_dy_rows: whole slivers of dy rows packed by 8 x 8 transposes in registers (False: one by one)
+
+
 @njit(cache=True, boundscheck=False)
 def _pack_dy_rows(dyf, n0, n_imgs, m_all, g0, mg, npix, pack, add_db, dst, db):
     """dy rows of channels g0.. g0+mg of images n0.. as GEMM A (Mg x Q, Q = n_imgs*P), and their sums into db.
 
-    pack: dst[(s*Q + q)*MR + i] = dy[n0 + img, g0 + s*MR + i, p] (q = img*P + p, zero past row mg).
+    pack: dst[(s*Q + q)*MR + i] = dy[n0 + img, g0 + s*MR + i, p] (q = img*P + p, zero past row mg). A whole sliver
+    (MR rows) goes 8 pixels at a time through 8 x 8 transposes in registers (gemm's _tpack8 and, for rows 8-11 of
+    a 12-row sliver, _tpack4), the rest element by element (the same values): LeNet conv2's dy at batch 64, 32
+    images on one thread, 102 -> 23 us.
     add_db: db[g0 + r] += sum over images and pixels of dy[., g0 + r, .], as 8 running partial sums (pixel p into
     partial p % 8, images in order) added up in a fixed order at the end. The order is written out, not left to
     fastmath: with fastmath LLVM chose the reduction's vector shape per compilation, so a process that compiled the
@@ -637,7 +696,26 @@ def _pack_dy_rows(dyf, n0, n_imgs, m_all, g0, mg, npix, pack, add_db, dst, db):
         return
     q_all = n_imgs * npix
     part = np.zeros(8, np.float32)
+    whole = mg // MR if TPACK_DY and MR % 4 == 0 else 0  # slivers of MR real rows, packed by transposes
+    p8 = npix - npix % 8
+    mrs = np.uint64(MR)
+    ld = np.uint64(npix)
     for s in range((mg + MR - 1) // MR):
+        if pack and s < whole:
+            for img in range(n_imgs):
+                src = np.uint64(((n0 + img) * m_all + g0 + s * MR) * npix)
+                qb = s * q_all * MR + img * npix * MR
+                for i0 in range(0, MR, 8):
+                    for p in range(0, p8, 8):
+                        d = np.uint64(qb + p * MR + i0)
+                        so = src + np.uint64(i0 * npix + p)
+                        if i0 + 8 <= MR:
+                            _tpack8(dst, d, mrs, dyf, so, ld)
+                        else:
+                            _tpack4(dst, d, mrs, dyf, so, ld)
+                for i in range(MR):
+                    for p in range(p8, npix):
+                        dst[np.uint64(qb + p * MR + i)] = dyf[np.uint64(src + i * npix + p)]
         for i in range(MR):
             r = s * MR + i
             o = s * q_all * MR + i
@@ -646,6 +724,8 @@ def _pack_dy_rows(dyf, n0, n_imgs, m_all, g0, mg, npix, pack, add_db, dst, db):
                     for q in range(q_all):
                         dst[o + q * MR] = 0.0
                 continue
+            if not add_db and s < whole:
+                continue
             part[:] = 0.0
             for img in range(n_imgs):
                 src = ((n0 + img) * m_all + g0 + r) * npix
@@ -653,7 +733,7 @@ def _pack_dy_rows(dyf, n0, n_imgs, m_all, g0, mg, npix, pack, add_db, dst, db):
                 for p in range(npix):
                     v = dyf[np.uint64(src + p)]
                     part[p & 7] += v
-                    if pack:
+                    if pack and s >= whole:
                         dst[np.uint64(qb + p * MR)] = v
             if add_db:
                 db[g0 + r] += ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]))

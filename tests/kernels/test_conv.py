@@ -744,8 +744,8 @@ def test_narrow_outputs_match_reference(x_shape, w_shape, stride, pad) -> None:
 )
 def test_transposed_im2col_sliver_matches_numpy(n_imgs, c, h, w_, k, stride, s) -> None:
     """The transposed packed im2col of dW's GEMM (`_im2col_t_sliver`) against the same gather in NumPy: at stride 1
-    whole runs of 8 pixels by 8 x 8 transposes (`_gather_t8`), the rest and other strides one pixel at a time; the
-    offsets past K zero; nothing written outside the sliver."""
+    whole runs of 8 pixels by transposes in registers (`_gather_t16` with 16-float vectors, else two `_gather_t8`),
+    the rest and other strides one pixel at a time; the offsets past K zero; nothing written outside the sliver."""
     from numba import njit
 
     from kernels import conv
@@ -771,3 +771,47 @@ def test_transposed_im2col_sliver_matches_numpy(n_imgs, c, h, w_, k, stride, s) 
     want = cols[s * conv.NR : (s + 1) * conv.NR].T.reshape(-1)  # dst[3 + q*NR + j] = cols[s*NR + j, q]
     assert np.array_equal(dst[3 : 3 + q_all * conv.NR], want)
     assert np.isnan(dst[:3]).all() and np.isnan(dst[3 + q_all * conv.NR :]).all()
+
+
+@pytest.mark.parametrize(
+    "n, m, npix, g0, mg, n0, cnt",
+    [
+        (64, 50, 64, 0, 50, 4, 6),  # LeNet conv2: 4 whole slivers by transposes, the last (2 rows) one by one
+        (5, 96, 13, 24, 48, 1, 3),  # a group's rows; 13 pixels: one run of 8, 5 one by one
+        (3, 20, 100, 0, 12, 0, 3),  # one whole sliver
+        (2, 40, 9, 20, 20, 1, 1),  # 20 rows: one whole sliver and 8 rows one by one
+    ],
+)
+@pytest.mark.parametrize("pack, add_db", [(True, True), (True, False), (False, True)])
+def test_pack_dy_rows_matches_numpy(n, m, npix, g0, mg, n0, cnt, pack, add_db) -> None:
+    """dW's A operand (`_pack_dy_rows`: dy rows in MR-row slivers, whole slivers by 8 x 8 transposes) equals the
+    same packing in NumPy exactly, zero past the group's rows and nothing written past the slivers; db gets the row
+    sums in the kernel's written-out order (8 lane partials, images in order), bit for bit."""
+    from kernels import conv
+    from kernels.gemm import packed_a_size
+
+    rng = np.random.default_rng(1)
+    dy = rng.standard_normal((n, m, npix)).astype(np.float32)
+    q = cnt * npix
+    slivers = -(-mg // conv.MR)
+    dst = np.full(packed_a_size(mg, q) + 5, 7.0, np.float32)
+    db = np.ones(m, np.float32)
+    conv._pack_dy_rows(dy.reshape(-1), n0, cnt, m, g0, mg, npix, pack, add_db, dst, db)
+    rows = np.zeros((slivers * conv.MR, q), np.float32)
+    rows[:mg] = dy[n0 : n0 + cnt, g0 : g0 + mg].transpose(1, 0, 2).reshape(mg, q)
+    if pack:
+        want = rows.reshape(slivers, conv.MR, q).transpose(0, 2, 1).reshape(-1)
+        assert np.array_equal(dst[: want.size], want)
+        assert (dst[packed_a_size(mg, q) :] == 7.0).all()
+    else:
+        assert (dst == 7.0).all()
+    part = np.zeros((mg, 8), np.float32)
+    for img in range(cnt):
+        for p in range(npix):
+            part[:, p & 7] += dy[n0 + img, g0 : g0 + mg, p]
+    want_db = np.ones(m, np.float32)
+    if add_db:
+        want_db[g0 : g0 + mg] += ((part[:, 0] + part[:, 1]) + (part[:, 2] + part[:, 3])) + (
+            (part[:, 4] + part[:, 5]) + (part[:, 6] + part[:, 7])
+        )
+    assert np.array_equal(db, want_db)
