@@ -500,7 +500,7 @@ def _im2col_t_sliver(src, s_off, img_stride, n_imgs, hp, wp, kh, kw, sh, sw, dh,
     q_all = n_imgs * oh_n * ow_n
     dv = dst[d_off:]
     o = 0
-    runs = ow_n // 8 if T8_GATHER and sw == 1 else 0  # (NR == 16: two transposes of 8 offsets)
+    runs = ow_n // 8 if T8_GATHER and sw == 1 else 0  # (NR == 16: one transpose of 16 offsets, or two of 8)
     for img in range(n_imgs):
         for oh in range(oh_n):
             b0 = s_off + img * img_stride + oh * sh * wp
