@@ -5,7 +5,9 @@
 
 Each round runs one whole forward of crema, then one of ONNX Runtime (the graph exported from the PyTorch port, as in
 ``python -m benchmarks --only efficientnet``), then crema's plan steps one at a time; ORT's own profiler times its
-nodes. Reported: min and median of the whole forwards and their ratio (ORT time / crema time: > 1 means crema is
+nodes. Before each of the three, the other engine's threads are left to stop spinning (``harness.settle``) and one
+untimed forward of the engine wakes its own, as the harness does (ORT's profiler stays on, so its whole forwards here
+are slower than in the harness). Reported: min and median of the whole forwards and their ratio (ORT time / crema time: > 1 means crema is
 faster), then per kind of step (stem, depthwise, 1x1 expand / project / head, the rest) the sum of each step's minimum
 over the rounds, crema's and ORT's, with --steps every step. The softmax is checked against ORT's first (1e-5).
 
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.harness import settle
 
 
 def _onnx(path: Path) -> None:
@@ -114,12 +118,21 @@ def main() -> None:
     whole: dict[str, list[float]] = {"crema": [], "ort": []}
     steps: dict[int, list[float]] = collections.defaultdict(list)
     for _ in range(args.rounds):
+        # each side after the other's threads stopped spinning (harness.settle) and one untimed call of its own (the
+        # first call after a pause wakes its threads): ORT's spin ~50 ms after a call, and crema's forward right
+        # after one ran at half speed (batch 1, 2 threads: median 6.7-8.1 ms against a minimum of 4.0)
+        settle()
+        net.forward(data=x)
         t0 = clock()
         net.forward(data=x)
         whole["crema"].append(clock() - t0)
+        settle()
+        sess.run(None, {"data": x})
         t0 = clock()
         sess.run(None, {"data": x})
         whole["ort"].append(clock() - t0)
+        settle()
+        net.forward(data=x)
         for i, (step, layer, bottom, top) in enumerate(net._plan.steps):
             t0 = clock()
             if step is None or not step():
