@@ -7,9 +7,10 @@ Each round runs one whole forward of crema, then one of ONNX Runtime (the graph 
 ``python -m benchmarks --only efficientnet``), then crema's plan steps one at a time; ORT's own profiler times its
 nodes. Before each of the three, the other engine's threads are left to stop spinning (``harness.settle``) and one
 untimed forward of the engine wakes its own, as the harness does (ORT's profiler stays on, so its whole forwards here
-are slower than in the harness). Reported: min and median of the whole forwards and their ratio (ORT time / crema time: > 1 means crema is
-faster), then per kind of step (stem, depthwise, 1x1 expand / project / head, the rest) the sum of each step's minimum
-over the rounds, crema's and ORT's, with --steps every step. The softmax is checked against ORT's first (1e-5).
+are slower than in the harness). Reported: min and median of the whole forwards and their ratio (ORT time / crema
+time: > 1 means crema is faster), then per kind of step (stem, depthwise, 1x1 expand / project / head, the rest) the
+sum of each step's minimum over the rounds, crema's and ORT's, with --steps every step. The softmax is checked against
+ORT's first (1e-5).
 
 --cpu-time times with the process's CPU clock instead of the wall clock: on a machine shared with other jobs, a
 2-thread run of either engine waits for descheduled threads (10-100x slower forwards), and the CPU clock counts only

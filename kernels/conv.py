@@ -437,9 +437,8 @@ def _gather_t8(typingctx, dst, d_off, src, base, koff, j0):
 def _gather_t16(typingctx, dst, d_off, src, base, koff):
     """dst[d_off + c*16 + r] = src[base + koff[r] + c] for r < 16, c < 8: sixteen runs of 8 floats, from the sixteen
     offsets of a table, stored as eight rows of 16 (one 64-byte store each), in LLVM IR; offsets unsigned, nothing
-    checked. Runs r and r + 8 share a 16-float vector (low and high half) through one 8 x 8 transpose done on both
-    halves at once (_transpose8's shuffles with their lanes doubled): 32 shuffles for 128 floats where two
-    _gather_t8 take 48 (the shuffle port bounds the transposed im2col)."""
+    checked. Runs r and r + 8 share a 16-float vector (low and high half), and _transpose8 transposes both halves at
+    once: 32 shuffles for 128 floats where two _gather_t8 take 48 (the shuffle port bounds the transposed im2col)."""
     _flat_f32(dst, src)
 
     def codegen(context, builder, signature, args):
@@ -456,20 +455,10 @@ def _gather_t16(typingctx, dst, d_off, src, base, koff):
             ptr = builder.gep(s_data, [builder.add(b0, _as64(builder, off))])
             return builder.load(builder.bitcast(ptr, v8.as_pointer()), align=4)
 
-        def sh(a, b, idx):  # an 8-lane pattern (0-7 from a, 8-15 from b) applied to both halves of a and b
-            wide = [(v if v < 8 else v + 8) + 8 * h for h in (0, 1) for v in idx]
-            return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(i32, 16), wide))
-
         runs = [run(r) for r in range(16)]
         cat = llvm_ir.Constant(llvm_ir.VectorType(i32, 16), list(range(16)))
         rows = [builder.shuffle_vector(runs[r], runs[r + 8], cat) for r in range(8)]
-        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-        t = [sh(rows[i & ~1], rows[i | 1], lo if i % 2 == 0 else hi) for i in range(8)]
-        a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-        s_ = [sh(t[q], t[q + 2], a if k == 0 else b) for g in (0, 4) for q in (g, g + 1) for k in (0, 1)]
-        low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
-        for c in range(8):
-            col = sh(s_[c % 4], s_[4 + c % 4], low if c < 4 else high)  # [run 0..7 at c, run 8..15 at c]
+        for c, col in enumerate(_transpose8(builder, rows)):  # [run 0..7 at c, run 8..15 at c]
             ptr = builder.gep(d_data, [builder.add(d0, llvm_ir.Constant(i64, c * NR))])
             builder.store(col, builder.bitcast(ptr, v16.as_pointer()), align=4)
         return context.get_dummy_value()

@@ -526,10 +526,13 @@ def _flat_f32(*arrays) -> None:
 
 def _transpose8(builder, rows):
     """The 8 x 8 transpose of eight <8 x float> values: column j = [rows[0][j], ..., rows[7][j]] (unpack, shuffle,
-    128-bit permute: 24 shuffles, the AVX idiom)."""
+    128-bit permute: 24 shuffles, the AVX idiom). Eight <16 x float> values are two 8 x 8 blocks side by side (lanes
+    0-7 and 8-15), transposed at once by the same 24 shuffles: column j = [rows[0..7][j], rows[0..7][8 + j]]."""
+    width = rows[0].type.count
 
-    def sh(a, b, idx):
-        return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), 8), idx))
+    def sh(a, b, idx):  # an 8-lane pattern (0-7 from a, 8-15 from b), on each 8-lane half of wider vectors
+        wide = [(v if v < 8 else v + width - 8) + 8 * h for h in range(width // 8) for v in idx]
+        return builder.shuffle_vector(a, b, llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), width), wide))
 
     lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
     t = [sh(rows[i & ~1], rows[i | 1], lo if i % 2 == 0 else hi) for i in range(8)]  # t[2m], t[2m+1] from rows 2m, 2m+1

@@ -896,7 +896,7 @@ class _Plan:
         for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
             subs.note(layer, bottom, top)
             step = zero_border_step(layer, bottom, top) or strided_pointwise_step(layer, bottom, top, subs)
-            if not step and rowwise and layer.type == "InnerProduct" and not layer.transpose:
+            if not step and rowwise and layer.type == "InnerProduct":
                 step = layer.plan(bottom, top, rowwise=True)
             step = step or convt_step(layer, bottom, top) or layer.plan(bottom, top)
             if step is not NO_STEP:

@@ -62,8 +62,8 @@ class InnerProductLayer(Layer):
         )
 
     def plan(self, bottom: list[Blob], top: list[Blob], rowwise: bool = False) -> Callable[[], bool] | None:
-        """The plan step; `rowwise` (``net.per_image``'s batched tail): every row with its batch-1 bits (no
-        transpose)."""
+        """The plan step; `rowwise` (``net.per_image``): every row with its batch-1 bits, where W is (N, K) (with
+        transpose the ordinary step: the row-by-row kernel reads W's rows)."""
         src, dst, wblob = bottom[0], top[0], self.blobs[0]
         bblob = self.blobs[1] if len(self.blobs) > 1 else None
         has_bias = bblob is not None
@@ -73,7 +73,12 @@ class InnerProductLayer(Layer):
         if not (plain(x, x_shape) and plain(w, w_shape) and (bblob is None or plain(bblob.data, b_shape))):
             return None
         run = fc.ForwardRunner(
-            x_shape, w_shape, axis=self.axis, transpose=self.transpose, relu=self.fused_relu, rowwise=rowwise
+            x_shape,
+            w_shape,
+            axis=self.axis,
+            transpose=self.transpose,
+            relu=self.fused_relu,
+            rowwise=rowwise and not self.transpose,
         )
         out = plan_out(dst, x, run.out_shape)
 

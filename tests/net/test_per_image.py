@@ -123,3 +123,25 @@ def test_observed_batches_get_batch_1_bits_and_light_nets_stay_chunked(effnet_fi
     fed = Net(upgrade_net(parse_text(data + body, "NetParameter")), phase="train", seed=0)
     per = per_image.flops_per_weight_byte(fed)
     assert abs(per - per_image.flops_per_weight_byte(lenet)) <= 1e-9 * per and not per_image.rowwise(fed)
+
+
+def test_a_transposed_inner_product_asked_row_by_row_takes_its_ordinary_step() -> None:
+    """`rowwise` is a request the InnerProduct layer honours where W is (N, K): with transpose: true (W is (K, N)) its
+    plan step is the ordinary one (the row-by-row kernel reads W's rows), so a heavy net's plan or per_image's batched
+    tail can ask any InnerProduct; the step's output equals the layer's forward."""
+    text = """
+    layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 3 dim: 40 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+            inner_product_param { num_output: 24 transpose: true weight_filler { type: "gaussian" std: 0.1 }
+                                  bias_filler { type: "gaussian" std: 0.1 } } }
+    """
+    net = Net(upgrade_net(parse_text(text, "NetParameter")), phase="test", seed=3)
+    x = np.random.default_rng(5).standard_normal((3, 40)).astype(np.float32)
+    want = net.forward(x=x)["y"].copy()
+    layer, bottom, top = net.layers[1], net.bottoms[1], net.tops[1]
+    assert layer.transpose
+    step = layer.plan(bottom, top, rowwise=True)
+    assert step is not None
+    top[0].data[...] = 0.0
+    assert step()
+    np.testing.assert_array_equal(top[0].data, want)
