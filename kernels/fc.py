@@ -37,9 +37,9 @@ import numpy as np
 from numba import njit, types
 
 from kernels.activations import relu_forward
-from kernels.gemm import NC, claim_near, gemm, image_counters, queue_sizes, tpack4, tpack8
+from kernels.gemm import NC, claim_near, fetch_add, gemm, image_counters, queue_sizes, tpack4, tpack8
 from kernels.serial import SMALL_WORK
-from kernels.tasks import Task
+from kernels.tasks import Task, carried
 from kernels.tiling import VW
 
 CLAIM_ROWS = 16  # rows of W per claimed task in _ip_small_rows (a multiple of 8: whole rows go 8 at a time)
@@ -212,29 +212,50 @@ def _store(y, m, n, v, relu):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _next_claim(counter, sizes, nclaims):  # pragma: no cover - compiled
-    """The next claim of CLAIM_ROWS rows of W (see _ip_whole_worker), or -1 when none is left."""
+def _next_claim(counter, sizes, nclaims, back):  # pragma: no cover - compiled
+    """The next claim of CLAIM_ROWS rows of W (see _ip_whole_worker), or -1 when none is left; back: each queue's
+    claims in reverse order (the rows read last in the call before come first, see _ip_whole_worker)."""
     u, i = claim_near(counter, sizes)
-    return -1 if u < 0 else u * nclaims // sizes.shape[0] + i
+    if u < 0:
+        return -1
+    return u * nclaims // sizes.shape[0] + (sizes[u] - 1 - i if back else i)
 
 
-def _ip_whole_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
+@njit(cache=True, boundscheck=False, inline="always")
+def _turn(turns, nclaims):  # pragma: no cover - compiled
+    """Does this call take its claims backwards? turns[0] counts the claims done by every call before (each worker
+    adds its own when it is done, _ip_whole_worker): odd calls go backwards. Read before a worker's first claim, it
+    is the same for every worker that gets a claim in this call: a count that has reached the next multiple of
+    nclaims means every claim of this call is done, so a worker that reads it gets none."""
+    return (fetch_add(turns, 0) // nclaims) & 1 == 1
+
+
+def _ip_whole_worker(t, x2, w, bias, y, relu, counter, turns):  # pragma: no cover - compiled
     """y[m, n] = dot(x2[m], w[n]) + bias[n] (then ReLU'd when relu); x2: (M, K), w: (N, K), bias: (N,), y: (M, N).
     Each row of x2 takes the claim's rows of W whole (``_ip_rows_whole``): a row's bits are those of batch 1. Worker t
     of one per thread (kernels.tasks) claims CLAIM_ROWS rows of W at a time from the queue of the CPU it runs on first
     (``gemm.claim_near``: counters from ``gemm.image_counters``): each core's share of W then stays in its L2 from call
     to call where it fits, and a worker that is done takes the others' rows, so a slowed virtual CPU does not hold the
-    other one up. One plain counter: dynamic claims over all the rows."""
+    other one up. One plain counter: dynamic claims over all the rows.
+
+    turns (int64, kept by the caller from call to call, see `_turn`): every other call takes each queue's claims in
+    reverse order, so a W larger than what a core's caches keep starts on the rows the call before read last, which
+    are still there (LRU-like caches keep none of a W read in the same order each time). A row's bits do not depend on
+    the order."""
     n_all = w.shape[0]
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     sizes = queue_sizes(counter, nclaims, 1, 1)
-    c = _next_claim(counter, sizes, nclaims)
+    back = _turn(turns, nclaims)
+    done = 0
+    c = _next_claim(counter, sizes, nclaims, back)
     while c >= 0:
         _ip_rows_whole(x2, w, bias, y, relu, c * CLAIM_ROWS, min((c + 1) * CLAIM_ROWS, n_all))
-        c = _next_claim(counter, sizes, nclaims)
+        done += 1
+        c = _next_claim(counter, sizes, nclaims, back)
+    fetch_add(turns, done)
 
 
-def _ip_chunked_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - compiled
+def _ip_chunked_worker(t, x2, w, bias, y, relu, counter, turns):  # pragma: no cover - compiled
     """As _ip_whole_worker, for several rows of x2: blocks of 4 rows of W, each taken in chunks of KC_ROWS floats of k:
     a chunk of the 4 rows (16 KB) comes from memory once and stays in L1 while every row of x2 passes over it, five
     rows at a time (a 4 x 5 register tile of dot products: 9 vector loads per 20 FMAs; two at a time with AVX2), the
@@ -246,26 +267,35 @@ def _ip_chunked_worker(t, x2, w, bias, y, relu, counter):  # pragma: no cover - 
     nclaims = (n_all + CLAIM_ROWS - 1) // CLAIM_ROWS
     acc = np.empty((x2.shape[0], 4), np.float32)  # the chunks' partial sums
     sizes = queue_sizes(counter, nclaims, 1, 1)
-    c = _next_claim(counter, sizes, nclaims)
+    back = _turn(turns, nclaims)
+    done = 0
+    c = _next_claim(counter, sizes, nclaims, back)
     while c >= 0:
         for blk in range(c * CLAIM_ROWS // 4, min((c + 1) * CLAIM_ROWS, n_all + 3) // 4):
             _ip_rows_chunked(x2, w, bias, y, relu, blk, acc)
-        c = _next_claim(counter, sizes, nclaims)
+        done += 1
+        c = _next_claim(counter, sizes, nclaims, back)
+    fetch_add(turns, done)
 
 
 _F2 = types.float32[:, ::1]
-_IP_ARGS = (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1])
+_IP_ARGS = (_F2, _F2, types.float32[::1], _F2, types.boolean, types.int64[::1], types.int64[::1])
 _IP_WHOLE = Task(_ip_whole_worker, _IP_ARGS, opt=1, fastmath=True, boundscheck=False, compile_s=1.3)
 _IP_CHUNKED = Task(_ip_chunked_worker, _IP_ARGS, opt=1, fastmath=True, boundscheck=False, compile_s=2.0)
 
 
-def _ip_small_rows(x2, w, bias, y, relu: bool, workers: int, serial: bool = False, rowwise: bool = False) -> None:
+def _ip_small_rows(
+    x2, w, bias, y, relu: bool, workers: int, serial: bool = False, rowwise: bool = False, turns=None
+) -> None:
     """The rows of W shared by `workers` threads (serial: on the calling thread); arrays C-contiguous
-    float32: x2 (M, K), w (N, K), bias (N,), y (M, N); rowwise: every row of y with its batch-1 bits."""
+    float32: x2 (M, K), w (N, K), bias (N,), y (M, N); rowwise: every row of y with its batch-1 bits; turns: an int64
+    array the caller keeps for this W from call to call (zeroed at first), so that every other call reads W
+    backwards (``_ip_whole_worker``); None: W in order."""
     task = _IP_CHUNKED if x2.shape[0] > 1 and not rowwise else _IP_WHOLE
     drive = task.serial if serial else task.parallel
     counters = np.zeros(1, np.int64) if serial else image_counters(1, workers, -(-w.shape[0] // CLAIM_ROWS))
-    drive(task.address, 1 if serial else workers, x2, w, bias, y, relu, counters)
+    turns = np.zeros(1, np.int64) if turns is None else turns
+    drive(task.address, 1 if serial else workers, x2, w, bias, y, relu, counters, turns)
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
@@ -468,7 +498,7 @@ class ForwardRunner:
     `rowwise` (no transpose) any number of rows does, each row with its batch-1 bits (``net.per_image``'s batched
     tail: a W that fits L1 4 rows at a time, read once for all the rows)."""
 
-    __slots__ = ("axis", "out_shape", "relu", "rowwise", "serial", "small", "transpose", "workers", "zeros")
+    __slots__ = ("axis", "out_shape", "relu", "rowwise", "serial", "small", "transpose", "turns", "workers", "zeros")
 
     def __init__(
         self, x_shape, w_shape, *, axis: int = 1, transpose: bool = False, relu: bool = False, rowwise: bool = False
@@ -489,6 +519,8 @@ class ForwardRunner:
         self.serial = m * k * n < SMALL_WORK
         self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
+        # W backwards every other call (_ip_whole_worker), carried from call to call (a replay does not restore it)
+        self.turns = carried(np.zeros(8, np.int64))
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
         if self.small is None:
@@ -496,7 +528,7 @@ class ForwardRunner:
             return
         m, k, n = self.small
         _ip_small_rows(x.reshape(m, k), w, self.zeros if b is None else b, out.reshape(m, n), self.relu, self.workers,
-                       self.serial, self.rowwise)  # fmt: skip
+                       self.serial, self.rowwise, self.turns)  # fmt: skip
 
 
 SUM_ROWS_BLOCK = 256  # columns of db summed together by `_sum_rows_worker` (rows streamed over them)

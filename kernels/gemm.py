@@ -453,6 +453,23 @@ _RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction t
 
 
 @intrinsic
+def _fetch_add(typingctx, counter, inc):
+    """counter[0] += inc atomically, returning the value before (an LLVM ``atomicrmw add``; inc 0: an atomic read of a
+    counter that other threads add to, as `_claim` does with 1)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        raise errors.TypingError(f"_fetch_add: expected a 1-D int64 array, got {counter}")
+    if not isinstance(inc, types.Integer):
+        raise errors.TypingError(f"_fetch_add: expected an integer increment, got {inc}")
+    sig = types.int64(counter, types.int64)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, args[1], "monotonic")
+
+    return sig, codegen
+
+
+@intrinsic
 def _this_cpu(typingctx):
     """The CPU the calling thread runs on now, for locality only (never for correctness): on x86-64 the low 12 bits
     of the TSC_AUX register that RDTSCP returns (Linux keeps the CPU number there, as its vDSO getcpu reads it; other
@@ -613,10 +630,13 @@ FUSED_B = True
 FUSED_ROW_BLOCKS = 3
 FUSED_COLS = 128
 FUSED_PACK = 0.75
-# gemm packs B (FUSED_B: each task its own panels) for more than one K panel on rows of at least this many floats (4
-# KB: every k step of a sliver on another page), whatever M (Emerald Rapids, 2 threads, in-process A/B: CaffeNet fc6's
-# 64 x 9216 x 4096 101 -> 180 GFLOP/s, 64 x 4096 x 4096 127 -> 211, the data gradient 10 x 4096 x 9216 57 -> 89;
-# 10 x 4096 x 4096 0.86-1.04x)
+# gemm packs B (FUSED_B: each task its own panels) on rows of at least this many floats (4 KB: every k step of a
+# sliver on another page), whatever M (Emerald Rapids, 2 threads, in-process A/B: CaffeNet fc6's 64 x 9216 x 4096 101
+# -> 180 GFLOP/s, 64 x 4096 x 4096 127 -> 211, the data gradient 10 x 4096 x 9216 57 -> 89; 10 x 4096 x 4096
+# 0.86-1.04x), and so with one K panel too (rows 16 or 10 KB apart put every k step's line in the same few L1 sets,
+# a ragged row's slivers straddle two lines; medians, in-process A/B: 96 x 363 x 4096 1.59 -> 0.94 ms, 128 x 256 x
+# 2560 0.85 -> 0.75, CaffeNet conv1's im2col shape 96 x 363 x 3025 1.08-1.11 -> 0.98-1.01; 96 x 363 x 3024 and 128
+# x 128 x 2048 within noise, 0.93-0.94 and 0.32 ms either way)
 PAGE_B = 1024
 # gemm: B read in place with rows a multiple of 64 bytes long but its data not on a 64-byte line (NumPy's large arrays
 # start 16 bytes into a page): its first (64 - offset) / 4 columns are computed on their own and the rest from there,
@@ -1088,10 +1108,10 @@ def gemm(
     # (each A row then streams once); op(B) = b (row-major) when there is one block of rows or one K panel (few rows
     # of B): there, packing costs as much as the GEMM (LeNet's ip1). Its last columns need not fill a sliver: the
     # micro-kernel reads a ragged last sliver with masked loads. Large square products keep both packed (read in
-    # place, B's rows would thrash L1 and the TLB). So do deep products on B's rows of PAGE_B floats or more (each k
-    # step on another 4 KB page): there each task packs its own panels (FUSED_B). Figures: benchmarks/perf_notes.md.
+    # place, B's rows would thrash L1 and the TLB). So do products on B's rows of PAGE_B floats or more (each k step
+    # on another 4 KB page): there each task packs its own panels (FUSED_B). Figures: benchmarks/perf_notes.md.
     pack_a = trans_a or n > 3 * NC
-    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC)) or (k > KC and n >= PAGE_B)
+    pack_b = trans_b or (m > MC and k > KC) or (n % NR != 0 and not (RAGGED_B and m <= MC)) or n >= PAGE_B
     workers = numba.get_num_threads()
     low, high = ROW_ORDER_N
     if ROW_ORDER and not trans_a and pack_b and k > KC and m >= 2 * MC * workers and low <= n <= high:
@@ -1148,6 +1168,7 @@ def _aligning_columns(b: np.ndarray) -> int:
 # Public names of the LLVM IR helpers and the task claim, for kernels built on this micro-kernel's machinery
 # (kernels.pointwise, depthwise, winograd); the same objects as the underscored names.
 as64, splat, accumulators, flat_f32, claim, copy8 = _as64, _splat, _accumulators, _flat_f32, _claim, _copy8
+fetch_add = _fetch_add
 copy_run = _copy_run
 transpose8 = _transpose8
 tpack8, tpack4 = _tpack8, _tpack4  # 8 x 8 (4 x 8) blocks transposed in registers (kernels.fc's epilogue)

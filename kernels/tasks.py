@@ -54,6 +54,7 @@ import os
 import threading
 import types as pytypes
 import warnings
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -246,6 +247,19 @@ def _driver(template, name: str, calls: dict):
 
 
 ALL: list = []  # every Task made (module-level constants): kernels.program's recorder wraps their drivers
+_CARRIED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> array: see carried()
+
+
+def carried(array: np.ndarray) -> np.ndarray:
+    """Mark an integer array that a task's workers change from call to call on purpose (state carried to the next
+    call, e.g. ``fc``'s turns): a replay (``net.replay``) passes it as it is instead of restoring the contents it had
+    when recorded, as it does for claim counters. Returns the array."""
+    _CARRIED[id(array)] = array
+    return array
+
+
+def is_carried(array: np.ndarray) -> bool:
+    return _CARRIED.get(id(array)) is array
 
 
 class Task:

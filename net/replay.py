@@ -9,7 +9,7 @@ and the steps' own checks) can be done once:
 1. Record (the plan's RECORD_AT-th forward through ``Net.forward``, batches up to MAX_BATCH): the forward runs as
    usual with every task's drivers wrapped (this thread's calls only): each call's task, kind, thread count, body
    address and arguments, by step, and the integer arrays the call changed (claim counters) with their contents
-   before it.
+   before it (not the arrays a task carries from call to call on purpose: ``kernels.tasks.carried``).
 2. Build: runs of steps that made calls become one ``kernels.program.Program`` each (the counters restored before
    each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps, except
    the layers whose forward only points their tops at their bottom's memory (``Layer.aliases``: Split, Flatten,
@@ -66,7 +66,8 @@ class _Recorder:
             if kwargs:
                 self.unrecordable = True
                 return real(address, workers, *args, **kwargs)
-            ints = [(a, a.copy()) for a in args if isinstance(a, np.ndarray) and a.dtype.kind != "f"]
+            ints = [(a, a.copy()) for a in args
+                    if isinstance(a, np.ndarray) and a.dtype.kind != "f" and not tasks.is_carried(a)]  # fmt: skip
             out = real(address, workers, *args)
             changed = [(a, before) for a, before in ints if not np.array_equal(a, before)]
             self.calls.append((task, kind, int(workers), int(address), args, changed))

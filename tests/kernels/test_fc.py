@@ -92,6 +92,55 @@ def test_small_rows_queues_cover_every_row(m: int, workers: int) -> None:
     assert np.array_equal(one, got)
 
 
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_small_rows_turns_take_w_backwards_every_other_call(m: int, workers: int) -> None:
+    """With turns kept from call to call, every other call takes each queue's claims backwards (the rows the call
+    before read last first): every row is computed once either way (NaN-filled output), with the bits of the call
+    in order, and turns counts the claims done (nclaims a call); on one and on several queues (workers)."""
+    rng = np.random.default_rng(100 * m + workers)
+    k, n = 260, fc.CLAIM_ROWS * 9 + 3  # 10 claims: queues of 5 / 3-4, a short last claim
+    nclaims = -(-n // fc.CLAIM_ROWS)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    want = np.empty((m, n), np.float32)
+    fc._ip_small_rows(x, w, b, want, False, 1, serial=True)  # in order (no turns)
+    turns = np.zeros(8, np.int64)
+    for call in range(4):
+        assert fc._turn(turns, nclaims) == (call % 2 == 1)
+        got = np.full((m, n), np.nan, np.float32)
+        fc._ip_small_rows(x, w, b, got, False, workers, serial=workers == 1, turns=turns)
+        assert np.array_equal(got, want), f"call {call}"
+        assert turns[0] == (call + 1) * nclaims and not turns[1:].any()
+
+
+def test_a_plan_carries_the_turns_of_its_inner_products_through_a_replay() -> None:
+    """LeNet at batch 1, replayed natively (net.replay): the inner products' turns go on counting (a replay does not
+    restore an array a task carries on purpose, kernels.tasks.carried), and the probabilities keep their bits."""
+    from pathlib import Path
+
+    from kernels.tasks import is_carried
+    from net import Net
+
+    root = Path(__file__).resolve().parents[2] / "models" / "lenet"
+    net = Net.load(str(root / "deploy.prototxt"), str(root / "lenet.caffemodel"), phase="test")
+    x = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
+    first = net.forward(data=x)["prob"]
+    for _ in range(8):
+        net.forward(data=x)
+    plan = net._plan
+    assert plan.replay, "LeNet's batch-1 plan is replayed"
+    runners = [c.cell_contents for step, *_ in plan.steps for c in (getattr(step, "__closure__", None) or ())
+               if isinstance(c.cell_contents, fc.ForwardRunner)]  # fmt: skip
+    assert len(runners) == 2 and all(is_carried(r.turns) for r in runners)
+    before = [int(r.turns[0]) for r in runners]
+    for _ in range(3):
+        assert np.array_equal(net.forward(data=x)["prob"], first)
+    claims = [-(-r.out_shape[-1] // fc.CLAIM_ROWS) for r in runners]
+    assert [int(r.turns[0]) - b for r, b in zip(runners, before)] == [3 * c for c in claims]
+
+
 @pytest.mark.parametrize("n, m", [(500, 64), (500, 61), (13, 8), (7, 13), (12, 16), (9, 1), (4, 9), (1, 3)])
 def test_transpose_epilogue_is_copy_add_relu(n: int, m: int) -> None:
     """The GEMM path's y = (W @ x^T)^T epilogue (8 x 8 blocks in registers, 4-row and scalar edges): the bits of
