@@ -26,8 +26,8 @@ block-major tasks).
 The numbers: each expand output is its tile's FMA chain over k from 0, + bias, clip (the bits ``pointwise_t`` and
 ``pointwise`` give it), and each depthwise output its block tile's chain over the block's taps (the bits of the
 depthwise's channel-block path): the same bits as the two steps (tested). Weights: the expand's packed once per array
-in panels of 16 or 32 channels (``pointwise_t.pack``; two blocks a task from PAIR_TASKS tasks a thread: the 7 x 7
-layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array (``depthwise._c8_tables``); both
+in panels of 16 or 32 channels (``pointwise_t.pack``; two blocks a task wherever there are PAIR_TASKS such tasks a
+thread: the 7 x 7 layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array (``depthwise._c8_tables``); both
 must not change in place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``). The expand's top blob keeps its
 place in the plan's arena (the layer's own forward writes it when the fused step refuses), unwritten otherwise.
 
@@ -58,7 +58,10 @@ from kernels.tasks import Task
 
 ENABLED = pointwise_t.ENABLED  # AVX-512: the expand's 16-lane tiles
 BAND_BYTES = 512 << 10  # a band's input rows of a task's blocks (their padded buffer rows) at most, where bands split
-PAIR_TASKS = 4  # tasks of two blocks (32 channels: pointwise_t's tiles of 28 accumulators) from this many a thread
+PAIR_TASKS = 1  # tasks of two blocks (32 channels: pointwise_t's tiles of 28 accumulators) from this many a thread
+# (the bands split the rows for balance). From 4 to 1, EfficientNet-Lite0's blocks 1-5 (96-240 channels, 112 x 112 to
+# 28 x 28) on pairs too, at batch 1: two nets alternated in one process, the Emerald Rapids Xeon, 2 threads 1.020 /
+# 1.020x (median / min; 2 -> 1 alone 1.022x), 1 thread 1.017 / 1.011x; the same bits
 
 
 def applies(x_shape, w1_shape, dw_runner: DepthwiseRunner) -> bool:

@@ -50,7 +50,7 @@ CASES = [
     (1, 24, 144, 56, 3, 1, 1),  # block 2: 9 blocks, two bands for 2 threads
     (1, 24, 144, 56, 6, 2, 2),  # block 3
     (1, 40, 240, 28, 5, 1, 2),
-    (1, 112, 672, 14, 5, 1, 2),  # pairs of blocks (32 channels a task)
+    (1, 112, 672, 14, 5, 1, 2),
     (1, 192, 1152, 7, 3, 1, 1),
     (2, 24, 144, 56, 3, 1, 1),
     (3, 40, 240, 28, 4, 2, 1),  # bands starting off a multiple of 8 output pixels
@@ -86,6 +86,24 @@ def test_same_bits_as_the_two_steps(n, k, c, h, kernel, stride, pad) -> None:
     np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.sqrt(k) * max(1.0, float(np.abs(ref).max())))
     for v in got.values():
         np.testing.assert_array_equal(v, y)
+
+
+@pytest.mark.parametrize("n,k,c,h,kernel,stride,pad", [CASES[1], CASES[3], CASES[-1]])
+def test_tasks_of_one_block_or_two_give_the_same_bits(monkeypatch, n, k, c, h, kernel, stride, pad) -> None:
+    """Tasks of one block of 16 channels (PAIR_TASKS past the block count) and of two (PAIR_TASKS 1: EfficientNet-Lite0's
+    blocks at batch 1; an odd block count leaves a task of one): the same bits."""
+    x, w1, b1, w2, b2 = _pair(n, k, c, h, kernel, stride, pad, seed=c + k + 1)
+    got = []
+    for pairs in (1, 10**6):
+        monkeypatch.setattr(mbconv, "PAIR_TASKS", pairs)
+        dw = depthwise.DepthwiseRunner((n, c, *x.shape[2:]), w2.shape, stride, pad, ACT, frozen=True, c8=True)
+        run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+        assert run.args[0][13] == (2 if pairs == 1 and n * (c // 16 // 2) >= numba.get_num_threads() else 1)
+        y = np.full(dw.out_shape, np.nan, np.float32)
+        run(x, w1, b1, w2, b2, y)
+        got.append(y)
+    np.testing.assert_array_equal(got[0], got[1])
+    assert not np.isnan(got[0]).any()
 
 
 def _fused(n, k, c, h, kernel, stride, pad, seed):
