@@ -12,7 +12,9 @@ Kernels:
                                    of x2 passes, in 4 x 5 register tiles of dot products (``_part_4x5``; 4 x 2 with
                                    AVX2); at batch 1 whole rows of W, 8 at a time (``_dots_8x1``). A row's sums are
                                    taken in another order at batch 1 (whole rows) than at 2-12 (chunks, fives and
-                                   pairs): its bits depend on the batch (not on the thread count).
+                                   pairs): its bits depend on the batch (not on the thread count). A plan's
+                                   runner takes W backwards every other call (``_turn``): a W larger than a core's
+                                   caches then starts on the rows still there from the call before.
 2. ``inner_product_forward``     - otherwise ``kernels.gemm.gemm``: y^T = W @ x2^T for up to NC rows (W read in
                                    place, unpacked; the result transposed into y with + b and the ReLU in one pass,
                                    ``_transpose_epilogue``), else y = x2 @ W.T with the weight read transposed by the

@@ -27,9 +27,10 @@ The numbers: each expand output is its tile's FMA chain over k from 0, + bias, c
 ``pointwise`` give it), and each depthwise output its block tile's chain over the block's taps (the bits of the
 depthwise's channel-block path): the same bits as the two steps (tested). Weights: the expand's packed once per array
 in panels of 16 or 32 channels (``pointwise_t.pack``; two blocks a task wherever there are PAIR_TASKS such tasks a
-thread: the 7 x 7 layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array (``depthwise._c8_tables``); both
-must not change in place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``). The expand's top blob keeps its
-place in the plan's arena (the layer's own forward writes it when the fused step refuses), unwritten otherwise.
+thread: the 7 x 7 layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array
+(``depthwise._c8_tables``); both must not change in place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``).
+The expand's top blob keeps its place in the plan's arena (the layer's own forward writes it when the fused step
+refuses), unwritten otherwise.
 
 Speed (Zen 4 EPYC, 2 threads, batch 1): block 1's pair, per step in the net, 0.43 -> 0.29 ms; EfficientNet-Lite0,
 two plans alternated in one process (``net.plan_steps.FUSE_EXPAND`` off / on): 1.02x at batch 1, 1.02-1.04x at 32;
