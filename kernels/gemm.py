@@ -625,7 +625,9 @@ RAGGED_B = True
 # FUSED_PACK tile units in `blocking` (measured: a KC x NR panel of CaffeNet conv2's B, 1.1 us, against ~1.3-1.5 us
 # of FMAs for a 12 x 16 tile over KC). B packed whole first by both threads was read by each task from the other
 # core's cache half the time: ResNet-50's 3x3 on 14 x 14 (256 x 2304 x 196) 1.30 -> 1.18 ms, on 7 x 7 (512 x 4608 x
-# 49) 1.44 -> 1.36 ms, in-process A/B on 2 threads of the Zen 4 (benchmarks/perf_notes.md).
+# 49) 1.44 -> 1.36 ms, in-process A/B on 2 threads of the Zen 4 (benchmarks/perf_notes.md). The same blocks with one
+# K panel: CaffeNet conv1's im2col shape, 96 x 363 x 3025, had taken blocks of 48 x 512, so both row blocks packed
+# the same columns; now 96 x 128: 0.816 -> 0.749 ms (medians, one process; NumPy 0.723).
 FUSED_B = True
 FUSED_ROW_BLOCKS = 3
 FUSED_COLS = 128
@@ -1124,7 +1126,7 @@ def gemm(
         return out
     mc, nc = blocking(m, n, workers)
     fused = FUSED_B and pack_b and not trans_b and (k <= KC or -(-m // mc) <= FUSED_ROW_BLOCKS)
-    if fused and k > KC:
+    if fused:  # (each block packs its own columns: blocks of fewer rows pack B's columns more times)
         mc, nc = blocking(m, n, workers, FUSED_COLS, FUSED_PACK)
     per = KC * -(-nc // NR) * NR
     ap, bp, zeros, panels = _WORKSPACE.get(
