@@ -632,6 +632,10 @@ FUSED_B = True
 FUSED_ROW_BLOCKS = 3
 FUSED_COLS = 128
 FUSED_PACK = 0.75
+# ... and row blocks of up to this many rows (else 2 MC; an A block's K panel 432 KB): ResNet-50's 3x3 on 7 x 7 as a
+# GEMM, 512 x 4608 x 49, 192 x 32 -> 288 x 32 blocks, 1.113-1.168 -> 0.996 ms (medians, one process; NumPy 1.07-1.10;
+# 264 x 64 0.98-1.02); 1024 x 256 x 196 (ResNet-50's 1x1 on 14 x 14), 180 x 112 -> 264 x 112 within noise
+FUSED_MAX_ROWS = 3 * MC
 # gemm packs B (FUSED_B: each task its own panels) on rows of at least this many floats (4 KB: every k step of a
 # sliver on another page), whatever M (Emerald Rapids, 2 threads, in-process A/B: CaffeNet fc6's 64 x 9216 x 4096 101
 # -> 180 GFLOP/s, 64 x 4096 x 4096 127 -> 211, the data gradient 10 x 4096 x 9216 57 -> 89; 10 x 4096 x 4096
@@ -973,7 +977,8 @@ def blocking(m: int, n: int, workers: int, cols: int = 2 * NC, pack: float = 0.0
     thread, where whole blocks claimed by the threads in turn would leave one idle at the end: 256 x 256 on 2 threads
     as blocks of 96, 96, 64 rows (16 tile rows of work on the busier thread against 11 each for two blocks of 132);
     LeNet ip1's data gradient, 64 x 800, as column blocks of 256, 256, 256, 32 (512 columns on one thread, 288 on
-    the other; two blocks of 400 instead). Then the blocks of MR-row tiles (up to 2 MC rows) and of NR-column slivers
+    the other; two blocks of 400 instead). Then the blocks of MR-row tiles (up to 2 MC rows; FUSED_MAX_ROWS where
+    `pack` is given) and of NR-column slivers
     (NC, or the columns split evenly in 1-4 rounds of `workers`) whose tasks end soonest (`_makespan`); on a tie the
     ones that read A and B the fewest times, then the larger. At most `cols` columns a block (2 NC: its B slivers
     stay in L2); where each task packs its own B panels (FUSED_B) gemm asks blocks of at most FUSED_COLS columns, and
@@ -987,7 +992,7 @@ def blocking(m: int, n: int, workers: int, cols: int = 2 * NC, pack: float = 0.0
     for per_n in sorted(widths):
         if per_n > cols // NR:
             continue
-        for per in range(1, min(tiles, 2 * MC // MR) + 1):
+        for per in range(1, min(tiles, (FUSED_MAX_ROWS if pack else 2 * MC) // MR) + 1):
             bm, bn = -(-tiles // per), -(-slivers // per_n)
             # then the least reading of A and B: each column block reads A's rows again, each row block B's columns
             key = (_makespan(tiles, per, slivers, per_n, workers, pack), bn * m + bm * n, -per * per_n)
