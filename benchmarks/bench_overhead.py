@@ -10,6 +10,8 @@ Measured in one process, medians of many calls:
   Python steps (``replay.ENABLED`` off; the two alternate), and the steps' Python work alone (every task driver a
   no-op);
 - per step (LeNet): the step's wall time;
+- inside the replayed forward (which times no step): its native task calls one at a time, in order, each with its
+  counter restores (``kernels.program.Program.run_range``), summed per task, against the whole replayed programs;
 - the two fixed costs every step pays: one Python call through Numba's dispatcher (a compiled function of 10 array
   arguments that does nothing: type checks and unboxing) and, for a parallel kernel, one fork-join of the threads (a
   compiled `prange` over the threads doing nothing); with the step count they bound the overhead of the plan;
@@ -94,7 +96,9 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         call = step if step is not None else (lambda layer=layer, bottom=bottom, top=top: layer.forward(bottom, top))
         steps.append({"layer": layer.name, "type": layer.type, "us": _median_us(call, max(50, calls // 10))})
     ort = ort_us(net, x, threads, calls) if name == "lenet" else None
+    ops = native_ops(net, max(20, calls // 5) if name == "lenet" else max(20, calls))
     return {
+        "native_ops": ops,
         "net": name,
         "onnxruntime_us": ort,
         "threads": threads,
@@ -105,6 +109,45 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         "plan_us": plan_only,
         "steps": steps,
         "steps_sum_us": sum(s["us"] for s in steps),
+    }
+
+
+def native_ops(net, rounds: int) -> dict | None:
+    """The replayed plan's native ops one at a time, in order (each call with the counter restores before it,
+    ``kernels.program.Program.run_range``), `rounds` times, against the whole programs run as a forward replays them:
+    medians (us) per op summed by task, and in all; None where the plan has no replay. Where the time goes inside a
+    replayed forward, which no Python step timing sees (net.replay)."""
+    rp = net._plan.replay if net._plan is not None else None
+    progs = [prog for _, _, prog in rp.segments if prog is not None] if rp else []
+    if not progs:
+        return None
+    groups = []  # (program, first op, end, task name): a call with the restores before it
+    for prog in progs:
+        first = 0
+        for k, name in enumerate(prog.names):
+            if name != "restore":
+                groups.append((prog, first, k + 1, name))
+                first = k + 1
+    times: list[list[float]] = [[] for _ in groups]
+    whole = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for prog in progs:
+            prog.run()
+        whole.append(time.perf_counter() - t0)
+        for i, (prog, first, end, _) in enumerate(groups):
+            t0 = time.perf_counter()
+            prog.run_range(first, end)
+            times[i].append(time.perf_counter() - t0)
+    net.forward(data=net._blobs[net.inputs[0]].data.copy())  # (the blobs as a forward leaves them)
+    by_task: dict[str, float] = {}
+    for (_, _, _, name), ts in zip(groups, times):
+        by_task[name] = by_task.get(name, 0.0) + statistics.median(ts) * 1e6
+    return {
+        "ops": len(groups),
+        "whole_us": statistics.median(whole) * 1e6,
+        "alone_sum_us": sum(by_task.values()),
+        "by_task_us": dict(sorted(by_task.items(), key=lambda kv: -kv[1])),
     }
 
 
@@ -188,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             f" steps {got['forward_python_steps_us']:.1f} us (medians, alternating); the steps' Python work alone "
             f"(drivers no-ops) {got['python_work_us']:.1f} us"
         )
+        ops = got["native_ops"]
+        if ops is not None:
+            print(
+                f"    its {ops['ops']} native calls one at a time, in order (a ctypes call each, ~1 us): "
+                f"{ops['alone_sum_us']:.1f} us in all against {ops['whole_us']:.1f} us for the replayed programs whole "
+                "(medians); by task:"
+            )
+            for task, us in ops["by_task_us"].items():
+                print(f"      {task:48s} {us:9.1f} us")
         if name == "lenet":
             for s in got["steps"]:
                 print(f"    {s['layer']:12s} {s['type']:14s} {s['us']:8.2f} us")

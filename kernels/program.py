@@ -239,6 +239,7 @@ class Program:
 
     def __init__(self) -> None:
         self._ops: list[tuple[int, int, int, int]] = []
+        self.names: list[str] = []  # each op's task name, or "restore" (profiling: run_range)
         self._keep: list = []  # every array and record the ops point into
         self._table: np.ndarray | None = None  # the ops as one (n, 4) int64 array, made on the first run
         self._run = None  # the native runner (`_run_function`), found on the first run
@@ -257,6 +258,7 @@ class Program:
         self._keep += [rec, *(a for a in args if isinstance(a, np.ndarray))]
         code = _CALL_PARALLEL if kind == "parallel" else _CALL_SERIAL
         self._ops.append((code, int(workers), _trampoline(want), rec.ctypes.data))
+        self.names.append(task.name)
         self._table = None
 
     def restore(self, array: np.ndarray, contents: np.ndarray | None = None) -> None:
@@ -267,12 +269,28 @@ class Program:
             raise ValueError("kernels.program: restore needs a C-contiguous array and contents of its size and type")
         self._keep += [array, saved]
         self._ops.append((_COPY, array.ctypes.data, saved.ctypes.data, array.nbytes))
+        self.names.append("restore")
         self._table = None
 
-    def run(self) -> None:
+    def _prepared(self) -> np.ndarray:
         table = self._table
         if table is None:
             table = self._table = np.array(self._ops, np.int64).reshape(-1, 4)
             self._run = _run_function()
+        return table
+
+    def run(self) -> None:
+        table = self._table
+        if table is None:
+            table = self._prepared()
         if len(table):
             self._run(table.ctypes.data, len(table))
+
+    def run_range(self, first: int, end: int) -> None:
+        """Ops first .. end - 1 only, in order (profiling one op in its place, its restores with it:
+        ``benchmarks.bench_overhead``)."""
+        table = self._prepared()
+        if not 0 <= first <= end <= len(table):
+            raise ValueError(f"kernels.program: ops {first}..{end} of {len(table)}")
+        if end > first:
+            self._run(table[first:end].ctypes.data, end - first)

@@ -52,6 +52,29 @@ def test_a_replayed_call_writes_what_the_driver_writes(kind) -> None:
     assert len(ops) == 2
 
 
+def test_ops_run_by_range_do_what_the_whole_run_does() -> None:
+    """run_range(first, end) runs those ops only, in order (a call with its restore: what profiling runs); names
+    tells each op's task, or "restore"; a range outside the ops is refused."""
+    x, y, plan, scale, flag, counter, offset = _args()
+    y2, counter2 = np.zeros_like(y), np.zeros(1, np.int64)
+    ops = program.Program()
+    for yy, cc in ((y, counter), (y2, counter2)):
+        ops.restore(cc, np.zeros(1, np.int64))
+        ops.call(_TASK, "parallel", 2, _TASK.address, (x, yy, plan, scale, flag, cc, offset))
+    assert ops.names == ["restore", _TASK.name, "restore", _TASK.name]
+    ops.run()
+    want, want2 = y.copy(), y2.copy()
+    y[...] = y2[...] = np.nan
+    ops.run_range(2, 4)  # the second call only
+    assert np.isnan(y).all()
+    np.testing.assert_array_equal(y2, want2)
+    ops.run_range(0, 2)
+    np.testing.assert_array_equal(y, want)
+    ops.run_range(1, 1)  # nothing
+    with pytest.raises(ValueError, match="ops 3..5 of 4"):
+        ops.run_range(3, 5)
+
+
 def test_the_arguments_are_read_at_the_recorded_places_each_run() -> None:
     """The record holds pointers: new values in the same arrays are seen; the scalars are those recorded."""
     x, y, plan, scale, _, counter, offset = _args()
