@@ -139,7 +139,8 @@ def native_ops(net, rounds: int) -> dict | None:
             t0 = time.perf_counter()
             prog.run_range(first, end)
             times[i].append(time.perf_counter() - t0)
-    net.forward(data=net._blobs[net.inputs[0]].data.copy())  # (the blobs as a forward leaves them)
+    # the ops alone skipped any Python step between two programs: one whole forward leaves every blob as it should be
+    net.forward(data=net._blobs[net.inputs[0]].data.copy())
     by_task: dict[str, float] = {}
     for (_, _, _, name), ts in zip(groups, times):
         by_task[name] = by_task.get(name, 0.0) + statistics.median(ts) * 1e6

@@ -522,7 +522,7 @@ class ForwardRunner:
         self.workers = numba.get_num_threads()
         self.zeros = np.zeros(n, np.float32)
         # W backwards every other call (_ip_whole_worker), carried from call to call (a replay does not restore it)
-        self.turns = carried(np.zeros(8, np.int64))
+        self.turns = carried(np.zeros(1, np.int64))
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
         if self.small is None:

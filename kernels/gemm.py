@@ -438,15 +438,24 @@ def _claim(typingctx, counter):
     and each worker claims tasks until none are left. Numba's own prange splits the tasks into equal static ranges,
     and on a shared machine one virtual CPU often runs at half speed for seconds: with static ranges the fast thread
     then idles while the slow one finishes; claimed tasks keep both busy to the end (benchmarks/perf_notes.md)."""
+    _check_counter("_claim", counter)
+    return types.int64(counter), _atomic_add_codegen(by_argument=False)
+
+
+def _check_counter(name: str, counter) -> None:
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        raise errors.TypingError(f"_claim: expected a 1-D int64 array, got {counter}")
-    sig = types.int64(counter)
+        raise errors.TypingError(f"{name}: expected a 1-D int64 array, got {counter}")
+
+
+def _atomic_add_codegen(by_argument: bool):
+    """counter[0] += 1 (or += the second argument) as one LLVM ``atomicrmw add``, returning the value before."""
 
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", data, llvm_ir.Constant(llvm_ir.IntType(64), 1), "monotonic")
+        inc = args[1] if by_argument else llvm_ir.Constant(llvm_ir.IntType(64), 1)
+        return builder.atomic_rmw("add", data, inc, "monotonic")
 
-    return sig, codegen
+    return codegen
 
 
 _RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction that tells _this_cpu where it runs
@@ -456,17 +465,10 @@ _RDTSCP = platform.machine().lower() in ("x86_64", "amd64")  # the instruction t
 def _fetch_add(typingctx, counter, inc):
     """counter[0] += inc atomically, returning the value before (an LLVM ``atomicrmw add``; inc 0: an atomic read of a
     counter that other threads add to, as `_claim` does with 1)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        raise errors.TypingError(f"_fetch_add: expected a 1-D int64 array, got {counter}")
+    _check_counter("_fetch_add", counter)
     if not isinstance(inc, types.Integer):
         raise errors.TypingError(f"_fetch_add: expected an integer increment, got {inc}")
-    sig = types.int64(counter, types.int64)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", data, args[1], "monotonic")
-
-    return sig, codegen
+    return types.int64(counter, types.int64), _atomic_add_codegen(by_argument=True)
 
 
 @intrinsic
