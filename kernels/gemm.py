@@ -631,9 +631,10 @@ _tpack8, _tpack4 = _tpack_intrinsic(8), _tpack_intrinsic(4)
 # prefetches the B lines PREFETCH_B k steps on (one a sliver) and the A line PREFETCH_A k steps on: those products
 # stream A and B from L3 and memory (K panels of other blocks), where the hardware's prefetchers left the FMAs
 # waiting. Emerald Rapids, processes in lockstep, paired medians: one thread 4096^3 1.16x (161 -> 187 GFLOP/s; B alone
-# 8 steps on 1.035x); two threads 4096^3 1.07-1.12x, 1024^3 1.05-1.08x, 2048^3 1.02x; the nets' convolutions (CaffeNet,
-# GoogLeNet, ResNet-50, LeNet) within noise. Not where each task packs its own B panels (in L2 by then: ResNet-50's
-# 3x3 GEMMs 0.98-1.0x with it). Same bits: a prefetch changes no arithmetic.
+# 8 steps on 1.035x); two threads 4096^3 1.07-1.12x, 1024^3 1.05-1.08x, 2048^3 1.02-1.03x; the nets' convolutions
+# (CaffeNet, GoogLeNet, ResNet-50, LeNet) within noise. Not where each task packs its own B panels (in L2 by then:
+# ResNet-50's 3x3 GEMMs 0.95-1.01x with it). Same bits: a prefetch changes no arithmetic. benchmarks/perf_notes.md,
+# twenty-third round.
 PREFETCH = True
 PREFETCH_B = 16
 PREFETCH_A = 32
