@@ -280,9 +280,7 @@ class Program:
         return table
 
     def run(self) -> None:
-        table = self._table
-        if table is None:
-            table = self._prepared()
+        table = self._prepared()
         if len(table):
             self._run(table.ctypes.data, len(table))
 

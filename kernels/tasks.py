@@ -259,6 +259,7 @@ def carried(array: np.ndarray) -> np.ndarray:
 
 
 def is_carried(array: np.ndarray) -> bool:
+    """Was this very array marked with carried()?"""
     return _CARRIED.get(id(array)) is array
 
 
