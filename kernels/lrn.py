@@ -144,36 +144,66 @@ def _pow_neg(s, beta):  # pragma: no cover - compiled
 
 
 def _lrn_across_worker(t, x, y, size, alpha_over_n, beta, k, workers):  # pragma: no cover - compiled
-    """Worker t's share (kernels.tasks) of the (image, block of BLOCK pixels) items, split evenly: x, y (N, C, P) with
+    """Worker t's share (kernels.tasks) of the (image, block of pixels) items, split evenly: x, y (N, C, P) with
     P = H*W; size odd; alpha_over_n, k float64; beta float32. A task, not a prange loop: a plan with no OpenMP loop
-    runs on kernels.taskpool's threads (CaffeNet's LRN was its only one at batch 1)."""
+    runs on kernels.taskpool's threads (CaffeNet's LRN was its only one at batch 1).
+
+    The blocks: P cut into ceil(P / BLOCK) blocks of equal length rounded up to 16 (169 pixels: 96 + 73, not 128 +
+    41, so 2 threads share a 13 x 13 map). Per channel one loop over the block does it all (add the entering
+    channel's square, drop the leaving one's, the power, the product), a zero row standing in for a channel outside
+    [0, C) (adding or dropping +0.0 leaves the float64 sum as it was, so the bits are those of the branchy loops it
+    replaced), the power chosen once per call: LLVM vectorises that loop, where the branches inside it kept it to
+    one float at a time (norm1 at batch 1, one thread, alone: 268 -> 55 us; the same bits)."""
     n, c, p = x.shape
     r = (size - 1) // 2
     nblk = (p + BLOCK - 1) // BLOCK
+    blk = (p + 16 * nblk - 1) // (16 * nblk) * 16
+    nblk = (p + blk - 1) // blk
     acc = np.zeros(BLOCK, dtype=np.float64)
+    zero = np.zeros(BLOCK, dtype=np.float32)
+    mode = 0 if beta == 0.75 else (1 if beta == 1.0 else (2 if beta == 0.5 else 3))
+    nbeta = np.float32(-beta)
+    one = np.float32(1.0)
     for q in range(t * n * nblk // workers, (t + 1) * n * nblk // workers):
         b = q // nblk
-        lo = (q % nblk) * BLOCK
-        hi = min(lo + BLOCK, p)
-        for j in range(hi - lo):
+        lo = (q % nblk) * blk
+        hi = min(lo + blk, p)
+        m = hi - lo
+        for j in range(m):
             acc[j] = 0.0
         for cc in range(min(r, c)):  # channels [0, r) are in the window of channel 0
-            for j in range(lo, hi):
-                v = np.float64(x[b, cc, j])
-                acc[j - lo] += v * v
+            xr = x[b, cc, lo:hi]
+            for j in range(m):
+                v = np.float64(xr[j])
+                acc[j] += v * v
         for cc in range(c):
             head, tail = cc + r, cc - r - 1
-            if head < c:
-                for j in range(lo, hi):
-                    v = np.float64(x[b, head, j])
-                    acc[j - lo] += v * v
-            if tail >= 0:
-                for j in range(lo, hi):
-                    v = np.float64(x[b, tail, j])
-                    acc[j - lo] -= v * v
-            for j in range(lo, hi):
-                s = np.float32(k + alpha_over_n * acc[j - lo])
-                y[b, cc, j] = x[b, cc, j] * _pow_neg(s, beta)
+            xh = x[b, head, lo:hi] if head < c else zero[:m]
+            xt = x[b, tail, lo:hi] if tail >= 0 else zero[:m]
+            xr = x[b, cc, lo:hi]
+            yr = y[b, cc, lo:hi]
+            if mode == 0:  # beta 0.75 (CaffeNet): _pow_neg's form, in a loop of its own
+                for j in range(m):
+                    vh, vt = np.float64(xh[j]), np.float64(xt[j])
+                    a = acc[j] + vh * vh
+                    a = a - vt * vt
+                    acc[j] = a
+                    s = np.float32(k + alpha_over_n * a)
+                    yr[j] = xr[j] * (one / np.sqrt(s * np.sqrt(s)))
+            else:
+                for j in range(m):
+                    vh, vt = np.float64(xh[j]), np.float64(xt[j])
+                    a = acc[j] + vh * vh
+                    a = a - vt * vt
+                    acc[j] = a
+                    s = np.float32(k + alpha_over_n * a)
+                    if mode == 1:
+                        pw = one / s
+                    elif mode == 2:
+                        pw = one / np.sqrt(s)
+                    else:
+                        pw = s**nbeta
+                    yr[j] = xr[j] * pw
 
 
 _F3 = types.float32[:, :, ::1]
