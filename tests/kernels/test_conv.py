@@ -680,17 +680,23 @@ def test_col2im_rows_is_zeroing_and_col2im_bit_for_bit(nc, kh, kw, oh, ow) -> No
         (4, 1, 6, 6, 64),
         (1, 5, 6, 6, 500),
         (2, 3, 9, 41, 500),
+        (1, 3, 15, 15, 0),  # 13 x 13 (CaffeNet's conv3-5): slivers over 2-3 output rows, _segments16
+        (1, 3, 16, 16, 0),  # 14 x 14
+        (1, 3, 10, 12, 64),  # 8 x 10
+        (1, 3, 9, 9, 0),  # 7 x 7: a sliver over 4 rows, gathered
+        (1, 1, 13, 13, 0),
     ],
 )
 def test_im2col_slivers_against_numpy(stride: int, kernel: int, hp: int, wp: int, extra: int) -> None:
     """The packed im2col (`_im2col_packed`) of one padded image against the same gather in NumPy: whole 8-pixel runs
-    of an output row copied (stride 1) or loaded and shuffled (stride 2, 4: `_strided8_*`), the others gathered. src
+    of an output row copied (stride 1) or loaded and shuffled (stride 2, 4: `_strided8_*`), at stride 1 the slivers
+    over up to 3 output rows by masked loads (`_segments16`), the others gathered. src
     sized exactly (the last runs must fall back where the vector loads would read past its end) or followed by other
     data (a batch); narrow outputs whose last sliver's pixels span rows (the runs must not be taken there)."""
     from kernels import conv
     from kernels.gemm import NR
 
-    assert conv.STRIDED_RUNS
+    assert conv.STRIDED_RUNS and conv.SEGMENTS
     rng = np.random.default_rng(hp * wp + extra)
     c = 3
     src = rng.standard_normal(c * hp * wp + extra, dtype=np.float32)
