@@ -117,6 +117,8 @@ W_PREFETCH = 1  # a task's first tile prefetches the next panel's weights into L
 HALF_TILES = True  # a panel with 8 real channels in its last 16 on tiles with an 8-lane vector there (M = 24, 40)
 P_PREFETCH = 4  # x in planes: a tile prefetches row k + P_PREFETCH (its first and last pixel) at row k (0: none)
 X_PREFETCH = 2  # x in blocks: a tile prefetches the lines of the block this many blocks ahead (0: none)
+POOL = 8  # or'ed into the tiles' `add`: each pixel's channels summed in pixel order into z (a global average
+# pooling's output, (N, M) floats), divided by the plane's pixels at its last tile (PointwiseTRunner.pool_into)
 ENABLED = VW == 16  # AVX-512 only (the tile is written for 16-lane vectors)
 assert not ENABLED or LANES == 16, "the depthwise's blocks are 16 channels where this kernel runs"
 
@@ -287,7 +289,7 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
         def planes() -> None:  # 7 pixels x 8 channels at a time: one 8 x 8 transpose (8th row zero)
             none = ir.Constant(mask.type, [0] * 8)
             only, zero_add = ir.Constant(add.type, SUM_ONLY), ir.Constant(add.type, 0)
-            add_kind = builder.and_(add, ir.Constant(add.type, SUM_ONLY - 1))  # 0, ADD or ADD_RELU
+            add_kind = builder.and_(add, ir.Constant(add.type, SUM_ONLY - 1))  # 0, ADD or ADD_RELU (POOL: 0)
             halves = [(v, g, hv) for v in range(nv) for g in range(npx // NP) for hv in range(2)]
             for v, g, hv in [(v, g, hv) for v, g, hv in halves if not (lanes_of(v) == v8 and hv == 1)]:
                 rows = [
@@ -314,6 +316,25 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
                         zptr = builder.bitcast(builder.gep(zd, [off]), v8ptr)
                         builder.call(mstore, [builder.select(relu, clipped, zv), zptr, ir.Constant(i32, 4), lanes])
 
+        def pooled() -> None:  # POOL (planes, whole panels, the task's tiles in pixel order from pixel 0): z[img *
+            # M + o] = ((0 + y[o, 0]) + y[o, 1]) + ..., the global average pooling's sum in its order, / P at the end
+            p0 = as64(builder, args[19])
+            zo = builder.udiv(builder.sub(yo, p0), p)  # yo = img * M * P + p0: img * M
+            first = builder.icmp_unsigned("==", p0, c(0))
+            last = builder.icmp_unsigned("==", builder.add(p0, c(npx)), p)
+            area = splat(builder, builder.uitofp(p, f32), vec)
+            zero = ir.Constant(vec, [0.0] * 16)
+            for v in range(nv):
+                zptr = builder.bitcast(builder.gep(zd, [builder.add(zo, builder.add(o0, c(16 * v)))]), vptr)
+                acc = builder.select(first, zero, builder.load(zptr, align=4))
+                for j in range(npx):
+                    acc = builder.fadd(acc, done[j * nv + v])
+                builder.store(builder.select(last, builder.fdiv(acc, area), acc), zptr, align=4)
+
+        if not half:
+            pool_bit = builder.and_(add, ir.Constant(add.type, POOL))
+            with builder.if_then(builder.icmp_unsigned("!=", pool_bit, ir.Constant(add.type, 0))):
+                pooled()
         # y in a depthwise's blocks, or in planes (PointwiseTRunner; ConvTRunner with or without blocks)
         with builder.if_else(builder.icmp_unsigned("!=", bplane, c(0))) as (blocks_out, planes_out):
             with blocks_out:
@@ -523,6 +544,8 @@ class PointwiseTRunner:
         "out_shape",
         "packed",
         "plan",
+        "pool",
+        "pool_only",
         "serial",
         "workers",
         "xpf",
@@ -554,6 +577,29 @@ class PointwiseTRunner:
         self.serial = threads == 1
         self.counter_args = (n, 1 if self.serial else threads, npan * nch if n == 1 else 0)  # image_counters'
         self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
+        self.pool: np.ndarray | None = None  # pool_into's
+        self.pool_only = False
+
+    def pool_applies(self) -> bool:
+        """Can this runner sum its output planes into a global average pooling (pool_into)? Output in planes, no
+        handoff to a depthwise step, whole panels of 32 channels (no half tiles)."""
+        return ENABLED and self.blocks is None and self.out_shape[1] % 32 == 0
+
+    def pool_into(self, pool: np.ndarray, pool_only: bool) -> None:
+        """Every call also writes the global average pooling of its output into `pool` (C-contiguous float32 of N x M
+        elements, not overlapping the output): per channel the pixels summed in order from 0.0, then divided by H*W,
+        the operations of ``kernels.pool``'s global AVE pooling (``_global_ave_worker``), so the same bits; pool_only:
+        the output itself is not stored (no step reads it). A channel's pixels in one task (one chunk an image), so
+        each sum runs in pixel order on one thread. The plan sets it: ``net.plan_steps.fuse_global_pool``."""
+        n, m = self.out_shape[:2]
+        if not self.pool_applies():
+            raise ValueError("pointwise_t: pool_into needs the output in planes and whole panels of 32 channels")
+        if pool.dtype != np.float32 or pool.size != n * m or not pool.flags.c_contiguous:
+            raise ValueError(f"pointwise_t: pool_into needs a C-contiguous float32 array of {n * m} elements")
+        self.pool, self.pool_only = pool, bool(pool_only)
+        npan = int(self.plan[4])
+        self.plan[5] = 1  # one chunk: a panel's pixels in one task, in order
+        self.counter_args = (n, self.counter_args[1], npan if n == 1 else 0)
 
     def __call__(self, x, w, bias, y, res=None, z=None, relu: bool = False, sum_only: bool = False) -> None:
         """sum_only (with res): z alone is written, y is left as it was (no step reads it)."""
@@ -563,7 +609,12 @@ class PointwiseTRunner:
         add = add_mode(res, relu, sum_only)
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
-        if not add:
+        if self.pool is not None:
+            if add:
+                raise ValueError("pointwise_t: a residual sum and a pooled output in one call")
+            add = POOL | (SUM_ONLY if self.pool_only else 0)
+            res, z = y, self.pool  # res unread
+        elif not add:
             res = z = y  # unread
         handoff = self.handoff
         if handoff is not None:  # x as the depthwise step before wrote it this time

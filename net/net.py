@@ -60,6 +60,7 @@ from .plan_steps import (
     Subsamples,
     convt_step,
     fuse_expand_depthwise,
+    fuse_global_pool,
     fuse_residual_sums,
     hand_over_depthwise,
     hand_over_expand,
@@ -907,7 +908,7 @@ class _Plan:
             keep = {id(net._blobs[n]) for n in names if n in net._blobs}
             self.steps = hand_over_projection(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
             self.steps = hand_over_depthwise(self.steps, keep)
-            self.steps = sums_only(self.steps, keep)
+            self.steps = fuse_global_pool(sums_only(self.steps, keep), keep)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 
 

@@ -530,3 +530,64 @@ def test_net_stem_hands_its_blocks_to_the_first_depthwise() -> None:
         w[:, :, 0, :] = 0.01
         layer.folded = (w, b)
     np.testing.assert_allclose(net.forward(data=x)["prob"], plain.forward(data=x)["prob"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,k,m,h", [(1, 320, 1280, 7), (3, 256, 64, 7), (2, 240, 96, 14), (1, 256, 64, 28)])
+def test_pool_into_has_the_global_pooling_bits(n, k, m, h) -> None:
+    """pool_into: the tiles also sum each channel's pixels into the global average pooling's output, the same bits
+    as kernels.pool's global AVE pooling of the stored output; pool_only: that output is not stored."""
+    from kernels import pool
+
+    x, w, b, _ = _inputs(n, k, m, h, seed=k + m + h)
+    plain_run = PointwiseTRunner(x.shape, w.shape, ACT)
+    y = np.empty(plain_run.out_shape, np.float32)
+    plain_run(x, w, b, y)
+    want = pool.pool2d_forward(y, method="AVE", kernel=(h, h), stride=(1, 1), pad=(0, 0))
+    for pool_only in (False, True):
+        run = PointwiseTRunner(x.shape, w.shape, ACT)
+        pooled = np.full((n, m, 1, 1), np.nan, np.float32)
+        run.pool_into(pooled, pool_only)
+        y2 = np.full_like(y, np.nan)
+        run(x, w, b, y2)
+        np.testing.assert_array_equal(pooled, want)
+        if pool_only:
+            assert np.isnan(y2).all()
+        else:
+            np.testing.assert_array_equal(y2, y)
+        run(x, w, b, y2)  # a second call starts each sum afresh
+        np.testing.assert_array_equal(pooled, want)
+
+
+def test_pool_into_refuses_what_it_cannot_do() -> None:
+    run = PointwiseTRunner((1, 256, 7, 7), (48, 256, 1, 1), ACT)  # 48: a last panel of 16
+    with pytest.raises(ValueError, match="whole panels"):
+        run.pool_into(np.empty((1, 48, 1, 1), np.float32), False)
+    run = PointwiseTRunner((1, 256, 7, 7), (64, 256, 1, 1), ACT)
+    with pytest.raises(ValueError, match="64 elements"):
+        run.pool_into(np.empty((2, 64, 1, 1), np.float32), False)
+
+
+def test_net_head_pools_as_it_goes() -> None:
+    """EfficientNet-Lite0 with shared activations: the head's tiles write the global pooling (fuse_global_pool), the
+    pooling's step has nothing left to do and the head's output is not stored; the same bits as without; when the
+    head's step refuses (an array changed under the plan), the pooling runs as its own again."""
+    from net import plan_steps
+
+    outs = {}
+    for on in (False, True):
+        net, outs[on] = _lite0_with(plan_steps, "FUSE_POOL", on, seed=3)
+        heads = [s[0].runner for s in net._plan.steps if isinstance(getattr(s[0], "runner", None), PointwiseTRunner)]
+        pooled = [r for r in heads if r.pool is not None]
+        assert len(pooled) == (1 if on else 0)
+        if on:
+            assert pooled[0].pool_only and pooled[0].out_shape == (1, 1280, 7, 7)
+            pool_step = next(s[0] for s in net._plan.steps if s[1].name == "pool")
+            assert getattr(pool_step, "done_by", None) is not None
+    np.testing.assert_array_equal(outs[True], outs[False])
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    for _ in range(4):  # replayed (net.replay) from the third forward: the same bits
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])
+    top = next(s[3][0] for s in net._plan.steps if s[1].name == "pool")
+    top.data = np.zeros_like(top.data)  # another array than the plan's: the head's step refuses
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])
+    np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])  # planned again
