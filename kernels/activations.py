@@ -24,7 +24,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from kernels.serial import SMALL_WORK
 from kernels.tasks import Task, share16
@@ -348,23 +350,76 @@ def softmax_forward_ref(x: np.ndarray, axis: int = 1) -> np.ndarray:
     return (e / e.sum(axis=axis, keepdims=True)).astype(_ref_dtype(x))
 
 
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bits are the int32 `bits` (LLVM bitcast: vectorises, unlike a view)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _exp_nonpositive(x):  # pragma: no cover - compiled
+    """e**x for a float32 x <= 0 (softmax's x - max), in float32 arithmetic a loop vectorises: n = round(x / ln 2),
+    r = x - n ln 2 in two parts (Cody-Waite), e**r by Cephes' expf polynomial, times 2**n made from its bits; 0 below
+    -87.33654 (where e**x leaves the normal floats: libm's denormals there are < 1.2e-38), NaN for NaN. Within 0.97
+    ulp of the exact value on 2 M uniform samples of [-87.3, 0] (libm's expf 0.50), 0.7 us for 1000 values against
+    libm's 3.2 (AVX-512, one thread)."""
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    scale = _f32_from_bits(np.int32((np.int32(max(n, np.float32(-127.0))) + np.int32(127)) << np.int32(23)))
+    return np.float32(0.0) if x < np.float32(-87.33654) else p * scale
+
+
 def _softmax_worker(t, x, y, workers):  # pragma: no cover - compiled
     """Worker t's share (kernels.tasks) of the outer slices of x, y (outer, C, inner): softmax over the middle axis,
-    in float32 like Caffe (sum kept in float64). A task, not a prange loop: a plan with no OpenMP loop runs on
-    kernels.taskpool's threads."""
+    in float32 like Caffe (the sum kept in float64; the exp ``_exp_nonpositive``, within an ulp of libm's). A task,
+    not a prange loop: a plan with no OpenMP loop runs on kernels.taskpool's threads. With inner == 1 (N x C: the
+    nets' classifiers) each slice is flat loops over C, the exp and the division vectorised (1 x 1000: 8.6 -> 3.1 us,
+    64 x 10: 7.4 -> 3.1 us, one thread, hot), where the loops over inner went one value at a time and every slice
+    allocated two arrays."""
     outer, c, inner = x.shape
-    for o in range(t * outer // workers, (t + 1) * outer // workers):
-        m = np.empty(inner, dtype=np.float32)
-        total = np.zeros(inner, dtype=np.float64)
+    o0, o1 = t * outer // workers, (t + 1) * outer // workers
+    if inner == 1:
+        x2, y2 = x.reshape(outer, c), y.reshape(outer, c)
+        for o in range(o0, o1):
+            xr, yr = x2[o], y2[o]
+            m = xr[0]
+            for cc in range(1, c):
+                v = xr[cc]
+                m = v if v > m else m  # noqa: FURB136 (strict >, NaN never wins)
+            for cc in range(c):
+                yr[cc] = _exp_nonpositive(xr[cc] - m)
+            total = 0.0
+            for cc in range(c):
+                total += yr[cc]
+            for cc in range(c):
+                yr[cc] = np.float32(yr[cc] / total)
+        return
+    m = np.empty(inner, dtype=np.float32)
+    total = np.empty(inner, dtype=np.float64)
+    for o in range(o0, o1):
         for i in range(inner):  # not m[:] = x[o, 0]: a slice copy compiles Numba's shape-error message (2-3 s)
             m[i] = x[o, 0, i]
+            total[i] = 0.0
         for cc in range(1, c):
             for i in range(inner):
                 v = x[o, cc, i]
                 m[i] = v if v > m[i] else m[i]  # noqa: FURB136 (strict >, NaN never wins)
         for cc in range(c):
             for i in range(inner):
-                e = np.exp(x[o, cc, i] - m[i])
+                e = _exp_nonpositive(x[o, cc, i] - m[i])
                 y[o, cc, i] = e
                 total[i] += e
         for cc in range(c):

@@ -117,6 +117,32 @@ def test_softmax_large_logits_and_in_place() -> None:
         softmax_forward(x, axis=2)
 
 
+
+def test_softmax_exp_within_an_ulp_and_its_edges() -> None:
+    """The softmax's own exp (`_exp_nonpositive`, vectorised): within 1 ulp of the float64 exp on [-87.3, 0], 1 at 0,
+    0 at -inf and below the normal floats, NaN for NaN; a row of -inf logits but one gives that one 1."""
+    from numba import njit
+
+    from kernels.activations import _exp_nonpositive
+
+    @njit
+    def run(x, y):
+        for i in range(x.size):
+            y[i] = _exp_nonpositive(x[i])
+
+    x = -np.random.default_rng(0).uniform(0, 87.3, 200_000).astype(np.float32)
+    y = np.empty_like(x)
+    run(x, y)
+    want = np.exp(x.astype(np.float64))
+    assert float((np.abs(y - want) / np.spacing(want.astype(np.float32))).max()) <= 1.0
+    edges = np.array([0.0, -0.0, -1e-30, -np.inf, np.nan, -87.4, -1e4], np.float32)
+    out = np.empty_like(edges)
+    run(edges, out)
+    np.testing.assert_array_equal(out[:4], [1.0, 1.0, 1.0, 0.0])
+    assert np.isnan(out[4]) and out[5] == 0.0 and out[6] == 0.0
+    logits = np.array([[-np.inf, 3.0, -np.inf]], np.float32)
+    np.testing.assert_array_equal(softmax_forward(logits), [[0.0, 1.0, 0.0]])
+
 # -- Dropout -------------------------------------------------------------------------------------
 def test_dropout_test_phase_is_a_copy() -> None:
     x = _data((3, 4, 5))
