@@ -674,6 +674,7 @@ def _pooled_pair(conv_step, pool_step, pool_layer, pool_bottom, pool_top, pooled
     pool_done.done_by = step
     return step, pool_done
 
+
 def _after_refusal(step, restore):
     """The step, and when it cannot run, `restore()` before the Net runs the layer's own forward."""
 

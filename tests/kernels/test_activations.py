@@ -117,7 +117,6 @@ def test_softmax_large_logits_and_in_place() -> None:
         softmax_forward(x, axis=2)
 
 
-
 def test_softmax_exp_within_an_ulp_and_its_edges() -> None:
     """The softmax's own exp (`_exp_nonpositive`, vectorised): within 1 ulp of the float64 exp on [-87.3, 0], 1 at 0,
     0 at -inf and below the normal floats, NaN for NaN; a row of -inf logits but one gives that one 1."""
@@ -142,6 +141,7 @@ def test_softmax_exp_within_an_ulp_and_its_edges() -> None:
     assert np.isnan(out[4]) and out[5] == 0.0 and out[6] == 0.0
     logits = np.array([[-np.inf, 3.0, -np.inf]], np.float32)
     np.testing.assert_array_equal(softmax_forward(logits), [[0.0, 1.0, 0.0]])
+
 
 # -- Dropout -------------------------------------------------------------------------------------
 def test_dropout_test_phase_is_a_copy() -> None:

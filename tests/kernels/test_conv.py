@@ -717,6 +717,39 @@ def test_im2col_slivers_against_numpy(stride: int, kernel: int, hp: int, wp: int
 
 
 @pytest.mark.parametrize(
+    "h,w,kernel,pad,dil",
+    [(13, 13, 3, 1, 1), (14, 14, 3, 1, 1), (8, 10, 3, 1, 1), (13, 13, 5, 2, 1), (9, 12, 3, 2, 2), (13, 13, 3, 0, 1),
+     (11, 9, 7, 3, 1), (10, 10, 1, 1, 1), (12, 12, 3, 4, 1)],
+)  # fmt: skip
+def test_im2col_from_the_unpadded_image(h, w, kernel, pad, dil) -> None:
+    """The packed im2col read from the image itself, its zero border as masks (`_im2col_unpadded_worker`), against
+    the padded path's (`_pad_copy` + `_im2col_packed`) on the same image: the same values, two groups."""
+    from kernels import conv
+    from kernels.gemm import NR
+
+    rng = np.random.default_rng(h * w + kernel + pad)
+    group, cg = 2, 3
+    img = rng.standard_normal(group * cg * h * w, dtype=np.float32)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    ext = dil * (kernel - 1) + 1
+    oh, ow = hp - ext + 1, wp - ext + 1
+    assert conv.unpadded_applies((1, 1), (kernel, kernel), ow) == (ow >= 8)
+    k_all, npix = cg * kernel * kernel, oh * ow
+    b_size = -(-npix // NR) * k_all * NR
+    got = np.full(group * b_size, np.nan, np.float32)
+    conv._IM2COL_UNPADDED.serial(
+        conv._IM2COL_UNPADDED.address, 1, img, h, w, pad, pad, group, cg, kernel, kernel, dil, dil, oh, ow, got,
+        b_size, 1
+    )  # fmt: skip
+    want = np.full_like(got, np.nan)
+    padded = np.empty(cg * hp * wp, np.float32)
+    for g in range(group):
+        conv._pad_copy(img, g * cg * h * w, cg, h, w, pad, pad, padded)
+        conv._im2col_packed(padded, 0, hp, wp, cg, kernel, kernel, 1, 1, dil, dil, oh, ow, want, g * b_size)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
     "x_shape,w_shape,stride,pad",
     [
         ((2, 1, 25, 7), (4, 1, 3, 3), 2, 0),
