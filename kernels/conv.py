@@ -11,11 +11,10 @@ Kernels (forward, then backward):
                           unclipped gather ``dst[k, j] = src[koff(k) + base(j)]`` through a per-sliver offset table
                           (no clipped runs): 8-pixel runs of one output row as vector copies (stride 1) or loads and
                           a shuffle (stride 2, 4); at stride 1 a sliver over up to 3 output rows as 3 masked loads
-                          (``_segments16``: CaffeNet's conv3-5 on 13 x 13 maps, batch 1, 2 threads, im2col 73 / 107
-                          / 64 -> 45 / 80 / 49 us; the same values); else one float at a time. At stride 1 on outputs
-                          8+ wide the slivers are read from the image itself, its zero border as masks
-                          (``_im2col_sliver_unpadded``: no padded copy; CaffeNet at batch 1, two nets alternated in one
-                          process, 1.016x median, 1.022x min; the same bits).
+                          (``_segments16``); else one float at a time.
+1b. ``_im2col_sliver_unpadded`` - the same sliver at stride 1 on outputs 8+ wide (``unpadded_applies``), read from
+                          the image itself, its zero border as ``_segments16``'s masks: no padded copy (the
+                          one-image path and ``_conv_batch_worker``; the same values).
 2. ``_conv_batch_worker`` - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
                           scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
                           batches (LeNet 64, CaffeNet 10).
@@ -179,8 +178,7 @@ TILE_BLOCKS = True  # forward, one image at a time: tasks' blocks by tile_blocks
 GROUP_ROWS = 256  # tile_blocks: a group's rows in one block up to this many (its weights' K panel: 384 KB at most)
 GROUP_COLUMNS = 176  # ... and columns in blocks of at most this many
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
-PAD_IN_IM2COL = True  # one-image im2col at stride 1 read from the image with its border as masks (unpadded_applies)
-PAD_PARALLEL = True  # im2col path: one image's pad split over the threads by planes (False: on the calling thread)
+PAD_IN_IM2COL = True  # forward im2col at stride 1 from the image itself, its border as masks (unpadded_applies)
 CHUNKS = True  # forward of one image: (group, pixel block) tasks, im2col + GEMM each in L2, where chunk_block says
 CHUNK_MAX_A = 256 << 10  # ... a group's weights at most this many bytes (read again by every pixel block)
 CHUNK_B_BYTES = 192 << 10  # ... a block's packed im2col (K x columns) about this many bytes
@@ -478,6 +476,7 @@ def _im2col_sliver(src, s_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, ow_n, npix, d
 
 
 MAX_TAPS_UNPADDED = 64  # _im2col_sliver_unpadded: kernel taps (kh * kw) at most (its tables: 4 x 64 int64 on the stack)
+assert 4 * MAX_TAPS_UNPADDED == 256, "_im2col_sliver_unpadded's tap table is 256 entries"
 
 
 @njit(cache=True, boundscheck=False)
@@ -542,13 +541,17 @@ def _im2col_unpadded_worker(t, src, h, wd, ph, pw, group, cg, kh, kw, dh, dw, oh
         )
 
 
+@njit(cache=True, inline="always")
+def _unpadded_ok(sh, sw, kh, kw, ow_n):  # pragma: no cover - compiled
+    """unpadded_applies's rule, for the compiled workers too (the flags as compiled)."""
+    return PAD_IN_IM2COL and SEGMENTS and sh == 1 and sw == 1 and ow_n >= 8 and kh * kw <= MAX_TAPS_UNPADDED
+
+
 def unpadded_applies(stride, kernel, ow_n: int) -> bool:
-    """Does the one-image forward take its im2col from the image itself (_im2col_unpadded_worker), no padded copy?
-    Stride 1, an output at least 8 wide (a sliver over at most 3 rows), at most MAX_TAPS_UNPADDED taps."""
-    return (
-        PAD_IN_IM2COL and SEGMENTS and tuple(stride) == (1, 1) and ow_n >= 8
-        and kernel[0] * kernel[1] <= MAX_TAPS_UNPADDED
-    )  # fmt: skip
+    """Does the forward take its im2col from the image itself (_im2col_sliver_unpadded), no padded copy? Stride 1, an
+    output at least 8 wide (a sliver over at most 3 rows: the kernel's segment table), at most MAX_TAPS_UNPADDED
+    taps (its tap table)."""
+    return bool(_unpadded_ok(int(stride[0]), int(stride[1]), int(kernel[0]), int(kernel[1]), int(ow_n)))
 
 
 @njit(cache=True, boundscheck=False)
@@ -914,7 +917,7 @@ def _conv_batch_worker(t, xf, n_img, c, h, wd, ap, bias, y, ws, pads, counter, g
     k_all = cg * kh * kw
     npix = oh_n * ow_n
     padded = ph > 0 or pw > 0
-    unpadded = padded and PAD_IN_IM2COL and SEGMENTS and sh == 1 and sw == 1 and ow_n >= 8 and kh * kw <= 64
+    unpadded = padded and _unpadded_ok(sh, sw, kh, kw, ow_n)
     hp, wp = h + 2 * ph, wd + 2 * pw
     n = _claim(counter)
     while n < n_img:
@@ -1484,7 +1487,8 @@ class ForwardRunner:
         elif n >= 4 * threads or n % threads == 0:  # chunks of images over threads, serial GEMMs per image
             self.batch = True
             self.chunks = chunks = min(threads, n)
-            self.sizes = (chunks * b_size, chunks * (cg * hp * wp if ph or pw else 1))
+            bare = not (ph or pw) or unpadded_applies((sh, sw), (kh, kw), ow)  # no padded copy (the worker's rule)
+            self.sizes = (chunks * b_size, chunks * (1 if bare else cg * hp * wp))
             self.args = (group, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         else:  # one image at a time: im2col slivers over threads, then (group, row block, column block) GEMM tasks
             self.batch = False
@@ -1494,7 +1498,8 @@ class ForwardRunner:
                 self.sizes = (threads * k_all * nc, c * hp * wp)
                 mc = mg
             else:
-                self.sizes = (group * b_size, c * hp * wp)
+                bare = not (ph or pw) or unpadded_applies((sh, sw), (kh, kw), ow)  # no padded copy: __call__'s rule
+                self.sizes = (group * b_size, 1 if bare else c * hp * wp)
                 mc, nc = tile_blocks(group, mg, npix, threads)
             window = (kh, kw, sh, sw, ph, pw, dh, dw)
             self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc))
@@ -1555,10 +1560,9 @@ class ForwardRunner:
                     i * m * npix, group, k_all, npix, nc, mc, self.workers, *epilogue
                 )  # fmt: skip
                 continue
-            if ph or pw:  # a task, so that net.replay records it with the calls after it
+            if ph or pw:  # a task (on this thread), so that net.replay records it with the calls after it
                 img = xf[i * c * h * wd : (i + 1) * c * h * wd]
-                pad_workers = max(1, min(self.workers, c)) if PAD_PARALLEL else 1
-                _PAD_ALL.parallel(_PAD_ALL.address, pad_workers, img, 1, c, h, wd, ph, pw, pbuf, pad_workers)
+                _PAD_ALL.serial(_PAD_ALL.address, 1, img, 1, c, h, wd, ph, pw, pbuf, 1)
                 src = pbuf
             else:
                 src = xf[i * c * h * wd : (i + 1) * c * h * wd]

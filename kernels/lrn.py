@@ -151,14 +151,12 @@ def _lrn_across_worker(t, x, y, size, alpha_over_n, beta, k, workers):  # pragma
     The blocks: P cut into ceil(P / BLOCK) blocks of equal length rounded up to 16 (169 pixels: 96 + 73, not 128 +
     41, so 2 threads share a 13 x 13 map). Per channel one loop over the block does it all (add the entering
     channel's square, drop the leaving one's, the power, the product), a zero row standing in for a channel outside
-    [0, C) (adding or dropping +0.0 leaves the float64 sum as it was, so the bits are those of the branchy loops it
-    replaced), the power chosen once per call: LLVM vectorises that loop, where the branches inside it kept it to
-    one float at a time (norm1 at batch 1, one thread, alone: 268 -> 55 us; the same bits)."""
+    [0, C) (adding or dropping +0.0 leaves the float64 sum as it was: the bits of the same sums taken with branches),
+    the power chosen once per call, so LLVM vectorises the loop (benchmarks/perf_notes.md, twenty-fourth round)."""
     n, c, p = x.shape
     r = (size - 1) // 2
     nblk = (p + BLOCK - 1) // BLOCK
-    blk = (p + 16 * nblk - 1) // (16 * nblk) * 16
-    nblk = (p + blk - 1) // blk
+    blk = (p + 16 * nblk - 1) // (16 * nblk) * 16  # <= BLOCK (a multiple of 16); the last block may be shorter
     acc = np.zeros(BLOCK, dtype=np.float64)
     zero = np.zeros(BLOCK, dtype=np.float32)
     mode = 0 if beta == 0.75 else (1 if beta == 1.0 else (2 if beta == 0.5 else 3))

@@ -149,7 +149,8 @@ def _tile_codegen(nv: int, npx: int, conv: bool = False, sx_const: int = 0, half
 
         xd, wd, yd, bd, rd, zd = (data(i) for i in range(6))
         k, p, xo, wo, yo, o0 = (as64(builder, a) for a in args[6:12])
-        add = args[14]  # 0: no residual, 1: z = y + res, 2: z = max(y + res, 0) (ADD_RELU); | SUM_ONLY: no y
+        add = args[14]  # 0: no residual, 1: z = y + res, 2: z = max(y + res, 0) (ADD_RELU); or POOL: z the pooled
+        # sums (planes, full-width tiles); | SUM_ONLY: no y
         i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
         vec = ir.VectorType(f32, 16)
         v8 = ir.VectorType(f32, 8)
@@ -358,9 +359,10 @@ def _make_tile(nv: int, npx: int, half: bool = False):
 
 # y[yo + (o0 + o)*p + j] for o < 16 nv, j < npx (xo, yo already at the tile's first pixel): clip(bias + sum_k
 # x[xo + k*p + j] * wt[wo + 16 nv k + o]) (xblk > 0: x in blocks of 16 channels, see k_loop; xblk also gives x's
-# prefetch distance, see _pt_worker); with add, also z = y + res at the same places; pw != 0: the tile also prefetches
-# the weights from wt[pw] on (the next panel's) into L2; bplane != 0: y in a depthwise's blocks of 16 channels instead
-# (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*bplane + po[pb + j]])
+# prefetch distance, see _pt_worker); with add, also z = y + res at the same places (add & POOL: each channel's
+# pixels added to z[img * M + o] instead, / P at the plane's last tile: PointwiseTRunner.pool_into); pw != 0: the tile
+# also prefetches the weights from wt[pw] on (the next panel's) into L2; bplane != 0: y in a depthwise's blocks of 16
+# channels instead (depthwise.PaddedInput: pixel j's channels 16b.. at y[yo + b*bplane + po[pb + j]])
 _ptile2, _ptile1 = _make_tile(2, NP), _make_tile(1, NP)  # 7 pixels
 _ptile2w, _ptile1w = _make_tile(2, 2 * NP), _make_tile(1, 2 * NP)  # 14 pixels: row k's line feeds 28 FMAs
 # 14 pixels x 24 or 8 channels (a 16-lane vector and an 8-lane one, or one of 8): a panel with 8 real channels in its
@@ -610,8 +612,8 @@ class PointwiseTRunner:
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
         if self.pool is not None:
-            if add:
-                raise ValueError("pointwise_t: a residual sum and a pooled output in one call")
+            if add or self.plan[5] != 1:
+                raise ValueError("pointwise_t: a pooled output with a residual sum, or over several pixel chunks")
             add = POOL | (SUM_ONLY if self.pool_only else 0)
             res, z = y, self.pool  # res unread
         elif not add:

@@ -60,9 +60,7 @@ it recognises more in the layer than the layer type says.
   sum each channel's pixels in order into the pooling's output and divide at the last one
   (``PointwiseTRunner.pool_into``: the same operations as ``kernels.pool``'s global pooling, the same bits), and the
   pooling's step has nothing left to do (``done_by``); the convolution's output is not stored where nobody else reads
-  it. Same conditions as the handoffs. EfficientNet-Lite0 at batch 1, per native op, two nets alternated in one
-  process: 2 threads the head 114 -> 110 us and the pooling's 11.5 us gone (the ops' sum 2944 -> 2922 us), 1 thread
-  213 -> 194 and 18.5 gone; whole forwards, the same A/B, 0.994-1.008x (within the host's noise).
+  it. Same conditions as the handoffs (benchmarks/perf_notes.md, twenty-fourth round).
 """
 
 from __future__ import annotations
@@ -654,8 +652,14 @@ def _pooled_pair(conv_step, pool_step, pool_layer, pool_bottom, pool_top, pooled
 
     def step() -> bool:
         done[0] = False
-        if pool_top[0].data is not pooled:
-            return False  # the Net runs the convolution's own forward; the pooling step below then runs as usual
+        if pool_top[0].data is not pooled:  # the Net runs the convolution's own forward, the pooling step its own;
+            inner = conv_step  # first what a refusal of the convolution's step puts back (_after_refusal: a
+            while inner is not None:  # handoff's interleaved input back in planes)
+                restore = getattr(inner, "restore", None)
+                if restore is not None:
+                    restore()
+                inner = getattr(inner, "inner", None)
+            return False
         done[0] = conv_step()
         return done[0]
 
@@ -686,6 +690,7 @@ def _after_refusal(step, restore):
 
     wrapped.runner = step.runner
     wrapped.inner = step  # what net.replay compares a fused sum's `done_by` with
+    wrapped.restore = restore  # for a wrapper of this step that refuses before calling it (_pooled_pair)
     return wrapped
 
 

@@ -14,7 +14,8 @@ and the steps' own checks) can be done once:
    each call); steps without calls (NumPy layers, a step that declares ``replay = False``) stay Python steps, except
    the layers whose forward only points their tops at their bottom's memory (``Layer.aliases``: Split, Flatten,
    Reshape; the guards below hold those arrays) and the steps whose work a fused call did (a residual sum's Eltwise,
-   and a ReLU after it: ``done_by``), left out; a run ends where an observer is notified (``Net.observe``).
+   and a ReLU after it; a depthwise after its fused expand; a global pooling after its 1x1: ``done_by``), left out; a
+   run ends where an observer is notified (``Net.observe``).
 3. Check, before the replay is used: on the plan's input flipped along its last axis and then on the input itself,
    every activation is filled with NaN and the forward run once as Python steps and once replayed; the activations
    (the shared arena once, and every blob outside it) must hold the same bits after both. A step whose effect is not

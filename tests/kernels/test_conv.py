@@ -733,7 +733,9 @@ def test_im2col_from_the_unpadded_image(h, w, kernel, pad, dil) -> None:
     hp, wp = h + 2 * pad, w + 2 * pad
     ext = dil * (kernel - 1) + 1
     oh, ow = hp - ext + 1, wp - ext + 1
-    assert conv.unpadded_applies((1, 1), (kernel, kernel), ow) == (ow >= 8)
+    assert conv.unpadded_applies((1, 1), (kernel, kernel), ow)
+    assert not conv.unpadded_applies((1, 1), (kernel, kernel), 7)  # a sliver over 4 rows: the padded path
+    assert not conv.unpadded_applies((2, 2), (kernel, kernel), ow) and not conv.unpadded_applies((1, 1), (9, 9), ow)
     k_all, npix = cg * kernel * kernel, oh * ow
     b_size = -(-npix // NR) * k_all * NR
     got = np.full(group * b_size, np.nan, np.float32)

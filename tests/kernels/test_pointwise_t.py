@@ -591,3 +591,33 @@ def test_net_head_pools_as_it_goes() -> None:
     top.data = np.zeros_like(top.data)  # another array than the plan's: the head's step refuses
     np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])
     np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])  # planned again
+
+
+def test_mobilenet_v1_pools_in_its_last_1x1_and_refusals_restore_the_handoff(monkeypatch) -> None:
+    """MobileNet v1 with shared activations: its last 1x1 (conv6/sep, reading the depthwise's handoff in blocks)
+    writes the global pooling (fuse_global_pool): the same bits as without. When the pooling's output array changes
+    under the plan, the fused step refuses before its 1x1 runs, and the handoff's blocks are put back in planes first:
+    the layers' own forwards then give the same softmax."""
+    from net import Net, plan_steps
+    from tests.net.test_zoo_models import MODELS, fill_random
+
+    path = MODELS / "mobilenet_v1" / "deploy.prototxt"
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+    outs, nets = {}, {}
+    for on in (False, True):
+        monkeypatch.setattr(plan_steps, "FUSE_POOL", on)
+        net = nets[on] = Net.load(path, phase="test")
+        fill_random(net, 0)
+        net.share_activations()
+        outs[on] = next(iter(net.forward(**{net.inputs[0]: x}).values())).copy()
+    np.testing.assert_array_equal(outs[True], outs[False])
+    net = nets[True]
+    fused = [s for s in net._plan.steps if getattr(getattr(s[0], "runner", None), "pool", None) is not None]
+    assert len(fused) == 1 and fused[0][0].runner.handoff is not None
+    for _ in range(3):  # replayed from the third forward
+        np.testing.assert_array_equal(next(iter(net.forward(**{net.inputs[0]: x}).values())), outs[True])
+    pool_index = next(i for i, s in enumerate(net._plan.steps) if s[0] is fused[0][0]) + 1
+    top = net._plan.steps[pool_index][3][0]
+    top.data = np.zeros_like(top.data)  # another array than the plan's: the fused step refuses
+    np.testing.assert_allclose(next(iter(net.forward(**{net.inputs[0]: x}).values())), outs[True], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(next(iter(net.forward(**{net.inputs[0]: x}).values())), outs[True])  # planned again
