@@ -14,7 +14,8 @@ Kernels (forward, then backward):
                           (``_segments16``); else one float at a time.
 1b. ``_im2col_sliver_unpadded`` - the same sliver at stride 1 on outputs 8+ wide (``unpadded_applies``), read from
                           the image itself, its zero border as ``_segments16``'s masks: no padded copy (the
-                          one-image path and ``_conv_batch_worker``; the same values).
+                          one-image path, ``_im2col_unpadded_worker``; the same values). Not in ``_conv_batch_worker``,
+                          whose compile it made 1.7 s longer for a gain within noise (CaffeNet at batch 10).
 2. ``_conv_batch_worker`` - forward, images claimed one at a time by one worker per thread (``gemm._claim``: dynamic
                           scheduling; each worker owns its workspaces), serial GEMM tiles per image and group: for
                           batches (LeNet 64, CaffeNet 10).
@@ -178,7 +179,7 @@ TILE_BLOCKS = True  # forward, one image at a time: tasks' blocks by tile_blocks
 GROUP_ROWS = 256  # tile_blocks: a group's rows in one block up to this many (its weights' K panel: 384 KB at most)
 GROUP_COLUMNS = 176  # ... and columns in blocks of at most this many
 PACK_WEIGHTS = False  # forward: pack W into MR-row slivers per call (True) or let the micro-kernel read it in place
-PAD_IN_IM2COL = True  # forward im2col at stride 1 from the image itself, its border as masks (unpadded_applies)
+PAD_IN_IM2COL = True  # one-image im2col at stride 1 from the image itself, its border as masks (unpadded_applies)
 CHUNKS = True  # forward of one image: (group, pixel block) tasks, im2col + GEMM each in L2, where chunk_block says
 CHUNK_MAX_A = 256 << 10  # ... a group's weights at most this many bytes (read again by every pixel block)
 CHUNK_B_BYTES = 192 << 10  # ... a block's packed im2col (K x columns) about this many bytes
@@ -286,31 +287,17 @@ def conv2d_backward_ref(
 
 # --------------------------------------------------------------------------------------------- im2col / col2im
 @njit(cache=True, boundscheck=False)
-def _pad_planes(xf, x_off, c0, c1, h, wd, ph, pw, dst):
-    """Channels c0..c1-1 of the image at xf[x_off:] (each (H, W)) inside a zero border of (ph, pw), channel c at
-    dst[c*HP*WP:]: each plane written once, front to back (the border zeroed, not the whole plane first)."""
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    for c in range(c0, c1):
-        base = c * hp * wp
-        for t in range(ph * wp):
-            dst[np.uint64(base + t)] = 0.0
-        for r in range(h):
-            d = base + (ph + r) * wp
-            s = x_off + (c * h + r) * wd
-            for t in range(pw):
-                dst[np.uint64(d + t)] = 0.0
-            for t in range(wd):
-                dst[np.uint64(d + pw + t)] = xf[np.uint64(s + t)]
-            for t in range(pw):
-                dst[np.uint64(d + pw + wd + t)] = 0.0
-        for t in range((ph + h) * wp, hp * wp):
-            dst[np.uint64(base + t)] = 0.0
-
-
-@njit(cache=True, boundscheck=False)
 def _pad_copy(xf, x_off, cg, h, wd, ph, pw, dst):
     """dst[:cg*HP*WP] = the cg channels at xf[x_off:] (each (H, W)) inside a zero border of (ph, pw)."""
-    _pad_planes(xf, x_off, 0, cg, h, wd, ph, pw, dst)
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    for t in range(cg * hp * wp):
+        dst[t] = 0.0
+    for c in range(cg):
+        for r in range(h):
+            d = (c * hp + ph + r) * wp + pw
+            s = x_off + (c * h + r) * wd
+            for t in range(wd):
+                dst[np.uint64(d + t)] = xf[np.uint64(s + t)]
 
 
 def _strided8_intrinsic(step: int):
@@ -541,17 +528,14 @@ def _im2col_unpadded_worker(t, src, h, wd, ph, pw, group, cg, kh, kw, dh, dw, oh
         )
 
 
-@njit(cache=True, inline="always")
-def _unpadded_ok(sh, sw, kh, kw, ow_n):  # pragma: no cover - compiled
-    """unpadded_applies's rule, for the compiled workers too (the flags as compiled)."""
-    return PAD_IN_IM2COL and SEGMENTS and sh == 1 and sw == 1 and ow_n >= 8 and kh * kw <= MAX_TAPS_UNPADDED
-
-
 def unpadded_applies(stride, kernel, ow_n: int) -> bool:
     """Does the forward take its im2col from the image itself (_im2col_sliver_unpadded), no padded copy? Stride 1, an
     output at least 8 wide (a sliver over at most 3 rows: the kernel's segment table), at most MAX_TAPS_UNPADDED
     taps (its tap table)."""
-    return bool(_unpadded_ok(int(stride[0]), int(stride[1]), int(kernel[0]), int(kernel[1]), int(ow_n)))
+    return bool(
+        PAD_IN_IM2COL and SEGMENTS and tuple(stride) == (1, 1) and ow_n >= 8
+        and kernel[0] * kernel[1] <= MAX_TAPS_UNPADDED
+    )  # fmt: skip
 
 
 @njit(cache=True, boundscheck=False)
@@ -917,20 +901,15 @@ def _conv_batch_worker(t, xf, n_img, c, h, wd, ap, bias, y, ws, pads, counter, g
     k_all = cg * kh * kw
     npix = oh_n * ow_n
     padded = ph > 0 or pw > 0
-    unpadded = padded and _unpadded_ok(sh, sw, kh, kw, ow_n)
     hp, wp = h + 2 * ph, wd + 2 * pw
     n = _claim(counter)
     while n < n_img:
         for g in range(group):
             x_off = (n * c + g * cg) * h * wd
-            if unpadded:  # the border as masks (unpadded_applies): no padded copy
-                for s in range((npix + NR - 1) // NR):
-                    _im2col_sliver_unpadded(xf, x_off, h, wd, ph, pw, cg, kh, kw, dh, dw, ow_n, npix, ws[t], 0, s)
-            else:
-                if padded:
-                    _pad_copy(xf, x_off, cg, h, wd, ph, pw, pads[t])
-                src = pads[t] if padded else xf
-                _im2col_packed(src, 0 if padded else x_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, ws[t], 0)
+            if padded:
+                _pad_copy(xf, x_off, cg, h, wd, ph, pw, pads[t])
+            src = pads[t] if padded else xf
+            _im2col_packed(src, 0 if padded else x_off, hp, wp, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, ws[t], 0)
             _gemm_tiles_serial(
                 ap[g * a_size :], ws[t], y, (n * m + g * mg) * npix, npix, mg, npix, k_all, False, bias, g * mg, lda
             )
@@ -1068,13 +1047,11 @@ def _relu_span(y, start, stop, hi):  # pragma: no cover - compiled
 
 
 def _pad_all_worker(t, xf, n_img, c, h, wd, ph, pw, dst, workers):  # pragma: no cover - compiled
-    """Worker t's share of the planes (kernels.tasks): dst[n*C*HP*WP:] = image n of xf (N, C, H, W) inside a zero
-    border of (ph, pw); the N*C planes split evenly, so one image's pad runs on every thread too."""
+    """Worker t's share of the images (kernels.tasks): dst[n*C*HP*WP:] = image n of xf (N, C, H, W) inside a zero
+    border of (ph, pw)."""
     size = c * (h + 2 * ph) * (wd + 2 * pw)
-    q0, q1 = t * n_img * c // workers, (t + 1) * n_img * c // workers
-    for n in range(q0 // c, (q1 + c - 1) // c):
-        c0, c1 = max(q0 - n * c, 0), min(q1 - n * c, c)
-        _pad_planes(xf, n * c * h * wd, c0, c1, h, wd, ph, pw, dst[n * size :])
+    for n in range(t * n_img // workers, (t + 1) * n_img // workers):
+        _pad_copy(xf, n * c * h * wd, c, h, wd, ph, pw, dst[n * size :])
 
 
 def _direct_worker(t, src, w, bias, y, toff, counter, n_img, group, cg, hp, wp, sh, oh, ow, img_stride, per, relu,
@@ -1487,8 +1464,7 @@ class ForwardRunner:
         elif n >= 4 * threads or n % threads == 0:  # chunks of images over threads, serial GEMMs per image
             self.batch = True
             self.chunks = chunks = min(threads, n)
-            bare = not (ph or pw) or unpadded_applies((sh, sw), (kh, kw), ow)  # no padded copy (the worker's rule)
-            self.sizes = (chunks * b_size, chunks * (1 if bare else cg * hp * wp))
+            self.sizes = (chunks * b_size, chunks * (cg * hp * wp if ph or pw else 1))
             self.args = (group, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
         else:  # one image at a time: im2col slivers over threads, then (group, row block, column block) GEMM tasks
             self.batch = False
@@ -1522,7 +1498,7 @@ class ForwardRunner:
             xf = x.reshape(-1)
             if padded:
                 (src,) = _WORKSPACE.get(*self.sizes)
-                workers = max(1, min(self.workers, n * c))
+                workers = max(1, min(self.workers, n))
                 _PAD_ALL.parallel(_PAD_ALL.address, workers, xf, n, c, h, wd, ph, pw, src, workers)
             else:
                 src = xf
