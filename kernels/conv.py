@@ -1419,6 +1419,7 @@ class ForwardRunner:
         "relu",
         "relu_max",
         "sizes",
+        "unpadded",
         "workers",
     )
 
@@ -1444,6 +1445,7 @@ class ForwardRunner:
         self.workers = threads
         self.chunks = 0
         self.block = 0  # one image: pixels per task of _conv_chunks_worker (0: the row-block tasks)
+        self.unpadded = False  # one image, row-block tasks: im2col from the image itself (_IM2COL_UNPADDED), no pad
         self.direct = None
         if n * m * npix == 0:
             self.batch, self.sizes, self.args = None, (), ()
@@ -1474,8 +1476,8 @@ class ForwardRunner:
                 self.sizes = (threads * k_all * nc, c * hp * wp)
                 mc = mg
             else:
-                bare = not (ph or pw) or unpadded_applies((sh, sw), (kh, kw), ow)  # no padded copy: __call__'s rule
-                self.sizes = (group * b_size, 1 if bare else c * hp * wp)
+                self.unpadded = bool(ph or pw) and unpadded_applies((sh, sw), (kh, kw), ow)
+                self.sizes = (group * b_size, c * hp * wp if (ph or pw) and not self.unpadded else 1)
                 mc, nc = tile_blocks(group, mg, npix, threads)
             window = (kh, kw, sh, sw, ph, pw, dh, dw)
             self.args = (n, c, h, wd, m, group, cg, window, oh, ow, hp, wp, k_all, npix, (mc, nc))
@@ -1523,9 +1525,8 @@ class ForwardRunner:
         bp, pbuf = _WORKSPACE.get(*self.sizes)
         xf = x.reshape(-1)
         i2c_workers = max(1, min(self.workers, group * -(-npix // NR)))
-        unpadded = (ph or pw) and not self.block and unpadded_applies((sh, sw), (kh, kw), ow)
         for i in range(n):
-            if unpadded:  # the border as masks in the im2col itself: no padded copy
+            if self.unpadded:  # the border as masks in the im2col itself: no padded copy
                 img = xf[i * c * h * wd : (i + 1) * c * h * wd]
                 _IM2COL_UNPADDED.parallel(
                     _IM2COL_UNPADDED.address, i2c_workers, img, h, wd, ph, pw, group, cg, kh, kw, dh, dw, oh, ow, bp,

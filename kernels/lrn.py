@@ -143,6 +143,17 @@ def _pow_neg(s, beta):  # pragma: no cover - compiled
     return s ** np.float32(-beta)
 
 
+@njit(cache=True, inline="always")
+def _window_step(acc, j, xh, xt, k, alpha_over_n):  # pragma: no cover - compiled
+    """Pixel j's running float64 sum of squares: the entering channel's square added, then the leaving one's dropped
+    (acc[j] updated); returns its scale, float32(k + alpha_over_n * sum)."""
+    vh, vt = np.float64(xh[j]), np.float64(xt[j])
+    a = acc[j] + vh * vh
+    a = a - vt * vt
+    acc[j] = a
+    return np.float32(k + alpha_over_n * a)
+
+
 def _lrn_across_worker(t, x, y, size, alpha_over_n, beta, k, workers):  # pragma: no cover - compiled
     """Worker t's share (kernels.tasks) of the (image, block of pixels) items, split evenly: x, y (N, C, P) with
     P = H*W; size odd; alpha_over_n, k float64; beta float32. A task, not a prange loop: a plan with no OpenMP loop
@@ -182,19 +193,11 @@ def _lrn_across_worker(t, x, y, size, alpha_over_n, beta, k, workers):  # pragma
             yr = y[b, cc, lo:hi]
             if mode == 0:  # beta 0.75 (CaffeNet): _pow_neg's form, in a loop of its own
                 for j in range(m):
-                    vh, vt = np.float64(xh[j]), np.float64(xt[j])
-                    a = acc[j] + vh * vh
-                    a = a - vt * vt
-                    acc[j] = a
-                    s = np.float32(k + alpha_over_n * a)
+                    s = _window_step(acc, j, xh, xt, k, alpha_over_n)
                     yr[j] = xr[j] * (one / np.sqrt(s * np.sqrt(s)))
             else:
                 for j in range(m):
-                    vh, vt = np.float64(xh[j]), np.float64(xt[j])
-                    a = acc[j] + vh * vh
-                    a = a - vt * vt
-                    acc[j] = a
-                    s = np.float32(k + alpha_over_n * a)
+                    s = _window_step(acc, j, xh, xt, k, alpha_over_n)
                     if mode == 1:
                         pw = one / s
                     elif mode == 2:
