@@ -22,7 +22,10 @@ and the steps' own checks) can be done once:
    all in its recorded calls (NumPy work, state that changes from call to call) shows there, and the plan keeps its
    Python steps.
 4. Replay: while every blob, parameter and folded weight array is the object it was at recording, or a view of the
-   same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us), and every replayed step's
+   same memory alike in shape and strides (``Replay.valid``: identity checks, ~10 us hot, 110-150 us right after a
+   forward, whose data has evicted those ~250 objects from the caches; so they are read only after an assignment to
+   one of the watched attributes, a Blob's `data`, a layer's `blobs` or `folded`, ``net.blob.assignments``, and
+   otherwise not at all), and every replayed step's
    ``replay_check`` holds (a Winograd layer whose weights may change in place: their bits against the copy its
    transform was made from, what its Python step compares every call), a forward is the programs and the Python steps
    in order. Otherwise the plan goes back to its Python steps and records again once steady (twice
@@ -44,6 +47,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from kernels import program, taskpool, tasks
+
+from .blob import assignments
 
 ENABLED = os.environ.get("CREMA_REPLAY", "1") != "0"
 RECORD_AT = 3  # a plan's forwards before it is recorded (the first on the pool decides its launcher: Net._run)
@@ -94,14 +99,27 @@ class Replay:
     """Segments over a plan's steps: (first, last, Program) run natively, or (i, i, None) step i in Python; checks:
     the replayed steps' ``replay_check``s (each True while what the step made from its weights still holds)."""
 
-    __slots__ = ("checks", "guards", "segments")
+    __slots__ = ("checks", "guards", "seen", "segments")
 
     def __init__(self, segments: list, guards: list, checks: list) -> None:
         self.segments = segments
         self.guards = guards
         self.checks = checks
+        self.seen = -1  # net.blob.assignments() when the guards last held (-1: never checked)
 
     def valid(self) -> bool:
+        now = assignments()  # read first: an assignment during the loop below shows at the next call
+        if now != self.seen:
+            if not self._guards_hold():
+                return False
+            self.seen = now
+        # then the weights' bits (a Winograd layer's transform, when its weights may change in place): these read
+        # whole arrays, so only once the identity checks hold
+        return all(check() for check in self.checks)
+
+    def _guards_hold(self) -> bool:
+        """Every guarded attribute still holds its recorded array (or a new view of the same memory). Asked only
+        after an assignment to a watched attribute somewhere (net.blob.assignments), the only way they change."""
         for guard in self.guards:
             obj, attr, value = guard
             now = getattr(obj, attr)
@@ -109,9 +127,7 @@ class Replay:
                 if not _same_memory(now, value):
                     return False
                 guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
-        # then the weights' bits (a Winograd layer's transform, when its weights may change in place): these read
-        # whole arrays, so only once the identity checks hold
-        return all(check() for check in self.checks)
+        return True
 
     def run(self, net, plan, notify: bool = True) -> bool:
         """One forward; False when a Python step refused (an array changed under the plan: the rest then ran as the

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..blob import Blob
+from ..blob import Blob, watched
 from ..device import assign, empty_like
 from ..fillers import fill
 from ..memory import check_param_shape
@@ -46,6 +46,7 @@ class Layer:
     # Devices whose kernel applies an activation epilogue after this layer's output: "relu" (max(x, 0)) or
     # "clamp" (min(max(x, 0), hi)); the activation layer then does nothing (see epilogue_max).
     epilogue: ClassVar[dict[str, str]] = {}
+    blobs = watched("blobs", "the parameter Blobs (an assignment counts in net.blob.assignments)")
 
     def __init__(self, param: Message, phase: str, rng: np.random.Generator) -> None:
         self.param = param

@@ -10,7 +10,7 @@ import numpy as np
 
 from kernels import conv, depthwise, pointwise, pointwise_t, winograd
 
-from ..blob import Blob
+from ..blob import Blob, watched
 from ..device import CPU, host, kernels_for, on_device
 from .base import (
     Layer,
@@ -44,7 +44,8 @@ class ConvolutionLayer(Layer):
     fused_relu = False  # set by net.net.fuse_layers: the next in-place ReLU / clip runs in the epilogue
     relu_max = math.inf  # with fused_relu: the upper bound of a fused ReLU6 / Clip (min(max(y, 0), relu_max))
     fold: tuple[Layer, Layer] | None = None  # (BatchNorm, Scale) folded into the weights (net.net.fuse_layers)
-    folded: tuple[np.ndarray, np.ndarray] | None = None  # the folded (weight, bias), made on first use
+    _folded: tuple[np.ndarray, np.ndarray] | None = None
+    folded = watched("folded", "the folded (weight, bias), made on first use (assignments counted: net.blob)")
     winograd: bool = True  # CPU forward: Winograd where kernels.winograd.choose picks a tile (False: never)
 
     @property

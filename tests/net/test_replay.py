@@ -98,6 +98,35 @@ def test_a_replaced_array_sends_the_forward_back_to_the_python_steps(effnet_file
         np.testing.assert_array_equal(net.forward(data=x)["prob"], w["prob"])
 
 
+def test_the_guards_are_read_again_only_after_an_assignment_to_a_watched_attribute(effnet_files, monkeypatch) -> None:
+    """Replay.valid reads its ~250 guards only when net.blob.assignments moved since they last held: a Blob's data,
+    a layer's blobs or a convolution's folded assigned anywhere (the same object counts too); otherwise not at all."""
+    from net import blob
+
+    net, xs = _replaying(effnet_files)
+    rp = net._plan.replay
+    reads = []
+    real = replay.Replay._guards_hold
+    monkeypatch.setattr(replay.Replay, "_guards_hold", lambda self: reads.append(1) or real(self))
+    net.forward(data=xs[0])  # its first check: the guards read once
+    net.forward(data=xs[1])
+    assert reads == [1] and net._plan.replay is rp
+    reads.clear()
+    conv = next(ly for ly in net.layers if ly.type == "Convolution" and ly.fold is not None)
+    for assign in (
+        lambda: setattr(net._blobs["data"], "data", net._blobs["data"].data),
+        lambda: setattr(conv, "blobs", conv.blobs),
+        lambda: setattr(conv, "folded", conv.folded),
+    ):
+        before = blob.assignments()
+        assign()
+        assert blob.assignments() == before + 1
+        net.forward(data=xs[2])
+        net.forward(data=xs[3])
+        assert len(reads) == 1 and net._plan.replay is rp  # read once, held (the same arrays), then not again
+        reads.clear()
+
+
 def test_weights_changed_in_place_are_read_by_the_replay(effnet_files, monkeypatch) -> None:
     net, xs = _replaying(effnet_files)
     ref = Net.load(effnet_files.prototxt, effnet_files.weights)
