@@ -58,6 +58,7 @@ class PadInto:
     >= 0. x must be C-contiguous float32 of x_shape."""
 
     __slots__ = ("buf", "left", "top", "x_shape")
+    task = _PAD  # what a call runs (net.per_image finds it in a replay)
 
     def __init__(self, x_shape, before: tuple[int, int], after: tuple[int, int]) -> None:
         n, c, h, wd = (int(v) for v in x_shape)

@@ -423,6 +423,11 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
     xblk, bplane, mr = plan[7], plan[8], plan[9]  # mr: the real output channels (m: whole panels of 16)
     half_tiles = plan[14] != 0  # HALF_TILES
     ntiles = p // NP
+    # the next step's weights (PointwiseTRunner.ahead): plan[15] their offset from wt's first float, plan[16] floats
+    # (0: none); the tile calls after a task's first spread over them, each a region of 32 * k floats
+    aoff, alen = plan[15], plan[16]
+    calls = (-(-ntiles // nch) + 1) // 2 - 1  # tile calls a task makes after its first, at most
+    spread = n * npan * nch * calls
     items, granule, sizes = _task_queues(counter, n, npan, nch)
     while True:
         img, pan, c = _next_task(counter, sizes, items, granule, n, npan, nch)
@@ -435,8 +440,15 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
         while tt < t1:
             p0 = tt * NP
             yo = img * (m // 16) * bplane if bplane else img * mr * p + p0
-            # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels)
-            pw = (pan + 1) * 32 * k if tt == t0 and plan[6] > 0 and pan + 1 < npan else 0
+            # the first tile of a task prefetches the next panel's weights (a line per k and 16 channels), the
+            # others their share of the next step's, in task order (a core's tasks: a run of it)
+            pw = 0
+            if tt == t0:
+                if plan[6] > 0 and pan + 1 < npan:
+                    pw = (pan + 1) * 32 * k
+            elif alen > 0 and spread > 0:
+                r = ((img * npan + pan) * nch + c) * calls + (tt - t0) // 2 - 1
+                pw = aoff + max(0, min(r * alen // spread, alen - 32 * k))
             xo = img * k * p + p0 * (16 if xblk > 0 else 1)
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             if two and half_tiles and (mr - o0 == 24 or mr - o0 == 8):  # 8 real channels in the last 16
@@ -539,6 +551,8 @@ class PointwiseTRunner:
     kept (the caller guarantees they do not change in place)."""
 
     __slots__ = (
+        "ahead",
+        "aimed",
         "blocks",
         "counter_args",
         "handoff",
@@ -566,7 +580,7 @@ class PointwiseTRunner:
         ntiles = p // NP
         nch = max(1, min(-(-ntiles // CHUNK), -(-4 * threads // max(1, n * npan))))  # 4+ tasks a thread if it can
         self.plan = np.array(
-            [n, k, m, p, npan, nch, W_PREFETCH, -P_PREFETCH, 0, mr, 0, 0, 0, 0, int(HALF_TILES)], np.int64
+            [n, k, m, p, npan, nch, W_PREFETCH, -P_PREFETCH, 0, mr, 0, 0, 0, 0, int(HALF_TILES), 0, 0], np.int64
         )
         self.xpf = (1 + X_PREFETCH, -P_PREFETCH)  # plan[7] for x in blocks / planes
         self.handoff = None  # a depthwise.Handoff from the step before (set by the plan), or None: x in planes
@@ -581,6 +595,22 @@ class PointwiseTRunner:
         self.packed: tuple | None = None  # (w, its panels, bias, bias padded to whole panels) of the last call
         self.pool: np.ndarray | None = None  # pool_into's
         self.pool_only = False
+        # the next step's weights as its kernel reads them, or None (a callable, set by the plan:
+        # net.plan_steps.prefetch_ahead): the tiles after a task's first prefetch them into L2, a share each
+        self.ahead = None
+        self.aimed: tuple = (None, None)  # (packed panels, ahead array) plan[15:17] were set for
+
+    def _aim(self, wt: np.ndarray) -> None:
+        """plan[15], plan[16]: the ahead array's offset from wt's first float and its floats (0: none)."""
+        arr = self.ahead()
+        if self.aimed[0] is wt and self.aimed[1] is arr:
+            return
+        self.aimed = (wt, arr)
+        self.plan[16] = 0
+        if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.size:
+            gap = arr.ctypes.data - wt.ctypes.data
+            if gap % 4 == 0:
+                self.plan[15], self.plan[16] = gap // 4, arr.size
 
     def pool_applies(self) -> bool:
         """Can this runner sum its output planes into a global average pooling (pool_into)? Output in planes, no
@@ -608,6 +638,8 @@ class PointwiseTRunner:
         packed = self.packed
         if packed is None or packed[0] is not w or packed[2] is not bias:
             packed = self.packed = _params(w, bias)
+        if self.ahead is not None:
+            self._aim(packed[1])
         add = add_mode(res, relu, sum_only)
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")

@@ -65,6 +65,7 @@ from .plan_steps import (
     hand_over_depthwise,
     hand_over_expand,
     hand_over_projection,
+    prefetch_ahead,
     strided_pointwise_step,
     sums_only,
     zero_border_step,
@@ -909,6 +910,7 @@ class _Plan:
             self.steps = hand_over_projection(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
             self.steps = hand_over_depthwise(self.steps, keep)
             self.steps = fuse_global_pool(sums_only(self.steps, keep), keep)
+        self.steps = prefetch_ahead(self.steps)
         self.after = _last_writers([(layer, top) for _, layer, _, top in self.steps], net._observers)
 
 

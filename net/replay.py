@@ -129,13 +129,17 @@ class Replay:
                 guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
         return True
 
-    def run(self, net, plan, notify: bool = True) -> bool:
+    def run(self, net, plan, notify: bool = True, skip: int = 0) -> bool:
         """One forward; False when a Python step refused (an array changed under the plan: the rest then ran as the
-        layers' own forwards, and the plans are dropped)."""
+        layers' own forwards, and the plans are dropped). skip: the first program's first ops not run (their work
+        done by the caller: ``net.per_image``'s feed)."""
         after = plan.after if notify else {}
         steps = plan.steps
         for first, last, prog in self.segments:
-            if prog is not None:
+            if skip:
+                prog.run_range(skip, len(prog))
+                skip = 0
+            elif prog is not None:
                 prog.run()
             else:
                 step, layer, bottom, top = steps[first]
@@ -188,7 +192,7 @@ def _guards(net, plan) -> list:
     return out
 
 
-def _chain(step) -> Iterator:
+def chain(step) -> Iterator:
     """The step, the step it wraps (its `inner`: ``plan_steps._after_refusal``), and so on."""
     while step is not None:
         yield step
@@ -197,13 +201,13 @@ def _chain(step) -> Iterator:
 
 def _is(step, other) -> bool:
     """Is `other` the step `step` or a wrapper of it?"""
-    return any(s is step for s in _chain(other))
+    return any(s is step for s in chain(other))
 
 
 def _replayable(step) -> bool:
     """Unless the step, or a step it wraps, says ``replay = False`` (plan_steps.zero_border_step for weights that may
     change: it checks their border every call)."""
-    return all(getattr(s, "replay", True) is not False for s in _chain(step))
+    return all(getattr(s, "replay", True) is not False for s in chain(step))
 
 
 def _build(net, plan, calls: list[list]) -> Replay | None:
@@ -249,7 +253,7 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
 
 def _checks(step) -> list:
     """The ``replay_check``s of a step and the steps it wraps."""
-    return [s.replay_check for s in _chain(step) if getattr(s, "replay_check", None) is not None]
+    return [s.replay_check for s in chain(step) if getattr(s, "replay_check", None) is not None]
 
 
 def _python_forward(plan) -> bool:

@@ -82,6 +82,28 @@ def test_bits_do_not_depend_on_the_thread_count() -> None:
         np.testing.assert_array_equal(y, outs[0])
 
 
+@pytest.mark.parametrize("n,k,m,h", [(1, 320, 1280, 7), (2, 480, 80, 14), (1, 256, 64, 56)])
+def test_prefetching_the_next_steps_weights_keeps_the_bits(n, k, m, h) -> None:
+    """PointwiseTRunner.ahead (net.plan_steps.prefetch_ahead): the tiles after a task's first prefetch another array
+    (plan[15]: its offset from the packed panels, plan[16]: its floats); prefetches only, the same bits."""
+    x, w, b, _ = _inputs(n, k, m, h, seed=3)
+    plain_run = PointwiseTRunner(x.shape, w.shape, ACT)
+    want = np.empty(plain_run.out_shape, np.float32)
+    plain_run(x, w, b, want)
+    nxt = np.ones(1000 * 1280, np.float32)
+    run = PointwiseTRunner(x.shape, w.shape, ACT)
+    run.ahead = lambda: nxt
+    y = np.full(run.out_shape, np.nan, np.float32)
+    run(x, w, b, y)
+    np.testing.assert_array_equal(y, want)
+    panels = run.packed[1]
+    assert panels.ctypes.data + 4 * int(run.plan[15]) == nxt.ctypes.data and run.plan[16] == nxt.size
+    run.ahead = lambda: None  # nothing to prefetch (the next step has not packed its weights yet)
+    run(x, w, b, y)
+    assert run.plan[16] == 0
+    np.testing.assert_array_equal(y, want)
+
+
 def test_weights_packed_again_for_a_new_array() -> None:
     x, w, b, _ = _inputs(1, 256, 32, 7)
     run = PointwiseTRunner(x.shape, w.shape, None)
@@ -591,6 +613,39 @@ def test_net_head_pools_as_it_goes() -> None:
     top.data = np.zeros_like(top.data)  # another array than the plan's: the head's step refuses
     np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])
     np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[True])  # planned again
+
+
+def test_net_1x1_steps_prefetch_the_next_steps_weights() -> None:
+    """EfficientNet-Lite0 (net.plan_steps.prefetch_ahead): every projection's tiles prefetch the next block's packed
+    expand weights, the last projection the head's panels, the head the fc's W; the same bits as without, replayed
+    too."""
+    from kernels import mbconv
+    from net import plan_steps
+
+    outs = {}
+    for on in (False, True):
+        net, outs[on] = _lite0_with(plan_steps, "AHEAD", on, seed=4)
+        x = np.random.default_rng(4).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
+        for _ in range(4):  # the next steps have packed their weights; replayed from the third forward
+            np.testing.assert_array_equal(net.forward(data=x)["prob"], outs[on])
+        steps = net._plan.steps
+        runs = [
+            (i, s[0].runner) for i, s in enumerate(steps) if isinstance(getattr(s[0], "runner", None), PointwiseTRunner)
+        ]
+        assert len(runs) == 17  # block0-15's projections and the head
+        for i, run in runs:
+            assert (run.ahead is not None) == on and (run.plan[16] > 0) == on
+            if not on:
+                continue
+            nxt = next(s for s in steps[i + 1 :] if s[1].blobs)
+            if nxt[1].type == "InnerProduct":
+                want = nxt[1].blobs[0].data
+            else:
+                assert isinstance(nxt[0].runner, (mbconv.ExpandDepthwiseRunner, PointwiseTRunner))
+                want = nxt[0].runner.packed[1]
+            assert run.packed[1].ctypes.data + 4 * int(run.plan[15]) == want.ctypes.data
+            assert run.plan[16] == want.size
+    np.testing.assert_array_equal(outs[True], outs[False])
 
 
 def test_mobilenet_v1_pools_in_its_last_1x1_and_refusals_restore_the_handoff(monkeypatch) -> None:

@@ -46,6 +46,8 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) 
         st = net._plan.per_image
         assert isinstance(st, per_image.PerImage)
         assert all(rep._plan.replay for rep in st.replicas)  # the copies replay
+        # ... from the stem's zero-bordered buffer, which each image is copied into from the batch (PerImage._fed)
+        assert all(rp is rep._plan.replay and pad is not None for (rp, pad), rep in zip(st.feeds, st.replicas))
         # ... up to the pooling: fc and prob run once for the batch, fc row by row with batch-1 bits (checked above)
         assert len(st.tail) == 2 and all(rep.layers[-1].name == "pool" for rep in st.replicas)
         assert len(st.replicas) == numba.get_num_threads()
