@@ -206,3 +206,32 @@ def test_cpu_net_fuses_in_place_relu_with_the_same_values():
     want = net.forward(data=x)["prob"]
     np.testing.assert_array_equal(got["prob"], want)
     np.testing.assert_array_equal(feats, net.blobs["fc7"])
+
+
+def test_a_large_input_is_copied_on_every_thread_with_its_exact_values(monkeypatch) -> None:
+    """Net.set_input copies a C-contiguous 4-D float32 input of PARALLEL_INPUT_BYTES or more with kernels.pad's row
+    copy on every thread: the blob's own array (no new one), every value exact; other inputs take NumPy's copy
+    (a float64 one cast as astype casts it)."""
+    import numba
+
+    from kernels import pad
+    from net import net as net_module
+
+    net = Net.load(ROOT / "models/lenet/deploy.prototxt")
+    monkeypatch.setattr(net_module, "PARALLEL_INPUT_BYTES", 1 << 16)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 1, 28, 28)).astype(np.float32)  # 125 KB
+    net.reshape({"data": x.shape})
+    blob = net._blobs["data"]
+    own = blob.data
+    calls = []
+    real = pad.copy_rows
+    monkeypatch.setattr(pad, "copy_rows", lambda *a: calls.append(a[2]) or real(*a))
+    net.set_input("data", x)
+    assert blob.data is own
+    np.testing.assert_array_equal(own, x)
+    assert calls == ([numba.get_num_threads()] if numba.get_num_threads() > 1 else [])
+    x64 = rng.standard_normal(x.shape)
+    net.set_input("data", x64)
+    np.testing.assert_array_equal(own, x64.astype(np.float32))
+    assert len(calls) <= 1
