@@ -30,6 +30,10 @@ row by row (``rowwise``: each row the bits of batch 1, W read once for the batch
 it from memory each time), the Softmax row by row as always. So each image still gets the bits of its batch-1
 forward.
 
+Where a copy's replay starts by copying its input into the stem's zero-bordered buffer (EfficientNet-Lite0's
+``net.plan_steps.zero_border_step``), each image goes from the batch straight into that buffer and the replay runs from
+its second op (`PerImage._fed`; FEED): one pass over the image, not two.
+
 The copies share the net's parameter Blobs (and its folded weights); a change that drops the net's plans (refold,
 reshape, share_weights_from, observe) drops them too. The threads are the caller and a process-wide pool of Python
 threads (`_pool`), each with Numba's thread count at 1, claiming the images one at a time (a thread that another
