@@ -12,7 +12,9 @@ output channel's 7 pixels with a masked store; with a residual, z = y + res the 
 the compare and select of the clip: ResNet's ReLU after its residual sum), and y not stored at all where no step
 reads it (``sum_only``, set by the plan: ``net.plan_steps.sums_only``). A task's first tile
 prefetches the next panel's weights into L2 (in a net they come from L3: 1.03x in-process on EfficientNet-Lite0; the
-output lines prefetched for writing as well: 1.00x, left out).
+output lines prefetched for writing as well: 1.00x, left out); its other tiles a share of the next step's weights,
+where the plan names them (``PointwiseTRunner.ahead``, ``net.plan_steps.prefetch_ahead``: the next fused expand's or
+1x1's packed panels, an fc's W), so that step does not start on weights from memory.
 
 x is read in planes, or, after a depthwise step that hands its output over (``depthwise.Handoff``, set by the plan:
 ``net.plan_steps.hand_over_depthwise``), in blocks of ``depthwise.LANES`` (16) channels interleaved per pixel, where

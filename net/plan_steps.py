@@ -65,8 +65,8 @@ it recognises more in the layer than the layer type says.
   expand + depthwise, another such 1x1, an InnerProduct) prefetches them into L2 from its tiles after each task's
   first (``PointwiseTRunner.ahead``), a share a tile, so that step finds them in the caches, not in memory:
   EfficientNet-Lite0's head and its fc (5 MB of W) at batch 1 on 2 threads on a Zen 4 EPYC, per op: head 200 -> 217-235
-  us, fc 150-192 -> 73-100 us; the projections before the expands: the whole forward ~1.005x. Prefetches only: the
-  same bits.
+  us, fc 150-192 -> 73-100 us; with the projections' before the expands, whole forwards 1.002-1.015x (in-process
+  A/B, batch 1, 1 and 2 threads). Prefetches only: the same bits.
 """
 
 from __future__ import annotations
