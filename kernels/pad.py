@@ -15,7 +15,7 @@ pad 0 on the image copied into a buffer with p - 1 zeros before and p after (a q
                       the output rows split over the threads: a 1x1 convolution at stride 2 (ResNet's projection
                       shortcuts and the first 1x1 of its stages) is the stride-1 one on that (``net.plan_steps``).
 
-Public: ``copy_rows(x, buf, workers)``: buf[...] = x on `workers` threads (``_pad_worker`` with no border);
+Public: ``copy_rows(x, buf) -> bool``: buf[...] = x on every thread (``_pad_worker`` with no border);
 ``PadInto(x_shape, before, after)``: ``pad(x)`` -> its buffer (N, C, H + bh + ah, W + bw + aw), the borders
 zero, the interior x; ``Subsample(x_shape, stride)``: ``sub(x)`` -> its buffer (N, C, ceil(H / sh), ceil(W / sw)),
 x[:, :, ::sh, ::sw]. Benchmark: in the whole net, ``python -m benchmarks --only efficientnet``.
@@ -53,13 +53,17 @@ _F4 = types.float32[:, :, :, ::1]
 _PAD = Task(_pad_worker, (_F4, _F4, types.int64, types.int64, types.int64), opt=1, boundscheck=False)
 
 
-def copy_rows(x: np.ndarray, buf: np.ndarray, workers: int) -> None:
-    """buf[...] = x (both C-contiguous float32 (N, C, H, W) of one shape), the rows split over `workers` threads:
-    ``_pad_worker`` with no border (``net.Net.set_input``'s large inputs)."""
-    if workers > 1:
-        _PAD.parallel(_PAD.address, workers, x, buf, 0, 0, workers)
-    else:
-        _PAD.serial(_PAD.address, 1, x, buf, 0, 0, 1)
+def copy_rows(x: np.ndarray, buf: np.ndarray) -> bool:
+    """buf[...] = x on every thread (``_pad_worker`` with no border: ``net.Net.set_input``'s large inputs) where both
+    are C-contiguous float32 (N, C, H, W) arrays of one shape, apart, and there are 2+ threads; False (nothing done)
+    otherwise."""
+    workers = numba.get_num_threads()
+    if workers < 2 or x.ndim != 4 or x.shape != buf.shape or x.dtype != np.float32 or buf.dtype != np.float32:
+        return False
+    if not (x.flags.c_contiguous and buf.flags.c_contiguous) or np.may_share_memory(x, buf):
+        return False
+    _PAD.parallel(_PAD.address, workers, x, buf, 0, 0, workers)
+    return True
 
 
 class PadInto:

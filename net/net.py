@@ -75,18 +75,6 @@ from .schema import Message
 PHASES = {"train": "TRAIN", "test": "TEST"}
 
 
-def _rows_copy(src: np.ndarray, dst: np.ndarray) -> bool:
-    """dst[...] = src on every thread where both are C-contiguous 4-D float32 (``kernels.pad``'s row copy, no border);
-    False (nothing done) otherwise or on one thread."""
-    workers = numba.get_num_threads()
-    if workers < 2 or src.ndim != 4 or src.dtype != np.float32 or not src.flags.c_contiguous:
-        return False
-    if not dst.flags.c_contiguous or np.may_share_memory(src, dst):
-        return False
-    pad.copy_rows(src, dst, workers)
-    return True
-
-
 class NetError(ValueError):
     """A network definition or its weights do not fit together (names the layer and the problem)."""
 
@@ -532,7 +520,7 @@ class Net:
         ):
             # into the blob's own array: no new pages each call (EfficientNet's 600 KB input faulted in ~40 us of
             # fresh pages per forward), the float32 cast as astype's
-            if old.nbytes >= PARALLEL_INPUT_BYTES and _rows_copy(value, old):
+            if old.nbytes >= PARALLEL_INPUT_BYTES and pad.copy_rows(value, old):
                 return
             np.copyto(old, value, casting="unsafe")
             return

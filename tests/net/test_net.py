@@ -226,12 +226,12 @@ def test_a_large_input_is_copied_on_every_thread_with_its_exact_values(monkeypat
     own = blob.data
     calls = []
     real = pad.copy_rows
-    monkeypatch.setattr(pad, "copy_rows", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(pad, "copy_rows", lambda *a: calls.append(real(*a)) or calls[-1])
     net.set_input("data", x)
     assert blob.data is own
     np.testing.assert_array_equal(own, x)
-    assert calls == ([numba.get_num_threads()] if numba.get_num_threads() > 1 else [])
+    assert calls == [numba.get_num_threads() > 1]  # the row copy did it (on 2+ threads)
     x64 = rng.standard_normal(x.shape)
     net.set_input("data", x64)
     np.testing.assert_array_equal(own, x64.astype(np.float32))
-    assert len(calls) <= 1
+    assert calls[1:] == [False]  # float64: NumPy's copy
