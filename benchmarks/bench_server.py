@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "server.json"
+ZOO_MODEL = "efficientnet-lite0"  # the embedded default model: served by name
 
 
 def free_port() -> int:
@@ -46,9 +47,15 @@ def free_port() -> int:
 
 
 def model_files(name: str, weights: str | None, workdir: Path) -> dict[str, Path]:
-    """prototxt / weights / labels for the model, writing random weights into workdir when needed."""
+    """prototxt / weights / labels for the model, writing random weights into workdir when needed (EfficientNet-Lite0:
+    net.zoo's embedded model, `crema serve`'s default)."""
     from net import Net
 
+    if name == ZOO_MODEL:
+        from net.zoo import resolve
+
+        z = resolve(name)
+        return {"prototxt": z.prototxt, "weights": z.weights, "labels": z.labels, "preset": z.preset, "zoo": name}
     d = ROOT / "models" / name
     files = {"prototxt": d / "deploy.prototxt"}
     labels = [p for p in (d / "labels.txt", d / "synset_words.txt") if p.is_file()]
@@ -117,11 +124,16 @@ def build_gallery(model, size: int, out: Path) -> Path | None:
 
 def start_server(files: dict, gallery: Path | None, batching: bool, args: argparse.Namespace, log: Path):
     port = free_port()
-    cmd = [sys.executable, "-m", "crema", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web",
-           "--model", str(files["prototxt"]), "--weights", str(files["weights"]), "--log-level", "warning",
+    model = (
+        ["--model", files["zoo"]]
+        if "zoo" in files
+        else ["--model", str(files["prototxt"]), "--weights", str(files["weights"])]
+    )
+    cmd = [sys.executable, "-m", "crema", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-web", *model,
+           "--log-level", "warning",
            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms),
            "--cache", str(log.parent / "cache")]  # fmt: skip
-    if files["labels"]:
+    if files["labels"] and "zoo" not in files:
         cmd += ["--labels", str(files["labels"])]
     if gallery is not None:
         cmd += ["--gallery", str(gallery)]
@@ -252,7 +264,7 @@ def line(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["lenet", "caffenet"], default="lenet")
+    p.add_argument("--model", choices=["lenet", "caffenet", ZOO_MODEL], default="lenet")
     p.add_argument("--weights", help="weights for --model (default: trained LeNet if present, else random)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=16)
@@ -276,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="crema-bench-server-"))
     try:
         files = model_files(args.model, args.weights, workdir)
-        model = Model.load(files["prototxt"], files["weights"], files["labels"])
+        model = Model.load(files["prototxt"], files["weights"], files["labels"], preset=files.get("preset"))
         gallery = build_gallery(model, args.gallery_size, workdir / "gallery")
         pool = query_pool(model)
         print(

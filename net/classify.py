@@ -8,6 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def feature_blob(net) -> str:
+    """The classifier's input blob, whose rows are an image's features (`crema serve`'s galleries): the first bottom
+    of the last layer that has parameters. ValueError when no layer has any."""
+    for layer, bottom in zip(reversed(net.layers), reversed(net.bottoms)):
+        if layer.blobs and bottom:
+            return bottom[0].name
+    raise ValueError(f"net '{net.name}': no layer with parameters, so no feature blob; pass --feature-blob NAME")
+
+
 def preprocess_for(net, preset: str | None):
     """The Preprocess that fits the net's first input: a named preset, or chosen by channel count."""
     from .preprocess import PRESETS

@@ -145,9 +145,10 @@ def tail(net) -> int:
     return n + 1
 
 
-def _replica(net, drop: int = 0):
-    """A batch-1 copy of `net` on its parameter Blobs and folded weights, activations shared the same way (made by
-    the net's own class: this module is imported by net.net); without the net's last `drop` layers (``tail``)."""
+def replica(net, drop: int = 0):
+    """A batch-1 copy of `net` on its parameter Blobs and folded weights (no copy of the weights), activations shared
+    the same way (made by the net's own class: this module is imported by net.net); without the net's last `drop`
+    layers (``tail``). Its plan is its own: server.inside's copy observes blobs that the net's own plan fuses."""
     shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
     param = net.param
     if drop:
@@ -166,7 +167,8 @@ def _replica(net, drop: int = 0):
             theirs.forward_params()  # folded once, for both
             mine.folded = theirs.folded
     rep.reshape(shapes)
-    rep.share_activations(keep=tuple(name for name in net._share if name in rep._blobs))
+    if net._share is not None:
+        rep.share_activations(keep=tuple(name for name in net._share if name in rep._blobs))
     return rep
 
 
@@ -195,10 +197,10 @@ class PerImage:
     def __init__(self, net, threads: int) -> None:
         self.threads = max(1, threads)
         drop = tail(net)
-        first = _replica(net, drop) if drop else None
+        first = replica(net, drop) if drop else None
         if first is None:
-            drop, first = 0, _replica(net)
-        self.replicas = [first, *(_replica(net, drop) for _ in range(self.threads - 1))]
+            drop, first = 0, replica(net)
+        self.replicas = [first, *(replica(net, drop) for _ in range(self.threads - 1))]
         names = (*first.outputs, *sorted(name for name in net._share if name in first._blobs))
         self.gather = [name for name in dict.fromkeys(names) if name not in net.inputs]
         self.tail = [self._tail_step(net, i) for i in range(len(net.layers) - drop, len(net.layers))]

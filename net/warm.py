@@ -225,10 +225,14 @@ def _resolve(ref: tuple):
     return function
 
 
-def _compile_in_worker(ref: tuple, sigs: list) -> tuple[float, str | None]:
-    """(seconds, None) after compiling `sigs` of the function `ref` names into Numba's cache, or (seconds, error)."""
+def _compile_in_worker(ref: tuple, sigs: list, nice: int = 0) -> tuple[float, str | None]:
+    """(seconds, None) after compiling `sigs` of the function `ref` names into Numba's cache, or (seconds, error).
+    nice: this worker's niceness at least that from now on (background compiles: `start_compiling`'s `later`)."""
     import kernels  # noqa: F401 - keys the cache on the tiling constants before anything compiles
 
+    if nice:
+        with contextlib.suppress(OSError, AttributeError):  # (not on Windows)
+            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
     t0 = time.perf_counter()
     try:
         _compile(_resolve(ref), sigs)
@@ -305,48 +309,82 @@ def _longest_first(group: tuple) -> tuple:
     return (1 if kernel.targetoptions.get("parallel") else 2, 0.0)
 
 
-def start_compiling(groups: list[tuple], workers: int, say: Say = _quiet) -> Callable[[], dict[str, str]]:
+LATER_NICE = 10  # the niceness of a worker once it compiles `later` kernels (the caller serves meanwhile)
+
+
+def start_compiling(
+    groups: list[tuple], workers: int, say: Say = _quiet, later: list[tuple] = ()
+) -> Callable[[], dict[str, str]]:
     """Compile [(dispatcher, [sig, ...]), ...] into Numba's cache, `workers` processes at a time: they are compiling
     when this returns (one worker or one function is compiled in this process before it returns); the returned
-    function waits for them and gives {name: error} for the ones that failed."""
+    function waits for them and gives {name: error} for the ones that failed. `later`: more groups, compiled after
+    those by the same processes at niceness LATER_NICE; the returned function does not wait for them, its `later()`
+    does (and gives their errors; without worker processes it compiles them in this process)."""
     errors: dict[str, str] = {}
-    if workers <= 1 or len(groups) == 1:
-        for dispatcher, sigs in groups:
-            try:
-                _compile(dispatcher, sigs)
-            except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
-                errors[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
-        return lambda: errors
+    later_errors: dict[str, str] = {}
+    if workers <= 1 or len(groups) + len(later) == 1:
+
+        def compile_here(todo: list[tuple], errs: dict[str, str]) -> dict[str, str]:
+            for dispatcher, sigs in todo:
+                try:
+                    _compile(dispatcher, sigs)
+                except Exception as exc:  # noqa: BLE001 - the kernel's first call raises it again, where it belongs
+                    errs[_name(dispatcher)] = f"{type(exc).__name__}: {exc}"
+            return errs
+
+        compile_here(groups, errors)
+        done = lambda: errors
+        done.later = _Once(functools.partial(compile_here, list(later), later_errors))
+        return done
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    order = sorted(groups, key=_longest_first)
     jobs = []
-    for dispatcher, sigs in order:
-        try:
-            jobs.append((dispatcher, _reference(dispatcher), sigs))
-        except Exception as exc:  # noqa: BLE001 - not picklable: compiled on first use instead
-            errors[_name(dispatcher)] = f"cannot hand to a worker: {type(exc).__name__}: {exc}"
+    for nice, part in ((0, groups), (LATER_NICE, later)):
+        for dispatcher, sigs in sorted(part, key=_longest_first):
+            try:
+                jobs.append((dispatcher, _reference(dispatcher), sigs, nice))
+            except Exception as exc:  # noqa: BLE001 - not picklable: compiled on first use instead
+                why = f"cannot hand to a worker: {type(exc).__name__}: {exc}"
+                (later_errors if nice else errors)[_name(dispatcher)] = why
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_start_method())
     try:  # the workers start (fork) here, in this thread
-        futures = {pool.submit(_compile_in_worker, ref, sigs): d for d, ref, sigs in jobs}
+        futures = {pool.submit(_compile_in_worker, ref, sigs, nice): (d, nice) for d, ref, sigs, nice in jobs}
     except BaseException:
         pool.shutdown(cancel_futures=True)
         raise
+    first = [f for f, (_, nice) in futures.items() if not nice]
+    rest = [f for f, (_, nice) in futures.items() if nice]
 
-    def finish() -> dict[str, str]:
-        with pool:
-            for done, future in enumerate(as_completed(futures), 1):
-                name = _name(futures[future])
-                try:
-                    seconds, error = future.result()
-                except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a signal): compiled on first use
-                    seconds, error = 0.0, f"worker lost: {type(exc).__name__}: {exc}"
-                if error:
-                    errors[name] = error
-                say(f"  [{done}/{len(jobs)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
-        return errors
+    def wait(part: list, errs: dict[str, str], shutdown: bool) -> dict[str, str]:
+        for done, future in enumerate(as_completed(part), 1):
+            name = _name(futures[future][0])
+            try:
+                seconds, error = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a signal): compiled on first use
+                seconds, error = 0.0, f"worker lost: {type(exc).__name__}: {exc}"
+            if error:
+                errs[name] = error
+            say(f"  [{done}/{len(part)}] {name} ({seconds:.1f} s){'  failed: ' + error if error else ''}")
+        if shutdown:
+            pool.shutdown()
+        return errs
 
+    finish = functools.partial(wait, first, errors, not rest)
+    finish.later = _Once(functools.partial(wait, rest, later_errors, True))
     return finish
+
+
+class _Once:
+    """fn() run by the first caller; later callers (any thread) wait for it and get the same result."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn, self.lock, self.done, self.result = fn, threading.Lock(), False, None
+
+    def __call__(self) -> Any:
+        with self.lock:
+            if not self.done:
+                self.result, self.done = self.fn(), True
+            return self.result
 
 
 def prepare(
@@ -361,52 +399,97 @@ def prepare(
 
 
 def start_prepare(
-    run: Callable[[], object], *, workers: int | None = None, say: Say = _quiet, verbose: bool = False
+    run: Callable[[], object],
+    *,
+    workers: int | None = None,
+    say: Say = _quiet,
+    verbose: bool = False,
+    later: Callable[[], object] | None = None,
 ) -> Callable[[], Prepared]:
     """`prepare` started: when this returns, the workers are compiling; the returned function waits for them (and
     says "compiled ..."). In between, this process may do other work that compiles nothing (`crema serve` imports its
-    web app meanwhile): what it compiled could race a worker on the same cache entry."""
-    calls, failure = collect(run)
-    report = Prepared(note=failure)
-    todo = []
-    for dispatcher, sigs in calls.items():
-        report.calls += len(sigs)
-        if not is_cached_kind(dispatcher):
-            continue
-        missing = [sig for sig in sigs if not load_cached(dispatcher, sig)]
-        report.cached += len(sigs) - len(missing)
-        if missing:
-            todo.append((dispatcher, missing))
-    if not todo:
-        return lambda: report
-    report.compiled = sum(len(sigs) for _, sigs in todo)
-    report.workers = 1 if len(todo) == 1 else min(workers or default_workers(), len(todo))
-    say(
-        f"compiling {report.compiled} kernels into Numba's cache ({report.workers} process"
-        f"{'es' if report.workers > 1 else ''}; once per machine: "
-        f"later starts load them from {numba_cache_dir()})"
-    )
+    web app meanwhile): what it compiled could race a worker on the same cache entry. `later`: a second pass whose
+    kernels that `run` does not need compile after run's in the same processes, at a lower priority
+    (`start_compiling`); the returned function does not wait for them: its `later()` does (any thread, any number of
+    times; it says "compiled ... in the background" and returns their Prepared; `crema serve`: its feature maps'
+    plan, server.inside)."""
+    report = Prepared()
+    todo = _missing(run, report)
+    later_report = Prepared()
+    later_todo = _missing(later, later_report, skip=todo) if later is not None else []
     t0 = time.perf_counter()
+    if todo:
+        report.compiled = sum(len(sigs) for _, sigs in todo)
+        report.workers = 1 if len(todo) == 1 else min(workers or default_workers(), len(todo))
+        say(
+            f"compiling {report.compiled} kernels into Numba's cache ({report.workers} process"
+            f"{'es' if report.workers > 1 else ''}; once per machine: "
+            f"later starts load them from {numba_cache_dir()})"
+        )
+    if later_todo:
+        later_report.compiled = sum(len(sigs) for _, sigs in later_todo)
+        later_report.workers = min(workers or default_workers(), len(todo) + len(later_todo))
 
-    def no_workers(exc: BaseException) -> dict[str, str]:  # everything compiles on first use, as before
-        return {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in todo}
+    def no_workers(exc: BaseException, part: list) -> dict[str, str]:  # everything compiles on first use, as before
+        return {_name(d): f"no worker processes: {type(exc).__name__}: {exc}" for d, _ in part}
 
-    try:
-        pending = start_compiling(todo, report.workers, say if verbose else _quiet)
-    except (OSError, RuntimeError) as exc:
-        pending = functools.partial(no_workers, exc)
+    pending: Callable[[], dict[str, str]] = dict
+    pending_later: Callable[[], dict[str, str]] = dict
+    if todo or later_todo:
+        try:
+            pending = start_compiling(todo, max(report.workers, later_report.workers), say if verbose else _quiet,
+                                      later=later_todo)  # fmt: skip
+            pending_later = pending.later
+        except (OSError, RuntimeError) as exc:
+            pending = functools.partial(no_workers, exc, todo)
+            pending_later = functools.partial(no_workers, exc, later_todo)
 
     def finish() -> Prepared:
+        if not todo:
+            return report
         try:
             report.errors = pending()
         except (OSError, RuntimeError) as exc:
-            report.errors = no_workers(exc)
+            report.errors = no_workers(exc, todo)
         report.seconds = time.perf_counter() - t0
         failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
         say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
         return report
 
+    def finish_later() -> Prepared:
+        if not later_todo:
+            return later_report
+        try:
+            later_report.errors = pending_later()
+        except (OSError, RuntimeError) as exc:
+            later_report.errors = no_workers(exc, later_todo)
+        if not later_report.seconds:
+            later_report.seconds = time.perf_counter() - t0
+            failed = f", {len(later_report.errors)} left to compile on first use" if later_report.errors else ""
+            say(f"compiled {later_report.compiled - len(later_report.errors)} more kernels in the background in "
+                f"{later_report.seconds:.1f} s{failed}")  # fmt: skip
+        return later_report
+
+    finish.later = _Once(finish_later)
     return finish
+
+
+def _missing(run: Callable[[], object], report: Prepared, skip: list[tuple] = ()) -> list[tuple]:
+    """[(dispatcher, [sig, ...]), ...]: what `run()` would compile that Numba's cache lacks (the rest is loaded from
+    it now) and `skip` does not list; counted in `report`."""
+    calls, report.note = collect(run)
+    skipped = {d: set(sigs) for d, sigs in skip}
+    todo = []
+    for dispatcher, sigs in calls.items():
+        report.calls += len(sigs)
+        if not is_cached_kind(dispatcher):
+            continue
+        sigs = [sig for sig in sigs if sig not in skipped.get(dispatcher, ())]
+        missing = [sig for sig in sigs if not load_cached(dispatcher, sig)]
+        report.cached += len(sigs) - len(missing)
+        if missing:
+            todo.append((dispatcher, missing))
+    return todo
 
 
 def numba_cache_dir() -> str:
@@ -427,14 +510,14 @@ def forward_pass(
     batch: int | tuple[int, ...] = 1,
     threads: int | None = None,
     memory_budget=None,
-    keep: tuple[str, ...] | None = (),
+    keep: tuple[str, ...] | Callable[[Any], tuple[str, ...]] | None = (),
     observe: Callable[[Any], tuple[str, ...]] | None = None,
 ):
     """A forward of a throwaway copy of the net (test phase, these weights: the plan picks kernels by the weights
     too) at `batch` on zeros (a tuple: one forward at each; `crema serve` warms SERVE_BATCHES, as its micro-batches
     run other kernels than a single request, e.g. LeNet's and CaffeNet's chunked inner product), on `threads` Numba
-    threads (default: this thread's count; the plan's kernels depend on it); returns run(). keep: the net shares its
-    activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
+    threads (default: this thread's count; the plan's kernels depend on it); returns run(). keep (or keep(net)): the
+    net shares its activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
     the plan then fuses steps (an expand and its depthwise, handoffs in blocks) and runs other kernels than without
     (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward
     (``Net.observe``: `crema serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan
@@ -452,7 +535,7 @@ def forward_pass(
     finally:
         numba.set_num_threads(requested)
     if keep is not None:
-        net.share_activations(keep=tuple(keep))
+        net.share_activations(keep=tuple(keep(net) if callable(keep) else keep))
     for name in observe(net) if observe is not None else ():
         net.observe(name, _ignore)
     batches = (batch,) if isinstance(batch, int) else tuple(batch)
@@ -536,10 +619,21 @@ def cmd_warm(args: argparse.Namespace) -> int:
             prototxt, weights = files.prototxt, files.weights
         else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
+        from .classify import feature_blob
+
         batch = SERVE_BATCHES if args.batch is None else args.batch
-        say(f"{name}: forwards at batch {batch}, activations shared and crema serve's feature maps observed")
-        reports.append(prepare_forward(prototxt, weights, batch=batch, workers=args.workers, say=say, verbose=True,
-                                       observe=view_tops))  # fmt: skip
+
+        def keep(net) -> tuple[str, ...]:  # as crema serve runs it (server.model)
+            try:
+                return (feature_blob(net),)
+            except ValueError:  # no layer with parameters (crema serve refuses the net)
+                return ()
+
+        say(f"{name}: forwards at batch {batch} as crema serve runs them, and its feature maps' forward at batch 1")
+        run = forward_pass(prototxt, weights, batch=batch, keep=keep)
+        maps = forward_pass(prototxt, weights, keep=keep, observe=view_tops)  # (server.inside)
+        preparing = start_prepare(run, later=maps, workers=args.workers, say=say, verbose=True)
+        reports += [preparing(), preparing.later()]
     for r in reports:
         if r.note:
             say(f"the dry pass stopped early ({r.note}): the kernels after that point compile on first use")

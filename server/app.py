@@ -114,8 +114,10 @@ class AppConfig:
     decode_queue    decodes waiting for a thread beyond those (503 past it); decode_wait_s: the longest wait
     fetch_workers   URL fetches at once, on their own threads; fetch_queue: fetches waiting beyond those (503);
                     a fetch's wait for a thread counts against its url_timeout
-    inside          keep each search's feature maps (server.inside) for /api/search's `inside`: at most
-                    inside_request_bytes per request, inside_cache_bytes in all, for inside_ttl_s seconds
+    inside          feature maps for /api/search's `inside` (server.inside): each search's input is kept,
+                    inside_cache_bytes in all, for inside_ttl_s seconds, and its maps computed when asked for;
+                    inside_ready: called (on a worker thread) before the first maps forward (`crema serve`: waits
+                    for its kernels, compiled in the background)
     """
 
     max_upload: int = 10_000_000
@@ -138,9 +140,9 @@ class AppConfig:
     fetch_workers: int = 16
     fetch_queue: int = 16
     inside: bool = True
-    inside_request_bytes: int = 24 << 20
     inside_cache_bytes: int = 256 << 20
     inside_ttl_s: float = 600.0
+    inside_ready: Callable[[], object] | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -254,32 +256,43 @@ class _State:
             Inside(
                 model.net,
                 bgr=model.pre.color and model.pre.channel_swap,
-                per_request_bytes=config.inside_request_bytes,
                 max_bytes=config.inside_cache_bytes,
                 ttl_s=config.inside_ttl_s,
+                ready=config.inside_ready,
             )
             if config.inside
             else None
         )
 
-    def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), features (N, D), gallery ids and
-        scores (N, k), personal gallery ids and scores (N, k'), and (N,) objects: each row's feature maps from this
-        forward (server.inside, {} when off); each gallery is ranked for the whole batch with one matrix product."""
+    def _inference_thread(self) -> None:
+        """The inference thread's Numba thread count (config.threads), set by its first job."""
         if self.config.threads and not self._threads_set:
             import numba
 
             numba.set_num_threads(min(self.config.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
             self._threads_set = True
+
+    def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), features (N, D), gallery ids and
+        scores (N, k), personal gallery ids and scores (N, k'); each gallery is ranked for the whole batch with one
+        matrix product."""
+        self._inference_thread()
         probs, feats = self.model.infer(x)
         k = self.config.similar_k
         none = np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
         gids, gscores = self.gallery.search_batch(feats, k) if self.gallery is not None else none
         pids, pscores = self.personal.search_batch(feats, k) if self.personal is not None else none
-        maps = np.empty(len(x), dtype=object)
-        for i, row in enumerate(self.inside.capture(len(x)) if self.inside is not None else [{}] * len(x)):
-            maps[i] = row
-        return probs, feats, gids, gscores, pids, pscores, maps
+        return probs, feats, gids, gscores, pids, pscores
+
+    def inside_maps(self, key: str, layer: str) -> np.ndarray:
+        """A search's maps of one layer (server.inside.Inside.maps), on the inference thread."""
+        self._inference_thread()
+        return self.inside.maps(key, layer)
+
+    def inside_warm(self) -> None:
+        """The maps copy of the net made and run once (on zeros), on the inference thread."""
+        self._inference_thread()
+        self.inside.warm()
 
     def decode_cost(self, data: bytes) -> int:
         """The decode pool's priority for `data`: the pixels its header claims (constant time; unknown headers
@@ -409,9 +422,9 @@ async def search(request: Request) -> Response:
         st.batcher.unexpect()
         raise
     t_decode = time.perf_counter()
-    probs, _, gids, gscores, pids, pscores, maps, batch_size, batch_ms = await st.batcher.run(x, expected=True)
+    probs, _, gids, gscores, pids, pscores, batch_size, batch_ms = await st.batcher.run(x, expected=True)
     t_infer = time.perf_counter()
-    inside = st.inside.describe(st.inside.store(maps), maps) if st.inside is not None else None
+    inside = st.inside.describe(st.inside.store(x)) if st.inside is not None else None
     predictions = st.model.top(probs, st.config.top_k)
     query = st.web_query(predictions[0]["index"])
     web_task = asyncio.ensure_future(st.web.search(query, page))
@@ -456,13 +469,18 @@ def _visualize_error(exc: VisualizeError) -> ApiError:
 
 
 async def inside_maps(request: Request) -> Response:
-    """GET /api/inside/{id}/maps?layer=NAME: the PNG grid of that search's feature maps of one layer."""
+    """GET /api/inside/{id}/maps?layer=NAME: the PNG grid of that search's feature maps of one layer (one forward of
+    the search's input on the inference thread, server.inside)."""
     st = _state(request)
     if st.inside is None:
         raise ApiError(404, "feature maps are not kept on this server (AppConfig.inside is off)")
     layer = _inside_layer(request)
     try:
-        png = await run_in_threadpool(st.inside.maps_png, request.path_params["id"], layer)
+        key = request.path_params["id"]
+        st.inside.get(key)  # an unknown id answers at once
+        await run_in_threadpool(st.inside.wait_ready)  # (crema serve: the maps plan's kernels, compiled meanwhile)
+        maps = await st.batcher.call(st.inside_maps, key, layer)
+        png = await run_in_threadpool(st.inside.maps_png, maps)
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
     except VisualizeError as exc:
@@ -713,6 +731,16 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _warm_inside(st: _State) -> None:
+    """After start-up, once the maps plan's kernels are there (compiled in the background by `crema serve`), the
+    maps copy of the net made and run once between searches, so that the first maps request does not wait for it."""
+    try:
+        await run_in_threadpool(st.inside.wait_ready)
+        await st.batcher.call(st.inside_warm)
+    except RuntimeError:  # the batcher closed: shutting down
+        pass
+
+
 def create_app(
     model: Model,
     *,
@@ -740,9 +768,12 @@ def create_app(
         if config.warmup:  # JIT / cache load before the first user waits on it
             await st.batcher.run(np.zeros(model.input_shape, dtype=np.float32))
             st.batcher.sizes.clear()
+        maps = asyncio.ensure_future(_warm_inside(st)) if config.warmup and st.inside is not None else None
         try:
             yield
         finally:
+            if maps is not None:
+                maps.cancel()
             st.batcher.close()
             st.web.close()
             st.decodes.close()

@@ -16,6 +16,11 @@ a burst still shares one forward. With `adaptive=False` every batch waits the fu
 
 `enabled=False` (or max_batch=1) gives one forward per request on the same thread: the baseline that the
 load benchmark compares against. An exception in `fn` is raised in every caller of that batch.
+
+    maps = await batcher.call(inside.maps, key, layer)  # any other work on the model, on the same thread
+
+`call` runs a function on that thread between batches (a request's feature maps, server.inside: never at the
+same time as a forward); one that arrives while a batch gathers runs right after that batch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ import numpy as np
 __all__ = ["MicroBatcher"]
 
 _STOP = object()
+
+
+class _Job:
+    """A `call` on the inference thread: fn(*args) -> fut."""
+
+    __slots__ = ("args", "fn", "fut")
+
+    def __init__(self, fn: Callable, args: tuple) -> None:
+        self.fn, self.args = fn, args
+        self.fut: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run(self) -> None:
+        if not self.fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.fut.set_exception(exc)
+        else:
+            self.fut.set_result(result)
 
 
 class MicroBatcher:
@@ -79,6 +104,21 @@ class MicroBatcher:
     def submit(self, x: np.ndarray, *, expected: bool = False) -> concurrent.futures.Future:
         """Queue one input (C, H, W); the future resolves to (*rows, batch_size, fn_ms): this input's row of
         every output, how many inputs shared the call, and the call's wall time in ms. `expected`: announced."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._put((x, fut), expected)
+        return fut
+
+    def submit_call(self, fn: Callable, *args) -> concurrent.futures.Future:
+        """Queue fn(*args) for the inference thread (between batches); the future resolves to its result."""
+        job = _Job(fn, args)
+        self._put(job, False)
+        return job.fut
+
+    async def call(self, fn: Callable, *args):
+        """`submit_call` awaited from the event loop."""
+        return await asyncio.wrap_future(self.submit_call(fn, *args))
+
+    def _put(self, item, expected: bool) -> None:
         with self._lock:
             if expected:
                 self._expected = max(0, self._expected - 1)
@@ -87,9 +127,7 @@ class MicroBatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((x, fut))
-        return fut
+        self._queue.put(item)
 
     async def run(self, x: np.ndarray, *, expected: bool = False) -> tuple:
         """`submit` awaited from the event loop (which stays free while the batch runs)."""
@@ -123,8 +161,8 @@ class MicroBatcher:
         }
 
     # -- worker side -----------------------------------------------------------------------------------
-    def _gather(self, first: tuple) -> tuple[list[tuple], bool]:
-        items, stop = [first], False
+    def _gather(self, first: tuple) -> tuple[list[tuple], list[_Job], bool]:
+        items, jobs, stop = [first], [], False
         deadline = time.monotonic() + self.window
         while len(items) < self.max_batch:
             try:
@@ -140,18 +178,26 @@ class MicroBatcher:
             if item is _STOP:
                 stop = True
                 break
+            if isinstance(item, _Job):
+                jobs.append(item)
+                continue
             items.append(item)
-        return items, stop
+        return items, jobs, stop
 
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            items, stop = self._gather(first)
+            if isinstance(first, _Job):
+                first.run()
+                continue
+            items, jobs, stop = self._gather(first)
             live = [(x, f) for x, f in items if f.set_running_or_notify_cancel()]
             if live:
                 self._run(live)
+            for job in jobs:
+                job.run()
             if stop:
                 return
 

@@ -2,7 +2,7 @@
 
     crema serve [--host 127.0.0.1] [--port 8000] [--model NAME | --model M --weights W --labels L] [--gallery DIR]
                 [--bing-url URL] [--no-web] [--no-batching] [--cache DIR] [--feature-blob NAME]
-                [--no-personal-gallery] [--personal-max-photos N] [--personal-max-mb MB]
+                [--no-personal-gallery] [--personal-max-photos N] [--personal-max-mb MB] [--no-inside]
     crema index SOURCE [--model NAME | --model M --weights W] [--out INDEX] [--batch 32] [--engine local|ray]
                 [--address ADDR] [--workers N] [--shard-size 256] [--index-memory-gb 4] [--recall 0.95] [--restart]
     crema download NAME [--url URL] [--out PATH] [--sha1 HEX] [--no-progress] | crema download --list
@@ -139,24 +139,27 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     import logging
 
     from net.visualize import view_tops
-    from net.warm import SERVE_BATCHES, prepare_forward
+    from net.warm import SERVE_BATCHES, forward_pass, prepare_forward
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
     # The kernels the warm-up forward below needs and Numba's cache lacks (a new machine), compiled one process per
-    # core (net.warm) rather than one by one in the warm-up; this process imports the web app meanwhile.
+    # core (net.warm) rather than one by one in the warm-up; this process imports the web app meanwhile. Then, in the
+    # background while the app serves, those of the feature maps' forward (server.inside: a batch-1 copy of the net
+    # that observes the shown layers, so its plan fuses less), which waits for them.
+    files, keep = model.files, (model.feature_blob,)
+    maps = forward_pass(files.prototxt, files.weights, threads=args.threads, memory_budget=getattr(args, "memory_budget", None),
+                        keep=keep, observe=view_tops)  # fmt: skip
     compiled = prepare_forward(
-        model.files.prototxt,
-        model.files.weights,
+        files.prototxt,
+        files.weights,
         threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
         memory_budget=getattr(args, "memory_budget", None),
-        # the plan the app runs: the model's net shares its activations so (server.model), and the app's Inside
-        # observes its layers' maps (server.inside)
-        keep=(model.feature_blob,),
-        observe=view_tops,
+        keep=keep,  # the plan the app runs: the model's net shares its activations so (server.model)
         batch=SERVE_BATCHES if not args.no_batching and args.max_batch > 1 else 1,  # a request, and a micro-batch
         say=lambda msg: print(f"crema: {msg}", flush=True),
         wait=False,
+        later=maps if not args.no_inside else None,
     )
     import uvicorn
 
@@ -188,6 +191,8 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         body_budget=int(args.body_budget_mb * 1_000_000),
         decode_workers=args.decode_workers,
         fetch_workers=args.fetch_workers,
+        inside=not args.no_inside,
+        inside_ready=compiled.later,
     )
     personal = None
     if not args.no_personal_gallery:
@@ -319,6 +324,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=500.0,
         help="most MB the personal gallery stores: photos, thumbnails, features (default 500)",
+    )
+    p.add_argument(
+        "--no-inside",
+        action="store_true",
+        help="turn off 'inside the network' (a search's feature maps and the first layer's filters; the maps' kernels "
+        "then do not compile in the background on a new machine)",
     )
     p.add_argument("--threads", type=int, help="Numba threads for inference (default: all cores)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive an upload (408 after; 30)")

@@ -1,39 +1,35 @@
-"""Inside the network, per search: the feature maps of the forward pass that answered the request, kept briefly.
+"""Inside the network, per search: the feature maps of a search's picture, computed when they are asked for.
 
-    inside = Inside(model.net, bgr=..., per_request_bytes=24 << 20, max_bytes=256 << 20, ttl_s=600)
-    rows = inside.capture(n)                 # inference thread, after the batch's forward: one dict per row
-    entry_id = inside.store(rows[i])         # event loop: the request's maps under a random id
-    inside.describe(entry_id, rows[i])       # the JSON of /api/search's `inside`
-    inside.maps_png(entry_id, "conv1")       # PNG grid of that request's maps (net.visualize.maps_grid)
-    inside.filters_png("conv1")              # PNG grid of the layer's filters (weights do not change)
+    inside = Inside(model.net, bgr=..., max_bytes=256 << 20, ttl_s=600)
+    entry_id = inside.store(x)                # event loop: the search's preprocessed input (C, H, W) under a random id
+    inside.describe(entry_id)                 # the JSON of /api/search's `inside`
+    maps = inside.maps(entry_id, "conv1")     # inference thread: one forward of that input on the maps copy
+    inside.maps_png(maps)                     # PNG grid of them (net.visualize.maps_grid), any thread
+    inside.filters_png("conv1")               # PNG grid of the layer's filters (weights do not change)
 
-No second forward: during each forward (`Net.observe`: right after a layer's maps are written, before a later layer
-reuses their memory, `Net.share_activations`), each row's maps of the layers in net.visualize.layer_views
-(Convolution / Pooling with spatial maps) are copied, at most MAX_TILES channels a layer, in net order while the
-request's byte budget lasts; `capture` hands over what the last forward copied: a layer that does not fit is skipped and listed as not
-kept (later, smaller ones may still fit; the first layer of every served model fits: EfficientNet-Lite0's stem is
-1.6 MB of its 22.6 MB). Entries live `ttl_s` seconds, and the oldest go first when the cache would exceed
-`max_bytes`. A batch captures at most `max_bytes` in all (the budget of later rows shrinks to what is left).
-
-Memory: a row's maps are views of one block (its arena), and the arena of an entry that leaves the cache is reused
-by a later forward, so a served forward copies into memory already mapped: fresh memory for 22.6 MB is ~5,500
-first-touch page faults, which made a served EfficientNet-Lite0 forward 11-20 ms instead of ~8 (the app returns
-large freed blocks to the OS, server.pools). Entries and the arenas kept for reuse hold at most `max_bytes`
-together (room for the next forward's arenas is made by dropping the oldest entries first); an arena not reused for
-`ttl_s` is freed. While the cache fills, `store` has the next arena mapped ahead on a thread of its own, so the
-forward finds one ready (a served EfficientNet-Lite0 forward with the copies: 14-15 ms -> 7.6-9.6 for the 10
-searches that fill the cache after the first). An entry whose maps are being drawn gives its arena back only once
-the drawing is done. Besides those: the arenas of the batch being captured and of rows not yet stored (a batch's at
-most `max_bytes`, its budget), and of entries dropped while drawn; `stats` counts the cache's.
+The search's own forward observes nothing, so the model's plan fuses what it can (an expand with its depthwise,
+the handoffs in blocks) and copies nothing: on the 2-core Zen 4 machine a served EfficientNet-Lite0 search's
+forward went from 10.0 to 6.4 ms (median, batch 1) and 16 clients' throughput from 30.7 to 53.4 searches a second
+when the maps stopped being copied in every forward (22.6 MB a search). What a search keeps is its input (602 KB
+for EfficientNet-Lite0, 3 KB for LeNet), for `ttl_s` seconds, the oldest going first past `max_bytes`. A maps
+request runs the kept input through a batch-1 copy of the net (``net.per_image.replica``: the same parameter Blobs
+and folded weights, activations shared the same way) that observes every shown layer's blob (``Net.observe``:
+right after the layer's maps are written, before a later layer reuses their memory) and copies the asked layer's
+first MAX_TILES channels: the same values as the search's forward had (the same input, the same weights; a fused
+plan sums in the same order up to float32 rounding of the fused steps), at the cost of one batch-1 forward (~6 ms
+for EfficientNet-Lite0) on the inference thread (server.batcher.MicroBatcher.call: never at the same time as a
+search's forward). The copy and its plan are made at the first maps request; `crema serve` compiles that plan's
+kernels after the server is up, in the background (net.warm.start_prepare's `later`), and a maps request waits
+for them (`ready`).
 """
 
 from __future__ import annotations
 
-import mmap
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,62 +50,48 @@ __all__ = ["Entry", "Inside", "NotFound"]
 
 
 class NotFound(LookupError):
-    """An unknown or expired request id, or a layer whose maps were not kept (message in plain words)."""
+    """An unknown or expired request id (message in plain words)."""
 
 
 @dataclass
 class Entry:
-    maps: dict[str, np.ndarray]  # layer name -> (C', H, W) float32, C' <= MAX_TILES
-    nbytes: int
+    x: np.ndarray  # the search's preprocessed input (C, H, W) float32
     created: float
-    arena: np.ndarray | None = None  # the block the maps are views of (reused once the entry is gone)
-    readers: int = 0  # maps_png calls drawing from it now
-    gone: bool = False  # left the cache while read: the last reader gives the arena back
-
-
-class Row(dict):
-    """One row's maps from `capture` (layer name -> array), with the arena they are views of."""
-
-    arena: np.ndarray | None = None
-
-
-def _new_arena(nbytes: int) -> np.ndarray:
-    """Fresh float32 memory of nbytes, mapped up front (MAP_POPULATE: one call instead of a page fault per 4 KB)
-    and without NumPy's huge-page advice for large arrays (with THP defrag=madvise it compacts memory on the fault);
-    NumPy's memory where anonymous maps are not available (Windows)."""
-    if not hasattr(mmap, "MAP_ANONYMOUS"):
-        return np.empty(nbytes // 4, np.float32)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return np.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype=np.float32)
 
 
 class Inside:
-    """See the module docstring. Thread-safe: `capture` runs on the inference thread, the rest anywhere."""
+    """See the module docstring. Thread-safe: `maps` runs on the inference thread (it alone runs the copy of the net),
+    the rest anywhere. `ready`: called (on the inference thread) before the first maps forward, e.g. to wait for its
+    kernels to be compiled in the background (`crema serve`)."""
 
     def __init__(
-        self, net, *, bgr: bool, per_request_bytes: int = 24 << 20, max_bytes: int = 256 << 20, ttl_s: float = 600.0
+        self,
+        net,
+        *,
+        bgr: bool,
+        max_bytes: int = 256 << 20,
+        ttl_s: float = 600.0,
+        ready: Callable[[], object] | None = None,
     ) -> None:
         self.net = net
         self.bgr = bgr
         self.views: list[LayerView] = layer_views(net)
-        self.per_request_bytes = per_request_bytes
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        self.ready = ready
+        self._ready_lock = threading.Lock()
+        self.forwards = 0  # maps forwards run
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._filters: dict[str, bytes] = {}
         self._trimmed = {}  # layer -> what its filters grid leaves out (net.visualize.trim_zero_border), or ""
-        self._rows: list[Row] = []  # the maps the running forward copied, per row
-        self._kept: dict[int, list[tuple[dict[str, int], int]]] = {}  # batch size -> _budgets' rows
-        self._free: list[tuple[np.ndarray, float]] = []  # arenas to reuse, with when they were given back
-        self._free_bytes = 0
-        self._maker: threading.Thread | None = None  # the thread making an arena ahead (store), while the cache fills
+        self._twin = None  # the batch-1 copy of the net that observes the shown layers (made at the first maps call)
         self._views_of: dict[str, list[LayerView]] = {}  # top -> the views that show it
         for view in self.views:
             self._views_of.setdefault(view.top, []).append(view)
-        for top in view_tops(net):  # (what `crema serve`'s warm pass observes too)
-            net.observe(top, self._copy)  # held weakly: an Inside no longer used stops copying
+        self._want: LayerView | None = None  # the layer the running maps forward copies
+        self._got: np.ndarray | None = None
         for view in self.views:
             if view.filters:
                 w = net.params[view.name][0]
@@ -118,208 +100,109 @@ class Inside:
                     f"stored as {w.shape[2]}x{w.shape[3]}: {cut}, zero in every filter, left out" if cut else ""
                 )
 
-    # -- capture (inference thread) ------------------------------------------------------------------------------
-    def _budgets(self, n: int) -> list[tuple[dict[str, int], int]]:
-        """Per row of a batch of n, the layers whose maps it keeps, each with its offset (float32 elements) in the
-        row's arena, and the arena's length: in net order while its budget lasts (the request's, and what the batch's
-        leaves), from the sizes alone."""
-        rows = self._kept.get(n)
-        if rows is None:
-            rows = []
-            batch_left = self.max_bytes
-            for _ in range(n):
-                left = min(self.per_request_bytes, batch_left)
-                kept: dict[str, int] = {}
-                offset = 0
-                for view in self.views:
-                    count = min(view.shape[0], MAX_TILES) * view.shape[1] * view.shape[2]
-                    if count * 4 > left:  # float32
-                        continue
-                    kept[view.name] = offset
-                    offset += count
-                    left -= count * 4
-                    batch_left -= count * 4
-                rows.append((kept, offset))
-            if len(self._kept) > 64:
-                self._kept.clear()
-            self._kept[n] = rows
-        return rows
-
-    def _new_rows(self, n: int) -> list[Row]:
-        rows = []
-        for _, length in self._budgets(n):
-            row = Row()
-            if length:
-                row.arena = self._take(length * 4)
-            rows.append(row)
-        return rows
-
-    def _copy(self, top: str, data: np.ndarray) -> None:
-        """Net.observe's callback: the rows' copies of the maps of the layers that show this blob, as the forward
-        writes it."""
-        n = len(data)
-        if len(self._rows) != n:
-            self._rows = self._new_rows(n)
-        budgets = self._budgets(n)
-        for view in self._views_of[top]:
-            c = min(view.shape[0], MAX_TILES)
-            for i, (kept, _) in enumerate(budgets):
-                offset = kept.get(view.name)
-                if offset is not None:
-                    row = self._rows[i]
-                    src = data[i, :c]
-                    dst = row.arena[offset : offset + src.size].reshape(src.shape)
-                    np.copyto(dst, src, casting="same_kind")
-                    row[view.name] = dst
-
-    def capture(self, n: int) -> list[dict[str, np.ndarray]]:
-        """Each of the last forward's n rows: {layer name: copy of its maps} within the budgets (module docstring);
-        the copies are handed over (a second call before the next forward gets empty rows)."""
-        rows = self._rows if len(self._rows) == n else [Row() for _ in range(n)]
-        self._rows = []
-        return rows
-
-    # -- arenas --------------------------------------------------------------------------------------------------
-    def _take(self, nbytes: int) -> np.ndarray:
-        """An arena of at least nbytes for the forward that runs (inference thread): the smallest kept one that fits
-        (`_fitting`); where none does and entries, kept arenas and this one would pass max_bytes, the kept arenas
-        that do not fit go first, then the oldest entries (their arenas may fit); else fresh memory."""
+    # -- the cache of inputs ---------------------------------------------------------------------------------------
+    def store(self, x: np.ndarray) -> str:
+        """Keep one search's preprocessed input (C, H, W), not copied (the caller does not change it); returns its id
+        (32 hex digits)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        key = secrets.token_hex(16)
         with self._lock:
-            now = time.monotonic()
-            self._expire(now)
-            while True:
-                fits = self._fitting(nbytes)
-                if fits:
-                    arena = self._free.pop(min(fits, key=lambda k: self._free[k][0].nbytes))[0]
-                    self._free_bytes -= arena.nbytes
-                    return arena
-                if self._bytes + self._free_bytes + nbytes <= self.max_bytes:
-                    break
-                if self._free:  # too small for this forward: dropped before any entry
-                    self._free_bytes -= self._free.pop(0)[0].nbytes
-                elif self._entries:
-                    self._drop(next(iter(self._entries)), now)
-                else:
-                    break
-        return _new_arena(nbytes)
+            self._entries[key] = Entry(x, time.monotonic())
+            self._bytes += x.nbytes
+            self._expire(time.monotonic())
+        return key
 
-    def _fitting(self, nbytes: int) -> list[int]:
-        """(lock held) Indices of the kept arenas a forward needing nbytes may take: at least that large and at most
-        twice (a larger one would hold the cache's bytes for little)."""
-        return [k for k, (a, _) in enumerate(self._free) if nbytes <= a.nbytes <= 2 * nbytes]
-
-    def _give_back(self, arena: np.ndarray | None, now: float) -> None:
-        """(lock held) Keep an arena for reuse while entries and kept arenas stay within max_bytes."""
-        if arena is not None and self._bytes + self._free_bytes + arena.nbytes <= self.max_bytes:
-            self._free.append((arena, now))
-            self._free_bytes += arena.nbytes
-
-    def _drop(self, key: str, now: float) -> None:
-        """(lock held) Remove an entry from the cache; its arena is reused once no one draws from it."""
-        entry = self._entries.pop(key)
-        self._bytes -= entry.nbytes
-        if entry.readers:
-            entry.gone = True
-        else:
-            self._give_back(entry.arena, now)
-
-    # -- the cache ---------------------------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        """(lock held) Drop entries past ttl_s or past max_bytes (oldest first), and arenas not reused for ttl_s."""
+        """(lock held) Drop entries past ttl_s or past max_bytes (oldest first)."""
         while self._entries:
             key, entry = next(iter(self._entries.items()))
             if now - entry.created <= self.ttl_s and self._bytes <= self.max_bytes:
                 break
-            self._drop(key, now)
-        while self._free and (now - self._free[0][1] > self.ttl_s or self._bytes + self._free_bytes > self.max_bytes):
-            self._free_bytes -= self._free.pop(0)[0].nbytes
+            del self._entries[key]
+            self._bytes -= entry.x.nbytes
 
-    def store(self, maps: dict[str, np.ndarray]) -> str:
-        """Keep one request's maps; returns its id (32 hex digits)."""
-        key = secrets.token_hex(16)
-        arena = getattr(maps, "arena", None)
-        if arena is not None:
-            maps.arena = None  # the entry owns it now (a row stored twice must not give two entries one block)
-        nbytes = arena.nbytes if arena is not None else sum(a.nbytes for a in maps.values())
-        with self._lock:
-            self._entries[key] = Entry(dict(maps), nbytes, time.monotonic(), arena)
-            self._bytes += nbytes
-            self._expire(time.monotonic())
-            spare = arena is not None and self._maker is None and self._room_for_spare(nbytes)
-            if spare:
-                self._maker = threading.Thread(
-                    target=self._make_spare, args=(nbytes,), name="crema-inside", daemon=True
-                )
-                self._maker.start()
-        return key
-
-    def _room_for_spare(self, nbytes: int) -> bool:
-        """(lock held) While the cache fills: no kept arena fits the next request's maps (as large as these) and one
-        more would stay within max_bytes, so the next forward would map fresh memory."""
-        return not self._fitting(nbytes) and self._bytes + self._free_bytes + nbytes <= self.max_bytes
-
-    def _make_spare(self, nbytes: int) -> None:
-        """An arena made ahead on a thread of its own (mapping ~22 MB costs ~6 ms), kept for the next forward if it
-        is still within max_bytes then."""
-        arena = _new_arena(nbytes)
-        with self._lock:
-            if self._room_for_spare(nbytes):
-                self._free.append((arena, time.monotonic()))
-                self._free_bytes += arena.nbytes
-            self._maker = None
-
-    def get(self, key: str, *, reading: bool = False) -> Entry:
-        """The entry of request `key` (NotFound when unknown or expired); `reading`: counted as read until
-        `done(entry)`, so its arena is not reused meanwhile."""
+    def get(self, key: str) -> Entry:
+        """The entry of request `key`; NotFound when unknown or expired."""
         with self._lock:
             self._expire(time.monotonic())
             entry = self._entries.get(key)
-            if entry is not None and reading:
-                entry.readers += 1
         if entry is None:
             raise NotFound(
-                f"no feature maps for request {key[:40]!r}: they are kept {self.ttl_s:g} s after the search (and "
+                f"no feature maps for request {key[:40]!r}: a search's picture is kept {self.ttl_s:g} s for them (and "
                 f"the oldest go first past {self.max_bytes >> 20} MB); search again"
             )
         return entry
 
-    def done(self, entry: Entry) -> None:
-        """The end of a `get(key, reading=True)`."""
-        with self._lock:
-            entry.readers -= 1
-            if entry.gone and not entry.readers:
-                self._give_back(entry.arena, time.monotonic())
-
     def stats(self) -> dict:
         with self._lock:
             self._expire(time.monotonic())
-            return {"entries": len(self._entries), "bytes": self._bytes, "reuse_bytes": self._free_bytes,
-                    "max_bytes": self.max_bytes,
-                    "ttl_s": self.ttl_s, "per_request_bytes": self.per_request_bytes}  # fmt: skip
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "ttl_s": self.ttl_s, "forwards": self.forwards}  # fmt: skip
+
+    # -- maps (inference thread) -----------------------------------------------------------------------------------
+    def maps(self, key: str, layer: str) -> np.ndarray:
+        """Request `key`'s maps of `layer` (its first MAX_TILES channels, (C', H, W) float32, a copy): one forward of
+        the kept input on the copy of the net that observes the shown layers. Run it where the model's forwards run
+        (Net.forward is not re-entrant; kernels.taskpool is one pool). NotFound (expired id), VisualizeError (unknown
+        layer, no spatial output)."""
+        view = find_layer(self.net, layer)
+        got = self._forward(self.get(key).x, view)
+        self.forwards += 1
+        return got
+
+    def warm(self) -> None:
+        """The copy of the net made and run once on zeros (inference thread): the first maps request then finds its
+        plan ready (its kernels loaded)."""
+        if self.views:
+            self._forward(np.zeros(self.net.blobs[self.net.inputs[0]].shape[1:], np.float32), self.views[0])
+
+    def wait_ready(self) -> None:
+        """`ready()` once (any thread; later calls return at once)."""
+        with self._ready_lock:
+            if self.ready is not None:
+                self.ready()
+                self.ready = None
+
+    def _forward(self, x: np.ndarray, view: LayerView) -> np.ndarray:
+        self.wait_ready()
+        twin = self._twin
+        if twin is None:
+            from net.per_image import replica
+
+            twin = replica(self.net)
+            for top in view_tops(twin):
+                twin.observe(top, self._copy)  # held weakly: ends with this Inside
+            self._twin = twin
+        self._want, self._got = view, None
+        try:
+            twin.forward(**{twin.inputs[0]: x[None]})
+            got = self._got
+        finally:
+            self._want = self._got = None
+        if got is None:  # pragma: no cover - every view's top is observed
+            raise RuntimeError(f"inside: the forward wrote no maps for layer {view.name!r}")
+        return got
+
+    def _copy(self, top: str, data: np.ndarray) -> None:
+        """Net.observe's callback (the copy's forward): the asked layer's maps, as the forward writes them."""
+        want = self._want
+        if want is not None and want.top == top:
+            self._got = data[0, : min(want.shape[0], MAX_TILES)].copy()
 
     # -- what the API shows ------------------------------------------------------------------------------------
-    def describe(self, key: str, maps: dict[str, np.ndarray]) -> dict:
+    def describe(self, key: str) -> dict:
         """/api/search's `inside`: the request's id and, per layer, what its map is and where its PNGs are."""
         layers = []
         for view in self.views:
-            kept = view.name in maps
             q = _quote(view.name)
             layers.append(
                 {
                     **view.info(),
-                    "kept": kept,
-                    "maps_url": f"/api/inside/{key}/maps?layer={q}" if kept else None,
+                    "maps_url": f"/api/inside/{key}/maps?layer={q}",
                     "filters_url": f"/api/filters?layer={q}" if view.filters else None,
                     "filters_note": self._trimmed.get(view.name, ""),
                 }
             )
-        skipped = [v["name"] for v in layers if not v["kept"]]
-        note = (
-            f"{len(skipped)} layer(s) not kept for this request: their maps would pass the "
-            f"{self.per_request_bytes >> 20} MB kept per request"
-            if skipped
-            else ""
-        )
         return {
             "id": key,
             "expires_s": self.ttl_s,
@@ -329,24 +212,12 @@ class Inside:
             "max_tiles": MAX_TILES,
             "filters_note": "a Convolution's weights as stored (before any BatchNorm folding; border rows and columns "
             "that are zero in every filter left out), one tile per filter, RGB for a colour input",
-            "note": note,
         }
 
-    def maps_png(self, key: str, layer: str) -> bytes:
-        """PNG grid of request `key`'s maps of `layer`. NotFound (expired id, layer not kept), VisualizeError
-        (unknown layer, no spatial output)."""
-        entry = self.get(key, reading=True)
-        try:
-            view = find_layer(self.net, layer)
-            maps = entry.maps.get(view.name)
-            if maps is None:
-                raise NotFound(
-                    f"the maps of layer {layer!r} were not kept for this request ({view.shape[0]} x {view.shape[1]} "
-                    f"x {view.shape[2]} values; {self.per_request_bytes >> 20} MB are kept per request)"
-                )
-            return render_maps(maps).png()
-        finally:
-            self.done(entry)
+    @staticmethod
+    def maps_png(maps: np.ndarray) -> bytes:
+        """PNG grid of `maps` (from `maps`); VisualizeError for a grid over MAX_SIDE."""
+        return render_maps(maps).png()
 
     def filters_png(self, layer: str) -> bytes:
         """PNG grid of `layer`'s filters (cached: the weights do not change while serving). VisualizeError."""

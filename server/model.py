@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from net import Net
-from net.classify import preprocess_for
+from net.classify import feature_blob, preprocess_for
 from net.labels import display_label, load_labels
 from net.paths import file_sha1
 from net.preprocess import Preprocess, load_image
@@ -32,11 +32,8 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 
 def default_feature_blob(net: Net) -> str:
-    """The classifier's input blob: the first bottom of the last layer that has parameters."""
-    for layer, bottom in zip(reversed(net.layers), reversed(net.bottoms)):
-        if layer.blobs and bottom:
-            return bottom[0].name
-    raise ValueError(f"net '{net.name}': no layer with parameters, so no feature blob; pass --feature-blob NAME")
+    """The classifier's input blob: the first bottom of the last layer that has parameters (net.classify)."""
+    return feature_blob(net)
 
 
 @dataclass(frozen=True)

@@ -252,13 +252,13 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                 "get": {
                     "summary": "A search's feature maps of one layer, as a PNG grid",
                     "description": (
-                        "The maps of the forward pass that answered the search (no second forward), kept for "
-                        "`inside.expires_s` seconds after it within a bounded cache; take the URL from the layer's "
-                        "`maps_url` in /api/search's `inside`. One grey tile per channel (at most 256: the first "
-                        "256 channels of a wider layer), Caffe's layout: a square-ish grid, 1-pixel white separators, "
-                        "each tile normalised on its own (minimum black, maximum white). 404: the id expired or is "
-                        "unknown, the layer is unknown, or its maps were not kept for this request (over the bytes "
-                        "kept per request); 400: a layer with no spatial output or a missing `layer`."
+                        "The maps of the search's picture: its preprocessed input is kept for `inside.expires_s` "
+                        "seconds after the search within a bounded cache, and each request runs it through the net "
+                        "once (batch 1, between searches); take the URL from the layer's `maps_url` in /api/search's "
+                        "`inside`. One grey tile per channel (at most 256: the first 256 channels of a wider layer), "
+                        "Caffe's layout: a square-ish grid, 1-pixel white separators, each tile normalised on its own "
+                        "(minimum black, maximum white). 404: the id expired or is unknown, or the layer is unknown; "
+                        "400: a layer with no spatial output or a missing `layer`."
                     ),
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -396,18 +396,15 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                     ),
                     inside={
                         "type": ["object", "null"],
-                        "required": ["entries", "bytes", "reuse_bytes", "max_bytes", "ttl_s", "per_request_bytes"],
+                        "required": ["entries", "bytes", "max_bytes", "ttl_s", "forwards"],
                         "properties": {
-                            "entries": _int("searches whose maps are kept"),
-                            "bytes": _int("held by those searches' maps"),
-                            "reuse_bytes": _int(
-                                "freed blocks kept for the next forwards' maps (with bytes, at most max_bytes)"
-                            ),
+                            "entries": _int("searches whose input is kept for their maps"),
+                            "bytes": _int("held by those inputs"),
                             "max_bytes": _int(),
                             "ttl_s": {"type": "number"},
-                            "per_request_bytes": _int(),
+                            "forwards": _int("maps requests answered (one forward each)"),
                         },
-                        "description": "the feature-map cache (null: off)",
+                        "description": "the feature maps' cache of search inputs (null: off)",
                     },
                 ),
                 "PoolStats": _object(
@@ -450,11 +447,7 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                                 "(BatchNorm, Scale, ReLU...), and whether they are fused into the convolution"
                             ),
                         },
-                        "kept": {
-                            "type": "boolean",
-                            "description": "false: over the bytes kept per request (24 MB by default)",
-                        },
-                        "maps_url": {"type": ["string", "null"]},
+                        "maps_url": {"type": "string"},
                         "filters_url": {"type": ["string", "null"]},
                         "filters_note": {
                             "type": "string",
@@ -472,7 +465,6 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "normalisation": {"type": "string"},
                         "max_tiles": {"type": "integer"},
                         "filters_note": {"type": "string"},
-                        "note": {"type": "string", "description": "layers not kept for this request, if any"},
                     },
                 },
                 "SearchResult": {

@@ -270,8 +270,7 @@ function showInsideLayer(inside, name) {
     $("inside-maps-cap").textContent = `Your picture after ${layer.name}: ${layer.note}.`;
   }
   let note = layer.filters ? "" : `${layer.name}'s filters are not pictures of the image's colours, so only its maps show. `;
-  if (!layer.kept) note += `The maps of ${layer.name} were not kept for this search (too large). `;
-  $("inside-note").textContent = note + (inside.note ? `${inside.note}.` : "");
+  $("inside-note").textContent = note;
 }
 
 function renderInside(inside) {
@@ -281,12 +280,12 @@ function renderInside(inside) {
     return;
   }
   box.hidden = false;
-  $("inside-sub").textContent = `the forward pass that answered, kept ${Math.round(inside.expires_s / 60)} min`;
+  $("inside-sub").textContent = `your picture through the network, kept ${Math.round(inside.expires_s / 60)} min`;
   $("inside-how").textContent =
     `Grids as in Caffe's examples: ${inside.normalisation}; at most ${inside.max_tiles} tiles a layer.`;
   const select = $("inside-layer");
   select.replaceChildren(
-    ...inside.layers.map((l) => el("option", { value: l.name, text: `${l.name} (${l.type}${l.kept ? "" : ", not kept"})` })),
+    ...inside.layers.map((l) => el("option", { value: l.name, text: `${l.name} (${l.type})` })),
   );
   select.value = inside.first || inside.layers[0].name;
   select.onchange = () => showInsideLayer(inside, select.value);

@@ -54,14 +54,21 @@ from benchmarks.subjects import randomize
 from kernels import depthwise, fc, pointwise
 from kernels.tasks import Task
 from net import Net
+from net.classify import feature_blob
+from net.per_image import replica
+from net.visualize import view_tops
 net = Net.load(sys.argv[1], phase="test")
 randomize(net, seed=0)
-net.share_activations()  # as `crema serve` runs a model (its feature maps observed), and `crema warm` warms it
-from net.visualize import view_tops
-for name in view_tops(net):
-    net.observe(name, lambda name, array: None)
+try:  # as `crema serve` runs a model, and `crema warm` warms it: activations shared, its features kept
+    net.share_activations(keep=(feature_blob(net),))
+except ValueError:  # no layer with parameters
+    net.share_activations()
 x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
 np.save(sys.argv[2], net.forward(data=x)["prob"])
+maps = replica(net)  # and its feature maps' forward (server.inside): a batch-1 copy observing the shown layers
+for name in view_tops(maps):
+    maps.observe(name, lambda name, array: None)
+assert np.array_equal(maps.forward(data=x)["prob"], np.load(sys.argv[2]))
 for module in (depthwise, fc, pointwise):
     for task in vars(module).values():
         if isinstance(task, Task) and task._address and not task._cfunc.cache_hits:

@@ -152,3 +152,32 @@ def test_adaptive_waits_for_announced_requests():
     b.submit(np.zeros((1, 1, 1), dtype=np.float32)).result(timeout=10)
     assert time.perf_counter() - t0 < 2.0 and calls == [2, 1]
     b.close()
+
+
+def test_call_runs_on_the_inference_thread_between_batches():
+    """`call`'s functions run on the batcher's thread, never during a batch: one queued while a batch gathers runs
+    right after that batch; its result or exception reaches its caller only."""
+    events: list[str] = []
+
+    def fn(x):
+        events.append(f"batch {len(x)} on {threading.current_thread().name}")
+        return (x[:, 0, 0, 0],)
+
+    def job(tag: str) -> str:
+        if tag == "bad":
+            raise ValueError("no such layer")
+        events.append(f"{tag} on {threading.current_thread().name}")
+        return tag.upper()
+
+    b = MicroBatcher(fn, max_batch=3, window_ms=10_000.0, name="crema-infer")
+    assert b.submit_call(job, "first").result(timeout=10) == "FIRST"
+    futs = [b.submit(np.zeros((1, 1, 1), np.float32))]
+    during = b.submit_call(job, "during")  # queued while the batch waits for company
+    futs += [b.submit(np.ones((1, 1, 1), np.float32)) for _ in range(2)]
+    assert during.result(timeout=10) == "DURING" and [f.result(timeout=10)[1] for f in futs] == [3, 3, 3]
+    with pytest.raises(ValueError, match="no such layer"):
+        b.submit_call(job, "bad").result(timeout=10)
+    assert events == ["first on crema-infer", "batch 3 on crema-infer", "during on crema-infer"]
+    b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit_call(job, "late")
