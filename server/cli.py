@@ -124,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _listen_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port) as uvicorn binds one (IPv6 when the host has a ':', SO_REUSEADDR);
     port 0 picks a free port. OSError (errno EADDRINUSE for a port in use) when it cannot be bound."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP, and with Nagle on
+    # a keep-alive answer sent in two writes (headers, body) waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -171,3 +171,34 @@ def test_version(monkeypatch, capsys):
     monkeypatch.setattr(metadata, "version", not_installed)  # a bare checkout: pyproject.toml's version
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert cli.crema_version() == pyproject["project"]["version"] == "0.1.0"
+
+
+def test_listen_socket_lets_asyncio_turn_nagle_off():
+    """The socket `crema serve` binds says it is TCP (proto IPPROTO_TCP), so asyncio sets TCP_NODELAY on each
+    connection uvicorn accepts from it: with proto 0 it did not, and every answer after the first few on a keep-alive
+    connection waited ~40 ms for the client's delayed ACK (headers and body are two writes)."""
+    import asyncio
+    import socket
+
+    from server.cli import _listen_socket
+
+    async def main() -> int:
+        nodelay = []
+
+        def accepted(reader, writer):
+            nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = _listen_socket("127.0.0.1", 0)
+        assert listener.proto == socket.IPPROTO_TCP
+        server = await asyncio.start_server(accepted, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+            for _ in range(100):
+                if nodelay:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+        return nodelay[0]
+
+    assert asyncio.run(main()) != 0
