@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "results": results}, indent=1)
         )
     if len(results) == 2:
-        b, u = results
+        b, u = sorted(results, key=lambda r: r["mode"] != "batched")
         print(f"batched / unbatched throughput: {b['req_per_s'] / u['req_per_s']:.2f}x")
     return 1 if any(r["errors"] for r in results) else 0
 

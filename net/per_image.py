@@ -117,6 +117,15 @@ def flops_per_weight_byte(net) -> float:
     return flops / n / weight_bytes if weight_bytes else float("inf")
 
 
+def image_by_image(net) -> bool:
+    """Would a batch of this net (activations shared, nothing observed) run image by image (`eligible`'s rules that do
+    not depend on the batch: ENABLED, replays on, a CPU net heavy enough per weight byte)? server.model then runs its
+    micro-batches as batch-1 forwards: the same bits, and no new plan for every new batch size."""
+    return (
+        ENABLED and replay.ENABLED and net.device == "cpu" and flops_per_weight_byte(net) >= MIN_FLOPS_PER_WEIGHT_BYTE
+    )
+
+
 def rowwise(net) -> bool:
     """Does the net's batched plan run its InnerProducts row by row (``rowwise``: each row the bits of batch 1)?
     Where a batch may run image by image (ENABLED, and a net heavy enough per weight byte, as `eligible` asks), so

@@ -277,7 +277,7 @@ class _State:
         scores (N, k), personal gallery ids and scores (N, k'); each gallery is ranked for the whole batch with one
         matrix product."""
         self._inference_thread()
-        probs, feats = self.model.infer(x)
+        probs, feats = self.model.infer_any(x)  # micro-batches of any size, each run at steady sizes
         k = self.config.similar_k
         none = np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
         gids, gscores = self.gallery.search_batch(feats, k) if self.gallery is not None else none

@@ -96,6 +96,49 @@ def test_infer_shapes_and_features(model):
         model.infer(np.zeros((1, 3, 28, 28), dtype=np.float32))
 
 
+def test_infer_any_runs_steady_sizes(lenet_files, monkeypatch):
+    """Micro-batches of any size: LeNet (batched) in chunks of 8, 4, 2 and 1, each size on its own copy of the net
+    kept at that size (no new plan for a size seen before); each chunk's rows are the same bits as that chunk run
+    alone through `infer`, and all rows match one batched `infer` within 1e-5 (its inner products sum in another order:
+    up to 1.8e-6 here). A net whose batches go image by image
+    (EfficientNet-Lite0's rule, net.per_image.image_by_image) runs each image as a batch-1 forward: the bits of
+    `infer` on the whole batch (image by image) and of each image alone."""
+    import net.per_image
+
+    model = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
+    x = np.random.default_rng(0).standard_normal((11, 1, 28, 28)).astype(np.float32)
+    shapes = []
+    forward = Net.forward
+    monkeypatch.setattr(
+        Net, "forward", lambda self, **kw: shapes.append((id(self), len(kw["data"]))) or forward(self, **kw)
+    )
+    probs, feats = model.infer_any(x)
+    assert [n for _, n in shapes] == [8, 2, 1]
+    nets = {n: i for i, n in shapes}
+    assert nets[1] == id(model.net) and len(set(nets.values())) == 3
+    shapes.clear()
+    model.infer_any(x[:5])  # 4 + 1: the size-4 copy is new, the others are not touched
+    model.infer_any(x[:10])  # 8 + 2 again, on the same copies
+    assert [n for _, n in shapes] == [4, 1, 8, 2] and {i for i, n in shapes if n in (8, 2)} <= set(nets.values())
+    start = 0
+    for size in (8, 2, 1):
+        p, f = model.infer(x[start : start + size])
+        assert np.array_equal(probs[start : start + size], p) and np.array_equal(feats[start : start + size], f)
+        start += size
+    p, f = model.infer(x)
+    np.testing.assert_allclose(probs, p, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(feats, f, rtol=0, atol=1e-5)
+    # image by image: every image a batch-1 forward on the model's own net
+    monkeypatch.setattr(net.per_image, "image_by_image", lambda net: True)
+    by_image = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
+    shapes.clear()
+    probs, feats = by_image.infer_any(x[:3])
+    assert [n for _, n in shapes] == [1, 1, 1] and {i for i, _ in shapes} == {id(by_image.net)}
+    for i in range(3):
+        p, f = by_image.infer(x[i : i + 1])
+        assert np.array_equal(probs[i], p[0]) and np.array_equal(feats[i], f[0])
+
+
 def test_load_errors(lenet_files, tmp_path):
     with pytest.raises(ValueError, match="weights file .* not found"):
         Model.load(lenet_files["prototxt"], tmp_path / "missing.caffemodel")
