@@ -503,6 +503,15 @@ def numba_cache_dir() -> str:
 SERVE_BATCHES = (1, 2)  # the batches `crema serve` (micro-batching) and `crema warm` warm a model up at
 
 
+def serve_batches(net) -> tuple[int, ...]:
+    """The batches `crema serve` runs this net at, so warms it up at: SERVE_BATCHES, or batch 1 alone for a net whose
+    micro-batches run image by image as batch-1 forwards (server.model's `infer_any`, ``per_image.image_by_image``:
+    EfficientNet-Lite0's batch-2 plan compiled 2 kernels more, 2.4 s of a new machine's start on 2 cores)."""
+    from .per_image import image_by_image
+
+    return (1,) if image_by_image(net) else SERVE_BATCHES
+
+
 def forward_pass(
     prototxt: str | os.PathLike,
     weights: str | os.PathLike | None,
@@ -621,7 +630,12 @@ def cmd_warm(args: argparse.Namespace) -> int:
             prototxt, weights = name, args.weights
         from .classify import feature_blob
 
-        batch = SERVE_BATCHES if args.batch is None else args.batch
+        if args.batch is None:
+            from .net import Net
+
+            batch = serve_batches(Net.load(prototxt, weights, phase="test"))
+        else:
+            batch = args.batch
 
         def keep(net) -> tuple[str, ...]:  # as crema serve runs it (server.model)
             try:
@@ -654,7 +668,8 @@ def add_commands(sub) -> None:
                    "the solver's net unless given)")  # fmt: skip
     p.add_argument("--weights", help=".caffemodel for a .prototxt --model (default: its fillers)")
     p.add_argument("--solver", help="also a solver .prototxt: its first training iteration and test pass")
-    p.add_argument("--batch", type=int, help="forward batch size (default: 1 and 2, as `crema serve` warms up)")
+    p.add_argument("--batch", type=int, help="forward batch size (default: those `crema serve` runs: 1, and 2 unless its "
+                   "micro-batches run image by image)")  # fmt: skip
     p.add_argument("--workers", type=int, help="compiling processes (default: one per core)")
     p.set_defaults(func=cmd_warm)
 

@@ -141,7 +141,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     import logging
 
     from net.visualize import view_tops
-    from net.warm import SERVE_BATCHES, forward_pass, prepare_forward
+    from net.warm import forward_pass, prepare_forward, serve_batches
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
         memory_budget=getattr(args, "memory_budget", None),
         keep=keep,  # the plan the app runs: the model's net shares its activations so (server.model)
-        batch=SERVE_BATCHES if not args.no_batching and args.max_batch > 1 else 1,  # a request, and a micro-batch
+        batch=serve_batches(model.net) if not args.no_batching and args.max_batch > 1 else 1,  # micro-batches too
         say=lambda msg: print(f"crema: {msg}", flush=True),
         wait=False,
         later=maps if not args.no_inside else None,
