@@ -141,22 +141,36 @@ def _run_function():
         return run
 
 
+_abi: dict[str, tuple[int, int]] = {}  # LLVM type (its IR text) -> (ABI size, ABI alignment)
+
+
+def _size_align(ty: ir.Type, td) -> tuple[int, int]:
+    """(ABI size, ABI alignment) of an LLVM type from the target data, once per type: llvmlite answers each query by
+    parsing a module of its own (a replay's first record, EfficientNet-Lite0's 37 task calls, asked ~1,200 times:
+    ~0.1 s of the forward that records it)."""
+    key = str(ty)
+    got = _abi.get(key)
+    if got is None:
+        got = _abi[key] = (ty.get_abi_size(td), ty.get_abi_alignment(td))
+    return got
+
+
 def _leaves(ty: ir.Type, td, at: int, out: list) -> int:
     """Append (offset, LLVM scalar type) of every scalar in `ty` laid out from offset `at` (natural alignment, as
     LLVM lays out a non-packed struct); returns the offset after it."""
-    align = ty.get_abi_alignment(td)
+    size, align = _size_align(ty, td)
     at = -(-at // align) * align
     if isinstance(ty, ir.BaseStructType):
         start = at
         for e in ty.elements:
             at = _leaves(e, td, at, out)
-        return start + ty.get_abi_size(td)
+        return start + size
     if isinstance(ty, ir.ArrayType):
         for _ in range(ty.count):
             at = _leaves(ty.element, td, at, out)
         return at
     out.append((at, ty))
-    return at + ty.get_abi_size(td)
+    return at + size
 
 
 def _values(nb_type, value) -> list:
