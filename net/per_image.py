@@ -287,6 +287,53 @@ class PerImage:
         return True
 
 
+class Images:
+    """Any number of images through batch-1 copies of a net (`replica`, one a thread, each on one Numba thread, as a
+    PerImage runs a batch), without a batched net: no plan, arena or copies made for each new batch size, which a
+    micro-batch of a new size cost the batched net (server.model's `infer_any`). Each image gets the bits of its
+    batch-1 forward. Run it from one thread at a time.
+
+        images = Images(net, threads=2)
+        out = images.run(x, ("prob", "pool"))   # x (N, C, H, W) -> {name: (N, ...) rows of that blob}
+    """
+
+    def __init__(self, net, threads: int) -> None:
+        self.threads = max(1, threads)
+        self.replicas: list = [replica(net)]
+        self.input = net.inputs[0]
+
+    def run(self, x: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        n = len(x)
+        first = self.replicas[0]
+        out = {name: np.empty((n, *first._blobs[name].shape[1:]), np.float32) for name in names}
+        t = min(self.threads, n)
+        while len(self.replicas) < t:
+            self.replicas.append(replica(self.replicas[0]))
+        claim = itertools.count()  # next() under the GIL: each image claimed once
+        futures = []
+        if t > 1:
+            pool = _executor(t - 1)
+            futures = [pool.submit(self._share, k, x, out, claim) for k in range(1, t)]
+        try:
+            self._share(0, x, out, claim)
+        finally:
+            for f in futures:
+                f.result()
+        return out
+
+    def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim) -> None:
+        rep = self.replicas[k]
+        saved = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            while (i := next(claim)) < len(x):
+                rep.forward(**{self.input: x[i : i + 1]})
+                for name, rows in out.items():
+                    np.copyto(rows[i], rep._blobs[name].data[0])
+        finally:
+            numba.set_num_threads(saved)
+
+
 def forward(net, plan) -> bool:
     """Run this forward image by image where the plan does (decided on its first forward here: Net._run asks from
     the plan's second forward on, the first decides its launcher); False: the caller runs the batched plan."""

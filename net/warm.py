@@ -503,6 +503,27 @@ def numba_cache_dir() -> str:
 SERVE_BATCHES = (1, 2)  # the batches `crema serve` (micro-batching) and `crema warm` warm a model up at
 
 
+def serve_pass(
+    prototxt, weights, net, *, batching: bool = True, threads: int | None = None, memory_budget=None, keep=()
+):
+    """The forwards `crema serve` runs its model with at start (`net`: it, loaded), as one pass: at `serve_batches`
+    (batch 1 alone without batching)."""
+    batches = serve_batches(net) if batching else (1,)
+    return forward_pass(prototxt, weights, batch=batches, threads=threads, memory_budget=memory_budget, keep=keep)
+
+
+def images_pass(prototxt, weights, net, *, memory_budget=None, keep=()):
+    """For a net whose micro-batches run image by image (``per_image.Images``' batch-1 copies, one Numba thread
+    each), that forward: batch 1 on one thread (3 drivers more for EfficientNet-Lite0, whose bodies the forward on
+    all threads has; `crema serve` compiles them in the background, as its first micro-batch of two can wait for
+    them); None for any other net."""
+    from .per_image import image_by_image
+
+    if not image_by_image(net):
+        return None
+    return forward_pass(prototxt, weights, threads=1, memory_budget=memory_budget, keep=keep)
+
+
 def serve_batches(net) -> tuple[int, ...]:
     """The batches `crema serve` runs this net at, so warms it up at: SERVE_BATCHES, or batch 1 alone for a net whose
     micro-batches run image by image as batch-1 forwards (server.model's `infer_any`, ``per_image.image_by_image``:
@@ -551,8 +572,8 @@ def forward_pass(
     inputs = [{name: np.zeros((b, *net.blob(name).shape[1:]), np.float32) for name in net.inputs} for b in batches]
 
     def run() -> None:
-        numba.set_num_threads(count)
         try:
+            numba.set_num_threads(count)
             for one in inputs:
                 net.forward(**one)
         finally:
@@ -629,13 +650,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
         else:  # without --weights: the prototxt's fillers (the plan may pick other kernels than for real weights)
             prototxt, weights = name, args.weights
         from .classify import feature_blob
-
-        if args.batch is None:
-            from .net import Net
-
-            batch = serve_batches(Net.load(prototxt, weights, phase="test"))
-        else:
-            batch = args.batch
+        from .net import Net
 
         def keep(net) -> tuple[str, ...]:  # as crema serve runs it (server.model)
             try:
@@ -643,10 +658,17 @@ def cmd_warm(args: argparse.Namespace) -> int:
             except ValueError:  # no layer with parameters (crema serve refuses the net)
                 return ()
 
-        say(f"{name}: forwards at batch {batch} as crema serve runs them, and its feature maps' forward at batch 1")
-        run = forward_pass(prototxt, weights, batch=batch, keep=keep)
-        maps = forward_pass(prototxt, weights, keep=keep, observe=view_tops)  # (server.inside)
-        preparing = start_prepare(run, later=maps, workers=args.workers, say=say, verbose=True)
+        passes = [forward_pass(prototxt, weights, keep=keep, observe=view_tops)]  # the feature maps' (server.inside)
+        if args.batch is None:
+            net = Net.load(prototxt, weights, phase="test")
+            run = serve_pass(prototxt, weights, net, keep=keep)
+            passes.append(images_pass(prototxt, weights, net, keep=keep))
+            say(f"{name}: the forwards crema serve runs, and its feature maps' forward at batch 1")
+        else:
+            run = forward_pass(prototxt, weights, batch=args.batch, keep=keep)
+            say(f"{name}: forwards at batch {args.batch} as crema serve runs them, and its feature maps' at batch 1")
+        later = [p for p in passes if p is not None]
+        preparing = start_prepare(run, later=lambda: [p() for p in later], workers=args.workers, say=say, verbose=True)
         reports += [preparing(), preparing.later()]
     for r in reports:
         if r.note:

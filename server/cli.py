@@ -141,7 +141,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     import logging
 
     from net.visualize import view_tops
-    from net.warm import forward_pass, prepare_forward, serve_batches
+    from net.warm import forward_pass, images_pass, serve_pass, start_prepare
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
@@ -151,17 +151,18 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     # that observes the shown layers, so its plan fuses less), which waits for them.
     files, keep = model.files, (model.feature_blob,)
     maps = forward_pass(files.prototxt, files.weights, threads=args.threads, memory_budget=getattr(args, "memory_budget", None),
-                        keep=keep, observe=view_tops)  # fmt: skip
-    compiled = prepare_forward(
-        files.prototxt,
-        files.weights,
-        threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
-        memory_budget=getattr(args, "memory_budget", None),
-        keep=keep,  # the plan the app runs: the model's net shares its activations so (server.model)
-        batch=serve_batches(model.net) if not args.no_batching and args.max_batch > 1 else 1,  # micro-batches too
+                        keep=keep, observe=view_tops) if not args.no_inside else None  # fmt: skip
+    batching = not args.no_batching and args.max_batch > 1
+    budget = getattr(args, "memory_budget", None)
+    run = serve_pass(files.prototxt, files.weights, model.net, batching=batching, threads=args.threads,
+                     memory_budget=budget, keep=keep)  # fmt: skip
+    # (and those of the copies that run micro-batches image by image, server.model.infer_any)
+    images = images_pass(files.prototxt, files.weights, model.net, memory_budget=budget, keep=keep) if batching else None
+    later = [p for p in (None if args.no_inside else maps, images) if p is not None]
+    compiled = start_prepare(
+        run,
         say=lambda msg: print(f"crema: {msg}", flush=True),
-        wait=False,
-        later=maps if not args.no_inside else None,
+        later=(lambda: [p() for p in later]) if later else None,
     )
     import uvicorn
 

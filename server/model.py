@@ -28,6 +28,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from net import Net
@@ -85,6 +86,7 @@ class Model:
         self._fingerprint: str | None = None
         self._by_image: bool | None = None  # infer_any: image by image (decided at its first batch)
         self._sized: dict[int, Net] = {}  # infer_any: batch size -> the copy of the net kept at that size
+        self._images = None  # infer_any: net.per_image.Images, for a net whose batches go image by image
         net.share_activations(keep=(feature_blob,))  # the rest is read through Net.observe (server.inside)
 
     @classmethod
@@ -147,11 +149,16 @@ class Model:
         return self._infer_on(self.net, x)
 
     def _infer_on(self, net: Net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = net.forward(**{self.input: x})[self.output].reshape(len(x), -1)
+        out = net.forward(**{self.input: x})[self.output]
+        return self._finish(out, net.blobs[self.feature_blob].astype(np.float32, copy=True))
+
+    def _finish(self, out: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probs, unit features) from the net's output and (a copy of) its feature blob."""
+        out = out.reshape(len(out), -1)
         if self._softmax:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
-        feats = net.blobs[self.feature_blob].reshape(len(x), -1).astype(np.float32, copy=True)
+        feats = feats.reshape(len(feats), -1)
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32, copy=False), feats
 
@@ -165,9 +172,16 @@ class Model:
             from net.per_image import image_by_image
 
             self._by_image = image_by_image(self.net)
+        if self._by_image:
+            if self._images is None or self._images.threads != numba.get_num_threads():
+                from net.per_image import Images
+
+                self._images = Images(self.net, numba.get_num_threads())
+            rows = self._images.run(x, (self.output, self.feature_blob))
+            return self._finish(rows[self.output], rows[self.feature_blob])
         parts, start = [], 0
         while start < n:
-            size = 1 if self._by_image else min(MAX_CHUNK, 1 << ((n - start).bit_length() - 1))
+            size = min(MAX_CHUNK, 1 << ((n - start).bit_length() - 1))
             parts.append(self._infer_on(self._net_for(size), x[start : start + size]))
             start += size
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -55,6 +55,22 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) 
         numba.set_num_threads(saved)
 
 
+def test_images_of_any_count_get_batch_1_bits_without_a_batched_net(effnet_files) -> None:
+    """per_image.Images (server.model's micro-batches): 5, then 2, then 3 images through batch-1 copies, one a thread
+    on 2 threads: each image the bits of its batch-1 forward; the net itself stays at batch 1 and the copies are made
+    once."""
+    x = np.random.default_rng(6).uniform(-1, 1, (5, 3, 224, 224)).astype(np.float32)
+    want = _one_by_one(effnet_files, x)
+    net = _load(effnet_files)
+    images = per_image.Images(net, threads=2)
+    for part in (slice(0, 5), slice(1, 3), slice(2, 5), slice(0, 5)):
+        got = images.run(x[part], ("prob", "pool"))
+        for name in ("prob", "pool"):
+            np.testing.assert_array_equal(got[name], want[name][part], err_msg=f"{name} {part}")
+    assert net.blob("data").shape[0] == 1 and len(images.replicas) == 2
+    assert all(rep._plan.replay for rep in images.replicas)  # the copies replay
+
+
 def test_a_kept_blob_of_the_tail_is_written_by_the_tail(effnet_files) -> None:
     x = np.random.default_rng(7).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
     single = _load(effnet_files, keep=("fc",))

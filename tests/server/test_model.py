@@ -101,8 +101,8 @@ def test_infer_any_runs_steady_sizes(lenet_files, monkeypatch):
     kept at that size (no new plan for a size seen before); each chunk's rows are the same bits as that chunk run
     alone through `infer`, and all rows match one batched `infer` within 1e-5 (its inner products sum in another order:
     up to 1.8e-6 here). A net whose batches go image by image
-    (EfficientNet-Lite0's rule, net.per_image.image_by_image) runs each image as a batch-1 forward: the bits of
-    `infer` on the whole batch (image by image) and of each image alone."""
+    (EfficientNet-Lite0's rule, net.per_image.image_by_image) runs each image as a batch-1 forward: the bits of each
+    image alone through `infer`."""
     import net.per_image
 
     model = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
@@ -128,13 +128,14 @@ def test_infer_any_runs_steady_sizes(lenet_files, monkeypatch):
     p, f = model.infer(x)
     np.testing.assert_allclose(probs, p, rtol=0, atol=1e-5)
     np.testing.assert_allclose(feats, f, rtol=0, atol=1e-5)
-    # image by image: every image a batch-1 forward on the model's own net
+    # image by image: every image a batch-1 forward, on batch-1 copies of the net (net.per_image.Images, one a
+    # thread), with the bits of that image alone through `infer`
     monkeypatch.setattr(net.per_image, "image_by_image", lambda net: True)
     by_image = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
     shapes.clear()
-    probs, feats = by_image.infer_any(x[:3])
-    assert [n for _, n in shapes] == [1, 1, 1] and {i for i, _ in shapes} == {id(by_image.net)}
-    for i in range(3):
+    probs, feats = by_image.infer_any(x[:5])
+    assert [n for _, n in shapes] == [1] * 5 and id(by_image.net) not in {i for i, _ in shapes}
+    for i in range(5):
         p, f = by_image.infer(x[i : i + 1])
         assert np.array_equal(probs[i], p[0]) and np.array_equal(feats[i], f[0])
 
