@@ -189,9 +189,11 @@ class Grid:
     note: str = ""
     info: dict = field(default_factory=dict)
 
-    def png(self) -> bytes:
+    def png(self, level: int = 6) -> bytes:
+        """The grid as PNG bytes; level: zlib's compression level (6, Pillow's default; 1: ~5x faster to encode,
+        ~14% larger, as the web app serves them)."""
         buf = io.BytesIO()
-        Image.fromarray(self.image).save(buf, format="PNG")
+        Image.fromarray(self.image).save(buf, format="PNG", compress_level=level)
         return buf.getvalue()
 
     def save(self, path) -> None:
