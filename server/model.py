@@ -166,7 +166,7 @@ class Model:
         """`infer` for batches whose size changes from call to call (the module docstring): the same outputs, with
         each image's bits those of its batch-1 forward (image by image) or of its chunk's size."""
         n = len(x)
-        if n <= 1 or x.ndim != 4:
+        if n <= 1 or x.ndim != 4 or self.net.device != "cpu":  # (the copies are CPU nets)
             return self.infer(x)
         if self._by_image is None:
             from net.per_image import image_by_image
