@@ -200,6 +200,21 @@ def _feed(rep, plan, rp):
     return pad
 
 
+def _on_threads(t: int, share) -> None:
+    """share(k, claim) for k < t: k = 0 on this thread, the others on the pool's (`_executor`); claim: a counter they
+    share (next() under the GIL: each image claimed once)."""
+    claim = itertools.count()
+    futures = []
+    if t > 1:
+        pool = _executor(t - 1)
+        futures = [pool.submit(share, k, claim) for k in range(1, t)]
+    try:
+        share(0, claim)
+    finally:
+        for f in futures:
+            f.result()
+
+
 class PerImage:
     """The batch-1 copies of a net for one plan (one a thread) and how their shares of a batch are run."""
 
@@ -271,17 +286,7 @@ class PerImage:
         if any(rep._plan is not None and rep._plan.replay is False for rep in self.replicas):
             return False
         n = net._blobs[net.inputs[0]].shape[0]
-        t = min(self.threads, n)
-        claim = itertools.count()  # next() under the GIL: each image claimed once
-        futures = []
-        if t > 1:
-            pool = _executor(t - 1)
-            futures = [pool.submit(self._share, k, net, claim, n) for k in range(1, t)]
-        try:
-            self._share(0, net, claim, n)
-        finally:
-            for f in futures:
-                f.result()
+        _on_threads(min(self.threads, n), lambda k, claim: self._share(k, net, claim, n))
         for run in self.tail:  # the net's closing layers, once for the batch
             run()
         return True
@@ -309,16 +314,7 @@ class Images:
         t = min(self.threads, n)
         while len(self.replicas) < t:
             self.replicas.append(replica(self.replicas[0]))
-        claim = itertools.count()  # next() under the GIL: each image claimed once
-        futures = []
-        if t > 1:
-            pool = _executor(t - 1)
-            futures = [pool.submit(self._share, k, x, out, claim) for k in range(1, t)]
-        try:
-            self._share(0, x, out, claim)
-        finally:
-            for f in futures:
-                f.result()
+        _on_threads(t, lambda k, claim: self._share(k, x, out, claim))
         return out
 
     def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim) -> None:

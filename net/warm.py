@@ -444,31 +444,23 @@ def start_prepare(
             pending = functools.partial(no_workers, exc, todo)
             pending_later = functools.partial(no_workers, exc, later_todo)
 
-    def finish() -> Prepared:
-        if not todo:
-            return report
+    def wait(rep: Prepared, pending_part: Callable[[], dict[str, str]], part: list, what: str) -> Prepared:
         try:
-            report.errors = pending()
+            rep.errors = pending_part()
         except (OSError, RuntimeError) as exc:
-            report.errors = no_workers(exc, todo)
-        report.seconds = time.perf_counter() - t0
-        failed = f", {len(report.errors)} left to compile on first use" if report.errors else ""
-        say(f"compiled {report.compiled - len(report.errors)} kernels in {report.seconds:.1f} s{failed}")
-        return report
+            rep.errors = no_workers(exc, part)
+        rep.seconds = time.perf_counter() - t0
+        failed = f", {len(rep.errors)} left to compile on first use" if rep.errors else ""
+        say(f"compiled {rep.compiled - len(rep.errors)} {what} in {rep.seconds:.1f} s{failed}")
+        return rep
+
+    def finish() -> Prepared:
+        return wait(report, pending, todo, "kernels") if todo else report
 
     def finish_later() -> Prepared:
         if not later_todo:
             return later_report
-        try:
-            later_report.errors = pending_later()
-        except (OSError, RuntimeError) as exc:
-            later_report.errors = no_workers(exc, later_todo)
-        if not later_report.seconds:
-            later_report.seconds = time.perf_counter() - t0
-            failed = f", {len(later_report.errors)} left to compile on first use" if later_report.errors else ""
-            say(f"compiled {later_report.compiled - len(later_report.errors)} more kernels in the background in "
-                f"{later_report.seconds:.1f} s{failed}")  # fmt: skip
-        return later_report
+        return wait(later_report, pending_later, later_todo, "more kernels in the background")
 
     finish.later = _Once(finish_later)
     return finish
