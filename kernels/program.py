@@ -141,14 +141,14 @@ def _run_function():
         return run
 
 
-_abi: dict[str, tuple[int, int]] = {}  # LLVM type (its IR text) -> (ABI size, ABI alignment)
+_abi: dict[tuple[str, str], tuple[int, int]] = {}  # (target data, LLVM type: their text) -> (ABI size, alignment)
 
 
 def _size_align(ty: ir.Type, td) -> tuple[int, int]:
     """(ABI size, ABI alignment) of an LLVM type from the target data, once per type: llvmlite answers each query by
     parsing a module of its own (a replay's first record, EfficientNet-Lite0's 37 task calls, asked ~1,200 times:
     ~0.1 s of the forward that records it)."""
-    key = str(ty)
+    key = (str(td), str(ty))
     got = _abi.get(key)
     if got is None:
         got = _abi[key] = (ty.get_abi_size(td), ty.get_abi_alignment(td))

@@ -155,16 +155,17 @@ def tail(net) -> int:
 
 
 def replica(net, drop: int = 0):
-    """A batch-1 copy of `net` on its parameter Blobs and folded weights (no copy of the weights), activations shared
-    the same way (made by the net's own class: this module is imported by net.net); without the net's last `drop`
-    layers (``tail``). Its plan is its own: server.inside's copy observes blobs that the net's own plan fuses."""
+    """A batch-1 copy of `net` on its parameter Blobs and folded weights (no copy of the weights), on its device,
+    activations shared the same way (made by the net's own class: this module is imported by net.net); without the
+    net's last `drop` layers (``tail``). Its plan is its own: server.inside's copy observes blobs that the net's own
+    plan fuses."""
     shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
     param = net.param
     if drop:
         gone = {ly.name for ly in net.layers[-drop:]}
         param = param.copy()
         param.layer = [ly for ly in param.layer if ly.name not in gone]
-    rep = type(net)(param, phase=net.phase, device="cpu", fuse=net.fused, memory_budget=net.memory_budget)
+    rep = type(net)(param, phase=net.phase, device=net.device, fuse=net.fused, memory_budget=net.memory_budget)
     mine = [(ly.name, ly.type) for ly in rep.layers]
     if mine != [(ly.name, ly.type) for ly in net.layers[: len(net.layers) - drop]]:
         if drop:

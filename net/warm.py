@@ -335,6 +335,7 @@ def start_compiling(
         compile_here(groups, errors)
         done = lambda: errors
         done.later = _Once(functools.partial(compile_here, list(later), later_errors))
+        done.cancel = _nothing
         return done
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -369,9 +370,22 @@ def start_compiling(
             pool.shutdown()
         return errs
 
+    def cancel() -> None:
+        """Stop now: queued compiles dropped, the workers ended (a kernel they were writing is compiled on first
+        use; Numba writes a cache entry whole or not at all)."""
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
+
     finish = functools.partial(wait, first, errors, not rest)
     finish.later = _Once(functools.partial(wait, rest, later_errors, True))
+    finish.cancel = cancel
     return finish
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Once:
@@ -412,7 +426,7 @@ def start_prepare(
     kernels that `run` does not need compile after run's in the same processes, at a lower priority
     (`start_compiling`); the returned function does not wait for them: its `later()` does (any thread, any number of
     times; it says "compiled ... in the background" and returns their Prepared; `crema serve`: its feature maps'
-    plan, server.inside)."""
+    plan, server.inside), and its `cancel()` drops what is left (a server that stops meanwhile)."""
     report = Prepared()
     todo = _missing(run, report)
     later_report = Prepared()
@@ -435,11 +449,12 @@ def start_prepare(
 
     pending: Callable[[], dict[str, str]] = dict
     pending_later: Callable[[], dict[str, str]] = dict
+    cancel: Callable[[], None] = _nothing
     if todo or later_todo:
         try:
             pending = start_compiling(todo, max(report.workers, later_report.workers), say if verbose else _quiet,
                                       later=later_todo)  # fmt: skip
-            pending_later = pending.later
+            pending_later, cancel = pending.later, pending.cancel
         except (OSError, RuntimeError) as exc:
             pending = functools.partial(no_workers, exc, todo)
             pending_later = functools.partial(no_workers, exc, later_todo)
@@ -463,6 +478,7 @@ def start_prepare(
         return wait(later_report, pending_later, later_todo, "more kernels in the background")
 
     finish.later = _Once(finish_later)
+    finish.cancel = cancel
     return finish
 
 
@@ -492,7 +508,7 @@ def numba_cache_dir() -> str:
 
 
 # -- the passes -------------------------------------------------------------------------------------------------
-SERVE_BATCHES = (1, 2)  # the batches `crema serve` (micro-batching) and `crema warm` warm a model up at
+SERVE_BATCHES = (1, 2, 4, 8)  # the batches `crema serve` runs a model at (server.model's `infer_any`): warmed
 
 
 def serve_pass(
@@ -517,7 +533,8 @@ def images_pass(prototxt, weights, net, *, memory_budget=None, keep=()):
 
 
 def serve_batches(net) -> tuple[int, ...]:
-    """The batches `crema serve` runs this net at, so warms it up at: SERVE_BATCHES, or batch 1 alone for a net whose
+    """The batches `crema serve` runs this net at, so warms it up at: SERVE_BATCHES (its micro-batches in chunks of
+    8, 4, 2 and 1: LeNet's batches of 4 and 8 call kernels that 1 and 2 do not), or batch 1 alone for a net whose
     micro-batches run image by image as batch-1 forwards (server.model's `infer_any`, ``per_image.image_by_image``:
     EfficientNet-Lite0's batch-2 plan compiled 2 kernels more, 2.4 s of a new machine's start on 2 cores)."""
     from .per_image import image_by_image

@@ -55,7 +55,7 @@ from starlette.staticfiles import StaticFiles
 
 from net.headers import header_pixels
 from net.preprocess import ImageError, decode_side, load_image
-from net.visualize import VisualizeError
+from net.visualize import VisualizeError, find_layer
 
 from .batcher import MicroBatcher
 from .bodies import CLOSE, BodyRefused, media_type, read_body, read_form, releases_body
@@ -117,7 +117,8 @@ class AppConfig:
     inside          feature maps for /api/search's `inside` (server.inside): each search's input is kept,
                     inside_cache_bytes in all, for inside_ttl_s seconds, and its maps computed when asked for;
                     inside_ready: called (on a worker thread) before the first maps forward (`crema serve`: waits
-                    for its kernels, compiled in the background)
+                    for its kernels, compiled in the background); inside_queue: maps forwards queued or running
+                    on the inference thread at once (503 past it: they wait with the searches)
     """
 
     max_upload: int = 10_000_000
@@ -143,6 +144,7 @@ class AppConfig:
     inside_cache_bytes: int = 256 << 20
     inside_ttl_s: float = 600.0
     inside_ready: Callable[[], object] | None = None
+    inside_queue: int = 8
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -247,6 +249,7 @@ class _State:
             what="URL fetches",
         )
         self.bodies = ByteBudget(config.body_budget)
+        self.maps_gate = _Gate(config.inside_queue, "feature-map requests")
         template = config.web_query
         if template is None:
             digits = all(label.strip().isdigit() for label in model.labels)
@@ -394,6 +397,22 @@ class _State:
         return NO_GALLERY if self.personal is not None else self.gallery_note
 
 
+class _Gate:
+    """At most `limit` jobs of one kind in flight (the event loop's count: no lock); past it Busy (503, Retry-After)."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what, self.running = limit, what, 0
+
+    async def run(self, start: Callable[[], Awaitable]):
+        if self.running >= self.limit:
+            raise Busy(f"too many {self.what} at once ({self.limit}); try again in a moment")
+        self.running += 1
+        try:
+            return await start()
+        finally:
+            self.running -= 1
+
+
 def _urls(source: str, i: int) -> dict:
     return {"thumb_url": f"/api/{source}/{i}/thumb", "image_url": f"/api/{source}/{i}/image"}
 
@@ -475,12 +494,17 @@ async def inside_maps(request: Request) -> Response:
     if st.inside is None:
         raise ApiError(404, "feature maps are not kept on this server (AppConfig.inside is off)")
     layer = _inside_layer(request)
+    key = request.path_params["id"]
     try:
-        key = request.path_params["id"]
-        st.inside.get(key)  # an unknown id answers at once
-        await run_in_threadpool(st.inside.wait_ready)  # (crema serve: the maps plan's kernels, compiled meanwhile)
-        maps = await st.batcher.call(st.inside_maps, key, layer)
-        png = await run_in_threadpool(st.inside.maps_png, maps)
+        st.inside.get(key)  # an unknown id or layer answers at once
+        find_layer(st.model.net, layer)
+        png = st.inside.cached_png(key, layer)
+        if png is None:
+            if st.inside.ready is not None:  # (crema serve: the maps plan's kernels, compiled meanwhile)
+                await _abandoning(st.inside.wait_ready)
+            maps = await st.maps_gate.run(lambda: st.batcher.call(st.inside_maps, key, layer))
+            png = await run_in_threadpool(st.inside.maps_png, maps)
+            st.inside.keep_png(key, layer, png)
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
     except VisualizeError as exc:
@@ -731,14 +755,26 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _abandoning(fn: Callable[[], object]) -> None:
+    """fn() on a worker thread, awaited; a cancelled wait (the server stopping) leaves the thread to finish alone."""
+    from anyio import to_thread
+
+    try:
+        await to_thread.run_sync(fn, abandon_on_cancel=True)
+    except TypeError:  # anyio < 4.1
+        await to_thread.run_sync(fn, cancellable=True)
+
+
 async def _warm_inside(st: _State) -> None:
     """After start-up, once the maps plan's kernels are there (compiled in the background by `crema serve`), the
     maps copy of the net made and run once between searches, so that the first maps request does not wait for it."""
     try:
-        await run_in_threadpool(st.inside.wait_ready)
+        await _abandoning(st.inside.wait_ready)
         await st.batcher.call(st.inside_warm)
     except RuntimeError:  # the batcher closed: shutting down
         pass
+    except Exception:  # the first maps request meets it again and answers with it
+        logging.getLogger("crema.inside").warning("warming the feature maps' forward failed", exc_info=True)
 
 
 def create_app(

@@ -216,7 +216,15 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crema: open http://{host}:{port}/ (Ctrl+C stops)", flush=True)
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, access_log=args.access_log)
-    uvicorn.Server(config).run(sockets=[listener])
+    # the background compiles waited for on a thread of their own (whether or not a maps request waits for them
+    # too), so that the workers end and say so once done; a server stopped meanwhile drops what is left
+    import threading
+
+    threading.Thread(target=compiled.later, name="crema-compile", daemon=True).start()
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        compiled.cancel()
     return 0
 
 
@@ -331,8 +339,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-inside",
         action="store_true",
-        help="turn off 'inside the network' (a search's feature maps and the first layer's filters; the maps' kernels "
-        "then do not compile in the background on a new machine)",
+        help="turn off 'inside the network' (a search's feature maps and the first layer's filters; their kernels then "
+        "do not compile in the background on a new machine)",
     )
     p.add_argument("--threads", type=int, help="Numba threads for inference (default: all cores)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive an upload (408 after; 30)")

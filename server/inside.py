@@ -51,6 +51,7 @@ __all__ = ["Entry", "Inside", "NotFound"]
 # zlib level of the PNGs served: 1 encodes EfficientNet-Lite0's stem grid (677 x 677) in 14 ms against 69 at Pillow's
 # default 6, for 14% more bytes (258 against 226 KB)
 PNG_LEVEL = 1
+PNG_CACHE_BYTES = 16 << 20  # the last maps PNGs kept, by (request id, layer)
 
 
 class NotFound(LookupError):
@@ -65,8 +66,9 @@ class Entry:
 
 class Inside:
     """See the module docstring. Thread-safe: `maps` runs on the inference thread (it alone runs the copy of the net),
-    the rest anywhere. `ready`: called (on the inference thread) before the first maps forward, e.g. to wait for its
-    kernels to be compiled in the background (`crema serve`)."""
+    the rest anywhere. `ready`: called once before the first maps forward (`wait_ready`: the app calls it on a worker
+    thread), e.g. to wait for its kernels to be compiled in the background (`crema serve`). The PNGs of the last maps
+    requests are kept (`PNG_CACHE_BYTES`): a page that shows a layer again gets it without another forward."""
 
     def __init__(
         self,
@@ -94,6 +96,8 @@ class Inside:
         self._views_of: dict[str, list[LayerView]] = {}  # top -> the views that show it
         for view in self.views:
             self._views_of.setdefault(view.top, []).append(view)
+        self._pngs: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (id, layer) -> PNG, the newest last
+        self._png_bytes = 0
         self._want: LayerView | None = None  # the layer the running maps forward copies
         self._got: np.ndarray | None = None
         for view in self.views:
@@ -222,6 +226,26 @@ class Inside:
     def maps_png(maps: np.ndarray) -> bytes:
         """PNG grid of `maps` (from `maps`); VisualizeError for a grid over MAX_SIDE."""
         return render_maps(maps).png(PNG_LEVEL)
+
+    def cached_png(self, key: str, layer: str) -> bytes | None:
+        """The PNG of request `key`'s maps of `layer` if it was made lately (`keep_png`) and the request is still
+        kept; else None."""
+        with self._lock:
+            png = self._pngs.get((key, layer))
+            if png is not None:
+                self._pngs.move_to_end((key, layer))
+        return png if png is not None and key in self._entries else None
+
+    def keep_png(self, key: str, layer: str, png: bytes) -> None:
+        """Keep a maps PNG for `cached_png`, the oldest going first past PNG_CACHE_BYTES."""
+        if len(png) > PNG_CACHE_BYTES:
+            return
+        with self._lock:
+            old = self._pngs.pop((key, layer), None)
+            self._png_bytes += len(png) - (len(old) if old is not None else 0)
+            self._pngs[(key, layer)] = png
+            while self._png_bytes > PNG_CACHE_BYTES:
+                self._png_bytes -= len(self._pngs.popitem(last=False)[1])
 
     def filters_png(self, layer: str) -> bytes:
         """PNG grid of `layer`'s filters (cached: the weights do not change while serving). VisualizeError."""

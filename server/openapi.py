@@ -258,13 +258,19 @@ def openapi_spec(max_upload: int = 10_000_000) -> dict:
                         "`inside`. One grey tile per channel (at most 256: the first 256 channels of a wider layer), "
                         "Caffe's layout: a square-ish grid, 1-pixel white separators, each tile normalised on its own "
                         "(minimum black, maximum white). 404: the id expired or is unknown, or the layer is unknown; "
-                        "400: a layer with no spatial output or a missing `layer`."
+                        "400: a layer with no spatial output or a missing `layer`; 503 (Retry-After): too many maps "
+                        "requests wait for the inference thread already."
                     ),
                     "parameters": [
                         {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
                         layer,
                     ],
-                    "responses": {"200": _image("PNG image", "image/png"), "400": _ERROR, "404": _ERROR},
+                    "responses": {
+                        "200": _image("PNG image", "image/png"),
+                        "400": _ERROR,
+                        "404": _ERROR,
+                        "503": _ERROR,
+                    },
                 }
             },
             "/api/filters": {

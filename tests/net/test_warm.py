@@ -262,3 +262,24 @@ def test_workers_fork_until_an_openmp_loop_has_run(tmp_path) -> None:
     script = tmp_path / "forked_pool.py"  # a file: Numba caches functions of files, not of -c scripts
     script.write_text(FORKED_POOL)
     assert _run_python(str(script), NUMBA_CACHE_DIR=str(tmp_path)) == ["fork", "ok", "10.0", "6.0", "2"]
+
+
+def test_later_kernels_compile_when_asked_and_once(monkeypatch):
+    """start_compiling's `later` groups (one process here): the first groups compile before it returns, the later ones
+    only when `later()` is called, once whatever the number of calls and threads; `cancel` is there either way."""
+    import threading
+
+    from net import warm
+
+    compiled = []
+    monkeypatch.setattr(warm, "_compile", lambda kernel, sigs: compiled.append(kernel))
+    monkeypatch.setattr(warm, "_name", lambda kernel: kernel)
+    finish = warm.start_compiling([("now", ["sig"])], workers=1, later=[("then", ["sig"])])
+    assert compiled == ["now"] and finish() == {}
+    threads = [threading.Thread(target=finish.later) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert finish.later() == {} and compiled == ["now", "then"]
+    finish.cancel()

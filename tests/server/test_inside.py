@@ -260,3 +260,20 @@ def test_openapi_documents_inside(model):
     assert {"/api/inside/{id}/maps", "/api/filters"} <= set(spec["paths"])
     props = spec["components"]["schemas"]["SearchResult"]["properties"]
     assert "inside" in props and "InsideLayer" in spec["components"]["schemas"]
+
+
+def test_maps_are_kept_and_bounded(model):
+    """A maps PNG asked for again comes from the kept PNGs (no second forward); with no room for maps forwards on the
+    inference thread (inside_queue=0) a maps request is refused with 503 and Retry-After, and searches go on."""
+    with client_for(model) as c:
+        inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(7)), "image/png")}).json()["inside"]
+        first = c.get(inside["layers"][0]["maps_url"])
+        again = c.get(inside["layers"][0]["maps_url"])
+        assert first.status_code == again.status_code == 200 and first.content == again.content
+        assert c.get("/api/health").json()["inside"]["forwards"] == 1
+    with client_for(model, inside_queue=0) as c:
+        r = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(7)), "image/png")})
+        assert r.status_code == 200
+        busy = c.get(r.json()["inside"]["layers"][0]["maps_url"])
+        assert busy.status_code == 503 and "too many feature-map requests" in busy.json()["error"]
+        assert busy.headers["Retry-After"] == "1"

@@ -223,6 +223,14 @@ def test_search_and_inside(client, spec):
     check(spec, "/api/filters", "get", client.get("/api/filters", params={"layer": not_filters[0]["name"]}))  # 400
 
 
+def test_maps_busy(model, spec):
+    """503 from the maps route: no room for maps forwards on the inference thread (inside_queue=0)."""
+    with TestClient(create_app(model, config=AppConfig(warmup=False, inside_queue=0))) as c:
+        inside = upload(c, "/api/search", png_bytes(digit(3))).json()["inside"]
+        r = c.get(inside["layers"][0]["maps_url"])
+        assert r.status_code == 503 and check(spec, "/api/inside/{id}/maps", "get", r)["error"]
+
+
 def test_search_timeout_and_busy(model, spec):
     """408 (a body that stops arriving) and 503 (the body budget spent), each on an app made for it."""
     app = create_app(model, config=AppConfig(warmup=False, body_timeout=0.2))
