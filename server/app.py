@@ -34,6 +34,7 @@ integer id (at most 18 digits; anything else is 404).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -116,9 +117,9 @@ class AppConfig:
                     a fetch's wait for a thread counts against its url_timeout
     inside          feature maps for /api/search's `inside` (server.inside): each search's input is kept,
                     inside_cache_bytes in all, for inside_ttl_s seconds, and its maps computed when asked for;
-                    inside_ready: called (on a worker thread) before the first maps forward (`crema serve`: waits
-                    for its kernels, compiled in the background); inside_queue: maps forwards queued or running
-                    on the inference thread at once (503 past it: they wait with the searches)
+                    inside_ready: a concurrent Future done once the maps forward's kernels are there (`crema
+                    serve`: compiled in the background), awaited before the first; inside_queue: maps forwards
+                    queued or running on the inference thread at once (503 past it: they wait with the searches)
     """
 
     max_upload: int = 10_000_000
@@ -143,7 +144,7 @@ class AppConfig:
     inside: bool = True
     inside_cache_bytes: int = 256 << 20
     inside_ttl_s: float = 600.0
-    inside_ready: Callable[[], object] | None = None
+    inside_ready: concurrent.futures.Future | None = None
     inside_queue: int = 8
 
 
@@ -261,7 +262,6 @@ class _State:
                 bgr=model.pre.color and model.pre.channel_swap,
                 max_bytes=config.inside_cache_bytes,
                 ttl_s=config.inside_ttl_s,
-                ready=config.inside_ready,
             )
             if config.inside
             else None
@@ -500,8 +500,7 @@ async def inside_maps(request: Request) -> Response:
         find_layer(st.model.net, layer)
         png = st.inside.cached_png(key, layer)
         if png is None:
-            if st.inside.ready is not None:  # (crema serve: the maps plan's kernels, compiled meanwhile)
-                await _abandoning(st.inside.wait_ready)
+            await _maps_ready(st)
             maps = await st.maps_gate.run(lambda: st.batcher.call(st.inside_maps, key, layer))
             png = await run_in_threadpool(st.inside.maps_png, maps)
             st.inside.keep_png(key, layer, png)
@@ -755,21 +754,18 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _abandoning(fn: Callable[[], object]) -> None:
-    """fn() on a worker thread, awaited; a cancelled wait (the server stopping) leaves the thread to finish alone."""
-    from anyio import to_thread
-
-    try:
-        await to_thread.run_sync(fn, abandon_on_cancel=True)
-    except TypeError:  # anyio < 4.1
-        await to_thread.run_sync(fn, cancellable=True)
+async def _maps_ready(st: _State) -> None:
+    """Wait, without a thread, for AppConfig.inside_ready (crema serve: the maps plan's kernels, compiled meanwhile)."""
+    ready = st.config.inside_ready
+    if ready is not None and not ready.done():
+        await asyncio.shield(asyncio.wrap_future(ready))
 
 
 async def _warm_inside(st: _State) -> None:
     """After start-up, once the maps plan's kernels are there (compiled in the background by `crema serve`), the
     maps copy of the net made and run once between searches, so that the first maps request does not wait for it."""
     try:
-        await _abandoning(st.inside.wait_ready)
+        await _maps_ready(st)
         await st.batcher.call(st.inside_warm)
     except RuntimeError:  # the batcher closed: shutting down
         pass

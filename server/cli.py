@@ -171,6 +171,21 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     from .web import WebSearch
 
     compiled()
+    # the background compiles waited for on a thread of their own (their workers then end and say so); the app's maps
+    # requests await `ready` (a server stopped meanwhile drops what is left: compiled.cancel below)
+    import concurrent.futures
+    import threading
+
+    ready: concurrent.futures.Future = concurrent.futures.Future()
+    ready.set_running_or_notify_cancel()  # (an awaiting request that is cancelled cannot cancel it)
+
+    def background() -> None:
+        try:
+            compiled.later()
+        finally:
+            ready.set_result(None)
+
+    threading.Thread(target=background, name="crema-compile", daemon=True).start()
     gallery, note = open_gallery(model, args.gallery, args.cache)
     if gallery is not None:
         print(f"crema: gallery {gallery.manifest.get('name')} ({len(gallery)} images) from {gallery.path}", flush=True)
@@ -195,7 +210,7 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
         decode_workers=args.decode_workers,
         fetch_workers=args.fetch_workers,
         inside=not args.no_inside,
-        inside_ready=compiled.later,
+        inside_ready=ready,
     )
     personal = None
     if not args.no_personal_gallery:
@@ -216,11 +231,6 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"crema: open http://{host}:{port}/ (Ctrl+C stops)", flush=True)
     config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, access_log=args.access_log)
-    # the background compiles waited for on a thread of their own (whether or not a maps request waits for them
-    # too), so that the workers end and say so once done; a server stopped meanwhile drops what is left
-    import threading
-
-    threading.Thread(target=compiled.later, name="crema-compile", daemon=True).start()
     try:
         uvicorn.Server(config).run(sockets=[listener])
     finally:

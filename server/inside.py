@@ -29,7 +29,6 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,10 +64,9 @@ class Entry:
 
 
 class Inside:
-    """See the module docstring. Thread-safe: `maps` runs on the inference thread (it alone runs the copy of the net),
-    the rest anywhere. `ready`: called once before the first maps forward (`wait_ready`: the app calls it on a worker
-    thread), e.g. to wait for its kernels to be compiled in the background (`crema serve`). The PNGs of the last maps
-    requests are kept (`PNG_CACHE_BYTES`): a page that shows a layer again gets it without another forward."""
+    """See the module docstring. Thread-safe: `maps` and `warm` run on the inference thread (it alone runs the copy of
+    the net), the rest anywhere. The PNGs of the last maps requests are kept (`PNG_CACHE_BYTES`): a page that shows a
+    layer again gets it without another forward."""
 
     def __init__(
         self,
@@ -77,15 +75,12 @@ class Inside:
         bgr: bool,
         max_bytes: int = 256 << 20,
         ttl_s: float = 600.0,
-        ready: Callable[[], object] | None = None,
     ) -> None:
         self.net = net
         self.bgr = bgr
         self.views: list[LayerView] = layer_views(net)
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self.ready = ready
-        self._ready_lock = threading.Lock()
         self.forwards = 0  # maps forwards run
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._bytes = 0
@@ -164,15 +159,7 @@ class Inside:
         if self.views:
             self._forward(np.zeros(self.net.blobs[self.net.inputs[0]].shape[1:], np.float32), self.views[0])
 
-    def wait_ready(self) -> None:
-        """`ready()` once (any thread; later calls return at once)."""
-        with self._ready_lock:
-            if self.ready is not None:
-                self.ready()
-                self.ready = None
-
     def _forward(self, x: np.ndarray, view: LayerView) -> np.ndarray:
-        self.wait_ready()
         twin = self._twin
         if twin is None:
             from net.per_image import replica

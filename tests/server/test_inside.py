@@ -224,12 +224,13 @@ def test_each_search_gets_its_own_maps(model):
 
 
 def test_maps_run_on_the_inference_thread_after_ready(model, monkeypatch):
-    """A maps request waits for `ready` (crema serve: the maps plan's kernels, compiled in the background) once, on a
-    worker thread, then runs its forward on the inference thread (never beside a search's forward); the app's
-    warm-up runs the maps copy once after start-up."""
+    """Maps requests wait for AppConfig.inside_ready (crema serve: the maps plan's kernels, compiled in the
+    background) without a thread, then run their forward on the inference thread (never beside a search's forward);
+    the app's warm-up runs the maps copy once after start-up, once ready."""
+    import concurrent.futures
     import threading
 
-    calls, threads = [], []
+    threads = []
     maps = Inside.maps
 
     def spy(self, key, layer):
@@ -237,14 +238,16 @@ def test_maps_run_on_the_inference_thread_after_ready(model, monkeypatch):
         return maps(self, key, layer)
 
     monkeypatch.setattr(Inside, "maps", spy)
-    ready = lambda: calls.append(threading.current_thread().name)
+    ready: concurrent.futures.Future = concurrent.futures.Future()
+    ready.set_running_or_notify_cancel()
+    threading.Timer(0.5, ready.set_result, (None,)).start()
     with client_for(model, inside_ready=ready) as c:
-        for d in (1, 2):
-            inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(d)), "image/png")}).json()[
-                "inside"
-            ]
-            assert c.get(inside["layers"][1]["maps_url"]).status_code == 200
-    assert len(calls) == 1 and calls[0] != "crema-infer" and threads == ["crema-infer", "crema-infer"]
+        inside = c.post("/api/search", files={"image": ("q.png", png_bytes(digit(1)), "image/png")}).json()["inside"]
+        t0 = time.monotonic()
+        assert c.get(inside["layers"][1]["maps_url"]).status_code == 200
+        assert time.monotonic() - t0 >= 0.3  # it waited for ready
+        assert c.get(inside["layers"][2]["maps_url"]).status_code == 200
+    assert threads == ["crema-infer", "crema-infer"]
     warmed = []
     monkeypatch.setattr(Inside, "warm", lambda self: warmed.append(threading.current_thread().name))
     with client_for(model, warmup=True) as c:
