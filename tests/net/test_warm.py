@@ -283,3 +283,22 @@ def test_later_kernels_compile_when_asked_and_once(monkeypatch):
         t.join()
     assert finish.later() == {} and compiled == ["now", "then"]
     finish.cancel()
+
+
+def test_serve_warms_the_batches_it_runs(tmp_path):
+    """crema serve's warm-up follows server.model.infer_any: a batched net (LeNet) at 1, 2, 4 and 8 (its chunks), with
+    no one-thread pass; a net whose micro-batches run image by image (here a net without weights: FLOPs per weight
+    byte unbounded) at batch 1, and a one-thread batch-1 pass for its copies (images_pass)."""
+    from net import Net
+    from net.warm import SERVE_BATCHES, images_pass, serve_batches
+
+    lenet = ROOT / "models" / "lenet" / "deploy.prototxt"
+    net = Net.load(lenet, phase="test")
+    assert serve_batches(net) == SERVE_BATCHES == (1, 2, 4, 8)
+    assert images_pass(lenet, None, net) is None
+    proto = tmp_path / "tiny.prototxt"
+    proto.write_text(TINY)
+    tiny = Net.load(proto, phase="test")
+    assert serve_batches(tiny) == (1,)
+    _, failure = collect(images_pass(proto, None, tiny))  # a pass over the net on one thread, run dry
+    assert failure is None
