@@ -202,3 +202,28 @@ def test_listen_socket_lets_asyncio_turn_nagle_off():
         return nodelay[0]
 
     assert asyncio.run(main()) != 0
+
+
+def test_serve_no_inside_and_the_background_compile(lenet_files, monkeypatch):
+    """--no-inside: the app keeps no maps (its state's Inside is None); with or without it, the background compiles'
+    Future (AppConfig.inside_ready) is completed by crema serve's own thread, not by a maps request."""
+    import sys
+
+    import uvicorn
+
+    import server.gallery
+
+    seen = []
+
+    def fake_run(self, sockets=None):
+        state = self.config.app.state.crema
+        seen.append((state.inside, state.config.inside_ready.result(timeout=60)))
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setattr(server.gallery, "open_gallery", lambda *a: (None, "no gallery in this test"))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)
+    model = ["--model", str(lenet_files["prototxt"]), "--weights", str(lenet_files["weights"])]
+    for extra in (["--no-inside"], []):
+        assert main(["serve", "--port", "0", *model, "--no-web", "--no-personal-gallery", *extra]) == 0
+    (off, ready_off), (on, ready_on) = seen
+    assert off is None and on is not None and ready_off is None and ready_on is None
