@@ -297,6 +297,11 @@ class _State:
         self._inference_thread()
         self.inside.warm()
 
+    def run_warm_step(self, step: Callable[[], object]) -> None:
+        """One of Model.warm_steps, on the inference thread."""
+        self._inference_thread()
+        step()
+
     def decode_cost(self, data: bytes) -> int:
         """The decode pool's priority for `data`: the pixels its header claims (constant time; unknown headers
         last), so small photos are decoded before large ones that wait."""
@@ -761,16 +766,21 @@ async def _maps_ready(st: _State) -> None:
         await asyncio.shield(asyncio.wrap_future(ready))
 
 
-async def _warm_inside(st: _State) -> None:
-    """After start-up, once the maps plan's kernels are there (compiled in the background by `crema serve`), the
-    maps copy of the net made and run once between searches, so that the first maps request does not wait for it."""
+async def _warm_later(st: _State) -> None:
+    """After start-up, once the background compiles are done (`crema serve`), between searches: the maps copy of the
+    net made and run once, and the copies micro-batches run on made and their replays recorded
+    (Model.warm_steps), so that early requests do not pay for them."""
     try:
         await _maps_ready(st)
-        await st.batcher.call(st.inside_warm)
+        if st.inside is not None:
+            await st.batcher.call(st.inside_warm)
+        if st.batcher.enabled:
+            for step in st.model.warm_steps(st.batcher.max_batch):
+                await st.batcher.call(st.run_warm_step, step)
     except RuntimeError:  # the batcher closed: shutting down
         pass
-    except Exception:  # the first maps request meets it again and answers with it
-        logging.getLogger("crema.inside").warning("warming the feature maps' forward failed", exc_info=True)
+    except Exception:  # a request meets it again and answers with it
+        logging.getLogger("crema.warm").warning("warming the model's copies failed", exc_info=True)
 
 
 def create_app(
@@ -800,7 +810,7 @@ def create_app(
         if config.warmup:  # JIT / cache load before the first user waits on it
             await st.batcher.run(np.zeros(model.input_shape, dtype=np.float32))
             st.batcher.sizes.clear()
-        maps = asyncio.ensure_future(_warm_inside(st)) if config.warmup and st.inside is not None else None
+        maps = asyncio.ensure_future(_warm_later(st)) if config.warmup else None
         try:
             yield
         finally:

@@ -24,7 +24,9 @@ other net runs the batch in chunks of 8, 4, 2 and 1 (11 = 8 + 2 + 1), each size 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +187,26 @@ class Model:
             parts.append(self._infer_on(self._net_for(size), x[start : start + size]))
             start += size
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def warm_steps(self, max_batch: int = MAX_CHUNK) -> list[Callable[[], object]]:
+        """Forwards on zeros that make `infer_any`'s copies and record their replays (the first batches of a new size
+        cost 160-190 ms each: EfficientNet-Lite0's first two batches of 2 and its fourth, against 10 ms), as separate
+        steps (the app runs them one at a time between searches, on the inference thread, after start-up): for an
+        image-by-image net, a batch of one image per thread, else each chunk size up to `max_batch`."""
+        from net.per_image import image_by_image
+        from net.replay import RECORD_AT
+
+        if self.net.device != "cpu":
+            return []
+        if image_by_image(self.net):
+            sizes = [max(2, numba.get_num_threads())]
+        else:
+            sizes = [s for s in (2, 4, MAX_CHUNK) if s <= max_batch]
+        steps = []
+        for size in sizes:
+            x = np.zeros((size, *self.input_shape), np.float32)
+            steps += [functools.partial(self.infer_any, x)] * (RECORD_AT + 2)
+        return steps
 
     def _net_for(self, size: int) -> Net:
         """The net that runs batches of `size` (infer_any): the model's own for 1, else a copy kept at that size."""

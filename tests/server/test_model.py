@@ -148,3 +148,25 @@ def test_load_errors(lenet_files, tmp_path):
     (tmp_path / "bad.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match="has 2 labels, the model outputs 10 classes"):
         Model.load(lenet_files["prototxt"], lenet_files["weights"], tmp_path / "bad.txt")
+
+
+def test_the_app_warms_infer_anys_copies_after_start_up(lenet_files):
+    """With warm-up on, the app makes infer_any's copies (LeNet: one per chunk size) and records their replays after
+    start-up, between requests: later micro-batches find their copies planned, those of 2 and 4 replayed (net.replay
+    records batches up to MAX_BATCH, 4; a batch of 8 keeps its Python steps)."""
+    import time
+
+    from server.web import WebSearch
+
+    model = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
+    assert len(model.warm_steps()) == 3 * 5  # sizes 2, 4, 8, RECORD_AT + 2 forwards each
+    with TestClient(create_app(model, web=WebSearch(None), config=AppConfig())):
+        deadline = time.monotonic() + 60
+        while set(model._sized) != {2, 4, 8} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while time.monotonic() < deadline and not all(
+            net._plan is not None and net._plan.replay is not None for net in model._sized.values()
+        ):
+            time.sleep(0.05)
+    assert set(model._sized) == {2, 4, 8}
+    assert model._sized[2]._plan.replay and model._sized[4]._plan.replay and model._sized[8]._plan.replay is False
