@@ -511,13 +511,32 @@ def numba_cache_dir() -> str:
 SERVE_BATCHES = (1, 2, 4, 8)  # the batches `crema serve` runs a model at (server.model's `infer_any`): warmed
 
 
-def serve_pass(
-    prototxt, weights, net, *, batching: bool = True, threads: int | None = None, memory_budget=None, keep=()
-):
-    """The forwards `crema serve` runs its model with at start (`net`: it, loaded), as one pass: at `serve_batches`
-    (batch 1 alone without batching)."""
-    batches = serve_batches(net) if batching else (1,)
-    return forward_pass(prototxt, weights, batch=batches, threads=threads, memory_budget=memory_budget, keep=keep)
+def serve_passes(
+    prototxt,
+    weights,
+    net,
+    keep,
+    *,
+    batching: bool = True,
+    maps: bool = True,
+    threads: int | None = None,
+    memory_budget=None,
+) -> tuple[Callable[[], object], Callable[[], object] | None]:
+    """(run, later): what `crema serve` compiles for its model (`net`: it, loaded; keep: its kept blobs). run: the
+    forwards it runs before it answers, at `serve_batches` (batch 1 alone without batching); later (None where there
+    is nothing), what it compiles after start-up: with `maps`, the feature maps' forward (server.inside: a batch-1
+    copy that observes the shown layers, so its plan fuses less), and with batching the one-thread forward of
+    infer_any's copies (`images_pass`)."""
+    from .visualize import view_tops
+
+    kw = {"threads": threads, "memory_budget": memory_budget, "keep": keep}
+    run = forward_pass(prototxt, weights, batch=serve_batches(net) if batching else 1, **kw)
+    passes = [
+        forward_pass(prototxt, weights, observe=view_tops, **kw) if maps else None,
+        images_pass(prototxt, weights, net, memory_budget=memory_budget, keep=keep) if batching else None,
+    ]
+    passes = [p for p in passes if p is not None]
+    return run, ((lambda: [p() for p in passes]) if passes else None)
 
 
 def images_pass(prototxt, weights, net, *, memory_budget=None, keep=()):
@@ -667,22 +686,19 @@ def cmd_warm(args: argparse.Namespace) -> int:
             except ValueError:  # no layer with parameters (crema serve refuses the net)
                 return ()
 
-        passes = [forward_pass(prototxt, weights, keep=keep, observe=view_tops)]  # the feature maps' (server.inside)
         if args.batch is None:
-            net = Net.load(prototxt, weights, phase="test")
-            run = serve_pass(prototxt, weights, net, keep=keep)
-            passes.append(images_pass(prototxt, weights, net, keep=keep))
+            run, later = serve_passes(prototxt, weights, Net.load(prototxt, weights, phase="test"), keep)
             say(f"{name}: the forwards crema serve runs, and its feature maps' forward at batch 1")
         else:
             run = forward_pass(prototxt, weights, batch=args.batch, keep=keep)
+            later = forward_pass(prototxt, weights, keep=keep, observe=view_tops)  # the feature maps' (server.inside)
             say(f"{name}: forwards at batch {args.batch} as crema serve runs them, and its feature maps' at batch 1")
-        later = [p for p in passes if p is not None]
-        preparing = start_prepare(run, later=lambda: [p() for p in later], workers=args.workers, say=say, verbose=True)
+        preparing = start_prepare(run, later=later, workers=args.workers, say=say, verbose=True)
         reports += [preparing(), preparing.later()]
     for r in reports:
         if r.note:
             say(f"the dry pass stopped early ({r.note}): the kernels after that point compile on first use")
-        if not r.compiled:
+        if not r.compiled and r.calls:
             say(f"all {r.calls} kernels already in Numba's cache ({numba_cache_dir()})")
     return 1 if any(r.errors for r in reports) else 0
 
@@ -699,8 +715,8 @@ def add_commands(sub) -> None:
                    "the solver's net unless given)")  # fmt: skip
     p.add_argument("--weights", help=".caffemodel for a .prototxt --model (default: its fillers)")
     p.add_argument("--solver", help="also a solver .prototxt: its first training iteration and test pass")
-    p.add_argument("--batch", type=int, help="forward batch size (default: those `crema serve` runs: 1, and 2 unless its "
-                   "micro-batches run image by image)")  # fmt: skip
+    p.add_argument("--batch", type=int, help="forward batch size (default: those `crema serve` runs: 1, 2, 4 and 8, or 1 "
+                   "where its micro-batches run image by image)")  # fmt: skip
     p.add_argument("--workers", type=int, help="compiling processes (default: one per core)")
     p.set_defaults(func=cmd_warm)
 

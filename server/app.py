@@ -231,9 +231,9 @@ class _State:
             window_ms=config.window_ms,
             enabled=config.batching,
             adaptive=True,
+            on_start=self._inference_thread,
         )
         self.model_info = model.info()
-        self._threads_set = False
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.decodes = WorkPool(
             "crema-decode",
@@ -268,39 +268,22 @@ class _State:
         )
 
     def _inference_thread(self) -> None:
-        """The inference thread's Numba thread count (config.threads), set by its first job."""
-        if self.config.threads and not self._threads_set:
+        """The inference thread's Numba thread count (config.threads), set when it starts (the batcher's on_start)."""
+        if self.config.threads:
             import numba
 
             numba.set_num_threads(min(self.config.threads, numba.config.NUMBA_NUM_THREADS))  # this thread only
-            self._threads_set = True
 
     def infer_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """The batched step (inference thread): x (N, C, H, W) -> probs (N, K), features (N, D), gallery ids and
         scores (N, k), personal gallery ids and scores (N, k'); each gallery is ranked for the whole batch with one
         matrix product."""
-        self._inference_thread()
         probs, feats = self.model.infer_any(x)  # micro-batches of any size, each run at steady sizes
         k = self.config.similar_k
         none = np.zeros((len(x), 0), dtype=np.int64), np.zeros((len(x), 0), dtype=np.float32)
         gids, gscores = self.gallery.search_batch(feats, k) if self.gallery is not None else none
         pids, pscores = self.personal.search_batch(feats, k) if self.personal is not None else none
         return probs, feats, gids, gscores, pids, pscores
-
-    def inside_maps(self, key: str, layer: str) -> np.ndarray:
-        """A search's maps of one layer (server.inside.Inside.maps), on the inference thread."""
-        self._inference_thread()
-        return self.inside.maps(key, layer)
-
-    def inside_warm(self) -> None:
-        """The maps copy of the net made and run once (on zeros), on the inference thread."""
-        self._inference_thread()
-        self.inside.warm()
-
-    def run_warm_step(self, step: Callable[[], object]) -> None:
-        """One of Model.warm_steps, on the inference thread."""
-        self._inference_thread()
-        step()
 
     def decode_cost(self, data: bytes) -> int:
         """The decode pool's priority for `data`: the pixels its header claims (constant time; unknown headers
@@ -505,8 +488,8 @@ async def inside_maps(request: Request) -> Response:
         find_layer(st.model.net, layer)
         png = st.inside.cached_png(key, layer)
         if png is None:
-            await _maps_ready(st)
-            maps = await st.maps_gate.run(lambda: st.batcher.call(st.inside_maps, key, layer))
+            await _compiled(st)
+            maps = await st.maps_gate.run(lambda: st.batcher.call(st.inside.maps, key, layer))
             png = await run_in_threadpool(st.inside.maps_png, maps)
             st.inside.keep_png(key, layer, png)
     except NotFound as exc:
@@ -759,8 +742,9 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _maps_ready(st: _State) -> None:
-    """Wait, without a thread, for AppConfig.inside_ready (crema serve: the maps plan's kernels, compiled meanwhile)."""
+async def _compiled(st: _State) -> None:
+    """Wait, without a thread, for AppConfig.inside_ready (crema serve: the kernels of the maps' plan and of
+    infer_any's copies, compiled in the background)."""
     ready = st.config.inside_ready
     if ready is not None and not ready.done():
         await asyncio.shield(asyncio.wrap_future(ready))
@@ -771,12 +755,12 @@ async def _warm_later(st: _State) -> None:
     net made and run once, and the copies micro-batches run on made and their replays recorded
     (Model.warm_steps), so that early requests do not pay for them."""
     try:
-        await _maps_ready(st)
+        await _compiled(st)
         if st.inside is not None:
-            await st.batcher.call(st.inside_warm)
+            await st.batcher.call(st.inside.warm)
         if st.batcher.enabled:
             for step in st.model.warm_steps(st.batcher.max_batch):
-                await st.batcher.call(st.run_warm_step, step)
+                await st.batcher.call(step)
     except RuntimeError:  # the batcher closed: shutting down
         pass
     except Exception:  # a request meets it again and answers with it
@@ -810,12 +794,12 @@ def create_app(
         if config.warmup:  # JIT / cache load before the first user waits on it
             await st.batcher.run(np.zeros(model.input_shape, dtype=np.float32))
             st.batcher.sizes.clear()
-        maps = asyncio.ensure_future(_warm_later(st)) if config.warmup else None
+        warming = asyncio.ensure_future(_warm_later(st)) if config.warmup else None
         try:
             yield
         finally:
-            if maps is not None:
-                maps.cancel()
+            if warming is not None:
+                warming.cancel()
             st.batcher.close()
             st.web.close()
             st.decodes.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
@@ -72,6 +73,7 @@ class MicroBatcher:
         enabled: bool = True,
         adaptive: bool = False,
         name: str = "crema-infer",
+        on_start: Callable[[], object] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"MicroBatcher: max_batch must be >= 1, got {max_batch}")
@@ -84,6 +86,7 @@ class MicroBatcher:
         self.adaptive = adaptive
         self._expected = 0  # announced requests not yet submitted (adaptive mode)
         self.name = name
+        self.on_start = on_start  # run first on the thread (e.g. its Numba thread count)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -185,6 +188,11 @@ class MicroBatcher:
         return items, jobs, stop
 
     def _loop(self) -> None:
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:  # the thread still serves (its setting left as it was)
+                logging.getLogger("crema.batcher").warning("%s: on_start failed", self.name, exc_info=True)
         while True:
             first = self._queue.get()
             if first is _STOP:

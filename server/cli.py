@@ -140,30 +140,24 @@ def _serve(args: argparse.Namespace, listener: socket.socket) -> int:
     """`crema serve` after its checks: load the model and galleries, then serve the app on `listener`."""
     import logging
 
-    from net.visualize import view_tops
-    from net.warm import forward_pass, images_pass, serve_pass, start_prepare
+    from net.warm import serve_passes, start_prepare
 
     model = load_model(args)
     print(f"crema: model {model.name} ({model.files.weights.name}), features from '{model.feature_blob}'", flush=True)
     # The kernels the warm-up forward below needs and Numba's cache lacks (a new machine), compiled one process per
     # core (net.warm) rather than one by one in the warm-up; this process imports the web app meanwhile. Then, in the
-    # background while the app serves, those of the feature maps' forward (server.inside: a batch-1 copy of the net
-    # that observes the shown layers, so its plan fuses less), which waits for them.
-    files, keep = model.files, (model.feature_blob,)
-    maps = forward_pass(files.prototxt, files.weights, threads=args.threads, memory_budget=getattr(args, "memory_budget", None),
-                        keep=keep, observe=view_tops) if not args.no_inside else None  # fmt: skip
-    batching = not args.no_batching and args.max_batch > 1
-    budget = getattr(args, "memory_budget", None)
-    run = serve_pass(files.prototxt, files.weights, model.net, batching=batching, threads=args.threads,
-                     memory_budget=budget, keep=keep)  # fmt: skip
-    # (and those of the copies that run micro-batches image by image, server.model.infer_any)
-    images = images_pass(files.prototxt, files.weights, model.net, memory_budget=budget, keep=keep) if batching else None
-    later = [p for p in (None if args.no_inside else maps, images) if p is not None]
-    compiled = start_prepare(
-        run,
-        say=lambda msg: print(f"crema: {msg}", flush=True),
-        later=(lambda: [p() for p in later]) if later else None,
+    # background while the app serves, those of the feature maps' forward and of infer_any's copies (`later`).
+    run, later = serve_passes(
+        model.files.prototxt,
+        model.files.weights,
+        model.net,
+        (model.feature_blob,),  # the plan the app runs: the model's net shares its activations so (server.model)
+        batching=not args.no_batching and args.max_batch > 1,
+        maps=not args.no_inside,
+        threads=args.threads,  # the inference thread's count: the plan's kernels depend on it
+        memory_budget=getattr(args, "memory_budget", None),
     )
+    compiled = start_prepare(run, say=lambda msg: print(f"crema: {msg}", flush=True), later=later)
     import uvicorn
 
     from .app import AppConfig, create_app

@@ -18,9 +18,9 @@ right after the layer's maps are written, before a later layer reuses their memo
 first MAX_TILES channels: the same values as the search's forward had (the same input, the same weights; a fused
 plan sums in the same order up to float32 rounding of the fused steps), at the cost of one batch-1 forward (~6 ms
 for EfficientNet-Lite0) on the inference thread (server.batcher.MicroBatcher.call: never at the same time as a
-search's forward). The copy and its plan are made at the first maps request; `crema serve` compiles that plan's
-kernels after the server is up, in the background (net.warm.start_prepare's `later`), and a maps request waits
-for them (`ready`).
+search's forward). The copy and its plan are made at the first maps request (or by `warm`); `crema serve` compiles
+that plan's kernels after the server is up, in the background (net.warm.start_prepare's `later`), and the app's maps
+requests wait for them (server.app: AppConfig.inside_ready).
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ Micro-batches (server.batcher) come in any size, and a net run at a new batch si
 (its arena placed, its replay recorded): on the 2-core Zen 4 machine EfficientNet-Lite0 at sizes 6-11 in turn took
 100-250 ms a batch against 39 ms at a steady 8, CaffeNet 112-250 against 48, LeNet 5-8 against 0.37. `infer_any`
 runs only steady sizes: a net whose batches go image by image anyway (``net.per_image.image_by_image``:
-EfficientNet-Lite0) runs each image as a batch-1 forward on the model's net (the same bits as image by image); any
-other net runs the batch in chunks of 8, 4, 2 and 1 (11 = 8 + 2 + 1), each size on a copy of the net of its own
-(``net.per_image.replica``: the same weights, activations shared alike) kept at that size, made at its first use.
+EfficientNet-Lite0) runs each image as a batch-1 forward on batch-1 copies of the net, one a thread
+(``net.per_image.Images``: the same bits as image by image); any other net runs the batch in chunks of 8, 4, 2 and 1
+(11 = 8 + 2 + 1), each size on a copy of the net of its own (``net.per_image.replica``: the same weights,
+activations shared alike) kept at that size, made at its first use. `warm_steps` makes them ahead (the app, after
+start-up).
 """
 
 from __future__ import annotations
@@ -45,9 +47,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 MAX_CHUNK = 8  # infer_any's largest chunk: copies at 2, 4 and 8 (CaffeNet's activations: 3.5 MB an image)
 
 
-def default_feature_blob(net: Net) -> str:
-    """The classifier's input blob: the first bottom of the last layer that has parameters (net.classify)."""
-    return feature_blob(net)
+default_feature_blob = feature_blob  # the classifier's input blob (net.classify)
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,9 @@ class Model:
         self.num_classes = len(labels)
         self.feature_dim = int(np.prod(net.blob(feature_blob).shape[1:]))
         self._fingerprint: str | None = None
-        self._by_image: bool | None = None  # infer_any: image by image (decided at its first batch)
         self._sized: dict[int, Net] = {}  # infer_any: batch size -> the copy of the net kept at that size
         self._images = None  # infer_any: net.per_image.Images, for a net whose batches go image by image
-        net.share_activations(keep=(feature_blob,))  # the rest is read through Net.observe (server.inside)
+        net.share_activations(keep=(feature_blob,))  # (server.inside's maps come from a copy that observes them)
 
     @classmethod
     def load(
@@ -170,10 +169,6 @@ class Model:
         n = len(x)
         if n <= 1 or x.ndim != 4 or self.net.device != "cpu":  # (the copies are CPU nets)
             return self.infer(x)
-        if self._by_image is None:
-            from net.per_image import image_by_image
-
-            self._by_image = image_by_image(self.net)
         if self._by_image:
             if self._images is None or self._images.threads != numba.get_num_threads():
                 from net.per_image import Images
@@ -193,12 +188,11 @@ class Model:
         cost 160-190 ms each: EfficientNet-Lite0's first two batches of 2 and its fourth, against 10 ms), as separate
         steps (the app runs them one at a time between searches, on the inference thread, after start-up): for an
         image-by-image net, a batch of one image per thread, else each chunk size up to `max_batch`."""
-        from net.per_image import image_by_image
         from net.replay import RECORD_AT
 
         if self.net.device != "cpu":
             return []
-        if image_by_image(self.net):
+        if self._by_image:
             sizes = [max(2, numba.get_num_threads())]
         else:
             sizes = [s for s in (2, 4, MAX_CHUNK) if s <= max_batch]
@@ -207,6 +201,14 @@ class Model:
             x = np.zeros((size, *self.input_shape), np.float32)
             steps += [functools.partial(self.infer_any, x)] * (RECORD_AT + 2)
         return steps
+
+    @functools.cached_property
+    def _by_image(self) -> bool:
+        """Do the net's batches go image by image (``net.per_image.image_by_image``)? infer_any then runs them on
+        ``net.per_image.Images``."""
+        from net.per_image import image_by_image
+
+        return image_by_image(self.net)
 
     def _net_for(self, size: int) -> Net:
         """The net that runs batches of `size` (infer_any): the model's own for 1, else a copy kept at that size."""

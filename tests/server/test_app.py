@@ -474,7 +474,8 @@ def test_static_dir_exists():
 
 def test_inference_thread_count(model):
     """AppConfig.threads sets Numba's thread count for the inference thread only (numba.set_num_threads is
-    thread-local), leaving the test process's own setting alone."""
+    thread-local; the batcher's on_start), for its batches and its other jobs, leaving the test process's own
+    setting alone."""
     import numba
 
     before = numba.get_num_threads()
@@ -485,6 +486,7 @@ def test_inference_thread_count(model):
         st.batcher.fn = lambda x: (np.full(len(x), numba.get_num_threads()),)  # a probe on the inference thread
         assert int(st.batcher.submit(np.zeros(model.input_shape, dtype=np.float32)).result(timeout=30)[0]) == 1
         st.batcher.fn = original
+        assert st.batcher.submit_call(numba.get_num_threads).result(timeout=30) == 1  # its other jobs too (maps)
     assert numba.get_num_threads() == before
 
 
