@@ -454,3 +454,33 @@ def test_b_off_a_line_read_from_aligned_columns_with_the_same_bits(monkeypatch, 
     assert gemm_module._aligning_columns(b) == (16 - shift) % 16
     a = rng.standard_normal((m, k), dtype=np.float32)
     _same_bits_with_switch_off(monkeypatch, "ALIGN_B", a, b)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "trans_b"),
+    [(512, 900, 49, False), (97, 2 * KC + 5, 50, False), (130, 700, 33, True), (61, 1200, 3 * NR + 2, False)],
+)
+def test_last_columns_as_dot_products(monkeypatch, m: int, k: int, n: int, trans_b: bool) -> None:
+    """1 to TAIL_DOTS columns past whole slivers (A read in place) are dot products along k (_tail_dots): within
+    float32 rounding of the float64 reference, relative to |A| |B| (1e-6; several K panels, rows not a multiple of the
+    4-row groups, B transposed, accumulate into C); the other columns keep the bits of the tiles (TAIL_DOTS = 0),
+    whose blocks then cover all the columns."""
+    from kernels import gemm as gemm_module
+
+    r = n % NR
+    assert 0 < r <= gemm_module.TAIL_DOTS and m * n * k >= gemm_module.TAIL_MIN_MACS
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    b_op = b.T if trans_b else b
+    want = a.astype(np.float64) @ b_op.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b_op).astype(np.float64)
+    got = gemm(a, b, trans_b=trans_b)
+    c = np.ones((m, n), np.float32)
+    gemm(a, b, trans_b=trans_b, out=c, accumulate=True)
+    assert float((np.abs(got - want) / scale).max()) <= 1e-6
+    assert float((np.abs(c - 1.0 - want) / (scale + 1.0)).max()) <= 1e-6
+    monkeypatch.setattr(gemm_module, "TAIL_DOTS", 0)
+    tiles = gemm(a, b, trans_b=trans_b)
+    np.testing.assert_array_equal(got[:, : n - r], tiles[:, : n - r])
+    assert not np.array_equal(got[:, n - r :], tiles[:, n - r :])  # (the tail did run: another order of sums)
