@@ -627,7 +627,7 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
     return cases
 
 
-EFFICIENTNET_BATCHES = (1, 32)
+EFFICIENTNET_BATCHES = (1, 32, 64)
 
 
 def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, batches=EFFICIENTNET_BATCHES) -> list[Case]:

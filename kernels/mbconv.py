@@ -43,6 +43,11 @@ the plan set ``dw_runner.handoff``); x may come in blocks of 16 channels interle
 (``runner.x_blocks``, a ``depthwise.PaddedInput.unpadded`` the 1x1 step before writes and marks ready: set by
 ``net.plan_steps.hand_over_projection``; the tiles then read a pixel's 16 channels on one line). Used by
 ``net.plan_steps.fuse_expand_depthwise``.
+
+The same pass for a convolution on ``pointwise_t``'s convolution tiles (32 output channels, pad 0 on an already
+padded image) and the depthwise after it: ``conv_applies(x_shape, w1_shape, stride, dw_runner)`` and
+``ConvDepthwiseRunner(x_shape, w1_shape, stride, act1, dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``
+(EfficientNet-Lite0's stem and block 0's depthwise: ``net.plan_steps.fuse_conv_depthwise``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,18 @@ from numba import types
 from kernels import pointwise_t
 from kernels.depthwise import LANES, DepthwiseRunner, _block_tile, _c8_tables, _zero_block_border, check_act
 from kernels.gemm import Workspace, claim_near, image_counters, queue_sizes
-from kernels.pointwise_t import NP, P_PREFETCH, X_PREFETCH, _ptile1, _ptile1w, _ptile2, _ptile2w, pack
+from kernels.pointwise_t import (
+    NP,
+    P_PREFETCH,
+    X_PREFETCH,
+    _ctile2w,
+    _ctile2w_s2,
+    _ptile1,
+    _ptile1w,
+    _ptile2,
+    _ptile2w,
+    pack,
+)
 from kernels.tasks import Task
 
 ENABLED = pointwise_t.ENABLED  # AVX-512: the expand's 16-lane tiles
@@ -268,3 +284,157 @@ class ExpandDepthwiseRunner:
                      *self.args, *self.lo_hi, ws, counter, *tables[2], int(handoff is not None), int(xblk))  # fmt: skip
         if handoff is not None:
             handoff.interleaved = LANES  # y holds blocks of LANES channels interleaved per pixel this time
+
+
+# --------------------------------------------------------------------------------- a convolution + depthwise
+def conv_applies(x_shape, w_shape, stride, dw_runner: DepthwiseRunner) -> bool:
+    """A group-1 convolution with pad 0 on the (already padded) image x_shape that ``pointwise_t.ConvTRunner``'s
+    tiles run, with 32 output channels (one panel: a task's two blocks), and the depthwise step after it on its
+    channel-block path with the convolution's output as its input: EfficientNet-Lite0's stem (3 -> 32 channels, 3 x 3
+    / 2 on the zero-bordered image) and block 0's depthwise on 112 x 112."""
+    if not ENABLED or not pointwise_t.conv_applies(x_shape, w_shape, stride) or int(w_shape[0]) != 2 * LANES:
+        return False
+    n, _, hp, wp = (int(v) for v in x_shape)
+    _, _, kh, kw = (int(v) for v in w_shape)
+    sh, sw = (int(v) for v in stride)
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    return dw_runner.c8 and LANES == 16 and tuple(dw_runner.args[:4]) == (n, 2 * LANES, oh, ow) and n > 0
+
+
+def _cd_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, counter,
+               wt_tab, toff_tab, ntaps, b8_tab, out8, toff):  # fmt: skip  # pragma: no cover - compiled
+    """Worker t of ConvDepthwiseRunner: _ed_worker with the convolution's tiles (``pointwise_t._ctile2w``: 14 pixels
+    of a row x 32 channels, taps at toff[k] in the padded image x) in place of the expand's. plan: N, K (taps), C (32),
+    P (the convolution's output pixels), H, W (its output rows and columns: the depthwise's input), ph, pw, WB, HB,
+    OW, bands, the block buffer's floats, 2 (blocks a task), the image's floats between output rows (sh * WP), sw,
+    the image's floats (C_in * HP * WP)."""
+    n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
+    ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
+    rowstep, sx, img_in = plan[14], plan[15], plan[16]
+    npix = (rows[bands - 1, 1]) * ow
+    base = t * per * bsize
+    for v in range(per):  # the convolution writes the image's pixels only
+        _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
+    items, granule = (n, bands) if n > 1 else (bands, 1)
+    sizes = queue_sizes(counter, items, granule, 1)
+    nq = sizes.shape[0]
+    per_row = -(-wd // (2 * NP))
+    while True:
+        u, i = claim_near(counter, sizes)
+        if u < 0:
+            break
+        task = u * items // nq * granule + i
+        img, band = task // bands, task % bands
+        o_first, o_end, r_first, r_end = rows[band, 0], rows[band, 1], rows[band, 2], rows[band, 3]
+        # the convolution: its output rows r_first .. r_end - 1 (the depthwise's input rows) into the buffers
+        for r in range(r_first, r_end):
+            for s in range(per_row):
+                col = min(s * 2 * NP, wd - 2 * NP)  # a row's last tile ends at its end (pointwise_t.ConvTRunner)
+                xo = img * img_in + r * rowstep + col * sx
+                if sx == 2:
+                    _ctile2w_s2(x, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
+                                r * wd + col, c, toff, sx)  # fmt: skip
+                else:
+                    _ctile2w(x, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
+                             r * wd + col, c, toff, sx)  # fmt: skip
+        # the depthwise: output rows o_first .. o_end - 1 of each block from its buffer
+        q_end = o_end * ow
+        for v in range(per):
+            buf = ws[base + v * bsize :]
+            ybase = (img * c + v * LANES) * npix
+            for q0 in range(o_first * ow, q_end, 8):
+                _block_tile(buf, xoff, q0, wt_tab[v], toff_tab[v], ntaps[v], y, ybase, npix, LANES,
+                            min(8, q_end - q0), b8_tab[v], lo2, hi2, out8)  # fmt: skip
+
+
+_CD = Task(
+    _cd_worker,
+    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64, _I1),
+    opt=1,
+    compile_s=1.2,
+    boundscheck=False,
+)
+
+
+class ConvDepthwiseRunner:
+    """A convolution on ``pointwise_t.ConvTRunner``'s tiles (32 output channels, pad 0 on an already padded image) and
+    the depthwise step after it in one pass (``conv_applies``): each task (image, band of the depthwise's output
+    rows) computes the convolution's rows of the band's window (a halo row or so computed by both neighbouring bands)
+    into its worker's padded blocks of 16 channels (``depthwise.PaddedInput``'s layout), where the depthwise's block
+    tiles read them from L2, instead of the whole 32 x 112 x 112 output (1.6 MB an image, EfficientNet-Lite0's stem)
+    going out to L3 or memory and back between two steps. Each output of the convolution is the tile's FMA chain over
+    its taps, then bias and clip, each of the depthwise its block tile's chain: the same bits as the two steps
+    (``hand_over_expand``'s, tested). The weights must not change in place (packed once per array: a plan's folded
+    BatchNorm). ``runner(x, w1, b1, w2, b2, y)``: x the padded image (N, C, HP, WP), w1 (32, C, kh, kw), b1 (32,), w2
+    (32, 1, kh2, kw2), b2 (32,), y the depthwise's output, in planes or (the plan set ``dw_runner.handoff``) its
+    interleaved blocks."""
+
+    __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "toff", "workers", "ws",
+                 "ws_floats")  # fmt: skip
+
+    def __init__(self, x_shape, w1_shape, stride, act1, dw_runner: DepthwiseRunner) -> None:
+        if not conv_applies(x_shape, w1_shape, stride, dw_runner):
+            raise ValueError(
+                f"mbconv: a convolution of x {tuple(x_shape)}, w {tuple(w1_shape)} and that depthwise do not apply"
+            )
+        n, cin, hp, wp = (int(v) for v in x_shape)
+        c, _, kh1, kw1 = (int(v) for v in w1_shape)
+        sh1, sw1 = (int(v) for v in stride)
+        h, wd = (hp - kh1) // sh1 + 1, (wp - kw1) // sw1 + 1  # the convolution's output: the depthwise's input
+        self.dw = dw_runner
+        self.out_shape = dw_runner.out_shape
+        oh, ow = self.out_shape[2:]
+        _, _, _, _, ph, pw, wb, npix, _, xoff, _ = dw_runner.args
+        bsize = dw_runner.plane
+        hb = bsize // (wb * LANES)
+        kh, _, sh, _, dh, _ = dw_runner.geometry
+
+        def span(o0: int, o1: int) -> tuple[int, int]:  # the input rows output rows o0 .. o1 - 1 read
+            return max(0, o0 * sh - ph), min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)
+
+        def in_rows(b: int, bands: int) -> int:
+            first, end = span(b * oh // bands, (b + 1) * oh // bands)
+            return end - first
+
+        self.workers = threads = numba.get_num_threads()
+        per = 2
+        bands = _bands(n, 1, oh, in_rows, per * wb * LANES * 4, True, threads)
+        rows = np.zeros((bands, 4), np.int64)
+        for b in range(bands):
+            o0, o1 = b * oh // bands, (b + 1) * oh // bands
+            rows[b] = (o0, o1, *span(o0, o1))
+        p = np.arange(h * wd)
+        po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
+        plan = [n, cin * kh1 * kw1, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per, sh1 * wp, sw1,
+                cin * hp * wp]  # fmt: skip
+        xoff = np.concatenate([xoff[:npix], np.full(8, xoff[npix - 1], np.int64)])  # (see ExpandDepthwiseRunner)
+        self.args = (np.array(plan, np.int64), rows, po, xoff)
+        self.toff = np.array(
+            [(ci * hp + i) * wp + j for ci in range(cin) for i in range(kh1) for j in range(kw1)], np.int64
+        )
+        self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
+        self.ws = (None, None)
+        self.ws_floats = threads * per * bsize
+        self.counter_args = (n, threads, bands)  # image_counters': tasks an image
+        self.packed: tuple | None = None  # (w1, its panels, b1)
+        self.tables: tuple | None = None  # (w2, b2, the depthwise's tap tables)
+
+    def __call__(self, x, w1, b1, w2, b2, y) -> None:
+        packed = self.packed
+        if packed is None or packed[0] is not w1 or packed[2] is not b1:
+            packed = self.packed = pointwise_t._params(w1, b1)[:3]
+        tables = self.tables
+        if tables is None or tables[0] is not w2 or tables[1] is not b2:
+            plan_dw = self.dw.args
+            tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
+        (buf,) = _WORKSPACE.get(self.ws_floats + 16)
+        base, ws = self.ws
+        if base is not buf.base:
+            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.ws_floats]  # 64-byte aligned
+            self.ws = (buf.base, ws)
+        handoff = self.dw.handoff
+        counter = image_counters(*self.counter_args)
+        _CD.parallel(_CD.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args, *self.lo_hi,
+                     ws, counter, *tables[2], int(handoff is not None), self.toff)  # fmt: skip
+        if handoff is not None:
+            handoff.interleaved = LANES

@@ -59,6 +59,7 @@ from .memory import (
 from .plan_steps import (
     Subsamples,
     convt_step,
+    fuse_conv_depthwise,
     fuse_expand_depthwise,
     fuse_global_pool,
     fuse_residual_sums,
@@ -914,7 +915,8 @@ class _Plan:
         if net._share is not None:  # blobs nobody reads after a forward may take another layout between two steps
             names = (*net.inputs, *net.outputs, *net._share, *net._observers)
             keep = {id(net._blobs[n]) for n in names if n in net._blobs}
-            self.steps = hand_over_projection(hand_over_expand(fuse_expand_depthwise(self.steps, keep), keep), keep)
+            self.steps = fuse_expand_depthwise(fuse_conv_depthwise(self.steps, keep), keep)
+            self.steps = hand_over_projection(hand_over_expand(self.steps, keep), keep)
             self.steps = hand_over_depthwise(self.steps, keep)
             self.steps = fuse_global_pool(sums_only(self.steps, keep), keep)
         self.steps = prefetch_ahead(self.steps)

@@ -44,6 +44,14 @@ it recognises more in the layer than the layer type says.
   below, and the same bits as `hand_over_expand`'s two steps. EfficientNet-Lite0 in-process A/B (two nets, the flag
   off / on, 2 threads): batch 1 1.02 / 1.02x (min / median), batch 32 1.02 / 1.04x; 1 thread batch 1 1.02x; the
   pairs alone, per step at batch 1 on 2 threads, 0.43 -> 0.29 ms for block 1's (112 x 112, stride 2).
+- `fuse_conv_depthwise`: the same for a zero-bordered convolution (`zero_border_step`, 32 output channels on
+  `kernels.pointwise_t`'s convolution tiles) and the depthwise step after it (EfficientNet-Lite0's stem and block 0's
+  depthwise on 112 x 112): one step (`kernels.mbconv.ConvDepthwiseRunner`) that copies the image into its padding as
+  before, then per band of the depthwise's output rows computes the convolution's rows into an L2-sized buffer and
+  runs the depthwise on them: the stem's 1.6 MB output an image is never stored whole. Same conditions as
+  `fuse_expand_depthwise`, the same bits as `hand_over_expand`'s two steps (FUSE_STEM off). EfficientNet-Lite0
+  in-process A/B, two nets alternated (Zen 4 EPYC, medians): batch 1 1.010x on 2 threads, 1.015x on 1; batch 32
+  1.007x; the pair per op in a forward, 2 threads, 261-443 -> 203 us.
 - `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
   output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
   depthwise's padded blocks of 16 channels (`kernels.depthwise.PaddedInput`), which the depthwise reads in place with
@@ -87,6 +95,7 @@ from .layers.convolution import pointwise_runner
 EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes)
 FUSE_EXPAND = True  # fuse_expand_depthwise on (False: the expand and the depthwise run as two steps)
 STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (pointwise_t.ConvTRunner, the stem)
+FUSE_STEM = True  # fuse_conv_depthwise on (False: a zero-bordered convolution and the depthwise after it, two steps)
 # hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 (they move to pointwise_t; EfficientNet-Lite0,
 # 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
 # kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
@@ -513,6 +522,85 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
         return True
 
     step.runner = run
+
+    def dw_done() -> bool:  # dw_done.done_by: nothing to do after the fused step (net.replay leaves it out)
+        if done[0]:
+            done[0] = False
+            return True
+        return dw_step()
+
+    dw_done.done_by = step
+    dw_done.runner = dw_step.runner
+    return step, dw_done
+
+
+def fuse_conv_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
+    """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, a fused
+    pair's zero-bordered convolution step replaced by the fused one (which keeps the step's padding, ``pad``) and its
+    depthwise step by one that has nothing left to do after it (``done_by``), or runs the depthwise layer's step when
+    the fused one could not run."""
+    out = list(steps)
+    if not FUSE_STEM:
+        return out
+    readers = _readers(steps)
+    for i, (cv_step, cv_layer, cv_bottom, cv_top), (dw_step, dw_layer, dw_bottom, dw_top) in _adjacent(out):
+        geometry, pad = getattr(cv_step, "conv_geometry", None), getattr(cv_step, "pad", None)
+        dw_run = getattr(dw_step, "runner", None)
+        if geometry is None or pad is None or not cv_layer.frozen:
+            continue
+        if not isinstance(dw_run, depthwise.DepthwiseRunner) or not dw_run.frozen:
+            continue
+        blob = cv_top[0]
+        if len(cv_top) != 1 or len(dw_bottom) != 1 or dw_bottom[0] is not blob or readers.get(id(blob)) != 1:
+            continue
+        if id(blob) in keep or len(cv_bottom) != 1 or len(dw_top) != 1:
+            continue
+        y = dw_top[0].data
+        c8 = dw_run if dw_run.c8 else dw_layer.depthwise_runner(blob.data.shape, c8=True)
+        if not mbconv.conv_applies(*geometry, c8) or not plain(y, c8.out_shape):
+            continue
+        dw_step.runner = c8  # the depthwise's handoff (hand_over_depthwise) is set on the runner both steps use
+        run = mbconv.ConvDepthwiseRunner(*geometry, cv_layer.act(), c8)
+        fused = _fused_conv(cv_layer, cv_bottom[0], dw_layer, dw_top[0], dw_step, pad, run)
+        out[i], out[i + 1] = (fused[0], cv_layer, cv_bottom, cv_top), (fused[1], dw_layer, dw_bottom, dw_top)
+    return out
+
+
+def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, pad, run):
+    """(the fused step, the depthwise's step after it) of `fuse_conv_depthwise`: the image into the padding's
+    zero-bordered buffer, then the convolution without its zero row and column and the depthwise in one pass."""
+    y = dst.data
+    shapes = (cv_layer.forward_params()[0].shape, dw_layer.forward_params()[0].shape)
+    zeros1 = np.zeros(shapes[0][0], np.float32)
+    zeros2 = np.zeros(shapes[1][0], np.float32)
+    done = [False]
+    checked = [None] * 4  # the (w1, b1, w2, b2) arrays last checked: the same objects need no new check
+    inner = [None]  # w1 without its zero row and column (the weights are frozen: cut once per array)
+
+    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+        done[0] = False
+        w1, b1 = cv_layer.forward_params()
+        w2, b2 = dw_layer.forward_params()
+        x = src.data
+        b1 = zeros1 if b1 is None else b1
+        b2 = zeros2 if b2 is None else b2
+        if dst.data is not y or x.shape != pad.x_shape or x.dtype != np.float32 or not x.flags.c_contiguous:
+            return False
+        now = (w1, b1, w2, b2)
+        if any(a is not b for a, b in zip(now, checked)):
+            if not (
+                plain(w1, shapes[0]) and plain(b1, shapes[0][:1]) and plain(w2, shapes[1])
+                and plain(b2, shapes[1][:1]) and _zero_border(w1)
+            ):  # fmt: skip
+                return False
+            checked[:] = now
+            inner[0] = np.ascontiguousarray(w1[:, :, 1:, 1:])
+        run(pad(x), inner[0], b1, w2, b2, y)
+        done[0] = True
+        return True
+
+    step.runner = run
+    step.pad = pad  # its first call copies x into pad's buffer (net.per_image feeds that buffer itself)
 
     def dw_done() -> bool:  # dw_done.done_by: nothing to do after the fused step (net.replay leaves it out)
         if done[0]:

@@ -526,14 +526,16 @@ def test_conv_t_writes_a_depthwise_blocks() -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def test_net_stem_hands_its_blocks_to_the_first_depthwise() -> None:
-    """EfficientNet-Lite0's stem (a zero-bordered 4 x 4 / 2 convolution, net.plan_steps.zero_border_step) runs on
-    ConvTRunner into block0/dw's blocks, block0/dw on its channel-block path (112 x 112); within 1e-6 of the net
-    without shared activations, also when the stem's weights get a non-zero border (its full kernel then writes
-    planes, which the depthwise fills its blocks from)."""
+def test_net_stem_hands_its_blocks_to_the_first_depthwise(monkeypatch) -> None:
+    """EfficientNet-Lite0's stem (a zero-bordered 4 x 4 / 2 convolution, net.plan_steps.zero_border_step), where it
+    is not fused with block0/dw (FUSE_STEM off), runs on ConvTRunner into block0/dw's blocks, block0/dw on its
+    channel-block path (112 x 112); within 1e-6 of the net without shared activations, also when the stem's weights
+    get a non-zero border (its full kernel then writes planes, which the depthwise fills its blocks from)."""
     from kernels import depthwise
-    from net import Net
+    from net import Net, plan_steps
     from net.zoo import efficientnet_lite0
+
+    monkeypatch.setattr(plan_steps, "FUSE_STEM", False)
 
     files = efficientnet_lite0(say=lambda _m: None)
     x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
