@@ -58,7 +58,7 @@ from numba import types
 
 from kernels import pointwise_t
 from kernels.depthwise import LANES, DepthwiseRunner, _block_tile, _c8_tables, _zero_block_border, check_act
-from kernels.gemm import Workspace, claim_near, image_counters, queue_sizes
+from kernels.gemm import Workspace, _copy_run, claim_near, image_counters, queue_sizes
 from kernels.pointwise_t import (
     NP,
     P_PREFETCH,
@@ -287,32 +287,60 @@ class ExpandDepthwiseRunner:
 
 
 # --------------------------------------------------------------------------------- a convolution + depthwise
-def conv_applies(x_shape, w_shape, stride, dw_runner: DepthwiseRunner) -> bool:
-    """A group-1 convolution with pad 0 on the (already padded) image x_shape that ``pointwise_t.ConvTRunner``'s
-    tiles run, with 32 output channels (one panel: a task's two blocks), and the depthwise step after it on its
-    channel-block path with the convolution's output as its input: EfficientNet-Lite0's stem (3 -> 32 channels, 3 x 3
-    / 2 on the zero-bordered image) and block 0's depthwise on 112 x 112."""
-    if not ENABLED or not pointwise_t.conv_applies(x_shape, w_shape, stride) or int(w_shape[0]) != 2 * LANES:
+def conv_applies(x_shape, w1_shape, stride, dw_runner: DepthwiseRunner, pad=(0, 0, 0, 0)) -> bool:
+    """A group-1 convolution of x_shape with a zero border pad = (top, left, bottom, right) that
+    ``pointwise_t.ConvTRunner``'s tiles run (on the padded image), with 32 output channels (one panel: a task's two
+    blocks), and the depthwise step after it on its channel-block path with the convolution's output as its input:
+    EfficientNet-Lite0's stem (3 -> 32 channels, 3 x 3 / 2, one zero row and column after the image: TF's SAME) and
+    block 0's depthwise on 112 x 112."""
+    if len(x_shape) != 4 or len(w1_shape) != 4 or min(pad) < 0:
         return False
-    n, _, hp, wp = (int(v) for v in x_shape)
-    _, _, kh, kw = (int(v) for v in w_shape)
+    n, cin, h, wd = (int(v) for v in x_shape)
+    padded = (n, cin, h + pad[0] + pad[2], wd + pad[1] + pad[3])
+    if not ENABLED or not pointwise_t.conv_applies(padded, w1_shape, stride) or int(w1_shape[0]) != 2 * LANES:
+        return False
+    _, _, kh, kw = (int(v) for v in w1_shape)
     sh, sw = (int(v) for v in stride)
-    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    oh, ow = (padded[2] - kh) // sh + 1, (padded[3] - kw) // sw + 1
     return dw_runner.c8 and LANES == 16 and tuple(dw_runner.args[:4]) == (n, 2 * LANES, oh, ow) and n > 0
 
 
+@numba.njit(cache=True, boundscheck=False, inline="always")
+def _band_rows(x, xo, xin, cin, h, wd, top, left, wp, rows_max, pr0, pr1):  # pragma: no cover - compiled
+    """Rows pr0 .. pr1 - 1 of the zero-bordered image (the image at rows top.., columns left..; x's image at xo, C x
+    H x W) of every channel into xin (rows_max x WP a channel, from row pr0): the convolution's input of a band, padded
+    in the band's own buffer instead of a padded copy of the whole image."""
+    for ci in range(cin):
+        for pr in range(pr0, pr1):
+            o = (ci * rows_max + pr - pr0) * wp
+            ir = pr - top
+            if ir < 0 or ir >= h:
+                for j in range(wp):
+                    xin[o + j] = 0.0
+                continue
+            for j in range(left):
+                xin[o + j] = 0.0
+            _copy_run(xin, o + left, x, xo + (ci * h + ir) * wd, wd)  # (8 floats a vector: the task runs at -O1)
+            for j in range(left + wd, wp):
+                xin[o + j] = 0.0
+
+
 def _cd_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, counter,
-               wt_tab, toff_tab, ntaps, b8_tab, out8, toff):  # fmt: skip  # pragma: no cover - compiled
+               wt_tab, toff_tab, ntaps, b8_tab, out8, toff, xin_all):  # fmt: skip  # pragma: no cover - compiled
     """Worker t of ConvDepthwiseRunner: _ed_worker with the convolution's tiles (``pointwise_t._ctile2w``: 14 pixels
-    of a row x 32 channels, taps at toff[k] in the padded image x) in place of the expand's. plan: N, K (taps), C (32),
-    P (the convolution's output pixels), H, W (its output rows and columns: the depthwise's input), ph, pw, WB, HB,
-    OW, bands, the block buffer's floats, 2 (blocks a task), the image's floats between output rows (sh * WP), sw,
-    the image's floats (C_in * HP * WP)."""
+    of a row x 32 channels, tap k at toff[k] in a band's padded input rows) in place of the expand's. plan: N, K
+    (taps), C (32), P (the convolution's output pixels), H, W (its output rows and columns: the depthwise's input), ph,
+    pw, WB, HB, OW, bands, the block buffer's floats, 2 (blocks a task), sh (the convolution's row stride), sw, the
+    input image's C_in, H_in, W_in, the zero border's top and left, WP (padded columns), the band buffer's rows, the
+    convolution's kernel rows. xin_all: every worker's band buffer (C_in x rows x WP floats each)."""
     n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
-    rowstep, sx, img_in = plan[14], plan[15], plan[16]
+    sy, sx, cin, h_in, w_in, top, left = plan[14], plan[15], plan[16], plan[17], plan[18], plan[19], plan[20]
+    wp, rows_max, kh1 = plan[21], plan[22], plan[23]
     npix = (rows[bands - 1, 1]) * ow
     base = t * per * bsize
+    xsize = cin * rows_max * wp
+    xin = xin_all[t * xsize : (t + 1) * xsize]
     for v in range(per):  # the convolution writes the image's pixels only
         _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
     items, granule = (n, bands) if n > 1 else (bands, 1)
@@ -326,16 +354,20 @@ def _cd_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
         task = u * items // nq * granule + i
         img, band = task // bands, task % bands
         o_first, o_end, r_first, r_end = rows[band, 0], rows[band, 1], rows[band, 2], rows[band, 3]
-        # the convolution: its output rows r_first .. r_end - 1 (the depthwise's input rows) into the buffers
+        # the convolution's output rows r_first .. r_end - 1 (the depthwise's input rows) from the band's padded input
+        # rows, into the block buffers
+        pr0 = r_first * sy
+        _band_rows(x, img * cin * h_in * w_in, xin, cin, h_in, w_in, top, left, wp, rows_max, pr0,
+                   (r_end - 1) * sy + kh1)  # fmt: skip
         for r in range(r_first, r_end):
             for s in range(per_row):
                 col = min(s * 2 * NP, wd - 2 * NP)  # a row's last tile ends at its end (pointwise_t.ConvTRunner)
-                xo = img * img_in + r * rowstep + col * sx
+                xo = (r * sy - pr0) * wp + col * sx
                 if sx == 2:
-                    _ctile2w_s2(x, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
+                    _ctile2w_s2(xin, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
                                 r * wd + col, c, toff, sx)  # fmt: skip
                 else:
-                    _ctile2w(x, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
+                    _ctile2w(xin, wt, ws, b1, ws, ws, k, p, xo, 0, base, 0, lo1, hi1, 0, 0, 0, po, bsize,
                              r * wd + col, c, toff, sx)  # fmt: skip
         # the depthwise: output rows o_first .. o_end - 1 of each block from its buffer
         q_end = o_end * ow
@@ -349,7 +381,7 @@ def _cd_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
 
 _CD = Task(
     _cd_worker,
-    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64, _I1),
+    (_F1, _F1, _F1, _F1, _I1, _I2, _I1, _I1, _f, _f, _f, _f, _F1, _I1, _F2, _I2, _I1, _F2, types.int64, _I1, _F1),
     opt=1,
     compile_s=1.2,
     boundscheck=False,
@@ -357,30 +389,34 @@ _CD = Task(
 
 
 class ConvDepthwiseRunner:
-    """A convolution on ``pointwise_t.ConvTRunner``'s tiles (32 output channels, pad 0 on an already padded image) and
-    the depthwise step after it in one pass (``conv_applies``): each task (image, band of the depthwise's output
-    rows) computes the convolution's rows of the band's window (a halo row or so computed by both neighbouring bands)
-    into its worker's padded blocks of 16 channels (``depthwise.PaddedInput``'s layout), where the depthwise's block
-    tiles read them from L2, instead of the whole 32 x 112 x 112 output (1.6 MB an image, EfficientNet-Lite0's stem)
-    going out to L3 or memory and back between two steps. Each output of the convolution is the tile's FMA chain over
-    its taps, then bias and clip, each of the depthwise its block tile's chain: the same bits as the two steps
-    (``hand_over_expand``'s, tested). The weights must not change in place (packed once per array: a plan's folded
-    BatchNorm). ``runner(x, w1, b1, w2, b2, y)``: x the padded image (N, C, HP, WP), w1 (32, C, kh, kw), b1 (32,), w2
-    (32, 1, kh2, kw2), b2 (32,), y the depthwise's output, in planes or (the plan set ``dw_runner.handoff``) its
-    interleaved blocks."""
+    """A convolution on ``pointwise_t.ConvTRunner``'s tiles (32 output channels, a zero border `pad` = (top, left,
+    bottom, right) around the image) and the depthwise step after it in one pass (``conv_applies``): each task (image,
+    band of the depthwise's output rows) copies the band's input rows, zero-bordered, into its worker's band buffer
+    (no padded copy of the whole image), computes the convolution's rows of the band's window (a halo row or so
+    computed by both neighbouring bands) into its worker's padded blocks of 16 channels (``depthwise.PaddedInput``'s
+    layout), and runs the depthwise's block tiles on them from L2, instead of the whole 32 x 112 x 112 output (1.6 MB
+    an image, EfficientNet-Lite0's stem) going out to L3 or memory and back between two steps. Each output of the
+    convolution is the tile's FMA chain over its taps, then bias and clip, each of the depthwise its block tile's
+    chain: the same bits as the two steps (``hand_over_expand``'s, tested). The weights must not change in place
+    (packed once per array: a plan's folded BatchNorm). ``runner(x, w1, b1, w2, b2, y)``: x the image (N, C, H, W), w1
+    (32, C, kh, kw), b1 (32,), w2 (32, 1, kh2, kw2), b2 (32,), y the depthwise's output, in planes or (the plan set
+    ``dw_runner.handoff``) its interleaved blocks."""
 
     __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "toff", "workers", "ws",
-                 "ws_floats")  # fmt: skip
+                 "ws_floats", "x_shape", "xin_floats")  # fmt: skip
 
-    def __init__(self, x_shape, w1_shape, stride, act1, dw_runner: DepthwiseRunner) -> None:
-        if not conv_applies(x_shape, w1_shape, stride, dw_runner):
+    def __init__(self, x_shape, w1_shape, stride, act1, dw_runner: DepthwiseRunner, pad=(0, 0, 0, 0)) -> None:
+        if not conv_applies(x_shape, w1_shape, stride, dw_runner, pad):
             raise ValueError(
                 f"mbconv: a convolution of x {tuple(x_shape)}, w {tuple(w1_shape)} and that depthwise do not apply"
             )
-        n, cin, hp, wp = (int(v) for v in x_shape)
+        n, cin, h_in, w_in = (int(v) for v in x_shape)
+        top, left, bottom, right = (int(v) for v in pad)
+        hp, wp = h_in + top + bottom, w_in + left + right
         c, _, kh1, kw1 = (int(v) for v in w1_shape)
         sh1, sw1 = (int(v) for v in stride)
         h, wd = (hp - kh1) // sh1 + 1, (wp - kw1) // sw1 + 1  # the convolution's output: the depthwise's input
+        self.x_shape = (n, cin, h_in, w_in)
         self.dw = dw_runner
         self.out_shape = dw_runner.out_shape
         oh, ow = self.out_shape[2:]
@@ -403,18 +439,20 @@ class ConvDepthwiseRunner:
         for b in range(bands):
             o0, o1 = b * oh // bands, (b + 1) * oh // bands
             rows[b] = (o0, o1, *span(o0, o1))
+        rows_max = int(max((r1 - 1) * sh1 + kh1 - r0 * sh1 for r0, r1 in rows[:, 2:]))  # a band's padded input rows
         p = np.arange(h * wd)
         po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
-        plan = [n, cin * kh1 * kw1, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per, sh1 * wp, sw1,
-                cin * hp * wp]  # fmt: skip
+        plan = [n, cin * kh1 * kw1, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per, sh1, sw1,
+                cin, h_in, w_in, top, left, wp, rows_max, kh1]  # fmt: skip
         xoff = np.concatenate([xoff[:npix], np.full(8, xoff[npix - 1], np.int64)])  # (see ExpandDepthwiseRunner)
         self.args = (np.array(plan, np.int64), rows, po, xoff)
-        self.toff = np.array(
-            [(ci * hp + i) * wp + j for ci in range(cin) for i in range(kh1) for j in range(kw1)], np.int64
+        self.toff = np.array(  # tap (c, i, j) in a band buffer (rows_max x WP a channel)
+            [(ci * rows_max + i) * wp + j for ci in range(cin) for i in range(kh1) for j in range(kw1)], np.int64
         )
         self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
         self.ws = (None, None)
         self.ws_floats = threads * per * bsize
+        self.xin_floats = threads * cin * rows_max * wp
         self.counter_args = (n, threads, bands)  # image_counters': tasks an image
         self.packed: tuple | None = None  # (w1, its panels, b1)
         self.tables: tuple | None = None  # (w2, b2, the depthwise's tap tables)
@@ -427,7 +465,7 @@ class ConvDepthwiseRunner:
         if tables is None or tables[0] is not w2 or tables[1] is not b2:
             plan_dw = self.dw.args
             tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
-        (buf,) = _WORKSPACE.get(self.ws_floats + 16)
+        buf, xin = _WORKSPACE.get(self.ws_floats + 16, self.xin_floats)
         base, ws = self.ws
         if base is not buf.base:
             ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.ws_floats]  # 64-byte aligned
@@ -435,6 +473,6 @@ class ConvDepthwiseRunner:
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)
         _CD.parallel(_CD.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args, *self.lo_hi,
-                     ws, counter, *tables[2], int(handoff is not None), self.toff)  # fmt: skip
+                     ws, counter, *tables[2], int(handoff is not None), self.toff, xin)  # fmt: skip
         if handoff is not None:
             handoff.interleaved = LANES

@@ -46,9 +46,9 @@ it recognises more in the layer than the layer type says.
   pairs alone, per step at batch 1 on 2 threads, 0.43 -> 0.29 ms for block 1's (112 x 112, stride 2).
 - `fuse_conv_depthwise`: the same for a zero-bordered convolution (`zero_border_step`, 32 output channels on
   `kernels.pointwise_t`'s convolution tiles) and the depthwise step after it (EfficientNet-Lite0's stem and block 0's
-  depthwise on 112 x 112): one step (`kernels.mbconv.ConvDepthwiseRunner`) that copies the image into its padding as
-  before, then per band of the depthwise's output rows computes the convolution's rows into an L2-sized buffer and
-  runs the depthwise on them: the stem's 1.6 MB output an image is never stored whole. Same conditions as
+  depthwise on 112 x 112): one step (`kernels.mbconv.ConvDepthwiseRunner`) that per band of the depthwise's output
+  rows pads the band's input rows in its own buffer (no padded copy of the image), computes the convolution's rows
+  into an L2-sized buffer and runs the depthwise on them: the stem's 1.6 MB output an image is never stored whole. Same conditions as
   `fuse_expand_depthwise`, the same bits as `hand_over_expand`'s two steps (FUSE_STEM off). EfficientNet-Lite0
   in-process A/B, two nets alternated (Zen 4 EPYC, medians): batch 1 1.010x on 2 threads, 1.015x on 1; batch 32
   1.007x; the pair per op in a forward, 2 threads, 261-443 -> 203 us.
@@ -557,18 +557,21 @@ def fuse_conv_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
             continue
         y = dw_top[0].data
         c8 = dw_run if dw_run.c8 else dw_layer.depthwise_runner(blob.data.shape, c8=True)
-        if not mbconv.conv_applies(*geometry, c8) or not plain(y, c8.out_shape):
+        (_, _, hp, wp), w_shape, stride = geometry
+        border = (pad.top, pad.left, hp - pad.x_shape[2] - pad.top, wp - pad.x_shape[3] - pad.left)
+        if not mbconv.conv_applies(pad.x_shape, w_shape, stride, c8, border) or not plain(y, c8.out_shape):
             continue
         dw_step.runner = c8  # the depthwise's handoff (hand_over_depthwise) is set on the runner both steps use
-        run = mbconv.ConvDepthwiseRunner(*geometry, cv_layer.act(), c8)
-        fused = _fused_conv(cv_layer, cv_bottom[0], dw_layer, dw_top[0], dw_step, pad, run)
+        run = mbconv.ConvDepthwiseRunner(pad.x_shape, w_shape, stride, cv_layer.act(), c8, border)
+        fused = _fused_conv(cv_layer, cv_bottom[0], dw_layer, dw_top[0], dw_step, run)
         out[i], out[i + 1] = (fused[0], cv_layer, cv_bottom, cv_top), (fused[1], dw_layer, dw_bottom, dw_top)
     return out
 
 
-def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, pad, run):
-    """(the fused step, the depthwise's step after it) of `fuse_conv_depthwise`: the image into the padding's
-    zero-bordered buffer, then the convolution without its zero row and column and the depthwise in one pass."""
+def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
+    """(the fused step, the depthwise's step after it) of `fuse_conv_depthwise`: the convolution without its zero row
+    and column, on the image with its zero border (each band padded in its task's buffer), and the depthwise in one
+    pass."""
     y = dst.data
     shapes = (cv_layer.forward_params()[0].shape, dw_layer.forward_params()[0].shape)
     zeros1 = np.zeros(shapes[0][0], np.float32)
@@ -584,7 +587,7 @@ def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, pad, run):
         x = src.data
         b1 = zeros1 if b1 is None else b1
         b2 = zeros2 if b2 is None else b2
-        if dst.data is not y or x.shape != pad.x_shape or x.dtype != np.float32 or not x.flags.c_contiguous:
+        if dst.data is not y or not plain(x, run.x_shape):
             return False
         now = (w1, b1, w2, b2)
         if any(a is not b for a, b in zip(now, checked)):
@@ -595,12 +598,11 @@ def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, pad, run):
                 return False
             checked[:] = now
             inner[0] = np.ascontiguousarray(w1[:, :, 1:, 1:])
-        run(pad(x), inner[0], b1, w2, b2, y)
+        run(x, inner[0], b1, w2, b2, y)
         done[0] = True
         return True
 
     step.runner = run
-    step.pad = pad  # its first call copies x into pad's buffer (net.per_image feeds that buffer itself)
 
     def dw_done() -> bool:  # dw_done.done_by: nothing to do after the fused step (net.replay leaves it out)
         if done[0]:

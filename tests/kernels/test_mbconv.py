@@ -292,63 +292,70 @@ def test_observed_depthwise_output_is_not_fused() -> None:
 
 
 # ---------------------------------------------------------------------- a convolution and the depthwise after it
-def _conv_pair(n, cin, hp, wp, kernel, stride, dw_kernel, dw_stride, dw_pad, seed):
-    """x (an already padded image), w1, b1 (a 32-channel kernel x kernel convolution), w2, b2 of a depthwise on its
-    output, and that depthwise's runner on its channel-block path."""
+def _conv_pair(n, cin, h, wd, border, kernel, stride, dw_kernel, dw_stride, dw_pad, seed):
+    """x (the image), w1, b1 (a 32-channel kernel x kernel convolution on x with the zero border (top, left, bottom,
+    right)), w2, b2 of a depthwise on its output, and that depthwise's runner on its channel-block path."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (n, cin, hp, wp)).astype(np.float32)
+    x = rng.uniform(-1, 1, (n, cin, h, wd)).astype(np.float32)
     w1 = (rng.standard_normal((32, cin, kernel, kernel)) / np.sqrt(cin * kernel * kernel)).astype(np.float32)
     b1 = rng.standard_normal(32).astype(np.float32)
     w2 = rng.standard_normal((32, 1, dw_kernel, dw_kernel)).astype(np.float32)
     b2 = rng.standard_normal(32).astype(np.float32)
+    hp, wp = h + border[0] + border[2], wd + border[1] + border[3]
     oh, ow = (hp - kernel) // stride + 1, (wp - kernel) // stride + 1
     dw = depthwise.DepthwiseRunner((n, 32, oh, ow), w2.shape, dw_stride, dw_pad, ACT, frozen=True, c8=True)
     return x, w1, b1, w2, b2, dw
 
 
-def _conv_two_steps(x, w1, b1, w2, b2, stride, dw):
-    """The two steps the plan runs without fuse_conv_depthwise (hand_over_expand's stem): pointwise_t's ConvTRunner
-    writing the depthwise's padded blocks, the depthwise reading them in place."""
+def _conv_two_steps(x, border, w1, b1, w2, b2, stride, dw):
+    """The two steps the plan runs without fuse_conv_depthwise (zero_border_step's padding, then hand_over_expand's
+    stem): pointwise_t's ConvTRunner on the zero-bordered image writing the depthwise's padded blocks, the depthwise
+    reading them in place."""
+    top, left, bottom, right = border
+    xp = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))))
     _, _, sh, sw, _, _ = dw.geometry
     ref = depthwise.DepthwiseRunner(dw.args[:4], w2.shape, (sh, sw), (dw.args[4], dw.args[5]), ACT, frozen=True,
                                     c8=True)  # fmt: skip
     size = depthwise.PaddedInput.size(ref)
     raw = np.full(size + 16, np.nan, np.float32)
     blocks = depthwise.PaddedInput(ref, raw[(-raw.ctypes.data // 4) % 16 :][:size])
-    pointwise_t.ConvTRunner(x.shape, w1.shape, (stride, stride), ACT, blocks)(x, w1, b1, np.empty(0, np.float32))
+    pointwise_t.ConvTRunner(xp.shape, w1.shape, (stride, stride), ACT, blocks)(xp, w1, b1, np.empty(0, np.float32))
     ref.padded_in = blocks
     y = np.empty(dw.out_shape, np.float32)
     ref(np.empty(dw.args[:4], np.float32), w2, b2, y)
-    return y
+    return y, xp
 
 
-CONV_CASES = [  # (N, C, HP, WP, kernel, stride, the depthwise's kernel, stride, pad)
-    (1, 3, 225, 225, 3, 2, 3, 1, 1),  # EfficientNet-Lite0's stem (on the zero-bordered image) and block 0's depthwise
-    (2, 3, 225, 225, 3, 2, 3, 1, 1),
-    (1, 3, 60, 33, 3, 1, 5, 2, 2),  # a row's last tile overlapping the one before (31 columns), stride 1
-    (3, 4, 31, 40, 4, 2, 3, 1, 1),  # bands starting off a multiple of 8 output pixels
+CONV_CASES = [  # (N, C, H, W, the zero border, kernel, stride, the depthwise's kernel, stride, pad)
+    (1, 3, 224, 224, (0, 0, 1, 1), 3, 2, 3, 1, 1),  # EfficientNet-Lite0's stem (TF's SAME) and block 0's depthwise
+    (2, 3, 224, 224, (0, 0, 1, 1), 3, 2, 3, 1, 1),
+    (1, 3, 58, 31, (1, 1, 1, 1), 3, 1, 5, 2, 2),  # a row's last tile overlapping the one before (31 columns)
+    (3, 4, 30, 37, (1, 2, 0, 1), 4, 2, 3, 1, 1),  # bands starting off a multiple of 8 output pixels
+    (1, 3, 40, 30, (0, 0, 0, 0), 3, 2, 3, 1, 1),  # no border
 ]
 
 
-@pytest.mark.parametrize("n,cin,hp,wp,kernel,stride,dw_kernel,dw_stride,dw_pad", CONV_CASES)
-def test_conv_and_depthwise_same_bits_as_the_two_steps(n, cin, hp, wp, kernel, stride, dw_kernel, dw_stride,
+@pytest.mark.parametrize("n,cin,h,wd,border,kernel,stride,dw_kernel,dw_stride,dw_pad", CONV_CASES)
+def test_conv_and_depthwise_same_bits_as_the_two_steps(n, cin, h, wd, border, kernel, stride, dw_kernel, dw_stride,
                                                        dw_pad) -> None:  # fmt: skip
-    """ConvDepthwiseRunner against the convolution's tiles then the depthwise's (the plan's two steps): the same bits
-    on 1 and on 2 threads (other bands), again on the same buffers; within float32 rounding of the float64 reference
-    (2e-5 sqrt(taps) of the largest output); and with the depthwise's handoff set, its blocks hold the same values."""
-    x, w1, b1, w2, b2, dw = _conv_pair(n, cin, hp, wp, kernel, stride, dw_kernel, dw_stride, dw_pad, seed=hp + wp)
+    """ConvDepthwiseRunner (each band's input rows zero-bordered in its own buffer) against the convolution's tiles on
+    the zero-bordered image then the depthwise's (the plan's two steps): the same bits on 1 and on 2 threads (other
+    bands), again on the same buffers; within float32 rounding of the float64 reference (2e-5 sqrt(taps) of the
+    largest output); and with the depthwise's handoff set, its blocks hold the same values."""
+    x, w1, b1, w2, b2, dw = _conv_pair(n, cin, h, wd, border, kernel, stride, dw_kernel, dw_stride, dw_pad, h + wd)
     saved = numba.get_num_threads()
     got = {}
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             numba.set_num_threads(threads)
             dw = depthwise.DepthwiseRunner(dw.args[:4], w2.shape, dw_stride, dw_pad, ACT, frozen=True, c8=True)
-            run = mbconv.ConvDepthwiseRunner(x.shape, w1.shape, (stride, stride), ACT, dw)
+            run = mbconv.ConvDepthwiseRunner(x.shape, w1.shape, (stride, stride), ACT, dw, border)
             y = np.full(dw.out_shape, np.nan, np.float32)
             run(x, w1, b1, w2, b2, y)
             run(x, w1, b1, w2, b2, y)
             got[threads] = y
-            np.testing.assert_array_equal(y, _conv_two_steps(x, w1, b1, w2, b2, stride, dw))
+            want, xp = _conv_two_steps(x, border, w1, b1, w2, b2, stride, dw)
+            np.testing.assert_array_equal(y, want)
             dw.handoff = depthwise.Handoff()
             blocks = np.empty(dw.out_shape, np.float32)
             run(x, w1, b1, w2, b2, blocks)
@@ -362,7 +369,7 @@ def test_conv_and_depthwise_same_bits_as_the_two_steps(n, cin, hp, wp, kernel, s
         np.testing.assert_array_equal(v, got[1])
     from kernels.conv import conv2d_forward_ref
 
-    mid = np.clip(conv2d_forward_ref(x.astype(np.float64), w1.astype(np.float64), b1.astype(np.float64),
+    mid = np.clip(conv2d_forward_ref(xp.astype(np.float64), w1.astype(np.float64), b1.astype(np.float64),
                                      stride=stride), *ACT)  # fmt: skip
     ref = depthwise.depthwise_forward_ref(mid, w2, b2, stride=dw_stride, pad=dw_pad, act=ACT)
     taps = cin * kernel * kernel
@@ -371,13 +378,16 @@ def test_conv_and_depthwise_same_bits_as_the_two_steps(n, cin, hp, wp, kernel, s
 
 def test_conv_applies() -> None:
     dw = depthwise.DepthwiseRunner((1, 32, 112, 112), (32, 1, 3, 3), 1, 1, ACT, frozen=True, c8=True)
+    same = (0, 0, 1, 1)  # TF's SAME at stride 2: one zero row and column after the image
+    assert mbconv.conv_applies((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), dw, same)
     assert mbconv.conv_applies((1, 3, 225, 225), (32, 3, 3, 3), (2, 2), dw)
-    assert not mbconv.conv_applies((1, 3, 225, 225), (64, 3, 3, 3), (2, 2), dw)  # 64 channels: two panels
-    assert not mbconv.conv_applies((1, 3, 227, 227), (32, 3, 3, 3), (2, 2), dw)  # 113 x 113: not the depthwise's input
+    assert not mbconv.conv_applies((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), dw)  # 111 x 111: not the depthwise's
+    assert not mbconv.conv_applies((1, 3, 224, 224), (64, 3, 3, 3), (2, 2), dw, same)  # 64 channels: two panels
+    assert not mbconv.conv_applies((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), dw, (0, 0, -1, 1))
     planes = depthwise.DepthwiseRunner((1, 32, 112, 112), (32, 1, 3, 3), 1, 1, ACT, frozen=True)
-    assert not planes.c8 and not mbconv.conv_applies((1, 3, 225, 225), (32, 3, 3, 3), (2, 2), planes)
+    assert not planes.c8 and not mbconv.conv_applies((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), planes, same)
     with pytest.raises(ValueError, match="do not apply"):
-        mbconv.ConvDepthwiseRunner((1, 3, 225, 225), (32, 3, 3, 3), (2, 2), ACT, planes)
+        mbconv.ConvDepthwiseRunner((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), ACT, planes, same)
 
 
 def _lite0_stem(fuse: bool, x: np.ndarray):
@@ -397,8 +407,8 @@ def _lite0_stem(fuse: bool, x: np.ndarray):
 def test_net_fuses_the_stem_and_block0s_depthwise_and_keeps_the_bits() -> None:
     """EfficientNet-Lite0 with shared activations: the zero-bordered stem and block 0's depthwise run as one step
     (plan_steps.fuse_conv_depthwise), whose depthwise step has nothing left to do; the softmax has the bits of the
-    plan with the two steps apart (FUSE_STEM off), replayed too, at batch 1 and at batch 3 (image by image: each copy's
-    fused step fed the image straight into its padding, net.per_image). When the depthwise's output array changes
+    plan with the two steps apart (FUSE_STEM off), replayed too, at batch 1 and at batch 3 (image by image on batch-1
+    copies, net.per_image, each with the fused step). When the depthwise's output array changes
     under the plan, the fused step refuses and the layers' own forwards run: the same values, then the same bits; when
     the stem's weights get a non-zero border, it refuses too and the full kernel runs (within 1e-6 of a net without
     shared activations)."""
@@ -414,7 +424,6 @@ def test_net_fuses_the_stem_and_block0s_depthwise_and_keeps_the_bits() -> None:
         assert isinstance(step.runner, mbconv.ConvDepthwiseRunner) and layer.name == "stem"
         assert getattr(plan.steps[1][0], "done_by", None) is step
         if n > 1:
-            assert net._plan.per_image.feeds[0][1] is step.pad  # fed
             continue
         assert net._plan.replay
         dst = plan.steps[1][3][0]

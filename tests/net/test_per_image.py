@@ -30,8 +30,15 @@ def _one_by_one(files, x: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate([r[k] for r in rows]) for k in ("prob", "pool")}
 
 
-@pytest.mark.parametrize("threads", [2, 1])
-def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) -> None:
+@pytest.mark.parametrize("threads,fuse", [(2, True), (1, True), (2, False)])
+def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads, fuse, monkeypatch) -> None:
+    """fuse: the stem fused with block 0's depthwise where AVX-512 runs it (net.plan_steps.fuse_conv_depthwise: the
+    copies' replays start from their input blob); else the copies' replays start by padding it, and each image is fed
+    into that padding."""
+    from kernels import mbconv
+    from net import plan_steps
+
+    monkeypatch.setattr(plan_steps, "FUSE_STEM", fuse)
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -46,8 +53,11 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads) 
         st = net._plan.per_image
         assert isinstance(st, per_image.PerImage)
         assert all(rep._plan.replay for rep in st.replicas)  # the copies replay
-        # ... from the stem's zero-bordered buffer, which each image is copied into from the batch (PerImage._fed)
-        assert all(rp is rep._plan.replay and pad is not None for (rp, pad), rep in zip(st.feeds, st.replicas))
+        if fuse and mbconv.ENABLED:  # ... the stem and block 0's depthwise one step (AVX-512), each band padded in
+            # its own buffer
+            assert all(isinstance(rep._plan.steps[0][0].runner, mbconv.ConvDepthwiseRunner) for rep in st.replicas)
+        else:  # ... from the stem's zero-bordered buffer, which each image is copied into from the batch (_fed)
+            assert all(rp is rep._plan.replay and pad is not None for (rp, pad), rep in zip(st.feeds, st.replicas))
         # ... up to the pooling: fc and prob run once for the batch, fc row by row with batch-1 bits (checked above)
         assert len(st.tail) == 2 and all(rep.layers[-1].name == "pool" for rep in st.replicas)
         assert len(st.replicas) == numba.get_num_threads()
