@@ -44,10 +44,11 @@ the plan set ``dw_runner.handoff``); x may come in blocks of 16 channels interle
 ``net.plan_steps.hand_over_projection``; the tiles then read a pixel's 16 channels on one line). Used by
 ``net.plan_steps.fuse_expand_depthwise``.
 
-The same pass for a convolution on ``pointwise_t``'s convolution tiles (32 output channels, pad 0 on an already
-padded image) and the depthwise after it: ``conv_applies(x_shape, w1_shape, stride, dw_runner)`` and
-``ConvDepthwiseRunner(x_shape, w1_shape, stride, act1, dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``
-(EfficientNet-Lite0's stem and block 0's depthwise: ``net.plan_steps.fuse_conv_depthwise``).
+The same pass for a convolution on ``pointwise_t``'s convolution tiles (32 output channels, on the image with a zero
+border that each task writes around its band's rows in its own buffer) and the depthwise after it:
+``conv_applies(x_shape, w1_shape, stride, dw_runner, pad)`` and ``ConvDepthwiseRunner(x_shape, w1_shape, stride,
+act1, dw_runner, pad)``, called as ``runner(x, w1, b1, w2, b2, y)`` (EfficientNet-Lite0's stem and block 0's
+depthwise: ``net.plan_steps.fuse_conv_depthwise``).
 """
 
 from __future__ import annotations

@@ -48,10 +48,11 @@ it recognises more in the layer than the layer type says.
   `kernels.pointwise_t`'s convolution tiles) and the depthwise step after it (EfficientNet-Lite0's stem and block 0's
   depthwise on 112 x 112): one step (`kernels.mbconv.ConvDepthwiseRunner`) that per band of the depthwise's output
   rows pads the band's input rows in its own buffer (no padded copy of the image), computes the convolution's rows
-  into an L2-sized buffer and runs the depthwise on them: the stem's 1.6 MB output an image is never stored whole. Same conditions as
-  `fuse_expand_depthwise`, the same bits as `hand_over_expand`'s two steps (FUSE_STEM off). EfficientNet-Lite0
-  in-process A/B, two nets alternated (Zen 4 EPYC, medians): batch 1 1.010x on 2 threads, 1.015x on 1; batch 32
-  1.007x; the pair per op in a forward, 2 threads, 261-443 -> 203 us.
+  into an L2-sized buffer and runs the depthwise on them: the stem's 1.6 MB output an image is never stored whole.
+  Same conditions as `fuse_expand_depthwise`, the same bits as `hand_over_expand`'s two steps (FUSE_STEM off).
+  EfficientNet-Lite0 in-process A/B, two nets alternated (Zen 4 EPYC, min / median): batch 1 1.015 / 1.020x on 2
+  threads, 1.016 / 1.013x on 1; batch 32 1.007 / 1.014x, 64 1.003 / 1.008x; the pad, stem and depthwise per op in a
+  forward on 2 threads 320-490 -> 226 us (benchmarks/perf_notes.md, twenty-seventh round).
 - `hand_over_expand`: the other way, a 1x1 Convolution (folded, on `kernels.pointwise_t`, any plane size) whose
   output only the next step reads, a depthwise one on its channel-block path, writes that output straight into the
   depthwise's padded blocks of 16 channels (`kernels.depthwise.PaddedInput`), which the depthwise reads in place with
@@ -536,9 +537,9 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
 
 def fuse_conv_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
     """See the module docstring. `keep`: ids of the blobs someone may read after a forward. Returns the steps, a fused
-    pair's zero-bordered convolution step replaced by the fused one (which keeps the step's padding, ``pad``) and its
-    depthwise step by one that has nothing left to do after it (``done_by``), or runs the depthwise layer's step when
-    the fused one could not run."""
+    pair's zero-bordered convolution step (`zero_border_step`: its padding's geometry is the fused step's zero border)
+    replaced by the fused one and its depthwise step by one that has nothing left to do after it (``done_by``), or runs
+    the depthwise layer's step when the fused one could not run."""
     out = list(steps)
     if not FUSE_STEM:
         return out
