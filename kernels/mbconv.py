@@ -119,6 +119,30 @@ def _bands(n: int, tasks: int, oh: int, in_rows, row_bytes: int, split_rows: boo
     return bands
 
 
+def _band_table(dw_runner: DepthwiseRunner, h: int, tasks: int, per: int, split_rows: bool) -> np.ndarray:
+    """(bands, 4) int64: each band's first output row, output rows end, first input row and input rows end of the
+    depthwise (`dw_runner`, on an input of h rows), in `_bands`' count of bands for `tasks` tasks an image of `per`
+    blocks each on the current thread count."""
+    n = dw_runner.args[0]
+    oh = dw_runner.out_shape[2]
+    ph, wb = dw_runner.args[4], dw_runner.args[6]
+    kh, _, sh, _, dh, _ = dw_runner.geometry
+
+    def span(o0: int, o1: int) -> tuple[int, int]:  # the input rows output rows o0 .. o1 - 1 read
+        return max(0, o0 * sh - ph), min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)
+
+    def in_rows(b: int, bands: int) -> int:
+        first, end = span(b * oh // bands, (b + 1) * oh // bands)
+        return end - first
+
+    bands = _bands(n, tasks, oh, in_rows, per * wb * LANES * 4, split_rows, numba.get_num_threads())
+    rows = np.zeros((bands, 4), np.int64)
+    for b in range(bands):
+        o0, o1 = b * oh // bands, (b + 1) * oh // bands
+        rows[b] = (o0, o1, *span(o0, o1))
+    return rows
+
+
 def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, counter,
                wt_tab, toff_tab, ntaps, b8_tab, out8, xblk):  # fmt: skip  # pragma: no cover - compiled
     """Worker t: claims (image, channels, band) tasks (gemm.claim_near). plan: N, K, C, P (the expand's input pixels),
@@ -222,27 +246,15 @@ class ExpandDepthwiseRunner:
         c = int(w1_shape[0])
         self.dw = dw_runner
         self.out_shape = dw_runner.out_shape
-        oh, ow = self.out_shape[2:]
+        ow = self.out_shape[3]
         _, _, _, _, ph, pw, wb, npix, _, xoff, _ = dw_runner.args
         bsize = dw_runner.plane
         hb = bsize // (wb * LANES)
-        kh, _, sh, _, dh, _ = dw_runner.geometry
-
-        def span(o0: int, o1: int) -> tuple[int, int]:  # the input rows output rows o0 .. o1 - 1 read
-            return max(0, o0 * sh - ph), min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)
-
-        def in_rows(b: int, bands: int) -> int:
-            first, end = span(b * oh // bands, (b + 1) * oh // bands)
-            return end - first
-
         self.workers = threads = numba.get_num_threads()
         nblk = c // LANES
         per = 2 if n * (nblk // 2) >= PAIR_TASKS * threads else 1  # blocks a task (see the module docstring)
-        bands = _bands(n, -(-nblk // per), oh, in_rows, per * wb * LANES * 4, wd % NP == 0, threads)
-        rows = np.zeros((bands, 4), np.int64)
-        for b in range(bands):
-            o0, o1 = b * oh // bands, (b + 1) * oh // bands
-            rows[b] = (o0, o1, *span(o0, o1))
+        rows = _band_table(dw_runner, h, -(-nblk // per), per, wd % NP == 0)
+        bands = len(rows)
         if wd % NP:  # whole planes only: the tiles run over the image's pixels in sevens
             rows[:, 2], rows[:, 3] = 0, h
         p = np.arange(h * wd)
@@ -420,26 +432,14 @@ class ConvDepthwiseRunner:
         self.x_shape = (n, cin, h_in, w_in)
         self.dw = dw_runner
         self.out_shape = dw_runner.out_shape
-        oh, ow = self.out_shape[2:]
+        ow = self.out_shape[3]
         _, _, _, _, ph, pw, wb, npix, _, xoff, _ = dw_runner.args
         bsize = dw_runner.plane
         hb = bsize // (wb * LANES)
-        kh, _, sh, _, dh, _ = dw_runner.geometry
-
-        def span(o0: int, o1: int) -> tuple[int, int]:  # the input rows output rows o0 .. o1 - 1 read
-            return max(0, o0 * sh - ph), min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)
-
-        def in_rows(b: int, bands: int) -> int:
-            first, end = span(b * oh // bands, (b + 1) * oh // bands)
-            return end - first
-
         self.workers = threads = numba.get_num_threads()
-        per = 2
-        bands = _bands(n, 1, oh, in_rows, per * wb * LANES * 4, True, threads)
-        rows = np.zeros((bands, 4), np.int64)
-        for b in range(bands):
-            o0, o1 = b * oh // bands, (b + 1) * oh // bands
-            rows[b] = (o0, o1, *span(o0, o1))
+        per = 2  # (32 channels: one task's two blocks)
+        rows = _band_table(dw_runner, h, 1, per, True)
+        bands = len(rows)
         rows_max = int(max((r1 - 1) * sh1 + kh1 - r0 * sh1 for r0, r1 in rows[:, 2:]))  # a band's padded input rows
         p = np.arange(h * wd)
         po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)

@@ -523,8 +523,14 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
         return True
 
     step.runner = run
+    return step, _done_by(step, done, dw_step)
 
-    def dw_done() -> bool:  # dw_done.done_by: nothing to do after the fused step (net.replay leaves it out)
+
+def _done_by(step, done: list[bool], dw_step):
+    """The depthwise's step after a fused `step` that sets done[0] when it ran: nothing to do then (``done_by``:
+    net.replay leaves it out), else the depthwise's own step."""
+
+    def dw_done() -> bool:
         if done[0]:
             done[0] = False
             return True
@@ -532,7 +538,7 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
 
     dw_done.done_by = step
     dw_done.runner = dw_step.runner
-    return step, dw_done
+    return dw_done
 
 
 def fuse_conv_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
@@ -604,16 +610,7 @@ def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
         return True
 
     step.runner = run
-
-    def dw_done() -> bool:  # dw_done.done_by: nothing to do after the fused step (net.replay leaves it out)
-        if done[0]:
-            done[0] = False
-            return True
-        return dw_step()
-
-    dw_done.done_by = step
-    dw_done.runner = dw_step.runner
-    return step, dw_done
+    return step, _done_by(step, done, dw_step)
 
 
 def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:

@@ -176,18 +176,20 @@ def test_applies() -> None:
         mbconv.ExpandDepthwiseRunner((1, 16, 112, 112), (96, 16, 1, 1), ACT, planes)
 
 
-def _lite0(fuse: bool, x: np.ndarray):
+def _lite0(fuse: bool, x: np.ndarray, switch: str = "FUSE_EXPAND"):
+    """(EfficientNet-Lite0 with shared activations planned with net.plan_steps' `switch` set to fuse, its softmax)."""
     from net import Net, plan_steps
     from net.zoo import efficientnet_lite0
 
     files = efficientnet_lite0(say=lambda _m: None)
-    saved, plan_steps.FUSE_EXPAND = plan_steps.FUSE_EXPAND, fuse
+    saved = getattr(plan_steps, switch)
+    setattr(plan_steps, switch, fuse)
     try:
         net = Net.load(files.prototxt, files.weights)
         net.share_activations()
         return net, net.forward(data=x)["prob"].copy()
     finally:
-        plan_steps.FUSE_EXPAND = saved
+        setattr(plan_steps, switch, saved)
 
 
 def test_net_fuses_every_expand_and_keeps_the_bits() -> None:
@@ -390,20 +392,6 @@ def test_conv_applies() -> None:
         mbconv.ConvDepthwiseRunner((1, 3, 224, 224), (32, 3, 3, 3), (2, 2), ACT, planes, same)
 
 
-def _lite0_stem(fuse: bool, x: np.ndarray):
-    from net import Net, plan_steps
-    from net.zoo import efficientnet_lite0
-
-    files = efficientnet_lite0(say=lambda _m: None)
-    saved, plan_steps.FUSE_STEM = plan_steps.FUSE_STEM, fuse
-    try:
-        net = Net.load(files.prototxt, files.weights)
-        net.share_activations()
-        return net, net.forward(data=x)["prob"].copy()
-    finally:
-        plan_steps.FUSE_STEM = saved
-
-
 def test_net_fuses_the_stem_and_block0s_depthwise_and_keeps_the_bits() -> None:
     """EfficientNet-Lite0 with shared activations: the zero-bordered stem and block 0's depthwise run as one step
     (plan_steps.fuse_conv_depthwise), whose depthwise step has nothing left to do; the softmax has the bits of the
@@ -414,8 +402,8 @@ def test_net_fuses_the_stem_and_block0s_depthwise_and_keeps_the_bits() -> None:
     shared activations)."""
     for n in (1, 3):
         x = np.random.default_rng(n + 20).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
-        net, fused = _lite0_stem(True, x)
-        _, apart = _lite0_stem(False, x)
+        net, fused = _lite0(True, x, "FUSE_STEM")
+        _, apart = _lite0(False, x, "FUSE_STEM")
         np.testing.assert_array_equal(fused, apart)
         for _ in range(4):  # recorded and replayed
             np.testing.assert_array_equal(net.forward(data=x)["prob"], apart)
