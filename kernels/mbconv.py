@@ -222,6 +222,16 @@ _ED = Task(
 _WORKSPACE = Workspace()
 
 
+def _dw_tables(runner, w2: np.ndarray, b2: np.ndarray) -> tuple:
+    """The depthwise's tap tables (``depthwise._c8_tables``) of a fused runner for w2 and b2, made once per pair of
+    arrays (kept in runner.tables: the weights do not change in place)."""
+    tables = runner.tables
+    if tables is None or tables[0] is not w2 or tables[1] is not b2:
+        plan_dw = runner.dw.args
+        tables = runner.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
+    return tables[2]
+
+
 class ExpandDepthwiseRunner:
     """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
 
@@ -234,7 +244,6 @@ class ExpandDepthwiseRunner:
         "packed",
         "tables",
         "workers",
-        "ws",
         "ws_floats",
         "x_blocks",
     )
@@ -265,7 +274,6 @@ class ExpandDepthwiseRunner:
         xoff = np.concatenate([xoff[:npix], np.full(8, xoff[npix - 1], np.int64)])
         self.args = (plan, rows, po, xoff)
         self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
-        self.ws = (None, None)
         self.ws_floats = threads * per * bsize  # every worker's block buffers
         self.counter_args = (n, threads, -(-nblk // per) * bands)  # image_counters': tasks an image
         self.packed: tuple | None = None  # (w1, its panels, b1)
@@ -278,15 +286,7 @@ class ExpandDepthwiseRunner:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
             packed = self.packed = (w1, pack(w1, 16 * self.args[0][13]), b1)  # plan[13]: blocks a task
-        tables = self.tables
-        if tables is None or tables[0] is not w2 or tables[1] is not b2:
-            plan_dw = self.dw.args
-            tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
-        (buf,) = _WORKSPACE.get(self.ws_floats + 16)
-        base, ws = self.ws  # the aligned view of this thread's workspace, kept while the workspace stays the same
-        if base is not buf.base:
-            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.ws_floats]  # 64-byte aligned
-            self.ws = (buf.base, ws)
+        (ws,) = _WORKSPACE.get(self.ws_floats)  # (64-byte aligned)
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)
         xb = self.x_blocks
@@ -294,7 +294,8 @@ class ExpandDepthwiseRunner:
         if xblk:
             xb.ready = False
         _ED.parallel(_ED.address, self.workers, xb.buf if xblk else x.reshape(-1), packed[1], b1, y.reshape(-1),
-                     *self.args, *self.lo_hi, ws, counter, *tables[2], int(handoff is not None), int(xblk))  # fmt: skip
+                     *self.args, *self.lo_hi, ws, counter, *_dw_tables(self, w2, b2), int(handoff is not None),
+                     int(xblk))  # fmt: skip
         if handoff is not None:
             handoff.interleaved = LANES  # y holds blocks of LANES channels interleaved per pixel this time
 
@@ -415,7 +416,7 @@ class ConvDepthwiseRunner:
     (32, C, kh, kw), b1 (32,), w2 (32, 1, kh2, kw2), b2 (32,), y the depthwise's output, in planes or (the plan set
     ``dw_runner.handoff``) its interleaved blocks."""
 
-    __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "toff", "workers", "ws",
+    __slots__ = ("args", "counter_args", "dw", "lo_hi", "out_shape", "packed", "tables", "toff", "workers",
                  "ws_floats", "x_shape", "xin_floats")  # fmt: skip
 
     def __init__(self, x_shape, w1_shape, stride, act1, dw_runner: DepthwiseRunner, pad=(0, 0, 0, 0)) -> None:
@@ -451,7 +452,6 @@ class ConvDepthwiseRunner:
             [(ci * rows_max + i) * wp + j for ci in range(cin) for i in range(kh1) for j in range(kw1)], np.int64
         )
         self.lo_hi = check_act(act1, "mbconv") + dw_runner.lo_hi
-        self.ws = (None, None)
         self.ws_floats = threads * per * bsize
         self.xin_floats = threads * cin * rows_max * wp
         self.counter_args = (n, threads, bands)  # image_counters': tasks an image
@@ -462,18 +462,10 @@ class ConvDepthwiseRunner:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
             packed = self.packed = pointwise_t._params(w1, b1)[:3]
-        tables = self.tables
-        if tables is None or tables[0] is not w2 or tables[1] is not b2:
-            plan_dw = self.dw.args
-            tables = self.tables = (w2, b2, _c8_tables(w2.reshape(-1), b2, plan_dw[1], plan_dw[8], LANES))
-        buf, xin = _WORKSPACE.get(self.ws_floats + 16, self.xin_floats)
-        base, ws = self.ws
-        if base is not buf.base:
-            ws = buf[(-buf.ctypes.data // 4) % 16 :][: self.ws_floats]  # 64-byte aligned
-            self.ws = (buf.base, ws)
+        ws, xin = _WORKSPACE.get(self.ws_floats, self.xin_floats)  # (64-byte aligned)
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)
         _CD.parallel(_CD.address, self.workers, x.reshape(-1), packed[1], b1, y.reshape(-1), *self.args, *self.lo_hi,
-                     ws, counter, *tables[2], int(handoff is not None), self.toff, xin)  # fmt: skip
+                     ws, counter, *_dw_tables(self, w2, b2), int(handoff is not None), self.toff, xin)  # fmt: skip
         if handoff is not None:
             handoff.interleaved = LANES

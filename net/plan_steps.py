@@ -501,21 +501,15 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
     done = [False]
     checked = [None] * 5  # the (x, w1, b1, w2, b2) arrays last checked: the same objects need no new check
 
-    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+    def step() -> bool:
         done[0] = False
-        w1, b1 = pw_layer.forward_params()
-        w2, b2 = dw_layer.forward_params()
+        w1, b1, w2, b2 = _pair_params(pw_layer, zeros1, dw_layer, zeros2)
         x = src.data
-        b1 = zeros1 if b1 is None else b1
-        b2 = zeros2 if b2 is None else b2
         if dst.data is not y:
             return False
         now = (x, w1, b1, w2, b2)
         if any(a is not b for a, b in zip(now, checked)):
-            if not (
-                plain(x, shapes[0]) and plain(w1, shapes[1]) and plain(b1, shapes[1][:1]) and plain(w2, shapes[2])
-                and plain(b2, shapes[2][:1]) and not np.may_share_memory(x, y)
-            ):  # fmt: skip
+            if not (plain(x, shapes[0]) and _plain_params(now[1:], shapes[1:]) and not np.may_share_memory(x, y)):
                 return False
             checked[:] = now
         run(x, w1, b1, w2, b2, y)
@@ -524,6 +518,20 @@ def _fused_expand(pw_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
 
     step.runner = run
     return step, _done_by(step, done, dw_step)
+
+
+def _pair_params(layer1, zeros1: np.ndarray, dw_layer, zeros2: np.ndarray) -> tuple:
+    """(w1, b1, w2, b2) of a fused pair's two layers now, a missing bias as zeros: looked up on every call
+    (Net.share_weights_from swaps the Blobs)."""
+    w1, b1 = layer1.forward_params()
+    w2, b2 = dw_layer.forward_params()
+    return w1, zeros1 if b1 is None else b1, w2, zeros2 if b2 is None else b2
+
+
+def _plain_params(params: tuple, shapes: tuple) -> bool:
+    """Are a fused pair's (w1, b1, w2, b2) plain arrays of the weight shapes (w1's, w2's) and their biases'?"""
+    w1, b1, w2, b2 = params
+    return plain(w1, shapes[0]) and plain(b1, shapes[0][:1]) and plain(w2, shapes[1]) and plain(b2, shapes[1][:1])
 
 
 def _done_by(step, done: list[bool], dw_step):
@@ -584,27 +592,25 @@ def _fused_conv(cv_layer, src: Blob, dw_layer, dst: Blob, dw_step, run):
     zeros1 = np.zeros(shapes[0][0], np.float32)
     zeros2 = np.zeros(shapes[1][0], np.float32)
     done = [False]
-    checked = [None] * 4  # the (w1, b1, w2, b2) arrays last checked: the same objects need no new check
+    checked = [None] * 5  # the (x, w1, b1, w2, b2) arrays last checked: the same objects need no new check
     inner = [None]  # w1 without its zero row and column (the weights are frozen: cut once per array)
 
-    def step() -> bool:  # the parameters are looked up each call (Net.share_weights_from swaps the Blobs)
+    def step() -> bool:
         done[0] = False
-        w1, b1 = cv_layer.forward_params()
-        w2, b2 = dw_layer.forward_params()
+        w1, b1, w2, b2 = _pair_params(cv_layer, zeros1, dw_layer, zeros2)
         x = src.data
-        b1 = zeros1 if b1 is None else b1
-        b2 = zeros2 if b2 is None else b2
-        if dst.data is not y or not plain(x, run.x_shape):
+        if dst.data is not y:
             return False
-        now = (w1, b1, w2, b2)
+        now = (x, w1, b1, w2, b2)
         if any(a is not b for a, b in zip(now, checked)):
             if not (
-                plain(w1, shapes[0]) and plain(b1, shapes[0][:1]) and plain(w2, shapes[1])
-                and plain(b2, shapes[1][:1]) and _zero_border(w1)
+                plain(x, run.x_shape) and _plain_params(now[1:], shapes) and _zero_border(w1)
+                and not np.may_share_memory(x, y)
             ):  # fmt: skip
                 return False
+            if w1 is not checked[1]:
+                inner[0] = np.ascontiguousarray(w1[:, :, 1:, 1:])
             checked[:] = now
-            inner[0] = np.ascontiguousarray(w1[:, :, 1:, 1:])
         run(x, inner[0], b1, w2, b2, y)
         done[0] = True
         return True

@@ -65,7 +65,7 @@ from .inside import Inside, NotFound
 from .model import ALLOWED_FORMATS, Model
 from .openapi import openapi_spec
 from .personal import GalleryFull, PersonalGallery, prepare_photo
-from .pools import Busy, ByteBudget, WorkPool, return_large_frees_to_os
+from .pools import Busy, ByteBudget, Gate, WorkPool, return_large_frees_to_os
 from .web import WebSearch
 
 __all__ = ["STATIC_DIR", "ApiError", "AppConfig", "create_app"]
@@ -250,7 +250,7 @@ class _State:
             what="URL fetches",
         )
         self.bodies = ByteBudget(config.body_budget)
-        self.maps_gate = _Gate(config.inside_queue, "feature-map requests")
+        self.maps_gate = Gate(config.inside_queue, "feature-map requests")
         template = config.web_query
         if template is None:
             digits = all(label.strip().isdigit() for label in model.labels)
@@ -383,22 +383,6 @@ class _State:
         if self.gallery is not None or (self.personal is not None and len(self.personal)):
             return None
         return NO_GALLERY if self.personal is not None else self.gallery_note
-
-
-class _Gate:
-    """At most `limit` jobs of one kind in flight (the event loop's count: no lock); past it Busy (503, Retry-After)."""
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit, self.what, self.running = limit, what, 0
-
-    async def run(self, start: Callable[[], Awaitable]):
-        if self.running >= self.limit:
-            raise Busy(f"too many {self.what} at once ({self.limit}); try again in a moment")
-        self.running += 1
-        try:
-            return await start()
-        finally:
-            self.running -= 1
 
 
 def _urls(source: str, i: int) -> dict:

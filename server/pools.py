@@ -1,10 +1,13 @@
-"""Bounded work for the web app: thread pools with a bounded queue, and a byte budget for request bodies.
+"""Bounded work for the web app: thread pools with a bounded queue, a byte budget for request bodies, and a gate on
+jobs of one kind in flight.
 
     decode = WorkPool("crema-decode", workers=2, max_waiting=32, max_wait_s=10.0, what="image decodes")
     x = await decode.run(model.preprocess, data, cost=pixels)  # cheapest first; Busy once 2 + 32 jobs are in,
                                                                # or after 10 s in the queue
     bodies = ByteBudget(200_000_000)
     if not bodies.take(n): ...                        # 503: too many request bodies held at once
+    maps = Gate(8, "feature-map requests")
+    png = await maps.run(lambda: batcher.call(...))   # Busy once 8 are in flight
 
 Why: a decode of a 40 Mpx image holds ~160 MB for about a second, so the number at once must be small, and slow
 URL fetches must not take the threads that uploads need (before/after figures: benchmarks/hostile_notes.md). Each
@@ -19,8 +22,8 @@ once and the job never runs; a running job finishes.
 staying with the process after they are freed.
 
 Exceptions:
-    Busy(Exception)     a pool's queue is full, a job waited too long, or the byte budget is spent; answered 503
-                        with Retry-After by the app
+    Busy(Exception)     a pool's queue is full, a job waited too long, the byte budget is spent, or a gate is full;
+                        answered 503 with Retry-After by the app
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import heapq
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -191,6 +194,24 @@ class ByteBudget:
 
     def stats(self) -> dict:
         return {"limit": self.limit, "held": self.held, "refused": self.refused}
+
+
+class Gate:
+    """At most `limit` jobs of one kind in flight (the event loop's count: used from its thread only, no lock); past
+    it Busy."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what, self.running = limit, what, 0
+
+    async def run(self, start: Callable[[], Awaitable]):
+        """await start() unless `limit` runs are in flight already (Busy)."""
+        if self.running >= self.limit:
+            raise Busy(f"too many {self.what} at once ({self.limit}); try again in a moment")
+        self.running += 1
+        try:
+            return await start()
+        finally:
+            self.running -= 1
 
 
 _MALLOC_SET = False
