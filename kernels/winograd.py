@@ -21,7 +21,10 @@ Kernels:
 0. ``winograd_forward_ref`` - the transforms in float64 NumPy (the matrices below, einsum per tile): the reference of
                               the transform arithmetic; ``kernels.conv.conv2d_forward_ref`` is the reference of the
                               convolution (tests compare both).
-1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32: (group, alpha^2,
+1. ``transform_weights``    - U = G g G^T for every filter, in float64, rounded once to float32 (a task on the
+                              threads, ``_transform_worker``: LeNet's conv2 96 us, CaffeNet's conv3 1.3 ms, against
+                              1.2 and 19 ms in NumPy, ``transform_weights_ref``; a value may differ from the NumPy
+                              one in its last bit: einsum sums in another order): (group, alpha^2,
                               K/group, C/group) row-major; ``pack_weights`` lays each U_xi out as the GEMM
                               micro-kernel's packed A (``kernels.gemm.block`` with lda = 0: tiles of MR rows, (C/group,
                               MR) each, zero rows past K/group), so a tile reads its weights as one stream of MR floats
@@ -78,8 +81,8 @@ tile per layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 16 ch
 pixels in the batch F(4x4, 5x5), else from 24 channels and 49 pixels F(2x2, 5x5); ``CREMA_WINOGRAD=2`` / ``4``
 force a tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward of TEST-phase
 layers (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
-A TRAIN-phase net never takes it: its weights change every iteration, and transforming them each time cost more
-than it saved (LeNet's training iteration 1.62x PyTorch with conv2 on F(4x4, 5x5), 2.07x without).
+A TRAIN-phase net takes it too (its weights change every iteration: the runner transforms them again, on the
+threads; see ``net.layers.convolution.ConvolutionLayer.winograd_tile``).
 
 Bits: the transforms' sums are taken in the order ``_linear`` emits them (the input transform's plain, the output
 transform's with llvm.fma for the coefficients other than +-1): ``_transform_inputs`` and ``_output_transform`` say
@@ -89,6 +92,7 @@ differently where it inlined or cloned them (an image alone and in a batch diffe
 
 Public: ``winograd_forward(x, w, b, *, pad, group, out, relu, relu_max, m) -> y`` (checks its arguments),
 ``WinogradRunner`` (the shape work once, kept by a Net's plan), ``choose``, ``winograd_applies``, ``transform_weights``,
+``transform_packed`` (transform_weights' U as ``pack_weights`` lays it), ``transform_weights_ref``,
 ``pack_weights``, ``winograd_forward_ref``, ``matrices(m, r)``, ``kernel_size``.
 
 Benchmark (checks against the reference first): ``python -m benchmarks --only layers --filter winograd``.
@@ -96,6 +100,7 @@ Benchmark (checks against the reference first): ``python -m benchmarks --only la
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
@@ -175,7 +180,16 @@ def matrices(m: int = TILE, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndar
             f"winograd: (output tile, kernel) must be (2, 3), (4, 3), (2, 5) or (4, 5) (F(2x2, 3x3), F(4x4, 3x3), "
             f"F(2x2, 5x5), F(4x4, 5x5)), got ({m!r}, {r!r})"
         )
-    return cook_toom(POINTS[m, r], m, r)
+    return _matrices(m, r)
+
+
+@functools.cache
+def _matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cook_toom's exact rational arithmetic once per tile (0.66 ms a call for F(4x4, 5x5)); read-only arrays."""
+    out = cook_toom(POINTS[m, r], m, r)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def kernel_size(w_shape) -> int:
@@ -224,13 +238,109 @@ def winograd_forward_ref(
 
 def transform_weights(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
     """U = G g G^T of every filter, float64 arithmetic rounded once to float32: w (K, C/group, r, r) -> flat
-    (group, alpha^2, K/group, C/group), each (group, xi) block a row-major (K/group, C/group) matrix."""
+    (group, alpha^2, K/group, C/group), each (group, xi) block a row-major (K/group, C/group) matrix. On the threads
+    (`_transform_worker`); the sums' order: see there."""
+    return _transform(w, group, m, packed=False)
+
+
+def transform_packed(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
+    """transform_weights' U laid out as pack_weights lays it (the micro-kernel's packed A), written so directly:
+    the same values."""
+    return _transform(w, group, m, packed=True)
+
+
+def transform_weights_ref(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
+    """transform_weights in NumPy (einsum in float64, rounded once to float32), the reference its tests compare
+    with: the sums in einsum's order, so a value may differ from transform_weights' in its last bit."""
     r = kernel_size(w.shape)
     _, gm, _ = matrices(m, r)
     k, cg = w.shape[:2]
     alpha = m + r - 1
     u = np.einsum("ai,kcij,bj->abkc", gm, np.asarray(w, np.float64), gm).reshape(alpha * alpha, group, k // group, cg)
     return np.ascontiguousarray(u.transpose(1, 0, 2, 3), dtype=np.float32).reshape(-1)
+
+
+def _transform(w: np.ndarray, group: int, m: int, packed: bool) -> np.ndarray:
+    r = kernel_size(w.shape)
+    _, gm, _ = matrices(m, r)
+    k, cg = w.shape[:2]
+    kg = k // group
+    a2 = (m + r - 1) ** 2
+    rows = -(-kg // MR) * MR if packed else kg
+    u = np.empty(group * a2 * rows * cg, np.float32)
+    wf = np.ascontiguousarray(w, np.float32).reshape(-1)
+    jobs = group * -(-kg // MR)
+    workers = max(1, min(numba.get_num_threads(), jobs))
+    run = _TRANSFORM.parallel if workers > 1 else _TRANSFORM.serial
+    run(_TRANSFORM.address, workers, wf, gm.copy(), group, kg, cg, packed, u, workers)
+    return u
+
+
+T_MAX = 8 * 5 * 16  # _transform_worker's rows of G g: alpha x r x MR doubles at most (F(4x4, 5x5), MR <= 16)
+W_MAX = 5 * 5 * 16  # ... and its filters of one channel: r x r x MR doubles at most
+
+
+def _transform_worker(t, w, gm, group, kg, cg, packed, u, workers):  # pragma: no cover - compiled
+    """Worker t's share of the (group, MR-row tile) jobs of U = G g G^T (kernels.tasks): per input channel, the MR
+    filters of the tile side by side (the loops over them vectorise), in float64: T = G g (T[a, j] = the sum over i
+    ascending of G[a, i] g[i, j]), then U[a, b] = the sum over j ascending of T[a, j] G[b, j], zero coefficients
+    skipped, rounded once to float32. `packed`: U as pack_weights lays it (zero rows past K/group), else
+    transform_weights' layout. w flat (K, C/group, r, r) float32, gm (alpha, r) float64."""
+    alpha, r = gm.shape
+    a2 = alpha * alpha
+    taps = r * r
+    tiles = (kg + MR - 1) // MR
+    jobs = group * tiles
+    tb = carray(stack_empty(T_MAX, np.float64), (T_MAX,))
+    wl = carray(stack_empty(W_MAX, np.float64), (W_MAX,))
+    ub = carray(stack_empty(16, np.float64), (16,))
+    for job in range(t * jobs // workers, (t + 1) * jobs // workers):
+        g = job // tiles
+        tile = job - g * tiles
+        k0 = tile * MR
+        rows = min(MR, kg - k0)
+        for c in range(cg):
+            for p in range(taps):  # the tile's filters of channel c, tap by tap (zeros past K/group)
+                for q in range(MR):
+                    wl[p * MR + q] = np.float64(w[((g * kg + k0 + q) * cg + c) * taps + p]) if q < rows else 0.0
+            for a in range(alpha):
+                for j in range(r):
+                    base = (a * r + j) * MR
+                    for q in range(MR):
+                        tb[base + q] = 0.0
+                    for i in range(r):
+                        gv = gm[a, i]
+                        if gv != 0.0:
+                            at = (i * r + j) * MR
+                            for q in range(MR):
+                                tb[base + q] += gv * wl[at + q]
+            for a in range(alpha):
+                for b in range(alpha):
+                    for q in range(MR):
+                        ub[q] = 0.0
+                    for j in range(r):
+                        gv = gm[b, j]
+                        if gv != 0.0:
+                            base = (a * r + j) * MR
+                            for q in range(MR):
+                                ub[q] += tb[base + q] * gv
+                    xi = a * alpha + b
+                    if packed:
+                        o = (((g * a2 + xi) * tiles + tile) * cg + c) * MR
+                        for q in range(MR):
+                            u[o + q] = np.float32(ub[q])
+                    else:
+                        o = ((g * a2 + xi) * kg + k0) * cg + c
+                        for q in range(rows):
+                            u[o + q * cg] = np.float32(ub[q])
+
+
+_TRANSFORM = Task(
+    _transform_worker,
+    (types.float32[::1], types.float64[:, ::1], types.int64, types.int64, types.int64, types.boolean,
+     types.float32[::1], types.int64),
+    boundscheck=False,
+)  # fmt: skip
 
 
 def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int, r: int = 3) -> np.ndarray:
@@ -820,8 +930,7 @@ class WinogradRunner:
 
     def _transform(self, w: np.ndarray) -> np.ndarray:
         group = self.geometry[5]
-        u = transform_weights(w, group, self.m)
-        return pack_weights(u, group, self.m, w.shape[0] // group, w.shape[1], self.geometry[15]) if self.packed else u
+        return _transform(w, group, self.m, self.packed)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:

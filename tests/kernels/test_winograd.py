@@ -14,6 +14,7 @@ up fastmath, whose reordering depended on where LLVM inlined them: kernels.winog
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -109,6 +110,30 @@ def test_packed_weights_same_bits_as_row_major(m, r, x_shape, k, group, pad, mon
     blocks = p.reshape(-1, kgp // mr, cg, mr).transpose(0, 1, 3, 2).reshape(-1, kgp, cg)
     np.testing.assert_array_equal(blocks[:, :kg], u.reshape(-1, kg, cg))
     assert not blocks[:, kg:].any()
+
+
+@pytest.mark.parametrize(("m", "r"), VARIANTS)
+@pytest.mark.parametrize(("k", "cg", "group"), [(50, 20, 1), (37, 11, 1), (64, 24, 2), (13, 5, 1)])
+def test_transform_on_the_threads_matches_numpy(m, r, k, cg, group):
+    """transform_weights (a task on the threads, float64 sums in its own order) against transform_weights_ref
+    (NumPy's einsum in float64): at most one unit in the last place apart, almost every value the same bits; and
+    transform_packed is pack_weights of it, to the bit (rows past K/group zero), on 1 and 2 threads."""
+    w = np.random.default_rng(k + cg + m + r).standard_normal((k * group, cg, r, r), dtype=np.float32)
+    ref = winograd.transform_weights_ref(w, group, m)
+    got = winograd.transform_weights(w, group, m)
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - ref.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1 and np.count_nonzero(ulps) <= got.size // 100
+    packed = winograd.pack_weights(got, group, m, k, cg, r)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            np.testing.assert_array_equal(
+                winograd.transform_packed(w, group, m).view(np.uint32), packed.view(np.uint32)
+            )
+            np.testing.assert_array_equal(winograd.transform_weights(w, group, m).view(np.uint32), got.view(np.uint32))
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_runner_follows_weights_changed_in_place():
@@ -319,10 +344,10 @@ def test_layer_forward_and_plan_step_same_bits():
     assert np.max(np.abs(planned - direct)) <= 1e-5 * np.max(np.abs(direct))
 
 
-def test_5x5_layer_takes_f4_in_a_test_net_and_never_in_a_training_net():
+def test_5x5_layer_takes_f4_in_a_test_net_and_in_a_training_net():
     """LeNet's conv2 (20 -> 50, 5x5, 8 x 8 outputs) at batch 64: F(4x4, 5x5) in a TEST-phase net, the same bits in its
-    plan step and its own forward, within F(4x4)'s bound of the float64 convolution; a TRAIN-phase net (whose solver
-    changes the weights every iteration) keeps the im2col path."""
+    plan step and its own forward, within F(4x4)'s bound of the float64 convolution; a TRAIN-phase net takes it too,
+    and follows weights changed in place (a solver step) within the same bound."""
     from net import Net
 
     text = """name: "l" input: "data" input_shape { dim: 64 dim: 20 dim: 12 dim: 12 }
@@ -342,4 +367,14 @@ def test_5x5_layer_takes_f4_in_a_test_net_and_never_in_a_training_net():
     assert np.all(np.abs(planned - want) <= BOUND[4, 5] * _abs_sum(x, w, b, 0, 1) + 1e-7)
     train = Net.from_string(text, phase="train")
     trained = train.layers[[lay.name for lay in train.layers].index("c")]
-    assert trained.phase == "TRAIN" and trained.winograd_tile(x.shape, w.shape) == 0
+    assert trained.phase == "TRAIN" and trained.winograd_tile(x.shape, w.shape) == 4
+    for p, q in zip(train.params["c"], test.params["c"]):
+        p[...] = q
+    train.set_input("data", x)
+    for step in range(2):  # the second forward after a solver-like update of the weights in place
+        train.forward_loss()
+        w2, b2 = train.params["c"]
+        got = train._blobs["c"].data
+        want = conv2d_forward_ref(x, w2, b2, dtype=np.float64)
+        assert np.all(np.abs(got - want) <= BOUND[4, 5] * _abs_sum(x, w2, b2, 0, 1) + 1e-7)
+        w2 *= np.float32(0.5)
