@@ -132,7 +132,7 @@ class ConvolutionLayer(Layer):
     def winograd_tile(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
         """The Winograd tile (2 or 4) of the CPU forward of these shapes, or 0 where it does not take kernels.winograd
         (winograd.choose: 3x3 or 5x5, stride 1, enough channels and pixels; 0 when this layer's `winograd` is False or
-        the environment says CREMA_WINOGRAD=0; a solver's test nets set `winograd` False: net.solver.WINOGRAD_TESTS).
+        the environment says CREMA_WINOGRAD=0; a solver's test nets follow net.solver.WINOGRAD_TESTS).
         A TRAIN-phase net takes it too: its solver changes the weights every iteration, and the runner transforms
         them again each call they differ, on the threads (``winograd.transform_packed``: LeNet's conv2 96 us, 1.2 ms
         in NumPy before, when training kept the direct path: 1.62x PyTorch with it against 2.07x without); LeNet's

@@ -177,14 +177,33 @@ base_lr: 0.01 lr_policy: "fixed" max_iter: 10 test_iter: 1 test_interval: 10
 """
 
 
-def test_test_nets_run_no_winograd():
-    """A solver's test nets keep their convolutions off Winograd (their weights change between tests; its compile
-    was most of a new machine's first iteration): LeNet's conv2 shape at the test batch, which a deploy net of the
-    same shapes runs on F(4x4, 5x5)."""
+def test_test_nets_and_training_net_run_winograd_on_the_current_weights(monkeypatch):
+    """A solver's training and test nets take Winograd where a deploy net of the same shapes does (LeNet's conv2
+    shape at the test batch: F(4x4, 5x5)), and follow the weights the solver changes in place: after steps, the test
+    net's convolution is within F(4x4, 5x5)'s bound of the float64 convolution of the weights then. With
+    WINOGRAD_TESTS False the test nets keep the direct path."""
+    from kernels.conv import conv2d_forward_ref
+    from net import solver as solver_module
+
     solver = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
     (test_net,) = solver.test_nets
     conv = next(layer for layer in test_net.layers if layer.name == "conv")
+    trained = next(layer for layer in solver.net.layers if layer.name == "conv")
     shapes = (test_net.blob("data").shape, conv.blobs[0].shape)
-    assert not conv.winograd and not conv.uses_winograd(*shapes)
-    conv.winograd = True  # the rule alone (a TEST-phase layer of these shapes) would take it
-    assert conv.uses_winograd(*shapes)
+    assert conv.uses_winograd(*shapes) and trained.uses_winograd(*shapes)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shapes[0], dtype=np.float32)
+    for _ in range(2):
+        solver.net.set_input("data", x)
+        solver.net.set_input("target", rng.standard_normal((100, 50, 8, 8), dtype=np.float32))
+        solver.step(3)
+        test_net.set_input("data", x)
+        test_net.forward_loss()
+        w, b = solver.net.params["conv"]
+        want = conv2d_forward_ref(x, w, b, dtype=np.float64)
+        bound = conv2d_forward_ref(np.abs(x), np.abs(w), np.abs(b), dtype=np.float64)
+        assert np.all(np.abs(test_net.blob("conv").data - want) <= 2e-5 * bound + 1e-7)
+    monkeypatch.setattr(solver_module, "WINOGRAD_TESTS", False)
+    off = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
+    conv_off = next(layer for layer in off.test_nets[0].layers if layer.name == "conv")
+    assert not conv_off.uses_winograd(*shapes)
