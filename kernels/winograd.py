@@ -81,8 +81,8 @@ tile per layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 16 ch
 pixels in the batch F(4x4, 5x5), else from 24 channels and 49 pixels F(2x2, 5x5); ``CREMA_WINOGRAD=2`` / ``4``
 force a tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward of TEST-phase
 layers (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
-A TRAIN-phase net takes it too (its weights change every iteration: the runner transforms them again, on the
-threads; see ``net.layers.convolution.ConvolutionLayer.winograd_tile``).
+A TRAIN-phase net takes it only with ``net.layers.convolution.WINOGRAD_TRAIN`` (off: see ``ConvolutionLayer.winograd_tile``
+for what it gains and what it costs a new machine's first training iteration).
 
 Bits: the transforms' sums are taken in the order ``_linear`` emits them (the input transform's plain, the output
 transform's with llvm.fma for the coefficients other than +-1): ``_transform_inputs`` and ``_output_transform`` say

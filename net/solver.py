@@ -58,7 +58,7 @@ from .snapshots import (
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-WINOGRAD_TESTS = True  # test nets' convolutions on Winograd (see _build_test_nets)
+WINOGRAD_TESTS = False  # test nets' convolutions on Winograd (see _build_test_nets)
 
 
 class SolverError(ValueError):
@@ -256,11 +256,12 @@ class Solver:
                 )
             except NetError as exc:
                 raise SolverError(f"test net #{i}: {exc}") from None
-        # Winograd in the test nets as in the training net (WINOGRAD_TESTS; False: none): their weights change under
-        # them between tests, and the runner transforms them again when they differ (kernels.winograd, on the
-        # threads). A LeNet test pass (100 batches of 100) 290 -> 192 ms, 2 s of a 10,000-iteration run's 21 tests.
-        # (Before training took Winograd, the test nets did not: on a new machine its task was the longest compile of
-        # the first iteration, 6.2 s of 20.3 s of compile CPU; the training net compiles it now anyway.)
+        # No Winograd in the test nets (WINOGRAD_TESTS): their weights change under them between tests, and on a new
+        # machine its task was the longest compile of the first iteration (LeNet's solver: the test net's conv2 on
+        # F(4x4, 5x5), 6.2 s of 20.3 s of compile CPU; cold first iteration 16.2 -> 10.0 s), where it made the tests
+        # faster (a LeNet test pass 290 ms without it, 192 ms with it and the weight transform on the threads: 2 s
+        # over a 10,000-iteration run's 21 tests). The training net keeps it off too (net.layers.convolution's
+        # WINOGRAD_TRAIN); with both on, the task compiles once for both.
         for net in nets:
             for layer in net.layers:
                 if hasattr(layer, "winograd"):

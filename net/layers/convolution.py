@@ -34,6 +34,9 @@ def pointwise_runner(layer, x_shape, w_shape, act):
     return pointwise.PointwiseRunner(x_shape, w_shape, act)
 
 
+WINOGRAD_TRAIN = False  # TRAIN-phase convolutions on Winograd too (see ConvolutionLayer.winograd_tile)
+
+
 @register("Convolution")
 class ConvolutionLayer(Layer):
     gpu_forward = True
@@ -131,14 +134,16 @@ class ConvolutionLayer(Layer):
 
     def winograd_tile(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
         """The Winograd tile (2 or 4) of the CPU forward of these shapes, or 0 where it does not take kernels.winograd
-        (winograd.choose: 3x3 or 5x5, stride 1, enough channels and pixels; 0 when this layer's `winograd` is False or
-        the environment says CREMA_WINOGRAD=0; a solver's test nets follow net.solver.WINOGRAD_TESTS).
-        A TRAIN-phase net takes it too: its solver changes the weights every iteration, and the runner transforms
-        them again each call they differ, on the threads (``winograd.transform_packed``: LeNet's conv2 96 us, 1.2 ms
-        in NumPy before, when training kept the direct path: 1.62x PyTorch with it against 2.07x without); LeNet's
-        training iteration with conv2 on F(4x4, 5x5) now 1.04-1.05x faster than on the direct path (conv2's forward
-        1.04 -> 0.59 ms; in-process A/B, 2 threads, Zen 4)."""
-        if not self.winograd:
+        (winograd.choose: 3x3 or 5x5, stride 1, enough channels and pixels; 0 when this layer's `winograd` is False,
+        the environment says CREMA_WINOGRAD=0, or the layer is in a TRAIN-phase net and WINOGRAD_TRAIN is False; a
+        solver's test nets follow net.solver.WINOGRAD_TESTS). Why training keeps the direct path by default: its
+        weights change every iteration and the runner transforms them again each call (on the threads since the
+        twenty-eighth round, ``winograd.transform_packed``: LeNet's conv2 96 us, 1.2 ms in NumPy before), so the tile
+        now pays: LeNet's training iteration 1.04-1.05x with conv2 on F(4x4, 5x5) (conv2's forward 1.04 -> 0.59 ms,
+        in-process A/B, 2 threads, Zen 4), bench_train 2.07-2.09x PyTorch against 2.02x; but the Winograd task then
+        compiles into a new machine's first training iteration (6.8 s of compile CPU): 9.7 s -> 13.4-17.8 s, past the
+        15 s asked in a slow hour (benchmarks/perf_notes.md, twenty-eighth round)."""
+        if not self.winograd or (self.phase == "TRAIN" and not WINOGRAD_TRAIN):
             return 0
         return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.frozen)
 

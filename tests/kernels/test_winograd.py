@@ -344,11 +344,13 @@ def test_layer_forward_and_plan_step_same_bits():
     assert np.max(np.abs(planned - direct)) <= 1e-5 * np.max(np.abs(direct))
 
 
-def test_5x5_layer_takes_f4_in_a_test_net_and_in_a_training_net():
+def test_5x5_layer_takes_f4_in_a_test_net_and_in_a_training_net_when_asked(monkeypatch):
     """LeNet's conv2 (20 -> 50, 5x5, 8 x 8 outputs) at batch 64: F(4x4, 5x5) in a TEST-phase net, the same bits in its
-    plan step and its own forward, within F(4x4)'s bound of the float64 convolution; a TRAIN-phase net takes it too,
-    and follows weights changed in place (a solver step) within the same bound."""
+    plan step and its own forward, within F(4x4)'s bound of the float64 convolution; a TRAIN-phase net keeps the
+    direct path unless WINOGRAD_TRAIN, and with it follows weights changed in place (a solver step) within the same
+    bound."""
     from net import Net
+    from net.layers import convolution
 
     text = """name: "l" input: "data" input_shape { dim: 64 dim: 20 dim: 12 dim: 12 }
     layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 50 kernel_size: 5 } }"""
@@ -367,7 +369,9 @@ def test_5x5_layer_takes_f4_in_a_test_net_and_in_a_training_net():
     assert np.all(np.abs(planned - want) <= BOUND[4, 5] * _abs_sum(x, w, b, 0, 1) + 1e-7)
     train = Net.from_string(text, phase="train")
     trained = train.layers[[lay.name for lay in train.layers].index("c")]
-    assert trained.phase == "TRAIN" and trained.winograd_tile(x.shape, w.shape) == 4
+    assert trained.phase == "TRAIN" and trained.winograd_tile(x.shape, w.shape) == 0
+    monkeypatch.setattr(convolution, "WINOGRAD_TRAIN", True)
+    assert trained.winograd_tile(x.shape, w.shape) == 4
     for p, q in zip(train.params["c"], test.params["c"]):
         p[...] = q
     train.set_input("data", x)

@@ -177,14 +177,26 @@ base_lr: 0.01 lr_policy: "fixed" max_iter: 10 test_iter: 1 test_interval: 10
 """
 
 
-def test_test_nets_and_training_net_run_winograd_on_the_current_weights(monkeypatch):
-    """A solver's training and test nets take Winograd where a deploy net of the same shapes does (LeNet's conv2
-    shape at the test batch: F(4x4, 5x5)), and follow the weights the solver changes in place: after steps, the test
-    net's convolution is within F(4x4, 5x5)'s bound of the float64 convolution of the weights then. With
-    WINOGRAD_TESTS False the test nets keep the direct path."""
+def test_test_nets_and_training_net_run_winograd_on_the_current_weights_when_asked(monkeypatch):
+    """A solver's test nets and training net keep their convolutions off Winograd by default (WINOGRAD_TESTS,
+    WINOGRAD_TRAIN: its compile would join a new machine's first iteration), though a deploy net of the same shapes
+    (LeNet's conv2 at the test batch) takes F(4x4, 5x5); with both switches on they take it and follow the weights the
+    solver changes in place: after steps, the test net's convolution is within F(4x4, 5x5)'s bound of the float64
+    convolution of the weights then."""
     from kernels.conv import conv2d_forward_ref
     from net import solver as solver_module
+    from net.layers import convolution
 
+    off = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
+    shapes = (off.test_nets[0].blob("data").shape, off.net.params["conv"][0].shape)
+    for net in (off.test_nets[0], off.net):
+        conv = next(layer for layer in net.layers if layer.name == "conv")
+        assert not conv.uses_winograd(*shapes)
+    probe = next(layer for layer in off.test_nets[0].layers if layer.name == "conv")
+    probe.winograd = True  # the rule alone (a TEST-phase layer of these shapes) would take it
+    assert probe.uses_winograd(*shapes)
+    monkeypatch.setattr(solver_module, "WINOGRAD_TESTS", True)
+    monkeypatch.setattr(convolution, "WINOGRAD_TRAIN", True)
     solver = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
     (test_net,) = solver.test_nets
     conv = next(layer for layer in test_net.layers if layer.name == "conv")
@@ -203,7 +215,3 @@ def test_test_nets_and_training_net_run_winograd_on_the_current_weights(monkeypa
         want = conv2d_forward_ref(x, w, b, dtype=np.float64)
         bound = conv2d_forward_ref(np.abs(x), np.abs(w), np.abs(b), dtype=np.float64)
         assert np.all(np.abs(test_net.blob("conv").data - want) <= 2e-5 * bound + 1e-7)
-    monkeypatch.setattr(solver_module, "WINOGRAD_TESTS", False)
-    off = Solver(parse_text(CONV_NET, "SolverParameter"), progress=False, log=lambda line: None)
-    conv_off = next(layer for layer in off.test_nets[0].layers if layer.name == "conv")
-    assert not conv_off.uses_winograd(*shapes)
