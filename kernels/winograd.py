@@ -81,8 +81,8 @@ tile per layer, F(4x4) on the larger maps, F(2x2) on the smaller; 5x5 from 16 ch
 pixels in the batch F(4x4, 5x5), else from 24 channels and 49 pixels F(2x2, 5x5); ``CREMA_WINOGRAD=2`` / ``4``
 force a tile, ``0`` turns it off); taken by ``net.layers.convolution`` in the CPU plan and forward of TEST-phase
 layers (``layer.winograd = False`` turns it off for one layer; make a new plan after, e.g. ``net.reshape()``).
-A TRAIN-phase net takes it only with ``net.layers.convolution.WINOGRAD_TRAIN`` (off: see ``ConvolutionLayer.winograd_tile``
-for what it gains and what it costs a new machine's first training iteration).
+A TRAIN-phase net takes it only with ``net.layers.convolution.WINOGRAD_TRAIN`` (off: see
+``ConvolutionLayer.winograd_tile`` for what it gains and what it costs a new machine's first training iteration).
 
 Bits: the transforms' sums are taken in the order ``_linear`` emits them (the input transform's plain, the output
 transform's with llvm.fma for the coefficients other than +-1): ``_transform_inputs`` and ``_output_transform`` say
@@ -240,13 +240,13 @@ def transform_weights(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
     """U = G g G^T of every filter, float64 arithmetic rounded once to float32: w (K, C/group, r, r) -> flat
     (group, alpha^2, K/group, C/group), each (group, xi) block a row-major (K/group, C/group) matrix. On the threads
     (`_transform_worker`); the sums' order: see there."""
-    return _transform(w, group, m, packed=False)
+    return _transformed(w, group, m, packed=False)
 
 
 def transform_packed(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
     """transform_weights' U laid out as pack_weights lays it (the micro-kernel's packed A), written so directly:
     the same values."""
-    return _transform(w, group, m, packed=True)
+    return _transformed(w, group, m, packed=True)
 
 
 def transform_weights_ref(w: np.ndarray, group: int, m: int = TILE) -> np.ndarray:
@@ -260,7 +260,8 @@ def transform_weights_ref(w: np.ndarray, group: int, m: int = TILE) -> np.ndarra
     return np.ascontiguousarray(u.transpose(1, 0, 2, 3), dtype=np.float32).reshape(-1)
 
 
-def _transform(w: np.ndarray, group: int, m: int, packed: bool) -> np.ndarray:
+def _transformed(w: np.ndarray, group: int, m: int, packed: bool) -> np.ndarray:
+    """U of w on the threads (`_transform_worker`), laid out as pack_weights lays it when `packed`."""
     r = kernel_size(w.shape)
     _, gm, _ = matrices(m, r)
     k, cg = w.shape[:2]
@@ -930,7 +931,7 @@ class WinogradRunner:
 
     def _transform(self, w: np.ndarray) -> np.ndarray:
         group = self.geometry[5]
-        return _transform(w, group, self.m, self.packed)
+        return _transformed(w, group, self.m, self.packed)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:
