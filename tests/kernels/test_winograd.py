@@ -375,7 +375,7 @@ def test_5x5_layer_takes_f4_in_a_test_net_and_in_a_training_net_when_asked(monke
     for p, q in zip(train.params["c"], test.params["c"]):
         p[...] = q
     train.set_input("data", x)
-    for step in range(2):  # the second forward after a solver-like update of the weights in place
+    for _ in range(2):  # the second forward after a solver-like update of the weights in place
         train.forward_loss()
         w2, b2 = train.params["c"]
         got = train._blobs["c"].data
