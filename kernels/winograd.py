@@ -916,7 +916,7 @@ class WinogradRunner:
         """The transformed weights of w, made again only when w differs from the copy kept (frozen: when w is another
         array than the one transformed)."""
         if not self.current(w):
-            self.u = self._transform(w)
+            self.u = _transformed(w, self.geometry[5], self.m, self.packed)  # geometry[5]: group
             self.w_seen = w if self.frozen else w.copy().view(np.uint32)
         return self.u
 
@@ -928,10 +928,6 @@ class WinogradRunner:
         if self.frozen:
             return self.w_seen is w
         return _same(self.w_seen.reshape(-1), w.reshape(-1).view(np.uint32))
-
-    def _transform(self, w: np.ndarray) -> np.ndarray:
-        group = self.geometry[5]
-        return _transformed(w, group, self.m, self.packed)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
         if out.size == 0:
