@@ -36,6 +36,10 @@ Speed (Zen 4 EPYC, 2 threads, batch 1): block 1's pair, per step in the net, 0.4
 two plans alternated in one process (``net.plan_steps.FUSE_EXPAND`` off / on): 1.02x at batch 1, 1.02-1.04x at 32;
 figures in benchmarks/perf_notes.md (twelfth round).
 
+The next step's weights (the projection's packed panels, ``ExpandDepthwiseRunner.ahead``, set by
+``net.plan_steps.prefetch_ahead``): the expand's tile pairs after a task's first prefetch a share of them into L2, as
+``pointwise_t``'s tiles do for theirs, so the projection finds them in the caches (prefetches only: the same bits).
+
 Public: ``applies(x_shape, w1_shape, dw_runner) -> bool`` and ``ExpandDepthwiseRunner(x_shape, w1_shape, act1,
 dw_runner)``, called as ``runner(x, w1, b1, w2, b2, y)``: x (N, K, H, W) the expand's input, w1 (C, K, 1, 1), b1 (C,),
 w2 (C, 1, kh, kw), b2 (C,) the depthwise's, y the depthwise's output (N, C, OH, OW) (or its interleaved blocks, when
@@ -154,6 +158,10 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
     before wrote it so: ``ExpandDepthwiseRunner.x_blocks``), else in planes."""
     n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
+    # the next step's weights (ExpandDepthwiseRunner.ahead): plan[14] their offset from wt's first float, plan[15]
+    # floats (0: none), plan[16] a task's tile pairs after its first at most; those pairs spread over them, each a
+    # region of 32 * k floats (pointwise_t's _pt_worker does the same)
+    aoff, alen, calls = plan[14], plan[15], plan[16]
     nblk = c // LANES
     npix = (rows[bands - 1, 1]) * ow
     base = t * per * bsize
@@ -181,15 +189,21 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
         wo = b0 * LANES * k
         yo = base - b0 * bsize
         tt, t1 = r_first * wd // NP, r_end * wd // NP
-        # pairs: the task's first tile prefetches the next panel's weights into L2 (pointwise_t's W_PREFETCH)
+        # pairs: the task's first tile prefetches the next panel's weights into L2 (pointwise_t's W_PREFETCH), the
+        # others their share of the next step's, in task order (a core's tasks: a run of it)
         wpf = (b0 + 2) * LANES * k if nb == 2 and b0 + 2 < nblk else 0
+        pair = 0
         while tt < t1:
             p0 = tt * NP
             xo = img * k * p + p0 * xstep
             if tt + 1 < t1 and nb == 2:
                 _ptile2w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, wpf, xpf, po,
                          bsize, p0, c)  # fmt: skip
+                pair += 1
                 wpf = 0
+                if alen > 0 and pair <= calls:
+                    r = task * calls + pair - 1
+                    wpf = aoff + max(0, min(r * alen // (n * per_image * calls), alen - 32 * k))
             elif tt + 1 < t1:
                 _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                          bsize, p0, c)  # fmt: skip
@@ -236,6 +250,8 @@ class ExpandDepthwiseRunner:
     """The expand + depthwise pair for fixed shapes (``applies``); see the module docstring."""
 
     __slots__ = (
+        "ahead",
+        "aimed",
         "args",
         "counter_args",
         "dw",
@@ -268,7 +284,8 @@ class ExpandDepthwiseRunner:
             rows[:, 2], rows[:, 3] = 0, h
         p = np.arange(h * wd)
         po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
-        plan = np.array([n, k, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per], np.int64)
+        pairs = max(-(-(r_end * wd // NP - r_first * wd // NP) // 2) for _, _, r_first, r_end in rows)
+        plan = np.array([n, k, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per, 0, 0, pairs - 1], np.int64)
         # a band's runs of 8 output pixels start at its first row, not at a multiple of 8: the offsets of the pixels
         # past the end repeat the last (their results are not stored)
         xoff = np.concatenate([xoff[:npix], np.full(8, xoff[npix - 1], np.int64)])
@@ -281,11 +298,30 @@ class ExpandDepthwiseRunner:
         # x handed over by the 1x1 step before in blocks of LANES channels interleaved per pixel, no borders
         # (``depthwise.PaddedInput.unpadded``, set by the plan: net.plan_steps.hand_over_projection), or None
         self.x_blocks = None
+        # the next step's weights as its kernel reads them, or None (a callable, set by the plan:
+        # net.plan_steps.prefetch_ahead): the expand's tile pairs after a task's first prefetch them into L2
+        self.ahead = None
+        self.aimed: tuple = (None, None)  # (packed expand weights, ahead array) plan[14:16] were set for
+
+    def _aim(self, wt: np.ndarray) -> None:
+        """plan[14], plan[15]: the ahead array's offset from wt's first float and its floats (0: none)."""
+        arr = self.ahead()
+        if self.aimed[0] is wt and self.aimed[1] is arr:
+            return
+        self.aimed = (wt, arr)
+        plan = self.args[0]
+        plan[15] = 0
+        if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.size:
+            gap = arr.ctypes.data - wt.ctypes.data
+            if gap % 4 == 0:
+                plan[14], plan[15] = gap // 4, arr.size
 
     def __call__(self, x, w1, b1, w2, b2, y) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
             packed = self.packed = (w1, pack(w1, 16 * self.args[0][13]), b1)  # plan[13]: blocks a task
+        if self.ahead is not None:
+            self._aim(packed[1])
         (ws,) = _WORKSPACE.get(self.ws_floats)  # (64-byte aligned)
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)

@@ -113,6 +113,32 @@ def _fused(n, k, c, h, kernel, stride, pad, seed):
     return x, w1, b1, w2, b2, dw, mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
 
 
+@pytest.mark.parametrize("n,k,c,h,kernel,stride,pad", [(1, 192, 1152, 7, 5, 1, 2), (2, 40, 240, 28, 3, 1, 1),
+                                                        (1, 16, 96, 112, 4, 2, 1)])  # fmt: skip
+def test_prefetching_the_next_steps_weights_keeps_the_bits(n, k, c, h, kernel, stride, pad) -> None:
+    """ExpandDepthwiseRunner.ahead (net.plan_steps.prefetch_ahead): the expand's tile pairs after a task's first
+    prefetch another array (plan[14]: its offset from the packed expand weights, plan[15]: its floats, plan[16]: a
+    task's tile pairs after its first); prefetches only, the same bits; nothing to aim at (the next step has not
+    packed its weights yet): plan[15] 0."""
+    x, w1, b1, w2, b2, dw, plain_run = _fused(n, k, c, h, kernel, stride, pad, seed=8)
+    want = np.empty(dw.out_shape, np.float32)
+    plain_run(x, w1, b1, w2, b2, want)
+    nxt = np.ones(1152 * 320, np.float32)  # EfficientNet-Lite0's last projection
+    run = mbconv.ExpandDepthwiseRunner(x.shape, w1.shape, ACT, dw)
+    run.ahead = lambda: nxt
+    y = np.full(dw.out_shape, np.nan, np.float32)
+    run(x, w1, b1, w2, b2, y)
+    np.testing.assert_array_equal(y, want)
+    plan = run.args[0]
+    assert run.packed[1].ctypes.data + 4 * int(plan[14]) == nxt.ctypes.data and plan[15] == nxt.size
+    assert plan[16] >= 0
+    run.ahead = lambda: None
+    y[...] = np.nan
+    run(x, w1, b1, w2, b2, y)
+    assert plan[15] == 0
+    np.testing.assert_array_equal(y, want)
+
+
 def test_hands_its_output_on_in_blocks() -> None:
     """With the depthwise's handoff set (the 1x1 after it reads blocks of 16 channels interleaved per pixel), the
     output is those blocks, holding the planes' values, and the handoff says so."""

@@ -619,8 +619,9 @@ def test_net_head_pools_as_it_goes() -> None:
 
 def test_net_1x1_steps_prefetch_the_next_steps_weights() -> None:
     """EfficientNet-Lite0 (net.plan_steps.prefetch_ahead): every projection's tiles prefetch the next block's packed
-    expand weights, the last projection the head's panels, the head the fc's W; the same bits as without, replayed
-    too."""
+    expand weights, the last projection the head's panels, the head the fc's W, and every fused expand + depthwise
+    the projection's panels after it (past its depthwise's step, whose work it does); the same bits as without,
+    replayed too."""
     from kernels import mbconv
     from net import plan_steps
 
@@ -647,6 +648,19 @@ def test_net_1x1_steps_prefetch_the_next_steps_weights() -> None:
                 want = nxt[0].runner.packed[1]
             assert run.packed[1].ctypes.data + 4 * int(run.plan[15]) == want.ctypes.data
             assert run.plan[16] == want.size
+        fused = [(i, s[0].runner) for i, s in enumerate(steps) if isinstance(getattr(s[0], "runner", None),
+                                                                               mbconv.ExpandDepthwiseRunner)]  # fmt: skip
+        assert len(fused) == 15  # block1-15's expands with their depthwise
+        for i, run in fused:
+            plan = run.args[0]
+            assert (run.ahead is not None) == on and (plan[15] > 0) == on
+            if not on:
+                continue
+            assert steps[i + 1][1].type == "Convolution" and steps[i + 1][0].done_by is not None  # its depthwise
+            project = steps[i + 2][0].runner
+            assert isinstance(project, PointwiseTRunner)
+            assert run.packed[1].ctypes.data + 4 * int(plan[14]) == project.packed[1].ctypes.data
+            assert plan[15] == project.packed[1].size
     np.testing.assert_array_equal(outs[True], outs[False])
 
 
