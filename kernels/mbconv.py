@@ -159,8 +159,8 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
     n, k, c, p, h, wd = plan[0], plan[1], plan[2], plan[3], plan[4], plan[5]
     ph, pw, wb, hb, ow, bands, bsize, per = plan[6], plan[7], plan[8], plan[9], plan[10], plan[11], plan[12], plan[13]
     # the next step's weights (ExpandDepthwiseRunner.ahead): plan[14] their offset from wt's first float, plan[15]
-    # floats (0: none), plan[16] a task's tile pairs after its first at most; those pairs spread over them, each a
-    # region of 32 * k floats (pointwise_t's _pt_worker does the same)
+    # floats (0: none), plan[16] a task's tile pairs (_ptile2w calls) after its first at most; those pairs spread
+    # over them, each a region of 32 * k floats (pointwise_t's _pt_worker does the same)
     aoff, alen, calls = plan[14], plan[15], plan[16]
     nblk = c // LANES
     npix = (rows[bands - 1, 1]) * ow
@@ -171,6 +171,7 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
         _zero_block_border(ws, base + v * bsize, hb, wb, h, wd, ph, pw, LANES)
     ntc = (nblk + per - 1) // per  # tasks of a band
     per_image = ntc * bands
+    spread = n * per_image * calls
     items, granule = (n, per_image) if n > 1 else (per_image, 1)
     sizes = queue_sizes(counter, items, granule, 1)
     nq = sizes.shape[0]
@@ -203,7 +204,7 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
                 wpf = 0
                 if alen > 0 and pair <= calls:
                     r = task * calls + pair - 1
-                    wpf = aoff + max(0, min(r * alen // (n * per_image * calls), alen - 32 * k))
+                    wpf = aoff + max(0, min(r * alen // spread, alen - 32 * k))
             elif tt + 1 < t1:
                 _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                          bsize, p0, c)  # fmt: skip
@@ -284,7 +285,7 @@ class ExpandDepthwiseRunner:
             rows[:, 2], rows[:, 3] = 0, h
         p = np.arange(h * wd)
         po = (((p // wd + ph) * wb + pw + p % wd) * LANES).astype(np.int64)
-        pairs = max(-(-(r_end * wd // NP - r_first * wd // NP) // 2) for _, _, r_first, r_end in rows)
+        pairs = max((r_end * wd // NP - r_first * wd // NP) // 2 for _, _, r_first, r_end in rows)  # _ptile2w calls
         plan = np.array([n, k, c, h * wd, h, wd, ph, pw, wb, hb, ow, bands, bsize, per, 0, 0, pairs - 1], np.int64)
         # a band's runs of 8 output pixels start at its first row, not at a multiple of 8: the offsets of the pixels
         # past the end repeat the last (their results are not stored)

@@ -77,8 +77,8 @@ it recognises more in the layer than the layer type says.
   us, fc 150-192 -> 73-100 us; with the projections' before the expands, whole forwards 1.002-1.015x (in-process
   A/B, batch 1, 1 and 2 threads). A fused expand + depthwise step does the same for the projection after it, from
   its expand's tile pairs (``mbconv.ExpandDepthwiseRunner.ahead``): one thread, per op, the last projection's gap
-  to its time alone 101 -> 29 us, the three before it 22 -> 16 us; whole forwards, in-process A/B, 1.009-1.031x on 2
-  threads (three runs, paired medians), 1.007-1.009x on 1 (twenty-ninth round). Prefetches only: the same bits.
+  to its time alone 101 -> 29 us, the three before it 22 -> 16 us; whole forwards, in-process A/B, 1.034-1.044x on 2
+  threads (three runs, paired medians), 1.007-1.012x on 1 (twenty-ninth round). Prefetches only: the same bits.
 """
 
 from __future__ import annotations
