@@ -151,7 +151,8 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
                wt_tab, toff_tab, ntaps, b8_tab, out8, xblk):  # fmt: skip  # pragma: no cover - compiled
     """Worker t: claims (image, channels, band) tasks (gemm.claim_near). plan: N, K, C, P (the expand's input pixels),
     H, W, ph, pw, WB, HB (a block buffer's padded rows and columns), OW, bands, the block buffer's floats, blocks a
-    task (1 or 2: 16 or 32 channels, the weights packed in panels of as many). rows[band]: (first output row, output
+    task (1 or 2: 16 or 32 channels, the weights packed in panels of as many), then the next step's weights to
+    prefetch (offset, floats, a task's tile pairs after its first: see below). rows[band]: (first output row, output
     rows end, first input row, input rows end). ws: every worker's block buffers, worker t's at t * plan[13] *
     plan[12]; po[p]: input pixel p's offset in a block buffer. y: the depthwise's output, in planes or (out8) each
     block's channels interleaved per pixel. xblk: x in blocks of LANES channels interleaved per pixel (the 1x1 step
