@@ -74,6 +74,7 @@ from kernels.pointwise_t import (
     _ptile1w,
     _ptile2,
     _ptile2w,
+    ahead_at,
     pack,
 )
 from kernels.tasks import Task
@@ -205,7 +206,7 @@ def _ed_worker(t, x, wt, b1, y, plan, rows, po, xoff, lo1, hi1, lo2, hi2, ws, co
                 wpf = 0
                 if alen > 0 and pair <= calls:
                     r = task * calls + pair - 1
-                    wpf = aoff + max(0, min(r * alen // spread, alen - 32 * k))
+                    wpf = ahead_at(aoff, alen, r, spread, k)
             elif tt + 1 < t1:
                 _ptile1w(x, wt, ws, b1, ws, ws, k, p, xo, wo, yo, b0 * LANES, lo1, hi1, 0, 0, xpf, po,
                          bsize, p0, c)  # fmt: skip
@@ -305,25 +306,12 @@ class ExpandDepthwiseRunner:
         self.ahead = None
         self.aimed: tuple = (None, None)  # (packed expand weights, ahead array) plan[14:16] were set for
 
-    def _aim(self, wt: np.ndarray) -> None:
-        """plan[14], plan[15]: the ahead array's offset from wt's first float and its floats (0: none)."""
-        arr = self.ahead()
-        if self.aimed[0] is wt and self.aimed[1] is arr:
-            return
-        self.aimed = (wt, arr)
-        plan = self.args[0]
-        plan[15] = 0
-        if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.size:
-            gap = arr.ctypes.data - wt.ctypes.data
-            if gap % 4 == 0:
-                plan[14], plan[15] = gap // 4, arr.size
-
     def __call__(self, x, w1, b1, w2, b2, y) -> None:
         packed = self.packed
         if packed is None or packed[0] is not w1 or packed[2] is not b1:
             packed = self.packed = (w1, pack(w1, 16 * self.args[0][13]), b1)  # plan[13]: blocks a task
         if self.ahead is not None:
-            self._aim(packed[1])
+            pointwise_t.aim_ahead(self, self.args[0], 14, packed[1])
         (ws,) = _WORKSPACE.get(self.ws_floats)  # (64-byte aligned)
         handoff = self.dw.handoff
         counter = image_counters(*self.counter_args)

@@ -415,6 +415,13 @@ def _next_task(counter, sizes, items, granule, n, npan, nch):  # pragma: no cove
     return task // (nch * npan), (task // nch) % npan, task % nch
 
 
+@numba.njit(cache=True, boundscheck=False, inline="always")
+def ahead_at(aoff, alen, share, shares, k):  # pragma: no cover - compiled
+    """Where tile call `share` of `shares` prefetches the next step's weights (aoff, alen: aim_ahead's plan entries):
+    an even spread over them, a region of 32 * k floats each."""
+    return aoff + max(0, min(share * alen // shares, alen - 32 * k))
+
+
 def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pragma: no cover - compiled
     """Worker t: claims (image, panel, pixel chunk) tasks (gemm.claim_near). plan: n, K, M (whole panels of 16), P,
     panels, chunks, W_PREFETCH, x's layout and prefetch distance (> 0: 16-channel blocks interleaved per pixel, a
@@ -450,7 +457,7 @@ def _pt_worker(t, x, wt, bias, y, res, z, plan, lo, hi, add, counter, po):  # pr
                     pw = (pan + 1) * 32 * k
             elif alen > 0 and spread > 0:
                 r = ((img * npan + pan) * nch + c) * calls + (tt - t0) // 2 - 1
-                pw = aoff + max(0, min(r * alen // spread, alen - 32 * k))
+                pw = ahead_at(aoff, alen, r, spread, k)
             xo = img * k * p + p0 * (16 if xblk > 0 else 1)
             two = tt + 1 < t1  # two 7-pixel tiles as one of 14
             if two and half_tiles and (mr - o0 == 24 or mr - o0 == 8):  # 8 real channels in the last 16
@@ -547,6 +554,21 @@ def _params(w: np.ndarray, bias: np.ndarray) -> tuple:
     return w, pack(w.reshape(m, -1, 1, 1)), bias, padded
 
 
+def aim_ahead(runner, plan: np.ndarray, at: int, wt: np.ndarray) -> None:
+    """plan[at], plan[at + 1]: the offset of ``runner.ahead()`` (the next step's weights, which the runner's tiles
+    prefetch a share of: net.plan_steps.prefetch_ahead) from wt's first float, and its floats (0: none); worked out
+    again only when wt or that array changed (``runner.aimed``). PointwiseTRunner's and mbconv's fused runners'."""
+    arr = runner.ahead()
+    if runner.aimed[0] is wt and runner.aimed[1] is arr:
+        return
+    runner.aimed = (wt, arr)
+    plan[at + 1] = 0
+    if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.size:
+        gap = arr.ctypes.data - wt.ctypes.data
+        if gap % 4 == 0:
+            plan[at], plan[at + 1] = gap // 4, arr.size
+
+
 class PointwiseTRunner:
     """The transposed 1x1 forward for fixed shapes (``applies``); see the module docstring. ``runner(x, w, bias, y[,
     res, z])`` as ``pointwise.PointwiseRunner``'s; the weights are packed on the first call with a given array and
@@ -602,18 +624,6 @@ class PointwiseTRunner:
         self.ahead = None
         self.aimed: tuple = (None, None)  # (packed panels, ahead array) plan[15:17] were set for
 
-    def _aim(self, wt: np.ndarray) -> None:
-        """plan[15], plan[16]: the ahead array's offset from wt's first float and its floats (0: none)."""
-        arr = self.ahead()
-        if self.aimed[0] is wt and self.aimed[1] is arr:
-            return
-        self.aimed = (wt, arr)
-        self.plan[16] = 0
-        if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.size:
-            gap = arr.ctypes.data - wt.ctypes.data
-            if gap % 4 == 0:
-                self.plan[15], self.plan[16] = gap // 4, arr.size
-
     def pool_applies(self) -> bool:
         """Can this runner sum its output planes into a global average pooling (pool_into)? Output in planes, no
         handoff to a depthwise step, whole panels of 32 channels (no half tiles)."""
@@ -641,7 +651,7 @@ class PointwiseTRunner:
         if packed is None or packed[0] is not w or packed[2] is not bias:
             packed = self.packed = _params(w, bias)
         if self.ahead is not None:
-            self._aim(packed[1])
+            aim_ahead(self, self.plan, 15, packed[1])
         add = add_mode(res, relu, sum_only)
         if add and self.blocks is not None:
             raise ValueError("pointwise_t: a residual sum with the output in a depthwise's blocks")
