@@ -239,6 +239,7 @@ class Net:
         self._arena_stale = True  # ... placed again before the next plan (after a reshape)
         self.shared_bytes = 0  # ... bytes of the blobs in it (the arena itself: self._arena.nbytes)
         self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
+        self.image_copy = False  # net.per_image's group copy: its own batches run whole, never image by image
         # training (forward_loss, backward) on kernels.taskpool's threads until a pass there runs an OpenMP loop
         self._train_pool = True
         self._build()

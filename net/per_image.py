@@ -30,9 +30,20 @@ row by row (``rowwise``: each row the bits of batch 1, W read once for the batch
 it from memory each time), the Softmax row by row as always. So each image still gets the bits of its batch-1
 forward.
 
+Groups (`Groups`, GROUP): where a batch has at least GROUP images for every thread, each thread first claims
+groups of GROUP images and runs each on a copy of its own at GROUP images (one Numba thread, replayed like the
+batch-1 copies; a copy's batch runs whole, never image by image again), as many groups as give every thread the same
+number, then the rest image by image. EfficientNet-Lite0's later blocks read more weight bytes than activation
+bytes an image (its 7 x 7 blocks: 1.8 MB of weights from L3 against 0.2 MB of activations), so two images a pass
+read them once for both; its early blocks' activations still fit L2 at 2. On the 2-vCPU Zen 4 EPYC, batch 32 on 2
+threads, two nets alternated in one process (paired medians): groups of 2 1.039-1.057x image by image, batch 64
+1.043x, one thread 1.020x; groups of 3 1.025x, of 4 1.016-1.039x. The group copies' rows must be each image's
+batch-1 bits: checked once, on the first grouped batch's first group against the batch-1 copy (`Groups.agrees`);
+where they differ (a kernel whose sums depend on the batch) the batch runs image by image from then on.
+
 Where a copy's replay starts by copying its input into the stem's zero-bordered buffer (EfficientNet-Lite0's
 ``net.plan_steps.zero_border_step``), each image goes from the batch straight into that buffer and the replay runs from
-its second op (`PerImage._fed`; FEED): one pass over the image, not two.
+its second op (`fed`; FEED; a group copy's group alike): one pass over the image, not two.
 
 The copies share the net's parameter Blobs (and its folded weights); a change that drops the net's plans (refold,
 reshape, share_weights_from, observe) drops them too. The threads are the caller and a process-wide pool of Python
@@ -60,6 +71,7 @@ ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
 MIN_FLOPS_PER_WEIGHT_BYTE = 20.0
 TAIL = True  # the net's closing InnerProduct (+ Softmax) run once for the batch (the module docstring)
 FEED = True  # each image copied from the batch into the stem's zero-bordered buffer itself (PerImage._fed)
+GROUP = 2  # images a group copy runs at once (the module docstring); 1: image by image only
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -93,6 +105,8 @@ def eligible(net, plan) -> str | None:
         return "off (CREMA_PER_IMAGE=0, or CREMA_REPLAY=0: the batch-1 copies run on their replays)"
     if net.device != "cpu" or net._share is None:
         return "not a CPU net with shared activations"
+    if net.image_copy:
+        return "a copy that runs groups of images (Groups)"
     if net._observers:
         return "observers expect the batch's arrays"
     names = (*net.inputs, *net.outputs, *sorted(net._share))
@@ -154,12 +168,12 @@ def tail(net) -> int:
     return n + 1
 
 
-def replica(net, drop: int = 0):
-    """A batch-1 copy of `net` on its parameter Blobs and folded weights (no copy of the weights), on its device,
-    activations shared the same way (made by the net's own class: this module is imported by net.net); without the
-    net's last `drop` layers (``tail``). Its plan is its own: server.inside's copy observes blobs that the net's own
-    plan fuses."""
-    shapes = {name: (1, *net._blobs[name].shape[1:]) for name in net.inputs}
+def replica(net, drop: int = 0, batch: int = 1):
+    """A copy of `net` at `batch` images on its parameter Blobs and folded weights (no copy of the weights), on its
+    device, activations shared the same way (made by the net's own class: this module is imported by net.net);
+    without the net's last `drop` layers (``tail``). Its plan is its own: server.inside's copy observes blobs that the
+    net's own plan fuses."""
+    shapes = {name: (batch, *net._blobs[name].shape[1:]) for name in net.inputs}
     param = net.param
     if drop:
         gone = {ly.name for ly in net.layers[-drop:]}
@@ -217,7 +231,8 @@ def _on_threads(t: int, share) -> None:
 
 
 class PerImage:
-    """The batch-1 copies of a net for one plan (one a thread) and how their shares of a batch are run."""
+    """The batch-1 copies of a net for one plan (one a thread), its batch-GROUP copies (`Groups`, where a batch has
+    whole groups for every thread), and how their shares of a batch are run."""
 
     def __init__(self, net, threads: int) -> None:
         self.threads = max(1, threads)
@@ -225,11 +240,15 @@ class PerImage:
         first = replica(net, drop) if drop else None
         if first is None:
             drop, first = 0, replica(net)
+        self.drop = drop
         self.replicas = [first, *(replica(net, drop) for _ in range(self.threads - 1))]
         names = (*first.outputs, *sorted(name for name in net._share if name in first._blobs))
         self.gather = [name for name in dict.fromkeys(names) if name not in net.inputs]
         self.tail = [self._tail_step(net, i) for i in range(len(net.layers) - drop, len(net.layers))]
         self.feeds: list[tuple] = [(None, None)] * len(self.replicas)  # per copy: (its replay, `_feed` of it)
+        self.groups: Groups | None = None  # made on the first batch with whole groups for every thread
+        self.group = GROUP  # images a group (1: none)
+        self.grouped = GROUP > 1  # False once the group copies were refused (`Groups.agrees`, their replays)
 
     @staticmethod
     def _tail_step(net, i: int):
@@ -244,22 +263,32 @@ class PerImage:
 
         return run
 
-    def _share(self, k: int, net, claim, n: int) -> None:
-        """Copy k's images, claimed one at a time (`claim`: a shared counter; a thread that something else keeps
-        from running takes fewer, and the batch does not wait for it)."""
-        rep = self.replicas[k]
+    def _share(self, k: int, net, claim, n: int, whole: int) -> None:
+        """Copy k's images, claimed a unit at a time (`claim`: a shared counter; a thread that something else keeps
+        from running takes fewer, and the batch does not wait for it): units below `whole` are the groups of GROUP
+        images from the batch's start (on the group copies), then the rest one image each."""
         saved = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
-            while (i := next(claim)) < n:
-                if not self._fed(k, net, i):
-                    for name in net.inputs:
-                        np.copyto(rep._blobs[name].data[0], net._blobs[name].data[i])
-                    rep._run(None, adapt=True, pool=True)
-                for name in self.gather:
-                    np.copyto(net._blobs[name].data[i], rep._blobs[name].data[0])
+            g = self.group
+            units = whole + n - whole * g
+            while (u := next(claim)) < units:
+                if u < whole:
+                    self.groups.run(k, net, u * g, self.gather)
+                else:
+                    self._image(k, net, whole * g + u - whole)
         finally:
             numba.set_num_threads(saved)
+
+    def _image(self, k: int, net, i: int) -> None:
+        """Image i of the batch on batch-1 copy k, its gathered blobs into the batch's rows."""
+        rep = self.replicas[k]
+        if not self._fed(k, net, i):
+            for name in net.inputs:
+                np.copyto(rep._blobs[name].data[0], net._blobs[name].data[i])
+            rep._run(None, adapt=True, pool=True)
+        for name in self.gather:
+            np.copyto(net._blobs[name].data[i], rep._blobs[name].data[0])
 
     def _fed(self, k: int, net, i: int) -> bool:
         """Image i on copy k's replay, the image copied from the batch straight into the stem's zero-bordered buffer
@@ -267,30 +296,101 @@ class PerImage:
         image instead of two; EfficientNet-Lite0 batch 32, in-process A/B: 1.0005-1.007x); False where that does not
         apply now (nothing done: the caller copies the image into the copy's input and runs its forward)."""
         rep = self.replicas[k]
-        plan = rep._plan
-        if not FEED or plan is None or plan.threads != 1:
-            return False
-        rp = plan.replay
-        if self.feeds[k][0] is not rp:
-            self.feeds[k] = (rp, _feed(rep, plan, rp))
-        pad = self.feeds[k][1]
-        if pad is None or not rp.valid():
-            return False
-        pad(net._blobs[net.inputs[0]].data[i : i + 1])
-        # a Python step that refuses makes the rest the layers' own forwards from the copy's input blob, which
-        # does not hold the image: the caller then runs it again the usual way
-        return rp.run(rep, plan, skip=1)
+        got = fed(rep, self.feeds[k], net._blobs[net.inputs[0]].data[i : i + 1])
+        self.feeds[k] = got[1]
+        return got[0]
+
+    def _whole_groups(self, net, n: int) -> int:
+        """How many groups of GROUP images this batch of n runs on the group copies: as many as give every thread
+        the same number (the rest go one by one, after them), where groups are on; 0 otherwise."""
+        t = min(self.threads, n)
+        whole = n // self.group // t * t
+        if not self.grouped or whole == 0:
+            return 0
+        if self.groups is None:
+            self.groups = Groups(net, self.threads, self.drop, self.group)
+        if not self.groups.agrees(self, net):
+            self.grouped = False
+            return 0
+        return whole
 
     def run(self, net) -> bool:
-        """One forward of the net's current inputs, image by image; False (nothing run) where a copy's plan does not
-        replay: the caller then runs the batched plan (and should not ask again)."""
+        """One forward of the net's current inputs, image by image (in groups where they apply); False (nothing run)
+        where a batch-1 copy's plan does not replay: the caller then runs the batched plan (and should not ask
+        again)."""
         if any(rep._plan is not None and rep._plan.replay is False for rep in self.replicas):
             return False
         n = net._blobs[net.inputs[0]].shape[0]
-        _on_threads(min(self.threads, n), lambda k, claim: self._share(k, net, claim, n))
+        whole = self._whole_groups(net, n)
+        units = whole + n - whole * self.group
+        _on_threads(min(self.threads, units), lambda k, claim: self._share(k, net, claim, n, whole))
         for run in self.tail:  # the net's closing layers, once for the batch
             run()
         return True
+
+
+def fed(rep, feed: tuple, x: np.ndarray) -> tuple[bool, tuple]:
+    """x (the copy's batch of images, a view of the net's input) on copy `rep`'s replay, copied straight into the
+    stem's zero-bordered buffer (`_feed`) and the replay run from its second op; `feed`: the copy's (replay, `_feed`
+    of it) as last seen. Returns (ran, feed as now); not ran: nothing done, the caller copies x into the copy's input
+    and runs its forward."""
+    plan = rep._plan
+    if not FEED or plan is None or plan.threads != 1:
+        return False, feed
+    rp = plan.replay
+    if feed[0] is not rp:
+        feed = (rp, _feed(rep, plan, rp))
+    pad = feed[1]
+    if pad is None or not rp.valid():
+        return False, feed
+    pad(x)
+    # a Python step that refuses makes the rest the layers' own forwards from the copy's input blob, which does not
+    # hold the image: the caller then runs it again the usual way
+    return rp.run(rep, plan, skip=1), feed
+
+
+class Groups:
+    """The copies of a net at `size` images (one a thread, ``replica``, each running its batches whole: no copies of
+    copies), for the groups of a batch that PerImage runs on them (the module docstring)."""
+
+    def __init__(self, net, threads: int, drop: int, size: int) -> None:
+        self.size = size
+        self.copies = []
+        for _ in range(max(1, threads)):
+            rep = replica(net, drop, batch=size)
+            rep.image_copy = True  # its own batches run whole (`eligible`)
+            self.copies.append(rep)
+        self.feeds: list[tuple] = [(None, None)] * len(self.copies)
+        self.checked: bool | None = None
+
+    def run(self, k: int, net, first: int, gather: list[str]) -> None:
+        """Images first .. first + size of the batch on copy k, its gathered blobs into the batch's rows."""
+        rep, rows = self.copies[k], slice(first, first + self.size)
+        ran, self.feeds[k] = fed(rep, self.feeds[k], net._blobs[net.inputs[0]].data[rows])
+        if not ran:
+            for name in net.inputs:
+                np.copyto(rep._blobs[name].data, net._blobs[name].data[rows])
+            rep._run(None, adapt=True, pool=True)
+        for name in gather:
+            np.copyto(net._blobs[name].data[rows], rep._blobs[name].data)
+
+    def agrees(self, images: PerImage, net) -> bool:
+        """Do the group copies give each image the bits of its batch-1 forward? Checked once, on the batch's first
+        group's images (copy 0 on the group, batch-1 copy 0 on each image, on this thread, one Numba thread); False
+        too where a group copy's plan does not replay."""
+        if self.checked is None:
+            g = self.size
+            saved = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                self.run(0, net, 0, images.gather)
+                grouped = {name: net._blobs[name].data[:g].copy() for name in images.gather}
+                for i in range(g):
+                    images._image(0, net, i)
+                self.checked = all(np.array_equal(grouped[name], net._blobs[name].data[:g]) for name in grouped)
+            finally:
+                numba.set_num_threads(saved)
+        return self.checked and not any(rep._plan is not None and rep._plan.replay is False for rep in self.copies)
 
 
 class Images:

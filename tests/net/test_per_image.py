@@ -1,5 +1,5 @@
 """net.per_image: a batch of EfficientNet-Lite0 with shared activations runs image by image on batch-1 copies of the
-net, and every image gets the bits of a batch-1 forward of it (outputs and kept blobs), on 2 threads and on 1; nets
+net (groups of images on copies at the group's size), and every image gets the bits of a batch-1 forward of it (outputs and kept blobs), on 2 threads and on 1; nets
 and settings outside its rule stay batched; the copies see the net's parameters as they change."""
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def _one_by_one(files, x: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("threads,fuse", [(2, True), (1, True), (2, False)])
 def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads, fuse, monkeypatch) -> None:
-    """fuse: the stem fused with block 0's depthwise where AVX-512 runs it (net.plan_steps.fuse_conv_depthwise: the
-    copies' replays start from their input blob); else the copies' replays start by padding it, and each image is fed
-    into that padding."""
+    """5 images: two groups of 2 on the group copies and one on a batch-1 copy (on 1 thread and on 2: as many groups
+    as give each thread the same number). fuse: the stem fused with block 0's depthwise where AVX-512 runs it
+    (net.plan_steps.fuse_conv_depthwise: the copies' replays start from their input blob); else the copies' replays
+    start by padding it, and each image (each group) is fed into that padding."""
     from kernels import mbconv
     from net import plan_steps
 
@@ -45,24 +46,70 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads, 
         x = np.random.default_rng(5).uniform(-1, 1, (5, 3, 224, 224)).astype(np.float32)
         want = _one_by_one(effnet_files, x)
         net = _load(effnet_files)
-        for i in range(7):  # the first decides the launcher, the second makes the copies, their replays follow
+        for i in range(9):  # the first decides the launcher, the second makes the copies, their replays follow
             got = net.forward(data=x)["prob"]
             if i:
                 np.testing.assert_array_equal(got, want["prob"], err_msg=f"forward {i}")
                 np.testing.assert_array_equal(net.blob("pool").data, want["pool"], err_msg=f"forward {i}")
         st = net._plan.per_image
         assert isinstance(st, per_image.PerImage)
-        assert all(rep._plan.replay for rep in st.replicas)  # the copies replay
+        assert st.group == 2 and st.grouped and st.groups.checked  # the group copies agreed with the batch-1 copy
+        assert all(rep.blob("data").shape[0] == 2 and rep.image_copy for rep in st.groups.copies)
+        copies = [*zip(st.replicas, st.feeds), *zip(st.groups.copies, st.groups.feeds)]
+        # the copies replay (on 2 threads a copy may not have had the turns to record its replay yet; none refused)
+        assert not any(rep._plan is not None and rep._plan.replay is False for rep, _ in copies)
+        ran = [(rep, feed) for rep, feed in copies if rep._plan is not None and rep._plan.replay]
+        assert len(ran) == len(copies) or (threads > 1 and ran)
         if fuse and mbconv.ENABLED:  # ... the stem and block 0's depthwise one step (AVX-512), each band padded in
             # its own buffer
-            assert all(isinstance(rep._plan.steps[0][0].runner, mbconv.ConvDepthwiseRunner) for rep in st.replicas)
-        else:  # ... from the stem's zero-bordered buffer, which each image is copied into from the batch (_fed)
-            assert all(rp is rep._plan.replay and pad is not None for (rp, pad), rep in zip(st.feeds, st.replicas))
+            assert all(isinstance(rep._plan.steps[0][0].runner, mbconv.ConvDepthwiseRunner) for rep, _ in ran)
+        else:  # ... from the stem's zero-bordered buffer, which each image is copied into from the batch (fed)
+            assert all(rp is rep._plan.replay and pad is not None for rep, (rp, pad) in ran)
         # ... up to the pooling: fc and prob run once for the batch, fc row by row with batch-1 bits (checked above)
-        assert len(st.tail) == 2 and all(rep.layers[-1].name == "pool" for rep in st.replicas)
-        assert len(st.replicas) == numba.get_num_threads()
+        assert len(st.tail) == 2 and all(rep.layers[-1].name == "pool" for rep, _ in copies)
+        assert len(st.replicas) == len(st.groups.copies) == numba.get_num_threads()
     finally:
         numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_groups_where_every_thread_gets_the_same_number(effnet_files, group, monkeypatch) -> None:
+    """The units a batch of n runs as (`_whole_groups`): groups of GROUP images where each of the 2 threads gets as
+    many, the rest image by image; GROUP 1: image by image only."""
+    monkeypatch.setattr(per_image, "GROUP", group)
+    net = _load(effnet_files)
+    net.reshape({"data": (2, 3, 224, 224)})
+    st = per_image.PerImage(net, threads=2)
+    monkeypatch.setattr(per_image.Groups, "agrees", lambda self, images, net: True)
+    got = {n: st._whole_groups(net, n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 16, 17)}
+    want = {n: (n // group // 2 * 2 if group > 1 else 0) for n in got}
+    assert got == want
+    if group == 2:
+        assert [got[n] for n in (3, 4, 5, 8, 9)] == [0, 2, 2, 4, 4]
+    assert (st.groups is None) == (group == 1)
+
+
+def test_group_copies_that_disagree_are_left_for_good(effnet_files, monkeypatch) -> None:
+    """A group copy whose rows are not the batch-1 bits (here: its first run's rows changed, as a kernel whose sums
+    depend on the batch would) is found by the first grouped batch's check, and the batch runs image by image from
+    then on, with batch-1 bits."""
+    x = np.random.default_rng(8).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    want = _one_by_one(effnet_files, x)
+    run = per_image.Groups.run
+
+    def off(self, k, net, first, gather):
+        run(self, k, net, first, gather)
+        net.blob("pool").data[first] += 1e-6
+
+    monkeypatch.setattr(per_image.Groups, "run", off)
+    net = _load(effnet_files)
+    for i in range(4):
+        got = net.forward(data=x)["prob"]
+        if i:
+            np.testing.assert_array_equal(got, want["prob"], err_msg=f"forward {i}")
+            np.testing.assert_array_equal(net.blob("pool").data, want["pool"], err_msg=f"forward {i}")
+    st = net._plan.per_image
+    assert st.groups.checked is False and not st.grouped
 
 
 def test_images_of_any_count_get_batch_1_bits_without_a_batched_net(effnet_files) -> None:
