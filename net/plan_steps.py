@@ -33,8 +33,11 @@ it recognises more in the layer than the layer type says.
 - `hand_over_depthwise`: a depthwise Convolution whose output only the next step reads, a 1x1 Convolution on
   `kernels.pointwise_t`, writes it in 16-channel blocks interleaved per pixel (`kernels.depthwise.Handoff`), no 8 x 8
   transposes back to planes, and the 1x1 reads that layout; only where nothing reads the blob after a forward (a net
-  with shared activations, the blob neither kept, observed nor an output). At batch 1 a 1x1 on `kernels.pointwise`
-  there (the projections on large planes, M = 24 or 40 included) moves to `pointwise_t` for that (PROJECT_BLOCKS).
+  with shared activations, the blob neither kept, observed nor an output). At batch 1 and 2 (BLOCKS_MAX_BATCH) a 1x1 on
+  `kernels.pointwise` there (the projections on large planes, M = 24 or 40 included) moves to `pointwise_t` for that
+  (PROJECT_BLOCKS). Batch 2 is what ``net.per_image``'s group copies run on one thread each: EfficientNet-Lite0 at
+  batch 32 image by image in groups of 2, in-process A/B with BLOCKS_MAX_BATCH 1 / 2, the same bits: 1.009-1.021x on 2
+  threads, 1.013x on 1; a batched plan at batch 2 on 2 threads 1.010x.
 - `fuse_expand_depthwise`: a folded 1x1 Convolution (an inverted-residual block's expand) whose output only the next
   step reads, a depthwise one with folded weights that `kernels.mbconv` runs (AVX-512, 16k channels), run as one
   step (`kernels.mbconv.ExpandDepthwiseRunner`): each task computes a band of the expand's output for 16 or 32
@@ -60,7 +63,7 @@ it recognises more in the layer than the layer type says.
   A zero-bordered convolution (EfficientNet's stem) hands over the same way, its step keeping the padding and its
   convolution on `kernels.pointwise_t.ConvTRunner` (STEM_BLOCKS); a depthwise step handed its input so runs on its
   channel-block path at any plane size (no fill to pay: the 112 x 112 layer after the stem).
-- `hand_over_projection`: a 1x1 step at batch 1 whose output only a fused expand + depthwise step reads (a block's
+- `hand_over_projection`: a 1x1 step at batch 1 or 2 (BLOCKS_MAX_BATCH) whose output only a fused expand + depthwise step reads (a block's
   projection into the next block's expand, no residual sum between) writes it in blocks of 16 channels, which the
   expand's tiles read (EfficientNet-Lite0's block 0 -> 1). Same conditions.
 - `sums_only`: a fused residual sum whose convolution output nobody else reads writes the sum alone. Same conditions.
@@ -104,6 +107,7 @@ FUSE_STEM = True  # fuse_conv_depthwise on (False: a zero-bordered convolution a
 # 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
 # kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
 PROJECT_BLOCKS = True
+BLOCKS_MAX_BATCH = 2  # PROJECT_BLOCKS and hand_over_projection up to this batch (per_image's group copies run 2)
 STRIDED_POINTWISE = True  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
 CONVT = True  # convt_step on (False: those convolutions take conv's im2col + GEMM)
 CONVT_MAX_CHANNELS = 4  # convt_step: input channels at most (an image's: 3, 1 grey, 4 with alpha)
@@ -454,8 +458,8 @@ def hand_over_depthwise(steps: list[tuple], keep: set[int]) -> list[tuple]:
 
 def _projection_on_blocks(pw_step, pw_layer, x_shape) -> pointwise_t.PointwiseTRunner | None:
     """A `kernels.pointwise_t` runner put in a 1x1 step in place of its `kernels.pointwise` one, to read the blocks of
-    the depthwise step before (PROJECT_BLOCKS, batch 1, folded weights), or None."""
-    if not PROJECT_BLOCKS or not pw_layer.frozen or x_shape[0] != 1:
+    the depthwise step before (PROJECT_BLOCKS, batch BLOCKS_MAX_BATCH at most, folded weights), or None."""
+    if not PROJECT_BLOCKS or not pw_layer.frozen or x_shape[0] > BLOCKS_MAX_BATCH:
         return None
     w_shape = pw_layer.forward_params()[0].shape
     if not pointwise_t.applies(x_shape, w_shape, xblk=True):
@@ -678,7 +682,8 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
 
 
 def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
-    """A folded 1x1 Convolution at batch 1 whose output only the next step reads, a fused expand + depthwise step
+    """A folded 1x1 Convolution at batch 1 or 2 (BLOCKS_MAX_BATCH) whose output only the next step reads, a fused
+    expand + depthwise step
     (`fuse_expand_depthwise`; an inverted-residual block's projection into the next block's expand, without a
     residual sum between them: EfficientNet-Lite0's block 0 -> 1), writes that output in blocks of 16 channels
     interleaved per pixel (`kernels.depthwise.PaddedInput.unpadded`, on `kernels.pointwise_t`: one aligned store per
@@ -707,7 +712,12 @@ def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
         if len(pw_bottom) != 1 or len(pw_top) != 1 or len(ed_bottom) != 1 or ed_bottom[0] is not blob:
             continue
         x_shape, w_shape = pw_bottom[0].data.shape, pw_layer.forward_params()[0].shape
-        if id(blob) in keep or readers.get(id(blob)) != 1 or x_shape[0] != 1 or w_shape[0] % depthwise.LANES:
+        if (
+            id(blob) in keep
+            or readers.get(id(blob)) != 1
+            or x_shape[0] > BLOCKS_MAX_BATCH
+            or w_shape[0] % depthwise.LANES
+        ):
             continue
         if not pointwise_t.applies(x_shape, w_shape, blocks=True):
             continue

@@ -137,22 +137,24 @@ def test_applies() -> None:
         PointwiseTRunner((1, 192, 28, 28), (80, 192, 1, 1))
 
 
-def _lite0_with(module, name: str, value, seed: int):
-    """(net, softmax): EfficientNet-Lite0 with shared activations, planned and run once on a random image while
-    module.name is value (restored after)."""
-    from net import Net
+def _lite0_with(module, name: str, value, seed: int, batch: int = 1):
+    """(net, softmax): EfficientNet-Lite0 with shared activations, planned and run once on `batch` random images
+    (a batched plan: not image by image) while module.name is value (restored after)."""
+    from net import Net, per_image
     from net.zoo import efficientnet_lite0
 
     files = efficientnet_lite0(say=lambda _m: None)
-    x = np.random.default_rng(seed).uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)
-    saved = getattr(module, name)
+    x = np.random.default_rng(seed).uniform(-1, 1, (batch, 3, 224, 224)).astype(np.float32)
+    saved, saved_pi = getattr(module, name), per_image.ENABLED
     setattr(module, name, value)
+    per_image.ENABLED = False
     try:
         net = Net.load(files.prototxt, files.weights)
         net.share_activations()
         return net, net.forward(data=x)["prob"].copy()
     finally:
         setattr(module, name, saved)
+        per_image.ENABLED = saved_pi
 
 
 def test_the_net_plan_takes_it_for_folded_1x1_layers() -> None:
@@ -266,6 +268,31 @@ def test_net_projections_on_large_planes_take_blocks() -> None:
     assert not moved[False]
     assert {"block1/project", "block2/project", "block3/project", "block4/project"} <= set(moved[True])
     np.testing.assert_array_equal(outs[True], outs[False])
+
+
+def test_net_projections_take_blocks_at_batch_2() -> None:
+    """At batch 2 (net.per_image's group copies; BLOCKS_MAX_BATCH) the projections on large planes read the
+    depthwise's blocks and block 0's projection hands block 1's expand blocks, as at batch 1: the same bits as the
+    batch-2 plan without them (BLOCKS_MAX_BATCH 1)."""
+    from kernels import depthwise
+    from net import plan_steps
+
+    outs, moved, handed = {}, {}, {}
+    for most in (1, 2):
+        net, outs[most] = _lite0_with(plan_steps, "BLOCKS_MAX_BATCH", most, seed=3, batch=2)
+        steps = net._plan.steps
+        moved[most] = [
+            steps[i + 1][1].name
+            for i, s in enumerate(steps[:-1])
+            if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner)
+            and isinstance(getattr(steps[i + 1][0], "runner", None), PointwiseTRunner)
+            and steps[i + 1][0].runner.plan[3] > pointwise_t.MAX_P
+        ]
+        handed[most] = [s[1].name for s in steps if getattr(getattr(s[0], "runner", None), "x_blocks", None)]
+    assert not moved[1] and not handed[1]
+    assert {"block1/project", "block2/project", "block3/project", "block4/project"} <= set(moved[2])
+    assert handed[2] == ["block1/expand"]
+    np.testing.assert_array_equal(outs[2], outs[1])
 
 
 def test_net_hands_over_and_refusals_put_planes_back() -> None:
