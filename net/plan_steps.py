@@ -63,9 +63,9 @@ it recognises more in the layer than the layer type says.
   A zero-bordered convolution (EfficientNet's stem) hands over the same way, its step keeping the padding and its
   convolution on `kernels.pointwise_t.ConvTRunner` (STEM_BLOCKS); a depthwise step handed its input so runs on its
   channel-block path at any plane size (no fill to pay: the 112 x 112 layer after the stem).
-- `hand_over_projection`: a 1x1 step at batch 1 or 2 (BLOCKS_MAX_BATCH) whose output only a fused expand + depthwise step reads (a block's
-  projection into the next block's expand, no residual sum between) writes it in blocks of 16 channels, which the
-  expand's tiles read (EfficientNet-Lite0's block 0 -> 1). Same conditions.
+- `hand_over_projection`: a 1x1 step at batch 1 or 2 (BLOCKS_MAX_BATCH) whose output only a fused expand + depthwise
+  step reads (a block's projection into the next block's expand, no residual sum between) writes it in blocks of 16
+  channels, which the expand's tiles read (EfficientNet-Lite0's block 0 -> 1). Same conditions.
 - `sums_only`: a fused residual sum whose convolution output nobody else reads writes the sum alone. Same conditions.
 - `fuse_global_pool`: a 1x1 Convolution on `kernels.pointwise_t` (planes, whole panels of 32) followed by an AVE
   Pooling over the whole plane (EfficientNet-Lite0's head and pool, MobileNet's last layer): the convolution's tiles
@@ -103,8 +103,8 @@ EXPAND_BLOCKS = True  # hand_over_expand on (False: every 1x1 step writes planes
 FUSE_EXPAND = True  # fuse_expand_depthwise on (False: the expand and the depthwise run as two steps)
 STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (pointwise_t.ConvTRunner, the stem)
 FUSE_STEM = True  # fuse_conv_depthwise on (False: a zero-bordered convolution and the depthwise after it, two steps)
-# hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 (they move to pointwise_t; EfficientNet-Lite0,
-# 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
+# hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 and 2 (BLOCKS_MAX_BATCH; they move to
+# pointwise_t; EfficientNet-Lite0, 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4 a wash; batch 32 5-8% slower:
 # kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
 PROJECT_BLOCKS = True
 BLOCKS_MAX_BATCH = 2  # PROJECT_BLOCKS and hand_over_projection up to this batch (per_image's group copies run 2)
@@ -696,7 +696,7 @@ def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
     if not PROJECTION_BLOCKS:
         return out
     readers = _readers(steps)
-    # a step on kernels.pointwise moves to pointwise_t as PROJECT_BLOCKS moves projections at batch 1
+    # a step on kernels.pointwise moves to pointwise_t as PROJECT_BLOCKS moves projections at batch 1 and 2
     movable = (
         (pointwise.PointwiseRunner, pointwise_t.PointwiseTRunner) if PROJECT_BLOCKS else pointwise_t.PointwiseTRunner
     )
