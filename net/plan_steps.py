@@ -105,7 +105,8 @@ STEM_BLOCKS = True  # hand_over_expand also from a zero-bordered convolution (po
 FUSE_STEM = True  # fuse_conv_depthwise on (False: a zero-bordered convolution and the depthwise after it, two steps)
 # hand_over_depthwise also to 1x1 steps on kernels.pointwise at batch 1 and 2 (BLOCKS_MAX_BATCH; they move to
 # pointwise_t; EfficientNet-Lite0, 2 threads, processes alternated: batch 1 ORT/crema 0.79-0.81 -> 0.83-0.84; batch 4
-# a wash; batch 32 5-8% slower: kernels.pointwise's image queues and x prefetches win where x comes from memory, and M = 24 pads to 32)
+# a wash; batch 32 5-8% slower: kernels.pointwise's image queues and x prefetches win where x comes from memory, and
+# M = 24 pads to 32)
 PROJECT_BLOCKS = True
 BLOCKS_MAX_BATCH = 2  # PROJECT_BLOCKS and hand_over_projection up to this batch (per_image's group copies run 2)
 STRIDED_POINTWISE = True  # strided_pointwise_step on (False: a strided 1x1 convolution takes conv's im2col + GEMM)
