@@ -30,16 +30,21 @@ row by row (``rowwise``: each row the bits of batch 1, W read once for the batch
 it from memory each time), the Softmax row by row as always. So each image still gets the bits of its batch-1
 forward.
 
-Groups (`Groups`, GROUP): where a batch has at least GROUP images for every thread, each thread first claims
-groups of GROUP images and runs each on a copy of its own at GROUP images (one Numba thread, replayed like the
-batch-1 copies; a copy's batch runs whole, never image by image again), as many groups as give every thread the same
-number, then the rest image by image. EfficientNet-Lite0's later blocks read more weight bytes than activation
+Groups (`Groups`, GROUP: 2, CREMA_PER_IMAGE_GROUP): where a batch has at least GROUP images for every thread, each
+thread first claims groups of GROUP images and runs each on a copy of its own at GROUP images (one Numba thread,
+replayed like the batch-1 copies; a copy's batch runs whole, never image by image again), as many groups as give
+every thread the same number, then the rest image by image. EfficientNet-Lite0's later blocks read more weight bytes than activation
 bytes an image (its 7 x 7 blocks: 1.8 MB of weights from L3 against 0.2 MB of activations), so two images a pass
-read them once for both; its early blocks' activations still fit L2 at 2. On the 2-vCPU Zen 4 EPYC, batch 32 on 2
+read them once for both; its early blocks, whose activations outweigh their weights, run about as fast at 2 as
+at 1 (one thread, per op in sequence, an image: 2.74 against 2.87 ms up to block 4's projection; with the
+projections' blocks at batch 2, ``net.plan_steps.BLOCKS_MAX_BATCH``). On the 2-vCPU Zen 4 EPYC, batch 32 on 2
 threads, two nets alternated in one process (paired medians): groups of 2 1.039-1.057x image by image, batch 64
 1.043x, one thread 1.020x; groups of 3 1.025x, of 4 1.016-1.039x. The group copies' rows must be each image's
 batch-1 bits: checked once, on the first grouped batch's first group against the batch-1 copy (`Groups.agrees`);
-where they differ (a kernel whose sums depend on the batch) the batch runs image by image from then on.
+where they differ (a kernel whose sums depend on the batch: LeNet's inner products, were it run so) the batch runs
+image by image from then on. `Images` (the web app's micro-batches) takes groups the same way: 16 clients of `crema
+serve`, 600 requests, runs alternated: 133.8-142.3 against 134.0-138.3 searches a second (within the noise: a search
+is more than its forward).
 
 Where a copy's replay starts by copying its input into the stem's zero-bordered buffer (EfficientNet-Lite0's
 ``net.plan_steps.zero_border_step``), each image goes from the batch straight into that buffer and the replay runs from
@@ -71,7 +76,10 @@ ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
 MIN_FLOPS_PER_WEIGHT_BYTE = 20.0
 TAIL = True  # the net's closing InnerProduct (+ Softmax) run once for the batch (the module docstring)
 FEED = True  # each image copied from the batch into the stem's zero-bordered buffer itself (PerImage._fed)
-GROUP = 2  # images a group copy runs at once (the module docstring); 1: image by image only
+_GROUP_ENV = os.environ.get("CREMA_PER_IMAGE_GROUP", "").strip()
+# images a group copy runs at once (the module docstring): CREMA_PER_IMAGE_GROUP (a whole number; 1: image by image
+# only; anything else: the default, 2)
+GROUP = max(1, int(_GROUP_ENV)) if _GROUP_ENV.isdigit() else 2
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -395,9 +403,10 @@ class Groups:
 
 class Images:
     """Any number of images through batch-1 copies of a net (`replica`, one a thread, each on one Numba thread, as a
-    PerImage runs a batch), without a batched net: no plan, arena or copies made for each new batch size, which a
-    micro-batch of a new size cost the batched net (server.model's `infer_any`). Each image gets the bits of its
-    batch-1 forward. Run it from one thread at a time.
+    PerImage runs a batch; groups of GROUP images on copies at that size where every thread gets as many, checked
+    once against the batch-1 copy as PerImage's are), without a batched net: no plan, arena or copies made for each
+    new batch size, which a micro-batch of a new size cost the batched net (server.model's `infer_any`). Each image
+    gets the bits of its batch-1 forward. Run it from one thread at a time.
 
         images = Images(net, threads=2)
         out = images.run(x, ("prob", "pool"))   # x (N, C, H, W) -> {name: (N, ...) rows of that blob}
@@ -407,6 +416,9 @@ class Images:
         self.threads = max(1, threads)
         self.replicas: list = [replica(net)]
         self.input = net.inputs[0]
+        self.group = GROUP  # images a group (1: none)
+        self.groups: list = []  # the copies at GROUP images, one a thread, made on the first batch with groups
+        self.grouped: bool | None = None if GROUP > 1 else False  # None: not checked yet (`_whole_groups`)
 
     def run(self, x: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         n = len(x)
@@ -415,18 +427,58 @@ class Images:
         t = min(self.threads, n)
         while len(self.replicas) < t:
             self.replicas.append(replica(self.replicas[0]))
-        _on_threads(t, lambda k, claim: self._share(k, x, out, claim))
+        whole = self._whole_groups(x, out)
+        units = whole + n - whole * self.group
+        _on_threads(min(t, units), lambda k, claim: self._share(k, x, out, claim, whole))
         return out
 
-    def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim) -> None:
-        rep = self.replicas[k]
+    def _whole_groups(self, x: np.ndarray, out: dict[str, np.ndarray]) -> int:
+        """How many groups of GROUP images this batch runs on the group copies (as PerImage._whole_groups). The first
+        batch with groups makes the copies and checks that copy 0's rows of its first group are the batch-1 bits."""
+        n, g = len(x), self.group
+        t = min(self.threads, n)
+        whole = n // g // t * t
+        if self.grouped is False or whole == 0:
+            return 0
+        while len(self.groups) < self.threads:
+            rep = replica(self.replicas[0], batch=g)
+            rep.image_copy = True  # its own batches run whole (`eligible`)
+            self.groups.append(rep)
+        if self.grouped is None:
+            saved = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                self._unit(0, x, out, 0, whole)
+                grouped = {name: rows[:g].copy() for name, rows in out.items()}
+                for i in range(g):
+                    self._run(self.replicas[0], x, out, slice(i, i + 1))  # image i on the batch-1 copy
+                self.grouped = all(np.array_equal(grouped[name], out[name][:g]) for name in out)
+            finally:
+                numba.set_num_threads(saved)
+        return whole if self.grouped else 0
+
+    def _unit(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], u: int, whole: int) -> None:
+        """Unit u of the batch on thread k's copies: group u (u < whole) on its group copy, else one image."""
+        g = self.group
+        if u < whole:
+            self._run(self.groups[k], x, out, slice(u * g, u * g + g))
+        else:
+            i = whole * g + u - whole
+            self._run(self.replicas[k], x, out, slice(i, i + 1))
+
+    def _run(self, rep, x: np.ndarray, out: dict[str, np.ndarray], rows: slice) -> None:
+        """x[rows] through copy `rep` (its batch's size), its blobs into out's rows."""
+        rep.forward(**{self.input: x[rows]})
+        for name, dst in out.items():
+            np.copyto(dst[rows], rep._blobs[name].data)
+
+    def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim, whole: int) -> None:
         saved = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
-            while (i := next(claim)) < len(x):
-                rep.forward(**{self.input: x[i : i + 1]})
-                for name, rows in out.items():
-                    np.copyto(rows[i], rep._blobs[name].data[0])
+            units = whole + len(x) - whole * self.group
+            while (u := next(claim)) < units:
+                self._unit(k, x, out, u, whole)
         finally:
             numba.set_num_threads(saved)
 

@@ -187,13 +187,17 @@ class Model:
         """Forwards on zeros that make `infer_any`'s copies and record their replays (the first batches of a new size
         cost 160-190 ms each: EfficientNet-Lite0's first two batches of 2 and its fourth, against 10 ms), as separate
         steps (the app runs them one at a time between searches, on the inference thread, after start-up): for an
-        image-by-image net, a batch of one image per thread, else each chunk size up to `max_batch`."""
+        image-by-image net, a batch of one image per thread and one of a group per thread (``net.per_image.Images``:
+        its batch-1 copies and its copies at GROUP images), else each chunk size up to `max_batch`."""
+        from net.per_image import GROUP
         from net.replay import RECORD_AT
 
         if self.net.device != "cpu":
             return []
         if self._by_image:
-            sizes = [max(2, numba.get_num_threads())]
+            threads = numba.get_num_threads()
+            sizes = sorted({max(2, threads), GROUP * threads if GROUP > 1 else 2})
+            sizes = [size for size in sizes if size <= max(max_batch, 2)]
         else:
             sizes = [s for s in (2, 4, MAX_CHUNK) if s <= max_batch]
         steps = []

@@ -134,7 +134,12 @@ def test_infer_any_runs_steady_sizes(lenet_files, monkeypatch):
     by_image = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
     shapes.clear()
     probs, feats = by_image.infer_any(x[:5])
-    assert [n for _, n in shapes] == [1] * 5 and id(by_image.net) not in {i for i, _ in shapes}
+    sizes = [n for _, n in shapes]
+    if sizes[:3] == [2, 1, 1]:  # the first batch with groups of 2 for every thread checks a group copy's rows against
+        # the batch-1 copy's: LeNet's inner products at batch 2 sum in another order, so its groups are left for good
+        sizes = sizes[3:]
+        assert by_image._images.grouped is False
+    assert sizes == [1] * 5 and id(by_image.net) not in {i for i, _ in shapes}
     for i in range(5):
         p, f = by_image.infer(x[i : i + 1])
         assert np.array_equal(probs[i], p[0]) and np.array_equal(feats[i], f[0])
