@@ -30,21 +30,24 @@ row by row (``rowwise``: each row the bits of batch 1, W read once for the batch
 it from memory each time), the Softmax row by row as always. So each image still gets the bits of its batch-1
 forward.
 
-Groups (`Groups`, GROUP: 2, CREMA_PER_IMAGE_GROUP): where a batch has at least GROUP images for every thread, each
-thread first claims groups of GROUP images and runs each on a copy of its own at GROUP images (one Numba thread,
-replayed like the batch-1 copies; a copy's batch runs whole, never image by image again), as many groups as give
-every thread the same number, then the rest image by image. EfficientNet-Lite0's later blocks read more weight bytes than activation
-bytes an image (its 7 x 7 blocks: 1.8 MB of weights from L3 against 0.2 MB of activations), so two images a pass
-read them once for both; its early blocks, whose activations outweigh their weights, run about as fast at 2 as
-at 1 (one thread, per op in sequence, an image: 2.74 against 2.87 ms up to block 4's projection; with the
-projections' blocks at batch 2, ``net.plan_steps.BLOCKS_MAX_BATCH``). On the 2-vCPU Zen 4 EPYC, batch 32 on 2
-threads, two nets alternated in one process (paired medians): groups of 2 1.039-1.057x image by image, batch 64
-1.043x, one thread 1.020x; groups of 3 1.025x, of 4 1.016-1.039x. The group copies' rows must be each image's
-batch-1 bits: checked once, on the first grouped batch's first group against the batch-1 copy (`Groups.agrees`);
-where they differ (a kernel whose sums depend on the batch: LeNet's inner products, were it run so) the batch runs
-image by image from then on. `Images` (the web app's micro-batches) takes groups the same way: 16 clients of `crema
-serve`, 600 requests, runs alternated: 133.8-142.3 against 134.0-138.3 searches a second (within the noise: a search
-is more than its forward).
+Groups (`Groups`, GROUP: 2; CREMA_PER_IMAGE_GROUP, 1 to ``replay.MAX_BATCH``): where a batch has at least GROUP
+images for every thread, the threads first claim groups of GROUP images (as many groups as the threads can share
+evenly; who runs which is claimed as above) and run each on a copy of the net at GROUP images of their own (one Numba
+thread, replayed like the batch-1 copies; a copy's batch runs whole, never image by image again), then the rest
+image by image. EfficientNet-Lite0's later blocks read more weight bytes than activation bytes an image (its 7 x 7
+blocks: 1.8 MB of weights from L3 against 0.2 MB of activations), so two images a pass read them once for both; its
+early blocks, whose activations outweigh their weights, run about as fast at 2 as at 1 (one thread, per op in
+sequence, an image: 2.74 against 2.87 ms up to block 4's projection; with the projections' blocks at batch 2,
+``net.plan_steps.BLOCKS_MAX_BATCH``). On the 2-vCPU Zen 4 EPYC, batch 32 on 2 threads, two nets alternated in one
+process (paired medians): groups of 2 1.039-1.057x image by image, batch 64 1.043x, one thread 1.020x; groups of 3
+1.025x, of 4 1.016-1.039x. Each image must still get its batch-1 bits: groups only where the net's inner products
+run row by row (`rowwise`: the kernel known to sum in another order at batch 2), and a group copy is checked once
+against a batch-1 copy on random batches (`same_bits`) before it is used; where they differ, or a group copy's plan
+does not replay, the batch runs image by image from then on (and the group copies are dropped). Copy 0 is checked;
+the other threads' copies are made alike once it agrees. A group copy packs its own weights where its kernels pack
+them (the 1x1 layers' panels): memory a thread, as its arena. `Images` (the web app's micro-batches) takes groups the
+same way: 16 clients of `crema serve`, 600 requests, runs alternated: 133.8-142.3 against 134.0-138.3 searches a
+second (within the noise: a search is more than its forward).
 
 Where a copy's replay starts by copying its input into the stem's zero-bordered buffer (EfficientNet-Lite0's
 ``net.plan_steps.zero_border_step``), each image goes from the batch straight into that buffer and the replay runs from
@@ -76,10 +79,19 @@ ENABLED = os.environ.get("CREMA_PER_IMAGE", "1") != "0"
 MIN_FLOPS_PER_WEIGHT_BYTE = 20.0
 TAIL = True  # the net's closing InnerProduct (+ Softmax) run once for the batch (the module docstring)
 FEED = True  # each image copied from the batch into the stem's zero-bordered buffer itself (PerImage._fed)
-_GROUP_ENV = os.environ.get("CREMA_PER_IMAGE_GROUP", "").strip()
-# images a group copy runs at once (the module docstring): CREMA_PER_IMAGE_GROUP (a whole number; 1: image by image
-# only; anything else: the default, 2)
-GROUP = max(1, int(_GROUP_ENV)) if _GROUP_ENV.isdigit() else 2
+
+
+def _group(value: str) -> int:
+    """Images a group copy runs at once (the module docstring), from CREMA_PER_IMAGE_GROUP: a whole number from 1
+    (image by image only) to ``replay.MAX_BATCH`` (a larger group's copies would not replay), else the default, 2."""
+    value = value.strip()
+    if not (value.isascii() and value.isdecimal()):
+        return 2
+    return min(max(1, int(value)), replay.MAX_BATCH)
+
+
+GROUP = _group(os.environ.get("CREMA_PER_IMAGE_GROUP", ""))
+CHECK_SEED, CHECK_TRIALS = 20, 4  # the seeds of the random batches a group copy is checked on, how many (`same_bits`)
 
 _pool_lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -256,7 +268,9 @@ class PerImage:
         self.feeds: list[tuple] = [(None, None)] * len(self.replicas)  # per copy: (its replay, `_feed` of it)
         self.groups: Groups | None = None  # made on the first batch with whole groups for every thread
         self.group = GROUP  # images a group (1: none)
-        self.grouped = GROUP > 1  # False once the group copies were refused (`Groups.agrees`, their replays)
+        # groups where the net's inner products run row by row (a net that `eligible` lets through does), the known
+        # kernel whose sums depend on the batch; False once the group copies were refused (`Groups.agrees`)
+        self.grouped = GROUP > 1 and rowwise(net)
 
     @staticmethod
     def _tail_step(net, i: int):
@@ -316,9 +330,9 @@ class PerImage:
         if not self.grouped or whole == 0:
             return 0
         if self.groups is None:
-            self.groups = Groups(net, self.threads, self.drop, self.group)
-        if not self.groups.agrees(self, net):
-            self.grouped = False
+            self.groups = Groups(net, self.drop, self.group)
+        if not self.groups.agrees(self.replicas[0], self.gather, self.threads):
+            self.grouped, self.groups = False, None  # for good: its copies' memory goes back
             return 0
         return whole
 
@@ -359,17 +373,20 @@ def fed(rep, feed: tuple, x: np.ndarray) -> tuple[bool, tuple]:
 
 class Groups:
     """The copies of a net at `size` images (one a thread, ``replica``, each running its batches whole: no copies of
-    copies), for the groups of a batch that PerImage runs on them (the module docstring)."""
+    copies), for the groups of a batch that PerImage runs on them (the module docstring). Copy 0 is made and checked
+    first (`agrees`), the others once it agrees: made alike (the same layers at the same shapes, one Numba thread),
+    they compute alike."""
 
-    def __init__(self, net, threads: int, drop: int, size: int) -> None:
-        self.size = size
-        self.copies = []
-        for _ in range(max(1, threads)):
-            rep = replica(net, drop, batch=size)
-            rep.image_copy = True  # its own batches run whole (`eligible`)
-            self.copies.append(rep)
-        self.feeds: list[tuple] = [(None, None)] * len(self.copies)
+    def __init__(self, net, drop: int, size: int) -> None:
+        self.net, self.drop, self.size = net, drop, size
+        self.copies = [self._copy()]
+        self.feeds: list[tuple] = [(None, None)]
         self.checked: bool | None = None
+
+    def _copy(self):
+        rep = replica(self.net, self.drop, batch=self.size)
+        rep.image_copy = True  # its own batches run whole (`eligible`)
+        return rep
 
     def run(self, k: int, net, first: int, gather: list[str]) -> None:
         """Images first .. first + size of the batch on copy k, its gathered blobs into the batch's rows."""
@@ -382,23 +399,48 @@ class Groups:
         for name in gather:
             np.copyto(net._blobs[name].data[rows], rep._blobs[name].data)
 
-    def agrees(self, images: PerImage, net) -> bool:
-        """Do the group copies give each image the bits of its batch-1 forward? Checked once, on the batch's first
-        group's images (copy 0 on the group, batch-1 copy 0 on each image, on this thread, one Numba thread); False
-        too where a group copy's plan does not replay."""
+    def agrees(self, single, names: list[str], threads: int) -> bool:
+        """Do the group copies give each image the bits of its batch-1 forward on `single` (a batch-1 copy), for the
+        blobs in `names`? Checked once (`same_bits`); then the copies for `threads` threads are made. False too where
+        a group copy's plan does not replay."""
         if self.checked is None:
-            g = self.size
-            saved = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                self.run(0, net, 0, images.gather)
-                grouped = {name: net._blobs[name].data[:g].copy() for name in images.gather}
-                for i in range(g):
-                    images._image(0, net, i)
-                self.checked = all(np.array_equal(grouped[name], net._blobs[name].data[:g]) for name in grouped)
-            finally:
-                numba.set_num_threads(saved)
+            self.checked = same_bits(self.copies[0], single, names)
+        if self.checked:
+            while len(self.copies) < threads:
+                self.copies.append(self._copy())
+                self.feeds.append((None, None))
         return self.checked and not any(rep._plan is not None and rep._plan.replay is False for rep in self.copies)
+
+
+def same_bits(group, single, names) -> bool:
+    """Does `group` (a copy at GROUP images) give each image of a batch the bits that `single` (a batch-1 copy) gives
+    it alone, for every blob in `names`? Tried on CHECK_TRIALS batches of random images from fixed seeds, not on the
+    caller's: a batch of zeros or of one image repeated (a server's warm-up) can hide a difference, and one batch may
+    round a difference away (LeNet's batch-2 inner products, whose sums go in another order, give its softmax the
+    batch-1 bits on 62-87% of random batches). A guard behind the rule (`rowwise`), not a proof. On this thread, one
+    Numba thread, the copies' own inputs and outputs (the caller's batch is not touched); bits compared as
+    integers."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for trial in range(CHECK_TRIALS):
+            rng = np.random.default_rng(CHECK_SEED + trial)
+            xs = {name: rng.standard_normal(group._blobs[name].shape, np.float32) for name in group.inputs}
+            for name, x in xs.items():
+                np.copyto(group._blobs[name].data, x)
+            group._run(None, adapt=True, pool=True)
+            grouped = {name: group._blobs[name].data.copy() for name in names}
+            for i in range(len(next(iter(xs.values())))):
+                for name, x in xs.items():
+                    np.copyto(single._blobs[name].data[0], x[i])
+                single._run(None, adapt=True, pool=True)
+                for name in names:
+                    got = single._blobs[name].data[0]
+                    if not np.array_equal(grouped[name][i].view(np.uint32), got.view(np.uint32)):
+                        return False
+        return True
+    finally:
+        numba.set_num_threads(saved)
 
 
 class Images:
@@ -418,7 +460,9 @@ class Images:
         self.input = net.inputs[0]
         self.group = GROUP  # images a group (1: none)
         self.groups: list = []  # the copies at GROUP images, one a thread, made on the first batch with groups
-        self.grouped: bool | None = None if GROUP > 1 else False  # None: not checked yet (`_whole_groups`)
+        # None: not checked yet (`_whole_groups`); False: image by image only (GROUP 1, or inner products whose sums
+        # depend on the batch: a net that is not `rowwise`, e.g. LeNet, whose inner products take chunks at batch 2)
+        self.grouped: bool | None = None if GROUP > 1 and rowwise(net) else False
 
     def run(self, x: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         n = len(x)
@@ -427,35 +471,38 @@ class Images:
         t = min(self.threads, n)
         while len(self.replicas) < t:
             self.replicas.append(replica(self.replicas[0]))
-        whole = self._whole_groups(x, out)
+        whole = self._whole_groups(n)
         units = whole + n - whole * self.group
         _on_threads(min(t, units), lambda k, claim: self._share(k, x, out, claim, whole))
         return out
 
-    def _whole_groups(self, x: np.ndarray, out: dict[str, np.ndarray]) -> int:
-        """How many groups of GROUP images this batch runs on the group copies (as PerImage._whole_groups). The first
-        batch with groups makes the copies and checks that copy 0's rows of its first group are the batch-1 bits."""
-        n, g = len(x), self.group
+    def _whole_groups(self, n: int) -> int:
+        """How many groups of GROUP images a batch of n runs on the group copies (as PerImage._whole_groups). The
+        first batch with groups makes copy 0 and checks it against batch-1 copy 0 on its kept blobs (`same_bits`),
+        then the others; groups stay off for good where it disagrees or a group copy's plan does not replay."""
+        g = self.group
         t = min(self.threads, n)
         whole = n // g // t * t
         if self.grouped is False or whole == 0:
             return 0
-        while len(self.groups) < self.threads:
-            rep = replica(self.replicas[0], batch=g)
-            rep.image_copy = True  # its own batches run whole (`eligible`)
-            self.groups.append(rep)
         if self.grouped is None:
-            saved = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                self._unit(0, x, out, 0, whole)
-                grouped = {name: rows[:g].copy() for name, rows in out.items()}
-                for i in range(g):
-                    self._run(self.replicas[0], x, out, slice(i, i + 1))  # image i on the batch-1 copy
-                self.grouped = all(np.array_equal(grouped[name], out[name][:g]) for name in out)
-            finally:
-                numba.set_num_threads(saved)
-        return whole if self.grouped else 0
+            single = self.replicas[0]
+            kept = (*single.outputs, *sorted(name for name in single._share or () if name in single._blobs))
+            self.groups = [self._group_copy()]
+            self.grouped = same_bits(self.groups[0], single, [n for n in dict.fromkeys(kept) if n != self.input])
+        if self.grouped and any(rep._plan is not None and rep._plan.replay is False for rep in self.groups):
+            self.grouped = False
+        if not self.grouped:
+            self.groups = []  # their memory goes back
+            return 0
+        while len(self.groups) < self.threads:
+            self.groups.append(self._group_copy())
+        return whole
+
+    def _group_copy(self):
+        rep = replica(self.replicas[0], batch=self.group)
+        rep.image_copy = True  # its own batches run whole (`eligible`)
+        return rep
 
     def _unit(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], u: int, whole: int) -> None:
         """Unit u of the batch on thread k's copies: group u (u < whole) on its group copy, else one image."""

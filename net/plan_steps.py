@@ -684,15 +684,14 @@ def hand_over_expand(steps: list[tuple], keep: set[int]) -> list[tuple]:
 
 def hand_over_projection(steps: list[tuple], keep: set[int]) -> list[tuple]:
     """A folded 1x1 Convolution at batch 1 or 2 (BLOCKS_MAX_BATCH) whose output only the next step reads, a fused
-    expand + depthwise step
-    (`fuse_expand_depthwise`; an inverted-residual block's projection into the next block's expand, without a
-    residual sum between them: EfficientNet-Lite0's block 0 -> 1), writes that output in blocks of 16 channels
-    interleaved per pixel (`kernels.depthwise.PaddedInput.unpadded`, on `kernels.pointwise_t`: one aligned store per
-    pixel and block, no 8 x 8 transposes), and the expand's tiles read them so (``ExpandDepthwiseRunner.x_blocks``:
-    16 channels of a pixel on one line). The same FMA chains, the same bits. Only where nothing reads the blob after
-    a forward (`keep`); when the fused step cannot run (an array changed under the plan) the blob gets its planes
-    back before the expand layer's own forward reads it. Runs before `hand_over_depthwise`, which then hands the
-    projection its input from the depthwise before it as before."""
+    expand + depthwise step (`fuse_expand_depthwise`; an inverted-residual block's projection into the next block's
+    expand, without a residual sum between them: EfficientNet-Lite0's block 0 -> 1), writes that output in blocks of
+    16 channels interleaved per pixel (`kernels.depthwise.PaddedInput.unpadded`, on `kernels.pointwise_t`: one
+    aligned store per pixel and block, no 8 x 8 transposes), and the expand's tiles read them so
+    (``ExpandDepthwiseRunner.x_blocks``: 16 channels of a pixel on one line). The same FMA chains, the same bits.
+    Only where nothing reads the blob after a forward (`keep`); when the fused step cannot run (an array changed
+    under the plan) the blob gets its planes back before the expand layer's own forward reads it. Runs before
+    `hand_over_depthwise`, which then hands the projection its input from the depthwise before it as before."""
     out = list(steps)
     if not PROJECTION_BLOCKS:
         return out

@@ -195,9 +195,11 @@ class Model:
         if self.net.device != "cpu":
             return []
         if self._by_image:
-            threads = numba.get_num_threads()
-            sizes = sorted({max(2, threads), GROUP * threads if GROUP > 1 else 2})
-            sizes = [size for size in sizes if size <= max(max_batch, 2)]
+            # a batch-1 copy a thread (one thread: a group and an image, the image on that copy); a group copy a
+            # thread; the batcher's largest batch caps both (at least 2)
+            threads, cap = numba.get_num_threads(), max(2, max_batch)
+            ones = min(cap, max(2, threads) if threads > 1 or GROUP < 2 else GROUP + 1)
+            sizes = sorted({ones, *([GROUP * threads] if 1 < GROUP and GROUP * threads <= cap else [])})
         else:
             sizes = [s for s in (2, 4, MAX_CHUNK) if s <= max_batch]
         steps = []

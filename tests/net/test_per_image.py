@@ -1,6 +1,7 @@
 """net.per_image: a batch of EfficientNet-Lite0 with shared activations runs image by image on batch-1 copies of the
-net (groups of images on copies at the group's size), and every image gets the bits of a batch-1 forward of it (outputs and kept blobs), on 2 threads and on 1; nets
-and settings outside its rule stay batched; the copies see the net's parameters as they change."""
+net (groups of images on copies at the group's size), and every image gets the bits of a batch-1 forward of it
+(outputs and kept blobs), on 2 threads and on 1; nets and settings outside its rule stay batched; the copies see the
+net's parameters as they change."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_groups_where_every_thread_gets_the_same_number(effnet_files, group, mon
     net = _load(effnet_files)
     net.reshape({"data": (2, 3, 224, 224)})
     st = per_image.PerImage(net, threads=2)
-    monkeypatch.setattr(per_image.Groups, "agrees", lambda self, images, net: True)
+    monkeypatch.setattr(per_image.Groups, "agrees", lambda self, *args: True)
     got = {n: st._whole_groups(net, n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 16, 17)}
     want = {n: (n // group // 2 * 2 if group > 1 else 0) for n in got}
     assert got == want
@@ -92,26 +93,55 @@ def test_groups_where_every_thread_gets_the_same_number(effnet_files, group, mon
 
 
 def test_group_copies_that_disagree_are_left_for_good(effnet_files, monkeypatch) -> None:
-    """A group copy whose rows are not the batch-1 bits (here: its first run's rows changed, as a kernel whose sums
-    depend on the batch would) is found by the first grouped batch's check, and the batch runs image by image from
-    then on, with batch-1 bits."""
+    """A group copy whose rows are not the batch-1 bits (here: its forward's pooled features nudged, as a kernel
+    whose sums depend on the batch would) is found by the check before the first grouped batch (on random batches,
+    not the caller's: here a batch of zeros), and the batches run image by image from then on, with batch-1 bits; the
+    group copies are dropped. The check itself on the real copies: they agree."""
     x = np.random.default_rng(8).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
     want = _one_by_one(effnet_files, x)
-    run = per_image.Groups.run
+    run = Net._run
 
-    def off(self, k, net, first, gather):
-        run(self, k, net, first, gather)
-        net.blob("pool").data[first] += 1e-6
+    def nudged(self, *args, **kw):
+        run(self, *args, **kw)
+        if self.image_copy:
+            self._blobs["pool"].data[0] += 1e-6
 
-    monkeypatch.setattr(per_image.Groups, "run", off)
     net = _load(effnet_files)
+    assert per_image.same_bits(per_image.replica(net, batch=2), per_image.replica(net), ["pool"])
+    monkeypatch.setattr(Net, "_run", nudged)
+    zeros = np.zeros_like(x)
     for i in range(4):
-        got = net.forward(data=x)["prob"]
+        got = net.forward(data=x if i else zeros)["prob"]
         if i:
             np.testing.assert_array_equal(got, want["prob"], err_msg=f"forward {i}")
             np.testing.assert_array_equal(net.blob("pool").data, want["pool"], err_msg=f"forward {i}")
     st = net._plan.per_image
-    assert st.groups.checked is False and not st.grouped
+    assert isinstance(st, per_image.PerImage) and not st.grouped and st.groups is None
+
+
+def test_group_copies_that_do_not_replay_are_left(effnet_files, monkeypatch) -> None:
+    """Where a group copy's plan does not replay (here: the replay's largest batch cut to 1), the batches go image by
+    image from the next one on, with batch-1 bits, and the group copies are dropped."""
+    from net import replay
+
+    monkeypatch.setattr(replay, "MAX_BATCH", 1)
+    x = np.random.default_rng(9).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
+    want = _one_by_one(effnet_files, x)
+    net = _load(effnet_files)
+    for _ in range(5):
+        np.testing.assert_array_equal(net.forward(data=x)["prob"], want["prob"])
+    st = net._plan.per_image
+    assert isinstance(st, per_image.PerImage) and not st.grouped and st.groups is None
+    assert not any(rep._plan is not None and rep._plan.replay is False for rep in st.replicas)  # theirs do
+
+
+def test_the_group_size_from_the_environment() -> None:
+    """CREMA_PER_IMAGE_GROUP: a whole number from 1 to the replay's largest batch (larger ones are cut to it: their
+    copies would not replay), anything else the default, 2."""
+    from net import replay
+
+    got = {v: per_image._group(v) for v in ("", "abc", "1", " 3 ", "99", "0", "-2", "2.5", "\u00b2")}
+    assert got == {"": 2, "abc": 2, "1": 1, " 3 ": 3, "99": replay.MAX_BATCH, "0": 1, "-2": 2, "2.5": 2, "\u00b2": 2}
 
 
 def test_images_of_any_count_get_batch_1_bits_without_a_batched_net(effnet_files) -> None:
@@ -128,6 +158,13 @@ def test_images_of_any_count_get_batch_1_bits_without_a_batched_net(effnet_files
             np.testing.assert_array_equal(got[name], want[name][part], err_msg=f"{name} {part}")
     assert net.blob("data").shape[0] == 1 and len(images.replicas) == 2
     assert images.grouped is True and [rep.blob("data").shape[0] for rep in images.groups] == [2, 2]
+    # LeNet's inner products take chunks at batch 2 (not `rowwise`): its Images never group, even where a first batch
+    # of zeros would have let a check on it pass
+    lenet = Net.load(ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel")
+    lenet.share_activations()
+    light = per_image.Images(lenet, threads=2)
+    light.run(np.zeros((4, 1, 28, 28), np.float32), ("prob",))
+    assert light.grouped is False and not light.groups
     copies = [*images.replicas, *images.groups]
     assert not any(rep._plan is not None and rep._plan.replay is False for rep in copies)
     assert images.replicas[0]._plan.replay  # the copies replay (copy 0 ran alone four times at the end)

@@ -134,12 +134,9 @@ def test_infer_any_runs_steady_sizes(lenet_files, monkeypatch):
     by_image = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
     shapes.clear()
     probs, feats = by_image.infer_any(x[:5])
-    sizes = [n for _, n in shapes]
-    if sizes[:3] == [2, 1, 1]:  # the first batch with groups of 2 for every thread checks a group copy's rows against
-        # the batch-1 copy's: LeNet's inner products at batch 2 sum in another order, so its groups are left for good
-        sizes = sizes[3:]
-        assert by_image._images.grouped is False
-    assert sizes == [1] * 5 and id(by_image.net) not in {i for i, _ in shapes}
+    # (no groups of 2: LeNet's inner products sum in another order at batch 2, net.per_image.rowwise)
+    assert [n for _, n in shapes] == [1] * 5 and id(by_image.net) not in {i for i, _ in shapes}
+    assert by_image._images.grouped is False
     for i in range(5):
         p, f = by_image.infer(x[i : i + 1])
         assert np.array_equal(probs[i], p[0]) and np.array_equal(feats[i], f[0])
@@ -153,6 +150,35 @@ def test_load_errors(lenet_files, tmp_path):
     (tmp_path / "bad.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match="has 2 labels, the model outputs 10 classes"):
         Model.load(lenet_files["prototxt"], lenet_files["weights"], tmp_path / "bad.txt")
+
+
+def test_warm_steps_of_an_image_by_image_net(lenet_files, monkeypatch):
+    """An image-by-image net's warm-up (net.per_image.Images): a batch of one image a thread and one of a group of 2 a
+    thread (2 threads: 2 and 4; one thread: a group and an image, 3, and a group, 2), capped by the batcher's largest
+    batch (at least 2), RECORD_AT + 2 forwards each."""
+    import numba
+
+    import net.per_image
+    from net.replay import RECORD_AT
+
+    monkeypatch.setattr(net.per_image, "image_by_image", lambda net: True)
+    monkeypatch.setattr(net.per_image, "GROUP", 2)
+    model = Model.load(lenet_files["prototxt"], lenet_files["weights"], lenet_files["labels"])
+
+    def sizes(threads, max_batch):
+        saved = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            steps = model.warm_steps(max_batch)
+        finally:
+            numba.set_num_threads(saved)
+        got = [len(step.args[0]) for step in steps]
+        assert len(got) == len(set(got)) * (RECORD_AT + 2)
+        return sorted(set(got))
+
+    assert sizes(1, 32) == [2, 3] and sizes(1, 2) == [2]
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        assert sizes(2, 32) == [2, 4] and sizes(2, 3) == [2] and sizes(2, 1) == [2]
 
 
 def test_the_app_warms_infer_anys_copies_after_start_up(lenet_files):
