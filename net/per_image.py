@@ -332,7 +332,7 @@ class PerImage:
             return 0
         if self.groups is None:
             self.groups = Groups(net, self.drop, self.group)
-        if not self.groups.agrees(self.replicas[0], self.gather, self.threads):
+        if not self.groups.agrees(net, self.replicas[0], self.gather, self.threads):
             self.grouped, self.groups = False, None  # for good: its copies' memory goes back
             return 0
         return whole
@@ -379,13 +379,13 @@ class Groups:
     they compute alike."""
 
     def __init__(self, net, drop: int, size: int) -> None:
-        self.net, self.drop, self.size = net, drop, size
-        self.copies = [self._copy()]
+        self.drop, self.size = drop, size  # (not the net: it holds the plan that holds this)
+        self.copies = [self._copy(net)]
         self.feeds: list[tuple] = [(None, None)]
         self.checked: bool | None = None
 
-    def _copy(self):
-        rep = replica(self.net, self.drop, batch=self.size)
+    def _copy(self, net):
+        rep = replica(net, self.drop, batch=self.size)
         rep.image_copy = True  # its own batches run whole (`eligible`)
         return rep
 
@@ -400,15 +400,15 @@ class Groups:
         for name in gather:
             np.copyto(net._blobs[name].data[rows], rep._blobs[name].data)
 
-    def agrees(self, single, names: list[str], threads: int) -> bool:
-        """Do the group copies give each image the bits of its batch-1 forward on `single` (a batch-1 copy), for the
-        blobs in `names`? Checked once (`same_bits`); then the copies for `threads` threads are made. False too where
-        a group copy's plan does not replay."""
+    def agrees(self, net, single, names: list[str], threads: int) -> bool:
+        """Do the group copies of `net` give each image the bits of its batch-1 forward on `single` (a batch-1 copy),
+        for the blobs in `names`? Checked once (`same_bits`); then the copies for `threads` threads are made. False
+        too where a group copy's plan does not replay."""
         if self.checked is None:
             self.checked = same_bits(self.copies[0], single, names)
         if self.checked:
             while len(self.copies) < threads:
-                self.copies.append(self._copy())
+                self.copies.append(self._copy(net))
                 self.feeds.append((None, None))
         return self.checked and not any(rep._plan is not None and rep._plan.replay is False for rep in self.copies)
 
@@ -490,7 +490,8 @@ class Images:
             single = self.replicas[0]
             kept = (*single.outputs, *sorted(name for name in single._share or () if name in single._blobs))
             self.groups = [self._group_copy()]
-            self.grouped = same_bits(self.groups[0], single, [n for n in dict.fromkeys(kept) if n != self.input])
+            names = [name for name in dict.fromkeys(kept) if name != self.input]
+            self.grouped = same_bits(self.groups[0], single, names)
         if self.grouped and any(rep._plan is not None and rep._plan.replay is False for rep in self.groups):
             self.grouped = False
         if not self.grouped:

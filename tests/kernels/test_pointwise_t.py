@@ -248,23 +248,28 @@ def test_x_in_blocks_on_large_planes_and_any_m(n, k, m, h) -> None:
     np.testing.assert_array_equal(y2, y0)
 
 
+def _projections_on_blocks(steps) -> list[str]:
+    """The 1x1 steps on large planes (pointwise_t past MAX_P) that read the depthwise step's blocks before them."""
+    from kernels import depthwise
+
+    return [
+        steps[i + 1][1].name
+        for i, s in enumerate(steps[:-1])
+        if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner)
+        and isinstance(getattr(steps[i + 1][0], "runner", None), PointwiseTRunner)
+        and steps[i + 1][0].runner.plan[3] > pointwise_t.MAX_P
+    ]
+
+
 def test_net_projections_on_large_planes_take_blocks() -> None:
     """EfficientNet-Lite0's projections after a depthwise step on the channel-block path (56 x 56 and 28 x 28, M = 24
     and 40) move to pointwise_t and read the depthwise's blocks (net.plan_steps.PROJECT_BLOCKS): the same bits."""
-    from kernels import depthwise
     from net import plan_steps
 
     outs, moved = {}, {}
     for on in (False, True):
         net, outs[on] = _lite0_with(plan_steps, "PROJECT_BLOCKS", on, seed=2)
-        steps = net._plan.steps
-        moved[on] = [
-            steps[i + 1][1].name
-            for i, s in enumerate(steps[:-1])
-            if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner)
-            and isinstance(getattr(steps[i + 1][0], "runner", None), PointwiseTRunner)
-            and steps[i + 1][0].runner.plan[3] > pointwise_t.MAX_P
-        ]
+        moved[on] = _projections_on_blocks(net._plan.steps)
     assert not moved[False]
     assert {"block1/project", "block2/project", "block3/project", "block4/project"} <= set(moved[True])
     np.testing.assert_array_equal(outs[True], outs[False])
@@ -274,20 +279,13 @@ def test_net_projections_take_blocks_at_batch_2() -> None:
     """At batch 2 (net.per_image's group copies; BLOCKS_MAX_BATCH) the projections on large planes read the
     depthwise's blocks and block 0's projection hands block 1's expand blocks, as at batch 1: the same bits as the
     batch-2 plan without them (BLOCKS_MAX_BATCH 1)."""
-    from kernels import depthwise
     from net import plan_steps
 
     outs, moved, handed = {}, {}, {}
     for most in (1, 2):
         net, outs[most] = _lite0_with(plan_steps, "BLOCKS_MAX_BATCH", most, seed=3, batch=2)
         steps = net._plan.steps
-        moved[most] = [
-            steps[i + 1][1].name
-            for i, s in enumerate(steps[:-1])
-            if isinstance(getattr(s[0], "runner", None), depthwise.DepthwiseRunner)
-            and isinstance(getattr(steps[i + 1][0], "runner", None), PointwiseTRunner)
-            and steps[i + 1][0].runner.plan[3] > pointwise_t.MAX_P
-        ]
+        moved[most] = _projections_on_blocks(steps)
         handed[most] = [s[1].name for s in steps if getattr(getattr(s[0], "runner", None), "x_blocks", None)]
     assert not moved[1] and not handed[1]
     assert {"block1/project", "block2/project", "block3/project", "block4/project"} <= set(moved[2])
