@@ -323,28 +323,14 @@ class PerImage:
         self.feeds[k] = got[1]
         return got[0]
 
-    def _whole_groups(self, net, n: int) -> int:
-        """How many groups of GROUP images this batch of n runs on the group copies: as many as give every thread
-        the same number (the rest go one by one, after them), where groups are on; 0 otherwise."""
-        t = min(self.threads, n)
-        whole = n // self.group // t * t
-        if not self.grouped or whole == 0:
-            return 0
-        if self.groups is None:
-            self.groups = Groups(net, self.drop, self.group)
-        if not self.groups.agrees(net, self.replicas[0], self.gather, self.threads):
-            self.grouped, self.groups = False, None  # for good: its copies' memory goes back
-            return 0
-        return whole
-
     def run(self, net) -> bool:
         """One forward of the net's current inputs, image by image (in groups where they apply); False (nothing run)
         where a batch-1 copy's plan does not replay: the caller then runs the batched plan (and should not ask
         again)."""
-        if any(rep._plan is not None and rep._plan.replay is False for rep in self.replicas):
+        if _refused(self.replicas):
             return False
         n = net._blobs[net.inputs[0]].shape[0]
-        whole = self._whole_groups(net, n)
+        whole = whole_groups(self, net, self.gather, self.drop, n)
         units = whole + n - whole * self.group
         _on_threads(min(self.threads, units), lambda k, claim: self._share(k, net, claim, n, whole))
         for run in self.tail:  # the net's closing layers, once for the batch
@@ -374,9 +360,9 @@ def fed(rep, feed: tuple, x: np.ndarray) -> tuple[bool, tuple]:
 
 class Groups:
     """The copies of a net at `size` images (one a thread, ``replica``, each running its batches whole: no copies of
-    copies), for the groups of a batch that PerImage runs on them (the module docstring). Copy 0 is made and checked
-    first (`agrees`), the others once it agrees: made alike (the same layers at the same shapes, one Numba thread),
-    they compute alike."""
+    copies), for the groups of a batch that PerImage or Images runs on them (the module docstring; `run`: PerImage's,
+    from the net's blobs; Images runs its copies' forwards). Copy 0 is made and checked first (`agrees`), the others
+    once it agrees: made alike (the same layers at the same shapes, one Numba thread), they compute alike."""
 
     def __init__(self, net, drop: int, size: int) -> None:
         self.drop, self.size = drop, size  # (not the net: it holds the plan that holds this)
@@ -410,7 +396,30 @@ class Groups:
             while len(self.copies) < threads:
                 self.copies.append(self._copy(net))
                 self.feeds.append((None, None))
-        return self.checked and not any(rep._plan is not None and rep._plan.replay is False for rep in self.copies)
+        return self.checked and not _refused(self.copies)
+
+
+def _refused(copies) -> bool:
+    """Has any of these copies' plans refused its replay?"""
+    return any(rep._plan is not None and rep._plan.replay is False for rep in copies)
+
+
+def whole_groups(owner, net, names: list[str], drop: int, n: int) -> int:
+    """How many groups of owner.group images a batch of n runs on owner.groups (PerImage's or Images': their
+    `group`, `grouped`, `groups`, `threads` and `replicas`): as many as give every thread the same number (the rest go
+    one by one, after them), where groups are on; 0 otherwise. The first such batch makes owner.groups (copies of
+    `net` without its last `drop` layers) and checks them against batch-1 copy 0 on the blobs in `names`
+    (`Groups.agrees`); where they disagree or do not replay, groups stay off for good and the copies are dropped."""
+    t = min(owner.threads, n)
+    whole = n // owner.group // t * t
+    if not owner.grouped or whole == 0:
+        return 0
+    if owner.groups is None:
+        owner.groups = Groups(net, drop, owner.group)
+    if not owner.groups.agrees(net, owner.replicas[0], names, owner.threads):
+        owner.grouped, owner.groups = False, None  # their memory goes back
+        return 0
+    return whole
 
 
 def same_bits(group, single, names) -> bool:
@@ -460,10 +469,13 @@ class Images:
         self.replicas: list = [replica(net)]
         self.input = net.inputs[0]
         self.group = GROUP  # images a group (1: none)
-        self.groups: list = []  # the copies at GROUP images, one a thread, made on the first batch with groups
-        # None: not checked yet (`_whole_groups`); False: image by image only (GROUP 1, or inner products whose sums
-        # depend on the batch: a net that is not `rowwise`, e.g. LeNet, whose inner products take chunks at batch 2)
-        self.grouped: bool | None = None if GROUP > 1 and rowwise(net) else False
+        self.groups: Groups | None = None  # made on the first batch with whole groups for every thread
+        # False: image by image only (GROUP 1, or inner products whose sums depend on the batch: a net that is not
+        # `rowwise`, e.g. LeNet, whose inner products take chunks at batch 2; or group copies refused, `whole_groups`)
+        self.grouped = GROUP > 1 and rowwise(net)
+        first = self.replicas[0]
+        kept = (*first.outputs, *sorted(name for name in first._share or () if name in first._blobs))
+        self.kept = [name for name in dict.fromkeys(kept) if name != self.input]  # the blobs a group is checked on
 
     def run(self, x: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         n = len(x)
@@ -472,45 +484,16 @@ class Images:
         t = min(self.threads, n)
         while len(self.replicas) < t:
             self.replicas.append(replica(self.replicas[0]))
-        whole = self._whole_groups(n)
+        whole = whole_groups(self, first, self.kept, 0, n)
         units = whole + n - whole * self.group
         _on_threads(min(t, units), lambda k, claim: self._share(k, x, out, claim, whole))
         return out
-
-    def _whole_groups(self, n: int) -> int:
-        """How many groups of GROUP images a batch of n runs on the group copies (as PerImage._whole_groups). The
-        first batch with groups makes copy 0 and checks it against batch-1 copy 0 on its kept blobs (`same_bits`),
-        then the others; groups stay off for good where it disagrees or a group copy's plan does not replay."""
-        g = self.group
-        t = min(self.threads, n)
-        whole = n // g // t * t
-        if self.grouped is False or whole == 0:
-            return 0
-        if self.grouped is None:
-            single = self.replicas[0]
-            kept = (*single.outputs, *sorted(name for name in single._share or () if name in single._blobs))
-            self.groups = [self._group_copy()]
-            names = [name for name in dict.fromkeys(kept) if name != self.input]
-            self.grouped = same_bits(self.groups[0], single, names)
-        if self.grouped and any(rep._plan is not None and rep._plan.replay is False for rep in self.groups):
-            self.grouped = False
-        if not self.grouped:
-            self.groups = []  # their memory goes back
-            return 0
-        while len(self.groups) < self.threads:
-            self.groups.append(self._group_copy())
-        return whole
-
-    def _group_copy(self):
-        rep = replica(self.replicas[0], batch=self.group)
-        rep.image_copy = True  # its own batches run whole (`eligible`)
-        return rep
 
     def _unit(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], u: int, whole: int) -> None:
         """Unit u of the batch on thread k's copies: group u (u < whole) on its group copy, else one image."""
         g = self.group
         if u < whole:
-            self._run(self.groups[k], x, out, slice(u * g, u * g + g))
+            self._run(self.groups.copies[k], x, out, slice(u * g, u * g + g))
         else:
             i = whole * g + u - whole
             self._run(self.replicas[k], x, out, slice(i, i + 1))

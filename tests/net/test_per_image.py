@@ -77,14 +77,14 @@ def test_each_image_gets_the_bits_of_its_batch_1_forward(effnet_files, threads, 
 
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_groups_where_every_thread_gets_the_same_number(effnet_files, group, monkeypatch) -> None:
-    """The units a batch of n runs as (`_whole_groups`): groups of GROUP images where each of the 2 threads gets as
+    """The units a batch of n runs as (`whole_groups`): groups of GROUP images where each of the 2 threads gets as
     many, the rest image by image; GROUP 1: image by image only."""
     monkeypatch.setattr(per_image, "GROUP", group)
     net = _load(effnet_files)
     net.reshape({"data": (2, 3, 224, 224)})
     st = per_image.PerImage(net, threads=2)
     monkeypatch.setattr(per_image.Groups, "agrees", lambda self, *args: True)
-    got = {n: st._whole_groups(net, n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 16, 17)}
+    got = {n: per_image.whole_groups(st, net, st.gather, st.drop, n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 16, 17)}
     want = {n: (n // group // 2 * 2 if group > 1 else 0) for n in got}
     assert got == want
     if group == 2:
@@ -157,15 +157,15 @@ def test_images_of_any_count_get_batch_1_bits_without_a_batched_net(effnet_files
         for name in ("prob", "pool"):
             np.testing.assert_array_equal(got[name], want[name][part], err_msg=f"{name} {part}")
     assert net.blob("data").shape[0] == 1 and len(images.replicas) == 2
-    assert images.grouped is True and [rep.blob("data").shape[0] for rep in images.groups] == [2, 2]
+    assert images.grouped is True and [rep.blob("data").shape[0] for rep in images.groups.copies] == [2, 2]
     # LeNet's inner products take chunks at batch 2 (not `rowwise`): its Images never group, even where a first batch
     # of zeros would have let a check on it pass
     lenet = Net.load(ROOT / "models/lenet/deploy.prototxt", ROOT / "models/lenet/lenet.caffemodel")
     lenet.share_activations()
     light = per_image.Images(lenet, threads=2)
     light.run(np.zeros((4, 1, 28, 28), np.float32), ("prob",))
-    assert light.grouped is False and not light.groups
-    copies = [*images.replicas, *images.groups]
+    assert light.grouped is False and light.groups is None
+    copies = [*images.replicas, *images.groups.copies]
     assert not any(rep._plan is not None and rep._plan.replay is False for rep in copies)
     assert images.replicas[0]._plan.replay  # the copies replay (copy 0 ran alone four times at the end)
 
