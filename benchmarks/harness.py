@@ -17,8 +17,10 @@ spell of the host touched is dropped and taken again (for crema and every refere
 for up to CALM_CASE_S of waiting a case (CALM_RUN_S a run); after that rounds are kept as they come and counted as
 slow. The counts are in each line, the JSON and the table's footer.
 A side's time is the median of all its calls; the ratio to a reference is ref median / crema median (> 1: crema is
-faster). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak measured by
-`measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any GEMM gets).
+faster). A target's ratio comes with its range over resamplings of the rounds (`Result.spread`: how much of a lead
+the run's luck could give or take). GFLOP/s is FLOPs / crema's median; "% peak" divides by this machine's FP32 peak
+measured by `measure_peak` (independent FMA chains in registers on every thread: what the cores can do, not what any
+GEMM gets).
 
 Busy machine (`run_busy`, ``--busy``): after a case's timing, the harness starts processes that each keep a core busy
 (spin loops that end themselves after BUSY_MAX_S or with the harness, killed when the case is done) and times every
@@ -71,6 +73,11 @@ CALM = 0.85
 CALM_CASE_S = 20.0  # seconds a case may wait for calm (and retake rounds); then its rounds are kept as they come
 CALM_POLL_S = 0.1  # probe this often while the host is slow
 CALM_RUN_S = 600.0  # seconds a whole run may spend so (a host slow for many minutes: the run then goes on as it is)
+# the range given with a target's ratio: these percentiles of the ratio over SPREAD_DRAWS resamplings of the rounds
+# (`Result.spread`). A lead smaller than that range is one run's luck: the EPYC's EfficientNet-Lite0 batch 1 read 0.85x
+# in one run (crema's first four rounds in a slow spell of the host, ONNX Runtime's in the next) and 1.09-1.10x alone
+SPREAD = (5, 95)
+SPREAD_DRAWS = 2000
 
 
 class Mismatch(AssertionError):
@@ -109,6 +116,32 @@ class Result:
 
     def ratio(self, ref: str) -> float:
         return self.median(ref) / self.median("crema")
+
+    def rounds_of(self, side: str) -> list[list[float]]:
+        """A side's calls split by round (each round's calls are consecutive in ``runs``, as many in every round)."""
+        runs = self.runs.get(side) or []
+        per = len(runs) // self.case.rounds if self.case.rounds else 0
+        return [runs[i * per : (i + 1) * per] for i in range(self.case.rounds)] if per else []
+
+    def spread(self, ref: str, draws: int = SPREAD_DRAWS) -> tuple[float, float] | None:
+        """How far the ratio to `ref` moves with the rounds that happened to be drawn: the SPREAD percentiles of the
+        ratio over `draws` resamplings of the rounds (with replacement; round i of both sides together, as they ran
+        side by side), or None where there is no such pair of runs. A fixed seed: the same runs, the same range."""
+        mine, theirs = self.rounds_of("crema"), self.rounds_of(ref)
+        if not mine or len(mine) != len(theirs):
+            return None
+        a, b = np.asarray(mine), np.asarray(theirs)  # (rounds, calls a round)
+        pick = np.random.default_rng(0).integers(0, len(a), (draws, len(a)))
+        ratios = np.median(b[pick].reshape(draws, -1), axis=1) / np.median(a[pick].reshape(draws, -1), axis=1)
+        lo, hi = np.percentile(ratios, SPREAD)
+        return float(lo), float(hi)
+
+    def target_spread(self) -> tuple[float, float] | None:
+        """`spread` of the target's ratio (None without a target ratio)."""
+        if self.target_ratio() is None:
+            return None
+        who = self.case.target[0]
+        return self.spread(self.fastest_ref() if who == "fastest" else who)
 
     def fastest_ref(self) -> str | None:
         refs = [r for r in self.case.refs if self.runs.get(r)]
@@ -422,12 +455,17 @@ def line(result: Result, peak: float | None, ref_names: Sequence[str]) -> str:
     target = ""
     if (got := result.target_ratio()) is not None:
         who, want = case.target
-        target = f" | target {want:.1f}x {who}: {'met' if got >= want else 'MISSED'}"
+        target = f" | target {want:.1f}x {who}: {'met' if got >= want else 'MISSED'}{_range(result.target_spread())}"
     gf = f"{gflops:7.1f}" if not math.isnan(gflops) else f"{'-':>7}"
     pc = f"{pct:5.1f}%" if not math.isnan(pct) else f"{'-':>6}"
     spells = f" | {result.dropped} rounds retaken" if result.dropped else ""
     spells += f", {result.slow} kept slow" if result.slow else ""
     return f"{head} | {ms:10.3f} ms | {gf} GFLOP/s | {pc} peak | " + " | ".join(cols) + target + spells
+
+
+def _range(spread: tuple[float, float] | None) -> str:
+    """A target's `Result.spread`, as shown after its verdict."""
+    return f" ({spread[0]:.2f}-{spread[1]:.2f}x)" if spread else ""
 
 
 def ref_columns(results: Sequence[Result]) -> list[str]:
@@ -458,6 +496,7 @@ def to_json(results: Sequence[Result], meta: dict) -> dict:
                 "target": list(r.case.target) if r.case.target else None,
                 "target_ratio": r.target_ratio(),
                 "target_met": r.target_met(),
+                "target_ratio_spread": r.target_spread(),
                 "rounds_retaken": r.dropped,
                 "rounds_kept_slow": r.slow,
                 **(_busy_json(r) if r.busy_runs else {}),
@@ -522,14 +561,17 @@ def markdown(results: Sequence[Result], peak: float | None, meta: dict) -> str:
         tgt = ""
         if (got := r.target_ratio()) is not None:
             who, want = r.case.target
-            tgt = f"≥{want:.1f}x {who}: {'met' if got >= want else '**missed**'}"
+            tgt = f"≥{want:.1f}x {who}: {'met' if got >= want else '**missed**'}{_range(r.target_spread())}"
         gfs = f"{gf:.1f}" if gf else ""
         rows.append(f"| {r.case.group} | {r.case.name} | {med * 1e3:.3f} | {gfs} | {pct} | " + " | ".join(ratios))
         rows[-1] += f" | {tgt} |"
     foot = (
         f"\n{meta.get('when', '')} on {meta.get('machine', '')}, {meta.get('threads')} threads for every framework; "
         f"FP32 peak measured {meta.get('peak_gflops', float('nan')):.1f} GFLOP/s. Ratios: reference median time / "
-        "crema median time (> 1: crema is faster); every result checked against the references before timing.\n"
+        "crema median time (> 1: crema is faster); every result checked against the references before timing. "
+        f"After a target's verdict, in brackets: the {SPREAD[0]}th to {SPREAD[1]}th percentile of its ratio over "
+        f"{SPREAD_DRAWS} resamplings of the case's rounds (each round of crema with the same round of the reference): "
+        "a lead inside that range is this run's luck, not a result.\n"
     )
     if meta.get("calm"):
         retaken, slow = sum(r.dropped for r in results), sum(r.slow for r in results)

@@ -46,6 +46,36 @@ def test_run_case_times_every_side_in_rounds():
     assert " ms |" in line and "x numpy" in line and "target 0.0x numpy: met" in line
 
 
+def _timed_result(crema: list[list[float]], ref: list[list[float]], target=("numpy", 1.2)) -> harness.Result:
+    """A Result with these calls a round (rounds of the same length for both sides), as run_case leaves them."""
+    case = harness.Case("net", "scripted", lambda: None, {"numpy": lambda: None}, 0.0, None, target, 0, len(crema))
+    result = harness.Result(case)
+    result.runs = {"crema": [t for r in crema for t in r], "numpy": [t for r in ref for t in r]}
+    return result
+
+
+def test_spread_of_a_ratio_comes_from_its_rounds():
+    steady = _timed_result([[1.0, 1.0]] * 7, [[2.0, 2.1]] * 7)
+    assert steady.rounds_of("crema") == [[1.0, 1.0]] * 7
+    assert steady.target_spread() == (2.05, 2.05)  # every resampling: the same medians
+    # a slow spell over crema's first four rounds and the reference's first two: the median ratio 0.84x, but rounds
+    # drawn otherwise give up to 1.25x
+    crema = [[1.5, 1.5]] * 4 + [[1.0, 1.0]] * 3
+    ref = [[1.6, 1.6]] * 2 + [[1.25, 1.25]] * 5
+    spell = _timed_result(crema, ref)
+    lo, hi = spell.target_spread()
+    assert spell.target_ratio() == pytest.approx(1.25 / 1.5)
+    assert lo == pytest.approx(1.25 / 1.5) and hi == pytest.approx(1.25) and lo < hi
+    assert spell.target_spread() == (lo, hi)  # a fixed seed: the same runs, the same range
+    assert f"target 1.2x numpy: MISSED ({lo:.2f}-{hi:.2f}x)" in harness.line(spell, None, ["numpy"])
+    table = harness.markdown([spell], None, {"when": "now"})
+    assert f"**missed** ({lo:.2f}-{hi:.2f}x)" in table and "resamplings of the case's rounds" in table
+    assert harness.to_json([spell], {})["results"][0]["target_ratio_spread"] == (lo, hi)
+    # no target, or sides of different round counts: no range
+    assert _timed_result([[1.0]] * 3, [[2.0]] * 3, target=None).target_spread() is None
+    assert _timed_result([[1.0]] * 3, [[2.0]] * 3).spread("torch") is None
+
+
 class _Scripted:
     """A stand-in for harness.Calm: its answers in order, then calm."""
 
