@@ -118,10 +118,13 @@ class Result:
         return self.median(ref) / self.median("crema")
 
     def rounds_of(self, side: str) -> list[list[float]]:
-        """A side's calls split by round (each round's calls are consecutive in ``runs``, as many in every round)."""
-        runs = self.runs.get(side) or []
-        per = len(runs) // self.case.rounds if self.case.rounds else 0
-        return [runs[i * per : (i + 1) * per] for i in range(self.case.rounds)] if per else []
+        """A side's calls split by round (each round's calls are consecutive in ``runs``, as many in every round);
+        empty where the calls do not split so (no runs, or a count that is not a whole number of rounds)."""
+        runs, rounds = self.runs.get(side) or [], self.case.rounds
+        per = len(runs) // rounds if rounds else 0
+        if not per or per * rounds != len(runs):
+            return []
+        return [runs[i * per : (i + 1) * per] for i in range(rounds)]
 
     def spread(self, ref: str, draws: int = SPREAD_DRAWS) -> tuple[float, float] | None:
         """How far the ratio to `ref` moves with the rounds that happened to be drawn: the SPREAD percentiles of the

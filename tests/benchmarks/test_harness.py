@@ -74,6 +74,9 @@ def test_spread_of_a_ratio_comes_from_its_rounds():
     # no target, or sides of different round counts: no range
     assert _timed_result([[1.0]] * 3, [[2.0]] * 3, target=None).target_spread() is None
     assert _timed_result([[1.0]] * 3, [[2.0]] * 3).spread("torch") is None
+    uneven = _timed_result([[1.0]] * 3, [[2.0]] * 3)
+    uneven.runs["numpy"].append(2.0)  # 4 calls in 3 rounds: no split, no range (not a range over the wrong rounds)
+    assert uneven.rounds_of("numpy") == [] and uneven.target_spread() is None
 
 
 class _Scripted:
