@@ -141,10 +141,12 @@ class Result:
 
     def target_spread(self) -> tuple[float, float] | None:
         """`spread` of the target's ratio (None without a target ratio)."""
-        if self.target_ratio() is None:
-            return None
+        return self.spread(self._target_ref()) if self.target_ratio() is not None else None
+
+    def _target_ref(self) -> str | None:
+        """The reference the target names (the fastest one, for "fastest")."""
         who = self.case.target[0]
-        return self.spread(self.fastest_ref() if who == "fastest" else who)
+        return self.fastest_ref() if who == "fastest" else who
 
     def fastest_ref(self) -> str | None:
         refs = [r for r in self.case.refs if self.runs.get(r)]
@@ -153,8 +155,7 @@ class Result:
     def target_ratio(self) -> float | None:
         if self.case.target is None or self.error:
             return None
-        who = self.case.target[0]
-        ref = self.fastest_ref() if who == "fastest" else who
+        ref = self._target_ref()
         return self.ratio(ref) if ref and self.runs.get(ref) else None
 
     def target_met(self) -> bool | None:

@@ -263,8 +263,7 @@ class PerImage:
             drop, first = 0, replica(net)
         self.drop = drop
         self.replicas = [first, *(replica(net, drop) for _ in range(self.threads - 1))]
-        names = (*first.outputs, *sorted(name for name in net._share if name in first._blobs))
-        self.gather = [name for name in dict.fromkeys(names) if name not in net.inputs]
+        self.gather = _gathered(first, net._share, net.inputs)
         self.tail = [self._tail_step(net, i) for i in range(len(net.layers) - drop, len(net.layers))]
         self.feeds: list[tuple] = [(None, None)] * len(self.replicas)  # per copy: (its replay, `_feed` of it)
         self.groups: Groups | None = None  # made on the first batch with whole groups for every thread
@@ -286,15 +285,14 @@ class PerImage:
 
         return run
 
-    def _share(self, k: int, net, claim, n: int, whole: int) -> None:
+    def _share(self, k: int, net, claim, units: int, whole: int) -> None:
         """Copy k's images, claimed a unit at a time (`claim`: a shared counter; a thread that something else keeps
         from running takes fewer, and the batch does not wait for it): units below `whole` are the groups of GROUP
-        images from the batch's start (on the group copies), then the rest one image each."""
+        images from the batch's start (on the group copies), then the rest (up to `units`) one image each."""
         saved = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
             g = self.group
-            units = whole + n - whole * g
             while (u := next(claim)) < units:
                 if u < whole:
                     self.groups.run(k, net, u * g, self.gather)
@@ -332,7 +330,7 @@ class PerImage:
         n = net._blobs[net.inputs[0]].shape[0]
         whole = whole_groups(self, net, self.gather, self.drop, n)
         units = whole + n - whole * self.group
-        _on_threads(min(self.threads, units), lambda k, claim: self._share(k, net, claim, n, whole))
+        _on_threads(min(self.threads, units), lambda k, claim: self._share(k, net, claim, units, whole))
         for run in self.tail:  # the net's closing layers, once for the batch
             run()
         return True
@@ -397,6 +395,13 @@ class Groups:
                 self.copies.append(self._copy(net))
                 self.feeds.append((None, None))
         return self.checked and not _refused(self.copies)
+
+
+def _gathered(rep, share, inputs) -> list[str]:
+    """The blobs a batch takes back from copy `rep` (or checks a group copy on): its outputs and the names in `share`
+    (the activations kept after a forward) that it has, once each, in that order, less `inputs`."""
+    names = (*rep.outputs, *sorted(name for name in share or () if name in rep._blobs))
+    return [name for name in dict.fromkeys(names) if name not in inputs]
 
 
 def _refused(copies) -> bool:
@@ -473,9 +478,7 @@ class Images:
         # False: image by image only (GROUP 1, or inner products whose sums depend on the batch: a net that is not
         # `rowwise`, e.g. LeNet, whose inner products take chunks at batch 2; or group copies refused, `whole_groups`)
         self.grouped = GROUP > 1 and rowwise(net)
-        first = self.replicas[0]
-        kept = (*first.outputs, *sorted(name for name in first._share or () if name in first._blobs))
-        self.kept = [name for name in dict.fromkeys(kept) if name != self.input]  # the blobs a group is checked on
+        self.kept = _gathered(self.replicas[0], self.replicas[0]._share, (self.input,))  # a group is checked on these
 
     def run(self, x: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         n = len(x)
@@ -486,7 +489,7 @@ class Images:
             self.replicas.append(replica(self.replicas[0]))
         whole = whole_groups(self, first, self.kept, 0, n)
         units = whole + n - whole * self.group
-        _on_threads(min(t, units), lambda k, claim: self._share(k, x, out, claim, whole))
+        _on_threads(min(t, units), lambda k, claim: self._share(k, x, out, claim, units, whole))
         return out
 
     def _unit(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], u: int, whole: int) -> None:
@@ -504,11 +507,10 @@ class Images:
         for name, dst in out.items():
             np.copyto(dst[rows], rep._blobs[name].data)
 
-    def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim, whole: int) -> None:
+    def _share(self, k: int, x: np.ndarray, out: dict[str, np.ndarray], claim, units: int, whole: int) -> None:
         saved = numba.get_num_threads()
         numba.set_num_threads(1)
         try:
-            units = whole + len(x) - whole * self.group
             while (u := next(claim)) < units:
                 self._unit(k, x, out, u, whole)
         finally:

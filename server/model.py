@@ -198,8 +198,11 @@ class Model:
             # a batch-1 copy a thread (one thread: a group and an image, the image on that copy); a group copy a
             # thread; the batcher's largest batch caps both (at least 2)
             threads, cap = numba.get_num_threads(), max(2, max_batch)
-            ones = min(cap, max(2, threads) if threads > 1 or GROUP < 2 else GROUP + 1)
-            sizes = sorted({ones, *([GROUP * threads] if 1 < GROUP and GROUP * threads <= cap else [])})
+            ones = GROUP + 1 if threads == 1 and GROUP > 1 else max(2, threads)
+            wanted = {min(cap, ones)}
+            if GROUP > 1 and GROUP * threads <= cap:
+                wanted.add(GROUP * threads)
+            sizes = sorted(wanted)
         else:
             sizes = [s for s in (2, 4, MAX_CHUNK) if s <= max_batch]
         steps = []
