@@ -119,6 +119,10 @@ from kernels.tiling import KC, MR, NR
 
 PACKED_U = True  # U as the micro-kernel's packed A (pack_weights), else row-major in place (read when a runner is made)
 SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block (in L2) for SLIVERS B slivers
+# a batch whose tiles fill 2 to this many 16-tile slivers is one chunk, its tasks blocks of 2 MR output channels or
+# more, so each U_xi is read once a forward: CaffeNet's 13 x 13 maps at batch 1 (49 tiles at F(2x2)) were 4 chunks of
+# 16 tiles, each reading its group's whole U, the fourth for one tile (0: off)
+FEW_SLIVERS = 4
 KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
 TILE = 2  # the tile of the functions' defaults, F(2x2, 3x3); the nets' layers get theirs from `choose`
 MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lose to the transforms)
@@ -781,7 +785,7 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     maps, 196 pixels, took im2col before), batch 16 639 -> 573 ms (F(2x2) on the 7 x 7 maps too); GoogLeNet batch
     1 21.2 -> 19.9-20.2 ms, 16 319 -> 306 ms. CaffeNet's 13 x 13 maps keep F(2x2): with F(4x4) its softmax is 1.9e-5
     from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here). Why FROZEN_MIN_PIXELS:
-    without the compare of the weights each call (a BatchNorm folded in), F(2x2) wins from one image (hot, batch 1,
+    without the compare of the weights each call (a BatchNorm folded in, or `Net.freeze`), F(2x2) wins from one image (hot, batch 1,
     2 threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms, CaffeNet's conv3 1.56 -> 1.41 ms); ResNet-50 batch 1, in
     the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
     13.9-14.5 ms without, 14.6-14.8 with F(2x2); again with U packed, twelfth round, as the replay compares them too:
@@ -837,7 +841,8 @@ class WinogradRunner:
     """The shape work of a Winograd forward, done once; ``runner(x, w, bias, y)`` like ``kernels.conv.ForwardRunner``
     (x, w, bias (K,) float32, y C-contiguous float32, y not overlapping x). The transformed weights are kept with a
     copy of the weights they came from and made again when the weights differ (a solver updates them in place);
-    frozen=True (a plan's folded BatchNorm weights, never changed in place): made again only for another array.
+    frozen=True (a plan's folded BatchNorm weights or a frozen net's, never changed in place): made again only for
+    another array.
 
     Tasks: chunks of up to SLIVERS x 16 tiles of the batch x groups; when those are fewer than 4 per thread (batch 1)
     the output channels of a group are split into blocks (multiples of MR) as well, and the input transform runs
@@ -881,8 +886,8 @@ class WinogradRunner:
             )
         matrices(m, r)  # checks m and r
         self.m = m
-        # frozen: the caller never changes a weight array in place (a plan's folded BatchNorm, as for the depthwise
-        # runner): the transformed weights are kept while the same array comes, with no compare of its values
+        # frozen: the caller never changes a weight array in place (a plan's folded BatchNorm or Net.freeze, as for
+        # the depthwise runner): the transformed weights are kept while the same array comes, with no compare
         self.frozen = bool(frozen)
         self.out_shape = (n, k, oh, ow)
         self.relu, self.relu_max = bool(relu), float(relu_max)
@@ -890,12 +895,16 @@ class WinogradRunner:
         kg = k // group
         th, tw = _tiles(oh, ow, m)
         total = n * th * tw
-        per = SLIVERS * NR
-        while per > NR and -(-total // per) * group < 4 * threads:
-            per -= NR
+        least = 4 * MR  # output channels of a block at least
+        if NR < total <= FEW_SLIVERS * NR:  # one chunk of all the tiles, in blocks of output channels (FEW_SLIVERS)
+            per, least = -(-total // NR) * NR, 2 * MR
+        else:
+            per = SLIVERS * NR
+            while per > NR and -(-total // per) * group < 4 * threads:
+                per -= NR
         chunks = -(-total // per)
         kblocks = 1
-        while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= 4 * MR:
+        while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= least:
             kblocks *= 2
         kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (block starts them at MR rows)
         kb = -(-kb // MR) * MR

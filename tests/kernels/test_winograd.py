@@ -90,6 +90,25 @@ def test_each_image_same_bits_alone_and_in_a_batch(m, r):
         assert np.array_equal(winograd_forward(x[i : i + 1], w, b, pad=r // 2, m=m), batch[i : i + 1])
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "k", "group", "r", "m"),
+    [((1, 256, 13, 13), 384, 1, 3, 2), ((1, 384, 13, 13), 256, 2, 3, 2), ((1, 96, 27, 27), 256, 2, 5, 4)],
+)
+def test_few_tiles_are_one_chunk_in_blocks_of_output_channels(x_shape, k, group, r, m, monkeypatch):
+    """FEW_SLIVERS: CaffeNet's conv2-5 at batch 1 (49 tiles) as one chunk of all the tiles, its tasks blocks of output
+    channels (U read once a forward), instead of 16-tile chunks that each read the group's whole U: the same bits."""
+    x, w, b = _data(x_shape, k, group, seed=5, r=r)
+    got, geometry, on = {}, {}, winograd.FEW_SLIVERS
+    for few in (0, on):
+        monkeypatch.setattr(winograd, "FEW_SLIVERS", few)
+        run = WinogradRunner(x.shape, w.shape, (r // 2, r // 2), group, True, m=m, frozen=True)
+        geometry[few] = run.geometry[11:15]  # tiles a chunk, rows a block, chunks, blocks
+        got[few] = winograd_forward(x, w, b, pad=r // 2, group=group, m=m, relu=True, runner=run)
+    per, _, chunks, kblocks = geometry[on]
+    assert (per, chunks) == (64, 1) and kblocks > 1 and geometry[0][2] > 1  # 49 tiles: chunks of 16 or 32 before
+    np.testing.assert_array_equal(got[on], got[0])
+
+
 @pytest.mark.parametrize(("m", "r"), VARIANTS)
 @pytest.mark.parametrize(("x_shape", "k", "group", "pad"), CASES)
 def test_packed_weights_same_bits_as_row_major(m, r, x_shape, k, group, pad, monkeypatch):
