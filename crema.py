@@ -59,6 +59,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     prototxt, weights, labels_file, preset, images = _classify_inputs(args)
     net = Net.load(prototxt, weights, phase="test", device=args.device, memory_budget=args.memory_budget)
     net.share_activations()  # only the outputs are read (net.arena)
+    net.freeze()  # ... and the weights never change (Net.freeze)
     out_shape = net.blob(net.outputs[-1]).shape
     labels = None
     if labels_file:

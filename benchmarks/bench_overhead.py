@@ -84,6 +84,7 @@ def net_overhead(name: str, threads: int, calls: int) -> dict:
         net = Net.load(files.prototxt, files.weights)
         x = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 3, 224, 224)).astype(np.float32)
     net.share_activations()  # as crema classify and serve run a net (net.arena)
+    net.freeze()  # ... with its weights frozen (Net.freeze)
     for _ in range(replay.RECORD_AT + 2):  # the plan made, its launcher decided, its replay recorded
         net.forward(data=x)
     whole, python = _alternating_us(lambda on: _replay_on(on, lambda: net.forward(data=x)), calls)

@@ -607,6 +607,7 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
             pass
         if _ort_ok():
             refs_of["onnxruntime"] = onnx_forward(net, threads)
+        net.freeze()  # ... with its weights frozen (Net.freeze; the references made from them first)
         for batch in sizes:
             shape = net.blobs["data"].shape[1:]
             x = rng.random((batch, *shape), dtype=np.float32)
@@ -675,6 +676,7 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
         refs_of["opencv"] = opencv_forward(str(files.prototxt), str(files.weights))
     except ImportError:
         pass
+    net.freeze()  # as crema classify and serve run it (Net.freeze)
     cases = []
     for batch in batches:
         x = rng.uniform(-1.0, 1.0, (batch, 3, 224, 224)).astype(np.float32)
@@ -747,6 +749,7 @@ def zoo_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         except ImportError:
             pass
         del builder
+        net.freeze()  # ... and its weights frozen (Net.freeze)
         for batch in sizes:
             x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
             net.reshape({"data": x.shape})

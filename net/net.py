@@ -240,6 +240,7 @@ class Net:
         self.shared_bytes = 0  # ... bytes of the blobs in it (the arena itself: self._arena.nbytes)
         self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
         self.image_copy = False  # net.per_image's group copy: its own batches run whole, never image by image
+        self.frozen = False  # freeze(): the parameters never change in place (kernels keep what they derive)
         # training (forward_loss, backward) on kernels.taskpool's threads until a pass there runs an OpenMP loop
         self._train_pool = True
         self._build()
@@ -470,12 +471,30 @@ class Net:
 
         save_caffemodel(str(path), self.to_proto())
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Promise that the parameters will not change in place from now on, as an inference server's do (and as
+        ONNX Runtime's and OpenCV DNN's are constants): the kernels then keep what they derive from each weight
+        array (Winograd's transformed filters, packed panels) while it is the same array, as for folded BatchNorm
+        weights, instead of comparing the weights with a copy every forward (CaffeNet's conv2-5 at batch 1 read 19 MB
+        for that) and taking slower paths where weights may change. New arrays (`blob.data = array`, `copy_from`)
+        are seen by the next forward; a change in place only after `refold()`, as for folded weights.
+        freeze(False) undoes it, and so does `share_weights_from` (weights a solver trains in place). crema
+        classify and serve freeze their nets."""
+        frozen = bool(frozen)
+        for layer in self.layers:
+            layer.weights_frozen = frozen
+            layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept when frozen)
+        self.frozen = frozen
+        self._drop_plans()  # their runners were made for the other promise
+
     def refold(self) -> None:
-        """Fold BatchNorm + Scale into their convolutions again (`fuse_layers`): call it after changing parameters
-        in place, outside the solver and copy_from."""
+        """Fold BatchNorm + Scale into their convolutions again (`fuse_layers`) and drop what the kernels derived
+        from the weights: call it after changing parameters in place, outside the solver and copy_from, in a net
+        with folded layers or a frozen one (`freeze`)."""
         for layer in self.layers:
             if getattr(layer, "fold", None) is not None:
                 layer.folded = None
+            layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept for frozen weights)
         self._drop_plans()
 
     # -- running -----------------------------------------------------------------------------
@@ -760,6 +779,8 @@ class Net:
     def share_weights_from(self, other: Net) -> None:
         """Use `other`'s parameter Blobs in every layer of the same name (Caffe's ShareTrainedLayersWith:
         the test net sees the train net's current weights without copies)."""
+        if self.frozen:
+            self.freeze(False)  # its weights are now trained in place
         source = {layer.name: layer for layer in other.layers if layer.blobs}
         for layer in self.layers:
             src = source.get(layer.name)

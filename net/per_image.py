@@ -208,9 +208,11 @@ def replica(net, drop: int = 0, batch: int = 1):
         raise RuntimeError("per_image: the copy's layers differ from the net's")  # pragma: no cover
     for mine, theirs in zip(rep.layers, net.layers):
         mine.blobs = theirs.blobs
+        mine.weights_frozen = theirs.weights_frozen  # (Net.freeze)
         if getattr(theirs, "fold", None) is not None:
             theirs.forward_params()  # folded once, for both
             mine.folded = theirs.folded
+    rep.frozen = net.frozen
     rep.reshape(shapes)
     if net._share is not None:
         rep.share_activations(keep=tuple(name for name in net._share if name in rep._blobs))

@@ -592,8 +592,9 @@ def forward_pass(
         net = Net.load(prototxt, weights, phase="test", memory_budget=memory_budget)
     finally:
         numba.set_num_threads(requested)
-    if keep is not None:
+    if keep is not None:  # run as classify and serve run it: activations shared, weights frozen
         net.share_activations(keep=tuple(keep(net) if callable(keep) else keep))
+        net.freeze()
     for name in observe(net) if observe is not None else ():
         net.observe(name, _ignore)
     batches = (batch,) if isinstance(batch, int) else tuple(batch)

@@ -89,6 +89,7 @@ class Model:
         self._sized: dict[int, Net] = {}  # infer_any: batch size -> the copy of the net kept at that size
         self._images = None  # infer_any: net.per_image.Images, for a net whose batches go image by image
         net.share_activations(keep=(feature_blob,))  # (server.inside's maps come from a copy that observes them)
+        net.freeze()  # the weights never change in place here (Net.freeze)
 
     @classmethod
     def load(

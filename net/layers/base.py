@@ -47,6 +47,7 @@ class Layer:
     # "clamp" (min(max(x, 0), hi)); the activation layer then does nothing (see epilogue_max).
     epilogue: ClassVar[dict[str, str]] = {}
     blobs = watched("blobs", "the parameter Blobs (an assignment counts in net.blob.assignments)")
+    weights_frozen = False  # Net.freeze: the parameters will not change in place (kernels keep what they derive)
 
     def __init__(self, param: Message, phase: str, rng: np.random.Generator) -> None:
         self.param = param

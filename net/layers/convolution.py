@@ -54,9 +54,10 @@ class ConvolutionLayer(Layer):
     @property
     def frozen(self) -> bool:
         """Are the forward's weights frozen: a BatchNorm folded in, so `folded` is made once and never changed in
-        place (`Net.refold` makes new arrays)? Runners may then keep what they derive from the weights by the
-        array's identity (packed or transformed weights) instead of comparing values each call."""
-        return self.fold is not None
+        place (`Net.refold` makes new arrays), or the net frozen (`Net.freeze`: its parameter arrays read-only)?
+        Runners may then keep what they derive from the weights by the array's identity (packed or transformed
+        weights) instead of comparing values each call."""
+        return self.fold is not None or self.weights_frozen
 
     def forward_params(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(weight, bias) as the forward uses them: the parameters, or with `fold` set the BatchNorm + Scale folded

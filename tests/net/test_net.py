@@ -44,13 +44,23 @@ def test_lenet_matches_opencv(tmp_path, batch):
     assert _rel(net.blobs["ip2"], ref["ip2"]) <= LOGIT_RTOL
 
 
-def test_caffenet_matches_opencv(tmp_path):
+@pytest.mark.parametrize(("batch", "frozen"), [(2, False), (1, True)])
+def test_caffenet_matches_opencv(tmp_path, batch, frozen):
+    """Frozen (Net.freeze, as classify and serve run it) at batch 1: conv2 on F(4x4, 5x5), conv3-5 on F(2x2, 3x3)
+    (kernels.winograd.choose); batch 2, weights that may change: conv3-5 on im2col + GEMM."""
+    from kernels import winograd
+
     net = Net.load(CAFFENET)
     randomize(net, seed=3)
     weights = tmp_path / "caffenet.caffemodel"
     net.save(weights)
-    x = (np.random.default_rng(4).random((2, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
+    if frozen:
+        net.freeze()
+    x = (np.random.default_rng(4).random((batch, 3, 227, 227), dtype=np.float32) * 255 - 120).astype(np.float32)
     out = net.forward(data=x)
+    conv3 = next(ly for ly in net.layers if ly.name == "conv3")
+    assert conv3.winograd_tile((batch, 256, 13, 13), (384, 256, 3, 3)) == (2 if frozen else 0)
+    assert winograd.choose((batch, 256, 13, 13), (384, 256, 3, 3), 1, 1, 1, frozen=frozen) == (2 if frozen else 0)
     # conv1..conv5 are overwritten in place by their ReLUs, so compare the blobs nothing overwrites.
     ref = _opencv(CAFFENET, weights, x, ["pool1", "norm1", "pool2", "norm2", "pool5", "fc8", "prob"])
     for name in ("pool1", "norm1", "pool2", "norm2", "pool5"):

@@ -194,6 +194,18 @@ def test_the_copies_read_the_nets_parameters(effnet_files) -> None:
     np.testing.assert_array_equal(net.forward(data=x)["prob"], want)
 
 
+def test_copies_of_a_frozen_net_are_frozen() -> None:
+    """net.per_image's copies (and server.model's batch copies) of a frozen net (Net.freeze) keep its promise: their
+    convolutions take the frozen paths too, on the net's own arrays."""
+    net = Net.load(Path(__file__).resolve().parents[2] / "models/caffenet/deploy.prototxt")
+    net.freeze()
+    rep = per_image.replica(net, batch=2)
+    assert rep.frozen
+    for mine, theirs in zip(rep.layers, net.layers):
+        assert mine.weights_frozen and mine.blobs is theirs.blobs
+    assert next(ly for ly in rep.layers if ly.name == "conv3").frozen
+
+
 @pytest.mark.parametrize("case", ["lenet", "no_share", "observer", "batch_1", "off"])
 def test_outside_the_rule_batches_stay_batched(effnet_files, case, monkeypatch) -> None:
     if case == "lenet":  # 2.7 FLOPs per weight byte an image

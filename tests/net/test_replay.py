@@ -181,6 +181,53 @@ def test_winograd_weights_changed_in_place_are_seen_by_a_replaying_net(monkeypat
     assert isinstance(net._plan.replay, replay.Replay)
 
 
+def test_a_frozen_net_keeps_its_transformed_weights_by_array(monkeypatch) -> None:
+    """Net.freeze: the Winograd steps keep the weights they transformed while the arrays are the same ones (no compare
+    each call, no replay check: the promise of a folded BatchNorm); a new array is seen by the next forward, a change
+    in place after refold(); freeze(False) brings back the compare, and share_weights_from undoes the freeze."""
+    from net.prototxt_loader import parse_text
+    from net.upgrade import upgrade_net
+
+    def make() -> Net:
+        return Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
+
+    def conv(n: Net):
+        return next(ly for ly in n.layers if ly.name == "conv").blobs[0]
+
+    xs = _inputs((1, 64, 14, 14), 6)
+    net = make()
+    net.freeze()
+    assert net.frozen and all(ly.frozen for ly in net.layers if ly.type == "Convolution")
+    for x in xs:
+        net.forward(data=x)
+    rp = net._plan.replay
+    assert isinstance(rp, replay.Replay) and not rp.checks  # nothing compared before a replayed forward
+    plain = make()
+    np.testing.assert_array_equal(net.forward(data=xs[0])["out"], plain.forward(data=xs[0])["out"])
+
+    halved = make()
+    conv(halved).data[...] *= np.float32(0.5)
+    want = _python_outputs(halved, xs, monkeypatch)
+    conv(net).data = conv(net).data * np.float32(0.5)  # a new array: seen by the next forward
+    np.testing.assert_array_equal(net.forward(data=xs[1])["out"], want[1]["out"])
+    conv(net).data[...] *= np.float32(2.0)  # in place: kept as promised until refold()
+    np.testing.assert_array_equal(net.forward(data=xs[1])["out"], want[1]["out"])
+    net.refold()
+    np.testing.assert_array_equal(net.forward(data=xs[1])["out"], plain.forward(data=xs[1])["out"])
+
+    net.freeze(False)  # the compare again: an in-place change is seen at once
+    assert not net.frozen and not any(ly.weights_frozen for ly in net.layers)
+    for x in xs:
+        net.forward(data=x)
+    conv(net).data[...] *= np.float32(0.5)
+    for x, w in zip(xs, want):
+        np.testing.assert_array_equal(net.forward(data=x)["out"], w["out"])
+
+    net.freeze()
+    net.share_weights_from(halved)  # weights a solver trains in place: no longer frozen
+    assert not net.frozen and not any(ly.weights_frozen for ly in net.layers)
+
+
 def test_a_step_with_work_outside_its_task_calls_is_not_replayed(effnet_files, monkeypatch) -> None:
     """A step that also changes its top with NumPy: the check (Python steps against the replay, on two inputs) sees
     it, and the plan keeps its Python steps; every forward's result is still the step's."""

@@ -86,6 +86,7 @@ def test_colour_model_end_to_end(mini):
 
 
 def test_infer_shapes_and_features(model):
+    assert model.net.frozen  # its weights never change in place (Net.freeze)
     x = np.stack([model.preprocess(np.full((28, 28), v, dtype=np.uint8)) for v in (0, 128, 255)])
     probs, feats = model.infer(x)
     assert probs.shape == (3, 10) and feats.shape == (3, 500)
