@@ -941,7 +941,7 @@ class DepthwiseRunner:
         self.workers = threads = numba.get_num_threads()
         self.ws = (None, None)
         self.handoff: Handoff | None = None  # set by the plan (see Handoff): the output's layout for the next step
-        # frozen: the caller never changes a weight or bias array in place (a plan's folded BatchNorm), so the tap
+        # frozen: the caller never changes a weight or bias array in place (a folded BatchNorm, Net.freeze), so the tap
         # tables of the channel-block path are made once per (w, bias) pair of arrays: (w, bias, tables)
         self.frozen = frozen
         self.tables: tuple | None = None

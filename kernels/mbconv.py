@@ -28,7 +28,7 @@ The numbers: each expand output is its tile's FMA chain over k from 0, + bias, c
 depthwise's channel-block path): the same bits as the two steps (tested). Weights: the expand's packed once per array
 in panels of 16 or 32 channels (``pointwise_t.pack``; two blocks a task wherever there are PAIR_TASKS such tasks a
 thread: the 7 x 7 layers had lost 10% on 16-channel tiles), the depthwise's tap tables once per array
-(``depthwise._c8_tables``); both must not change in place (a plan's folded BatchNorm, ``ConvolutionLayer.frozen``).
+(``depthwise._c8_tables``); both must not change in place (``ConvolutionLayer.frozen``: folded, or Net.freeze).
 The expand's top blob keeps its place in the plan's arena (the layer's own forward writes it when the fused step
 refuses), unwritten otherwise.
 

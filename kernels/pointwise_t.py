@@ -78,8 +78,8 @@ main tiles (tested), and its residual sum (one float32 addition). ``pointwise``'
 partial sums, so those pixels may differ in the last bits.
 
 The weights are packed on the first call with a given weight array and kept: the plan uses this kernel only for
-weights that do not change under it (a convolution with a BatchNorm folded in, ``ConvolutionLayer.folded``, made
-once; ``Net.refold`` makes new arrays, which the runner packs again).
+weights that do not change under it (``ConvolutionLayer.frozen``: a BatchNorm folded in, ``folded`` made once, or a
+frozen net's, ``Net.freeze``; ``Net.refold`` makes new plans, whose runners pack again).
 
 Public: ``applies(x_shape, w_shape, blocks=False, xblk=False) -> bool``, ``pack(w)`` and ``PointwiseTRunner(x_shape,
 w_shape, act, blocks=None, xblk=False)``, called as ``runner(x, w, bias, y[, res, z, relu])`` like

@@ -30,7 +30,7 @@ Kernels:
                               MR) each, zero rows past K/group), so a tile reads its weights as one stream of MR floats
                               per k instead of MR rows C/group floats apart (PACKED_U; the same bits). Made once per
                               weight array and kept while its bits are unchanged, or while it is the same array for
-                              frozen weights (``WinogradRunner``). At batch 1 a U_xi serves 16 tiles at most, so the
+                              frozen weights (``WinogradRunner``). At batch 1 a U_xi serves 16 to 64 tiles, so the
                               GEMMs stream U (ResNet-50's 14 x 14 layers: 9.4 MB each, F(4x4)): packed, 256 -> 256 on
                               14 x 14 hot 0.99 -> 0.71 ms in-process (2 threads); whole nets, two plans alternated in
                               one process, 2 threads: ResNet-50 batch 1 / 16 1.06 / 1.07x, GoogLeNet 1.09-1.11 /
@@ -51,11 +51,13 @@ Kernels:
 4. ``_output_transform`` + ``_scatter`` - A^T M A per (output channel, 16-tile sliver) by ``_transform8``, + bias, the
                               fused ReLU (the conv kernels' expression, optionally capped), stored where the tile is
                               inside the output (partial tiles at the right and bottom edges).
-5. ``_winograd_tasks_worker`` - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, group, block of output
-                              channels) claimed by one worker per thread (``gemm.claim``); each task runs 2, then 3 and
-                              4 for KB_INNER output channels at a time, in its own workspace (V: alpha^2 x C/group x
-                              16 SLIVERS floats, M: alpha^2 x KB_INNER x 16 SLIVERS), so the transformed data stays in
-                              the core's caches. Blocks of output channels only when chunks x groups leave threads idle
+5. ``_winograd_tasks_worker`` - tasks (chunk of up to SLIVERS x 16 tiles of the whole batch, or of all of them where
+                              they fill 2 to FEW_SLIVERS slivers; group; block of output channels) claimed by one worker
+                              per thread (``gemm.claim``); each task runs 2, then 3 and 4 for KB_INNER output channels
+                              at a time, in its own workspace (V: alpha^2 x C/group x 16 x the chunk's slivers floats,
+                              M: alpha^2 x KB_INNER rows, or the block's, x 16 x slivers), so the transformed data stays
+                              in the core's caches (a FEW_SLIVERS chunk's M: up to 384 KB at F(2x2) in 2 MR-row
+                              blocks). Blocks of output channels only when chunks x groups leave threads idle
                               (batch 1); then ``_winograd_inputs_worker`` runs 2 first as its own parallel pass
                               (tasks of channels) and the blocks share its result.
 
@@ -123,7 +125,7 @@ SLIVERS = 2  # 16-tile slivers per task at most: the GEMMs reuse each U_xi block
 # more, so each U_xi is read once a forward: CaffeNet's 13 x 13 maps at batch 1 (49 tiles at F(2x2)) were 4 chunks of
 # 16 tiles, each reading its group's whole U, the fourth for one tile (0: off)
 FEW_SLIVERS = 4
-KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 SLIVERS floats
+KB_INNER = 96  # output channels per pass inside a task (a multiple of MR): M is alpha^2 x KB_INNER x 16 x slivers
 TILE = 2  # the tile of the functions' defaults, F(2x2, 3x3); the nets' layers get theirs from `choose`
 MIN_CHANNELS = 64  # choose: C/group and K/group at least this (smaller GEMMs lose to the transforms)
 MIN_OUTPUT = {2: 7, 4: 8}  # choose: output height and width at least this, per tile
@@ -785,11 +787,12 @@ def choose(x_shape, w_shape, stride, pad, dilation, group: int = 1, frozen: bool
     maps, 196 pixels, took im2col before), batch 16 639 -> 573 ms (F(2x2) on the 7 x 7 maps too); GoogLeNet batch
     1 21.2 -> 19.9-20.2 ms, 16 319 -> 306 ms. CaffeNet's 13 x 13 maps keep F(2x2): with F(4x4) its softmax is 1.9e-5
     from OpenCV DNN's, past the 1e-5 asked (its logits are the largest of the nets here). Why FROZEN_MIN_PIXELS:
-    without the compare of the weights each call (a BatchNorm folded in, or `Net.freeze`), F(2x2) wins from one image (hot, batch 1,
-    2 threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms, CaffeNet's conv3 1.56 -> 1.41 ms); ResNet-50 batch 1, in
-    the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at batch 1, in the net:
-    13.9-14.5 ms without, 14.6-14.8 with F(2x2); again with U packed, twelfth round, as the replay compares them too:
-    0.96-0.97x, two plans alternated in one process). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
+    without the compare of the weights each call (a BatchNorm folded in, or `Net.freeze`), F(2x2) wins from one
+    image (hot, batch 1, 2 threads: ResNet-50's 7 x 7 layer 1.57 -> 1.25 ms, CaffeNet's conv3 1.56 -> 1.41 ms);
+    ResNet-50 batch 1, in the net: 37.7-38.8 -> 36.2-37.2 ms. Weights compared each call keep 640 (CaffeNet at
+    batch 1, in the net: 13.9-14.5 ms without, 14.6-14.8 with F(2x2); again with U packed, twelfth round, as the
+    replay compares them too: 0.96-0.97x, two plans alternated in one process; frozen, with FEW_SLIVERS, thirty-second
+    round: 1.07x). F(4x4)'s error (about 10x F(2x2)'s) is taken on the 14 x 14 and
     larger maps: a net whose softmax must stay within 1e-5 of another framework's may need CREMA_WINOGRAD=2.
 
     Why the 5x5 rule: against the im2col path, one layer, 2 threads, Zen 4, in one process, F(2x2, 5x5) / F(4x4, 5x5)
@@ -837,6 +840,21 @@ def winograd_applies(x_shape, w_shape, stride, pad, dilation, group: int = 1, fr
 _WORKSPACES = Workspace()
 
 
+def _split(total: int, kg: int, group: int, threads: int, per: int, least: int, shrink: bool = True) -> tuple:
+    """WinogradRunner's tasks: (tiles a chunk, output channels a block, chunks, blocks) for `total` tiles, K/group kg;
+    chunks of `per` tiles (`shrink`: fewer, down to one sliver, while chunks x groups leave threads idle), then blocks
+    of output channels (whole MR-row slivers, `least` channels at least) until there are 4 tasks a thread."""
+    while shrink and per > NR and -(-total // per) * group < 4 * threads:
+        per -= NR
+    chunks = -(-total // per)
+    kblocks = 1
+    while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= least:
+        kblocks *= 2
+    kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (block starts them at MR rows)
+    kb = -(-kb // MR) * MR
+    return per, kb, chunks, -(-kg // kb)
+
+
 class WinogradRunner:
     """The shape work of a Winograd forward, done once; ``runner(x, w, bias, y)`` like ``kernels.conv.ForwardRunner``
     (x, w, bias (K,) float32, y C-contiguous float32, y not overlapping x). The transformed weights are kept with a
@@ -844,9 +862,10 @@ class WinogradRunner:
     frozen=True (a plan's folded BatchNorm weights or a frozen net's, never changed in place): made again only for
     another array.
 
-    Tasks: chunks of up to SLIVERS x 16 tiles of the batch x groups; when those are fewer than 4 per thread (batch 1)
-    the output channels of a group are split into blocks (multiples of MR) as well, and the input transform runs
-    first as its own parallel pass (_winograd_inputs_worker) whose result the blocks share."""
+    Tasks: chunks of up to SLIVERS x 16 tiles of the batch (all the tiles in one chunk where they fill 2 to FEW_SLIVERS
+    slivers and that makes as many tasks) x groups; when those are fewer than 4 per thread (batch 1) the output
+    channels of a group are split into blocks (multiples of MR) as well, and the input transform runs first as its own
+    parallel pass (_winograd_inputs_worker) whose result the blocks share."""
 
     __slots__ = (
         "cblocks",
@@ -895,20 +914,11 @@ class WinogradRunner:
         kg = k // group
         th, tw = _tiles(oh, ow, m)
         total = n * th * tw
-        least = 4 * MR  # output channels of a block at least
+        per, kb, chunks, kblocks = _split(total, kg, group, threads, SLIVERS * NR, 4 * MR)
         if NR < total <= FEW_SLIVERS * NR:  # one chunk of all the tiles, in blocks of output channels (FEW_SLIVERS)
-            per, least = -(-total // NR) * NR, 2 * MR
-        else:
-            per = SLIVERS * NR
-            while per > NR and -(-total // per) * group < 4 * threads:
-                per -= NR
-        chunks = -(-total // per)
-        kblocks = 1
-        while chunks * group * kblocks < 4 * threads and -(-kg // (kblocks * 2)) >= least:
-            kblocks *= 2
-        kb = -(-kg // kblocks)  # rows per block, rounded up to whole MR-row slivers (block starts them at MR rows)
-        kb = -(-kb // MR) * MR
-        kblocks = -(-kg // kb)
+            few = _split(total, kg, group, threads, -(-total // NR) * NR, 2 * MR, shrink=False)
+            if few[2] * few[3] * group >= min(chunks * kblocks * group, 4 * threads):  # not fewer tasks (8+ threads)
+                per, kb, chunks, kblocks = few
         self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
         alpha2 = (m + r - 1) ** 2
         nsl = per // NR

@@ -241,6 +241,7 @@ class Net:
         self._observers: dict[str, list] = {}  # observe(): blob name -> callbacks
         self.image_copy = False  # net.per_image's group copy: its own batches run whole, never image by image
         self.frozen = False  # freeze(): the parameters never change in place (kernels keep what they derive)
+        self.copies: weakref.WeakSet[Net] = weakref.WeakSet()  # net.per_image.replica's copies on these parameters
         # training (forward_loss, backward) on kernels.taskpool's threads until a pass there runs an OpenMP loop
         self._train_pool = True
         self._build()
@@ -476,16 +477,19 @@ class Net:
         ONNX Runtime's and OpenCV DNN's are constants): the kernels then keep what they derive from each weight
         array (Winograd's transformed filters, packed panels) while it is the same array, as for folded BatchNorm
         weights, instead of comparing the weights with a copy every forward (CaffeNet's conv2-5 at batch 1 read 19 MB
-        for that) and taking slower paths where weights may change. New arrays (`blob.data = array`, `copy_from`)
-        are seen by the next forward; a change in place only after `refold()`, as for folded weights.
-        freeze(False) undoes it, and so does `share_weights_from` (weights a solver trains in place). crema
-        classify and serve freeze their nets."""
+        for that) and taking slower paths where weights may change. A new array (`blob.data = array`) is seen by
+        the next forward; a change in place only after `refold()`, as for folded weights (`copy_from` writes in place
+        and refolds). The copies made of the net (`net.per_image.replica`: `copies`) follow both. freeze(False)
+        undoes it, and so does `share_weights_from` (weights a solver trains in place). crema classify and serve
+        freeze their nets."""
         frozen = bool(frozen)
         for layer in self.layers:
             layer.weights_frozen = frozen
             layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept when frozen)
         self.frozen = frozen
         self._drop_plans()  # their runners were made for the other promise
+        for copy in list(self.copies):
+            copy.freeze(frozen)
 
     def refold(self) -> None:
         """Fold BatchNorm + Scale into their convolutions again (`fuse_layers`) and drop what the kernels derived
@@ -496,6 +500,8 @@ class Net:
                 layer.folded = None
             layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept for frozen weights)
         self._drop_plans()
+        for copy in list(self.copies):  # copies kept outside the plan (server.model's, server.inside's) too
+            copy.refold()
 
     # -- running -----------------------------------------------------------------------------
     def reshape(self, inputs: Mapping[str, tuple[int, ...]] | None = None) -> None:

@@ -213,6 +213,7 @@ def replica(net, drop: int = 0, batch: int = 1):
             theirs.forward_params()  # folded once, for both
             mine.folded = theirs.folded
     rep.frozen = net.frozen
+    net.copies.add(rep)  # refold() and freeze() on the net reach the copy (Net.copies)
     rep.reshape(shapes)
     if net._share is not None:
         rep.share_activations(keep=tuple(name for name in net._share if name in rep._blobs))

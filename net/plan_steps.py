@@ -174,7 +174,7 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
             inner = small_w[1] if small_w[0] is w else None  # the kernel without its zero row and column
             if inner is None:
                 inner = np.ascontiguousarray(w[:, :, 1:, 1:])
-                if frozen:  # folded weights never change in place: made once per array
+                if frozen:  # frozen weights never change in place: made once per array
                     small_w[:] = w, inner
             step.runner(pad(x), inner, b, out)
         else:
@@ -182,7 +182,7 @@ def zero_border_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Calla
 
     step = _conv_step(layer, bottom, top, run, full.out_shape)
     frozen = layer.frozen
-    small_w = [None, None]  # (w, w without its zero border) of folded weights
+    small_w = [None, None]  # (w, w without its zero border) of frozen weights
     step.replay = frozen  # net.replay: the border is checked every call unless the weights never change
     step.runner = small  # hand_over_expand may put a pointwise_t.ConvTRunner here
     step.pad = pad  # its first call copies x into pad's buffer (net.per_image feeds that buffer itself)
@@ -255,7 +255,7 @@ def convt_step(layer: Layer, bottom: list[Blob], top: list[Blob]) -> Callable[[]
     if not pointwise_t.conv_applies(padded, w.shape, stride):
         return None
     convt = pointwise_t.ConvTRunner(padded, w.shape, stride, layer.act())
-    frozen = layer.frozen  # folded weights are made once and never change in place
+    frozen = layer.frozen  # folded weights are made once, a frozen net's never change in place
     seen = [None, None]  # the weight array last packed and, unless frozen, a copy of its values then
 
     def current(w) -> bool:  # are the packed weights those of w as it is now (a solver updates weights in place)

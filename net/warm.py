@@ -575,11 +575,11 @@ def forward_pass(
     too) at `batch` on zeros (a tuple: one forward at each; `crema serve` warms SERVE_BATCHES, as its micro-batches
     run other kernels than a single request, e.g. LeNet's and CaffeNet's chunked inner product), on `threads` Numba
     threads (default: this thread's count; the plan's kernels depend on it); returns run(). keep (or keep(net)): the
-    net shares its activations keeping these blobs (``Net.share_activations``), as `crema serve` and `crema classify` run a model:
-    the plan then fuses steps (an expand and its depthwise, handoffs in blocks) and runs other kernels than without
-    (None: not shared, as `crema time` runs it). observe: observe(net) -> the blobs read during the forward
-    (``Net.observe``: `crema serve`'s feature maps, server.inside, ``net.visualize.view_tops``), which the plan
-    leaves out of those fusions."""
+    net shares its activations keeping these blobs (``Net.share_activations``) and is frozen (``Net.freeze``), as
+    `crema serve` and `crema classify` run a model: the plan then fuses steps (an expand and its depthwise, handoffs in
+    blocks) and runs other kernels than without (None: neither, as `crema time` runs it). observe: observe(net) ->
+    the blobs read during the forward (``Net.observe``: `crema serve`'s feature maps, server.inside,
+    ``net.visualize.view_tops``), which the plan leaves out of those fusions."""
     import numba
     import numpy as np
 

@@ -26,9 +26,9 @@ from .conv_nd import ConvolutionNDLayer, hand_over
 
 def pointwise_runner(layer, x_shape, w_shape, act):
     """The plan's runner of a 1x1 convolution: `kernels.pointwise_t` (output channels in the vector lanes: no edge
-    pixels on 7 x 7 and 14 x 14 planes) where it applies and the weights cannot change under it (BatchNorm folded in
-    at plan time: `folded` is made once; `Net.refold` makes new arrays, and the runner packs again), else
-    `kernels.pointwise`."""
+    pixels on 7 x 7 and 14 x 14 planes) where it applies and the weights cannot change under it (`layer.frozen`: a
+    BatchNorm folded in at plan time, `folded` made once, or the net frozen, `Net.freeze`; `Net.refold` makes new
+    plans, and the runner packs again), else `kernels.pointwise`."""
     if layer.frozen and pointwise_t.applies(x_shape, w_shape):
         return pointwise_t.PointwiseTRunner(x_shape, w_shape, act)
     return pointwise.PointwiseRunner(x_shape, w_shape, act)
@@ -54,7 +54,7 @@ class ConvolutionLayer(Layer):
     @property
     def frozen(self) -> bool:
         """Are the forward's weights frozen: a BatchNorm folded in, so `folded` is made once and never changed in
-        place (`Net.refold` makes new arrays), or the net frozen (`Net.freeze`: its parameter arrays read-only)?
+        place (`Net.refold` makes new arrays), or the net frozen (`Net.freeze`: its parameters promised unchanged)?
         Runners may then keep what they derive from the weights by the array's identity (packed or transformed
         weights) instead of comparing values each call."""
         return self.fold is not None or self.weights_frozen
@@ -149,7 +149,7 @@ class ConvolutionLayer(Layer):
         return winograd.choose(x_shape, w_shape, self.stride, self.pad, self.dilation, self.group, self.frozen)
 
     def _frozen_winograd(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], m: int) -> winograd.WinogradRunner:
-        """The layer forward's own Winograd runner for its folded weights, one per input shape (a few at most): kept,
+        """The layer forward's own Winograd runner for its frozen weights, one per input shape (a few at most): kept,
         so that the weights are transformed once, as in the plan's step (`winograd_tile` picks tiles for frozen
         weights)."""
         runners = self.__dict__.setdefault("_winograd_runners", {})

@@ -204,6 +204,37 @@ def test_copies_of_a_frozen_net_are_frozen() -> None:
     for mine, theirs in zip(rep.layers, net.layers):
         assert mine.weights_frozen and mine.blobs is theirs.blobs
     assert next(ly for ly in rep.layers if ly.name == "conv3").frozen
+    net.freeze(False)  # reaches the copies kept outside the net's plan (Net.copies)
+    assert not rep.frozen and not any(ly.weights_frozen for ly in rep.layers)
+
+
+def test_a_copy_kept_outside_the_plan_follows_refold_and_copy_from(tmp_path) -> None:
+    """server.model's batch copies and server.inside's twin outlive the net's plans: a frozen net's refold() (after a
+    change in place) and copy_from (in place, then refold) reach them, or they would keep the old transforms."""
+    from tests.net.test_replay import WINOGRAD
+
+    def make() -> Net:
+        return Net(upgrade_net(parse_text(WINOGRAD, "NetParameter")), seed=3)
+
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 64, 14, 14)).astype(np.float32)
+    net = make()
+    net.share_activations()
+    net.freeze()
+    rep = per_image.replica(net)
+    for _ in range(6):
+        net.forward(data=x)
+        rep.forward(data=x)
+    conv = next(ly for ly in net.layers if ly.name == "conv").blobs[0]
+    conv.data[...] *= np.float32(0.5)
+    net.refold()
+    np.testing.assert_array_equal(rep.forward(data=x)["out"], net.forward(data=x)["out"])
+    other = make()
+    next(ly for ly in other.layers if ly.name == "conv").blobs[0].data[...] *= np.float32(-2.0)
+    other.save(tmp_path / "w.caffemodel")
+    net.copy_from(tmp_path / "w.caffemodel")
+    got = rep.forward(data=x)["out"]
+    np.testing.assert_array_equal(got, other.forward(data=x)["out"])
+    np.testing.assert_array_equal(got, net.forward(data=x)["out"])
 
 
 @pytest.mark.parametrize("case", ["lenet", "no_share", "observer", "batch_1", "off"])
