@@ -362,6 +362,16 @@ def pack_weights(u: np.ndarray, group: int, m: int, kg: int, cg: int, r: int = 3
 
 
 # ------------------------------------------------------------------------------------------------ Numba kernels
+V_PAD = 16  # floats after each V_xi: the alpha^2 V_xi a sliver's transform writes are not a power of two apart
+
+
+@njit(cache=True, inline="always")
+def _v_stride(nsl, cg):
+    """Floats from one V_xi to the next: nsl slivers x C/group x NR, and V_PAD (the input transform writes each
+    channel's 16 tiles to alpha^2 places v_xi apart: 64 KB apart for CaffeNet's conv3 at batch 1, all in one L1 set)."""
+    return nsl * cg * NR + V_PAD
+
+
 def _linear(builder, coeffs, values, fused: bool = False):
     """sum_k coeffs[k] * values[k] as LLVM float vector ops, left to right, skipping zero coefficients (a coefficient
     +-1 is an fadd / fsub, others an fmul by the float32 constant and an fadd, or with `fused` an llvm.fma onto the
@@ -591,14 +601,14 @@ def _chunk_tiles(geometry, chunk):
 @njit(cache=True, boundscheck=False, fastmath=False)
 def _transform_inputs(xf, geometry, chunk, g, c0, c1, v):
     """V of channels c0..c1 of group g for the tiles of a chunk: v[xi * v_xi + (s * C/group + c) * NR + j], v_xi =
-    slivers * C/group * NR (the packed-B layout of each xi), by _gather_transform8 (two calls of 8 lanes per sliver
+    slivers * C/group * NR + V_PAD (_v_stride; the packed-B layout of each xi), by _gather_transform8 (two calls of 8 lanes per sliver
     and channel). fastmath=False said, not inherited: its callers differ (the task with fastmath, the pre-pass
     without), and with reassociation allowed LLVM ordered the transform's sums differently in each (different bits
     for an image alone and in a batch)."""
     _, c_all, h, wd, _, group, ph, pw, _, _, m, _, _, _, _, r = geometry
     cg = c_all // group
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
-    v_xi = nsl * cg * NR
+    v_xi = _v_stride(nsl, cg)
     lanes = carray(stack_empty(LANE_ROWS, np.int64), (LANE_ROWS,))  # per lane: patch start in xf, row, column, live
     tyv = carray(stack_empty(NR, np.int64), (NR,))
     txv = carray(stack_empty(NR, np.int64), (NR,))
@@ -691,7 +701,7 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
     k1 = min(kg, k0 + kb)
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
     ldc = nsl * NR
-    v_xi = nsl * cg * NR  # floats of one V_xi: nsl slivers (cg, NR)
+    v_xi = _v_stride(nsl, cg)  # floats from one V_xi to the next: nsl slivers (cg, NR) and V_PAD
     res = ws[: m * m * NR]
     mb_all = ws[m * m * NR :]
     if kblocks > 1:
@@ -710,7 +720,7 @@ def _winograd_task(xf, u, bias, y, geometry, epilogue, ws, vall, vblock, zeros, 
         mb = mb_all[: a2 * m_xi]
         for xi in range(a2):  # M_xi[i0:i1] = U_xi[i0:i1] @ V_xi, the GEMM micro-kernel (A packed: pack_weights)
             ap = u[(g * a2 + xi) * kgp * cg : (g * a2 + xi + 1) * kgp * cg]
-            bp = v[xi * v_xi : (xi + 1) * v_xi]
+            bp = v[xi * v_xi : (xi + 1) * v_xi - V_PAD]
             c_off = xi * m_xi - i0 * ldc  # block addresses rows from 0: row k lands at c_off + k * ldc
             for pc in range(0, cg, KC):
                 kc = min(KC, cg - pc)
@@ -922,9 +932,10 @@ class WinogradRunner:
         self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
         alpha2 = (m + r - 1) ** 2
         nsl = per // NR
-        self.vblock = alpha2 * nsl * NR * cg if kblocks > 1 else 0  # floats of one (chunk, group)'s shared V
+        v_xi = nsl * NR * cg + V_PAD  # (_v_stride)
+        self.vblock = alpha2 * v_xi if kblocks > 1 else 0  # floats of one (chunk, group)'s shared V
         self.cblocks = max(1, min(-(-4 * threads // (chunks * group)), cg // 8))
-        own_v = 0 if kblocks > 1 else alpha2 * nsl * NR * cg
+        own_v = 0 if kblocks > 1 else alpha2 * v_xi
         self.work = own_v + alpha2 * nsl * NR * min(kb, KB_INNER) + m * m * NR
         self.zeros = np.zeros(kg + MR, np.float32)
         self.u: np.ndarray | None = None
