@@ -601,10 +601,10 @@ def _chunk_tiles(geometry, chunk):
 @njit(cache=True, boundscheck=False, fastmath=False)
 def _transform_inputs(xf, geometry, chunk, g, c0, c1, v):
     """V of channels c0..c1 of group g for the tiles of a chunk: v[xi * v_xi + (s * C/group + c) * NR + j], v_xi =
-    slivers * C/group * NR + V_PAD (_v_stride; the packed-B layout of each xi), by _gather_transform8 (two calls of 8 lanes per sliver
-    and channel). fastmath=False said, not inherited: its callers differ (the task with fastmath, the pre-pass
-    without), and with reassociation allowed LLVM ordered the transform's sums differently in each (different bits
-    for an image alone and in a batch)."""
+    slivers * C/group * NR + V_PAD (_v_stride; the packed-B layout of each xi), by _gather_transform8 (two calls of 8
+    lanes per sliver and channel). fastmath=False said, not inherited: its callers differ (the task with fastmath, the
+    pre-pass without), and with reassociation allowed LLVM ordered the transform's sums differently in each
+    (different bits for an image alone and in a batch)."""
     _, c_all, h, wd, _, group, ph, pw, _, _, m, _, _, _, _, r = geometry
     cg = c_all // group
     t_first, ntiles, nsl = _chunk_tiles(geometry, chunk)
