@@ -597,7 +597,8 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         randomize(net, seed=0)
         weights = workdir / f"{name}.caffemodel"
         net.save(weights)
-        net.share_activations()  # as crema classify and serve run it (net.arena)
+        net.share_activations()  # as crema classify and serve run it (net.arena) ...
+        net.freeze()  # ... with its weights frozen (Net.freeze)
         refs_of: dict[str, Callable] = {}
         if _torch() is not None:
             refs_of["torch"] = torch_forward(net)
@@ -607,7 +608,6 @@ def net_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
             pass
         if _ort_ok():
             refs_of["onnxruntime"] = onnx_forward(net, threads)
-        net.freeze()  # ... with its weights frozen (Net.freeze; the references made from them first)
         for batch in sizes:
             shape = net.blobs["data"].shape[1:]
             x = rng.random((batch, *shape), dtype=np.float32)
@@ -638,7 +638,8 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
 
     files = efficientnet_lite0(cache=workdir / "cache", say=lambda _msg: None)
     net = Net.load(files.prototxt, files.weights)
-    net.share_activations()  # as crema classify and serve run it (net.arena)
+    net.share_activations()  # as crema classify and serve run it (net.arena) ...
+    net.freeze()  # ... with its weights frozen (Net.freeze)
     refs_of: dict[str, Callable] = {}
     torch = _torch()
     if torch is not None:
@@ -676,7 +677,6 @@ def efficientnet_cases(rng: np.random.Generator, threads: int, workdir: Path, ba
         refs_of["opencv"] = opencv_forward(str(files.prototxt), str(files.weights))
     except ImportError:
         pass
-    net.freeze()  # as crema classify and serve run it (Net.freeze)
     cases = []
     for batch in batches:
         x = rng.uniform(-1.0, 1.0, (batch, 3, 224, 224)).astype(np.float32)
@@ -741,6 +741,7 @@ def zoo_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         builder.save(weights)
         net = Net.load(proto, weights)  # as a user runs it: BatchNorm / Scale folded, ReLUs fused
         net.share_activations()  # ... and the intermediate blobs in one arena (net.arena)
+        net.freeze()  # ... and its weights frozen (Net.freeze)
         refs_of: dict[str, Callable] = {}
         if _ort_ok():
             refs_of["onnxruntime"] = onnx_dag_forward(builder, threads)
@@ -749,7 +750,6 @@ def zoo_cases(rng: np.random.Generator, threads: int, workdir: Path, batches: di
         except ImportError:
             pass
         del builder
-        net.freeze()  # ... and its weights frozen (Net.freeze)
         for batch in sizes:
             x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
             net.reshape({"data": x.shape})

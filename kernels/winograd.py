@@ -932,7 +932,7 @@ class WinogradRunner:
         self.geometry = (n, c, h, wd, k, group, ph, pw, oh, ow, m, per, kb, chunks, kblocks, r)
         alpha2 = (m + r - 1) ** 2
         nsl = per // NR
-        v_xi = nsl * NR * cg + V_PAD  # (_v_stride)
+        v_xi = _v_stride.py_func(nsl, cg)  # (its Python function: nothing compiled here)
         self.vblock = alpha2 * v_xi if kblocks > 1 else 0  # floats of one (chunk, group)'s shared V
         self.cblocks = max(1, min(-(-4 * threads // (chunks * group)), cg // 8))
         own_v = 0 if kblocks > 1 else alpha2 * v_xi

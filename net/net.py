@@ -482,12 +482,10 @@ class Net:
         and refolds). The copies made of the net (`net.per_image.replica`: `copies`) follow both. freeze(False)
         undoes it, and so does `share_weights_from` (weights a solver trains in place). crema classify and serve
         freeze their nets."""
-        frozen = bool(frozen)
+        self.frozen = bool(frozen)
         for layer in self.layers:
-            layer.weights_frozen = frozen
-            layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept when frozen)
-        self.frozen = frozen
-        self._drop_plans()  # their runners were made for the other promise
+            layer.weights_frozen = self.frozen
+        self._drop_derived()  # the runners were made for the other promise
         for copy in list(self.copies):
             copy.freeze(frozen)
 
@@ -498,10 +496,15 @@ class Net:
         for layer in self.layers:
             if getattr(layer, "fold", None) is not None:
                 layer.folded = None
-            layer.__dict__.pop("_winograd_runners", None)  # a layer forward's own runners (kept for frozen weights)
-        self._drop_plans()
+        self._drop_derived()
         for copy in list(self.copies):  # copies kept outside the plan (server.model's, server.inside's) too
             copy.refold()
+
+    def _drop_derived(self) -> None:
+        """Drop what the kernels made from the weights: the plans' runners and a layer forward's own kept runners."""
+        for layer in self.layers:
+            layer.__dict__.pop("_winograd_runners", None)
+        self._drop_plans()
 
     # -- running -----------------------------------------------------------------------------
     def reshape(self, inputs: Mapping[str, tuple[int, ...]] | None = None) -> None:

@@ -208,11 +208,11 @@ def replica(net, drop: int = 0, batch: int = 1):
         raise RuntimeError("per_image: the copy's layers differ from the net's")  # pragma: no cover
     for mine, theirs in zip(rep.layers, net.layers):
         mine.blobs = theirs.blobs
-        mine.weights_frozen = theirs.weights_frozen  # (Net.freeze)
         if getattr(theirs, "fold", None) is not None:
             theirs.forward_params()  # folded once, for both
             mine.folded = theirs.folded
-    rep.frozen = net.frozen
+    if net.frozen:
+        rep.freeze()
     net.copies.add(rep)  # refold() and freeze() on the net reach the copy (Net.copies)
     rep.reshape(shapes)
     if net._share is not None:
