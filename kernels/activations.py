@@ -159,11 +159,6 @@ def _relu_flat(x, y, slope) -> None:
     _RELU.parallel(_RELU.address, workers, x, y, slope, workers)
 
 
-def _relu_grad_flat(dy, x, slope, dx) -> None:
-    workers = numba.get_num_threads()
-    _RELU_GRAD.parallel(_RELU_GRAD.address, workers, dy, x, slope, dx, workers)
-
-
 def relu_forward(x: np.ndarray, negative_slope: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
     """Caffe ReLU (leaky when negative_slope != 0). x float32 C-contiguous, any shape -> y same shape.
 
@@ -187,8 +182,10 @@ def relu_backward(
     """
     _check(x, "ReLU backward x")
     dx = _grad_args(dy, x, out, "ReLU", "x")
-    kernel = _relu_grad_flat_serial if dy.size < SERIAL_BELOW else _relu_grad_flat
-    kernel(dy.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1))
+    # a task either way, the small case on this thread alone: a replayed training pass records it (net.train_replay)
+    workers = 1 if dy.size < SERIAL_BELOW else numba.get_num_threads()
+    run = _RELU_GRAD.serial if workers == 1 else _RELU_GRAD.parallel
+    run(_RELU_GRAD.address, workers, dy.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1), workers)
     return dx
 
 

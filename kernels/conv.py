@@ -1614,6 +1614,8 @@ def conv2d_backward(
     need_dx: bool = True,
     need_dw: bool = True,
     need_db: bool = True,
+    overwrite_dw: bool = False,
+    overwrite_db: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Convolution backward (Caffe semantics), float32: gradients of a loss L given dy = dL/dy.
 
@@ -1624,6 +1626,9 @@ def conv2d_backward(
       dw: (M, C/group, kh, kw), ACCUMULATED: dw += dL/dw (a zeroed array is allocated when dw is None);
           None when need_dw is False.
       db: (M,), ACCUMULATED like dw; None when need_db is False (pass need_db=False for a convolution without bias).
+    overwrite_dw / overwrite_db: that output OVERWRITTEN instead, with the values accumulating onto zeros gives (a
+    solver's cleared diff, ``Blob.diff_to_overwrite``; on the ``conv_dw`` path written by its tasks, nothing in
+    NumPy: a replayed training pass, ``net.train_replay``, runs them without Python).
     Arrays passed in must be C-contiguous float32 of those shapes; passing one whose need_* flag is False is an error.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -1650,6 +1655,10 @@ def conv2d_backward(
     if dy.size == 0:
         if need_dx:
             dx[...] = 0.0
+        if need_dw and overwrite_dw:
+            dw[...] = 0.0
+        if need_db and overwrite_db:
+            db[...] = 0.0
         return dx, dw, db
     mg, k_all, npix = m // group, cg * kh * kw, oh * ow
     hp, wp = h + 2 * ph, wd + 2 * pw
@@ -1657,8 +1666,14 @@ def conv2d_backward(
     geom = (kh, kw, sh, sw, ph, pw, dh, dil_w)
     threads = numba.get_num_threads()
     if need_dw and conv_dw.applies(x.shape, w.shape, (sh, sw), (ph, pw), (dh, dil_w), group):
-        conv_dw.weight_grad(x, dy, kh, kw, dw, db if need_db else None)  # few weights a channel: no im2col
+        conv_dw.weight_grad(  # few weights a channel: no im2col
+            x, dy, kh, kw, dw, db if need_db else None, overwrite_dw=overwrite_dw, overwrite_db=overwrite_db
+        )
         need_dw = need_db = False
+    if need_dw and overwrite_dw:  # the im2col path accumulates
+        dw[...] = 0.0
+    if need_db and overwrite_db:
+        db[...] = 0.0
     if need_dw or need_db:
         ns = -(-k_all // NR)
         if n >= 4 * threads or n % threads == 0:  # chunks of images, one partial dW each

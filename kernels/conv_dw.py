@@ -20,8 +20,8 @@ LeNet's conv2 weight gradient at batch 64, in-process A/B against the im2col pat
 thread 3.04 -> 2.30 ms (Zen 4 EPYC). Only where 8-lane FMAs run at the rate of 16-lane ones (``NARROW_FAST``: AVX2,
 Zen 4): on a Xeon with two 512-bit FMA ports they run at half its peak, and the im2col path wins there.
 
-Tasks (kernels.tasks): chunks of images, one per thread, each with its own partial dW and db (summed by the caller in
-chunk order, as ``conv`` does), then (channel block, c, i) within the chunk. Applies (``applies``): stride 1,
+Tasks (kernels.tasks): chunks of images, one per thread, each with its own partial dW and db (summed in chunk order
+by ``fc.sum_rows``'s task), then (channel block, c, i) within the chunk. Applies (``applies``): stride 1,
 dilation 1, no padding, one group, kw == KW (5), M a multiple of MB, OW >= 8 (a row fills most of a vector), and K =
 C*kh*kw <= MAX_K, or <= MAX_K_NARROW on rows of 8 columns (elsewhere the im2col is cheap against the GEMM, which then
 runs at 60-80% of peak).
@@ -40,6 +40,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.fc import sum_rows
 from kernels.gemm import accumulators, as64, flat_f32, splat
 from kernels.tasks import Task
 from kernels.tiling import VW
@@ -201,8 +202,9 @@ def _vsum(typingctx, a, at, count):
 
 def _dw_worker(t, x, dy, kh, chunks, dwp, dbp, scratch, workers):  # pragma: no cover - compiled
     """Worker t (kernels.tasks): tasks (chunk, channel block, c, i) split evenly; chunk ch's images ch*N/chunks ..;
-    dwp[ch] (M*K,) += the tile's sums at (m0 + m, c, i, j); the task of c = i = 0 also adds its channels' sum(dy) to
-    dbp[ch]. scratch[t]: the tile's MB * KW sums."""
+    dwp[ch] (M*K,) at (m0 + m, c, i, j) = the tile's sums; the task of c = i = 0 also writes its channels' sum(dy) to
+    dbp[ch]. Every element of dwp and dbp is written once (no zeroed partials: the bits of += on zeros, as a sum from
+    +0.0 is never -0.0). scratch[t]: the tile's MB * KW sums."""
     n_img, c_in, h, wd = x.shape
     _, m_out, oh, ow = dy.shape
     kk = c_in * kh * KW
@@ -231,39 +233,49 @@ def _dw_worker(t, x, dy, kh, chunks, dwp, dbp, scratch, workers):  # pragma: no 
         for m in range(MB):
             base = (m0 + m) * kk + (ci * kh + i) * KW
             for j in range(KW):
-                dwp[ch, base + j] += out[m * KW + j]
+                dwp[ch, base + j] = out[m * KW + j]
         if ci == 0 and i == 0:
             for m in range(m0, m0 + MB):
                 s = np.float32(0.0)
                 for img in range(n0, n1):
                     s += _vsum(dyf, (img * m_out + m) * npix, npix)
-                dbp[ch, m] += s
+                dbp[ch, m] = s
 
 
 _F4, _F2 = types.float32[:, :, :, ::1], types.float32[:, ::1]
 _DW = Task(_dw_worker, (_F4, _F4, types.int64, types.int64, _F2, _F2, _F2, types.int64), opt=1, boundscheck=False)
 
 
-def weight_grad(x: np.ndarray, dy: np.ndarray, kh: int, kw: int, dw: np.ndarray | None, db: np.ndarray | None) -> None:
+def weight_grad(
+    x: np.ndarray,
+    dy: np.ndarray,
+    kh: int,
+    kw: int,
+    dw: np.ndarray | None,
+    db: np.ndarray | None,
+    *,
+    overwrite_dw: bool = False,
+    overwrite_db: bool = False,
+) -> None:
     """dw += dL/dw (M, C, kh, kw) and db += dL/db (M,) of a convolution that ``applies`` (x (N, C, H, W) and dy (N, M,
-    OH, OW) C-contiguous float32); either output may be None (not computed: db's sums are cheap, dw's are the work)."""
+    OH, OW) C-contiguous float32); either output may be None (not computed: db's sums are cheap, dw's are the work);
+    overwrite_dw / overwrite_db: that output written instead (the bits += gives on zeros). The chunks' partial sums
+    are added in chunk order by ``fc.sum_rows``, a task: nothing here runs in NumPy on the data, so a replayed
+    training pass (``net.train_replay``) does all of it."""
     if kw != KW:  # pragma: no cover - applies() checks it
         raise ValueError(f"conv_dw: kernel width {kw}, expected {KW}")
     n, m = x.shape[0], dy.shape[1]
     threads = numba.get_num_threads()
     chunks = max(1, min(threads, n))
     kk = x.shape[1] * kh * kw
-    dwp = np.zeros((chunks, m * kk), np.float32)
-    dbp = np.zeros((chunks, m), np.float32)
+    dwp = np.empty((chunks, m * kk), np.float32)  # every element written by the task
+    dbp = np.empty((chunks, m), np.float32)
     scratch = np.empty((threads, MB * KW), np.float32)
     if threads > 1:
         _DW.parallel(_DW.address, threads, x, dy, int(kh), chunks, dwp, dbp, scratch, threads)
     else:
         _DW.serial(_DW.address, 1, x, dy, int(kh), chunks, dwp, dbp, scratch, 1)
     if dw is not None:
-        flat = dw.reshape(-1)
-        for ch in range(chunks):
-            flat += dwp[ch]
+        sum_rows(dwp, dw.reshape(-1), overwrite_dw)
     if db is not None:
-        for ch in range(chunks):
-            db += dbp[ch]
+        sum_rows(dbp, db, overwrite_db)

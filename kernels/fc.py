@@ -21,7 +21,7 @@ Kernels:
                                    packing; with ``transpose`` y = x2 @ W (W read in place for few rows), + b.
 3. ``inner_product_backward_ref`` - plain NumPy in float64.
 4. ``inner_product_backward``    - dW += dy2^T @ x2 (x2^T @ dy2 with ``transpose``) with ``gemm(accumulate=True)``,
-                                   db += column sums of dy2 (``_sum_rows``), dx2 = dy2 @ W with ``gemm`` (W read in
+                                   db += column sums of dy2 (``sum_rows``), dx2 = dy2 @ W with ``gemm`` (W read in
                                    place for few rows), or dy2 @ W.T with ``_ip_small_rows`` for few rows (W
                                    streamed once instead of packing W.T: 150 MB at CaffeNet's fc6).
 
@@ -441,7 +441,8 @@ def inner_product_forward(
         # y^T = W @ x2^T: W (N, K) is then read in place, unpacked (gemm packs only the small x2); the (N, M) result
         # is transposed into out with the bias and the ReLU in the same pass (_transpose_epilogue).
         yt = gemm(w, x2, trans_b=True)
-        _transpose_epilogue(yt, _NO_BIAS if b is None else b, b is not None, out2, bool(relu))
+        t = _TRANSPOSE_EPILOGUE  # a task on this thread (a replayed training pass records it: net.train_replay)
+        t.serial(t.address, 1, yt, _NO_BIAS if b is None else b, b is not None, out2, bool(relu), 1)
         return out
     gemm(x2, w, trans_b=not transpose, out=out2)
     if b is not None:
@@ -493,6 +494,19 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
                 out[m, n] = max(v, zero) + zero * min(v, zero)
 
 
+def _transpose_epilogue_worker(t, yt, b, with_b, out, relu, workers):  # pragma: no cover - compiled
+    """_transpose_epilogue as a task of one worker (kernels.tasks), run on the calling thread."""
+    if t == 0:
+        _transpose_epilogue(yt, b, with_b, out, relu)
+
+
+_TRANSPOSE_EPILOGUE = Task(
+    _transpose_epilogue_worker,
+    (_F2, types.float32[::1], types.boolean, _F2, types.boolean, types.int64),
+    boundscheck=False,
+)
+
+
 class ForwardRunner:
     """``inner_product_forward`` with the shape work done once, for a CPU Net's execution plan (``net.net``):
     ``runner(x, w, b, out)`` with C-contiguous float32 x of the shape given here, w of ``w_shape``, b (N,) or None,
@@ -536,9 +550,10 @@ class ForwardRunner:
 SUM_ROWS_BLOCK = 256  # columns of db summed together by `_sum_rows_worker` (rows streamed over them)
 
 
-def _sum_rows_worker(t, dy2, db, workers):  # pragma: no cover - compiled
-    """Worker t's share of the column blocks (kernels.tasks): db[n] += sum_m dy2[m, n]; dy2 (M, N), rows streamed in
-    order (each column summed in row order, whichever worker has it: the same bits for any split)."""
+def _sum_rows_worker(t, dy2, db, overwrite, workers):  # pragma: no cover - compiled
+    """Worker t's share of the column blocks (kernels.tasks): db[n] += sum_m dy2[m, n] (db[n] = the sum with
+    overwrite: the values += gives on zeros, as a sum from +0.0 is never -0.0); dy2 (M, N), rows streamed in order
+    (each column summed in row order, whichever worker has it: the same bits for any split)."""
     m_all, n_all = dy2.shape
     nb = SUM_ROWS_BLOCK
     nblk = (n_all + nb - 1) // nb
@@ -551,19 +566,24 @@ def _sum_rows_worker(t, dy2, db, workers):  # pragma: no cover - compiled
         for m in range(m_all):
             for j in range(j0, j1):
                 acc[j - j0] += dy2[m, j]
-        for j in range(j0, j1):
-            db[j] += acc[j - j0]
+        if overwrite:
+            for j in range(j0, j1):
+                db[j] = acc[j - j0]
+        else:
+            for j in range(j0, j1):
+                db[j] += acc[j - j0]
 
 
-_SUM_ROWS = Task(_sum_rows_worker, (_F2, types.float32[::1], types.int64), boundscheck=False)
+_SUM_ROWS = Task(_sum_rows_worker, (_F2, types.float32[::1], types.boolean, types.int64), boundscheck=False)
 
 
-def _sum_rows(dy2: np.ndarray, db: np.ndarray) -> None:
-    """db += the column sums of dy2 (M, N), column blocks shared by the threads; dy2 any float32 (M, N), db C-contiguous
-    writeable float32 (N,)."""
+def sum_rows(dy2: np.ndarray, db: np.ndarray, overwrite: bool = False) -> None:
+    """db += the column sums of dy2 (M, N) (db = them with `overwrite`: the bits += gives on zeros), column blocks
+    shared by the threads; dy2 any float32 (M, N), db C-contiguous writeable float32 (N,). All of it in one task: a
+    replayed training pass (``net.train_replay``) runs it without Python."""
     dy2 = np.require(dy2, np.float32, ["C", "W"])
     workers = max(1, min(numba.get_num_threads(), -(-dy2.shape[1] // SUM_ROWS_BLOCK)))
-    _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, workers)
+    _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, bool(overwrite), workers)
 
 
 def _check_grad(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -591,6 +611,7 @@ def inner_product_backward(
     need_dw: bool = True,
     need_db: bool = True,
     overwrite_dw: bool = False,
+    overwrite_db: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """InnerProduct backward, float32: gradients of a loss L given dy = dL/dy.
 
@@ -601,7 +622,8 @@ def inner_product_backward(
       dw: w.shape, ACCUMULATED: dw += dL/dw (a zeroed array is allocated when dw is None); None when need_dw is False.
           With overwrite_dw, OVERWRITTEN: dw = dL/dw, the values dw += dL/dw gives on zeros (a solver's cleared diff:
           LeNet's ip1 skips a 1.6 MB zeroing pass and the GEMM's read of C).
-      db: (N,), ACCUMULATED like dw; None when need_db is False (pass need_db=False for a layer without bias).
+      db: (N,), ACCUMULATED like dw (OVERWRITTEN with overwrite_db); None when need_db is False (pass need_db=False
+          for a layer without bias).
     Arrays passed in must be C-contiguous float32 of those shapes; passing one whose need_* flag is False is an error.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -626,7 +648,7 @@ def inner_product_backward(
             gemm(dy2, x2, trans_a=True, out=dw, accumulate=accumulate)
     if need_db:
         db = np.zeros(n, np.float32) if db is None else _check_grad(db, (n,), "db")
-        _sum_rows(dy2, db)
+        sum_rows(dy2, db, overwrite_db)
     if need_dx:
         dx = np.empty(x.shape, np.float32) if dx is None else _check_grad(dx, x.shape, "dx")
         if np.shares_memory(dx, dy):

@@ -1135,6 +1135,18 @@ class Workspace(threading.local):
 
 
 _WORKSPACE = Workspace()
+_ZEROS = [np.zeros(0, np.float32)]  # zero_bias: grown, never written
+
+
+def zero_bias(size: int) -> np.ndarray:
+    """`size` float32 zeros that nothing writes (a GEMM's bias when it has none): one array, grown on demand, shared by
+    every call. Not workspace memory: a replayed pass (net.replay, net.train_replay) reads the array it was recorded
+    with, and a workspace's zeros were written by each call's Python, which a replay does not run."""
+    z = _ZEROS[0]
+    if z.size < size:
+        z = np.zeros(max(size, 2 * z.size), np.float32)  # (writeable: the tasks are compiled for writeable arrays)
+        _ZEROS[0] = z
+    return z[:size]
 
 
 def packed_a_size(m: int, k: int) -> int:
@@ -1204,8 +1216,8 @@ def gemm(
     low, high = ROW_ORDER_N
     if ROW_ORDER and not trans_a and pack_b and k > KC and m >= 2 * MC * workers and low <= n <= high:
         own_size = packed_a_size(MC, k)
-        bp, zeros, own = _WORKSPACE.get(packed_b_size(k, n), -(-m // MR) * MR, workers * own_size)
-        zeros[:] = 0.0
+        bp, own = _WORKSPACE.get(packed_b_size(k, n), workers * own_size)
+        zeros = zero_bias(-(-m // MR) * MR)
         _pack_panel_parallel(b, trans_b, n, bp, NR)
         _GEMM_ROWS.parallel(_GEMM_ROWS.address, workers, a, bp, out.reshape(-1), m, n, k, bool(accumulate), zeros,
                             own, own_size, workers)  # fmt: skip
@@ -1221,13 +1233,12 @@ def gemm(
     if fused:  # (each block packs its own columns: blocks of fewer rows pack B's columns more times)
         mc, nc = blocking(m, cols, workers, FUSED_COLS, FUSED_PACK)
     per = KC * -(-nc // NR) * NR
-    ap, bp, zeros, panels = _WORKSPACE.get(
+    ap, bp, panels = _WORKSPACE.get(
         packed_a_size(m, k) if pack_a else 0,
         packed_b_size(k, cols) if pack_b and not fused else 0,
-        -(-m // MR) * MR,
         workers * per if fused else 0,
     )
-    zeros[:] = 0.0
+    zeros = zero_bias(-(-m // MR) * MR)
     if pack_a:
         _pack_panel_parallel(a, not trans_a, m, ap, MR)
     if pack_b and not fused:

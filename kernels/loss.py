@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+
+from kernels.tasks import Task
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 NORMALIZATIONS = ("FULL", "VALID", "BATCH_SIZE", "NONE")
@@ -192,6 +194,104 @@ def _accuracy_rows(v, lab, ignore, has_ignore, top_k, correct, count):  # pragma
                 correct[t] += 1
                 total += 1
     return total
+
+
+# -- SoftmaxWithLoss as tasks (a replayed training pass records them: net.train_replay) ---------------------------
+NORMALIZATION_CODES = {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3}
+_INT64_MIN = np.int64(-(2**63))
+
+
+def _softmax_loss_worker(
+    t, v, labels, lab, ignore, has_ignore, mode, prob, out, norm, status, workers
+):  # pragma: no cover
+    """The one worker (a serial task) of ``SoftmaxLossRunner``'s forward: the labels (float, flat) to lab (int64,
+    (outer, inner)) as ``_labels`` does (truncated; NaN, infinities and values past int64 as NumPy's cast gives them,
+    the smallest int64), the first out of range (not ignored) into status (status[0] = 1, status[1] = it; then the
+    loss is NaN and nothing else is computed), else ``_softmax_loss_rows`` into prob, its loss divided by
+    ``normalizer``'s value (mode: NORMALIZATION_CODES) into out[0] and that value into norm[0]."""
+    if t != 0:
+        return
+    outer, c, inner = v.shape
+    status[0] = 0
+    status[1] = 0
+    for idx in range(outer * inner):
+        x = labels[idx]
+        lab_v = np.int64(x) if -9.2e18 < x < 9.2e18 else _INT64_MIN
+        lab[idx // inner, idx % inner] = lab_v
+        if has_ignore and lab_v == ignore:
+            continue
+        if (lab_v < 0 or lab_v >= c) and status[0] == 0:
+            status[0] = 1
+            status[1] = lab_v
+    if status[0] != 0:
+        out[0] = np.float32(np.nan)
+        return
+    loss, valid = _softmax_loss_rows(v, lab, ignore, has_ignore, prob)
+    value = outer * inner if mode == 0 else valid if mode == 1 else outer if mode == 2 else 1
+    nv = float(max(1, value))
+    norm[0] = nv
+    out[0] = np.float32(loss / nv)
+
+
+def _softmax_loss_grad_worker(t, prob, lab, ignore, has_ignore, norm, weight, dx, workers):  # pragma: no cover
+    """The one worker of ``SoftmaxLossRunner``'s backward: ``_softmax_loss_grad`` at weight[0] / norm[0] (the top's
+    diff, the forward's normalizer), as ``softmax_loss_backward``'s float32(loss_weight / normalizer)."""
+    if t != 0:
+        return
+    _softmax_loss_grad(prob, lab, ignore, has_ignore, np.float32(np.float64(weight[0]) / norm[0]), dx)
+
+
+_F3, _I2, _F1, _D1, _L1 = (types.float32[:, :, ::1], types.int64[:, ::1], types.float32[::1], types.float64[::1],
+                           types.int64[::1])  # fmt: skip
+_LOSS = Task(_softmax_loss_worker, (_F3, _F1, _I2, types.int64, types.boolean, types.int64, _F3, _F1, _D1, _L1,
+                                    types.int64))  # fmt: skip
+_LOSS_GRAD = Task(_softmax_loss_grad_worker, (_F3, _I2, types.int64, types.boolean, _D1, _F1, _F3, types.int64))
+
+
+class SoftmaxLossRunner:
+    """SoftmaxWithLoss on the CPU for scores of one shape, as two tasks run on the calling thread, with its buffers
+    kept (prob, the labels as integers, the normalizer, the label check's status): ``forward(x, labels, out)`` writes
+    the loss into out (a float32 array of one element) and returns prob (x's shape); ``backward(weight, dx)`` writes
+    the gradient at the top diff weight (one float32) into dx. The same bits as ``softmax_loss_forward`` /
+    ``softmax_loss_backward``; a label out of range raises the same ValueError (``check``), which a replayed pass asks
+    after its forward."""
+
+    def __init__(self, shape: tuple[int, ...], axis: int, ignore_label: int | None, normalization: str) -> None:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown loss normalization {normalization!r} (known: {', '.join(NORMALIZATIONS)})")
+        self.shape = tuple(shape)
+        _, self.outer, self.c, self.inner = _view(np.empty(shape, np.float32), axis)
+        self.axis = axis
+        self.ignore = -1 if ignore_label is None else int(ignore_label)
+        self.has_ignore = ignore_label is not None
+        self.mode = NORMALIZATION_CODES[normalization]
+        self.prob = np.empty(self.shape, np.float32)
+        self.lab = np.empty((self.outer, self.inner), np.int64)
+        self.norm = np.ones(1, np.float64)
+        self.status = np.zeros(2, np.int64)
+
+    def forward(self, x: np.ndarray, labels: np.ndarray, out: np.ndarray) -> np.ndarray:
+        flat = labels.reshape(-1)
+        if flat.size != self.outer * self.inner:
+            raise ValueError(
+                f"label count ({flat.size}) must equal the number of score positions outer*inner = "
+                f"{self.outer}*{self.inner}"
+            )
+        shape3 = (self.outer, self.c, self.inner)
+        _LOSS.serial(_LOSS.address, 1, x.reshape(shape3), flat, self.lab, self.ignore, self.has_ignore, self.mode,
+                     self.prob.reshape(shape3), out, self.norm, self.status, 1)  # fmt: skip
+        self.check()
+        return self.prob
+
+    def check(self) -> None:
+        """The ValueError ``_labels`` raises, where the last forward met a label out of range."""
+        if self.status[0]:
+            raise ValueError(f"label {int(self.status[1])} out of range for {self.c} classes")
+
+    def backward(self, weight: np.ndarray, dx: np.ndarray) -> None:
+        shape3 = (self.outer, self.c, self.inner)
+        _LOSS_GRAD.serial(_LOSS_GRAD.address, 1, self.prob.reshape(shape3), self.lab, self.ignore, self.has_ignore,
+                          self.norm, weight, dx.reshape(shape3), 1)  # fmt: skip
 
 
 # -- public ------------------------------------------------------------------------------------

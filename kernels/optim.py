@@ -141,22 +141,40 @@ def _sgd_fused(w, g, h, scale, decay, l1, rate, momentum, nesterov):  # pragma: 
             w[i] -= u
 
 
-def _sgd_step_worker(t, w, g, h, scale, decay, l1, rate, momentum, nesterov, workers):  # pragma: no cover - compiled
-    """Worker t's share (whole 16-float blocks) of `_sgd_fused` over the blob."""
+def _sgd_step_worker(t, w, g, h, scale, decay, l1, rates, slot, momentum, nesterov, workers):  # pragma: no cover
+    """Worker t's share (whole 16-float blocks) of `_sgd_fused` over the blob, at the rate rates[slot] (an array, so
+    that a recorded call reads each iteration's rate: net.train_replay.UpdateReplay)."""
     lo, hi = share16(w.size, t, workers)
-    _sgd_fused(w[lo:hi], g[lo:hi], h[lo:hi], scale, decay, l1, rate, momentum, nesterov)
+    _sgd_fused(w[lo:hi], g[lo:hi], h[lo:hi], scale, decay, l1, rates[slot], momentum, nesterov)
 
 
 _F1 = types.float32[::1]
-_SGD_STEP = Task(_sgd_step_worker, (_F1, _F1, _F1, *(types.float64,) * 2, types.boolean, *(types.float64,) * 2,
-                                    types.boolean, types.int64), boundscheck=False)  # fmt: skip
+_SGD_STEP = Task(_sgd_step_worker, (_F1, _F1, _F1, *(types.float64,) * 2, types.boolean, types.float64[::1],
+                                    types.int64, types.float64, types.boolean, types.int64), boundscheck=False)  # fmt: skip
 PARALLEL_STEP = 1 << 16  # elements of a blob from which sgd_step splits it over the threads (LeNet: ip1's weights)
 
 
-def sgd_step(w, g, h, scale: float, decay: float, l1: bool, rate: float, momentum: float, nesterov: bool) -> None:
+def sgd_step(
+    w,
+    g,
+    h,
+    scale: float,
+    decay: float,
+    l1: bool,
+    rate: float,
+    momentum: float,
+    nesterov: bool,
+    rates: np.ndarray | None = None,
+    slot: int = 0,
+) -> None:
     """regularize(w, g, scale, decay, l1) then sgd_update(w, g, h, rate, momentum) (nesterov_update when
-    `nesterov`) in one pass, the same bits; w, g, h flat C-contiguous float32 of one size."""
+    `nesterov`) in one pass, the same bits; w, g, h flat C-contiguous float32 of one size. `rates` (float64, C
+    contiguous): the rate is written to rates[slot] and read from there (a solver's array, which a recorded update
+    reads each iteration); without it, a one-element array of its own."""
+    if rates is None:
+        rates, slot = np.empty(1, np.float64), 0
+    rates[slot] = rate
     workers = numba.get_num_threads() if w.size >= PARALLEL_STEP else 1
     run = _SGD_STEP.parallel if workers > 1 else _SGD_STEP.serial
-    run(_SGD_STEP.address, workers, w, g, h, float(scale), float(decay), bool(l1), float(rate), float(momentum),
+    run(_SGD_STEP.address, workers, w, g, h, float(scale), float(decay), bool(l1), rates, int(slot), float(momentum),
         bool(nesterov), workers)  # fmt: skip

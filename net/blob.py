@@ -7,7 +7,7 @@ import operator
 import numpy as np
 
 # Assignments to the watched attributes so far, process-wide (``watched``: a Blob's `data`, a layer's `blobs` and
-# `folded`). A replayed forward (net.replay) rechecks the arrays its steps were recorded on only after this moved:
+# `folded`; a Blob's diff array replaced counts too, for net.train_replay). A replayed forward (net.replay) rechecks the arrays its steps were recorded on only after this moved:
 # they hang off ~250 Python objects for EfficientNet-Lite0, which the forward's own data has pushed out of the caches
 # by the next call (reading them took 110-150 us a forward on a 2-core Zen 4 EPYC, 3% of its batch-1 forward).
 _assignments = [0]
@@ -60,6 +60,7 @@ class Blob:
         d = self._diff
         if d is None or d.shape != self.data.shape:
             self._diff = d = np.zeros_like(self.data)
+            _assignments[0] += 1
         elif self._zero:
             d[...] = 0.0
         self._zero = False
@@ -69,6 +70,7 @@ class Blob:
     def diff(self, value: np.ndarray) -> None:
         self._diff = value
         self._zero = False
+        _assignments[0] += 1
 
     def clear_diff(self) -> None:
         """Zero the diff: lazily, when `diff` is next read (a solver's iteration clears every parameter diff, and

@@ -30,13 +30,12 @@ import numpy as np
 
 from kernels import pad, taskpool, tasks
 
-from . import arena, per_image, replay
+from . import arena, per_image, replay, train_replay
 from .blob import Blob
 from .contention import threads_for
 from .device import (
     assign,
     check_device,
-    full_like,
     host,
     prepare,
     synchronize,
@@ -733,7 +732,8 @@ class Net:
         if self.device != "cpu":
             to_device(self)
         decide = self._train_launcher()
-        self._run(timings, train=True)
+        if timings is not None or not train_replay.forward(self):  # a steady pass replayed (net.train_replay)
+            self._run(timings, train=True)
         decide()
         loss = 0.0
         for blob, weight in self.loss_tops:
@@ -745,9 +745,11 @@ class Net:
         backward then overwrites its bottoms' diffs and accumulates into its parameters' diffs."""
         if self._share is not None:
             raise NetError(f"net '{self.name}' shares its activations (share_activations): backward needs them")
-        for blob, weight in self.loss_tops:
-            blob.diff = full_like(blob.data, blob.shape, weight)
+        self._seed_loss_diffs()
         decide = self._train_launcher()
+        if timings is None and train_replay.backward(self):  # after a replayed forward (net.train_replay)
+            decide()
+            return
         for i in reversed(self.backward_layers):
             if timings is not None:
                 synchronize(self.device)  # GPU launches are asynchronous: time each layer to completion
@@ -757,6 +759,11 @@ class Net:
                 synchronize(self.device)
                 timings[i] += time.perf_counter() - t0
         decide()
+
+    def _seed_loss_diffs(self) -> None:
+        """Each loss top's diff set to its loss weight, in place: the same array every pass (net.train_replay)."""
+        for blob, weight in self.loss_tops:
+            blob.diff_to_overwrite()[0].fill(weight)
 
     def forward_backward(self) -> float:
         loss = self.forward_loss()
@@ -921,7 +928,7 @@ class _Plan:
     argument checks and shape arithmetic to a few identity and flag checks (LeNet at batch 1 is mostly that work).
     Made on the first forward after a reshape and when the thread count changes."""
 
-    __slots__ = ("after", "lost", "per_image", "pool", "replay", "runs", "seconds", "steps", "threads")
+    __slots__ = ("after", "lost", "per_image", "pool", "replay", "runs", "seconds", "steps", "threads", "train")
 
     def __init__(self, net: Net) -> None:
         self.threads = numba.get_num_threads()
@@ -931,6 +938,7 @@ class _Plan:
         self.runs = 0  # forwards before the replay is recorded
         self.lost = 0  # replays an array changed under
         self.per_image = None  # net.per_image: None until decided, False (batched), else its PerImage
+        self.train = None  # net.train_replay's state for training passes over this plan
         self.steps = []
         subs = Subsamples()  # strided_pointwise_step's buffers, one per input and stride
         rowwise = per_image.rowwise(net)  # inner products with batch-1 bits a row (per_image.rowwise)

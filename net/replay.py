@@ -32,8 +32,8 @@ and the steps' own checks) can be done once:
    at most: LOST_AT_MOST). A Python step that still refuses (an array changed that no guard covers) makes the forward
    every layer's own forward, from the inputs, and the plans are made again.
 
-Training never replays (its forwards run through ``Net.forward_loss``, not here), nor does a forward that is timed
-per step. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked at step 3 and in
+Training passes (``Net.forward_loss`` and ``Net.backward``) replay through ``net.train_replay``, not here; a forward
+that is timed per step never replays. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked at step 3 and in
 tests/net/test_replay.py).
 """
 

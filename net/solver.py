@@ -40,6 +40,7 @@ import numpy as np
 
 from kernels import optim
 
+from . import train_replay
 from .blob import Blob
 from .device import assign, check_device, host
 from .memory import Budget
@@ -134,6 +135,8 @@ class Solver:
             t.share_weights_from(self.net)
         self.learnable = self.net.learnable()
         self.history = [np.zeros_like(blob.data) for _, _, blob, _, _ in self.learnable]
+        self._rates = np.zeros(len(self.learnable), np.float64)  # each blob's rate this iteration (_sgd_update)
+        self._update_state = train_replay.UpdateState()
         self.history2 = (
             [np.zeros_like(blob.data) for _, _, blob, _, _ in self.learnable]
             if self.type in ("AdaDelta", "Adam")
@@ -454,15 +457,14 @@ class Solver:
         scale = 1.0 / int(p.iter_size)
         l1 = p.regularization_type == "L1"
         kind = self.type
+        if kind in ("SGD", "Nesterov"):  # regularize + update in one pass (the same bits)
+            self._sgd_update(rate, scale, l1)
+            return rate
         for k, (_, _, blob, lr_mult, decay_mult) in enumerate(self.learnable):
             if lr_mult == 0:
                 continue
             w, g, h = blob.data.reshape(-1), blob.diff.reshape(-1), self.history[k].reshape(-1)
             local = rate * lr_mult
-            if kind in ("SGD", "Nesterov"):  # regularize + update in one pass (the same bits)
-                decay = float(p.weight_decay) * decay_mult
-                optim.sgd_step(w, g, h, scale, decay, l1, local, float(p.momentum), kind == "Nesterov")
-                continue
             optim.regularize(w, g, scale, float(p.weight_decay) * decay_mult, l1)
             if kind == "AdaGrad":
                 optim.adagrad_update(w, g, h, local, float(p.delta))
@@ -483,6 +485,25 @@ class Solver:
                     float(self.iter + 1),
                 )
         return rate
+
+    def _sgd_update(self, rate: float, scale: float, l1: bool) -> None:
+        """SGD or Nesterov on every learnable blob: one ``optim.sgd_step`` each, its rate read from self._rates, so
+        that the steady update is one recorded Program (net.train_replay.update: no Python between the blobs)."""
+        p = self.param
+        momentum, decay, nesterov = float(p.momentum), float(p.weight_decay), self.type == "Nesterov"
+        rates = self._rates
+        for k, (_, _, _, lr_mult, _) in enumerate(self.learnable):
+            rates[k] = rate * lr_mult
+
+        def python() -> None:
+            for k, (_, _, blob, lr_mult, decay_mult) in enumerate(self.learnable):
+                if lr_mult == 0:
+                    continue
+                w, g, h = blob.data.reshape(-1), blob.diff.reshape(-1), self.history[k].reshape(-1)
+                optim.sgd_step(w, g, h, scale, decay * decay_mult, l1, rates[k], momentum, nesterov, rates, k)
+
+        blobs = [blob for _, _, blob, lr_mult, _ in self.learnable if lr_mult != 0]
+        train_replay.update(self._update_state, (momentum, decay, nesterov, scale, l1), blobs, self.history, python)
 
     def _apply_update_gpu(self, rate: float) -> None:
         """The same step as the CPU path, fused into one launch (kernels/cuda/optim.cu); clipping reads the global

@@ -119,11 +119,14 @@ def conv2d_backward(
     need_dx: bool = True,
     need_dw: bool = True,
     need_db: bool = True,
+    overwrite_dw: bool = False,
+    overwrite_db: bool = False,
 ) -> tuple[Any, Any, Any]:
     """Convolution backward (kernels.conv.conv2d_backward's contract) on device arrays.
 
     dy (N, M, OH, OW); x (N, C, H, W); w (M, C/group, kh, kw). Returns (dx OVERWRITTEN, dw ACCUMULATED, db
-    ACCUMULATED), each None when its need_* flag is False; arrays are allocated (dw, db zeroed) when not given.
+    ACCUMULATED, or zeroed first with overwrite_dw / overwrite_db), each None when its need_* flag is False; arrays are
+    allocated (dw, db zeroed) when not given.
     """
     rt = runtime()
     what = "conv2d_backward"
@@ -146,11 +149,15 @@ def conv2d_backward(
             dw = rt.empty(w.shape)
             dw.fill(0)
         dw = device_output(rt, dw, tuple(w.shape), f"{what} dw")
+        if overwrite_dw:
+            dw.fill(0)
     if need_db:
         if db is None:
             db = rt.empty((m,))
             db.fill(0)
         db = device_output(rt, db, (m,), f"{what} db")
+        if overwrite_db:
+            db.fill(0)
     if dy.size == 0 or x.size == 0:
         if need_dx and dx.size:
             dx.fill(0)

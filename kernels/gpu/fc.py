@@ -84,10 +84,11 @@ def inner_product_backward(
     need_dw: bool = True,
     need_db: bool = True,
     overwrite_dw: bool = False,
+    overwrite_db: bool = False,
 ) -> tuple[Any, Any, Any]:
     """InnerProduct backward (kernels.fc.inner_product_backward's contract) on device arrays: dx OVERWRITTEN,
-    dw and db ACCUMULATED (allocated zeroed when not given; dw zeroed first with overwrite_dw), None where the
-    need_* flag is False."""
+    dw and db ACCUMULATED (allocated zeroed when not given; zeroed first with overwrite_dw / overwrite_db), None where
+    the need_* flag is False."""
     rt = runtime()
     what = "inner_product_backward"
     x, w, dy = device_input(rt, x, f"{what} x"), device_input(rt, w, f"{what} w"), device_input(rt, dy, f"{what} dy")
@@ -118,6 +119,8 @@ def inner_product_backward(
             db = rt.empty((n,))
             db.fill(0)
         db = device_output(rt, db, (n,), f"{what} db")
+        if overwrite_db:
+            db.fill(0)
         channel_sum(rt, dy2, db, rows, n, 1)
     if need_dx:
         dx = device_output(rt, dx, tuple(x.shape), f"{what} dx")

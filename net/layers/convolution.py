@@ -277,6 +277,9 @@ class ConvolutionLayer(Layer):
         for t, bb, down in zip(top, bottom, propagate_down):
             if not (down or need_dw or need_db):
                 continue
+            # fresh: a cleared diff whose zeros were never written (Blob.diff_to_overwrite): the first pair overwrites
+            dw, fresh_w = self.blobs[0].diff_to_overwrite() if need_dw else (None, False)
+            db, fresh_b = self.blobs[1].diff_to_overwrite() if need_db else (None, False)
             kernels_for(t.diff).conv2d_backward(
                 t.diff,
                 bb.data,
@@ -286,9 +289,11 @@ class ConvolutionLayer(Layer):
                 dilation=self.dilation,
                 group=self.group,
                 dx=bb.diff if down else None,
-                dw=self.blobs[0].diff if need_dw else None,
-                db=self.blobs[1].diff if need_db else None,
+                dw=dw,
+                db=db,
                 need_dx=bool(down),
                 need_dw=need_dw,
                 need_db=need_db,
+                overwrite_dw=fresh_w,
+                overwrite_db=fresh_b,
             )

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels import data as gather
+
 from .. import datasets
 from ..blob import Blob
 from .base import Layer, register
@@ -202,9 +204,10 @@ class DataLayer(Layer):
         return out
 
     # -- forward ---------------------------------------------------------------------------------------------
-    def transform(self, images: np.ndarray) -> np.ndarray:
+    def transform(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Caffe's transformation of a uint8 batch (B, C, H, W) -> float32 (B, C, h, w); draws crop offsets and
-        mirror flips from self.rng where those are on."""
+        mirror flips from self.rng where those are on. Written into `out` where it is a writeable C-contiguous
+        float32 array of that shape, else into a new one."""
         b, c, h, w = images.shape
         x: np.ndarray = images
         if self.mean_image is not None:
@@ -223,7 +226,8 @@ class DataLayer(Layer):
         if self.mirror:
             flip = self.rng.integers(0, 2, size=b).astype(bool)
             x = np.where(flip[:, None, None, None], x[..., ::-1], x)
-        out = np.empty(x.shape, np.float32)
+        if not _fits(out, x.shape, np.float32):
+            out = np.empty(x.shape, np.float32)
         if self.mean_values is not None:
             np.subtract(x, self.mean_values, out=out, dtype=np.float32)
             out *= self.scale
@@ -237,14 +241,43 @@ class DataLayer(Layer):
         if self.stager is not None:
             self.stager.next(top)
         else:
-            self.produce(bottom, top)
+            self.produce(bottom, top, in_place=True)
 
-    def produce(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """The next batch into the tops as host arrays (the stager calls this from its thread)."""
+    def produce(self, bottom: list[Blob], top: list[Blob], in_place: bool = False) -> None:
+        """The next batch into the tops as host arrays (the stager calls this from its thread); `in_place` (a CPU
+        net's forward): into the tops' own arrays where they fit, so the tops keep their arrays from batch to batch
+        (a replayed training pass reads them: net.train_replay)."""
         idx = self.next_indices()
-        top[0].data = self.transform(self.images[idx])
+        if in_place and self._gather(idx, top):
+            return
+        data = self.transform(self.images[idx], out=top[0].data if in_place else None)
+        if data is not top[0].data:
+            top[0].data = data
         if len(top) > 1:
-            top[1].data = self.labels[idx]
+            labels = top[1].data
+            if in_place and _fits(labels, idx.shape, self.labels.dtype):
+                np.take(self.labels, idx, out=labels)
+            else:
+                top[1].data = self.labels[idx]
+
+    def _gather(self, idx: np.ndarray, top: list[Blob]) -> bool:
+        """The plain transform (scale only) of the images at idx, and their labels, straight into the tops' arrays by
+        one task (kernels.data.gather_scale: the bits of `transform`); False where it does not apply (a mean, a crop,
+        a mirror, or tops that cannot be written in place)."""
+        if self.mean_image is not None or self.mean_values is not None or self.crop or self.mirror:
+            return False
+        images, data = self.images, top[0].data
+        if images.dtype != np.uint8 or not images.flags.c_contiguous:
+            return False
+        if not _fits(data, (idx.size, *images.shape[1:]), np.float32):
+            return False
+        labels = labels_out = None
+        if len(top) > 1:
+            labels, labels_out = self.labels, top[1].data
+            if labels is None or not _fits(labels_out, idx.shape, np.float32):
+                return False
+        gather.gather_scale(images, idx, self.scale, data, labels, labels_out)
+        return True
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         """Nothing to do: a data layer has no bottoms."""
@@ -280,3 +313,14 @@ class DataLayer(Layer):
         self.order = self._permutation(self.epoch_seed) if self.shuffle and self.epoch_seed is not None else None
         if state.get("rng") is not None:
             self.rng.bit_generator.state = state["rng"]
+
+
+def _fits(a, shape: tuple, dtype) -> bool:
+    """Is `a` a writeable C-contiguous host array of this shape and dtype?"""
+    return (
+        isinstance(a, np.ndarray)
+        and a.shape == tuple(shape)
+        and a.dtype == dtype
+        and a.flags.c_contiguous
+        and a.flags.writeable
+    )

@@ -103,7 +103,9 @@ class InnerProductLayer(Layer):
         down = bool(propagate_down[0])
         if not (down or need_dw or need_db):
             return
-        dw, fresh = self.blobs[0].diff_to_overwrite() if need_dw else (None, False)  # fresh: zeros never written
+        # fresh: a cleared diff whose zeros were never written (Blob.diff_to_overwrite): the kernel overwrites it
+        dw, fresh = self.blobs[0].diff_to_overwrite() if need_dw else (None, False)
+        db, fresh_b = self.blobs[1].diff_to_overwrite() if need_db else (None, False)
         kernels_for(top[0].diff).inner_product_backward(
             top[0].diff,
             bottom[0].data,
@@ -112,9 +114,10 @@ class InnerProductLayer(Layer):
             transpose=self.transpose,
             dx=bottom[0].diff if down else None,
             dw=dw,
-            db=self.blobs[1].diff if need_db else None,
+            db=db,
             need_dx=down,
             need_dw=need_dw,
             need_db=need_db,
             overwrite_dw=fresh,
+            overwrite_db=fresh_b,
         )

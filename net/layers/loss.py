@@ -13,7 +13,7 @@ from kernels import loss as K
 
 from ..blob import Blob
 from ..device import host, kernels_for, on_device
-from .base import Layer, register
+from .base import Layer, diff_out, register
 
 
 def _ignore_label(param) -> int | None:
@@ -57,8 +57,37 @@ class SoftmaxWithLossLayer(Layer):
         if len(top) > 1:
             top[1].reshape(shape)
 
+    runner = None  # kernels.loss.SoftmaxLossRunner of the last CPU forward
+
+    def _cpu_runner(self, x, labels, out) -> K.SoftmaxLossRunner | None:
+        """The tasks' runner where the forward can take it: float32 C-contiguous scores and labels on the CPU, the loss
+        top an array of one float32 of its own (the runner writes it in place: the top keeps its array,
+        net.train_replay)."""
+        for a in (x, labels):
+            if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous and a.size):
+                return None
+        if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.size == 1 and out.flags.writeable):
+            return None
+        run = self.runner
+        if run is None or run.shape != x.shape:
+            run = self.runner = K.SoftmaxLossRunner(x.shape, self.axis, self.ignore_label, self.normalization)
+        return run
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """On the GPU the loss stays a device scalar and the normaliser is kept on the device for the backward."""
+        """On the GPU the loss stays a device scalar and the normaliser is kept on the device for the backward. On the
+        CPU two tasks (kernels.loss.SoftmaxLossRunner), which a replayed training pass records."""
+        x, labels, out = bottom[0].data, bottom[1].data, top[0].data
+        run = self._cpu_runner(x, labels, out)
+        self.runner = run
+        if run is not None:
+            try:
+                self.prob = run.forward(x, labels, out.reshape(1))
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
+            self.norm = None  # the runner's (its backward reads it from the runner's array)
+            if len(top) > 1:
+                top[1].data = self.prob
+            return
         try:
             loss, self.prob, self.norm = kernels_for(bottom[0].data).softmax_loss_forward(
                 bottom[0].data,
@@ -69,14 +98,32 @@ class SoftmaxWithLossLayer(Layer):
             )
         except ValueError as exc:
             raise self.error(str(exc)) from None
-        top[0].data = loss if on_device(loss) else np.array(loss, dtype=np.float32)
+        out = top[0].data
+        if on_device(loss):
+            top[0].data = loss
+        elif isinstance(out, np.ndarray) and out.shape == () and out.dtype == np.float32 and out.flags.writeable:
+            out[...] = loss  # in place: the top keeps its array (net.train_replay's guards)
+        else:
+            top[0].data = np.array(loss, dtype=np.float32)
         if len(top) > 1:
             top[1].data = self.prob
+
+    def replay_raise(self) -> None:
+        """After a replayed forward (net.train_replay), the error the forward raises for a label out of range."""
+        if self.runner is not None:
+            try:
+                self.runner.check()
+            except ValueError as exc:
+                raise self.error(str(exc)) from None
 
     def backward(self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]) -> None:
         if len(propagate_down) > 1 and propagate_down[1]:
             raise self.error("cannot backpropagate to the labels")
         if propagate_down[0]:
+            run, weight = self.runner, top[0].diff
+            if run is not None and isinstance(weight, np.ndarray) and weight.dtype == np.float32:
+                run.backward(weight.reshape(1), diff_out(bottom[0]))
+                return
             dx = bottom[0].diff
             bottom[0].diff = kernels_for(self.prob).softmax_loss_backward(
                 self.prob,

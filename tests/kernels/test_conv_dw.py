@@ -114,3 +114,16 @@ def test_rows_of_8_only_where_8_lane_fmas_run_at_full_rate(monkeypatch) -> None:
     assert conv_dw._narrow_fast()
     monkeypatch.setattr(config, "CPU_NAME", "emeraldrapids")  # two 512-bit FMA ports: 8 lanes at half the peak
     assert conv_dw._narrow_fast() == (conv_dw.VW == 8)
+
+
+def test_overwrite_gives_the_bits_of_accumulating_onto_zeros() -> None:
+    """overwrite_dw / overwrite_db (a solver's cleared diff): the outputs written, whatever they held, with the bits
+    accumulation onto zeros gives (the chunks' partial sums added by fc.sum_rows's task, no NumPy)."""
+    x, w, dy = _case(8, 20, 12, 12, 50 if 50 % conv_dw.MB == 0 else conv_dw.MB * 10)
+    m = dy.shape[1]
+    dw0, db0 = np.zeros(w.shape, np.float32), np.zeros(m, np.float32)
+    conv_dw.weight_grad(x, dy, 5, 5, dw0, db0)
+    dw, db = np.full(w.shape, np.nan, np.float32), np.full(m, 7.0, np.float32)
+    conv_dw.weight_grad(x, dy, 5, 5, dw, db, overwrite_dw=True, overwrite_db=True)
+    np.testing.assert_array_equal(dw.view(np.uint32), dw0.view(np.uint32))
+    np.testing.assert_array_equal(db.view(np.uint32), db0.view(np.uint32))

@@ -322,6 +322,20 @@ def test_backward_overwrite_dw_equals_accumulating_on_zeros(rows: int, transpose
     np.testing.assert_array_equal(dw.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("rows", [0, 4, 64])
+def test_backward_overwrite_db_equals_accumulating_on_zeros(rows: int) -> None:
+    """overwrite_db, as overwrite_dw: db's old values ignored, the bits of fc.sum_rows accumulating into zeros."""
+    rng = np.random.default_rng(rows + 11)
+    x = rng.standard_normal((rows, 96), dtype=np.float32)
+    w = rng.standard_normal((300, 96), dtype=np.float32)
+    dy = rng.standard_normal((rows, 300), dtype=np.float32)
+    want = np.zeros(300, np.float32)
+    inner_product_backward(dy, x, w, db=want, need_dx=False, need_dw=False)
+    db = np.full(300, np.nan, np.float32)
+    inner_product_backward(dy, x, w, db=db, need_dx=False, need_dw=False, overwrite_db=True)
+    np.testing.assert_array_equal(db.view(np.uint32), want.view(np.uint32))
+
+
 def test_backward_errors() -> None:
     x = np.zeros((4, 6), np.float32)
     w = np.zeros((3, 6), np.float32)

@@ -51,6 +51,48 @@ def test_softmax_loss_matches_reference_and_gradient(shape, axis, ignore, norm):
     _close(ref_g, num)
 
 
+@pytest.mark.parametrize(
+    ("shape", "axis", "ignore", "norm"),
+    [((64, 10), 1, None, "VALID"), ((3, 4, 2, 5), 1, 2, "VALID"), ((4, 7), 1, 3, "BATCH_SIZE"),
+     ((3, 4, 2, 5), 1, None, "FULL"), ((2, 3, 5), 2, None, "NONE")],
+)  # fmt: skip
+def test_softmax_loss_runner_has_the_functions_bits(shape, axis, ignore, norm):
+    """SoftmaxLossRunner (the tasks a replayed training pass records): loss, prob and gradient with the bits of
+    softmax_loss_forward / softmax_loss_backward, labels given as floats (2.7 truncates to 2, as NumPy's cast)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 3, size=shape).astype(np.float32)
+    c = shape[axis]
+    labels = (rng.integers(0, c, size=int(np.prod(shape)) // c) + 0.7).astype(np.float32)
+    loss, prob, normalizer = K.softmax_loss_forward(x, labels, axis=axis, ignore_label=ignore, normalization=norm)
+    g = K.softmax_loss_backward(prob, labels, axis=axis, ignore_label=ignore, normalizer_value=normalizer,
+                                loss_weight=0.7)  # fmt: skip
+    run = K.SoftmaxLossRunner(shape, axis, ignore, norm)
+    out = np.zeros(1, np.float32)
+    got_prob = run.forward(x, labels, out)
+    assert out[0] == np.float32(loss) and run.norm[0] == normalizer
+    np.testing.assert_array_equal(got_prob.view(np.uint32), prob.view(np.uint32))
+    dx = np.full(shape, np.nan, np.float32)
+    run.backward(np.array([0.7], np.float32), dx)
+    want = K.softmax_loss_backward(prob, labels, axis=axis, ignore_label=ignore, normalizer_value=normalizer,
+                                   loss_weight=float(np.float32(0.7)))  # fmt: skip
+    np.testing.assert_array_equal(dx.view(np.uint32), want.view(np.uint32))
+    assert np.max(np.abs(dx - g)) <= 1e-6
+
+
+def test_softmax_loss_runner_refuses_labels_out_of_range():
+    run = K.SoftmaxLossRunner((4, 3), 1, None, "VALID")
+    out = np.zeros(1, np.float32)
+    for bad, shown in ((3.0, 3), (-1.5, -1), (np.nan, -(2**63))):
+        with pytest.raises(ValueError, match=f"label {shown} out of range for 3 classes"):
+            run.forward(np.zeros((4, 3), np.float32), np.array([0, 1, bad, 2], np.float32), out)
+        assert np.isnan(out[0])
+    with pytest.raises(ValueError, match="label count"):
+        run.forward(np.zeros((4, 3), np.float32), np.zeros(3, np.float32), out)
+    ignoring = K.SoftmaxLossRunner((4, 3), 1, 7, "VALID")
+    ignoring.forward(np.zeros((4, 3), np.float32), np.array([0, 7, 7, 2], np.float32), out)
+    assert out[0] == np.float32(np.log(3.0))
+
+
 def test_softmax_loss_clamps_log_of_zero():
     x = np.array([[0.0, 200.0]], dtype=np.float32)
     loss, _, _ = K.softmax_loss_forward(x, np.array([0.0]))

@@ -33,3 +33,17 @@ def test_sgd_step_is_the_two_passes_bit_for_bit(n, nesterov, decay, l1):
         numba.set_num_threads(threads)
     for name, x, y in zip("wgh", a, b):
         assert np.array_equal(x, y), name
+
+
+def test_sgd_step_reads_its_rate_from_the_rates_array():
+    """With `rates` the rate goes through rates[slot] (a solver's array, read by a recorded update each iteration):
+    the same bits as the rate passed alone, and the array holds it afterwards."""
+    rng = np.random.default_rng(3)
+    w, g, h = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))
+    a, b = [w.copy(), g.copy(), h.copy()], [w.copy(), g.copy(), h.copy()]
+    optim.sgd_step(*a, 0.5, 5e-4, False, 0.0137, 0.9, False)
+    rates = np.zeros(3)
+    optim.sgd_step(*b, 0.5, 5e-4, False, 0.0137, 0.9, False, rates, 2)
+    assert rates[2] == 0.0137
+    for x, y in zip(a, b):
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
