@@ -275,7 +275,7 @@ def weight_grad(
         _DW.parallel(_DW.address, threads, x, dy, int(kh), chunks, dwp, dbp, scratch, threads)
     else:
         _DW.serial(_DW.address, 1, x, dy, int(kh), chunks, dwp, dbp, scratch, 1)
-    if dw is not None:
-        sum_rows(dwp, dw.reshape(-1), overwrite_dw)
+    if dw is not None:  # chained: ((dw + p0) + p1) ..., the order the chunks' sums were always added in
+        sum_rows(dwp, dw.reshape(-1), overwrite_dw, chain=True)
     if db is not None:
-        sum_rows(dbp, db, overwrite_db)
+        sum_rows(dbp, db, overwrite_db, chain=True)

@@ -38,7 +38,6 @@ import numba
 import numpy as np
 from numba import njit, types
 
-from kernels.activations import relu_forward
 from kernels.gemm import NC, claim_near, fetch_add, gemm, image_counters, queue_sizes, tpack4, tpack8
 from kernels.serial import SMALL_WORK
 from kernels.tasks import Task, carried
@@ -445,10 +444,11 @@ def inner_product_forward(
         t.serial(t.address, 1, yt, _NO_BIAS if b is None else b, b is not None, out2, bool(relu), 1)
         return out
     gemm(x2, w, trans_b=not transpose, out=out2)
-    if b is not None:
-        out2 += b
-    if relu:
-        relu_forward(out2, out=out2)
+    if b is not None or relu:  # one task over the rows (a replayed training pass records it: net.train_replay)
+        t = _BIAS_RELU
+        workers = 1 if out2.size < SMALL_WORK else numba.get_num_threads()
+        run = t.serial if workers == 1 else t.parallel
+        run(t.address, workers, out2, _NO_BIAS if b is None else b, b is not None, bool(relu), workers)
     return out
 
 
@@ -492,6 +492,25 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
             for n in range(n_all):
                 v = out[m, n]
                 out[m, n] = max(v, zero) + zero * min(v, zero)
+
+
+def _bias_relu_worker(t, out, b, with_b, relu, workers):  # pragma: no cover - compiled
+    """Worker t's share of out's rows: out[m] += b (with_b), then ReLU'd (relu): NumPy's ``out += b`` and
+    ``relu_forward``'s expression, the same bits."""
+    m_all, n_all = out.shape
+    zero = np.float32(0.0)
+    for m in range(t * m_all // workers, (t + 1) * m_all // workers):
+        if with_b:
+            for n in range(n_all):
+                out[m, n] += b[n]
+        if relu:
+            for n in range(n_all):
+                v = out[m, n]
+                out[m, n] = max(v, zero) + zero * min(v, zero)
+
+
+_BIAS_RELU = Task(_bias_relu_worker, (_F2, types.float32[::1], types.boolean, types.boolean, types.int64),
+                  boundscheck=False)  # fmt: skip
 
 
 def _transpose_epilogue_worker(t, yt, b, with_b, out, relu, workers):  # pragma: no cover - compiled
@@ -550,10 +569,12 @@ class ForwardRunner:
 SUM_ROWS_BLOCK = 256  # columns of db summed together by `_sum_rows_worker` (rows streamed over them)
 
 
-def _sum_rows_worker(t, dy2, db, overwrite, workers):  # pragma: no cover - compiled
+def _sum_rows_worker(t, dy2, db, overwrite, chain, workers):  # pragma: no cover - compiled
     """Worker t's share of the column blocks (kernels.tasks): db[n] += sum_m dy2[m, n] (db[n] = the sum with
-    overwrite: the values += gives on zeros, as a sum from +0.0 is never -0.0); dy2 (M, N), rows streamed in order
-    (each column summed in row order, whichever worker has it: the same bits for any split)."""
+    overwrite: the values += gives on zeros, as a sum from +0.0 is never -0.0; with chain, the rows added to db[n]
+    one after another, ((db + r0) + r1) ...: the order of adding per-chunk partial sums into an accumulating
+    gradient); dy2 (M, N), rows streamed in order (each column summed in row order, whichever worker has it: the same
+    bits for any split)."""
     m_all, n_all = dy2.shape
     nb = SUM_ROWS_BLOCK
     nblk = (n_all + nb - 1) // nb
@@ -562,7 +583,14 @@ def _sum_rows_worker(t, dy2, db, overwrite, workers):  # pragma: no cover - comp
         j0 = blk * nb
         j1 = min(j0 + nb, n_all)
         for j in range(j1 - j0):
-            acc[j] = np.float32(0.0)
+            acc[j] = db[j0 + j] if chain and not overwrite else np.float32(0.0)
+        if chain and not overwrite:
+            for m in range(m_all):
+                for j in range(j0, j1):
+                    acc[j - j0] += dy2[m, j]
+            for j in range(j0, j1):
+                db[j] = acc[j - j0]
+            continue
         for m in range(m_all):
             for j in range(j0, j1):
                 acc[j - j0] += dy2[m, j]
@@ -574,16 +602,18 @@ def _sum_rows_worker(t, dy2, db, overwrite, workers):  # pragma: no cover - comp
                 db[j] += acc[j - j0]
 
 
-_SUM_ROWS = Task(_sum_rows_worker, (_F2, types.float32[::1], types.boolean, types.int64), boundscheck=False)
+_SUM_ROWS = Task(_sum_rows_worker, (_F2, types.float32[::1], types.boolean, types.boolean, types.int64),
+                 boundscheck=False)  # fmt: skip
 
 
-def sum_rows(dy2: np.ndarray, db: np.ndarray, overwrite: bool = False) -> None:
-    """db += the column sums of dy2 (M, N) (db = them with `overwrite`: the bits += gives on zeros), column blocks
-    shared by the threads; dy2 any float32 (M, N), db C-contiguous writeable float32 (N,). All of it in one task: a
-    replayed training pass (``net.train_replay``) runs it without Python."""
+def sum_rows(dy2: np.ndarray, db: np.ndarray, overwrite: bool = False, chain: bool = False) -> None:
+    """db += the column sums of dy2 (M, N) (db = them with `overwrite`: the bits += gives on zeros; with `chain`, the
+    rows added into db one after another, the bits of ``for r in dy2: db += r``), column blocks shared by the threads;
+    dy2 any float32 (M, N), db C-contiguous writeable float32 (N,). All of it in one task: a replayed training pass
+    (``net.train_replay``) runs it without Python."""
     dy2 = np.require(dy2, np.float32, ["C", "W"])
     workers = max(1, min(numba.get_num_threads(), -(-dy2.shape[1] // SUM_ROWS_BLOCK)))
-    _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, bool(overwrite), workers)
+    _SUM_ROWS.parallel(_SUM_ROWS.address, workers, dy2, db, bool(overwrite), bool(chain), workers)
 
 
 def _check_grad(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:

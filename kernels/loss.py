@@ -205,9 +205,9 @@ def _softmax_loss_worker(
     t, v, labels, lab, ignore, has_ignore, mode, prob, out, norm, status, workers
 ):  # pragma: no cover
     """The one worker (a serial task) of ``SoftmaxLossRunner``'s forward: the labels (float, flat) to lab (int64,
-    (outer, inner)) as ``_labels`` does (truncated; NaN, infinities and values past int64 as NumPy's cast gives them,
-    the smallest int64), the first out of range (not ignored) into status (status[0] = 1, status[1] = it; then the
-    loss is NaN and nothing else is computed), else ``_softmax_loss_rows`` into prob, its loss divided by
+    (outer, inner)) as ``_labels`` does (truncated; NaN, infinities and values outside int64 as NumPy's cast on x86 gives
+    them, the smallest int64), the first out of range (not ignored) into status (status[0] = 1, status[1] = it; then
+    the loss is NaN and nothing else is computed), else ``_softmax_loss_rows`` into prob, its loss divided by
     ``normalizer``'s value (mode: NORMALIZATION_CODES) into out[0] and that value into norm[0]."""
     if t != 0:
         return
@@ -216,7 +216,7 @@ def _softmax_loss_worker(
     status[1] = 0
     for idx in range(outer * inner):
         x = labels[idx]
-        lab_v = np.int64(x) if -9.2e18 < x < 9.2e18 else _INT64_MIN
+        lab_v = np.int64(x) if -9.223372036854775808e18 <= x < 9.223372036854775808e18 else _INT64_MIN  # +-2^63
         lab[idx // inner, idx % inner] = lab_v
         if has_ignore and lab_v == ignore:
             continue

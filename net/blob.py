@@ -7,9 +7,10 @@ import operator
 import numpy as np
 
 # Assignments to the watched attributes so far, process-wide (``watched``: a Blob's `data`, a layer's `blobs` and
-# `folded`; a Blob's diff array replaced counts too, for net.train_replay). A replayed forward (net.replay) rechecks the arrays its steps were recorded on only after this moved:
-# they hang off ~250 Python objects for EfficientNet-Lite0, which the forward's own data has pushed out of the caches
-# by the next call (reading them took 110-150 us a forward on a 2-core Zen 4 EPYC, 3% of its batch-1 forward).
+# `folded`; a Blob's diff array replaced counts too, for net.train_replay). A replayed forward (net.replay) rechecks
+# the arrays its steps were recorded on only after this moved: they hang off ~250 Python objects for
+# EfficientNet-Lite0, which the forward's own data has pushed out of the caches by the next call (reading them took
+# 110-150 us a forward on a 2-core Zen 4 EPYC, 3% of its batch-1 forward).
 _assignments = [0]
 
 

@@ -728,7 +728,9 @@ class Net:
     def forward_loss(self, timings: list[float] | None = None) -> float:
         """Run every layer on the current inputs (data layers fetch their next batch) and return the
         weighted loss, sum over loss tops of loss_weight * sum(top). On the GPU, parameters and inputs are uploaded
-        first (once / every call) and the loss tops are read back (the one synchronisation of an iteration)."""
+        first (once / every call) and the loss tops are read back (the one synchronisation of an iteration). On the
+        CPU the blobs keep their arrays from pass to pass (the data layers' and the loss's tops included: a steady
+        pass is replayed natively over them, ``net.train_replay``): copy what is kept across passes."""
         if self.device != "cpu":
             to_device(self)
         decide = self._train_launcher()

@@ -32,9 +32,9 @@ and the steps' own checks) can be done once:
    at most: LOST_AT_MOST). A Python step that still refuses (an array changed that no guard covers) makes the forward
    every layer's own forward, from the inputs, and the plans are made again.
 
-Training passes (``Net.forward_loss`` and ``Net.backward``) replay through ``net.train_replay``, not here; a forward
-that is timed per step never replays. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked at step 3 and in
-tests/net/test_replay.py).
+Training passes (``Net.forward_loss``, ``Net.backward``) replay through ``net.train_replay``, not here; a forward
+timed per step never replays. ``CREMA_REPLAY=0`` switches it off. Results: the same bits as the Python steps (checked
+at step 3 and in tests/net/test_replay.py).
 """
 
 from __future__ import annotations
@@ -110,24 +110,12 @@ class Replay:
     def valid(self) -> bool:
         now = assignments()  # read first: an assignment during the loop below shows at the next call
         if now != self.seen:
-            if not self._guards_hold():
+            if not guards_hold(self.guards):
                 return False
             self.seen = now
         # then the weights' bits (a Winograd layer's transform, when its weights may change in place): these read
         # whole arrays, so only once the identity checks hold
         return all(check() for check in self.checks)
-
-    def _guards_hold(self) -> bool:
-        """Every guarded attribute still holds its recorded array (or a new view of the same memory). Asked only
-        after an assignment to a watched attribute somewhere (net.blob.assignments), the only way they change."""
-        for guard in self.guards:
-            obj, attr, value = guard
-            now = getattr(obj, attr)
-            if now is not value:
-                if not _same_memory(now, value):
-                    return False
-                guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
-        return True
 
     def run(self, net, plan, notify: bool = True, skip: int = 0) -> bool:
         """One forward; False when a Python step refused (an array changed under the plan: the rest then ran as the
@@ -155,6 +143,28 @@ class Replay:
             if last in after:
                 net._notify(after[last])
         return True
+
+
+def guards_hold(guards: list) -> bool:
+    """Every guarded attribute ([object, attribute, array]) still holds its recorded array (or a new view of the same
+    memory). Asked only after an assignment to a watched attribute somewhere (net.blob.assignments), the only way
+    they change."""
+    for guard in guards:
+        obj, attr, value = guard
+        now = getattr(obj, attr)
+        if now is not value:
+            if not _same_memory(now, value):
+                return False
+            guard[2] = now  # a new view of the same memory (a layer that reassigns its top's view each call)
+    return True
+
+
+def add_calls(prog: program.Program, made: list) -> None:
+    """A step's recorded calls into `prog`, each after restoring the integer arrays it changed (claim counters)."""
+    for task, kind, workers, address, args, changed in made:
+        for array, before in changed:
+            prog.restore(array, before)
+        prog.call(task, kind, workers, address, args)
 
 
 def _same_memory(a, b) -> bool:
@@ -229,10 +239,7 @@ def _build(net, plan, calls: list[list]) -> Replay | None:
         if step is not None and made and _replayable(step):
             if cur is None:
                 cur = [s, s, program.Program()]
-            for task, kind, workers, address, args, changed in made:
-                for array, before in changed:
-                    cur[2].restore(array, before)
-                cur[2].call(task, kind, workers, address, args)
+            add_calls(cur[2], made)
             cur[1] = native = s
             if s in plan.after:
                 segments.append(tuple(cur))

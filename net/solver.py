@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from kernels import optim
@@ -503,7 +504,8 @@ class Solver:
                 optim.sgd_step(w, g, h, scale, decay * decay_mult, l1, rates[k], momentum, nesterov, rates, k)
 
         blobs = [blob for _, _, blob, lr_mult, _ in self.learnable if lr_mult != 0]
-        train_replay.update(self._update_state, (momentum, decay, nesterov, scale, l1), blobs, self.history, python)
+        key = (momentum, decay, nesterov, scale, l1, numba.get_num_threads())  # (the recorded calls' worker counts)
+        train_replay.update(self._update_state, key, blobs, self.history, python)
 
     def _apply_update_gpu(self, rate: float) -> None:
         """The same step as the CPU path, fused into one launch (kernels/cuda/optim.cu); clipping reads the global

@@ -10,16 +10,18 @@ the same arguments, so:
 1. Record (the plan's RECORD_AT-th pass): forward_loss runs its steps as usual with every task's drivers wrapped
    (``net.replay._recording``), then backward its layers the same way, each unit's calls kept apart (a unit: a
    forward step, a layer's backward). The blobs as the pass found them are kept for the check.
-2. Build: runs of units that made calls become one ``kernels.program.Program`` each; a unit that made no call (the
-   loss layers: compiled functions, not tasks) and every source (a layer without bottoms: the data layers, which
-   fetch the next batch; they must come first) stay Python.
+2. Build: runs of units that made calls become one ``kernels.program.Program`` each (a unit whose work a fused
+   step before it did, ``done_by``, adds nothing); a unit that made no call (NumPy work: an EuclideanLoss, an
+   Accuracy) and every source (a layer without bottoms: the data layers, which fetch the next batch; they must come
+   first) stay Python. A net whose blobs hold over MAX_BYTES is not recorded (the check's copies).
 3. Check, before the replay is used, at the end of the recorded pass: four passes, each from the blobs as the
    recorded pass found them (data, diffs, their pending-zero flags, the parameters) with the sources' tops fed and
-   the net's random generator put back: Python on the tops flipped along their last axis, Python on the tops, then
-   replayed on the flipped tops and on the tops. Every blob's data and diff must hold the same bits in a replayed
-   pass as in its Python pass (and the flags the same). Work a unit does outside its calls (NumPy on the data, an
-   accumulation into a buffer the Python zeroed) shows there: the replayed pass of an input follows the Python pass
-   of the other one, so a stale value differs. The net ends as the recorded pass left it (generator included).
+   the net's random generator put back: Python on the tops flipped along their last axis with the parameters reversed
+   and shifted, Python on the tops, then replayed likewise. Every blob's data and diff must hold the same bits in a
+   replayed pass as in its Python pass (and the flags and the generator's state the same). Work a unit does outside
+   its calls (NumPy on the data, an accumulation into a buffer the Python zeroed, a sum over the parameters alone)
+   shows there: the replayed pass of an input follows the Python pass of the other one, so a stale value differs. The
+   net ends as the recorded pass left it (generator included).
 4. Replay: the sources run first (as Python: they may give their tops new arrays), then, while every blob's data and
    diff, every parameter and every folded weight is the array it was at the recording (identity, checked only after
    an assignment somewhere: ``net.blob.assignments``, which a diff array replaced moves too) and the replayed forward
@@ -49,6 +51,7 @@ from . import replay
 from .blob import assignments
 
 RECORD_AT = 3  # a plan's passes before it is recorded (the first ones allocate diffs and decide the launcher)
+MAX_BYTES = 256 << 20  # blobs' data and diffs at most (the check holds three copies of them); larger passes: Python
 LOST_AT_MOST = 2  # replays of one plan that an array changed under before it keeps its Python passes
 
 
@@ -85,23 +88,19 @@ class TrainReplay:
     def valid(self) -> bool:
         now = assignments()
         if now != self.seen:
-            for guard in self.guards:
-                obj, attr, value = guard
-                got = getattr(obj, attr)
-                if got is not value:
-                    if value is None or not replay._same_memory(got, value):
-                        return False
-                    guard[2] = got
+            if not replay.guards_hold(self.guards):  # (a diff recorded as None fails: not an array)
+                return False
             self.seen = now
         return all(check() for check in self.checks)
 
     def flags_hold(self) -> bool:
         return all(b._zero == z for b, z in zip(self.blobs, self.zero_before))
 
-    def run_forward(self, net, plan, strict: bool = False) -> None:
-        """The forward after its sources (run by the caller); a Python step that refuses (an array changed under
-        it) runs its layer's forward, the plans made again next time (Net._run_plan), or raises _Refused (`strict`:
-        the check)."""
+    def run_forward(self, net, plan, strict: bool = False) -> bool:
+        """The forward after its sources (run by the caller). A Python step that refuses (an array changed under
+        it): every layer after the sources runs its own forward, from the sources' tops, the plans are made again
+        next time (as net.replay's Replay.run), and False is returned; with `strict` (the check) _Refused is raised.
+        Then the replayed layers' input errors (``replay_raise``)."""
         steps = plan.steps
         for first, _, prog in self.forward:
             if prog is not None:
@@ -115,10 +114,12 @@ class TrainReplay:
             elif not step():
                 if strict:
                     raise _Refused
-                layer.forward(bottom, top)
+                _layers_forward(net)
                 net._drop_plans()
+                return False
         for check in self.raises:
             check()
+        return True
 
     def run_backward(self, net) -> None:
         order = _backward_order(net)
@@ -130,6 +131,19 @@ class TrainReplay:
                 net.layers[i].backward(net.tops[i], net.propagate_down[i], net.bottoms[i])
         for b, z in zip(self.blobs, self.zero_after):
             b._zero = z
+
+
+def _layers_backward(net) -> None:
+    """Every layer's backward, in the order Net.backward runs them."""
+    for i in _backward_order(net):
+        net.layers[i].backward(net.tops[i], net.propagate_down[i], net.bottoms[i])
+
+
+def _layers_forward(net) -> None:
+    """Every layer with bottoms by its own forward (the data layers have run)."""
+    for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
+        if bottom:
+            layer.forward(bottom, top)
 
 
 class _Refused(Exception):
@@ -155,6 +169,10 @@ def _all_blobs(net) -> list:
             seen.add(id(blob))
             out.append(blob)
     return out
+
+
+def _blob_bytes(net) -> int:
+    return sum(b.data.nbytes + (0 if b._diff is None else b._diff.nbytes) for b in _all_blobs(net))
 
 
 def _state(plan) -> _State:
@@ -184,6 +202,9 @@ def forward(net) -> bool:
         st.runs += 1
         if st.runs < RECORD_AT:
             return False
+        if _blob_bytes(net) > MAX_BYTES:  # the check's copies: not for a pass this large (its Python is a small part)
+            st.replay = False
+            return False
         return _record_forward(net, plan, st)
     rp = st.replay
     sources = _leading_sources(plan)
@@ -193,8 +214,7 @@ def forward(net) -> bool:
         st.replay, st.runs = (None if st.lost < LOST_AT_MOST else False), 0
         _python_steps(net, plan, sources, len(plan.steps))
         return True
-    rp.run_forward(net, plan)
-    st.replayed = True
+    st.replayed = rp.run_forward(net, plan)
     return True
 
 
@@ -337,10 +357,7 @@ def _program_of(units: list, native: list[bool]) -> list:
         if native[u]:
             if cur is None:
                 cur = [u, u, program.Program()]
-            for task, kind, workers, address, args, changed in made:
-                for array, before in changed:
-                    cur[2].restore(array, before)
-                cur[2].call(task, kind, workers, address, args)
+            replay.add_calls(cur[2], made)
             cur[1] = u
         else:
             if cur is not None:
@@ -353,11 +370,11 @@ def _program_of(units: list, native: list[bool]) -> list:
 
 
 def _build(net, plan, fcalls, bcalls, blobs, zero_before, zero_after) -> TrainReplay | None:
-    fnative = []
-    for s, (step, layer, bottom, _) in enumerate(plan.steps):
+    fnative: list[bool] = []
+    for s, (step, _, bottom, _) in enumerate(plan.steps):
         done_by = getattr(step, "done_by", None)
-        if done_by is not None:  # fused into the step before: nothing of its own to replay or to skip safely
-            fnative.append(False)
+        if done_by is not None:  # its work done by the step before: nothing to run where that one is replayed
+            fnative.append(s > 0 and fnative[s - 1] and replay._is(done_by, plan.steps[s - 1][0]))
         else:
             fnative.append(bool(bottom) and bool(fcalls[s]) and (step is None or replay._replayable(step)))
     bnative = [bool(made) for made in bcalls]
@@ -390,22 +407,27 @@ def _sources(net) -> list:
 
 def _check(net, plan, rp: TrainReplay, pending: dict, zero_after) -> bool:
     """Step 3 of the module docstring. Each pass starts from the blobs as the recorded pass found them (data, diffs,
-    their pending-zero flags, the parameters), the sources' tops fed. The net ends holding the recorded pass's results
-    (the replayed pass on the same input, the same bits; or, where the check fails, the Python pass again)."""
+    their pending-zero flags, the parameters; for the flipped tops the parameters reversed and shifted, so that work
+    done in Python from the parameters alone shows too), the sources' tops fed. The net ends holding the recorded
+    pass's results (the replayed pass on the same input, the same bits; or, where the check fails, the Python pass
+    again)."""
     fed = _sources(net)
     original = [b.data.copy() for b in fed]
     flipped = [(v[..., ::-1] if v.ndim else v).copy() for v in original]
     fed_ids = {id(b) for b in fed}
+    param_ids = {id(b) for layer in net.layers for b in layer.blobs}
     start = pending["start"]
+    shifted = {id(b): (data.reshape(-1)[::-1] * np.float32(1.0625) + np.float32(0.0078125)).reshape(data.shape)
+               for b, data, _, _ in start if id(b) in param_ids}  # fmt: skip
     blobs = rp.blobs
 
     def arrays() -> list:
         out = [b.data for b in blobs if id(b) not in fed_ids]
         return out + [b._diff for b in blobs if b._diff is not None]
 
-    def prepare(feed) -> None:
+    def prepare(feed, params_shifted: bool) -> None:
         for b, data, diff, zero in start:
-            np.copyto(b.data, data)
+            np.copyto(b.data, shifted[id(b)] if params_shifted and id(b) in shifted else data)
             if b._diff is not None:
                 if diff is None:
                     b._diff.fill(0.0)  # not allocated then: zeros when read
@@ -421,31 +443,30 @@ def _check(net, plan, rp: TrainReplay, pending: dict, zero_after) -> bool:
             if bottom:
                 _python_step(step, layer, bottom, top)
         net._seed_loss_diffs()
-        for i in _backward_order(net):
-            net.layers[i].backward(net.tops[i], net.propagate_down[i], net.bottoms[i])
+        _layers_backward(net)
 
     def replayed_pass() -> None:
         rp.run_forward(net, plan, strict=True)
         net._seed_loss_diffs()
         rp.run_backward(net)
 
-    def snapshot() -> tuple:
-        return [a.copy() for a in arrays()], [b._zero for b in blobs]
+    def state() -> tuple:
+        return [b._zero for b in blobs], net.rng.bit_generator.state
 
+    rounds = ((flipped, True), (original, False))
     ok = True
     try:
-        shots, loops = [], []
-        for feed in (flipped, original):
-            prepare(feed)
+        shots = []
+        for feed, params_shifted in rounds:
+            prepare(feed, params_shifted)
             before = taskpool.omp_loops()
             python_pass()
-            loops.append(taskpool.omp_loops() - before)
-            shots.append(snapshot())
-        for feed, (want, flags), n_loops in zip((flipped, original), shots, loops):
-            prepare(feed)
+            shots.append(([a.copy() for a in arrays()], state(), taskpool.omp_loops() - before))
+        for (feed, params_shifted), (want, want_state, loops) in zip(rounds, shots):
+            prepare(feed, params_shifted)
             before = taskpool.omp_loops()
             replayed_pass()
-            if taskpool.omp_loops() - before != n_loops or [b._zero for b in blobs] != flags:
+            if taskpool.omp_loops() - before != loops or state() != want_state:
                 ok = False
                 break
             if not all(np.array_equal(a.view(np.uint32), w.view(np.uint32)) for a, w in zip(arrays(), want)):
@@ -454,17 +475,14 @@ def _check(net, plan, rp: TrainReplay, pending: dict, zero_after) -> bool:
     except Exception:  # noqa: BLE001 - a pass the check cannot run (a step refusing, a layer's error on the
         ok = False  # flipped input) is a pass not to replay; the net's own pass below raises what it raises
     if not ok:  # the recorded pass's results again, as Python
-        prepare(original)
+        prepare(original, False)
         try:
             python_pass()
         except _Refused:  # every layer's own forward then, from the sources' tops, and the plans made again
             net._drop_plans()
-            for layer, bottom, top in zip(net.layers, net.bottoms, net.tops):
-                if bottom:
-                    layer.forward(bottom, top)
+            _layers_forward(net)
             net._seed_loss_diffs()
-            for i in _backward_order(net):
-                net.layers[i].backward(net.tops[i], net.propagate_down[i], net.bottoms[i])
+            _layers_backward(net)
     if [b._zero for b in blobs] != zero_after:  # pragma: no cover - the passes above leave what the recorded one did
         ok = False
     return ok

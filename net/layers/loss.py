@@ -121,7 +121,7 @@ class SoftmaxWithLossLayer(Layer):
             raise self.error("cannot backpropagate to the labels")
         if propagate_down[0]:
             run, weight = self.runner, top[0].diff
-            if run is not None and isinstance(weight, np.ndarray) and weight.dtype == np.float32:
+            if run is not None and isinstance(weight, np.ndarray) and weight.dtype == np.float32 and weight.size == 1:
                 run.backward(weight.reshape(1), diff_out(bottom[0]))
                 return
             dx = bottom[0].diff
@@ -130,7 +130,7 @@ class SoftmaxWithLossLayer(Layer):
                 bottom[1].data,
                 axis=self.axis,
                 ignore_label=self.ignore_label,
-                normalizer_value=self.norm,
+                normalizer_value=self.norm if run is None else float(run.norm[0]),
                 loss_weight=float(host(top[0].diff).reshape(-1)[0]),
                 dx=dx if dx.flags.c_contiguous and dx.dtype == np.float32 else None,
             )

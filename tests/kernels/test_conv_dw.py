@@ -127,3 +127,27 @@ def test_overwrite_gives_the_bits_of_accumulating_onto_zeros() -> None:
     conv_dw.weight_grad(x, dy, 5, 5, dw, db, overwrite_dw=True, overwrite_db=True)
     np.testing.assert_array_equal(dw.view(np.uint32), dw0.view(np.uint32))
     np.testing.assert_array_equal(db.view(np.uint32), db0.view(np.uint32))
+
+
+def test_accumulating_adds_the_chunks_partial_sums_one_after_another() -> None:
+    """Accumulating (a second backward into the same diff: iter_size > 1, shared weights) adds each chunk's partial
+    sums into dw in chunk order, ((dw + p0) + p1): the bits the NumPy loop gave before the sums moved into a task."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    x, w, dy = _case(8, 1, 28, 28, 20, seed=9)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        parts = []
+        for lo, hi in ((0, 4), (4, 8)):  # the two chunks' images on 2 threads, each summed alone on one thread
+            p = np.empty(w.shape, np.float32)
+            conv_dw.weight_grad(x[lo:hi], dy[lo:hi], 5, 5, p, None, overwrite_dw=True)
+            parts.append(p)
+        numba.set_num_threads(2)
+        dw0 = np.random.default_rng(2).standard_normal(w.shape).astype(np.float32)
+        dw = dw0.copy()
+        conv_dw.weight_grad(x, dy, 5, 5, dw, None)
+    finally:
+        numba.set_num_threads(before)
+    want = (dw0 + parts[0]) + parts[1]
+    np.testing.assert_array_equal(dw.view(np.uint32), want.view(np.uint32))

@@ -231,3 +231,18 @@ def test_a_label_out_of_range_raises_in_a_replayed_pass_as_in_python(tmp_path, m
     solver.net.blobs["label"][3] = 12.0
     with pytest.raises(ValueError, match="SoftmaxWithLoss 'loss': label 12 out of range for 10 classes"):
         solver.step(1)
+
+
+def test_a_transposed_inner_product_with_zero_biases_and_iter_size_three(tmp_path, monkeypatch) -> None:
+    """ip1 with transpose takes the GEMM and then a bias (and ReLU) pass over its rows, a task since this round: the
+    recording pass (the first iteration's third pass, biases still their filler's zeros) and every later one have
+    the Python pass's bits. The check runs one round with the parameters shifted, so work done from the parameters
+    alone in Python could not pass it on zero biases."""
+    body = _lenet_body().replace("num_output: 500\n", "num_output: 500\n    transpose: true\n", 1)
+    assert "transpose: true" in body
+    fast, slow = _solver(tmp_path, body=body, iter_size=3), _solver(tmp_path, body=body, iter_size=3)
+    feed = _random_feed(8)
+    for _ in range(5):
+        _step_both(fast, slow, monkeypatch, feed)
+        assert _same_bits(_state(fast), _state(slow))
+    assert isinstance(fast.net._plan.train.replay, train_replay.TrainReplay)
