@@ -479,8 +479,16 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
     for m in range(m8, m_all):
         for n in range(n_all):
             out[m, n] = yt[n, m]
+    _bias_relu_rows(out, b, with_b, relu, 0, m_all)
+
+
+@njit(cache=True, boundscheck=False)
+def _bias_relu_rows(out, b, with_b, relu, m0, m1):  # pragma: no cover - compiled
+    """Rows m0..m1-1 of out: += b (with_b), then ReLU'd (relu), as NumPy's ``out += b`` and ``relu_forward``'s
+    expression (the same bits)."""
+    n_all = out.shape[1]
     zero = np.float32(0.0)
-    for m in range(m_all):  # each case its own loop: through _store's run-time flag the ReLU pass ran 3x slower
+    for m in range(m0, m1):  # each case its own loop: through _store's run-time flag the ReLU pass ran 3x slower
         if with_b and relu:
             for n in range(n_all):
                 v = out[m, n] + b[n]
@@ -495,18 +503,9 @@ def _transpose_epilogue(yt, b, with_b, out, relu):  # pragma: no cover - compile
 
 
 def _bias_relu_worker(t, out, b, with_b, relu, workers):  # pragma: no cover - compiled
-    """Worker t's share of out's rows: out[m] += b (with_b), then ReLU'd (relu): NumPy's ``out += b`` and
-    ``relu_forward``'s expression, the same bits."""
-    m_all, n_all = out.shape
-    zero = np.float32(0.0)
-    for m in range(t * m_all // workers, (t + 1) * m_all // workers):
-        if with_b:
-            for n in range(n_all):
-                out[m, n] += b[n]
-        if relu:
-            for n in range(n_all):
-                v = out[m, n]
-                out[m, n] = max(v, zero) + zero * min(v, zero)
+    """Worker t's share of out's rows (``_bias_relu_rows``)."""
+    m_all = out.shape[0]
+    _bias_relu_rows(out, b, with_b, relu, t * m_all // workers, (t + 1) * m_all // workers)
 
 
 _BIAS_RELU = Task(_bias_relu_worker, (_F2, types.float32[::1], types.boolean, types.boolean, types.int64),
