@@ -674,10 +674,12 @@ class Net:
         self._spare_plan, self._plan = plan, new
         return new
 
-    def _run_plan(self, plan: _Plan, timings: list[float] | None) -> None:
+    def _run_plan(self, plan: _Plan, timings: list[float] | None, first: int = 0, end: int | None = None) -> None:
+        """The plan's steps first..end-1 (all by default; net.train_replay runs its data layers apart)."""
         index = None if timings is None else {id(layer): i for i, layer in enumerate(self.layers)}
         after = plan.after
-        for s, (step, layer, bottom, top) in enumerate(plan.steps):
+        for s in range(first, len(plan.steps) if end is None else end):
+            step, layer, bottom, top = plan.steps[s]
             if index is not None:
                 t0 = time.perf_counter()
             if step is None:

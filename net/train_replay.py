@@ -109,11 +109,11 @@ class TrainReplay:
             step, layer, bottom, top = steps[first]
             if not bottom:
                 continue
-            if step is None:
-                layer.forward(bottom, top)
-            elif not step():
+            try:
+                _python_step(step, layer, bottom, top)
+            except _Refused:
                 if strict:
-                    raise _Refused
+                    raise
                 _layers_forward(net)
                 net._drop_plans()
                 return False
@@ -193,9 +193,10 @@ def forward(net) -> bool:
     st.replayed = False
     if st.replay is False:
         return False
+    sources = _leading_sources(plan)
     if st.replay is None:
-        if plan.after or not _sources_first(plan):  # observed blobs (Net.observe), or a data layer after another
-            st.replay = False
+        if plan.after or not all(bottom for _, _, bottom, _ in plan.steps[sources:]):
+            st.replay = False  # observed blobs (Net.observe), or a data layer after another layer
             return False
         if tasks.recording_active():  # net.warm's recording
             return False
@@ -207,33 +208,22 @@ def forward(net) -> bool:
             return False
         return _record_forward(net, plan, st)
     rp = st.replay
-    sources = _leading_sources(plan)
-    _python_steps(net, plan, 0, sources)  # the data layers first: they may give their tops new arrays
+    net._run_plan(plan, None, 0, sources)  # the data layers first: they may give their tops new arrays
     if not rp.valid():
         st.lost += 1
         st.replay, st.runs = (None if st.lost < LOST_AT_MOST else False), 0
-        _python_steps(net, plan, sources, len(plan.steps))
+        net._run_plan(plan, None, sources)
         return True
     st.replayed = rp.run_forward(net, plan)
     return True
 
 
 def _leading_sources(plan) -> int:
-    """How many of the plan's first steps are sources (layers without bottoms: _sources_first holds)."""
+    """How many of the plan's first steps are sources (layers without bottoms)."""
     n = 0
     while n < len(plan.steps) and not plan.steps[n][2]:
         n += 1
     return n
-
-
-def _python_steps(net, plan, first: int, end: int) -> None:
-    """Steps first..end-1 as Net._run_plan runs them (a refusing step: its layer's forward, new plans next time)."""
-    for step, layer, bottom, top in plan.steps[first:end]:
-        if step is None:
-            layer.forward(bottom, top)
-        elif not step():
-            layer.forward(bottom, top)
-            net._drop_plans()
 
 
 def backward(net) -> bool:
@@ -255,18 +245,6 @@ def backward(net) -> bool:
     return True
 
 
-def _sources_first(plan) -> bool:
-    """Every source step (a layer without bottoms: a data layer) before every other step."""
-    seen_other = False
-    for _, _, bottom, _ in plan.steps:
-        if not bottom:
-            if seen_other:
-                return False
-        else:
-            seen_other = True
-    return True
-
-
 def _record_forward(net, plan, st: _State) -> bool:
     """Run this pass's forward as Python steps while recording their calls (step 1); the backward that follows
     finishes the recording (`_record_backward`)."""
@@ -280,20 +258,18 @@ def _record_forward(net, plan, st: _State) -> bool:
     rng_mid = None
     try:
         with replay._recording() as rec:
-            for step, layer, bottom, top in plan.steps:
+            for s, (step, layer, bottom, top) in enumerate(plan.steps):
                 if bottom and rng_mid is None:
                     rng_mid = net.rng.bit_generator.state
-                if not complete:  # Net._run_plan's way: a refusing step's layer forward
-                    if step is None or not step():
-                        layer.forward(bottom, top)
-                    continue
                 rec.calls = made = []
                 try:
                     _python_step(step, layer, bottom, top)
                 except _Refused:  # an array changed under the plan: the rest as Net._run_plan does, no replay
                     rec.calls = None
                     layer.forward(bottom, top)
+                    net._run_plan(plan, None, s + 1)
                     complete = False
+                    break
                 rec.calls = None
                 calls.append(made)
             unrecordable = rec.unrecordable

@@ -70,7 +70,7 @@ class SoftmaxWithLossLayer(Layer):
             return None
         run = self.runner
         if run is None or run.shape != x.shape:
-            run = self.runner = K.SoftmaxLossRunner(x.shape, self.axis, self.ignore_label, self.normalization)
+            run = K.SoftmaxLossRunner(x.shape, self.axis, self.ignore_label, self.normalization)
         return run
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
